@@ -1,0 +1,113 @@
+"""
+Command-line configuration, nanoGPT-style.
+
+A script declares its settings as plain module-level globals, each with a
+trailing comment, then hands its globals to `configure`:
+
+    batch_size = 16  # examples per optimizer step
+    lr = 5.5e-6      # peak learning rate
+    config = configure(globals())
+
+and is run as
+
+    python train_sft.py config/toy.py --batch_size=32 --lr=1e-5
+
+An argument without `--` is a Python config file whose assignments override
+the defaults; `--key=value` overrides one setting (the value is read with
+ast.literal_eval, and a bare word is taken as a string). A key that does not
+exist, or a value of another type than the default, is an error that lists
+what exists. `--help` prints every setting with its default and comment.
+"""
+import ast
+import os
+import re
+import sys
+
+SIMPLE_TYPES = (bool, int, float, str, type(None))
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _settings(namespace):
+    """The configurable globals: public names bound to simple values."""
+    return {k: v for k, v in namespace.items()
+            if not k.startswith("_") and isinstance(v, SIMPLE_TYPES)}
+
+
+def _comments(path):
+    """{key: trailing comment} for `key = value  # comment` lines of a script."""
+    if not path or not os.path.exists(path):
+        return {}
+    pattern = re.compile(r"^([A-Za-z_]\w*)\s*=.*?#\s*(.*)$")
+    with open(path) as f:
+        return {m.group(1): m.group(2) for m in map(pattern.match, f) if m}
+
+
+def _check(key, value, settings, source):
+    if key not in settings:
+        raise ConfigError(f"{source}: unknown setting {key!r}. Valid settings: {', '.join(sorted(settings))}")
+    default = settings[key]
+    if default is None or value is None or type(value) is type(default):
+        return value
+    if type(default) is float and type(value) is int:
+        return float(value)  # --lr=1 means 1.0
+    raise ConfigError(f"{source}: {key} must be {type(default).__name__} like its default "
+                      f"{default!r}, got {type(value).__name__} {value!r}")
+
+
+def parse_value(text):
+    """'3' -> 3, '1e-5' -> 1e-05, 'True' -> True, 'None' -> None, 'toy' -> 'toy'."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def help_text(namespace):
+    settings = _settings(namespace)
+    comments = _comments(namespace.get("__file__"))
+    name = os.path.basename(namespace.get("__file__", "script.py"))
+    doc = (namespace.get("__doc__") or "").strip()
+    lines = [doc, "", f"usage: python {name} [config_file.py ...] [--key=value ...]", "", "settings:"]
+    width = max(map(len, settings), default=0)
+    for k, v in settings.items():
+        note = f"  # {comments[k]}" if k in comments else ""
+        lines.append(f"  --{k.ljust(width)} = {v!r}{note}")
+    return "\n".join(lines)
+
+
+def apply(namespace, argv):
+    """Apply config files and --key=value overrides to namespace (a dict);
+    returns the dict of settings after the overrides."""
+    settings = _settings(namespace)
+    for arg in argv:
+        if not arg.startswith("--"):
+            if not os.path.exists(arg):
+                raise ConfigError(f"config file not found: {arg}")
+            file_ns = {}
+            with open(arg) as f:
+                exec(compile(f.read(), arg, "exec"), file_ns)
+            for key, value in _settings(file_ns).items():
+                namespace[key] = _check(key, value, settings, arg)
+        else:
+            key, eq, text = arg[2:].partition("=")
+            if not eq:
+                raise ConfigError(f"{arg}: expected --key=value")
+            namespace[key] = _check(key, parse_value(text), settings, arg)
+    return _settings({k: namespace[k] for k in settings})
+
+
+def configure(namespace, argv=None):
+    """For scripts: apply sys.argv to the script's globals, print --help and
+    errors (exit status 2) the way command-line users expect."""
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(help_text(namespace))
+        sys.exit(0)
+    try:
+        return apply(namespace, argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
