@@ -69,7 +69,9 @@ def train_tokenizer(texts, model_path, vocab_size=512):
     """
     Train a SentencePiece BPE tokenizer on an iterable of strings and write it
     to model_path. Lossless: byte fallback covers any character the pieces miss,
-    and whitespace (runs of spaces, newlines) is kept as written.
+    and whitespace (runs of spaces, newlines) is kept as written. vocab_size
+    is an upper bound (the 256 byte pieces count towards it); the model's
+    vocab_size must be set from the returned tokenizer's.
     """
     os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
     # train into a temporary folder beside the target, then move the model in
@@ -81,6 +83,7 @@ def train_tokenizer(texts, model_path, vocab_size=512):
             model_prefix=prefix,
             model_type="bpe",
             vocab_size=vocab_size,
+            hard_vocab_limit=False,       # a small corpus may support fewer pieces
             character_coverage=1.0,
             byte_fallback=True,           # unknown characters become <0xNN> bytes
             split_digits=True,            # every digit its own piece, as in Llama

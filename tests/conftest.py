@@ -23,3 +23,22 @@ def shared_file(*parts):
 @pytest.fixture
 def llama_tokenizer_path():
     return shared_file("llama2_tokenizer", "tokenizer.model")
+
+
+@pytest.fixture(scope="session")
+def toy_tokenizer_path(tmp_path_factory):
+    """A small SentencePiece tokenizer trained in well under a second on a
+    fixed synthetic corpus (vocab_size <= 512), for tests that need real
+    token ids but not the Llama vocabulary."""
+    import random
+
+    from tokenizer import train_tokenizer
+
+    rng = random.Random(0)
+    words = ("the quick brown fox jumps over a lazy dog reverse sort count add the word "
+             "letters numbers please answer score response user question").split()
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 15))) + f" {rng.randint(0, 999)}."
+             for _ in range(3000)]
+    path = str(tmp_path_factory.mktemp("toy_tokenizer") / "tokenizer.model")
+    train_tokenizer(texts, path, vocab_size=512)
+    return path
