@@ -566,7 +566,16 @@ def read_config(path):
     if cfg_path == hf:
         return args_from_hf_config(config, cfg_path)
     known = {f.name for f in fields(ModelArgs)}
-    return ModelArgs(**{k: v for k, v in config.items() if k in known and v is not None and v != -1})
+    args = {k: v for k, v in config.items() if k in known and v is not None}
+    if args.get("vocab_size", -1) == -1:
+        # Meta's Llama 2 params.json says -1: the tokenizer decides. Read the
+        # number of rows of the embedding (memory-mapped, nothing loaded).
+        first = sorted(f for f in os.listdir(path) if f.startswith("consolidated.") and f.endswith(".pth"))
+        if not first:
+            raise FileNotFoundError(f"{path}: no consolidated.NN.pth files")
+        shard = torch.load(os.path.join(path, first[0]), map_location="cpu", mmap=True, weights_only=True)
+        args["vocab_size"] = shard["tok_embeddings.weight"].shape[0]
+    return ModelArgs(**args)
 
 
 def safetensors_files(path):

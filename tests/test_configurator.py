@@ -1,0 +1,70 @@
+"""nanoGPT-style --key=value overrides and config files."""
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from configurator import ConfigError, apply, parse_value
+
+
+def defaults():
+    return {"batch_size": 16, "lr": 5.5e-6, "model": "toy", "compile": False, "init_from": None,
+            "__file__": "x.py", "_private": 1, "os": sys}
+
+
+def test_overrides_keep_types():
+    ns = defaults()
+    out = apply(ns, ["--batch_size=32", "--lr=1", "--model=llama2-7b", "--compile=True", "--init_from='out/M1'"])
+    assert ns["batch_size"] == 32 and ns["lr"] == 1.0 and type(ns["lr"]) is float
+    assert ns["model"] == "llama2-7b" and ns["compile"] is True and ns["init_from"] == "out/M1"
+    assert out == {"batch_size": 32, "lr": 1.0, "model": "llama2-7b", "compile": True, "init_from": "out/M1"}
+
+
+def test_parse_value():
+    assert parse_value("3") == 3 and parse_value("1e-5") == 1e-5 and parse_value("None") is None
+    assert parse_value("toy") == "toy" and parse_value("'3'") == "3" and parse_value("False") is False
+
+
+def test_unknown_key_lists_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown setting 'batchsize'.*Valid settings: batch_size, compile, "
+                                          r"init_from, lr, model"):
+        apply(defaults(), ["--batchsize=3"])
+
+
+def test_wrong_type():
+    with pytest.raises(ConfigError, match="batch_size must be int like its default 16, got str 'big'"):
+        apply(defaults(), ["--batch_size=big"])
+    with pytest.raises(ConfigError, match="compile must be bool"):
+        apply(defaults(), ["--compile=1"])
+    with pytest.raises(ConfigError, match="expected --key=value"):
+        apply(defaults(), ["--compile"])
+
+
+def test_config_file(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text("batch_size = 64\nlr = 2e-5  # a comment\nimport math\n")
+    ns = defaults()
+    apply(ns, [str(f), "--batch_size=8"])  # later arguments win
+    assert ns["batch_size"] == 8 and ns["lr"] == 2e-5
+    f.write_text("warmup = 10\n")
+    with pytest.raises(ConfigError, match=r"c\.py: unknown setting 'warmup'"):
+        apply(defaults(), [str(f)])
+    with pytest.raises(ConfigError, match="config file not found"):
+        apply(defaults(), [str(tmp_path / "missing.py")])
+
+
+def test_script_help_and_exit_codes(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(
+        '"""A demo script."""\nimport sys\nsys.path.insert(0, %r)\n'
+        'steps = 10  # how many steps\nname = "x"  # run name\n'
+        'from configurator import configure\nconfigure(globals())\nprint(steps, name)\n' % ROOT)
+    run = lambda *a: subprocess.run([sys.executable, str(script), *a], capture_output=True, text=True)
+    r = run("--help")
+    assert r.returncode == 0 and "A demo script." in r.stdout
+    assert "--steps = 10  # how many steps" in r.stdout and "--name  = 'x'  # run name" in r.stdout
+    r = run("--steps=3", "--name=y")
+    assert r.returncode == 0 and r.stdout.strip() == "3 y"
+    r = run("--stepz=3")
+    assert r.returncode == 2 and "unknown setting 'stepz'" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,267 @@
+"""The Llama network and its checkpoints, checked against Hugging Face transformers."""
+import json
+import os
+
+import pytest
+import torch
+
+from model import (PRESETS, KVCache, ModelArgs, Transformer, estimate_mfu, load_checkpoint, param_names,
+                   preset, read_config, save_checkpoint)
+
+transformers = pytest.importorskip("transformers")
+
+# (name, ModelArgs): multi-head, grouped-query, and a non-default rope theta
+CONFIGS = [
+    ("mha", ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=300, multiple_of=32, max_seq_len=128)),
+    ("gqa", ModelArgs(dim=64, n_layers=3, n_heads=8, n_kv_heads=2, vocab_size=300, multiple_of=16,
+                      max_seq_len=128, norm_eps=1e-6)),
+    ("gqa-theta", ModelArgs(dim=96, n_layers=2, n_heads=6, n_kv_heads=3, vocab_size=300, multiple_of=64,
+                            ffn_dim_multiplier=1.3, rope_theta=500000.0, max_seq_len=128)),
+]
+
+
+def random_model(args, seed=0):
+    torch.manual_seed(seed)
+    model = Transformer(args).eval()
+    with torch.no_grad():  # random norm weights too, so a swapped norm would show
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+def hf_logits(hf_model, tokens):
+    with torch.no_grad():
+        return hf_model(tokens).logits
+
+
+@pytest.mark.parametrize("name,args", CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_our_checkpoint_opens_in_transformers(tmp_path, name, args):
+    model = random_model(args)
+    save_checkpoint(model, tmp_path / "ckpt")
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ckpt", dtype=torch.float32).eval()
+    assert hf.config.num_key_value_heads == args.n_kv_heads
+    assert hf.config.intermediate_size == args.hidden_dim
+    tokens = torch.randint(0, args.vocab_size, (2, 50), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = model(tokens)
+    diff = (ours - hf_logits(hf, tokens)).abs().max().item()
+    assert diff <= 1e-4, diff
+    assert ours.abs().max() > 0.1  # a real comparison, not two zero tensors
+
+
+@pytest.mark.parametrize("name,args", CONFIGS, ids=[c[0] for c in CONFIGS])
+def test_transformers_sharded_checkpoint_loads(tmp_path, name, args):
+    config = transformers.LlamaConfig(
+        hidden_size=args.dim, intermediate_size=args.hidden_dim, num_hidden_layers=args.n_layers,
+        num_attention_heads=args.n_heads, num_key_value_heads=args.n_kv_heads, vocab_size=args.vocab_size,
+        max_position_embeddings=args.max_seq_len, rms_norm_eps=args.norm_eps, rope_theta=args.rope_theta)
+    torch.manual_seed(2)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for n, p in hf.named_parameters():
+            p.normal_(0, 0.05 if "norm" not in n else 0.3).add_(1.0 if "norm" in n else 0.0)
+    hf.save_pretrained(tmp_path / "hf", max_shard_size="60KB")
+    shards = [f for f in os.listdir(tmp_path / "hf") if f.endswith(".safetensors")]
+    assert len(shards) >= 3 and os.path.exists(tmp_path / "hf" / "model.safetensors.index.json")
+
+    model = load_checkpoint(tmp_path / "hf").eval()
+    assert model.args.hidden_dim == args.hidden_dim and model.args.rope_theta == args.rope_theta
+    tokens = torch.randint(0, args.vocab_size, (3, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        diff = (model(tokens) - hf_logits(hf, tokens)).abs().max().item()
+    assert diff <= 1e-4, diff
+
+
+def test_save_load_roundtrip_sharded_and_bf16(tmp_path):
+    model = random_model(CONFIGS[1][1])
+    save_checkpoint(model, tmp_path / "a", max_shard_bytes=20_000)
+    files = os.listdir(tmp_path / "a")
+    assert "model.safetensors.index.json" in files and "model-00001-of-" in " ".join(files)
+    loaded = load_checkpoint(tmp_path / "a")
+    for (n, p), (n2, p2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert n == n2 and torch.equal(p, p2), n
+    save_checkpoint(model, tmp_path / "b", dtype=torch.bfloat16)
+    assert json.load(open(tmp_path / "b" / "config.json"))["torch_dtype"] == "bfloat16"
+    half = load_checkpoint(tmp_path / "b", dtype=torch.bfloat16)
+    assert half.output.weight.dtype == torch.bfloat16
+    assert torch.equal(half.output.weight, model.output.weight.to(torch.bfloat16))
+
+
+def test_save_overwrites_atomically(tmp_path):
+    model = random_model(CONFIGS[0][1])
+    save_checkpoint(model, tmp_path / "ckpt")
+    model2 = random_model(CONFIGS[0][1], seed=5)
+    save_checkpoint(model2, tmp_path / "ckpt")
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no temporary folders left behind
+    assert torch.equal(load_checkpoint(tmp_path / "ckpt").output.weight, model2.output.weight)
+
+
+def make_meta_layout(model, path, n_shards):
+    """Write `model` the way Meta's Llama 2 release does: params.json and one
+    consolidated.NN.pth per model-parallel rank, each with its slice."""
+    os.makedirs(path)
+    a = model.args
+    params = {"dim": a.dim, "n_layers": a.n_layers, "n_heads": a.n_heads, "n_kv_heads": a.n_kv_heads,
+              "multiple_of": a.multiple_of, "ffn_dim_multiplier": a.ffn_dim_multiplier,
+              "norm_eps": a.norm_eps, "vocab_size": -1, "rope_theta": a.rope_theta}
+    json.dump(params, open(os.path.join(path, "params.json"), "w"))
+    sd = model.state_dict()
+    for r in range(n_shards):
+        shard = {}
+        for name, t in sd.items():
+            if name.endswith("norm.weight"):
+                shard[name] = t.clone()
+            elif name == "tok_embeddings.weight" or name.endswith(("wo.weight", "w2.weight")):
+                shard[name] = t.chunk(n_shards, dim=1)[r].clone()
+            else:
+                shard[name] = t.chunk(n_shards, dim=0)[r].clone()
+        torch.save(shard, os.path.join(path, f"consolidated.{r:02d}.pth"))
+
+
+def test_meta_layout_two_shards_equals_one(tmp_path):
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32)
+    model = random_model(args)
+    make_meta_layout(model, tmp_path / "mp1", 1)
+    make_meta_layout(model, tmp_path / "mp2", 2)
+    one, two = load_checkpoint(tmp_path / "mp1"), load_checkpoint(tmp_path / "mp2")
+    assert one.args.vocab_size == 300  # params.json says -1: taken from the weights
+    for name, p in model.state_dict().items():
+        assert torch.equal(one.state_dict()[name], p), name
+        assert torch.equal(two.state_dict()[name], p), name
+    # and a Meta checkpoint converted by us opens in transformers with the same logits
+    save_checkpoint(two, tmp_path / "hf")
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    tokens = torch.randint(0, 300, (1, 30))
+    with torch.no_grad():
+        assert (model(tokens) - hf_logits(hf, tokens)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("name,count", [("llama2-7b", 6_738_415_616), ("llama2-13b", 13_015_864_320),
+                                        ("llama2-70b", 68_976_648_192)])
+def test_meta_device_presets_have_published_counts(name, count):
+    with torch.device("meta"):
+        model = Transformer(PRESETS[name])
+    assert model.num_params() == count
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert sorted(n for n, _ in model.named_parameters()) == sorted(param_names(model.args))
+
+
+def test_llama2_70b_shapes():
+    a = PRESETS["llama2-70b"]
+    assert (a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.hidden_dim, a.vocab_size) == (8192, 80, 64, 8, 28672, 32000)
+    with pytest.raises(KeyError, match="presets: .*llama2-70b"):
+        preset("llama2-71b")
+
+
+def test_kv_cache_matches_full_forward():
+    model = random_model(CONFIGS[1][1])
+    tokens = torch.randint(0, 300, (3, 24))
+    with torch.no_grad():
+        full = model(tokens)
+        cache = KVCache(model.args, 3, 32, "cpu", torch.float32)
+        steps = [model(tokens[:, :10], cache=cache)] + [model(tokens[:, t:t + 1], cache=cache) for t in range(10, 24)]
+    assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-5
+    assert cache.length == 24
+
+
+def test_kv_cache_left_padding_gives_each_row_its_own_positions():
+    model = random_model(CONFIGS[2][1])
+    short, long = torch.randint(0, 300, (1, 5)), torch.randint(0, 300, (1, 9))
+    batch = torch.cat([torch.cat([torch.zeros(1, 4, dtype=torch.long), short], 1), long])
+    pad = torch.zeros(2, 9, dtype=torch.bool)
+    pad[0, :4] = True
+    with torch.no_grad():
+        cache = KVCache(model.args, 2, 16, "cpu", torch.float32)
+        out = model(batch, cache=cache, pad_mask=pad)
+        assert not out.isnan().any()  # padding rows attend to themselves, never to nothing
+        nxt = model(torch.tensor([[7], [7]]), cache=cache)
+        ref_short = model(torch.cat([short, torch.tensor([[7]])], 1))
+        ref_long = model(torch.cat([long, torch.tensor([[7]])], 1))
+    assert (out[0, 4:] - ref_short[0, :5]).abs().max() < 1e-5
+    assert (nxt[0, 0] - ref_short[0, -1]).abs().max() < 1e-5
+    assert (nxt[1, 0] - ref_long[0, -1]).abs().max() < 1e-5
+
+
+def test_loss_ignores_minus_100_and_sequence_limit():
+    model = random_model(CONFIGS[0][1])
+    tokens = torch.randint(0, 300, (2, 12))
+    targets = torch.randint(0, 300, (2, 12))
+    targets[:, :5] = -100
+    logits, loss = model(tokens, targets)
+    manual = torch.nn.functional.cross_entropy(logits[:, 5:].reshape(-1, 300), targets[:, 5:].reshape(-1))
+    assert torch.allclose(loss, manual)
+    with pytest.raises(ValueError, match="longer than max_seq_len"):
+        model(torch.zeros(1, 129, dtype=torch.long))
+
+
+def test_dropout_only_in_training():
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=300, multiple_of=32, dropout=0.1)
+    model = random_model(args)
+    tokens = torch.randint(0, 300, (1, 16))
+    assert torch.equal(model(tokens), model(tokens))
+    model.train()
+    assert not torch.equal(model(tokens), model(tokens))
+
+
+def test_estimate_mfu_by_hand():
+    a = ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=300, multiple_of=32)
+    # 6N + 12*L*H*Q*T FLOPs per token (PaLM appendix B)
+    flops = 6 * 1000 + 12 * 2 * 4 * 16 * 128
+    assert estimate_mfu(a, 1000, tokens_per_second=500, seq_len=128, peak_flops=1e9) == pytest.approx(flops * 500 / 1e9)
+
+
+# --- bad input: clear errors naming the problem --------------------------------
+
+def test_missing_tensor(tmp_path):
+    from safetensors.torch import load_file, save_file
+    save_checkpoint(random_model(CONFIGS[0][1]), tmp_path / "c")
+    f = tmp_path / "c" / "model.safetensors"
+    tensors = load_file(f)
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, f, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"missing tensors: model\.layers\.1\.mlp\.up_proj\.weight"):
+        load_checkpoint(tmp_path / "c")
+
+
+def test_shape_mismatch(tmp_path):
+    save_checkpoint(random_model(CONFIGS[0][1]), tmp_path / "c")
+    cfg = json.load(open(tmp_path / "c" / "config.json"))
+    cfg["intermediate_size"] += 32
+    json.dump(cfg, open(tmp_path / "c" / "config.json", "w"))
+    with pytest.raises(ValueError, match=r"tensor layers\.0\.feed_forward\.w\d\.weight \(model\.layers\.0\.mlp\.\w+_proj\.weight\) has shape .*, the config implies"):
+        load_checkpoint(tmp_path / "c")
+
+
+def test_vocab_differs_from_tokenizer(tmp_path, toy_tokenizer_path):
+    with pytest.raises(ValueError, match="tokenizer .* has \\d+ tokens but the model's vocab_size is 300"):
+        save_checkpoint(random_model(CONFIGS[0][1]), tmp_path / "c", tokenizer_path=toy_tokenizer_path)
+    save_checkpoint(random_model(CONFIGS[0][1]), tmp_path / "c")
+    import shutil
+    shutil.copy(toy_tokenizer_path, tmp_path / "c" / "tokenizer.model")
+    with pytest.raises(ValueError, match="vocab_size is 300 but tokenizer .* has \\d+ tokens"):
+        load_checkpoint(tmp_path / "c")
+
+
+def test_corrupt_or_missing_config(tmp_path):
+    save_checkpoint(random_model(CONFIGS[0][1]), tmp_path / "c")
+    (tmp_path / "c" / "config.json").write_text('{"hidden_size": 64, ')
+    with pytest.raises(ValueError, match=r"config\.json: corrupt JSON"):
+        load_checkpoint(tmp_path / "c")
+    (tmp_path / "c" / "config.json").write_text('{"hidden_size": 64}')
+    with pytest.raises(ValueError, match="missing keys: intermediate_size"):
+        read_config(tmp_path / "c")
+    os.remove(tmp_path / "c" / "config.json")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_checkpoint(tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match="checkpoint folder not found"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+def test_matching_tokenizer_is_copied_and_checked(tmp_path, toy_tokenizer_path):
+    from tokenizer import Tokenizer
+    n = Tokenizer(toy_tokenizer_path).vocab_size
+    model = random_model(preset("toy-tiny", vocab_size=n))
+    save_checkpoint(model, tmp_path / "c", tokenizer_path=toy_tokenizer_path)
+    assert os.path.exists(tmp_path / "c" / "tokenizer.model")
+    assert load_checkpoint(tmp_path / "c").args.vocab_size == n

@@ -1,0 +1,60 @@
+"""The SentencePiece wrapper, the chat template, and the toy tokenizer trainer."""
+import pytest
+
+from tokenizer import B_INST, E_INST, Tokenizer, chat_prompt_ids, chat_tokens, train_tokenizer
+
+
+def test_llama2_tokenizer_ids(llama_tokenizer_path):
+    tok = Tokenizer(llama_tokenizer_path)
+    assert tok.encode("Hello world") == [15043, 3186]
+    assert tok.encode("Hello world", bos=True, eos=True) == [1, 15043, 3186, 2]
+    assert (tok.bos_id, tok.eos_id, tok.vocab_size, tok.pad_id) == (1, 2, 32000, -1)
+    assert tok.decode([15043, 3186]) == "Hello world"
+
+
+def test_llama2_chat_template_boundary(llama_tokenizer_path):
+    tok = Tokenizer(llama_tokenizer_path)
+    ids, start = chat_tokens(tok, "  What is 2+2? ", "It is 4.")
+    pieces = [tok.sp.id_to_piece(i) for i in ids]
+    # <s>[INST] What is 2+2? [/INST] It is 4.</s>, the response starting right after "]"
+    assert ids[0] == 1 and ids[-1] == 2
+    assert tok.decode(ids[:start]) == "[INST] What is 2+2? [/INST]"
+    assert pieces[start - 3:start] == ["/", "INST", "]"]
+    assert tok.decode(ids[start:-1]) == "It is 4."
+    assert pieces[start] == "▁It"
+    # the prompt part is exactly what sampling is given
+    assert chat_prompt_ids(tok, "What is 2+2?") == ids[:start]
+    assert chat_tokens(tok, "What is 2+2?") == (ids[:start], start)
+    # and it matches Meta's reference formatting of one turn, encoded whole
+    whole = tok.encode(f"{B_INST} What is 2+2? {E_INST} It is 4.", bos=True, eos=True)
+    assert whole == ids
+
+
+@pytest.mark.parametrize("text", ["Hello  world\n\ttab", "  leading spaces", "trailing ", "a\n\nb   c",
+                                  "ünïcödé 漢字 🙂", "[INST] reverse 'abc' [/INST] cba", "", "0123456789"])
+def test_toy_tokenizer_is_lossless(toy_tokenizer_path, text):
+    tok = Tokenizer(toy_tokenizer_path)
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_toy_tokenizer_conventions(toy_tokenizer_path):
+    tok = Tokenizer(toy_tokenizer_path)
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, -1)
+    assert 259 < tok.vocab_size <= 512  # 256 bytes + specials + learned pieces
+    assert len(tok.encode("the quick brown fox")) < len("the quick brown fox")  # it learned merges
+    ids, start = chat_tokens(tok, "reverse the word fox", "xof")
+    assert tok.decode(ids[start:]) == "xof" and ids[-1] == tok.eos_id
+
+
+def test_train_tokenizer_is_deterministic_and_atomic(tmp_path):
+    texts = [f"count the letters in word number {i}" for i in range(500)]
+    a = train_tokenizer(texts, str(tmp_path / "a" / "t.model"), vocab_size=300)
+    b = train_tokenizer(texts, str(tmp_path / "b" / "t.model"), vocab_size=300)
+    pieces = lambda t: [(t.sp.id_to_piece(i), t.sp.get_score(i)) for i in range(t.vocab_size)]
+    assert pieces(a) == pieces(b)  # (the file itself also records the temporary training path)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["t.model"]
+
+
+def test_missing_tokenizer_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer model not found"):
+        Tokenizer(str(tmp_path / "nope.model"))
