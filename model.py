@@ -669,9 +669,9 @@ def load_checkpoint(path, device="cpu", dtype=None, tokenizer_path=None):
     tensors = (iter_hf_tensors if os.path.exists(os.path.join(path, "config.json")) else iter_meta_tensors)(path, args)
     with torch.device("meta"):
         model = Transformer(args)
-    model.to_empty(device=device)
     if dtype is not None:
-        model.to(dtype)
+        model.to(dtype)  # on the meta device: no memory is touched yet
+    model.to_empty(device=device)  # allocate, uninitialised; every tensor is filled below
     params = dict(model.named_parameters())
     seen = set()
     with torch.no_grad():
