@@ -1,0 +1,46 @@
+"""
+Seed data for the method: the toy world (data/toy.py) and Open Assistant
+(data/prepare_oasst.py), plus the JSON Lines helpers every stage shares.
+
+Record formats (one JSON object per line):
+    SFT / IFT   {"prompt": str, "response": str, ...}
+    EFT group   {"prompt": str, "responses": [str, ...], "ranks": [int, ...], ...}
+                ranks as in Open Assistant: 0 = best, one per response
+    EFT target  {"prompt": <judge prompt text>, "response": <justification> "\nScore: N"}
+                an SFT record: the model learns to write the judgment
+Extra keys (task, ids, scores) ride along and are ignored by the trainers.
+"""
+import json
+import os
+import tempfile
+
+
+def read_jsonl(path):
+    """All records of a JSON Lines file; a bad line is an error naming file and line."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    return records
+
+
+def write_jsonl(path, records):
+    """Write records atomically: to a temporary file beside path, then os.replace,
+    so a reader (or a resumed run) never sees a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path

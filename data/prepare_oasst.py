@@ -1,0 +1,197 @@
+"""
+The paper's seed data from Open Assistant (oasst1), Section 3.1:
+    IFT  English first-turn prompts, each with its human rank-0 reply
+    EFT  English first-turn prompts with 2 or more human-ranked replies, as
+         groups {"prompt", "responses", "ranks"}, disjoint from the IFT prompts
+
+Input: the oasst1 per-message export, one JSON object per message
+(message_id, parent_id, text, role, lang, rank, deleted, review_result, ...),
+train and/or validation split, any number of files.
+
+Which messages are used:
+- a prompt is a root message (no parent) from the prompter, in English, not
+  deleted and with a passed review; prompts with the same text are kept once
+- a reply is a direct assistant child of such a prompt, in English, not
+  deleted, review passed; it is ranked if it has a rank (0 = best)
+- IFT takes the rank-0 reply only; if that one is unusable the prompt is not
+  an IFT example (we never promote rank 1)
+- EFT keeps the usable ranked replies, renumbered 0..k-1 in their human order
+- later turns are not used; the rest is counted and printed as dropped
+
+How prompts are split (each prompt goes to exactly one of the three sets):
+- EFT eval: the prompts of --eval_files if given, else a share
+  (--eft_eval_frac) of the prompts. The paper's eval set matches the
+  validation split: its 186 prompts with 2+ ranked replies hold 541 replies,
+  the paper's EFT eval size. Note: the validation split's 188 root prompts are
+  AlpacaEval's oasst prompts, so keeping them out of training keeps that
+  benchmark clean.
+- the rest go to IFT with probability --ift_frac, else to EFT train (a prompt
+  that fits only one set goes there). The draw is a hash of the message id
+  and the seed, so a prompt's set does not change when files are added.
+
+    python -m data.prepare_oasst train.jsonl validation.jsonl --eval_files=validation.jsonl --out=data/oasst
+writes ift.jsonl, eft_train.jsonl, eft_eval.jsonl (EFT groups) into --out.
+The EFT training targets are then written by the SFT baseline with
+judge.make_eft_targets, as the paper did.
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+from collections import Counter, defaultdict
+
+from data import write_jsonl
+
+REQUIRED = ("message_id", "parent_id", "text", "role")
+
+
+def read_messages(paths):
+    """All messages of the input files as {message_id: message}; each message
+    remembers its file in "_file". A malformed line is an error naming file and line."""
+    messages = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    m = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                missing = [k for k in REQUIRED if not isinstance(m, dict) or k not in m]
+                if missing:
+                    raise ValueError(f"{path}:{lineno}: not an oasst message, missing {', '.join(missing)}")
+                m["_file"] = os.path.abspath(path)
+                messages.setdefault(m["message_id"], m)  # a message in two files counts once
+    return messages
+
+
+def _rank(m):
+    """The human rank as an int, or None (exports written by pandas may hold 0.0 or NaN)."""
+    r = m.get("rank")
+    if r is None or (isinstance(r, float) and math.isnan(r)):
+        return None
+    return int(r)
+
+
+def _usable(m, role):
+    """Why a message cannot be used, or None if it can."""
+    if m["role"] != role:
+        return f"role {m['role']!r}, not {role!r}"
+    if m.get("lang") != "en":
+        return "not English"
+    if m.get("deleted"):
+        return "deleted"
+    if m.get("review_result") is not True:
+        return "review not passed"
+    return None
+
+
+def _draw(message_id, seed, salt):
+    """A number in [0, 1) fixed by the message id and the seed."""
+    digest = hashlib.sha256(f"{seed}:{salt}:{message_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64
+
+
+def prepare(paths, eval_files=(), eft_eval_frac=0.1, ift_frac=0.6, seed=1337):
+    """
+    Returns (sets, kept, dropped): sets = {"ift": [...], "eft_train": [...], "eft_eval": [...]};
+    kept and dropped count every input message once, dropped by reason.
+    """
+    paths = [os.path.abspath(p) for p in paths]
+    eval_files = {os.path.abspath(p) for p in eval_files}
+    messages = read_messages(paths + sorted(eval_files - set(paths)))
+    kept, dropped = Counter(), Counter()
+    children = defaultdict(list)
+    for m in messages.values():
+        parent = messages.get(m["parent_id"])
+        if m["parent_id"] is None:
+            continue
+        if parent is None:
+            dropped["message whose parent is absent (e.g. in another language)"] += 1
+        elif parent["parent_id"] is not None:
+            dropped["later-turn message (only first turns are used)"] += 1
+        else:
+            children[m["parent_id"]].append(m)
+
+    sets, seen_text = {"ift": [], "eft_train": [], "eft_eval": []}, set()
+    for root in sorted((m for m in messages.values() if m["parent_id"] is None), key=lambda m: m["message_id"]):
+        replies, n_replies = [], len(children[root["message_id"]])
+        why = _usable(root, "prompter")
+        text = " ".join(root["text"].split()).lower()
+        if not why and text in seen_text:
+            why = "same text as another prompt"
+        if why:
+            dropped[f"prompt: {why}"] += 1
+            dropped["first-turn reply: its prompt is dropped"] += n_replies
+            continue
+        seen_text.add(text)
+        for c in children[root["message_id"]]:
+            why = _usable(c, "assistant") or (_rank(c) is None and "unranked")
+            if why:
+                dropped[f"first-turn reply: {why}"] += 1
+            else:
+                replies.append(c)
+        replies.sort(key=_rank)
+        best = replies[0] if replies and _rank(replies[0]) == 0 else None
+        ift = best and {"prompt": root["text"].strip(), "response": best["text"].strip(),
+                        "prompt_id": root["message_id"], "response_id": best["message_id"]}
+        eft = len(replies) >= 2 and {
+            "prompt": root["text"].strip(), "responses": [c["text"].strip() for c in replies],
+            "ranks": list(range(len(replies))),  # renumbered 0..k-1 in the human order
+            "prompt_id": root["message_id"], "response_ids": [c["message_id"] for c in replies]}
+
+        # the split (module docstring): eval first, then IFT or EFT train
+        if eval_files:
+            to_eval = root["_file"] in eval_files
+        else:
+            to_eval = _draw(root["message_id"], seed, "eval") < eft_eval_frac
+        if to_eval and eft:
+            name = "eft_eval"
+        elif to_eval:
+            name = None
+            dropped["prompt: eval prompt with fewer than 2 usable ranked replies"] += 1
+        elif ift and (not eft or _draw(root["message_id"], seed, "ift") < ift_frac):
+            name = "ift"
+        elif eft:
+            name = "eft_train"
+        else:
+            name = None
+            dropped["prompt: no usable rank-0 reply and fewer than 2 ranked replies"] += 1
+        if name is None:
+            dropped["first-turn reply: its prompt is dropped"] += len(replies)
+            continue
+        sets[name].append(ift if name == "ift" else eft)
+        kept[f"{name} prompt"] += 1
+        kept[f"{name} reply"] += 1 if name == "ift" else len(replies)
+        if name == "ift":
+            dropped["first-turn reply: not the rank-0 reply of an IFT prompt"] += len(replies) - 1
+    return sets, kept, dropped
+
+
+def report(sets, kept, dropped):
+    """What was kept and what was dropped, as printable lines."""
+    lines = [f"read {sum(kept.values()) + sum(dropped.values())} messages",
+             f"kept {len(sets['ift'])} IFT examples"]
+    for name in ("eft_train", "eft_eval"):
+        n = sum(len(g["responses"]) for g in sets[name])
+        lines.append(f"kept {len(sets[name])} {name} groups with {n} ranked replies")
+    lines += [f"dropped {n:5d}  {why}" for why, n in sorted(dropped.items())]
+    return lines
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description="Write the IFT and EFT seed sets from oasst1 message files.")
+    p.add_argument("files", nargs="+", help="oasst1 per-message JSONL files (train, validation)")
+    p.add_argument("--eval_files", nargs="*", default=[], help="files whose prompts form the EFT eval set")
+    p.add_argument("--eft_eval_frac", type=float, default=0.1,
+                   help="share of prompts for EFT eval, without --eval_files")
+    p.add_argument("--ift_frac", type=float, default=0.6, help="share of the other prompts for IFT")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--out", default="data/oasst")
+    args = p.parse_args()
+    sets, kept, dropped = prepare(args.files, args.eval_files, args.eft_eval_frac, args.ift_frac, args.seed)
+    print("\n".join(report(sets, kept, dropped)))
+    for name, records in sets.items():
+        print("wrote", write_jsonl(os.path.join(args.out, f"{name}.jsonl"), records))

@@ -1,0 +1,416 @@
+"""
+The toy world: short instruction tasks with a ground-truth grader, so the whole
+method runs on a laptop CPU in minutes and can be measured honestly.
+
+Tasks (a "task" dict holds the kind and its arguments; words are made-up
+syllable words like "tamilo", so nothing can be memorised, only learned):
+    reverse   "Write 'tamilo' backwards."                       -> olimat
+    sort      "Sort the letters of 'tamilo' alphabetically."     -> ailmot
+    replace   "Replace each 'a' in 'banana' with 'o'."            -> bonono
+    count     "How many times does 'a' appear in 'banana'?"       -> 3
+    length    "How many letters are in 'tamilo'?"                 -> 6
+    arith     "What is 17 + 25?"  (+, -, x)                       -> 42
+Each kind has several phrasings; the ideal response is the bare answer.
+
+grade(record, response) -> 0..5 follows the paper's additive rubric:
+    0  off-topic: nothing about the task in it
+    1  related but wrong: a wrong number, a wrong one-word answer, the input
+       word echoed, or letters of the answer in a scrambled order
+    2  partly right: close to the answer (a word at most half wrong by edit
+       distance; a number off by at most max(1, answer // 20))
+    3  the answer is there but it is not a clean answer: it also offers another
+       candidate (a number, or a word near the answer or made of its letters),
+       repeats the answer, runs over 15 words, or has the case wrong
+    4  right but not clean: the answer plus a little chatter ("Sure! It is 42.")
+    5  exactly the answer, nothing else (a trailing period allowed)
+Numbers are read as digits; English words are never taken for answers.
+The grader makes seed data and evaluates; the self-rewarding loop never sees
+it. It reads the task from record["task"], or parses it from the prompt text
+when the record has none (this works for every prompt this file writes; a
+prompt the model invents itself has no ground truth and is not graded).
+
+Files written by write_toy(out_dir) (formats in data/__init__.py):
+    ift.jsonl              {"prompt", "response", "task"}            IFT seed (3,200)
+    eft_train.jsonl        {"prompt": judge prompt, "response": why + "Score: N", "score"}
+                           EFT targets, one per judged response (1,630)
+    eft_train_groups.jsonl {"prompt", "responses", "ranks", "scores", "task"}
+                           the same responses as groups, for judge.make_eft_targets
+    eft_eval.jsonl         the same group shape; 541 responses in all
+    test.jsonl             {"prompt", "task"}                        held out (256)
+EFT sizes count judged responses: the paper's 541 eval examples match in number
+the ranked first-turn replies of the oasst1 validation split (541, 186 prompts).
+Groups have 2 to 4 responses (2.85 on average), all of different grades;
+rank 0 = best, as in Open Assistant. No task appears in two files.
+
+    python -m data.toy --out=data/toy --seed=1337
+"""
+import argparse
+import os
+import random
+import re
+
+from data import write_jsonl, read_jsonl
+from judge import JUDGE_PROMPT, judge_prompt
+
+# -----------------------------------------------------------------------------
+# Tasks and their phrasings
+
+CONSONANTS, VOWELS = "bdfgklmnprstvz", "aeiou"
+
+TEMPLATES = {
+    "reverse": [
+        "Reverse the word '{word}'.",
+        "Write '{word}' backwards.",
+        "What is '{word}' spelled backwards?",
+        "Spell the word '{word}' in reverse order.",
+        "Can you reverse the letters of '{word}'?",
+        "Write the letters of '{word}' from last to first.",
+    ],
+    "sort": [
+        "Sort the letters of '{word}' alphabetically.",
+        "Put the letters of '{word}' in alphabetical order.",
+        "Arrange the letters in '{word}' from a to z.",
+        "Rearrange '{word}' so its letters are in alphabetical order.",
+        "What do you get if you sort the letters of '{word}'?",
+    ],
+    "replace": [
+        "Replace each '{old}' in '{word}' with '{new}'.",
+        "Copy the word '{word}', but change every '{old}' into '{new}'.",
+        "Write '{word}' with every letter '{old}' replaced by '{new}'.",
+        "Swap every '{old}' in '{word}' for a '{new}'.",
+        "Rewrite '{word}', using '{new}' wherever it has '{old}'.",
+    ],
+    "count": [
+        "How many times does '{letter}' appear in '{word}'?",
+        "Count the letter '{letter}' in the word '{word}'.",
+        "In the word '{word}', how often does '{letter}' occur?",
+        "How many '{letter}' letters are in '{word}'?",
+        "Count how many times '{letter}' occurs in '{word}'.",
+    ],
+    "length": [
+        "How many letters are in '{word}'?",
+        "How long is the word '{word}'?",
+        "Count the letters of '{word}'.",
+        "What is the length of the word '{word}'?",
+        "How many letters does '{word}' have?",
+    ],
+    "arith+": [
+        "What is {a} + {b}?",
+        "Compute {a} plus {b}.",
+        "Add {a} and {b}.",
+        "What is the sum of {a} and {b}?",
+        "Calculate {a} + {b}.",
+    ],
+    "arith-": [
+        "What is {a} - {b}?",
+        "Subtract {b} from {a}.",
+        "What is {a} minus {b}?",
+        "Compute {a} - {b}.",
+        "Take {b} away from {a}. What is left?",
+    ],
+    "arithx": [
+        "What is {a} times {b}?",
+        "Multiply {a} by {b}.",
+        "What is {a} x {b}?",
+        "Compute the product of {a} and {b}.",
+        "Calculate {a} * {b}.",
+    ],
+}
+KINDS = ["reverse", "sort", "replace", "count", "length", "arith"]
+
+
+def make_word(rng):
+    """A pronounceable made-up word of 4 to 7 letters: 2-3 syllables, maybe a final consonant."""
+    word = "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(rng.choice((2, 3))))
+    return word + rng.choice(CONSONANTS) if rng.random() < 0.4 else word
+
+
+def answer(task):
+    """The one right answer, as a string."""
+    kind, w = task["kind"], task.get("word")
+    if kind == "reverse":
+        return w[::-1]
+    if kind == "sort":
+        return "".join(sorted(w))
+    if kind == "replace":
+        return w.replace(task["old"], task["new"])
+    if kind == "count":
+        return str(w.count(task["letter"]))
+    if kind == "length":
+        return str(len(w))
+    a, b = task["a"], task["b"]
+    return str({"+": a + b, "-": a - b, "x": a * b}[task["op"]])
+
+
+def sample_task(rng):
+    """A random task; None if the draw is degenerate (the caller draws again)."""
+    kind, word = rng.choice(KINDS), make_word(rng)
+    if kind == "arith":
+        op = rng.choices("+-x", weights=(2, 2, 1))[0]
+        if op == "x":
+            a, b = rng.randint(2, 30), rng.randint(2, 9)
+        elif op == "+":
+            a, b = rng.randint(2, 99), rng.randint(2, 99)
+        else:
+            a = rng.randint(10, 99)
+            b = rng.randint(2, a - 1)
+            if a == 2 * b:
+                return None  # the answer would equal an operand: a wrong echo would look right
+        return {"kind": "arith", "op": op, "a": a, "b": b}
+    task = {"kind": kind, "word": word}
+    if kind == "replace":
+        task["old"] = rng.choice(word)  # a letter by position: repeated letters come up more
+        task["new"] = rng.choice([c for c in CONSONANTS + VOWELS if c not in word])
+    if kind == "count":  # mostly a letter of the word, sometimes one it lacks (answer 0)
+        absent = [c for c in CONSONANTS + VOWELS if c not in word]
+        task["letter"] = rng.choice(word) if rng.random() < 0.85 else rng.choice(absent)
+    if kind in ("reverse", "sort") and answer(task) == word:
+        return None
+    return task
+
+
+def _template_kind(task):
+    return "arith" + task["op"] if task["kind"] == "arith" else task["kind"]
+
+
+def render(task, rng):
+    """The task as a natural instruction, in one of its phrasings."""
+    return rng.choice(TEMPLATES[_template_kind(task)]).format(**task)
+
+
+def _template_regex(template):
+    pattern = re.escape(template)
+    for name, group in (("word", "[a-z]+"), ("old", "[a-z]"), ("new", "[a-z]"), ("letter", "[a-z]"),
+                        ("a", "[0-9]+"), ("b", "[0-9]+")):
+        pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>{group})")
+    return re.compile(pattern + "$")
+
+
+_PARSERS = [(key, _template_regex(t)) for key, ts in TEMPLATES.items() for t in ts]
+
+
+def task_from_prompt(prompt):
+    """The task a prompt written by render() asks for, or None for any other text."""
+    for key, regex in _PARSERS:
+        m = regex.match(prompt.strip())
+        if m:
+            args = m.groupdict()
+            if key.startswith("arith"):
+                return {"kind": "arith", "op": key[-1], "a": int(args["a"]), "b": int(args["b"])}
+            return {"kind": key, **args}
+    return None
+
+
+# -----------------------------------------------------------------------------
+# The ground-truth grader
+
+# What responses look like besides the answer (the EFT bad answers use them too)
+CHATTER = ["Sure! The answer is {x}.", "{x}. Hope this helps!", "Here you go: {x}", "Of course. It is {x}.",
+           "The result is {x}. Let me know if you need more help.", "'{x}'", "Easy: {x}!"]
+HEDGES = ["{x}, or maybe {y}.", "It is either {y} or {x}.", "I think {y}, no wait, {x}.", "{x} {x}",
+          "Well, I had to think about this one for quite a while before I was sure, but the answer is {x}, "
+          "and I hope that is what you were looking for today."]
+OFF_TOPIC = ["I like walking by the river in the morning.", "The weather is lovely today, isn't it?",
+             "Cats are wonderful pets.", "Let me tell you about my favourite film instead.",
+             "I am not sure what you mean.", "Please ask me something else.", "Tea is better than coffee.",
+             "The library opens early on weekdays."]
+
+
+# Every English word the toy world writes: never taken for an attempt at an answer
+# ("not" is a word, not a near miss of "inot")
+ENGLISH = {w.lower() for t in sum(TEMPLATES.values(), CHATTER + HEDGES + OFF_TOPIC) for w in re.findall("[A-Za-z]+", t)}
+ENGLISH |= {"a", "an", "and", "answer", "are", "be", "but", "here", "i", "is", "it", "no", "not", "of", "ok", "or",
+            "so", "that", "the", "this", "to", "was", "word", "yes", "you", "your"}
+
+
+def similarity(s, t):
+    """1 - edit distance / longer length: 1 for equal strings, 0 for nothing in common."""
+    prev = list(range(len(t) + 1))
+    for i, cs in enumerate(s, 1):
+        cur = [i]
+        for j, ct in enumerate(t, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (cs != ct)))
+        prev = cur
+    return 1 - prev[-1] / max(len(s), len(t), 1)
+
+
+def grade(record, response):
+    """Score a response 0..5 against the truth (rules in the module docstring)."""
+    task = record.get("task") or task_from_prompt(record["prompt"])
+    if task is None:
+        raise ValueError(f"not a toy-world prompt, cannot grade: {record['prompt']!r}")
+    ans, text = answer(task), response.strip()
+    if text in (ans, ans + "."):
+        return 5
+    if ans.isdigit():
+        found = re.findall(r"\d+", text)  # the numbers in the response
+        echo = {str(task.get("a")), str(task.get("b"))}  # operands repeated from the question
+        tries = [n for n in found if n not in echo]  # every other number is an answer
+        near = [n for n in tries if abs(int(n) - int(ans)) <= max(1, int(ans) // 20)]
+        related = bool(found) or bool(task.get("word")) and task["word"] in text.lower()
+    else:
+        found = re.findall(r"[A-Za-z]+", text)  # the words in the response
+        words = [t for t in found if t.lower() not in ENGLISH | {task["word"]}]
+        near = [t for t in words if similarity(t.lower(), ans) >= 0.5]
+        scrambled = [t for t in words if sorted(t.lower()) == sorted(ans)]
+        tries = near + scrambled  # words that look like attempts at the answer
+        related = task["word"] in map(str.lower, found) or (len(found) == 1 and bool(words)) or bool(scrambled)
+    hits = found.count(ans)
+    if hits:  # right, but is it clean? one answer, said once, in a few words
+        others = [t for t in tries if t != ans]
+        return 3 if hits > 1 or others or len(text.split()) > 15 else 4
+    if ans in (t.lower() for t in near):
+        return 3  # the right letters in the wrong case
+    return 2 if near else 1 if related else 0
+
+
+# -----------------------------------------------------------------------------
+# Responses of a given grade: the EFT "bad" answers, a mix of the corruptions a
+# model makes (wrong, nearly right, right with chatter, hedged, off-topic)
+
+def _near(ans, rng):
+    """A nearly right answer: a number off by a little, or one letter swapped, dropped or changed."""
+    if ans.isdigit():
+        return str(max(0, int(ans) + rng.choice((-1, 1)) * rng.randint(1, max(1, int(ans) // 20))))
+    s, i = list(ans), rng.randrange(len(ans))
+    op = rng.choice(("swap", "drop", "change"))
+    if op == "swap" and i + 1 < len(s):
+        s[i], s[i + 1] = s[i + 1], s[i]
+    elif op == "drop":
+        del s[i]
+    else:
+        s[i] = rng.choice(CONSONANTS + VOWELS)
+    return "".join(s)
+
+
+def _wrong(task, ans, rng):
+    """A related but wrong answer: a far number, the input word, a scramble or another word."""
+    if ans.isdigit():
+        return str(int(ans) + rng.choice((-1, 1)) * rng.randint(3, 30))
+    return rng.choice((task["word"], "".join(rng.sample(ans, len(ans))), make_word(rng)))
+
+
+def make_response(task, score, rng, tries=100):
+    """A response the grader gives exactly `score` (drawn again until it does)."""
+    ans, record = answer(task), {"prompt": "", "task": task}
+    for _ in range(tries):
+        if score == 5:
+            r = ans
+        elif score == 4:
+            r = rng.choice(CHATTER).format(x=ans)
+        elif score == 3:
+            r = ans.upper() if not ans.isdigit() and rng.random() < 0.2 else \
+                rng.choice(HEDGES).format(x=ans, y=_near(ans, rng))
+        elif score == 2:
+            r = rng.choice(["{x}", "{x}", "I think it is {x}."]).format(x=_near(ans, rng))
+        elif score == 1:
+            r = rng.choice(["{x}", "The answer is {x}."]).format(x=_wrong(task, ans, rng))
+        else:
+            r = rng.choice(OFF_TOPIC)
+        if grade(record, r) == score:
+            return r
+    raise RuntimeError(f"no response of grade {score} for {task}")
+
+
+# The EFT target: a short justification per grade, ending in "Score: N" as the
+# judge prompt asks. It states the right answer first, so the judge learns to
+# work the task out before it compares.
+JUSTIFICATION = {
+    0: "The response is off-topic: it does not address the question.",
+    1: "The response is related to the question, but its answer is wrong.",
+    2: "The response is close, but only partly right.",
+    3: "The response contains the answer, but it hedges, repeats or gets the form wrong.",
+    4: "The response is right, but adds text that was not asked for.",
+    5: "The response is exactly right and concise.",
+}
+
+
+def eft_target(prompt, task, response):
+    """The SFT record that teaches the judge to score this response."""
+    score = grade({"prompt": prompt, "task": task}, response)
+    why = f"The correct answer is {answer(task)}. {JUSTIFICATION[score]}"
+    return {"prompt": judge_prompt(prompt, response), "response": f"{why}\nScore: {score}", "score": score}
+
+
+# -----------------------------------------------------------------------------
+# The seed sets
+
+def _group_sizes(n_responses, rng):
+    """Group sizes of 2..4 (2.85 on average) adding up to exactly n_responses."""
+    sizes, left = [], n_responses
+    while left > 0:
+        k = min(rng.choices((2, 3, 4), weights=(0.35, 0.45, 0.20))[0], left)
+        if left - k == 1:  # never leave a single response over
+            k = k + 1 if k < 4 else k - 1
+        sizes.append(k)
+        left -= k
+    return sizes
+
+
+def _group(task, k, rng):
+    prompt = render(task, rng)
+    scores = rng.sample(range(6), k)  # k different grades, so the ranking is strict
+    responses = [make_response(task, s, rng) for s in scores]
+    ranks = [sorted(scores, reverse=True).index(s) for s in scores]  # 0 = best
+    return {"prompt": prompt, "responses": responses, "ranks": ranks, "scores": scores, "task": task}
+
+
+def build(seed=1337, n_ift=3200, n_eft_train=1630, n_eft_eval=541, n_test=256):
+    """All toy seed sets as lists of records; the same seed gives the same sets."""
+    if 1 in (n_eft_train, n_eft_eval):
+        raise ValueError("an EFT set needs 0 or at least 2 responses")
+    rng = random.Random(seed)
+    train_sizes, eval_sizes = _group_sizes(n_eft_train, rng), _group_sizes(n_eft_eval, rng)
+    # draw every task up front, all different, so no task is in two files
+    tasks, seen = [], set()
+    while len(tasks) < n_ift + len(train_sizes) + len(eval_sizes) + n_test:
+        task = sample_task(rng)
+        key = task and tuple(sorted(task.items()))
+        if task and key not in seen:
+            seen.add(key)
+            tasks.append(task)
+    test, tasks = tasks[:n_test], tasks[n_test:]
+    eft_eval = [_group(t, k, rng) for t, k in zip(tasks, eval_sizes)]
+    tasks = tasks[len(eval_sizes):]
+    train_groups = [_group(t, k, rng) for t, k in zip(tasks, train_sizes)]
+    ift_tasks = tasks[len(train_sizes):]
+    eft_train = [eft_target(g["prompt"], g["task"], r) for g in train_groups for r in g["responses"]]
+    rng.shuffle(eft_train)
+    return {
+        "ift": [{"prompt": render(t, rng), "response": answer(t), "task": t} for t in ift_tasks],
+        "eft_train": eft_train,
+        "eft_train_groups": train_groups,
+        "eft_eval": eft_eval,
+        "test": [{"prompt": render(t, rng), "task": t} for t in test],
+    }
+
+
+def write_toy(out_dir, seed=1337, **sizes):
+    """Write the toy seed files into out_dir; returns {name: path}."""
+    sets = build(seed, **sizes)
+    return {name: write_jsonl(os.path.join(out_dir, f"{name}.jsonl"), records) for name, records in sets.items()}
+
+
+def corpus(out_dir):
+    """Texts to train the toy tokenizer on: every prompt and response in the
+    seed files (which include the judge prompt many times), and the chat markers."""
+    yield JUDGE_PROMPT
+    for name in ("ift", "eft_train", "eft_eval", "test"):
+        for r in read_jsonl(os.path.join(out_dir, f"{name}.jsonl")):
+            yield r["prompt"]
+            yield from [r["response"]] if "response" in r else r.get("responses", [])
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description="Write the toy world's seed files.")
+    p.add_argument("--out", default="data/toy", help="output folder")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--n_ift", type=int, default=3200)
+    p.add_argument("--n_eft_train", type=int, default=1630, help="judged responses")
+    p.add_argument("--n_eft_eval", type=int, default=541, help="judged responses")
+    p.add_argument("--n_test", type=int, default=256)
+    args = p.parse_args()
+    paths = write_toy(args.out, args.seed, n_ift=args.n_ift, n_eft_train=args.n_eft_train,
+                      n_eft_eval=args.n_eft_eval, n_test=args.n_test)
+    for name, path in paths.items():
+        print(f"{sum(1 for _ in open(path)):6d} records  {path}")

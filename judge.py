@@ -1,0 +1,299 @@
+"""
+LLM-as-a-Judge (Yuan et al. 2024, Section 2 and Figure 2): the model scores a
+response with the additive 5-point prompt, writes a short justification and
+ends with "Score: N". This file holds
+
+    judge_prompt(...)       the Figure 2 prompt, filled in
+    parse_score(text)       the score a judgment ends with, 0..5 or None
+    judge(...)              sample each judgment n times, average the scores
+    reward_metrics(...)     agreement with human rankings (Section 3, Table 4)
+    make_eft_targets(...)   EFT training targets written by the SFT baseline
+
+`python judge.py` is not a script: selfreward.py and the tests call in here.
+"""
+import math
+import random
+import re
+from collections import Counter
+
+import numpy as np
+
+from tokenizer import chat_prompt_ids
+
+# -----------------------------------------------------------------------------
+# The judge prompt, word for word from Figure 2 of the paper (typographic quotes
+# and apostrophes kept; the PDF's line wraps joined into paragraphs). The chat
+# template (tokenizer.chat_prompt_ids) wraps it like any other instruction.
+
+JUDGE_PROMPT = """\
+Review the user’s question and the corresponding response using the additive 5-point scoring system described below. Points are accumulated based on the satisfaction of each criterion:
+- Add 1 point if the response is relevant and provides some information related to the user’s inquiry, even if it is incomplete or contains some irrelevant content.
+- Add another point if the response addresses a substantial portion of the user’s question, but does not completely resolve the query or provide a direct answer.
+- Award a third point if the response answers the basic elements of the user’s question in a useful way, regardless of whether it seems to have been written by an AI Assistant or if it has elements typically found in blogs or search results.
+- Grant a fourth point if the response is clearly written from an AI Assistant’s perspective, addressing the user’s question directly and comprehensively, and is well-organized and helpful, even if there is slight room for improvement in clarity, conciseness or focus.
+- Bestow a fifth point for a response that is impeccably tailored to the user’s question by an AI Assistant, without extraneous information, reflecting expert knowledge, and demonstrating a high-quality, engaging, and insightful answer.
+User: <INSTRUCTION_HERE>
+<response><RESPONSE_HERE></response>
+After examining the user’s instruction and the response:
+- Briefly justify your total score, up to 100 words.
+- Conclude with the score using the format: “Score: <total points>”
+Remember to assess from the AI Assistant perspective, utilizing web search knowledge as necessary. To evaluate the response in alignment with this additive scoring model, we’ll systematically attribute points based on the outlined criteria."""
+
+
+def judge_prompt(instruction, response):
+    """The judge prompt as plain text, ready for chat_prompt_ids or an SFT record."""
+    fill = {"<INSTRUCTION_HERE>": instruction.strip(), "<RESPONSE_HERE>": response.strip()}
+    # one pass, so a placeholder written inside the instruction is left alone
+    return re.sub("<INSTRUCTION_HERE>|<RESPONSE_HERE>", lambda m: fill[m.group(0)], JUDGE_PROMPT)
+
+
+def judge_prompt_ids(tokenizer, instruction, response):
+    """Token ids of the judge prompt in the chat template, ready to sample from."""
+    return chat_prompt_ids(tokenizer, judge_prompt(instruction, response))
+
+
+# -----------------------------------------------------------------------------
+# Reading the score. Rules (a parser that guesses poisons the preference pairs):
+# - a score is the word "score", a colon and a number on the same line, with
+#   any markdown around: "Score: 4", "score:4", "**Score: 4**", "**Score**: 4",
+#   "Score: **4**", "Score: 4.", "Score: 4 points"; or "Score 4:"
+# - prose is not a score: "a score of 4", "scores 5 points" never match
+# - several scores: the last one is the conclusion and the only one read
+# - "Score: 4/5" and "4 out of 5" are 4; any other scale ("8/10", "4/10") is None:
+#   rescaling would be inventing
+# - a fraction of a point ("3.5") is None: the rubric adds whole points and
+#   rounding would invent a score; "4.0" is 4
+# - a range or a choice ("3-4", "4 or 5"), a negative or anything above 5: None
+
+_NUMBER = r"[-+]?\d+(?:\.\d+)?"
+_SCORE = re.compile(
+    r"\bscore\b(?:"
+    rf"[ \t*_]*:[ \t*_]*(?P<a>{_NUMBER})"   # Score: 4   **Score**: 4   Score: **4**
+    rf"|[ \t*_]+(?P<b>{_NUMBER})[ \t*_]*:"  # Score 4:
+    r")", re.IGNORECASE)  # on one line: "score = 0" (code) and "score:\n1 point" are not scores
+_SCALE = re.compile(r"\s*(?:/|out\s+of)\s*(\d+)", re.IGNORECASE)  # "/5", " out of 5"
+_RANGE = re.compile(r"\s*(?:[-–—]|to\b|or\b)\s*\d", re.IGNORECASE)  # "3-4", "4 or 5"
+
+
+def _value(text, number, end):
+    """The score a matched number stands for, or None; end = where the number ends."""
+    value = float(number)
+    scale = _SCALE.match(text, end)
+    if scale and int(scale.group(1)) != 5:
+        return None
+    if not scale and _RANGE.match(text, end):
+        return None
+    if value != int(value) or not 0 <= value <= 5:
+        return None
+    return int(value)
+
+
+def find_score(text):
+    """(score or None, start, end) of the concluding score mark, or None if there is none."""
+    matches = list(_SCORE.finditer(text))
+    if not matches:
+        return None
+    m = matches[-1]
+    group = "a" if m.group("a") is not None else "b"
+    return _value(text, m.group(group), m.end(group)), m.start(), m.end()
+
+
+def parse_score(text):
+    """The concluding score of a judgment as an int 0..5, or None (never a made-up value)."""
+    found = find_score(text)
+    return None if found is None else found[0]
+
+
+# -----------------------------------------------------------------------------
+# Judging: Section 2.3, "each candidate is scored 3 times ... the scores averaged".
+
+def judge(model, tokenizer, prompts, responses, n_samples=3, temperature=0.7, top_p=0.9,
+          max_new_tokens=256, seed=None, batch_size=32, generate_fn=None):
+    """
+    Judge response i to prompt i, n_samples times each, with the model itself.
+    Returns (scores, records):
+      scores[i]   the mean of the parsed scores of response i; a sample without a
+                  score is left out of the mean; None if no sample had a score
+                  (such a response must never be chosen nor rejected)
+      records[i]  {"prompt", "response", "judgments": [text]*n, "scores": [int|None]*n,
+                   "score": mean|None}: the raw judgments, to keep beside the pairs
+    generate_fn defaults to sample.generate (imported here, so this file loads
+    without it); tests pass a stub with the same contract.
+    """
+    assert len(prompts) == len(responses), "one response per prompt"
+    if not prompts:
+        return [], []
+    if generate_fn is None:
+        from sample import generate as generate_fn
+    ids = [judge_prompt_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
+    outs = generate_fn(model, ids, max_new_tokens, temperature=temperature, top_p=top_p,
+                       n=n_samples, eos_id=tokenizer.eos_id, seed=seed, batch_size=batch_size)
+    assert len(outs) == len(ids) * n_samples, "generate must return n completions per prompt"
+    scores, records = [], []
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        texts = [tokenizer.decode(c) for c in outs[i * n_samples:(i + 1) * n_samples]]
+        parsed = [parse_score(t) for t in texts]
+        valid = [s for s in parsed if s is not None]
+        score = sum(valid) / len(valid) if valid else None
+        scores.append(score)
+        records.append({"prompt": p, "response": r, "judgments": texts, "scores": parsed, "score": score})
+    return scores, records
+
+
+# -----------------------------------------------------------------------------
+# Reward-modeling metrics (Section 3.3, Table 4): how well the judge's scores
+# agree with human rankings. Inputs per prompt: the judge's scores (None = no
+# score) and the human ranks (0 = best). Choices, for the cases the paper leaves open:
+# - pairwise accuracy and 5-best are pooled over all pairs / all responses;
+#   exact match and the correlations are per prompt, averaged over prompts
+# - a pair with a tie in scores, or a None on either side, counts as wrong
+# - "scored 5" means an (averaged) score of exactly 5; 5-best is None when
+#   no response scored 5
+# - correlations use only the scored responses; where one is undefined (fewer
+#   than 2 scored, or all scores equal) the prompt counts 0: the judge told
+#   the responses apart no better than chance
+# - prompts with fewer than 2 distinct human ranks carry no ordering: skipped
+
+def _pair_signs(x):
+    """sign(x_i - x_j) for every pair i < j."""
+    i, j = np.triu_indices(len(x), k=1)
+    return np.sign(x[i] - x[j])
+
+
+def kendall_tau(x, y):
+    """Kendall's tau-b (ties allowed on both sides), or None where undefined."""
+    s, t = _pair_signs(np.asarray(x, float)), _pair_signs(np.asarray(y, float))
+    denom = math.sqrt(np.count_nonzero(s) * np.count_nonzero(t))
+    return float((s * t).sum() / denom) if denom else None
+
+
+def _average_ranks(x):
+    """1-based ranks, tied values sharing the mean of the ranks they span."""
+    x = np.asarray(x, float)
+    below = (x[None, :] < x[:, None]).sum(1)
+    equal = (x[None, :] == x[:, None]).sum(1)
+    return below + (equal + 1) / 2
+
+
+def spearman(x, y):
+    """Spearman's rho: the Pearson correlation of the average ranks, or None where undefined."""
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = math.sqrt((rx ** 2).sum() * (ry ** 2).sum())
+    return float((rx * ry).sum() / denom) if denom else None
+
+
+def _pairs_correct(scores, ranks):
+    """For each pair with different human ranks: does the judge order it the same way?"""
+    out = []
+    for i in range(len(ranks)):
+        for j in range(i + 1, len(ranks)):
+            if ranks[i] == ranks[j]:
+                continue
+            si, sj = scores[i], scores[j]
+            # rank 0 is best, so the human prefers i when ranks[i] < ranks[j]
+            out.append(si is not None and sj is not None and si != sj and (si > sj) == (ranks[i] < ranks[j]))
+    return out
+
+
+def reward_metrics(scores, ranks):
+    """
+    scores: per prompt, the judge's score (float or None) of each response
+    ranks:  per prompt, the human rank of each response (0 = best)
+    Returns a dict of fractions (0..1) and correlations (-1..1), with the counts behind them.
+    """
+    assert len(scores) == len(ranks)
+    pairs, exact, rhos, taus = [], [], [], []
+    n_five = n_five_best = n_responses = n_scored = n_undefined = n_skipped = 0
+    for s, r in zip(scores, ranks):
+        assert len(s) == len(r), "one score per ranked response"
+        if len(set(r)) < 2:
+            n_skipped += 1
+            continue
+        correct = _pairs_correct(s, r)
+        pairs += correct
+        exact.append(all(correct))
+        best = min(r)
+        for si, ri in zip(s, r):
+            n_responses += 1
+            n_scored += si is not None
+            if si is not None and si >= 5:
+                n_five += 1
+                n_five_best += ri == best
+        scored = [(si, -ri) for si, ri in zip(s, r) if si is not None]  # -rank: higher is better
+        rho = spearman(*zip(*scored)) if len(scored) >= 2 else None
+        tau = kendall_tau(*zip(*scored)) if len(scored) >= 2 else None
+        n_undefined += rho is None
+        rhos.append(rho or 0.0)
+        taus.append(tau or 0.0)
+    mean = lambda v: sum(v) / len(v) if v else None
+    return {
+        "pairwise_accuracy": mean(pairs),
+        "five_best": n_five_best / n_five if n_five else None,
+        "exact_match": mean(exact),
+        "spearman": mean(rhos),
+        "kendall_tau": mean(taus),
+        "n_prompts": len(exact), "n_pairs": len(pairs), "n_scored_5": n_five,
+        "coverage": n_scored / n_responses if n_responses else None,  # share with a score
+        "n_undefined_correlation": n_undefined, "n_skipped_prompts": n_skipped,
+    }
+
+
+# -----------------------------------------------------------------------------
+# EFT targets, as the paper made them (Section 2.2): the SFT baseline judges the
+# ranked responses of each EFT prompt; a group is kept only if the ranking its
+# scores give agrees with the human ranking (every pair in the same order, no
+# ties); the most frequent score is then down-sampled.
+
+def eft_target(judgment):
+    """A judgment as an SFT target: the justification, then "Score: N" as the last line.
+    None if the judgment has no valid concluding score."""
+    found = find_score(judgment)
+    if found is None or found[0] is None:
+        return None
+    score, start, end = found
+    # the paper's format puts the score last; a judge that opens with the score
+    # ("Score: 4\n\nThe response ...") keeps the text after it instead
+    why = judgment[:start].strip(" \n*#") or judgment[end:].strip(" \n*#")
+    return f"{why}\nScore: {score}" if why else f"Score: {score}"
+
+
+def downsample_top_score(records, seed=0):
+    """Down-sample the most frequent score to the count of the next most frequent."""
+    counts = Counter(r["score"] for r in records)
+    if len(counts) < 2:
+        return list(records)
+    (top, _), (_, second) = counts.most_common(2)
+    rng = random.Random(seed)
+    keep = set(rng.sample([i for i, r in enumerate(records) if r["score"] == top], second))
+    return [r for i, r in enumerate(records) if r["score"] != top or i in keep]
+
+
+def make_eft_targets(model, tokenizer, groups, out_path=None, n_attempts=1, temperature=0.7,
+                     top_p=0.9, max_new_tokens=256, seed=1337, batch_size=32, generate_fn=None):
+    """
+    groups: EFT groups {"prompt", "responses", "ranks"}. Each response is judged
+    n_attempts times; attempt a of a group is its a-th judgment of every response,
+    and the first attempt whose scores agree with the human ranking is kept.
+    Writes (if out_path) and returns the SFT records
+    {"prompt": judge prompt text, "response": justification + "Score: N", "score": N}.
+    """
+    from data import write_jsonl
+    flat = [(g["prompt"], resp) for g in groups for resp in g["responses"]]
+    _, judged = judge(model, tokenizer, [p for p, _ in flat], [r for _, r in flat], n_samples=n_attempts,
+                      temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                      seed=seed, batch_size=batch_size, generate_fn=generate_fn)
+    records, k = [], 0
+    for g in groups:
+        mine, k = judged[k:k + len(g["responses"])], k + len(g["responses"])
+        for a in range(n_attempts):
+            correct = _pairs_correct([j["scores"][a] for j in mine], g["ranks"])
+            if correct and all(correct):
+                records += [{"prompt": judge_prompt(g["prompt"], j["response"]),
+                             "response": eft_target(j["judgments"][a]), "score": j["scores"][a]}
+                            for j in mine]
+                break
+    records = downsample_top_score(records, seed)
+    if out_path:
+        write_jsonl(out_path, records)
+    return records

@@ -1,0 +1,206 @@
+"""judge.py: the prompt, the score parser on real judge outputs, averaging, the metrics."""
+import itertools
+import json
+import math
+import random
+import statistics
+
+import pytest
+
+from conftest import shared_file
+from judge import (JUDGE_PROMPT, judge, judge_prompt, kendall_tau, make_eft_targets, parse_score,
+                   reward_metrics, spearman)
+
+
+def test_prompt_is_the_papers_text():
+    with open(shared_file("..", "paper", "judge_prompt_figure2.txt"), encoding="utf-8") as f:
+        paper = f.read()
+    assert " ".join(JUDGE_PROMPT.split()) == " ".join(paper.split())  # PDF line wraps aside
+    assert "user’s" in JUDGE_PROMPT and "“Score: <total points>”" in JUDGE_PROMPT  # typographic marks kept
+    filled = judge_prompt("What is 2 + 2?", " 4 ")
+    assert "User: What is 2 + 2?\n<response>4</response>\n" in filled
+    # a placeholder inside the instruction is text, not a slot
+    assert "User: say <RESPONSE_HERE>\n<response>x</response>" in judge_prompt("say <RESPONSE_HERE>", "x")
+
+
+@pytest.mark.parametrize("text, score", [
+    ("Score: 4", 4), ("score: 4", 4), ("SCORE:4", 4), ("**Score: 4**", 4), ("**Score**: 4", 4),
+    ("Score: **4**", 4), ("Score 4:\nThe response is fine.", 4), ("Score: 4/5", 4), ("Score: 4 / 5", 4),
+    ("Score: 4 out of 5", 4), ("Score: 4.", 4), ("Score: 4.0", 4), ("Score: 0", 0), ("Score: 5", 5),
+    ("The response is relevant... Score: 3 points. It could be shorter.", 3),
+    ("Total score: 2", 2), ("final Score: 1\n", 1),
+    # the concluding score wins; prose never counts
+    ("Score: 2\nOn reflection, Score: 4", 4), ("Score: 3\nIt would thus earn a score of 4.", 3),
+    ("It deserves a score of 4 out of 5.", None), ("The response scores 5 points.", None),
+    # never invent: other scales, fractions, ranges, out of range, code, nothing
+    ("Score: 8/10", None), ("Score: 4/10", None), ("Score: 4 out of 10", None), ("Score: 3.5", None),
+    ("Score: 0.50", None), ("Score: 3-4", None), ("Score: 4 or 5", None), ("Score: 6", None),
+    ("Score: 25", None), ("Score: -1", None), ("score = 0", None), ("Score: <total points>", None),
+    ("Score:\n1 point for relevance", None), ("Score: four", None), ("", None), ("No score here.", None),
+    ("Score: 4\nScore: 9", None),  # the concluding one is unreadable: no guessing from the earlier
+])
+def test_parse_score_table(text, score):
+    assert parse_score(text) == score
+
+
+def _judge_outputs(name):
+    with open(shared_file("judge_outputs", name), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    return {(r["prompt_id"][:8], k): c for r in rows for k, c in r["completion"].items()}
+
+
+def test_parse_score_on_a_large_models_judgments():
+    outputs = _judge_outputs("scores_gemini200.jsonl")
+    assert len(outputs) == 800
+    stored = {k: c["score"] for k, c in outputs.items() if c["score"] != -1}
+    assert len(stored) == 798
+    assert {k: parse_score(outputs[k]["reasoning"]) for k in stored} == stored
+    # the two the other project's regex missed are readable
+    assert parse_score(outputs[("ddc75ad9", "1")]["reasoning"]) == 4  # "**Score**: 4"
+    assert parse_score(outputs[("bbfc5ff2", "3")]["reasoning"]) == 4  # "Score 4:"
+
+
+def test_parse_score_on_a_small_models_messy_judgments():
+    outputs = _judge_outputs("scores_M2.jsonl")
+    parsed = {k: parse_score(c["reasoning"]) for k, c in outputs.items()}  # never raises
+    assert sum(s is None for s in parsed.values()) == 636
+    assert parsed[("ff8295a6", "3")] is None   # python code: "score = 0"
+    assert parsed[("d2d803b3", "0")] is None   # "Score: 25"
+    assert parsed[("26b3ef11", "1")] is None   # "score: 2.5" (stored as 2: made up)
+    assert parsed[("c708e6d5", "2")] is None   # "score: 0.50"
+    assert parsed[("8a745a7f", "2")] == 2      # "score:2", missed by the stored parse
+    assert parsed[("ffbf5e6f", "0")] == 4      # "score: 5 ... score: 4": the concluding one
+    assert parsed[("4d0d8975", "1")] == 3      # "score: 3 ... the total score:\n\n1 point" is not 1
+    assert parsed[("ff8295a6", "0")] == 3
+    # the judge prompt echoed in the text ("score: <total points>") is never read as a score
+    prompt_only = outputs[("ff8295a6", "1")]["reasoning"].split("<|im_end|>")[0]
+    assert parse_score(prompt_only) is None
+
+
+class CharTokenizer:
+    """Just enough of a tokenizer for judge(): one id per character."""
+    eos_id = 2
+
+    def encode(self, text, bos=False, eos=False):
+        return [1] * bos + [ord(c) for c in text] + [2] * eos
+
+    def decode(self, ids):
+        return "".join(map(chr, ids))
+
+
+def stub_generate(texts):
+    """A sampler that returns fixed texts in order and records how it was called."""
+    calls = []
+
+    def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, n=1, eos_id=None, seed=None,
+                 batch_size=32):
+        calls.append(dict(prompts=prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                          top_p=top_p, n=n, eos_id=eos_id, seed=seed))
+        assert len(texts) == len(prompts) * n
+        return [[ord(c) for c in t] for t in texts]
+    return generate, calls
+
+
+def test_judge_averages_and_keeps_the_raw_judgments():
+    texts = ["Good. Score: 4", "Score: 5", "Fine.\nScore: 3",        # response 0: mean 4
+             "Score: 2", "no idea", "Score: 9",                       # response 1: only the 2 counts
+             "hmm", "Score: 3.5", "",                                  # response 2: no score at all
+             "**Score**: 1", "Score 0:", "Score: 1/5"]                # response 3: mean 2/3
+    gen, calls = stub_generate(texts)
+    scores, records = judge("model", CharTokenizer(), ["p0", "p1", "p2", "p3"], ["r0", "r1", "r2", "r3"],
+                            n_samples=3, seed=7, max_new_tokens=64, generate_fn=gen)
+    assert scores[:3] == [4.0, 2.0, None] and scores[3] == pytest.approx(2 / 3)
+    assert records[1] == {"prompt": "p1", "response": "r1", "judgments": ["Score: 2", "no idea", "Score: 9"],
+                          "scores": [2, None, None], "score": 2.0}
+    assert records[2]["scores"] == [None, None, None] and records[2]["score"] is None
+    (call,) = calls  # one call for everything: the sampler shares the judge prefix
+    assert (call["n"], call["temperature"], call["top_p"], call["eos_id"], call["seed"], call["max_new_tokens"]) \
+        == (3, 0.7, 0.9, 2, 7, 64)
+    assert CharTokenizer().decode(call["prompts"][1][1:]) == "[INST] " + judge_prompt("p1", "r1") + " [/INST]"
+    assert judge("model", CharTokenizer(), [], [], generate_fn=gen) == ([], [])
+
+
+def test_reward_metrics_by_hand():
+    # prompt A: ranks 0,1,2 scored 5,3,3 -> pairs (0,1) ok (0,2) ok (1,2) tie: wrong
+    # prompt B: ranks 0,1 scored 2,5   -> pair wrong
+    # prompt C: ranks 1,0,2 scored 4,5,None -> (0,1) ok, pairs with None wrong
+    m = reward_metrics([[5, 3, 3], [2, 5], [4, 5, None]], [[0, 1, 2], [0, 1], [1, 0, 2]])
+    assert m["pairwise_accuracy"] == pytest.approx(3 / 7)
+    assert m["exact_match"] == 0.0
+    assert m["five_best"] == pytest.approx(2 / 3)  # 5s: A's best, B's worst, C's best
+    # A: rho = sqrt(3)/2, tau-b = 2/sqrt(6); B: -1, -1; C (scored pair only): 1, 1
+    assert m["spearman"] == pytest.approx((math.sqrt(3) / 2 - 1 + 1) / 3)
+    assert m["kendall_tau"] == pytest.approx((2 / math.sqrt(6) - 1 + 1) / 3)
+    assert (m["n_prompts"], m["n_pairs"], m["n_scored_5"], m["coverage"]) == (3, 7, 3, 7 / 8)
+
+    perfect = reward_metrics([[5, 4, 1]], [[0, 1, 2]])
+    assert perfect["pairwise_accuracy"] == perfect["exact_match"] == perfect["five_best"] == 1.0
+    assert perfect["spearman"] == pytest.approx(1.0) and perfect["kendall_tau"] == pytest.approx(1.0)
+
+    # constant scores, all None: correlation undefined -> counts 0; one human rank only: skipped
+    m = reward_metrics([[3, 3, 3], [None, None], [4, 1]], [[0, 1, 2], [0, 1], [0, 0]])
+    assert m["spearman"] == m["kendall_tau"] == 0.0 and m["n_undefined_correlation"] == 2
+    assert m["pairwise_accuracy"] == 0.0 and m["five_best"] is None and m["n_skipped_prompts"] == 1
+    assert m["coverage"] == 0.6
+
+
+def kendall_by_counting(x, y):
+    """tau-b by counting concordant, discordant and tied pairs."""
+    conc = disc = tie_x = tie_y = 0
+    for (xi, yi), (xj, yj) in itertools.combinations(zip(x, y), 2):
+        if xi == xj and yi == yj:
+            continue
+        if xi == xj:
+            tie_x += 1
+        elif yi == yj:
+            tie_y += 1
+        elif (xi - xj) * (yi - yj) > 0:
+            conc += 1
+        else:
+            disc += 1
+    return (conc - disc) / math.sqrt((conc + disc + tie_x) * (conc + disc + tie_y))
+
+
+def ranks_by_sorting(v):
+    """Average ranks: sort, then give each run of equal values the mean of its positions."""
+    order = sorted(range(len(v)), key=lambda i: v[i])
+    ranks, i = [0.0] * len(v), 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        for k in order[i:j + 1]:
+            ranks[k] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def test_correlations_against_an_independent_computation():
+    rng = random.Random(0)
+    for _ in range(300):
+        n = rng.randint(2, 8)
+        x = [rng.choice([0, 1, 2, 3, 3.5, 4, 5]) for _ in range(n)]  # many ties, like judge scores
+        y = [rng.randint(0, 3) for _ in range(n)]
+        if len(set(x)) < 2 or len(set(y)) < 2:
+            assert spearman(x, y) is None and kendall_tau(x, y) is None
+            continue
+        assert kendall_tau(x, y) == pytest.approx(kendall_by_counting(x, y))
+        assert spearman(x, y) == pytest.approx(statistics.correlation(ranks_by_sorting(x), ranks_by_sorting(y)))
+
+
+def test_eft_targets_keep_agreeing_groups_and_downsample():
+    groups = [{"prompt": "g0", "responses": ["a", "b"], "ranks": [0, 1]},       # 4 > 2: agrees
+              {"prompt": "g1", "responses": ["c", "d"], "ranks": [0, 1]},       # 3 < 4: disagrees
+              {"prompt": "g2", "responses": ["e", "f", "g"], "ranks": [1, 0, 2]},  # 4 < 5 > 1: agrees
+              {"prompt": "g3", "responses": ["h", "i"], "ranks": [0, 1]},       # tie: disagrees
+              {"prompt": "g4", "responses": ["j", "k"], "ranks": [0, 1]}]       # no score: disagrees
+    texts = ["Clear and right.\nScore: 4", "Partly.\nScore: 2", "Score: 3", "Score: 4",
+             "Fine. Score: 4", "**Score: 5**", "Score: 1\nOff-topic answer.", "Score: 2", "Score: 2",
+             "Score: 9", "Score: 0"]
+    gen, _ = stub_generate(texts)
+    records = make_eft_targets("model", CharTokenizer(), groups, n_attempts=1, generate_fn=gen, seed=0)
+    # kept: g0 (4, 2) and g2 (4, 5, 1); the most frequent score, 4, is cut to the next count (1)
+    assert sorted(r["score"] for r in records) == [1, 2, 4, 5]
+    assert {"prompt": judge_prompt("g0", "b"), "response": "Partly.\nScore: 2", "score": 2} in records
+    assert {"prompt": judge_prompt("g2", "g"), "response": "Off-topic answer.\nScore: 1", "score": 1} in records
+    assert {"prompt": judge_prompt("g2", "f"), "response": "Score: 5", "score": 5} in records

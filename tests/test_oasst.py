@@ -1,0 +1,127 @@
+"""data/prepare_oasst.py on the real oasst1 validation split and on bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, shared_file
+from data import read_jsonl
+from data.prepare_oasst import prepare, report
+
+
+@pytest.fixture(scope="module")
+def validation():
+    path = shared_file("oasst1", "en-validation.jsonl")
+    return path, {m["message_id"]: m for m in read_jsonl(path)}
+
+
+def test_validation_as_the_eft_eval_set(validation):
+    path, _ = validation
+    sets, kept, dropped = prepare([path], eval_files=[path])
+    # the paper's EFT eval size: 541 ranked replies (186 prompts)
+    assert (len(sets["ift"]), len(sets["eft_train"]), len(sets["eft_eval"])) == (0, 0, 186)
+    assert sum(len(g["responses"]) for g in sets["eft_eval"]) == 541
+    assert sum(kept.values()) + sum(dropped.values()) == 2022  # every message accounted for
+    assert dropped == {
+        "later-turn message (only first turns are used)": 1263,
+        "message whose parent is absent (e.g. in another language)": 3,
+        "first-turn reply: deleted": 10,
+        "first-turn reply: review not passed": 15,
+        "first-turn reply: unranked": 1,
+        "first-turn reply: its prompt is dropped": 1,
+        "prompt: eval prompt with fewer than 2 usable ranked replies": 2,
+    }
+
+
+def test_default_split_of_the_validation_file(validation):
+    path, messages = validation
+    sets, kept, dropped = prepare([path])
+    assert (len(sets["ift"]), len(sets["eft_train"]), len(sets["eft_eval"])) == (109, 55, 22)
+    assert [sum(len(g["responses"]) for g in sets[k]) for k in ("eft_train", "eft_eval")] == [165, 64]
+    assert sum(kept.values()) + sum(dropped.values()) == 2022
+    for r in sets["ift"]:  # every IFT reply is a usable rank-0 English reply to a root prompt
+        prompt, reply = messages[r["prompt_id"]], messages[r["response_id"]]
+        assert prompt["parent_id"] is None and prompt["role"] == "prompter" and prompt["lang"] == "en"
+        assert reply["parent_id"] == prompt["message_id"] and reply["role"] == "assistant"
+        assert reply["rank"] == 0 and reply["lang"] == "en" and not reply["deleted"] and reply["review_result"]
+        assert (r["prompt"], r["response"]) == (prompt["text"].strip(), reply["text"].strip())
+    for g in sets["eft_train"] + sets["eft_eval"]:
+        human = [messages[i]["rank"] for i in g["response_ids"]]
+        assert human == sorted(human) and g["ranks"] == list(range(len(human))) and len(human) >= 2
+        assert all(messages[i]["parent_id"] == g["prompt_id"] for i in g["response_ids"])
+    ids = [r["prompt_id"] for k in sets for r in sets[k]]
+    assert len(ids) == len(set(ids)) == 186  # IFT and EFT prompts are disjoint
+
+
+def _msg(mid, parent, role="assistant", text=None, lang="en", rank=None, deleted=False, review=True):
+    return {"message_id": mid, "parent_id": parent, "text": text or f"text of {mid}", "role": role,
+            "lang": lang, "rank": rank, "deleted": deleted, "review_result": review}
+
+
+def _write(path, rows):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return str(path)
+
+
+BAD_ROWS = [
+    _msg("p1", None, "prompter", "Why is the sky blue?"),
+    _msg("p1a", "p1", rank=0), _msg("p1b", "p1", rank=1.0), _msg("p1c", "p1", rank=2, deleted=True),
+    _msg("p1d", "p1"), _msg("p1e", "p1", lang="de", rank=3),
+    _msg("p1a-q", "p1a", "prompter"),                          # a later turn
+    _msg("p2", None, "prompter", lang="de"), _msg("p2a", "p2", rank=0, lang="de"),
+    _msg("orphan", "nowhere", rank=0),
+    _msg("p3", None, "prompter", deleted=True),
+    _msg("p4", None, "prompter", review=False), _msg("p4a", "p4", rank=0),
+    _msg("p5", None, "prompter", "  why is the sky  blue? "),  # the same prompt again
+    _msg("p6", None, "prompter"), _msg("p6a", "p6", rank=0, review=None),
+    _msg("p6b", "p6", rank=1), _msg("p6c", "p6", rank=2),
+]
+
+
+def test_bad_rows_are_skipped_and_counted(tmp_path):
+    path = _write(tmp_path / "bad.jsonl", BAD_ROWS[:8] + [""] + BAD_ROWS[8:])  # a blank line is fine
+    sets, kept, dropped = prepare([path], eft_eval_frac=0.0, ift_frac=1.0)
+    assert sets["ift"] == [{"prompt": "Why is the sky blue?", "response": "text of p1a",
+                            "prompt_id": "p1", "response_id": "p1a"}]
+    # p6's rank-0 reply failed review: not IFT, and its two other replies form an EFT group
+    assert sets["eft_train"] == [{"prompt": "text of p6", "responses": ["text of p6b", "text of p6c"],
+                                  "ranks": [0, 1], "prompt_id": "p6", "response_ids": ["p6b", "p6c"]}]
+    assert sets["eft_eval"] == []
+    assert dict(kept) == {"ift prompt": 1, "ift reply": 1, "eft_train prompt": 1, "eft_train reply": 2}
+    assert dropped == {
+        "first-turn reply: deleted": 1, "first-turn reply: unranked": 1, "first-turn reply: not English": 1,
+        "first-turn reply: not the rank-0 reply of an IFT prompt": 1, "first-turn reply: review not passed": 1,
+        "first-turn reply: its prompt is dropped": 2,   # p2a, p4a
+        "later-turn message (only first turns are used)": 1,
+        "message whose parent is absent (e.g. in another language)": 1,
+        "prompt: not English": 1, "prompt: deleted": 1, "prompt: review not passed": 1,
+        "prompt: same text as another prompt": 1,
+    }
+    assert sum(kept.values()) + sum(dropped.values()) == len(BAD_ROWS)
+    assert "kept 1 IFT examples" in report(sets, kept, dropped)
+
+
+def test_malformed_lines_name_the_file_and_line(tmp_path):
+    path = _write(tmp_path / "broken.jsonl", [BAD_ROWS[0], '{"message_id": "x", "text": '])
+    with pytest.raises(ValueError, match=r"broken\.jsonl:2: not valid JSON"):
+        prepare([path])
+    path = _write(tmp_path / "other.jsonl", [BAD_ROWS[0], {"id": 1, "text": "hi"}])
+    with pytest.raises(ValueError, match=r"other\.jsonl:2: not an oasst message, missing message_id, parent_id, role"):
+        prepare([path])
+
+
+def test_command_line(tmp_path):
+    train = _write(tmp_path / "train.jsonl", BAD_ROWS)
+    evalf = _write(tmp_path / "val.jsonl", [_msg("v1", None, "prompter", "Hello?"),
+                                            _msg("v1a", "v1", rank=0), _msg("v1b", "v1", rank=1)])
+    out = subprocess.run([sys.executable, "-m", "data.prepare_oasst", train, evalf, f"--eval_files={evalf}",
+                          "--ift_frac=1.0", f"--out={tmp_path / 'out'}"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "kept 1 IFT examples" in out and "kept 1 eft_eval groups with 2 ranked replies" in out
+    assert "dropped     1  prompt: same text as another prompt" in out
+    assert read_jsonl(tmp_path / "out" / "eft_eval.jsonl")[0]["response_ids"] == ["v1a", "v1b"]
+    assert [len(read_jsonl(tmp_path / "out" / f"{k}.jsonl")) for k in ("ift", "eft_train")] == [1, 1]

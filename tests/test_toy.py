@@ -1,0 +1,115 @@
+"""data/toy.py: the grader on hand-written responses, the seed sets, determinism."""
+import filecmp
+import os
+import random
+from collections import Counter
+
+import pytest
+
+from data import read_jsonl
+from data.toy import TEMPLATES, answer, build, corpus, grade, render, sample_task, task_from_prompt, write_toy
+from judge import JUDGE_PROMPT, parse_score
+from tokenizer import chat_tokens, train_tokenizer
+
+REVERSE, ADD = "Write 'tamilo' backwards.", "What is 17 + 25?"
+COUNT, REPLACE = "How many times does 'a' appear in 'banana'?", "Replace each 'a' in 'banana' with 'o'."
+
+
+@pytest.mark.parametrize("prompt, response, score", [
+    (REVERSE, "olimat", 5), (REVERSE, " olimat. ", 5),
+    (REVERSE, "Sure! The answer is olimat.", 4), (REVERSE, "'olimat'", 4),
+    (REVERSE, "olimat, or maybe olimta.", 3), (REVERSE, "olimat olimat", 3), (REVERSE, "OLIMAT", 3),
+    (REVERSE, "Well, I thought about this for a long time and I am now quite sure the answer is olimat.", 3),
+    (REVERSE, "olimta", 2), (REVERSE, "limat", 2), (REVERSE, "I think it is olmiat.", 2),
+    (REVERSE, "The answer is tamilo.", 1), (REVERSE, "kobeda", 1), (REVERSE, "tmoila", 1),
+    (REVERSE, "I like cats.", 0), (REVERSE, "Sure.", 0), (REVERSE, "I am not sure.", 0),
+    (ADD, "42", 5), (ADD, "17 + 25 = 42", 4), (ADD, "The answer is 42!", 4), (ADD, "42 or 43", 3),
+    (ADD, "42, or maybe 90.", 3), (ADD, "43", 2), (ADD, "41", 2), (ADD, "60", 1), (ADD, "17 + 25", 1),
+    (ADD, "forty-two", 0),  # numbers are read as digits only
+    (COUNT, "3", 5), (COUNT, "The letter a appears 3 times in banana.", 4), (COUNT, "2", 2),
+    (COUNT, "0", 1), (COUNT, "banana", 1), (COUNT, "Tea is better than coffee.", 0),
+    (REPLACE, "bonono", 5), (REPLACE, "Here: bonono", 4), (REPLACE, "bonona", 2), (REPLACE, "banana", 1),
+])
+def test_grader_on_hand_written_responses(prompt, response, score):
+    assert grade({"prompt": prompt}, response) == score  # task parsed from the prompt text
+    assert grade({"prompt": "", "task": task_from_prompt(prompt)}, response) == score
+
+
+def test_tasks_answers_and_prompt_parsing():
+    assert answer(task_from_prompt(REVERSE)) == "olimat"
+    assert answer(task_from_prompt("Sort the letters of 'tamilo' alphabetically.")) == "ailmot"
+    assert answer(task_from_prompt(REPLACE)) == "bonono"
+    assert answer(task_from_prompt(COUNT)) == "3"
+    assert answer(task_from_prompt("How long is the word 'tamilo'?")) == "6"
+    assert answer(task_from_prompt(ADD)) == "42"
+    assert answer(task_from_prompt("Subtract 8 from 30.")) == "22"
+    assert answer(task_from_prompt("Multiply 12 by 7.")) == "84"
+    assert task_from_prompt("Write a poem about the sea.") is None
+    with pytest.raises(ValueError, match="cannot grade"):
+        grade({"prompt": "Write a poem about the sea."}, "The sea...")
+    # every phrasing of every kind reads back as the task it was written from
+    rng = random.Random(0)
+    tasks = [t for t in (sample_task(rng) for _ in range(3000)) if t]
+    assert {t["kind"] for t in tasks} == {"reverse", "sort", "replace", "count", "length", "arith"}
+    for t in tasks:
+        for template in TEMPLATES["arith" + t["op"] if t["kind"] == "arith" else t["kind"]]:
+            assert task_from_prompt(template.format(**t)) == t
+        assert len(render(t, rng).split()) <= 12
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("toy")
+    write_toy(folder)
+    return folder, {name: read_jsonl(os.path.join(folder, f"{name}.jsonl"))
+                    for name in ("ift", "eft_train", "eft_train_groups", "eft_eval", "test")}
+
+
+def test_seed_sets_sizes_and_shapes(toy):
+    _, s = toy
+    assert len(s["ift"]) == 3200 and len(s["eft_train"]) == 1630 and len(s["test"]) == 256
+    assert sum(len(g["responses"]) for g in s["eft_eval"]) == 541
+    assert sum(len(g["responses"]) for g in s["eft_train_groups"]) == 1630
+    assert 2.7 < 541 / len(s["eft_eval"]) < 3.0  # the paper: 2.85 responses per prompt
+    for r in s["ift"]:
+        assert r["response"] == answer(r["task"]) and grade(r, r["response"]) == 5
+    for g in s["eft_eval"] + s["eft_train_groups"]:
+        assert 2 <= len(g["responses"]) == len(g["ranks"]) <= 4 and sorted(g["ranks"]) == list(range(len(g["ranks"])))
+        assert [grade(g, r) for r in g["responses"]] == g["scores"]
+        by_rank = [s for _, s in sorted(zip(g["ranks"], g["scores"]))]
+        assert by_rank == sorted(g["scores"], reverse=True)  # rank 0 = the best grade
+    for r in s["eft_train"]:
+        assert r["prompt"].startswith(JUDGE_PROMPT[:60]) and parse_score(r["response"]) == r["score"]
+        assert r["response"].endswith(f"\nScore: {r['score']}")
+    scores = Counter(r["score"] for r in s["eft_train"])
+    assert set(scores) == set(range(6)) and max(scores.values()) < 2 * min(scores.values())  # balanced
+
+
+def test_no_task_in_two_sets(toy):
+    _, s = toy
+    key = lambda t: tuple(sorted(t.items()))
+    sets = {name: {key(r["task"]) for r in s[name]} for name in ("ift", "eft_train_groups", "eft_eval", "test")}
+    assert sum(map(len, sets.values())) == len(set().union(*sets.values()))
+    prompts = [r["prompt"] for name in ("ift", "eft_train_groups", "eft_eval", "test") for r in s[name]]
+    assert len(prompts) == len(set(prompts))
+
+
+def test_same_seed_same_files(toy, tmp_path):
+    folder, _ = toy
+    write_toy(tmp_path)
+    for name in os.listdir(folder):
+        if name.endswith(".jsonl"):
+            assert filecmp.cmp(os.path.join(folder, name), os.path.join(tmp_path, name), shallow=False), name
+    other = build(seed=1)
+    assert other["ift"][:10] != build()["ift"][:10]
+    small = build(seed=3, n_ift=5, n_eft_train=7, n_eft_eval=0, n_test=3)
+    assert [len(small[k]) for k in ("ift", "eft_train", "eft_eval", "test")] == [5, 7, 0, 3]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]  # atomic writes leave nothing behind
+
+
+def test_everything_fits_a_toy_context(toy):
+    folder, s = toy
+    tok = train_tokenizer(corpus(folder), os.path.join(folder, "tok.model"), vocab_size=1024)
+    longest = max(len(chat_tokens(tok, r["prompt"], r["response"])[0]) for r in s["eft_train"])
+    assert longest < 512  # the judge prompt is learned as long pieces; 1024 leaves room to spare
+    assert max(len(chat_tokens(tok, r["prompt"], r["response"])[0]) for r in s["ift"]) < 48
