@@ -290,17 +290,28 @@ class KVCache:
         start, end = self.length, self.length + T
         if end > self.max_len:
             raise ValueError(f"KV cache full: {end} slots needed, {self.max_len} allocated")
-        real = torch.ones(B, T, dtype=torch.bool, device=tokens.device) if pad_mask is None else ~pad_mask
-        if positions is None:
-            positions = self.next_positions()[:, None] + real.cumsum(dim=1) - 1
-            positions = positions.clamp(min=0)
-        self.valid[:, start:end] = real
-        # attention mask (B, 1, T, end): causal over slots, only valid slots,
-        # and every query may see its own slot (so padding rows are not empty)
-        slots = torch.arange(end, device=tokens.device)
-        causal = slots[None, :] <= (start + torch.arange(T, device=tokens.device))[:, None]  # (T, end)
-        own = slots[None, :] == (start + torch.arange(T, device=tokens.device))[:, None]
-        self.mask = ((causal[None] & self.valid[:, None, :end]) | own[None])[:, None]
+        if T == 1 and pad_mask is None:
+            # a decode step, the hot loop of sampling: kept to a few cheap ops.
+            # One real token per row; every valid slot is in its past.
+            if positions is None:
+                positions = self.next_positions()[:, None]
+            self.valid[:, start] = True
+            allowed = self.valid[:, None, None, :end]  # (B, 1, 1, end)
+        else:
+            real = torch.ones(B, T, dtype=torch.bool, device=tokens.device) if pad_mask is None else ~pad_mask
+            if positions is None:
+                positions = self.next_positions()[:, None] + real.cumsum(dim=1) - 1
+                positions = positions.clamp(min=0)
+            self.valid[:, start:end] = real
+            # (B, 1, T, end): causal over slots, only valid slots, and every
+            # query may see its own slot (so padding rows are not empty)
+            slots = torch.arange(end, device=tokens.device)
+            causal = slots[None, :] <= (start + torch.arange(T, device=tokens.device))[:, None]  # (T, end)
+            own = slots[None, :] == (start + torch.arange(T, device=tokens.device))[:, None]
+            allowed = ((causal[None] & self.valid[:, None, :end]) | own[None])[:, None]
+        # as an additive mask (0 / -inf): SDPA would convert a boolean one in every layer
+        self.mask = torch.zeros(allowed.shape, dtype=self.k.dtype, device=tokens.device)
+        self.mask.masked_fill_(~allowed, float("-inf"))
         return positions
 
     def update(self, layer, k, v):
@@ -314,12 +325,21 @@ class KVCache:
         self.length += T
         self.mask = None
 
+    def select(self, rows):
+        """
+        Keep these rows, in this order (rows: 1-D index tensor, repeats allowed):
+        copy a prompt's rows for n samples or a shared prefix's row for every
+        prompt, or drop finished rows so they stop costing work.
+        """
+        rows = torch.as_tensor(rows, device=self.valid.device)
+        self.k = self.k.index_select(1, rows)  # one pass over the buffers
+        self.v = self.v.index_select(1, rows)
+        self.valid = self.valid.index_select(0, rows)
+        return self
+
     def repeat_interleave(self, n):
         """Copy every row n times (n samples of one prompt share its prefill)."""
-        self.k = self.k.repeat_interleave(n, dim=1)
-        self.v = self.v.repeat_interleave(n, dim=1)
-        self.valid = self.valid.repeat_interleave(n, dim=0)
-        return self
+        return self.select(torch.arange(self.batch_size, device=self.valid.device).repeat_interleave(n))
 
 
 # -----------------------------------------------------------------------------

@@ -1,0 +1,466 @@
+"""
+Sampling from the model: batched generation with a KV cache.
+
+    prompts -> [shared prefix prefill] -> prompt prefill -> n copies per prompt
+            -> one-token decode steps until every row has its EOS or its budget
+
+`generate(model, prompts, ...)` is what the rest of the project calls (the
+self-rewarding loop samples candidate responses and judge evaluations with it);
+run as a script it samples chat responses from a checkpoint:
+
+    python sample.py --ckpt=out/toy/M1 --prompt="Reverse the word fox"
+    python sample.py --ckpt=out/toy/M1 --prompts_file=in.jsonl --out=out.jsonl
+    torchrun --nproc_per_node=8 sample.py --ckpt=... --prompts_file=... --out=...
+
+How the work is saved:
+- Prefill once, then decode one token per step: every step reads the keys and
+  values of earlier tokens from the cache instead of recomputing them.
+- Prompts of different lengths share a batch: they are left-padded, the cache
+  marks padding slots invalid and counts positions per row (model.KVCache).
+- The n samples of one prompt copy its cache rows instead of prefilling n times.
+- A long prefix common to all prompts (the judge's rubric) is prefilled once
+  for the whole call and copied into every batch: rows are [prefix][pad][suffix].
+- A row that is finished is dropped from the batch, so it stops costing work.
+
+Randomness: completion k (prompt k // n, sample k % n) draws its uniforms from
+its own generator, seeded from (seed, k). So a seeded call gives the same
+samples whatever the batching, the sharing of prefills, or the number of ranks.
+"""
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model import KVCache
+
+# -----------------------------------------------------------------------------
+# Command-line settings (python sample.py --help lists them)
+ckpt = ""  # checkpoint folder (config.json, model.safetensors, tokenizer.model)
+prompt = ""  # one chat prompt to answer
+prompts_file = ""  # or a JSONL file of records with a "prompt" field
+out = ""  # with prompts_file: JSONL written here, each record plus "response" (or "responses" when n > 1)
+max_new_tokens = 256  # at most this many tokens per response
+temperature = 0.7  # 0: greedy
+top_p = 0.9  # nucleus sampling: keep the smallest set of tokens with this much probability
+n = 1  # samples per prompt
+seed = 1337  # the same seed gives the same samples (None: a fresh random seed)
+batch_size = 32  # sequences decoded together
+device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu | cuda (under torchrun: each rank's own GPU)
+dtype = "bfloat16" if torch.cuda.is_available() else "float32"  # float32 | bfloat16 | float16
+compile = False  # torch.compile the decode step (meant for GPU; slower than eager on CPU)
+progress = True  # show a progress bar
+
+
+# -----------------------------------------------------------------------------
+# Choosing the next token
+
+def top_p_filter(probs, top_p):
+    """
+    Nucleus filtering (Holtzman et al. 2019): keep the smallest set of tokens
+    whose total probability reaches top_p, zero the rest (not renormalised).
+    A token is kept if the tokens more likely than it have less than top_p in
+    total; among equally likely tokens the lower id comes first (stable sort).
+    probs: (B, V) -> (B, V)
+    """
+    sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
+    mass_before = F.pad(sorted_probs.cumsum(dim=-1)[:, :-1], (1, 0))  # (B, V): exclusive cumulative sum
+    keep_sorted = mass_before < top_p  # the most likely token is always kept (0 < top_p)
+    keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    return probs * keep
+
+
+def next_token(logits, temperature, top_p, u):
+    """
+    logits: (B, V); u: (B,) float64 uniforms in [0, 1), one per row.
+    Greedy when temperature == 0, else inverse-CDF sampling from the
+    temperature-scaled, nucleus-filtered distribution. Returns (B,) ids.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = F.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        probs = top_p_filter(probs, top_p)
+    # the first token whose cumulative probability exceeds u * total; in float64
+    # so that u * total < total and a token of zero probability is never chosen
+    cdf = probs.double().cumsum(dim=-1)  # (B, V)
+    x = (u * cdf[:, -1])[:, None]  # (B, 1)
+    return torch.searchsorted(cdf, x, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
+
+
+def row_uniforms(seed, rows, steps):
+    """(len(rows), steps) float64 uniforms: row k's come from a generator
+    seeded from (seed, k) only, so they do not depend on the batching."""
+    u = torch.empty(len(rows), steps, dtype=torch.float64)
+    g = torch.Generator()
+    for i, k in enumerate(rows):
+        g.manual_seed(hash((seed, k)) & (2**63 - 1))  # hash of a tuple of ints is fixed across runs
+        u[i] = torch.rand(steps, generator=g, dtype=torch.float64)
+    return u
+
+
+def common_prefix_length(prompts):
+    """The length of the longest prefix that every prompt starts with."""
+    first, length = prompts[0], min(map(len, prompts))
+    for p in prompts[1:]:
+        i = 0
+        while i < length and p[i] == first[i]:
+            i += 1
+        length = i
+    return length
+
+
+# -----------------------------------------------------------------------------
+# A cache for a compiled decode step
+
+class StaticKVCache(KVCache):
+    """
+    The KV cache for a torch.compile'd decode step. model.KVCache slices its
+    buffers to the filled length, a Python int that changes every step, so a
+    compiled step would be recompiled every step. Here a decode step touches
+    tensors only: the slot to write is a tensor, attention covers all max_len
+    slots (unfilled ones masked), and the compiler sees one graph for the
+    whole loop (as gpt-fast does). Prefill runs eagerly through KVCache.
+    """
+
+    @property
+    def length(self):  # the filled slots, kept as a tensor: `slot`
+        return int(self.slot)
+
+    @length.setter
+    def length(self, value):
+        self.slot = torch.full((1,), value, dtype=torch.long, device=self.valid.device)
+
+    def begin(self, tokens, positions=None, pad_mask=None):
+        self.decoding = tokens.shape[1] == 1 and pad_mask is None
+        if not self.decoding:
+            return super().begin(tokens, positions, pad_mask)
+        if positions is None:
+            positions = self.valid.sum(dim=1, keepdim=True)  # (B, 1): unfilled slots are not valid
+        self.valid.index_fill_(1, self.slot, True)
+        self.mask = torch.zeros(self.valid.shape, dtype=self.k.dtype, device=self.valid.device)
+        self.mask = self.mask.masked_fill(~self.valid, float("-inf"))[:, None, None, :]  # (B, 1, 1, max_len)
+        return positions
+
+    def update(self, layer, k, v):
+        if not self.decoding:
+            return super().update(layer, k, v)
+        self.k[layer].index_copy_(2, self.slot, k)  # k: (B, KV, 1, hd) into slot `slot`
+        self.v[layer].index_copy_(2, self.slot, v)
+        return self.k[layer], self.v[layer]
+
+    def end(self, T):
+        if not self.decoding:
+            return super().end(T)
+        self.slot = self.slot + 1
+        self.mask = None
+
+    def select(self, rows):
+        slot = self.slot.clone()  # not shared with the cache this one was copied from
+        super().select(rows)
+        self.slot = slot
+        return self
+
+
+# -----------------------------------------------------------------------------
+# Generation
+
+def _check_args(model, prompts, max_new_tokens, temperature, top_p, n, batch_size):
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError("prompts must be a non-empty list of token-id lists")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty (give at least a BOS token)")
+        if len(p) >= model.args.max_seq_len:
+            raise ValueError(f"prompt {i} has {len(p)} tokens: no room to generate within the "
+                             f"model's context of max_seq_len={model.args.max_seq_len}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, n=1, eos_id=None,
+             seed=None, batch_size=32, min_shared_prefix=64, compile=False, progress=True):
+    """
+    Sample n completions for each prompt (a list of token-id lists).
+
+    Returns a flat list of len(prompts) * n completions, completion j of prompt
+    i at index i * n + j; each is a list of new token ids, cut before eos_id
+    (when given) and after max_new_tokens, or where prompt + completion fill
+    the model's context (max_seq_len).
+
+    temperature: 0 is greedy (argmax). top_p: nucleus sampling, 1.0 is off.
+    seed: the same seed gives the same completions whatever batch_size, n
+        sharing and prefix sharing (None: draw one from torch's global RNG).
+    batch_size: sequences decoded together (prompts per batch: batch_size // n).
+    min_shared_prefix: prefill a common prefix of all prompts once when it is
+        at least this many tokens (None: never).
+    compile: torch.compile the decode step.
+    Under torch.distributed (e.g. an FSDP-sharded model), every rank passes
+    the same prompts; each rank samples a share, every rank runs the same
+    number of forward passes, and every rank gets all the results.
+    """
+    _check_args(model, prompts, max_new_tokens, temperature, top_p, n, batch_size)
+    if max_new_tokens == 0:
+        return [[] for _ in range(len(prompts) * n)]
+    training = model.training
+    model.eval()  # no dropout while sampling; the caller's mode comes back after
+    try:
+        return _generate(model, prompts, max_new_tokens, temperature, top_p, n, eos_id, seed,
+                         batch_size, min_shared_prefix, compile, progress)
+    finally:
+        model.train(training)
+
+
+def _generate(model, prompts, max_new_tokens, temperature, top_p, n, eos_id, seed,
+              batch_size, min_shared_prefix, compile, progress):
+    """generate() after the checks: split the work over ranks and batches."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if seed is None:
+        seed = int(torch.randint(2**62, ()))
+        if world > 1:  # everyone uses rank 0's
+            box = [seed]
+            dist.broadcast_object_list(box, src=0)
+            seed = box[0]
+
+    # A prefix shared by all prompts (decided on all prompts, so the same on every rank);
+    # every prompt keeps at least one token of its own, whose logits start sampling.
+    P = common_prefix_length(prompts) if len(prompts) > 1 else 0
+    P = min(P, min(map(len, prompts)) - 1)
+    if min_shared_prefix is None or P < min_shared_prefix:
+        P = 0
+
+    # Sort by length (less padding in each batch), deal out to ranks round-robin,
+    # and pad every rank's share to the same length so all run the same batches.
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    share = order[rank::world]
+    n_share = -(-len(prompts) // world)
+    share = share + [share[-1] if share else order[0]] * (n_share - len(share))
+    real = min(len(order[rank::world]), n_share)  # the rest are fillers, results dropped
+
+    # a compiled decode step needs a cache whose decode step has fixed shapes
+    decode = torch.compile(model, dynamic=True) if compile else model
+    cache_class = StaticKVCache if compile else KVCache
+    prefix_cache = None
+    if P > 0:
+        max_suffix = max(len(p) for p in prompts) - P
+        prefix_cache = cache_class(model.args, 1, P + max_suffix + max_new_tokens,
+                                   _device(model), _dtype(model))
+        model(torch.tensor([prompts[0][:P]], device=_device(model)), cache=prefix_cache)
+
+    per_batch = max(1, batch_size // n)
+    results = {}
+    bar = tqdm(total=real, desc="sampling", unit="prompt", disable=not progress or rank != 0)
+    for b in range(0, n_share, per_batch):
+        idx = share[b:b + per_batch]
+        completions = _generate_batch(
+            model, decode, cache_class, [prompts[i] for i in idx], idx, P, prefix_cache, max_new_tokens,
+            temperature, top_p, n, eos_id, seed, world)
+        for j, i in enumerate(idx):
+            if b + j < real:
+                results[i] = completions[j * n:(j + 1) * n]
+        bar.update(max(0, min(real, b + per_batch) - b))
+    bar.close()
+
+    if world > 1:  # every rank gets everything
+        gathered = [None] * world
+        dist.all_gather_object(gathered, results)
+        results = {i: c for part in gathered for i, c in part.items()}
+    return [c for i in range(len(prompts)) for c in results[i]]
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+def _dtype(model):
+    return next(model.parameters()).dtype
+
+
+def _generate_batch(model, decode, cache_class, prompts, prompt_ids, P, prefix_cache, max_new_tokens,
+                    temperature, top_p, n, eos_id, seed, world):
+    """Sample n completions for each of a batch of prompts; returns len(prompts)*n lists."""
+    dev, B, N = _device(model), len(prompts), len(prompts) * n
+
+    # Prefill: [shared prefix][left padding][suffix], the last slot real for every row.
+    suffixes = [p[P:] for p in prompts]
+    T = max(map(len, suffixes))
+    tokens = torch.zeros(B, T, dtype=torch.long)
+    pad_mask = torch.ones(B, T, dtype=torch.bool)
+    for r, s in enumerate(suffixes):
+        tokens[r, T - len(s):] = torch.tensor(s)
+        pad_mask[r, T - len(s):] = False
+    if prefix_cache is not None:
+        # B copies of the prefix's one row (select copies the buffers, so the
+        # shared prefix cache stays as it is for the next batch)
+        cache = copy.copy(prefix_cache).select(torch.zeros(B, dtype=torch.long, device=dev))
+    else:
+        cache = cache_class(model.args, B, T + max_new_tokens, dev, _dtype(model))
+    logits = model(tokens.to(dev), cache=cache, pad_mask=pad_mask.to(dev))[:, -1]  # (B, V)
+
+    # n samples per prompt: copy the rows, not the work
+    if n > 1:
+        cache.repeat_interleave(n)
+        logits = logits.repeat_interleave(n, dim=0)  # (N, V)
+    completion_ids = [i * n + j for i in prompt_ids for j in range(n)]  # global index of each row
+    u = row_uniforms(seed, completion_ids, max_new_tokens).to(dev) if temperature > 0 else None
+    # each row's budget: max_new_tokens, or less where the context would overflow
+    budget = torch.tensor([min(max_new_tokens, model.args.max_seq_len - len(p))
+                           for p in prompts for _ in range(n)], device=dev)
+
+    out = torch.full((N, max_new_tokens), -1, dtype=torch.long, device=dev)  # (N, steps)
+    rows = torch.arange(N, device=dev)  # which completion each row of the cache is
+    alive = True  # False: this rank has nothing left but keeps stepping with its peers
+    for step in range(max_new_tokens):
+        tok = next_token(logits, temperature, top_p, u[rows, step] if u is not None else None)  # (rows,)
+        if alive:
+            out[rows, step] = tok
+            finished = step + 1 >= budget[rows]
+            if eos_id is not None:
+                finished |= tok == eos_id
+        if step + 1 == max_new_tokens:
+            break
+        if alive and finished.any():  # drop finished rows (a sync per step: small next to a step)
+            keep = (~finished).nonzero().squeeze(1)
+            if len(keep) == 0:
+                alive = False
+                keep = keep.new_zeros(1)  # keep one row to step with the other ranks
+            cache.select(keep)
+            rows, tok = rows[keep], tok[keep]
+        if world > 1:  # stop when every rank is done, all together
+            anyone = torch.tensor([int(alive)], device=dev)
+            dist.all_reduce(anyone, op=dist.ReduceOp.MAX)
+            if not anyone.item():
+                break
+        elif not alive:
+            break
+        logits = decode(tok[:, None], cache=cache)[:, -1]
+
+    # cut each row at its budget and before its EOS (-1: steps after the row was dropped)
+    result = []
+    for row, limit in zip(out.tolist(), budget.tolist()):
+        row = row[:limit]
+        if eos_id is not None and eos_id in row:
+            row = row[:row.index(eos_id)]
+        result.append([t for t in row if t >= 0])
+    return result
+
+
+# -----------------------------------------------------------------------------
+# Many prompts from a file
+
+def read_prompts(path):
+    """The records of a JSONL file, each with a string "prompt"; errors name the line."""
+    records = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
+                raise ValueError(f"{path}:{lineno}: expected an object with a string \"prompt\" field")
+            records.append(rec)
+    if not records:
+        raise ValueError(f"{path}: no prompts")
+    return records
+
+
+def write_jsonl(path, records):
+    """Write records to a temporary file beside `path`, then rename: never half a file."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            for rec in records:
+                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def sample_chat(model, tok, texts, **kw):
+    """Chat responses (strings) to prompts (strings): len(texts) * n of them, as generate orders them."""
+    from tokenizer import chat_prompt_ids
+    ids = generate(model, [chat_prompt_ids(tok, t) for t in texts], eos_id=tok.eos_id, **kw)
+    return [tok.decode(c) for c in ids]
+
+
+def setup_distributed():
+    """Under torchrun: join the process group and return (rank, world, device); else (0, 1, device)."""
+    if "RANK" not in os.environ:
+        return 0, 1, device
+    cuda = device.startswith("cuda")
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        return rank, world, f"cuda:{os.environ['LOCAL_RANK']}"
+    return rank, world, "cpu"
+
+
+def shard_model(model, dev):
+    """FSDP2: shard each block and then the rest over all ranks."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh(torch.device(dev).type, (dist.get_world_size(),))
+    for layer in model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def main():
+    from model import load_checkpoint
+    from tokenizer import Tokenizer
+
+    if not ckpt or bool(prompt) == bool(prompts_file) or (prompts_file and not out):
+        sys.exit("usage: python sample.py --ckpt=DIR (--prompt=TEXT | --prompts_file=IN.jsonl --out=OUT.jsonl)")
+    rank, world, dev = setup_distributed()
+    records = read_prompts(prompts_file) if prompts_file else [{"prompt": prompt}]
+    tok = Tokenizer(os.path.join(ckpt, "tokenizer.model"))
+    # every rank loads the whole model, then keeps its shard (fine up to a few
+    # billion parameters; the training scripts stream shards for the big ones)
+    model = load_checkpoint(ckpt, device=dev, dtype=getattr(torch, dtype)).eval()
+    if world > 1:
+        model = shard_model(model, dev)
+    t0 = time.time()
+    responses = sample_chat(model, tok, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
+                            temperature=temperature, top_p=top_p, n=n, seed=seed,
+                            batch_size=batch_size, compile=compile, progress=progress)
+    if rank == 0:
+        if prompts_file:
+            for i, rec in enumerate(records):
+                mine = responses[i * n:(i + 1) * n]
+                rec.update({"response": mine[0]} if n == 1 else {"responses": mine})
+            write_jsonl(out, records)
+            print(f"wrote {len(records)} records to {out} in {time.time() - t0:.1f}s", file=sys.stderr)
+        else:
+            for r in responses:
+                print(r)
+    if world > 1:
+        dist.barrier()  # gloo can crash if a rank leaves early
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    from configurator import configure
+    configure(globals())
+    main()

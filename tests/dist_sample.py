@@ -1,0 +1,34 @@
+"""
+Run by tests/test_sample.py under `torchrun --standalone --nproc_per_node=2`:
+load each checkpoint of a job list, shard it with FSDP2 over the ranks (gloo,
+CPU), sample with generate(), and have rank 0 write every result as JSON.
+
+    torchrun --standalone --nproc_per_node=2 tests/dist_sample.py jobs.json out.json
+
+jobs.json: [{"ckpt": DIR, "prompts": [[ids], ...], "kwargs": {...}}, ...]
+"""
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model import load_checkpoint  # noqa: E402
+from sample import generate, shard_model  # noqa: E402
+
+torch.set_num_threads(1)  # two ranks on a small shared CPU
+dist.init_process_group("gloo")
+jobs_path, out_path = sys.argv[1], sys.argv[2]
+with open(jobs_path) as f:
+    jobs = json.load(f)
+results = []
+for job in jobs:
+    model = shard_model(load_checkpoint(job["ckpt"]).eval(), "cpu")
+    results.append(generate(model, job["prompts"], progress=False, **job["kwargs"]))
+if dist.get_rank() == 0:
+    with open(out_path, "w") as f:
+        json.dump(results, f)
+dist.barrier()  # gloo can crash if a rank leaves early
+dist.destroy_process_group()

@@ -1,0 +1,293 @@
+"""
+sample.py against independent references: a no-cache recompute loop, one prompt
+at a time, Hugging Face transformers' generate, a model rigged to emit EOS at
+known steps, hand-made distributions for top-p, and one process against two
+FSDP2 ranks under torchrun.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import model as M
+import sample as S
+from sample import generate, next_token, top_p_filter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EOS = 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # small tensors; the machine is shared
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A small random model whose attention is sharp (a freshly initialised one
+    attends almost uniformly, so it would not notice a wrong position or mask)."""
+    torch.manual_seed(0)
+    model = M.Transformer(M.preset("toy-tiny")).eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.attention.wq.weight.mul_(15)
+            layer.attention.wk.weight.mul_(15)
+    return model
+
+
+def random_prompts(lengths, vocab=512, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (L,), generator=g).tolist() for L in lengths]
+
+
+MIXED = random_prompts([5, 17, 1, 30, 9, 12])  # mixed lengths, one a lone token
+
+
+@torch.no_grad()
+def recompute_greedy(model, prompt, steps):
+    """The naive loop: the whole sequence through the model at every step, no cache."""
+    x = list(prompt)
+    for _ in range(steps):
+        x.append(int(model(torch.tensor([x]))[0, -1].argmax()))
+    return x[len(prompt):]
+
+
+def test_greedy_batched_equals_one_at_a_time_and_recompute(tiny):
+    batched = generate(tiny, MIXED, 12, temperature=0, batch_size=4, progress=False)
+    assert len(batched) == len(MIXED) and all(len(c) == 12 for c in batched)
+    singles = [generate(tiny, [p], 12, temperature=0, progress=False)[0] for p in MIXED]
+    assert batched == singles
+    assert batched == [recompute_greedy(tiny, p, 12) for p in MIXED]
+
+
+def test_sampling_runs_in_eval_mode():
+    torch.manual_seed(0)
+    model = M.Transformer(M.preset("toy-tiny", dropout=0.5)).eval()
+    expected = generate(model, MIXED, 5, temperature=0, progress=False)
+    model.train()
+    assert generate(model, MIXED, 5, temperature=0, progress=False) == expected  # no dropout
+    assert model.training  # the caller's mode is back
+
+
+def test_greedy_equals_transformers(tiny, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    M.save_checkpoint(tiny, tmp_path / "ckpt")
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ckpt", dtype=torch.float32).eval()
+    hf.generation_config.eos_token_id = None  # ours without eos_id never stops early
+    T = max(map(len, MIXED))
+    ids = torch.zeros(len(MIXED), T, dtype=torch.long)
+    att = torch.zeros(len(MIXED), T, dtype=torch.long)
+    for r, p in enumerate(MIXED):  # HF generates from left-padded batches
+        ids[r, T - len(p):], att[r, T - len(p):] = torch.tensor(p), 1
+    with torch.no_grad():
+        ref = hf.generate(input_ids=ids, attention_mask=att, max_new_tokens=12, do_sample=False,
+                          pad_token_id=0)[:, T:].tolist()
+    assert generate(tiny, MIXED, 12, temperature=0, progress=False) == ref
+
+
+def test_n_samples_share_prefill_and_seeds_repeat(tiny):
+    kw = dict(temperature=1.0, top_p=0.9, seed=7, progress=False)
+    shared = generate(tiny, MIXED, 10, n=3, batch_size=6, **kw)
+    assert len(shared) == 3 * len(MIXED)
+    # completion k = i*n + j is prompt i's sample j: the same as the k-th of the
+    # prompts repeated n times, each prefilled on its own, in other batches
+    unshared = generate(tiny, [p for p in MIXED for _ in range(3)], 10, n=1, batch_size=5, **kw)
+    assert shared == unshared
+    assert shared == generate(tiny, MIXED, 10, n=3, batch_size=64, **kw)  # repeats exactly
+    assert len({tuple(c) for c in shared[:3]}) > 1  # the n samples differ
+    assert shared != generate(tiny, MIXED, 10, n=3, **{**kw, "seed": 8})
+
+
+def test_shared_prefix_gives_the_same_output(tiny):
+    rubric = random_prompts([80], seed=1)[0]
+    prompts = [rubric + p for p in MIXED]
+    plain = generate(tiny, prompts, 8, temperature=0, min_shared_prefix=None, progress=False)
+    assert plain == generate(tiny, prompts, 8, temperature=0, batch_size=4, progress=False)
+    # a prompt that is only the prefix keeps its last token to itself
+    with_short = prompts + [rubric]
+    assert (generate(tiny, with_short, 8, temperature=0, min_shared_prefix=None, progress=False)
+            == generate(tiny, with_short, 8, temperature=0, min_shared_prefix=16, progress=False))
+    kw = dict(temperature=0.8, top_p=0.95, n=2, seed=3, progress=False)
+    assert (generate(tiny, prompts, 8, min_shared_prefix=None, **kw)
+            == generate(tiny, prompts, 8, batch_size=4, **kw))
+
+
+def test_shared_prefix_is_prefilled_once(tiny, monkeypatch):
+    rubric = random_prompts([80], seed=1)[0]
+    prompts = [rubric + p for p in MIXED]
+    seen = []
+    real_forward = M.Transformer.forward
+    monkeypatch.setattr(M.Transformer, "forward", lambda self, tokens, *a, **k: (
+        seen.append(tuple(tokens.shape)), real_forward(self, tokens, *a, **k))[1])
+    generate(tiny, prompts, 3, temperature=0, batch_size=3, progress=False)
+    prefills = [s for s in seen if s[1] > 1]
+    assert prefills[0] == (1, 80)  # the rubric, once
+    assert all(s[1] <= 30 for s in prefills[1:])  # then only the prompts' own tokens
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([[0.25, 0.5, 0.125, 0.125]])
+    kept = lambda p: (top_p_filter(probs, p)[0] > 0).nonzero().flatten().tolist()
+    assert kept(0.5) == [1]  # 0.5 alone reaches 0.5
+    assert kept(0.25) == [1]
+    assert kept(0.75) == [0, 1]
+    assert kept(0.76) == [0, 1, 2]  # ties 2 and 3: the lower id first
+    assert kept(0.875) == [0, 1, 2]
+    assert kept(1.0) == [0, 1, 2, 3]
+    ties = torch.tensor([[0.125, 0.375, 0.125, 0.375]])
+    assert (top_p_filter(ties, 0.375)[0] > 0).nonzero().flatten().tolist() == [1]
+    assert (top_p_filter(ties, 0.5)[0] > 0).nonzero().flatten().tolist() == [1, 3]
+    # rows are independent; kept tokens keep their probability
+    both = top_p_filter(torch.cat([probs, ties]), 0.7)
+    assert both.tolist() == [[0.25, 0.5, 0, 0], [0, 0.375, 0, 0.375]]
+
+
+def test_sampling_stays_inside_the_nucleus():
+    logits = torch.log(torch.tensor([[0.0, 0.5, 0.25, 0.125, 0.125]]))
+    pick = lambda u, top_p: int(next_token(logits, 1.0, top_p, torch.tensor([u], dtype=torch.float64)))
+    assert pick(0.0, 1.0) == 1  # never the zero-probability token 0
+    assert pick(0.49, 1.0) == 1 and pick(0.51, 1.0) == 2 and pick(1 - 1e-12, 1.0) == 4
+    assert pick(1 - 1e-12, 0.75) == 2 and pick(0.6, 0.75) == 1  # renormalised over {1, 2}
+    torch.manual_seed(0)
+    draws = next_token(logits.expand(4000, -1), 1.0, 0.75, torch.rand(4000, dtype=torch.float64))
+    assert set(draws.tolist()) == {1, 2}
+    assert abs((draws == 1).float().mean().item() - 2 / 3) < 0.03
+    assert next_token(logits, 0.0, 1.0, None).tolist() == [1]  # greedy
+
+
+def chain_model(max_seq_len=64):
+    """A model rigged so that the next token is always current + 1 (mod 16):
+    no attention or MLP (zero output projections), one-hot embeddings, and an
+    output layer that maps token t to t + 1. EOS (2) comes right after 1."""
+    args = M.ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=16, multiple_of=16, max_seq_len=max_seq_len)
+    model = M.Transformer(args).eval()
+    with torch.no_grad():
+        model.layers[0].attention.wo.weight.zero_()
+        model.layers[0].feed_forward.w2.weight.zero_()
+        model.tok_embeddings.weight.zero_()
+        model.tok_embeddings.weight[:, :16] = torch.eye(16)
+        model.output.weight.zero_()
+        for t in range(16):
+            model.output.weight[(t + 1) % 16, t] = 1.0
+    return model
+
+
+def test_each_row_stops_at_its_own_eos():
+    model = chain_model()
+    prompts = [[3, 14], [5, 15], [9], [7, 0], [4, 1]]
+    out = generate(model, prompts, 6, temperature=0, eos_id=EOS, progress=False)
+    # 14 -> 15 0 1 (EOS); 15 -> 0 1 (EOS); 9 -> 10..15 (cut at 6); 0 -> 1 (EOS); 1 -> EOS at once
+    assert out == [[15, 0, 1], [0, 1], [10, 11, 12, 13, 14, 15], [1], []]
+    # without eos_id it runs through EOS to max_new_tokens
+    assert generate(model, [[15]], 4, temperature=0, progress=False) == [[0, 1, 2, 3]]
+    # sampling at a low temperature is as good as greedy here, n rows each stop alone
+    out = generate(model, [[14], [10]], 5, temperature=0.01, n=2, eos_id=EOS, seed=0, progress=False)
+    assert out == [[15, 0, 1]] * 2 + [[11, 12, 13, 14, 15]] * 2
+
+
+def test_finished_rows_stop_costing_work(monkeypatch):
+    model = chain_model()
+    rows = []
+    real_forward = M.Transformer.forward
+    monkeypatch.setattr(M.Transformer, "forward", lambda self, tokens, *a, **k: (
+        rows.append(tokens.shape[0]), real_forward(self, tokens, *a, **k))[1])
+    generate(model, [[0], [13], [9]], 8, temperature=0, eos_id=EOS, progress=False)
+    # prefill 3 rows; [0] -> 1 then EOS: 2 decode steps with 3 rows, then 2 rows
+    # until [13] -> 14 15 0 1 EOS, then [9] alone until its 8 tokens
+    assert rows == [3, 3, 2, 2, 2, 1, 1, 1]
+
+
+def test_context_limit_cuts_completions():
+    model = chain_model(max_seq_len=8)
+    assert generate(model, [[3] * 5, [3]], 10, temperature=0, progress=False) == [
+        [4, 5, 6], [4, 5, 6, 7, 8, 9, 10]]  # prompt + completion fill at most 8
+
+
+def test_bad_input_is_a_clear_error(tiny):
+    cases = [
+        (dict(prompts=[]), "non-empty"),
+        (dict(prompts=[[1, 2], []]), "prompt 1 is empty"),
+        (dict(prompts=[[1] * 512]), "prompt 0 has 512 tokens"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(temperature=-0.1), "temperature"),
+        (dict(n=0), "n and batch_size"),
+    ]
+    for change, message in cases:
+        kw = dict(prompts=[[1, 2]], max_new_tokens=2, progress=False) | change
+        with pytest.raises(ValueError, match=message):
+            generate(tiny, **kw)
+    assert generate(tiny, [[1, 2]], 0, progress=False) == [[]]
+
+
+def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch):
+    from tokenizer import Tokenizer
+    vocab = Tokenizer(toy_tokenizer_path).vocab_size
+    torch.manual_seed(0)
+    model = M.Transformer(M.preset("toy-tiny", vocab_size=vocab)).eval()
+    M.save_checkpoint(model, tmp_path / "ckpt", tokenizer_path=toy_tokenizer_path)
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text('{"prompt": "reverse the word fox", "id": 7}\n\n{"prompt": "count the letters"}\n')
+    for key, value in dict(ckpt=str(tmp_path / "ckpt"), prompts_file=str(inp), out=str(out), device="cpu",
+                           dtype="float32", max_new_tokens=6, temperature=0.0, progress=False).items():
+        monkeypatch.setattr(S, key, value)
+    S.main()
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    tok = Tokenizer(toy_tokenizer_path)
+    expected = S.sample_chat(model, tok, ["reverse the word fox", "count the letters"],
+                             max_new_tokens=6, temperature=0, progress=False)
+    assert records == [{"prompt": "reverse the word fox", "id": 7, "response": expected[0]},
+                       {"prompt": "count the letters", "response": expected[1]}]
+    inp.write_text('{"prompt": "fine"}\n{"prompt": broken\n')
+    with pytest.raises(ValueError, match=r"in\.jsonl:2: malformed JSON"):
+        S.main()
+    inp.write_text('{"text": "no prompt"}\n')
+    with pytest.raises(ValueError, match=r"in\.jsonl:1: .*\"prompt\""):
+        S.main()
+
+
+def test_two_fsdp_ranks_equal_one_process(tiny, tmp_path):
+    """torchrun, 2 ranks, gloo, FSDP2: the same results as one process, with
+    uneven shares (7 prompts) and ranks that finish at different times."""
+    M.save_checkpoint(tiny, tmp_path / "tiny")
+    chain = chain_model()
+    M.save_checkpoint(chain, tmp_path / "chain")
+    # sorted by length and dealt out: rank 0 gets the long-running rows, rank 1 is done after two tokens
+    chain_prompts = [[3, 3, 3, 3, 3], [3, 3, 3, 3, 0], [3, 3, 3, 4], [3, 3, 0], [5, 5], [0], [9]]
+    jobs = [
+        dict(ckpt=str(tmp_path / "tiny"), prompts=MIXED + MIXED[:1], kwargs=dict(max_new_tokens=8, temperature=0, batch_size=2)),
+        dict(ckpt=str(tmp_path / "tiny"), prompts=MIXED, kwargs=dict(max_new_tokens=6, temperature=0.9, top_p=0.9, n=2, seed=11)),
+        dict(ckpt=str(tmp_path / "chain"), prompts=chain_prompts, kwargs=dict(max_new_tokens=12, temperature=0, eos_id=EOS)),
+    ]
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "tests", "dist_sample.py"), str(tmp_path / "jobs.json"), str(tmp_path / "out.json")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "out.json").read_text())
+    for job, got, model in zip(jobs, results, [tiny, tiny, chain]):
+        assert got == generate(model, job["prompts"], progress=False, **job["kwargs"])
+    assert results[2][5] == [1] and len(results[2][0]) == 12  # EOS early on one rank, late on the other
+
+
+def test_static_cache_of_the_compiled_decode_step(tiny, monkeypatch):
+    """compile=True decodes through StaticKVCache (fixed shapes, one graph for
+    the loop). Checked here uncompiled: compiling on CPU takes a minute."""
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: model)
+    kw = dict(temperature=0, progress=False)
+    assert generate(tiny, MIXED, 10, compile=True, batch_size=4, **kw) == generate(tiny, MIXED, 10, **kw)
+    rubric = random_prompts([80], seed=1)[0]
+    prompts = [rubric + p for p in MIXED]
+    sampled = dict(temperature=0.8, top_p=0.9, n=2, seed=5, progress=False)
+    assert (generate(tiny, prompts, 6, compile=True, **sampled)
+            == generate(tiny, prompts, 6, min_shared_prefix=None, **sampled))
+    chain = chain_model()  # rows finishing at different steps: the batch shrinks
+    assert generate(chain, [[3, 14], [5, 15], [9], [7, 0]], 6, eos_id=EOS, compile=True, **kw) == [
+        [15, 0, 1], [0, 1], [10, 11, 12, 13, 14, 15], [1]]
