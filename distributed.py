@@ -8,7 +8,7 @@ laptop to a multi-node cluster without changing it.
     save_state()        model shards + optimizer + step with torch.distributed.checkpoint,
     load_state()        atomically, so the same command resumes after a kill
     memory_plan()       what each GPU will hold, before anyone launches 64 of them
-    read_jsonl(), lr_at(), batch_indices(), split_even()   data and schedule
+    lr_at(), batch_indices(), split_even()   data order and schedule
 
 Data parallelism is exact by construction: every loss is a SUM over the
 examples (or tokens) of one micro-batch divided by the count over the whole
@@ -104,32 +104,6 @@ def seed_step(seed, step, rank):
 
 # -----------------------------------------------------------------------------
 # Data: JSON Lines, a reproducible order, the schedule
-
-def read_jsonl(path, fields):
-    """Records of a JSON Lines file, each an object with string `fields`.
-    Errors name the file and line, so a bad record is found in seconds."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"data file not found: {path}")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, found {type(rec).__name__}")
-            bad = [k for k in fields if not isinstance(rec.get(k), str)]
-            if bad:
-                raise ValueError(f"{path}:{lineno}: missing or non-string field(s): {', '.join(bad)} "
-                                 f"(each record needs {', '.join(fields)})")
-            records.append(rec)
-    if not records:
-        raise ValueError(f"{path}: no records (the file is empty)")
-    return records
-
 
 def hold_out(items, fraction, seed):
     """(train, eval): a fixed, seeded share of items held out for the eval loss."""

@@ -108,7 +108,7 @@ def parse_score(text):
 # Judging: Section 2.3, "each candidate is scored 3 times ... the scores averaged".
 
 def judge(model, tokenizer, prompts, responses, n_samples=3, temperature=0.7, top_p=0.9,
-          max_new_tokens=256, seed=None, batch_size=32, generate_fn=None):
+          max_new_tokens=256, seed=None, batch_size=32, generate_fn=None, progress=True):
     """
     Judge response i to prompt i, n_samples times each, with the model itself.
     Returns (scores, records):
@@ -127,7 +127,7 @@ def judge(model, tokenizer, prompts, responses, n_samples=3, temperature=0.7, to
         from sample import generate as generate_fn
     ids = [judge_prompt_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
     outs = generate_fn(model, ids, max_new_tokens, temperature=temperature, top_p=top_p,
-                       n=n_samples, eos_id=tokenizer.eos_id, seed=seed, batch_size=batch_size)
+                       n=n_samples, eos_id=tokenizer.eos_id, seed=seed, batch_size=batch_size, progress=progress)
     assert len(outs) == len(ids) * n_samples, "generate must return n completions per prompt"
     scores, records = [], []
     for i, (p, r) in enumerate(zip(prompts, responses)):

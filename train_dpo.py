@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import distributed as D
+from data import read_jsonl
 from configurator import configure
 from model import estimate_mfu
 from tokenizer import Tokenizer, chat_tokens
@@ -234,9 +235,9 @@ def _train(c, env, tok, tok_path):
     pad_id = tok.eos_id
 
     fields = ["prompt", "chosen", "rejected"]
-    records = D.read_jsonl(c.data, fields)
+    records = read_jsonl(c.data, fields, allow_empty=False)
     if c.eval_data:
-        train_recs, eval_recs = records, D.read_jsonl(c.eval_data, fields)
+        train_recs, eval_recs = records, read_jsonl(c.eval_data, fields, allow_empty=False)
     else:
         train_recs, eval_recs = D.hold_out(records, c.eval_fraction, c.seed)
     train_set = tokenize_pairs(tok, train_recs, max_len, c.data)

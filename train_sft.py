@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import distributed as D
+from data import read_jsonl
 from configurator import configure
 from model import estimate_mfu
 from tokenizer import Tokenizer, chat_tokens
@@ -34,7 +35,8 @@ from tokenizer import Tokenizer, chat_tokens
 init_from = "scratch"      # a checkpoint folder (Hugging Face layout), or 'scratch'
 model = "toy"              # preset when init_from='scratch'
 tokenizer = ""             # tokenizer.model; '' = the one in init_from
-data = "data/sft.jsonl"    # JSON Lines of {"prompt", "response"}
+data = "data/sft.jsonl"    # JSON Lines of {"prompt", "response"} ({"text"} with template='text')
+template = "chat"          # 'chat': [INST] prompt [/INST] response, loss on the response; 'text': plain documents, loss on every token (pretraining)
 eval_data = ""             # held-out JSON Lines; '' = hold out eval_fraction of data
 eval_fraction = 0.05       # share of data held out when there is no eval_data
 out_dir = "out/sft"        # gets model/ (HF layout), state/ (resume), metrics.jsonl
@@ -79,12 +81,16 @@ def settings(config):
 # -----------------------------------------------------------------------------
 # Data: one example = token ids + where the response starts
 
-def tokenize(tok, records, max_len, source):
+def tokenize(tok, records, max_len, source, template="chat"):
     """(ids, response_start) per record; examples that do not fit are skipped
-    and counted (truncating would cut the EOS the model must learn)."""
+    and counted (truncating would cut the EOS the model must learn). With
+    template='text' a record is a plain document, learned whole after its BOS."""
     examples, skipped = [], 0
     for rec in records:
-        ids, start = chat_tokens(tok, rec["prompt"], rec["response"])
+        if template == "text":
+            ids, start = tok.encode(rec["text"], bos=True, eos=True), 1
+        else:
+            ids, start = chat_tokens(tok, rec["prompt"], rec["response"])
         if len(ids) - 1 > max_len:  # the model sees ids[:-1]
             skipped += 1
         else:
@@ -188,13 +194,16 @@ def _train(c, env, tok, tok_path):
     pad_id = tok.eos_id  # Llama has no pad token; padded positions carry no loss anyway
 
     # the data
-    records = D.read_jsonl(c.data, ["prompt", "response"])
+    if c.template not in ("chat", "text"):
+        raise ValueError(f"template must be 'chat' or 'text', got {c.template!r}")
+    fields = ["text"] if c.template == "text" else ["prompt", "response"]
+    records = read_jsonl(c.data, fields, allow_empty=False)
     if c.eval_data:
-        train_recs, eval_recs = records, D.read_jsonl(c.eval_data, ["prompt", "response"])
+        train_recs, eval_recs = records, read_jsonl(c.eval_data, fields, allow_empty=False)
     else:
         train_recs, eval_recs = D.hold_out(records, c.eval_fraction, c.seed)
-    train_set = tokenize(tok, train_recs, max_len, c.data)
-    eval_set = tokenize(tok, eval_recs, max_len, c.eval_data or c.data) if eval_recs else []
+    train_set = tokenize(tok, train_recs, max_len, c.data, c.template)
+    eval_set = tokenize(tok, eval_recs, max_len, c.eval_data or c.data, c.template) if eval_recs else []
     steps = c.max_steps or math.ceil(c.epochs * len(train_set) / c.batch_size)
     log(f"SFT: {len(train_set)} train / {len(eval_set)} eval examples, {steps} steps of {c.batch_size}, "
         f"{model.num_params() / 1e6:.1f}M parameters, world size {env.world}")

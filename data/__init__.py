@@ -15,17 +15,30 @@ import os
 import tempfile
 
 
-def read_jsonl(path):
-    """All records of a JSON Lines file; a bad line is an error naming file and line."""
+def read_jsonl(path, fields=(), allow_empty=True):
+    """All records of a JSON Lines file, each a JSON object with string values
+    for `fields`. Errors name the file and line, so a bad record is found in
+    seconds; an empty file is an error unless allow_empty."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data file not found: {path}")
     records = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, found {type(rec).__name__}")
+            bad = [k for k in fields if not isinstance(rec.get(k), str)]
+            if bad:
+                raise ValueError(f"{path}:{lineno}: missing or non-string field(s): {', '.join(bad)} "
+                                 f"(each record needs {', '.join(fields)})")
+            records.append(rec)
+    if not records and not allow_empty:
+        raise ValueError(f"{path}: no records (the file is empty)")
     return records
 
 

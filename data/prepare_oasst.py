@@ -58,7 +58,7 @@ def read_messages(paths):
                 try:
                     m = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                    raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
                 missing = [k for k in REQUIRED if not isinstance(m, dict) or k not in m]
                 if missing:
                     raise ValueError(f"{path}:{lineno}: not an oasst message, missing {', '.join(missing)}")

@@ -93,7 +93,7 @@ def stub_generate(texts):
     calls = []
 
     def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, n=1, eos_id=None, seed=None,
-                 batch_size=32):
+                 batch_size=32, progress=True):
         calls.append(dict(prompts=prompts, max_new_tokens=max_new_tokens, temperature=temperature,
                           top_p=top_p, n=n, eos_id=eos_id, seed=seed))
         assert len(texts) == len(prompts) * n

@@ -107,7 +107,7 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
 
 def test_malformed_lines_name_the_file_and_line(tmp_path):
     path = _write(tmp_path / "broken.jsonl", [BAD_ROWS[0], '{"message_id": "x", "text": '])
-    with pytest.raises(ValueError, match=r"broken\.jsonl:2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"broken\.jsonl:2: malformed JSON"):
         prepare([path])
     path = _write(tmp_path / "other.jsonl", [BAD_ROWS[0], {"id": 1, "text": "hi"}])
     with pytest.raises(ValueError, match=r"other\.jsonl:2: not an oasst message, missing message_id, parent_id, role"):

@@ -21,6 +21,7 @@ import torch
 from conftest import ROOT
 
 import distributed as D
+from data import read_jsonl
 import train_dpo
 import train_sft
 from model import Transformer, load_checkpoint, preset, save_checkpoint
@@ -124,18 +125,18 @@ def test_read_jsonl_names_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a", "response": \n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: malformed JSON"):
-        D.read_jsonl(str(bad), ["prompt", "response"])
+        read_jsonl(str(bad), ["prompt", "response"])
     bad.write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": "a"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:3: missing or non-string field\(s\): response"):
-        D.read_jsonl(str(bad), ["prompt", "response"])
+        read_jsonl(str(bad), ["prompt", "response"])
     bad.write_text('["prompt"]\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:1: expected a JSON object"):
-        D.read_jsonl(str(bad), ["prompt"])
+        read_jsonl(str(bad), ["prompt"])
     bad.write_text("\n")
     with pytest.raises(ValueError, match="empty"):
-        D.read_jsonl(str(bad), ["prompt"])
+        read_jsonl(str(bad), ["prompt"], allow_empty=False)
     with pytest.raises(FileNotFoundError):
-        D.read_jsonl(str(tmp_path / "absent.jsonl"), ["prompt"])
+        read_jsonl(str(tmp_path / "absent.jsonl"), ["prompt"])
 
 
 def test_cli_reports_bad_input(work, tmp_path):
