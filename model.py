@@ -68,6 +68,9 @@ class ModelArgs:
 PRESETS = {
     "toy-tiny": ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512,
                           multiple_of=32, max_seq_len=512),
+    # the self-rewarding loop's default: ~1M parameters, fast enough on a 2-core CPU
+    "toy-small": ModelArgs(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, vocab_size=1024,
+                           multiple_of=32, max_seq_len=1024),
     "toy": ModelArgs(dim=256, n_layers=6, n_heads=8, n_kv_heads=4, vocab_size=1024,
                      multiple_of=64, max_seq_len=1024),
     "toy-large": ModelArgs(dim=512, n_layers=8, n_heads=8, n_kv_heads=4, vocab_size=1024,
@@ -101,30 +104,70 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        # F.rms_norm: one call instead of six ops (a decode step is mostly per-op overhead)
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
 
-def rope_cos_sin(positions, head_dim, theta):
+def rope_rotation(positions, head_dim, theta):
     """
     Rotary position embeddings (Su et al. 2021): the pair (x[2i], x[2i+1]) of a
-    query or key at position p is rotated by the angle p * theta^(-2i/head_dim).
-    positions: (B, T) integers -> cos, sin: (B, 1, T, head_dim/2), fp32.
-    Computed on the fly (it is tiny), so the model has no buffers to rebuild
-    after being created on the meta device.
+    query or key at position p is rotated by the angle p * theta^(-2i/head_dim):
+        (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin)
+    positions: (B, T) integers -> cos, sin: (B, T, 1, head_dim) fp32, each angle
+    repeated for both members of its pair and sin signed (-sin, +sin), so that
+    apply_rope is x * cos + swap_pairs(x) * sin. Computed once per forward and
+    shared by every layer's queries (B, T, H, hd) and keys; computed on the fly
+    (it is tiny), so the model has no buffers to rebuild after being created
+    on the meta device.
     """
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
-    angles = positions.float()[:, None, :, None] * inv_freq  # (B, 1, T, head_dim/2)
-    return angles.cos(), angles.sin()
+    angles = positions.float()[:, :, None, None] * inv_freq  # (B, T, 1, head_dim/2)
+    cos, sin = angles.cos(), angles.sin()
+    return torch.stack((cos, cos), -1).flatten(-2), torch.stack((-sin, sin), -1).flatten(-2)
 
 
-def apply_rope(x, cos, sin):
-    """x: (B, H, T, head_dim), rotated pairwise in fp32 as Meta's reference does."""
-    xf = x.float().unflatten(-1, (-1, 2))  # (B, H, T, head_dim/2, 2)
-    x0, x1 = xf[..., 0], xf[..., 1]
-    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
-    return out.flatten(-2).to(x.dtype)
+def apply_rope(x, rotation):
+    """x: (B, T, H, head_dim), rotated pairwise in fp32 as Meta's reference does."""
+    # three elementwise ops and a swap, instead of a dozen ops on the halves of
+    # each pair (real-valued, unlike Meta's complex multiply: torch.compile fuses it)
+    cos, sin = rotation
+    xf = x if x.dtype == torch.float32 else x.float()  # no no-op casts: a decode step is mostly per-op overhead
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0) for each pair (x0, x1)
+    out = torch.addcmul(xf * cos, swapped, sin)
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+
+def decode_attention(q, k, v, mask, shared=None):
+    """
+    softmax(q k^T / sqrt(hd) + mask) v for one new token per row, against the
+    KV cache, written out as batched matmuls: for a single query SDPA's CPU
+    kernel is several times slower, and fewer ops means less per-op overhead.
+    q: (B, 1, H, hd); k, v: (B, KV, S, hd) each row's own slots;
+    shared: None, or keys and values (1, KV, P, hd) of a prefix every row
+    attends to first, stored once (see KVCache); mask: (B, 1, 1, P + S) additive.
+    Returns (B, 1, H * hd), ready for wo.
+    """
+    B, _, H, hd = q.shape
+    KV, S = k.shape[1], k.shape[2]
+    G, P = H // KV, 0 if shared is None else shared[0].shape[2]
+    # the G = H/KV query heads of a group share one key/value head: they are the
+    # G rows of one (G, hd) @ (hd, S) matmul, so K and V are read once, never copied
+    scores = torch.bmm(q.view(B * KV, G, hd), k.reshape(B * KV, S, hd).transpose(1, 2)).view(B, H, S)
+    if shared is not None:
+        # the prefix is read once for the whole batch: all B*G queries of a KV
+        # head are the rows of one matmul, instead of B copies read row by row
+        qs = q.view(B, KV, G, hd).transpose(0, 1).reshape(KV, B * G, hd)
+        prefix_scores = torch.bmm(qs, shared[0][0].transpose(1, 2))  # (KV, B*G, P)
+        scores = torch.cat([prefix_scores.view(KV, B, G, P).transpose(0, 1).reshape(B, H, P), scores], dim=-1)
+    scores = torch.add(mask.view(B, 1, P + S), scores, alpha=hd ** -0.5)  # scale and mask in one op
+    probs = scores.softmax(-1, dtype=torch.float32).to(v.dtype)  # (B, H, P + S): one softmax over both parts
+    y = torch.bmm(probs[:, :, P:].reshape(B * KV, G, S), v.reshape(B * KV, S, hd))  # (B*KV, G, hd)
+    if shared is not None:
+        probs = probs[:, :, :P].reshape(B, KV, G, P).transpose(0, 1).reshape(KV, B * G, P)
+        y = y.view(B, KV, G, hd) + torch.bmm(probs, shared[1][0]).view(KV, B, G, hd).transpose(0, 1)
+    return y.reshape(B, 1, H * hd)
 
 
 class Attention(nn.Module):
@@ -140,16 +183,23 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
         self.dropout = args.dropout
 
-    def forward(self, x, cos, sin, cache=None, layer=0):
+    def forward(self, x, rotation, cache=None, layer=0):
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, T, hd)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = apply_rope(self.wq(x).view(B, T, self.n_heads, self.head_dim), rotation)  # (B, T, H, hd)
+        k = apply_rope(self.wk(x).view(B, T, self.n_kv_heads, self.head_dim), rotation)  # (B, T, KV, hd)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if cache is not None and T == 1:  # a decode step: the hot loop of sampling
+            k, v = cache.update(layer, k.transpose(1, 2), v.transpose(1, 2))  # (B, KV, S, hd): all cached so far
+            return self.wo(decode_attention(q, k, v, cache.mask, cache.shared(layer)))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
         if cache is None:
             mask, causal = None, True  # training / full recompute: plain causal attention
         else:
             k, v = cache.update(layer, k, v)  # (B, KV, S, hd): everything cached so far
+            if cache.prefix is not None:  # behind a shared prefix: attend to it too (a copy, in prefill only)
+                pk, pv = cache.shared(layer)
+                k = torch.cat([pk.expand(B, -1, -1, -1), k], dim=2)
+                v = torch.cat([pv.expand(B, -1, -1, -1), v], dim=2)
             mask, causal = cache.mask, False
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal,
@@ -183,9 +233,11 @@ class TransformerBlock(nn.Module):
         # has none, the paper fine-tunes with 0.1. Off in eval mode.
         self.dropout = nn.Dropout(args.dropout)
 
-    def forward(self, x, cos, sin, cache=None):
-        x = x + self.dropout(self.attention(self.attention_norm(x), cos, sin, cache, self.layer_id))
-        return x + self.dropout(self.feed_forward(self.ffn_norm(x)))
+    def forward(self, x, rotation, cache=None):
+        h = self.attention(self.attention_norm(x), rotation, cache, self.layer_id)
+        x = x + (self.dropout(h) if self.training and self.dropout.p > 0 else h)  # skip the call when it is a no-op
+        h = self.feed_forward(self.ffn_norm(x))
+        return x + (self.dropout(h) if self.training and self.dropout.p > 0 else h)
 
 
 class Transformer(nn.Module):
@@ -230,13 +282,13 @@ class Transformer(nn.Module):
             if T > self.args.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens is longer than max_seq_len {self.args.max_seq_len}")
             positions = torch.arange(T, device=tokens.device).expand(B, T)
-        cos, sin = rope_cos_sin(positions, self.args.head_dim, self.args.rope_theta)
+        rotation = rope_rotation(positions, self.args.head_dim, self.args.rope_theta)
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
             if self.activation_checkpointing and self.training:
-                h = torch.utils.checkpoint.checkpoint(layer, h, cos, sin, cache, use_reentrant=False)
+                h = torch.utils.checkpoint.checkpoint(layer, h, rotation, cache, use_reentrant=False)
             else:
-                h = layer(h, cos, sin, cache)
+                h = layer(h, rotation, cache)
         if cache is not None:
             cache.end(T)
         logits = self.output(self.norm(h))
@@ -263,9 +315,13 @@ class KVCache:
 
     A padding slot's own query attends to itself, so no attention row is ever
     fully masked (softmax of all -inf would be NaN); its output is discarded.
+
+    With `prefix` (a filled one-row KVCache, e.g. the judge's rubric), every
+    row continues that prefix: its keys/values are stored once and attended to
+    by all rows (`shared`), the buffers here hold only each row's own slots.
     """
 
-    def __init__(self, args: ModelArgs, batch_size, max_len, device, dtype):
+    def __init__(self, args: ModelArgs, batch_size, max_len, device, dtype, prefix=None):
         shape = (args.n_layers, batch_size, args.n_kv_heads, max_len, args.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -273,14 +329,25 @@ class KVCache:
         self.max_len = max_len
         self.length = 0  # slots filled so far (the same for every row)
         self.mask = None
+        # prefix: a filled KVCache of one row (no padding) that every row of this
+        # one continues, e.g. the judge's rubric: stored once, not once per row
+        self.prefix = prefix
 
     @property
     def batch_size(self):
         return self.valid.shape[0]
 
+    def shared(self, layer):
+        """The prefix's keys and values (1, KV, P, hd) for `layer`, or None."""
+        if self.prefix is None:
+            return None
+        P = self.prefix.length
+        return self.prefix.k[layer, :, :, :P], self.prefix.v[layer, :, :, :P]
+
     def next_positions(self):
         """(B,) the position the next real token of each row will have."""
-        return self.valid[:, :self.length].sum(dim=1)
+        positions = self.valid[:, :self.length].sum(dim=1)
+        return positions if self.prefix is None else positions + self.prefix.length
 
     def begin(self, tokens, positions=None, pad_mask=None):
         """Prepare a forward pass over `tokens` (B, T) written at slots
@@ -312,14 +379,18 @@ class KVCache:
         # as an additive mask (0 / -inf): SDPA would convert a boolean one in every layer
         self.mask = torch.zeros(allowed.shape, dtype=self.k.dtype, device=tokens.device)
         self.mask.masked_fill_(~allowed, float("-inf"))
+        if self.prefix is not None:  # every prefix slot is visible to every query
+            self.mask = F.pad(self.mask, (self.prefix.length, 0))
         return positions
 
     def update(self, layer, k, v):
-        T = k.shape[2]
-        self.k[layer, :, :, self.length:self.length + T] = k
-        self.v[layer, :, :, self.length:self.length + T] = v
-        end = self.length + T
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        """Write k, v (B, KV, T, hd) at the next T slots of `layer`; return its
+        keys and values so far, (B, KV, length+T, hd) views of the buffers."""
+        end = self.length + k.shape[2]
+        k_all, v_all = self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        k_all.narrow(2, self.length, k.shape[2]).copy_(k)  # narrow + copy_: the fewest ops for a write
+        v_all.narrow(2, self.length, k.shape[2]).copy_(v)
+        return k_all, v_all
 
     def end(self, T):
         self.length += T

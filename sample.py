@@ -19,14 +19,14 @@ How the work is saved:
   marks padding slots invalid and counts positions per row (model.KVCache).
 - The n samples of one prompt copy its cache rows instead of prefilling n times.
 - A long prefix common to all prompts (the judge's rubric) is prefilled once
-  for the whole call and copied into every batch: rows are [prefix][pad][suffix].
+  for the whole call and stored once: every row of every batch attends to that
+  one copy (model.KVCache's prefix); rows are [prefix][pad][suffix].
 - A row that is finished is dropped from the batch, so it stops costing work.
 
 Randomness: completion k (prompt k // n, sample k % n) draws its uniforms from
 its own generator, seeded from (seed, k). So a seeded call gives the same
 samples whatever the batching, the sharing of prefills, or the number of ranks.
 """
-import copy
 import json
 import os
 import sys
@@ -143,9 +143,13 @@ class StaticKVCache(KVCache):
             return super().begin(tokens, positions, pad_mask)
         if positions is None:
             positions = self.valid.sum(dim=1, keepdim=True)  # (B, 1): unfilled slots are not valid
+            if self.prefix is not None:
+                positions = positions + self.prefix.length
         self.valid.index_fill_(1, self.slot, True)
         self.mask = torch.zeros(self.valid.shape, dtype=self.k.dtype, device=self.valid.device)
         self.mask = self.mask.masked_fill(~self.valid, float("-inf"))[:, None, None, :]  # (B, 1, 1, max_len)
+        if self.prefix is not None:  # every prefix slot is visible
+            self.mask = F.pad(self.mask, (self.prefix.length, 0))
         return positions
 
     def update(self, layer, k, v):
@@ -255,10 +259,8 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, n, eos_id, see
     decode = torch.compile(model, dynamic=True) if compile else model
     cache_class = StaticKVCache if compile else KVCache
     prefix_cache = None
-    if P > 0:
-        max_suffix = max(len(p) for p in prompts) - P
-        prefix_cache = cache_class(model.args, 1, P + max_suffix + max_new_tokens,
-                                   _device(model), _dtype(model))
+    if P > 0:  # prefilled once, then attended to by every row of every batch, never copied
+        prefix_cache = KVCache(model.args, 1, P, _device(model), _dtype(model))
         model(torch.tensor([prompts[0][:P]], device=_device(model)), cache=prefix_cache)
 
     per_batch = max(1, batch_size // n)
@@ -303,12 +305,8 @@ def _generate_batch(model, decode, cache_class, prompts, prompt_ids, P, prefix_c
     for r, s in enumerate(suffixes):
         tokens[r, T - len(s):] = torch.tensor(s)
         pad_mask[r, T - len(s):] = False
-    if prefix_cache is not None:
-        # B copies of the prefix's one row (select copies the buffers, so the
-        # shared prefix cache stays as it is for the next batch)
-        cache = copy.copy(prefix_cache).select(torch.zeros(B, dtype=torch.long, device=dev))
-    else:
-        cache = cache_class(model.args, B, T + max_new_tokens, dev, _dtype(model))
+    # [shared prefix, stored once in prefix_cache][left padding][suffix]
+    cache = cache_class(model.args, B, T + max_new_tokens, dev, _dtype(model), prefix=prefix_cache)
     logits = model(tokens.to(dev), cache=cache, pad_mask=pad_mask.to(dev))[:, -1]  # (B, V)
 
     # n samples per prompt: copy the rows, not the work

@@ -65,13 +65,16 @@ def chat_tokens(tokenizer, prompt, response=None):
 # -----------------------------------------------------------------------------
 # A small tokenizer for the toy world, trained in seconds.
 
-def train_tokenizer(texts, model_path, vocab_size=512):
+def train_tokenizer(texts, model_path, vocab_size=512, phrases=False):
     """
     Train a SentencePiece BPE tokenizer on an iterable of strings and write it
     to model_path. Lossless: byte fallback covers any character the pieces miss,
     and whitespace (runs of spaces, newlines) is kept as written. vocab_size
     is an upper bound (the 256 byte pieces count towards it); the model's
     vocab_size must be set from the returned tokenizer's.
+    phrases=True lets a piece span several words (up to 64 characters): text
+    that recurs verbatim, like the judge rubric in every EFT example, then
+    costs a few pieces instead of one or more per word.
     """
     os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
     # train into a temporary folder beside the target, then move the model in
@@ -92,7 +95,11 @@ def train_tokenizer(texts, model_path, vocab_size=512):
             add_dummy_prefix=True,        # as Llama 2 does
             allow_whitespace_only_pieces=True,
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1,  # Llama 2's special ids
-            user_defined_symbols=[B_INST, E_INST],
+            # the chat markers, and the newline kept a piece of its own (as
+            # Llama's <0x0A>), so "end of line" can stop generation
+            user_defined_symbols=[B_INST, E_INST, "\n"],
+            split_by_whitespace=not phrases,
+            max_sentencepiece_length=64 if phrases else 16,
             max_sentence_length=16384,
             num_threads=os.cpu_count() or 1,
             minloglevel=2,

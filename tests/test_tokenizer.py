@@ -58,3 +58,22 @@ def test_train_tokenizer_is_deterministic_and_atomic(tmp_path):
 def test_missing_tokenizer_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer model not found"):
         Tokenizer(str(tmp_path / "nope.model"))
+
+
+def test_phrase_pieces_compress_recurring_text_losslessly(tmp_path):
+    rubric = "Review the user's question and the corresponding response using the additive 5-point scoring system."
+    texts = [f"{rubric} User: count the letters in word {i}" for i in range(300)]
+    words = train_tokenizer(texts, str(tmp_path / "w.model"), vocab_size=400)
+    phrases = train_tokenizer(texts, str(tmp_path / "p.model"), vocab_size=400, phrases=True)
+    assert len(phrases.encode(rubric)) < len(rubric.split()) <= len(words.encode(rubric))
+    for text in texts[:20] + ["  odd  spacing\nand ünïcode"]:
+        assert phrases.decode(phrases.encode(text)) == text
+
+
+def test_newline_is_its_own_piece(tmp_path, llama_tokenizer_path):
+    texts = [f"Task: reverse the word number {i}.\nTask: sort it.\n" for i in range(300)]
+    for tok in (train_tokenizer(texts, str(tmp_path / "p.model"), vocab_size=400, phrases=True),
+                Tokenizer(llama_tokenizer_path)):
+        newline = tok.encode("\n")[-1]
+        ids = tok.encode(texts[7])
+        assert ids.count(newline) == 2 and tok.decode(ids) == texts[7]
