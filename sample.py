@@ -27,10 +27,8 @@ Randomness: completion k (prompt k // n, sample k % n) draws its uniforms from
 its own generator, seeded from (seed, k). So a seeded call gives the same
 samples whatever the batching, the sharing of prefills, or the number of ranks.
 """
-import json
 import os
 import sys
-import tempfile
 import time
 
 import torch
@@ -45,11 +43,11 @@ from model import KVCache
 ckpt = ""  # checkpoint folder (config.json, model.safetensors, tokenizer.model)
 prompt = ""  # one chat prompt to answer
 prompts_file = ""  # or a JSONL file of records with a "prompt" field
-out = ""  # with prompts_file: JSONL written here, each record plus "response" (or "responses" when n > 1)
+out = ""  # with prompts_file: JSONL written here, each record plus "response" (or "responses" when num_samples > 1)
 max_new_tokens = 256  # at most this many tokens per response
 temperature = 0.7  # 0: greedy
 top_p = 0.9  # nucleus sampling: keep the smallest set of tokens with this much probability
-n = 1  # samples per prompt
+num_samples = 1  # samples per prompt (not "n": torchrun would take --n= for its own --nnodes)
 seed = 1337  # the same seed gives the same samples (None: a fresh random seed)
 batch_size = 32  # sequences decoded together
 device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu | cuda (under torchrun: each rank's own GPU)
@@ -360,40 +358,6 @@ def _generate_batch(model, decode, cache_class, prompts, prompt_ids, P, prefix_c
 # -----------------------------------------------------------------------------
 # Many prompts from a file
 
-def read_prompts(path):
-    """The records of a JSONL file, each with a string "prompt"; errors name the line."""
-    records = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
-                raise ValueError(f"{path}:{lineno}: expected an object with a string \"prompt\" field")
-            records.append(rec)
-    if not records:
-        raise ValueError(f"{path}: no prompts")
-    return records
-
-
-def write_jsonl(path, records):
-    """Write records to a temporary file beside `path`, then rename: never half a file."""
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def sample_chat(model, tok, texts, **kw):
     """Chat responses (strings) to prompts (strings): len(texts) * n of them, as generate orders them."""
     from tokenizer import chat_prompt_ids
@@ -401,61 +365,36 @@ def sample_chat(model, tok, texts, **kw):
     return [tok.decode(c) for c in ids]
 
 
-def setup_distributed():
-    """Under torchrun: join the process group and return (rank, world, device); else (0, 1, device)."""
-    if "RANK" not in os.environ:
-        return 0, 1, device
-    cuda = device.startswith("cuda")
-    dist.init_process_group("nccl" if cuda else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if cuda:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        return rank, world, f"cuda:{os.environ['LOCAL_RANK']}"
-    return rank, world, "cpu"
-
-
-def shard_model(model, dev):
-    """FSDP2: shard each block and then the rest over all ranks."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-    mesh = init_device_mesh(torch.device(dev).type, (dist.get_world_size(),))
-    for layer in model.layers:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    return model
-
-
 def main():
+    import distributed as D
+    from data import read_jsonl, write_jsonl
     from model import load_checkpoint
     from tokenizer import Tokenizer
 
     if not ckpt or bool(prompt) == bool(prompts_file) or (prompts_file and not out):
         sys.exit("usage: python sample.py --ckpt=DIR (--prompt=TEXT | --prompts_file=IN.jsonl --out=OUT.jsonl)")
-    rank, world, dev = setup_distributed()
-    records = read_prompts(prompts_file) if prompts_file else [{"prompt": prompt}]
+    env = D.setup(device)  # under torchrun: join the process group, one GPU per rank
+    records = read_jsonl(prompts_file, ["prompt"], allow_empty=False) if prompts_file else [{"prompt": prompt}]
     tok = Tokenizer(os.path.join(ckpt, "tokenizer.model"))
-    # every rank loads the whole model, then keeps its shard (fine up to a few
-    # billion parameters; the training scripts stream shards for the big ones)
-    model = load_checkpoint(ckpt, device=dev, dtype=getattr(torch, dtype)).eval()
-    if world > 1:
-        model = shard_model(model, dev)
+    if env.fsdp:  # sharded with FSDP2: each rank streams in only its slice of every tensor
+        model = D.build_model(env, ckpt).eval()
+    else:
+        model = load_checkpoint(ckpt, device=env.device, dtype=getattr(torch, dtype)).eval()
     t0 = time.time()
     responses = sample_chat(model, tok, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
-                            temperature=temperature, top_p=top_p, n=n, seed=seed,
+                            temperature=temperature, top_p=top_p, n=num_samples, seed=seed,
                             batch_size=batch_size, compile=compile, progress=progress)
-    if rank == 0:
+    if env.master:
         if prompts_file:
             for i, rec in enumerate(records):
-                mine = responses[i * n:(i + 1) * n]
-                rec.update({"response": mine[0]} if n == 1 else {"responses": mine})
+                mine = responses[i * num_samples:(i + 1) * num_samples]
+                rec.update({"response": mine[0]} if num_samples == 1 else {"responses": mine})
             write_jsonl(out, records)
             print(f"wrote {len(records)} records to {out} in {time.time() - t0:.1f}s", file=sys.stderr)
         else:
             for r in responses:
                 print(r)
-    if world > 1:
-        dist.barrier()  # gloo can crash if a rank leaves early
-        dist.destroy_process_group()
+    D.teardown(env)
 
 
 if __name__ == "__main__":

@@ -15,17 +15,19 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import distributed as D  # noqa: E402
 from model import load_checkpoint  # noqa: E402
-from sample import generate, shard_model  # noqa: E402
+from sample import generate  # noqa: E402
 
 torch.set_num_threads(1)  # two ranks on a small shared CPU
-dist.init_process_group("gloo")
+env = D.setup("cpu")  # gloo process group and a CPU device mesh
 jobs_path, out_path = sys.argv[1], sys.argv[2]
 with open(jobs_path) as f:
     jobs = json.load(f)
 results = []
 for job in jobs:
-    model = shard_model(load_checkpoint(job["ckpt"]).eval(), "cpu")
+    model = load_checkpoint(job["ckpt"]).eval()
+    D.shard(model, env)  # FSDP2: fully_shard per block and at the root
     results.append(generate(model, job["prompts"], progress=False, **job["kwargs"]))
 if dist.get_rank() == 0:
     with open(out_path, "w") as f:

@@ -248,7 +248,7 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"in\.jsonl:2: malformed JSON"):
         S.main()
     inp.write_text('{"text": "no prompt"}\n')
-    with pytest.raises(ValueError, match=r"in\.jsonl:1: .*\"prompt\""):
+    with pytest.raises(ValueError, match=r"in\.jsonl:1: missing or non-string field\(s\): prompt"):
         S.main()
 
 
