@@ -455,13 +455,16 @@ def memory_plan(args, world_size, micro_batch_size, seq_len, activation_checkpoi
                         this model's forward (a = bytes of the compute dtype, 2
                         for bf16; h dim, kv = n_kv_heads*head_dim, f ffn width,
                         H heads):
-                          2 RMSNorms   2*(4h fp32 input + a*h normalised + a*h output) + 8
-                          attention    a*(h + 2kv) q,k,v + a*h output + 4H logsumexp
+                          2 RMSNorms   2*(4h fp32 input + 4 rstd + a*h normalised
+                                       + a*h times the weight, the next matmul's input)
+                          attention    a*(h + 2kv) q,k,v + 4H logsumexp
                                        (flash/efficient SDPA: no T x T matrix stored)
                                        + a*h the output re-laid out for wo
                           SwiGLU       4*a*f (w1 x, w3 x, silu(w1 x), their product)
                           dropout      2h one-byte masks (when dropout > 0)
-                        = (8 + 7a)h + 2a*kv + 4a*f + 4H + 8 [+ 2h]
+                        = (8 + 6a)h + 2a*kv + 4a*f + 4H + 8 [+ 2h]
+                        plus, once: the final norm (4 + 2a)h + 8, the token
+                        ids 8, and the rotary cos/sin 8*head_dim (fp32)
                         With activation checkpointing a layer keeps only its
                         input a*h, plus one layer's full set while it is
                         recomputed in backward.
@@ -477,8 +480,8 @@ def memory_plan(args, world_size, micro_batch_size, seq_len, activation_checkpoi
     root = 2 * V * h + h
     P = L * block + root
     tokens = micro_batch_size * seq_len
-    per_layer = (8 + 7 * a) * h + 2 * a * kv + 4 * a * f + 4 * args.n_heads + 8 + (2 * h if dropout > 0 else 0)
-    final_norm = (4 + 2 * a) * h + 8 + 8  # final RMSNorm, and the token ids (int64)
+    per_layer = (8 + 6 * a) * h + 2 * a * kv + 4 * a * f + 4 * args.n_heads + 8 + (2 * h if dropout > 0 else 0)
+    final_norm = (4 + 2 * a) * h + 8 + 8 + 8 * args.head_dim  # final RMSNorm, token ids (int64), rotary cos/sin
     if activation_checkpointing:
         acts = tokens * (L * a * h + per_layer + final_norm)
     else:
