@@ -1,0 +1,43 @@
+# The paper's run: Llama 2 70B, Open Assistant seed data, two self-rewarding
+# iterations (Yuan et al. 2024, Section 3). Prepare the seed data first:
+#   python -m data.prepare_oasst oasst1-train.jsonl oasst1-validation.jsonl \
+#       --eval_files=oasst1-validation.jsonl --out=data/oasst
+# then on each of N nodes with 8 GPUs (see the README for the memory plan):
+#   torchrun --nnodes=N --nproc_per_node=8 --node_rank=$R --master_addr=$HEAD --master_port=29500 \
+#       selfreward.py config/llama2_70b_oasst.py
+run_name = "llama2-70b-oasst"
+seed_data = "data/oasst"                  # ift.jsonl, eft_train.jsonl (groups), eft_eval.jsonl
+init_from = "checkpoints/Llama-2-70b-hf"  # M0: Hugging Face layout (or Meta's params.json + consolidated.NN.pth)
+# SFT (Section 3.2): lr 5.5e-6 cosine to 1.1e-6, batch 16, dropout 0.1
+sft_lr = 5.5e-6
+sft_min_lr = 1.1e-6
+sft_batch_size = 16
+sft_epochs = 1
+micro_batch_size = 1
+dropout = 0.1
+activation_checkpointing = True
+# self-instruction creation (Section 2.3): 8-shot prompts at T 0.6 / top-p 0.9,
+# N = 4 candidates at T 0.7 / top-p 0.9, each judged 3 times
+iterations = 2
+n_prompts = 30000          # requests per iteration; the paper ended with 3,964 and 6,942 pairs
+prompt_writer = "M1"       # the paper used a fixed writer (Llama 2-Chat 70B); any checkpoint folder works
+rouge_threshold = 0.7      # Self-Instruct's near-duplicate threshold
+max_prompt_tokens = 256
+max_prompt_words = 200
+n_candidates = 4
+temperature = 0.7
+top_p = 0.9
+max_response_tokens = 1024
+n_judge = 3
+max_judge_tokens = 256
+# DPO (Section 3.2): lr 1e-6 to 1e-7, batch 16, beta 0.1, a checkpoint every 200 steps
+dpo_lr = 1e-6
+dpo_min_lr = 1e-7
+dpo_beta = 0.1
+dpo_batch_size = 16
+save_interval = 200
+# evaluation: reward-model metrics on the EFT eval set, plus answers for external judges
+eval_prompts = "data/alpaca_eval.jsonl"   # {"instruction"} per line (AlpacaEval 805 prompts)
+mt_bench = "data/mt_bench/question.jsonl"
+gen_batch_size = 64
+shard_size = 512

@@ -1,0 +1,211 @@
+"""The whole loop on a micro config: artifacts, resume after kills, 2 ranks, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT
+from data import read_jsonl, write_jsonl
+from judge import parse_score
+
+# Small enough to run the whole method in about a minute on a 2-core CPU, and
+# trained long enough (many epochs of tiny data) that M1 writes judgments in
+# the "... Score: N" format, so the loop produces real pairs.
+MICRO = dict(model="toy-tiny", vocab_size=1024, n_ift=48, n_eft_train=40, n_eft_eval=12, n_test=8,
+             pretrain_docs=64, pretrain_epochs=8, pretrain_lr=3e-3, sft_lr=3e-3, sft_min_lr=3e-4, sft_epochs=10,
+             n_prompts=12, shard_size=4, max_response_tokens=12, max_judge_tokens=40, gen_batch_size=48,
+             dpo_lr=1e-3, dpo_min_lr=1e-4, dpo_batch_size=4, micro_batch_size=8, save_interval=4,
+             rouge_threshold=0.99, progress=False,
+             dropout=0.0)  # dropout masks are drawn per rank: 2 ranks match 1 process only without it
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def command(out_root, run="micro", **extra):
+    args = {**MICRO, "out_root": str(out_root), "run_name": run, **extra}
+    return [sys.executable, "selfreward.py", *(f"--{k}={v}" for k, v in args.items())]
+
+
+def run_loop(out_root, **extra):
+    r = subprocess.run(command(out_root, **extra), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    """One uninterrupted run, shared by the tests below."""
+    out = tmp_path_factory.mktemp("selfreward")
+    t0 = time.time()
+    run_loop(out)
+    return out / "micro", time.time() - t0
+
+
+def test_every_artifact_exists_and_is_consistent(micro_run):
+    run, seconds = micro_run
+    assert seconds < 150, f"the micro loop took {seconds:.0f}s"
+    for path in ["seed/ift.jsonl", "tokenizer.model", "M0/config.json", "SFT/model.safetensors", "M1/config.json",
+                 "M2/model.safetensors", "M3/tokenizer.model", "report.md", "metrics.jsonl", "settings.json"]:
+        assert os.path.exists(run / path), path
+    for t in (1, 2):
+        it = run / f"iter{t}"
+        prompts, cands = read_jsonl(it / "prompts.jsonl"), read_jsonl(it / "candidates.jsonl")
+        judged, pairs = read_jsonl(it / "judgments.jsonl"), read_jsonl(it / "pairs.jsonl")
+        done = {k: json.load(open(run / "done" / f"iter{t}_{k}")) for k in ("prompts", "pairs")}
+        assert not [f for f in os.listdir(it) if ".part-" in f]  # shards merged and removed
+        # counts add up
+        assert done["prompts"]["kept"] == len(prompts) and done["prompts"]["requested"] == MICRO["n_prompts"]
+        assert len(prompts) + sum(done["prompts"]["dropped"].values()) == MICRO["n_prompts"]
+        every = read_jsonl(it / "prompts_generated.jsonl")  # each request, with why it was dropped
+        assert len(every) == MICRO["n_prompts"]
+        assert [{"prompt": x["prompt"]} for x in every if x["dropped"] is None] == prompts
+        assert [c["prompt"] for c in cands] == [p["prompt"] for p in prompts] == [j["prompt"] for j in judged]
+        assert all(len(c["candidates"]) == 4 for c in cands)
+        assert len(pairs) == done["pairs"]["pairs"] > 0
+        assert len(pairs) + sum(done["pairs"]["dropped"].values()) == len(judged)
+        # judge averages match the raw judgments: 3 per candidate, parsed again here
+        for j in judged:
+            for texts, scores, avg in zip(j["judgments"], j["scores"], j["score"]):
+                assert len(texts) == 3 and [parse_score(x) for x in texts] == scores
+                valid = [s for s in scores if s is not None]
+                assert avg == (sum(valid) / len(valid) if valid else None)
+        # pairs: best against worst of the scored candidates, never a tie or an unscored one
+        by_prompt = {j["prompt"]: j for j in judged}
+        for p in pairs:
+            j = by_prompt[p["prompt"]]
+            scored = [s for s in j["score"] if s is not None]
+            assert p["chosen_score"] > p["rejected_score"]
+            assert p["chosen_score"] == max(scored) and p["rejected_score"] == min(scored)
+            c, r = p["chosen_index"], p["rejected_index"]
+            assert (j["candidates"][c], j["score"][c]) == (p["chosen"], p["chosen_score"])
+            assert (j["candidates"][r], j["score"][r]) == (p["rejected"], p["rejected_score"])
+    report = (run / "report.md").read_text()
+    for name in ("SFT", "M1", "M2", "M3"):
+        assert f"| {name} |" in report
+
+
+def test_new_prompts_are_not_seed_or_test_prompts(micro_run):
+    run, _ = micro_run
+    seed = {x["prompt"].lower() for x in read_jsonl(run / "seed" / "ift.jsonl")}
+    new = [x["prompt"].lower() for t in (1, 2) for x in read_jsonl(run / f"iter{t}" / "prompts.jsonl")]
+    assert len(new) == len(set(new)) and not seed & set(new)
+
+
+def weights(path):
+    from safetensors.torch import load_file
+    return load_file(os.path.join(path, "model.safetensors"))
+
+
+def kill_when(cmd, cwd, appears, timeout=300):
+    """Start cmd, SIGKILL it as soon as a path matching appears() exists."""
+    p = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while p.poll() is None and time.time() - t0 < timeout:
+        if appears():
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            return True
+        time.sleep(0.02)
+    p.wait()
+    return False
+
+
+def test_resume_after_kills_equals_uninterrupted(micro_run, tmp_path):
+    ref, _ = micro_run
+    run = tmp_path / "micro"
+    cmd = command(tmp_path)
+    # 1: inside training (M1's SFT has saved a resumable state)
+    assert kill_when(cmd, ROOT, lambda: os.path.exists(run / "train" / "M1" / "state"))
+    assert not os.path.exists(run / "done" / "M1")
+    # 2: inside generation (the first of 3 shards of iteration 1's prompt requests is written)
+    assert kill_when(cmd, ROOT, lambda: os.path.isdir(run / "iter1") and any(
+        f.startswith("prompts_generated.part-") for f in os.listdir(run / "iter1")))
+    assert not os.path.exists(run / "done" / "iter1_prompts")
+    # 3: inside DPO's reference log-prob pass or training of M2
+    assert kill_when(cmd, ROOT, lambda: os.path.exists(run / "train" / "M2"))
+    run_loop(tmp_path)
+    for t in (1, 2):
+        for f in ("prompts", "candidates", "judgments", "pairs"):
+            assert read_jsonl(run / f"iter{t}" / f"{f}.jsonl") == read_jsonl(ref / f"iter{t}" / f"{f}.jsonl"), (t, f)
+    for name in ("M1", "M3"):
+        a, b = weights(ref / name), weights(run / name)
+        assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5, name
+    table = lambda p: [line for line in p.read_text().splitlines() if line.startswith("| M")]
+    assert table(run / "report.md") == table(ref / "report.md")
+
+
+def test_two_ranks_give_the_same_pairs(micro_run, tmp_path):
+    """Generation is split over 2 ranks and training sharded with FSDP2 (gloo):
+    per-completion seeds make sampling independent of the rank count, and
+    sharded training matches one process to float rounding."""
+    ref, _ = micro_run
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", *command(tmp_path)[1:]]
+    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for t in (1, 2):
+        assert read_jsonl(tmp_path / "micro" / f"iter{t}" / "pairs.jsonl") == read_jsonl(ref / f"iter{t}" / "pairs.jsonl")
+
+
+# --- bad input: a clear message naming the stage and the reason ----------------------
+
+def run_fails(cmd, cwd=ROOT):
+    r = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    return r.stderr
+
+
+def test_other_settings_in_the_same_run_folder_are_refused(micro_run):
+    run, _ = micro_run
+    err = run_fails(command(run.parent, dpo_beta=0.5))
+    assert "was started with other settings (dpo_beta: 0.1 there, 0.5 now)" in err and "--run_name=<new name>" in err
+
+
+def test_empty_or_malformed_seed_data(tmp_path):
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    for f in ("ift", "eft_train", "eft_eval"):
+        (seed / f"{f}.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
+    (seed / "ift.jsonl").write_text("")
+    err = run_fails(command(tmp_path, seed_data=str(seed), init_from=str(tmp_path)))
+    assert "ift.jsonl is empty" in err
+    (seed / "ift.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": oops}\n')
+    err = run_fails(command(tmp_path, run="m2", seed_data=str(seed), init_from=str(tmp_path)))
+    assert "ift.jsonl:2: malformed JSON" in err
+
+
+def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch):
+    import selfreward as S
+    os.makedirs(tmp_path / "iter1")
+    monkeypatch.setattr(S, "sys", type("Sys", (), {"exit": staticmethod(lambda msg: (_ for _ in ()).throw(SystemExit(msg)))}))
+
+    class R:  # a run folder
+        path = staticmethod(lambda *p: str(tmp_path.joinpath(*p)))
+    write_jsonl(tmp_path / "iter1" / "judgments.jsonl", [
+        {"prompt": "p", "candidates": ["a", "b", "c", "d"], "score": [3.0, 3.0, None, 3.0]},
+        {"prompt": "q", "candidates": ["a", "b", "c", "d"], "score": [None, None, 2.0, None]}])
+    with pytest.raises(SystemExit, match=r"iteration 1: no preference pairs \(dropped: \{'fewer than 2 scored "
+                                         r"candidates': 1, 'all scores tie': 1\}\)"):
+        S.stage_pairs(R, 1)
+    pairs, dropped = S.make_pairs([{"prompt": "p", "candidates": ["a", "b", "c"], "score": [2.0, 4.5, 2.0]}])
+    assert pairs == [{"prompt": "p", "chosen": "b", "rejected": "a", "chosen_score": 4.5, "rejected_score": 2.0,
+                      "chosen_index": 1, "rejected_index": 0}]
+    assert S.malformed("Reverse the word 'abc'.", finished=False).startswith("unfinished")
+    assert S.malformed("Task: Reverse it now", finished=True) == "contains markup"
+    assert S.malformed("Hi", finished=True) == "length out of bounds"
+    assert S.malformed("Reverse the word 'abc'.", finished=True) is None
+
+
+def test_rouge_l_by_hand():
+    import selfreward as S
+    a, b = S.words("Reverse the word 'tamilo'."), S.words("Reverse the word 'bakuro'.")
+    # 7 tokens each (reverse, the, word, ', x, ', .), 6 in common in order
+    assert S.rouge_l(a, b) == pytest.approx(2 * 6 / 14)
+    assert S.rouge_l(a, a) == 1.0 and S.rouge_l(a, []) == 0.0
+    assert S.too_similar(a, [(a, __import__("collections").Counter(a))], 0.9)
+    assert not S.too_similar(a, [(b, __import__("collections").Counter(b))], 0.9)
