@@ -443,6 +443,27 @@ def load_state(model, optimizer, path, env):
 # -----------------------------------------------------------------------------
 # The memory plan
 
+def resume(model, optimizer, state_dir, metrics_path, env):
+    """Load the last saved training state, if any, and return its step (0 for
+    a fresh start); metrics lines a killed run wrote after that state go."""
+    step = load_state(model, optimizer, state_dir, env)
+    if step:
+        if env.master:
+            print(f"resumed from {state_dir} at step {step}", flush=True)
+        trim_metrics(env, metrics_path, step)
+    return step
+
+
+def clip_and_step(model, optimizer, grad_clip):
+    """Clip the global gradient norm (over all shards), take the optimizer
+    step, clear the gradients; returns the norm before clipping."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
 def memory_plan(args, world_size, micro_batch_size, seq_len, activation_checkpointing=False,
                 gpu=True, gpu_memory_gb=80, dropout=0.0):
     """

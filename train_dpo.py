@@ -252,10 +252,7 @@ def _train(c, env, tok, tok_path):
                                   weight_decay=c.weight_decay)
     state_dir = os.path.join(c.out_dir, "state")
     metrics = os.path.join(c.out_dir, "metrics.jsonl")
-    step = D.load_state(model, optimizer, state_dir, env)
-    if step:
-        log(f"resumed from {state_dir} at step {step}")
-        D.trim_metrics(env, metrics, step)  # drop lines a killed run wrote after its last state
+    step = D.resume(model, optimizer, state_dir, metrics, env)  # 0 on a fresh start
     n_params = model.num_params()
     record = {}
     model.train()
@@ -287,10 +284,7 @@ def _train(c, env, tok, tok_path):
         if not math.isfinite(record["loss"]):
             raise FloatingPointError(f"loss is {record['loss']} at step {step}; stopping. The last good training "
                                      f"state is in {state_dir} (if any was saved); lower lr and rerun to resume.")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip if c.grad_clip > 0 else float("inf"))
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = D.clip_and_step(model, optimizer, c.grad_clip)
         step += 1
         bar.update(1)
 
