@@ -179,6 +179,13 @@ class Run:
                 f.write(json.dumps(record) + "\n")
 
 
+def save_jsonl(path, records):
+    """Shared output: rank 0 writes it (atomically), every rank waits for it."""
+    if is_rank0():
+        write_jsonl(path, records)
+    barrier()
+
+
 def write_json(path, obj):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
@@ -208,10 +215,7 @@ def generate_sharded(r, name, items, work, replay=None):
             if replay:
                 replay(read_jsonl(part))
         else:
-            out = work(items[start:start + shard_size], s)
-            if is_rank0():
-                write_jsonl(part, out)
-            barrier()
+            save_jsonl(part, work(items[start:start + shard_size], s))
         parts.append(part)
     merged = [rec for p in parts for rec in read_jsonl(p)]
     barrier()  # every rank has read the parts before rank 0 removes them
@@ -251,14 +255,21 @@ def fit_micro(batch_size, want):
     return m
 
 
-def sft(r, name, init, data, lr, min_lr, epochs, tokenizer_path=None, eval_data=""):
+def trainer_settings(r, name, batch_size, micro, seed_parts):
+    """What every training stage tells train_sft / train_dpo: where, how often
+    to save, the device; each stage adds its data and hyperparameters."""
+    return {"out_dir": r.path("train", name), "seed": sub_seed(*seed_parts) % 2**31, "device": device,
+            "batch_size": batch_size, "micro_batch_size": fit_micro(batch_size, micro),
+            "save_interval": save_interval, "activation_checkpointing": activation_checkpointing,
+            "eval_interval": 10**9}  # the loop evaluates every model itself (stage 5)
+
+
+def sft(r, name, init, data):
+    """SFT from `init` on `data` with the run's SFT settings -> out/<run>/<name>/."""
     import train_sft
-    out = train_sft.train({
-        "init_from": init, "tokenizer": tokenizer_path or "", "data": data, "eval_data": eval_data,
-        "out_dir": r.path("train", name), "model": model, "batch_size": sft_batch_size,
-        "micro_batch_size": fit_micro(sft_batch_size, micro_batch_size), "epochs": epochs, "lr": lr, "min_lr": min_lr,
-        "dropout": dropout, "seed": sub_seed("sft", name) % 2**31, "device": device,
-        "save_interval": save_interval, "activation_checkpointing": activation_checkpointing, "eval_interval": 10**9})
+    out = train_sft.train({**trainer_settings(r, name, sft_batch_size, micro_batch_size, ("sft", name)),
+                           "init_from": init, "data": data, "lr": sft_lr, "min_lr": sft_min_lr,
+                           "epochs": sft_epochs, "dropout": dropout})
     return move_model(r, out["model"], name)
 
 
@@ -316,10 +327,14 @@ def stage_seed_data(r):
 DOC_HEAD = "Here are some tasks:\n"
 
 
+def task_list(prompts):
+    """A toy pretraining document: a Self-Instruct style listing, one task per line."""
+    return DOC_HEAD + "".join(f"Task: {p}\n" for p in prompts)
+
+
 def fewshot_text(prompts):
-    """The Self-Instruct style listing used both for pretraining documents and
-    for the few-shot request: one task per line, the model continues the list."""
-    return DOC_HEAD + "".join(f"Task: {p}\n" for p in prompts) + "Task:"
+    """The few-shot request: the same listing, left open for the model to continue."""
+    return task_list(prompts) + "Task:"
 
 
 def stage_tokenizer(r):
@@ -346,18 +361,14 @@ def stage_pretrain(r):
             p = task and toy.render(task, rng)
             if p and p not in held_out:
                 prompts.append(p)
-        docs.append({"text": fewshot_text(prompts)[:-len("Task:")]})
-    if is_rank0():
-        write_jsonl(r.path("train", "pretrain.jsonl"), docs)
-    barrier()
+        docs.append({"text": task_list(prompts)})
+    save_jsonl(r.path("train", "pretrain.jsonl"), docs)
     import train_sft
-    out = train_sft.train({
-        "init_from": "scratch", "model": model, "tokenizer": r.path("tokenizer.model"),
-        "data": r.path("train", "pretrain.jsonl"), "template": "text", "out_dir": r.path("train", "M0"),
-        "batch_size": sft_batch_size, "micro_batch_size": fit_micro(sft_batch_size, micro_batch_size), "epochs": pretrain_epochs,
-        "lr": pretrain_lr, "min_lr": pretrain_lr / 10, "warmup_steps": 20, "dropout": 0.0,
-        "seed": sub_seed("M0") % 2**31, "device": device, "eval_fraction": 0.0, "save_interval": save_interval, "activation_checkpointing": activation_checkpointing,
-        "eval_interval": 10**9})
+    out = train_sft.train({**trainer_settings(r, "M0", sft_batch_size, micro_batch_size, ("M0",)),
+                           "init_from": "scratch", "model": model, "tokenizer": r.path("tokenizer.model"),
+                           "data": r.path("train", "pretrain.jsonl"), "template": "text", "eval_fraction": 0.0,
+                           "epochs": pretrain_epochs, "lr": pretrain_lr, "min_lr": pretrain_lr / 10,
+                           "warmup_steps": 20, "dropout": 0.0})
     move_model(r, out["model"], "M0")
     return {"docs": len(docs), "loss": out["loss"]}
 
@@ -366,7 +377,7 @@ def stage_pretrain(r):
 # Stage 3: SFT baseline (IFT only) and M1 (IFT + EFT)
 
 def stage_sft_baseline(r, m0):
-    sft(r, "SFT", m0, r.path("seed", "ift.jsonl"), sft_lr, sft_min_lr, sft_epochs)
+    sft(r, "SFT", m0, r.path("seed", "ift.jsonl"))
     return {}
 
 
@@ -382,9 +393,7 @@ def stage_eft_targets(r):
     if not recs:
         sys.exit("error: EFT targets: no judgment of the SFT baseline agreed with the human ranking of any "
                  "group, so M1 would get no evaluation data. Check the SFT baseline's judgments.")
-    if is_rank0():
-        write_jsonl(r.path("seed", "eft_train_targets.jsonl"), recs)
-    barrier()
+    save_jsonl(r.path("seed", "eft_train_targets.jsonl"), recs)
     return {"groups": len(groups), "targets": len(recs)}
 
 
@@ -397,11 +406,8 @@ def eft_train_file(r):
 def stage_m1(r, m0):
     both = read_jsonl(r.path("seed", "ift.jsonl")) + read_jsonl(eft_train_file(r))
     random.Random(sub_seed("M1 data")).shuffle(both)
-    if is_rank0():
-        write_jsonl(r.path("train", "ift_eft.jsonl"), [{"prompt": x["prompt"], "response": x["response"]}
-                                                       for x in both])
-    barrier()
-    sft(r, "M1", m0, r.path("train", "ift_eft.jsonl"), sft_lr, sft_min_lr, sft_epochs)
+    save_jsonl(r.path("train", "ift_eft.jsonl"), [{"prompt": x["prompt"], "response": x["response"]} for x in both])
+    sft(r, "M1", m0, r.path("train", "ift_eft.jsonl"))
     return {"examples": len(both)}
 
 
@@ -457,14 +463,15 @@ def stage_prompts(r, t, writer_path):
     seed_prompts = [x["prompt"] for x in read_jsonl(r.path("seed", "ift.jsonl"))]
     earlier = [x["prompt"] for s in range(1, t) for x in read_jsonl(r.path(f"iter{s}", "prompts.jsonl"))]
     net, tok = load_model(writer_path)
-    newline = tok.encode("\n")[-1]  # a single byte-fallback piece in both tokenizers
+    newline = tok.encode("\n")[-1]  # its own piece in both tokenizers (Llama's <0x0A>, the toy's "\n")
     existing = [(w, Counter(w)) for w in map(words, seed_prompts + earlier)]
     seen = {p.strip().lower() for p in seed_prompts + earlier}
     generated = list(earlier)
 
     def accept(prompt):
+        w = words(prompt)
         seen.add(prompt.lower())
-        existing.append((words(prompt), Counter(words(prompt))))
+        existing.append((w, Counter(w)))
         generated.append(prompt)
 
     def work(requests, shard):
@@ -504,9 +511,7 @@ def stage_prompts(r, t, writer_path):
     if not kept:
         sys.exit(f"error: iteration {t}: the prompt writer ({writer_path}) produced no usable prompt out of "
                  f"{n_prompts} requests (dropped: {dropped}). Check the writer model, or raise n_prompts.")
-    if is_rank0():
-        write_jsonl(r.path(f"iter{t}", "prompts.jsonl"), kept)
-    barrier()
+    save_jsonl(r.path(f"iter{t}", "prompts.jsonl"), kept)
     log(f"iteration {t}: {len(kept)} new prompts kept of {n_prompts} requested; dropped {dropped}")
     return {"requested": n_prompts, "kept": len(kept), "dropped": dropped}
 
@@ -586,21 +591,17 @@ def stage_pairs(r, t):
     if not pairs:
         sys.exit(f"error: iteration {t}: no preference pairs (dropped: {dropped}); the judge gave every "
                  f"candidate the same score or none. DPO cannot run. Look at {r.path(f'iter{t}', 'judgments.jsonl')}.")
-    if is_rank0():
-        write_jsonl(r.path(f"iter{t}", "pairs.jsonl"), pairs)
-    barrier()
+    save_jsonl(r.path(f"iter{t}", "pairs.jsonl"), pairs)
     log(f"iteration {t}: {len(pairs)} pairs; dropped {dropped}")
     return {"pairs": len(pairs), "dropped": dropped}
 
 
 def stage_dpo(r, t, mt_path):
     import train_dpo
-    out = train_dpo.train({
-        "init_from": mt_path, "data": r.path(f"iter{t}", "pairs.jsonl"), "out_dir": r.path("train", f"M{t + 1}"),
-        "beta": dpo_beta, "batch_size": dpo_batch_size, "micro_batch_size": fit_micro(dpo_batch_size, max(1, micro_batch_size // 2)),
-        "epochs": dpo_epochs, "lr": dpo_lr, "min_lr": dpo_min_lr, "dropout": dropout,
-        "seed": sub_seed("dpo", t) % 2**31, "device": device, "eval_fraction": 0.0,
-        "save_interval": save_interval, "activation_checkpointing": activation_checkpointing, "eval_interval": 10**9})
+    settings = trainer_settings(r, f"M{t + 1}", dpo_batch_size, max(1, micro_batch_size // 2), ("dpo", t))
+    out = train_dpo.train({**settings, "init_from": mt_path, "data": r.path(f"iter{t}", "pairs.jsonl"),
+                           "beta": dpo_beta, "epochs": dpo_epochs, "lr": dpo_lr, "min_lr": dpo_min_lr,
+                           "dropout": dropout, "eval_fraction": 0.0})
     move_model(r, out["model"], f"M{t + 1}")
     return {k: v for k, v in out.items() if k != "model"}
 
