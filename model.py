@@ -263,7 +263,7 @@ class Transformer(nn.Module):
                 std = 0.02 / math.sqrt(2 * self.args.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 0.02
                 nn.init.normal_(p, mean=0.0, std=std)
 
-    def forward(self, tokens, targets=None, positions=None, cache=None, pad_mask=None):
+    def forward(self, tokens, targets=None, positions=None, cache=None, pad_mask=None, last_only=False):
         """
         tokens: (B, T) token ids.
         targets: (B, T) the next token for each position (-100: no loss there);
@@ -274,6 +274,8 @@ class Transformer(nn.Module):
                  attention sees everything cached before them.
         pad_mask: (B, T) True at padding tokens (with a cache only): they take
                  a slot but are never attended to and do not advance positions.
+        last_only: logits (B, 1, V) of the last position only: a prefill for
+                 sampling needs no more, and skips T-1 rows of the output matmul.
         """
         B, T = tokens.shape
         if cache is not None:
@@ -291,6 +293,8 @@ class Transformer(nn.Module):
                 h = layer(h, rotation, cache)
         if cache is not None:
             cache.end(T)
+        if last_only:
+            h = h[:, -1:]
         logits = self.output(self.norm(h))
         if targets is None:
             return logits

@@ -259,7 +259,7 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, n, eos_id, see
     prefix_cache = None
     if P > 0:  # prefilled once, then attended to by every row of every batch, never copied
         prefix_cache = KVCache(model.args, 1, P, _device(model), _dtype(model))
-        model(torch.tensor([prompts[0][:P]], device=_device(model)), cache=prefix_cache)
+        model(torch.tensor([prompts[0][:P]], device=_device(model)), cache=prefix_cache, last_only=True)  # only its keys and values are needed
 
     per_batch = max(1, batch_size // n)
     results = {}
@@ -305,7 +305,7 @@ def _generate_batch(model, decode, cache_class, prompts, prompt_ids, P, prefix_c
         pad_mask[r, T - len(s):] = False
     # [shared prefix, stored once in prefix_cache][left padding][suffix]
     cache = cache_class(model.args, B, T + max_new_tokens, dev, _dtype(model), prefix=prefix_cache)
-    logits = model(tokens.to(dev), cache=cache, pad_mask=pad_mask.to(dev))[:, -1]  # (B, V)
+    logits = model(tokens.to(dev), cache=cache, pad_mask=pad_mask.to(dev), last_only=True)[:, -1]  # (B, V)
 
     # n samples per prompt: copy the rows, not the work
     if n > 1:

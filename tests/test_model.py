@@ -163,6 +163,9 @@ def test_kv_cache_matches_full_forward():
         steps = [model(tokens[:, :10], cache=cache)] + [model(tokens[:, t:t + 1], cache=cache) for t in range(10, 24)]
     assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-5
     assert cache.length == 24
+    with torch.no_grad():  # last_only: the same last row, without the other T-1
+        last = model(tokens, last_only=True)
+    assert last.shape == (3, 1, 300) and torch.allclose(last[:, 0], full[:, -1], atol=1e-6)
 
 
 def test_kv_cache_left_padding_gives_each_row_its_own_positions():
