@@ -47,6 +47,13 @@ def judge_prompt(instruction, response):
     return re.sub("<INSTRUCTION_HERE>|<RESPONSE_HERE>", lambda m: fill[m.group(0)], JUDGE_PROMPT)
 
 
+def rubric_lines():
+    """The judge prompt's fixed lines (the text around the two placeholders,
+    line by line): a small tokenizer can learn each as a single piece."""
+    fixed = re.split("<INSTRUCTION_HERE>|<RESPONSE_HERE>", JUDGE_PROMPT)
+    return [line for part in fixed for line in part.split("\n") if line]
+
+
 def judge_prompt_ids(tokenizer, instruction, response):
     """Token ids of the judge prompt in the chat template, ready to sample from."""
     return chat_prompt_ids(tokenizer, judge_prompt(instruction, response))

@@ -65,7 +65,7 @@ def chat_tokens(tokenizer, prompt, response=None):
 # -----------------------------------------------------------------------------
 # A small tokenizer for the toy world, trained in seconds.
 
-def train_tokenizer(texts, model_path, vocab_size=512, phrases=False):
+def train_tokenizer(texts, model_path, vocab_size=512, phrases=False, symbols=()):
     """
     Train a SentencePiece BPE tokenizer on an iterable of strings and write it
     to model_path. Lossless: byte fallback covers any character the pieces miss,
@@ -75,7 +75,11 @@ def train_tokenizer(texts, model_path, vocab_size=512, phrases=False):
     phrases=True lets a piece span several words (up to 64 characters): text
     that recurs verbatim, like the judge rubric in every EFT example, then
     costs a few pieces instead of one or more per word.
+    symbols: strings that are always one piece each (the fixed lines of the
+    judge rubric, say); a symbol may hold spaces but no newline.
     """
+    if any("\n" in x for x in symbols):
+        raise ValueError("a tokenizer symbol cannot hold a newline (the newline is a piece of its own)")
     os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
     # train into a temporary folder beside the target, then move the model in
     # place in one step, so a half-written tokenizer is never left behind
@@ -97,7 +101,8 @@ def train_tokenizer(texts, model_path, vocab_size=512, phrases=False):
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1,  # Llama 2's special ids
             # the chat markers, and the newline kept a piece of its own (as
             # Llama's <0x0A>), so "end of line" can stop generation
-            user_defined_symbols=[B_INST, E_INST, "\n"],
+            # (symbols are matched after spaces become "\u2581", so they are written that way)
+            user_defined_symbols=[B_INST, E_INST, "\n"] + [x.replace(" ", "\u2581") for x in symbols],
             split_by_whitespace=not phrases,
             max_sentencepiece_length=64 if phrases else 16,
             max_sentence_length=16384,

@@ -70,6 +70,23 @@ def test_phrase_pieces_compress_recurring_text_losslessly(tmp_path):
         assert phrases.decode(phrases.encode(text)) == text
 
 
+def test_symbols_make_each_rubric_line_one_piece(tmp_path):
+    from judge import JUDGE_PROMPT, judge_prompt, rubric_lines
+    lines = rubric_lines()
+    assert "\n".join(lines).count("Score") == JUDGE_PROMPT.count("Score") and len(lines) == 13
+    texts = [judge_prompt(f"Count the letters of word {i}.", str(i)) for i in range(200)]
+    plain = train_tokenizer(texts, str(tmp_path / "p.model"), vocab_size=600, phrases=True)
+    tok = train_tokenizer(texts, str(tmp_path / "s.model"), vocab_size=600, phrases=True, symbols=lines)
+    for line in lines:
+        assert len(tok.encode(line)) <= 2  # the piece, after at most the dummy-prefix space
+    text = judge_prompt("How many letters are in 'nalu'?", "Sure!  It is 4.\n")
+    assert tok.decode(tok.encode(text)) == text
+    seen = judge_prompt("Count the letters of word 7.", "7")
+    assert len(tok.encode(seen)) < 40 < 100 < len(plain.encode(seen))
+    with pytest.raises(ValueError, match="newline"):
+        train_tokenizer(texts, str(tmp_path / "x.model"), symbols=["two\nlines"])
+
+
 def test_newline_is_its_own_piece(tmp_path, llama_tokenizer_path):
     texts = [f"Task: reverse the word number {i}.\nTask: sort it.\n" for i in range(300)]
     for tok in (train_tokenizer(texts, str(tmp_path / "p.model"), vocab_size=400, phrases=True),
