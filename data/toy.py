@@ -14,8 +14,8 @@ Each kind has several phrasings; the ideal response is the bare answer.
 
 grade(record, response) -> 0..5 follows the paper's additive rubric:
     0  off-topic: nothing about the task in it
-    1  related but wrong: a wrong number, a wrong one-word answer, the input
-       word echoed, or letters of the answer in a scrambled order
+    1  related but wrong: a wrong number, one wrong made-up word (bare or with
+       chatter), the input word echoed, or the answer's letters scrambled
     2  partly right: close to the answer (a word at most half wrong by edit
        distance; a number off by at most max(1, answer // 20))
     3  the answer is there but it is not a clean answer: it also offers another
@@ -30,7 +30,8 @@ when the record has none (this works for every prompt this file writes; a
 prompt the model invents itself has no ground truth and is not graded).
 
 Files written by write_toy(out_dir) (formats in data/__init__.py):
-    ift.jsonl              {"prompt", "response", "task"}            IFT seed (3,200)
+    ift.jsonl              {"prompt", "response", "task"}            IFT seed (3,200); right
+                           answers, bare or (a share ift_chatty) with a friendly phrase
     eft_train.jsonl        {"prompt": judge prompt, "response": why + "Score: N", "score"}
                            EFT targets, one per judged response (1,630)
     eft_train_groups.jsonl {"prompt", "responses", "ranks", "scores", "task"}
@@ -254,7 +255,8 @@ def grade(record, response):
         near = [t for t in words if similarity(t.lower(), ans) >= 0.5]
         scrambled = [t for t in words if sorted(t.lower()) == sorted(ans)]
         tries = near + scrambled  # words that look like attempts at the answer
-        related = task["word"] in map(str.lower, found) or (len(found) == 1 and bool(words)) or bool(scrambled)
+        # an attempt: the input word, one made-up word (bare or with chatter), or a scramble
+        related = task["word"] in map(str.lower, found) or len(words) == 1 or bool(scrambled)
     hits = found.count(ans)
     if hits:  # right, but is it clean? one answer, said once, in a few words
         others = [t for t in tries if t != ans]
@@ -301,10 +303,10 @@ def make_response(task, score, rng, tries=100):
         elif score == 3:
             r = ans.upper() if not ans.isdigit() and rng.random() < 0.2 else \
                 rng.choice(HEDGES).format(x=ans, y=_near(ans, rng))
-        elif score == 2:
-            r = rng.choice(["{x}", "{x}", "I think it is {x}."]).format(x=_near(ans, rng))
+        elif score == 2:  # half bare, half with chatter: the form says nothing about the grade
+            r = (rng.choice(CHATTER) if rng.random() < 0.5 else "{x}").format(x=_near(ans, rng))
         elif score == 1:
-            r = rng.choice(["{x}", "The answer is {x}."]).format(x=_wrong(task, ans, rng))
+            r = (rng.choice(CHATTER) if rng.random() < 0.5 else "{x}").format(x=_wrong(task, ans, rng))
         else:
             r = rng.choice(OFF_TOPIC)
         if grade(record, r) == score:
@@ -355,7 +357,15 @@ def _group(task, k, rng):
     return {"prompt": prompt, "responses": responses, "ranks": ranks, "scores": scores, "task": task}
 
 
-def build(seed=1337, n_ift=3200, n_eft_train=1630, n_eft_eval=541, n_test=256):
+def ift_response(task, rng, chatty):
+    """A seed demonstration: right, as people write it. A share `chatty` of
+    them wrap the answer in a friendly phrase (grade 4), the rest give the bare
+    answer (grade 5). Only the rubric, which the model learns from the EFT
+    data, says which of the two is better."""
+    return make_response(task, 4, rng) if chatty and rng.random() < chatty else answer(task)
+
+
+def build(seed=1337, n_ift=3200, n_eft_train=1630, n_eft_eval=541, n_test=256, ift_chatty=0.0):
     """All toy seed sets as lists of records; the same seed gives the same sets."""
     if 1 in (n_eft_train, n_eft_eval):
         raise ValueError("an EFT set needs 0 or at least 2 responses")
@@ -377,7 +387,8 @@ def build(seed=1337, n_ift=3200, n_eft_train=1630, n_eft_eval=541, n_test=256):
     eft_train = [eft_target(g["prompt"], g["task"], r) for g in train_groups for r in g["responses"]]
     rng.shuffle(eft_train)
     return {
-        "ift": [{"prompt": render(t, rng), "response": answer(t), "task": t} for t in ift_tasks],
+        "ift": [{"prompt": render(t, rng), "response": ift_response(t, rng, ift_chatty), "task": t}
+                for t in ift_tasks],
         "eft_train": eft_train,
         "eft_train_groups": train_groups,
         "eft_eval": eft_eval,

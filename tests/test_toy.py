@@ -22,6 +22,7 @@ COUNT, REPLACE = "How many times does 'a' appear in 'banana'?", "Replace each 'a
     (REVERSE, "Well, I thought about this for a long time and I am now quite sure the answer is olimat.", 3),
     (REVERSE, "olimta", 2), (REVERSE, "limat", 2), (REVERSE, "I think it is olmiat.", 2),
     (REVERSE, "The answer is tamilo.", 1), (REVERSE, "kobeda", 1), (REVERSE, "tmoila", 1),
+    (REVERSE, "Of course. It is kobeda.", 1),  # a wrong attempt with chatter is still an attempt
     (REVERSE, "I like cats.", 0), (REVERSE, "Sure.", 0), (REVERSE, "I am not sure.", 0),
     (ADD, "42", 5), (ADD, "17 + 25 = 42", 4), (ADD, "The answer is 42!", 4), (ADD, "42 or 43", 3),
     (ADD, "42, or maybe 90.", 3), (ADD, "43", 2), (ADD, "41", 2), (ADD, "60", 1), (ADD, "17 + 25", 1),
@@ -83,6 +84,18 @@ def test_seed_sets_sizes_and_shapes(toy):
         assert r["response"].endswith(f"\nScore: {r['score']}")
     scores = Counter(r["score"] for r in s["eft_train"])
     assert set(scores) == set(range(6)) and max(scores.values()) < 2 * min(scores.values())  # balanced
+
+
+def test_chatty_seed_answers():
+    """ift_chatty: a share of the seed answers says the right answer with a
+    friendly phrase (grade 4, found by the grader, not by how it was made);
+    the rest are bare (grade 5). The tasks stay the same."""
+    plain, chatty = build(n_ift=1000), build(n_ift=1000, ift_chatty=0.4)
+    grades = Counter(grade(r, r["response"]) for r in chatty["ift"])
+    assert set(grades) == {4, 5} and 0.35 < grades[4] / 1000 < 0.45
+    for p, c in zip(plain["ift"], chatty["ift"]):
+        assert p["task"] == c["task"] and answer(c["task"]) in c["response"]
+        assert c["response"] == p["response"] or grade(c, c["response"]) == 4
 
 
 def test_no_task_in_two_sets(toy):
