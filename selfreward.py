@@ -46,11 +46,14 @@ init_from = "scratch"       # M0: 'scratch' pretrains a toy base model; else a c
 model = "toy-small"         # preset when init_from='scratch'
 vocab_size = 2048           # toy tokenizer size (upper bound) when init_from='scratch'
 phrase_pieces = True        # toy tokenizer pieces may span words: the judge rubric costs ~140 tokens, not ~360
+rubric_pieces = True        # toy tokenizer: each fixed line of the judge rubric is one piece (~30 tokens, not ~140)
 n_ift = 3200                # toy IFT seed examples (paper: 3,200)
-n_eft_train = 1630          # toy EFT training examples (paper: 1,630)
+n_eft_train = 4890          # toy EFT training examples (paper: 1,630; a 1M-parameter judge needs 3x)
 n_eft_eval = 541            # toy EFT eval responses (paper: 541)
 n_test = 256                # toy held-out test prompts (paper: 256 head-to-head prompts)
-pretrain_docs = 2000        # toy M0: documents of task prompts (the base model's "web text")
+ift_chatty = 0.6            # toy IFT seed: share of right answers said with a friendly phrase ("Sure! It is 42.")
+pretrain_docs = 2000        # toy M0: documents listing task prompts (the base model's "web text")
+pretrain_qa_docs = 4000     # toy M0: documents of worked examples ("Q: ... A: ..."), 4-12 each
 pretrain_epochs = 1         # toy M0: passes over them
 pretrain_lr = 2e-3          # toy M0: peak learning rate
 # SFT: M0 -> SFT baseline and M0 -> M1 (paper, for 70B: lr 5.5e-6 -> 1.1e-6, batch 16,
@@ -80,11 +83,11 @@ max_response_tokens = 64    # per candidate response
 n_judge = 3                 # judgments per candidate, averaged (paper: 3)
 max_judge_tokens = 96       # per judgment
 # DPO: M_t -> M_{t+1} (paper, for 70B: lr 1e-6 -> 1e-7, batch 16, beta 0.1, dropout 0.1)
-dpo_lr = 2e-4               # peak learning rate
-dpo_min_lr = 2e-5           # cosine floor
+dpo_lr = 1e-4               # peak learning rate
+dpo_min_lr = 1e-5           # cosine floor
 dpo_beta = 0.1              # paper: 0.1
 dpo_batch_size = 16         # pairs per step
-dpo_epochs = 2              # passes over the pairs
+dpo_epochs = 1              # passes over the pairs
 # evaluation
 eval_judge = True           # reward-model metrics of every model's judge on the EFT eval set
 eval_prompts = ""           # real data: a JSONL of {"instruction"} answered in AlpacaEval's model_outputs.json format
@@ -294,7 +297,7 @@ def stage_seed_data(r):
         from data import toy
         if is_rank0():
             toy.write_toy(r.path("seed"), seed=seed, n_ift=n_ift, n_eft_train=n_eft_train,
-                          n_eft_eval=n_eft_eval, n_test=n_test)
+                          n_eft_eval=n_eft_eval, n_test=n_test, ift_chatty=ift_chatty)
         barrier()
     else:
         import shutil
@@ -319,10 +322,11 @@ def stage_seed_data(r):
 # -----------------------------------------------------------------------------
 # Stage 2: M0. Real runs start from a pretrained checkpoint (Llama 2 70B in the
 # paper). The toy world has no pretrained model, so M0 is pretrained here on a
-# small "web text" of the toy world: documents that list task prompts (no
-# answers, no judgments). That gives the base model what the method assumes a
-# pretrained LM has: the language of the tasks, and the habit of continuing a
-# list of instructions, which few-shot prompt writing relies on.
+# small "web text" of the toy world: documents that list task prompts, and
+# quiz pages of worked examples (no chat template, no judgments). That gives
+# the base model what the method assumes a pretrained LM has: the language of
+# the tasks, some skill at them, and the habit of continuing a list of
+# instructions, which few-shot prompt writing relies on.
 
 DOC_HEAD = "Here are some tasks:\n"
 
@@ -341,27 +345,42 @@ def stage_tokenizer(r):
     from data import toy
     from tokenizer import train_tokenizer
     if is_rank0():
-        tok = train_tokenizer(list(toy.corpus(r.path("seed"))) + [fewshot_text(["x"])], r.path("tokenizer.model"),
-                              vocab_size=vocab_size, phrases=phrase_pieces)
+        tok = train_tokenizer(list(toy.corpus(r.path("seed"))) + [fewshot_text(["x"]), worked_examples([("x", "y")])], r.path("tokenizer.model"),
+                              vocab_size=vocab_size, phrases=phrase_pieces,
+                              symbols=J.rubric_lines() if rubric_pieces else ())
         log(f"toy tokenizer: {tok.vocab_size} pieces")
     barrier()
     return {"vocab_size": Tokenizer(r.path("tokenizer.model")).vocab_size}
 
 
+def worked_examples(pairs):
+    """A toy pretraining document: questions with their answers, as a quiz page
+    on the web would have them (no chat template, no judgments)."""
+    return "".join(f"Q: {p}\nA: {a}\n" for p, a in pairs)
+
+
 def stage_pretrain(r):
     from data import toy
     rng = random.Random(sub_seed("pretrain"))
-    held_out = {rec["prompt"] for f in ("test", "eft_eval") for rec in read_jsonl(r.path("seed", f + ".jsonl"))}
-    docs = []
-    while len(docs) < pretrain_docs:
-        prompts = []
-        size = rng.randint(4, 12)
-        while len(prompts) < size:
+    # nothing the evaluation asks about is in the "web text"
+    held = [rec for f in ("test", "eft_eval") for rec in read_jsonl(r.path("seed", f + ".jsonl"))]
+    held_prompts = {rec["prompt"] for rec in held}
+    held_tasks = {json.dumps(rec["task"], sort_keys=True) for rec in held}
+
+    def fresh_tasks(k):
+        out = []
+        while len(out) < k:
             task = toy.sample_task(rng)
-            p = task and toy.render(task, rng)
-            if p and p not in held_out:
-                prompts.append(p)
-        docs.append({"text": task_list(prompts)})
+            if task and json.dumps(task, sort_keys=True) not in held_tasks:
+                p = toy.render(task, rng)
+                if p not in held_prompts:
+                    out.append((p, task))
+        return out
+
+    docs = [{"text": task_list([p for p, _ in fresh_tasks(rng.randint(4, 12))])} for _ in range(pretrain_docs)]
+    docs += [{"text": worked_examples([(p, toy.answer(t)) for p, t in fresh_tasks(rng.randint(4, 12))])}
+             for _ in range(pretrain_qa_docs)]
+    rng.shuffle(docs)
     save_jsonl(r.path("train", "pretrain.jsonl"), docs)
     import train_sft
     out = train_sft.train({**trainer_settings(r, "M0", sft_batch_size, micro_batch_size, ("M0",)),

@@ -18,7 +18,8 @@ from judge import parse_score
 # trained long enough (many epochs of tiny data) that M1 writes judgments in
 # the "... Score: N" format, so the loop produces real pairs.
 MICRO = dict(model="toy-tiny", vocab_size=1024, n_ift=48, n_eft_train=40, n_eft_eval=12, n_test=8,
-             pretrain_docs=64, pretrain_epochs=8, pretrain_lr=3e-3, sft_lr=3e-3, sft_min_lr=3e-4, sft_epochs=10,
+             pretrain_docs=64, pretrain_qa_docs=16, pretrain_epochs=8, pretrain_lr=3e-3,
+             sft_lr=3e-3, sft_min_lr=3e-4, sft_epochs=10,
              n_prompts=12, shard_size=4, max_response_tokens=12, max_judge_tokens=40, gen_batch_size=48,
              dpo_lr=1e-3, dpo_min_lr=1e-4, dpo_batch_size=4, micro_batch_size=8, save_interval=4,
              rouge_threshold=0.99, progress=False,
