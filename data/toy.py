@@ -420,8 +420,9 @@ if __name__ == "__main__":
     p.add_argument("--n_eft_train", type=int, default=1630, help="judged responses")
     p.add_argument("--n_eft_eval", type=int, default=541, help="judged responses")
     p.add_argument("--n_test", type=int, default=256)
+    p.add_argument("--ift_chatty", type=float, default=0.6, help="share of IFT answers with a friendly phrase")
     args = p.parse_args()
     paths = write_toy(args.out, args.seed, n_ift=args.n_ift, n_eft_train=args.n_eft_train,
-                      n_eft_eval=args.n_eft_eval, n_test=args.n_test)
+                      n_eft_eval=args.n_eft_eval, n_test=args.n_test, ift_chatty=args.ift_chatty)
     for name, path in paths.items():
         print(f"{sum(1 for _ in open(path)):6d} records  {path}")
