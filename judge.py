@@ -40,17 +40,20 @@ After examining the user’s instruction and the response:
 Remember to assess from the AI Assistant perspective, utilizing web search knowledge as necessary. To evaluate the response in alignment with this additive scoring model, we’ll systematically attribute points based on the outlined criteria."""
 
 
+PLACEHOLDERS = "<INSTRUCTION_HERE>|<RESPONSE_HERE>"  # where judge_prompt() fills in
+
+
 def judge_prompt(instruction, response):
     """The judge prompt as plain text, ready for chat_prompt_ids or an SFT record."""
     fill = {"<INSTRUCTION_HERE>": instruction.strip(), "<RESPONSE_HERE>": response.strip()}
     # one pass, so a placeholder written inside the instruction is left alone
-    return re.sub("<INSTRUCTION_HERE>|<RESPONSE_HERE>", lambda m: fill[m.group(0)], JUDGE_PROMPT)
+    return re.sub(PLACEHOLDERS, lambda m: fill[m.group(0)], JUDGE_PROMPT)
 
 
 def rubric_lines():
     """The judge prompt's fixed lines (the text around the two placeholders,
     line by line): a small tokenizer can learn each as a single piece."""
-    fixed = re.split("<INSTRUCTION_HERE>|<RESPONSE_HERE>", JUDGE_PROMPT)
+    fixed = re.split(PLACEHOLDERS, JUDGE_PROMPT)
     return [line for part in fixed for line in part.split("\n") if line]
 
 

@@ -345,8 +345,8 @@ def stage_tokenizer(r):
     from data import toy
     from tokenizer import train_tokenizer
     if is_rank0():
-        tok = train_tokenizer(list(toy.corpus(r.path("seed"))) + [fewshot_text(["x"]), worked_examples([("x", "y")])], r.path("tokenizer.model"),
-                              vocab_size=vocab_size, phrases=phrase_pieces,
+        texts = list(toy.corpus(r.path("seed"))) + [fewshot_text(["x"]), worked_examples([("x", "y")])]
+        tok = train_tokenizer(texts, r.path("tokenizer.model"), vocab_size=vocab_size, phrases=phrase_pieces,
                               symbols=J.rubric_lines() if rubric_pieces else ())
         log(f"toy tokenizer: {tok.vocab_size} pieces")
     barrier()

@@ -303,10 +303,9 @@ def make_response(task, score, rng, tries=100):
         elif score == 3:
             r = ans.upper() if not ans.isdigit() and rng.random() < 0.2 else \
                 rng.choice(HEDGES).format(x=ans, y=_near(ans, rng))
-        elif score == 2:  # half bare, half with chatter: the form says nothing about the grade
-            r = (rng.choice(CHATTER) if rng.random() < 0.5 else "{x}").format(x=_near(ans, rng))
-        elif score == 1:
-            r = (rng.choice(CHATTER) if rng.random() < 0.5 else "{x}").format(x=_wrong(task, ans, rng))
+        elif score in (1, 2):  # half bare, half with chatter: the form says nothing about the grade
+            form = rng.choice(CHATTER) if rng.random() < 0.5 else "{x}"
+            r = form.format(x=_near(ans, rng) if score == 2 else _wrong(task, ans, rng))
         else:
             r = rng.choice(OFF_TOPIC)
         if grade(record, r) == score:
@@ -362,6 +361,7 @@ def ift_response(task, rng, chatty):
     them wrap the answer in a friendly phrase (grade 4), the rest give the bare
     answer (grade 5). Only the rubric, which the model learns from the EFT
     data, says which of the two is better."""
+    # (chatty=0 draws nothing, so the seed sets stay as they were without it)
     return make_response(task, 4, rng) if chatty and rng.random() < chatty else answer(task)
 
 
