@@ -3,12 +3,14 @@ The toy world: short instruction tasks with a ground-truth grader, so the whole
 method runs on a laptop CPU in minutes and can be measured honestly.
 
 Tasks (a "task" dict holds the kind and its arguments; words are made-up
-syllable words like "tamilo", so nothing can be memorised, only learned):
-    reverse   "Write 'tamilo' backwards."                       -> olimat
-    sort      "Sort the letters of 'tamilo' alphabetically."     -> ailmot
-    replace   "Replace each 'a' in 'banana' with 'o'."            -> bonono
-    count     "How many times does 'a' appear in 'banana'?"       -> 3
-    length    "How many letters are in 'tamilo'?"                 -> 6
+syllable words in capitals like "TAMILO", so nothing can be memorised, only
+learned; capitals, so the toy tokenizer can give each letter a piece of its own
+and the model sees the letters it must move, as English text never merges them):
+    reverse   "Write 'TAMILO' backwards."                       -> OLIMAT
+    sort      "Sort the letters of 'TAMILO' alphabetically."     -> AILMOT
+    replace   "Replace each 'A' in 'BANANA' with 'O'."            -> BONONO
+    count     "How many times does 'A' appear in 'BANANA'?"       -> 3
+    length    "How many letters are in 'TAMILO'?"                 -> 6
     arith     "What is 17 + 25?"  (+, -, x)                       -> 42
 Each kind has several phrasings; the ideal response is the bare answer.
 
@@ -56,7 +58,8 @@ from judge import JUDGE_PROMPT, judge_prompt
 # -----------------------------------------------------------------------------
 # Tasks and their phrasings
 
-CONSONANTS, VOWELS = "bdfgklmnprstvz", "aeiou"
+CONSONANTS, VOWELS = "BDFGKLMNPRSTVZ", "AEIOU"
+LETTERS = CONSONANTS + VOWELS  # the letters of made-up words
 
 TEMPLATES = {
     "reverse": [
@@ -161,9 +164,9 @@ def sample_task(rng):
     task = {"kind": kind, "word": word}
     if kind == "replace":
         task["old"] = rng.choice(word)  # a letter by position: repeated letters come up more
-        task["new"] = rng.choice([c for c in CONSONANTS + VOWELS if c not in word])
+        task["new"] = rng.choice([c for c in LETTERS if c not in word])
     if kind == "count":  # mostly a letter of the word, sometimes one it lacks (answer 0)
-        absent = [c for c in CONSONANTS + VOWELS if c not in word]
+        absent = [c for c in LETTERS if c not in word]
         task["letter"] = rng.choice(word) if rng.random() < 0.85 else rng.choice(absent)
     if kind in ("reverse", "sort") and answer(task) == word:
         return None
@@ -181,7 +184,7 @@ def render(task, rng):
 
 def _template_regex(template):
     pattern = re.escape(template)
-    for name, group in (("word", "[a-z]+"), ("old", "[a-z]"), ("new", "[a-z]"), ("letter", "[a-z]"),
+    for name, group in (("word", "[A-Z]+"), ("old", "[A-Z]"), ("new", "[A-Z]"), ("letter", "[A-Z]"),
                         ("a", "[0-9]+"), ("b", "[0-9]+")):
         pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>{group})")
     return re.compile(pattern + "$")
@@ -248,20 +251,20 @@ def grade(record, response):
         echo = {str(task.get("a")), str(task.get("b"))}  # operands repeated from the question
         tries = [n for n in found if n not in echo]  # every other number is an answer
         near = [n for n in tries if abs(int(n) - int(ans)) <= max(1, int(ans) // 20)]
-        related = bool(found) or bool(task.get("word")) and task["word"] in text.lower()
+        related = bool(found) or bool(task.get("word")) and task["word"] in text.upper()
     else:
         found = re.findall(r"[A-Za-z]+", text)  # the words in the response
-        words = [t for t in found if t.lower() not in ENGLISH | {task["word"]}]
-        near = [t for t in words if similarity(t.lower(), ans) >= 0.5]
-        scrambled = [t for t in words if sorted(t.lower()) == sorted(ans)]
+        words = [t for t in found if t.lower() not in ENGLISH and t.upper() != task["word"]]
+        near = [t for t in words if similarity(t.upper(), ans) >= 0.5]
+        scrambled = [t for t in words if sorted(t.upper()) == sorted(ans)]
         tries = near + scrambled  # words that look like attempts at the answer
         # an attempt: the input word, one made-up word (bare or with chatter), or a scramble
-        related = task["word"] in map(str.lower, found) or len(words) == 1 or bool(scrambled)
+        related = task["word"] in map(str.upper, found) or len(words) == 1 or bool(scrambled)
     hits = found.count(ans)
     if hits:  # right, but is it clean? one answer, said once, in a few words
         others = [t for t in tries if t != ans]
         return 3 if hits > 1 or others or len(text.split()) > 15 else 4
-    if ans in (t.lower() for t in near):
+    if ans in (t.upper() for t in near):
         return 3  # the right letters in the wrong case
     return 2 if near else 1 if related else 0
 
@@ -281,7 +284,7 @@ def _near(ans, rng):
     elif op == "drop":
         del s[i]
     else:
-        s[i] = rng.choice(CONSONANTS + VOWELS)
+        s[i] = rng.choice(LETTERS)
     return "".join(s)
 
 
@@ -301,7 +304,7 @@ def make_response(task, score, rng, tries=100):
         elif score == 4:
             r = rng.choice(CHATTER).format(x=ans)
         elif score == 3:
-            r = ans.upper() if not ans.isdigit() and rng.random() < 0.2 else \
+            r = ans.lower() if not ans.isdigit() and rng.random() < 0.2 else \
                 rng.choice(HEDGES).format(x=ans, y=_near(ans, rng))
         elif score in (1, 2):  # half bare, half with chatter: the form says nothing about the grade
             form = rng.choice(CHATTER) if rng.random() < 0.5 else "{x}"

@@ -11,25 +11,25 @@ from data.toy import TEMPLATES, answer, build, corpus, grade, render, sample_tas
 from judge import JUDGE_PROMPT, parse_score
 from tokenizer import chat_tokens, train_tokenizer
 
-REVERSE, ADD = "Write 'tamilo' backwards.", "What is 17 + 25?"
-COUNT, REPLACE = "How many times does 'a' appear in 'banana'?", "Replace each 'a' in 'banana' with 'o'."
+REVERSE, ADD = "Write 'TAMILO' backwards.", "What is 17 + 25?"
+COUNT, REPLACE = "How many times does 'A' appear in 'BANANA'?", "Replace each 'A' in 'BANANA' with 'O'."
 
 
 @pytest.mark.parametrize("prompt, response, score", [
-    (REVERSE, "olimat", 5), (REVERSE, " olimat. ", 5),
-    (REVERSE, "Sure! The answer is olimat.", 4), (REVERSE, "'olimat'", 4),
-    (REVERSE, "olimat, or maybe olimta.", 3), (REVERSE, "olimat olimat", 3), (REVERSE, "OLIMAT", 3),
-    (REVERSE, "Well, I thought about this for a long time and I am now quite sure the answer is olimat.", 3),
-    (REVERSE, "olimta", 2), (REVERSE, "limat", 2), (REVERSE, "I think it is olmiat.", 2),
-    (REVERSE, "The answer is tamilo.", 1), (REVERSE, "kobeda", 1), (REVERSE, "tmoila", 1),
-    (REVERSE, "Of course. It is kobeda.", 1),  # a wrong attempt with chatter is still an attempt
+    (REVERSE, "OLIMAT", 5), (REVERSE, " OLIMAT. ", 5),
+    (REVERSE, "Sure! The answer is OLIMAT.", 4), (REVERSE, "'OLIMAT'", 4),
+    (REVERSE, "OLIMAT, or maybe OLIMTA.", 3), (REVERSE, "OLIMAT OLIMAT", 3), (REVERSE, "olimat_", 3),
+    (REVERSE, "Well, I thought about this for a long time and I am now quite sure the answer is OLIMAT.", 3),
+    (REVERSE, "OLIMTA", 2), (REVERSE, "LIMAT", 2), (REVERSE, "I think it is OLMIAT.", 2),
+    (REVERSE, "The answer is TAMILO.", 1), (REVERSE, "KOBEDA", 1), (REVERSE, "TMOILA", 1),
+    (REVERSE, "Of course. It is KOBEDA.", 1),  # a wrong attempt with chatter is still an attempt
     (REVERSE, "I like cats.", 0), (REVERSE, "Sure.", 0), (REVERSE, "I am not sure.", 0),
     (ADD, "42", 5), (ADD, "17 + 25 = 42", 4), (ADD, "The answer is 42!", 4), (ADD, "42 or 43", 3),
     (ADD, "42, or maybe 90.", 3), (ADD, "43", 2), (ADD, "41", 2), (ADD, "60", 1), (ADD, "17 + 25", 1),
     (ADD, "forty-two", 0),  # numbers are read as digits only
-    (COUNT, "3", 5), (COUNT, "The letter a appears 3 times in banana.", 4), (COUNT, "2", 2),
-    (COUNT, "0", 1), (COUNT, "banana", 1), (COUNT, "Tea is better than coffee.", 0),
-    (REPLACE, "bonono", 5), (REPLACE, "Here: bonono", 4), (REPLACE, "bonona", 2), (REPLACE, "banana", 1),
+    (COUNT, "3", 5), (COUNT, "The letter A appears 3 times in BANANA.", 4), (COUNT, "2", 2),
+    (COUNT, "0", 1), (COUNT, "BANANA", 1), (COUNT, "Tea is better than coffee.", 0),
+    (REPLACE, "BONONO", 5), (REPLACE, "Here: BONONO", 4), (REPLACE, "BONONA", 2), (REPLACE, "BANANA", 1),
 ])
 def test_grader_on_hand_written_responses(prompt, response, score):
     assert grade({"prompt": prompt}, response) == score  # task parsed from the prompt text
@@ -37,11 +37,11 @@ def test_grader_on_hand_written_responses(prompt, response, score):
 
 
 def test_tasks_answers_and_prompt_parsing():
-    assert answer(task_from_prompt(REVERSE)) == "olimat"
-    assert answer(task_from_prompt("Sort the letters of 'tamilo' alphabetically.")) == "ailmot"
-    assert answer(task_from_prompt(REPLACE)) == "bonono"
+    assert answer(task_from_prompt(REVERSE)) == "OLIMAT"
+    assert answer(task_from_prompt("Sort the letters of 'TAMILO' alphabetically.")) == "AILMOT"
+    assert answer(task_from_prompt(REPLACE)) == "BONONO"
     assert answer(task_from_prompt(COUNT)) == "3"
-    assert answer(task_from_prompt("How long is the word 'tamilo'?")) == "6"
+    assert answer(task_from_prompt("How long is the word 'TAMILO'?")) == "6"
     assert answer(task_from_prompt(ADD)) == "42"
     assert answer(task_from_prompt("Subtract 8 from 30.")) == "22"
     assert answer(task_from_prompt("Multiply 12 by 7.")) == "84"
