@@ -47,6 +47,8 @@ model = "toy-small"         # preset when init_from='scratch'
 vocab_size = 2048           # toy tokenizer size (upper bound) when init_from='scratch'
 phrase_pieces = True        # toy tokenizer pieces may span words: the judge rubric costs ~140 tokens, not ~360
 rubric_pieces = True        # toy tokenizer: each fixed line of the judge rubric is one piece (~30 tokens, not ~140)
+letter_pieces = True        # toy tokenizer: each capital letter is one piece, so made-up words ("TAMILO") are
+                            # seen letter by letter and reverse/sort/replace are learnable
 n_ift = 3200                # toy IFT seed examples (paper: 3,200)
 n_eft_train = 4890          # toy EFT training examples (paper: 1,630; a 1M-parameter judge needs 3x)
 n_eft_eval = 541            # toy EFT eval responses (paper: 541)
@@ -54,7 +56,7 @@ n_test = 256                # toy held-out test prompts (paper: 256 head-to-head
 ift_chatty = 0.6            # toy IFT seed: share of right answers said with a friendly phrase ("Sure! It is 42.")
 pretrain_docs = 2000        # toy M0: documents listing task prompts (the base model's "web text")
 pretrain_qa_docs = 4000     # toy M0: documents of worked examples ("Q: ... A: ..."), 4-12 each
-pretrain_epochs = 1         # toy M0: passes over them
+pretrain_epochs = 2         # toy M0: passes over them
 pretrain_lr = 2e-3          # toy M0: peak learning rate
 # SFT: M0 -> SFT baseline and M0 -> M1 (paper, for 70B: lr 5.5e-6 -> 1.1e-6, batch 16,
 # dropout 0.1; a 1M-parameter toy model barely moves at such rates: config/ holds the paper's)
@@ -346,8 +348,9 @@ def stage_tokenizer(r):
     from tokenizer import train_tokenizer
     if is_rank0():
         texts = list(toy.corpus(r.path("seed"))) + [fewshot_text(["x"]), worked_examples([("x", "y")])]
+        symbols = (J.rubric_lines() if rubric_pieces else []) + (list(toy.LETTERS) if letter_pieces else [])
         tok = train_tokenizer(texts, r.path("tokenizer.model"), vocab_size=vocab_size, phrases=phrase_pieces,
-                              symbols=J.rubric_lines() if rubric_pieces else ())
+                              symbols=symbols)
         log(f"toy tokenizer: {tok.vocab_size} pieces")
     barrier()
     return {"vocab_size": Tokenizer(r.path("tokenizer.model")).vocab_size}

@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT
 from data import read_jsonl, write_jsonl
 from judge import parse_score
+from tokenizer import Tokenizer
 
 # Small enough to run the whole method in about a minute on a 2-core CPU, and
 # trained long enough (many epochs of tiny data) that M1 writes judgments in
@@ -53,6 +54,8 @@ def test_every_artifact_exists_and_is_consistent(micro_run):
     for path in ["seed/ift.jsonl", "tokenizer.model", "M0/config.json", "SFT/model.safetensors", "M1/config.json",
                  "M2/model.safetensors", "M3/tokenizer.model", "report.md", "metrics.jsonl", "settings.json"]:
         assert os.path.exists(run / path), path
+    tok = Tokenizer(str(run / "tokenizer.model"))  # letter_pieces: a made-up word is seen letter by letter
+    assert [tok.sp.id_to_piece(i) for i in tok.encode("TAMILO")] == ["\u2581"] + list("TAMILO")
     for t in (1, 2):
         it = run / f"iter{t}"
         prompts, cands = read_jsonl(it / "prompts.jsonl"), read_jsonl(it / "candidates.jsonl")
@@ -205,7 +208,7 @@ def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch):
 
 def test_rouge_l_by_hand():
     import selfreward as S
-    a, b = S.words("Reverse the word 'tamilo'."), S.words("Reverse the word 'bakuro'.")
+    a, b = S.words("Reverse the word 'TAMILO'."), S.words("Reverse the word 'BAKURO'.")
     # 7 tokens each (reverse, the, word, ', x, ', .), 6 in common in order
     assert S.rouge_l(a, b) == pytest.approx(2 * 6 / 14)
     assert S.rouge_l(a, a) == 1.0 and S.rouge_l(a, []) == 0.0
