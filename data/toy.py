@@ -361,11 +361,13 @@ def _group(task, k, rng):
 
 def ift_response(task, rng, chatty):
     """A seed demonstration: right, as people write it. A share `chatty` of
-    them wrap the answer in a friendly phrase (grade 4), the rest give the bare
-    answer (grade 5). Only the rubric, which the model learns from the EFT
-    data, says which of the two is better."""
+    them wrap the answer in the demonstrators' habitual phrase ("Sure! The
+    answer is 42.", grade 4), the rest give the bare answer (grade 5). Only the
+    rubric, which the model learns from the EFT data, says which of the two is
+    better. (One habit, not a mix of phrases: with several, no single opening
+    would outweigh the bare answer and greedy decoding would hide the habit.)"""
     # (chatty=0 draws nothing, so the seed sets stay as they were without it)
-    return make_response(task, 4, rng) if chatty and rng.random() < chatty else answer(task)
+    return CHATTER[0].format(x=answer(task)) if chatty and rng.random() < chatty else answer(task)
 
 
 def build(seed=1337, n_ift=3200, n_eft_train=1630, n_eft_eval=541, n_test=256, ift_chatty=0.0):

@@ -88,14 +88,16 @@ def test_seed_sets_sizes_and_shapes(toy):
 
 def test_chatty_seed_answers():
     """ift_chatty: a share of the seed answers says the right answer with a
-    friendly phrase (grade 4, found by the grader, not by how it was made);
-    the rest are bare (grade 5). The tasks stay the same."""
+    friendly phrase, always the same one (grade 4, found by the grader, not by
+    how it was made); the rest are bare (grade 5). The tasks stay the same."""
     plain, chatty = build(n_ift=1000), build(n_ift=1000, ift_chatty=0.4)
     grades = Counter(grade(r, r["response"]) for r in chatty["ift"])
     assert set(grades) == {4, 5} and 0.35 < grades[4] / 1000 < 0.45
     for p, c in zip(plain["ift"], chatty["ift"]):
         assert p["task"] == c["task"] and answer(c["task"]) in c["response"]
         assert c["response"] == p["response"] or grade(c, c["response"]) == 4
+    habits = {r["response"].replace(answer(r["task"]), "{x}") for r in chatty["ift"] if grade(r, r["response"]) == 4}
+    assert habits == {"Sure! The answer is {x}."}
 
 
 def test_no_task_in_two_sets(toy):
