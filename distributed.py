@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from data import write_text
 from model import (Transformer, _hf_name, _write_atomically, hf_config, iter_meta_tensors, preset, read_config,
                    to_hf)
 
@@ -154,9 +155,7 @@ def trim_metrics(env, path, step):
     if env.master and os.path.exists(path):
         with open(path) as f:
             keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-        with open(path + ".tmp", "w") as f:
-            f.writelines(keep)
-        os.replace(path + ".tmp", path)
+        write_text(path, "".join(keep))
     barrier(env)
 
 

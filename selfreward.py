@@ -28,11 +28,10 @@ import sys
 import time
 from collections import Counter
 
-import torch
 import torch.distributed as dist
 
 import judge as J
-from data import read_jsonl, write_jsonl
+from data import read_jsonl, write_jsonl, write_text
 from tokenizer import Tokenizer, chat_prompt_ids
 
 # -----------------------------------------------------------------------------
@@ -192,11 +191,7 @@ def save_jsonl(path, records):
 
 
 def write_json(path, obj):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2))
 
 
 def sub_seed(*parts):
@@ -741,9 +736,7 @@ def stage_report(r, names, infos):
         *rows, "", *counts, f"- stage time in all: {total / 60:.1f} min", "",
         "Settings:", "", "```", *(f"{k} = {v!r}" for k, v in settings.items()), "```", ""])
     if is_rank0():
-        with open(r.path("report.md.tmp"), "w") as f:
-            f.write(text)
-        os.replace(r.path("report.md.tmp"), r.path("report.md"))
+        write_text(r.path("report.md"), text)
         for m in metrics:
             r.metric({"eval": m})
     barrier()

@@ -14,7 +14,6 @@ training and stored in out_dir/ref_logps.jsonl: training holds only the policy.
     python train_dpo.py --init_from=out/M1/model --data=pairs.jsonl --out_dir=out/M2
     torchrun --nproc_per_node=8 train_dpo.py --init_from=... --data=...
 """
-import json
 import math
 import os
 import sys
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import distributed as D
-from data import read_jsonl
+from data import read_jsonl, write_jsonl
 from configurator import configure
 from model import estimate_mfu
 from tokenizer import Tokenizer, chat_tokens
@@ -151,14 +150,10 @@ def reference_logps(model, pairs, env, c, pad_id, path):
             gathered = [None] * env.world
             torch.distributed.all_gather_object(gathered, rows)
             rows = [r for part in gathered for r in part]
-        if env.master:
-            with open(path + ".tmp", "w") as f:
-                for i, chosen, rejected in sorted(rows):
-                    f.write(json.dumps({"index": i, "chosen": chosen, "rejected": rejected}) + "\n")
-            os.replace(path + ".tmp", path)  # complete or absent, never half written
+        if env.master:  # complete or absent, never half written
+            write_jsonl(path, [{"index": i, "chosen": c, "rejected": r} for i, c, r in sorted(rows)])
         D.barrier(env)
-    with open(path) as f:
-        rows = [json.loads(line) for line in f]
+    rows = read_jsonl(path)
     if len(rows) != len(pairs):
         raise ValueError(f"{path} has {len(rows)} reference log-probs for {len(pairs)} pairs: it belongs to "
                          "other data; delete it to recompute")

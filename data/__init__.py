@@ -42,18 +42,22 @@ def read_jsonl(path, fields=(), allow_empty=True):
     return records
 
 
-def write_jsonl(path, records):
-    """Write records atomically: to a temporary file beside path, then os.replace,
+def write_text(path, text):
+    """Write a file atomically: to a temporary file beside path, then os.replace,
     so a reader (or a resumed run) never sees a half-written file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".jsonl")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
     return path
+
+
+def write_jsonl(path, records):
+    """Write records as JSON Lines, atomically (write_text)."""
+    return write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
