@@ -22,6 +22,7 @@ import ast
 import os
 import re
 import sys
+from types import SimpleNamespace
 
 SIMPLE_TYPES = (bool, int, float, str, type(None))
 
@@ -111,3 +112,12 @@ def configure(namespace, argv=None):
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def settings(defaults, overrides=None):
+    """The settings a script runs with: its defaults with `overrides` (a dict)
+    on top, as an object (c.lr, c.batch_size). Unknown keys are an error."""
+    unknown = set(overrides or {}) - set(defaults)
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+    return SimpleNamespace(**{**defaults, **(overrides or {})})

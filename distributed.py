@@ -91,8 +91,15 @@ def all_sum(env, *values):
     return t.tolist()
 
 
-def barrier(env):
-    if env.world > 1:
+def is_rank0():
+    """The one answer to "am I rank 0?": true in a plain process, and on the
+    first rank under torchrun. Only rank 0 prints and writes shared files."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def barrier():
+    """Wait for every rank (no-op in a plain process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
 
@@ -156,7 +163,7 @@ def trim_metrics(env, path, step):
         with open(path) as f:
             keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
         write_text(path, "".join(keep))
-    barrier(env)
+    barrier()
 
 
 # -----------------------------------------------------------------------------
@@ -387,7 +394,7 @@ def save_model(model, env, path, tokenizer_path=None, dtype=torch.float32, max_s
         _write_atomically(path, write)
     else:
         write(None)  # take part in the all-gathers, write nothing
-    barrier(env)
+    barrier()
 
 
 # -----------------------------------------------------------------------------
@@ -405,12 +412,12 @@ def save_state(model, optimizer, step, path, env, info=None):
     tmp, old = path + ".tmp", path + ".old"
     if env.master and os.path.exists(tmp):
         shutil.rmtree(tmp)
-    barrier(env)
+    barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
     with warnings.catch_warnings():  # one process: DCP warns that it is not distributed
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.save({"model": model_sd, "optim": optim_sd, "step": torch.tensor(step)}, checkpoint_id=tmp)
-    barrier(env)
+    barrier()
     if env.master:
         with open(os.path.join(tmp, "state.json"), "w") as f:
             json.dump({"step": step, **(info or {})}, f)  # for people; the step that counts is in DCP
@@ -418,7 +425,7 @@ def save_state(model, optimizer, step, path, env, info=None):
             os.replace(path, old)
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
-    barrier(env)
+    barrier()
 
 
 def load_state(model, optimizer, path, env):
