@@ -18,7 +18,9 @@ import time
 
 import torch
 
-from model import Transformer, estimate_mfu, hf_config, preset, save_checkpoint
+from checkpoint import hf_config, save_model
+from configurator import configure, settings
+from model import Transformer, estimate_mfu, preset
 from sample import generate
 
 # -----------------------------------------------------------------------------
@@ -39,7 +41,8 @@ train_model = "toy"  # preset to benchmark (llama-1b on a GPU)
 train_batch_size = 8  # sequences per step
 train_seq_len = 256  # tokens per sequence
 train_steps = 5  # timed steps of each model = train_steps * train_rounds, alternating
-train_rounds = 3
+train_rounds = 3  # rounds of train_steps steps
+DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 
 
 def timed(fns, repeats):
@@ -66,7 +69,7 @@ def hf_model(model):
     """transformers' LlamaForCausalLM with our model's weights, through our checkpoint format."""
     from transformers import LlamaForCausalLM  # reference only
     with tempfile.TemporaryDirectory() as tmp:
-        save_checkpoint(model, tmp)
+        save_model(model, tmp)
         hf = LlamaForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
     hf.generation_config.eos_token_id = None  # like ours without eos_id: never stop early
     return hf
@@ -85,26 +88,26 @@ def hf_generate(hf, prompts, new):
     return y[:, T:].tolist()
 
 
-def bench_sample():
+def bench_sample(c):
     """Our generate() against transformers' generate(), the cache against
     recomputing, and the judge workload with and without prefix sharing."""
-    torch.manual_seed(seed)
-    model = Transformer(preset(sample_model)).eval()
+    torch.manual_seed(c.seed)
+    model = Transformer(preset(c.sample_model)).eval()
     args = model.args
     hf = hf_model(model)
-    g = torch.Generator().manual_seed(seed)
-    new = sample_new_tokens
-    print(f"model {sample_model}: {model.num_params() / 1e6:.1f}M params, fp32, "
-          f"{torch.get_num_threads()} CPU thread(s); best of {repeats} runs")
+    g = torch.Generator().manual_seed(c.seed)
+    new = c.sample_new_tokens
+    print(f"model {c.sample_model}: {model.num_params() / 1e6:.1f}M params, fp32, "
+          f"{torch.get_num_threads()} CPU thread(s); best of {c.repeats} runs")
 
     # 1. ours against transformers: same weights, prompts, batch, greedy, no EOS stop
     for batch in (8, 64):
         prompts = random_prompts(g, batch, 16, 64, args.vocab_size)
         tokens = batch * new
-        variants = [False, True] if sample_compile else [False]
+        variants = [False, True] if c.sample_compile else [False]
         (t_hf, out_hf), *ours = timed([lambda: hf_generate(hf, prompts, new)] + [
-            lambda c=c: generate(model, prompts, new, temperature=0, batch_size=batch, compile=c,
-                                 progress=False) for c in variants], repeats)
+            lambda compiled=compiled: generate(model, prompts, new, temperature=0, batch_size=batch,
+                                               compile=compiled, progress=False) for compiled in variants], c.repeats)
         print(f"\n[generate] batch {batch}, prompts of 16-64 tokens, {new} new tokens, greedy")
         print(f"  transformers generate  : {tokens / t_hf:7.0f} tok/s  ({t_hf:.2f} s)")
         for compiled, (t, out) in zip(variants, ours):
@@ -134,32 +137,34 @@ def bench_sample():
           f"same tokens: {out_re == out_kv}")
 
     # 3. the judge workload: a long rubric in front of every prompt, n samples each
-    rubric = random_prompts(g, 1, judge_rubric, judge_rubric, args.vocab_size)[0]
-    judge = [rubric + p for p in random_prompts(g, judge_prompts, 20, 60, args.vocab_size)]
-    kw = dict(temperature=0.7, top_p=0.9, n=judge_n, seed=1, batch_size=judge_prompts * judge_n,
+    rubric = random_prompts(g, 1, c.judge_rubric, c.judge_rubric, args.vocab_size)[0]
+    judge = [rubric + p for p in random_prompts(g, c.judge_prompts, 20, 60, args.vocab_size)]
+    kw = dict(temperature=0.7, top_p=0.9, n=c.judge_n, seed=1, batch_size=c.judge_prompts * c.judge_n,
               progress=False)
     (t_plain, out_plain), (t_shared, out_shared) = timed([
-        lambda: generate(model, judge, judge_new_tokens, min_shared_prefix=None, **kw),
-        lambda: generate(model, judge, judge_new_tokens, **kw)], repeats)
-    tokens = judge_prompts * judge_n * judge_new_tokens
-    print(f"\n[judge] {judge_prompts} prompts = {judge_rubric}-token rubric + 20-60 tokens, "
-          f"n={judge_n}, {judge_new_tokens} new tokens, T=0.7, top-p 0.9, one batch")
+        lambda: generate(model, judge, c.judge_new_tokens, min_shared_prefix=None, **kw),
+        lambda: generate(model, judge, c.judge_new_tokens, **kw)], c.repeats)
+    tokens = c.judge_prompts * c.judge_n * c.judge_new_tokens
+    print(f"\n[judge] {c.judge_prompts} prompts = {c.judge_rubric}-token rubric + 20-60 tokens, "
+          f"n={c.judge_n}, {c.judge_new_tokens} new tokens, T=0.7, top-p 0.9, one batch")
     print(f"  no prefix sharing      : {tokens / t_plain:7.0f} tok/s  ({t_plain:.2f} s)")
     print(f"  prefix prefilled once  : {tokens / t_shared:7.0f} tok/s  ({t_shared:.2f} s)  "
           f"{t_plain / t_shared:.2f}x   same samples: {out_plain == out_shared}")
 
 
-def bench_gpu7b():
+def bench_gpu7b(c):
     """Batch-1 decode of a Llama 2 7B-shaped model (random bf16 weights) on CUDA,
     against the bound set by reading every weight once per token."""
     if not torch.cuda.is_available():
         sys.exit("gpu7b needs a CUDA device")
     dev = "cuda"
-    torch.manual_seed(seed)
+    torch.manual_seed(c.seed)
     with torch.device("meta"):
         model = Transformer(preset("llama2-7b")).to(torch.bfloat16)  # shapes only, no memory
     model.to_empty(device=dev)  # bf16 straight away: never a full fp32 copy
-    model.init_weights()
+    with torch.no_grad():
+        for p in model.parameters():  # random weights: speed does not depend on their values
+            p.normal_(0.0, 0.02)
     model.eval()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
@@ -271,8 +276,8 @@ def bench_training(model="toy", batch_size=8, seq_len=256, steps=5, rounds=3, de
             "hf_mfu": estimate_mfu(args, ours.num_params(), tps["hf"], seq_len, peak)}
 
 
-def bench_train():
-    r = bench_training(train_model, train_batch_size, train_seq_len, train_steps, train_rounds)
+def bench_train(c):
+    r = bench_training(c.train_model, c.train_batch_size, c.train_seq_len, c.train_steps, c.train_rounds)
     print(f"training {r['model']} ({r['params'] / 1e6:.1f}M params) on {r['device']} {r['dtype']}, "
           f"batch {r['batch_size']} x {r['seq_len']}:")
     print(f"  ours {r['ours_tokens_per_s']:,.0f} tok/s  HF LlamaForCausalLM {r['hf_tokens_per_s']:,.0f} tok/s"
@@ -284,11 +289,10 @@ def bench_train():
 SECTIONS = {"sample": bench_sample, "train": bench_train, "gpu7b": bench_gpu7b}
 
 if __name__ == "__main__":
-    from configurator import configure
     if len(sys.argv) < 2 or sys.argv[1] not in SECTIONS:
         sys.exit(f"usage: python bench.py {{{'|'.join(SECTIONS)}}} [--key=value ...]")
     section = sys.argv[1]
-    configure(globals(), sys.argv[2:])
-    if threads:
-        torch.set_num_threads(threads)
-    SECTIONS[section]()
+    c = settings(DEFAULTS, configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), sys.argv[2:]))
+    if c.threads:
+        torch.set_num_threads(c.threads)
+    SECTIONS[section](c)

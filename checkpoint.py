@@ -1,12 +1,434 @@
-"""(being written) every checkpoint format in one place."""
+"""
+Checkpoints: every file format the project reads or writes, in one place.
+
+    Hugging Face layout  config.json, model.safetensors (or model-0000N-of-0000M
+                         .safetensors shards + model.safetensors.index.json),
+                         tokenizer.model: what `transformers` and the hub use
+    Meta's layout        params.json + consolidated.NN.pth, one file per
+                         model-parallel rank (Meta's original Llama download)
+
+    read_config(path)                 ModelArgs of a checkpoint folder
+    read_tensors(path, model)         (name, tensor) one at a time, each rank's rows only
+    load_model(path, env)             built on `meta`, sharded if env says so, streamed in
+    save_model(model, path, ...)      the Hugging Face layout, one tensor at a time
+
+Parameter names map one-to-one (HF_NAMES). The one subtlety is rotary
+embeddings: Meta rotates interleaved pairs (x0,x1),(x2,x3),... while Hugging
+Face rotates the two halves of each head (x_i, x_{i+hd/2}); the HF conversion
+script permutes the rows of wq and wk so both compute the same thing, and so
+do we (meta_to_hf_rope / hf_to_meta_rope).
+
+Nothing here ever holds the whole model in memory at once: reading streams one
+tensor at a time from memory-mapped files (under FSDP each rank reads only its
+rows), writing gathers and writes one tensor at a time.
+"""
+import json
+import math
+import os
+import shutil
+import tempfile
+from contextlib import ExitStack
+from dataclasses import fields
+
+import torch
+from safetensors import safe_open
+
 import distributed as D
-from model import load_checkpoint
+from model import ModelArgs, Transformer
+from tokenizer import Tokenizer
+
+# -----------------------------------------------------------------------------
+# Names and the rotary permutation
+
+HF_NAMES = {  # Meta's name -> Hugging Face's; "N" stands for the layer number
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+    "layers.N.attention.wq.weight": "model.layers.N.self_attn.q_proj.weight",
+    "layers.N.attention.wk.weight": "model.layers.N.self_attn.k_proj.weight",
+    "layers.N.attention.wv.weight": "model.layers.N.self_attn.v_proj.weight",
+    "layers.N.attention.wo.weight": "model.layers.N.self_attn.o_proj.weight",
+    "layers.N.feed_forward.w1.weight": "model.layers.N.mlp.gate_proj.weight",
+    "layers.N.feed_forward.w2.weight": "model.layers.N.mlp.down_proj.weight",
+    "layers.N.feed_forward.w3.weight": "model.layers.N.mlp.up_proj.weight",
+    "layers.N.attention_norm.weight": "model.layers.N.input_layernorm.weight",
+    "layers.N.ffn_norm.weight": "model.layers.N.post_attention_layernorm.weight",
+}
+
+
+def hf_name(name):
+    """Meta parameter name -> Hugging Face name ("layers.3.attention.wq.weight"
+    -> "model.layers.3.self_attn.q_proj.weight")."""
+    if not name.startswith("layers."):
+        return HF_NAMES[name]
+    _, layer, rest = name.split(".", 2)
+    return HF_NAMES["layers.N." + rest].replace(".N.", f".{layer}.")
+
+
+def rotary_heads(name, args: ModelArgs):
+    """The number of heads whose rows are permuted for rotary embeddings
+    (wq: n_heads, wk: n_kv_heads), or 0 for every other tensor."""
+    if name.endswith("attention.wq.weight"):
+        return args.n_heads
+    if name.endswith("attention.wk.weight"):
+        return args.n_kv_heads
+    return 0
+
+
+def meta_to_hf_rope(w, n_heads):
+    """Permute the rows of wq/wk: interleaved pairs -> halves, per head."""
+    out_dim, in_dim = w.shape
+    return w.view(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+def hf_to_meta_rope(w, n_heads):
+    """The inverse permutation: halves -> interleaved pairs, per head."""
+    out_dim, in_dim = w.shape
+    return w.view(n_heads, 2, out_dim // n_heads // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+# -----------------------------------------------------------------------------
+# config.json / params.json <-> ModelArgs
+
+def hf_config(args: ModelArgs, dtype=torch.float32):
+    """The config.json that `transformers` expects for LlamaForCausalLM."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": args.dim,
+        "intermediate_size": args.hidden_dim,
+        "num_hidden_layers": args.n_layers,
+        "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.n_kv_heads,
+        "head_dim": args.head_dim,
+        "vocab_size": args.vocab_size,
+        "max_position_embeddings": args.max_seq_len,
+        "rms_norm_eps": args.norm_eps,
+        "rope_theta": args.rope_theta,
+        "rope_scaling": None,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "initializer_range": 0.02,
+        "pretraining_tp": 1,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        "use_cache": True,
+    }
+
+
+def args_from_hf_config(config, path="config.json"):
+    """ModelArgs from a Hugging Face Llama config.json (already parsed)."""
+    needed = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"]
+    missing = [k for k in needed if k not in config]
+    if missing:
+        raise ValueError(f"{path}: not a Llama config, missing keys: {', '.join(missing)}")
+    if config.get("model_type", "llama") != "llama":
+        raise ValueError(f"{path}: model_type is {config['model_type']!r}, expected 'llama'")
+    if config.get("tie_word_embeddings", False):
+        raise ValueError(f"{path}: tied word embeddings are not supported (Llama's output layer is untied)")
+    # transformers 4 writes rope_theta (+ rope_scaling), transformers 5 rope_parameters
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
+        raise ValueError(f"{path}: rope scaling {rope} is not supported (plain Llama 2 rotary embeddings only)")
+    rope_theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+    n_heads = config["num_attention_heads"]
+    if config.get("head_dim", config["hidden_size"] // n_heads) != config["hidden_size"] // n_heads:
+        raise ValueError(f"{path}: head_dim must equal hidden_size / num_attention_heads")
+    args = ModelArgs(
+        dim=config["hidden_size"], n_layers=config["num_hidden_layers"], n_heads=n_heads,
+        n_kv_heads=config.get("num_key_value_heads") or n_heads, vocab_size=config["vocab_size"],
+        norm_eps=config.get("rms_norm_eps", 1e-5), rope_theta=rope_theta,
+        max_seq_len=config.get("max_position_embeddings", 4096))
+    # Store the exact feed-forward width: pick multiple_of so the rule gives it.
+    args.multiple_of, args.ffn_dim_multiplier = ffn_rule_for(args.dim, config["intermediate_size"])
+    return args
+
+
+def ffn_rule_for(dim, hidden_dim):
+    """(multiple_of, ffn_dim_multiplier) that make ModelArgs.hidden_dim == hidden_dim."""
+    base = int(2 * (4 * dim) / 3)
+    if base == hidden_dim:
+        return hidden_dim, None
+    for multiple_of in (256, 4096, 1024, 512, 128, 64, 32, 16, 8, 1):
+        for mult in (None, 1.3, 1.5, 2.0, 4.0):  # Meta's published multipliers first
+            hidden = base if mult is None else int(mult * base)
+            if multiple_of * ((hidden + multiple_of - 1) // multiple_of) == hidden_dim:
+                return multiple_of, mult
+    # Any width: multiple_of = hidden_dim and a multiplier that does not exceed it.
+    return hidden_dim, hidden_dim / base if hidden_dim < base else None
+
+
+def meta_shards(path):
+    """Meta's consolidated.NN.pth files in a folder, in rank order."""
+    files = sorted(f for f in os.listdir(path) if f.startswith("consolidated.") and f.endswith(".pth"))
+    if not files:
+        raise FileNotFoundError(f"{path}: no consolidated.NN.pth files")
+    return [os.path.join(path, f) for f in files]
+
+
+def read_config(path):
+    """ModelArgs of the checkpoint in folder `path` (HF config.json or Meta params.json)."""
+    path = os.fspath(path)
+    hf, meta = os.path.join(path, "config.json"), os.path.join(path, "params.json")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint folder not found: {path}")
+    cfg_path = hf if os.path.exists(hf) else meta if os.path.exists(meta) else None
+    if cfg_path is None:
+        raise FileNotFoundError(f"{path}: no config.json (Hugging Face layout) or params.json (Meta layout)")
+    try:
+        with open(cfg_path) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: corrupt JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{cfg_path}: expected a JSON object, found {type(config).__name__}")
+    if cfg_path == hf:
+        return args_from_hf_config(config, cfg_path)
+    known = {f.name for f in fields(ModelArgs)}
+    args = {k: v for k, v in config.items() if k in known and v is not None}
+    if args.get("vocab_size", -1) == -1:
+        # Meta's Llama 2 params.json says -1: the tokenizer decides. Read the
+        # number of rows of the embedding (memory-mapped, nothing loaded).
+        shard = torch.load(meta_shards(path)[0], map_location="cpu", mmap=True, weights_only=True)
+        args["vocab_size"] = shard["tok_embeddings.weight"].shape[0]
+    return ModelArgs(**args)
+
+
+def check_tokenizer(tokenizer_path, args: ModelArgs, where):
+    """A tokenizer and a model must agree on the vocabulary size."""
+    n = Tokenizer(tokenizer_path).vocab_size
+    if n != args.vocab_size:
+        raise ValueError(f"{where}: the model's vocab_size is {args.vocab_size} but tokenizer "
+                         f"{tokenizer_path} has {n} tokens")
+
+
+# -----------------------------------------------------------------------------
+# Reading: one streaming reader for both layouts, whole tensors or a rank's rows
+
+def safetensors_files(path):
+    """Which safetensors file of an HF checkpoint folder holds each tensor (HF name -> file)."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            return json.load(f)["weight_map"]
+    if os.path.exists(os.path.join(path, "model.safetensors")):
+        with safe_open(os.path.join(path, "model.safetensors"), framework="pt") as f:
+            return {k: "model.safetensors" for k in f.keys()}
+    raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
+
+
+def read_tensors(path, model):
+    """
+    Yield (name, rows) for every parameter of `model`, one at a time, where
+    rows is the part of the stored tensor this rank holds (D.local_rows: all
+    of it in a plain process, its FSDP2 rows under torchrun), in our layout.
+
+    Hugging Face layout: read from memory-mapped safetensors with get_slice,
+    so a rank reads only its rows and streaming 70B into 64 ranks reads each
+    byte once. wq and wk are stored with their rows permuted within each head,
+    so for them the whole heads covering our rows are read, un-permuted, and
+    narrowed. Meta's layout: each tensor is the concatenation of its slices
+    in the consolidated.NN.pth files (memory-mapped), then narrowed.
+    """
+    path = os.fspath(path)
+    params = dict(model.named_parameters())
+    args = model.args
+    if os.path.exists(os.path.join(path, "config.json")):
+        weight_map = safetensors_files(path)
+        extra = [k for k in weight_map if k not in {hf_name(n) for n in params}
+                 and not k.endswith("rotary_emb.inv_freq")]  # a buffer some old exports carry; we compute it
+        if extra:
+            raise ValueError(f"{path}: unexpected tensors for a Llama model of this config: {', '.join(extra[:5])}")
+        missing = [hf_name(n) for n in params if hf_name(n) not in weight_map]
+        if missing:
+            raise ValueError(f"{path}: missing tensors: {', '.join(missing[:5])}"
+                             + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+        with ExitStack() as files:
+            opened = {}
+            for name, p in params.items():
+                fname = weight_map[hf_name(name)]
+                if fname not in opened:
+                    opened[fname] = files.enter_context(safe_open(os.path.join(path, fname), framework="pt"))
+                stored = opened[fname].get_slice(hf_name(name))
+                check_shape(path, name, tuple(stored.get_shape()), p)
+                start, end = D.local_rows(p)
+                heads = rotary_heads(name, args)
+                if heads and start < end:
+                    hd = args.head_dim
+                    h0, h1 = start // hd, -(-end // hd)  # the heads covering our rows
+                    rows = hf_to_meta_rope(stored[h0 * hd:h1 * hd], h1 - h0)[start - h0 * hd:end - h0 * hd]
+                else:
+                    rows = stored[start:end]
+                yield name, rows
+    else:
+        files = meta_shards(path)
+        shards = [torch.load(f, map_location="cpu", mmap=True, weights_only=True) for f in files]
+        for name, p in params.items():
+            parts = []
+            for f, shard in zip(files, shards):
+                if name not in shard:
+                    raise ValueError(f"{f}: missing tensor {name!r}")
+                parts.append(shard[name])
+            # fairscale's model parallelism split each layer on one dimension
+            if len(parts) == 1 or name.endswith("norm.weight"):
+                full = parts[0]  # norms are replicated on every rank
+            elif name == "tok_embeddings.weight" or name.endswith(("wo.weight", "w2.weight")):
+                full = torch.cat(parts, dim=1)  # embedding and row-parallel: split on the input dim
+            else:
+                full = torch.cat(parts, dim=0)  # column-parallel (wq wk wv w1 w3 output): output dim
+            check_shape(path, name, tuple(full.shape), p)
+            start, end = D.local_rows(p)
+            yield name, full[start:end]
+
+
+def check_shape(path, name, stored_shape, param):
+    if stored_shape != tuple(param.shape):
+        raise ValueError(f"{path}: tensor {name} ({hf_name(name)}) has shape {stored_shape}, "
+                         f"the config implies {tuple(param.shape)}")
+
+
+@torch.no_grad()
+def load_tensors(model, tensors, source):
+    """Copy (name, this rank's rows) pairs into the model's parameters, one at
+    a time; every parameter must be given exactly its local shape."""
+    params = dict(model.named_parameters())
+    seen = set()
+    for name, rows in tensors:
+        if name not in params:
+            raise ValueError(f"{source}: unexpected tensor {name}")
+        local = D.local_tensor(params[name])
+        if tuple(rows.shape) != tuple(local.shape):
+            raise ValueError(f"{source}: tensor {name} has shape {tuple(rows.shape)}, this rank holds "
+                             f"{tuple(local.shape)}")
+        local.copy_(rows)
+        seen.add(name)
+    missing = [n for n in params if n not in seen]
+    if missing:
+        raise ValueError(f"{source}: missing tensors: {', '.join(hf_name(n) for n in missing[:5])}")
 
 
 def load_model(path, env=None, dtype=None, dropout=0.0):
-    """A checkpoint folder as a model: whole on one process, FSDP-sharded (each
-    rank streaming in only its slice) when env has a device mesh."""
+    """
+    A checkpoint folder (either layout) as a Transformer on env.device (a
+    plain process on the CPU when env is None). The model is built on the
+    meta device (no memory), sharded with FSDP2 when env has a device mesh,
+    allocated (only this rank's shard), then filled tensor by tensor from the
+    memory-mapped files. dtype: the parameters' dtype (default float32,
+    whatever the files store). If a tokenizer.model sits beside the weights,
+    its vocabulary must match.
+    """
+    path = os.fspath(path)
     env = env or D.Env()
-    if env.fsdp:
-        return D.build_model(env, path, dropout=dropout)
-    return load_checkpoint(path, device=env.device, dtype=dtype)
+    args = read_config(path)
+    args.dropout = dropout
+    tokenizer_path = os.path.join(path, "tokenizer.model")
+    if os.path.exists(tokenizer_path):
+        check_tokenizer(tokenizer_path, args, path)
+    model = D.empty_model(args, env, dtype)
+    load_tensors(model, read_tensors(path, model), path)
+    return model
+
+
+# -----------------------------------------------------------------------------
+# Writing: one streaming writer, for one process and for FSDP alike
+
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+
+
+def save_model(model, path, tokenizer_path=None, dtype=None, max_shard_bytes=5 * 2**30):
+    """
+    Write `model` to folder `path` in the Hugging Face layout: config.json,
+    model.safetensors (or shards of at most max_shard_bytes + an index), and
+    tokenizer.model copied from tokenizer_path. dtype: cast on the way out
+    (default: as the parameters are).
+
+    All shapes are known in advance, so each safetensors header is written
+    first and the tensors are streamed after it: one tensor is held at a
+    time, never a shard and never the model. Under FSDP every rank must call
+    this (each tensor is all-gathered in turn) and rank 0 writes. Atomic: the
+    folder is written beside `path` and swapped into place at the end, so a
+    crash never leaves a half-written checkpoint.
+    """
+    path = os.fspath(path)
+    args = model.args
+    if tokenizer_path is not None:
+        check_tokenizer(tokenizer_path, args, "saving a model")
+    params = dict(model.named_parameters())
+    dtype = dtype or next(iter(params.values())).dtype
+    nbytes = {n: math.prod(p.shape) * dtype.itemsize for n, p in params.items()}
+    shards, size = [[]], 0  # consecutive tensors, at most max_shard_bytes a file (or one larger tensor)
+    for n in params:
+        if shards[-1] and size + nbytes[n] > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(n)
+        size += nbytes[n]
+    files = ["model.safetensors"] if len(shards) == 1 else \
+        [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    writing = D.is_rank0()
+
+    def write(folder):
+        weight_map = {}
+        for fname, names in zip(files, shards):
+            # the header: HF name -> dtype, shape (the rotary permutation keeps shapes), byte range
+            header, offset = {"__metadata__": {"format": "pt"}}, 0
+            for n in names:
+                header[hf_name(n)] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(params[n].shape),
+                                      "data_offsets": [offset, offset + nbytes[n]]}
+                weight_map[hf_name(n)] = fname
+                offset += nbytes[n]
+            blob = json.dumps(header).encode()
+            blob += b" " * (-len(blob) % 8)  # the format aligns the data to 8 bytes
+            with ExitStack() as stack:
+                f = stack.enter_context(open(os.path.join(folder, fname), "wb")) if writing else None
+                if f:
+                    f.write(len(blob).to_bytes(8, "little") + blob)
+                for n in names:
+                    full = D.full_tensor(params[n])  # under FSDP: all-gathered, every rank takes part
+                    if f:
+                        t = full.detach().to("cpu", dtype)
+                        if rotary_heads(n, args):
+                            t = meta_to_hf_rope(t, rotary_heads(n, args))
+                        f.write(t.contiguous().view(torch.uint8).numpy().tobytes())
+                    del full
+        if writing:
+            with open(os.path.join(folder, "config.json"), "w") as f:
+                json.dump(hf_config(args, dtype), f, indent=2)
+            if len(files) > 1:
+                with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+                    json.dump({"metadata": {"total_size": sum(nbytes.values())}, "weight_map": weight_map}, f,
+                              indent=2)
+            if tokenizer_path:
+                shutil.copyfile(tokenizer_path, os.path.join(folder, "tokenizer.model"))
+
+    if writing:
+        write_folder_atomically(path, write)
+    else:
+        write(None)  # take part in the all-gathers, write nothing
+    D.barrier()
+    return path
+
+
+def write_folder_atomically(path, write_into):
+    """Write a folder completely in a temporary folder beside it, then swap it
+    into place, so a crash never leaves it half written."""
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    try:
+        write_into(tmp)
+        if os.path.exists(path):
+            old = tmp + ".old"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

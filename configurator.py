@@ -2,11 +2,13 @@
 Command-line configuration, nanoGPT-style.
 
 A script declares its settings as plain module-level globals, each with a
-trailing comment, then hands its globals to `configure`:
+trailing comment, collects them, and passes them on explicitly as one object:
 
     batch_size = 16  # examples per optimizer step
     lr = 5.5e-6      # peak learning rate
-    config = configure(globals())
+    DEFAULTS = {k: v for k, v in globals().items() if ...}   # the settings above
+    c = settings(DEFAULTS, configure(dict(DEFAULTS, __file__=__file__)))
+    train(c)         # functions read c.lr, c.batch_size; never the globals
 
 and is run as
 
@@ -38,10 +40,11 @@ def _settings(namespace):
 
 
 def _comments(path):
-    """{key: trailing comment} for `key = value  # comment` lines of a script."""
+    """{key: trailing comment} for `key = value  # comment` lines of a script
+    (indented `key=value,  # comment` lines of a settings dict count too)."""
     if not path or not os.path.exists(path):
         return {}
-    pattern = re.compile(r"^([A-Za-z_]\w*)\s*=.*?#\s*(.*)$")
+    pattern = re.compile(r"^\s*([A-Za-z_]\w*)\s*=.*?#\s*(.*)$")
     with open(path) as f:
         return {m.group(1): m.group(2) for m in map(pattern.match, f) if m}
 
@@ -66,9 +69,11 @@ def parse_value(text):
         return text
 
 
-def help_text(namespace):
+def help_text(namespace, comment_files=()):
     settings = _settings(namespace)
-    comments = _comments(namespace.get("__file__"))
+    comments = {}
+    for path in [*comment_files, namespace.get("__file__")]:  # the script's own comments win
+        comments.update(_comments(path))
     name = os.path.basename(namespace.get("__file__", "script.py"))
     doc = (namespace.get("__doc__") or "").strip()
     lines = [doc, "", f"usage: python {name} [config_file.py ...] [--key=value ...]", "", "settings:"]
@@ -100,12 +105,15 @@ def apply(namespace, argv):
     return _settings({k: namespace[k] for k in settings})
 
 
-def configure(namespace, argv=None):
-    """For scripts: apply sys.argv to the script's globals, print --help and
-    errors (exit status 2) the way command-line users expect."""
+def configure(namespace, argv=None, comment_files=()):
+    """For scripts: apply sys.argv to the script's settings (a dict of its
+    defaults, with __file__ and __doc__ for --help) and return them; print
+    --help and errors (exit status 2) the way command-line users expect.
+    comment_files: other files whose `key = value  # comment` lines explain
+    settings the script takes from them."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
-        print(help_text(namespace))
+        print(help_text(namespace, comment_files))
         sys.exit(0)
     try:
         return apply(namespace, argv)

@@ -36,7 +36,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model import KVCache
+import distributed as D
+from checkpoint import load_model
+from configurator import configure, settings
+from data import read_jsonl, write_jsonl
+from model import ModelArgs
+from tokenizer import Tokenizer, chat_prompt_ids
 
 # -----------------------------------------------------------------------------
 # Command-line settings (python sample.py --help lists them)
@@ -54,6 +59,7 @@ device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu | cuda (under tor
 dtype = "bfloat16" if torch.cuda.is_available() else "float32"  # float32 | bfloat16 | float16
 compile = False  # torch.compile the decode step (meant for GPU; slower than eager on CPU)
 progress = True  # show a progress bar
+DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 
 
 # -----------------------------------------------------------------------------
@@ -112,6 +118,171 @@ def common_prefix_length(prompts):
             i += 1
         length = i
     return length
+
+
+# -----------------------------------------------------------------------------
+# The KV cache: keys and values of every token so far, so a decode step
+# computes attention for one new token instead of the whole sequence
+
+def decode_attention(q, k, v, mask, shared=None):
+    """
+    softmax(q k^T / sqrt(hd) + mask) v for one new token per row, against the
+    KV cache, written out as batched matmuls: for a single query SDPA's CPU
+    kernel is several times slower, and fewer ops means less per-op overhead.
+    q: (B, 1, H, hd); k, v: (B, KV, S, hd) each row's own slots;
+    shared: None, or keys and values (1, KV, P, hd) of a prefix every row
+    attends to first, stored once (see KVCache); mask: (B, 1, 1, P + S) additive.
+    Returns (B, 1, H * hd), ready for wo.
+    """
+    B, _, H, hd = q.shape
+    KV, S = k.shape[1], k.shape[2]
+    G, P = H // KV, 0 if shared is None else shared[0].shape[2]
+    # the G = H/KV query heads of a group share one key/value head: they are the
+    # G rows of one (G, hd) @ (hd, S) matmul, so K and V are read once, never copied
+    scores = torch.bmm(q.view(B * KV, G, hd), k.reshape(B * KV, S, hd).transpose(1, 2)).view(B, H, S)
+    if shared is not None:
+        # the prefix is read once for the whole batch: all B*G queries of a KV
+        # head are the rows of one matmul, instead of B copies read row by row
+        qs = q.view(B, KV, G, hd).transpose(0, 1).reshape(KV, B * G, hd)
+        prefix_scores = torch.bmm(qs, shared[0][0].transpose(1, 2))  # (KV, B*G, P)
+        scores = torch.cat([prefix_scores.view(KV, B, G, P).transpose(0, 1).reshape(B, H, P), scores], dim=-1)
+    scores = torch.add(mask.view(B, 1, P + S), scores, alpha=hd ** -0.5)  # scale and mask in one op
+    probs = scores.softmax(-1, dtype=torch.float32).to(v.dtype)  # (B, H, P + S): one softmax over both parts
+    y = torch.bmm(probs[:, :, P:].reshape(B * KV, G, S), v.reshape(B * KV, S, hd))  # (B*KV, G, hd)
+    if shared is not None:
+        probs = probs[:, :, :P].reshape(B, KV, G, P).transpose(0, 1).reshape(KV, B * G, P)
+        y = y.view(B, KV, G, hd) + torch.bmm(probs, shared[1][0]).view(KV, B, G, hd).transpose(0, 1)
+    return y.reshape(B, 1, H * hd)
+
+
+
+class KVCache:
+    """
+    A static key/value cache for batched sampling: for each layer, a buffer
+    (B, n_kv_heads, max_len, head_dim) filled left to right. All rows share
+    the same slot index, and a boolean `valid` (B, max_len) marks which slots
+    hold real tokens of that row; padding slots (rows whose prompts are
+    shorter) are never attended to. Each row's positions count only its own
+    valid slots, so rotary angles are right whatever the padding.
+
+    A padding slot's own query attends to itself, so no attention row is ever
+    fully masked (softmax of all -inf would be NaN); its output is discarded.
+
+    With `prefix` (a filled one-row KVCache, e.g. the judge's rubric), every
+    row continues that prefix: its keys/values are stored once and attended to
+    by all rows (`shared`), the buffers here hold only each row's own slots.
+    """
+
+    def __init__(self, args: ModelArgs, batch_size, max_len, device, dtype, prefix=None):
+        shape = (args.n_layers, batch_size, args.n_kv_heads, max_len, args.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+        self.max_len = max_len
+        self.length = 0  # slots filled so far (the same for every row)
+        self.mask = None
+        # prefix: a filled KVCache of one row (no padding) that every row of this
+        # one continues, e.g. the judge's rubric: stored once, not once per row
+        self.prefix = prefix
+
+    @property
+    def batch_size(self):
+        return self.valid.shape[0]
+
+    def shared(self, layer):
+        """The prefix's keys and values (1, KV, P, hd) for `layer`, or None."""
+        if self.prefix is None:
+            return None
+        P = self.prefix.length
+        return self.prefix.k[layer, :, :, :P], self.prefix.v[layer, :, :, :P]
+
+    def next_positions(self):
+        """(B,) the position the next real token of each row will have."""
+        positions = self.valid[:, :self.length].sum(dim=1)
+        return positions if self.prefix is None else positions + self.prefix.length
+
+    def begin(self, tokens, positions=None, pad_mask=None):
+        """Prepare a forward pass over `tokens` (B, T) written at slots
+        length .. length+T-1; pad_mask (B, T) is True at padding tokens.
+        Returns the tokens' positions (B, T)."""
+        B, T = tokens.shape
+        start, end = self.length, self.length + T
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} slots needed, {self.max_len} allocated")
+        if T == 1 and pad_mask is None:
+            # a decode step, the hot loop of sampling: kept to a few cheap ops.
+            # One real token per row; every valid slot is in its past.
+            if positions is None:
+                positions = self.next_positions()[:, None]
+            self.valid[:, start] = True
+            allowed = self.valid[:, None, None, :end]  # (B, 1, 1, end)
+        else:
+            real = torch.ones(B, T, dtype=torch.bool, device=tokens.device) if pad_mask is None else ~pad_mask
+            if positions is None:
+                positions = self.next_positions()[:, None] + real.cumsum(dim=1) - 1
+                positions = positions.clamp(min=0)
+            self.valid[:, start:end] = real
+            # (B, 1, T, end): causal over slots, only valid slots, and every
+            # query may see its own slot (so padding rows are not empty)
+            slots = torch.arange(end, device=tokens.device)
+            causal = slots[None, :] <= (start + torch.arange(T, device=tokens.device))[:, None]  # (T, end)
+            own = slots[None, :] == (start + torch.arange(T, device=tokens.device))[:, None]
+            allowed = ((causal[None] & self.valid[:, None, :end]) | own[None])[:, None]
+        # as an additive mask (0 / -inf): SDPA would convert a boolean one in every layer
+        self.mask = torch.zeros(allowed.shape, dtype=self.k.dtype, device=tokens.device)
+        self.mask.masked_fill_(~allowed, float("-inf"))
+        if self.prefix is not None:  # every prefix slot is visible to every query
+            self.mask = F.pad(self.mask, (self.prefix.length, 0))
+        return positions
+
+    def update(self, layer, k, v):
+        """Write k, v (B, KV, T, hd) at the next T slots of `layer`; return its
+        keys and values so far, (B, KV, length+T, hd) views of the buffers."""
+        end = self.length + k.shape[2]
+        k_all, v_all = self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        k_all.narrow(2, self.length, k.shape[2]).copy_(k)  # narrow + copy_: the fewest ops for a write
+        v_all.narrow(2, self.length, k.shape[2]).copy_(v)
+        return k_all, v_all
+
+    def attend(self, layer, q, k, v):
+        """
+        Attention for `layer` with the cache (Attention.forward calls this when
+        sampling): store this pass's keys and values, then attend over every
+        valid slot so far. q: (B, T, H, hd); k, v: (B, T, KV, hd) with rotary
+        already applied. Returns (B, T, H * hd), ready for wo.
+        """
+        B, T, H, hd = q.shape
+        k, v = self.update(layer, k.transpose(1, 2), v.transpose(1, 2))  # (B, KV, S, hd): all cached so far
+        if T == 1:  # a decode step: the hot loop of sampling
+            return decode_attention(q, k, v, self.mask, self.shared(layer))
+        # a prefill: T new tokens per row, masked by begin() (causal, valid slots only)
+        if self.prefix is not None:  # behind a shared prefix: attend to it too (a copy, in prefill only)
+            pk, pv = self.shared(layer)
+            k = torch.cat([pk.expand(B, -1, -1, -1), k], dim=2)
+            v = torch.cat([pv.expand(B, -1, -1, -1), v], dim=2)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=self.mask,
+                                           enable_gqa=k.shape[1] != H)  # (B, H, T, hd)
+        return y.transpose(1, 2).reshape(B, T, H * hd)
+
+    def end(self, T):
+        self.length += T
+        self.mask = None
+
+    def select(self, rows):
+        """
+        Keep these rows, in this order (rows: 1-D index tensor, repeats allowed):
+        copy a prompt's rows for n samples or a shared prefix's row for every
+        prompt, or drop finished rows so they stop costing work.
+        """
+        rows = torch.as_tensor(rows, device=self.valid.device)
+        self.k = self.k.index_select(1, rows)  # one pass over the buffers
+        self.v = self.v.index_select(1, rows)
+        self.valid = self.valid.index_select(0, rows)
+        return self
+
+    def repeat_interleave(self, n):
+        """Copy every row n times (n samples of one prompt share its prefill)."""
+        return self.select(torch.arange(self.batch_size, device=self.valid.device).repeat_interleave(n))
 
 
 # -----------------------------------------------------------------------------
@@ -263,7 +434,7 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, n, eos_id, see
 
     per_batch = max(1, batch_size // n)
     results = {}
-    bar = tqdm(total=real, desc="sampling", unit="prompt", disable=not progress or rank != 0)
+    bar = tqdm(total=real, desc="sampling", unit="prompt", disable=not progress or not D.is_rank0())
     for b in range(0, n_share, per_batch):
         idx = share[b:b + per_batch]
         completions = _generate_batch(
@@ -360,37 +531,30 @@ def _generate_batch(model, decode, cache_class, prompts, prompt_ids, P, prefix_c
 
 def sample_chat(model, tok, texts, **kw):
     """Chat responses (strings) to prompts (strings): len(texts) * n of them, as generate orders them."""
-    from tokenizer import chat_prompt_ids
     ids = generate(model, [chat_prompt_ids(tok, t) for t in texts], eos_id=tok.eos_id, **kw)
     return [tok.decode(c) for c in ids]
 
 
-def main():
-    import distributed as D
-    from data import read_jsonl, write_jsonl
-    from model import load_checkpoint
-    from tokenizer import Tokenizer
-
-    if not ckpt or bool(prompt) == bool(prompts_file) or (prompts_file and not out):
+def main(argv=None):
+    c = settings(DEFAULTS, configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), argv))
+    if not c.ckpt or bool(c.prompt) == bool(c.prompts_file) or (c.prompts_file and not c.out):
         sys.exit("usage: python sample.py --ckpt=DIR (--prompt=TEXT | --prompts_file=IN.jsonl --out=OUT.jsonl)")
-    env = D.setup(device)  # under torchrun: join the process group, one GPU per rank
-    records = read_jsonl(prompts_file, ["prompt"], allow_empty=False) if prompts_file else [{"prompt": prompt}]
-    tok = Tokenizer(os.path.join(ckpt, "tokenizer.model"))
-    if env.fsdp:  # sharded with FSDP2: each rank streams in only its slice of every tensor
-        model = D.build_model(env, ckpt).eval()
-    else:
-        model = load_checkpoint(ckpt, device=env.device, dtype=getattr(torch, dtype)).eval()
+    env = D.setup(c.device)  # under torchrun: join the process group, one GPU per rank
+    records = read_jsonl(c.prompts_file, ["prompt"], allow_empty=False) if c.prompts_file else [{"prompt": c.prompt}]
+    tok = Tokenizer(os.path.join(c.ckpt, "tokenizer.model"))
+    # whole on one process; under torchrun sharded with FSDP2, each rank streaming in only its slice
+    model = load_model(c.ckpt, env, dtype=None if env.fsdp else getattr(torch, c.dtype)).eval()
     t0 = time.time()
-    responses = sample_chat(model, tok, [r["prompt"] for r in records], max_new_tokens=max_new_tokens,
-                            temperature=temperature, top_p=top_p, n=num_samples, seed=seed,
-                            batch_size=batch_size, compile=compile, progress=progress)
-    if env.master:
-        if prompts_file:
+    responses = sample_chat(model, tok, [r["prompt"] for r in records], max_new_tokens=c.max_new_tokens,
+                            temperature=c.temperature, top_p=c.top_p, n=c.num_samples, seed=c.seed,
+                            batch_size=c.batch_size, compile=c.compile, progress=c.progress)
+    if D.is_rank0():
+        if c.prompts_file:
             for i, rec in enumerate(records):
-                mine = responses[i * num_samples:(i + 1) * num_samples]
-                rec.update({"response": mine[0]} if num_samples == 1 else {"responses": mine})
-            write_jsonl(out, records)
-            print(f"wrote {len(records)} records to {out} in {time.time() - t0:.1f}s", file=sys.stderr)
+                mine = responses[i * c.num_samples:(i + 1) * c.num_samples]
+                rec.update({"response": mine[0]} if c.num_samples == 1 else {"responses": mine})
+            write_jsonl(c.out, records)
+            print(f"wrote {len(records)} records to {c.out} in {time.time() - t0:.1f}s", file=sys.stderr)
         else:
             for r in responses:
                 print(r)
@@ -398,6 +562,4 @@ def main():
 
 
 if __name__ == "__main__":
-    from configurator import configure
-    configure(globals())
     main()

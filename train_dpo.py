@@ -11,67 +11,40 @@ log pi(y|x) is the SUM of the response tokens' log-probabilities (not their
 mean). The reference never changes, so its log-probs are computed once before
 training and stored in out_dir/ref_logps.jsonl: training holds only the policy.
 
+This file is DPO's data (pairs), its loss, the reference log-probs and its
+training loop; what both trainers share (settings, model building, schedule,
+saving and resuming) is in training.py.
+
     python train_dpo.py --init_from=out/M1/model --data=pairs.jsonl --out_dir=out/M2
     torchrun --nproc_per_node=8 train_dpo.py --init_from=... --data=...
 """
-import math
 import os
-import sys
 import time
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 import distributed as D
+import training as T
 from data import read_jsonl, write_jsonl
-from configurator import configure
 from model import estimate_mfu
-from tokenizer import Tokenizer, chat_tokens
-from train_sft import collate, micro_batches
+from tokenizer import chat_tokens
+from train_sft import collate
 
 # -----------------------------------------------------------------------------
-# Settings (python train_dpo.py --help lists them)
+# Settings (python train_dpo.py --help lists them): DPO's own here, the rest
+# (batch size, schedule, saving, devices) are every trainer's, in training.py
 init_from = "out/sft/model"  # the policy's start AND the reference: a checkpoint folder (HF layout)
-tokenizer = ""             # tokenizer.model; '' = the one in init_from
 data = "data/pairs.jsonl"  # JSON Lines of {"prompt", "chosen", "rejected"}
-eval_data = ""             # held-out pairs; '' = hold out eval_fraction of data
-eval_fraction = 0.05       # share of data held out when there is no eval_data
 out_dir = "out/dpo"        # gets model/, state/, ref_logps.jsonl, metrics.jsonl
-max_seq_len = 0            # pairs with a longer sequence are skipped (and counted); 0 = the model's
 beta = 0.1                 # DPO temperature (paper: 0.1)
-batch_size = 16            # pairs per optimizer step, over all ranks (paper: 16)
 micro_batch_size = 2       # pairs per forward pass on one rank (2x sequences: chosen + rejected)
-epochs = 1                 # passes over the data, when max_steps is 0
-max_steps = 0              # optimizer steps; 0 = from epochs
 lr = 1e-6                  # peak learning rate (paper: 1e-6)
 min_lr = 1e-7              # cosine decays to this (paper: 1e-7)
-warmup_steps = 0           # linear warmup steps
-weight_decay = 0.0         # AdamW decoupled weight decay
-beta1 = 0.9                # AdamW
-beta2 = 0.95               # AdamW
-grad_clip = 1.0            # clip the global gradient norm to this; 0 = off
-dropout = 0.1              # paper: 0.1
-seed = 1337                # data order, dropout
-eval_interval = 50         # steps between eval metrics (and at the end)
-save_interval = 50         # steps between resumable training states (paper: a checkpoint every 200)
-log_interval = 1           # steps between metrics lines
-activation_checkpointing = False  # recompute each block in backward
-compile = False            # torch.compile each block
-device = ""                # '' = cuda if available, else cpu
-save_dtype = ""            # dtype of the final model; '' = bfloat16 on GPU, float32 on CPU
-peak_flops = 989e12        # per device, for MFU
-crash_after_step = -1      # testing: exit hard right after this step (a simulated kill)
 # -----------------------------------------------------------------------------
-DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
-
-
-def settings(config):
-    unknown = set(config or {}) - set(DEFAULTS)
-    if unknown:
-        raise KeyError(f"unknown settings: {', '.join(sorted(unknown))}")
-    return SimpleNamespace(**{**DEFAULTS, **(config or {})})
+DEFAULTS = {**T.SETTINGS, **{k: v for k, v in globals().items()
+                             if not k.startswith("_") and isinstance(v, (bool, int, float, str))}}
 
 
 # -----------------------------------------------------------------------------
@@ -134,12 +107,12 @@ def reference_logps(model, pairs, env, c, pad_id, path):
     """Fill pair["ref_chosen"], pair["ref_rejected"] for every pair, from `path`
     if an earlier (possibly killed) run wrote it, else with `model` (the
     starting checkpoint, in eval mode: no dropout), split over ranks."""
-    exists = D.all_sum(env, float(env.master and os.path.exists(path)))[0] > 0  # rank 0 decides for all
+    exists = D.all_sum(env, float(D.is_rank0() and os.path.exists(path)))[0] > 0  # rank 0 decides for all
     if not exists:
         model.eval()
-        mine = D.split_even(list(enumerate(pairs)), env.rank, env.world)
+        mine = T.split_even(list(enumerate(pairs)), env.rank, env.world)
         rows = []
-        for mb in micro_batches(mine, c.micro_batch_size):
+        for mb in T.micro_batches(mine, c.micro_batch_size):
             tokens, targets = pair_batch([p for (_, p), _ in mb], pad_id)
             logps = sequence_logps(model, tokens, targets, env).cpu().tolist()
             n = len(mb)
@@ -150,9 +123,9 @@ def reference_logps(model, pairs, env, c, pad_id, path):
             gathered = [None] * env.world
             torch.distributed.all_gather_object(gathered, rows)
             rows = [r for part in gathered for r in part]
-        if env.master:  # complete or absent, never half written
-            write_jsonl(path, [{"index": i, "chosen": c, "rejected": r} for i, c, r in sorted(rows)])
-        D.barrier(env)
+        if D.is_rank0():  # complete or absent, never half written
+            write_jsonl(path, [{"index": i, "chosen": ch, "rejected": rj} for i, ch, rj in sorted(rows)])
+        D.barrier()
     rows = read_jsonl(path)
     if len(rows) != len(pairs):
         raise ValueError(f"{path} has {len(rows)} reference log-probs for {len(pairs)} pairs: it belongs to "
@@ -184,7 +157,7 @@ def dpo_sums(model, mb, env, c, pad_id, n_pairs):
 def evaluate(model, pairs, env, c, pad_id):
     model.eval()
     stats = [0.0] * 6
-    for mb in micro_batches(D.split_even(pairs, env.rank, env.world), c.micro_batch_size):
+    for mb in T.micro_batches(T.split_even(pairs, env.rank, env.world), c.micro_batch_size):
         _, s = dpo_sums(model, mb, env, c, pad_id, 1)
         stats = [a + b for a, b in zip(stats, s)]
     model.train()
@@ -201,71 +174,40 @@ def summarize(stats, prefix=""):
 
 
 # -----------------------------------------------------------------------------
+# Training
 
 def train(config=None):
     """Run DPO with settings `config` (dict, over the defaults above). Returns
     {"model": path of the trained model, "loss": ..., metrics of the last step}."""
-    c = settings(config)
-    tok_path = c.tokenizer or os.path.join(c.init_from, "tokenizer.model")
-    tok = Tokenizer(tok_path)
-    env = D.setup(c.device)
-    try:
-        return _train(c, env, tok, tok_path)
-    finally:
-        D.teardown(env)
+    return T.run(dpo, DEFAULTS, config)
 
 
-def _train(c, env, tok, tok_path):
-    if c.batch_size % (env.world * c.micro_batch_size):
-        raise ValueError(f"batch_size {c.batch_size} must divide by world size {env.world} x "
-                         f"micro_batch_size {c.micro_batch_size}")
-    os.makedirs(c.out_dir, exist_ok=True)
-    log = (lambda *a: print(*a, flush=True)) if env.master else (lambda *a: None)
-
-    model = D.build_model(env, c.init_from, dropout=c.dropout, seed=c.seed,
-                          activation_checkpointing=c.activation_checkpointing, compile=c.compile)
-    if model.args.vocab_size != tok.vocab_size:
-        raise ValueError(f"tokenizer {tok_path} has {tok.vocab_size} tokens, the model {model.args.vocab_size}")
-    max_len = min(c.max_seq_len or model.args.max_seq_len, model.args.max_seq_len)
+def dpo(c, env):
+    model, tok, tok_path = T.start(c, env)  # the policy; as loaded, before any step, it is the reference
+    max_len = T.max_len(c, model)
     pad_id = tok.eos_id
 
-    fields = ["prompt", "chosen", "rejected"]
-    records = read_jsonl(c.data, fields, allow_empty=False)
-    if c.eval_data:
-        train_recs, eval_recs = records, read_jsonl(c.eval_data, fields, allow_empty=False)
-    else:
-        train_recs, eval_recs = D.hold_out(records, c.eval_fraction, c.seed)
+    train_recs, eval_recs = T.read_data(c, ["prompt", "chosen", "rejected"])
     train_set = tokenize_pairs(tok, train_recs, max_len, c.data)
     eval_set = tokenize_pairs(tok, eval_recs, max_len, c.eval_data or c.data) if eval_recs else []
     # the reference is the model as loaded, before any step (reused on resume)
     reference_logps(model, train_set + eval_set, env, c, pad_id, os.path.join(c.out_dir, "ref_logps.jsonl"))
-    steps = c.max_steps or math.ceil(c.epochs * len(train_set) / c.batch_size)
-    log(f"DPO: {len(train_set)} train / {len(eval_set)} eval pairs, {steps} steps of {c.batch_size}, "
-        f"beta {c.beta}, world size {env.world}")
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, betas=(c.beta1, c.beta2),
-                                  weight_decay=c.weight_decay)
-    state_dir = os.path.join(c.out_dir, "state")
-    metrics = os.path.join(c.out_dir, "metrics.jsonl")
-    step = D.resume(model, optimizer, state_dir, metrics, env)  # 0 on a fresh start
+    steps = T.total_steps(c, len(train_set))
     n_params = model.num_params()
+    T.log(f"DPO: {len(train_set)} train / {len(eval_set)} eval pairs, {steps} steps of {c.batch_size}, "
+          f"beta {c.beta}, world size {env.world}")
+
+    optimizer, step = T.optimizer_and_resume(model, c)  # step 0 on a fresh start
     record = {}
     model.train()
-
-    bar = tqdm(total=steps, initial=step, disable=not env.master, desc="dpo")
+    bar = tqdm(total=steps, initial=step, disable=not D.is_rank0(), desc="dpo")
     while step < steps:
         if eval_set and step % c.eval_interval == 0:
-            D.log_metrics(env, metrics, {"step": step, **evaluate(model, eval_set, env, c, pad_id)})
+            T.log_metrics(c, {"step": step, **evaluate(model, eval_set, env, c, pad_id)})
         t0 = time.time()
-        lr = D.lr_at(step, steps, c.warmup_steps, c.lr, c.min_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        D.seed_step(c.seed, step, env.rank)
-
-        batch = [train_set[i] for i in D.batch_indices(step, c.batch_size, len(train_set), c.seed)]
-        per_rank = c.batch_size // env.world
-        mine = [(p, 1) for p in batch[env.rank * per_rank:(env.rank + 1) * per_rank]]
-        mbs = micro_batches(mine, c.micro_batch_size)
+        lr = T.begin_step(optimizer, step, steps, c, env)
+        batch, mine = T.step_batch(train_set, step, c, env)  # this step's pairs, this rank's part
+        mbs = T.micro_batches([(p, 1) for p in mine], c.micro_batch_size)
         stats = [0.0] * 6
         for i, mb in enumerate(mbs):
             if env.fsdp:
@@ -276,10 +218,8 @@ def _train(c, env, tok, tok_path):
             (loss * env.world).backward()
             stats = [a + b for a, b in zip(stats, s)]
         record = summarize(D.all_sum(env, *stats))
-        if not math.isfinite(record["loss"]):
-            raise FloatingPointError(f"loss is {record['loss']} at step {step}; stopping. The last good training "
-                                     f"state is in {state_dir} (if any was saved); lower lr and rerun to resume.")
-        grad_norm = D.clip_and_step(model, optimizer, c.grad_clip)
+        T.check_finite(record["loss"], step, c)
+        grad_norm = T.clip_and_step(model, optimizer, c.grad_clip)
         step += 1
         bar.update(1)
 
@@ -289,35 +229,21 @@ def _train(c, env, tok, tok_path):
             mfu = estimate_mfu(model.args, n_params, n_seen / dt / env.world, n_seen / len(batch) / 2, c.peak_flops)
             record.update(step=step, lr=lr, grad_norm=grad_norm.item(), tokens_per_s=n_seen / dt, mfu=mfu)
             bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
-            D.log_metrics(env, metrics, record)
-        if step % c.save_interval == 0 or step == steps:
-            D.save_state(model, optimizer, step, state_dir, env, {"loss": record["loss"]})
-        if step == c.crash_after_step:
-            os._exit(3)  # testing: die like a killed job
+            T.log_metrics(c, record)
+        T.end_step(model, optimizer, step, steps, c, {"loss": record["loss"]})  # resumable state every save_interval
     bar.close()
 
     if eval_set:
         record.update(evaluate(model, eval_set, env, c, pad_id))
-        D.log_metrics(env, metrics, {"step": step, **{k: v for k, v in record.items() if k.startswith("eval/")}})
-    dtype = getattr(torch, c.save_dtype) if c.save_dtype else (
-        torch.bfloat16 if env.device.startswith("cuda") else torch.float32)
-    out = os.path.join(c.out_dir, "model")
-    D.save_model(model, env, out, tok_path, dtype)
-    log(f"saved {out}")
+        T.log_metrics(c, {"step": step, **{k: v for k, v in record.items() if k.startswith("eval/")}})
+    out = T.save_final(model, c, env, tok_path)
+    T.log(f"saved {out}")
     return {"model": out, "steps": step, **record}
 
 
 def main(argv=None):
-    config = configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), argv)
-    try:
-        return train(config)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        # bad input or a diverged run: one clear line, not a traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    return T.main(train, DEFAULTS, __file__, __doc__, argv)
 
 
 if __name__ == "__main__":
-    if os.environ.get("TORCH_NUM_THREADS"):
-        torch.set_num_threads(int(os.environ["TORCH_NUM_THREADS"]))
-    main(sys.argv[1:])
+    main()

@@ -12,11 +12,10 @@ import os
 import sys
 
 import torch
-import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import distributed as D  # noqa: E402
-from model import load_checkpoint  # noqa: E402
+from checkpoint import load_model  # noqa: E402
 from sample import generate  # noqa: E402
 
 torch.set_num_threads(1)  # two ranks on a small shared CPU
@@ -26,11 +25,9 @@ with open(jobs_path) as f:
     jobs = json.load(f)
 results = []
 for job in jobs:
-    model = load_checkpoint(job["ckpt"]).eval()
-    D.shard(model, env)  # FSDP2: fully_shard per block and at the root
+    model = load_model(job["ckpt"], env).eval()  # FSDP2: fully_shard per block and at the root
     results.append(generate(model, job["prompts"], progress=False, **job["kwargs"]))
-if dist.get_rank() == 0:
+if D.is_rank0():
     with open(out_path, "w") as f:
         json.dump(results, f)
-dist.barrier()  # gloo can crash if a rank leaves early
-dist.destroy_process_group()
+D.teardown(env)  # a barrier first: gloo can crash if a rank leaves early

@@ -5,8 +5,9 @@ import os
 import pytest
 import torch
 
-from model import (PRESETS, KVCache, ModelArgs, Transformer, estimate_mfu, load_checkpoint, param_names,
-                   preset, read_config, save_checkpoint)
+from checkpoint import hf_name, load_model, read_config, save_model
+from model import PRESETS, ModelArgs, Transformer, estimate_mfu, preset
+from sample import KVCache
 
 transformers = pytest.importorskip("transformers")
 
@@ -38,7 +39,7 @@ def hf_logits(hf_model, tokens):
 @pytest.mark.parametrize("name,args", CONFIGS, ids=[c[0] for c in CONFIGS])
 def test_our_checkpoint_opens_in_transformers(tmp_path, name, args):
     model = random_model(args)
-    save_checkpoint(model, tmp_path / "ckpt")
+    save_model(model, tmp_path / "ckpt")
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ckpt", dtype=torch.float32).eval()
     assert hf.config.num_key_value_heads == args.n_kv_heads
     assert hf.config.intermediate_size == args.hidden_dim
@@ -65,7 +66,7 @@ def test_transformers_sharded_checkpoint_loads(tmp_path, name, args):
     shards = [f for f in os.listdir(tmp_path / "hf") if f.endswith(".safetensors")]
     assert len(shards) >= 3 and os.path.exists(tmp_path / "hf" / "model.safetensors.index.json")
 
-    model = load_checkpoint(tmp_path / "hf").eval()
+    model = load_model(tmp_path / "hf").eval()
     assert model.args.hidden_dim == args.hidden_dim and model.args.rope_theta == args.rope_theta
     tokens = torch.randint(0, args.vocab_size, (3, 40), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -75,26 +76,26 @@ def test_transformers_sharded_checkpoint_loads(tmp_path, name, args):
 
 def test_save_load_roundtrip_sharded_and_bf16(tmp_path):
     model = random_model(CONFIGS[1][1])
-    save_checkpoint(model, tmp_path / "a", max_shard_bytes=20_000)
+    save_model(model, tmp_path / "a", max_shard_bytes=20_000)
     files = os.listdir(tmp_path / "a")
     assert "model.safetensors.index.json" in files and "model-00001-of-" in " ".join(files)
-    loaded = load_checkpoint(tmp_path / "a")
+    loaded = load_model(tmp_path / "a")
     for (n, p), (n2, p2) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert n == n2 and torch.equal(p, p2), n
-    save_checkpoint(model, tmp_path / "b", dtype=torch.bfloat16)
+    save_model(model, tmp_path / "b", dtype=torch.bfloat16)
     assert json.load(open(tmp_path / "b" / "config.json"))["torch_dtype"] == "bfloat16"
-    half = load_checkpoint(tmp_path / "b", dtype=torch.bfloat16)
+    half = load_model(tmp_path / "b", dtype=torch.bfloat16)
     assert half.output.weight.dtype == torch.bfloat16
     assert torch.equal(half.output.weight, model.output.weight.to(torch.bfloat16))
 
 
 def test_save_overwrites_atomically(tmp_path):
     model = random_model(CONFIGS[0][1])
-    save_checkpoint(model, tmp_path / "ckpt")
+    save_model(model, tmp_path / "ckpt")
     model2 = random_model(CONFIGS[0][1], seed=5)
-    save_checkpoint(model2, tmp_path / "ckpt")
+    save_model(model2, tmp_path / "ckpt")
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no temporary folders left behind
-    assert torch.equal(load_checkpoint(tmp_path / "ckpt").output.weight, model2.output.weight)
+    assert torch.equal(load_model(tmp_path / "ckpt").output.weight, model2.output.weight)
 
 
 def make_meta_layout(model, path, n_shards):
@@ -124,13 +125,13 @@ def test_meta_layout_two_shards_equals_one(tmp_path):
     model = random_model(args)
     make_meta_layout(model, tmp_path / "mp1", 1)
     make_meta_layout(model, tmp_path / "mp2", 2)
-    one, two = load_checkpoint(tmp_path / "mp1"), load_checkpoint(tmp_path / "mp2")
+    one, two = load_model(tmp_path / "mp1"), load_model(tmp_path / "mp2")
     assert one.args.vocab_size == 300  # params.json says -1: taken from the weights
     for name, p in model.state_dict().items():
         assert torch.equal(one.state_dict()[name], p), name
         assert torch.equal(two.state_dict()[name], p), name
     # and a Meta checkpoint converted by us opens in transformers with the same logits
-    save_checkpoint(two, tmp_path / "hf")
+    save_model(two, tmp_path / "hf")
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     tokens = torch.randint(0, 300, (1, 30))
     with torch.no_grad():
@@ -144,7 +145,8 @@ def test_meta_device_presets_have_published_counts(name, count):
         model = Transformer(PRESETS[name])
     assert model.num_params() == count
     assert all(p.device.type == "meta" for p in model.parameters())
-    assert sorted(n for n, _ in model.named_parameters()) == sorted(param_names(model.args))
+    names = [n for n, _ in model.named_parameters()]  # every parameter has its own Hugging Face name
+    assert len({hf_name(n) for n in names}) == len(names) and hf_name(names[-1]) == "lm_head.weight"
 
 
 def test_llama2_70b_shapes():
@@ -218,53 +220,53 @@ def test_estimate_mfu_by_hand():
 
 def test_missing_tensor(tmp_path):
     from safetensors.torch import load_file, save_file
-    save_checkpoint(random_model(CONFIGS[0][1]), tmp_path / "c")
+    save_model(random_model(CONFIGS[0][1]), tmp_path / "c")
     f = tmp_path / "c" / "model.safetensors"
     tensors = load_file(f)
     del tensors["model.layers.1.mlp.up_proj.weight"]
     save_file(tensors, f, metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"missing tensors: model\.layers\.1\.mlp\.up_proj\.weight"):
-        load_checkpoint(tmp_path / "c")
+        load_model(tmp_path / "c")
 
 
 def test_shape_mismatch(tmp_path):
-    save_checkpoint(random_model(CONFIGS[0][1]), tmp_path / "c")
+    save_model(random_model(CONFIGS[0][1]), tmp_path / "c")
     cfg = json.load(open(tmp_path / "c" / "config.json"))
     cfg["intermediate_size"] += 32
     json.dump(cfg, open(tmp_path / "c" / "config.json", "w"))
     with pytest.raises(ValueError, match=r"tensor layers\.0\.feed_forward\.w\d\.weight \(model\.layers\.0\.mlp\.\w+_proj\.weight\) has shape .*, the config implies"):
-        load_checkpoint(tmp_path / "c")
+        load_model(tmp_path / "c")
 
 
 def test_vocab_differs_from_tokenizer(tmp_path, toy_tokenizer_path):
-    with pytest.raises(ValueError, match="tokenizer .* has \\d+ tokens but the model's vocab_size is 300"):
-        save_checkpoint(random_model(CONFIGS[0][1]), tmp_path / "c", tokenizer_path=toy_tokenizer_path)
-    save_checkpoint(random_model(CONFIGS[0][1]), tmp_path / "c")
+    with pytest.raises(ValueError, match="the model's vocab_size is 300 but tokenizer .* has \\d+ tokens"):
+        save_model(random_model(CONFIGS[0][1]), tmp_path / "c", tokenizer_path=toy_tokenizer_path)
+    save_model(random_model(CONFIGS[0][1]), tmp_path / "c")
     import shutil
     shutil.copy(toy_tokenizer_path, tmp_path / "c" / "tokenizer.model")
     with pytest.raises(ValueError, match="vocab_size is 300 but tokenizer .* has \\d+ tokens"):
-        load_checkpoint(tmp_path / "c")
+        load_model(tmp_path / "c")
 
 
 def test_corrupt_or_missing_config(tmp_path):
-    save_checkpoint(random_model(CONFIGS[0][1]), tmp_path / "c")
+    save_model(random_model(CONFIGS[0][1]), tmp_path / "c")
     (tmp_path / "c" / "config.json").write_text('{"hidden_size": 64, ')
     with pytest.raises(ValueError, match=r"config\.json: corrupt JSON"):
-        load_checkpoint(tmp_path / "c")
+        load_model(tmp_path / "c")
     (tmp_path / "c" / "config.json").write_text('{"hidden_size": 64}')
     with pytest.raises(ValueError, match="missing keys: intermediate_size"):
         read_config(tmp_path / "c")
     os.remove(tmp_path / "c" / "config.json")
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        load_checkpoint(tmp_path / "c")
+        load_model(tmp_path / "c")
     with pytest.raises(FileNotFoundError, match="checkpoint folder not found"):
-        load_checkpoint(tmp_path / "nowhere")
+        load_model(tmp_path / "nowhere")
 
 
 def test_matching_tokenizer_is_copied_and_checked(tmp_path, toy_tokenizer_path):
     from tokenizer import Tokenizer
     n = Tokenizer(toy_tokenizer_path).vocab_size
     model = random_model(preset("toy-tiny", vocab_size=n))
-    save_checkpoint(model, tmp_path / "c", tokenizer_path=toy_tokenizer_path)
+    save_model(model, tmp_path / "c", tokenizer_path=toy_tokenizer_path)
     assert os.path.exists(tmp_path / "c" / "tokenizer.model")
-    assert load_checkpoint(tmp_path / "c").args.vocab_size == n
+    assert load_model(tmp_path / "c").args.vocab_size == n

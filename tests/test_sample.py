@@ -14,6 +14,7 @@ import torch
 
 import model as M
 import sample as S
+from checkpoint import save_model
 from sample import generate, next_token, top_p_filter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,7 +78,7 @@ def test_sampling_runs_in_eval_mode():
 
 def test_greedy_equals_transformers(tiny, tmp_path):
     transformers = pytest.importorskip("transformers")
-    M.save_checkpoint(tiny, tmp_path / "ckpt")
+    save_model(tiny, tmp_path / "ckpt")
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ckpt", dtype=torch.float32).eval()
     hf.generation_config.eos_token_id = None  # ours without eos_id never stops early
     T = max(map(len, MIXED))
@@ -231,13 +232,12 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch):
     vocab = Tokenizer(toy_tokenizer_path).vocab_size
     torch.manual_seed(0)
     model = M.Transformer(M.preset("toy-tiny", vocab_size=vocab)).eval()
-    M.save_checkpoint(model, tmp_path / "ckpt", tokenizer_path=toy_tokenizer_path)
+    save_model(model, tmp_path / "ckpt", tokenizer_path=toy_tokenizer_path)
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     inp.write_text('{"prompt": "reverse the word fox", "id": 7}\n\n{"prompt": "count the letters"}\n')
-    for key, value in dict(ckpt=str(tmp_path / "ckpt"), prompts_file=str(inp), out=str(out), device="cpu",
-                           dtype="float32", max_new_tokens=6, temperature=0.0, progress=False).items():
-        monkeypatch.setattr(S, key, value)
-    S.main()
+    argv = [f"--{k}={v}" for k, v in dict(ckpt=tmp_path / "ckpt", prompts_file=inp, out=out, device="cpu",
+                                          dtype="float32", max_new_tokens=6, temperature=0.0, progress=False).items()]
+    S.main(argv)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     tok = Tokenizer(toy_tokenizer_path)
     expected = S.sample_chat(model, tok, ["reverse the word fox", "count the letters"],
@@ -246,18 +246,18 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch):
                        {"prompt": "count the letters", "response": expected[1]}]
     inp.write_text('{"prompt": "fine"}\n{"prompt": broken\n')
     with pytest.raises(ValueError, match=r"in\.jsonl:2: malformed JSON"):
-        S.main()
+        S.main(argv)
     inp.write_text('{"text": "no prompt"}\n')
     with pytest.raises(ValueError, match=r"in\.jsonl:1: missing or non-string field\(s\): prompt"):
-        S.main()
+        S.main(argv)
 
 
 def test_two_fsdp_ranks_equal_one_process(tiny, tmp_path):
     """torchrun, 2 ranks, gloo, FSDP2: the same results as one process, with
     uneven shares (7 prompts) and ranks that finish at different times."""
-    M.save_checkpoint(tiny, tmp_path / "tiny")
+    save_model(tiny, tmp_path / "tiny")
     chain = chain_model()
-    M.save_checkpoint(chain, tmp_path / "chain")
+    save_model(chain, tmp_path / "chain")
     # sorted by length and dealt out: rank 0 gets the long-running rows, rank 1 is done after two tokens
     chain_prompts = [[3, 3, 3, 3, 3], [3, 3, 3, 3, 0], [3, 3, 3, 4], [3, 3, 0], [5, 5], [0], [9]]
     jobs = [

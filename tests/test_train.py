@@ -21,10 +21,13 @@ import torch
 from conftest import ROOT
 
 import distributed as D
-from data import read_jsonl
 import train_dpo
 import train_sft
-from model import Transformer, load_checkpoint, preset, save_checkpoint
+import training as T
+from training import memory_plan
+from checkpoint import load_model, read_tensors, save_model
+from data import read_jsonl
+from model import Transformer, preset
 from tokenizer import Tokenizer, chat_tokens
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -42,7 +45,7 @@ def work(tmp_path_factory, toy_tokenizer_path):
     tok = Tokenizer(toy_tokenizer_path)
     torch.manual_seed(0)
     model = Transformer(preset("toy-tiny", vocab_size=tok.vocab_size, max_seq_len=128))
-    save_checkpoint(model, str(root / "ckpt"), tokenizer_path=toy_tokenizer_path)
+    save_model(model, str(root / "ckpt"), tokenizer_path=toy_tokenizer_path)
     rng = random.Random(0)
     with open(root / "sft.jsonl", "w") as f:
         for _ in range(40):
@@ -88,7 +91,7 @@ def losses(out_dir, key="loss"):
 
 
 def max_weight_diff(a, b):
-    A, B = load_checkpoint(a).state_dict(), load_checkpoint(b).state_dict()
+    A, B = load_model(a).state_dict(), load_model(b).state_dict()
     assert A.keys() == B.keys()
     return max((A[k] - B[k]).abs().max().item() for k in A)
 
@@ -148,7 +151,7 @@ def test_cli_reports_bad_input(work, tmp_path):
 
 
 def test_lr_schedule():
-    lrs = [D.lr_at(s, 100, 10, 1e-3, 1e-4) for s in range(101)]
+    lrs = [T.lr_at(s, 100, 10, 1e-3, 1e-4) for s in range(101)]
     assert lrs[0] == pytest.approx(1e-3 / 11) and lrs[9] == pytest.approx(1e-3 * 10 / 11)
     assert lrs[10] == pytest.approx(1e-3)  # peak after warmup
     assert lrs[55] == pytest.approx(1e-4 + 0.5 * 9e-4)  # half way down the cosine
@@ -157,12 +160,12 @@ def test_lr_schedule():
 
 
 def test_data_order_depends_only_on_seed_and_step():
-    a = [D.batch_indices(s, 16, 40, seed=3) for s in range(5)]
+    a = [T.batch_indices(s, 16, 40, seed=3) for s in range(5)]
     torch.manual_seed(123)  # global RNG state must not matter
-    assert a == [D.batch_indices(s, 16, 40, seed=3) for s in range(5)]
+    assert a == [T.batch_indices(s, 16, 40, seed=3) for s in range(5)]
     flat = sum(a, [])
     assert sorted(flat[:40]) == list(range(40))  # the first epoch is a permutation
-    assert a != [D.batch_indices(s, 16, 40, seed=4) for s in range(5)]
+    assert a != [T.batch_indices(s, 16, 40, seed=4) for s in range(5)]
 
 
 # -----------------------------------------------------------------------------
@@ -170,7 +173,7 @@ def test_data_order_depends_only_on_seed_and_step():
 
 def test_sft_masking_and_padding(work):
     tok = Tokenizer(str(work / "ckpt" / "tokenizer.model"))
-    model = load_checkpoint(str(work / "ckpt")).eval()
+    model = load_model(str(work / "ckpt")).eval()
     env = D.Env()
     a = chat_tokens(tok, "reverse the fox", "fox the")
     b = chat_tokens(tok, "count the letters in this rather long question please", "a much longer response 12345")
@@ -214,7 +217,7 @@ def test_sft_trains_and_saves_hf_layout(sft_single, work):
     assert {"loss", "lr", "tokens_per_s", "mfu", "grad_norm"} <= rec.keys()
     out = sft_single / "model"
     assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer.model"]
-    trained = load_checkpoint(str(out))
+    trained = load_model(str(out))
     assert max_weight_diff(out, work / "ckpt") > 1e-4  # it did train
     assert trained.args.vocab_size == Tokenizer(str(out / "tokenizer.model")).vocab_size
     # our tensor-by-tensor safetensors writer opens in transformers and computes the same
@@ -307,7 +310,7 @@ def test_dpo_log_probs_are_sums(work):
     """sequence_logps is the sum over response tokens, so a longer response
     has a lower log-prob; a mean would not depend on length like this."""
     tok = Tokenizer(str(work / "ckpt" / "tokenizer.model"))
-    model = load_checkpoint(str(work / "ckpt")).eval()
+    model = load_model(str(work / "ckpt")).eval()
     ex = chat_tokens(tok, "reverse the fox", "fox the")
     tokens, targets = train_sft.collate([ex], tok.eos_id)
     with torch.no_grad():
@@ -419,7 +422,7 @@ def test_sliced_reader_with_uneven_shards(work, monkeypatch):
     """Pretend to be each of 3 ranks (rows split 22/22/20 for a 64-row wq, so
     shards cut through heads, whose rows HF stores permuted): the slices read
     concatenate to exactly the plain load."""
-    plain = load_checkpoint(str(work / "ckpt"))
+    plain = load_model(str(work / "ckpt"))
     parts = {n: [] for n in plain.state_dict()}
     for rank in range(3):
         def rows(p, rank=rank):
@@ -427,18 +430,17 @@ def test_sliced_reader_with_uneven_shards(work, monkeypatch):
             start = min(rank * size, p.shape[0])
             return start, min(start + size, p.shape[0])
         monkeypatch.setattr(D, "local_rows", rows)
-        for name, t in D.iter_hf_slices(str(work / "ckpt"), plain):
+        for name, t in read_tensors(str(work / "ckpt"), plain):
             parts[name].append(t)
     for name, full in plain.state_dict().items():
         assert torch.equal(torch.cat(parts[name]), full), name
 
 
-def test_single_process_streaming_save_equals_load(work, tmp_path):
-    model = D.build_model(D.Env(), str(work / "ckpt"))
-    plain = load_checkpoint(str(work / "ckpt")).state_dict()
-    assert all(torch.equal(p, plain[n]) for n, p in model.named_parameters())
-    D.save_model(model, D.Env(), str(tmp_path / "one"), dtype=torch.bfloat16)
-    again = load_checkpoint(str(tmp_path / "one"))
+def test_single_process_streaming_save_in_bf16(work, tmp_path):
+    model = load_model(str(work / "ckpt"))
+    plain = model.state_dict()
+    save_model(model, str(tmp_path / "one"), dtype=torch.bfloat16)
+    again = load_model(str(tmp_path / "one"))
     from safetensors import safe_open
     with safe_open(str(tmp_path / "one" / "model.safetensors"), framework="pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
@@ -463,7 +465,7 @@ def test_memory_plan_counts_saved_activations():
         torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), torch.zeros(B * T, dtype=torch.long))
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     measured = sum(n for k, n in saved.items() if k not in weights)
-    plan = D.memory_plan(args, 1, B, T, gpu=True)
+    plan = memory_plan(args, 1, B, T, gpu=True)
     # saved in forward: the activations row + the fp32 log-softmax (4 bytes x V per token)
     predicted = plan["rows"]["activations"] + B * T * args.vocab_size * 4
     assert predicted == pytest.approx(measured, rel=0.02)

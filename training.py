@@ -1,0 +1,410 @@
+"""
+What train_sft.py and train_dpo.py share, so that each of them shows only its
+data, its loss and its training loop (the loop stays in each script: it is
+the lesson):
+
+    SETTINGS                   the settings both trainers take
+    main(), run()              the command line, the process group around a run
+    start()                    tokenizer and model (from scratch or a checkpoint,
+                               sharded under torchrun), data read and held out
+    batch_indices(), lr_at()   the data order and the learning-rate schedule
+    save_state(), resume()     training state saved every save_interval steps;
+                               the same command resumes a killed run exactly
+    clip_and_step()            clip the global gradient norm, step AdamW
+    memory_plan()              what each GPU will hold, before anyone launches 64
+
+Data parallelism is exact by construction: every loss is a SUM over the
+examples (or tokens) of one micro-batch divided by the count over the whole
+global batch on all ranks, so accumulation and sharding give the same
+gradient as one big batch.
+"""
+import json
+import math
+import os
+import shutil
+import sys
+import warnings
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+import distributed as D
+from checkpoint import check_tokenizer, load_model, load_tensors, read_config, save_model
+from configurator import configure, settings
+from data import read_jsonl, write_text
+from model import preset
+from tokenizer import Tokenizer
+
+# -----------------------------------------------------------------------------
+# Settings both trainers take (each script adds its own: where its model
+# starts, its data, its learning rate ...). python train_sft.py --help lists all.
+SETTINGS = dict(
+    tokenizer="",              # tokenizer.model; '' = the one in init_from
+    eval_data="",              # held-out JSON Lines; '' = hold out eval_fraction of data
+    eval_fraction=0.05,        # share of data held out when there is no eval_data
+    max_seq_len=0,             # longer examples (or pairs) are skipped and counted; 0 = the model's
+    batch_size=16,             # examples (SFT) or pairs (DPO) per optimizer step, over all ranks (paper: 16)
+    epochs=1,                  # passes over the data, when max_steps is 0
+    max_steps=0,               # optimizer steps; 0 = from epochs
+    warmup_steps=0,            # linear warmup steps
+    weight_decay=0.0,          # AdamW decoupled weight decay
+    beta1=0.9,                 # AdamW
+    beta2=0.95,                # AdamW
+    grad_clip=1.0,             # clip the global gradient norm to this; 0 = off
+    dropout=0.1,               # paper: 0.1
+    seed=1337,                 # data order, dropout, random init
+    eval_interval=50,          # steps between eval metrics (and at the end)
+    save_interval=50,          # steps between resumable training states (paper: a checkpoint every 200)
+    log_interval=1,            # steps between metrics lines
+    activation_checkpointing=False,  # recompute each block in backward: less memory, ~1.3x time
+    compile=False,             # torch.compile each block
+    device="",                 # '' = cuda if available, else cpu
+    save_dtype="",             # dtype of the final model; '' = bfloat16 on GPU, float32 on CPU
+    peak_flops=989e12,         # per device, for MFU (H100/H200 bf16 dense)
+    crash_after_step=-1,       # testing: exit hard right after this step (a simulated kill)
+)
+
+
+def main(train, defaults, script_file, doc, argv=None):
+    """A trainer's command line: settings from config files and --key=value
+    (--help lists them), then train(); bad input or a diverged run ends with
+    one clear line, not a traceback."""
+    if os.environ.get("TORCH_NUM_THREADS"):
+        torch.set_num_threads(int(os.environ["TORCH_NUM_THREADS"]))
+    config = configure(dict(defaults, __file__=script_file, __doc__=doc), argv, comment_files=[__file__])
+    try:
+        return train(config)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def run(loop, defaults, config):
+    """Run loop(c, env) with the settings (defaults, then `config` on top)
+    inside the process group: one process, or one rank of many under torchrun."""
+    c = settings(defaults, config)
+    env = D.setup(c.device)
+    try:
+        return loop(c, env)
+    finally:
+        D.teardown(env)
+
+
+def log(*args):
+    if D.is_rank0():
+        print(*args, flush=True)
+
+
+# -----------------------------------------------------------------------------
+# The model and the data
+
+def build_model(c, env, vocab_size):
+    """The model to train, never materialised whole on any rank when sharded:
+    from a checkpoint folder (each rank streams in only its slice), or from
+    scratch (a preset, c.model) with Transformer.initial_weights drawn from a
+    seeded generator, so one process and any number of ranks start alike."""
+    if c.init_from == "scratch":
+        model = D.empty_model(preset(c.model, vocab_size=vocab_size, dropout=c.dropout), env)
+        init = model.initial_weights(torch.Generator().manual_seed(c.seed))
+        load_tensors(model, ((name, full[slice(*D.local_rows(model.get_parameter(name)))]) for name, full in init),
+                     "random init")
+    else:
+        model = load_model(c.init_from, env, dropout=c.dropout)
+    model.activation_checkpointing = c.activation_checkpointing
+    if c.compile:
+        for block in model.layers:
+            block.compile()  # in place: parameter names stay the same
+    return model
+
+
+def start(c, env):
+    """Everything a training loop needs before its first step: (model,
+    tokenizer, tokenizer path), after checking the settings that would
+    otherwise fail late."""
+    if c.batch_size % (env.world * c.micro_batch_size):
+        raise ValueError(f"batch_size {c.batch_size} must divide by world size {env.world} x "
+                         f"micro_batch_size {c.micro_batch_size}")
+    if c.init_from == "scratch" and not c.tokenizer:
+        raise ValueError("init_from='scratch' needs --tokenizer=PATH (the vocabulary sets the model's vocab_size)")
+    tok_path = c.tokenizer or os.path.join(c.init_from, "tokenizer.model")
+    tok = Tokenizer(tok_path)
+    os.makedirs(c.out_dir, exist_ok=True)
+    model = build_model(c, env, tok.vocab_size)
+    check_tokenizer(tok_path, model.args, c.init_from)
+    return model, tok, tok_path
+
+
+def max_len(c, model):
+    """The longest sequence (tokens the model sees) a training example may have."""
+    return min(c.max_seq_len or model.args.max_seq_len, model.args.max_seq_len)
+
+
+def read_data(c, fields):
+    """(train records, eval records): c.data, and c.eval_data or a fixed,
+    seeded share (eval_fraction) of c.data held out."""
+    records = read_jsonl(c.data, fields, allow_empty=False)
+    if c.eval_data:
+        return records, read_jsonl(c.eval_data, fields, allow_empty=False)
+    return hold_out(records, c.eval_fraction, c.seed)
+
+
+def hold_out(items, fraction, seed):
+    """(train, eval): a fixed, seeded share of items held out for the eval loss."""
+    n_eval = 0 if fraction <= 0 or len(items) < 2 else min(len(items) - 1, max(1, round(len(items) * fraction)))
+    perm = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    held = set(perm[:n_eval])
+    return [x for i, x in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
+
+
+def total_steps(c, n_examples):
+    return c.max_steps or math.ceil(c.epochs * n_examples / c.batch_size)
+
+
+# -----------------------------------------------------------------------------
+# Data order and the schedule
+
+def batch_indices(step, batch_size, n, seed):
+    """The examples of optimizer step `step`. The data is an endless stream of
+    epochs, each a permutation drawn from (seed, epoch): the order depends on
+    nothing but the step, so a resumed run sees the same batches."""
+    out = []
+    for k in range(step * batch_size, (step + 1) * batch_size):
+        epoch, i = divmod(k, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        out.append(perm[i].item())
+    return out
+
+
+def step_batch(items, step, c, env):
+    """(the global batch of this step, this rank's contiguous part of it)."""
+    batch = [items[i] for i in batch_indices(step, c.batch_size, len(items), c.seed)]
+    per_rank = c.batch_size // env.world
+    return batch, batch[env.rank * per_rank:(env.rank + 1) * per_rank]
+
+
+def split_even(items, rank, world):
+    """This rank's share of items as (item, weight) pairs, the same number on
+    every rank (short ranks repeat items[0] with weight 0): under FSDP every
+    rank must run the same number of forward passes or the job hangs."""
+    mine = [(x, 1) for x in items[rank::world]]
+    per_rank = -(-len(items) // world)
+    return mine + [(items[0], 0)] * (per_rank - len(mine))
+
+
+def micro_batches(items, size):
+    """items in consecutive chunks of `size` (the last may be shorter)."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def lr_at(step, max_steps, warmup_steps, lr, min_lr):
+    """Linear warmup to lr, then cosine decay to min_lr at max_steps."""
+    if step < warmup_steps:
+        return lr * (step + 1) / (warmup_steps + 1)
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def begin_step(optimizer, step, steps, c, env):
+    """Set this step's learning rate and reseed every RNG (dropout) from
+    (seed, step, rank): a resumed run draws exactly the numbers an
+    uninterrupted one would, with no RNG state to carry in the checkpoint."""
+    lr = lr_at(step, steps, c.warmup_steps, c.lr, c.min_lr)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    torch.manual_seed(c.seed * 1_000_003 + step * 1009 + env.rank)
+    return lr
+
+
+def clip_and_step(model, optimizer, grad_clip):
+    """Clip the global gradient norm (over all shards), take the optimizer
+    step, clear the gradients; returns the norm before clipping."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def check_finite(loss, step, c):
+    """Stop before the optimizer touches the weights: the last saved state in
+    out_dir/state is intact and the run can be resumed from it with a lower lr."""
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss} at step {step}; stopping. The last good training state is in "
+                                 f"{state_dir(c)} (if any was saved); lower lr and rerun to resume.")
+
+
+# -----------------------------------------------------------------------------
+# Metrics, training state, resume, the final model
+
+def state_dir(c):
+    return os.path.join(c.out_dir, "state")
+
+
+def metrics_path(c):
+    return os.path.join(c.out_dir, "metrics.jsonl")
+
+
+def log_metrics(c, record):
+    if D.is_rank0():
+        with open(metrics_path(c), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def save_state(model, optimizer, step, path, info=None):
+    """
+    Model shards, optimizer state and the step with torch.distributed.checkpoint,
+    each rank writing its own shards (DCP needs a filesystem all ranks share).
+    Written to path.tmp, then swapped in: a kill at any moment leaves `path`
+    (or, between the two renames, path.old) holding the last complete state.
+    """
+    tmp, old = path + ".tmp", path + ".old"
+    if D.is_rank0() and os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    D.barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    with warnings.catch_warnings():  # one process: DCP warns that it is not distributed
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save({"model": model_sd, "optim": optim_sd, "step": torch.tensor(step)}, checkpoint_id=tmp)
+    D.barrier()
+    if D.is_rank0():
+        with open(os.path.join(tmp, "state.json"), "w") as f:
+            json.dump({"step": step, **(info or {})}, f)  # for people; the step that counts is in DCP
+        if os.path.exists(path):
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    D.barrier()
+
+
+def load_state(model, optimizer, path):
+    """Restore a state written by save_state; returns its step, or 0 if none."""
+    for candidate in (path, path + ".old"):  # .old: killed between the two renames
+        if os.path.exists(os.path.join(candidate, "state.json")):
+            break
+    else:
+        return 0
+    model_sd, optim_sd = get_state_dict(model, optimizer)  # the shapes to load into
+    state = {"model": model_sd, "optim": optim_sd, "step": torch.tensor(0)}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=candidate)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return int(state["step"])
+
+
+def optimizer_and_resume(model, c):
+    """AdamW over the (sharded) parameters, and the step to start from: the
+    last saved training state's, if any (0 for a fresh start). Metrics lines
+    a killed run wrote after that state go, so the file reads as one run."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, betas=(c.beta1, c.beta2),
+                                  weight_decay=c.weight_decay)
+    step = load_state(model, optimizer, state_dir(c))
+    if step:
+        log(f"resumed from {state_dir(c)} at step {step}")
+        if D.is_rank0() and os.path.exists(metrics_path(c)):
+            with open(metrics_path(c)) as f:
+                keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+            write_text(metrics_path(c), "".join(keep))
+        D.barrier()
+    return optimizer, step
+
+
+def end_step(model, optimizer, step, steps, c, info):
+    """After optimizer step `step`: save the resumable state every
+    save_interval steps and at the end."""
+    if step % c.save_interval == 0 or step == steps:
+        save_state(model, optimizer, step, state_dir(c), info)
+    if step == c.crash_after_step:
+        os._exit(3)  # testing: die like a killed job, no cleanup
+
+
+def save_final(model, c, env, tok_path):
+    """The trained model, in the Hugging Face layout at out_dir/model."""
+    dtype = getattr(torch, c.save_dtype) if c.save_dtype else (
+        torch.bfloat16 if env.device.startswith("cuda") else torch.float32)
+    return save_model(model, os.path.join(c.out_dir, "model"), tok_path, dtype)
+
+
+# -----------------------------------------------------------------------------
+# The memory plan
+
+def plan_memory(c):
+    """--plan_only: print the memory plan of init_from's config (else the
+    preset c.model) for c.world_size GPUs; no data, no weights."""
+    args = read_config(c.init_from) if os.path.isdir(c.init_from) else preset(c.model)
+    plan = memory_plan(args, c.world_size or int(os.environ.get("WORLD_SIZE", 1)), c.micro_batch_size,
+                       c.max_seq_len or args.max_seq_len, c.activation_checkpointing,
+                       gpu_memory_gb=c.gpu_memory_gb, dropout=c.dropout)
+    print(plan["text"])
+    return plan
+
+
+def memory_plan(args, world_size, micro_batch_size, seq_len, activation_checkpointing=False,
+                gpu=True, gpu_memory_gb=80, dropout=0.0):
+    """
+    Bytes each GPU holds under FSDP2 with fp32 master weights and AdamW:
+      sharded state     (4 param + 4 grad + 8 AdamW m,v) * P / world
+      in flight         2 blocks' bf16 params (the running one + the prefetched
+                        next), one block's fp32 gradient before its
+                        reduce-scatter, and the root's embedding + output in bf16
+      activations       what autograd saves, per token per layer, counted from
+                        this model's forward (a = bytes of the compute dtype, 2
+                        for bf16; h dim, kv = n_kv_heads*head_dim, f ffn width,
+                        H heads):
+                          2 RMSNorms   2*(4h fp32 input + 4 rstd + a*h normalised
+                                       + a*h times the weight, the next matmul's input)
+                          attention    a*(h + 2kv) q,k,v + 4H logsumexp
+                                       (flash/efficient SDPA: no T x T matrix stored)
+                                       + a*h the output re-laid out for wo
+                          SwiGLU       4*a*f (w1 x, w3 x, silu(w1 x), their product)
+                          dropout      2h one-byte masks (when dropout > 0)
+                        = (8 + 6a)h + 2a*kv + 4a*f + 4H + 8 [+ 2h]
+                        plus, once: the final norm (4 + 2a)h + 8, the token
+                        ids 8, and the rotary cos/sin 8*head_dim (fp32)
+                        With activation checkpointing a layer keeps only its
+                        input a*h, plus one layer's full set while it is
+                        recomputed in backward.
+      logits            a*V logits + 4V fp32 log-softmax + 4V its gradient
+    tests/test_train.py checks the activation count against the bytes autograd
+    really saves (bf16, CPU). Not counted: allocator fragmentation, temporary
+    buffers inside kernels, NCCL buffers; leave 10-20% headroom. Attention
+    dropout on the math SDPA kernel (CPU) stores T x T probabilities per head.
+    """
+    a = 2 if gpu else 4
+    h, kv, f, L, V = args.dim, args.n_kv_heads * args.head_dim, args.hidden_dim, args.n_layers, args.vocab_size
+    block = 2 * h + 2 * h * h + 2 * h * kv + 3 * h * f  # two norms, wq wo, wk wv, w1 w2 w3
+    root = 2 * V * h + h
+    P = L * block + root
+    tokens = micro_batch_size * seq_len
+    per_layer = (8 + 6 * a) * h + 2 * a * kv + 4 * a * f + 4 * args.n_heads + 8 + (2 * h if dropout > 0 else 0)
+    final_norm = (4 + 2 * a) * h + 8 + 8 + 8 * args.head_dim  # final RMSNorm, token ids (int64), rotary cos/sin
+    if activation_checkpointing:
+        acts = tokens * (L * a * h + per_layer + final_norm)
+    else:
+        acts = tokens * (L * per_layer + final_norm)
+    logits = tokens * V * (a + 8)
+    rows = [
+        ("parameters (fp32 shard)", 4 * P / world_size),
+        ("gradients (fp32 shard)", 4 * P / world_size),
+        ("AdamW m and v (fp32 shard)", 8 * P / world_size),
+        ("unsharded params/grads in flight", 2 * 2 * block + 4 * block + 2 * root if gpu else 4 * (2 * block + root)),
+        ("activations" + (" (checkpointed)" if activation_checkpointing else ""), acts),
+        ("logits and their fp32 loss", logits),
+    ]
+    total = sum(b for _, b in rows)
+    lines = [f"memory plan: {P / 1e9:.2f}B parameters, world size {world_size}, micro-batch "
+             f"{micro_batch_size} x {seq_len} tokens, activation checkpointing {activation_checkpointing}"]
+    lines += [f"  {name:38s} {b / 2**30:9.2f} GiB" for name, b in rows]
+    lines.append(f"  {'total per GPU':38s} {total / 2**30:9.2f} GiB")
+    # the fewest GPUs for this micro-batch: only the 16 bytes/param shrink with world size
+    usable = gpu_memory_gb * 1e9 * 0.85
+    per_gpu_fixed = total - 16 * P / world_size
+    if per_gpu_fixed >= usable:
+        lines.append(f"  does not fit a {gpu_memory_gb} GB GPU at any world size: turn on "
+                     "activation_checkpointing or lower the micro-batch")
+    else:
+        need = math.ceil(16 * P / (usable - per_gpu_fixed))
+        lines.append(f"  {gpu_memory_gb} GB GPUs (85% usable): needs at least {need} GPUs "
+                     f"({math.ceil(need / 8)} nodes of 8); {world_size} {'fits' if total <= usable else 'does NOT fit'}")
+    return {"params": P, "rows": dict(rows), "total": total, "text": "\n".join(lines)}
