@@ -6,6 +6,7 @@ ends with "Score: N". This file holds
     judge_prompt(...)       the Figure 2 prompt, filled in
     parse_score(text)       the score a judgment ends with, 0..5 or None
     judge(...)              sample each judgment n times, average the scores
+    judge_groups(...)       the same for groups of responses to one prompt each
     reward_metrics(...)     agreement with human rankings (Section 3, Table 4)
     make_eft_targets(...)   EFT training targets written by the SFT baseline
 
@@ -18,6 +19,8 @@ from collections import Counter
 
 import numpy as np
 
+from data import write_jsonl
+from sample import generate
 from tokenizer import chat_prompt_ids
 
 # -----------------------------------------------------------------------------
@@ -127,14 +130,12 @@ def judge(model, tokenizer, prompts, responses, n_samples=3, temperature=0.7, to
                   (such a response must never be chosen nor rejected)
       records[i]  {"prompt", "response", "judgments": [text]*n, "scores": [int|None]*n,
                    "score": mean|None}: the raw judgments, to keep beside the pairs
-    generate_fn defaults to sample.generate (imported here, so this file loads
-    without it); tests pass a stub with the same contract.
+    generate_fn defaults to sample.generate; tests pass a stub with the same contract.
     """
     assert len(prompts) == len(responses), "one response per prompt"
     if not prompts:
         return [], []
-    if generate_fn is None:
-        from sample import generate as generate_fn
+    generate_fn = generate_fn or generate
     ids = [judge_prompt_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
     outs = generate_fn(model, ids, max_new_tokens, temperature=temperature, top_p=top_p,
                        n=n_samples, eos_id=tokenizer.eos_id, seed=seed, batch_size=batch_size, progress=progress)
@@ -148,6 +149,20 @@ def judge(model, tokenizer, prompts, responses, n_samples=3, temperature=0.7, to
         scores.append(score)
         records.append({"prompt": p, "response": r, "judgments": texts, "scores": parsed, "score": score})
     return scores, records
+
+
+def judge_groups(model, tokenizer, prompts, response_lists, **judge_kwargs):
+    """Judge groups of responses: response_lists[g] answers prompts[g]. All
+    responses are judged in one judge(...) call (judge_kwargs go to it), so
+    the result is the same as judging the flat list; returns, per group, the
+    list of judge's records of its responses, in order."""
+    flat = [(p, r) for p, responses in zip(prompts, response_lists) for r in responses]
+    _, records = judge(model, tokenizer, [p for p, _ in flat], [r for _, r in flat], **judge_kwargs)
+    groups, k = [], 0
+    for responses in response_lists:
+        groups.append(records[k:k + len(responses)])
+        k += len(responses)
+    return groups
 
 
 # -----------------------------------------------------------------------------
@@ -288,14 +303,11 @@ def make_eft_targets(model, tokenizer, groups, out_path=None, n_attempts=1, temp
     Writes (if out_path) and returns the SFT records
     {"prompt": judge prompt text, "response": justification + "Score: N", "score": N}.
     """
-    from data import write_jsonl
-    flat = [(g["prompt"], resp) for g in groups for resp in g["responses"]]
-    _, judged = judge(model, tokenizer, [p for p, _ in flat], [r for _, r in flat], n_samples=n_attempts,
-                      temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                      seed=seed, batch_size=batch_size, generate_fn=generate_fn)
-    records, k = [], 0
-    for g in groups:
-        mine, k = judged[k:k + len(g["responses"])], k + len(g["responses"])
+    judged = judge_groups(model, tokenizer, [g["prompt"] for g in groups], [g["responses"] for g in groups],
+                          n_samples=n_attempts, temperature=temperature, top_p=top_p,
+                          max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, generate_fn=generate_fn)
+    records = []
+    for g, mine in zip(groups, judged):
         for a in range(n_attempts):
             correct = _pairs_correct([j["scores"][a] for j in mine], g["ranks"])
             if correct and all(correct):

@@ -1,7 +1,9 @@
-# DPO of the toy model on its own preference pairs (CPU):
-#   python train_dpo.py config/dpo_toy.py --data=out/toy/iter1/pairs.jsonl
-init_from = "out/toy/M1/model"
-out_dir = "out/toy/M2"
+# DPO of the loop's toy M1 on its own first-iteration preference pairs (CPU;
+# run python selfreward.py first: it writes out/toy/M1/ and out/toy/iter1/pairs.jsonl):
+#   python train_dpo.py config/dpo_toy.py
+init_from = "out/toy/M1"
+data = "out/toy/iter1/pairs.jsonl"
+out_dir = "out/toy_dpo"
 batch_size = 16
 micro_batch_size = 4
 epochs = 1

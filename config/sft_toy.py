@@ -1,8 +1,12 @@
-# SFT of the toy model from scratch on a laptop CPU, in a few minutes:
-#   python train_sft.py config/sft_toy.py --data=out/toy/sft.jsonl --tokenizer=out/toy/tokenizer.model
+# SFT of a toy model from scratch on a laptop CPU, in a few minutes, on the data
+# the self-rewarding loop trains M1 on (run python selfreward.py first; it
+# writes out/toy/train/ift_eft.jsonl and out/toy/tokenizer.model):
+#   python train_sft.py config/sft_toy.py
 init_from = "scratch"
 model = "toy"
-out_dir = "out/toy/M1"
+tokenizer = "out/toy/tokenizer.model"
+data = "out/toy/train/ift_eft.jsonl"   # IFT seed + EFT targets, shuffled: M1's SFT data
+out_dir = "out/toy_sft"
 batch_size = 16
 micro_batch_size = 8
 epochs = 3

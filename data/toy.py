@@ -31,11 +31,15 @@ it. It reads the task from record["task"], or parses it from the prompt text
 when the record has none (this works for every prompt this file writes; a
 prompt the model invents itself has no ground truth and is not graded).
 
+The toy world also writes M0's pretraining documents (pretraining_docs) and
+the few-shot request the loop asks new prompts with (fewshot_text).
+
 Files written by write_toy(out_dir) (formats in data/__init__.py):
     ift.jsonl              {"prompt", "response", "task"}            IFT seed (3,200); right
-                           answers, bare or (a share ift_chatty) with a friendly phrase
+                           answers, bare or (a share ift_chatty, 60%) with a friendly phrase
     eft_train.jsonl        {"prompt": judge prompt, "response": why + "Score: N", "score"}
-                           EFT targets, one per judged response (1,630)
+                           EFT targets, one per judged response (4,890; the paper
+                           had 1,630, a 1M-parameter judge needs 3x)
     eft_train_groups.jsonl {"prompt", "responses", "ranks", "scores", "task"}
                            the same responses as groups, for judge.make_eft_targets
     eft_eval.jsonl         the same group shape; 541 responses in all
@@ -44,10 +48,15 @@ EFT sizes count judged responses: the paper's 541 eval examples match in number
 the ranked first-turn replies of the oasst1 validation split (541, 186 prompts).
 Groups have 2 to 4 responses (2.85 on average), all of different grades;
 rank 0 = best, as in Open Assistant. No task appears in two files.
+build()'s defaults are the self-rewarding loop's (selfreward.py), so
 
     python -m data.toy --out=data/toy --seed=1337
+
+writes the same files as the loop's out/toy/seed/.
 """
 import argparse
+import inspect
+import json
 import os
 import random
 import re
@@ -370,7 +379,7 @@ def ift_response(task, rng, chatty):
     return CHATTER[0].format(x=answer(task)) if chatty and rng.random() < chatty else answer(task)
 
 
-def build(seed=1337, n_ift=3200, n_eft_train=1630, n_eft_eval=541, n_test=256, ift_chatty=0.0):
+def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=541, n_test=256, ift_chatty=0.6):
     """All toy seed sets as lists of records; the same seed gives the same sets."""
     if 1 in (n_eft_train, n_eft_eval):
         raise ValueError("an EFT set needs 0 or at least 2 responses")
@@ -407,6 +416,65 @@ def write_toy(out_dir, seed=1337, **sizes):
     return {name: write_jsonl(os.path.join(out_dir, f"{name}.jsonl"), records) for name, records in sets.items()}
 
 
+# -----------------------------------------------------------------------------
+# M0's "web text". Real runs start from a pretrained model (Llama 2 70B in the
+# paper); the toy world has none, so selfreward.py pretrains M0 on documents
+# of the toy world: listings of task prompts, and quiz pages of worked examples
+# (no chat template, no judgments). That gives the base model what the method
+# assumes a pretrained LM has: the language of the tasks, some skill at them,
+# and the habit of continuing a list of instructions, which few-shot prompt
+# writing relies on.
+
+DOC_HEAD = "Here are some tasks:\n"
+
+
+def task_list(prompts):
+    """A pretraining document: a Self-Instruct style listing, one task per line."""
+    return DOC_HEAD + "".join(f"Task: {p}\n" for p in prompts)
+
+
+def fewshot_text(prompts):
+    """The few-shot request for new prompts: the same listing, left open for
+    the model to continue. selfreward.py asks every prompt writer (toy or
+    real) this way."""
+    return task_list(prompts) + "Task:"
+
+
+def worked_examples(pairs):
+    """A pretraining document: questions with their answers, as a quiz page
+    on the web would have them (no chat template, no judgments)."""
+    return "".join(f"Q: {p}\nA: {a}\n" for p, a in pairs)
+
+
+def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs):
+    """M0's pretraining documents {"text"}: n_list_docs task listings and
+    n_qa_docs quiz pages, 4 to 12 tasks each, shuffled. Nothing the
+    evaluation asks about (seed_dir's test and EFT eval tasks and prompts)
+    is in them."""
+    held = [rec for f in ("test", "eft_eval") for rec in read_jsonl(os.path.join(seed_dir, f + ".jsonl"))]
+    held_prompts = {rec["prompt"] for rec in held}
+    held_tasks = {json.dumps(rec["task"], sort_keys=True) for rec in held}
+
+    def fresh_tasks(k):
+        out = []
+        while len(out) < k:
+            task = sample_task(rng)
+            if task and json.dumps(task, sort_keys=True) not in held_tasks:
+                p = render(task, rng)
+                if p not in held_prompts:
+                    out.append((p, task))
+        return out
+
+    docs = [{"text": task_list([p for p, _ in fresh_tasks(rng.randint(4, 12))])} for _ in range(n_list_docs)]
+    docs += [{"text": worked_examples([(p, answer(t)) for p, t in fresh_tasks(rng.randint(4, 12))])}
+             for _ in range(n_qa_docs)]
+    rng.shuffle(docs)
+    return docs
+
+
+# -----------------------------------------------------------------------------
+# The toy tokenizer's training text
+
 def corpus(out_dir):
     """Texts to train the toy tokenizer on: every prompt and response in the
     seed files (which include the judge prompt many times), and the chat markers."""
@@ -418,16 +486,15 @@ def corpus(out_dir):
 
 
 if __name__ == "__main__":
+    # the defaults are build()'s, which are the self-rewarding loop's: the same files as its seed/
+    defaults = {k: v.default for k, v in inspect.signature(build).parameters.items()}
+    notes = {"n_eft_train": "judged responses", "n_eft_eval": "judged responses",
+             "ift_chatty": "share of IFT answers with a friendly phrase"}
     p = argparse.ArgumentParser(description="Write the toy world's seed files.")
     p.add_argument("--out", default="data/toy", help="output folder")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--n_ift", type=int, default=3200)
-    p.add_argument("--n_eft_train", type=int, default=1630, help="judged responses")
-    p.add_argument("--n_eft_eval", type=int, default=541, help="judged responses")
-    p.add_argument("--n_test", type=int, default=256)
-    p.add_argument("--ift_chatty", type=float, default=0.6, help="share of IFT answers with a friendly phrase")
-    args = p.parse_args()
-    paths = write_toy(args.out, args.seed, n_ift=args.n_ift, n_eft_train=args.n_eft_train,
-                      n_eft_eval=args.n_eft_eval, n_test=args.n_test, ift_chatty=args.ift_chatty)
+    for k, v in defaults.items():
+        p.add_argument(f"--{k}", type=type(v), default=v, help=notes.get(k))
+    args = vars(p.parse_args())
+    paths = write_toy(args.pop("out"), **args)
     for name, path in paths.items():
         print(f"{sum(1 for _ in open(path)):6d} records  {path}")

@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from conftest import shared_file
-from judge import (JUDGE_PROMPT, judge, judge_prompt, kendall_tau, make_eft_targets, parse_score,
+from judge import (JUDGE_PROMPT, judge, judge_groups, judge_prompt, kendall_tau, make_eft_targets, parse_score,
                    reward_metrics, spearman)
 
 
@@ -119,6 +119,19 @@ def test_judge_averages_and_keeps_the_raw_judgments():
     assert CharTokenizer().decode(call["prompts"][1][1:]) == "[INST] " + judge_prompt("p1", "r1") + " [/INST]"
     assert judge("model", CharTokenizer(), [], [], generate_fn=gen) == ([], [])
 
+
+
+def test_judge_groups_is_judge_on_the_flat_list_regrouped():
+    texts = ["Score: 4", "Score: 1", "x", "Score: 2", "Score: 5", "Score: 3", "Score: 0", "Score: 4"]  # n=2 each
+    prompts, groups = ["p0", "p1", "p2"], [["a", "b"], [], ["c", "d"]]
+    gen, calls = stub_generate(texts)
+    grouped = judge_groups("model", CharTokenizer(), prompts, groups, n_samples=2, seed=3, generate_fn=gen)
+    gen2, calls2 = stub_generate(texts)
+    _, flat = judge("model", CharTokenizer(), ["p0", "p0", "p2", "p2"], ["a", "b", "c", "d"], n_samples=2, seed=3,
+                    generate_fn=gen2)
+    assert grouped == [flat[:2], [], flat[2:]] and calls == calls2 and len(calls) == 1  # one sampler call
+    assert [[j["score"] for j in g] for g in grouped] == [[2.5, 2.0], [], [4.0, 2.0]]
+    assert [j["response"] for j in grouped[2]] == ["c", "d"] and grouped[2][0]["prompt"] == "p2"
 
 def test_reward_metrics_by_hand():
     # prompt A: ranks 0,1,2 scored 5,3,3 -> pairs (0,1) ok (0,2) ok (1,2) tie: wrong

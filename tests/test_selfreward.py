@@ -1,17 +1,28 @@
-"""The whole loop on a micro config: artifacts, resume after kills, 2 ranks, bad input."""
+"""The whole loop on a micro config: artifacts, resume after kills, 2 ranks, bad input;
+settings passed explicitly; the toy seed CLI and example configs agree with the loop."""
+import dis
+import filecmp
+import inspect
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import types
 from collections import Counter
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+import configurator
+import selfreward as S
+import train_dpo
+import train_sft
 from conftest import ROOT
-from data import read_jsonl, write_jsonl
+from data import read_jsonl, toy, write_jsonl
 from judge import parse_score
 from tokenizer import Tokenizer
 
@@ -101,7 +112,6 @@ def test_new_prompts_are_not_seed_or_test_prompts(micro_run):
 
 
 def weights(path):
-    from safetensors.torch import load_file
     return load_file(os.path.join(path, "model.safetensors"))
 
 
@@ -185,7 +195,6 @@ def test_empty_or_malformed_seed_data(tmp_path):
 
 
 def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch):
-    import selfreward as S
     os.makedirs(tmp_path / "iter1")
     monkeypatch.setattr(S, "sys", type("Sys", (), {"exit": staticmethod(lambda msg: (_ for _ in ()).throw(SystemExit(msg)))}))
 
@@ -200,17 +209,100 @@ def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch):
     pairs, dropped = S.make_pairs([{"prompt": "p", "candidates": ["a", "b", "c"], "score": [2.0, 4.5, 2.0]}])
     assert pairs == [{"prompt": "p", "chosen": "b", "rejected": "a", "chosen_score": 4.5, "rejected_score": 2.0,
                       "chosen_index": 1, "rejected_index": 0}]
-    assert S.malformed("Reverse the word 'abc'.", finished=False).startswith("unfinished")
-    assert S.malformed("Task: Reverse it now", finished=True) == "contains markup"
-    assert S.malformed("Hi", finished=True) == "length out of bounds"
-    assert S.malformed("Reverse the word 'abc'.", finished=True) is None
+    bounds = S.DEFAULTS["min_prompt_words"], S.DEFAULTS["max_prompt_words"]  # 3, 60
+    assert S.malformed("Reverse the word 'abc'.", False, *bounds).startswith("unfinished")
+    assert S.malformed("Task: Reverse it now", True, *bounds) == "contains markup"
+    assert S.malformed("Hi", True, *bounds) == "length out of bounds"
+    assert S.malformed("Reverse the word 'abc'.", True, *bounds) is None
+    assert S.malformed("Reverse the word 'abc'.", True, 5, 60) == "length out of bounds"  # the bounds given count
 
 
 def test_rouge_l_by_hand():
-    import selfreward as S
     a, b = S.words("Reverse the word 'TAMILO'."), S.words("Reverse the word 'BAKURO'.")
     # 7 tokens each (reverse, the, word, ', x, ', .), 6 in common in order
     assert S.rouge_l(a, b) == pytest.approx(2 * 6 / 14)
     assert S.rouge_l(a, a) == 1.0 and S.rouge_l(a, []) == 0.0
     assert S.too_similar(a, [(a, Counter(a))], 0.9)
     assert not S.too_similar(a, [(b, Counter(b))], 0.9)
+
+
+# --- one config idiom: settings passed explicitly -------------------------------------
+
+def globals_read(code):
+    """Every global name a function (and the functions and lambdas inside it) reads."""
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= globals_read(const)
+    return names
+
+
+def test_no_function_reads_a_setting_from_module_globals():
+    """Stages get the settings as `c`: a function reading a module global such
+    as `temperature` would silently use the default, not the configured value."""
+    functions = [f for f in vars(S).values() if inspect.isfunction(f) and f.__module__ == "selfreward"]
+    assert len(functions) > 15 and S.main in functions and S.stage_prompts in functions
+    readers = {f.__name__: sorted(globals_read(f.__code__) & set(S.DEFAULTS)) for f in functions}
+    assert {k: v for k, v in readers.items() if v} == {}
+    assert "DOC_HEAD" not in S.DEFAULTS and {"seed", "temperature", "progress"} <= set(S.DEFAULTS)
+
+
+def test_main_takes_argv(capsys):
+    with pytest.raises(SystemExit) as e:
+        S.main(["--help"])
+    assert e.value.code == 0 and "--n_candidates" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        S.main(["--no_such_setting=1"])
+    assert e.value.code == 2 and "unknown setting 'no_such_setting'" in capsys.readouterr().err
+
+
+# --- the toy seed data: python -m data.toy writes what the loop writes ---------------
+
+TOY_SIZES = ("n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty")
+
+
+def test_toy_defaults_are_the_loops():
+    defaults = {k: p.default for k, p in inspect.signature(toy.build).parameters.items()}
+    assert set(defaults) == {"seed", *TOY_SIZES}
+    assert defaults == {k: S.DEFAULTS[k] for k in defaults}
+
+
+def toy_cli(out, *args):
+    r = subprocess.run([sys.executable, "-m", "data.toy", f"--out={out}", *args], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def same_files(a, b):
+    names = sorted(os.listdir(a))
+    assert names == sorted(os.listdir(b)) and len(names) == 5
+    for name in names:
+        assert filecmp.cmp(os.path.join(a, name), os.path.join(b, name), shallow=False), name
+
+
+def test_toy_cli_writes_the_loops_default_seed(tmp_path):
+    toy_cli(tmp_path / "cli")
+    toy.write_toy(tmp_path / "loop", seed=S.DEFAULTS["seed"],
+                  **{k: S.DEFAULTS[k] for k in TOY_SIZES})  # what stage_seed_data writes by default
+    same_files(tmp_path / "cli", tmp_path / "loop")
+
+
+def test_toy_cli_writes_the_loops_seed_folder(micro_run, tmp_path):
+    run, _ = micro_run
+    toy_cli(tmp_path, *(f"--{k}={MICRO[k]}" for k in TOY_SIZES if k in MICRO))
+    same_files(tmp_path, run / "seed")
+
+
+# --- the example configs: their keys exist, their paths are what the loop writes -----
+
+@pytest.mark.parametrize("config, defaults", [("config/sft_toy.py", train_sft.DEFAULTS),
+                                              ("config/dpo_toy.py", train_dpo.DEFAULTS),
+                                              ("config/llama2_70b_oasst.py", S.DEFAULTS)])
+def test_configs_apply_and_point_at_the_loops_files(micro_run, config, defaults):
+    run, _ = micro_run
+    path = os.path.join(ROOT, config)
+    configurator.apply(dict(defaults), [path])  # every key is a setting of the script, of its type
+    mentioned = set(re.findall(r"out/toy/[\w./-]+", open(path).read()))
+    assert bool(mentioned) == (defaults is not S.DEFAULTS)
+    for p in mentioned:  # out/toy/... in the default run is out/micro/... in the micro run
+        assert os.path.exists(run / p[len("out/toy/"):].rstrip("/.")), p

@@ -2,12 +2,14 @@
 import filecmp
 import os
 import random
+import re
 from collections import Counter
 
 import pytest
 
 from data import read_jsonl
-from data.toy import TEMPLATES, answer, build, corpus, grade, render, sample_task, task_from_prompt, write_toy
+from data.toy import (DOC_HEAD, TEMPLATES, answer, build, corpus, fewshot_text, grade, pretraining_docs, render,
+                      sample_task, task_from_prompt, write_toy)
 from judge import JUDGE_PROMPT, parse_score
 from tokenizer import chat_tokens, train_tokenizer
 
@@ -58,10 +60,15 @@ def test_tasks_answers_and_prompt_parsing():
         assert len(render(t, rng).split()) <= 12
 
 
+# The paper's seed sizes, every IFT answer bare (the loop's defaults, build()'s,
+# triple the EFT data and say 60% of the answers chattily: test_chatty_seed_answers)
+PAPER = dict(n_ift=3200, n_eft_train=1630, n_eft_eval=541, n_test=256, ift_chatty=0.0)
+
+
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     folder = tmp_path_factory.mktemp("toy")
-    write_toy(folder)
+    write_toy(folder, **PAPER)
     return folder, {name: read_jsonl(os.path.join(folder, f"{name}.jsonl"))
                     for name in ("ift", "eft_train", "eft_train_groups", "eft_eval", "test")}
 
@@ -90,7 +97,7 @@ def test_chatty_seed_answers():
     """ift_chatty: a share of the seed answers says the right answer with a
     friendly phrase, always the same one (grade 4, found by the grader, not by
     how it was made); the rest are bare (grade 5). The tasks stay the same."""
-    plain, chatty = build(n_ift=1000), build(n_ift=1000, ift_chatty=0.4)
+    plain, chatty = build(n_ift=1000, ift_chatty=0.0), build(n_ift=1000, ift_chatty=0.4)
     grades = Counter(grade(r, r["response"]) for r in chatty["ift"])
     assert set(grades) == {4, 5} and 0.35 < grades[4] / 1000 < 0.45
     for p, c in zip(plain["ift"], chatty["ift"]):
@@ -111,7 +118,7 @@ def test_no_task_in_two_sets(toy):
 
 def test_same_seed_same_files(toy, tmp_path):
     folder, _ = toy
-    write_toy(tmp_path)
+    write_toy(tmp_path, **PAPER)
     for name in os.listdir(folder):
         if name.endswith(".jsonl"):
             assert filecmp.cmp(os.path.join(folder, name), os.path.join(tmp_path, name), shallow=False), name
@@ -128,3 +135,24 @@ def test_everything_fits_a_toy_context(toy):
     longest = max(len(chat_tokens(tok, r["prompt"], r["response"])[0]) for r in s["eft_train"])
     assert longest < 512  # the judge prompt is learned as long pieces; 1024 leaves room to spare
     assert max(len(chat_tokens(tok, r["prompt"], r["response"])[0]) for r in s["ift"]) < 48
+
+
+def test_pretraining_docs_leave_out_what_the_evaluation_asks(toy):
+    folder, s = toy
+    docs = pretraining_docs(folder, random.Random(0), n_list_docs=300, n_qa_docs=300)
+    assert docs == pretraining_docs(folder, random.Random(0), n_list_docs=300, n_qa_docs=300)  # seeded
+    lists = [d["text"] for d in docs if d["text"].startswith(DOC_HEAD)]
+    quizzes = [d["text"] for d in docs if d["text"].startswith("Q: ")]
+    assert len(lists) == len(quizzes) == 300 and lists != [d["text"] for d in docs[:300]]  # shuffled
+    asked = [line[len("Task: "):] for d in lists for line in d.splitlines()[1:]]
+    qa = [re.findall(r"Q: (.*)\nA: (.*)\n", d) for d in quizzes]
+    assert all(4 <= len(d.splitlines()) - 1 <= 12 for d in lists) and all(4 <= len(x) <= 12 for x in qa)
+    assert sum(map(len, qa)) == sum(d.count("\n") for d in quizzes) // 2  # every line read
+    for q, a in (x for doc in qa for x in doc):
+        assert answer(task_from_prompt(q)) == a
+        asked.append(q)
+    held = [r for name in ("test", "eft_eval") for r in s[name]]
+    key = lambda t: tuple(sorted(t.items()))
+    assert not {r["prompt"] for r in held} & set(asked)
+    assert not {key(r["task"]) for r in held} & {key(task_from_prompt(p)) for p in asked}
+    assert fewshot_text(["A.", "B."]) == DOC_HEAD + "Task: A.\nTask: B.\nTask:"  # a listing left open
