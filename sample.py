@@ -4,6 +4,10 @@ Sampling from the model: batched generation with a KV cache.
     prompts -> [shared prefix prefill] -> prompt prefill -> n copies per prompt
             -> one-token decode steps until every row has its EOS or its budget
 
+This file owns the KV cache (KVCache, and StaticKVCache for a compiled decode
+step) and attention against it: model.py's Attention hands its queries, keys
+and values to KVCache.attend whenever it is given a cache.
+
 `generate(model, prompts, ...)` is what the rest of the project calls (the
 self-rewarding loop samples candidate responses and judge evaluations with it);
 run as a script it samples chat responses from a checkpoint:
@@ -16,11 +20,11 @@ How the work is saved:
 - Prefill once, then decode one token per step: every step reads the keys and
   values of earlier tokens from the cache instead of recomputing them.
 - Prompts of different lengths share a batch: they are left-padded, the cache
-  marks padding slots invalid and counts positions per row (model.KVCache).
+  marks padding slots invalid and counts positions per row (KVCache, below).
 - The n samples of one prompt copy its cache rows instead of prefilling n times.
 - A long prefix common to all prompts (the judge's rubric) is prefilled once
   for the whole call and stored once: every row of every batch attends to that
-  one copy (model.KVCache's prefix); rows are [prefix][pad][suffix].
+  one copy (KVCache's prefix); rows are [prefix][pad][suffix].
 - A row that is finished is dropped from the batch, so it stops costing work.
 
 Randomness: completion k (prompt k // n, sample k % n) draws its uniforms from
@@ -290,7 +294,7 @@ class KVCache:
 
 class StaticKVCache(KVCache):
     """
-    The KV cache for a torch.compile'd decode step. model.KVCache slices its
+    The KV cache for a torch.compile'd decode step. KVCache slices its
     buffers to the filled length, a Python int that changes every step, so a
     compiled step would be recompiled every step. Here a decode step touches
     tensors only: the slot to write is a tensor, attention covers all max_len

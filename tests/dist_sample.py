@@ -25,7 +25,8 @@ with open(jobs_path) as f:
     jobs = json.load(f)
 results = []
 for job in jobs:
-    model = load_model(job["ckpt"], env).eval()  # FSDP2: fully_shard per block and at the root
+    model = load_model(job["ckpt"]).eval()
+    D.shard(model, env)  # FSDP2: fully_shard per block and at the root
     results.append(generate(model, job["prompts"], progress=False, **job["kwargs"]))
 if D.is_rank0():
     with open(out_path, "w") as f:

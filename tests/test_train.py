@@ -3,7 +3,7 @@ Training: train_sft.py, train_dpo.py and distributed.py.
 
 References: hand-computed values (DPO loss, masking), a single-process run
 (for FSDP2 under torchrun, one node and two "nodes"), an uninterrupted run
-(for resume after a kill), and a plain load_checkpoint (for streaming into
+(for resume after a kill), and a plain load_model (for streaming into
 shards). Models are toy-tiny (0.2M parameters) and runs a few steps, so the
 file takes about a minute on two CPU cores.
 """
