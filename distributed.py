@@ -6,7 +6,7 @@ the process group, the device mesh, and sharding the model with FSDP2.
                             (RANK is set): gloo on CPU, nccl on GPU, and a
                             flat device mesh over every rank of every node
     is_rank0(), barrier()   the one place that answers "am I rank 0?" (only
-                            rank 0 prints and writes shared files) and waits
+                            rank 0 prints, log(), and writes shared files) and waits
     all_sum(env, ...)       sum numbers over ranks
     empty_model(args, env)  a Transformer built on `meta`, sharded, allocated
     local_rows(param)       which rows of a parameter this rank holds
@@ -79,6 +79,12 @@ def is_rank0():
     """The one answer to "am I rank 0?": true in a plain process, and on the
     first rank under torchrun. Only rank 0 prints and writes shared files."""
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def log(*args):
+    """print, on rank 0 only (every rank runs the same code)."""
+    if is_rank0():
+        print(*args, flush=True)
 
 
 def barrier():

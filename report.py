@@ -15,7 +15,6 @@ import os
 
 import distributed as D
 from data import read_jsonl, write_text
-from run_folder import log
 
 
 def head_to_head(a, b):
@@ -81,5 +80,5 @@ def write_report(r, names, infos, run_name, iterations):
         for m in metrics:
             r.metric({"eval": m})
     D.barrier()
-    log("\n" + "\n".join(rows))
+    D.log("\n" + "\n".join(rows))
     return {}

@@ -10,7 +10,6 @@ resumably, on one process or on every rank under torchrun:
     sub_seed(...)       a seed for one piece of work, from the run's seed and a name
     move_model(...)     put a trained model folder in its place
     fit_micro(...)      a micro-batch that splits each rank's share of a batch evenly
-    log(msg)            print, on rank 0 only
 
 What the stages compute is selfreward.py's business; this file only decides
 where their outputs go and when a stage counts as done.
@@ -24,11 +23,6 @@ import time
 
 import distributed as D
 from data import read_jsonl, write_jsonl, write_text
-
-
-def log(msg):
-    if D.is_rank0():
-        print(msg, flush=True)
 
 
 def write_json(path, obj):
@@ -79,7 +73,7 @@ class Run:
         if self.done(name):
             with open(self.path("done", name)) as f:
                 return json.load(f)
-        log(f"\n=== {name}")
+        D.log(f"\n=== {name}")
         t0 = time.time()
         try:
             info = fn() or {}

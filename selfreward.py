@@ -43,7 +43,7 @@ import report
 import train_dpo
 import train_sft
 from data import read_jsonl, toy, write_jsonl
-from run_folder import Run, fit_micro, generate_sharded, log, move_model, save_jsonl, sub_seed, write_json
+from run_folder import Run, fit_micro, generate_sharded, move_model, save_jsonl, sub_seed, write_json
 from sample import generate
 from tokenizer import Tokenizer, chat_prompt_ids, train_tokenizer
 
@@ -172,7 +172,7 @@ def stage_seed_data(c, r):
         if not recs:
             sys.exit(f"error: seed data {r.path('seed', f + '.jsonl')} is empty")
         counts[f] = len(recs)
-    log("seed data: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    D.log("seed data: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return counts
 
 
@@ -188,7 +188,7 @@ def stage_tokenizer(c, r):
         symbols = (J.rubric_lines() if c.rubric_pieces else []) + (list(toy.LETTERS) if c.letter_pieces else [])
         tok = train_tokenizer(texts, r.path("tokenizer.model"), vocab_size=c.vocab_size, phrases=c.phrase_pieces,
                               symbols=symbols)
-        log(f"toy tokenizer: {tok.vocab_size} pieces")
+        D.log(f"toy tokenizer: {tok.vocab_size} pieces")
     D.barrier()
     return {"vocab_size": Tokenizer(r.path("tokenizer.model")).vocab_size}
 
@@ -346,7 +346,7 @@ def stage_prompts(c, r, t, writer_path):
         sys.exit(f"error: iteration {t}: the prompt writer ({writer_path}) produced no usable prompt out of "
                  f"{c.n_prompts} requests (dropped: {dropped}). Check the writer model, or raise n_prompts.")
     save_jsonl(r.path(f"iter{t}", "prompts.jsonl"), kept)
-    log(f"iteration {t}: {len(kept)} new prompts kept of {c.n_prompts} requested; dropped {dropped}")
+    D.log(f"iteration {t}: {len(kept)} new prompts kept of {c.n_prompts} requested; dropped {dropped}")
     return {"requested": c.n_prompts, "kept": len(kept), "dropped": dropped}
 
 
@@ -419,7 +419,7 @@ def stage_pairs(r, t):
         sys.exit(f"error: iteration {t}: no preference pairs (dropped: {dropped}); the judge gave every "
                  f"candidate the same score or none. DPO cannot run. Look at {r.path(f'iter{t}', 'judgments.jsonl')}.")
     save_jsonl(r.path(f"iter{t}", "pairs.jsonl"), pairs)
-    log(f"iteration {t}: {len(pairs)} pairs; dropped {dropped}")
+    D.log(f"iteration {t}: {len(pairs)} pairs; dropped {dropped}")
     return {"pairs": len(pairs), "dropped": dropped}
 
 
@@ -519,7 +519,7 @@ def main(argv=None):
     names = ["SFT"] + [f"M{t}" for t in range(1, c.iterations + 2)]
     infos = {n: r.stage(f"eval_{n}", lambda: stage_eval(c, r, n, r.path(n))) for n in names}
     r.stage("report", lambda: report.write_report(r, names, infos, c.run_name, c.iterations))
-    log(f"\ndone in {(time.time() - t_start) / 60:.1f} min: {r.path('report.md')}")
+    D.log(f"\ndone in {(time.time() - t_start) / 60:.1f} min: {r.path('report.md')}")
     D.teardown(env)
 
 

@@ -43,8 +43,8 @@ micro_batch_size = 2       # pairs per forward pass on one rank (2x sequences: c
 lr = 1e-6                  # peak learning rate (paper: 1e-6)
 min_lr = 1e-7              # cosine decays to this (paper: 1e-7)
 # -----------------------------------------------------------------------------
-DEFAULTS = {**T.SETTINGS, **{k: v for k, v in globals().items()
-                             if not k.startswith("_") and isinstance(v, (bool, int, float, str))}}
+DEFAULTS = {**{k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))},
+            **T.SETTINGS}  # this script's settings first, then every trainer's
 
 
 # -----------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def dpo(c, env):
     reference_logps(model, train_set + eval_set, env, c, pad_id, os.path.join(c.out_dir, "ref_logps.jsonl"))
     steps = T.total_steps(c, len(train_set))
     n_params = model.num_params()
-    T.log(f"DPO: {len(train_set)} train / {len(eval_set)} eval pairs, {steps} steps of {c.batch_size}, "
+    D.log(f"DPO: {len(train_set)} train / {len(eval_set)} eval pairs, {steps} steps of {c.batch_size}, "
           f"beta {c.beta}, world size {env.world}")
 
     optimizer, step = T.optimizer_and_resume(model, c)  # step 0 on a fresh start
@@ -237,7 +237,7 @@ def dpo(c, env):
         record.update(evaluate(model, eval_set, env, c, pad_id))
         T.log_metrics(c, {"step": step, **{k: v for k, v in record.items() if k.startswith("eval/")}})
     out = T.save_final(model, c, env, tok_path)
-    T.log(f"saved {out}")
+    D.log(f"saved {out}")
     return {"model": out, "steps": step, **record}
 
 

@@ -45,8 +45,8 @@ plan_only = False          # print the memory plan (of init_from, else of model)
 world_size = 0             # for plan_only: GPUs to plan for; 0 = this run's
 gpu_memory_gb = 80         # for plan_only
 # -----------------------------------------------------------------------------
-DEFAULTS = {**T.SETTINGS, **{k: v for k, v in globals().items()
-                             if not k.startswith("_") and isinstance(v, (bool, int, float, str))}}
+DEFAULTS = {**{k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))},
+            **T.SETTINGS}  # this script's settings first, then every trainer's
 
 
 # -----------------------------------------------------------------------------
@@ -140,7 +140,7 @@ def sft(c, env):
     eval_set = tokenize(tok, eval_recs, max_len, c.eval_data or c.data, c.template) if eval_recs else []
     steps = T.total_steps(c, len(train_set))
     n_params = model.num_params()
-    T.log(f"SFT: {len(train_set)} train / {len(eval_set)} eval examples, {steps} steps of {c.batch_size}, "
+    D.log(f"SFT: {len(train_set)} train / {len(eval_set)} eval examples, {steps} steps of {c.batch_size}, "
           f"{n_params / 1e6:.1f}M parameters, world size {env.world}")
 
     optimizer, step = T.optimizer_and_resume(model, c)  # step 0 on a fresh start
@@ -186,7 +186,7 @@ def sft(c, env):
     if eval_set:
         T.log_metrics(c, {"step": step, "eval_loss": eval_loss})
     out = T.save_final(model, c, env, tok_path)
-    T.log(f"saved {out} (loss {loss:.4f}" + (f", eval loss {eval_loss:.4f})" if eval_loss is not None else ")"))
+    D.log(f"saved {out} (loss {loss:.4f}" + (f", eval loss {eval_loss:.4f})" if eval_loss is not None else ")"))
     return {"model": out, "loss": loss, "eval_loss": eval_loss, "steps": step}
 
 

@@ -91,11 +91,6 @@ def run(loop, defaults, config):
         D.teardown(env)
 
 
-def log(*args):
-    if D.is_rank0():
-        print(*args, flush=True)
-
-
 # -----------------------------------------------------------------------------
 # The model and the data
 
@@ -301,7 +296,7 @@ def optimizer_and_resume(model, c):
                                   weight_decay=c.weight_decay)
     step = load_state(model, optimizer, state_dir(c))
     if step:
-        log(f"resumed from {state_dir(c)} at step {step}")
+        D.log(f"resumed from {state_dir(c)} at step {step}")
         if D.is_rank0() and os.path.exists(metrics_path(c)):
             with open(metrics_path(c)) as f:
                 keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
