@@ -15,6 +15,7 @@ the process group, the device mesh, and sharding the model with FSDP2.
 Reading a checkpoint into the shards is checkpoint.py's job, training with
 them train_sft.py's and train_dpo.py's (with training.py).
 """
+import gc
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -70,7 +71,11 @@ def setup(device=""):
 
 
 def teardown(env):
+    """Leave the process group. Sharded models hold it and often sit in
+    reference cycles: collect them while the group still exists, or gloo's
+    threads can be torn down at interpreter exit and abort the process."""
     if env.owns_group and dist.is_initialized():
+        gc.collect()
         dist.barrier()  # gloo can crash at exit if a peer is still talking
         dist.destroy_process_group()
 

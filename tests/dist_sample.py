@@ -31,4 +31,5 @@ for job in jobs:
 if D.is_rank0():
     with open(out_path, "w") as f:
         json.dump(results, f)
-D.teardown(env)  # a barrier first: gloo can crash if a rank leaves early
+del model  # free the sharded model while the process group is alive (see D.teardown)
+D.teardown(env)
