@@ -239,7 +239,8 @@ def read_tensors(path, model):
     args = model.args
     if os.path.exists(os.path.join(path, "config.json")):
         weight_map = safetensors_files(path)
-        extra = [k for k in weight_map if k not in {hf_name(n) for n in params}
+        ours = {hf_name(n) for n in params}
+        extra = [k for k in weight_map if k not in ours
                  and not k.endswith("rotary_emb.inv_freq")]  # a buffer some old exports carry; we compute it
         if extra:
             raise ValueError(f"{path}: unexpected tensors for a Llama model of this config: {', '.join(extra[:5])}")
@@ -256,14 +257,12 @@ def read_tensors(path, model):
                 stored = opened[fname].get_slice(hf_name(name))
                 check_shape(path, name, tuple(stored.get_shape()), p)
                 start, end = D.local_rows(p)
-                heads = rotary_heads(name, args)
-                if heads and start < end:
+                if rotary_heads(name, args) and start < end:
                     hd = args.head_dim
                     h0, h1 = start // hd, -(-end // hd)  # the heads covering our rows
-                    rows = hf_to_meta_rope(stored[h0 * hd:h1 * hd], h1 - h0)[start - h0 * hd:end - h0 * hd]
+                    yield name, hf_to_meta_rope(stored[h0 * hd:h1 * hd], h1 - h0)[start - h0 * hd:end - h0 * hd]
                 else:
-                    rows = stored[start:end]
-                yield name, rows
+                    yield name, D.local_part(stored, p)  # reads only these rows from the file
     else:
         files = meta_shards(path)
         shards = [torch.load(f, map_location="cpu", mmap=True, weights_only=True) for f in files]
@@ -281,8 +280,7 @@ def read_tensors(path, model):
             else:
                 full = torch.cat(parts, dim=0)  # column-parallel (wq wk wv w1 w3 output): output dim
             check_shape(path, name, tuple(full.shape), p)
-            start, end = D.local_rows(p)
-            yield name, full[start:end]
+            yield name, D.local_part(full, p)
 
 
 def check_shape(path, name, stored_shape, param):

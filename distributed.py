@@ -9,7 +9,7 @@ the process group, the device mesh, and sharding the model with FSDP2.
                             rank 0 prints, log(), and writes shared files) and waits
     all_sum(env, ...)       sum numbers over ranks
     empty_model(args, env)  a Transformer built on `meta`, sharded, allocated
-    local_rows(param)       which rows of a parameter this rank holds
+    local_rows(param)       which rows of a parameter this rank holds (local_part: those rows of a tensor)
     full_tensor(param)      a parameter whole, gathered from every rank
 
 Reading a checkpoint into the shards is checkpoint.py's job, training with
@@ -157,6 +157,13 @@ def local_rows(param):
     size = -(-n // param.device_mesh.size())
     start = min(param.device_mesh.get_coordinate()[0] * size, n)
     return start, min(start + size, n)
+
+
+def local_part(full, param):
+    """This rank's rows of `full`, a whole tensor (or a lazily read safetensors
+    slice) of the shape of `param`."""
+    start, end = local_rows(param)
+    return full[start:end]
 
 
 def local_tensor(param):

@@ -114,8 +114,7 @@ activation_checkpointing = False  # recompute each block in backward (needed for
 device = ""                 # '' = cuda if available, else cpu
 progress = True             # progress bars
 # -----------------------------------------------------------------------------
-DEFAULTS = {k: v for k, v in globals().items()
-                     if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
+DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 # settings that change how a run goes, not what it computes: a resumed run may differ in these
 RUNTIME_ONLY = {"progress", "device", "gen_batch_size", "micro_batch_size", "run_name", "out_root", "save_interval",
                 "activation_checkpointing"}
@@ -314,7 +313,7 @@ def stage_prompts(c, r, t, writer_path):
             pool = generated if len(generated) >= 2 else seed_prompts
             shots = rng.sample(seed_prompts, c.n_shots - 2) + rng.sample(pool, 2)
             rng.shuffle(shots)
-            texts.append(toy.fewshot_text(shots))
+            texts.append(toy.fewshot_text(shots))  # a Self-Instruct listing left open (the same for a real writer)
         ids = [tok.encode(x, bos=True) for x in texts]
         # the end of the line ends the new task, as the end of text ends a response
         outs = generate(net, ids, c.max_prompt_tokens, temperature=c.prompt_temperature, top_p=c.prompt_top_p,

@@ -101,8 +101,8 @@ def build_model(c, env, vocab_size):
     seeded generator, so one process and any number of ranks start alike."""
     if c.init_from == "scratch":
         model = D.empty_model(preset(c.model, vocab_size=vocab_size, dropout=c.dropout), env)
-        init = model.initial_weights(torch.Generator().manual_seed(c.seed))
-        load_tensors(model, ((name, full[slice(*D.local_rows(model.get_parameter(name)))]) for name, full in init),
+        init = model.initial_weights(torch.Generator().manual_seed(c.seed))  # whole tensors, one at a time
+        load_tensors(model, ((name, D.local_part(full, model.get_parameter(name))) for name, full in init),
                      "random init")
     else:
         model = load_model(c.init_from, env, dropout=c.dropout)
