@@ -112,11 +112,13 @@ shard_size = 256            # prompts per resumable generation shard
 save_interval = 50          # training steps between resumable training states
 activation_checkpointing = False  # recompute each block in backward (needed for 70B)
 device = ""                 # '' = cuda if available, else cpu
+dtype = "auto"              # compute: 'auto' = bfloat16 on GPU and bf16-capable CPU, else float32 (training keeps fp32 weights)
+threads = 0                 # CPU threads; 0 = this process's cores / ranks on the machine (or OMP_NUM_THREADS)
 progress = True             # progress bars
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 # settings that change how a run goes, not what it computes: a resumed run may differ in these
-RUNTIME_ONLY = {"progress", "device", "gen_batch_size", "micro_batch_size", "run_name", "out_root", "save_interval",
+RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "micro_batch_size", "run_name", "out_root", "save_interval",
                 "activation_checkpointing"}
 
 
@@ -124,15 +126,18 @@ RUNTIME_ONLY = {"progress", "device", "gen_batch_size", "micro_batch_size", "run
 # Models: loaded for generation (sharded under torchrun), trained by the scripts
 
 def load_model(r, path):
-    """A checkpoint folder, ready to sample: whole on one process, FSDP-sharded
-    and streamed slice by slice under torchrun."""
-    return checkpoint.load_model(path, r.env).eval(), Tokenizer(os.path.join(path, "tokenizer.model"))
+    """A checkpoint folder, ready to sample: whole on one process, in the
+    compute dtype (sampling needs no fp32 master weights); FSDP-sharded and
+    streamed slice by slice under torchrun."""
+    model = checkpoint.load_model(path, r.env, dtype=None if r.env.fsdp else r.env.dtype)
+    return model.eval(), Tokenizer(os.path.join(path, "tokenizer.model"))
 
 
 def trainer_settings(c, r, name, batch_size, micro, seed_parts):
     """What every training stage tells train_sft / train_dpo: where, how often
     to save, the device; each stage adds its data and hyperparameters."""
     return {"out_dir": r.path("train", name), "seed": sub_seed(c.seed, *seed_parts) % 2**31, "device": c.device,
+            "dtype": c.dtype, "threads": c.threads,
             "batch_size": batch_size, "micro_batch_size": fit_micro(batch_size, micro, r.env.world),
             "save_interval": c.save_interval, "activation_checkpointing": c.activation_checkpointing,
             "eval_interval": 10**9}  # the loop evaluates every model itself (stage 5)
@@ -490,7 +495,8 @@ def main(argv=None):
     settings (default: the command line)."""
     overrides = configurator.configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), argv)
     c = configurator.settings(DEFAULTS, overrides)
-    env = D.setup(c.device)  # under torchrun: join the process group once, for every stage
+    env = D.setup(c.device, c.dtype, c.threads)  # under torchrun: join the process group once, for every stage
+    D.log(D.describe(env))
     r = Run(os.path.join(c.out_root, c.run_name), {k: v for k, v in vars(c).items() if k not in RUNTIME_ONLY}, env)
     t_start = time.time()
     r.stage("seed_data", lambda: stage_seed_data(c, r))

@@ -176,10 +176,11 @@ def summarize(stats, prefix=""):
 # -----------------------------------------------------------------------------
 # Training
 
-def train(config=None):
+def train(config=None, announce=False):
     """Run DPO with settings `config` (dict, over the defaults above). Returns
-    {"model": path of the trained model, "loss": ..., metrics of the last step}."""
-    return T.run(dpo, DEFAULTS, config)
+    {"model": path of the trained model, "loss": ..., metrics of the last step}.
+    announce: print where and how it computes (the command line does)."""
+    return T.run(dpo, DEFAULTS, config, announce)
 
 
 def dpo(c, env):

@@ -120,12 +120,13 @@ def evaluate(model, examples, env, c, pad_id):
 # -----------------------------------------------------------------------------
 # Training
 
-def train(config=None):
+def train(config=None, announce=False):
     """Run SFT with settings `config` (dict, over the defaults above). Returns
-    {"model": path of the trained model, "loss": last training loss, ...}."""
+    {"model": path of the trained model, "loss": last training loss, ...}.
+    announce: print where and how it computes (the command line does)."""
     if config and config.get("plan_only"):  # no data, no weights: shapes only
         return T.plan_memory(settings(DEFAULTS, config))
-    return T.run(sft, DEFAULTS, config)
+    return T.run(sft, DEFAULTS, config, announce)
 
 
 def sft(c, env):

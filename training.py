@@ -60,6 +60,8 @@ SETTINGS = dict(
     activation_checkpointing=False,  # recompute each block in backward: less memory, ~1.3x time
     compile=False,             # torch.compile each block
     device="",                 # '' = cuda if available, else cpu
+    dtype="auto",              # compute: 'auto' = bfloat16 on GPU and bf16-capable CPU, else float32 (weights stay fp32)
+    threads=0,                 # CPU threads; 0 = this process's cores / ranks on the machine (or OMP_NUM_THREADS)
     save_dtype="",             # dtype of the final model; '' = bfloat16 on GPU, float32 on CPU
     peak_flops=989e12,         # per device, for MFU (H100/H200 bf16 dense)
     crash_after_step=-1,       # testing: exit hard right after this step (a simulated kill)
@@ -70,21 +72,22 @@ def main(train, defaults, script_file, doc, argv=None):
     """A trainer's command line: settings from config files and --key=value
     (--help lists them), then train(); bad input or a diverged run ends with
     one clear line, not a traceback."""
-    if os.environ.get("TORCH_NUM_THREADS"):
-        torch.set_num_threads(int(os.environ["TORCH_NUM_THREADS"]))
     config = configure(dict(defaults, __file__=script_file, __doc__=doc), argv, comment_files=[__file__])
     try:
-        return train(config)
+        return train(config, announce=True)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
 
-def run(loop, defaults, config):
+def run(loop, defaults, config, announce=False):
     """Run loop(c, env) with the settings (defaults, then `config` on top)
-    inside the process group: one process, or one rank of many under torchrun."""
+    inside the process group: one process, or one rank of many under torchrun.
+    announce: print where and how it computes (the command line does)."""
     c = settings(defaults, config)
-    env = D.setup(c.device)
+    env = D.setup(c.device, c.dtype, c.threads)
+    if announce:
+        D.log(D.describe(env))
     try:
         return loop(c, env)
     finally:

@@ -19,7 +19,7 @@ from checkpoint import load_model  # noqa: E402
 from sample import generate  # noqa: E402
 
 torch.set_num_threads(1)  # two ranks on a small shared CPU
-env = D.setup("cpu")  # gloo process group and a CPU device mesh
+env = D.setup("cpu", "float32")  # gloo process group and a CPU device mesh; fp32, as the one-process reference
 jobs_path, out_path = sys.argv[1], sys.argv[2]
 with open(jobs_path) as f:
     jobs = json.load(f)

@@ -60,14 +60,15 @@ def work(tmp_path_factory, toy_tokenizer_path):
 
 
 def sft_config(work, out, **kw):
-    # dropout 0 so that runs with different numbers of ranks are comparable
-    return {"init_from": str(work / "ckpt"), "data": str(work / "sft.jsonl"), "out_dir": str(out),
+    # dropout 0 so that runs with different numbers of ranks are comparable;
+    # fp32, so that they agree to float rounding (bf16 has its own tests)
+    return {"init_from": str(work / "ckpt"), "data": str(work / "sft.jsonl"), "out_dir": str(out), "dtype": "float32",
             "max_steps": 4, "batch_size": 8, "micro_batch_size": 2, "lr": 1e-3, "min_lr": 1e-4,
             "warmup_steps": 1, "dropout": 0.0, "eval_fraction": 0.0, "save_interval": 2, **kw}
 
 
 def dpo_config(work, out, **kw):
-    return {"init_from": str(work / "ckpt"), "data": str(work / "pairs.jsonl"), "out_dir": str(out),
+    return {"init_from": str(work / "ckpt"), "data": str(work / "pairs.jsonl"), "out_dir": str(out), "dtype": "float32",
             "max_steps": 4, "batch_size": 8, "micro_batch_size": 2, "lr": 1e-3, "min_lr": 1e-4,
             "dropout": 0.0, "eval_fraction": 0.0, "save_interval": 2, **kw}
 
@@ -77,7 +78,7 @@ def cli_args(config):
 
 
 def torchrun(script, config, nproc=2, extra=(), check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [TORCHRUN, *(extra or ["--standalone"]), f"--nproc_per_node={nproc}", script, *cli_args(config)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     if check:
@@ -349,7 +350,7 @@ def test_two_nodes_from_scratch_match_single_process(work, tmp_path, toy_tokeniz
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     multi = {**cfg, "out_dir": str(tmp_path / "multi")}
     procs = [subprocess.Popen([TORCHRUN, "--nnodes=2", f"--node_rank={r}", "--nproc_per_node=1",
                                "--master_addr=127.0.0.1", f"--master_port={port}", "train_sft.py", *cli_args(multi)],
@@ -397,14 +398,52 @@ def test_dpo_resume_after_kill_equals_uninterrupted(work, dpo_single):
     cmd = [sys.executable, "train_dpo.py", *cli_args({**cfg, "out_dir": str(out_b), "crash_after_step": 2})]
     # the same thread count as this process, which runs the other two: CPU
     # kernels may sum in another order with another number of threads
-    env = {**os.environ, "TORCH_NUM_THREADS": str(torch.get_num_threads())}
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    cmd.append(f"--threads={torch.get_num_threads()}")
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 3, r.stderr[-2000:]
     stamp = os.stat(out_b / "ref_logps.jsonl").st_mtime_ns
     train_dpo.train({**cfg, "out_dir": str(out_b)})
     # the reference log-probs were reused, not recomputed from the moved policy
     assert os.stat(out_b / "ref_logps.jsonl").st_mtime_ns == stamp
     assert max_weight_diff(out_a / "model", out_b / "model") < 1e-6
+
+
+# -----------------------------------------------------------------------------
+# bf16 compute on the CPU: one process autocasts, FSDP casts the gathered
+# weights (MixedPrecisionPolicy); both keep fp32 master weights, norms and
+# losses. bf16 keeps 8 significant bits (rounding ~2e-3 of a value), but a
+# loss is a mean over hundreds of tokens whose rounding errors mostly cancel:
+# on this model four steps agree with fp32 to ~3e-5 relative. BF16_TOL is 1e-3.
+# (Weights are not compared: AdamW moves each by about lr a step whatever the
+# gradient's size, so rounding that flips a tiny gradient's sign moves a weight
+# by 2 lr, in fp32 as in bf16.)
+BF16_TOL = 1e-3
+
+
+def test_bf16_cpu_training_is_close_to_fp32(work, sft_single):
+    out = work / "sft_bf16"
+    train_sft.train(sft_config(work, out, dtype="bfloat16"))
+    assert losses(out) == pytest.approx(losses(sft_single), rel=BF16_TOL)
+    assert losses(out) != losses(sft_single)  # bf16 really ran
+    assert load_model(str(out / "model")).tok_embeddings.weight.dtype == torch.float32  # fp32 master weights
+
+
+@pytest.fixture(scope="module")
+def sft_single_bf16(work):
+    out = work / "sft_single_bf16"
+    train_sft.train(sft_config(work, out, dtype="bfloat16"))
+    return out
+
+
+def test_fsdp_bf16_matches_single_process_bf16(work, sft_single_bf16):
+    """The FSDP path with bf16 compute (as on GPUs): the ranks' bf16 casts are
+    made differently from one process's autocast, so they agree to bf16's
+    tolerance, not to fp32 rounding."""
+    out = work / "sft_fsdp_bf16"
+    torchrun("train_sft.py", sft_config(work, out, dtype="bfloat16"))
+    assert losses(out) == pytest.approx(losses(sft_single_bf16), rel=BF16_TOL)
+    assert losses(out) != losses(sft_single_bf16)  # FSDP's own casts really ran
+    assert load_model(str(out / "model")).tok_embeddings.weight.dtype == torch.float32
 
 
 # -----------------------------------------------------------------------------
