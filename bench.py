@@ -1,10 +1,13 @@
 """
 Speed, measured side by side against a reference in one run.
 
-    python bench.py sample   # generate() against transformers, cache against
-                             # recompute, the judge workload with/without prefix sharing
-    python bench.py train    # forward+backward+AdamW against transformers, and MFU
-                             # against a large matmul measured in the same run
+    python bench.py sample   # generate() against transformers in fp32 and bf16, our
+                             # bf16 against our fp32 (toy and a 4x larger preset);
+                             # cache against recompute; the judge workload
+                             # with/without prefix sharing
+    python bench.py train    # forward+backward+AdamW: ours bf16 against fp32, ours
+                             # against transformers in each dtype, and MFU against
+                             # a large matmul of that dtype measured in the same run
     python bench.py gpu7b    # batch-1 decode of a Llama 2 7B-shaped model on CUDA
                              # against the memory-bandwidth bound
 
@@ -12,12 +15,15 @@ Each section is a function; `--key=value` after the section name overrides the
 settings below. transformers is imported only inside the sections that compare
 against it (it is a test-time reference, not a dependency).
 """
+import copy
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 
 import torch
 
+import distributed as D
 from checkpoint import hf_config, save_model
 from configurator import configure, settings
 from model import Transformer, estimate_mfu, preset
@@ -25,11 +31,10 @@ from sample import generate
 
 # -----------------------------------------------------------------------------
 # Settings
-threads = 1  # torch CPU threads (0: torch's default); 1 gives steadier numbers on a shared machine
+threads = 0  # CPU threads; 0 = this process's cores (or OMP_NUM_THREADS), as the scripts pick
 seed = 0  # weights and prompts
 # sample section
-sample_model = "toy"  # model preset
-sample_compile = False  # also time generate(compile=True) (CPU compile takes minutes)
+sample_models = "toy,toy-large"  # model presets (toy-large: 4x the toy's parameters)
 sample_new_tokens = 128  # tokens generated per prompt
 judge_prompts = 32  # judge workload: this many prompts ...
 judge_rubric = 300  # ... behind a common rubric of this many tokens ...
@@ -37,7 +42,7 @@ judge_n = 3  # ... each judged this many times ...
 judge_new_tokens = 32  # ... with responses this long
 repeats = 3  # best of this many timed runs
 # train section
-train_model = "toy"  # preset to benchmark (llama-1b on a GPU)
+train_models = "toy,toy-large"  # presets to benchmark (toy-large: 4x the toy's parameters; llama-1b on a GPU)
 train_batch_size = 8  # sequences per step
 train_seq_len = 256  # tokens per sequence
 train_steps = 5  # timed steps of each model = train_steps * train_rounds, alternating
@@ -65,12 +70,14 @@ def random_prompts(g, count, lo, hi, vocab):
     return [torch.randint(3, vocab, (L,), generator=g).tolist() for L in lengths]
 
 
-def hf_model(model):
+def hf_model(model, dtype=torch.float32):
     """transformers' LlamaForCausalLM with our model's weights, through our checkpoint format."""
     from transformers import LlamaForCausalLM  # reference only
+    from transformers.utils import logging
+    logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         save_model(model, tmp)
-        hf = LlamaForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+        hf = LlamaForCausalLM.from_pretrained(tmp, dtype=dtype).eval()
     hf.generation_config.eos_token_id = None  # like ours without eos_id: never stop early
     return hf
 
@@ -88,32 +95,55 @@ def hf_generate(hf, prompts, new):
     return y[:, T:].tolist()
 
 
-def bench_sample(c):
-    """Our generate() against transformers' generate(), the cache against
-    recomputing, and the judge workload with and without prefix sharing."""
-    torch.manual_seed(c.seed)
-    model = Transformer(preset(c.sample_model)).eval()
-    args = model.args
-    hf = hf_model(model)
-    g = torch.Generator().manual_seed(c.seed)
-    new = c.sample_new_tokens
-    print(f"model {c.sample_model}: {model.num_params() / 1e6:.1f}M params, fp32, "
-          f"{torch.get_num_threads()} CPU thread(s); best of {c.repeats} runs")
+def agreement(a, b):
+    """Share of tokens two sets of greedy completions agree on, each row counted
+    up to its first difference (after one differing token the rest follow
+    other contexts, so they are counted as differing)."""
+    same = total = 0
+    for x, y in zip(a, b):
+        n = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+        same, total = same + n, total + max(len(x), len(y))
+    return same / max(total, 1)
 
-    # 1. ours against transformers: same weights, prompts, batch, greedy, no EOS stop
-    for batch in (8, 64):
-        prompts = random_prompts(g, batch, 16, 64, args.vocab_size)
-        tokens = batch * new
-        variants = [False, True] if c.sample_compile else [False]
-        (t_hf, out_hf), *ours = timed([lambda: hf_generate(hf, prompts, new)] + [
-            lambda compiled=compiled: generate(model, prompts, new, temperature=0, batch_size=batch,
-                                               compile=compiled, progress=False) for compiled in variants], c.repeats)
-        print(f"\n[generate] batch {batch}, prompts of 16-64 tokens, {new} new tokens, greedy")
-        print(f"  transformers generate  : {tokens / t_hf:7.0f} tok/s  ({t_hf:.2f} s)")
-        for compiled, (t, out) in zip(variants, ours):
-            name = "ours, compiled decode" if compiled else "ours"
-            print(f"  {name:<23}: {tokens / t:7.0f} tok/s  ({t:.2f} s)  {t_hf / t:.2f}x   "
-                  f"same tokens: {out == out_hf}")
+
+def bench_sample(c):
+    """Our generate() against transformers' generate() in fp32 and in bf16
+    (weights cast to bf16, as sample.py and the loop sample), our bf16 against
+    our fp32; then the cache against recomputing, and the judge workload with
+    and without prefix sharing."""
+    new = c.sample_new_tokens
+    print(f"{torch.get_num_threads()} CPU thread(s); best of {c.repeats} runs; prompts of 16-64 tokens, "
+          f"{new} new tokens, greedy, no EOS stop")
+
+    # 1. ours against transformers, and bf16 against fp32: same weights, prompts, batch
+    print("\n[generate] tokens/s")
+    print(f"  {'model':<10} {'batch':>5} {'dtype':<9} {'transformers':>12} {'ours':>8} {'ours/HF':>8} "
+          f"{'same tokens':>11}   ours bf16/fp32")
+    for name in c.sample_models.split(","):
+        torch.manual_seed(c.seed)
+        models = {"float32": Transformer(preset(name)).eval()}
+        models["bfloat16"] = copy.deepcopy(models["float32"]).to(torch.bfloat16)
+        hfs = {dt: hf_model(m, getattr(torch, dt)) for dt, m in models.items()}
+        g = torch.Generator().manual_seed(c.seed)
+        for batch in (8, 64):
+            prompts = random_prompts(g, batch, 16, 64, models["float32"].args.vocab_size)
+            ours_tps = {}
+            for dt, model in models.items():
+                (t_hf, out_hf), (t, out) = timed([
+                    lambda: hf_generate(hfs[dt], prompts, new),
+                    lambda: generate(model, prompts, new, temperature=0, batch_size=batch, progress=False)],
+                    c.repeats)
+                ours_tps[dt] = batch * new / t
+                ratio = f"{ours_tps['bfloat16'] / ours_tps['float32']:.2f}x" if dt == "bfloat16" else ""
+                print(f"  {name:<10} {batch:>5} {dt:<9} {batch * new / t_hf:>12,.0f} {ours_tps[dt]:>8,.0f} "
+                      f"{t_hf / t:>7.2f}x {agreement(out, out_hf):>11.1%}   {ratio}")
+
+    # the rest in the compute dtype a run would pick (sample.py's dtype='auto')
+    dtype = D.compute_dtype("cpu")
+    torch.manual_seed(c.seed)
+    model = Transformer(preset(c.sample_models.split(",")[0])).eval().to(dtype)
+    args = model.args
+    g = torch.Generator().manual_seed(c.seed)
 
     # 2. the cache against recomputing the whole sequence at every step
     prompts = random_prompts(g, 2, 16, 64, args.vocab_size)
@@ -131,10 +161,10 @@ def bench_sample(c):
 
     (t_re, out_re), (t_kv, out_kv) = timed([recompute, lambda: [
         generate(model, [p], new, temperature=0, progress=False)[0] for p in prompts]], 1)
-    print(f"\n[cache] batch 1, prompts of 16-64 tokens, {new} new tokens, greedy")
+    print(f"\n[cache] {c.sample_models.split(',')[0]}, {str(dtype).removeprefix('torch.')}, batch 1")
     print(f"  recompute, no cache    : {tokens / t_re:7.0f} tok/s  ({t_re:.2f} s)")
     print(f"  KV cache               : {tokens / t_kv:7.0f} tok/s  ({t_kv:.2f} s)  {t_re / t_kv:.2f}x   "
-          f"same tokens: {out_re == out_kv}")
+          f"same tokens: {agreement(out_kv, out_re):.1%}")
 
     # 3. the judge workload: a long rubric in front of every prompt, n samples each
     rubric = random_prompts(g, 1, c.judge_rubric, c.judge_rubric, args.vocab_size)[0]
@@ -222,42 +252,50 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _step_fn(model, hf, tokens):
-    """One training step: the mean next-token loss, backward, AdamW."""
+def _step_fn(model, hf, tokens, dtype):
+    """One training step as the trainers take it: fp32 weights, matmuls in
+    `dtype` (autocast when bf16), the mean next-token loss, backward, AdamW."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    device = tokens.device.type
+    cast = torch.autocast(device, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
     def step():
-        if hf:
-            loss = model(input_ids=tokens, labels=tokens).loss  # HF shifts labels inside
-        else:
-            _, loss = model(tokens[:, :-1], tokens[:, 1:])
+        with cast:
+            if hf:
+                loss = model(input_ids=tokens, labels=tokens).loss  # HF shifts labels inside (fp32 loss)
+            else:
+                _, loss = model(tokens[:, :-1], tokens[:, 1:])  # fp32 log-softmax inside
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     return step
 
 
-def bench_training(model="toy", batch_size=8, seq_len=256, steps=5, rounds=3, device=None, dtype=None):
-    """Returns {"ours_tokens_per_s", "hf_tokens_per_s", "ratio", "mfu", "peak_flops", ...}:
-    tokens/s from the median step time of each, ratio the median over
-    steps * rounds pairs of adjacent steps of HF time / our time."""
+def bench_training(model="toy", batch_size=8, seq_len=256, steps=5, rounds=3, device=None,
+                   dtypes=("float32", "bfloat16")):
+    """Ours and transformers' LlamaForCausalLM, in each dtype, one training step
+    each in turn (on a shared machine a slow spell then hits all alike).
+    Returns {"runs": {(impl, dtype): tokens/s from the median step},
+    "ratios": {name: median over rounds of the per-round time ratio}, "mfu"...}."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     args = preset(model, max_seq_len=max(seq_len + 1, preset(model).max_seq_len))
-    torch.manual_seed(0)
-    ours = Transformer(args).to(device, dtype).train()
-    cfg = hf_config(args, dtype)
-    cfg.pop("torch_dtype")
-    hf = LlamaForCausalLM(LlamaConfig(**cfg, attn_implementation="sdpa")).to(device, dtype).train()
-    assert sum(p.numel() for p in hf.parameters()) == ours.num_params()
-    tokens = torch.randint(0, args.vocab_size, (batch_size, seq_len + 1), device=device)
-    runs = {"ours": _step_fn(ours, False, tokens), "hf": _step_fn(hf, True, tokens[:, :-1])}
+    tokens = torch.randint(0, args.vocab_size, (batch_size, seq_len + 1), device=device,
+                           generator=torch.Generator(device).manual_seed(0))
+    runs, n_params = {}, 0
+    for dt in dtypes:
+        torch.manual_seed(0)
+        ours = Transformer(args).to(device).train()  # fp32 master weights, as the trainers keep them
+        cfg = hf_config(args, torch.float32)
+        cfg.pop("torch_dtype")
+        hf = LlamaForCausalLM(LlamaConfig(**cfg, attn_implementation="sdpa")).to(device).train()
+        assert sum(p.numel() for p in hf.parameters()) == ours.num_params()
+        n_params = ours.num_params()
+        runs[("ours", dt)] = _step_fn(ours, False, tokens, getattr(torch, dt))
+        runs[("hf", dt)] = _step_fn(hf, True, tokens[:, :-1], getattr(torch, dt))
     for fn in runs.values():
         fn()  # warm up: allocator, kernels
-    # Alternate single steps, ours then HF, and compare the medians: on a
-    # shared machine a slow spell then hits both sides of a pair alike.
     times = {k: [] for k in runs}
     for _ in range(steps * rounds):
         for k, fn in runs.items():
@@ -266,24 +304,33 @@ def bench_training(model="toy", batch_size=8, seq_len=256, steps=5, rounds=3, de
             fn()
             _sync(device)
             times[k].append(time.perf_counter() - t0)
-    ratios = sorted(h / o for o, h in zip(times["ours"], times["hf"]))
-    tps = {k: batch_size * seq_len / sorted(t)[len(t) // 2] for k, t in times.items()}
-    peak = matmul_flops(device, dtype)
-    return {"model": model, "device": device, "dtype": str(dtype).removeprefix("torch."),
-            "batch_size": batch_size, "seq_len": seq_len, "params": ours.num_params(),
-            "ours_tokens_per_s": tps["ours"], "hf_tokens_per_s": tps["hf"], "ratio": ratios[len(ratios) // 2],
-            "peak_flops": peak, "mfu": estimate_mfu(args, ours.num_params(), tps["ours"], seq_len, peak),
-            "hf_mfu": estimate_mfu(args, ours.num_params(), tps["hf"], seq_len, peak)}
+    median = lambda xs: sorted(xs)[len(xs) // 2]
+    tps = {k: batch_size * seq_len / median(t) for k, t in times.items()}
+    ratio = lambda slow, fast: median([s / f for s, f in zip(times[slow], times[fast])])
+    ratios = {f"ours/HF {dt}": ratio(("hf", dt), ("ours", dt)) for dt in dtypes}
+    if "bfloat16" in dtypes and "float32" in dtypes:
+        ratios["ours bf16/fp32"] = ratio(("ours", "float32"), ("ours", "bfloat16"))
+        ratios["HF bf16/fp32"] = ratio(("hf", "float32"), ("hf", "bfloat16"))
+    peaks = {dt: matmul_flops(device, getattr(torch, dt)) for dt in dtypes}
+    mfu = {k: estimate_mfu(args, n_params, t, seq_len, peaks[k[1]]) for k, t in tps.items()}
+    return {"model": model, "device": device, "batch_size": batch_size, "seq_len": seq_len, "params": n_params,
+            "runs": tps, "ratios": ratios, "peak_flops": peaks, "mfu": mfu}
 
 
 def bench_train(c):
-    r = bench_training(c.train_model, c.train_batch_size, c.train_seq_len, c.train_steps, c.train_rounds)
-    print(f"training {r['model']} ({r['params'] / 1e6:.1f}M params) on {r['device']} {r['dtype']}, "
-          f"batch {r['batch_size']} x {r['seq_len']}:")
-    print(f"  ours {r['ours_tokens_per_s']:,.0f} tok/s  HF LlamaForCausalLM {r['hf_tokens_per_s']:,.0f} tok/s"
-          f"  ratio {r['ratio']:.2f}x")
-    print(f"  MFU {100 * r['mfu']:.1f}% (HF {100 * r['hf_mfu']:.1f}%) of a measured matmul peak "
-          f"{r['peak_flops'] / 1e9:,.0f} GFLOP/s")
+    """Training, side by side in one run per model: ours in bf16 against ours
+    in fp32, and ours against transformers in each dtype."""
+    print(f"{torch.get_num_threads()} CPU thread(s); forward + backward + AdamW, fp32 master weights, "
+          f"bf16 = autocast; median of {c.train_steps * c.train_rounds} alternating steps")
+    for name in c.train_models.split(","):
+        r = bench_training(name, c.train_batch_size, c.train_seq_len, c.train_steps, c.train_rounds)
+        print(f"\n[train] {name} ({r['params'] / 1e6:.1f}M params) on {r['device']}, "
+              f"batch {r['batch_size']} x {r['seq_len']}")
+        for (impl, dt), tps in r["runs"].items():
+            who = "ours" if impl == "ours" else "transformers"
+            print(f"  {who:<12} {dt:<9} {tps:>9,.0f} tok/s   MFU {100 * r['mfu'][impl, dt]:4.1f}% of a measured "
+                  f"{dt} matmul ({r['peak_flops'][dt] / 1e9:,.0f} GFLOP/s)")
+        print("  " + "   ".join(f"{k} {v:.2f}x" for k, v in r["ratios"].items()))
 
 
 SECTIONS = {"sample": bench_sample, "train": bench_train, "gpu7b": bench_gpu7b}
@@ -293,6 +340,5 @@ if __name__ == "__main__":
         sys.exit(f"usage: python bench.py {{{'|'.join(SECTIONS)}}} [--key=value ...]")
     section = sys.argv[1]
     c = settings(DEFAULTS, configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), sys.argv[2:]))
-    if c.threads:
-        torch.set_num_threads(c.threads)
+    torch.set_num_threads(D.cpu_threads(c.threads))
     SECTIONS[section](c)
