@@ -9,6 +9,8 @@ ends with "Score: N". This file holds
     judge_groups(...)       the same for groups of responses to one prompt each
     reward_metrics(...)     agreement with human rankings (Section 3, Table 4)
     make_eft_targets(...)   EFT training targets written by the SFT baseline
+    read_judge_file(path)   judgments another (stronger) judge wrote, as EFT material
+    eft_targets(...)        the judgments whose scores agree with the human ranking, as SFT records
 
 `python judge.py` is not a script: selfreward.py and the tests call in here.
 """
@@ -19,8 +21,8 @@ from collections import Counter
 
 import numpy as np
 
-from data import write_jsonl
-from sample import generate
+from data import read_jsonl, write_jsonl
+from sample import fits, generate
 from tokenizer import chat_prompt_ids
 
 # -----------------------------------------------------------------------------
@@ -129,7 +131,9 @@ def judge(model, tokenizer, prompts, responses, n_samples=3, temperature=0.7, to
                   score is left out of the mean; None if no sample had a score
                   (such a response must never be chosen nor rejected)
       records[i]  {"prompt", "response", "judgments": [text]*n, "scores": [int|None]*n,
-                   "score": mean|None}: the raw judgments, to keep beside the pairs
+                   "score": mean|None, "too_long": bool}: the raw judgments, to keep beside the pairs.
+                  A judge prompt with no room in the model's context (real data: a
+                  long response) is not judged: too_long, no judgments, no score.
     generate_fn defaults to sample.generate; tests pass a stub with the same contract.
     """
     assert len(prompts) == len(responses), "one response per prompt"
@@ -137,17 +141,21 @@ def judge(model, tokenizer, prompts, responses, n_samples=3, temperature=0.7, to
         return [], []
     generate_fn = generate_fn or generate
     ids = [judge_prompt_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
-    outs = generate_fn(model, ids, max_new_tokens, temperature=temperature, top_p=top_p,
-                       n=n_samples, eos_id=tokenizer.eos_id, seed=seed, batch_size=batch_size, progress=progress)
-    assert len(outs) == len(ids) * n_samples, "generate must return n completions per prompt"
+    room = [i for i, x in enumerate(ids) if fits(model, x)]
+    outs = generate_fn(model, [ids[i] for i in room], max_new_tokens, temperature=temperature, top_p=top_p,
+                       n=n_samples, eos_id=tokenizer.eos_id, seed=seed, batch_size=batch_size,
+                       progress=progress) if room else []
+    assert len(outs) == len(room) * n_samples, "generate must return n completions per prompt"
+    judged = {i: outs[k * n_samples:(k + 1) * n_samples] for k, i in enumerate(room)}
     scores, records = [], []
     for i, (p, r) in enumerate(zip(prompts, responses)):
-        texts = [tokenizer.decode(c) for c in outs[i * n_samples:(i + 1) * n_samples]]
-        parsed = [parse_score(t) for t in texts]
+        texts = [tokenizer.decode(c) for c in judged.get(i, [])]
+        parsed = [parse_score(t) for t in texts] or [None] * n_samples
         valid = [s for s in parsed if s is not None]
         score = sum(valid) / len(valid) if valid else None
         scores.append(score)
-        records.append({"prompt": p, "response": r, "judgments": texts, "scores": parsed, "score": score})
+        records.append({"prompt": p, "response": r, "judgments": texts, "scores": parsed, "score": score,
+                        "too_long": i not in judged})
     return scores, records
 
 
@@ -268,7 +276,10 @@ def reward_metrics(scores, ranks):
 # EFT targets, as the paper made them (Section 2.2): the SFT baseline judges the
 # ranked responses of each EFT prompt; a group is kept only if the ranking its
 # scores give agrees with the human ranking (every pair in the same order, no
-# ties); the most frequent score is then down-sampled.
+# ties); the most frequent score is then down-sampled. A small model may
+# write no usable judgment at all (SmolLM2-135M-Instruct: a score in 0 of 70
+# with this prompt), so the judgments may instead come from a stronger judge's
+# file (read_judge_file), kept by the same rule where human ranks exist.
 
 def eft_target(judgment):
     """A judgment as an SFT target: the justification, then "Score: N" as the last line.
@@ -294,28 +305,88 @@ def downsample_top_score(records, seed=0):
     return [r for i, r in enumerate(records) if r["score"] != top or i in keep]
 
 
-def make_eft_targets(model, tokenizer, groups, out_path=None, n_attempts=1, temperature=0.7,
-                     top_p=0.9, max_new_tokens=256, seed=1337, batch_size=32, generate_fn=None):
+def eft_targets(groups, judged, seed=0):
     """
-    groups: EFT groups {"prompt", "responses", "ranks"}. Each response is judged
-    n_attempts times; attempt a of a group is its a-th judgment of every response,
-    and the first attempt whose scores agree with the human ranking is kept.
-    Writes (if out_path) and returns the SFT records
+    The EFT training records (Section 2.2) from judged groups.
+    groups[g]: {"prompt", "responses", "ranks"?}; judged[g][k]: the judge's record of
+    response k, {"judgments": [text]*n, "scores": [int|None]*n}. Attempt a of a group is
+    the a-th judgment of every response. Where the group has human ranks, the first
+    attempt whose scores rank it as the humans did (every pair in the same order, no
+    ties) is kept, and nothing else; without ranks (another judge's file on prompts no
+    human ranked) every judgment with a score is kept. The most frequent score is then
+    down-sampled. Returns SFT records
     {"prompt": judge prompt text, "response": justification + "Score: N", "score": N}.
     """
-    judged = judge_groups(model, tokenizer, [g["prompt"] for g in groups], [g["responses"] for g in groups],
-                          n_samples=n_attempts, temperature=temperature, top_p=top_p,
-                          max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, generate_fn=generate_fn)
     records = []
     for g, mine in zip(groups, judged):
-        for a in range(n_attempts):
+        attempts = range(min((len(j["scores"]) for j in mine), default=0))
+        if g.get("ranks") is None:
+            records += [{"prompt": judge_prompt(g["prompt"], j["response"]), "response": eft_target(j["judgments"][a]),
+                         "score": j["scores"][a]} for j in mine for a in attempts if j["scores"][a] is not None]
+            continue
+        for a in attempts:
             correct = _pairs_correct([j["scores"][a] for j in mine], g["ranks"])
             if correct and all(correct):
                 records += [{"prompt": judge_prompt(g["prompt"], j["response"]),
                              "response": eft_target(j["judgments"][a]), "score": j["scores"][a]}
                             for j in mine]
                 break
-    records = downsample_top_score(records, seed)
+    return downsample_top_score(records, seed)
+
+
+def make_eft_targets(model, tokenizer, groups, out_path=None, n_attempts=1, temperature=0.7,
+                     top_p=0.9, max_new_tokens=256, seed=1337, batch_size=32, generate_fn=None,
+                     judgments_path=None):
+    """
+    The paper's recipe: the model (the SFT baseline) judges each response of the EFT
+    groups {"prompt", "responses", "ranks"} n_attempts times, and eft_targets keeps the
+    attempts that agree with the human ranking. Writes (if out_path) and returns the
+    SFT records; judgments_path, if given, gets the raw judgments, one group a line
+    {"prompt", "responses", "ranks", "judgments", "scores", "too_long"}, to look at
+    when few or none agree.
+    """
+    judged = judge_groups(model, tokenizer, [g["prompt"] for g in groups], [g["responses"] for g in groups],
+                          n_samples=n_attempts, temperature=temperature, top_p=top_p,
+                          max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, generate_fn=generate_fn)
+    if judgments_path:
+        write_jsonl(judgments_path, [{"prompt": g["prompt"], "responses": g["responses"], "ranks": g["ranks"],
+                                      "judgments": [j["judgments"] for j in mine],
+                                      "scores": [j["scores"] for j in mine],
+                                      "too_long": [j["too_long"] for j in mine]} for g, mine in zip(groups, judged)])
+    records = eft_targets(groups, judged, seed)
     if out_path:
         write_jsonl(out_path, records)
     return records
+
+
+def read_judge_file(path):
+    """
+    Judgments written by another judge, as (groups, judged) for eft_targets. One
+    prompt a line, in either layout:
+      {"prompt", "completion": {"0": {"content", "reasoning"}, ...}}   the shared
+          real judge outputs' layout: "reasoning" is the judge's raw text
+      {"prompt", "responses": [str], "judgments": [[str]] or [str], "ranks"?}   ours
+          (make_eft_targets' judgments_path)
+    Scores are read from the raw text with parse_score (a stored "score" field is
+    another parser's guess and is ignored). A group carries "ranks" only if the
+    line does; selfreward.py adds the human ranks of the seed data's groups.
+    """
+    groups, judged = [], []
+    for lineno, rec in enumerate(read_jsonl(path, fields=("prompt",)), 1):
+        if isinstance(rec.get("completion"), dict):
+            items = [rec["completion"][k] for k in sorted(rec["completion"], key=int)]
+            responses = [x.get("content") for x in items]
+            texts = [[x.get("reasoning")] for x in items]
+        elif isinstance(rec.get("responses"), list) and isinstance(rec.get("judgments"), list):
+            responses = rec["responses"]
+            texts = [t if isinstance(t, list) else [t] for t in rec["judgments"]]
+        else:
+            raise ValueError(f"{path}:{lineno}: a judgment record has 'completion' {{id: {{content, reasoning}}}} "
+                             f"or 'responses' and 'judgments'")
+        if len(texts) != len(responses) or not all(isinstance(x, str) for x in responses) \
+                or not all(isinstance(t, str) for ts in texts for t in ts):
+            raise ValueError(f"{path}:{lineno}: every response needs its text and its judgments as strings")
+        groups.append({"prompt": rec["prompt"], "responses": responses, "ranks": rec.get("ranks")})
+        judged.append([{"response": r, "judgments": ts, "scores": [parse_score(t) for t in ts]}
+                       for r, ts in zip(responses, texts)])
+    return groups, judged

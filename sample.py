@@ -368,6 +368,12 @@ def _check_args(model, prompts, max_new_tokens, temperature, top_p, n, batch_siz
         raise ValueError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
 
 
+def fits(model, prompt):
+    """Does a prompt (token ids) leave room in the model's context to generate?
+    generate() refuses one that does not; callers facing real data skip and count it."""
+    return 0 < len(prompt) < model.args.max_seq_len
+
+
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, n=1, eos_id=None,
              seed=None, batch_size=32, min_shared_prefix=64, compile=False, progress=True):

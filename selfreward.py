@@ -38,13 +38,14 @@ from collections import Counter
 import checkpoint
 import configurator
 import distributed as D
+import evaluation as E
 import judge as J
 import report
 import train_dpo
 import train_sft
 from data import read_jsonl, toy, write_jsonl
 from run_folder import Run, fit_micro, generate_sharded, move_model, save_jsonl, sub_seed, write_json
-from sample import generate
+from sample import fits, generate
 from tokenizer import Tokenizer, chat_prompt_ids, train_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -64,6 +65,8 @@ letter_pieces = True        # toy tokenizer: each capital letter is one piece, s
 n_ift = 3200                # toy IFT seed examples (paper: 3,200)
 n_eft_train = 4890          # toy EFT training examples (paper: 1,630; a 1M-parameter judge needs 3x)
 n_eft_eval = 541            # toy EFT eval responses (paper: 541)
+eft_judgments = ""          # real data: a JSONL of judgments by a stronger judge (judge.read_judge_file) that
+                            # supplies the EFT targets instead of the SFT baseline ('' = the paper's recipe)
 n_test = 256                # toy held-out test prompts (paper: 256 head-to-head prompts)
 ift_chatty = 0.6            # toy IFT seed: share of right answers said chattily ("Sure! The answer is 42.")
 pretrain_docs = 2000        # toy M0: documents listing task prompts (the base model's "web text")
@@ -104,8 +107,10 @@ dpo_batch_size = 16         # pairs per step
 dpo_epochs = 1              # passes over the pairs
 # evaluation
 eval_judge = True           # reward-model metrics of every model's judge on the EFT eval set
-eval_prompts = ""           # real data: a JSONL of {"instruction"} answered in AlpacaEval's model_outputs.json format
-mt_bench = ""               # real data: MT-Bench question.jsonl, first turns answered for external judging
+eval_prompts = ""           # real data: AlpacaEval prompts {"instruction"} (its JSON array, or JSONL), answered
+                            # into eval/alpaca_eval/<model_id>/model_outputs.json
+mt_bench = ""               # real data: MT-Bench question.jsonl, both turns answered into
+                            # eval/mt_bench/model_answer/<model_id>.jsonl (FastChat llm_judge's layout)
 # running
 gen_batch_size = 64         # sequences decoded together
 shard_size = 256            # prompts per resumable generation shard
@@ -170,6 +175,8 @@ def stage_seed_data(c, r):
             if D.is_rank0():
                 shutil.copyfile(src, r.path("seed", f))
         D.barrier()
+    if c.eft_judgments and not os.path.isfile(c.eft_judgments):
+        sys.exit(f"error: eft_judgments: file not found: {c.eft_judgments}")
     counts = {}
     for f in ("ift", "eft_train", "eft_eval"):
         recs = read_jsonl(r.path("seed", f + ".jsonl"))
@@ -220,18 +227,65 @@ def stage_sft_baseline(c, r, m0):
 
 def stage_eft_targets(c, r):
     """Real data (Section 2.2): the EFT seed holds groups of human-ranked
-    responses; the SFT baseline writes the judgments, and only those whose
-    scores rank the group as the humans did are kept (judge.make_eft_targets)."""
+    responses. The paper's recipe: the SFT baseline writes the judgments, and
+    only those whose scores rank a group as the humans did are kept
+    (judge.make_eft_targets); its raw judgments are kept beside the seed.
+    With eft_judgments set, a stronger judge's file supplies them instead."""
     groups = read_jsonl(r.path("seed", "eft_train.jsonl"))
+    if c.eft_judgments:
+        return eft_targets_from_file(c, r, groups)
+    raw = r.path("seed", "eft_train_sft_judgments.jsonl")
     net, tok = load_model(r, r.path("SFT"))
     recs = J.make_eft_targets(net, tok, groups, n_attempts=c.n_judge, temperature=c.temperature, top_p=c.top_p,
                               max_new_tokens=c.max_judge_tokens, seed=sub_seed(c.seed, "eft targets"),
-                              batch_size=c.gen_batch_size)
+                              batch_size=c.gen_batch_size, judgments_path=raw if D.is_rank0() else None)
+    D.barrier()
+    judged = read_jsonl(raw)
+    info = {"groups": len(groups), "targets": len(recs),
+            "judgments_with_score": sum(s is not None for g in judged for ss in g["scores"] for s in ss),
+            "judgments": sum(len(ss) for g in judged for ss in g["scores"]),
+            "too_long": sum(sum(g["too_long"]) for g in judged)}  # responses whose judge prompt did not fit
     if not recs:
-        sys.exit("error: EFT targets: no judgment of the SFT baseline agreed with the human ranking of any "
-                 "group, so M1 would get no evaluation data. Check the SFT baseline's judgments.")
+        sys.exit(f"error: EFT targets: no judgment of the SFT baseline agreed with the human ranking of any "
+                 f"group ({info['judgments_with_score']} of {info['judgments']} judgments had a score, "
+                 f"{info['too_long']} responses too long to judge), so M1 would get no evaluation data. Its "
+                 f"judgments are in {raw}. A small model may need a stronger judge's file: --eft_judgments=FILE.")
     save_jsonl(r.path("seed", "eft_train_targets.jsonl"), recs)
-    return {"groups": len(groups), "targets": len(recs)}
+    return info
+
+
+def eft_targets_from_file(c, r, seed_groups):
+    """EFT targets from another judge's judgments (judge.read_judge_file). A prompt
+    of the EFT eval set is dropped (it would leak into the evaluation of M1's judge);
+    where the seed's human ranks cover every response of a prompt, the ranks are
+    attached and judge.eft_targets keeps only judgments that agree with them."""
+    key = lambda text: " ".join(text.split()).lower()
+    human = {key(g["prompt"]): g for g in seed_groups}
+    held_out = {key(g["prompt"]) for g in read_jsonl(r.path("seed", "eft_eval.jsonl"))}
+    groups, judged = J.read_judge_file(c.eft_judgments)
+    kept, dropped = [], Counter()
+    for g, mine in zip(groups, judged):
+        if key(g["prompt"]) in held_out:
+            dropped["prompt of the EFT eval set"] += 1
+            continue
+        h = human.get(key(g["prompt"]))
+        if g["ranks"] is None and h is not None:
+            rank_of = {key(x): rank for x, rank in zip(h["responses"], h["ranks"])}
+            ranks = [rank_of.get(key(x)) for x in g["responses"]]
+            g = {**g, "ranks": None if None in ranks else ranks}
+        kept.append((g, mine))
+    recs = J.eft_targets([g for g, _ in kept], [m for _, m in kept], seed=sub_seed(c.seed, "eft targets"))
+    info = {"file": c.eft_judgments, "prompts": len(groups), "prompts_with_human_ranks":
+            sum(g["ranks"] is not None for g, _ in kept), "dropped": dict(dropped), "targets": len(recs),
+            "judgments_with_score": sum(s is not None for _, m in kept for j in m for s in j["scores"]),
+            "judgments": sum(len(j["scores"]) for _, m in kept for j in m)}
+    if not recs:
+        sys.exit(f"error: EFT targets: no judgment in {c.eft_judgments} has a score that agrees with the human "
+                 f"ranking where there is one ({info['judgments_with_score']} of {info['judgments']} with a score; "
+                 f"dropped {dict(dropped)}), so M1 would get no evaluation data.")
+    save_jsonl(r.path("seed", "eft_train_targets.jsonl"), recs)
+    D.log(f"EFT targets from {c.eft_judgments}: {len(recs)} kept of {info['judgments']} judgments")
+    return info
 
 
 def eft_train_file(r):
@@ -320,11 +374,12 @@ def stage_prompts(c, r, t, writer_path):
             rng.shuffle(shots)
             texts.append(toy.fewshot_text(shots))  # a Self-Instruct listing left open (the same for a real writer)
         ids = [tok.encode(x, bos=True) for x in texts]
+        room = [i for i, x in enumerate(ids) if fits(net, x)]  # long real prompts can overfill a small context
         # the end of the line ends the new task, as the end of text ends a response
-        outs = generate(net, ids, c.max_prompt_tokens, temperature=c.prompt_temperature, top_p=c.prompt_top_p,
-                        eos_id=newline, seed=sub_seed(c.seed, "prompts", t, shard), batch_size=c.gen_batch_size,
-                        progress=c.progress)
-        records = []
+        outs = generate(net, [ids[i] for i in room], c.max_prompt_tokens, temperature=c.prompt_temperature,
+                        top_p=c.prompt_top_p, eos_id=newline, seed=sub_seed(c.seed, "prompts", t, shard),
+                        batch_size=c.gen_batch_size, progress=c.progress) if room else []
+        records = [{"prompt": "", "dropped": "request longer than the context"}] * (len(ids) - len(room))
         for o in outs:
             prompt = tok.decode(o).strip()
             why = malformed(prompt, len(o) < c.max_prompt_tokens, c.min_prompt_words, c.max_prompt_words)
@@ -364,14 +419,15 @@ def stage_candidates(c, r, t, mt_path):
 
     def work(chunk, shard):
         ids = [chat_prompt_ids(tok, x["prompt"]) for x in chunk]
-        outs = generate(net, ids, c.max_response_tokens, temperature=c.temperature, top_p=c.top_p, n=n,
-                        eos_id=tok.eos_id, seed=sub_seed(c.seed, "candidates", t, shard),
-                        batch_size=c.gen_batch_size, progress=c.progress)
-        return [{"prompt": x["prompt"], "candidates": [tok.decode(o).strip() for o in outs[i * n:(i + 1) * n]]}
-                for i, x in enumerate(chunk)]
+        room = [i for i, x in enumerate(ids) if fits(net, x)]  # the others are skipped and counted
+        outs = generate(net, [ids[i] for i in room], c.max_response_tokens, temperature=c.temperature,
+                        top_p=c.top_p, n=n, eos_id=tok.eos_id, seed=sub_seed(c.seed, "candidates", t, shard),
+                        batch_size=c.gen_batch_size, progress=c.progress) if room else []
+        return [{"prompt": chunk[i]["prompt"], "candidates": [tok.decode(o).strip() for o in outs[k * n:(k + 1) * n]]}
+                for k, i in enumerate(room)]
 
     recs = generate_sharded(r, os.path.join(f"iter{t}", "candidates"), prompts, c.shard_size, work)
-    return {"prompts": len(recs), "candidates": len(recs) * n}
+    return {"prompts": len(recs), "candidates": len(recs) * n, "too_long": len(prompts) - len(recs)}
 
 
 def judge_settings(c, seed):
@@ -388,12 +444,15 @@ def stage_judgments(c, r, t, mt_path):
         judged = J.judge_groups(net, tok, [x["prompt"] for x in chunk], [x["candidates"] for x in chunk],
                                 **judge_settings(c, sub_seed(c.seed, "judge", t, shard)))
         return [{"prompt": x["prompt"], "candidates": x["candidates"], "judgments": [j["judgments"] for j in mine],
-                 "scores": [j["scores"] for j in mine], "score": [j["score"] for j in mine]}
-                for x, mine in zip(chunk, judged)]
+                 "scores": [j["scores"] for j in mine], "score": [j["score"] for j in mine],
+                 "too_long": [j["too_long"] for j in mine]} for x, mine in zip(chunk, judged)]
 
     recs = generate_sharded(r, os.path.join(f"iter{t}", "judgments"), recs, c.shard_size, work)
     scored = sum(s is not None for x in recs for s in x["score"])
-    return {"candidates": sum(len(x["score"]) for x in recs), "with_score": scored}
+    return {"candidates": sum(len(x["score"]) for x in recs), "with_score": scored,
+            "judgments": sum(len(ss) for x in recs for ss in x["scores"]),
+            "judgments_with_score": sum(s is not None for x in recs for ss in x["scores"] for s in ss),
+            "too_long": sum(sum(x["too_long"]) for x in recs)}  # candidates whose judge prompt did not fit
 
 
 def make_pairs(judged):
@@ -466,24 +525,29 @@ def stage_eval(c, r, name, path):
                                 **judge_settings(c, sub_seed(c.seed, "eval judge", name)))
         info["judge"] = J.reward_metrics([[j["score"] for j in mine] for mine in judged],
                                          [g["ranks"] for g in groups])
+        every = [j for mine in judged for j in mine]
+        info["judge"].update(judgments=sum(len(j["scores"]) for j in every),  # coverage per judgment, not per response
+                             judgments_with_score=sum(s is not None for j in every for s in j["scores"]),
+                             too_long=sum(j["too_long"] for j in every))
         if D.is_rank0():
-            write_jsonl(r.path("eval", f"{name}_judgments.jsonl"), [j for mine in judged for j in mine])
-    real_prompts = [(c.eval_prompts, "alpaca_eval"), (c.mt_bench, "mt_bench")]
-    for src, kind in real_prompts:  # real data: answers for external judging
-        if not src:
-            continue
-        qs = read_jsonl(src)
-        texts = [q["instruction"] if kind == "alpaca_eval" else q["turns"][0] for q in qs]
-        outs = generate(net, [chat_prompt_ids(tok, x) for x in texts], c.max_response_tokens,
-                        temperature=0.0, **sample_kw)
-        answers = [tok.decode(o).strip() for o in outs]
-        if D.is_rank0() and kind == "alpaca_eval":
-            write_json(r.path("eval", f"{name}_alpaca_eval.json"),
-                       [{"instruction": x, "output": a, "generator": f"selfreward-{name}"} for x, a in zip(texts, answers)])
-        elif D.is_rank0():
-            write_jsonl(r.path("eval", f"{name}_mt_bench.jsonl"),
-                        [{"question_id": q["question_id"], "model_id": f"selfreward-{name}",
-                          "choices": [{"index": 0, "turns": [a]}]} for q, a in zip(qs, answers)])
+            write_jsonl(r.path("eval", f"{name}_judgments.jsonl"), every)
+    model_id = f"{c.run_name}-{name}"  # the name external judges list it under
+    if c.eval_prompts:  # real data: answers for external judges, in their own tools' files (evaluation.py)
+        recs, skipped = E.answer_alpaca_eval(net, tok, E.read_eval_prompts(c.eval_prompts), model_id,
+                                             c.max_response_tokens, **sample_kw)
+        out = E.alpaca_eval_path(r.path("eval"), model_id)
+        if D.is_rank0():
+            E.write_alpaca_eval(out, recs)
+        info["alpaca_eval"] = {"path": out, "answered": len(recs), "too_long": skipped,
+                               "avg_length": E.mean_length(x["output"] for x in recs)}
+    if c.mt_bench:
+        recs, skipped = E.answer_mt_bench(net, tok, E.read_mt_bench(c.mt_bench), model_id,
+                                          c.max_response_tokens, **sample_kw)
+        out = E.mt_bench_path(r.path("eval"), model_id)
+        if D.is_rank0():
+            E.write_mt_bench(out, recs)
+        info["mt_bench"] = {"path": out, "answered": len(recs), "too_long": skipped,
+                            "avg_length": E.mean_length(t for x in recs for t in x["choices"][0]["turns"])}
     D.barrier()
     return info
 

@@ -43,8 +43,22 @@ B_INST, E_INST = "[INST]", "[/INST]"
 
 
 def chat_prompt_ids(tokenizer, prompt):
-    """Token ids of a chat prompt, ready for the model to write the response."""
-    return tokenizer.encode(f"{B_INST} {prompt.strip()} {E_INST}", bos=True)
+    """Token ids of a chat prompt, ready for the model to write the response.
+    prompt: a string (one user turn), or a conversation: a list of messages
+    {"role": "user" | "assistant", "content": str}, alternating, starting and
+    ending with the user. Earlier turns are written as Meta's Llama 2 chat does,
+    each exchange its own <s>[INST] {user} [/INST] {assistant} </s>."""
+    if isinstance(prompt, str):
+        return tokenizer.encode(f"{B_INST} {prompt.strip()} {E_INST}", bos=True)
+    roles = [m["role"] for m in prompt]
+    if not roles or roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
+        raise ValueError(f"a conversation alternates user and assistant turns, starting and ending with "
+                         f"the user; got roles {roles}")
+    ids = []
+    for user, assistant in zip(prompt[0:-1:2], prompt[1::2]):
+        ids += tokenizer.encode(f"{B_INST} {user['content'].strip()} {E_INST} {assistant['content'].strip()} ",
+                                bos=True, eos=True)
+    return ids + chat_prompt_ids(tokenizer, prompt[-1]["content"])
 
 
 def chat_tokens(tokenizer, prompt, response=None):

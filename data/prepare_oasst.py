@@ -39,6 +39,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from collections import Counter, defaultdict
 
 from data import write_jsonl
@@ -181,6 +182,23 @@ def report(sets, kept, dropped):
     return lines
 
 
+def empty_set_warnings(sets, paths, eval_files):
+    """A warning line for each set that came out empty: the loop cannot run on it,
+    and an empty file written silently is found only when a stage fails."""
+    every_file_is_eval = bool(eval_files) and {os.path.abspath(p) for p in paths} <= \
+        {os.path.abspath(p) for p in eval_files}
+    why = {"ift": "IFT", "eft_train": "EFT train", "eft_eval": "EFT eval"}
+    lines = []
+    for name, records in sets.items():
+        if records:
+            continue
+        hint = ("every input file is an --eval_files file, so all its prompts went to the EFT eval set; add the "
+                "train split, or leave --eval_files out to split these files" if every_file_is_eval and name != "eft_eval"
+                else "check the input files and the split settings (--eft_eval_frac, --ift_frac)")
+        lines.append(f"warning: {name}.jsonl will be empty (no {why[name]} prompt): {hint}")
+    return lines
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="Write the IFT and EFT seed sets from oasst1 message files.")
     p.add_argument("files", nargs="+", help="oasst1 per-message JSONL files (train, validation)")
@@ -193,5 +211,7 @@ if __name__ == "__main__":
     args = p.parse_args()
     sets, kept, dropped = prepare(args.files, args.eval_files, args.eft_eval_frac, args.ift_frac, args.seed)
     print("\n".join(report(sets, kept, dropped)))
+    for line in empty_set_warnings(sets, args.files, args.eval_files):
+        print(line, file=sys.stderr)
     for name, records in sets.items():
         print("wrote", write_jsonl(os.path.join(args.out, f"{name}.jsonl"), records))

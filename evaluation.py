@@ -1,0 +1,131 @@
+"""
+Answers for external judges, written where and as their own tools read them,
+so they can be judged as they are (the paper judged with GPT-4 on AlpacaEval
+and MT-Bench, Section 3.3):
+
+    AlpacaEval  prompts: its evaluation set as it ships, a JSON array, or JSON Lines;
+                each {"instruction", "dataset"?, ...}
+                answers: eval/alpaca_eval/<model_id>/model_outputs.json, a JSON array of
+                {"instruction", "output", "generator", "dataset"?}
+                    alpaca_eval --model_outputs=eval/alpaca_eval/<model_id>/model_outputs.json
+    MT-Bench    questions: FastChat's question.jsonl, {"question_id", "category", "turns": [t1, t2]}
+                answers: eval/mt_bench/model_answer/<model_id>.jsonl, one line per question
+                {"question_id", "answer_id", "model_id", "choices": [{"index": 0, "turns": [a1, a2]}], "tstamp"}
+                FastChat's llm_judge reads every *.jsonl in a model_answer/ folder and names the
+                model after the file, so that folder holds answer files and nothing else:
+                    cp eval/mt_bench/model_answer/*.jsonl FastChat/fastchat/llm_judge/data/mt_bench/model_answer/
+
+Answers are greedy. Turn 2 of an MT-Bench question is asked in the same
+conversation, after the model's own first answer (as FastChat's
+gen_model_answer does). A prompt that leaves no room in the model's context
+is skipped and counted, never an error that stops the evaluation.
+"""
+import json
+import os
+import time
+
+from data import read_jsonl, write_jsonl, write_text
+from sample import fits, generate
+from tokenizer import chat_prompt_ids
+
+
+def read_eval_prompts(path):
+    """AlpacaEval-style prompts: a JSON array (AlpacaEval's own file) or JSON Lines,
+    each an object with a string "instruction". Errors name the file and record."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"eval prompts file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        head = f.read(4096).lstrip()
+    if not head.startswith("["):
+        return read_jsonl(path, fields=("instruction",), allow_empty=False)
+    with open(path, encoding="utf-8") as f:
+        try:
+            records = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    for i, x in enumerate(records):
+        if not isinstance(x, dict) or not isinstance(x.get("instruction"), str):
+            raise ValueError(f"{path}: element {i} of the array is not an object with a string 'instruction'")
+    if not records:
+        raise ValueError(f"{path}: no records (the array is empty)")
+    return records
+
+
+def read_mt_bench(path):
+    """MT-Bench questions (FastChat's question.jsonl): a question_id and a list of turns."""
+    questions = read_jsonl(path, allow_empty=False)
+    for i, q in enumerate(questions, 1):
+        turns = q.get("turns")
+        if "question_id" not in q or not isinstance(turns, list) or not turns \
+                or not all(isinstance(t, str) for t in turns):
+            raise ValueError(f"{path}: record {i} is not an MT-Bench question "
+                             f"(needs question_id and turns: a list of strings)")
+    return questions
+
+
+def alpaca_eval_path(eval_dir, model_id):
+    return os.path.join(eval_dir, "alpaca_eval", model_id, "model_outputs.json")
+
+
+def mt_bench_path(eval_dir, model_id):
+    return os.path.join(eval_dir, "mt_bench", "model_answer", f"{model_id}.jsonl")
+
+
+def _answer(model, tokenizer, conversations, max_new_tokens, sample_kw):
+    """Greedy answers to chat conversations; None for one with no room in the context."""
+    ids = [chat_prompt_ids(tokenizer, x) for x in conversations]
+    room = [i for i, x in enumerate(ids) if fits(model, x)]
+    outs = generate(model, [ids[i] for i in room], max_new_tokens, temperature=0.0, **sample_kw) if room else []
+    answers = [None] * len(ids)
+    for i, o in zip(room, outs):
+        answers[i] = tokenizer.decode(o).strip()
+    return answers
+
+
+def answer_alpaca_eval(model, tokenizer, prompts, model_id, max_new_tokens, **sample_kw):
+    """AlpacaEval model outputs for the prompts, and how many were skipped (too long).
+    sample_kw go to sample.generate (eos_id, batch_size, progress)."""
+    answers = _answer(model, tokenizer, [x["instruction"] for x in prompts], max_new_tokens, sample_kw)
+    records = []
+    for x, a in zip(prompts, answers):
+        if a is not None:
+            extra = {"dataset": x["dataset"]} if "dataset" in x else {}
+            records.append({"instruction": x["instruction"], "output": a, "generator": model_id, **extra})
+    return records, len(prompts) - len(records)
+
+
+def answer_mt_bench(model, tokenizer, questions, model_id, max_new_tokens, **sample_kw):
+    """MT-Bench answers, every turn of every question, each turn asked after the
+    model's own earlier answers; and how many questions were skipped because a
+    turn had no room in the context (FastChat needs every turn answered)."""
+    conversations = {i: [] for i in range(len(questions))}  # question index -> messages so far
+    for k in range(max(len(q["turns"]) for q in questions)):
+        asked = [i for i in conversations if k < len(questions[i]["turns"])]
+        for i in asked:
+            conversations[i].append({"role": "user", "content": questions[i]["turns"][k]})
+        answers = _answer(model, tokenizer, [conversations[i] for i in asked], max_new_tokens, sample_kw)
+        for i, a in zip(asked, answers):
+            if a is None:
+                del conversations[i]
+            else:
+                conversations[i].append({"role": "assistant", "content": a})
+    now = time.time()
+    records = [{"question_id": questions[i]["question_id"], "answer_id": f"{model_id}-{questions[i]['question_id']}",
+                "model_id": model_id,
+                "choices": [{"index": 0, "turns": [m["content"] for m in messages if m["role"] == "assistant"]}],
+                "tstamp": now} for i, messages in sorted(conversations.items())]
+    return records, len(questions) - len(records)
+
+
+def write_alpaca_eval(path, records):
+    return write_text(path, json.dumps(records, indent=2, ensure_ascii=False))
+
+
+def write_mt_bench(path, records):
+    return write_jsonl(path, records)
+
+
+def mean_length(texts):
+    """Mean length in characters (what AlpacaEval reports as avg_length), or None."""
+    texts = list(texts)
+    return sum(map(len, texts)) / len(texts) if texts else None
