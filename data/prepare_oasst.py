@@ -192,9 +192,11 @@ def empty_set_warnings(sets, paths, eval_files):
     for name, records in sets.items():
         if records:
             continue
-        hint = ("every input file is an --eval_files file, so all its prompts went to the EFT eval set; add the "
-                "train split, or leave --eval_files out to split these files" if every_file_is_eval and name != "eft_eval"
-                else "check the input files and the split settings (--eft_eval_frac, --ift_frac)")
+        if every_file_is_eval and name != "eft_eval":
+            hint = ("every input file is an --eval_files file, so all its prompts went to the EFT eval set; "
+                    "add the train split, or leave --eval_files out to split these files")
+        else:
+            hint = "check the input files and the split settings (--eft_eval_frac, --ift_frac)"
         lines.append(f"warning: {name}.jsonl will be empty (no {why[name]} prompt): {hint}")
     return lines
 

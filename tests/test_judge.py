@@ -4,12 +4,14 @@ import json
 import math
 import random
 import statistics
+from collections import Counter
 
 import pytest
 
 from conftest import shared_file
-from judge import (JUDGE_PROMPT, judge, judge_groups, judge_prompt, kendall_tau, make_eft_targets, parse_score,
-                   reward_metrics, spearman)
+from data import read_jsonl, write_jsonl
+from judge import (JUDGE_PROMPT, eft_targets, judge, judge_groups, judge_prompt, judge_prompt_ids, kendall_tau,
+                   make_eft_targets, parse_score, read_judge_file, reward_metrics, spearman)
 
 
 def test_prompt_is_the_papers_text():
@@ -77,6 +79,15 @@ def test_parse_score_on_a_small_models_messy_judgments():
     assert parse_score(prompt_only) is None
 
 
+class StubModel:
+    """Just enough of a model for judge() with a stub sampler: its context length."""
+    def __init__(self, max_seq_len=100_000):
+        self.args = type("Args", (), {"max_seq_len": max_seq_len})()
+
+
+MODEL = StubModel()
+
+
 class CharTokenizer:
     """Just enough of a tokenizer for judge(): one id per character."""
     eos_id = 2
@@ -107,17 +118,17 @@ def test_judge_averages_and_keeps_the_raw_judgments():
              "hmm", "Score: 3.5", "",                                  # response 2: no score at all
              "**Score**: 1", "Score 0:", "Score: 1/5"]                # response 3: mean 2/3
     gen, calls = stub_generate(texts)
-    scores, records = judge("model", CharTokenizer(), ["p0", "p1", "p2", "p3"], ["r0", "r1", "r2", "r3"],
+    scores, records = judge(MODEL, CharTokenizer(), ["p0", "p1", "p2", "p3"], ["r0", "r1", "r2", "r3"],
                             n_samples=3, seed=7, max_new_tokens=64, generate_fn=gen)
     assert scores[:3] == [4.0, 2.0, None] and scores[3] == pytest.approx(2 / 3)
     assert records[1] == {"prompt": "p1", "response": "r1", "judgments": ["Score: 2", "no idea", "Score: 9"],
-                          "scores": [2, None, None], "score": 2.0}
+                          "scores": [2, None, None], "score": 2.0, "too_long": False}
     assert records[2]["scores"] == [None, None, None] and records[2]["score"] is None
     (call,) = calls  # one call for everything: the sampler shares the judge prefix
     assert (call["n"], call["temperature"], call["top_p"], call["eos_id"], call["seed"], call["max_new_tokens"]) \
         == (3, 0.7, 0.9, 2, 7, 64)
     assert CharTokenizer().decode(call["prompts"][1][1:]) == "[INST] " + judge_prompt("p1", "r1") + " [/INST]"
-    assert judge("model", CharTokenizer(), [], [], generate_fn=gen) == ([], [])
+    assert judge(MODEL, CharTokenizer(), [], [], generate_fn=gen) == ([], [])
 
 
 
@@ -125,9 +136,9 @@ def test_judge_groups_is_judge_on_the_flat_list_regrouped():
     texts = ["Score: 4", "Score: 1", "x", "Score: 2", "Score: 5", "Score: 3", "Score: 0", "Score: 4"]  # n=2 each
     prompts, groups = ["p0", "p1", "p2"], [["a", "b"], [], ["c", "d"]]
     gen, calls = stub_generate(texts)
-    grouped = judge_groups("model", CharTokenizer(), prompts, groups, n_samples=2, seed=3, generate_fn=gen)
+    grouped = judge_groups(MODEL, CharTokenizer(), prompts, groups, n_samples=2, seed=3, generate_fn=gen)
     gen2, calls2 = stub_generate(texts)
-    _, flat = judge("model", CharTokenizer(), ["p0", "p0", "p2", "p2"], ["a", "b", "c", "d"], n_samples=2, seed=3,
+    _, flat = judge(MODEL, CharTokenizer(), ["p0", "p0", "p2", "p2"], ["a", "b", "c", "d"], n_samples=2, seed=3,
                     generate_fn=gen2)
     assert grouped == [flat[:2], [], flat[2:]] and calls == calls2 and len(calls) == 1  # one sampler call
     assert [[j["score"] for j in g] for g in grouped] == [[2.5, 2.0], [], [4.0, 2.0]]
@@ -211,9 +222,82 @@ def test_eft_targets_keep_agreeing_groups_and_downsample():
              "Fine. Score: 4", "**Score: 5**", "Score: 1\nOff-topic answer.", "Score: 2", "Score: 2",
              "Score: 9", "Score: 0"]
     gen, _ = stub_generate(texts)
-    records = make_eft_targets("model", CharTokenizer(), groups, n_attempts=1, generate_fn=gen, seed=0)
+    records = make_eft_targets(MODEL, CharTokenizer(), groups, n_attempts=1, generate_fn=gen, seed=0)
     # kept: g0 (4, 2) and g2 (4, 5, 1); the most frequent score, 4, is cut to the next count (1)
     assert sorted(r["score"] for r in records) == [1, 2, 4, 5]
     assert {"prompt": judge_prompt("g0", "b"), "response": "Partly.\nScore: 2", "score": 2} in records
     assert {"prompt": judge_prompt("g2", "g"), "response": "Off-topic answer.\nScore: 1", "score": 1} in records
     assert {"prompt": judge_prompt("g2", "f"), "response": "Score: 5", "score": 5} in records
+
+
+def test_judge_skips_and_marks_prompts_longer_than_the_context():
+    tok = CharTokenizer()
+    room = len(judge_prompt_ids(tok, "p", "short")) + 1  # "short" fits with one token to spare
+    gen, calls = stub_generate(["Score: 4", "Score: 3", "Score: 1", "Score: 2"])
+    scores, records = judge(StubModel(room), tok, ["p", "p", "p"], ["short", "a much longer response", "short"],
+                            n_samples=2, generate_fn=gen)
+    (call,) = calls
+    assert len(call["prompts"]) == 2 and all(len(x) < room for x in call["prompts"])  # only those that fit
+    assert scores == [3.5, None, 1.5]
+    assert records[1] == {"prompt": "p", "response": "a much longer response", "judgments": [],
+                          "scores": [None, None], "score": None, "too_long": True}
+    assert [r["too_long"] for r in records] == [False, True, False]
+    gen, calls = stub_generate([])
+    assert judge(StubModel(room), tok, ["p"], ["a much longer response"], generate_fn=gen)[0] == [None]
+    assert calls == []  # nothing fits: the sampler is not called at all
+
+
+def test_make_eft_targets_keeps_the_raw_judgments(tmp_path):
+    groups = [{"prompt": "g0", "responses": ["a", "b"], "ranks": [0, 1]},
+              {"prompt": "g1", "responses": ["c", "d"], "ranks": [0, 1]}]
+    gen, _ = stub_generate(["Score: 4", "Score: 2", "no score", "Score: 4"])
+    raw = tmp_path / "raw.jsonl"
+    records = make_eft_targets(MODEL, CharTokenizer(), groups, n_attempts=1, generate_fn=gen, judgments_path=raw)
+    assert sorted(r["score"] for r in records) == [2, 4]  # g0 agrees; g1 has no score for "c"
+    assert read_jsonl(raw) == [
+        {"prompt": "g0", "responses": ["a", "b"], "ranks": [0, 1], "judgments": [["Score: 4"], ["Score: 2"]],
+         "scores": [[4], [2]], "too_long": [False, False]},
+        {"prompt": "g1", "responses": ["c", "d"], "ranks": [0, 1], "judgments": [["no score"], ["Score: 4"]],
+         "scores": [[None], [4]], "too_long": [False, False]}]
+    # the raw file reads back as another judge's file, with the same result
+    assert eft_targets(*read_judge_file(raw)) == records
+
+
+def test_eft_targets_without_ranks_keep_every_scored_judgment():
+    groups = [{"prompt": "p", "responses": ["a", "b", "c"], "ranks": None}]
+    judged = [[{"response": "a", "judgments": ["Good.\nScore: 5"], "scores": [5]},
+               {"response": "b", "judgments": ["hmm"], "scores": [None]},
+               {"response": "c", "judgments": ["Score: 2\nWeak."], "scores": [2]}]]
+    assert eft_targets(groups, judged) == [
+        {"prompt": judge_prompt("p", "a"), "response": "Good.\nScore: 5", "score": 5},
+        {"prompt": judge_prompt("p", "c"), "response": "Weak.\nScore: 2", "score": 2}]
+    ranked = [{**groups[0], "ranks": [2, 1, 0]}]  # the humans disagree (c best): nothing is kept
+    assert eft_targets(ranked, judged) == []
+
+
+def test_read_judge_file_on_the_shared_real_judge_outputs():
+    path = shared_file("judge_outputs", "scores_gemini200.jsonl")
+    groups, judged = read_judge_file(path)
+    assert len(groups) == 200 and all(len(g["responses"]) == 4 and g["ranks"] is None for g in groups)
+    raw = {x["prompt_id"]: x for x in map(json.loads, open(path))}
+    first = next(iter(raw.values()))
+    assert groups[0]["prompt"] == first["prompt"]
+    assert [j["judgments"][0] for j in judged[0]] == [first["completion"][k]["reasoning"] for k in "0123"]
+    scores = [s for g in judged for j in g for s in j["scores"]]
+    # every one parses (the stored regex parse missed 2); no human ranks: every scored judgment is material
+    assert len(scores) == 800 and None not in scores
+    targets = eft_targets(groups, judged, seed=0)
+    assert len(targets) < 800 and max(Counter(t["score"] for t in targets).values()) == sorted(
+        Counter(scores).values())[-2]  # the most frequent score down-sampled to the next one's count
+    assert targets and all(parse_score(t["response"]) == t["score"] for t in targets)
+    assert all(t["response"].endswith(f"Score: {t['score']}") for t in targets)
+
+
+def test_read_judge_file_names_a_bad_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    write_jsonl(bad, [{"prompt": "p", "responses": ["a"], "judgments": [["Score: 1"]]}, {"prompt": "q"}])
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: a judgment record has 'completion'"):
+        read_judge_file(bad)
+    write_jsonl(bad, [{"prompt": "p", "responses": ["a", "b"], "judgments": [["Score: 1"]]}])
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: every response needs its text and its judgments"):
+        read_judge_file(bad)

@@ -1,0 +1,160 @@
+"""evaluation.py: answers for external judges, read back by the judges' own loaders
+(FastChat's llm_judge for MT-Bench, alpaca_eval for AlpacaEval; test-only installs,
+skipped with the reason where absent), both MT-Bench turns, long prompts skipped."""
+import json
+import os
+
+import pytest
+import torch
+
+import evaluation as E
+import model as M
+from conftest import shared_file
+from data import write_jsonl
+from tokenizer import Tokenizer, chat_prompt_ids
+
+
+@pytest.fixture(scope="module")
+def tok(toy_tokenizer_path):
+    return Tokenizer(toy_tokenizer_path)
+
+
+def tiny(tok, max_seq_len=512):
+    torch.manual_seed(0)
+    return M.Transformer(M.preset("toy-tiny", vocab_size=tok.vocab_size, max_seq_len=max_seq_len)).eval()
+
+
+@pytest.fixture(scope="module")
+def mt_bench_run(tmp_path_factory, toy_tokenizer_path):
+    """The 80 real MT-Bench questions answered by a small random model, every
+    sampler call recorded, written where FastChat reads answers."""
+    torch.set_num_threads(1)
+    tok = Tokenizer(toy_tokenizer_path)
+    questions = E.read_mt_bench(shared_file("mt_bench", "question.jsonl"))
+    calls = []
+
+    def recording_generate(model, prompts, max_new_tokens, **kw):
+        outs = real_generate(model, prompts, max_new_tokens, **kw)
+        calls.append((prompts, outs, kw))
+        return outs
+    real_generate, E.generate = E.generate, recording_generate
+    try:
+        recs, skipped = E.answer_mt_bench(tiny(tok, 4096), tok, questions, "run-M2", 6, eos_id=tok.eos_id, batch_size=64,
+                                          progress=False)
+    finally:
+        E.generate = real_generate
+    eval_dir = tmp_path_factory.mktemp("eval")
+    path = E.mt_bench_path(str(eval_dir), "run-M2")
+    E.write_mt_bench(path, recs)
+    return questions, recs, skipped, calls, path, tok
+
+
+def test_mt_bench_answers_both_turns_turn_two_after_its_own_first_answer(mt_bench_run):
+    questions, recs, skipped, calls, path, tok = mt_bench_run
+    assert skipped == 0 and len(recs) == 80 and path.endswith(os.path.join("mt_bench", "model_answer", "run-M2.jsonl"))
+    assert [r["question_id"] for r in recs] == [q["question_id"] for q in questions]
+    assert all(r["model_id"] == "run-M2" and len(r["choices"]) == 1 and r["choices"][0]["index"] == 0
+               and len(r["choices"][0]["turns"]) == 2 and isinstance(r["tstamp"], float) for r in recs)
+    assert len({r["answer_id"] for r in recs}) == 80
+    (p1, o1, kw1), (p2, o2, kw2) = calls  # one greedy sampler call per turn
+    assert kw1["temperature"] == kw2["temperature"] == 0.0
+    for i, (q, r) in enumerate(zip(questions, recs)):
+        first, second = r["choices"][0]["turns"]
+        assert p1[i] == chat_prompt_ids(tok, q["turns"][0]) and first == tok.decode(o1[i]).strip()
+        # turn 2 is the same conversation continued, after the model's own first answer
+        assert p2[i] == chat_prompt_ids(tok, [{"role": "user", "content": q["turns"][0]},
+                                              {"role": "assistant", "content": first},
+                                              {"role": "user", "content": q["turns"][1]}])
+        assert second == tok.decode(o2[i]).strip()
+
+
+def test_llama2_multi_turn_is_metas_layout(llama_tokenizer_path):
+    """Meta's chat_completion: each earlier exchange <s>[INST] u [/INST] a </s>, then <s>[INST] u [/INST]."""
+    tok = Tokenizer(llama_tokenizer_path)
+    conv = [{"role": "user", "content": " Hi there. "}, {"role": "assistant", "content": "Hello! \n"},
+            {"role": "user", "content": "Rewrite it."}]
+    assert chat_prompt_ids(tok, conv) == (
+        [1] + tok.sp.encode("[INST] Hi there. [/INST] Hello! ") + [2] + [1] + tok.sp.encode("[INST] Rewrite it. [/INST]"))
+    assert chat_prompt_ids(tok, conv[:1]) == chat_prompt_ids(tok, "Hi there.")
+    with pytest.raises(ValueError, match="alternates user and assistant"):
+        chat_prompt_ids(tok, conv[:2])
+
+
+def test_fastchat_reads_the_answers_and_judges_turn_two(mt_bench_run, monkeypatch):
+    common = pytest.importorskip("fastchat.llm_judge.common", reason="FastChat (fschat) not installed")
+    gen_judgment = pytest.importorskip("fastchat.llm_judge.gen_judgment")
+    questions, recs, _, _, path, _ = mt_bench_run
+    folder = os.path.dirname(path)
+    assert os.listdir(folder) == ["run-M2.jsonl"]  # nothing else sits where FastChat reads every *.jsonl
+    qs = common.load_questions(shared_file("mt_bench", "question.jsonl"), None, None)
+    answers = common.load_model_answers(folder)
+    assert common.get_model_list(folder) == ["run-M2"] and list(answers) == ["run-M2"]  # the name from the file
+    common.check_data(qs, answers, None, ["run-M2"], {})  # every question answered
+    # a multi-turn judgment, as gen_judgment.py runs it, with the judge model's API stubbed out
+    template = {"name": "single-v1-multi-turn", "type": "single", "system_prompt": "Judge the second answer.",
+                "prompt_template": "Q1 {question_1}\nA1 {answer_1}\nQ2 {question_2}\nA2 {answer_2}",
+                "output_format": "[[rating]]"}
+    judge = common.Judge("gpt-4", template, multi_turn=True)
+    seen = []
+    monkeypatch.setattr(common, "chat_completion_openai",
+                        lambda model, conv, temperature, max_tokens: seen.append(conv.messages) or "Rating: [[3]]")
+    matches = gen_judgment.make_match_single(qs, ["run-M2"], answers, judge, multi_turn=True)
+    assert len(matches) == 80
+    result = common.play_a_match_single(matches[0], None)
+    assert result["turn"] == 2 and result["score"] == 3
+    assert f"A2 {recs[0]['choices'][0]['turns'][1]}" in result["user_prompt"]
+    assert f"A1 {recs[0]['choices'][0]['turns'][0]}" in result["user_prompt"]
+
+
+def test_alpaca_eval_prompts_from_json_or_jsonl_and_outputs_its_loader_reads(tmp_path, tok):
+    prompts = [{"instruction": "Name a color.", "dataset": "helpful_base", "generator": "gpt4", "output": "x"},
+               {"instruction": "Say hi."}]
+    (tmp_path / "set.json").write_text(json.dumps(prompts, indent=1))  # AlpacaEval ships a JSON array
+    write_jsonl(tmp_path / "set.jsonl", prompts)
+    assert E.read_eval_prompts(str(tmp_path / "set.json")) == E.read_eval_prompts(str(tmp_path / "set.jsonl")) \
+        == prompts
+    recs, skipped = E.answer_alpaca_eval(tiny(tok), tok, prompts, "run-M1", 5, eos_id=tok.eos_id, progress=False)
+    assert skipped == 0
+    assert recs[0].keys() == {"instruction", "output", "generator", "dataset"} and recs[0]["dataset"] == "helpful_base"
+    assert recs[1].keys() == {"instruction", "output", "generator"}
+    path = E.alpaca_eval_path(str(tmp_path / "eval"), "run-M1")
+    E.write_alpaca_eval(path, recs)
+    assert path.endswith(os.path.join("alpaca_eval", "run-M1", "model_outputs.json"))
+    assert json.load(open(path)) == recs
+    utils = pytest.importorskip("alpaca_eval.utils", reason="alpaca-eval not installed")
+    df = utils.load_or_convert_to_dataframe(path)  # what alpaca_eval --model_outputs=PATH does first
+    assert list(df["instruction"]) == [p["instruction"] for p in prompts]
+    assert list(df["output"]) == [r["output"] for r in recs]
+    assert utils.get_generator_name(None, df) == "run-M1"
+
+
+def test_bad_eval_prompt_files_name_the_record(tmp_path):
+    (tmp_path / "a.json").write_text('[{"instruction": "ok"}, {"prompt": "no"}]')
+    with pytest.raises(ValueError, match=r"a.json: element 1 of the array"):
+        E.read_eval_prompts(str(tmp_path / "a.json"))
+    (tmp_path / "b.jsonl").write_text('{"instruction": "ok"}\n{"prompt": "no"}\n')
+    with pytest.raises(ValueError, match=r"b.jsonl:2: missing or non-string field\(s\): instruction"):
+        E.read_eval_prompts(str(tmp_path / "b.jsonl"))
+    (tmp_path / "c.json").write_text("[]")
+    with pytest.raises(ValueError, match="empty"):
+        E.read_eval_prompts(str(tmp_path / "c.json"))
+    write_jsonl(tmp_path / "q.jsonl", [{"question_id": 1, "turns": ["a", "b"]}, {"question_id": 2, "turns": "a"}])
+    with pytest.raises(ValueError, match="record 2 is not an MT-Bench question"):
+        E.read_mt_bench(str(tmp_path / "q.jsonl"))
+    with pytest.raises(FileNotFoundError):
+        E.read_eval_prompts(str(tmp_path / "none.json"))
+
+
+def test_prompts_longer_than_the_context_are_skipped_and_counted(tok):
+    short, long = "Say hi.", " ".join(["please answer the question"] * 40)
+    ctx = 64
+    assert len(chat_prompt_ids(tok, short)) + 8 < ctx < len(chat_prompt_ids(tok, long))
+    net = tiny(tok, ctx)
+    recs, skipped = E.answer_alpaca_eval(net, tok, [{"instruction": long}, {"instruction": short}], "m", 4,
+                                         eos_id=tok.eos_id, progress=False)
+    assert skipped == 1 and [r["instruction"] for r in recs] == [short]
+    questions = [{"question_id": 1, "turns": [short, "Again."]}, {"question_id": 2, "turns": [long, "Again."]},
+                 {"question_id": 3, "turns": [short, long]}]  # 3: turn 2 does not fit, FastChat needs both
+    recs, skipped = E.answer_mt_bench(net, tok, questions, "m", 4, eos_id=tok.eos_id, progress=False)
+    assert skipped == 2 and [r["question_id"] for r in recs] == [1]
+    assert len(recs[0]["choices"][0]["turns"]) == 2

@@ -1,0 +1,239 @@
+"""Real data that does not fit, EFT targets from another judge, the report for real data:
+the stages on a small random model with a short context, and one end-to-end run of the
+loop on real-format seed data (seed -> SFT -> EFT targets from a file -> M1 -> evaluation)."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import configurator
+import distributed as D
+import evaluation as E
+import model as M
+import report
+import selfreward as S
+from checkpoint import save_model
+from conftest import ROOT, shared_file
+from data import read_jsonl, toy, write_jsonl
+from judge import judge_prompt, judge_prompt_ids
+from run_folder import Run
+from tokenizer import Tokenizer, chat_prompt_ids
+
+SHORT = "Say hi."
+LONG = " ".join(["please answer the question"] * 40)  # about 100 tokens with the small tokenizer
+CTX = 96  # fits a short chat prompt with room to answer, never LONG; far too short for a judge prompt
+
+
+@pytest.fixture
+def tok(toy_tokenizer_path):
+    return Tokenizer(toy_tokenizer_path)
+
+
+def settings(**overrides):
+    small = dict(progress=False, n_prompts=24, shard_size=8, max_response_tokens=4, max_judge_tokens=4,
+                 max_prompt_tokens=8, n_judge=2, gen_batch_size=16)
+    return configurator.settings(S.DEFAULTS, {**small, **overrides})
+
+
+def run_folder(tmp_path):
+    return Run(str(tmp_path / "run"), {}, D.Env())
+
+
+def use_model(monkeypatch, tok, max_seq_len):
+    torch.manual_seed(0)
+    net = M.Transformer(M.preset("toy-tiny", vocab_size=tok.vocab_size, max_seq_len=max_seq_len)).eval()
+    monkeypatch.setattr(S, "load_model", lambda r, path: (net, tok))
+    return net
+
+
+def test_generation_stages_skip_and_count_prompts_longer_than_the_context(tmp_path, monkeypatch, tok):
+    c, r = settings(), run_folder(tmp_path)
+    # new prompts: a request holding the long seed prompt has no room; the others are sampled
+    use_model(monkeypatch, tok, len(tok.encode(toy.fewshot_text([f"{SHORT} 10"] * c.n_shots), bos=True)) + 16)
+    write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": f"{SHORT} {i}", "response": "hi"} for i in range(30)]
+                + [{"prompt": LONG, "response": "ok"}])
+    try:
+        dropped = S.stage_prompts(c, r, 1, "writer")["dropped"]
+    except SystemExit as e:  # a random writer may well write no usable prompt: the stage still ran through
+        assert "no usable prompt out of 24 requests" in str(e)
+        dropped = None
+    every = read_jsonl(r.path("iter1", "prompts_generated.jsonl"))
+    too_long = sum(x["dropped"] == "request longer than the context" for x in every)
+    assert len(every) == 24 and 0 < too_long < 24  # some requests drew the long prompt, some did not
+    assert dropped is None or dropped["request longer than the context"] == too_long
+
+    # candidates: the long prompt is skipped and counted
+    use_model(monkeypatch, tok, CTX)
+    assert len(chat_prompt_ids(tok, SHORT)) < CTX - 8 and len(chat_prompt_ids(tok, LONG)) > CTX
+    write_jsonl(r.path("iter1", "prompts.jsonl"), [{"prompt": SHORT}, {"prompt": LONG}, {"prompt": SHORT + "!"}])
+    info = S.stage_candidates(c, r, 1, "M1")
+    recs = read_jsonl(r.path("iter1", "candidates.jsonl"))
+    assert info["too_long"] == 1 and [x["prompt"] for x in recs] == [SHORT, SHORT + "!"]
+    assert all(len(x["candidates"]) == c.n_candidates for x in recs)
+
+    # judgments: a judge prompt that does not fit gets no judgment and no score
+    ctx = len(judge_prompt_ids(tok, SHORT, "a")) + 8
+    use_model(monkeypatch, tok, ctx)
+    write_jsonl(r.path("iter1", "candidates.jsonl"), [{"prompt": SHORT, "candidates": ["a", LONG, "b", "c"]}])
+    info = S.stage_judgments(c, r, 1, "M1")
+    (rec,) = read_jsonl(r.path("iter1", "judgments.jsonl"))
+    assert info["too_long"] == 1 and rec["too_long"] == [False, True, False, False]
+    assert rec["judgments"][1] == [] and rec["score"][1] is None and len(rec["judgments"][0]) == c.n_judge
+    assert info["judgments"] == 4 * c.n_judge  # every candidate counts n_judge, judged or not
+
+
+def test_evaluation_skips_and_counts_long_inputs(tmp_path, monkeypatch, tok):
+    ctx = len(judge_prompt_ids(tok, SHORT, "a")) + 8
+    use_model(monkeypatch, tok, ctx)
+    r = run_folder(tmp_path)
+    write_jsonl(r.path("seed", "eft_eval.jsonl"), [{"prompt": SHORT, "responses": ["a", LONG], "ranks": [0, 1]}])
+    (tmp_path / "alpaca.json").write_text(json.dumps([{"instruction": SHORT}, {"instruction": LONG * 20}]))
+    write_jsonl(tmp_path / "mt.jsonl", [{"question_id": 1, "turns": [SHORT, "Again."]},
+                                        {"question_id": 2, "turns": [LONG * 20, "Again."]}])
+    c = settings(eval_prompts=str(tmp_path / "alpaca.json"), mt_bench=str(tmp_path / "mt.jsonl"), run_name="real")
+    info = S.stage_eval(c, r, "M1", "M1")
+    assert info["judge"]["too_long"] == 1 and info["judge"]["judgments"] == 2 * c.n_judge
+    assert info["alpaca_eval"]["answered"] == 1 and info["alpaca_eval"]["too_long"] == 1
+    assert info["mt_bench"]["answered"] == 1 and info["mt_bench"]["too_long"] == 1
+    assert info["alpaca_eval"]["path"] == E.alpaca_eval_path(r.path("eval"), "real-M1")
+    assert [x["instruction"] for x in json.load(open(info["alpaca_eval"]["path"]))] == [SHORT]
+    assert [x["question_id"] for x in read_jsonl(info["mt_bench"]["path"])] == [1]
+    assert os.listdir(os.path.dirname(info["mt_bench"]["path"])) == ["real-M1.jsonl"]
+
+
+def test_sft_baselines_judgments_are_kept_when_no_eft_target_agrees(tmp_path, monkeypatch, tok):
+    ctx = len(judge_prompt_ids(tok, SHORT, "a")) + 8
+    use_model(monkeypatch, tok, ctx)  # a random model: no judgment carries a score
+    r = run_folder(tmp_path)
+    groups = [{"prompt": SHORT, "responses": ["a", "b"], "ranks": [0, 1]},
+              {"prompt": SHORT, "responses": ["a", LONG], "ranks": [1, 0]}]
+    write_jsonl(r.path("seed", "eft_train.jsonl"), groups)
+    raw = r.path("seed", "eft_train_sft_judgments.jsonl")
+    with pytest.raises(SystemExit, match=rf"0 of 8 judgments had a score, 1 responses too long to judge.*"
+                                         rf"Its judgments are in {raw}.*--eft_judgments=FILE"):
+        S.stage_eft_targets(settings(), r)
+    kept = read_jsonl(raw)
+    assert [g["responses"] for g in kept] == [g["responses"] for g in groups]
+    assert kept[1]["too_long"] == [False, True] and len(kept[0]["judgments"][0]) == 2  # n_judge attempts
+
+
+def test_eft_targets_from_a_stronger_judges_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "load_model", lambda r, path: pytest.fail("no model judges when a file does"))
+    r = run_folder(tmp_path)
+    write_jsonl(r.path("seed", "eft_train.jsonl"), [
+        {"prompt": "Name a fruit.", "responses": ["Apple.", "A car."], "ranks": [0, 1]},
+        {"prompt": "Name a color.", "responses": ["Red.", "Seven."], "ranks": [0, 1]}])
+    write_jsonl(r.path("seed", "eft_eval.jsonl"), [{"prompt": "Held out?", "responses": ["x", "y"], "ranks": [0, 1]}])
+    judged = tmp_path / "judge.jsonl"
+    write_jsonl(judged, [
+        # human-ranked responses (whitespace aside): kept only where the scores agree
+        {"prompt": "Name a  fruit.", "completion": {"0": {"content": "Apple. ", "reasoning": "Right.\nScore: 5"},
+                                                    "1": {"content": "A car.", "reasoning": "Wrong.\nScore: 1"}}},
+        {"prompt": "Name a color.", "completion": {"0": {"content": "Red.", "reasoning": "Score: 2"},
+                                                   "1": {"content": "Seven.", "reasoning": "Score: 4"}}},
+        # the EFT eval set's prompt: dropped (it would leak into M1's judge evaluation)
+        {"prompt": "Held out?", "completion": {"0": {"content": "x", "reasoning": "Score: 3"}}},
+        # nobody ranked these: every judgment with a score is material
+        {"prompt": "Write a haiku.", "completion": {"0": {"content": "h1", "reasoning": "Nice.\n**Score: 3**"},
+                                                    "1": {"content": "h2", "reasoning": "no score here"}}}])
+    c = settings(eft_judgments=str(judged))
+    info = S.stage_eft_targets(c, r)
+    targets = read_jsonl(r.path("seed", "eft_train_targets.jsonl"))
+    assert sorted((t["prompt"], t["response"]) for t in targets) == sorted([
+        (judge_prompt("Name a  fruit.", "Apple. "), "Right.\nScore: 5"),
+        (judge_prompt("Name a  fruit.", "A car."), "Wrong.\nScore: 1"),
+        (judge_prompt("Write a haiku.", "h1"), "Nice.\nScore: 3")])
+    assert info["prompts"] == 4 and info["prompts_with_human_ranks"] == 2 and info["targets"] == 3
+    assert info["dropped"] == {"prompt of the EFT eval set": 1} and info["judgments_with_score"] == 5
+    assert S.eft_train_file(r) == r.path("seed", "eft_train_targets.jsonl")  # M1 trains on these
+
+
+def test_report_for_real_data_has_no_toy_columns(tmp_path):
+    r = run_folder(tmp_path)
+    names = ["SFT", "M1", "M2"]
+    judge = {"pairwise_accuracy": 0.5, "five_best": None, "exact_match": 0.25, "spearman": 0.1, "kendall_tau": 0.05,
+             "coverage": 0.5, "judgments": 12, "judgments_with_score": 3, "too_long": 1}
+    infos = {n: {"judge": judge, "alpaca_eval": {"path": f"out/x/eval/alpaca_eval/x-{n}/model_outputs.json",
+                                                 "answered": 5, "too_long": 1, "avg_length": 123.4},
+                 "mt_bench": {"path": f"out/x/eval/mt_bench/model_answer/x-{n}.jsonl", "answered": 80,
+                              "too_long": 0, "avg_length": 456.0}} for n in names}
+    for name, info in {"eft_targets": {"file": "judge.jsonl", "targets": 40, "judgments": 800,
+                                       "judgments_with_score": 798, "dropped": {"prompt of the EFT eval set": 2}},
+                       "iter1_prompts": {"requested": 10, "kept": 6, "dropped": {"exact duplicate": 4}},
+                       "iter1_candidates": {"too_long": 2},
+                       "iter1_judgments": {"judgments": 24, "judgments_with_score": 20, "too_long": 1},
+                       "iter1_pairs": {"pairs": 2, "dropped": {"all scores tie": 2, "fewer than 2 scored": 0}}}.items():
+        r.mark(name, {**info, "seconds": 60})
+    write_jsonl(r.path("iter1", "pairs.jsonl"), [{"prompt": "p", "chosen": "x" * 30, "rejected": "y" * 10},
+                                                 {"prompt": "q", "chosen": "x" * 50, "rejected": "y" * 20}])
+    report.write_report(r, names, infos, "x", 2)
+    text = open(r.path("report.md")).read()
+    assert not re.search(r"\bnan\b", text) and "mean grade" not in text and "avg response length" not in text
+    assert "| M1 | 25.0 | 50.0 | - | 25.0 | 0.100 | 0.050 | 1 | 5 (1) | 123.4 | 80 (0) | 456.0 |" in text
+    assert "EFT targets from judge.jsonl: 40 kept; 798 of 800 judgments had a score" in text
+    assert ("iteration 1: 6 new prompts kept of 10 requested, 2 preference pairs; prompts dropped: "
+            "{'exact duplicate': 4}; 2 prompts too long to answer; 20 of 24 judgments with a score, 1 candidates "
+            "too long to judge; pairs dropped:") in text
+    assert "chosen 40 vs rejected 15 chars on average" in text
+    assert "iteration 2: ? new prompts" in text
+    assert "`alpaca_eval --model_outputs=out/x/eval/alpaca_eval/x-M2/model_outputs.json`" in text
+    assert "`out/x/eval/mt_bench/model_answer/x-SFT.jsonl`" in text and "--model-list x-SFT x-M1 x-M2" in text
+    assert "stage time in all: 5.0 min" in text
+    records = [json.loads(line)["eval"] for line in open(r.path("metrics.jsonl")) if '"eval"' in line]
+    assert [m["model"] for m in records] == names and records[0]["alpaca_eval"]["answered"] == 5
+
+
+# --- the loop end to end on real-format seed data (no toy grader, no toy M0) ---------
+
+def test_loop_on_real_format_seed_data_with_eft_from_a_file(tmp_path, tok, toy_tokenizer_path):
+    torch.manual_seed(0)
+    m0 = tmp_path / "M0"
+    save_model(M.Transformer(M.preset("toy-tiny", vocab_size=tok.vocab_size)), str(m0), toy_tokenizer_path)
+    sets, seed = toy.build(seed=1, n_ift=16, n_eft_train=12, n_eft_eval=8, n_test=0), tmp_path / "seed"
+    write_jsonl(seed / "ift.jsonl", sets["ift"])
+    write_jsonl(seed / "eft_train.jsonl", [{k: g[k] for k in ("prompt", "responses", "ranks")}
+                                           for g in sets["eft_train_groups"]])
+    write_jsonl(seed / "eft_eval.jsonl", sets["eft_eval"])
+    judged = tmp_path / "judge.jsonl"  # a "stronger judge" that scores by the human ranks
+    write_jsonl(judged, [{"prompt": g["prompt"], "responses": g["responses"],
+                          "judgments": [[f"Fine.\nScore: {5 - k}"] for k in g["ranks"]]}
+                         for g in sets["eft_train_groups"]])
+    (tmp_path / "alpaca.json").write_text(json.dumps([{"instruction": "Say hi.", "dataset": "oasst"}]))
+    questions = shared_file("mt_bench", "question.jsonl")
+    write_jsonl(tmp_path / "mt.jsonl", read_jsonl(questions)[:2])
+    args = dict(seed_data=str(seed), init_from=str(m0), eft_judgments=str(judged), iterations=0,
+                eval_prompts=str(tmp_path / "alpaca.json"), mt_bench=str(tmp_path / "mt.jsonl"),
+                out_root=str(tmp_path / "out"), run_name="real", sft_epochs=1, max_response_tokens=4,
+                max_judge_tokens=4, micro_batch_size=8, progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "selfreward.py", *(f"--{k}={v}" for k, v in args.items())], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    run = tmp_path / "out" / "real"
+    done = json.load(open(run / "done" / "eft_targets"))
+    assert done["file"] == str(judged) and done["prompts_with_human_ranks"] == len(sets["eft_train_groups"])
+    assert done["targets"] == len(read_jsonl(run / "seed" / "eft_train_targets.jsonl")) > 0
+    assert sorted(os.listdir(run / "eval" / "mt_bench" / "model_answer")) == ["real-M1.jsonl", "real-SFT.jsonl"]
+    answers = read_jsonl(run / "eval" / "mt_bench" / "model_answer" / "real-M1.jsonl")
+    assert len(answers) == 2 and all(len(a["choices"][0]["turns"]) == 2 for a in answers)
+    outputs = json.load(open(run / "eval" / "alpaca_eval" / "real-SFT" / "model_outputs.json"))
+    assert outputs[0].keys() == {"instruction", "output", "generator", "dataset"}
+    text = open(run / "report.md").read()
+    assert not re.search(r"\bnan\b", text) and "mean grade" not in text and "judge coverage %" in text
+    assert "alpaca_eval --model_outputs=" in text and "EFT targets from" in text
+
+
+def test_prepare_oasst_warns_when_a_set_comes_out_empty(tmp_path):
+    val = shared_file("oasst1", "en-validation.jsonl")
+    cmd = [sys.executable, "-m", "data.prepare_oasst", val, "--out", str(tmp_path / "a")]
+    p = subprocess.run(cmd + ["--eval_files", val], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0
+    warnings = [line for line in p.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and "ift.jsonl will be empty" in warnings[0] and "eft_train.jsonl" in warnings[1]
+    assert "add the train split" in warnings[0]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)  # the default split: all three
+    assert p.returncode == 0 and "warning" not in p.stderr
