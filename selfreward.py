@@ -177,6 +177,9 @@ def stage_seed_data(c, r):
         D.barrier()
     if c.eft_judgments and not os.path.isfile(c.eft_judgments):
         sys.exit(f"error: eft_judgments: file not found: {c.eft_judgments}")
+    if c.eft_judgments and c.seed_data == "toy":
+        sys.exit("error: eft_judgments supplies judgments for EFT groups (real seed data); the toy seed's "
+                 "EFT training records are already targets")
     counts = {}
     for f in ("ift", "eft_train", "eft_eval"):
         recs = read_jsonl(r.path("seed", f + ".jsonl"))
@@ -379,7 +382,7 @@ def stage_prompts(c, r, t, writer_path):
         outs = generate(net, [ids[i] for i in room], c.max_prompt_tokens, temperature=c.prompt_temperature,
                         top_p=c.prompt_top_p, eos_id=newline, seed=sub_seed(c.seed, "prompts", t, shard),
                         batch_size=c.gen_batch_size, progress=c.progress) if room else []
-        records = [{"prompt": "", "dropped": "request longer than the context"}] * (len(ids) - len(room))
+        records = []
         for o in outs:
             prompt = tok.decode(o).strip()
             why = malformed(prompt, len(o) < c.max_prompt_tokens, c.min_prompt_words, c.max_prompt_words)
@@ -390,6 +393,8 @@ def stage_prompts(c, r, t, writer_path):
             if why is None:
                 accept(prompt)
             records.append({"prompt": prompt, "dropped": why})
+        for i in sorted(set(range(len(ids))) - set(room)):  # each request with no room, in its place
+            records.insert(i, {"prompt": "", "dropped": "request longer than the context"})
         return records
 
     def replay(records):  # a shard done before a restart: its prompts join the pool again
@@ -509,7 +514,7 @@ def stage_eval(c, r, name, path):
     os.makedirs(r.path("eval"), exist_ok=True)
     sample_kw = dict(eos_id=tok.eos_id, batch_size=c.gen_batch_size, progress=c.progress)
     test_file = r.path("seed", "test.jsonl")
-    if os.path.exists(test_file):  # the toy world: held-out prompts answered greedily
+    if os.path.exists(test_file):  # the toy world: held-out prompts answered greedily (all short: none skipped)
         test = read_jsonl(test_file)
         outs = generate(net, [chat_prompt_ids(tok, x["prompt"]) for x in test], c.max_response_tokens,
                         temperature=0.0, **sample_kw)

@@ -237,3 +237,16 @@ def test_prepare_oasst_warns_when_a_set_comes_out_empty(tmp_path):
     assert "add the train split" in warnings[0]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)  # the default split: all three
     assert p.returncode == 0 and "warning" not in p.stderr
+
+
+def test_eft_judgments_setting_errors(tmp_path):
+    def fails(*args):
+        p = subprocess.run([sys.executable, "selfreward.py", f"--out_root={tmp_path}", "--progress=False", *args],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert p.returncode != 0
+        return p.stderr.strip().splitlines()[-1]
+    assert fails("--run_name=a", f"--eft_judgments={tmp_path / 'none.jsonl'}") == \
+        f"error: eft_judgments: file not found: {tmp_path / 'none.jsonl'}"
+    write_jsonl(tmp_path / "j.jsonl", [{"prompt": "p", "responses": ["a"], "judgments": [["Score: 1"]]}])
+    assert fails("--run_name=b", f"--eft_judgments={tmp_path / 'j.jsonl'}").startswith(
+        "error: eft_judgments supplies judgments for EFT groups (real seed data)")
