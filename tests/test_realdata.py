@@ -19,7 +19,7 @@ import selfreward as S
 from checkpoint import save_model
 from conftest import ROOT, shared_file
 from data import read_jsonl, toy, write_jsonl
-from judge import judge_prompt, judge_prompt_ids
+from judge import eft_targets, judge_prompt, judge_prompt_ids, read_judge_file
 from run_folder import Run
 from tokenizer import Tokenizer, chat_prompt_ids
 
@@ -250,3 +250,24 @@ def test_eft_judgments_setting_errors(tmp_path):
     write_jsonl(tmp_path / "j.jsonl", [{"prompt": "p", "responses": ["a"], "judgments": [["Score: 1"]]}])
     assert fails("--run_name=b", f"--eft_judgments={tmp_path / 'j.jsonl'}").startswith(
         "error: eft_judgments supplies judgments for EFT groups (real seed data)")
+
+
+def test_smollm2_cpu_config_applies_and_its_data_steps_give_what_it_names(tmp_path):
+    """The real-model CPU config: every key a loop setting of its type, and the
+    preparation its header gives yields the seed sets and judge file it names."""
+    path = os.path.join(ROOT, "config", "smollm2_oasst_cpu.py")
+    c = configurator.settings(S.DEFAULTS, configurator.apply(dict(S.DEFAULTS), [path]))
+    assert c.seed_data == "data/oasst_val" and c.eft_judgments == "data/judge_gemini20.jsonl" and c.iterations == 1
+    header = open(path).read()
+    assert "python -m data.prepare_oasst ../shared/data/oasst1/en-validation.jsonl --out=data/oasst_val" in header
+    assert "head -n 20 ../shared/data/judge_outputs/scores_gemini200.jsonl > data/judge_gemini20.jsonl" in header
+    val = shared_file("oasst1", "en-validation.jsonl")
+    from data import prepare_oasst
+    sets, _, _ = prepare_oasst.prepare([val])
+    assert (len(sets["ift"]), len(sets["eft_train"]), len(sets["eft_eval"])) == (109, 55, 22)  # as the config says
+    lines = open(shared_file("judge_outputs", "scores_gemini200.jsonl")).readlines()[:20]
+    (tmp_path / "j.jsonl").write_text("".join(lines))
+    groups, judged = read_judge_file(str(tmp_path / "j.jsonl"))
+    held_out = {" ".join(g["prompt"].split()).lower() for g in sets["eft_eval"]}
+    assert len(groups) == 20 and not {" ".join(g["prompt"].split()).lower() for g in groups} & held_out
+    assert 40 <= len(eft_targets(groups, judged)) <= 80
