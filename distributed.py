@@ -1,18 +1,24 @@
 """
 Running one script from a laptop to a multi-node cluster without changing it:
-the process group, the device mesh, and sharding the model with FSDP2.
+the process group, the device meshes, and the two layouts of the model:
+FSDP2 for training, tensor parallel for generation.
 
-    setup(device, dtype, threads)
+    setup(device, dtype, threads, tp)
                             one plain process, or one of many under torchrun
-                            (RANK is set): gloo on CPU, nccl on GPU, and a
-                            flat device mesh over every rank of every node;
+                            (RANK is set): gloo on CPU, nccl on GPU, a flat
+                            device mesh over every rank of every node (FSDP),
+                            a 2-D (dp, tp) mesh for generation when tp > 1;
                             the compute dtype and the CPU thread count
     describe(env)           one line saying where and how a run computes
     is_rank0(), barrier()   the one place that answers "am I rank 0?" (only
                             rank 0 prints, log(), and writes shared files) and waits
     all_sum(env, ...)       sum numbers over ranks
     empty_model(args, env)  a Transformer built on `meta`, sharded, allocated
-    local_rows(param)       which rows of a parameter this rank holds (local_part: those rows of a tensor)
+    for_generation(env)     the same processes, models loaded in the generation
+                            layout: tensor parallel (tp > 1) or whole replicas
+    tensor_parallel(m, ...) the tensor-parallel plan (torch.distributed.tensor.parallel)
+    sampling_share(model)   which share of the prompts this rank samples
+    local_rows(param)       which rows of a parameter this rank holds (local_part: its slice of a tensor)
     full_tensor(param)      a parameter whole, gathered from every rank
 
 Reading a checkpoint into the shards is checkpoint.py's job, training with
@@ -21,13 +27,14 @@ them train_sft.py's and train_dpo.py's (with training.py).
 import gc
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 from model import Transformer
 
@@ -43,6 +50,7 @@ class Env:
     mesh: object = None        # DeviceMesh over all ranks (None: one process, no FSDP)
     owns_group: bool = False   # we created the process group, so we destroy it
     dtype: torch.dtype = torch.float32  # compute dtype: matmuls and activations (weights stay fp32 to train)
+    tp_mesh: object = None     # 2-D (dp, tp) DeviceMesh for tensor-parallel generation (None: tp = 1)
 
     @property
     def fsdp(self):
@@ -100,12 +108,21 @@ def usable_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def setup(device="", dtype="auto", threads=0):
+def setup(device="", dtype="auto", threads=0, tp=1):
     """Start (or join) the process group when run under torchrun (RANK is set);
     otherwise a plain single process. device: '' picks cuda if available;
-    dtype: the compute dtype (compute_dtype); threads: CPU threads (cpu_threads)."""
+    dtype: the compute dtype (compute_dtype); threads: CPU threads (cpu_threads);
+    tp: ranks per tensor-parallel group for generation (inside a node: its
+    all-reduces run every layer of every token); the world is a grid of
+    world/tp groups (dp) of tp ranks."""
     torch.set_num_threads(cpu_threads(threads))
     cuda = torch.cuda.is_available() and device != "cpu"
+    if cuda:  # fp32 matmuls (one process sampling in fp32, fp32 parts of bf16 runs) on tensor cores
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if tp < 1 or world % tp:
+        raise ValueError(f"tp={tp} must be >= 1 and divide the world size {world}")
     if "RANK" not in os.environ:
         device = device or ("cuda" if cuda else "cpu")
         return Env(device=device, dtype=compute_dtype(device, dtype))
@@ -118,8 +135,11 @@ def setup(device="", dtype="auto", threads=0):
     # one flat mesh over every rank of every node: plain FSDP (ZeRO-3)
     mesh = init_device_mesh("cuda" if cuda else "cpu", (dist.get_world_size(),))
     device = f"cuda:{local_rank}" if cuda else "cpu"
+    # generation: consecutive ranks (one node's GPUs under torchrun) form a tp group
+    tp_mesh = None if tp == 1 else init_device_mesh("cuda" if cuda else "cpu", (world // tp, tp),
+                                                    mesh_dim_names=("dp", "tp"))
     return Env(rank=dist.get_rank(), world=dist.get_world_size(), device=device, mesh=mesh,
-               owns_group=owns, dtype=compute_dtype(device, dtype))
+               owns_group=owns, dtype=compute_dtype(device, dtype), tp_mesh=tp_mesh)
 
 
 def describe(env):
@@ -136,6 +156,14 @@ def describe(env):
             busy = f"; load average {others:.1f}: busy cores slow every thread (try --threads=1)"
     return (f"computing on {where}, {str(env.dtype).removeprefix('torch.')}{why}, "
             f"{torch.get_num_threads()} CPU thread(s) per rank{busy}")
+
+
+def for_generation(env):
+    """The same processes, with models loaded in the generation layout
+    (empty_model): tensor parallel over env.tp_mesh's tp groups, or, with
+    tp = 1, a whole model on every rank. No FSDP: it would all-gather every
+    weight for every decoded token."""
+    return replace(env, mesh=None)
 
 
 def teardown(env):
@@ -211,28 +239,94 @@ def empty_model(args, env, dtype=None):
         model.to(dtype)  # on the meta device: no memory is touched yet
     if env.fsdp:
         shard(model, env)
+    elif env.tp_mesh is not None:
+        tensor_parallel(model, env.tp_mesh["tp"])
     model.to_empty(device=env.device)
     return model
 
 
-def local_rows(param):
-    """(start, end): the rows (dim 0) of a parameter this rank holds. FSDP2
-    shards dim 0 as torch.chunk does: ceil(n / world) rows a rank, the last
-    ranks possibly fewer or none. A plain tensor: all of them."""
-    n = param.shape[0]
-    if not isinstance(param, DTensor):
-        return 0, n
-    assert list(param.placements) == [Shard(0)], f"expected FSDP2's Shard(0), got {param.placements}"
+# -----------------------------------------------------------------------------
+# Tensor parallel: generation inside a node
+
+def tensor_parallel(model, mesh):
+    """
+    Megatron-style tensor parallelism (Shoeybi et al. 2019) with PyTorch's
+    engine, over a 1-D mesh of tp ranks. In each block the first matmuls are
+    split by output (column-wise: wq wk wv by heads, w1 w3 by FFN width), so
+    each rank computes its own heads and its share of the FFN from the whole
+    input with no communication; the second ones (wo, w2) by input
+    (row-wise), so each rank's partial sum is all-reduced: two all-reduces of
+    (B, T, dim) activations per layer, never a weight. The KV cache holds
+    only this rank's heads (sample.KVCache takes the heads that arrive).
+    The embedding is split by vocabulary rows (a masked lookup, all-reduced),
+    the output by vocabulary rows too, its logits all-gathered so every rank
+    samples the same tokens. The norms (dim numbers each) are whole on every
+    rank. Parameters become DTensors (still on meta: no memory, nothing sent),
+    for checkpoint.read_tensors to fill with this rank's slices.
+    """
+    tp, args = mesh.size(), model.args
+    if args.n_kv_heads % tp or args.hidden_dim % tp:
+        raise ValueError(f"tp={tp} must divide n_kv_heads {args.n_kv_heads} and the FFN width {args.hidden_dim}")
+    block_plan = {"attention.wq": ColwiseParallel(), "attention.wk": ColwiseParallel(),
+                  "attention.wv": ColwiseParallel(), "attention.wo": RowwiseParallel(),
+                  "feed_forward.w1": ColwiseParallel(), "feed_forward.w3": ColwiseParallel(),
+                  "feed_forward.w2": RowwiseParallel()}
+    for block in model.layers:
+        parallelize_module(block, mesh, block_plan, src_data_rank=None)  # None: split locally, no scatter
+        block.attention.n_heads //= tp  # the heads this rank computes (the views in Attention.forward)
+        block.attention.n_kv_heads //= tp
+    parallelize_module(model, mesh, {
+        "tok_embeddings": RowwiseParallel(input_layouts=Replicate()),  # token ids: the same on every rank
+        "output": ColwiseParallel(output_layouts=Replicate()),  # logits all-gathered: (B, T, V) on every rank
+    }, src_data_rank=None)
+    return model
+
+
+def tp_size(model):
+    """The ranks of the tensor-parallel group a model is split over (1: not split)."""
+    w = model.layers[0].attention.wq.weight
+    if isinstance(w, DTensor) and w.device_mesh.mesh_dim_names == ("tp",):
+        return w.device_mesh.size()
+    return 1
+
+
+def sampling_share(model):
+    """(share, shares): which share of the prompts this rank samples, of how
+    many. One per rank (one process, replicas, FSDP); the ranks of a tensor-
+    parallel group sample one share together (global rank = dp * tp + tp rank)."""
+    if not dist.is_initialized():
+        return 0, 1
+    tp = tp_size(model)
+    return dist.get_rank() // tp, dist.get_world_size() // tp
+
+
+def local_slice(param):
+    """(dim, start, end): the slice of a parameter this rank holds. FSDP2 and
+    the column-wise parallel layers split dim 0 (rows), the row-wise parallel
+    ones dim 1 (columns), as torch.chunk does: ceil(n / ranks) a rank, the
+    last ranks possibly fewer or none. A plain or replicated tensor: all of it."""
+    if not isinstance(param, DTensor) or param.placements[0].is_replicate():
+        return 0, 0, param.shape[0]
+    (placement,) = param.placements
+    assert isinstance(placement, Shard) and placement.dim in (0, 1), f"unexpected placement {placement}"
+    n = param.shape[placement.dim]
     size = -(-n // param.device_mesh.size())
     start = min(param.device_mesh.get_coordinate()[0] * size, n)
-    return start, min(start + size, n)
+    return placement.dim, start, min(start + size, n)
+
+
+def local_rows(param):
+    """(start, end): the rows (dim 0) of a parameter this rank holds: all of
+    them unless it is split by rows."""
+    dim, start, end = local_slice(param)
+    return (start, end) if dim == 0 else (0, param.shape[0])
 
 
 def local_part(full, param):
-    """This rank's rows of `full`, a whole tensor (or a lazily read safetensors
-    slice) of the shape of `param`."""
-    start, end = local_rows(param)
-    return full[start:end]
+    """This rank's slice of `full`, a whole tensor (or a lazily read
+    safetensors slice: only these bytes are read) of the shape of `param`."""
+    dim, start, end = local_slice(param)
+    return full[start:end] if dim == 0 else full[:, start:end]
 
 
 def local_tensor(param):

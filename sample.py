@@ -14,7 +14,7 @@ run as a script it samples chat responses from a checkpoint:
 
     python sample.py --ckpt=out/toy/M1 --prompt="Reverse the word fox"
     python sample.py --ckpt=out/toy/M1 --prompts_file=in.jsonl --out=out.jsonl
-    torchrun --nproc_per_node=8 sample.py --ckpt=... --prompts_file=... --out=...
+    torchrun --nproc_per_node=8 sample.py --ckpt=... --prompts_file=... --out=... --tp=8
 
 How the work is saved:
 - Prefill once, then decode one token per step: every step reads the keys and
@@ -25,7 +25,12 @@ How the work is saved:
 - A long prefix common to all prompts (the judge's rubric) is prefilled once
   for the whole call and stored once: every row of every batch attends to that
   one copy (KVCache's prefix); rows are [prefix][pad][suffix].
-- A row that is finished is dropped from the batch, so it stops costing work.
+- A row that is finished is dropped from the batch, so it stops costing work
+  (checked every few steps on a GPU: each check waits for the GPU).
+- The cache is allocated in the dtype the keys arrive in (bf16 weights, FSDP's
+  mixed precision or autocast alike) and with the heads they arrive with (a
+  tensor-parallel rank's share); dropping rows and making n copies happen in
+  place, one layer at a time, so the cache never needs twice its size.
 
 Randomness: completion k (prompt k // n, sample k % n) draws its uniforms from
 its own generator, seeded from (seed, k). So a seeded call gives the same
@@ -79,7 +84,9 @@ def top_p_filter(probs, top_p):
     probs: (B, V) -> (B, V)
     """
     sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
-    mass_before = F.pad(sorted_probs.cumsum(dim=-1)[:, :-1], (1, 0))  # (B, V): exclusive cumulative sum
+    # (B, V): exclusive cumulative sum, in float64: an fp32 running sum over
+    # 32,000 tokens drifts by ~1e-6, enough to drop a token at the boundary
+    mass_before = F.pad(sorted_probs.double().cumsum(dim=-1)[:, :-1], (1, 0))
     keep_sorted = mass_before < top_p  # the most likely token is always kept (0 < top_p)
     keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
     return probs * keep
@@ -176,16 +183,23 @@ class KVCache:
     With `prefix` (a filled one-row KVCache, e.g. the judge's rubric), every
     row continues that prefix: its keys/values are stored once and attended to
     by all rows (`shared`), the buffers here hold only each row's own slots.
+
+    The buffers are allocated at the first write, from the keys that arrive:
+    their dtype is the compute dtype, whatever set it (bf16 weights, FSDP2's
+    MixedPrecisionPolicy casting fp32 master weights, autocast), and their
+    heads are this rank's under tensor parallelism. `capacity` rows are
+    allocated (default batch_size), so that select() can make n copies of
+    each prompt's rows, or drop finished ones, in place.
     """
 
-    def __init__(self, args: ModelArgs, batch_size, max_len, device, dtype, prefix=None):
-        shape = (args.n_layers, batch_size, args.n_kv_heads, max_len, args.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+    def __init__(self, args: ModelArgs, batch_size, max_len, device, prefix=None, capacity=None):
+        self.n_layers, self.capacity = args.n_layers, capacity or batch_size
+        self.buffers = None  # (k, v), each (n_layers, capacity, KV, max_len, hd): allocated by the first update
+        self.k = self.v = None  # the rows in use: views (n_layers, B, KV, max_len, hd) of the buffers
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
         self.max_len = max_len
         self.length = 0  # slots filled so far (the same for every row)
-        self.mask = None
+        self.allowed = self.mask = None  # this forward pass's attention mask: boolean, then additive
         # prefix: a filled KVCache of one row (no padding) that every row of this
         # one continues, e.g. the judge's rubric: stored once, not once per row
         self.prefix = prefix
@@ -233,16 +247,28 @@ class KVCache:
             causal = slots[None, :] <= (start + torch.arange(T, device=tokens.device))[:, None]  # (T, end)
             own = slots[None, :] == (start + torch.arange(T, device=tokens.device))[:, None]
             allowed = ((causal[None] & self.valid[:, None, :end]) | own[None])[:, None]
-        # as an additive mask (0 / -inf): SDPA would convert a boolean one in every layer
-        self.mask = torch.zeros(allowed.shape, dtype=self.k.dtype, device=tokens.device)
-        self.mask.masked_fill_(~allowed, float("-inf"))
-        if self.prefix is not None:  # every prefix slot is visible to every query
-            self.mask = F.pad(self.mask, (self.prefix.length, 0))
+        self.allowed, self.mask = allowed, None
         return positions
+
+    def attention_mask(self, dtype):
+        """This forward pass's mask as an additive one (0 / -inf) in the compute
+        dtype (SDPA would convert a boolean one in every layer), made at its
+        first layer; every prefix slot is visible to every query."""
+        if self.mask is None:
+            self.mask = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
+            self.mask.masked_fill_(~self.allowed, float("-inf"))
+            if self.prefix is not None:
+                self.mask = F.pad(self.mask, (self.prefix.length, 0))
+        return self.mask
 
     def update(self, layer, k, v):
         """Write k, v (B, KV, T, hd) at the next T slots of `layer`; return its
         keys and values so far, (B, KV, length+T, hd) views of the buffers."""
+        if self.buffers is None:  # the first write: now the dtype and the heads are known
+            B, KV, _, hd = k.shape
+            self.buffers = tuple(torch.zeros(self.n_layers, self.capacity, KV, self.max_len, hd, dtype=k.dtype,
+                                             device=k.device) for _ in "kv")
+            self.k, self.v = (buf[:, :B] for buf in self.buffers)
         end = self.length + k.shape[2]
         k_all, v_all = self.k[layer, :, :, :end], self.v[layer, :, :, :end]
         k_all.narrow(2, self.length, k.shape[2]).copy_(k)  # narrow + copy_: the fewest ops for a write
@@ -258,35 +284,43 @@ class KVCache:
         """
         B, T, H, hd = q.shape
         k, v = self.update(layer, k.transpose(1, 2), v.transpose(1, 2))  # (B, KV, S, hd): all cached so far
+        mask = self.attention_mask(q.dtype)
         if T == 1:  # a decode step: the hot loop of sampling
-            return decode_attention(q, k, v, self.mask, self.shared(layer))
+            return decode_attention(q, k, v, mask, self.shared(layer))
         # a prefill: T new tokens per row, masked by begin() (causal, valid slots only)
         if self.prefix is not None:  # behind a shared prefix: attend to it too (a copy, in prefill only)
             pk, pv = self.shared(layer)
             k = torch.cat([pk.expand(B, -1, -1, -1), k], dim=2)
             v = torch.cat([pv.expand(B, -1, -1, -1), v], dim=2)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=self.mask,
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=mask,
                                            enable_gqa=k.shape[1] != H)  # (B, H, T, hd)
         return y.transpose(1, 2).reshape(B, T, H * hd)
 
     def end(self, T):
         self.length += T
-        self.mask = None
+        self.allowed = self.mask = None
 
     def select(self, rows):
         """
-        Keep these rows, in this order (rows: 1-D index tensor, repeats allowed):
-        copy a prompt's rows for n samples or a shared prefix's row for every
-        prompt, or drop finished rows so they stop costing work.
+        Keep these rows, in this order (rows: 1-D index tensor, repeats allowed,
+        at most `capacity`): copy a prompt's rows for n samples, or drop
+        finished rows so they stop costing work. In place, one layer at a
+        time: the peak is the cache plus one layer's rows, never two caches.
         """
         rows = torch.as_tensor(rows, device=self.valid.device)
-        self.k = self.k.index_select(1, rows)  # one pass over the buffers
-        self.v = self.v.index_select(1, rows)
+        n, end = len(rows), self.length
+        if n > self.capacity:
+            raise ValueError(f"KV cache has room for {self.capacity} rows, {n} asked for")
+        for buf, in_use in zip(self.buffers, (self.k, self.v)):
+            for layer in range(self.n_layers):  # gather (a copy of one layer's rows) then write back
+                buf[layer, :n, :, :end] = in_use[layer, :, :, :end].index_select(0, rows)
+        self.k, self.v = (buf[:, :n] for buf in self.buffers)
         self.valid = self.valid.index_select(0, rows)
         return self
 
     def repeat_interleave(self, n):
-        """Copy every row n times (n samples of one prompt share its prefill)."""
+        """Copy every row n times (n samples of one prompt share its prefill);
+        allocate the cache with capacity = batch_size * n."""
         return self.select(torch.arange(self.batch_size, device=self.valid.device).repeat_interleave(n))
 
 
@@ -320,7 +354,7 @@ class StaticKVCache(KVCache):
             if self.prefix is not None:
                 positions = positions + self.prefix.length
         self.valid.index_fill_(1, self.slot, True)
-        self.mask = torch.zeros(self.valid.shape, dtype=self.k.dtype, device=self.valid.device)
+        self.mask = torch.zeros(self.valid.shape, dtype=self.k.dtype, device=self.valid.device)  # allocated by now
         self.mask = self.mask.masked_fill(~self.valid, float("-inf"))[:, None, None, :]  # (B, 1, 1, max_len)
         if self.prefix is not None:  # every prefix slot is visible
             self.mask = F.pad(self.mask, (self.prefix.length, 0))
@@ -337,7 +371,7 @@ class StaticKVCache(KVCache):
         if not self.decoding:
             return super().end(T)
         self.slot = self.slot + 1
-        self.mask = None
+        self.allowed = self.mask = None
 
     def select(self, rows):
         slot = self.slot.clone()  # not shared with the cache this one was copied from
@@ -376,7 +410,7 @@ def fits(model, prompt):
 
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, n=1, eos_id=None,
-             seed=None, batch_size=32, min_shared_prefix=64, compile=False, progress=True):
+             seed=None, batch_size=32, min_shared_prefix=64, compile=False, progress=True, check_every=None):
     """
     Sample n completions for each prompt (a list of token-id lists).
 
@@ -392,27 +426,36 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, n=1, eo
     min_shared_prefix: prefill a common prefix of all prompts once when it is
         at least this many tokens (None: never).
     compile: torch.compile the decode step.
-    Under torch.distributed (e.g. an FSDP-sharded model), every rank passes
-    the same prompts; each rank samples a share, every rank runs the same
-    number of forward passes, and every rank gets all the results.
+    check_every: decode steps between looks at which rows are finished (to
+        drop them, and to stop). A look waits for the device, which a GPU
+        otherwise never does within a decode loop; rows finished in between
+        are decoded and discarded. None: 1 on a CPU (waiting is free), 8 on
+        a GPU. The results do not depend on it.
+    Under torch.distributed every rank passes the same prompts; each rank
+    (a tensor-parallel group: its ranks together) samples a share, every
+    rank runs the same number of forward passes, and every rank gets all the
+    results. The model may be whole on every rank, FSDP-sharded or tensor
+    parallel (distributed.for_generation).
     """
     _check_args(model, prompts, max_new_tokens, temperature, top_p, n, batch_size)
+    if check_every is None:
+        check_every = 8 if _device(model).type == "cuda" else 1
     if max_new_tokens == 0:
         return [[] for _ in range(len(prompts) * n)]
     training = model.training
     model.eval()  # no dropout while sampling; the caller's mode comes back after
     try:
         return _generate(model, prompts, max_new_tokens, temperature, top_p, n, eos_id, seed,
-                         batch_size, min_shared_prefix, compile, progress)
+                         batch_size, min_shared_prefix, compile, progress, check_every)
     finally:
         model.train(training)
 
 
 def _generate(model, prompts, max_new_tokens, temperature, top_p, n, eos_id, seed,
-              batch_size, min_shared_prefix, compile, progress):
+              batch_size, min_shared_prefix, compile, progress, check_every):
     """generate() after the checks: split the work over ranks and batches."""
     world = dist.get_world_size() if dist.is_initialized() else 1
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    share_index, shares = D.sampling_share(model)  # tensor parallel: a group's ranks share one share
     if seed is None:
         seed = int(torch.randint(2**62, ()))
         if world > 1:  # everyone uses rank 0's
@@ -427,20 +470,20 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, n, eos_id, see
     if min_shared_prefix is None or P < min_shared_prefix:
         P = 0
 
-    # Sort by length (less padding in each batch), deal out to ranks round-robin,
-    # and pad every rank's share to the same length so all run the same batches.
+    # Sort by length (less padding in each batch), deal out to shares round-robin,
+    # and pad every share to the same length so all ranks run the same batches.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    share = order[rank::world]
-    n_share = -(-len(prompts) // world)
+    share = order[share_index::shares]
+    n_share = -(-len(prompts) // shares)
     share = share + [share[-1] if share else order[0]] * (n_share - len(share))
-    real = min(len(order[rank::world]), n_share)  # the rest are fillers, results dropped
+    real = min(len(order[share_index::shares]), n_share)  # the rest are fillers, results dropped
 
     # a compiled decode step needs a cache whose decode step has fixed shapes
     decode = torch.compile(model, dynamic=True) if compile else model
     cache_class = StaticKVCache if compile else KVCache
     prefix_cache = None
     if P > 0:  # prefilled once, then attended to by every row of every batch, never copied
-        prefix_cache = KVCache(model.args, 1, P, _device(model), _dtype(model))
+        prefix_cache = KVCache(model.args, 1, P, _device(model))
         model(torch.tensor([prompts[0][:P]], device=_device(model)), cache=prefix_cache, last_only=True)  # only its keys and values are needed
 
     per_batch = max(1, batch_size // n)
@@ -450,7 +493,7 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, n, eos_id, see
         idx = share[b:b + per_batch]
         completions = _generate_batch(
             model, decode, cache_class, [prompts[i] for i in idx], idx, P, prefix_cache, max_new_tokens,
-            temperature, top_p, n, eos_id, seed, world)
+            temperature, top_p, n, eos_id, seed, world, check_every)
         for j, i in enumerate(idx):
             if b + j < real:
                 results[i] = completions[j * n:(j + 1) * n]
@@ -468,12 +511,8 @@ def _device(model):
     return next(model.parameters()).device
 
 
-def _dtype(model):
-    return next(model.parameters()).dtype
-
-
 def _generate_batch(model, decode, cache_class, prompts, prompt_ids, P, prefix_cache, max_new_tokens,
-                    temperature, top_p, n, eos_id, seed, world):
+                    temperature, top_p, n, eos_id, seed, world, check_every):
     """Sample n completions for each of a batch of prompts; returns len(prompts)*n lists."""
     dev, B, N = _device(model), len(prompts), len(prompts) * n
 
@@ -486,7 +525,7 @@ def _generate_batch(model, decode, cache_class, prompts, prompt_ids, P, prefix_c
         tokens[r, T - len(s):] = torch.tensor(s)
         pad_mask[r, T - len(s):] = False
     # [shared prefix, stored once in prefix_cache][left padding][suffix]
-    cache = cache_class(model.args, B, T + max_new_tokens, dev, _dtype(model), prefix=prefix_cache)
+    cache = cache_class(model.args, B, T + max_new_tokens, dev, prefix=prefix_cache, capacity=N)
     logits = model(tokens.to(dev), cache=cache, pad_mask=pad_mask.to(dev), last_only=True)[:, -1]  # (B, V)
 
     # n samples per prompt: copy the rows, not the work
@@ -501,30 +540,32 @@ def _generate_batch(model, decode, cache_class, prompts, prompt_ids, P, prefix_c
 
     out = torch.full((N, max_new_tokens), -1, dtype=torch.long, device=dev)  # (N, steps)
     rows = torch.arange(N, device=dev)  # which completion each row of the cache is
+    done = torch.zeros(N, dtype=torch.bool, device=dev)  # per cache row: finished, later tokens discarded
     alive = True  # False: this rank has nothing left but keeps stepping with its peers
     for step in range(max_new_tokens):
         tok = next_token(logits, temperature, top_p, u[rows, step] if u is not None else None)  # (rows,)
         if alive:
-            out[rows, step] = tok
-            finished = step + 1 >= budget[rows]
+            out[rows, step] = tok.masked_fill(done, -1)
+            done |= step + 1 >= budget[rows]
             if eos_id is not None:
-                finished |= tok == eos_id
+                done |= tok == eos_id
         if step + 1 == max_new_tokens:
             break
-        if alive and finished.any():  # drop finished rows (a sync per step: small next to a step)
-            keep = (~finished).nonzero().squeeze(1)
-            if len(keep) == 0:
-                alive = False
-                keep = keep.new_zeros(1)  # keep one row to step with the other ranks
-            cache.select(keep)
-            rows, tok = rows[keep], tok[keep]
-        if world > 1:  # stop when every rank is done, all together
-            anyone = torch.tensor([int(alive)], device=dev)
-            dist.all_reduce(anyone, op=dist.ReduceOp.MAX)
-            if not anyone.item():
+        if (step + 1) % check_every == 0:  # the only host syncs of the loop
+            if alive and done.any():  # drop finished rows from the cache (in place)
+                keep = (~done).nonzero().squeeze(1)
+                if len(keep) == 0:
+                    alive = False
+                    keep = keep.new_zeros(1)  # keep one row to step with the other ranks
+                cache.select(keep)
+                rows, tok, done = rows[keep], tok[keep], done[keep]
+            if world > 1:  # stop when every rank is done, all together
+                anyone = torch.tensor([int(alive)], device=dev)
+                dist.all_reduce(anyone, op=dist.ReduceOp.MAX)
+                if not anyone.item():
+                    break
+            elif not alive:
                 break
-        elif not alive:
-            break
         logits = decode(tok[:, None], cache=cache)[:, -1]
 
     # cut each row at its budget and before its EOS (-1: steps after the row was dropped)

@@ -161,7 +161,7 @@ def test_kv_cache_matches_full_forward():
     tokens = torch.randint(0, 300, (3, 24))
     with torch.no_grad():
         full = model(tokens)
-        cache = KVCache(model.args, 3, 32, "cpu", torch.float32)
+        cache = KVCache(model.args, 3, 32, "cpu")
         steps = [model(tokens[:, :10], cache=cache)] + [model(tokens[:, t:t + 1], cache=cache) for t in range(10, 24)]
     assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-5
     assert cache.length == 24
@@ -177,7 +177,7 @@ def test_kv_cache_left_padding_gives_each_row_its_own_positions():
     pad = torch.zeros(2, 9, dtype=torch.bool)
     pad[0, :4] = True
     with torch.no_grad():
-        cache = KVCache(model.args, 2, 16, "cpu", torch.float32)
+        cache = KVCache(model.args, 2, 16, "cpu")
         out = model(batch, cache=cache, pad_mask=pad)
         assert not out.isnan().any()  # padding rows attend to themselves, never to nothing
         nxt = model(torch.tensor([[7], [7]]), cache=cache)
