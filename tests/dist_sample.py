@@ -1,15 +1,23 @@
 """
 Run by tests/test_sample.py under `torchrun --standalone --nproc_per_node=2`:
-load each checkpoint of a job list, shard it with FSDP2 over the ranks (gloo,
-CPU), sample with generate(), and have rank 0 write every result as JSON.
+load each checkpoint of a job list in a layout (gloo, CPU), sample with
+generate(), and have rank 0 write every result as JSON.
 
     torchrun --standalone --nproc_per_node=2 tests/dist_sample.py jobs.json out.json
 
-jobs.json: [{"ckpt": DIR, "prompts": [[ids], ...], "kwargs": {...}}, ...]
+jobs.json: [{"ckpt": DIR, "prompts": [[ids], ...], "kwargs": {...},
+             "layout": "fsdp" | "tp", "dtype": "float32" | "bfloat16"}, ...]
+  fsdp  FSDP2 over both ranks (the training layout, distributed.shard): in
+        bf16 through MixedPrecisionPolicy(param_dtype=bf16) on fp32 master
+        weights, as on GPUs
+  tp    tensor parallel over both ranks (tp = 2, one dp group), each rank
+        streaming only its slices from the safetensors file, weights in dtype
 """
 import json
 import os
 import sys
+
+from dataclasses import replace
 
 import torch
 
@@ -19,14 +27,19 @@ from checkpoint import load_model  # noqa: E402
 from sample import generate  # noqa: E402
 
 torch.set_num_threads(1)  # two ranks on a small shared CPU
-env = D.setup("cpu", "float32")  # gloo process group and a CPU device mesh; fp32, as the one-process reference
+env = D.setup("cpu", "float32", tp=2)  # gloo, a flat CPU mesh (FSDP) and a (1, 2) one (tp); each job's dtype below
 jobs_path, out_path = sys.argv[1], sys.argv[2]
 with open(jobs_path) as f:
     jobs = json.load(f)
 results = []
 for job in jobs:
-    model = load_model(job["ckpt"]).eval()
-    D.shard(model, env)  # FSDP2: fully_shard per block and at the root
+    dtype = getattr(torch, job.get("dtype", "float32"))
+    if job.get("layout", "fsdp") == "tp":
+        model = load_model(job["ckpt"], D.for_generation(env), dtype=dtype).eval()
+        assert D.tp_size(model) == 2
+    else:
+        model = load_model(job["ckpt"]).eval()  # fp32 master weights
+        D.shard(model, replace(env, dtype=dtype))  # FSDP2; in bf16 it casts each unit's gathered weights
     results.append(generate(model, job["prompts"], progress=False, **job["kwargs"]))
 if D.is_rank0():
     with open(out_path, "w") as f:
