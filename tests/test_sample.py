@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import model as M
 import sample as S
@@ -150,6 +151,28 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert both.tolist() == [[0.25, 0.5, 0, 0], [0, 0.375, 0, 0.375]]
 
 
+def test_top_p_boundary_tokens_are_kept_as_in_float64():
+    """A token is kept when the tokens more likely than it have less than top_p
+    in total. Rows over a 32,000-token vocabulary with top_p set just above one
+    token's exclusive mass (1e-9 .. 2e-6 above, as a float64 numpy sum says):
+    that token must be kept. A float32 running sum rounds to 6e-8 at 0.9 and
+    drops some of them."""
+    import numpy as np
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(256, 32000, generator=g), dim=-1)
+    margins = 10 ** torch.empty(256, dtype=torch.float64).uniform_(-9, np.log10(2e-6), generator=g)
+    fp32_drops = 0
+    for row, margin in zip(probs, margins.tolist()):
+        mass_before = np.concatenate([[0.0], np.cumsum(np.sort(row.numpy().astype(np.float64))[::-1])[:-1]])
+        j = int((mass_before < 0.9).sum())  # the first token past 0.9 ...
+        top_p = mass_before[j] + margin  # ... becomes the boundary token, kept by the float64 sum
+        kept = int((top_p_filter(row[None], top_p) > 0).sum())
+        assert kept == j + 1 == int((mass_before < top_p).sum())
+        fp32_sum = F.pad(row.sort(descending=True).values.cumsum(0)[:-1], (1, 0))
+        fp32_drops += int((fp32_sum < top_p).sum()) != j + 1
+    assert fp32_drops > 0  # the case is real: a float32 sum loses some boundary tokens
+
+
 def test_sampling_stays_inside_the_nucleus():
     logits = torch.log(torch.tensor([[0.0, 0.5, 0.25, 0.125, 0.125]]))
     pick = lambda u, top_p: int(next_token(logits, 1.0, top_p, torch.tensor([u], dtype=torch.float64)))
@@ -199,10 +222,51 @@ def test_finished_rows_stop_costing_work(monkeypatch):
     real_forward = M.Transformer.forward
     monkeypatch.setattr(M.Transformer, "forward", lambda self, tokens, *a, **k: (
         rows.append(tokens.shape[0]), real_forward(self, tokens, *a, **k))[1])
-    generate(model, [[0], [13], [9]], 8, temperature=0, eos_id=EOS, progress=False)
+    prompts, expected = [[0], [13], [9]], [[1], [14, 15, 0, 1], [10, 11, 12, 13, 14, 15, 0, 1]]
+    assert generate(model, prompts, 8, temperature=0, eos_id=EOS, progress=False, check_every=1) == expected
     # prefill 3 rows; [0] -> 1 then EOS: 2 decode steps with 3 rows, then 2 rows
     # until [13] -> 14 15 0 1 EOS, then [9] alone until its 8 tokens
     assert rows == [3, 3, 2, 2, 2, 1, 1, 1]
+    # looking every 4 steps (as on a GPU: a look waits for the device): finished
+    # rows are decoded until the next look, the results are the same
+    rows.clear()
+    assert generate(model, prompts, 8, temperature=0, eos_id=EOS, progress=False, check_every=4) == expected
+    assert rows == [3, 3, 3, 3, 2, 2, 2, 2]
+
+
+def test_copying_and_dropping_rows_is_in_place(tiny):
+    """select() reuses the cache's buffers: the largest tensor it creates is
+    one layer's rows, never a second cache."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        """The largest storage created, other than the cache's own buffers (views of them are free)."""
+        def __init__(self):
+            super().__init__()
+            self.bytes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in buffers:
+                    self.bytes = max(self.bytes, t.untyped_storage().nbytes())
+            return out
+
+    cache = S.KVCache(tiny.args, 2, 16, "cpu", capacity=6)
+    with torch.no_grad():
+        tiny(torch.tensor([[5, 6, 7], [8, 9, 10]]), cache=cache)
+    k, buffer = cache.k[:, :, :, :3].clone(), cache.buffers[0].data_ptr()
+    buffers = {b.untyped_storage().data_ptr() for b in cache.buffers}
+    layer_rows = cache.buffers[0][0].numel() * cache.buffers[0].element_size()  # one layer, all 6 rows
+    with Largest() as largest:
+        cache.repeat_interleave(3)  # 2 prompts -> 3 samples each
+    assert torch.equal(cache.k[:, :, :, :3], k.repeat_interleave(3, dim=1))
+    with Largest() as largest_drop:
+        cache.select(torch.tensor([5, 0]))  # the last sample of prompt 1, the first of prompt 0
+    assert torch.equal(cache.k[:, :, :, :3], k[:, [1, 0]])
+    assert cache.buffers[0].data_ptr() == buffer and cache.k.data_ptr() == buffer
+    assert 0 < largest.bytes <= layer_rows and 0 < largest_drop.bytes <= layer_rows
+    assert cache.buffers[0].numel() == tiny.args.n_layers * 6 * tiny.args.n_kv_heads * 16 * tiny.args.head_dim
 
 
 def test_context_limit_cuts_completions():
