@@ -10,12 +10,16 @@ Speed, measured side by side against a reference in one run.
                              # a large matmul of that dtype measured in the same run
     python bench.py gpu7b    # batch-1 decode of a Llama 2 7B-shaped model on CUDA
                              # against the memory-bandwidth bound
+    torchrun --standalone --nproc_per_node=2 bench.py comm
+                             # collectives and bytes of one decode step, tensor
+                             # parallel against FSDP2, against their formulas
 
 Each section is a function; `--key=value` after the section name overrides the
 settings below. transformers is imported only inside the sections that compare
 against it (it is a test-time reference, not a dependency).
 """
 import copy
+import json
 import sys
 import tempfile
 import time
@@ -47,6 +51,10 @@ train_batch_size = 8  # sequences per step
 train_seq_len = 256  # tokens per sequence
 train_steps = 5  # timed steps of each model = train_steps * train_rounds, alternating
 train_rounds = 3  # rounds of train_steps steps
+# comm section (under torchrun)
+comm_model = "toy"  # model preset
+comm_batch = 8  # rows decoded together
+comm_dtype = "float32"  # weights (tp) / FSDP2's param_dtype: float32 | bfloat16
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 
 
@@ -333,7 +341,111 @@ def bench_train(c):
         print("  " + "   ".join(f"{k} {v:.2f}x" for k, v in r["ratios"].items()))
 
 
-SECTIONS = {"sample": bench_sample, "train": bench_train, "gpu7b": bench_gpu7b}
+# -----------------------------------------------------------------------------
+# Communication of one decode step: tensor parallel (generation's layout)
+# against FSDP2 (training's), counted with CommDebugMode
+
+def comm_formulas(args, batch, a):
+    """Collectives and bytes (on each rank, of each collective's result) of one
+    decode step of `batch` rows, dtype of a bytes:
+      tensor parallel  2 all-reduces a layer (after wo and w2: partial sums of
+                       (batch, dim)), one after the vocabulary-split embedding,
+                       one all-gather of the logits (batch, vocab)
+      FSDP2            an all-gather of every block's weights every step,
+                       whatever the batch (the root's embedding, norm and output
+                       stay gathered after the first forward: no backward comes
+                       to reshard them)
+    Per decoded token: divide by batch."""
+    h, L, V = args.dim, args.n_layers, args.vocab_size
+    block = 2 * h + 2 * h * args.n_heads * args.head_dim + 2 * h * args.n_kv_heads * args.head_dim + 3 * h * args.hidden_dim
+    return {"tp": {"collectives": 2 * L + 2, "bytes": (2 * L + 1) * batch * h * a + batch * V * a},
+            "fsdp": {"collectives": L, "bytes": L * block * a}}
+
+
+def bench_comm(c):
+    """One decode step of the same model, tensor parallel over all ranks and
+    FSDP2-sharded, under CommDebugMode: collectives and bytes against
+    comm_formulas, then the formulas for Llama 2 70B in bf16, batch 64 (the
+    tensor-parallel bytes do not depend on tp; each all-reduce moves about
+    2 (tp-1)/tp of them over the links, an all-gather (ranks-1)/ranks)."""
+    import torch.distributed as dist
+    from torch.distributed._functional_collectives import AsyncCollectiveTensor
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.tensor.debug import CommDebugMode
+
+    import distributed as D
+    from checkpoint import load_tensors
+    from sample import KVCache
+
+    class CommBytes(CommDebugMode):
+        """CommDebugMode's counts, plus the bytes of each collective's result on this rank."""
+        def __init__(self):
+            super().__init__()
+            self.bytes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            counted = self.get_total_counts()
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+            if self.get_total_counts() > counted:  # a collective, as CommDebugMode counts them
+                # functional collectives return their result; in-place c10d ops write their first argument
+                result = out if "_c10d_functional" in str(func._overloadpacket) else args[0]
+                for t in result if isinstance(result, (list, tuple)) else [result]:
+                    t = t.elem if isinstance(t, AsyncCollectiveTensor) else t
+                    if isinstance(t, torch.Tensor):
+                        self.bytes += t.numel() * t.element_size()
+            return out
+
+    if "RANK" not in __import__("os").environ:
+        sys.exit("comm runs under torchrun: torchrun --standalone --nproc_per_node=2 bench.py comm")
+    world = int(__import__("os").environ["WORLD_SIZE"])
+    env = D.setup("cpu", tp=world)
+    dtype = getattr(torch, c.comm_dtype)
+    args = preset(c.comm_model)
+    tokens = torch.randint(3, args.vocab_size, (c.comm_batch, 16), generator=torch.Generator().manual_seed(c.seed))
+
+    def weights(model):  # the same random weights in any layout: each rank takes its slice
+        init = model.initial_weights(torch.Generator().manual_seed(c.seed))
+        load_tensors(model, ((n, D.local_part(full, model.get_parameter(n))) for n, full in init), "random init")
+        return model.eval()
+
+    tp_model = weights(D.empty_model(args, D.for_generation(env), dtype))
+    fsdp_model = weights(D.empty_model(args, D.Env()))  # whole fp32 master weights, then FSDP2 as training does
+    mp = MixedPrecisionPolicy(param_dtype=dtype)
+    for block in fsdp_model.layers:
+        fully_shard(block, mesh=env.mesh, mp_policy=mp)
+    fully_shard(fsdp_model, mesh=env.mesh, mp_policy=mp)
+
+    measured = {}
+    with torch.no_grad():
+        for name, model in (("tp", tp_model), ("fsdp", fsdp_model)):
+            cache = KVCache(args, c.comm_batch, 32, "cpu")
+            logits = model(tokens, cache=cache, last_only=True)  # prefill
+            for step in range(2):  # the second step is the steady state
+                with CommBytes() as comm:
+                    logits = model(logits[:, -1:].argmax(-1), cache=cache)
+            measured[name] = {"collectives": comm.get_total_counts(), "bytes": comm.bytes,
+                              "ops": {str(k).split(".")[-1]: v for k, v in comm.get_comm_counts().items()}}
+    a = dtype.itemsize
+    expected = comm_formulas(args, c.comm_batch, a)
+    big = comm_formulas(preset("llama2-70b"), 64, 2)
+    D.log(f"one decode step of {c.comm_model}, batch {c.comm_batch}, {c.comm_dtype}, {world} ranks "
+          f"(bytes: each collective's result on one rank)")
+    for name in ("tp", "fsdp"):
+        m, e = measured[name], expected[name]
+        D.log(f"  {name:5s} measured {m['collectives']:4d} collectives {m['bytes'] / 1e3:10.1f} kB "
+              f"({m['bytes'] / c.comm_batch / 1e3:.1f} kB per token) {m['ops']}; "
+              f"formula {e['collectives']} collectives {e['bytes'] / 1e3:.1f} kB")
+    D.log(f"llama2-70b bf16, batch 64: tp 8 {big['tp']['collectives']} collectives, "
+          f"{big['tp']['bytes'] / 1e6:.0f} MB a step ({big['tp']['bytes'] / 64 / 1e6:.2f} MB per token); "
+          f"FSDP {big['fsdp']['collectives']} all-gathers, {big['fsdp']['bytes'] / 1e9:.0f} GB a step "
+          f"({big['fsdp']['bytes'] / 64 / 1e9:.2f} GB per token)")
+    D.log("result: " + json.dumps({"measured": measured, "expected": expected}))
+    del tp_model, fsdp_model
+    dist.barrier()
+    D.teardown(env)
+
+
+SECTIONS = {"sample": bench_sample, "train": bench_train, "gpu7b": bench_gpu7b, "comm": bench_comm}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in SECTIONS:

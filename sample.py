@@ -579,6 +579,56 @@ def _generate_batch(model, decode, cache_class, prompts, prompt_ids, P, prefix_c
 
 
 # -----------------------------------------------------------------------------
+# The generation memory plan
+
+def memory_plan(args: ModelArgs, tp, batch_size, context, new_tokens, gpu_memory_gb=80, dtype_bytes=2):
+    """
+    Bytes each GPU holds while sampling with a tensor-parallel group of tp
+    GPUs (the model's weights in the compute dtype, dtype_bytes each; bf16: 2),
+    a batch of batch_size rows of `context` tokens (prompt + new_tokens):
+      weights      every parameter * dtype_bytes / tp (the norms, whole on
+                   every rank, are a few MB)
+      KV cache     2 (keys, values) * n_layers * (n_kv_heads / tp) * head_dim
+                   * dtype_bytes per token, for batch_size * context tokens
+      prefill      the peak of one layer over the batch's prompts (T =
+                   context - new_tokens tokens a row), nothing kept for a
+                   backward: the residual stream, its norm and the block's
+                   output (3 dim), this rank's q, k, v and attention output
+                   ((2 H + 2 KV) * hd / tp), its share of w1 x, w3 x and their
+                   product (3 f / tp), in the compute dtype; the attention mask
+                   (T x context, additive + boolean); rotary cos/sin (fp32)
+      sampling     per row and vocabulary entry: the logits, fp32 probabilities,
+                   their sort (values + int64 order), the float64 cumulative
+                   sums of top-p and inverse-CDF sampling, masks: about 48 bytes
+    Usable: 85% of the GPU (CUDA context, allocator fragmentation, NCCL
+    buffers). Returns {"rows", "total", "max_batch" (the largest batch that
+    fits), "text"}.
+    """
+    a, h, L, V = dtype_bytes, args.dim, args.n_layers, args.vocab_size
+    kv, hd, f = args.n_kv_heads, args.head_dim, args.hidden_dim
+    params = L * (2 * h + 2 * h * args.n_heads * hd + 2 * h * kv * hd + 3 * h * f) + 2 * V * h + h
+    T = context - new_tokens
+    per_row = {
+        "KV cache": 2 * L * kv // tp * hd * a * context,
+        "prefill (one layer's peak)": T * (a * (3 * h + (2 * args.n_heads + 2 * kv) * hd // tp + 3 * f // tp)
+                                           + (a + 1) * context + 2 * 4 * hd),
+        "sampling (logits, top-p)": 48 * V,
+    }
+    rows = [("weights", a * params / tp)] + [(name, b * batch_size) for name, b in per_row.items()]
+    total = sum(b for _, b in rows)
+    usable = 0.85 * gpu_memory_gb * 1e9
+    max_batch = max(0, int((usable - rows[0][1]) // sum(per_row.values())))
+    lines = [f"generation memory plan: {params / 1e9:.2f}B parameters in {a}-byte weights, tensor parallel "
+             f"over {tp} GPU(s), batch {batch_size} x {context} tokens ({T} prompt + {new_tokens} new)"]
+    lines += [f"  {name:38s} {b / 2**30:9.2f} GiB" for name, b in rows]
+    lines.append(f"  {'total per GPU':38s} {total / 2**30:9.2f} GiB")
+    lines.append(f"  {gpu_memory_gb} GB GPUs (85% usable): " + (
+        f"batch {batch_size} {'fits' if total <= usable else 'does NOT fit'}; at most {max_batch} rows"
+        if max_batch else f"the weights alone do not fit; use a larger tp"))
+    return {"rows": dict(rows), "total": total, "max_batch": max_batch, "text": "\n".join(lines)}
+
+
+# -----------------------------------------------------------------------------
 # Many prompts from a file
 
 def sample_chat(model, tok, texts, **kw):

@@ -11,7 +11,8 @@ order of the paper's Figure 1:
 
     python selfreward.py                                  # the toy world on a laptop CPU
     python selfreward.py --run_name=big --n_prompts=4000       # settings: python selfreward.py --help
-    torchrun --nproc_per_node=8 selfreward.py config/llama2_70b_oasst.py
+    torchrun --nnodes=2 --nproc_per_node=8 ... selfreward.py config/llama2_70b_oasst.py
+    python selfreward.py config/llama2_70b_oasst.py --plan_only=True   # both memory plans
 
 This file holds the settings, then one function per stage in the order the
 data flows, then main(). Every stage receives the settings `c` and the run
@@ -26,6 +27,9 @@ generation stages resume from their last complete shard, training from its
 last saved step). Under torchrun every rank runs the same stages: generation
 splits the prompts over the ranks, training shards the model with FSDP, and
 only rank 0 writes shared files.
+Generation loads each model in its own layout: tensor parallel over groups of
+`tp` ranks (inside a node), the groups splitting the prompts; with tp = 1 a
+whole model on every rank.
 """
 import os
 import random
@@ -35,15 +39,20 @@ import sys
 import time
 from collections import Counter
 
+import torch
+
 import checkpoint
 import configurator
 import distributed as D
 import evaluation as E
 import judge as J
 import report
+import sample
 import train_dpo
 import train_sft
+import training
 from data import read_jsonl, toy, write_jsonl
+from model import preset
 from run_folder import Run, fit_micro, generate_sharded, move_model, save_jsonl, sub_seed, write_json
 from sample import fits, generate
 from tokenizer import Tokenizer, chat_prompt_ids, train_tokenizer
@@ -112,7 +121,8 @@ eval_prompts = ""           # real data: AlpacaEval prompts {"instruction"} (its
 mt_bench = ""               # real data: MT-Bench question.jsonl, both turns answered into
                             # eval/mt_bench/model_answer/<model_id>.jsonl (FastChat llm_judge's layout)
 # running
-gen_batch_size = 64         # sequences decoded together
+gen_batch_size = 64         # sequences decoded together; 0: the largest the generation memory plan fits the GPU
+tp = 1                      # generation: GPUs per tensor-parallel group (inside a node); training is FSDP over all
 shard_size = 256            # prompts per resumable generation shard
 save_interval = 50          # training steps between resumable training states
 activation_checkpointing = False  # recompute each block in backward (needed for 70B)
@@ -120,10 +130,14 @@ device = ""                 # '' = cuda if available, else cpu
 dtype = "auto"              # compute: 'auto' = bfloat16 on GPU and bf16-capable CPU, else float32 (training keeps fp32 weights)
 threads = 0                 # CPU threads; 0 = this process's cores / ranks on the machine (or OMP_NUM_THREADS)
 progress = True             # progress bars
+plan_only = False           # print the training and generation memory plans for world_size GPUs, and exit
+world_size = 0              # for plan_only: GPUs to plan for; 0 = this run's
+gpu_memory_gb = 80          # for plan_only: memory of one GPU
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 # settings that change how a run goes, not what it computes: a resumed run may differ in these
-RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "micro_batch_size", "run_name", "out_root", "save_interval",
+RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "tp", "plan_only", "world_size", "gpu_memory_gb",
+                "micro_batch_size", "run_name", "out_root", "save_interval",
                 "activation_checkpointing"}
 
 
@@ -131,11 +145,43 @@ RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "micro_batch_
 # Models: loaded for generation (sharded under torchrun), trained by the scripts
 
 def load_model(r, path):
-    """A checkpoint folder, ready to sample: whole on one process, in the
-    compute dtype (sampling needs no fp32 master weights); FSDP-sharded and
-    streamed slice by slice under torchrun."""
-    model = checkpoint.load_model(path, r.env, dtype=None if r.env.fsdp else r.env.dtype)
-    return model.eval(), Tokenizer(os.path.join(path, "tokenizer.model"))
+    """A checkpoint folder, ready to sample, in the generation layout (never
+    FSDP's, which would gather every weight for every token): tensor parallel
+    over each group of tp ranks, each rank streaming in only its slices, or
+    whole on every rank (tp = 1); weights in the compute dtype (sampling
+    needs no fp32 master weights)."""
+    return (checkpoint.load_model(path, D.for_generation(r.env), dtype=r.env.dtype).eval(),
+            Tokenizer(os.path.join(path, "tokenizer.model")))
+
+
+def memory_plans(c, world, gpu_memory_gb):
+    """The run's two memory plans: training (FSDP2 over all `world` GPUs,
+    training.memory_plan) and generation (tp GPUs a group, sample.memory_plan)
+    for rows of the model's whole context."""
+    args = checkpoint.read_config(c.init_from) if os.path.isdir(c.init_from) else preset(c.model)
+    train = training.memory_plan(args, world, c.micro_batch_size, args.max_seq_len, c.activation_checkpointing,
+                                 gpu_memory_gb=gpu_memory_gb, dropout=c.dropout)
+    new = max(c.max_prompt_tokens, c.max_response_tokens, c.max_judge_tokens)
+    gen = sample.memory_plan(args, c.tp, c.gen_batch_size or 1, args.max_seq_len, new, gpu_memory_gb)
+    return train, gen
+
+
+def check_generation_batch(c, env):
+    """On a GPU: gen_batch_size 0 takes the largest batch the generation plan
+    fits; a larger batch than it fits is worth a warning (the plan assumes
+    every row fills the context, which real prompts rarely do)."""
+    if not env.device.startswith("cuda"):
+        c.gen_batch_size = c.gen_batch_size or DEFAULTS["gen_batch_size"]
+        return
+    _, plan = memory_plans(c, env.world, torch.cuda.get_device_properties(env.device).total_memory / 1e9)
+    if plan["max_batch"] == 0:
+        sys.exit(f"error: {plan['text'].splitlines()[-1].strip()} (tp={c.tp})")
+    if c.gen_batch_size == 0:
+        c.gen_batch_size = plan["max_batch"]
+        D.log(f"gen_batch_size: {c.gen_batch_size}, the generation memory plan's largest")
+    elif c.gen_batch_size > plan["max_batch"]:
+        D.log(f"warning: gen_batch_size {c.gen_batch_size} is more than the {plan['max_batch']} rows of full context "
+              f"the generation memory plan fits (python selfreward.py ... --plan_only=True)")
 
 
 def trainer_settings(c, r, name, batch_size, micro, seed_parts):
@@ -564,8 +610,16 @@ def main(argv=None):
     settings (default: the command line)."""
     overrides = configurator.configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), argv)
     c = configurator.settings(DEFAULTS, overrides)
-    env = D.setup(c.device, c.dtype, c.threads)  # under torchrun: join the process group once, for every stage
+    if c.plan_only:
+        for plan in memory_plans(c, c.world_size or int(os.environ.get("WORLD_SIZE", 1)), c.gpu_memory_gb):
+            print(plan["text"])
+        return
+    try:  # under torchrun: join the process group once, for every stage
+        env = D.setup(c.device, c.dtype, c.threads, tp=c.tp)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     D.log(D.describe(env))
+    check_generation_batch(c, env)
     r = Run(os.path.join(c.out_root, c.run_name), {k: v for k, v in vars(c).items() if k not in RUNTIME_ONLY}, env)
     t_start = time.time()
     r.stage("seed_data", lambda: stage_seed_data(c, r))

@@ -8,6 +8,7 @@
 run_name = "llama2-70b-oasst"
 seed_data = "data/oasst"                  # ift.jsonl, eft_train.jsonl (groups), eft_eval.jsonl
 init_from = "checkpoints/Llama-2-70b-hf"  # M0: Hugging Face layout (or Meta's params.json + consolidated.NN.pth)
+model = "llama2-70b"                      # its shape, for --plan_only before init_from is downloaded
 # SFT (Section 3.2): lr 5.5e-6 cosine to 1.1e-6, batch 16, dropout 0.1
 sft_lr = 5.5e-6
 sft_min_lr = 1.1e-6
@@ -39,5 +40,6 @@ save_interval = 200
 # evaluation: reward-model metrics on the EFT eval set, plus answers for external judges
 eval_prompts = "data/alpaca_eval.jsonl"   # {"instruction"} per line (AlpacaEval 805 prompts)
 mt_bench = "data/mt_bench/question.jsonl"
-gen_batch_size = 64
+gen_batch_size = 64        # the generation plan: tp 8 fits 99 rows of 4096 tokens in 80 GB
+tp = 8                     # generation: each node's 8 GPUs one tensor-parallel group, the nodes split the prompts
 shard_size = 512

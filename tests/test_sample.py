@@ -411,3 +411,22 @@ def test_static_cache_of_the_compiled_decode_step(tiny, monkeypatch):
     chain = chain_model()  # rows finishing at different steps: the batch shrinks
     assert generate(chain, [[3, 14], [5, 15], [9], [7, 0]], 6, eos_id=EOS, compile=True, **kw) == [
         [15, 0, 1], [0, 1], [10, 11, 12, 13, 14, 15], [1]]
+
+
+def test_decode_step_communication_tensor_parallel_against_fsdp():
+    """torchrun, 2 ranks: one decode step's collectives and bytes under
+    CommDebugMode equal bench.comm_formulas, for tensor parallel (activations:
+    2 all-reduces a layer + embedding + logits) and FSDP2 (every block's
+    weights all-gathered every step), in fp32 and bf16."""
+    for dtype in ("float32", "bfloat16"):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               os.path.join(ROOT, "bench.py"), "comm", "--comm_model=toy-tiny", "--comm_batch=4", f"--comm_dtype={dtype}"]
+        proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                              timeout=300, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        line = next(x for x in proc.stdout.splitlines() if x.startswith("result: "))
+        result = json.loads(line[len("result: "):])
+        for layout in ("tp", "fsdp"):
+            m, e = result["measured"][layout], result["expected"][layout]
+            assert (m["collectives"], m["bytes"]) == (e["collectives"], e["bytes"]), (dtype, layout, m, e)
+        assert result["measured"]["tp"]["bytes"] * 10 < result["measured"]["fsdp"]["bytes"]

@@ -178,12 +178,13 @@ def test_resume_after_kills_equals_uninterrupted(micro_run, tmp_path):
 
 
 def test_two_ranks_give_the_same_pairs(micro_run, tmp_path):
-    """Generation is split over 2 ranks and training sharded with FSDP2 (gloo):
-    per-completion seeds make sampling independent of the rank count, and
-    sharded training matches one process to float rounding."""
+    """Generation tensor parallel over 2 ranks (tp=2: every generation stage
+    loads its model split by heads and FFN width) and training sharded with
+    FSDP2 (gloo): sampling gives one process's tokens in fp32 (per-completion
+    seeds), and sharded training matches one process to float rounding."""
     ref, _ = micro_run
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--standalone", "--nproc_per_node=2", *command(tmp_path)[1:]]
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", *command(tmp_path, tp=2)[1:]]
     r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for t in (1, 2):
