@@ -64,6 +64,7 @@ top_p = 0.9  # nucleus sampling: keep the smallest set of tokens with this much 
 num_samples = 1  # samples per prompt (not "n": torchrun would take --n= for its own --nnodes)
 seed = 1337  # the same seed gives the same samples (None: a fresh random seed)
 batch_size = 32  # sequences decoded together
+tp = 1  # under torchrun: GPUs per tensor-parallel group (1: a whole model on every rank)
 device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu | cuda (under torchrun: each rank's own GPU)
 dtype = "auto"  # compute: 'auto' = bfloat16 on GPU and bf16-capable CPU, else float32 (the weights are cast to it)
 threads = 0  # CPU threads; 0 = this process's cores / ranks on the machine (or OMP_NUM_THREADS)
@@ -641,13 +642,13 @@ def main(argv=None):
     c = settings(DEFAULTS, configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), argv))
     if not c.ckpt or bool(c.prompt) == bool(c.prompts_file) or (c.prompts_file and not c.out):
         sys.exit("usage: python sample.py --ckpt=DIR (--prompt=TEXT | --prompts_file=IN.jsonl --out=OUT.jsonl)")
-    env = D.setup(c.device, c.dtype, c.threads)  # under torchrun: join the process group, one GPU per rank
+    env = D.setup(c.device, c.dtype, c.threads, tp=c.tp)  # under torchrun: join the process group, one GPU per rank
     D.log(D.describe(env))
     records = read_jsonl(c.prompts_file, ["prompt"], allow_empty=False) if c.prompts_file else [{"prompt": c.prompt}]
     tok = Tokenizer(os.path.join(c.ckpt, "tokenizer.model"))
-    # whole on one process; under torchrun sharded with FSDP2, each rank streaming in only its slice
-    # (sampling needs no fp32 master weights: one process holds them in the compute dtype)
-    model = load_model(c.ckpt, env, dtype=None if env.fsdp else env.dtype).eval()
+    # whole on every rank, or tensor parallel over tp ranks, each streaming in only its slices; in the
+    # compute dtype (sampling needs no fp32 master weights)
+    model = load_model(c.ckpt, D.for_generation(env), dtype=env.dtype).eval()
     t0 = time.time()
     responses = sample_chat(model, tok, [r["prompt"] for r in records], max_new_tokens=c.max_new_tokens,
                             temperature=c.temperature, top_p=c.top_p, n=c.num_samples, seed=c.seed,

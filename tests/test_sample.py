@@ -430,3 +430,20 @@ def test_decode_step_communication_tensor_parallel_against_fsdp():
             m, e = result["measured"][layout], result["expected"][layout]
             assert (m["collectives"], m["bytes"]) == (e["collectives"], e["bytes"]), (dtype, layout, m, e)
         assert result["measured"]["tp"]["bytes"] * 10 < result["measured"]["fsdp"]["bytes"]
+
+
+def test_generation_memory_plan_counts_what_is_allocated(tiny):
+    """sample.memory_plan's weights and KV cache against the bytes a real
+    model and a real cache hold; its largest batch is the largest that fits."""
+    args = tiny.args
+    plan = S.memory_plan(args, 1, 3, 32, 8, dtype_bytes=4)
+    assert plan["rows"]["weights"] == 4 * tiny.num_params()
+    cache = S.KVCache(args, 3, 32, "cpu")
+    with torch.no_grad():
+        tiny(torch.tensor([[5, 6, 7]] * 3), cache=cache)
+    assert plan["rows"]["KV cache"] == sum(b.numel() * b.element_size() for b in cache.buffers)
+    big = S.memory_plan(M.preset("llama2-70b"), 8, 1, 4096, 1024)
+    fits = S.memory_plan(M.preset("llama2-70b"), 8, big["max_batch"], 4096, 1024)
+    over = S.memory_plan(M.preset("llama2-70b"), 8, big["max_batch"] + 1, 4096, 1024)
+    assert fits["total"] <= 0.85 * 80e9 < over["total"]
+    assert S.memory_plan(M.preset("llama2-70b"), 2, 1, 4096, 1024)["max_batch"] == 0  # 69 GB of weights a GPU
