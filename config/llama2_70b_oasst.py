@@ -2,9 +2,14 @@
 # iterations (Yuan et al. 2024, Section 3). Prepare the seed data first:
 #   python -m data.prepare_oasst oasst1-train.jsonl oasst1-validation.jsonl \
 #       --eval_files=oasst1-validation.jsonl --out=data/oasst
-# then on each of N nodes with 8 GPUs (see the README for the memory plan):
-#   torchrun --nnodes=N --nproc_per_node=8 --node_rank=$R --master_addr=$HEAD --master_port=29500 \
+# Check both memory plans (training: FSDP2 over all GPUs; generation: tensor
+# parallel over each node's 8 GPUs), then launch on 2 nodes of 8 GPUs of 141 GB
+# (H200: training 79.7 GiB a GPU, generation 42.4 GiB at batch 64), R = 0, 1:
+#   python selfreward.py config/llama2_70b_oasst.py --plan_only=True --world_size=16 --gpu_memory_gb=141
+#   torchrun --nnodes=2 --nproc_per_node=8 --node_rank=$R --master_addr=$HEAD --master_port=29500 \
 #       selfreward.py config/llama2_70b_oasst.py
+# On 80 GB GPUs training needs at least 22 (3 nodes), and a batch of 16 splits
+# over at most 16 ranks: 4 nodes with --sft_batch_size=32 --dpo_batch_size=32.
 run_name = "llama2-70b-oasst"
 seed_data = "data/oasst"                  # ift.jsonl, eft_train.jsonl (groups), eft_eval.jsonl
 init_from = "checkpoints/Llama-2-70b-hf"  # M0: Hugging Face layout (or Meta's params.json + consolidated.NN.pth)
@@ -40,6 +45,6 @@ save_interval = 200
 # evaluation: reward-model metrics on the EFT eval set, plus answers for external judges
 eval_prompts = "data/alpaca_eval.jsonl"   # {"instruction"} per line (AlpacaEval 805 prompts)
 mt_bench = "data/mt_bench/question.jsonl"
-gen_batch_size = 64        # the generation plan: tp 8 fits 99 rows of 4096 tokens in 80 GB
+gen_batch_size = 64        # the generation plan (tp 8, rows of 4096 tokens): at most 114 fit 80 GB, 232 fit 141 GB
 tp = 8                     # generation: each node's 8 GPUs one tensor-parallel group, the nodes split the prompts
 shard_size = 512

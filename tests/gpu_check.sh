@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 12 as one command, for a machine with one CUDA GPU
+# (about 10 minutes on an H100/H200; each part has its own time limit):
+#   bash tests/gpu_check.sh [OUT_DIR]
+# 1. tests/gpu_check.py under torchrun --nproc_per_node=1: FSDP2 bf16 mixed
+#    precision generates (the KV cache dtype crash), host syncs per decode
+#    step, the KV cache's peak when rows are copied and dropped
+# 2. the loop's micro config under torchrun --nproc_per_node=1 (generation in
+#    bf16 weights, training FSDP2 bf16), then a short toy loop on one process
+# 3. python bench.py gpu7b: batch-1 decode of a 7B-shaped bf16 model against
+#    the memory-bandwidth bound (goal: at least 75%)
+# 4. python bench.py train with the llama-1b preset in bf16: MFU (goal: 40%)
+# Results are printed and written to OUT_DIR (default: $OUT, else out/gpu_check).
+set -u
+cd "$(dirname "$0")/.."
+OUT_DIR="${1:-${OUT:-out/gpu_check}}"
+mkdir -p "$OUT_DIR"
+PY=${PYTHON:-python}
+TORCHRUN="$PY -m torch.distributed.run"
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT_DIR/gpu.txt"
+date -u | tee -a "$OUT_DIR/gpu.txt"
+status=0
+run() {  # name, seconds, command...
+    local name=$1 limit=$2; shift 2
+    echo "=== $name"
+    local t0=$SECONDS
+    timeout "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
+    local rc=$?
+    tail -n 15 "$OUT_DIR/$name.log"
+    echo "=== $name: exit $rc, $((SECONDS - t0)) s"
+    [ $rc -eq 0 ] || status=1
+}
+MICRO="--model=toy-tiny --vocab_size=1024 --n_ift=48 --n_eft_train=40 --n_eft_eval=12 --n_test=8 \
+--pretrain_docs=64 --pretrain_qa_docs=16 --pretrain_epochs=8 --pretrain_lr=3e-3 --sft_lr=3e-3 --sft_min_lr=3e-4 \
+--sft_epochs=10 --n_prompts=12 --shard_size=4 --max_response_tokens=12 --max_judge_tokens=40 --gen_batch_size=48 \
+--dpo_lr=1e-3 --dpo_min_lr=1e-4 --dpo_batch_size=4 --micro_batch_size=8 --save_interval=4 --rouge_threshold=0.99 \
+--progress=False --dropout=0.0"
+run checks 120 $TORCHRUN --standalone --nproc_per_node=1 tests/gpu_check.py
+run loop_torchrun 180 $TORCHRUN --standalone --nproc_per_node=1 selfreward.py $MICRO --out_root="$OUT_DIR/runs" --run_name=micro_torchrun
+run toy_loop 150 $PY selfreward.py --out_root="$OUT_DIR/runs" --run_name=toy_short --n_ift=800 --n_eft_train=1200 \
+    --pretrain_docs=500 --pretrain_qa_docs=1000 --pretrain_epochs=1 --sft_epochs=1 --n_prompts=200 --iterations=1 --progress=False
+run gpu7b 120 $PY bench.py gpu7b
+run train_llama1b 120 $PY bench.py train --train_model=llama-1b --train_batch_size=4 --train_seq_len=2048 --train_steps=3 --train_rounds=2
+exit $status
