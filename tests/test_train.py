@@ -457,22 +457,27 @@ def test_streaming_load_into_shards_and_save(work, tmp_path):
     assert r.returncode == 0 and "FSDP_LOAD_OK" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
 
 
-def test_sliced_reader_with_uneven_shards(work, monkeypatch):
+@pytest.mark.parametrize("layout", ["fsdp", "tensor parallel"])
+def test_sliced_reader_with_uneven_shards(work, monkeypatch, layout):
     """Pretend to be each of 3 ranks (rows split 22/22/20 for a 64-row wq, so
     shards cut through heads, whose rows HF stores permuted): the slices read
-    concatenate to exactly the plain load."""
+    concatenate to exactly the plain load. FSDP2 splits every tensor by rows;
+    tensor parallel splits the row-wise layers (wo, w2) by columns."""
     plain = load_model(str(work / "ckpt"))
+    names = {id(p): n for n, p in plain.named_parameters()}
+    by_columns = lambda name: layout == "tensor parallel" and name.endswith(("wo.weight", "w2.weight"))
     parts = {n: [] for n in plain.state_dict()}
     for rank in range(3):
-        def rows(p, rank=rank):
-            size = -(-p.shape[0] // 3)
-            start = min(rank * size, p.shape[0])
-            return start, min(start + size, p.shape[0])
-        monkeypatch.setattr(D, "local_rows", rows)
+        def local_slice(p, rank=rank):
+            dim = 1 if by_columns(names[id(p)]) else 0
+            size = -(-p.shape[dim] // 3)
+            start = min(rank * size, p.shape[dim])
+            return dim, start, min(start + size, p.shape[dim])
+        monkeypatch.setattr(D, "local_slice", local_slice)
         for name, t in read_tensors(str(work / "ckpt"), plain):
             parts[name].append(t)
     for name, full in plain.state_dict().items():
-        assert torch.equal(torch.cat(parts[name]), full), name
+        assert torch.equal(torch.cat(parts[name], dim=1 if by_columns(name) else 0), full), name
 
 
 def test_single_process_streaming_save_in_bf16(work, tmp_path):
