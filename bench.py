@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 
 import torch
 
@@ -370,7 +371,6 @@ def bench_comm(c):
     2 (tp-1)/tp of them over the links, an all-gather (ranks-1)/ranks)."""
     import torch.distributed as dist
     from torch.distributed._functional_collectives import AsyncCollectiveTensor
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from torch.distributed.tensor.debug import CommDebugMode
 
     import distributed as D
@@ -398,7 +398,7 @@ def bench_comm(c):
     if "RANK" not in __import__("os").environ:
         sys.exit("comm runs under torchrun: torchrun --standalone --nproc_per_node=2 bench.py comm")
     world = int(__import__("os").environ["WORLD_SIZE"])
-    env = D.setup("cpu", tp=world)
+    env = D.setup("cpu", "float32", tp=world)
     dtype = getattr(torch, c.comm_dtype)
     args = preset(c.comm_model)
     tokens = torch.randint(3, args.vocab_size, (c.comm_batch, 16), generator=torch.Generator().manual_seed(c.seed))
@@ -410,10 +410,7 @@ def bench_comm(c):
 
     tp_model = weights(D.empty_model(args, D.for_generation(env), dtype))
     fsdp_model = weights(D.empty_model(args, D.Env()))  # whole fp32 master weights, then FSDP2 as training does
-    mp = MixedPrecisionPolicy(param_dtype=dtype)
-    for block in fsdp_model.layers:
-        fully_shard(block, mesh=env.mesh, mp_policy=mp)
-    fully_shard(fsdp_model, mesh=env.mesh, mp_policy=mp)
+    D.shard(fsdp_model, replace(env, dtype=dtype))
 
     measured = {}
     with torch.no_grad():

@@ -209,10 +209,14 @@ def shard(model, env):
     """FSDP2: each block is its own unit (its parameters are all-gathered just
     before it runs and freed after), the root takes the embedding, final norm
     and output. In bf16 (env.dtype, GPU or CPU): FSDP casts the gathered
-    weights to bf16 to compute and reduces gradients in fp32."""
+    weights to bf16 to compute and reduces gradients in fp32. It leaves the
+    blocks' inputs alone (cast_forward_inputs=False): the residual stream
+    comes out of the bf16 embedding in bf16 anyway, and the rotary cos/sin
+    must stay fp32 (rounded to bf16 they move a token's angle by up to 2^-9
+    of itself, and sampling stopped matching one process's bf16 run)."""
     mp = MixedPrecisionPolicy()
     if env.dtype != torch.float32:
-        mp = MixedPrecisionPolicy(param_dtype=env.dtype, reduce_dtype=torch.float32)
+        mp = MixedPrecisionPolicy(param_dtype=env.dtype, reduce_dtype=torch.float32, cast_forward_inputs=False)
     for block in model.layers:
         fully_shard(block, mesh=env.mesh, mp_policy=mp)
     fully_shard(model, mesh=env.mesh, mp_policy=mp)

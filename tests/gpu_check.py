@@ -18,7 +18,6 @@ import sys
 import warnings
 
 import torch
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import distributed as D  # noqa: E402
@@ -34,15 +33,13 @@ failed = []
 # 1. FSDP2 bf16 mixed precision
 whole = M.Transformer(args).cuda().eval()  # fp32 master weights
 reference = generate(copy.deepcopy(whole).to(torch.bfloat16), prompts, 32, temperature=0, progress=False)
-mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-for block in whole.layers:
-    fully_shard(block, mesh=env.mesh, mp_policy=mp)
-fully_shard(whole, mesh=env.mesh, mp_policy=mp)
+assert env.dtype == torch.bfloat16
+D.shard(whole, env)  # FSDP2, MixedPrecisionPolicy(param_dtype=bf16), as training runs on GPUs
 got = generate(whole, prompts, 32, temperature=0, progress=False)
 agree = sum(a == b for r, g in zip(reference, got) for a, b in zip(r, g))
 print(f"1. FSDP2 bf16 mixed precision on CUDA: ran; {agree} of {32 * len(prompts)} greedy tokens equal "
       f"one process with bf16 weights")
-if agree < 0.8 * 32 * len(prompts):
+if agree < 0.95 * 32 * len(prompts):  # the same bf16 ops on the same weights: equal on the CPU
     failed.append(1)
 del whole
 
