@@ -1,6 +1,10 @@
-# The paper's SFT (M0 -> M1) on Llama 2 70B, multi-node (see --plan_only=True for the memory):
-#   torchrun --nnodes=4 --nproc_per_node=8 --node_rank=$R --master_addr=$HEAD --master_port=29500 \
+# The paper's SFT (M0 -> M1) on Llama 2 70B, on 2 nodes of 8 GPUs of 141 GB (H200; the plan:
+# 75.6 GiB a GPU at world size 16: python train_sft.py config/sft_llama2_70b.py --plan_only=True
+# --world_size=16 --gpu_memory_gb=141 --model=llama2-70b):
+#   torchrun --nnodes=2 --nproc_per_node=8 --node_rank=$R --master_addr=$HEAD --master_port=29500 \
 #       train_sft.py config/sft_llama2_70b.py
+# 80 GB GPUs need at least 20 (3 nodes), and a batch of 16 splits over at most 16
+# ranks: 4 nodes with --batch_size=32.
 init_from = "checkpoints/Llama-2-70b-hf"
 data = "data/ift_eft.jsonl"
 out_dir = "out/llama2-70b/M1"
