@@ -20,6 +20,7 @@ against it (it is a test-time reference, not a dependency).
 """
 import copy
 import json
+import os
 import sys
 import tempfile
 import time
@@ -373,7 +374,6 @@ def bench_comm(c):
     from torch.distributed._functional_collectives import AsyncCollectiveTensor
     from torch.distributed.tensor.debug import CommDebugMode
 
-    import distributed as D
     from checkpoint import load_tensors
     from sample import KVCache
 
@@ -395,9 +395,9 @@ def bench_comm(c):
                         self.bytes += t.numel() * t.element_size()
             return out
 
-    if "RANK" not in __import__("os").environ:
+    if "RANK" not in os.environ:
         sys.exit("comm runs under torchrun: torchrun --standalone --nproc_per_node=2 bench.py comm")
-    world = int(__import__("os").environ["WORLD_SIZE"])
+    world = int(os.environ["WORLD_SIZE"])
     env = D.setup("cpu", "float32", tp=world)
     dtype = getattr(torch, c.comm_dtype)
     args = preset(c.comm_model)
