@@ -216,7 +216,7 @@ def spearman(x, y):
     return float((rx * ry).sum() / denom) if denom else None
 
 
-def _pairs_correct(scores, ranks):
+def pairs_correct(scores, ranks):
     """For each pair with different human ranks: does the judge order it the same way?"""
     out = []
     for i in range(len(ranks)):
@@ -243,7 +243,7 @@ def reward_metrics(scores, ranks):
         if len(set(r)) < 2:
             n_skipped += 1
             continue
-        correct = _pairs_correct(s, r)
+        correct = pairs_correct(s, r)
         pairs += correct
         exact.append(all(correct))
         best = min(r)
@@ -325,7 +325,7 @@ def eft_targets(groups, judged, seed=0):
                          "score": j["scores"][a]} for j in mine for a in attempts if j["scores"][a] is not None]
             continue
         for a in attempts:
-            correct = _pairs_correct([j["scores"][a] for j in mine], g["ranks"])
+            correct = pairs_correct([j["scores"][a] for j in mine], g["ranks"])
             if correct and all(correct):
                 records += [{"prompt": judge_prompt(g["prompt"], j["response"]),
                              "response": eft_target(j["judgments"][a]), "score": j["scores"][a]}

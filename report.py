@@ -19,8 +19,11 @@ the stage infos in done/); this file only tabulates them.
 import json
 import os
 
+import numpy as np
+
 import distributed as D
-from data import read_jsonl, write_text
+import judge as J
+from data import read_jsonl, toy, write_text
 
 
 def head_to_head(a, b):
@@ -92,6 +95,132 @@ def real_rows(names, infos):
     return rows, metrics
 
 
+# -----------------------------------------------------------------------------
+# How sure a figure is: intervals over the prompts it was measured on
+
+def bootstrap_interval(values, weights=None, resamples=2000, seed=0):
+    """95% percentile-bootstrap interval (Efron & Tibshirani 1993, ch. 13) of
+    sum(values) / sum(weights) over prompts: the prompts are drawn again with
+    replacement `resamples` times and the figure recomputed on each draw.
+    weights None: a plain mean (a mean grade, a share); else, e.g., right pairs
+    over pairs per prompt, so a prompt with more pairs counts more, as it does
+    in the figure itself. Paired figures (a grade difference between two
+    models) pass the per-prompt differences, so both models keep the same prompts."""
+    v = np.asarray(values, float)
+    w = np.ones_like(v) if weights is None else np.asarray(weights, float)
+    if len(v) == 0:
+        return None
+    draws = np.random.default_rng(seed).integers(0, len(v), (resamples, len(v)))
+    stats = v[draws].sum(1) / np.maximum(w[draws].sum(1), 1e-12)
+    low, high = np.percentile(stats, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def judge_pairs_per_prompt(judged, groups):
+    """(right pairs, pairs) per EFT eval prompt: the judge's average scores
+    (judged: one record per response, in the groups' order) against the ranks."""
+    right, total, at = [], [], 0
+    for g in groups:
+        scores = [x["score"] for x in judged[at:at + len(g["responses"])]]
+        at += len(g["responses"])
+        correct = J.pairs_correct(scores, g["ranks"])
+        right.append(sum(correct))
+        total.append(len(correct))
+    return right, total
+
+
+def interval_rows(r, names, tests):
+    """The toy table's figures with their 95% bootstrap intervals over prompts."""
+    groups = read_jsonl(r.path("seed", "eft_eval.jsonl")) if os.path.exists(r.path("seed", "eft_eval.jsonl")) else []
+    header = ("| model | mean grade [95% interval] | right answers (grade >= 4) % | grade - previous model | "
+              "net wins vs previous (win - loss) % | judge pairwise acc % |")
+    rows = [header, "|" + "---|" * (header.count("|") - 1)]
+    fmt = lambda x, ci, scale=1, d=2: f"{scale * x:.{d}f} [{scale * ci[0]:.{d}f}, {scale * ci[1]:.{d}f}]"
+    intervals = {}
+    for i, n in enumerate(names):
+        g = np.array([x["grade"] for x in tests[n]], float)
+        right = (g >= 4).astype(float)
+        m = {"mean_grade": (g.mean(), bootstrap_interval(g)), "right": (right.mean(), bootstrap_interval(right))}
+        cells = [fmt(*m["mean_grade"]), fmt(*m["right"], 100, 1), "-", "-", "-"]
+        if i > 0:
+            prev = np.array([x["grade"] for x in tests[names[i - 1]]], float)
+            diff, net = g - prev, np.sign(g - prev)
+            m["vs_previous"] = (diff.mean(), bootstrap_interval(diff))
+            m["net_wins"] = (net.mean(), bootstrap_interval(net))
+            cells[2], cells[3] = fmt(*m["vs_previous"]), fmt(*m["net_wins"], 100, 1)
+        path = r.path("eval", f"{n}_judgments.jsonl")
+        if groups and os.path.exists(path):
+            right_pairs, pairs = judge_pairs_per_prompt(read_jsonl(path), groups)
+            if sum(pairs):
+                m["judge_accuracy"] = (sum(right_pairs) / sum(pairs), bootstrap_interval(right_pairs, pairs))
+                cells[4] = fmt(*m["judge_accuracy"], 100, 1)
+        intervals[n] = m
+        rows.append(f"| {n} | " + " | ".join(cells) + " |")
+    return rows, intervals
+
+
+# -----------------------------------------------------------------------------
+# Inside the loop: what each iteration's judge did
+
+def judgment_diagnostics(r, t):
+    """Iteration t's judgments: how often the judge gave no score, the
+    histogram of the scores it gave (one per judgment, 0..5)."""
+    path = r.path(f"iter{t}", "judgments.jsonl")
+    if not os.path.exists(path):
+        return None
+    scores = [s for x in read_jsonl(path) for ss in x["scores"] for s in ss]
+    given = [s for s in scores if s is not None]
+    histogram = {k: sum(round(s) == k for s in given) for k in range(6)}
+    return {"judgments": len(scores), "no_score": len(scores) - len(given), "histogram": histogram}
+
+
+def pair_verdicts(r, t):
+    """Evaluation only (the loop never sees it): the toy grader's verdict on
+    iteration t's pairs, chosen better / equal / worse than rejected, and how
+    many pairs are on prompts the grader cannot read."""
+    path = r.path(f"iter{t}", "pairs.jsonl")
+    if not os.path.exists(path):
+        return None
+    verdict = {"better": 0, "equal": 0, "worse": 0, "ungradable": 0}
+    for p in read_jsonl(path):
+        if toy.task_from_prompt(p["prompt"]) is None:
+            verdict["ungradable"] += 1
+            continue
+        a, b = toy.grade(p, p["chosen"]), toy.grade(p, p["rejected"])
+        verdict["better" if a > b else "equal" if a == b else "worse"] += 1
+    return verdict
+
+
+def judge_agreement(r, a, b):
+    """Kendall tau between two models' average scores of the same EFT eval
+    responses (those both scored): how much the judge changed between them."""
+    pa, pb = r.path("eval", f"{a}_judgments.jsonl"), r.path("eval", f"{b}_judgments.jsonl")
+    if not (os.path.exists(pa) and os.path.exists(pb)):
+        return None
+    both = [(x["score"], y["score"]) for x, y in zip(read_jsonl(pa), read_jsonl(pb))
+            if x["score"] is not None and y["score"] is not None]
+    return J.kendall_tau(*zip(*both)) if len(both) >= 2 else None
+
+
+def diagnostic_lines(r, names, iterations, toy_world):
+    lines = ["Inside the loop, per iteration (the judge's own judgments of the candidates):", ""]
+    for t in range(1, iterations + 1):
+        d = judgment_diagnostics(r, t)
+        if d:
+            hist = ", ".join(f"{k}: {v}" for k, v in d["histogram"].items())
+            lines.append(f"- iteration {t}: {d['judgments']} judgments, {d['no_score']} without a score; "
+                         f"scores given {{{hist}}}")
+        v = pair_verdicts(r, t) if toy_world else None
+        if v:
+            lines.append(f"  - the grader on its pairs (evaluation only): chosen better {v['better']}, equal "
+                         f"{v['equal']}, worse {v['worse']}; on prompts it cannot grade {v['ungradable']}")
+    taus = [(a, b, judge_agreement(r, a, b)) for a, b in zip(names[1:], names[2:])]
+    if any(tau is not None for _, _, tau in taus):
+        lines.append("- the judge from model to model (Kendall tau of their scores of the same EFT eval responses): "
+                     + ", ".join(f"{a} -> {b} {tau:.3f}" for a, b, tau in taus if tau is not None))
+    return lines + [""]
+
+
 def iteration_lines(r, stages, iterations):
     """What each stage of each iteration kept and dropped, and the lengths of the pairs' responses."""
     lines = []
@@ -149,6 +278,10 @@ def write_report(r, names, infos, run_name, iterations):
              if os.path.exists(r.path("eval", f"{n}_test.jsonl"))}
     toy = len(tests) == len(names)  # the toy world's grader graded every model
     rows, metrics = toy_rows(names, tests, infos) if toy else real_rows(names, infos)
+    interval_table, intervals = interval_rows(r, names, tests) if toy else ([], {})
+    for m in metrics:
+        if m["model"] in intervals:
+            m["intervals"] = intervals[m["model"]]
     stages = {}
     for f in sorted(os.listdir(r.path("done"))):
         with open(r.path("done", f)) as fh:
@@ -160,9 +293,18 @@ def write_report(r, names, infos, run_name, iterations):
              "Real data: no ground-truth grader. The judge columns are each model's reward-model metrics on the "
              "EFT eval set against the human rankings (judgments averaged per response; coverage counts single "
              "judgments); answers for AlpacaEval and MT-Bench are greedy, to be judged by external judges.")
+    ties = "" if not toy else (
+        " A prompt whose responses the judge scored all alike has no Spearman or Kendall correlation; it "
+        "counts as 0 in their means (prompts: " + ", ".join(
+            f"{m['model']} {m['judge'].get('n_undefined_correlation', 0)}" for m in metrics if m.get("judge")) + ").")
+    intervals_intro = [] if not interval_table else [
+        f"The same figures with 95% bootstrap intervals over the {len(tests[names[0]])} test prompts and the "
+        f"EFT eval prompts (2,000 resamples; a difference is a result only where its interval excludes 0):", "",
+        *interval_table, ""]
     text = "\n".join([
-        f"# Self-rewarding run `{run_name}`", "", intro, "",
-        *rows, "", *iteration_lines(r, stages, iterations), f"- stage time in all: {total / 60:.1f} min", "",
+        f"# Self-rewarding run `{run_name}`", "", intro + ties, "",
+        *rows, "", *intervals_intro, *iteration_lines(r, stages, iterations),
+        f"- stage time in all: {total / 60:.1f} min", "", *diagnostic_lines(r, names, iterations, toy),
         *external_judges({n: infos.get(n, {}) for n in names}),
         "Settings:", "", "```", *(f"{k} = {v!r}" for k, v in r.settings.items()), "```", ""])
     if D.is_rank0():

@@ -509,8 +509,11 @@ def stage_judgments(c, r, t, mt_path):
 def make_pairs(judged):
     """Highest against lowest average score (Section 2.3, step 4). Candidates
     without any parsed score are never chosen nor rejected; prompts whose
-    scored candidates all tie (or have fewer than 2 scores) give no pair."""
-    pairs, dropped = [], {"fewer than 2 scored candidates": 0, "all scores tie": 0}
+    scored candidates all tie (or have fewer than 2 scores) give no pair, and
+    neither does a best and worst of the same text (the judge scored one answer
+    twice differently): such a pair states no preference, so DPO learns nothing
+    from it but noise."""
+    pairs, dropped = [], {"fewer than 2 scored candidates": 0, "all scores tie": 0, "same text": 0}
     for x in judged:
         scored = [(s, i) for i, s in enumerate(x["score"]) if s is not None]
         if len(scored) < 2:
@@ -520,6 +523,12 @@ def make_pairs(judged):
         worst = min(scored, key=lambda si: (si[0], si[1]))    # first of the worst
         if best[0] == worst[0]:
             dropped["all scores tie"] += 1
+            continue
+        text = lambda si: x["candidates"][si[1]].strip()
+        # of the worst, the first whose text differs from the chosen one
+        worst = next((si for si in sorted(scored) if si[0] == worst[0] and text(si) != text(best)), None)
+        if worst is None:
+            dropped["same text"] += 1
             continue
         pairs.append({"prompt": x["prompt"], "chosen": x["candidates"][best[1]],
                       "rejected": x["candidates"][worst[1]], "chosen_score": best[0], "rejected_score": worst[0],

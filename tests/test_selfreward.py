@@ -229,11 +229,17 @@ def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch):
         {"prompt": "p", "candidates": ["a", "b", "c", "d"], "score": [3.0, 3.0, None, 3.0]},
         {"prompt": "q", "candidates": ["a", "b", "c", "d"], "score": [None, None, 2.0, None]}])
     with pytest.raises(SystemExit, match=r"iteration 1: no preference pairs \(dropped: \{'fewer than 2 scored "
-                                         r"candidates': 1, 'all scores tie': 1\}\)"):
+                                         r"candidates': 1, 'all scores tie': 1, 'same text': 0\}\)"):
         S.stage_pairs(R, 1)
     pairs, dropped = S.make_pairs([{"prompt": "p", "candidates": ["a", "b", "c"], "score": [2.0, 4.5, 2.0]}])
     assert pairs == [{"prompt": "p", "chosen": "b", "rejected": "a", "chosen_score": 4.5, "rejected_score": 2.0,
                       "chosen_index": 1, "rejected_index": 0}]
+    # the same answer scored twice differently states no preference: dropped and counted ...
+    pairs, dropped = S.make_pairs([{"prompt": "p", "candidates": ["42", "42 ", "x"], "score": [4.0, 2.0, None]}])
+    assert pairs == [] and dropped["same text"] == 1
+    # ... unless another of the worst differs from the chosen text
+    pairs, _ = S.make_pairs([{"prompt": "p", "candidates": ["42", "42", "7"], "score": [4.0, 2.0, 2.0]}])
+    assert (pairs[0]["chosen"], pairs[0]["rejected"], pairs[0]["rejected_index"]) == ("42", "7", 2)
     bounds = S.DEFAULTS["min_prompt_words"], S.DEFAULTS["max_prompt_words"]  # 3, 60
     assert S.malformed("Reverse the word 'abc'.", False, *bounds).startswith("unfinished")
     assert S.malformed("Task: Reverse it now", True, *bounds) == "contains markup"
