@@ -1,0 +1,100 @@
+"""
+The loop over several seeds: is a step from one model to the next a result,
+or the run-to-run spread? One run's step between models (a few hundredths of
+a grade point on the toy world) is often as large as the difference between
+two runs of the same commit, so a claim needs several seeds.
+
+    python seeds.py                          # seeds 1, 2, 3 of the default toy run
+    python seeds.py --seeds=1,2,3,4,5 --iterations=3 --run_name=study
+
+Every other setting is selfreward.py's (python selfreward.py --help). Each
+seed is a whole run in out/<run_name>-seed<s>/ with its own seed data,
+initialisation and sampling (everything random derives from `seed`); an
+interrupted study resumes as a run does. Then out/<run_name>-seeds.md lists
+each figure's mean and spread (standard deviation) over seeds, and in how
+many seeds each step holds (M2 > M1, M3 > M2, ...), including how many seeds'
+95% bootstrap interval of the last model's grade gain over M1 lies above 0.
+"""
+import json
+import os
+import statistics
+import sys
+
+import configurator
+import report
+import selfreward
+from data import read_jsonl, write_text
+
+# the figures compared across seeds: (name in the table, how to read it from a model's eval record)
+FIGURES = [
+    ("mean grade", lambda m: m["mean_grade"]),
+    ("right answers (grade >= 4) %", lambda m: 100 * m["intervals"]["right"][0]),
+    ("bare right answers (grade 5) %", lambda m: 100 * m["exact_solve"]),
+    ("judge pairwise acc %", lambda m: 100 * (m["judge"].get("pairwise_accuracy") or 0.0)),
+]
+
+
+def run_figures(folder):
+    """{model: {figure: value}} from a finished run's metrics.jsonl (report.py's eval records)."""
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        evals = [rec["eval"] for rec in map(json.loads, f) if "eval" in rec]  # the last report's win
+    return {m["model"]: {name: read(m) for name, read in FIGURES} for m in evals}
+
+
+def gain_interval(folder, first, last):
+    """The 95% bootstrap interval of last's mean grade minus first's, prompt by prompt."""
+    grades = lambda n: [x["grade"] for x in read_jsonl(os.path.join(folder, "eval", f"{n}_test.jsonl"))]
+    return report.bootstrap_interval([b - a for a, b in zip(grades(first), grades(last))])
+
+
+def summarize(per_seed, names, gains):
+    """The study's table. per_seed: {seed: {model: {figure: value}}}; names: the
+    models in order; gains: {seed: (low, high)} of the last model's gain over M1."""
+    seeds = sorted(per_seed)
+    spread = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
+    lines = [f"Over {len(seeds)} seeds ({', '.join(map(str, seeds))}): mean +- standard deviation.", ""]
+    lines += ["| figure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for name, _ in FIGURES:
+        cells = []
+        for n in names:
+            xs = [per_seed[s][n][name] for s in seeds]
+            cells.append(f"{statistics.mean(xs):.2f} +- {spread(xs):.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "In how many seeds each step holds (strictly higher):", ""]
+    steps = list(zip(names[1:], names[2:])) + ([(names[1], names[-1])] if len(names) > 3 else [])
+    for name, _ in FIGURES:
+        held = [f"{b} > {a}: {sum(per_seed[s][b][name] > per_seed[s][a][name] for s in seeds)}/{len(seeds)}"
+                for a, b in steps]
+        lines.append(f"- {name}: " + ", ".join(held))
+    above = sum(gains[s] is not None and gains[s][0] > 0 for s in seeds)
+    lines.append(f"- the 95% bootstrap interval of {names[-1]} - {names[1]} mean grade lies above 0 in "
+                 f"{above}/{len(seeds)} seeds: "
+                 + ", ".join(f"seed {s} [{gains[s][0]:.2f}, {gains[s][1]:.2f}]" for s in seeds if gains[s]))
+    return lines
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    seeds = [1, 2, 3]
+    for a in [a for a in argv if a.startswith("--seeds=")]:
+        seeds = [int(s) for s in a.split("=", 1)[1].split(",")]
+        argv.remove(a)
+    c = configurator.settings(selfreward.DEFAULTS, configurator.configure(
+        dict(selfreward.DEFAULTS, __file__=selfreward.__file__, __doc__=__doc__), argv))
+    folders = {}
+    for s in seeds:
+        name = f"{c.run_name}-seed{s}"
+        print(f"\n##### seed {s}: {os.path.join(c.out_root, name)}", flush=True)
+        selfreward.main(argv + [f"--seed={s}", f"--run_name={name}"])
+        folders[s] = os.path.join(c.out_root, name)
+    names = ["SFT"] + [f"M{t}" for t in range(1, c.iterations + 2)]
+    per_seed = {s: run_figures(f) for s, f in folders.items()}
+    gains = {s: gain_interval(f, "M1", names[-1]) for s, f in folders.items()}
+    lines = [f"# `{c.run_name}` over seeds", "", *summarize(per_seed, names, gains), ""]
+    out = os.path.join(c.out_root, f"{c.run_name}-seeds.md")
+    write_text(out, "\n".join(lines))
+    print("\n".join(lines) + f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()
