@@ -159,6 +159,40 @@ def interval_rows(r, names, tests):
     return rows, intervals
 
 
+def interval_figure(names, intervals):
+    """report.svg: each model's mean grade and judge pairwise accuracy, with
+    their 95% intervals, as two panels of dots and whiskers. Plain SVG text:
+    any browser shows it, and it needs no plotting library."""
+    panels = [("mean grade (0-5)", "mean_grade", 0.0, 5.0, 1), ("judge pairwise accuracy %", "judge_accuracy",
+                                                                 0.0, 1.0, 100)]
+    width, height, left, top, plot_h = 640, 260, 50, 30, 180
+    panel_w = (width - 2 * left) / 2
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+           f'font-size="11">', f'<rect width="{width}" height="{height}" fill="white"/>']
+    for p, (title, key, low, high, scale) in enumerate(panels):
+        x0 = left + p * (panel_w + left / 2)
+        y = lambda v: top + plot_h * (1 - (v - low) / (high - low))  # value -> pixel row
+        out.append(f'<text x="{x0}" y="{top - 12}" font-weight="bold">{title}</text>')
+        out.append(f'<line x1="{x0}" y1="{top}" x2="{x0}" y2="{top + plot_h}" stroke="black"/>')
+        for tick in np.linspace(low, high, 6):
+            out.append(f'<text x="{x0 - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{scale * tick:g}</text>')
+            out.append(f'<line x1="{x0}" y1="{y(tick):.1f}" x2="{x0 + panel_w}" y2="{y(tick):.1f}" stroke="#ddd"/>')
+        step = panel_w / (len(names) + 1)
+        for i, n in enumerate(names):
+            x = x0 + step * (i + 1)
+            out.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle">{n}</text>')
+            value, ci = intervals.get(n, {}).get(key, (None, None))
+            if value is None:
+                continue
+            if ci:
+                out.append(f'<line x1="{x:.1f}" y1="{y(ci[0]):.1f}" x2="{x:.1f}" y2="{y(ci[1]):.1f}" '
+                           f'stroke="#2060c0" stroke-width="2"/>')
+            out.append(f'<circle cx="{x:.1f}" cy="{y(value):.1f}" r="4" fill="#2060c0"/>')
+    out.append(f'<text x="{left}" y="{height - 8}" fill="#555">dots: the figure; bars: its 95% bootstrap '
+               f'interval over prompts</text>')
+    return "\n".join(out + ["</svg>", ""])
+
+
 # -----------------------------------------------------------------------------
 # Inside the loop: what each iteration's judge did
 
@@ -299,7 +333,8 @@ def write_report(r, names, infos, run_name, iterations):
             f"{m['model']} {m['judge'].get('n_undefined_correlation', 0)}" for m in metrics if m.get("judge")) + ").")
     intervals_intro = [] if not interval_table else [
         f"The same figures with 95% bootstrap intervals over the {len(tests[names[0]])} test prompts and the "
-        f"EFT eval prompts (2,000 resamples; a difference is a result only where its interval excludes 0):", "",
+        f"EFT eval prompts (2,000 resamples; a difference is a result only where its interval excludes 0; "
+        f"drawn in report.svg):", "",
         *interval_table, ""]
     text = "\n".join([
         f"# Self-rewarding run `{run_name}`", "", intro + ties, "",
@@ -309,6 +344,8 @@ def write_report(r, names, infos, run_name, iterations):
         "Settings:", "", "```", *(f"{k} = {v!r}" for k, v in r.settings.items()), "```", ""])
     if D.is_rank0():
         write_text(r.path("report.md"), text)
+        if intervals:
+            write_text(r.path("report.svg"), interval_figure(names, intervals))
         for m in metrics:
             r.metric({"eval": m})
     D.barrier()

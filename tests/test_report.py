@@ -79,3 +79,17 @@ def test_seed_study_table_by_hand(tmp_path):
          "intervals": {"right": [0.75, [0.5, 1.0]]}}
     write_jsonl(folder / "metrics.jsonl", [{"stage": "eval_M1"}, {"eval": {**m, "mean_grade": 1.0}}, {"eval": m}])
     assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0)}
+
+
+def test_interval_figure_is_svg_with_a_dot_and_bar_per_figure():
+    import xml.etree.ElementTree as ET
+    intervals = {"SFT": {"mean_grade": (2.5, (2.0, 3.0))},
+                 "M1": {"mean_grade": (5.0, (4.5, 5.0)), "judge_accuracy": (0.5, (0.25, 0.75))}}
+    root = ET.fromstring(report.interval_figure(["SFT", "M1"], intervals))
+    ns = "{http://www.w3.org/2000/svg}"
+    dots = [(float(c.get("cx")), float(c.get("cy"))) for c in root.iter(ns + "circle")]
+    assert len(dots) == 3  # SFT has no judge figure: no dot there
+    # the plot spans rows 30 (top of the scale) to 210 (bottom): 2.5 of 0..5 and 50% of 0..1 sit at 120, 5.0 at 30
+    assert sorted(y for _, y in dots) == [30.0, 120.0, 120.0]
+    bars = [(float(b.get("y1")), float(b.get("y2"))) for b in root.iter(ns + "line") if b.get("stroke") == "#2060c0"]
+    assert sorted(bars) == [(48.0, 30.0), (138.0, 102.0), (165.0, 75.0)]  # 4.5..5.0, 2.0..3.0, 25%..75%
