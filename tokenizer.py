@@ -1,81 +1,293 @@
 """
-The tokenizer: a thin wrapper over SentencePiece, the one chat template the
-whole project uses, and a trainer for the toy world's small tokenizer.
+Tokenizers and chat templates: the text side of a checkpoint.
 
-Llama 2 uses a SentencePiece BPE model with byte fallback (unk=0, bos=1,
-eos=2, no pad token). The toy tokenizer trained here follows the same
-conventions, so every other script treats the two the same way.
+    tok = Tokenizer(folder)          a checkpoint folder (or a tokenizer.model /
+                                     tokenizer.json file): SentencePiece or a
+                                     Hugging Face tokenizer.json, one interface
+    tok.encode(text, bos, eos)       ids;  tok.decode(ids) -> text
+    tok.bos_id, tok.eos_id           from the checkpoint's own files
+    tok.stop_ids                     every id that ends a response: pass to
+                                     sample.generate(eos_id=tok.stop_ids)
+    tok.template                     'llama2', 'llama3' or 'chatml', picked
+                                     from the checkpoint (Tokenizer(folder,
+                                     template='chatml') overrides)
+
+    chat_prompt_ids(tok, prompt, system=None)          ids to sample a response from
+    chat_tokens(tok, prompt, response, system=None)    (ids, response_start)
+    chat_ids(tok, messages)                            (ids, spans) for a conversation:
+        messages = [{"role": "system"|"user"|"assistant", "content": str}, ...];
+        spans = [(start, end), ...], the tokens of each assistant turn (its
+        end-of-turn token included): what SFT learns. A conversation ending
+        with a user turn ends with the assistant header, ready to sample.
+
+Two formats behind one interface:
+- SentencePiece (`tokenizer.model`): Llama 2 and the toy world (unk=0,
+  bos=1, eos=2, no pad). BOS and EOS are the model file's own.
+- Hugging Face `tokenizer.json` (Llama 3, SmolLM2, Qwen: byte-level BPE),
+  read with the `tokenizers` library. BOS/EOS come from the files beside
+  it: tokenizer_config.json and special_tokens_map.json name the tokens,
+  generation_config.json and config.json give the ids that end generation
+  (Llama 3 instruct ends a turn with <|eot_id|>, not <|end_of_text|>).
+
+The chat templates (each checked against `transformers.apply_chat_template`
+with the checkpoint's own Jinja template in tests/test_real_model.py):
+    llama2  <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {reply}</s><s>[INST] ...
+    llama3  <|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\n\n{text}<|eot_id|>...
+    chatml  <|im_start|>{role}\n{text}<|im_end|>\n...
+Each message is encoded in pieces (header, then the text), with the special
+tokens inserted as ids, so the response boundary is exact: a reply's tokens
+are the same whether or not the prompt is in front of them, which is what
+sampling sees (it writes after the assistant header) and what the SFT and
+DPO losses need (they score only reply tokens). Texts are stripped of
+surrounding whitespace. Where the checkpoint's Jinja template writes a
+default system prompt when none is given (SmolLM2, Qwen), that literal text
+is read from the template and used the same way. Llama 3.1+ templates also
+write a knowledge-cutoff date into the system turn; the llama3 template here
+is Llama 3.0's and does not.
 """
+import json
 import os
+import re
 import tempfile
 
 import sentencepiece as spm
+from tokenizers import Tokenizer as HFTokenizer
+
+TEMPLATES = ("llama2", "llama3", "chatml")
+# the files a tokenizer.json brings with it (copied along when a checkpoint is saved)
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                      "generation_config.json", "chat_template.jinja")
+
+
+def read_json(folder, name):
+    """A JSON file of the checkpoint folder as a dict ({} when absent)."""
+    path = os.path.join(folder, name)
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: corrupt JSON ({e})") from None
+
+
+def as_list(ids):
+    """An id or a list of ids (config.json's eos_token_id may be either) as a list."""
+    return [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
 
 
 class Tokenizer:
-    def __init__(self, model_path):
-        if not os.path.isfile(model_path):
-            raise FileNotFoundError(f"tokenizer model not found: {model_path}")
-        self.model_path = model_path
-        self.sp = spm.SentencePieceProcessor(model_file=model_path)
-        self.vocab_size = self.sp.vocab_size()
-        self.bos_id = self.sp.bos_id()
-        self.eos_id = self.sp.eos_id()
-        self.pad_id = self.sp.pad_id()  # -1 for Llama 2: there is no pad token
+    def __init__(self, path, template=""):
+        """path: a tokenizer.model, a tokenizer.json, or a folder holding one
+        (tokenizer.model first: Llama 2 folders ship both). template: a chat
+        template name to use instead of the one the checkpoint implies."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            found = [os.path.join(path, f) for f in ("tokenizer.model", "tokenizer.json")
+                     if os.path.isfile(os.path.join(path, f))]
+            if not found:
+                raise FileNotFoundError(f"tokenizer model not found: no tokenizer.model or tokenizer.json in {path}")
+            path = found[0]
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"tokenizer model not found: {path}")
+        self.model_path = path
+        folder = os.path.dirname(path)
+        config = read_json(folder, "tokenizer_config.json")
+        special = {**read_json(folder, "special_tokens_map.json"), **config}  # named tokens, config first
+        # ids that end generation, as the checkpoint lists them (Llama 3: a list)
+        listed_eos = as_list(read_json(folder, "generation_config.json").get("eos_token_id")) + \
+            as_list(read_json(folder, "config.json").get("eos_token_id"))
+        if path.endswith(".json"):
+            self.sp, self.hf = None, HFTokenizer.from_file(path)
+            self.vocab_size = self.hf.get_vocab_size(with_added_tokens=True)
+            self.bos_id = self.token_id(token_text(special.get("bos_token")))
+            self.eos_id = self.token_id(token_text(special.get("eos_token")))
+            if self.eos_id is None and listed_eos:
+                self.eos_id = listed_eos[0]
+            # does a text begin with BOS? tokenizer_config says so, or the
+            # tokenizer's post-processor adds it (Llama 3 yes, SmolLM2 no)
+            self.add_bos = config.get("add_bos_token", self.bos_id is not None
+                                      and self.hf.encode("", add_special_tokens=True).ids[:1] == [self.bos_id])
+            self.pad_id = self.token_id(token_text(special.get("pad_token")))
+            self.pad_id = -1 if self.pad_id is None else self.pad_id
+            self.files = [os.path.join(folder, f) for f in HF_TOKENIZER_FILES
+                          if os.path.isfile(os.path.join(folder, f))]
+        else:
+            self.hf, self.sp = None, spm.SentencePieceProcessor(model_file=path)
+            self.vocab_size = self.sp.vocab_size()
+            self.bos_id, self.eos_id, self.add_bos = self.sp.bos_id(), self.sp.eos_id(), True
+            self.pad_id = self.sp.pad_id()  # -1 for Llama 2: there is no pad token
+            self.files = [path]
+        if self.eos_id is None:
+            raise ValueError(f"{path}: no EOS token (tokenizer_config.json, special_tokens_map.json or "
+                             f"generation_config.json must name one)")
+
+        # the chat template: the setting, else what the checkpoint's own Jinja template or vocabulary shows
+        jinja = config.get("chat_template") or ""
+        if isinstance(jinja, list):  # several named templates: the default one
+            jinja = next((t["template"] for t in jinja if t.get("name") == "default"), "")
+        if not jinja and os.path.isfile(os.path.join(folder, "chat_template.jinja")):
+            with open(os.path.join(folder, "chat_template.jinja"), encoding="utf-8") as f:
+                jinja = f.read()
+        if template and template not in TEMPLATES:
+            raise ValueError(f"unknown chat template {template!r}; templates: {', '.join(TEMPLATES)}")
+        self.template = template or detect_template(self, jinja)
+        # a system prompt the checkpoint's template writes when none is given (SmolLM2, Qwen)
+        default = re.search(r"<\|im_start\|>system(?:\n|\\n)(.*?)<\|im_end\|>", jinja, re.S) \
+            if self.template == "chatml" else None
+        self.default_system = default.group(1).replace("\\n", "\n") if default else None
+        end_of_turn = {"llama2": self.eos_id, "llama3": self.token_id("<|eot_id|>"),
+                       "chatml": self.token_id("<|im_end|>")}[self.template]
+        if end_of_turn is None:
+            raise ValueError(f"{path}: chat template {self.template!r} needs special tokens this vocabulary lacks")
+        self.end_of_turn = end_of_turn  # what closes a reply in the chat template (SFT learns to write it)
+        self.stop_ids = sorted({self.eos_id, end_of_turn, *listed_eos})
 
     def encode(self, text, bos=False, eos=False):
-        ids = self.sp.encode(text)
-        return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
+        """Token ids of text; bos=True begins it as a document (with BOS where
+        this tokenizer's texts have one), eos=True ends it with EOS."""
+        ids = self.sp.encode(text) if self.sp else self.hf.encode(text, add_special_tokens=False).ids
+        return ([self.bos_id] if bos and self.add_bos else []) + ids + ([self.eos_id] if eos else [])
 
     def decode(self, ids):
-        return self.sp.decode(list(ids))
+        ids = list(ids)
+        return self.sp.decode(ids) if self.sp else self.hf.decode(ids, skip_special_tokens=False)
+
+    def token_id(self, text):
+        """The id of a token written as `text` (a special token like <|eot_id|>), or None."""
+        if not text:
+            return None
+        if self.sp:
+            i = self.sp.piece_to_id(text)
+            return i if self.sp.id_to_piece(i) == text else None
+        return self.hf.token_to_id(text)
+
+    def ids_starting_with(self, prefix):
+        """Every id whose text on its own begins with `prefix` (e.g. every line break:
+        "\\n", "\\n\\n", ... in a BPE vocabulary, <0x0A> in Llama 2's)."""
+        texts = ([self.sp.decode([i]) for i in range(self.vocab_size)] if self.sp
+                 else self.hf.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=False))
+        return [i for i, t in enumerate(texts) if t.startswith(prefix)]
+
+
+def token_text(value):
+    """A special token as tokenizer_config.json writes it: a string or {"content": ...}."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def detect_template(tok, jinja=""):
+    """The chat template a checkpoint was trained with: told by the markers of
+    its Jinja template, else by its vocabulary's special tokens, else Llama 2's."""
+    for marker, name in (("<|im_start|>", "chatml"), ("<|start_header_id|>", "llama3"), ("[INST]", "llama2")):
+        if marker in jinja:
+            return name
+    if tok.token_id("<|start_header_id|>") is not None:
+        return "llama3"
+    if tok.token_id("<|im_start|>") is not None:
+        return "chatml"
+    return "llama2"
 
 
 # -----------------------------------------------------------------------------
-# The chat template: Llama 2's single-turn form
-#     <s>[INST] {prompt} [/INST] {response}</s>
-# Prompt and response are encoded separately, so the boundary between them is
-# exact: the response tokens are the same whether or not the prompt is there,
-# which is what sampling sees (it generates after "[/INST]") and what the SFT
-# and DPO losses need (they score only the response tokens).
+# The chat templates. Each turns messages into parts (ids, is_reply): the
+# reply parts are the assistant's text and its end-of-turn token.
 
 B_INST, E_INST = "[INST]", "[/INST]"
+B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
 
 
-def chat_prompt_ids(tokenizer, prompt):
-    """Token ids of a chat prompt, ready for the model to write the response.
-    prompt: a string (one user turn), or a conversation: a list of messages
-    {"role": "user" | "assistant", "content": str}, alternating, starting and
-    ending with the user. Earlier turns are written as Meta's Llama 2 chat does,
-    each exchange its own <s>[INST] {user} [/INST] {assistant} </s>."""
-    if isinstance(prompt, str):
-        return tokenizer.encode(f"{B_INST} {prompt.strip()} {E_INST}", bos=True)
-    roles = [m["role"] for m in prompt]
-    if not roles or roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
-        raise ValueError(f"a conversation alternates user and assistant turns, starting and ending with "
-                         f"the user; got roles {roles}")
-    ids = []
-    for user, assistant in zip(prompt[0:-1:2], prompt[1::2]):
-        ids += tokenizer.encode(f"{B_INST} {user['content'].strip()} {E_INST} {assistant['content'].strip()} ",
-                                bos=True, eos=True)
-    return ids + chat_prompt_ids(tokenizer, prompt[-1]["content"])
+def llama2_parts(tok, messages, open_reply):
+    """Meta's Llama 2 chat format: each exchange is <s>[INST] {user} [/INST]
+    {reply}</s>; a system prompt sits inside the first [INST]. The reply
+    needs no header: it follows "[/INST]" directly."""
+    parts, system = [], None
+    for m in messages:
+        text = m["content"].strip()
+        if m["role"] == "system":
+            system = text
+        elif m["role"] == "user":
+            if system is not None:
+                text, system = f"{B_SYS}{system}{E_SYS}{text}", None
+            parts.append((tok.encode(f"{B_INST} {text} {E_INST}", bos=True), False))
+        else:  # SentencePiece adds its dummy-prefix space: "[/INST] {reply}"
+            parts.append((tok.encode(text) + [tok.end_of_turn], True))
+    return parts
 
 
-def chat_tokens(tokenizer, prompt, response=None):
+def llama3_parts(tok, messages, open_reply):
+    """Llama 3's header format: <|start_header_id|>{role}<|end_header_id|>\\n\\n{text}<|eot_id|>."""
+    start, end = tok.token_id("<|start_header_id|>"), tok.token_id("<|end_header_id|>")
+    header = lambda role: [start] + tok.encode(role) + [end] + tok.encode("\n\n")
+    parts = [([tok.bos_id], False)]
+    for m in messages:
+        body = tok.encode(m["content"].strip()) + [tok.end_of_turn]
+        parts += [(header(m["role"]), False), (body, m["role"] == "assistant")]
+    return parts + ([(header("assistant"), False)] if open_reply else [])
+
+
+def chatml_parts(tok, messages, open_reply):
+    """ChatML (SmolLM2, Qwen): <|im_start|>{role}\\n{text}<|im_end|>\\n. The
+    line break after <|im_end|> is written before the next turn, so a reply
+    ends with its end-of-turn token."""
+    start, newline = tok.token_id("<|im_start|>"), tok.encode("\n")
+    parts = []
+    for m in messages + ([{"role": "assistant", "content": None}] if open_reply else []):
+        if parts:
+            parts.append((newline, False))  # the line break after the previous <|im_end|>
+        if m["role"] == "assistant":  # the header alone, so the reply's first token is its own
+            parts.append(([start] + tok.encode("assistant\n"), False))
+            if m["content"] is not None:
+                parts.append((tok.encode(m["content"].strip()) + [tok.end_of_turn], True))
+        else:
+            parts.append(([start] + tok.encode(f"{m['role']}\n{m['content'].strip()}") + [tok.end_of_turn], False))
+    return parts
+
+
+def chat_ids(tok, messages):
+    """
+    A conversation as token ids under the tokenizer's chat template: returns
+    (ids, spans), spans the (start, end) of each assistant reply's tokens,
+    end-of-turn token included. When the last message is the user's, ids end
+    with the assistant's header: exactly what the model is given to reply.
+    Without a system message, the checkpoint's default system prompt (if its
+    template has one) is used, as `transformers` does.
+    """
+    roles = [m.get("role") for m in messages]
+    if not messages or any(r not in ("system", "user", "assistant") for r in roles) \
+            or "system" in roles[1:] or any(not isinstance(m.get("content"), str) for m in messages):
+        raise ValueError("a conversation is a list of {'role': 'system'|'user'|'assistant', 'content': str}, "
+                         f"a system message only first; got roles {roles}")
+    if roles[0] != "system" and tok.default_system is not None:
+        messages = [{"role": "system", "content": tok.default_system}] + list(messages)
+    render = {"llama2": llama2_parts, "llama3": llama3_parts, "chatml": chatml_parts}[tok.template]
+    parts = render(tok, messages, open_reply=messages[-1]["role"] != "assistant")
+    ids, spans = [], []
+    for part, is_reply in parts:
+        if is_reply:
+            spans.append((len(ids), len(ids) + len(part)))
+        ids += part
+    return ids, spans
+
+
+def chat_prompt_ids(tokenizer, prompt, system=None):
+    """Token ids of a chat prompt, ready for the model to write the response."""
+    return chat_tokens(tokenizer, prompt, system=system)[0]
+
+
+def chat_tokens(tokenizer, prompt, response=None, system=None):
     """
     Turn a prompt (and optionally its response) into token ids.
     Returns (ids, response_start): ids[response_start:] are the response
-    tokens followed by EOS; without a response, response_start == len(ids)
-    and ids is exactly what the model is given to sample from.
+    tokens followed by the end-of-turn token; without a response,
+    response_start == len(ids) and ids is exactly what the model is given
+    to sample from.
     """
-    ids = chat_prompt_ids(tokenizer, prompt)
-    response_start = len(ids)
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + \
+        [{"role": "user", "content": prompt}]
     if response is not None:
-        # SentencePiece adds its dummy-prefix space, giving "[/INST] {response}"
-        ids = ids + tokenizer.encode(response.strip(), eos=True)
-    return ids, response_start
-
-
+        messages.append({"role": "assistant", "content": response})
+    ids, spans = chat_ids(tokenizer, messages)
+    return ids, spans[-1][0] if response is not None else len(ids)
 # -----------------------------------------------------------------------------
 # A small tokenizer for the toy world, trained in seconds.
 
