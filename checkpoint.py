@@ -3,7 +3,9 @@ Checkpoints: every file format the project reads or writes, in one place.
 
     Hugging Face layout  config.json, model.safetensors (or model-0000N-of-0000M
                          .safetensors shards + model.safetensors.index.json),
-                         tokenizer.model: what `transformers` and the hub use
+                         and the tokenizer's files (tokenizer.model, or
+                         tokenizer.json + tokenizer_config.json ...): what
+                         `transformers` and the hub use
     Meta's layout        params.json + consolidated.NN.pth, one file per
                          model-parallel rank (Meta's original Llama download)
 
@@ -16,7 +18,9 @@ Parameter names map one-to-one (HF_NAMES). The one subtlety is rotary
 embeddings: Meta rotates interleaved pairs (x0,x1),(x2,x3),... while Hugging
 Face rotates the two halves of each head (x_i, x_{i+hd/2}); the HF conversion
 script permutes the rows of wq and wk so both compute the same thing, and so
-do we (meta_to_hf_rope / hf_to_meta_rope).
+do we (meta_to_hf_rope / hf_to_meta_rope). Tied embeddings are stored as
+Hugging Face stores them: config.json says tie_word_embeddings and the
+file has model.embed_tokens.weight only, no lm_head.weight.
 
 Nothing here ever holds the whole model in memory at once: reading streams one
 tensor at a time from memory-mapped files (under FSDP each rank reads only its
@@ -90,8 +94,12 @@ def hf_to_meta_rope(w, n_heads):
 # -----------------------------------------------------------------------------
 # config.json / params.json <-> ModelArgs
 
-def hf_config(args: ModelArgs, dtype=torch.float32):
-    """The config.json that `transformers` expects for LlamaForCausalLM."""
+def hf_config(args: ModelArgs, dtype=torch.float32, tokenizer=None):
+    """The config.json that `transformers` expects for LlamaForCausalLM. The
+    rotary settings are written in the older form (rope_theta, rope_scaling),
+    which transformers 4 and 5 both read. BOS/EOS ids come from the tokenizer
+    saved with the model (every id that ends a turn, a list when several)."""
+    eos = tokenizer.stop_ids if tokenizer else [2]
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -105,16 +113,16 @@ def hf_config(args: ModelArgs, dtype=torch.float32):
         "max_position_embeddings": args.max_seq_len,
         "rms_norm_eps": args.norm_eps,
         "rope_theta": args.rope_theta,
-        "rope_scaling": None,
+        "rope_scaling": {"rope_type": "llama3", **args.rope_scaling} if args.rope_scaling else None,
         "hidden_act": "silu",
         "attention_bias": False,
         "attention_dropout": 0.0,
         "mlp_bias": False,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": args.tie_embeddings,
         "initializer_range": 0.02,
         "pretraining_tp": 1,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
+        "bos_token_id": tokenizer.bos_id if tokenizer else 1,
+        "eos_token_id": eos[0] if len(eos) == 1 else eos,
         "torch_dtype": str(dtype).removeprefix("torch."),
         "use_cache": True,
     }
@@ -128,21 +136,22 @@ def args_from_hf_config(config, path="config.json"):
         raise ValueError(f"{path}: not a Llama config, missing keys: {', '.join(missing)}")
     if config.get("model_type", "llama") != "llama":
         raise ValueError(f"{path}: model_type is {config['model_type']!r}, expected 'llama'")
-    if config.get("tie_word_embeddings", False):
-        raise ValueError(f"{path}: tied word embeddings are not supported (Llama's output layer is untied)")
-    # transformers 4 writes rope_theta (+ rope_scaling), transformers 5 rope_parameters
+    # transformers 4 writes rope_theta + rope_scaling, transformers 5 rope_parameters (theta inside)
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise ValueError(f"{path}: rope scaling {rope} is not supported (plain Llama 2 rotary embeddings only)")
-    rope_theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise ValueError(f"{path}: rope_type {rope_type!r} is not supported (only 'default' and 'llama3')")
+    scaling_keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    if rope_type == "llama3" and any(k not in rope for k in scaling_keys):
+        raise ValueError(f"{path}: rope_type 'llama3' needs {', '.join(scaling_keys)}; got {rope}")
     n_heads = config["num_attention_heads"]
-    if config.get("head_dim", config["hidden_size"] // n_heads) != config["hidden_size"] // n_heads:
-        raise ValueError(f"{path}: head_dim must equal hidden_size / num_attention_heads")
     args = ModelArgs(
         dim=config["hidden_size"], n_layers=config["num_hidden_layers"], n_heads=n_heads,
         n_kv_heads=config.get("num_key_value_heads") or n_heads, vocab_size=config["vocab_size"],
-        norm_eps=config.get("rms_norm_eps", 1e-5), rope_theta=rope_theta,
-        max_seq_len=config.get("max_position_embeddings", 4096))
+        norm_eps=config.get("rms_norm_eps", 1e-5), rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)),
+        rope_scaling={k: rope[k] for k in scaling_keys} if rope_type == "llama3" else None,
+        max_seq_len=config.get("max_position_embeddings", 4096), head_dim=config.get("head_dim"),
+        tie_embeddings=config.get("tie_word_embeddings", False))
     # Store the exact feed-forward width: pick multiple_of so the rule gives it.
     args.multiple_of, args.ffn_dim_multiplier = ffn_rule_for(args.dim, config["intermediate_size"])
     return args
@@ -188,20 +197,25 @@ def read_config(path):
         raise ValueError(f"{cfg_path}: expected a JSON object, found {type(config).__name__}")
     if cfg_path == hf:
         return args_from_hf_config(config, cfg_path)
-    known = {f.name for f in fields(ModelArgs)}
+    known = {f.name for f in fields(ModelArgs)} - {"rope_scaling", "tie_embeddings"}
     args = {k: v for k, v in config.items() if k in known and v is not None}
+    if config.get("use_scaled_rope"):  # Meta's Llama 3.1+: the scaling its reference code applies
+        args["rope_scaling"] = {"factor": config.get("rope_scaling_factor", 8.0), "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    # memory-mapped, nothing loaded: Llama 2's params.json says vocab_size -1
+    # (the embedding's rows tell), and a tied model has no output.weight
+    shard = torch.load(meta_shards(path)[0], map_location="cpu", mmap=True, weights_only=True)
     if args.get("vocab_size", -1) == -1:
-        # Meta's Llama 2 params.json says -1: the tokenizer decides. Read the
-        # number of rows of the embedding (memory-mapped, nothing loaded).
-        shard = torch.load(meta_shards(path)[0], map_location="cpu", mmap=True, weights_only=True)
         args["vocab_size"] = shard["tok_embeddings.weight"].shape[0]
+    args["tie_embeddings"] = "output.weight" not in shard
     return ModelArgs(**args)
 
 
 def check_tokenizer(tokenizer_path, args: ModelArgs, where):
-    """A tokenizer and a model must agree on the vocabulary size."""
+    """Every id of the tokenizer must have a row in the model's embedding (a
+    model may have spare rows: vocabularies padded to a round number)."""
     n = Tokenizer(tokenizer_path).vocab_size
-    if n != args.vocab_size:
+    if n > args.vocab_size:
         raise ValueError(f"{where}: the model's vocab_size is {args.vocab_size} but tokenizer "
                          f"{tokenizer_path} has {n} tokens")
 
@@ -241,7 +255,8 @@ def read_tensors(path, model):
         weight_map = safetensors_files(path)
         ours = {hf_name(n) for n in params}
         extra = [k for k in weight_map if k not in ours
-                 and not k.endswith("rotary_emb.inv_freq")]  # a buffer some old exports carry; we compute it
+                 and not k.endswith("rotary_emb.inv_freq")  # a buffer some old exports carry; we compute it
+                 and not (args.tie_embeddings and k == "lm_head.weight")]  # some tied exports store it anyway
         if extra:
             raise ValueError(f"{path}: unexpected tensors for a Llama model of this config: {', '.join(extra[:5])}")
         missing = [hf_name(n) for n in params if hf_name(n) not in weight_map]
@@ -316,16 +331,15 @@ def load_model(path, env=None, dtype=None, dropout=0.0):
     meta device (no memory), sharded with FSDP2 when env has a device mesh,
     allocated (only this rank's shard), then filled tensor by tensor from the
     memory-mapped files. dtype: the parameters' dtype (default float32,
-    whatever the files store). If a tokenizer.model sits beside the weights,
-    its vocabulary must match.
+    whatever the files store). If a tokenizer sits beside the weights, its
+    vocabulary must fit the model's.
     """
     path = os.fspath(path)
     env = env or D.Env()
     args = read_config(path)
     args.dropout = dropout
-    tokenizer_path = os.path.join(path, "tokenizer.model")
-    if os.path.exists(tokenizer_path):
-        check_tokenizer(tokenizer_path, args, path)
+    if any(os.path.exists(os.path.join(path, f)) for f in ("tokenizer.model", "tokenizer.json")):
+        check_tokenizer(path, args, path)
     model = D.empty_model(args, env, dtype)
     load_tensors(model, read_tensors(path, model), path)
     return model
@@ -341,7 +355,9 @@ def save_model(model, path, tokenizer_path=None, dtype=None, max_shard_bytes=5 *
     """
     Write `model` to folder `path` in the Hugging Face layout: config.json,
     model.safetensors (or shards of at most max_shard_bytes + an index), and
-    tokenizer.model copied from tokenizer_path. dtype: cast on the way out
+    the tokenizer's files copied from tokenizer_path (a tokenizer.model, a
+    tokenizer.json or a folder: tokenizer.Tokenizer's `files`, which carry
+    the chat template and the EOS ids). dtype: cast on the way out
     (default: as the parameters are).
 
     All shapes are known in advance, so each safetensors header is written
@@ -353,8 +369,10 @@ def save_model(model, path, tokenizer_path=None, dtype=None, max_shard_bytes=5 *
     """
     path = os.fspath(path)
     args = model.args
+    tokenizer = None
     if tokenizer_path is not None:
         check_tokenizer(tokenizer_path, args, "saving a model")
+        tokenizer = Tokenizer(tokenizer_path)
     params = dict(model.named_parameters())
     dtype = dtype or next(iter(params.values())).dtype
     nbytes = {n: math.prod(p.shape) * dtype.itemsize for n, p in params.items()}
@@ -395,13 +413,14 @@ def save_model(model, path, tokenizer_path=None, dtype=None, max_shard_bytes=5 *
                     del full
         if writing:
             with open(os.path.join(folder, "config.json"), "w") as f:
-                json.dump(hf_config(args, dtype), f, indent=2)
+                json.dump(hf_config(args, dtype, tokenizer), f, indent=2)
             if len(files) > 1:
                 with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
                     json.dump({"metadata": {"total_size": sum(nbytes.values())}, "weight_map": weight_map}, f,
                               indent=2)
-            if tokenizer_path:
-                shutil.copyfile(tokenizer_path, os.path.join(folder, "tokenizer.model"))
+            for file in tokenizer.files if tokenizer else []:  # a SentencePiece model is always tokenizer.model
+                name = "tokenizer.model" if file == tokenizer.model_path and tokenizer.sp else os.path.basename(file)
+                shutil.copyfile(file, os.path.join(folder, name))
 
     if writing:
         write_folder_atomically(path, write)

@@ -143,7 +143,7 @@ def judge(model, tokenizer, prompts, responses, n_samples=3, temperature=0.7, to
     ids = [judge_prompt_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
     room = [i for i, x in enumerate(ids) if fits(model, x)]
     outs = generate_fn(model, [ids[i] for i in room], max_new_tokens, temperature=temperature, top_p=top_p,
-                       n=n_samples, eos_id=tokenizer.eos_id, seed=seed, batch_size=batch_size,
+                       n=n_samples, eos_id=tokenizer.stop_ids, seed=seed, batch_size=batch_size,
                        progress=progress) if room else []
     assert len(outs) == len(room) * n_samples, "generate must return n completions per prompt"
     judged = {i: outs[k * n_samples:(k + 1) * n_samples] for k, i in enumerate(room)}

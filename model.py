@@ -1,13 +1,15 @@
 """
-The Llama 2 network, written directly in PyTorch.
+The Llama network (Llama 2 and 3, and models of the same architecture such
+as SmolLM2), written directly in PyTorch.
 
     tokens -> tok_embeddings -> n_layers x [x + attention(attention_norm(x))
                                             x + feed_forward(ffn_norm(x))]
            -> norm -> output -> logits
 
 This file is the network and nothing else: ModelArgs and the named sizes,
-RMSNorm, rotary embeddings, grouped-query attention, SwiGLU, the block, the
-Transformer, and estimate_mfu. Parameter names are Meta's (tok_embeddings,
+RMSNorm, rotary embeddings (with Llama 3's frequency scaling), grouped-query
+attention, SwiGLU, the block, the Transformer (its output layer tied to the
+input embedding or not), and estimate_mfu. Parameter names are Meta's (tok_embeddings,
 layers.N.attention.wq, ...), so Meta's checkpoints map one-to-one;
 checkpoint.py reads and writes every file format, sample.py owns the KV cache
 and generation, distributed.py shards the model over ranks.
@@ -34,21 +36,29 @@ class ModelArgs:
     ffn_dim_multiplier: float | None = None
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    # Llama 3.1+'s rotary frequency scaling for long contexts (None: plain RoPE):
+    # {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
+    rope_scaling: dict | None = None
     max_seq_len: int = 4096
+    head_dim: int | None = None  # None: dim // n_heads (some models set it apart from dim)
+    tie_embeddings: bool = False  # the output layer reuses the input embedding (Llama 3.2 1B/3B, SmolLM2)
     dropout: float = 0.0  # the paper fine-tunes with 0.1
 
     def __post_init__(self):
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
-            raise ValueError(f"dim {self.dim} must divide by n_heads {self.n_heads}, "
-                             f"and n_heads by n_kv_heads {self.n_kv_heads}")
-        if (self.dim // self.n_heads) % 2:
+        if self.head_dim is None:
+            if self.dim % self.n_heads:
+                raise ValueError(f"dim {self.dim} must divide by n_heads {self.n_heads} (or set head_dim)")
+            self.head_dim = self.dim // self.n_heads
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} must divide by n_kv_heads {self.n_kv_heads}")
+        if self.head_dim % 2:
             raise ValueError("the head dimension must be even for rotary embeddings")
-
-    @property
-    def head_dim(self):
-        return self.dim // self.n_heads
+        if self.rope_scaling is not None:
+            keys = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
+            if set(self.rope_scaling) != keys:
+                raise ValueError(f"rope_scaling needs exactly the keys {sorted(keys)}, got {sorted(self.rope_scaling)}")
 
     @property
     def hidden_dim(self):
@@ -61,8 +71,13 @@ class ModelArgs:
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
 
-# Named sizes. The toy ones train on a laptop CPU; the Llama 2 ones are the
-# published shapes (Touvron et al. 2023, and Meta's params.json files).
+# Named sizes. The toy ones train on a laptop CPU; the others are the
+# published shapes (Touvron et al. 2023, Meta's params.json files, the
+# models' config.json on the Hugging Face hub).
+LLAMA3_VOCAB = 128256
+# Llama 3.2's scaling of the rotary frequencies (its config.json's rope_scaling)
+LLAMA32_ROPE = {"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}
 PRESETS = {
     "toy-tiny": ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512,
                           multiple_of=32, max_seq_len=512),
@@ -80,6 +95,19 @@ PRESETS = {
     "llama2-13b": ModelArgs(dim=5120, n_layers=40, n_heads=40, vocab_size=32000),
     "llama2-70b": ModelArgs(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, vocab_size=32000,
                             multiple_of=4096, ffn_dim_multiplier=1.3),
+    "llama3-8b": ModelArgs(dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, vocab_size=LLAMA3_VOCAB,
+                           multiple_of=1024, ffn_dim_multiplier=1.3, rope_theta=500000.0, max_seq_len=8192),
+    "llama3-70b": ModelArgs(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, vocab_size=LLAMA3_VOCAB,
+                            multiple_of=4096, ffn_dim_multiplier=1.3, rope_theta=500000.0, max_seq_len=8192),
+    "llama3.2-1b": ModelArgs(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, vocab_size=LLAMA3_VOCAB,
+                             multiple_of=256, ffn_dim_multiplier=1.5, rope_theta=500000.0,
+                             rope_scaling=LLAMA32_ROPE, max_seq_len=131072, tie_embeddings=True),
+    "llama3.2-3b": ModelArgs(dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, vocab_size=LLAMA3_VOCAB,
+                             multiple_of=256, ffn_dim_multiplier=1.0, rope_theta=500000.0,
+                             rope_scaling=LLAMA32_ROPE, max_seq_len=131072, tie_embeddings=True),
+    # SmolLM2-135M (Allal et al. 2025): the Llama architecture, small and deep
+    "smollm2-135m": ModelArgs(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, vocab_size=49152,
+                              multiple_of=256, rope_theta=100000.0, max_seq_len=8192, tie_embeddings=True),
 }
 
 
@@ -87,7 +115,7 @@ def preset(name, **overrides):
     """A copy of a named preset, with some fields changed."""
     if name not in PRESETS:
         raise KeyError(f"unknown model preset {name!r}; presets: {', '.join(PRESETS)}")
-    return ModelArgs(**{**asdict(PRESETS[name]), **overrides})
+    return ModelArgs(**{**asdict(PRESETS[name]), **overrides})  # (asdict copies rope_scaling too)
 
 
 # -----------------------------------------------------------------------------
@@ -108,11 +136,33 @@ class RMSNorm(nn.Module):
         return self.weight * F.rms_norm(x.float(), self.weight.shape, eps=self.eps).to(x.dtype)
 
 
-def rope_rotation(positions, head_dim, theta):
+def rope_frequencies(args: ModelArgs, device=None):
+    """
+    The rotation speed of each pair of a head, theta^(-2i/head_dim) (RoPE),
+    with Llama 3.1's long-context scaling when args.rope_scaling is set: pairs
+    that turn fast (wavelength under original_len / high_freq_factor) keep
+    their speed, slow ones (over original_len / low_freq_factor) are slowed
+    down `factor` times, and those between blend the two smoothly.
+    """
+    hd = args.head_dim
+    inv_freq = 1.0 / args.rope_theta ** (torch.arange(0, hd, 2, device=device).float() / hd)
+    s = args.rope_scaling
+    if s is None:
+        return inv_freq
+    old_len = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    smooth = (old_len / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])
+    blended = (1 - smooth) * inv_freq / s["factor"] + smooth * inv_freq
+    return torch.where(wavelen < old_len / s["high_freq_factor"], inv_freq,  # fast: as trained
+                       torch.where(wavelen > old_len / s["low_freq_factor"], inv_freq / s["factor"], blended))
+
+
+def rope_rotation(positions, inv_freq):
     """
     Rotary position embeddings (Su et al. 2021): the pair (x[2i], x[2i+1]) of a
     query or key at position p is rotated by the angle p * theta^(-2i/head_dim):
         (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin)
+    (inv_freq: rope_frequencies, one speed per pair; theta^(-2i/head_dim) for plain RoPE.)
     positions: (B, T) integers -> cos, sin: (B, T, 1, head_dim) fp32, each angle
     repeated for both members of its pair and sin signed (-sin, +sin), so that
     apply_rope is x * cos + swap_pairs(x) * sin. Computed once per forward and
@@ -120,7 +170,6 @@ def rope_rotation(positions, head_dim, theta):
     (it is tiny), so the model has no buffers to rebuild after being created
     on the meta device.
     """
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
     angles = positions.float()[:, :, None, None] * inv_freq  # (B, T, 1, head_dim/2)
     cos, sin = angles.cos(), angles.sin()
     return torch.stack((cos, cos), -1).flatten(-2), torch.stack((-sin, sin), -1).flatten(-2)
@@ -206,7 +255,10 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(TransformerBlock(i, args) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
-        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)  # untied, as in Llama
+        # Tied: the logits are h @ tok_embeddings.weight^T, one Parameter used
+        # twice (no second module holding a reference to it, so moving the
+        # model off `meta` or sharding it cannot untie them).
+        self.output = None if args.tie_embeddings else nn.Linear(args.dim, args.vocab_size, bias=False)
         self.activation_checkpointing = False  # set by the training scripts
         if self.tok_embeddings.weight.device.type != "meta":
             with torch.no_grad():
@@ -249,7 +301,7 @@ class Transformer(nn.Module):
             if T > self.args.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens is longer than max_seq_len {self.args.max_seq_len}")
             positions = torch.arange(T, device=tokens.device).expand(B, T)
-        rotation = rope_rotation(positions, self.args.head_dim, self.args.rope_theta)
+        rotation = rope_rotation(positions, rope_frequencies(self.args, tokens.device))
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
             if self.activation_checkpointing and self.training:
@@ -260,7 +312,8 @@ class Transformer(nn.Module):
             cache.end(T)
         if last_only:
             h = h[:, -1:]
-        logits = self.output(self.norm(h))
+        h = self.norm(h)
+        logits = F.linear(h, self.tok_embeddings.weight) if self.output is None else self.output(h)
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)

@@ -54,7 +54,7 @@ from tokenizer import Tokenizer, chat_prompt_ids
 
 # -----------------------------------------------------------------------------
 # Command-line settings (python sample.py --help lists them)
-ckpt = ""  # checkpoint folder (config.json, model.safetensors, tokenizer.model)
+ckpt = ""  # checkpoint folder (config.json, model.safetensors, the tokenizer's files)
 prompt = ""  # one chat prompt to answer
 prompts_file = ""  # or a JSONL file of records with a "prompt" field
 out = ""  # with prompts_file: JSONL written here, each record plus "response" (or "responses" when num_samples > 1)
@@ -63,6 +63,7 @@ temperature = 0.7  # 0: greedy
 top_p = 0.9  # nucleus sampling: keep the smallest set of tokens with this much probability
 num_samples = 1  # samples per prompt (not "n": torchrun would take --n= for its own --nnodes)
 seed = 1337  # the same seed gives the same samples (None: a fresh random seed)
+chat_template = ""  # '' = the checkpoint's own; or llama2, llama3, chatml
 batch_size = 32  # sequences decoded together
 tp = 1  # under torchrun: GPUs per tensor-parallel group (1: a whole model on every rank)
 device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu | cuda (under torchrun: each rank's own GPU)
@@ -417,8 +418,9 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, n=1, eo
 
     Returns a flat list of len(prompts) * n completions, completion j of prompt
     i at index i * n + j; each is a list of new token ids, cut before eos_id
-    (when given) and after max_new_tokens, or where prompt + completion fill
-    the model's context (max_seq_len).
+    (when given: an id, or a list of ids that each end a row, such as
+    tokenizer.stop_ids) and after max_new_tokens, or where prompt +
+    completion fill the model's context (max_seq_len).
 
     temperature: 0 is greedy (argmax). top_p: nucleus sampling, 1.0 is off.
     seed: the same seed gives the same completions whatever batch_size, n
@@ -441,6 +443,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, n=1, eo
     _check_args(model, prompts, max_new_tokens, temperature, top_p, n, batch_size)
     if check_every is None:
         check_every = 8 if _device(model).type == "cuda" else 1
+    eos_id = None if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id)
     if max_new_tokens == 0:
         return [[] for _ in range(len(prompts) * n)]
     training = model.training
@@ -538,6 +541,7 @@ def _generate_batch(model, decode, cache_class, prompts, prompt_ids, P, prefix_c
     # each row's budget: max_new_tokens, or less where the context would overflow
     budget = torch.tensor([min(max_new_tokens, model.args.max_seq_len - len(p))
                            for p in prompts for _ in range(n)], device=dev)
+    stops = torch.tensor(eos_id if eos_id is not None else [], dtype=torch.long, device=dev)
 
     out = torch.full((N, max_new_tokens), -1, dtype=torch.long, device=dev)  # (N, steps)
     rows = torch.arange(N, device=dev)  # which completion each row of the cache is
@@ -548,8 +552,7 @@ def _generate_batch(model, decode, cache_class, prompts, prompt_ids, P, prefix_c
         if alive:
             out[rows, step] = tok.masked_fill(done, -1)
             done |= step + 1 >= budget[rows]
-            if eos_id is not None:
-                done |= tok == eos_id
+            done |= torch.isin(tok, stops)
         if step + 1 == max_new_tokens:
             break
         if (step + 1) % check_every == 0:  # the only host syncs of the loop
@@ -570,11 +573,12 @@ def _generate_batch(model, decode, cache_class, prompts, prompt_ids, P, prefix_c
         logits = decode(tok[:, None], cache=cache)[:, -1]
 
     # cut each row at its budget and before its EOS (-1: steps after the row was dropped)
-    result = []
+    result, stop_set = [], set(eos_id or [])
     for row, limit in zip(out.tolist(), budget.tolist()):
         row = row[:limit]
-        if eos_id is not None and eos_id in row:
-            row = row[:row.index(eos_id)]
+        ends = [i for i, t in enumerate(row) if t in stop_set]
+        if ends:
+            row = row[:ends[0]]
         result.append([t for t in row if t >= 0])
     return result
 
@@ -634,7 +638,7 @@ def memory_plan(args: ModelArgs, tp, batch_size, context, new_tokens, gpu_memory
 
 def sample_chat(model, tok, texts, **kw):
     """Chat responses (strings) to prompts (strings): len(texts) * n of them, as generate orders them."""
-    ids = generate(model, [chat_prompt_ids(tok, t) for t in texts], eos_id=tok.eos_id, **kw)
+    ids = generate(model, [chat_prompt_ids(tok, t) for t in texts], eos_id=tok.stop_ids, **kw)
     return [tok.decode(c) for c in ids]
 
 
@@ -645,7 +649,7 @@ def main(argv=None):
     env = D.setup(c.device, c.dtype, c.threads, tp=c.tp)  # under torchrun: join the process group, one GPU per rank
     D.log(D.describe(env))
     records = read_jsonl(c.prompts_file, ["prompt"], allow_empty=False) if c.prompts_file else [{"prompt": c.prompt}]
-    tok = Tokenizer(os.path.join(c.ckpt, "tokenizer.model"))
+    tok = Tokenizer(c.ckpt, c.chat_template)
     # whole on every rank, or tensor parallel over tp ranks, each streaming in only its slices; in the
     # compute dtype (sampling needs no fp32 master weights)
     model = load_model(c.ckpt, D.for_generation(env), dtype=env.dtype).eval()

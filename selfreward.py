@@ -151,7 +151,7 @@ def load_model(r, path):
     whole on every rank (tp = 1); weights in the compute dtype (sampling
     needs no fp32 master weights)."""
     return (checkpoint.load_model(path, D.for_generation(r.env), dtype=r.env.dtype).eval(),
-            Tokenizer(os.path.join(path, "tokenizer.model")))
+            Tokenizer(path))
 
 
 def memory_plans(c, world, gpu_memory_gb):
@@ -403,7 +403,9 @@ def stage_prompts(c, r, t, writer_path):
     seed_prompts = [x["prompt"] for x in read_jsonl(r.path("seed", "ift.jsonl"))]
     earlier = [x["prompt"] for s in range(1, t) for x in read_jsonl(r.path(f"iter{s}", "prompts.jsonl"))]
     net, tok = load_model(r, writer_path)
-    newline = tok.encode("\n")[-1]  # its own piece in both tokenizers (Llama's <0x0A>, the toy's "\n")
+    # the end of a line ends a new task: any token that begins with a line break
+    # ("\n" in Llama 2's and the toy's vocabularies; "\n", "\n\n", ... in BPE ones)
+    line_breaks = tok.ids_starting_with("\n")
     existing = [(w, Counter(w)) for w in map(words, seed_prompts + earlier)]
     seen = {p.strip().lower() for p in seed_prompts + earlier}
     generated = list(earlier)
@@ -426,12 +428,17 @@ def stage_prompts(c, r, t, writer_path):
         room = [i for i, x in enumerate(ids) if fits(net, x)]  # long real prompts can overfill a small context
         # the end of the line ends the new task, as the end of text ends a response
         outs = generate(net, [ids[i] for i in room], c.max_prompt_tokens, temperature=c.prompt_temperature,
-                        top_p=c.prompt_top_p, eos_id=newline, seed=sub_seed(c.seed, "prompts", t, shard),
+                        top_p=c.prompt_top_p, eos_id=line_breaks, seed=sub_seed(c.seed, "prompts", t, shard),
                         batch_size=c.gen_batch_size, progress=c.progress) if room else []
         records = []
         for o in outs:
-            prompt = tok.decode(o).strip()
-            why = malformed(prompt, len(o) < c.max_prompt_tokens, c.min_prompt_words, c.max_prompt_words)
+            # a token may also hold a line break after some text ("?\n" in Llama 3's
+            # vocabulary): it does not stop sampling (its "?" would be cut off with it),
+            # but the line ends there all the same: the task is the text before it
+            text = tok.decode(o)
+            prompt = text.split("\n")[0].strip()
+            why = malformed(prompt, len(o) < c.max_prompt_tokens or "\n" in text, c.min_prompt_words,
+                            c.max_prompt_words)
             if why is None and prompt.lower() in seen:
                 why = "exact duplicate"
             if why is None and too_similar(words(prompt), existing, c.rouge_threshold):
@@ -472,7 +479,7 @@ def stage_candidates(c, r, t, mt_path):
         ids = [chat_prompt_ids(tok, x["prompt"]) for x in chunk]
         room = [i for i, x in enumerate(ids) if fits(net, x)]  # the others are skipped and counted
         outs = generate(net, [ids[i] for i in room], c.max_response_tokens, temperature=c.temperature,
-                        top_p=c.top_p, n=n, eos_id=tok.eos_id, seed=sub_seed(c.seed, "candidates", t, shard),
+                        top_p=c.top_p, n=n, eos_id=tok.stop_ids, seed=sub_seed(c.seed, "candidates", t, shard),
                         batch_size=c.gen_batch_size, progress=c.progress) if room else []
         return [{"prompt": chunk[i]["prompt"], "candidates": [tok.decode(o).strip() for o in outs[k * n:(k + 1) * n]]}
                 for k, i in enumerate(room)]
@@ -567,7 +574,7 @@ def stage_eval(c, r, name, path):
     net, tok = load_model(r, path)
     info = {}
     os.makedirs(r.path("eval"), exist_ok=True)
-    sample_kw = dict(eos_id=tok.eos_id, batch_size=c.gen_batch_size, progress=c.progress)
+    sample_kw = dict(eos_id=tok.stop_ids, batch_size=c.gen_batch_size, progress=c.progress)
     test_file = r.path("seed", "test.jsonl")
     if os.path.exists(test_file):  # the toy world: held-out prompts answered greedily (all short: none skipped)
         test = read_jsonl(test_file)

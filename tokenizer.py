@@ -117,7 +117,8 @@ class Tokenizer:
             self.vocab_size = self.sp.vocab_size()
             self.bos_id, self.eos_id, self.add_bos = self.sp.bos_id(), self.sp.eos_id(), True
             self.pad_id = self.sp.pad_id()  # -1 for Llama 2: there is no pad token
-            self.files = [path]
+            self.files = [path] + [os.path.join(folder, f) for f in HF_TOKENIZER_FILES[1:]
+                                   if os.path.isfile(os.path.join(folder, f))]
         if self.eos_id is None:
             raise ValueError(f"{path}: no EOS token (tokenizer_config.json, special_tokens_map.json or "
                              f"generation_config.json must name one)")

@@ -1,11 +1,13 @@
 """
 Supervised fine-tuning (SFT): teach the model to answer a prompt with its
-response, in the project's chat template
+response, in the checkpoint's chat template (tokenizer.py), e.g. Llama 2's
 
     <s>[INST] {prompt} [/INST] {response}</s>
 
-The loss is the cross-entropy of the RESPONSE tokens only (and the EOS that
-ends them): the prompt is given, not learned. It is averaged over every
+A record is {"prompt", "response"}, or a conversation {"messages": [{"role",
+"content"}, ...]} (a system prompt, several turns). The loss is the
+cross-entropy of the RESPONSE tokens only (every assistant turn's, and the
+end-of-turn token that closes each): the prompt is given, not learned. It is averaged over every
 response token of the global batch, so gradient accumulation and any number
 of data-parallel ranks compute exactly the gradient of one big batch.
 
@@ -28,15 +30,15 @@ import distributed as D
 import training as T
 from configurator import settings
 from model import estimate_mfu
-from tokenizer import chat_tokens
+from tokenizer import chat_ids, chat_tokens
 
 # -----------------------------------------------------------------------------
 # Settings (python train_sft.py --help lists them): SFT's own here, the rest
 # (batch size, schedule, saving, devices) are every trainer's, in training.py
 init_from = "scratch"      # a checkpoint folder (Hugging Face layout), or 'scratch'
 model = "toy"              # preset when init_from='scratch'
-data = "data/sft.jsonl"    # JSON Lines of {"prompt", "response"} ({"text"} with template='text')
-template = "chat"          # 'chat': [INST] prompt [/INST] response, loss on the response; 'text': plain documents, loss on every token (pretraining)
+data = "data/sft.jsonl"    # JSON Lines of {"prompt", "response"} or {"messages": [...]} ({"text"} with template='text')
+template = "chat"          # 'chat': the chat template, loss on the responses; 'text': plain documents, loss on every token (pretraining)
 out_dir = "out/sft"        # gets model/ (HF layout), state/ (resume), metrics.jsonl
 micro_batch_size = 4       # examples per forward pass on one rank
 lr = 5.5e-6                # peak learning rate (paper: 5.5e-6)
@@ -53,19 +55,32 @@ DEFAULTS = {**{k: v for k, v in globals().items() if not k.startswith("_") and i
 # Data: one example = token ids + where the response starts
 
 def tokenize(tok, records, max_len, source, template="chat"):
-    """(ids, response_start) per record; examples that do not fit are skipped
-    and counted (truncating would cut the EOS the model must learn). With
-    template='text' a record is a plain document, learned whole after its BOS."""
+    """(ids, spans) per record, spans the (start, end) ranges of ids the loss
+    is on: the response, or every assistant turn of a conversation. Examples
+    that do not fit are skipped and counted (truncating would cut the EOS the
+    model must learn). With template='text' a record is a plain document,
+    learned whole after its first token."""
     examples, skipped = [], 0
-    for rec in records:
+    for i, rec in enumerate(records, 1):
         if template == "text":
-            ids, start = tok.encode(rec["text"], bos=True, eos=True), 1
-        else:
+            ids = tok.encode(rec["text"], bos=True, eos=True)
+            spans = [(1, len(ids))]
+        elif isinstance(rec.get("messages"), list):
+            try:
+                ids, spans = chat_ids(tok, rec["messages"])
+            except ValueError as e:
+                raise ValueError(f"{source}: record {i}: {e}") from None
+            if not spans:
+                raise ValueError(f"{source}: record {i}: a conversation without an assistant message has nothing to learn")
+        elif isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str):
             ids, start = chat_tokens(tok, rec["prompt"], rec["response"])
+            spans = [(start, len(ids))]
+        else:
+            raise ValueError(f"{source}: record {i}: needs string fields prompt and response, or a messages list")
         if len(ids) - 1 > max_len:  # the model sees ids[:-1]
             skipped += 1
         else:
-            examples.append((ids, start))
+            examples.append((ids, spans))
     if skipped:
         print(f"{source}: skipped {skipped} of {len(records)} examples longer than {max_len} tokens")
     if not examples:
@@ -77,20 +92,23 @@ def collate(examples, pad_id, weights=None):
     """
     Right-pad a micro-batch into tokens (B, T) and targets (B, T), where
     targets[t] = ids[t+1] on response tokens and -100 (no loss) everywhere
-    else: on the prompt and on padding. Causal attention means a row's real
+    else: on the prompt and on padding. An example is (ids, spans), spans
+    the (start, end) ranges learned, or (ids, start): the response runs from
+    start to the end (train_dpo's pairs). Causal attention means a row's real
     tokens never see the padding after them, and rows never see each other.
     weights: 0 for a filler row (see training.split_even) whose targets are all -100.
     """
     T = max(len(ids) for ids, _ in examples) - 1
     tokens = torch.full((len(examples), T), pad_id, dtype=torch.long)
     targets = torch.full((len(examples), T), -100, dtype=torch.long)
-    for row, (ids, start) in enumerate(examples):
+    for row, (ids, spans) in enumerate(examples):
         ids = torch.tensor(ids)
         tokens[row, :len(ids) - 1] = ids[:-1]
         if weights is None or weights[row]:
             # position t predicts ids[t+1]; the first response token is
-            # predicted at position start-1 (by the "[/INST]" token)
-            targets[row, start - 1:len(ids) - 1] = ids[start:]
+            # predicted at position start-1 (by the last token of the prompt)
+            for start, end in [(spans, len(ids))] if isinstance(spans, int) else spans:
+                targets[row, start - 1:end - 1] = ids[start:end]
     return tokens, targets
 
 
@@ -136,7 +154,8 @@ def sft(c, env):
     max_len = T.max_len(c, model)
     pad_id = tok.eos_id  # Llama has no pad token; padded positions carry no loss anyway
 
-    train_recs, eval_recs = T.read_data(c, ["text"] if c.template == "text" else ["prompt", "response"])
+    # chat records are checked in tokenize: prompt and response, or messages
+    train_recs, eval_recs = T.read_data(c, ["text"] if c.template == "text" else [])
     train_set = tokenize(tok, train_recs, max_len, c.data, c.template)
     eval_set = tokenize(tok, eval_recs, max_len, c.eval_data or c.data, c.template) if eval_recs else []
     steps = T.total_steps(c, len(train_set))

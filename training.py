@@ -40,7 +40,8 @@ from tokenizer import Tokenizer
 # Settings both trainers take (each script adds its own: where its model
 # starts, its data, its learning rate ...). python train_sft.py --help lists all.
 SETTINGS = dict(
-    tokenizer="",              # tokenizer.model; '' = the one in init_from
+    tokenizer="",              # tokenizer.model, tokenizer.json or a folder with one; '' = the one in init_from
+    chat_template="",          # '' = the checkpoint's own (tokenizer.py); or llama2, llama3, chatml
     eval_data="",              # held-out JSON Lines; '' = hold out eval_fraction of data
     eval_fraction=0.05,        # share of data held out when there is no eval_data
     max_seq_len=0,             # longer examples (or pairs) are skipped and counted; 0 = the model's
@@ -125,8 +126,8 @@ def start(c, env):
                          f"micro_batch_size {c.micro_batch_size}")
     if c.init_from == "scratch" and not c.tokenizer:
         raise ValueError("init_from='scratch' needs --tokenizer=PATH (the vocabulary sets the model's vocab_size)")
-    tok_path = c.tokenizer or os.path.join(c.init_from, "tokenizer.model")
-    tok = Tokenizer(tok_path)
+    tok_path = c.tokenizer or c.init_from
+    tok = Tokenizer(tok_path, c.chat_template)
     os.makedirs(c.out_dir, exist_ok=True)
     model = build_model(c, env, tok.vocab_size)
     check_tokenizer(tok_path, model.args, c.init_from)

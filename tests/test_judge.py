@@ -89,8 +89,8 @@ MODEL = StubModel()
 
 
 class CharTokenizer:
-    """Just enough of a tokenizer for judge(): one id per character."""
-    eos_id = 2
+    """Just enough of a tokenizer for judge(): one id per character, Llama 2's template."""
+    eos_id, end_of_turn, stop_ids, template, default_system = 2, 2, [2], "llama2", None
 
     def encode(self, text, bos=False, eos=False):
         return [1] * bos + [ord(c) for c in text] + [2] * eos
@@ -126,7 +126,7 @@ def test_judge_averages_and_keeps_the_raw_judgments():
     assert records[2]["scores"] == [None, None, None] and records[2]["score"] is None
     (call,) = calls  # one call for everything: the sampler shares the judge prefix
     assert (call["n"], call["temperature"], call["top_p"], call["eos_id"], call["seed"], call["max_new_tokens"]) \
-        == (3, 0.7, 0.9, 2, 7, 64)
+        == (3, 0.7, 0.9, [2], 7, 64)
     assert CharTokenizer().decode(call["prompts"][1][1:]) == "[INST] " + judge_prompt("p1", "r1") + " [/INST]"
     assert judge(MODEL, CharTokenizer(), [], [], generate_fn=gen) == ([], [])
 
