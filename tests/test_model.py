@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from checkpoint import hf_name, load_model, read_config, save_model
+from checkpoint import args_from_hf_config, hf_config, hf_name, load_model, read_config, save_model
 from model import PRESETS, ModelArgs, Transformer, estimate_mfu, preset
 from sample import KVCache
 
@@ -138,15 +138,120 @@ def test_meta_layout_two_shards_equals_one(tmp_path):
         assert (model(tokens) - hf_logits(hf, tokens)).abs().max() <= 1e-4
 
 
-@pytest.mark.parametrize("name,count", [("llama2-7b", 6_738_415_616), ("llama2-13b", 13_015_864_320),
-                                        ("llama2-70b", 68_976_648_192)])
+PUBLISHED_COUNTS = [("llama2-7b", 6_738_415_616), ("llama2-13b", 13_015_864_320), ("llama2-70b", 68_976_648_192),
+                    ("llama3-8b", 8_030_261_248), ("llama3-70b", 70_553_706_496),
+                    ("llama3.2-1b", 1_235_814_400), ("llama3.2-3b", 3_212_749_824),
+                    ("smollm2-135m", 134_515_008)]
+
+
+@pytest.mark.parametrize("name,count", PUBLISHED_COUNTS, ids=[c[0] for c in PUBLISHED_COUNTS])
 def test_meta_device_presets_have_published_counts(name, count):
     with torch.device("meta"):
         model = Transformer(PRESETS[name])
     assert model.num_params() == count
     assert all(p.device.type == "meta" for p in model.parameters())
     names = [n for n, _ in model.named_parameters()]  # every parameter has its own Hugging Face name
-    assert len({hf_name(n) for n in names}) == len(names) and hf_name(names[-1]) == "lm_head.weight"
+    assert len({hf_name(n) for n in names}) == len(names)
+    assert (hf_name(names[-1]) == "lm_head.weight") != PRESETS[name].tie_embeddings  # tied: no lm_head
+
+
+@pytest.mark.parametrize("name", [n for n, _ in PUBLISHED_COUNTS])
+def test_presets_match_transformers_on_meta(tmp_path, name):
+    """Our config.json of each preset, built by transformers on the meta
+    device: the same parameter count, and the config reads back to the preset."""
+    with torch.device("meta"):
+        ours = Transformer(PRESETS[name])
+    config = transformers.LlamaConfig(**hf_config(PRESETS[name]))
+    with torch.device("meta"):
+        hf = transformers.LlamaForCausalLM(config)
+    assert sum(p.numel() for p in hf.parameters()) == ours.num_params()
+    assert hf.config.tie_word_embeddings == PRESETS[name].tie_embeddings
+    back = args_from_hf_config(hf_config(PRESETS[name]))
+    assert (back.hidden_dim, back.head_dim, back.rope_scaling, back.tie_embeddings, back.rope_theta) == \
+        (PRESETS[name].hidden_dim, PRESETS[name].head_dim, PRESETS[name].rope_scaling,
+         PRESETS[name].tie_embeddings, PRESETS[name].rope_theta)
+
+
+# (name, ModelArgs): today's Llama-family features, each on its own and together
+SHORT_ROPE = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 32}  # so that 200 positions reach every regime of the scaling
+NEW_CONFIGS = [
+    ("tied", ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32,
+                       max_seq_len=256, tie_embeddings=True)),
+    ("head_dim", ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32,
+                           max_seq_len=256, head_dim=24)),
+    ("llama3-rope", ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32,
+                              max_seq_len=256, rope_theta=500000.0, rope_scaling=SHORT_ROPE)),
+    ("all", ModelArgs(dim=96, n_layers=2, n_heads=6, n_kv_heads=2, vocab_size=300, multiple_of=32, head_dim=8,
+                      max_seq_len=256, rope_theta=500000.0, rope_scaling=SHORT_ROPE, tie_embeddings=True)),
+]
+
+
+@pytest.mark.parametrize("name,args", NEW_CONFIGS, ids=[c[0] for c in NEW_CONFIGS])
+def test_llama3_features_match_transformers_both_ways(tmp_path, name, args):
+    model = random_model(args)
+    tokens = torch.randint(0, args.vocab_size, (2, 200), generator=torch.Generator().manual_seed(1))
+    # ours -> transformers
+    save_model(model, tmp_path / "ours")
+    stored = json.load(open(tmp_path / "ours" / "config.json"))
+    from safetensors import safe_open
+    with safe_open(tmp_path / "ours" / "model.safetensors", framework="pt") as f:
+        assert ("lm_head.weight" in f.keys()) != args.tie_embeddings  # tied: stored once, as HF does
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
+    assert hf.config.tie_word_embeddings == args.tie_embeddings == stored["tie_word_embeddings"]
+    assert hf.config.head_dim == args.head_dim
+    with torch.no_grad():
+        ours = model(tokens)
+    assert (ours - hf_logits(hf, tokens)).abs().max() <= 1e-4
+    assert ours.abs().max() > 0.1
+    # transformers -> ours (transformers 5 writes rope_parameters, not rope_scaling)
+    with torch.no_grad():
+        for n, p in hf.named_parameters():
+            p.normal_(0, 0.05) if "norm" not in n else p.uniform_(0.5, 1.5)
+    hf.save_pretrained(tmp_path / "hf")
+    loaded = load_model(tmp_path / "hf").eval()
+    assert (loaded.args.rope_scaling, loaded.args.head_dim, loaded.args.tie_embeddings) == \
+        (args.rope_scaling, args.head_dim, args.tie_embeddings)
+    with torch.no_grad():
+        assert (loaded(tokens) - hf_logits(hf, tokens)).abs().max() <= 1e-4
+    if args.tie_embeddings:  # one Parameter: what training does to it, the output sees
+        assert loaded.output is None and len(list(loaded.parameters())) == len(loaded.state_dict())
+    if args.rope_scaling:  # the scaling matters at these lengths: without it the logits differ
+        plain = Transformer(ModelArgs(**{**vars(loaded.args), "rope_scaling": None})).eval()
+        plain.load_state_dict(loaded.state_dict())
+        with torch.no_grad():
+            assert (plain(tokens) - loaded(tokens)).abs().max() > 1e-2
+
+
+def test_rope_config_keys_old_and_new(tmp_path):
+    """transformers 4's rope_theta + rope_scaling ("type" or "rope_type") and
+    transformers 5's rope_parameters give the same ModelArgs; unknown kinds are refused."""
+    base = hf_config(NEW_CONFIGS[2][1])
+    old = {**base, "rope_scaling": {"type": "llama3", **SHORT_ROPE}}
+    new = {k: v for k, v in base.items() if k not in ("rope_theta", "rope_scaling")}
+    new["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, **SHORT_ROPE}
+    assert args_from_hf_config(old) == args_from_hf_config(new) == args_from_hf_config(base)
+    read = args_from_hf_config(new)
+    assert (read.rope_scaling, read.rope_theta, read.hidden_dim) == (SHORT_ROPE, 500000.0, NEW_CONFIGS[2][1].hidden_dim)
+    with pytest.raises(ValueError, match="rope_type 'yarn' is not supported"):
+        args_from_hf_config({**base, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+    with pytest.raises(ValueError, match="needs factor"):
+        args_from_hf_config({**base, "rope_scaling": {"rope_type": "llama3", "factor": 4.0}})
+
+
+def test_meta_layout_llama3_tied_and_scaled(tmp_path):
+    """Meta's Llama 3.2 download: params.json says use_scaled_rope, and a tied
+    model's consolidated.00.pth has no output.weight."""
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32,
+                     rope_theta=500000.0, tie_embeddings=True)
+    model = random_model(args)
+    make_meta_layout(model, tmp_path / "meta", 1)
+    params = json.load(open(tmp_path / "meta" / "params.json"))
+    json.dump({**params, "use_scaled_rope": True, "rope_scaling_factor": 32.0},
+              open(tmp_path / "meta" / "params.json", "w"))
+    loaded = load_model(tmp_path / "meta")
+    assert loaded.args.tie_embeddings and loaded.args.rope_scaling["factor"] == 32.0
+    assert torch.equal(loaded.tok_embeddings.weight, model.tok_embeddings.weight)
 
 
 def test_llama2_70b_shapes():
