@@ -1,4 +1,4 @@
-"""
+r"""
 Tokenizers and chat templates: the text side of a checkpoint.
 
     tok = Tokenizer(folder)          a checkpoint folder (or a tokenizer.model /
@@ -20,6 +20,17 @@ Tokenizers and chat templates: the text side of a checkpoint.
         end-of-turn token included): what SFT learns. A conversation ending
         with a user turn ends with the assistant header, ready to sample.
 
+For a checkpoint folder (ours, or one from the Hugging Face hub):
+
+    from tokenizer import Tokenizer, chat_ids, chat_prompt_ids
+    tok = Tokenizer("out/run/M1")                    # or Tokenizer(folder, template="chatml")
+    ids = chat_prompt_ids(tok, "Name three primes.")  # single turn, ready to sample
+    ids, _ = chat_ids(tok, [{"role": "user", "content": q1},
+                            {"role": "assistant", "content": a1},
+                            {"role": "user", "content": q2}])  # turn 2, ready to sample
+    outs = sample.generate(model, [ids], 256, eos_id=tok.stop_ids)
+    reply = tok.decode(outs[0])
+
 Two formats behind one interface:
 - SentencePiece (`tokenizer.model`): Llama 2 and the toy world (unk=0,
   bos=1, eos=2, no pad). BOS and EOS are the model file's own.
@@ -29,21 +40,26 @@ Two formats behind one interface:
   generation_config.json and config.json give the ids that end generation
   (Llama 3 instruct ends a turn with <|eot_id|>, not <|end_of_text|>).
 
-The chat templates (each checked against `transformers.apply_chat_template`
-with the checkpoint's own Jinja template in tests/test_real_model.py):
+The chat templates (ChatML checked against `transformers.apply_chat_template`
+with SmolLM2's own Jinja template in tests/test_real_model.py, Llama 3's
+against a Jinja template of its format, Llama 2's against Meta's formatting):
     llama2  <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {reply}</s><s>[INST] ...
     llama3  <|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\n\n{text}<|eot_id|>...
     chatml  <|im_start|>{role}\n{text}<|im_end|>\n...
-Each message is encoded in pieces (header, then the text), with the special
-tokens inserted as ids, so the response boundary is exact: a reply's tokens
-are the same whether or not the prompt is in front of them, which is what
-sampling sees (it writes after the assistant header) and what the SFT and
-DPO losses need (they score only reply tokens). Texts are stripped of
-surrounding whitespace. Where the checkpoint's Jinja template writes a
-default system prompt when none is given (SmolLM2, Qwen), that literal text
-is read from the template and used the same way. Llama 3.1+ templates also
-write a knowledge-cutoff date into the system turn; the llama3 template here
-is Llama 3.0's and does not.
+Each message is encoded in pieces, the special tokens inserted as ids, and
+a reply apart from the header before it, so the response boundary is exact:
+a reply's tokens are the same whether or not the prompt is in front of them,
+which is what sampling sees (it writes after the assistant header) and what
+the SFT and DPO losses need (they score only reply tokens). This equals
+encoding the whole rendered text because the pre-tokenizers of these
+vocabularies split at special tokens and split line breaks from the text
+after them. Texts are stripped of surrounding whitespace. Where the
+checkpoint's Jinja template writes a default system prompt when none is
+given (SmolLM2, Qwen), that literal text is read from the template and used
+the same way. Llama 3.1+ templates also write a knowledge-cutoff date into
+the system turn; the llama3 template here is Llama 3.0's and does not. A
+template chosen by a setting is not written into a saved checkpoint: pass
+the same setting when using it.
 """
 import json
 import os
@@ -218,12 +234,16 @@ def llama2_parts(tok, messages, open_reply):
 def llama3_parts(tok, messages, open_reply):
     """Llama 3's header format: <|start_header_id|>{role}<|end_header_id|>\\n\\n{text}<|eot_id|>."""
     start, end = tok.token_id("<|start_header_id|>"), tok.token_id("<|end_header_id|>")
-    header = lambda role: [start] + tok.encode(role) + [end] + tok.encode("\n\n")
     parts = [([tok.bos_id], False)]
-    for m in messages:
-        body = tok.encode(m["content"].strip()) + [tok.end_of_turn]
-        parts += [(header(m["role"]), False), (body, m["role"] == "assistant")]
-    return parts + ([(header("assistant"), False)] if open_reply else [])
+    for m in messages + ([{"role": "assistant", "content": None}] if open_reply else []):
+        header = [start] + tok.encode(m["role"]) + [end]
+        if m["role"] == "assistant":  # the header and its line breaks alone: the reply's first token is its own
+            parts.append((header + tok.encode("\n\n"), False))  # (Llama 3's pre-tokenizer splits line breaks off)
+            if m["content"] is not None:
+                parts.append((tok.encode(m["content"].strip()) + [tok.end_of_turn], True))
+        else:
+            parts.append((header + tok.encode("\n\n" + m["content"].strip()) + [tok.end_of_turn], False))
+    return parts
 
 
 def chatml_parts(tok, messages, open_reply):

@@ -216,6 +216,15 @@ def test_each_row_stops_at_its_own_eos():
     assert out == [[15, 0, 1]] * 2 + [[11, 12, 13, 14, 15]] * 2
 
 
+def test_any_of_several_eos_ids_ends_a_row():
+    """Llama 3 instruct ends a turn with <|eot_id|>, text with <|end_of_text|>:
+    a row stops at whichever of the given ids comes first."""
+    model = chain_model()
+    out = generate(model, [[3], [9], [12]], 6, temperature=0, eos_id=[6, 11, 15], progress=False)
+    assert out == [[4, 5], [10], [13, 14]]
+    assert generate(model, [[3]], 6, temperature=0, eos_id=(11, 6), progress=False) == [[4, 5]]
+
+
 def test_finished_rows_stop_costing_work(monkeypatch):
     model = chain_model()
     rows = []

@@ -1,4 +1,7 @@
 """The SentencePiece wrapper, the chat template, and the toy tokenizer trainer."""
+import json
+import os
+
 import pytest
 
 from tokenizer import B_INST, E_INST, Tokenizer, chat_prompt_ids, chat_tokens, train_tokenizer
@@ -94,3 +97,124 @@ def test_newline_is_its_own_piece(tmp_path, llama_tokenizer_path):
         newline = tok.encode("\n")[-1]
         ids = tok.encode(texts[7])
         assert ids.count(newline) == 2 and tok.decode(ids) == texts[7]
+
+
+# --- tokenizer.json, special tokens from the checkpoint's files, chat templates ---
+
+from tokenizer import chat_ids, token_text  # noqa: E402
+
+# Llama 3's chat format as a Jinja template (written here from the format's
+# description), the way a checkpoint's tokenizer_config.json carries it
+LLAMA3_JINJA = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+                "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+                "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+CONVERSATION = [{"role": "system", "content": "You answer in one sentence."},
+                {"role": "user", "content": "What is a prime number?"},
+                {"role": "assistant", "content": "A number with exactly two divisors: 1 and itself."},
+                {"role": "user", "content": "Is 1 prime?\n\nExplain briefly."}]
+
+
+@pytest.fixture(scope="module")
+def llama3_style(tmp_path_factory):
+    """A small byte-level BPE tokenizer.json with Llama 3's special tokens, its
+    BOS added to every text by the post-processor (as Llama 3's is), and the
+    files a Llama 3 instruct checkpoint has beside it."""
+    from tokenizers import Regex, Tokenizer as HFTok, decoders, models, pre_tokenizers, processors, trainers
+    folder = tmp_path_factory.mktemp("llama3_style")
+    tk = HFTok(models.BPE())
+    # line breaks are pre-tokens of their own, whatever follows them (as in Llama 3's pre-tokenizer)
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\s*[\r\n]+"), "isolated"),
+                                                pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tk.decoder = decoders.ByteLevel()
+    texts = [m["content"] for m in CONVERSATION] * 50 + ["the quick brown fox jumps over the lazy dog.\n\n"] * 50
+    tk.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=LLAMA3_SPECIAL,
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tk.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                      special_tokens=[("<|begin_of_text|>", 0)])
+    tk.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
+        "chat_template": LLAMA3_JINJA, "tokenizer_class": "PreTrainedTokenizerFast"}))
+    (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": [1, 4]}))
+    return folder
+
+
+def test_tokenizer_json_special_tokens_from_the_checkpoint_files(llama3_style):
+    tok = Tokenizer(llama3_style)  # the folder: tokenizer.json and the files beside it
+    assert tok.model_path.endswith("tokenizer.json") and tok.sp is None
+    assert (tok.bos_id, tok.eos_id, tok.end_of_turn, tok.stop_ids) == (0, 1, 4, [1, 4])
+    assert tok.template == "llama3" and tok.default_system is None and tok.vocab_size <= 400
+    assert token_text({"content": "<|eot_id|>", "lstrip": False}) == token_text("<|eot_id|>")  # older files' form
+    assert tok.encode("the fox", bos=True, eos=True)[::len(tok.encode("the fox")) + 1] == [0, 1]
+    assert tok.decode(tok.encode("Is 1 prime?\n\nok")) == "Is 1 prime?\n\nok"
+    assert sorted(os.path.basename(f) for f in tok.files) == ["generation_config.json", "tokenizer.json",
+                                                               "tokenizer_config.json"]
+    # the template from the vocabulary when no Jinja template says it, or as a setting says
+    cfg = json.loads((llama3_style / "tokenizer_config.json").read_text())
+    (llama3_style / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": None}))
+    try:
+        assert Tokenizer(llama3_style).template == "llama3"
+        assert Tokenizer(llama3_style, template="llama2").template == "llama2"
+        with pytest.raises(ValueError, match="unknown chat template 'llama4'"):
+            Tokenizer(llama3_style, template="llama4")
+        with pytest.raises(ValueError, match="needs special tokens this vocabulary lacks"):
+            Tokenizer(llama3_style, template="chatml")
+    finally:
+        (llama3_style / "tokenizer_config.json").write_text(json.dumps(cfg))
+
+
+def test_llama3_template_equals_apply_chat_template(llama3_style):
+    transformers = pytest.importorskip("transformers")
+    tok = Tokenizer(llama3_style)
+    hf = transformers.AutoTokenizer.from_pretrained(llama3_style)
+
+    def reference(messages, **kw):
+        ids = hf.apply_chat_template(messages, tokenize=True, **kw)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    for n in (2, 3, 4):
+        messages = CONVERSATION[:n]
+        ids, spans = chat_ids(tok, messages)
+        open_reply = messages[-1]["role"] == "user"
+        assert ids == reference(messages, add_generation_prompt=open_reply)
+        assert [tok.decode(ids[s:e]) for s, e in spans] == \
+            [m["content"] + "<|eot_id|>" for m in messages if m["role"] == "assistant"]
+    # single turn: the reply follows the assistant header exactly
+    ids, start = chat_tokens(tok, "What is a prime number?", "A number with exactly two divisors.")
+    assert ids[:start] == chat_prompt_ids(tok, "What is a prime number?")
+    assert tok.decode(ids[:start]).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert ids[start:] == tok.encode("A number with exactly two divisors.") + [tok.token_id("<|eot_id|>")]
+
+
+def test_llama2_multi_turn_is_metas_format(llama_tokenizer_path):
+    """Each exchange <s>[INST] {user} [/INST] {reply}</s>, encoded whole, the
+    system prompt inside the first [INST] (Meta's chat_completion)."""
+    tok = Tokenizer(llama_tokenizer_path)
+    assert tok.template == "llama2" and tok.stop_ids == [2]
+    ids, spans = chat_ids(tok, CONVERSATION)
+    sys_user = f"<<SYS>>\n{CONVERSATION[0]['content']}\n<</SYS>>\n\n{CONVERSATION[1]['content']}"
+    expected = tok.encode(f"[INST] {sys_user} [/INST] {CONVERSATION[2]['content']}", bos=True, eos=True) + \
+        tok.encode(f"[INST] {CONVERSATION[3]['content']} [/INST]", bos=True)
+    assert ids == expected
+    (s, e), = spans
+    assert tok.decode(ids[s:e - 1]) == CONVERSATION[2]["content"] and ids[e - 1] == 2
+
+
+def test_bad_conversations_are_clear_errors(llama_tokenizer_path):
+    tok = Tokenizer(llama_tokenizer_path)
+    for bad in ([], [{"role": "bot", "content": "x"}], [{"role": "user", "content": 3}],
+                [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]):
+        with pytest.raises(ValueError, match="a conversation is a list of"):
+            chat_ids(tok, bad)
+
+
+def test_line_break_ids(llama_tokenizer_path, llama3_style):
+    """Every token that begins a new line: Llama 2's <0x0A>; in a BPE
+    vocabulary also "\\n\\n" and longer runs."""
+    llama2 = Tokenizer(llama_tokenizer_path)
+    assert llama2.ids_starting_with("\n") == [13]  # <0x0A>
+    bpe = Tokenizer(llama3_style)
+    breaks = bpe.ids_starting_with("\n")
+    assert bpe.encode("\n")[0] in breaks and bpe.encode("\n\n") == [bpe.token_id("ĊĊ")]
+    assert bpe.token_id("ĊĊ") in breaks and all(bpe.decode([i]).startswith("\n") for i in breaks)
