@@ -398,6 +398,16 @@ def malformed(text, finished, min_words, max_words):
     return None
 
 
+def first_line(tok, ids, max_tokens):
+    """(the new task, whether its line ended) from what the writer sampled,
+    stopped at a token that begins with a line break. A token may also hold
+    a line break after some text ("?\\n" in Llama 3's vocabulary): it does not
+    stop sampling (its "?" would be cut off with it), but the line ends there
+    all the same: the task is the text before the first line break."""
+    text = tok.decode(ids)
+    return text.split("\n")[0].strip(), len(ids) < max_tokens or "\n" in text
+
+
 def stage_prompts(c, r, t, writer_path):
     """Ask the writer for n_prompts new prompts, 8-shot, and keep the good ones."""
     seed_prompts = [x["prompt"] for x in read_jsonl(r.path("seed", "ift.jsonl"))]
@@ -432,13 +442,8 @@ def stage_prompts(c, r, t, writer_path):
                         batch_size=c.gen_batch_size, progress=c.progress) if room else []
         records = []
         for o in outs:
-            # a token may also hold a line break after some text ("?\n" in Llama 3's
-            # vocabulary): it does not stop sampling (its "?" would be cut off with it),
-            # but the line ends there all the same: the task is the text before it
-            text = tok.decode(o)
-            prompt = text.split("\n")[0].strip()
-            why = malformed(prompt, len(o) < c.max_prompt_tokens or "\n" in text, c.min_prompt_words,
-                            c.max_prompt_words)
+            prompt, finished = first_line(tok, o, c.max_prompt_tokens)
+            why = malformed(prompt, finished, c.min_prompt_words, c.max_prompt_words)
             if why is None and prompt.lower() in seen:
                 why = "exact duplicate"
             if why is None and too_similar(words(prompt), existing, c.rouge_threshold):

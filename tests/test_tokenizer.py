@@ -218,3 +218,29 @@ def test_line_break_ids(llama_tokenizer_path, llama3_style):
     breaks = bpe.ids_starting_with("\n")
     assert bpe.encode("\n")[0] in breaks and bpe.encode("\n\n") == [bpe.token_id("ĊĊ")]
     assert bpe.token_id("ĊĊ") in breaks and all(bpe.decode([i]).startswith("\n") for i in breaks)
+
+
+def test_prompt_writer_lines_end_whatever_the_vocabulary(tmp_path, toy_tokenizer_path, llama3_style):
+    """selfreward's prompt writer stops at a token that begins a line and keeps
+    the text before the first line break, also when a token holds text and a
+    line break together ("?\\n"), as in a vocabulary whose merges cross them."""
+    from tokenizers import Tokenizer as HFTok, decoders, models, pre_tokenizers, trainers
+
+    from selfreward import first_line
+    merged = HFTok(models.BPE())
+    merged.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)  # merges cross "\n"
+    merged.decoder = decoders.ByteLevel()
+    merged.train_from_iterator(["Name a color?\nTask: Name a fruit?\n\nTask: Why?\n"] * 50,
+                               trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
+                                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    merged.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<eos>"}))
+    written = "Name a color?\nTask: Name a fruit?\n\nTask:"
+    for tok in (Tokenizer(toy_tokenizer_path), Tokenizer(llama3_style), Tokenizer(tmp_path)):
+        breaks = set(tok.ids_starting_with("\n"))
+        ids = tok.encode(written)
+        cut = next((i for i, t in enumerate(ids) if t in breaks), len(ids))  # where generate() stops
+        assert first_line(tok, ids[:cut], max_tokens=64) == ("Name a color?", True)
+        unended = tok.encode("Name a color")
+        assert first_line(tok, unended, max_tokens=len(unended))[1] is False  # ran out of tokens
+    assert any("?\n" in tok.decode([t]) for t in tok.encode(written))  # the case the rule is for

@@ -529,3 +529,59 @@ def test_activation_checkpointing_gives_the_same_training(work, sft_single):
     train_sft.train(sft_config(work, out, activation_checkpointing=True))
     assert losses(out) == pytest.approx(losses(sft_single), rel=1e-6)
     assert max_weight_diff(out / "model", sft_single / "model") < 1e-6
+
+
+# -----------------------------------------------------------------------------
+# Tied embeddings and conversations
+
+def test_conversation_records_learn_every_assistant_turn(toy_tokenizer_path):
+    tok = Tokenizer(toy_tokenizer_path)
+    conv = {"messages": [{"role": "system", "content": "answer briefly"},
+                         {"role": "user", "content": "reverse fox dog"}, {"role": "assistant", "content": "dog fox"},
+                         {"role": "user", "content": "and the fox"}, {"role": "assistant", "content": "fox the"}]}
+    plain = {"prompt": "reverse fox", "response": "fox"}
+    (ids, spans), (ids2, spans2) = train_sft.tokenize(tok, [conv, plain], 512, "data.jsonl")
+    assert [tok.decode(ids[s:e - 1]) for s, e in spans] == ["dog fox", "fox the"]
+    assert all(ids[e - 1] == tok.eos_id for _, e in spans)
+    assert spans2 == [(chat_tokens(tok, "reverse fox", "fox")[1], len(ids2))]
+    tokens, targets = train_sft.collate([(ids, spans), (ids2, spans2)], tok.eos_id)
+    learned = targets[0][targets[0] != -100].tolist()  # exactly the two replies with their EOS
+    assert learned == ids[spans[0][0]:spans[0][1]] + ids[spans[1][0]:spans[1][1]]
+    assert targets[1][targets[1] != -100].tolist() == ids2[spans2[0][0]:]
+    for bad, why in [({"messages": [{"role": "user", "content": "hi"}]}, "nothing to learn"),
+                     ({"messages": [{"role": "robot", "content": "hi"}]}, "record 1: a conversation is"),
+                     ({"prompt": "hi"}, "record 1: needs string fields prompt and response, or a messages list")]:
+        with pytest.raises(ValueError, match=why):
+            train_sft.tokenize(tok, [bad], 512, "data.jsonl")
+
+
+def test_tied_embeddings_under_fsdp(work, tmp_path, toy_tokenizer_path):
+    """A tied model (one Parameter for input and output, head_dim apart from
+    dim / n_heads) streamed into FSDP2 shards and saved; then SFT on
+    conversations under torchrun equals one process."""
+    tok = Tokenizer(toy_tokenizer_path)
+    torch.manual_seed(3)
+    model = Transformer(preset("toy-tiny", vocab_size=tok.vocab_size, max_seq_len=128, tie_embeddings=True,
+                               head_dim=24))
+    save_model(model, str(tmp_path / "tied"), tokenizer_path=toy_tokenizer_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "tests/fsdp_load_check.py",
+                        str(tmp_path / "tied"), str(tmp_path / "saved")], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "FSDP_LOAD_OK" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
+
+    records = [json.loads(line) for line in open(work / "sft.jsonl")]
+    with open(tmp_path / "chats.jsonl", "w") as f:
+        for a, b in zip(records[::2], records[1::2]):
+            f.write(json.dumps({"messages": [{"role": "user", "content": a["prompt"]},
+                                             {"role": "assistant", "content": a["response"]},
+                                             {"role": "user", "content": b["prompt"]},
+                                             {"role": "assistant", "content": b["response"]}]}) + "\n")
+    cfg = dict(init_from=str(tmp_path / "tied"), data=str(tmp_path / "chats.jsonl"), batch_size=4)
+    train_sft.train(sft_config(work, tmp_path / "single", **cfg))
+    torchrun("train_sft.py", sft_config(work, tmp_path / "fsdp", **cfg))
+    assert losses(tmp_path / "fsdp") == pytest.approx(losses(tmp_path / "single"), rel=L_TOL)
+    assert max_weight_diff(tmp_path / "fsdp" / "model", tmp_path / "single" / "model") < W_TOL
+    trained = load_model(tmp_path / "single" / "model")
+    assert trained.args.tie_embeddings and trained.output is None
+    assert (trained.tok_embeddings.weight - model.tok_embeddings.weight).abs().max() > 1e-4
