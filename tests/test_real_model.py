@@ -123,3 +123,20 @@ def test_chatml_ids_equal_apply_chat_template(ours, smollm2):
         assert ids + tok.encode("\n") == apply_chat_template(hf_tok, messages)
         replies = [m["content"] for m in messages if m["role"] == "assistant"]
         assert [tok.decode(ids[s:e]) for s, e in spans] == [r + "<|im_end|>" for r in replies]
+
+
+def test_our_save_opens_in_transformers(ours, smollm2, tmp_path):
+    """SmolLM2 written by our writer (tied: no lm_head.weight; its tokenizer
+    files and chat template copied): transformers loads model and tokenizer
+    and gets the logits and chat ids we get."""
+    from checkpoint import save_model
+    model, tok = ours
+    folder, _, _ = smollm2
+    save_model(model, tmp_path / "ours", tokenizer_path=folder)
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "ours", dtype=torch.float32).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "ours")
+    messages = [{"role": "user", "content": CHATS[2]}]
+    ids = apply_chat_template(hf_tok, messages, add_generation_prompt=True)
+    assert ids == chat_ids(tok, messages)[0]
+    with torch.no_grad():
+        assert (model(torch.tensor([ids])) - hf(torch.tensor([ids])).logits).abs().max() <= 2e-4

@@ -244,3 +244,23 @@ def test_prompt_writer_lines_end_whatever_the_vocabulary(tmp_path, toy_tokenizer
         unended = tok.encode("Name a color")
         assert first_line(tok, unended, max_tokens=len(unended))[1] is False  # ran out of tokens
     assert any("?\n" in tok.decode([t]) for t in tok.encode(written))  # the case the rule is for
+
+
+def test_saved_checkpoint_carries_the_tokenizer_files_and_eos_ids(tmp_path, llama3_style):
+    """save_model copies tokenizer.json and the files beside it, and writes
+    config.json's BOS and EOS ids (a list when several end a turn), so the
+    checkpoint reloads with the same template and transformers reads both."""
+    transformers = pytest.importorskip("transformers")
+    from checkpoint import save_model
+    from model import ModelArgs, Transformer
+    tok = Tokenizer(llama3_style)
+    model = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=tok.vocab_size, multiple_of=16))
+    save_model(model, tmp_path / "ckpt", tokenizer_path=llama3_style)
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"]) == (0, [1, 4])
+    again = Tokenizer(tmp_path / "ckpt")
+    assert (again.template, again.stop_ids, again.files and again.model_path.endswith("tokenizer.json")) == \
+        ("llama3", [1, 4], True)
+    assert transformers.GenerationConfig.from_pretrained(tmp_path / "ckpt").eos_token_id == [1, 4]
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "ckpt")
+    assert hf("the fox")["input_ids"] == tok.encode("the fox", bos=True)
