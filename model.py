@@ -9,8 +9,8 @@ as SmolLM2), written directly in PyTorch.
 This file is the network and nothing else: ModelArgs and the named sizes,
 RMSNorm, rotary embeddings (with Llama 3's frequency scaling), grouped-query
 attention, SwiGLU, the block, the Transformer (its output layer tied to the
-input embedding or not), and estimate_mfu. Parameter names are Meta's (tok_embeddings,
-layers.N.attention.wq, ...), so Meta's checkpoints map one-to-one;
+input embedding or not), and estimate_mfu. Parameter names are Meta's
+(tok_embeddings, layers.N.attention.wq, ...), so Meta's checkpoints map one-to-one;
 checkpoint.py reads and writes every file format, sample.py owns the KV cache
 and generation, distributed.py shards the model over ranks.
 
@@ -115,7 +115,11 @@ def preset(name, **overrides):
     """A copy of a named preset, with some fields changed."""
     if name not in PRESETS:
         raise KeyError(f"unknown model preset {name!r}; presets: {', '.join(PRESETS)}")
-    return ModelArgs(**{**asdict(PRESETS[name]), **overrides})  # (asdict copies rope_scaling too)
+    base = PRESETS[name]
+    fields = asdict(base)  # (a deep copy: rope_scaling too)
+    if base.head_dim == base.dim // base.n_heads:
+        fields["head_dim"] = None  # derived, not set: follows an overridden dim or n_heads
+    return ModelArgs(**{**fields, **overrides})
 
 
 # -----------------------------------------------------------------------------

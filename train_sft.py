@@ -7,9 +7,10 @@ response, in the checkpoint's chat template (tokenizer.py), e.g. Llama 2's
 A record is {"prompt", "response"}, or a conversation {"messages": [{"role",
 "content"}, ...]} (a system prompt, several turns). The loss is the
 cross-entropy of the RESPONSE tokens only (every assistant turn's, and the
-end-of-turn token that closes each): the prompt is given, not learned. It is averaged over every
-response token of the global batch, so gradient accumulation and any number
-of data-parallel ranks compute exactly the gradient of one big batch.
+end-of-turn token that closes each): the prompt is given, not learned. It
+is averaged over every response token of the global batch, so gradient
+accumulation and any number of data-parallel ranks compute exactly the
+gradient of one big batch.
 
 This file is SFT's data (tokenize, collate: the response-token mask), its
 loss and its training loop; what both trainers share (settings, model

@@ -259,6 +259,8 @@ def test_llama2_70b_shapes():
     assert (a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.hidden_dim, a.vocab_size) == (8192, 80, 64, 8, 28672, 32000)
     with pytest.raises(KeyError, match="presets: .*llama2-70b"):
         preset("llama2-71b")
+    # a derived head_dim follows an overridden width; a set one stays
+    assert (preset("toy-tiny", dim=128).head_dim, preset("toy-tiny", head_dim=24).head_dim) == (32, 24)
 
 
 def test_kv_cache_matches_full_forward():
