@@ -223,6 +223,17 @@ def test_llama3_features_match_transformers_both_ways(tmp_path, name, args):
             assert (plain(tokens) - loaded(tokens)).abs().max() > 1e-2
 
 
+def test_kv_cache_with_head_dim_tied_and_scaled_rope():
+    """Sampling's cached path on the new features: decoding step by step equals one full forward."""
+    model = random_model(NEW_CONFIGS[-1][1])
+    tokens = torch.randint(0, 300, (2, 60))
+    with torch.no_grad():
+        full = model(tokens)
+        cache = KVCache(model.args, 2, 64, "cpu", torch.float32)
+        steps = [model(tokens[:, :40], cache=cache)] + [model(tokens[:, t:t + 1], cache=cache) for t in range(40, 60)]
+    assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-5
+
+
 def test_rope_config_keys_old_and_new(tmp_path):
     """transformers 4's rope_theta + rope_scaling ("type" or "rope_type") and
     transformers 5's rope_parameters give the same ModelArgs; unknown kinds are refused."""
