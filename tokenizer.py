@@ -234,7 +234,7 @@ def llama2_parts(tok, messages, open_reply):
 def llama3_parts(tok, messages, open_reply):
     """Llama 3's header format: <|start_header_id|>{role}<|end_header_id|>\\n\\n{text}<|eot_id|>."""
     start, end = tok.token_id("<|start_header_id|>"), tok.token_id("<|end_header_id|>")
-    parts = [([tok.bos_id], False)]
+    parts = [([tok.bos_id] if tok.bos_id is not None else [], False)]
     for m in messages + ([{"role": "assistant", "content": None}] if open_reply else []):
         header = [start] + tok.encode(m["role"]) + [end]
         if m["role"] == "assistant":  # the header and its line breaks alone: the reply's first token is its own
