@@ -72,7 +72,8 @@ def tokenize(tok, records, max_len, source, template="chat"):
             except ValueError as e:
                 raise ValueError(f"{source}: record {i}: {e}") from None
             if not spans:
-                raise ValueError(f"{source}: record {i}: a conversation without an assistant message has nothing to learn")
+                raise ValueError(f"{source}: record {i}: a conversation without an assistant message "
+                                 "has nothing to learn")
         elif isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str):
             ids, start = chat_tokens(tok, rec["prompt"], rec["response"])
             spans = [(start, len(ids))]
