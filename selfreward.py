@@ -66,6 +66,7 @@ seed = 1337                 # everything random derives from this
 seed_data = "toy"           # 'toy' (generated), or a folder with ift.jsonl, eft_train.jsonl, eft_eval.jsonl
 init_from = "scratch"       # M0: 'scratch' pretrains a toy base model; else a checkpoint folder (HF layout)
 model = "toy-small"         # preset when init_from='scratch'
+chat_template = ""          # '' = the one M0's checkpoint implies (tokenizer.py); or llama2, llama3, chatml
 vocab_size = 2048           # toy tokenizer size (upper bound) when init_from='scratch'
 phrase_pieces = True        # toy tokenizer pieces may span words: the judge rubric costs ~140 tokens, not ~360
 rubric_pieces = True        # toy tokenizer: each fixed line of the judge rubric is one piece (~30 tokens, not ~140)
@@ -151,7 +152,7 @@ def load_model(r, path):
     whole on every rank (tp = 1); weights in the compute dtype (sampling
     needs no fp32 master weights)."""
     return (checkpoint.load_model(path, D.for_generation(r.env), dtype=r.env.dtype).eval(),
-            Tokenizer(path))
+            Tokenizer(path, r.settings["chat_template"]))
 
 
 def memory_plans(c, world, gpu_memory_gb):
@@ -188,7 +189,7 @@ def trainer_settings(c, r, name, batch_size, micro, seed_parts):
     """What every training stage tells train_sft / train_dpo: where, how often
     to save, the device; each stage adds its data and hyperparameters."""
     return {"out_dir": r.path("train", name), "seed": sub_seed(c.seed, *seed_parts) % 2**31, "device": c.device,
-            "dtype": c.dtype, "threads": c.threads,
+            "dtype": c.dtype, "threads": c.threads, "chat_template": c.chat_template,
             "batch_size": batch_size, "micro_batch_size": fit_micro(batch_size, micro, r.env.world),
             "save_interval": c.save_interval, "activation_checkpointing": c.activation_checkpointing,
             "eval_interval": 10**9}  # the loop evaluates every model itself (stage 5)
