@@ -12,7 +12,8 @@ Tokenizers and chat templates: the text side of a checkpoint.
                                      from the checkpoint (Tokenizer(folder,
                                      template='chatml') overrides)
 
-    chat_prompt_ids(tok, prompt, system=None)          ids to sample a response from
+    chat_prompt_ids(tok, prompt, system=None)          ids to sample a response from (prompt:
+                                                       a string, or messages ending with the user's)
     chat_tokens(tok, prompt, response, system=None)    (ids, response_start)
     chat_ids(tok, messages)                            (ids, spans) for a conversation:
         messages = [{"role": "system"|"user"|"assistant", "content": str}, ...];
@@ -216,9 +217,11 @@ B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
 def llama2_parts(tok, messages, open_reply):
     """Meta's Llama 2 chat format: each exchange is <s>[INST] {user} [/INST]
     {reply}</s>; a system prompt sits inside the first [INST]. The reply
-    needs no header: it follows "[/INST]" directly."""
+    needs no header: it follows "[/INST]" directly. An earlier reply is
+    written as Meta's chat_completion writes it, "{reply} </s>" (a space
+    before </s>); the last one ends at </s>, as one-turn SFT teaches."""
     parts, system = [], None
-    for m in messages:
+    for i, m in enumerate(messages):
         text = m["content"].strip()
         if m["role"] == "system":
             system = text
@@ -227,7 +230,8 @@ def llama2_parts(tok, messages, open_reply):
                 text, system = f"{B_SYS}{system}{E_SYS}{text}", None
             parts.append((tok.encode(f"{B_INST} {text} {E_INST}", bos=True), False))
         else:  # SentencePiece adds its dummy-prefix space: "[/INST] {reply}"
-            parts.append((tok.encode(text) + [tok.end_of_turn], True))
+            earlier = i + 1 < len(messages)
+            parts.append((tok.encode(text + " " * earlier) + [tok.end_of_turn], True))
     return parts
 
 
@@ -273,11 +277,13 @@ def chat_ids(tok, messages):
     Without a system message, the checkpoint's default system prompt (if its
     template has one) is used, as `transformers` does.
     """
-    roles = [m.get("role") for m in messages]
-    if not messages or any(r not in ("system", "user", "assistant") for r in roles) \
-            or "system" in roles[1:] or any(not isinstance(m.get("content"), str) for m in messages):
-        raise ValueError("a conversation is a list of {'role': 'system'|'user'|'assistant', 'content': str}, "
-                         f"a system message only first; got roles {roles}")
+    roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
+    turns = roles[1:] if roles[:1] == ["system"] else roles
+    if not turns or turns != ["user", "assistant"] * (len(turns) // 2) + ["user"] * (len(turns) % 2) \
+            or any(not isinstance(m.get("content"), str) for m in messages):
+        raise ValueError("a conversation alternates user and assistant turns, starting with the user, after an "
+                         "optional system message: a list of {'role', 'content': str}; "
+                         f"got roles {roles}")
     if roles[0] != "system" and tok.default_system is not None:
         messages = [{"role": "system", "content": tok.default_system}] + list(messages)
     render = {"llama2": llama2_parts, "llama3": llama3_parts, "chatml": chatml_parts}[tok.template]
@@ -291,8 +297,17 @@ def chat_ids(tok, messages):
 
 
 def chat_prompt_ids(tokenizer, prompt, system=None):
-    """Token ids of a chat prompt, ready for the model to write the response."""
-    return chat_tokens(tokenizer, prompt, system=system)[0]
+    """Token ids of a chat prompt, ready for the model to write the response.
+    prompt: a string (one user turn), or a conversation (messages as chat_ids
+    takes them) ending with the user's turn, e.g. MT-Bench's second turn:
+    [user q1, assistant a1, user q2]."""
+    if isinstance(prompt, str):
+        return chat_tokens(tokenizer, prompt, system=system)[0]
+    roles = [m.get("role") if isinstance(m, dict) else None for m in prompt]
+    if not roles or roles[-1] != "user":
+        raise ValueError(f"a conversation to answer alternates user and assistant turns, starting and ending "
+                         f"with the user; got roles {roles}")
+    return chat_ids(tokenizer, ([{"role": "system", "content": system}] if system is not None else []) + list(prompt))[0]
 
 
 def chat_tokens(tokenizer, prompt, response=None, system=None):

@@ -188,24 +188,28 @@ def test_llama3_template_equals_apply_chat_template(llama3_style):
 
 
 def test_llama2_multi_turn_is_metas_format(llama_tokenizer_path):
-    """Each exchange <s>[INST] {user} [/INST] {reply}</s>, encoded whole, the
-    system prompt inside the first [INST] (Meta's chat_completion)."""
+    """Each earlier exchange <s>[INST] {user} [/INST] {reply} </s>, encoded
+    whole, the system prompt inside the first [INST] (Meta's chat_completion);
+    the last reply, as one-turn SFT teaches it, ends at </s>."""
     tok = Tokenizer(llama_tokenizer_path)
     assert tok.template == "llama2" and tok.stop_ids == [2]
     ids, spans = chat_ids(tok, CONVERSATION)
     sys_user = f"<<SYS>>\n{CONVERSATION[0]['content']}\n<</SYS>>\n\n{CONVERSATION[1]['content']}"
-    expected = tok.encode(f"[INST] {sys_user} [/INST] {CONVERSATION[2]['content']}", bos=True, eos=True) + \
+    expected = tok.encode(f"[INST] {sys_user} [/INST] {CONVERSATION[2]['content']} ", bos=True, eos=True) + \
         tok.encode(f"[INST] {CONVERSATION[3]['content']} [/INST]", bos=True)
-    assert ids == expected
+    assert ids == expected and chat_prompt_ids(tok, CONVERSATION) == expected
     (s, e), = spans
-    assert tok.decode(ids[s:e - 1]) == CONVERSATION[2]["content"] and ids[e - 1] == 2
+    assert tok.decode(ids[s:e - 1]) == CONVERSATION[2]["content"] + " " and ids[e - 1] == 2
+    ids, spans = chat_ids(tok, CONVERSATION[:3])  # ending with the reply: "{reply}</s>"
+    assert ids[spans[-1][0]:] == tok.encode(CONVERSATION[2]["content"], eos=True)
 
 
 def test_bad_conversations_are_clear_errors(llama_tokenizer_path):
     tok = Tokenizer(llama_tokenizer_path)
     for bad in ([], [{"role": "bot", "content": "x"}], [{"role": "user", "content": 3}],
-                [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}]):
-        with pytest.raises(ValueError, match="a conversation is a list of"):
+                [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}],
+                [{"role": "assistant", "content": "a"}], [{"role": "user", "content": "a"}] * 2, ["hi"]):
+        with pytest.raises(ValueError, match="a conversation alternates user and assistant turns"):
             chat_ids(tok, bad)
 
 

@@ -541,7 +541,8 @@ def test_conversation_records_learn_every_assistant_turn(toy_tokenizer_path):
                          {"role": "user", "content": "and the fox"}, {"role": "assistant", "content": "fox the"}]}
     plain = {"prompt": "reverse fox", "response": "fox"}
     (ids, spans), (ids2, spans2) = train_sft.tokenize(tok, [conv, plain], 512, "data.jsonl")
-    assert [tok.decode(ids[s:e - 1]) for s, e in spans] == ["dog fox", "fox the"]
+    # the earlier reply as Meta writes it, "{reply} </s>"; the last one ends at </s>
+    assert [tok.decode(ids[s:e - 1]) for s, e in spans] == ["dog fox ", "fox the"]
     assert all(ids[e - 1] == tok.eos_id for _, e in spans)
     assert spans2 == [(chat_tokens(tok, "reverse fox", "fox")[1], len(ids2))]
     tokens, targets = train_sft.collate([(ids, spans), (ids2, spans2)], tok.eos_id)
@@ -549,7 +550,7 @@ def test_conversation_records_learn_every_assistant_turn(toy_tokenizer_path):
     assert learned == ids[spans[0][0]:spans[0][1]] + ids[spans[1][0]:spans[1][1]]
     assert targets[1][targets[1] != -100].tolist() == ids2[spans2[0][0]:]
     for bad, why in [({"messages": [{"role": "user", "content": "hi"}]}, "nothing to learn"),
-                     ({"messages": [{"role": "robot", "content": "hi"}]}, "record 1: a conversation is"),
+                     ({"messages": [{"role": "robot", "content": "hi"}]}, "record 1: a conversation alternates"),
                      ({"prompt": "hi"}, "record 1: needs string fields prompt and response, or a messages list")]:
         with pytest.raises(ValueError, match=why):
             train_sft.tokenize(tok, [bad], 512, "data.jsonl")
