@@ -264,7 +264,8 @@ def tensor_parallel(model, mesh):
     only this rank's heads (sample.KVCache takes the heads that arrive).
     The embedding is split by vocabulary rows (a masked lookup, all-reduced),
     the output by vocabulary rows too, its logits all-gathered so every rank
-    samples the same tokens. The norms (dim numbers each) are whole on every
+    samples the same tokens; a tied embedding (one matrix for both) is
+    whole on every rank instead. The norms (dim numbers each) are whole on every
     rank. Parameters become DTensors (still on meta: no memory, nothing sent),
     for checkpoint.read_tensors to fill with this rank's slices.
     """
@@ -279,6 +280,10 @@ def tensor_parallel(model, mesh):
         parallelize_module(block, mesh, block_plan, src_data_rank=None)  # None: split locally, no scatter
         block.attention.n_heads //= tp  # the heads this rank computes (the views in Attention.forward)
         block.attention.n_kv_heads //= tp
+    if args.tie_embeddings:
+        # one matrix for the input and the output (small models tie them): left whole on every rank, so
+        # the logits need no gather and the embedding no masked lookup
+        return model
     parallelize_module(model, mesh, {
         "tok_embeddings": RowwiseParallel(input_layouts=Replicate()),  # token ids: the same on every rank
         "output": ColwiseParallel(output_layouts=Replicate()),  # logits all-gathered: (B, T, V) on every rank

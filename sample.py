@@ -592,7 +592,7 @@ def memory_plan(args: ModelArgs, tp, batch_size, context, new_tokens, gpu_memory
     GPUs (the model's weights in the compute dtype, dtype_bytes each; bf16: 2),
     a batch of batch_size rows of `context` tokens (prompt + new_tokens):
       weights      every parameter * dtype_bytes / tp (the norms, whole on
-                   every rank, are a few MB)
+                   every rank, are a few MB; a tied embedding is whole too)
       KV cache     2 (keys, values) * n_layers * (n_kv_heads / tp) * head_dim
                    * dtype_bytes per token, for batch_size * context tokens
       prefill      the peak of one layer over the batch's prompts (T =
@@ -611,7 +611,9 @@ def memory_plan(args: ModelArgs, tp, batch_size, context, new_tokens, gpu_memory
     """
     a, h, L, V = dtype_bytes, args.dim, args.n_layers, args.vocab_size
     kv, hd, f = args.n_kv_heads, args.head_dim, args.hidden_dim
-    params = L * (2 * h + 2 * h * args.n_heads * hd + 2 * h * kv * hd + 3 * h * f) + 2 * V * h + h
+    embeddings = 1 if args.tie_embeddings else 2  # input and output: one matrix when tied
+    params = L * (2 * h + 2 * h * args.n_heads * hd + 2 * h * kv * hd + 3 * h * f) + embeddings * V * h + h
+    whole = V * h if args.tie_embeddings else 0  # parameters every rank holds whole (distributed.tensor_parallel)
     T = context - new_tokens
     per_row = {
         "KV cache": 2 * L * kv // tp * hd * a * context,
@@ -619,7 +621,7 @@ def memory_plan(args: ModelArgs, tp, batch_size, context, new_tokens, gpu_memory
                                            + (a + 1) * context + 2 * 4 * hd),
         "sampling (logits, top-p)": 48 * V,
     }
-    rows = [("weights", a * params / tp)] + [(name, b * batch_size) for name, b in per_row.items()]
+    rows = [("weights", a * ((params - whole) / tp + whole))] + [(name, b * batch_size) for name, b in per_row.items()]
     total = sum(b for _, b in rows)
     usable = 0.85 * gpu_memory_gb * 1e9
     max_batch = max(0, int((usable - rows[0][1]) // sum(per_row.values())))

@@ -360,13 +360,16 @@ def test_two_ranks_fsdp_and_tensor_parallel_equal_one_process(tiny, tmp_path):
     them except where two tokens are within bf16 rounding of each other
     (each rank rounds its partial sums before the all-reduce)."""
     save_model(tiny, tmp_path / "tiny")
+    torch.manual_seed(4)  # tied embeddings (whole on every rank under tp) and a head_dim apart from dim / n_heads
+    tied = M.Transformer(M.preset("toy-tiny", tie_embeddings=True, head_dim=24)).eval()
+    save_model(tied, tmp_path / "tied")
     chain = chain_model()
     save_model(chain, tmp_path / "chain")
     # sorted by length and dealt out: rank 0 gets the long-running rows, rank 1 is done after two tokens
     chain_prompts = [[3, 3, 3, 3, 3], [3, 3, 3, 3, 0], [3, 3, 3, 4], [3, 3, 0], [5, 5], [0], [9]]
     rubric = random_prompts([80], seed=1)[0]
     judge_prompts = [rubric + p for p in MIXED]
-    tiny_ckpt, chain_ckpt = str(tmp_path / "tiny"), str(tmp_path / "chain")
+    tiny_ckpt, chain_ckpt, tied_ckpt = str(tmp_path / "tiny"), str(tmp_path / "chain"), str(tmp_path / "tied")
     greedy, sampled = dict(max_new_tokens=8, temperature=0, batch_size=2), \
         dict(max_new_tokens=6, temperature=0.9, top_p=0.9, n=3, seed=11, batch_size=4)
     exact = [  # (checkpoint, prompts, kwargs): each in both layouts, fp32
@@ -374,6 +377,7 @@ def test_two_ranks_fsdp_and_tensor_parallel_equal_one_process(tiny, tmp_path):
         (tiny_ckpt, MIXED, sampled),
         (tiny_ckpt, judge_prompts, dict(max_new_tokens=6, temperature=0.7, top_p=0.9, n=3, seed=5)),
         (chain_ckpt, chain_prompts, dict(max_new_tokens=12, temperature=0, eos_id=EOS)),
+        (tied_ckpt, MIXED, sampled),
     ]
     bf16 = [(tiny_ckpt, prompts, dict(max_new_tokens=12, temperature=0)) for prompts in (MIXED, judge_prompts)]
     jobs = [dict(ckpt=ck, prompts=p, kwargs=kw, layout=layout, dtype="float32")
@@ -387,7 +391,7 @@ def test_two_ranks_fsdp_and_tensor_parallel_equal_one_process(tiny, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "out.json").read_text())
-    models = {tiny_ckpt: tiny, chain_ckpt: chain}
+    models = {tiny_ckpt: tiny, chain_ckpt: chain, tied_ckpt: tied}
     for job, got in zip(jobs, results):
         if job["dtype"] == "float32":
             assert got == generate(models[job["ckpt"]], job["prompts"], progress=False, **job["kwargs"]), job["layout"]
@@ -459,3 +463,10 @@ def test_generation_memory_plan_counts_what_is_allocated(tiny):
     over = S.memory_plan(M.preset("llama2-70b"), 8, big["max_batch"] + 1, 4096, 1024)
     assert fits["total"] <= 0.85 * 80e9 < over["total"]
     assert S.memory_plan(M.preset("llama2-70b"), 2, 1, 4096, 1024)["max_batch"] == 0  # 69 GB of weights a GPU
+    # tied (SmolLM2, Llama 3.2): one embedding matrix, whole on every rank of a tensor-parallel group
+    with torch.device("meta"):
+        tied = M.Transformer(M.preset("smollm2-135m"))
+    V, h = tied.args.vocab_size, tied.args.dim
+    assert S.memory_plan(tied.args, 1, 1, 32, 8, dtype_bytes=4)["rows"]["weights"] == 4 * tied.num_params()
+    assert S.memory_plan(tied.args, 3, 1, 32, 8, dtype_bytes=4)["rows"]["weights"] == \
+        pytest.approx(4 * ((tied.num_params() - V * h) / 3 + V * h))
