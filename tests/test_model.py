@@ -229,7 +229,7 @@ def test_kv_cache_with_head_dim_tied_and_scaled_rope():
     tokens = torch.randint(0, 300, (2, 60))
     with torch.no_grad():
         full = model(tokens)
-        cache = KVCache(model.args, 2, 64, "cpu", torch.float32)
+        cache = KVCache(model.args, 2, 64, "cpu")
         steps = [model(tokens[:, :40], cache=cache)] + [model(tokens[:, t:t + 1], cache=cache) for t in range(40, 60)]
     assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-5
 
