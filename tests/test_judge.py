@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+import judge as J
 from conftest import shared_file
 from data import read_jsonl, write_jsonl
 from judge import (JUDGE_PROMPT, eft_targets, judge, judge_groups, judge_prompt, judge_prompt_ids, kendall_tau,
@@ -166,6 +167,18 @@ def test_reward_metrics_by_hand():
     assert m["spearman"] == m["kendall_tau"] == 0.0 and m["n_undefined_correlation"] == 2
     assert m["pairwise_accuracy"] == 0.0 and m["five_best"] is None and m["n_skipped_prompts"] == 1
     assert m["coverage"] == 0.6
+
+
+
+def test_pairs_correct_by_hand():
+    # one entry per pair of responses the humans ranked differently (0 = best), in any order
+    ordered = lambda scores, ranks: sorted(J._pairs_correct(scores, ranks))
+    assert ordered([5, 3, 3], [0, 1, 2]) == [False, True, True]  # 3 = 3: a tie is wrong
+    assert ordered([1, 4], [0, 1]) == [False] and ordered([4, 1], [0, 1]) == [True]
+    assert ordered([3.5, 3.0], [1, 0]) == [False]  # averaged scores
+    # equal human ranks make no pair; a response without a score is wrong in all its pairs
+    assert ordered([4, 5, None, 2], [1, 0, 1, 2]) == [False, False, True, True, True]
+    assert ordered([2, 2, 2], [0, 0, 0]) == [] and ordered([None, None], [1, 0]) == [False]
 
 
 def kendall_by_counting(x, y):

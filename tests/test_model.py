@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+import model as M
 from checkpoint import args_from_hf_config, hf_config, hf_name, load_model, read_config, save_model
 from model import PRESETS, ModelArgs, Transformer, estimate_mfu, preset
 from sample import KVCache
@@ -332,6 +333,47 @@ def test_estimate_mfu_by_hand():
     # 6N + 12*L*H*Q*T FLOPs per token (PaLM appendix B)
     flops = 6 * 1000 + 12 * 2 * 4 * 16 * 128
     assert estimate_mfu(a, 1000, tokens_per_second=500, seq_len=128, peak_flops=1e9) == pytest.approx(flops * 500 / 1e9)
+
+
+
+# --- the building blocks on their own, each against its formula written another way
+
+def test_rmsnorm_by_hand():
+    torch.manual_seed(0)
+    norm = M.RMSNorm(16, eps=0.5)  # a large eps: one in the wrong place shows
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 5, 16) * 0.3
+
+    def by_hand(x, w):  # float64: x / sqrt(mean(x^2) + eps) * weight
+        x = x.double()
+        return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 0.5) * w.detach().double()
+
+    out = norm(x)
+    assert out.dtype == torch.float32 and (out.double() - by_hand(x, norm.weight)).abs().max() < 1e-6
+    # bf16 activations and weights (FSDP's mixed precision): normalised in fp32, returned in bf16
+    norm.to(torch.bfloat16)
+    xb = x.bfloat16()
+    out = norm(xb)
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.double(), by_hand(xb, norm.weight), rtol=1e-2, atol=1e-2)
+
+
+def test_rope_rotation_is_a_complex_rotation():
+    """Meta's formulation: the pair (x[2i], x[2i+1]) is the complex number
+    x[2i] + i x[2i+1], multiplied by e^(i p theta^(-2i/head_dim)) at position p."""
+    torch.manual_seed(0)
+    B, T, H, hd = 2, 6, 3, 8
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5], [7, 3, 0, 11, 2, 9]])  # each row its own positions
+    x = torch.randn(B, T, H, hd)
+    for theta in (10000.0, 500000.0):
+        rotation = M.rope_rotation(positions, hd, theta)
+        assert all(r.shape == (B, T, 1, hd) and r.dtype == torch.float32 for r in rotation)
+        freqs = theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)  # (hd/2,)
+        angles = positions.double()[:, :, None, None] * freqs  # (B, T, 1, hd/2)
+        pairs = torch.view_as_complex(x.double().unflatten(-1, (hd // 2, 2)).contiguous())  # (B, T, H, hd/2)
+        expected = torch.view_as_real(pairs * torch.polar(torch.ones_like(angles), angles)).flatten(-2)
+        assert (M.apply_rope(x, rotation).double() - expected).abs().max() < 1e-5
 
 
 # --- bad input: clear errors naming the problem --------------------------------

@@ -186,6 +186,33 @@ def test_sampling_stays_inside_the_nucleus():
     assert next_token(logits, 0.0, 1.0, None).tolist() == [1]  # greedy
 
 
+
+def test_decode_attention_equals_naive_attention():
+    """One new token per row against its cached keys and values: 8 query heads
+    sharing 2 KV heads, masked slots, and a prefix every row shares; against
+    plain softmax attention over KV heads repeated for their query heads."""
+    g = torch.Generator().manual_seed(0)
+    B, H, KV, hd, S_, P = 3, 8, 2, 16, 5, 4
+    q = torch.randn(B, 1, H, hd, generator=g)
+    k, v = torch.randn(B, KV, S_, hd, generator=g), torch.randn(B, KV, S_, hd, generator=g)
+    shared = torch.randn(1, KV, P, hd, generator=g), torch.randn(1, KV, P, hd, generator=g)
+    valid = torch.rand(B, P + S_, generator=g) > 0.4
+    valid[:, -1] = True  # the new token's own slot
+    mask = torch.zeros(B, 1, 1, P + S_).masked_fill(~valid[:, None, None], float("-inf"))
+
+    def naive(keys, values, mask):  # keys, values: (B, KV, L, hd); mask: (B, 1, 1, L)
+        keys, values = keys.repeat_interleave(H // KV, 1), values.repeat_interleave(H // KV, 1)  # (B, H, L, hd)
+        scores = torch.einsum("bhd,bhld->bhl", q[:, 0], keys) / hd ** 0.5 + mask[:, 0]
+        return torch.einsum("bhl,bhld->bhd", scores.softmax(-1), values).reshape(B, 1, H * hd)
+
+    own = S.decode_attention(q, k, v, mask[..., P:])  # no shared prefix
+    assert own.shape == (B, 1, H * hd) and (own - naive(k, v, mask[..., P:])).abs().max() < 1e-5
+    with_prefix = S.decode_attention(q, k, v, mask, shared)
+    keys = torch.cat([shared[0].expand(B, -1, -1, -1), k], 2)
+    values = torch.cat([shared[1].expand(B, -1, -1, -1), v], 2)
+    assert (with_prefix - naive(keys, values, mask)).abs().max() < 1e-5
+
+
 def chain_model(max_seq_len=64):
     """A model rigged so that the next token is always current + 1 (mod 16):
     no attention or MLP (zero output projections), one-hot embeddings, and an

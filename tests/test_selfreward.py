@@ -5,6 +5,7 @@ import filecmp
 import inspect
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -255,6 +256,36 @@ def test_rouge_l_by_hand():
     assert S.rouge_l(a, a) == 1.0 and S.rouge_l(a, []) == 0.0
     assert S.too_similar(a, [(a, Counter(a))], 0.9)
     assert not S.too_similar(a, [(b, Counter(b))], 0.9)
+
+
+
+def test_rouge_l_equals_a_brute_force_lcs():
+    rng = random.Random(0)
+
+    def is_subsequence(s, t):
+        rest = iter(t)
+        return all(x in rest for x in s)  # `in` consumes the iterator up to the match
+
+    for _ in range(300):
+        a = [rng.choice("abc") for _ in range(rng.randint(0, 7))]
+        b = [rng.choice("abcd") for _ in range(rng.randint(0, 7))]
+        subsequences = ([a[i] for i in range(len(a)) if mask >> i & 1] for mask in range(2 ** len(a)))
+        lcs = max(len(s) for s in subsequences if is_subsequence(s, b))
+        assert S.rouge_l(a, b) == pytest.approx(2 * lcs / (len(a) + len(b)) if a and b else 0.0)
+
+
+def test_make_pairs_by_hand():
+    judged = [  # each candidate's average judge score (None: no judgment had a score)
+        {"prompt": "p0", "candidates": ["a", "b", "c", "d"], "score": [3.0, 4.5, None, 1.0]},
+        {"prompt": "p1", "candidates": ["a", "b", "c"], "score": [2.0, 5.0, 5.0]},  # tied best: the first
+        {"prompt": "p2", "candidates": ["a", "b"], "score": [4.0, 4.0]},  # all tie: no pair
+        {"prompt": "p3", "candidates": ["a", "b", "c"], "score": [None, 3.0, None]},  # one scored: no pair
+        {"prompt": "p4", "candidates": ["a", "b", "c"], "score": [1.0, 1.0, 2.0]},  # tied worst: the first
+    ]
+    pairs, dropped = S.make_pairs(judged)
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [("p0", "b", "d"), ("p1", "b", "a"),
+                                                                          ("p4", "c", "a")]
+    assert sum(dropped.values()) == 2
 
 
 # --- one config idiom: settings passed explicitly -------------------------------------

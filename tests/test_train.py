@@ -210,6 +210,55 @@ def test_sft_masking_and_padding(work):
         assert both == pytest.approx(loss + train_sft.sft_loss_sum(model, tokens3, targets3, env).item(), rel=1e-5)
 
 
+
+class LogitTable(torch.nn.Module):
+    """A stand-in model whose logits at each position are a row of a fixed
+    table picked by that position's token, in a chosen dtype."""
+
+    def __init__(self, vocab, dtype=torch.float32):
+        super().__init__()
+        self.table = torch.nn.Parameter((torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(0)) * 3)
+                                        .to(dtype))
+
+    def forward(self, tokens):
+        return self.table[tokens]
+
+
+def logps_by_hand(model, tokens, targets):
+    """Per row: the sum over positions with a target of log p(target), in float64."""
+    logits = model(tokens).detach().double()
+    return [sum((logits[b, t, y] - torch.logsumexp(logits[b, t], 0)).item()
+                for t, y in enumerate(targets[b].tolist()) if y != -100) for b in range(len(tokens))]
+
+
+TOKENS = torch.tensor([[1, 4, 5, 6], [1, 7, 0, 0]])
+TARGETS = torch.tensor([[-100, 5, 6, 2], [-100, 2, -100, -100]])
+
+
+def test_collate_masks_everything_but_the_response():
+    # BOS, two prompt tokens, a response of three, EOS: the response starts at index 3
+    a, b = ([1, 10, 11, 20, 21, 22, 2], 3), ([1, 12, 30, 2], 2)
+    tokens, targets = train_sft.collate([a, b], pad_id=0)
+    assert tokens.dtype == targets.dtype == torch.long
+    assert tokens.tolist() == [[1, 10, 11, 20, 21, 22], [1, 12, 30, 0, 0, 0]]
+    # position t predicts ids[t + 1]: the first response token at position start - 1
+    assert targets.tolist() == [[-100, -100, 20, 21, 22, 2], [-100, 30, 2, -100, -100, -100]]
+    # a filler row (weight 0) goes through the model but teaches nothing
+    tokens, targets = train_sft.collate([a, b], pad_id=9, weights=[1, 0])
+    assert tokens[1].tolist() == [1, 12, 30, 9, 9, 9] and targets[1].tolist() == [-100] * 6
+    assert targets[0].tolist() == [-100, -100, 20, 21, 22, 2]
+
+
+def test_sft_loss_sum_by_hand():
+    for dtype in (torch.float32, torch.bfloat16):  # bf16 logits: the loss is still taken in fp32
+        model = LogitTable(8, dtype)
+        loss = train_sft.sft_loss_sum(model, TOKENS, TARGETS, D.Env())
+        assert loss.dtype == torch.float32 and loss.shape == ()
+        assert loss.item() == pytest.approx(-sum(logps_by_hand(model, TOKENS, TARGETS)), rel=1e-6)
+    loss.backward()  # a loss to train on: the gradient reaches the model
+    assert model.table.grad is not None and model.table.grad.abs().sum() > 0
+
+
 def test_sft_trains_and_saves_hf_layout(sft_single, work):
     curve = losses(sft_single)
     assert len(curve) == 4 and curve[-1] < curve[0]
@@ -274,6 +323,31 @@ def test_dpo_loss_by_hand():
     x = torch.tensor([-3.0, -7.0])
     loss, chosen, rejected = train_dpo.dpo_loss(x, x + 1, x, x + 1, beta)
     assert loss.item() == pytest.approx(math.log(2)) and chosen.abs().max() == 0 == rejected.abs().max()
+
+
+
+def test_dpo_losses_per_pair_by_hand():
+    pc, pr = torch.tensor([-10.0, -5.0, -3.0], requires_grad=True), torch.tensor([-12.0, -4.0, -3.0])
+    rc, rr, beta = torch.tensor([-11.0, -6.0, -2.0]), torch.tensor([-11.5, -3.0, -4.0]), 0.5
+    losses, chosen, rejected = train_dpo.dpo_losses(pc, pr, rc, rr, beta)
+    for i in range(3):  # DPO eq. 7 for pair i: -log sigmoid(beta * margin)
+        rc_i, rr_i = beta * (pc[i].item() - rc[i].item()), beta * (pr[i].item() - rr[i].item())
+        assert losses[i].item() == pytest.approx(math.log(1 + math.exp(-(rc_i - rr_i))), rel=1e-6)
+        assert (chosen[i].item(), rejected[i].item()) == pytest.approx((rc_i, rr_i))
+    assert losses.shape == (3,) and losses.requires_grad  # the loss trains the policy ...
+    assert not chosen.requires_grad and not rejected.requires_grad  # ... the rewards are only metrics
+    # far from the reference: finite, as log-sigmoid is (the log of a sigmoid that underflows is not)
+    zero = torch.zeros(1)
+    assert train_dpo.dpo_losses(zero, zero - 1000, zero, zero, 1.0)[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert train_dpo.dpo_losses(zero - 1000, zero, zero, zero, 1.0)[0].item() == pytest.approx(1000.0)
+
+
+def test_sequence_logps_by_hand():
+    for dtype in (torch.float32, torch.bfloat16):  # bf16 logits: log-probs still in fp32
+        model = LogitTable(8, dtype)
+        logps = train_dpo.sequence_logps(model, TOKENS, TARGETS, D.Env())
+        assert logps.shape == (2,) and logps.dtype == torch.float32
+        assert logps.tolist() == pytest.approx(logps_by_hand(model, TOKENS, TARGETS), rel=1e-6)
 
 
 def test_dpo_starts_at_ln2_and_learns(dpo_single):
