@@ -103,6 +103,7 @@ def _value(text, number, end):
     return int(value)
 
 
+# Exercise (medium): the score parser, by the rules above. Graded by: tests/test_judge.py -k parse_score
 def find_score(text):
     """(score or None, start, end) of the concluding score mark, or None if there is none."""
     matches = list(_SCORE.finditer(text))
@@ -193,6 +194,7 @@ def _pair_signs(x):
     return np.sign(x[i] - x[j])
 
 
+# Exercise (medium): Kendall's tau-b. Graded by: tests/test_judge.py -k correlations
 def kendall_tau(x, y):
     """Kendall's tau-b (ties allowed on both sides), or None where undefined."""
     s, t = _pair_signs(np.asarray(x, float)), _pair_signs(np.asarray(y, float))
@@ -216,6 +218,7 @@ def spearman(x, y):
     return float((rx * ry).sum() / denom) if denom else None
 
 
+# Exercise (easy): pairwise accuracy, pair by pair. Graded by: tests/test_judge.py -k pairs_correct
 def pairs_correct(scores, ranks):
     """For each pair with different human ranks: does the judge order it the same way?"""
     out = []

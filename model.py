@@ -133,6 +133,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
+    # Exercise (easy): RMSNorm, as the class docstring says. Graded by: tests/test_model.py -k rmsnorm
     def forward(self, x):
         # F.rms_norm: one call instead of six ops (a decode step is mostly per-op overhead)
         if x.dtype == torch.float32:
@@ -161,6 +162,7 @@ def rope_frequencies(args: ModelArgs, device=None):
                        torch.where(wavelen > old_len / s["low_freq_factor"], inv_freq / s["factor"], blended))
 
 
+# Exercise (medium): rotary embeddings, the angle of every pair. Graded by: tests/test_model.py -k rope_rotation
 def rope_rotation(positions, inv_freq):
     """
     Rotary position embeddings (Su et al. 2021): the pair (x[2i], x[2i+1]) of a

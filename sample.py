@@ -77,6 +77,7 @@ DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isin
 # -----------------------------------------------------------------------------
 # Choosing the next token
 
+# Exercise (easy): nucleus (top-p) filtering. Graded by: tests/test_sample.py -k top_p
 def top_p_filter(probs, top_p):
     """
     Nucleus filtering (Holtzman et al. 2019): keep the smallest set of tokens
@@ -138,6 +139,7 @@ def common_prefix_length(prompts):
 # The KV cache: keys and values of every token so far, so a decode step
 # computes attention for one new token instead of the whole sequence
 
+# Exercise (hard): a decode step of grouped-query attention. Graded by: tests/test_sample.py -k decode_attention
 def decode_attention(q, k, v, mask, shared=None):
     """
     softmax(q k^T / sqrt(hd) + mask) v for one new token per row, against the

@@ -359,6 +359,7 @@ def words(text):
     return re.findall(r"\w+|[^\w\s]", text.lower())
 
 
+# Exercise (medium): ROUGE-L, the near-duplicate filter's measure. Graded by: tests/test_selfreward.py -k rouge_l
 def rouge_l(a, b):
     """ROUGE-L F1 of two word lists: from their longest common subsequence."""
     if not a or not b:
@@ -519,6 +520,7 @@ def stage_judgments(c, r, t, mt_path):
             "too_long": sum(sum(x["too_long"]) for x in recs)}  # candidates whose judge prompt did not fit
 
 
+# Exercise (easy): best-versus-worst pairs, ties to the first. Graded by: tests/test_selfreward.py -k make_pairs
 def make_pairs(judged):
     """Highest against lowest average score (Section 2.3, step 4). Candidates
     without any parsed score are never chosen nor rejected; prompts whose

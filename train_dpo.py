@@ -50,6 +50,7 @@ DEFAULTS = {**{k: v for k, v in globals().items() if not k.startswith("_") and i
 # -----------------------------------------------------------------------------
 # The loss
 
+# Exercise (easy): the DPO loss of each pair (eq. 7 above). Graded by: tests/test_train.py -k dpo_loss
 def dpo_losses(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
     """Per pair: the DPO loss, and the implicit rewards beta * (log pi - log ref)
     of the chosen and rejected responses (DPO section 5). Inputs (B,) summed
@@ -67,6 +68,7 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     return losses.mean(), chosen_rewards, rejected_rewards
 
 
+# Exercise (medium): a response's summed log-probability. Graded by: tests/test_train.py -k sequence_logps
 def sequence_logps(model, tokens, targets, env):
     """(B,) sum over each row's response tokens of log p(token), in fp32."""
     with env.autocast():

@@ -90,6 +90,7 @@ def tokenize(tok, records, max_len, source, template="chat"):
     return examples
 
 
+# Exercise (medium): the response-token mask. Graded by: tests/test_train.py -k collate
 def collate(examples, pad_id, weights=None):
     """
     Right-pad a micro-batch into tokens (B, T) and targets (B, T), where
@@ -114,6 +115,7 @@ def collate(examples, pad_id, weights=None):
     return tokens, targets
 
 
+# Exercise (easy): the SFT loss. Graded by: tests/test_train.py -k sft_loss_sum
 def sft_loss_sum(model, tokens, targets, env):
     """Sum of the response tokens' cross-entropies (log-softmax in fp32)."""
     with env.autocast():

@@ -1,0 +1,174 @@
+"""
+handout.py: the student copy leaves out exactly the marked exercises; each
+exercise is graded by tests that use that function and no other exercise;
+and the copy with every solution put back is the project byte for byte, so
+the full suite, which passes here, passes there.
+"""
+import ast
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import handout
+from conftest import ROOT, SHARED_DATA
+
+# the copy's tests look for the shared data beside the copy: point them at ours
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
+       "SELFREWARD_SHARED_DATA": os.path.realpath(SHARED_DATA)}
+
+
+def grade(folder, json_path):
+    """{exercise number: {test id: {"outcome", "message"}}}, from `python handout.py --grade=True` run in folder."""
+    r = subprocess.run([sys.executable, "handout.py", "--grade=True", f"--grade_json={json_path}"], cwd=folder,
+                       env=ENV, capture_output=True, text=True, timeout=600)
+    assert os.path.exists(json_path), r.stdout[-3000:] + r.stderr[-3000:]
+    with open(json_path) as f:
+        return {e["number"]: e["tests"] for e in json.load(f)["exercises"]}
+
+
+def write(path, text):
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+
+
+def functions(path):
+    return dict(handout.function_nodes(ast.parse(handout.read(path))))
+
+
+def test_each_exercise_is_graded_alone_and_all_solutions_give_the_project_back(tmp_path):
+    folder = tmp_path / "handout"
+    exercises = handout.write_handout(ROOT, str(folder))
+    assert len(exercises) >= 10 and {e.level for e in exercises} == {"easy", "medium", "hard"}
+    guide = (folder / "EXERCISES.md").read_text()
+    for e in exercises:
+        assert f"`{e.qualname}` | `{e.command}` |" in guide
+        # the signature and docstring stay; of the body, only the stub
+        mine, original = functions(folder / e.file)[e.qualname], functions(os.path.join(ROOT, e.file))[e.qualname]
+        assert ast.get_docstring(mine) == ast.get_docstring(original)
+        assert ast.unparse(mine.args) == ast.unparse(original.args)
+        assert len(mine.body) == 1 + (ast.get_docstring(mine) is not None) and isinstance(mine.body[-1], ast.Raise)
+
+    # nothing solved: every grading test fails, on its own exercise's NotImplementedError
+    blank = grade(folder, tmp_path / "blank.json")
+    assert sorted(blank) == [e.number for e in exercises]
+    for e in exercises:
+        assert blank[e.number], f"{e.command} selects no tests"
+        for test, t in blank[e.number].items():
+            assert t["outcome"] == "failed" and f"write {e.qualname} in {e.file}" in t["message"], (test, t)
+
+    # one solution put back: exactly that exercise's tests pass, every other exercise's still fail
+    # (graded in two copies side by side, so a 2-core machine is busy on both cores)
+    copies = queue.Queue()
+    for i in range(min(2, os.cpu_count() or 1)):
+        copies.put(shutil.copytree(folder, tmp_path / f"copy{i}"))
+
+    def solve_one(e):
+        copy = copies.get()
+        path = copy / e.file
+        blanked = handout.read(path)
+        write(path, handout.restore(blanked, e.qualname, e.solution))
+        try:
+            return e, grade(copy, tmp_path / f"{e.number}.json")
+        finally:
+            write(path, blanked)
+            copies.put(copy)
+
+    with ThreadPoolExecutor(copies.qsize()) as pool:
+        for e, results in pool.map(solve_one, exercises):
+            for other in exercises:
+                assert results[other.number].keys() == blank[other.number].keys()
+                expected = "passed" if other is e else "failed"
+                wrong = {t: r["outcome"] for t, r in results[other.number].items() if r["outcome"] != expected}
+                assert not wrong, f"with only {e.qualname} solved, {other.qualname}'s tests: {wrong}"
+
+    # every solution back: the project's files, byte for byte, and EXERCISES.md
+    for e in exercises:
+        write(folder / e.file, handout.restore(handout.read(folder / e.file), e.qualname, e.solution))
+    files = handout.project_files(ROOT)
+    assert handout.project_files(str(folder)) == sorted(files + ["EXERCISES.md"])
+    for f in files:
+        with open(folder / f, "rb") as mine, open(os.path.join(ROOT, f), "rb") as original:
+            assert mine.read() == original.read(), f
+
+
+SOURCE = '''\
+import functools
+
+
+class A:
+    # Exercise (hard): a method. Graded by: tests/test_m.py -k method
+    @functools.lru_cache(None)
+    def f(self, x: dict[str, int] = {"a": 1},
+          y=lambda: 0) -> int:  # a comment after the header
+        # a comment that starts the body
+        return x
+
+
+# Exercise (easy): a function. Graded by: tests/test_m.py
+def g():
+    """What g does."""
+    y = 1
+
+    return y  # the end
+
+
+def h():
+    return 0
+'''
+
+
+def test_markers_bodies_and_mistakes_on_a_small_project(tmp_path):
+    project, out = tmp_path / "project", tmp_path / "out"
+    (project / "tests").mkdir(parents=True)
+    (project / "tests" / "test_m.py").write_text("")
+    (project / "m.py").write_text(SOURCE)
+    exercises = handout.write_handout(str(project), str(out))  # not a git checkout: every file is copied
+    assert [(e.number, e.qualname, e.level, e.title, e.command, e.line) for e in exercises] == [
+        (1, "A.f", "hard", "a method", "python -m pytest -q tests/test_m.py -k method", 7),
+        (2, "g", "easy", "a function", "python -m pytest -q tests/test_m.py", 14)]
+    assert sorted(os.listdir(out)) == ["EXERCISES.md", "m.py", "tests"]
+    blanked = (out / "m.py").read_text()
+    compile(blanked, "m.py", "exec")
+    assert "return x" not in blanked and "starts the body" not in blanked and "return y" not in blanked
+    assert '    """What g does."""\n    raise NotImplementedError("exercise 2: write g in m.py' in blanked
+    assert "def h():\n    return 0\n" in blanked  # not marked: untouched
+    for e in exercises:
+        blanked = handout.restore(blanked, e.qualname, e.solution)
+    assert blanked == SOURCE
+
+    handout.write_handout(str(project), str(out))  # an earlier handout is replaced
+    for bad, message in [
+        (SOURCE.replace("def g", "\ndef g"), r"m\.py:13: an exercise marker must be the line right above a def"),
+        (SOURCE.replace("(easy)", "(easier)"), r"m\.py:13: an exercise marker reads"),
+        (SOURCE.replace("tests/test_m.py\n", "tests/test_n.py\n"), r"tests/test_n\.py does not exist"),
+        (SOURCE.replace('"""What g does."""\n    y = 1\n\n    return y  # the end', '"""What g does."""'),
+         "only a docstring"),
+    ]:
+        (project / "m.py").write_text(bad)
+        with pytest.raises(handout.HandoutError, match=message):
+            handout.write_handout(str(project), str(tmp_path / "out2"))
+    assert not (tmp_path / "out2").exists()
+
+
+def test_the_handout_goes_outside_the_project_and_over_nothing_else(tmp_path):
+    inside = os.path.join(ROOT, "handout_copy")
+    r = subprocess.run([sys.executable, "handout.py", f"--out={inside}"], cwd=ROOT, env=ENV, capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and r.stderr.startswith("error: --out=") and r.stderr.count("\n") == 1
+    assert "inside the project" in r.stderr and not os.path.exists(inside)
+    with pytest.raises(handout.HandoutError, match="inside the project"):
+        handout.write_handout(ROOT, ROOT)
+    with pytest.raises(handout.HandoutError, match="holds the project"):
+        handout.write_handout(ROOT, os.path.dirname(ROOT))
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    with pytest.raises(handout.HandoutError, match="not an earlier handout"):
+        handout.write_handout(ROOT, str(notes))
+    assert os.listdir(notes) == ["todo.txt"]
