@@ -97,6 +97,16 @@ def test_each_exercise_is_graded_alone_and_all_solutions_give_the_project_back(t
             assert mine.read() == original.read(), f
 
 
+
+def test_the_readme_says_what_each_exercise_teaches():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        section = f.read().split("## For instructors", 1)[1].split("\n## ", 1)[0]
+    exercises = handout.find_exercises(ROOT, handout.project_files(ROOT))
+    for e in exercises:
+        assert f"| {e.number} | `{e.file}` `{e.qualname}` | {e.level} |" in section, e
+    assert f"| {len(exercises) + 1} |" not in section
+
+
 SOURCE = '''\
 import functools
 
