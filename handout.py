@@ -272,22 +272,21 @@ def exercises_md(exercises, folder):
     return f"""# Exercises
 
 This is a copy of selfreward, a from-scratch implementation of Self-Rewarding
-Language Models (Yuan et al., 2024), with {len(exercises)} functions left for
-you to write ({levels}). Each keeps its signature and its docstring, which
-says what to compute (and the equation or the paper's section); its body
-raises `NotImplementedError` until you write it. The comment above each one
-repeats its line of the table below.
+Language Models (Yuan et al., 2024), with functions left for you to write:
+{len(exercises)} of them ({levels}). Each keeps its signature and docstring,
+which say what to compute (and the equation or the paper's section), and its
+body raises `NotImplementedError` until you write it. The comment above each
+one repeats its row of the table below.
 
 Each exercise is graded by the command beside it. Those tests call that
 function and no other exercise, so you can solve them in any order, and the
-rest of the code around your function is there to read. To see where you
-stand on all of them at once:
+code around your function is there to read. To see where you stand on all of
+them at once:
 
     python handout.py --grade=True
 
-Tests that read real data (the judge-output files) look for it in
-`../shared/data`, or in the folder named by `SELFREWARD_SHARED_DATA`, and are
-skipped without it.
+Tests that read real data (judge outputs) look for it in `../shared/data`,
+or in the folder named by `SELFREWARD_SHARED_DATA`, and are skipped without it.
 
 When every exercise passes, this copy is the whole project: `python -m pytest
 -q tests` runs the full suite, and `python selfreward.py` runs the
