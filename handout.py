@@ -49,7 +49,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 # the data flows); files it does not list come after, by name.
 READING_ORDER = ("data/toy.py", "data/prepare_oasst.py", "tokenizer.py", "model.py", "checkpoint.py",
                  "distributed.py", "train_sft.py", "training.py", "sample.py", "judge.py", "train_dpo.py",
-                 "selfreward.py", "run_folder.py", "report.py")
+                 "selfreward.py", "run_folder.py", "report.py", "evaluation.py")
 MARKER = re.compile(r"[ \t]*# Exercise \((?P<level>easy|medium|hard)\): (?P<title>.+?)\.? "
                     r"Graded by: (?P<test>tests/[\w/]+\.py)(?: -k (?P<k>\w+))?[ \t]*\r?\n?")
 ANY_MARKER = re.compile(r"[ \t]*#\s*Exercise\b")  # what a marker starts with, so a misspelt one is an error
