@@ -77,7 +77,7 @@ DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isin
 # -----------------------------------------------------------------------------
 # Choosing the next token
 
-# Exercise (easy): nucleus (top-p) filtering. Graded by: tests/test_sample.py -k top_p
+# Exercise (easy): nucleus (top-p) filtering, its running sum in float64. Graded by: tests/test_sample.py -k top_p
 def top_p_filter(probs, top_p):
     """
     Nucleus filtering (Holtzman et al. 2019): keep the smallest set of tokens

@@ -172,7 +172,7 @@ def test_reward_metrics_by_hand():
 
 def test_pairs_correct_by_hand():
     # one entry per pair of responses the humans ranked differently (0 = best), in any order
-    ordered = lambda scores, ranks: sorted(J._pairs_correct(scores, ranks))
+    ordered = lambda scores, ranks: sorted(J.pairs_correct(scores, ranks))
     assert ordered([5, 3, 3], [0, 1, 2]) == [False, True, True]  # 3 = 3: a tie is wrong
     assert ordered([1, 4], [0, 1]) == [False] and ordered([4, 1], [0, 1]) == [True]
     assert ordered([3.5, 3.0], [1, 0]) == [False]  # averaged scores
