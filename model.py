@@ -162,7 +162,7 @@ def rope_frequencies(args: ModelArgs, device=None):
                        torch.where(wavelen > old_len / s["low_freq_factor"], inv_freq / s["factor"], blended))
 
 
-# Exercise (medium): rotary embeddings, the angle of every pair. Graded by: tests/test_model.py -k rope_rotation
+# Exercise (easy): rotary embeddings, the angle of every pair. Graded by: tests/test_model.py -k rope_rotation
 def rope_rotation(positions, inv_freq):
     """
     Rotary position embeddings (Su et al. 2021): the pair (x[2i], x[2i+1]) of a

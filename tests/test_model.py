@@ -367,9 +367,9 @@ def test_rope_rotation_is_a_complex_rotation():
     positions = torch.tensor([[0, 1, 2, 3, 4, 5], [7, 3, 0, 11, 2, 9]])  # each row its own positions
     x = torch.randn(B, T, H, hd)
     for theta in (10000.0, 500000.0):
-        rotation = M.rope_rotation(positions, hd, theta)
+        freqs = theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)  # (hd/2,): plain RoPE's speeds
+        rotation = M.rope_rotation(positions, freqs.float())
         assert all(r.shape == (B, T, 1, hd) and r.dtype == torch.float32 for r in rotation)
-        freqs = theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)  # (hd/2,)
         angles = positions.double()[:, :, None, None] * freqs  # (B, T, 1, hd/2)
         pairs = torch.view_as_complex(x.double().unflatten(-1, (hd // 2, 2)).contiguous())  # (B, T, H, hd/2)
         expected = torch.view_as_real(pairs * torch.polar(torch.ones_like(angles), angles)).flatten(-2)
