@@ -445,8 +445,11 @@ def bench_comm(c):
 SECTIONS = {"sample": bench_sample, "train": bench_train, "gpu7b": bench_gpu7b, "comm": bench_comm}
 
 if __name__ == "__main__":
+    usage = f"python bench.py {{{'|'.join(SECTIONS)}}} [--key=value ...]"
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), ["--help"])  # the sections, then the settings
     if len(sys.argv) < 2 or sys.argv[1] not in SECTIONS:
-        sys.exit(f"usage: python bench.py {{{'|'.join(SECTIONS)}}} [--key=value ...]")
+        sys.exit(f"error: name a section first: {usage}")
     section = sys.argv[1]
     c = settings(DEFAULTS, configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), sys.argv[2:]))
     torch.set_num_threads(D.cpu_threads(c.threads))

@@ -204,7 +204,7 @@ def read_config(path):
                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
     # memory-mapped, nothing loaded: Llama 2's params.json says vocab_size -1
     # (the embedding's rows tell), and a tied model has no output.weight
-    shard = torch.load(meta_shards(path)[0], map_location="cpu", mmap=True, weights_only=True)
+    shard = open_meta_shard(meta_shards(path)[0])
     if args.get("vocab_size", -1) == -1:
         args["vocab_size"] = shard["tok_embeddings.weight"].shape[0]
     args["tie_embeddings"] = "output.weight" not in shard
@@ -223,14 +223,34 @@ def check_tokenizer(tokenizer_path, args: ModelArgs, where):
 # -----------------------------------------------------------------------------
 # Reading: one streaming reader for both layouts, whole tensors or a rank's rows
 
+def open_safetensors(file):
+    """safe_open, with the file's name in its errors (safetensors' own message
+    for a truncated file names no file)."""
+    try:
+        return safe_open(file, framework="pt")
+    except Exception as e:  # safetensors raises its own SafetensorError, not an OSError
+        raise ValueError(f"{file}: cannot read it as safetensors ({e}); is it truncated or incomplete?") from None
+
+
+def open_meta_shard(file):
+    """torch.load of one consolidated.NN.pth (memory-mapped), with the file's name in its errors."""
+    try:
+        return torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    except (RuntimeError, OSError, EOFError) as e:
+        raise ValueError(f"{file}: cannot read it as a PyTorch checkpoint ({e})") from None
+
+
 def safetensors_files(path):
     """Which safetensors file of an HF checkpoint folder holds each tensor (HF name -> file)."""
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.exists(index):
-        with open(index) as f:
-            return json.load(f)["weight_map"]
+        try:
+            with open(index) as f:
+                return json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{index}: not a safetensors index (no weight_map: {e})") from None
     if os.path.exists(os.path.join(path, "model.safetensors")):
-        with safe_open(os.path.join(path, "model.safetensors"), framework="pt") as f:
+        with open_safetensors(os.path.join(path, "model.safetensors")) as f:
             return {k: "model.safetensors" for k in f.keys()}
     raise FileNotFoundError(f"{path}: no model.safetensors or model.safetensors.index.json")
 
@@ -268,7 +288,7 @@ def read_tensors(path, model):
             for name, p in params.items():
                 fname = weight_map[hf_name(name)]
                 if fname not in opened:
-                    opened[fname] = files.enter_context(safe_open(os.path.join(path, fname), framework="pt"))
+                    opened[fname] = files.enter_context(open_safetensors(os.path.join(path, fname)))
                 stored = opened[fname].get_slice(hf_name(name))
                 check_shape(path, name, tuple(stored.get_shape()), p)
                 start, end = D.local_rows(p)
@@ -280,7 +300,7 @@ def read_tensors(path, model):
                     yield name, D.local_part(stored, p)  # reads only these rows from the file
     else:
         files = meta_shards(path)
-        shards = [torch.load(f, map_location="cpu", mmap=True, weights_only=True) for f in files]
+        shards = [open_meta_shard(f) for f in files]
         for name, p in params.items():
             parts = []
             for f, shard in zip(files, shards):

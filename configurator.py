@@ -41,12 +41,25 @@ def _settings(namespace):
 
 def _comments(path):
     """{key: trailing comment} for `key = value  # comment` lines of a script
-    (indented `key=value,  # comment` lines of a settings dict count too)."""
+    (indented `key=value,  # comment` lines of a settings dict count too). A
+    comment continued on the next lines, each a bare comment starting in the
+    same column, is taken whole; the first assignment of a key counts (the
+    settings come first, before any function reuses the name)."""
     if not path or not os.path.exists(path):
         return {}
-    pattern = re.compile(r"^\s*([A-Za-z_]\w*)\s*=.*?#\s*(.*)$")
+    setting = re.compile(r"^\s*([A-Za-z_]\w*)\s*=.*?(#\s*)(.*)$")
+    comments, last = {}, None  # last: (key, column of its '#') while continuation lines may follow
     with open(path) as f:
-        return {m.group(1): m.group(2) for m in map(pattern.match, f) if m}
+        for line in f:
+            m = setting.match(line)
+            if m and m.group(1) not in comments:
+                comments[m.group(1)] = m.group(3).rstrip()
+                last = (m.group(1), m.start(2))
+            elif last and line.lstrip().startswith("#") and line.index("#") == last[1]:
+                comments[last[0]] += " " + line.strip()[1:].strip()
+            else:
+                last = None
+    return comments
 
 
 def _check(key, value, settings, source):

@@ -12,7 +12,8 @@ ends with "Score: N". This file holds
     read_judge_file(path)   judgments another (stronger) judge wrote, as EFT material
     eft_targets(...)        the judgments whose scores agree with the human ranking, as SFT records
 
-`python judge.py` is not a script: selfreward.py and the tests call in here.
+`python judge.py` is not a script: selfreward.py and the tests call in here
+(`python judge.py --help` prints this).
 """
 import math
 import random
@@ -339,7 +340,7 @@ def eft_targets(groups, judged, seed=0):
 
 def make_eft_targets(model, tokenizer, groups, out_path=None, n_attempts=1, temperature=0.7,
                      top_p=0.9, max_new_tokens=256, seed=1337, batch_size=32, generate_fn=None,
-                     judgments_path=None):
+                     judgments_path=None, progress=True):
     """
     The paper's recipe: the model (the SFT baseline) judges each response of the EFT
     groups {"prompt", "responses", "ranks"} n_attempts times, and eft_targets keeps the
@@ -350,7 +351,8 @@ def make_eft_targets(model, tokenizer, groups, out_path=None, n_attempts=1, temp
     """
     judged = judge_groups(model, tokenizer, [g["prompt"] for g in groups], [g["responses"] for g in groups],
                           n_samples=n_attempts, temperature=temperature, top_p=top_p,
-                          max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, generate_fn=generate_fn)
+                          max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, generate_fn=generate_fn,
+                          progress=progress)
     if judgments_path:
         write_jsonl(judgments_path, [{"prompt": g["prompt"], "responses": g["responses"], "ranks": g["ranks"],
                                       "judgments": [j["judgments"] for j in mine],
@@ -393,3 +395,11 @@ def read_judge_file(path):
         judged.append([{"response": r, "judgments": ts, "scores": [parse_score(t) for t in ts]}
                        for r, ts in zip(responses, texts)])
     return groups, judged
+
+
+if __name__ == "__main__":
+    import sys
+    if not {"-h", "--help"} & set(sys.argv[1:]):
+        sys.exit("error: judge.py is a library, not a script (python judge.py --help says what it holds); "
+                 "python selfreward.py runs the judge")
+    print(__doc__.strip())

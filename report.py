@@ -349,5 +349,10 @@ def write_report(r, names, infos, run_name, iterations):
         for m in metrics:
             r.metric({"eval": m})
     D.barrier()
-    D.log("\n" + "\n".join(rows))
     return {}
+
+
+def table(path):
+    """The table of a report.md (what a finished run prints, again on every rerun)."""
+    with open(path) as f:
+        return "".join(line for line in f if line.startswith("|")).rstrip("\n")

@@ -2,9 +2,11 @@
 The run folder, out/<run>/, and running the self-rewarding loop's stages in it
 resumably, on one process or on every rank under torchrun:
 
-    Run                 the folder: its settings (a run never mixes two
-                        configurations), which stages are done, metrics.jsonl
-    Run.stage(name, fn) run a stage unless it is done, then mark it done
+    Run                 the folder: its settings, which stages are done and what
+                        each was made from, metrics.jsonl
+    Run.stage(name, fn, uses, files, after)
+                        run a stage unless it is done and made from the same
+                        settings, input files and upstream stages; then mark it done
     save_jsonl(...)     a shared output: rank 0 writes it atomically, every rank waits
     generate_sharded()  generation in resumable shards, merged in order
     sub_seed(...)       a seed for one piece of work, from the run's seed and a name
@@ -22,7 +24,7 @@ import sys
 import time
 
 import distributed as D
-from data import read_jsonl, write_jsonl, write_text
+from data import file_fingerprint, fingerprint, read_jsonl, write_jsonl, write_text
 
 
 def write_json(path, obj):
@@ -30,57 +32,66 @@ def write_json(path, obj):
 
 
 class Run:
-    """The run folder: its settings, which stages are done, the metrics log.
-    settings: what a resumed run must agree on (written to settings.json);
+    """The run folder: which stages are done and what each was made from, the
+    metrics log. c: the run's settings, already validated (validate.py);
     env: the processes running it (distributed.setup)."""
 
-    def __init__(self, folder, settings, env):
+    def __init__(self, folder, c, env, runtime_only=()):
         self.dir = folder
-        self.settings = settings
+        self.c = c
         self.env = env
-        self.check_settings()
+        # for people and the report: the settings of the latest command (runtime-only ones left out)
+        self.settings = {k: v for k, v in vars(c).items() if k not in runtime_only}
+        self.fingerprints = {}  # stage -> fingerprint of what it is made from, for the stages after it
+        self.current = None  # the stage running now (for Ctrl-C's message and generation shards)
+        if D.is_rank0():
+            write_json(self.path("settings.json"), self.settings)
+        D.barrier()
 
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
 
-    def check_settings(self):
-        """Refuse to mix a run folder with another configuration."""
-        f = self.path("settings.json")
-        if os.path.exists(f):
-            with open(f) as fh:
-                theirs = json.load(fh)
-            diff = {k: (theirs.get(k), v) for k, v in self.settings.items() if theirs.get(k) != v}
-            if diff:
-                shown = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in sorted(diff.items())[:6])
-                sys.exit(f"error: {self.dir} was started with other settings ({shown}).\n"
-                         f"Run again with the same settings to resume, or start fresh with "
-                         f"--run_name=<new name> (or delete {self.dir}).")
-        elif D.is_rank0():
-            os.makedirs(self.dir, exist_ok=True)
-            write_json(f, self.settings)
-        D.barrier()
+    def record(self, stage):
+        """A done stage's record (its info and what it was made from), or None."""
+        if not os.path.exists(self.path("done", stage)):
+            return None
+        with open(self.path("done", stage)) as f:
+            return json.load(f)
 
-    def done(self, stage):
-        return os.path.exists(self.path("done", stage))
+    def given(self, stage, folder):
+        """A stage's output made elsewhere (init_from's checkpoint as M0): its
+        files stand for it in the fingerprints of the stages after it."""
+        self.fingerprints[stage] = fingerprint(stage, file_fingerprint(folder))
 
-    def mark(self, stage, info=None):
-        if D.is_rank0():
-            write_json(self.path("done", stage), info or {})
-        D.barrier()
-
-    def stage(self, name, fn):
-        """Run fn() unless stage `name` is done; return its info dict."""
-        if self.done(name):
-            with open(self.path("done", name)) as f:
-                return json.load(f)
-        D.log(f"\n=== {name}")
+    def stage(self, name, fn, uses=(), files=(), after=(), temporary=()):
+        """Run fn() unless stage `name` is done AND was made from what it would
+        be made from now: the settings named in `uses`, the contents of the
+        input `files`, and the stages it reads (`after`, each standing for
+        everything it was made from in turn). So a changed setting redoes the
+        stages that use it and those downstream of them, nothing else.
+        `temporary`: paths only a running stage needs (a trainer's resumable
+        state), removed once the stage is marked done. Returns fn's info dict."""
+        made_from = {"settings": {k: getattr(self.c, k) for k in uses},
+                     "files": {f: file_fingerprint(f) for f in files},
+                     "after": {a: self.fingerprints[a] for a in after}}
+        fp = self.fingerprints[name] = fingerprint(name, made_from)
+        old = self.record(name)
+        if old and old.get("made_from", {}).get("fingerprint") == fp:
+            return {k: v for k, v in old.items() if k != "made_from"}
+        D.log(f"\n=== {name}" + (f" (again: {changes(old.get('made_from', {}), made_from)})" if old else ""))
         t0 = time.time()
+        self.current = name
         try:
             info = fn() or {}
         except (ValueError, FileNotFoundError) as e:  # bad input: say where, not a traceback
             sys.exit(f"error: stage {name}: {e}")
+        self.current = None
         info["seconds"] = round(time.time() - t0, 1)
-        self.mark(name, info)
+        if D.is_rank0():
+            write_json(self.path("done", name), {**info, "made_from": {**made_from, "fingerprint": fp}})
+            for p in temporary:
+                shutil.rmtree(p, ignore_errors=True)
+        D.barrier()
         self.metric({"stage": name, **info})
         return info
 
@@ -88,6 +99,16 @@ class Run:
         if D.is_rank0():
             with open(self.path("metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def changes(old, new):
+    """What differs between a stage's recorded inputs and today's, in words."""
+    said = [f"{k} {old.get('settings', {}).get(k, '?')!r} -> {v!r}" for k, v in new["settings"].items()
+            if old.get("settings", {}).get(k, "?") != v]
+    said += [f"{f} changed" for f, v in new["files"].items() if f in old.get("files", {}) and old["files"][f] != v]
+    said += [f"{a} {'redone' if a in old.get('after', {}) else 'added'}" for a, v in new["after"].items()
+             if old.get("after", {}).get(a) != v]
+    return ", ".join(said) or "made from other inputs"
 
 
 def save_jsonl(path, records):
@@ -110,7 +131,20 @@ def generate_sharded(r, name, items, shard_size, work, replay=None):
     skipping the parts already written (replay(records) is called for those,
     to restore any state later shards depend on), then merge them into
     name.jsonl in order. A killed run loses at most the shard it was in.
+    Parts are reused only by the stage fingerprint that wrote them (kept in
+    name.parts): after a change of settings they are stale and removed.
     """
+    marker, fp = r.path(f"{name}.parts"), r.fingerprints[r.current]
+    folder, stem = os.path.split(r.path(name))
+    if D.is_rank0():
+        os.makedirs(folder, exist_ok=True)
+        stale = not os.path.exists(marker) or open(marker).read() != fp
+        if stale:
+            for f in os.listdir(folder):
+                if f.startswith(stem + ".part-"):
+                    os.remove(os.path.join(folder, f))
+            write_text(marker, fp)
+    D.barrier()
     parts = []
     for s, start in enumerate(range(0, len(items), shard_size)):
         part = r.path(f"{name}.part-{s:05d}.jsonl")
@@ -124,7 +158,7 @@ def generate_sharded(r, name, items, shard_size, work, replay=None):
     D.barrier()  # every rank has read the parts before rank 0 removes them
     if D.is_rank0():
         write_jsonl(r.path(f"{name}.jsonl"), merged)
-        for p in parts:
+        for p in parts + [marker]:
             os.remove(p)
     D.barrier()
     return merged

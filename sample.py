@@ -36,6 +36,7 @@ Randomness: completion k (prompt k // n, sample k % n) draws its uniforms from
 its own generator, seeded from (seed, k). So a seeded call gives the same
 samples whatever the batching, the sharing of prefills, or the number of ranks.
 """
+import json
 import os
 import sys
 import time
@@ -48,7 +49,7 @@ from tqdm import tqdm
 import distributed as D
 from checkpoint import load_model
 from configurator import configure, settings
-from data import read_jsonl, write_jsonl
+from data import file_fingerprint, fingerprint, read_jsonl, write_jsonl, write_text
 from model import ModelArgs
 from tokenizer import Tokenizer, chat_prompt_ids
 
@@ -58,6 +59,8 @@ ckpt = ""  # checkpoint folder (config.json, model.safetensors, the tokenizer's 
 prompt = ""  # one chat prompt to answer
 prompts_file = ""  # or a JSONL file of records with a "prompt" field
 out = ""  # with prompts_file: JSONL written here, each record plus "response" (or "responses" when num_samples > 1)
+save_every = 256  # with prompts_file: prompts per chunk kept in OUT.partial as it goes (a killed run resumes
+                  # from the last whole chunk); each chunk has its own seed, so seed and save_every fix the samples
 max_new_tokens = 256  # at most this many tokens per response
 temperature = 0.7  # 0: greedy
 top_p = 0.9  # nucleus sampling: keep the smallest set of tokens with this much probability
@@ -646,32 +649,103 @@ def sample_chat(model, tok, texts, **kw):
     return [tok.decode(c) for c in ids]
 
 
+def check(c):
+    """Every problem with the command line's settings, before a model is loaded."""
+    import validate  # here, not at the top: validate reads judge.py, which samples with this file
+    p = validate.Problems(c)
+    if not c.ckpt:
+        p.add("ckpt: give a checkpoint folder (--ckpt=DIR)")
+    else:
+        validate.check_checkpoint(p, "ckpt", c.ckpt)
+    if bool(c.prompt) == bool(c.prompts_file):
+        p.add("give either --prompt=TEXT or --prompts_file=IN.jsonl (with --out=OUT.jsonl)")
+    if c.prompts_file:
+        p.require(bool(c.out), "out", "--prompts_file needs --out=OUT.jsonl")
+        p.jsonl("prompts_file", c.prompts_file, None, ["prompt"])
+    p.at_least("max_new_tokens", 1)
+    p.at_least("temperature", 0)
+    p.fraction("top_p")
+    for s in ("num_samples", "batch_size", "save_every"):
+        p.at_least(s, 1)
+    p.compute()
+    return p
+
+
 def main(argv=None):
+    """The command line: one prompt answered on stdout, or a prompts file
+    answered into --out; bad input and Ctrl-C end with one line."""
     c = settings(DEFAULTS, configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), argv))
-    if not c.ckpt or bool(c.prompt) == bool(c.prompts_file) or (c.prompts_file and not c.out):
-        sys.exit("usage: python sample.py --ckpt=DIR (--prompt=TEXT | --prompts_file=IN.jsonl --out=OUT.jsonl)")
+    check(c).stop("sample.py")
     env = D.setup(c.device, c.dtype, c.threads, tp=c.tp)  # under torchrun: join the process group, one GPU per rank
     D.log(D.describe(env))
-    records = read_jsonl(c.prompts_file, ["prompt"], allow_empty=False) if c.prompts_file else [{"prompt": c.prompt}]
-    tok = Tokenizer(c.ckpt, c.chat_template)
-    # whole on every rank, or tensor parallel over tp ranks, each streaming in only its slices; in the
-    # compute dtype (sampling needs no fp32 master weights)
-    model = load_model(c.ckpt, D.for_generation(env), dtype=env.dtype).eval()
-    t0 = time.time()
-    responses = sample_chat(model, tok, [r["prompt"] for r in records], max_new_tokens=c.max_new_tokens,
-                            temperature=c.temperature, top_p=c.top_p, n=c.num_samples, seed=c.seed,
-                            batch_size=c.batch_size, compile=c.compile, progress=c.progress)
-    if D.is_rank0():
+    try:
+        tok = Tokenizer(c.ckpt, c.chat_template)
+        # whole on every rank, or tensor parallel over tp ranks, each streaming in only its slices; in the
+        # compute dtype (sampling needs no fp32 master weights)
+        model = load_model(c.ckpt, D.for_generation(env), dtype=env.dtype).eval()
+        kw = dict(max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p, n=c.num_samples,
+                  batch_size=c.batch_size, compile=c.compile, progress=c.progress)
         if c.prompts_file:
-            for i, rec in enumerate(records):
-                mine = responses[i * c.num_samples:(i + 1) * c.num_samples]
-                rec.update({"response": mine[0]} if c.num_samples == 1 else {"responses": mine})
-            write_jsonl(c.out, records)
-            print(f"wrote {len(records)} records to {c.out} in {time.time() - t0:.1f}s", file=sys.stderr)
+            answer_file(model, tok, c, env, kw)
         else:
-            for r in responses:
-                print(r)
+            for r in sample_chat(model, tok, [c.prompt], seed=c.seed, **kw):
+                D.log(r)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        if D.is_rank0():
+            print("\ninterrupted; " + (f"the same command resumes after the prompts kept in {c.out}.partial"
+                                       if c.prompts_file else "nothing was kept"), file=sys.stderr)
+        sys.exit(130)
     D.teardown(env)
+
+
+def answer_file(model, tok, c, env, kw):
+    """Answer every record of c.prompts_file into c.out, save_every prompts at a
+    time. Each chunk is appended to OUT.partial as it is done (its first line
+    says what the answers are made from), so a killed run resumes after the
+    last whole chunk, drawing exactly what an uninterrupted run would; at the
+    end OUT is written whole and OUT.partial removed."""
+    records = read_jsonl(c.prompts_file, ["prompt"], allow_empty=False)
+    partial, t0 = c.out + ".partial", time.time()
+    made_from = fingerprint(file_fingerprint(c.ckpt), file_fingerprint(c.prompts_file), c.max_new_tokens,
+                            c.temperature, c.top_p, c.num_samples, c.seed, c.save_every, c.dtype)
+    kept = kept_answers(partial, made_from, c.save_every) if D.is_rank0() else 0
+    kept = int(D.all_sum(env, kept)[0])  # rank 0 read the file and cut it to whole chunks; all agree
+    if kept:
+        D.log(f"resuming: {kept} of {len(records)} prompts already answered in {partial}")
+    for k in range(kept // c.save_every, -(-len(records) // c.save_every)):
+        chunk = records[k * c.save_every:(k + 1) * c.save_every]
+        seed = None if c.seed is None else c.seed + k * 1_000_003  # chunk 0 draws what one call would
+        answers = sample_chat(model, tok, [r["prompt"] for r in chunk], seed=seed, **kw)
+        if D.is_rank0():
+            with open(partial, "a", encoding="utf-8") as f:
+                for i, rec in enumerate(chunk):
+                    mine = answers[i * c.num_samples:(i + 1) * c.num_samples]
+                    rec = {**rec, **({"response": mine[0]} if c.num_samples == 1 else {"responses": mine})}
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        D.barrier()
+    if D.is_rank0():
+        write_jsonl(c.out, read_jsonl(partial)[1:])
+        os.remove(partial)
+        print(f"wrote {len(records)} records to {c.out} in {time.time() - t0:.1f}s", file=sys.stderr)
+    D.barrier()
+
+
+def kept_answers(partial, made_from, chunk):
+    """How many prompts OUT.partial holds answers to from the same inputs, in
+    whole chunks; the file is cut to those (or started afresh with its header)."""
+    lines = []
+    if os.path.exists(partial):
+        with open(partial, encoding="utf-8") as f:
+            lines = [x for x in f if x.endswith("\n")]  # a line cut by a kill has no newline yet
+    if not lines or json.loads(lines[0]).get("made_from") != made_from:
+        lines = [json.dumps({"made_from": made_from}) + "\n"]
+    kept = (len(lines) - 1) // chunk * chunk
+    write_text(partial, "".join(lines[:1 + kept]))
+    return kept
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ import sample
 import train_dpo
 import train_sft
 import training
+import validate
 from data import read_jsonl, toy, write_jsonl
 from model import preset
 from run_folder import Run, fit_micro, generate_sharded, move_model, save_jsonl, sub_seed, write_json
@@ -126,6 +127,7 @@ gen_batch_size = 64         # sequences decoded together; 0: the largest the gen
 tp = 1                      # generation: GPUs per tensor-parallel group (inside a node); training is FSDP over all
 shard_size = 256            # prompts per resumable generation shard
 save_interval = 50          # training steps between resumable training states
+keep_train_state = False    # keep each trained model's resumable state (optimizer, step) once the model is saved
 activation_checkpointing = False  # recompute each block in backward (needed for 70B)
 device = ""                 # '' = cuda if available, else cpu
 dtype = "auto"              # compute: 'auto' = bfloat16 on GPU and bf16-capable CPU, else float32 (training keeps fp32 weights)
@@ -138,8 +140,26 @@ gpu_memory_gb = 80          # for plan_only: memory of one GPU
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 # settings that change how a run goes, not what it computes: a resumed run may differ in these
 RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "tp", "plan_only", "world_size", "gpu_memory_gb",
-                "micro_batch_size", "run_name", "out_root", "save_interval",
-                "activation_checkpointing"}
+                "micro_batch_size", "run_name", "out_root", "save_interval", "activation_checkpointing",
+                "keep_train_state"}
+# What each kind of stage computes its output from, besides the stages it reads (main() names those):
+# changing one of these settings redoes that stage and the stages downstream of it, nothing else.
+STAGE_SETTINGS = {
+    "toy seed": ["seed", "n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty"],
+    "tokenizer": ["vocab_size", "phrase_pieces", "rubric_pieces", "letter_pieces"],
+    "M0": ["seed", "dtype", "model", "pretrain_docs", "pretrain_qa_docs", "pretrain_epochs", "pretrain_lr",
+           "sft_batch_size"],
+    "SFT": ["seed", "dtype", "sft_lr", "sft_min_lr", "sft_batch_size", "sft_epochs", "dropout"],
+    "eft_targets": ["seed", "dtype", "n_judge", "temperature", "top_p", "max_judge_tokens"],
+    "prompts": ["seed", "dtype", "prompt_writer", "n_prompts", "n_shots", "prompt_temperature", "prompt_top_p",
+                "max_prompt_tokens", "min_prompt_words", "max_prompt_words", "rouge_threshold", "shard_size"],
+    "candidates": ["seed", "dtype", "n_candidates", "temperature", "top_p", "max_response_tokens", "shard_size"],
+    "judgments": ["seed", "dtype", "n_judge", "temperature", "top_p", "max_judge_tokens", "shard_size"],
+    "pairs": [],
+    "DPO": ["seed", "dtype", "dpo_lr", "dpo_min_lr", "dpo_beta", "dpo_batch_size", "dpo_epochs", "dropout"],
+    "eval": ["seed", "dtype", "eval_judge", "eval_prompts", "mt_bench", "max_response_tokens", "n_judge",
+             "temperature", "top_p", "max_judge_tokens"],
+}
 
 
 # -----------------------------------------------------------------------------
@@ -192,7 +212,8 @@ def trainer_settings(c, r, name, batch_size, micro, seed_parts):
             "dtype": c.dtype, "threads": c.threads, "chat_template": c.chat_template,
             "batch_size": batch_size, "micro_batch_size": fit_micro(batch_size, micro, r.env.world),
             "save_interval": c.save_interval, "activation_checkpointing": c.activation_checkpointing,
-            "eval_interval": 10**9}  # the loop evaluates every model itself (stage 5)
+            "progress": c.progress, "eval_interval": 10**9,  # the loop evaluates every model itself (stage 5)
+            "keep_state": True}  # the stage removes it once marked done (Run.stage's temporary)
 
 
 def sft(c, r, name, init, data):
@@ -288,7 +309,8 @@ def stage_eft_targets(c, r):
     net, tok = load_model(r, r.path("SFT"))
     recs = J.make_eft_targets(net, tok, groups, n_attempts=c.n_judge, temperature=c.temperature, top_p=c.top_p,
                               max_new_tokens=c.max_judge_tokens, seed=sub_seed(c.seed, "eft targets"),
-                              batch_size=c.gen_batch_size, judgments_path=raw if D.is_rank0() else None)
+                              batch_size=c.gen_batch_size, judgments_path=raw if D.is_rank0() else None,
+                              progress=c.progress)
     D.barrier()
     judged = read_jsonl(raw)
     info = {"groups": len(groups), "targets": len(recs),
@@ -638,41 +660,71 @@ def main(argv=None):
         for plan in memory_plans(c, c.world_size or int(os.environ.get("WORLD_SIZE", 1)), c.gpu_memory_gb):
             print(plan["text"])
         return
-    try:  # under torchrun: join the process group once, for every stage
-        env = D.setup(c.device, c.dtype, c.threads, tp=c.tp)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    validate.check_loop(c, int(os.environ.get("WORLD_SIZE", 1))).stop()  # every setting and input, before any work
+    env = D.setup(c.device, c.dtype, c.threads, tp=c.tp)  # under torchrun: join the process group once, for every stage
     D.log(D.describe(env))
     check_generation_batch(c, env)
-    r = Run(os.path.join(c.out_root, c.run_name), {k: v for k, v in vars(c).items() if k not in RUNTIME_ONLY}, env)
+    r = Run(os.path.join(c.out_root, c.run_name), c, env, RUNTIME_ONLY)
     t_start = time.time()
-    r.stage("seed_data", lambda: stage_seed_data(c, r))
+    try:
+        run_stages(c, r)
+    except KeyboardInterrupt:
+        if D.is_rank0():
+            print(f"\ninterrupted in stage {r.current or '(between stages)'}; the same command resumes the run",
+                  file=sys.stderr)
+        sys.exit(130)
+    D.log(f"\n{report.table(r.path('report.md'))}\n\ndone in {(time.time() - t_start) / 60:.1f} min: "
+          f"{r.path('report.md')}")
+    D.teardown(env)
+
+
+def run_stages(c, r):
+    """Figure 1, stage by stage. Each stage names the settings (STAGE_SETTINGS),
+    input files and earlier stages its output is made from: it is skipped when
+    it was done from the same, and redone (with every stage after it that
+    reads it) when one of them changed."""
+    S = STAGE_SETTINGS
+    temporary = lambda name: [] if c.keep_train_state else [r.path("train", name, "state")]
+    if c.seed_data == "toy":
+        r.stage("seed_data", lambda: stage_seed_data(c, r), uses=["seed_data"] + S["toy seed"])
+    else:
+        r.stage("seed_data", lambda: stage_seed_data(c, r), uses=["seed_data"],
+                files=[os.path.join(c.seed_data, f) for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl")])
     if c.init_from == "scratch":
-        if c.seed_data != "toy":
-            sys.exit("error: init_from='scratch' pretrains a toy base model; with real seed data, "
-                     "give init_from a pretrained checkpoint folder")
-        r.stage("tokenizer", lambda: stage_tokenizer(c, r))
-        r.stage("M0", lambda: stage_pretrain(c, r))
+        r.stage("tokenizer", lambda: stage_tokenizer(c, r), uses=S["tokenizer"], after=["seed_data"])
+        r.stage("M0", lambda: stage_pretrain(c, r), uses=S["M0"], after=["seed_data", "tokenizer"],
+                temporary=temporary("M0"))
         m0 = r.path("M0")
     else:
+        r.given("M0", c.init_from)
         m0 = c.init_from
-    r.stage("SFT", lambda: stage_sft_baseline(c, r, m0))
+    r.stage("SFT", lambda: stage_sft_baseline(c, r, m0), uses=S["SFT"], after=["M0", "seed_data"],
+            temporary=temporary("SFT"))
+    m1_reads = ["M0", "seed_data"]
     if "responses" in read_jsonl(r.path("seed", "eft_train.jsonl"))[0]:  # groups, not targets
-        r.stage("eft_targets", lambda: stage_eft_targets(c, r))
-    r.stage("M1", lambda: stage_m1(c, r, m0))
+        r.stage("eft_targets", lambda: stage_eft_targets(c, r), uses=S["eft_targets"], after=["SFT", "seed_data"])
+        m1_reads.append("eft_targets")
+    r.stage("M1", lambda: stage_m1(c, r, m0), uses=S["SFT"], after=m1_reads, temporary=temporary("M1"))
     writer = {"M0": m0, "M1": r.path("M1")}.get(c.prompt_writer, c.prompt_writer)
     for t in range(1, c.iterations + 1):
-        mt = r.path(f"M{t}")
-        r.stage(f"iter{t}_prompts", lambda: stage_prompts(c, r, t, mt if writer == "current" else writer))
-        r.stage(f"iter{t}_candidates", lambda: stage_candidates(c, r, t, mt))
-        r.stage(f"iter{t}_judgments", lambda: stage_judgments(c, r, t, mt))
-        r.stage(f"iter{t}_pairs", lambda: stage_pairs(r, t))
-        r.stage(f"M{t + 1}", lambda: stage_dpo(c, r, t, mt))
+        mt, it = r.path(f"M{t}"), f"iter{t}"
+        writer_stage = {"M0": ["M0"], "M1": ["M1"], "current": [f"M{t}"]}.get(c.prompt_writer, [])
+        r.stage(f"{it}_prompts", lambda: stage_prompts(c, r, t, mt if writer == "current" else writer),
+                uses=S["prompts"], files=[] if writer_stage else [writer],
+                after=["seed_data", *writer_stage, *(f"iter{s}_prompts" for s in range(1, t))])
+        r.stage(f"{it}_candidates", lambda: stage_candidates(c, r, t, mt), uses=S["candidates"],
+                after=[f"{it}_prompts", f"M{t}"])
+        r.stage(f"{it}_judgments", lambda: stage_judgments(c, r, t, mt), uses=S["judgments"],
+                after=[f"{it}_candidates", f"M{t}"])
+        r.stage(f"{it}_pairs", lambda: stage_pairs(r, t), uses=S["pairs"], after=[f"{it}_judgments"])
+        r.stage(f"M{t + 1}", lambda: stage_dpo(c, r, t, mt), uses=S["DPO"], after=[f"{it}_pairs", f"M{t}"],
+                temporary=temporary(f"M{t + 1}"))
     names = ["SFT"] + [f"M{t}" for t in range(1, c.iterations + 2)]
-    infos = {n: r.stage(f"eval_{n}", lambda: stage_eval(c, r, n, r.path(n))) for n in names}
-    r.stage("report", lambda: report.write_report(r, names, infos, c.run_name, c.iterations))
-    D.log(f"\ndone in {(time.time() - t_start) / 60:.1f} min: {r.path('report.md')}")
-    D.teardown(env)
+    eval_files = [f for f in (c.eval_prompts, c.mt_bench) if f]
+    infos = {n: r.stage(f"eval_{n}", lambda: stage_eval(c, r, n, r.path(n)), uses=S["eval"], files=eval_files,
+                        after=[n, "seed_data"]) for n in names}
+    r.stage("report", lambda: report.write_report(r, names, infos, c.run_name, c.iterations),
+            after=[f"eval_{n}" for n in names])
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 import distributed as D
 import training as T
-from data import read_jsonl, write_jsonl
+from data import file_fingerprint, fingerprint, read_jsonl, write_jsonl
 from model import estimate_mfu
 from tokenizer import chat_tokens
 from train_sft import collate
@@ -104,13 +104,29 @@ def tokenize_pairs(tok, records, max_len, source):
 # -----------------------------------------------------------------------------
 # The reference: computed once, stored beside the run
 
+def reference_made_from(c, pairs):
+    """What the reference log-probs are computed from: the starting weights and
+    the token ids of every pair (which the data, tokenizer and max_seq_len decide)."""
+    return fingerprint(file_fingerprint(c.init_from), [[p["chosen"], p["rejected"]] for p in pairs])
+
+
+def saved_reference(path, fp):
+    """The rows of a reference log-prob file computed from `fp`, or None."""
+    if not os.path.exists(path):
+        return None
+    header, *rows = read_jsonl(path)
+    return rows if header.get("made_from") == fp else None
+
+
 @torch.no_grad()
 def reference_logps(model, pairs, env, c, pad_id, path):
     """Fill pair["ref_chosen"], pair["ref_rejected"] for every pair, from `path`
-    if an earlier (possibly killed) run wrote it, else with `model` (the
+    if an earlier (possibly killed) run wrote it from the same weights and
+    pairs (its first line says what it was made from), else with `model` (the
     starting checkpoint, in eval mode: no dropout), split over ranks."""
-    exists = D.all_sum(env, float(D.is_rank0() and os.path.exists(path)))[0] > 0  # rank 0 decides for all
-    if not exists:
+    fp = reference_made_from(c, pairs)
+    reuse = D.all_sum(env, float(D.is_rank0() and saved_reference(path, fp) is not None))[0] > 0  # rank 0 decides
+    if not reuse:
         model.eval()
         mine = T.split_even(list(enumerate(pairs)), env.rank, env.world)
         rows = []
@@ -126,13 +142,10 @@ def reference_logps(model, pairs, env, c, pad_id, path):
             torch.distributed.all_gather_object(gathered, rows)
             rows = [r for part in gathered for r in part]
         if D.is_rank0():  # complete or absent, never half written
-            write_jsonl(path, [{"index": i, "chosen": ch, "rejected": rj} for i, ch, rj in sorted(rows)])
+            write_jsonl(path, [{"made_from": fp, "pairs": len(pairs)}]
+                        + [{"index": i, "chosen": ch, "rejected": rj} for i, ch, rj in sorted(rows)])
         D.barrier()
-    rows = read_jsonl(path)
-    if len(rows) != len(pairs):
-        raise ValueError(f"{path} has {len(rows)} reference log-probs for {len(pairs)} pairs: it belongs to "
-                         "other data; delete it to recompute")
-    for row in rows:
+    for row in saved_reference(path, fp):
         pairs[row["index"]]["ref_chosen"] = row["chosen"]
         pairs[row["index"]]["ref_rejected"] = row["rejected"]
 
@@ -200,10 +213,11 @@ def dpo(c, env):
     D.log(f"DPO: {len(train_set)} train / {len(eval_set)} eval pairs, {steps} steps of {c.batch_size}, "
           f"beta {c.beta}, world size {env.world}")
 
-    optimizer, step = T.optimizer_and_resume(model, c)  # step 0 on a fresh start
+    fp = T.made_from(c, tok_path)  # a saved state is resumed only if it was made from the same
+    optimizer, step = T.optimizer_and_resume(model, c, fp)  # step 0 on a fresh start
     record = {}
     model.train()
-    bar = tqdm(total=steps, initial=step, disable=not D.is_rank0(), desc="dpo")
+    bar = tqdm(total=steps, initial=step, disable=not (c.progress and D.is_rank0()), desc="dpo")
     while step < steps:
         if eval_set and step % c.eval_interval == 0:
             T.log_metrics(c, {"step": step, **evaluate(model, eval_set, env, c, pad_id)})
@@ -233,7 +247,7 @@ def dpo(c, env):
             record.update(step=step, lr=lr, grad_norm=grad_norm.item(), tokens_per_s=n_seen / dt, mfu=mfu)
             bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
             T.log_metrics(c, record)
-        T.end_step(model, optimizer, step, steps, c, {"loss": record["loss"]})  # resumable state every save_interval
+        T.end_step(model, optimizer, step, steps, c, {"loss": record["loss"], "made_from": fp})  # every save_interval
     bar.close()
 
     if eval_set:

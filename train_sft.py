@@ -167,10 +167,11 @@ def sft(c, env):
     D.log(f"SFT: {len(train_set)} train / {len(eval_set)} eval examples, {steps} steps of {c.batch_size}, "
           f"{n_params / 1e6:.1f}M parameters, world size {env.world}")
 
-    optimizer, step = T.optimizer_and_resume(model, c)  # step 0 on a fresh start
+    fp = T.made_from(c, tok_path)  # a saved state is resumed only if it was made from the same
+    optimizer, step = T.optimizer_and_resume(model, c, fp)  # step 0 on a fresh start
     loss = float("nan")
     model.train()
-    bar = tqdm(total=steps, initial=step, disable=not D.is_rank0(), desc="sft")
+    bar = tqdm(total=steps, initial=step, disable=not (c.progress and D.is_rank0()), desc="sft")
     while step < steps:
         if eval_set and step % c.eval_interval == 0:
             T.log_metrics(c, {"step": step, "eval_loss": evaluate(model, eval_set, env, c, pad_id)})
@@ -203,7 +204,7 @@ def sft(c, env):
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             T.log_metrics(c, {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
                               "tokens_per_s": tps, "mfu": mfu})
-        T.end_step(model, optimizer, step, steps, c, {"loss": loss})  # resumable state every save_interval
+        T.end_step(model, optimizer, step, steps, c, {"loss": loss, "made_from": fp})  # state every save_interval
     bar.close()
 
     eval_loss = evaluate(model, eval_set, env, c, pad_id) if eval_set else None

@@ -32,7 +32,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 import distributed as D
 from checkpoint import check_tokenizer, load_model, load_tensors, read_config, save_model
 from configurator import configure, settings
-from data import read_jsonl, write_text
+from data import file_fingerprint, fingerprint, read_jsonl, write_text
 from model import preset
 from tokenizer import Tokenizer
 
@@ -66,7 +66,15 @@ SETTINGS = dict(
     save_dtype="",             # dtype of the final model; '' = bfloat16 on GPU, float32 on CPU
     peak_flops=989e12,         # per device, for MFU (H100/H200 bf16 dense)
     crash_after_step=-1,       # testing: exit hard right after this step (a simulated kill)
+    keep_state=False,          # keep out_dir/state (optimizer, step) once the final model is saved
+    progress=True,             # progress bar
 )
+# settings that change how a run goes, not what it computes: a saved training
+# state is resumed across changes of these (see made_from)
+RUNTIME_SETTINGS = {"out_dir", "device", "threads", "eval_interval", "save_interval", "log_interval",
+                    "activation_checkpointing", "compile", "save_dtype", "peak_flops", "crash_after_step", "keep_state",
+                    "progress", "micro_batch_size", "plan_only", "world_size", "gpu_memory_gb"}
+FILE_SETTINGS = ("init_from", "data", "eval_data", "tokenizer")  # their files' contents count, not their paths
 
 
 def main(train, defaults, script_file, doc, argv=None):
@@ -79,6 +87,12 @@ def main(train, defaults, script_file, doc, argv=None):
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        if D.is_rank0():
+            out_dir = settings(defaults, config).out_dir
+            print(f"\ninterrupted; the same command resumes from the last training state saved in "
+                  f"{os.path.join(out_dir, 'state')}", file=sys.stderr)
+        sys.exit(130)
 
 
 def run(loop, defaults, config, announce=False):
@@ -154,6 +168,15 @@ def hold_out(items, fraction, seed):
     perm = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
     held = set(perm[:n_eval])
     return [x for i, x in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
+
+
+def made_from(c, tok_path):
+    """The fingerprint of what a training run computes from: its settings (all
+    but the runtime ones), the starting weights, the data and the tokenizer.
+    A saved training state is resumed only by a run with the same."""
+    files = [c.data, c.eval_data, tok_path] + ([] if c.init_from == "scratch" else [c.init_from])
+    return fingerprint({k: v for k, v in vars(c).items() if k not in RUNTIME_SETTINGS and k not in FILE_SETTINGS},
+                       [file_fingerprint(f) for f in files if f])
 
 
 def total_steps(c, n_examples):
@@ -276,13 +299,18 @@ def save_state(model, optimizer, step, path, info=None):
     D.barrier()
 
 
-def load_state(model, optimizer, path):
-    """Restore a state written by save_state; returns its step, or 0 if none."""
+def load_state(model, optimizer, path, fp):
+    """Restore a state written by save_state from the same inputs (its
+    made_from fingerprint is `fp`); returns its step, or 0 if none."""
     for candidate in (path, path + ".old"):  # .old: killed between the two renames
         if os.path.exists(os.path.join(candidate, "state.json")):
             break
     else:
         return 0
+    with open(os.path.join(candidate, "state.json")) as f:
+        if json.load(f).get("made_from") != fp:
+            D.log(f"not resuming from {candidate}: it was saved by a run of other settings, data or weights")
+            return 0
     model_sd, optim_sd = get_state_dict(model, optimizer)  # the shapes to load into
     state = {"model": model_sd, "optim": optim_sd, "step": torch.tensor(0)}
     with warnings.catch_warnings():
@@ -292,20 +320,21 @@ def load_state(model, optimizer, path):
     return int(state["step"])
 
 
-def optimizer_and_resume(model, c):
+def optimizer_and_resume(model, c, fp):
     """AdamW over the (sharded) parameters, and the step to start from: the
-    last saved training state's, if any (0 for a fresh start). Metrics lines
-    a killed run wrote after that state go, so the file reads as one run."""
+    last saved training state's, if one was saved from the same inputs (fp:
+    made_from), else 0. Metrics lines written after that state go (all of
+    them on a fresh start), so the file reads as one run."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, betas=(c.beta1, c.beta2),
                                   weight_decay=c.weight_decay)
-    step = load_state(model, optimizer, state_dir(c))
+    step = load_state(model, optimizer, state_dir(c), fp)
     if step:
         D.log(f"resumed from {state_dir(c)} at step {step}")
-        if D.is_rank0() and os.path.exists(metrics_path(c)):
-            with open(metrics_path(c)) as f:
-                keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-            write_text(metrics_path(c), "".join(keep))
-        D.barrier()
+    if D.is_rank0() and os.path.exists(metrics_path(c)):
+        with open(metrics_path(c)) as f:
+            keep = [line for line in f if step and line.strip() and json.loads(line).get("step", 0) <= step]
+        write_text(metrics_path(c), "".join(keep))
+    D.barrier()
     return optimizer, step
 
 
@@ -319,10 +348,16 @@ def end_step(model, optimizer, step, steps, c, info):
 
 
 def save_final(model, c, env, tok_path):
-    """The trained model, in the Hugging Face layout at out_dir/model."""
+    """The trained model, in the Hugging Face layout at out_dir/model. Once
+    that folder is complete the resumable state has done its job and goes,
+    unless keep_state (at 70B it is ~0.8 TB of fp32 weights and AdamW moments)."""
     dtype = getattr(torch, c.save_dtype) if c.save_dtype else (
         torch.bfloat16 if env.device.startswith("cuda") else torch.float32)
-    return save_model(model, os.path.join(c.out_dir, "model"), tok_path, dtype)
+    path = save_model(model, os.path.join(c.out_dir, "model"), tok_path, dtype)
+    if D.is_rank0() and not c.keep_state:
+        shutil.rmtree(state_dir(c), ignore_errors=True)
+    D.barrier()
+    return path
 
 
 # -----------------------------------------------------------------------------

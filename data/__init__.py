@@ -10,15 +10,17 @@ Record formats (one JSON object per line):
                 an SFT record: the model learns to write the judgment
 Extra keys (task, ids, scores) ride along and are ignored by the trainers.
 """
+import hashlib
 import json
 import os
 import tempfile
 
 
-def read_jsonl(path, fields=(), allow_empty=True):
+def read_jsonl(path, fields=(), allow_empty=True, check=None):
     """All records of a JSON Lines file, each a JSON object with string values
-    for `fields`. Errors name the file and line, so a bad record is found in
-    seconds; an empty file is an error unless allow_empty."""
+    for `fields` (and for which check(record), if given, returns None rather
+    than what is wrong with it). Errors name the file and line, so a bad
+    record is found in seconds; an empty file is an error unless allow_empty."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file not found: {path}")
     records = []
@@ -36,6 +38,9 @@ def read_jsonl(path, fields=(), allow_empty=True):
             if bad:
                 raise ValueError(f"{path}:{lineno}: missing or non-string field(s): {', '.join(bad)} "
                                  f"(each record needs {', '.join(fields)})")
+            why = check(rec) if check else None
+            if why:
+                raise ValueError(f"{path}:{lineno}: {why}")
             records.append(rec)
     if not records and not allow_empty:
         raise ValueError(f"{path}: no records (the file is empty)")
@@ -61,3 +66,35 @@ def write_text(path, text):
 def write_jsonl(path, records):
     """Write records as JSON Lines, atomically (write_text)."""
     return write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+# -----------------------------------------------------------------------------
+# Fingerprints: what a saved piece of work was made from, so that it is reused
+# only when it would come out the same (run_folder.py's stages, a trainer's
+# state and reference log-probs, sample.py's partial output).
+
+def fingerprint(*parts):
+    """A short hex digest of JSON-able parts (settings, token ids, other fingerprints)."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+HASHED_BYTES = 64 * 2**20  # files up to this size are hashed whole; bigger ones (weights) by size and time
+
+
+def file_fingerprint(path):
+    """A file's (or a folder's, file by file) fingerprint: its bytes, or for a
+    big file its size and modification time (hashing 140 GB of Llama 70B
+    weights at every start would take minutes)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return fingerprint(*[(name, file_fingerprint(os.path.join(path, name)))
+                             for name in sorted(os.listdir(path)) if not name.startswith(".")])
+    st = os.stat(path)
+    if st.st_size > HASHED_BYTES:
+        return fingerprint(st.st_size, st.st_mtime_ns)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]

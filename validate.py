@@ -1,0 +1,218 @@
+"""
+Checks before any work: a run that cannot finish is refused in seconds, with
+one message listing every problem found, instead of failing at the stage that
+first uses a bad setting (after hours of training, at 70B).
+
+    Problems            collects the problems, each naming its setting or file
+                        (and line); .stop() ends the command with all of them
+    check_loop(c, world)        selfreward.py's settings and input files
+    check_checkpoint(p, ...)    a model folder: config, weights, tokenizer agree
+
+Only what can be known before the first stage is checked here: files that
+the loop writes itself (the toy seed, M1 ...) are checked by the stage that
+reads them.
+"""
+import os
+import sys
+
+from checkpoint import check_tokenizer, meta_shards, read_config, safetensors_files
+from data import read_jsonl
+from judge import judge_prompt
+from model import PRESETS
+from tokenizer import Tokenizer, chat_prompt_ids
+
+
+class Problems:
+    """What is wrong, in the order found; nothing is raised until stop()."""
+
+    def __init__(self, c):
+        self.c = c
+        self.found = []
+
+    def add(self, text):
+        self.found.append(text)
+
+    def require(self, ok, setting, text):
+        """`setting` is bad unless ok; text says what it must be."""
+        if not ok:
+            self.add(f"{setting} = {getattr(self.c, setting)!r}: {text}")
+        return ok
+
+    def at_least(self, setting, low):
+        return self.require(getattr(self.c, setting) >= low, setting, f"must be >= {low}")
+
+    def positive(self, setting):
+        return self.require(getattr(self.c, setting) > 0, setting, "must be > 0")
+
+    def fraction(self, setting, low_open=True, high_open=False):
+        """A value in (0, 1] by default; low_open=False allows 0, high_open excludes 1."""
+        v = getattr(self.c, setting)
+        ok = (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1)
+        return self.require(ok, setting, f"must be in {'(' if low_open else '['}0, 1{')' if high_open else ']'}")
+
+    def compute(self):
+        """Where and how a script computes: its device, dtype and threads settings."""
+        import torch
+        v = self.c.device
+        if self.require(v in ("", "cpu") or v.startswith("cuda"), "device", "must be '', 'cpu' or 'cuda'"):
+            self.require(not v.startswith("cuda") or torch.cuda.is_available(), "device",
+                         "CUDA is not available on this machine")
+        self.require(self.c.dtype in ("auto", "bfloat16", "float32"), "dtype", "must be 'auto', 'bfloat16' or 'float32'")
+        self.at_least("threads", 0)
+
+    def jsonl(self, setting, path, check_record=None, fields=()):
+        """Every record of a JSON Lines input: it parses, it has `fields` (strings),
+        and check_record(rec) -> None or what is wrong with it. The records, or []."""
+        try:
+            return read_jsonl(path, fields, allow_empty=False, check=check_record)
+        except (ValueError, FileNotFoundError) as e:
+            self.add(f"{setting}: {e}")
+            return []
+
+    def stop(self, what="the run"):
+        """End the command (exit status 2) if anything was found: one error, every problem."""
+        if self.found:
+            lines = "\n".join(f"  - {p}" for p in self.found)
+            sys.exit(f"error: {what} cannot start; {len(self.found)} problem(s), nothing was run or written:\n{lines}")
+
+
+# -----------------------------------------------------------------------------
+# Records the loop reads (data/__init__.py has the formats)
+
+def eft_group(rec):
+    """An EFT group: a prompt, 2+ responses and one human rank each."""
+    responses, ranks = rec.get("responses"), rec.get("ranks")
+    if not isinstance(rec.get("prompt"), str):
+        return "missing or non-string field: prompt"
+    if not isinstance(responses, list) or len(responses) < 2 or not all(isinstance(x, str) for x in responses):
+        return "'responses' must be a list of 2 or more strings"
+    if not isinstance(ranks, list) or len(ranks) != len(responses) or not all(isinstance(x, int) for x in ranks):
+        return "'ranks' must be a list of integers, one per response (0 = best)"
+    return None
+
+
+def eft_train_record(rec):
+    """eft_train.jsonl holds either EFT groups (real data) or ready SFT targets (toy)."""
+    if "responses" in rec or "ranks" in rec:
+        return eft_group(rec)
+    if not (isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str)):
+        return "needs either prompt + response (a judgment to learn) or prompt + responses + ranks (a group)"
+    return None
+
+
+def mt_bench_question(rec):
+    turns = rec.get("turns")
+    if "question_id" not in rec:
+        return "missing field: question_id"
+    if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
+        return "'turns' must be a non-empty list of strings"
+    return None
+
+
+# -----------------------------------------------------------------------------
+
+def check_checkpoint(p, setting, folder):
+    """A checkpoint folder to load: config, weights and tokenizer present and
+    agreeing. Returns its ModelArgs and Tokenizer, or (None, None)."""
+    try:
+        args = read_config(folder)
+        if os.path.exists(os.path.join(folder, "config.json")):
+            safetensors_files(folder)  # reads the headers: a truncated file is found here
+        else:
+            meta_shards(folder)
+        tok_path = os.path.join(folder, "tokenizer.model")
+        if not os.path.exists(tok_path):
+            raise FileNotFoundError(f"{folder}: no tokenizer.model")
+        check_tokenizer(tok_path, args, folder)
+        return args, Tokenizer(tok_path)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        p.add(f"{setting}: {e}")
+        return None, None
+
+
+def check_loop(c, world):
+    """Every problem with the loop's settings `c` and its input files, for a run
+    on `world` ranks, before anything is run or written (Problems.stop)."""
+    p = Problems(c)
+    # ranges
+    for s in ("n_ift", "n_eft_train", "n_eft_eval", "n_test", "sft_batch_size", "micro_batch_size", "n_prompts",
+              "max_prompt_tokens", "max_response_tokens", "n_judge", "max_judge_tokens", "dpo_batch_size",
+              "gen_batch_size", "shard_size", "save_interval", "pretrain_epochs"):
+        p.at_least(s, 1)
+    for s in ("pretrain_lr", "sft_lr", "dpo_lr", "sft_epochs", "dpo_epochs", "dpo_beta"):
+        p.positive(s)
+    for s in ("pretrain_docs", "pretrain_qa_docs", "iterations", "min_prompt_words", "sft_min_lr", "dpo_min_lr",
+              "temperature", "prompt_temperature"):
+        p.at_least(s, 0)
+    p.require(c.sft_min_lr <= c.sft_lr, "sft_min_lr", f"must not exceed sft_lr = {c.sft_lr}")
+    p.require(c.dpo_min_lr <= c.dpo_lr, "dpo_min_lr", f"must not exceed dpo_lr = {c.dpo_lr}")
+    for s in ("top_p", "prompt_top_p", "rouge_threshold"):
+        p.fraction(s)
+    p.fraction("ift_chatty", low_open=False)
+    p.fraction("dropout", low_open=False, high_open=True)
+    p.at_least("n_candidates", 2)  # a preference pair needs two responses
+    p.at_least("n_shots", 2)  # two of the shots are prompts generated earlier
+    p.require(c.max_prompt_words >= c.min_prompt_words, "max_prompt_words",
+              f"must be >= min_prompt_words = {c.min_prompt_words}")
+    p.require(c.pretrain_docs + c.pretrain_qa_docs > 0 or c.init_from != "scratch", "pretrain_docs",
+              "and pretrain_qa_docs cannot both be 0 when init_from='scratch' (M0 has nothing to learn from)")
+    p.compute()
+    # batches over ranks
+    for s in ("sft_batch_size", "dpo_batch_size"):
+        p.require(getattr(c, s) % world == 0, s, f"must divide by the number of ranks, {world}")
+
+    # M0 and the other models given: the context is what lengths are checked against
+    models = {}  # setting -> (ModelArgs, Tokenizer or None)
+    if c.init_from == "scratch":
+        p.require(c.seed_data == "toy", "init_from", "'scratch' pretrains a toy base model; with real seed "
+                  "data, give init_from a pretrained checkpoint folder")
+        if p.require(c.model in PRESETS, "model", f"no such preset; presets: {', '.join(PRESETS)}"):
+            models["init_from"] = (PRESETS[c.model], None)
+        p.at_least("vocab_size", 300)  # the tokenizer's 256 byte pieces count towards it
+    else:
+        args, tok = check_checkpoint(p, "init_from", c.init_from)
+        if args:
+            models["init_from"] = (args, tok)
+    if c.prompt_writer not in ("M0", "M1", "current"):
+        args, tok = check_checkpoint(p, "prompt_writer", c.prompt_writer)
+        if args:
+            models["prompt_writer"] = (args, tok)
+    for setting, (args, _) in models.items():
+        for s in ("max_prompt_tokens", "max_response_tokens", "max_judge_tokens"):
+            p.require(getattr(c, s) < args.max_seq_len, s, f"must be below the context of {setting}'s model "
+                      f"(max_seq_len {args.max_seq_len})")
+
+    # input files
+    prompts = {}  # what the models will be asked, for the length check below
+    if c.seed_data != "toy":
+        if not os.path.isdir(c.seed_data):
+            p.add(f"seed_data: no such folder: {c.seed_data} ('toy', or a folder with ift.jsonl, eft_train.jsonl, "
+                  "eft_eval.jsonl; python -m data.prepare_oasst writes one)")
+        else:
+            ift = p.jsonl("seed_data", os.path.join(c.seed_data, "ift.jsonl"), None, ["prompt", "response"])
+            p.jsonl("seed_data", os.path.join(c.seed_data, "eft_train.jsonl"), eft_train_record)
+            groups = p.jsonl("seed_data", os.path.join(c.seed_data, "eft_eval.jsonl"), eft_group)
+            if ift:
+                p.require(len(ift) >= c.n_shots - 2, "n_shots", f"needs {c.n_shots - 2} seed prompts per request, "
+                          f"the seed has {len(ift)}")
+                prompts["seed_data ift.jsonl"] = [x["prompt"] for x in ift]
+            prompts["seed_data eft_eval.jsonl (as judge prompts)"] = [
+                judge_prompt(g["prompt"], r) for g in groups for r in g["responses"]]
+    else:
+        p.require(c.n_ift >= c.n_shots - 2, "n_shots", f"needs {c.n_shots - 2} seed prompts per request, "
+                  f"n_ift = {c.n_ift}")
+    if c.eval_prompts:
+        recs = p.jsonl("eval_prompts", c.eval_prompts, None, ["instruction"])
+        prompts["eval_prompts"] = [x["instruction"] for x in recs]
+    if c.mt_bench:
+        recs = p.jsonl("mt_bench", c.mt_bench, mt_bench_question)
+        prompts["mt_bench"] = [x["turns"][0] for x in recs]
+
+    # every prompt must leave room to answer in the model's context
+    args, tok = models.get("init_from", (None, None))
+    if tok is not None:
+        for what, texts in prompts.items():
+            longest = max(((len(chat_prompt_ids(tok, x)), i) for i, x in enumerate(texts)), default=(0, 0))
+            p.require(longest[0] < args.max_seq_len, "init_from", f"{what}: prompt {longest[1] + 1} has "
+                      f"{longest[0]} tokens, no room to answer within max_seq_len {args.max_seq_len}")
+    return p
