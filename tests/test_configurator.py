@@ -1,11 +1,12 @@
 """nanoGPT-style --key=value overrides and config files."""
+import os
 import subprocess
 import sys
 
 import pytest
 from conftest import ROOT
 
-from configurator import ConfigError, apply, parse_value
+from configurator import ConfigError, _comments, apply, parse_value
 
 
 def defaults():
@@ -68,3 +69,27 @@ def test_script_help_and_exit_codes(tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == "3 y"
     r = run("--stepz=3")
     assert r.returncode == 2 and "unknown setting 'stepz'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_help_shows_comments_continued_on_the_next_lines(tmp_path):
+    """A comment that goes on over the next lines, in its column, is shown
+    whole; a later line that reuses a setting's name does not replace it."""
+    script = tmp_path / "script.py"
+    script.write_text('steps = 10  # how many steps,\n'
+                      '            # counted over all ranks\n'
+                      '# a section comment, not part of it\n'
+                      'name = "x"  # run name\n'
+                      'def f():\n    steps = 3  # a local, not the setting\n')
+    assert _comments(str(script)) == {"steps": "how many steps, counted over all ranks", "name": "run name"}
+
+
+def test_every_script_answers_help():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    scripts = ("selfreward.py", "train_sft.py", "train_dpo.py", "sample.py", "judge.py", "bench.py")
+    procs = [subprocess.Popen([sys.executable, s, "--help"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for s in scripts]  # together: each imports torch
+    for script, p in zip(scripts, procs):
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and len(out.splitlines()) > 10, (script, err[-1000:])
+    r = subprocess.run([sys.executable, "judge.py"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.startswith("error: judge.py is a library")

@@ -430,3 +430,12 @@ def test_matching_tokenizer_is_copied_and_checked(tmp_path, toy_tokenizer_path):
     save_model(model, tmp_path / "c", tokenizer_path=toy_tokenizer_path)
     assert os.path.exists(tmp_path / "c" / "tokenizer.model")
     assert load_model(tmp_path / "c").args.vocab_size == n
+
+
+def test_truncated_weights_name_the_file(tmp_path):
+    """A copy cut short (a full disk, a killed download): the error names the file."""
+    save_model(Transformer(preset("toy-tiny")), tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match=f"{weights}: cannot read it as safetensors .*truncated"):
+        load_model(tmp_path / "ckpt")

@@ -346,11 +346,62 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch):
     assert records == [{"prompt": "reverse the word fox", "id": 7, "response": expected[0]},
                        {"prompt": "count the letters", "response": expected[1]}]
     inp.write_text('{"prompt": "fine"}\n{"prompt": broken\n')
-    with pytest.raises(ValueError, match=r"in\.jsonl:2: malformed JSON"):
+    with pytest.raises(SystemExit, match=r"error: sample.py cannot start.*\n.*in\.jsonl:2: malformed JSON"):
         S.main(argv)
     inp.write_text('{"text": "no prompt"}\n')
-    with pytest.raises(ValueError, match=r"in\.jsonl:1: missing or non-string field\(s\): prompt"):
+    with pytest.raises(SystemExit, match=r"in\.jsonl:1: missing or non-string field\(s\): prompt"):
         S.main(argv)
+    with pytest.raises(SystemExit, match=r"num_samples = 0: must be >= 1"):
+        S.main(argv + ["--num_samples=0"])
+
+
+def test_cli_prompts_file_resumes_after_an_interruption(toy_tokenizer_path, tmp_path, monkeypatch, capsys):
+    """Answers are kept chunk by chunk in OUT.partial: interrupted in its third
+    chunk (Ctrl-C: one line), the same command answers only what is left, and
+    the file equals an uninterrupted run's. A chunk cut by a kill is redone;
+    a partial file from other settings is started afresh."""
+    from tokenizer import Tokenizer
+    torch.manual_seed(0)
+    model = M.Transformer(M.preset("toy-tiny", vocab_size=Tokenizer(toy_tokenizer_path).vocab_size)).eval()
+    save_model(model, tmp_path / "ckpt", tokenizer_path=toy_tokenizer_path)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"prompt": f"reverse the word {w}"}) + "\n"
+                           for w in "fox dog cat owl bee ant elk yak".split()))
+    cli = lambda out, **kw: [f"--{k}={v}" for k, v in dict(ckpt=tmp_path / "ckpt", prompts_file=inp, out=out,
+                                                          device="cpu", dtype="float32", max_new_tokens=5,
+                                                          save_every=3, num_samples=2, progress=False, **kw).items()]
+    S.main(cli(tmp_path / "whole.jsonl"))
+    whole = (tmp_path / "whole.jsonl").read_text()
+    assert len(whole.splitlines()) == 8 and not (tmp_path / "whole.jsonl.partial").exists()
+
+    out, partial, calls, real = tmp_path / "out.jsonl", tmp_path / "out.jsonl.partial", [], S.sample_chat
+    stop = {"at": 3}  # interrupt the call that answers the third chunk
+
+    def interrupted(*args, **kw):
+        calls.append(len(args[2]))
+        if len(calls) == stop["at"]:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+    monkeypatch.setattr(S, "sample_chat", interrupted)
+    with pytest.raises(SystemExit) as e:
+        S.main(cli(out))
+    assert e.value.code == 130 and "the same command resumes after the prompts kept in" in capsys.readouterr().err
+    assert len(partial.read_text().splitlines()) == 1 + 6 and not out.exists()  # header + two chunks of 3
+    with open(partial, "a") as f:
+        f.write(partial.read_text().splitlines()[1][:20])  # what a kill mid-write leaves
+    calls.clear()
+    stop["at"] = None
+    S.main(cli(out))
+    assert calls == [2] and out.read_text() == whole and not partial.exists()  # only the last chunk was run
+
+    calls.clear()
+    stop["at"] = 3
+    with pytest.raises(SystemExit):
+        S.main(cli(out))  # two chunks kept at temperature 0.7 ...
+    calls.clear()
+    stop["at"] = None
+    S.main(cli(out, temperature=0.5))  # ... are not reused at 0.5
+    assert calls == [3, 3, 2]
 
 
 def first_divergence(a, b):

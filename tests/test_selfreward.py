@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,6 +70,9 @@ def test_every_artifact_exists_and_is_consistent(micro_run):
     for path in ["seed/ift.jsonl", "tokenizer.model", "M0/config.json", "SFT/model.safetensors", "M1/config.json",
                  "M2/model.safetensors", "M3/tokenizer.model", "report.md", "metrics.jsonl", "settings.json"]:
         assert os.path.exists(run / path), path
+    for name in ("M0", "SFT", "M1", "M2", "M3"):  # trained and saved: the resumable state is gone
+        dpo = ["ref_logps.jsonl"] if name in ("M2", "M3") else []
+        assert sorted(os.listdir(run / "train" / name)) == ["metrics.jsonl", *dpo], name
     tok = Tokenizer(str(run / "tokenizer.model"))  # letter_pieces: a made-up word is seen letter by letter
     assert [tok.sp.id_to_piece(i) for i in tok.encode("TAMILO")] == ["\u2581"] + list("TAMILO")
     for t in (1, 2):
@@ -201,10 +205,67 @@ def run_fails(cmd, cwd=ROOT):
     return r.stderr
 
 
-def test_other_settings_in_the_same_run_folder_are_refused(micro_run):
+def files_of(run, names):
+    """(bytes, modification time) of every file of the named model folders."""
+    return {os.path.join(n, f): ((run / n / f).read_bytes(), os.stat(run / n / f).st_mtime_ns)
+            for n in names for f in sorted(os.listdir(run / n))}
+
+
+def stages_run(stdout):
+    return [line.split()[1] for line in stdout.splitlines() if line.startswith("=== ")]
+
+
+def copy_run(micro_run, tmp_path):
+    """A copy of the finished micro run (modification times kept), to change settings on."""
     run, _ = micro_run
-    err = run_fails(command(run.parent, dpo_beta=0.5))
-    assert "was started with other settings (dpo_beta: 0.1 there, 0.5 now)" in err and "--run_name=<new name>" in err
+    shutil.copytree(run, tmp_path / "micro")
+    return tmp_path / "micro"
+
+
+def test_bad_settings_refused_before_any_work_then_the_fix_continues(micro_run, tmp_path):
+    """Bad settings and a bad evaluation file are refused together, naming each,
+    with nothing written; the fixed command then continues the same run folder,
+    redoing only the evaluation (eval_prompts is an evaluation-only setting):
+    the trained models' files keep their bytes and modification times."""
+    run = copy_run(micro_run, tmp_path)
+    models = files_of(run, ["SFT", "M1", "M2", "M3"])
+    before = {f: (run / f).read_bytes() for f in ("settings.json", "report.md")}
+    prompts = tmp_path / "alpaca.jsonl"
+    prompts.write_text('{"instruction": "Reverse the word TAMILO."}\n{"question": "no instruction"}\n')
+    bad = dict(top_p=0.0, temperature=-0.5, eval_prompts=prompts, mt_bench=tmp_path / "absent.jsonl")
+    err = run_fails(command(tmp_path, **bad))
+    assert "error: the run cannot start; 4 problem(s), nothing was run or written" in err
+    for problem in ["top_p = 0.0: must be in (0, 1]", "temperature = -0.5: must be >= 0",
+                    f"eval_prompts: {prompts}:2: missing or non-string field(s): instruction",
+                    f"mt_bench: data file not found: {tmp_path / 'absent.jsonl'}"]:
+        assert problem in err, (problem, err)
+    assert {f: (run / f).read_bytes() for f in before} == before
+    prompts.write_text('{"instruction": "Reverse the word TAMILO."}\n{"instruction": "Sort BAKURO."}\n')
+    r = run_loop(tmp_path, eval_prompts=prompts)
+    assert stages_run(r.stdout) == ["eval_SFT", "eval_M1", "eval_M2", "eval_M3", "report"]
+    assert files_of(run, ["SFT", "M1", "M2", "M3"]) == models
+    answers = json.loads((run / "eval" / "M3_alpaca_eval.json").read_text())
+    assert [a["instruction"] for a in answers] == ["Reverse the word TAMILO.", "Sort BAKURO."]
+    assert json.loads((run / "settings.json").read_text())["eval_prompts"] == str(prompts)
+    r = run_loop(tmp_path, eval_prompts=prompts)  # a rerun of a finished run: nothing to do, the table again
+    assert stages_run(r.stdout) == [] and "| M3 |" in r.stdout
+
+
+def test_bad_inputs_of_a_new_run_are_refused_before_the_folder_exists(tmp_path):
+    """A mistyped init_from, an EFT eval group without ranks, a seed too small
+    for the few-shot prompts: all named at once, and no run folder is made,
+    so the run name stays free for the fixed command."""
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    (seed / "ift.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
+    (seed / "eft_train.jsonl").write_text('{"prompt": "a", "responses": ["x", "y"], "ranks": [0, 1]}\n')
+    (seed / "eft_eval.jsonl").write_text('{"prompt": "a", "responses": ["x", "y"], "ranks": [0, 1]}\n'
+                                         '{"prompt": "a", "responses": ["x", "y"]}\n')
+    err = run_fails(command(tmp_path, seed_data=seed, init_from=tmp_path / "Llama-2-70b-hff"))
+    assert f"init_from: checkpoint folder not found: {tmp_path / 'Llama-2-70b-hff'}" in err
+    assert "eft_eval.jsonl:2: 'ranks' must be a list of integers, one per response" in err
+    assert "n_shots = 8: needs 6 seed prompts per request, the seed has 1" in err
+    assert not os.path.exists(tmp_path / "micro")
 
 
 def test_empty_or_malformed_seed_data(tmp_path):
@@ -214,10 +275,74 @@ def test_empty_or_malformed_seed_data(tmp_path):
         (seed / f"{f}.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
     (seed / "ift.jsonl").write_text("")
     err = run_fails(command(tmp_path, seed_data=str(seed), init_from=str(tmp_path)))
-    assert "ift.jsonl is empty" in err
+    assert "ift.jsonl: no records (the file is empty)" in err
+    assert "eft_eval.jsonl:1: 'responses' must be a list of 2 or more strings" in err
     (seed / "ift.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": oops}\n')
     err = run_fails(command(tmp_path, run="m2", seed_data=str(seed), init_from=str(tmp_path)))
     assert "ift.jsonl:2: malformed JSON" in err
+
+
+def test_more_iterations_extend_a_finished_run(micro_run, tmp_path):
+    """iterations=2 -> 3: only iteration 3, M4 and M4's evaluation run; M1-M3 are untouched."""
+    run = copy_run(micro_run, tmp_path)
+    models = files_of(run, ["SFT", "M1", "M2", "M3"])
+    r = run_loop(tmp_path, iterations=3)
+    assert stages_run(r.stdout) == ["iter3_prompts", "iter3_candidates", "iter3_judgments", "iter3_pairs", "M4",
+                                    "eval_M4", "report"]
+    assert files_of(run, ["SFT", "M1", "M2", "M3"]) == models
+    assert "| M4 |" in (run / "report.md").read_text() and not os.path.exists(run / "train" / "M4" / "state")
+
+
+def test_a_changed_training_setting_redoes_that_model_and_what_follows(micro_run, tmp_path):
+    """dpo_beta is read by DPO only: the seed, M1 and iteration 1's data stay; M2 is retrained and
+    evaluated again (iterations=1 keeps the test short: M3 would follow), and the log says why."""
+    run = copy_run(micro_run, tmp_path)
+    models = files_of(run, ["SFT", "M1"])
+    r = run_loop(tmp_path, dpo_beta=0.2, iterations=1)
+    assert stages_run(r.stdout) == ["M2", "eval_M2", "report"]
+    assert "=== M2 (again: dpo_beta 0.1 -> 0.2)" in r.stdout
+    assert files_of(run, ["SFT", "M1"]) == models
+
+
+def test_ctrl_c_names_the_stage_and_says_the_same_command_resumes(tmp_path, monkeypatch, capsys):
+    def interrupted(c, r):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(S, "stage_seed_data", interrupted)
+    with pytest.raises(SystemExit) as e:
+        S.main(command(tmp_path)[2:])
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and err.strip() == "interrupted in stage seed_data; the same command resumes the run"
+
+
+def test_stages_declare_every_setting_they_read():
+    """STAGE_SETTINGS is what makes a changed setting redo a stage: a stage
+    reading a setting it does not declare would be skipped with stale output.
+    Every c.<setting> a stage function reads (through the helpers it calls)
+    must be in its list, and every setting that is not runtime-only in one."""
+    def reads(code, seen):
+        names = set()
+        for i in dis.get_instructions(code):
+            if i.opname in ("LOAD_ATTR", "LOAD_METHOD"):
+                names.add(i.argval)
+            f = getattr(S, str(i.argval), None) if i.opname == "LOAD_GLOBAL" else None
+            if inspect.isfunction(f) and f.__module__ == "selfreward" and f not in seen:
+                seen.add(f)
+                names |= reads(f.__code__, seen)
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                names |= reads(const, seen)
+        return names & set(S.DEFAULTS) - S.RUNTIME_ONLY
+
+    kinds = {S.stage_seed_data: ["seed_data", *S.STAGE_SETTINGS["toy seed"]], S.stage_tokenizer: "tokenizer",
+             S.stage_pretrain: "M0", S.stage_sft_baseline: "SFT", S.stage_m1: "SFT",
+             S.stage_eft_targets: "eft_targets", S.stage_prompts: "prompts", S.stage_candidates: "candidates",
+             S.stage_judgments: "judgments", S.stage_pairs: "pairs", S.stage_dpo: "DPO", S.stage_eval: "eval"}
+    for f, kind in kinds.items():
+        declared = set(kind if isinstance(kind, list) else S.STAGE_SETTINGS[kind])
+        assert reads(f.__code__, set()) <= declared, f.__name__
+    declared = {s for names in S.STAGE_SETTINGS.values() for s in names}
+    assert declared <= set(S.DEFAULTS)
+    assert set(S.DEFAULTS) - declared - S.RUNTIME_ONLY == {"seed_data", "init_from", "iterations"}  # main's own
 
 
 def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch):
@@ -368,3 +493,32 @@ def test_configs_apply_and_point_at_the_loops_files(micro_run, config, defaults)
     assert bool(mentioned) == (defaults is not S.DEFAULTS)
     for p in mentioned:  # out/toy/... in the default run is out/micro/... in the micro run
         assert os.path.exists(run / p[len("out/toy/"):].rstrip("/.")), p
+
+
+def test_generation_shards_of_other_settings_are_not_reused(tmp_path):
+    """Parts written for one fingerprint of a stage are reused by it, and
+    removed (not merged in) when the stage runs with other settings."""
+    from run_folder import Run, generate_sharded
+    import distributed as D
+    r = Run(str(tmp_path), types.SimpleNamespace(), D.Env())
+    calls = []
+
+    def work(chunk, shard):
+        calls.append(shard)
+        if shard == 2:
+            raise KeyboardInterrupt  # killed in the third shard
+        return [{"x": x, "by": r.fingerprints[r.current]} for x in chunk]
+    r.current, r.fingerprints["gen"] = "gen", "A"
+    with pytest.raises(KeyboardInterrupt):
+        generate_sharded(r, "out", list(range(5)), 2, work)
+    assert calls == [0, 1, 2] and os.path.exists(tmp_path / "out.part-00001.jsonl")
+    calls.clear()
+    r.fingerprints["gen"] = "B"  # the stage's settings changed: both parts are stale
+    with pytest.raises(KeyboardInterrupt):
+        generate_sharded(r, "out", list(range(5)), 2, work)
+    assert calls == [0, 1, 2]
+    calls.clear()
+    work_b = lambda chunk, shard: calls.append(shard) or [{"x": x, "by": "B"} for x in chunk]
+    out = generate_sharded(r, "out", list(range(5)), 2, work_b)  # B again: its two parts are reused
+    assert calls == [2] and out == [{"x": x, "by": "B"} for x in range(5)]
+    assert sorted(os.listdir(tmp_path)) == ["out.jsonl", "settings.json"]

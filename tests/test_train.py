@@ -359,8 +359,37 @@ def test_dpo_starts_at_ln2_and_learns(dpo_single):
     assert last["rewards/accuracies"] > 0.5 and last["rewards/margins"] > 0 and last["loss"] < math.log(2)
     for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "lr", "grad_norm"):
         assert key in last
-    with open(dpo_single / "ref_logps.jsonl") as f:
-        assert sum(1 for _ in f) == 32
+    header, *rows = read_jsonl(dpo_single / "ref_logps.jsonl")  # what they were made from, then one per pair
+    assert header["pairs"] == len(rows) == 32 and header["made_from"]
+    assert not (dpo_single / "state").exists()  # the model is saved: the resumable state went
+
+
+def test_reference_log_probs_are_reused_only_for_the_same_pairs(work, dpo_single, tmp_path):
+    """The same number of pairs with chosen and rejected swapped: the saved
+    reference log-probs belong to other pairs and are computed again."""
+    out = tmp_path / "dpo"
+    shutil.copytree(dpo_single, out)
+    swapped = tmp_path / "swapped.jsonl"
+    swapped.write_text("".join(json.dumps({**p, "chosen": p["rejected"], "rejected": p["chosen"]}) + "\n"
+                               for p in read_jsonl(work / "pairs.jsonl")))
+    train_dpo.train(dpo_config(work, out, data=str(swapped), max_steps=1))
+    old, new = read_jsonl(dpo_single / "ref_logps.jsonl")[1:], read_jsonl(out / "ref_logps.jsonl")[1:]
+    assert [(r["chosen"], r["rejected"]) for r in new] == [(r["rejected"], r["chosen"]) for r in old]
+
+
+def test_training_state_is_resumed_only_by_the_same_settings(work, tmp_path, capsys):
+    """keep_state keeps a finished run's state; a run with another lr in the
+    same out_dir starts from step 0 instead of resuming it, and says so."""
+    out = tmp_path / "sft"
+    train_sft.train(sft_config(work, out, max_steps=2, keep_state=True))
+    assert (out / "state" / "state.json").exists()
+    train_sft.train(sft_config(work, out, max_steps=2, keep_state=True))  # the same: resumed at its end
+    assert "resumed from" in capsys.readouterr().out
+    train_sft.train(sft_config(work, out, max_steps=2, lr=5e-4))
+    text = capsys.readouterr().out
+    assert "not resuming from" in text and "resumed from" not in text
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert not (out / "state").exists()
 
 
 def test_dpo_nan_loss_stops(work, tmp_path, monkeypatch):
