@@ -15,16 +15,20 @@ order of the paper's Figure 1:
     python selfreward.py config/llama2_70b_oasst.py --plan_only=True   # both memory plans
 
 This file holds the settings, then one function per stage in the order the
-data flows, then main(). Every stage receives the settings `c` and the run
+data flows, then main() and run_stages(). Every stage receives the settings `c` and the run
 folder `r` explicitly. Elsewhere: the run folder and resumable stages
 (run_folder.py), the toy world and M0's pretraining text (data/toy.py), the
 judge (judge.py), the trainers (train_sft.py, train_dpo.py), sampling
 (sample.py), report.md (report.py).
 
-Every stage reads and writes files under out/<run_name>/ and marks itself done;
-running the same command again skips what is done and continues (long
-generation stages resume from their last complete shard, training from its
-last saved step). Under torchrun every rank runs the same stages: generation
+Before any stage, validate.py checks every setting and input file and lists
+every problem at once. Every stage reads and writes files under
+out/<run_name>/ and records itself done with what it was made from (the
+settings it reads, STAGE_SETTINGS below; its input files; the stages it
+reads); running the same command again skips what is done and continues
+(long generation stages resume from their last complete shard, training from
+its last saved step), and a changed setting redoes only the stages that
+depend on it. Under torchrun every rank runs the same stages: generation
 splits the prompts over the ranks, training shards the model with FSDP, and
 only rank 0 writes shared files.
 Generation loads each model in its own layout: tensor parallel over groups of

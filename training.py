@@ -10,6 +10,8 @@ the lesson):
     batch_indices(), lr_at()   the data order and the learning-rate schedule
     save_state(), resume()     training state saved every save_interval steps;
                                the same command resumes a killed run exactly
+                               (only from the same inputs: made_from); removed
+                               once the final model is saved (keep_state)
     clip_and_step()            clip the global gradient norm, step AdamW
     memory_plan()              what each GPU will hold, before anyone launches 64
 

@@ -70,10 +70,15 @@ class Problems:
             return []
 
     def stop(self, what="the run"):
-        """End the command (exit status 2) if anything was found: one error, every problem."""
+        """End the command (exit status 2, as for a bad --key=value) if anything
+        was found: one error listing every problem, printed once under torchrun
+        (this runs before the process group exists: RANK says which is rank 0)."""
         if self.found:
-            lines = "\n".join(f"  - {p}" for p in self.found)
-            sys.exit(f"error: {what} cannot start; {len(self.found)} problem(s), nothing was run or written:\n{lines}")
+            if os.environ.get("RANK", "0") == "0":
+                lines = "\n".join(f"  - {p}" for p in self.found)
+                print(f"error: {what} cannot start; {len(self.found)} problem(s), nothing was run or written:\n"
+                      f"{lines}", file=sys.stderr)
+            sys.exit(2)
 
 
 # -----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """
 Seed data for the method: the toy world (data/toy.py) and Open Assistant
-(data/prepare_oasst.py), plus the JSON Lines helpers every stage shares.
+(data/prepare_oasst.py), plus the JSON Lines helpers every stage shares and
+the fingerprints that say what a saved file was made from.
 
 Record formats (one JSON object per line):
     SFT / IFT   {"prompt": str, "response": str, ...}

@@ -328,7 +328,7 @@ def test_bad_input_is_a_clear_error(tiny):
     assert generate(tiny, [[1, 2]], 0, progress=False) == [[]]
 
 
-def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch):
+def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsys):
     from tokenizer import Tokenizer
     vocab = Tokenizer(toy_tokenizer_path).vocab_size
     torch.manual_seed(0)
@@ -346,13 +346,16 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch):
     assert records == [{"prompt": "reverse the word fox", "id": 7, "response": expected[0]},
                        {"prompt": "count the letters", "response": expected[1]}]
     inp.write_text('{"prompt": "fine"}\n{"prompt": broken\n')
-    with pytest.raises(SystemExit, match=r"error: sample.py cannot start.*\n.*in\.jsonl:2: malformed JSON"):
-        S.main(argv)
-    inp.write_text('{"text": "no prompt"}\n')
-    with pytest.raises(SystemExit, match=r"in\.jsonl:1: missing or non-string field\(s\): prompt"):
-        S.main(argv)
-    with pytest.raises(SystemExit, match=r"num_samples = 0: must be >= 1"):
-        S.main(argv + ["--num_samples=0"])
+    capsys.readouterr()
+    for text, extra, message in [
+            ('{"prompt": "fine"}\n{"prompt": broken\n', [], r"in.jsonl:2: malformed JSON"),
+            ('{"text": "no prompt"}\n', [], r"in.jsonl:1: missing or non-string field(s): prompt"),
+            ('{"prompt": "fine"}\n', ["--num_samples=0"], "num_samples = 0: must be >= 1")]:
+        inp.write_text(text)
+        with pytest.raises(SystemExit) as e:
+            S.main(argv + extra)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: sample.py cannot start; 1 problem(s)") and message in err
 
 
 def test_cli_prompts_file_resumes_after_an_interruption(toy_tokenizer_path, tmp_path, monkeypatch, capsys):
