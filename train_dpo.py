@@ -195,7 +195,7 @@ def train(config=None, announce=False):
     """Run DPO with settings `config` (dict, over the defaults above). Returns
     {"model": path of the trained model, "loss": ..., metrics of the last step}.
     announce: print where and how it computes (the command line does)."""
-    return T.run(dpo, DEFAULTS, config, announce)
+    return T.run(dpo, DEFAULTS, config, ["prompt", "chosen", "rejected"], announce)
 
 
 def dpo(c, env):

@@ -148,7 +148,8 @@ def train(config=None, announce=False):
     announce: print where and how it computes (the command line does)."""
     if config and config.get("plan_only"):  # no data, no weights: shapes only
         return T.plan_memory(settings(DEFAULTS, config))
-    return T.run(sft, DEFAULTS, config, announce)
+    fields = ["text"] if (config or {}).get("template", DEFAULTS["template"]) == "text" else ["prompt", "response"]
+    return T.run(sft, DEFAULTS, config, fields, announce)
 
 
 def sft(c, env):

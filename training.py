@@ -32,6 +32,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 import distributed as D
+import validate
 from checkpoint import check_tokenizer, load_model, load_tensors, read_config, save_model
 from configurator import configure, settings
 from data import file_fingerprint, fingerprint, read_jsonl, write_text
@@ -97,11 +98,14 @@ def main(train, defaults, script_file, doc, argv=None):
         sys.exit(130)
 
 
-def run(loop, defaults, config, announce=False):
+def run(loop, defaults, config, fields, announce=False):
     """Run loop(c, env) with the settings (defaults, then `config` on top)
-    inside the process group: one process, or one rank of many under torchrun.
-    announce: print where and how it computes (the command line does)."""
+    inside the process group: one process, or one rank of many under torchrun,
+    once every setting and input has been checked (fields: what each data
+    record needs). announce: print where and how it computes (the command line does)."""
     c = settings(defaults, config)
+    script = os.path.basename(loop.__code__.co_filename)  # train_sft.py or train_dpo.py
+    validate.check_training(c, int(os.environ.get("WORLD_SIZE", 1)), fields, script)  # before the process group
     env = D.setup(c.device, c.dtype, c.threads)
     if announce:
         D.log(D.describe(env))

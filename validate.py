@@ -6,6 +6,7 @@ first uses a bad setting (after hours of training, at 70B).
     Problems            collects the problems, each naming its setting or file
                         (and line); .stop() ends the command with all of them
     check_loop(c, world)        selfreward.py's settings and input files
+    check_training(c, ...)      a trainer's (train_sft.py, train_dpo.py)
     check_checkpoint(p, ...)    a model folder: config, weights, tokenizer agree
 
 Only what can be known before the first stage is checked here: files that
@@ -69,15 +70,17 @@ class Problems:
             self.add(f"{setting}: {e}")
             return []
 
+    def message(self, what):
+        lines = "\n".join(f"  - {p}" for p in self.found)
+        return f"{what} cannot start; {len(self.found)} problem(s), nothing was run or written:\n{lines}"
+
     def stop(self, what="the run"):
         """End the command (exit status 2, as for a bad --key=value) if anything
         was found: one error listing every problem, printed once under torchrun
         (this runs before the process group exists: RANK says which is rank 0)."""
         if self.found:
             if os.environ.get("RANK", "0") == "0":
-                lines = "\n".join(f"  - {p}" for p in self.found)
-                print(f"error: {what} cannot start; {len(self.found)} problem(s), nothing was run or written:\n"
-                      f"{lines}", file=sys.stderr)
+                print(f"error: {self.message(what)}", file=sys.stderr)
             sys.exit(2)
 
 
@@ -221,3 +224,35 @@ def check_loop(c, world):
             p.require(longest[0] < args.max_seq_len, "init_from", f"{what}: prompt {longest[1] + 1} has "
                       f"{longest[0]} tokens, no room to answer within max_seq_len {args.max_seq_len}")
     return p
+
+
+def check_training(c, world, fields, script):
+    """Every problem with a trainer's settings and inputs (`fields`: what each
+    data record needs), before a model is built; raised as one ValueError
+    (the command line prints it as one error, the loop names its stage)."""
+    p = Problems(c)
+    for s in ("batch_size", "micro_batch_size", "eval_interval", "save_interval", "log_interval"):
+        p.at_least(s, 1)
+    for s in ("max_steps", "warmup_steps", "weight_decay", "grad_clip", "max_seq_len", "min_lr"):
+        p.at_least(s, 0)
+    p.positive("lr")
+    p.require(c.min_lr <= c.lr, "min_lr", f"must not exceed lr = {c.lr}")
+    p.require(c.max_steps > 0 or c.epochs > 0, "epochs", "must be > 0 when max_steps is 0")
+    for s in ("dropout", "eval_fraction", "beta1", "beta2"):
+        p.fraction(s, low_open=False, high_open=True)
+    if "beta" in vars(c):  # DPO's
+        p.positive("beta")
+    p.compute()
+    p.require(c.batch_size % (world * max(1, c.micro_batch_size)) == 0, "batch_size",
+              f"must divide by the number of ranks ({world}) x micro_batch_size ({c.micro_batch_size})")
+    if c.init_from == "scratch":
+        p.require(c.model in PRESETS, "model", f"no such preset; presets: {', '.join(PRESETS)}")
+        if p.require(bool(c.tokenizer), "tokenizer", "init_from='scratch' needs a tokenizer (it sets vocab_size)"):
+            p.require(os.path.isfile(c.tokenizer), "tokenizer", "no such file")
+    else:
+        check_checkpoint(p, "init_from", c.init_from)
+    p.jsonl("data", c.data, None, fields)
+    if c.eval_data:
+        p.jsonl("eval_data", c.eval_data, None, fields)
+    if p.found:
+        raise ValueError(p.message(script))
