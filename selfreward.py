@@ -15,11 +15,12 @@ order of the paper's Figure 1:
     python selfreward.py config/llama2_70b_oasst.py --plan_only=True   # both memory plans
 
 This file holds the settings, then one function per stage in the order the
-data flows, then main() and run_stages(). Every stage receives the settings `c` and the run
-folder `r` explicitly. Elsewhere: the run folder and resumable stages
-(run_folder.py), the toy world and M0's pretraining text (data/toy.py), the
-judge (judge.py), the trainers (train_sft.py, train_dpo.py), sampling
-(sample.py), report.md (report.py).
+data flows, then main() and run_stages(). Every stage receives the settings
+`c` and the run folder `r` explicitly. Elsewhere: the checks before any work
+(validate.py), the run folder and resumable stages (run_folder.py), the toy
+world and M0's pretraining text (data/toy.py), the judge (judge.py), the
+trainers (train_sft.py, train_dpo.py), sampling (sample.py), report.md
+(report.py).
 
 Before any stage, validate.py checks every setting and input file and lists
 every problem at once. Every stage reads and writes files under
