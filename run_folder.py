@@ -87,13 +87,17 @@ class Run:
             sys.exit(f"error: stage {name}: {e}")
         self.current = None
         info["seconds"] = round(time.time() - t0, 1)
+        self.mark(name, info, {**made_from, "fingerprint": fp}, temporary)
+        self.metric({"stage": name, **info})
+        return info
+
+    def mark(self, stage, info, made_from=None, temporary=()):
+        """Record `stage` done: its info and what it was made from; then remove its temporary paths."""
         if D.is_rank0():
-            write_json(self.path("done", name), {**info, "made_from": {**made_from, "fingerprint": fp}})
+            write_json(self.path("done", stage), {**info, "made_from": made_from or {}})
             for p in temporary:
                 shutil.rmtree(p, ignore_errors=True)
         D.barrier()
-        self.metric({"stage": name, **info})
-        return info
 
     def metric(self, record):
         if D.is_rank0():
@@ -134,7 +138,7 @@ def generate_sharded(r, name, items, shard_size, work, replay=None):
     Parts are reused only by the stage fingerprint that wrote them (kept in
     name.parts): after a change of settings they are stale and removed.
     """
-    marker, fp = r.path(f"{name}.parts"), r.fingerprints[r.current]
+    marker, fp = r.path(f"{name}.parts"), str(r.fingerprints.get(r.current))  # None: a stage called directly
     folder, stem = os.path.split(r.path(name))
     if D.is_rank0():
         os.makedirs(folder, exist_ok=True)

@@ -155,7 +155,7 @@ STAGE_SETTINGS = {
     "M0": ["seed", "dtype", "model", "pretrain_docs", "pretrain_qa_docs", "pretrain_epochs", "pretrain_lr",
            "sft_batch_size"],
     "SFT": ["seed", "dtype", "sft_lr", "sft_min_lr", "sft_batch_size", "sft_epochs", "dropout"],
-    "eft_targets": ["seed", "dtype", "n_judge", "temperature", "top_p", "max_judge_tokens"],
+    "eft_targets": ["seed", "dtype", "n_judge", "temperature", "top_p", "max_judge_tokens", "eft_judgments"],
     "prompts": ["seed", "dtype", "prompt_writer", "n_prompts", "n_shots", "prompt_temperature", "prompt_top_p",
                 "max_prompt_tokens", "min_prompt_words", "max_prompt_words", "rouge_threshold", "shard_size"],
     "candidates": ["seed", "dtype", "n_candidates", "temperature", "top_p", "max_response_tokens", "shard_size"],
@@ -248,11 +248,6 @@ def stage_seed_data(c, r):
             if D.is_rank0():
                 shutil.copyfile(src, r.path("seed", f))
         D.barrier()
-    if c.eft_judgments and not os.path.isfile(c.eft_judgments):
-        sys.exit(f"error: eft_judgments: file not found: {c.eft_judgments}")
-    if c.eft_judgments and c.seed_data == "toy":
-        sys.exit("error: eft_judgments supplies judgments for EFT groups (real seed data); the toy seed's "
-                 "EFT training records are already targets")
     counts = {}
     for f in ("ift", "eft_train", "eft_eval"):
         recs = read_jsonl(r.path("seed", f + ".jsonl"))
@@ -707,7 +702,8 @@ def run_stages(c, r):
             temporary=temporary("SFT"))
     m1_reads = ["M0", "seed_data"]
     if "responses" in read_jsonl(r.path("seed", "eft_train.jsonl"))[0]:  # groups, not targets
-        r.stage("eft_targets", lambda: stage_eft_targets(c, r), uses=S["eft_targets"], after=["SFT", "seed_data"])
+        r.stage("eft_targets", lambda: stage_eft_targets(c, r), uses=S["eft_targets"], after=["SFT", "seed_data"],
+                files=[c.eft_judgments] if c.eft_judgments else [])
         m1_reads.append("eft_targets")
     r.stage("M1", lambda: stage_m1(c, r, m0), uses=S["SFT"], after=m1_reads, temporary=temporary("M1"))
     writer = {"M0": m0, "M1": r.path("M1")}.get(c.prompt_writer, c.prompt_writer)

@@ -17,10 +17,11 @@ import os
 import sys
 
 from checkpoint import check_tokenizer, meta_shards, read_config, safetensors_files
+import evaluation as E
+import judge as J
 from data import read_jsonl
-from judge import judge_prompt
 from model import PRESETS
-from tokenizer import Tokenizer, chat_prompt_ids
+from tokenizer import Tokenizer
 
 
 class Problems:
@@ -108,15 +109,6 @@ def eft_train_record(rec):
     return None
 
 
-def mt_bench_question(rec):
-    turns = rec.get("turns")
-    if "question_id" not in rec:
-        return "missing field: question_id"
-    if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
-        return "'turns' must be a non-empty list of strings"
-    return None
-
-
 # -----------------------------------------------------------------------------
 
 def check_checkpoint(p, setting, folder):
@@ -143,7 +135,9 @@ def check_loop(c, world):
     on `world` ranks, before anything is run or written (Problems.stop)."""
     p = Problems(c)
     # ranges
-    for s in ("n_ift", "n_eft_train", "n_eft_eval", "n_test", "sft_batch_size", "micro_batch_size", "n_prompts",
+    for s in ("n_eft_train", "n_eft_eval"):
+        p.at_least(s, 2)  # a toy EFT set is made of groups of 2 or more responses
+    for s in ("n_ift", "n_test", "sft_batch_size", "micro_batch_size", "n_prompts",
               "max_prompt_tokens", "max_response_tokens", "n_judge", "max_judge_tokens", "dpo_batch_size",
               "gen_batch_size", "shard_size", "save_interval", "pretrain_epochs"):
         p.at_least(s, 1)
@@ -169,29 +163,25 @@ def check_loop(c, world):
     for s in ("sft_batch_size", "dpo_batch_size"):
         p.require(getattr(c, s) % world == 0, s, f"must divide by the number of ranks, {world}")
 
-    # M0 and the other models given: the context is what lengths are checked against
-    models = {}  # setting -> (ModelArgs, Tokenizer or None)
+    # M0 and the other models given: generation must fit in their context
+    contexts = {}  # setting -> the model's max_seq_len
     if c.init_from == "scratch":
         p.require(c.seed_data == "toy", "init_from", "'scratch' pretrains a toy base model; with real seed "
                   "data, give init_from a pretrained checkpoint folder")
         if p.require(c.model in PRESETS, "model", f"no such preset; presets: {', '.join(PRESETS)}"):
-            models["init_from"] = (PRESETS[c.model], None)
+            contexts["init_from"] = PRESETS[c.model].max_seq_len
         p.at_least("vocab_size", 300)  # the tokenizer's 256 byte pieces count towards it
-    else:
-        args, tok = check_checkpoint(p, "init_from", c.init_from)
-        if args:
-            models["init_from"] = (args, tok)
-    if c.prompt_writer not in ("M0", "M1", "current"):
-        args, tok = check_checkpoint(p, "prompt_writer", c.prompt_writer)
-        if args:
-            models["prompt_writer"] = (args, tok)
-    for setting, (args, _) in models.items():
+    for setting in ("init_from", "prompt_writer"):
+        if getattr(c, setting) not in ("scratch", "M0", "M1", "current"):
+            args, _ = check_checkpoint(p, setting, getattr(c, setting))
+            if args:
+                contexts[setting] = args.max_seq_len
+    for setting, context in contexts.items():
         for s in ("max_prompt_tokens", "max_response_tokens", "max_judge_tokens"):
-            p.require(getattr(c, s) < args.max_seq_len, s, f"must be below the context of {setting}'s model "
-                      f"(max_seq_len {args.max_seq_len})")
+            p.require(getattr(c, s) < context, s, f"must be below the context of {setting}'s model "
+                      f"(max_seq_len {context})")
 
     # input files
-    prompts = {}  # what the models will be asked, for the length check below
     if c.seed_data != "toy":
         if not os.path.isdir(c.seed_data):
             p.add(f"seed_data: no such folder: {c.seed_data} ('toy', or a folder with ift.jsonl, eft_train.jsonl, "
@@ -199,30 +189,23 @@ def check_loop(c, world):
         else:
             ift = p.jsonl("seed_data", os.path.join(c.seed_data, "ift.jsonl"), None, ["prompt", "response"])
             p.jsonl("seed_data", os.path.join(c.seed_data, "eft_train.jsonl"), eft_train_record)
-            groups = p.jsonl("seed_data", os.path.join(c.seed_data, "eft_eval.jsonl"), eft_group)
+            p.jsonl("seed_data", os.path.join(c.seed_data, "eft_eval.jsonl"), eft_group)
             if ift:
                 p.require(len(ift) >= c.n_shots - 2, "n_shots", f"needs {c.n_shots - 2} seed prompts per request, "
                           f"the seed has {len(ift)}")
-                prompts["seed_data ift.jsonl"] = [x["prompt"] for x in ift]
-            prompts["seed_data eft_eval.jsonl (as judge prompts)"] = [
-                judge_prompt(g["prompt"], r) for g in groups for r in g["responses"]]
     else:
         p.require(c.n_ift >= c.n_shots - 2, "n_shots", f"needs {c.n_shots - 2} seed prompts per request, "
                   f"n_ift = {c.n_ift}")
-    if c.eval_prompts:
-        recs = p.jsonl("eval_prompts", c.eval_prompts, None, ["instruction"])
-        prompts["eval_prompts"] = [x["instruction"] for x in recs]
-    if c.mt_bench:
-        recs = p.jsonl("mt_bench", c.mt_bench, mt_bench_question)
-        prompts["mt_bench"] = [x["turns"][0] for x in recs]
-
-    # every prompt must leave room to answer in the model's context
-    args, tok = models.get("init_from", (None, None))
-    if tok is not None:
-        for what, texts in prompts.items():
-            longest = max(((len(chat_prompt_ids(tok, x)), i) for i, x in enumerate(texts)), default=(0, 0))
-            p.require(longest[0] < args.max_seq_len, "init_from", f"{what}: prompt {longest[1] + 1} has "
-                      f"{longest[0]} tokens, no room to answer within max_seq_len {args.max_seq_len}")
+    # the evaluation files, read by the readers the evaluation stage uses
+    for setting, read in (("eval_prompts", E.read_eval_prompts), ("mt_bench", E.read_mt_bench),
+                          ("eft_judgments", J.read_judge_file)):
+        if getattr(c, setting):
+            try:
+                read(getattr(c, setting))
+            except (ValueError, FileNotFoundError) as e:
+                p.add(f"{setting}: {e}")
+    p.require(not (c.eft_judgments and c.seed_data == "toy"), "eft_judgments", "supplies judgments for EFT "
+              "groups (real seed data); the toy seed's EFT training records are already targets")
     return p
 
 

@@ -40,7 +40,7 @@ def settings(**overrides):
 
 
 def run_folder(tmp_path):
-    return Run(str(tmp_path / "run"), {}, D.Env())
+    return Run(str(tmp_path / "run"), settings(), D.Env())
 
 
 def use_model(monkeypatch, tok, max_seq_len):
@@ -243,13 +243,16 @@ def test_eft_judgments_setting_errors(tmp_path):
     def fails(*args):
         p = subprocess.run([sys.executable, "selfreward.py", f"--out_root={tmp_path}", "--progress=False", *args],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert p.returncode != 0
-        return p.stderr.strip().splitlines()[-1]
-    assert fails("--run_name=a", f"--eft_judgments={tmp_path / 'none.jsonl'}") == \
-        f"error: eft_judgments: file not found: {tmp_path / 'none.jsonl'}"
+        assert p.returncode == 2 and p.stderr.startswith("error: the run cannot start;"), p.stderr[-2000:]
+        return p.stderr.strip().splitlines()[1:]  # one line per problem
+    assert fails("--run_name=a", f"--eft_judgments={tmp_path / 'none.jsonl'}") == [
+        f"  - eft_judgments: data file not found: {tmp_path / 'none.jsonl'}",
+        f"  - eft_judgments = '{tmp_path / 'none.jsonl'}': supplies judgments for EFT groups (real seed data); "
+        "the toy seed's EFT training records are already targets"]
     write_jsonl(tmp_path / "j.jsonl", [{"prompt": "p", "responses": ["a"], "judgments": [["Score: 1"]]}])
-    assert fails("--run_name=b", f"--eft_judgments={tmp_path / 'j.jsonl'}").startswith(
-        "error: eft_judgments supplies judgments for EFT groups (real seed data)")
+    assert fails("--run_name=b", f"--eft_judgments={tmp_path / 'j.jsonl'}")[0].startswith(
+        f"  - eft_judgments = '{tmp_path / 'j.jsonl'}': supplies judgments for EFT groups (real seed data)")
+    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
 
 
 def test_smollm2_cpu_config_applies_and_its_data_steps_give_what_it_names(tmp_path):
