@@ -653,6 +653,8 @@ def check(c):
     """Every problem with the command line's settings, before a model is loaded."""
     import validate  # here, not at the top: validate reads judge.py, which samples with this file
     p = validate.Problems(c)
+    if not p.no_none(allowed=("seed",)):
+        return p
     if not c.ckpt:
         p.add("ckpt: give a checkpoint folder (--ckpt=DIR)")
     else:

@@ -16,9 +16,11 @@ reads them.
 import os
 import sys
 
-from checkpoint import check_tokenizer, meta_shards, read_config, safetensors_files
+import torch
+
 import evaluation as E
 import judge as J
+from checkpoint import check_tokenizer, meta_shards, read_config, safetensors_files
 from data import read_jsonl
 from model import PRESETS
 from tokenizer import Tokenizer
@@ -40,6 +42,13 @@ class Problems:
             self.add(f"{setting} = {getattr(self.c, setting)!r}: {text}")
         return ok
 
+    def no_none(self, allowed=()):
+        """--key=None passes the configurator for any setting; True if none is None (but `allowed`)."""
+        nones = [k for k, v in vars(self.c).items() if v is None and k not in allowed]
+        for k in nones:
+            self.add(f"{k} = None: give a value like its default")
+        return not nones
+
     def at_least(self, setting, low):
         return self.require(getattr(self.c, setting) >= low, setting, f"must be >= {low}")
 
@@ -54,7 +63,6 @@ class Problems:
 
     def compute(self):
         """Where and how a script computes: its device, dtype and threads settings."""
-        import torch
         v = self.c.device
         if self.require(v in ("", "cpu") or v.startswith("cuda"), "device", "must be '', 'cpu' or 'cuda'"):
             self.require(not v.startswith("cuda") or torch.cuda.is_available(), "device",
@@ -134,6 +142,8 @@ def check_loop(c, world):
     """Every problem with the loop's settings `c` and its input files, for a run
     on `world` ranks, before anything is run or written (Problems.stop)."""
     p = Problems(c)
+    if not p.no_none():
+        return p
     # ranges
     for s in ("n_eft_train", "n_eft_eval"):
         p.at_least(s, 2)  # a toy EFT set is made of groups of 2 or more responses
@@ -214,6 +224,8 @@ def check_training(c, world, fields, script):
     data record needs), before a model is built; raised as one ValueError
     (the command line prints it as one error, the loop names its stage)."""
     p = Problems(c)
+    if not p.no_none():
+        raise ValueError(p.message(script))
     for s in ("batch_size", "micro_batch_size", "eval_interval", "save_interval", "log_interval"):
         p.at_least(s, 1)
     for s in ("max_steps", "warmup_steps", "weight_decay", "grad_clip", "max_seq_len", "min_lr"):

@@ -522,3 +522,17 @@ def test_generation_shards_of_other_settings_are_not_reused(tmp_path):
     out = generate_sharded(r, "out", list(range(5)), 2, work_b)  # B again: its two parts are reused
     assert calls == [2] and out == [{"x": x, "by": "B"} for x in range(5)]
     assert sorted(os.listdir(tmp_path)) == ["out.jsonl", "settings.json"]
+
+
+def test_check_loop_in_this_process():
+    """--key=None passes the configurator for any setting: named, not a TypeError
+    later; ranges and the ranks a batch is split over are checked per setting."""
+    import validate
+    c = configurator.settings(S.DEFAULTS, {"top_p": None})
+    assert validate.check_loop(c, 1).found == ["top_p = None: give a value like its default"]
+    c = configurator.settings(S.DEFAULTS, {"top_p": 1.5, "dropout": 1.0, "dpo_batch_size": 6, "model": "toy-huge"})
+    found = validate.check_loop(c, 4).found
+    assert found[:3] == ["top_p = 1.5: must be in (0, 1]", "dropout = 1.0: must be in [0, 1)",
+                         "dpo_batch_size = 6: must divide by the number of ranks, 4"]
+    assert len(found) == 4 and found[3].startswith("model = 'toy-huge': no such preset; presets: toy-tiny")
+    assert validate.check_loop(configurator.settings(S.DEFAULTS), 1).found == []
