@@ -26,6 +26,7 @@ import train_sft
 from checkpoint import load_model
 from conftest import ROOT
 from data import read_jsonl, toy, write_jsonl
+from evaluation import alpaca_eval_path
 from judge import parse_score
 from sample import generate
 from tokenizer import Tokenizer, chat_prompt_ids
@@ -244,7 +245,7 @@ def test_bad_settings_refused_before_any_work_then_the_fix_continues(micro_run, 
     r = run_loop(tmp_path, eval_prompts=prompts)
     assert stages_run(r.stdout) == ["eval_SFT", "eval_M1", "eval_M2", "eval_M3", "report"]
     assert files_of(run, ["SFT", "M1", "M2", "M3"]) == models
-    answers = json.loads((run / "eval" / "M3_alpaca_eval.json").read_text())
+    answers = json.loads(open(alpaca_eval_path(run / "eval", "micro-M3")).read())
     assert [a["instruction"] for a in answers] == ["Reverse the word TAMILO.", "Sort BAKURO."]
     assert json.loads((run / "settings.json").read_text())["eval_prompts"] == str(prompts)
     r = run_loop(tmp_path, eval_prompts=prompts)  # a rerun of a finished run: nothing to do, the table again
