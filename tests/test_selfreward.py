@@ -292,6 +292,7 @@ def test_more_iterations_extend_a_finished_run(micro_run, tmp_path):
                                     "eval_M4", "report"]
     assert files_of(run, ["SFT", "M1", "M2", "M3"]) == models
     assert "| M4 |" in (run / "report.md").read_text() and not os.path.exists(run / "train" / "M4" / "state")
+    assert "it/s" not in r.stdout + r.stderr  # progress=False reached generation, judging and DPO: no bars
 
 
 def test_a_changed_training_setting_redoes_that_model_and_what_follows(micro_run, tmp_path):
