@@ -667,7 +667,7 @@ def check(c):
     p.at_least("max_new_tokens", 1)
     p.at_least("temperature", 0)
     p.fraction("top_p")
-    for s in ("num_samples", "batch_size", "save_every"):
+    for s in ("num_samples", "batch_size", "save_every", "tp"):
         p.at_least(s, 1)
     p.compute()
     return p

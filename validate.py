@@ -67,7 +67,8 @@ class Problems:
         if self.require(v in ("", "cpu") or v.startswith("cuda"), "device", "must be '', 'cpu' or 'cuda'"):
             self.require(not v.startswith("cuda") or torch.cuda.is_available(), "device",
                          "CUDA is not available on this machine")
-        self.require(self.c.dtype in ("auto", "bfloat16", "float32"), "dtype", "must be 'auto', 'bfloat16' or 'float32'")
+        self.require(self.c.dtype in ("auto", "bfloat16", "float32"), "dtype",
+                     "must be 'auto', 'bfloat16' or 'float32'")
         self.at_least("threads", 0)
 
     def jsonl(self, setting, path, check_record=None, fields=()):
@@ -149,8 +150,9 @@ def check_loop(c, world):
         p.at_least(s, 2)  # a toy EFT set is made of groups of 2 or more responses
     for s in ("n_ift", "n_test", "sft_batch_size", "micro_batch_size", "n_prompts",
               "max_prompt_tokens", "max_response_tokens", "n_judge", "max_judge_tokens", "dpo_batch_size",
-              "gen_batch_size", "shard_size", "save_interval", "pretrain_epochs"):
+              "shard_size", "save_interval", "pretrain_epochs", "tp"):
         p.at_least(s, 1)
+    p.at_least("gen_batch_size", 0)  # 0: the largest the generation memory plan fits the GPU
     for s in ("pretrain_lr", "sft_lr", "dpo_lr", "sft_epochs", "dpo_epochs", "dpo_beta"):
         p.positive(s)
     for s in ("pretrain_docs", "pretrain_qa_docs", "iterations", "min_prompt_words", "sft_min_lr", "dpo_min_lr",
@@ -169,27 +171,30 @@ def check_loop(c, world):
     p.require(c.pretrain_docs + c.pretrain_qa_docs > 0 or c.init_from != "scratch", "pretrain_docs",
               "and pretrain_qa_docs cannot both be 0 when init_from='scratch' (M0 has nothing to learn from)")
     p.compute()
-    # batches over ranks
+    # batches and tensor-parallel groups over ranks
     for s in ("sft_batch_size", "dpo_batch_size"):
         p.require(getattr(c, s) % world == 0, s, f"must divide by the number of ranks, {world}")
+    p.require(c.tp < 1 or world % c.tp == 0, "tp", f"must divide the number of ranks, {world}")
 
-    # M0 and the other models given: generation must fit in their context
-    contexts = {}  # setting -> the model's max_seq_len
+    # M0 and the other models given: generation must fit in their context, tensor parallelism their heads
+    models = {}  # setting -> the model's ModelArgs
     if c.init_from == "scratch":
         p.require(c.seed_data == "toy", "init_from", "'scratch' pretrains a toy base model; with real seed "
                   "data, give init_from a pretrained checkpoint folder")
         if p.require(c.model in PRESETS, "model", f"no such preset; presets: {', '.join(PRESETS)}"):
-            contexts["init_from"] = PRESETS[c.model].max_seq_len
+            models["init_from"] = PRESETS[c.model]
         p.at_least("vocab_size", 300)  # the tokenizer's 256 byte pieces count towards it
     for setting in ("init_from", "prompt_writer"):
         if getattr(c, setting) not in ("scratch", "M0", "M1", "current"):
             args, _ = check_checkpoint(p, setting, getattr(c, setting))
             if args:
-                contexts[setting] = args.max_seq_len
-    for setting, context in contexts.items():
+                models[setting] = args
+    for setting, args in models.items():
         for s in ("max_prompt_tokens", "max_response_tokens", "max_judge_tokens"):
-            p.require(getattr(c, s) < context, s, f"must be below the context of {setting}'s model "
-                      f"(max_seq_len {context})")
+            p.require(getattr(c, s) < args.max_seq_len, s, f"must be below the context of {setting}'s model "
+                      f"(max_seq_len {args.max_seq_len})")
+        p.require(c.tp < 1 or (args.n_kv_heads % c.tp == 0 and args.hidden_dim % c.tp == 0), "tp",
+                  f"must divide {setting}'s n_kv_heads {args.n_kv_heads} and FFN width {args.hidden_dim}")
 
     # input files
     if c.seed_data != "toy":
