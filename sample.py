@@ -711,7 +711,7 @@ def answer_file(model, tok, c, env, kw):
     records = read_jsonl(c.prompts_file, ["prompt"], allow_empty=False)
     partial, t0 = c.out + ".partial", time.time()
     made_from = fingerprint(file_fingerprint(c.ckpt), file_fingerprint(c.prompts_file), c.max_new_tokens,
-                            c.temperature, c.top_p, c.num_samples, c.seed, c.save_every, c.dtype)
+                            c.temperature, c.top_p, c.num_samples, c.seed, c.save_every, c.dtype, c.chat_template)
     kept = kept_answers(partial, made_from, c.save_every) if D.is_rank0() else 0
     kept = int(D.all_sum(env, kept)[0])  # rank 0 read the file and cut it to whole chunks; all agree
     if kept:

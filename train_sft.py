@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 import distributed as D
 import training as T
+import validate
 from configurator import settings
 from model import estimate_mfu
 from tokenizer import chat_ids, chat_tokens
@@ -148,8 +149,9 @@ def train(config=None, announce=False):
     announce: print where and how it computes (the command line does)."""
     if config and config.get("plan_only"):  # no data, no weights: shapes only
         return T.plan_memory(settings(DEFAULTS, config))
-    fields = ["text"] if (config or {}).get("template", DEFAULTS["template"]) == "text" else ["prompt", "response"]
-    return T.run(sft, DEFAULTS, config, fields, announce)
+    if (config or {}).get("template", DEFAULTS["template"]) == "text":
+        return T.run(sft, DEFAULTS, config, ["text"], announce)
+    return T.run(sft, DEFAULTS, config, [], announce, check_record=validate.sft_record)
 
 
 def sft(c, env):

@@ -98,14 +98,15 @@ def main(train, defaults, script_file, doc, argv=None):
         sys.exit(130)
 
 
-def run(loop, defaults, config, fields, announce=False):
+def run(loop, defaults, config, fields, announce=False, check_record=None):
     """Run loop(c, env) with the settings (defaults, then `config` on top)
     inside the process group: one process, or one rank of many under torchrun,
-    once every setting and input has been checked (fields: what each data
-    record needs). announce: print where and how it computes (the command line does)."""
+    once every setting and input has been checked (fields: the strings each
+    data record needs; check_record: validate.sft_record, say). announce:
+    print where and how it computes (the command line does)."""
     c = settings(defaults, config)
     script = os.path.basename(loop.__code__.co_filename)  # train_sft.py or train_dpo.py
-    validate.check_training(c, int(os.environ.get("WORLD_SIZE", 1)), fields, script)  # before the process group
+    validate.check_training(c, int(os.environ.get("WORLD_SIZE", 1)), fields, script, check_record)  # before setup
     env = D.setup(c.device, c.dtype, c.threads)
     if announce:
         D.log(D.describe(env))

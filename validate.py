@@ -23,7 +23,7 @@ import judge as J
 from checkpoint import check_tokenizer, meta_shards, read_config, safetensors_files
 from data import read_jsonl
 from model import PRESETS
-from tokenizer import Tokenizer
+from tokenizer import TEMPLATES, Tokenizer
 
 
 class Problems:
@@ -62,7 +62,7 @@ class Problems:
         return self.require(ok, setting, f"must be in {'(' if low_open else '['}0, 1{')' if high_open else ']'}")
 
     def compute(self):
-        """Where and how a script computes: its device, dtype and threads settings."""
+        """Where and how a script computes: its device, dtype, threads and chat template settings."""
         v = self.c.device
         if self.require(v in ("", "cpu") or v.startswith("cuda"), "device", "must be '', 'cpu' or 'cuda'"):
             self.require(not v.startswith("cuda") or torch.cuda.is_available(), "device",
@@ -70,6 +70,9 @@ class Problems:
         self.require(self.c.dtype in ("auto", "bfloat16", "float32"), "dtype",
                      "must be 'auto', 'bfloat16' or 'float32'")
         self.at_least("threads", 0)
+        if "chat_template" in vars(self.c):
+            self.require(self.c.chat_template in ("", *TEMPLATES), "chat_template",
+                         f"must be '' (the checkpoint's own) or one of {', '.join(TEMPLATES)}")
 
     def jsonl(self, setting, path, check_record=None, fields=()):
         """Every record of a JSON Lines input: it parses, it has `fields` (strings),
@@ -97,6 +100,21 @@ class Problems:
 # -----------------------------------------------------------------------------
 # Records the loop reads (data/__init__.py has the formats)
 
+def sft_record(rec):
+    """An SFT / IFT record: prompt and response, or a conversation (train_sft.tokenize)."""
+    if "messages" in rec:
+        msgs = rec["messages"]
+        if not isinstance(msgs, list) or not all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                                 and isinstance(m.get("content"), str) for m in msgs):
+            return "'messages' must be a list of {\"role\", \"content\"} objects with string values"
+        if not any(m["role"] == "assistant" for m in msgs):
+            return "a conversation without an assistant message has nothing to learn"
+        return None
+    if not (isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str)):
+        return "needs string fields prompt and response, or a messages list"
+    return None
+
+
 def eft_group(rec):
     """An EFT group: a prompt, 2+ responses and one human rank each."""
     responses, ranks = rec.get("responses"), rec.get("ranks")
@@ -121,19 +139,19 @@ def eft_train_record(rec):
 # -----------------------------------------------------------------------------
 
 def check_checkpoint(p, setting, folder):
-    """A checkpoint folder to load: config, weights and tokenizer present and
-    agreeing. Returns its ModelArgs and Tokenizer, or (None, None)."""
+    """A checkpoint folder to load: config, weights and tokenizer (tokenizer.model
+    or tokenizer.json) present and agreeing. Returns its ModelArgs and Tokenizer,
+    or (None, None)."""
     try:
         args = read_config(folder)
         if os.path.exists(os.path.join(folder, "config.json")):
             safetensors_files(folder)  # reads the headers: a truncated file is found here
         else:
             meta_shards(folder)
-        tok_path = os.path.join(folder, "tokenizer.model")
-        if not os.path.exists(tok_path):
-            raise FileNotFoundError(f"{folder}: no tokenizer.model")
-        check_tokenizer(tok_path, args, folder)
-        return args, Tokenizer(tok_path)
+        if not any(os.path.exists(os.path.join(folder, f)) for f in ("tokenizer.model", "tokenizer.json")):
+            raise FileNotFoundError(f"{folder}: no tokenizer.model or tokenizer.json")
+        check_tokenizer(folder, args, folder)
+        return args, Tokenizer(folder)
     except (ValueError, FileNotFoundError, OSError) as e:
         p.add(f"{setting}: {e}")
         return None, None
@@ -202,7 +220,7 @@ def check_loop(c, world):
             p.add(f"seed_data: no such folder: {c.seed_data} ('toy', or a folder with ift.jsonl, eft_train.jsonl, "
                   "eft_eval.jsonl; python -m data.prepare_oasst writes one)")
         else:
-            ift = p.jsonl("seed_data", os.path.join(c.seed_data, "ift.jsonl"), None, ["prompt", "response"])
+            ift = p.jsonl("seed_data", os.path.join(c.seed_data, "ift.jsonl"), sft_record)
             p.jsonl("seed_data", os.path.join(c.seed_data, "eft_train.jsonl"), eft_train_record)
             p.jsonl("seed_data", os.path.join(c.seed_data, "eft_eval.jsonl"), eft_group)
             if ift:
@@ -224,9 +242,10 @@ def check_loop(c, world):
     return p
 
 
-def check_training(c, world, fields, script):
-    """Every problem with a trainer's settings and inputs (`fields`: what each
-    data record needs), before a model is built; raised as one ValueError
+def check_training(c, world, fields, script, check_record=None):
+    """Every problem with a trainer's settings and inputs (`fields`: strings
+    each data record needs; check_record(rec): what else is wrong with one,
+    or None), before a model is built; raised as one ValueError
     (the command line prints it as one error, the loop names its stage)."""
     p = Problems(c)
     if not p.no_none():
@@ -251,8 +270,8 @@ def check_training(c, world, fields, script):
             p.require(os.path.isfile(c.tokenizer), "tokenizer", "no such file")
     else:
         check_checkpoint(p, "init_from", c.init_from)
-    p.jsonl("data", c.data, None, fields)
+    p.jsonl("data", c.data, check_record, fields)
     if c.eval_data:
-        p.jsonl("eval_data", c.eval_data, None, fields)
+        p.jsonl("eval_data", c.eval_data, check_record, fields)
     if p.found:
         raise ValueError(p.message(script))
