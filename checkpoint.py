@@ -38,7 +38,7 @@ import torch
 from safetensors import safe_open
 
 import distributed as D
-from model import ModelArgs, Transformer
+from model import ModelArgs, Transformer, preset
 from tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
@@ -209,6 +209,13 @@ def read_config(path):
         args["vocab_size"] = shard["tok_embeddings.weight"].shape[0]
     args["tie_embeddings"] = "output.weight" not in shard
     return ModelArgs(**args)
+
+
+def model_width(init_from, preset_name=""):
+    """The width (dim) of the model a run starts from: the checkpoint folder
+    init_from's, or the preset's when init_from is 'scratch' (it picks the
+    compute dtype on a CPU: distributed.compute_dtype)."""
+    return preset(preset_name).dim if init_from == "scratch" else read_config(init_from).dim
 
 
 def check_tokenizer(tokenizer_path, args: ModelArgs, where):

@@ -78,11 +78,24 @@ def cpu_has_bf16():
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def compute_dtype(device, setting="auto"):
-    """The dtype a run computes in. 'auto': bfloat16 on a GPU and on a CPU
-    with bf16 matrix units, else float32; 'bfloat16' or 'float32' forces it."""
+# Below this model width bf16 does not pay on a CPU: the matmuls are too small
+# for the bf16 units to gain what the extra casts and kernel overheads cost
+# (measured, 2 threads: toy-small, width 128, pretraining M0 203 s in fp32 and
+# 226 s in bf16; the toy preset, width 256, trains 1.48x faster in bf16,
+# toy-large 2.1x: python bench.py train).
+CPU_BF16_MIN_WIDTH = 256
+
+
+def compute_dtype(device, setting="auto", width=None):
+    """The dtype a run computes in. 'auto': bfloat16 on a GPU, and on a CPU
+    with bf16 matrix units for models at least CPU_BF16_MIN_WIDTH wide (width:
+    the model's dim, None if not known); else float32. 'bfloat16' or
+    'float32' forces it."""
     if setting == "auto":
-        return torch.bfloat16 if device.startswith("cuda") or cpu_has_bf16() else torch.float32
+        if device.startswith("cuda"):
+            return torch.bfloat16
+        wide = width is None or width >= CPU_BF16_MIN_WIDTH
+        return torch.bfloat16 if cpu_has_bf16() and wide else torch.float32
     if setting not in ("bfloat16", "float32"):
         raise ValueError(f"dtype must be 'auto', 'bfloat16' or 'float32', not {setting!r}")
     return getattr(torch, setting)
@@ -108,10 +121,11 @@ def usable_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def setup(device="", dtype="auto", threads=0, tp=1):
+def setup(device="", dtype="auto", threads=0, tp=1, width=None):
     """Start (or join) the process group when run under torchrun (RANK is set);
     otherwise a plain single process. device: '' picks cuda if available;
-    dtype: the compute dtype (compute_dtype); threads: CPU threads (cpu_threads);
+    dtype: the compute dtype (compute_dtype, for a model `width` wide);
+    threads: CPU threads (cpu_threads);
     tp: ranks per tensor-parallel group for generation (inside a node: its
     all-reduces run every layer of every token); the world is a grid of
     world/tp groups (dp) of tp ranks."""
@@ -125,7 +139,7 @@ def setup(device="", dtype="auto", threads=0, tp=1):
         raise ValueError(f"tp={tp} must be >= 1 and divide the world size {world}")
     if "RANK" not in os.environ:
         device = device or ("cuda" if cuda else "cpu")
-        return Env(device=device, dtype=compute_dtype(device, dtype))
+        return Env(device=device, dtype=compute_dtype(device, dtype, width))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if cuda:
         torch.cuda.set_device(local_rank)
@@ -139,7 +153,7 @@ def setup(device="", dtype="auto", threads=0, tp=1):
     tp_mesh = None if tp == 1 else init_device_mesh("cuda" if cuda else "cpu", (world // tp, tp),
                                                     mesh_dim_names=("dp", "tp"))
     return Env(rank=dist.get_rank(), world=dist.get_world_size(), device=device, mesh=mesh,
-               owns_group=owns, dtype=compute_dtype(device, dtype), tp_mesh=tp_mesh)
+               owns_group=owns, dtype=compute_dtype(device, dtype, width), tp_mesh=tp_mesh)
 
 
 def describe(env):
@@ -151,9 +165,12 @@ def describe(env):
         why = " (CPU has bf16 matrix units)" if cpu_has_bf16() else " (CPU has no bf16 matrix units)"
     busy = ""
     if env.device == "cpu" and hasattr(os, "getloadavg"):
-        others = os.getloadavg()[0]  # runnable processes, mostly other programs' as we just started
-        if others + torch.get_num_threads() > usable_cores() + 0.5:
-            busy = f"; load average {others:.1f}: busy cores slow every thread (try --threads=1)"
+        # runnable processes over the last 1 and 5 minutes, other programs' as we
+        # just started; both, so that a program that just ended does not count
+        others = min(os.getloadavg()[:2])
+        if others >= 1 and others + torch.get_num_threads() > usable_cores() + 0.5:
+            busy = (f"; load average {others:.1f}: if other programs keep cores busy, fewer threads "
+                    f"(--threads) run much faster")
     return (f"computing on {where}, {str(env.dtype).removeprefix('torch.')}{why}, "
             f"{torch.get_num_threads()} CPU thread(s) per rank{busy}")
 

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import distributed as D
-from checkpoint import load_model
+from checkpoint import load_model, read_config
 from configurator import configure, settings
 from data import file_fingerprint, fingerprint, read_jsonl, write_jsonl, write_text
 from model import ModelArgs
@@ -678,7 +678,7 @@ def main(argv=None):
     answered into --out; bad input and Ctrl-C end with one line."""
     c = settings(DEFAULTS, configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), argv))
     check(c).stop("sample.py")
-    env = D.setup(c.device, c.dtype, c.threads, tp=c.tp)  # under torchrun: join the process group, one GPU per rank
+    env = D.setup(c.device, c.dtype, c.threads, tp=c.tp, width=read_config(c.ckpt).dim)  # under torchrun: one GPU per rank
     D.log(D.describe(env))
     try:
         tok = Tokenizer(c.ckpt, c.chat_template)

@@ -666,7 +666,8 @@ def main(argv=None):
             print(plan["text"])
         return
     validate.check_loop(c, int(os.environ.get("WORLD_SIZE", 1))).stop()  # every setting and input, before any work
-    env = D.setup(c.device, c.dtype, c.threads, tp=c.tp)  # under torchrun: join the process group once, for every stage
+    env = D.setup(c.device, c.dtype, c.threads, tp=c.tp,  # under torchrun: join the process group once, for every stage
+                  width=checkpoint.model_width(c.init_from, c.model))
     D.log(D.describe(env))
     check_generation_batch(c, env)
     r = Run(os.path.join(c.out_root, c.run_name), c, env, RUNTIME_ONLY)

@@ -33,7 +33,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 import distributed as D
 import validate
-from checkpoint import check_tokenizer, load_model, load_tensors, read_config, save_model
+from checkpoint import check_tokenizer, load_model, load_tensors, model_width, read_config, save_model
 from configurator import configure, settings
 from data import file_fingerprint, fingerprint, read_jsonl, write_text
 from model import preset
@@ -107,7 +107,8 @@ def run(loop, defaults, config, fields, announce=False, check_record=None):
     c = settings(defaults, config)
     script = os.path.basename(loop.__code__.co_filename)  # train_sft.py or train_dpo.py
     validate.check_training(c, int(os.environ.get("WORLD_SIZE", 1)), fields, script, check_record)  # before setup
-    env = D.setup(c.device, c.dtype, c.threads)
+    scratch_preset = c.model if c.init_from == "scratch" else ""  # (DPO always starts from a checkpoint)
+    env = D.setup(c.device, c.dtype, c.threads, width=model_width(c.init_from, scratch_preset))
     if announce:
         D.log(D.describe(env))
     try:

@@ -255,8 +255,8 @@ def grade(record, response):
     ans, text = answer(task), response.strip()
     if text in (ans, ans + "."):
         return 5
-    if ans.isdigit():
-        found = re.findall(r"\d+", text)  # the numbers in the response
+    if ans.lstrip("-").isdigit():  # a number (generated prompts may subtract past 0)
+        found = re.findall(r"-?\d+" if ans.startswith("-") else r"\d+", text)  # the numbers in the response
         echo = {str(task.get("a")), str(task.get("b"))}  # operands repeated from the question
         tries = [n for n in found if n not in echo]  # every other number is an answer
         near = [n for n in tries if abs(int(n) - int(ans)) <= max(1, int(ans) // 20)]

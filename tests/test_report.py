@@ -93,3 +93,15 @@ def test_interval_figure_is_svg_with_a_dot_and_bar_per_figure():
     assert sorted(y for _, y in dots) == [30.0, 120.0, 120.0]
     bars = [(float(b.get("y1")), float(b.get("y2"))) for b in root.iter(ns + "line") if b.get("stroke") == "#2060c0"]
     assert sorted(bars) == [(48.0, 30.0), (138.0, 102.0), (165.0, 75.0)]  # 4.5..5.0, 2.0..3.0, 25%..75%
+
+
+def test_a_generated_subtraction_below_zero_is_graded(tmp_path):
+    """M0 writes prompts like "What is 3 - 7?", which the seed never asks: the
+    grader reads -4 as a number (exact answers 5, other numbers near or wrong)."""
+    from data import toy
+    prompt = toy.TEMPLATES["arith-"][0].format(a=3, b=7)
+    record = {"prompt": prompt}
+    assert toy.grade(record, "-4") == 5 and toy.grade(record, "The answer is -4.") == 4
+    assert toy.grade(record, "4") < 4
+    write_jsonl(tmp_path / "iter1" / "pairs.jsonl", [{"prompt": prompt, "chosen": "-4", "rejected": "12"}])
+    assert report.pair_verdicts(run_folder(tmp_path), 1)["better"] == 1

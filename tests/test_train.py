@@ -704,3 +704,14 @@ def test_tied_embeddings_under_fsdp(work, tmp_path, toy_tokenizer_path):
     trained = load_model(tmp_path / "single" / "model")
     assert trained.args.tie_embeddings and trained.output is None
     assert (trained.tok_embeddings.weight - model.tok_embeddings.weight).abs().max() > 1e-4
+
+
+def test_auto_dtype_is_bf16_only_where_it_pays():
+    """'auto': bf16 on a GPU whatever the size; on a CPU only with bf16 matrix
+    units and for models at least 256 wide (toy-small, 128, runs faster in fp32)."""
+    assert D.compute_dtype("cuda:0", "auto", width=64) == torch.bfloat16
+    assert D.compute_dtype("cpu", "auto", width=128) == torch.float32
+    wide = torch.bfloat16 if D.cpu_has_bf16() else torch.float32
+    assert D.compute_dtype("cpu", "auto", width=256) == wide and D.compute_dtype("cpu", "auto") == wide
+    assert D.compute_dtype("cpu", "bfloat16", width=64) == torch.bfloat16  # a setting forces it
+    assert D.compute_dtype("cuda", "float32") == torch.float32
