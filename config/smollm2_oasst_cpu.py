@@ -29,7 +29,8 @@ sft_min_lr = 1e-6
 sft_batch_size = 8
 sft_epochs = 1
 micro_batch_size = 4
-dropout = 0.1
+dropout = 0.0                  # not the paper's 0.1: SmolLM2 was trained without dropout, and residual
+                               # dropout 0.1 lifts its loss on these responses from 2.55 to 8.54 at step 0
 # one iteration, small: about 16 requests -> a handful of prompts x 4 candidates x 3 judgments
 iterations = 1
 n_prompts = 16
