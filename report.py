@@ -236,6 +236,46 @@ def judge_agreement(r, a, b):
     return J.kendall_tau(*zip(*both)) if len(both) >= 2 else None
 
 
+def checking_versus_doing(r, names, tests):
+    """Toy world, evaluation only: does the judge know the right answer more
+    often than the policy gives it? A judge can teach correctness only where it
+    checks better than the policy does (issue 16). Per model and task kind: the
+    share of its EFT eval judgments that state the right answer
+    (toy.stated_answer), against the share of test prompts it answers right
+    (grade >= 4). Returns {model: {"judge", "answer", "kinds": {kind: (judge, answer)}}}."""
+    share = lambda xs: sum(xs) / len(xs) if xs else None
+    found = {}
+    for n in names:
+        path = r.path("eval", f"{n}_judgments.jsonl")
+        if n not in tests or not os.path.exists(path):
+            continue
+        judged, answered = {k: [] for k in toy.KINDS}, {k: [] for k in toy.KINDS}
+        for rec in read_jsonl(path):  # one record per EFT eval response, its judgments as sampled
+            task = toy.task_from_prompt(rec["prompt"])
+            judged[task["kind"]] += [toy.stated_answer(j) == toy.answer(task) for j in rec["judgments"]]
+        for x in tests[n]:
+            answered[(x.get("task") or toy.task_from_prompt(x["prompt"]))["kind"]].append(x["grade"] >= 4)
+        found[n] = {"judge": share(sum(judged.values(), [])), "answer": share(sum(answered.values(), [])),
+                    "kinds": {k: (share(judged[k]), share(answered[k])) for k in toy.KINDS}}
+    return found
+
+
+def checking_lines(found):
+    """checking_versus_doing as a table: judge % / answers %, in all and per task kind."""
+    if not found:
+        return []
+    header = "| model | judge states the right answer % | answers right % | " + " | ".join(
+        f"{k}: judge / answers %" for k in toy.KINDS) + " |"
+    lines = ["Checking against doing (evaluation only): the share of each model's EFT eval judgments that state the "
+             "right answer (\"The correct answer is X.\"), against the share of test prompts it answers right "
+             "(grade >= 4). The judge can teach correctness only where the first is higher.", "",
+             header, "|" + "---|" * (header.count("|") - 1)]
+    for n, f in found.items():
+        lines.append(f"| {n} | {pct(f['judge'])} | {pct(f['answer'])} | "
+                     + " | ".join(f"{pct(j)} / {pct(a)}" for j, a in f["kinds"].values()) + " |")
+    return lines + [""]
+
+
 def diagnostic_lines(r, names, iterations, toy_world):
     lines = ["Inside the loop, per iteration (the judge's own judgments of the candidates):", ""]
     for t in range(1, iterations + 1):
@@ -313,9 +353,12 @@ def write_report(r, names, infos, run_name, iterations):
     toy = len(tests) == len(names)  # the toy world's grader graded every model
     rows, metrics = toy_rows(names, tests, infos) if toy else real_rows(names, infos)
     interval_table, intervals = interval_rows(r, names, tests) if toy else ([], {})
+    checking = checking_versus_doing(r, names, tests) if toy else {}
     for m in metrics:
         if m["model"] in intervals:
             m["intervals"] = intervals[m["model"]]
+        if m["model"] in checking:
+            m["checking"] = checking[m["model"]]
     stages = {}
     for f in sorted(os.listdir(r.path("done"))):
         with open(r.path("done", f)) as fh:
@@ -340,6 +383,7 @@ def write_report(r, names, infos, run_name, iterations):
         f"# Self-rewarding run `{run_name}`", "", intro + ties, "",
         *rows, "", *intervals_intro, *iteration_lines(r, stages, iterations),
         f"- stage time in all: {total / 60:.1f} min", "", *diagnostic_lines(r, names, iterations, toy),
+        *checking_lines(checking),
         *external_judges({n: infos.get(n, {}) for n in names}),
         "Settings:", "", "```", *(f"{k} = {v!r}" for k, v in r.settings.items()), "```", ""])
     if D.is_rank0():

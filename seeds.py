@@ -31,6 +31,7 @@ FIGURES = [
     ("right answers (grade >= 4) %", lambda m: 100 * m["intervals"]["right"][0]),
     ("bare right answers (grade 5) %", lambda m: 100 * m["exact_solve"]),
     ("judge pairwise acc %", lambda m: 100 * (m["judge"].get("pairwise_accuracy") or 0.0)),
+    ("judge states the right answer %", lambda m: 100 * (m.get("checking", {}).get("judge") or 0.0)),
 ]
 
 

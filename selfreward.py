@@ -80,10 +80,10 @@ letter_pieces = True        # toy tokenizer: each capital letter is one piece, s
                             # seen letter by letter and reverse/sort/replace are learnable
 n_ift = 3200                # toy IFT seed examples (paper: 3,200)
 n_eft_train = 4890          # toy EFT training examples (paper: 1,630; a 1M-parameter judge needs 3x)
-n_eft_eval = 541            # toy EFT eval responses (paper: 541)
+n_eft_eval = 1623           # toy EFT eval responses (paper: 541; 3x, as the judge's accuracy steps are ~2 points)
 eft_judgments = ""          # real data: a JSONL of judgments by a stronger judge (judge.read_judge_file) that
                             # supplies the EFT targets instead of the SFT baseline ('' = the paper's recipe)
-n_test = 256                # toy held-out test prompts (paper: 256 head-to-head prompts)
+n_test = 1024               # toy held-out test prompts (paper: 256 for a GPT-4 judge; the grader is free, and 4x halves the intervals)
 ift_chatty = 0.6            # toy IFT seed: share of right answers said chattily ("Sure! The answer is 42.")
 pretrain_docs = 2000        # toy M0: documents listing task prompts (the base model's "web text")
 pretrain_qa_docs = 4000     # toy M0: documents of worked examples ("Q: ... A: ..."), 4-12 each

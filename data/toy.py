@@ -42,8 +42,8 @@ Files written by write_toy(out_dir) (formats in data/__init__.py):
                            had 1,630, a 1M-parameter judge needs 3x)
     eft_train_groups.jsonl {"prompt", "responses", "ranks", "scores", "task"}
                            the same responses as groups, for judge.make_eft_targets
-    eft_eval.jsonl         the same group shape; 541 responses in all
-    test.jsonl             {"prompt", "task"}                        held out (256)
+    eft_eval.jsonl         the same group shape; 1,623 responses in all (the paper's 541, 3x)
+    test.jsonl             {"prompt", "task"}                        held out (1,024; the paper: 256)
 EFT sizes count judged responses: the paper's 541 eval examples match in number
 the ranked first-turn replies of the oasst1 validation split (541, 186 prompts).
 Groups have 2 to 4 responses (2.85 on average), all of different grades;
@@ -338,6 +338,14 @@ JUSTIFICATION = {
 }
 
 
+def stated_answer(judgment):
+    """The answer a judgment in eft_target's form states as correct ("The
+    correct answer is X."), or None: how the report measures whether the judge
+    worked the task out, apart from the score it then gave."""
+    m = re.search(r"The correct answer is (\S+?)\.(?:\s|$)", judgment)
+    return m.group(1) if m else None
+
+
 def eft_target(prompt, task, response):
     """The SFT record that teaches the judge to score this response."""
     score = grade({"prompt": prompt, "task": task}, response)
@@ -379,7 +387,7 @@ def ift_response(task, rng, chatty):
     return CHATTER[0].format(x=answer(task)) if chatty and rng.random() < chatty else answer(task)
 
 
-def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=541, n_test=256, ift_chatty=0.6):
+def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024, ift_chatty=0.6):
     """All toy seed sets as lists of records; the same seed gives the same sets."""
     if 1 in (n_eft_train, n_eft_eval):
         raise ValueError("an EFT set needs 0 or at least 2 responses")

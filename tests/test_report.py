@@ -64,8 +64,9 @@ def test_judge_agreement_between_models_by_hand(tmp_path):
 
 def test_seed_study_table_by_hand(tmp_path):
     import seeds
-    figures = lambda grade, right, bare, judge: {"mean grade": grade, "right answers (grade >= 4) %": right,
-                                                 "bare right answers (grade 5) %": bare, "judge pairwise acc %": judge}
+    figures = lambda grade, right, bare, judge, states=0.0: {
+        "mean grade": grade, "right answers (grade >= 4) %": right, "bare right answers (grade 5) %": bare,
+        "judge pairwise acc %": judge, "judge states the right answer %": states}
     per_seed = {1: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.2, 40, 10, 60), "M2": figures(2.4, 45, 20, 65)},
                 2: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.3, 40, 10, 62), "M2": figures(2.2, 35, 20, 61)}}
     lines = seeds.summarize(per_seed, ["SFT", "M1", "M2"], {1: (0.05, 0.35), 2: (-0.2, 0.0)})
@@ -76,9 +77,9 @@ def test_seed_study_table_by_hand(tmp_path):
     # a run's figures come from the last report written into its metrics.jsonl
     folder = tmp_path / "run"
     m = {"model": "M1", "mean_grade": 2.0, "exact_solve": 0.25, "judge": {"pairwise_accuracy": 0.5},
-         "intervals": {"right": [0.75, [0.5, 1.0]]}}
+         "intervals": {"right": [0.75, [0.5, 1.0]]}, "checking": {"judge": 0.125}}
     write_jsonl(folder / "metrics.jsonl", [{"stage": "eval_M1"}, {"eval": {**m, "mean_grade": 1.0}}, {"eval": m}])
-    assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0)}
+    assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5)}
 
 
 def test_interval_figure_is_svg_with_a_dot_and_bar_per_figure():
@@ -105,3 +106,24 @@ def test_a_generated_subtraction_below_zero_is_graded(tmp_path):
     assert toy.grade(record, "4") < 4
     write_jsonl(tmp_path / "iter1" / "pairs.jsonl", [{"prompt": prompt, "chosen": "-4", "rejected": "12"}])
     assert report.pair_verdicts(run_folder(tmp_path), 1)["better"] == 1
+
+
+def test_checking_against_doing_by_hand(tmp_path):
+    """The judge's stated answers (EFT eval) against the model's own answers (test), per task kind."""
+    from data import toy
+    r = run_folder(tmp_path)
+    rev, srt = "Reverse the word 'ABC'.", "Sort the letters of 'CAB' alphabetically."
+    say = lambda x, score: f"The correct answer is {x}. Whatever.\nScore: {score}"
+    write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [
+        {"prompt": rev, "judgments": [say("CBA", 5), say("CAB", 1), "Score: 3"]},  # right, wrong, none stated
+        {"prompt": srt, "judgments": [say("ABC", 4), say("ABC", 0)]}])           # right twice (scores aside)
+    tests = {"M1": [{"prompt": rev, "grade": 5}, {"prompt": rev, "grade": 3},
+                    {"prompt": srt, "grade": 4, "task": {"kind": "sort", "word": "CAB"}}, {"prompt": srt, "grade": 1}]}
+    found = report.checking_versus_doing(r, ["M1"], tests)["M1"]
+    assert found["judge"] == pytest.approx(3 / 5) and found["answer"] == pytest.approx(2 / 4)
+    assert found["kinds"]["reverse"] == (pytest.approx(1 / 3), 0.5) and found["kinds"]["sort"] == (1.0, 0.5)
+    assert found["kinds"]["arith"] == (None, None)
+    assert toy.stated_answer("The correct answer is -12. The response ...") == "-12"
+    assert toy.stated_answer("The answer is 12.") is None
+    lines = report.checking_lines({"M1": found})
+    assert any(line.startswith("| M1 | 60.0 | 50.0 | 33.3 / 50.0 | 100.0 / 50.0 |") for line in lines)
