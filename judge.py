@@ -12,6 +12,14 @@ ends with "Score: N". This file holds
     read_judge_file(path)   judgments another (stronger) judge wrote, as EFT material
     eft_targets(...)        the judgments whose scores agree with the human ranking, as SFT records
 
+and the Meta-Rewarding variant's meta-judge (Wu et al. 2024, Section 2.2:
+the model compares two of its own judgments of one response):
+
+    meta_judge_prompt(...)  two judgments of one response, which applies the rubric better?
+    parse_winner(text)      the verdict a meta-judgment ends with, "A", "B" or None
+    judgment_battles(...)   the ordered pairs of judgments to compare, both orders
+    compare_judgments(...)  sample one meta-judgment per battle with the model itself
+
 `python judge.py` is not a script: selfreward.py and the tests call in here
 (`python judge.py --help` prints this).
 """
@@ -396,6 +404,125 @@ def read_judge_file(path):
                        for r, ts in zip(responses, texts)])
     return groups, judged
 
+
+
+# -----------------------------------------------------------------------------
+# Meta-Rewarding (Wu et al. 2024, arXiv 2407.19594, Section 2.2): the model is
+# also a meta-judge. It reads two of its own judgments of one response and
+# says which applies the rubric better; the judgment that wins most of these
+# battles is set against the one that wins fewest, and DPO trains the judge on
+# such pairs (selfreward.make_judge_pairs), as it trains the actor on the
+# response pairs. The prompt below follows the paper's structure (the rubric,
+# the question, the response, Judgment A and B, a verdict line) in our own words.
+
+RUBRIC = "\n".join(line for line in JUDGE_PROMPT.split("\n")
+                   if line.startswith(("- Add", "- Award", "- Grant", "- Bestow")))  # Figure 2's five criteria
+assert RUBRIC.count("\n") == 4, "the five criteria of the judge prompt"
+
+META_JUDGE_PROMPT = f"""\
+Below are a user’s question, a response to it, and two judgments of that response. Each judgment was asked to score the response with this additive 5-point rubric:
+{RUBRIC}
+User: <INSTRUCTION_HERE>
+<response><RESPONSE_HERE></response>
+Judgment A:
+<JUDGMENT_A_HERE>
+Judgment B:
+<JUDGMENT_B_HERE>
+Which judgment applies the rubric to this response more accurately?
+- Briefly explain: does each judgment read the question and the response correctly, and award the points the rubric gives?
+- Conclude with the better judgment using the format: “Winner: <A or B>”"""
+
+META_PLACEHOLDERS = "<INSTRUCTION_HERE>|<RESPONSE_HERE>|<JUDGMENT_A_HERE>|<JUDGMENT_B_HERE>"
+
+
+def meta_judge_prompt(instruction, response, judgment_a, judgment_b):
+    """The meta-judge prompt as plain text: which of two judgments of one response is better?"""
+    fill = {"<INSTRUCTION_HERE>": instruction.strip(), "<RESPONSE_HERE>": response.strip(),
+            "<JUDGMENT_A_HERE>": judgment_a.strip(), "<JUDGMENT_B_HERE>": judgment_b.strip()}
+    return re.sub(META_PLACEHOLDERS, lambda m: fill[m.group(0)], META_JUDGE_PROMPT)  # one pass, as judge_prompt
+
+
+def meta_rubric_lines():
+    """The meta-judge prompt's fixed lines that the judge prompt does not
+    already have (rubric_lines): a small tokenizer can learn each as one piece."""
+    judge_lines = set(rubric_lines())
+    fixed = re.split(META_PLACEHOLDERS, META_JUDGE_PROMPT)
+    lines = [line for part in fixed for line in part.split("\n") if line and line not in judge_lines]
+    return list(dict.fromkeys(lines))  # each once, in order
+
+
+# Reading the verdict, as strictly as the score (a guessed verdict poisons the judge's pairs):
+# - a verdict is the word "winner", a colon and the letter A or B (a capital) on the
+#   same line, with any markdown or brackets around and "Judgment"/"Judgement" allowed
+#   before the letter: "Winner: A", "**Winner:** B", "Winner: [Judgement A]"
+# - prose is not a verdict: "the winner is A", "A wins" never match
+# - several verdicts: the last one is the conclusion and the only one read
+# - a choice or a tie is None: "Winner: A or B", "Winner: A/B", "Winner: tie",
+#   "Winner: both", or the other letter named later on the same line
+_WINNER_MARK = re.compile(r"\bwinner\b[ \t*_]*:(?P<rest>[^\n]*)", re.IGNORECASE)
+_WINNER_LETTER = re.compile(r"[ \t*_\[(\"“]*(?:[Jj]udge?ment[ \t]+)?(?P<w>[AB])\b")
+_CHOICE = re.compile(r"[ \t*_\])\"”]*(?:/|\||&|\bor\b|\band\b)", re.IGNORECASE)
+
+
+def parse_winner(text):
+    """The verdict a meta-judgment concludes with: "A", "B", or None (never a guess)."""
+    marks = list(_WINNER_MARK.finditer(text))
+    if not marks:
+        return None
+    rest = marks[-1].group("rest")
+    m = _WINNER_LETTER.match(rest)
+    if not m:
+        return None
+    after, other = rest[m.end():], "B" if m.group("w") == "A" else "A"
+    if _CHOICE.match(after) or re.search(rf"\b{other}\b", after):
+        return None
+    return m.group("w")
+
+
+def judgment_battles(judgments, scores):
+    """The battles to meta-judge among one response's judgments: every pair of
+    judgments that both have a score and differ in text, in both orders, (a, b)
+    then (b, a), a shown as Judgment A. Both orders, as Wu et al. do: a
+    meta-judge that favours a position then gives each side one win, which
+    cancels, instead of a made-up preference. Two identical texts are never
+    compared: no verdict between them can mean anything."""
+    ok = [k for k, s in enumerate(scores) if s is not None]
+    out = []
+    for i, a in enumerate(ok):
+        for b in ok[i + 1:]:
+            if judgments[a].strip() != judgments[b].strip():
+                out += [(a, b), (b, a)]
+    return out
+
+
+def compare_judgments(model, tokenizer, records, temperature=0.7, top_p=0.9, max_new_tokens=64, seed=None,
+                      batch_size=32, generate_fn=None, progress=True):
+    """
+    Meta-judge the judgments of each response with the model itself, one
+    sample per battle (judgment_battles). records[i]: {"prompt", "response",
+    "judgments": [text], "scores": [int|None]}. Returns, per record, its
+    battles [{"a", "b", "meta_judgment": text, "winner": "A"|"B"|None,
+    "too_long": bool}]: judgment a was shown as A, b as B. A meta-judge
+    prompt with no room in the model's context is not sampled (too_long, no
+    text, no winner). Conventions as judge(): one generate call, a seed,
+    generate_fn a stub in tests.
+    """
+    generate_fn = generate_fn or generate
+    battles = [(i, a, b) for i, x in enumerate(records) for a, b in judgment_battles(x["judgments"], x["scores"])]
+    ids = [chat_prompt_ids(tokenizer, meta_judge_prompt(records[i]["prompt"], records[i]["response"],
+                                                        records[i]["judgments"][a], records[i]["judgments"][b]))
+           for i, a, b in battles]
+    room = [k for k, x in enumerate(ids) if fits(model, x)]
+    outs = generate_fn(model, [ids[k] for k in room], max_new_tokens, temperature=temperature, top_p=top_p, n=1,
+                       eos_id=tokenizer.stop_ids, seed=seed, batch_size=batch_size, progress=progress) if room else []
+    assert len(outs) == len(room), "generate must return one completion per prompt"
+    texts = dict(zip(room, (tokenizer.decode(o) for o in outs)))
+    per_record = [[] for _ in records]
+    for k, (i, a, b) in enumerate(battles):
+        text = texts.get(k)
+        per_record[i].append({"a": a, "b": b, "meta_judgment": text, "winner": None if text is None else
+                              parse_winner(text), "too_long": text is None})
+    return per_record
 
 if __name__ == "__main__":
     import sys

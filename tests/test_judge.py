@@ -314,3 +314,70 @@ def test_read_judge_file_names_a_bad_line(tmp_path):
     write_jsonl(bad, [{"prompt": "p", "responses": ["a", "b"], "judgments": [["Score: 1"]]}])
     with pytest.raises(ValueError, match=r"bad.jsonl:1: every response needs its text and its judgments"):
         read_judge_file(bad)
+
+
+# --- Meta-Rewarding's meta-judge (Wu et al. 2024) ----------------------------------------
+
+@pytest.mark.parametrize("text, winner", [
+    ("Judgment A gets the answer right.\nWinner: A", "A"), ("Winner: B", "B"), ("winner:B.", "B"),
+    ("**Winner:** A", "A"), ("**Winner**: B", "B"), ("Winner: **A**", "A"), ("Winner: [Judgement A]", "A"),
+    ("Winner: Judgment B", "B"), ("Winner: A\nOn reflection...\nWinner: B", "B"),  # the last verdict concludes
+    ("A reads the response right, B does not.\n\nWinner: A\n", "A"),
+    # not verdicts: prose, a choice, a tie, lower case (the article "a"), other words, the prompt's own format line
+    ("The winner is A.", None), ("A wins.", None), ("Winner: A or B", None), ("Winner: A/B", None),
+    ("Winner: tie", None), ("Winner: both", None), ("Winner: a tie", None), ("Winner: Alice", None),
+    ("Winner: A (B misreads the question)", None), ("Winner: Judgment A and B", None),
+    ("Winner: B\nWinner: neither", None), ("Winner:\nA", None), ("", None),
+    ("Conclude with the better judgment using the format: “Winner: <A or B>”", None),
+])
+def test_parse_winner_table(text, winner):
+    assert J.parse_winner(text) == winner
+
+
+def test_meta_judge_prompt_fill():
+    text = J.meta_judge_prompt(" Reverse 'AB'. ", "BA", "The correct answer is BA.\nScore: 5", "Wrong.\nScore: 1")
+    assert "User: Reverse 'AB'.\n<response>BA</response>\n" in text
+    assert "Judgment A:\nThe correct answer is BA.\nScore: 5\nJudgment B:\nWrong.\nScore: 1\n" in text
+    assert J.RUBRIC in text and text.endswith("“Winner: <A or B>”")
+    assert J.parse_winner(text) is None and "<" + "INSTRUCTION_HERE>" not in text
+    # one pass: a placeholder inside a judgment is left alone
+    assert "<RESPONSE_HERE>" in J.meta_judge_prompt("q", "r", "<RESPONSE_HERE>", "b")
+    # its fixed lines that the judge prompt lacks, each once
+    lines = J.meta_rubric_lines()
+    assert "Judgment A:" in lines and "Judgment B:" in lines and not set(lines) & set(J.rubric_lines())
+    assert all(line in J.META_JUDGE_PROMPT.split("\n") for line in lines)
+
+
+def test_judgment_battles_both_orders_scored_and_different_only():
+    texts, scores = ["x", "y", "x ", "z"], [3, 5, None, 3]
+    # 2 has no score; 0 and 2 would be the same text anyway
+    assert J.judgment_battles(texts, scores) == [(0, 1), (1, 0), (0, 3), (3, 0), (1, 3), (3, 1)]
+    assert J.judgment_battles(["x", "x "], [1, 4]) == []  # the same text: nothing to compare
+
+
+def test_compare_judgments_calls_the_sampler_once_and_reads_the_verdicts():
+    records = [{"prompt": "p0", "response": "r0", "judgments": ["j0", "j1"], "scores": [1, 4]},
+               {"prompt": "p1", "response": "r1", "judgments": ["k0", "k1", "k2"], "scores": [2, None, 5]}]
+    gen, calls = stub_generate(["Winner: B", "Winner: A", "Winner: tie", "no verdict"])
+    out = J.compare_judgments(MODEL, CharTokenizer(), records, seed=5, max_new_tokens=32, generate_fn=gen)
+    assert out == [[{"a": 0, "b": 1, "meta_judgment": "Winner: B", "winner": "B", "too_long": False},
+                    {"a": 1, "b": 0, "meta_judgment": "Winner: A", "winner": "A", "too_long": False}],
+                   [{"a": 0, "b": 2, "meta_judgment": "Winner: tie", "winner": None, "too_long": False},
+                    {"a": 2, "b": 0, "meta_judgment": "no verdict", "winner": None, "too_long": False}]]
+    (call,) = calls
+    assert (call["n"], call["seed"], call["max_new_tokens"], call["temperature"]) == (1, 5, 32, 0.7)
+    assert CharTokenizer().decode(call["prompts"][1][1:]) == \
+        "[INST] " + J.meta_judge_prompt("p0", "r0", "j1", "j0") + " [/INST]"  # (1, 0): judgment 1 shown as A
+
+
+def test_compare_judgments_skips_and_marks_prompts_longer_than_the_context():
+    tok = CharTokenizer()
+    short = {"prompt": "p", "response": "r", "judgments": ["a", "b"], "scores": [1, 2]}
+    long = {"prompt": "p", "response": "r", "judgments": ["a" * 50, "b"], "scores": [1, 2]}
+    room = len(J.chat_prompt_ids(tok, J.meta_judge_prompt("p", "r", "a", "b"))) + 1
+    gen, calls = stub_generate(["Winner: A", "Winner: B"])
+    out = J.compare_judgments(StubModel(room), tok, [long, short], generate_fn=gen)
+    assert [b["too_long"] for b in out[0]] == [True, True] and [b["winner"] for b in out[0]] == [None, None]
+    assert [b["winner"] for b in out[1]] == ["A", "B"] and len(calls[0]["prompts"]) == 2
+    gen, calls = stub_generate([])
+    assert J.compare_judgments(StubModel(room), tok, [long], generate_fn=gen)[0][0]["too_long"] and calls == []
