@@ -62,7 +62,7 @@ import random
 import re
 
 from data import write_jsonl, read_jsonl
-from judge import JUDGE_PROMPT, judge_prompt
+from judge import JUDGE_PROMPT, judge_prompt, meta_judge_prompt
 
 # -----------------------------------------------------------------------------
 # Tasks and their phrasings
@@ -351,6 +351,47 @@ def eft_target(prompt, task, response):
     score = grade({"prompt": prompt, "task": task}, response)
     why = f"The correct answer is {answer(task)}. {JUSTIFICATION[score]}"
     return {"prompt": judge_prompt(prompt, response), "response": f"{why}\nScore: {score}", "score": score}
+
+
+# -----------------------------------------------------------------------------
+# Meta-judge demonstrations, for the Meta-Rewarding variant (selfreward.py
+# --meta_judge=True). Wu et al. start from Llama-3-8B-Instruct, which can
+# compare two judgments zero-shot; a 1M-parameter toy model cannot, so M1
+# also learns from these, made by the grader as the EFT targets are: the
+# right judgment of a response (eft_target) against a wrong one of the kind
+# a small judge writes (a wrong score, often reached from a wrong answer).
+
+def wrong_judgment(task, grade_, rng):
+    """A plausible wrong judgment: a score one or two off the true grade, with
+    the justification of that score, and half the time a wrong stated answer."""
+    ans = answer(task)
+    score = rng.choice([s for s in range(grade_ - 2, grade_ + 3) if 0 <= s <= 5 and s != grade_])
+    stated = ans
+    while rng.random() < 0.5 and stated == ans:  # a near or a wrong answer (drawn until it differs)
+        stated = _near(ans, rng) if rng.random() < 0.5 else _wrong(task, ans, rng)
+    return f"The correct answer is {stated}. {JUSTIFICATION[score]}\nScore: {score}", score
+
+
+def meta_judge_examples(groups, n, rng):
+    """Up to n SFT records {"prompt": meta-judge prompt, "response": reason +
+    "Winner: A|B", "winner", "grade"} from the EFT training groups (never the
+    eval set's): a distinct judged response each, its right judgment and a
+    wrong one in random order; the target works the task out as the EFT
+    target does, names both scores and ends with the right judgment."""
+    every = [(g, k) for g in groups for k in range(len(g["responses"]))]
+    records = []
+    for g, k in rng.sample(every, min(n, len(every))):
+        response, task = g["responses"][k], g["task"]
+        right = eft_target(g["prompt"], task, response)
+        wrong, wrong_score = wrong_judgment(task, right["score"], rng)
+        winner = rng.choice("AB")
+        a, b = (right["response"], wrong) if winner == "A" else (wrong, right["response"])
+        loser = "B" if winner == "A" else "A"
+        why = (f"The correct answer is {answer(task)}. {JUSTIFICATION[right['score']]} Judgment {winner} "
+               f"scores it {right['score']}, Judgment {loser} {wrong_score}.")
+        records.append({"prompt": meta_judge_prompt(g["prompt"], response, a, b),
+                        "response": f"{why}\nWinner: {winner}", "winner": winner, "grade": right["score"]})
+    return records
 
 
 # -----------------------------------------------------------------------------

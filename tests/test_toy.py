@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 
 from data import read_jsonl
-from data.toy import (DOC_HEAD, TEMPLATES, answer, build, corpus, fewshot_text, grade, pretraining_docs, render,
-                      sample_task, task_from_prompt, write_toy)
-from judge import JUDGE_PROMPT, parse_score
+from data.toy import (DOC_HEAD, TEMPLATES, answer, build, corpus, fewshot_text, grade, meta_judge_examples,
+                      pretraining_docs, render, sample_task, task_from_prompt, write_toy)
+from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
 from tokenizer import chat_tokens, train_tokenizer
 
 REVERSE, ADD = "Write 'TAMILO' backwards.", "What is 17 + 25?"
@@ -156,3 +156,34 @@ def test_pretraining_docs_leave_out_what_the_evaluation_asks(toy):
     assert not {r["prompt"] for r in held} & set(asked)
     assert not {key(r["task"]) for r in held} & {key(task_from_prompt(p)) for p in asked}
     assert fewshot_text(["A.", "B."]) == DOC_HEAD + "Task: A.\nTask: B.\nTask:"  # a listing left open
+
+
+def test_meta_judge_examples_name_the_judgment_whose_score_the_grader_gives(toy):
+    """Meta-Rewarding's toy seed: the target's verdict names the judgment whose
+    score is the grader's, the other one's is off; A and B both win; the
+    responses are EFT-train ones, each used once; and they fit a toy context."""
+    folder, s = toy
+    examples = meta_judge_examples(s["eft_train_groups"], 400, random.Random(0))
+    assert len(examples) == 400
+    eval_prompts = {g["prompt"] for g in s["eft_eval"]}
+    seen = set()
+    for x in examples:
+        question = x["prompt"].split("\nUser: ")[1].split("\n<response>")[0]
+        response = x["prompt"].split("<response>")[1].split("</response>")[0]
+        a = x["prompt"].split("\nJudgment A:\n")[1].split("\nJudgment B:\n")[0]
+        b = x["prompt"].split("\nJudgment B:\n")[1].split("\nWhich judgment")[0]
+        truth = grade({"prompt": question}, response)
+        winner = parse_winner(x["response"])
+        scores = {"A": parse_score(a), "B": parse_score(b)}
+        assert winner == x["winner"] and x["grade"] == truth
+        assert scores[winner] == truth and scores["B" if winner == "A" else "A"] not in (truth, None)
+        assert question not in eval_prompts and (question, response) not in seen
+        seen.add((question, response))
+    assert min(Counter(x["winner"] for x in examples).values()) > 150  # A and B, about half each
+    # asked for more than there are: each response once
+    few = s["eft_train_groups"][:3]
+    assert len(meta_judge_examples(few, 100, random.Random(0))) == sum(len(g["responses"]) for g in few)
+    # with the meta prompt's fixed lines as pieces (selfreward.py stage_tokenizer), well inside toy-small's 1024
+    tok = train_tokenizer(list(corpus(folder)) + [META_JUDGE_PROMPT], os.path.join(folder, "tok_meta.model"),
+                          vocab_size=1024, phrases=True, symbols=rubric_lines() + meta_rubric_lines())
+    assert max(len(chat_tokens(tok, x["prompt"], x["response"])[0]) for x in examples) < 512
