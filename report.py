@@ -217,11 +217,47 @@ def pair_verdicts(r, t):
         return None
     verdict = {"better": 0, "equal": 0, "worse": 0, "ungradable": 0}
     for p in read_jsonl(path):
+        if p.get("kind", "actor") != "actor":  # Meta-Rewarding's judge pairs: judge_pair_verdicts
+            continue
         if toy.task_from_prompt(p["prompt"]) is None:
             verdict["ungradable"] += 1
             continue
         a, b = toy.grade(p, p["chosen"]), toy.grade(p, p["rejected"])
         verdict["better" if a > b else "equal" if a == b else "worse"] += 1
+    return verdict
+
+
+def meta_judge_diagnostics(r, t):
+    """Meta-Rewarding only (else None): iteration t's meta-judgments, how
+    many carry a verdict, and how many judge pairs the pairs stage kept."""
+    path = r.path(f"iter{t}", "meta_judgments.jsonl")
+    if not os.path.exists(path):
+        return None
+    recs = read_jsonl(path)
+    battles = [b for x in recs for b in x["battles"]]
+    pairs = read_jsonl(r.path(f"iter{t}", "pairs.jsonl")) if os.path.exists(r.path(f"iter{t}", "pairs.jsonl")) else []
+    return {"responses": len(recs), "meta_judgments": len(battles),
+            "with_verdict": sum(b["winner"] is not None for b in battles),
+            "judge_pairs": sum(p.get("kind") == "judge" for p in pairs)}
+
+
+def judge_pair_verdicts(r, t):
+    """Evaluation only: the toy grader's verdict on iteration t's judge pairs
+    (Meta-Rewarding). Is the chosen judgment's score closer to the response's
+    true grade than the rejected one's: closer / equal / farther; and how
+    many are on prompts the grader cannot read. None without judge pairs."""
+    path = r.path(f"iter{t}", "pairs.jsonl")
+    pairs = [p for p in read_jsonl(path) if p.get("kind") == "judge"] if os.path.exists(path) else []
+    if not pairs:
+        return None
+    verdict = {"closer": 0, "equal": 0, "farther": 0, "ungradable": 0}
+    for p in pairs:
+        if toy.task_from_prompt(p["instruction"]) is None:
+            verdict["ungradable"] += 1
+            continue
+        truth = toy.grade({"prompt": p["instruction"]}, p["response"])
+        a, b = abs(p["chosen_score"] - truth), abs(p["rejected_score"] - truth)
+        verdict["closer" if a < b else "equal" if a == b else "farther"] += 1
     return verdict
 
 
@@ -288,6 +324,16 @@ def diagnostic_lines(r, names, iterations, toy_world):
         if v:
             lines.append(f"  - the grader on its pairs (evaluation only): chosen better {v['better']}, equal "
                          f"{v['equal']}, worse {v['worse']}; on prompts it cannot grade {v['ungradable']}")
+        m = meta_judge_diagnostics(r, t)
+        if m:
+            lines.append(f"  - meta-judging (Meta-Rewarding): {m['meta_judgments']} meta-judgments (battles of two "
+                         f"judgments) of {m['responses']} responses whose judgments disagree in score, "
+                         f"{m['with_verdict']} with a verdict; {m['judge_pairs']} judge pairs")
+        v = judge_pair_verdicts(r, t) if toy_world else None
+        if v:
+            lines.append(f"  - the grader on the judge pairs (evaluation only): the chosen judgment's score is closer "
+                         f"to the true grade {v['closer']}, as close {v['equal']}, farther {v['farther']}; on "
+                         f"prompts it cannot grade {v['ungradable']}")
     taus = [(a, b, judge_agreement(r, a, b)) for a, b in zip(names[1:], names[2:])]
     if any(tau is not None for _, _, tau in taus):
         lines.append("- the judge from model to model (Kendall tau of their scores of the same EFT eval responses): "
@@ -319,9 +365,11 @@ def iteration_lines(r, stages, iterations):
             line += f", {jd['too_long']} candidates too long to judge"
         if pr.get("dropped"):
             line += f"; pairs dropped: {pr['dropped']}"
+        if "judge_pairs" in pr:  # Meta-Rewarding
+            line += f"; {pr['judge_pairs']} judge pairs (dropped: {pr['judge_dropped']})"
         pairs_file = r.path(f"iter{t}", "pairs.jsonl")
         if os.path.exists(pairs_file):
-            pairs = read_jsonl(pairs_file)
+            pairs = [p for p in read_jsonl(pairs_file) if p.get("kind", "actor") == "actor"]
             mean = lambda k: sum(len(x[k]) for x in pairs) / max(1, len(pairs))
             line += f"; chosen {mean('chosen'):.0f} vs rejected {mean('rejected'):.0f} chars on average"
         lines.append(line)

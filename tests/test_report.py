@@ -127,3 +127,28 @@ def test_checking_against_doing_by_hand(tmp_path):
     assert toy.stated_answer("The answer is 12.") is None
     lines = report.checking_lines({"M1": found})
     assert any(line.startswith("| M1 | 60.0 | 50.0 | 33.3 / 50.0 | 100.0 / 50.0 |") for line in lines)
+
+
+def test_meta_rewarding_diagnostics_by_hand(tmp_path):
+    """Judge pairs (Meta-Rewarding) are graded apart from the actor's: is the
+    chosen judgment's score closer to the response's true grade?"""
+    r = run_folder(tmp_path)
+    q = "Reverse the word 'ABC'."
+    judge_pair = lambda response, chosen, rejected: {"prompt": "judge prompt", "chosen": "c", "rejected": "r",
+                                                     "kind": "judge", "instruction": q, "response": response,
+                                                     "chosen_score": chosen, "rejected_score": rejected}
+    write_jsonl(tmp_path / "iter1" / "pairs.jsonl", [
+        {"prompt": q, "chosen": "CBA", "rejected": "ABC", "kind": "actor"},  # an actor pair: better (5 vs 1)
+        judge_pair("CBA", 5, 3),                                # true grade 5: |5-5| < |3-5|, closer
+        judge_pair("Sure! The answer is CBA.", 3, 5),           # true grade 4: 1 and 1, equal
+        judge_pair("ABC", 4, 1),                                # true grade 1: farther
+        {**judge_pair("x", 1, 2), "instruction": "Tell me a story."}])  # no ground truth
+    assert report.pair_verdicts(r, 1) == {"better": 1, "equal": 0, "worse": 0, "ungradable": 0}
+    assert report.judge_pair_verdicts(r, 1) == {"closer": 1, "equal": 1, "farther": 1, "ungradable": 1}
+    assert report.meta_judge_diagnostics(r, 1) is None  # no meta-judgments: a plain run
+    write_jsonl(tmp_path / "iter1" / "meta_judgments.jsonl", [
+        {"battles": [{"winner": "A"}, {"winner": None}]}, {"battles": [{"winner": "B"}, {"winner": "B"}]}])
+    assert report.meta_judge_diagnostics(r, 1) == {"responses": 2, "meta_judgments": 4, "with_verdict": 3,
+                                                   "judge_pairs": 4}
+    write_jsonl(tmp_path / "iter1" / "pairs.jsonl", [{"prompt": q, "chosen": "CBA", "rejected": "ABC"}])
+    assert report.judge_pair_verdicts(r, 1) is None  # a plain run's pairs
