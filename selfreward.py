@@ -7,6 +7,10 @@ order of the paper's Figure 1:
     for t = 1..T:  M_t writes new prompts (8-shot), samples 4 candidates per
                    prompt, judges each candidate 3 times with itself, pairs
                    the best against the worst -> DPO from M_t -> M_{t+1}
+                   --meta_judge=True (Meta-Rewarding, Wu et al. 2024): between
+                   judging and pairing, M_t also compares its judgments of each
+                   response two at a time; its best against its worst judgment
+                   joins the pairs, so the same DPO step trains the judge too
     every model -> evaluation -> report.md
 
     python selfreward.py                                  # the toy world on a laptop CPU
@@ -115,6 +119,11 @@ top_p = 0.9                 # candidates and judgments (paper: 0.9)
 max_response_tokens = 64    # per candidate response
 n_judge = 3                 # judgments per candidate, averaged (paper: 3)
 max_judge_tokens = 96       # per judgment
+meta_judge = False          # Meta-Rewarding (Wu et al. 2024): the model also judges its judgments; DPO trains the
+                            # judge on the best against the worst judgment of a response
+max_meta_tokens = 64        # per meta-judgment (a sentence and "Winner: A": the toy targets take 54 tokens at most)
+n_meta_seed = 500           # toy, meta_judge: meta-judge demonstrations added to M1's SFT data, made by the grader
+                            # (~142 tokens each: 500 add 17% to the tokens of M1's 8,090 IFT + EFT examples)
 # DPO: M_t -> M_{t+1} (paper, for 70B: lr 1e-6 -> 1e-7, batch 16, beta 0.1, dropout 0.1)
 dpo_lr = 1e-4               # peak learning rate
 dpo_min_lr = 1e-5           # cosine floor
@@ -169,6 +178,12 @@ STAGE_SETTINGS = {
             "dropout"],
     "eval": ["seed", "dtype", "chat_template", "eval_judge", "eval_prompts", "mt_bench", "max_response_tokens",
              "n_judge", "temperature", "top_p", "max_judge_tokens"],
+    # Meta-Rewarding's: these count only when meta_judge is on (run_stages adds them), so a run
+    # without it is made from exactly what it was made from before the variant existed
+    "tokenizer+meta": ["meta_judge"],
+    "M1+meta": ["meta_judge", "n_meta_seed"],
+    "meta_judgments": ["seed", "dtype", "chat_template", "temperature", "top_p", "max_meta_tokens", "shard_size"],
+    "pairs+meta": ["seed"],
 }
 
 
@@ -192,7 +207,7 @@ def memory_plans(c, world, gpu_memory_gb):
     args = checkpoint.read_config(c.init_from) if os.path.isdir(c.init_from) else preset(c.model)
     train = training.memory_plan(args, world, c.micro_batch_size, args.max_seq_len, c.activation_checkpointing,
                                  gpu_memory_gb=gpu_memory_gb, dropout=c.dropout)
-    new = max(c.max_prompt_tokens, c.max_response_tokens, c.max_judge_tokens)
+    new = max(c.max_prompt_tokens, c.max_response_tokens, c.max_judge_tokens, c.max_meta_tokens if c.meta_judge else 0)
     gen = sample.memory_plan(args, c.tp, c.gen_batch_size or 1, args.max_seq_len, new, gpu_memory_gb)
     return train, gen
 
@@ -273,6 +288,9 @@ def stage_tokenizer(c, r):
     if D.is_rank0():
         texts = list(toy.corpus(r.path("seed"))) + [toy.fewshot_text(["x"]), toy.worked_examples([("x", "y")])]
         symbols = (J.rubric_lines() if c.rubric_pieces else []) + (list(toy.LETTERS) if c.letter_pieces else [])
+        if c.meta_judge:  # Meta-Rewarding: the meta-judge prompt's fixed lines one piece each too (M1 learns it)
+            texts.append(J.META_JUDGE_PROMPT)
+            symbols += J.meta_rubric_lines() if c.rubric_pieces else []
         tok = train_tokenizer(texts, r.path("tokenizer.model"), vocab_size=c.vocab_size, phrases=c.phrase_pieces,
                               symbols=symbols)
         D.log(f"toy tokenizer: {tok.vocab_size} pieces")
@@ -373,10 +391,19 @@ def eft_train_file(r):
 
 def stage_m1(c, r, m0):
     both = read_jsonl(r.path("seed", "ift.jsonl")) + read_jsonl(eft_train_file(r))
+    info = {}
+    groups = r.path("seed", "eft_train_groups.jsonl")  # the toy world's (real seed data has none)
+    if c.meta_judge and os.path.exists(groups):
+        # Meta-Rewarding on the toy world: demonstrations of meta-judging made by the grader
+        # (data/toy.py), as the EFT data demonstrates judging. Real data gets none: Wu et al.
+        # rely on the instruct model's own ability to compare judgments.
+        meta = toy.meta_judge_examples(read_jsonl(groups), c.n_meta_seed, random.Random(sub_seed(c.seed, "meta seed")))
+        both += meta
+        info["meta_examples"] = len(meta)
     random.Random(sub_seed(c.seed, "M1 data")).shuffle(both)
     save_jsonl(r.path("train", "ift_eft.jsonl"), [{"prompt": x["prompt"], "response": x["response"]} for x in both])
     sft(c, r, "M1", m0, r.path("train", "ift_eft.jsonl"))
-    return {"examples": len(both)}
+    return {"examples": len(both), **info}
 
 
 # -----------------------------------------------------------------------------
@@ -547,6 +574,31 @@ def stage_judgments(c, r, t, mt_path):
             "too_long": sum(sum(x["too_long"]) for x in recs)}  # candidates whose judge prompt did not fit
 
 
+def stage_meta_judgments(c, r, t, mt_path):
+    """Meta-Rewarding (Wu et al. 2024, Section 2.2): M_t compares its own
+    judgments of a response, two at a time in both orders (judge.compare_judgments).
+    Only responses whose judgments disagree in score are meta-judged: where
+    every judgment gives the same score, no judge pair could teach anything
+    about scoring, and skipping them keeps the stage cheap."""
+    judged = read_jsonl(r.path(f"iter{t}", "judgments.jsonl"))
+    items = [{"prompt": x["prompt"], "candidate": k, "response": x["candidates"][k], "judgments": x["judgments"][k],
+              "scores": x["scores"][k]} for x in judged for k in range(len(x["candidates"]))
+             if len({s for s in x["scores"][k] if s is not None}) >= 2]
+    net, tok = load_model(r, mt_path)
+
+    def work(chunk, shard):
+        battles = J.compare_judgments(net, tok, chunk, temperature=c.temperature, top_p=c.top_p,
+                               max_new_tokens=c.max_meta_tokens, seed=sub_seed(c.seed, "meta judge", t, shard),
+                               batch_size=c.gen_batch_size, progress=c.progress)
+        return [{**x, "battles": b} for x, b in zip(chunk, battles)]
+
+    recs = generate_sharded(r, os.path.join(f"iter{t}", "meta_judgments"), items, c.shard_size, work)
+    every = [b for x in recs for b in x["battles"]]
+    return {"candidates": sum(len(x["candidates"]) for x in judged), "meta_judged": len(recs),
+            "meta_judgments": len(every), "with_verdict": sum(b["winner"] is not None for b in every),
+            "too_long": sum(b["too_long"] for b in every)}  # battles whose meta-judge prompt did not fit
+
+
 # Exercise (easy): best-versus-worst pairs, ties to the first. Graded by: tests/test_selfreward.py -k make_pairs
 def make_pairs(judged):
     """Highest against lowest average score (Section 2.3, step 4). Candidates
@@ -578,14 +630,80 @@ def make_pairs(judged):
     return pairs, dropped
 
 
-def stage_pairs(r, t):
+def actor_pairs(r, t):
+    """Iteration t's preference pairs of responses (make_pairs), or the end of the run if there are none."""
     pairs, dropped = make_pairs(read_jsonl(r.path(f"iter{t}", "judgments.jsonl")))
     if not pairs:
         sys.exit(f"error: iteration {t}: no preference pairs (dropped: {dropped}); the judge gave every "
                  f"candidate the same score or none. DPO cannot run. Look at {r.path(f'iter{t}', 'judgments.jsonl')}.")
+    return pairs, dropped
+
+
+def stage_pairs(r, t):
+    pairs, dropped = actor_pairs(r, t)
     save_jsonl(r.path(f"iter{t}", "pairs.jsonl"), pairs)
     D.log(f"iteration {t}: {len(pairs)} pairs; dropped {dropped}")
     return {"pairs": len(pairs), "dropped": dropped}
+
+
+# Exercise (easy): the judge's pairs from battles of judgments. Graded by: tests/test_selfreward.py -k make_judge_pairs
+def make_judge_pairs(meta_judged, cap=None, seed=0):
+    """Meta-Rewarding's pairs for the judge (Wu et al. 2024, Section 2.2): per
+    response, every verdict of its battles (judge.compare_judgments) is a win
+    for the judgment it names (verdict "A": the battle's judgment a). The
+    judgment with the most wins is chosen, the one with the fewest rejected
+    (ties to the first, as make_pairs; the paper rates the judgments by Elo
+    from the same battles, a plain count is one a reader can check by hand);
+    only judgments with a score take part. No pair
+    where no battle has a verdict, where best and worst won equally often
+    (a meta-judge that favours a position makes every battle a draw), or
+    where the two texts are the same; each reason is counted. At most `cap`
+    pairs are kept, a random subset drawn with `seed`. The record is DPO's:
+    the judge prompt of the response, with the two judgments as chosen and
+    rejected, so the judge is trained under the prompt it judges with."""
+    pairs, dropped = [], {"no verdict": 0, "wins tie": 0, "same text": 0, "over the cap": 0}
+    for x in meta_judged:
+        wins = Counter()
+        for b in x["battles"]:
+            if b["winner"] is not None:
+                wins[b["a"] if b["winner"] == "A" else b["b"]] += 1
+        if not any(b["winner"] is not None for b in x["battles"]):
+            dropped["no verdict"] += 1
+            continue
+        scored = [k for k, s in enumerate(x["scores"]) if s is not None]
+        best = max(scored, key=lambda k: (wins[k], -k))    # first of those with the most wins
+        worst = min(scored, key=lambda k: (wins[k], k))    # first of those with the fewest
+        if wins[best] == wins[worst]:
+            dropped["wins tie"] += 1
+            continue
+        if x["judgments"][best].strip() == x["judgments"][worst].strip():
+            dropped["same text"] += 1
+            continue
+        pairs.append({"prompt": J.judge_prompt(x["prompt"], x["response"]), "chosen": x["judgments"][best],
+                      "rejected": x["judgments"][worst], "kind": "judge", "instruction": x["prompt"],
+                      "response": x["response"], "chosen_score": x["scores"][best],
+                      "rejected_score": x["scores"][worst], "chosen_wins": wins[best], "rejected_wins": wins[worst]})
+    if cap is not None and len(pairs) > cap:
+        keep = set(random.Random(seed).sample(range(len(pairs)), cap))
+        dropped["over the cap"] = len(pairs) - cap
+        pairs = [p for i, p in enumerate(pairs) if i in keep]
+    return pairs, dropped
+
+
+def stage_pairs_meta(c, r, t):
+    """Meta-Rewarding: the actor's pairs (as stage_pairs) and the judge's
+    (make_judge_pairs), in the one file DPO reads, each marked with its kind.
+    The judge's are capped at the actor's count: Wu et al. train both roles
+    in one DPO run, and on the toy world the judge's pairs could otherwise
+    outnumber the actor's and turn M_{t+1} into a better judge of a worse
+    policy (its next candidates come from that policy)."""
+    pairs, dropped = actor_pairs(r, t)
+    judge_pairs, judge_dropped = make_judge_pairs(read_jsonl(r.path(f"iter{t}", "meta_judgments.jsonl")),
+                                                  cap=len(pairs), seed=sub_seed(c.seed, "judge pairs", t))
+    save_jsonl(r.path(f"iter{t}", "pairs.jsonl"), [{**p, "kind": "actor"} for p in pairs] + judge_pairs)
+    D.log(f"iteration {t}: {len(pairs)} pairs; dropped {dropped}; {len(judge_pairs)} judge pairs; "
+          f"dropped {judge_dropped}")
+    return {"pairs": len(pairs), "dropped": dropped, "judge_pairs": len(judge_pairs), "judge_dropped": judge_dropped}
 
 
 # -----------------------------------------------------------------------------
@@ -696,8 +814,10 @@ def run_stages(c, r):
     else:
         r.stage("seed_data", lambda: stage_seed_data(c, r), uses=["seed_data"],
                 files=[os.path.join(c.seed_data, f) for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl")])
+    meta = lambda kind: S[kind + "+meta"] if c.meta_judge else []  # Meta-Rewarding's settings, only when on
     if c.init_from == "scratch":
-        r.stage("tokenizer", lambda: stage_tokenizer(c, r), uses=S["tokenizer"], after=["seed_data"])
+        r.stage("tokenizer", lambda: stage_tokenizer(c, r), uses=S["tokenizer"] + meta("tokenizer"),
+                after=["seed_data"])
         r.stage("M0", lambda: stage_pretrain(c, r), uses=S["M0"], after=["seed_data", "tokenizer"],
                 temporary=temporary("M0"))
         m0 = r.path("M0")
@@ -711,7 +831,8 @@ def run_stages(c, r):
         r.stage("eft_targets", lambda: stage_eft_targets(c, r), uses=S["eft_targets"], after=["SFT", "seed_data"],
                 files=[c.eft_judgments] if c.eft_judgments else [])
         m1_reads.append("eft_targets")
-    r.stage("M1", lambda: stage_m1(c, r, m0), uses=S["SFT"], after=m1_reads, temporary=temporary("M1"))
+    r.stage("M1", lambda: stage_m1(c, r, m0), uses=S["SFT"] + meta("M1"), after=m1_reads,
+            temporary=temporary("M1"))
     writer = {"M0": m0, "M1": r.path("M1")}.get(c.prompt_writer, c.prompt_writer)
     for t in range(1, c.iterations + 1):
         mt, it = r.path(f"M{t}"), f"iter{t}"
@@ -723,7 +844,13 @@ def run_stages(c, r):
                 after=[f"{it}_prompts", f"M{t}"])
         r.stage(f"{it}_judgments", lambda: stage_judgments(c, r, t, mt), uses=S["judgments"],
                 after=[f"{it}_candidates", f"M{t}"])
-        r.stage(f"{it}_pairs", lambda: stage_pairs(r, t), uses=S["pairs"], after=[f"{it}_judgments"])
+        if not c.meta_judge:
+            r.stage(f"{it}_pairs", lambda: stage_pairs(r, t), uses=S["pairs"], after=[f"{it}_judgments"])
+        else:  # Meta-Rewarding: M_t also judges its judgments, and the judge's pairs join the actor's
+            r.stage(f"{it}_meta_judgments", lambda: stage_meta_judgments(c, r, t, mt), uses=S["meta_judgments"],
+                    after=[f"{it}_judgments", f"M{t}"])
+            r.stage(f"{it}_pairs", lambda: stage_pairs_meta(c, r, t), uses=S["pairs"] + S["pairs+meta"],
+                    after=[f"{it}_judgments", f"{it}_meta_judgments"])
         r.stage(f"M{t + 1}", lambda: stage_dpo(c, r, t, mt), uses=S["DPO"], after=[f"{it}_pairs", f"M{t}"],
                 temporary=temporary(f"M{t + 1}"))
     names = ["SFT"] + [f"M{t}" for t in range(1, c.iterations + 2)]

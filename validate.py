@@ -167,13 +167,14 @@ def check_loop(c, world):
     for s in ("n_eft_train", "n_eft_eval"):
         p.at_least(s, 2)  # a toy EFT set is made of groups of 2 or more responses
     for s in ("n_ift", "n_test", "sft_batch_size", "micro_batch_size", "n_prompts",
-              "max_prompt_tokens", "max_response_tokens", "n_judge", "max_judge_tokens", "dpo_batch_size",
+              "max_prompt_tokens", "max_response_tokens", "n_judge", "max_judge_tokens", "max_meta_tokens",
+              "dpo_batch_size",
               "shard_size", "save_interval", "pretrain_epochs", "tp"):
         p.at_least(s, 1)
     p.at_least("gen_batch_size", 0)  # 0: the largest the generation memory plan fits the GPU
     for s in ("pretrain_lr", "sft_lr", "dpo_lr", "sft_epochs", "dpo_epochs", "dpo_beta"):
         p.positive(s)
-    for s in ("pretrain_docs", "pretrain_qa_docs", "iterations", "min_prompt_words", "sft_min_lr", "dpo_min_lr",
+    for s in ("pretrain_docs", "pretrain_qa_docs", "n_meta_seed", "iterations", "min_prompt_words", "sft_min_lr", "dpo_min_lr",
               "temperature", "prompt_temperature"):
         p.at_least(s, 0)
     p.require(c.sft_min_lr <= c.sft_lr, "sft_min_lr", f"must not exceed sft_lr = {c.sft_lr}")
@@ -184,6 +185,8 @@ def check_loop(c, world):
     p.fraction("dropout", low_open=False, high_open=True)
     p.at_least("n_candidates", 2)  # a preference pair needs two responses
     p.at_least("n_shots", 2)  # two of the shots are prompts generated earlier
+    p.require(not c.meta_judge or c.n_judge >= 2, "n_judge", "must be >= 2 when meta_judge is on (the meta-judge "
+              "compares two judgments of one response)")
     p.require(c.max_prompt_words >= c.min_prompt_words, "max_prompt_words",
               f"must be >= min_prompt_words = {c.min_prompt_words}")
     p.require(c.pretrain_docs + c.pretrain_qa_docs > 0 or c.init_from != "scratch", "pretrain_docs",
@@ -208,7 +211,7 @@ def check_loop(c, world):
             if args:
                 models[setting] = args
     for setting, args in models.items():
-        for s in ("max_prompt_tokens", "max_response_tokens", "max_judge_tokens"):
+        for s in ("max_prompt_tokens", "max_response_tokens", "max_judge_tokens", "max_meta_tokens"):
             p.require(getattr(c, s) < args.max_seq_len, s, f"must be below the context of {setting}'s model "
                       f"(max_seq_len {args.max_seq_len})")
         p.require(c.tp < 1 or (args.n_kv_heads % c.tp == 0 and args.hidden_dim % c.tp == 0), "tp",

@@ -91,6 +91,7 @@ def test_every_artifact_exists_and_is_consistent(micro_run):
         assert [c["prompt"] for c in cands] == [p["prompt"] for p in prompts] == [j["prompt"] for j in judged]
         assert all(len(c["candidates"]) == 4 for c in cands)
         assert len(pairs) == done["pairs"]["pairs"] > 0
+        assert not any("kind" in p for p in pairs) and not os.path.exists(it / "meta_judgments.jsonl")  # meta_judge off
         assert len(pairs) + sum(done["pairs"]["dropped"].values()) == len(judged)
         # judge averages match the raw judgments: 3 per candidate, parsed again here
         for j in judged:
@@ -337,10 +338,13 @@ def test_stages_declare_every_setting_they_read():
                 names |= reads(const, seen)
         return names & set(S.DEFAULTS) - S.RUNTIME_ONLY
 
-    kinds = {S.stage_seed_data: ["seed_data", *S.STAGE_SETTINGS["toy seed"]], S.stage_tokenizer: "tokenizer",
-             S.stage_pretrain: "M0", S.stage_sft_baseline: "SFT", S.stage_m1: "SFT",
+    ST = S.STAGE_SETTINGS  # a "+meta" list counts only with meta_judge on (run_stages adds it)
+    kinds = {S.stage_seed_data: ["seed_data", *ST["toy seed"]],
+             S.stage_tokenizer: [*ST["tokenizer"], *ST["tokenizer+meta"]],
+             S.stage_pretrain: "M0", S.stage_sft_baseline: "SFT", S.stage_m1: [*ST["SFT"], *ST["M1+meta"]],
              S.stage_eft_targets: "eft_targets", S.stage_prompts: "prompts", S.stage_candidates: "candidates",
-             S.stage_judgments: "judgments", S.stage_pairs: "pairs", S.stage_dpo: "DPO", S.stage_eval: "eval"}
+             S.stage_judgments: "judgments", S.stage_meta_judgments: "meta_judgments", S.stage_pairs: "pairs",
+             S.stage_pairs_meta: [*ST["pairs"], *ST["pairs+meta"]], S.stage_dpo: "DPO", S.stage_eval: "eval"}
     for f, kind in kinds.items():
         declared = set(kind if isinstance(kind, list) else S.STAGE_SETTINGS[kind])
         assert reads(f.__code__, set()) <= declared, f.__name__
@@ -415,6 +419,78 @@ def test_make_pairs_by_hand():
     assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [("p0", "b", "d"), ("p1", "b", "a"),
                                                                           ("p4", "c", "a")]
     assert sum(dropped.values()) == 2
+
+
+def test_make_judge_pairs_by_hand():
+    def battles(*verdicts):  # (a, b, winner) -> the records judge.compare_judgments writes
+        return [{"a": a, "b": b, "winner": w} for a, b, w in verdicts]
+    meta_judged = [
+        # wins: judgment 0 three (all its battles), 1 none, 2 three: the first of the best against the worst
+        {"prompt": "p0", "response": "r0", "judgments": ["j0", "j1", "j2"], "scores": [5, 2, 5],
+         "battles": battles((0, 1, "A"), (1, 0, "B"), (0, 2, "A"), (2, 0, "A"), (1, 2, "B"), (2, 1, "A"))},
+        # a meta-judge that always says A: one win each, a draw
+        {"prompt": "p1", "response": "r1", "judgments": ["k0", "k1"], "scores": [4, 1],
+         "battles": battles((0, 1, "A"), (1, 0, "A"))},
+        # no verdict at all
+        {"prompt": "p2", "response": "r2", "judgments": ["m0", "m1"], "scores": [4, 1],
+         "battles": battles((0, 1, None), (1, 0, None))},
+        # best and worst are the same text (0 and 1 never met: judge.judgment_battles skips equal texts)
+        {"prompt": "p3", "response": "r3", "judgments": ["x", "x", "y"], "scores": [4, 2, 3],
+         "battles": battles((0, 2, "A"), (2, 0, "B"), (1, 2, "B"), (2, 1, "A"))},
+        # a judgment without a score never takes part, not even as the one with fewest wins
+        {"prompt": "p4", "response": "r4", "judgments": ["u", "v", "w"], "scores": [None, 3, 1],
+         "battles": battles((1, 2, "A"), (2, 1, "B"))},
+        # one verdict missing: the other still counts
+        {"prompt": "p5", "response": "r5", "judgments": ["s", "t"], "scores": [0, 5],
+         "battles": battles((0, 1, None), (1, 0, "A"))},
+    ]
+    pairs, dropped = S.make_judge_pairs(meta_judged)
+    assert [(p["instruction"], p["chosen"], p["rejected"], p["chosen_wins"], p["rejected_wins"]) for p in pairs] == \
+        [("p0", "j0", "j1", 3, 0), ("p4", "v", "w", 2, 0), ("p5", "t", "s", 1, 0)]
+    assert dropped == {"no verdict": 1, "wins tie": 1, "same text": 1, "over the cap": 0}
+    assert pairs[0] == {"prompt": S.J.judge_prompt("p0", "r0"), "chosen": "j0", "rejected": "j1", "kind": "judge",
+                        "instruction": "p0", "response": "r0", "chosen_score": 5, "rejected_score": 2,
+                        "chosen_wins": 3, "rejected_wins": 0}
+    # the cap: a seeded random subset, in order
+    capped, dropped = S.make_judge_pairs(meta_judged, cap=2, seed=3)
+    assert len(capped) == 2 and dropped["over the cap"] == 1 and capped == S.make_judge_pairs(meta_judged, 2, 3)[0]
+    assert all(p in pairs for p in capped) and [pairs.index(p) for p in capped] == sorted(pairs.index(p) for p in capped)
+    assert S.make_judge_pairs(meta_judged, cap=3)[0] == pairs
+    assert S.make_judge_pairs([]) == ([], {"no verdict": 0, "wins tie": 0, "same text": 0, "over the cap": 0})
+
+
+# --- Meta-Rewarding as a setting: a micro run with meta_judge=True ---------------------
+
+def test_meta_judge_micro_run(tmp_path):
+    """One iteration with meta_judge on: M1 learns meta-judging from the toy
+    seed's demonstrations, M1 meta-judges the judgments that disagree in
+    score, pairs.jsonl holds the actor's pairs and the judge's (at most as
+    many), DPO trains on both, and the report says so. More EFT and meta
+    examples and prompts than the plain micro run (about 35 s): with 40
+    demonstrations the micro M1 wrote no verdict at all."""
+    run_loop(tmp_path, meta_judge=True, n_eft_train=200, n_meta_seed=200, n_prompts=40, iterations=1)
+    run = tmp_path / "micro"
+    done = lambda stage: json.load(open(run / "done" / stage))
+    assert done("M1")["meta_examples"] == 200 and done("M1")["examples"] == 48 + 200 + 200
+    judged, meta = read_jsonl(run / "iter1" / "judgments.jsonl"), read_jsonl(run / "iter1" / "meta_judgments.jsonl")
+    disagree = [(x["prompt"], x["candidates"][k]) for x in judged for k in range(len(x["candidates"]))
+                if len({s for s in x["scores"][k] if s is not None}) >= 2]
+    assert [(x["prompt"], x["response"]) for x in meta] == disagree and meta
+    every = [b for x in meta for b in x["battles"]]
+    assert done("iter1_meta_judgments")["meta_judgments"] == len(every) > 0
+    pairs = read_jsonl(run / "iter1" / "pairs.jsonl")
+    kinds = Counter(p["kind"] for p in pairs)
+    info = done("iter1_pairs")
+    assert kinds["actor"] == info["pairs"] > 0 and kinds["judge"] == info["judge_pairs"] > 0
+    assert kinds["judge"] <= kinds["actor"]  # the cap
+    assert kinds["judge"] + sum(info["judge_dropped"].values()) == len(meta)
+    for p in pairs:
+        if p["kind"] == "judge":
+            assert p["prompt"] == S.J.judge_prompt(p["instruction"], p["response"])
+            assert p["chosen_wins"] > p["rejected_wins"] and p["chosen"].strip() != p["rejected"].strip()
+    assert os.path.exists(run / "M2" / "model.safetensors") and done("M2")  # DPO ran on both kinds
+    report = (run / "report.md").read_text()
+    assert "meta-judging (Meta-Rewarding)" in report and f"{kinds['judge']} judge pairs" in report
 
 
 # --- one config idiom: settings passed explicitly -------------------------------------
@@ -540,3 +616,12 @@ def test_check_loop_in_this_process():
                          "dpo_batch_size = 6: must divide by the number of ranks, 4"]
     assert len(found) == 4 and found[3].startswith("model = 'toy-huge': no such preset; presets: toy-tiny")
     assert validate.check_loop(configurator.settings(S.DEFAULTS), 1).found == []
+    # Meta-Rewarding's settings
+    c = configurator.settings(S.DEFAULTS, {"meta_judge": True, "n_judge": 1, "max_meta_tokens": 0, "n_meta_seed": -1})
+    assert validate.check_loop(c, 1).found == [
+        "max_meta_tokens = 0: must be >= 1", "n_meta_seed = -1: must be >= 0",
+        "n_judge = 1: must be >= 2 when meta_judge is on (the meta-judge compares two judgments of one response)"]
+    c = configurator.settings(S.DEFAULTS, {"meta_judge": True, "max_meta_tokens": 1024})
+    assert validate.check_loop(c, 1).found == ["max_meta_tokens = 1024: must be below the context of init_from's "
+                                               "model (max_seq_len 1024)"]
+    assert validate.check_loop(configurator.settings(S.DEFAULTS, {"meta_judge": True}), 1).found == []
