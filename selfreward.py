@@ -207,7 +207,8 @@ def memory_plans(c, world, gpu_memory_gb):
     args = checkpoint.read_config(c.init_from) if os.path.isdir(c.init_from) else preset(c.model)
     train = training.memory_plan(args, world, c.micro_batch_size, args.max_seq_len, c.activation_checkpointing,
                                  gpu_memory_gb=gpu_memory_gb, dropout=c.dropout)
-    new = max(c.max_prompt_tokens, c.max_response_tokens, c.max_judge_tokens, c.max_meta_tokens if c.meta_judge else 0)
+    new = max(c.max_prompt_tokens, c.max_response_tokens, c.max_judge_tokens,
+              c.max_meta_tokens if c.meta_judge else 0)
     gen = sample.memory_plan(args, c.tp, c.gen_batch_size or 1, args.max_seq_len, new, gpu_memory_gb)
     return train, gen
 
@@ -576,10 +577,11 @@ def stage_judgments(c, r, t, mt_path):
 
 def stage_meta_judgments(c, r, t, mt_path):
     """Meta-Rewarding (Wu et al. 2024, Section 2.2): M_t compares its own
-    judgments of a response, two at a time in both orders (judge.compare_judgments).
-    Only responses whose judgments disagree in score are meta-judged: where
-    every judgment gives the same score, no judge pair could teach anything
-    about scoring, and skipping them keeps the stage cheap."""
+    judgments of a response, two at a time in both orders
+    (judge.compare_judgments). Only responses whose judgments disagree in
+    score are meta-judged: where every judgment gives the same score, no
+    judge pair could teach anything about scoring, and skipping them keeps
+    the stage cheap."""
     judged = read_jsonl(r.path(f"iter{t}", "judgments.jsonl"))
     items = [{"prompt": x["prompt"], "candidate": k, "response": x["candidates"][k], "judgments": x["judgments"][k],
               "scores": x["scores"][k]} for x in judged for k in range(len(x["candidates"]))
@@ -588,8 +590,8 @@ def stage_meta_judgments(c, r, t, mt_path):
 
     def work(chunk, shard):
         battles = J.compare_judgments(net, tok, chunk, temperature=c.temperature, top_p=c.top_p,
-                               max_new_tokens=c.max_meta_tokens, seed=sub_seed(c.seed, "meta judge", t, shard),
-                               batch_size=c.gen_batch_size, progress=c.progress)
+                                      max_new_tokens=c.max_meta_tokens, seed=sub_seed(c.seed, "meta judge", t, shard),
+                                      batch_size=c.gen_batch_size, progress=c.progress)
         return [{**x, "battles": b} for x, b in zip(chunk, battles)]
 
     recs = generate_sharded(r, os.path.join(f"iter{t}", "meta_judgments"), items, c.shard_size, work)
@@ -654,10 +656,10 @@ def make_judge_pairs(meta_judged, cap=None, seed=0):
     judgment with the most wins is chosen, the one with the fewest rejected
     (ties to the first, as make_pairs; the paper rates the judgments by Elo
     from the same battles, a plain count is one a reader can check by hand);
-    only judgments with a score take part. No pair
-    where no battle has a verdict, where best and worst won equally often
-    (a meta-judge that favours a position makes every battle a draw), or
-    where the two texts are the same; each reason is counted. At most `cap`
+    only judgments with a score take part. No pair where no battle has a
+    verdict, where best and worst won equally often (a meta-judge that
+    favours a position makes every battle a draw), or where the two texts
+    are the same; each reason is counted. At most `cap`
     pairs are kept, a random subset drawn with `seed`. The record is DPO's:
     the judge prompt of the response, with the two judgments as chosen and
     rejected, so the judge is trained under the prompt it judges with."""
