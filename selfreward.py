@@ -123,7 +123,7 @@ meta_judge = False          # Meta-Rewarding (Wu et al. 2024): the model also ju
                             # judge on the best against the worst judgment of a response
 max_meta_tokens = 64        # per meta-judgment (a sentence and "Winner: A": the toy targets take 54 tokens at most)
 n_meta_seed = 500           # toy, meta_judge: meta-judge demonstrations added to M1's SFT data, made by the grader
-                            # (~142 tokens each: 500 add 17% to the tokens of M1's 8,090 IFT + EFT examples)
+                            # (~141 tokens each: 500 add 17% to the tokens of M1's 8,090 IFT + EFT examples)
 # DPO: M_t -> M_{t+1} (paper, for 70B: lr 1e-6 -> 1e-7, batch 16, beta 0.1, dropout 0.1)
 dpo_lr = 1e-4               # peak learning rate
 dpo_min_lr = 1e-5           # cosine floor
