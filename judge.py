@@ -12,7 +12,7 @@ ends with "Score: N". This file holds
     read_judge_file(path)   judgments another (stronger) judge wrote, as EFT material
     eft_targets(...)        the judgments whose scores agree with the human ranking, as SFT records
 
-and the Meta-Rewarding variant's meta-judge (Wu et al. 2024, Section 2.2:
+and the Meta-Rewarding variant's meta-judge (Wu et al. 2024:
 the model compares two of its own judgments of one response):
 
     meta_judge_prompt(...)  two judgments of one response, which applies the rubric better?
@@ -407,7 +407,7 @@ def read_judge_file(path):
 
 
 # -----------------------------------------------------------------------------
-# Meta-Rewarding (Wu et al. 2024, arXiv 2407.19594, Section 2.2): the model is
+# Meta-Rewarding (Wu et al. 2024, arXiv 2407.19594): the model is
 # also a meta-judge. It reads two of its own judgments of one response and
 # says which applies the rubric better; the judgment that wins most of these
 # battles is set against the one that wins fewest, and DPO trains the judge on

@@ -576,7 +576,7 @@ def stage_judgments(c, r, t, mt_path):
 
 
 def stage_meta_judgments(c, r, t, mt_path):
-    """Meta-Rewarding (Wu et al. 2024, Section 2.2): M_t compares its own
+    """Meta-Rewarding (Wu et al. 2024): M_t compares its own
     judgments of a response, two at a time in both orders
     (judge.compare_judgments). Only responses whose judgments disagree in
     score are meta-judged: where every judgment gives the same score, no
@@ -650,7 +650,7 @@ def stage_pairs(r, t):
 
 # Exercise (easy): the judge's pairs from battles of judgments. Graded by: tests/test_selfreward.py -k make_judge_pairs
 def make_judge_pairs(meta_judged, cap=None, seed=0):
-    """Meta-Rewarding's pairs for the judge (Wu et al. 2024, Section 2.2): per
+    """Meta-Rewarding's pairs for the judge (Wu et al. 2024): per
     response, every verdict of its battles (judge.compare_judgments) is a win
     for the judgment it names (verdict "A": the battle's judgment a). The
     judgment with the most wins is chosen, the one with the fewest rejected
