@@ -669,7 +669,7 @@ def make_judge_pairs(meta_judged, cap=None, seed=0):
         for b in x["battles"]:
             if b["winner"] is not None:
                 wins[b["a"] if b["winner"] == "A" else b["b"]] += 1
-        if not any(b["winner"] is not None for b in x["battles"]):
+        if not wins:  # every verdict is somebody's win: none at all means no battle had one
             dropped["no verdict"] += 1
             continue
         scored = [k for k, s in enumerate(x["scores"]) if s is not None]
