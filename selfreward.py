@@ -89,8 +89,11 @@ eft_judgments = ""          # real data: a JSONL of judgments by a stronger judg
                             # supplies the EFT targets instead of the SFT baseline ('' = the paper's recipe)
 n_test = 1024               # toy held-out test prompts (paper: 256 for a GPT-4 judge; the grader is free, and 4x halves the intervals)
 ift_chatty = 0.6            # toy IFT seed: share of right answers said chattily ("Sure! The answer is 42.")
+judge_working = False       # toy EFT targets work the task out step by step ("Letters: 1T 2A ...", "Ones: 7+5=12 ...")
+                            # before they state the answer and score (measured: the toy-small judge gets worse, README)
 pretrain_docs = 2000        # toy M0: documents listing task prompts (the base model's "web text")
 pretrain_qa_docs = 4000     # toy M0: documents of worked examples ("Q: ... A: ..."), 4-12 each
+pretrain_working = 0.0      # toy M0: share of quiz pages that show the working before each answer
 pretrain_epochs = 2         # toy M0: passes over them
 pretrain_lr = 2e-3          # toy M0: peak learning rate
 # SFT: M0 -> SFT baseline and M0 -> M1 (paper, for 70B: lr 5.5e-6 -> 1.1e-6, batch 16,
@@ -159,9 +162,9 @@ RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "tp", "plan_o
 # What each kind of stage computes its output from, besides the stages it reads (main() names those):
 # changing one of these settings redoes that stage and the stages downstream of it, nothing else.
 STAGE_SETTINGS = {
-    "toy seed": ["seed", "n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty"],
+    "toy seed": ["seed", "n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "judge_working"],
     "tokenizer": ["vocab_size", "phrase_pieces", "rubric_pieces", "letter_pieces"],
-    "M0": ["seed", "dtype", "chat_template", "model", "pretrain_docs", "pretrain_qa_docs", "pretrain_epochs",
+    "M0": ["seed", "dtype", "chat_template", "model", "pretrain_docs", "pretrain_qa_docs", "pretrain_working", "pretrain_epochs",
            "pretrain_lr", "sft_batch_size"],
     "SFT": ["seed", "dtype", "chat_template", "sft_lr", "sft_min_lr", "sft_batch_size", "sft_epochs", "dropout"],
     "eft_targets": ["seed", "dtype", "chat_template", "n_judge", "temperature", "top_p", "max_judge_tokens",
@@ -181,7 +184,7 @@ STAGE_SETTINGS = {
     # Meta-Rewarding's: these count only when meta_judge is on (run_stages adds them), so a run
     # without it is made from exactly what it was made from before the variant existed
     "tokenizer+meta": ["meta_judge"],
-    "M1+meta": ["meta_judge", "n_meta_seed"],
+    "M1+meta": ["meta_judge", "n_meta_seed", "judge_working"],
     "meta_judgments": ["seed", "dtype", "chat_template", "temperature", "top_p", "max_meta_tokens", "shard_size"],
     "pairs+meta": ["seed"],
 }
@@ -258,7 +261,7 @@ def stage_seed_data(c, r):
     if c.seed_data == "toy":
         if D.is_rank0():
             toy.write_toy(r.path("seed"), seed=c.seed, n_ift=c.n_ift, n_eft_train=c.n_eft_train,
-                          n_eft_eval=c.n_eft_eval, n_test=c.n_test, ift_chatty=c.ift_chatty)
+                          n_eft_eval=c.n_eft_eval, n_test=c.n_test, ift_chatty=c.ift_chatty, judge_working=c.judge_working)
         D.barrier()
     else:
         for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"):
@@ -301,7 +304,7 @@ def stage_tokenizer(c, r):
 
 def stage_pretrain(c, r):
     rng = random.Random(sub_seed(c.seed, "pretrain"))
-    docs = toy.pretraining_docs(r.path("seed"), rng, c.pretrain_docs, c.pretrain_qa_docs)
+    docs = toy.pretraining_docs(r.path("seed"), rng, c.pretrain_docs, c.pretrain_qa_docs, c.pretrain_working)
     save_jsonl(r.path("train", "pretrain.jsonl"), docs)
     out = train_sft.train({**trainer_settings(c, r, "M0", c.sft_batch_size, c.micro_batch_size, ("M0",)),
                            "init_from": "scratch", "model": c.model, "tokenizer": r.path("tokenizer.model"),
@@ -398,7 +401,8 @@ def stage_m1(c, r, m0):
         # Meta-Rewarding on the toy world: demonstrations of meta-judging made by the grader
         # (data/toy.py), as the EFT data demonstrates judging. Real data gets none: Wu et al.
         # rely on the instruct model's own ability to compare judgments.
-        meta = toy.meta_judge_examples(read_jsonl(groups), c.n_meta_seed, random.Random(sub_seed(c.seed, "meta seed")))
+        meta = toy.meta_judge_examples(read_jsonl(groups), c.n_meta_seed, random.Random(sub_seed(c.seed, "meta seed")),
+                                       c.judge_working)
         both += meta
         info["meta_examples"] = len(meta)
     random.Random(sub_seed(c.seed, "M1 data")).shuffle(both)

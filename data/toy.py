@@ -39,7 +39,9 @@ Files written by write_toy(out_dir) (formats in data/__init__.py):
                            answers, bare or (a share ift_chatty, 60%) with a friendly phrase
     eft_train.jsonl        {"prompt": judge prompt, "response": why + "Score: N", "score"}
                            EFT targets, one per judged response (4,890; the paper
-                           had 1,630, a 1M-parameter judge needs 3x)
+                           had 1,630, a 1M-parameter judge needs 3x); "why" works
+                           the task out step by step (working(), judge_working)
+                           before it states the answer and judges the response
     eft_train_groups.jsonl {"prompt", "responses", "ranks", "scores", "task"}
                            the same responses as groups, for judge.make_eft_targets
     eft_eval.jsonl         the same group shape; 1,623 responses in all (the paper's 541, 3x)
@@ -325,6 +327,47 @@ def make_response(task, score, rng, tries=100):
     raise RuntimeError(f"no response of grade {score} for {task}")
 
 
+# The judge's working (judge_working, pretrain_working; off by default): the
+# steps that reach the right answer, each one small (copy the next letter with
+# its number, add two digits, look up one letter's count), so that a judge
+# that writes them first might check a response better than the policy
+# answers at once, as a person checks a sum column by column. Numbered letters
+# ("1T 2A 3M") let a step find "letter 3" by its number. Measured (README):
+# the 1.3M-parameter toy-small model cannot copy a word letter by letter, so
+# its steps are wrong and its judge gets worse, not better.
+
+def _digits(n):
+    """(tens, ones) of a number below 100."""
+    return n // 10, n % 10
+
+
+def working(task):
+    """The steps that work a task out, ending where the answer can be read off."""
+    kind, w = task["kind"], task.get("word")
+    if kind == "arith":
+        a, b, op = task["a"], task["b"], task["op"]
+        (a1, a0), (b1, b0) = _digits(a), _digits(b)
+        if op == "+":
+            return f"Ones: {a0}+{b0}={a0 + b0}. Tens: {a1}+{b1}+{(a0 + b0) // 10}={a1 + b1 + (a0 + b0) // 10}."
+        if op == "-":
+            borrow = int(a0 < b0)
+            return f"Ones: {10 * borrow + a0}-{b0}={10 * borrow + a0 - b0}. Tens: {a1}-{b1}-{borrow}={a1 - b1 - borrow}."
+        return f"Ones: {a0}x{b}={a0 * b}. Tens: {a1}x{b}+{a0 * b // 10}={a1 * b + a0 * b // 10}."
+    numbered = [f"{i}{ch}" for i, ch in enumerate(w, 1)]
+    if kind == "length":
+        return f"Letters: {' '.join(numbered)}."
+    if kind == "reverse":
+        return f"Letters: {' '.join(numbered)}. From the end: {' '.join(reversed(numbered))}."
+    if kind == "replace":
+        changed = [f"{i}{task['new'] if ch == task['old'] else ch}" for i, ch in enumerate(w, 1)]
+        return f"Letters: {' '.join(numbered)}. With {task['new']} for {task['old']}: {' '.join(changed)}."
+    if kind == "count":  # a running count, letter by letter
+        steps = [f"{ch}{w[:i].count(task['letter'])}" for i, ch in enumerate(w, 1)]
+        return f"Counting {task['letter']}: {' '.join(steps)}."
+    # sort: how often each letter of the alphabet occurs, in alphabet order
+    return f"By the alphabet: {' '.join(f'{ch}{w.count(ch)}' for ch in sorted(LETTERS))}."
+
+
 # The EFT target: a short justification per grade, ending in "Score: N" as the
 # judge prompt asks. It states the right answer first, so the judge learns to
 # work the task out before it compares.
@@ -346,10 +389,13 @@ def stated_answer(judgment):
     return m.group(1) if m else None
 
 
-def eft_target(prompt, task, response):
-    """The SFT record that teaches the judge to score this response."""
+def eft_target(prompt, task, response, show_working=False):
+    """The SFT record that teaches the judge to score this response; with
+    show_working, the judgment works the task out before it states the answer."""
     score = grade({"prompt": prompt, "task": task}, response)
     why = f"The correct answer is {answer(task)}. {JUSTIFICATION[score]}"
+    if show_working:
+        why = f"{working(task)} {why}"
     return {"prompt": judge_prompt(prompt, response), "response": f"{why}\nScore: {score}", "score": score}
 
 
@@ -361,18 +407,20 @@ def eft_target(prompt, task, response):
 # right judgment of a response (eft_target) against a wrong one of the kind
 # a small judge writes (a wrong score, often reached from a wrong answer).
 
-def wrong_judgment(task, grade_, rng):
+def wrong_judgment(task, grade_, rng, show_working=False):
     """A plausible wrong judgment: a score one or two off the true grade, with
-    the justification of that score, and half the time a wrong stated answer."""
+    the justification of that score, and half the time a wrong stated answer
+    (after the right working, with show_working: a slip in the last step)."""
     ans = answer(task)
     score = rng.choice([s for s in range(grade_ - 2, grade_ + 3) if 0 <= s <= 5 and s != grade_])
     stated = ans
     while rng.random() < 0.5 and stated == ans:  # a near or a wrong answer (drawn until it differs)
         stated = _near(ans, rng) if rng.random() < 0.5 else _wrong(task, ans, rng)
-    return f"The correct answer is {stated}. {JUSTIFICATION[score]}\nScore: {score}", score
+    why = f"The correct answer is {stated}. {JUSTIFICATION[score]}"
+    return f"{working(task) + ' ' if show_working else ''}{why}\nScore: {score}", score
 
 
-def meta_judge_examples(groups, n, rng):
+def meta_judge_examples(groups, n, rng, show_working=False):
     """Up to n SFT records {"prompt": meta-judge prompt, "response": reason +
     "Winner: A|B", "winner", "grade"} from the EFT training groups (never the
     eval set's): a distinct judged response each, its right judgment and a
@@ -382,8 +430,8 @@ def meta_judge_examples(groups, n, rng):
     records = []
     for g, k in rng.sample(every, min(n, len(every))):
         response, task = g["responses"][k], g["task"]
-        right = eft_target(g["prompt"], task, response)
-        wrong, wrong_score = wrong_judgment(task, right["score"], rng)
+        right = eft_target(g["prompt"], task, response, show_working)
+        wrong, wrong_score = wrong_judgment(task, right["score"], rng, show_working)
         winner = rng.choice("AB")
         a, b = (right["response"], wrong) if winner == "A" else (wrong, right["response"])
         loser = "B" if winner == "A" else "A"
@@ -428,8 +476,10 @@ def ift_response(task, rng, chatty):
     return CHATTER[0].format(x=answer(task)) if chatty and rng.random() < chatty else answer(task)
 
 
-def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024, ift_chatty=0.6):
-    """All toy seed sets as lists of records; the same seed gives the same sets."""
+def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024, ift_chatty=0.6,
+          judge_working=False):
+    """All toy seed sets as lists of records; the same seed gives the same sets.
+    judge_working: the EFT targets work each task out before they judge."""
     if 1 in (n_eft_train, n_eft_eval):
         raise ValueError("an EFT set needs 0 or at least 2 responses")
     rng = random.Random(seed)
@@ -447,7 +497,7 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
     tasks = tasks[len(eval_sizes):]
     train_groups = [_group(t, k, rng) for t, k in zip(tasks, train_sizes)]
     ift_tasks = tasks[len(train_sizes):]
-    eft_train = [eft_target(g["prompt"], g["task"], r) for g in train_groups for r in g["responses"]]
+    eft_train = [eft_target(g["prompt"], g["task"], r, judge_working) for g in train_groups for r in g["responses"]]
     rng.shuffle(eft_train)
     return {
         "ift": [{"prompt": render(t, rng), "response": ift_response(t, rng, ift_chatty), "task": t}
@@ -491,13 +541,16 @@ def fewshot_text(prompts):
 
 def worked_examples(pairs):
     """A pretraining document: questions with their answers, as a quiz page
-    on the web would have them (no chat template, no judgments)."""
+    on the web would have them (no chat template, no judgments). An answer
+    may show its working first (pretraining_docs' working_share)."""
     return "".join(f"Q: {p}\nA: {a}\n" for p, a in pairs)
 
 
-def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs):
+def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0):
     """M0's pretraining documents {"text"}: n_list_docs task listings and
-    n_qa_docs quiz pages, 4 to 12 tasks each, shuffled. Nothing the
+    n_qa_docs quiz pages, 4 to 12 tasks each, shuffled; a share working_share
+    of the quiz pages show the working (working()) before each answer, as
+    worked solutions on the web do: where the base model learns the steps. Nothing the
     evaluation asks about (seed_dir's test and EFT eval tasks and prompts)
     is in them."""
     held = [rec for f in ("test", "eft_eval") for rec in read_jsonl(os.path.join(seed_dir, f + ".jsonl"))]
@@ -515,8 +568,12 @@ def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs):
         return out
 
     docs = [{"text": task_list([p for p, _ in fresh_tasks(rng.randint(4, 12))])} for _ in range(n_list_docs)]
-    docs += [{"text": worked_examples([(p, answer(t)) for p, t in fresh_tasks(rng.randint(4, 12))])}
-             for _ in range(n_qa_docs)]
+    def quiz_page():
+        show = working_share and rng.random() < working_share  # (0 draws nothing: pages as before)
+        return worked_examples([(p, f"{working(t)} So {answer(t)}." if show else answer(t))
+                                for p, t in fresh_tasks(rng.randint(4, 12))])
+
+    docs += [{"text": quiz_page()} for _ in range(n_qa_docs)]
     rng.shuffle(docs)
     return docs
 
@@ -538,11 +595,13 @@ if __name__ == "__main__":
     # the defaults are build()'s, which are the self-rewarding loop's: the same files as its seed/
     defaults = {k: v.default for k, v in inspect.signature(build).parameters.items()}
     notes = {"n_eft_train": "judged responses", "n_eft_eval": "judged responses",
-             "ift_chatty": "share of IFT answers with a friendly phrase"}
+             "ift_chatty": "share of IFT answers with a friendly phrase",
+             "judge_working": "EFT targets work the task out step by step"}
     p = argparse.ArgumentParser(description="Write the toy world's seed files.")
     p.add_argument("--out", default="data/toy", help="output folder")
     for k, v in defaults.items():
-        p.add_argument(f"--{k}", type=type(v), default=v, help=notes.get(k))
+        kind = (lambda x: x.lower() in ("1", "true", "yes")) if isinstance(v, bool) else type(v)
+        p.add_argument(f"--{k}", type=kind, default=v, help=notes.get(k))
     args = vars(p.parse_args())
     paths = write_toy(args.pop("out"), **args)
     for name, path in paths.items():

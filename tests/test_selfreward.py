@@ -526,7 +526,7 @@ def test_main_takes_argv(capsys):
 
 # --- the toy seed data: python -m data.toy writes what the loop writes ---------------
 
-TOY_SIZES = ("n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty")
+TOY_SIZES = ("n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "judge_working")  # build()'s settings
 
 
 def test_toy_defaults_are_the_loops():

@@ -9,7 +9,7 @@ import pytest
 
 from data import read_jsonl
 from data.toy import (DOC_HEAD, TEMPLATES, answer, build, corpus, fewshot_text, grade, meta_judge_examples,
-                      pretraining_docs, render, sample_task, task_from_prompt, write_toy)
+                      pretraining_docs, render, sample_task, stated_answer, task_from_prompt, working, write_toy)
 from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
 from tokenizer import chat_tokens, train_tokenizer
 
@@ -71,6 +71,62 @@ def toy(tmp_path_factory):
     write_toy(folder, **PAPER)
     return folder, {name: read_jsonl(os.path.join(folder, f"{name}.jsonl"))
                     for name in ("ift", "eft_train", "eft_train_groups", "eft_eval", "test")}
+
+
+@pytest.mark.parametrize("task, steps", [
+    ({"kind": "arith", "op": "+", "a": 17, "b": 25}, "Ones: 7+5=12. Tens: 1+2+1=4."),
+    ({"kind": "arith", "op": "+", "a": 99, "b": 9}, "Ones: 9+9=18. Tens: 9+0+1=10."),
+    ({"kind": "arith", "op": "-", "a": 42, "b": 17}, "Ones: 12-7=5. Tens: 4-1-1=2."),
+    ({"kind": "arith", "op": "-", "a": 21, "b": 17}, "Ones: 11-7=4. Tens: 2-1-1=0."),
+    ({"kind": "arith", "op": "x", "a": 29, "b": 9}, "Ones: 9x9=81. Tens: 2x9+8=26."),
+    ({"kind": "arith", "op": "x", "a": 7, "b": 5}, "Ones: 7x5=35. Tens: 0x5+3=3."),
+    ({"kind": "length", "word": "TAMILO"}, "Letters: 1T 2A 3M 4I 5L 6O."),
+    ({"kind": "reverse", "word": "TAMI"}, "Letters: 1T 2A 3M 4I. From the end: 4I 3M 2A 1T."),
+    ({"kind": "replace", "word": "BANANA", "old": "A", "new": "O"},
+     "Letters: 1B 2A 3N 4A 5N 6A. With O for A: 1B 2O 3N 4O 5N 6O."),
+    ({"kind": "count", "word": "BANANA", "letter": "A"}, "Counting A: B0 A1 N1 A2 N2 A3."),
+    ({"kind": "sort", "word": "BANANA"},
+     "By the alphabet: A3 B1 D0 E0 F0 G0 I0 K0 L0 M0 N2 O0 P0 R0 S0 T0 U0 V0 Z0."),
+])
+def test_working_by_hand(task, steps):
+    assert working(task) == steps
+
+
+def read_off(task, steps):
+    """The answer, read off the working's last steps alone (the word is not used)."""
+    if task["kind"] == "arith":  # the tens step's result, then the ones step's last digit
+        ones, tens = re.findall(r"=(\d+)\.", steps)
+        return str(int(tens + ones[-1]))
+    last = steps.split(":")[-1]
+    counted = re.findall(r"([A-Z])(\d+)", last)  # count, sort: a letter, then a number
+    numbered = re.findall(r"(\d+)([A-Z])", last)  # length, reverse, replace: a letter's number, then it
+    if task["kind"] == "sort":
+        return "".join(letter * int(n) for letter, n in counted)
+    if task["kind"] == "count":
+        return counted[-1][1]
+    if task["kind"] == "length":
+        return numbered[-1][0]
+    return "".join(letter for _, letter in numbered)  # reverse, replace: the last listing's letters
+
+
+def test_working_reaches_the_answer_for_every_kind():
+    """For a thousand drawn tasks, the answer can be read off the working's
+    last step, so a judge that copies the steps right states the right answer;
+    the EFT targets carry it before the answer only when asked to."""
+    rng, kinds = random.Random(0), Counter()
+    while len(kinds) < 6 or sum(kinds.values()) < 1000:
+        task = sample_task(rng)
+        if task:
+            kinds[task["kind"]] += 1
+            assert read_off(task, working(task)) == answer(task), task
+    shown = build(n_ift=1, n_eft_train=60, n_eft_eval=0, n_test=1, judge_working=True)["eft_train"]
+    bare = build(n_ift=1, n_eft_train=60, n_eft_eval=0, n_test=1, judge_working=False)["eft_train"]
+    for a, b in zip(shown, bare):
+        assert a["prompt"] == b["prompt"] and a["score"] == b["score"] and b["response"] in a["response"]
+        steps = a["response"][:-len(b["response"]) - 1]
+        task = task_from_prompt(a["prompt"].split("\nUser: ")[1].split("\n<response>")[0])
+        assert steps == working(task) and stated_answer(a["response"]) == answer(task)
+        assert b["response"].startswith("The correct answer is ")
 
 
 def test_seed_sets_sizes_and_shapes(toy):
@@ -156,6 +212,13 @@ def test_pretraining_docs_leave_out_what_the_evaluation_asks(toy):
     assert not {r["prompt"] for r in held} & set(asked)
     assert not {key(r["task"]) for r in held} & {key(task_from_prompt(p)) for p in asked}
     assert fewshot_text(["A.", "B."]) == DOC_HEAD + "Task: A.\nTask: B.\nTask:"  # a listing left open
+    # working_share: that share of the quiz pages show the working before each answer
+    shown = pretraining_docs(folder, random.Random(0), n_list_docs=0, n_qa_docs=300, working_share=0.5)
+    pages = Counter(" So " in d["text"] for d in shown)
+    assert 120 < pages[True] < 180
+    for q, a in (x for d in shown if " So " in d["text"] for x in re.findall(r"Q: (.*)\nA: (.*)\n", d["text"])):
+        task = task_from_prompt(q)
+        assert a == f"{working(task)} So {answer(task)}."
 
 
 def test_meta_judge_examples_name_the_judgment_whose_score_the_grader_gives(toy):
