@@ -127,6 +127,12 @@ def test_working_reaches_the_answer_for_every_kind():
         task = task_from_prompt(a["prompt"].split("\nUser: ")[1].split("\n<response>")[0])
         assert steps == working(task) and stated_answer(a["response"]) == answer(task)
         assert b["response"].startswith("The correct answer is ")
+    # the meta-judge's demonstrations then show both judgments with the working, as the judge writes them
+    groups = build(n_ift=1, n_eft_train=30, n_eft_eval=0, n_test=1)["eft_train_groups"]
+    for x in meta_judge_examples(groups, 10, random.Random(0), show_working=True):
+        task = task_from_prompt(x["prompt"].split("\nUser: ")[1].split("\n<response>")[0])
+        for side in ("\nJudgment A:\n", "\nJudgment B:\n"):
+            assert x["prompt"].split(side)[1].startswith(working(task) + " The correct answer is ")
 
 
 def test_seed_sets_sizes_and_shapes(toy):
