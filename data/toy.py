@@ -39,9 +39,9 @@ Files written by write_toy(out_dir) (formats in data/__init__.py):
                            answers, bare or (a share ift_chatty, 60%) with a friendly phrase
     eft_train.jsonl        {"prompt": judge prompt, "response": why + "Score: N", "score"}
                            EFT targets, one per judged response (4,890; the paper
-                           had 1,630, a 1M-parameter judge needs 3x); "why" works
-                           the task out step by step (working(), judge_working)
-                           before it states the answer and judges the response
+                           had 1,630, a 1M-parameter judge needs 3x); "why" states
+                           the right answer, then judges the response; with
+                           judge_working it first works the task out (working())
     eft_train_groups.jsonl {"prompt", "responses", "ranks", "scores", "task"}
                            the same responses as groups, for judge.make_eft_targets
     eft_eval.jsonl         the same group shape; 1,623 responses in all (the paper's 541, 3x)
