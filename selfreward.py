@@ -91,6 +91,8 @@ n_test = 1024               # toy held-out test prompts (paper: 256 for a GPT-4 
 ift_chatty = 0.6            # toy IFT seed: share of right answers said chattily ("Sure! The answer is 42.")
 judge_working = False       # toy EFT targets work the task out step by step ("Letters: 1T 2A ...", "Ones: 7+5=12 ...")
                             # before they state the answer and score (measured: the toy-small judge gets worse, README)
+judge_quotes = False        # toy EFT targets quote the response's answer beside the right one before they grade
+                            # ("The correct answer is 27. The response says 72. ...")
 pretrain_docs = 2000        # toy M0: documents listing task prompts (the base model's "web text")
 pretrain_qa_docs = 4000     # toy M0: documents of worked examples ("Q: ... A: ..."), 4-12 each
 pretrain_working = 0.0      # toy M0: share of quiz pages that show the working before each answer
@@ -162,9 +164,9 @@ RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "tp", "plan_o
 # What each kind of stage computes its output from, besides the stages it reads (main() names those):
 # changing one of these settings redoes that stage and the stages downstream of it, nothing else.
 STAGE_SETTINGS = {
-    "toy seed": ["seed", "n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "judge_working"],
+    "toy seed": ["seed", "n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty"],
     "tokenizer": ["vocab_size", "phrase_pieces", "rubric_pieces", "letter_pieces"],
-    "M0": ["seed", "dtype", "chat_template", "model", "pretrain_docs", "pretrain_qa_docs", "pretrain_working", "pretrain_epochs",
+    "M0": ["seed", "dtype", "chat_template", "model", "pretrain_docs", "pretrain_qa_docs", "pretrain_epochs",
            "pretrain_lr", "sft_batch_size"],
     "SFT": ["seed", "dtype", "chat_template", "sft_lr", "sft_min_lr", "sft_batch_size", "sft_epochs", "dropout"],
     "eft_targets": ["seed", "dtype", "chat_template", "n_judge", "temperature", "top_p", "max_judge_tokens",
@@ -184,9 +186,13 @@ STAGE_SETTINGS = {
     # Meta-Rewarding's: these count only when meta_judge is on (run_stages adds them), so a run
     # without it is made from exactly what it was made from before the variant existed
     "tokenizer+meta": ["meta_judge"],
-    "M1+meta": ["meta_judge", "n_meta_seed", "judge_working"],
+    "M1+meta": ["meta_judge", "n_meta_seed"],
     "meta_judgments": ["seed", "dtype", "chat_template", "temperature", "top_p", "max_meta_tokens", "shard_size"],
     "pairs+meta": ["seed"],
+    # the toy world's step-by-step working, likewise only when one of them is on
+    "toy seed+working": ["judge_working", "judge_quotes"],
+    "M0+working": ["pretrain_working"],
+    "M1+working": ["judge_working", "judge_quotes"],  # the meta-judge demonstrations follow the EFT targets' form
 }
 
 
@@ -261,7 +267,7 @@ def stage_seed_data(c, r):
     if c.seed_data == "toy":
         if D.is_rank0():
             toy.write_toy(r.path("seed"), seed=c.seed, n_ift=c.n_ift, n_eft_train=c.n_eft_train,
-                          n_eft_eval=c.n_eft_eval, n_test=c.n_test, ift_chatty=c.ift_chatty, judge_working=c.judge_working)
+                          n_eft_eval=c.n_eft_eval, n_test=c.n_test, ift_chatty=c.ift_chatty, judge_working=c.judge_working, judge_quotes=c.judge_quotes)
         D.barrier()
     else:
         for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"):
@@ -402,7 +408,7 @@ def stage_m1(c, r, m0):
         # (data/toy.py), as the EFT data demonstrates judging. Real data gets none: Wu et al.
         # rely on the instruct model's own ability to compare judgments.
         meta = toy.meta_judge_examples(read_jsonl(groups), c.n_meta_seed, random.Random(sub_seed(c.seed, "meta seed")),
-                                       c.judge_working)
+                                       c.judge_working, c.judge_quotes)
         both += meta
         info["meta_examples"] = len(meta)
     random.Random(sub_seed(c.seed, "M1 data")).shuffle(both)
@@ -815,16 +821,19 @@ def run_stages(c, r):
     reads it) when one of them changed."""
     S = STAGE_SETTINGS
     temporary = lambda name: [] if c.keep_train_state else [r.path("train", name, "state")]
+    # optional variants' settings, counted only when on (a run without them is made
+    # from exactly what it was made from before they existed)
+    meta = lambda kind: S[kind + "+meta"] if c.meta_judge else []  # Meta-Rewarding's
+    working = lambda kind: S[kind + "+working"] if c.judge_working or c.judge_quotes or c.pretrain_working else []
     if c.seed_data == "toy":
-        r.stage("seed_data", lambda: stage_seed_data(c, r), uses=["seed_data"] + S["toy seed"])
+        r.stage("seed_data", lambda: stage_seed_data(c, r), uses=["seed_data"] + S["toy seed"] + working("toy seed"))
     else:
         r.stage("seed_data", lambda: stage_seed_data(c, r), uses=["seed_data"],
                 files=[os.path.join(c.seed_data, f) for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl")])
-    meta = lambda kind: S[kind + "+meta"] if c.meta_judge else []  # Meta-Rewarding's settings, only when on
     if c.init_from == "scratch":
         r.stage("tokenizer", lambda: stage_tokenizer(c, r), uses=S["tokenizer"] + meta("tokenizer"),
                 after=["seed_data"])
-        r.stage("M0", lambda: stage_pretrain(c, r), uses=S["M0"], after=["seed_data", "tokenizer"],
+        r.stage("M0", lambda: stage_pretrain(c, r), uses=S["M0"] + working("M0"), after=["seed_data", "tokenizer"],
                 temporary=temporary("M0"))
         m0 = r.path("M0")
     else:
@@ -837,7 +846,7 @@ def run_stages(c, r):
         r.stage("eft_targets", lambda: stage_eft_targets(c, r), uses=S["eft_targets"], after=["SFT", "seed_data"],
                 files=[c.eft_judgments] if c.eft_judgments else [])
         m1_reads.append("eft_targets")
-    r.stage("M1", lambda: stage_m1(c, r, m0), uses=S["SFT"] + meta("M1"), after=m1_reads,
+    r.stage("M1", lambda: stage_m1(c, r, m0), uses=S["SFT"] + meta("M1") + working("M1"), after=m1_reads,
             temporary=temporary("M1"))
     writer = {"M0": m0, "M1": r.path("M1")}.get(c.prompt_writer, c.prompt_writer)
     for t in range(1, c.iterations + 1):

@@ -368,6 +368,25 @@ def working(task):
     return f"By the alphabet: {' '.join(f'{ch}{w.count(ch)}' for ch in sorted(LETTERS))}."
 
 
+def attempts(task, response):
+    """The answers a response offers, each once, in order: its numbers (not
+    the question's operands) for a task with a numeric answer, else its words
+    that are not English (the input word included)."""
+    if answer(task).lstrip("-").isdigit():
+        echo = {str(task.get("a")), str(task.get("b"))}
+        tries = [n for n in re.findall(r"-?\d+", response) if n not in echo]
+    else:
+        tries = [t for t in re.findall(r"[A-Za-z]+", response) if t.lower() not in ENGLISH]
+    return list(dict.fromkeys(tries))
+
+
+def quote(task, response):
+    """The sentence that sets a response's answer beside the right one
+    (judge_quotes): "The response says OLIMAT." (two at most)."""
+    tries = attempts(task, response)
+    return f"The response says {' and '.join(tries[:2])}." if tries else "The response gives no answer."
+
+
 # The EFT target: a short justification per grade, ending in "Score: N" as the
 # judge prompt asks. It states the right answer first, so the judge learns to
 # work the task out before it compares.
@@ -389,11 +408,13 @@ def stated_answer(judgment):
     return m.group(1) if m else None
 
 
-def eft_target(prompt, task, response, show_working=False):
+def eft_target(prompt, task, response, show_working=False, quotes=False):
     """The SFT record that teaches the judge to score this response; with
-    show_working, the judgment works the task out before it states the answer."""
+    show_working, the judgment works the task out before it states the answer;
+    with quotes, it then quotes the response's answer before it grades."""
     score = grade({"prompt": prompt, "task": task}, response)
-    why = f"The correct answer is {answer(task)}. {JUSTIFICATION[score]}"
+    said = quote(task, response) + " " if quotes else ""
+    why = f"The correct answer is {answer(task)}. {said}{JUSTIFICATION[score]}"
     if show_working:
         why = f"{working(task)} {why}"
     return {"prompt": judge_prompt(prompt, response), "response": f"{why}\nScore: {score}", "score": score}
@@ -407,31 +428,34 @@ def eft_target(prompt, task, response, show_working=False):
 # right judgment of a response (eft_target) against a wrong one of the kind
 # a small judge writes (a wrong score, often reached from a wrong answer).
 
-def wrong_judgment(task, grade_, rng, show_working=False):
+def wrong_judgment(task, grade_, rng, show_working=False, said=""):
     """A plausible wrong judgment: a score one or two off the true grade, with
     the justification of that score, and half the time a wrong stated answer
-    (after the right working, with show_working: a slip in the last step)."""
+    (after the right working, with show_working: a slip in the last step);
+    `said`: the quote of the response (quote()), when judgments quote it."""
     ans = answer(task)
     score = rng.choice([s for s in range(grade_ - 2, grade_ + 3) if 0 <= s <= 5 and s != grade_])
     stated = ans
     while rng.random() < 0.5 and stated == ans:  # a near or a wrong answer (drawn until it differs)
         stated = _near(ans, rng) if rng.random() < 0.5 else _wrong(task, ans, rng)
-    why = f"The correct answer is {stated}. {JUSTIFICATION[score]}"
+    why = f"The correct answer is {stated}. {said + ' ' if said else ''}{JUSTIFICATION[score]}"
     return f"{working(task) + ' ' if show_working else ''}{why}\nScore: {score}", score
 
 
-def meta_judge_examples(groups, n, rng, show_working=False):
+def meta_judge_examples(groups, n, rng, show_working=False, quotes=False):
     """Up to n SFT records {"prompt": meta-judge prompt, "response": reason +
     "Winner: A|B", "winner", "grade"} from the EFT training groups (never the
     eval set's): a distinct judged response each, its right judgment and a
     wrong one in random order; the target works the task out as the EFT
-    target does, names both scores and ends with the right judgment."""
+    target does, names both scores and ends with the right judgment.
+    show_working, quotes: as the EFT targets have them."""
     every = [(g, k) for g in groups for k in range(len(g["responses"]))]
     records = []
     for g, k in rng.sample(every, min(n, len(every))):
         response, task = g["responses"][k], g["task"]
-        right = eft_target(g["prompt"], task, response, show_working)
-        wrong, wrong_score = wrong_judgment(task, right["score"], rng, show_working)
+        right = eft_target(g["prompt"], task, response, show_working, quotes)
+        wrong, wrong_score = wrong_judgment(task, right["score"], rng, show_working,
+                                            quote(task, response) if quotes else "")
         winner = rng.choice("AB")
         a, b = (right["response"], wrong) if winner == "A" else (wrong, right["response"])
         loser = "B" if winner == "A" else "A"
@@ -477,9 +501,10 @@ def ift_response(task, rng, chatty):
 
 
 def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024, ift_chatty=0.6,
-          judge_working=False):
+          judge_working=False, judge_quotes=False):
     """All toy seed sets as lists of records; the same seed gives the same sets.
-    judge_working: the EFT targets work each task out before they judge."""
+    judge_working: the EFT targets work each task out before they judge;
+    judge_quotes: they quote the response's answer beside the right one."""
     if 1 in (n_eft_train, n_eft_eval):
         raise ValueError("an EFT set needs 0 or at least 2 responses")
     rng = random.Random(seed)
@@ -497,7 +522,8 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
     tasks = tasks[len(eval_sizes):]
     train_groups = [_group(t, k, rng) for t, k in zip(tasks, train_sizes)]
     ift_tasks = tasks[len(train_sizes):]
-    eft_train = [eft_target(g["prompt"], g["task"], r, judge_working) for g in train_groups for r in g["responses"]]
+    eft_train = [eft_target(g["prompt"], g["task"], r, judge_working, judge_quotes)
+                 for g in train_groups for r in g["responses"]]
     rng.shuffle(eft_train)
     return {
         "ift": [{"prompt": render(t, rng), "response": ift_response(t, rng, ift_chatty), "task": t}
@@ -596,7 +622,8 @@ if __name__ == "__main__":
     defaults = {k: v.default for k, v in inspect.signature(build).parameters.items()}
     notes = {"n_eft_train": "judged responses", "n_eft_eval": "judged responses",
              "ift_chatty": "share of IFT answers with a friendly phrase",
-             "judge_working": "EFT targets work the task out step by step"}
+             "judge_working": "EFT targets work the task out step by step",
+             "judge_quotes": "EFT targets quote the response's answer beside the right one"}
     p = argparse.ArgumentParser(description="Write the toy world's seed files.")
     p.add_argument("--out", default="data/toy", help="output folder")
     for k, v in defaults.items():

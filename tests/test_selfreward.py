@@ -338,10 +338,11 @@ def test_stages_declare_every_setting_they_read():
                 names |= reads(const, seen)
         return names & set(S.DEFAULTS) - S.RUNTIME_ONLY
 
-    ST = S.STAGE_SETTINGS  # a "+meta" list counts only with meta_judge on (run_stages adds it)
-    kinds = {S.stage_seed_data: ["seed_data", *ST["toy seed"]],
+    ST = S.STAGE_SETTINGS  # a "+meta" / "+working" list counts only with its variant on (run_stages adds it)
+    kinds = {S.stage_seed_data: ["seed_data", *ST["toy seed"], *ST["toy seed+working"]],
              S.stage_tokenizer: [*ST["tokenizer"], *ST["tokenizer+meta"]],
-             S.stage_pretrain: "M0", S.stage_sft_baseline: "SFT", S.stage_m1: [*ST["SFT"], *ST["M1+meta"]],
+             S.stage_pretrain: [*ST["M0"], *ST["M0+working"]], S.stage_sft_baseline: "SFT",
+             S.stage_m1: [*ST["SFT"], *ST["M1+meta"], *ST["M1+working"]],
              S.stage_eft_targets: "eft_targets", S.stage_prompts: "prompts", S.stage_candidates: "candidates",
              S.stage_judgments: "judgments", S.stage_meta_judgments: "meta_judgments", S.stage_pairs: "pairs",
              S.stage_pairs_meta: [*ST["pairs"], *ST["pairs+meta"]], S.stage_dpo: "DPO", S.stage_eval: "eval"}
@@ -494,6 +495,27 @@ def test_meta_judge_micro_run(tmp_path):
     assert "meta-judging (Meta-Rewarding)" in report and f"{kinds['judge']} judge pairs" in report
 
 
+# --- the toy world's step-by-step working as settings ----------------------------------
+
+def test_working_settings_count_only_when_on(micro_run, tmp_path):
+    """judge_working, judge_quotes and pretrain_working change the seed data,
+    M0's text and M1's data, and their stages' records name them; a run with
+    them off (the plain micro run) is made from what it was made from before
+    they existed, so earlier run folders are still reused."""
+    plain, _ = micro_run
+    made_from = lambda run, stage: json.load(open(run / "done" / stage))["made_from"]["settings"]
+    names = {"judge_working", "judge_quotes", "pretrain_working"}
+    assert not any(names & set(made_from(plain, stage)) for stage in ("seed_data", "M0", "M1"))
+    run_loop(tmp_path, judge_working=True, judge_quotes=True, pretrain_working=0.5, iterations=0, eval_judge=False)
+    run = tmp_path / "micro"
+    assert {"judge_working", "judge_quotes"} <= set(made_from(run, "seed_data")) & set(made_from(run, "M1"))
+    assert made_from(run, "M0")["pretrain_working"] == 0.5
+    for x in read_jsonl(run / "seed" / "eft_train.jsonl"):
+        task = toy.task_from_prompt(x["prompt"].split("\nUser: ")[1].split("\n<response>")[0])
+        assert x["response"].startswith(f"{toy.working(task)} The correct answer is {toy.answer(task)}. The response ")
+    assert any(" So " in d["text"] for d in read_jsonl(run / "train" / "pretrain.jsonl"))
+
+
 # --- one config idiom: settings passed explicitly -------------------------------------
 
 def globals_read(code):
@@ -526,7 +548,7 @@ def test_main_takes_argv(capsys):
 
 # --- the toy seed data: python -m data.toy writes what the loop writes ---------------
 
-TOY_SIZES = ("n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "judge_working")  # build()'s settings
+TOY_SIZES = ("n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "judge_working", "judge_quotes")  # build()'s settings
 
 
 def test_toy_defaults_are_the_loops():
