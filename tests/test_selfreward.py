@@ -648,3 +648,6 @@ def test_check_loop_in_this_process():
     assert validate.check_loop(c, 1).found == ["max_meta_tokens = 1024: must be below the context of init_from's "
                                                "model (max_seq_len 1024)"]
     assert validate.check_loop(configurator.settings(S.DEFAULTS, {"meta_judge": True}), 1).found == []
+    # the toy world's working: a share of quiz pages
+    c = configurator.settings(S.DEFAULTS, {"pretrain_working": 1.5})
+    assert validate.check_loop(c, 1).found == ["pretrain_working = 1.5: must be in [0, 1]"]
