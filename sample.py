@@ -29,8 +29,10 @@ How the work is saved:
   (checked every few steps on a GPU: each check waits for the GPU).
 - The cache is allocated in the dtype the keys arrive in (bf16 weights, FSDP's
   mixed precision or autocast alike) and with the heads they arrive with (a
-  tensor-parallel rank's share); dropping rows and making n copies happen in
-  place, one layer at a time, so the cache never needs twice its size.
+  tensor-parallel rank's share); it grows by chunks of slots as the rows
+  fill it, and a step reads each layer's keys and values as one contiguous
+  block; growing, dropping rows and making n copies happen one layer at a
+  time, so the cache never needs twice its size.
 
 Randomness: completion k (prompt k // n, sample k % n) draws its uniforms from
 its own generator, seeded from (seed, k). So a seeded call gives the same
@@ -177,15 +179,24 @@ def decode_attention(q, k, v, mask, shared=None):
 
 class KVCache:
     """
-    A static key/value cache for batched sampling: for each layer, a buffer
-    (B, n_kv_heads, max_len, head_dim) filled left to right. All rows share
+    A key/value cache for batched sampling: for each layer, buffers
+    (B, n_kv_heads, slots, head_dim) filled left to right. All rows share
     the same slot index, and a boolean `valid` (B, max_len) marks which slots
     hold real tokens of that row; padding slots (rows whose prompts are
-    shorter) are never attended to. Each row's positions count only its own
-    valid slots, so rotary angles are right whatever the padding.
+    shorter) and slots not yet filled are never attended to. Each row's
+    positions count only its own valid slots, so rotary angles are right
+    whatever the padding.
 
     A padding slot's own query attends to itself, so no attention row is ever
     fully masked (softmax of all -inf would be NaN); its output is discarded.
+
+    The buffers grow by whole chunks of CHUNK slots (up to max_len), and
+    attention reads every slot of them, filled or not (the mask hides the
+    rest): then the keys and values a step reads are one contiguous block.
+    A slice of a bigger buffer is not (its rows lie max_len slots apart), and
+    the CPU's bf16 batched matmul copies such a slice whole at every layer of
+    every step, which costs more than the up to CHUNK - 1 masked slots and
+    the copy into a bigger buffer once per CHUNK steps.
 
     With `prefix` (a filled one-row KVCache, e.g. the judge's rubric), every
     row continues that prefix: its keys/values are stored once and attended to
@@ -198,14 +209,16 @@ class KVCache:
     allocated (default batch_size), so that select() can make n copies of
     each prompt's rows, or drop finished ones, in place.
     """
+    CHUNK = 32  # slots added to the buffers at a time
 
     def __init__(self, args: ModelArgs, batch_size, max_len, device, prefix=None, capacity=None):
         self.n_layers, self.capacity = args.n_layers, capacity or batch_size
-        self.buffers = None  # (k, v), each (n_layers, capacity, KV, max_len, hd): allocated by the first update
-        self.k = self.v = None  # the rows in use: views (n_layers, B, KV, max_len, hd) of the buffers
+        # per layer, keys and values (capacity, KV, slots, hd): allocated by the first update, grown by update
+        self.keys = self.values = None
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
         self.max_len = max_len
         self.length = 0  # slots filled so far (the same for every row)
+        self.slots = 0  # slots the buffers hold per row, filled or not
         self.allowed = self.mask = None  # this forward pass's attention mask: boolean, then additive
         # prefix: a filled KVCache of one row (no padding) that every row of this
         # one continues, e.g. the judge's rubric: stored once, not once per row
@@ -215,17 +228,26 @@ class KVCache:
     def batch_size(self):
         return self.valid.shape[0]
 
+    def layer(self, layer):
+        """`layer`'s keys and values of the rows in use, (B, KV, slots, hd) each."""
+        return self.keys[layer][:self.batch_size], self.values[layer][:self.batch_size]
+
     def shared(self, layer):
         """The prefix's keys and values (1, KV, P, hd) for `layer`, or None."""
         if self.prefix is None:
             return None
         P = self.prefix.length
-        return self.prefix.k[layer, :, :, :P], self.prefix.v[layer, :, :, :P]
+        k, v = self.prefix.layer(layer)
+        return k[:, :, :P], v[:, :, :P]
 
     def next_positions(self):
         """(B,) the position the next real token of each row will have."""
         positions = self.valid[:, :self.length].sum(dim=1)
         return positions if self.prefix is None else positions + self.prefix.length
+
+    def slots_for(self, end):
+        """The slots the buffers must hold once `end` are filled: whole chunks, at most max_len."""
+        return max(self.slots, min(self.max_len, -(-end // self.CHUNK) * self.CHUNK))
 
     def begin(self, tokens, positions=None, pad_mask=None):
         """Prepare a forward pass over `tokens` (B, T) written at slots
@@ -235,25 +257,26 @@ class KVCache:
         start, end = self.length, self.length + T
         if end > self.max_len:
             raise ValueError(f"KV cache full: {end} slots needed, {self.max_len} allocated")
+        self.slots = S = self.slots_for(end)  # this pass attends over all S slots; those past `end` are not valid
         if T == 1 and pad_mask is None:
             # a decode step, the hot loop of sampling: kept to a few cheap ops.
             # One real token per row; every valid slot is in its past.
             if positions is None:
                 positions = self.next_positions()[:, None]
             self.valid[:, start] = True
-            allowed = self.valid[:, None, None, :end]  # (B, 1, 1, end)
+            allowed = self.valid[:, None, None, :S]  # (B, 1, 1, S)
         else:
             real = torch.ones(B, T, dtype=torch.bool, device=tokens.device) if pad_mask is None else ~pad_mask
             if positions is None:
                 positions = self.next_positions()[:, None] + real.cumsum(dim=1) - 1
                 positions = positions.clamp(min=0)
             self.valid[:, start:end] = real
-            # (B, 1, T, end): causal over slots, only valid slots, and every
+            # (B, 1, T, S): causal over slots, only valid slots, and every
             # query may see its own slot (so padding rows are not empty)
-            slots = torch.arange(end, device=tokens.device)
-            causal = slots[None, :] <= (start + torch.arange(T, device=tokens.device))[:, None]  # (T, end)
+            slots = torch.arange(S, device=tokens.device)
+            causal = slots[None, :] <= (start + torch.arange(T, device=tokens.device))[:, None]  # (T, S)
             own = slots[None, :] == (start + torch.arange(T, device=tokens.device))[:, None]
-            allowed = ((causal[None] & self.valid[:, None, :end]) | own[None])[:, None]
+            allowed = ((causal[None] & self.valid[:, None, :S]) | own[None])[:, None]
         self.allowed, self.mask = allowed, None
         return positions
 
@@ -269,15 +292,17 @@ class KVCache:
         return self.mask
 
     def update(self, layer, k, v):
-        """Write k, v (B, KV, T, hd) at the next T slots of `layer`; return its
-        keys and values so far, (B, KV, length+T, hd) views of the buffers."""
-        if self.buffers is None:  # the first write: now the dtype and the heads are known
-            B, KV, _, hd = k.shape
-            self.buffers = tuple(torch.zeros(self.n_layers, self.capacity, KV, self.max_len, hd, dtype=k.dtype,
-                                             device=k.device) for _ in "kv")
-            self.k, self.v = (buf[:, :B] for buf in self.buffers)
-        end = self.length + k.shape[2]
-        k_all, v_all = self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        """Write k, v (B, KV, T, hd) at the next T slots of `layer`; return all
+        of its keys and values, (B, KV, slots, hd) views of the buffers."""
+        if self.keys is None:  # the first write: now the dtype and the heads are known
+            self.keys, self.values = ([k.new_zeros(self.capacity, k.shape[1], 0, k.shape[3])
+                                       for _ in range(self.n_layers)] for _ in "kv")
+        for buffers in (self.keys, self.values):
+            if buffers[layer].shape[2] < self.slots:  # grow: a bigger buffer, this layer only, and the
+                bigger = k.new_zeros(self.capacity, k.shape[1], self.slots, k.shape[3])  # filled slots copied
+                bigger[:, :, :self.length] = buffers[layer][:, :, :self.length]
+                buffers[layer] = bigger
+        k_all, v_all = self.layer(layer)
         k_all.narrow(2, self.length, k.shape[2]).copy_(k)  # narrow + copy_: the fewest ops for a write
         v_all.narrow(2, self.length, k.shape[2]).copy_(v)
         return k_all, v_all
@@ -318,10 +343,10 @@ class KVCache:
         n, end = len(rows), self.length
         if n > self.capacity:
             raise ValueError(f"KV cache has room for {self.capacity} rows, {n} asked for")
-        for buf, in_use in zip(self.buffers, (self.k, self.v)):
+        for buffers in (self.keys, self.values):
             for layer in range(self.n_layers):  # gather (a copy of one layer's rows) then write back
-                buf[layer, :n, :, :end] = in_use[layer, :, :, :end].index_select(0, rows)
-        self.k, self.v = (buf[:, :n] for buf in self.buffers)
+                in_use = buffers[layer][:self.batch_size, :, :end]
+                buffers[layer][:n, :, :end] = in_use.index_select(0, rows)
         self.valid = self.valid.index_select(0, rows)
         return self
 
@@ -336,13 +361,17 @@ class KVCache:
 
 class StaticKVCache(KVCache):
     """
-    The KV cache for a torch.compile'd decode step. KVCache slices its
-    buffers to the filled length, a Python int that changes every step, so a
-    compiled step would be recompiled every step. Here a decode step touches
-    tensors only: the slot to write is a tensor, attention covers all max_len
-    slots (unfilled ones masked), and the compiler sees one graph for the
-    whole loop (as gpt-fast does). Prefill runs eagerly through KVCache.
+    The KV cache for a torch.compile'd decode step. KVCache writes at a
+    Python int that changes every step and grows its buffers, so a compiled
+    step would be recompiled again and again. Here the buffers hold all
+    max_len slots from the start, a decode step touches tensors only (the
+    slot to write is a tensor, attention covers all max_len slots, unfilled
+    ones masked), and the compiler sees one graph for the whole loop (as
+    gpt-fast does). Prefill runs eagerly through KVCache.
     """
+
+    def slots_for(self, end):
+        return self.max_len
 
     @property
     def length(self):  # the filled slots, kept as a tensor: `slot`
@@ -361,7 +390,7 @@ class StaticKVCache(KVCache):
             if self.prefix is not None:
                 positions = positions + self.prefix.length
         self.valid.index_fill_(1, self.slot, True)
-        self.mask = torch.zeros(self.valid.shape, dtype=self.k.dtype, device=self.valid.device)  # allocated by now
+        self.mask = torch.zeros(self.valid.shape, dtype=self.keys[0].dtype, device=self.valid.device)  # allocated by now
         self.mask = self.mask.masked_fill(~self.valid, float("-inf"))[:, None, None, :]  # (B, 1, 1, max_len)
         if self.prefix is not None:  # every prefix slot is visible
             self.mask = F.pad(self.mask, (self.prefix.length, 0))
@@ -370,9 +399,10 @@ class StaticKVCache(KVCache):
     def update(self, layer, k, v):
         if not self.decoding:
             return super().update(layer, k, v)
-        self.k[layer].index_copy_(2, self.slot, k)  # k: (B, KV, 1, hd) into slot `slot`
-        self.v[layer].index_copy_(2, self.slot, v)
-        return self.k[layer], self.v[layer]
+        k_all, v_all = self.layer(layer)
+        k_all.index_copy_(2, self.slot, k)  # k: (B, KV, 1, hd) into slot `slot`
+        v_all.index_copy_(2, self.slot, v)
+        return k_all, v_all
 
     def end(self, T):
         if not self.decoding:

@@ -64,7 +64,7 @@ net = M.Transformer(big).cuda().to(torch.bfloat16).eval()
 cache = KVCache(big, 16, 512, "cuda", capacity=64)
 with torch.no_grad():
     net(torch.randint(3, 1024, (16, 256), device="cuda"), cache=cache, last_only=True)
-cache_bytes = sum(b.numel() * b.element_size() for b in cache.buffers)
+cache_bytes = sum(b.numel() * b.element_size() for b in cache.keys + cache.values)
 layer_bytes = cache_bytes // (2 * big.n_layers)
 torch.cuda.synchronize()
 torch.cuda.reset_peak_memory_stats()

@@ -291,18 +291,46 @@ def test_copying_and_dropping_rows_is_in_place(tiny):
     cache = S.KVCache(tiny.args, 2, 16, "cpu", capacity=6)
     with torch.no_grad():
         tiny(torch.tensor([[5, 6, 7], [8, 9, 10]]), cache=cache)
-    k, buffer = cache.k[:, :, :, :3].clone(), cache.buffers[0].data_ptr()
-    buffers = {b.untyped_storage().data_ptr() for b in cache.buffers}
-    layer_rows = cache.buffers[0][0].numel() * cache.buffers[0].element_size()  # one layer, all 6 rows
+
+    def keys():  # every layer's keys of the rows in use, first 3 slots: (layers, B, KV, 3, hd)
+        return torch.stack([cache.layer(i)[0][:, :, :3] for i in range(tiny.args.n_layers)])
+
+    k, buffer = keys().clone(), cache.keys[0].data_ptr()
+    buffers = {b.untyped_storage().data_ptr() for b in cache.keys + cache.values}
+    layer_rows = cache.keys[0].numel() * cache.keys[0].element_size()  # one layer's keys, all 6 rows
     with Largest() as largest:
         cache.repeat_interleave(3)  # 2 prompts -> 3 samples each
-    assert torch.equal(cache.k[:, :, :, :3], k.repeat_interleave(3, dim=1))
+    assert torch.equal(keys(), k.repeat_interleave(3, dim=1))
     with Largest() as largest_drop:
         cache.select(torch.tensor([5, 0]))  # the last sample of prompt 1, the first of prompt 0
-    assert torch.equal(cache.k[:, :, :, :3], k[:, [1, 0]])
-    assert cache.buffers[0].data_ptr() == buffer and cache.k.data_ptr() == buffer
+    assert torch.equal(keys(), k[:, [1, 0]])
+    assert cache.keys[0].data_ptr() == buffer and cache.layer(0)[0].data_ptr() == buffer
     assert 0 < largest.bytes <= layer_rows and 0 < largest_drop.bytes <= layer_rows
-    assert cache.buffers[0].numel() == tiny.args.n_layers * 6 * tiny.args.n_kv_heads * 16 * tiny.args.head_dim
+    assert cache.keys[0].numel() == 6 * tiny.args.n_kv_heads * 16 * tiny.args.head_dim
+
+
+def test_cache_grows_by_chunks_and_steps_read_one_block(tiny):
+    """The buffers hold whole chunks of slots, grown as the rows fill them, and
+    a decode step reads each layer's keys and values as one contiguous block
+    (a slice of a bigger buffer would be copied by the CPU's bf16 matmul at
+    every step); logits match the model without a cache across the growth."""
+    prompt = [5, 6, 7, 8, 9]
+    cache = S.KVCache(tiny.args, 1, 40, "cpu")
+    cache.CHUNK = 8
+    tokens, slots = list(prompt), []
+    with torch.no_grad():
+        logits = tiny(torch.tensor([prompt]), cache=cache)[:, -1]
+        slots.append(cache.keys[0].shape[2])
+        for _ in range(30):
+            tokens.append(int(logits.argmax()))
+            logits = tiny(torch.tensor([tokens[-1:]]), cache=cache)[:, -1]
+            slots.append(cache.keys[0].shape[2])
+            k, v = cache.layer(tiny.args.n_layers - 1)
+            assert k.is_contiguous() and v.is_contiguous() and k.shape[2] == cache.slots
+        reference = tiny(torch.tensor([tokens]))[:, -1]
+    # 5 slots filled -> 8; 9 -> 16; ... ; 35 -> 40 (max_len, not 48)
+    assert slots == [8] * 4 + [16] * 8 + [24] * 8 + [32] * 8 + [40] * 3
+    torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)
 
 
 def test_context_limit_cuts_completions():
@@ -537,8 +565,8 @@ def test_generation_memory_plan_counts_what_is_allocated(tiny):
     assert plan["rows"]["weights"] == 4 * tiny.num_params()
     cache = S.KVCache(args, 3, 32, "cpu")
     with torch.no_grad():
-        tiny(torch.tensor([[5, 6, 7]] * 3), cache=cache)
-    assert plan["rows"]["KV cache"] == sum(b.numel() * b.element_size() for b in cache.buffers)
+        tiny(torch.tensor([[5, 6, 7] * 10] * 3), cache=cache)  # 30 slots filled: whole chunks, all 32 held
+    assert plan["rows"]["KV cache"] == sum(b.numel() * b.element_size() for b in cache.keys + cache.values)
     big = S.memory_plan(M.preset("llama2-70b"), 8, 1, 4096, 1024)
     fits = S.memory_plan(M.preset("llama2-70b"), 8, big["max_batch"], 4096, 1024)
     over = S.memory_plan(M.preset("llama2-70b"), 8, big["max_batch"] + 1, 4096, 1024)
