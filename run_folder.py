@@ -34,12 +34,14 @@ def write_json(path, obj):
 class Run:
     """The run folder: which stages are done and what each was made from, the
     metrics log. c: the run's settings, already validated (validate.py);
-    env: the processes running it (distributed.setup)."""
+    env: the processes running it (distributed.setup); defaults: every
+    setting's default (see stage(): a setting added to the code later)."""
 
-    def __init__(self, folder, c, env, runtime_only=()):
+    def __init__(self, folder, c, env, runtime_only=(), defaults=None):
         self.dir = folder
         self.c = c
         self.env = env
+        self.defaults = defaults or {}
         # for people and the report: the settings of the latest command (runtime-only ones left out)
         self.settings = {k: v for k, v in vars(c).items() if k not in runtime_only}
         self.fingerprints = {}  # stage -> fingerprint of what it is made from, for the stages after it
@@ -69,6 +71,10 @@ class Run:
         input `files`, and the stages it reads (`after`, each standing for
         everything it was made from in turn). So a changed setting redoes the
         stages that use it and those downstream of them, nothing else.
+        A setting the stage's record does not name (added to the code after
+        the stage was done) counts as unchanged while it is at its default,
+        which computes what the code computed before it existed: updating the
+        code does not redo a finished run.
         `temporary`: paths only a running stage needs (a trainer's resumable
         state), removed once the stage is marked done. Returns fn's info dict."""
         made_from = {"settings": {k: getattr(self.c, k) for k in uses},
@@ -76,7 +82,10 @@ class Run:
                      "after": {a: self.fingerprints[a] for a in after}}
         fp = self.fingerprints[name] = fingerprint(name, made_from)
         old = self.record(name)
-        if old and old.get("made_from", {}).get("fingerprint") == fp:
+        if old and (old.get("made_from", {}).get("fingerprint") == fp
+                    or self.only_new_defaults(old.get("made_from", {}), made_from)):
+            # the stages after this one compare against the fingerprint they were made after
+            self.fingerprints[name] = old["made_from"]["fingerprint"]
             return {k: v for k, v in old.items() if k != "made_from"}
         D.log(f"\n=== {name}" + (f" (again: {changes(old.get('made_from', {}), made_from)})" if old else ""))
         t0 = time.time()
@@ -90,6 +99,15 @@ class Run:
         self.mark(name, info, {**made_from, "fingerprint": fp}, temporary)
         self.metric({"stage": name, **info})
         return info
+
+    def only_new_defaults(self, old, new):
+        """Is `new` what `old` recorded, but for settings the record does not
+        name that are at their defaults?"""
+        old_settings, new_settings = old.get("settings", {}), new["settings"]
+        return ("fingerprint" in old and old.get("files") == new["files"] and old.get("after") == new["after"]
+                and old_settings.keys() <= new_settings.keys()
+                and all(old_settings[k] == v if k in old_settings else k in self.defaults and self.defaults[k] == v
+                        for k, v in new_settings.items()))
 
     def mark(self, stage, info, made_from=None, temporary=()):
         """Record `stage` done: its info and what it was made from; then remove its temporary paths."""

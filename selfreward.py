@@ -93,6 +93,8 @@ judge_working = False       # toy EFT targets work the task out step by step ("L
                             # before they state the answer and score (measured: the toy-small judge gets worse, README)
 judge_quotes = False        # toy EFT targets quote the response's answer beside the right one before they grade
                             # ("The correct answer is 27. The response says 72. ...")
+quote_first = False         # with judge_quotes: the quote opens the judgment ("The response says 72. <working> The
+                            # correct answer is 27. ..."), copied while the response is the nearest text
 pretrain_docs = 2000        # toy M0: documents listing task prompts (the base model's "web text")
 pretrain_qa_docs = 4000     # toy M0: documents of worked examples ("Q: ... A: ..."), 4-12 each
 pretrain_working = 0.0      # toy M0: share of quiz pages that show the working before each answer
@@ -183,16 +185,17 @@ STAGE_SETTINGS = {
             "dropout"],
     "eval": ["seed", "dtype", "chat_template", "eval_judge", "eval_prompts", "mt_bench", "max_response_tokens",
              "n_judge", "temperature", "top_p", "max_judge_tokens"],
-    # Meta-Rewarding's: these count only when meta_judge is on (run_stages adds them), so a run
-    # without it is made from exactly what it was made from before the variant existed
+    # Meta-Rewarding's: these count only when meta_judge is on (run_stages adds them): without it
+    # they change nothing computed, so changing them redoes nothing
     "tokenizer+meta": ["meta_judge"],
     "M1+meta": ["meta_judge", "n_meta_seed"],
     "meta_judgments": ["seed", "dtype", "chat_template", "temperature", "top_p", "max_meta_tokens", "shard_size"],
     "pairs+meta": ["seed"],
     # the toy world's step-by-step working, likewise only when one of them is on
-    "toy seed+working": ["judge_working", "judge_quotes"],
+    "toy seed+working": ["judge_working", "judge_quotes", "quote_first"],
     "M0+working": ["pretrain_working"],
-    "M1+working": ["judge_working", "judge_quotes"],  # the meta-judge demonstrations follow the EFT targets' form
+    # (the meta-judge demonstrations follow the EFT targets' form)
+    "M1+working": ["judge_working", "judge_quotes", "quote_first"],
 }
 
 
@@ -267,7 +270,8 @@ def stage_seed_data(c, r):
     if c.seed_data == "toy":
         if D.is_rank0():
             toy.write_toy(r.path("seed"), seed=c.seed, n_ift=c.n_ift, n_eft_train=c.n_eft_train,
-                          n_eft_eval=c.n_eft_eval, n_test=c.n_test, ift_chatty=c.ift_chatty, judge_working=c.judge_working, judge_quotes=c.judge_quotes)
+                          n_eft_eval=c.n_eft_eval, n_test=c.n_test, ift_chatty=c.ift_chatty,
+                          judge_working=c.judge_working, judge_quotes=c.judge_quotes, quote_first=c.quote_first)
         D.barrier()
     else:
         for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"):
@@ -408,7 +412,7 @@ def stage_m1(c, r, m0):
         # (data/toy.py), as the EFT data demonstrates judging. Real data gets none: Wu et al.
         # rely on the instruct model's own ability to compare judgments.
         meta = toy.meta_judge_examples(read_jsonl(groups), c.n_meta_seed, random.Random(sub_seed(c.seed, "meta seed")),
-                                       c.judge_working, c.judge_quotes)
+                                       c.judge_working, c.judge_quotes, c.quote_first)
         both += meta
         info["meta_examples"] = len(meta)
     random.Random(sub_seed(c.seed, "M1 data")).shuffle(both)
@@ -800,7 +804,7 @@ def main(argv=None):
                   width=checkpoint.model_width(c.init_from, c.model))
     D.log(D.describe(env))
     check_generation_batch(c, env)
-    r = Run(os.path.join(c.out_root, c.run_name), c, env, RUNTIME_ONLY)
+    r = Run(os.path.join(c.out_root, c.run_name), c, env, RUNTIME_ONLY, DEFAULTS)
     t_start = time.time()
     try:
         run_stages(c, r)

@@ -408,15 +408,19 @@ def stated_answer(judgment):
     return m.group(1) if m else None
 
 
-def eft_target(prompt, task, response, show_working=False, quotes=False):
+def eft_target(prompt, task, response, show_working=False, quotes=False, quote_first=False):
     """The SFT record that teaches the judge to score this response; with
     show_working, the judgment works the task out before it states the answer;
-    with quotes, it then quotes the response's answer before it grades."""
+    with quotes, it then quotes the response's answer before it grades; with
+    quote_first as well, the quote opens the judgment instead, copied while
+    the response is the nearest text (and not the judgment's own working)."""
     score = grade({"prompt": prompt, "task": task}, response)
-    said = quote(task, response) + " " if quotes else ""
-    why = f"The correct answer is {answer(task)}. {said}{JUSTIFICATION[score]}"
+    said = quote(task, response) if quotes else ""
+    why = f"The correct answer is {answer(task)}. {said + ' ' if said and not quote_first else ''}{JUSTIFICATION[score]}"
     if show_working:
         why = f"{working(task)} {why}"
+    if said and quote_first:
+        why = f"{said} {why}"
     return {"prompt": judge_prompt(prompt, response), "response": f"{why}\nScore: {score}", "score": score}
 
 
@@ -428,34 +432,36 @@ def eft_target(prompt, task, response, show_working=False, quotes=False):
 # right judgment of a response (eft_target) against a wrong one of the kind
 # a small judge writes (a wrong score, often reached from a wrong answer).
 
-def wrong_judgment(task, grade_, rng, show_working=False, said=""):
+def wrong_judgment(task, grade_, rng, show_working=False, said="", quote_first=False):
     """A plausible wrong judgment: a score one or two off the true grade, with
     the justification of that score, and half the time a wrong stated answer
     (after the right working, with show_working: a slip in the last step);
-    `said`: the quote of the response (quote()), when judgments quote it."""
+    `said`: the quote of the response (quote()), when judgments quote it,
+    opening the judgment with quote_first."""
     ans = answer(task)
     score = rng.choice([s for s in range(grade_ - 2, grade_ + 3) if 0 <= s <= 5 and s != grade_])
     stated = ans
     while rng.random() < 0.5 and stated == ans:  # a near or a wrong answer (drawn until it differs)
         stated = _near(ans, rng) if rng.random() < 0.5 else _wrong(task, ans, rng)
-    why = f"The correct answer is {stated}. {said + ' ' if said else ''}{JUSTIFICATION[score]}"
-    return f"{working(task) + ' ' if show_working else ''}{why}\nScore: {score}", score
+    why = f"The correct answer is {stated}. {said + ' ' if said and not quote_first else ''}{JUSTIFICATION[score]}"
+    why = f"{working(task) + ' ' if show_working else ''}{why}"
+    return f"{said + ' ' if said and quote_first else ''}{why}\nScore: {score}", score
 
 
-def meta_judge_examples(groups, n, rng, show_working=False, quotes=False):
+def meta_judge_examples(groups, n, rng, show_working=False, quotes=False, quote_first=False):
     """Up to n SFT records {"prompt": meta-judge prompt, "response": reason +
     "Winner: A|B", "winner", "grade"} from the EFT training groups (never the
     eval set's): a distinct judged response each, its right judgment and a
     wrong one in random order; the target works the task out as the EFT
     target does, names both scores and ends with the right judgment.
-    show_working, quotes: as the EFT targets have them."""
+    show_working, quotes, quote_first: as the EFT targets have them."""
     every = [(g, k) for g in groups for k in range(len(g["responses"]))]
     records = []
     for g, k in rng.sample(every, min(n, len(every))):
         response, task = g["responses"][k], g["task"]
-        right = eft_target(g["prompt"], task, response, show_working, quotes)
+        right = eft_target(g["prompt"], task, response, show_working, quotes, quote_first)
         wrong, wrong_score = wrong_judgment(task, right["score"], rng, show_working,
-                                            quote(task, response) if quotes else "")
+                                            quote(task, response) if quotes else "", quote_first)
         winner = rng.choice("AB")
         a, b = (right["response"], wrong) if winner == "A" else (wrong, right["response"])
         loser = "B" if winner == "A" else "A"
@@ -501,10 +507,11 @@ def ift_response(task, rng, chatty):
 
 
 def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024, ift_chatty=0.6,
-          judge_working=False, judge_quotes=False):
+          judge_working=False, judge_quotes=False, quote_first=False):
     """All toy seed sets as lists of records; the same seed gives the same sets.
     judge_working: the EFT targets work each task out before they judge;
-    judge_quotes: they quote the response's answer beside the right one."""
+    judge_quotes: they quote the response's answer beside the right one;
+    quote_first: (with judge_quotes) the quote opens the judgment instead."""
     if 1 in (n_eft_train, n_eft_eval):
         raise ValueError("an EFT set needs 0 or at least 2 responses")
     rng = random.Random(seed)
@@ -522,7 +529,7 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
     tasks = tasks[len(eval_sizes):]
     train_groups = [_group(t, k, rng) for t, k in zip(tasks, train_sizes)]
     ift_tasks = tasks[len(train_sizes):]
-    eft_train = [eft_target(g["prompt"], g["task"], r, judge_working, judge_quotes)
+    eft_train = [eft_target(g["prompt"], g["task"], r, judge_working, judge_quotes, quote_first)
                  for g in train_groups for r in g["responses"]]
     rng.shuffle(eft_train)
     return {
@@ -623,7 +630,8 @@ if __name__ == "__main__":
     notes = {"n_eft_train": "judged responses", "n_eft_eval": "judged responses",
              "ift_chatty": "share of IFT answers with a friendly phrase",
              "judge_working": "EFT targets work the task out step by step",
-             "judge_quotes": "EFT targets quote the response's answer beside the right one"}
+             "judge_quotes": "EFT targets quote the response's answer beside the right one",
+             "quote_first": "with judge_quotes: the quote opens the judgment"}
     p = argparse.ArgumentParser(description="Write the toy world's seed files.")
     p.add_argument("--out", default="data/toy", help="output folder")
     for k, v in defaults.items():

@@ -548,7 +548,8 @@ def test_main_takes_argv(capsys):
 
 # --- the toy seed data: python -m data.toy writes what the loop writes ---------------
 
-TOY_SIZES = ("n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "judge_working", "judge_quotes")  # build()'s settings
+TOY_SIZES = ("n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "judge_working", "judge_quotes",
+             "quote_first")  # build()'s settings
 
 
 def test_toy_defaults_are_the_loops():
@@ -625,6 +626,32 @@ def test_generation_shards_of_other_settings_are_not_reused(tmp_path):
     out = generate_sharded(r, "out", list(range(5)), 2, work_b)  # B again: its two parts are reused
     assert calls == [2] and out == [{"x": x, "by": "B"} for x in range(5)]
     assert sorted(os.listdir(tmp_path)) == ["out.jsonl", "settings.json"]
+
+
+def test_a_setting_added_later_at_its_default_redoes_nothing(tmp_path):
+    """A stage done before a setting joined its list is reused while that
+    setting is at its default (the code computes what it did before), and so
+    are the stages after it; off its default, both are redone."""
+    from run_folder import Run
+    import distributed as D
+    ran = []
+
+    def run(uses, **settings):
+        c = types.SimpleNamespace(**{"a": 1, "b": 2, **settings})
+        r = Run(str(tmp_path), c, D.Env(), defaults={"a": 1, "b": 2})
+        r.stage("first", lambda: ran.append("first"), uses=uses)
+        r.stage("second", lambda: ran.append("second"), uses=["a"], after=["first"])
+    run(["a"])
+    assert ran == ["first", "second"]
+    run(["a", "b"])  # the code now names b: at its default, nothing is redone
+    run(["a", "b"])
+    assert ran == ["first", "second"]
+    run(["a", "b"], b=3)  # off its default: the stage and the one after it
+    assert ran == ["first", "second"] * 2
+    run(["a", "b"], b=2)  # now b is in the record: back to 2 is a change like any other
+    assert ran == ["first", "second"] * 3
+    run(["a", "b", "c"], c=0)  # a setting without a known default counts as changed
+    assert ran == ["first", "second"] * 4
 
 
 def test_check_loop_in_this_process():

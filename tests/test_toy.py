@@ -9,7 +9,8 @@ import pytest
 
 from data import read_jsonl
 from data.toy import (DOC_HEAD, TEMPLATES, answer, build, corpus, fewshot_text, grade, meta_judge_examples,
-                      pretraining_docs, render, sample_task, stated_answer, task_from_prompt, working, write_toy)
+                      pretraining_docs, quote, render, sample_task, stated_answer, task_from_prompt, working,
+                      write_toy)
 from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
 from tokenizer import chat_tokens, train_tokenizer
 
@@ -133,6 +134,24 @@ def test_working_reaches_the_answer_for_every_kind():
         task = task_from_prompt(x["prompt"].split("\nUser: ")[1].split("\n<response>")[0])
         for side in ("\nJudgment A:\n", "\nJudgment B:\n"):
             assert x["prompt"].split(side)[1].startswith(working(task) + " The correct answer is ")
+
+
+def test_quotes_beside_the_answer_or_first():
+    """judge_quotes puts the response's answer beside the right one; with
+    quote_first it opens the judgment instead: the same sentences, moved."""
+    sizes = dict(n_ift=1, n_eft_train=60, n_eft_eval=0, n_test=1, judge_working=True, judge_quotes=True)
+    beside, first = build(**sizes)["eft_train"], build(**sizes, quote_first=True)["eft_train"]
+    for a, b in zip(beside, first):
+        task = task_from_prompt(a["prompt"].split("\nUser: ")[1].split("\n<response>")[0])
+        response = a["prompt"].split("<response>")[1].split("</response>")[0].strip()
+        said = quote(task, response)
+        assert f"The correct answer is {answer(task)}. {said} " in a["response"]
+        assert b["response"] == f"{said} " + a["response"].replace(f" {said}", "", 1)
+        assert b["response"].startswith(("The response says ", "The response gives no answer."))
+    groups = build(n_ift=1, n_eft_train=30, n_eft_eval=0, n_test=1)["eft_train_groups"]
+    for x in meta_judge_examples(groups, 10, random.Random(0), True, True, True):
+        for side in ("\nJudgment A:\n", "\nJudgment B:\n"):
+            assert x["prompt"].split(side)[1].startswith(("The response says ", "The response gives no answer."))
 
 
 def test_seed_sets_sizes_and_shapes(toy):
