@@ -278,21 +278,29 @@ def checking_versus_doing(r, names, tests):
     checks better than the policy does (issue 16). Per model and task kind: the
     share of its EFT eval judgments that state the right answer
     (toy.stated_answer), against the share of test prompts it answers right
-    (grade >= 4). Returns {model: {"judge", "answer", "kinds": {kind: (judge, answer)}}}."""
+    (grade >= 4); and whether the judge's verdict follows from a right answer:
+    of the judgments that state it, the share whose score is on the
+    response's side of 4 (4-5 for a right response, 0-3 for a wrong one).
+    Returns {model: {"judge", "answer", "follows", "kinds": {kind: (judge, answer)}}}."""
     share = lambda xs: sum(xs) / len(xs) if xs else None
     found = {}
     for n in names:
         path = r.path("eval", f"{n}_judgments.jsonl")
         if n not in tests or not os.path.exists(path):
             continue
-        judged, answered = {k: [] for k in toy.KINDS}, {k: [] for k in toy.KINDS}
+        judged, answered, follows = {k: [] for k in toy.KINDS}, {k: [] for k in toy.KINDS}, []
         for rec in read_jsonl(path):  # one record per EFT eval response, its judgments as sampled
             task = toy.task_from_prompt(rec["prompt"])
-            judged[task["kind"]] += [toy.stated_answer(j) == toy.answer(task) for j in rec["judgments"]]
+            right = toy.grade({"prompt": rec["prompt"], "task": task}, rec["response"]) >= 4
+            for j in rec["judgments"]:
+                states_it = toy.stated_answer(j) == toy.answer(task)
+                judged[task["kind"]].append(states_it)
+                if states_it and J.parse_score(j) is not None:
+                    follows.append((J.parse_score(j) >= 4) == right)
         for x in tests[n]:
             answered[(x.get("task") or toy.task_from_prompt(x["prompt"]))["kind"]].append(x["grade"] >= 4)
         found[n] = {"judge": share(sum(judged.values(), [])), "answer": share(sum(answered.values(), [])),
-                    "kinds": {k: (share(judged[k]), share(answered[k])) for k in toy.KINDS}}
+                    "follows": share(follows), "kinds": {k: (share(judged[k]), share(answered[k])) for k in toy.KINDS}}
     return found
 
 
@@ -300,14 +308,16 @@ def checking_lines(found):
     """checking_versus_doing as a table: judge % / answers %, in all and per task kind."""
     if not found:
         return []
-    header = "| model | judge states the right answer % | answers right % | " + " | ".join(
-        f"{k}: judge / answers %" for k in toy.KINDS) + " |"
+    header = ("| model | judge states the right answer % | answers right % | its verdict follows a right answer % | "
+              + " | ".join(f"{k}: judge / answers %" for k in toy.KINDS) + " |")
     lines = ["Checking against doing (evaluation only): the share of each model's EFT eval judgments that state the "
              "right answer (\"The correct answer is X.\"), against the share of test prompts it answers right "
-             "(grade >= 4). The judge can teach correctness only where the first is higher.", "",
+             "(grade >= 4). The judge can teach correctness only where the first is higher, and only if its "
+             "score then follows: of the judgments that state the right answer, the share that score the response "
+             "4-5 when it is right and 0-3 when it is wrong (50% is a coin toss).", "",
              header, "|" + "---|" * (header.count("|") - 1)]
     for n, f in found.items():
-        lines.append(f"| {n} | {pct(f['judge'])} | {pct(f['answer'])} | "
+        lines.append(f"| {n} | {pct(f['judge'])} | {pct(f['answer'])} | {pct(f['follows'])} | "
                      + " | ".join(f"{pct(j)} / {pct(a)}" for j, a in f["kinds"].values()) + " |")
     return lines + [""]
 

@@ -109,24 +109,28 @@ def test_a_generated_subtraction_below_zero_is_graded(tmp_path):
 
 
 def test_checking_against_doing_by_hand(tmp_path):
-    """The judge's stated answers (EFT eval) against the model's own answers (test), per task kind."""
+    """The judge's stated answers (EFT eval) against the model's own answers (test), per task kind;
+    whether its score follows where it states the right answer."""
     from data import toy
     r = run_folder(tmp_path)
     rev, srt = "Reverse the word 'ABC'.", "Sort the letters of 'CAB' alphabetically."
     say = lambda x, score: f"The correct answer is {x}. Whatever.\nScore: {score}"
     write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [
-        {"prompt": rev, "judgments": [say("CBA", 5), say("CAB", 1), "Score: 3"]},  # right, wrong, none stated
-        {"prompt": srt, "judgments": [say("ABC", 4), say("ABC", 0)]}])           # right twice (scores aside)
+        # a right response: right answer and 5 (follows), a wrong answer, none stated
+        {"prompt": rev, "response": "CBA", "judgments": [say("CBA", 5), say("CAB", 1), "Score: 3"]},
+        # a wrong response: the right answer twice, scored 4 (does not follow) and 0 (follows)
+        {"prompt": srt, "response": "ACB", "judgments": [say("ABC", 4), say("ABC", 0)]}])
     tests = {"M1": [{"prompt": rev, "grade": 5}, {"prompt": rev, "grade": 3},
                     {"prompt": srt, "grade": 4, "task": {"kind": "sort", "word": "CAB"}}, {"prompt": srt, "grade": 1}]}
     found = report.checking_versus_doing(r, ["M1"], tests)["M1"]
     assert found["judge"] == pytest.approx(3 / 5) and found["answer"] == pytest.approx(2 / 4)
+    assert found["follows"] == pytest.approx(2 / 3)
     assert found["kinds"]["reverse"] == (pytest.approx(1 / 3), 0.5) and found["kinds"]["sort"] == (1.0, 0.5)
     assert found["kinds"]["arith"] == (None, None)
     assert toy.stated_answer("The correct answer is -12. The response ...") == "-12"
     assert toy.stated_answer("The answer is 12.") is None
     lines = report.checking_lines({"M1": found})
-    assert any(line.startswith("| M1 | 60.0 | 50.0 | 33.3 / 50.0 | 100.0 / 50.0 |") for line in lines)
+    assert any(line.startswith("| M1 | 60.0 | 50.0 | 66.7 | 33.3 / 50.0 | 100.0 / 50.0 |") for line in lines)
 
 
 def test_meta_rewarding_diagnostics_by_hand(tmp_path):
