@@ -293,10 +293,10 @@ def checking_versus_doing(r, names, tests):
             task = toy.task_from_prompt(rec["prompt"])
             right = toy.grade({"prompt": rec["prompt"], "task": task}, rec["response"]) >= 4
             for j in rec["judgments"]:
-                states_it = toy.stated_answer(j) == toy.answer(task)
+                states_it, score = toy.stated_answer(j) == toy.answer(task), J.parse_score(j)
                 judged[task["kind"]].append(states_it)
-                if states_it and J.parse_score(j) is not None:
-                    follows.append((J.parse_score(j) >= 4) == right)
+                if states_it and score is not None:
+                    follows.append((score >= 4) == right)
         for x in tests[n]:
             answered[(x.get("task") or toy.task_from_prompt(x["prompt"]))["kind"]].append(x["grade"] >= 4)
         found[n] = {"judge": share(sum(judged.values(), [])), "answer": share(sum(answered.values(), [])),

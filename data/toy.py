@@ -408,6 +408,15 @@ def stated_answer(judgment):
     return m.group(1) if m else None
 
 
+def judgment_text(task, stated, score, show_working=False, said="", quote_first=False):
+    """A toy judgment: [the working] "The correct answer is <stated>." [the
+    quote of the response, `said`] <the score's justification> "Score: <score>";
+    with quote_first the quote opens it instead, before the working."""
+    parts = [said if quote_first else "", working(task) if show_working else "",
+             f"The correct answer is {stated}.", "" if quote_first else said, JUSTIFICATION[score]]
+    return " ".join(p for p in parts if p) + f"\nScore: {score}"
+
+
 def eft_target(prompt, task, response, show_working=False, quotes=False, quote_first=False):
     """The SFT record that teaches the judge to score this response; with
     show_working, the judgment works the task out before it states the answer;
@@ -415,13 +424,8 @@ def eft_target(prompt, task, response, show_working=False, quotes=False, quote_f
     quote_first as well, the quote opens the judgment instead, copied while
     the response is the nearest text (and not the judgment's own working)."""
     score = grade({"prompt": prompt, "task": task}, response)
-    said = quote(task, response) if quotes else ""
-    why = f"The correct answer is {answer(task)}. {said + ' ' if said and not quote_first else ''}{JUSTIFICATION[score]}"
-    if show_working:
-        why = f"{working(task)} {why}"
-    if said and quote_first:
-        why = f"{said} {why}"
-    return {"prompt": judge_prompt(prompt, response), "response": f"{why}\nScore: {score}", "score": score}
+    why = judgment_text(task, answer(task), score, show_working, quote(task, response) if quotes else "", quote_first)
+    return {"prompt": judge_prompt(prompt, response), "response": why, "score": score}
 
 
 # -----------------------------------------------------------------------------
@@ -443,9 +447,7 @@ def wrong_judgment(task, grade_, rng, show_working=False, said="", quote_first=F
     stated = ans
     while rng.random() < 0.5 and stated == ans:  # a near or a wrong answer (drawn until it differs)
         stated = _near(ans, rng) if rng.random() < 0.5 else _wrong(task, ans, rng)
-    why = f"The correct answer is {stated}. {said + ' ' if said and not quote_first else ''}{JUSTIFICATION[score]}"
-    why = f"{working(task) + ' ' if show_working else ''}{why}"
-    return f"{said + ' ' if said and quote_first else ''}{why}\nScore: {score}", score
+    return judgment_text(task, stated, score, show_working, said, quote_first), score
 
 
 def meta_judge_examples(groups, n, rng, show_working=False, quotes=False, quote_first=False):
