@@ -25,13 +25,17 @@ import report
 import selfreward
 from data import read_jsonl, write_text
 
-# the figures compared across seeds: (name in the table, how to read it from a model's eval record)
+# the figures compared across seeds: (name in the table, how to read it from a model's eval record;
+# None where the record has none: an SFT baseline that never states the right answer, or a run
+# whose report was written before the figure existed)
 FIGURES = [
     ("mean grade", lambda m: m["mean_grade"]),
     ("right answers (grade >= 4) %", lambda m: 100 * m["intervals"]["right"][0]),
     ("bare right answers (grade 5) %", lambda m: 100 * m["exact_solve"]),
     ("judge pairwise acc %", lambda m: 100 * (m["judge"].get("pairwise_accuracy") or 0.0)),
     ("judge states the right answer %", lambda m: 100 * (m.get("checking", {}).get("judge") or 0.0)),
+    ("its verdict follows a right answer %",
+     lambda m: None if m.get("checking", {}).get("follows") is None else 100 * m["checking"]["follows"]),
 ]
 
 
@@ -59,13 +63,16 @@ def summarize(per_seed, names, gains):
         cells = []
         for n in names:
             xs = [per_seed[s][n][name] for s in seeds]
-            cells.append(f"{statistics.mean(xs):.2f} +- {spread(xs):.2f}")
+            cells.append("-" if None in xs else f"{statistics.mean(xs):.2f} +- {spread(xs):.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "In how many seeds each step holds (strictly higher):", ""]
     steps = list(zip(names[1:], names[2:])) + ([(names[1], names[-1])] if len(names) > 3 else [])
     for name, _ in FIGURES:
-        held = [f"{b} > {a}: {sum(per_seed[s][b][name] > per_seed[s][a][name] for s in seeds)}/{len(seeds)}"
-                for a, b in steps]
+        held = []
+        for a, b in steps:  # over the seeds that have the figure for both models
+            both = [(per_seed[s][a][name], per_seed[s][b][name]) for s in seeds]
+            both = [(x, y) for x, y in both if x is not None and y is not None]
+            held.append(f"{b} > {a}: {sum(y > x for x, y in both)}/{len(both)}")
         lines.append(f"- {name}: " + ", ".join(held))
     above = sum(gains[s] is not None and gains[s][0] > 0 for s in seeds)
     lines.append(f"- the 95% bootstrap interval of {names[-1]} - {names[1]} mean grade lies above 0 in "

@@ -64,22 +64,28 @@ def test_judge_agreement_between_models_by_hand(tmp_path):
 
 def test_seed_study_table_by_hand(tmp_path):
     import seeds
-    figures = lambda grade, right, bare, judge, states=0.0: {
+    figures = lambda grade, right, bare, judge, states=0.0, follows=None: {
         "mean grade": grade, "right answers (grade >= 4) %": right, "bare right answers (grade 5) %": bare,
-        "judge pairwise acc %": judge, "judge states the right answer %": states}
-    per_seed = {1: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.2, 40, 10, 60), "M2": figures(2.4, 45, 20, 65)},
-                2: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.3, 40, 10, 62), "M2": figures(2.2, 35, 20, 61)}}
+        "judge pairwise acc %": judge, "judge states the right answer %": states,
+        "its verdict follows a right answer %": follows}
+    per_seed = {1: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.2, 40, 10, 60, follows=50.0),
+                    "M2": figures(2.4, 45, 20, 65, follows=60.0)},
+                2: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.3, 40, 10, 62),  # written before the figure
+                    "M2": figures(2.2, 35, 20, 61, follows=55.0)}}
     lines = seeds.summarize(per_seed, ["SFT", "M1", "M2"], {1: (0.05, 0.35), 2: (-0.2, 0.0)})
     assert "| mean grade | 2.00 +- 0.00 | 2.25 +- 0.07 | 2.30 +- 0.14 |" in lines  # sd of (2.2, 2.3) = 0.0707
     assert "- mean grade: M2 > M1: 1/2" in lines
     assert "- judge pairwise acc %: M2 > M1: 1/2" in lines
+    # a figure some seeds lack: no mean, and steps counted over the seeds that have it
+    assert "| its verdict follows a right answer % | - | - | 57.50 +- 3.54 |" in lines
+    assert "- its verdict follows a right answer %: M2 > M1: 1/1" in lines
     assert lines[-1].startswith("- the 95% bootstrap interval of M2 - M1 mean grade lies above 0 in 1/2 seeds")
     # a run's figures come from the last report written into its metrics.jsonl
     folder = tmp_path / "run"
     m = {"model": "M1", "mean_grade": 2.0, "exact_solve": 0.25, "judge": {"pairwise_accuracy": 0.5},
-         "intervals": {"right": [0.75, [0.5, 1.0]]}, "checking": {"judge": 0.125}}
+         "intervals": {"right": [0.75, [0.5, 1.0]]}, "checking": {"judge": 0.125, "follows": 0.5}}
     write_jsonl(folder / "metrics.jsonl", [{"stage": "eval_M1"}, {"eval": {**m, "mean_grade": 1.0}}, {"eval": m}])
-    assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5)}
+    assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0)}
 
 
 def test_interval_figure_is_svg_with_a_dot_and_bar_per_figure():
