@@ -73,8 +73,10 @@ class Run:
         stages that use it and those downstream of them, nothing else.
         A setting the stage's record does not name (added to the code after
         the stage was done) counts as unchanged while it is at its default,
-        which computes what the code computed before it existed: updating the
-        code does not redo a finished run.
+        which computes what the code computed before it existed; one the
+        record names that the stage no longer lists does not count (the stage
+        reads only the settings it lists: tests/test_selfreward.py checks the
+        bytecode). So updating the code does not redo a finished run.
         `temporary`: paths only a running stage needs (a trainer's resumable
         state), removed once the stage is marked done. Returns fn's info dict."""
         made_from = {"settings": {k: getattr(self.c, k) for k in uses},
@@ -83,7 +85,7 @@ class Run:
         fp = self.fingerprints[name] = fingerprint(name, made_from)
         old = self.record(name)
         if old and (old.get("made_from", {}).get("fingerprint") == fp
-                    or self.only_new_defaults(old.get("made_from", {}), made_from)):
+                    or self.same_but_for_the_code(old.get("made_from", {}), made_from)):
             # the stages after this one compare against the fingerprint they were made after
             self.fingerprints[name] = old["made_from"]["fingerprint"]
             return {k: v for k, v in old.items() if k != "made_from"}
@@ -100,14 +102,13 @@ class Run:
         self.metric({"stage": name, **info})
         return info
 
-    def only_new_defaults(self, old, new):
+    def same_but_for_the_code(self, old, new):
         """Is `new` what `old` recorded, but for settings the record does not
-        name that are at their defaults?"""
-        old_settings, new_settings = old.get("settings", {}), new["settings"]
+        name that are at their defaults, and settings the stage no longer lists?"""
+        old_settings = old.get("settings", {})
         return ("fingerprint" in old and old.get("files") == new["files"] and old.get("after") == new["after"]
-                and old_settings.keys() <= new_settings.keys()
                 and all(old_settings[k] == v if k in old_settings else k in self.defaults and self.defaults[k] == v
-                        for k, v in new_settings.items()))
+                        for k, v in new["settings"].items()))
 
     def mark(self, stage, info, made_from=None, temporary=()):
         """Record `stage` done: its info and what it was made from; then remove its temporary paths."""

@@ -166,10 +166,11 @@ RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "tp", "plan_o
 # What each kind of stage computes its output from, besides the stages it reads (main() names those):
 # changing one of these settings redoes that stage and the stages downstream of it, nothing else.
 STAGE_SETTINGS = {
-    "toy seed": ["seed", "n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty"],
+    "toy seed": ["seed", "n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "judge_working", "judge_quotes",
+                 "quote_first"],
     "tokenizer": ["vocab_size", "phrase_pieces", "rubric_pieces", "letter_pieces"],
-    "M0": ["seed", "dtype", "chat_template", "model", "pretrain_docs", "pretrain_qa_docs", "pretrain_epochs",
-           "pretrain_lr", "sft_batch_size"],
+    "M0": ["seed", "dtype", "chat_template", "model", "pretrain_docs", "pretrain_qa_docs", "pretrain_working",
+           "pretrain_epochs", "pretrain_lr", "sft_batch_size"],
     "SFT": ["seed", "dtype", "chat_template", "sft_lr", "sft_min_lr", "sft_batch_size", "sft_epochs", "dropout"],
     "eft_targets": ["seed", "dtype", "chat_template", "n_judge", "temperature", "top_p", "max_judge_tokens",
                     "eft_judgments"],
@@ -186,16 +187,14 @@ STAGE_SETTINGS = {
     "eval": ["seed", "dtype", "chat_template", "eval_judge", "eval_prompts", "mt_bench", "max_response_tokens",
              "n_judge", "temperature", "top_p", "max_judge_tokens"],
     # Meta-Rewarding's: these count only when meta_judge is on (run_stages adds them): without it
-    # they change nothing computed, so changing them redoes nothing
+    # they change nothing computed, so changing them redoes nothing. (A setting that is new to a
+    # list needs no such care: the run folder reuses a record made before it existed while the
+    # setting is at its default.)
     "tokenizer+meta": ["meta_judge"],
-    "M1+meta": ["meta_judge", "n_meta_seed"],
+    # (the meta-judge demonstrations take the EFT targets' form)
+    "M1+meta": ["meta_judge", "n_meta_seed", "judge_working", "judge_quotes", "quote_first"],
     "meta_judgments": ["seed", "dtype", "chat_template", "temperature", "top_p", "max_meta_tokens", "shard_size"],
     "pairs+meta": ["seed"],
-    # the toy world's step-by-step working, likewise only when one of them is on
-    "toy seed+working": ["judge_working", "judge_quotes", "quote_first"],
-    "M0+working": ["pretrain_working"],
-    # (the meta-judge demonstrations follow the EFT targets' form)
-    "M1+working": ["judge_working", "judge_quotes", "quote_first"],
 }
 
 
@@ -825,19 +824,16 @@ def run_stages(c, r):
     reads it) when one of them changed."""
     S = STAGE_SETTINGS
     temporary = lambda name: [] if c.keep_train_state else [r.path("train", name, "state")]
-    # optional variants' settings, counted only when on (a run without them is made
-    # from exactly what it was made from before they existed)
-    meta = lambda kind: S[kind + "+meta"] if c.meta_judge else []  # Meta-Rewarding's
-    working = lambda kind: S[kind + "+working"] if c.judge_working or c.judge_quotes or c.pretrain_working else []
+    meta = lambda kind: S[kind + "+meta"] if c.meta_judge else []  # Meta-Rewarding's settings, only when on
     if c.seed_data == "toy":
-        r.stage("seed_data", lambda: stage_seed_data(c, r), uses=["seed_data"] + S["toy seed"] + working("toy seed"))
+        r.stage("seed_data", lambda: stage_seed_data(c, r), uses=["seed_data"] + S["toy seed"])
     else:
         r.stage("seed_data", lambda: stage_seed_data(c, r), uses=["seed_data"],
                 files=[os.path.join(c.seed_data, f) for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl")])
     if c.init_from == "scratch":
         r.stage("tokenizer", lambda: stage_tokenizer(c, r), uses=S["tokenizer"] + meta("tokenizer"),
                 after=["seed_data"])
-        r.stage("M0", lambda: stage_pretrain(c, r), uses=S["M0"] + working("M0"), after=["seed_data", "tokenizer"],
+        r.stage("M0", lambda: stage_pretrain(c, r), uses=S["M0"], after=["seed_data", "tokenizer"],
                 temporary=temporary("M0"))
         m0 = r.path("M0")
     else:
@@ -850,7 +846,7 @@ def run_stages(c, r):
         r.stage("eft_targets", lambda: stage_eft_targets(c, r), uses=S["eft_targets"], after=["SFT", "seed_data"],
                 files=[c.eft_judgments] if c.eft_judgments else [])
         m1_reads.append("eft_targets")
-    r.stage("M1", lambda: stage_m1(c, r, m0), uses=S["SFT"] + meta("M1") + working("M1"), after=m1_reads,
+    r.stage("M1", lambda: stage_m1(c, r, m0), uses=S["SFT"] + meta("M1"), after=m1_reads,
             temporary=temporary("M1"))
     writer = {"M0": m0, "M1": r.path("M1")}.get(c.prompt_writer, c.prompt_writer)
     for t in range(1, c.iterations + 1):

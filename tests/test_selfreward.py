@@ -338,11 +338,11 @@ def test_stages_declare_every_setting_they_read():
                 names |= reads(const, seen)
         return names & set(S.DEFAULTS) - S.RUNTIME_ONLY
 
-    ST = S.STAGE_SETTINGS  # a "+meta" / "+working" list counts only with its variant on (run_stages adds it)
-    kinds = {S.stage_seed_data: ["seed_data", *ST["toy seed"], *ST["toy seed+working"]],
+    ST = S.STAGE_SETTINGS  # a "+meta" list counts only with Meta-Rewarding on (run_stages adds it)
+    kinds = {S.stage_seed_data: ["seed_data", *ST["toy seed"]],
              S.stage_tokenizer: [*ST["tokenizer"], *ST["tokenizer+meta"]],
-             S.stage_pretrain: [*ST["M0"], *ST["M0+working"]], S.stage_sft_baseline: "SFT",
-             S.stage_m1: [*ST["SFT"], *ST["M1+meta"], *ST["M1+working"]],
+             S.stage_pretrain: "M0", S.stage_sft_baseline: "SFT",
+             S.stage_m1: [*ST["SFT"], *ST["M1+meta"]],
              S.stage_eft_targets: "eft_targets", S.stage_prompts: "prompts", S.stage_candidates: "candidates",
              S.stage_judgments: "judgments", S.stage_meta_judgments: "meta_judgments", S.stage_pairs: "pairs",
              S.stage_pairs_meta: [*ST["pairs"], *ST["pairs+meta"]], S.stage_dpo: "DPO", S.stage_eval: "eval"}
@@ -497,19 +497,20 @@ def test_meta_judge_micro_run(tmp_path):
 
 # --- the toy world's step-by-step working as settings ----------------------------------
 
-def test_working_settings_count_only_when_on(micro_run, tmp_path):
-    """judge_working, judge_quotes and pretrain_working change the seed data,
-    M0's text and M1's data, and their stages' records name them; a run with
-    them off (the plain micro run) is made from what it was made from before
-    they existed, so earlier run folders are still reused."""
+def test_working_settings_are_named_by_the_stages_they_change(micro_run, tmp_path):
+    """judge_working, judge_quotes, quote_first and pretrain_working change the
+    seed data and M0's text, and those stages' records name them (M1 reads the
+    seed data, so it follows). A record made before they existed is still
+    reused while they are at their defaults: run_folder's rule, tested in
+    (test_a_setting_added_later_at_its_default_redoes_nothing)."""
     plain, _ = micro_run
     made_from = lambda run, stage: json.load(open(run / "done" / stage))["made_from"]["settings"]
-    names = {"judge_working", "judge_quotes", "pretrain_working"}
-    assert not any(names & set(made_from(plain, stage)) for stage in ("seed_data", "M0", "M1"))
+    names = {"judge_working", "judge_quotes", "quote_first", "pretrain_working"}
+    assert {k: v for s in ("seed_data", "M0") for k, v in made_from(plain, s).items() if k in names} == {
+        "judge_working": False, "judge_quotes": False, "quote_first": False, "pretrain_working": 0.0}
     run_loop(tmp_path, judge_working=True, judge_quotes=True, pretrain_working=0.5, iterations=0, eval_judge=False)
     run = tmp_path / "micro"
-    assert {"judge_working", "judge_quotes"} <= set(made_from(run, "seed_data")) & set(made_from(run, "M1"))
-    assert made_from(run, "M0")["pretrain_working"] == 0.5
+    assert made_from(run, "seed_data")["judge_working"] is True and made_from(run, "M0")["pretrain_working"] == 0.5
     for x in read_jsonl(run / "seed" / "eft_train.jsonl"):
         task = toy.task_from_prompt(x["prompt"].split("\nUser: ")[1].split("\n<response>")[0])
         assert x["response"].startswith(f"{toy.working(task)} The correct answer is {toy.answer(task)}. The response ")
@@ -631,7 +632,8 @@ def test_generation_shards_of_other_settings_are_not_reused(tmp_path):
 def test_a_setting_added_later_at_its_default_redoes_nothing(tmp_path):
     """A stage done before a setting joined its list is reused while that
     setting is at its default (the code computes what it did before), and so
-    are the stages after it; off its default, both are redone."""
+    are the stages after it; off its default, both are redone. A setting the
+    list drops no longer counts."""
     from run_folder import Run
     import distributed as D
     ran = []
@@ -651,6 +653,8 @@ def test_a_setting_added_later_at_its_default_redoes_nothing(tmp_path):
     run(["a", "b"], b=2)  # now b is in the record: back to 2 is a change like any other
     assert ran == ["first", "second"] * 3
     run(["a", "b", "c"], c=0)  # a setting without a known default counts as changed
+    assert ran == ["first", "second"] * 4
+    run(["a", "c"], c=0)  # the code no longer lists b (the stage does not read it): nothing redone
     assert ran == ["first", "second"] * 4
 
 
