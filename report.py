@@ -280,27 +280,32 @@ def checking_versus_doing(r, names, tests):
     (toy.stated_answer), against the share of test prompts it answers right
     (grade >= 4); and whether the judge's verdict follows from a right answer:
     of the judgments that state it, the share whose score is on the
-    response's side of 4 (4-5 for a right response, 0-3 for a wrong one).
-    Returns {model: {"judge", "answer", "follows", "kinds": {kind: (judge, answer)}}}."""
+    response's side of 4 (4-5 for a right response, 0-3 for a wrong one);
+    for judgments that compare (toy.comparison), of those that state the
+    right answer, the share whose "the same" / "not the same" is true.
+    Returns {model: {"judge", "answer", "follows", "compares", "kinds": {kind: (judge, answer)}}}."""
     share = lambda xs: sum(xs) / len(xs) if xs else None
     found = {}
     for n in names:
         path = r.path("eval", f"{n}_judgments.jsonl")
         if n not in tests or not os.path.exists(path):
             continue
-        judged, answered, follows = {k: [] for k in toy.KINDS}, {k: [] for k in toy.KINDS}, []
+        judged, answered, follows, compares = {k: [] for k in toy.KINDS}, {k: [] for k in toy.KINDS}, [], []
         for rec in read_jsonl(path):  # one record per EFT eval response, its judgments as sampled
             task = toy.task_from_prompt(rec["prompt"])
             right = toy.grade({"prompt": rec["prompt"], "task": task}, rec["response"]) >= 4
+            same = toy.answer(task) in toy.attempts(task, rec["response"])[:2]  # as the comparison quotes it
             for j in rec["judgments"]:
                 states_it, score = toy.stated_answer(j) == toy.answer(task), J.parse_score(j)
                 judged[task["kind"]].append(states_it)
                 if states_it and score is not None:
                     follows.append((score >= 4) == right)
+                if states_it and toy.says_same(j) is not None:
+                    compares.append(toy.says_same(j) == same)
         for x in tests[n]:
             answered[(x.get("task") or toy.task_from_prompt(x["prompt"]))["kind"]].append(x["grade"] >= 4)
         found[n] = {"judge": share(sum(judged.values(), [])), "answer": share(sum(answered.values(), [])),
-                    "follows": share(follows), "kinds": {k: (share(judged[k]), share(answered[k])) for k in toy.KINDS}}
+                    "follows": share(follows), "compares": share(compares), "kinds": {k: (share(judged[k]), share(answered[k])) for k in toy.KINDS}}
     return found
 
 
@@ -309,15 +314,17 @@ def checking_lines(found):
     if not found:
         return []
     header = ("| model | judge states the right answer % | answers right % | its verdict follows a right answer % | "
-              + " | ".join(f"{k}: judge / answers %" for k in toy.KINDS) + " |")
+              "its comparison is right % | " + " | ".join(f"{k}: judge / answers %" for k in toy.KINDS) + " |")
     lines = ["Checking against doing (evaluation only): the share of each model's EFT eval judgments that state the "
              "right answer (\"The correct answer is X.\"), against the share of test prompts it answers right "
              "(grade >= 4). The judge can teach correctness only where the first is higher, and only if its "
              "score then follows: of the judgments that state the right answer, the share that score the response "
-             "4-5 when it is right and 0-3 when it is wrong (50% is a coin toss).", "",
+             "4-5 when it is right and 0-3 when it is wrong (50% is a coin toss); and, for judgments that set the "
+             "response's answer against it (--judge_compares), the share of those whose \"the same\" or \"not the "
+             "same\" is true.", "",
              header, "|" + "---|" * (header.count("|") - 1)]
     for n, f in found.items():
-        lines.append(f"| {n} | {pct(f['judge'])} | {pct(f['answer'])} | {pct(f['follows'])} | "
+        lines.append(f"| {n} | {pct(f['judge'])} | {pct(f['answer'])} | {pct(f['follows'])} | {pct(f.get('compares'))} | "
                      + " | ".join(f"{pct(j)} / {pct(a)}" for j, a in f["kinds"].values()) + " |")
     return lines + [""]
 

@@ -95,9 +95,13 @@ judge_quotes = False        # toy EFT targets quote the response's answer beside
                             # ("The correct answer is 27. The response says 72. ...")
 quote_first = False         # with judge_quotes: the quote opens the judgment ("The response says 72. <working> The
                             # correct answer is 27. ..."), copied while the response is the nearest text
+judge_compares = False      # toy EFT targets set the response's answer against the right one and say whether they
+                            # are the same before they grade ("72 against 27: not the same."), README
 pretrain_docs = 2000        # toy M0: documents listing task prompts (the base model's "web text")
 pretrain_qa_docs = 4000     # toy M0: documents of worked examples ("Q: ... A: ..."), 4-12 each
 pretrain_working = 0.0      # toy M0: share of quiz pages that show the working before each answer
+pretrain_checking = 0.0     # toy M0: share of quiz pages that are marked: a student's answer, the working, and
+                            # whether the two are the same ("72 against 27: not the same."), README
 pretrain_epochs = 2         # toy M0: passes over them
 pretrain_lr = 2e-3          # toy M0: peak learning rate
 # SFT: M0 -> SFT baseline and M0 -> M1 (paper, for 70B: lr 5.5e-6 -> 1.1e-6, batch 16,
@@ -167,10 +171,10 @@ RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "tp", "plan_o
 # changing one of these settings redoes that stage and the stages downstream of it, nothing else.
 STAGE_SETTINGS = {
     "toy seed": ["seed", "n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "judge_working", "judge_quotes",
-                 "quote_first"],
+                 "quote_first", "judge_compares"],
     "tokenizer": ["vocab_size", "phrase_pieces", "rubric_pieces", "letter_pieces"],
     "M0": ["seed", "dtype", "chat_template", "model", "pretrain_docs", "pretrain_qa_docs", "pretrain_working",
-           "pretrain_epochs", "pretrain_lr", "sft_batch_size"],
+           "pretrain_checking", "pretrain_epochs", "pretrain_lr", "sft_batch_size"],
     "SFT": ["seed", "dtype", "chat_template", "sft_lr", "sft_min_lr", "sft_batch_size", "sft_epochs", "dropout"],
     "eft_targets": ["seed", "dtype", "chat_template", "n_judge", "temperature", "top_p", "max_judge_tokens",
                     "eft_judgments"],
@@ -192,7 +196,7 @@ STAGE_SETTINGS = {
     # setting is at its default.)
     "tokenizer+meta": ["meta_judge"],
     # (the meta-judge demonstrations take the EFT targets' form)
-    "M1+meta": ["meta_judge", "n_meta_seed", "judge_working", "judge_quotes", "quote_first"],
+    "M1+meta": ["meta_judge", "n_meta_seed", "judge_working", "judge_quotes", "quote_first", "judge_compares"],
     "meta_judgments": ["seed", "dtype", "chat_template", "temperature", "top_p", "max_meta_tokens", "shard_size"],
     "pairs+meta": ["seed"],
 }
@@ -270,7 +274,8 @@ def stage_seed_data(c, r):
         if D.is_rank0():
             toy.write_toy(r.path("seed"), seed=c.seed, n_ift=c.n_ift, n_eft_train=c.n_eft_train,
                           n_eft_eval=c.n_eft_eval, n_test=c.n_test, ift_chatty=c.ift_chatty,
-                          judge_working=c.judge_working, judge_quotes=c.judge_quotes, quote_first=c.quote_first)
+                          judge_working=c.judge_working, judge_quotes=c.judge_quotes, quote_first=c.quote_first,
+                          judge_compares=c.judge_compares)
         D.barrier()
     else:
         for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"):
@@ -313,7 +318,8 @@ def stage_tokenizer(c, r):
 
 def stage_pretrain(c, r):
     rng = random.Random(sub_seed(c.seed, "pretrain"))
-    docs = toy.pretraining_docs(r.path("seed"), rng, c.pretrain_docs, c.pretrain_qa_docs, c.pretrain_working)
+    docs = toy.pretraining_docs(r.path("seed"), rng, c.pretrain_docs, c.pretrain_qa_docs, c.pretrain_working,
+                                 c.pretrain_checking)
     save_jsonl(r.path("train", "pretrain.jsonl"), docs)
     out = train_sft.train({**trainer_settings(c, r, "M0", c.sft_batch_size, c.micro_batch_size, ("M0",)),
                            "init_from": "scratch", "model": c.model, "tokenizer": r.path("tokenizer.model"),
@@ -411,7 +417,7 @@ def stage_m1(c, r, m0):
         # (data/toy.py), as the EFT data demonstrates judging. Real data gets none: Wu et al.
         # rely on the instruct model's own ability to compare judgments.
         meta = toy.meta_judge_examples(read_jsonl(groups), c.n_meta_seed, random.Random(sub_seed(c.seed, "meta seed")),
-                                       c.judge_working, c.judge_quotes, c.quote_first)
+                                       c.judge_working, c.judge_quotes, c.quote_first, c.judge_compares)
         both += meta
         info["meta_examples"] = len(meta)
     random.Random(sub_seed(c.seed, "M1 data")).shuffle(both)

@@ -380,11 +380,20 @@ def attempts(task, response):
     return list(dict.fromkeys(tries))
 
 
-def quote(task, response):
-    """The sentence that sets a response's answer beside the right one
-    (judge_quotes): "The response says OLIMAT." (two at most)."""
-    tries = attempts(task, response)
+def quote(tries):
+    """The sentence that copies a response's answers (attempts(), two at most)
+    into the judgment (judge_quotes): "The response says OLIMAT."."""
     return f"The response says {' and '.join(tries[:2])}." if tries else "The response gives no answer."
+
+
+def comparison(tries, stated):
+    """The sentence that sets a response's answers (attempts(), two at most)
+    right beside the answer the judgment states, and says whether it is among
+    them (judge_compares): "72 against 27: not the same." The score then only
+    has to follow this one word; the two strings stand side by side, where
+    a few attention heads can compare them letter by letter."""
+    same = "the same" if stated in tries[:2] else "not the same"
+    return f"{' and '.join(tries[:2]) or 'Nothing'} against {stated}: {same}."
 
 
 # The EFT target: a short justification per grade, ending in "Score: N" as the
@@ -408,23 +417,36 @@ def stated_answer(judgment):
     return m.group(1) if m else None
 
 
-def judgment_text(task, stated, score, show_working=False, said="", quote_first=False):
-    """A toy judgment: [the working] "The correct answer is <stated>." [the
-    quote of the response, `said`] <the score's justification> "Score: <score>";
-    with quote_first the quote opens it instead, before the working."""
+def says_same(judgment):
+    """Whether a judgment's comparison (comparison()) says the response's
+    answer is the stated one: True, False, or None where it has none."""
+    m = re.search(r" against \S+: (the same|not the same)\.", judgment)
+    return None if m is None else m.group(1) == "the same"
+
+
+def judgment_text(task, stated, score, tries, show_working=False, quotes=False, quote_first=False, compares=False):
+    """A toy judgment of a response whose answers are `tries` (attempts()):
+    [the working] "The correct answer is <stated>." [the quote] [the
+    comparison] <the score's justification> "Score: <score>"; with
+    quote_first the quote opens it instead, before the working."""
+    said = quote(tries) if quotes else ""
     parts = [said if quote_first else "", working(task) if show_working else "",
-             f"The correct answer is {stated}.", "" if quote_first else said, JUSTIFICATION[score]]
+             f"The correct answer is {stated}.", "" if quote_first else said,
+             comparison(tries, stated) if compares else "", JUSTIFICATION[score]]
     return " ".join(p for p in parts if p) + f"\nScore: {score}"
 
 
-def eft_target(prompt, task, response, show_working=False, quotes=False, quote_first=False):
+def eft_target(prompt, task, response, show_working=False, quotes=False, quote_first=False, compares=False):
     """The SFT record that teaches the judge to score this response; with
     show_working, the judgment works the task out before it states the answer;
     with quotes, it then quotes the response's answer before it grades; with
     quote_first as well, the quote opens the judgment instead, copied while
-    the response is the nearest text (and not the judgment's own working)."""
+    the response is the nearest text (and not the judgment's own working);
+    with compares, it sets the response's answer against the right one and
+    says whether they are the same before it grades."""
     score = grade({"prompt": prompt, "task": task}, response)
-    why = judgment_text(task, answer(task), score, show_working, quote(task, response) if quotes else "", quote_first)
+    why = judgment_text(task, answer(task), score, attempts(task, response), show_working, quotes, quote_first,
+                        compares)
     return {"prompt": judge_prompt(prompt, response), "response": why, "score": score}
 
 
@@ -436,34 +458,34 @@ def eft_target(prompt, task, response, show_working=False, quotes=False, quote_f
 # right judgment of a response (eft_target) against a wrong one of the kind
 # a small judge writes (a wrong score, often reached from a wrong answer).
 
-def wrong_judgment(task, grade_, rng, show_working=False, said="", quote_first=False):
-    """A plausible wrong judgment: a score one or two off the true grade, with
-    the justification of that score, and half the time a wrong stated answer
-    (after the right working, with show_working: a slip in the last step);
-    `said`: the quote of the response (quote()), when judgments quote it,
-    opening the judgment with quote_first."""
+def wrong_judgment(task, grade_, rng, tries, show_working=False, quotes=False, quote_first=False, compares=False):
+    """A plausible wrong judgment of a response whose answers are `tries`: a
+    score one or two off the true grade, with the justification of that
+    score, and half the time a wrong stated answer (after the right working,
+    with show_working: a slip in the last step); the form flags as the EFT
+    targets have them (eft_target)."""
     ans = answer(task)
     score = rng.choice([s for s in range(grade_ - 2, grade_ + 3) if 0 <= s <= 5 and s != grade_])
     stated = ans
     while rng.random() < 0.5 and stated == ans:  # a near or a wrong answer (drawn until it differs)
         stated = _near(ans, rng) if rng.random() < 0.5 else _wrong(task, ans, rng)
-    return judgment_text(task, stated, score, show_working, said, quote_first), score
+    return judgment_text(task, stated, score, tries, show_working, quotes, quote_first, compares), score
 
 
-def meta_judge_examples(groups, n, rng, show_working=False, quotes=False, quote_first=False):
+def meta_judge_examples(groups, n, rng, show_working=False, quotes=False, quote_first=False, compares=False):
     """Up to n SFT records {"prompt": meta-judge prompt, "response": reason +
     "Winner: A|B", "winner", "grade"} from the EFT training groups (never the
     eval set's): a distinct judged response each, its right judgment and a
     wrong one in random order; the target works the task out as the EFT
     target does, names both scores and ends with the right judgment.
-    show_working, quotes, quote_first: as the EFT targets have them."""
+    show_working, quotes, quote_first, compares: as the EFT targets have them."""
     every = [(g, k) for g in groups for k in range(len(g["responses"]))]
     records = []
     for g, k in rng.sample(every, min(n, len(every))):
         response, task = g["responses"][k], g["task"]
-        right = eft_target(g["prompt"], task, response, show_working, quotes, quote_first)
-        wrong, wrong_score = wrong_judgment(task, right["score"], rng, show_working,
-                                            quote(task, response) if quotes else "", quote_first)
+        right = eft_target(g["prompt"], task, response, show_working, quotes, quote_first, compares)
+        wrong, wrong_score = wrong_judgment(task, right["score"], rng, attempts(task, response), show_working,
+                                            quotes, quote_first, compares)
         winner = rng.choice("AB")
         a, b = (right["response"], wrong) if winner == "A" else (wrong, right["response"])
         loser = "B" if winner == "A" else "A"
@@ -509,11 +531,13 @@ def ift_response(task, rng, chatty):
 
 
 def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024, ift_chatty=0.6,
-          judge_working=False, judge_quotes=False, quote_first=False):
+          judge_working=False, judge_quotes=False, quote_first=False, judge_compares=False):
     """All toy seed sets as lists of records; the same seed gives the same sets.
     judge_working: the EFT targets work each task out before they judge;
     judge_quotes: they quote the response's answer beside the right one;
-    quote_first: (with judge_quotes) the quote opens the judgment instead."""
+    quote_first: (with judge_quotes) the quote opens the judgment instead;
+    judge_compares: they set the response's answer against the right one
+    and say whether the two are the same (comparison())."""
     if 1 in (n_eft_train, n_eft_eval):
         raise ValueError("an EFT set needs 0 or at least 2 responses")
     rng = random.Random(seed)
@@ -531,7 +555,7 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
     tasks = tasks[len(eval_sizes):]
     train_groups = [_group(t, k, rng) for t, k in zip(tasks, train_sizes)]
     ift_tasks = tasks[len(train_sizes):]
-    eft_train = [eft_target(g["prompt"], g["task"], r, judge_working, judge_quotes, quote_first)
+    eft_train = [eft_target(g["prompt"], g["task"], r, judge_working, judge_quotes, quote_first, judge_compares)
                  for g in train_groups for r in g["responses"]]
     rng.shuffle(eft_train)
     return {
@@ -581,11 +605,31 @@ def worked_examples(pairs):
     return "".join(f"Q: {p}\nA: {a}\n" for p, a in pairs)
 
 
-def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0):
+def student_answer(task, rng):
+    """A student's answer on a marked quiz: right half the time, else nearly
+    right or wrong, as the EFT responses are."""
+    ans, x = answer(task), rng.random()
+    return ans if x < 0.5 else _near(ans, rng) if x < 0.75 else _wrong(task, ans, rng)
+
+
+def marked_quiz(items):
+    """A pretraining document: a teacher's marked quiz, items (prompt, task,
+    the student's answer): the question, the student's answer, the working,
+    the right answer, and the two side by side as the judge compares them
+    (comparison()): "Q: ...\nStudent: 72\nA: Ones: ... So 27. 72 against 27:
+    not the same.\n". No judge prompt, no scores: the base model learns to
+    compare, the EFT data to use that in a judgment."""
+    return "".join(f"Q: {p}\nStudent: {given}\nA: {working(t)} So {answer(t)}. {comparison([given], answer(t))}\n"
+                   for p, t, given in items)
+
+
+def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, checking_share=0.0):
     """M0's pretraining documents {"text"}: n_list_docs task listings and
     n_qa_docs quiz pages, 4 to 12 tasks each, shuffled; a share working_share
     of the quiz pages show the working (working()) before each answer, as
-    worked solutions on the web do: where the base model learns the steps. Nothing the
+    worked solutions on the web do: where the base model learns the steps; a
+    share checking_share of them are marked quizzes instead (marked_quiz()):
+    where it learns to tell whether two answers are the same. Nothing the
     evaluation asks about (seed_dir's test and EFT eval tasks and prompts)
     is in them."""
     held = [rec for f in ("test", "eft_eval") for rec in read_jsonl(os.path.join(seed_dir, f + ".jsonl"))]
@@ -608,7 +652,12 @@ def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0):
         return worked_examples([(p, f"{working(t)} So {answer(t)}." if show else answer(t))
                                 for p, t in fresh_tasks(rng.randint(4, 12))])
 
-    docs += [{"text": quiz_page()} for _ in range(n_qa_docs)]
+    def marked_page():
+        return marked_quiz([(p, t, student_answer(t, rng)) for p, t in fresh_tasks(rng.randint(4, 12))])
+
+    # (a share of 0 draws nothing: the pages as before)
+    docs += [{"text": marked_page() if checking_share and rng.random() < checking_share else quiz_page()}
+             for _ in range(n_qa_docs)]
     rng.shuffle(docs)
     return docs
 
@@ -633,7 +682,8 @@ if __name__ == "__main__":
              "ift_chatty": "share of IFT answers with a friendly phrase",
              "judge_working": "EFT targets work the task out step by step",
              "judge_quotes": "EFT targets quote the response's answer beside the right one",
-             "quote_first": "with judge_quotes: the quote opens the judgment"}
+             "quote_first": "with judge_quotes: the quote opens the judgment",
+             "judge_compares": "EFT targets set the response's answer against the right one: the same or not"}
     p = argparse.ArgumentParser(description="Write the toy world's seed files.")
     p.add_argument("--out", default="data/toy", help="output folder")
     for k, v in defaults.items():

@@ -126,6 +126,7 @@ def test_checking_against_doing_by_hand(tmp_path):
         {"prompt": rev, "response": "CBA", "judgments": [say("CBA", 5), say("CAB", 1), "Score: 3"]},
         # a wrong response: the right answer twice, scored 4 (does not follow) and 0 (follows)
         {"prompt": srt, "response": "ACB", "judgments": [say("ABC", 4), say("ABC", 0)]}])
+    assert report.checking_versus_doing(r, ["M1"], {"M1": []})["M1"]["compares"] is None  # no comparisons
     tests = {"M1": [{"prompt": rev, "grade": 5}, {"prompt": rev, "grade": 3},
                     {"prompt": srt, "grade": 4, "task": {"kind": "sort", "word": "CAB"}}, {"prompt": srt, "grade": 1}]}
     found = report.checking_versus_doing(r, ["M1"], tests)["M1"]
@@ -136,7 +137,19 @@ def test_checking_against_doing_by_hand(tmp_path):
     assert toy.stated_answer("The correct answer is -12. The response ...") == "-12"
     assert toy.stated_answer("The answer is 12.") is None
     lines = report.checking_lines({"M1": found})
-    assert any(line.startswith("| M1 | 60.0 | 50.0 | 66.7 | 33.3 / 50.0 | 100.0 / 50.0 |") for line in lines)
+    assert any(line.startswith("| M1 | 60.0 | 50.0 | 66.7 | - | 33.3 / 50.0 | 100.0 / 50.0 |") for line in lines)
+    # judgments that compare: of those stating the right answer, is "the same" / "not the same" true?
+    said = lambda x, y, same, score: f"The correct answer is {x}. {y} against {x}: {same}. Whatever.\nScore: {score}"
+    write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [
+        {"prompt": rev, "response": "CBA", "judgments": [said("CBA", "CBA", "the same", 5),  # true
+                                                         said("CBA", "CBA", "not the same", 1),  # false
+                                                         said("CAB", "CBA", "not the same", 1)]},  # wrong answer
+        {"prompt": srt, "response": "It is ACB or ABC or BAC.",  # the right answer second: quoted, "the same"
+         "judgments": [said("ABC", "ACB and ABC", "the same", 3), "The correct answer is ABC.\nScore: 3"]},
+        {"prompt": srt, "response": "ACB, BAC, ABC", "judgments": [said("ABC", "ACB and BAC", "the same", 3)]}])
+    found = report.checking_versus_doing(r, ["M1"], tests)["M1"]  # (the last: third, not quoted: false)
+    assert found["compares"] == pytest.approx(2 / 4)
+    assert toy.says_same("ABC against ABC: the same.") and toy.says_same("The answer is ABC.") is None
 
 
 def test_meta_rewarding_diagnostics_by_hand(tmp_path):

@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 
 from data import read_jsonl
-from data.toy import (DOC_HEAD, TEMPLATES, answer, build, corpus, fewshot_text, grade, meta_judge_examples,
-                      pretraining_docs, quote, render, sample_task, stated_answer, task_from_prompt, working,
-                      write_toy)
+from data.toy import (DOC_HEAD, TEMPLATES, answer, attempts, build, comparison, corpus, fewshot_text, grade,
+                      meta_judge_examples, pretraining_docs, quote, render, sample_task, stated_answer,
+                      task_from_prompt, working, write_toy)
 from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
 from tokenizer import chat_tokens, train_tokenizer
 
@@ -144,7 +144,7 @@ def test_quotes_beside_the_answer_or_first():
     for a, b in zip(beside, first):
         task = task_from_prompt(a["prompt"].split("\nUser: ")[1].split("\n<response>")[0])
         response = a["prompt"].split("<response>")[1].split("</response>")[0].strip()
-        said = quote(task, response)
+        said = quote(attempts(task, response))
         assert f"The correct answer is {answer(task)}. {said} " in a["response"]
         assert b["response"] == f"{said} " + a["response"].replace(f" {said}", "", 1)
         assert b["response"].startswith(("The response says ", "The response gives no answer."))
@@ -152,6 +152,32 @@ def test_quotes_beside_the_answer_or_first():
     for x in meta_judge_examples(groups, 10, random.Random(0), True, True, True):
         for side in ("\nJudgment A:\n", "\nJudgment B:\n"):
             assert x["prompt"].split(side)[1].startswith(("The response says ", "The response gives no answer."))
+
+
+def test_a_judgment_compares_the_answers_then_scores():
+    """judge_compares: right after the stated answer, the response's answers
+    and the right one side by side, and the one word the score follows."""
+    assert comparison(["72"], "27") == "72 against 27: not the same."
+    assert comparison(["3", "4", "5"], "4") == "3 and 4 against 4: the same."  # two at most, as quoted
+    assert comparison(["3", "4", "5"], "5") == "3 and 4 against 5: not the same."
+    assert comparison([], "ABC") == "Nothing against ABC: not the same."
+    sizes = dict(n_ift=1, n_eft_train=120, n_eft_eval=0, n_test=1, judge_working=True, judge_quotes=True,
+                 quote_first=True)
+    plain, compared = build(**sizes)["eft_train"], build(**sizes, judge_compares=True)["eft_train"]
+    same = {True: set(), False: set()}
+    for a, b in zip(plain, compared):
+        task = task_from_prompt(a["prompt"].split("\nUser: ")[1].split("\n<response>")[0])
+        response = a["prompt"].split("<response>")[1].split("</response>")[0].strip()
+        right = f"The correct answer is {answer(task)}. "
+        words = comparison(attempts(task, response), answer(task))
+        assert b["response"] == a["response"].replace(right, right + words + " ")  # the same judgment, one sentence more
+        same[words.endswith(": the same.")].add(b["score"])
+    assert same[True] <= {3, 4, 5} and same[False] <= {0, 1, 2, 3} and 5 in same[True] and 1 in same[False]
+    groups = build(n_ift=1, n_eft_train=30, n_eft_eval=0, n_test=1)["eft_train_groups"]
+    for x in meta_judge_examples(groups, 10, random.Random(0), compares=True):
+        for side in ("\nJudgment A:\n", "\nJudgment B:\n"):
+            assert re.search(r"^The correct answer is \S+\. .* against \S+: (the same|not the same)\. ",
+                             x["prompt"].split(side)[1])
 
 
 def test_seed_sets_sizes_and_shapes(toy):
@@ -244,6 +270,17 @@ def test_pretraining_docs_leave_out_what_the_evaluation_asks(toy):
     for q, a in (x for d in shown if " So " in d["text"] for x in re.findall(r"Q: (.*)\nA: (.*)\n", d["text"])):
         task = task_from_prompt(q)
         assert a == f"{working(task)} So {answer(task)}."
+    # checking_share: that share of them are marked quizzes, the student's answer set against the right one
+    marked = pretraining_docs(folder, random.Random(0), n_list_docs=0, n_qa_docs=300, checking_share=0.5)
+    items = [x for d in marked for x in re.findall(r"Q: (.*)\nStudent: (.*)\nA: (.*)\n", d["text"])]
+    assert 120 < sum("\nStudent: " in d["text"] for d in marked) < 180
+    verdicts = Counter()
+    for q, given, a in items:
+        task = task_from_prompt(q)
+        verdicts[given == answer(task)] += 1
+        assert a == f"{working(task)} So {answer(task)}. {given} against {answer(task)}: " + (
+            "the same." if given == answer(task) else "not the same.")
+    assert 0.4 < verdicts[True] / len(items) < 0.6  # right half the time
 
 
 def test_meta_judge_examples_name_the_judgment_whose_score_the_grader_gives(toy):
