@@ -36,6 +36,8 @@ FIGURES = [
     ("judge states the right answer %", lambda m: 100 * (m.get("checking", {}).get("judge") or 0.0)),
     ("its verdict follows a right answer %",
      lambda m: None if m.get("checking", {}).get("follows") is None else 100 * m["checking"]["follows"]),
+    ("its comparison is right %",  # judgments that compare only (--judge_compares)
+     lambda m: None if m.get("checking", {}).get("compares") is None else 100 * m["checking"]["compares"]),
 ]
 
 

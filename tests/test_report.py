@@ -64,10 +64,10 @@ def test_judge_agreement_between_models_by_hand(tmp_path):
 
 def test_seed_study_table_by_hand(tmp_path):
     import seeds
-    figures = lambda grade, right, bare, judge, states=0.0, follows=None: {
+    figures = lambda grade, right, bare, judge, states=0.0, follows=None, compares=None: {
         "mean grade": grade, "right answers (grade >= 4) %": right, "bare right answers (grade 5) %": bare,
         "judge pairwise acc %": judge, "judge states the right answer %": states,
-        "its verdict follows a right answer %": follows}
+        "its verdict follows a right answer %": follows, "its comparison is right %": compares}
     per_seed = {1: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.2, 40, 10, 60, follows=50.0),
                     "M2": figures(2.4, 45, 20, 65, follows=60.0)},
                 2: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.3, 40, 10, 62),  # written before the figure
@@ -83,9 +83,9 @@ def test_seed_study_table_by_hand(tmp_path):
     # a run's figures come from the last report written into its metrics.jsonl
     folder = tmp_path / "run"
     m = {"model": "M1", "mean_grade": 2.0, "exact_solve": 0.25, "judge": {"pairwise_accuracy": 0.5},
-         "intervals": {"right": [0.75, [0.5, 1.0]]}, "checking": {"judge": 0.125, "follows": 0.5}}
+         "intervals": {"right": [0.75, [0.5, 1.0]]}, "checking": {"judge": 0.125, "follows": 0.5, "compares": 0.25}}
     write_jsonl(folder / "metrics.jsonl", [{"stage": "eval_M1"}, {"eval": {**m, "mean_grade": 1.0}}, {"eval": m}])
-    assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0)}
+    assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0)}
 
 
 def test_interval_figure_is_svg_with_a_dot_and_bar_per_figure():
