@@ -305,7 +305,8 @@ def checking_versus_doing(r, names, tests):
         for x in tests[n]:
             answered[(x.get("task") or toy.task_from_prompt(x["prompt"]))["kind"]].append(x["grade"] >= 4)
         found[n] = {"judge": share(sum(judged.values(), [])), "answer": share(sum(answered.values(), [])),
-                    "follows": share(follows), "compares": share(compares), "kinds": {k: (share(judged[k]), share(answered[k])) for k in toy.KINDS}}
+                    "follows": share(follows), "compares": share(compares),
+                    "kinds": {k: (share(judged[k]), share(answered[k])) for k in toy.KINDS}}
     return found
 
 
@@ -324,7 +325,8 @@ def checking_lines(found):
              "same\" is true.", "",
              header, "|" + "---|" * (header.count("|") - 1)]
     for n, f in found.items():
-        lines.append(f"| {n} | {pct(f['judge'])} | {pct(f['answer'])} | {pct(f['follows'])} | {pct(f.get('compares'))} | "
+        lines.append(f"| {n} | {pct(f['judge'])} | {pct(f['answer'])} | {pct(f['follows'])} | "
+                     f"{pct(f['compares'])} | "
                      + " | ".join(f"{pct(j)} / {pct(a)}" for j, a in f["kinds"].values()) + " |")
     return lines + [""]
 

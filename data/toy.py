@@ -390,8 +390,8 @@ def comparison(tries, stated):
     """The sentence that sets a response's answers (attempts(), two at most)
     right beside the answer the judgment states, and says whether it is among
     them (judge_compares): "72 against 27: not the same." The score then only
-    has to follow this one word; the two strings stand side by side, where
-    a few attention heads can compare them letter by letter."""
+    has to follow this one word, and the word only has to compare two strings
+    that stand side by side (README: how often the toy judge gets it right)."""
     same = "the same" if stated in tries[:2] else "not the same"
     return f"{' and '.join(tries[:2]) or 'Nothing'} against {stated}: {same}."
 

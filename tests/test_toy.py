@@ -170,7 +170,7 @@ def test_a_judgment_compares_the_answers_then_scores():
         response = a["prompt"].split("<response>")[1].split("</response>")[0].strip()
         right = f"The correct answer is {answer(task)}. "
         words = comparison(attempts(task, response), answer(task))
-        assert b["response"] == a["response"].replace(right, right + words + " ")  # the same judgment, one sentence more
+        assert b["response"] == a["response"].replace(right, right + words + " ")  # one sentence more
         same[words.endswith(": the same.")].add(b["score"])
     assert same[True] <= {3, 4, 5} and same[False] <= {0, 1, 2, 3} and 5 in same[True] and 1 in same[False]
     groups = build(n_ift=1, n_eft_train=30, n_eft_eval=0, n_test=1)["eft_train_groups"]
