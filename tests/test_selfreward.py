@@ -498,26 +498,29 @@ def test_meta_judge_micro_run(tmp_path):
 # --- the toy world's step-by-step working as settings ----------------------------------
 
 def test_working_settings_are_named_by_the_stages_they_change(micro_run, tmp_path):
-    """judge_working, judge_quotes, quote_first, judge_compares and pretrain_working change the
-    seed data and M0's text, and those stages' records name them (M1 reads the
+    """judge_working, judge_quotes, quote_first, judge_compares, pretrain_working and
+    pretrain_checking change the seed data and M0's text, and those stages' records name them (M1 reads the
     seed data, so it follows). A record made before they existed is still
     reused while they are at their defaults: run_folder's rule, tested in
     (test_a_setting_added_later_at_its_default_redoes_nothing)."""
     plain, _ = micro_run
     made_from = lambda run, stage: json.load(open(run / "done" / stage))["made_from"]["settings"]
-    names = {"judge_working", "judge_quotes", "quote_first", "judge_compares", "pretrain_working"}
+    names = {"judge_working", "judge_quotes", "quote_first", "judge_compares", "pretrain_working",
+             "pretrain_checking"}
     assert {k: v for s in ("seed_data", "M0") for k, v in made_from(plain, s).items() if k in names} == {
         "judge_working": False, "judge_quotes": False, "quote_first": False, "judge_compares": False,
-        "pretrain_working": 0.0}
+        "pretrain_working": 0.0, "pretrain_checking": 0.0}
     run_loop(tmp_path, judge_working=True, judge_quotes=True, judge_compares=True, pretrain_working=0.5,
-             iterations=0, eval_judge=False)
+             pretrain_checking=0.5, iterations=0, eval_judge=False)
     run = tmp_path / "micro"
     assert made_from(run, "seed_data")["judge_working"] is True and made_from(run, "M0")["pretrain_working"] == 0.5
     for x in read_jsonl(run / "seed" / "eft_train.jsonl"):
         task = toy.task_from_prompt(x["prompt"].split("\nUser: ")[1].split("\n<response>")[0])
         assert x["response"].startswith(f"{toy.working(task)} The correct answer is {toy.answer(task)}. The response ")
         assert re.search(f" against {toy.answer(task)}: (the same|not the same)\\. The response ", x["response"])
-    assert any(" So " in d["text"] for d in read_jsonl(run / "train" / "pretrain.jsonl"))
+    pretraining = [d["text"] for d in read_jsonl(run / "train" / "pretrain.jsonl")]
+    assert any(" So " in d for d in pretraining) and any("\nStudent: " in d for d in pretraining)
+    assert made_from(run, "M0")["pretrain_checking"] == 0.5
 
 
 # --- one config idiom: settings passed explicitly -------------------------------------
