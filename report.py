@@ -300,8 +300,9 @@ def checking_versus_doing(r, names, tests):
                 judged[task["kind"]].append(states_it)
                 if states_it and score is not None:
                     follows.append((score >= 4) == right)
-                if states_it and toy.says_same(j) is not None:
-                    compares.append(toy.says_same(j) == same)
+                said_same = toy.says_same(j) if states_it else None
+                if said_same is not None:
+                    compares.append(said_same == same)
         for x in tests[n]:
             answered[(x.get("task") or toy.task_from_prompt(x["prompt"]))["kind"]].append(x["grade"] >= 4)
         found[n] = {"judge": share(sum(judged.values(), [])), "answer": share(sum(answered.values(), [])),
