@@ -294,7 +294,8 @@ def checking_versus_doing(r, names, tests):
         for rec in read_jsonl(path):  # one record per EFT eval response, its judgments as sampled
             task = toy.task_from_prompt(rec["prompt"])
             right = toy.grade({"prompt": rec["prompt"], "task": task}, rec["response"]) >= 4
-            same = toy.answer(task) in toy.attempts(task, rec["response"])[:2]  # as the comparison quotes it
+            # the word the EFT target's comparison would say for this response (one definition: toy.comparison)
+            same = toy.says_same(toy.comparison(toy.attempts(task, rec["response"]), toy.answer(task)))
             for j in rec["judgments"]:
                 states_it, score = toy.stated_answer(j) == toy.answer(task), J.parse_score(j)
                 judged[task["kind"]].append(states_it)
