@@ -211,11 +211,17 @@ def judgment_diagnostics(r, t):
 def pair_verdicts(r, t):
     """Evaluation only (the loop never sees it): the toy grader's verdict on
     iteration t's pairs, chosen better / equal / worse than rejected, and how
-    many pairs are on prompts the grader cannot read."""
+    many pairs are on prompts the grader cannot read. Then the same pairs by
+    correctness alone (right = grade >= 4): where exactly one of the two is
+    right, is it the chosen one (right_chosen) or the rejected
+    (wrong_chosen); both_right pairs differ at most in form (grade 5
+    against 4), both_wrong ones teach no right answer. Only right_chosen
+    against wrong_chosen can teach the policy to answer right."""
     path = r.path(f"iter{t}", "pairs.jsonl")
     if not os.path.exists(path):
         return None
-    verdict = {"better": 0, "equal": 0, "worse": 0, "ungradable": 0}
+    verdict = dict.fromkeys(("better", "equal", "worse", "ungradable",
+                             "right_chosen", "wrong_chosen", "both_right", "both_wrong"), 0)
     for p in read_jsonl(path):
         if p.get("kind", "actor") != "actor":  # Meta-Rewarding's judge pairs: judge_pair_verdicts
             continue
@@ -224,7 +230,45 @@ def pair_verdicts(r, t):
             continue
         a, b = toy.grade(p, p["chosen"]), toy.grade(p, p["rejected"])
         verdict["better" if a > b else "equal" if a == b else "worse"] += 1
+        verdict[{(True, False): "right_chosen", (False, True): "wrong_chosen",
+                 (True, True): "both_right", (False, False): "both_wrong"}[a >= 4, b >= 4]] += 1
     return verdict
+
+
+def states_right_answer(judged):
+    """Of the judgments of right responses and of wrong ones (grade >= 4 or
+    not), the share that state the right answer (toy.stated_answer), from
+    judged = [(prompt, response, its judgments)] on toy prompts (others are
+    skipped). {"right": share, "wrong": share}, None where there are none.
+    A judge that works the task out states it whatever the response says; one
+    that takes its answer from the response states it for right responses
+    only."""
+    said = {True: [], False: []}
+    for prompt, response, judgments in judged:
+        task = toy.task_from_prompt(prompt)
+        if task is None:
+            continue
+        right = toy.grade({"prompt": prompt, "task": task}, response) >= 4
+        said[right] += [toy.stated_answer(j) == toy.answer(task) for j in judgments]
+    share = lambda xs: sum(xs) / len(xs) if xs else None
+    return {"right": share(said[True]), "wrong": share(said[False])}
+
+
+def self_checking(r, t):
+    """Evaluation only: states_right_answer over iteration t's judgments of
+    its own candidates, and over the same judge's (M<t>'s) judgments of the
+    EFT eval responses, written by the grader. Where the judge states the
+    right answer far less often for its own wrong candidates than for the
+    EFT eval's wrong responses, it copies its own mistakes into its working
+    and its pairs cannot tell a right answer from a wrong one. None without
+    iteration t's judgments."""
+    path = r.path(f"iter{t}", "judgments.jsonl")
+    if not os.path.exists(path):
+        return None
+    own = [(x["prompt"], c, js) for x in read_jsonl(path) for c, js in zip(x["candidates"], x["judgments"])]
+    eft = r.path("eval", f"M{t}_judgments.jsonl")
+    eft = [(x["prompt"], x["response"], x["judgments"]) for x in read_jsonl(eft)] if os.path.exists(eft) else []
+    return {"own": states_right_answer(own), "eft_eval": states_right_answer(eft)}
 
 
 def meta_judge_diagnostics(r, t):
@@ -344,7 +388,16 @@ def diagnostic_lines(r, names, iterations, toy_world):
         v = pair_verdicts(r, t) if toy_world else None
         if v:
             lines.append(f"  - the grader on its pairs (evaluation only): chosen better {v['better']}, equal "
-                         f"{v['equal']}, worse {v['worse']}; on prompts it cannot grade {v['ungradable']}")
+                         f"{v['equal']}, worse {v['worse']}; on prompts it cannot grade {v['ungradable']}; by "
+                         f"correctness: right against wrong, the right one chosen {v['right_chosen']}, the wrong "
+                         f"one {v['wrong_chosen']}; both right (form only) {v['both_right']}, both wrong "
+                         f"{v['both_wrong']}")
+        c = self_checking(r, t) if toy_world else None
+        if c:
+            own, eft = c["own"], c["eft_eval"]
+            lines.append(f"  - the judge states the right answer (evaluation only): on its own candidates, in "
+                         f"{pct(own['right'])}% of its judgments of right ones and {pct(own['wrong'])}% of wrong "
+                         f"ones; on the EFT eval responses (M{t}), {pct(eft['right'])}% and {pct(eft['wrong'])}%")
         m = meta_judge_diagnostics(r, t)
         if m:
             lines.append(f"  - meta-judging (Meta-Rewarding): {m['meta_judgments']} meta-judgments (battles of two "

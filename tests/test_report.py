@@ -50,7 +50,40 @@ def test_iteration_diagnostics_by_hand(tmp_path):
         {"prompt": "Reverse the word 'ABC'.", "chosen": "ABC", "rejected": "CBA"},                       # worse
         {"prompt": "Reverse the word 'ABC'.", "chosen": "CBA", "rejected": "CBA."},                      # equal: 5, 5
         {"prompt": "Tell me a story.", "chosen": "x", "rejected": "y"}])                                 # not a task
-    assert report.pair_verdicts(r, 1) == {"better": 1, "equal": 1, "worse": 1, "ungradable": 1}
+    # by correctness: CBA vs chatty CBA both right (form only); ABC (1) chosen over CBA (5): the wrong one
+    assert report.pair_verdicts(r, 1) == {"better": 1, "equal": 1, "worse": 1, "ungradable": 1, "right_chosen": 0,
+                                          "wrong_chosen": 1, "both_right": 2, "both_wrong": 0}
+    write_jsonl(tmp_path / "iter1" / "pairs.jsonl", [
+        {"prompt": "Reverse the word 'ABC'.", "chosen": "CBA", "rejected": "BCA"},   # 5 vs 1: right chosen
+        {"prompt": "Reverse the word 'ABC'.", "chosen": "CBB", "rejected": "ABC"},   # 2 vs 1: both wrong, better
+        {"prompt": "What is 2 + 3?", "chosen": "It is 5, or maybe 6.", "rejected": "6"}])  # 3 vs 2: both wrong
+    v = report.pair_verdicts(r, 1)
+    assert (v["better"], v["right_chosen"], v["wrong_chosen"], v["both_right"], v["both_wrong"]) == (3, 1, 0, 0, 2)
+
+
+def test_self_checking_by_hand(tmp_path):
+    """Does the judge state the right answer whatever the response says? Its
+    judgments of its own candidates (iteration 1) against M1's of the EFT eval
+    responses, each split by whether the response is right."""
+    r = run_folder(tmp_path)
+    q = "Reverse the word 'ABC'."
+    says = lambda x: f"The correct answer is {x}. The response is fine.\nScore: 4"
+    assert report.self_checking(r, 1) is None  # no judgments yet
+    write_jsonl(tmp_path / "iter1" / "judgments.jsonl", [
+        {"prompt": q, "candidates": ["CBA", "BCA"], "scores": [[4, 4, 5], [4, 4, 4]],
+         "judgments": [[says("CBA"), says("CBA"), "Score: 5"],   # right candidate: 2 of 3 state CBA
+                       [says("BCA"), says("BCA"), says("CBA")]]},  # wrong one: its own answer twice, CBA once
+        {"prompt": "Tell me a story.", "candidates": ["x"], "scores": [[4]], "judgments": [[says("x")]]}])  # no truth: skipped
+    c = report.self_checking(r, 1)
+    assert c["own"] == {"right": pytest.approx(2 / 3), "wrong": pytest.approx(1 / 3)}
+    assert c["eft_eval"] == {"right": None, "wrong": None}  # M1 not evaluated yet
+    write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [
+        {"prompt": q, "response": "ABC", "judgments": [says("CBA"), says("CBA")]},   # wrong, both state CBA
+        {"prompt": q, "response": "Sure! The answer is CBA.", "judgments": [says("ACB")]}])  # right (4), not stated
+    assert report.self_checking(r, 1)["eft_eval"] == {"right": 0.0, "wrong": 1.0}
+    lines = report.diagnostic_lines(r, ["SFT", "M1"], 1, toy_world=True)
+    assert any("own candidates, in 66.7% of its judgments of right ones and 33.3% of wrong ones; on the EFT eval "
+               "responses (M1), 0.0% and 100.0%" in line for line in lines)
 
 
 def test_judge_agreement_between_models_by_hand(tmp_path):
@@ -166,7 +199,8 @@ def test_meta_rewarding_diagnostics_by_hand(tmp_path):
         judge_pair("Sure! The answer is CBA.", 3, 5),           # true grade 4: 1 and 1, equal
         judge_pair("ABC", 4, 1),                                # true grade 1: farther
         {**judge_pair("x", 1, 2), "instruction": "Tell me a story."}])  # no ground truth
-    assert report.pair_verdicts(r, 1) == {"better": 1, "equal": 0, "worse": 0, "ungradable": 0}
+    assert report.pair_verdicts(r, 1) == {"better": 1, "equal": 0, "worse": 0, "ungradable": 0, "right_chosen": 1,
+                                          "wrong_chosen": 0, "both_right": 0, "both_wrong": 0}
     assert report.judge_pair_verdicts(r, 1) == {"closer": 1, "equal": 1, "farther": 1, "ungradable": 1}
     assert report.meta_judge_diagnostics(r, 1) is None  # no meta-judgments: a plain run
     write_jsonl(tmp_path / "iter1" / "meta_judgments.jsonl", [
