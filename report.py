@@ -259,9 +259,10 @@ def self_checking(r, t):
     its own candidates, and over the same judge's (M<t>'s) judgments of the
     EFT eval responses, written by the grader. Where the judge states the
     right answer far less often for its own wrong candidates than for the
-    EFT eval's wrong responses, it copies its own mistakes into its working
-    and its pairs cannot tell a right answer from a wrong one. None without
-    iteration t's judgments."""
+    EFT eval's wrong responses, it takes the answer it reads for the right
+    one, and its pairs cannot tell a right answer from a wrong one (README:
+    "Where the judge's answer comes from"). None without iteration t's
+    judgments."""
     path = r.path(f"iter{t}", "judgments.jsonl")
     if not os.path.exists(path):
         return None
