@@ -19,6 +19,7 @@ import json
 import os
 import statistics
 import sys
+import types
 
 import configurator
 import report
@@ -83,6 +84,27 @@ def summarize(per_seed, names, gains):
     return lines
 
 
+def pair_lines(folders, iterations):
+    """Toy world, evaluation only: per seed and iteration, the pairs that set
+    a right answer against a wrong one, which of the two the judge chose
+    (report.pair_verdicts), and how often it states the right answer for its
+    own wrong candidates (report.self_checking): the loop can teach
+    correctness only through the first, and only where the second is high."""
+    lines = ["", "Pairs that set a right answer against a wrong one (evaluation only): the right one chosen / the "
+             "wrong one chosen; and the share of the judge's judgments of its own wrong candidates that state the "
+             "right answer:", ""]
+    for s, folder in sorted(folders.items()):
+        r = types.SimpleNamespace(path=lambda *parts, folder=folder: os.path.join(folder, *parts))
+        cells = []
+        for t in range(1, iterations + 1):
+            v, c = report.pair_verdicts(r, t), report.self_checking(r, t)
+            if v and c:
+                cells.append(f"iteration {t} {v['right_chosen']} / {v['wrong_chosen']}, "
+                             f"{report.pct(c['own']['wrong'])}%")
+        lines.append(f"- seed {s}: " + "; ".join(cells))
+    return lines
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     seeds = [1, 2, 3]
@@ -100,7 +122,8 @@ def main(argv=None):
     names = ["SFT"] + [f"M{t}" for t in range(1, c.iterations + 2)]
     per_seed = {s: run_figures(f) for s, f in folders.items()}
     gains = {s: gain_interval(f, "M1", names[-1]) for s, f in folders.items()}
-    lines = [f"# `{c.run_name}` over seeds", "", *summarize(per_seed, names, gains), ""]
+    lines = [f"# `{c.run_name}` over seeds", "", *summarize(per_seed, names, gains),
+             *(pair_lines(folders, c.iterations) if c.seed_data == "toy" else []), ""]
     out = os.path.join(c.out_root, f"{c.run_name}-seeds.md")
     write_text(out, "\n".join(lines))
     print("\n".join(lines) + f"\nwritten to {out}")

@@ -121,6 +121,20 @@ def test_seed_study_table_by_hand(tmp_path):
     assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0)}
 
 
+def test_seed_study_pair_lines_by_hand(tmp_path):
+    import seeds
+    q = "Reverse the word 'ABC'."
+    says = lambda x: f"The correct answer is {x}.\nScore: 4"
+    write_jsonl(tmp_path / "s1" / "iter1" / "pairs.jsonl", [
+        {"prompt": q, "chosen": "CBA", "rejected": "BCA"}, {"prompt": q, "chosen": "BCA", "rejected": "CBA"},
+        {"prompt": q, "chosen": "CBA", "rejected": "ACB"}])  # right chosen 2, wrong chosen 1
+    write_jsonl(tmp_path / "s1" / "iter1" / "judgments.jsonl", [
+        {"prompt": q, "candidates": ["BCA", "ACB"], "judgments": [[says("CBA")], [says("ACB"), says("ACB"), says("x")]]}])
+    lines = seeds.pair_lines({1: str(tmp_path / "s1"), 2: str(tmp_path / "s2")}, iterations=2)
+    assert "- seed 1: iteration 1 2 / 1, 25.0%" in lines  # 1 of the 4 judgments of wrong candidates states CBA
+    assert "- seed 2: " in lines  # a seed with no iterations written yet: nothing to show
+
+
 def test_interval_figure_is_svg_with_a_dot_and_bar_per_figure():
     import xml.etree.ElementTree as ET
     intervals = {"SFT": {"mean_grade": (2.5, (2.0, 3.0))},
