@@ -97,6 +97,9 @@ quote_first = False         # with judge_quotes: the quote opens the judgment ("
                             # correct answer is 27. ..."), copied while the response is the nearest text
 judge_compares = False      # toy EFT targets set the response's answer against the right one and say whether they
                             # are the same before they grade ("72 against 27: not the same."), README
+eft_own_answers = 0         # toy: the SFT baseline's sampled answers per EFT training prompt, graded and judged by
+                            # the grader in the EFT targets' form, added to M1's EFT data (README: where the judge's
+                            # answer comes from)
 pretrain_docs = 2000        # toy M0: documents listing task prompts (the base model's "web text")
 pretrain_qa_docs = 4000     # toy M0: documents of worked examples ("Q: ... A: ..."), 4-12 each
 pretrain_working = 0.0      # toy M0: share of quiz pages that show the working before each answer
@@ -176,6 +179,9 @@ STAGE_SETTINGS = {
     "M0": ["seed", "dtype", "chat_template", "model", "pretrain_docs", "pretrain_qa_docs", "pretrain_working",
            "pretrain_checking", "pretrain_epochs", "pretrain_lr", "sft_batch_size"],
     "SFT": ["seed", "dtype", "chat_template", "sft_lr", "sft_min_lr", "sft_batch_size", "sft_epochs", "dropout"],
+    "eft_own": ["seed", "dtype", "chat_template", "eft_own_answers", "temperature", "top_p", "max_response_tokens",
+                "shard_size"],
+    "M1": ["eft_own_answers"],
     "eft_targets": ["seed", "dtype", "chat_template", "n_judge", "temperature", "top_p", "max_judge_tokens",
                     "eft_judgments"],
     "prompts": ["seed", "dtype", "chat_template", "prompt_writer", "n_prompts", "n_shots", "prompt_temperature",
@@ -402,6 +408,33 @@ def eft_targets_from_file(c, r, seed_groups):
     return info
 
 
+def stage_eft_own_answers(c, r):
+    """Toy world, eft_own_answers > 0: the SFT baseline answers every EFT
+    training prompt (sampled as the loop samples candidates), and the grader
+    writes each answer's EFT target in the run's judgment form
+    (toy.eft_target). Why: the judge takes an answer it reads for the right
+    one when the answer is likely to it, as its own mistakes are, far more
+    than when it is one of the grader's random near misses (README: "Where
+    the judge's answer comes from"); here M1 sees judgments of the mistakes
+    a model like it makes, with the right answer worked out beside them."""
+    groups = read_jsonl(r.path("seed", "eft_train_groups.jsonl"))
+    net, tok = load_model(r, r.path("SFT"))
+    n = c.eft_own_answers
+
+    def work(chunk, shard):
+        outs = generate(net, [chat_prompt_ids(tok, g["prompt"]) for g in chunk], c.max_response_tokens,
+                        temperature=c.temperature, top_p=c.top_p, n=n, eos_id=tok.stop_ids,
+                        seed=sub_seed(c.seed, "eft own answers", shard), batch_size=c.gen_batch_size,
+                        progress=c.progress)
+        return [toy.eft_target(g["prompt"], g["task"], tok.decode(o).strip(), c.judge_working, c.judge_quotes,
+                               c.quote_first, c.judge_compares)
+                for k, g in enumerate(chunk) for o in outs[k * n:(k + 1) * n]]
+
+    recs = generate_sharded(r, os.path.join("seed", "eft_train_own"), groups, c.shard_size, work)
+    grades = Counter(x["score"] for x in recs)
+    return {"answers": len(recs), "grades": {g: grades[g] for g in range(6)}}
+
+
 def eft_train_file(r):
     """The EFT training records: given (toy), or written by the SFT baseline (real data)."""
     targets = r.path("seed", "eft_train_targets.jsonl")
@@ -411,6 +444,10 @@ def eft_train_file(r):
 def stage_m1(c, r, m0):
     both = read_jsonl(r.path("seed", "ift.jsonl")) + read_jsonl(eft_train_file(r))
     info = {}
+    if c.eft_own_answers:  # toy: the SFT baseline's own answers, judged by the grader (stage_eft_own_answers)
+        own = read_jsonl(r.path("seed", "eft_train_own.jsonl"))
+        both += own
+        info["own_answers"] = len(own)
     groups = r.path("seed", "eft_train_groups.jsonl")  # the toy world's (real seed data has none)
     if c.meta_judge and os.path.exists(groups):
         # Meta-Rewarding on the toy world: demonstrations of meta-judging made by the grader
@@ -852,7 +889,10 @@ def run_stages(c, r):
         r.stage("eft_targets", lambda: stage_eft_targets(c, r), uses=S["eft_targets"], after=["SFT", "seed_data"],
                 files=[c.eft_judgments] if c.eft_judgments else [])
         m1_reads.append("eft_targets")
-    r.stage("M1", lambda: stage_m1(c, r, m0), uses=S["SFT"] + meta("M1"), after=m1_reads,
+    if c.seed_data == "toy" and c.eft_own_answers:
+        r.stage("eft_own", lambda: stage_eft_own_answers(c, r), uses=S["eft_own"], after=["SFT", "seed_data"])
+        m1_reads.append("eft_own")
+    r.stage("M1", lambda: stage_m1(c, r, m0), uses=S["SFT"] + S["M1"] + meta("M1"), after=m1_reads,
             temporary=temporary("M1"))
     writer = {"M0": m0, "M1": r.path("M1")}.get(c.prompt_writer, c.prompt_writer)
     for t in range(1, c.iterations + 1):

@@ -174,7 +174,7 @@ def check_loop(c, world):
     p.at_least("gen_batch_size", 0)  # 0: the largest the generation memory plan fits the GPU
     for s in ("pretrain_lr", "sft_lr", "dpo_lr", "sft_epochs", "dpo_epochs", "dpo_beta"):
         p.positive(s)
-    for s in ("pretrain_docs", "pretrain_qa_docs", "n_meta_seed", "iterations", "min_prompt_words", "sft_min_lr", "dpo_min_lr",
+    for s in ("pretrain_docs", "pretrain_qa_docs", "n_meta_seed", "eft_own_answers", "iterations", "min_prompt_words", "sft_min_lr", "dpo_min_lr",
               "temperature", "prompt_temperature"):
         p.at_least(s, 0)
     p.require(c.sft_min_lr <= c.sft_lr, "sft_min_lr", f"must not exceed sft_lr = {c.sft_lr}")
@@ -243,6 +243,8 @@ def check_loop(c, world):
                 p.add(f"{setting}: {e}")
     p.require(not (c.eft_judgments and c.seed_data == "toy"), "eft_judgments", "supplies judgments for EFT "
               "groups (real seed data); the toy seed's EFT training records are already targets")
+    p.require(not (c.eft_own_answers and c.seed_data != "toy"), "eft_own_answers", "is for the toy world, whose "
+              "grader judges the answers; real seed data has no grader")
     return p
 
 

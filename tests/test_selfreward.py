@@ -511,7 +511,7 @@ def test_working_settings_are_named_by_the_stages_they_change(micro_run, tmp_pat
         "judge_working": False, "judge_quotes": False, "quote_first": False, "judge_compares": False,
         "pretrain_working": 0.0, "pretrain_checking": 0.0}
     run_loop(tmp_path, judge_working=True, judge_quotes=True, judge_compares=True, pretrain_working=0.5,
-             pretrain_checking=0.5, iterations=0, eval_judge=False)
+             pretrain_checking=0.5, eft_own_answers=1, iterations=0, eval_judge=False)
     run = tmp_path / "micro"
     assert made_from(run, "seed_data")["judge_working"] is True and made_from(run, "M0")["pretrain_working"] == 0.5
     for x in read_jsonl(run / "seed" / "eft_train.jsonl"):
@@ -521,6 +521,15 @@ def test_working_settings_are_named_by_the_stages_they_change(micro_run, tmp_pat
     pretraining = [d["text"] for d in read_jsonl(run / "train" / "pretrain.jsonl")]
     assert any(" So " in d for d in pretraining) and any("\nStudent: " in d for d in pretraining)
     assert made_from(run, "M0")["pretrain_checking"] == 0.5
+    # eft_own_answers: the SFT baseline's answer to each EFT training prompt, judged by the grader in the same form
+    groups, own = read_jsonl(run / "seed" / "eft_train_groups.jsonl"), read_jsonl(run / "seed" / "eft_train_own.jsonl")
+    assert len(own) == len(groups) and made_from(run, "eft_own")["eft_own_answers"] == 1
+    for g, x in zip(groups, own):
+        response = x["prompt"].split("<response>")[-1].split("</response>")[0]
+        assert x == toy.eft_target(g["prompt"], g["task"], response, True, True, False, True)
+    done = json.load(open(run / "done" / "M1"))
+    assert done["own_answers"] == len(own) and made_from(run, "M1")["eft_own_answers"] == 1
+    assert done["examples"] == 48 + 40 + len(own)  # IFT + the grader's EFT + the baseline's answers
 
 
 # --- one config idiom: settings passed explicitly -------------------------------------
@@ -688,3 +697,8 @@ def test_check_loop_in_this_process():
     # the toy world's working: a share of quiz pages
     c = configurator.settings(S.DEFAULTS, {"pretrain_working": 1.5})
     assert validate.check_loop(c, 1).found == ["pretrain_working = 1.5: must be in [0, 1]"]
+    c = configurator.settings(S.DEFAULTS, {"eft_own_answers": -1})
+    assert validate.check_loop(c, 1).found == ["eft_own_answers = -1: must be >= 0"]
+    c = configurator.settings(S.DEFAULTS, {"eft_own_answers": 1, "seed_data": str(tmp_path), "init_from": "M0"})
+    assert ("eft_own_answers = 1: is for the toy world, whose grader judges the answers; real seed data has no "
+            "grader") in validate.check_loop(c, 1).found
