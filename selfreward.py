@@ -180,7 +180,7 @@ STAGE_SETTINGS = {
            "pretrain_checking", "pretrain_epochs", "pretrain_lr", "sft_batch_size"],
     "SFT": ["seed", "dtype", "chat_template", "sft_lr", "sft_min_lr", "sft_batch_size", "sft_epochs", "dropout"],
     "eft_own": ["seed", "dtype", "chat_template", "eft_own_answers", "temperature", "top_p", "max_response_tokens",
-                "shard_size"],
+                "shard_size", "judge_working", "judge_quotes", "quote_first", "judge_compares"],
     "M1": ["eft_own_answers"],
     "eft_targets": ["seed", "dtype", "chat_template", "n_judge", "temperature", "top_p", "max_judge_tokens",
                     "eft_judgments"],

@@ -342,7 +342,7 @@ def test_stages_declare_every_setting_they_read():
     kinds = {S.stage_seed_data: ["seed_data", *ST["toy seed"]],
              S.stage_tokenizer: [*ST["tokenizer"], *ST["tokenizer+meta"]],
              S.stage_pretrain: "M0", S.stage_sft_baseline: "SFT",
-             S.stage_m1: [*ST["SFT"], *ST["M1+meta"]],
+             S.stage_m1: [*ST["SFT"], *ST["M1"], *ST["M1+meta"]], S.stage_eft_own_answers: "eft_own",
              S.stage_eft_targets: "eft_targets", S.stage_prompts: "prompts", S.stage_candidates: "candidates",
              S.stage_judgments: "judgments", S.stage_meta_judgments: "meta_judgments", S.stage_pairs: "pairs",
              S.stage_pairs_meta: [*ST["pairs"], *ST["pairs+meta"]], S.stage_dpo: "DPO", S.stage_eval: "eval"}
