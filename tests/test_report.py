@@ -73,7 +73,8 @@ def test_self_checking_by_hand(tmp_path):
         {"prompt": q, "candidates": ["CBA", "BCA"], "scores": [[4, 4, 5], [4, 4, 4]],
          "judgments": [[says("CBA"), says("CBA"), "Score: 5"],   # right candidate: 2 of 3 state CBA
                        [says("BCA"), says("BCA"), says("CBA")]]},  # wrong one: its own answer twice, CBA once
-        {"prompt": "Tell me a story.", "candidates": ["x"], "scores": [[4]], "judgments": [[says("x")]]}])  # no truth: skipped
+        {"prompt": "Tell me a story.", "candidates": ["x"], "scores": [[4]],
+         "judgments": [[says("x")]]}])  # no truth: skipped
     c = report.self_checking(r, 1)
     assert c["own"] == {"right": pytest.approx(2 / 3), "wrong": pytest.approx(1 / 3)}
     assert c["eft_eval"] == {"right": None, "wrong": None}  # M1 not evaluated yet
@@ -129,7 +130,8 @@ def test_seed_study_pair_lines_by_hand(tmp_path):
         {"prompt": q, "chosen": "CBA", "rejected": "BCA"}, {"prompt": q, "chosen": "BCA", "rejected": "CBA"},
         {"prompt": q, "chosen": "CBA", "rejected": "ACB"}])  # right chosen 2, wrong chosen 1
     write_jsonl(tmp_path / "s1" / "iter1" / "judgments.jsonl", [
-        {"prompt": q, "candidates": ["BCA", "ACB"], "judgments": [[says("CBA")], [says("ACB"), says("ACB"), says("x")]]}])
+        {"prompt": q, "candidates": ["BCA", "ACB"],
+         "judgments": [[says("CBA")], [says("ACB"), says("ACB"), says("x")]]}])
     lines = seeds.pair_lines({1: str(tmp_path / "s1"), 2: str(tmp_path / "s2")}, iterations=2)
     assert "- seed 1: iteration 1 2 / 1, 25.0%" in lines  # 1 of the 4 judgments of wrong candidates states CBA
     assert "- seed 2: " in lines  # a seed with no iterations written yet: nothing to show
