@@ -699,6 +699,6 @@ def test_check_loop_in_this_process():
     assert validate.check_loop(c, 1).found == ["pretrain_working = 1.5: must be in [0, 1]"]
     c = configurator.settings(S.DEFAULTS, {"eft_own_answers": -1})
     assert validate.check_loop(c, 1).found == ["eft_own_answers = -1: must be >= 0"]
-    c = configurator.settings(S.DEFAULTS, {"eft_own_answers": 1, "seed_data": str(tmp_path), "init_from": "M0"})
+    c = configurator.settings(S.DEFAULTS, {"eft_own_answers": 1, "seed_data": "no/such/folder", "init_from": "M0"})
     assert ("eft_own_answers = 1: is for the toy world, whose grader judges the answers; real seed data has no "
             "grader") in validate.check_loop(c, 1).found
