@@ -39,6 +39,11 @@ def pct(x):
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def share(flags):
+    """The share of True in a list of booleans, or None for an empty list."""
+    return sum(flags) / len(flags) if flags else None
+
+
 def num(x, fmt="{:.1f}"):
     return "-" if x is None else fmt.format(x)
 
@@ -250,7 +255,6 @@ def states_right_answer(judged):
             continue
         right = toy.grade({"prompt": prompt, "task": task}, response) >= 4
         said[right] += [toy.stated_answer(j) == toy.answer(task) for j in judgments]
-    share = lambda xs: sum(xs) / len(xs) if xs else None
     return {"right": share(said[True]), "wrong": share(said[False])}
 
 
@@ -329,7 +333,6 @@ def checking_versus_doing(r, names, tests):
     for judgments that compare (toy.comparison), of those that state the
     right answer, the share whose "the same" / "not the same" is true.
     Returns {model: {"judge", "answer", "follows", "compares", "kinds": {kind: (judge, answer)}}}."""
-    share = lambda xs: sum(xs) / len(xs) if xs else None
     found = {}
     for n in names:
         path = r.path("eval", f"{n}_judgments.jsonl")
