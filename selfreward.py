@@ -135,6 +135,9 @@ n_judge = 3                 # judgments per candidate, averaged (paper: 3)
 max_judge_tokens = 96       # per judgment
 meta_judge = False          # Meta-Rewarding (Wu et al. 2024): the model also judges its judgments; DPO trains the
                             # judge on the best against the worst judgment of a response
+pair_by = "judge"           # who picks the best and worst candidate: 'judge' (the paper: the model's own scores), or
+                            # toy only, 'grader': the ground truth's grades, a control run that shows what DPO on
+                            # best-versus-worst pairs can teach when the judge is perfect (README)
 max_meta_tokens = 64        # per meta-judgment (a sentence and "Winner: A": the toy targets take 54 tokens at most)
 n_meta_seed = 500           # toy, meta_judge: meta-judge demonstrations added to M1's SFT data, made by the grader
                             # (~141 tokens each: 500 add 17% to the tokens of M1's 8,090 IFT + EFT examples)
@@ -191,7 +194,7 @@ STAGE_SETTINGS = {
                    "shard_size"],
     "judgments": ["seed", "dtype", "chat_template", "n_judge", "temperature", "top_p", "max_judge_tokens",
                   "shard_size"],
-    "pairs": [],
+    "pairs": ["pair_by"],
     "DPO": ["seed", "dtype", "chat_template", "dpo_lr", "dpo_min_lr", "dpo_beta", "dpo_batch_size", "dpo_epochs",
             "dropout"],
     "eval": ["seed", "dtype", "chat_template", "eval_judge", "eval_prompts", "mt_bench", "max_response_tokens",
@@ -688,20 +691,36 @@ def make_pairs(judged):
     return pairs, dropped
 
 
-def actor_pairs(r, t):
-    """Iteration t's preference pairs of responses (make_pairs), or the end of the run if there are none."""
-    pairs, dropped = make_pairs(read_jsonl(r.path(f"iter{t}", "judgments.jsonl")))
+def grader_scored(judged):
+    """Toy world, pair_by='grader' (a control, not the paper's method): each
+    candidate's score is the ground truth's grade (toy.grade) instead of the
+    judge's average, so make_pairs sets a truly best candidate against a truly
+    worst one. A prompt the grader cannot read (the writer made up a task)
+    gets no scores, hence no pair."""
+    out = []
+    for x in judged:
+        task = toy.task_from_prompt(x["prompt"])
+        grades = [None if task is None else toy.grade({"task": task}, y) for y in x["candidates"]]
+        out.append({**x, "score": grades})
+    return out
+
+
+def actor_pairs(c, r, t):
+    """Iteration t's preference pairs of responses (make_pairs) by the judge's
+    scores or, pair_by='grader', the grader's; or the end of the run if there are none."""
+    judged = read_jsonl(r.path(f"iter{t}", "judgments.jsonl"))
+    pairs, dropped = make_pairs(grader_scored(judged) if c.pair_by == "grader" else judged)
     if not pairs:
         sys.exit(f"error: iteration {t}: no preference pairs (dropped: {dropped}); the judge gave every "
                  f"candidate the same score or none. DPO cannot run. Look at {r.path(f'iter{t}', 'judgments.jsonl')}.")
     return pairs, dropped
 
 
-def stage_pairs(r, t):
-    pairs, dropped = actor_pairs(r, t)
+def stage_pairs(c, r, t):
+    pairs, dropped = actor_pairs(c, r, t)
     save_jsonl(r.path(f"iter{t}", "pairs.jsonl"), pairs)
-    D.log(f"iteration {t}: {len(pairs)} pairs; dropped {dropped}")
-    return {"pairs": len(pairs), "dropped": dropped}
+    D.log(f"iteration {t}: {len(pairs)} pairs by the {c.pair_by}; dropped {dropped}")
+    return {"pairs": len(pairs), "by": c.pair_by, "dropped": dropped}
 
 
 # Exercise (easy): the judge's pairs from battles of judgments. Graded by: tests/test_selfreward.py -k make_judge_pairs
@@ -755,13 +774,13 @@ def stage_pairs_meta(c, r, t):
     in one DPO run, and on the toy world the judge's pairs could otherwise
     outnumber the actor's and turn M_{t+1} into a better judge of a worse
     policy (its next candidates come from that policy)."""
-    pairs, dropped = actor_pairs(r, t)
+    pairs, dropped = actor_pairs(c, r, t)
     judge_pairs, judge_dropped = make_judge_pairs(read_jsonl(r.path(f"iter{t}", "meta_judgments.jsonl")),
                                                   cap=len(pairs), seed=sub_seed(c.seed, "judge pairs", t))
     save_jsonl(r.path(f"iter{t}", "pairs.jsonl"), [{**p, "kind": "actor"} for p in pairs] + judge_pairs)
     D.log(f"iteration {t}: {len(pairs)} pairs; dropped {dropped}; {len(judge_pairs)} judge pairs; "
           f"dropped {judge_dropped}")
-    return {"pairs": len(pairs), "dropped": dropped, "judge_pairs": len(judge_pairs), "judge_dropped": judge_dropped}
+    return {"pairs": len(pairs), "by": c.pair_by, "dropped": dropped, "judge_pairs": len(judge_pairs), "judge_dropped": judge_dropped}
 
 
 # -----------------------------------------------------------------------------
@@ -906,7 +925,7 @@ def run_stages(c, r):
         r.stage(f"{it}_judgments", lambda: stage_judgments(c, r, t, mt), uses=S["judgments"],
                 after=[f"{it}_candidates", f"M{t}"])
         if not c.meta_judge:
-            r.stage(f"{it}_pairs", lambda: stage_pairs(r, t), uses=S["pairs"], after=[f"{it}_judgments"])
+            r.stage(f"{it}_pairs", lambda: stage_pairs(c, r, t), uses=S["pairs"], after=[f"{it}_judgments"])
         else:  # Meta-Rewarding: M_t also judges its judgments, and the judge's pairs join the actor's
             r.stage(f"{it}_meta_judgments", lambda: stage_meta_judgments(c, r, t, mt), uses=S["meta_judgments"],
                     after=[f"{it}_judgments", f"M{t}"])

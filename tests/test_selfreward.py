@@ -354,6 +354,30 @@ def test_stages_declare_every_setting_they_read():
     assert set(S.DEFAULTS) - declared - S.RUNTIME_ONLY == {"seed_data", "init_from", "iterations"}  # main's own
 
 
+def test_grader_pairs_set_the_truly_best_against_the_truly_worst(tmp_path):
+    """pair_by='grader' (the perfect-judge control): the grader's grades replace
+    the judge's scores, whatever the judge said; a prompt it cannot read gives no pair."""
+    os.makedirs(tmp_path / "iter1")
+
+    class R:  # a run folder
+        path = staticmethod(lambda *p: str(tmp_path.joinpath(*p)))
+    # grades by hand (data/toy.py: grade): "MUNIZ" 5, "The answer is MUNIZ." 4, "MUNZI" 2 (one letter off), "7" 0
+    judged = [{"prompt": "What is 'ZINUM' spelled backwards?", "candidates": ["MUNZI", "The answer is MUNIZ.", "7",
+                                                                            "MUNIZ"],
+               "score": [5.0, 1.0, 3.0, 2.0]},  # the judge's scores: the near miss best, the chatty right one worst
+              {"prompt": "Write a poem about spring.", "candidates": ["a", "b", "c", "d"], "score": [5.0, 1.0, 2.0, 2.0]}]
+    write_jsonl(tmp_path / "iter1" / "judgments.jsonl", judged)
+    assert [x["score"] for x in S.grader_scored(judged)] == [[2, 4, 0, 5], [None] * 4]
+    by_judge = S.stage_pairs(types.SimpleNamespace(pair_by="judge"), R, 1)
+    assert by_judge["pairs"] == 2
+    assert read_jsonl(tmp_path / "iter1" / "pairs.jsonl")[0]["chosen"] == "MUNZI"
+    by_grader = S.stage_pairs(types.SimpleNamespace(pair_by="grader"), R, 1)
+    assert by_grader == {"pairs": 1, "by": "grader", "dropped": {"fewer than 2 scored candidates": 1,
+                                                                "all scores tie": 0, "same text": 0}}
+    [pair] = read_jsonl(tmp_path / "iter1" / "pairs.jsonl")
+    assert (pair["chosen"], pair["rejected"], pair["chosen_score"], pair["rejected_score"]) == ("MUNIZ", "7", 5, 0)
+
+
 def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch):
     os.makedirs(tmp_path / "iter1")
     monkeypatch.setattr(S, "sys", type("Sys", (), {"exit": staticmethod(lambda msg: (_ for _ in ()).throw(SystemExit(msg)))}))
@@ -365,7 +389,7 @@ def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch):
         {"prompt": "q", "candidates": ["a", "b", "c", "d"], "score": [None, None, 2.0, None]}])
     with pytest.raises(SystemExit, match=r"iteration 1: no preference pairs \(dropped: \{'fewer than 2 scored "
                                          r"candidates': 1, 'all scores tie': 1, 'same text': 0\}\)"):
-        S.stage_pairs(R, 1)
+        S.stage_pairs(types.SimpleNamespace(pair_by="judge"), R, 1)
     pairs, dropped = S.make_pairs([{"prompt": "p", "candidates": ["a", "b", "c"], "score": [2.0, 4.5, 2.0]}])
     assert pairs == [{"prompt": "p", "chosen": "b", "rejected": "a", "chosen_score": 4.5, "rejected_score": 2.0,
                       "chosen_index": 1, "rejected_index": 0}]
@@ -702,3 +726,10 @@ def test_check_loop_in_this_process():
     c = configurator.settings(S.DEFAULTS, {"eft_own_answers": 1, "seed_data": "no/such/folder", "init_from": "M0"})
     assert ("eft_own_answers = 1: is for the toy world, whose grader judges the answers; real seed data has no "
             "grader") in validate.check_loop(c, 1).found
+    # the perfect-judge control
+    c = configurator.settings(S.DEFAULTS, {"pair_by": "oracle"})
+    assert validate.check_loop(c, 1).found == ["pair_by = 'oracle': must be 'judge' (the paper) or 'grader' (toy: a "
+                                               "control with a perfect judge)"]
+    c = configurator.settings(S.DEFAULTS, {"pair_by": "grader", "seed_data": "no/such/folder", "init_from": "M0"})
+    assert ("pair_by = 'grader': 'grader' is for the toy world; real seed data has no grader"
+            in validate.check_loop(c, 1).found)
