@@ -147,6 +147,8 @@ dpo_min_lr = 1e-5           # cosine floor
 dpo_beta = 0.1              # paper: 0.1
 dpo_batch_size = 16         # pairs per step
 dpo_epochs = 1              # passes over the pairs
+rpo_alpha = 0.0             # + rpo_alpha x the chosen response's NLL per token in each pair's loss (Iterative RPO,
+                            # Pang et al. 2024; 0 = plain DPO, the paper): keeps the chosen answer likely (README)
 # evaluation
 eval_judge = True           # reward-model metrics of every model's judge on the EFT eval set
 eval_prompts = ""           # real data: AlpacaEval prompts {"instruction"} (its JSON array, or JSONL), answered
@@ -196,7 +198,7 @@ STAGE_SETTINGS = {
                   "shard_size"],
     "pairs": ["pair_by"],
     "DPO": ["seed", "dtype", "chat_template", "dpo_lr", "dpo_min_lr", "dpo_beta", "dpo_batch_size", "dpo_epochs",
-            "dropout"],
+            "rpo_alpha", "dropout"],
     "eval": ["seed", "dtype", "chat_template", "eval_judge", "eval_prompts", "mt_bench", "max_response_tokens",
              "n_judge", "temperature", "top_p", "max_judge_tokens"],
     # Meta-Rewarding's: these count only when meta_judge is on (run_stages adds them): without it
@@ -789,7 +791,7 @@ def stage_pairs_meta(c, r, t):
 def stage_dpo(c, r, t, mt_path):
     settings = trainer_settings(c, r, f"M{t + 1}", c.dpo_batch_size, max(1, c.micro_batch_size // 2), ("dpo", t))
     out = train_dpo.train({**settings, "init_from": mt_path, "data": r.path(f"iter{t}", "pairs.jsonl"),
-                           "beta": c.dpo_beta, "epochs": c.dpo_epochs, "lr": c.dpo_lr, "min_lr": c.dpo_min_lr,
+                           "beta": c.dpo_beta, "rpo_alpha": c.rpo_alpha, "epochs": c.dpo_epochs, "lr": c.dpo_lr, "min_lr": c.dpo_min_lr,
                            "dropout": c.dropout, "eval_fraction": 0.0})
     move_model(r, out["model"], f"M{t + 1}")
     return {k: v for k, v in out.items() if k != "model"}

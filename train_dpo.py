@@ -8,7 +8,14 @@ reference model (the starting checkpoint):
                                 - (log pi(y_l|x) - log ref(y_l|x)) ] )        (DPO eq. 7)
 
 log pi(y|x) is the SUM of the response tokens' log-probabilities (not their
-mean). The reference never changes, so its log-probs are computed once before
+mean). With rpo_alpha > 0 each pair's loss also has the chosen response's
+negative log-likelihood per token (Iterative RPO, Pang et al. 2024, eq. 1;
+TRL's rpo_alpha):
+
+    loss = DPO loss + rpo_alpha * ( -log pi(y_w|x) / |y_w| )
+
+DPO alone only widens the margin, and can do that by lowering both responses'
+likelihoods; the NLL term keeps the chosen one likely. The reference never changes, so its log-probs are computed once before
 training and stored in out_dir/ref_logps.jsonl: training holds only the policy.
 
 This file is DPO's data (pairs), its loss, the reference log-probs and its
@@ -40,6 +47,7 @@ data = "data/pairs.jsonl"  # JSON Lines of {"prompt", "chosen", "rejected"}
 out_dir = "out/dpo"        # gets model/, state/, ref_logps.jsonl, metrics.jsonl
 beta = 0.1                 # DPO temperature (paper: 0.1)
 micro_batch_size = 2       # pairs per forward pass on one rank (2x sequences: chosen + rejected)
+rpo_alpha = 0.0            # weight of the chosen response's NLL per token (Pang et al. 2024); 0 = plain DPO (the paper)
 lr = 1e-6                  # peak learning rate (paper: 1e-6)
 min_lr = 1e-7              # cosine decays to this (paper: 1e-7)
 # -----------------------------------------------------------------------------
@@ -59,6 +67,13 @@ def dpo_losses(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref
     rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
     losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
     return losses, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+def chosen_nll(policy_chosen_logps, chosen_tokens):
+    """Per pair: the chosen response's negative log-likelihood per token, the
+    term Iterative RPO (Pang et al. 2024) adds to the DPO loss, rpo_alpha times.
+    chosen_tokens: (B,) the number of response tokens of each chosen response."""
+    return -policy_chosen_logps / chosen_tokens
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
@@ -162,16 +177,20 @@ def dpo_sums(model, mb, env, c, pad_id, n_pairs):
     ref_c = torch.tensor([p["ref_chosen"] for p in pairs], device=env.device)
     ref_r = torch.tensor([p["ref_rejected"] for p in pairs], device=env.device)
     losses, rc, rr = dpo_losses(logps[:n], logps[n:], ref_c, ref_r, c.beta)
+    nll = chosen_nll(logps[:n], (targets[:n] != -100).sum(dim=1).to(env.device))
+    if c.rpo_alpha:  # Iterative RPO: keep the chosen response likely
+        losses = losses + c.rpo_alpha * nll
     loss = (losses * w).sum() / n_pairs
     stats = [(losses * w).sum().item(), (rc * w).sum().item(), (rr * w).sum().item(),
-             ((rc > rr).float() * w).sum().item(), ((rc - rr) * w).sum().item(), w.sum().item()]
+             ((rc > rr).float() * w).sum().item(), ((rc - rr) * w).sum().item(), (nll.detach() * w).sum().item(),
+             w.sum().item()]
     return loss, stats
 
 
 @torch.no_grad()
 def evaluate(model, pairs, env, c, pad_id):
     model.eval()
-    stats = [0.0] * 6
+    stats = [0.0] * 7
     for mb in T.micro_batches(T.split_even(pairs, env.rank, env.world), c.micro_batch_size):
         _, s = dpo_sums(model, mb, env, c, pad_id, 1)
         stats = [a + b for a, b in zip(stats, s)]
@@ -182,10 +201,11 @@ def evaluate(model, pairs, env, c, pad_id):
 
 def summarize(stats, prefix=""):
     """Global sums -> the means TRL logs."""
-    loss, rc, rr, acc, margin, n = stats
+    loss, rc, rr, acc, margin, nll, n = stats
     n = max(n, 1)
     return {prefix + "loss": loss / n, prefix + "rewards/chosen": rc / n, prefix + "rewards/rejected": rr / n,
-            prefix + "rewards/accuracies": acc / n, prefix + "rewards/margins": margin / n}
+            prefix + "rewards/accuracies": acc / n, prefix + "rewards/margins": margin / n,
+            prefix + "nll_loss": nll / n}  # the chosen responses' NLL per token (in the loss only if rpo_alpha > 0)
 
 
 # -----------------------------------------------------------------------------
@@ -211,7 +231,7 @@ def dpo(c, env):
     steps = T.total_steps(c, len(train_set))
     n_params = model.num_params()
     D.log(f"DPO: {len(train_set)} train / {len(eval_set)} eval pairs, {steps} steps of {c.batch_size}, "
-          f"beta {c.beta}, world size {env.world}")
+          f"beta {c.beta}" + (f", rpo_alpha {c.rpo_alpha}" if c.rpo_alpha else "") + f", world size {env.world}")
 
     fp = T.made_from(c, tok_path)  # a saved state is resumed only if it was made from the same
     optimizer, step = T.optimizer_and_resume(model, c, fp)  # step 0 on a fresh start
@@ -225,7 +245,7 @@ def dpo(c, env):
         lr = T.begin_step(optimizer, step, steps, c, env)
         batch, mine = T.step_batch(train_set, step, c, env)  # this step's pairs, this rank's part
         mbs = T.micro_batches([(p, 1) for p in mine], c.micro_batch_size)
-        stats = [0.0] * 6
+        stats = [0.0] * 7
         for i, mb in enumerate(mbs):
             if env.fsdp:
                 model.set_requires_gradient_sync(i == len(mbs) - 1)

@@ -175,7 +175,7 @@ def check_loop(c, world):
     for s in ("pretrain_lr", "sft_lr", "dpo_lr", "sft_epochs", "dpo_epochs", "dpo_beta"):
         p.positive(s)
     for s in ("pretrain_docs", "pretrain_qa_docs", "n_meta_seed", "eft_own_answers", "iterations", "min_prompt_words",
-              "sft_min_lr", "dpo_min_lr", "temperature", "prompt_temperature"):
+              "sft_min_lr", "dpo_min_lr", "rpo_alpha", "temperature", "prompt_temperature"):
         p.at_least(s, 0)
     p.require(c.sft_min_lr <= c.sft_lr, "sft_min_lr", f"must not exceed sft_lr = {c.sft_lr}")
     p.require(c.dpo_min_lr <= c.dpo_lr, "dpo_min_lr", f"must not exceed dpo_lr = {c.dpo_lr}")
@@ -271,6 +271,7 @@ def check_training(c, world, fields, script, check_record=None):
         p.fraction(s, low_open=False, high_open=True)
     if "beta" in vars(c):  # DPO's
         p.positive("beta")
+        p.at_least("rpo_alpha", 0)
     p.compute()
     p.require(c.batch_size % (world * max(1, c.micro_batch_size)) == 0, "batch_size",
               f"must divide by the number of ranks ({world}) x micro_batch_size ({c.micro_batch_size})")

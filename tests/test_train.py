@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -436,6 +437,30 @@ def test_dpo_log_probs_are_sums(work):
         lp = train_dpo.sequence_logps(model, tokens, targets, D.Env()).item()
         ce_sum = train_sft.sft_loss_sum(model, tokens, targets, D.Env()).item()
     assert lp == pytest.approx(-ce_sum, rel=1e-5)
+
+
+def test_rpo_adds_the_chosen_responses_nll_per_token(work):
+    """rpo_alpha > 0 (Iterative RPO, Pang et al. 2024; TRL's rpo_alpha): each
+    pair's loss is its DPO loss plus rpo_alpha times the chosen response's
+    cross-entropy per token, computed here by SFT's own loss."""
+    tok = Tokenizer(str(work / "ckpt" / "tokenizer.model"))
+    model = load_model(str(work / "ckpt")).eval()
+    pair = {"chosen": chat_tokens(tok, "reverse the fox", "fox the"),
+            "rejected": chat_tokens(tok, "reverse the fox", "the fox the fox"), "ref_chosen": -3.0,
+            "ref_rejected": -9.0}
+    c = types.SimpleNamespace(beta=0.1, rpo_alpha=0.0)
+    with torch.no_grad():
+        plain, plain_stats = train_dpo.dpo_sums(model, [(pair, 1)], D.Env(), c, tok.eos_id, 1)
+        c.rpo_alpha = 0.5
+        rpo, rpo_stats = train_dpo.dpo_sums(model, [(pair, 1)], D.Env(), c, tok.eos_id, 1)
+        tokens, targets = train_sft.collate([pair["chosen"]], tok.eos_id)
+        nll = train_sft.sft_loss_sum(model, tokens, targets, D.Env()).item() / (targets != -100).sum().item()
+    assert rpo.item() == pytest.approx(plain.item() + 0.5 * nll, rel=1e-5)
+    assert train_dpo.summarize(rpo_stats)["nll_loss"] == pytest.approx(nll, rel=1e-5)  # logged either way
+    assert train_dpo.summarize(plain_stats)["nll_loss"] == pytest.approx(nll, rel=1e-5)
+    # the rewards do not change: the NLL is a second term, not a new reward
+    assert rpo_stats[1:5] == plain_stats[1:5]
+    assert train_dpo.chosen_nll(torch.tensor([-6.0, -1.0]), torch.tensor([3, 4])).tolist() == [2.0, 0.25]
 
 
 # -----------------------------------------------------------------------------
