@@ -433,8 +433,9 @@ def iteration_lines(r, stages, iterations):
         p, cand, jd, pr = (stages.get(f"iter{t}_{k}", {}) for k in ("prompts", "candidates", "judgments", "pairs"))
         line = (f"- iteration {t}: {p.get('kept', '?')} new prompts kept of {p.get('requested', '?')} requested, "
                 f"{pr.get('pairs', '?')} preference pairs")
-        if pr.get("by") == "grader":
-            line += " (best and worst by the grader: the perfect-judge control, not self-rewarding)"
+        if pr.get("by", "judge") != "judge":
+            line += (f" (best and worst by the grader, pair_by={pr['by']!r}: a perfect-judge control, not "
+                     f"self-rewarding)")
         if p.get("dropped"):
             line += f"; prompts dropped: {p['dropped']}"
         if cand.get("too_long"):

@@ -136,8 +136,9 @@ max_judge_tokens = 96       # per judgment
 meta_judge = False          # Meta-Rewarding (Wu et al. 2024): the model also judges its judgments; DPO trains the
                             # judge on the best against the worst judgment of a response
 pair_by = "judge"           # who picks the best and worst candidate: 'judge' (the paper: the model's own scores), or
-                            # toy only, 'grader': the ground truth's grades, a control run that shows what DPO on
-                            # best-versus-worst pairs can teach when the judge is perfect (README)
+                            # toy only, controls that show what DPO on best-versus-worst pairs can teach with a
+                            # perfect judge (README): 'grader' (its grades 0-5, form included), 'right' (right or
+                            # wrong only: grade >= 4 or not)
 max_meta_tokens = 64        # per meta-judgment (a sentence and "Winner: A": the toy targets take 54 tokens at most)
 n_meta_seed = 500           # toy, meta_judge: meta-judge demonstrations added to M1's SFT data, made by the grader
                             # (~141 tokens each: 500 add 17% to the tokens of M1's 8,090 IFT + EFT examples)
@@ -693,25 +694,29 @@ def make_pairs(judged):
     return pairs, dropped
 
 
-def grader_scored(judged):
-    """Toy world, pair_by='grader' (a control, not the paper's method): each
-    candidate's score is the ground truth's grade (toy.grade) instead of the
-    judge's average, so make_pairs sets a truly best candidate against a truly
-    worst one. A prompt the grader cannot read (the writer made up a task)
-    gets no scores, hence no pair."""
+def grader_scored(judged, only_right=False):
+    """Toy world, pair_by='grader' or 'right' (controls, not the paper's
+    method): each candidate's score is the ground truth's grade (toy.grade)
+    instead of the judge's average, so make_pairs sets a truly best candidate
+    against a truly worst one; only_right: 1 for a right answer (grade >= 4)
+    and 0 for a wrong one, blind to form (a bare answer's extra point). A
+    prompt the grader cannot read (the writer made up a task) gets no
+    scores, hence no pair."""
     out = []
     for x in judged:
         task = toy.task_from_prompt(x["prompt"])
         grades = [None if task is None else toy.grade({"task": task}, y) for y in x["candidates"]]
+        if only_right:
+            grades = [None if g is None else int(g >= 4) for g in grades]
         out.append({**x, "score": grades})
     return out
 
 
 def actor_pairs(c, r, t):
     """Iteration t's preference pairs of responses (make_pairs) by the judge's
-    scores or, pair_by='grader', the grader's; or the end of the run if there are none."""
+    scores or, pair_by='grader' or 'right', the grader's; or the end of the run if there are none."""
     judged = read_jsonl(r.path(f"iter{t}", "judgments.jsonl"))
-    pairs, dropped = make_pairs(grader_scored(judged) if c.pair_by == "grader" else judged)
+    pairs, dropped = make_pairs(judged if c.pair_by == "judge" else grader_scored(judged, c.pair_by == "right"))
     if not pairs:
         sys.exit(f"error: iteration {t}: no preference pairs (dropped: {dropped}); the judge gave every "
                  f"candidate the same score or none. DPO cannot run. Look at {r.path(f'iter{t}', 'judgments.jsonl')}.")

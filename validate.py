@@ -243,10 +243,10 @@ def check_loop(c, world):
                 p.add(f"{setting}: {e}")
     p.require(not (c.eft_judgments and c.seed_data == "toy"), "eft_judgments", "supplies judgments for EFT "
               "groups (real seed data); the toy seed's EFT training records are already targets")
-    if p.require(c.pair_by in ("judge", "grader"), "pair_by", "must be 'judge' (the paper) or 'grader' (toy: a "
-                 "control with a perfect judge)"):
-        p.require(c.pair_by == "judge" or c.seed_data == "toy", "pair_by", "'grader' is for the toy world; real "
-                  "seed data has no grader")
+    if p.require(c.pair_by in ("judge", "grader", "right"), "pair_by", "must be 'judge' (the paper), or 'grader' "
+                 "or 'right' (toy: controls with a perfect judge)"):
+        p.require(c.pair_by == "judge" or c.seed_data == "toy", "pair_by", "is for the toy world; real seed data "
+                  "has no grader")
     p.require(not (c.eft_own_answers and c.seed_data != "toy"), "eft_own_answers", "is for the toy world, whose "
               "grader judges the answers; real seed data has no grader")
     return p

@@ -355,8 +355,8 @@ def test_stages_declare_every_setting_they_read():
 
 
 def test_grader_pairs_set_the_truly_best_against_the_truly_worst(tmp_path):
-    """pair_by='grader' (the perfect-judge control): the grader's grades replace
-    the judge's scores, whatever the judge said; a prompt it cannot read gives no pair."""
+    """pair_by='grader' or 'right' (the perfect-judge controls): the grader's grades
+    replace the judge's scores, whatever the judge said; a prompt it cannot read gives no pair."""
     os.makedirs(tmp_path / "iter1")
 
     class R:  # a run folder
@@ -376,6 +376,11 @@ def test_grader_pairs_set_the_truly_best_against_the_truly_worst(tmp_path):
                                                                 "all scores tie": 0, "same text": 0}}
     [pair] = read_jsonl(tmp_path / "iter1" / "pairs.jsonl")
     assert (pair["chosen"], pair["rejected"], pair["chosen_score"], pair["rejected_score"]) == ("MUNIZ", "7", 5, 0)
+    # 'right': blind to form, so the first right answer (the chatty one) against the first wrong one
+    assert [x["score"] for x in S.grader_scored(judged, only_right=True)] == [[0, 1, 0, 1], [None] * 4]
+    S.stage_pairs(types.SimpleNamespace(pair_by="right"), R, 1)
+    [pair] = read_jsonl(tmp_path / "iter1" / "pairs.jsonl")
+    assert (pair["chosen"], pair["rejected"]) == ("The answer is MUNIZ.", "MUNZI")
 
 
 def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch):
@@ -728,8 +733,8 @@ def test_check_loop_in_this_process():
             "grader") in validate.check_loop(c, 1).found
     # the perfect-judge control
     c = configurator.settings(S.DEFAULTS, {"pair_by": "oracle"})
-    assert validate.check_loop(c, 1).found == ["pair_by = 'oracle': must be 'judge' (the paper) or 'grader' (toy: a "
-                                               "control with a perfect judge)"]
-    c = configurator.settings(S.DEFAULTS, {"pair_by": "grader", "seed_data": "no/such/folder", "init_from": "M0"})
-    assert ("pair_by = 'grader': 'grader' is for the toy world; real seed data has no grader"
+    assert validate.check_loop(c, 1).found == ["pair_by = 'oracle': must be 'judge' (the paper), or 'grader' or "
+                                               "'right' (toy: controls with a perfect judge)"]
+    c = configurator.settings(S.DEFAULTS, {"pair_by": "right", "seed_data": "no/such/folder", "init_from": "M0"})
+    assert ("pair_by = 'right': is for the toy world; real seed data has no grader"
             in validate.check_loop(c, 1).found)
