@@ -726,7 +726,8 @@ def actor_pairs(c, r, t):
 def stage_pairs(c, r, t):
     pairs, dropped = actor_pairs(c, r, t)
     save_jsonl(r.path(f"iter{t}", "pairs.jsonl"), pairs)
-    D.log(f"iteration {t}: {len(pairs)} pairs by the {c.pair_by}; dropped {dropped}")
+    by = "" if c.pair_by == "judge" else f" (best and worst by the grader: pair_by={c.pair_by!r})"
+    D.log(f"iteration {t}: {len(pairs)} pairs{by}; dropped {dropped}")
     return {"pairs": len(pairs), "by": c.pair_by, "dropped": dropped}
 
 
