@@ -133,12 +133,12 @@ top_p = 0.9                 # candidates and judgments (paper: 0.9)
 max_response_tokens = 64    # per candidate response
 n_judge = 3                 # judgments per candidate, averaged (paper: 3)
 max_judge_tokens = 96       # per judgment
-meta_judge = False          # Meta-Rewarding (Wu et al. 2024): the model also judges its judgments; DPO trains the
-                            # judge on the best against the worst judgment of a response
 pair_by = "judge"           # who picks the best and worst candidate: 'judge' (the paper: the model's own scores), or
                             # toy only, controls that show what DPO on best-versus-worst pairs can teach with a
                             # perfect judge (README): 'grader' (its grades 0-5, form included), 'right' (right or
                             # wrong only: grade >= 4 or not)
+meta_judge = False          # Meta-Rewarding (Wu et al. 2024): the model also judges its judgments; DPO trains the
+                            # judge on the best against the worst judgment of a response
 max_meta_tokens = 64        # per meta-judgment (a sentence and "Winner: A": the toy targets take 54 tokens at most)
 n_meta_seed = 500           # toy, meta_judge: meta-judge demonstrations added to M1's SFT data, made by the grader
                             # (~141 tokens each: 500 add 17% to the tokens of M1's 8,090 IFT + EFT examples)
@@ -788,7 +788,8 @@ def stage_pairs_meta(c, r, t):
     save_jsonl(r.path(f"iter{t}", "pairs.jsonl"), [{**p, "kind": "actor"} for p in pairs] + judge_pairs)
     D.log(f"iteration {t}: {len(pairs)} pairs; dropped {dropped}; {len(judge_pairs)} judge pairs; "
           f"dropped {judge_dropped}")
-    return {"pairs": len(pairs), "by": c.pair_by, "dropped": dropped, "judge_pairs": len(judge_pairs), "judge_dropped": judge_dropped}
+    return {"pairs": len(pairs), "by": c.pair_by, "dropped": dropped, "judge_pairs": len(judge_pairs),
+            "judge_dropped": judge_dropped}
 
 
 # -----------------------------------------------------------------------------
@@ -797,8 +798,8 @@ def stage_pairs_meta(c, r, t):
 def stage_dpo(c, r, t, mt_path):
     settings = trainer_settings(c, r, f"M{t + 1}", c.dpo_batch_size, max(1, c.micro_batch_size // 2), ("dpo", t))
     out = train_dpo.train({**settings, "init_from": mt_path, "data": r.path(f"iter{t}", "pairs.jsonl"),
-                           "beta": c.dpo_beta, "rpo_alpha": c.rpo_alpha, "epochs": c.dpo_epochs, "lr": c.dpo_lr, "min_lr": c.dpo_min_lr,
-                           "dropout": c.dropout, "eval_fraction": 0.0})
+                           "beta": c.dpo_beta, "rpo_alpha": c.rpo_alpha, "epochs": c.dpo_epochs, "lr": c.dpo_lr,
+                           "min_lr": c.dpo_min_lr, "dropout": c.dropout, "eval_fraction": 0.0})
     move_model(r, out["model"], f"M{t + 1}")
     return {k: v for k, v in out.items() if k != "model"}
 

@@ -15,7 +15,9 @@ TRL's rpo_alpha):
     loss = DPO loss + rpo_alpha * ( -log pi(y_w|x) / |y_w| )
 
 DPO alone only widens the margin, and can do that by lowering both responses'
-likelihoods; the NLL term keeps the chosen one likely. The reference never changes, so its log-probs are computed once before
+likelihoods; the NLL term keeps the chosen one likely.
+
+The reference never changes, so its log-probs are computed once before
 training and stored in out_dir/ref_logps.jsonl: training holds only the policy.
 
 This file is DPO's data (pairs), its loss, the reference log-probs and its
@@ -231,7 +233,7 @@ def dpo(c, env):
     steps = T.total_steps(c, len(train_set))
     n_params = model.num_params()
     D.log(f"DPO: {len(train_set)} train / {len(eval_set)} eval pairs, {steps} steps of {c.batch_size}, "
-          f"beta {c.beta}" + (f", rpo_alpha {c.rpo_alpha}" if c.rpo_alpha else "") + f", world size {env.world}")
+          f"beta {c.beta}{f', rpo_alpha {c.rpo_alpha}' if c.rpo_alpha else ''}, world size {env.world}")
 
     fp = T.made_from(c, tok_path)  # a saved state is resumed only if it was made from the same
     optimizer, step = T.optimizer_and_resume(model, c, fp)  # step 0 on a fresh start

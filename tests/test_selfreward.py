@@ -365,7 +365,8 @@ def test_grader_pairs_set_the_truly_best_against_the_truly_worst(tmp_path):
     judged = [{"prompt": "What is 'ZINUM' spelled backwards?", "candidates": ["MUNZI", "The answer is MUNIZ.", "7",
                                                                             "MUNIZ"],
                "score": [5.0, 1.0, 3.0, 2.0]},  # the judge's scores: the near miss best, the chatty right one worst
-              {"prompt": "Write a poem about spring.", "candidates": ["a", "b", "c", "d"], "score": [5.0, 1.0, 2.0, 2.0]}]
+              {"prompt": "Write a poem about spring.", "candidates": ["a", "b", "c", "d"],
+               "score": [5.0, 1.0, 2.0, 2.0]}]
     write_jsonl(tmp_path / "iter1" / "judgments.jsonl", judged)
     assert [x["score"] for x in S.grader_scored(judged)] == [[2, 4, 0, 5], [None] * 4]
     by_judge = S.stage_pairs(types.SimpleNamespace(pair_by="judge"), R, 1)

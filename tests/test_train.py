@@ -155,11 +155,12 @@ def test_cli_reports_bad_input(work, tmp_path):
 
 def test_bad_training_settings_are_listed_together_before_any_work(work, tmp_path):
     with pytest.raises(ValueError) as e:
-        train_dpo.train(dpo_config(work, tmp_path / "out", lr=0.0, dropout=1.5, beta=-0.1, batch_size=7,
-                                   init_from=str(tmp_path / "nowhere"), data=str(work / "sft.jsonl")))
+        train_dpo.train(dpo_config(work, tmp_path / "out", lr=0.0, dropout=1.5, beta=-0.1, rpo_alpha=-1.0,
+                                   batch_size=7, init_from=str(tmp_path / "nowhere"), data=str(work / "sft.jsonl")))
     text = str(e.value)
-    assert text.startswith("train_dpo.py cannot start; 7 problem(s)")  # min_lr > lr = 0 too
+    assert text.startswith("train_dpo.py cannot start; 8 problem(s)")  # min_lr > lr = 0 too
     for problem in ["lr = 0.0: must be > 0", "dropout = 1.5: must be in [0, 1)", "beta = -0.1: must be > 0",
+                    "rpo_alpha = -1.0: must be >= 0",
                     "batch_size = 7: must divide by the number of ranks (1) x micro_batch_size (2)",
                     f"init_from: checkpoint folder not found: {tmp_path / 'nowhere'}",
                     f"data: {work / 'sft.jsonl'}:1: missing or non-string field(s): chosen, rejected"]:
