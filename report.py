@@ -144,7 +144,7 @@ def interval_rows(r, names, tests):
     intervals = {}
     for i, n in enumerate(names):
         g = np.array([x["grade"] for x in tests[n]], float)
-        right = (g >= 4).astype(float)
+        right = (g >= toy.RIGHT).astype(float)
         m = {"mean_grade": (g.mean(), bootstrap_interval(g)), "right": (right.mean(), bootstrap_interval(right))}
         cells = [fmt(*m["mean_grade"]), fmt(*m["right"], 100, 1), "-", "-", "-"]
         if i > 0:
@@ -236,7 +236,7 @@ def pair_verdicts(r, t):
         a, b = toy.grade(p, p["chosen"]), toy.grade(p, p["rejected"])
         verdict["better" if a > b else "equal" if a == b else "worse"] += 1
         verdict[{(True, False): "right_chosen", (False, True): "wrong_chosen",
-                 (True, True): "both_right", (False, False): "both_wrong"}[a >= 4, b >= 4]] += 1
+                 (True, True): "both_right", (False, False): "both_wrong"}[a >= toy.RIGHT, b >= toy.RIGHT]] += 1
     return verdict
 
 
@@ -253,7 +253,7 @@ def states_right_answer(judged):
         task = toy.task_from_prompt(prompt)
         if task is None:
             continue
-        right = toy.grade({"prompt": prompt, "task": task}, response) >= 4
+        right = toy.grade({"prompt": prompt, "task": task}, response) >= toy.RIGHT
         said[right] += [toy.stated_answer(j) == toy.answer(task) for j in judgments]
     return {"right": share(said[True]), "wrong": share(said[False])}
 
@@ -341,19 +341,19 @@ def checking_versus_doing(r, names, tests):
         judged, answered, follows, compares = {k: [] for k in toy.KINDS}, {k: [] for k in toy.KINDS}, [], []
         for rec in read_jsonl(path):  # one record per EFT eval response, its judgments as sampled
             task = toy.task_from_prompt(rec["prompt"])
-            right = toy.grade({"prompt": rec["prompt"], "task": task}, rec["response"]) >= 4
+            right = toy.grade({"prompt": rec["prompt"], "task": task}, rec["response"]) >= toy.RIGHT
             # the word the EFT target's comparison would say for this response (one definition: toy.comparison)
             same = toy.says_same(toy.comparison(toy.attempts(task, rec["response"]), toy.answer(task)))
             for j in rec["judgments"]:
                 states_it, score = toy.stated_answer(j) == toy.answer(task), J.parse_score(j)
                 judged[task["kind"]].append(states_it)
                 if states_it and score is not None:
-                    follows.append((score >= 4) == right)
+                    follows.append((score >= toy.RIGHT) == right)  # scored as right, or not
                 said_same = toy.says_same(j) if states_it else None
                 if said_same is not None:
                     compares.append(said_same == same)
         for x in tests[n]:
-            answered[(x.get("task") or toy.task_from_prompt(x["prompt"]))["kind"]].append(x["grade"] >= 4)
+            answered[(x.get("task") or toy.task_from_prompt(x["prompt"]))["kind"]].append(x["grade"] >= toy.RIGHT)
         found[n] = {"judge": share(sum(judged.values(), [])), "answer": share(sum(answered.values(), [])),
                     "follows": share(follows), "compares": share(compares),
                     "kinds": {k: (share(judged[k]), share(answered[k])) for k in toy.KINDS}}

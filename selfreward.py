@@ -707,7 +707,7 @@ def grader_scored(judged, only_right=False):
         task = toy.task_from_prompt(x["prompt"])
         grades = [None if task is None else toy.grade({"task": task}, y) for y in x["candidates"]]
         if only_right:
-            grades = [None if g is None else int(g >= 4) for g in grades]
+            grades = [None if g is None else int(g >= toy.RIGHT) for g in grades]
         out.append({**x, "score": grades})
     return out
 

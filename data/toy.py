@@ -132,6 +132,7 @@ TEMPLATES = {
     ],
 }
 KINDS = ["reverse", "sort", "replace", "count", "length", "arith"]
+RIGHT = 4  # the lowest grade of a right answer (4 with chatter, 5 bare); below it the answer is wrong
 
 
 def make_word(rng):
