@@ -47,6 +47,7 @@ judge_rubric = 300  # ... behind a common rubric of this many tokens ...
 judge_n = 3  # ... each judged this many times ...
 judge_new_tokens = 32  # ... with responses this long
 repeats = 3  # best of this many timed runs
+sample_compile = False  # also time generate(compile=True) (Inductor; its first call, the compiling, timed apart)
 # train section
 train_models = "toy,toy-large"  # presets to benchmark (toy-large: 4x the toy's parameters; llama-1b on a GPU)
 train_batch_size = 8  # sequences per step
@@ -139,14 +140,23 @@ def bench_sample(c):
             prompts = random_prompts(g, batch, 16, 64, models["float32"].args.vocab_size)
             ours_tps = {}
             for dt, model in models.items():
-                (t_hf, out_hf), (t, out) = timed([
-                    lambda: hf_generate(hfs[dt], prompts, new),
-                    lambda: generate(model, prompts, new, temperature=0, batch_size=batch, progress=False)],
-                    c.repeats)
+                ours = lambda compile=False: generate(model, prompts, new, temperature=0, batch_size=batch,
+                                                      progress=False, compile=compile)
+                fns = [lambda: hf_generate(hfs[dt], prompts, new), ours]
+                if c.sample_compile:  # compile first, outside the timed turns
+                    t0 = time.perf_counter()
+                    ours(compile=True)
+                    t_compile = time.perf_counter() - t0
+                    fns.append(lambda: ours(compile=True))
+                (t_hf, out_hf), (t, out), *compiled = timed(fns, c.repeats)
                 ours_tps[dt] = batch * new / t
                 ratio = f"{ours_tps['bfloat16'] / ours_tps['float32']:.2f}x" if dt == "bfloat16" else ""
                 print(f"  {name:<10} {batch:>5} {dt:<9} {batch * new / t_hf:>12,.0f} {ours_tps[dt]:>8,.0f} "
                       f"{t_hf / t:>7.2f}x {agreement(out, out_hf):>11.1%}   {ratio}")
+                for t_c, out_c in compiled:
+                    print(f"  {'':<10} {'':>5} {'compiled':<9} {'':>12} {batch * new / t_c:>8,.0f} "
+                          f"{t_hf / t_c:>7.2f}x {agreement(out_c, out_hf):>11.1%}   first call (compiling) "
+                          f"{t_compile:.0f} s")
 
     # the rest in fp32, where the cache and the shared prefix must give exactly
     # the tokens of recomputing and of no sharing (in bf16 each rounds in its
