@@ -140,20 +140,20 @@ def bench_sample(c):
             prompts = random_prompts(g, batch, 16, 64, models["float32"].args.vocab_size)
             ours_tps = {}
             for dt, model in models.items():
-                ours = lambda compile=False: generate(model, prompts, new, temperature=0, batch_size=batch,
-                                                      progress=False, compile=compile)
+                ours = lambda compiled=False: generate(model, prompts, new, temperature=0, batch_size=batch,
+                                                       progress=False, compile=compiled)
                 fns = [lambda: hf_generate(hfs[dt], prompts, new), ours]
                 if c.sample_compile:  # compile first, outside the timed turns
                     t0 = time.perf_counter()
-                    ours(compile=True)
+                    ours(compiled=True)
                     t_compile = time.perf_counter() - t0
-                    fns.append(lambda: ours(compile=True))
-                (t_hf, out_hf), (t, out), *compiled = timed(fns, c.repeats)
+                    fns.append(lambda: ours(compiled=True))
+                (t_hf, out_hf), (t, out), *compiled_runs = timed(fns, c.repeats)
                 ours_tps[dt] = batch * new / t
                 ratio = f"{ours_tps['bfloat16'] / ours_tps['float32']:.2f}x" if dt == "bfloat16" else ""
                 print(f"  {name:<10} {batch:>5} {dt:<9} {batch * new / t_hf:>12,.0f} {ours_tps[dt]:>8,.0f} "
                       f"{t_hf / t:>7.2f}x {agreement(out, out_hf):>11.1%}   {ratio}")
-                for t_c, out_c in compiled:
+                for t_c, out_c in compiled_runs:
                     print(f"  {'':<10} {'':>5} {'compiled':<9} {'':>12} {batch * new / t_c:>8,.0f} "
                           f"{t_hf / t_c:>7.2f}x {agreement(out_c, out_hf):>11.1%}   first call (compiling) "
                           f"{t_compile:.0f} s")
