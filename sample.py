@@ -74,7 +74,7 @@ tp = 1  # under torchrun: GPUs per tensor-parallel group (1: a whole model on ev
 device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu | cuda (under torchrun: each rank's own GPU)
 dtype = "auto"  # compute: 'auto' = bfloat16 on GPU and bf16-capable CPU, else float32 (the weights are cast to it)
 threads = 0  # CPU threads; 0 = this process's cores / ranks on the machine (or OMP_NUM_THREADS)
-compile = False  # torch.compile the decode step (CPU, fp32: decode 1.05-1.2x faster after 25-60 s of compiling)
+compile = False  # torch.compile the decode step (CPU, fp32: decode 1.05-1.3x faster after 25-70 s of compiling)
 progress = True  # show a progress bar
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 
