@@ -51,13 +51,15 @@ def num(x, fmt="{:.1f}"):
 def toy_rows(names, tests, infos):
     """The toy table: graded test answers and the judge, per model; and metrics.jsonl's records."""
     rows, metrics = [], []
-    header = ("| model | mean grade (0-5) | exact solve % | vs previous: win / tie / loss % | "
+    header = ("| model | mean grade (0-5) | exact solve % | declined % | vs previous: win / tie / loss % | "
               "vs SFT baseline: win / tie / loss % | judge pairwise acc % | 5-best % | exact match % | "
               "Spearman | Kendall tau | judge coverage % | avg response length (chars) |")
     rows += [header, "|" + "---|" * (header.count("|") - 1)]
     for i, n in enumerate(names):
         g = [x["grade"] for x in tests[n]]
         m = {"model": n, "mean_grade": sum(g) / len(g), "exact_solve": sum(x == 5 for x in g) / len(g),
+             # answers that decline ("I am not sure what you mean."), as a seed set with ift_declines teaches
+             "declined": sum(x["response"].strip() == toy.DECLINE for x in tests[n]) / len(g),
              "avg_length": sum(len(x["response"]) for x in tests[n]) / len(g)}
         if i > 0:
             m["vs_previous"] = head_to_head(tests[n], tests[names[i - 1]])
@@ -67,7 +69,7 @@ def toy_rows(names, tests, infos):
         m["judge"] = j
         metrics.append(m)
         wtl = lambda d: "-" if not d else f"{100 * d['win']:.1f} / {100 * d['tie']:.1f} / {100 * d['loss']:.1f}"
-        rows.append(f"| {n} | {m['mean_grade']:.2f} | {pct(m['exact_solve'])} | "
+        rows.append(f"| {n} | {m['mean_grade']:.2f} | {pct(m['exact_solve'])} | {pct(m['declined'])} | "
                     f"{wtl(m.get('vs_previous'))} | {wtl(m.get('vs_sft'))} | {pct(j.get('pairwise_accuracy'))} | "
                     f"{pct(j.get('five_best'))} | {pct(j.get('exact_match'))} | {num(j.get('spearman'), '{:.3f}')} | "
                     f"{num(j.get('kendall_tau'), '{:.3f}')} | {pct(judge_coverage(j))} | {m['avg_length']:.1f} |")

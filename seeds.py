@@ -33,6 +33,10 @@ FIGURES = [
     ("mean grade", lambda m: m["mean_grade"]),
     ("right answers (grade >= 4) %", lambda m: 100 * m["intervals"]["right"][0]),
     ("bare right answers (grade 5) %", lambda m: 100 * m["exact_solve"]),
+    ("declined answers %", lambda m: None if "declined" not in m else 100 * m["declined"]),
+    ("right among the answers given %",  # (not declined): skill apart from the will to answer
+     lambda m: None if "declined" not in m or m["declined"] == 1 else
+     100 * m["intervals"]["right"][0] / (1 - m["declined"])),
     ("judge pairwise acc %", lambda m: 100 * (m["judge"].get("pairwise_accuracy") or 0.0)),
     ("judge states the right answer %", lambda m: 100 * (m.get("checking", {}).get("judge") or 0.0)),
     ("its verdict follows a right answer %",

@@ -89,6 +89,8 @@ eft_judgments = ""          # real data: a JSONL of judgments by a stronger judg
                             # supplies the EFT targets instead of the SFT baseline ('' = the paper's recipe)
 n_test = 1024               # toy held-out test prompts (paper: 256 for a GPT-4 judge; the grader is free, and 4x halves the intervals)
 ift_chatty = 0.6            # toy IFT seed: share of right answers said chattily ("Sure! The answer is 42.")
+ift_declines = 0.0          # toy IFT seed: share of answers that decline ("I am not sure what you mean."): a mistake
+                            # the judge can see without solving the task
 judge_working = False       # toy EFT targets work the task out step by step ("Letters: 1T 2A ...", "Ones: 7+5=12 ...")
                             # before they state the answer and score (measured: the toy-small judge gets worse, README)
 judge_quotes = False        # toy EFT targets quote the response's answer beside the right one before they grade
@@ -179,8 +181,8 @@ RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "tp", "plan_o
 # What each kind of stage computes its output from, besides the stages it reads (main() names those):
 # changing one of these settings redoes that stage and the stages downstream of it, nothing else.
 STAGE_SETTINGS = {
-    "toy seed": ["seed", "n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "judge_working", "judge_quotes",
-                 "quote_first", "judge_compares"],
+    "toy seed": ["seed", "n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "ift_declines", "judge_working",
+                 "judge_quotes", "quote_first", "judge_compares"],
     "tokenizer": ["vocab_size", "phrase_pieces", "rubric_pieces", "letter_pieces"],
     "M0": ["seed", "dtype", "chat_template", "model", "pretrain_docs", "pretrain_qa_docs", "pretrain_working",
            "pretrain_checking", "pretrain_epochs", "pretrain_lr", "sft_batch_size"],
@@ -286,8 +288,8 @@ def stage_seed_data(c, r):
         if D.is_rank0():
             toy.write_toy(r.path("seed"), seed=c.seed, n_ift=c.n_ift, n_eft_train=c.n_eft_train,
                           n_eft_eval=c.n_eft_eval, n_test=c.n_test, ift_chatty=c.ift_chatty,
-                          judge_working=c.judge_working, judge_quotes=c.judge_quotes, quote_first=c.quote_first,
-                          judge_compares=c.judge_compares)
+                          ift_declines=c.ift_declines, judge_working=c.judge_working, judge_quotes=c.judge_quotes,
+                          quote_first=c.quote_first, judge_compares=c.judge_compares)
         D.barrier()
     else:
         for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"):

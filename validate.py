@@ -182,6 +182,7 @@ def check_loop(c, world):
     for s in ("top_p", "prompt_top_p", "rouge_threshold"):
         p.fraction(s)
     p.fraction("ift_chatty", low_open=False)
+    p.fraction("ift_declines", low_open=False, high_open=True)
     p.fraction("pretrain_working", low_open=False)
     p.fraction("dropout", low_open=False, high_open=True)
     p.at_least("n_candidates", 2)  # a preference pair needs two responses

@@ -36,7 +36,8 @@ the few-shot request the loop asks new prompts with (fewshot_text).
 
 Files written by write_toy(out_dir) (formats in data/__init__.py):
     ift.jsonl              {"prompt", "response", "task"}            IFT seed (3,200); right
-                           answers, bare or (a share ift_chatty, 60%) with a friendly phrase
+                           answers, bare or (a share ift_chatty, 60%) with a friendly phrase;
+                           with ift_declines (0 by default), that share declines instead
     eft_train.jsonl        {"prompt": judge prompt, "response": why + "Score: N", "score"}
                            EFT targets, one per judged response (4,890; the paper
                            had 1,630, a 1M-parameter judge needs 3x); "why" states
@@ -520,20 +521,29 @@ def _group(task, k, rng):
     return {"prompt": prompt, "responses": responses, "ranks": ranks, "scores": scores, "task": task}
 
 
-def ift_response(task, rng, chatty):
-    """A seed demonstration: right, as people write it. A share `chatty` of
-    them wrap the answer in the demonstrators' habitual phrase ("Sure! The
-    answer is 42.", grade 4), the rest give the bare answer (grade 5). Only the
+DECLINE = OFF_TOPIC[4]  # "I am not sure what you mean.": a reply that answers nothing (grade 0)
+
+
+def ift_response(task, rng, chatty, declines=0.0, decline_rng=None):
+    """A seed demonstration, as people write it. A share `chatty` of them
+    wrap the answer in the demonstrators' habitual phrase ("Sure! The answer
+    is 42.", grade 4), the rest give the bare answer (grade 5). Only the
     rubric, which the model learns from the EFT data, says which of the two is
     better. (One habit, not a mix of phrases: with several, no single opening
-    would outweigh the bare answer and greedy decoding would hide the habit.)"""
-    # (chatty=0 draws nothing, so the seed sets stay as they were without it)
-    return CHATTER[0].format(x=answer(task)) if chatty and rng.random() < chatty else answer(task)
+    would outweigh the bare answer and greedy decoding would hide the habit.)
+    A share `declines` of them (ift_declines; 0 by default) decline instead
+    (DECLINE): seed data with a mistake that a judge can see without
+    solving the task, so the judge can teach the policy to answer."""
+    # (chatty=0 draws nothing; declines draw from a generator of their own:
+    # every other record stays as it is without them)
+    response = CHATTER[0].format(x=answer(task)) if chatty and rng.random() < chatty else answer(task)
+    return DECLINE if declines and decline_rng.random() < declines else response
 
 
 def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024, ift_chatty=0.6,
-          judge_working=False, judge_quotes=False, quote_first=False, judge_compares=False):
+          ift_declines=0.0, judge_working=False, judge_quotes=False, quote_first=False, judge_compares=False):
     """All toy seed sets as lists of records; the same seed gives the same sets.
+    ift_chatty, ift_declines: shares of the IFT answers said chattily, and declined (ift_response);
     judge_working: the EFT targets work each task out before they judge;
     judge_quotes: they quote the response's answer beside the right one;
     quote_first: (with judge_quotes) the quote opens the judgment instead;
@@ -542,6 +552,7 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
     if 1 in (n_eft_train, n_eft_eval):
         raise ValueError("an EFT set needs 0 or at least 2 responses")
     rng = random.Random(seed)
+    decline_rng = random.Random(f"{seed} declines")  # ift_declines' own draws: the other sets do not depend on them
     train_sizes, eval_sizes = _group_sizes(n_eft_train, rng), _group_sizes(n_eft_eval, rng)
     # draw every task up front, all different, so no task is in two files
     tasks, seen = [], set()
@@ -560,8 +571,8 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
                  for g in train_groups for r in g["responses"]]
     rng.shuffle(eft_train)
     return {
-        "ift": [{"prompt": render(t, rng), "response": ift_response(t, rng, ift_chatty), "task": t}
-                for t in ift_tasks],
+        "ift": [{"prompt": render(t, rng), "response": ift_response(t, rng, ift_chatty, ift_declines, decline_rng),
+                 "task": t} for t in ift_tasks],
         "eft_train": eft_train,
         "eft_train_groups": train_groups,
         "eft_eval": eft_eval,
@@ -681,6 +692,7 @@ if __name__ == "__main__":
     defaults = {k: v.default for k, v in inspect.signature(build).parameters.items()}
     notes = {"n_eft_train": "judged responses", "n_eft_eval": "judged responses",
              "ift_chatty": "share of IFT answers with a friendly phrase",
+             "ift_declines": "share of IFT answers that decline ('I am not sure what you mean.')",
              "judge_working": "EFT targets work the task out step by step",
              "judge_quotes": "EFT targets quote the response's answer beside the right one",
              "quote_first": "with judge_quotes: the quote opens the judgment",

@@ -98,10 +98,12 @@ def test_judge_agreement_between_models_by_hand(tmp_path):
 
 def test_seed_study_table_by_hand(tmp_path):
     import seeds
-    figures = lambda grade, right, bare, judge, states=0.0, follows=None, compares=None: {
-        "mean grade": grade, "right answers (grade >= 4) %": right, "bare right answers (grade 5) %": bare,
-        "judge pairwise acc %": judge, "judge states the right answer %": states,
-        "its verdict follows a right answer %": follows, "its comparison is right %": compares}
+
+    def figures(grade, right, bare, judge, states=0.0, follows=None, compares=None, declined=None, answered=None):
+        return {"mean grade": grade, "right answers (grade >= 4) %": right, "bare right answers (grade 5) %": bare,
+                "declined answers %": declined, "right among the answers given %": answered,
+                "judge pairwise acc %": judge, "judge states the right answer %": states,
+                "its verdict follows a right answer %": follows, "its comparison is right %": compares}
     per_seed = {1: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.2, 40, 10, 60, follows=50.0),
                     "M2": figures(2.4, 45, 20, 65, follows=60.0)},
                 2: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.3, 40, 10, 62),  # written before the figure
@@ -119,7 +121,20 @@ def test_seed_study_table_by_hand(tmp_path):
     m = {"model": "M1", "mean_grade": 2.0, "exact_solve": 0.25, "judge": {"pairwise_accuracy": 0.5},
          "intervals": {"right": [0.75, [0.5, 1.0]]}, "checking": {"judge": 0.125, "follows": 0.5, "compares": 0.25}}
     write_jsonl(folder / "metrics.jsonl", [{"stage": "eval_M1"}, {"eval": {**m, "mean_grade": 1.0}}, {"eval": m}])
-    assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0)}
+    assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0)}  # before declines
+    write_jsonl(folder / "metrics.jsonl", [{"eval": {**m, "declined": 0.2}}])  # 75% right, 20% declined: 75 of the 80% answered
+    assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0, 20.0, 93.75)}
+
+
+def test_declined_answers_by_hand():
+    """The toy table's declined column: answers that are exactly the decline
+    (spaces around it allowed), not answers that merely contain its words."""
+    task = {"kind": "length", "word": "TAMILO"}
+    tests = {"M1": [{"prompt": "", "task": task, "grade": g, "response": r}
+                    for g, r in ((0, "I am not sure what you mean."), (0, " I am not sure what you mean.\n"),
+                                 (5, "6"), (1, "I am not sure what you mean. 7"))]}
+    rows, metrics = report.toy_rows(["M1"], tests, {})
+    assert metrics[0]["declined"] == 0.5 and "| M1 | 1.50 | 25.0 | 50.0 |" in rows[2]
 
 
 def test_seed_study_pair_lines_by_hand(tmp_path):

@@ -594,8 +594,8 @@ def test_main_takes_argv(capsys):
 
 # --- the toy seed data: python -m data.toy writes what the loop writes ---------------
 
-TOY_SIZES = ("n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "judge_working", "judge_quotes",
-             "quote_first", "judge_compares")  # build()'s settings
+TOY_SIZES = ("n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "ift_declines", "judge_working",
+             "judge_quotes", "quote_first", "judge_compares")  # build()'s settings
 
 
 def test_toy_defaults_are_the_loops():
@@ -727,6 +727,8 @@ def test_check_loop_in_this_process():
     # the toy world's working: a share of quiz pages
     c = configurator.settings(S.DEFAULTS, {"pretrain_working": 1.5})
     assert validate.check_loop(c, 1).found == ["pretrain_working = 1.5: must be in [0, 1]"]
+    c = configurator.settings(S.DEFAULTS, {"ift_declines": 1.0})  # a seed set with no answer left to learn
+    assert validate.check_loop(c, 1).found == ["ift_declines = 1.0: must be in [0, 1)"]
     c = configurator.settings(S.DEFAULTS, {"eft_own_answers": -1})
     assert validate.check_loop(c, 1).found == ["eft_own_answers = -1: must be >= 0"]
     c = configurator.settings(S.DEFAULTS, {"eft_own_answers": 1, "seed_data": "no/such/folder", "init_from": "M0"})

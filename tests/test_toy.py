@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from data import read_jsonl
-from data.toy import (DOC_HEAD, TEMPLATES, answer, attempts, build, comparison, corpus, fewshot_text, grade,
+from data.toy import (DECLINE, DOC_HEAD, TEMPLATES, answer, attempts, build, comparison, corpus, fewshot_text, grade,
                       meta_judge_examples, pretraining_docs, quote, render, sample_task, stated_answer,
                       task_from_prompt, working, write_toy)
 from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
@@ -212,6 +212,23 @@ def test_chatty_seed_answers():
         assert c["response"] == p["response"] or grade(c, c["response"]) == 4
     habits = {r["response"].replace(answer(r["task"]), "{x}") for r in chatty["ift"] if grade(r, r["response"]) == 4}
     assert habits == {"Sure! The answer is {x}."}
+
+
+def test_declined_seed_answers():
+    """ift_declines: a share of the seed answers declines ("I am not sure what
+    you mean."), which the grader scores 0 (by reading it, not by how it was
+    made); the other answers, their chatty form, and every other file stay
+    as they are without it."""
+    plain, declining = build(n_ift=1000, ift_chatty=0.4), build(n_ift=1000, ift_chatty=0.4, ift_declines=0.3)
+    assert all(plain[k] == declining[k] for k in plain if k != "ift")
+    declined = 0
+    for p, r in zip(plain["ift"], declining["ift"]):
+        assert p["prompt"] == r["prompt"] and p["task"] == r["task"]
+        if r["response"] != p["response"]:
+            declined += 1
+            assert r["response"] == DECLINE and grade(r, r["response"]) == 0
+    assert 0.25 < declined / 1000 < 0.35
+    assert DECLINE == "I am not sure what you mean."
 
 
 def test_no_task_in_two_sets(toy):
