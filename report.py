@@ -2,8 +2,9 @@
 The evaluation report of a self-rewarding run: out/<run>/report.md, one row
 per model (SFT baseline, M1, M2, ...). On the toy world:
 
-    on the toy world's held-out test prompts   mean grade, exact solves, head-to-head
-                                               against the previous model and the SFT baseline
+    on the toy world's held-out test prompts   mean grade, exact solves, declined answers,
+                                               head-to-head against the previous model and the
+                                               SFT baseline
     as a judge, on the EFT eval set            the reward-model metrics (judge.reward_metrics)
 
 On real data there is no ground-truth grader, so no grade columns: each
