@@ -37,7 +37,7 @@ the few-shot request the loop asks new prompts with (fewshot_text).
 Files written by write_toy(out_dir) (formats in data/__init__.py):
     ift.jsonl              {"prompt", "response", "task"}            IFT seed (3,200); right
                            answers, bare or (a share ift_chatty, 60%) with a friendly phrase;
-                           with ift_declines (0 by default), that share declines instead
+                           a share ift_declines (0 by default) declines instead
     eft_train.jsonl        {"prompt": judge prompt, "response": why + "Score: N", "score"}
                            EFT targets, one per judged response (4,890; the paper
                            had 1,630, a 1M-parameter judge needs 3x); "why" states

@@ -122,7 +122,8 @@ def test_seed_study_table_by_hand(tmp_path):
          "intervals": {"right": [0.75, [0.5, 1.0]]}, "checking": {"judge": 0.125, "follows": 0.5, "compares": 0.25}}
     write_jsonl(folder / "metrics.jsonl", [{"stage": "eval_M1"}, {"eval": {**m, "mean_grade": 1.0}}, {"eval": m}])
     assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0)}  # before declines
-    write_jsonl(folder / "metrics.jsonl", [{"eval": {**m, "declined": 0.2}}])  # 75% right, 20% declined: 75 of the 80% answered
+    # 75% right and 20% declined: 75 of the 80% answered are right
+    write_jsonl(folder / "metrics.jsonl", [{"eval": {**m, "declined": 0.2}}])
     assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0, 20.0, 93.75)}
 
 
