@@ -12,8 +12,9 @@ seed is a whole run in out/<run_name>-seed<s>/ with its own seed data,
 initialisation and sampling (everything random derives from `seed`); an
 interrupted study resumes as a run does. Then out/<run_name>-seeds.md lists
 each figure's mean and spread (standard deviation) over seeds, and in how
-many seeds each step holds (M2 > M1, M3 > M2, ...), including how many seeds'
-95% bootstrap interval of the last model's grade gain over M1 lies above 0.
+many seeds each step holds (M2 > M1, M3 > M2, ...), and in how many seeds the
+95% bootstrap interval of each step's mean grade gain (and of the last model's
+gain over M1) lies above 0.
 """
 import json
 import os
@@ -59,9 +60,10 @@ def gain_interval(folder, first, last):
     return report.bootstrap_interval([b - a for a, b in zip(grades(first), grades(last))])
 
 
-def summarize(per_seed, names, gains):
+def summarize(per_seed, names, gains, step_gains=None):
     """The study's table. per_seed: {seed: {model: {figure: value}}}; names: the
-    models in order; gains: {seed: (low, high)} of the last model's gain over M1."""
+    models in order; gains: {seed: (low, high)} of the last model's gain over M1;
+    step_gains: {(a, b): {seed: (low, high)}} of each step's gain, b over a."""
     seeds = sorted(per_seed)
     spread = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
     lines = [f"Over {len(seeds)} seeds ({', '.join(map(str, seeds))}): mean +- standard deviation.", ""]
@@ -81,9 +83,15 @@ def summarize(per_seed, names, gains):
             both = [(x, y) for x, y in both if x is not None and y is not None]
             held.append(f"{b} > {a}: {sum(y > x for x, y in both)}/{len(both)}")
         lines.append(f"- {name}: " + ", ".join(held))
-    above = sum(gains[s] is not None and gains[s][0] > 0 for s in seeds)
+    above = lambda intervals: sum(intervals[s] is not None and intervals[s][0] > 0 for s in seeds)
+    for (a, b), intervals in (step_gains or {}).items():
+        if (a, b) == (names[1], names[-1]):
+            continue  # one step only: the line below says it
+        lines.append(f"- the 95% bootstrap interval of {b} - {a} mean grade lies above 0 in {above(intervals)}/"
+                     f"{len(seeds)} seeds: " + ", ".join(f"seed {s} [{intervals[s][0]:.2f}, {intervals[s][1]:.2f}]"
+                                                         for s in seeds if intervals[s]))
     lines.append(f"- the 95% bootstrap interval of {names[-1]} - {names[1]} mean grade lies above 0 in "
-                 f"{above}/{len(seeds)} seeds: "
+                 f"{above(gains)}/{len(seeds)} seeds: "
                  + ", ".join(f"seed {s} [{gains[s][0]:.2f}, {gains[s][1]:.2f}]" for s in seeds if gains[s]))
     return lines
 
@@ -126,7 +134,8 @@ def main(argv=None):
     names = ["SFT"] + [f"M{t}" for t in range(1, c.iterations + 2)]
     per_seed = {s: run_figures(f) for s, f in folders.items()}
     gains = {s: gain_interval(f, "M1", names[-1]) for s, f in folders.items()}
-    lines = [f"# `{c.run_name}` over seeds", "", *summarize(per_seed, names, gains),
+    step_gains = {(a, b): {s: gain_interval(f, a, b) for s, f in folders.items()} for a, b in zip(names[1:], names[2:])}
+    lines = [f"# `{c.run_name}` over seeds", "", *summarize(per_seed, names, gains, step_gains),
              *(pair_lines(folders, c.iterations) if c.seed_data == "toy" else []), ""]
     out = os.path.join(c.out_root, f"{c.run_name}-seeds.md")
     write_text(out, "\n".join(lines))

@@ -116,6 +116,18 @@ def test_seed_study_table_by_hand(tmp_path):
     assert "| its verdict follows a right answer % | - | - | 57.50 +- 3.54 |" in lines
     assert "- its verdict follows a right answer %: M2 > M1: 1/1" in lines
     assert lines[-1].startswith("- the 95% bootstrap interval of M2 - M1 mean grade lies above 0 in 1/2 seeds")
+    assert not any("M2 - M1" in line for line in lines[:-1])  # one step: said once
+    # with two steps, each step's interval as well as the last model's over M1 (seed 2's M3 - M2 touches 0: not above)
+    per_seed3 = {s: dict(models, M3=models["M2"]) for s, models in per_seed.items()}
+    step_gains = {("M1", "M2"): {1: (0.05, 0.35), 2: (-0.2, 0.0)}, ("M2", "M3"): {1: (0.01, 0.02), 2: (0.0, 0.1)}}
+    lines = seeds.summarize(per_seed3, ["SFT", "M1", "M2", "M3"], {1: (0.1, 0.3), 2: (0.02, 0.2)}, step_gains)
+    assert lines[-3:] == [
+        "- the 95% bootstrap interval of M2 - M1 mean grade lies above 0 in 1/2 seeds: seed 1 [0.05, 0.35], "
+        "seed 2 [-0.20, 0.00]",
+        "- the 95% bootstrap interval of M3 - M2 mean grade lies above 0 in 1/2 seeds: seed 1 [0.01, 0.02], "
+        "seed 2 [0.00, 0.10]",
+        "- the 95% bootstrap interval of M3 - M1 mean grade lies above 0 in 2/2 seeds: seed 1 [0.10, 0.30], "
+        "seed 2 [0.02, 0.20]"]
     # a run's figures come from the last report written into its metrics.jsonl
     folder = tmp_path / "run"
     m = {"model": "M1", "mean_grade": 2.0, "exact_solve": 0.25, "judge": {"pairwise_accuracy": 0.5},
