@@ -146,7 +146,8 @@ max_meta_tokens = 64        # per meta-judgment (a sentence and "Winner: A": the
 n_meta_seed = 500           # toy, meta_judge: meta-judge demonstrations added to M1's SFT data, made by the grader
                             # (~141 tokens each: 500 add 17% to the tokens of M1's 8,090 IFT + EFT examples)
 # DPO: M_t -> M_{t+1} (paper, for 70B: lr 1e-6 -> 1e-7, batch 16, beta 0.1, dropout 0.1)
-dpo_lr = 1e-4               # peak learning rate
+dpo_lr = 2e-5               # peak learning rate (toy: 1e-4 before 2026-12-02 took in one iteration what two now
+                            # take, and the second then fell back: README, "The default settings over five seeds")
 dpo_min_lr = 1e-5           # cosine floor
 dpo_beta = 0.1              # paper: 0.1
 dpo_batch_size = 16         # pairs per step
