@@ -60,10 +60,17 @@ def gain_interval(folder, first, last):
     return report.bootstrap_interval([b - a for a, b in zip(grades(first), grades(last))])
 
 
-def summarize(per_seed, names, gains, step_gains=None):
+def model_steps(names):
+    """The steps a study compares: each model over the one before it (from M1
+    on), then the last over M1 where that is not already one step."""
+    steps = list(zip(names[1:], names[2:]))
+    return steps + ([(names[1], names[-1])] if len(steps) > 1 else [])
+
+
+def summarize(per_seed, names, gains):
     """The study's table. per_seed: {seed: {model: {figure: value}}}; names: the
-    models in order; gains: {seed: (low, high)} of the last model's gain over M1;
-    step_gains: {(a, b): {seed: (low, high)}} of each step's gain, b over a."""
+    models in order; gains: {(a, b): {seed: (low, high)}}, the 95% interval of
+    b's mean grade gain over a (each step, and the last model over M1)."""
     seeds = sorted(per_seed)
     spread = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
     lines = [f"Over {len(seeds)} seeds ({', '.join(map(str, seeds))}): mean +- standard deviation.", ""]
@@ -75,24 +82,18 @@ def summarize(per_seed, names, gains, step_gains=None):
             cells.append("-" if None in xs else f"{statistics.mean(xs):.2f} +- {spread(xs):.2f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "In how many seeds each step holds (strictly higher):", ""]
-    steps = list(zip(names[1:], names[2:])) + ([(names[1], names[-1])] if len(names) > 3 else [])
     for name, _ in FIGURES:
         held = []
-        for a, b in steps:  # over the seeds that have the figure for both models
+        for a, b in model_steps(names):  # over the seeds that have the figure for both models
             both = [(per_seed[s][a][name], per_seed[s][b][name]) for s in seeds]
             both = [(x, y) for x, y in both if x is not None and y is not None]
             held.append(f"{b} > {a}: {sum(y > x for x, y in both)}/{len(both)}")
         lines.append(f"- {name}: " + ", ".join(held))
-    above = lambda intervals: sum(intervals[s] is not None and intervals[s][0] > 0 for s in seeds)
-    for (a, b), intervals in (step_gains or {}).items():
-        if (a, b) == (names[1], names[-1]):
-            continue  # one step only: the line below says it
-        lines.append(f"- the 95% bootstrap interval of {b} - {a} mean grade lies above 0 in {above(intervals)}/"
-                     f"{len(seeds)} seeds: " + ", ".join(f"seed {s} [{intervals[s][0]:.2f}, {intervals[s][1]:.2f}]"
-                                                         for s in seeds if intervals[s]))
-    lines.append(f"- the 95% bootstrap interval of {names[-1]} - {names[1]} mean grade lies above 0 in "
-                 f"{above(gains)}/{len(seeds)} seeds: "
-                 + ", ".join(f"seed {s} [{gains[s][0]:.2f}, {gains[s][1]:.2f}]" for s in seeds if gains[s]))
+    for (a, b), intervals in gains.items():
+        above = sum(intervals[s] is not None and intervals[s][0] > 0 for s in seeds)
+        lines.append(f"- the 95% bootstrap interval of {b} - {a} mean grade lies above 0 in {above}/{len(seeds)} seeds: "
+                     + ", ".join(f"seed {s} [{intervals[s][0]:.2f}, {intervals[s][1]:.2f}]"
+                                 for s in seeds if intervals[s]))
     return lines
 
 
@@ -133,9 +134,8 @@ def main(argv=None):
         folders[s] = os.path.join(c.out_root, name)
     names = ["SFT"] + [f"M{t}" for t in range(1, c.iterations + 2)]
     per_seed = {s: run_figures(f) for s, f in folders.items()}
-    gains = {s: gain_interval(f, "M1", names[-1]) for s, f in folders.items()}
-    step_gains = {(a, b): {s: gain_interval(f, a, b) for s, f in folders.items()} for a, b in zip(names[1:], names[2:])}
-    lines = [f"# `{c.run_name}` over seeds", "", *summarize(per_seed, names, gains, step_gains),
+    gains = {(a, b): {s: gain_interval(f, a, b) for s, f in folders.items()} for a, b in model_steps(names)}
+    lines = [f"# `{c.run_name}` over seeds", "", *summarize(per_seed, names, gains),
              *(pair_lines(folders, c.iterations) if c.seed_data == "toy" else []), ""]
     out = os.path.join(c.out_root, f"{c.run_name}-seeds.md")
     write_text(out, "\n".join(lines))

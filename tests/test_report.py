@@ -108,7 +108,7 @@ def test_seed_study_table_by_hand(tmp_path):
                     "M2": figures(2.4, 45, 20, 65, follows=60.0)},
                 2: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.3, 40, 10, 62),  # written before the figure
                     "M2": figures(2.2, 35, 20, 61, follows=55.0)}}
-    lines = seeds.summarize(per_seed, ["SFT", "M1", "M2"], {1: (0.05, 0.35), 2: (-0.2, 0.0)})
+    lines = seeds.summarize(per_seed, ["SFT", "M1", "M2"], {("M1", "M2"): {1: (0.05, 0.35), 2: (-0.2, 0.0)}})
     assert "| mean grade | 2.00 +- 0.00 | 2.25 +- 0.07 | 2.30 +- 0.14 |" in lines  # sd of (2.2, 2.3) = 0.0707
     assert "- mean grade: M2 > M1: 1/2" in lines
     assert "- judge pairwise acc %: M2 > M1: 1/2" in lines
@@ -116,11 +116,13 @@ def test_seed_study_table_by_hand(tmp_path):
     assert "| its verdict follows a right answer % | - | - | 57.50 +- 3.54 |" in lines
     assert "- its verdict follows a right answer %: M2 > M1: 1/1" in lines
     assert lines[-1].startswith("- the 95% bootstrap interval of M2 - M1 mean grade lies above 0 in 1/2 seeds")
-    assert not any("M2 - M1" in line for line in lines[:-1])  # one step: said once
-    # with two steps, each step's interval as well as the last model's over M1 (seed 2's M3 - M2 touches 0: not above)
+    # two steps: each step's interval, then the last model's over M1 (seed 2's M3 - M2 touches 0: not above)
     per_seed3 = {s: dict(models, M3=models["M2"]) for s, models in per_seed.items()}
-    step_gains = {("M1", "M2"): {1: (0.05, 0.35), 2: (-0.2, 0.0)}, ("M2", "M3"): {1: (0.01, 0.02), 2: (0.0, 0.1)}}
-    lines = seeds.summarize(per_seed3, ["SFT", "M1", "M2", "M3"], {1: (0.1, 0.3), 2: (0.02, 0.2)}, step_gains)
+    gains = {("M1", "M2"): {1: (0.05, 0.35), 2: (-0.2, 0.0)}, ("M2", "M3"): {1: (0.01, 0.02), 2: (0.0, 0.1)},
+             ("M1", "M3"): {1: (0.1, 0.3), 2: (0.02, 0.2)}}
+    assert seeds.model_steps(["SFT", "M1", "M2", "M3"]) == list(gains) and seeds.model_steps(["SFT", "M1", "M2"]) == [
+        ("M1", "M2")]
+    lines = seeds.summarize(per_seed3, ["SFT", "M1", "M2", "M3"], gains)
     assert lines[-3:] == [
         "- the 95% bootstrap interval of M2 - M1 mean grade lies above 0 in 1/2 seeds: seed 1 [0.05, 0.35], "
         "seed 2 [-0.20, 0.00]",
