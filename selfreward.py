@@ -90,8 +90,8 @@ eft_judgments = ""          # real data: a JSONL of judgments by a stronger judg
 n_test = 1024               # toy held-out test prompts (paper: 256 for a GPT-4 judge; the grader is free, and 4x halves the intervals)
 ift_chatty = 0.6            # toy IFT seed: share of right answers said chattily ("Sure! The answer is 42.")
 ift_declines = 0.0          # toy IFT seed: share of answers that decline ("I am not sure what you mean."): a mistake
-                            # the judge can see without solving the task (measured at 0.4: one iteration removes
-                            # the declines and raises right answers, the second does not; README)
+                            # the judge can see without solving the task (measured at 0.4: right answers rise at
+                            # both iterations, in every seed, as the declines go; README)
 judge_working = False       # toy EFT targets work the task out step by step ("Letters: 1T 2A ...", "Ones: 7+5=12 ...")
                             # before they state the answer and score (measured: the toy-small judge gets worse, README)
 judge_quotes = False        # toy EFT targets quote the response's answer beside the right one before they grade
