@@ -451,6 +451,8 @@ def iteration_lines(r, stages, iterations):
             line += f"; pairs dropped: {pr['dropped']}"
         if "judge_pairs" in pr:  # Meta-Rewarding
             line += f"; {pr['judge_pairs']} judge pairs (dropped: {pr['judge_dropped']})"
+            if pr.get("judge_by", "meta") != "meta":
+                line += " (best and worst judgment by the grader, meta_pair_by='grader': a perfect-meta-judge control)"
         pairs_file = r.path(f"iter{t}", "pairs.jsonl")
         if os.path.exists(pairs_file):
             pairs = [p for p in read_jsonl(pairs_file) if p.get("kind", "actor") == "actor"]

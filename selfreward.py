@@ -142,6 +142,9 @@ pair_by = "judge"           # who picks the best and worst candidate: 'judge' (t
                             # wrong only: grade >= 4 or not)
 meta_judge = False          # Meta-Rewarding (Wu et al. 2024): the model also judges its judgments; DPO trains the
                             # judge on the best against the worst judgment of a response
+meta_pair_by = "meta"       # meta_judge: who picks a response's best and worst judgment: 'meta' (Wu et al.: the
+                            # model's own battles), or toy only, a control with a perfect meta-judge (README):
+                            # 'grader' (the judgment whose score is nearer the true grade wins each battle)
 max_meta_tokens = 64        # per meta-judgment (a sentence and "Winner: A": the toy targets take 54 tokens at most)
 n_meta_seed = 500           # toy, meta_judge: meta-judge demonstrations added to M1's SFT data, made by the grader
                             # (~141 tokens each: 500 add 17% to the tokens of M1's 8,090 IFT + EFT examples)
@@ -214,7 +217,7 @@ STAGE_SETTINGS = {
     # (the meta-judge demonstrations take the EFT targets' form)
     "M1+meta": ["meta_judge", "n_meta_seed", "judge_working", "judge_quotes", "quote_first", "judge_compares"],
     "meta_judgments": ["seed", "dtype", "chat_template", "temperature", "top_p", "max_meta_tokens", "shard_size"],
-    "pairs+meta": ["seed"],
+    "pairs+meta": ["seed", "meta_pair_by"],
 }
 
 
@@ -779,6 +782,24 @@ def make_judge_pairs(meta_judged, cap=None, seed=0):
     return pairs, dropped
 
 
+def grader_battles(meta_judged):
+    """Toy world, meta_pair_by='grader' (a control, not Meta-Rewarding):
+    every battle's verdict is the grader's instead of the meta-judge's. The
+    judgment whose score is nearer the response's true grade (toy.grade)
+    wins, equally near ones draw (no verdict), so make_judge_pairs sets the
+    judgment nearest the truth against the farthest. A prompt the grader
+    cannot read gets no verdict, hence no pair."""
+    out = []
+    for x in meta_judged:
+        task = toy.task_from_prompt(x["prompt"])
+        truth = None if task is None else toy.grade({"task": task}, x["response"])
+        off = [None if truth is None or s is None else abs(s - truth) for s in x["scores"]]
+        verdict = lambda b: (None if off[b["a"]] is None or off[b["a"]] == off[b["b"]]
+                             else "A" if off[b["a"]] < off[b["b"]] else "B")
+        out.append({**x, "battles": [{**b, "winner": verdict(b)} for b in x["battles"]]})
+    return out
+
+
 def stage_pairs_meta(c, r, t):
     """Meta-Rewarding: the actor's pairs (as stage_pairs) and the judge's
     (make_judge_pairs), in the one file DPO reads, each marked with its kind.
@@ -787,13 +808,16 @@ def stage_pairs_meta(c, r, t):
     outnumber the actor's and turn M_{t+1} into a better judge of a worse
     policy (its next candidates come from that policy)."""
     pairs, dropped = actor_pairs(c, r, t)
-    judge_pairs, judge_dropped = make_judge_pairs(read_jsonl(r.path(f"iter{t}", "meta_judgments.jsonl")),
-                                                  cap=len(pairs), seed=sub_seed(c.seed, "judge pairs", t))
+    meta_judged = read_jsonl(r.path(f"iter{t}", "meta_judgments.jsonl"))
+    if c.meta_pair_by == "grader":
+        meta_judged = grader_battles(meta_judged)
+    judge_pairs, judge_dropped = make_judge_pairs(meta_judged, cap=len(pairs), seed=sub_seed(c.seed, "judge pairs", t))
     save_jsonl(r.path(f"iter{t}", "pairs.jsonl"), [{**p, "kind": "actor"} for p in pairs] + judge_pairs)
-    D.log(f"iteration {t}: {len(pairs)} pairs; dropped {dropped}; {len(judge_pairs)} judge pairs; "
+    by = "" if c.meta_pair_by == "meta" else " (best and worst judgment by the grader: meta_pair_by='grader')"
+    D.log(f"iteration {t}: {len(pairs)} pairs; dropped {dropped}; {len(judge_pairs)} judge pairs{by}; "
           f"dropped {judge_dropped}")
     return {"pairs": len(pairs), "by": c.pair_by, "dropped": dropped, "judge_pairs": len(judge_pairs),
-            "judge_dropped": judge_dropped}
+            "judge_by": c.meta_pair_by, "judge_dropped": judge_dropped}
 
 
 # -----------------------------------------------------------------------------

@@ -248,6 +248,10 @@ def check_loop(c, world):
                  "or 'right' (toy: controls with a perfect judge)"):
         p.require(c.pair_by == "judge" or c.seed_data == "toy", "pair_by", "is for the toy world; real seed data "
                   "has no grader")
+    if p.require(c.meta_pair_by in ("meta", "grader"), "meta_pair_by", "must be 'meta' (Wu et al.) or 'grader' "
+                 "(toy: a control with a perfect meta-judge)"):
+        p.require(c.meta_pair_by == "meta" or (c.meta_judge and c.seed_data == "toy"), "meta_pair_by",
+                  "'grader' is for the toy world with meta_judge=True; real seed data has no grader")
     p.require(not (c.eft_own_answers and c.seed_data != "toy"), "eft_own_answers", "is for the toy world, whose "
               "grader judges the answers; real seed data has no grader")
     return p

@@ -491,6 +491,51 @@ def test_make_judge_pairs_by_hand():
     assert S.make_judge_pairs([]) == ([], {"no verdict": 0, "wins tie": 0, "same text": 0, "over the cap": 0})
 
 
+def test_grader_battles_pick_the_judgment_nearest_the_true_grade(tmp_path):
+    """meta_pair_by='grader' (the perfect-meta-judge control): the grader's
+    verdicts replace the meta-judge's, whatever it said; equally near
+    judgments draw; a prompt it cannot read gets no verdict, hence no pair."""
+    os.makedirs(tmp_path / "iter1")
+
+    class R:  # a run folder
+        path = staticmethod(lambda *p: str(tmp_path.joinpath(*p)))
+    every = lambda n, w: [{"a": a, "b": b, "winner": w} for a in range(n) for b in range(n) if a != b]
+    # the meta-judge's verdicts: judgment 0 wins each of its battles, the others have none
+    favours_0 = [{**b, "winner": "A" if b["a"] == 0 else "B" if b["b"] == 0 else None} for b in every(4, None)]
+    # "MUNZI" is one letter off: grade 2 (data/toy.py: grade); the judgments score it 5, 1, 3 and 2
+    meta_judged = [{"prompt": "What is 'ZINUM' spelled backwards?", "response": "MUNZI",
+                    "judgments": ["j5", "j1", "j3", "j2"], "scores": [5, 1, 3, 2], "battles": favours_0},
+                   # off by 1 both: 3 and 1 around a true 2 draw, so no pair
+                   {"prompt": "What is 'ZINUM' spelled backwards?", "response": "MUNZI",
+                    "judgments": ["k3", "k1"], "scores": [3, 1], "battles": every(2, "B")},
+                   {"prompt": "Write a poem about spring.", "response": "a poem",
+                    "judgments": ["m4", "m1"], "scores": [4, 1], "battles": every(2, "A")}]
+    judged = S.grader_battles(meta_judged)
+    # distances to 2: 3, 1, 1, 0; battle (a, b) goes to the nearer one: (0, 1) B, (0, 2) B, (0, 3) B, (1, 0) A,
+    # (1, 2) a draw, ...
+    assert [b["winner"] for b in judged[0]["battles"]] == \
+        ["B", "B", "B", "A", None, "B", "A", None, "B", "A", "A", "A"]
+    assert [b["winner"] for b in judged[1]["battles"] + judged[2]["battles"]] == [None] * 4
+    assert [x["battles"][0]["winner"] for x in meta_judged] == ["A", "B", "A"]  # the input is left as it was
+    pairs, dropped = S.make_judge_pairs(judged)
+    assert [(p["chosen"], p["rejected"], p["chosen_wins"], p["rejected_wins"]) for p in pairs] == \
+        [("j2", "j5", 6, 0)]
+    assert dropped == {"no verdict": 2, "wins tie": 0, "same text": 0, "over the cap": 0}
+    # the stage: the actor's pairs by the judge, the judge's by the grader, one file
+    write_jsonl(tmp_path / "iter1" / "judgments.jsonl", [{"prompt": "p", "candidates": ["x", "y"],
+                                                          "score": [4.0, 1.0]}])
+    write_jsonl(tmp_path / "iter1" / "meta_judgments.jsonl", meta_judged)
+    c = types.SimpleNamespace(pair_by="judge", meta_pair_by="grader", seed=0)
+    info = S.stage_pairs_meta(c, R, 1)
+    assert (info["pairs"], info["judge_pairs"], info["judge_by"]) == (1, 1, "grader")
+    assert [(p["kind"], p["chosen"]) for p in read_jsonl(tmp_path / "iter1" / "pairs.jsonl")] == \
+        [("actor", "x"), ("judge", "j2")]
+    # by the meta-judge's own verdicts: the farthest judgment chosen; a constant verdict is a draw
+    info = S.stage_pairs_meta(types.SimpleNamespace(pair_by="judge", meta_pair_by="meta", seed=0), R, 1)
+    assert info["judge_dropped"] == {"no verdict": 0, "wins tie": 2, "same text": 0, "over the cap": 0}
+    assert [p["chosen"] for p in read_jsonl(tmp_path / "iter1" / "pairs.jsonl")] == ["x", "j5"]
+
+
 # --- Meta-Rewarding as a setting: a micro run with meta_judge=True ---------------------
 
 def test_meta_judge_micro_run(tmp_path):
@@ -741,3 +786,12 @@ def test_check_loop_in_this_process():
     c = configurator.settings(S.DEFAULTS, {"pair_by": "right", "seed_data": "no/such/folder", "init_from": "M0"})
     assert ("pair_by = 'right': is for the toy world; real seed data has no grader"
             in validate.check_loop(c, 1).found)
+    # the perfect-meta-judge control
+    c = configurator.settings(S.DEFAULTS, {"meta_pair_by": "oracle"})
+    assert validate.check_loop(c, 1).found == ["meta_pair_by = 'oracle': must be 'meta' (Wu et al.) or 'grader' "
+                                               "(toy: a control with a perfect meta-judge)"]
+    c = configurator.settings(S.DEFAULTS, {"meta_pair_by": "grader"})  # without meta_judge
+    assert validate.check_loop(c, 1).found == ["meta_pair_by = 'grader': 'grader' is for the toy world with "
+                                               "meta_judge=True; real seed data has no grader"]
+    c = configurator.settings(S.DEFAULTS, {"meta_pair_by": "grader", "meta_judge": True})
+    assert validate.check_loop(c, 1).found == []
