@@ -304,10 +304,10 @@ def judge_pair_verdicts(r, t):
         return None
     verdict = {"closer": 0, "equal": 0, "farther": 0, "ungradable": 0}
     for p in pairs:
-        if toy.task_from_prompt(p["instruction"]) is None:
+        truth = toy.true_grade(p["instruction"], p["response"])
+        if truth is None:
             verdict["ungradable"] += 1
             continue
-        truth = toy.grade({"prompt": p["instruction"]}, p["response"])
         a, b = abs(p["chosen_score"] - truth), abs(p["rejected_score"] - truth)
         verdict["closer" if a < b else "equal" if a == b else "farther"] += 1
     return verdict

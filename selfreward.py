@@ -791,8 +791,7 @@ def grader_battles(meta_judged):
     cannot read gets no verdict, hence no pair."""
     out = []
     for x in meta_judged:
-        task = toy.task_from_prompt(x["prompt"])
-        truth = None if task is None else toy.grade({"task": task}, x["response"])
+        truth = toy.true_grade(x["prompt"], x["response"])
         off = [None if truth is None or s is None else abs(s - truth) for s in x["scores"]]
         verdict = lambda b: (None if off[b["a"]] is None or off[b["a"]] == off[b["b"]]
                              else "A" if off[b["a"]] < off[b["b"]] else "B")

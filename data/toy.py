@@ -282,6 +282,13 @@ def grade(record, response):
     return 2 if near else 1 if related else 0
 
 
+def true_grade(prompt, response):
+    """grade() of a response to a prompt, or None where the prompt is not one
+    of the toy world's (a task the prompt writer made up: nothing to grade by)."""
+    task = task_from_prompt(prompt)
+    return None if task is None else grade({"task": task}, response)
+
+
 # -----------------------------------------------------------------------------
 # Responses of a given grade: the EFT "bad" answers, a mix of the corruptions a
 # model makes (wrong, nearly right, right with chatter, hedged, off-topic)

@@ -10,7 +10,7 @@ import pytest
 from data import read_jsonl
 from data.toy import (DECLINE, DOC_HEAD, TEMPLATES, answer, attempts, build, comparison, corpus, fewshot_text, grade,
                       meta_judge_examples, pretraining_docs, quote, render, sample_task, stated_answer,
-                      task_from_prompt, working, write_toy)
+                      task_from_prompt, true_grade, working, write_toy)
 from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
 from tokenizer import chat_tokens, train_tokenizer
 
@@ -37,6 +37,7 @@ COUNT, REPLACE = "How many times does 'A' appear in 'BANANA'?", "Replace each 'A
 def test_grader_on_hand_written_responses(prompt, response, score):
     assert grade({"prompt": prompt}, response) == score  # task parsed from the prompt text
     assert grade({"prompt": "", "task": task_from_prompt(prompt)}, response) == score
+    assert true_grade(prompt, response) == score
 
 
 def test_tasks_answers_and_prompt_parsing():
@@ -51,6 +52,7 @@ def test_tasks_answers_and_prompt_parsing():
     assert task_from_prompt("Write a poem about the sea.") is None
     with pytest.raises(ValueError, match="cannot grade"):
         grade({"prompt": "Write a poem about the sea."}, "The sea...")
+    assert true_grade("Write a poem about the sea.", "The sea...") is None  # not a toy task: no grade, no error
     # every phrasing of every kind reads back as the task it was written from
     rng = random.Random(0)
     tasks = [t for t in (sample_task(rng) for _ in range(3000)) if t]
