@@ -39,6 +39,8 @@ from sample import generate
 # Settings
 threads = 0  # CPU threads; 0 = this process's cores (or OMP_NUM_THREADS), as the scripts pick
 seed = 0  # weights and prompts
+bf16 = "auto"  # time bf16 too: 'auto' = on a GPU or a CPU with bf16 units (elsewhere it is emulated: the
+               # toy train section took 14 min, for a dtype the scripts' dtype='auto' never picks there) | 'always' | 'never'
 # sample section
 sample_models = "toy,toy-large"  # model presets (toy-large: 4x the toy's parameters)
 sample_new_tokens = 128  # tokens generated per prompt
@@ -73,6 +75,18 @@ def timed(fns, repeats):
             results[i] = fn()
             best[i] = min(best[i], time.perf_counter() - t0)
     return list(zip(best, results))
+
+
+def bench_dtypes(c, device="cpu"):
+    """The dtypes a section compares: float32, and bfloat16 where c.bf16 asks for it."""
+    if c.bf16 not in ("auto", "always", "never"):
+        raise ValueError(f"bf16 must be 'auto', 'always' or 'never', not {c.bf16!r}")
+    native = device.startswith("cuda") or D.cpu_has_bf16()
+    if c.bf16 == "auto" and not native:
+        print("bf16 skipped: this CPU has no bf16 matrix units (emulated, it is slower than fp32 and the "
+              "scripts never pick it here); --bf16=always times it anyway")
+    wanted = native if c.bf16 == "auto" else c.bf16 == "always"
+    return ["float32", "bfloat16"] if wanted else ["float32"]
 
 
 def random_prompts(g, count, lo, hi, vocab):
@@ -127,13 +141,15 @@ def bench_sample(c):
           f"{new} new tokens, greedy, no EOS stop")
 
     # 1. ours against transformers, and bf16 against fp32: same weights, prompts, batch
+    dtypes = bench_dtypes(c)
     print("\n[generate] tokens/s")
     print(f"  {'model':<10} {'batch':>5} {'dtype':<9} {'transformers':>12} {'ours':>8} {'ours/HF':>8} "
           f"{'same tokens':>11}   ours bf16/fp32")
     for name in c.sample_models.split(","):
         torch.manual_seed(c.seed)
         models = {"float32": Transformer(preset(name)).eval()}
-        models["bfloat16"] = copy.deepcopy(models["float32"]).to(torch.bfloat16)
+        if "bfloat16" in dtypes:
+            models["bfloat16"] = copy.deepcopy(models["float32"]).to(torch.bfloat16)
         hfs = {dt: hf_model(m, getattr(torch, dt)) for dt, m in models.items()}
         g = torch.Generator().manual_seed(c.seed)
         for batch in (8, 64):
@@ -345,7 +361,9 @@ def bench_train(c):
     print(f"{torch.get_num_threads()} CPU thread(s); forward + backward + AdamW, fp32 master weights, "
           f"bf16 = autocast; median of {c.train_steps * c.train_rounds} alternating steps")
     for name in c.train_models.split(","):
-        r = bench_training(name, c.train_batch_size, c.train_seq_len, c.train_steps, c.train_rounds)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        r = bench_training(name, c.train_batch_size, c.train_seq_len, c.train_steps, c.train_rounds, device,
+                           dtypes=bench_dtypes(c, device))
         print(f"\n[train] {name} ({r['params'] / 1e6:.1f}M params) on {r['device']}, "
               f"batch {r['batch_size']} x {r['seq_len']}")
         for (impl, dt), tps in r["runs"].items():
