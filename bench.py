@@ -309,15 +309,13 @@ def _step_fn(model, hf, tokens, dtype):
     return step
 
 
-def bench_training(model="toy", batch_size=8, seq_len=256, steps=5, rounds=3, device=None,
-                   dtypes=("float32", "bfloat16")):
+def bench_training(model, batch_size, seq_len, steps, rounds, device, dtypes):
     """Ours and transformers' LlamaForCausalLM, in each dtype, one training step
     each in turn (on a shared machine a slow spell then hits all alike).
     Returns {"runs": {(impl, dtype): tokens/s from the median step},
     "ratios": {name: median over rounds of the per-round time ratio}, "mfu"...}."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     args = preset(model, max_seq_len=max(seq_len + 1, preset(model).max_seq_len))
     tokens = torch.randint(0, args.vocab_size, (batch_size, seq_len + 1), device=device,
                            generator=torch.Generator(device).manual_seed(0))
@@ -360,10 +358,10 @@ def bench_train(c):
     in fp32, and ours against transformers in each dtype."""
     print(f"{torch.get_num_threads()} CPU thread(s); forward + backward + AdamW, fp32 master weights, "
           f"bf16 = autocast; median of {c.train_steps * c.train_rounds} alternating steps")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtypes = bench_dtypes(c, device)
     for name in c.train_models.split(","):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        r = bench_training(name, c.train_batch_size, c.train_seq_len, c.train_steps, c.train_rounds, device,
-                           dtypes=bench_dtypes(c, device))
+        r = bench_training(name, c.train_batch_size, c.train_seq_len, c.train_steps, c.train_rounds, device, dtypes)
         print(f"\n[train] {name} ({r['params'] / 1e6:.1f}M params) on {r['device']}, "
               f"batch {r['batch_size']} x {r['seq_len']}")
         for (impl, dt), tps in r["runs"].items():

@@ -40,5 +40,5 @@ run loop_torchrun 180 $TORCHRUN --standalone --nproc_per_node=1 selfreward.py $M
 run toy_loop 150 $PY selfreward.py --out_root="$OUT_DIR/runs" --run_name=toy_short --n_ift=800 --n_eft_train=1200 \
     --pretrain_docs=500 --pretrain_qa_docs=1000 --pretrain_epochs=1 --sft_epochs=1 --n_prompts=200 --iterations=1 --progress=False
 run gpu7b 120 $PY bench.py gpu7b
-run train_llama1b 120 $PY bench.py train --train_model=llama-1b --train_batch_size=4 --train_seq_len=2048 --train_steps=3 --train_rounds=2
+run train_llama1b 120 $PY bench.py train --train_models=llama-1b --train_batch_size=4 --train_seq_len=2048 --train_steps=3 --train_rounds=2
 exit $status
