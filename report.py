@@ -254,7 +254,7 @@ def states_right_answer(judged):
     said = {True: [], False: []}
     for prompt, response, judgments in judged:
         task = toy.task_from_prompt(prompt)
-        if task is None:
+        if task is None or task["kind"] == "invent":  # (an invent task has no one answer to state)
             continue
         right = toy.grade({"prompt": prompt, "task": task}, response) >= toy.RIGHT
         said[right] += [toy.stated_answer(j) == toy.answer(task) for j in judgments]
@@ -335,16 +335,24 @@ def checking_versus_doing(r, names, tests):
     response's side of 4 (4-5 for a right response, 0-3 for a wrong one);
     for judgments that compare (toy.comparison), of those that state the
     right answer, the share whose "the same" / "not the same" is true.
-    Returns {model: {"judge", "answer", "follows", "compares", "kinds": {kind: (judge, answer)}}}."""
+    An invent task has many right answers and its judgments state none
+    (toy.invent_check): for it the judge's share is that of judgments whose
+    score is on the response's side of 4, and it counts in no other column.
+    Returns {model: {"judge", "answer", "follows", "compares", "kinds": {kind: (judge, answer)}}},
+    kinds those with test prompts, in toy.ALL_KINDS' order."""
     found = {}
     for n in names:
         path = r.path("eval", f"{n}_judgments.jsonl")
         if n not in tests or not os.path.exists(path):
             continue
-        judged, answered, follows, compares = {k: [] for k in toy.KINDS}, {k: [] for k in toy.KINDS}, [], []
+        judged, answered, follows, compares = {k: [] for k in toy.ALL_KINDS}, {k: [] for k in toy.ALL_KINDS}, [], []
         for rec in read_jsonl(path):  # one record per EFT eval response, its judgments as sampled
             task = toy.task_from_prompt(rec["prompt"])
             right = toy.grade({"prompt": rec["prompt"], "task": task}, rec["response"]) >= toy.RIGHT
+            if task["kind"] == "invent":  # the verdict's side, scored as right or not
+                judged["invent"] += [(score >= toy.RIGHT) == right for score in map(J.parse_score, rec["judgments"])
+                                     if score is not None]
+                continue
             # the word the EFT target's comparison would say for this response (one definition: toy.comparison)
             same = toy.says_same(toy.comparison(toy.attempts(task, rec["response"]), toy.answer(task)))
             for j in rec["judgments"]:
@@ -357,9 +365,9 @@ def checking_versus_doing(r, names, tests):
                     compares.append(said_same == same)
         for x in tests[n]:
             answered[(x.get("task") or toy.task_from_prompt(x["prompt"]))["kind"]].append(x["grade"] >= toy.RIGHT)
-        found[n] = {"judge": share(sum(judged.values(), [])), "answer": share(sum(answered.values(), [])),
-                    "follows": share(follows), "compares": share(compares),
-                    "kinds": {k: (share(judged[k]), share(answered[k])) for k in toy.KINDS}}
+        found[n] = {"judge": share(sum((v for k, v in judged.items() if k != "invent"), [])),
+                    "answer": share(sum(answered.values(), [])), "follows": share(follows), "compares": share(compares),
+                    "kinds": {k: (share(judged[k]), share(answered[k])) for k in toy.ALL_KINDS if answered[k]}}
     return found
 
 
@@ -367,15 +375,19 @@ def checking_lines(found):
     """checking_versus_doing as a table: judge % / answers %, in all and per task kind."""
     if not found:
         return []
+    kinds = list(next(iter(found.values()))["kinds"])  # (the same test prompts for every model)
     header = ("| model | judge states the right answer % | answers right % | its verdict follows a right answer % | "
-              "its comparison is right % | " + " | ".join(f"{k}: judge / answers %" for k in toy.KINDS) + " |")
+              "its comparison is right % | " + " | ".join(f"{k}: judge / answers %" for k in kinds) + " |")
     lines = ["Checking against doing (evaluation only): the share of each model's EFT eval judgments that state the "
              "right answer (\"The correct answer is X.\"), against the share of test prompts it answers right "
              "(grade >= 4). The judge can teach correctness only where the first is higher, and only if its "
              "score then follows: of the judgments that state the right answer, the share that score the response "
              "4-5 when it is right and 0-3 when it is wrong (50% is a coin toss); and, for judgments that set the "
              "response's answer against it (--judge_compares), the share of those whose \"the same\" or \"not the "
-             "same\" is true.", "",
+             "same\" is true." + (" An invent task has many right answers and its judgments state none: its "
+                                   "judge column is the share of judgments scoring the response 4-5 when it is right "
+                                   "and 0-3 when it is wrong, and it counts in no other judge column."
+                                   if "invent" in kinds else ""), "",
              header, "|" + "---|" * (header.count("|") - 1)]
     for n, f in found.items():
         lines.append(f"| {n} | {pct(f['judge'])} | {pct(f['answer'])} | {pct(f['follows'])} | "

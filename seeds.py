@@ -44,7 +44,17 @@ FIGURES = [
      lambda m: None if m.get("checking", {}).get("follows") is None else 100 * m["checking"]["follows"]),
     ("its comparison is right %",  # judgments that compare only (--judge_compares)
      lambda m: None if m.get("checking", {}).get("compares") is None else 100 * m["checking"]["compares"]),
+    # a world with the invent kind (--toy_kinds): the policy's right answers, and the judge's
+    # verdicts that fall on the right side of 4 (report.checking_versus_doing), on that kind alone
+    ("invent: answers right %", lambda m: kind_share(m, "invent", 1)),
+    ("invent: judge's verdict right %", lambda m: kind_share(m, "invent", 0)),
 ]
+
+
+def kind_share(m, kind, which):
+    """A model's share (%) for one task kind from its checking record: which=0 the judge's, 1 its answers'."""
+    pair = m.get("checking", {}).get("kinds", {}).get(kind)
+    return None if pair is None or pair[which] is None else 100 * pair[which]
 
 
 def run_figures(folder):

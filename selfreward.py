@@ -88,6 +88,8 @@ n_eft_eval = 1623           # toy EFT eval responses (paper: 541; 3x, as the jud
 eft_judgments = ""          # real data: a JSONL of judgments by a stronger judge (judge.read_judge_file) that
                             # supplies the EFT targets instead of the SFT baseline ('' = the paper's recipe)
 n_test = 1024               # toy held-out test prompts (paper: 256 for a GPT-4 judge; the grader is free, and 4x halves the intervals)
+toy_kinds = "reverse,sort,replace,count,length,arith"  # toy task kinds drawn; "invent" adds one with many right
+                            # answers, easier to check than to write (data/toy.py; README: a task easier to check)
 ift_chatty = 0.6            # toy IFT seed: share of right answers said chattily ("Sure! The answer is 42.")
 ift_declines = 0.0          # toy IFT seed: share of answers that decline ("I am not sure what you mean."): a mistake
                             # the judge can see without solving the task (measured at 0.4: right answers rise at
@@ -187,10 +189,10 @@ RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "tp", "plan_o
 # changing one of these settings redoes that stage and the stages downstream of it, nothing else.
 STAGE_SETTINGS = {
     "toy seed": ["seed", "n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "ift_declines", "judge_working",
-                 "judge_quotes", "quote_first", "judge_compares"],
+                 "judge_quotes", "quote_first", "judge_compares", "toy_kinds"],
     "tokenizer": ["vocab_size", "phrase_pieces", "rubric_pieces", "letter_pieces"],
     "M0": ["seed", "dtype", "chat_template", "model", "pretrain_docs", "pretrain_qa_docs", "pretrain_working",
-           "pretrain_checking", "pretrain_epochs", "pretrain_lr", "sft_batch_size"],
+           "pretrain_checking", "toy_kinds", "pretrain_epochs", "pretrain_lr", "sft_batch_size"],
     "SFT": ["seed", "dtype", "chat_template", "sft_lr", "sft_min_lr", "sft_batch_size", "sft_epochs", "dropout"],
     "eft_own": ["seed", "dtype", "chat_template", "eft_own_answers", "temperature", "top_p", "max_response_tokens",
                 "shard_size", "judge_working", "judge_quotes", "quote_first", "judge_compares"],
@@ -294,7 +296,8 @@ def stage_seed_data(c, r):
             toy.write_toy(r.path("seed"), seed=c.seed, n_ift=c.n_ift, n_eft_train=c.n_eft_train,
                           n_eft_eval=c.n_eft_eval, n_test=c.n_test, ift_chatty=c.ift_chatty,
                           ift_declines=c.ift_declines, judge_working=c.judge_working, judge_quotes=c.judge_quotes,
-                          quote_first=c.quote_first, judge_compares=c.judge_compares)
+                          quote_first=c.quote_first, judge_compares=c.judge_compares,
+                          toy_kinds=c.toy_kinds)
         D.barrier()
     else:
         for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"):
@@ -338,7 +341,7 @@ def stage_tokenizer(c, r):
 def stage_pretrain(c, r):
     rng = random.Random(sub_seed(c.seed, "pretrain"))
     docs = toy.pretraining_docs(r.path("seed"), rng, c.pretrain_docs, c.pretrain_qa_docs, c.pretrain_working,
-                                 c.pretrain_checking)
+                                 c.pretrain_checking, c.toy_kinds.split(","))
     save_jsonl(r.path("train", "pretrain.jsonl"), docs)
     out = train_sft.train({**trainer_settings(c, r, "M0", c.sft_batch_size, c.micro_batch_size, ("M0",)),
                            "init_from": "scratch", "model": c.model, "tokenizer": r.path("tokenizer.model"),

@@ -21,7 +21,7 @@ import torch
 import evaluation as E
 import judge as J
 from checkpoint import check_tokenizer, meta_shards, read_config, safetensors_files
-from data import read_jsonl
+from data import read_jsonl, toy
 from model import PRESETS
 from tokenizer import TEMPLATES, Tokenizer
 
@@ -189,6 +189,12 @@ def check_loop(c, world):
     p.at_least("n_shots", 2)  # two of the shots are prompts generated earlier
     p.require(not c.meta_judge or c.n_judge >= 2, "n_judge", "must be >= 2 when meta_judge is on (the meta-judge "
               "compares two judgments of one response)")
+    try:  # (the toy world's own check; Meta-Rewarding's demonstrations state the one right answer too)
+        toy.check_kinds(c.toy_kinds.split(","), [s for s in ("judge_working", "judge_quotes", "judge_compares",
+                                                             "meta_judge", "pretrain_working", "pretrain_checking")
+                                                 if getattr(c, s)])
+    except ValueError as e:
+        p.add(f"toy_kinds = {c.toy_kinds!r}: {e}")
     p.require(c.max_prompt_words >= c.min_prompt_words, "max_prompt_words",
               f"must be >= min_prompt_words = {c.min_prompt_words}")
     p.require(c.pretrain_docs + c.pretrain_qa_docs > 0 or c.init_from != "scratch", "pretrain_docs",

@@ -12,7 +12,14 @@ and the model sees the letters it must move, as English text never merges them):
     count     "How many times does 'A' appear in 'BANANA'?"       -> 3
     length    "How many letters are in 'TAMILO'?"                 -> 6
     arith     "What is 17 + 25?"  (+, -, x)                       -> 42
+    invent    "Invent a word of 5 letters that starts with 'B' and ends with 'O'."
+                                                               -> BAKIO, BUTTO, ...
 Each kind has several phrasings; the ideal response is the bare answer.
+The last kind is drawn only when asked for (build's toy_kinds; selfreward.py
+--toy_kinds): it has many right answers, and checking one (read its first
+and last letters, count its letters) is easier than writing one (plan the
+last letter while counting), so a judge can tell right from wrong better
+than the policy answers right (issue 16). The others have one answer each.
 
 grade(record, response) -> 0..5 follows the paper's additive rubric:
     0  off-topic: nothing about the task in it
@@ -131,8 +138,18 @@ TEMPLATES = {
         "Compute the product of {a} and {b}.",
         "Calculate {a} * {b}.",
     ],
+    # (no English word in these looks like a made-up word, as "MAKE" or "GIVE"
+    # would: ENGLISH below is never taken for an answer)
+    "invent": [
+        "Invent a word of {n} letters that starts with '{first}' and ends with '{last}'.",
+        "Write a new word with {n} letters, starting with '{first}' and ending with '{last}'.",
+        "Think of a word with {n} letters that starts with '{first}' and ends with '{last}'.",
+        "Create a word that has {n} letters, starts with '{first}' and ends with '{last}'.",
+        "Spell out any word of {n} letters from '{first}' to '{last}'.",
+    ],
 }
-KINDS = ["reverse", "sort", "replace", "count", "length", "arith"]
+KINDS = ["reverse", "sort", "replace", "count", "length", "arith"]  # the default world's
+ALL_KINDS = KINDS + ["invent"]  # what a world may ask for (build's toy_kinds)
 RIGHT = 4  # the lowest grade of a right answer (4 with chatter, 5 bare); below it the answer is wrong
 
 
@@ -142,9 +159,25 @@ def make_word(rng):
     return word + rng.choice(CONSONANTS) if rng.random() < 0.4 else word
 
 
+def invented(task, rng):
+    """A right answer to an invent task, drawn at random: the first letter,
+    n - 2 letters of any kind, the last letter."""
+    middle = "".join(rng.choice(LETTERS) for _ in range(task["n"] - 2))
+    return task["first"] + middle + task["last"]
+
+
+def fits(task, word):
+    """How many of an invent task's three asks a word meets: its first
+    letter, its last letter, its length."""
+    return (word[:1] == task["first"]) + (word[-1:] == task["last"]) + (len(word) == task["n"])
+
+
 def answer(task):
-    """The one right answer, as a string."""
+    """The one right answer, as a string (an invent task has many: this is
+    one of them, the same every time for the same task)."""
     kind, w = task["kind"], task.get("word")
+    if kind == "invent":
+        return invented(task, random.Random(f"{task['first']} {task['last']} {task['n']}"))
     if kind == "reverse":
         return w[::-1]
     if kind == "sort":
@@ -159,9 +192,11 @@ def answer(task):
     return str({"+": a + b, "-": a - b, "x": a * b}[task["op"]])
 
 
-def sample_task(rng):
-    """A random task; None if the draw is degenerate (the caller draws again)."""
-    kind, word = rng.choice(KINDS), make_word(rng)
+def sample_task(rng, kinds=KINDS):
+    """A random task of one of kinds; None if the draw is degenerate (the caller draws again)."""
+    kind, word = rng.choice(kinds), make_word(rng)
+    if kind == "invent":
+        return {"kind": "invent", "first": rng.choice(LETTERS), "last": rng.choice(LETTERS), "n": rng.randint(4, 8)}
     if kind == "arith":
         op = rng.choices("+-x", weights=(2, 2, 1))[0]
         if op == "x":
@@ -198,7 +233,7 @@ def render(task, rng):
 def _template_regex(template):
     pattern = re.escape(template)
     for name, group in (("word", "[A-Z]+"), ("old", "[A-Z]"), ("new", "[A-Z]"), ("letter", "[A-Z]"),
-                        ("a", "[0-9]+"), ("b", "[0-9]+")):
+                        ("a", "[0-9]+"), ("b", "[0-9]+"), ("first", "[A-Z]"), ("last", "[A-Z]"), ("n", "[0-9]+")):
         pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>{group})")
     return re.compile(pattern + "$")
 
@@ -214,6 +249,8 @@ def task_from_prompt(prompt):
             args = m.groupdict()
             if key.startswith("arith"):
                 return {"kind": "arith", "op": key[-1], "a": int(args["a"]), "b": int(args["b"])}
+            if key == "invent":
+                return {"kind": "invent", "first": args["first"], "last": args["last"], "n": int(args["n"])}
             return {"kind": key, **args}
     return None
 
@@ -256,6 +293,8 @@ def grade(record, response):
     task = record.get("task") or task_from_prompt(record["prompt"])
     if task is None:
         raise ValueError(f"not a toy-world prompt, cannot grade: {record['prompt']!r}")
+    if task["kind"] == "invent":
+        return _grade_invent(task, response.strip())
     ans, text = answer(task), response.strip()
     if text in (ans, ans + "."):
         return 5
@@ -280,6 +319,21 @@ def grade(record, response):
     if ans in (t.upper() for t in near):
         return 3  # the right letters in the wrong case
     return 2 if near else 1 if related else 0
+
+
+def _grade_invent(task, text):
+    """grade() of an invent task, by the same rubric: any word that meets
+    all three asks (fits()) is right; in capitals, as the toy world's words
+    are (lower case is "the right letters in the wrong case"); one ask
+    missed is close (2); any other made-up word is related but wrong (1)."""
+    words = [t for t in re.findall(r"[A-Za-z]+", text) if t.lower() not in ENGLISH]
+    right = [t for t in words if t.isupper() and fits(task, t) == 3]
+    if right and text in (right[0], right[0] + "."):
+        return 5
+    if right:  # one answer, said once, in a few words
+        return 3 if len(words) > 1 or len(text.split()) > 15 else 4
+    best = max((fits(task, t.upper()) for t in words), default=0)
+    return 3 if best == 3 else 2 if best == 2 else 1 if words else 0
 
 
 def true_grade(prompt, response):
@@ -310,6 +364,8 @@ def _near(ans, rng):
 
 def _wrong(task, ans, rng):
     """A related but wrong answer: a far number, the input word, a scramble or another word."""
+    if task["kind"] == "invent":
+        return make_word(rng)  # (make_response draws again while it happens to fit)
     if ans.isdigit():
         return str(int(ans) + rng.choice((-1, 1)) * rng.randint(3, 30))
     return rng.choice((task["word"], "".join(rng.sample(ans, len(ans))), make_word(rng)))
@@ -319,6 +375,8 @@ def make_response(task, score, rng, tries=100):
     """A response the grader gives exactly `score` (drawn again until it does)."""
     ans, record = answer(task), {"prompt": "", "task": task}
     for _ in range(tries):
+        if task["kind"] == "invent":
+            ans = invented(task, rng)  # many right answers: a new one each time
         if score == 5:
             r = ans
         elif score == 4:
@@ -454,9 +512,25 @@ def eft_target(prompt, task, response, show_working=False, quotes=False, quote_f
     with compares, it sets the response's answer against the right one and
     says whether they are the same before it grades."""
     score = grade({"prompt": prompt, "task": task}, response)
-    why = judgment_text(task, answer(task), score, attempts(task, response), show_working, quotes, quote_first,
-                        compares)
+    if task["kind"] == "invent":  # (build() refuses the other forms for it: they state one right answer)
+        why = invent_check(task, attempts(task, response)) + " " + JUSTIFICATION[score] + f"\nScore: {score}"
+    else:
+        why = judgment_text(task, answer(task), score, attempts(task, response), show_working, quotes, quote_first,
+                            compares)
     return {"prompt": judge_prompt(prompt, response), "response": why, "score": score}
+
+
+def invent_check(task, tries):
+    """How a judgment checks an invent task's response instead of stating the
+    right answer (it has many): the response's first word (attempts()) with
+    the three properties the task asks about read off it, beside the asked
+    ones: "BAKIO starts with B, ends with O and has 5 letters; asked: B, O,
+    5." Each step copies a letter or counts letters, as the length task does."""
+    asked = f"asked: {task['first']}, {task['last']}, {task['n']}."
+    if not tries:
+        return f"The response gives no word; {asked}"
+    w = tries[0]
+    return f"{w} starts with {w[0]}, ends with {w[-1]} and has {len(w)} letters; {asked}"
 
 
 # -----------------------------------------------------------------------------
@@ -548,8 +622,10 @@ def ift_response(task, rng, chatty, declines=0.0, decline_rng=None):
 
 
 def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024, ift_chatty=0.6,
-          ift_declines=0.0, judge_working=False, judge_quotes=False, quote_first=False, judge_compares=False):
+          ift_declines=0.0, judge_working=False, judge_quotes=False, quote_first=False, judge_compares=False,
+          toy_kinds=",".join(KINDS)):
     """All toy seed sets as lists of records; the same seed gives the same sets.
+    toy_kinds: the task kinds drawn, comma-separated, of ALL_KINDS (the default world: KINDS);
     ift_chatty, ift_declines: shares of the IFT answers said chattily, and declined (ift_response);
     judge_working: the EFT targets work each task out before they judge;
     judge_quotes: they quote the response's answer beside the right one;
@@ -558,13 +634,16 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
     and say whether the two are the same (comparison())."""
     if 1 in (n_eft_train, n_eft_eval):
         raise ValueError("an EFT set needs 0 or at least 2 responses")
+    kinds = toy_kinds.split(",")
+    check_kinds(kinds, [name for name, on in (("judge_working", judge_working), ("judge_quotes", judge_quotes),
+                                              ("judge_compares", judge_compares)) if on])
     rng = random.Random(seed)
     decline_rng = random.Random(f"{seed} declines")  # ift_declines' own draws: the other sets do not depend on them
     train_sizes, eval_sizes = _group_sizes(n_eft_train, rng), _group_sizes(n_eft_eval, rng)
     # draw every task up front, all different, so no task is in two files
     tasks, seen = [], set()
     while len(tasks) < n_ift + len(train_sizes) + len(eval_sizes) + n_test:
-        task = sample_task(rng)
+        task = sample_task(rng, kinds)
         key = task and tuple(sorted(task.items()))
         if task and key not in seen:
             seen.add(key)
@@ -585,6 +664,18 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
         "eft_eval": eft_eval,
         "test": [{"prompt": render(t, rng), "task": t} for t in test],
     }
+
+
+def check_kinds(kinds, one_answer_settings=()):
+    """A ValueError unless kinds is a non-empty list of ALL_KINDS without
+    repeats, and without invent where one_answer_settings names settings
+    that are on and write the one right answer (a judgment or a quiz page
+    that works it out, quotes or compares against it)."""
+    if not kinds or any(k not in ALL_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
+        raise ValueError(f"must be some of {','.join(ALL_KINDS)}, each once, separated by commas")
+    if one_answer_settings and "invent" in kinds:
+        raise ValueError(f"with invent does not go with {', '.join(one_answer_settings)}: an invent task has many "
+                         "right answers, and these write one")
 
 
 def write_toy(out_dir, seed=1337, **sizes):
@@ -642,7 +733,7 @@ def marked_quiz(items):
                    for p, t, given in items)
 
 
-def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, checking_share=0.0):
+def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, checking_share=0.0, kinds=KINDS):
     """M0's pretraining documents {"text"}: n_list_docs task listings and
     n_qa_docs quiz pages, 4 to 12 tasks each, shuffled; a share working_share
     of the quiz pages show the working (working()) before each answer, as
@@ -650,7 +741,9 @@ def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, c
     share checking_share of them are marked quizzes instead (marked_quiz()):
     where it learns to tell whether two answers are the same. Nothing the
     evaluation asks about (seed_dir's test and EFT eval tasks and prompts)
-    is in them."""
+    is in them. kinds: the task kinds drawn (build's)."""
+    check_kinds(kinds, [name for name, on in (("pretrain_working", working_share), ("pretrain_checking", checking_share))
+                        if on])
     held = [rec for f in ("test", "eft_eval") for rec in read_jsonl(os.path.join(seed_dir, f + ".jsonl"))]
     held_prompts = {rec["prompt"] for rec in held}
     held_tasks = {json.dumps(rec["task"], sort_keys=True) for rec in held}
@@ -658,7 +751,7 @@ def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, c
     def fresh_tasks(k):
         out = []
         while len(out) < k:
-            task = sample_task(rng)
+            task = sample_task(rng, kinds)
             if task and json.dumps(task, sort_keys=True) not in held_tasks:
                 p = render(task, rng)
                 if p not in held_prompts:
@@ -706,6 +799,7 @@ if __name__ == "__main__":
              "judge_compares": "EFT targets set the response's answer against the right one: the same or not"}
     p = argparse.ArgumentParser(description="Write the toy world's seed files.")
     p.add_argument("--out", default="data/toy", help="output folder")
+    notes["toy_kinds"] = f"comma-separated task kinds, of {','.join(ALL_KINDS)}"
     for k, v in defaults.items():
         kind = (lambda x: x.lower() in ("1", "true", "yes")) if isinstance(v, bool) else type(v)
         p.add_argument(f"--{k}", type=kind, default=v, help=notes.get(k))

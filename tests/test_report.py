@@ -99,11 +99,13 @@ def test_judge_agreement_between_models_by_hand(tmp_path):
 def test_seed_study_table_by_hand(tmp_path):
     import seeds
 
-    def figures(grade, right, bare, judge, states=0.0, follows=None, compares=None, declined=None, answered=None):
+    def figures(grade, right, bare, judge, states=0.0, follows=None, compares=None, declined=None, answered=None,
+                invent=(None, None)):
         return {"mean grade": grade, "right answers (grade >= 4) %": right, "bare right answers (grade 5) %": bare,
                 "declined answers %": declined, "right among the answers given %": answered,
                 "judge pairwise acc %": judge, "judge states the right answer %": states,
-                "its verdict follows a right answer %": follows, "its comparison is right %": compares}
+                "its verdict follows a right answer %": follows, "its comparison is right %": compares,
+                "invent: answers right %": invent[1], "invent: judge's verdict right %": invent[0]}
     per_seed = {1: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.2, 40, 10, 60, follows=50.0),
                     "M2": figures(2.4, 45, 20, 65, follows=60.0)},
                 2: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.3, 40, 10, 62),  # written before the figure
@@ -139,6 +141,10 @@ def test_seed_study_table_by_hand(tmp_path):
     # 75% right and 20% declined: 75 of the 80% answered are right
     write_jsonl(folder / "metrics.jsonl", [{"eval": {**m, "declined": 0.2}}])
     assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0, 20.0, 93.75)}
+    # the invent kind's own shares (--toy_kinds with invent): the judge's verdicts, the answers
+    m["checking"]["kinds"] = {"sort": [0.5, 0.25], "invent": [0.875, 0.375]}
+    write_jsonl(folder / "metrics.jsonl", [{"eval": m}])
+    assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0, invent=(87.5, 37.5))}
 
 
 def test_declined_answers_by_hand():
@@ -212,7 +218,7 @@ def test_checking_against_doing_by_hand(tmp_path):
     assert found["judge"] == pytest.approx(3 / 5) and found["answer"] == pytest.approx(2 / 4)
     assert found["follows"] == pytest.approx(2 / 3)
     assert found["kinds"]["reverse"] == (pytest.approx(1 / 3), 0.5) and found["kinds"]["sort"] == (1.0, 0.5)
-    assert found["kinds"]["arith"] == (None, None)
+    assert "arith" not in found["kinds"]  # (kinds with test prompts only)
     assert toy.stated_answer("The correct answer is -12. The response ...") == "-12"
     assert toy.stated_answer("The answer is 12.") is None
     lines = report.checking_lines({"M1": found})
@@ -229,6 +235,17 @@ def test_checking_against_doing_by_hand(tmp_path):
     found = report.checking_versus_doing(r, ["M1"], tests)["M1"]  # (the last: third, not quoted: false)
     assert found["compares"] == pytest.approx(2 / 4)
     assert toy.says_same("ABC against ABC: the same.") and toy.says_same("The answer is ABC.") is None
+    # an invent task states no answer: its judge column is the verdict's side, and it is in no other column
+    inv = "Invent a word of 4 letters that starts with 'B' and ends with 'A'."
+    write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [
+        {"prompt": inv, "response": "BOKA", "judgments": ["Right.\nScore: 5", "Wrong.\nScore: 2", "No score."]},
+        {"prompt": inv, "response": "BOK", "judgments": ["Close.\nScore: 2"]},
+        {"prompt": rev, "response": "CBA", "judgments": [say("CBA", 5)]}])
+    tests["M1"].append({"prompt": inv, "grade": 5})
+    found = report.checking_versus_doing(r, ["M1"], tests)["M1"]
+    assert found["kinds"]["invent"] == (pytest.approx(2 / 3), 1.0) and found["judge"] == 1.0
+    assert found["follows"] == 1.0 and found["answer"] == pytest.approx(3 / 5)
+    assert any("invent task has many right answers" in line for line in report.checking_lines({"M1": found}))
 
 
 def test_meta_rewarding_diagnostics_by_hand(tmp_path):

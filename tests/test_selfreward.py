@@ -607,6 +607,23 @@ def test_working_settings_are_named_by_the_stages_they_change(micro_run, tmp_pat
     assert done["examples"] == 48 + 40 + len(own)  # IFT + the grader's EFT + the baseline's answers
 
 
+def test_an_invent_world_micro_run(tmp_path):
+    """toy_kinds with invent: the seed data, M0's pages and the report carry
+    the kind; its EFT targets check the response's word against the asks;
+    the seed and M0 stages name the setting (a changed world redoes them)."""
+    kinds = ",".join(toy.ALL_KINDS)
+    run_loop(tmp_path, toy_kinds=kinds, n_test=24, iterations=0)
+    run = tmp_path / "micro"
+    made_from = lambda stage: json.load(open(run / "done" / stage))["made_from"]["settings"]
+    assert made_from("seed_data")["toy_kinds"] == kinds and made_from("M0")["toy_kinds"] == kinds
+    checks = [x for x in read_jsonl(run / "seed" / "eft_train.jsonl") if " letters; asked: " in x["response"]]
+    assert checks and all(parse_score(x["response"]) == x["score"] for x in checks)
+    assert any("Task: Invent a word" in d["text"] or "Task: Think of a word" in d["text"]
+               for d in read_jsonl(run / "train" / "pretrain.jsonl"))
+    report = open(run / "report.md").read()
+    assert "invent: judge / answers %" in report and "invent task has many right answers" in report
+
+
 # --- one config idiom: settings passed explicitly -------------------------------------
 
 def globals_read(code):
@@ -640,7 +657,7 @@ def test_main_takes_argv(capsys):
 # --- the toy seed data: python -m data.toy writes what the loop writes ---------------
 
 TOY_SIZES = ("n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "ift_declines", "judge_working",
-             "judge_quotes", "quote_first", "judge_compares")  # build()'s settings
+             "judge_quotes", "quote_first", "judge_compares", "toy_kinds")  # build()'s settings
 
 
 def test_toy_defaults_are_the_loops():
@@ -774,6 +791,13 @@ def test_check_loop_in_this_process():
     assert validate.check_loop(c, 1).found == ["pretrain_working = 1.5: must be in [0, 1]"]
     c = configurator.settings(S.DEFAULTS, {"ift_declines": 1.0})  # a seed set with no answer left to learn
     assert validate.check_loop(c, 1).found == ["ift_declines = 1.0: must be in [0, 1)"]
+    c = configurator.settings(S.DEFAULTS, {"toy_kinds": "reverse,dance"})
+    assert validate.check_loop(c, 1).found == ["toy_kinds = 'reverse,dance': must be some of reverse,sort,replace,"
+                                               "count,length,arith,invent, each once, separated by commas"]
+    c = configurator.settings(S.DEFAULTS, {"toy_kinds": "sort,invent", "meta_judge": True, "pretrain_working": 0.5})
+    assert validate.check_loop(c, 1).found == ["toy_kinds = 'sort,invent': with invent does not go with meta_judge, "
+                                               "pretrain_working: an invent task has many right answers, and these "
+                                               "write one"]
     c = configurator.settings(S.DEFAULTS, {"eft_own_answers": -1})
     assert validate.check_loop(c, 1).found == ["eft_own_answers = -1: must be >= 0"]
     c = configurator.settings(S.DEFAULTS, {"eft_own_answers": 1, "seed_data": "no/such/folder", "init_from": "M0"})

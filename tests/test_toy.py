@@ -8,14 +8,15 @@ from collections import Counter
 import pytest
 
 from data import read_jsonl
-from data.toy import (DECLINE, DOC_HEAD, TEMPLATES, answer, attempts, build, comparison, corpus, fewshot_text, grade,
-                      meta_judge_examples, pretraining_docs, quote, render, sample_task, stated_answer,
-                      task_from_prompt, true_grade, working, write_toy)
+from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, ENGLISH, TEMPLATES, answer, attempts, build, comparison, corpus,
+                      eft_target, fewshot_text, grade, meta_judge_examples, pretraining_docs, quote, render,
+                      sample_task, stated_answer, task_from_prompt, true_grade, working, write_toy)
 from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
 from tokenizer import chat_tokens, train_tokenizer
 
 REVERSE, ADD = "Write 'TAMILO' backwards.", "What is 17 + 25?"
 COUNT, REPLACE = "How many times does 'A' appear in 'BANANA'?", "Replace each 'A' in 'BANANA' with 'O'."
+INVENT = "Invent a word of 5 letters that starts with 'B' and ends with 'O'."  # many right answers
 
 
 @pytest.mark.parametrize("prompt, response, score", [
@@ -33,11 +34,60 @@ COUNT, REPLACE = "How many times does 'A' appear in 'BANANA'?", "Replace each 'A
     (COUNT, "3", 5), (COUNT, "The letter A appears 3 times in BANANA.", 4), (COUNT, "2", 2),
     (COUNT, "0", 1), (COUNT, "BANANA", 1), (COUNT, "Tea is better than coffee.", 0),
     (REPLACE, "BONONO", 5), (REPLACE, "Here: BONONO", 4), (REPLACE, "BONONA", 2), (REPLACE, "BANANA", 1),
+    (INVENT, "BAKIO", 5), (INVENT, "BZZZO.", 5), (INVENT, "Sure! The answer is BUTTO.", 4), (INVENT, "'BAKIO'", 4),
+    (INVENT, "bakio", 3), (INVENT, "BAKIO, or maybe BUTTO.", 3), (INVENT, "BAKIO BAKIO", 3),
+    (INVENT, "BAKO", 2), (INVENT, "TAKIO", 2), (INVENT, "BAKIA", 2),  # one of the three asks missed
+    (INVENT, "BAKIOS", 1), (INVENT, "Of course. It is KOBEDA.", 1), (INVENT, "O", 1),
+    (INVENT, "Tea is better than coffee.", 0), (INVENT, "5", 0),
 ])
 def test_grader_on_hand_written_responses(prompt, response, score):
     assert grade({"prompt": prompt}, response) == score  # task parsed from the prompt text
     assert grade({"prompt": "", "task": task_from_prompt(prompt)}, response) == score
     assert true_grade(prompt, response) == score
+
+
+def test_invent_tasks_read_back_and_are_checked_not_answered():
+    """An invent task: every phrasing reads back as the task; answer() is
+    one right word (the same each time); the grader takes any word that
+    fits; the judgment checks the response's word against the asks, with no
+    "correct answer" to state; no English word of the phrasings looks like
+    a made-up word (it would never be taken for an answer)."""
+    task = task_from_prompt(INVENT)
+    assert task == {"kind": "invent", "first": "B", "last": "O", "n": 5}
+    assert answer(task) == answer(dict(task)) and grade({"task": task}, answer(task)) == 5
+    for template in TEMPLATES["invent"]:
+        assert task_from_prompt(template.format(**task)) == task
+    made_up = re.compile("([BDFGKLMNPRSTVZ][AEIOU]){2,3}[BDFGKLMNPRSTVZ]?")
+    invent_words = {w.lower() for t in TEMPLATES["invent"] for w in re.findall("[a-z]{2,}", t.lower())}
+    assert invent_words <= ENGLISH and not [w for w in invent_words if made_up.fullmatch(w.upper())]
+    target = eft_target(INVENT, task, "Sure! The answer is BUTTO.")
+    assert target["score"] == 4 and target["response"] == (
+        "BUTTO starts with B, ends with O and has 5 letters; asked: B, O, 5. "
+        "The response is right, but adds text that was not asked for.\nScore: 4")
+    assert eft_target(INVENT, task, "BAKIOS")["response"].startswith(
+        "BAKIOS starts with B, ends with S and has 6 letters; asked: B, O, 5. The response is related")
+    assert eft_target(INVENT, task, "I like tea.")["response"].startswith("The response gives no word; asked: B, O, 5.")
+    assert stated_answer(target["response"]) is None
+
+
+def test_an_invent_world():
+    """toy_kinds: the invent kind is drawn only when asked for; its seed
+    answers and EFT responses are graded as made, with many different right
+    words; settings that write one right answer are refused with it."""
+    s = build(n_ift=700, n_eft_train=300, n_eft_eval=100, n_test=100, toy_kinds=",".join(ALL_KINDS))
+    ift = [r for r in s["ift"] if r["task"]["kind"] == "invent"]
+    assert 60 < len(ift) < 150 and all(grade(r, r["response"]) >= 4 for r in ift)
+    assert {r["task"]["kind"] for r in s["test"]} == set(ALL_KINDS)
+    groups = [g for g in s["eft_train_groups"] if g["task"]["kind"] == "invent"]
+    assert groups and all([grade(g, r) for r in g["responses"]] == g["scores"] for g in groups)
+    bare = [(r, g["task"]) for g in groups for r, sc in zip(g["responses"], g["scores"]) if sc == 5]
+    assert bare and not [r for r, task in bare if r == answer(task)]  # right words other than answer()'s
+    assert not [r for r in build(n_ift=300, n_eft_train=0, n_eft_eval=0, n_test=0)["ift"]
+                if r["task"]["kind"] == "invent"]  # the default world: six kinds, as before
+    with pytest.raises(ValueError, match="must be some of"):
+        build(toy_kinds="reverse,dance")
+    with pytest.raises(ValueError, match="does not go with judge_compares"):
+        build(toy_kinds="invent,sort", judge_compares=True)
 
 
 def test_tasks_answers_and_prompt_parsing():
