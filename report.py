@@ -336,8 +336,11 @@ def checking_versus_doing(r, names, tests):
     for judgments that compare (toy.comparison), of those that state the
     right answer, the share whose "the same" / "not the same" is true.
     An invent task has many right answers and its judgments state none
-    (toy.invent_check): for it the judge's share is that of judgments whose
-    score is on the response's side of 4, and it counts in no other column.
+    (toy.invent_check): for it the judge's share is its balanced accuracy,
+    the mean of the share of right responses it scores 4-5 and the share
+    of wrong ones it scores 0-3 (50%: a coin toss, or one verdict for all;
+    the EFT eval has twice as many wrong responses as right ones), and it
+    counts in no other column.
     Returns {model: {"judge", "answer", "follows", "compares", "kinds": {kind: (judge, answer)}}},
     kinds those with test prompts, in toy.ALL_KINDS' order."""
     found = {}
@@ -346,12 +349,13 @@ def checking_versus_doing(r, names, tests):
         if n not in tests or not os.path.exists(path):
             continue
         judged, answered, follows, compares = {k: [] for k in toy.ALL_KINDS}, {k: [] for k in toy.ALL_KINDS}, [], []
+        invent = {True: [], False: []}  # per right / wrong response: is the verdict on its side of 4
         for rec in read_jsonl(path):  # one record per EFT eval response, its judgments as sampled
             task = toy.task_from_prompt(rec["prompt"])
             right = toy.grade({"prompt": rec["prompt"], "task": task}, rec["response"]) >= toy.RIGHT
             if task["kind"] == "invent":  # the verdict's side, scored as right or not
-                judged["invent"] += [(score >= toy.RIGHT) == right for score in map(J.parse_score, rec["judgments"])
-                                     if score is not None]
+                invent[right] += [(score >= toy.RIGHT) == right for score in map(J.parse_score, rec["judgments"])
+                                  if score is not None]
                 continue
             # the word the EFT target's comparison would say for this response (one definition: toy.comparison)
             same = toy.says_same(toy.comparison(toy.attempts(task, rec["response"]), toy.answer(task)))
@@ -365,9 +369,12 @@ def checking_versus_doing(r, names, tests):
                     compares.append(said_same == same)
         for x in tests[n]:
             answered[(x.get("task") or toy.task_from_prompt(x["prompt"]))["kind"]].append(x["grade"] >= toy.RIGHT)
+        balanced = [share(invent[True]), share(invent[False])]
+        judged["invent"] = None if None in balanced else sum(balanced) / 2
         found[n] = {"judge": share(sum((v for k, v in judged.items() if k != "invent"), [])),
                     "answer": share(sum(answered.values(), [])), "follows": share(follows), "compares": share(compares),
-                    "kinds": {k: (share(judged[k]), share(answered[k])) for k in toy.ALL_KINDS if answered[k]}}
+                    "kinds": {k: (judged[k] if k == "invent" else share(judged[k]), share(answered[k]))
+                              for k in toy.ALL_KINDS if answered[k]}}
     return found
 
 
@@ -385,8 +392,9 @@ def checking_lines(found):
              "4-5 when it is right and 0-3 when it is wrong (50% is a coin toss); and, for judgments that set the "
              "response's answer against it (--judge_compares), the share of those whose \"the same\" or \"not the "
              "same\" is true." + (" An invent task has many right answers and its judgments state none: its "
-                                   "judge column is the share of judgments scoring the response 4-5 when it is right "
-                                   "and 0-3 when it is wrong, and it counts in no other judge column."
+                                   "judge column is the judge's balanced accuracy, the mean of the share of right "
+                                   "responses it scores 4-5 and the share of wrong ones it scores 0-3 (50% is a coin "
+                                   "toss, or one verdict for all), and it counts in no other judge column."
                                    if "invent" in kinds else ""), "",
              header, "|" + "---|" * (header.count("|") - 1)]
     for n, f in found.items():

@@ -45,9 +45,9 @@ FIGURES = [
     ("its comparison is right %",  # judgments that compare only (--judge_compares)
      lambda m: None if m.get("checking", {}).get("compares") is None else 100 * m["checking"]["compares"]),
     # a world with the invent kind (--toy_kinds): the policy's right answers, and the judge's
-    # verdicts that fall on the right side of 4 (report.checking_versus_doing), on that kind alone
+    # balanced accuracy at telling right from wrong (report.checking_versus_doing), on that kind alone
     ("invent: answers right %", lambda m: kind_share(m, "invent", 1)),
-    ("invent: judge's verdict right %", lambda m: kind_share(m, "invent", 0)),
+    ("invent: judge balanced accuracy %", lambda m: kind_share(m, "invent", 0)),
 ]
 
 

@@ -105,7 +105,7 @@ def test_seed_study_table_by_hand(tmp_path):
                 "declined answers %": declined, "right among the answers given %": answered,
                 "judge pairwise acc %": judge, "judge states the right answer %": states,
                 "its verdict follows a right answer %": follows, "its comparison is right %": compares,
-                "invent: answers right %": invent[1], "invent: judge's verdict right %": invent[0]}
+                "invent: answers right %": invent[1], "invent: judge balanced accuracy %": invent[0]}
     per_seed = {1: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.2, 40, 10, 60, follows=50.0),
                     "M2": figures(2.4, 45, 20, 65, follows=60.0)},
                 2: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.3, 40, 10, 62),  # written before the figure
@@ -235,15 +235,17 @@ def test_checking_against_doing_by_hand(tmp_path):
     found = report.checking_versus_doing(r, ["M1"], tests)["M1"]  # (the last: third, not quoted: false)
     assert found["compares"] == pytest.approx(2 / 4)
     assert toy.says_same("ABC against ABC: the same.") and toy.says_same("The answer is ABC.") is None
-    # an invent task states no answer: its judge column is the verdict's side, and it is in no other column
+    # an invent task states no answer: its judge column is the balanced accuracy of its verdicts (the mean of
+    # right responses scored 4-5 and wrong ones scored 0-3), and it is in no other column
     inv = "Invent a word of 4 letters that starts with 'B' and ends with 'A'."
     write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [
         {"prompt": inv, "response": "BOKA", "judgments": ["Right.\nScore: 5", "Wrong.\nScore: 2", "No score."]},
-        {"prompt": inv, "response": "BOK", "judgments": ["Close.\nScore: 2"]},
+        {"prompt": inv, "response": "BOK", "judgments": ["Close.\nScore: 2", "Close.\nScore: 3", "Yes.\nScore: 4",
+                                                          "Close.\nScore: 1"]},
         {"prompt": rev, "response": "CBA", "judgments": [say("CBA", 5)]}])
     tests["M1"].append({"prompt": inv, "grade": 5})
     found = report.checking_versus_doing(r, ["M1"], tests)["M1"]
-    assert found["kinds"]["invent"] == (pytest.approx(2 / 3), 1.0) and found["judge"] == 1.0
+    assert found["kinds"]["invent"] == (pytest.approx((1 / 2 + 3 / 4) / 2), 1.0) and found["judge"] == 1.0
     assert found["follows"] == 1.0 and found["answer"] == pytest.approx(3 / 5)
     assert any("invent task has many right answers" in line for line in report.checking_lines({"M1": found}))
 
