@@ -101,7 +101,8 @@ judge_quotes = False        # toy EFT targets quote the response's answer beside
 quote_first = False         # with judge_quotes: the quote opens the judgment ("The response says 72. <working> The
                             # correct answer is 27. ..."), copied while the response is the nearest text
 judge_compares = False      # toy EFT targets set the response's answer against the right one and say whether they
-                            # are the same before they grade ("72 against 27: not the same."), README
+                            # are the same before they grade ("72 against 27: not the same."; an invent task's:
+                            # whether its word meets the asks, "Right."), README
 eft_own_answers = 0         # toy: the SFT baseline's sampled answers per EFT training prompt, graded and judged by
                             # the grader in the EFT targets' form, added to M1's EFT data (README: where the judge's
                             # answer comes from)
@@ -109,7 +110,8 @@ pretrain_docs = 2000        # toy M0: documents listing task prompts (the base m
 pretrain_qa_docs = 4000     # toy M0: documents of worked examples ("Q: ... A: ..."), 4-12 each
 pretrain_working = 0.0      # toy M0: share of quiz pages that show the working before each answer
 pretrain_checking = 0.0     # toy M0: share of quiz pages that are marked: a student's answer, the working, and
-                            # whether the two are the same ("72 against 27: not the same."), README
+                            # whether the two are the same ("72 against 27: not the same."; an invent task's
+                            # word checked as its judgments check it), README
 pretrain_epochs = 2         # toy M0: passes over them
 pretrain_lr = 2e-3          # toy M0: peak learning rate
 # SFT: M0 -> SFT baseline and M0 -> M1 (paper, for 70B: lr 5.5e-6 -> 1.1e-6, batch 16,

@@ -190,8 +190,8 @@ def check_loop(c, world):
     p.require(not c.meta_judge or c.n_judge >= 2, "n_judge", "must be >= 2 when meta_judge is on (the meta-judge "
               "compares two judgments of one response)")
     try:  # (the toy world's own check; Meta-Rewarding's demonstrations state the one right answer too)
-        toy.check_kinds(c.toy_kinds.split(","), [s for s in ("judge_working", "judge_quotes", "judge_compares",
-                                                             "meta_judge", "pretrain_working", "pretrain_checking")
+        toy.check_kinds(c.toy_kinds.split(","), [s for s in ("judge_working", "judge_quotes", "meta_judge",
+                                                             "pretrain_working")
                                                  if getattr(c, s)])
     except ValueError as e:
         p.add(f"toy_kinds = {c.toy_kinds!r}: {e}")

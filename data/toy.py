@@ -510,27 +510,30 @@ def eft_target(prompt, task, response, show_working=False, quotes=False, quote_f
     quote_first as well, the quote opens the judgment instead, copied while
     the response is the nearest text (and not the judgment's own working);
     with compares, it sets the response's answer against the right one and
-    says whether they are the same before it grades."""
+    says whether they are the same before it grades (an invent task: whether
+    its word meets the asks)."""
     score = grade({"prompt": prompt, "task": task}, response)
     if task["kind"] == "invent":  # (build() refuses the other forms for it: they state one right answer)
-        why = invent_check(task, attempts(task, response)) + " " + JUSTIFICATION[score] + f"\nScore: {score}"
+        why = invent_check(task, attempts(task, response), compares) + " " + JUSTIFICATION[score] + f"\nScore: {score}"
     else:
         why = judgment_text(task, answer(task), score, attempts(task, response), show_working, quotes, quote_first,
                             compares)
     return {"prompt": judge_prompt(prompt, response), "response": why, "score": score}
 
 
-def invent_check(task, tries):
+def invent_check(task, tries, verdict=False):
     """How a judgment checks an invent task's response instead of stating the
     right answer (it has many): the response's first word (attempts()) with
     the three properties the task asks about read off it, beside the asked
     ones: "BAKIO starts with B, ends with O and has 5 letters; asked: B, O,
-    5." Each step copies a letter or counts letters, as the length task does."""
+    5." Each step copies a letter or counts letters, as the length task does.
+    verdict (judge_compares, marked quizzes): then whether the word meets all
+    three asks, "Right." or "Not right.", the one word the score follows."""
     asked = f"asked: {task['first']}, {task['last']}, {task['n']}."
-    if not tries:
-        return f"The response gives no word; {asked}"
-    w = tries[0]
-    return f"{w} starts with {w[0]}, ends with {w[-1]} and has {len(w)} letters; {asked}"
+    w = tries[0] if tries else None
+    check = f"{w} starts with {w[0]}, ends with {w[-1]} and has {len(w)} letters; {asked}" if w else \
+        f"The response gives no word; {asked}"
+    return f"{check} {'Right' if w and fits(task, w) == 3 else 'Not right'}." if verdict else check
 
 
 # -----------------------------------------------------------------------------
@@ -635,8 +638,8 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
     if 1 in (n_eft_train, n_eft_eval):
         raise ValueError("an EFT set needs 0 or at least 2 responses")
     kinds = toy_kinds.split(",")
-    check_kinds(kinds, [name for name, on in (("judge_working", judge_working), ("judge_quotes", judge_quotes),
-                                              ("judge_compares", judge_compares)) if on])
+    check_kinds(kinds, [name for name, on in (("judge_working", judge_working), ("judge_quotes", judge_quotes))
+                        if on])  # (judge_compares checks an invent word's asks: invent_check())
     rng = random.Random(seed)
     decline_rng = random.Random(f"{seed} declines")  # ift_declines' own draws: the other sets do not depend on them
     train_sizes, eval_sizes = _group_sizes(n_eft_train, rng), _group_sizes(n_eft_eval, rng)
@@ -717,8 +720,10 @@ def worked_examples(pairs):
 
 def student_answer(task, rng):
     """A student's answer on a marked quiz: right half the time, else nearly
-    right or wrong, as the EFT responses are."""
-    ans, x = answer(task), rng.random()
+    right or wrong, as the EFT responses are (an invent task: a word of its
+    own, right or not)."""
+    ans = invented(task, rng) if task["kind"] == "invent" else answer(task)
+    x = rng.random()
     return ans if x < 0.5 else _near(ans, rng) if x < 0.75 else _wrong(task, ans, rng)
 
 
@@ -728,9 +733,15 @@ def marked_quiz(items):
     the right answer, and the two side by side as the judge compares them
     (comparison()): "Q: ...\nStudent: 72\nA: Ones: ... So 27. 72 against 27:
     not the same.\n". No judge prompt, no scores: the base model learns to
-    compare, the EFT data to use that in a judgment."""
-    return "".join(f"Q: {p}\nStudent: {given}\nA: {working(t)} So {answer(t)}. {comparison([given], answer(t))}\n"
-                   for p, t, given in items)
+    compare, the EFT data to use that in a judgment. An invent task's mark
+    checks the student's word as its judgments do (invent_check()):
+    "Student: BZKO\nA: BZKO starts with B, ends with O and has 4 letters;
+    asked: B, O, 5. Not right.": the base model copies a word it is given."""
+    def mark(t, given):
+        if t["kind"] == "invent":
+            return invent_check(t, [given], verdict=True)
+        return f"{working(t)} So {answer(t)}. {comparison([given], answer(t))}"
+    return "".join(f"Q: {p}\nStudent: {given}\nA: {mark(t, given)}\n" for p, t, given in items)
 
 
 def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, checking_share=0.0, kinds=KINDS):
@@ -739,11 +750,11 @@ def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, c
     of the quiz pages show the working (working()) before each answer, as
     worked solutions on the web do: where the base model learns the steps; a
     share checking_share of them are marked quizzes instead (marked_quiz()):
-    where it learns to tell whether two answers are the same. Nothing the
+    where it learns to tell whether two answers are the same, and to check
+    an invented word against the three asks. Nothing the
     evaluation asks about (seed_dir's test and EFT eval tasks and prompts)
     is in them. kinds: the task kinds drawn (build's)."""
-    check_kinds(kinds, [name for name, on in (("pretrain_working", working_share), ("pretrain_checking", checking_share))
-                        if on])
+    check_kinds(kinds, ["pretrain_working"] if working_share else [])
     held = [rec for f in ("test", "eft_eval") for rec in read_jsonl(os.path.join(seed_dir, f + ".jsonl"))]
     held_prompts = {rec["prompt"] for rec in held}
     held_tasks = {json.dumps(rec["task"], sort_keys=True) for rec in held}

@@ -794,7 +794,8 @@ def test_check_loop_in_this_process():
     c = configurator.settings(S.DEFAULTS, {"toy_kinds": "reverse,dance"})
     assert validate.check_loop(c, 1).found == ["toy_kinds = 'reverse,dance': must be some of reverse,sort,replace,"
                                                "count,length,arith,invent, each once, separated by commas"]
-    c = configurator.settings(S.DEFAULTS, {"toy_kinds": "sort,invent", "meta_judge": True, "pretrain_working": 0.5})
+    c = configurator.settings(S.DEFAULTS, {"toy_kinds": "sort,invent", "meta_judge": True, "pretrain_working": 0.5,
+                                           "pretrain_checking": 0.5})  # (marked quizzes check an invent word)
     assert validate.check_loop(c, 1).found == ["toy_kinds = 'sort,invent': with invent does not go with meta_judge, "
                                                "pretrain_working: an invent task has many right answers, and these "
                                                "write one"]

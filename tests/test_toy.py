@@ -9,8 +9,8 @@ import pytest
 
 from data import read_jsonl
 from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, ENGLISH, TEMPLATES, answer, attempts, build, comparison, corpus,
-                      eft_target, fewshot_text, grade, meta_judge_examples, pretraining_docs, quote, render,
-                      sample_task, stated_answer, task_from_prompt, true_grade, working, write_toy)
+                      eft_target, fewshot_text, grade, marked_quiz, meta_judge_examples, pretraining_docs, quote,
+                      render, sample_task, stated_answer, task_from_prompt, true_grade, working, write_toy)
 from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
 from tokenizer import chat_tokens, train_tokenizer
 
@@ -67,6 +67,13 @@ def test_invent_tasks_read_back_and_are_checked_not_answered():
     assert eft_target(INVENT, task, "BAKIOS")["response"].startswith(
         "BAKIOS starts with B, ends with S and has 6 letters; asked: B, O, 5. The response is related")
     assert eft_target(INVENT, task, "I like tea.")["response"].startswith("The response gives no word; asked: B, O, 5.")
+    assert eft_target(INVENT, task, "Sure! The answer is BUTTO.", compares=True)["response"] == (
+        "BUTTO starts with B, ends with O and has 5 letters; asked: B, O, 5. Right. "
+        "The response is right, but adds text that was not asked for.\nScore: 4")
+    assert eft_target(INVENT, task, "BAKIOS", compares=True)["response"].startswith(
+        "BAKIOS starts with B, ends with S and has 6 letters; asked: B, O, 5. Not right. The response is related")
+    assert eft_target(INVENT, task, "I like tea.", compares=True)["response"].startswith(
+        "The response gives no word; asked: B, O, 5. Not right. The response is off-topic")
     assert stated_answer(target["response"]) is None
 
 
@@ -86,8 +93,13 @@ def test_an_invent_world():
                 if r["task"]["kind"] == "invent"]  # the default world: six kinds, as before
     with pytest.raises(ValueError, match="must be some of"):
         build(toy_kinds="reverse,dance")
-    with pytest.raises(ValueError, match="does not go with judge_compares"):
-        build(toy_kinds="invent,sort", judge_compares=True)
+    with pytest.raises(ValueError, match="does not go with judge_quotes"):
+        build(toy_kinds="invent,sort", judge_quotes=True)
+    # judge_compares: an invent judgment says whether the word meets the asks, as a marked quiz does
+    compared = build(n_ift=0, n_eft_train=300, n_eft_eval=0, n_test=0, toy_kinds="invent,sort", judge_compares=True)
+    words = [x for x in compared["eft_train"] if " letters; asked: " in x["response"]]
+    assert words and all(re.search(r"\. (Right|Not right)\. The response", x["response"]) for x in words)
+    assert all((". Right. " in x["response"]) == (x["score"] >= 4) for x in words if x["score"] in (1, 2, 4, 5))
 
 
 def test_tasks_answers_and_prompt_parsing():
@@ -350,6 +362,24 @@ def test_pretraining_docs_leave_out_what_the_evaluation_asks(toy):
         assert a == f"{working(task)} So {answer(task)}. {given} against {answer(task)}: " + (
             "the same." if given == answer(task) else "not the same.")
     assert 0.4 < verdicts[True] / len(items) < 0.6  # right half the time
+    # an invent task's mark checks the student's word against the three asks, as its judgments do
+    task = task_from_prompt(INVENT)
+    assert marked_quiz([(INVENT, task, "BZKO"), (INVENT, task, "BAKIO")]) == (
+        f"Q: {INVENT}\nStudent: BZKO\n"
+        "A: BZKO starts with B, ends with O and has 4 letters; asked: B, O, 5. Not right.\n"
+        f"Q: {INVENT}\nStudent: BAKIO\nA: BAKIO starts with B, ends with O and has 5 letters; asked: B, O, 5. Right.\n")
+    marked = pretraining_docs(folder, random.Random(0), n_list_docs=0, n_qa_docs=300, checking_share=0.5,
+                              kinds=ALL_KINDS)
+    items = [(task_from_prompt(q), given, a) for d in marked
+             for q, given, a in re.findall(r"Q: (.*)\nStudent: (.*)\nA: (.*)\n", d["text"])]
+    words = [(task, given, a) for task, given, a in items if task["kind"] == "invent"]
+    assert len(words) > 100 and 0.4 < sum(a.endswith(" Right.") for _, _, a in words) / len(words) < 0.6
+    for task, given, a in words:
+        assert a.startswith(f"{given} starts with {given[0]}, ends with {given[-1]} and has {len(given)} letters; "
+                            f"asked: {task['first']}, {task['last']}, {task['n']}.")
+        assert a.endswith(" Right.") == (grade({"task": task}, given) == 5)
+        assert given != answer(task) or a.endswith(" Right.")
+    assert len({given for _, given, a in words if a.endswith(" Right.")}) > 50  # words of their own, not answer()'s
 
 
 def test_meta_judge_examples_name_the_judgment_whose_score_the_grader_gives(toy):
