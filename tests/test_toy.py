@@ -378,7 +378,6 @@ def test_pretraining_docs_leave_out_what_the_evaluation_asks(toy):
         assert a.startswith(f"{given} starts with {given[0]}, ends with {given[-1]} and has {len(given)} letters; "
                             f"asked: {task['first']}, {task['last']}, {task['n']}.")
         assert a.endswith(" Right.") == (grade({"task": task}, given) == 5)
-        assert given != answer(task) or a.endswith(" Right.")
     assert len({given for _, given, a in words if a.endswith(" Right.")}) > 50  # words of their own, not answer()'s
 
 
