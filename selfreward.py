@@ -112,6 +112,9 @@ pretrain_working = 0.0      # toy M0: share of quiz pages that show the working 
 pretrain_checking = 0.0     # toy M0: share of quiz pages that are marked: a student's answer, the working, and
                             # whether the two are the same ("72 against 27: not the same."; an invent task's
                             # word checked as its judgments check it), README
+check_each_ask = False      # toy, invent: the judgments' and marked quizzes' check sets each property of the word
+                            # beside its ask ("BAKIO: starts with B, asked B: yes; ..."), every comparison between
+                            # neighbours (README: a task easier to check)
 pretrain_epochs = 2         # toy M0: passes over them
 pretrain_lr = 2e-3          # toy M0: peak learning rate
 # SFT: M0 -> SFT baseline and M0 -> M1 (paper, for 70B: lr 5.5e-6 -> 1.1e-6, batch 16,
@@ -191,13 +194,13 @@ RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "tp", "plan_o
 # changing one of these settings redoes that stage and the stages downstream of it, nothing else.
 STAGE_SETTINGS = {
     "toy seed": ["seed", "n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "ift_declines", "judge_working",
-                 "judge_quotes", "quote_first", "judge_compares", "toy_kinds"],
+                 "judge_quotes", "quote_first", "judge_compares", "check_each_ask", "toy_kinds"],
     "tokenizer": ["vocab_size", "phrase_pieces", "rubric_pieces", "letter_pieces"],
     "M0": ["seed", "dtype", "chat_template", "model", "pretrain_docs", "pretrain_qa_docs", "pretrain_working",
-           "pretrain_checking", "toy_kinds", "pretrain_epochs", "pretrain_lr", "sft_batch_size"],
+           "pretrain_checking", "check_each_ask", "toy_kinds", "pretrain_epochs", "pretrain_lr", "sft_batch_size"],
     "SFT": ["seed", "dtype", "chat_template", "sft_lr", "sft_min_lr", "sft_batch_size", "sft_epochs", "dropout"],
     "eft_own": ["seed", "dtype", "chat_template", "eft_own_answers", "temperature", "top_p", "max_response_tokens",
-                "shard_size", "judge_working", "judge_quotes", "quote_first", "judge_compares"],
+                "shard_size", "judge_working", "judge_quotes", "quote_first", "judge_compares", "check_each_ask"],
     "M1": ["eft_own_answers"],
     "eft_targets": ["seed", "dtype", "chat_template", "n_judge", "temperature", "top_p", "max_judge_tokens",
                     "eft_judgments"],
@@ -299,7 +302,7 @@ def stage_seed_data(c, r):
                           n_eft_eval=c.n_eft_eval, n_test=c.n_test, ift_chatty=c.ift_chatty,
                           ift_declines=c.ift_declines, judge_working=c.judge_working, judge_quotes=c.judge_quotes,
                           quote_first=c.quote_first, judge_compares=c.judge_compares,
-                          toy_kinds=c.toy_kinds)
+                          check_each_ask=c.check_each_ask, toy_kinds=c.toy_kinds)
         D.barrier()
     else:
         for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"):
@@ -343,7 +346,7 @@ def stage_tokenizer(c, r):
 def stage_pretrain(c, r):
     rng = random.Random(sub_seed(c.seed, "pretrain"))
     docs = toy.pretraining_docs(r.path("seed"), rng, c.pretrain_docs, c.pretrain_qa_docs, c.pretrain_working,
-                                 c.pretrain_checking, c.toy_kinds.split(","))
+                                 c.pretrain_checking, c.toy_kinds.split(","), c.check_each_ask)
     save_jsonl(r.path("train", "pretrain.jsonl"), docs)
     out = train_sft.train({**trainer_settings(c, r, "M0", c.sft_batch_size, c.micro_batch_size, ("M0",)),
                            "init_from": "scratch", "model": c.model, "tokenizer": r.path("tokenizer.model"),
@@ -445,7 +448,7 @@ def stage_eft_own_answers(c, r):
                         seed=sub_seed(c.seed, "eft own answers", shard), batch_size=c.gen_batch_size,
                         progress=c.progress)
         return [toy.eft_target(g["prompt"], g["task"], tok.decode(o).strip(), c.judge_working, c.judge_quotes,
-                               c.quote_first, c.judge_compares)
+                               c.quote_first, c.judge_compares, c.check_each_ask)
                 for k, g in enumerate(chunk) for o in outs[k * n:(k + 1) * n]]
 
     recs = generate_sharded(r, os.path.join("seed", "eft_train_own"), groups, c.shard_size, work)

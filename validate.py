@@ -195,6 +195,8 @@ def check_loop(c, world):
                                                  if getattr(c, s)])
     except ValueError as e:
         p.add(f"toy_kinds = {c.toy_kinds!r}: {e}")
+    p.require(not c.check_each_ask or "invent" in c.toy_kinds.split(","), "check_each_ask",
+              f"changes only how invent tasks are checked, and toy_kinds = {c.toy_kinds!r} has none")
     p.require(c.max_prompt_words >= c.min_prompt_words, "max_prompt_words",
               f"must be >= min_prompt_words = {c.min_prompt_words}")
     p.require(c.pretrain_docs + c.pretrain_qa_docs > 0 or c.init_from != "scratch", "pretrain_docs",

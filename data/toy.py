@@ -503,7 +503,8 @@ def judgment_text(task, stated, score, tries, show_working=False, quotes=False, 
     return " ".join(p for p in parts if p) + f"\nScore: {score}"
 
 
-def eft_target(prompt, task, response, show_working=False, quotes=False, quote_first=False, compares=False):
+def eft_target(prompt, task, response, show_working=False, quotes=False, quote_first=False, compares=False,
+               each_ask=False):
     """The SFT record that teaches the judge to score this response; with
     show_working, the judgment works the task out before it states the answer;
     with quotes, it then quotes the response's answer before it grades; with
@@ -511,28 +512,40 @@ def eft_target(prompt, task, response, show_working=False, quotes=False, quote_f
     the response is the nearest text (and not the judgment's own working);
     with compares, it sets the response's answer against the right one and
     says whether they are the same before it grades (an invent task: whether
-    its word meets the asks)."""
+    its word meets the asks); with each_ask, an invent task's check sets each
+    property of the word beside its ask (invent_check())."""
     score = grade({"prompt": prompt, "task": task}, response)
     if task["kind"] == "invent":  # (build() refuses the other forms for it: they state one right answer)
-        why = invent_check(task, attempts(task, response), compares) + " " + JUSTIFICATION[score] + f"\nScore: {score}"
+        why = (invent_check(task, attempts(task, response), compares, each_ask) + " " + JUSTIFICATION[score]
+               + f"\nScore: {score}")
     else:
         why = judgment_text(task, answer(task), score, attempts(task, response), show_working, quotes, quote_first,
                             compares)
     return {"prompt": judge_prompt(prompt, response), "response": why, "score": score}
 
 
-def invent_check(task, tries, verdict=False):
+def invent_check(task, tries, verdict=False, each_ask=False):
     """How a judgment checks an invent task's response instead of stating the
     right answer (it has many): the response's first word (attempts()) with
     the three properties the task asks about read off it, beside the asked
     ones: "BAKIO starts with B, ends with O and has 5 letters; asked: B, O,
     5." Each step copies a letter or counts letters, as the length task does.
+    each_ask (check_each_ask): each property stands right beside its ask,
+    with whether the two are the same, so that every comparison is between
+    neighbours: "BAKIO: starts with B, asked B: yes; ends with O, asked O:
+    yes; has 5 letters, asked 5: yes."
     verdict (judge_compares, marked quizzes): then whether the word meets all
     three asks, "Right." or "Not right.", the one word the score follows."""
-    asked = f"asked: {task['first']}, {task['last']}, {task['n']}."
     w = tries[0] if tries else None
-    check = f"{w} starts with {w[0]}, ends with {w[-1]} and has {len(w)} letters; {asked}" if w else \
-        f"The response gives no word; {asked}"
+    if w and each_ask:
+        said = [("starts with", w[0], task["first"]), ("ends with", w[-1], task["last"]),
+                ("has", len(w), task["n"])]
+        check = f"{w}: " + "; ".join(f"{what} {has}{' letters' if what == 'has' else ''}, asked {want}: "
+                                     f"{'yes' if has == want else 'no'}" for what, has, want in said) + "."
+    else:
+        asked = f"asked: {task['first']}, {task['last']}, {task['n']}."
+        check = f"{w} starts with {w[0]}, ends with {w[-1]} and has {len(w)} letters; {asked}" if w else \
+            f"The response gives no word; {asked}"
     return f"{check} {'Right' if w and fits(task, w) == 3 else 'Not right'}." if verdict else check
 
 
@@ -626,7 +639,7 @@ def ift_response(task, rng, chatty, declines=0.0, decline_rng=None):
 
 def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024, ift_chatty=0.6,
           ift_declines=0.0, judge_working=False, judge_quotes=False, quote_first=False, judge_compares=False,
-          toy_kinds=",".join(KINDS)):
+          check_each_ask=False, toy_kinds=",".join(KINDS)):
     """All toy seed sets as lists of records; the same seed gives the same sets.
     toy_kinds: the task kinds drawn, comma-separated, of ALL_KINDS (the default world: KINDS);
     ift_chatty, ift_declines: shares of the IFT answers said chattily, and declined (ift_response);
@@ -634,7 +647,9 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
     judge_quotes: they quote the response's answer beside the right one;
     quote_first: (with judge_quotes) the quote opens the judgment instead;
     judge_compares: they set the response's answer against the right one
-    and say whether the two are the same (comparison())."""
+    and say whether the two are the same (comparison());
+    check_each_ask: an invent task's check sets each property of the
+    response's word beside its ask (invent_check())."""
     if 1 in (n_eft_train, n_eft_eval):
         raise ValueError("an EFT set needs 0 or at least 2 responses")
     kinds = toy_kinds.split(",")
@@ -656,7 +671,8 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
     tasks = tasks[len(eval_sizes):]
     train_groups = [_group(t, k, rng) for t, k in zip(tasks, train_sizes)]
     ift_tasks = tasks[len(train_sizes):]
-    eft_train = [eft_target(g["prompt"], g["task"], r, judge_working, judge_quotes, quote_first, judge_compares)
+    eft_train = [eft_target(g["prompt"], g["task"], r, judge_working, judge_quotes, quote_first, judge_compares,
+                            check_each_ask)
                  for g in train_groups for r in g["responses"]]
     rng.shuffle(eft_train)
     return {
@@ -727,7 +743,7 @@ def student_answer(task, rng):
     return ans if x < 0.5 else _near(ans, rng) if x < 0.75 else _wrong(task, ans, rng)
 
 
-def marked_quiz(items):
+def marked_quiz(items, each_ask=False):
     """A pretraining document: a teacher's marked quiz, items (prompt, task,
     the student's answer): the question, the student's answer, the working,
     the right answer, and the two side by side as the judge compares them
@@ -736,22 +752,25 @@ def marked_quiz(items):
     compare, the EFT data to use that in a judgment. An invent task's mark
     checks the student's word as its judgments do (invent_check()):
     "Student: BZKO\nA: BZKO starts with B, ends with O and has 4 letters;
-    asked: B, O, 5. Not right.": the base model copies a word it is given."""
+    asked: B, O, 5. Not right.": the base model copies a word it is given
+    (each_ask: each property beside its ask, as invent_check() writes it)."""
     def mark(t, given):
         if t["kind"] == "invent":
-            return invent_check(t, [given], verdict=True)
+            return invent_check(t, [given], verdict=True, each_ask=each_ask)
         return f"{working(t)} So {answer(t)}. {comparison([given], answer(t))}"
     return "".join(f"Q: {p}\nStudent: {given}\nA: {mark(t, given)}\n" for p, t, given in items)
 
 
-def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, checking_share=0.0, kinds=KINDS):
+def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, checking_share=0.0, kinds=KINDS,
+                     each_ask=False):
     """M0's pretraining documents {"text"}: n_list_docs task listings and
     n_qa_docs quiz pages, 4 to 12 tasks each, shuffled; a share working_share
     of the quiz pages show the working (working()) before each answer, as
     worked solutions on the web do: where the base model learns the steps; a
     share checking_share of them are marked quizzes instead (marked_quiz()):
     where it learns to tell whether two answers are the same, and to check
-    an invented word against the three asks. Nothing the
+    an invented word against the three asks (each_ask: as check_each_ask
+    writes the check, invent_check()). Nothing the
     evaluation asks about (seed_dir's test and EFT eval tasks and prompts)
     is in them. kinds: the task kinds drawn (build's)."""
     check_kinds(kinds, ["pretrain_working"] if working_share else [])
@@ -776,7 +795,7 @@ def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, c
                                 for p, t in fresh_tasks(rng.randint(4, 12))])
 
     def marked_page():
-        return marked_quiz([(p, t, student_answer(t, rng)) for p, t in fresh_tasks(rng.randint(4, 12))])
+        return marked_quiz([(p, t, student_answer(t, rng)) for p, t in fresh_tasks(rng.randint(4, 12))], each_ask)
 
     # (a share of 0 draws nothing: the pages as before)
     docs += [{"text": marked_page() if checking_share and rng.random() < checking_share else quiz_page()}
@@ -807,7 +826,8 @@ if __name__ == "__main__":
              "judge_working": "EFT targets work the task out step by step",
              "judge_quotes": "EFT targets quote the response's answer beside the right one",
              "quote_first": "with judge_quotes: the quote opens the judgment",
-             "judge_compares": "EFT targets set the response's answer against the right one: the same or not"}
+             "judge_compares": "EFT targets set the response's answer against the right one: the same or not",
+             "check_each_ask": "an invent check sets each property of the word beside its ask"}
     p = argparse.ArgumentParser(description="Write the toy world's seed files.")
     p.add_argument("--out", default="data/toy", help="output folder")
     notes["toy_kinds"] = f"comma-separated task kinds, of {','.join(ALL_KINDS)}"

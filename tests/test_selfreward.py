@@ -609,15 +609,28 @@ def test_working_settings_are_named_by_the_stages_they_change(micro_run, tmp_pat
 
 def test_an_invent_world_micro_run(tmp_path):
     """toy_kinds with invent: the seed data, M0's pages and the report carry
-    the kind; its EFT targets check the response's word against the asks;
-    the seed and M0 stages name the setting (a changed world redoes them)."""
+    the kind; its EFT targets check the response's word against the asks
+    (check_each_ask: each ask beside the word's property), and so do M0's
+    marked quizzes and the SFT baseline's judged answers; the seed and M0
+    stages name the settings (a changed world redoes them)."""
     kinds = ",".join(toy.ALL_KINDS)
-    run_loop(tmp_path, toy_kinds=kinds, n_test=24, iterations=0)
+    run_loop(tmp_path, toy_kinds=kinds, n_test=24, iterations=0, check_each_ask=True, pretrain_checking=0.5,
+             eft_own_answers=1)
     run = tmp_path / "micro"
     made_from = lambda stage: json.load(open(run / "done" / stage))["made_from"]["settings"]
     assert made_from("seed_data")["toy_kinds"] == kinds and made_from("M0")["toy_kinds"] == kinds
-    checks = [x for x in read_jsonl(run / "seed" / "eft_train.jsonl") if " letters; asked: " in x["response"]]
+    assert made_from("seed_data")["check_each_ask"] and made_from("M0")["check_each_ask"]
+    assert made_from("eft_own")["check_each_ask"]
+    checks = [x for x in read_jsonl(run / "seed" / "eft_train.jsonl") if ": starts with " in x["response"]]
     assert checks and all(parse_score(x["response"]) == x["score"] for x in checks)
+    assert not [x for x in read_jsonl(run / "seed" / "eft_train.jsonl") if " letters; asked: " in x["response"]]
+    pretraining = "".join(d["text"] for d in read_jsonl(run / "train" / "pretrain.jsonl"))
+    assert re.search(r"\nStudent: (\S+)\nA: \1: starts with ", pretraining)
+    assert "letters; asked: " not in pretraining
+    groups, own = read_jsonl(run / "seed" / "eft_train_groups.jsonl"), read_jsonl(run / "seed" / "eft_train_own.jsonl")
+    for g, x in zip(groups, own):
+        response = x["prompt"].split("<response>")[-1].split("</response>")[0]
+        assert x == toy.eft_target(g["prompt"], g["task"], response, each_ask=True)
     assert any("Task: Invent a word" in d["text"] or "Task: Think of a word" in d["text"]
                for d in read_jsonl(run / "train" / "pretrain.jsonl"))
     report = open(run / "report.md").read()
@@ -657,7 +670,7 @@ def test_main_takes_argv(capsys):
 # --- the toy seed data: python -m data.toy writes what the loop writes ---------------
 
 TOY_SIZES = ("n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "ift_declines", "judge_working",
-             "judge_quotes", "quote_first", "judge_compares", "toy_kinds")  # build()'s settings
+             "judge_quotes", "quote_first", "judge_compares", "check_each_ask", "toy_kinds")  # build()'s settings
 
 
 def test_toy_defaults_are_the_loops():
@@ -799,6 +812,9 @@ def test_check_loop_in_this_process():
     assert validate.check_loop(c, 1).found == ["toy_kinds = 'sort,invent': with invent does not go with meta_judge, "
                                                "pretrain_working: an invent task has many right answers, and these "
                                                "write one"]
+    c = configurator.settings(S.DEFAULTS, {"check_each_ask": True})  # a setting with nothing to change
+    assert validate.check_loop(c, 1).found == ["check_each_ask = True: changes only how invent tasks are checked, "
+                                               "and toy_kinds = 'reverse,sort,replace,count,length,arith' has none"]
     c = configurator.settings(S.DEFAULTS, {"eft_own_answers": -1})
     assert validate.check_loop(c, 1).found == ["eft_own_answers = -1: must be >= 0"]
     c = configurator.settings(S.DEFAULTS, {"eft_own_answers": 1, "seed_data": "no/such/folder", "init_from": "M0"})

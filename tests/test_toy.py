@@ -9,7 +9,7 @@ import pytest
 
 from data import read_jsonl
 from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, ENGLISH, TEMPLATES, answer, attempts, build, comparison, corpus,
-                      eft_target, fewshot_text, grade, marked_quiz, meta_judge_examples, pretraining_docs, quote,
+                      eft_target, fewshot_text, fits, grade, marked_quiz, meta_judge_examples, pretraining_docs, quote,
                       render, sample_task, stated_answer, task_from_prompt, true_grade, working, write_toy)
 from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
 from tokenizer import chat_tokens, train_tokenizer
@@ -75,6 +75,18 @@ def test_invent_tasks_read_back_and_are_checked_not_answered():
     assert eft_target(INVENT, task, "I like tea.", compares=True)["response"].startswith(
         "The response gives no word; asked: B, O, 5. Not right. The response is off-topic")
     assert stated_answer(target["response"]) is None
+    # check_each_ask: each property right beside its ask, with whether the two are the same
+    assert eft_target(INVENT, task, "Sure! The answer is BUTTO.", each_ask=True)["response"] == (
+        "BUTTO: starts with B, asked B: yes; ends with O, asked O: yes; has 5 letters, asked 5: yes. "
+        "The response is right, but adds text that was not asked for.\nScore: 4")
+    assert eft_target(INVENT, task, "BAKIOS", compares=True, each_ask=True)["response"].startswith(
+        "BAKIOS: starts with B, asked B: yes; ends with S, asked O: no; has 6 letters, asked 5: no. Not right. "
+        "The response is related")
+    assert eft_target(INVENT, task, "Sure, bakio.", compares=True, each_ask=True)["response"].startswith(
+        "bakio: starts with b, asked B: no; ends with o, asked O: no; has 5 letters, asked 5: yes. Not right. "
+        "The response contains the answer")  # a right word in lower case: graded 3
+    assert eft_target(INVENT, task, "I like tea.", compares=True, each_ask=True)["response"].startswith(
+        "The response gives no word; asked: B, O, 5. Not right. The response is off-topic")
 
 
 def test_an_invent_world():
@@ -100,6 +112,22 @@ def test_an_invent_world():
     words = [x for x in compared["eft_train"] if " letters; asked: " in x["response"]]
     assert words and all(re.search(r"\. (Right|Not right)\. The response", x["response"]) for x in words)
     assert all((". Right. " in x["response"]) == (x["score"] >= 4) for x in words if x["score"] in (1, 2, 4, 5))
+    # check_each_ask: the same targets, each check's three comparisons written out; the other kinds' unchanged
+    each = build(n_ift=0, n_eft_train=300, n_eft_eval=0, n_test=0, toy_kinds="invent,sort", judge_compares=True,
+                 check_each_ask=True)
+    assert [x["score"] for x in each["eft_train"]] == [x["score"] for x in compared["eft_train"]]
+    assert [x for x in each["eft_train"] if "asked" not in x["response"]] == [
+        x for x in compared["eft_train"] if "asked" not in x["response"]]
+    checks = [(task_from_prompt(x["prompt"].split("\nUser: ")[1].split("\n<response>")[0]), x)
+              for x in each["eft_train"] if ": starts with " in x["response"]]
+    assert len(checks) > 50
+    for task, x in checks:
+        m = re.match(r"(\S+): starts with (\S), asked (\S): (yes|no); ends with (\S), asked (\S): (yes|no); "
+                     r"has (\d+) letters, asked (\d+): (yes|no)\. (Right|Not right)\. ", x["response"])
+        w, f, af, fy, l, al, ly, n, an, ny, verdict = m.groups()
+        assert (f, l, int(n)) == (w[0], w[-1], len(w)) and (af, al, int(an)) == (task["first"], task["last"], task["n"])
+        assert [fy, ly, ny] == ["yes" if a == b else "no" for a, b in ((f, af), (l, al), (n, an))]
+        assert (verdict == "Right") == ([fy, ly, ny] == ["yes"] * 3) == (fits(task, w) == 3)
 
 
 def test_tasks_answers_and_prompt_parsing():
@@ -378,6 +406,15 @@ def test_pretraining_docs_leave_out_what_the_evaluation_asks(toy):
         assert a.startswith(f"{given} starts with {given[0]}, ends with {given[-1]} and has {len(given)} letters; "
                             f"asked: {task['first']}, {task['last']}, {task['n']}.")
         assert a.endswith(" Right.") == (grade({"task": task}, given) == 5)
+    # each_ask (check_each_ask): each property beside its ask, the same pages otherwise
+    assert marked_quiz([(INVENT, task_from_prompt(INVENT), "BZKO")], each_ask=True) == (
+        f"Q: {INVENT}\nStudent: BZKO\n"
+        "A: BZKO: starts with B, asked B: yes; ends with O, asked O: yes; has 4 letters, asked 5: no. Not right.\n")
+    each = pretraining_docs(folder, random.Random(0), n_list_docs=0, n_qa_docs=300, checking_share=0.5,
+                            kinds=ALL_KINDS, each_ask=True)
+    for d, e in zip(marked, each):
+        pages = [re.sub(r"\nA: [A-Za-z]+: starts with .*\n", "\n", x) for x in (d["text"], e["text"])]
+        assert re.sub(r"\nA: [A-Za-z]+ starts with .*\n", "\n", pages[0]) == pages[1]
     assert len({given for _, given, a in words if a.endswith(" Right.")}) > 50  # words of their own, not answer()'s
 
 
