@@ -18,6 +18,7 @@ selfreward.py's evaluation stage writes what this file reads (eval/<model>_test.
 the stage infos in done/); this file only tabulates them.
 """
 import json
+import math
 import os
 
 import numpy as np
@@ -340,8 +341,14 @@ def checking_versus_doing(r, names, tests):
     the mean of the share of right responses it scores 4-5 and the share
     of wrong ones it scores 0-3 (50%: a coin toss, or one verdict for all;
     the EFT eval has twice as many wrong responses as right ones), and it
-    counts in no other column.
-    Returns {model: {"judge", "answer", "follows", "compares", "kinds": {kind: (judge, answer)}}},
+    counts in no other column. Two more invent figures say whether that
+    accuracy is checking or form: the same balanced accuracy on responses
+    that are a bare word in capitals ("invent_bare", with the counts of right
+    and wrong ones: there the rubric's form cannot tell them apart), and the
+    share of judgments of responses that name a word whose check reads the
+    response's own word ("invent_copies", toy.checked_word).
+    Returns {model: {"judge", "answer", "follows", "compares", "kinds": {kind: (judge, answer)},
+    and with invent "invent_bare", "invent_bare_n": [right, wrong], "invent_copies"}},
     kinds those with test prompts, in toy.ALL_KINDS' order."""
     found = {}
     for n in names:
@@ -350,12 +357,19 @@ def checking_versus_doing(r, names, tests):
             continue
         judged, answered, follows, compares = {k: [] for k in toy.ALL_KINDS}, {k: [] for k in toy.ALL_KINDS}, [], []
         invent = {True: [], False: []}  # per right / wrong response: is the verdict on its side of 4
+        bare, bare_n, copies = {True: [], False: []}, {True: 0, False: 0}, []  # the same on bare words; copying
         for rec in read_jsonl(path):  # one record per EFT eval response, its judgments as sampled
             task = toy.task_from_prompt(rec["prompt"])
             right = toy.grade({"prompt": rec["prompt"], "task": task}, rec["response"]) >= toy.RIGHT
             if task["kind"] == "invent":  # the verdict's side, scored as right or not
-                invent[right] += [(score >= toy.RIGHT) == right for score in map(J.parse_score, rec["judgments"])
-                                  if score is not None]
+                sides = [(score >= toy.RIGHT) == right for score in map(J.parse_score, rec["judgments"])
+                         if score is not None]
+                invent[right] += sides
+                if toy.bare_word(rec["response"]):
+                    bare[right] += sides
+                    bare_n[right] += 1
+                word = toy.attempts(task, rec["response"])[:1]
+                copies += [[toy.checked_word(j)] == word for j in rec["judgments"]] if word else []
                 continue
             # the word the EFT target's comparison would say for this response (one definition: toy.comparison)
             same = toy.says_same(toy.comparison(toy.attempts(task, rec["response"]), toy.answer(task)))
@@ -369,13 +383,23 @@ def checking_versus_doing(r, names, tests):
                     compares.append(said_same == same)
         for x in tests[n]:
             answered[(x.get("task") or toy.task_from_prompt(x["prompt"]))["kind"]].append(x["grade"] >= toy.RIGHT)
-        balanced = [share(invent[True]), share(invent[False])]
-        judged["invent"] = None if None in balanced else sum(balanced) / 2
+        judged["invent"] = balanced_accuracy(invent)
         found[n] = {"judge": share(sum((v for k, v in judged.items() if k != "invent"), [])),
                     "answer": share(sum(answered.values(), [])), "follows": share(follows), "compares": share(compares),
                     "kinds": {k: (judged[k] if k == "invent" else share(judged[k]), share(answered[k]))
                               for k in toy.ALL_KINDS if answered[k]}}
+        if "invent" in found[n]["kinds"]:
+            found[n].update(invent_bare=balanced_accuracy(bare), invent_bare_n=[bare_n[True], bare_n[False]],
+                            invent_copies=share(copies))
     return found
+
+
+def balanced_accuracy(sides):
+    """The mean of the shares of right and of wrong responses judged on their
+    side of 4 (sides: {True: [...], False: [...]} per right / wrong response's
+    judgments), or None where either has none."""
+    shares = [share(sides[True]), share(sides[False])]
+    return None if None in shares else sum(shares) / 2
 
 
 def checking_lines(found):
@@ -401,6 +425,14 @@ def checking_lines(found):
         lines.append(f"| {n} | {pct(f['judge'])} | {pct(f['answer'])} | {pct(f['follows'])} | "
                      f"{pct(f['compares'])} | "
                      + " | ".join(f"{pct(j)} / {pct(a)}" for j, a in f["kinds"].values()) + " |")
+    if "invent" in kinds:
+        right, wrong = next(iter(found.values()))["invent_bare_n"]
+        lines += ["", f"Invent, checking or form: the judge's balanced accuracy on the invent responses that are a "
+                  f"bare word in capitals ({right} right, {wrong} wrong; there the form cannot tell them apart, and a "
+                  f"coin toss's spread is about +-{100 * math.sqrt(0.25 / max(right, 1) + 0.25 / max(wrong, 1)):.0f} "
+                  f"points), and the share of judgments of responses that name a word whose check reads that word: "
+                  + "; ".join(f"{n} {pct(f['invent_bare'])}% and {pct(f['invent_copies'])}%" for n, f in found.items())
+                  + "."]
     return lines + [""]
 
 

@@ -48,7 +48,17 @@ FIGURES = [
     # balanced accuracy at telling right from wrong (report.checking_versus_doing), on that kind alone
     ("invent: answers right %", lambda m: kind_share(m, "invent", 1)),
     ("invent: judge balanced accuracy %", lambda m: kind_share(m, "invent", 0)),
+    # checking or form: the same on bare words, where the rubric's form cannot tell right from wrong,
+    # and how often the judge's check reads the response's own word
+    ("invent: the same, bare words only %", lambda m: checking_share(m, "invent_bare")),
+    ("invent: its check reads the response's word %", lambda m: checking_share(m, "invent_copies")),
 ]
+
+
+def checking_share(m, key):
+    """A model's share (%) from its checking record, or None where it has none."""
+    x = m.get("checking", {}).get(key)
+    return None if x is None else 100 * x
 
 
 def kind_share(m, kind, which):

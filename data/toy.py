@@ -549,6 +549,21 @@ def invent_check(task, tries, verdict=False, each_ask=False):
     return f"{check} {'Right' if w and fits(task, w) == 3 else 'Not right'}." if verdict else check
 
 
+def checked_word(judgment):
+    """The word an invent judgment's check (invent_check(), either form)
+    reads its three properties off, or None: how the report measures whether
+    the judge copies the response's word before it checks it."""
+    m = re.match(r"([A-Za-z]+):? starts with ", judgment)
+    return m.group(1) if m else None
+
+
+def bare_word(response):
+    """Is a response one word in capitals and nothing else? On such invent
+    responses only a check tells right from wrong (the rubric's form is the
+    same for both): the report's judge figure on bare words."""
+    return re.fullmatch(r"[A-Z]+", response.strip()) is not None
+
+
 # -----------------------------------------------------------------------------
 # Meta-judge demonstrations, for the Meta-Rewarding variant (selfreward.py
 # --meta_judge=True). Wu et al. start from Llama-3-8B-Instruct, which can

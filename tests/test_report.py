@@ -100,12 +100,14 @@ def test_seed_study_table_by_hand(tmp_path):
     import seeds
 
     def figures(grade, right, bare, judge, states=0.0, follows=None, compares=None, declined=None, answered=None,
-                invent=(None, None)):
+                invent=(None, None), invent_bare=(None, None)):
         return {"mean grade": grade, "right answers (grade >= 4) %": right, "bare right answers (grade 5) %": bare,
                 "declined answers %": declined, "right among the answers given %": answered,
                 "judge pairwise acc %": judge, "judge states the right answer %": states,
                 "its verdict follows a right answer %": follows, "its comparison is right %": compares,
-                "invent: answers right %": invent[1], "invent: judge balanced accuracy %": invent[0]}
+                "invent: answers right %": invent[1], "invent: judge balanced accuracy %": invent[0],
+                "invent: the same, bare words only %": invent_bare[0],
+                "invent: its check reads the response's word %": invent_bare[1]}
     per_seed = {1: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.2, 40, 10, 60, follows=50.0),
                     "M2": figures(2.4, 45, 20, 65, follows=60.0)},
                 2: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.3, 40, 10, 62),  # written before the figure
@@ -145,6 +147,10 @@ def test_seed_study_table_by_hand(tmp_path):
     m["checking"]["kinds"] = {"sort": [0.5, 0.25], "invent": [0.875, 0.375]}
     write_jsonl(folder / "metrics.jsonl", [{"eval": m}])
     assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0, invent=(87.5, 37.5))}
+    m["checking"].update(invent_bare=0.5, invent_bare_n=[26, 28], invent_copies=0.25)  # (reports since 2026-12-03)
+    write_jsonl(folder / "metrics.jsonl", [{"eval": m}])
+    assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0, invent=(87.5, 37.5),
+                                                       invent_bare=(50.0, 25.0))}
 
 
 def test_declined_answers_by_hand():
@@ -238,16 +244,28 @@ def test_checking_against_doing_by_hand(tmp_path):
     # an invent task states no answer: its judge column is the balanced accuracy of its verdicts (the mean of
     # right responses scored 4-5 and wrong ones scored 0-3), and it is in no other column
     inv = "Invent a word of 4 letters that starts with 'B' and ends with 'A'."
+    # Checking or form: the same on bare words alone, and how often the check reads the response's own word
     write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [
-        {"prompt": inv, "response": "BOKA", "judgments": ["Right.\nScore: 5", "Wrong.\nScore: 2", "No score."]},
+        {"prompt": inv, "response": "BOKA", "judgments": [  # right and bare: 1 of 2 scores on its side, 1 of 3 copy
+            "BOKA starts with B, ends with A and has 4 letters; asked: B, A, 4.\nScore: 5",
+            "BOKE: starts with B, asked B: yes; ends with E, asked A: no; has 4 letters, asked 4: yes.\nScore: 2",
+            "No score."]},
         {"prompt": inv, "response": "BOK", "judgments": ["Close.\nScore: 2", "Close.\nScore: 3", "Yes.\nScore: 4",
-                                                          "Close.\nScore: 1"]},
+                                                          "Close.\nScore: 1"]},  # wrong and bare: 3 of 4, no copy
+        {"prompt": inv, "response": "I think BOKO.", "judgments": [  # wrong, not bare: 1 of 2, 1 of 2 copy
+            "BOKO: starts with B, asked B: yes; ends with O, asked A: no; has 4 letters, asked 4: yes.\nScore: 1",
+            "Fine.\nScore: 4"]},
+        {"prompt": inv, "response": "Well.", "judgments": ["The response gives no word.\nScore: 0"]},  # no word
         {"prompt": rev, "response": "CBA", "judgments": [say("CBA", 5)]}])
     tests["M1"].append({"prompt": inv, "grade": 5})
     found = report.checking_versus_doing(r, ["M1"], tests)["M1"]
-    assert found["kinds"]["invent"] == (pytest.approx((1 / 2 + 3 / 4) / 2), 1.0) and found["judge"] == 1.0
+    assert found["kinds"]["invent"] == (pytest.approx((1 / 2 + 5 / 7) / 2), 1.0) and found["judge"] == 1.0
     assert found["follows"] == 1.0 and found["answer"] == pytest.approx(3 / 5)
-    assert any("invent task has many right answers" in line for line in report.checking_lines({"M1": found}))
+    assert found["invent_bare"] == pytest.approx((1 / 2 + 3 / 4) / 2) and found["invent_bare_n"] == [1, 1]
+    assert found["invent_copies"] == pytest.approx(2 / 9)  # (of the judgments of responses that name a word)
+    lines = report.checking_lines({"M1": found})
+    assert any("invent task has many right answers" in line for line in lines)
+    assert any("(1 right, 1 wrong;" in line and line.endswith("M1 62.5% and 22.2%.") for line in lines)
 
 
 def test_meta_rewarding_diagnostics_by_hand(tmp_path):
