@@ -430,9 +430,9 @@ def checking_lines(found):
         lines += ["", f"Invent, checking or form: the judge's balanced accuracy on the invent responses that are a "
                   f"bare word in capitals ({right} right, {wrong} wrong; there the form cannot tell them apart, and a "
                   f"coin toss's spread is about +-{100 * math.sqrt(0.25 / max(right, 1) + 0.25 / max(wrong, 1)):.0f} "
-                  f"points), and the share of judgments of responses that name a word whose check reads that word: "
-                  + "; ".join(f"{n} {pct(f['invent_bare'])}% and {pct(f['invent_copies'])}%" for n, f in found.items())
-                  + "."]
+                  f"points), and the share of judgments of responses that name a word whose check reads that word "
+                  f"(%): " + "; ".join(f"{n} {pct(f['invent_bare'])} and {pct(f['invent_copies'])}"
+                                       for n, f in found.items()) + "."]
     return lines + [""]
 
 

@@ -265,7 +265,7 @@ def test_checking_against_doing_by_hand(tmp_path):
     assert found["invent_copies"] == pytest.approx(2 / 9)  # (of the judgments of responses that name a word)
     lines = report.checking_lines({"M1": found})
     assert any("invent task has many right answers" in line for line in lines)
-    assert any("(1 right, 1 wrong;" in line and line.endswith("M1 62.5% and 22.2%.") for line in lines)
+    assert any("(1 right, 1 wrong;" in line and line.endswith("(%): M1 62.5 and 22.2.") for line in lines)
 
 
 def test_meta_rewarding_diagnostics_by_hand(tmp_path):
