@@ -189,14 +189,10 @@ def check_loop(c, world):
     p.at_least("n_shots", 2)  # two of the shots are prompts generated earlier
     p.require(not c.meta_judge or c.n_judge >= 2, "n_judge", "must be >= 2 when meta_judge is on (the meta-judge "
               "compares two judgments of one response)")
-    try:  # (the toy world's own check; Meta-Rewarding's demonstrations state the one right answer too)
-        toy.check_kinds(c.toy_kinds.split(","), [s for s in ("judge_working", "judge_quotes", "meta_judge",
-                                                             "pretrain_working")
-                                                 if getattr(c, s)])
+    try:  # (the toy world's own check, of the settings that need invent or cannot go with it)
+        toy.check_kinds(c.toy_kinds.split(","), vars(c))
     except ValueError as e:
         p.add(f"toy_kinds = {c.toy_kinds!r}: {e}")
-    p.require(not c.check_each_ask or "invent" in c.toy_kinds.split(","), "check_each_ask",
-              f"changes only how invent tasks are checked, and toy_kinds = {c.toy_kinds!r} has none")
     p.require(c.max_prompt_words >= c.min_prompt_words, "max_prompt_words",
               f"must be >= min_prompt_words = {c.min_prompt_words}")
     p.require(c.pretrain_docs + c.pretrain_qa_docs > 0 or c.init_from != "scratch", "pretrain_docs",

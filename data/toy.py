@@ -668,8 +668,8 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
     if 1 in (n_eft_train, n_eft_eval):
         raise ValueError("an EFT set needs 0 or at least 2 responses")
     kinds = toy_kinds.split(",")
-    check_kinds(kinds, [name for name, on in (("judge_working", judge_working), ("judge_quotes", judge_quotes))
-                        if on])  # (judge_compares checks an invent word's asks: invent_check())
+    check_kinds(kinds, {"judge_working": judge_working, "judge_quotes": judge_quotes,  # (judge_compares checks an
+                        "check_each_ask": check_each_ask})  # invent word's asks: invent_check())
     rng = random.Random(seed)
     decline_rng = random.Random(f"{seed} declines")  # ift_declines' own draws: the other sets do not depend on them
     train_sizes, eval_sizes = _group_sizes(n_eft_train, rng), _group_sizes(n_eft_eval, rng)
@@ -700,16 +700,26 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
     }
 
 
-def check_kinds(kinds, one_answer_settings=()):
+# Settings that write a task's one right answer (a judgment or a quiz page that works it out or quotes
+# it; Meta-Rewarding's wrong judgments state a wrong one): an invent task has many, so they cannot go with it.
+ONE_ANSWER_SETTINGS = ("judge_working", "judge_quotes", "meta_judge", "pretrain_working")
+# Settings that change only how an invent task is checked: without invent they would change nothing.
+INVENT_SETTINGS = ("check_each_ask",)
+
+
+def check_kinds(kinds, settings=None):
     """A ValueError unless kinds is a non-empty list of ALL_KINDS without
-    repeats, and without invent where one_answer_settings names settings
-    that are on and write the one right answer (a judgment or a quiz page
-    that works it out, quotes or compares against it)."""
+    repeats, and, of settings ({name: value}, the loop's or those a caller
+    takes), none of ONE_ANSWER_SETTINGS is on with invent in kinds and none
+    of INVENT_SETTINGS without it."""
     if not kinds or any(k not in ALL_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
         raise ValueError(f"must be some of {','.join(ALL_KINDS)}, each once, separated by commas")
-    if one_answer_settings and "invent" in kinds:
-        raise ValueError(f"with invent does not go with {', '.join(one_answer_settings)}: an invent task has many "
-                         "right answers, and these write one")
+    on = lambda names: [s for s in names if (settings or {}).get(s)]
+    if "invent" in kinds and on(ONE_ANSWER_SETTINGS):
+        raise ValueError(f"with invent does not go with {', '.join(on(ONE_ANSWER_SETTINGS))}: an invent task has "
+                         "many right answers, and these write one")
+    if "invent" not in kinds and on(INVENT_SETTINGS):
+        raise ValueError(f"has no invent task, and {', '.join(on(INVENT_SETTINGS))} changes only how one is checked")
 
 
 def write_toy(out_dir, seed=1337, **sizes):
@@ -788,7 +798,7 @@ def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, c
     writes the check, invent_check()). Nothing the
     evaluation asks about (seed_dir's test and EFT eval tasks and prompts)
     is in them. kinds: the task kinds drawn (build's)."""
-    check_kinds(kinds, ["pretrain_working"] if working_share else [])
+    check_kinds(kinds, {"pretrain_working": working_share, "check_each_ask": each_ask})
     held = [rec for f in ("test", "eft_eval") for rec in read_jsonl(os.path.join(seed_dir, f + ".jsonl"))]
     held_prompts = {rec["prompt"] for rec in held}
     held_tasks = {json.dumps(rec["task"], sort_keys=True) for rec in held}

@@ -813,8 +813,8 @@ def test_check_loop_in_this_process():
                                                "pretrain_working: an invent task has many right answers, and these "
                                                "write one"]
     c = configurator.settings(S.DEFAULTS, {"check_each_ask": True})  # a setting with nothing to change
-    assert validate.check_loop(c, 1).found == ["check_each_ask = True: changes only how invent tasks are checked, "
-                                               "and toy_kinds = 'reverse,sort,replace,count,length,arith' has none"]
+    assert validate.check_loop(c, 1).found == ["toy_kinds = 'reverse,sort,replace,count,length,arith': has no invent "
+                                               "task, and check_each_ask changes only how one is checked"]
     c = configurator.settings(S.DEFAULTS, {"eft_own_answers": -1})
     assert validate.check_loop(c, 1).found == ["eft_own_answers = -1: must be >= 0"]
     c = configurator.settings(S.DEFAULTS, {"eft_own_answers": 1, "seed_data": "no/such/folder", "init_from": "M0"})

@@ -107,6 +107,8 @@ def test_an_invent_world():
         build(toy_kinds="reverse,dance")
     with pytest.raises(ValueError, match="does not go with judge_quotes"):
         build(toy_kinds="invent,sort", judge_quotes=True)
+    with pytest.raises(ValueError, match="has no invent task, and check_each_ask changes only how one is checked"):
+        build(toy_kinds="reverse,sort", check_each_ask=True)
     # judge_compares: an invent judgment says whether the word meets the asks, as a marked quiz does
     compared = build(n_ift=0, n_eft_train=300, n_eft_eval=0, n_test=0, toy_kinds="invent,sort", judge_compares=True)
     words = [x for x in compared["eft_train"] if " letters; asked: " in x["response"]]
