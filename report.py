@@ -531,6 +531,32 @@ def external_judges(infos):
     return lines + [""]
 
 
+def left_out(r, names, stages, iterations):
+    """The files that finished stages wrote and this report reads, where they
+    are gone (deleted after the run, or a run folder copied without them),
+    each with what of the report it feeds: the report names them instead of
+    quietly leaving those parts out. A stage is not redone for a missing
+    output (a deleted 70B checkpoint would be retrained on every rerun);
+    deleting its done/ record redoes it."""
+    toy = r.settings.get("seed_data") == "toy"
+    expected = []
+    for n in names:
+        if f"eval_{n}" in stages:
+            if toy:
+                expected.append((("eval", f"{n}_test.jsonl"), f"{n}'s grades (without them the report reads the "
+                                                              "run as one on real data)"))
+            if stages[f"eval_{n}"].get("judge"):
+                expected.append((("eval", f"{n}_judgments.jsonl"), f"{n}'s row of the checking-against-doing "
+                                                                   "table, and judge agreement between models"))
+    for t in range(1, iterations + 1):
+        for stage, what in (("judgments", "the diagnostics of its judgments"),
+                            ("pairs", "the grader's verdicts on its pairs"),
+                            ("meta_judgments", "the diagnostics of its meta-judgments")):
+            if f"iter{t}_{stage}" in stages:
+                expected.append(((f"iter{t}", f"{stage}.jsonl"), f"iteration {t}: {what}"))
+    return [("/".join(path), what) for path, what in expected if not os.path.exists(r.path(*path))]
+
+
 def write_report(r, names, infos, run_name, iterations):
     """Tabulate every model's evaluation into out/<run>/report.md (and metrics.jsonl).
     names: the models in order; infos: each model's evaluation stage info."""
@@ -550,6 +576,13 @@ def write_report(r, names, infos, run_name, iterations):
         with open(r.path("done", f)) as fh:
             stages[f] = json.load(fh)
     total = sum(s.get("seconds", 0) for s in stages.values())
+    missing = left_out(r, names, stages, iterations)
+    for path, what in missing:
+        D.log(f"warning: {r.path(path)} not found: the report leaves out {what}")
+    missing_lines = [] if not missing else [
+        "**Left out**: files that finished stages wrote are not found, so this report lacks what they feed: "
+        + "; ".join(f"`{path}` ({what})" for path, what in missing)
+        + ". To have them back, delete the stage's record in `done/` and run the same command again.", ""]
     intro = ("Test prompts answered greedily and graded by the toy world's ground-truth grader (never used "
              "inside the loop); the judge columns are each model's reward-model metrics on the EFT eval set "
              "against the ground-truth ranking (3 judgments per response, averaged)." if toy else
@@ -566,7 +599,7 @@ def write_report(r, names, infos, run_name, iterations):
         f"drawn in report.svg):", "",
         *interval_table, ""]
     text = "\n".join([
-        f"# Self-rewarding run `{run_name}`", "", intro + ties, "",
+        f"# Self-rewarding run `{run_name}`", "", *missing_lines, intro + ties, "",
         *rows, "", *intervals_intro, *iteration_lines(r, stages, iterations),
         f"- stage time in all: {total / 60:.1f} min", "", *diagnostic_lines(r, names, iterations, toy),
         *checking_lines(checking),

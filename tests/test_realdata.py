@@ -172,6 +172,9 @@ def test_report_for_real_data_has_no_toy_columns(tmp_path):
                                                  {"prompt": "q", "chosen": "x" * 50, "rejected": "y" * 20}])
     report.write_report(r, names, infos, "x", 2)
     text = open(r.path("report.md")).read()
+    # a finished stage whose output is gone is named, with what the report leaves out for it
+    assert ("**Left out**: files that finished stages wrote are not found, so this report lacks what they feed: "
+            "`iter1/judgments.jsonl` (iteration 1: the diagnostics of its judgments).") in text
     assert not re.search(r"\bnan\b", text) and "mean grade" not in text and "avg response length" not in text
     assert "| M1 | 25.0 | 50.0 | - | 25.0 | 0.100 | 0.050 | 1 | 5 (1) | 123.4 | 80 (0) | 456.0 |" in text
     assert "EFT targets from judge.jsonl: 40 kept; 798 of 800 judgments had a score" in text

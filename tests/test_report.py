@@ -14,6 +14,22 @@ def run_folder(tmp_path):
     return types.SimpleNamespace(path=lambda *parts: os.path.join(tmp_path, *parts))
 
 
+def test_the_report_names_the_outputs_it_cannot_find(tmp_path):
+    """A finished stage's output that is gone (a run folder copied without
+    eval/) is named with what it feeds, not quietly left out."""
+    r = types.SimpleNamespace(path=lambda *parts: os.path.join(tmp_path, *parts), settings={"seed_data": "toy"})
+    stages = {"eval_SFT": {"judge": {}}, "eval_M1": {"judge": {"pairwise_accuracy": 0.5}}, "iter1_judgments": {},
+              "iter1_pairs": {}}
+    for f in ("eval/SFT_test.jsonl", "eval/M1_test.jsonl", "iter1/pairs.jsonl"):
+        write_jsonl(tmp_path / f, [])
+    assert report.left_out(r, ["SFT", "M1", "M2"], stages, 2) == [
+        ("eval/M1_judgments.jsonl", "M1's row of the checking-against-doing table, and judge agreement between models"),
+        ("iter1/judgments.jsonl", "iteration 1: the diagnostics of its judgments")]
+    os.remove(tmp_path / "eval" / "M1_test.jsonl")
+    assert report.left_out(r, ["SFT", "M1"], stages, 1)[0] == (
+        "eval/M1_test.jsonl", "M1's grades (without them the report reads the run as one on real data)")
+
+
 def test_bootstrap_interval_by_hand():
     # two prompts, values 0 and 1: a draw of two has mean 0 (1/4), 0.5 (1/2) or
     # 1 (1/4), so the 2.5th and 97.5th percentiles are 0 and 1
