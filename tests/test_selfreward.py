@@ -628,6 +628,7 @@ def test_an_invent_world_micro_run(tmp_path):
     assert re.search(r"\nStudent: (\S+)\nA: \1: starts with ", pretraining)
     assert "letters; asked: " not in pretraining
     groups, own = read_jsonl(run / "seed" / "eft_train_groups.jsonl"), read_jsonl(run / "seed" / "eft_train_own.jsonl")
+    assert len(own) == len(groups) and any(g["task"]["kind"] == "invent" for g in groups)
     for g, x in zip(groups, own):
         response = x["prompt"].split("<response>")[-1].split("</response>")[0]
         assert x == toy.eft_target(g["prompt"], g["task"], response, each_ask=True)

@@ -414,6 +414,7 @@ def test_pretraining_docs_leave_out_what_the_evaluation_asks(toy):
         "A: BZKO: starts with B, asked B: yes; ends with O, asked O: yes; has 4 letters, asked 5: no. Not right.\n")
     each = pretraining_docs(folder, random.Random(0), n_list_docs=0, n_qa_docs=300, checking_share=0.5,
                             kinds=ALL_KINDS, each_ask=True)
+    assert len(marked) == len(each)
     for d, e in zip(marked, each):
         pages = [re.sub(r"\nA: [A-Za-z]+: starts with .*\n", "\n", x) for x in (d["text"], e["text"])]
         assert re.sub(r"\nA: [A-Za-z]+ starts with .*\n", "\n", pages[0]) == pages[1]
