@@ -115,6 +115,8 @@ pretrain_checking = 0.0     # toy M0: share of quiz pages that are marked: a stu
 check_each_ask = False      # toy, invent: the judgments' and marked quizzes' check sets each property of the word
                             # beside its ask ("BAKIO: starts with B, asked B: yes; ..."), every comparison between
                             # neighbours (README: a task easier to check)
+pretrain_check_drill = 0    # toy M0, invent: pages of a checking drill added to them, marked quizzes of invent
+                            # tasks whose student's word meets each ask half the time (README: a task easier to check)
 pretrain_epochs = 2         # toy M0: passes over them
 pretrain_lr = 2e-3          # toy M0: peak learning rate
 # SFT: M0 -> SFT baseline and M0 -> M1 (paper, for 70B: lr 5.5e-6 -> 1.1e-6, batch 16,
@@ -197,7 +199,7 @@ STAGE_SETTINGS = {
                  "judge_quotes", "quote_first", "judge_compares", "check_each_ask", "toy_kinds"],
     "tokenizer": ["vocab_size", "phrase_pieces", "rubric_pieces", "letter_pieces"],
     "M0": ["seed", "dtype", "chat_template", "model", "pretrain_docs", "pretrain_qa_docs", "pretrain_working",
-           "pretrain_checking", "check_each_ask", "toy_kinds", "pretrain_epochs", "pretrain_lr", "sft_batch_size"],
+           "pretrain_checking", "check_each_ask", "pretrain_check_drill", "toy_kinds", "pretrain_epochs", "pretrain_lr", "sft_batch_size"],
     "SFT": ["seed", "dtype", "chat_template", "sft_lr", "sft_min_lr", "sft_batch_size", "sft_epochs", "dropout"],
     "eft_own": ["seed", "dtype", "chat_template", "eft_own_answers", "temperature", "top_p", "max_response_tokens",
                 "shard_size", "judge_working", "judge_quotes", "quote_first", "judge_compares", "check_each_ask"],
@@ -346,7 +348,8 @@ def stage_tokenizer(c, r):
 def stage_pretrain(c, r):
     rng = random.Random(sub_seed(c.seed, "pretrain"))
     docs = toy.pretraining_docs(r.path("seed"), rng, c.pretrain_docs, c.pretrain_qa_docs, c.pretrain_working,
-                                 c.pretrain_checking, c.toy_kinds.split(","), c.check_each_ask)
+                                 c.pretrain_checking, c.toy_kinds.split(","), c.check_each_ask,
+                                 c.pretrain_check_drill)
     save_jsonl(r.path("train", "pretrain.jsonl"), docs)
     out = train_sft.train({**trainer_settings(c, r, "M0", c.sft_batch_size, c.micro_batch_size, ("M0",)),
                            "init_from": "scratch", "model": c.model, "tokenizer": r.path("tokenizer.model"),

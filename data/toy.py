@@ -703,8 +703,9 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
 # Settings that write a task's one right answer (a judgment or a quiz page that works it out or quotes
 # it; Meta-Rewarding's wrong judgments state a wrong one): an invent task has many, so they cannot go with it.
 ONE_ANSWER_SETTINGS = ("judge_working", "judge_quotes", "meta_judge", "pretrain_working")
-# Settings that change only how an invent task is checked: without invent they would change nothing.
-INVENT_SETTINGS = ("check_each_ask",)
+# Settings that change only how invent tasks are checked (in the judgments, in M0's text): without invent
+# they would change nothing.
+INVENT_SETTINGS = ("check_each_ask", "pretrain_check_drill")
 
 
 def check_kinds(kinds, settings=None):
@@ -719,7 +720,7 @@ def check_kinds(kinds, settings=None):
         raise ValueError(f"with invent does not go with {', '.join(on(ONE_ANSWER_SETTINGS))}: an invent task has "
                          "many right answers, and these write one")
     if "invent" not in kinds and on(INVENT_SETTINGS):
-        raise ValueError(f"has no invent task, and {', '.join(on(INVENT_SETTINGS))} changes only how one is checked")
+        raise ValueError(f"has no invent task for {', '.join(on(INVENT_SETTINGS))} to check")
 
 
 def write_toy(out_dir, seed=1337, **sizes):
@@ -768,6 +769,21 @@ def student_answer(task, rng):
     return ans if x < 0.5 else _near(ans, rng) if x < 0.75 else _wrong(task, ans, rng)
 
 
+def drill_word(task, rng):
+    """The student's word on a checking drill page (pretrain_check_drill):
+    it meets each of an invent task's three asks with probability 1/2, one
+    draw for each, so "yes" and "no" are equally common in its check. A
+    marked quiz's student (student_answer()) meets seven asks in ten, and at
+    that rate a small model learns to say "yes" to all of them and goes no
+    further; at one in two it learns to compare (README: a task easier to
+    check)."""
+    def met_or_not(asked, values):
+        return asked if rng.random() < 0.5 else rng.choice([v for v in values if v != asked])
+    first, last, n = met_or_not(task["first"], LETTERS), met_or_not(task["last"], LETTERS), \
+        met_or_not(task["n"], range(4, 9))
+    return first + "".join(rng.choice(LETTERS) for _ in range(n - 2)) + last
+
+
 def marked_quiz(items, each_ask=False):
     """A pretraining document: a teacher's marked quiz, items (prompt, task,
     the student's answer): the question, the student's answer, the working,
@@ -787,7 +803,7 @@ def marked_quiz(items, each_ask=False):
 
 
 def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, checking_share=0.0, kinds=KINDS,
-                     each_ask=False):
+                     each_ask=False, drill_pages=0):
     """M0's pretraining documents {"text"}: n_list_docs task listings and
     n_qa_docs quiz pages, 4 to 12 tasks each, shuffled; a share working_share
     of the quiz pages show the working (working()) before each answer, as
@@ -795,15 +811,18 @@ def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, c
     share checking_share of them are marked quizzes instead (marked_quiz()):
     where it learns to tell whether two answers are the same, and to check
     an invented word against the three asks (each_ask: as check_each_ask
-    writes the check, invent_check()). Nothing the
+    writes the check, invent_check()). drill_pages more pages are a
+    checking drill: marked quizzes of invent tasks alone, each student's word
+    meeting each ask half the time (drill_word()). Nothing the
     evaluation asks about (seed_dir's test and EFT eval tasks and prompts)
     is in them. kinds: the task kinds drawn (build's)."""
-    check_kinds(kinds, {"pretrain_working": working_share, "check_each_ask": each_ask})
+    check_kinds(kinds, {"pretrain_working": working_share, "check_each_ask": each_ask,
+                        "pretrain_check_drill": drill_pages})
     held = [rec for f in ("test", "eft_eval") for rec in read_jsonl(os.path.join(seed_dir, f + ".jsonl"))]
     held_prompts = {rec["prompt"] for rec in held}
     held_tasks = {json.dumps(rec["task"], sort_keys=True) for rec in held}
 
-    def fresh_tasks(k):
+    def fresh_tasks(k, kinds=kinds):
         out = []
         while len(out) < k:
             task = sample_task(rng, kinds)
@@ -825,6 +844,8 @@ def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, c
     # (a share of 0 draws nothing: the pages as before)
     docs += [{"text": marked_page() if checking_share and rng.random() < checking_share else quiz_page()}
              for _ in range(n_qa_docs)]
+    docs += [{"text": marked_quiz([(p, t, drill_word(t, rng)) for p, t in fresh_tasks(rng.randint(4, 12), ["invent"])],
+                                  each_ask)} for _ in range(drill_pages)]  # (0 draws nothing)
     rng.shuffle(docs)
     return docs
 

@@ -815,7 +815,12 @@ def test_check_loop_in_this_process():
                                                "write one"]
     c = configurator.settings(S.DEFAULTS, {"check_each_ask": True})  # a setting with nothing to change
     assert validate.check_loop(c, 1).found == ["toy_kinds = 'reverse,sort,replace,count,length,arith': has no invent "
-                                               "task, and check_each_ask changes only how one is checked"]
+                                               "task for check_each_ask to check"]
+    c = configurator.settings(S.DEFAULTS, {"pretrain_check_drill": 100})
+    assert validate.check_loop(c, 1).found == ["toy_kinds = 'reverse,sort,replace,count,length,arith': has no invent "
+                                               "task for pretrain_check_drill to check"]
+    c = configurator.settings(S.DEFAULTS, {"pretrain_check_drill": -1, "toy_kinds": "sort,invent"})
+    assert validate.check_loop(c, 1).found == ["pretrain_check_drill = -1: must be >= 0"]
     c = configurator.settings(S.DEFAULTS, {"eft_own_answers": -1})
     assert validate.check_loop(c, 1).found == ["eft_own_answers = -1: must be >= 0"]
     c = configurator.settings(S.DEFAULTS, {"eft_own_answers": 1, "seed_data": "no/such/folder", "init_from": "M0"})

@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 
 from data import read_jsonl
-from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, ENGLISH, TEMPLATES, answer, attempts, build, comparison, corpus,
-                      eft_target, fewshot_text, fits, grade, marked_quiz, meta_judge_examples, pretraining_docs, quote,
-                      render, sample_task, stated_answer, task_from_prompt, true_grade, working, write_toy)
+from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, ENGLISH, LETTERS, TEMPLATES, answer, attempts, build, comparison,
+                      corpus, eft_target, fewshot_text, fits, grade, marked_quiz, meta_judge_examples, pretraining_docs,
+                      quote, render, sample_task, stated_answer, task_from_prompt, true_grade, working, write_toy)
 from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
 from tokenizer import chat_tokens, train_tokenizer
 
@@ -107,7 +107,7 @@ def test_an_invent_world():
         build(toy_kinds="reverse,dance")
     with pytest.raises(ValueError, match="does not go with judge_quotes"):
         build(toy_kinds="invent,sort", judge_quotes=True)
-    with pytest.raises(ValueError, match="has no invent task, and check_each_ask changes only how one is checked"):
+    with pytest.raises(ValueError, match="has no invent task for check_each_ask to check"):
         build(toy_kinds="reverse,sort", check_each_ask=True)
     # judge_compares: an invent judgment says whether the word meets the asks, as a marked quiz does
     compared = build(n_ift=0, n_eft_train=300, n_eft_eval=0, n_test=0, toy_kinds="invent,sort", judge_compares=True)
@@ -419,6 +419,25 @@ def test_pretraining_docs_leave_out_what_the_evaluation_asks(toy):
         pages = [re.sub(r"\nA: [A-Za-z]+: starts with .*\n", "\n", x) for x in (d["text"], e["text"])]
         assert re.sub(r"\nA: [A-Za-z]+ starts with .*\n", "\n", pages[0]) == pages[1]
     assert len({given for _, given, a in words if a.endswith(" Right.")}) > 50  # words of their own, not answer()'s
+    # drill_pages (pretrain_check_drill): the same pages first, then as many more marked quizzes of invent tasks
+    # alone, whose student's word meets each ask half the time: "no" as common as "yes" (the quizzes': 3 in 10)
+    drilled = pretraining_docs(folder, random.Random(0), n_list_docs=0, n_qa_docs=300, checking_share=0.5,
+                               kinds=ALL_KINDS, each_ask=True, drill_pages=40)
+    assert len(drilled) == 340 and all(d in drilled for d in each)
+    drill_text = "".join(d["text"] for d in drilled if d not in each)
+    drill_items = re.findall(r"Q: (.*)\nStudent: (.*)\nA: (.*)\n", drill_text)
+    assert len(drill_items) >= 40 * 4 and all(task_from_prompt(q)["kind"] == "invent" for q, _, _ in drill_items)
+    asks = [(given[0] == t["first"], given[-1] == t["last"], len(given) == t["n"])
+            for t, given in [(task_from_prompt(q), given) for q, given, _ in drill_items]]
+    for k in range(3):  # each ask met about half the time, each judged yes where met
+        assert 0.4 < sum(a[k] for a in asks) / len(asks) < 0.6
+    assert [re.findall(r": (yes|no)[;.]", a) for _, _, a in drill_items] == \
+        [["yes" if met else "no" for met in a] for a in asks]
+    assert all(4 <= len(given) <= 8 and set(given) <= set(LETTERS) for _, given, _ in drill_items)
+    quiz_asks = [(given[0] == t["first"], given[-1] == t["last"], len(given) == t["n"]) for t, given, _ in words]
+    assert 0.65 < sum(map(sum, quiz_asks)) / (3 * len(quiz_asks)) < 0.8  # why the drill: most quiz asks are met
+    with pytest.raises(ValueError, match="has no invent task for pretrain_check_drill to check"):
+        pretraining_docs(folder, random.Random(0), 0, 10, kinds=["sort"], drill_pages=1)
 
 
 def test_meta_judge_examples_name_the_judgment_whose_score_the_grader_gives(toy):
