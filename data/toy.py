@@ -769,16 +769,17 @@ def student_answer(task, rng):
     return ans if x < 0.5 else _near(ans, rng) if x < 0.75 else _wrong(task, ans, rng)
 
 
-def drill_word(task, rng):
+def drill_word(task, rng, miss=0.5):
     """The student's word on a checking drill page (pretrain_check_drill):
-    it meets each of an invent task's three asks with probability 1/2, one
-    draw for each, so "yes" and "no" are equally common in its check. A
+    it misses each of an invent task's three asks with probability `miss`,
+    one draw for each; at 1/2, "yes" and "no" are equally common in its
+    check (drill.py tries other rates). A
     marked quiz's student (student_answer()) meets seven asks in ten, and at
     that rate a small model learns to say "yes" to all of them and goes no
     further; at one in two it learns to compare (README: a task easier to
     check)."""
     def met_or_not(asked, values):
-        return asked if rng.random() < 0.5 else rng.choice([v for v in values if v != asked])
+        return asked if rng.random() < 1 - miss else rng.choice([v for v in values if v != asked])
     first, last, n = met_or_not(task["first"], LETTERS), met_or_not(task["last"], LETTERS), \
         met_or_not(task["n"], range(4, 9))
     return first + "".join(rng.choice(LETTERS) for _ in range(n - 2)) + last

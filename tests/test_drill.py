@@ -1,0 +1,93 @@
+"""drill.py, the comparison drill: its lines say yes exactly where the word
+meets the ask, its evaluation reads the logits at the right places (a model
+that peeks at the next token scores 100%, one that always says yes 50%), and
+a short run goes end to end."""
+import random
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+
+import drill
+from configurator import settings
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return drill.drill_tokenizer(str(tmp_path_factory.mktemp("drill")), 0.5)
+
+
+def test_check_lines_say_yes_where_the_word_meets_the_ask():
+    rng = random.Random(1)
+    lines = [drill.check_line(rng, 0.3) for _ in range(2000)]
+    for text, met in lines:  # read back off the text, independently of check_line's own flags
+        m = re.fullmatch(r"([A-Z]+): starts with (\w), asked (\w): (yes|no); ends with (\w), asked (\w): (yes|no); "
+                         r"has (\d) letters, asked (\d): (yes|no)\. (Right|Not right)\.", text)
+        assert m, text
+        word, *rest, verdict = m.groups()
+        asks = [rest[0:3], rest[3:6], rest[6:9]]
+        assert (word[0], word[-1], str(len(word))) == tuple(a[0] for a in asks)
+        assert [a[1] == a[0] for a in asks] == list(met) == [a[2] == "yes" for a in asks]
+        assert (verdict == "Right") == all(met)
+    share = sum(map(sum, (met for _, met in lines))) / (3 * len(lines))
+    assert 0.67 < share < 0.73  # p_no = 0.3: seven asks in ten met
+
+
+class Peek(nn.Module):
+    """A 'model' whose logits at each position put the next token first:
+    what a model that compares perfectly would prefer."""
+    def __init__(self, vocab_size):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, tokens):
+        logits = torch.zeros(*tokens.shape, self.vocab_size)
+        logits[0, torch.arange(tokens.shape[1] - 1), tokens[0, 1:]] = 1.0
+        return logits
+
+
+class AlwaysYes(Peek):
+    def __init__(self, vocab_size, yes):
+        super().__init__(vocab_size)
+        self.yes = yes
+
+    def forward(self, tokens):
+        logits = torch.zeros(*tokens.shape, self.vocab_size)
+        logits[..., self.yes] = 1.0
+        return logits
+
+
+def test_evaluation_reads_each_yes_and_no(tok):
+    yes, no = drill.yes_no_ids(tok)
+    lines = [drill.check_line(random.Random(i), 0.5) for i in range(60)]
+    met = {(a, m): sum(line_met[k] == m for _, line_met in lines) for k, a in enumerate(drill.ASKS)
+           for m in (True, False)}
+    peek = drill.evaluate(Peek(tok.vocab_size), tok, lines, yes, no)
+    assert peek == {key: [n, n] for key, n in met.items()} and drill.balanced_accuracy(peek) == 1.0
+    always = drill.evaluate(AlwaysYes(tok.vocab_size, yes), tok, lines, yes, no)
+    assert always == {(a, m): [n if m else 0, n] for (a, m), n in met.items()}
+    assert drill.balanced_accuracy(always) == 0.5
+    assert min(met.values()) > 0  # both kinds of pair, for every ask
+
+
+def test_a_short_drill_runs(tok):
+    c = settings(drill.DEFAULTS, {"model": "toy-tiny", "steps": 2, "eval_every": 1, "eval_lines": 10,
+                                  "batch_size": 2, "seq_len": 64})
+    results = drill.drill(c, tok)
+    assert [step for step, _ in results] == [1, 2]
+    assert all(sum(of for _, of in counts.values()) == 30 for _, counts in results)
+    with pytest.raises(ValueError, match="loss = 'all': must be 'yesno' or 'lm'"):
+        drill.drill(settings(drill.DEFAULTS, {"loss": "all"}), tok)
+
+
+def test_a_checkpoint_is_evaluated_on_quiz_items(tok, tmp_path):
+    from checkpoint import save_model
+    from model import Transformer, preset
+    torch.manual_seed(0)
+    save_model(Transformer(preset("toy-tiny", vocab_size=tok.vocab_size)), str(tmp_path / "M0"), tok.model_path)
+    c = settings(drill.DEFAULTS, {"evaluate": str(tmp_path / "M0"), "eval_lines": 12})
+    counts = drill.evaluate_checkpoint(c)
+    assert sum(of for _, of in counts.values()) == 36
+    text, _ = drill.held_out_lines(settings(drill.DEFAULTS, {"quiz_form": True, "eval_lines": 1}))[0]
+    assert re.fullmatch(r"Q: .+\nStudent: ([A-Z]+)\nA: \1: starts with .+\.", text)
