@@ -346,9 +346,14 @@ def checking_versus_doing(r, names, tests):
     that are a bare word in capitals ("invent_bare", with the counts of right
     and wrong ones: there the rubric's form cannot tell them apart), and the
     share of judgments of responses that name a word whose check reads the
-    response's own word ("invent_copies", toy.checked_word).
+    response's own word ("invent_copies", toy.checked_word); and where the
+    checks write each comparison out (check_each_ask), the balanced accuracy
+    of their yes/no against the two values written beside it
+    ("invent_yes_no", toy.written_comparisons, with the counts of equal and
+    differing pairs: 50% is "yes" to all), the comparison step alone.
     Returns {model: {"judge", "answer", "follows", "compares", "kinds": {kind: (judge, answer)},
-    and with invent "invent_bare", "invent_bare_n": [right, wrong], "invent_copies"}},
+    and with invent "invent_bare", "invent_bare_n": [right, wrong], "invent_copies",
+    "invent_yes_no", "invent_yes_no_n": [equal, differing]}},
     kinds those with test prompts, in toy.ALL_KINDS' order."""
     found = {}
     for n in names:
@@ -358,6 +363,7 @@ def checking_versus_doing(r, names, tests):
         judged, answered, follows, compares = {k: [] for k in toy.ALL_KINDS}, {k: [] for k in toy.ALL_KINDS}, [], []
         invent = {True: [], False: []}  # per right / wrong response: is the verdict on its side of 4
         bare, bare_n, copies = {True: [], False: []}, {True: 0, False: 0}, []  # the same on bare words; copying
+        yes_no = {True: [], False: []}  # per equal / differing written pair: is its yes/no true
         for rec in read_jsonl(path):  # one record per EFT eval response, its judgments as sampled
             task = toy.task_from_prompt(rec["prompt"])
             right = toy.grade({"prompt": rec["prompt"], "task": task}, rec["response"]) >= toy.RIGHT
@@ -370,6 +376,8 @@ def checking_versus_doing(r, names, tests):
                     bare_n[right] += 1
                 word = toy.attempts(task, rec["response"])[:1]
                 copies += [[toy.checked_word(j)] == word for j in rec["judgments"]] if word else []
+                for has, asked, said_yes in (x for j in rec["judgments"] for x in toy.written_comparisons(j)):
+                    yes_no[has == asked].append(said_yes == (has == asked))
                 continue
             # the word the EFT target's comparison would say for this response (one definition: toy.comparison)
             same = toy.says_same(toy.comparison(toy.attempts(task, rec["response"]), toy.answer(task)))
@@ -390,7 +398,8 @@ def checking_versus_doing(r, names, tests):
                               for k in toy.ALL_KINDS if answered[k]}}
         if "invent" in found[n]["kinds"]:
             found[n].update(invent_bare=balanced_accuracy(bare), invent_bare_n=[bare_n[True], bare_n[False]],
-                            invent_copies=share(copies))
+                            invent_copies=share(copies), invent_yes_no=balanced_accuracy(yes_no),
+                            invent_yes_no_n=[len(yes_no[True]), len(yes_no[False])])
     return found
 
 
@@ -433,6 +442,13 @@ def checking_lines(found):
                   f"points), and the share of judgments of responses that name a word whose check reads that word "
                   f"(%): " + "; ".join(f"{n} {pct(f['invent_bare'])} and {pct(f['invent_copies'])}"
                                        for n, f in found.items()) + "."]
+        if any(f.get("invent_yes_no") is not None for f in found.values()):  # checks that write each comparison
+            lines += ["", "Invent, the comparison alone: where the check writes each property beside its ask "
+                      "(--check_each_ask), the balanced accuracy of its yes/no against the two values written "
+                      "beside it, however they were read (50% is \"yes\" to all), with the pairs it wrote equal "
+                      "and differing: " + "; ".join(
+                          f"{n} {pct(f['invent_yes_no'])} ({f['invent_yes_no_n'][0]} equal, "
+                          f"{f['invent_yes_no_n'][1]} differing)" for n, f in found.items()) + "."]
     return lines + [""]
 
 

@@ -52,6 +52,8 @@ FIGURES = [
     # and how often the judge's check reads the response's own word
     ("invent: the same, bare words only %", lambda m: checking_share(m, "invent_bare")),
     ("invent: its check reads the response's word %", lambda m: checking_share(m, "invent_copies")),
+    # the comparison step alone, where the checks write each comparison out (--check_each_ask)
+    ("invent: its written yes/no, balanced accuracy %", lambda m: checking_share(m, "invent_yes_no")),
 ]
 
 

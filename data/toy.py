@@ -557,6 +557,18 @@ def checked_word(judgment):
     return m.group(1) if m else None
 
 
+_WRITTEN_COMPARISON = re.compile(r"(?:starts with|ends with|has) ([A-Z]|\d+)(?: letters)?, asked ([A-Z]|\d+): (yes|no)\b")
+
+
+def written_comparisons(judgment):
+    """The comparisons a check_each_ask check writes out, as [(the word's
+    value, the asked one, said "yes")]: "ends with T, asked O: no" is
+    ("T", "O", False). Whether "yes" is said exactly where the two written
+    values are the same is the comparison step alone, however the values
+    were read: how the report measures it."""
+    return [(has, asked, said == "yes") for has, asked, said in _WRITTEN_COMPARISON.findall(judgment)]
+
+
 def bare_word(response):
     """Is a response one word in capitals and nothing else? On such invent
     responses only a check tells right from wrong (the rubric's form is the

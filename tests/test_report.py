@@ -116,14 +116,15 @@ def test_seed_study_table_by_hand(tmp_path):
     import seeds
 
     def figures(grade, right, bare, judge, states=0.0, follows=None, compares=None, declined=None, answered=None,
-                invent=(None, None), invent_bare=(None, None)):
+                invent=(None, None), invent_bare=(None, None), invent_yes_no=None):
         return {"mean grade": grade, "right answers (grade >= 4) %": right, "bare right answers (grade 5) %": bare,
                 "declined answers %": declined, "right among the answers given %": answered,
                 "judge pairwise acc %": judge, "judge states the right answer %": states,
                 "its verdict follows a right answer %": follows, "its comparison is right %": compares,
                 "invent: answers right %": invent[1], "invent: judge balanced accuracy %": invent[0],
                 "invent: the same, bare words only %": invent_bare[0],
-                "invent: its check reads the response's word %": invent_bare[1]}
+                "invent: its check reads the response's word %": invent_bare[1],
+                "invent: its written yes/no, balanced accuracy %": invent_yes_no}
     per_seed = {1: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.2, 40, 10, 60, follows=50.0),
                     "M2": figures(2.4, 45, 20, 65, follows=60.0)},
                 2: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.3, 40, 10, 62),  # written before the figure
@@ -167,6 +168,10 @@ def test_seed_study_table_by_hand(tmp_path):
     write_jsonl(folder / "metrics.jsonl", [{"eval": m}])
     assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0, invent=(87.5, 37.5),
                                                        invent_bare=(50.0, 25.0))}
+    m["checking"].update(invent_yes_no=0.625, invent_yes_no_n=[4, 2])  # (--check_each_ask, reports since 2026-12-03)
+    write_jsonl(folder / "metrics.jsonl", [{"eval": m}])
+    assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0, invent=(87.5, 37.5),
+                                                       invent_bare=(50.0, 25.0), invent_yes_no=62.5)}
 
 
 def test_declined_answers_by_hand():
@@ -264,12 +269,12 @@ def test_checking_against_doing_by_hand(tmp_path):
     write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [
         {"prompt": inv, "response": "BOKA", "judgments": [  # right and bare: 1 of 2 scores on its side, 1 of 3 copy
             "BOKA starts with B, ends with A and has 4 letters; asked: B, A, 4.\nScore: 5",
-            "BOKE: starts with B, asked B: yes; ends with E, asked A: no; has 4 letters, asked 4: yes.\nScore: 2",
+            "BOKE: starts with B, asked B: yes; ends with E, asked A: yes; has 4 letters, asked 4: yes.\nScore: 2",
             "No score."]},
         {"prompt": inv, "response": "BOK", "judgments": ["Close.\nScore: 2", "Close.\nScore: 3", "Yes.\nScore: 4",
                                                           "Close.\nScore: 1"]},  # wrong and bare: 3 of 4, no copy
         {"prompt": inv, "response": "I think BOKO.", "judgments": [  # wrong, not bare: 1 of 2, 1 of 2 copy
-            "BOKO: starts with B, asked B: yes; ends with O, asked A: no; has 4 letters, asked 4: yes.\nScore: 1",
+            "BOKO: starts with B, asked B: yes; ends with O, asked A: no; has 4 letters, asked 4: no.\nScore: 1",
             "Fine.\nScore: 4"]},
         {"prompt": inv, "response": "Well.", "judgments": ["The response gives no word.\nScore: 0"]},  # no word
         {"prompt": rev, "response": "CBA", "judgments": [say("CBA", 5)]}])
@@ -279,9 +284,25 @@ def test_checking_against_doing_by_hand(tmp_path):
     assert found["follows"] == 1.0 and found["answer"] == pytest.approx(3 / 5)
     assert found["invent_bare"] == pytest.approx((1 / 2 + 3 / 4) / 2) and found["invent_bare_n"] == [1, 1]
     assert found["invent_copies"] == pytest.approx(2 / 9)  # (of the judgments of responses that name a word)
+    # the written yes/no against the two values beside it: equal pairs B-B, 4-4, B-B, 4-4 said yes, yes, yes, no;
+    # differing E-A, O-A said yes, no
+    assert found["invent_yes_no"] == pytest.approx((3 / 4 + 1 / 2) / 2) and found["invent_yes_no_n"] == [4, 2]
     lines = report.checking_lines({"M1": found})
     assert any("invent task has many right answers" in line for line in lines)
     assert any("(1 right, 1 wrong;" in line and line.endswith("(%): M1 62.5 and 22.2.") for line in lines)
+    assert lines[-2].startswith("Invent, the comparison alone:") and lines[-2].endswith(
+        "M1 62.5 (4 equal, 2 differing).")
+    assert toy.written_comparisons("BZKOT: starts with B, asked B: yes; ends with T, asked O: no; has 5 letters, "
+                                   "asked 12: yes. Not right.") == [("B", "B", True), ("T", "O", False),
+                                                                     ("5", "12", True)]
+    assert toy.written_comparisons("BOKA starts with B, ends with A and has 4 letters; asked: B, A, 4.") == []
+    # plain checks write no comparison out: no line for it
+    write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [
+        {"prompt": inv, "response": "BOKA", "judgments": ["BOKA starts with B, ends with A and has 4 letters; "
+                                                          "asked: B, A, 4.\nScore: 5"]}])
+    found = report.checking_versus_doing(r, ["M1"], tests)["M1"]
+    assert found["invent_yes_no"] is None and found["invent_yes_no_n"] == [0, 0]
+    assert not any("the comparison alone" in line for line in report.checking_lines({"M1": found}))
 
 
 def test_meta_rewarding_diagnostics_by_hand(tmp_path):
