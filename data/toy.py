@@ -557,7 +557,8 @@ def checked_word(judgment):
     return m.group(1) if m else None
 
 
-_WRITTEN_COMPARISON = re.compile(r"(?:starts with|ends with|has) ([A-Z]|\d+)(?: letters)?, asked ([A-Z]|\d+): (yes|no)\b")
+_WRITTEN_COMPARISON = re.compile(r"(?:starts with|ends with|has) ([A-Z]|\d+)(?: letters)?, "
+                                 r"asked ([A-Z]|\d+): (yes|no)\b")
 
 
 def written_comparisons(judgment):
@@ -857,8 +858,11 @@ def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, c
     # (a share of 0 draws nothing: the pages as before)
     docs += [{"text": marked_page() if checking_share and rng.random() < checking_share else quiz_page()}
              for _ in range(n_qa_docs)]
-    docs += [{"text": marked_quiz([(p, t, drill_word(t, rng)) for p, t in fresh_tasks(rng.randint(4, 12), ["invent"])],
-                                  each_ask)} for _ in range(drill_pages)]  # (0 draws nothing)
+    def drill_page():
+        return marked_quiz([(p, t, drill_word(t, rng)) for p, t in fresh_tasks(rng.randint(4, 12), ["invent"])],
+                           each_ask)
+
+    docs += [{"text": drill_page()} for _ in range(drill_pages)]  # (0 draws nothing)
     rng.shuffle(docs)
     return docs
 
