@@ -225,22 +225,33 @@ def pair_verdicts(r, t):
     right, is it the chosen one (right_chosen) or the rejected
     (wrong_chosen); both_right pairs differ at most in form (grade 5
     against 4), both_wrong ones teach no right answer. Only right_chosen
-    against wrong_chosen can teach the policy to answer right."""
+    against wrong_chosen can teach the policy to answer right. With invent
+    tasks, "invent" holds the same three counts for their pairs alone
+    ({"pairs", "right_chosen", "wrong_chosen"}): the kind the judge checks."""
     path = r.path(f"iter{t}", "pairs.jsonl")
     if not os.path.exists(path):
         return None
     verdict = dict.fromkeys(("better", "equal", "worse", "ungradable",
                              "right_chosen", "wrong_chosen", "both_right", "both_wrong"), 0)
+    invent = dict.fromkeys(("pairs", "right_chosen", "wrong_chosen"), 0)
     for p in read_jsonl(path):
         if p.get("kind", "actor") != "actor":  # Meta-Rewarding's judge pairs: judge_pair_verdicts
             continue
-        if toy.task_from_prompt(p["prompt"]) is None:
+        task = toy.task_from_prompt(p["prompt"])
+        if task is None:
             verdict["ungradable"] += 1
             continue
         a, b = toy.grade(p, p["chosen"]), toy.grade(p, p["rejected"])
         verdict["better" if a > b else "equal" if a == b else "worse"] += 1
-        verdict[{(True, False): "right_chosen", (False, True): "wrong_chosen",
-                 (True, True): "both_right", (False, False): "both_wrong"}[a >= toy.RIGHT, b >= toy.RIGHT]] += 1
+        which = {(True, False): "right_chosen", (False, True): "wrong_chosen",
+                 (True, True): "both_right", (False, False): "both_wrong"}[a >= toy.RIGHT, b >= toy.RIGHT]
+        verdict[which] += 1
+        if task["kind"] == "invent":
+            invent["pairs"] += 1
+            if which in invent:  # (right against wrong only)
+                invent[which] += 1
+    if invent["pairs"]:
+        verdict["invent"] = invent
     return verdict
 
 
@@ -466,7 +477,9 @@ def diagnostic_lines(r, names, iterations, toy_world):
                          f"{v['equal']}, worse {v['worse']}; on prompts it cannot grade {v['ungradable']}; by "
                          f"correctness: right against wrong, the right one chosen {v['right_chosen']}, the wrong "
                          f"one {v['wrong_chosen']}; both right (form only) {v['both_right']}, both wrong "
-                         f"{v['both_wrong']}")
+                         f"{v['both_wrong']}" + (f"; of them on invent prompts {v['invent']['pairs']}, right "
+                                                 f"against wrong: the right one chosen {v['invent']['right_chosen']}, "
+                                                 f"the wrong one {v['invent']['wrong_chosen']}" if "invent" in v else ""))
         c = self_checking(r, t) if toy_world else None
         if c:
             own, eft = c["own"], c["eft_eval"]

@@ -75,6 +75,21 @@ def test_iteration_diagnostics_by_hand(tmp_path):
         {"prompt": "What is 2 + 3?", "chosen": "It is 5, or maybe 6.", "rejected": "6"}])  # 3 vs 2: both wrong
     v = report.pair_verdicts(r, 1)
     assert (v["better"], v["right_chosen"], v["wrong_chosen"], v["both_right"], v["both_wrong"]) == (3, 1, 0, 0, 2)
+    assert "invent" not in v  # (no invent prompts)
+    # invent pairs, also counted apart: the kind the judge checks rather than states an answer for
+    inv = "Invent a word of 4 letters that starts with 'B' and ends with 'A'."
+    write_jsonl(tmp_path / "iter1" / "pairs.jsonl", [
+        {"prompt": inv, "chosen": "BOKA", "rejected": "BOK"},      # 5 vs 2: right chosen
+        {"prompt": inv, "chosen": "BOA", "rejected": "BOKA"},      # 2 vs 5: wrong chosen
+        {"prompt": inv, "chosen": "BOA", "rejected": "ZZZZ"},      # both wrong
+        {"prompt": "Reverse the word 'ABC'.", "chosen": "CBA", "rejected": "BCA"}])  # not invent
+    v = report.pair_verdicts(r, 1)
+    assert (v["right_chosen"], v["wrong_chosen"], v["both_wrong"]) == (2, 1, 1)
+    assert v["invent"] == {"pairs": 3, "right_chosen": 1, "wrong_chosen": 1}
+    os.remove(tmp_path / "iter1" / "judgments.jsonl")  # (the pairs' line alone)
+    lines = report.diagnostic_lines(r, [], 1, True)
+    assert any(line.endswith("; of them on invent prompts 3, right against wrong: the right one chosen 1, the wrong "
+                             "one 1") for line in lines)
 
 
 def test_self_checking_by_hand(tmp_path):
