@@ -29,10 +29,11 @@ import time
 import torch
 
 import distributed as D
+import validate
 from checkpoint import load_model
 from configurator import configure, settings
 from data import toy
-from model import Transformer, preset
+from model import PRESETS, Transformer, preset
 from tokenizer import Tokenizer, train_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -136,8 +137,6 @@ def held_out_lines(c):
 
 def drill(c, tok):
     """Train a fresh model on check lines; returns [(step, counts)] at each evaluation."""
-    if c.loss not in ("yesno", "lm"):
-        raise ValueError(f"loss = {c.loss!r}: must be 'yesno' or 'lm'")
     torch.manual_seed(c.seed)
     yes, no = yes_no_ids(tok)
     held_out = held_out_lines(c)
@@ -169,6 +168,24 @@ def drill_tokenizer(folder, p_no):
                            symbols=list(toy.LETTERS))
 
 
+def check(c):
+    """Every problem with the settings, before any work."""
+    p = validate.Problems(c)
+    p.require(c.loss in ("yesno", "lm"), "loss", "must be 'yesno' or 'lm'")
+    p.require(c.model in PRESETS, "model", f"must be one of {', '.join(PRESETS)}")
+    p.fraction("p_no", high_open=True)  # (0: no differing pair to learn or score; 1: no equal one)
+    p.positive("lr")
+    for s in ("steps", "batch_size", "seq_len", "eval_every", "eval_lines"):
+        p.at_least(s, 1)
+    p.at_least("warmup", 0)
+    p.at_least("threads", 0)
+    if c.evaluate:
+        validate.check_checkpoint(p, "evaluate", c.evaluate)
+    elif c.tokenizer:
+        p.require(os.path.isfile(c.tokenizer), "tokenizer", "no such file")
+    return p
+
+
 def evaluate_checkpoint(c):
     """A run's model (c.evaluate, with the tokenizer beside it) on held-out
     marked-quiz items, as M0 reads them: {(ask, met): [right, of]}."""
@@ -179,6 +196,7 @@ def evaluate_checkpoint(c):
 
 if __name__ == "__main__":
     c = settings(DEFAULTS, configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__)))
+    check(c).stop("drill.py")
     torch.set_num_threads(D.cpu_threads(c.threads))
     if c.evaluate:
         counts = evaluate_checkpoint(c)

@@ -77,8 +77,11 @@ def test_a_short_drill_runs(tok):
     results = drill.drill(c, tok)
     assert [step for step, _ in results] == [1, 2]
     assert all(sum(of for _, of in counts.values()) == 30 for _, counts in results)
-    with pytest.raises(ValueError, match="loss = 'all': must be 'yesno' or 'lm'"):
-        drill.drill(settings(drill.DEFAULTS, {"loss": "all"}), tok)
+    bad = settings(drill.DEFAULTS, {"loss": "all", "p_no": 1.0, "steps": 0, "tokenizer": "no/such.model"})
+    assert drill.check(bad).found == ["loss = 'all': must be 'yesno' or 'lm'", "p_no = 1.0: must be in (0, 1)",
+                                      "steps = 0: must be >= 1", "tokenizer = 'no/such.model': no such file"]
+    assert drill.check(settings(drill.DEFAULTS, {"evaluate": "no/such/folder"})).found[0].startswith("evaluate: ")
+    assert drill.check(settings(drill.DEFAULTS, {})).found == []
 
 
 def test_a_checkpoint_is_evaluated_on_quiz_items(tok, tmp_path):
