@@ -786,11 +786,11 @@ def drill_word(task, rng, miss=0.5):
     """The student's word on a checking drill page (pretrain_check_drill):
     it misses each of an invent task's three asks with probability `miss`,
     one draw for each; at 1/2, "yes" and "no" are equally common in its
-    check (drill.py tries other rates). A
-    marked quiz's student (student_answer()) meets seven asks in ten, and at
-    that rate a small model learns to say "yes" to all of them and goes no
-    further; at one in two it learns to compare (README: a task easier to
-    check)."""
+    check (drill.py tries other rates). A marked quiz's student
+    (student_answer()) meets seven asks in ten; at that rate, learning every
+    token, toy-small says "yes" to all of them for as long as drill.py has
+    run it (2,000 steps), while M0 with these pages learns to compare
+    (README: a task easier to check)."""
     def met_or_not(asked, values):
         return asked if rng.random() < 1 - miss else rng.choice([v for v in values if v != asked])
     first, last, n = met_or_not(task["first"], LETTERS), met_or_not(task["last"], LETTERS), \
