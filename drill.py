@@ -10,17 +10,19 @@ against the three asks, and with check_each_ask writes each comparison out:
 Every "yes" or "no" there needs one step the rest of the toy world never
 asks for: are the two tokens before it the same? This script trains a
 fresh model on such check lines and nothing else, and then asks it, at each
-yes/no of lines it never saw, which of the two words it prefers:
+yes/no of held-out lines (drawn from a seed of their own), which of the two
+words it prefers:
 
     python drill.py --p_no=0.5 --loss=yesno     # balanced, the loss on yes/no alone
     python drill.py --p_no=0.3 --loss=lm        # as M0's marked quizzes (7 asks in 10 met), every token
-    python drill.py --evaluate=out/<run>/M0     # no training: how a run's M0 does on quiz items
+    python drill.py --evaluate=out/<run>/M0     # no training: how a run's M0 (--check_each_ask) does on quiz items
 
 It prints, every eval_every steps, the share right on equal and on
 differing pairs and their mean (balanced accuracy: always "yes" scores 50%).
 The words are random letters, so the check's properties are the only thing
 to learn besides the comparison. `--help` lists the settings.
 """
+import json
 import os
 import random
 import tempfile
@@ -98,7 +100,7 @@ def batch(tok, rng, c, yes, no):
 
 
 @torch.no_grad()
-def evaluate(model, tok, lines, yes, no):
+def score(model, tok, lines, yes, no):
     """{(ask, met): [right, of]} over held-out (line, met) pairs: at each of
     a line's three yes/no words, whether the model gives "yes" the higher
     logit exactly where the ask is met."""
@@ -153,7 +155,7 @@ def drill(c, tok):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % c.eval_every == 0 or step == c.steps:
-            counts = evaluate(model, tok, held_out, yes, no)
+            counts = score(model, tok, held_out, yes, no)
             results.append((step, counts))
             D.log(f"step {step:5d} ({time.time() - t0:4.0f} s) loss {loss.item():.3f} "
                   f"balanced accuracy {100 * balanced_accuracy(counts):5.1f}% | {summary(counts)}")
@@ -181,6 +183,11 @@ def check(c):
     p.at_least("threads", 0)
     if c.evaluate:
         validate.check_checkpoint(p, "evaluate", c.evaluate)
+        run_settings = os.path.join(os.path.dirname(os.path.abspath(c.evaluate)), "settings.json")
+        if os.path.exists(run_settings):  # (a run's checkpoint: out/<run>/M0 beside out/<run>/settings.json)
+            with open(run_settings) as f:
+                p.require(json.load(f).get("check_each_ask"), "evaluate", "comes from a run without "
+                          "--check_each_ask: its M0 never read checks in the form the drill scores")
     elif c.tokenizer:
         p.require(os.path.isfile(c.tokenizer), "tokenizer", "no such file")
     return p
@@ -191,7 +198,7 @@ def evaluate_checkpoint(c):
     marked-quiz items, as M0 reads them: {(ask, met): [right, of]}."""
     tok = Tokenizer(c.evaluate)
     lines = held_out_lines(settings(DEFAULTS, {**vars(c), "quiz_form": True}))
-    return evaluate(load_model(c.evaluate).eval(), tok, lines, *yes_no_ids(tok))
+    return score(load_model(c.evaluate).eval(), tok, lines, *yes_no_ids(tok))
 
 
 if __name__ == "__main__":

@@ -226,8 +226,9 @@ def pair_verdicts(r, t):
     (wrong_chosen); both_right pairs differ at most in form (grade 5
     against 4), both_wrong ones teach no right answer. Only right_chosen
     against wrong_chosen can teach the policy to answer right. With invent
-    tasks, "invent" holds the same three counts for their pairs alone
-    ({"pairs", "right_chosen", "wrong_chosen"}): the kind the judge checks."""
+    tasks, "invent" holds their pairs alone: how many, and right_chosen and
+    wrong_chosen among them ({"pairs", "right_chosen", "wrong_chosen"}): the
+    kind the judge checks."""
     path = r.path(f"iter{t}", "pairs.jsonl")
     if not os.path.exists(path):
         return None
@@ -253,6 +254,11 @@ def pair_verdicts(r, t):
     if invent["pairs"]:
         verdict["invent"] = invent
     return verdict
+
+
+def invent_pairs_text(v):
+    return (f"; of them on invent prompts {v['pairs']}, right against wrong: the right one chosen "
+            f"{v['right_chosen']}, the wrong one {v['wrong_chosen']}")
 
 
 def states_right_answer(judged):
@@ -459,7 +465,8 @@ def checking_lines(found):
                       "beside it, however they were read (50% is \"yes\" to all), with the pairs it wrote equal "
                       "and differing: " + "; ".join(
                           f"{n} {pct(f['invent_yes_no'])} ({f['invent_yes_no_n'][0]} equal, "
-                          f"{f['invent_yes_no_n'][1]} differing)" for n, f in found.items()) + "."]
+                          f"{f['invent_yes_no_n'][1]} differing)" for n, f in found.items()
+                          if sum(f["invent_yes_no_n"])) + "."]  # (a model that wrote none: left out)
     return lines + [""]
 
 
@@ -477,9 +484,7 @@ def diagnostic_lines(r, names, iterations, toy_world):
                          f"{v['equal']}, worse {v['worse']}; on prompts it cannot grade {v['ungradable']}; by "
                          f"correctness: right against wrong, the right one chosen {v['right_chosen']}, the wrong "
                          f"one {v['wrong_chosen']}; both right (form only) {v['both_right']}, both wrong "
-                         f"{v['both_wrong']}" + (f"; of them on invent prompts {v['invent']['pairs']}, right "
-                                                 f"against wrong: the right one chosen {v['invent']['right_chosen']}, "
-                                                 f"the wrong one {v['invent']['wrong_chosen']}" if "invent" in v else ""))
+                         f"{v['both_wrong']}" + (invent_pairs_text(v["invent"]) if "invent" in v else ""))
         c = self_checking(r, t) if toy_world else None
         if c:
             own, eft = c["own"], c["eft_eval"]

@@ -115,7 +115,7 @@ pretrain_checking = 0.0     # toy M0: share of quiz pages that are marked: a stu
 check_each_ask = False      # toy, invent: the judgments' and marked quizzes' check sets each property of the word
                             # beside its ask ("BAKIO: starts with B, asked B: yes; ..."), every comparison between
                             # neighbours (README: a task easier to check)
-pretrain_check_drill = 0    # toy M0, invent: pages of a checking drill added to them, marked quizzes of invent
+pretrain_check_drill = 0    # toy M0, invent: pages of a checking drill added to M0's text, marked quizzes of invent
                             # tasks whose student's word meets each ask half the time (README: a task easier to check)
 pretrain_epochs = 2         # toy M0: passes over them
 pretrain_lr = 2e-3          # toy M0: peak learning rate

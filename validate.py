@@ -175,7 +175,8 @@ def check_loop(c, world):
     for s in ("pretrain_lr", "sft_lr", "dpo_lr", "sft_epochs", "dpo_epochs", "dpo_beta"):
         p.positive(s)
     for s in ("pretrain_docs", "pretrain_qa_docs", "pretrain_check_drill", "n_meta_seed", "eft_own_answers",
-              "iterations", "min_prompt_words", "sft_min_lr", "dpo_min_lr", "rpo_alpha", "temperature", "prompt_temperature"):
+              "iterations", "min_prompt_words", "sft_min_lr", "dpo_min_lr", "rpo_alpha", "temperature",
+              "prompt_temperature"):
         p.at_least(s, 0)
     p.require(c.sft_min_lr <= c.sft_lr, "sft_min_lr", f"must not exceed sft_lr = {c.sft_lr}")
     p.require(c.dpo_min_lr <= c.dpo_lr, "dpo_min_lr", f"must not exceed dpo_lr = {c.dpo_lr}")

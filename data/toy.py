@@ -855,13 +855,13 @@ def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, c
     def marked_page():
         return marked_quiz([(p, t, student_answer(t, rng)) for p, t in fresh_tasks(rng.randint(4, 12))], each_ask)
 
-    # (a share of 0 draws nothing: the pages as before)
-    docs += [{"text": marked_page() if checking_share and rng.random() < checking_share else quiz_page()}
-             for _ in range(n_qa_docs)]
     def drill_page():
         return marked_quiz([(p, t, drill_word(t, rng)) for p, t in fresh_tasks(rng.randint(4, 12), ["invent"])],
                            each_ask)
 
+    # (a share of 0 draws nothing: the pages as before)
+    docs += [{"text": marked_page() if checking_share and rng.random() < checking_share else quiz_page()}
+             for _ in range(n_qa_docs)]
     docs += [{"text": drill_page()} for _ in range(drill_pages)]  # (0 draws nothing)
     rng.shuffle(docs)
     return docs

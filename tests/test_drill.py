@@ -63,9 +63,9 @@ def test_evaluation_reads_each_yes_and_no(tok):
     lines = [drill.check_line(random.Random(i), 0.5) for i in range(60)]
     met = {(a, m): sum(line_met[k] == m for _, line_met in lines) for k, a in enumerate(drill.ASKS)
            for m in (True, False)}
-    peek = drill.evaluate(Peek(tok.vocab_size), tok, lines, yes, no)
+    peek = drill.score(Peek(tok.vocab_size), tok, lines, yes, no)
     assert peek == {key: [n, n] for key, n in met.items()} and drill.balanced_accuracy(peek) == 1.0
-    always = drill.evaluate(AlwaysYes(tok.vocab_size, yes), tok, lines, yes, no)
+    always = drill.score(AlwaysYes(tok.vocab_size, yes), tok, lines, yes, no)
     assert always == {(a, m): [n if m else 0, n] for (a, m), n in met.items()}
     assert drill.balanced_accuracy(always) == 0.5
     assert min(met.values()) > 0  # both kinds of pair, for every ask
@@ -93,4 +93,10 @@ def test_a_checkpoint_is_evaluated_on_quiz_items(tok, tmp_path):
     counts = drill.evaluate_checkpoint(c)
     assert sum(of for _, of in counts.values()) == 36
     text, _ = drill.held_out_lines(settings(drill.DEFAULTS, {"quiz_form": True, "eval_lines": 1}))[0]
+    # a run's M0 (out/<run>/M0 beside settings.json) must have read checks in this form
+    (tmp_path / "settings.json").write_text('{"check_each_ask": false}')
+    assert drill.check(c).found == [f"evaluate = {str(tmp_path / 'M0')!r}: comes from a run without "
+                                    "--check_each_ask: its M0 never read checks in the form the drill scores"]
+    (tmp_path / "settings.json").write_text('{"check_each_ask": true}')
+    assert drill.check(c).found == []
     assert re.fullmatch(r"Q: .+\nStudent: ([A-Z]+)\nA: \1: starts with .+\.", text)

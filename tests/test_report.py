@@ -315,9 +315,11 @@ def test_checking_against_doing_by_hand(tmp_path):
     write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [
         {"prompt": inv, "response": "BOKA", "judgments": ["BOKA starts with B, ends with A and has 4 letters; "
                                                           "asked: B, A, 4.\nScore: 5"]}])
-    found = report.checking_versus_doing(r, ["M1"], tests)["M1"]
-    assert found["invent_yes_no"] is None and found["invent_yes_no_n"] == [0, 0]
-    assert not any("the comparison alone" in line for line in report.checking_lines({"M1": found}))
+    plain = report.checking_versus_doing(r, ["M1"], tests)["M1"]
+    assert plain["invent_yes_no"] is None and plain["invent_yes_no_n"] == [0, 0]
+    assert not any("the comparison alone" in line for line in report.checking_lines({"M1": plain}))
+    lines = report.checking_lines({"SFT": plain, "M1": found})  # a model that wrote no comparison: left out
+    assert lines[-2].endswith("differing: M1 62.5 (4 equal, 2 differing).")
 
 
 def test_meta_rewarding_diagnostics_by_hand(tmp_path):
