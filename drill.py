@@ -16,6 +16,7 @@ words it prefers:
     python drill.py --p_no=0.5 --loss=yesno     # balanced, the loss on yes/no alone
     python drill.py --p_no=0.3 --loss=lm        # as M0's marked quizzes (7 asks in 10 met), every token
     python drill.py --evaluate=out/<run>/M0     # no training: how a run's M0 (--check_each_ask) does on quiz items
+    python drill.py --evaluate=out/<run>/M1 --form=judge   # ... and its M1 at the start of a judgment
 
 It prints, every eval_every steps, the share right on equal and on
 differing pairs and their mean (balanced accuracy: always "yes" scores 50%).
@@ -36,7 +37,7 @@ from checkpoint import load_model
 from configurator import configure, settings
 from data import toy
 from model import PRESETS, Transformer, preset
-from tokenizer import Tokenizer, train_tokenizer
+from tokenizer import Tokenizer, chat_tokens, train_tokenizer
 
 # -----------------------------------------------------------------------------
 # Settings
@@ -53,26 +54,36 @@ warmup = 100         # steps of linear warm-up
 eval_every = 200     # steps between evaluations
 eval_lines = 600     # held-out check lines (three yes/no each)
 seed = 0             # model weights and training lines (the held-out lines have a seed of their own)
-quiz_form = False    # each line a marked quiz's item ("Q: ...\nStudent: BZKOT\nA: BZKOT: starts ..."), as M0 reads them
-evaluate = ""        # a run's checkpoint folder (out/<run>/M0): evaluate it on quiz items with its own tokenizer,
-                     # no training
+form = ""            # how each item is written: 'line', a bare check line | 'quiz', a marked quiz's item
+                     # ("Q: ...\nStudent: BZKOT\nA: BZKOT: starts ..."), as M0 reads them | 'judge' (evaluate only),
+                     # the judge prompt with the word as the response and the check opening the judgment, as M1
+                     # learns them from EFT | '' = 'line' for training, 'quiz' with evaluate
+evaluate = ""        # a run's checkpoint folder (out/<run>/M0, or SFT, M1, ...): evaluate it on held-out items with its
+                     # own tokenizer, no training
 threads = 0          # CPU threads; 0 = this process's cores (or OMP_NUM_THREADS)
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 ASKS = ("first", "last", "n")  # the three comparisons of a line, in order
 
 
-def check_line(rng, p_no, quiz=False):
-    """One check line of a random invent task and a random student's word
-    (toy.drill_word), and whether each of its three asks is met; quiz: as an
-    item of a marked quiz (toy.marked_quiz), the question and the word first."""
+def check_line(rng, p_no, form="line"):
+    """One check of a random invent task and a random student's word
+    (toy.drill_word): (prompt, text, met), met saying whether each of its
+    three asks is met. form 'line': the check line alone; 'quiz': an item
+    of a marked quiz (toy.marked_quiz), the question and the word first;
+    'judge': an EFT record (toy.eft_target) whose response is the bare word,
+    prompt the judge prompt and text the judgment, which opens with the
+    check. prompt is None but for 'judge'."""
     task = None
     while task is None:
         task = toy.sample_task(rng, ["invent"])
     word = toy.drill_word(task, rng, miss=p_no)
     met = (word[0] == task["first"], word[-1] == task["last"], len(word) == task["n"])
-    if quiz:
-        return toy.marked_quiz([(toy.render(task, rng), task, word)], each_ask=True).rstrip("\n"), met
-    return toy.invent_check(task, [word], verdict=True, each_ask=True), met
+    if form == "quiz":
+        return None, toy.marked_quiz([(toy.render(task, rng), task, word)], each_ask=True).rstrip("\n"), met
+    if form == "judge":
+        record = toy.eft_target(toy.render(task, rng), task, word, compares=True, each_ask=True)
+        return record["prompt"], record["response"], met
+    return None, toy.invent_check(task, [word], verdict=True, each_ask=True), met
 
 
 def yes_no_ids(tok):
@@ -90,7 +101,7 @@ def batch(tok, rng, c, yes, no):
     for _ in range(c.batch_size):
         ids = []
         while len(ids) < c.seq_len + 1:
-            ids += tok.encode(check_line(rng, c.p_no, c.quiz_form)[0] + "\n")
+            ids += tok.encode(check_line(rng, c.p_no, c.form or "line")[1] + "\n")
         rows.append(ids[:c.seq_len + 1])
     x = torch.tensor(rows)
     inputs, targets = x[:, :-1], x[:, 1:].clone()
@@ -101,16 +112,18 @@ def batch(tok, rng, c, yes, no):
 
 @torch.no_grad()
 def score(model, tok, lines, yes, no):
-    """{(ask, met): [right, of]} over held-out (line, met) pairs: at each of
-    a line's three yes/no words, whether the model gives "yes" the higher
-    logit exactly where the ask is met."""
+    """{(ask, met): [right, of]} over held-out (prompt, text, met) items: at
+    each of a check's three yes/no words, whether the model gives "yes" the
+    higher logit exactly where the ask is met. With a prompt, the model reads
+    prompt and text as the judge's SFT records are read (the chat template),
+    and only the text's yes/no words count."""
     was_training = model.training
     model.eval()
     counts = {(ask, met): [0, 0] for ask in ASKS for met in (True, False)}
-    for text, met in lines:
-        ids = tok.encode(text)
+    for prompt, text, met in lines:
+        ids, start = chat_tokens(tok, prompt, text) if prompt is not None else (tok.encode(text), 0)
         logits = model(torch.tensor([ids]))[0]
-        spots = [i for i in range(len(ids) - 1) if ids[i + 1] in (yes, no)]
+        spots = [i for i in range(start - 1, len(ids) - 1) if ids[i + 1] in (yes, no)]
         if len(spots) != 3:
             raise ValueError(f"expected three yes/no words in {text!r}, found {len(spots)}")
         for ask, i, m in zip(ASKS, spots, met):
@@ -134,7 +147,8 @@ def summary(counts):
 
 def held_out_lines(c):
     rng = random.Random(f"drill held-out {c.p_no}")
-    return [check_line(rng, c.p_no, c.quiz_form) for _ in range(c.eval_lines)]
+    form = c.form or ("quiz" if c.evaluate else "line")
+    return [check_line(rng, c.p_no, form) for _ in range(c.eval_lines)]
 
 
 def drill(c, tok):
@@ -165,7 +179,7 @@ def drill(c, tok):
 def drill_tokenizer(folder, p_no):
     """A toy tokenizer trained on drill lines, as the loop trains its own."""
     rng = random.Random("drill tokenizer")
-    lines = [check_line(rng, p_no)[0] for _ in range(5000)]
+    lines = [check_line(rng, p_no)[1] for _ in range(5000)]
     return train_tokenizer(lines, os.path.join(folder, "drill.model"), vocab_size=1024, phrases=True,
                            symbols=list(toy.LETTERS))
 
@@ -174,6 +188,9 @@ def check(c):
     """Every problem with the settings, before any work."""
     p = validate.Problems(c)
     p.require(c.loss in ("yesno", "lm"), "loss", "must be 'yesno' or 'lm'")
+    p.require(c.form in ("", "line", "quiz", "judge"), "form", "must be 'line', 'quiz' or 'judge'")
+    p.require(c.form != "judge" or c.evaluate, "form", "'judge' is for --evaluate only (a judge prompt is longer "
+              "than a training row)")
     p.require(c.model in PRESETS, "model", f"must be one of {', '.join(PRESETS)}")
     p.fraction("p_no", high_open=True)  # (0: no differing pair to learn or score; 1: no equal one)
     p.positive("lr")
@@ -195,9 +212,9 @@ def check(c):
 
 def evaluate_checkpoint(c):
     """A run's model (c.evaluate, with the tokenizer beside it) on held-out
-    marked-quiz items, as M0 reads them: {(ask, met): [right, of]}."""
+    items, marked-quiz items unless c.form says otherwise: {(ask, met): [right, of]}."""
     tok = Tokenizer(c.evaluate)
-    lines = held_out_lines(settings(DEFAULTS, {**vars(c), "quiz_form": True}))
+    lines = held_out_lines(c)
     return score(load_model(c.evaluate).eval(), tok, lines, *yes_no_ids(tok))
 
 
@@ -207,7 +224,7 @@ if __name__ == "__main__":
     torch.set_num_threads(D.cpu_threads(c.threads))
     if c.evaluate:
         counts = evaluate_checkpoint(c)
-        D.log(f"{c.evaluate}, p_no {c.p_no}, {c.eval_lines} quiz items, threads: {torch.get_num_threads()}, float32: "
+        D.log(f"{c.evaluate}, p_no {c.p_no}, {c.eval_lines} {c.form or 'quiz'} items, threads: {torch.get_num_threads()}, float32: "
               f"balanced accuracy {100 * balanced_accuracy(counts):5.1f}% | {summary(counts)}")
     else:
         D.log(f"drill: {c.model}, p_no {c.p_no}, loss on {c.loss}, {c.steps} steps of {c.batch_size} x {c.seq_len} "

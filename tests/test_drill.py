@@ -21,7 +21,8 @@ def tok(tmp_path_factory):
 def test_check_lines_say_yes_where_the_word_meets_the_ask():
     rng = random.Random(1)
     lines = [drill.check_line(rng, 0.3) for _ in range(2000)]
-    for text, met in lines:  # read back off the text, independently of check_line's own flags
+    for prompt, text, met in lines:
+        assert prompt is None  # read back off the text, independently of check_line's own flags
         m = re.fullmatch(r"([A-Z]+): starts with (\w), asked (\w): (yes|no); ends with (\w), asked (\w): (yes|no); "
                          r"has (\d) letters, asked (\d): (yes|no)\. (Right|Not right)\.", text)
         assert m, text
@@ -30,7 +31,7 @@ def test_check_lines_say_yes_where_the_word_meets_the_ask():
         assert (word[0], word[-1], str(len(word))) == tuple(a[0] for a in asks)
         assert [a[1] == a[0] for a in asks] == list(met) == [a[2] == "yes" for a in asks]
         assert (verdict == "Right") == all(met)
-    share = sum(map(sum, (met for _, met in lines))) / (3 * len(lines))
+    share = sum(map(sum, (met for _, _, met in lines))) / (3 * len(lines))
     assert 0.67 < share < 0.73  # p_no = 0.3: seven asks in ten met
 
 
@@ -61,7 +62,7 @@ class AlwaysYes(Peek):
 def test_evaluation_reads_each_yes_and_no(tok):
     yes, no = drill.yes_no_ids(tok)
     lines = [drill.check_line(random.Random(i), 0.5) for i in range(60)]
-    met = {(a, m): sum(line_met[k] == m for _, line_met in lines) for k, a in enumerate(drill.ASKS)
+    met = {(a, m): sum(line_met[k] == m for _, _, line_met in lines) for k, a in enumerate(drill.ASKS)
            for m in (True, False)}
     peek = drill.score(Peek(tok.vocab_size), tok, lines, yes, no)
     assert peek == {key: [n, n] for key, n in met.items()} and drill.balanced_accuracy(peek) == 1.0
@@ -69,6 +70,25 @@ def test_evaluation_reads_each_yes_and_no(tok):
     assert always == {(a, m): [n if m else 0, n] for (a, m), n in met.items()}
     assert drill.balanced_accuracy(always) == 0.5
     assert min(met.values()) > 0  # both kinds of pair, for every ask
+
+
+def test_judge_items_are_the_judges_own_records(tok):
+    """form='judge': the judge prompt with the bare word as the response and
+    the check opening the judgment, as EFT writes them; only the judgment's
+    yes/no words are read, though the rubric is read before them."""
+    from judge import judge_prompt
+    yes, no = drill.yes_no_ids(tok)
+    items = [drill.check_line(random.Random(i), 0.5, "judge") for i in range(40)]
+    for prompt, text, met in items:
+        word = re.search(r"<response>([A-Z]+)</response>", prompt).group(1)
+        instruction = re.search(r"User: (.*)\n<response>", prompt).group(1)
+        assert prompt == judge_prompt(instruction, word)
+        assert re.match(rf"{word}: starts with \w, asked \w: (yes|no); ", text) and re.search(r"\nScore: \d$", text)
+        assert [x == "yes" for x in re.findall(r"asked \w: (yes|no)", text)] == list(met)
+    # the same draws as the other forms: the same words and the same met asks
+    assert [met for _, _, met in items] == [drill.check_line(random.Random(i), 0.5, "quiz")[2] for i in range(40)]
+    peek = drill.score(Peek(tok.vocab_size), tok, items, yes, no)
+    assert drill.balanced_accuracy(peek) == 1.0 and sum(of for _, of in peek.values()) == 3 * len(items)
 
 
 def test_a_short_drill_runs(tok):
@@ -80,6 +100,10 @@ def test_a_short_drill_runs(tok):
     bad = settings(drill.DEFAULTS, {"loss": "all", "p_no": 1.0, "steps": 0, "tokenizer": "no/such.model"})
     assert drill.check(bad).found == ["loss = 'all': must be 'yesno' or 'lm'", "p_no = 1.0: must be in (0, 1)",
                                       "steps = 0: must be >= 1", "tokenizer = 'no/such.model': no such file"]
+    assert drill.check(settings(drill.DEFAULTS, {"form": "essay"})).found == [
+        "form = 'essay': must be 'line', 'quiz' or 'judge'"]
+    assert drill.check(settings(drill.DEFAULTS, {"form": "judge"})).found == [
+        "form = 'judge': 'judge' is for --evaluate only (a judge prompt is longer than a training row)"]
     assert drill.check(settings(drill.DEFAULTS, {"evaluate": "no/such/folder"})).found[0].startswith("evaluate: ")
     assert drill.check(settings(drill.DEFAULTS, {})).found == []
 
@@ -88,11 +112,16 @@ def test_a_checkpoint_is_evaluated_on_quiz_items(tok, tmp_path):
     from checkpoint import save_model
     from model import Transformer, preset
     torch.manual_seed(0)
-    save_model(Transformer(preset("toy-tiny", vocab_size=tok.vocab_size)), str(tmp_path / "M0"), tok.model_path)
+    # (max_seq_len: this tokenizer has no rubric pieces, so a judge prompt is about 1,600 tokens)
+    save_model(Transformer(preset("toy-tiny", vocab_size=tok.vocab_size, max_seq_len=2048)), str(tmp_path / "M0"),
+               tok.model_path)
     c = settings(drill.DEFAULTS, {"evaluate": str(tmp_path / "M0"), "eval_lines": 12})
     counts = drill.evaluate_checkpoint(c)
     assert sum(of for _, of in counts.values()) == 36
-    text, _ = drill.held_out_lines(settings(drill.DEFAULTS, {"quiz_form": True, "eval_lines": 1}))[0]
+    _, text, _ = drill.held_out_lines(settings(drill.DEFAULTS, {"form": "quiz", "eval_lines": 1}))[0]
+    assert drill.held_out_lines(c)[0][1].startswith("Q: ")  # with evaluate, quiz items unless form says otherwise
+    judged = drill.evaluate_checkpoint(settings(drill.DEFAULTS, {**vars(c), "form": "judge"}))
+    assert sum(of for _, of in judged.values()) == 36
     # a run's M0 (out/<run>/M0 beside settings.json) must have read checks in this form
     (tmp_path / "settings.json").write_text('{"check_each_ask": false}')
     assert drill.check(c).found == [f"evaluate = {str(tmp_path / 'M0')!r}: comes from a run without "
