@@ -117,6 +117,9 @@ check_each_ask = False      # toy, invent: the judgments' and marked quizzes' ch
                             # neighbours (README: a task easier to check)
 pretrain_check_drill = 0    # toy M0, invent: pages of a checking drill added to M0's text, marked quizzes of invent
                             # tasks whose student's word meets each ask half the time (README: a task easier to check)
+pretrain_drill_layouts = "quiz"  # toy M0, with pretrain_check_drill: how the drill's items are laid out, one drawn per
+                            # item: quiz (a marked quiz's), line (the check alone), review (the check under
+                            # "User: ...\n<response>WORD</response>", the judge prompt's markup without its rubric)
 pretrain_epochs = 2         # toy M0: passes over them
 pretrain_lr = 2e-3          # toy M0: peak learning rate
 # SFT: M0 -> SFT baseline and M0 -> M1 (paper, for 70B: lr 5.5e-6 -> 1.1e-6, batch 16,
@@ -199,8 +202,8 @@ STAGE_SETTINGS = {
                  "judge_quotes", "quote_first", "judge_compares", "check_each_ask", "toy_kinds"],
     "tokenizer": ["vocab_size", "phrase_pieces", "rubric_pieces", "letter_pieces"],
     "M0": ["seed", "dtype", "chat_template", "model", "pretrain_docs", "pretrain_qa_docs", "pretrain_working",
-           "pretrain_checking", "check_each_ask", "pretrain_check_drill", "toy_kinds", "pretrain_epochs", "pretrain_lr",
-           "sft_batch_size"],
+           "pretrain_checking", "check_each_ask", "pretrain_check_drill", "pretrain_drill_layouts", "toy_kinds",
+           "pretrain_epochs", "pretrain_lr", "sft_batch_size"],
     "SFT": ["seed", "dtype", "chat_template", "sft_lr", "sft_min_lr", "sft_batch_size", "sft_epochs", "dropout"],
     "eft_own": ["seed", "dtype", "chat_template", "eft_own_answers", "temperature", "top_p", "max_response_tokens",
                 "shard_size", "judge_working", "judge_quotes", "quote_first", "judge_compares", "check_each_ask"],
@@ -350,7 +353,7 @@ def stage_pretrain(c, r):
     rng = random.Random(sub_seed(c.seed, "pretrain"))
     docs = toy.pretraining_docs(r.path("seed"), rng, c.pretrain_docs, c.pretrain_qa_docs, c.pretrain_working,
                                  c.pretrain_checking, c.toy_kinds.split(","), c.check_each_ask,
-                                 c.pretrain_check_drill)
+                                 c.pretrain_check_drill, tuple(c.pretrain_drill_layouts.split(",")))
     save_jsonl(r.path("train", "pretrain.jsonl"), docs)
     out = train_sft.train({**trainer_settings(c, r, "M0", c.sft_batch_size, c.micro_batch_size, ("M0",)),
                            "init_from": "scratch", "model": c.model, "tokenizer": r.path("tokenizer.model"),

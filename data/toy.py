@@ -816,8 +816,27 @@ def marked_quiz(items, each_ask=False):
     return "".join(f"Q: {p}\nStudent: {given}\nA: {mark(t, given)}\n" for p, t, given in items)
 
 
+# How an item of a checking drill page is laid out (pretrain_drill_layouts): the marked quiz's, the check
+# line alone, or a reviewer's note under the response in the judge prompt's markup (its rubric left out)
+DRILL_LAYOUTS = ("quiz", "line", "review")
+
+
+def drill_item(prompt, task, word, layout, each_ask=False):
+    """One item of a checking drill page, the student's word checked in one of DRILL_LAYOUTS:
+    quiz:   "Q: <prompt>\nStudent: BZKO\nA: BZKO: starts with B, ... Not right.\n" (marked_quiz())
+    line:   "BZKO: starts with B, ... Not right.\n"
+    review: "User: <prompt>\n<response>BZKO</response>\nBZKO: starts with B, ... Not right.\n"
+    The same check in every layout, so that the comparison is learned
+    wherever it is written, not only after "Student:" (README: a task easier
+    to check)."""
+    if layout == "quiz":
+        return marked_quiz([(prompt, task, word)], each_ask)
+    check = invent_check(task, [word], verdict=True, each_ask=each_ask)
+    return check + "\n" if layout == "line" else f"User: {prompt}\n<response>{word}</response>\n{check}\n"
+
+
 def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, checking_share=0.0, kinds=KINDS,
-                     each_ask=False, drill_pages=0):
+                     each_ask=False, drill_pages=0, drill_layouts=("quiz",)):
     """M0's pretraining documents {"text"}: n_list_docs task listings and
     n_qa_docs quiz pages, 4 to 12 tasks each, shuffled; a share working_share
     of the quiz pages show the working (working()) before each answer, as
@@ -827,7 +846,8 @@ def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, c
     an invented word against the three asks (each_ask: as check_each_ask
     writes the check, invent_check()). drill_pages more pages are a
     checking drill: marked quizzes of invent tasks alone, each student's word
-    meeting each ask half the time (drill_word()). Nothing the
+    meeting each ask half the time (drill_word()), each item laid out in one
+    of drill_layouts (drill_item(); one layout draws nothing). Nothing the
     evaluation asks about (seed_dir's test and EFT eval tasks and prompts)
     is in them. kinds: the task kinds drawn (build's)."""
     check_kinds(kinds, {"pretrain_working": working_share, "check_each_ask": each_ask,
@@ -856,8 +876,9 @@ def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, c
         return marked_quiz([(p, t, student_answer(t, rng)) for p, t in fresh_tasks(rng.randint(4, 12))], each_ask)
 
     def drill_page():
-        return marked_quiz([(p, t, drill_word(t, rng)) for p, t in fresh_tasks(rng.randint(4, 12), ["invent"])],
-                           each_ask)
+        items = [(p, t, drill_word(t, rng)) for p, t in fresh_tasks(rng.randint(4, 12), ["invent"])]
+        layout = lambda: drill_layouts[0] if len(drill_layouts) == 1 else rng.choice(drill_layouts)
+        return "".join(drill_item(p, t, word, layout(), each_ask) for p, t, word in items)
 
     # (a share of 0 draws nothing: the pages as before)
     docs += [{"text": marked_page() if checking_share and rng.random() < checking_share else quiz_page()}

@@ -821,6 +821,13 @@ def test_check_loop_in_this_process():
                                                "task for pretrain_check_drill to check"]
     c = configurator.settings(S.DEFAULTS, {"pretrain_check_drill": -1, "toy_kinds": "sort,invent"})
     assert validate.check_loop(c, 1).found == ["pretrain_check_drill = -1: must be >= 0"]
+    c = configurator.settings(S.DEFAULTS, {"pretrain_drill_layouts": "quiz,essay", "pretrain_check_drill": 10,
+                                           "toy_kinds": "sort,invent"})
+    assert validate.check_loop(c, 1).found == ["pretrain_drill_layouts = 'quiz,essay': must be some of "
+                                               "quiz,line,review, each once, separated by commas"]
+    c = configurator.settings(S.DEFAULTS, {"pretrain_drill_layouts": "line,review", "toy_kinds": "sort,invent"})
+    assert validate.check_loop(c, 1).found == ["pretrain_drill_layouts = 'line,review': lays out the drill's "
+                                               "items, and pretrain_check_drill = 0 draws none"]
     c = configurator.settings(S.DEFAULTS, {"eft_own_answers": -1})
     assert validate.check_loop(c, 1).found == ["eft_own_answers = -1: must be >= 0"]
     c = configurator.settings(S.DEFAULTS, {"eft_own_answers": 1, "seed_data": "no/such/folder", "init_from": "M0"})

@@ -8,9 +8,10 @@ from collections import Counter
 import pytest
 
 from data import read_jsonl
-from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, ENGLISH, LETTERS, TEMPLATES, answer, attempts, build, comparison,
-                      corpus, eft_target, fewshot_text, fits, grade, marked_quiz, meta_judge_examples, pretraining_docs,
-                      quote, render, sample_task, stated_answer, task_from_prompt, true_grade, working, write_toy)
+from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, DRILL_LAYOUTS, ENGLISH, LETTERS, TEMPLATES, answer, attempts,
+                      build, comparison, corpus, drill_item, eft_target, fewshot_text, fits, grade, marked_quiz,
+                      meta_judge_examples, pretraining_docs, quote, render, sample_task, stated_answer,
+                      task_from_prompt, true_grade, working, write_toy)
 from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
 from tokenizer import chat_tokens, train_tokenizer
 
@@ -438,6 +439,22 @@ def test_pretraining_docs_leave_out_what_the_evaluation_asks(toy):
     assert 0.65 < sum(map(sum, quiz_asks)) / (3 * len(quiz_asks)) < 0.8  # why the drill: most quiz asks are met
     with pytest.raises(ValueError, match="has no invent task for pretrain_check_drill to check"):
         pretraining_docs(folder, random.Random(0), 0, 10, kinds=["sort"], drill_pages=1)
+    # drill_layouts (pretrain_drill_layouts): each drill item in a layout drawn for it, the same check in each;
+    # the other pages as before
+    task = task_from_prompt(INVENT)
+    check = "BZKO: starts with B, asked B: yes; ends with O, asked O: yes; has 4 letters, asked 5: no. Not right.\n"
+    assert [drill_item(INVENT, task, "BZKO", layout, each_ask=True) for layout in DRILL_LAYOUTS] == [
+        f"Q: {INVENT}\nStudent: BZKO\nA: {check}", check, f"User: {INVENT}\n<response>BZKO</response>\n{check}"]
+    laid = pretraining_docs(folder, random.Random(0), n_list_docs=0, n_qa_docs=300, checking_share=0.5,
+                            kinds=ALL_KINDS, each_ask=True, drill_pages=40, drill_layouts=DRILL_LAYOUTS)
+    assert len(laid) == 340 and all(d in laid for d in each)
+    laid_text = "".join(d["text"] for d in laid if d not in each)
+    checks = re.findall(r"^(?:A: )?([A-Z]+): starts with .*$", laid_text, re.M)
+    quiz = re.findall(r"^Q: .*\nStudent: ([A-Z]+)\nA: \1: starts with .*$", laid_text, re.M)
+    review = re.findall(r"^User: .*\n<response>([A-Z]+)</response>\n\1: starts with .*$", laid_text, re.M)
+    lines = len(checks) - len(quiz) - len(review)  # the rest: check lines alone
+    assert len(checks) >= 40 * 4 and all(0.2 < k / len(checks) < 0.47 for k in (len(quiz), len(review), lines))
+    assert len(re.findall(r"^[A-Z]+: starts with .*$", laid_text, re.M)) == len(review) + lines
 
 
 def test_meta_judge_examples_name_the_judgment_whose_score_the_grader_gives(toy):
