@@ -65,14 +65,16 @@ DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isin
 ASKS = ("first", "last", "n")  # the three comparisons of a line, in order
 
 
-def check_line(rng, p_no, form="line"):
+def check_line(rng, p_no, form="line", compares=True):
     """One check of a random invent task and a random student's word
     (toy.drill_word): (prompt, text, met), met saying whether each of its
     three asks is met. form 'line': the check line alone; 'quiz': an item
     of a marked quiz (toy.marked_quiz), the question and the word first;
-    'judge': an EFT record (toy.eft_target) whose response is the bare word,
-    prompt the judge prompt and text the judgment, which opens with the
-    check. prompt is None but for 'judge'."""
+    'judge': an EFT record (toy.eft_target, its verdict as judge_compares
+    says) whose response is the bare word, prompt the judge prompt and text
+    the judgment, which opens with the check. prompt is None but for
+    'judge'. The quiz and judge forms draw the same words from the same rng;
+    the line form, with no question to write, draws other ones after its first."""
     task = None
     while task is None:
         task = toy.sample_task(rng, ["invent"])
@@ -81,7 +83,7 @@ def check_line(rng, p_no, form="line"):
     if form == "quiz":
         return None, toy.marked_quiz([(toy.render(task, rng), task, word)], each_ask=True).rstrip("\n"), met
     if form == "judge":
-        record = toy.eft_target(toy.render(task, rng), task, word, compares=True, each_ask=True)
+        record = toy.eft_target(toy.render(task, rng), task, word, compares=compares, each_ask=True)
         return record["prompt"], record["response"], met
     return None, toy.invent_check(task, [word], verdict=True, each_ask=True), met
 
@@ -121,7 +123,7 @@ def score(model, tok, lines, yes, no):
     model.eval()
     counts = {(ask, met): [0, 0] for ask in ASKS for met in (True, False)}
     for prompt, text, met in lines:
-        ids, start = chat_tokens(tok, prompt, text) if prompt is not None else (tok.encode(text), 0)
+        ids, start = chat_tokens(tok, prompt, text) if prompt is not None else (tok.encode(text), 1)
         logits = model(torch.tensor([ids]))[0]
         spots = [i for i in range(start - 1, len(ids) - 1) if ids[i + 1] in (yes, no)]
         if len(spots) != 3:
@@ -145,10 +147,20 @@ def summary(counts):
                     f"differ {counts[(a, False)][0]}/{counts[(a, False)][1]};" for a in ASKS)
 
 
-def held_out_lines(c):
+def held_out_lines(c, compares=True):
     rng = random.Random(f"drill held-out {c.p_no}")
     form = c.form or ("quiz" if c.evaluate else "line")
-    return [check_line(rng, c.p_no, form) for _ in range(c.eval_lines)]
+    return [check_line(rng, c.p_no, form, compares) for _ in range(c.eval_lines)]
+
+
+def run_settings(checkpoint):
+    """The settings of the run a checkpoint comes from (out/<run>/M1 beside
+    out/<run>/settings.json), or {} for a checkpoint outside a run."""
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "settings.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def drill(c, tok):
@@ -200,11 +212,8 @@ def check(c):
     p.at_least("threads", 0)
     if c.evaluate:
         validate.check_checkpoint(p, "evaluate", c.evaluate)
-        run_settings = os.path.join(os.path.dirname(os.path.abspath(c.evaluate)), "settings.json")
-        if os.path.exists(run_settings):  # (a run's checkpoint: out/<run>/M0 beside out/<run>/settings.json)
-            with open(run_settings) as f:
-                p.require(json.load(f).get("check_each_ask"), "evaluate", "comes from a run without "
-                          "--check_each_ask: its M0 never read checks in the form the drill scores")
+        p.require(run_settings(c.evaluate).get("check_each_ask", True), "evaluate", "comes from a run without "
+                  "--check_each_ask: its M0 never read checks in the form the drill scores")
     elif c.tokenizer:
         p.require(os.path.isfile(c.tokenizer), "tokenizer", "no such file")
     return p
@@ -212,9 +221,12 @@ def check(c):
 
 def evaluate_checkpoint(c):
     """A run's model (c.evaluate, with the tokenizer beside it) on held-out
-    items, marked-quiz items unless c.form says otherwise: {(ask, met): [right, of]}."""
-    tok = Tokenizer(c.evaluate)
-    lines = held_out_lines(c)
+    items, marked-quiz items unless c.form says otherwise: {(ask, met): [right, of]}.
+    The judge's records are written as that run wrote them: its chat
+    template, and a verdict after the check where it had judge_compares."""
+    run = run_settings(c.evaluate)
+    tok = Tokenizer(c.evaluate, run.get("chat_template", ""))
+    lines = held_out_lines(c, run.get("judge_compares", True))
     return score(load_model(c.evaluate).eval(), tok, lines, *yes_no_ids(tok))
 
 
@@ -224,8 +236,8 @@ if __name__ == "__main__":
     torch.set_num_threads(D.cpu_threads(c.threads))
     if c.evaluate:
         counts = evaluate_checkpoint(c)
-        D.log(f"{c.evaluate}, p_no {c.p_no}, {c.eval_lines} {c.form or 'quiz'} items, threads: {torch.get_num_threads()}, float32: "
-              f"balanced accuracy {100 * balanced_accuracy(counts):5.1f}% | {summary(counts)}")
+        D.log(f"{c.evaluate}, p_no {c.p_no}, {c.eval_lines} {c.form or 'quiz'} items, "
+              f"threads: {torch.get_num_threads()}, float32: balanced accuracy {100 * balanced_accuracy(counts):5.1f}% | {summary(counts)}")
     else:
         D.log(f"drill: {c.model}, p_no {c.p_no}, loss on {c.loss}, {c.steps} steps of {c.batch_size} x {c.seq_len} "
               f"tokens, threads: {torch.get_num_threads()}, float32")

@@ -115,8 +115,9 @@ pretrain_checking = 0.0     # toy M0: share of quiz pages that are marked: a stu
 check_each_ask = False      # toy, invent: the judgments' and marked quizzes' check sets each property of the word
                             # beside its ask ("BAKIO: starts with B, asked B: yes; ..."), every comparison between
                             # neighbours (README: a task easier to check)
-pretrain_check_drill = 0    # toy M0, invent: pages of a checking drill added to M0's text, marked quizzes of invent
-                            # tasks whose student's word meets each ask half the time (README: a task easier to check)
+pretrain_check_drill = 0    # toy M0, invent: pages of a checking drill added to M0's text, checks of invent tasks'
+                            # words that meet each ask half the time, laid out as pretrain_drill_layouts says (README:
+                            # a task easier to check)
 pretrain_drill_layouts = "quiz"  # toy M0, with pretrain_check_drill: how the drill's items are laid out, one drawn per
                             # item: quiz (a marked quiz's), line (the check alone), review (the check under
                             # "User: ...\n<response>WORD</response>", the judge prompt's markup without its rubric)

@@ -845,7 +845,7 @@ def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, c
     where it learns to tell whether two answers are the same, and to check
     an invented word against the three asks (each_ask: as check_each_ask
     writes the check, invent_check()). drill_pages more pages are a
-    checking drill: marked quizzes of invent tasks alone, each student's word
+    checking drill: checks of invent tasks alone, each student's word
     meeting each ask half the time (drill_word()), each item laid out in one
     of drill_layouts (drill_item(); one layout draws nothing). Nothing the
     evaluation asks about (seed_dir's test and EFT eval tasks and prompts)

@@ -85,10 +85,18 @@ def test_judge_items_are_the_judges_own_records(tok):
         assert prompt == judge_prompt(instruction, word)
         assert re.match(rf"{word}: starts with \w, asked \w: (yes|no); ", text) and re.search(r"\nScore: \d$", text)
         assert [x == "yes" for x in re.findall(r"asked \w: (yes|no)", text)] == list(met)
-    # the same draws as the other forms: the same words and the same met asks
+    # the same draws as the quiz form: the same words and the same met asks
     assert [met for _, _, met in items] == [drill.check_line(random.Random(i), 0.5, "quiz")[2] for i in range(40)]
+    # a yes and a no in the instruction are read by the model but not scored: three yes/no words an item
+    prompt, text, met = items[0]
+    asked = judge_prompt("Say yes or no, then invent a word.", re.search(r"<response>(\w+)<", prompt).group(1))
+    assert {yes, no} <= set(tok.encode(asked))
+    items.append((asked, text, met))
     peek = drill.score(Peek(tok.vocab_size), tok, items, yes, no)
     assert drill.balanced_accuracy(peek) == 1.0 and sum(of for _, of in peek.values()) == 3 * len(items)
+    # a run without judge_compares: its judgments have no verdict after the check
+    plain = drill.check_line(random.Random(0), 0.5, "judge", compares=False)
+    assert plain[1] != text and plain[1] in (text.replace(" Not right.", "", 1), text.replace(" Right.", "", 1))
 
 
 def test_a_short_drill_runs(tok):

@@ -455,6 +455,12 @@ def test_pretraining_docs_leave_out_what_the_evaluation_asks(toy):
     lines = len(checks) - len(quiz) - len(review)  # the rest: check lines alone
     assert len(checks) >= 40 * 4 and all(0.2 < k / len(checks) < 0.47 for k in (len(quiz), len(review), lines))
     assert len(re.findall(r"^[A-Z]+: starts with .*$", laid_text, re.M)) == len(review) + lines
+    def layouts_in(page):
+        quiz, review = len(re.findall(r"^Q: ", page, re.M)), len(re.findall(r"^User: ", page, re.M))
+        line = len(re.findall(r"^[A-Z]+: starts with", page, re.M)) - review
+        return sum(k > 0 for k in (quiz, review, line))
+    pages = [d["text"] for d in laid if d not in each]  # drawn for each item, not for each page: most pages mix
+    assert sum(layouts_in(page) > 1 for page in pages) > len(pages) / 2
 
 
 def test_meta_judge_examples_name_the_judgment_whose_score_the_grader_gives(toy):
