@@ -103,7 +103,7 @@ def batch(tok, rng, c, yes, no):
     for _ in range(c.batch_size):
         ids = []
         while len(ids) < c.seq_len + 1:
-            ids += tok.encode(check_line(rng, c.p_no, c.form or "line")[1] + "\n")
+            ids += tok.encode(check_line(rng, c.p_no, item_form(c))[1] + "\n")
         rows.append(ids[:c.seq_len + 1])
     x = torch.tensor(rows)
     inputs, targets = x[:, :-1], x[:, 1:].clone()
@@ -147,10 +147,14 @@ def summary(counts):
                     f"differ {counts[(a, False)][0]}/{counts[(a, False)][1]};" for a in ASKS)
 
 
+def item_form(c):
+    """The form items are written in: c.form, else 'quiz' with evaluate (as M0 reads them) and 'line' for training."""
+    return c.form or ("quiz" if c.evaluate else "line")
+
+
 def held_out_lines(c, compares=True):
     rng = random.Random(f"drill held-out {c.p_no}")
-    form = c.form or ("quiz" if c.evaluate else "line")
-    return [check_line(rng, c.p_no, form, compares) for _ in range(c.eval_lines)]
+    return [check_line(rng, c.p_no, item_form(c), compares) for _ in range(c.eval_lines)]
 
 
 def run_settings(checkpoint):
@@ -236,8 +240,9 @@ if __name__ == "__main__":
     torch.set_num_threads(D.cpu_threads(c.threads))
     if c.evaluate:
         counts = evaluate_checkpoint(c)
-        D.log(f"{c.evaluate}, p_no {c.p_no}, {c.eval_lines} {c.form or 'quiz'} items, "
-              f"threads: {torch.get_num_threads()}, float32: balanced accuracy {100 * balanced_accuracy(counts):5.1f}% | {summary(counts)}")
+        D.log(f"{c.evaluate}, p_no {c.p_no}, {c.eval_lines} {item_form(c)} items, "
+              f"threads: {torch.get_num_threads()}, float32: balanced accuracy "
+              f"{100 * balanced_accuracy(counts):5.1f}% | {summary(counts)}")
     else:
         D.log(f"drill: {c.model}, p_no {c.p_no}, loss on {c.loss}, {c.steps} steps of {c.batch_size} x {c.seq_len} "
               f"tokens, threads: {torch.get_num_threads()}, float32")

@@ -194,12 +194,12 @@ def check_loop(c, world):
         toy.check_kinds(c.toy_kinds.split(","), vars(c))
     except ValueError as e:
         p.add(f"toy_kinds = {c.toy_kinds!r}: {e}")
-    layouts = c.pretrain_drill_layouts.split(",")
-    if p.require(set(layouts) <= set(toy.DRILL_LAYOUTS) and len(set(layouts)) == len(layouts),
-                 "pretrain_drill_layouts", f"must be some of {','.join(toy.DRILL_LAYOUTS)}, each once, separated "
-                 "by commas"):
-        p.require(layouts == ["quiz"] or c.pretrain_check_drill > 0, "pretrain_drill_layouts",
+    try:
+        toy.some_of(c.pretrain_drill_layouts.split(","), toy.DRILL_LAYOUTS)
+        p.require(c.pretrain_drill_layouts == "quiz" or c.pretrain_check_drill > 0, "pretrain_drill_layouts",
                   "lays out the drill's items, and pretrain_check_drill = 0 draws none")
+    except ValueError as e:
+        p.add(f"pretrain_drill_layouts = {c.pretrain_drill_layouts!r}: {e}")
     p.require(c.max_prompt_words >= c.min_prompt_words, "max_prompt_words",
               f"must be >= min_prompt_words = {c.min_prompt_words}")
     p.require(c.pretrain_docs + c.pretrain_qa_docs > 0 or c.init_from != "scratch", "pretrain_docs",

@@ -721,13 +721,18 @@ ONE_ANSWER_SETTINGS = ("judge_working", "judge_quotes", "meta_judge", "pretrain_
 INVENT_SETTINGS = ("check_each_ask", "pretrain_check_drill")
 
 
+def some_of(names, allowed):
+    """A ValueError unless names is a non-empty list of `allowed`, each at most once."""
+    if not names or any(n not in allowed for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"must be some of {','.join(allowed)}, each once, separated by commas")
+
+
 def check_kinds(kinds, settings=None):
     """A ValueError unless kinds is a non-empty list of ALL_KINDS without
     repeats, and, of settings ({name: value}, the loop's or those a caller
     takes), none of ONE_ANSWER_SETTINGS is on with invent in kinds and none
     of INVENT_SETTINGS without it."""
-    if not kinds or any(k not in ALL_KINDS for k in kinds) or len(set(kinds)) != len(kinds):
-        raise ValueError(f"must be some of {','.join(ALL_KINDS)}, each once, separated by commas")
+    some_of(kinds, ALL_KINDS)
     on = lambda names: [s for s in names if (settings or {}).get(s)]
     if "invent" in kinds and on(ONE_ANSWER_SETTINGS):
         raise ValueError(f"with invent does not go with {', '.join(on(ONE_ANSWER_SETTINGS))}: an invent task has "
