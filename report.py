@@ -508,6 +508,17 @@ def diagnostic_lines(r, names, iterations, toy_world):
     return lines + [""]
 
 
+def pairs_by(pair_by):
+    """How a run's pairs were picked, for its log and report: nothing for the
+    paper's method (the model's own judge), a note for a control."""
+    if pair_by in ("grader", "right"):
+        return f" (best and worst by the grader, pair_by={pair_by!r}: a perfect-judge control, not self-rewarding)"
+    if pair_by == "coin":
+        return (" (the judge's pairs turned round or not on a fair coin, pair_by='coin': a control with no "
+                "preference in it, not self-rewarding)")
+    return ""
+
+
 def iteration_lines(r, stages, iterations):
     """What each stage of each iteration kept and dropped, and the lengths of the pairs' responses."""
     lines = []
@@ -522,9 +533,7 @@ def iteration_lines(r, stages, iterations):
         p, cand, jd, pr = (stages.get(f"iter{t}_{k}", {}) for k in ("prompts", "candidates", "judgments", "pairs"))
         line = (f"- iteration {t}: {p.get('kept', '?')} new prompts kept of {p.get('requested', '?')} requested, "
                 f"{pr.get('pairs', '?')} preference pairs")
-        if pr.get("by", "judge") != "judge":
-            line += (f" (best and worst by the grader, pair_by={pr['by']!r}: a perfect-judge control, not "
-                     f"self-rewarding)")
+        line += pairs_by(pr.get("by", "judge"))
         if p.get("dropped"):
             line += f"; prompts dropped: {p['dropped']}"
         if cand.get("too_long"):

@@ -152,7 +152,8 @@ max_judge_tokens = 96       # per judgment
 pair_by = "judge"           # who picks the best and worst candidate: 'judge' (the paper: the model's own scores), or
                             # toy only, controls that show what DPO on best-versus-worst pairs can teach with a
                             # perfect judge (README): 'grader' (its grades 0-5, form included), 'right' (right or
-                            # wrong only: grade >= 4 or not)
+                            # wrong only: grade >= 4 or not); or 'coin', a control with a judge that knows nothing:
+                            # the judge's pairs, each turned round or not on a fair coin
 meta_judge = False          # Meta-Rewarding (Wu et al. 2024): the model also judges its judgments; DPO trains the
                             # judge on the best against the worst judgment of a response
 meta_pair_by = "meta"       # meta_judge: who picks a response's best and worst judgment: 'meta' (Wu et al.: the
@@ -232,6 +233,7 @@ STAGE_SETTINGS = {
     "M1+meta": ["meta_judge", "n_meta_seed", "judge_working", "judge_quotes", "quote_first", "judge_compares"],
     "meta_judgments": ["seed", "dtype", "chat_template", "temperature", "top_p", "max_meta_tokens", "shard_size"],
     "pairs+meta": ["seed", "meta_pair_by"],
+    "pairs+coin": ["seed"],  # the coin's seed: counts only with pair_by='coin' (run_stages adds it)
 }
 
 
@@ -735,22 +737,44 @@ def grader_scored(judged, only_right=False):
     return out
 
 
+def coin_turned(pairs, seed):
+    """pair_by='coin' (a control, not the paper's method): the judge's pairs
+    with chosen and rejected swapped on a fair coin, pair by pair. DPO then
+    trains on the same responses, as many steps, with the judge's preference
+    taken out: what the loop gains this way it owes to DPO on its own
+    samples, not to the judge."""
+    rng = random.Random(seed)
+    turned = []
+    for p in pairs:
+        if rng.random() < 0.5:
+            p = {**p, "chosen": p["rejected"], "rejected": p["chosen"], "chosen_score": p["rejected_score"],
+                 "rejected_score": p["chosen_score"], "chosen_index": p["rejected_index"],
+                 "rejected_index": p["chosen_index"]}
+        turned.append(p)
+    return turned
+
+
 def actor_pairs(c, r, t):
     """Iteration t's preference pairs of responses (make_pairs) by the judge's
-    scores or, pair_by='grader' or 'right', the grader's; or the end of the run if there are none."""
+    scores (pair_by='coin': then each turned round or not on a coin) or,
+    pair_by='grader' or 'right', the grader's; or the end of the run if
+    there are none."""
     judged = read_jsonl(r.path(f"iter{t}", "judgments.jsonl"))
-    pairs, dropped = make_pairs(judged if c.pair_by == "judge" else grader_scored(judged, c.pair_by == "right"))
+    if c.pair_by in ("grader", "right"):
+        judged = grader_scored(judged, only_right=c.pair_by == "right")
+    pairs, dropped = make_pairs(judged)
     if not pairs:
         sys.exit(f"error: iteration {t}: no preference pairs (dropped: {dropped}); the judge gave every "
                  f"candidate the same score or none. DPO cannot run. Look at {r.path(f'iter{t}', 'judgments.jsonl')}.")
+    if c.pair_by == "coin":
+        pairs = coin_turned(pairs, sub_seed(c.seed, "coin", t))
     return pairs, dropped
 
 
 def stage_pairs(c, r, t):
     pairs, dropped = actor_pairs(c, r, t)
     save_jsonl(r.path(f"iter{t}", "pairs.jsonl"), pairs)
-    by = "" if c.pair_by == "judge" else f" (best and worst by the grader: pair_by={c.pair_by!r})"
-    D.log(f"iteration {t}: {len(pairs)} pairs{by}; dropped {dropped}")
+    D.log(f"iteration {t}: {len(pairs)} pairs{report.pairs_by(c.pair_by)}; dropped {dropped}")
     return {"pairs": len(pairs), "by": c.pair_by, "dropped": dropped}
 
 
@@ -939,6 +963,7 @@ def run_stages(c, r):
     S = STAGE_SETTINGS
     temporary = lambda name: [] if c.keep_train_state else [r.path("train", name, "state")]
     meta = lambda kind: S[kind + "+meta"] if c.meta_judge else []  # Meta-Rewarding's settings, only when on
+    coin = S["pairs+coin"] if c.pair_by == "coin" else []
     if c.seed_data == "toy":
         r.stage("seed_data", lambda: stage_seed_data(c, r), uses=["seed_data"] + S["toy seed"])
     else:
@@ -977,11 +1002,11 @@ def run_stages(c, r):
         r.stage(f"{it}_judgments", lambda: stage_judgments(c, r, t, mt), uses=S["judgments"],
                 after=[f"{it}_candidates", f"M{t}"])
         if not c.meta_judge:
-            r.stage(f"{it}_pairs", lambda: stage_pairs(c, r, t), uses=S["pairs"], after=[f"{it}_judgments"])
+            r.stage(f"{it}_pairs", lambda: stage_pairs(c, r, t), uses=S["pairs"] + coin, after=[f"{it}_judgments"])
         else:  # Meta-Rewarding: M_t also judges its judgments, and the judge's pairs join the actor's
             r.stage(f"{it}_meta_judgments", lambda: stage_meta_judgments(c, r, t, mt), uses=S["meta_judgments"],
                     after=[f"{it}_judgments", f"M{t}"])
-            r.stage(f"{it}_pairs", lambda: stage_pairs_meta(c, r, t), uses=S["pairs"] + S["pairs+meta"],
+            r.stage(f"{it}_pairs", lambda: stage_pairs_meta(c, r, t), uses=S["pairs"] + S["pairs+meta"] + coin,
                     after=[f"{it}_judgments", f"{it}_meta_judgments"])
         r.stage(f"M{t + 1}", lambda: stage_dpo(c, r, t, mt), uses=S["DPO"], after=[f"{it}_pairs", f"M{t}"],
                 temporary=temporary(f"M{t + 1}"))

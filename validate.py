@@ -255,10 +255,10 @@ def check_loop(c, world):
                 p.add(f"{setting}: {e}")
     p.require(not (c.eft_judgments and c.seed_data == "toy"), "eft_judgments", "supplies judgments for EFT "
               "groups (real seed data); the toy seed's EFT training records are already targets")
-    if p.require(c.pair_by in ("judge", "grader", "right"), "pair_by", "must be 'judge' (the paper), or 'grader' "
-                 "or 'right' (toy: controls with a perfect judge)"):
-        p.require(c.pair_by == "judge" or c.seed_data == "toy", "pair_by", "is for the toy world; real seed data "
-                  "has no grader")
+    if p.require(c.pair_by in ("judge", "grader", "right", "coin"), "pair_by", "must be 'judge' (the paper), "
+                 "'grader' or 'right' (toy: controls with a perfect judge) or 'coin' (a control with no preference)"):
+        p.require(c.pair_by in ("judge", "coin") or c.seed_data == "toy", "pair_by", "is for the toy world; "
+                  "real seed data has no grader")
     if p.require(c.meta_pair_by in ("meta", "grader"), "meta_pair_by", "must be 'meta' (Wu et al.) or 'grader' "
                  "(toy: a control with a perfect meta-judge)"):
         p.require(c.meta_pair_by == "meta" or (c.meta_judge and c.seed_data == "toy"), "meta_pair_by",

@@ -338,14 +338,17 @@ def test_stages_declare_every_setting_they_read():
                 names |= reads(const, seen)
         return names & set(S.DEFAULTS) - S.RUNTIME_ONLY
 
-    ST = S.STAGE_SETTINGS  # a "+meta" list counts only with Meta-Rewarding on (run_stages adds it)
+    ST = S.STAGE_SETTINGS  # a "+meta" list counts only with Meta-Rewarding on, "+coin" with pair_by='coin'
+    #                        (run_stages adds them)
     kinds = {S.stage_seed_data: ["seed_data", *ST["toy seed"]],
              S.stage_tokenizer: [*ST["tokenizer"], *ST["tokenizer+meta"]],
              S.stage_pretrain: "M0", S.stage_sft_baseline: "SFT",
              S.stage_m1: [*ST["SFT"], *ST["M1"], *ST["M1+meta"]], S.stage_eft_own_answers: "eft_own",
              S.stage_eft_targets: "eft_targets", S.stage_prompts: "prompts", S.stage_candidates: "candidates",
-             S.stage_judgments: "judgments", S.stage_meta_judgments: "meta_judgments", S.stage_pairs: "pairs",
-             S.stage_pairs_meta: [*ST["pairs"], *ST["pairs+meta"]], S.stage_dpo: "DPO", S.stage_eval: "eval"}
+             S.stage_judgments: "judgments", S.stage_meta_judgments: "meta_judgments",
+             S.stage_pairs: [*ST["pairs"], *ST["pairs+coin"]],
+             S.stage_pairs_meta: [*ST["pairs"], *ST["pairs+meta"], *ST["pairs+coin"]], S.stage_dpo: "DPO",
+             S.stage_eval: "eval"}
     for f, kind in kinds.items():
         declared = set(kind if isinstance(kind, list) else S.STAGE_SETTINGS[kind])
         assert reads(f.__code__, set()) <= declared, f.__name__
@@ -382,6 +385,33 @@ def test_grader_pairs_set_the_truly_best_against_the_truly_worst(tmp_path):
     S.stage_pairs(types.SimpleNamespace(pair_by="right"), R, 1)
     [pair] = read_jsonl(tmp_path / "iter1" / "pairs.jsonl")
     assert (pair["chosen"], pair["rejected"]) == ("The answer is MUNIZ.", "MUNZI")
+
+
+def test_coin_turns_the_judges_pairs_round_at_random(tmp_path):
+    """pair_by='coin' (the no-preference control): the judge's own pairs, the
+    same responses and count, each swapped or not on a seeded fair coin."""
+    os.makedirs(tmp_path / "iter1")
+
+    class R:  # a run folder
+        path = staticmethod(lambda *p: str(tmp_path.joinpath(*p)))
+    judged = [{"prompt": f"p{i}", "candidates": [f"a{i}", f"b{i}", f"c{i}"], "score": [4.0, 1.0, 2.5]}
+              for i in range(200)]
+    write_jsonl(tmp_path / "iter1" / "judgments.jsonl", judged)
+    c = types.SimpleNamespace(pair_by="coin", seed=7)
+    assert S.stage_pairs(c, R, 1) == {"pairs": 200, "by": "coin", "dropped": {
+        "fewer than 2 scored candidates": 0, "all scores tie": 0, "same text": 0}}
+    pairs = read_jsonl(tmp_path / "iter1" / "pairs.jsonl")
+    turned = [p["chosen"] == f"b{i}" for i, p in enumerate(pairs)]
+    for i, (p, t) in enumerate(zip(pairs, turned)):  # a pair the judge made, whole, in one of its two directions
+        best, worst = (f"a{i}", 4.0, 0), (f"b{i}", 1.0, 1)
+        chosen, rejected = (worst, best) if t else (best, worst)
+        assert (p["chosen"], p["chosen_score"], p["chosen_index"]) == chosen
+        assert (p["rejected"], p["rejected_score"], p["rejected_index"]) == rejected
+    assert 70 < sum(turned) < 130  # a fair coin: 100 +- 3.5 sd
+    S.stage_pairs(c, R, 1)  # the same seed turns the same pairs
+    assert [p["chosen"] == f"b{i}" for i, p in enumerate(read_jsonl(tmp_path / "iter1" / "pairs.jsonl"))] == turned
+    S.stage_pairs(types.SimpleNamespace(pair_by="coin", seed=8), R, 1)
+    assert [p["chosen"] == f"b{i}" for i, p in enumerate(read_jsonl(tmp_path / "iter1" / "pairs.jsonl"))] != turned
 
 
 def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch):
@@ -835,11 +865,14 @@ def test_check_loop_in_this_process():
             "grader") in validate.check_loop(c, 1).found
     # the perfect-judge control
     c = configurator.settings(S.DEFAULTS, {"pair_by": "oracle"})
-    assert validate.check_loop(c, 1).found == ["pair_by = 'oracle': must be 'judge' (the paper), or 'grader' or "
-                                               "'right' (toy: controls with a perfect judge)"]
+    assert validate.check_loop(c, 1).found == ["pair_by = 'oracle': must be 'judge' (the paper), 'grader' or "
+                                               "'right' (toy: controls with a perfect judge) or 'coin' (a control "
+                                               "with no preference)"]
     c = configurator.settings(S.DEFAULTS, {"pair_by": "right", "seed_data": "no/such/folder", "init_from": "M0"})
     assert ("pair_by = 'right': is for the toy world; real seed data has no grader"
             in validate.check_loop(c, 1).found)
+    c = configurator.settings(S.DEFAULTS, {"pair_by": "coin", "seed_data": "no/such/folder", "init_from": "M0"})
+    assert not any(x.startswith("pair_by") for x in validate.check_loop(c, 1).found)  # needs no grader
     # the perfect-meta-judge control
     c = configurator.settings(S.DEFAULTS, {"meta_pair_by": "oracle"})
     assert validate.check_loop(c, 1).found == ["meta_pair_by = 'oracle': must be 'meta' (Wu et al.) or 'grader' "
