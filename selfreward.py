@@ -152,7 +152,7 @@ max_judge_tokens = 96       # per judgment
 pair_by = "judge"           # who picks the best and worst candidate: 'judge' (the paper: the model's own scores), or
                             # toy only, controls that show what DPO on best-versus-worst pairs can teach with a
                             # perfect judge (README): 'grader' (its grades 0-5, form included), 'right' (right or
-                            # wrong only: grade >= 4 or not); or 'coin', a control with a judge that knows nothing:
+                            # wrong only: grade >= 4 or not); or 'coin', a control with the preference taken out:
                             # the judge's pairs, each turned round or not on a fair coin
 meta_judge = False          # Meta-Rewarding (Wu et al. 2024): the model also judges its judgments; DPO trains the
                             # judge on the best against the worst judgment of a response
@@ -742,7 +742,7 @@ def coin_turned(pairs, seed):
     with chosen and rejected swapped on a fair coin, pair by pair. DPO then
     trains on the same responses, as many steps, with the judge's preference
     taken out: what the loop gains this way it owes to DPO on its own
-    samples, not to the judge."""
+    samples, not to which of the two the judge preferred."""
     rng = random.Random(seed)
     turned = []
     for p in pairs:
