@@ -2,7 +2,7 @@
 A comparison drill, outside the loop: can a fresh toy model learn to tell
 whether two letters are the same?
 
-The invent task's judge (README: a task easier to check) checks a word
+The invent task's judge (STUDIES.md: a task easier to check) checks a word
 against the three asks, and with check_each_ask writes each comparison out:
 
     BZKOT: starts with B, asked B: yes; ends with T, asked O: no; has 5 letters, asked 5: yes. Not right.

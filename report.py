@@ -285,7 +285,7 @@ def self_checking(r, t):
     EFT eval responses, written by the grader. Where the judge states the
     right answer far less often for its own wrong candidates than for the
     EFT eval's wrong responses, it takes the answer it reads for the right
-    one, and its pairs cannot tell a right answer from a wrong one (README:
+    one, and its pairs cannot tell a right answer from a wrong one (STUDIES.md:
     "Where the judge's answer comes from"). None without iteration t's
     judgments."""
     path = r.path(f"iter{t}", "judgments.jsonl")

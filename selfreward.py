@@ -89,34 +89,34 @@ eft_judgments = ""          # real data: a JSONL of judgments by a stronger judg
                             # supplies the EFT targets instead of the SFT baseline ('' = the paper's recipe)
 n_test = 1024               # toy held-out test prompts (paper: 256 for a GPT-4 judge; the grader is free, and 4x halves the intervals)
 toy_kinds = "reverse,sort,replace,count,length,arith"  # toy task kinds drawn; "invent" adds one with many right
-                            # answers, easier to check than to write (data/toy.py; README: a task easier to check)
+                            # answers, easier to check than to write (data/toy.py; STUDIES.md: a task easier to check)
 ift_chatty = 0.6            # toy IFT seed: share of right answers said chattily ("Sure! The answer is 42.")
 ift_declines = 0.0          # toy IFT seed: share of answers that decline ("I am not sure what you mean."): a mistake
                             # the judge can see without solving the task (measured at 0.4: right answers rise at
-                            # both iterations, in every seed, as the declines go; README)
+                            # both iterations, in every seed, as the declines go; STUDIES.md)
 judge_working = False       # toy EFT targets work the task out step by step ("Letters: 1T 2A ...", "Ones: 7+5=12 ...")
-                            # before they state the answer and score (measured: the toy-small judge gets worse, README)
+                            # before they state the answer and score (measured: the toy-small judge gets worse, STUDIES.md)
 judge_quotes = False        # toy EFT targets quote the response's answer beside the right one before they grade
                             # ("The correct answer is 27. The response says 72. ...")
 quote_first = False         # with judge_quotes: the quote opens the judgment ("The response says 72. <working> The
                             # correct answer is 27. ..."), copied while the response is the nearest text
 judge_compares = False      # toy EFT targets set the response's answer against the right one and say whether they
                             # are the same before they grade ("72 against 27: not the same."; an invent task's:
-                            # whether its word meets the asks, "Right."), README
+                            # whether its word meets the asks, "Right."), STUDIES.md
 eft_own_answers = 0         # toy: the SFT baseline's sampled answers per EFT training prompt, graded and judged by
-                            # the grader in the EFT targets' form, added to M1's EFT data (README: where the judge's
+                            # the grader in the EFT targets' form, added to M1's EFT data (STUDIES.md: where the judge's
                             # answer comes from)
 pretrain_docs = 2000        # toy M0: documents listing task prompts (the base model's "web text")
 pretrain_qa_docs = 4000     # toy M0: documents of worked examples ("Q: ... A: ..."), 4-12 each
 pretrain_working = 0.0      # toy M0: share of quiz pages that show the working before each answer
 pretrain_checking = 0.0     # toy M0: share of quiz pages that are marked: a student's answer, the working, and
                             # whether the two are the same ("72 against 27: not the same."; an invent task's
-                            # word checked as its judgments check it), README
+                            # word checked as its judgments check it), STUDIES.md
 check_each_ask = False      # toy, invent: the judgments' and marked quizzes' check sets each property of the word
                             # beside its ask ("BAKIO: starts with B, asked B: yes; ..."), every comparison between
-                            # neighbours (README: a task easier to check)
+                            # neighbours (STUDIES.md: a task easier to check)
 pretrain_check_drill = 0    # toy M0, invent: pages of a checking drill added to M0's text, checks of invent tasks'
-                            # words that meet each ask half the time, laid out as pretrain_drill_layouts says (README:
+                            # words that meet each ask half the time, laid out as pretrain_drill_layouts says (STUDIES.md:
                             # a task easier to check)
 pretrain_drill_layouts = "quiz"  # toy M0, with pretrain_check_drill: how the drill's items are laid out, one drawn per
                             # item: quiz (a marked quiz's), line (the check alone), review (the check under
@@ -151,13 +151,13 @@ n_judge = 3                 # judgments per candidate, averaged (paper: 3)
 max_judge_tokens = 96       # per judgment
 pair_by = "judge"           # who picks the best and worst candidate: 'judge' (the paper: the model's own scores), or
                             # toy only, controls that show what DPO on best-versus-worst pairs can teach with a
-                            # perfect judge (README): 'grader' (its grades 0-5, form included), 'right' (right or
+                            # perfect judge (STUDIES.md): 'grader' (its grades 0-5, form included), 'right' (right or
                             # wrong only: grade >= 4 or not); or 'coin', a control with the preference taken out:
                             # the judge's pairs, each turned round or not on a fair coin
 meta_judge = False          # Meta-Rewarding (Wu et al. 2024): the model also judges its judgments; DPO trains the
                             # judge on the best against the worst judgment of a response
 meta_pair_by = "meta"       # meta_judge: who picks a response's best and worst judgment: 'meta' (Wu et al.: the
-                            # model's own battles), or toy only, a control with a perfect meta-judge (README):
+                            # model's own battles), or toy only, a control with a perfect meta-judge (STUDIES.md):
                             # 'grader' (the judgment whose score is nearer the true grade wins each battle)
 max_meta_tokens = 64        # per meta-judgment (a sentence and "Winner: A": the toy targets take 54 tokens at most)
 n_meta_seed = 500           # toy, meta_judge: meta-judge demonstrations added to M1's SFT data, made by the grader
@@ -170,7 +170,7 @@ dpo_beta = 0.1              # paper: 0.1
 dpo_batch_size = 16         # pairs per step
 dpo_epochs = 1              # passes over the pairs
 rpo_alpha = 0.0             # + rpo_alpha x the chosen response's NLL per token in each pair's loss (Iterative RPO,
-                            # Pang et al. 2024; 0 = plain DPO, the paper): keeps the chosen answer likely (README)
+                            # Pang et al. 2024; 0 = plain DPO, the paper): keeps the chosen answer likely (STUDIES.md)
 # evaluation
 eval_judge = True           # reward-model metrics of every model's judge on the EFT eval set
 eval_prompts = ""           # real data: AlpacaEval prompts {"instruction"} (its JSON array, or JSONL), answered
@@ -445,7 +445,7 @@ def stage_eft_own_answers(c, r):
     writes each answer's EFT target in the run's judgment form
     (toy.eft_target). Why: the judge takes an answer it reads for the right
     one when the answer is likely to it, as its own mistakes are, far more
-    than when it is one of the grader's random near misses (README: "Where
+    than when it is one of the grader's random near misses (STUDIES.md: "Where
     the judge's answer comes from"); here M1 sees judgments of the mistakes
     a model like it makes, with the right answer worked out beside them."""
     groups = read_jsonl(r.path("seed", "eft_train_groups.jsonl"))

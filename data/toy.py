@@ -399,7 +399,7 @@ def make_response(task, score, rng, tries=100):
 # its number, add two digits, look up one letter's count), so that a judge
 # that writes them first might check a response better than the policy
 # answers at once, as a person checks a sum column by column. Numbered letters
-# ("1T 2A 3M") let a step find "letter 3" by its number. Measured (README):
+# ("1T 2A 3M") let a step find "letter 3" by its number. Measured (STUDIES.md):
 # the 1.3M-parameter toy-small model cannot copy a word letter by letter, so
 # its steps are wrong and its judge gets worse, not better.
 
@@ -458,7 +458,7 @@ def comparison(tries, stated):
     right beside the answer the judgment states, and says whether it is among
     them (judge_compares): "72 against 27: not the same." The score then only
     has to follow this one word, and the word only has to compare two strings
-    that stand side by side (README: how often the toy judge gets it right)."""
+    that stand side by side (STUDIES.md: a judge that works the task out, quotes and compares)."""
     same = "the same" if stated in tries[:2] else "not the same"
     return f"{' and '.join(tries[:2]) or 'Nothing'} against {stated}: {same}."
 
@@ -795,7 +795,7 @@ def drill_word(task, rng, miss=0.5):
     (student_answer()) meets seven asks in ten; at that rate, learning every
     token, toy-small says "yes" to all of them for as long as drill.py has
     run it (2,000 steps), while M0 with these pages learns to compare
-    (README: a task easier to check)."""
+    (STUDIES.md: a task easier to check)."""
     def met_or_not(asked, values):
         return asked if rng.random() < 1 - miss else rng.choice([v for v in values if v != asked])
     first, last, n = met_or_not(task["first"], LETTERS), met_or_not(task["last"], LETTERS), \
@@ -832,7 +832,7 @@ def drill_item(prompt, task, word, layout, each_ask=False):
     line:   "BZKO: starts with B, ... Not right.\n"
     review: "User: <prompt>\n<response>BZKO</response>\nBZKO: starts with B, ... Not right.\n"
     The same check in every layout, so that the comparison is learned
-    wherever it is written, not only after "Student:" (README: a task easier
+    wherever it is written, not only after "Student:" (STUDIES.md: a task easier
     to check)."""
     if layout == "quiz":
         return marked_quiz([(prompt, task, word)], each_ask)
