@@ -241,6 +241,26 @@ def pairs_correct(scores, ranks):
     return out
 
 
+def prompt_metrics(s, r):
+    """
+    One prompt's share of the reward-model metrics: s the judge's score (float
+    or None) of each response, r their human ranks (0 = best). None for a
+    prompt with fewer than 2 distinct ranks (no ordering to agree with).
+    Kept per prompt so that the report can draw prompts again (bootstrap).
+    """
+    assert len(s) == len(r), "one score per ranked response"
+    if len(set(r)) < 2:
+        return None
+    correct = pairs_correct(s, r)
+    fives = [ri for si, ri in zip(s, r) if si is not None and si >= 5]
+    scored = [(si, -ri) for si, ri in zip(s, r) if si is not None]  # -rank: higher is better
+    return {"right_pairs": sum(correct), "pairs": len(correct), "exact": all(correct),
+            "n_five": len(fives), "n_five_best": sum(ri == min(r) for ri in fives),
+            "spearman": spearman(*zip(*scored)) if len(scored) >= 2 else None,
+            "kendall_tau": kendall_tau(*zip(*scored)) if len(scored) >= 2 else None,
+            "responses": len(s), "scored": len(scored)}
+
+
 def reward_metrics(scores, ranks):
     """
     scores: per prompt, the judge's score (float or None) of each response
@@ -248,39 +268,21 @@ def reward_metrics(scores, ranks):
     Returns a dict of fractions (0..1) and correlations (-1..1), with the counts behind them.
     """
     assert len(scores) == len(ranks)
-    pairs, exact, rhos, taus = [], [], [], []
-    n_five = n_five_best = n_responses = n_scored = n_undefined = n_skipped = 0
-    for s, r in zip(scores, ranks):
-        assert len(s) == len(r), "one score per ranked response"
-        if len(set(r)) < 2:
-            n_skipped += 1
-            continue
-        correct = pairs_correct(s, r)
-        pairs += correct
-        exact.append(all(correct))
-        best = min(r)
-        for si, ri in zip(s, r):
-            n_responses += 1
-            n_scored += si is not None
-            if si is not None and si >= 5:
-                n_five += 1
-                n_five_best += ri == best
-        scored = [(si, -ri) for si, ri in zip(s, r) if si is not None]  # -rank: higher is better
-        rho = spearman(*zip(*scored)) if len(scored) >= 2 else None
-        tau = kendall_tau(*zip(*scored)) if len(scored) >= 2 else None
-        n_undefined += rho is None
-        rhos.append(rho or 0.0)
-        taus.append(tau or 0.0)
+    per_prompt = [prompt_metrics(s, r) for s, r in zip(scores, ranks)]
+    kept = [m for m in per_prompt if m is not None]
+    total = lambda key: sum(m[key] for m in kept)
+    ratio = lambda a, b: total(a) / total(b) if total(b) else None
     mean = lambda v: sum(v) / len(v) if v else None
     return {
-        "pairwise_accuracy": mean(pairs),
-        "five_best": n_five_best / n_five if n_five else None,
-        "exact_match": mean(exact),
-        "spearman": mean(rhos),
-        "kendall_tau": mean(taus),
-        "n_prompts": len(exact), "n_pairs": len(pairs), "n_scored_5": n_five,
-        "coverage": n_scored / n_responses if n_responses else None,  # share with a score
-        "n_undefined_correlation": n_undefined, "n_skipped_prompts": n_skipped,
+        "pairwise_accuracy": ratio("right_pairs", "pairs"),
+        "five_best": ratio("n_five_best", "n_five"),
+        "exact_match": mean([m["exact"] for m in kept]),
+        "spearman": mean([m["spearman"] or 0.0 for m in kept]),  # undefined counts 0
+        "kendall_tau": mean([m["kendall_tau"] or 0.0 for m in kept]),
+        "n_prompts": len(kept), "n_pairs": total("pairs"), "n_scored_5": total("n_five"),
+        "coverage": ratio("scored", "responses"),  # share with a score
+        "n_undefined_correlation": sum(m["spearman"] is None for m in kept),
+        "n_skipped_prompts": len(per_prompt) - len(kept),
     }
 
 

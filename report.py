@@ -125,46 +125,82 @@ def bootstrap_interval(values, weights=None, resamples=2000, seed=0):
     return float(low), float(high)
 
 
-def judge_pairs_per_prompt(judged, groups):
-    """(right pairs, pairs) per EFT eval prompt: the judge's average scores
-    (judged: one record per response, in the groups' order) against the ranks."""
-    right, total, at = [], [], 0
+def judge_prompt_metrics(judged, groups):
+    """judge.prompt_metrics of every EFT eval prompt that has an ordering:
+    the judge's average scores (judged: one record per response, in the
+    groups' order) against the ranks."""
+    out, at = [], 0
     for g in groups:
         scores = [x["score"] for x in judged[at:at + len(g["responses"])]]
         at += len(g["responses"])
-        correct = J.pairs_correct(scores, g["ranks"])
-        right.append(sum(correct))
-        total.append(len(correct))
-    return right, total
+        m = J.prompt_metrics(scores, g["ranks"])
+        if m is not None:
+            out.append(m)
+    return out
+
+
+# The interval table's rows: (key in the intervals, label, scale, decimals).
+# Every mean and head-to-head figure of the toy table, with its interval.
+INTERVAL_FIGURES = [
+    ("mean_grade", "mean grade (0-5)", 1, 2),
+    ("right", "right answers (grade >= 4) %", 100, 1),
+    ("bare_right", "exact solve (grade 5) %", 100, 1),
+    ("declined", "declined %", 100, 1),
+    ("vs_previous", "grade - previous model", 1, 2),
+    ("net_wins", "net wins vs previous (win - loss) %", 100, 1),
+    ("net_wins_vs_sft", "net wins vs SFT baseline (win - loss) %", 100, 1),
+    ("judge_accuracy", "judge pairwise acc %", 100, 1),
+    ("five_best", "judge 5-best %", 100, 1),
+    ("exact_match", "judge exact match %", 100, 1),
+    ("spearman", "judge Spearman", 1, 3),
+    ("kendall_tau", "judge Kendall tau", 1, 3),
+    ("avg_length", "avg response length (chars)", 1, 1),
+]
 
 
 def interval_rows(r, names, tests):
-    """The toy table's figures with their 95% bootstrap intervals over prompts."""
+    """The toy table's figures with their 95% bootstrap intervals over
+    prompts: test prompts for the answers, EFT eval prompts for the judge.
+    One row per figure, one column per model."""
     groups = read_jsonl(r.path("seed", "eft_eval.jsonl")) if os.path.exists(r.path("seed", "eft_eval.jsonl")) else []
-    header = ("| model | mean grade [95% interval] | right answers (grade >= 4) % | grade - previous model | "
-              "net wins vs previous (win - loss) % | judge pairwise acc % |")
-    rows = [header, "|" + "---|" * (header.count("|") - 1)]
-    fmt = lambda x, ci, scale=1, d=2: f"{scale * x:.{d}f} [{scale * ci[0]:.{d}f}, {scale * ci[1]:.{d}f}]"
+    with_interval = lambda values, weights=None: (
+        sum(values) / max(sum(weights), 1e-12) if weights is not None else float(np.mean(values)),
+        bootstrap_interval(values, weights))
+    grades = {n: np.array([x["grade"] for x in tests[n]], float) for n in names}
     intervals = {}
     for i, n in enumerate(names):
-        g = np.array([x["grade"] for x in tests[n]], float)
-        right = (g >= toy.RIGHT).astype(float)
-        m = {"mean_grade": (g.mean(), bootstrap_interval(g)), "right": (right.mean(), bootstrap_interval(right))}
-        cells = [fmt(*m["mean_grade"]), fmt(*m["right"], 100, 1), "-", "-", "-"]
-        if i > 0:
-            prev = np.array([x["grade"] for x in tests[names[i - 1]]], float)
-            diff, net = g - prev, np.sign(g - prev)
-            m["vs_previous"] = (diff.mean(), bootstrap_interval(diff))
-            m["net_wins"] = (net.mean(), bootstrap_interval(net))
-            cells[2], cells[3] = fmt(*m["vs_previous"]), fmt(*m["net_wins"], 100, 1)
+        g = grades[n]
+        m = {"mean_grade": with_interval(g), "right": with_interval((g >= toy.RIGHT).astype(float)),
+             "bare_right": with_interval((g == 5).astype(float)),
+             "declined": with_interval([float(x["response"].strip() == toy.DECLINE) for x in tests[n]]),
+             "avg_length": with_interval([float(len(x["response"])) for x in tests[n]])}
+        if i > 0:  # paired: the per-prompt differences, so both models keep the same prompts
+            m["vs_previous"] = with_interval(g - grades[names[i - 1]])
+            m["net_wins"] = with_interval(np.sign(g - grades[names[i - 1]]))
+        if n != "SFT" and "SFT" in grades:
+            m["net_wins_vs_sft"] = with_interval(np.sign(g - grades["SFT"]))
         path = r.path("eval", f"{n}_judgments.jsonl")
-        if groups and os.path.exists(path):
-            right_pairs, pairs = judge_pairs_per_prompt(read_jsonl(path), groups)
-            if sum(pairs):
-                m["judge_accuracy"] = (sum(right_pairs) / sum(pairs), bootstrap_interval(right_pairs, pairs))
-                cells[4] = fmt(*m["judge_accuracy"], 100, 1)
+        per_prompt = judge_prompt_metrics(read_jsonl(path), groups) if groups and os.path.exists(path) else []
+        if per_prompt:
+            column = lambda key: [float(p[key]) for p in per_prompt]
+            if sum(column("pairs")):
+                m["judge_accuracy"] = with_interval(column("right_pairs"), column("pairs"))
+            if sum(column("n_five")):
+                m["five_best"] = with_interval(column("n_five_best"), column("n_five"))
+            m["exact_match"] = with_interval(column("exact"))
+            for key in ("spearman", "kendall_tau"):  # undefined counts 0, as in judge.reward_metrics
+                m[key] = with_interval([p[key] or 0.0 for p in per_prompt])
         intervals[n] = m
-        rows.append(f"| {n} | " + " | ".join(cells) + " |")
+    header = "| figure [95% interval] | " + " | ".join(names) + " |"
+    rows = [header, "|" + "---|" * (len(names) + 1)]
+    for key, label, scale, d in INTERVAL_FIGURES:
+        cells = []
+        for n in names:
+            value, ci = intervals[n].get(key, (None, None))
+            cells.append("-" if value is None or ci is None else
+                         f"{scale * value:.{d}f} [{scale * ci[0]:.{d}f}, {scale * ci[1]:.{d}f}]")
+        if any(c != "-" for c in cells):
+            rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return rows, intervals
 
 
@@ -637,9 +673,9 @@ def write_report(r, names, infos, run_name, iterations):
         "counts as 0 in their means (prompts: " + ", ".join(
             f"{m['model']} {m['judge'].get('n_undefined_correlation', 0)}" for m in metrics if m.get("judge")) + ").")
     intervals_intro = [] if not interval_table else [
-        f"The same figures with 95% bootstrap intervals over the {len(tests[names[0]])} test prompts and the "
-        f"EFT eval prompts (2,000 resamples; a difference is a result only where its interval excludes 0; "
-        f"drawn in report.svg):", "",
+        f"The same figures with 95% bootstrap intervals over the {len(tests[names[0]])} test prompts (answers) "
+        f"and the EFT eval prompts (judge; 2,000 resamples; a difference is a result only where its interval "
+        f"excludes 0; mean grade and judge pairwise accuracy drawn in report.svg):", "",
         *interval_table, ""]
     text = "\n".join([
         f"# Self-rewarding run `{run_name}`", "", *missing_lines, intro + ties, "",

@@ -46,11 +46,48 @@ def test_bootstrap_interval_matches_the_normal_approximation():
     assert low == pytest.approx(0.451, abs=0.006) and high == pytest.approx(0.549, abs=0.006)
 
 
-def test_judge_pairs_per_prompt_by_hand():
-    groups = [{"responses": ["a", "b", "c"], "ranks": [0, 1, 2]}, {"responses": ["d", "e"], "ranks": [1, 0]}]
+def test_judge_prompt_metrics_by_hand():
+    groups = [{"responses": ["a", "b", "c"], "ranks": [0, 1, 2]}, {"responses": ["d", "e"], "ranks": [1, 0]},
+              {"responses": ["f", "g"], "ranks": [0, 0]}]                   # no ordering: left out
     judged = [{"score": 5.0}, {"score": 3.0}, {"score": 4.0},   # (a,b) right, (a,c) right, (b,c) wrong
-              {"score": None}, {"score": 2.0}]                 # unscored: wrong
-    assert report.judge_pairs_per_prompt(judged, groups) == ([2, 0], [3, 1])
+              {"score": None}, {"score": 2.0},                 # unscored: wrong
+              {"score": 1.0}, {"score": 2.0}]
+    first, second = report.judge_prompt_metrics(judged, groups)
+    assert (first["right_pairs"], first["pairs"], first["exact"]) == (2, 3, False)
+    assert (first["n_five"], first["n_five_best"]) == (1, 1)  # a scored 5 and is the best
+    # scores 5, 3, 4 against the goodness 0, -1, -2: ranks (3, 1, 2) and (3, 2, 1): rho = 1 - 6 * 2 / (3 * 8)
+    assert first["spearman"] == pytest.approx(0.5)
+    assert first["kendall_tau"] == pytest.approx(1 / 3)  # 2 of 3 pairs concordant, 1 discordant
+    assert (second["right_pairs"], second["pairs"], second["spearman"], second["scored"]) == (0, 1, None, 1)
+
+
+def test_interval_table_has_every_figure_by_hand(tmp_path):
+    """Every mean and head-to-head figure of the toy table gets a row with its
+    interval; a model without a figure (the SFT baseline has no previous model) shows '-'."""
+    from data import toy
+    r = run_folder(tmp_path)
+    write_jsonl(tmp_path / "seed" / "eft_eval.jsonl", [{"responses": ["a", "b"], "ranks": [0, 1]},
+                                                       {"responses": ["c", "d"], "ranks": [1, 0]}])
+    write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [{"score": 5.0}, {"score": 1.0},   # right
+                                                           {"score": 5.0}, {"score": 1.0}])  # wrong
+    answer = lambda grade, text="x": {"grade": grade, "response": text}
+    tests = {"SFT": [answer(4), answer(0, toy.DECLINE), answer(2), answer(5)],
+             "M1": [answer(5, "xyz"), answer(5, "xyz"), answer(2, "xyz"), answer(5, "xyz")]}
+    rows, intervals = report.interval_rows(r, ["SFT", "M1"], tests)
+    m1 = intervals["M1"]
+    assert m1["mean_grade"][0] == pytest.approx(17 / 4) and m1["bare_right"][0] == pytest.approx(3 / 4)
+    assert intervals["SFT"]["declined"][0] == pytest.approx(1 / 4) and m1["declined"][0] == 0
+    assert m1["vs_previous"][0] == pytest.approx((1 + 5 + 0 + 0) / 4)
+    assert m1["net_wins"][0] == pytest.approx(2 / 4) == m1["net_wins_vs_sft"][0]  # won 2, tied 2
+    assert m1["judge_accuracy"][0] == pytest.approx(1 / 2) and m1["exact_match"][0] == pytest.approx(1 / 2)
+    assert m1["five_best"][0] == pytest.approx(1 / 2)  # two 5s, one on the best response
+    assert m1["spearman"][0] == pytest.approx(0.0) and m1["kendall_tau"][0] == pytest.approx(0.0)  # +1 and -1
+    assert m1["avg_length"] == (3.0, (3.0, 3.0))
+    assert rows[0] == "| figure [95% interval] | SFT | M1 |"
+    labels = [row.split(" | ")[0][2:] for row in rows[2:]]
+    assert labels == [label for _, label, _, _ in report.INTERVAL_FIGURES]
+    assert rows[2 + labels.index("grade - previous model")].startswith("| grade - previous model | - | 1.50 [")
+    assert rows[2 + labels.index("judge pairwise acc %")] == "| judge pairwise acc % | - | 50.0 [0.0, 100.0] |"
 
 
 def test_iteration_diagnostics_by_hand(tmp_path):
