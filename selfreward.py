@@ -457,8 +457,9 @@ def stage_eft_own_answers(c, r):
                         temperature=c.temperature, top_p=c.top_p, n=n, eos_id=tok.stop_ids,
                         seed=sub_seed(c.seed, "eft own answers", shard), batch_size=c.gen_batch_size,
                         progress=c.progress)
-        return [toy.eft_target(g["prompt"], g["task"], tok.decode(o).strip(), c.judge_working, c.judge_quotes,
-                               c.quote_first, c.judge_compares, c.check_each_ask)
+        return [toy.eft_target(g["prompt"], g["task"], tok.decode(o).strip(), show_working=c.judge_working,
+                               quotes=c.judge_quotes, quote_first=c.quote_first, compares=c.judge_compares,
+                               each_ask=c.check_each_ask)
                 for k, g in enumerate(chunk) for o in outs[k * n:(k + 1) * n]]
 
     recs = generate_sharded(r, os.path.join("seed", "eft_train_own"), groups, c.shard_size, work)
@@ -485,7 +486,8 @@ def stage_m1(c, r, m0):
         # (data/toy.py), as the EFT data demonstrates judging. Real data gets none: Wu et al.
         # rely on the instruct model's own ability to compare judgments.
         meta = toy.meta_judge_examples(read_jsonl(groups), c.n_meta_seed, random.Random(sub_seed(c.seed, "meta seed")),
-                                       c.judge_working, c.judge_quotes, c.quote_first, c.judge_compares)
+                                       show_working=c.judge_working, quotes=c.judge_quotes,
+                                       quote_first=c.quote_first, compares=c.judge_compares)
         both += meta
         info["meta_examples"] = len(meta)
     random.Random(sub_seed(c.seed, "M1 data")).shuffle(both)

@@ -491,7 +491,7 @@ def says_same(judgment):
     return None if m is None else m.group(1) == "the same"
 
 
-def judgment_text(task, stated, score, tries, show_working=False, quotes=False, quote_first=False, compares=False):
+def judgment_text(task, stated, score, tries, *, show_working=False, quotes=False, quote_first=False, compares=False):
     """A toy judgment of a response whose answers are `tries` (attempts()):
     [the working] "The correct answer is <stated>." [the quote] [the
     comparison] <the score's justification> "Score: <score>"; with
@@ -503,7 +503,7 @@ def judgment_text(task, stated, score, tries, show_working=False, quotes=False, 
     return " ".join(p for p in parts if p) + f"\nScore: {score}"
 
 
-def eft_target(prompt, task, response, show_working=False, quotes=False, quote_first=False, compares=False,
+def eft_target(prompt, task, response, *, show_working=False, quotes=False, quote_first=False, compares=False,
                each_ask=False):
     """The SFT record that teaches the judge to score this response; with
     show_working, the judgment works the task out before it states the answer;
@@ -519,8 +519,8 @@ def eft_target(prompt, task, response, show_working=False, quotes=False, quote_f
         why = (invent_check(task, attempts(task, response), compares, each_ask) + " " + JUSTIFICATION[score]
                + f"\nScore: {score}")
     else:
-        why = judgment_text(task, answer(task), score, attempts(task, response), show_working, quotes, quote_first,
-                            compares)
+        why = judgment_text(task, answer(task), score, attempts(task, response), show_working=show_working,
+                            quotes=quotes, quote_first=quote_first, compares=compares)
     return {"prompt": judge_prompt(prompt, response), "response": why, "score": score}
 
 
@@ -585,7 +585,7 @@ def bare_word(response):
 # right judgment of a response (eft_target) against a wrong one of the kind
 # a small judge writes (a wrong score, often reached from a wrong answer).
 
-def wrong_judgment(task, grade_, rng, tries, show_working=False, quotes=False, quote_first=False, compares=False):
+def wrong_judgment(task, grade_, rng, tries, *, show_working=False, quotes=False, quote_first=False, compares=False):
     """A plausible wrong judgment of a response whose answers are `tries`: a
     score one or two off the true grade, with the justification of that
     score, and half the time a wrong stated answer (after the right working,
@@ -596,23 +596,24 @@ def wrong_judgment(task, grade_, rng, tries, show_working=False, quotes=False, q
     stated = ans
     while rng.random() < 0.5 and stated == ans:  # a near or a wrong answer (drawn until it differs)
         stated = _near(ans, rng) if rng.random() < 0.5 else _wrong(task, ans, rng)
-    return judgment_text(task, stated, score, tries, show_working, quotes, quote_first, compares), score
+    return judgment_text(task, stated, score, tries, show_working=show_working, quotes=quotes,
+                         quote_first=quote_first, compares=compares), score
 
 
-def meta_judge_examples(groups, n, rng, show_working=False, quotes=False, quote_first=False, compares=False):
+def meta_judge_examples(groups, n, rng, *, show_working=False, quotes=False, quote_first=False, compares=False):
     """Up to n SFT records {"prompt": meta-judge prompt, "response": reason +
     "Winner: A|B", "winner", "grade"} from the EFT training groups (never the
     eval set's): a distinct judged response each, its right judgment and a
     wrong one in random order; the target works the task out as the EFT
     target does, names both scores and ends with the right judgment.
     show_working, quotes, quote_first, compares: as the EFT targets have them."""
+    form = dict(show_working=show_working, quotes=quotes, quote_first=quote_first, compares=compares)
     every = [(g, k) for g in groups for k in range(len(g["responses"]))]
     records = []
     for g, k in rng.sample(every, min(n, len(every))):
         response, task = g["responses"][k], g["task"]
-        right = eft_target(g["prompt"], task, response, show_working, quotes, quote_first, compares)
-        wrong, wrong_score = wrong_judgment(task, right["score"], rng, attempts(task, response), show_working,
-                                            quotes, quote_first, compares)
+        right = eft_target(g["prompt"], task, response, **form)
+        wrong, wrong_score = wrong_judgment(task, right["score"], rng, attempts(task, response), **form)
         winner = rng.choice("AB")
         a, b = (right["response"], wrong) if winner == "A" else (wrong, right["response"])
         loser = "B" if winner == "A" else "A"
@@ -699,8 +700,8 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
     tasks = tasks[len(eval_sizes):]
     train_groups = [_group(t, k, rng) for t, k in zip(tasks, train_sizes)]
     ift_tasks = tasks[len(train_sizes):]
-    eft_train = [eft_target(g["prompt"], g["task"], r, judge_working, judge_quotes, quote_first, judge_compares,
-                            check_each_ask)
+    eft_train = [eft_target(g["prompt"], g["task"], r, show_working=judge_working, quotes=judge_quotes,
+                            quote_first=quote_first, compares=judge_compares, each_ask=check_each_ask)
                  for g in train_groups for r in g["responses"]]
     rng.shuffle(eft_train)
     return {

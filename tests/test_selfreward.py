@@ -631,7 +631,8 @@ def test_working_settings_are_named_by_the_stages_they_change(micro_run, tmp_pat
     assert len(own) == len(groups) and made_from(run, "eft_own")["eft_own_answers"] == 1
     for g, x in zip(groups, own):
         response = x["prompt"].split("<response>")[-1].split("</response>")[0]
-        assert x == toy.eft_target(g["prompt"], g["task"], response, True, True, False, True)
+        assert x == toy.eft_target(g["prompt"], g["task"], response, show_working=True, quotes=True,
+                                    quote_first=False, compares=True)
     done = json.load(open(run / "done" / "M1"))
     assert done["own_answers"] == len(own) and made_from(run, "M1")["eft_own_answers"] == 1
     assert done["examples"] == 48 + 40 + len(own)  # IFT + the grader's EFT + the baseline's answers

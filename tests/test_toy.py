@@ -244,7 +244,7 @@ def test_quotes_beside_the_answer_or_first():
         assert b["response"] == f"{said} " + a["response"].replace(f" {said}", "", 1)
         assert b["response"].startswith(("The response says ", "The response gives no answer."))
     groups = build(n_ift=1, n_eft_train=30, n_eft_eval=0, n_test=1)["eft_train_groups"]
-    for x in meta_judge_examples(groups, 10, random.Random(0), True, True, True):
+    for x in meta_judge_examples(groups, 10, random.Random(0), show_working=True, quotes=True, quote_first=True):
         for side in ("\nJudgment A:\n", "\nJudgment B:\n"):
             assert x["prompt"].split(side)[1].startswith(("The response says ", "The response gives no answer."))
 
