@@ -120,23 +120,29 @@ def bootstrap_interval(values, weights=None, resamples=2000, seed=0):
     if len(v) == 0:
         return None
     draws = np.random.default_rng(seed).integers(0, len(v), (resamples, len(v)))
-    stats = v[draws].sum(1) / np.maximum(w[draws].sum(1), 1e-12)
+    drawn = w[draws].sum(1)
+    stats = v[draws].sum(1)[drawn > 0] / drawn[drawn > 0]  # a draw with no weight has no figure: left out
+    if len(stats) == 0:
+        return None
     low, high = np.percentile(stats, [2.5, 97.5])
     return float(low), float(high)
 
 
-def judge_prompt_metrics(judged, groups):
-    """judge.prompt_metrics of every EFT eval prompt that has an ordering:
-    the judge's average scores (judged: one record per response, in the
-    groups' order) against the ranks."""
+def judged_by_prompt(judged, groups):
+    """The judged records (one per response, in the groups' order) of each EFT eval prompt."""
     out, at = [], 0
     for g in groups:
-        scores = [x["score"] for x in judged[at:at + len(g["responses"])]]
+        out.append(judged[at:at + len(g["responses"])])
         at += len(g["responses"])
-        m = J.prompt_metrics(scores, g["ranks"])
-        if m is not None:
-            out.append(m)
     return out
+
+
+def judge_prompt_metrics(judged, groups):
+    """judge.prompt_metrics of every EFT eval prompt that has an ordering:
+    the judge's average scores against the ranks."""
+    per_prompt = (J.prompt_metrics([x["score"] for x in mine], g["ranks"])
+                  for mine, g in zip(judged_by_prompt(judged, groups), groups))
+    return [m for m in per_prompt if m is not None]
 
 
 # The interval table's rows: (key in the intervals, label, scale, decimals).
@@ -154,6 +160,7 @@ INTERVAL_FIGURES = [
     ("exact_match", "judge exact match %", 100, 1),
     ("spearman", "judge Spearman", 1, 3),
     ("kendall_tau", "judge Kendall tau", 1, 3),
+    ("coverage", "judge coverage % (judgments with a score)", 100, 1),
     ("avg_length", "avg response length (chars)", 1, 1),
 ]
 
@@ -180,7 +187,12 @@ def interval_rows(r, names, tests):
         if n != "SFT" and "SFT" in grades:
             m["net_wins_vs_sft"] = with_interval(np.sign(g - grades["SFT"]))
         path = r.path("eval", f"{n}_judgments.jsonl")
-        per_prompt = judge_prompt_metrics(read_jsonl(path), groups) if groups and os.path.exists(path) else []
+        judged = read_jsonl(path) if groups and os.path.exists(path) else []
+        per_prompt = judge_prompt_metrics(judged, groups) if judged else []
+        if judged:  # per judgment, over every EFT eval prompt, as the toy table counts it (judge_coverage)
+            each = [[s for x in mine for s in x.get("scores", [x["score"]])] for mine in judged_by_prompt(judged, groups)]
+            m["coverage"] = with_interval([float(sum(s is not None for s in ss)) for ss in each],
+                                          [float(len(ss)) for ss in each])
         if per_prompt:
             column = lambda key: [float(p[key]) for p in per_prompt]
             if sum(column("pairs")):

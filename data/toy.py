@@ -516,7 +516,7 @@ def eft_target(prompt, task, response, *, show_working=False, quotes=False, quot
     property of the word beside its ask (invent_check())."""
     score = grade({"prompt": prompt, "task": task}, response)
     if task["kind"] == "invent":  # (build() refuses the other forms for it: they state one right answer)
-        why = (invent_check(task, attempts(task, response), compares, each_ask) + " " + JUSTIFICATION[score]
+        why = (invent_check(task, attempts(task, response), verdict=compares, each_ask=each_ask) + " " + JUSTIFICATION[score]
                + f"\nScore: {score}")
     else:
         why = judgment_text(task, answer(task), score, attempts(task, response), show_working=show_working,
@@ -524,7 +524,7 @@ def eft_target(prompt, task, response, *, show_working=False, quotes=False, quot
     return {"prompt": judge_prompt(prompt, response), "response": why, "score": score}
 
 
-def invent_check(task, tries, verdict=False, each_ask=False):
+def invent_check(task, tries, *, verdict=False, each_ask=False):
     """How a judgment checks an invent task's response instead of stating the
     right answer (it has many): the response's first word (attempts()) with
     the three properties the task asks about read off it, beside the asked
@@ -804,7 +804,7 @@ def drill_word(task, rng, miss=0.5):
     return first + "".join(rng.choice(LETTERS) for _ in range(n - 2)) + last
 
 
-def marked_quiz(items, each_ask=False):
+def marked_quiz(items, *, each_ask=False):
     """A pretraining document: a teacher's marked quiz, items (prompt, task,
     the student's answer): the question, the student's answer, the working,
     the right answer, and the two side by side as the judge compares them
@@ -827,7 +827,7 @@ def marked_quiz(items, each_ask=False):
 DRILL_LAYOUTS = ("quiz", "line", "review")
 
 
-def drill_item(prompt, task, word, layout, each_ask=False):
+def drill_item(prompt, task, word, layout, *, each_ask=False):
     """One item of a checking drill page, the student's word checked in one of DRILL_LAYOUTS:
     quiz:   "Q: <prompt>\nStudent: BZKO\nA: BZKO: starts with B, ... Not right.\n" (marked_quiz())
     line:   "BZKO: starts with B, ... Not right.\n"
@@ -836,7 +836,7 @@ def drill_item(prompt, task, word, layout, each_ask=False):
     wherever it is written, not only after "Student:" (STUDIES.md: a task easier
     to check)."""
     if layout == "quiz":
-        return marked_quiz([(prompt, task, word)], each_ask)
+        return marked_quiz([(prompt, task, word)], each_ask=each_ask)
     check = invent_check(task, [word], verdict=True, each_ask=each_ask)
     return check + "\n" if layout == "line" else f"User: {prompt}\n<response>{word}</response>\n{check}\n"
 
@@ -879,12 +879,12 @@ def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, c
                                 for p, t in fresh_tasks(rng.randint(4, 12))])
 
     def marked_page():
-        return marked_quiz([(p, t, student_answer(t, rng)) for p, t in fresh_tasks(rng.randint(4, 12))], each_ask)
+        return marked_quiz([(p, t, student_answer(t, rng)) for p, t in fresh_tasks(rng.randint(4, 12))], each_ask=each_ask)
 
     def drill_page():
         items = [(p, t, drill_word(t, rng)) for p, t in fresh_tasks(rng.randint(4, 12), ["invent"])]
         layout = lambda: drill_layouts[0] if len(drill_layouts) == 1 else rng.choice(drill_layouts)
-        return "".join(drill_item(p, t, word, layout(), each_ask) for p, t, word in items)
+        return "".join(drill_item(p, t, word, layout(), each_ask=each_ask) for p, t, word in items)
 
     # (a share of 0 draws nothing: the pages as before)
     docs += [{"text": marked_page() if checking_share and rng.random() < checking_share else quiz_page()}

@@ -37,6 +37,9 @@ def test_bootstrap_interval_by_hand():
     assert report.bootstrap_interval([3, 3, 3]) == (3.0, 3.0)  # no spread, no width
     # weighted: 3 right of 3 pairs, 0 right of 1: draws give 6/6, 0/2 or 3/4
     assert report.bootstrap_interval([3, 0], [3, 1]) == (0.0, 1.0)
+    # a draw of only the weightless prompt has no figure and is left out, not counted as 0
+    assert report.bootstrap_interval([1, 0], [1, 0]) == (1.0, 1.0)
+    assert report.bootstrap_interval([0, 0], [0, 0]) is None
     assert report.bootstrap_interval([]) is None
 
 
@@ -82,7 +85,7 @@ def test_interval_table_has_every_figure_by_hand(tmp_path):
     assert m1["judge_accuracy"][0] == pytest.approx(1 / 2) and m1["exact_match"][0] == pytest.approx(1 / 2)
     assert m1["five_best"][0] == pytest.approx(1 / 2)  # two 5s, one on the best response
     assert m1["spearman"][0] == pytest.approx(0.0) and m1["kendall_tau"][0] == pytest.approx(0.0)  # +1 and -1
-    assert m1["avg_length"] == (3.0, (3.0, 3.0))
+    assert m1["avg_length"] == (3.0, (3.0, 3.0)) and m1["coverage"] == (1.0, (1.0, 1.0))
     assert rows[0] == "| figure [95% interval] | SFT | M1 |"
     labels = [row.split(" | ")[0][2:] for row in rows[2:]]
     assert labels == [label for _, label, _, _ in report.INTERVAL_FIGURES]
