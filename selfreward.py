@@ -354,9 +354,11 @@ def stage_tokenizer(c, r):
 
 def stage_pretrain(c, r):
     rng = random.Random(sub_seed(c.seed, "pretrain"))
-    docs = toy.pretraining_docs(r.path("seed"), rng, c.pretrain_docs, c.pretrain_qa_docs, c.pretrain_working,
-                                 c.pretrain_checking, c.toy_kinds.split(","), c.check_each_ask,
-                                 c.pretrain_check_drill, tuple(c.pretrain_drill_layouts.split(",")))
+    docs = toy.pretraining_docs(r.path("seed"), rng, c.pretrain_docs, c.pretrain_qa_docs,
+                                 working_share=c.pretrain_working, checking_share=c.pretrain_checking,
+                                 kinds=c.toy_kinds.split(","), each_ask=c.check_each_ask,
+                                 drill_pages=c.pretrain_check_drill,
+                                 drill_layouts=tuple(c.pretrain_drill_layouts.split(",")))
     save_jsonl(r.path("train", "pretrain.jsonl"), docs)
     out = train_sft.train({**trainer_settings(c, r, "M0", c.sft_batch_size, c.micro_batch_size, ("M0",)),
                            "init_from": "scratch", "model": c.model, "tokenizer": r.path("tokenizer.model"),

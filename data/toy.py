@@ -516,8 +516,8 @@ def eft_target(prompt, task, response, *, show_working=False, quotes=False, quot
     property of the word beside its ask (invent_check())."""
     score = grade({"prompt": prompt, "task": task}, response)
     if task["kind"] == "invent":  # (build() refuses the other forms for it: they state one right answer)
-        why = (invent_check(task, attempts(task, response), verdict=compares, each_ask=each_ask) + " " + JUSTIFICATION[score]
-               + f"\nScore: {score}")
+        check = invent_check(task, attempts(task, response), verdict=compares, each_ask=each_ask)
+        why = check + " " + JUSTIFICATION[score] + f"\nScore: {score}"
     else:
         why = judgment_text(task, answer(task), score, attempts(task, response), show_working=show_working,
                             quotes=quotes, quote_first=quote_first, compares=compares)
@@ -841,7 +841,7 @@ def drill_item(prompt, task, word, layout, *, each_ask=False):
     return check + "\n" if layout == "line" else f"User: {prompt}\n<response>{word}</response>\n{check}\n"
 
 
-def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, working_share=0.0, checking_share=0.0, kinds=KINDS,
+def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, *, working_share=0.0, checking_share=0.0, kinds=KINDS,
                      each_ask=False, drill_pages=0, drill_layouts=("quiz",)):
     """M0's pretraining documents {"text"}: n_list_docs task listings and
     n_qa_docs quiz pages, 4 to 12 tasks each, shuffled; a share working_share
