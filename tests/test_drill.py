@@ -99,6 +99,20 @@ def test_judge_items_are_the_judges_own_records(tok):
     assert plain[1] != text and plain[1] in (text.replace(" Not right.", "", 1), text.replace(" Right.", "", 1))
 
 
+def test_drill_batches_train_on_the_yes_and_no_words_or_on_every_token(tok):
+    yes, no = drill.yes_no_ids(tok)
+    c = settings(drill.DEFAULTS, {"batch_size": 3, "seq_len": 64, "loss": "yesno"})
+    x, y = drill.batch(tok, random.Random(0), c, yes, no)
+    assert x.shape == y.shape == (3, 64)
+    kept = y[y != -100]
+    assert set(kept.tolist()) == {yes, no}  # both answers are trained on, nothing else
+    masked = y[:, :-1] != -100
+    assert torch.equal(y[:, :-1][masked], x[:, 1:][masked])  # each kept target is the next input token
+    c = settings(drill.DEFAULTS, {"batch_size": 3, "seq_len": 64, "loss": "lm"})
+    x, y = drill.batch(tok, random.Random(0), c, yes, no)
+    assert (y != -100).all() and torch.equal(y[:, :-1], x[:, 1:])
+
+
 def test_a_short_drill_runs(tok):
     c = settings(drill.DEFAULTS, {"model": "toy-tiny", "steps": 2, "eval_every": 1, "eval_lines": 10,
                                   "batch_size": 2, "seq_len": 64})

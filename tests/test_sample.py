@@ -525,9 +525,19 @@ def test_two_ranks_fsdp_and_tensor_parallel_equal_one_process(tiny, tmp_path):
 def test_static_cache_of_the_compiled_decode_step(tiny, monkeypatch):
     """compile=True decodes through StaticKVCache (fixed shapes, one graph for
     the loop). Checked here uncompiled: compiling on CPU takes a minute."""
-    monkeypatch.setattr(torch, "compile", lambda model, **kw: model)
+    compiled, static_caches = [], []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(kw) or model)
+
+    class CountedStaticKVCache(S.StaticKVCache):
+        def __init__(self, *a, **kw):
+            static_caches.append(1)
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(S, "StaticKVCache", CountedStaticKVCache)
     kw = dict(temperature=0, progress=False)
+    assert generate(tiny, MIXED, 10, **kw) and not compiled and not static_caches  # eager: neither
     assert generate(tiny, MIXED, 10, compile=True, batch_size=4, **kw) == generate(tiny, MIXED, 10, **kw)
+    assert compiled == [{"dynamic": True}] and len(static_caches) == -(-len(MIXED) // 4)  # one cache a batch
     rubric = random_prompts([80], seed=1)[0]
     prompts = [rubric + p for p in MIXED]
     sampled = dict(temperature=0.8, top_p=0.9, n=2, seed=5, progress=False)

@@ -175,7 +175,10 @@ def test_resume_after_kills_equals_uninterrupted(micro_run, tmp_path):
     assert not os.path.exists(run / "done" / "iter1_prompts")
     # 3: inside DPO's reference log-prob pass or training of M2
     assert kill_when(cmd, ROOT, lambda: os.path.exists(run / "train" / "M2"))
-    run_loop(tmp_path)
+    assert not os.path.exists(run / "done" / "M2")
+    # resumed, not redone: what was finished before the last kill is not run again
+    ran = stages_run(run_loop(tmp_path).stdout)
+    assert ran[0] == "M2" and not {"M0", "SFT", "M1", "iter1_prompts", "iter1_pairs"} & set(ran), ran
     for t in (1, 2):
         for f in ("prompts", "candidates", "judgments", "pairs"):
             assert read_jsonl(run / f"iter{t}" / f"{f}.jsonl") == read_jsonl(ref / f"iter{t}" / f"{f}.jsonl"), (t, f)

@@ -668,9 +668,17 @@ def test_memory_plan_70b(capsys):
     assert plan["total"] < 80e9 * 0.85
 
 
-def test_activation_checkpointing_gives_the_same_training(work, sft_single):
+def test_activation_checkpointing_gives_the_same_training(work, sft_single, monkeypatch):
+    """Every block of every training forward is checkpointed (recomputed in
+    backward), and the training is the same as without."""
+    calls = []
+    checkpoint = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **kw: calls.append(1) or checkpoint(*a, **kw))
     out = work / "sft_ac"
     train_sft.train(sft_config(work, out, activation_checkpointing=True))
+    assert len(calls) == 4 * (8 // 2) * 2  # steps x micro-batches a step x toy-tiny's blocks
+    train_sft.train(sft_config(work, work / "sft_no_ac"))
+    assert len(calls) == 32  # off: none
     assert losses(out) == pytest.approx(losses(sft_single), rel=1e-6)
     assert max_weight_diff(out / "model", sft_single / "model") < 1e-6
 
@@ -736,8 +744,21 @@ def test_auto_dtype_is_bf16_only_where_it_pays():
     """'auto': bf16 on a GPU whatever the size; on a CPU only with bf16 matrix
     units and for models at least 256 wide (toy-small, 128, runs faster in fp32)."""
     assert D.compute_dtype("cuda:0", "auto", width=64) == torch.bfloat16
-    assert D.compute_dtype("cpu", "auto", width=128) == torch.float32
-    wide = torch.bfloat16 if D.cpu_has_bf16() else torch.float32
-    assert D.compute_dtype("cpu", "auto", width=256) == wide and D.compute_dtype("cpu", "auto") == wide
+    with pytest.MonkeyPatch.context() as mp:  # a CPU with bf16 units, whatever this one has
+        mp.setattr(D, "cpu_has_bf16", lambda: True)
+        assert D.compute_dtype("cpu", "auto", width=128) == torch.float32
+        assert D.compute_dtype("cpu", "auto", width=256) == torch.bfloat16 == D.compute_dtype("cpu", "auto")
+        mp.setattr(D, "cpu_has_bf16", lambda: False)  # and one without
+        assert D.compute_dtype("cpu", "auto", width=4096) == torch.float32 == D.compute_dtype("cpu", "auto")
     assert D.compute_dtype("cpu", "bfloat16", width=64) == torch.bfloat16  # a setting forces it
     assert D.compute_dtype("cuda", "float32") == torch.float32
+
+
+def test_cpu_bf16_units_are_read_from_cpuinfo(monkeypatch):
+    import builtins, io
+    real_open = builtins.open
+    for flags, has in (("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True), ("fpu amx_bf16", True),
+                       ("fp asimd bf16", True)):
+        monkeypatch.setattr(builtins, "open", lambda path, *a, **kw: io.StringIO(f"flags\t: {flags}\n")
+                            if path == "/proc/cpuinfo" else real_open(path, *a, **kw))
+        assert D.cpu_has_bf16() == has, flags
