@@ -71,10 +71,13 @@ def toy_rows(names, tests, infos):
         m["judge"] = j
         metrics.append(m)
         wtl = lambda d: "-" if not d else f"{100 * d['win']:.1f} / {100 * d['tie']:.1f} / {100 * d['loss']:.1f}"
+        # a correlation undefined on every prompt (a judge that never scores) is shown as none, not 0
+        never = j.get("n_prompts") and j.get("n_undefined_correlation") == j["n_prompts"]
+        rho, tau = (None, None) if never else (j.get("spearman"), j.get("kendall_tau"))
         rows.append(f"| {n} | {m['mean_grade']:.2f} | {pct(m['exact_solve'])} | {pct(m['declined'])} | "
                     f"{wtl(m.get('vs_previous'))} | {wtl(m.get('vs_sft'))} | {pct(j.get('pairwise_accuracy'))} | "
-                    f"{pct(j.get('five_best'))} | {pct(j.get('exact_match'))} | {num(j.get('spearman'), '{:.3f}')} | "
-                    f"{num(j.get('kendall_tau'), '{:.3f}')} | {pct(judge_coverage(j))} | {m['avg_length']:.1f} |")
+                    f"{pct(j.get('five_best'))} | {pct(j.get('exact_match'))} | {num(rho, '{:.3f}')} | "
+                    f"{num(tau, '{:.3f}')} | {pct(judge_coverage(j))} | {m['avg_length']:.1f} |")
     return rows, metrics
 
 
@@ -200,8 +203,9 @@ def interval_rows(r, names, tests):
             if sum(column("n_five")):
                 m["five_best"] = with_interval(column("n_five_best"), column("n_five"))
             m["exact_match"] = with_interval(column("exact"))
-            for key in ("spearman", "kendall_tau"):  # undefined counts 0, as in judge.reward_metrics
-                m[key] = with_interval([p[key] or 0.0 for p in per_prompt])
+            for key in ("spearman", "kendall_tau"):  # undefined counts 0, as in judge.reward_metrics,
+                if any(p[key] is not None for p in per_prompt):  # unless it is undefined everywhere: '-'
+                    m[key] = with_interval([p[key] or 0.0 for p in per_prompt])
         intervals[n] = m
     header = "| figure [95% interval] | " + " | ".join(names) + " |"
     rows = [header, "|" + "---|" * (len(names) + 1)]

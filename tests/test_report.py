@@ -73,6 +73,7 @@ def test_interval_table_has_every_figure_by_hand(tmp_path):
                                                        {"responses": ["c", "d"], "ranks": [1, 0]}])
     write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [{"score": 5.0}, {"score": 1.0},   # right
                                                            {"score": 5.0}, {"score": 1.0}])  # wrong
+    write_jsonl(tmp_path / "eval" / "SFT_judgments.jsonl", [{"score": None}] * 4)  # a judge that never scores
     answer = lambda grade, text="x": {"grade": grade, "response": text}
     tests = {"SFT": [answer(4), answer(0, toy.DECLINE), answer(2), answer(5)],
              "M1": [answer(5, "xyz"), answer(5, "xyz"), answer(2, "xyz"), answer(5, "xyz")]}
@@ -90,7 +91,8 @@ def test_interval_table_has_every_figure_by_hand(tmp_path):
     labels = [row.split(" | ")[0][2:] for row in rows[2:]]
     assert labels == [label for _, label, _, _ in report.INTERVAL_FIGURES]
     assert rows[2 + labels.index("grade - previous model")].startswith("| grade - previous model | - | 1.50 [")
-    assert rows[2 + labels.index("judge pairwise acc %")] == "| judge pairwise acc % | - | 50.0 [0.0, 100.0] |"
+    assert rows[2 + labels.index("judge pairwise acc %")] == "| judge pairwise acc % | 0.0 [0.0, 0.0] | 50.0 [0.0, 100.0] |"
+    assert rows[2 + labels.index("judge Spearman")].startswith("| judge Spearman | - | 0.000 [")  # undefined: not 0
 
 
 def test_iteration_diagnostics_by_hand(tmp_path):
