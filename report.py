@@ -50,6 +50,16 @@ def num(x, fmt="{:.1f}"):
     return "-" if x is None else fmt.format(x)
 
 
+def shown_correlations(j):
+    """A judge's Spearman and Kendall means as the tables show them: undefined
+    prompts count 0 (judge.reward_metrics), but where every prompt's is
+    undefined (a judge that never scores, or scores all alike) there is no
+    correlation to show: None, printed '-'."""
+    if j.get("n_prompts") and j.get("n_undefined_correlation") == j["n_prompts"]:
+        return None, None
+    return j.get("spearman"), j.get("kendall_tau")
+
+
 def toy_rows(names, tests, infos):
     """The toy table: graded test answers and the judge, per model; and metrics.jsonl's records."""
     rows, metrics = [], []
@@ -71,9 +81,7 @@ def toy_rows(names, tests, infos):
         m["judge"] = j
         metrics.append(m)
         wtl = lambda d: "-" if not d else f"{100 * d['win']:.1f} / {100 * d['tie']:.1f} / {100 * d['loss']:.1f}"
-        # a correlation undefined on every prompt (a judge that never scores) is shown as none, not 0
-        never = j.get("n_prompts") and j.get("n_undefined_correlation") == j["n_prompts"]
-        rho, tau = (None, None) if never else (j.get("spearman"), j.get("kendall_tau"))
+        rho, tau = shown_correlations(j)
         rows.append(f"| {n} | {m['mean_grade']:.2f} | {pct(m['exact_solve'])} | {pct(m['declined'])} | "
                     f"{wtl(m.get('vs_previous'))} | {wtl(m.get('vs_sft'))} | {pct(j.get('pairwise_accuracy'))} | "
                     f"{pct(j.get('five_best'))} | {pct(j.get('exact_match'))} | {num(rho, '{:.3f}')} | "
@@ -100,9 +108,10 @@ def real_rows(names, infos):
         j, a, b = info.get("judge") or {}, info.get("alpaca_eval") or {}, info.get("mt_bench") or {}
         metrics.append({"model": n, "judge": j, "alpaca_eval": a, "mt_bench": b})
         answers = lambda d: "-" if not d else f"{d['answered']} ({d['too_long']})"
+        rho, tau = shown_correlations(j)
         rows.append(f"| {n} | {pct(judge_coverage(j) if j else None)} | {pct(j.get('pairwise_accuracy'))} | "
-                    f"{pct(j.get('five_best'))} | {pct(j.get('exact_match'))} | {num(j.get('spearman'), '{:.3f}')} | "
-                    f"{num(j.get('kendall_tau'), '{:.3f}')} | {j.get('too_long', '-')} | {answers(a)} | "
+                    f"{pct(j.get('five_best'))} | {pct(j.get('exact_match'))} | {num(rho, '{:.3f}')} | "
+                    f"{num(tau, '{:.3f}')} | {j.get('too_long', '-')} | {answers(a)} | "
                     f"{num(a.get('avg_length'))} | {answers(b)} | {num(b.get('avg_length'))} |")
     return rows, metrics
 
@@ -173,9 +182,8 @@ def interval_rows(r, names, tests):
     prompts: test prompts for the answers, EFT eval prompts for the judge.
     One row per figure, one column per model."""
     groups = read_jsonl(r.path("seed", "eft_eval.jsonl")) if os.path.exists(r.path("seed", "eft_eval.jsonl")) else []
-    with_interval = lambda values, weights=None: (
-        sum(values) / max(sum(weights), 1e-12) if weights is not None else float(np.mean(values)),
-        bootstrap_interval(values, weights))
+    with_interval = lambda values, weights=None: (  # (the figure, its interval); weights: a ratio's denominators
+        float(np.mean(values)) if weights is None else sum(values) / sum(weights), bootstrap_interval(values, weights))
     grades = {n: np.array([x["grade"] for x in tests[n]], float) for n in names}
     intervals = {}
     for i, n in enumerate(names):
@@ -193,7 +201,7 @@ def interval_rows(r, names, tests):
         judged = read_jsonl(path) if groups and os.path.exists(path) else []
         per_prompt = judge_prompt_metrics(judged, groups) if judged else []
         if judged:  # per judgment, over every EFT eval prompt, as the toy table counts it (judge_coverage)
-            each = [[s for x in mine for s in x.get("scores", [x["score"]])] for mine in judged_by_prompt(judged, groups)]
+            each = [[s for x in mine for s in x["scores"]] for mine in judged_by_prompt(judged, groups)]
             m["coverage"] = with_interval([float(sum(s is not None for s in ss)) for ss in each],
                                           [float(len(ss)) for ss in each])
         if per_prompt:
@@ -203,7 +211,7 @@ def interval_rows(r, names, tests):
             if sum(column("n_five")):
                 m["five_best"] = with_interval(column("n_five_best"), column("n_five"))
             m["exact_match"] = with_interval(column("exact"))
-            for key in ("spearman", "kendall_tau"):  # undefined counts 0, as in judge.reward_metrics,
+            for key in ("spearman", "kendall_tau"):  # as shown_correlations: undefined counts 0,
                 if any(p[key] is not None for p in per_prompt):  # unless it is undefined everywhere: '-'
                     m[key] = with_interval([p[key] or 0.0 for p in per_prompt])
         intervals[n] = m

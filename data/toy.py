@@ -879,7 +879,8 @@ def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, *, working_share=0.0
                                 for p, t in fresh_tasks(rng.randint(4, 12))])
 
     def marked_page():
-        return marked_quiz([(p, t, student_answer(t, rng)) for p, t in fresh_tasks(rng.randint(4, 12))], each_ask=each_ask)
+        items = [(p, t, student_answer(t, rng)) for p, t in fresh_tasks(rng.randint(4, 12))]
+        return marked_quiz(items, each_ask=each_ask)
 
     def drill_page():
         items = [(p, t, drill_word(t, rng)) for p, t in fresh_tasks(rng.randint(4, 12), ["invent"])]

@@ -71,9 +71,10 @@ def test_interval_table_has_every_figure_by_hand(tmp_path):
     r = run_folder(tmp_path)
     write_jsonl(tmp_path / "seed" / "eft_eval.jsonl", [{"responses": ["a", "b"], "ranks": [0, 1]},
                                                        {"responses": ["c", "d"], "ranks": [1, 0]}])
-    write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [{"score": 5.0}, {"score": 1.0},   # right
-                                                           {"score": 5.0}, {"score": 1.0}])  # wrong
-    write_jsonl(tmp_path / "eval" / "SFT_judgments.jsonl", [{"score": None}] * 4)  # a judge that never scores
+    judged = lambda *scores: [{"score": s, "scores": [s]} for s in scores]  # one judgment a response
+    write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", judged(5.0, 1.0,    # right
+                                                                 5.0, 1.0))   # wrong
+    write_jsonl(tmp_path / "eval" / "SFT_judgments.jsonl", judged(None, None, None, None))  # never scores
     answer = lambda grade, text="x": {"grade": grade, "response": text}
     tests = {"SFT": [answer(4), answer(0, toy.DECLINE), answer(2), answer(5)],
              "M1": [answer(5, "xyz"), answer(5, "xyz"), answer(2, "xyz"), answer(5, "xyz")]}
