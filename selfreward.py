@@ -288,7 +288,10 @@ def trainer_settings(c, r, name, batch_size, micro, seed_parts):
             "dtype": c.dtype, "threads": c.threads, "chat_template": c.chat_template,
             "batch_size": batch_size, "micro_batch_size": fit_micro(batch_size, micro, r.env.world),
             "save_interval": c.save_interval, "activation_checkpointing": c.activation_checkpointing,
-            "progress": c.progress, "eval_interval": 10**9,  # the loop evaluates every model itself (stage 5)
+            "progress": c.progress,
+            # the loop evaluates every model itself (stage 5): the trainers hold nothing out, so each model
+            # learns from all of its data (the paper's 3,200 IFT examples, not 95% of them)
+            "eval_fraction": 0.0, "eval_interval": 10**9,
             "keep_state": True}  # the stage removes it once marked done (Run.stage's temporary)
 
 
@@ -362,7 +365,7 @@ def stage_pretrain(c, r):
     save_jsonl(r.path("train", "pretrain.jsonl"), docs)
     out = train_sft.train({**trainer_settings(c, r, "M0", c.sft_batch_size, c.micro_batch_size, ("M0",)),
                            "init_from": "scratch", "model": c.model, "tokenizer": r.path("tokenizer.model"),
-                           "data": r.path("train", "pretrain.jsonl"), "template": "text", "eval_fraction": 0.0,
+                           "data": r.path("train", "pretrain.jsonl"), "template": "text",
                            "epochs": c.pretrain_epochs, "lr": c.pretrain_lr, "min_lr": c.pretrain_lr / 10,
                            "warmup_steps": 20, "dropout": 0.0})
     move_model(r, out["model"], "M0")
@@ -577,10 +580,12 @@ def stage_prompts(c, r, t, writer_path):
     def work(requests, shard):
         rng = random.Random(sub_seed(c.seed, "fewshot", t, shard))
         texts = []
-        for _ in requests:  # 6 seed examples + 2 generated earlier (seed again while there are none)
-            pool = generated if len(generated) >= 2 else seed_prompts
-            shots = rng.sample(seed_prompts, c.n_shots - 2) + rng.sample(pool, 2)
-            rng.shuffle(shots)
+        for _ in requests:  # 6 seed examples + 2 generated earlier (8 seed ones while there are fewer than 2)
+            if len(generated) >= 2:
+                shots = rng.sample(seed_prompts, c.n_shots - 2) + rng.sample(generated, 2)
+                rng.shuffle(shots)
+            else:  # (drawn at once: no seed example twice)
+                shots = rng.sample(seed_prompts, c.n_shots)
             texts.append(toy.fewshot_text(shots))  # a Self-Instruct listing left open (the same for a real writer)
         ids = [tok.encode(x, bos=True) for x in texts]
         room = [i for i, x in enumerate(ids) if fits(net, x)]  # long real prompts can overfill a small context
@@ -870,7 +875,7 @@ def stage_dpo(c, r, t, mt_path):
     settings = trainer_settings(c, r, f"M{t + 1}", c.dpo_batch_size, max(1, c.micro_batch_size // 2), ("dpo", t))
     out = train_dpo.train({**settings, "init_from": mt_path, "data": r.path(f"iter{t}", "pairs.jsonl"),
                            "beta": c.dpo_beta, "rpo_alpha": c.rpo_alpha, "epochs": c.dpo_epochs, "lr": c.dpo_lr,
-                           "min_lr": c.dpo_min_lr, "dropout": c.dropout, "eval_fraction": 0.0})
+                           "min_lr": c.dpo_min_lr, "dropout": c.dropout})
     move_model(r, out["model"], f"M{t + 1}")
     return {k: v for k, v in out.items() if k != "model"}
 

@@ -240,11 +240,11 @@ def check_loop(c, world):
             p.jsonl("seed_data", os.path.join(c.seed_data, "eft_train.jsonl"), eft_train_record)
             p.jsonl("seed_data", os.path.join(c.seed_data, "eft_eval.jsonl"), eft_group)
             if ift:
-                p.require(len(ift) >= c.n_shots - 2, "n_shots", f"needs {c.n_shots - 2} seed prompts per request, "
-                          f"the seed has {len(ift)}")
+                p.require(len(ift) >= c.n_shots, "n_shots", f"needs {c.n_shots} seed prompts (the first requests "
+                          f"have no generated ones yet), the seed has {len(ift)}")
     else:
-        p.require(c.n_ift >= c.n_shots - 2, "n_shots", f"needs {c.n_shots - 2} seed prompts per request, "
-                  f"n_ift = {c.n_ift}")
+        p.require(c.n_ift >= c.n_shots, "n_shots", f"needs {c.n_shots} seed prompts (the first requests have "
+                  f"no generated ones yet), n_ift = {c.n_ift}")
     # the evaluation files, read by the readers the evaluation stage uses
     for setting, read in (("eval_prompts", E.read_eval_prompts), ("mt_bench", E.read_mt_bench),
                           ("eft_judgments", J.read_judge_file)):

@@ -4,6 +4,7 @@ import dis
 import filecmp
 import inspect
 import json
+import math
 import os
 import random
 import re
@@ -74,6 +75,13 @@ def test_every_artifact_exists_and_is_consistent(micro_run):
     for name in ("M0", "SFT", "M1", "M2", "M3"):  # trained and saved: the resumable state is gone
         dpo = ["ref_logps.jsonl"] if name in ("M2", "M3") else []
         assert sorted(os.listdir(run / "train" / name)) == ["metrics.jsonl", *dpo], name
+    # the SFT baseline learns from every IFT record, M1 from every IFT and EFT record: nothing held out
+    # (the loop evaluates the models itself), so its last step is all the records' epochs in batches
+    for name, files in (("SFT", ["ift.jsonl"]), ("M1", ["ift.jsonl", "eft_train.jsonl"])):
+        n = sum(len(read_jsonl(run / "seed" / f)) for f in files)
+        logged = read_jsonl(run / "train" / name / "metrics.jsonl")
+        assert not any("eval_loss" in x for x in logged), name
+        assert logged[-1]["step"] == math.ceil(MICRO["sft_epochs"] * n / 16), name  # sft_batch_size 16
     tok = Tokenizer(str(run / "tokenizer.model"))  # letter_pieces: a made-up word is seen letter by letter
     assert [tok.sp.id_to_piece(i) for i in tok.encode("TAMILO")] == ["\u2581"] + list("TAMILO")
     for t in (1, 2):
@@ -279,7 +287,7 @@ def test_bad_inputs_of_a_new_run_are_refused_before_the_folder_exists(tmp_path):
     err = run_fails(command(tmp_path, seed_data=seed, init_from=tmp_path / "Llama-2-70b-hff"))
     assert f"init_from: checkpoint folder not found: {tmp_path / 'Llama-2-70b-hff'}" in err
     assert "eft_eval.jsonl:2: 'ranks' must be a list of integers, one per response" in err
-    assert "n_shots = 8: needs 6 seed prompts per request, the seed has 1" in err
+    assert "n_shots = 8: needs 8 seed prompts (the first requests have no generated ones yet), the seed has 1" in err
     assert not os.path.exists(tmp_path / "micro")
 
 
