@@ -70,6 +70,19 @@ class ModelArgs:
             hidden = int(self.ffn_dim_multiplier * hidden)
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
+    def block_params(self):
+        """Parameters of one block, counted from the shapes: two RMSNorms,
+        wq and wo, wk and wv, and the SwiGLU's w1, w2, w3."""
+        h, hd = self.dim, self.head_dim
+        return 2 * h + 2 * h * self.n_heads * hd + 2 * h * self.n_kv_heads * hd + 3 * h * self.hidden_dim
+
+    def n_params(self):
+        """Parameters of the whole model, counted from the shapes, for the
+        memory plans (which build no model): the blocks, the final norm, the
+        input embedding and, unless tied to it, the output layer."""
+        embeddings = 1 if self.tie_embeddings else 2
+        return self.n_layers * self.block_params() + self.dim + embeddings * self.vocab_size * self.dim
+
 
 # Named sizes. The toy ones train on a laptop CPU; the others are the
 # published shapes (Touvron et al. 2023, Meta's params.json files, the

@@ -646,8 +646,7 @@ def memory_plan(args: ModelArgs, tp, batch_size, context, new_tokens, gpu_memory
     """
     a, h, L, V = dtype_bytes, args.dim, args.n_layers, args.vocab_size
     kv, hd, f = args.n_kv_heads, args.head_dim, args.hidden_dim
-    embeddings = 1 if args.tie_embeddings else 2  # input and output: one matrix when tied
-    params = L * (2 * h + 2 * h * args.n_heads * hd + 2 * h * kv * hd + 3 * h * f) + embeddings * V * h + h
+    params = args.n_params()  # (one embedding matrix when tied)
     whole = V * h if args.tie_embeddings else 0  # parameters every rank holds whole (distributed.tensor_parallel)
     T = context - new_tokens
     per_row = {

@@ -6,10 +6,11 @@ the lesson):
     SETTINGS                   the settings both trainers take
     main(), run()              the command line, the process group around a run
     start()                    tokenizer and model (from scratch or a checkpoint,
-                               sharded under torchrun), data read and held out
+                               sharded under torchrun)
+    read_data(), hold_out()    the training records, and a share held out
     batch_indices(), lr_at()   the data order and the learning-rate schedule
-    save_state(), resume()     training state saved every save_interval steps;
-                               the same command resumes a killed run exactly
+    save_state(),              training state saved every save_interval steps;
+    optimizer_and_resume()     the same command resumes a killed run exactly
                                (only from the same inputs: made_from); removed
                                once the final model is saved (keep_state)
     clip_and_step()            clip the global gradient norm, step AdamW
@@ -383,13 +384,14 @@ def plan_memory(c):
 
 
 def memory_plan(args, world_size, micro_batch_size, seq_len, activation_checkpointing=False,
-                gpu=True, gpu_memory_gb=80, dropout=0.0):
+                gpu_memory_gb=80, dropout=0.0):
     """
     Bytes each GPU holds under FSDP2 with fp32 master weights and AdamW:
       sharded state     (4 param + 4 grad + 8 AdamW m,v) * P / world
       in flight         2 blocks' bf16 params (the running one + the prefetched
                         next), one block's fp32 gradient before its
                         reduce-scatter, and the root's embedding + output in bf16
+                        (one matrix when tied)
       activations       what autograd saves, per token per layer, counted from
                         this model's forward (a = bytes of the compute dtype, 2
                         for bf16; h dim, kv = n_kv_heads*head_dim, f ffn width,
@@ -413,11 +415,10 @@ def memory_plan(args, world_size, micro_batch_size, seq_len, activation_checkpoi
     buffers inside kernels, NCCL buffers; leave 10-20% headroom. Attention
     dropout on the math SDPA kernel (CPU) stores T x T probabilities per head.
     """
-    a = 2 if gpu else 4
+    a = 2  # bf16 compute
     h, kv, f, L, V = args.dim, args.n_kv_heads * args.head_dim, args.hidden_dim, args.n_layers, args.vocab_size
-    block = 2 * h + 2 * h * h + 2 * h * kv + 3 * h * f  # two norms, wq wo, wk wv, w1 w2 w3
-    root = 2 * V * h + h
-    P = L * block + root
+    P, block = args.n_params(), args.block_params()
+    root = P - L * block  # the embedding (and the output layer, untied) and the final norm
     tokens = micro_batch_size * seq_len
     per_layer = (8 + 6 * a) * h + 2 * a * kv + 4 * a * f + 4 * args.n_heads + 8 + (2 * h if dropout > 0 else 0)
     final_norm = (4 + 2 * a) * h + 8 + 8 + 8 * args.head_dim  # final RMSNorm, token ids (int64), rotary cos/sin
@@ -430,7 +431,7 @@ def memory_plan(args, world_size, micro_batch_size, seq_len, activation_checkpoi
         ("parameters (fp32 shard)", 4 * P / world_size),
         ("gradients (fp32 shard)", 4 * P / world_size),
         ("AdamW m and v (fp32 shard)", 8 * P / world_size),
-        ("unsharded params/grads in flight", 2 * 2 * block + 4 * block + 2 * root if gpu else 4 * (2 * block + root)),
+        ("unsharded params/grads in flight", 2 * 2 * block + 4 * block + 2 * root),
         ("activations" + (" (checkpointed)" if activation_checkpointing else ""), acts),
         ("logits and their fp32 loss", logits),
     ]

@@ -653,7 +653,7 @@ def test_memory_plan_counts_saved_activations():
         torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), torch.zeros(B * T, dtype=torch.long))
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     measured = sum(n for k, n in saved.items() if k not in weights)
-    plan = memory_plan(args, 1, B, T, gpu=True)
+    plan = memory_plan(args, 1, B, T)
     # saved in forward: the activations row + the fp32 log-softmax (4 bytes x V per token)
     predicted = plan["rows"]["activations"] + B * T * args.vocab_size * 4
     assert predicted == pytest.approx(measured, rel=0.02)
@@ -677,6 +677,17 @@ def test_memory_plan_70b(capsys):
     assert plan["rows"]["activations (checkpointed)"] == 2048 * (80 * 2 * 8192 + 413_960 + 66_576)
     assert plan["rows"]["logits and their fp32 loss"] == 2048 * 32000 * (2 + 4 + 4)  # bf16, log-softmax, its grad
     assert plan["total"] == pytest.approx(29.46e9, rel=1e-3) and "needs at least 20 GPUs" in text
+
+
+def test_memory_plans_count_the_parameters_a_model_has():
+    """Both plans count parameters from the shapes (they build no model): as
+    many as the model has, tied (one embedding matrix) or not."""
+    for name in ("llama2-7b", "llama3.2-1b", "smollm2-135m", "toy"):
+        with torch.device("meta"):
+            model = Transformer(preset(name))
+        assert preset(name).n_params() == model.num_params(), name
+        assert memory_plan(model.args, 8, 1, 64)["params"] == model.num_params(), name
+    assert preset("smollm2-135m").n_params() == 134_515_008  # its config.json: tie_word_embeddings
 
 
 def test_activation_checkpointing_gives_the_same_training(work, sft_single, monkeypatch):
