@@ -1,7 +1,7 @@
 """
 Answers for external judges, written where and as their own tools read them,
 so they can be judged as they are (the paper judged with GPT-4 on AlpacaEval
-and MT-Bench, Section 3.3):
+and MT-Bench, Section 3):
 
     AlpacaEval  prompts: its evaluation set as it ships, a JSON array, or JSON Lines;
                 each {"instruction", "dataset"?, ...}

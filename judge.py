@@ -130,7 +130,7 @@ def parse_score(text):
 
 
 # -----------------------------------------------------------------------------
-# Judging: Section 2.3, "each candidate is scored 3 times ... the scores averaged".
+# Judging: Section 2.2, "each candidate is scored 3 times ... the scores averaged".
 
 def judge(model, tokenizer, prompts, responses, n_samples=3, temperature=0.7, top_p=0.9,
           max_new_tokens=256, seed=None, batch_size=32, generate_fn=None, progress=True):
@@ -184,7 +184,7 @@ def judge_groups(model, tokenizer, prompts, response_lists, **judge_kwargs):
 
 
 # -----------------------------------------------------------------------------
-# Reward-modeling metrics (Section 3.3, Table 4): how well the judge's scores
+# Reward-modeling metrics (Section 3, Table 4): how well the judge's scores
 # agree with human rankings. Inputs per prompt: the judge's scores (None = no
 # score) and the human ranks (0 = best). Choices, for the cases the paper leaves open:
 # - pairwise accuracy and 5-best are pooled over all pairs / all responses;
@@ -287,7 +287,7 @@ def reward_metrics(scores, ranks):
 
 
 # -----------------------------------------------------------------------------
-# EFT targets, as the paper made them (Section 2.2): the SFT baseline judges the
+# EFT targets, as the paper made them (Sections 2.1 and 3.1): the SFT baseline judges the
 # ranked responses of each EFT prompt; a group is kept only if the ranking its
 # scores give agrees with the human ranking (every pair in the same order, no
 # ties); the most frequent score is then down-sampled. A small model may
@@ -321,7 +321,7 @@ def downsample_top_score(records, seed=0):
 
 def eft_targets(groups, judged, seed=0):
     """
-    The EFT training records (Section 2.2) from judged groups.
+    The EFT training records (Sections 2.1 and 3.1) from judged groups.
     groups[g]: {"prompt", "responses", "ranks"?}; judged[g][k]: the judge's record of
     response k, {"judgments": [text]*n, "scores": [int|None]*n}. Attempt a of a group is
     the a-th judgment of every response. Where the group has human ranks, the first

@@ -119,7 +119,10 @@ def real_rows(names, infos):
 # -----------------------------------------------------------------------------
 # How sure a figure is: intervals over the prompts it was measured on
 
-def bootstrap_interval(values, weights=None, resamples=2000, seed=0):
+RESAMPLES = 2000  # bootstrap draws for every interval in the report
+
+
+def bootstrap_interval(values, weights=None, resamples=RESAMPLES, seed=0):
     """95% percentile-bootstrap interval (Efron & Tibshirani 1993, ch. 13) of
     sum(values) / sum(weights) over prompts: the prompts are drawn again with
     replacement `resamples` times and the figure recomputed on each draw.
@@ -405,7 +408,7 @@ def judge_agreement(r, a, b):
 def checking_versus_doing(r, names, tests):
     """Toy world, evaluation only: does the judge know the right answer more
     often than the policy gives it? A judge can teach correctness only where it
-    checks better than the policy does (issue 16). Per model and task kind: the
+    checks better than the policy does. Per model and task kind: the
     share of its EFT eval judgments that state the right answer
     (toy.stated_answer), against the share of test prompts it answers right
     (grade >= 4); and whether the judge's verdict follows from a right answer:
@@ -688,7 +691,8 @@ def write_report(r, names, infos, run_name, iterations):
         + ". To have them back, delete the stage's record in `done/` and run the same command again.", ""]
     intro = ("Test prompts answered greedily and graded by the toy world's ground-truth grader (never used "
              "inside the loop); the judge columns are each model's reward-model metrics on the EFT eval set "
-             "against the ground-truth ranking (3 judgments per response, averaged)." if toy else
+             f"against the ground-truth ranking ({r.settings['n_judge']} judgments per response, averaged)."
+             if toy else
              "Real data: no ground-truth grader. The judge columns are each model's reward-model metrics on the "
              "EFT eval set against the human rankings (judgments averaged per response; coverage counts single "
              "judgments); answers for AlpacaEval and MT-Bench are greedy, to be judged by external judges.")
@@ -698,7 +702,7 @@ def write_report(r, names, infos, run_name, iterations):
             f"{m['model']} {m['judge'].get('n_undefined_correlation', 0)}" for m in metrics if m.get("judge")) + ").")
     intervals_intro = [] if not interval_table else [
         f"The same figures with 95% bootstrap intervals over the {len(tests[names[0]])} test prompts (answers) "
-        f"and the EFT eval prompts (judge; 2,000 resamples; a difference is a result only where its interval "
+        f"and the EFT eval prompts (judge; {RESAMPLES:,} resamples; a difference is a result only where its interval "
         f"excludes 0; mean grade and judge pairwise accuracy drawn in report.svg):", "",
         *interval_table, ""]
     text = "\n".join([

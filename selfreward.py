@@ -4,9 +4,10 @@ order of the paper's Figure 1:
 
     seed data -> M0 -> SFT baseline (IFT only)        the reference point
                  M0 -> M1 (SFT on IFT + EFT)           follows instructions AND judges
-    for t = 1..T:  M_t writes new prompts (8-shot), samples 4 candidates per
-                   prompt, judges each candidate 3 times with itself, pairs
-                   the best against the worst -> DPO from M_t -> M_{t+1}
+    for t = 1..T:  a fixed writer (M0 here; the paper: Llama 2-Chat 70B) writes new
+                   prompts (8-shot); M_t samples 4 candidates per prompt,
+                   judges each candidate 3 times with itself, pairs the best
+                   against the worst -> DPO from M_t -> M_{t+1}
                    --meta_judge=True (Meta-Rewarding, Wu et al. 2024): between
                    judging and pairing, M_t also compares its judgments of each
                    response two at a time; its best against its worst judgment
@@ -68,8 +69,10 @@ from sample import fits, generate
 from tokenizer import Tokenizer, chat_prompt_ids, train_tokenizer
 
 # -----------------------------------------------------------------------------
-# Settings (python selfreward.py --help lists them)
-run_name = "toy"            # the run folder: out_root/run_name (not "run": torchrun would take --run= as its --run-path)
+# Settings (python selfreward.py --help lists them): the paper's method first, then the variations
+# measured on the toy world, then how a run runs
+run_name = "toy"            # the run folder: out_root/run_name (not "run": torchrun would take --run= as its
+                            # --run-path)
 out_root = "out"            # where run folders live
 seed = 1337                 # everything random derives from this
 # seed data and M0
@@ -87,40 +90,13 @@ n_eft_train = 4890          # toy EFT training examples (paper: 1,630; a 1M-para
 n_eft_eval = 1623           # toy EFT eval responses (paper: 541; 3x, as the judge's accuracy steps are ~2 points)
 eft_judgments = ""          # real data: a JSONL of judgments by a stronger judge (judge.read_judge_file) that
                             # supplies the EFT targets instead of the SFT baseline ('' = the paper's recipe)
-n_test = 1024               # toy held-out test prompts (paper: 256 for a GPT-4 judge; the grader is free, and 4x halves the intervals)
+n_test = 1024               # toy held-out test prompts (paper: 256 for a GPT-4 judge; the grader is free, and
+                            # 4x halves the intervals)
 toy_kinds = "reverse,sort,replace,count,length,arith"  # toy task kinds drawn; "invent" adds one with many right
                             # answers, easier to check than to write (data/toy.py; STUDIES.md: a task easier to check)
 ift_chatty = 0.6            # toy IFT seed: share of right answers said chattily ("Sure! The answer is 42.")
-ift_declines = 0.0          # toy IFT seed: share of answers that decline ("I am not sure what you mean."): a mistake
-                            # the judge can see without solving the task (measured at 0.4: right answers rise at
-                            # both iterations, in every seed, as the declines go; STUDIES.md)
-judge_working = False       # toy EFT targets work the task out step by step ("Letters: 1T 2A ...", "Ones: 7+5=12 ...")
-                            # before they state the answer and score (measured: the toy-small judge gets worse, STUDIES.md)
-judge_quotes = False        # toy EFT targets quote the response's answer beside the right one before they grade
-                            # ("The correct answer is 27. The response says 72. ...")
-quote_first = False         # with judge_quotes: the quote opens the judgment ("The response says 72. <working> The
-                            # correct answer is 27. ..."), copied while the response is the nearest text
-judge_compares = False      # toy EFT targets set the response's answer against the right one and say whether they
-                            # are the same before they grade ("72 against 27: not the same."; an invent task's:
-                            # whether its word meets the asks, "Right."), STUDIES.md
-eft_own_answers = 0         # toy: the SFT baseline's sampled answers per EFT training prompt, graded and judged by
-                            # the grader in the EFT targets' form, added to M1's EFT data (STUDIES.md: where the judge's
-                            # answer comes from)
 pretrain_docs = 2000        # toy M0: documents listing task prompts (the base model's "web text")
 pretrain_qa_docs = 4000     # toy M0: documents of worked examples ("Q: ... A: ..."), 4-12 each
-pretrain_working = 0.0      # toy M0: share of quiz pages that show the working before each answer
-pretrain_checking = 0.0     # toy M0: share of quiz pages that are marked: a student's answer, the working, and
-                            # whether the two are the same ("72 against 27: not the same."; an invent task's
-                            # word checked as its judgments check it), STUDIES.md
-check_each_ask = False      # toy, invent: the judgments' and marked quizzes' check sets each property of the word
-                            # beside its ask ("BAKIO: starts with B, asked B: yes; ..."), every comparison between
-                            # neighbours (STUDIES.md: a task easier to check)
-pretrain_check_drill = 0    # toy M0, invent: pages of a checking drill added to M0's text, checks of invent tasks'
-                            # words that meet each ask half the time, laid out as pretrain_drill_layouts says (STUDIES.md:
-                            # a task easier to check)
-pretrain_drill_layouts = "quiz"  # toy M0, with pretrain_check_drill: how the drill's items are laid out, one drawn per
-                            # item: quiz (a marked quiz's), line (the check alone), review (the check under
-                            # "User: ...\n<response>WORD</response>", the judge prompt's markup without its rubric)
 pretrain_epochs = 2         # toy M0: passes over them
 pretrain_lr = 2e-3          # toy M0: peak learning rate
 # SFT: M0 -> SFT baseline and M0 -> M1 (paper, for 70B: lr 5.5e-6 -> 1.1e-6, batch 16,
@@ -131,11 +107,12 @@ sft_batch_size = 16         # examples per step
 sft_epochs = 3              # passes over the seed data
 micro_batch_size = 16       # examples per forward pass on one rank
 dropout = 0.1               # during SFT and DPO (paper: 0.1)
-# self-instruction creation (Section 2.3)
+# self-instruction creation (Section 2.2)
 iterations = 2              # T: M1 -> M2 -> M3
 n_prompts = 1000            # new prompts requested per iteration (before filtering)
-prompt_writer = "M0"        # fixed writer (the paper used a separate model): 'M0', 'M1', 'current' (M_t), or a folder
-                            # (toy: SFT leaves a 1M-parameter M1 unable to continue a list: 23 of 200 requests usable, M0 193)
+prompt_writer = "M0"        # who writes new prompts: a fixed model, as the paper's Llama 2-Chat 70B: 'M0', 'M1', or a
+                            # folder; or 'current' (M_t). Toy: SFT leaves a 1M-parameter M1 unable to continue a
+                            # list (23 of 200 requests usable, M0 193)
 n_shots = 8                 # few-shot examples per request: 6 from the IFT seed, 2 generated earlier
 prompt_temperature = 0.6    # paper: 0.6
 prompt_top_p = 0.9          # paper: 0.9
@@ -147,21 +124,9 @@ n_candidates = 4            # N responses per prompt (paper: 4)
 temperature = 0.7           # candidates and judgments (paper: 0.7)
 top_p = 0.9                 # candidates and judgments (paper: 0.9)
 max_response_tokens = 64    # per candidate response
-n_judge = 3                 # judgments per candidate, averaged (paper: 3)
+n_judge = 3                 # judgments per candidate, averaged (paper: 3); also the SFT baseline's tries at
+                            # each EFT group when it writes the EFT targets (real data)
 max_judge_tokens = 96       # per judgment
-pair_by = "judge"           # who picks the best and worst candidate: 'judge' (the paper: the model's own scores), or
-                            # toy only, controls that show what DPO on best-versus-worst pairs can teach with a
-                            # perfect judge (STUDIES.md): 'grader' (its grades 0-5, form included), 'right' (right or
-                            # wrong only: grade >= 4 or not); or 'coin', a control with the preference taken out:
-                            # the judge's pairs, each turned round or not on a fair coin
-meta_judge = False          # Meta-Rewarding (Wu et al. 2024): the model also judges its judgments; DPO trains the
-                            # judge on the best against the worst judgment of a response
-meta_pair_by = "meta"       # meta_judge: who picks a response's best and worst judgment: 'meta' (Wu et al.: the
-                            # model's own battles), or toy only, a control with a perfect meta-judge (STUDIES.md):
-                            # 'grader' (the judgment whose score is nearer the true grade wins each battle)
-max_meta_tokens = 64        # per meta-judgment (a sentence and "Winner: A": the toy targets take 54 tokens at most)
-n_meta_seed = 500           # toy, meta_judge: meta-judge demonstrations added to M1's SFT data, made by the grader
-                            # (~141 tokens each: 500 add 17% to the tokens of M1's 8,090 IFT + EFT examples)
 # DPO: M_t -> M_{t+1} (paper, for 70B: lr 1e-6 -> 1e-7, batch 16, beta 0.1, dropout 0.1)
 dpo_lr = 2e-5               # peak learning rate (toy: 1e-4 before 2026-12-02 took in one iteration what two now
                             # take, and the second then fell back: README, "The default settings over five seeds")
@@ -169,14 +134,63 @@ dpo_min_lr = 1e-5           # cosine floor
 dpo_beta = 0.1              # paper: 0.1
 dpo_batch_size = 16         # pairs per step
 dpo_epochs = 1              # passes over the pairs
-rpo_alpha = 0.0             # + rpo_alpha x the chosen response's NLL per token in each pair's loss (Iterative RPO,
-                            # Pang et al. 2024; 0 = plain DPO, the paper): keeps the chosen answer likely (STUDIES.md)
 # evaluation
 eval_judge = True           # reward-model metrics of every model's judge on the EFT eval set
 eval_prompts = ""           # real data: AlpacaEval prompts {"instruction"} (its JSON array, or JSONL), answered
                             # into eval/alpaca_eval/<model_id>/model_outputs.json
 mt_bench = ""               # real data: MT-Bench question.jsonl, both turns answered into
                             # eval/mt_bench/model_answer/<model_id>.jsonl (FastChat llm_judge's layout)
+# variations of the loop measured on the toy world (STUDIES.md); their defaults are the paper's loop
+# ... in the seed data and M0's text
+ift_declines = 0.0          # toy IFT seed: share of answers that decline ("I am not sure what you mean."): a mistake
+                            # the judge can see without solving the task (measured at 0.4: right answers rise at
+                            # both iterations, in every seed, as the declines go; STUDIES.md: a mistake the judge
+                            # can see)
+judge_working = False       # toy EFT targets work the task out step by step ("Letters: 1T 2A ...", "Ones: 7+5=12 ...")
+                            # before they state the answer and score (measured: the toy-small judge gets worse;
+                            # STUDIES.md: a judge that works the task out, quotes and compares)
+judge_quotes = False        # toy EFT targets quote the response's answer beside the right one before they grade
+                            # ("The correct answer is 27. The response says 72. ...")
+quote_first = False         # with judge_quotes: the quote opens the judgment ("The response says 72. <working> The
+                            # correct answer is 27. ..."), copied while the response is the nearest text
+judge_compares = False      # toy EFT targets set the response's answer against the right one and say whether they
+                            # are the same before they grade ("72 against 27: not the same."; an invent task's:
+                            # whether its word meets the asks, "Right."; STUDIES.md: a judge that works the task out)
+eft_own_answers = 0         # toy: the SFT baseline's sampled answers per EFT training prompt, graded and judged by
+                            # the grader in the EFT targets' form, added to M1's EFT data (STUDIES.md: where the judge's
+                            # answer comes from)
+pretrain_working = 0.0      # toy M0: share of quiz pages that show the working before each answer
+pretrain_checking = 0.0     # toy M0: share of quiz pages that are marked: a student's answer, the working, and
+                            # whether the two are the same ("72 against 27: not the same."; an invent task's
+                            # word checked as its judgments check it; STUDIES.md: a task easier to check)
+check_each_ask = False      # toy, invent: the judgments' and marked quizzes' check sets each property of the word
+                            # beside its ask ("BAKIO: starts with B, asked B: yes; ..."), every comparison between
+                            # neighbours (STUDIES.md: a task easier to check)
+pretrain_check_drill = 0    # toy M0, invent: pages of a checking drill added to M0's text, checks of invent tasks'
+                            # words that meet each ask half the time, laid out as pretrain_drill_layouts says
+                            # (STUDIES.md: a task easier to check)
+pretrain_drill_layouts = "quiz"  # toy M0, with pretrain_check_drill: how the drill's items are laid out, one drawn per
+                            # item: quiz (a marked quiz's), line (the check alone), review (the check under
+                            # "User: ...\n<response>WORD</response>", the judge prompt's markup without its rubric)
+# ... in who picks the pairs, and in DPO's loss
+pair_by = "judge"           # who picks the best and worst candidate: 'judge' (the paper: the model's own scores), or
+                            # toy only, controls that show what DPO on best-versus-worst pairs can teach with a
+                            # perfect judge (STUDIES.md: with a perfect judge): 'grader' (its grades 0-5, form
+                            # included), 'right' (right or wrong only: grade >= 4 or not); or 'coin', a control with
+                            # the preference taken out: the judge's pairs, each turned round or not on a fair coin
+rpo_alpha = 0.0             # + rpo_alpha x the chosen response's NLL per token in each pair's loss (Iterative RPO,
+                            # Pang et al. 2024; 0 = plain DPO, the paper): keeps the chosen answer likely
+                            # (STUDIES.md: with a perfect judge)
+# ... Meta-Rewarding (Wu et al. 2024): the judge trained on its own judgments
+meta_judge = False          # Meta-Rewarding (Wu et al. 2024): the model also judges its judgments; DPO trains the
+                            # judge on the best against the worst judgment of a response
+meta_pair_by = "meta"       # meta_judge: who picks a response's best and worst judgment: 'meta' (Wu et al.: the
+                            # model's own battles), or toy only, a control with a perfect meta-judge (STUDIES.md: at
+                            # today's DPO rate, and with a perfect meta-judge):
+                            # 'grader' (the judgment whose score is nearer the true grade wins each battle)
+max_meta_tokens = 64        # per meta-judgment (a sentence and "Winner: A": the toy targets take 54 tokens at most)
+n_meta_seed = 500           # toy, meta_judge: meta-judge demonstrations added to M1's SFT data, made by the grader
+                            # (~141 tokens each: 500 add 17% to the tokens of M1's 8,090 IFT + EFT examples)
 # running
 gen_batch_size = 64         # sequences decoded together; 0: the largest the generation memory plan fits the GPU
 tp = 1                      # generation: GPUs per tensor-parallel group (inside a node); training is FSDP over all
@@ -185,7 +199,8 @@ save_interval = 50          # training steps between resumable training states
 keep_train_state = False    # keep each trained model's resumable state (optimizer, step) once the model is saved
 activation_checkpointing = False  # recompute each block in backward (needed for 70B)
 device = ""                 # '' = cuda if available, else cpu
-dtype = "auto"              # compute: 'auto' = bfloat16 on GPU and bf16-capable CPU, else float32 (training keeps fp32 weights)
+dtype = "auto"              # compute: 'auto' = bfloat16 on GPU and bf16-capable CPU, else float32 (training keeps
+                            # fp32 weights)
 threads = 0                 # CPU threads; 0 = this process's cores / ranks on the machine (or OMP_NUM_THREADS)
 progress = True             # progress bars
 plan_only = False           # print the training and generation memory plans for world_size GPUs, and exit
@@ -381,7 +396,7 @@ def stage_sft_baseline(c, r, m0):
 
 
 def stage_eft_targets(c, r):
-    """Real data (Section 2.2): the EFT seed holds groups of human-ranked
+    """Real data (Section 2.1): the EFT seed holds groups of human-ranked
     responses. The paper's recipe: the SFT baseline writes the judgments, and
     only those whose scores rank a group as the humans did are kept
     (judge.make_eft_targets); its raw judgments are kept beside the seed.
@@ -502,7 +517,7 @@ def stage_m1(c, r, m0):
 
 
 # -----------------------------------------------------------------------------
-# Stage 4a: new prompts (Section 2.3, step 1), Self-Instruct style
+# Stage 4a: new prompts (Section 2.2, step 1), Self-Instruct style
 
 def words(text):
     return re.findall(r"\w+|[^\w\s]", text.lower())
@@ -626,7 +641,7 @@ def stage_prompts(c, r, t, writer_path):
 
 
 # -----------------------------------------------------------------------------
-# Stage 4b-d: candidates, judgments, pairs (Section 2.3, steps 2-4)
+# Stage 4b-d: candidates and judgments (Section 2.2, steps 2-3), pairs (Section 2.3)
 
 def stage_candidates(c, r, t, mt_path):
     prompts = read_jsonl(r.path(f"iter{t}", "prompts.jsonl"))
@@ -647,7 +662,7 @@ def stage_candidates(c, r, t, mt_path):
 
 
 def judge_settings(c, seed):
-    """How the loop samples judgments (Section 2.3: 3 samples at T 0.7 / top-p 0.9, averaged)."""
+    """How the loop samples judgments (Section 2.2: 3 samples at T 0.7 / top-p 0.9, averaged)."""
     return dict(n_samples=c.n_judge, temperature=c.temperature, top_p=c.top_p, max_new_tokens=c.max_judge_tokens,
                 seed=seed, batch_size=c.gen_batch_size, progress=c.progress)
 
@@ -699,7 +714,7 @@ def stage_meta_judgments(c, r, t, mt_path):
 
 # Exercise (easy): best-versus-worst pairs, ties to the first. Graded by: tests/test_selfreward.py -k make_pairs
 def make_pairs(judged):
-    """Highest against lowest average score (Section 2.3, step 4). Candidates
+    """Highest against lowest average score (Section 2.3). Candidates
     without any parsed score are never chosen nor rejected; prompts whose
     scored candidates all tie (or have fewer than 2 scores) give no pair, and
     neither does a best and worst of the same text (the judge scored one answer
@@ -869,7 +884,7 @@ def stage_pairs_meta(c, r, t):
 
 
 # -----------------------------------------------------------------------------
-# Stage 4e: DPO, M_t -> M_{t+1} (Section 2.3, step 5)
+# Stage 4e: DPO, M_t -> M_{t+1} (Section 2.3)
 
 def stage_dpo(c, r, t, mt_path):
     settings = trainer_settings(c, r, f"M{t + 1}", c.dpo_batch_size, max(1, c.micro_batch_size // 2), ("dpo", t))

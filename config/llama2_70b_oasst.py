@@ -22,7 +22,7 @@ sft_epochs = 1
 micro_batch_size = 1
 dropout = 0.1
 activation_checkpointing = True
-# self-instruction creation (Section 2.3): 8-shot prompts at T 0.6 / top-p 0.9,
+# self-instruction creation (Section 2.2): 8-shot prompts at T 0.6 / top-p 0.9,
 # N = 4 candidates at T 0.7 / top-p 0.9, each judged 3 times
 iterations = 2
 n_prompts = 30000          # requests per iteration; the paper ended with 3,964 and 6,942 pairs
