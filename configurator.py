@@ -42,20 +42,22 @@ def _settings(namespace):
 def _comments(path):
     """{key: trailing comment} for `key = value  # comment` lines of a script
     (indented `key=value,  # comment` lines of a settings dict count too). A
-    comment continued on the next lines, each a bare comment starting in the
-    same column, is taken whole; the first assignment of a key counts (the
-    settings come first, before any function reuses the name)."""
+    comment continued on the next lines, each a bare comment indented further
+    than the key (in any column: a long value pushes the first comment right),
+    is taken whole; a comment at the key's own indentation is a section
+    heading. The first assignment of a key counts (the settings come first,
+    before any function reuses the name)."""
     if not path or not os.path.exists(path):
         return {}
     setting = re.compile(r"^\s*([A-Za-z_]\w*)\s*=.*?(#\s*)(.*)$")
-    comments, last = {}, None  # last: (key, column of its '#') while continuation lines may follow
+    comments, last = {}, None  # last: (key, its column) while continuation lines may follow
     with open(path) as f:
         for line in f:
             m = setting.match(line)
             if m and m.group(1) not in comments:
                 comments[m.group(1)] = m.group(3).rstrip()
-                last = (m.group(1), m.start(2))
-            elif last and line.lstrip().startswith("#") and line.index("#") == last[1]:
+                last = (m.group(1), m.start(1))
+            elif last and line.lstrip().startswith("#") and line.index("#") > last[1]:
                 comments[last[0]] += " " + line.strip()[1:].strip()
             else:
                 last = None

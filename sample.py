@@ -72,7 +72,8 @@ chat_template = ""  # '' = the checkpoint's own; or llama2, llama3, chatml
 batch_size = 32  # sequences decoded together
 tp = 1  # under torchrun: GPUs per tensor-parallel group (1: a whole model on every rank)
 device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu | cuda (under torchrun: each rank's own GPU)
-dtype = "auto"  # compute: 'auto' = bfloat16 on GPU and bf16-capable CPU, else float32 (the weights are cast to it)
+dtype = "auto"  # compute: 'auto' = bfloat16 on GPU, and on a CPU with bf16 units for models at least 256 wide;
+                # else float32 (the weights are cast to it)
 threads = 0  # CPU threads; 0 = this process's cores / ranks on the machine (or OMP_NUM_THREADS)
 compile = False  # torch.compile the decode step (CPU, fp32: decode 1.05-1.3x faster after 25-70 s of compiling)
 progress = True  # show a progress bar
@@ -390,7 +391,8 @@ class StaticKVCache(KVCache):
             if self.prefix is not None:
                 positions = positions + self.prefix.length
         self.valid.index_fill_(1, self.slot, True)
-        self.mask = torch.zeros(self.valid.shape, dtype=self.keys[0].dtype, device=self.valid.device)  # allocated by now
+        # (the buffers are allocated by now: the mask takes their dtype)
+        self.mask = torch.zeros(self.valid.shape, dtype=self.keys[0].dtype, device=self.valid.device)
         self.mask = self.mask.masked_fill(~self.valid, float("-inf"))[:, None, None, :]  # (B, 1, 1, max_len)
         if self.prefix is not None:  # every prefix slot is visible
             self.mask = F.pad(self.mask, (self.prefix.length, 0))
@@ -513,9 +515,9 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, n, eos_id, see
     # and pad every share to the same length so all ranks run the same batches.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     share = order[share_index::shares]
+    real = len(share)  # this rank's own prompts; the fillers after them have their results dropped
     n_share = -(-len(prompts) // shares)
     share = share + [share[-1] if share else order[0]] * (n_share - len(share))
-    real = min(len(order[share_index::shares]), n_share)  # the rest are fillers, results dropped
 
     # a compiled decode step needs a cache whose decode step has fixed shapes
     decode = torch.compile(model, dynamic=True) if compile else model
@@ -523,7 +525,8 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, n, eos_id, see
     prefix_cache = None
     if P > 0:  # prefilled once, then attended to by every row of every batch, never copied
         prefix_cache = KVCache(model.args, 1, P, _device(model))
-        model(torch.tensor([prompts[0][:P]], device=_device(model)), cache=prefix_cache, last_only=True)  # only its keys and values are needed
+        # only its keys and values are needed
+        model(torch.tensor([prompts[0][:P]], device=_device(model)), cache=prefix_cache, last_only=True)
 
     per_batch = max(1, batch_size // n)
     results = {}
@@ -707,7 +710,8 @@ def main(argv=None):
     answered into --out; bad input and Ctrl-C end with one line."""
     c = settings(DEFAULTS, configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), argv))
     check(c).stop("sample.py")
-    env = D.setup(c.device, c.dtype, c.threads, tp=c.tp, width=read_config(c.ckpt).dim)  # under torchrun: one GPU per rank
+    # under torchrun: one GPU per rank
+    env = D.setup(c.device, c.dtype, c.threads, tp=c.tp, width=read_config(c.ckpt).dim)
     D.log(D.describe(env))
     try:
         tok = Tokenizer(c.ckpt, c.chat_template)

@@ -199,8 +199,8 @@ save_interval = 50          # training steps between resumable training states
 keep_train_state = False    # keep each trained model's resumable state (optimizer, step) once the model is saved
 activation_checkpointing = False  # recompute each block in backward (needed for 70B)
 device = ""                 # '' = cuda if available, else cpu
-dtype = "auto"              # compute: 'auto' = bfloat16 on GPU and bf16-capable CPU, else float32 (training keeps
-                            # fp32 weights)
+dtype = "auto"              # compute: 'auto' = bfloat16 on GPU, and on a CPU with bf16 units for models at least
+                            # 256 wide; else float32 (training keeps fp32 weights)
 threads = 0                 # CPU threads; 0 = this process's cores / ranks on the machine (or OMP_NUM_THREADS)
 progress = True             # progress bars
 plan_only = False           # print the training and generation memory plans for world_size GPUs, and exit
@@ -716,10 +716,11 @@ def stage_meta_judgments(c, r, t, mt_path):
 def make_pairs(judged):
     """Highest against lowest average score (Section 2.3). Candidates
     without any parsed score are never chosen nor rejected; prompts whose
-    scored candidates all tie (or have fewer than 2 scores) give no pair, and
-    neither does a best and worst of the same text (the judge scored one answer
-    twice differently): such a pair states no preference, so DPO learns nothing
-    from it but noise."""
+    scored candidates all tie (or have fewer than 2 scores) give no pair. A
+    worst candidate with the same text as the best (the judge scored one answer
+    twice differently) states no preference, so DPO would learn nothing from it
+    but noise: another candidate of the same lowest score with a different text
+    is rejected instead, and without one the prompt gives no pair."""
     pairs, dropped = [], {"fewer than 2 scored candidates": 0, "all scores tie": 0, "same text": 0}
     for x in judged:
         scored = [(s, i) for i, s in enumerate(x["score"]) if s is not None]
@@ -887,6 +888,7 @@ def stage_pairs_meta(c, r, t):
 # Stage 4e: DPO, M_t -> M_{t+1} (Section 2.3)
 
 def stage_dpo(c, r, t, mt_path):
+    # a DPO micro-batch counts pairs, two sequences each (chosen and rejected): half the SFT micro-batch
     settings = trainer_settings(c, r, f"M{t + 1}", c.dpo_batch_size, max(1, c.micro_batch_size // 2), ("dpo", t))
     out = train_dpo.train({**settings, "init_from": mt_path, "data": r.path(f"iter{t}", "pairs.jsonl"),
                            "beta": c.dpo_beta, "rpo_alpha": c.rpo_alpha, "epochs": c.dpo_epochs, "lr": c.dpo_lr,

@@ -65,7 +65,8 @@ SETTINGS = dict(
     activation_checkpointing=False,  # recompute each block in backward: less memory, ~1.3x time
     compile=False,             # torch.compile each block
     device="",                 # '' = cuda if available, else cpu
-    dtype="auto",              # compute: 'auto' = bfloat16 on GPU and bf16-capable CPU, else float32 (weights stay fp32)
+    dtype="auto",              # compute: 'auto' = bfloat16 on GPU, and on a CPU with bf16 units for models at
+                               # least 256 wide; else float32 (weights stay fp32)
     threads=0,                 # CPU threads; 0 = this process's cores / ranks on the machine (or OMP_NUM_THREADS)
     save_dtype="",             # dtype of the final model; '' = bfloat16 on GPU, float32 on CPU
     peak_flops=989e12,         # per device, for MFU (H100/H200 bf16 dense)
@@ -448,6 +449,7 @@ def memory_plan(args, world_size, micro_batch_size, seq_len, activation_checkpoi
                      "activation_checkpointing or lower the micro-batch")
     else:
         need = math.ceil(16 * P / (usable - per_gpu_fixed))
+        verdict = "fits" if total <= usable else "does NOT fit"
         lines.append(f"  {gpu_memory_gb} GB GPUs (85% usable): needs at least {need} GPUs "
-                     f"({math.ceil(need / 8)} nodes of 8); {world_size} {'fits' if total <= usable else 'does NOT fit'}")
+                     f"({math.ceil(need / 8)} nodes of 8); {world_size} {verdict}")
     return {"params": P, "rows": dict(rows), "total": total, "text": "\n".join(lines)}

@@ -72,15 +72,28 @@ def test_script_help_and_exit_codes(tmp_path):
 
 
 def test_help_shows_comments_continued_on_the_next_lines(tmp_path):
-    """A comment that goes on over the next lines, in its column, is shown
-    whole; a later line that reuses a setting's name does not replace it."""
+    """A comment that goes on over the next lines, indented (in its column or
+    left of it, when a long value pushed it right), is shown whole; a section
+    comment at the key's indentation is not part of it, in a script or in a
+    settings dict; a later line that reuses a setting's name does not
+    replace it."""
     script = tmp_path / "script.py"
     script.write_text('steps = 10  # how many steps,\n'
                       '            # counted over all ranks\n'
                       '# a section comment, not part of it\n'
                       'name = "x"  # run name\n'
+                      'kinds = "a,b,c,d,e,f,g,h"  # the kinds drawn; one of them\n'
+                      '            # is rare\n'
+                      'SETTINGS = dict(\n'
+                      '    lr=1e-3,  # peak rate,\n'
+                      '              # after warm-up\n'
+                      '    # the schedule\n'
+                      '    warmup=10,  # steps\n'
+                      ')\n'
                       'def f():\n    steps = 3  # a local, not the setting\n')
-    assert _comments(str(script)) == {"steps": "how many steps, counted over all ranks", "name": "run name"}
+    assert _comments(str(script)) == {"steps": "how many steps, counted over all ranks", "name": "run name",
+                                      "kinds": "the kinds drawn; one of them is rare",
+                                      "lr": "peak rate, after warm-up", "warmup": "steps"}
 
 
 def test_every_script_answers_help(capsys, monkeypatch):
