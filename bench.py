@@ -40,7 +40,8 @@ from sample import generate
 threads = 0  # CPU threads; 0 = this process's cores (or OMP_NUM_THREADS), as the scripts pick
 seed = 0  # weights and prompts
 bf16 = "auto"  # time bf16 too: 'auto' = on a GPU or a CPU with bf16 units (elsewhere it is emulated: the
-               # toy train section took 14 min, for a dtype the scripts' dtype='auto' never picks there) | 'always' | 'never'
+               # toy train section took 14 min, for a dtype the scripts' dtype='auto' never picks there) |
+               # 'always' | 'never'
 # sample section
 sample_models = "toy,toy-large"  # model presets (toy-large: 4x the toy's parameters)
 sample_new_tokens = 128  # tokens generated per prompt
@@ -387,7 +388,7 @@ def comm_formulas(args, batch, a):
                        to reshard them)
     Per decoded token: divide by batch."""
     h, L, V = args.dim, args.n_layers, args.vocab_size
-    block = 2 * h + 2 * h * args.n_heads * args.head_dim + 2 * h * args.n_kv_heads * args.head_dim + 3 * h * args.hidden_dim
+    block = args.block_params()
     return {"tp": {"collectives": 2 * L + 2, "bytes": (2 * L + 1) * batch * h * a + batch * V * a},
             "fsdp": {"collectives": L, "bytes": L * block * a}}
 

@@ -143,7 +143,8 @@ def judge(model, tokenizer, prompts, responses, n_samples=3, temperature=0.7, to
       records[i]  {"prompt", "response", "judgments": [text]*n, "scores": [int|None]*n,
                    "score": mean|None, "too_long": bool}: the raw judgments, to keep beside the pairs.
                   A judge prompt with no room in the model's context (real data: a
-                  long response) is not judged: too_long, no judgments, no score.
+                  long response) is not judged: too_long, no judgments, and n scores
+                  of None, so coverage counts it as n judgments without a score.
     generate_fn defaults to sample.generate; tests pass a stub with the same contract.
     """
     assert len(prompts) == len(responses), "one response per prompt"

@@ -113,9 +113,9 @@ def summarize(per_seed, names, gains):
         lines.append(f"- {name}: " + ", ".join(held))
     for (a, b), intervals in gains.items():
         above = sum(intervals[s] is not None and intervals[s][0] > 0 for s in seeds)
-        lines.append(f"- the 95% bootstrap interval of {b} - {a} mean grade lies above 0 in {above}/{len(seeds)} seeds: "
-                     + ", ".join(f"seed {s} [{intervals[s][0]:.2f}, {intervals[s][1]:.2f}]"
-                                 for s in seeds if intervals[s]))
+        each = ", ".join(f"seed {s} [{intervals[s][0]:.2f}, {intervals[s][1]:.2f}]" for s in seeds if intervals[s])
+        lines.append(f"- the 95% bootstrap interval of {b} - {a} mean grade lies above 0 in "
+                     f"{above}/{len(seeds)} seeds: {each}")
     return lines
 
 

@@ -307,7 +307,8 @@ def chat_prompt_ids(tokenizer, prompt, system=None):
     if not roles or roles[-1] != "user":
         raise ValueError(f"a conversation to answer alternates user and assistant turns, starting and ending "
                          f"with the user; got roles {roles}")
-    return chat_ids(tokenizer, ([{"role": "system", "content": system}] if system is not None else []) + list(prompt))[0]
+    turns = ([{"role": "system", "content": system}] if system is not None else []) + list(prompt)
+    return chat_ids(tokenizer, turns)[0]
 
 
 def chat_tokens(tokenizer, prompt, response=None, system=None):

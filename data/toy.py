@@ -418,7 +418,8 @@ def working(task):
             return f"Ones: {a0}+{b0}={a0 + b0}. Tens: {a1}+{b1}+{(a0 + b0) // 10}={a1 + b1 + (a0 + b0) // 10}."
         if op == "-":
             borrow = int(a0 < b0)
-            return f"Ones: {10 * borrow + a0}-{b0}={10 * borrow + a0 - b0}. Tens: {a1}-{b1}-{borrow}={a1 - b1 - borrow}."
+            ones = 10 * borrow + a0
+            return f"Ones: {ones}-{b0}={ones - b0}. Tens: {a1}-{b1}-{borrow}={a1 - b1 - borrow}."
         return f"Ones: {a0}x{b}={a0 * b}. Tens: {a1}x{b}+{a0 * b // 10}={a1 * b + a0 * b // 10}."
     numbered = [f"{i}{ch}" for i, ch in enumerate(w, 1)]
     if kind == "length":
