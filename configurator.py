@@ -21,6 +21,7 @@ exist, or a value of another type than the default, is an error that lists
 what exists. `--help` prints every setting with its default and comment.
 """
 import ast
+import difflib
 import os
 import re
 import sys
@@ -66,7 +67,9 @@ def _comments(path):
 
 def _check(key, value, settings, source):
     if key not in settings:
-        raise ConfigError(f"{source}: unknown setting {key!r}. Valid settings: {', '.join(sorted(settings))}")
+        near = difflib.get_close_matches(key, settings, n=3)
+        hint = f" Did you mean {' or '.join(near)}?" if near else ""
+        raise ConfigError(f"{source}: unknown setting {key!r}.{hint} Valid settings: {', '.join(sorted(settings))}")
     default = settings[key]
     if default is None or value is None or type(value) is type(default):
         return value
@@ -133,8 +136,22 @@ def configure(namespace, argv=None, comment_files=()):
     try:
         return apply(namespace, argv)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(e)
+
+
+def fail(message):
+    """End a script for bad input: one line "error: ...", exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def library(doc, script, runs_it):
+    """The command line of a module that is a library, not a script: --help
+    prints its docstring (what it holds); anything else says what runs it."""
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(doc.strip())
+    else:
+        fail(f"{script} is a library, not a script (python {script} --help says what it holds); {runs_it}")
 
 
 def settings(defaults, overrides=None):

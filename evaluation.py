@@ -129,3 +129,8 @@ def mean_length(texts):
     """Mean length in characters (what AlpacaEval reports as avg_length), or None."""
     texts = list(texts)
     return sum(map(len, texts)) / len(texts) if texts else None
+
+
+if __name__ == "__main__":
+    import configurator
+    configurator.library(__doc__, "evaluation.py", "python selfreward.py writes the answers (--eval_prompts, --mt_bench)")

@@ -528,8 +528,5 @@ def compare_judgments(model, tokenizer, records, temperature=0.7, top_p=0.9, max
     return per_record
 
 if __name__ == "__main__":
-    import sys
-    if not {"-h", "--help"} & set(sys.argv[1:]):
-        sys.exit("error: judge.py is a library, not a script (python judge.py --help says what it holds); "
-                 "python selfreward.py runs the judge")
-    print(__doc__.strip())
+    import configurator
+    configurator.library(__doc__, "judge.py", "python selfreward.py runs the judge")

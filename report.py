@@ -726,3 +726,9 @@ def table(path):
     """The table of a report.md (what a finished run prints, again on every rerun)."""
     with open(path) as f:
         return "".join(line for line in f if line.startswith("|")).rstrip("\n")
+
+
+if __name__ == "__main__":
+    import configurator
+    configurator.library(__doc__, "report.py", "python selfreward.py writes out/<run>/report.md; to write it again, delete out/<run>/done/report and "
+                         "run the same command")

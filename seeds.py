@@ -7,6 +7,9 @@ two runs of the same commit, so a claim needs several seeds.
     python seeds.py                          # seeds 1, 2, 3 of the default toy run
     python seeds.py --seeds=1,2,3,4,5 --iterations=3 --run_name=study
 
+--seeds=1,2,3 (the default) names the seeds; it is this script's own setting
+(each run's --seed is set from it).
+
 Every other setting is selfreward.py's (python selfreward.py --help). Each
 seed is a whole run in out/<run_name>-seed<s>/ with its own seed data,
 initialisation and sampling (everything random derives from `seed`); an
@@ -143,11 +146,17 @@ def pair_lines(folders, iterations):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     seeds = [1, 2, 3]
-    for a in [a for a in argv if a.startswith("--seeds=")]:
-        seeds = [int(s) for s in a.split("=", 1)[1].split(",")]
+    for a in [a for a in argv if a.startswith("--seeds=")]:  # (not a setting: "1,2" would read as a tuple)
+        try:
+            seeds = [int(s) for s in a.split("=", 1)[1].split(",")]
+        except ValueError:
+            configurator.fail(f"{a}: the seeds are whole numbers with commas between them, e.g. --seeds=1,2,3")
         argv.remove(a)
+    if any(a.startswith("--seed=") for a in argv):
+        configurator.fail("--seed: seeds.py gives each run its seed; name them with --seeds=...")
+    # --help: this script's usage, selfreward.py's settings and their comments
     c = configurator.settings(selfreward.DEFAULTS, configurator.configure(
-        dict(selfreward.DEFAULTS, __file__=selfreward.__file__, __doc__=__doc__), argv))
+        dict(selfreward.DEFAULTS, __file__=__file__, __doc__=__doc__), argv, comment_files=[selfreward.__file__]))
     folders = {}
     for s in seeds:
         name = f"{c.run_name}-seed{s}"

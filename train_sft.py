@@ -156,8 +156,6 @@ def train(config=None, announce=False):
 
 
 def sft(c, env):
-    if c.template not in ("chat", "text"):
-        raise ValueError(f"template must be 'chat' or 'text', got {c.template!r}")
     model, tok, tok_path = T.start(c, env)  # from a checkpoint or a preset, sharded under torchrun
     max_len = T.max_len(c, model)
     pad_id = tok.eos_id  # Llama has no pad token; padded positions carry no loss anyway

@@ -91,7 +91,7 @@ def main(train, defaults, script_file, doc, argv=None):
         return train(config, announce=True)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(2 if isinstance(e, validate.BadInput) else 1)  # 2: refused before any work
     except KeyboardInterrupt:
         if D.is_rank0():
             out_dir = settings(defaults, config).out_dir

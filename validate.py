@@ -163,6 +163,9 @@ def check_loop(c, world):
     p = Problems(c)
     if not p.no_none():
         return p
+    # the run folder: out_root/run_name, a folder of its own
+    p.require(c.run_name.strip() not in ("", ".", "..") and not os.path.isabs(c.run_name), "run_name",
+              "must name a folder inside out_root (the run's files would mix with other runs')")
     # ranges
     for s in ("n_eft_train", "n_eft_eval"):
         p.at_least(s, 2)  # a toy EFT set is made of groups of 2 or more responses
@@ -268,14 +271,19 @@ def check_loop(c, world):
     return p
 
 
+class BadInput(ValueError):
+    """A trainer's settings or inputs cannot work (check_training): its
+    command line ends with exit status 2, as for a bad --key=value."""
+
+
 def check_training(c, world, fields, script, check_record=None):
     """Every problem with a trainer's settings and inputs (`fields`: strings
     each data record needs; check_record(rec): what else is wrong with one,
-    or None), before a model is built; raised as one ValueError
+    or None), before a model is built; raised as one BadInput
     (the command line prints it as one error, the loop names its stage)."""
     p = Problems(c)
     if not p.no_none():
-        raise ValueError(p.message(script))
+        raise BadInput(p.message(script))
     for s in ("batch_size", "micro_batch_size", "eval_interval", "save_interval", "log_interval"):
         p.at_least(s, 1)
     for s in ("max_steps", "warmup_steps", "weight_decay", "grad_clip", "max_seq_len", "min_lr"):
@@ -288,6 +296,8 @@ def check_training(c, world, fields, script, check_record=None):
     if "beta" in vars(c):  # DPO's
         p.positive("beta")
         p.at_least("rpo_alpha", 0)
+    if "template" in vars(c):  # SFT's
+        p.require(c.template in ("chat", "text"), "template", "must be 'chat' or 'text'")
     p.compute()
     p.require(c.batch_size % (world * max(1, c.micro_batch_size)) == 0, "batch_size",
               f"must divide by the number of ranks ({world}) x micro_batch_size ({c.micro_batch_size})")
@@ -301,4 +311,9 @@ def check_training(c, world, fields, script, check_record=None):
     if c.eval_data:
         p.jsonl("eval_data", c.eval_data, check_record, fields)
     if p.found:
-        raise ValueError(p.message(script))
+        raise BadInput(p.message(script))
+
+
+if __name__ == "__main__":
+    import configurator
+    configurator.library(__doc__, "validate.py", "every script runs its checks before any work")

@@ -32,7 +32,9 @@ def read_jsonl(path, fields=(), allow_empty=True, check=None):
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+                # (some of json's messages end in "at", as "Invalid control character at")
+                what = e.msg.removesuffix(" at")
+                raise ValueError(f"{path}:{lineno}: malformed JSON ({what} at column {e.colno})") from None
             if not isinstance(rec, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, found {type(rec).__name__}")
             bad = [k for k in fields if not isinstance(rec.get(k), str)]

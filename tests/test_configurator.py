@@ -28,9 +28,11 @@ def test_parse_value():
 
 
 def test_unknown_key_lists_valid_ones():
-    with pytest.raises(ConfigError, match=r"unknown setting 'batchsize'.*Valid settings: batch_size, compile, "
-                                          r"init_from, lr, model"):
+    with pytest.raises(ConfigError, match=r"unknown setting 'batchsize'. Did you mean batch_size\? Valid settings: "
+                                          r"batch_size, compile, init_from, lr, model"):
         apply(defaults(), ["--batchsize=3"])
+    with pytest.raises(ConfigError, match=r"unknown setting 'xyz'. Valid settings"):  # nothing near: no guess
+        apply(defaults(), ["--xyz=3"])
 
 
 def test_wrong_type():
@@ -105,12 +107,17 @@ def test_every_script_answers_help(capsys, monkeypatch):
                                     ("sample.py", ["--help"], 0, "--save_every"),
                                     ("judge.py", ["--help"], 0, "LLM-as-a-Judge"),
                                     ("bench.py", ["--help"], 0, "--sample_new_tokens"),
-                                    ("judge.py", [], "error: judge.py is a library", "")]:
+                                    ("seeds.py", ["--help"], 0, "usage: python seeds.py"),
+                                    ("report.py", ["--help"], 0, "report.md"),
+                                    ("judge.py", [], 2, "error: judge.py is a library"),
+                                    ("report.py", ["out/toy"], 2, "delete out/<run>/done/report"),
+                                    ("validate.py", [], 2, "error: validate.py is a library"),
+                                    ("evaluation.py", [], 2, "error: evaluation.py is a library")]:
         monkeypatch.setattr(sys, "argv", [script, *args])
         try:
             runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
             status = 0
         except SystemExit as e:
             status = e.code or 0
-        assert (status == code if code == 0 else str(status).startswith(code)), script  # sys.exit(message)
-        assert out in capsys.readouterr().out, script
+        said = capsys.readouterr()
+        assert status == code and out in (said.out if code == 0 else said.err), script

@@ -389,3 +389,14 @@ def test_meta_rewarding_diagnostics_by_hand(tmp_path):
                                                    "judge_pairs": 4}
     write_jsonl(tmp_path / "iter1" / "pairs.jsonl", [{"prompt": q, "chosen": "CBA", "rejected": "ABC"}])
     assert report.judge_pair_verdicts(r, 1) is None  # a plain run's pairs
+
+
+def test_seeds_refuses_bad_seeds_before_any_run(tmp_path, capsys):
+    """--seeds is seeds.py's own: whole numbers, and each run's --seed comes from it."""
+    import seeds
+    for argv, said in [(["--seeds=1,x"], "--seeds=1,x: the seeds are whole numbers"),
+                       (["--seeds=1,2", "--seed=5"], "--seed: seeds.py gives each run its seed")]:
+        with pytest.raises(SystemExit) as e:
+            seeds.main(argv + [f"--out_root={tmp_path}"])
+        assert e.value.code == 2 and said in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []

@@ -274,6 +274,14 @@ def test_bad_settings_refused_before_any_work_then_the_fix_continues(micro_run, 
     assert stages_run(r.stdout) == [] and "| M3 |" in r.stdout
 
 
+def test_a_run_needs_a_folder_of_its_own(tmp_path):
+    """An empty run name would write the run's files among the other runs' folders."""
+    for name in ("", ".."):
+        err = run_fails(command(tmp_path, run=name))
+        assert f"run_name = '{name}': must name a folder inside out_root" in err
+    assert os.listdir(tmp_path) == []
+
+
 def test_bad_inputs_of_a_new_run_are_refused_before_the_folder_exists(tmp_path):
     """A mistyped init_from, an EFT eval group without ranks, a seed too small
     for the few-shot prompts: all named at once, and no run folder is made,

@@ -25,6 +25,7 @@ import distributed as D
 import train_dpo
 import train_sft
 import training as T
+import validate
 from training import memory_plan
 from checkpoint import load_model, read_tensors, save_model
 from data import read_jsonl
@@ -129,8 +130,11 @@ def dpo_single(work):
 def test_read_jsonl_names_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a", "response": \n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: malformed JSON"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: malformed JSON \(Expecting value at column"):
         read_jsonl(str(bad), ["prompt", "response"])
+    bad.write_text('{"prompt": "a\tb"}\n')  # a raw tab inside a string: json's message ends in "at" itself
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: malformed JSON \(Invalid control character at column 14\)"):
+        read_jsonl(str(bad), ["prompt"])
     bad.write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": "a"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:3: missing or non-string field\(s\): response"):
         read_jsonl(str(bad), ["prompt", "response"])
@@ -148,13 +152,16 @@ def test_cli_reports_bad_input(work, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{oops}\n')
     r = subprocess.run([sys.executable, "train_sft.py", f"--init_from={work / 'ckpt'}", f"--data={bad}",
-                        f"--out_dir={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and "error: train_sft.py cannot start; 1 problem(s)" in r.stderr, r.stderr[-2000:]
+                        f"--out_dir={tmp_path / 'out'}", "--template=raw"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    # exit status 2, as for a bad --key=value: refused before any work
+    assert r.returncode == 2 and "error: train_sft.py cannot start; 2 problem(s)" in r.stderr, r.stderr[-2000:]
     assert f"  - data: {bad}:2: malformed JSON" in r.stderr and "Traceback" not in r.stderr
+    assert "  - template = 'raw': must be 'chat' or 'text'" in r.stderr
 
 
 def test_bad_training_settings_are_listed_together_before_any_work(work, tmp_path):
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(validate.BadInput) as e:
         train_dpo.train(dpo_config(work, tmp_path / "out", lr=0.0, dropout=1.5, beta=-0.1, rpo_alpha=-1.0,
                                    batch_size=7, init_from=str(tmp_path / "nowhere"), data=str(work / "sft.jsonl")))
     text = str(e.value)
