@@ -36,13 +36,12 @@ judge.make_eft_targets, as the paper did.
 """
 import argparse
 import hashlib
-import json
 import math
 import os
 import sys
 from collections import Counter, defaultdict
 
-from data import write_jsonl
+from data import read_jsonl, write_jsonl
 
 REQUIRED = ("message_id", "parent_id", "text", "role")
 
@@ -50,21 +49,15 @@ REQUIRED = ("message_id", "parent_id", "text", "role")
 def read_messages(paths):
     """All messages of the input files as {message_id: message}; each message
     remembers its file in "_file". A malformed line is an error naming file and line."""
+    def not_a_message(m):
+        missing = [k for k in REQUIRED if k not in m]
+        return f"not an oasst message, missing {', '.join(missing)}" if missing else None
+
     messages = {}
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    m = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-                missing = [k for k in REQUIRED if not isinstance(m, dict) or k not in m]
-                if missing:
-                    raise ValueError(f"{path}:{lineno}: not an oasst message, missing {', '.join(missing)}")
-                m["_file"] = os.path.abspath(path)
-                messages.setdefault(m["message_id"], m)  # a message in two files counts once
+        for m in read_jsonl(path, check=not_a_message):
+            m["_file"] = os.path.abspath(path)
+            messages.setdefault(m["message_id"], m)  # a message in two files counts once
     return messages
 
 
@@ -202,16 +195,23 @@ def empty_set_warnings(sets, paths, eval_files):
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description="Write the IFT and EFT seed sets from oasst1 message files.")
+    p = argparse.ArgumentParser(description="Write the IFT and EFT seed sets from oasst1 message files.",
+                                allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("files", nargs="+", help="oasst1 per-message JSONL files (train, validation)")
     p.add_argument("--eval_files", nargs="*", default=[], help="files whose prompts form the EFT eval set")
     p.add_argument("--eft_eval_frac", type=float, default=0.1,
                    help="share of prompts for EFT eval, without --eval_files")
     p.add_argument("--ift_frac", type=float, default=0.6, help="share of the other prompts for IFT")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--out", default="data/oasst")
+    p.add_argument("--seed", type=int, default=1337, help="the random split of prompts derives from it")
+    p.add_argument("--out", default="data/oasst", help="output folder")
     args = p.parse_args()
-    sets, kept, dropped = prepare(args.files, args.eval_files, args.eft_eval_frac, args.ift_frac, args.seed)
+    for name in ("eft_eval_frac", "ift_frac"):
+        if not 0 <= getattr(args, name) <= 1:
+            p.exit(2, f"error: --{name} = {getattr(args, name)}: a share, must be in [0, 1]\n")
+    try:
+        sets, kept, dropped = prepare(args.files, args.eval_files, args.eft_eval_frac, args.ift_frac, args.seed)
+    except (ValueError, OSError) as e:  # a missing or malformed file: one line naming it, nothing written
+        p.exit(2, f"error: {e}\n")
     print("\n".join(report(sets, kept, dropped)))
     for line in empty_set_warnings(sets, args.files, args.eval_files):
         print(line, file=sys.stderr)

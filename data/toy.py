@@ -680,11 +680,20 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
     and say whether the two are the same (comparison());
     check_each_ask: an invent task's check sets each property of the
     response's word beside its ask (invent_check())."""
+    for name, n in (("n_ift", n_ift), ("n_eft_train", n_eft_train), ("n_eft_eval", n_eft_eval), ("n_test", n_test)):
+        if n < 0:
+            raise ValueError(f"{name} = {n}: must be >= 0")
+    for name, share in (("ift_chatty", ift_chatty), ("ift_declines", ift_declines)):
+        if not 0 <= share <= 1:
+            raise ValueError(f"{name} = {share}: a share, must be in [0, 1]")
     if 1 in (n_eft_train, n_eft_eval):
         raise ValueError("an EFT set needs 0 or at least 2 responses")
     kinds = toy_kinds.split(",")
-    check_kinds(kinds, {"judge_working": judge_working, "judge_quotes": judge_quotes,  # (judge_compares checks an
-                        "check_each_ask": check_each_ask})  # invent word's asks: invent_check())
+    try:
+        check_kinds(kinds, {"judge_working": judge_working, "judge_quotes": judge_quotes,  # (judge_compares checks
+                            "check_each_ask": check_each_ask})  # an invent word's asks: invent_check())
+    except ValueError as e:
+        raise ValueError(f"toy_kinds = {toy_kinds!r}: {e}") from None
     rng = random.Random(seed)
     decline_rng = random.Random(f"{seed} declines")  # ift_declines' own draws: the other sets do not depend on them
     train_sizes, eval_sizes = _group_sizes(n_eft_train, rng), _group_sizes(n_eft_eval, rng)
@@ -912,7 +921,8 @@ def corpus(out_dir):
 if __name__ == "__main__":
     # the defaults are build()'s, which are the self-rewarding loop's: the same files as its seed/
     defaults = {k: v.default for k, v in inspect.signature(build).parameters.items()}
-    notes = {"n_eft_train": "judged responses", "n_eft_eval": "judged responses",
+    notes = {"seed": "every set derives from it", "n_ift": "IFT examples", "n_test": "held-out test prompts",
+             "n_eft_train": "judged responses", "n_eft_eval": "judged responses",
              "ift_chatty": "share of IFT answers with a friendly phrase",
              "ift_declines": "share of IFT answers that decline ('I am not sure what you mean.')",
              "judge_working": "EFT targets work the task out step by step",
@@ -920,13 +930,22 @@ if __name__ == "__main__":
              "quote_first": "with judge_quotes: the quote opens the judgment",
              "judge_compares": "EFT targets set the response's answer against the right one: the same or not",
              "check_each_ask": "an invent check sets each property of the word beside its ask"}
-    p = argparse.ArgumentParser(description="Write the toy world's seed files.")
+    p = argparse.ArgumentParser(description="Write the toy world's seed files.", allow_abbrev=False,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="data/toy", help="output folder")
     notes["toy_kinds"] = f"comma-separated task kinds, of {','.join(ALL_KINDS)}"
+
+    def yes_or_no(text):
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not True or False")
+        return text.lower() in ("true", "1", "yes")
+
     for k, v in defaults.items():
-        kind = (lambda x: x.lower() in ("1", "true", "yes")) if isinstance(v, bool) else type(v)
-        p.add_argument(f"--{k}", type=kind, default=v, help=notes.get(k))
+        p.add_argument(f"--{k}", type=yes_or_no if isinstance(v, bool) else type(v), default=v, help=notes.get(k, ""))
     args = vars(p.parse_args())
-    paths = write_toy(args.pop("out"), **args)
+    try:
+        paths = write_toy(args.pop("out"), **args)
+    except ValueError as e:  # a size, share or kind that cannot be: one line, before any file is written
+        p.exit(2, f"error: {e}\n")
     for name, path in paths.items():
         print(f"{sum(1 for _ in open(path)):6d} records  {path}")

@@ -125,3 +125,16 @@ def test_command_line(tmp_path):
     assert "dropped     1  prompt: same text as another prompt" in out
     assert read_jsonl(tmp_path / "out" / "eft_eval.jsonl")[0]["response_ids"] == ["v1a", "v1b"]
     assert [len(read_jsonl(tmp_path / "out" / f"{k}.jsonl")) for k in ("ift", "eft_train")] == [1, 1]
+
+
+def test_command_line_refuses_bad_input_in_one_line(tmp_path):
+    """A missing or malformed file and a share outside [0, 1]: one error line
+    naming it (exit status 2), and no seed folder written."""
+    broken = _write(tmp_path / "broken.jsonl", [BAD_ROWS[0], '{"message_id": "x", "text": '])
+    for args, said in [([str(tmp_path / "absent.jsonl")], "absent.jsonl"),
+                       ([broken], "broken.jsonl:2: malformed JSON"),
+                       ([broken, "--ift_frac=1.5"], "--ift_frac = 1.5: a share, must be in [0, 1]")]:
+        r = subprocess.run([sys.executable, "-m", "data.prepare_oasst", *args, f"--out={tmp_path / 'out'}"],
+                           cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    assert not (tmp_path / "out").exists()

@@ -3,10 +3,13 @@ import filecmp
 import os
 import random
 import re
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
 
+from conftest import ROOT
 from data import read_jsonl
 from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, DRILL_LAYOUTS, ENGLISH, LETTERS, TEMPLATES, answer, attempts,
                       build, comparison, corpus, drill_item, eft_target, fewshot_text, fits, grade, marked_quiz,
@@ -104,7 +107,7 @@ def test_an_invent_world():
     assert bare and not [r for r, task in bare if r == answer(task)]  # right words other than answer()'s
     assert not [r for r in build(n_ift=300, n_eft_train=0, n_eft_eval=0, n_test=0)["ift"]
                 if r["task"]["kind"] == "invent"]  # the default world: six kinds, as before
-    with pytest.raises(ValueError, match="must be some of"):
+    with pytest.raises(ValueError, match="toy_kinds = 'reverse,dance': must be some of"):
         build(toy_kinds="reverse,dance")
     with pytest.raises(ValueError, match="does not go with judge_quotes"):
         build(toy_kinds="invent,sort", judge_quotes=True)
@@ -492,3 +495,16 @@ def test_meta_judge_examples_name_the_judgment_whose_score_the_grader_gives(toy)
     tok = train_tokenizer(list(corpus(folder)) + [META_JUDGE_PROMPT], os.path.join(folder, "tok_meta.model"),
                           vocab_size=1024, phrases=True, symbols=rubric_lines() + meta_rubric_lines())
     assert max(len(chat_tokens(tok, x["prompt"], x["response"])[0]) for x in examples) < 512
+
+
+def test_the_toy_data_command_refuses_bad_settings_before_writing(tmp_path):
+    """python -m data.toy: a misspelt boolean, a negative size, a share above 1
+    and an unknown kind each end in one error line (exit status 2), nothing written."""
+    for arg, said in [("--judge_working=Treu", "'Treu' is not True or False"),
+                      ("--n_ift=-5", "n_ift = -5: must be >= 0"),
+                      ("--ift_chatty=2", "ift_chatty = 2.0: a share, must be in [0, 1]"),
+                      ("--toy_kinds=foo", "toy_kinds = 'foo': must be some of")]:
+        r = subprocess.run([sys.executable, "-m", "data.toy", f"--out={tmp_path / 'toy'}", arg], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, (arg, r.stderr)
+    assert not (tmp_path / "toy").exists()
