@@ -31,8 +31,8 @@ import torch
 
 import distributed as D
 from checkpoint import hf_config, save_model
-from configurator import configure, settings
-from model import Transformer, estimate_mfu, preset
+from configurator import configure, fail, settings
+from model import PRESETS, Transformer, estimate_mfu, preset
 from sample import generate
 
 # -----------------------------------------------------------------------------
@@ -80,8 +80,6 @@ def timed(fns, repeats):
 
 def bench_dtypes(c, device="cpu"):
     """The dtypes a section compares: float32, and bfloat16 where c.bf16 asks for it."""
-    if c.bf16 not in ("auto", "always", "never"):
-        raise ValueError(f"bf16 must be 'auto', 'always' or 'never', not {c.bf16!r}")
     native = device.startswith("cuda") or D.cpu_has_bf16()
     if c.bf16 == "auto" and not native:
         print("bf16 skipped: this CPU has no bf16 matrix units (emulated, it is slower than fp32 and the "
@@ -473,13 +471,28 @@ def bench_comm(c):
 
 SECTIONS = {"sample": bench_sample, "train": bench_train, "gpu7b": bench_gpu7b, "comm": bench_comm}
 
+
+def problems(c):
+    """What is wrong with the settings, found before minutes of timing."""
+    found = [f"{setting}: no preset {name!r} (presets: {', '.join(PRESETS)})"
+             for setting in ("sample_models", "train_models", "comm_model")
+             for name in getattr(c, setting).split(",") if name not in PRESETS]
+    if c.bf16 not in ("auto", "always", "never"):
+        found.append(f"bf16 = {c.bf16!r}: must be 'auto', 'always' or 'never'")
+    return found
+
+
 if __name__ == "__main__":
     usage = f"python bench.py {{{'|'.join(SECTIONS)}}} [--key=value ...]"
     if {"-h", "--help"} & set(sys.argv[1:]):
         configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), ["--help"])  # the sections, then the settings
     if len(sys.argv) < 2 or sys.argv[1] not in SECTIONS:
-        sys.exit(f"error: name a section first: {usage}")
+        named = f"no section {sys.argv[1]!r}" if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else \
+            "name a section first"
+        fail(f"{named}: {usage}")
     section = sys.argv[1]
     c = settings(DEFAULTS, configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), sys.argv[2:]))
+    if problems(c):
+        fail("; ".join(problems(c)))
     torch.set_num_threads(D.cpu_threads(c.threads))
     SECTIONS[section](c)

@@ -38,7 +38,7 @@ import torch
 from safetensors import safe_open
 
 import distributed as D
-from model import ModelArgs, Transformer, preset
+from model import PRESETS, ModelArgs, Transformer, preset
 from tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
@@ -216,6 +216,18 @@ def model_width(init_from, preset_name=""):
     init_from's, or the preset's when init_from is 'scratch' (it picks the
     compute dtype on a CPU: distributed.compute_dtype)."""
     return preset(preset_name).dim if init_from == "scratch" else read_config(init_from).dim
+
+
+def planned_args(init_from, preset_name):
+    """The shapes a --plan_only memory plan is made for, and the line that says
+    which: init_from's config.json when that folder exists (no weights are
+    read), else the preset (e.g. planning before the checkpoint is downloaded)."""
+    if os.path.isdir(init_from):
+        return read_config(init_from), f"planned for {os.path.join(init_from, 'config.json')}"
+    if preset_name not in PRESETS:
+        raise ValueError(f"model = {preset_name!r}: no such preset ({', '.join(PRESETS)})")
+    absent = "" if init_from == "scratch" else f" (init_from {init_from} is not a folder here)"
+    return preset(preset_name), f"planned for the preset {preset_name!r}{absent}"
 
 
 def check_tokenizer(tokenizer_path, args: ModelArgs, where):

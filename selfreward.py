@@ -269,7 +269,8 @@ def memory_plans(c, world, gpu_memory_gb):
     """The run's two memory plans: training (FSDP2 over all `world` GPUs,
     training.memory_plan) and generation (tp GPUs a group, sample.memory_plan)
     for rows of the model's whole context."""
-    args = checkpoint.read_config(c.init_from) if os.path.isdir(c.init_from) else preset(c.model)
+    args, which = checkpoint.planned_args(c.init_from, c.model)
+    D.log(which)
     train = training.memory_plan(args, world, c.micro_batch_size, args.max_seq_len, c.activation_checkpointing,
                                  gpu_memory_gb=gpu_memory_gb, dropout=c.dropout)
     new = max(c.max_prompt_tokens, c.max_response_tokens, c.max_judge_tokens,
@@ -959,7 +960,11 @@ def main(argv=None):
     overrides = configurator.configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), argv)
     c = configurator.settings(DEFAULTS, overrides)
     if c.plan_only:
-        for plan in memory_plans(c, c.world_size or int(os.environ.get("WORLD_SIZE", 1)), c.gpu_memory_gb):
+        try:
+            plans = memory_plans(c, c.world_size or int(os.environ.get("WORLD_SIZE", 1)), c.gpu_memory_gb)
+        except ValueError as e:  # a model that is neither a folder nor a preset
+            configurator.fail(e)
+        for plan in plans:
             print(plan["text"])
         return
     validate.check_loop(c, int(os.environ.get("WORLD_SIZE", 1))).stop()  # every setting and input, before any work

@@ -34,7 +34,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 import distributed as D
 import validate
-from checkpoint import check_tokenizer, load_model, load_tensors, model_width, read_config, save_model
+from checkpoint import check_tokenizer, load_model, load_tensors, model_width, planned_args, read_config, save_model
 from configurator import configure, settings
 from data import file_fingerprint, fingerprint, read_jsonl, write_text
 from model import preset
@@ -376,10 +376,14 @@ def save_final(model, c, env, tok_path):
 def plan_memory(c):
     """--plan_only: print the memory plan of init_from's config (else the
     preset c.model) for c.world_size GPUs; no data, no weights."""
-    args = read_config(c.init_from) if os.path.isdir(c.init_from) else preset(c.model)
+    try:
+        args, which = planned_args(c.init_from, c.model)
+    except ValueError as e:
+        raise validate.BadInput(str(e)) from None
     plan = memory_plan(args, c.world_size or int(os.environ.get("WORLD_SIZE", 1)), c.micro_batch_size,
                        c.max_seq_len or args.max_seq_len, c.activation_checkpointing,
                        gpu_memory_gb=c.gpu_memory_gb, dropout=c.dropout)
+    print(which)
     print(plan["text"])
     return plan
 

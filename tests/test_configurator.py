@@ -112,7 +112,10 @@ def test_every_script_answers_help(capsys, monkeypatch):
                                     ("judge.py", [], 2, "error: judge.py is a library"),
                                     ("report.py", ["out/toy"], 2, "delete out/<run>/done/report"),
                                     ("validate.py", [], 2, "error: validate.py is a library"),
-                                    ("evaluation.py", [], 2, "error: evaluation.py is a library")]:
+                                    ("evaluation.py", [], 2, "error: evaluation.py is a library"),
+                                    ("bench.py", ["smaple"], 2, "no section 'smaple'"),
+                                    ("bench.py", ["train", "--train_models=toy,toyx"], 2,  # before any timing
+                                     "train_models: no preset 'toyx'")]:
         monkeypatch.setattr(sys, "argv", [script, *args])
         try:
             runpy.run_path(os.path.join(ROOT, script), run_name="__main__")

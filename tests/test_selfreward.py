@@ -726,6 +726,19 @@ def test_main_takes_argv(capsys):
     assert e.value.code == 2 and "unknown setting 'no_such_setting'" in capsys.readouterr().err
 
 
+def test_plan_only_says_what_it_planned_for(tmp_path, capsys):
+    """--plan_only before the checkpoint is here plans for the preset, and says
+    so; a model that is neither a folder nor a preset is one error line."""
+    S.main(["--plan_only=True", f"--init_from={tmp_path / 'Llama-2-70b-hf'}", "--model=llama2-70b"])
+    out = capsys.readouterr().out
+    assert out.startswith(f"planned for the preset 'llama2-70b' (init_from {tmp_path / 'Llama-2-70b-hf'} is not "
+                          "a folder here)\n")
+    assert "memory plan: 68.98B parameters" in out and "generation memory plan: 68.98B parameters" in out
+    with pytest.raises(SystemExit) as e:
+        S.main(["--plan_only=True", "--model=toyx"])
+    assert e.value.code == 2 and "model = 'toyx': no such preset" in capsys.readouterr().err
+
+
 # --- the toy seed data: python -m data.toy writes what the loop writes ---------------
 
 TOY_SIZES = ("n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "ift_declines", "judge_working",

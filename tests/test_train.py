@@ -671,6 +671,7 @@ def test_memory_plan_70b(capsys):
                             "micro_batch_size": 1, "max_seq_len": 2048, "activation_checkpointing": True})
     text = capsys.readouterr().out
     assert "68.98B parameters" in text and "needs at least" in text
+    assert text.startswith("planned for the preset 'llama2-70b'\n")  # no init_from folder: the preset, said so
     assert plan["rows"]["AdamW m and v (fp32 shard)"] == pytest.approx(8 * plan["params"] / 64)
     # by hand, from the plan's docstring, for 70B (dim 8192, 80 layers, 8 KV heads of 128, FFN 28672,
     # vocab 32000), bf16 on a GPU (2 bytes), 2048 tokens a micro-batch, dropout 0.1:
