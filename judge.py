@@ -177,10 +177,22 @@ def judge_groups(model, tokenizer, prompts, response_lists, **judge_kwargs):
     list of judge's records of its responses, in order."""
     flat = [(p, r) for p, responses in zip(prompts, response_lists) for r in responses]
     _, records = judge(model, tokenizer, [p for p, _ in flat], [r for _, r in flat], **judge_kwargs)
-    groups, k = [], 0
-    for responses in response_lists:
-        groups.append(records[k:k + len(responses)])
-        k += len(responses)
+    return regroup(records, [len(responses) for responses in response_lists])
+
+
+def judgment_counts(score_lists):
+    """{"judgments", "judgments_with_score"} over responses' lists of judgment
+    scores (judge()'s records' "scores"): how many judgments, how many parsed."""
+    scores = [s for ss in score_lists for s in ss]
+    return {"judgments": len(scores), "judgments_with_score": sum(s is not None for s in scores)}
+
+
+def regroup(flat, sizes):
+    """A flat list cut back into its consecutive groups of `sizes` items."""
+    groups, at = [], 0
+    for n in sizes:
+        groups.append(flat[at:at + n])
+        at += n
     return groups
 
 
@@ -349,14 +361,14 @@ def eft_targets(groups, judged, seed=0):
     return downsample_top_score(records, seed)
 
 
-def make_eft_targets(model, tokenizer, groups, out_path=None, n_attempts=1, temperature=0.7,
+def make_eft_targets(model, tokenizer, groups, n_attempts=1, temperature=0.7,
                      top_p=0.9, max_new_tokens=256, seed=1337, batch_size=32, generate_fn=None,
                      judgments_path=None, progress=True):
     """
     The paper's recipe: the model (the SFT baseline) judges each response of the EFT
     groups {"prompt", "responses", "ranks"} n_attempts times, and eft_targets keeps the
-    attempts that agree with the human ranking. Writes (if out_path) and returns the
-    SFT records; judgments_path, if given, gets the raw judgments, one group a line
+    attempts that agree with the human ranking. Returns the SFT records;
+    judgments_path, if given, gets the raw judgments, one group a line
     {"prompt", "responses", "ranks", "judgments", "scores", "too_long"}, to look at
     when few or none agree.
     """
@@ -369,10 +381,7 @@ def make_eft_targets(model, tokenizer, groups, out_path=None, n_attempts=1, temp
                                       "judgments": [j["judgments"] for j in mine],
                                       "scores": [j["scores"] for j in mine],
                                       "too_long": [j["too_long"] for j in mine]} for g, mine in zip(groups, judged)])
-    records = eft_targets(groups, judged, seed)
-    if out_path:
-        write_jsonl(out_path, records)
-    return records
+    return eft_targets(groups, judged, seed)
 
 
 def read_judge_file(path):

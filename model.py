@@ -299,15 +299,15 @@ class Transformer(nn.Module):
                 std = 0.02 / math.sqrt(2 * self.args.n_layers) if name.endswith(("wo.weight", "w2.weight")) else 0.02
                 yield name, torch.randn(p.shape, generator=generator) * std
 
-    def forward(self, tokens, targets=None, positions=None, cache=None, pad_mask=None, last_only=False):
+    def forward(self, tokens, targets=None, cache=None, pad_mask=None, last_only=False):
         """
         tokens: (B, T) token ids.
         targets: (B, T) the next token for each position (-100: no loss there);
                  given, the mean cross-entropy (in fp32) is returned as well.
-        positions: (B, T) the position of each token; default 0..T-1, or the
-                 cache's next positions when decoding with a cache.
         cache: a sample.KVCache; keys/values of these tokens are appended to
-                 it and attention sees everything cached before them.
+                 it and attention sees everything cached before them. The
+                 tokens' positions are 0..T-1 without one, else each row's
+                 next positions in the cache.
         pad_mask: (B, T) True at padding tokens (with a cache only): they take
                  a slot but are never attended to and do not advance positions.
         last_only: logits (B, 1, V) of the last position only: a prefill for
@@ -315,8 +315,8 @@ class Transformer(nn.Module):
         """
         B, T = tokens.shape
         if cache is not None:
-            positions = cache.begin(tokens, positions, pad_mask)
-        elif positions is None:
+            positions = cache.begin(tokens, pad_mask)
+        else:
             if T > self.args.max_seq_len:
                 raise ValueError(f"sequence of {T} tokens is longer than max_seq_len {self.args.max_seq_len}")
             positions = torch.arange(T, device=tokens.device).expand(B, T)

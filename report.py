@@ -90,10 +90,8 @@ def toy_rows(names, tests, infos):
 
 
 def judge_coverage(j):
-    """The share of judgments that carry a score (per judgment; older runs: per response)."""
-    if j.get("judgments"):
-        return j["judgments_with_score"] / j["judgments"]
-    return j.get("coverage")
+    """The share of judgments that carry a score (per judgment), or None where none was asked for."""
+    return j["judgments_with_score"] / j["judgments"] if j.get("judgments") else None
 
 
 def real_rows(names, infos):
@@ -145,11 +143,7 @@ def bootstrap_interval(values, weights=None, resamples=RESAMPLES, seed=0):
 
 def judged_by_prompt(judged, groups):
     """The judged records (one per response, in the groups' order) of each EFT eval prompt."""
-    out, at = [], 0
-    for g in groups:
-        out.append(judged[at:at + len(g["responses"])])
-        at += len(g["responses"])
-    return out
+    return J.regroup(judged, [len(g["responses"]) for g in groups])
 
 
 def judge_prompt_metrics(judged, groups):

@@ -250,7 +250,7 @@ class KVCache:
         """The slots the buffers must hold once `end` are filled: whole chunks, at most max_len."""
         return max(self.slots, min(self.max_len, -(-end // self.CHUNK) * self.CHUNK))
 
-    def begin(self, tokens, positions=None, pad_mask=None):
+    def begin(self, tokens, pad_mask=None):
         """Prepare a forward pass over `tokens` (B, T) written at slots
         length .. length+T-1; pad_mask (B, T) is True at padding tokens.
         Returns the tokens' positions (B, T)."""
@@ -262,15 +262,12 @@ class KVCache:
         if T == 1 and pad_mask is None:
             # a decode step, the hot loop of sampling: kept to a few cheap ops.
             # One real token per row; every valid slot is in its past.
-            if positions is None:
-                positions = self.next_positions()[:, None]
+            positions = self.next_positions()[:, None]
             self.valid[:, start] = True
             allowed = self.valid[:, None, None, :S]  # (B, 1, 1, S)
         else:
             real = torch.ones(B, T, dtype=torch.bool, device=tokens.device) if pad_mask is None else ~pad_mask
-            if positions is None:
-                positions = self.next_positions()[:, None] + real.cumsum(dim=1) - 1
-                positions = positions.clamp(min=0)
+            positions = (self.next_positions()[:, None] + real.cumsum(dim=1) - 1).clamp(min=0)
             self.valid[:, start:end] = real
             # (B, 1, T, S): causal over slots, only valid slots, and every
             # query may see its own slot (so padding rows are not empty)
@@ -382,14 +379,13 @@ class StaticKVCache(KVCache):
     def length(self, value):
         self.slot = torch.full((1,), value, dtype=torch.long, device=self.valid.device)
 
-    def begin(self, tokens, positions=None, pad_mask=None):
+    def begin(self, tokens, pad_mask=None):
         self.decoding = tokens.shape[1] == 1 and pad_mask is None
         if not self.decoding:
-            return super().begin(tokens, positions, pad_mask)
-        if positions is None:
-            positions = self.valid.sum(dim=1, keepdim=True)  # (B, 1): unfilled slots are not valid
-            if self.prefix is not None:
-                positions = positions + self.prefix.length
+            return super().begin(tokens, pad_mask)
+        positions = self.valid.sum(dim=1, keepdim=True)  # (B, 1): unfilled slots are not valid
+        if self.prefix is not None:
+            positions = positions + self.prefix.length
         self.valid.index_fill_(1, self.slot, True)
         # (the buffers are allocated by now: the mask takes their dtype)
         self.mask = torch.zeros(self.valid.shape, dtype=self.keys[0].dtype, device=self.valid.device)

@@ -413,9 +413,7 @@ def stage_eft_targets(c, r):
                               progress=c.progress)
     D.barrier()
     judged = read_jsonl(raw)
-    info = {"groups": len(groups), "targets": len(recs),
-            "judgments_with_score": sum(s is not None for g in judged for ss in g["scores"] for s in ss),
-            "judgments": sum(len(ss) for g in judged for ss in g["scores"]),
+    info = {"groups": len(groups), "targets": len(recs), **J.judgment_counts(ss for g in judged for ss in g["scores"]),
             "too_long": sum(sum(g["too_long"]) for g in judged)}  # responses whose judge prompt did not fit
     if not recs:
         sys.exit(f"error: EFT targets: no judgment of the SFT baseline agreed with the human ranking of any "
@@ -449,8 +447,7 @@ def eft_targets_from_file(c, r, seed_groups):
     recs = J.eft_targets([g for g, _ in kept], [m for _, m in kept], seed=sub_seed(c.seed, "eft targets"))
     info = {"file": c.eft_judgments, "prompts": len(groups), "prompts_with_human_ranks":
             sum(g["ranks"] is not None for g, _ in kept), "dropped": dict(dropped), "targets": len(recs),
-            "judgments_with_score": sum(s is not None for _, m in kept for j in m for s in j["scores"]),
-            "judgments": sum(len(j["scores"]) for _, m in kept for j in m)}
+            **J.judgment_counts(j["scores"] for _, m in kept for j in m)}
     if not recs:
         sys.exit(f"error: EFT targets: no judgment in {c.eft_judgments} has a score that agrees with the human "
                  f"ranking where there is one ({info['judgments_with_score']} of {info['judgments']} with a score; "
@@ -682,8 +679,7 @@ def stage_judgments(c, r, t, mt_path):
     recs = generate_sharded(r, os.path.join(f"iter{t}", "judgments"), recs, c.shard_size, work)
     scored = sum(s is not None for x in recs for s in x["score"])
     return {"candidates": sum(len(x["score"]) for x in recs), "with_score": scored,
-            "judgments": sum(len(ss) for x in recs for ss in x["scores"]),
-            "judgments_with_score": sum(s is not None for x in recs for ss in x["scores"] for s in ss),
+            **J.judgment_counts(ss for x in recs for ss in x["scores"]),
             "too_long": sum(sum(x["too_long"]) for x in recs)}  # candidates whose judge prompt did not fit
 
 
@@ -755,8 +751,7 @@ def grader_scored(judged, only_right=False):
     scores, hence no pair."""
     out = []
     for x in judged:
-        task = toy.task_from_prompt(x["prompt"])
-        grades = [None if task is None else toy.grade({"task": task}, y) for y in x["candidates"]]
+        grades = [toy.true_grade(x["prompt"], y) for y in x["candidates"]]
         if only_right:
             grades = [None if g is None else int(g >= toy.RIGHT) for g in grades]
         out.append({**x, "score": grades})
@@ -926,8 +921,8 @@ def stage_eval(c, r, name, path):
         info["judge"] = J.reward_metrics([[j["score"] for j in mine] for mine in judged],
                                          [g["ranks"] for g in groups])
         every = [j for mine in judged for j in mine]
-        info["judge"].update(judgments=sum(len(j["scores"]) for j in every),  # coverage per judgment, not per response
-                             judgments_with_score=sum(s is not None for j in every for s in j["scores"]),
+        # coverage per judgment, not per response
+        info["judge"].update(**J.judgment_counts(j["scores"] for j in every),
                              too_long=sum(j["too_long"] for j in every))
         if D.is_rank0():
             write_jsonl(r.path("eval", f"{name}_judgments.jsonl"), every)
@@ -1021,13 +1016,15 @@ def run_stages(c, r):
         m1_reads.append("eft_own")
     r.stage("M1", lambda: stage_m1(c, r, m0), uses=S["SFT"] + S["M1"] + meta("M1"), after=m1_reads,
             temporary=temporary("M1"))
-    writer = {"M0": m0, "M1": r.path("M1")}.get(c.prompt_writer, c.prompt_writer)
     for t in range(1, c.iterations + 1):
         mt, it = r.path(f"M{t}"), f"iter{t}"
-        writer_stage = {"M0": ["M0"], "M1": ["M1"], "current": [f"M{t}"]}.get(c.prompt_writer, [])
-        r.stage(f"{it}_prompts", lambda: stage_prompts(c, r, t, mt if writer == "current" else writer),
-                uses=S["prompts"], files=[] if writer_stage else [writer],
-                after=["seed_data", *writer_stage, *(f"iter{s}_prompts" for s in range(1, t))])
+        # the prompt writer: one of this run's models (a stage the prompts come after), or a folder of its own
+        writer_model = {"M0": "M0", "M1": "M1", "current": f"M{t}"}.get(c.prompt_writer)
+        writer = m0 if writer_model == "M0" else r.path(writer_model) if writer_model else c.prompt_writer
+        r.stage(f"{it}_prompts", lambda: stage_prompts(c, r, t, writer), uses=S["prompts"],
+                files=[] if writer_model else [writer],
+                after=["seed_data", *([writer_model] if writer_model else []),
+                       *(f"iter{s}_prompts" for s in range(1, t))])
         r.stage(f"{it}_candidates", lambda: stage_candidates(c, r, t, mt), uses=S["candidates"],
                 after=[f"{it}_prompts", f"M{t}"])
         r.stage(f"{it}_judgments", lambda: stage_judgments(c, r, t, mt), uses=S["judgments"],

@@ -95,11 +95,9 @@ def sequence_logps(model, tokens, targets, env):
     return token_logps.sum(dim=1)  # ignored positions contribute 0
 
 
-def pair_batch(pairs, pad_id, weights=None):
+def pair_batch(pairs, pad_id):
     """One forward for chosen and rejected: rows [chosen_0..chosen_B-1, rejected_0..]."""
-    seqs = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-    w = None if weights is None else list(weights) * 2
-    return collate(seqs, pad_id, w)
+    return collate([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_id)
 
 
 def tokenize_pairs(tok, records, max_len, source):

@@ -103,9 +103,9 @@ def collate(examples, pad_id, weights=None):
     tokens never see the padding after them, and rows never see each other.
     weights: 0 for a filler row (see training.split_even) whose targets are all -100.
     """
-    T = max(len(ids) for ids, _ in examples) - 1
-    tokens = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    targets = torch.full((len(examples), T), -100, dtype=torch.long)
+    length = max(len(ids) for ids, _ in examples) - 1
+    tokens = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    targets = torch.full((len(examples), length), -100, dtype=torch.long)
     for row, (ids, spans) in enumerate(examples):
         ids = torch.tensor(ids)
         tokens[row, :len(ids) - 1] = ids[:-1]

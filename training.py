@@ -200,11 +200,12 @@ def batch_indices(step, batch_size, n, seed):
     """The examples of optimizer step `step`. The data is an endless stream of
     epochs, each a permutation drawn from (seed, epoch): the order depends on
     nothing but the step, so a resumed run sees the same batches."""
-    out = []
+    perms, out = {}, []  # (a step may span two epochs)
     for k in range(step * batch_size, (step + 1) * batch_size):
         epoch, i = divmod(k, n)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-        out.append(perm[i].item())
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+        out.append(perms[epoch][i].item())
     return out
 
 
