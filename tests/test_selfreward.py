@@ -38,8 +38,8 @@ from tokenizer import Tokenizer, chat_prompt_ids
 MICRO = dict(model="toy-tiny", vocab_size=1024, n_ift=48, n_eft_train=40, n_eft_eval=12, n_test=8,
              pretrain_docs=64, pretrain_qa_docs=16, pretrain_epochs=8, pretrain_lr=3e-3,
              sft_lr=3e-3, sft_min_lr=3e-4, sft_epochs=10,
-             n_prompts=12, shard_size=4, max_response_tokens=12, max_judge_tokens=40, gen_batch_size=48,
-             dpo_lr=1e-3, dpo_min_lr=1e-4, dpo_batch_size=4, micro_batch_size=8, save_interval=4,
+             n_prompts=16, shard_size=4, max_response_tokens=12, max_judge_tokens=40, gen_batch_size=48,
+             dpo_lr=5e-4, dpo_min_lr=1e-4, dpo_batch_size=4, micro_batch_size=8, save_interval=4,
              rouge_threshold=0.99, progress=False,
              dropout=0.0,  # dropout masks are drawn per rank: 2 ranks match 1 process only without it
              dtype="float32")  # and only in fp32 (FSDP's bf16 casts differ from one process's autocast)
@@ -135,8 +135,8 @@ def test_bf16_greedy_sampling_agrees_with_fp32_on_most_tokens(micro_run):
     bf16 CPU or GPU) against fp32. bf16 rounds each weight to 8 significant
     bits, which moves logits by ~1e-2; where the two best tokens are closer
     than that the argmax flips, and the rest of that row follows another
-    context. Counted up to each row's first difference, 2,009 of 2,240 tokens
-    (90%) agree on this barely trained 0.2M model (measured 2026-12-01, one
+    context. Counted up to each row's first difference, 2,042 of 2,240 tokens
+    (91%) agree on this barely trained 0.2M model (measured 2026-12-04, one
     thread); 80% is asked."""
     run, _ = micro_run
     tok = Tokenizer(str(run / "M1" / "tokenizer.model"))
@@ -177,7 +177,7 @@ def test_resume_after_kills_equals_uninterrupted(micro_run, tmp_path):
     # 1: inside training (M1's SFT has saved a resumable state)
     assert kill_when(cmd, ROOT, lambda: os.path.exists(run / "train" / "M1" / "state"))
     assert not os.path.exists(run / "done" / "M1")
-    # 2: inside generation (the first of 3 shards of iteration 1's prompt requests is written)
+    # 2: inside generation (the first of 4 shards of iteration 1's prompt requests is written)
     assert kill_when(cmd, ROOT, lambda: os.path.isdir(run / "iter1") and any(
         f.startswith("prompts_generated.part-") for f in os.listdir(run / "iter1")))
     assert not os.path.exists(run / "done" / "iter1_prompts")
@@ -197,26 +197,40 @@ def test_resume_after_kills_equals_uninterrupted(micro_run, tmp_path):
     assert table(run / "report.md") == table(ref / "report.md")
 
 
-def test_two_ranks_give_the_same_pairs(micro_run, tmp_path):
+def test_two_ranks_run_the_loop_as_one_process(micro_run, tmp_path):
     """Generation tensor parallel over 2 ranks (tp=2: every generation stage
     loads its model split by heads and FFN width) and training sharded with
-    FSDP2 (gloo): sampling gives one process's tokens in fp32 (per-completion
-    seeds), and sharded training matches one process to float rounding."""
+    FSDP2 (gloo), the whole loop: the models trained on the same data as one
+    process's match it to float rounding, and sampling from them gives one
+    process's texts wherever the models are that close."""
     ref, _ = micro_run
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     cmd = [torchrun, "--standalone", "--nproc_per_node=2", *command(tmp_path, tp=2)[1:]]
     r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for t in (1, 2):
-        assert read_jsonl(tmp_path / "micro" / f"iter{t}" / "pairs.jsonl") == read_jsonl(ref / f"iter{t}" / "pairs.jsonl")
-    # the trained models too, M3 included (its pairs are compared above, its weights nowhere else):
-    # each model's step from the one before, on 2 ranks against 1, differs by float rounding only,
-    # which AdamW turns into up to 0.2% of the step (measured: M1 1e-5, M2 0.17%, M3 0.21%)
-    for prev, name in (("M0", "M1"), ("M1", "M2"), ("M2", "M3")):
-        a, b, base = weights(ref / name), weights(tmp_path / "micro" / name), weights(ref / prev)
-        step = torch.cat([(a[k] - base[k]).flatten() for k in a]).norm()
-        off = torch.cat([(a[k] - b[k]).flatten() for k in a]).norm()
-        assert off < 0.01 * step, (name, (off / step).item())
+    two = tmp_path / "micro"
+    # M1 learns from the same data in both runs (M0 is compared by the prompts it writes, below): its step
+    # from M0 differs by float rounding only (measured: 0.005% of the step, 2026-12-04; asked: 0.1%)
+    a, b, base = weights(ref / "M1"), weights(two / "M1"), weights(ref / "M0")
+    step = torch.cat([(a[k] - base[k]).flatten() for k in a]).norm()
+    off = torch.cat([(a[k] - b[k]).flatten() for k in a]).norm()
+    print(f"M1: 2 ranks against 1, {100 * off / step:.4f}% of the step")  # shown with -s
+    assert off < 1e-3 * step, (off / step).item()
+    # Sampling (per-completion seeds) flips a token wherever the seeded uniform falls within that
+    # rounding of a boundary of the cumulative probabilities: on this barely trained model, often
+    # enough that texts are compared only where the models are nearest, M0 (the prompt writer) and
+    # M1 (iteration 1's candidates). Measured: all 32 prompt requests' texts the same and 23 of 24
+    # candidates; a sampler that put its shards together wrongly would agree on none (test_sample
+    # checks tensor-parallel sampling token for token on the same weights). One changed candidate
+    # changes a pair, so M2 and M3 learn from other pairs here: sharded DPO against one process on
+    # the same pairs is test_train's.
+    read = lambda run, t, f: read_jsonl(run / f"iter{t}" / f"{f}.jsonl")
+    assert [read(ref, t, "prompts_generated") for t in (1, 2)] == [read(two, t, "prompts_generated") for t in (1, 2)]
+    candidates = [x == y for a, b in zip(read(ref, 1, "candidates"), read(two, 1, "candidates"))
+                  for x, y in zip(a["candidates"], b["candidates"])]
+    print(f"iteration 1: {sum(candidates)} of {len(candidates)} candidates the same")  # shown with -s
+    assert sum(candidates) >= 0.75 * len(candidates)
+    assert all(read(two, t, "pairs") for t in (1, 2)) and os.path.exists(two / "M3" / "model.safetensors")
 
 
 # --- bad input: a clear message naming the stage and the reason ----------------------
