@@ -133,4 +133,5 @@ def mean_length(texts):
 
 if __name__ == "__main__":
     import configurator
-    configurator.library(__doc__, "evaluation.py", "python selfreward.py writes the answers (--eval_prompts, --mt_bench)")
+    configurator.library(__doc__, "evaluation.py",
+                         "python selfreward.py writes the answers (--eval_prompts, --mt_bench)")

@@ -724,5 +724,5 @@ def table(path):
 
 if __name__ == "__main__":
     import configurator
-    configurator.library(__doc__, "report.py", "python selfreward.py writes out/<run>/report.md; to write it again, delete out/<run>/done/report and "
-                         "run the same command")
+    configurator.library(__doc__, "report.py", "python selfreward.py writes out/<run>/report.md; to write it "
+                         "again, delete out/<run>/done/report and run the same command")
