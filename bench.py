@@ -492,7 +492,8 @@ if __name__ == "__main__":
         fail(f"{named}: {usage}")
     section = sys.argv[1]
     c = settings(DEFAULTS, configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), sys.argv[2:]))
-    if problems(c):
-        fail("; ".join(problems(c)))
+    found = problems(c)
+    if found:
+        fail("; ".join(found))
     torch.set_num_threads(D.cpu_threads(c.threads))
     SECTIONS[section](c)

@@ -220,10 +220,10 @@ def test_two_ranks_run_the_loop_as_one_process(micro_run, tmp_path):
     # rounding of a boundary of the cumulative probabilities: on this barely trained model, often
     # enough that texts are compared only where the models are nearest, M0 (the prompt writer) and
     # M1 (iteration 1's candidates). Measured: all 32 prompt requests' texts the same and 23 of 24
-    # candidates; a sampler that put its shards together wrongly would agree on none (test_sample
-    # checks tensor-parallel sampling token for token on the same weights). One changed candidate
-    # changes a pair, so M2 and M3 learn from other pairs here: sharded DPO against one process on
-    # the same pairs is test_train's.
+    # candidates; a sampler that put its shards together wrongly would compute other logits from the
+    # first token on (test_sample checks tensor-parallel sampling token for token on the same
+    # weights). One changed candidate changes a pair, so M2 and M3 learn from other pairs here:
+    # sharded DPO against one process on the same pairs is test_train's.
     read = lambda run, t, f: read_jsonl(run / f"iter{t}" / f"{f}.jsonl")
     assert [read(ref, t, "prompts_generated") for t in (1, 2)] == [read(two, t, "prompts_generated") for t in (1, 2)]
     candidates = [x == y for a, b in zip(read(ref, 1, "candidates"), read(two, 1, "candidates"))
