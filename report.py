@@ -60,6 +60,16 @@ def shown_correlations(j):
     return j.get("spearman"), j.get("kendall_tau")
 
 
+def answer_columns(tests):
+    """Each test answer's figures, one value per prompt: their means are the
+    toy table's, their resamples the interval table's."""
+    return {"grade": [x["grade"] for x in tests],
+            "bare_right": [float(x["grade"] == 5) for x in tests],
+            # answers that decline ("I am not sure what you mean."), as a seed set with ift_declines teaches
+            "declined": [float(x["response"].strip() == toy.DECLINE) for x in tests],
+            "length": [float(len(x["response"])) for x in tests]}
+
+
 def toy_rows(names, tests, infos):
     """The toy table: graded test answers and the judge, per model; and metrics.jsonl's records."""
     rows, metrics = [], []
@@ -68,11 +78,10 @@ def toy_rows(names, tests, infos):
               "Spearman | Kendall tau | judge coverage % | avg response length (chars) |")
     rows += [header, "|" + "---|" * (header.count("|") - 1)]
     for i, n in enumerate(names):
-        g = [x["grade"] for x in tests[n]]
-        m = {"model": n, "mean_grade": sum(g) / len(g), "exact_solve": sum(x == 5 for x in g) / len(g),
-             # answers that decline ("I am not sure what you mean."), as a seed set with ift_declines teaches
-             "declined": sum(x["response"].strip() == toy.DECLINE for x in tests[n]) / len(g),
-             "avg_length": sum(len(x["response"]) for x in tests[n]) / len(g)}
+        col = answer_columns(tests[n])
+        mean = lambda key: sum(col[key]) / len(col[key])
+        m = {"model": n, "mean_grade": mean("grade"), "exact_solve": mean("bare_right"),
+             "declined": mean("declined"), "avg_length": mean("length")}
         if i > 0:
             m["vs_previous"] = head_to_head(tests[n], tests[names[i - 1]])
         if n != "SFT" and "SFT" in tests:
@@ -184,11 +193,10 @@ def interval_rows(r, names, tests):
     grades = {n: np.array([x["grade"] for x in tests[n]], float) for n in names}
     intervals = {}
     for i, n in enumerate(names):
-        g = grades[n]
+        g, col = grades[n], answer_columns(tests[n])
         m = {"mean_grade": with_interval(g), "right": with_interval((g >= toy.RIGHT).astype(float)),
-             "bare_right": with_interval((g == 5).astype(float)),
-             "declined": with_interval([float(x["response"].strip() == toy.DECLINE) for x in tests[n]]),
-             "avg_length": with_interval([float(len(x["response"])) for x in tests[n]])}
+             "bare_right": with_interval(col["bare_right"]), "declined": with_interval(col["declined"]),
+             "avg_length": with_interval(col["length"])}
         if i > 0:  # paired: the per-prompt differences, so both models keep the same prompts
             m["vs_previous"] = with_interval(g - grades[names[i - 1]])
             m["net_wins"] = with_interval(np.sign(g - grades[names[i - 1]]))
@@ -198,9 +206,9 @@ def interval_rows(r, names, tests):
         judged = read_jsonl(path) if groups and os.path.exists(path) else []
         per_prompt = judge_prompt_metrics(judged, groups) if judged else []
         if judged:  # per judgment, over every EFT eval prompt, as the toy table counts it (judge_coverage)
-            each = [[s for x in mine for s in x["scores"]] for mine in judged_by_prompt(judged, groups)]
-            m["coverage"] = with_interval([float(sum(s is not None for s in ss)) for ss in each],
-                                          [float(len(ss)) for ss in each])
+            counts = [J.judgment_counts(x["scores"] for x in mine) for mine in judged_by_prompt(judged, groups)]
+            m["coverage"] = with_interval([float(c["judgments_with_score"]) for c in counts],
+                                          [float(c["judgments"]) for c in counts])
         if per_prompt:
             column = lambda key: [float(p[key]) for p in per_prompt]
             if sum(column("pairs")):
