@@ -119,7 +119,10 @@ def apply(namespace, argv):
             key, eq, text = arg[2:].partition("=")
             if not eq:
                 raise ConfigError(f"{arg}: expected --key=value")
-            namespace[key] = _check(key, parse_value(text), settings, arg)
+            value = parse_value(text)
+            if isinstance(settings.get(key), str) and value is not None and not isinstance(value, str):
+                value = text  # a text setting takes the text: --run_name=2024, --seeds=1,2 (not a number, a tuple)
+            namespace[key] = _check(key, value, settings, arg)
     return _settings({k: namespace[k] for k in settings})
 
 

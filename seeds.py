@@ -146,7 +146,7 @@ def pair_lines(folders, iterations):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     seeds = [1, 2, 3]
-    for a in [a for a in argv if a.startswith("--seeds=")]:  # (not a setting: "1,2" would read as a tuple)
+    for a in [a for a in argv if a.startswith("--seeds=")]:  # this script's own; the rest goes to each run
         try:
             seeds = [int(s) for s in a.split("=", 1)[1].split(",")]
         except ValueError:

@@ -20,6 +20,13 @@ def test_overrides_keep_types():
     assert ns["batch_size"] == 32 and ns["lr"] == 1.0 and type(ns["lr"]) is float
     assert ns["model"] == "llama2-7b" and ns["compile"] is True and ns["init_from"] == "out/M1"
     assert out == {"batch_size": 32, "lr": 1.0, "model": "llama2-7b", "compile": True, "init_from": "out/M1"}
+    # a text setting takes the text as it is, where Python would read a number or a tuple
+    apply(ns, ["--model=2024"])
+    assert ns["model"] == "2024"
+    apply(ns, ["--model=1,2"])
+    assert ns["model"] == "1,2"
+    with pytest.raises(ConfigError, match="batch_size must be int"):  # other settings keep their types
+        apply(ns, ["--batch_size=1,2"])
 
 
 def test_parse_value():
