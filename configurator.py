@@ -16,7 +16,8 @@ and is run as
 
 An argument without `--` is a Python config file whose assignments override
 the defaults; `--key=value` overrides one setting (the value is read with
-ast.literal_eval, and a bare word is taken as a string). A key that does not
+ast.literal_eval, and a bare word is taken as a string; a setting whose
+default is a string takes the text as it is). A key that does not
 exist, or a value of another type than the default, is an error that lists
 what exists. `--help` prints every setting with its default and comment.
 """
