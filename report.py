@@ -351,15 +351,35 @@ def self_checking(r, t):
     right answer far less often for its own wrong candidates than for the
     EFT eval's wrong responses, it takes the answer it reads for the right
     one, and its pairs cannot tell a right answer from a wrong one (STUDIES.md:
-    "Where the judge's answer comes from"). None without iteration t's
-    judgments."""
+    "Where the judge's answer comes from"). "own_mixed" is the same over the
+    "mixed_prompts" prompts whose candidates are right and wrong
+    (mixes_right_and_wrong), where the questions are the same on both sides.
+    None without iteration t's judgments."""
     path = r.path(f"iter{t}", "judgments.jsonl")
     if not os.path.exists(path):
         return None
-    own = [(x["prompt"], c, js) for x in read_jsonl(path) for c, js in zip(x["candidates"], x["judgments"])]
+    rows = read_jsonl(path)
+    own = [(x["prompt"], c, js) for x in rows for c, js in zip(x["candidates"], x["judgments"])]
+    mixed = [x for x in rows if mixes_right_and_wrong(x["prompt"], x["candidates"])]
     eft = r.path("eval", f"M{t}_judgments.jsonl")
     eft = [(x["prompt"], x["response"], x["judgments"]) for x in read_jsonl(eft)] if os.path.exists(eft) else []
-    return {"own": states_right_answer(own), "eft_eval": states_right_answer(eft)}
+    return {"own": states_right_answer(own), "eft_eval": states_right_answer(eft),
+            "mixed_prompts": len(mixed),
+            "own_mixed": states_right_answer([(x["prompt"], c, js) for x in mixed
+                                              for c, js in zip(x["candidates"], x["judgments"])])}
+
+
+def mixes_right_and_wrong(prompt, candidates):
+    """Whether a toy prompt's candidates include a right answer and a wrong
+    one (grade >= 4 or not; invent prompts and prompts without a task do not
+    count). On such prompts the judge's right and wrong candidates share one
+    question, so a gap between how often it states the right answer for
+    each is the pull of the answer it reads, not the prompts' difficulty
+    (on all prompts the right candidates are the easy questions')."""
+    task = toy.task_from_prompt(prompt)
+    if task is None or task["kind"] == "invent":
+        return False
+    return {toy.grade({"prompt": prompt, "task": task}, c) >= toy.RIGHT for c in candidates} == {True, False}
 
 
 def meta_judge_diagnostics(r, t):
@@ -553,9 +573,13 @@ def diagnostic_lines(r, names, iterations, toy_world):
         c = self_checking(r, t) if toy_world else None
         if c:
             own, eft = c["own"], c["eft_eval"]
+            mixed = c["own_mixed"]
             lines.append(f"  - the judge states the right answer (evaluation only): on its own candidates, in "
                          f"{pct(own['right'])}% of its judgments of right ones and {pct(own['wrong'])}% of wrong "
-                         f"ones; on the EFT eval responses (M{t}), {pct(eft['right'])}% and {pct(eft['wrong'])}%")
+                         f"ones; on the {c['mixed_prompts']} prompts whose candidates are right and wrong (the same "
+                         f"questions: the gap is the pull of the answer it reads), {pct(mixed['right'])}% and "
+                         f"{pct(mixed['wrong'])}%; on the EFT eval responses (M{t}), {pct(eft['right'])}% and "
+                         f"{pct(eft['wrong'])}%")
         m = meta_judge_diagnostics(r, t)
         if m:
             lines.append(f"  - meta-judging (Meta-Rewarding): {m['meta_judgments']} meta-judgments (battles of two "

@@ -126,19 +126,24 @@ def pair_lines(folders, iterations):
     """Toy world, evaluation only: per seed and iteration, the pairs that set
     a right answer against a wrong one, which of the two the judge chose
     (report.pair_verdicts), and how often it states the right answer for its
-    own wrong candidates (report.self_checking): the loop can teach
-    correctness only through the first, and only where the second is high."""
+    own wrong candidates (report.self_checking), and of its right and wrong
+    ones on the prompts whose candidates are both: the loop can teach
+    correctness only through the first, and only where the second is high
+    and the third shows no pull of the answer the judge reads."""
     lines = ["", "Pairs that set a right answer against a wrong one (evaluation only): the right one chosen / the "
-             "wrong one chosen; and the share of the judge's judgments of its own wrong candidates that state the "
-             "right answer:", ""]
+             "wrong one chosen; the share of the judge's judgments of its own wrong candidates that state the "
+             "right answer; and the same share for its right / wrong candidates on the prompts whose candidates "
+             "are right and wrong:", ""]
     for s, folder in sorted(folders.items()):
         r = types.SimpleNamespace(path=lambda *parts, folder=folder: os.path.join(folder, *parts))
         cells = []
         for t in range(1, iterations + 1):
             v, c = report.pair_verdicts(r, t), report.self_checking(r, t)
             if v and c:
+                mixed = c["own_mixed"]
                 cells.append(f"iteration {t} {v['right_chosen']} / {v['wrong_chosen']}, "
-                             f"{report.pct(c['own']['wrong'])}%")
+                             f"{report.pct(c['own']['wrong'])}%, {report.pct(mixed['right'])} / "
+                             f"{report.pct(mixed['wrong'])}%")
         lines.append(f"- seed {s}: " + "; ".join(cells))
     return lines
 

@@ -148,17 +148,21 @@ def test_self_checking_by_hand(tmp_path):
          "judgments": [[says("CBA"), says("CBA"), "Score: 5"],   # right candidate: 2 of 3 state CBA
                        [says("BCA"), says("BCA"), says("CBA")]]},  # wrong one: its own answer twice, CBA once
         {"prompt": "Tell me a story.", "candidates": ["x"], "scores": [[4]],
-         "judgments": [[says("x")]]}])  # no truth: skipped
+         "judgments": [[says("x")]]},  # no truth: skipped
+        {"prompt": "Reverse the word 'XY'.", "candidates": ["XY", "Sure! The answer is XY."], "scores": [[1], [1]],
+         "judgments": [[says("YX")], [says("YX")]]}])  # both wrong: counted in "own", not a mixed prompt
     c = report.self_checking(r, 1)
-    assert c["own"] == {"right": pytest.approx(2 / 3), "wrong": pytest.approx(1 / 3)}
+    assert c["own"] == {"right": pytest.approx(2 / 3), "wrong": pytest.approx(3 / 5)}
+    assert c["mixed_prompts"] == 1 and c["own_mixed"] == {"right": pytest.approx(2 / 3), "wrong": pytest.approx(1 / 3)}
     assert c["eft_eval"] == {"right": None, "wrong": None}  # M1 not evaluated yet
     write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [
         {"prompt": q, "response": "ABC", "judgments": [says("CBA"), says("CBA")]},   # wrong, both state CBA
         {"prompt": q, "response": "Sure! The answer is CBA.", "judgments": [says("ACB")]}])  # right (4), not stated
     assert report.self_checking(r, 1)["eft_eval"] == {"right": 0.0, "wrong": 1.0}
     lines = report.diagnostic_lines(r, ["SFT", "M1"], 1, toy_world=True)
-    assert any("own candidates, in 66.7% of its judgments of right ones and 33.3% of wrong ones; on the EFT eval "
-               "responses (M1), 0.0% and 100.0%" in line for line in lines)
+    assert any("own candidates, in 66.7% of its judgments of right ones and 60.0% of wrong ones; on the 1 prompts "
+               "whose candidates are right and wrong (the same questions: the gap is the pull of the answer it "
+               "reads), 66.7% and 33.3%; on the EFT eval responses (M1), 0.0% and 100.0%" in line for line in lines)
 
 
 def test_judge_agreement_between_models_by_hand(tmp_path):
@@ -252,9 +256,12 @@ def test_seed_study_pair_lines_by_hand(tmp_path):
         {"prompt": q, "chosen": "CBA", "rejected": "ACB"}])  # right chosen 2, wrong chosen 1
     write_jsonl(tmp_path / "s1" / "iter1" / "judgments.jsonl", [
         {"prompt": q, "candidates": ["BCA", "ACB"],
-         "judgments": [[says("CBA")], [says("ACB"), says("ACB"), says("x")]]}])
+         "judgments": [[says("CBA")], [says("ACB"), says("ACB"), says("x")]]},
+        {"prompt": q, "candidates": ["CBA", "BAC"],  # a prompt with a right and a wrong candidate
+         "judgments": [[says("CBA"), says("x")], [says("BAC"), says("BAC"), says("BAC"), says("CBA")]]}])
     lines = seeds.pair_lines({1: str(tmp_path / "s1"), 2: str(tmp_path / "s2")}, iterations=2)
-    assert "- seed 1: iteration 1 2 / 1, 25.0%" in lines  # 1 of the 4 judgments of wrong candidates states CBA
+    # 2 of the 8 judgments of wrong candidates state CBA; on the mixed prompt, 1 of 2 and 1 of 4
+    assert "- seed 1: iteration 1 2 / 1, 25.0%, 50.0 / 25.0%" in lines
     assert "- seed 2: " in lines  # a seed with no iterations written yet: nothing to show
 
 
