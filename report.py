@@ -2,7 +2,7 @@
 The evaluation report of a self-rewarding run: out/<run>/report.md, one row
 per model (SFT baseline, M1, M2, ...). On the toy world:
 
-    on the toy world's held-out test prompts   mean grade, exact solves, declined answers,
+    on the toy world's held-out test prompts   mean grade, bare right answers, declined answers,
                                                head-to-head against the previous model and the
                                                SFT baseline
     as a judge, on the EFT eval set            the reward-model metrics (judge.reward_metrics)
@@ -73,13 +73,14 @@ def answer_columns(tests):
 def toy_rows(names, tests, infos):
     """The toy table: graded test answers and the judge, per model; and metrics.jsonl's records."""
     rows, metrics = [], []
-    header = ("| model | mean grade (0-5) | exact solve % | declined % | vs previous: win / tie / loss % | "
+    header = ("| model | mean grade (0-5) | bare right (grade 5) % | declined % | vs previous: win / tie / loss % | "
               "vs SFT baseline: win / tie / loss % | judge pairwise acc % | 5-best % | exact match % | "
               "Spearman | Kendall tau | judge coverage % | avg response length (chars) |")
     rows += [header, "|" + "---|" * (header.count("|") - 1)]
     for i, n in enumerate(names):
         col = answer_columns(tests[n])
         mean = lambda key: sum(col[key]) / len(col[key])
+        # "exact_solve" is grade 5, a bare right answer: the key's first name, kept since the runs' files carry it
         m = {"model": n, "mean_grade": mean("grade"), "exact_solve": mean("bare_right"),
              "declined": mean("declined"), "avg_length": mean("length")}
         if i > 0:
@@ -168,7 +169,7 @@ def judge_prompt_metrics(judged, groups):
 INTERVAL_FIGURES = [
     ("mean_grade", "mean grade (0-5)", 1, 2),
     ("right", "right answers (grade >= 4) %", 100, 1),
-    ("bare_right", "exact solve (grade 5) %", 100, 1),
+    ("bare_right", "bare right answers (grade 5) %", 100, 1),
     ("declined", "declined %", 100, 1),
     ("vs_previous", "grade - previous model", 1, 2),
     ("net_wins", "net wins vs previous (win - loss) %", 100, 1),
