@@ -572,10 +572,22 @@ def first_line(tok, ids, max_tokens):
     return text.split("\n")[0].strip(), len(ids) < max_tokens or "\n" in text
 
 
+def held_out_prompts(r):
+    """The seed data's held-out prompts, lower-cased: the EFT eval prompts (the
+    judge's test) and the toy world's test prompts. A new prompt that is one
+    of them is dropped, or the loop would train on the evaluation's own
+    questions. (External benchmarks, eval_prompts and mt_bench, are not
+    checked: they are chosen at evaluation time, and changing them redoes
+    only the evaluation.)"""
+    files = [r.path("seed", name) for name in ("test.jsonl", "eft_eval.jsonl")]
+    return {x["prompt"].strip().lower() for f in files if os.path.exists(f) for x in read_jsonl(f)}
+
+
 def stage_prompts(c, r, t, writer_path):
     """Ask the writer for n_prompts new prompts, 8-shot, and keep the good ones."""
     seed_prompts = [x["prompt"] for x in read_jsonl(r.path("seed", "ift.jsonl"))]
     earlier = [x["prompt"] for s in range(1, t) for x in read_jsonl(r.path(f"iter{s}", "prompts.jsonl"))]
+    held_out = held_out_prompts(r)
     net, tok = load_model(r, writer_path)
     # the end of a line ends a new task: any token that begins with a line break
     # ("\n" in Llama 2's and the toy's vocabularies; "\n", "\n\n", ... in BPE ones)
@@ -612,6 +624,8 @@ def stage_prompts(c, r, t, writer_path):
             why = malformed(prompt, finished, c.min_prompt_words, c.max_prompt_words)
             if why is None and prompt.lower() in seen:
                 why = "exact duplicate"
+            if why is None and prompt.lower() in held_out:
+                why = "a held-out evaluation prompt"
             if why is None and too_similar(words(prompt), existing, c.rouge_threshold):
                 why = f"near duplicate (ROUGE-L >= {c.rouge_threshold})"
             if why is None:

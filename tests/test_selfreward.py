@@ -122,11 +122,37 @@ def test_every_artifact_exists_and_is_consistent(micro_run):
         assert f"| {name} |" in report
 
 
-def test_new_prompts_are_not_seed_or_test_prompts(micro_run):
+def test_new_prompts_are_not_seed_or_held_out_prompts(micro_run):
     run, _ = micro_run
     seed = {x["prompt"].lower() for x in read_jsonl(run / "seed" / "ift.jsonl")}
+    held_out = {x["prompt"].lower() for f in ("test", "eft_eval") for x in read_jsonl(run / "seed" / f"{f}.jsonl")}
     new = [x["prompt"].lower() for t in (1, 2) for x in read_jsonl(run / f"iter{t}" / "prompts.jsonl")]
-    assert len(new) == len(set(new)) and not seed & set(new)
+    assert len(new) == len(set(new)) and not seed & set(new) and not held_out & set(new)
+
+
+def test_a_written_prompt_that_is_a_held_out_prompt_is_dropped(tmp_path, monkeypatch):
+    """The writer (stubbed) writes a test prompt, an EFT eval prompt in other
+    capitals, and a new one: only the new one is kept, and the two are
+    counted. (Before this check, seeds 2 and 3 of the five-seed study trained
+    on 1-2 test prompts in an iteration.)"""
+    ift = [{"prompt": f"Reverse the word 'AB{x}'.", "response": "x"} for x in "CDEFGHIJ"]  # 8 shots' worth
+    write_jsonl(tmp_path / "seed" / "ift.jsonl", ift)
+    write_jsonl(tmp_path / "seed" / "test.jsonl", [{"prompt": "What is 57 minus 30?"}])
+    write_jsonl(tmp_path / "seed" / "eft_eval.jsonl", [{"prompt": "How long is the word 'RASO'?"}])
+    written = ["What is 57 minus 30?", "how long is the word 'RASO'?", "Sort the letters of 'ZINO' alphabetically."]
+
+    class Writer:  # its tokenizer: one id per written line
+        ids_starting_with = staticmethod(lambda text: [0])
+        encode = staticmethod(lambda text, bos: [1])
+        decode = staticmethod(lambda ids: written[ids[0]] + "\n")
+    monkeypatch.setattr(S, "load_model", lambda r, path: (None, Writer))
+    monkeypatch.setattr(S, "fits", lambda net, ids: True)
+    monkeypatch.setattr(S, "generate", lambda net, ids, *a, **k: [[i] for i in range(len(ids))])
+    r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)), fingerprints={}, current=None)
+    c = types.SimpleNamespace(**{**S.DEFAULTS, "n_prompts": 3, "progress": False})
+    info = S.stage_prompts(c, r, 1, "writer")
+    assert info["dropped"] == {"a held-out evaluation prompt": 2} and info["kept"] == 1
+    assert read_jsonl(tmp_path / "iter1" / "prompts.jsonl") == [{"prompt": written[2]}]
 
 
 def test_bf16_greedy_sampling_agrees_with_fp32_on_most_tokens(micro_run):
