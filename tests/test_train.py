@@ -302,6 +302,42 @@ def test_sft_trains_and_saves_hf_layout(sft_single, work):
         assert torch.allclose(hf(x).logits, trained.eval()(x), atol=1e-5)
 
 
+def response_logp(model, tok, prompt, response):
+    """log p(response + end of turn | prompt) by hand: the model's log-softmax
+    at each response position, summed (no trainer code)."""
+    ids, start = chat_tokens(tok, prompt, response)
+    with torch.no_grad():
+        logps = torch.log_softmax(model(torch.tensor([ids[:-1]]))[0].float(), dim=-1)
+    return sum(logps[t - 1, ids[t]].item() for t in range(start, len(ids))), len(ids) - start
+
+
+def test_sft_first_loss_is_the_batch_cross_entropy_per_token_by_hand(work, sft_single):
+    """Step 1's logged loss: the summed cross-entropy of the 8 examples of
+    step 0 (training.batch_indices, seed 1337) over their response tokens,
+    all counted in one sum, however the micro-batches split them."""
+    tok, model = Tokenizer(str(work / "ckpt" / "tokenizer.model")), load_model(str(work / "ckpt")).eval()
+    records = read_jsonl(work / "sft.jsonl")
+    sums = [response_logp(model, tok, records[i]["prompt"], records[i]["response"])
+            for i in T.batch_indices(0, 8, len(records), 1337)]
+    by_hand = -sum(lp for lp, _ in sums) / sum(n for _, n in sums)
+    assert losses(sft_single)[0] == pytest.approx(by_hand, rel=1e-5)
+
+
+@pytest.mark.parametrize("trainer", ["sft", "dpo"])
+def test_micro_batches_add_up_to_one_batch(work, tmp_path, trainer, sft_single, dpo_single):
+    """Gradient accumulation is exactly one big batch: four micro-batches of
+    2 (examples of different lengths) against one of 8, the same losses,
+    gradient norms and weights. (FSDP against one process cannot show this:
+    both split a step into the same micro-batches.)"""
+    config, train, four = ((sft_config, train_sft.train, sft_single) if trainer == "sft"
+                           else (dpo_config, train_dpo.train, dpo_single))
+    one = tmp_path / "one"
+    train(config(work, one, micro_batch_size=8))
+    assert losses(one) == pytest.approx(losses(four), rel=L_TOL)
+    assert losses(one, "grad_norm") == pytest.approx(losses(four, "grad_norm"), rel=1e-5)
+    assert max_weight_diff(one / "model", four / "model") < W_TOL
+
+
 def test_too_long_examples_are_skipped_and_counted(work, tmp_path, capsys):
     data = tmp_path / "long.jsonl"
     lines = [json.dumps({"prompt": "reverse the fox", "response": "fox the"})] * 8
@@ -386,6 +422,36 @@ def test_dpo_starts_at_ln2_and_learns(dpo_single):
     header, *rows = read_jsonl(dpo_single / "ref_logps.jsonl")  # what they were made from, then one per pair
     assert header["pairs"] == len(rows) == 32 and header["made_from"]
     assert not (dpo_single / "state").exists()  # the model is saved: the resumable state went
+
+
+def test_dpo_learns_the_files_chosen_answers(work, dpo_single):
+    """The direction, against the data file and log-probs by hand (the test
+    above reads the trainer's own labels): the reference log-probs are the
+    starting model's of each pair's chosen and rejected text, and after
+    training the file's chosen answers gained on its rejected ones."""
+    tok = Tokenizer(str(work / "ckpt" / "tokenizer.model"))
+    ref, new = load_model(str(work / "ckpt")).eval(), load_model(str(dpo_single / "model")).eval()
+    pairs = read_jsonl(work / "pairs.jsonl")
+    for row in read_jsonl(dpo_single / "ref_logps.jsonl")[1:4]:
+        p = pairs[row["index"]]
+        assert row["chosen"] == pytest.approx(response_logp(ref, tok, p["prompt"], p["chosen"])[0], rel=1e-5)
+        assert row["rejected"] == pytest.approx(response_logp(ref, tok, p["prompt"], p["rejected"])[0], rel=1e-5)
+    gain = lambda p, side: response_logp(new, tok, p["prompt"], p[side])[0] - response_logp(ref, tok, p["prompt"], p[side])[0]
+    margins = [gain(p, "chosen") - gain(p, "rejected") for p in pairs]
+    assert sum(m > 0 for m in margins) > 0.75 * len(pairs)
+
+
+def test_dpo_eval_starts_at_ln2(work, tmp_path):
+    """The held-out pairs' loss (eval_fraction, the trainer's default 0.05;
+    the loop sets 0): at step 0 the policy is the reference, so exactly ln 2
+    with rewards 0, over the 8 pairs held out of 32."""
+    out = tmp_path / "dpo"
+    train_dpo.train(dpo_config(work, out, eval_fraction=0.25, eval_interval=1, max_steps=2))
+    first = [r for r in read_jsonl(out / "metrics.jsonl") if "eval/loss" in r][0]
+    assert first["step"] == 0 and first["eval/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert first["eval/rewards/chosen"] == pytest.approx(0, abs=1e-6) == first["eval/rewards/rejected"]
+    header, *rows = read_jsonl(out / "ref_logps.jsonl")
+    assert header["pairs"] == len(rows) == 32  # the held-out pairs have reference log-probs too
 
 
 def test_reference_log_probs_are_reused_only_for_the_same_pairs(work, dpo_single, tmp_path):
