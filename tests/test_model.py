@@ -175,7 +175,8 @@ def test_presets_match_transformers_on_meta(tmp_path, name):
 
 # (name, ModelArgs): today's Llama-family features, each on its own and together
 SHORT_ROPE = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-              "original_max_position_embeddings": 32}  # so that 200 positions reach every regime of the scaling
+              "original_max_position_embeddings": 64}  # 200 positions reach every regime of the scaling; at
+# head_dim 16 (llama3-rope) one pair turns fast, one blends and six are slowed (test_llama3_rope_frequencies...)
 NEW_CONFIGS = [
     ("tied", ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32,
                        max_seq_len=256, tie_embeddings=True)),
@@ -222,6 +223,24 @@ def test_llama3_features_match_transformers_both_ways(tmp_path, name, args):
         plain.load_state_dict(loaded.state_dict())
         with torch.no_grad():
             assert (plain(tokens) - loaded(tokens)).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("head_dim", [16, 64])
+def test_llama3_rope_frequencies_match_transformers_in_every_regime(head_dim):
+    """Llama 3.1's scaled rotation speeds against transformers' own llama3
+    rope function, on shapes where pairs fall in each of the three regimes
+    (kept as trained, blended, slowed down): the blend is the part a
+    logits comparison at short lengths could miss."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32, max_seq_len=256,
+                     head_dim=head_dim, rope_theta=500000.0, rope_scaling=SHORT_ROPE)
+    theirs, _ = ROPE_INIT_FUNCTIONS["llama3"](transformers.LlamaConfig(**hf_config(args)), "cpu")
+    ours, plain = M.rope_frequencies(args), M.rope_frequencies(ModelArgs(**{**vars(args), "rope_scaling": None}))
+    assert torch.allclose(ours, theirs, rtol=1e-6, atol=0)
+    kept, slowed = (ours == plain), torch.isclose(ours, plain / SHORT_ROPE["factor"], rtol=1e-6)
+    blended = ~kept & ~slowed
+    assert kept.any() and slowed.any() and blended.any()  # every regime is checked
+    assert ((ours[blended] < plain[blended]) & (ours[blended] > plain[blended] / SHORT_ROPE["factor"])).all()
 
 
 def test_kv_cache_with_head_dim_tied_and_scaled_rope():
