@@ -107,6 +107,33 @@ def test_n_samples_share_prefill_and_seeds_repeat(tiny):
     assert shared != generate(tiny, MIXED, 10, n=3, **{**kw, "seed": 8})
 
 
+def test_sampling_with_stops_is_the_no_cache_sampler_whatever_the_batching(tiny):
+    """Temperature > 0 with rows that stop at different steps (a fifth of the
+    vocabulary ends a row), as every candidate and judgment in the loop
+    stops: each completion k = i*n + j draws its own uniforms
+    (row_uniforms(seed, [k])), whatever rows finished beside it, the batch
+    size or how often finished rows are dropped (check_every: 1 on a CPU, 8
+    on a GPU). Against a no-cache sampler that runs one completion alone."""
+    stops = list(range(3, 120))
+    kw = dict(temperature=1.0, top_p=0.9, n=2, seed=7, eos_id=stops, progress=False)
+    a = generate(tiny, MIXED, 10, batch_size=12, check_every=1, **kw)
+    assert a == generate(tiny, MIXED, 10, batch_size=12, check_every=100, **kw)
+    assert a == generate(tiny, MIXED, 10, batch_size=2, check_every=1, **kw)
+
+    @torch.no_grad()
+    def alone(prompt, k):
+        u, x, out = S.row_uniforms(7, [k], 10)[0], list(prompt), []
+        for t in range(10):
+            token = int(next_token(tiny(torch.tensor([x]))[:, -1], 1.0, 0.9, u[t:t + 1]))
+            if token in stops:
+                break
+            out.append(token)
+            x.append(token)
+        return out
+    assert a == [alone(p, i * 2 + j) for i, p in enumerate(MIXED) for j in range(2)]
+    assert len({len(c) for c in a}) > 2  # rows did stop at different steps
+
+
 def test_shared_prefix_gives_the_same_output(tiny):
     rubric = random_prompts([80], seed=1)[0]
     prompts = [rubric + p for p in MIXED]
