@@ -30,7 +30,7 @@ from data import read_jsonl, toy, write_jsonl
 from evaluation import alpaca_eval_path
 from judge import parse_score
 from sample import generate
-from tokenizer import Tokenizer, chat_prompt_ids
+from tokenizer import Tokenizer, chat_prompt_ids, chat_tokens
 
 # Small enough to run the whole method in about a minute on a 2-core CPU, and
 # trained long enough (many epochs of tiny data) that M1 writes judgments in
@@ -120,6 +120,24 @@ def test_every_artifact_exists_and_is_consistent(micro_run):
     report = (run / "report.md").read_text()
     for name in ("SFT", "M1", "M2", "M3"):
         assert f"| {name} |" in report
+
+
+def test_each_iteration_trains_from_the_model_before_it(micro_run):
+    """M_{t+1} is DPO from M_t with M_t as the reference (the paper's chain,
+    not every iteration from M1): iteration t's reference log-probs are M_t's
+    log-probs of its pairs' chosen and rejected texts, computed here by hand."""
+    run, _ = micro_run
+    tok = Tokenizer(str(run / "tokenizer.model"))
+    for t in (1, 2):
+        start = load_model(str(run / f"M{t}")).eval()
+        pairs = read_jsonl(run / f"iter{t}" / "pairs.jsonl")
+        for row in read_jsonl(run / "train" / f"M{t + 1}" / "ref_logps.jsonl")[1:4]:
+            for side in ("chosen", "rejected"):
+                ids, begin = chat_tokens(tok, pairs[row["index"]]["prompt"], pairs[row["index"]][side])
+                with torch.no_grad():
+                    logps = torch.log_softmax(start(torch.tensor([ids[:-1]]))[0].float(), dim=-1)
+                by_hand = sum(logps[i - 1, ids[i]].item() for i in range(begin, len(ids)))
+                assert row[side] == pytest.approx(by_hand, rel=1e-4, abs=1e-4), (t, side)
 
 
 def test_new_prompts_are_not_seed_or_held_out_prompts(micro_run):
