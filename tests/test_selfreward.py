@@ -564,7 +564,12 @@ def test_make_pairs_by_hand():
     pairs, dropped = S.make_pairs(judged)
     assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [("p0", "b", "d"), ("p1", "b", "a"),
                                                                           ("p4", "c", "a")]
-    assert sum(dropped.values()) == 2
+    assert pairs[0] == {"prompt": "p0", "chosen": "b", "rejected": "d", "chosen_score": 4.5, "rejected_score": 1.0,
+                        "chosen_index": 1, "rejected_index": 3}
+    assert dropped == {"fewer than 2 scored candidates": 1, "all scores tie": 1, "same text": 0}
+    # the same answer (up to spaces) as best and worst states no preference: dropped and counted
+    pairs, dropped = S.make_pairs([{"prompt": "p", "candidates": ["42", "42 ", "x"], "score": [4.0, 2.0, None]}])
+    assert pairs == [] and dropped["same text"] == 1
 
 
 def test_make_judge_pairs_by_hand():

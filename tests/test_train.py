@@ -271,6 +271,10 @@ def test_collate_masks_everything_but_the_response():
     tokens, targets = train_sft.collate([a, b], pad_id=9, weights=[1, 0])
     assert tokens[1].tolist() == [1, 12, 30, 9, 9, 9] and targets[1].tolist() == [-100] * 6
     assert targets[0].tolist() == [-100, -100, 20, 21, 22, 2]
+    # a conversation: (ids, spans), each assistant turn (start, end) learned, the user's turn between not
+    conv = ([1, 10, 20, 21, 2, 11, 30, 2], [(2, 5), (6, 8)])
+    tokens, targets = train_sft.collate([conv], pad_id=0)
+    assert targets.tolist() == [[-100, 20, 21, 2, -100, 30, 2]]
 
 
 def test_sft_loss_sum_by_hand():
