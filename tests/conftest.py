@@ -1,4 +1,4 @@
-"""Shared test setup: import the top-level scripts, find ../shared/data."""
+"""Shared test setup: import the top-level scripts, find ../shared/data; a log-prob by hand."""
 import os
 import sys
 
@@ -81,3 +81,15 @@ def smollm2(tmp_path_factory):
     model.eval().save_pretrained(out)
     hf_tok.save_pretrained(out)
     return out, model, hf_tok
+
+
+def response_logp(model, tok, prompt, response):
+    """(log p(response + end of turn | prompt), its token count) by hand: the
+    model's log-softmax at each response position, summed, with no trainer
+    code: the reference the training and loop tests check DPO's log-probs against."""
+    import torch
+    from tokenizer import chat_tokens
+    ids, start = chat_tokens(tok, prompt, response)
+    with torch.no_grad():
+        logps = torch.log_softmax(model(torch.tensor([ids[:-1]]))[0].float(), dim=-1)
+    return sum(logps[t - 1, ids[t]].item() for t in range(start, len(ids))), len(ids) - start

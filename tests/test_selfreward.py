@@ -25,12 +25,12 @@ import selfreward as S
 import train_dpo
 import train_sft
 from checkpoint import load_model
-from conftest import ROOT
+from conftest import ROOT, response_logp
 from data import read_jsonl, toy, write_jsonl
 from evaluation import alpaca_eval_path
 from judge import parse_score
 from sample import generate
-from tokenizer import Tokenizer, chat_prompt_ids, chat_tokens
+from tokenizer import Tokenizer, chat_prompt_ids
 
 # Small enough to run the whole method in about a minute on a 2-core CPU, and
 # trained long enough (many epochs of tiny data) that M1 writes judgments in
@@ -133,10 +133,7 @@ def test_each_iteration_trains_from_the_model_before_it(micro_run):
         pairs = read_jsonl(run / f"iter{t}" / "pairs.jsonl")
         for row in read_jsonl(run / "train" / f"M{t + 1}" / "ref_logps.jsonl")[1:4]:
             for side in ("chosen", "rejected"):
-                ids, begin = chat_tokens(tok, pairs[row["index"]]["prompt"], pairs[row["index"]][side])
-                with torch.no_grad():
-                    logps = torch.log_softmax(start(torch.tensor([ids[:-1]]))[0].float(), dim=-1)
-                by_hand = sum(logps[i - 1, ids[i]].item() for i in range(begin, len(ids)))
+                by_hand, _ = response_logp(start, tok, pairs[row["index"]]["prompt"], pairs[row["index"]][side])
                 assert row[side] == pytest.approx(by_hand, rel=1e-4, abs=1e-4), (t, side)
 
 

@@ -19,7 +19,7 @@ import types
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, response_logp
 
 import distributed as D
 import train_dpo
@@ -304,15 +304,6 @@ def test_sft_trains_and_saves_hf_layout(sft_single, work):
     x = torch.randint(0, trained.args.vocab_size, (2, 12))
     with torch.no_grad():
         assert torch.allclose(hf(x).logits, trained.eval()(x), atol=1e-5)
-
-
-def response_logp(model, tok, prompt, response):
-    """log p(response + end of turn | prompt) by hand: the model's log-softmax
-    at each response position, summed (no trainer code)."""
-    ids, start = chat_tokens(tok, prompt, response)
-    with torch.no_grad():
-        logps = torch.log_softmax(model(torch.tensor([ids[:-1]]))[0].float(), dim=-1)
-    return sum(logps[t - 1, ids[t]].item() for t in range(start, len(ids))), len(ids) - start
 
 
 def test_sft_first_loss_is_the_batch_cross_entropy_per_token_by_hand(work, sft_single):
