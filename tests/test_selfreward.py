@@ -137,6 +137,24 @@ def test_each_iteration_trains_from_the_model_before_it(micro_run):
                 assert row[side] == pytest.approx(by_hand, rel=1e-4, abs=1e-4), (t, side)
 
 
+def test_the_sft_baseline_and_m1_both_start_from_m0(micro_run):
+    """M1 is M0 fine-tuned on IFT + EFT, not the SFT baseline fine-tuned
+    further: each model's first logged loss (dropout 0 here) is M0's
+    cross-entropy per response token on step 0's examples of its own data,
+    computed by hand."""
+    from run_folder import sub_seed
+    import training
+    run, _ = micro_run
+    m0, tok = load_model(str(run / "M0")).eval(), Tokenizer(str(run / "tokenizer.model"))
+    for name, data in (("SFT", run / "seed" / "ift.jsonl"), ("M1", run / "train" / "ift_eft.jsonl")):
+        records = read_jsonl(data)
+        step0 = training.batch_indices(0, 16, len(records), sub_seed(1337, "sft", name) % 2**31)  # sft_batch_size
+        sums = [response_logp(m0, tok, records[i]["prompt"], records[i]["response"]) for i in step0]
+        first = read_jsonl(run / "train" / name / "metrics.jsonl")[0]
+        assert first["step"] == 1 and first["loss"] == pytest.approx(-sum(lp for lp, _ in sums) / sum(n for _, n in sums),
+                                                                     rel=1e-4), name
+
+
 def test_new_prompts_are_not_seed_or_held_out_prompts(micro_run):
     run, _ = micro_run
     seed = {x["prompt"].lower() for x in read_jsonl(run / "seed" / "ift.jsonl")}
