@@ -647,20 +647,34 @@ def iteration_lines(r, stages, iterations):
     return lines
 
 
+def trained_on(info):
+    """How many of a benchmark's questions the model was trained on
+    (selfreward.benchmark_overlap), as a clause; '' when it was not counted."""
+    o = info.get("trained_on")
+    if not o:
+        return ""
+    where = ", ".join(f"{k} {v}" for k, v in o["by_source"].items() if v)
+    return f"; trained on {o['seen']} of its {o['questions']} questions" + (f" ({where})" if where else "")
+
+
 def external_judges(infos):
-    """Where the answers for external judges are, and how to judge them."""
-    alpaca = [i["alpaca_eval"]["path"] for i in infos.values() if i.get("alpaca_eval")]
-    mt = [i["mt_bench"]["path"] for i in infos.values() if i.get("mt_bench")]
+    """Where the answers for external judges are, how to judge them, and how
+    many of each benchmark's questions the model had seen in training."""
+    alpaca = [i["alpaca_eval"] for i in infos.values() if i.get("alpaca_eval")]
+    mt = [i["mt_bench"] for i in infos.values() if i.get("mt_bench")]
     if not alpaca and not mt:
         return []
-    lines = ["Answers for external judges:", ""]
-    lines += [f"- AlpacaEval: `{p}` (`alpaca_eval --model_outputs={p}`)" for p in alpaca]
+    counted = any(x.get("trained_on") for x in alpaca + mt)
+    lines = ["Answers for external judges" + (" (and how many of the benchmark's questions each model was trained "
+             "on, the same text or a near duplicate by the prompt filter's ROUGE-L: those scores are not of "
+             "held-out questions)" if counted else "") + ":", ""]
+    lines += [f"- AlpacaEval: `{a['path']}` (`alpaca_eval --model_outputs={a['path']}`){trained_on(a)}" for a in alpaca]
     if mt:
-        folder = os.path.dirname(mt[0])
-        lines += [f"- MT-Bench: `{p}`" for p in mt]
+        folder = os.path.dirname(mt[0]["path"])
+        lines += [f"- MT-Bench: `{m['path']}`{trained_on(m)}" for m in mt]
         lines.append(f"  (FastChat: copy `{folder}/*.jsonl` into `fastchat/llm_judge/data/mt_bench/model_answer/`, "
                      f"then `python gen_judgment.py --model-list "
-                     f"{' '.join(os.path.basename(p)[:-len('.jsonl')] for p in mt)}`)")
+                     f"{' '.join(os.path.basename(m['path'])[:-len('.jsonl')] for m in mt)}`)")
     return lines + [""]
 
 

@@ -120,6 +120,7 @@ max_prompt_tokens = 64      # a new prompt longer than this is malformed
 min_prompt_words = 3        # shorter prompts are dropped
 max_prompt_words = 60       # longer prompts are dropped
 rouge_threshold = 0.9       # drop a new prompt whose ROUGE-L F with an existing one reaches this
+                            # (the evaluation counts a benchmark question as trained on the same way)
 n_candidates = 4            # N responses per prompt (paper: 4)
 temperature = 0.7           # candidates and judgments (paper: 0.7)
 top_p = 0.9                 # candidates and judgments (paper: 0.9)
@@ -238,7 +239,7 @@ STAGE_SETTINGS = {
     "DPO": ["seed", "dtype", "chat_template", "dpo_lr", "dpo_min_lr", "dpo_beta", "dpo_batch_size", "dpo_epochs",
             "rpo_alpha", "dropout"],
     "eval": ["seed", "dtype", "chat_template", "eval_judge", "eval_prompts", "mt_bench", "max_response_tokens",
-             "n_judge", "temperature", "top_p", "max_judge_tokens"],
+             "n_judge", "temperature", "top_p", "max_judge_tokens", "rouge_threshold"],
     # Meta-Rewarding's: these count only when meta_judge is on (run_stages adds them): without it
     # they change nothing computed, so changing them redoes nothing. (A setting that is new to a
     # list needs no such care: the run folder reuses a record made before it existed while the
@@ -539,9 +540,14 @@ def rouge_l(a, b):
 def too_similar(new, existing, threshold):
     """Is `new` (a word list) a near duplicate of any prompt in `existing`?
     A ROUGE-L F1 can be no higher than the bag-of-words overlap bound, so
-    most pairs are ruled out without computing the LCS."""
+    most pairs are ruled out without computing the LCS (and the overlap is
+    no larger than the shorter list: most without counting it either)."""
+    if not new:
+        return False
     cn = Counter(new)
     for old, co in existing:
+        if 2 * min(len(new), len(old)) / (len(new) + len(old)) < threshold:
+            continue
         overlap = sum((cn & co).values())
         if 2 * overlap / (len(new) + len(old)) >= threshold and rouge_l(new, old) >= threshold:
             return True
@@ -581,6 +587,62 @@ def held_out_prompts(r):
     only the evaluation.)"""
     files = [r.path("seed", name) for name in ("test.jsonl", "eft_eval.jsonl")]
     return {x["prompt"].strip().lower() for f in files if os.path.exists(f) for x in read_jsonl(f)}
+
+
+def trained_prompts(seed_dir, name, prompts_file=None):
+    """The instructions model `name` was trained on, by where they came from:
+    the SFT baseline the seed IFT prompts (in seed_dir); M1 those and the
+    questions of the EFT training groups (inside its judge prompts, with
+    their responses); M_t also the prompts the loop wrote in iterations
+    1 .. t-1 (prompts_file(s): iteration s's)."""
+    seen = {"seed IFT": [x["prompt"] for x in read_jsonl(os.path.join(seed_dir, "ift.jsonl"))]}
+    if name == "SFT":
+        return seen
+    groups = next(f for f in (os.path.join(seed_dir, g) for g in ("eft_train_groups.jsonl", "eft_train.jsonl"))
+                  if os.path.exists(f))  # the toy world keeps its groups apart from the targets
+    seen["EFT training"] = [g["prompt"] for g in read_jsonl(groups) if "responses" in g]
+    seen["written by the loop"] = [x["prompt"] for s in range(1, int(name[1:])) for x in read_jsonl(prompts_file(s))]
+    return seen
+
+
+def benchmark_overlap(questions, trained, threshold):
+    """How many benchmark questions (AlpacaEval instructions, MT-Bench first
+    turns) the model was trained on, the same text (letter case and spaces
+    aside) or a near duplicate by the loop's own filter (ROUGE-L >= threshold),
+    per source of trained_prompts; a question counts under its first source.
+    The loop keeps the seed data's own held-out prompts out of training
+    (held_out_prompts), but not an external benchmark's: this says whether
+    its scores are of questions the model has seen."""
+    norm = lambda text: " ".join(text.lower().split())
+    sources = {k: ({norm(p) for p in v}, [(w, Counter(w)) for w in map(words, v)]) for k, v in trained.items()}
+    counts, examples = Counter(), []
+    for q in questions:
+        for source, (same, near) in sources.items():
+            if norm(q) in same or too_similar(words(q), near, threshold):
+                counts[source] += 1
+                examples.append(q)
+                break
+    return {"questions": len(questions), "seen": sum(counts.values()),
+            "by_source": {k: counts[k] for k in trained}, "examples": examples[:3]}
+
+
+def warn_of_benchmarks_in_seed(c):
+    """Before any work: a benchmark whose questions are among real seed
+    data's training prompts would score every model on questions it was
+    trained on (oasst1's validation prompts are AlpacaEval's oasst ones)."""
+    if c.seed_data == "toy":
+        return
+    trained = trained_prompts(c.seed_data, "M1")
+    for setting, questions in (("eval_prompts", [x["instruction"] for x in E.read_eval_prompts(c.eval_prompts)]
+                                if c.eval_prompts else []),
+                               ("mt_bench", [q["turns"][0] for q in E.read_mt_bench(c.mt_bench)] if c.mt_bench else [])):
+        o = benchmark_overlap(questions, trained, c.rouge_threshold)
+        if o["seen"]:
+            D.log(f"warning: {setting}: {o['seen']} of its {o['questions']} questions are training prompts of the "
+                  f"seed data ({c.seed_data}: {', '.join(f'{k} {v}' for k, v in o['by_source'].items() if v)}; "
+                  f"e.g. {o['examples'][0][:80]!r}), so their scores are not of held-out questions. AlpacaEval's "
+                  f"oasst prompts are oasst1's validation prompts: python -m data.prepare_oasst ... "
+                  f"--eval_files=<the validation split> keeps them out of training.")
 
 
 def stage_prompts(c, r, t, writer_path):
@@ -941,22 +1003,28 @@ def stage_eval(c, r, name, path):
         if D.is_rank0():
             write_jsonl(r.path("eval", f"{name}_judgments.jsonl"), every)
     model_id = f"{c.run_name}-{name}"  # the name external judges list it under
+    trained = trained_prompts(r.path("seed"), name, lambda s: r.path(f"iter{s}", "prompts.jsonl")) \
+        if c.eval_prompts or c.mt_bench else {}
     if c.eval_prompts:  # real data: answers for external judges, in their own tools' files (evaluation.py)
-        recs, skipped = E.answer_alpaca_eval(net, tok, E.read_eval_prompts(c.eval_prompts), model_id,
-                                             c.max_response_tokens, **sample_kw)
+        prompts = E.read_eval_prompts(c.eval_prompts)
+        recs, skipped = E.answer_alpaca_eval(net, tok, prompts, model_id, c.max_response_tokens, **sample_kw)
         out = E.alpaca_eval_path(r.path("eval"), model_id)
         if D.is_rank0():
             E.write_alpaca_eval(out, recs)
         info["alpaca_eval"] = {"path": out, "answered": len(recs), "too_long": skipped,
-                               "avg_length": E.mean_length(x["output"] for x in recs)}
+                               "avg_length": E.mean_length(x["output"] for x in recs),
+                               "trained_on": benchmark_overlap([x["instruction"] for x in prompts], trained,
+                                                               c.rouge_threshold)}
     if c.mt_bench:
-        recs, skipped = E.answer_mt_bench(net, tok, E.read_mt_bench(c.mt_bench), model_id,
-                                          c.max_response_tokens, **sample_kw)
+        questions = E.read_mt_bench(c.mt_bench)
+        recs, skipped = E.answer_mt_bench(net, tok, questions, model_id, c.max_response_tokens, **sample_kw)
         out = E.mt_bench_path(r.path("eval"), model_id)
         if D.is_rank0():
             E.write_mt_bench(out, recs)
         info["mt_bench"] = {"path": out, "answered": len(recs), "too_long": skipped,
-                            "avg_length": E.mean_length(t for x in recs for t in x["choices"][0]["turns"])}
+                            "avg_length": E.mean_length(t for x in recs for t in x["choices"][0]["turns"]),
+                            "trained_on": benchmark_overlap([q["turns"][0] for q in questions], trained,
+                                                            c.rouge_threshold)}
     D.barrier()
     return info
 
@@ -980,6 +1048,7 @@ def main(argv=None):
     env = D.setup(c.device, c.dtype, c.threads, tp=c.tp,  # under torchrun: join the process group once, for every stage
                   width=checkpoint.model_width(c.init_from, c.model))
     D.log(D.describe(env))
+    warn_of_benchmarks_in_seed(c)
     check_generation_batch(c, env)
     r = Run(os.path.join(c.out_root, c.run_name), c, env, RUNTIME_ONLY, DEFAULTS)
     t_start = time.time()

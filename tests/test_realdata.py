@@ -91,6 +91,8 @@ def test_evaluation_skips_and_counts_long_inputs(tmp_path, monkeypatch, tok):
     use_model(monkeypatch, tok, ctx)
     r = run_folder(tmp_path)
     write_jsonl(r.path("seed", "eft_eval.jsonl"), [{"prompt": SHORT, "responses": ["a", LONG], "ranks": [0, 1]}])
+    write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": "Name a fruit.", "response": "Apple."}])
+    write_jsonl(r.path("seed", "eft_train.jsonl"), [{"prompt": "say  HI.", "responses": ["a", "b"], "ranks": [0, 1]}])
     (tmp_path / "alpaca.json").write_text(json.dumps([{"instruction": SHORT}, {"instruction": LONG * 20}]))
     write_jsonl(tmp_path / "mt.jsonl", [{"question_id": 1, "turns": [SHORT, "Again."]},
                                         {"question_id": 2, "turns": [LONG * 20, "Again."]}])
@@ -103,6 +105,11 @@ def test_evaluation_skips_and_counts_long_inputs(tmp_path, monkeypatch, tok):
     assert [x["instruction"] for x in json.load(open(info["alpaca_eval"]["path"]))] == [SHORT]
     assert [x["question_id"] for x in read_jsonl(info["mt_bench"]["path"])] == [1]
     assert os.listdir(os.path.dirname(info["mt_bench"]["path"])) == ["real-M1.jsonl"]
+    # M1 was trained on the EFT group "say  HI." (in its judge prompts): the benchmarks' "Say hi." counts,
+    # the long question does not
+    for b in ("alpaca_eval", "mt_bench"):
+        assert info[b]["trained_on"] == {"questions": 2, "seen": 1, "examples": [SHORT], "by_source": {
+            "seed IFT": 0, "EFT training": 1, "written by the loop": 0}}
 
 
 def test_sft_baselines_judgments_are_kept_when_no_eft_target_agrees(tmp_path, monkeypatch, tok):
@@ -161,6 +168,8 @@ def test_report_for_real_data_has_no_toy_columns(tmp_path):
                                                  "answered": 5, "too_long": 1, "avg_length": 123.4},
                  "mt_bench": {"path": f"out/x/eval/mt_bench/model_answer/x-{n}.jsonl", "answered": 80,
                               "too_long": 0, "avg_length": 456.0}} for n in names}
+    infos["M2"]["alpaca_eval"]["trained_on"] = {"questions": 805, "seen": 3, "examples": ["Hi?"], "by_source": {
+        "seed IFT": 0, "EFT training": 1, "written by the loop": 2}}
     for name, info in {"eft_targets": {"file": "judge.jsonl", "targets": 40, "judgments": 800,
                                        "judgments_with_score": 798, "dropped": {"prompt of the EFT eval set": 2}},
                        "iter1_prompts": {"requested": 10, "kept": 6, "dropped": {"exact duplicate": 4}},
@@ -183,7 +192,10 @@ def test_report_for_real_data_has_no_toy_columns(tmp_path):
             "too long to judge; pairs dropped:") in text
     assert "chosen 40 vs rejected 15 chars on average" in text
     assert "iteration 2: ? new prompts" in text
-    assert "`alpaca_eval --model_outputs=out/x/eval/alpaca_eval/x-M2/model_outputs.json`" in text
+    assert ("- AlpacaEval: `out/x/eval/alpaca_eval/x-M2/model_outputs.json` (`alpaca_eval --model_outputs="
+            "out/x/eval/alpaca_eval/x-M2/model_outputs.json`); trained on 3 of its 805 questions (EFT training 1, "
+            "written by the loop 2)\n") in text
+    assert "- MT-Bench: `out/x/eval/mt_bench/model_answer/x-M2.jsonl`\n" in text  # not counted: no clause
     assert "`out/x/eval/mt_bench/model_answer/x-SFT.jsonl`" in text and "--model-list x-SFT x-M1 x-M2" in text
     assert "stage time in all: 5.0 min" in text
     records = [json.loads(line)["eval"] for line in open(r.path("metrics.jsonl")) if '"eval"' in line]
@@ -228,6 +240,32 @@ def test_loop_on_real_format_seed_data_with_eft_from_a_file(tmp_path, tok, toy_t
     text = open(run / "report.md").read()
     assert not re.search(r"\bnan\b", text) and "mean grade" not in text and "judge coverage %" in text
     assert "alpaca_eval --model_outputs=" in text and "EFT targets from" in text
+    assert text.count("; trained on 0 of its 1 questions\n") == 2 and text.count("; trained on 0 of its 2 ") == 2
+
+
+def test_a_run_warns_at_the_start_when_alpaca_evals_oasst_prompts_are_seed_training_prompts(tmp_path, capsys):
+    # oasst1's validation root prompts are AlpacaEval's 188 oasst instructions (shared/data/README.md):
+    # prepared without --eval_files, most of them become IFT or EFT training prompts
+    val = shared_file("oasst1", "en-validation.jsonl")
+    roots = [m["text"] for m in read_jsonl(val) if m["parent_id"] is None and m["role"] == "prompter"]
+    (tmp_path / "alpaca.json").write_text(json.dumps([{"instruction": x, "dataset": "oasst"} for x in roots]))
+    for name, extra in (("shared", []), ("held_out", ["--eval_files", val])):
+        p = subprocess.run([sys.executable, "-m", "data.prepare_oasst", val, "--out", str(tmp_path / name), *extra],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+    trained = {x["prompt"] for f in ("ift", "eft_train") for x in read_jsonl(tmp_path / "shared" / f"{f}.jsonl")}
+    n = len(set(roots) & trained)
+    assert len(roots) == 188 and 100 < n < 188
+    capsys.readouterr()
+    S.warn_of_benchmarks_in_seed(settings(seed_data=str(tmp_path / "shared"), eval_prompts=str(tmp_path / "alpaca.json")))
+    said = capsys.readouterr().out
+    assert re.search(rf"warning: eval_prompts: {n} of its 188 questions are training prompts of the seed data "
+                     rf"\(.*shared: seed IFT \d+, EFT training \d+;", said), said
+    assert "--eval_files=<the validation split>" in said
+    # prepared as the README says, the validation prompts are the EFT eval set: nothing to warn of
+    S.warn_of_benchmarks_in_seed(settings(seed_data=str(tmp_path / "held_out"),
+                                          eval_prompts=str(tmp_path / "alpaca.json")))
+    assert capsys.readouterr().out == ""
 
 
 def test_prepare_oasst_warns_when_a_set_comes_out_empty(tmp_path):
