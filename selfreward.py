@@ -589,19 +589,21 @@ def held_out_prompts(r):
     return {x["prompt"].strip().lower() for f in files if os.path.exists(f) for x in read_jsonl(f)}
 
 
-def trained_prompts(seed_dir, name, prompts_file=None):
+def trained_prompts(seed_dir, name, pairs_file=None):
     """The instructions model `name` was trained on, by where they came from:
     the SFT baseline the seed IFT prompts (in seed_dir); M1 those and the
     questions of the EFT training groups (inside its judge prompts, with
-    their responses); M_t also the prompts the loop wrote in iterations
-    1 .. t-1 (prompts_file(s): iteration s's)."""
+    their responses); M_t also the prompts the loop wrote that made DPO
+    pairs in iterations 1 .. t-1 (pairs_file(s): iteration s's pairs; a
+    Meta-Rewarding judge pair's question is its "instruction")."""
     seen = {"seed IFT": [x["prompt"] for x in read_jsonl(os.path.join(seed_dir, "ift.jsonl"))]}
     if name == "SFT":
         return seen
     groups = next(f for f in (os.path.join(seed_dir, g) for g in ("eft_train_groups.jsonl", "eft_train.jsonl"))
                   if os.path.exists(f))  # the toy world keeps its groups apart from the targets
     seen["EFT training"] = [g["prompt"] for g in read_jsonl(groups) if "responses" in g]
-    seen["written by the loop"] = [x["prompt"] for s in range(1, int(name[1:])) for x in read_jsonl(prompts_file(s))]
+    seen["written by the loop"] = list(dict.fromkeys(p.get("instruction", p["prompt"]) for s in range(1, int(name[1:]))
+                                                     for p in read_jsonl(pairs_file(s))))
     return seen
 
 
@@ -1003,7 +1005,7 @@ def stage_eval(c, r, name, path):
         if D.is_rank0():
             write_jsonl(r.path("eval", f"{name}_judgments.jsonl"), every)
     model_id = f"{c.run_name}-{name}"  # the name external judges list it under
-    trained = trained_prompts(r.path("seed"), name, lambda s: r.path(f"iter{s}", "prompts.jsonl")) \
+    trained = trained_prompts(r.path("seed"), name, lambda s: r.path(f"iter{s}", "pairs.jsonl")) \
         if c.eval_prompts or c.mt_bench else {}
     if c.eval_prompts:  # real data: answers for external judges, in their own tools' files (evaluation.py)
         prompts = E.read_eval_prompts(c.eval_prompts)

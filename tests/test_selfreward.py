@@ -558,8 +558,13 @@ def test_benchmark_questions_a_model_was_trained_on_by_hand(tmp_path):
     write_jsonl(seed / "ift.jsonl", [{"prompt": "Name a fruit.", "response": "Apple."},
                                      {"prompt": "Write a poem about the sea.", "response": "Waves."}])
     write_jsonl(seed / "eft_train.jsonl", [{"prompt": "What is 2 + 2?", "responses": ["4", "5"], "ranks": [0, 1]}])
-    for t, prompt in ((1, "Explain gravity to a child."), (2, "Tell me a joke.")):
-        write_jsonl(tmp_path / f"iter{t}" / "prompts.jsonl", [{"prompt": prompt}, {"prompt": "Name a fruit."}])
+    for t, prompt in ((1, "Explain gravity to a child."), (2, "Tell me a joke.")):  # each iteration's DPO pairs
+        write_jsonl(tmp_path / f"iter{t}" / "pairs.jsonl", [{"prompt": prompt, "chosen": "a", "rejected": "b"},
+                                                            {"prompt": "Name a fruit.", "chosen": "a", "rejected": "b"}])
+    # a Meta-Rewarding judge pair: its prompt is a judge prompt, its question the "instruction"
+    with open(tmp_path / "iter2" / "pairs.jsonl", "a") as f:
+        f.write(json.dumps({"prompt": "Review the user's question ...", "instruction": "Why is the sky blue?",
+                            "chosen": "x", "rejected": "y", "kind": "judge"}) + "\n")
     questions = ["name a  FRUIT.", "Write a poem about the ocean.", "What is 2 + 2?", "Explain gravity to a child.",
                  "Tell me a joke.", "Why is the sky blue?"]
     # "write a poem about the ocean ." against "... sea .": 6 of 7 words in order, ROUGE-L 12/14 = 0.857
@@ -567,16 +572,16 @@ def test_benchmark_questions_a_model_was_trained_on_by_hand(tmp_path):
 
     def seen(name, threshold=0.7):
         o = S.benchmark_overlap(questions, S.trained_prompts(str(seed), name, lambda t: tmp_path / f"iter{t}" /
-                                                             "prompts.jsonl"), threshold)
+                                                             "pairs.jsonl"), threshold)
         return o["seen"], list(o["by_source"].values()), o["examples"]
 
     # the SFT baseline: the seed IFT prompts only (the fruit, the poem as a near duplicate)
     assert seen("SFT") == (2, [2], questions[:2])
     assert seen("M1") == (3, [2, 1, 0], questions[:3])  # and the EFT training groups' questions
-    # M_t: and the prompts the loop wrote before iteration t; a question counts once, under its first source
+    # M_t: and the prompts of the DPO pairs before iteration t; a question counts once, under its first source
     assert seen("M2") == (4, [2, 1, 1], questions[:3])
-    assert seen("M3") == (5, [2, 1, 2], questions[:3])
-    assert seen("M3", threshold=0.9) == (4, [1, 1, 2], [questions[0], questions[2], questions[3]])
+    assert seen("M3") == (6, [2, 1, 3], questions[:3])
+    assert seen("M3", threshold=0.9) == (5, [1, 1, 3], [questions[0], questions[2], questions[3]])
 
 
 def test_rouge_l_equals_a_brute_force_lcs():
