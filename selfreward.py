@@ -642,9 +642,9 @@ def warn_of_benchmarks_in_seed(c):
         if o["seen"]:
             D.log(f"warning: {setting}: {o['seen']} of its {o['questions']} questions are training prompts of the "
                   f"seed data ({c.seed_data}: {', '.join(f'{k} {v}' for k, v in o['by_source'].items() if v)}; "
-                  f"e.g. {o['examples'][0][:80]!r}), so their scores are not of held-out questions. AlpacaEval's "
-                  f"oasst prompts are oasst1's validation prompts: python -m data.prepare_oasst ... "
-                  f"--eval_files=<the validation split> keeps them out of training.")
+                  f"e.g. {o['examples'][0][:80]!r}), so their scores are not of held-out questions. Keep them out "
+                  f"of the seed's IFT and EFT training sets (AlpacaEval's oasst prompts are oasst1's validation "
+                  f"prompts: python -m data.prepare_oasst ... --eval_files=<the validation split>).")
 
 
 def stage_prompts(c, r, t, writer_path):
