@@ -342,21 +342,23 @@ def eft_targets(groups, judged, seed=0):
     ties) is kept, and nothing else; without ranks (another judge's file on prompts no
     human ranked) every judgment with a score is kept. The most frequent score is then
     down-sampled. Returns SFT records
-    {"prompt": judge prompt text, "response": justification + "Score: N", "score": N}.
+    {"prompt": judge prompt text, "response": justification + "Score: N", "score": N,
+     "instruction": the question judged}.
     """
     records = []
     for g, mine in zip(groups, judged):
         attempts = range(min((len(j["scores"]) for j in mine), default=0))
         if g.get("ranks") is None:
             records += [{"prompt": judge_prompt(g["prompt"], j["response"]), "response": eft_target(j["judgments"][a]),
-                         "score": j["scores"][a]} for j in mine for a in attempts if j["scores"][a] is not None]
+                         "score": j["scores"][a], "instruction": g["prompt"]}
+                        for j in mine for a in attempts if j["scores"][a] is not None]
             continue
         for a in attempts:
             correct = pairs_correct([j["scores"][a] for j in mine], g["ranks"])
             if correct and all(correct):
                 records += [{"prompt": judge_prompt(g["prompt"], j["response"]),
-                             "response": eft_target(j["judgments"][a]), "score": j["scores"][a]}
-                            for j in mine]
+                             "response": eft_target(j["judgments"][a]), "score": j["scores"][a],
+                             "instruction": g["prompt"]} for j in mine]
                 break
     return downsample_top_score(records, seed)
 

@@ -666,8 +666,8 @@ def external_judges(infos):
         return []
     counted = any(x.get("trained_on") for x in alpaca + mt)
     lines = ["Answers for external judges" + (" (and how many of the benchmark's questions each model was trained "
-             "on, the same text or a near duplicate by the prompt filter's ROUGE-L: those scores are not of "
-             "held-out questions)" if counted else "") + ":", ""]
+             "on, the same text or a near duplicate by the prompt filter's ROUGE-L: scores on those questions "
+             "are not held out)" if counted else "") + ":", ""]
     lines += [f"- AlpacaEval: `{a['path']}` (`alpaca_eval --model_outputs={a['path']}`){trained_on(a)}" for a in alpaca]
     if mt:
         folder = os.path.dirname(mt[0]["path"])

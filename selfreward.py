@@ -592,18 +592,24 @@ def held_out_prompts(r):
 def trained_prompts(seed_dir, name, pairs_file=None):
     """The instructions model `name` was trained on, by where they came from:
     the SFT baseline the seed IFT prompts (in seed_dir); M1 those and the
-    questions of the EFT training groups (inside its judge prompts, with
-    their responses); M_t also the prompts the loop wrote that made DPO
-    pairs in iterations 1 .. t-1 (pairs_file(s): iteration s's pairs; a
+    questions of its EFT training records (inside their judge prompts, with
+    responses); M_t also the prompts the loop wrote that made DPO pairs in
+    iterations 1 .. t-1 (pairs_file(s): iteration s's pairs; a
     Meta-Rewarding judge pair's question is its "instruction")."""
     seen = {"seed IFT": [x["prompt"] for x in read_jsonl(os.path.join(seed_dir, "ift.jsonl"))]}
     if name == "SFT":
         return seen
-    groups = next(f for f in (os.path.join(seed_dir, g) for g in ("eft_train_groups.jsonl", "eft_train.jsonl"))
-                  if os.path.exists(f))  # the toy world keeps its groups apart from the targets
-    seen["EFT training"] = [g["prompt"] for g in read_jsonl(groups) if "responses" in g]
-    seen["written by the loop"] = list(dict.fromkeys(p.get("instruction", p["prompt"]) for s in range(1, int(name[1:]))
-                                                     for p in read_jsonl(pairs_file(s))))
+    # real data: the EFT targets kept (each names its question); the toy world: its groups, every
+    # response of which is a target; real groups before their targets are written: those that may be
+    eft = next((f for f in (os.path.join(seed_dir, g) for g in ("eft_train_targets.jsonl", "eft_train_groups.jsonl",
+                                                                "eft_train.jsonl")) if os.path.exists(f)), None)
+    records = read_jsonl(eft) if eft else []
+    seen["EFT training"] = list(dict.fromkeys(x.get("instruction", x["prompt"]) for x in records
+                                              if "instruction" in x or "responses" in x))
+    written = []
+    for t in range(1, int(name[1:])):  # the iterations before M_t
+        written += [p.get("instruction", p["prompt"]) for p in read_jsonl(pairs_file(t))]
+    seen["written by the loop"] = list(dict.fromkeys(written))
     return seen
 
 
@@ -620,6 +626,7 @@ def benchmark_overlap(questions, trained, threshold):
     counts, examples = Counter(), []
     for q in questions:
         for source, (same, near) in sources.items():
+            # (the same text is a near duplicate too, ROUGE-L 1: the set finds it without the search)
             if norm(q) in same or too_similar(words(q), near, threshold):
                 counts[source] += 1
                 examples.append(q)

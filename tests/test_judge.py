@@ -238,9 +238,11 @@ def test_eft_targets_keep_agreeing_groups_and_downsample():
     records = make_eft_targets(MODEL, CharTokenizer(), groups, n_attempts=1, generate_fn=gen, seed=0)
     # kept: g0 (4, 2) and g2 (4, 5, 1); the most frequent score, 4, is cut to the next count (1)
     assert sorted(r["score"] for r in records) == [1, 2, 4, 5]
-    assert {"prompt": judge_prompt("g0", "b"), "response": "Partly.\nScore: 2", "score": 2} in records
-    assert {"prompt": judge_prompt("g2", "g"), "response": "Off-topic answer.\nScore: 1", "score": 1} in records
-    assert {"prompt": judge_prompt("g2", "f"), "response": "Score: 5", "score": 5} in records
+    assert {"prompt": judge_prompt("g0", "b"), "response": "Partly.\nScore: 2", "score": 2, "instruction": "g0"} \
+        in records  # each target names its question (the report counts benchmark questions trained on)
+    assert {"prompt": judge_prompt("g2", "g"), "response": "Off-topic answer.\nScore: 1", "score": 1,
+            "instruction": "g2"} in records
+    assert {"prompt": judge_prompt("g2", "f"), "response": "Score: 5", "score": 5, "instruction": "g2"} in records
 
 
 def test_judge_skips_and_marks_prompts_longer_than_the_context():
@@ -282,8 +284,8 @@ def test_eft_targets_without_ranks_keep_every_scored_judgment():
                {"response": "b", "judgments": ["hmm"], "scores": [None]},
                {"response": "c", "judgments": ["Score: 2\nWeak."], "scores": [2]}]]
     assert eft_targets(groups, judged) == [
-        {"prompt": judge_prompt("p", "a"), "response": "Good.\nScore: 5", "score": 5},
-        {"prompt": judge_prompt("p", "c"), "response": "Weak.\nScore: 2", "score": 2}]
+        {"prompt": judge_prompt("p", "a"), "response": "Good.\nScore: 5", "score": 5, "instruction": "p"},
+        {"prompt": judge_prompt("p", "c"), "response": "Weak.\nScore: 2", "score": 2, "instruction": "p"}]
     ranked = [{**groups[0], "ranks": [2, 1, 0]}]  # the humans disagree (c best): nothing is kept
     assert eft_targets(ranked, judged) == []
 

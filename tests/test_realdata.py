@@ -110,6 +110,13 @@ def test_evaluation_skips_and_counts_long_inputs(tmp_path, monkeypatch, tok):
     for b in ("alpaca_eval", "mt_bench"):
         assert info[b]["trained_on"] == {"questions": 2, "seen": 1, "examples": [SHORT], "by_source": {
             "seed IFT": 0, "EFT training": 1, "written by the loop": 0}}
+    # M2 also on iteration 1's DPO pairs: their prompt counts; a prompt kept but in no pair does not
+    write_jsonl(r.path("iter1", "prompts.jsonl"), [{"prompt": LONG * 20}, {"prompt": "Name a color."}])
+    write_jsonl(r.path("iter1", "pairs.jsonl"), [{"prompt": "Name a color.", "chosen": "Red.", "rejected": "7."}])
+    assert S.stage_eval(c, r, "M2", "M2")["alpaca_eval"]["trained_on"]["seen"] == 1
+    write_jsonl(r.path("iter1", "pairs.jsonl"), [{"prompt": LONG * 20, "chosen": "a", "rejected": "b"}])
+    assert S.stage_eval(c, r, "M2", "M2")["mt_bench"]["trained_on"] == {"questions": 2, "seen": 2, "examples": [
+        SHORT, LONG * 20], "by_source": {"seed IFT": 0, "EFT training": 1, "written by the loop": 1}}
 
 
 def test_sft_baselines_judgments_are_kept_when_no_eft_target_agrees(tmp_path, monkeypatch, tok):
@@ -157,6 +164,9 @@ def test_eft_targets_from_a_stronger_judges_file(tmp_path, monkeypatch):
     assert info["prompts"] == 4 and info["prompts_with_human_ranks"] == 2 and info["targets"] == 3
     assert info["dropped"] == {"prompt of the EFT eval set": 1} and info["judgments_with_score"] == 5
     assert S.eft_train_file(r) == r.path("seed", "eft_train_targets.jsonl")  # M1 trains on these
+    # so M1 was trained on their questions, not on every seed group's (the benchmark count's source)
+    write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": "Name a fruit.", "response": "Apple."}])
+    assert S.trained_prompts(r.path("seed"), "M1")["EFT training"] == ["Name a  fruit.", "Write a haiku."]
 
 
 def test_report_for_real_data_has_no_toy_columns(tmp_path):
@@ -217,7 +227,9 @@ def test_loop_on_real_format_seed_data_with_eft_from_a_file(tmp_path, tok, toy_t
     write_jsonl(judged, [{"prompt": g["prompt"], "responses": g["responses"],
                           "judgments": [[f"Fine.\nScore: {5 - k}"] for k in g["ranks"]]}
                          for g in sets["eft_train_groups"]])
-    (tmp_path / "alpaca.json").write_text(json.dumps([{"instruction": "Say hi.", "dataset": "oasst"}]))
+    # one AlpacaEval question is a seed IFT prompt: the run warns at the start, and the report counts it
+    (tmp_path / "alpaca.json").write_text(json.dumps([{"instruction": "Say hi.", "dataset": "oasst"},
+                                                      {"instruction": sets["ift"][0]["prompt"], "dataset": "x"}]))
     questions = shared_file("mt_bench", "question.jsonl")
     write_jsonl(tmp_path / "mt.jsonl", read_jsonl(questions)[:2])
     args = dict(seed_data=str(seed), init_from=str(m0), eft_judgments=str(judged), iterations=0,
@@ -240,7 +252,9 @@ def test_loop_on_real_format_seed_data_with_eft_from_a_file(tmp_path, tok, toy_t
     text = open(run / "report.md").read()
     assert not re.search(r"\bnan\b", text) and "mean grade" not in text and "judge coverage %" in text
     assert "alpaca_eval --model_outputs=" in text and "EFT targets from" in text
-    assert text.count("; trained on 0 of its 1 questions\n") == 2 and text.count("; trained on 0 of its 2 ") == 2
+    assert "warning: eval_prompts: 1 of its 2 questions are training prompts of the seed data" in p.stdout
+    assert text.count("; trained on 1 of its 2 questions (seed IFT 1)\n") == 2  # the SFT baseline and M1
+    assert text.count("; trained on 0 of its 2 questions\n") == 2  # MT-Bench
 
 
 def test_a_run_warns_at_the_start_when_alpaca_evals_oasst_prompts_are_seed_training_prompts(tmp_path, capsys):

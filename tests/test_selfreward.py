@@ -584,6 +584,24 @@ def test_benchmark_questions_a_model_was_trained_on_by_hand(tmp_path):
     assert seen("M3", threshold=0.9) == (5, [1, 1, 3], [questions[0], questions[2], questions[3]])
 
 
+def test_the_near_duplicate_search_finds_what_rouge_l_finds():
+    # too_similar skips most pairs by bounds; it must decide exactly as ROUGE-L against every prompt would,
+    # at the bounds' edges too (lengths 9 and 11 at 0.9: 2 * 9 / 20 is exactly 0.9)
+    rng = random.Random(0)
+    vocab = "a b c d e f".split()
+    draw = lambda n: [rng.choice(vocab) for _ in range(n)]
+    for threshold in (0.5, 0.7, 0.9, 0.95):
+        existing = [draw(rng.choice([1, 9, 10, 11, 19, 20, 21])) for _ in range(40)]
+        pool = [(w, Counter(w)) for w in existing]
+        for _ in range(300):
+            new = draw(rng.choice([1, 2, 9, 10, 11, 19, 20, 21]))
+            if rng.random() < 0.5:  # or a prompt of the pool with a few words cut: near duplicates at the edges
+                new = list(rng.choice(existing))
+                for _ in range(rng.randint(0, min(3, len(new) - 1))):
+                    new.pop(rng.randrange(len(new)))
+            assert S.too_similar(new, pool, threshold) == any(S.rouge_l(new, old) >= threshold for old in existing)
+
+
 def test_rouge_l_equals_a_brute_force_lcs():
     rng = random.Random(0)
 
