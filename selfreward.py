@@ -621,13 +621,12 @@ def benchmark_overlap(questions, trained, threshold):
     The loop keeps the seed data's own held-out prompts out of training
     (held_out_prompts), but not an external benchmark's: this says whether
     its scores are of questions the model has seen."""
-    norm = lambda text: " ".join(text.lower().split())
-    sources = {k: ({norm(p) for p in v}, [(w, Counter(w)) for w in map(words, v)]) for k, v in trained.items()}
+    # (the same text has the same words, ROUGE-L 1: the near-duplicate search finds it too)
+    sources = {k: [(w, Counter(w)) for w in map(words, v)] for k, v in trained.items()}
     counts, examples = Counter(), []
     for q in questions:
-        for source, (same, near) in sources.items():
-            # (the same text is a near duplicate too, ROUGE-L 1: the set finds it without the search)
-            if norm(q) in same or too_similar(words(q), near, threshold):
+        for source, prompts in sources.items():
+            if too_similar(words(q), prompts, threshold):
                 counts[source] += 1
                 examples.append(q)
                 break
@@ -642,10 +641,12 @@ def warn_of_benchmarks_in_seed(c):
     if c.seed_data == "toy":
         return
     trained = trained_prompts(c.seed_data, "M1")
-    for setting, questions in (("eval_prompts", [x["instruction"] for x in E.read_eval_prompts(c.eval_prompts)]
-                                if c.eval_prompts else []),
-                               ("mt_bench", [q["turns"][0] for q in E.read_mt_bench(c.mt_bench)] if c.mt_bench else [])):
-        o = benchmark_overlap(questions, trained, c.rouge_threshold)
+    benchmarks = {"eval_prompts": lambda f: [x["instruction"] for x in E.read_eval_prompts(f)],
+                  "mt_bench": lambda f: [q["turns"][0] for q in E.read_mt_bench(f)]}
+    for setting, questions in benchmarks.items():
+        if not getattr(c, setting):
+            continue
+        o = benchmark_overlap(questions(getattr(c, setting)), trained, c.rouge_threshold)
         if o["seen"]:
             D.log(f"warning: {setting}: {o['seen']} of its {o['questions']} questions are training prompts of the "
                   f"seed data ({c.seed_data}: {', '.join(f'{k} {v}' for k, v in o['by_source'].items() if v)}; "
