@@ -218,14 +218,14 @@ RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "tp", "plan_o
 STAGE_SETTINGS = {
     "toy seed": ["seed", "n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "ift_declines", "judge_working",
                  "judge_quotes", "quote_first", "judge_compares", "check_each_ask", "toy_kinds"],
-    "tokenizer": ["vocab_size", "phrase_pieces", "rubric_pieces", "letter_pieces"],
+    "tokenizer": ["vocab_size", "phrase_pieces", "rubric_pieces", "letter_pieces", "meta_judge"],
     "M0": ["seed", "dtype", "chat_template", "model", "pretrain_docs", "pretrain_qa_docs", "pretrain_working",
            "pretrain_checking", "check_each_ask", "pretrain_check_drill", "pretrain_drill_layouts", "toy_kinds",
            "pretrain_epochs", "pretrain_lr", "sft_batch_size"],
     "SFT": ["seed", "dtype", "chat_template", "sft_lr", "sft_min_lr", "sft_batch_size", "sft_epochs", "dropout"],
     "eft_own": ["seed", "dtype", "chat_template", "eft_own_answers", "temperature", "top_p", "max_response_tokens",
                 "shard_size", "judge_working", "judge_quotes", "quote_first", "judge_compares", "check_each_ask"],
-    "M1": ["eft_own_answers"],
+    "M1": ["eft_own_answers", "meta_judge"],
     "eft_targets": ["seed", "dtype", "chat_template", "n_judge", "temperature", "top_p", "max_judge_tokens",
                     "eft_judgments"],
     "prompts": ["seed", "dtype", "chat_template", "prompt_writer", "n_prompts", "n_shots", "prompt_temperature",
@@ -241,12 +241,12 @@ STAGE_SETTINGS = {
     "eval": ["seed", "dtype", "chat_template", "eval_judge", "eval_prompts", "mt_bench", "max_response_tokens",
              "n_judge", "temperature", "top_p", "max_judge_tokens", "rouge_threshold"],
     # Meta-Rewarding's: these count only when meta_judge is on (run_stages adds them): without it
-    # they change nothing computed, so changing them redoes nothing. (A setting that is new to a
-    # list needs no such care: the run folder reuses a record made before it existed while the
+    # they change nothing computed, so changing them redoes nothing. meta_judge itself is listed
+    # above, on or off: turning it off must redo what it made. (A setting that is new to a list
+    # needs no such care: the run folder reuses a record made before it existed while the
     # setting is at its default.)
-    "tokenizer+meta": ["meta_judge"],
     # (the meta-judge demonstrations take the EFT targets' form)
-    "M1+meta": ["meta_judge", "n_meta_seed", "judge_working", "judge_quotes", "quote_first", "judge_compares"],
+    "M1+meta": ["n_meta_seed", "judge_working", "judge_quotes", "quote_first", "judge_compares"],
     "meta_judgments": ["seed", "dtype", "chat_template", "temperature", "top_p", "max_meta_tokens", "shard_size"],
     "pairs+meta": ["seed", "meta_pair_by"],
     "pairs+coin": ["seed"],  # the coin's seed: counts only with pair_by='coin' (run_stages adds it)
@@ -324,7 +324,10 @@ def sft(c, r, name, init, data):
 # Stage 1: seed data
 
 def stage_seed_data(c, r):
-    os.makedirs(r.path("seed"), exist_ok=True)
+    if D.is_rank0():  # a redo starts from an empty folder: later stages tell toy from real data, and
+        shutil.rmtree(r.path("seed"), ignore_errors=True)  # find EFT targets, by which files are here
+        os.makedirs(r.path("seed"))
+    D.barrier()
     if c.seed_data == "toy":
         if D.is_rank0():
             toy.write_toy(r.path("seed"), seed=c.seed, n_ift=c.n_ift, n_eft_train=c.n_eft_train,
@@ -1089,7 +1092,7 @@ def run_stages(c, r):
         r.stage("seed_data", lambda: stage_seed_data(c, r), uses=["seed_data"],
                 files=[os.path.join(c.seed_data, f) for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl")])
     if c.init_from == "scratch":
-        r.stage("tokenizer", lambda: stage_tokenizer(c, r), uses=S["tokenizer"] + meta("tokenizer"),
+        r.stage("tokenizer", lambda: stage_tokenizer(c, r), uses=S["tokenizer"],
                 after=["seed_data"])
         r.stage("M0", lambda: stage_pretrain(c, r), uses=S["M0"], after=["seed_data", "tokenizer"],
                 temporary=temporary("M0"))

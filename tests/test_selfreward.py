@@ -441,7 +441,7 @@ def test_stages_declare_every_setting_they_read():
     ST = S.STAGE_SETTINGS  # a "+meta" list counts only with Meta-Rewarding on, "+coin" with pair_by='coin'
     #                        (run_stages adds them)
     kinds = {S.stage_seed_data: ["seed_data", *ST["toy seed"]],
-             S.stage_tokenizer: [*ST["tokenizer"], *ST["tokenizer+meta"]],
+             S.stage_tokenizer: "tokenizer",
              S.stage_pretrain: "M0", S.stage_sft_baseline: "SFT",
              S.stage_m1: [*ST["SFT"], *ST["M1"], *ST["M1+meta"]], S.stage_eft_own_answers: "eft_own",
              S.stage_eft_targets: "eft_targets", S.stage_prompts: "prompts", S.stage_candidates: "candidates",
@@ -452,9 +452,35 @@ def test_stages_declare_every_setting_they_read():
     for f, kind in kinds.items():
         declared = set(kind if isinstance(kind, list) else S.STAGE_SETTINGS[kind])
         assert reads(f.__code__, set()) <= declared, f.__name__
+    # a setting that switches a "+meta" or "+coin" list on is read whether it is on or off, so the
+    # stage lists it either way: else turning it off would reuse what was made with it on
+    switches = {"meta_judge", "pair_by"}
+    always = {S.stage_tokenizer: ST["tokenizer"], S.stage_m1: [*ST["SFT"], *ST["M1"]], S.stage_pairs: ST["pairs"],
+              S.stage_pairs_meta: ST["pairs"]}
+    for f, names in always.items():
+        assert reads(f.__code__, set()) & switches <= set(names), f.__name__
     declared = {s for names in S.STAGE_SETTINGS.values() for s in names}
     assert declared <= set(S.DEFAULTS)
     assert set(S.DEFAULTS) - declared - S.RUNTIME_ONLY == {"seed_data", "init_from", "iterations"}  # main's own
+
+
+def test_seed_data_redone_leaves_no_file_of_the_earlier_seed(tmp_path):
+    """Seed data redone in the same run folder with the other kind (the toy world, then a folder of
+    real data): the toy world's files go. Later stages tell toy from real by them (a toy test set
+    would grade the real model) and M1 would read the earlier EFT targets instead of the new seed's."""
+    r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath("run", *p)))
+    sizes = {k: MICRO[k] for k in ("n_ift", "n_eft_train", "n_eft_eval", "n_test")}
+    S.stage_seed_data(configurator.settings(S.DEFAULTS, {**sizes, "progress": False}), r)
+    write_jsonl(r.path("seed", "eft_train_targets.jsonl"), [{"prompt": "judge this", "response": "Score: 5"}])
+    assert {"test.jsonl", "eft_train_groups.jsonl"} <= set(os.listdir(r.path("seed")))
+    real = tmp_path / "real"
+    real.mkdir()
+    write_jsonl(real / "ift.jsonl", [{"prompt": "Name a fruit.", "response": "Apple."}])
+    write_jsonl(real / "eft_train.jsonl", [{"prompt": "Say hi.", "response": "Review ... Score: 4"}])
+    write_jsonl(real / "eft_eval.jsonl", [{"prompt": "Say no.", "responses": ["No.", "Yes."], "ranks": [0, 1]}])
+    S.stage_seed_data(configurator.settings(S.DEFAULTS, {"seed_data": str(real), "progress": False}), r)
+    assert sorted(os.listdir(r.path("seed"))) == ["eft_eval.jsonl", "eft_train.jsonl", "ift.jsonl"]
+    assert S.eft_train_file(r) == r.path("seed", "eft_train.jsonl")
 
 
 def test_grader_pairs_set_the_truly_best_against_the_truly_worst(tmp_path):
