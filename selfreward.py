@@ -561,7 +561,7 @@ def malformed(text, finished, min_words, max_words):
     """Why a generated prompt cannot be used, or None."""
     n = len(text.split())
     if not finished:
-        return "unfinished (no end of line within max_prompt_tokens)"
+        return "unfinished (no end of line within max_prompt_tokens or the context)"
     if not text.strip():
         return "empty"
     if any(s in text for s in ("Task:", "[INST]", "[/INST]", "Score:", "<response>")):
@@ -571,14 +571,17 @@ def malformed(text, finished, min_words, max_words):
     return None
 
 
-def first_line(tok, ids, max_tokens):
+def first_line(tok, ids, room):
     """(the new task, whether its line ended) from what the writer sampled,
-    stopped at a token that begins with a line break. A token may also hold
-    a line break after some text ("?\\n" in Llama 3's vocabulary): it does not
-    stop sampling (its "?" would be cut off with it), but the line ends there
-    all the same: the task is the text before the first line break."""
+    stopped at a token that begins with a line break or at the end of text.
+    room: the most tokens it could sample (max_prompt_tokens, or fewer where
+    the request nearly fills the context): stopped before that, it stopped at
+    one of those tokens. A token may also hold a line break after some text
+    ("?\\n" in Llama 3's vocabulary): it does not stop sampling (its "?"
+    would be cut off with it), but the line ends there all the same: the task
+    is the text before the first line break."""
     text = tok.decode(ids)
-    return text.split("\n")[0].strip(), len(ids) < max_tokens or "\n" in text
+    return text.split("\n")[0].strip(), len(ids) < room or "\n" in text
 
 
 def held_out_prompts(r):
@@ -689,13 +692,15 @@ def stage_prompts(c, r, t, writer_path):
             texts.append(toy.fewshot_text(shots))  # a Self-Instruct listing left open (the same for a real writer)
         ids = [tok.encode(x, bos=True) for x in texts]
         room = [i for i, x in enumerate(ids) if fits(net, x)]  # long real prompts can overfill a small context
-        # the end of the line ends the new task, as the end of text ends a response
+        # the end of the line ends the new task, and so does the end of text (a writer may end its list)
         outs = generate(net, [ids[i] for i in room], c.max_prompt_tokens, temperature=c.prompt_temperature,
-                        top_p=c.prompt_top_p, eos_id=line_breaks, seed=sub_seed(c.seed, "prompts", t, shard),
-                        batch_size=c.gen_batch_size, progress=c.progress) if room else []
+                        top_p=c.prompt_top_p, eos_id=sorted(set(line_breaks) | set(tok.stop_ids)),
+                        seed=sub_seed(c.seed, "prompts", t, shard), batch_size=c.gen_batch_size,
+                        progress=c.progress) if room else []
         records = []
-        for o in outs:
-            prompt, finished = first_line(tok, o, c.max_prompt_tokens)
+        for i, o in zip(room, outs):
+            # a request that nearly fills the context leaves fewer than max_prompt_tokens
+            prompt, finished = first_line(tok, o, min(c.max_prompt_tokens, net.args.max_seq_len - len(ids[i])))
             why = malformed(prompt, finished, c.min_prompt_words, c.max_prompt_words)
             if why is None and prompt.lower() in seen:
                 why = "exact duplicate"

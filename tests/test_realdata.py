@@ -86,6 +86,32 @@ def test_generation_stages_skip_and_count_prompts_longer_than_the_context(tmp_pa
     assert info["judgments"] == 4 * c.n_judge  # every candidate counts n_judge, judged or not
 
 
+def test_a_new_task_ends_at_a_line_break_or_the_end_of_text_and_not_where_the_context_does(
+        tmp_path, monkeypatch, tok):
+    """The writer stops at the end of text as at a line break (a writer may end its list; sampling
+    on would glue what follows onto the task). A task cut off because the request and it filled the
+    context did not end: it is dropped as unfinished, even within max_prompt_tokens."""
+    c, r = settings(n_prompts=2, shard_size=2, max_prompt_tokens=16), run_folder(tmp_path)
+    write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": f"Say hi to {x}.", "response": "hi"} for x in "ABCDEFGHIJ"])
+    longest = max(len(tok.encode(toy.fewshot_text([f"Say hi to {x}."] * c.n_shots), bos=True)) for x in "AJ")
+    net = use_model(monkeypatch, tok, longest + 12)
+    task = tok.encode("please sort the letters of the word fox and count the numbers over a lazy dog")
+    ended = "please sort the word"  # fewer tokens than any request's room
+
+    def writer(model, prompts, max_new_tokens, eos_id, **kw):
+        assert set(tok.stop_ids) <= set(eos_id) and set(tok.ids_starting_with("\n")) <= set(eos_id)
+        room = [min(max_new_tokens, net.args.max_seq_len - len(p)) for p in prompts]
+        assert all(n < c.max_prompt_tokens for n in room) and all(n < len(task) for n in room)
+        # the first request fills the context with the task (cut); the second ends its task at the end of text
+        assert all(len(tok.encode(ended)) < n for n in room)
+        return [task[:room[0]], tok.encode(ended)]
+    monkeypatch.setattr(S, "generate", writer)
+    S.stage_prompts(c, r, 1, "writer")
+    every = read_jsonl(r.path("iter1", "prompts_generated.jsonl"))
+    assert [x["dropped"] for x in every] == ["unfinished (no end of line within max_prompt_tokens or the context)", None]
+    assert read_jsonl(r.path("iter1", "prompts.jsonl")) == [{"prompt": ended}]
+
+
 def test_evaluation_skips_and_counts_long_inputs(tmp_path, monkeypatch, tok):
     ctx = len(judge_prompt_ids(tok, SHORT, "a")) + 8
     use_model(monkeypatch, tok, ctx)

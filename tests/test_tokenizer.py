@@ -244,9 +244,9 @@ def test_prompt_writer_lines_end_whatever_the_vocabulary(tmp_path, toy_tokenizer
         breaks = set(tok.ids_starting_with("\n"))
         ids = tok.encode(written)
         cut = next((i for i, t in enumerate(ids) if t in breaks), len(ids))  # where generate() stops
-        assert first_line(tok, ids[:cut], max_tokens=64) == ("Name a color?", True)
+        assert first_line(tok, ids[:cut], room=64) == ("Name a color?", True)
         unended = tok.encode("Name a color")
-        assert first_line(tok, unended, max_tokens=len(unended))[1] is False  # ran out of tokens
+        assert first_line(tok, unended, room=len(unended))[1] is False  # ran out of tokens
     assert any("?\n" in tok.decode([t]) for t in tok.encode(written))  # the case the rule is for
 
 
