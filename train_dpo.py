@@ -234,8 +234,7 @@ def dpo(c, env):
           f"beta {c.beta}{f', rpo_alpha {c.rpo_alpha}' if c.rpo_alpha else ''}, world size {env.world}")
 
     fp = T.made_from(c, tok_path)  # a saved state is resumed only if it was made from the same
-    optimizer, step = T.optimizer_and_resume(model, c, fp)  # step 0 on a fresh start
-    record = {}
+    optimizer, step, record = T.optimizer_and_resume(model, c, fp)  # step 0 and {} on a fresh start
     model.train()
     bar = tqdm(total=steps, initial=step, disable=not (c.progress and D.is_rank0()), desc="dpo")
     while step < steps:
@@ -267,7 +266,7 @@ def dpo(c, env):
             record.update(step=step, lr=lr, grad_norm=grad_norm.item(), tokens_per_s=n_seen / dt, mfu=mfu)
             bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
             T.log_metrics(c, record)
-        T.end_step(model, optimizer, step, steps, c, {"loss": record["loss"], "made_from": fp})  # every save_interval
+        T.end_step(model, optimizer, step, steps, c, {"record": record, "made_from": fp})  # every save_interval
     bar.close()
 
     if eval_set:

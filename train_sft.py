@@ -170,8 +170,8 @@ def sft(c, env):
           f"{n_params / 1e6:.1f}M parameters, world size {env.world}")
 
     fp = T.made_from(c, tok_path)  # a saved state is resumed only if it was made from the same
-    optimizer, step = T.optimizer_and_resume(model, c, fp)  # step 0 on a fresh start
-    loss = float("nan")
+    optimizer, step, last = T.optimizer_and_resume(model, c, fp)  # step 0 on a fresh start
+    loss = last.get("loss", float("nan"))  # the loss of the step resumed from
     model.train()
     bar = tqdm(total=steps, initial=step, disable=not (c.progress and D.is_rank0()), desc="sft")
     while step < steps:
@@ -206,7 +206,7 @@ def sft(c, env):
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             T.log_metrics(c, {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
                               "tokens_per_s": tps, "mfu": mfu})
-        T.end_step(model, optimizer, step, steps, c, {"loss": loss, "made_from": fp})  # state every save_interval
+        T.end_step(model, optimizer, step, steps, c, {"record": {"loss": loss}, "made_from": fp})  # every save_interval
     bar.close()
 
     eval_loss = evaluate(model, eval_set, env, c, pad_id) if eval_set else None

@@ -312,33 +312,37 @@ def save_state(model, optimizer, step, path, info=None):
 
 def load_state(model, optimizer, path, fp):
     """Restore a state written by save_state from the same inputs (its
-    made_from fingerprint is `fp`); returns its step, or 0 if none."""
+    made_from fingerprint is `fp`); returns (its step, the info saved with
+    it), or (0, {}) if none."""
     for candidate in (path, path + ".old"):  # .old: killed between the two renames
         if os.path.exists(os.path.join(candidate, "state.json")):
             break
     else:
-        return 0
+        return 0, {}
     with open(os.path.join(candidate, "state.json")) as f:
-        if json.load(f).get("made_from") != fp:
-            D.log(f"not resuming from {candidate}: it was saved by a run of other settings, data or weights")
-            return 0
+        info = json.load(f)
+    if info.get("made_from") != fp:
+        D.log(f"not resuming from {candidate}: it was saved by a run of other settings, data or weights")
+        return 0, {}
     model_sd, optim_sd = get_state_dict(model, optimizer)  # the shapes to load into
     state = {"model": model_sd, "optim": optim_sd, "step": torch.tensor(0)}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(state, checkpoint_id=candidate)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    return int(state["step"])
+    return int(state["step"]), info
 
 
 def optimizer_and_resume(model, c, fp):
-    """AdamW over the (sharded) parameters, and the step to start from: the
-    last saved training state's, if one was saved from the same inputs (fp:
-    made_from), else 0. Metrics lines written after that state go (all of
-    them on a fresh start), so the file reads as one run."""
+    """AdamW over the (sharded) parameters, the step to start from and what
+    that step recorded: the last saved training state's, if one was saved
+    from the same inputs (fp: made_from), else 0 and {}. (A run killed after
+    its last step has no step left to run: it returns what that one recorded.)
+    Metrics lines written after that state go (all of them on a fresh start),
+    so the file reads as one run."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, betas=(c.beta1, c.beta2),
                                   weight_decay=c.weight_decay)
-    step = load_state(model, optimizer, state_dir(c), fp)
+    step, saved = load_state(model, optimizer, state_dir(c), fp)
     if step:
         D.log(f"resumed from {state_dir(c)} at step {step}")
     if D.is_rank0() and os.path.exists(metrics_path(c)):
@@ -346,7 +350,7 @@ def optimizer_and_resume(model, c, fp):
             keep = [line for line in f if step and line.strip() and json.loads(line).get("step", 0) <= step]
         write_text(metrics_path(c), "".join(keep))
     D.barrier()
-    return optimizer, step
+    return optimizer, step, saved.get("record", {})
 
 
 def end_step(model, optimizer, step, steps, c, info):

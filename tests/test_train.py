@@ -620,6 +620,29 @@ def test_dpo_resume_after_kill_equals_uninterrupted(work, dpo_single):
     assert max_weight_diff(out_a / "model", out_b / "model") < 1e-6
 
 
+def test_killed_after_the_last_step_the_rerun_returns_that_steps_metrics(work):
+    """Killed after the last step's state was saved (before or while the model
+    is written out): the rerun has no step left to run, and still returns the
+    last step's loss and DPO metrics, as the uninterrupted run does (they go
+    into the loop's records)."""
+    for trainer, config in ((train_sft, sft_config), (train_dpo, dpo_config)):
+        name = trainer.__name__
+        cfg = config(work, work / f"{name}_whole", max_steps=2, save_interval=1)
+        whole = trainer.train(cfg)
+        cfg = {**cfg, "out_dir": str(work / f"{name}_killed")}
+        cmd = [sys.executable, f"{name}.py", *cli_args({**cfg, "crash_after_step": 2}),
+               f"--threads={torch.get_num_threads()}"]  # the same thread count: the same sums
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 3, r.stderr[-2000:]
+        assert not (work / f"{name}_killed" / "model").exists()
+        rerun = trainer.train(cfg)
+        assert rerun["loss"] == pytest.approx(whole["loss"], rel=1e-6) and not math.isnan(rerun["loss"]), name
+        timing = {"model", "tokens_per_s", "mfu"}  # where it was written, and how fast it ran
+        assert set(rerun) == set(whole), name
+        figures = [k for k, v in whole.items() if k not in timing and v is not None]  # (no eval set: None)
+        assert [rerun[k] for k in figures] == pytest.approx([whole[k] for k in figures], rel=1e-6), name
+
+
 # -----------------------------------------------------------------------------
 # bf16 compute on the CPU: one process autocasts, FSDP casts the gathered
 # weights (MixedPrecisionPolicy); both keep fp32 master weights, norms and
