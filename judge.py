@@ -368,8 +368,8 @@ def make_eft_targets(model, tokenizer, groups, n_attempts=1, temperature=0.7,
                      judgments_path=None, progress=True):
     """
     The paper's recipe: the model (the SFT baseline) judges each response of the EFT
-    groups {"prompt", "responses", "ranks"} n_attempts times, and eft_targets keeps the
-    attempts that agree with the human ranking. Returns the SFT records;
+    groups {"prompt", "responses", "ranks"} n_attempts times, and eft_targets keeps, per
+    group, the first attempt that agrees with the human ranking. Returns the SFT records;
     judgments_path, if given, gets the raw judgments, one group a line
     {"prompt", "responses", "ranks", "judgments", "scores", "too_long"}, to look at
     when few or none agree.

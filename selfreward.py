@@ -263,7 +263,7 @@ def load_model(r, path):
     whole on every rank (tp = 1); weights in the compute dtype (sampling
     needs no fp32 master weights)."""
     return (checkpoint.load_model(path, D.for_generation(r.env), dtype=r.env.dtype).eval(),
-            Tokenizer(path, r.settings["chat_template"]))
+            Tokenizer(path, r.c.chat_template))
 
 
 def memory_plans(c, world, gpu_memory_gb):
@@ -879,7 +879,8 @@ def actor_pairs(c, r, t):
         judged = grader_scored(judged, only_right=c.pair_by == "right")
     pairs, dropped = make_pairs(judged)
     if not pairs:
-        sys.exit(f"error: iteration {t}: no preference pairs (dropped: {dropped}); the judge gave every "
+        scorer = "the judge" if c.pair_by in ("judge", "coin") else f"the grader (pair_by={c.pair_by!r})"
+        sys.exit(f"error: iteration {t}: no preference pairs (dropped: {dropped}); {scorer} gave every "
                  f"candidate the same score or none. DPO cannot run. Look at {r.path(f'iter{t}', 'judgments.jsonl')}.")
     if c.pair_by == "coin":
         pairs = coin_turned(pairs, sub_seed(c.seed, "coin", t))
@@ -968,7 +969,8 @@ def stage_pairs_meta(c, r, t):
     judge_pairs, judge_dropped = make_judge_pairs(meta_judged, cap=len(pairs), seed=sub_seed(c.seed, "judge pairs", t))
     save_jsonl(r.path(f"iter{t}", "pairs.jsonl"), [{**p, "kind": "actor"} for p in pairs] + judge_pairs)
     by = "" if c.meta_pair_by == "meta" else " (best and worst judgment by the grader: meta_pair_by='grader')"
-    D.log(f"iteration {t}: {len(pairs)} pairs; dropped {dropped}; {len(judge_pairs)} judge pairs{by}; "
+    D.log(f"iteration {t}: {len(pairs)} pairs{report.pairs_by(c.pair_by)}; dropped {dropped}; "
+          f"{len(judge_pairs)} judge pairs{by}; "
           f"dropped {judge_dropped}")
     return {"pairs": len(pairs), "by": c.pair_by, "dropped": dropped, "judge_pairs": len(judge_pairs),
             "judge_by": c.meta_pair_by, "judge_dropped": judge_dropped}
