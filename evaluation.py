@@ -94,11 +94,18 @@ def answer_alpaca_eval(model, tokenizer, prompts, model_id, max_new_tokens, **sa
     return records, len(prompts) - len(records)
 
 
+# a turn with no room in the context: FastChat's own mark for a turn it could not
+# answer (gen_model_answer writes it), which its judge then scores. FastChat
+# refuses an answer file that lacks any question, so none is left out.
+NO_ROOM = "ERROR"
+
+
 def answer_mt_bench(model, tokenizer, questions, model_id, max_new_tokens, **sample_kw):
     """MT-Bench answers, every turn of every question, each turn asked after the
-    model's own earlier answers; and how many questions were skipped because a
-    turn had no room in the context (FastChat needs every turn answered)."""
+    model's own earlier answers; and how many questions had a turn with no
+    room in the context (that turn and those after it are NO_ROOM)."""
     conversations = {i: [] for i in range(len(questions))}  # question index -> messages so far
+    answered = {i: [] for i in range(len(questions))}  # question index -> the model's answers
     for k in range(max(len(q["turns"]) for q in questions)):
         asked = [i for i in conversations if k < len(questions[i]["turns"])]
         for i in asked:
@@ -106,15 +113,15 @@ def answer_mt_bench(model, tokenizer, questions, model_id, max_new_tokens, **sam
         answers = _answer(model, tokenizer, [conversations[i] for i in asked], max_new_tokens, sample_kw)
         for i, a in zip(asked, answers):
             if a is None:
-                del conversations[i]
+                del conversations[i]  # not asked again: its turns so far stay in `answered`
             else:
                 conversations[i].append({"role": "assistant", "content": a})
+                answered[i].append(a)
     now = time.time()
-    records = [{"question_id": questions[i]["question_id"], "answer_id": f"{model_id}-{questions[i]['question_id']}",
-                "model_id": model_id,
-                "choices": [{"index": 0, "turns": [m["content"] for m in messages if m["role"] == "assistant"]}],
-                "tstamp": now} for i, messages in sorted(conversations.items())]
-    return records, len(questions) - len(records)
+    records = [{"question_id": q["question_id"], "answer_id": f"{model_id}-{q['question_id']}", "model_id": model_id,
+                "choices": [{"index": 0, "turns": answered[i] + [NO_ROOM] * (len(q["turns"]) - len(answered[i]))}],
+                "tstamp": now} for i, q in enumerate(questions)]
+    return records, len(questions) - len(conversations)
 
 
 def write_alpaca_eval(path, records):

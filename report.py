@@ -671,7 +671,10 @@ def external_judges(infos):
     lines += [f"- AlpacaEval: `{a['path']}` (`alpaca_eval --model_outputs={a['path']}`){trained_on(a)}" for a in alpaca]
     if mt:
         folder = os.path.dirname(mt[0]["path"])
-        lines += [f"- MT-Bench: `{m['path']}`{trained_on(m)}" for m in mt]
+        lines += [f"- MT-Bench: `{m['path']}`{trained_on(m)}" + (
+            f"; {m['too_long']} questions with a turn too long for the context, answered \"ERROR\" there (as "
+            f"FastChat marks a turn it could not answer; its judge scores them)" if m.get("too_long") else "")
+            for m in mt]
         lines.append(f"  (FastChat: copy `{folder}/*.jsonl` into `fastchat/llm_judge/data/mt_bench/model_answer/`, "
                      f"then `python gen_judgment.py --model-list "
                      f"{' '.join(os.path.basename(m['path'])[:-len('.jsonl')] for m in mt)}`)")

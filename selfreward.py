@@ -1041,8 +1041,9 @@ def stage_eval(c, r, name, path):
         out = E.mt_bench_path(r.path("eval"), model_id)
         if D.is_rank0():
             E.write_mt_bench(out, recs)
-        info["mt_bench"] = {"path": out, "answered": len(recs), "too_long": skipped,
-                            "avg_length": E.mean_length(t for x in recs for t in x["choices"][0]["turns"]),
+        turns = [x["choices"][0]["turns"] for x in recs]  # every question: a turn with no room is E.NO_ROOM
+        info["mt_bench"] = {"path": out, "answered": len(recs) - skipped, "too_long": skipped,
+                            "avg_length": E.mean_length(t for ts in turns if E.NO_ROOM not in ts for t in ts),
                             "trained_on": benchmark_overlap([q["turns"][0] for q in questions], trained,
                                                             c.rouge_threshold)}
     D.barrier()

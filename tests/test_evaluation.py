@@ -145,7 +145,7 @@ def test_bad_eval_prompt_files_name_the_record(tmp_path):
         E.read_eval_prompts(str(tmp_path / "none.json"))
 
 
-def test_prompts_longer_than_the_context_are_skipped_and_counted(tok):
+def test_prompts_longer_than_the_context_are_skipped_and_counted(tok, tmp_path):
     short, long = "Say hi.", " ".join(["please answer the question"] * 40)
     ctx = 64
     assert len(chat_prompt_ids(tok, short)) + 8 < ctx < len(chat_prompt_ids(tok, long))
@@ -154,7 +154,14 @@ def test_prompts_longer_than_the_context_are_skipped_and_counted(tok):
                                          eos_id=tok.eos_id, progress=False)
     assert skipped == 1 and [r["instruction"] for r in recs] == [short]
     questions = [{"question_id": 1, "turns": [short, "Again."]}, {"question_id": 2, "turns": [long, "Again."]},
-                 {"question_id": 3, "turns": [short, long]}]  # 3: turn 2 does not fit, FastChat needs both
+                 {"question_id": 3, "turns": [short, long]}]  # 3: turn 2 does not fit
     recs, skipped = E.answer_mt_bench(net, tok, questions, "m", 4, eos_id=tok.eos_id, progress=False)
-    assert skipped == 2 and [r["question_id"] for r in recs] == [1]
-    assert len(recs[0]["choices"][0]["turns"]) == 2
+    # FastChat refuses a file without every question: a turn with no room is answered as FastChat marks one
+    # it could not answer, and so is every turn after it
+    assert skipped == 2 and [r["question_id"] for r in recs] == [1, 2, 3]
+    turns = [r["choices"][0]["turns"] for r in recs]
+    assert E.NO_ROOM == "ERROR" and turns[1] == ["ERROR", "ERROR"] and turns[2][1] == "ERROR"
+    assert "ERROR" not in turns[0] + turns[2][:1] and len(turns[0]) == 2
+    common = pytest.importorskip("fastchat.llm_judge.common", reason="FastChat (fschat) not installed")
+    E.write_mt_bench(str(tmp_path / "m.jsonl"), recs)
+    common.check_data(questions, common.load_model_answers(str(tmp_path)), None, ["m"], {})  # FastChat takes it

@@ -129,7 +129,9 @@ def test_evaluation_skips_and_counts_long_inputs(tmp_path, monkeypatch, tok):
     assert info["mt_bench"]["answered"] == 1 and info["mt_bench"]["too_long"] == 1
     assert info["alpaca_eval"]["path"] == E.alpaca_eval_path(r.path("eval"), "real-M1")
     assert [x["instruction"] for x in json.load(open(info["alpaca_eval"]["path"]))] == [SHORT]
-    assert [x["question_id"] for x in read_jsonl(info["mt_bench"]["path"])] == [1]
+    mt = read_jsonl(info["mt_bench"]["path"])  # every question (FastChat needs each): the long one as "ERROR"
+    assert [x["question_id"] for x in mt] == [1, 2] and mt[1]["choices"][0]["turns"] == ["ERROR", "ERROR"]
+    assert info["mt_bench"]["avg_length"] == E.mean_length(mt[0]["choices"][0]["turns"])  # of answered ones
     assert os.listdir(os.path.dirname(info["mt_bench"]["path"])) == ["real-M1.jsonl"]
     # M1 was trained on the EFT group "say  HI." (in its judge prompts): the benchmarks' "Say hi." counts,
     # the long question does not
