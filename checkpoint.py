@@ -329,8 +329,12 @@ def read_tensors(path, model):
             # fairscale's model parallelism split each layer on one dimension
             if len(parts) == 1 or name.endswith("norm.weight"):
                 full = parts[0]  # norms are replicated on every rank
-            elif name == "tok_embeddings.weight" or name.endswith(("wo.weight", "w2.weight")):
-                full = torch.cat(parts, dim=1)  # embedding and row-parallel: split on the input dim
+            elif name == "tok_embeddings.weight":
+                # Llama 2 split the embedding by width (ParallelEmbedding), Llama 3 by
+                # vocabulary (VocabParallelEmbedding): the parts' shapes tell which
+                full = torch.cat(parts, dim=0 if parts[0].shape[1] == p.shape[1] else 1)
+            elif name.endswith(("wo.weight", "w2.weight")):
+                full = torch.cat(parts, dim=1)  # row-parallel: split on the input dim
             else:
                 full = torch.cat(parts, dim=0)  # column-parallel (wq wk wv w1 w3 output): output dim
             check_shape(path, name, tuple(full.shape), p)

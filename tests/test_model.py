@@ -99,14 +99,16 @@ def test_save_overwrites_atomically(tmp_path):
     assert torch.equal(load_model(tmp_path / "ckpt").output.weight, model2.output.weight)
 
 
-def make_meta_layout(model, path, n_shards):
+def make_meta_layout(model, path, n_shards, llama3=False):
     """Write `model` the way Meta's Llama 2 release does: params.json and one
-    consolidated.NN.pth per model-parallel rank, each with its slice."""
+    consolidated.NN.pth per model-parallel rank, each with its slice. llama3:
+    as Meta's Llama 3 release does, whose embedding is split by vocabulary
+    (VocabParallelEmbedding) and whose params.json gives the vocabulary size."""
     os.makedirs(path)
     a = model.args
     params = {"dim": a.dim, "n_layers": a.n_layers, "n_heads": a.n_heads, "n_kv_heads": a.n_kv_heads,
               "multiple_of": a.multiple_of, "ffn_dim_multiplier": a.ffn_dim_multiplier,
-              "norm_eps": a.norm_eps, "vocab_size": -1, "rope_theta": a.rope_theta}
+              "norm_eps": a.norm_eps, "vocab_size": a.vocab_size if llama3 else -1, "rope_theta": a.rope_theta}
     json.dump(params, open(os.path.join(path, "params.json"), "w"))
     sd = model.state_dict()
     for r in range(n_shards):
@@ -114,6 +116,8 @@ def make_meta_layout(model, path, n_shards):
         for name, t in sd.items():
             if name.endswith("norm.weight"):
                 shard[name] = t.clone()
+            elif name == "tok_embeddings.weight" and llama3:
+                shard[name] = t.chunk(n_shards, dim=0)[r].clone()
             elif name == "tok_embeddings.weight" or name.endswith(("wo.weight", "w2.weight")):
                 shard[name] = t.chunk(n_shards, dim=1)[r].clone()
             else:
@@ -126,11 +130,13 @@ def test_meta_layout_two_shards_equals_one(tmp_path):
     model = random_model(args)
     make_meta_layout(model, tmp_path / "mp1", 1)
     make_meta_layout(model, tmp_path / "mp2", 2)
-    one, two = load_model(tmp_path / "mp1"), load_model(tmp_path / "mp2")
+    make_meta_layout(model, tmp_path / "mp2v", 2, llama3=True)  # the embedding split by vocabulary
+    one, two, two_v = load_model(tmp_path / "mp1"), load_model(tmp_path / "mp2"), load_model(tmp_path / "mp2v")
     assert one.args.vocab_size == 300  # params.json says -1: taken from the weights
     for name, p in model.state_dict().items():
         assert torch.equal(one.state_dict()[name], p), name
         assert torch.equal(two.state_dict()[name], p), name
+        assert torch.equal(two_v.state_dict()[name], p), name
     # and a Meta checkpoint converted by us opens in transformers with the same logits
     save_model(two, tmp_path / "hf")
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
