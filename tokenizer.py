@@ -93,6 +93,19 @@ def as_list(ids):
     return [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
 
 
+TIKTOKEN_HELP = (" (Meta's Llama 3 download ships its tokenizer so: use the Hugging Face download's "
+                 "tokenizer.json, e.g. put it in the checkpoint folder)")
+
+
+def is_tiktoken(path):
+    """Is `path` a tiktoken vocabulary (lines of "<base64 token> <rank>", what
+    Meta's Llama 3 download calls tokenizer.model), not a SentencePiece model?"""
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        return re.fullmatch(rb"[A-Za-z0-9+/]+=* \d+", f.readline().strip()) is not None
+
+
 class Tokenizer:
     def __init__(self, path, template=""):
         """path: a tokenizer.model, a tokenizer.json, or a folder holding one
@@ -100,13 +113,17 @@ class Tokenizer:
         template name to use instead of the one the checkpoint implies."""
         path = os.fspath(path)
         if os.path.isdir(path):
+            # (Meta's own Llama 3 download has a tokenizer.model in tiktoken's format: its tokenizer.json, if any)
             found = [os.path.join(path, f) for f in ("tokenizer.model", "tokenizer.json")
-                     if os.path.isfile(os.path.join(path, f))]
+                     if os.path.isfile(os.path.join(path, f)) and not is_tiktoken(os.path.join(path, f))]
             if not found:
-                raise FileNotFoundError(f"tokenizer model not found: no tokenizer.model or tokenizer.json in {path}")
+                raise FileNotFoundError(f"tokenizer model not found: no tokenizer.model or tokenizer.json in {path}"
+                                        + TIKTOKEN_HELP * is_tiktoken(os.path.join(path, "tokenizer.model")))
             path = found[0]
         if not os.path.isfile(path):
             raise FileNotFoundError(f"tokenizer model not found: {path}")
+        if is_tiktoken(path):
+            raise ValueError(f"{path}: a tiktoken vocabulary, not a SentencePiece model" + TIKTOKEN_HELP)
         self.model_path = path
         folder = os.path.dirname(path)
         config = read_json(folder, "tokenizer_config.json")

@@ -1,10 +1,11 @@
 """The SentencePiece wrapper, the chat template, and the toy tokenizer trainer."""
 import json
 import os
+import shutil
 
 import pytest
 
-from tokenizer import B_INST, E_INST, Tokenizer, chat_prompt_ids, chat_tokens, train_tokenizer
+from tokenizer import B_INST, E_INST, Tokenizer, chat_prompt_ids, chat_tokens, is_tiktoken, train_tokenizer
 
 
 def test_llama2_tokenizer_ids(llama_tokenizer_path):
@@ -268,3 +269,20 @@ def test_saved_checkpoint_carries_the_tokenizer_files_and_eos_ids(tmp_path, llam
     assert transformers.GenerationConfig.from_pretrained(tmp_path / "ckpt").eos_token_id == [1, 4]
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "ckpt")
     assert hf("the fox")["input_ids"] == tok.encode("the fox", bos=True)
+
+
+def test_a_tiktoken_vocabulary_is_named_and_a_tokenizer_json_beside_it_used(tmp_path, llama3_style, toy_tokenizer_path):
+    """Meta's own Llama 3 download names its tiktoken vocabulary tokenizer.model:
+    not read as SentencePiece (a parse error with no setting or fix named), but
+    named; a folder that also has a tokenizer.json uses that."""
+    folder = tmp_path / "meta"
+    folder.mkdir()
+    (folder / "tokenizer.model").write_text("IQ== 0\nIg== 1\nIw== 2\n")  # tiktoken: base64 token, rank
+    with pytest.raises(FileNotFoundError, match="no tokenizer.model or tokenizer.json.*tiktoken|Llama 3's download"):
+        Tokenizer(folder)
+    with pytest.raises(ValueError, match="a tiktoken vocabulary, not a SentencePiece model"):
+        Tokenizer(folder / "tokenizer.model")
+    for f in os.listdir(llama3_style):  # tokenizer.json and the files that name its special tokens
+        shutil.copy(os.path.join(llama3_style, f), folder / f)
+    assert Tokenizer(folder).model_path == str(folder / "tokenizer.json")
+    assert not is_tiktoken(toy_tokenizer_path)  # a SentencePiece model is not taken for one
