@@ -35,14 +35,17 @@ from data import read_jsonl, write_text
 # whose report was written before the figure existed)
 FIGURES = [
     ("mean grade", lambda m: m["mean_grade"]),
-    ("right answers (grade >= 4) %", lambda m: 100 * m["intervals"]["right"][0]),
+    ("right answers (grade >= 4) %", lambda m: None if "right" not in m.get("intervals", {}) else
+     100 * m["intervals"]["right"][0]),
     ("bare right answers (grade 5) %", lambda m: 100 * m["exact_solve"]),
     ("declined answers %", lambda m: None if "declined" not in m else 100 * m["declined"]),
     ("right among the answers given %",  # (not declined): skill apart from the will to answer
      lambda m: None if "declined" not in m or m["declined"] == 1 else
      100 * m["intervals"]["right"][0] / (1 - m["declined"])),
-    ("judge pairwise acc %", lambda m: 100 * (m["judge"].get("pairwise_accuracy") or 0.0)),
-    ("judge states the right answer %", lambda m: 100 * (m.get("checking", {}).get("judge") or 0.0)),
+    ("judge pairwise acc %",  # (none with eval_judge=False)
+     lambda m: None if m["judge"].get("pairwise_accuracy") is None else 100 * m["judge"]["pairwise_accuracy"]),
+    ("judge states the right answer %",
+     lambda m: None if m.get("checking", {}).get("judge") is None else 100 * m["checking"]["judge"]),
     ("its verdict follows a right answer %",
      lambda m: None if m.get("checking", {}).get("follows") is None else 100 * m["checking"]["follows"]),
     ("its comparison is right %",  # judgments that compare only (--judge_compares)
@@ -162,6 +165,12 @@ def main(argv=None):
     # --help: this script's usage, selfreward.py's settings and their comments
     c = configurator.settings(selfreward.DEFAULTS, configurator.configure(
         dict(selfreward.DEFAULTS, __file__=__file__, __doc__=__doc__), argv, comment_files=[selfreward.__file__]))
+    # before any run: what this script compares exists only for a finished toy run
+    if c.seed_data != "toy":
+        configurator.fail(f"seed_data = {c.seed_data!r}: seeds.py compares the toy world's grades across seeds, "
+                          f"and real seed data has no grader; run selfreward.py once per --seed instead")
+    if c.plan_only:
+        configurator.fail("plan_only: seeds.py runs the loop; plan with python selfreward.py --plan_only=True")
     folders = {}
     for s in seeds:
         name = f"{c.run_name}-seed{s}"
@@ -172,7 +181,7 @@ def main(argv=None):
     per_seed = {s: run_figures(f) for s, f in folders.items()}
     gains = {(a, b): {s: gain_interval(f, a, b) for s, f in folders.items()} for a, b in model_steps(names)}
     lines = [f"# `{c.run_name}` over seeds", "", *summarize(per_seed, names, gains),
-             *(pair_lines(folders, c.iterations) if c.seed_data == "toy" else []), ""]
+             *pair_lines(folders, c.iterations), ""]
     out = os.path.join(c.out_root, f"{c.run_name}-seeds.md")
     write_text(out, "\n".join(lines))
     print("\n".join(lines) + f"\nwritten to {out}")

@@ -115,6 +115,8 @@ def test_every_script_answers_help(capsys, monkeypatch):
                                     ("judge.py", ["--help"], 0, "LLM-as-a-Judge"),
                                     ("bench.py", ["--help"], 0, "--sample_new_tokens"),
                                     ("seeds.py", ["--help"], 0, "usage: python seeds.py"),
+                                    ("seeds.py", ["--seed_data=data/oasst"], 2,  # before any run
+                                     "seeds.py compares the toy world's grades"),
                                     ("report.py", ["--help"], 0, "report.md"),
                                     ("judge.py", [], 2, "error: judge.py is a library"),
                                     ("report.py", ["out/toy"], 2, "delete out/<run>/done/report"),

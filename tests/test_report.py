@@ -198,6 +198,12 @@ def test_seed_study_table_by_hand(tmp_path):
     # a figure some seeds lack: no mean, and steps counted over the seeds that have it
     assert "| its verdict follows a right answer % | - | - | 57.50 +- 3.54 |" in lines
     assert "- its verdict follows a right answer %: M2 > M1: 1/1" in lines
+    # a run evaluated without the judge (eval_judge=False) has no judge figures: none, not 0%
+    read = dict(seeds.FIGURES)
+    unjudged = {"judge": {}, "intervals": {}, "mean_grade": 2.0, "exact_solve": 0.1}
+    assert read["judge pairwise acc %"](unjudged) is None and read["judge states the right answer %"](unjudged) is None
+    assert read["right answers (grade >= 4) %"](unjudged) is None  # a report from before that figure
+    assert read["judge pairwise acc %"]({"judge": {"pairwise_accuracy": 0.0}}) == 0.0  # SFT's: no score, none right
     assert lines[-1].startswith("- the 95% bootstrap interval of M2 - M1 mean grade lies above 0 in 1/2 seeds")
     # two steps: each step's interval, then the last model's over M1 (seed 2's M3 - M2 touches 0: not above)
     per_seed3 = {s: dict(models, M3=models["M2"]) for s, models in per_seed.items()}
