@@ -115,6 +115,15 @@ def sft_record(rec):
     return None
 
 
+def seed_ift_record(rec):
+    """The loop's IFT seed: prompt and response, not a conversation (its
+    prompts are the prompt writer's few-shot examples)."""
+    if not (isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str)):
+        return ("needs string fields prompt and response (the loop's seed prompts are the prompt writer's "
+                "examples; a messages list is for train_sft.py on its own)")
+    return None
+
+
 def eft_group(rec):
     """An EFT group: a prompt, 2+ responses and one human rank each."""
     responses, ranks = rec.get("responses"), rec.get("ranks")
@@ -188,6 +197,7 @@ def check_loop(c, world):
     p.fraction("ift_chatty", low_open=False)
     p.fraction("ift_declines", low_open=False, high_open=True)
     p.fraction("pretrain_working", low_open=False)
+    p.fraction("pretrain_checking", low_open=False)
     p.fraction("dropout", low_open=False, high_open=True)
     p.at_least("n_candidates", 2)  # a preference pair needs two responses
     p.at_least("n_shots", 2)  # two of the shots are prompts generated earlier
@@ -239,7 +249,7 @@ def check_loop(c, world):
             p.add(f"seed_data: no such folder: {c.seed_data} ('toy', or a folder with ift.jsonl, eft_train.jsonl, "
                   "eft_eval.jsonl; python -m data.prepare_oasst writes one)")
         else:
-            ift = p.jsonl("seed_data", os.path.join(c.seed_data, "ift.jsonl"), sft_record)
+            ift = p.jsonl("seed_data", os.path.join(c.seed_data, "ift.jsonl"), seed_ift_record)
             p.jsonl("seed_data", os.path.join(c.seed_data, "eft_train.jsonl"), eft_train_record)
             p.jsonl("seed_data", os.path.join(c.seed_data, "eft_eval.jsonl"), eft_group)
             if ift:
@@ -304,7 +314,7 @@ def check_training(c, world, fields, script, check_record=None):
     if c.init_from == "scratch":
         p.require(c.model in PRESETS, "model", f"no such preset; presets: {', '.join(PRESETS)}")
         if p.require(bool(c.tokenizer), "tokenizer", "init_from='scratch' needs a tokenizer (it sets vocab_size)"):
-            p.require(os.path.isfile(c.tokenizer), "tokenizer", "no such file")
+            p.require(os.path.exists(c.tokenizer), "tokenizer", "no such file or folder")
     else:
         check_checkpoint(p, "init_from", c.init_from)
     p.jsonl("data", c.data, check_record, fields)

@@ -384,6 +384,11 @@ def test_empty_or_malformed_seed_data(tmp_path):
     (seed / "ift.jsonl").write_text('{"prompt": "a", "response": "b"}\n{"prompt": oops}\n')
     err = run_fails(command(tmp_path, run="m2", seed_data=str(seed), init_from=str(tmp_path)))
     assert "ift.jsonl:2: malformed JSON" in err
+    # a conversation trains train_sft.py, but the loop's seed prompts are the prompt writer's examples
+    (seed / "ift.jsonl").write_text('{"messages": [{"role": "user", "content": "a"}, '
+                                    '{"role": "assistant", "content": "b"}]}\n')
+    err = run_fails(command(tmp_path, run="m3", seed_data=str(seed), init_from=str(tmp_path)))
+    assert "ift.jsonl:1: needs string fields prompt and response (the loop's seed prompts" in err
 
 
 def test_more_iterations_extend_a_finished_run(micro_run, tmp_path):
@@ -1027,6 +1032,8 @@ def test_check_loop_in_this_process():
     # the toy world's working: a share of quiz pages
     c = configurator.settings(S.DEFAULTS, {"pretrain_working": 1.5})
     assert validate.check_loop(c, 1).found == ["pretrain_working = 1.5: must be in [0, 1]"]
+    c = configurator.settings(S.DEFAULTS, {"pretrain_checking": -0.2})  # and of marked ones
+    assert validate.check_loop(c, 1).found == ["pretrain_checking = -0.2: must be in [0, 1]"]
     c = configurator.settings(S.DEFAULTS, {"ift_declines": 1.0})  # a seed set with no answer left to learn
     assert validate.check_loop(c, 1).found == ["ift_declines = 1.0: must be in [0, 1)"]
     c = configurator.settings(S.DEFAULTS, {"toy_kinds": "reverse,dance"})

@@ -876,3 +876,19 @@ def test_cpu_bf16_units_are_read_from_cpuinfo(monkeypatch):
         monkeypatch.setattr(builtins, "open", lambda path, *a, **kw: io.StringIO(f"flags\t: {flags}\n")
                             if path == "/proc/cpuinfo" else real_open(path, *a, **kw))
         assert D.cpu_has_bf16() == has, flags
+
+
+def test_training_from_scratch_takes_a_tokenizer_folder(work, toy_tokenizer_path, tmp_path):
+    """tokenizer: a tokenizer.model, a tokenizer.json or a folder with one (as the setting says)."""
+    import configurator
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    shutil.copy(toy_tokenizer_path, folder / "tokenizer.model")
+    settings = {"init_from": "scratch", "model": "toy-tiny", "data": str(work / "sft.jsonl"),
+                "out_dir": str(tmp_path / "out")}
+    for given in (folder, folder / "tokenizer.model"):
+        c = configurator.settings(train_sft.DEFAULTS, {**settings, "tokenizer": str(given)})
+        validate.check_training(c, 1, [], "train_sft.py")  # accepted: no BadInput
+    c = configurator.settings(train_sft.DEFAULTS, {**settings, "tokenizer": str(tmp_path / "nope")})
+    with pytest.raises(validate.BadInput, match="tokenizer = .*nope': no such file or folder"):
+        validate.check_training(c, 1, [], "train_sft.py")
