@@ -164,8 +164,9 @@ def judge_prompt_metrics(judged, groups):
     return [m for m in per_prompt if m is not None]
 
 
-# The interval table's rows: (key in the intervals, label, scale, decimals).
-# Every mean and head-to-head figure of the toy table, with its interval.
+# The interval table's rows: (key in the intervals, label, scale, decimals): the
+# toy table's figures, right answers (grade >= 4) added and head-to-head as net
+# wins (win - loss), each with its interval.
 INTERVAL_FIGURES = [
     ("mean_grade", "mean grade (0-5)", 1, 2),
     ("right", "right answers (grade >= 4) %", 100, 1),
@@ -688,11 +689,11 @@ def left_out(r, names, stages, iterations):
     quietly leaving those parts out. A stage is not redone for a missing
     output (a deleted 70B checkpoint would be retrained on every rerun);
     deleting its done/ record redoes it."""
-    toy = r.settings.get("seed_data") == "toy"
+    toy_world = r.settings.get("seed_data") == "toy"
     expected = []
     for n in names:
         if f"eval_{n}" in stages:
-            if toy:
+            if toy_world:
                 expected.append((("eval", f"{n}_test.jsonl"), f"{n}'s grades (without them the report reads the "
                                                               "run as one on real data)"))
             if stages[f"eval_{n}"].get("judge"):
@@ -712,10 +713,10 @@ def write_report(r, names, infos, run_name, iterations):
     names: the models in order; infos: each model's evaluation stage info."""
     tests = {n: read_jsonl(r.path("eval", f"{n}_test.jsonl")) for n in names
              if os.path.exists(r.path("eval", f"{n}_test.jsonl"))}
-    toy = len(tests) == len(names)  # the toy world's grader graded every model
-    rows, metrics = toy_rows(names, tests, infos) if toy else real_rows(names, infos)
-    interval_table, intervals = interval_rows(r, names, tests) if toy else ([], {})
-    checking = checking_versus_doing(r, names, tests) if toy else {}
+    graded = len(tests) == len(names)  # the toy world's grader graded every model
+    rows, metrics = toy_rows(names, tests, infos) if graded else real_rows(names, infos)
+    interval_table, intervals = interval_rows(r, names, tests) if graded else ([], {})
+    checking = checking_versus_doing(r, names, tests) if graded else {}
     for m in metrics:
         if m["model"] in intervals:
             m["intervals"] = intervals[m["model"]]
@@ -736,14 +737,16 @@ def write_report(r, names, infos, run_name, iterations):
     intro = ("Test prompts answered greedily and graded by the toy world's ground-truth grader (never used "
              "inside the loop); the judge columns are each model's reward-model metrics on the EFT eval set "
              f"against the ground-truth ranking ({r.settings['n_judge']} judgments per response, averaged)."
-             if toy else
+             if graded else
              "Real data: no ground-truth grader. The judge columns are each model's reward-model metrics on the "
              "EFT eval set against the human rankings (judgments averaged per response; coverage counts single "
              "judgments); answers for AlpacaEval and MT-Bench are greedy, to be judged by external judges.")
-    ties = "" if not toy else (
-        " A prompt whose responses the judge scored all alike has no Spearman or Kendall correlation; it "
-        "counts as 0 in their means (prompts: " + ", ".join(
-            f"{m['model']} {m['judge'].get('n_undefined_correlation', 0)}" for m in metrics if m.get("judge")) + ").")
+    judged = [m for m in metrics if m.get("judge")]
+    ties = "" if not judged else (
+        " A prompt has no Spearman or Kendall correlation where fewer than two of its responses got a score, or "
+        "the scored ones' scores or their ranks are all alike; it counts as 0 in their means, and a model with "
+        "no prompt that has one shows '-' (prompts without one: " + ", ".join(
+            f"{m['model']} {m['judge'].get('n_undefined_correlation', 0)}" for m in judged) + ").")
     intervals_intro = [] if not interval_table else [
         f"The same figures with 95% bootstrap intervals over the {len(tests[names[0]])} test prompts (answers) "
         f"and the EFT eval prompts (judge; {RESAMPLES:,} resamples; a difference is a result only where its interval "
@@ -752,7 +755,7 @@ def write_report(r, names, infos, run_name, iterations):
     text = "\n".join([
         f"# Self-rewarding run `{run_name}`", "", *missing_lines, intro + ties, "",
         *rows, "", *intervals_intro, *iteration_lines(r, stages, iterations),
-        f"- stage time in all: {total / 60:.1f} min", "", *diagnostic_lines(r, names, iterations, toy),
+        f"- stage time in all: {total / 60:.1f} min", "", *diagnostic_lines(r, names, iterations, graded),
         *checking_lines(checking),
         *external_judges({n: infos.get(n, {}) for n in names}),
         "Settings:", "", "```", *(f"{k} = {v!r}" for k, v in r.settings.items()), "```", ""])

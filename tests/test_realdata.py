@@ -201,11 +201,13 @@ def test_report_for_real_data_has_no_toy_columns(tmp_path):
     r = run_folder(tmp_path)
     names = ["SFT", "M1", "M2"]
     judge = {"pairwise_accuracy": 0.5, "five_best": None, "exact_match": 0.25, "spearman": 0.1, "kendall_tau": 0.05,
-             "coverage": 0.5, "judgments": 12, "judgments_with_score": 3, "too_long": 1}
+             "coverage": 0.5, "judgments": 12, "judgments_with_score": 3, "too_long": 1, "n_prompts": 4,
+             "n_undefined_correlation": 2}
     infos = {n: {"judge": judge, "alpaca_eval": {"path": f"out/x/eval/alpaca_eval/x-{n}/model_outputs.json",
                                                  "answered": 5, "too_long": 1, "avg_length": 123.4},
                  "mt_bench": {"path": f"out/x/eval/mt_bench/model_answer/x-{n}.jsonl", "answered": 80,
                               "too_long": 0, "avg_length": 456.0}} for n in names}
+    infos["M2"]["mt_bench"] = {**infos["M2"]["mt_bench"], "answered": 78, "too_long": 2}
     infos["M2"]["alpaca_eval"]["trained_on"] = {"questions": 805, "seen": 3, "examples": ["Hi?"], "by_source": {
         "seed IFT": 0, "EFT training": 1, "written by the loop": 2}}
     for name, info in {"eft_targets": {"file": "judge.jsonl", "targets": 40, "judgments": 800,
@@ -233,7 +235,11 @@ def test_report_for_real_data_has_no_toy_columns(tmp_path):
     assert ("- AlpacaEval: `out/x/eval/alpaca_eval/x-M2/model_outputs.json` (`alpaca_eval --model_outputs="
             "out/x/eval/alpaca_eval/x-M2/model_outputs.json`); trained on 3 of its 805 questions (EFT training 1, "
             "written by the loop 2)\n") in text
-    assert "- MT-Bench: `out/x/eval/mt_bench/model_answer/x-M2.jsonl`\n" in text  # not counted: no clause
+    assert "- MT-Bench: `out/x/eval/mt_bench/model_answer/x-M1.jsonl`\n" in text  # not counted: no clause
+    assert ("- MT-Bench: `out/x/eval/mt_bench/model_answer/x-M2.jsonl`; 2 questions with a turn too long for the "
+            "context, answered \"ERROR\" there") in text
+    # how prompts without a correlation count, on real data as on the toy world's
+    assert "it counts as 0 in their means" in text and "(prompts without one: SFT 2, M1 2, M2 2)" in text
     assert "`out/x/eval/mt_bench/model_answer/x-SFT.jsonl`" in text and "--model-list x-SFT x-M1 x-M2" in text
     assert "stage time in all: 5.0 min" in text
     records = [json.loads(line)["eval"] for line in open(r.path("metrics.jsonl")) if '"eval"' in line]
