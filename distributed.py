@@ -104,15 +104,19 @@ def compute_dtype(device, setting="auto", width=None):
 def cpu_threads(setting=0):
     """CPU threads for torch's matmuls. 0: the cores this process may run on,
     shared evenly by the ranks on this machine (torchrun's LOCAL_WORLD_SIZE),
-    so ranks never fight over cores. OMP_NUM_THREADS, when set, wins over 0.
-    The thread count changes the order of float sums: the same seed, thread
-    count and dtype give the same result; a different thread count, results
-    that differ in the last bits and then drift."""
+    so ranks never fight over cores. OMP_NUM_THREADS, when set, wins over 0,
+    except a 1 with several ranks on the machine: torchrun sets that itself
+    when the variable is unset, so it is its default, not a choice (pass
+    threads=1 to pin one thread a rank). The thread count changes the order
+    of float sums: the same seed, thread count and dtype give the same
+    result; a different thread count, results that differ in the last bits
+    and then drift."""
     if setting:
         return setting
-    if os.environ.get("OMP_NUM_THREADS"):
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if os.environ.get("OMP_NUM_THREADS") and not (os.environ["OMP_NUM_THREADS"] == "1" and ranks_here > 1):
         return int(os.environ["OMP_NUM_THREADS"])
-    return max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(1, usable_cores() // ranks_here)
 
 
 def usable_cores():

@@ -892,3 +892,20 @@ def test_training_from_scratch_takes_a_tokenizer_folder(work, toy_tokenizer_path
     c = configurator.settings(train_sft.DEFAULTS, {**settings, "tokenizer": str(tmp_path / "nope")})
     with pytest.raises(validate.BadInput, match="tokenizer = .*nope': no such file or folder"):
         validate.check_training(c, 1, [], "train_sft.py")
+
+
+def test_default_threads_share_the_cores_among_the_ranks_on_the_machine(monkeypatch):
+    """threads=0: the usable cores over the ranks here; OMP_NUM_THREADS wins,
+    but not torchrun's own 1 (it sets that when it starts several ranks and the
+    variable is unset); a thread setting wins over both."""
+    monkeypatch.setattr(D, "usable_cores", lambda: 16)
+    for env, setting, threads in [({}, 0, 16), ({"LOCAL_WORLD_SIZE": "2"}, 0, 8),
+                                  ({"LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}, 0, 8),  # torchrun's default
+                                  ({"LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "3"}, 0, 3),
+                                  ({"OMP_NUM_THREADS": "1"}, 0, 1), ({"LOCAL_WORLD_SIZE": "32"}, 0, 1),
+                                  ({"LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}, 1, 1)]:
+        for k in ("LOCAL_WORLD_SIZE", "OMP_NUM_THREADS"):
+            monkeypatch.delenv(k, raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        assert D.cpu_threads(setting) == threads, (env, setting)
