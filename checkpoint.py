@@ -38,6 +38,7 @@ import torch
 from safetensors import safe_open
 
 import distributed as D
+from data import usual_permissions
 from model import PRESETS, ModelArgs, Transformer, preset
 from tokenizer import Tokenizer
 
@@ -480,15 +481,14 @@ def write_folder_atomically(path, write_into):
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    old = tmp + ".old"
     try:
         write_into(tmp)
+        usual_permissions(tmp, folder=True)
         if os.path.exists(path):
-            old = tmp + ".old"
             os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
+        os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(old, ignore_errors=True)  # the new folder is in place: a failure here loses nothing

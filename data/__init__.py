@@ -50,6 +50,16 @@ def read_jsonl(path, fields=(), allow_empty=True, check=None):
     return records
 
 
+def usual_permissions(path, folder=False):
+    """Give a file or folder made by tempfile (readable by its owner only) the
+    permissions open() or makedirs would have given it: the umask's, so that
+    others on a shared machine may read a run's outputs where they may read
+    the user's other files."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask)
+
+
 def write_text(path, text):
     """Write a file atomically: to a temporary file beside path, then os.replace,
     so a reader (or a resumed run) never sees a half-written file."""
@@ -59,6 +69,7 @@ def write_text(path, text):
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -99,6 +99,21 @@ def test_save_overwrites_atomically(tmp_path):
     assert torch.equal(load_model(tmp_path / "ckpt").output.weight, model2.output.weight)
 
 
+def test_saved_files_have_the_umasks_permissions_not_tempfiles(tmp_path):
+    """Written through a temporary folder or file (tempfile: owner only), a
+    checkpoint and a run's files end with the permissions open() and makedirs
+    give (others on a shared machine can read them where the umask lets them)."""
+    from data import write_jsonl
+    before = os.umask(0o022)
+    try:
+        save_model(random_model(CONFIGS[0][1]), tmp_path / "ckpt")
+        write_jsonl(tmp_path / "pairs.jsonl", [{"a": 1}])
+        assert os.stat(tmp_path / "ckpt").st_mode & 0o777 == 0o755
+        assert os.stat(tmp_path / "pairs.jsonl").st_mode & 0o777 == 0o644
+    finally:
+        os.umask(before)
+
+
 def make_meta_layout(model, path, n_shards, llama3=False):
     """Write `model` the way Meta's Llama 2 release does: params.json and one
     consolidated.NN.pth per model-parallel rank, each with its slice. llama3:
