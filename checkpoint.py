@@ -209,7 +209,13 @@ def read_config(path):
     if args.get("vocab_size", -1) == -1:
         args["vocab_size"] = shard["tok_embeddings.weight"].shape[0]
     args["tie_embeddings"] = "output.weight" not in shard
+    if "max_seq_len" not in args:  # params.json does not say: the context each Llama generation was trained to
+        llama3 = args["vocab_size"] == LLAMA3_VOCAB
+        args["max_seq_len"] = 131072 if config.get("use_scaled_rope") else 8192 if llama3 else 4096
     return ModelArgs(**args)
+
+
+LLAMA3_VOCAB = 128256  # Llama 3's vocabulary (Llama 2's: 32000)
 
 
 def model_width(init_from, preset_name=""):

@@ -304,6 +304,12 @@ def test_meta_layout_llama3_tied_and_scaled(tmp_path):
     loaded = load_model(tmp_path / "meta")
     assert loaded.args.tie_embeddings and loaded.args.rope_scaling["factor"] == 32.0
     assert torch.equal(loaded.tok_embeddings.weight, model.tok_embeddings.weight)
+    # params.json gives no context length: Llama 3.1+'s (scaled rope) 131072; Llama 3.0's 8192; Llama 2's 4096
+    assert loaded.args.max_seq_len == 131072
+    json.dump({**params, "vocab_size": 128256}, open(tmp_path / "meta" / "params.json", "w"))
+    assert read_config(tmp_path / "meta").max_seq_len == 8192
+    json.dump(params, open(tmp_path / "meta" / "params.json", "w"))
+    assert read_config(tmp_path / "meta").max_seq_len == 4096
 
 
 def test_llama2_70b_shapes():
