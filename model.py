@@ -350,8 +350,11 @@ def estimate_mfu(args: ModelArgs, n_params, tokens_per_second, seq_len, peak_flo
     The share of the hardware's peak FLOP/s that training achieves (PaLM,
     Chowdhery et al. 2022, appendix B): each token costs 6*N FLOPs for the
     matmuls with the weights (forward 2N, backward 4N) plus 12*L*H*Q*T for
-    attention (L layers, H heads, Q head dim, T sequence length).
+    attention (L layers, H heads, Q head dim, T sequence length). N counts
+    the weights that multiply: not an untied input embedding, a lookup (a
+    tied one is also the output layer's matmul).
     peak_flops: the device's peak, e.g. 989e12 for an H100/H200 in bf16.
     """
-    flops_per_token = 6 * n_params + 12 * args.n_layers * args.n_heads * args.head_dim * seq_len
+    n_matmul = n_params - (0 if args.tie_embeddings else args.vocab_size * args.dim)
+    flops_per_token = 6 * n_matmul + 12 * args.n_layers * args.n_heads * args.head_dim * seq_len
     return flops_per_token * tokens_per_second / peak_flops

@@ -376,9 +376,12 @@ def test_dropout_only_in_training():
 
 def test_estimate_mfu_by_hand():
     a = ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=300, multiple_of=32)
-    # 6N + 12*L*H*Q*T FLOPs per token (PaLM appendix B)
-    flops = 6 * 1000 + 12 * 2 * 4 * 16 * 128
-    assert estimate_mfu(a, 1000, tokens_per_second=500, seq_len=128, peak_flops=1e9) == pytest.approx(flops * 500 / 1e9)
+    # 6N + 12*L*H*Q*T FLOPs per token (PaLM appendix B); N without the untied input embedding (300 x 64), a lookup
+    flops = 6 * (100000 - 300 * 64) + 12 * 2 * 4 * 16 * 128
+    assert estimate_mfu(a, 100000, tokens_per_second=500, seq_len=128, peak_flops=1e9) == pytest.approx(flops * 500 / 1e9)
+    tied = ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=300, multiple_of=32, tie_embeddings=True)
+    flops = 6 * 100000 + 12 * 2 * 4 * 16 * 128  # the one embedding is also the output layer: all of N multiplies
+    assert estimate_mfu(tied, 100000, 500, 128, 1e9) == pytest.approx(flops * 500 / 1e9)
 
 
 
