@@ -227,10 +227,11 @@ def model_width(init_from, preset_name=""):
 
 def planned_args(init_from, preset_name):
     """The shapes a --plan_only memory plan is made for, and the line that says
-    which: init_from's config.json when that folder exists (no weights are
-    read), else the preset (e.g. planning before the checkpoint is downloaded)."""
+    which: init_from's config.json (or Meta's params.json) when that folder
+    exists (no weights are read), else the preset (e.g. planning before the checkpoint is downloaded)."""
     if os.path.isdir(init_from):
-        return read_config(init_from), f"planned for {os.path.join(init_from, 'config.json')}"
+        meta = not os.path.exists(os.path.join(init_from, "config.json"))  # read_config read params.json
+        return read_config(init_from), f"planned for {os.path.join(init_from, 'params.json' if meta else 'config.json')}"
     if preset_name not in PRESETS:
         raise ValueError(f"model = {preset_name!r}: no such preset ({', '.join(PRESETS)})")
     absent = "" if init_from == "scratch" else f" (init_from {init_from} is not a folder here)"
@@ -273,7 +274,9 @@ def safetensors_files(path):
         try:
             with open(index) as f:
                 return json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{index}: corrupt JSON ({e})") from None
+        except (KeyError, TypeError) as e:
             raise ValueError(f"{index}: not a safetensors index (no weight_map: {e})") from None
     if os.path.exists(os.path.join(path, "model.safetensors")):
         with open_safetensors(os.path.join(path, "model.safetensors")) as f:

@@ -331,10 +331,12 @@ def sampling_share(model):
 
 
 def local_slice(param):
-    """(dim, start, end): the slice of a parameter this rank holds. FSDP2 and
-    the column-wise parallel layers split dim 0 (rows), the row-wise parallel
-    ones dim 1 (columns), as torch.chunk does: ceil(n / ranks) a rank, the
-    last ranks possibly fewer or none. A plain or replicated tensor: all of it."""
+    """(dim, start, end): the slice of a parameter this rank holds, on the dim
+    its placement names. FSDP2 and the column-wise parallel layers split dim 0
+    (rows), the row-wise parallel linear layers dim 1 (columns), and the
+    row-wise parallel embedding dim 0 (the vocabulary), as torch.chunk does:
+    ceil(n / ranks) a rank, the last ranks possibly fewer or none. A plain or
+    replicated tensor: all of it."""
     if not isinstance(param, DTensor) or param.placements[0].is_replicate():
         return 0, 0, param.shape[0]
     (placement,) = param.placements

@@ -549,7 +549,7 @@ def _device(model):
     return next(model.parameters()).device
 
 
-def _generate_batch(model, decode, cache_class, prompts, prompt_ids, P, prefix_cache, max_new_tokens,
+def _generate_batch(model, decode, cache_class, prompts, prompt_index, P, prefix_cache, max_new_tokens,
                     temperature, top_p, n, eos_id, seed, world, check_every):
     """Sample n completions for each of a batch of prompts; returns len(prompts)*n lists."""
     dev, B, N = _device(model), len(prompts), len(prompts) * n
@@ -570,8 +570,8 @@ def _generate_batch(model, decode, cache_class, prompts, prompt_ids, P, prefix_c
     if n > 1:
         cache.repeat_interleave(n)
         logits = logits.repeat_interleave(n, dim=0)  # (N, V)
-    completion_ids = [i * n + j for i in prompt_ids for j in range(n)]  # global index of each row
-    u = row_uniforms(seed, completion_ids, max_new_tokens).to(dev) if temperature > 0 else None
+    completion_index = [i * n + j for i in prompt_index for j in range(n)]  # each row's place in the whole request
+    u = row_uniforms(seed, completion_index, max_new_tokens).to(dev) if temperature > 0 else None
     # each row's budget: max_new_tokens, or less where the context would overflow
     budget = torch.tensor([min(max_new_tokens, model.args.max_seq_len - len(p))
                            for p in prompts for _ in range(n)], device=dev)
