@@ -51,16 +51,17 @@ def read_eval_prompts(path):
     return records
 
 
+def mt_bench_question(q):
+    """What is wrong with a line of FastChat's question.jsonl, or None."""
+    turns = q.get("turns")
+    if "question_id" not in q or not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
+        return "not an MT-Bench question (needs question_id and turns: a list of strings)"
+    return None
+
+
 def read_mt_bench(path):
     """MT-Bench questions (FastChat's question.jsonl): a question_id and a list of turns."""
-    questions = read_jsonl(path, allow_empty=False)
-    for i, q in enumerate(questions, 1):
-        turns = q.get("turns")
-        if "question_id" not in q or not isinstance(turns, list) or not turns \
-                or not all(isinstance(t, str) for t in turns):
-            raise ValueError(f"{path}: record {i} is not an MT-Bench question "
-                             f"(needs question_id and turns: a list of strings)")
-    return questions
+    return read_jsonl(path, allow_empty=False, check=mt_bench_question)
 
 
 def alpaca_eval_path(eval_dir, model_id):

@@ -386,6 +386,24 @@ def make_eft_targets(model, tokenizer, groups, n_attempts=1, temperature=0.7,
     return eft_targets(groups, judged, seed)
 
 
+def judge_record(rec):
+    """(responses, each one's judgment texts, None) from one line of a judge
+    file (read_judge_file's layouts), or (None, None, what is wrong with it)."""
+    if isinstance(rec.get("completion"), dict):
+        items = [rec["completion"][k] for k in sorted(rec["completion"], key=int)]
+        responses = [x.get("content") for x in items]
+        texts = [[x.get("reasoning")] for x in items]
+    elif isinstance(rec.get("responses"), list) and isinstance(rec.get("judgments"), list):
+        responses = rec["responses"]
+        texts = [t if isinstance(t, list) else [t] for t in rec["judgments"]]
+    else:
+        return None, None, "a judgment record has 'completion' {id: {content, reasoning}} or 'responses' and 'judgments'"
+    if len(texts) != len(responses) or not all(isinstance(x, str) for x in responses) \
+            or not all(isinstance(t, str) for ts in texts for t in ts):
+        return None, None, "every response needs its text and its judgments as strings"
+    return responses, texts, None
+
+
 def read_judge_file(path):
     """
     Judgments written by another judge, as (groups, judged) for eft_targets. One
@@ -399,20 +417,8 @@ def read_judge_file(path):
     line does; selfreward.py adds the human ranks of the seed data's groups.
     """
     groups, judged = [], []
-    for lineno, rec in enumerate(read_jsonl(path, fields=("prompt",)), 1):
-        if isinstance(rec.get("completion"), dict):
-            items = [rec["completion"][k] for k in sorted(rec["completion"], key=int)]
-            responses = [x.get("content") for x in items]
-            texts = [[x.get("reasoning")] for x in items]
-        elif isinstance(rec.get("responses"), list) and isinstance(rec.get("judgments"), list):
-            responses = rec["responses"]
-            texts = [t if isinstance(t, list) else [t] for t in rec["judgments"]]
-        else:
-            raise ValueError(f"{path}:{lineno}: a judgment record has 'completion' {{id: {{content, reasoning}}}} "
-                             f"or 'responses' and 'judgments'")
-        if len(texts) != len(responses) or not all(isinstance(x, str) for x in responses) \
-                or not all(isinstance(t, str) for ts in texts for t in ts):
-            raise ValueError(f"{path}:{lineno}: every response needs its text and its judgments as strings")
+    for rec in read_jsonl(path, fields=("prompt",), check=lambda rec: judge_record(rec)[2]):  # errors: file:line
+        responses, texts, _ = judge_record(rec)
         groups.append({"prompt": rec["prompt"], "responses": responses, "ranks": rec.get("ranks")})
         judged.append([{"response": r, "judgments": ts, "scores": [parse_score(t) for t in ts]}
                        for r, ts in zip(responses, texts)])

@@ -138,8 +138,9 @@ def test_bad_eval_prompt_files_name_the_record(tmp_path):
     (tmp_path / "c.json").write_text("[]")
     with pytest.raises(ValueError, match="empty"):
         E.read_eval_prompts(str(tmp_path / "c.json"))
-    write_jsonl(tmp_path / "q.jsonl", [{"question_id": 1, "turns": ["a", "b"]}, {"question_id": 2, "turns": "a"}])
-    with pytest.raises(ValueError, match="record 2 is not an MT-Bench question"):
+    # the line in the file, blank lines counted
+    (tmp_path / "q.jsonl").write_text('{"question_id": 1, "turns": ["a", "b"]}\n\n{"question_id": 2, "turns": "a"}\n')
+    with pytest.raises(ValueError, match="q.jsonl:3: not an MT-Bench question"):
         E.read_mt_bench(str(tmp_path / "q.jsonl"))
     with pytest.raises(FileNotFoundError):
         E.read_eval_prompts(str(tmp_path / "none.json"))

@@ -310,8 +310,8 @@ def test_read_judge_file_on_the_shared_real_judge_outputs():
 
 def test_read_judge_file_names_a_bad_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    write_jsonl(bad, [{"prompt": "p", "responses": ["a"], "judgments": [["Score: 1"]]}, {"prompt": "q"}])
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: a judgment record has 'completion'"):
+    bad.write_text('{"prompt": "p", "responses": ["a"], "judgments": [["Score: 1"]]}\n\n{"prompt": "q"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:3: a judgment record has 'completion'"):  # blank lines count
         read_judge_file(bad)
     write_jsonl(bad, [{"prompt": "p", "responses": ["a", "b"], "judgments": [["Score: 1"]]}])
     with pytest.raises(ValueError, match=r"bad.jsonl:1: every response needs its text and its judgments"):
