@@ -186,24 +186,27 @@ INTERVAL_FIGURES = [
 
 
 def interval_rows(r, names, tests):
-    """The toy table's figures with their 95% bootstrap intervals over
-    prompts: test prompts for the answers, EFT eval prompts for the judge.
-    One row per figure, one column per model."""
+    """The table's figures with their 95% bootstrap intervals over prompts:
+    test prompts for the answers (the toy world's graded ones, `tests`; none
+    on real data), EFT eval prompts for the judge. One row per figure, one
+    column per model."""
     groups = read_jsonl(r.path("seed", "eft_eval.jsonl")) if os.path.exists(r.path("seed", "eft_eval.jsonl")) else []
     with_interval = lambda values, weights=None: (  # (the figure, its interval); weights: a ratio's denominators
         float(np.mean(values)) if weights is None else sum(values) / sum(weights), bootstrap_interval(values, weights))
-    grades = {n: np.array([x["grade"] for x in tests[n]], float) for n in names}
+    grades = {n: np.array([x["grade"] for x in tests[n]], float) for n in names if n in tests}
     intervals = {}
     for i, n in enumerate(names):
-        g, col = grades[n], answer_columns(tests[n])
-        m = {"mean_grade": with_interval(g), "right": with_interval((g >= toy.RIGHT).astype(float)),
-             "bare_right": with_interval(col["bare_right"]), "declined": with_interval(col["declined"]),
-             "avg_length": with_interval(col["length"])}
-        if i > 0:  # paired: the per-prompt differences, so both models keep the same prompts
-            m["vs_previous"] = with_interval(g - grades[names[i - 1]])
-            m["net_wins"] = with_interval(np.sign(g - grades[names[i - 1]]))
-        if n != "SFT" and "SFT" in grades:
-            m["net_wins_vs_sft"] = with_interval(np.sign(g - grades["SFT"]))
+        m = {}
+        if n in grades:
+            g, col = grades[n], answer_columns(tests[n])
+            m = {"mean_grade": with_interval(g), "right": with_interval((g >= toy.RIGHT).astype(float)),
+                 "bare_right": with_interval(col["bare_right"]), "declined": with_interval(col["declined"]),
+                 "avg_length": with_interval(col["length"])}
+            if i > 0:  # paired: the per-prompt differences, so both models keep the same prompts
+                m["vs_previous"] = with_interval(g - grades[names[i - 1]])
+                m["net_wins"] = with_interval(np.sign(g - grades[names[i - 1]]))
+            if n != "SFT" and "SFT" in grades:
+                m["net_wins_vs_sft"] = with_interval(np.sign(g - grades["SFT"]))
         path = r.path("eval", f"{n}_judgments.jsonl")
         judged = read_jsonl(path) if groups and os.path.exists(path) else []
         per_prompt = judge_prompt_metrics(judged, groups) if judged else []
@@ -715,7 +718,7 @@ def write_report(r, names, infos, run_name, iterations):
              if os.path.exists(r.path("eval", f"{n}_test.jsonl"))}
     graded = len(tests) == len(names)  # the toy world's grader graded every model
     rows, metrics = toy_rows(names, tests, infos) if graded else real_rows(names, infos)
-    interval_table, intervals = interval_rows(r, names, tests) if graded else ([], {})
+    interval_table, intervals = interval_rows(r, names, tests if graded else {})
     checking = checking_versus_doing(r, names, tests) if graded else {}
     for m in metrics:
         if m["model"] in intervals:
@@ -747,10 +750,12 @@ def write_report(r, names, infos, run_name, iterations):
         "the scored ones' scores or their ranks are all alike; it counts as 0 in their means, and a model with "
         "no prompt that has one shows '-' (prompts without one: " + ", ".join(
             f"{m['model']} {m['judge'].get('n_undefined_correlation', 0)}" for m in judged) + ").")
-    intervals_intro = [] if not interval_table else [
-        f"The same figures with 95% bootstrap intervals over the {len(tests[names[0]])} test prompts (answers) "
-        f"and the EFT eval prompts (judge; {RESAMPLES:,} resamples; a difference is a result only where its interval "
-        f"excludes 0; mean grade and judge pairwise accuracy drawn in report.svg):", "",
+    over = (f"the {len(tests[names[0]])} test prompts (answers) and the EFT eval prompts (judge; " if graded else
+            "the EFT eval prompts (")
+    intervals_intro = [] if len(interval_table) < 3 else [  # (header and rule only: no figure has one)
+        f"The same figures with 95% bootstrap intervals over {over}{RESAMPLES:,} resamples; a difference is a "
+        f"result only where its interval excludes 0" + ("; mean grade and judge pairwise accuracy drawn in "
+                                                        "report.svg):" if graded else "):"), "",
         *interval_table, ""]
     text = "\n".join([
         f"# Self-rewarding run `{run_name}`", "", *missing_lines, intro + ties, "",
@@ -761,7 +766,7 @@ def write_report(r, names, infos, run_name, iterations):
         "Settings:", "", "```", *(f"{k} = {v!r}" for k, v in r.settings.items()), "```", ""])
     if D.is_rank0():
         write_text(r.path("report.md"), text)
-        if intervals:
+        if graded:
             write_text(r.path("report.svg"), interval_figure(names, intervals))
         for m in metrics:
             r.metric({"eval": m})

@@ -219,8 +219,16 @@ def test_report_for_real_data_has_no_toy_columns(tmp_path):
         r.mark(name, {**info, "seconds": 60})
     write_jsonl(r.path("iter1", "pairs.jsonl"), [{"prompt": "p", "chosen": "x" * 30, "rejected": "y" * 10},
                                                  {"prompt": "q", "chosen": "x" * 50, "rejected": "y" * 20}])
+    # M1's judgments of the EFT eval set: prompt 1 ordered as the humans did, prompt 2 the other way
+    write_jsonl(r.path("seed", "eft_eval.jsonl"), [{"prompt": p, "responses": ["a", "b"], "ranks": [0, 1]}
+                                                   for p in ("p1", "p2")])
+    write_jsonl(r.path("eval", "M1_judgments.jsonl"), [{"score": s, "scores": [s]} for s in (5.0, 1.0, 1.0, 4.0)])
     report.write_report(r, names, infos, "x", 2)
     text = open(r.path("report.md")).read()
+    # the judge's figures with their intervals over the EFT eval prompts, on real data too (2 prompts: wide)
+    assert "The same figures with 95% bootstrap intervals over the EFT eval prompts (" in text
+    assert "| judge pairwise acc % | - | 50.0 [0.0, 100.0] | - |" in text and "mean grade" not in text
+    assert not os.path.exists(r.path("report.svg"))  # the figure draws mean grade: the toy world's
     # a finished stage whose output is gone is named, with what the report leaves out for it
     assert ("**Left out**: files that finished stages wrote are not found, so this report lacks what they feed: "
             "`iter1/judgments.jsonl` (iteration 1: the diagnostics of its judgments).") in text
