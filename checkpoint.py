@@ -39,7 +39,7 @@ from safetensors import safe_open
 
 import distributed as D
 from data import usual_permissions
-from model import PRESETS, ModelArgs, Transformer, preset
+from model import PRESETS, ROPE_SCALING_KEYS, ModelArgs, Transformer, ffn_base, preset
 from tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
@@ -142,15 +142,14 @@ def args_from_hf_config(config, path="config.json"):
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "llama3"):
         raise ValueError(f"{path}: rope_type {rope_type!r} is not supported (only 'default' and 'llama3')")
-    scaling_keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-    if rope_type == "llama3" and any(k not in rope for k in scaling_keys):
-        raise ValueError(f"{path}: rope_type 'llama3' needs {', '.join(scaling_keys)}; got {rope}")
+    if rope_type == "llama3" and any(k not in rope for k in ROPE_SCALING_KEYS):
+        raise ValueError(f"{path}: rope_type 'llama3' needs {', '.join(ROPE_SCALING_KEYS)}; got {rope}")
     n_heads = config["num_attention_heads"]
     args = ModelArgs(
         dim=config["hidden_size"], n_layers=config["num_hidden_layers"], n_heads=n_heads,
         n_kv_heads=config.get("num_key_value_heads") or n_heads, vocab_size=config["vocab_size"],
         norm_eps=config.get("rms_norm_eps", 1e-5), rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)),
-        rope_scaling={k: rope[k] for k in scaling_keys} if rope_type == "llama3" else None,
+        rope_scaling={k: rope[k] for k in ROPE_SCALING_KEYS} if rope_type == "llama3" else None,
         max_seq_len=config.get("max_position_embeddings", 4096), head_dim=config.get("head_dim"),
         tie_embeddings=config.get("tie_word_embeddings", False))
     # Store the exact feed-forward width: pick multiple_of so the rule gives it.
@@ -160,7 +159,7 @@ def args_from_hf_config(config, path="config.json"):
 
 def ffn_rule_for(dim, hidden_dim):
     """(multiple_of, ffn_dim_multiplier) that make ModelArgs.hidden_dim == hidden_dim."""
-    base = int(2 * (4 * dim) / 3)
+    base = ffn_base(dim)
     if base == hidden_dim:
         return hidden_dim, None
     for multiple_of in (256, 4096, 1024, 512, 128, 64, 32, 16, 8, 1):

@@ -24,6 +24,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# Llama 3.1's rotary scaling (rope_scaling), in Hugging Face's names
+ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def ffn_base(dim):
+    """The feed-forward width before Llama's multiplier and rounding: 2/3 of
+    4*dim (SwiGLU has three matrices instead of two, so this keeps the
+    parameter count of a 4*dim MLP)."""
+    return int(2 * (4 * dim) / 3)
+
 
 @dataclass
 class ModelArgs:
@@ -55,17 +65,15 @@ class ModelArgs:
             raise ValueError(f"n_heads {self.n_heads} must divide by n_kv_heads {self.n_kv_heads}")
         if self.head_dim % 2:
             raise ValueError("the head dimension must be even for rotary embeddings")
-        if self.rope_scaling is not None:
-            keys = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
-            if set(self.rope_scaling) != keys:
-                raise ValueError(f"rope_scaling needs exactly the keys {sorted(keys)}, got {sorted(self.rope_scaling)}")
+        if self.rope_scaling is not None and set(self.rope_scaling) != set(ROPE_SCALING_KEYS):
+            raise ValueError(f"rope_scaling needs exactly the keys {sorted(ROPE_SCALING_KEYS)}, "
+                             f"got {sorted(self.rope_scaling)}")
 
     @property
     def hidden_dim(self):
-        # Llama's rule: 2/3 of 4*dim (SwiGLU has three matrices instead of two,
-        # so this keeps the parameter count of a 4*dim MLP), times an optional
-        # multiplier, rounded up to a multiple of `multiple_of`.
-        hidden = int(2 * (4 * self.dim) / 3)
+        # Llama's rule: ffn_base, times an optional multiplier, rounded up to a
+        # multiple of `multiple_of`.
+        hidden = ffn_base(self.dim)
         if self.ffn_dim_multiplier is not None:
             hidden = int(self.ffn_dim_multiplier * hidden)
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
