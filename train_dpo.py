@@ -78,13 +78,6 @@ def chosen_nll(policy_chosen_logps, chosen_tokens):
     return -policy_chosen_logps / chosen_tokens
 
 
-def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
-    """(mean loss, chosen rewards, rejected rewards) for a batch of pairs."""
-    losses, chosen_rewards, rejected_rewards = dpo_losses(
-        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
-    return losses.mean(), chosen_rewards, rejected_rewards
-
-
 # Exercise (medium): a response's summed log-probability. Graded by: tests/test_train.py -k sequence_logps
 def sequence_logps(model, tokens, targets, env):
     """(B,) sum over each row's response tokens of log p(token), in fp32."""

@@ -369,15 +369,16 @@ def test_nan_loss_stops_and_keeps_last_good_state(work, tmp_path, monkeypatch):
 
 def test_dpo_loss_by_hand():
     pc, pr, rc, rr, beta = [-10.0, -5.0], [-12.0, -4.0], [-11.0, -6.0], [-11.5, -3.0], 0.1
-    loss, chosen, rejected = train_dpo.dpo_loss(*map(torch.tensor, (pc, pr, rc, rr)), beta)
+    losses, chosen, rejected = train_dpo.dpo_losses(*map(torch.tensor, (pc, pr, rc, rr)), beta)
+    loss = losses.mean()  # the batch's loss
     # pair 0: rewards 0.1*(1) and 0.1*(-0.5), margin 0.15; pair 1: 0.1, -0.1, margin 0.2
     expected = (math.log(1 + math.exp(-0.15)) + math.log(1 + math.exp(-0.2))) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert chosen.tolist() == pytest.approx([0.1, 0.1]) and rejected.tolist() == pytest.approx([-0.05, -0.1])
     # policy == reference: loss ln 2, rewards 0
     x = torch.tensor([-3.0, -7.0])
-    loss, chosen, rejected = train_dpo.dpo_loss(x, x + 1, x, x + 1, beta)
-    assert loss.item() == pytest.approx(math.log(2)) and chosen.abs().max() == 0 == rejected.abs().max()
+    losses, chosen, rejected = train_dpo.dpo_losses(x, x + 1, x, x + 1, beta)
+    assert losses.tolist() == pytest.approx([math.log(2)] * 2) and losses.mean().item() == pytest.approx(math.log(2)) and chosen.abs().max() == 0 == rejected.abs().max()
 
 
 
