@@ -90,11 +90,14 @@ class Run:
             self.fingerprints[name] = old["made_from"]["fingerprint"]
             return {k: v for k, v in old.items() if k != "made_from"}
         D.log(f"\n=== {name}" + (f" (again: {changes(old.get('made_from', {}), made_from)})" if old else ""))
+        if old and D.is_rank0():  # redone: its old record goes first, or a redo stopped halfway (its
+            os.remove(self.path("done", name))  # outputs part rewritten) would pass as done under the old settings
+        D.barrier()
         t0 = time.time()
         self.current = name
         try:
             info = fn() or {}
-        except (ValueError, FileNotFoundError) as e:  # bad input: say where, not a traceback
+        except (ValueError, FileNotFoundError, FloatingPointError) as e:  # bad input or a diverged trainer: one line
             sys.exit(f"error: stage {name}: {e}")
         self.current = None
         info["seconds"] = round(time.time() - t0, 1)

@@ -247,7 +247,7 @@ def dpo(c, env):
             (loss * env.world).backward()
             stats = [a + b for a, b in zip(stats, s)]
         record = summarize(D.all_sum(env, *stats))
-        T.check_finite(record["loss"], step, c)
+        T.check_finite(record["loss"], step + 1, c)  # (the step being taken)
         grad_norm = T.clip_and_step(model, optimizer, c.grad_clip)
         step += 1
         bar.update(1)

@@ -193,7 +193,7 @@ def sft(c, env):
             (micro_loss / n_tokens * env.world).backward()
             loss_sum += micro_loss.item()
         loss = D.all_sum(env, loss_sum)[0] / n_tokens
-        T.check_finite(loss, step, c)
+        T.check_finite(loss, step + 1, c)  # (step + 1: the step being taken)
         grad_norm = T.clip_and_step(model, optimizer, c.grad_clip)
         step += 1
         bar.update(1)

@@ -143,13 +143,8 @@ def build_model(c, env, vocab_size):
 
 def start(c, env):
     """Everything a training loop needs before its first step: (model,
-    tokenizer, tokenizer path), after checking the settings that would
-    otherwise fail late."""
-    if c.batch_size % (env.world * c.micro_batch_size):
-        raise ValueError(f"batch_size {c.batch_size} must divide by world size {env.world} x "
-                         f"micro_batch_size {c.micro_batch_size}")
-    if c.init_from == "scratch" and not c.tokenizer:
-        raise ValueError("init_from='scratch' needs --tokenizer=PATH (the vocabulary sets the model's vocab_size)")
+    tokenizer, tokenizer path). (validate.check_training has checked the
+    settings and inputs.)"""
     tok_path = c.tokenizer or c.init_from
     tok = Tokenizer(tok_path, c.chat_template)
     os.makedirs(c.out_dir, exist_ok=True)
@@ -231,7 +226,9 @@ def micro_batches(items, size):
 
 
 def lr_at(step, max_steps, warmup_steps, lr, min_lr):
-    """Linear warmup to lr, then cosine decay to min_lr at max_steps."""
+    """Linear warmup to lr, then cosine decay to min_lr at max_steps. (The
+    trainers take steps 0 .. max_steps - 1, so the last step's lr is a little
+    above min_lr, as in nanoGPT's schedule.)"""
     if step < warmup_steps:
         return lr * (step + 1) / (warmup_steps + 1)
     progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
@@ -260,11 +257,16 @@ def clip_and_step(model, optimizer, grad_clip):
 
 
 def check_finite(loss, step, c):
-    """Stop before the optimizer touches the weights: the last saved state in
-    out_dir/state is intact and the run can be resumed from it with a lower lr."""
+    """Stop before the optimizer touches the weights of step `step` (counted
+    from 1, as metrics.jsonl and the saved states count): the last saved
+    state in out_dir/state is intact. The same command resumes from it and
+    meets the same loss (data order and dropout follow from seed and step);
+    another lr is another run (lr is part of what a state was made from)."""
     if not math.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss} at step {step}; stopping. The last good training state is in "
-                                 f"{state_dir(c)} (if any was saved); lower lr and rerun to resume.")
+        raise FloatingPointError(
+            f"loss is {loss} at step {step}; stopping. The last good training state is in {state_dir(c)} (if any "
+            f"was saved), but the same settings would meet this loss again: rerun with a lower lr (it starts from "
+            f"step 0) or another seed.")
 
 
 # -----------------------------------------------------------------------------
@@ -303,7 +305,8 @@ def save_state(model, optimizer, step, path, info=None):
     if D.is_rank0():
         with open(os.path.join(tmp, "state.json"), "w") as f:
             json.dump({"step": step, **(info or {})}, f)  # for people; the step that counts is in DCP
-        if os.path.exists(path):
+        if os.path.exists(path):  # complete (it only ever appears by the rename below)
+            shutil.rmtree(old, ignore_errors=True)  # an older one a kill left behind: a rename cannot replace it
             os.replace(path, old)
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
@@ -346,8 +349,11 @@ def optimizer_and_resume(model, c, fp):
     if step:
         D.log(f"resumed from {state_dir(c)} at step {step}")
     if D.is_rank0() and os.path.exists(metrics_path(c)):
+        def before_resume(rec):  # a line for a step taken before the state; an evaluation at the state's
+            at = rec.get("step", 0)  # own step comes again: the resumed loop evaluates there first
+            return at < step or at == step and not any(k.startswith("eval") for k in rec)
         with open(metrics_path(c)) as f:
-            keep = [line for line in f if step and line.strip() and json.loads(line).get("step", 0) <= step]
+            keep = [line for line in f if step and line.strip() and before_resume(json.loads(line))]
         write_text(metrics_path(c), "".join(keep))
     D.barrier()
     return optimizer, step, saved.get("record", {})

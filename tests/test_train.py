@@ -357,7 +357,7 @@ def test_nan_loss_stops_and_keeps_last_good_state(work, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_sft, "sft_loss_sum", poisoned)
     out = tmp_path / "out"
-    with pytest.raises(FloatingPointError, match="loss is nan at step 2"):
+    with pytest.raises(FloatingPointError, match="loss is nan at step 3; .* rerun with a lower lr"):  # the 3rd
         train_sft.train(sft_config(work, out, save_interval=1))
     with open(out / "state" / "state.json") as f:
         assert json.load(f)["step"] == 2  # the last good state, complete
@@ -489,7 +489,7 @@ def test_dpo_nan_loss_stops(work, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_dpo, "sequence_logps", poisoned)
     out = tmp_path / "out"
-    with pytest.raises(FloatingPointError, match="loss is nan at step 1"):
+    with pytest.raises(FloatingPointError, match="loss is nan at step 2"):  # the second step (the first went)
         train_dpo.train(dpo_config(work, out, save_interval=1))
     with open(out / "state" / "state.json") as f:
         assert json.load(f)["step"] == 1
@@ -910,3 +910,33 @@ def test_default_threads_share_the_cores_among_the_ranks_on_the_machine(monkeypa
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         assert D.cpu_threads(setting) == threads, (env, setting)
+
+
+def test_a_state_left_behind_by_a_kill_does_not_stop_the_next_save(tmp_path):
+    """Killed after the new state was renamed into place but before the old one
+    was deleted: state/ and state.old/ both exist. The next save replaces
+    state/ (a rename onto a folder that is not empty would fail every save)."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = str(tmp_path / "state")
+    T.save_state(model, optimizer, 1, path, {"made_from": "x"})
+    shutil.copytree(path, path + ".old")  # what the kill left
+    T.save_state(model, optimizer, 2, path, {"made_from": "x"})
+    assert json.load(open(os.path.join(path, "state.json")))["step"] == 2 and not os.path.exists(path + ".old")
+    assert T.load_state(model, optimizer, path, "x")[0] == 2
+
+
+def test_resume_keeps_the_metrics_before_the_state_and_not_its_evaluation(tmp_path):
+    """metrics.jsonl after a resume from the state of step 2 reads as one run:
+    lines up to step 2 kept, except an evaluation at step 2 (the resumed loop
+    evaluates there first, and would write it twice); later ones dropped."""
+    import types
+    model = torch.nn.Linear(2, 2)
+    c = types.SimpleNamespace(out_dir=str(tmp_path), lr=0.1, beta1=0.9, beta2=0.95, weight_decay=0.0)
+    T.save_state(model, torch.optim.AdamW(model.parameters(), lr=0.1), 2, T.state_dir(c), {"made_from": "x"})
+    lines = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}, {"step": 2, "eval_loss": 2.5},
+             {"step": 2, "eval/loss": 0.6}, {"step": 3, "loss": 1.0}]
+    with open(T.metrics_path(c), "w") as f:
+        f.writelines(json.dumps(x) + "\n" for x in lines)
+    _, step, _ = T.optimizer_and_resume(model, c, "x")
+    assert step == 2 and read_jsonl(T.metrics_path(c)) == lines[:2]
