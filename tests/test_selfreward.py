@@ -1083,3 +1083,24 @@ def test_check_loop_in_this_process():
                                                "meta_judge=True; real seed data has no grader"]
     c = configurator.settings(S.DEFAULTS, {"meta_pair_by": "grader", "meta_judge": True})
     assert validate.check_loop(c, 1).found == []
+
+
+def test_a_stage_redone_loses_its_old_record_before_it_starts(tmp_path):
+    """Redone for a changed setting and stopped halfway (its outputs partly
+    rewritten), then run with the old setting again: it is done again, not
+    taken as done by the old record."""
+    import distributed as D
+    from run_folder import Run
+    c = types.SimpleNamespace(a=1)
+    r = Run(str(tmp_path), c, D.Env(), defaults={"a": 1})
+    made = []
+    r.stage("s", lambda: made.append(c.a) or {}, uses=["a"])
+    c.a = 2
+
+    def stopped():
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the redo
+    with pytest.raises(KeyboardInterrupt):
+        r.stage("s", stopped, uses=["a"])
+    c.a = 1
+    r.stage("s", lambda: made.append(c.a) or {}, uses=["a"])
+    assert made == [1, 1]
