@@ -18,7 +18,7 @@ Which messages are used:
 - EFT keeps the usable ranked replies, renumbered 0..k-1 in their human order
 - later turns are not used; the rest is counted and printed as dropped
 
-How prompts are split (each prompt goes to exactly one of the three sets):
+How prompts are split (each prompt goes to at most one of the three sets):
 - EFT eval: the prompts of --eval_files if given, else a share
   (--eft_eval_frac) of the prompts. The paper's eval set matches the
   validation split: its 186 prompts with 2+ ranked replies hold 541 replies,
@@ -109,8 +109,16 @@ def prepare(paths, eval_files=(), eft_eval_frac=0.1, ift_frac=0.6, seed=1337):
         else:
             children[m["parent_id"]].append(m)
 
+    def to_eval(root):  # the split's first question (module docstring)
+        if eval_files:
+            return root["_file"] in eval_files
+        return _draw(root["message_id"], seed, "eval") < eft_eval_frac
+
     sets, seen_text = {"ift": [], "eft_train": [], "eft_eval": []}, set()
-    for root in sorted((m for m in messages.values() if m["parent_id"] is None), key=lambda m: m["message_id"]):
+    roots = [m for m in messages.values() if m["parent_id"] is None]
+    # eval prompts first: of two prompts with the same text the eval one is kept, so the
+    # evaluation's questions (AlpacaEval's, for the validation split) never reach training
+    for root in sorted(roots, key=lambda m: (not to_eval(m), m["message_id"])):
         replies, n_replies = [], len(children[root["message_id"]])
         why = _usable(root, "prompter")
         text = " ".join(root["text"].split()).lower()
@@ -137,13 +145,9 @@ def prepare(paths, eval_files=(), eft_eval_frac=0.1, ift_frac=0.6, seed=1337):
             "prompt_id": root["message_id"], "response_ids": [c["message_id"] for c in replies]}
 
         # the split (module docstring): eval first, then IFT or EFT train
-        if eval_files:
-            to_eval = root["_file"] in eval_files
-        else:
-            to_eval = _draw(root["message_id"], seed, "eval") < eft_eval_frac
-        if to_eval and eft:
+        if to_eval(root) and eft:
             name = "eft_eval"
-        elif to_eval:
+        elif to_eval(root):
             name = None
             dropped["prompt: eval prompt with fewer than 2 usable ranked replies"] += 1
         elif ift and (not eft or _draw(root["message_id"], seed, "ift") < ift_frac):

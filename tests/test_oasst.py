@@ -105,6 +105,21 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
     assert "kept 1 IFT examples" in report(sets, kept, dropped)
 
 
+def test_a_prompt_in_both_splits_is_kept_for_the_evaluation(tmp_path):
+    """The same prompt text in the train and the eval file: the eval copy is
+    kept and the train copy dropped, whichever message id sorts first, so an
+    evaluation question (AlpacaEval's, for the validation split) never
+    reaches training."""
+    def tree(mid, text):
+        return [_msg(mid, None, "prompter", text), _msg(mid + "a", mid, rank=0), _msg(mid + "b", mid, rank=1)]
+    train = _write(tmp_path / "train.jsonl", tree("a1", "How do I  bake bread?") + tree("a2", "Name a fruit."))
+    valid = _write(tmp_path / "valid.jsonl", tree("z1", "how do I bake bread?"))
+    sets, kept, dropped = prepare([train, valid], eval_files=[valid], ift_frac=1.0)
+    assert [g["prompt_id"] for g in sets["eft_eval"]] == ["z1"]
+    assert [x["prompt_id"] for x in sets["ift"]] == ["a2"] and sets["eft_train"] == []
+    assert dropped["prompt: same text as another prompt"] == 1
+
+
 def test_malformed_lines_name_the_file_and_line(tmp_path):
     path = _write(tmp_path / "broken.jsonl", [BAD_ROWS[0], '{"message_id": "x", "text": '])
     with pytest.raises(ValueError, match=r"broken\.jsonl:2: malformed JSON"):
