@@ -285,6 +285,19 @@ def chatml_parts(tok, messages, open_reply):
     return parts
 
 
+def conversation_problem(messages):
+    """What is wrong with a conversation chat_ids cannot render, or None."""
+    if not isinstance(messages, list):
+        return "'messages' must be a list of {'role', 'content': str}"
+    roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
+    turns = roles[1:] if roles[:1] == ["system"] else roles
+    if not turns or turns != ["user", "assistant"] * (len(turns) // 2) + ["user"] * (len(turns) % 2) \
+            or any(not isinstance(m.get("content"), str) for m in messages):
+        return ("a conversation alternates user and assistant turns, starting with the user, after an optional "
+                f"system message: a list of {{'role', 'content': str}}; got roles {roles}")
+    return None
+
+
 def chat_ids(tok, messages):
     """
     A conversation as token ids under the tokenizer's chat template: returns
@@ -294,14 +307,10 @@ def chat_ids(tok, messages):
     Without a system message, the checkpoint's default system prompt (if its
     template has one) is used, as `transformers` does.
     """
-    roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
-    turns = roles[1:] if roles[:1] == ["system"] else roles
-    if not turns or turns != ["user", "assistant"] * (len(turns) // 2) + ["user"] * (len(turns) % 2) \
-            or any(not isinstance(m.get("content"), str) for m in messages):
-        raise ValueError("a conversation alternates user and assistant turns, starting with the user, after an "
-                         "optional system message: a list of {'role', 'content': str}; "
-                         f"got roles {roles}")
-    if roles[0] != "system" and tok.default_system is not None:
+    problem = conversation_problem(messages)
+    if problem:
+        raise ValueError(problem)
+    if messages[0]["role"] != "system" and tok.default_system is not None:
         messages = [{"role": "system", "content": tok.default_system}] + list(messages)
     render = {"llama2": llama2_parts, "llama3": llama3_parts, "chatml": chatml_parts}[tok.template]
     parts = render(tok, messages, open_reply=messages[-1]["role"] != "assistant")

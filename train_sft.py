@@ -64,23 +64,15 @@ def tokenize(tok, records, max_len, source, template="chat"):
     model must learn). With template='text' a record is a plain document,
     learned whole after its first token."""
     examples, skipped = [], 0
-    for i, rec in enumerate(records, 1):
+    for rec in records:  # (each checked before any work: validate.sft_record, with its file and line)
         if template == "text":
             ids = tok.encode(rec["text"], bos=True, eos=True)
             spans = [(1, len(ids))]
-        elif isinstance(rec.get("messages"), list):
-            try:
-                ids, spans = chat_ids(tok, rec["messages"])
-            except ValueError as e:
-                raise ValueError(f"{source}: record {i}: {e}") from None
-            if not spans:
-                raise ValueError(f"{source}: record {i}: a conversation without an assistant message "
-                                 "has nothing to learn")
-        elif isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str):
+        elif "messages" in rec:
+            ids, spans = chat_ids(tok, rec["messages"])
+        else:
             ids, start = chat_tokens(tok, rec["prompt"], rec["response"])
             spans = [(start, len(ids))]
-        else:
-            raise ValueError(f"{source}: record {i}: needs string fields prompt and response, or a messages list")
         if len(ids) - 1 > max_len:  # the model sees ids[:-1]
             skipped += 1
         else:
@@ -160,10 +152,11 @@ def sft(c, env):
     max_len = T.max_len(c, model)
     pad_id = tok.eos_id  # Llama has no pad token; padded positions carry no loss anyway
 
-    # chat records are checked in tokenize: prompt and response, or messages
+    # (every record was checked before any work: prompt and response, or messages; validate.sft_record)
     train_recs, eval_recs = T.read_data(c, ["text"] if c.template == "text" else [])
     train_set = tokenize(tok, train_recs, max_len, c.data, c.template)
-    eval_set = tokenize(tok, eval_recs, max_len, c.eval_data or c.data, c.template) if eval_recs else []
+    eval_set = tokenize(tok, eval_recs, max_len, c.eval_data or f"the held-out share of {c.data}", c.template) \
+        if eval_recs else []
     steps = T.total_steps(c, len(train_set))
     n_params = model.num_params()
     D.log(f"SFT: {len(train_set)} train / {len(eval_set)} eval examples, {steps} steps of {c.batch_size}, "

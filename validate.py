@@ -23,7 +23,7 @@ import judge as J
 from checkpoint import check_tokenizer, meta_shards, read_config, safetensors_files
 from data import read_jsonl, toy
 from model import PRESETS
-from tokenizer import TEMPLATES, Tokenizer
+from tokenizer import TEMPLATES, Tokenizer, conversation_problem
 
 
 class Problems:
@@ -103,11 +103,10 @@ class Problems:
 def sft_record(rec):
     """An SFT / IFT record: prompt and response, or a conversation (train_sft.tokenize)."""
     if "messages" in rec:
-        msgs = rec["messages"]
-        if not isinstance(msgs, list) or not all(isinstance(m, dict) and isinstance(m.get("role"), str)
-                                                 and isinstance(m.get("content"), str) for m in msgs):
-            return "'messages' must be a list of {\"role\", \"content\"} objects with string values"
-        if not any(m["role"] == "assistant" for m in msgs):
+        problem = conversation_problem(rec["messages"])
+        if problem:
+            return problem
+        if not any(m["role"] == "assistant" for m in rec["messages"]):
             return "a conversation without an assistant message has nothing to learn"
         return None
     if not (isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str)):

@@ -801,7 +801,7 @@ def test_activation_checkpointing_gives_the_same_training(work, sft_single, monk
 # -----------------------------------------------------------------------------
 # Tied embeddings and conversations
 
-def test_conversation_records_learn_every_assistant_turn(toy_tokenizer_path):
+def test_conversation_records_learn_every_assistant_turn(toy_tokenizer_path, tmp_path):
     tok = Tokenizer(toy_tokenizer_path)
     conv = {"messages": [{"role": "system", "content": "answer briefly"},
                          {"role": "user", "content": "reverse fox dog"}, {"role": "assistant", "content": "dog fox"},
@@ -816,11 +816,20 @@ def test_conversation_records_learn_every_assistant_turn(toy_tokenizer_path):
     learned = targets[0][targets[0] != -100].tolist()  # exactly the two replies with their EOS
     assert learned == ids[spans[0][0]:spans[0][1]] + ids[spans[1][0]:spans[1][1]]
     assert targets[1][targets[1] != -100].tolist() == ids2[spans2[0][0]:]
+    # bad records are refused before any work, each by its file and line (validate.sft_record)
+    assistant_first = {"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "hi"}]}
     for bad, why in [({"messages": [{"role": "user", "content": "hi"}]}, "nothing to learn"),
-                     ({"messages": [{"role": "robot", "content": "hi"}]}, "record 1: a conversation alternates"),
-                     ({"prompt": "hi"}, "record 1: needs string fields prompt and response, or a messages list")]:
-        with pytest.raises(ValueError, match=why):
-            train_sft.tokenize(tok, [bad], 512, "data.jsonl")
+                     ({"messages": [{"role": "robot", "content": "hi"}]}, "a conversation alternates"),
+                     (assistant_first, "starting with the user"),
+                     ({"prompt": "hi"}, "needs string fields prompt and response, or a messages list")]:
+        assert why in validate.sft_record(bad)
+    import configurator
+    (tmp_path / "bad_conv.jsonl").write_text(json.dumps(plain) + "\n\n" + json.dumps(assistant_first) + "\n")
+    c = configurator.settings(train_sft.DEFAULTS, {"init_from": "scratch", "model": "toy-tiny",
+                                                   "tokenizer": toy_tokenizer_path,
+                                                   "data": str(tmp_path / "bad_conv.jsonl")})
+    with pytest.raises(validate.BadInput, match="bad_conv.jsonl:3: a conversation alternates"):
+        validate.check_training(c, 1, [], "train_sft.py", validate.sft_record)
 
 
 def test_tied_embeddings_under_fsdp(work, tmp_path, toy_tokenizer_path):
