@@ -51,7 +51,16 @@ def read_messages(paths):
     remembers its file in "_file". A malformed line is an error naming file and line."""
     def not_a_message(m):
         missing = [k for k in REQUIRED if k not in m]
-        return f"not an oasst message, missing {', '.join(missing)}" if missing else None
+        if missing:
+            return f"not an oasst message, missing {', '.join(missing)}"
+        wrong = [k for k in ("message_id", "text", "role") if not isinstance(m[k], str)]
+        if m["parent_id"] is not None and not isinstance(m["parent_id"], str):
+            wrong.append("parent_id")  # (null for a root)
+        rank = m.get("rank")  # null, NaN (pandas' null) or a whole number
+        number = isinstance(rank, (int, float)) and not isinstance(rank, bool)
+        if not (rank is None or number and (math.isnan(rank) or math.isfinite(rank) and rank == int(rank))):
+            wrong.append("rank")
+        return f"not an oasst message, wrong type of {', '.join(wrong)}" if wrong else None
 
     messages = {}
     for path in paths:

@@ -127,6 +127,14 @@ def test_malformed_lines_name_the_file_and_line(tmp_path):
     path = _write(tmp_path / "other.jsonl", [BAD_ROWS[0], {"id": 1, "text": "hi"}])
     with pytest.raises(ValueError, match=r"other\.jsonl:2: not an oasst message, missing message_id, parent_id, role"):
         prepare([path])
+    # fields of the wrong type: named with the line, not a traceback later on
+    typed = {**BAD_ROWS[0], "text": None, "parent_id": 7, "rank": "first"}
+    path = _write(tmp_path / "typed.jsonl", [BAD_ROWS[0], typed, {**BAD_ROWS[0], "message_id": "n", "rank": 1.5}])
+    with pytest.raises(ValueError, match=r"typed\.jsonl:2: not an oasst message, wrong type of text, parent_id, rank"):
+        prepare([path])
+    path = _write(tmp_path / "ranks.jsonl", [{**BAD_ROWS[0], "message_id": m, "rank": r}
+                                             for m, r in (("a", 1.0), ("b", float("nan")), ("c", 2))])
+    prepare([path])  # pandas' 1.0 and NaN are ranks
 
 
 def test_command_line(tmp_path):
