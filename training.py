@@ -38,7 +38,7 @@ from checkpoint import check_tokenizer, load_model, load_tensors, model_width, p
 from configurator import configure, settings
 from data import file_fingerprint, fingerprint, read_jsonl, write_text
 from model import preset
-from tokenizer import Tokenizer
+from tokenizer import HF_TOKENIZER_FILES, Tokenizer
 
 # -----------------------------------------------------------------------------
 # Settings both trainers take (each script adds its own: where its model
@@ -179,7 +179,11 @@ def made_from(c, tok_path):
     """The fingerprint of what a training run computes from: its settings (all
     but the runtime ones), the starting weights, the data and the tokenizer.
     A saved training state is resumed only by a run with the same."""
-    files = [c.data, c.eval_data, tok_path] + ([] if c.init_from == "scratch" else [c.init_from])
+    # beside a tokenizer file, the files that name its special tokens and chat template (Tokenizer reads them)
+    beside = [] if os.path.isdir(tok_path) else [os.path.join(os.path.dirname(tok_path), f) for f in
+                                                 (*HF_TOKENIZER_FILES, "config.json")]
+    files = [c.data, c.eval_data, tok_path, *(f for f in beside if os.path.isfile(f))] + \
+        ([] if c.init_from == "scratch" else [c.init_from])
     return fingerprint({k: v for k, v in vars(c).items() if k not in RUNTIME_SETTINGS and k not in FILE_SETTINGS},
                        [file_fingerprint(f) for f in files if f])
 

@@ -949,3 +949,17 @@ def test_resume_keeps_the_metrics_before_the_state_and_not_its_evaluation(tmp_pa
         f.writelines(json.dumps(x) + "\n" for x in lines)
     _, step, _ = T.optimizer_and_resume(model, c, "x")
     assert step == 2 and read_jsonl(T.metrics_path(c)) == lines[:2]
+
+
+def test_a_saved_state_is_made_from_the_files_beside_its_tokenizer(tmp_path, toy_tokenizer_path):
+    """--tokenizer names a file: the files beside it that set its special tokens
+    and chat template (tokenizer_config.json, ...) are part of what a training
+    state was made from, so editing one does not resume a state made before."""
+    import configurator
+    tok = tmp_path / "tok" / "tokenizer.model"
+    tok.parent.mkdir()
+    shutil.copy(toy_tokenizer_path, tok)
+    c = configurator.settings(train_sft.DEFAULTS, {"init_from": "scratch", "tokenizer": str(tok), "data": str(tok)})
+    before = T.made_from(c, str(tok))
+    (tok.parent / "tokenizer_config.json").write_text('{"eos_token": "</s>"}')
+    assert T.made_from(c, str(tok)) != before
