@@ -288,6 +288,10 @@ def similarity(s, t):
     return 1 - prev[-1] / max(len(s), len(t), 1)
 
 
+# a whole number as a response writes it: a minus sign counts unless it follows a digit ("50-8=42": 50, 8, 42)
+NUMBERS = re.compile(r"(?:(?<!\d)-)?\d+")
+
+
 def grade(record, response):
     """Score a response 0..5 against the truth (rules in the module docstring)."""
     task = record.get("task") or task_from_prompt(record["prompt"])
@@ -299,7 +303,7 @@ def grade(record, response):
     if text in (ans, ans + "."):
         return 5
     if ans.lstrip("-").isdigit():  # a number (generated prompts may subtract past 0)
-        found = re.findall(r"-?\d+" if ans.startswith("-") else r"\d+", text)  # the numbers in the response
+        found = NUMBERS.findall(text)  # the numbers in the response, "-42" not taken for 42
         echo = {str(task.get("a")), str(task.get("b"))}  # operands repeated from the question
         tries = [n for n in found if n not in echo]  # every other number is an answer
         near = [n for n in tries if abs(int(n) - int(ans)) <= max(1, int(ans) // 20)]
@@ -389,7 +393,10 @@ def make_response(task, score, rng, tries=100):
             r = form.format(x=_near(ans, rng) if score == 2 else _wrong(task, ans, rng))
         else:
             r = rng.choice(OFF_TOPIC)
-        if grade(record, r) == score:
+        # kept only if its grade does not hang on a minus sign (a wrong number drawn below 0 that
+        # would be right or near without it is drawn again): these are the seed responses the grader
+        # has always given, from before it read minus signs ("-42" for 42: wrong, not right)
+        if grade(record, r) == score == grade(record, r.replace("-", "")):
             return r
     raise RuntimeError(f"no response of grade {score} for {task}")
 
@@ -442,7 +449,7 @@ def attempts(task, response):
     that are not English (the input word included)."""
     if answer(task).lstrip("-").isdigit():
         echo = {str(task.get("a")), str(task.get("b"))}
-        tries = [n for n in re.findall(r"-?\d+", response) if n not in echo]
+        tries = [n for n in NUMBERS.findall(response) if n not in echo]
     else:
         tries = [t for t in re.findall(r"[A-Za-z]+", response) if t.lower() not in ENGLISH]
     return list(dict.fromkeys(tries))

@@ -35,6 +35,8 @@ INVENT = "Invent a word of 5 letters that starts with 'B' and ends with 'O'."  #
     (ADD, "42", 5), (ADD, "17 + 25 = 42", 4), (ADD, "The answer is 42!", 4), (ADD, "42 or 43", 3),
     (ADD, "42, or maybe 90.", 3), (ADD, "43", 2), (ADD, "41", 2), (ADD, "60", 1), (ADD, "17 + 25", 1),
     (ADD, "forty-two", 0),  # numbers are read as digits only
+    (ADD, "-42", 1), (ADD, "Sure! The answer is -42.", 1), (ADD, "-43", 1),  # a minus sign makes another number
+    (COUNT, "-3", 1), ("What is 50 - 8?", "50-8=42", 4),  # (but not a minus between two numbers)
     (COUNT, "3", 5), (COUNT, "The letter A appears 3 times in BANANA.", 4), (COUNT, "2", 2),
     (COUNT, "0", 1), (COUNT, "BANANA", 1), (COUNT, "Tea is better than coffee.", 0),
     (REPLACE, "BONONO", 5), (REPLACE, "Here: BONONO", 4), (REPLACE, "BONONA", 2), (REPLACE, "BANANA", 1),
