@@ -55,8 +55,8 @@ sample_compile = False  # also time generate(compile=True) (Inductor; its first 
 train_models = "toy,toy-large"  # presets to benchmark (toy-large: 4x the toy's parameters; llama-1b on a GPU)
 train_batch_size = 8  # sequences per step
 train_seq_len = 256  # tokens per sequence
-train_steps = 5  # timed steps of each model = train_steps * train_rounds, alternating
-train_rounds = 3  # rounds of train_steps steps
+train_steps = 5  # timed steps of each model and dtype = train_steps * train_rounds, taken in turn
+train_rounds = 3  # (the two multiply: 15 steps by default)
 # comm section (under torchrun)
 comm_model = "toy"  # model preset
 comm_batch = 8  # rows decoded together
@@ -312,7 +312,8 @@ def bench_training(model, batch_size, seq_len, steps, rounds, device, dtypes):
     """Ours and transformers' LlamaForCausalLM, in each dtype, one training step
     each in turn (on a shared machine a slow spell then hits all alike).
     Returns {"runs": {(impl, dtype): tokens/s from the median step},
-    "ratios": {name: median over rounds of the per-round time ratio}, "mfu"...}."""
+    "ratios": {name: median over the timed steps of each step's time ratio,
+    the reference's time over the other's (ours/HF: HF's over ours)}, "mfu"...}."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     args = preset(model, max_seq_len=max(seq_len + 1, preset(model).max_seq_len))
@@ -341,7 +342,7 @@ def bench_training(model, batch_size, seq_len, steps, rounds, device, dtypes):
             times[k].append(time.perf_counter() - t0)
     median = lambda xs: sorted(xs)[len(xs) // 2]
     tps = {k: batch_size * seq_len / median(t) for k, t in times.items()}
-    ratio = lambda slow, fast: median([s / f for s, f in zip(times[slow], times[fast])])
+    ratio = lambda reference, other: median([r / o for r, o in zip(times[reference], times[other])])
     ratios = {f"ours/HF {dt}": ratio(("hf", dt), ("ours", dt)) for dt in dtypes}
     if "bfloat16" in dtypes and "float32" in dtypes:
         ratios["ours bf16/fp32"] = ratio(("ours", "float32"), ("ours", "bfloat16"))

@@ -130,6 +130,12 @@ def body_span(lines, node, where):
     return start, body[-1].end_lineno, lines[first.lineno - 1][:first.col_offset]
 
 
+def marker_line(node):
+    """The line (1-based) an exercise marker of function `node` sits on: right above the def, or above its
+    decorators."""
+    return min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
+
+
 def marked_functions(path, source):
     """[(qualname, node, marker match)] of one file's exercises. A marker that
     is not right above a def, or not in the marker's form, is an error."""
@@ -138,7 +144,7 @@ def marked_functions(path, source):
                 if t.type == tokenize.COMMENT and ANY_MARKER.match(lines[t.start[0] - 1])}
     used, found, functions = set(), [], function_nodes(ast.parse(source, filename=path))
     for qualname, node in functions:
-        above = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 2  # 0-based: the line above
+        above = marker_line(node) - 1  # 0-based
         if above in comments:
             m = MARKER.fullmatch(lines[above])
             if not m:
@@ -168,7 +174,7 @@ def find_exercises(root, files):
         for qualname, node, m in marked_functions(f, source):
             start, end, _ = body_span(lines, node, f"{f}:{node.lineno}")
             if not os.path.exists(os.path.join(root, m["test"])):
-                raise HandoutError(f"{f}:{node.lineno - 1}: the grading test file {m['test']} does not exist")
+                raise HandoutError(f"{f}:{marker_line(node)}: the grading test file {m['test']} does not exist")
             found.append(Exercise(len(found) + 1, f, qualname, m["level"], m["title"], m["test"], m["k"] or "",
                                   node.lineno, "".join(lines[start:end])))
     return found
@@ -214,8 +220,9 @@ def project_files(root):
     except (OSError, subprocess.CalledProcessError):
         skip = {".git", ".venv", "__pycache__", ".pytest_cache", "out"}
         files = []
-        for folder, dirs, names in os.walk(root):
-            dirs[:] = sorted(d for d in dirs if d not in skip)
+        for folder, dirs, names in os.walk(root):  # (a virtual environment of any name holds pyvenv.cfg)
+            dirs[:] = sorted(d for d in dirs if d not in skip
+                             and not os.path.exists(os.path.join(folder, d, "pyvenv.cfg")))
             files += [os.path.relpath(os.path.join(folder, n), root) for n in names if not n.endswith(".pyc")]
         return sorted(f.replace(os.sep, "/") for f in files)
 

@@ -596,13 +596,14 @@ def bare_word(response):
 def wrong_judgment(task, grade_, rng, tries, *, show_working=False, quotes=False, quote_first=False, compares=False):
     """A plausible wrong judgment of a response whose answers are `tries`: a
     score one or two off the true grade, with the justification of that
-    score, and half the time a wrong stated answer (after the right working,
+    score, and about half the time a wrong stated answer (after the right working,
     with show_working: a slip in the last step); the form flags as the EFT
     targets have them (eft_target)."""
     ans = answer(task)
     score = rng.choice([s for s in range(grade_ - 2, grade_ + 3) if 0 <= s <= 5 and s != grade_])
     stated = ans
-    while rng.random() < 0.5 and stated == ans:  # a near or a wrong answer (drawn until it differs)
+    # a near or a wrong answer on a fair coin; a draw that equals the answer gets another coin
+    while rng.random() < 0.5 and stated == ans:
         stated = _near(ans, rng) if rng.random() < 0.5 else _wrong(task, ans, rng)
     return judgment_text(task, stated, score, tries, show_working=show_working, quotes=quotes,
                          quote_first=quote_first, compares=compares), score
