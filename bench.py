@@ -198,7 +198,8 @@ def bench_sample(c):
 
     (t_re, out_re), (t_kv, out_kv) = timed([recompute, lambda: [
         generate(model, [p], new, temperature=0, progress=False)[0] for p in prompts]], 1)
-    print(f"\n[cache] {c.sample_models.split(',')[0]}, {str(dtype).removeprefix('torch.')}, batch 1")
+    print(f"\n[cache] {c.sample_models.split(',')[0]}, {str(dtype).removeprefix('torch.')}, batch 1, "
+          f"one timed run each (the recompute loop is slow)")
     print(f"  recompute, no cache    : {tokens / t_re:7.0f} tok/s  ({t_re:.2f} s)")
     print(f"  KV cache               : {tokens / t_kv:7.0f} tok/s  ({t_kv:.2f} s)  {t_re / t_kv:.2f}x   "
           f"same tokens: {agreement(out_kv, out_re):.1%}")
