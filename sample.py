@@ -664,7 +664,9 @@ def memory_plan(args: ModelArgs, tp, batch_size, context, new_tokens, gpu_memory
     lines.append(f"  {'total per GPU':38s} {total / 2**30:9.2f} GiB")
     lines.append(f"  {gpu_memory_gb} GB GPUs (85% usable): " + (
         f"batch {batch_size} {'fits' if total <= usable else 'does NOT fit'}; at most {max_batch} rows"
-        if max_batch else f"the weights alone do not fit; use a larger tp"))
+        if max_batch else "the weights alone do not fit; use a larger tp" if rows[0][1] > usable else
+        f"not one row of the whole {context}-token context fits beside the weights (real rows are "
+        f"shorter); a larger tp fits more"))
     return {"rows": dict(rows), "total": total, "max_batch": max_batch, "text": "\n".join(lines)}
 
 

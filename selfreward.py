@@ -288,9 +288,13 @@ def check_generation_batch(c, env):
         c.gen_batch_size = c.gen_batch_size or DEFAULTS["gen_batch_size"]
         return
     _, plan = memory_plans(c, env.world, torch.cuda.get_device_properties(env.device).total_memory / 1e9)
-    if plan["max_batch"] == 0:
+    if plan["max_batch"] == 0 and "weights alone" in plan["text"]:
         sys.exit(f"error: {plan['text'].splitlines()[-1].strip()} (tp={c.tp})")
-    if c.gen_batch_size == 0:
+    if plan["max_batch"] == 0:  # a long context (Llama 3.1's 131072): rows that fill it are rare
+        D.log(f"warning: {plan['text'].splitlines()[-1].strip()} (tp={c.tp}); sampling "
+              f"{c.gen_batch_size or 1} row(s) at a time")
+        c.gen_batch_size = c.gen_batch_size or 1
+    elif c.gen_batch_size == 0:
         c.gen_batch_size = plan["max_batch"]
         D.log(f"gen_batch_size: {c.gen_batch_size}, the generation memory plan's largest")
     elif c.gen_batch_size > plan["max_batch"]:
@@ -326,7 +330,7 @@ def sft(c, r, name, init, data):
 def stage_seed_data(c, r):
     if D.is_rank0():  # a redo starts from an empty folder: later stages tell toy from real data, and
         shutil.rmtree(r.path("seed"), ignore_errors=True)  # find EFT targets, by which files are here
-        os.makedirs(r.path("seed"))
+        os.makedirs(r.path("seed"), exist_ok=True)
     D.barrier()
     if c.seed_data == "toy":
         if D.is_rank0():

@@ -608,7 +608,11 @@ def test_generation_memory_plan_counts_what_is_allocated(tiny):
     fits = S.memory_plan(M.preset("llama2-70b"), 8, big["max_batch"], 4096, 1024)
     over = S.memory_plan(M.preset("llama2-70b"), 8, big["max_batch"] + 1, 4096, 1024)
     assert fits["total"] <= 0.85 * 80e9 < over["total"]
-    assert S.memory_plan(M.preset("llama2-70b"), 2, 1, 4096, 1024)["max_batch"] == 0  # 69 GB of weights a GPU
+    too_big = S.memory_plan(M.preset("llama2-70b"), 2, 1, 4096, 1024)  # 69 GB of weights a GPU
+    assert too_big["max_batch"] == 0 and "the weights alone do not fit" in too_big["text"]
+    # Llama 3.1's whole context: the weights fit, not one row of 131072 tokens (the loop warns, and goes on)
+    long = S.memory_plan(M.preset("llama3-8b", max_seq_len=131072), 1, 1, 131072, 1024)
+    assert long["max_batch"] == 0 and "not one row of the whole 131072-token context fits" in long["text"]
     # tied (SmolLM2, Llama 3.2): one embedding matrix, whole on every rank of a tensor-parallel group
     with torch.device("meta"):
         tied = M.Transformer(M.preset("smollm2-135m"))
