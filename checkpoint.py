@@ -39,7 +39,7 @@ from safetensors import safe_open
 
 import distributed as D
 from data import usual_permissions
-from model import PRESETS, ROPE_SCALING_KEYS, ModelArgs, Transformer, ffn_base, preset
+from model import LLAMA3_VOCAB, PRESETS, ROPE_SCALING_KEYS, ModelArgs, Transformer, ffn_base, preset
 from tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
@@ -212,9 +212,6 @@ def read_config(path):
         llama3 = args["vocab_size"] == LLAMA3_VOCAB
         args["max_seq_len"] = 131072 if config.get("use_scaled_rope") else 8192 if llama3 else 4096
     return ModelArgs(**args)
-
-
-LLAMA3_VOCAB = 128256  # Llama 3's vocabulary (Llama 2's: 32000)
 
 
 def model_width(init_from, preset_name=""):

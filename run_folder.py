@@ -90,9 +90,11 @@ class Run:
             self.fingerprints[name] = old["made_from"]["fingerprint"]
             return {k: v for k, v in old.items() if k != "made_from"}
         D.log(f"\n=== {name}" + (f" (again: {changes(old.get('made_from', {}), made_from)})" if old else ""))
-        if old and D.is_rank0():  # redone: its old record goes first, or a redo stopped halfway (its
-            os.remove(self.path("done", name))  # outputs part rewritten) would pass as done under the old settings
-        D.barrier()
+        if old:  # redone: its old record goes first, or a redo stopped halfway (its outputs partly
+            D.barrier()  # rewritten) would pass as done under the old settings; once every rank has read it
+            if D.is_rank0():
+                os.remove(self.path("done", name))
+            D.barrier()
         t0 = time.time()
         self.current = name
         try:

@@ -269,8 +269,8 @@ def check_finite(loss, step, c):
     if not math.isfinite(loss):
         raise FloatingPointError(
             f"loss is {loss} at step {step}; stopping. The last good training state is in {state_dir(c)} (if any "
-            f"was saved), but the same settings would meet this loss again: rerun with a lower lr (it starts from "
-            f"step 0) or another seed.")
+            f"was saved), but the same settings would meet this loss again: rerun with a lower learning rate "
+            f"(lr; in selfreward.py pretrain_lr, sft_lr or dpo_lr: it starts from step 0) or another seed.")
 
 
 # -----------------------------------------------------------------------------

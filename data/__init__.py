@@ -57,7 +57,10 @@ def usual_permissions(path, folder=False):
     the user's other files."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, (0o777 if folder else 0o666) & ~umask)
+    try:
+        os.chmod(path, (0o777 if folder else 0o666) & ~umask)
+    except OSError:  # a file system without permissions (some network mounts): nothing to set
+        pass
 
 
 def write_text(path, text):
