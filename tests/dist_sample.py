@@ -27,7 +27,7 @@ from checkpoint import load_model  # noqa: E402
 from sample import generate  # noqa: E402
 
 torch.set_num_threads(1)  # two ranks on a small shared CPU
-env = D.setup("cpu", "float32", tp=2)  # gloo, a flat CPU mesh (FSDP) and a (1, 2) one (tp); each job's dtype below
+env = D.setup("cpu", "float32", threads=1, tp=2)  # gloo, a flat CPU mesh (FSDP) and a (1, 2) one (tp); each job's dtype below
 jobs_path, out_path = sys.argv[1], sys.argv[2]
 with open(jobs_path) as f:
     jobs = json.load(f)

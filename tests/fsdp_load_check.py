@@ -17,7 +17,7 @@ from checkpoint import load_model, save_model  # noqa: E402
 
 torch.set_num_threads(1)
 ckpt, out = sys.argv[1], sys.argv[2]
-env = D.setup("cpu")
+env = D.setup("cpu", threads=1)
 assert env.world == 2, env
 model = load_model(ckpt, env)
 plain = load_model(ckpt).state_dict()

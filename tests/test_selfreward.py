@@ -40,7 +40,7 @@ MICRO = dict(model="toy-tiny", vocab_size=1024, n_ift=48, n_eft_train=40, n_eft_
              sft_lr=3e-3, sft_min_lr=3e-4, sft_epochs=10,
              n_prompts=16, shard_size=4, max_response_tokens=12, max_judge_tokens=40, gen_batch_size=48,
              dpo_lr=5e-4, dpo_min_lr=1e-4, dpo_batch_size=4, micro_batch_size=8, save_interval=4,
-             rouge_threshold=0.99, progress=False,
+             rouge_threshold=0.99, progress=False, threads=1,  # one a rank under torchrun too
              dropout=0.0,  # dropout masks are drawn per rank: 2 ranks match 1 process only without it
              dtype="float32")  # and only in fp32 (FSDP's bf16 casts differ from one process's autocast)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

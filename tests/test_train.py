@@ -81,7 +81,9 @@ def cli_args(config):
 
 def torchrun(script, config, nproc=2, extra=(), check=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [TORCHRUN, *(extra or ["--standalone"]), f"--nproc_per_node={nproc}", script, *cli_args(config)]
+    # one thread a rank, as the one-process runs compared with them (threads=0 would share the cores)
+    cmd = [TORCHRUN, *(extra or ["--standalone"]), f"--nproc_per_node={nproc}", script,
+           *cli_args({"threads": 1, **config})]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     if check:
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
