@@ -359,7 +359,7 @@ def test_nan_loss_stops_and_keeps_last_good_state(work, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_sft, "sft_loss_sum", poisoned)
     out = tmp_path / "out"
-    with pytest.raises(FloatingPointError, match="loss is nan at step 3; .* rerun with a lower lr"):  # the 3rd
+    with pytest.raises(FloatingPointError, match="loss is nan at step 3; .* rerun with a lower learning rate"):  # the 3rd
         train_sft.train(sft_config(work, out, save_interval=1))
     with open(out / "state" / "state.json") as f:
         assert json.load(f)["step"] == 2  # the last good state, complete
