@@ -124,10 +124,11 @@ def prepare(paths, eval_files=(), eft_eval_frac=0.1, ift_frac=0.6, seed=1337):
         return _draw(root["message_id"], seed, "eval") < eft_eval_frac
 
     sets, seen_text = {"ift": [], "eft_train": [], "eft_eval": []}, set()
-    roots = [m for m in messages.values() if m["parent_id"] is None]
+    roots = {m["message_id"]: to_eval(m) for m in messages.values() if m["parent_id"] is None}
     # eval prompts first: of two prompts with the same text the eval one is kept, so the
     # evaluation's questions (AlpacaEval's, for the validation split) never reach training
-    for root in sorted(roots, key=lambda m: (not to_eval(m), m["message_id"])):
+    for root_id in sorted(roots, key=lambda i: (not roots[i], i)):
+        root, eval_root = messages[root_id], roots[root_id]
         replies, n_replies = [], len(children[root["message_id"]])
         why = _usable(root, "prompter")
         text = " ".join(root["text"].split()).lower()
@@ -154,9 +155,9 @@ def prepare(paths, eval_files=(), eft_eval_frac=0.1, ift_frac=0.6, seed=1337):
             "prompt_id": root["message_id"], "response_ids": [c["message_id"] for c in replies]}
 
         # the split (module docstring): eval first, then IFT or EFT train
-        if to_eval(root) and eft:
+        if eval_root and eft:
             name = "eft_eval"
-        elif to_eval(root):
+        elif eval_root:
             name = None
             dropped["prompt: eval prompt with fewer than 2 usable ranked replies"] += 1
         elif ift and (not eft or _draw(root["message_id"], seed, "ift") < ift_frac):
