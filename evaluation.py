@@ -64,6 +64,12 @@ def read_mt_bench(path):
     return read_jsonl(path, allow_empty=False, check=mt_bench_question)
 
 
+def question(record):
+    """A benchmark record's question: an AlpacaEval instruction, or an
+    MT-Bench question's first turn (the one a training prompt could be)."""
+    return record["instruction"] if "instruction" in record else record["turns"][0]
+
+
 def alpaca_eval_path(eval_dir, model_id):
     return os.path.join(eval_dir, "alpaca_eval", model_id, "model_outputs.json")
 

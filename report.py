@@ -651,13 +651,18 @@ def iteration_lines(r, stages, iterations):
     return lines
 
 
+def by_source(overlap):
+    """selfreward.benchmark_overlap's count by source, the sources with any: "EFT training 1, ..."."""
+    return ", ".join(f"{k} {v}" for k, v in overlap["by_source"].items() if v)
+
+
 def trained_on(info):
     """How many of a benchmark's questions the model was trained on
     (selfreward.benchmark_overlap), as a clause; '' when it was not counted."""
     o = info.get("trained_on")
     if not o:
         return ""
-    where = ", ".join(f"{k} {v}" for k, v in o["by_source"].items() if v)
+    where = by_source(o)
     return f"; trained on {o['seen']} of its {o['questions']} questions" + (f" ({where})" if where else "")
 
 

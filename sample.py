@@ -667,7 +667,8 @@ def memory_plan(args: ModelArgs, tp, batch_size, context, new_tokens, gpu_memory
         if max_batch else "the weights alone do not fit; use a larger tp" if rows[0][1] > usable else
         f"not one row of the whole {context}-token context fits beside the weights (real rows are "
         f"shorter); a larger tp fits more"))
-    return {"rows": dict(rows), "total": total, "max_batch": max_batch, "text": "\n".join(lines)}
+    return {"rows": dict(rows), "total": total, "max_batch": max_batch, "weights_fit": rows[0][1] <= usable,
+            "text": "\n".join(lines)}
 
 
 # -----------------------------------------------------------------------------

@@ -288,7 +288,7 @@ def check_generation_batch(c, env):
         c.gen_batch_size = c.gen_batch_size or DEFAULTS["gen_batch_size"]
         return
     _, plan = memory_plans(c, env.world, torch.cuda.get_device_properties(env.device).total_memory / 1e9)
-    if plan["max_batch"] == 0 and "weights alone" in plan["text"]:
+    if not plan["weights_fit"]:
         sys.exit(f"error: {plan['text'].splitlines()[-1].strip()} (tp={c.tp})")
     if plan["max_batch"] == 0:  # a long context (Llama 3.1's 131072): rows that fill it are rare
         D.log(f"warning: {plan['text'].splitlines()[-1].strip()} (tp={c.tp}); sampling "
@@ -651,15 +651,13 @@ def warn_of_benchmarks_in_seed(c):
     if c.seed_data == "toy":
         return
     trained = trained_prompts(c.seed_data, "M1")
-    benchmarks = {"eval_prompts": lambda f: [x["instruction"] for x in E.read_eval_prompts(f)],
-                  "mt_bench": lambda f: [q["turns"][0] for q in E.read_mt_bench(f)]}
-    for setting, questions in benchmarks.items():
+    for setting, read in (("eval_prompts", E.read_eval_prompts), ("mt_bench", E.read_mt_bench)):
         if not getattr(c, setting):
             continue
-        o = benchmark_overlap(questions(getattr(c, setting)), trained, c.rouge_threshold)
+        o = benchmark_overlap([E.question(x) for x in read(getattr(c, setting))], trained, c.rouge_threshold)
         if o["seen"]:
             D.log(f"warning: {setting}: {o['seen']} of its {o['questions']} questions are training prompts of the "
-                  f"seed data ({c.seed_data}: {', '.join(f'{k} {v}' for k, v in o['by_source'].items() if v)}; "
+                  f"seed data ({c.seed_data}: {report.by_source(o)}; "
                   f"e.g. {o['examples'][0][:80]!r}), so their scores are not of held-out questions. Keep them out "
                   f"of the seed's IFT and EFT training sets (AlpacaEval's oasst prompts are oasst1's validation "
                   f"prompts: python -m data.prepare_oasst ... --eval_files=<the validation split>).")
@@ -1037,7 +1035,7 @@ def stage_eval(c, r, name, path):
             E.write_alpaca_eval(out, recs)
         info["alpaca_eval"] = {"path": out, "answered": len(recs), "too_long": skipped,
                                "avg_length": E.mean_length(x["output"] for x in recs),
-                               "trained_on": benchmark_overlap([x["instruction"] for x in prompts], trained,
+                               "trained_on": benchmark_overlap(list(map(E.question, prompts)), trained,
                                                                c.rouge_threshold)}
     if c.mt_bench:
         questions = E.read_mt_bench(c.mt_bench)
@@ -1048,7 +1046,7 @@ def stage_eval(c, r, name, path):
         turns = [x["choices"][0]["turns"] for x in recs]  # every question: a turn with no room is E.NO_ROOM
         info["mt_bench"] = {"path": out, "answered": len(recs) - skipped, "too_long": skipped,
                             "avg_length": E.mean_length(t for ts in turns if E.NO_ROOM not in ts for t in ts),
-                            "trained_on": benchmark_overlap([q["turns"][0] for q in questions], trained,
+                            "trained_on": benchmark_overlap(list(map(E.question, questions)), trained,
                                                             c.rouge_threshold)}
     D.barrier()
     return info
