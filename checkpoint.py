@@ -30,7 +30,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from contextlib import ExitStack
 from dataclasses import fields
 
@@ -38,7 +37,6 @@ import torch
 from safetensors import safe_open
 
 import distributed as D
-from data import usual_permissions
 from model import LLAMA3_VOCAB, PRESETS, ROPE_SCALING_KEYS, ModelArgs, Transformer, ffn_base, preset
 from tokenizer import Tokenizer
 
@@ -481,15 +479,30 @@ def save_model(model, path, tokenizer_path=None, dtype=None, max_shard_bytes=5 *
 
 def write_folder_atomically(path, write_into):
     """Write a folder completely in a temporary folder beside it, then swap it
-    into place, so a crash never leaves it half written."""
+    into place, so a crash never leaves it half written. The files are synced
+    to disk before the swap (a power cut must not leave empty weight files
+    behind a finished rename). A kill between the two renames leaves the old
+    folder as .tmp-NAME.old; the next write puts it back before it starts, and
+    removes what a killed write left, so no 140 GB leftovers pile up."""
     path = os.path.abspath(path)
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
+    parent, name = os.path.split(path)
+    tmp = os.path.join(parent, ".tmp-" + name)
     old = tmp + ".old"
+    os.makedirs(parent, exist_ok=True)
+    if os.path.exists(old) and not os.path.exists(path):  # killed between the renames: the old one is whole
+        os.replace(old, path)
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    os.mkdir(tmp)
     try:
         write_into(tmp)
-        usual_permissions(tmp, folder=True)
+        for folder, _, files in os.walk(tmp):
+            for file in files:
+                fd = os.open(os.path.join(folder, file), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         if os.path.exists(path):
             os.replace(path, old)
         os.replace(tmp, path)

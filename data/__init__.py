@@ -50,28 +50,31 @@ def read_jsonl(path, fields=(), allow_empty=True, check=None):
     return records
 
 
-def usual_permissions(path, folder=False):
-    """Give a file or folder made by tempfile (readable by its owner only) the
-    permissions open() or makedirs would have given it: the umask's, so that
-    others on a shared machine may read a run's outputs where they may read
-    the user's other files."""
+def usual_permissions(path):
+    """Give a file made by tempfile (readable by its owner only) the
+    permissions open() would have given it: the umask's, so that others on a
+    shared machine may read a run's outputs where they may read the user's
+    other files."""
     umask = os.umask(0)
     os.umask(umask)
     try:
-        os.chmod(path, (0o777 if folder else 0o666) & ~umask)
+        os.chmod(path, 0o666 & ~umask)
     except OSError:  # a file system without permissions (some network mounts): nothing to set
         pass
 
 
 def write_text(path, text):
-    """Write a file atomically: to a temporary file beside path, then os.replace,
-    so a reader (or a resumed run) never sees a half-written file."""
+    """Write a file atomically: to a temporary file beside path, synced to
+    disk, then os.replace, so a reader (or a resumed run) never sees a
+    half-written file, even after a power cut."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:

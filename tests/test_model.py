@@ -99,6 +99,52 @@ def test_save_overwrites_atomically(tmp_path):
     assert torch.equal(load_model(tmp_path / "ckpt").output.weight, model2.output.weight)
 
 
+def test_a_write_killed_between_the_renames_or_midway_loses_nothing(tmp_path):
+    """What a kill leaves: the old checkpoint moved aside as .tmp-ckpt.old
+    (between the two renames, where ckpt does not exist) and a half-written
+    .tmp-ckpt. The next save puts the old one back before it writes, so even a
+    save that fails again leaves ckpt whole, and no leftover stays behind."""
+    from checkpoint import write_folder_atomically
+    model, model2 = random_model(CONFIGS[0][1]), random_model(CONFIGS[0][1], seed=5)
+    save_model(model, tmp_path / "ckpt")
+    os.replace(tmp_path / "ckpt", tmp_path / ".tmp-ckpt.old")
+    os.makedirs(tmp_path / ".tmp-ckpt")
+    (tmp_path / ".tmp-ckpt" / "model.safetensors").write_bytes(b"half")
+
+    def fails(folder):
+        raise OSError("disk full")
+    with pytest.raises(OSError, match="disk full"):
+        write_folder_atomically(tmp_path / "ckpt", fails)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    assert torch.equal(load_model(tmp_path / "ckpt").output.weight, model.output.weight)
+    save_model(model2, tmp_path / "ckpt")
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    assert torch.equal(load_model(tmp_path / "ckpt").output.weight, model2.output.weight)
+
+
+def test_every_written_file_is_synced_to_disk_before_the_swap(tmp_path, monkeypatch):
+    """A rename can reach the disk before the data it names: without fsync a
+    power cut may leave a checkpoint of empty files, or an empty stage record,
+    under the final name."""
+    from data import write_jsonl
+    synced, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        final = [f for f in os.listdir(tmp_path / "out") if not f.startswith(".tmp-")]
+        assert not final, f"{name} synced after the swap"
+        synced.append(os.path.basename(name))
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    os.makedirs(tmp_path / "out")
+    save_model(random_model(CONFIGS[0][1]), tmp_path / "out" / "ckpt")
+    assert sorted(synced) == sorted(os.listdir(tmp_path / "out" / "ckpt"))
+    synced.clear()
+    os.replace(tmp_path / "out" / "ckpt", tmp_path / "ckpt")
+    write_jsonl(tmp_path / "out" / "pairs.jsonl", [{"a": 1}])
+    assert len(synced) == 1 and synced[0].startswith(".tmp-")
+
+
 def test_saved_files_have_the_umasks_permissions_not_tempfiles(tmp_path):
     """Written through a temporary folder or file (tempfile: owner only), a
     checkpoint and a run's files end with the permissions open() and makedirs
