@@ -425,7 +425,6 @@ def read_judge_file(path):
     return groups, judged
 
 
-
 # -----------------------------------------------------------------------------
 # Meta-Rewarding (Wu et al. 2024, arXiv 2407.19594): the model is
 # also a meta-judge. It reads two of its own judgments of one response and
