@@ -270,7 +270,8 @@ def llama3_parts(tok, messages, open_reply):
 def chatml_parts(tok, messages, open_reply):
     """ChatML (SmolLM2, Qwen): <|im_start|>{role}\\n{text}<|im_end|>\\n. The
     line break after <|im_end|> is written before the next turn, so a reply
-    ends with its end-of-turn token."""
+    ends with its end-of-turn token. The text is kept as it is: these
+    templates do not strip it, where Llama 2's and Llama 3's do."""
     start, newline = tok.token_id("<|im_start|>"), tok.encode("\n")
     parts = []
     for m in messages + ([{"role": "assistant", "content": None}] if open_reply else []):
@@ -279,9 +280,9 @@ def chatml_parts(tok, messages, open_reply):
         if m["role"] == "assistant":  # the header alone, so the reply's first token is its own
             parts.append(([start] + tok.encode("assistant\n"), False))
             if m["content"] is not None:
-                parts.append((tok.encode(m["content"].strip()) + [tok.end_of_turn], True))
+                parts.append((tok.encode(m["content"]) + [tok.end_of_turn], True))
         else:
-            parts.append(([start] + tok.encode(f"{m['role']}\n{m['content'].strip()}") + [tok.end_of_turn], False))
+            parts.append(([start] + tok.encode(f"{m['role']}\n{m['content']}") + [tok.end_of_turn], False))
     return parts
 
 

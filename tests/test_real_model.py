@@ -47,7 +47,7 @@ def oasst_conversations(n):
             m = min(children[m["message_id"]], key=lambda x: (x["rank"] is None, x["rank"] or 0))
             thread.append(m)
         if len(thread) >= 4:
-            found.append([{"role": "user" if x["role"] == "prompter" else "assistant", "content": x["text"].strip()}
+            found.append([{"role": "user" if x["role"] == "prompter" else "assistant", "content": x["text"]}
                           for x in thread])
         if len(found) == n:
             return found
@@ -112,7 +112,8 @@ def test_chatml_ids_equal_apply_chat_template(ours, smollm2):
     convs = oasst_conversations(5)
     assert len(convs) == 5
     cases = [[{"role": "user", "content": CHATS[0]}],             # single turn, the template's default system
-             [system, {"role": "user", "content": CHATS[1]}]]     # single turn, our system prompt
+             [system, {"role": "user", "content": CHATS[1]}],     # single turn, our system prompt
+             [{"role": "user", "content": "  Hi there.\n"}]]       # the template keeps spaces and line breaks
     cases += [c[:3] for c in convs] + [[system] + c[:-1] for c in convs if c[-2]["role"] == "user"]
     for messages in cases:  # ending with the user's turn: the prompt to reply to
         assert chat_ids(tok, messages)[0] == apply_chat_template(hf_tok, messages, add_generation_prompt=True)

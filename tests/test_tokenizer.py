@@ -174,13 +174,13 @@ def test_llama3_template_equals_apply_chat_template(llama3_style):
         ids = hf.apply_chat_template(messages, tokenize=True, **kw)
         return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
-    for n in (2, 3, 4):
-        messages = CONVERSATION[:n]
+    padded = [{**m, "content": f"  {m['content']}\n"} for m in CONVERSATION]  # the template trims each text
+    for messages in [CONVERSATION[:n] for n in (2, 3, 4)] + [padded]:
         ids, spans = chat_ids(tok, messages)
         open_reply = messages[-1]["role"] == "user"
         assert ids == reference(messages, add_generation_prompt=open_reply)
         assert [tok.decode(ids[s:e]) for s, e in spans] == \
-            [m["content"] + "<|eot_id|>" for m in messages if m["role"] == "assistant"]
+            [m["content"].strip() + "<|eot_id|>" for m in messages if m["role"] == "assistant"]
     # single turn: the reply follows the assistant header exactly
     ids, start = chat_tokens(tok, "What is a prime number?", "A number with exactly two divisors.")
     assert ids[:start] == chat_prompt_ids(tok, "What is a prime number?")
