@@ -174,6 +174,26 @@ def test_judge_agreement_between_models_by_hand(tmp_path):
     assert report.judge_agreement(r, "M1", "M3") is None
 
 
+def test_head_to_head_by_hand():
+    """Prompt by prompt: a wins where its grade is higher, loses where lower."""
+    a = [{"grade": g} for g in (3, 2, 5, 1)]
+    b = [{"grade": g} for g in (2, 2, 4, 3)]
+    assert report.head_to_head(a, b) == {"win": 0.5, "tie": 0.25, "loss": 0.25}
+    assert report.head_to_head(b, a) == {"win": 0.25, "tie": 0.25, "loss": 0.5}
+
+
+def test_seed_study_gain_is_the_later_model_minus_the_first_prompt_by_prompt(tmp_path):
+    """gain_interval pairs the two test files line by line: M3 better by one
+    grade on three prompts of four and equal on one gives an interval above 0
+    that ends at 1 (every prompt drawn a gain)."""
+    import seeds
+    write_jsonl(tmp_path / "eval" / "M1_test.jsonl", [{"grade": g} for g in (1, 2, 3, 4)])
+    write_jsonl(tmp_path / "eval" / "M3_test.jsonl", [{"grade": g} for g in (2, 3, 4, 4)])
+    lo, hi = seeds.gain_interval(str(tmp_path), "M1", "M3")
+    assert 0 < lo < 0.75 and hi == 1.0
+    assert report.bootstrap_interval([1, 1, 1, 0]) == (lo, hi)
+
+
 def test_seed_study_table_by_hand(tmp_path):
     import seeds
 

@@ -981,6 +981,26 @@ def test_generation_shards_of_other_settings_are_not_reused(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.jsonl", "settings.json"]
 
 
+def test_an_input_file_edited_in_place_redoes_its_stage_and_those_after(tmp_path):
+    """A stage is made from its input files' contents, not their names: the
+    same path with other contents redoes it and the stages after it."""
+    from run_folder import Run
+    import distributed as D
+    seed, ran = tmp_path / "seed.jsonl", []
+    seed.write_text('{"prompt": "a"}\n')
+
+    def run():
+        r = Run(str(tmp_path / "run"), types.SimpleNamespace(), D.Env())
+        r.stage("first", lambda: ran.append("first"), files=[str(seed)])
+        r.stage("second", lambda: ran.append("second"), after=["first"])
+    run()
+    run()
+    assert ran == ["first", "second"]
+    seed.write_text('{"prompt": "b"}\n')
+    run()
+    assert ran == ["first", "second", "first", "second"]
+
+
 def test_a_setting_added_later_at_its_default_redoes_nothing(tmp_path):
     """A stage done before a setting joined its list is reused while that
     setting is at its default (the code computes what it did before), and so

@@ -965,3 +965,49 @@ def test_a_saved_state_is_made_from_the_files_beside_its_tokenizer(tmp_path, toy
     before = T.made_from(c, str(tok))
     (tok.parent / "tokenizer_config.json").write_text('{"eos_token": "</s>"}')
     assert T.made_from(c, str(tok)) != before
+
+
+def test_clip_and_step_scales_the_gradient_to_the_clip_norm():
+    """A gradient of norm 5 clipped to 1 is the same direction at norm 1 (what
+    SGD at lr 1 then subtracts); grad_clip=0 leaves it whole. Returns the norm
+    before clipping, which the trainers log."""
+    for grad_clip, step in ((1.0, [0.6, 0.8, 0.0]), (0.0, [3.0, 4.0, 0.0])):
+        layer = torch.nn.Linear(3, 1, bias=False)
+        torch.nn.init.zeros_(layer.weight)
+        layer.weight.grad = torch.tensor([[3.0, 4.0, 0.0]])
+        norm = T.clip_and_step(layer, torch.optim.SGD(layer.parameters(), lr=1.0), grad_clip)
+        assert norm.item() == pytest.approx(5.0)
+        assert layer.weight.detach().flatten().tolist() == pytest.approx([-x for x in step])
+        assert layer.weight.grad is None
+
+
+def test_split_even_gives_short_ranks_weight_zero_fillers():
+    """Five eval items on two ranks: rank 1 runs a third pass on items[0]
+    with weight 0, so both ranks run as many passes and the weighted sums over
+    ranks count each item once."""
+    items = ["a", "b", "c", "d", "e"]
+    assert T.split_even(items, 0, 2) == [("a", 1), ("c", 1), ("e", 1)]
+    assert T.split_even(items, 1, 2) == [("b", 1), ("d", 1), ("a", 0)]
+    assert T.split_even(items, 0, 1) == [(x, 1) for x in items]
+
+
+def test_a_training_state_is_made_from_its_files_contents(tmp_path):
+    """made_from fingerprints the data, eval data, tokenizer and starting
+    weights by their contents: a data file edited in place is another run's
+    data, and its saved state is not resumed."""
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.model").write_bytes(b"pieces")
+    data, weights = tmp_path / "train.jsonl", tmp_path / "M0"
+    data.write_text('{"prompt": "a", "response": "b"}\n')
+    weights.mkdir()
+    (weights / "model.safetensors").write_bytes(b"w")
+    c = types.SimpleNamespace(data=str(data), eval_data="", init_from=str(weights), lr=1e-5)
+    tok = str(tmp_path / "tok" / "tokenizer.model")
+    before = T.made_from(c, tok)
+    assert T.made_from(c, tok) == before
+    data.write_text('{"prompt": "a", "response": "c"}\n')
+    assert T.made_from(c, tok) != before
+    after_data = T.made_from(c, tok)
+    (tmp_path / "tok" / "tokenizer.model").write_bytes(b"other pieces")
+    assert T.made_from(c, tok) != after_data
+    assert T.made_from(types.SimpleNamespace(**{**vars(c), "lr": 2e-5}), tok) != T.made_from(c, tok)
