@@ -1011,3 +1011,18 @@ def test_a_training_state_is_made_from_its_files_contents(tmp_path):
     (tmp_path / "tok" / "tokenizer.model").write_bytes(b"other pieces")
     assert T.made_from(c, tok) != after_data
     assert T.made_from(types.SimpleNamespace(**{**vars(c), "lr": 2e-5}), tok) != T.made_from(c, tok)
+
+
+def test_each_rank_and_step_draws_its_own_dropout_masks():
+    """begin_step seeds the RNG from (seed, step, rank): ranks draw different
+    masks (identical masks on every rank would shrink dropout's effect), and a
+    resumed run draws again exactly what the uninterrupted one drew."""
+    c = types.SimpleNamespace(seed=1337, warmup_steps=0, lr=1.0, min_lr=0.0)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+
+    def draw(step, rank):
+        T.begin_step(optimizer, step, 10, c, types.SimpleNamespace(rank=rank))
+        return torch.rand(8)
+    assert torch.equal(draw(3, 0), draw(3, 0))
+    assert not torch.equal(draw(3, 0), draw(3, 1))
+    assert not torch.equal(draw(3, 0), draw(4, 0))
