@@ -40,7 +40,7 @@ FIGURES = [
     ("bare right answers (grade 5) %", lambda m: 100 * m["exact_solve"]),
     ("declined answers %", lambda m: None if "declined" not in m else 100 * m["declined"]),
     ("right among the answers given %",  # (not declined): skill apart from the will to answer
-     lambda m: None if "declined" not in m or m["declined"] == 1 else
+     lambda m: None if "declined" not in m or m["declined"] == 1 or "right" not in m.get("intervals", {}) else
      100 * m["intervals"]["right"][0] / (1 - m["declined"])),
     ("judge pairwise acc %",  # (none with eval_judge=False)
      lambda m: None if m["judge"].get("pairwise_accuracy") is None else 100 * m["judge"]["pairwise_accuracy"]),
