@@ -22,11 +22,18 @@ def read_jsonl(path, fields=(), allow_empty=True, check=None):
     for `fields` (and for which check(record), if given, returns None rather
     than what is wrong with it). Errors name the file and line, so a bad
     record is found in seconds; an empty file is an error unless allow_empty."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder: give a JSON Lines file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data file not found: {path}")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # decoded line by line, so that a stray byte is named by its line
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                                 f"{e.start + 1}; save the file as UTF-8)") from None
             if not line.strip():
                 continue
             try:

@@ -140,6 +140,11 @@ def test_read_jsonl_names_file_and_line(tmp_path):
     bad.write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": "a"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:3: missing or non-string field\(s\): response"):
         read_jsonl(str(bad), ["prompt", "response"])
+    bad.write_bytes('{"prompt": "café"}\n'.encode() + '{"prompt": "café"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not UTF-8 text \(byte 0xe9 at column 16"):
+        read_jsonl(str(bad), ["prompt"])
+    with pytest.raises(ValueError, match=r"is a folder: give a JSON Lines file"):
+        read_jsonl(str(tmp_path), ["prompt"])
     bad.write_text('["prompt"]\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:1: expected a JSON object"):
         read_jsonl(str(bad), ["prompt"])
