@@ -106,6 +106,15 @@ def is_tiktoken(path):
         return re.fullmatch(rb"[A-Za-z0-9+/]+=* \d+", f.readline().strip()) is not None
 
 
+def readable(path, load, what):
+    """load() a tokenizer file; a file it cannot parse is a ValueError naming
+    the file (the libraries raise their own RuntimeError or Exception, without it)."""
+    try:
+        return load()
+    except Exception as e:
+        raise ValueError(f"{path}: cannot read it as {what} ({str(e).strip().splitlines()[-1][:200]})") from None
+
+
 class Tokenizer:
     def __init__(self, path, template=""):
         """path: a tokenizer.model, a tokenizer.json, or a folder holding one
@@ -132,7 +141,7 @@ class Tokenizer:
         listed_eos = as_list(read_json(folder, "generation_config.json").get("eos_token_id")) + \
             as_list(read_json(folder, "config.json").get("eos_token_id"))
         if path.endswith(".json"):
-            self.sp, self.hf = None, HFTokenizer.from_file(path)
+            self.sp, self.hf = None, readable(path, lambda: HFTokenizer.from_file(path), "a tokenizer.json")
             self.vocab_size = self.hf.get_vocab_size(with_added_tokens=True)
             self.bos_id = self.token_id(token_text(special.get("bos_token")))
             self.eos_id = self.token_id(token_text(special.get("eos_token")))
@@ -147,7 +156,8 @@ class Tokenizer:
             self.files = [os.path.join(folder, f) for f in HF_TOKENIZER_FILES
                           if os.path.isfile(os.path.join(folder, f))]
         else:
-            self.hf, self.sp = None, spm.SentencePieceProcessor(model_file=path)
+            self.hf, self.sp = None, readable(path, lambda: spm.SentencePieceProcessor(model_file=path),
+                                              "a SentencePiece model")
             self.vocab_size = self.sp.vocab_size()
             self.bos_id, self.eos_id, self.add_bos = self.sp.bos_id(), self.sp.eos_id(), True
             self.pad_id = self.sp.pad_id()  # -1 for Llama 2: there is no pad token

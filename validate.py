@@ -307,15 +307,27 @@ def check_training(c, world, fields, script, check_record=None):
         p.at_least("rpo_alpha", 0)
     if "template" in vars(c):  # SFT's
         p.require(c.template in ("chat", "text"), "template", "must be 'chat' or 'text'")
+    p.require(c.save_dtype in ("", "float32", "bfloat16", "float16"), "save_dtype",
+              "must be '' (bfloat16 on a GPU, float32 on a CPU), 'float32', 'bfloat16' or 'float16'")
     p.compute()
     p.require(c.batch_size % (world * max(1, c.micro_batch_size)) == 0, "batch_size",
               f"must divide by the number of ranks ({world}) x micro_batch_size ({c.micro_batch_size})")
+    tok = None
+    if c.tokenizer:  # a tokenizer.model, a tokenizer.json or a folder with one, that parses
+        if p.require(os.path.exists(c.tokenizer), "tokenizer", "no such file or folder"):
+            try:
+                tok = Tokenizer(c.tokenizer)
+            except (ValueError, FileNotFoundError) as e:
+                p.add(f"tokenizer = {c.tokenizer!r}: {e}")
     if c.init_from == "scratch":
-        p.require(c.model in PRESETS, "model", f"no such preset; presets: {', '.join(PRESETS)}")
-        if p.require(bool(c.tokenizer), "tokenizer", "init_from='scratch' needs a tokenizer (it sets vocab_size)"):
-            p.require(os.path.exists(c.tokenizer), "tokenizer", "no such file or folder")
+        if p.require("model" in vars(c), "init_from", "'scratch' is for train_sft.py: DPO starts from a trained "
+                     "model (and keeps it as the reference), a checkpoint folder"):
+            p.require(c.model in PRESETS, "model", f"no such preset; presets: {', '.join(PRESETS)}")
+        p.require(bool(c.tokenizer), "tokenizer", "init_from='scratch' needs a tokenizer (it sets vocab_size)")
     else:
-        check_checkpoint(p, "init_from", c.init_from)
+        args, _ = check_checkpoint(p, "init_from", c.init_from)
+        p.require(not (args and tok) or tok.vocab_size <= args.vocab_size, "tokenizer",
+                  f"has more tokens than init_from's model has embedding rows ({args and args.vocab_size})")
     p.jsonl("data", c.data, check_record, fields)
     if c.eval_data:
         p.jsonl("eval_data", c.eval_data, check_record, fields)
