@@ -686,20 +686,28 @@ def check(c):
     p = validate.Problems(c)
     if not p.no_none(allowed=("seed",)):
         return p
+    args = None
     if not c.ckpt:
         p.add("ckpt: give a checkpoint folder (--ckpt=DIR)")
     else:
-        validate.check_checkpoint(p, "ckpt", c.ckpt)
+        args, _ = validate.check_checkpoint(p, "ckpt", c.ckpt)
     if bool(c.prompt) == bool(c.prompts_file):
         p.add("give either --prompt=TEXT or --prompts_file=IN.jsonl (with --out=OUT.jsonl)")
     if c.prompts_file:
-        p.require(bool(c.out), "out", "--prompts_file needs --out=OUT.jsonl")
+        if p.require(bool(c.out), "out", "--prompts_file needs --out=OUT.jsonl"):
+            p.require(not os.path.isdir(c.out), "out", "is a folder: give the JSON Lines file to write")
         p.jsonl("prompts_file", c.prompts_file, None, ["prompt"])
     p.at_least("max_new_tokens", 1)
     p.at_least("temperature", 0)
     p.fraction("top_p")
     for s in ("num_samples", "batch_size", "save_every", "tp"):
         p.at_least(s, 1)
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; 1 for a plain python
+    if c.tp >= 1:
+        p.require(world % c.tp == 0, "tp", f"must divide the number of ranks, {world}")
+        p.require(not args or (args.n_kv_heads % c.tp == 0 and args.hidden_dim % c.tp == 0), "tp",
+                  f"must divide the model's n_kv_heads and FFN width ({args and args.n_kv_heads}, "
+                  f"{args and args.hidden_dim})")
     p.compute()
     return p
 

@@ -172,8 +172,14 @@ def check_loop(c, world):
     if not p.no_none():
         return p
     # the run folder: out_root/run_name, a folder of its own
-    p.require(c.run_name.strip() not in ("", ".", "..") and not os.path.isabs(c.run_name), "run_name",
+    inside = os.path.relpath(os.path.normpath(os.path.join(c.out_root, c.run_name)), os.path.normpath(c.out_root))
+    p.require(c.run_name.strip() and not os.path.isabs(c.run_name) and inside != "." and
+              not inside.startswith(".."), "run_name",
               "must name a folder inside out_root (the run's files would mix with other runs')")
+    run = os.path.join(c.out_root, c.run_name)
+    for folder in (c.out_root, run):  # (an existing folder is a run to resume)
+        p.require(not os.path.exists(folder) or os.path.isdir(folder), "out_root" if folder == c.out_root else
+                  "run_name", f"{folder} is a file, not a folder")
     # ranges
     for s in ("n_eft_train", "n_eft_eval"):
         p.at_least(s, 2)  # a toy EFT set is made of groups of 2 or more responses
@@ -307,6 +313,7 @@ def check_training(c, world, fields, script, check_record=None):
         p.at_least("rpo_alpha", 0)
     if "template" in vars(c):  # SFT's
         p.require(c.template in ("chat", "text"), "template", "must be 'chat' or 'text'")
+    p.require(not os.path.exists(c.out_dir) or os.path.isdir(c.out_dir), "out_dir", "is a file, not a folder")
     p.require(c.save_dtype in ("", "float32", "bfloat16", "float16"), "save_dtype",
               "must be '' (bfloat16 on a GPU, float32 on a CPU), 'float32', 'bfloat16' or 'float16'")
     p.compute()

@@ -405,12 +405,15 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
     for text, extra, message in [
             ('{"prompt": "fine"}\n{"prompt": broken\n', [], r"in.jsonl:2: malformed JSON"),
             ('{"text": "no prompt"}\n', [], r"in.jsonl:1: missing or non-string field(s): prompt"),
-            ('{"prompt": "fine"}\n', ["--num_samples=0"], "num_samples = 0: must be >= 1")]:
+            ('{"prompt": "fine"}\n', ["--num_samples=0"], "num_samples = 0: must be >= 1"),
+            ('{"prompt": "fine"}\n', [f"--out={tmp_path}"], "is a folder: give the JSON Lines file to write"),
+            ('{"prompt": "fine"}\n', ["--tp=3"], "tp = 3: must divide the number of ranks, 1"),
+            ('{"prompt": "fine"}\n', ["--tp=3"], "tp = 3: must divide the model's n_kv_heads and FFN width (2, 192)")]:
         inp.write_text(text)
         with pytest.raises(SystemExit) as e:
             S.main(argv + extra)
         err = capsys.readouterr().err
-        assert e.value.code == 2 and err.startswith("error: sample.py cannot start; 1 problem(s)") and message in err
+        assert e.value.code == 2 and err.startswith("error: sample.py cannot start; ") and message in err
 
 
 def test_cli_prompts_file_resumes_after_an_interruption(toy_tokenizer_path, tmp_path, monkeypatch, capsys):

@@ -351,10 +351,13 @@ def test_bad_settings_refused_before_any_work_then_the_fix_continues(micro_run, 
 
 def test_a_run_needs_a_folder_of_its_own(tmp_path):
     """An empty run name would write the run's files among the other runs' folders."""
-    for name in ("", ".."):
+    for name in ("", "..", "../elsewhere", "a/../.."):
         err = run_fails(command(tmp_path, run=name))
         assert f"run_name = '{name}': must name a folder inside out_root" in err
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == [] and not os.path.exists(tmp_path.parent / "elsewhere")
+    (tmp_path / "afile").write_text("")
+    err = run_fails(command(tmp_path, run="afile"))
+    assert f"run_name = 'afile': {tmp_path / 'afile'} is a file, not a folder" in err
 
 
 def test_bad_inputs_of_a_new_run_are_refused_before_the_folder_exists(tmp_path):

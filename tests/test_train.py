@@ -1033,7 +1033,7 @@ def test_each_rank_and_step_draws_its_own_dropout_masks():
     assert not torch.equal(draw(3, 0), draw(4, 0))
 
 
-def test_trainers_refuse_an_unreadable_tokenizer_a_bad_save_dtype_and_dpo_from_scratch(work, tmp_path):
+def test_trainers_refuse_an_unreadable_tokenizer_a_bad_save_dtype_or_out_dir_and_dpo_from_scratch(work, tmp_path):
     """Found before any work, each by its setting: a tokenizer file that does
     not parse (it failed with the library's traceback), a save_dtype torch
     does not have (it failed after training, when saving), and DPO from
@@ -1042,11 +1042,13 @@ def test_trainers_refuse_an_unreadable_tokenizer_a_bad_save_dtype_and_dpo_from_s
     junk = tmp_path / "junk.model"
     junk.write_text("not a SentencePiece model\n")
     c = configurator.settings(train_sft.DEFAULTS, {"init_from": "scratch", "model": "toy-tiny", "tokenizer": str(junk),
-                                                   "data": str(work / "sft.jsonl"), "save_dtype": "fp8"})
+                                                   "data": str(work / "sft.jsonl"), "save_dtype": "fp8",
+                                                   "out_dir": str(junk)})
     with pytest.raises(validate.BadInput) as e:
         validate.check_training(c, 1, [], "train_sft.py")
     assert f"tokenizer = '{junk}': {junk}: cannot read it as a SentencePiece model" in str(e.value)
     assert "save_dtype = 'fp8': must be '' (bfloat16 on a GPU, float32 on a CPU)" in str(e.value)
+    assert f"out_dir = '{junk}': is a file, not a folder" in str(e.value)
     c = configurator.settings(train_dpo.DEFAULTS, {"init_from": "scratch", "data": str(work / "pairs.jsonl")})
     with pytest.raises(validate.BadInput, match="init_from = 'scratch': 'scratch' is for train_sft.py"):
         validate.check_training(c, 1, [], "train_dpo.py")
