@@ -23,7 +23,7 @@ import judge as J
 from checkpoint import check_tokenizer, meta_shards, read_config, safetensors_files
 from data import read_jsonl, toy
 from model import PRESETS
-from tokenizer import TEMPLATES, Tokenizer, conversation_problem
+from tokenizer import TEMPLATES, Tokenizer, chat_prompt_ids, conversation_problem
 
 
 class Problems:
@@ -62,7 +62,7 @@ class Problems:
         return self.require(ok, setting, f"must be in {'(' if low_open else '['}0, 1{')' if high_open else ']'}")
 
     def compute(self):
-        """Where and how a script computes: its device, dtype, threads and chat template settings."""
+        """Where and how a script computes: its device, dtype, threads, seed and chat template settings."""
         v = self.c.device
         if self.require(v in ("", "cpu") or v.startswith("cuda"), "device", "must be '', 'cpu' or 'cuda'"):
             self.require(not v.startswith("cuda") or torch.cuda.is_available(), "device",
@@ -70,6 +70,8 @@ class Problems:
         self.require(self.c.dtype in ("auto", "bfloat16", "float32"), "dtype",
                      "must be 'auto', 'bfloat16' or 'float32'")
         self.at_least("threads", 0)
+        if getattr(self.c, "seed", None) is not None:  # (the trainers' RNG seeds are seed * 1,000,003 + step ...)
+            self.require(0 <= self.c.seed < 2**32, "seed", "must be in [0, 2**32)")
         if "chat_template" in vars(self.c):
             self.require(self.c.chat_template in ("", *TEMPLATES), "chat_template",
                          f"must be '' (the checkpoint's own) or one of {', '.join(TEMPLATES)}")
@@ -238,9 +240,21 @@ def check_loop(c, world):
         p.at_least("vocab_size", 300)  # the tokenizer's 256 byte pieces count towards it
     for setting in ("init_from", "prompt_writer"):
         if getattr(c, setting) not in ("scratch", "M0", "M1", "current"):
-            args, _ = check_checkpoint(p, setting, getattr(c, setting))
+            args, tok = check_checkpoint(p, setting, getattr(c, setting))
             if args:
                 models[setting] = args
+            if args and setting == "init_from" and c.chat_template in ("", *TEMPLATES):
+                # the judge prompt's fixed text (and the meta-judge's) and the judgment must fit the models'
+                # context, or every judgment of the run is skipped as too long, after the SFT baseline trained
+                tok = Tokenizer(c.init_from, c.chat_template) if c.chat_template else tok
+                judges = [("max_judge_tokens", "judge", J.judge_prompt_ids(tok, "", ""))]
+                if c.meta_judge:
+                    judges.append(("max_meta_tokens", "meta-judge",
+                                   chat_prompt_ids(tok, J.meta_judge_prompt("", "", "", ""))))
+                for s, who, ids in judges:
+                    p.require(len(ids) + getattr(c, s) < args.max_seq_len, s, f"with the {who} prompt's own "
+                              f"{len(ids)} tokens, leaves no room for a prompt and a response in init_from's "
+                              f"context (max_seq_len {args.max_seq_len})")
     for setting, args in models.items():
         for s in ("max_prompt_tokens", "max_response_tokens", "max_judge_tokens", "max_meta_tokens"):
             p.require(getattr(c, s) < args.max_seq_len, s, f"must be below the context of {setting}'s model "

@@ -377,6 +377,34 @@ def test_bad_inputs_of_a_new_run_are_refused_before_the_folder_exists(tmp_path):
     assert not os.path.exists(tmp_path / "micro")
 
 
+def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tokenizer_path):
+    """Llama 2's tokens for the judge prompt's fixed text (about 390) leave no
+    room in a 480-token context once a 96-token judgment is added: every
+    judgment would be skipped as too long, after the SFT baseline trained."""
+    import validate
+    from checkpoint import save_model
+    from model import Transformer, preset
+    torch.manual_seed(0)
+    save_model(Transformer(preset("toy-tiny", vocab_size=32000, max_seq_len=480)), str(tmp_path / "ckpt"),
+               tokenizer_path=llama_tokenizer_path)
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    (seed / "ift.jsonl").write_text('{"prompt": "a", "response": "b"}\n' * 8)
+    for f in ("eft_train", "eft_eval"):
+        (seed / f"{f}.jsonl").write_text('{"prompt": "a", "responses": ["x", "y"], "ranks": [0, 1]}\n')
+
+    def problems(**settings):
+        c = configurator.settings(S.DEFAULTS, {"seed_data": str(seed), "init_from": str(tmp_path / "ckpt"),
+                                               **settings})
+        return validate.check_loop(c, 1).found
+    found = problems(max_judge_tokens=96)
+    assert len(found) == 1 and re.fullmatch(r"max_judge_tokens = 96: with the judge prompt's own 3\d\d tokens, "
+                                            r"leaves no room .* \(max_seq_len 480\)", found[0]), found
+    assert problems(max_judge_tokens=32) == []
+    found = problems(max_judge_tokens=32, meta_judge=True, max_meta_tokens=110)
+    assert len(found) == 1 and found[0].startswith("max_meta_tokens = 110: with the meta-judge prompt's own"), found
+
+
 def test_empty_or_malformed_seed_data(tmp_path):
     seed = tmp_path / "seed"
     seed.mkdir()
