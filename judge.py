@@ -390,7 +390,10 @@ def judge_record(rec):
     """(responses, each one's judgment texts, None) from one line of a judge
     file (read_judge_file's layouts), or (None, None, what is wrong with it)."""
     if isinstance(rec.get("completion"), dict):
-        items = [rec["completion"][k] for k in sorted(rec["completion"], key=int)]
+        keys = rec["completion"]
+        if not keys or not all(k.isdigit() for k in keys) or not all(isinstance(x, dict) for x in keys.values()):
+            return None, None, "'completion' maps response numbers (\"0\", \"1\" ...) to {content, reasoning}"
+        items = [keys[k] for k in sorted(keys, key=int)]
         responses = [x.get("content") for x in items]
         texts = [[x.get("reasoning")] for x in items]
     elif isinstance(rec.get("responses"), list) and isinstance(rec.get("judgments"), list):
@@ -401,6 +404,10 @@ def judge_record(rec):
     if len(texts) != len(responses) or not all(isinstance(x, str) for x in responses) \
             or not all(isinstance(t, str) for ts in texts for t in ts):
         return None, None, "every response needs its text and its judgments as strings"
+    ranks = rec.get("ranks")
+    if ranks is not None and (not isinstance(ranks, list) or len(ranks) != len(responses)
+                              or not all(type(r) is int and r >= 0 for r in ranks)):
+        return None, None, "'ranks', where given, is one integer >= 0 per response (0 = best)"
     return responses, texts, None
 
 
@@ -417,7 +424,8 @@ def read_judge_file(path):
     line does; selfreward.py adds the human ranks of the seed data's groups.
     """
     groups, judged = [], []
-    for rec in read_jsonl(path, fields=("prompt",), check=lambda rec: judge_record(rec)[2]):  # errors: file:line
+    for rec in read_jsonl(path, fields=("prompt",), allow_empty=False,
+                          check=lambda rec: judge_record(rec)[2]):  # errors: file:line
         responses, texts, _ = judge_record(rec)
         groups.append({"prompt": rec["prompt"], "responses": responses, "ranks": rec.get("ranks")})
         judged.append([{"response": r, "judgments": ts, "scores": [parse_score(t) for t in ts]}

@@ -132,18 +132,32 @@ def eft_group(rec):
         return "missing or non-string field: prompt"
     if not isinstance(responses, list) or len(responses) < 2 or not all(isinstance(x, str) for x in responses):
         return "'responses' must be a list of 2 or more strings"
-    if not isinstance(ranks, list) or len(ranks) != len(responses) or not all(isinstance(x, int) for x in ranks):
-        return "'ranks' must be a list of integers, one per response (0 = best)"
+    if not isinstance(ranks, list) or len(ranks) != len(responses) or not all(type(x) is int and x >= 0
+                                                                                for x in ranks):
+        return "'ranks' must be a list of integers >= 0, one per response (0 = best)"
     return None
 
 
-def eft_train_record(rec):
-    """eft_train.jsonl holds either EFT groups (real data) or ready SFT targets (toy)."""
-    if "responses" in rec or "ranks" in rec:
-        return eft_group(rec)
-    if not (isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str)):
-        return "needs either prompt + response (a judgment to learn) or prompt + responses + ranks (a group)"
-    return None
+def eft_train_records():
+    """A check for the records of one eft_train.jsonl: EFT groups (real data)
+    or ready SFT targets, judgments ending in their score (toy), one kind per
+    file (the loop reads the file as the kind of its first record)."""
+    kinds = []
+
+    def check(rec):
+        kind = "groups" if "responses" in rec or "ranks" in rec else "judgments"
+        kinds.append(kind)
+        if kind != kinds[0]:
+            return (f"a file of EFT {kinds[0]} (its first record) cannot hold {kind} too: "
+                    "prompt + responses + ranks are groups, prompt + response a judgment to learn")
+        if kind == "groups":
+            return eft_group(rec)
+        if not (isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str)):
+            return "needs either prompt + response (a judgment to learn) or prompt + responses + ranks (a group)"
+        if J.parse_score(rec["response"]) is None:
+            return "a judgment to learn ends with its score, 'Score: N' with N in 0..5"
+        return None
+    return check
 
 
 # -----------------------------------------------------------------------------
@@ -269,7 +283,7 @@ def check_loop(c, world):
                   "eft_eval.jsonl; python -m data.prepare_oasst writes one)")
         else:
             ift = p.jsonl("seed_data", os.path.join(c.seed_data, "ift.jsonl"), seed_ift_record)
-            p.jsonl("seed_data", os.path.join(c.seed_data, "eft_train.jsonl"), eft_train_record)
+            p.jsonl("seed_data", os.path.join(c.seed_data, "eft_train.jsonl"), eft_train_records())
             p.jsonl("seed_data", os.path.join(c.seed_data, "eft_eval.jsonl"), eft_group)
             if ift:
                 p.require(len(ift) >= c.n_shots, "n_shots", f"needs {c.n_shots} seed prompts (the first requests "

@@ -3,6 +3,7 @@ import itertools
 import json
 import math
 import random
+import re
 import statistics
 from collections import Counter
 
@@ -315,6 +316,20 @@ def test_read_judge_file_names_a_bad_line(tmp_path):
         read_judge_file(bad)
     write_jsonl(bad, [{"prompt": "p", "responses": ["a", "b"], "judgments": [["Score: 1"]]}])
     with pytest.raises(ValueError, match=r"bad.jsonl:1: every response needs its text and its judgments"):
+        read_judge_file(bad)
+    # each was a traceback, a message without the line, or a failure after the SFT baseline trained
+    ours = {"prompt": "p", "responses": ["a", "b"], "judgments": ["Score: 1", "Score: 2"]}
+    for rec, why in [({"prompt": "p", "completion": {"0": "text"}}, "'completion' maps response numbers"),
+                     ({"prompt": "p", "completion": {"x": {"content": "a", "reasoning": "r"}}}, "'completion' maps"),
+                     ({"prompt": "p", "completion": {}}, "'completion' maps"),
+                     ({**ours, "ranks": [0]}, "'ranks', where given, is one integer >= 0 per response"),
+                     ({**ours, "ranks": "best"}, "'ranks', where given"),
+                     ({**ours, "ranks": [True, False]}, "'ranks', where given")]:
+        write_jsonl(bad, [ours, rec])
+        with pytest.raises(ValueError, match=r"bad.jsonl:2: " + re.escape(why)):
+            read_judge_file(bad)
+    write_jsonl(bad, [])
+    with pytest.raises(ValueError, match=r"bad.jsonl: no records"):
         read_judge_file(bad)
 
 

@@ -372,7 +372,7 @@ def test_bad_inputs_of_a_new_run_are_refused_before_the_folder_exists(tmp_path):
                                          '{"prompt": "a", "responses": ["x", "y"]}\n')
     err = run_fails(command(tmp_path, seed_data=seed, init_from=tmp_path / "Llama-2-70b-hff"))
     assert f"init_from: checkpoint folder not found: {tmp_path / 'Llama-2-70b-hff'}" in err
-    assert "eft_eval.jsonl:2: 'ranks' must be a list of integers, one per response" in err
+    assert "eft_eval.jsonl:2: 'ranks' must be a list of integers >= 0, one per response" in err
     assert "n_shots = 8: needs 8 seed prompts (the first requests have no generated ones yet), the seed has 1" in err
     assert not os.path.exists(tmp_path / "micro")
 
@@ -403,6 +403,25 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
     assert problems(max_judge_tokens=32) == []
     found = problems(max_judge_tokens=32, meta_judge=True, max_meta_tokens=110)
     assert len(found) == 1 and found[0].startswith("max_meta_tokens = 110: with the meta-judge prompt's own"), found
+
+
+def test_eft_training_files_of_one_kind_with_scores_and_ranks_that_count(tmp_path):
+    """The loop reads eft_train.jsonl as the kind of its first record: a file
+    mixing groups and judgments failed after the SFT baseline trained, as did
+    a judgment without a score; ranks of True/False or -1 passed as integers."""
+    import validate
+    check = validate.eft_train_records()
+    group = {"prompt": "a", "responses": ["x", "y"], "ranks": [0, 1]}
+    assert check(group) is None and check({**group, "prompt": "b"}) is None
+    assert check({"prompt": "a", "response": "Score: 4"}).startswith("a file of EFT groups (its first record) "
+                                                                    "cannot hold judgments too")
+    check = validate.eft_train_records()
+    assert check({"prompt": "a", "response": "Fine.\nScore: 4"}) is None
+    assert check({"prompt": "a", "response": "Fine.\nScore: 9"}) == \
+        "a judgment to learn ends with its score, 'Score: N' with N in 0..5"
+    assert "cannot hold groups too" in check(group)
+    for ranks in ([True, False], [0, -1], [0]):
+        assert validate.eft_group({**group, "ranks": ranks}).startswith("'ranks' must be a list of integers >= 0")
 
 
 def test_empty_or_malformed_seed_data(tmp_path):
