@@ -56,12 +56,23 @@ def mt_bench_question(q):
     turns = q.get("turns")
     if "question_id" not in q or not isinstance(turns, list) or not turns or not all(isinstance(t, str) for t in turns):
         return "not an MT-Bench question (needs question_id and turns: a list of strings)"
+    if not isinstance(q["question_id"], (int, str)) or isinstance(q["question_id"], bool):
+        return "question_id must be a number or a string"
     return None
 
 
 def read_mt_bench(path):
-    """MT-Bench questions (FastChat's question.jsonl): a question_id and a list of turns."""
-    return read_jsonl(path, allow_empty=False, check=mt_bench_question)
+    """MT-Bench questions (FastChat's question.jsonl): a question_id and a list
+    of turns, each id once (FastChat's judge matches answers to questions by it)."""
+    seen = set()
+
+    def check(q):
+        why = mt_bench_question(q)
+        if why is None and q["question_id"] in seen:
+            why = f"question_id {q['question_id']!r} again: each question needs an id of its own"
+        seen.add(q.get("question_id") if why is None else None)
+        return why
+    return read_jsonl(path, allow_empty=False, check=check)
 
 
 def question(record):

@@ -302,10 +302,12 @@ def conversation_problem(messages):
         return "'messages' must be a list of {'role', 'content': str}"
     roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
     turns = roles[1:] if roles[:1] == ["system"] else roles
-    if not turns or turns != ["user", "assistant"] * (len(turns) // 2) + ["user"] * (len(turns) % 2) \
-            or any(not isinstance(m.get("content"), str) for m in messages):
+    if not turns or turns != ["user", "assistant"] * (len(turns) // 2) + ["user"] * (len(turns) % 2):
         return ("a conversation alternates user and assistant turns, starting with the user, after an optional "
                 f"system message: a list of {{'role', 'content': str}}; got roles {roles}")
+    not_text = [i + 1 for i, m in enumerate(messages) if not isinstance(m.get("content"), str)]
+    if not_text:
+        return f"the content of message {not_text[0]} (of {len(messages)}) is not a string"
     return None
 
 

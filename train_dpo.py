@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 import distributed as D
 import training as T
+import validate
 from data import file_fingerprint, fingerprint, read_jsonl, write_jsonl
 from model import estimate_mfu
 from tokenizer import chat_tokens
@@ -208,7 +209,7 @@ def train(config=None, announce=False):
     """Run DPO with settings `config` (dict, over the defaults above). Returns
     {"model": path of the trained model, "loss": ..., metrics of the last step}.
     announce: print where and how it computes (the command line does)."""
-    return T.run(dpo, DEFAULTS, config, ["prompt", "chosen", "rejected"], announce)
+    return T.run(dpo, DEFAULTS, config, ["prompt", "chosen", "rejected"], announce, check_record=validate.dpo_pair)
 
 
 def dpo(c, env):

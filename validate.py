@@ -113,7 +113,13 @@ def sft_record(rec):
         return None
     if not (isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str)):
         return "needs string fields prompt and response, or a messages list"
-    return None
+    return blank(rec, ("prompt", "response"))
+
+
+def blank(rec, fields):
+    """What is wrong where a text field holds no text (nothing to learn or to ask), or None."""
+    empty = [k for k in fields if not rec[k].strip()]
+    return f"empty {' and '.join(empty)}" if empty else None
 
 
 def seed_ift_record(rec):
@@ -122,6 +128,14 @@ def seed_ift_record(rec):
     if not (isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str)):
         return ("needs string fields prompt and response (the loop's seed prompts are the prompt writer's "
                 "examples; a messages list is for train_sft.py on its own)")
+    return blank(rec, ("prompt", "response"))
+
+
+def dpo_pair(rec):
+    """A DPO pair: chosen and rejected differ (the same text on both sides has
+    no preference, and its gradient is zero: it only dilutes the batch)."""
+    if rec["chosen"] == rec["rejected"]:
+        return "chosen and rejected are the same text: a pair with no preference"
     return None
 
 
@@ -132,6 +146,8 @@ def eft_group(rec):
         return "missing or non-string field: prompt"
     if not isinstance(responses, list) or len(responses) < 2 or not all(isinstance(x, str) for x in responses):
         return "'responses' must be a list of 2 or more strings"
+    if not all(x.strip() for x in responses):
+        return "an empty response: a group ranks 2 or more texts"
     if not isinstance(ranks, list) or len(ranks) != len(responses) or not all(type(x) is int and x >= 0
                                                                                 for x in ranks):
         return "'ranks' must be a list of integers >= 0, one per response (0 = best)"

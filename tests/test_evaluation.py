@@ -142,6 +142,13 @@ def test_bad_eval_prompt_files_name_the_record(tmp_path):
     (tmp_path / "q.jsonl").write_text('{"question_id": 1, "turns": ["a", "b"]}\n\n{"question_id": 2, "turns": "a"}\n')
     with pytest.raises(ValueError, match="q.jsonl:3: not an MT-Bench question"):
         E.read_mt_bench(str(tmp_path / "q.jsonl"))
+    # FastChat matches answers to questions by id: each id once, a number or a string
+    (tmp_path / "q.jsonl").write_text('{"question_id": 1, "turns": ["a"]}\n{"question_id": 1, "turns": ["b"]}\n')
+    with pytest.raises(ValueError, match="q.jsonl:2: question_id 1 again"):
+        E.read_mt_bench(str(tmp_path / "q.jsonl"))
+    (tmp_path / "q.jsonl").write_text('{"question_id": [1], "turns": ["a"]}\n')
+    with pytest.raises(ValueError, match="q.jsonl:1: question_id must be a number or a string"):
+        E.read_mt_bench(str(tmp_path / "q.jsonl"))
     with pytest.raises(FileNotFoundError):
         E.read_eval_prompts(str(tmp_path / "none.json"))
 

@@ -828,8 +828,15 @@ def test_conversation_records_learn_every_assistant_turn(toy_tokenizer_path, tmp
     for bad, why in [({"messages": [{"role": "user", "content": "hi"}]}, "nothing to learn"),
                      ({"messages": [{"role": "robot", "content": "hi"}]}, "a conversation alternates"),
                      (assistant_first, "starting with the user"),
-                     ({"prompt": "hi"}, "needs string fields prompt and response, or a messages list")]:
+                     ({"prompt": "hi"}, "needs string fields prompt and response, or a messages list"),
+                     ({"prompt": " ", "response": "\n"}, "empty prompt and response"),
+                     ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "hi"}]},
+                      "the content of message 1 (of 2) is not a string")]:
         assert why in validate.sft_record(bad)
+    assert validate.dpo_pair({"prompt": "p", "chosen": "same", "rejected": "same"}) == \
+        "chosen and rejected are the same text: a pair with no preference"
+    assert validate.eft_group({"prompt": "p", "responses": ["x", " "], "ranks": [0, 1]}) == \
+        "an empty response: a group ranks 2 or more texts"
     import configurator
     (tmp_path / "bad_conv.jsonl").write_text(json.dumps(plain) + "\n\n" + json.dumps(assistant_first) + "\n")
     c = configurator.settings(train_sft.DEFAULTS, {"init_from": "scratch", "model": "toy-tiny",
