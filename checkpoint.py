@@ -295,17 +295,7 @@ def read_tensors(path, model):
     params = dict(model.named_parameters())
     args = model.args
     if os.path.exists(os.path.join(path, "config.json")):
-        weight_map = safetensors_files(path)
-        ours = {hf_name(n) for n in params}
-        extra = [k for k in weight_map if k not in ours
-                 and not k.endswith("rotary_emb.inv_freq")  # a buffer some old exports carry; we compute it
-                 and not (args.tie_embeddings and k == "lm_head.weight")]  # some tied exports store it anyway
-        if extra:
-            raise ValueError(f"{path}: unexpected tensors for a Llama model of this config: {', '.join(extra[:5])}")
-        missing = [hf_name(n) for n in params if hf_name(n) not in weight_map]
-        if missing:
-            raise ValueError(f"{path}: missing tensors: {', '.join(missing[:5])}"
-                             + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+        weight_map = check_hf_tensors(path, params, args)
         with ExitStack() as files:
             opened = {}
             for name, p in params.items():
@@ -313,7 +303,6 @@ def read_tensors(path, model):
                 if fname not in opened:
                     opened[fname] = files.enter_context(open_safetensors(os.path.join(path, fname)))
                 stored = opened[fname].get_slice(hf_name(name))
-                check_shape(path, name, tuple(stored.get_shape()), p)
                 start, end = D.local_rows(p)
                 if rotary_heads(name, args) and start < end:
                     hd = args.head_dim
@@ -343,6 +332,30 @@ def read_tensors(path, model):
                 full = torch.cat(parts, dim=0)  # column-parallel (wq wk wv w1 w3 output): output dim
             check_shape(path, name, tuple(full.shape), p)
             yield name, D.local_part(full, p)
+
+
+def check_hf_tensors(path, params, args):
+    """An HF checkpoint holds exactly the tensors a model of its config has
+    (`params`: name -> parameter, on the meta device will do), each of its
+    shape, read from the safetensors headers alone (no tensor data, so the
+    checks before any work can afford it at 70B). Returns the weight map."""
+    weight_map = safetensors_files(path)
+    ours = {hf_name(n) for n in params}
+    extra = [k for k in weight_map if k not in ours
+             and not k.endswith("rotary_emb.inv_freq")  # a buffer some old exports carry; we compute it
+             and not (args.tie_embeddings and k == "lm_head.weight")]  # some tied exports store it anyway
+    if extra:
+        raise ValueError(f"{path}: unexpected tensors for a Llama model of this config: {', '.join(extra[:5])}")
+    missing = [hf_name(n) for n in params if hf_name(n) not in weight_map]
+    if missing:
+        raise ValueError(f"{path}: missing tensors: {', '.join(missing[:5])}"
+                         + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    for fname in sorted(set(weight_map.values())):
+        with open_safetensors(os.path.join(path, fname)) as f:
+            for name, p in params.items():
+                if weight_map[hf_name(name)] == fname:
+                    check_shape(path, name, tuple(f.get_slice(hf_name(name)).get_shape()), p)
+    return weight_map
 
 
 def check_shape(path, name, stored_shape, param):

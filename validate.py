@@ -20,9 +20,9 @@ import torch
 
 import evaluation as E
 import judge as J
-from checkpoint import check_tokenizer, meta_shards, read_config, safetensors_files
+from checkpoint import check_hf_tensors, check_tokenizer, meta_shards, read_config
 from data import read_jsonl, toy
-from model import PRESETS
+from model import PRESETS, Transformer
 from tokenizer import TEMPLATES, Tokenizer, chat_prompt_ids, conversation_problem
 
 
@@ -185,7 +185,9 @@ def check_checkpoint(p, setting, folder):
     try:
         args = read_config(folder)
         if os.path.exists(os.path.join(folder, "config.json")):
-            safetensors_files(folder)  # reads the headers: a truncated file is found here
+            with torch.device("meta"):  # the parameters' names and shapes, no memory
+                params = dict(Transformer(args).named_parameters())
+            check_hf_tensors(folder, params, args)  # the headers: a truncated file, a tensor missing or misshapen
         else:
             meta_shards(folder)
         if not any(os.path.exists(os.path.join(folder, f)) for f in ("tokenizer.model", "tokenizer.json")):

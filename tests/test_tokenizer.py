@@ -207,11 +207,13 @@ def test_llama2_multi_turn_is_metas_format(llama_tokenizer_path):
 
 def test_bad_conversations_are_clear_errors(llama_tokenizer_path):
     tok = Tokenizer(llama_tokenizer_path)
-    for bad in ([], [{"role": "bot", "content": "x"}], [{"role": "user", "content": 3}],
+    for bad in ([], [{"role": "bot", "content": "x"}],
                 [{"role": "user", "content": "a"}, {"role": "system", "content": "b"}],
                 [{"role": "assistant", "content": "a"}], [{"role": "user", "content": "a"}] * 2, ["hi"]):
         with pytest.raises(ValueError, match="a conversation alternates user and assistant turns"):
             chat_ids(tok, bad)
+    with pytest.raises(ValueError, match=r"the content of message 1 \(of 1\) is not a string"):
+        chat_ids(tok, [{"role": "user", "content": 3}])
 
 
 def test_line_break_ids(llama_tokenizer_path, llama3_style):

@@ -1066,3 +1066,17 @@ def test_trainers_refuse_an_unreadable_tokenizer_a_bad_save_dtype_or_out_dir_and
     c = configurator.settings(train_sft.DEFAULTS, {"init_from": str(tmp_path / "ckpt"), "data": str(work / "sft.jsonl")})
     with pytest.raises(validate.BadInput, match="init_from: .*tokenizer.model: cannot read it as a SentencePiece"):
         validate.check_training(c, 1, [], "train_sft.py")
+    # weights that do not match the config: found in the safetensors headers, before any model is built
+    from safetensors.torch import load_file, save_file
+    shutil.copy(work / "ckpt" / "tokenizer.model", tmp_path / "ckpt" / "tokenizer.model")
+    weights = load_file(tmp_path / "ckpt" / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if k != "model.norm.weight"}, tmp_path / "ckpt" / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(validate.BadInput, match="init_from: .*ckpt: missing tensors: model.norm.weight"):
+        validate.check_training(c, 1, [], "train_sft.py")
+    save_file(weights, tmp_path / "ckpt" / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({**config, "intermediate_size": 2 * config["intermediate_size"]}))
+    with pytest.raises(validate.BadInput, match=r"init_from: .*ckpt: tensor layers.0.feed_forward.w1.weight "
+                                                r"\(model.layers.0.mlp.gate_proj.weight\) has shape"):
+        validate.check_training(c, 1, [], "train_sft.py")
