@@ -1060,8 +1060,10 @@ def main(argv=None):
     overrides = configurator.configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), argv)
     c = configurator.settings(DEFAULTS, overrides)
     if c.plan_only:
+        world = c.world_size or int(os.environ.get("WORLD_SIZE", 1))
+        validate.check_plan(c, world).stop("the plan")
         try:
-            plans = memory_plans(c, c.world_size or int(os.environ.get("WORLD_SIZE", 1)), c.gpu_memory_gb)
+            plans = memory_plans(c, world, c.gpu_memory_gb)
         except ValueError as e:  # a model that is neither a folder nor a preset
             configurator.fail(e)
         for plan in plans:

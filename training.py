@@ -391,11 +391,15 @@ def save_final(model, c, env, tok_path):
 def plan_memory(c):
     """--plan_only: print the memory plan of init_from's config (else the
     preset c.model) for c.world_size GPUs; no data, no weights."""
+    world = c.world_size or int(os.environ.get("WORLD_SIZE", 1))
+    problems = validate.check_plan(c, world)
+    if problems.found:
+        raise validate.BadInput(problems.message("the plan"))
     try:
         args, which = planned_args(c.init_from, c.model)
     except ValueError as e:
         raise validate.BadInput(str(e)) from None
-    plan = memory_plan(args, c.world_size or int(os.environ.get("WORLD_SIZE", 1)), c.micro_batch_size,
+    plan = memory_plan(args, world, c.micro_batch_size,
                        c.max_seq_len or args.max_seq_len, c.activation_checkpointing,
                        gpu_memory_gb=c.gpu_memory_gb, dropout=c.dropout)
     print(which)

@@ -13,6 +13,7 @@ Only what can be known before the first stage is checked here: files that
 the loop writes itself (the toy seed, M1 ...) are checked by the stage that
 reads them.
 """
+import math
 import os
 import sys
 
@@ -50,10 +51,14 @@ class Problems:
         return not nones
 
     def at_least(self, setting, low):
-        return self.require(getattr(self.c, setting) >= low, setting, f"must be >= {low}")
+        return self.finite(setting) and self.require(getattr(self.c, setting) >= low, setting, f"must be >= {low}")
 
     def positive(self, setting):
-        return self.require(getattr(self.c, setting) > 0, setting, "must be > 0")
+        return self.finite(setting) and self.require(getattr(self.c, setting) > 0, setting, "must be > 0")
+
+    def finite(self, setting):
+        """--lr=1e999 parses as inf, and --lr=nan as nan: neither is a number to train with."""
+        return self.require(math.isfinite(getattr(self.c, setting)), setting, "must be a finite number")
 
     def fraction(self, setting, low_open=True, high_open=False):
         """A value in (0, 1] by default; low_open=False allows 0, high_open excludes 1."""
@@ -329,6 +334,20 @@ def check_loop(c, world):
                   "'grader' is for the toy world with meta_judge=True; real seed data has no grader")
     p.require(not (c.eft_own_answers and c.seed_data != "toy"), "eft_own_answers", "is for the toy world, whose "
               "grader judges the answers; real seed data has no grader")
+    return p
+
+
+def check_plan(c, world):
+    """plan_only's settings (a memory plan reads shapes only: no data, no weights)."""
+    p = Problems(c)
+    if not p.no_none():
+        return p
+    p.at_least("world_size", 0)  # 0: this run's
+    p.positive("gpu_memory_gb")
+    p.at_least("micro_batch_size", 1)
+    if "tp" in vars(c):  # the loop's generation plan
+        if p.at_least("tp", 1):
+            p.require(world % c.tp == 0, "tp", f"must divide the number of GPUs planned for, {world}")
     return p
 
 

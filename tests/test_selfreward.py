@@ -24,6 +24,7 @@ import configurator
 import selfreward as S
 import train_dpo
 import train_sft
+import validate
 from checkpoint import load_model
 from conftest import ROOT, response_logp
 from data import read_jsonl, toy, write_jsonl
@@ -381,7 +382,6 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
     """Llama 2's tokens for the judge prompt's fixed text (about 390) leave no
     room in a 480-token context once a 96-token judgment is added: every
     judgment would be skipped as too long, after the SFT baseline trained."""
-    import validate
     from checkpoint import save_model
     from model import Transformer, preset
     torch.manual_seed(0)
@@ -401,6 +401,7 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
     assert len(found) == 1 and re.fullmatch(r"max_judge_tokens = 96: with the judge prompt's own 3\d\d tokens, "
                                             r"leaves no room .* \(max_seq_len 480\)", found[0]), found
     assert problems(max_judge_tokens=32) == []
+    assert problems(max_judge_tokens=32, dpo_lr=float("inf")) == ["dpo_lr = inf: must be a finite number"]  # --dpo_lr=1e999
     found = problems(max_judge_tokens=32, meta_judge=True, max_meta_tokens=110)
     assert len(found) == 1 and found[0].startswith("max_meta_tokens = 110: with the meta-judge prompt's own"), found
 
@@ -409,7 +410,6 @@ def test_eft_training_files_of_one_kind_with_scores_and_ranks_that_count(tmp_pat
     """The loop reads eft_train.jsonl as the kind of its first record: a file
     mixing groups and judgments failed after the SFT baseline trained, as did
     a judgment without a score; ranks of True/False or -1 passed as integers."""
-    import validate
     check = validate.eft_train_records()
     group = {"prompt": "a", "responses": ["x", "y"], "ranks": [0, 1]}
     assert check(group) is None and check({**group, "prompt": "b"}) is None
@@ -947,6 +947,16 @@ def test_plan_only_says_what_it_planned_for(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         S.main(["--plan_only=True", "--model=toyx"])
     assert e.value.code == 2 and "model = 'toyx': no such preset" in capsys.readouterr().err
+    # its own settings are checked too (a negative world size printed negative GiB as a plan that fits)
+    with pytest.raises(SystemExit) as e:
+        S.main(["--plan_only=True", "--model=llama2-70b", "--world_size=-1", "--gpu_memory_gb=-5", "--tp=3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "world_size = -1: must be >= 0" in err and "gpu_memory_gb = -5: must be > 0" in err
+    with pytest.raises(SystemExit) as e:
+        S.main(["--plan_only=True", "--model=llama2-70b", "--world_size=4", "--tp=3"])
+    assert e.value.code == 2 and "tp = 3: must divide the number of GPUs planned for, 4" in capsys.readouterr().err
+    with pytest.raises(validate.BadInput, match="world_size = -2: must be >= 0"):
+        train_sft.train({"plan_only": True, "model": "llama2-70b", "world_size": -2})
 
 
 # --- the toy seed data: python -m data.toy writes what the loop writes ---------------
@@ -1083,7 +1093,6 @@ def test_a_setting_added_later_at_its_default_redoes_nothing(tmp_path):
 def test_check_loop_in_this_process():
     """--key=None passes the configurator for any setting: named, not a TypeError
     later; ranges and the ranks a batch is split over are checked per setting."""
-    import validate
     c = configurator.settings(S.DEFAULTS, {"top_p": None})
     assert validate.check_loop(c, 1).found == ["top_p = None: give a value like its default"]
     c = configurator.settings(S.DEFAULTS, {"top_p": 1.5, "dropout": 1.0, "dpo_batch_size": 6, "model": "toy-huge"})
