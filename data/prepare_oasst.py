@@ -54,6 +54,8 @@ def read_messages(paths):
         if missing:
             return f"not an oasst message, missing {', '.join(missing)}"
         wrong = [k for k in ("message_id", "text", "role") if not isinstance(m[k], str)]
+        if not wrong and m["role"] not in ("prompter", "assistant"):
+            return f"not an oasst message, role {m['role']!r} (oasst's are 'prompter' and 'assistant')"
         if m["parent_id"] is not None and not isinstance(m["parent_id"], str):
             wrong.append("parent_id")  # (null for a root)
         rank = m.get("rank")  # null, NaN (pandas' null) or a whole number
@@ -105,6 +107,8 @@ def prepare(paths, eval_files=(), eft_eval_frac=0.1, ift_frac=0.6, seed=1337):
     paths = [os.path.abspath(p) for p in paths]
     eval_files = {os.path.abspath(p) for p in eval_files}
     messages = read_messages(paths + sorted(eval_files - set(paths)))
+    if not messages:
+        raise ValueError(f"no messages in {', '.join(paths)}: the files are empty")
     kept, dropped = Counter(), Counter()
     children = defaultdict(list)
     for m in messages.values():
@@ -222,6 +226,8 @@ if __name__ == "__main__":
     for name in ("eft_eval_frac", "ift_frac"):
         if not 0 <= getattr(args, name) <= 1:
             p.exit(2, f"error: --{name} = {getattr(args, name)}: a share, must be in [0, 1]\n")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        p.exit(2, f"error: --out = {args.out}: a file, not a folder\n")
     try:
         sets, kept, dropped = prepare(args.files, args.eval_files, args.eft_eval_frac, args.ift_frac, args.seed)
     except (ValueError, OSError) as e:  # a missing or malformed file: one line naming it, nothing written

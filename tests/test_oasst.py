@@ -154,10 +154,16 @@ def test_command_line_refuses_bad_input_in_one_line(tmp_path):
     """A missing or malformed file and a share outside [0, 1]: one error line
     naming it (exit status 2), and no seed folder written."""
     broken = _write(tmp_path / "broken.jsonl", [BAD_ROWS[0], '{"message_id": "x", "text": '])
+    bot = _write(tmp_path / "bot.jsonl", [BAD_ROWS[0], _msg("b1", "p1", role="bot")])
+    empty = _write(tmp_path / "empty.jsonl", [])
+    afile = _write(tmp_path / "afile", [])
     for args, said in [([str(tmp_path / "absent.jsonl")], "absent.jsonl"),
                        ([broken], "broken.jsonl:2: malformed JSON"),
-                       ([broken, "--ift_frac=1.5"], "--ift_frac = 1.5: a share, must be in [0, 1]")]:
-        r = subprocess.run([sys.executable, "-m", "data.prepare_oasst", *args, f"--out={tmp_path / 'out'}"],
+                       ([broken, "--ift_frac=1.5"], "--ift_frac = 1.5: a share, must be in [0, 1]"),
+                       ([bot], "bot.jsonl:2: not an oasst message, role 'bot'"),
+                       ([empty], f"no messages in {empty}: the files are empty"),
+                       ([bot, f"--out={afile}"], f"--out = {afile}: a file, not a folder")]:
+        r = subprocess.run([sys.executable, "-m", "data.prepare_oasst", f"--out={tmp_path / 'out'}", *args],
                            cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
     assert not (tmp_path / "out").exists()
