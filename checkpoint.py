@@ -181,6 +181,8 @@ def read_config(path):
     """ModelArgs of the checkpoint in folder `path` (HF config.json or Meta params.json)."""
     path = os.fspath(path)
     hf, meta = os.path.join(path, "config.json"), os.path.join(path, "params.json")
+    if os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is a file: give the checkpoint's folder")
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint folder not found: {path}")
     cfg_path = hf if os.path.exists(hf) else meta if os.path.exists(meta) else None

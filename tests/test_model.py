@@ -516,6 +516,9 @@ def test_corrupt_or_missing_config(tmp_path):
         load_model(tmp_path / "c")
     with pytest.raises(FileNotFoundError, match="checkpoint folder not found"):
         load_model(tmp_path / "nowhere")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="model.safetensors is a file: give the checkpoint's folder"):
+        load_model(tmp_path / "model.safetensors")
 
 
 def test_matching_tokenizer_is_copied_and_checked(tmp_path, toy_tokenizer_path):
