@@ -15,18 +15,20 @@ and is run as
     python train_sft.py config/toy.py --batch_size=32 --lr=1e-5
 
 An argument without `--` is a Python config file whose assignments override
-the defaults; `--key=value` overrides one setting (the value is read with
-ast.literal_eval, and a bare word is taken as a string; a setting whose
-default is a string takes the text as it is). A key that does not
-exist, or a value of another type than the default, is an error that lists
-what exists. `--help` prints every setting with its default and comment.
+the defaults (its imports, functions, classes and _private names are its own
+helpers; a file that does not run is an error naming its line); `--key=value`
+overrides one setting (the value is read with ast.literal_eval, and a bare
+word is taken as a string; a setting whose default is a string takes the
+text as it is). A key that does not exist, or a value of another type than
+the default (a list too), is an error that lists what exists. `--help` prints every setting with its default and comment.
 """
 import ast
 import difflib
 import os
 import re
 import sys
-from types import SimpleNamespace
+import traceback
+from types import ModuleType, SimpleNamespace
 
 SIMPLE_TYPES = (bool, int, float, str, type(None))
 
@@ -39,6 +41,43 @@ def _settings(namespace):
     """The configurable globals: public names bound to simple values."""
     return {k: v for k, v in namespace.items()
             if not k.startswith("_") and isinstance(v, SIMPLE_TYPES)}
+
+
+def _file_settings(path):
+    """{key: (value, "FILE:LINE")} of a config file, run as Python. Its imports,
+    functions and classes and its _private names are helpers; every other name
+    it binds is meant as a setting, whatever its value (a list too: it must
+    then be rejected, not dropped, or the run starts with the default).
+    A file that cannot be read or run is a ConfigError naming its line."""
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: is a folder, not a config file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        tree = ast.parse(data.decode("utf-8-sig"), path)  # (-sig: a byte-order mark is fine)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror})")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x})")
+    except SyntaxError as e:
+        raise ConfigError(f"{path}:{e.lineno}: {e.msg}")
+    namespace = {}
+    try:
+        exec(compile(tree, path, "exec"), namespace)
+    except Exception as e:
+        line = [frame.lineno for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path][-1]
+        raise ConfigError(f"{path}:{line}: {type(e).__name__}: {e}")
+    lines = {}  # the line of each key's last top-level `key = ...`, for the errors
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                if isinstance(target, ast.Name):
+                    lines[target.id] = node.lineno
+    return {k: (v, f"{path}:{lines[k]}" if k in lines else path) for k, v in namespace.items()
+            if not k.startswith("_") and not isinstance(v, ModuleType) and not callable(v)}
 
 
 def _comments(path):
@@ -72,12 +111,14 @@ def _check(key, value, settings, source):
         hint = f" Did you mean {' or '.join(near)}?" if near else ""
         raise ConfigError(f"{source}: unknown setting {key!r}.{hint} Valid settings: {', '.join(sorted(settings))}")
     default = settings[key]
-    if default is None or value is None or type(value) is type(default):
-        return value
-    if type(default) is float and type(value) is int:
-        return float(value)  # --lr=1 means 1.0
-    raise ConfigError(f"{source}: {key} must be {type(default).__name__} like its default "
-                      f"{default!r}, got {type(value).__name__} {value!r}")
+    if isinstance(value, SIMPLE_TYPES):  # not a list or dict from a config file
+        if default is None or value is None or type(value) is type(default):
+            return value
+        if type(default) is float and type(value) is int:
+            return float(value)  # --lr=1 means 1.0
+    want = "bool, int, float, str or None" if default is None else \
+        f"{type(default).__name__} like its default {default!r}"
+    raise ConfigError(f"{source}: {key} must be {want}, got {type(value).__name__} {value!r}")
 
 
 def parse_value(text):
@@ -109,13 +150,8 @@ def apply(namespace, argv):
     settings = _settings(namespace)
     for arg in argv:
         if not arg.startswith("--"):
-            if not os.path.exists(arg):
-                raise ConfigError(f"config file not found: {arg}")
-            file_ns = {}
-            with open(arg) as f:
-                exec(compile(f.read(), arg, "exec"), file_ns)
-            for key, value in _settings(file_ns).items():
-                namespace[key] = _check(key, value, settings, arg)
+            for key, (value, where) in _file_settings(arg).items():
+                namespace[key] = _check(key, value, settings, where)
         else:
             key, eq, text = arg[2:].partition("=")
             if not eq:

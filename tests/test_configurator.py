@@ -58,10 +58,50 @@ def test_config_file(tmp_path):
     apply(ns, [str(f), "--batch_size=8"])  # later arguments win
     assert ns["batch_size"] == 8 and ns["lr"] == 2e-5
     f.write_text("warmup = 10\n")
-    with pytest.raises(ConfigError, match=r"c\.py: unknown setting 'warmup'"):
+    with pytest.raises(ConfigError, match=r"c\.py:1: unknown setting 'warmup'"):
         apply(defaults(), [str(f)])
     with pytest.raises(ConfigError, match="config file not found"):
         apply(defaults(), [str(tmp_path / "missing.py")])
+
+
+def test_a_config_files_lists_and_dicts_are_errors_and_its_helpers_are_not(tmp_path):
+    """A setting in a file is a plain value: a list (where the setting is a
+    comma-separated text) is refused, not dropped for the default, and so is a
+    misspelt key with one; imports, functions, classes and _private names are
+    the file's helpers."""
+    f = tmp_path / "c.py"
+    f.write_text('import math\nfrom os.path import join\n_sizes = [1, 2]\n'
+                 'def double(x):\n    return 2 * x\nclass Helper:\n    pass\n'
+                 'batch_size = double(max(_sizes))\nmodel = join("a", "b")\n')
+    ns = defaults()
+    apply(ns, [str(f)])
+    assert ns["batch_size"] == 4 and ns["model"] == "a/b"
+    for text, message in [('lr = 1e-3\nmodel = ["toy", "toy-large"]\n',
+                           r"c\.py:2: model must be str like its default 'toy', got list \['toy', 'toy-large'\]"),
+                          ("init_from = (1, 2)\n", r"c\.py:1: init_from must be bool, int, float, str or None, got tuple"),
+                          ('batch_size = {"a": 1}\n', r"c\.py:1: batch_size must be int like its default 16, got dict"),
+                          ('modle = ["toy"]\n', r"c\.py:1: unknown setting 'modle'. Did you mean model\?")]:
+        f.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            apply(defaults(), [str(f)])
+    with pytest.raises(ConfigError, match=r"--batch_size=\[1\]: batch_size must be int"):
+        apply(defaults(), ["--batch_size=[1]"])
+
+
+def test_a_config_file_that_cannot_be_read_or_run_is_one_error_naming_its_line(tmp_path):
+    f = tmp_path / "c.py"
+    for text, message in [(b"lr = 1e-3\nbatch_size = 8 +\n", r"c\.py:2: invalid syntax"),
+                          (b"lr = 1e-3\n\nbatch_size = eight\n", r"c\.py:3: NameError: name 'eight' is not defined"),
+                          (b"def f():\n    return 1 / 0\n\nlr = f()\n", r"c\.py:2: ZeroDivisionError"),
+                          (b"lr = 1e-3\nmodel = 'caf\xe9'\n", r"c\.py:2: not UTF-8 text \(byte 0xe9\)"),
+                          (b"lr = 1e-3  # caf\xe9\n", r"c\.py:1: not UTF-8 text")]:
+        f.write_bytes(text)
+        with pytest.raises(ConfigError, match=message):
+            apply(defaults(), [str(f)])
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        apply(defaults(), [str(tmp_path)])
+    f.write_bytes(b"\xef\xbb\xbfbatch_size = 2\n")  # a byte-order mark is fine
+    assert apply(defaults(), [str(f)])["batch_size"] == 2
 
 
 def test_script_help_and_exit_codes(tmp_path):
@@ -78,6 +118,10 @@ def test_script_help_and_exit_codes(tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == "3 y"
     r = run("--stepz=3")
     assert r.returncode == 2 and "unknown setting 'stepz'" in r.stderr and "Traceback" not in r.stderr
+    bad = tmp_path / "bad.py"
+    bad.write_text("steps = 2\nname = 'y' +\n")
+    r = run(str(bad))
+    assert r.returncode == 2 and r.stderr == f"error: {bad}:2: invalid syntax\n"
 
 
 def test_help_shows_comments_continued_on_the_next_lines(tmp_path):
@@ -124,7 +168,8 @@ def test_every_script_answers_help(capsys, monkeypatch):
                                     ("evaluation.py", [], 2, "error: evaluation.py is a library"),
                                     ("bench.py", ["smaple"], 2, "no section 'smaple'"),
                                     ("bench.py", ["train", "--train_models=toy,toyx"], 2,  # before any timing
-                                     "train_models: no preset 'toyx'")]:
+                                     "train_models: no preset 'toyx'"),
+                                    ("bench.py", ["train", "--threads=-1"], 2, "threads = -1: must be >= 0")]:
         monkeypatch.setattr(sys, "argv", [script, *args])
         try:
             runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
@@ -133,3 +178,24 @@ def test_every_script_answers_help(capsys, monkeypatch):
             status = e.code or 0
         said = capsys.readouterr()
         assert status == code and out in (said.out if code == 0 else said.err), script
+
+
+def test_bench_checks_its_numbers_before_any_timing():
+    """bench.py's settings are checked before minutes of timing: a count that
+    would divide by zero, time nothing or fail after the timing ran, and rows
+    longer than the model's context (tok/s would count tokens never made)."""
+    import bench
+    from configurator import settings
+    check = lambda **kw: bench.problems(settings(bench.DEFAULTS, kw))
+    assert check() == []
+    assert check(repeats=0, sample_new_tokens=0, judge_n=0, train_batch_size=0, threads=-1) == [
+        "threads = -1: must be >= 0", "repeats = 0: must be >= 1", "sample_new_tokens = 0: must be >= 1",
+        "judge_n = 0: must be >= 1", "train_batch_size = 0: must be >= 1"]
+    assert check(sample_new_tokens=961) == [
+        "sample_new_tokens = 961: 64 prompt tokens and these must fit toy's context of 1024"]
+    assert check(sample_models="toy,toy-tiny", sample_new_tokens=449, judge_rubric=421) == [
+        "sample_new_tokens = 449: 64 prompt tokens and these must fit toy-tiny's context of 512"]  # the smallest
+    assert check(sample_models="toy-tiny,toy", judge_rubric=421) == [
+        "judge_rubric = 421: with 60 prompt tokens and judge_new_tokens it must fit toy-tiny's context of 512"]
+    assert check(repeats=None, comm_dtype="fp8") == ["repeats = None: give a value like its default"]
+    assert check(comm_dtype="fp8") == ["comm_dtype = 'fp8': must be 'float32' or 'bfloat16'"]
