@@ -30,6 +30,7 @@ from dataclasses import replace
 import torch
 
 import distributed as D
+import validate
 from checkpoint import hf_config, save_model
 from configurator import configure, fail, settings
 from model import PRESETS, Transformer, estimate_mfu, preset
@@ -476,12 +477,31 @@ SECTIONS = {"sample": bench_sample, "train": bench_train, "gpu7b": bench_gpu7b, 
 
 def problems(c):
     """What is wrong with the settings, found before minutes of timing."""
-    found = [f"{setting}: no preset {name!r} (presets: {', '.join(PRESETS)})"
-             for setting in ("sample_models", "train_models", "comm_model")
-             for name in getattr(c, setting).split(",") if name not in PRESETS]
-    if c.bf16 not in ("auto", "always", "never"):
-        found.append(f"bf16 = {c.bf16!r}: must be 'auto', 'always' or 'never'")
-    return found
+    p = validate.Problems(c)
+    if not p.no_none():  # --key=None passes the configurator; nothing below can compare it
+        return p.found
+    for setting in ("sample_models", "train_models", "comm_model"):
+        for name in getattr(c, setting).split(","):
+            if name not in PRESETS:
+                p.add(f"{setting}: no preset {name!r} (presets: {', '.join(PRESETS)})")
+    p.require(c.bf16 in ("auto", "always", "never"), "bf16", "must be 'auto', 'always' or 'never'")
+    p.require(c.comm_dtype in ("float32", "bfloat16"), "comm_dtype", "must be 'float32' or 'bfloat16'")
+    p.at_least("threads", 0)
+    for setting in ("repeats", "sample_new_tokens", "judge_prompts", "judge_rubric", "judge_n", "judge_new_tokens",
+                    "train_batch_size", "train_seq_len", "train_steps", "train_rounds", "comm_batch"):
+        p.at_least(setting, 1)
+    # each row must fit the model's context: generate() would stop it short and the tok/s would count
+    # tokens never made (prompts of up to 64 tokens; the judge's, the rubric and up to 60 more)
+    contexts = {name: preset(name).max_seq_len for name in c.sample_models.split(",") if name in PRESETS}
+    if contexts:
+        name = min(contexts, key=contexts.get)
+        p.require(64 + c.sample_new_tokens <= contexts[name], "sample_new_tokens",
+                  f"64 prompt tokens and these must fit {name}'s context of {contexts[name]}")
+    first = c.sample_models.split(",")[0]
+    if first in PRESETS:  # the cache and judge parts time the first model
+        p.require(c.judge_rubric + 60 + c.judge_new_tokens <= contexts[first], "judge_rubric",
+                  f"with 60 prompt tokens and judge_new_tokens it must fit {first}'s context of {contexts[first]}")
+    return p.found
 
 
 if __name__ == "__main__":

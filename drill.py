@@ -218,8 +218,15 @@ def check(c):
         validate.check_checkpoint(p, "evaluate", c.evaluate)
         p.require(run_settings(c.evaluate).get("check_each_ask", True), "evaluate", "comes from a run without "
                   "--check_each_ask: its M0 never read checks in the form the drill scores")
-    elif c.tokenizer:
-        p.require(os.path.isfile(c.tokenizer), "tokenizer", "no such file")
+    else:
+        if c.model in PRESETS:  # a row longer than the model's context would fail at the first step
+            context = preset(c.model).max_seq_len
+            p.require(c.seq_len <= context, "seq_len", f"must be <= {context}, the context of {c.model}")
+        if c.tokenizer and p.require(os.path.isfile(c.tokenizer), "tokenizer", "no such file"):
+            try:  # it parses, and writes the yes and no the drill reads as pieces of their own
+                yes_no_ids(Tokenizer(c.tokenizer))
+            except (ValueError, OSError) as e:
+                p.add(f"tokenizer = {c.tokenizer!r}: {e}")
     return p
 
 

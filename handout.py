@@ -34,7 +34,7 @@ import tokenize
 from dataclasses import dataclass
 
 from checkpoint import write_folder_atomically
-from configurator import configure, settings
+from configurator import configure, fail, settings
 from data import write_text
 
 # -----------------------------------------------------------------------------
@@ -355,11 +355,28 @@ def grade_all(root, json_path=""):
     return 0 if results and all(r["solved"] for r in results) else 1
 
 
+def output_problem(path):
+    """What would stop write_text writing `path` (it makes missing folders), or
+    None: found before minutes of grading rather than after them."""
+    if os.path.isdir(path):
+        return "is a folder"
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        return f"{folder} is a file, not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"no permission to write in {folder}"
+    return None
+
+
 def main(argv=None):
     c = settings(DEFAULTS, configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), argv))
+    if c.grade and c.grade_json and output_problem(c.grade_json):
+        fail(f"grade_json = {c.grade_json!r}: {output_problem(c.grade_json)}")
     try:
-        if c.grade:
-            sys.exit(grade_all(ROOT, c.grade_json))
+        if c.grade:  # (grade_all works in ROOT: a relative grade_json is taken from here first)
+            sys.exit(grade_all(ROOT, c.grade_json and os.path.abspath(c.grade_json)))
         if not c.out:
             sys.exit("usage: python handout.py --out=FOLDER (outside the project) | --grade=True")
         exercises = write_handout(ROOT, c.out)

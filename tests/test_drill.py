@@ -151,3 +151,15 @@ def test_a_checkpoint_is_evaluated_on_quiz_items(tok, tmp_path):
     (tmp_path / "settings.json").write_text('{"check_each_ask": true}')
     assert drill.check(c).found == []
     assert re.fullmatch(r"Q: .+\nStudent: ([A-Z]+)\nA: \1: starts with .+\.", text)
+
+
+def test_rows_longer_than_the_context_and_unreadable_tokenizers_are_refused_up_front(tok, tmp_path):
+    bad = tmp_path / "bad.model"
+    bad.write_text("not a model")
+    found = drill.check(settings(drill.DEFAULTS, {"seq_len": 100000, "tokenizer": str(bad)})).found
+    assert found[0] == "seq_len = 100000: must be <= 1024, the context of toy-small"
+    assert found[1].startswith(f"tokenizer = {str(bad)!r}: {bad}: cannot read it as a SentencePiece model")
+    assert len(found) == 2
+    assert drill.check(settings(drill.DEFAULTS, {"model": "toy-tiny", "seq_len": 513})).found == [
+        "seq_len = 513: must be <= 512, the context of toy-tiny"]
+    assert drill.check(settings(drill.DEFAULTS, {"seq_len": 1024, "tokenizer": tok.model_path})).found == []

@@ -182,3 +182,17 @@ def test_the_handout_goes_outside_the_project_and_over_nothing_else(tmp_path):
     with pytest.raises(handout.HandoutError, match="not an earlier handout"):
         handout.write_handout(ROOT, str(notes))
     assert os.listdir(notes) == ["todo.txt"]
+
+
+def test_a_grade_json_that_cannot_be_written_is_refused_before_grading(tmp_path, monkeypatch, capsys):
+    def grading(*args):
+        raise AssertionError("grading started")
+    monkeypatch.setattr(handout, "grade_all", grading)
+    (tmp_path / "file").write_text("")
+    for path, problem in [(tmp_path / "file" / "x.json", f"{tmp_path / 'file'} is a file, not a folder"),
+                          (tmp_path / "file" / "more" / "x.json", f"{tmp_path / 'file'} is a file, not a folder"),
+                          (tmp_path, "is a folder")]:
+        with pytest.raises(SystemExit) as e:
+            handout.main(["--grade=True", f"--grade_json={path}"])
+        assert e.value.code == 2 and capsys.readouterr().err == f"error: grade_json = {str(path)!r}: {problem}\n"
+    assert handout.output_problem(str(tmp_path / "new" / "folders" / "x.json")) is None  # write_text makes them
