@@ -280,9 +280,11 @@ def check_loop(c, world):
             args, tok = check_checkpoint(p, setting, getattr(c, setting))
             if args:
                 models[setting] = args
-            if args and setting == "init_from" and c.chat_template in ("", *TEMPLATES):
-                # the judge prompt's fixed text (and the meta-judge's) and the judgment must fit the models'
-                # context, or every judgment of the run is skipped as too long, after the SFT baseline trained
+            if args and setting == "init_from" and c.chat_template in ("", *TEMPLATES) and \
+                    (c.iterations > 0 or not c.eft_judgments):
+                # where the loop's model judges (EFT targets, the iterations), the judge prompt's fixed text (and
+                # the meta-judge's) and the judgment must fit its context, or every judgment is skipped as too
+                # long, after the SFT baseline trained (the evaluation alone would only report no coverage)
                 tok = Tokenizer(c.init_from, c.chat_template) if c.chat_template else tok
                 judges = [("max_judge_tokens", "judge", J.judge_prompt_ids(tok, "", ""))]
                 if c.meta_judge:
@@ -369,6 +371,8 @@ def check_training(c, world, fields, script, check_record=None):
     for s in ("max_steps", "warmup_steps", "weight_decay", "grad_clip", "max_seq_len", "min_lr"):
         p.at_least(s, 0)
     p.positive("lr")
+    p.positive("peak_flops")  # (MFU divides by it)
+    p.at_least("crash_after_step", -1)  # -1: never (a test's simulated kill)
     p.require(c.min_lr <= c.lr, "min_lr", f"must not exceed lr = {c.lr}")
     p.require(c.max_steps > 0 or c.epochs > 0, "epochs", "must be > 0 when max_steps is 0")
     for s in ("dropout", "eval_fraction", "beta1", "beta2"):

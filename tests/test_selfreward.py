@@ -401,6 +401,8 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
     assert len(found) == 1 and re.fullmatch(r"max_judge_tokens = 96: with the judge prompt's own 3\d\d tokens, "
                                             r"leaves no room .* \(max_seq_len 480\)", found[0]), found
     assert problems(max_judge_tokens=32) == []
+    (tmp_path / "judged.jsonl").write_text('{"prompt": "a", "responses": ["x", "y"], "judgments": ["Score: 5", "Score: 1"]}\n')
+    assert problems(eft_judgments=str(tmp_path / "judged.jsonl"), iterations=0) == []  # it never judges to learn
     assert problems(max_judge_tokens=32, dpo_lr=float("inf")) == ["dpo_lr = inf: must be a finite number"]  # --dpo_lr=1e999
     found = problems(max_judge_tokens=32, meta_judge=True, max_meta_tokens=110)
     assert len(found) == 1 and found[0].startswith("max_meta_tokens = 110: with the meta-judge prompt's own"), found

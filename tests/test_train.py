@@ -1050,13 +1050,14 @@ def test_trainers_refuse_an_unreadable_tokenizer_a_bad_save_dtype_or_out_dir_and
     junk.write_text("not a SentencePiece model\n")
     c = configurator.settings(train_sft.DEFAULTS, {"init_from": "scratch", "model": "toy-tiny", "tokenizer": str(junk),
                                                    "data": str(work / "sft.jsonl"), "save_dtype": "fp8",
-                                                   "out_dir": str(junk), "seed": 10**20})
+                                                   "out_dir": str(junk), "seed": 10**20, "peak_flops": -1.0})
     with pytest.raises(validate.BadInput) as e:
         validate.check_training(c, 1, [], "train_sft.py")
     assert f"tokenizer = '{junk}': {junk}: cannot read it as a SentencePiece model" in str(e.value)
     assert "save_dtype = 'fp8': must be '' (bfloat16 on a GPU, float32 on a CPU)" in str(e.value)
     assert f"out_dir = '{junk}': is a file, not a folder" in str(e.value)
     assert "seed = 100000000000000000000: must be in [0, 2**32)" in str(e.value)  # (an overflow after startup)
+    assert "peak_flops = -1.0: must be > 0" in str(e.value)
     c = configurator.settings(train_dpo.DEFAULTS, {"init_from": "scratch", "data": str(work / "pairs.jsonl")})
     with pytest.raises(validate.BadInput, match="init_from = 'scratch': 'scratch' is for train_sft.py"):
         validate.check_training(c, 1, [], "train_dpo.py")
