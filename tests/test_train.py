@@ -413,6 +413,28 @@ def test_sequence_logps_by_hand():
         assert logps.tolist() == pytest.approx(logps_by_hand(model, TOKENS, TARGETS), rel=1e-6)
 
 
+def test_dpo_logged_rewards_by_hand(monkeypatch):
+    """The figures TRL logs, from given log-probs: rewards beta * (policy -
+    reference), accuracy the share of pairs whose chosen reward is strictly
+    higher (a tie is not right), margin chosen - rejected; each a sum here,
+    weighted (a filler row of weight 0 counts for nothing)."""
+    logps = torch.tensor([-1.0, -2.0, -4.0, -1.0, -3.0, -1.0])  # rows: chosen 0..2, then rejected 0..2
+    monkeypatch.setattr(train_dpo, "sequence_logps", lambda model, tokens, targets, env: logps)
+    pair = lambda ref_c, ref_r: {"chosen": ([1, 2, 3], 1), "rejected": ([1, 2, 4], 1), "ref_chosen": ref_c,
+                                 "ref_rejected": ref_r}
+    mb = [(pair(0.0, 0.0), 1), (pair(-1.0, -2.0), 1), (pair(0.0, 0.0), 0)]
+    c = types.SimpleNamespace(beta=0.1, rpo_alpha=0.0)
+    _, stats = train_dpo.dpo_sums(None, mb, types.SimpleNamespace(device="cpu"), c, 0, 2)
+    # pair 0: rewards -0.1 and -0.1, a tie; pair 1: -0.1 and -0.1 again (ref -1 and -2), a tie too
+    loss, rc, rr, acc, margin, nll, n = stats
+    assert (rc, rr, acc, margin, n) == pytest.approx((-0.2, -0.2, 0.0, 0.0, 2.0))
+    assert loss == pytest.approx(2 * math.log(2))
+    mb[1] = (pair(-1.5, -2.0), 1)  # pair 1 now: chosen -0.05, rejected -0.1: right by 0.05
+    _, (loss, rc, rr, acc, margin, nll, n) = train_dpo.dpo_sums(None, mb, types.SimpleNamespace(device="cpu"), c, 0, 2)
+    assert (rc, rr, acc, margin) == pytest.approx((-0.15, -0.2, 1.0, 0.05))
+    assert loss == pytest.approx(math.log(2) - math.log(torch.sigmoid(torch.tensor(0.05)).item()))
+
+
 def test_dpo_starts_at_ln2_and_learns(dpo_single):
     with open(dpo_single / "metrics.jsonl") as f:
         records = [json.loads(line) for line in f]
