@@ -189,7 +189,13 @@ def made_from(c, tok_path):
 
 
 def total_steps(c, n_examples):
-    return c.max_steps or math.ceil(c.epochs * n_examples / c.batch_size)
+    """The run's optimizer steps; a warmup as long (known only once the data is
+    read) is allowed, but said: the learning rate would never reach lr."""
+    steps = c.max_steps or math.ceil(c.epochs * n_examples / c.batch_size)
+    if c.warmup_steps >= steps:
+        D.log(f"warning: warmup_steps = {c.warmup_steps} is not below this run's {steps} steps: "
+              f"the learning rate never reaches lr = {c.lr}")
+    return steps
 
 
 # -----------------------------------------------------------------------------

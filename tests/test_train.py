@@ -1103,3 +1103,11 @@ def test_trainers_refuse_an_unreadable_tokenizer_a_bad_save_dtype_or_out_dir_and
     with pytest.raises(validate.BadInput, match=r"init_from: .*ckpt: tensor layers.0.feed_forward.w1.weight "
                                                 r"\(model.layers.0.mlp.gate_proj.weight\) has shape"):
         validate.check_training(c, 1, [], "train_sft.py")
+
+
+def test_a_warmup_as_long_as_the_run_is_said(capsys):
+    c = types.SimpleNamespace(max_steps=0, epochs=1, batch_size=4, warmup_steps=10, lr=1e-5)
+    assert T.total_steps(c, 40) == 10
+    assert "warning: warmup_steps = 10 is not below this run's 10 steps" in capsys.readouterr().out
+    assert T.total_steps(types.SimpleNamespace(**{**vars(c), "warmup_steps": 9}), 40) == 10
+    assert "warning" not in capsys.readouterr().out
