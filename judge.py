@@ -390,10 +390,11 @@ def judge_record(rec):
     """(responses, each one's judgment texts, None) from one line of a judge
     file (read_judge_file's layouts), or (None, None, what is wrong with it)."""
     if isinstance(rec.get("completion"), dict):
-        keys = rec["completion"]
-        if not keys or not all(k.isdigit() for k in keys) or not all(isinstance(x, dict) for x in keys.values()):
+        completion = rec["completion"]
+        if not completion or not all(k.isdecimal() for k in completion) \
+                or not all(isinstance(x, dict) for x in completion.values()):
             return None, None, "'completion' maps response numbers (\"0\", \"1\" ...) to {content, reasoning}"
-        items = [keys[k] for k in sorted(keys, key=int)]
+        items = [completion[k] for k in sorted(completion, key=int)]
         responses = [x.get("content") for x in items]
         texts = [[x.get("reasoning")] for x in items]
     elif isinstance(rec.get("responses"), list) and isinstance(rec.get("judgments"), list):
@@ -404,11 +405,15 @@ def judge_record(rec):
     if len(texts) != len(responses) or not all(isinstance(x, str) for x in responses) \
             or not all(isinstance(t, str) for ts in texts for t in ts):
         return None, None, "every response needs its text and its judgments as strings"
-    ranks = rec.get("ranks")
-    if ranks is not None and (not isinstance(ranks, list) or len(ranks) != len(responses)
-                              or not all(type(r) is int and r >= 0 for r in ranks)):
-        return None, None, "'ranks', where given, is one integer >= 0 per response (0 = best)"
+    if rec.get("ranks") is not None and not human_ranks(rec["ranks"], len(responses)):
+        return None, None, "'ranks', where given, must be a list of integers >= 0, one per response (0 = best)"
     return responses, texts, None
+
+
+def human_ranks(ranks, n):
+    """Are `ranks` one human rank per response of n, an integer >= 0 (0 = best)?
+    (JSON's true and false are Python ints: they are not ranks.)"""
+    return isinstance(ranks, list) and len(ranks) == n and all(type(r) is int and r >= 0 for r in ranks)
 
 
 def read_judge_file(path):

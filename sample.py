@@ -702,12 +702,8 @@ def check(c):
     p.fraction("top_p")
     for s in ("num_samples", "batch_size", "save_every", "tp"):
         p.at_least(s, 1)
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's; 1 for a plain python
-    if c.tp >= 1:
-        p.require(world % c.tp == 0, "tp", f"must divide the number of ranks, {world}")
-        p.require(not args or (args.n_kv_heads % c.tp == 0 and args.hidden_dim % c.tp == 0), "tp",
-                  f"must divide the model's n_kv_heads and FFN width ({args and args.n_kv_heads}, "
-                  f"{args and args.hidden_dim})")
+    # (WORLD_SIZE: torchrun's; 1 for a plain python)
+    p.tensor_parallel(int(os.environ.get("WORLD_SIZE", "1")), models=[("the model's", args)] if args else [])
     p.compute()
     return p
 

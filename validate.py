@@ -57,14 +57,27 @@ class Problems:
         return self.finite(setting) and self.require(getattr(self.c, setting) > 0, setting, "must be > 0")
 
     def finite(self, setting):
-        """--lr=1e999 parses as inf, and --lr=nan as nan: neither is a number to train with."""
-        return self.require(math.isfinite(getattr(self.c, setting)), setting, "must be a finite number")
+        """--lr=1e999 parses as inf: not a number to train with (an int is always finite)."""
+        v = getattr(self.c, setting)
+        return self.require(not isinstance(v, float) or math.isfinite(v), setting, "must be a finite number")
 
     def fraction(self, setting, low_open=True, high_open=False):
         """A value in (0, 1] by default; low_open=False allows 0, high_open excludes 1."""
         v = getattr(self.c, setting)
         ok = (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1)
         return self.require(ok, setting, f"must be in {'(' if low_open else '['}0, 1{')' if high_open else ']'}")
+
+    def tensor_parallel(self, ranks, what="the number of ranks", models=()):
+        """tp (tensor-parallel size, checked >= 1 elsewhere) must divide the
+        ranks, and each model's KV heads and FFN width: each rank holds whole
+        heads and an equal slice of the FFN. models: (whose, ModelArgs) pairs."""
+        tp = self.c.tp
+        if tp < 1:
+            return
+        self.require(ranks % tp == 0, "tp", f"must divide {what}, {ranks}")
+        for whose, args in models:
+            self.require(args.n_kv_heads % tp == 0 and args.hidden_dim % tp == 0, "tp",
+                         f"must divide {whose} n_kv_heads {args.n_kv_heads} and FFN width {args.hidden_dim}")
 
     def compute(self):
         """Where and how a script computes: its device, dtype, threads, seed and chat template settings."""
@@ -139,7 +152,7 @@ def seed_ift_record(rec):
 def dpo_pair(rec):
     """A DPO pair: chosen and rejected differ (the same text on both sides has
     no preference, and its gradient is zero: it only dilutes the batch)."""
-    if rec["chosen"] == rec["rejected"]:
+    if rec["chosen"].strip() == rec["rejected"].strip():  # (the chat templates strip them: the same tokens)
         return "chosen and rejected are the same text: a pair with no preference"
     return None
 
@@ -153,8 +166,7 @@ def eft_group(rec):
         return "'responses' must be a list of 2 or more strings"
     if not all(x.strip() for x in responses):
         return "an empty response: a group ranks 2 or more texts"
-    if not isinstance(ranks, list) or len(ranks) != len(responses) or not all(type(x) is int and x >= 0
-                                                                                for x in ranks):
+    if not J.human_ranks(ranks, len(responses)):
         return "'ranks' must be a list of integers >= 0, one per response (0 = best)"
     return None
 
@@ -204,6 +216,27 @@ def check_checkpoint(p, setting, folder):
         return None, None
 
 
+def judge_room(p, c, args, tok):
+    """Where the loop's model judges to learn (EFT targets, the iterations), the
+    judge prompt's fixed text (and the meta-judge's) and max_judge_tokens must
+    fit init_from's context, or every judgment is skipped as too long, after the
+    SFT baseline trained (an evaluation alone only reports no coverage)."""
+    if (c.iterations == 0 and c.eft_judgments) or c.chat_template not in ("", *TEMPLATES):
+        return
+    try:
+        tok = Tokenizer(c.init_from, c.chat_template) if c.chat_template else tok
+    except ValueError as e:  # a template the vocabulary cannot write
+        p.add(f"chat_template = {c.chat_template!r}: {e}")
+        return
+    judges = [("max_judge_tokens", "judge", J.judge_prompt_ids(tok, "", ""))]
+    if c.meta_judge:
+        judges.append(("max_meta_tokens", "meta-judge", chat_prompt_ids(tok, J.meta_judge_prompt("", "", "", ""))))
+    for s, who, ids in judges:
+        p.require(len(ids) + getattr(c, s) < args.max_seq_len, s, f"with the {who} prompt's own {len(ids)} "
+                  f"tokens, leaves no room for a prompt and a response in init_from's context "
+                  f"(max_seq_len {args.max_seq_len})")
+
+
 def check_loop(c, world):
     """Every problem with the loop's settings `c` and its input files, for a run
     on `world` ranks, before anything is run or written (Problems.stop)."""
@@ -212,8 +245,8 @@ def check_loop(c, world):
         return p
     # the run folder: out_root/run_name, a folder of its own
     inside = os.path.relpath(os.path.normpath(os.path.join(c.out_root, c.run_name)), os.path.normpath(c.out_root))
-    p.require(c.run_name.strip() and not os.path.isabs(c.run_name) and inside != "." and
-              not inside.startswith(".."), "run_name",
+    p.require(c.run_name.strip() and not os.path.isabs(c.run_name) and inside != os.curdir and
+              inside != os.pardir and not inside.startswith(os.pardir + os.sep), "run_name",
               "must name a folder inside out_root (the run's files would mix with other runs')")
     run = os.path.join(c.out_root, c.run_name)
     for folder in (c.out_root, run):  # (an existing folder is a run to resume)
@@ -262,10 +295,9 @@ def check_loop(c, world):
     p.require(c.pretrain_docs + c.pretrain_qa_docs > 0 or c.init_from != "scratch", "pretrain_docs",
               "and pretrain_qa_docs cannot both be 0 when init_from='scratch' (M0 has nothing to learn from)")
     p.compute()
-    # batches and tensor-parallel groups over ranks
+    # batches over ranks (tensor-parallel groups: with the models, below)
     for s in ("sft_batch_size", "dpo_batch_size"):
         p.require(getattr(c, s) % world == 0, s, f"must divide by the number of ranks, {world}")
-    p.require(c.tp < 1 or world % c.tp == 0, "tp", f"must divide the number of ranks, {world}")
 
     # M0 and the other models given: generation must fit in their context, tensor parallelism their heads
     models = {}  # setting -> the model's ModelArgs
@@ -280,26 +312,13 @@ def check_loop(c, world):
             args, tok = check_checkpoint(p, setting, getattr(c, setting))
             if args:
                 models[setting] = args
-            if args and setting == "init_from" and c.chat_template in ("", *TEMPLATES) and \
-                    (c.iterations > 0 or not c.eft_judgments):
-                # where the loop's model judges (EFT targets, the iterations), the judge prompt's fixed text (and
-                # the meta-judge's) and the judgment must fit its context, or every judgment is skipped as too
-                # long, after the SFT baseline trained (the evaluation alone would only report no coverage)
-                tok = Tokenizer(c.init_from, c.chat_template) if c.chat_template else tok
-                judges = [("max_judge_tokens", "judge", J.judge_prompt_ids(tok, "", ""))]
-                if c.meta_judge:
-                    judges.append(("max_meta_tokens", "meta-judge",
-                                   chat_prompt_ids(tok, J.meta_judge_prompt("", "", "", ""))))
-                for s, who, ids in judges:
-                    p.require(len(ids) + getattr(c, s) < args.max_seq_len, s, f"with the {who} prompt's own "
-                              f"{len(ids)} tokens, leaves no room for a prompt and a response in init_from's "
-                              f"context (max_seq_len {args.max_seq_len})")
+            if args and setting == "init_from":
+                judge_room(p, c, args, tok)
     for setting, args in models.items():
         for s in ("max_prompt_tokens", "max_response_tokens", "max_judge_tokens", "max_meta_tokens"):
             p.require(getattr(c, s) < args.max_seq_len, s, f"must be below the context of {setting}'s model "
                       f"(max_seq_len {args.max_seq_len})")
-        p.require(c.tp < 1 or (args.n_kv_heads % c.tp == 0 and args.hidden_dim % c.tp == 0), "tp",
-                  f"must divide {setting}'s n_kv_heads {args.n_kv_heads} and FFN width {args.hidden_dim}")
+    p.tensor_parallel(world, models=[(f"{setting}'s", args) for setting, args in models.items()])
 
     # input files
     if c.seed_data != "toy":
@@ -349,7 +368,7 @@ def check_plan(c, world):
     p.at_least("micro_batch_size", 1)
     if "tp" in vars(c):  # the loop's generation plan
         if p.at_least("tp", 1):
-            p.require(world % c.tp == 0, "tp", f"must divide the number of GPUs planned for, {world}")
+            p.tensor_parallel(world, "the number of GPUs planned for")
     return p
 
 

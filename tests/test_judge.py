@@ -322,7 +322,7 @@ def test_read_judge_file_names_a_bad_line(tmp_path):
     for rec, why in [({"prompt": "p", "completion": {"0": "text"}}, "'completion' maps response numbers"),
                      ({"prompt": "p", "completion": {"x": {"content": "a", "reasoning": "r"}}}, "'completion' maps"),
                      ({"prompt": "p", "completion": {}}, "'completion' maps"),
-                     ({**ours, "ranks": [0]}, "'ranks', where given, is one integer >= 0 per response"),
+                     ({**ours, "ranks": [0]}, "'ranks', where given, must be a list of integers >= 0"),
                      ({**ours, "ranks": "best"}, "'ranks', where given"),
                      ({**ours, "ranks": [True, False]}, "'ranks', where given")]:
         write_jsonl(bad, [ours, rec])

@@ -401,6 +401,9 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
     assert len(found) == 1 and re.fullmatch(r"max_judge_tokens = 96: with the judge prompt's own 3\d\d tokens, "
                                             r"leaves no room .* \(max_seq_len 480\)", found[0]), found
     assert problems(max_judge_tokens=32) == []
+    found = problems(max_judge_tokens=32, chat_template="llama3")  # (it raised from inside the check)
+    assert len(found) == 1 and found[0].startswith("chat_template = 'llama3': "), found
+    assert problems(max_judge_tokens=32, out_root=str(tmp_path / "out"), run_name="..foo") == []  # a name, not ..
     (tmp_path / "judged.jsonl").write_text('{"prompt": "a", "responses": ["x", "y"], "judgments": ["Score: 5", "Score: 1"]}\n')
     assert problems(eft_judgments=str(tmp_path / "judged.jsonl"), iterations=0) == []  # it never judges to learn
     assert problems(max_judge_tokens=32, dpo_lr=float("inf")) == ["dpo_lr = inf: must be a finite number"]  # --dpo_lr=1e999

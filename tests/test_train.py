@@ -855,7 +855,7 @@ def test_conversation_records_learn_every_assistant_turn(toy_tokenizer_path, tmp
                      ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "hi"}]},
                       "the content of message 1 (of 2) is not a string")]:
         assert why in validate.sft_record(bad)
-    assert validate.dpo_pair({"prompt": "p", "chosen": "same", "rejected": "same"}) == \
+    assert validate.dpo_pair({"prompt": "p", "chosen": "same", "rejected": " same\n"}) == \
         "chosen and rejected are the same text: a pair with no preference"
     assert validate.eft_group({"prompt": "p", "responses": ["x", " "], "ranks": [0, 1]}) == \
         "an empty response: a group ranks 2 or more texts"
