@@ -37,6 +37,7 @@ import torch
 from safetensors import safe_open
 
 import distributed as D
+from data import sync_to_disk
 from model import LLAMA3_VOCAB, PRESETS, ROPE_SCALING_KEYS, ModelArgs, Transformer, ffn_base, preset
 from tokenizer import Tokenizer
 
@@ -496,32 +497,36 @@ def write_folder_atomically(path, write_into):
     """Write a folder completely in a temporary folder beside it, then swap it
     into place, so a crash never leaves it half written. The files are synced
     to disk before the swap (a power cut must not leave empty weight files
-    behind a finished rename). A kill between the two renames leaves the old
-    folder as .tmp-NAME.old; the next write puts it back before it starts, and
-    removes what a killed write left, so no 140 GB leftovers pile up."""
+    behind a finished rename). The old folder is moved aside as .tmp-NAME.old,
+    then renamed .tmp-NAME.trash to be deleted, so a .old folder is always
+    whole: a kill between the two renames leaves it, and the next write puts
+    it back before it starts. What killed writes leave (140 GB at 70B) is
+    removed then too."""
     path = os.path.abspath(path)
     parent, name = os.path.split(path)
     tmp = os.path.join(parent, ".tmp-" + name)
-    old = tmp + ".old"
+    old, trash = tmp + ".old", tmp + ".trash"
     os.makedirs(parent, exist_ok=True)
-    if os.path.exists(old) and not os.path.exists(path):  # killed between the renames: the old one is whole
-        os.replace(old, path)
-    for leftover in (tmp, old):
+
+    def put_back_old():
+        if os.path.exists(old) and not os.path.exists(path):
+            os.replace(old, path)
+    put_back_old()
+    for leftover in (tmp, old, trash):
         shutil.rmtree(leftover, ignore_errors=True)
     os.mkdir(tmp)
     try:
         write_into(tmp)
         for folder, _, files in os.walk(tmp):
             for file in files:
-                fd = os.open(os.path.join(folder, file), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                sync_to_disk(os.path.join(folder, file))
         if os.path.exists(path):
             os.replace(path, old)
         os.replace(tmp, path)
     except BaseException:
+        put_back_old()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(old, ignore_errors=True)  # the new folder is in place: a failure here loses nothing
+    if os.path.exists(old):
+        os.replace(old, trash)
+        shutil.rmtree(trash, ignore_errors=True)  # the new folder is in place: a failure here loses nothing

@@ -11,6 +11,7 @@ Record formats (one JSON object per line):
                 an SFT record: the model learns to write the judgment
 Extra keys (task, ids, scores) ride along and are ignored by the trainers.
 """
+import errno
 import hashlib
 import json
 import os
@@ -70,6 +71,20 @@ def usual_permissions(path):
         pass
 
 
+def sync_to_disk(path):
+    """Make a file's bytes durable before a rename publishes it (fsync). A file
+    system that cannot sync (some network and FUSE mounts say so) is left to
+    do what it does: the rename still makes the write atomic for readers."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
 def write_text(path, text):
     """Write a file atomically: to a temporary file beside path, synced to
     disk, then os.replace, so a reader (or a resumed run) never sees a
@@ -80,8 +95,7 @@ def write_text(path, text):
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        sync_to_disk(tmp)
         usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:

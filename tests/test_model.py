@@ -100,16 +100,19 @@ def test_save_overwrites_atomically(tmp_path):
 
 
 def test_a_write_killed_between_the_renames_or_midway_loses_nothing(tmp_path):
-    """What a kill leaves: the old checkpoint moved aside as .tmp-ckpt.old
-    (between the two renames, where ckpt does not exist) and a half-written
-    .tmp-ckpt. The next save puts the old one back before it writes, so even a
-    save that fails again leaves ckpt whole, and no leftover stays behind."""
+    """What kills leave: the old checkpoint moved aside as .tmp-ckpt.old
+    (between the two renames, where ckpt does not exist), a half-written
+    .tmp-ckpt, a half-deleted .tmp-ckpt.trash. The next save puts the old one
+    back before it writes, so even a save that fails again leaves ckpt whole,
+    and no leftover stays behind."""
     from checkpoint import write_folder_atomically
     model, model2 = random_model(CONFIGS[0][1]), random_model(CONFIGS[0][1], seed=5)
     save_model(model, tmp_path / "ckpt")
     os.replace(tmp_path / "ckpt", tmp_path / ".tmp-ckpt.old")
     os.makedirs(tmp_path / ".tmp-ckpt")
     (tmp_path / ".tmp-ckpt" / "model.safetensors").write_bytes(b"half")
+    os.makedirs(tmp_path / ".tmp-ckpt.trash")  # an older folder half deleted: it never goes back
+    (tmp_path / ".tmp-ckpt.trash" / "config.json").write_text("{}")
 
     def fails(folder):
         raise OSError("disk full")
