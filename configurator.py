@@ -20,7 +20,8 @@ helpers; a file that does not run is an error naming its line); `--key=value`
 overrides one setting (the value is read with ast.literal_eval, and a bare
 word is taken as a string; a setting whose default is a string takes the
 text as it is). A key that does not exist, or a value of another type than
-the default (a list too), is an error that lists what exists. `--help` prints every setting with its default and comment.
+the default (a list too), is an error that lists what exists. `--help`
+prints every setting with its default and comment.
 """
 import ast
 import difflib
@@ -57,6 +58,7 @@ def _file_settings(path):
         with open(path, "rb") as f:
             data = f.read()
         tree = ast.parse(data.decode("utf-8-sig"), path)  # (-sig: a byte-order mark is fine)
+        code = compile(tree, path, "exec")  # (some mistakes only compile finds: `return` outside a function)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read it ({e.strerror})")
     except UnicodeDecodeError as e:
@@ -66,18 +68,20 @@ def _file_settings(path):
         raise ConfigError(f"{path}:{e.lineno}: {e.msg}")
     namespace = {}
     try:
-        exec(compile(tree, path, "exec"), namespace)
+        exec(code, namespace)
     except Exception as e:
-        line = [frame.lineno for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path][-1]
-        raise ConfigError(f"{path}:{line}: {type(e).__name__}: {e}")
-    lines = {}  # the line of each key's last top-level `key = ...`, for the errors
+        lines = [frame.lineno for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path]
+        raise ConfigError(f"{path}{f':{lines[-1]}' if lines else ''}: {type(e).__name__}: {e}")
+    lines, imported = {}, set()  # the line of each key's last top-level `key = ...`, for the errors
     for node in tree.body:
         if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
             for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
                 if isinstance(target, ast.Name):
                     lines[target.id] = node.lineno
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):  # `from os import environ`: a helper, not a setting
+            imported |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
     return {k: (v, f"{path}:{lines[k]}" if k in lines else path) for k, v in namespace.items()
-            if not k.startswith("_") and not isinstance(v, ModuleType) and not callable(v)}
+            if not k.startswith("_") and k not in imported and not isinstance(v, ModuleType) and not callable(v)}
 
 
 def _comments(path):

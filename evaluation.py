@@ -68,9 +68,10 @@ def read_mt_bench(path):
 
     def check(q):
         why = mt_bench_question(q)
-        if why is None and q["question_id"] in seen:
-            why = f"question_id {q['question_id']!r} again: each question needs an id of its own"
-        seen.add(q.get("question_id") if why is None else None)
+        if why is None:
+            if q["question_id"] in seen:
+                return f"question_id {q['question_id']!r} again: each question needs an id of its own"
+            seen.add(q["question_id"])
         return why
     return read_jsonl(path, allow_empty=False, check=check)
 

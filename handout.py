@@ -372,8 +372,9 @@ def output_problem(path):
 
 def main(argv=None):
     c = settings(DEFAULTS, configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), argv))
-    if c.grade and c.grade_json and output_problem(c.grade_json):
-        fail(f"grade_json = {c.grade_json!r}: {output_problem(c.grade_json)}")
+    problem = c.grade and c.grade_json and output_problem(c.grade_json)
+    if problem:
+        fail(f"grade_json = {c.grade_json!r}: {problem}")
     try:
         if c.grade:  # (grade_all works in ROOT: a relative grade_json is taken from here first)
             sys.exit(grade_all(ROOT, c.grade_json and os.path.abspath(c.grade_json)))

@@ -112,7 +112,8 @@ def readable(path, load, what):
     try:
         return load()
     except Exception as e:
-        raise ValueError(f"{path}: cannot read it as {what} ({str(e).strip().splitlines()[-1][:200]})") from None
+        said = str(e).strip().splitlines()  # (the last line of a long native message; some say nothing)
+        raise ValueError(f"{path}: cannot read it as {what}" + (f" ({said[-1][:200]})" if said else "")) from None
 
 
 class Tokenizer:

@@ -70,7 +70,7 @@ def test_a_config_files_lists_and_dicts_are_errors_and_its_helpers_are_not(tmp_p
     misspelt key with one; imports, functions, classes and _private names are
     the file's helpers."""
     f = tmp_path / "c.py"
-    f.write_text('import math\nfrom os.path import join\n_sizes = [1, 2]\n'
+    f.write_text('import math\nfrom os.path import join\nfrom os import environ, sep as separator\n_sizes = [1, 2]\n'
                  'def double(x):\n    return 2 * x\nclass Helper:\n    pass\n'
                  'batch_size = double(max(_sizes))\nmodel = join("a", "b")\n')
     ns = defaults()
@@ -94,7 +94,8 @@ def test_a_config_file_that_cannot_be_read_or_run_is_one_error_naming_its_line(t
                           (b"lr = 1e-3\n\nbatch_size = eight\n", r"c\.py:3: NameError: name 'eight' is not defined"),
                           (b"def f():\n    return 1 / 0\n\nlr = f()\n", r"c\.py:2: ZeroDivisionError"),
                           (b"lr = 1e-3\nmodel = 'caf\xe9'\n", r"c\.py:2: not UTF-8 text \(byte 0xe9\)"),
-                          (b"lr = 1e-3  # caf\xe9\n", r"c\.py:1: not UTF-8 text")]:
+                          (b"lr = 1e-3  # caf\xe9\n", r"c\.py:1: not UTF-8 text"),
+                          (b"lr = 1e-3\nreturn\n", r"c\.py:2: 'return' outside function")]:  # found by compile
         f.write_bytes(text)
         with pytest.raises(ConfigError, match=message):
             apply(defaults(), [str(f)])
