@@ -523,6 +523,7 @@ def write_folder_atomically(path, write_into):
         if os.path.exists(path):
             os.replace(path, old)
         os.replace(tmp, path)
+        sync_to_disk(parent)  # the renames themselves
     except BaseException:
         put_back_old()
         shutil.rmtree(tmp, ignore_errors=True)

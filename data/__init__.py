@@ -72,9 +72,10 @@ def usual_permissions(path):
 
 
 def sync_to_disk(path):
-    """Make a file's bytes durable before a rename publishes it (fsync). A file
-    system that cannot sync (some network and FUSE mounts say so) is left to
-    do what it does: the rename still makes the write atomic for readers."""
+    """Make a file's bytes durable before a rename publishes it, or a folder's
+    entries (the rename itself) after it (fsync). A file system that cannot
+    sync (some network and FUSE mounts say so) is left to do what it does: the
+    rename still makes the write atomic for readers."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -101,6 +102,7 @@ def write_text(path, text):
     except BaseException:
         os.unlink(tmp)
         raise
+    sync_to_disk(folder)  # the rename, so that a power cut cannot bring back the old file
     return path
 
 

@@ -128,24 +128,28 @@ def test_a_write_killed_between_the_renames_or_midway_loses_nothing(tmp_path):
 def test_every_written_file_is_synced_to_disk_before_the_swap(tmp_path, monkeypatch):
     """A rename can reach the disk before the data it names: without fsync a
     power cut may leave a checkpoint of empty files, or an empty stage record,
-    under the final name."""
+    under the final name. The folder is synced after the rename, so the
+    rename itself lasts."""
     from data import write_jsonl
     synced, real_fsync = [], os.fsync
 
     def fsync(fd):
         name = os.readlink(f"/proc/self/fd/{fd}")
-        final = [f for f in os.listdir(tmp_path / "out") if not f.startswith(".tmp-")]
-        assert not final, f"{name} synced after the swap"
-        synced.append(os.path.basename(name))
+        if os.path.isdir(name):  # the folder, for the rename: after it
+            synced.append("folder " + os.path.basename(name))
+        else:
+            final = [f for f in os.listdir(tmp_path / "out") if not f.startswith(".tmp-")]
+            assert not final, f"{name} synced after the swap"
+            synced.append(os.path.basename(name))
         real_fsync(fd)
     monkeypatch.setattr(os, "fsync", fsync)
     os.makedirs(tmp_path / "out")
     save_model(random_model(CONFIGS[0][1]), tmp_path / "out" / "ckpt")
-    assert sorted(synced) == sorted(os.listdir(tmp_path / "out" / "ckpt"))
+    assert sorted(synced[:-1]) == sorted(os.listdir(tmp_path / "out" / "ckpt")) and synced[-1] == "folder out"
     synced.clear()
     os.replace(tmp_path / "out" / "ckpt", tmp_path / "ckpt")
     write_jsonl(tmp_path / "out" / "pairs.jsonl", [{"a": 1}])
-    assert len(synced) == 1 and synced[0].startswith(".tmp-")
+    assert len(synced) == 2 and synced[0].startswith(".tmp-") and synced[1] == "folder out"
 
 
 def test_saved_files_have_the_umasks_permissions_not_tempfiles(tmp_path):
