@@ -407,13 +407,7 @@ def check_training(c, world, fields, script, check_record=None):
     p.compute()
     p.require(c.batch_size % (world * max(1, c.micro_batch_size)) == 0, "batch_size",
               f"must divide by the number of ranks ({world}) x micro_batch_size ({c.micro_batch_size})")
-    tok = None
-    if c.tokenizer:  # a tokenizer.model, a tokenizer.json or a folder with one, that parses
-        if p.require(os.path.exists(c.tokenizer), "tokenizer", "no such file or folder"):
-            try:
-                tok = Tokenizer(c.tokenizer)
-            except (ValueError, FileNotFoundError) as e:
-                p.add(f"tokenizer = {c.tokenizer!r}: {e}")
+    args = None
     if c.init_from == "scratch":
         if p.require("model" in vars(c), "init_from", "'scratch' is for train_sft.py: DPO starts from a trained "
                      "model (and keeps it as the reference), a checkpoint folder"):
@@ -421,8 +415,11 @@ def check_training(c, world, fields, script, check_record=None):
         p.require(bool(c.tokenizer), "tokenizer", "init_from='scratch' needs a tokenizer (it sets vocab_size)")
     else:
         args, _ = check_checkpoint(p, "init_from", c.init_from)
-        p.require(not (args and tok) or tok.vocab_size <= args.vocab_size, "tokenizer",
-                  f"has more tokens than init_from's model has embedding rows ({args and args.vocab_size})")
+    if c.tokenizer and p.require(os.path.exists(c.tokenizer), "tokenizer", "no such file or folder"):
+        try:  # it parses (and, over a checkpoint, fits its embedding: the check training.start makes)
+            check_tokenizer(c.tokenizer, args, c.init_from) if args else Tokenizer(c.tokenizer)
+        except (ValueError, FileNotFoundError) as e:
+            p.add(f"tokenizer = {c.tokenizer!r}: {e}")
     p.jsonl("data", c.data, check_record, fields)
     if c.eval_data:
         p.jsonl("eval_data", c.eval_data, check_record, fields)

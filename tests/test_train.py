@@ -1111,3 +1111,14 @@ def test_a_warmup_as_long_as_the_run_is_said(capsys):
     assert "warning: warmup_steps = 10 is not below this run's 10 steps" in capsys.readouterr().out
     assert T.total_steps(types.SimpleNamespace(**{**vars(c), "warmup_steps": 9}), 40) == 10
     assert "warning" not in capsys.readouterr().out
+
+
+def test_a_trainer_refuses_a_tokenizer_larger_than_its_checkpoints_vocabulary(work, llama_tokenizer_path):
+    """Llama 2's 32,000 pieces over a toy checkpoint's small embedding: ids
+    without a row, found before any work by the check training.start makes."""
+    import configurator
+    c = configurator.settings(train_sft.DEFAULTS, {"init_from": str(work / "ckpt"), "data": str(work / "sft.jsonl"),
+                                                   "tokenizer": llama_tokenizer_path})
+    with pytest.raises(validate.BadInput, match=r"tokenizer = .*: .*ckpt: the model's vocab_size is \d+ but tokenizer "
+                                                r".* has 32000 tokens"):
+        validate.check_training(c, 1, [], "train_sft.py")
