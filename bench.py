@@ -89,6 +89,10 @@ def bench_dtypes(c, device="cpu"):
     return ["float32", "bfloat16"] if wanted else ["float32"]
 
 
+PROMPT_TOKENS = (16, 64)  # the sample rows' prompt lengths, drawn in this range
+JUDGE_TOKENS = (20, 60)   # the judge workload's question and response after the shared rubric
+
+
 def random_prompts(g, count, lo, hi, vocab):
     """`count` prompts of random tokens (ids 3.. avoid unk/bos/eos), lengths in [lo, hi]."""
     lengths = torch.randint(lo, hi + 1, (count,), generator=g).tolist()
@@ -137,7 +141,8 @@ def bench_sample(c):
     our fp32; then the cache against recomputing, and the judge workload with
     and without prefix sharing."""
     new = c.sample_new_tokens
-    print(f"{torch.get_num_threads()} CPU thread(s); best of {c.repeats} runs; prompts of 16-64 tokens, "
+    print(f"{torch.get_num_threads()} CPU thread(s); best of {c.repeats} runs; prompts of "
+          f"{PROMPT_TOKENS[0]}-{PROMPT_TOKENS[1]} tokens, "
           f"{new} new tokens, greedy, no EOS stop")
 
     # 1. ours against transformers, and bf16 against fp32: same weights, prompts, batch
@@ -153,7 +158,7 @@ def bench_sample(c):
         hfs = {dt: hf_model(m, getattr(torch, dt)) for dt, m in models.items()}
         g = torch.Generator().manual_seed(c.seed)
         for batch in (8, 64):
-            prompts = random_prompts(g, batch, 16, 64, models["float32"].args.vocab_size)
+            prompts = random_prompts(g, batch, *PROMPT_TOKENS, models["float32"].args.vocab_size)
             ours_tps = {}
             for dt, model in models.items():
                 ours = lambda compiled=False: generate(model, prompts, new, temperature=0, batch_size=batch,
@@ -184,7 +189,7 @@ def bench_sample(c):
     g = torch.Generator().manual_seed(c.seed)
 
     # 2. the cache against recomputing the whole sequence at every step
-    prompts = random_prompts(g, 2, 16, 64, args.vocab_size)
+    prompts = random_prompts(g, 2, *PROMPT_TOKENS, args.vocab_size)
     tokens = len(prompts) * new
 
     def recompute():
@@ -207,14 +212,15 @@ def bench_sample(c):
 
     # 3. the judge workload: a long rubric in front of every prompt, n samples each
     rubric = random_prompts(g, 1, c.judge_rubric, c.judge_rubric, args.vocab_size)[0]
-    judge = [rubric + p for p in random_prompts(g, c.judge_prompts, 20, 60, args.vocab_size)]
+    judge = [rubric + p for p in random_prompts(g, c.judge_prompts, *JUDGE_TOKENS, args.vocab_size)]
     kw = dict(temperature=0.7, top_p=0.9, n=c.judge_n, seed=1, batch_size=c.judge_prompts * c.judge_n,
               progress=False)
     (t_plain, out_plain), (t_shared, out_shared) = timed([
         lambda: generate(model, judge, c.judge_new_tokens, min_shared_prefix=None, **kw),
         lambda: generate(model, judge, c.judge_new_tokens, **kw)], c.repeats)
     tokens = c.judge_prompts * c.judge_n * c.judge_new_tokens
-    print(f"\n[judge] {c.judge_prompts} prompts = {c.judge_rubric}-token rubric + 20-60 tokens, "
+    print(f"\n[judge] {c.judge_prompts} prompts = {c.judge_rubric}-token rubric + "
+          f"{JUDGE_TOKENS[0]}-{JUDGE_TOKENS[1]} tokens, "
           f"n={c.judge_n}, {c.judge_new_tokens} new tokens, T=0.7, top-p 0.9, one batch")
     print(f"  no prefix sharing      : {tokens / t_plain:7.0f} tok/s  ({t_plain:.2f} s)")
     print(f"  prefix prefilled once  : {tokens / t_shared:7.0f} tok/s  ({t_shared:.2f} s)  "
@@ -491,16 +497,17 @@ def problems(c):
                     "train_batch_size", "train_seq_len", "train_steps", "train_rounds", "comm_batch"):
         p.at_least(setting, 1)
     # each row must fit the model's context: generate() would stop it short and the tok/s would count
-    # tokens never made (prompts of up to 64 tokens; the judge's, the rubric and up to 60 more)
+    # tokens never made (the longest prompt; the judge's: the rubric and the longest question after it)
     contexts = {name: preset(name).max_seq_len for name in c.sample_models.split(",") if name in PRESETS}
     if contexts:
         name = min(contexts, key=contexts.get)
-        p.require(64 + c.sample_new_tokens <= contexts[name], "sample_new_tokens",
-                  f"64 prompt tokens and these must fit {name}'s context of {contexts[name]}")
+        p.require(PROMPT_TOKENS[1] + c.sample_new_tokens <= contexts[name], "sample_new_tokens",
+                  f"{PROMPT_TOKENS[1]} prompt tokens and these must fit {name}'s context of {contexts[name]}")
     first = c.sample_models.split(",")[0]
     if first in PRESETS:  # the cache and judge parts time the first model
-        p.require(c.judge_rubric + 60 + c.judge_new_tokens <= contexts[first], "judge_rubric",
-                  f"with 60 prompt tokens and judge_new_tokens it must fit {first}'s context of {contexts[first]}")
+        p.require(c.judge_rubric + JUDGE_TOKENS[1] + c.judge_new_tokens <= contexts[first], "judge_rubric",
+                  f"with {JUDGE_TOKENS[1]} prompt tokens and judge_new_tokens it must fit {first}'s context of "
+                  f"{contexts[first]}")
     return p.found
 
 
