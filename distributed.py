@@ -125,6 +125,13 @@ def usable_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def launched_world():
+    """How many ranks torchrun launched (WORLD_SIZE; 1 for a plain python),
+    known before the process group exists: what the checks before any work
+    divide batches and tensor-parallel groups by."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
 def setup(device="", dtype="auto", threads=0, tp=1, width=None):
     """Start (or join) the process group when run under torchrun (RANK is set);
     otherwise a plain single process. device: '' picks cuda if available;
@@ -138,7 +145,7 @@ def setup(device="", dtype="auto", threads=0, tp=1, width=None):
     if cuda:  # fp32 matmuls (one process sampling in fp32, fp32 parts of bf16 runs) on tensor cores
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    world = launched_world()
     if tp < 1 or world % tp:
         raise ValueError(f"tp={tp} must be >= 1 and divide the world size {world}")
     if "RANK" not in os.environ:

@@ -702,8 +702,7 @@ def check(c):
     p.fraction("top_p")
     for s in ("num_samples", "batch_size", "save_every", "tp"):
         p.at_least(s, 1)
-    # (WORLD_SIZE: torchrun's; 1 for a plain python)
-    p.tensor_parallel(int(os.environ.get("WORLD_SIZE", "1")), models=[("the model's", args)] if args else [])
+    p.tensor_parallel(D.launched_world(), models=[("the model's", args)] if args else [])
     p.compute()
     return p
 

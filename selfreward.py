@@ -1060,7 +1060,7 @@ def main(argv=None):
     overrides = configurator.configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), argv)
     c = configurator.settings(DEFAULTS, overrides)
     if c.plan_only:
-        world = c.world_size or int(os.environ.get("WORLD_SIZE", 1))
+        world = c.world_size or D.launched_world()
         validate.check_plan(c, world).stop("the plan")
         try:
             plans = memory_plans(c, world, c.gpu_memory_gb)
@@ -1069,7 +1069,7 @@ def main(argv=None):
         for plan in plans:
             print(plan["text"])
         return
-    validate.check_loop(c, int(os.environ.get("WORLD_SIZE", 1))).stop()  # every setting and input, before any work
+    validate.check_loop(c, D.launched_world()).stop()  # every setting and input, before any work
     env = D.setup(c.device, c.dtype, c.threads, tp=c.tp,  # under torchrun: join the process group once, for every stage
                   width=checkpoint.model_width(c.init_from, c.model))
     D.log(D.describe(env))

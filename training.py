@@ -108,7 +108,7 @@ def run(loop, defaults, config, fields, announce=False, check_record=None):
     print where and how it computes (the command line does)."""
     c = settings(defaults, config)
     script = os.path.basename(loop.__code__.co_filename)  # train_sft.py or train_dpo.py
-    validate.check_training(c, int(os.environ.get("WORLD_SIZE", 1)), fields, script, check_record)  # before setup
+    validate.check_training(c, D.launched_world(), fields, script, check_record)  # before setup
     scratch_preset = c.model if c.init_from == "scratch" else ""  # (DPO always starts from a checkpoint)
     env = D.setup(c.device, c.dtype, c.threads, width=model_width(c.init_from, scratch_preset))
     if announce:
@@ -397,7 +397,7 @@ def save_final(model, c, env, tok_path):
 def plan_memory(c):
     """--plan_only: print the memory plan of init_from's config (else the
     preset c.model) for c.world_size GPUs; no data, no weights."""
-    world = c.world_size or int(os.environ.get("WORLD_SIZE", 1))
+    world = c.world_size or D.launched_world()
     problems = validate.check_plan(c, world)
     if problems.found:
         raise validate.BadInput(problems.message("the plan"))
