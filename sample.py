@@ -712,9 +712,13 @@ def main(argv=None):
     answered into --out; bad input and Ctrl-C end with one line."""
     c = settings(DEFAULTS, configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), argv))
     check(c).stop("sample.py")
+    args = read_config(c.ckpt)
     # under torchrun: one GPU per rank
-    env = D.setup(c.device, c.dtype, c.threads, tp=c.tp, width=read_config(c.ckpt).dim)
+    env = D.setup(c.device, c.dtype, c.threads, tp=c.tp, width=args.dim)
     D.log(D.describe(env))
+    if c.max_new_tokens >= args.max_seq_len:  # generate() stops where prompt + answer fill the context
+        D.log(f"warning: max_new_tokens {c.max_new_tokens} is not below the model's context of "
+              f"{args.max_seq_len} tokens: answers end where prompt and answer fill it")
     try:
         tok = Tokenizer(c.ckpt, c.chat_template)
         # whole on every rank, or tensor parallel over tp ranks, each streaming in only its slices; in the

@@ -400,6 +400,10 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
                              max_new_tokens=6, temperature=0, progress=False)
     assert records == [{"prompt": "reverse the word fox", "id": 7, "response": expected[0]},
                        {"prompt": "count the letters", "response": expected[1]}]
+    # more new tokens than the context holds: said at the start (generate stops where the context is full)
+    capsys.readouterr()
+    S.main(argv[:-3] + ["--max_new_tokens=600", "--temperature=0.0", "--progress=False"])
+    assert "warning: max_new_tokens 600 is not below the model's context of 512 tokens" in capsys.readouterr().out
     inp.write_text('{"prompt": "fine"}\n{"prompt": broken\n')
     capsys.readouterr()
     for text, extra, message in [
