@@ -10,7 +10,7 @@ Checkpoints: every file format the project reads or writes, in one place.
                          model-parallel rank (Meta's original Llama download)
 
     read_config(path)                 ModelArgs of a checkpoint folder
-    read_tensors(path, model)         (name, tensor) one at a time, each rank's rows only
+    read_tensors(path, model)         (name, tensor) one at a time, each rank's own part only
     load_model(path, env)             built on `meta`, sharded if env says so, streamed in
     save_model(model, path, ...)      the Hugging Face layout, one tensor at a time
 
@@ -24,7 +24,7 @@ file has model.embed_tokens.weight only, no lm_head.weight.
 
 Nothing here ever holds the whole model in memory at once: reading streams one
 tensor at a time from memory-mapped files (under FSDP each rank reads only its
-rows), writing gathers and writes one tensor at a time.
+rows, under tensor parallelism its rows or columns), writing gathers and writes one tensor at a time.
 """
 import json
 import math
@@ -283,9 +283,10 @@ def safetensors_files(path):
 
 def read_tensors(path, model):
     """
-    Yield (name, rows) for every parameter of `model`, one at a time, where
-    rows is the part of the stored tensor this rank holds (D.local_rows: all
-    of it in a plain process, its FSDP2 rows under torchrun), in our layout.
+    Yield (name, part) for every parameter of `model`, one at a time, where
+    part is the piece of the stored tensor this rank holds (D.local_part: all
+    of it in a plain process, its FSDP2 rows under torchrun, its tensor-parallel
+    rows or columns in the generation layout), in our layout.
 
     Hugging Face layout: read from memory-mapped safetensors with get_slice,
     so a rank reads only its rows and streaming 70B into 64 ranks reads each

@@ -130,7 +130,8 @@ def parse_score(text):
 
 
 # -----------------------------------------------------------------------------
-# Judging: Section 2.2, "each candidate is scored 3 times ... the scores averaged".
+# Judging (Section 2.2, step 3, with Section 3.1's training details): each
+# candidate is judged 3 times and its parsed scores averaged.
 
 def judge(model, tokenizer, prompts, responses, n_samples=3, temperature=0.7, top_p=0.9,
           max_new_tokens=256, seed=None, batch_size=32, generate_fn=None, progress=True):

@@ -311,7 +311,9 @@ class Transformer(nn.Module):
         """
         tokens: (B, T) token ids.
         targets: (B, T) the next token for each position (-100: no loss there);
-                 given, the mean cross-entropy (in fp32) is returned as well.
+                 given, the mean cross-entropy (in fp32) is returned as well
+                 (for bench.py and quick checks: the trainers compute their own
+                 summed losses: train_sft.sft_loss_sum, train_dpo.dpo_losses).
         cache: a sample.KVCache; keys/values of these tokens are appended to
                  it and attention sees everything cached before them. The
                  tokens' positions are 0..T-1 without one, else each row's

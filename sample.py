@@ -181,7 +181,20 @@ def decode_attention(q, k, v, mask, shared=None):
 class KVCache:
     """
     A key/value cache for batched sampling: for each layer, buffers
-    (B, n_kv_heads, slots, head_dim) filled left to right. All rows share
+    (B, n_kv_heads, slots, head_dim) filled left to right.
+
+    One forward pass of model.Transformer with a cache makes three calls:
+      begin(tokens, pad_mask)   once, before the layers: marks which of the
+                                new tokens' slots are real (not padding), decides
+                                what each query may see, and returns the
+                                tokens' positions, for the rotary angles;
+      attend(layer, q, k, v)    in each layer's attention: stores this layer's
+                                new keys and values, then attends the queries
+                                to everything cached (prefill or decode);
+      end(T)                    once, after the layers: the T new slots count
+                                as filled.
+
+    All rows share
     the same slot index, and a boolean `valid` (B, max_len) marks which slots
     hold real tokens of that row; padding slots (rows whose prompts are
     shorter) and slots not yet filled are never attended to. Each row's
@@ -641,7 +654,7 @@ def memory_plan(args: ModelArgs, tp, batch_size, context, new_tokens, gpu_memory
                    sums of top-p and inverse-CDF sampling, masks: about 48 bytes
     Usable: 85% of the GPU (CUDA context, allocator fragmentation, NCCL
     buffers). Returns {"rows", "total", "max_batch" (the largest batch that
-    fits), "text"}.
+    fits), "weights_fit" (do the weights alone fit), "text"}.
     """
     a, h, L, V = dtype_bytes, args.dim, args.n_layers, args.vocab_size
     kv, hd, f = args.n_kv_heads, args.head_dim, args.hidden_dim

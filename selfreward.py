@@ -213,7 +213,7 @@ DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isin
 RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "tp", "plan_only", "world_size", "gpu_memory_gb",
                 "micro_batch_size", "run_name", "out_root", "save_interval", "activation_checkpointing",
                 "keep_train_state"}
-# What each kind of stage computes its output from, besides the stages it reads (main() names those):
+# What each kind of stage computes its output from, besides the stages it reads (run_stages() names those):
 # changing one of these settings redoes that stage and the stages downstream of it, nothing else.
 STAGE_SETTINGS = {
     "toy seed": ["seed", "n_ift", "n_eft_train", "n_eft_eval", "n_test", "ift_chatty", "ift_declines", "judge_working",
@@ -256,7 +256,7 @@ STAGE_SETTINGS = {
 # -----------------------------------------------------------------------------
 # Models: loaded for generation (sharded under torchrun), trained by the scripts
 
-def load_model(r, path):
+def load_for_sampling(r, path):
     """A checkpoint folder, ready to sample, in the generation layout (never
     FSDP's, which would gather every weight for every token): tensor parallel
     over each group of tp ranks, each rank streaming in only its slices, or
@@ -414,7 +414,7 @@ def stage_eft_targets(c, r):
     if c.eft_judgments:
         return eft_targets_from_file(c, r, groups)
     raw = r.path("seed", "eft_train_sft_judgments.jsonl")
-    net, tok = load_model(r, r.path("SFT"))
+    net, tok = load_for_sampling(r, r.path("SFT"))
     recs = J.make_eft_targets(net, tok, groups, n_attempts=c.n_judge, temperature=c.temperature, top_p=c.top_p,
                               max_new_tokens=c.max_judge_tokens, seed=sub_seed(c.seed, "eft targets"),
                               batch_size=c.gen_batch_size, judgments_path=raw if D.is_rank0() else None,
@@ -475,7 +475,7 @@ def stage_eft_own_answers(c, r):
     the judge's answer comes from"); here M1 sees judgments of the mistakes
     a model like it makes, with the right answer worked out beside them."""
     groups = read_jsonl(r.path("seed", "eft_train_groups.jsonl"))
-    net, tok = load_model(r, r.path("SFT"))
+    net, tok = load_for_sampling(r, r.path("SFT"))
     n = c.eft_own_answers
 
     def work(chunk, shard):
@@ -494,7 +494,8 @@ def stage_eft_own_answers(c, r):
 
 
 def eft_train_file(r):
-    """The EFT training records: given (toy), or written by the SFT baseline (real data)."""
+    """The EFT training records: given (toy), or written by the SFT baseline (real data), or
+    taken from another judge's file (eft_judgments)."""
     targets = r.path("seed", "eft_train_targets.jsonl")
     return targets if os.path.exists(targets) else r.path("seed", "eft_train.jsonl")
 
@@ -664,11 +665,11 @@ def warn_of_benchmarks_in_seed(c):
 
 
 def stage_prompts(c, r, t, writer_path):
-    """Ask the writer for n_prompts new prompts, 8-shot, and keep the good ones."""
+    """Ask the writer for n_prompts new prompts, n_shots-shot (the paper: 8), and keep the good ones."""
     seed_prompts = [x["prompt"] for x in read_jsonl(r.path("seed", "ift.jsonl"))]
     earlier = [x["prompt"] for s in range(1, t) for x in read_jsonl(r.path(f"iter{s}", "prompts.jsonl"))]
     held_out = held_out_prompts(r)
-    net, tok = load_model(r, writer_path)
+    net, tok = load_for_sampling(r, writer_path)
     # the end of a line ends a new task: any token that begins with a line break
     # ("\n" in Llama 2's and the toy's vocabularies; "\n", "\n\n", ... in BPE ones)
     line_breaks = tok.ids_starting_with("\n")
@@ -685,7 +686,7 @@ def stage_prompts(c, r, t, writer_path):
     def work(requests, shard):
         rng = random.Random(sub_seed(c.seed, "fewshot", t, shard))
         texts = []
-        for _ in requests:  # 6 seed examples + 2 generated earlier (8 seed ones while there are fewer than 2)
+        for _ in requests:  # n_shots - 2 seed examples + 2 generated earlier (n_shots seed ones while there are fewer than 2)
             if len(generated) >= 2:
                 shots = rng.sample(seed_prompts, c.n_shots - 2) + rng.sample(generated, 2)
                 rng.shuffle(shots)
@@ -739,7 +740,7 @@ def stage_prompts(c, r, t, writer_path):
 
 def stage_candidates(c, r, t, mt_path):
     prompts = read_jsonl(r.path(f"iter{t}", "prompts.jsonl"))
-    net, tok = load_model(r, mt_path)
+    net, tok = load_for_sampling(r, mt_path)
     n = c.n_candidates
 
     def work(chunk, shard):
@@ -756,14 +757,14 @@ def stage_candidates(c, r, t, mt_path):
 
 
 def judge_settings(c, seed):
-    """How the loop samples judgments (Section 2.2: 3 samples at T 0.7 / top-p 0.9, averaged)."""
+    """How the loop samples judgments (Section 3.1: 3 samples at T 0.7 / top-p 0.9, averaged)."""
     return dict(n_samples=c.n_judge, temperature=c.temperature, top_p=c.top_p, max_new_tokens=c.max_judge_tokens,
                 seed=seed, batch_size=c.gen_batch_size, progress=c.progress)
 
 
 def stage_judgments(c, r, t, mt_path):
     recs = read_jsonl(r.path(f"iter{t}", "candidates.jsonl"))
-    net, tok = load_model(r, mt_path)
+    net, tok = load_for_sampling(r, mt_path)
 
     def work(chunk, shard):
         judged = J.judge_groups(net, tok, [x["prompt"] for x in chunk], [x["candidates"] for x in chunk],
@@ -790,7 +791,7 @@ def stage_meta_judgments(c, r, t, mt_path):
     items = [{"prompt": x["prompt"], "candidate": k, "response": x["candidates"][k], "judgments": x["judgments"][k],
               "scores": x["scores"][k]} for x in judged for k in range(len(x["candidates"]))
              if len({s for s in x["scores"][k] if s is not None}) >= 2]
-    net, tok = load_model(r, mt_path)
+    net, tok = load_for_sampling(r, mt_path)
 
     def work(chunk, shard):
         battles = J.compare_judgments(net, tok, chunk, temperature=c.temperature, top_p=c.top_p,
@@ -807,13 +808,17 @@ def stage_meta_judgments(c, r, t, mt_path):
 
 # Exercise (easy): best-versus-worst pairs, ties to the first. Graded by: tests/test_selfreward.py -k make_pairs
 def make_pairs(judged):
-    """Highest against lowest average score (Section 2.3). Candidates
-    without any parsed score are never chosen nor rejected; prompts whose
-    scored candidates all tie (or have fewer than 2 scores) give no pair. A
-    worst candidate with the same text as the best (the judge scored one answer
-    twice differently) states no preference, so DPO would learn nothing from it
-    but noise: another candidate of the same lowest score with a different text
-    is rejected instead, and without one the prompt gives no pair."""
+    """Highest against lowest average score (Section 2.3). judged: records of
+    iter{t}/judgments.jsonl, one per prompt, where "candidates"[k] is a
+    response, "scores"[k] the n_judge scores parsed from its judgments (None
+    where a judgment gave none) and "score"[k] their average, the candidate's
+    reward (None if no judgment gave a score). Candidates without any parsed
+    score are never chosen nor rejected; prompts whose scored candidates all
+    tie (or have fewer than 2 scores) give no pair. A worst candidate with the
+    same text as the best (the judge scored one answer twice differently)
+    states no preference, so DPO would learn nothing from it but noise:
+    another candidate of the same lowest score with a different text is
+    rejected instead, and without one the prompt gives no pair."""
     pairs, dropped = [], {"fewer than 2 scored candidates": 0, "all scores tie": 0, "same text": 0}
     for x in judged:
         scored = [(s, i) for i, s in enumerate(x["score"]) if s is not None]
@@ -839,7 +844,7 @@ def make_pairs(judged):
 
 def grader_scored(judged, only_right=False):
     """Toy world, pair_by='grader' or 'right' (controls, not the paper's
-    method): each candidate's score is the ground truth's grade (toy.grade)
+    method): each candidate's score is the ground truth's grade (toy.true_grade)
     instead of the judge's average, so make_pairs sets a truly best candidate
     against a truly worst one; only_right: 1 for a right answer (grade >= 4)
     and 0 for a wrong one, blind to form (a bare answer's extra point). A
@@ -943,7 +948,7 @@ def make_judge_pairs(meta_judged, cap=None, seed=0):
 def grader_battles(meta_judged):
     """Toy world, meta_pair_by='grader' (a control, not Meta-Rewarding):
     every battle's verdict is the grader's instead of the meta-judge's. The
-    judgment whose score is nearer the response's true grade (toy.grade)
+    judgment whose score is nearer the response's true grade (toy.true_grade)
     wins, equally near ones draw (no verdict), so make_judge_pairs sets the
     judgment nearest the truth against the farthest. A prompt the grader
     cannot read gets no verdict, hence no pair."""
@@ -992,12 +997,14 @@ def stage_dpo(c, r, t, mt_path):
 
 
 # -----------------------------------------------------------------------------
-# Stage 5: evaluation of every model (Section 3). The toy world's grader is
-# consulted here and only here: it never feeds back into the loop. The table
-# of all models is report.py's.
+# Stage 5: evaluation of every model (Section 3). With the paper's settings
+# the toy world's grader is consulted here and only here: it never feeds back
+# into the loop. (The controls pair_by='grader' or 'right', meta_pair_by='grader',
+# eft_own_answers and n_meta_seed let it in on purpose, to measure what a
+# perfect judge would teach.) The table of all models is report.py's.
 
 def stage_eval(c, r, name, path):
-    net, tok = load_model(r, path)
+    net, tok = load_for_sampling(r, path)
     info = {}
     os.makedirs(r.path("eval"), exist_ok=True)
     sample_kw = dict(eos_id=tok.stop_ids, batch_size=c.gen_batch_size, progress=c.progress)

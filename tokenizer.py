@@ -54,7 +54,8 @@ which is what sampling sees (it writes after the assistant header) and what
 the SFT and DPO losses need (they score only reply tokens). This equals
 encoding the whole rendered text because the pre-tokenizers of these
 vocabularies split at special tokens and split line breaks from the text
-after them. Texts are stripped of surrounding whitespace. Where the
+after them. Llama 2's and Llama 3's templates strip each text of surrounding
+whitespace; ChatML's keeps it, as its Jinja templates do. Where the
 checkpoint's Jinja template writes a default system prompt when none is
 given (SmolLM2, Qwen), that literal text is read from the template and used
 the same way. Llama 3.1+ templates also write a knowledge-cutoff date into

@@ -40,8 +40,8 @@ from tokenizer import chat_ids, chat_tokens
 init_from = "scratch"      # a checkpoint folder (Hugging Face layout), or 'scratch'
 model = "toy"              # preset when init_from='scratch'
 data = "data/sft.jsonl"    # JSON Lines of {"prompt", "response"} or {"messages": [...]} ({"text"} with template='text')
-template = "chat"          # 'chat': the chat template, loss on the responses; 'text': plain documents, loss on
-                           # every token (pretraining)
+template = "chat"          # 'chat': conversations, loss on the responses (which chat format: the trainers'
+                           # chat_template setting); 'text': plain documents, loss on every token (pretraining)
 out_dir = "out/sft"        # gets model/ (HF layout), state/ (resume), metrics.jsonl
 micro_batch_size = 4       # examples per forward pass on one rank
 lr = 5.5e-6                # peak learning rate (paper: 5.5e-6)

@@ -14,7 +14,7 @@ the lesson):
                                (only from the same inputs: made_from); removed
                                once the final model is saved (keep_state)
     clip_and_step()            clip the global gradient norm, step AdamW
-    memory_plan()              what each GPU will hold, before anyone launches 64
+    memory_plan()              what each GPU will hold, before anyone launches 64 GPUs
 
 Data parallelism is exact by construction: every loss is a SUM over the
 examples (or tokens) of one micro-batch divided by the count over the whole

@@ -14,7 +14,7 @@ run_name = "llama2-70b-oasst"
 seed_data = "data/oasst"                  # ift.jsonl, eft_train.jsonl (groups), eft_eval.jsonl
 init_from = "checkpoints/Llama-2-70b-hf"  # M0: Hugging Face layout (or Meta's params.json + consolidated.NN.pth)
 model = "llama2-70b"                      # its shape, for --plan_only before init_from is downloaded
-# SFT (Section 3.2): lr 5.5e-6 cosine to 1.1e-6, batch 16, dropout 0.1
+# SFT (Section 3.1, training details): lr 5.5e-6 cosine to 1.1e-6, batch 16, dropout 0.1
 sft_lr = 5.5e-6
 sft_min_lr = 1.1e-6
 sft_batch_size = 16
@@ -22,7 +22,7 @@ sft_epochs = 1
 micro_batch_size = 1
 dropout = 0.1
 activation_checkpointing = True
-# self-instruction creation (Section 2.2): 8-shot prompts at T 0.6 / top-p 0.9,
+# self-instruction creation (Section 2.2; its settings from 3.1): 8-shot prompts at T 0.6 / top-p 0.9,
 # N = 4 candidates at T 0.7 / top-p 0.9, each judged 3 times
 iterations = 2
 n_prompts = 30000          # requests per iteration; the paper ended with 3,964 and 6,942 pairs
@@ -36,7 +36,7 @@ top_p = 0.9
 max_response_tokens = 1024
 n_judge = 3
 max_judge_tokens = 256
-# DPO (Section 3.2): lr 1e-6 to 1e-7, batch 16, beta 0.1, a checkpoint every 200 steps
+# DPO (Section 3.1, training details): lr 1e-6 to 1e-7, batch 16, beta 0.1, a checkpoint every 200 steps
 dpo_lr = 1e-6
 dpo_min_lr = 1e-7
 dpo_beta = 0.1

@@ -46,7 +46,7 @@ def run_folder(tmp_path):
 def use_model(monkeypatch, tok, max_seq_len):
     torch.manual_seed(0)
     net = M.Transformer(M.preset("toy-tiny", vocab_size=tok.vocab_size, max_seq_len=max_seq_len)).eval()
-    monkeypatch.setattr(S, "load_model", lambda r, path: (net, tok))
+    monkeypatch.setattr(S, "load_for_sampling", lambda r, path: (net, tok))
     return net
 
 
@@ -164,7 +164,7 @@ def test_sft_baselines_judgments_are_kept_when_no_eft_target_agrees(tmp_path, mo
 
 
 def test_eft_targets_from_a_stronger_judges_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(S, "load_model", lambda r, path: pytest.fail("no model judges when a file does"))
+    monkeypatch.setattr(S, "load_for_sampling", lambda r, path: pytest.fail("no model judges when a file does"))
     r = run_folder(tmp_path)
     write_jsonl(r.path("seed", "eft_train.jsonl"), [
         {"prompt": "Name a fruit.", "responses": ["Apple.", "A car."], "ranks": [0, 1]},

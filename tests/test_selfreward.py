@@ -181,7 +181,7 @@ def test_a_written_prompt_that_is_a_held_out_prompt_is_dropped(tmp_path, monkeyp
         decode = staticmethod(lambda ids: written[ids[0]] + "\n")
         stop_ids = [2]
     net = types.SimpleNamespace(args=types.SimpleNamespace(max_seq_len=1024))
-    monkeypatch.setattr(S, "load_model", lambda r, path: (net, Writer))
+    monkeypatch.setattr(S, "load_for_sampling", lambda r, path: (net, Writer))
     monkeypatch.setattr(S, "fits", lambda net, ids: True)
     monkeypatch.setattr(S, "generate", lambda net, ids, *a, **k: [[i] for i in range(len(ids))])
     r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)), fingerprints={}, current=None)
