@@ -600,70 +600,6 @@ def held_out_prompts(r):
     return {x["prompt"].strip().lower() for f in files if os.path.exists(f) for x in read_jsonl(f)}
 
 
-def trained_prompts(seed_dir, name, pairs_file=None):
-    """The instructions model `name` was trained on, by where they came from:
-    the SFT baseline the seed IFT prompts (in seed_dir); M1 those and the
-    questions of its EFT training records (inside their judge prompts, with
-    responses); M_t also the prompts the loop wrote that made DPO pairs in
-    iterations 1 .. t-1 (pairs_file(s): iteration s's pairs; a
-    Meta-Rewarding judge pair's question is its "instruction")."""
-    seen = {"seed IFT": [x["prompt"] for x in read_jsonl(os.path.join(seed_dir, "ift.jsonl"))]}
-    if name == "SFT":
-        return seen
-    # real data: the EFT targets kept (each names its question); the toy world: its groups, every
-    # response of which is a target; real groups before their targets are written: those that may be
-    eft = next((f for f in (os.path.join(seed_dir, g) for g in ("eft_train_targets.jsonl", "eft_train_groups.jsonl",
-                                                                "eft_train.jsonl")) if os.path.exists(f)), None)
-    records = read_jsonl(eft) if eft else []
-    seen["EFT training"] = list(dict.fromkeys(x.get("instruction", x["prompt"]) for x in records
-                                              if "instruction" in x or "responses" in x))
-    written = []
-    for t in range(1, int(name[1:])):  # the iterations before M_t
-        written += [p.get("instruction", p["prompt"]) for p in read_jsonl(pairs_file(t))]
-    seen["written by the loop"] = list(dict.fromkeys(written))
-    return seen
-
-
-def benchmark_overlap(questions, trained, threshold):
-    """How many benchmark questions (AlpacaEval instructions, MT-Bench first
-    turns) the model was trained on, the same text (letter case and spaces
-    aside) or a near duplicate by the loop's own filter (ROUGE-L >= threshold),
-    per source of trained_prompts; a question counts under its first source.
-    The loop keeps the seed data's own held-out prompts out of training
-    (held_out_prompts), but not an external benchmark's: this says whether
-    its scores are of questions the model has seen."""
-    # (the same text has the same words, ROUGE-L 1: the near-duplicate search finds it too)
-    sources = {k: [(w, Counter(w)) for w in map(words, v)] for k, v in trained.items()}
-    counts, examples = Counter(), []
-    for q in questions:
-        for source, prompts in sources.items():
-            if too_similar(words(q), prompts, threshold):
-                counts[source] += 1
-                examples.append(q)
-                break
-    return {"questions": len(questions), "seen": sum(counts.values()),
-            "by_source": {k: counts[k] for k in trained}, "examples": examples[:3]}
-
-
-def warn_of_benchmarks_in_seed(c):
-    """Before any work: a benchmark whose questions are among real seed
-    data's training prompts would score every model on questions it was
-    trained on (oasst1's validation prompts are AlpacaEval's oasst ones)."""
-    if c.seed_data == "toy":
-        return
-    trained = trained_prompts(c.seed_data, "M1")
-    for setting, read in (("eval_prompts", E.read_eval_prompts), ("mt_bench", E.read_mt_bench)):
-        if not getattr(c, setting):
-            continue
-        o = benchmark_overlap([E.question(x) for x in read(getattr(c, setting))], trained, c.rouge_threshold)
-        if o["seen"]:
-            D.log(f"warning: {setting}: {o['seen']} of its {o['questions']} questions are training prompts of the "
-                  f"seed data ({c.seed_data}: {report.by_source(o)}; "
-                  f"e.g. {o['examples'][0][:80]!r}), so their scores are not of held-out questions. Keep them out "
-                  f"of the seed's IFT and EFT training sets (AlpacaEval's oasst prompts are oasst1's validation "
-                  f"prompts: python -m data.prepare_oasst ... --eval_files=<the validation split>).")
-
-
 def stage_prompts(c, r, t, writer_path):
     """Ask the writer for n_prompts new prompts, n_shots-shot (the paper: 8), and keep the good ones."""
     seed_prompts = [x["prompt"] for x in read_jsonl(r.path("seed", "ift.jsonl"))]
@@ -1057,6 +993,74 @@ def stage_eval(c, r, name, path):
                                                             c.rouge_threshold)}
     D.barrier()
     return info
+
+
+# Were a benchmark's questions trained on? An external benchmark is chosen at
+# evaluation time, so its questions cannot be kept out of training as the
+# held-out prompts are (held_out_prompts): they are counted instead.
+
+def trained_prompts(seed_dir, name, pairs_file=None):
+    """The instructions model `name` was trained on, by where they came from:
+    the SFT baseline the seed IFT prompts (in seed_dir); M1 those and the
+    questions of its EFT training records (inside their judge prompts, with
+    responses); M_t also the prompts the loop wrote that made DPO pairs in
+    iterations 1 .. t-1 (pairs_file(s): iteration s's pairs; a
+    Meta-Rewarding judge pair's question is its "instruction")."""
+    seen = {"seed IFT": [x["prompt"] for x in read_jsonl(os.path.join(seed_dir, "ift.jsonl"))]}
+    if name == "SFT":
+        return seen
+    # real data: the EFT targets kept (each names its question); the toy world: its groups, every
+    # response of which is a target; real groups before their targets are written: those that may be
+    eft = next((f for f in (os.path.join(seed_dir, g) for g in ("eft_train_targets.jsonl", "eft_train_groups.jsonl",
+                                                                "eft_train.jsonl")) if os.path.exists(f)), None)
+    records = read_jsonl(eft) if eft else []
+    seen["EFT training"] = list(dict.fromkeys(x.get("instruction", x["prompt"]) for x in records
+                                              if "instruction" in x or "responses" in x))
+    written = []
+    for t in range(1, int(name[1:])):  # the iterations before M_t
+        written += [p.get("instruction", p["prompt"]) for p in read_jsonl(pairs_file(t))]
+    seen["written by the loop"] = list(dict.fromkeys(written))
+    return seen
+
+
+def benchmark_overlap(questions, trained, threshold):
+    """How many benchmark questions (AlpacaEval instructions, MT-Bench first
+    turns) the model was trained on, the same text (letter case and spaces
+    aside) or a near duplicate by the loop's own filter (ROUGE-L >= threshold),
+    per source of trained_prompts; a question counts under its first source.
+    The loop keeps the seed data's own held-out prompts out of training
+    (held_out_prompts), but not an external benchmark's: this says whether
+    its scores are of questions the model has seen."""
+    # (the same text has the same words, ROUGE-L 1: the near-duplicate search finds it too)
+    sources = {k: [(w, Counter(w)) for w in map(words, v)] for k, v in trained.items()}
+    counts, examples = Counter(), []
+    for q in questions:
+        for source, prompts in sources.items():
+            if too_similar(words(q), prompts, threshold):
+                counts[source] += 1
+                examples.append(q)
+                break
+    return {"questions": len(questions), "seen": sum(counts.values()),
+            "by_source": {k: counts[k] for k in trained}, "examples": examples[:3]}
+
+
+def warn_of_benchmarks_in_seed(c):
+    """Before any work: a benchmark whose questions are among real seed
+    data's training prompts would score every model on questions it was
+    trained on (oasst1's validation prompts are AlpacaEval's oasst ones)."""
+    if c.seed_data == "toy":
+        return
+    trained = trained_prompts(c.seed_data, "M1")
+    for setting, read in (("eval_prompts", E.read_eval_prompts), ("mt_bench", E.read_mt_bench)):
+        if not getattr(c, setting):
+            continue
+        o = benchmark_overlap([E.question(x) for x in read(getattr(c, setting))], trained, c.rouge_threshold)
+        if o["seen"]:
+            D.log(f"warning: {setting}: {o['seen']} of its {o['questions']} questions are training prompts of the "
+                  f"seed data ({c.seed_data}: {report.by_source(o)}; "
+                  f"e.g. {o['examples'][0][:80]!r}), so their scores are not of held-out questions. Keep them out "
+                  f"of the seed's IFT and EFT training sets (AlpacaEval's oasst prompts are oasst1's validation "
+                  f"prompts: python -m data.prepare_oasst ... --eval_files=<the validation split>).")
 
 
 # -----------------------------------------------------------------------------
