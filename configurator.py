@@ -184,9 +184,10 @@ def configure(namespace, argv=None, comment_files=()):
 
 
 def fail(message):
-    """End a script for bad input: one line "error: ...", exit status 2."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    """End a script for bad input: one line "error: ...", exit status 2
+    (printed once under torchrun: distributed.stop)."""
+    from distributed import stop  # here: the configurator itself needs no torch
+    stop(f"error: {message}", 2)
 
 
 def library(doc, script, runs_it):

@@ -12,6 +12,8 @@ FSDP2 for training, tensor parallel for generation.
     describe(env)           one line saying where and how a run computes
     is_rank0(), barrier()   the one place that answers "am I rank 0?" (only
                             rank 0 prints, log(), and writes shared files) and waits
+    stop(message, status)   end every rank, the message printed once
+    sole_writer(env, dir)   refuse a second job on the same output folder
     all_sum(env, ...)       sum numbers over ranks
     empty_model(args, env)  a Transformer built on `meta`, sharded, allocated
     for_generation(env)     the same processes, models loaded in the generation
@@ -24,9 +26,12 @@ FSDP2 for training, tensor parallel for generation.
 Reading a checkpoint into the shards is checkpoint.py's job, training with
 them train_sft.py's and train_dpo.py's (with training.py).
 """
+import fcntl
 import gc
 import os
-from contextlib import nullcontext
+import socket
+import sys
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
 import torch
@@ -206,14 +211,57 @@ def teardown(env):
 
 def is_rank0():
     """The one answer to "am I rank 0?": true in a plain process, and on the
-    first rank under torchrun. Only rank 0 prints and writes shared files."""
-    return not dist.is_initialized() or dist.get_rank() == 0
+    first rank under torchrun (before the process group exists, and after it
+    is gone, torchrun's RANK says which). Only rank 0 prints and writes shared files."""
+    return dist.get_rank() == 0 if dist.is_initialized() else os.environ.get("RANK", "0") == "0"
 
 
 def log(*args):
     """print, on rank 0 only (every rank runs the same code)."""
     if is_rank0():
         print(*args, flush=True)
+
+
+def stop(message, status=1):
+    """End the command with one message (printed by rank 0 only: every rank
+    meets the same error) and the same exit status on every rank: 2 for input
+    refused before any work, 1 for a failure during it."""
+    if is_rank0():
+        print(message, file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+@contextmanager
+def sole_writer(env, folder):
+    """While the body runs, no other job may write `folder` (a run folder, a
+    trainer's out_dir): rank 0 holds an exclusive lock on folder/.lock. A
+    second command on the same folder (by mistake, or while the ranks of a job
+    whose torchrun was killed still run) is refused at once; two jobs writing
+    the same stage records and training states would corrupt them without an
+    error. The kernel drops the lock when the process ends, kill -9 included,
+    so a killed run never leaves a stale one behind. Every rank learns the answer."""
+    lock, holder = None, ""
+    if is_rank0():
+        os.makedirs(folder, exist_ok=True)
+        lock = open(os.path.join(folder, ".lock"), "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.truncate(0)
+            lock.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+            lock.flush()
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            lock = None
+    if all_sum(env, is_rank0() and lock is None)[0]:
+        stop(f"error: {folder} is being written by another job ({holder}); nothing was run. Wait for it "
+             f"to end (or stop it), then run the same command again.", 2)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.close()  # releases it
 
 
 def barrier():

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 
 import distributed as D
@@ -99,8 +98,8 @@ class Run:
         self.current = name
         try:
             info = fn() or {}
-        except (ValueError, FileNotFoundError, FloatingPointError) as e:  # bad input or a diverged trainer: one line
-            sys.exit(f"error: stage {name}: {e}")
+        except (OSError, ValueError, FloatingPointError) as e:  # bad input, a diverged trainer, a full disk: one line
+            D.stop(f"error: stage {name}: {e}")
         self.current = None
         info["seconds"] = round(time.time() - t0, 1)
         self.mark(name, info, {**made_from, "fingerprint": fp}, temporary)
@@ -206,7 +205,7 @@ def move_model(r, trained, name):
 def fit_micro(batch_size, want, world):
     """The largest micro-batch <= want that splits each rank's share of a batch evenly."""
     if batch_size % world:
-        sys.exit(f"error: a batch of {batch_size} cannot be split over {world} ranks")
+        D.stop(f"error: a batch of {batch_size} cannot be split over {world} ranks")
     share = batch_size // world
     m = max(1, min(want, share))
     while share % m:

@@ -745,7 +745,7 @@ def main(argv=None):
             for r in sample_chat(model, tok, [c.prompt], seed=c.seed, **kw):
                 D.log(r)
     except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+        D.stop(f"error: {e}")
     except KeyboardInterrupt:
         if D.is_rank0():
             print("\ninterrupted; " + (f"the same command resumes after the prompts kept in {c.out}.partial"

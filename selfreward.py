@@ -289,7 +289,7 @@ def check_generation_batch(c, env):
         return
     _, plan = memory_plans(c, env.world, torch.cuda.get_device_properties(env.device).total_memory / 1e9)
     if not plan["weights_fit"]:
-        sys.exit(f"error: {plan['text'].splitlines()[-1].strip()} (tp={c.tp})")
+        D.stop(f"error: {plan['text'].splitlines()[-1].strip()} (tp={c.tp})")
     if plan["max_batch"] == 0:  # a long context (Llama 3.1's 131072): rows that fill it are rare
         D.log(f"warning: {plan['text'].splitlines()[-1].strip()} (tp={c.tp}); sampling "
               f"{c.gen_batch_size or 1} row(s) at a time")
@@ -344,7 +344,7 @@ def stage_seed_data(c, r):
         for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"):
             src = os.path.join(c.seed_data, f)
             if not os.path.exists(src):
-                sys.exit(f"error: seed data folder {c.seed_data} has no {f} "
+                D.stop(f"error: seed data folder {c.seed_data} has no {f} "
                          f"(write it with python -m data.prepare_oasst ... --out={c.seed_data})")
             if D.is_rank0():
                 shutil.copyfile(src, r.path("seed", f))
@@ -353,7 +353,7 @@ def stage_seed_data(c, r):
     for f in ("ift", "eft_train", "eft_eval"):
         recs = read_jsonl(r.path("seed", f + ".jsonl"))
         if not recs:
-            sys.exit(f"error: seed data {r.path('seed', f + '.jsonl')} is empty")
+            D.stop(f"error: seed data {r.path('seed', f + '.jsonl')} is empty")
         counts[f] = len(recs)
     D.log("seed data: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return counts
@@ -424,7 +424,7 @@ def stage_eft_targets(c, r):
     info = {"groups": len(groups), "targets": len(recs), **J.judgment_counts(ss for g in judged for ss in g["scores"]),
             "too_long": sum(sum(g["too_long"]) for g in judged)}  # responses whose judge prompt did not fit
     if not recs:
-        sys.exit(f"error: EFT targets: no judgment of the SFT baseline agreed with the human ranking of any "
+        D.stop(f"error: EFT targets: no judgment of the SFT baseline agreed with the human ranking of any "
                  f"group ({info['judgments_with_score']} of {info['judgments']} judgments had a score, "
                  f"{info['too_long']} responses too long to judge), so M1 would get no evaluation data. Its "
                  f"judgments are in {raw}. A small model may need a stronger judge's file: --eft_judgments=FILE.")
@@ -457,7 +457,7 @@ def eft_targets_from_file(c, r, seed_groups):
             sum(g["ranks"] is not None for g, _ in kept), "dropped": dict(dropped), "targets": len(recs),
             **J.judgment_counts(j["scores"] for _, m in kept for j in m)}
     if not recs:
-        sys.exit(f"error: EFT targets: no judgment in {c.eft_judgments} has a score that agrees with the human "
+        D.stop(f"error: EFT targets: no judgment in {c.eft_judgments} has a score that agrees with the human "
                  f"ranking where there is one ({info['judgments_with_score']} of {info['judgments']} with a score; "
                  f"dropped {dict(dropped)}), so M1 would get no evaluation data.")
     save_jsonl(r.path("seed", "eft_train_targets.jsonl"), recs)
@@ -664,7 +664,7 @@ def stage_prompts(c, r, t, writer_path):
     kept = [{"prompt": x["prompt"]} for x in out if x["dropped"] is None]
     dropped = dict(Counter(x["dropped"] for x in out if x["dropped"] is not None))
     if not kept:
-        sys.exit(f"error: iteration {t}: the prompt writer ({writer_path}) produced no usable prompt out of "
+        D.stop(f"error: iteration {t}: the prompt writer ({writer_path}) produced no usable prompt out of "
                  f"{c.n_prompts} requests (dropped: {dropped}). Check the writer model, or raise n_prompts.")
     save_jsonl(r.path(f"iter{t}", "prompts.jsonl"), kept)
     D.log(f"iteration {t}: {len(kept)} new prompts kept of {c.n_prompts} requested; dropped {dropped}")
@@ -823,7 +823,7 @@ def actor_pairs(c, r, t):
     pairs, dropped = make_pairs(judged)
     if not pairs:
         scorer = "the judge" if c.pair_by in ("judge", "coin") else f"the grader (pair_by={c.pair_by!r})"
-        sys.exit(f"error: iteration {t}: no preference pairs (dropped: {dropped}); {scorer} gave every "
+        D.stop(f"error: iteration {t}: no preference pairs (dropped: {dropped}); {scorer} gave every "
                  f"candidate the same score or none. DPO cannot run. Look at {r.path(f'iter{t}', 'judgments.jsonl')}.")
     if c.pair_by == "coin":
         pairs = coin_turned(pairs, sub_seed(c.seed, "coin", t))
@@ -1078,7 +1078,7 @@ def main(argv=None):
         except ValueError as e:  # a model that is neither a folder nor a preset
             configurator.fail(e)
         for plan in plans:
-            print(plan["text"])
+            D.log(plan["text"])
         return
     validate.check_loop(c, D.launched_world()).stop()  # every setting and input, before any work
     env = D.setup(c.device, c.dtype, c.threads, tp=c.tp,  # under torchrun: join the process group once, for every stage
@@ -1086,15 +1086,17 @@ def main(argv=None):
     D.log(D.describe(env))
     warn_of_benchmarks_in_seed(c)
     check_generation_batch(c, env)
-    r = Run(os.path.join(c.out_root, c.run_name), c, env, RUNTIME_ONLY, DEFAULTS)
-    t_start = time.time()
-    try:
-        run_stages(c, r)
-    except KeyboardInterrupt:
-        if D.is_rank0():
-            print(f"\ninterrupted in stage {r.current or '(between stages)'}; the same command resumes the run",
-                  file=sys.stderr)
-        sys.exit(130)
+    folder = os.path.join(c.out_root, c.run_name)
+    with D.sole_writer(env, folder):
+        r = Run(folder, c, env, RUNTIME_ONLY, DEFAULTS)
+        t_start = time.time()
+        try:
+            run_stages(c, r)
+        except KeyboardInterrupt:
+            if D.is_rank0():
+                print(f"\ninterrupted in stage {r.current or '(between stages)'}; the same command resumes the run",
+                      file=sys.stderr)
+            sys.exit(130)
     D.log(f"\n{report.table(r.path('report.md'))}\n\ndone in {(time.time() - t_start) / 60:.1f} min: "
           f"{r.path('report.md')}")
     D.teardown(env)

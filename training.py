@@ -89,9 +89,8 @@ def main(train, defaults, script_file, doc, argv=None):
     config = configure(dict(defaults, __file__=script_file, __doc__=doc), argv, comment_files=[__file__])
     try:
         return train(config, announce=True)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, validate.BadInput) else 1)  # 2: refused before any work
+    except (OSError, ValueError, FloatingPointError) as e:  # OSError: a disk full or read-only, a file missing
+        D.stop(f"error: {e}", 2 if isinstance(e, validate.BadInput) else 1)  # 2: refused before any work
     except KeyboardInterrupt:
         if D.is_rank0():
             out_dir = settings(defaults, config).out_dir
@@ -114,7 +113,8 @@ def run(loop, defaults, config, fields, announce=False, check_record=None):
     if announce:
         D.log(D.describe(env))
     try:
-        return loop(c, env)
+        with D.sole_writer(env, c.out_dir):
+            return loop(c, env)
     finally:
         D.teardown(env)
 
@@ -408,8 +408,8 @@ def plan_memory(c):
     plan = memory_plan(args, world, c.micro_batch_size,
                        c.max_seq_len or args.max_seq_len, c.activation_checkpointing,
                        gpu_memory_gb=c.gpu_memory_gb, dropout=c.dropout)
-    print(which)
-    print(plan["text"])
+    D.log(which)
+    D.log(plan["text"])
     return plan
 
 

@@ -15,10 +15,10 @@ reads them.
 """
 import math
 import os
-import sys
 
 import torch
 
+import distributed as D
 import evaluation as E
 import judge as J
 from checkpoint import check_hf_tensors, check_tokenizer, meta_shards, read_config
@@ -109,12 +109,9 @@ class Problems:
 
     def stop(self, what="the run"):
         """End the command (exit status 2, as for a bad --key=value) if anything
-        was found: one error listing every problem, printed once under torchrun
-        (this runs before the process group exists: RANK says which is rank 0)."""
+        was found: one error listing every problem, printed once under torchrun."""
         if self.found:
-            if os.environ.get("RANK", "0") == "0":
-                print(f"error: {self.message(what)}", file=sys.stderr)
-            sys.exit(2)
+            D.stop(f"error: {self.message(what)}", 2)
 
 
 # -----------------------------------------------------------------------------

@@ -378,6 +378,22 @@ def test_bad_inputs_of_a_new_run_are_refused_before_the_folder_exists(tmp_path):
     assert not os.path.exists(tmp_path / "micro")
 
 
+def test_a_run_folder_another_job_writes_is_refused(tmp_path):
+    """The same command started twice (or again while a killed torchrun's
+    ranks still run) would have both write the same stage records and states:
+    the second is refused before any work while the first holds the folder."""
+    import fcntl
+    folder = tmp_path / "micro"
+    folder.mkdir()
+    with open(folder / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("process 1 on elsewhere\n")
+        held.flush()
+        err = run_fails(command(tmp_path))
+    assert f"error: {folder} is being written by another job (process 1 on elsewhere); nothing was run." in err
+    assert os.listdir(folder) == [".lock"]
+
+
 def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tokenizer_path):
     """Llama 2's tokens for the judge prompt's fixed text (about 390) leave no
     room in a 480-token context once a 96-token judgment is added: every

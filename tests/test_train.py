@@ -583,6 +583,29 @@ def test_fsdp_dpo_matches_single_process(work, dpo_single):
     assert max_weight_diff(out / "model", dpo_single / "model") < W_TOL
 
 
+def test_under_torchrun_an_error_prints_once_and_a_busy_out_dir_is_refused(work, tmp_path):
+    """Every rank meets the same bad setting, and each used to print it; a
+    second job on an out_dir that a running one writes (here: this test holds
+    its lock) is refused before any work, by every rank, in one message."""
+    import fcntl
+    r = torchrun("train_sft.py", sft_config(work, tmp_path / "a", batch_size=7), check=False)
+    assert r.returncode != 0 and "]: Traceback" not in r.stderr  # no rank's traceback ([rank0]: ...)
+    assert r.stderr.count("batch_size = 7: must divide by the number of ranks (2)") == 1, r.stderr[-3000:]
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(out / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("process 1 on elsewhere\n")
+        held.flush()
+        r = torchrun("train_sft.py", sft_config(work, out), check=False)
+    assert r.returncode != 0  # (torchrun exits 1 whatever its ranks exit with)
+    assert r.stderr.count(f"error: {out} is being written by another job (process 1 on elsewhere)") == 1, \
+        r.stderr[-3000:]
+    assert os.listdir(out) == [".lock"]  # nothing written
+    torchrun("train_sft.py", sft_config(work, out))  # the lock is free again: it runs
+    assert (out / "model" / "model.safetensors").exists()
+
+
 def test_two_nodes_from_scratch_match_single_process(work, tmp_path, toy_tokenizer_path):
     """Two torchrun launches as two nodes of one job (static rendezvous), from
     a random init (which must be the same however the model is sharded)."""
