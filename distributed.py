@@ -182,9 +182,12 @@ def describe(env):
     busy = ""
     if env.device == "cpu" and hasattr(os, "getloadavg"):
         # runnable processes over the last 1 and 5 minutes, other programs' as we
-        # just started; both, so that a program that just ended does not count
+        # just started; both, so that a program that just ended does not count.
+        # Said only where fewer threads is possible; this job's threads are those
+        # of every rank on this machine.
         others = min(os.getloadavg()[:2])
-        if others >= 1 and others + torch.get_num_threads() > usable_cores() + 0.5:
+        mine = torch.get_num_threads() * int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        if torch.get_num_threads() > 1 and others >= 1 and others + mine > usable_cores() + 0.5:
             busy = (f"; load average {others:.1f}: if other programs keep cores busy, fewer threads "
                     f"(--threads) run much faster")
     return (f"computing on {where}, {str(env.dtype).removeprefix('torch.')}{why}, "

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from checkpoint import write_folder_atomically
 from configurator import configure, fail, settings
-from data import write_text
+from data import unwritable, write_text
 
 # -----------------------------------------------------------------------------
 # Command-line settings (python handout.py --help lists them)
@@ -360,14 +360,7 @@ def output_problem(path):
     None: found before minutes of grading rather than after them."""
     if os.path.isdir(path):
         return "is a folder"
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):
-        folder = os.path.dirname(folder)
-    if not os.path.isdir(folder):
-        return f"{folder} is a file, not a folder"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"no permission to write in {folder}"
-    return None
+    return unwritable(os.path.dirname(os.path.abspath(path)))
 
 
 def main(argv=None):

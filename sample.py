@@ -707,8 +707,9 @@ def check(c):
     if bool(c.prompt) == bool(c.prompts_file):
         p.add("give either --prompt=TEXT or --prompts_file=IN.jsonl (with --out=OUT.jsonl)")
     if c.prompts_file:
-        if p.require(bool(c.out), "out", "--prompts_file needs --out=OUT.jsonl"):
-            p.require(not os.path.isdir(c.out), "out", "is a folder: give the JSON Lines file to write")
+        if p.require(bool(c.out), "out", "--prompts_file needs --out=OUT.jsonl") and \
+                p.require(not os.path.isdir(c.out), "out", "is a folder: give the JSON Lines file to write"):
+            p.writable_folder("out", os.path.dirname(os.path.abspath(c.out)))
         p.jsonl("prompts_file", c.prompts_file, None, ["prompt"])
     p.at_least("max_new_tokens", 1)
     p.at_least("temperature", 0)

@@ -63,13 +63,15 @@ the system turn; the llama3 template here is Llama 3.0's and does not. A
 template chosen by a setting is not written into a saved checkpoint: pass
 the same setting when using it.
 """
+import io
 import json
 import os
 import re
-import tempfile
 
 import sentencepiece as spm
 from tokenizers import Tokenizer as HFTokenizer
+
+from data import write_bytes
 
 TEMPLATES = ("llama2", "llama3", "chatml")
 # the files a tokenizer.json brings with it (copied along when a checkpoint is saved)
@@ -384,34 +386,32 @@ def train_tokenizer(texts, model_path, vocab_size=512, phrases=False, symbols=()
     """
     if any("\n" in x for x in symbols):
         raise ValueError("a tokenizer symbol cannot hold a newline (the newline is a piece of its own)")
-    os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
-    # train into a temporary folder beside the target, then move the model in
-    # place in one step, so a half-written tokenizer is never left behind
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(model_path))) as tmp:
-        prefix = os.path.join(tmp, "tok")
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(texts),
-            model_prefix=prefix,
-            model_type="bpe",
-            vocab_size=vocab_size,
-            hard_vocab_limit=False,       # a small corpus may support fewer pieces
-            character_coverage=1.0,
-            byte_fallback=True,           # unknown characters become <0xNN> bytes
-            split_digits=True,            # every digit its own piece, as in Llama
-            normalization_rule_name="identity",  # no NFKC: text comes back as written
-            remove_extra_whitespaces=False,      # keep runs of spaces and newlines
-            add_dummy_prefix=True,        # as Llama 2 does
-            allow_whitespace_only_pieces=True,
-            unk_id=0, bos_id=1, eos_id=2, pad_id=-1,  # Llama 2's special ids
-            # the chat markers, and the newline kept a piece of its own (as
-            # Llama's <0x0A>), so "end of line" can stop generation
-            # (symbols are matched after spaces become "\u2581", so they are written that way)
-            user_defined_symbols=[B_INST, E_INST, "\n"] + [x.replace(" ", "\u2581") for x in symbols],
-            split_by_whitespace=not phrases,
-            max_sentencepiece_length=64 if phrases else 16,
-            max_sentence_length=16384,
-            num_threads=os.cpu_count() or 1,
-            minloglevel=2,
-        )
-        os.replace(prefix + ".model", model_path)
+    # trained into memory (a model_prefix would be written into the model file itself, so the same
+    # texts would give other bytes in another folder), then written atomically
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,       # a small corpus may support fewer pieces
+        character_coverage=1.0,
+        byte_fallback=True,           # unknown characters become <0xNN> bytes
+        split_digits=True,            # every digit its own piece, as in Llama
+        normalization_rule_name="identity",  # no NFKC: text comes back as written
+        remove_extra_whitespaces=False,      # keep runs of spaces and newlines
+        add_dummy_prefix=True,        # as Llama 2 does
+        allow_whitespace_only_pieces=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1,  # Llama 2's special ids
+        # the chat markers, and the newline kept a piece of its own (as
+        # Llama's <0x0A>), so "end of line" can stop generation
+        # (symbols are matched after spaces become "\u2581", so they are written that way)
+        user_defined_symbols=[B_INST, E_INST, "\n"] + [x.replace(" ", "\u2581") for x in symbols],
+        split_by_whitespace=not phrases,
+        max_sentencepiece_length=64 if phrases else 16,
+        max_sentence_length=16384,
+        num_threads=os.cpu_count() or 1,
+        minloglevel=2,
+    )
+    write_bytes(model_path, model.getvalue())
     return Tokenizer(model_path)

@@ -22,7 +22,7 @@ import distributed as D
 import evaluation as E
 import judge as J
 from checkpoint import check_hf_tensors, check_tokenizer, meta_shards, read_config
-from data import read_jsonl, toy
+from data import read_jsonl, toy, unwritable
 from model import PRESETS, Transformer
 from tokenizer import TEMPLATES, Tokenizer, chat_prompt_ids, conversation_problem
 
@@ -66,6 +66,12 @@ class Problems:
         v = getattr(self.c, setting)
         ok = (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1)
         return self.require(ok, setting, f"must be in {'(' if low_open else '['}0, 1{')' if high_open else ']'}")
+
+    def writable_folder(self, setting, folder):
+        """A folder the command will write into: a folder, or one it can make,
+        where it may write (data.unwritable)."""
+        problem = unwritable(folder)
+        return self.require(problem is None, setting, problem)
 
     def tensor_parallel(self, ranks, what="the number of ranks", models=()):
         """tp (tensor-parallel size, checked >= 1 elsewhere) must divide the
@@ -246,9 +252,8 @@ def check_loop(c, world):
               inside != os.pardir and not inside.startswith(os.pardir + os.sep), "run_name",
               "must name a folder inside out_root (the run's files would mix with other runs')")
     run = os.path.join(c.out_root, c.run_name)
-    for folder in (c.out_root, run):  # (an existing folder is a run to resume)
-        p.require(not os.path.exists(folder) or os.path.isdir(folder), "out_root" if folder == c.out_root else
-                  "run_name", f"{folder} is a file, not a folder")
+    if p.writable_folder("out_root", c.out_root):  # (an existing run folder is a run to resume)
+        p.writable_folder("run_name", run)
     # ranges
     for s in ("n_eft_train", "n_eft_eval"):
         p.at_least(s, 2)  # a toy EFT set is made of groups of 2 or more responses
@@ -398,7 +403,7 @@ def check_training(c, world, fields, script, check_record=None):
         p.at_least("rpo_alpha", 0)
     if "template" in vars(c):  # SFT's
         p.require(c.template in ("chat", "text"), "template", "must be 'chat' or 'text'")
-    p.require(not os.path.exists(c.out_dir) or os.path.isdir(c.out_dir), "out_dir", "is a file, not a folder")
+    p.writable_folder("out_dir", c.out_dir)
     p.require(c.save_dtype in ("", "float32", "bfloat16", "float16"), "save_dtype",
               "must be '' (bfloat16 on a GPU, float32 on a CPU), 'float32', 'bfloat16' or 'float16'")
     p.compute()

@@ -15,7 +15,6 @@ import errno
 import hashlib
 import json
 import os
-import tempfile
 
 
 def read_jsonl(path, fields=(), allow_empty=True, check=None):
@@ -58,17 +57,20 @@ def read_jsonl(path, fields=(), allow_empty=True, check=None):
     return records
 
 
-def usual_permissions(path):
-    """Give a file made by tempfile (readable by its owner only) the
-    permissions open() would have given it: the umask's, so that others on a
-    shared machine may read a run's outputs where they may read the user's
-    other files."""
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(path, 0o666 & ~umask)
-    except OSError:  # a file system without permissions (some network mounts): nothing to set
-        pass
+def unwritable(folder):
+    """What would stop this process making `folder` (if missing) and writing
+    files in it, or None: a file in the way, a read-only file system or no
+    permission. Checked before any work, since otherwise it fails only at the
+    first file written, minutes in."""
+    folder = os.path.abspath(folder)
+    there = folder
+    while not os.path.exists(there):  # the nearest part of the path that exists
+        there = os.path.dirname(there)
+    if not os.path.isdir(there):
+        return f"{there} is a file, not a folder"
+    if not os.access(there, os.W_OK | os.X_OK):  # (access says EROFS for a read-only mount, even to root)
+        return f"cannot write in {there}: no permission, or a read-only file system"
+    return None
 
 
 def sync_to_disk(path):
@@ -87,17 +89,24 @@ def sync_to_disk(path):
 
 
 def write_text(path, text):
+    """Write a text file (UTF-8) atomically: write_bytes."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path, data):
     """Write a file atomically: to a temporary file beside path, synced to
     disk, then os.replace, so a reader (or a resumed run) never sees a
-    half-written file, even after a power cut."""
+    half-written file, even after a power cut. The temporary file has a fixed
+    name, .tmp-NAME: one left by a kill is overwritten by the next write of
+    the same file, never piles up (one process writes a folder:
+    distributed.sole_writer)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    tmp = os.path.join(folder, ".tmp-" + os.path.basename(path))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
         sync_to_disk(tmp)
-        usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -411,6 +411,7 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
             ('{"text": "no prompt"}\n', [], r"in.jsonl:1: missing or non-string field(s): prompt"),
             ('{"prompt": "fine"}\n', ["--num_samples=0"], "num_samples = 0: must be >= 1"),
             ('{"prompt": "fine"}\n', [f"--out={tmp_path}"], "is a folder: give the JSON Lines file to write"),
+            ('{"prompt": "fine"}\n', [f"--out={inp}/x.jsonl"], f"{inp} is a file, not a folder"),
             ('{"prompt": "fine"}\n', ["--tp=3"], "tp = 3: must divide the number of ranks, 1"),
             ('{"prompt": "fine"}\n', ["--tp=3"], "tp = 3: must divide the model's n_kv_heads 2 and FFN width 192")]:
         inp.write_text(text)

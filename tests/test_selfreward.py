@@ -359,6 +359,20 @@ def test_a_run_needs_a_folder_of_its_own(tmp_path):
     (tmp_path / "afile").write_text("")
     err = run_fails(command(tmp_path, run="afile"))
     assert f"run_name = 'afile': {tmp_path / 'afile'} is a file, not a folder" in err
+    # an out_root below a file could not be made: said before any work, not a traceback at the first write
+    err = run_fails(command(tmp_path / "afile" / "runs"))
+    assert f"out_root = '{tmp_path / 'afile' / 'runs'}': {tmp_path / 'afile'} is a file, not a folder" in err
+
+
+def test_a_folder_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
+    """A read-only mount or a folder without write permission (os.access says
+    which; as root only a read-only mount does, so it is simulated here)."""
+    c = configurator.settings(S.DEFAULTS, {"out_root": str(tmp_path / "ro" / "runs")})
+    (tmp_path / "ro").mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and p != str(tmp_path / "ro"))
+    assert (f"out_root = '{tmp_path / 'ro' / 'runs'}': cannot write in {tmp_path / 'ro'}: no permission, or a "
+            f"read-only file system") in validate.check_loop(c, 1).found
 
 
 def test_bad_inputs_of_a_new_run_are_refused_before_the_folder_exists(tmp_path):

@@ -55,7 +55,9 @@ def test_train_tokenizer_is_deterministic_and_atomic(tmp_path):
     a = train_tokenizer(texts, str(tmp_path / "a" / "t.model"), vocab_size=300)
     b = train_tokenizer(texts, str(tmp_path / "b" / "t.model"), vocab_size=300)
     pieces = lambda t: [(t.sp.id_to_piece(i), t.sp.get_score(i)) for i in range(t.vocab_size)]
-    assert pieces(a) == pieces(b)  # (the file itself also records the temporary training path)
+    assert pieces(a) == pieces(b)
+    # byte for byte, though written in other folders: the file records no training path
+    assert (tmp_path / "a" / "t.model").read_bytes() == (tmp_path / "b" / "t.model").read_bytes()
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["t.model"]
 
 

@@ -980,6 +980,25 @@ def test_default_threads_share_the_cores_among_the_ranks_on_the_machine(monkeypa
         assert D.cpu_threads(setting) == threads, (env, setting)
 
 
+def test_the_start_line_warns_of_busy_cores_only_where_fewer_threads_would_help(monkeypatch):
+    """Other programs' load plus this job's threads (every rank's on this
+    machine) beyond the cores: a warning that suggests fewer threads, but
+    never to a run that already uses one thread a rank."""
+    monkeypatch.setattr(D, "usable_cores", lambda: 2)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        for n, load, ranks, warned in [(2, 1.5, 1, True), (2, 0.4, 1, False), (1, 4.0, 2, False), (1, 4.0, 1, False),
+                                       (2, 1.0, 2, True)]:
+            torch.set_num_threads(n)
+            monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
+            line = D.describe(D.Env())
+            assert ("fewer threads (--threads) run much faster" in line) == warned, (n, load, ranks, line)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_a_state_left_behind_by_a_kill_does_not_stop_the_next_save(tmp_path):
     """Killed after the new state was renamed into place but before the old one
     was deleted: state/ and state.old/ both exist. The next save replaces
@@ -1100,7 +1119,7 @@ def test_trainers_refuse_an_unreadable_tokenizer_a_bad_save_dtype_or_out_dir_and
         validate.check_training(c, 1, [], "train_sft.py")
     assert f"tokenizer = '{junk}': {junk}: cannot read it as a SentencePiece model" in str(e.value)
     assert "save_dtype = 'fp8': must be '' (bfloat16 on a GPU, float32 on a CPU)" in str(e.value)
-    assert f"out_dir = '{junk}': is a file, not a folder" in str(e.value)
+    assert f"out_dir = '{junk}': {junk} is a file, not a folder" in str(e.value)
     assert "seed = 100000000000000000000: must be in [0, 2**32)" in str(e.value)  # (an overflow after startup)
     assert "peak_flops = -1.0: must be > 0" in str(e.value)
     c = configurator.settings(train_dpo.DEFAULTS, {"init_from": "scratch", "data": str(work / "pairs.jsonl")})
