@@ -53,7 +53,7 @@ from checkpoint import load_model, read_config
 from configurator import configure, settings
 from data import file_fingerprint, fingerprint, read_jsonl, write_jsonl, write_text
 from model import ModelArgs
-from tokenizer import Tokenizer, chat_prompt_ids
+from tokenizer import TEMPLATES, Tokenizer, chat_prompt_ids
 
 # -----------------------------------------------------------------------------
 # Command-line settings (python sample.py --help lists them)
@@ -699,18 +699,31 @@ def check(c):
     p = validate.Problems(c)
     if not p.no_none(allowed=("seed",)):
         return p
-    args = None
+    args = tok = None
     if not c.ckpt:
         p.add("ckpt: give a checkpoint folder (--ckpt=DIR)")
     else:
-        args, _ = validate.check_checkpoint(p, "ckpt", c.ckpt)
+        args, tok = validate.check_checkpoint(p, "ckpt", c.ckpt)
+        if tok is not None and c.chat_template in TEMPLATES:  # (p.compute names an unknown one)
+            try:
+                tok = Tokenizer(c.ckpt, c.chat_template)
+            except ValueError as e:  # a template the vocabulary cannot write
+                p.add(f"chat_template = {c.chat_template!r}: {e}")
+                tok = None
+
+    def no_room(rec):  # a prompt that fills the context leaves no room for an answer
+        n = len(chat_prompt_ids(tok, rec["prompt"])) if tok is not None else 0
+        return (f"the prompt is {n} tokens: no room to answer in the model's context of {args.max_seq_len}"
+                if n >= args.max_seq_len else None)
     if bool(c.prompt) == bool(c.prompts_file):
         p.add("give either --prompt=TEXT or --prompts_file=IN.jsonl (with --out=OUT.jsonl)")
+    elif c.prompt and tok is not None:
+        p.require(no_room({"prompt": c.prompt}) is None, "prompt", no_room({"prompt": c.prompt}))
     if c.prompts_file:
         if p.require(bool(c.out), "out", "--prompts_file needs --out=OUT.jsonl") and \
                 p.require(not os.path.isdir(c.out), "out", "is a folder: give the JSON Lines file to write"):
             p.writable_folder("out", os.path.dirname(os.path.abspath(c.out)))
-        p.jsonl("prompts_file", c.prompts_file, None, ["prompt"])
+        p.jsonl("prompts_file", c.prompts_file, no_room, ["prompt"])
     p.at_least("max_new_tokens", 1)
     p.at_least("temperature", 0)
     p.fraction("top_p")

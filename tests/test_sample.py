@@ -412,13 +412,18 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
             ('{"prompt": "fine"}\n', ["--num_samples=0"], "num_samples = 0: must be >= 1"),
             ('{"prompt": "fine"}\n', [f"--out={tmp_path}"], "is a folder: give the JSON Lines file to write"),
             ('{"prompt": "fine"}\n', [f"--out={inp}/x.jsonl"], f"{inp} is a file, not a folder"),
+            # a prompt with no room to answer: by file and line, before the model loads or OUT.partial is made
+            ('{"prompt": "fine"}\n' + json.dumps({"prompt": "fox " * 600}) + "\n", [],
+             "in.jsonl:2: the prompt is "),
+            ('{"prompt": "fine"}\n', ["--prompts_file=", "--out=", "--prompt=" + "fox " * 600], "prompt = 'fox fox"),
             ('{"prompt": "fine"}\n', ["--tp=3"], "tp = 3: must divide the number of ranks, 1"),
             ('{"prompt": "fine"}\n', ["--tp=3"], "tp = 3: must divide the model's n_kv_heads 2 and FFN width 192")]:
         inp.write_text(text)
         with pytest.raises(SystemExit) as e:
             S.main(argv + extra)
         err = capsys.readouterr().err
-        assert e.value.code == 2 and err.startswith("error: sample.py cannot start; ") and message in err
+        assert e.value.code == 2 and err.startswith("error: sample.py cannot start; ") and message in err, err
+    assert not os.path.exists(f"{out}.partial")
 
 
 def test_cli_prompts_file_resumes_after_an_interruption(toy_tokenizer_path, tmp_path, monkeypatch, capsys):
