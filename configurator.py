@@ -175,7 +175,9 @@ def configure(namespace, argv=None, comment_files=()):
     settings the script takes from them."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
-        print(help_text(namespace, comment_files))
+        from distributed import is_rank0  # (once under torchrun)
+        if is_rank0():
+            print(help_text(namespace, comment_files))
         sys.exit(0)
     try:
         return apply(namespace, argv)
