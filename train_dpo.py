@@ -159,10 +159,17 @@ def reference_logps(model, pairs, env, c, pad_id, path):
         pairs[row["index"]]["ref_rejected"] = row["rejected"]
 
 
+# what DPO logs per step, as sums over pairs (dpo_sums) and then means (summarize)
+FIGURES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "nll_loss", "pairs")
+
+
 def dpo_sums(model, mb, env, c, pad_id, n_pairs):
     """For a micro-batch of (pair, weight): the loss as this micro-batch's share
-    of the global mean (sum over its pairs / n_pairs), and the sums of the
-    rewards, accuracies and margins to log."""
+    of the global mean (sum over its pairs / n_pairs), and the weighted sums
+    of what TRL logs (summarize turns them into means): the loss, the rewards
+    beta * (policy - reference log-prob) of the chosen and rejected responses,
+    the pairs whose chosen reward is strictly higher (accuracies), the margins
+    chosen - rejected, the chosen responses' NLL, and the pairs counted."""
     pairs = [p for p, _ in mb]
     w = torch.tensor([float(x) for _, x in mb], device=env.device)
     tokens, targets = pair_batch(pairs, pad_id)
@@ -175,31 +182,35 @@ def dpo_sums(model, mb, env, c, pad_id, n_pairs):
     if c.rpo_alpha:  # Iterative RPO: keep the chosen response likely
         losses = losses + c.rpo_alpha * nll
     loss = (losses * w).sum() / n_pairs
-    stats = [(losses * w).sum().item(), (rc * w).sum().item(), (rr * w).sum().item(),
-             ((rc > rr).float() * w).sum().item(), ((rc - rr) * w).sum().item(), (nll.detach() * w).sum().item(),
-             w.sum().item()]
-    return loss, stats
+    stats = {"loss": losses * w, "rewards/chosen": rc * w, "rewards/rejected": rr * w,
+             "rewards/accuracies": (rc > rr).float() * w, "rewards/margins": (rc - rr) * w,
+             "nll_loss": nll.detach() * w, "pairs": w}
+    return loss, {k: stats[k].sum().item() for k in FIGURES}
+
+
+def add_up(totals, stats):
+    """Sums of dpo_sums' figures, key by key: every rank sums the same ones
+    in the same order (all_sum pairs them by position)."""
+    return {k: totals[k] + stats[k] for k in FIGURES}
 
 
 @torch.no_grad()
 def evaluate(model, pairs, env, c, pad_id):
     model.eval()
-    stats = [0.0] * 7
+    stats = dict.fromkeys(FIGURES, 0.0)
     for mb in T.micro_batches(T.split_even(pairs, env.rank, env.world), c.micro_batch_size):
-        _, s = dpo_sums(model, mb, env, c, pad_id, 1)
-        stats = [a + b for a, b in zip(stats, s)]
+        stats = add_up(stats, dpo_sums(model, mb, env, c, pad_id, 1)[1])
     model.train()
     D.reshard(model)
-    return summarize(D.all_sum(env, *stats), "eval/")
+    return summarize(env, stats, "eval/")
 
 
-def summarize(stats, prefix=""):
-    """Global sums -> the means TRL logs."""
-    loss, rc, rr, acc, margin, nll, n = stats
-    n = max(n, 1)
-    return {prefix + "loss": loss / n, prefix + "rewards/chosen": rc / n, prefix + "rewards/rejected": rr / n,
-            prefix + "rewards/accuracies": acc / n, prefix + "rewards/margins": margin / n,
-            prefix + "nll_loss": nll / n}  # the chosen responses' NLL per token (in the loss only if rpo_alpha > 0)
+def summarize(env, stats, prefix=""):
+    """This rank's sums -> the means over every rank's pairs, as TRL logs them
+    (nll_loss: the chosen responses' NLL per token, in the loss only if rpo_alpha > 0)."""
+    stats = dict(zip(stats, D.all_sum(env, *stats.values())))
+    n = max(stats.pop("pairs"), 1)
+    return {prefix + k: v / n for k, v in stats.items()}
 
 
 # -----------------------------------------------------------------------------
@@ -238,7 +249,7 @@ def dpo(c, env):
         lr = T.begin_step(optimizer, step, steps, c, env)
         batch, mine = T.step_batch(train_set, step, c, env)  # this step's pairs, this rank's part
         mbs = T.micro_batches([(p, 1) for p in mine], c.micro_batch_size)
-        stats = [0.0] * 7
+        stats = dict.fromkeys(FIGURES, 0.0)
         for i, mb in enumerate(mbs):
             if env.fsdp:
                 model.set_requires_gradient_sync(i == len(mbs) - 1)
@@ -246,8 +257,8 @@ def dpo(c, env):
             # batch; times world undoes FSDP's average over ranks
             loss, s = dpo_sums(model, mb, env, c, pad_id, c.batch_size)
             (loss * env.world).backward()
-            stats = [a + b for a, b in zip(stats, s)]
-        record = summarize(D.all_sum(env, *stats))
+            stats = add_up(stats, s)
+        record = summarize(env, stats)
         T.check_finite(record["loss"], step + 1, c)  # (the step being taken)
         grad_norm = T.clip_and_step(model, optimizer, c.grad_clip)
         step += 1

@@ -426,13 +426,16 @@ def test_dpo_logged_rewards_by_hand(monkeypatch):
     c = types.SimpleNamespace(beta=0.1, rpo_alpha=0.0)
     _, stats = train_dpo.dpo_sums(None, mb, types.SimpleNamespace(device="cpu"), c, 0, 2)
     # pair 0: rewards -0.1 and -0.1, a tie; pair 1: -0.1 and -0.1 again (ref -1 and -2), a tie too
-    loss, rc, rr, acc, margin, nll, n = stats
-    assert (rc, rr, acc, margin, n) == pytest.approx((-0.2, -0.2, 0.0, 0.0, 2.0))
-    assert loss == pytest.approx(2 * math.log(2))
+    figures = lambda s: tuple(s[k] for k in ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                                             "rewards/margins"))
+    assert figures(stats) == pytest.approx((-0.2, -0.2, 0.0, 0.0)) and stats["pairs"] == 2.0
+    assert stats["loss"] == pytest.approx(2 * math.log(2))
     mb[1] = (pair(-1.5, -2.0), 1)  # pair 1 now: chosen -0.05, rejected -0.1: right by 0.05
-    _, (loss, rc, rr, acc, margin, nll, n) = train_dpo.dpo_sums(None, mb, types.SimpleNamespace(device="cpu"), c, 0, 2)
-    assert (rc, rr, acc, margin) == pytest.approx((-0.15, -0.2, 1.0, 0.05))
-    assert loss == pytest.approx(math.log(2) - math.log(torch.sigmoid(torch.tensor(0.05)).item()))
+    _, stats = train_dpo.dpo_sums(None, mb, types.SimpleNamespace(device="cpu"), c, 0, 2)
+    assert figures(stats) == pytest.approx((-0.15, -0.2, 1.0, 0.05))
+    assert stats["loss"] == pytest.approx(math.log(2) - math.log(torch.sigmoid(torch.tensor(0.05)).item()))
+    env = types.SimpleNamespace(device="cpu", world=1)
+    assert train_dpo.summarize(env, stats)["rewards/accuracies"] == 0.5  # one of the 2 pairs (the filler: none)
 
 
 def test_dpo_starts_at_ln2_and_learns(dpo_single):
@@ -555,10 +558,11 @@ def test_rpo_adds_the_chosen_responses_nll_per_token(work):
         tokens, targets = train_sft.collate([pair["chosen"]], tok.eos_id)
         nll = train_sft.sft_loss_sum(model, tokens, targets, D.Env()).item() / (targets != -100).sum().item()
     assert rpo.item() == pytest.approx(plain.item() + 0.5 * nll, rel=1e-5)
-    assert train_dpo.summarize(rpo_stats)["nll_loss"] == pytest.approx(nll, rel=1e-5)  # logged either way
-    assert train_dpo.summarize(plain_stats)["nll_loss"] == pytest.approx(nll, rel=1e-5)
+    assert train_dpo.summarize(D.Env(), rpo_stats)["nll_loss"] == pytest.approx(nll, rel=1e-5)  # logged either way
+    assert train_dpo.summarize(D.Env(), plain_stats)["nll_loss"] == pytest.approx(nll, rel=1e-5)
     # the rewards do not change: the NLL is a second term, not a new reward
-    assert rpo_stats[1:5] == plain_stats[1:5]
+    rewards = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
+    assert [rpo_stats[k] for k in rewards] == [plain_stats[k] for k in rewards]
     assert train_dpo.chosen_nll(torch.tensor([-6.0, -1.0]), torch.tensor([3, 4])).tolist() == [2.0, 0.25]
 
 
