@@ -147,7 +147,7 @@ def test_evaluation_skips_and_counts_long_inputs(tmp_path, monkeypatch, tok):
         SHORT, LONG * 20], "by_source": {"seed IFT": 0, "EFT training": 1, "written by the loop": 1}}
 
 
-def test_sft_baselines_judgments_are_kept_when_no_eft_target_agrees(tmp_path, monkeypatch, tok):
+def test_sft_baselines_judgments_are_kept_when_no_eft_target_agrees(tmp_path, monkeypatch, tok, capsys):
     ctx = len(judge_prompt_ids(tok, SHORT, "a")) + 8
     use_model(monkeypatch, tok, ctx)  # a random model: no judgment carries a score
     r = run_folder(tmp_path)
@@ -155,9 +155,10 @@ def test_sft_baselines_judgments_are_kept_when_no_eft_target_agrees(tmp_path, mo
               {"prompt": SHORT, "responses": ["a", LONG], "ranks": [1, 0]}]
     write_jsonl(r.path("seed", "eft_train.jsonl"), groups)
     raw = r.path("seed", "eft_train_sft_judgments.jsonl")
-    with pytest.raises(SystemExit, match=rf"0 of 8 judgments had a score, 1 responses too long to judge.*"
-                                         rf"Its judgments are in {raw}.*--eft_judgments=FILE"):
+    with pytest.raises(SystemExit):
         S.stage_eft_targets(settings(), r)
+    assert re.search(rf"0 of 8 judgments had a score, 1 responses too long to judge.*Its judgments are in {raw}.*"
+                     rf"--eft_judgments=FILE", capsys.readouterr().err)
     kept = read_jsonl(raw)
     assert [g["responses"] for g in kept] == [g["responses"] for g in groups]
     assert kept[1]["too_long"] == [False, True] and len(kept[0]["judgments"][0]) == 2  # n_judge attempts
