@@ -31,6 +31,7 @@ import gc
 import os
 import socket
 import sys
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
@@ -225,12 +226,21 @@ def log(*args):
         print(*args, flush=True)
 
 
-def stop(message, status=1):
-    """End the command with one message (printed by rank 0 only: every rank
-    meets the same error) and the same exit status on every rank: 2 for input
-    refused before any work, 1 for a failure during it."""
-    if is_rank0():
+def stop(message, status=1, every_rank=True):
+    """End this process with a message and an exit status: 2 for input
+    refused before any work, 1 for a failure during it. every_rank: every
+    rank meets this same error (a setting, an input all ranks read, a count
+    they agree on), so rank 0 alone prints it, and the others wait a moment
+    before they exit, so that rank 0 has printed before torchrun, seeing a
+    rank end, stops the rest. Otherwise (an error a rank may meet alone: its
+    disk, its file system) each rank that meets it prints it, with its rank."""
+    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
+    if rank == 0:
         print(message, file=sys.stderr, flush=True)
+    elif not every_rank:
+        print(f"[rank {rank}] {message}", file=sys.stderr, flush=True)
+    else:
+        time.sleep(2)
     sys.exit(status)
 
 
@@ -243,28 +253,49 @@ def sole_writer(env, folder):
     the same stage records and training states would corrupt them without an
     error. The kernel drops the lock when the process ends, kill -9 included,
     so a killed run never leaves a stale one behind. Every rank learns the answer."""
-    lock, holder = None, ""
+    lock, problem = None, ""
     if is_rank0():
-        os.makedirs(folder, exist_ok=True)
-        lock = open(os.path.join(folder, ".lock"), "a+")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            lock.truncate(0)
-            lock.write(f"process {os.getpid()} on {socket.gethostname()}\n")
-            lock.flush()
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "another process"
-            lock.close()
-            lock = None
-    if all_sum(env, is_rank0() and lock is None)[0]:
-        stop(f"error: {folder} is being written by another job ({holder}); nothing was run. Wait for it "
-             f"to end (or stop it), then run the same command again.", 2)
+        lock, problem = lock_folder(folder)
+    if all_sum(env, bool(problem))[0]:  # every rank stops, or none
+        stop(problem, 2)
     try:
         yield
     finally:
         if lock is not None:
             lock.close()  # releases it
+
+
+def lock_folder(folder):
+    """(the open lock file, or None; what stops the job, or ""): sole_writer's
+    lock, taken without waiting."""
+    path = os.path.join(folder, ".lock")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        try:
+            lock = open(path, "a+")
+        except PermissionError:  # another user's lock file in a shared folder: a lock needs no writing
+            lock = open(path)
+    except OSError as e:
+        return None, f"error: {folder}: cannot make its lock file: {e}"
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        return None, (f"error: {folder} is being written by another job ({holder}); nothing was run. Wait "
+                      f"for it to end (or stop it), then run the same command again.")
+    except OSError as e:  # a file system without locks (some network mounts): run, and say what is not checked
+        lock.close()
+        log(f"warning: {folder}: cannot lock it ({e.strerror}): a second job on this folder would not be refused")
+        return None, ""
+    try:  # who holds it, for the message a second job gets (a full disk only loses the name)
+        lock.truncate(0)
+        lock.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+    except OSError:
+        pass
+    return lock, ""
 
 
 def barrier():

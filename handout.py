@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from checkpoint import write_folder_atomically
 from configurator import configure, fail, settings
-from data import unwritable, write_text
+from data import unwritable_file, write_text
 
 # -----------------------------------------------------------------------------
 # Command-line settings (python handout.py --help lists them)
@@ -355,17 +355,9 @@ def grade_all(root, json_path=""):
     return 0 if results and all(r["solved"] for r in results) else 1
 
 
-def output_problem(path):
-    """What would stop write_text writing `path` (it makes missing folders), or
-    None: found before minutes of grading rather than after them."""
-    if os.path.isdir(path):
-        return "is a folder"
-    return unwritable(os.path.dirname(os.path.abspath(path)))
-
-
 def main(argv=None):
     c = settings(DEFAULTS, configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), argv))
-    problem = c.grade and c.grade_json and output_problem(c.grade_json)
+    problem = c.grade and c.grade_json and unwritable_file(c.grade_json)
     if problem:
         fail(f"grade_json = {c.grade_json!r}: {problem}")
     try:

@@ -51,7 +51,7 @@ from tqdm import tqdm
 import distributed as D
 from checkpoint import load_model, read_config
 from configurator import configure, settings
-from data import file_fingerprint, fingerprint, read_jsonl, write_jsonl, write_text
+from data import file_fingerprint, fingerprint, read_jsonl, unwritable_file, write_jsonl, write_text
 from model import ModelArgs
 from tokenizer import TEMPLATES, Tokenizer, chat_prompt_ids
 
@@ -706,24 +706,20 @@ def check(c):
     else:
         args, tok = validate.check_checkpoint(p, "ckpt", c.ckpt)
         if tok is not None and c.chat_template in TEMPLATES:  # (p.compute names an unknown one)
-            try:
-                tok = Tokenizer(c.ckpt, c.chat_template)
-            except ValueError as e:  # a template the vocabulary cannot write
-                p.add(f"chat_template = {c.chat_template!r}: {e}")
-                tok = None
+            tok = validate.with_template(p, c.ckpt, c.chat_template, tok)
 
-    def no_room(rec):  # a prompt that fills the context leaves no room for an answer
+    def no_room(rec):  # a prompt that fills the context leaves no room for an answer (as generate() refuses)
         n = len(chat_prompt_ids(tok, rec["prompt"])) if tok is not None else 0
         return (f"the prompt is {n} tokens: no room to answer in the model's context of {args.max_seq_len}"
-                if n >= args.max_seq_len else None)
+                if tok is not None and n >= args.max_seq_len else None)
     if bool(c.prompt) == bool(c.prompts_file):
         p.add("give either --prompt=TEXT or --prompts_file=IN.jsonl (with --out=OUT.jsonl)")
-    elif c.prompt and tok is not None:
-        p.require(no_room({"prompt": c.prompt}) is None, "prompt", no_room({"prompt": c.prompt}))
+    elif c.prompt and no_room({"prompt": c.prompt}):
+        p.add(f"prompt: {no_room({'prompt': c.prompt})}")
     if c.prompts_file:
-        if p.require(bool(c.out), "out", "--prompts_file needs --out=OUT.jsonl") and \
-                p.require(not os.path.isdir(c.out), "out", "is a folder: give the JSON Lines file to write"):
-            p.writable_folder("out", os.path.dirname(os.path.abspath(c.out)))
+        if p.require(bool(c.out), "out", "--prompts_file needs --out=OUT.jsonl"):
+            problem = unwritable_file(c.out)
+            p.require(problem is None, "out", problem)
         p.jsonl("prompts_file", c.prompts_file, no_room, ["prompt"])
     p.at_least("max_new_tokens", 1)
     p.at_least("temperature", 0)
@@ -759,8 +755,8 @@ def main(argv=None):
         else:
             for r in sample_chat(model, tok, [c.prompt], seed=c.seed, **kw):
                 D.log(r)
-    except (ValueError, FileNotFoundError) as e:
-        D.stop(f"error: {e}")
+    except (OSError, ValueError) as e:  # OSError: a disk full or read-only, a file missing
+        D.stop(f"error: {e}", every_rank=False)
     except KeyboardInterrupt:
         if D.is_rank0():
             print("\ninterrupted; " + (f"the same command resumes after the prompts kept in {c.out}.partial"

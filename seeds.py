@@ -26,6 +26,7 @@ import sys
 import types
 
 import configurator
+import distributed as D
 import report
 import selfreward
 from data import read_jsonl, write_text
@@ -174,7 +175,7 @@ def main(argv=None):
     folders = {}
     for s in seeds:
         name = f"{c.run_name}-seed{s}"
-        print(f"\n##### seed {s}: {os.path.join(c.out_root, name)}", flush=True)
+        D.log(f"\n##### seed {s}: {os.path.join(c.out_root, name)}")
         selfreward.main(argv + [f"--seed={s}", f"--run_name={name}"])
         folders[s] = os.path.join(c.out_root, name)
     names = ["SFT"] + [f"M{t}" for t in range(1, c.iterations + 2)]
@@ -183,8 +184,9 @@ def main(argv=None):
     lines = [f"# `{c.run_name}` over seeds", "", *summarize(per_seed, names, gains),
              *pair_lines(folders, c.iterations), ""]
     out = os.path.join(c.out_root, f"{c.run_name}-seeds.md")
-    write_text(out, "\n".join(lines))
-    print("\n".join(lines) + f"\nwritten to {out}")
+    if D.is_rank0():  # (under torchrun: one file, one copy on the screen)
+        write_text(out, "\n".join(lines))
+    D.log("\n".join(lines) + f"\nwritten to {out}")
 
 
 if __name__ == "__main__":

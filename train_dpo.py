@@ -104,7 +104,7 @@ def tokenize_pairs(tok, records, max_len, source):
         else:
             pairs.append({"chosen": chosen, "rejected": rejected})
     if skipped:
-        print(f"{source}: skipped {skipped} of {len(records)} pairs longer than {max_len} tokens")
+        D.log(f"{source}: skipped {skipped} of {len(records)} pairs longer than {max_len} tokens")
     if not pairs:
         raise ValueError(f"{source}: every pair is longer than max_seq_len={max_len}")
     return pairs

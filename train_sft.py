@@ -78,7 +78,7 @@ def tokenize(tok, records, max_len, source, template="chat"):
         else:
             examples.append((ids, spans))
     if skipped:
-        print(f"{source}: skipped {skipped} of {len(records)} examples longer than {max_len} tokens")
+        D.log(f"{source}: skipped {skipped} of {len(records)} examples longer than {max_len} tokens")
     if not examples:
         raise ValueError(f"{source}: every example is longer than max_seq_len={max_len}")
     return examples

@@ -90,7 +90,8 @@ def main(train, defaults, script_file, doc, argv=None):
     try:
         return train(config, announce=True)
     except (OSError, ValueError, FloatingPointError) as e:  # OSError: a disk full or read-only, a file missing
-        D.stop(f"error: {e}", 2 if isinstance(e, validate.BadInput) else 1)  # 2: refused before any work
+        D.stop(f"error: {e}", 2 if isinstance(e, validate.BadInput) else 1,  # 2: refused before any work
+               every_rank=isinstance(e, validate.BadInput))  # (a disk error may be one rank's alone)
     except KeyboardInterrupt:
         if D.is_rank0():
             out_dir = settings(defaults, config).out_dir

@@ -219,6 +219,19 @@ def check_checkpoint(p, setting, folder):
         return None, None
 
 
+def with_template(p, folder, template, tok):
+    """A checkpoint's tokenizer (tok, as loaded) with the chat template
+    `template` ('' = its own), or None with the problem added: a template its
+    vocabulary cannot write (the tokens it needs are not in it)."""
+    if not template:
+        return tok
+    try:
+        return Tokenizer(folder, template)
+    except ValueError as e:
+        p.add(f"chat_template = {template!r}: {e}")
+        return None
+
+
 def judge_room(p, c, args, tok):
     """Where the loop's model judges to learn (EFT targets, the iterations), the
     judge prompt's fixed text (and the meta-judge's) and max_judge_tokens must
@@ -226,10 +239,8 @@ def judge_room(p, c, args, tok):
     SFT baseline trained (an evaluation alone only reports no coverage)."""
     if (c.iterations == 0 and c.eft_judgments) or c.chat_template not in ("", *TEMPLATES):
         return
-    try:
-        tok = Tokenizer(c.init_from, c.chat_template) if c.chat_template else tok
-    except ValueError as e:  # a template the vocabulary cannot write
-        p.add(f"chat_template = {c.chat_template!r}: {e}")
+    tok = with_template(p, c.init_from, c.chat_template, tok)
+    if tok is None:
         return
     judges = [("max_judge_tokens", "judge", J.judge_prompt_ids(tok, "", ""))]
     if c.meta_judge:

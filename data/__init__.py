@@ -73,6 +73,14 @@ def unwritable(folder):
     return None
 
 
+def unwritable_file(path):
+    """What would stop write_text writing the file `path` (it makes missing
+    folders), or None."""
+    if os.path.isdir(path):
+        return "is a folder: give the file to write"
+    return unwritable(os.path.dirname(os.path.abspath(path)))
+
+
 def sync_to_disk(path):
     """Make a file's bytes durable before a rename publishes it, or a folder's
     entries (the rename itself) after it (fsync). A file system that cannot
@@ -109,7 +117,8 @@ def write_bytes(path, data):
         sync_to_disk(tmp)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        if os.path.exists(tmp):  # (open itself may have failed: its error is the one to see)
+            os.unlink(tmp)
         raise
     sync_to_disk(folder)  # the rename, so that a power cut cannot bring back the old file
     return path

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+import data
 import handout
 from conftest import ROOT, SHARED_DATA
 
@@ -191,8 +192,8 @@ def test_a_grade_json_that_cannot_be_written_is_refused_before_grading(tmp_path,
     (tmp_path / "file").write_text("")
     for path, problem in [(tmp_path / "file" / "x.json", f"{tmp_path / 'file'} is a file, not a folder"),
                           (tmp_path / "file" / "more" / "x.json", f"{tmp_path / 'file'} is a file, not a folder"),
-                          (tmp_path, "is a folder")]:
+                          (tmp_path, "is a folder: give the file to write")]:
         with pytest.raises(SystemExit) as e:
             handout.main(["--grade=True", f"--grade_json={path}"])
         assert e.value.code == 2 and capsys.readouterr().err == f"error: grade_json = {str(path)!r}: {problem}\n"
-    assert handout.output_problem(str(tmp_path / "new" / "folders" / "x.json")) is None  # write_text makes them
+    assert data.unwritable_file(str(tmp_path / "new" / "folders" / "x.json")) is None  # write_text makes them

@@ -152,10 +152,11 @@ def test_every_written_file_is_synced_to_disk_before_the_swap(tmp_path, monkeypa
     assert len(synced) == 2 and synced[0].startswith(".tmp-") and synced[1] == "folder out"
 
 
-def test_saved_files_have_the_umasks_permissions_not_tempfiles(tmp_path):
-    """Written through a temporary folder or file (tempfile: owner only), a
+def test_saved_files_have_the_umasks_permissions(tmp_path):
+    """Written through a temporary folder or file beside their place, a
     checkpoint and a run's files end with the permissions open() and makedirs
-    give (others on a shared machine can read them where the umask lets them)."""
+    give (others on a shared machine can read them where the umask lets them;
+    tempfile's names would have been the owner's only)."""
     from data import write_jsonl
     before = os.umask(0o022)
     try:

@@ -410,12 +410,13 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
             ('{"prompt": "fine"}\n{"prompt": broken\n', [], r"in.jsonl:2: malformed JSON"),
             ('{"text": "no prompt"}\n', [], r"in.jsonl:1: missing or non-string field(s): prompt"),
             ('{"prompt": "fine"}\n', ["--num_samples=0"], "num_samples = 0: must be >= 1"),
-            ('{"prompt": "fine"}\n', [f"--out={tmp_path}"], "is a folder: give the JSON Lines file to write"),
+            ('{"prompt": "fine"}\n', [f"--out={tmp_path}"], "is a folder: give the file to write"),
             ('{"prompt": "fine"}\n', [f"--out={inp}/x.jsonl"], f"{inp} is a file, not a folder"),
+            ('{"prompt": "fine"}\n', [f"--ckpt={tmp_path}/nockpt"], "ckpt: checkpoint folder not found"),
             # a prompt with no room to answer: by file and line, before the model loads or OUT.partial is made
             ('{"prompt": "fine"}\n' + json.dumps({"prompt": "fox " * 600}) + "\n", [],
              "in.jsonl:2: the prompt is "),
-            ('{"prompt": "fine"}\n', ["--prompts_file=", "--out=", "--prompt=" + "fox " * 600], "prompt = 'fox fox"),
+            ('{"prompt": "fine"}\n', ["--prompts_file=", "--out=", "--prompt=" + "fox " * 600], "- prompt: the prompt is "),
             ('{"prompt": "fine"}\n', ["--tp=3"], "tp = 3: must divide the number of ranks, 1"),
             ('{"prompt": "fine"}\n', ["--tp=3"], "tp = 3: must divide the model's n_kv_heads 2 and FFN width 192")]:
         inp.write_text(text)

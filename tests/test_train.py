@@ -610,6 +610,37 @@ def test_under_torchrun_an_error_prints_once_and_a_busy_out_dir_is_refused(work,
     assert (out / "model" / "model.safetensors").exists()
 
 
+def test_stop_prints_once_or_per_rank_and_the_lock_says_what_stops_it(tmp_path, monkeypatch, capsys):
+    """distributed.stop: an error every rank meets is printed by rank 0 alone
+    (the others wait a moment, so that rank 0 prints before torchrun ends the
+    job); one a rank may meet alone (its disk) by every rank, named. The
+    folder lock: a lock file that cannot be made stops the job (status 2); a
+    file system without locks only warns."""
+    import errno
+    import fcntl
+    waited = []
+    monkeypatch.setattr(D.time, "sleep", waited.append)
+    for rank, every_rank, printed in [("0", True, "boom\n"), ("1", True, ""), ("1", False, "[rank 1] boom\n")]:
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as e:
+            D.stop("boom", 1, every_rank=every_rank)
+        assert e.value.code == 1 and capsys.readouterr().err == printed
+    assert waited == [2]
+    monkeypatch.delenv("RANK")
+    (tmp_path / "a" / ".lock").mkdir(parents=True)  # a lock file that cannot be opened
+    lock, problem = D.lock_folder(str(tmp_path / "a"))
+    assert lock is None and problem.startswith(f"error: {tmp_path / 'a'}: cannot make its lock file: ")
+    with pytest.raises(SystemExit) as e, D.sole_writer(D.Env(), str(tmp_path / "a")):
+        pass
+    assert e.value.code == 2
+
+    def no_locks(f, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with D.sole_writer(D.Env(), str(tmp_path / "b")):
+        assert "warning: " in capsys.readouterr().out  # it runs, and says what is not checked
+
+
 def test_two_nodes_from_scratch_match_single_process(work, tmp_path, toy_tokenizer_path):
     """Two torchrun launches as two nodes of one job (static rendezvous), from
     a random init (which must be the same however the model is sharded)."""
