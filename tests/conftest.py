@@ -1,4 +1,5 @@
 """Shared test setup: import the top-level scripts, find ../shared/data; a log-prob by hand."""
+import contextlib
 import os
 import sys
 
@@ -93,3 +94,16 @@ def response_logp(model, tok, prompt, response):
     with torch.no_grad():
         logps = torch.log_softmax(model(torch.tensor([ids[:-1]]))[0].float(), dim=-1)
     return sum(logps[t - 1, ids[t]].item() for t in range(start, len(ids))), len(ids) - start
+
+
+@contextlib.contextmanager
+def held_by_another_job(folder):
+    """`folder` locked as a running job holds it (distributed.sole_writer),
+    by "process 1 on elsewhere", for as long as the with-block runs."""
+    import fcntl
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".lock"), "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("process 1 on elsewhere\n")
+        held.flush()
+        yield

@@ -26,7 +26,7 @@ import train_dpo
 import train_sft
 import validate
 from checkpoint import load_model
-from conftest import ROOT, response_logp
+from conftest import ROOT, held_by_another_job, response_logp
 from data import read_jsonl, toy, write_jsonl
 from evaluation import alpaca_eval_path
 from judge import parse_score
@@ -397,13 +397,8 @@ def test_a_run_folder_another_job_writes_is_refused(tmp_path):
     """The same command started twice (or again while a killed torchrun's
     ranks still run) would have both write the same stage records and states:
     the second is refused before any work while the first holds the folder."""
-    import fcntl
     folder = tmp_path / "micro"
-    folder.mkdir()
-    with open(folder / ".lock", "a+") as held:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        held.write("process 1 on elsewhere\n")
-        held.flush()
+    with held_by_another_job(folder):
         err = run_fails(command(tmp_path))
     assert f"error: {folder} is being written by another job (process 1 on elsewhere); nothing was run." in err
     assert os.listdir(folder) == [".lock"]

@@ -19,7 +19,7 @@ import types
 import pytest
 import torch
 
-from conftest import ROOT, response_logp
+from conftest import ROOT, held_by_another_job, response_logp
 
 import distributed as D
 import train_dpo
@@ -591,16 +591,11 @@ def test_under_torchrun_an_error_prints_once_and_a_busy_out_dir_is_refused(work,
     """Every rank meets the same bad setting, and each used to print it; a
     second job on an out_dir that a running one writes (here: this test holds
     its lock) is refused before any work, by every rank, in one message."""
-    import fcntl
     r = torchrun("train_sft.py", sft_config(work, tmp_path / "a", batch_size=7), check=False)
     assert r.returncode != 0 and "]: Traceback" not in r.stderr  # no rank's traceback ([rank0]: ...)
     assert r.stderr.count("batch_size = 7: must divide by the number of ranks (2)") == 1, r.stderr[-3000:]
     out = tmp_path / "busy"
-    out.mkdir()
-    with open(out / ".lock", "a+") as held:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        held.write("process 1 on elsewhere\n")
-        held.flush()
+    with held_by_another_job(out):
         r = torchrun("train_sft.py", sft_config(work, out), check=False)
     assert r.returncode != 0  # (torchrun exits 1 whatever its ranks exit with)
     assert r.stderr.count(f"error: {out} is being written by another job (process 1 on elsewhere)") == 1, \
