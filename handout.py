@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from checkpoint import write_folder_atomically
 from configurator import configure, fail, settings
-from data import unwritable_file, write_text
+from data import unwritable, unwritable_file, write_text
 
 # -----------------------------------------------------------------------------
 # Command-line settings (python handout.py --help lists them)
@@ -237,6 +237,9 @@ def check_destination(root, out):
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and \
             not os.path.isfile(os.path.join(out, GUIDE)):
         raise HandoutError(f"--out={out} exists and is not an earlier handout (no {GUIDE}); not replacing it")
+    problem = unwritable(os.path.dirname(out))  # the handout is written beside out, then renamed into place
+    if problem:
+        raise HandoutError(f"--out={out}: {problem}")
 
 
 def write_handout(root, out):

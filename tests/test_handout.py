@@ -183,6 +183,8 @@ def test_the_handout_goes_outside_the_project_and_over_nothing_else(tmp_path):
     with pytest.raises(handout.HandoutError, match="not an earlier handout"):
         handout.write_handout(ROOT, str(notes))
     assert os.listdir(notes) == ["todo.txt"]
+    with pytest.raises(handout.HandoutError, match=f"--out={notes}/todo.txt/copy: {notes}/todo.txt is a file"):
+        handout.write_handout(ROOT, str(notes / "todo.txt" / "copy"))
 
 
 def test_a_grade_json_that_cannot_be_written_is_refused_before_grading(tmp_path, monkeypatch, capsys):
