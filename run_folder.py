@@ -99,7 +99,7 @@ class Run:
         try:
             info = fn() or {}
         except (OSError, ValueError, FloatingPointError) as e:  # bad input, a diverged trainer, a full disk: one line
-            D.stop(f"error: stage {name}: {e}", every_rank=False)  # (a disk error may be one rank's alone)
+            D.stop(f"error: stage {name}: {e}", every_rank=not isinstance(e, OSError))  # (a disk: one rank's alone)
         self.current = None
         info["seconds"] = round(time.time() - t0, 1)
         self.mark(name, info, {**made_from, "fingerprint": fp}, temporary)

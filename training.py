@@ -91,7 +91,7 @@ def main(train, defaults, script_file, doc, argv=None):
         return train(config, announce=True)
     except (OSError, ValueError, FloatingPointError) as e:  # OSError: a disk full or read-only, a file missing
         D.stop(f"error: {e}", 2 if isinstance(e, validate.BadInput) else 1,  # 2: refused before any work
-               every_rank=isinstance(e, validate.BadInput))  # (a disk error may be one rank's alone)
+               every_rank=not isinstance(e, OSError))  # (a disk error may be one rank's alone)
     except KeyboardInterrupt:
         if D.is_rank0():
             out_dir = settings(defaults, config).out_dir
@@ -113,11 +113,12 @@ def run(loop, defaults, config, fields, announce=False, check_record=None):
     env = D.setup(c.device, c.dtype, c.threads, width=model_width(c.init_from, scratch_preset))
     if announce:
         D.log(D.describe(env))
-    try:
-        with D.sole_writer(env, c.out_dir):
-            return loop(c, env)
-    finally:
-        D.teardown(env)
+    with D.sole_writer(env, c.out_dir):
+        result = loop(c, env)
+    # only after a success: teardown waits for every rank, and after an error on
+    # one rank the others may be inside a collective that never ends
+    D.teardown(env)
+    return result
 
 
 # -----------------------------------------------------------------------------

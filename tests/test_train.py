@@ -603,6 +603,12 @@ def test_under_torchrun_an_error_prints_once_and_a_busy_out_dir_is_refused(work,
     assert os.listdir(out) == [".lock"]  # nothing written
     torchrun("train_sft.py", sft_config(work, out))  # the lock is free again: it runs
     assert (out / "model" / "model.safetensors").exists()
+    # an error on rank 0 alone, in the final save (here a file where its temporary folder goes), while
+    # rank 1 gathers the weights with it: said, and the job ends (it waited forever in teardown's barrier)
+    (tmp_path / "late").mkdir()
+    (tmp_path / "late" / ".tmp-model").write_text("")
+    r = torchrun("train_sft.py", sft_config(work, tmp_path / "late"), check=False)
+    assert r.returncode != 0 and "error: " in r.stderr and "timed out" not in r.stderr, r.stderr[-3000:]
 
 
 def test_stop_prints_once_or_per_rank_and_the_lock_says_what_stops_it(tmp_path, monkeypatch, capsys):
