@@ -117,7 +117,7 @@ def write_bytes(path, data):
         sync_to_disk(tmp)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):  # (open itself may have failed: its error is the one to see)
+        if os.path.isfile(tmp):  # (open itself may have failed: its error is the one to see)
             os.unlink(tmp)
         raise
     sync_to_disk(folder)  # the rename, so that a power cut cannot bring back the old file

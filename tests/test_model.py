@@ -152,6 +152,21 @@ def test_every_written_file_is_synced_to_disk_before_the_swap(tmp_path, monkeypa
     assert len(synced) == 2 and synced[0].startswith(".tmp-") and synced[1] == "folder out"
 
 
+def test_a_write_killed_midway_leaves_nothing_that_piles_up(tmp_path):
+    """write_text goes through a fixed .tmp-NAME beside its file: one a kill
+    left behind is taken over by the next write of that file, not left
+    forever; and where the temporary file cannot be opened, that is the
+    error the caller sees."""
+    from data import write_text
+    (tmp_path / ".tmp-a.txt").write_text("half of an old wri")  # a kill mid-write
+    write_text(tmp_path / "a.txt", "whole")
+    assert sorted(os.listdir(tmp_path)) == ["a.txt"] and (tmp_path / "a.txt").read_text() == "whole"
+    (tmp_path / ".tmp-b.txt").mkdir()  # something in the way of the temporary file
+    with pytest.raises(IsADirectoryError, match=r"\.tmp-b\.txt"):
+        write_text(tmp_path / "b.txt", "x")
+    assert not (tmp_path / "b.txt").exists()
+
+
 def test_saved_files_have_the_umasks_permissions(tmp_path):
     """Written through a temporary folder or file beside their place, a
     checkpoint and a run's files end with the permissions open() and makedirs
