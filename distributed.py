@@ -119,7 +119,7 @@ def cpu_threads(setting=0):
     and then drift."""
     if setting:
         return setting
-    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    ranks_here = launched_here()
     if os.environ.get("OMP_NUM_THREADS") and not (os.environ["OMP_NUM_THREADS"] == "1" and ranks_here > 1):
         return int(os.environ["OMP_NUM_THREADS"])
     return max(1, usable_cores() // ranks_here)
@@ -136,6 +136,11 @@ def launched_world():
     known before the process group exists: what the checks before any work
     divide batches and tensor-parallel groups by."""
     return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def launched_here():
+    """How many of those ranks run on this machine (LOCAL_WORLD_SIZE): they share its cores."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
 
 
 def setup(device="", dtype="auto", threads=0, tp=1, width=None):
@@ -187,7 +192,7 @@ def describe(env):
         # Said only where fewer threads is possible; this job's threads are those
         # of every rank on this machine.
         others = min(os.getloadavg()[:2])
-        mine = torch.get_num_threads() * int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        mine = torch.get_num_threads() * launched_here()
         if torch.get_num_threads() > 1 and others >= 1 and others + mine > usable_cores() + 0.5:
             busy = (f"; load average {others:.1f}: if other programs keep cores busy, fewer threads "
                     f"(--threads) run much faster")
@@ -217,7 +222,13 @@ def is_rank0():
     """The one answer to "am I rank 0?": true in a plain process, and on the
     first rank under torchrun (before the process group exists, and after it
     is gone, torchrun's RANK says which). Only rank 0 prints and writes shared files."""
-    return dist.get_rank() == 0 if dist.is_initialized() else os.environ.get("RANK", "0") == "0"
+    return rank() == 0
+
+
+def rank():
+    """This process's rank: the process group's, or before it exists (and
+    after it is gone) torchrun's RANK; 0 in a plain process."""
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
 
 
 def log(*args):
@@ -234,11 +245,10 @@ def stop(message, status=1, every_rank=True):
     before they exit, so that rank 0 has printed before torchrun, seeing a
     rank end, stops the rest. Otherwise (an error a rank may meet alone: its
     disk, its file system) each rank that meets it prints it, with its rank."""
-    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
-    if rank == 0:
+    if is_rank0():
         print(message, file=sys.stderr, flush=True)
     elif not every_rank:
-        print(f"[rank {rank}] {message}", file=sys.stderr, flush=True)
+        print(f"[rank {rank()}] {message}", file=sys.stderr, flush=True)
     else:
         time.sleep(2)
     sys.exit(status)
