@@ -714,8 +714,10 @@ def check(c):
                 if tok is not None and n >= args.max_seq_len else None)
     if bool(c.prompt) == bool(c.prompts_file):
         p.add("give either --prompt=TEXT or --prompts_file=IN.jsonl (with --out=OUT.jsonl)")
-    elif c.prompt and no_room({"prompt": c.prompt}):
-        p.add(f"prompt: {no_room({'prompt': c.prompt})}")
+    elif c.prompt:
+        problem = no_room({"prompt": c.prompt})
+        if problem:  # (named without its text, which may be long)
+            p.add(f"prompt: {problem}")
     if c.prompts_file:
         if p.require(bool(c.out), "out", "--prompts_file needs --out=OUT.jsonl"):
             problem = unwritable_file(c.out)
