@@ -106,7 +106,7 @@ def write_bytes(path, data):
     disk, then os.replace, so a reader (or a resumed run) never sees a
     half-written file, even after a power cut. The temporary file has a fixed
     name, .tmp-NAME: one left by a kill is overwritten by the next write of
-    the same file, never piles up (one process writes a folder:
+    the same file, never piles up (one job writes a run folder or out_dir:
     distributed.sole_writer)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
