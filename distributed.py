@@ -13,7 +13,7 @@ FSDP2 for training, tensor parallel for generation.
     is_rank0(), barrier()   the one place that answers "am I rank 0?" (only
                             rank 0 prints, log(), and writes shared files) and waits
     stop(message, status)   end every rank, the message printed once
-    sole_writer(env, dir)   refuse a second job on the same output folder
+    sole_writer(env, dir)   refuse a second job on the same output folder (or file)
     all_sum(env, ...)       sum numbers over ranks
     empty_model(args, env)  a Transformer built on `meta`, sharded, allocated
     for_generation(env)     the same processes, models loaded in the generation
@@ -255,50 +255,58 @@ def stop(message, status=1, every_rank=True):
 
 
 @contextmanager
-def sole_writer(env, folder):
+def sole_writer(env, folder, file=None):
     """While the body runs, no other job may write `folder` (a run folder, a
     trainer's out_dir): rank 0 holds an exclusive lock on folder/.lock. A
     second command on the same folder (by mistake, or while the ranks of a job
     whose torchrun was killed still run) is refused at once; two jobs writing
     the same stage records and training states would corrupt them without an
     error. The kernel drops the lock when the process ends, kill -9 included,
-    so a killed run never leaves a stale one behind. Every rank learns the answer."""
+    so a killed run never leaves a stale one behind. Every rank learns the answer.
+    file: lock this file instead, one the job writes itself (sample.py's
+    OUT.partial): rank 0 gets it open to read and append (the body's value;
+    None on other ranks), its content as it was."""
     lock, problem = None, ""
     if is_rank0():
-        lock, problem = lock_folder(folder)
+        lock, problem = lock_folder(folder, file)
     if all_sum(env, bool(problem))[0]:  # every rank stops, or none
         stop(problem, 2)
     try:
-        yield
+        yield lock
     finally:
         if lock is not None:
             lock.close()  # releases it
 
 
-def lock_folder(folder):
+def lock_folder(folder, file=None):
     """(the open lock file, or None; what stops the job, or ""): sole_writer's
-    lock, taken without waiting."""
-    path = os.path.join(folder, ".lock")
+    lock, taken without waiting; on folder/.lock, where the holder writes who
+    it is, or on `file`, left as it is."""
+    path = file or os.path.join(folder, ".lock")
     try:
         os.makedirs(folder, exist_ok=True)
         try:
-            lock = open(path, "a+")
+            lock = open(path, "a+", encoding="utf-8")
         except PermissionError:  # another user's lock file in a shared folder: a lock needs no writing
-            lock = open(path)
+            if file:
+                raise
+            lock = open(path, encoding="utf-8")
     except OSError as e:
-        return None, f"error: {folder}: cannot make its lock file: {e}"
+        return None, f"error: {path}: cannot open it to lock it: {e}"
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.seek(0)
-        holder = lock.read().strip() or "another process"
+        holder = "another process" if file else lock.readline().strip() or "another process"
         lock.close()
-        return None, (f"error: {folder} is being written by another job ({holder}); nothing was run. Wait "
-                      f"for it to end (or stop it), then run the same command again.")
+        return None, (f"error: {file or folder} is being written by another job ({holder}); nothing was run. "
+                      f"Wait for it to end (or stop it), then run the same command again.")
     except OSError as e:  # a file system without locks (some network mounts): run, and say what is not checked
         lock.close()
-        log(f"warning: {folder}: cannot lock it ({e.strerror}): a second job on this folder would not be refused")
-        return None, ""
+        log(f"warning: {path}: cannot lock it ({e.strerror}): a second job on it would not be refused")
+        return (open(path, "a+", encoding="utf-8") if file else None), ""
+    if file:
+        return lock, ""
     try:  # who holds it, for the message a second job gets (a full disk only loses the name)
         lock.truncate(0)
         lock.write(f"process {os.getpid()} on {socket.gethostname()}\n")

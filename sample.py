@@ -51,7 +51,7 @@ from tqdm import tqdm
 import distributed as D
 from checkpoint import load_model, read_config
 from configurator import configure, settings
-from data import file_fingerprint, fingerprint, read_jsonl, unwritable_file, write_jsonl, write_text
+from data import file_fingerprint, fingerprint, read_jsonl, unwritable_file, write_jsonl
 from model import ModelArgs
 from tokenizer import TEMPLATES, Tokenizer, chat_prompt_ids
 
@@ -772,46 +772,52 @@ def answer_file(model, tok, c, env, kw):
     time. Each chunk is appended to OUT.partial as it is done (its first line
     says what the answers are made from), so a killed run resumes after the
     last whole chunk, drawing exactly what an uninterrupted run would; at the
-    end OUT is written whole and OUT.partial removed."""
+    end OUT is written whole and OUT.partial removed. While it runs, the job
+    holds a lock on OUT.partial: a second job on the same OUT is refused."""
     records = read_jsonl(c.prompts_file, ["prompt"], allow_empty=False)
     partial, t0 = c.out + ".partial", time.time()
     made_from = fingerprint(file_fingerprint(c.ckpt), file_fingerprint(c.prompts_file), c.max_new_tokens,
                             c.temperature, c.top_p, c.num_samples, c.seed, c.save_every, c.dtype, c.chat_template)
-    kept = kept_answers(partial, made_from, c.save_every) if D.is_rank0() else 0
-    kept = int(D.all_sum(env, kept)[0])  # rank 0 read the file and cut it to whole chunks; all agree
-    if kept:
-        D.log(f"resuming: {kept} of {len(records)} prompts already answered in {partial}")
-    for k in range(kept // c.save_every, -(-len(records) // c.save_every)):
-        chunk = records[k * c.save_every:(k + 1) * c.save_every]
-        seed = None if c.seed is None else c.seed + k * 1_000_003  # chunk 0 draws what one call would
-        answers = sample_chat(model, tok, [r["prompt"] for r in chunk], seed=seed, **kw)
-        if D.is_rank0():
-            with open(partial, "a", encoding="utf-8") as f:
+    with D.sole_writer(env, os.path.dirname(partial) or ".", partial) as kept_file:  # rank 0's; None elsewhere
+        kept = kept_answers(kept_file, made_from, c.save_every) if D.is_rank0() else 0
+        kept = int(D.all_sum(env, kept)[0])  # rank 0 read the file and cut it to whole chunks; all agree
+        if kept:
+            D.log(f"resuming: {kept} of {len(records)} prompts already answered in {partial}")
+        for k in range(kept // c.save_every, -(-len(records) // c.save_every)):
+            chunk = records[k * c.save_every:(k + 1) * c.save_every]
+            seed = None if c.seed is None else c.seed + k * 1_000_003  # chunk 0 draws what one call would
+            answers = sample_chat(model, tok, [r["prompt"] for r in chunk], seed=seed, **kw)
+            if D.is_rank0():
                 for i, rec in enumerate(chunk):
                     mine = answers[i * c.num_samples:(i + 1) * c.num_samples]
                     rec = {**rec, **({"response": mine[0]} if c.num_samples == 1 else {"responses": mine})}
-                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+                    kept_file.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                kept_file.flush()
+                os.fsync(kept_file.fileno())
+            D.barrier()
+        if D.is_rank0():
+            write_jsonl(c.out, read_jsonl(partial)[1:])
+            os.remove(partial)
+            print(f"wrote {len(records)} records to {c.out} in {time.time() - t0:.1f}s", file=sys.stderr)
         D.barrier()
-    if D.is_rank0():
-        write_jsonl(c.out, read_jsonl(partial)[1:])
-        os.remove(partial)
-        print(f"wrote {len(records)} records to {c.out} in {time.time() - t0:.1f}s", file=sys.stderr)
-    D.barrier()
 
 
-def kept_answers(partial, made_from, chunk):
-    """How many prompts OUT.partial holds answers to from the same inputs, in
-    whole chunks; the file is cut to those (or started afresh with its header)."""
-    lines = []
-    if os.path.exists(partial):
-        with open(partial, encoding="utf-8") as f:
-            lines = [x for x in f if x.endswith("\n")]  # a line cut by a kill has no newline yet
+def kept_answers(f, made_from, chunk):
+    """How many prompts OUT.partial (f, open to read and append) holds answers
+    to from the same inputs, in whole chunks. The file is cut to those in place
+    (it is the lock), or started afresh with its header; a kill while it is cut
+    leaves a prefix of its lines, which the next run reads the same way."""
+    f.seek(0)
+    lines = [x for x in f if x.endswith("\n")]  # a line cut by a kill has no newline yet
     if not lines or json.loads(lines[0]).get("made_from") != made_from:
-        lines = [json.dumps({"made_from": made_from}) + "\n"]
-    kept = (len(lines) - 1) // chunk * chunk
-    write_text(partial, "".join(lines[:1 + kept]))
+        f.truncate(0)
+        f.write(json.dumps({"made_from": made_from}) + "\n")
+        lines = []
+    kept = max(len(lines) - 1, 0) // chunk * chunk
+    if lines:
+        f.truncate(len("".join(lines[:1 + kept]).encode("utf-8")))
+    f.flush()
+    os.fsync(f.fileno())
     return kept
 
 

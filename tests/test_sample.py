@@ -431,7 +431,10 @@ def test_cli_prompts_file_resumes_after_an_interruption(toy_tokenizer_path, tmp_
     """Answers are kept chunk by chunk in OUT.partial: interrupted in its third
     chunk (Ctrl-C: one line), the same command answers only what is left, and
     the file equals an uninterrupted run's. A chunk cut by a kill is redone;
-    a partial file from other settings is started afresh."""
+    a partial file from other settings is started afresh. A second job on the
+    same OUT is refused while the first runs (it holds OUT.partial's lock)."""
+    import fcntl
+
     from tokenizer import Tokenizer
     torch.manual_seed(0)
     model = M.Transformer(M.preset("toy-tiny", vocab_size=Tokenizer(toy_tokenizer_path).vocab_size)).eval()
@@ -472,6 +475,13 @@ def test_cli_prompts_file_resumes_after_an_interruption(toy_tokenizer_path, tmp_
         S.main(cli(out))  # two chunks kept at temperature 0.7 ...
     calls.clear()
     stop["at"] = None
+    kept = partial.read_text()
+    with open(partial, "a+") as held:  # another job answering into the same OUT holds its partial file
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SystemExit) as e:
+            S.main(cli(out, temperature=0.5))
+    assert e.value.code == 2 and f"error: {partial} is being written by another job" in capsys.readouterr().err
+    assert calls == [] and partial.read_text() == kept  # refused before any work; its chunks left as they were
     S.main(cli(out, temperature=0.5))  # ... are not reused at 0.5
     assert calls == [3, 3, 2]
 

@@ -630,7 +630,7 @@ def test_stop_prints_once_or_per_rank_and_the_lock_says_what_stops_it(tmp_path, 
     monkeypatch.delenv("RANK")
     (tmp_path / "a" / ".lock").mkdir(parents=True)  # a lock file that cannot be opened
     lock, problem = D.lock_folder(str(tmp_path / "a"))
-    assert lock is None and problem.startswith(f"error: {tmp_path / 'a'}: cannot make its lock file: ")
+    assert lock is None and problem.startswith(f"error: {tmp_path / 'a' / '.lock'}: cannot open it to lock it: ")
     with pytest.raises(SystemExit) as e, D.sole_writer(D.Env(), str(tmp_path / "a")):
         pass
     assert e.value.code == 2
