@@ -302,9 +302,11 @@ def lock_folder(folder, file=None):
         return None, (f"error: {file or folder} is being written by another job ({holder}); nothing was run. "
                       f"Wait for it to end (or stop it), then run the same command again.")
     except OSError as e:  # a file system without locks (some network mounts): run, and say what is not checked
-        lock.close()
         log(f"warning: {path}: cannot lock it ({e.strerror}): a second job on it would not be refused")
-        return (open(path, "a+", encoding="utf-8") if file else None), ""
+        if file:
+            return lock, ""  # the job writes it all the same
+        lock.close()
+        return None, ""
     if file:
         return lock, ""
     try:  # who holds it, for the message a second job gets (a full disk only loses the name)

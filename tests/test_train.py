@@ -640,6 +640,9 @@ def test_stop_prints_once_or_per_rank_and_the_lock_says_what_stops_it(tmp_path, 
     monkeypatch.setattr(fcntl, "flock", no_locks)
     with D.sole_writer(D.Env(), str(tmp_path / "b")):
         assert "warning: " in capsys.readouterr().out  # it runs, and says what is not checked
+    with D.sole_writer(D.Env(), str(tmp_path / "c"), str(tmp_path / "c" / "out.partial")) as f:
+        f.write("kept\n")  # a locked file the job writes (sample.py's OUT.partial) is still its own to write
+    assert "warning: " in capsys.readouterr().out and (tmp_path / "c" / "out.partial").read_text() == "kept\n"
 
 
 def test_two_nodes_from_scratch_match_single_process(work, tmp_path, toy_tokenizer_path):
