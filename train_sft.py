@@ -159,7 +159,8 @@ def sft(c, env):
         if eval_recs else []
     steps = T.total_steps(c, len(train_set))
     n_params = model.num_params()
-    D.log(f"SFT: {len(train_set)} train / {len(eval_set)} eval examples, {steps} steps of {c.batch_size}, "
+    what = "SFT" if c.template == "chat" else "plain text (every token learned: pretraining)"  # the toy M0's
+    D.log(f"{what}: {len(train_set)} train / {len(eval_set)} eval examples, {steps} steps of {c.batch_size}, "
           f"{n_params / 1e6:.1f}M parameters, world size {env.world}")
 
     fp = T.made_from(c, tok_path)  # a saved state is resumed only if it was made from the same
