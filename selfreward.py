@@ -45,6 +45,7 @@ import os
 import random
 import re
 import shutil
+import string
 import sys
 import time
 from collections import Counter
@@ -117,8 +118,8 @@ n_shots = 8                 # few-shot examples per request: 6 from the IFT seed
 prompt_temperature = 0.6    # paper: 0.6
 prompt_top_p = 0.9          # paper: 0.9
 max_prompt_tokens = 64      # a new prompt longer than this is malformed
-min_prompt_words = 3        # shorter prompts are dropped
-max_prompt_words = 60       # longer prompts are dropped
+min_prompt_words = 3        # shorter prompts are dropped (Self-Instruct's filter, for real data: 4)
+max_prompt_words = 60       # longer prompts are dropped (Self-Instruct's: 150)
 rouge_threshold = 0.9       # drop a new prompt whose ROUGE-L F with an existing one reaches this
                             # (the evaluation counts a benchmark question as trained on the same way)
 n_candidates = 4            # N responses per prompt (paper: 4)
@@ -562,6 +563,15 @@ def too_similar(new, existing, threshold):
     return False
 
 
+# Self-Instruct's filters (Wang et al. 2023), which the paper applies to its new
+# prompts with Self-Instruct's template: tasks a model cannot do in text
+# (pictures, files, plots, browsing), word for word from its generation code;
+# and tasks that begin oddly. (Its length bounds are settings here:
+# min_prompt_words 4 and max_prompt_words 150 are its own.)
+NOT_FOR_TEXT = re.compile(r"\b(image|images|graph|graphs|picture|pictures|file|files|map|maps|draw|plot|go to)\b",
+                          re.IGNORECASE)
+
+
 def malformed(text, finished, min_words, max_words):
     """Why a generated prompt cannot be used, or None."""
     n = len(text.split())
@@ -573,7 +583,25 @@ def malformed(text, finished, min_words, max_words):
         return "contains markup"
     if n < min_words or n > max_words:
         return "length out of bounds"
+    if NOT_FOR_TEXT.search(text) or text.startswith("Write a program"):
+        return "not a task for text (Self-Instruct's keywords)"
+    if text[0] in string.punctuation or not text[0].isascii():
+        return "starts with punctuation or a non-ASCII character"
     return None
+
+
+def fewshot_request(shots, toy_world):
+    """The request a prompt writer continues with one new task (Section 3.1:
+    8-shot, Self-Instruct's template for tasks that are not classification).
+    A real writer gets that template: "Come up with a series of tasks:", the
+    shots numbered one per line (each task's line breaks made spaces, so that
+    a shot of several lines keeps to its own), and the next number left open.
+    The toy M0 gets the listing its pretraining text taught it (data/toy.py)."""
+    if toy_world:
+        return toy.fewshot_text(shots)
+    lines = [re.sub(r"\s+", " ", s).strip().rstrip(":") for s in shots]
+    return ("Come up with a series of tasks:\n" + "".join(f"{i}. {x}\n" for i, x in enumerate(lines, 1))
+            + f"{len(lines) + 1}.")
 
 
 def first_line(tok, ids, room):
@@ -628,7 +656,7 @@ def stage_prompts(c, r, t, writer_path):
                 rng.shuffle(shots)
             else:  # (drawn at once: no seed example twice)
                 shots = rng.sample(seed_prompts, c.n_shots)
-            texts.append(toy.fewshot_text(shots))  # a Self-Instruct listing left open (the same for a real writer)
+            texts.append(fewshot_request(shots, c.seed_data == "toy"))
         ids = [tok.encode(x, bos=True) for x in texts]
         room = [i for i, x in enumerate(ids) if fits(net, x)]  # long real prompts can overfill a small context
         # the end of the line ends the new task, and so does the end of text (a writer may end its list)

@@ -22,26 +22,30 @@ sft_epochs = 1
 micro_batch_size = 1
 dropout = 0.1
 activation_checkpointing = True
-# self-instruction creation (Section 2.2; its settings from 3.1): 8-shot prompts at T 0.6 / top-p 0.9,
+# self-instruction creation (Section 2.2; its settings from 3.1): 8-shot prompts at T 0.6 / top-p 0.9 in
+# Self-Instruct's template, kept through its filters (ROUGE-L, keywords, length),
 # N = 4 candidates at T 0.7 / top-p 0.9, each judged 3 times
 iterations = 2
 n_prompts = 30000          # requests per iteration; the paper ended with 3,964 and 6,942 pairs
 prompt_writer = "M1"       # the paper used a fixed writer (Llama 2-Chat 70B); any checkpoint folder works
 rouge_threshold = 0.7      # Self-Instruct's near-duplicate threshold
 max_prompt_tokens = 256
-max_prompt_words = 200
+min_prompt_words = 4       # Self-Instruct's length filter, which the paper applies: more than 3 words,
+max_prompt_words = 150     # at most 150
 n_candidates = 4
 temperature = 0.7
 top_p = 0.9
 max_response_tokens = 1024
 n_judge = 3
 max_judge_tokens = 256
-# DPO (Section 3.1, training details): lr 1e-6 to 1e-7, batch 16, beta 0.1, a checkpoint every 200 steps
+# DPO (Section 3.1, training details): lr 1e-6 to 1e-7, batch 16, beta 0.1. The paper also kept a checkpoint
+# every 200 steps and chose one by comparing their generations on 253 validation prompts: not done here
+# (it needs an external judge; each iteration keeps its last step; README: where this differs from the paper)
 dpo_lr = 1e-6
 dpo_min_lr = 1e-7
 dpo_beta = 0.1
 dpo_batch_size = 16
-save_interval = 200
+save_interval = 200        # steps between resumable training states (removed once the stage ends)
 # evaluation: reward-model metrics on the EFT eval set, plus answers for external judges
 eval_prompts = "data/alpaca_eval.jsonl"   # {"instruction"} per line (AlpacaEval 805 prompts)
 mt_bench = "data/mt_bench/question.jsonl"

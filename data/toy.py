@@ -785,8 +785,8 @@ def task_list(prompts):
 
 def fewshot_text(prompts):
     """The few-shot request for new prompts: the same listing, left open for
-    the model to continue. selfreward.py asks every prompt writer (toy or
-    real) this way."""
+    the model to continue. selfreward.py asks the toy world's writers this
+    way (a real writer: Self-Instruct's own template, fewshot_request)."""
     return task_list(prompts) + "Task:"
 
 

@@ -112,6 +112,30 @@ def test_a_new_task_ends_at_a_line_break_or_the_end_of_text_and_not_where_the_co
     assert read_jsonl(r.path("iter1", "prompts.jsonl")) == [{"prompt": ended}]
 
 
+def test_a_real_writer_is_asked_in_self_instructs_template_and_its_filters_apply(tmp_path, monkeypatch, tok):
+    """On real seed data the writer continues Self-Instruct's numbered list
+    (a seed prompt of several lines on one line of it), and what it writes
+    passes Self-Instruct's filters (here its keywords)."""
+    c = settings(n_prompts=2, shard_size=2, seed_data=str(tmp_path / "seed"), max_prompt_tokens=32)
+    r = run_folder(tmp_path)
+    write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": f"Say hi to {x}.", "response": "hi"} for x in "ABCDEFG"]
+                + [{"prompt": "Explain this:\n\nsay   hi", "response": "ok"}])
+    net, asked = use_model(monkeypatch, tok, 256), []
+
+    def writer(model, prompts, max_new_tokens, **kw):
+        asked.extend(tok.decode(p) for p in prompts)
+        return [tok.encode(" please sort the word fox\n"), tok.encode(" please draw the word fox\n")]
+    monkeypatch.setattr(S, "generate", writer)
+    S.stage_prompts(c, r, 1, "writer")
+    for request in asked:  # all 8 seed prompts, in some order, numbered, and the 9th left open
+        lines = request.split("\n")
+        assert lines[0] == "Come up with a series of tasks:" and lines[-1] == "9." and len(lines) == 10
+        assert sorted(x.split(". ", 1)[1] for x in lines[1:9]) == sorted(
+            [f"Say hi to {x}." for x in "ABCDEFG"] + ["Explain this: say hi"])
+    every = read_jsonl(r.path("iter1", "prompts_generated.jsonl"))
+    assert [x["dropped"] for x in every] == [None, "not a task for text (Self-Instruct's keywords)"]
+
+
 def test_evaluation_skips_and_counts_long_inputs(tmp_path, monkeypatch, tok):
     ctx = len(judge_prompt_ids(tok, SHORT, "a")) + 8
     use_model(monkeypatch, tok, ctx)

@@ -655,6 +655,27 @@ def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch, caps
     assert S.malformed("Hi", True, *bounds) == "length out of bounds"
     assert S.malformed("Reverse the word 'abc'.", True, *bounds) is None
     assert S.malformed("Reverse the word 'abc'.", True, 5, 60) == "length out of bounds"  # the bounds given count
+    # Self-Instruct's filters: its keywords as whole words, any case; "Write a program"; an odd first character
+    keyword = "not a task for text (Self-Instruct's keywords)"
+    assert S.malformed("Draw a cat for my son.", True, *bounds) == keyword
+    assert S.malformed("Summarize the attached files please.", True, *bounds) == keyword
+    assert S.malformed("Tell me how to go to Rome by train.", True, *bounds) == keyword
+    assert S.malformed("Write a program that adds two numbers.", True, *bounds) == keyword
+    assert S.malformed("Name a maple or a mapping of the profile.", True, *bounds) is None  # not whole words
+    odd = "starts with punctuation or a non-ASCII character"
+    assert S.malformed("- List three fruits.", True, *bounds) == odd
+    assert S.malformed("\u00bfQu\u00e9 hora es ahora?", True, *bounds) == odd
+    assert S.malformed("Why is the sky blue?", True, *bounds) is None
+
+
+def test_a_real_writer_gets_self_instructs_template_and_the_toy_m0_its_own_listing():
+    """Self-Instruct's template for tasks that are not classification, by hand:
+    numbered shots, each on one line (line breaks and runs of spaces made one
+    space, a trailing colon dropped), the next number left open."""
+    shots = ["Write a haiku.", "Explain this:\n\ncode   here:", "  What is 2+2? "]
+    assert S.fewshot_request(shots, toy_world=False) == (
+        "Come up with a series of tasks:\n1. Write a haiku.\n2. Explain this: code here\n3. What is 2+2?\n4.")
+    assert S.fewshot_request(shots[:1], toy_world=True) == toy.fewshot_text(shots[:1])
 
 
 def test_rouge_l_by_hand():
