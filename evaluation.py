@@ -1,7 +1,7 @@
 """
 Answers for external judges, written where and as their own tools read them,
-so they can be judged as they are (the paper judged with GPT-4 on AlpacaEval
-and MT-Bench, Section 3):
+so they can be judged as they are (the paper reports AlpacaEval 2.0, judged by
+GPT-4 Turbo against GPT-4 Turbo's answers, and MT-Bench, judged by GPT-4, Section 3):
 
     AlpacaEval  prompts: its evaluation set as it ships, a JSON array, or JSON Lines;
                 each {"instruction", "dataset"?, ...}

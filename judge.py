@@ -304,7 +304,8 @@ def reward_metrics(scores, ranks):
 # EFT targets, as the paper made them (Sections 2.1 and 3.1): the SFT baseline judges the
 # ranked responses of each EFT prompt; a group is kept only if the ranking its
 # scores give agrees with the human ranking (every pair in the same order, no
-# ties); the most frequent score is then down-sampled. A small model may
+# ties); the most frequent score is then down-sampled (the paper does not say
+# by how much: here to the count of the next most frequent). A small model may
 # write no usable judgment at all (SmolLM2-135M-Instruct: a score in 0 of 70
 # with this prompt), so the judgments may instead come from a stronger judge's
 # file (read_judge_file), kept by the same rule where human ranks exist.

@@ -20,14 +20,18 @@ Which messages are used:
 
 How prompts are split (each prompt goes to at most one of the three sets):
 - EFT eval: the prompts of --eval_files if given, else a share
-  (--eft_eval_frac) of the prompts. The paper's eval set matches the
-  validation split: its 186 prompts with 2+ ranked replies hold 541 replies,
-  the paper's EFT eval size. Note: the validation split's 188 root prompts are
-  AlpacaEval's oasst prompts, so keeping them out of training keeps that
-  benchmark clean.
+  (--eft_eval_frac) of the prompts. The paper does not say which prompts
+  its eval set holds; the validation split fits its size: its 186 prompts
+  with 2+ ranked replies hold 541 replies, the paper's EFT eval count (its
+  v1: 531), at 2.91 replies a prompt (the paper: 2.85 on average). Note:
+  the validation split's 188 root prompts are AlpacaEval's oasst prompts,
+  so keeping them out of training keeps that benchmark clean.
 - the rest go to IFT with probability --ift_frac, else to EFT train (a prompt
   that fits only one set goes there). The draw is a hash of the message id
   and the seed, so a prompt's set does not change when files are added.
+  The paper gives its sizes (3,200 IFT examples, 1,630 EFT training
+  judgments) but not how it split the prompts: --ift_frac is ours, and it
+  sets how many IFT examples there are.
 
     python -m data.prepare_oasst train.jsonl validation.jsonl --eval_files=validation.jsonl --out=data/oasst
 writes ift.jsonl, eft_train.jsonl, eft_eval.jsonl (EFT groups) into --out.
