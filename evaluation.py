@@ -15,10 +15,13 @@ GPT-4 Turbo against GPT-4 Turbo's answers, and MT-Bench, judged by GPT-4, Sectio
                 model after the file, so that folder holds answer files and nothing else:
                     cp eval/mt_bench/model_answer/*.jsonl FastChat/fastchat/llm_judge/data/mt_bench/model_answer/
 
-Answers are greedy. Turn 2 of an MT-Bench question is asked in the same
-conversation, after the model's own first answer (as FastChat's
-gen_model_answer does). A prompt that leaves no room in the model's context
-is skipped and counted, never an error that stops the evaluation.
+AlpacaEval answers are greedy. MT-Bench answers are decoded as FastChat's
+gen_model_answer decodes them, so that their grades compare with those its
+leaderboard lists: each category at its own temperature (greedy for math,
+coding, reasoning and extraction), and turn 2 asked in the same conversation,
+after the model's own first answer. A prompt that leaves no room in the
+model's context is skipped and counted, never an error that stops the
+evaluation.
 """
 import json
 import os
@@ -58,6 +61,8 @@ def mt_bench_question(q):
         return "not an MT-Bench question (needs question_id and turns: a list of strings)"
     if not isinstance(q["question_id"], (int, str)) or isinstance(q["question_id"], bool):
         return "question_id must be a number or a string"
+    if not isinstance(q.get("category", ""), str):
+        return "category must be a string (it sets the answers' temperature, as in FastChat)"
     return None
 
 
@@ -90,11 +95,12 @@ def mt_bench_path(eval_dir, model_id):
     return os.path.join(eval_dir, "mt_bench", "model_answer", f"{model_id}.jsonl")
 
 
-def _answer(model, tokenizer, conversations, max_new_tokens, sample_kw):
-    """Greedy answers to chat conversations; None for one with no room in the context."""
+def _answer(model, tokenizer, conversations, max_new_tokens, sample_kw, temperature=0.0, seed=None):
+    """Answers to chat conversations (greedy at temperature 0); None for one with no room in the context."""
     ids = [chat_prompt_ids(tokenizer, x) for x in conversations]
     room = [i for i, x in enumerate(ids) if fits(model, x)]
-    outs = generate(model, [ids[i] for i in room], max_new_tokens, temperature=0.0, **sample_kw) if room else []
+    outs = generate(model, [ids[i] for i in room], max_new_tokens, temperature=temperature, seed=seed,
+                    **sample_kw) if room else []
     answers = [None] * len(ids)
     for i, o in zip(room, outs):
         answers[i] = tokenizer.decode(o).strip()
@@ -119,9 +125,21 @@ def answer_alpaca_eval(model, tokenizer, prompts, model_id, max_new_tokens, **sa
 NO_ROOM = "ERROR"
 
 
-def answer_mt_bench(model, tokenizer, questions, model_id, max_new_tokens, **sample_kw):
+# The temperature FastChat's gen_model_answer samples each MT-Bench category at
+# (fastchat.llm_judge.common.temperature_config; 0.7 for a category it does
+# not list; below 1e-4 it decodes greedily, as generate() does at 0). No top-p.
+MT_BENCH_TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
+                        "reasoning": 0.0, "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
+
+
+def mt_bench_temperature(question):
+    return MT_BENCH_TEMPERATURE.get(question.get("category"), 0.7)
+
+
+def answer_mt_bench(model, tokenizer, questions, model_id, max_new_tokens, seed=0, **sample_kw):
     """MT-Bench answers, every turn of every question, each turn asked after the
-    model's own earlier answers; and how many questions had a turn with no
+    model's own earlier answers, each category at FastChat's temperature (the
+    same seed: the same answers); and how many questions had a turn with no
     room in the context (that turn and those after it are NO_ROOM)."""
     conversations = {i: [] for i in range(len(questions))}  # question index -> messages so far
     answered = {i: [] for i in range(len(questions))}  # question index -> the model's answers
@@ -129,8 +147,14 @@ def answer_mt_bench(model, tokenizer, questions, model_id, max_new_tokens, **sam
         asked = [i for i in conversations if k < len(questions[i]["turns"])]
         for i in asked:
             conversations[i].append({"role": "user", "content": questions[i]["turns"][k]})
-        answers = _answer(model, tokenizer, [conversations[i] for i in asked], max_new_tokens, sample_kw)
-        for i, a in zip(asked, answers):
+        answers = {}
+        for t in sorted({mt_bench_temperature(questions[i]) for i in asked}):  # one call per temperature
+            group = [i for i in asked if mt_bench_temperature(questions[i]) == t]
+            said = _answer(model, tokenizer, [conversations[i] for i in group], max_new_tokens, sample_kw,
+                           temperature=t, seed=seed + k)
+            answers.update(zip(group, said))
+        for i in asked:
+            a = answers[i]
             if a is None:
                 del conversations[i]  # not asked again: its turns so far stay in `answered`
             else:

@@ -1012,7 +1012,8 @@ def stage_eval(c, r, name, path):
                                                                c.rouge_threshold)}
     if c.mt_bench:
         questions = E.read_mt_bench(c.mt_bench)
-        recs, skipped = E.answer_mt_bench(net, tok, questions, model_id, c.max_response_tokens, **sample_kw)
+        recs, skipped = E.answer_mt_bench(net, tok, questions, model_id, c.max_response_tokens,
+                                          seed=sub_seed(c.seed, "mt_bench", name), **sample_kw)
         out = E.mt_bench_path(r.path("eval"), model_id)
         if D.is_rank0():
             E.write_mt_bench(out, recs)

@@ -56,16 +56,26 @@ def test_mt_bench_answers_both_turns_turn_two_after_its_own_first_answer(mt_benc
     assert all(r["model_id"] == "run-M2" and len(r["choices"]) == 1 and r["choices"][0]["index"] == 0
                and len(r["choices"][0]["turns"]) == 2 and isinstance(r["tstamp"], float) for r in recs)
     assert len({r["answer_id"] for r in recs}) == 80
-    (p1, o1, kw1), (p2, o2, kw2) = calls  # one greedy sampler call per turn
-    assert kw1["temperature"] == kw2["temperature"] == 0.0
+    # a sampler call per turn and temperature: each question's category at FastChat's own temperature
+    common = pytest.importorskip("fastchat.llm_judge.common", reason="FastChat (fschat) not installed")
+    assert E.MT_BENCH_TEMPERATURE == common.temperature_config
+    asked = {}  # (turn, question index) -> (prompt, answer ids)
+    assert len(calls) == 6  # MT-Bench's categories take 3 temperatures: 0 (greedy), 0.1, 0.7
+    for turn in (0, 1):
+        for (prompts, outs, kw), t in zip(calls[3 * turn:3 * turn + 3], (0.0, 0.1, 0.7)):
+            assert kw["temperature"] == t and kw["seed"] is not None and "top_p" not in kw
+            group = [i for i, q in enumerate(questions) if common.temperature_config.get(q["category"], 0.7) == t]
+            asked.update({(turn, i): (p, o) for i, p, o in zip(group, prompts, outs, strict=True)})
+    assert len(asked) == 160
     for i, (q, r) in enumerate(zip(questions, recs)):
         first, second = r["choices"][0]["turns"]
-        assert p1[i] == chat_prompt_ids(tok, q["turns"][0]) and first == tok.decode(o1[i]).strip()
+        (p1, o1), (p2, o2) = asked[0, i], asked[1, i]
+        assert p1 == chat_prompt_ids(tok, q["turns"][0]) and first == tok.decode(o1).strip()
         # turn 2 is the same conversation continued, after the model's own first answer
-        assert p2[i] == chat_prompt_ids(tok, [{"role": "user", "content": q["turns"][0]},
-                                              {"role": "assistant", "content": first},
-                                              {"role": "user", "content": q["turns"][1]}])
-        assert second == tok.decode(o2[i]).strip()
+        assert p2 == chat_prompt_ids(tok, [{"role": "user", "content": q["turns"][0]},
+                                           {"role": "assistant", "content": first},
+                                           {"role": "user", "content": q["turns"][1]}])
+        assert second == tok.decode(o2).strip()
 
 
 def test_llama2_multi_turn_is_metas_layout(llama_tokenizer_path):
@@ -149,6 +159,9 @@ def test_bad_eval_prompt_files_name_the_record(tmp_path):
     (tmp_path / "q.jsonl").write_text('{"question_id": [1], "turns": ["a"]}\n')
     with pytest.raises(ValueError, match="q.jsonl:1: question_id must be a number or a string"):
         E.read_mt_bench(str(tmp_path / "q.jsonl"))
+    (tmp_path / "q.jsonl").write_text('{"question_id": 1, "turns": ["a"], "category": ["writing"]}\n')
+    with pytest.raises(ValueError, match="q.jsonl:1: category must be a string"):  # it sets the temperature
+        E.read_mt_bench(str(tmp_path / "q.jsonl"))
     with pytest.raises(FileNotFoundError):
         E.read_eval_prompts(str(tmp_path / "none.json"))
 
@@ -173,3 +186,14 @@ def test_prompts_longer_than_the_context_are_skipped_and_counted(tok, tmp_path):
     common = pytest.importorskip("fastchat.llm_judge.common", reason="FastChat (fschat) not installed")
     E.write_mt_bench(str(tmp_path / "m.jsonl"), recs)
     common.check_data(questions, common.load_model_answers(str(tmp_path)), None, ["m"], {})  # FastChat takes it
+
+
+def test_mt_bench_answers_sampled_at_a_temperature_are_the_same_for_the_same_seed(tok):
+    """Writing is sampled at 0.7 (FastChat's temperature): the same seed gives
+    the same answers, another seed others."""
+    net = tiny(tok, 256)
+    questions = [{"question_id": i, "category": "writing", "turns": [f"Write a poem about {w}.", "Shorter."]}
+                 for i, w in enumerate(["cats", "rain", "salt"])]
+    answer = lambda seed: [r["choices"][0]["turns"] for r in E.answer_mt_bench(
+        net, tok, questions, "m", 8, seed=seed, eos_id=tok.eos_id, progress=False)[0]]
+    assert answer(5) == answer(5) != answer(6)
