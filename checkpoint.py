@@ -136,8 +136,11 @@ def args_from_hf_config(config, path="config.json"):
         raise ValueError(f"{path}: not a Llama config, missing keys: {', '.join(missing)}")
     if config.get("model_type", "llama") != "llama":
         raise ValueError(f"{path}: model_type is {config['model_type']!r}, expected 'llama'")
-    # transformers 4 writes rope_theta + rope_scaling, transformers 5 rope_parameters (theta inside)
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if config.get("hidden_act", "silu") not in ("silu", "swish"):  # (the same function: x * sigmoid(x))
+        raise ValueError(f"{path}: hidden_act {config['hidden_act']!r} is not supported (Llama's SwiGLU uses silu)")
+    # transformers 4 writes rope_theta + rope_scaling, transformers 5 rope_parameters (theta inside);
+    # a config with both is read as transformers reads it: rope_scaling first
+    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "llama3"):
         raise ValueError(f"{path}: rope_type {rope_type!r} is not supported (only 'default' and 'llama3')")
@@ -147,7 +150,7 @@ def args_from_hf_config(config, path="config.json"):
     args = ModelArgs(
         dim=config["hidden_size"], n_layers=config["num_hidden_layers"], n_heads=n_heads,
         n_kv_heads=config.get("num_key_value_heads") or n_heads, vocab_size=config["vocab_size"],
-        norm_eps=config.get("rms_norm_eps", 1e-5), rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)),
+        norm_eps=config.get("rms_norm_eps", 1e-6), rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)),
         rope_scaling={k: rope[k] for k in ROPE_SCALING_KEYS} if rope_type == "llama3" else None,
         max_seq_len=config.get("max_position_embeddings", 4096), head_dim=config.get("head_dim"),
         tie_embeddings=config.get("tie_word_embeddings", False))

@@ -231,10 +231,11 @@ def rank():
     return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
 
 
-def log(*args):
-    """print, on rank 0 only (every rank runs the same code)."""
+def log(*args, file=None):
+    """print, on rank 0 only (every rank runs the same code); file: sys.stderr
+    for what is not a script's output (sample.py answers on stdout)."""
     if is_rank0():
-        print(*args, flush=True)
+        print(*args, file=file, flush=True)
 
 
 def stop(message, status=1, every_rank=True):

@@ -704,7 +704,7 @@ def check(c):
     if not c.ckpt:
         p.add("ckpt: give a checkpoint folder (--ckpt=DIR)")
     else:
-        args, tok = validate.check_checkpoint(p, "ckpt", c.ckpt)
+        args, tok = validate.check_checkpoint(p, "ckpt", c.ckpt, c.chat_template)
         if tok is not None and c.chat_template in TEMPLATES:  # (p.compute names an unknown one)
             tok = validate.with_template(p, c.ckpt, c.chat_template, tok)
 
@@ -741,10 +741,10 @@ def main(argv=None):
     args = read_config(c.ckpt)
     # under torchrun: one GPU per rank
     env = D.setup(c.device, c.dtype, c.threads, tp=c.tp, width=args.dim)
-    D.log(D.describe(env))
+    D.log(D.describe(env), file=sys.stderr)  # (stdout holds the answers alone)
     if c.max_new_tokens >= args.max_seq_len:  # generate() stops where prompt + answer fill the context
         D.log(f"warning: max_new_tokens {c.max_new_tokens} is not below the model's context of "
-              f"{args.max_seq_len} tokens: answers end where prompt and answer fill it")
+              f"{args.max_seq_len} tokens: answers end where prompt and answer fill it", file=sys.stderr)
     try:
         tok = Tokenizer(c.ckpt, c.chat_template)
         # whole on every rank, or tensor parallel over tp ranks, each streaming in only its slices; in the
@@ -782,7 +782,7 @@ def answer_file(model, tok, c, env, kw):
         kept = kept_answers(kept_file, made_from, c.save_every) if D.is_rank0() else 0
         kept = int(D.all_sum(env, kept)[0])  # rank 0 read the file and cut it to whole chunks; all agree
         if kept:
-            D.log(f"resuming: {kept} of {len(records)} prompts already answered in {partial}")
+            D.log(f"resuming: {kept} of {len(records)} prompts already answered in {partial}", file=sys.stderr)
         for k in range(kept // c.save_every, -(-len(records) // c.save_every)):
             chunk = records[k * c.save_every:(k + 1) * c.save_every]
             seed = None if c.seed is None else c.seed + k * 1_000_003  # chunk 0 draws what one call would

@@ -10,7 +10,9 @@ Tokenizers and chat templates: the text side of a checkpoint.
                                      sample.generate(eos_id=tok.stop_ids)
     tok.template                     'llama2', 'llama3' or 'chatml', picked
                                      from the checkpoint (Tokenizer(folder,
-                                     template='chatml') overrides)
+                                     template='chatml') overrides); None for
+                                     a Jinja template in another format (a
+                                     chat is then an error naming the file)
 
     chat_prompt_ids(tok, prompt, system=None)          ids to sample a response from (prompt:
                                                        a string, or messages ending with the user's)
@@ -42,8 +44,9 @@ Two formats behind one interface:
   (Llama 3 instruct ends a turn with <|eot_id|>, not <|end_of_text|>).
 
 The chat templates (ChatML checked against `transformers.apply_chat_template`
-with SmolLM2's own Jinja template in tests/test_real_model.py, Llama 3's
-against a Jinja template of its format, Llama 2's against Meta's formatting):
+with SmolLM2's own Jinja template in tests/test_real_model.py and templates
+of Qwen's and Hermes' form, Llama 3's and 3.1's against Jinja templates of
+their format, Llama 2's against Meta's formatting):
     llama2  <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {reply}</s><s>[INST] ...
     llama3  <|begin_of_text|><|start_header_id|>{role}<|end_header_id|>\n\n{text}<|eot_id|>...
     chatml  <|im_start|>{role}\n{text}<|im_end|>\n...
@@ -54,12 +57,18 @@ which is what sampling sees (it writes after the assistant header) and what
 the SFT and DPO losses need (they score only reply tokens). This equals
 encoding the whole rendered text because the pre-tokenizers of these
 vocabularies split at special tokens and split line breaks from the text
-after them. Llama 2's and Llama 3's templates strip each text of surrounding
-whitespace; ChatML's keeps it, as its Jinja templates do. Where the
-checkpoint's Jinja template writes a default system prompt when none is
-given (SmolLM2, Qwen), that literal text is read from the template and used
-the same way. Llama 3.1+ templates also write a knowledge-cutoff date into
-the system turn; the llama3 template here is Llama 3.0's and does not. A
+after them (not quite for a ChatML reply that begins with a line break or
+two spaces: whole-text tokenization would merge those with the header's
+line break). Llama 2's and Llama 3's templates strip each text of
+surrounding whitespace; ChatML's keeps it, as its Jinja templates do. What
+a checkpoint's Jinja template writes around the turns is read from it and
+written the same way: a default system prompt when none is given (SmolLM2,
+Qwen); Llama 3.1+'s system turn, always there, opening with its knowledge
+cutoff and a date (the template's fixed date: Llama 3.2's writes today's
+where the renderer offers one, which would make the same prompt different
+ids on another day); BOS before ChatML where the template writes it (ChatML
+fine-tunes of Llama 3). Nothing else of a template is read: its sampling
+settings (generation_config.json) neither, only its end-of-turn ids. A
 template chosen by a setting is not written into a saved checkpoint: pass
 the same setting when using it.
 """
@@ -122,8 +131,10 @@ def readable(path, load, what):
 class Tokenizer:
     def __init__(self, path, template=""):
         """path: a tokenizer.model, a tokenizer.json, or a folder holding one
-        (tokenizer.model first: Llama 2 folders ship both). template: a chat
-        template name to use instead of the one the checkpoint implies."""
+        (tokenizer.model first: Llama 2 folders ship both; but tokenizer.json
+        where it holds tokens the other lacks, as fine-tunes that add chat
+        markers ship it). template: a chat template name to use instead of
+        the one the checkpoint implies."""
         path = os.fspath(path)
         if os.path.isdir(path):
             # (Meta's own Llama 3 download has a tokenizer.model in tiktoken's format: its tokenizer.json, if any)
@@ -133,6 +144,8 @@ class Tokenizer:
                 raise FileNotFoundError(f"tokenizer model not found: no tokenizer.model or tokenizer.json in {path}"
                                         + TIKTOKEN_HELP * is_tiktoken(os.path.join(path, "tokenizer.model")))
             path = found[0]
+            if len(found) == 2 and more_tokens(found[1], found[0]):
+                path = found[1]
         if not os.path.isfile(path):
             raise FileNotFoundError(f"tokenizer model not found: {path}")
         if is_tiktoken(path):
@@ -165,28 +178,40 @@ class Tokenizer:
             self.vocab_size = self.sp.vocab_size()
             self.bos_id, self.eos_id, self.add_bos = self.sp.bos_id(), self.sp.eos_id(), True
             self.pad_id = self.sp.pad_id()  # -1 for Llama 2: there is no pad token
-            self.files = [path] + [os.path.join(folder, f) for f in HF_TOKENIZER_FILES[1:]
+            # (a tokenizer.json beside it goes along too: transformers reads it without converting this file)
+            self.files = [path] + [os.path.join(folder, f) for f in HF_TOKENIZER_FILES
                                    if os.path.isfile(os.path.join(folder, f))]
         if self.eos_id is None:
             raise ValueError(f"{path}: no EOS token (tokenizer_config.json, special_tokens_map.json or "
                              f"generation_config.json must name one)")
 
-        # the chat template: the setting, else what the checkpoint's own Jinja template or vocabulary shows
-        jinja = config.get("chat_template") or ""
+        # the chat template: the setting, else what the checkpoint's own Jinja template
+        # (chat_template.jinja first, as transformers reads it) or vocabulary shows
+        jinja, where = config.get("chat_template") or "", "tokenizer_config.json"
         if isinstance(jinja, list):  # several named templates: the default one
             jinja = next((t["template"] for t in jinja if t.get("name") == "default"), "")
-        if not jinja and os.path.isfile(os.path.join(folder, "chat_template.jinja")):
+        if os.path.isfile(os.path.join(folder, "chat_template.jinja")):
             with open(os.path.join(folder, "chat_template.jinja"), encoding="utf-8") as f:
-                jinja = f.read()
+                jinja, where = f.read(), "chat_template.jinja"
         if template and template not in TEMPLATES:
             raise ValueError(f"unknown chat template {template!r}; templates: {', '.join(TEMPLATES)}")
+        # (None: a Jinja template in none of the formats here; loading works, writing a chat does not)
         self.template = template or detect_template(self, jinja)
-        # a system prompt the checkpoint's template writes when none is given (SmolLM2, Qwen)
-        default = re.search(r"<\|im_start\|>system(?:\n|\\n)(.*?)<\|im_end\|>", jinja, re.S) \
+        self.template_problem = None if self.template else (
+            f"{os.path.join(folder, where)}: its chat template is none of the formats this project writes "
+            f"({', '.join(TEMPLATES)}); choose one with chat_template=NAME (the model was not trained in it)")
+        # a system prompt the checkpoint's template writes when none is given (SmolLM2, Qwen): the
+        # first system turn whose text is a literal (no quote or Jinja code inside it, as a system
+        # turn that a template fills in from the messages has)
+        default = re.search(r"<\|im_start\|>system(?:\n|\\n)([^'\"{}%]*?)<\|im_end\|>", jinja) \
             if self.template == "chatml" else None
         self.default_system = default.group(1).replace("\\n", "\n") if default else None
+        # Llama 3.1+: a system turn always, opening with the knowledge cutoff and a date
+        self.dated_system = dated_system(jinja) if self.template == "llama3" else None
+        # a ChatML template that writes BOS first (ChatML on a Llama 3 base, as Hermes ships it)
+        self.chatml_bos = self.template == "chatml" and "bos_token" in jinja and self.bos_id is not None
         end_of_turn = {"llama2": self.eos_id, "llama3": self.token_id("<|eot_id|>"),
-                       "chatml": self.token_id("<|im_end|>")}[self.template]
+                       "chatml": self.token_id("<|im_end|>"), None: self.eos_id}[self.template]
         if end_of_turn is None:
             raise ValueError(f"{path}: chat template {self.template!r} needs special tokens this vocabulary lacks")
         self.end_of_turn = end_of_turn  # what closes a reply in the chat template (SFT learns to write it)
@@ -224,17 +249,43 @@ def token_text(value):
     return value.get("content") if isinstance(value, dict) else value
 
 
+def more_tokens(json_path, model_path):
+    """Does a tokenizer.json hold more tokens than the tokenizer.model beside
+    it (tokens added by a fine-tune, such as <|im_start|>)?"""
+    hf = readable(json_path, lambda: HFTokenizer.from_file(json_path), "a tokenizer.json")
+    sp = readable(model_path, lambda: spm.SentencePieceProcessor(model_file=model_path), "a SentencePiece model")
+    return hf.get_vocab_size(with_added_tokens=True) > sp.vocab_size()
+
+
 def detect_template(tok, jinja=""):
     """The chat template a checkpoint was trained with: told by the markers of
-    its Jinja template, else by its vocabulary's special tokens, else Llama 2's."""
+    its Jinja template, else by its vocabulary's special tokens, else (a base
+    model, no template) Llama 2's. None for a Jinja template in none of the
+    three formats (Zephyr's <|user|>, Vicuna's USER:, ...): answering such a
+    model in another format would go wrong without a word."""
     for marker, name in (("<|im_start|>", "chatml"), ("<|start_header_id|>", "llama3"), ("[INST]", "llama2")):
         if marker in jinja:
             return name
+    if jinja.strip():
+        return None
     if tok.token_id("<|start_header_id|>") is not None:
         return "llama3"
     if tok.token_id("<|im_start|>") is not None:
         return "chatml"
     return "llama2"
+
+
+def dated_system(jinja):
+    """The text a Llama 3.1+ template writes at the start of its system turn,
+    system prompt or not: "Cutting Knowledge Date: December 2023\nToday Date:
+    26 Jul 2024\n\n", or None (Llama 3.0). The date is the template's own
+    fixed one (Llama 3.2's writes today's date where the renderer offers it:
+    here always the fixed one, so that the same prompt gives the same ids)."""
+    cutoff = re.search(r"Cutting Knowledge Date: ([^\"'\\\n]+)", jinja)
+    if not cutoff:
+        return None
+    date = re.search(r"set date_string = [\"']([^\"']+)[\"']", jinja)
+    return f"Cutting Knowledge Date: {cutoff.group(1)}\nToday Date: {date.group(1) if date else '26 Jul 2024'}\n\n"
 
 
 # -----------------------------------------------------------------------------
@@ -267,9 +318,15 @@ def llama2_parts(tok, messages, open_reply):
 
 
 def llama3_parts(tok, messages, open_reply):
-    """Llama 3's header format: <|start_header_id|>{role}<|end_header_id|>\\n\\n{text}<|eot_id|>."""
+    """Llama 3's header format: <|start_header_id|>{role}<|end_header_id|>\\n\\n{text}<|eot_id|>.
+    Llama 3.1+ (tok.dated_system) always writes a system turn: its dates, then the system prompt, if any."""
     start, end = tok.token_id("<|start_header_id|>"), tok.token_id("<|end_header_id|>")
     parts = [([tok.bos_id] if tok.bos_id is not None else [], False)]
+    if tok.dated_system is not None:
+        system = "".join(m["content"].strip() for m in messages[:1] if m["role"] == "system")
+        messages = [m for m in messages if m["role"] != "system"]
+        parts.append(([start] + tok.encode("system") + [end] + tok.encode("\n\n" + tok.dated_system + system)
+                      + [tok.end_of_turn], False))
     for m in messages + ([{"role": "assistant", "content": None}] if open_reply else []):
         header = [start] + tok.encode(m["role"]) + [end]
         if m["role"] == "assistant":  # the header and its line breaks alone: the reply's first token is its own
@@ -287,9 +344,9 @@ def chatml_parts(tok, messages, open_reply):
     ends with its end-of-turn token. The text is kept as it is: these
     templates do not strip it, where Llama 2's and Llama 3's do."""
     start, newline = tok.token_id("<|im_start|>"), tok.encode("\n")
-    parts = []
-    for m in messages + ([{"role": "assistant", "content": None}] if open_reply else []):
-        if parts:
+    parts = [([tok.bos_id], False)] if tok.chatml_bos else []
+    for i, m in enumerate(messages + ([{"role": "assistant", "content": None}] if open_reply else [])):
+        if i:
             parts.append((newline, False))  # the line break after the previous <|im_end|>
         if m["role"] == "assistant":  # the header alone, so the reply's first token is its own
             parts.append(([start] + tok.encode("assistant\n"), False))
@@ -324,7 +381,7 @@ def chat_ids(tok, messages):
     Without a system message, the checkpoint's default system prompt (if its
     template has one) is used, as `transformers` does.
     """
-    problem = conversation_problem(messages)
+    problem = conversation_problem(messages) or tok.template_problem
     if problem:
         raise ValueError(problem)
     if messages[0]["role"] != "system" and tok.default_system is not None:

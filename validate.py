@@ -198,10 +198,11 @@ def eft_train_records():
 
 # -----------------------------------------------------------------------------
 
-def check_checkpoint(p, setting, folder):
+def check_checkpoint(p, setting, folder, chat_template="", chats=True):
     """A checkpoint folder to load: config, weights and tokenizer (tokenizer.model
-    or tokenizer.json) present and agreeing. Returns its ModelArgs and Tokenizer,
-    or (None, None)."""
+    or tokenizer.json) present and agreeing, and (where it will write chats) a
+    chat template to write them in: its own, or the chat_template setting.
+    Returns its ModelArgs and Tokenizer, or (None, None)."""
     try:
         args = read_config(folder)
         if os.path.exists(os.path.join(folder, "config.json")):
@@ -213,7 +214,10 @@ def check_checkpoint(p, setting, folder):
         if not any(os.path.exists(os.path.join(folder, f)) for f in ("tokenizer.model", "tokenizer.json")):
             raise FileNotFoundError(f"{folder}: no tokenizer.model or tokenizer.json")
         check_tokenizer(folder, args, folder)
-        return args, Tokenizer(folder)
+        tok = Tokenizer(folder)
+        if tok.template_problem and chats and not chat_template:
+            raise ValueError(tok.template_problem)
+        return args, tok
     except (ValueError, FileNotFoundError, OSError) as e:
         p.add(f"{setting}: {e}")
         return None, None
@@ -322,7 +326,7 @@ def check_loop(c, world):
         p.at_least("vocab_size", 300)  # the tokenizer's 256 byte pieces count towards it
     for setting in ("init_from", "prompt_writer"):
         if getattr(c, setting) not in ("scratch", "M0", "M1", "current"):
-            args, tok = check_checkpoint(p, setting, getattr(c, setting))
+            args, tok = check_checkpoint(p, setting, getattr(c, setting), c.chat_template)
             if args:
                 models[setting] = args
             if args and setting == "init_from":
@@ -427,7 +431,8 @@ def check_training(c, world, fields, script, check_record=None):
             p.require(c.model in PRESETS, "model", f"no such preset; presets: {', '.join(PRESETS)}")
         p.require(bool(c.tokenizer), "tokenizer", "init_from='scratch' needs a tokenizer (it sets vocab_size)")
     else:
-        args, _ = check_checkpoint(p, "init_from", c.init_from)
+        # (train_sft's plain-text training writes no chats)
+        args, _ = check_checkpoint(p, "init_from", c.init_from, c.chat_template, getattr(c, "template", "") != "text")
     if c.tokenizer and p.require(os.path.exists(c.tokenizer), "tokenizer", "no such file or folder"):
         try:  # it parses (and, over a checkpoint, fits its embedding: the check training.start makes)
             check_tokenizer(c.tokenizer, args, c.init_from) if args else Tokenizer(c.tokenizer)

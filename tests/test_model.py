@@ -360,6 +360,27 @@ def test_rope_config_keys_old_and_new(tmp_path):
         args_from_hf_config({**base, "rope_scaling": {"rope_type": "llama3", "factor": 4.0}})
 
 
+def test_config_read_as_transformers_reads_it():
+    """Keys a config may have, lack, or have twice, read as transformers'
+    LlamaConfig reads them (the reference): both rope forms (rope_scaling
+    wins, its theta from the top level), no rms_norm_eps (1e-6); an
+    activation other than SwiGLU's silu is refused, not computed otherwise."""
+    transformers = pytest.importorskip("transformers")
+    base = {k: v for k, v in hf_config(NEW_CONFIGS[2][1]).items() if k not in ("rope_scaling", "rope_parameters")}
+    cases = [{**base, "rope_theta": 500000.0, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+              "rope_scaling": {"rope_type": "llama3", **SHORT_ROPE}},
+             {**base, "rope_theta": 500000.0, "rope_parameters": {"rope_type": "default", "rope_theta": 20000.0}},
+             {k: v for k, v in base.items() if k != "rms_norm_eps"}]
+    for config in cases:
+        ours, theirs = args_from_hf_config(config), transformers.LlamaConfig(**config)
+        rope = theirs.rope_parameters
+        assert ours.rope_theta == rope["rope_theta"] and ours.norm_eps == theirs.rms_norm_eps
+        assert ours.rope_scaling == ({k: rope[k] for k in SHORT_ROPE} if rope["rope_type"] == "llama3" else None)
+    with pytest.raises(ValueError, match="hidden_act 'gelu' is not supported"):
+        args_from_hf_config({**base, "hidden_act": "gelu"})
+    assert args_from_hf_config({**base, "hidden_act": "silu"}) == args_from_hf_config(base)
+
+
 def test_meta_layout_llama3_tied_and_scaled(tmp_path):
     """Meta's Llama 3.2 download: params.json says use_scaled_rope, and a tied
     model's consolidated.00.pth has no output.weight."""

@@ -403,7 +403,12 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
     # more new tokens than the context holds: said at the start (generate stops where the context is full)
     capsys.readouterr()
     S.main(argv[:-3] + ["--max_new_tokens=600", "--temperature=0.0", "--progress=False"])
-    assert "warning: max_new_tokens 600 is not below the model's context of 512 tokens" in capsys.readouterr().out
+    assert "warning: max_new_tokens 600 is not below the model's context of 512 tokens" in capsys.readouterr().err
+    # one prompt: stdout holds its answer alone (what a script captures), the log line goes to stderr
+    S.main([f"--ckpt={tmp_path / 'ckpt'}", "--prompt=reverse the word fox", "--device=cpu", "--dtype=float32",
+            "--max_new_tokens=6", "--temperature=0", "--progress=False"])
+    said = capsys.readouterr()
+    assert said.out == expected[0] + "\n" and said.err.startswith("computing on cpu, float32")
     inp.write_text('{"prompt": "fine"}\n{"prompt": broken\n')
     capsys.readouterr()
     for text, extra, message in [

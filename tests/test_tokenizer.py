@@ -1,4 +1,5 @@
 """The SentencePiece wrapper, the chat template, and the toy tokenizer trainer."""
+import itertools
 import json
 import os
 import shutil
@@ -290,3 +291,140 @@ def test_a_tiktoken_vocabulary_is_named_and_a_tokenizer_json_beside_it_used(tmp_
         shutil.copy(os.path.join(llama3_style, f), folder / f)
     assert Tokenizer(folder).model_path == str(folder / "tokenizer.json")
     assert not is_tiktoken(toy_tokenizer_path)  # a SentencePiece model is not taken for one
+
+
+# --- the chat templates of today's hub checkpoints --------------------------
+
+def retemplated(src, dst, **config):
+    """A copy of tokenizer folder src with tokenizer_config.json's entries replaced."""
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "tokenizer_config.json").read_text())
+    (dst / "tokenizer_config.json").write_text(json.dumps({**cfg, **config}))
+    return dst
+
+
+def hf_chat_ids(folder, messages):
+    """transformers' rendering of the folder's own Jinja template, ready to answer."""
+    transformers = pytest.importorskip("transformers")
+    ids = transformers.AutoTokenizer.from_pretrained(folder).apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+# Llama 3.1's chat format (3.2, 3.3 the same) as a Jinja template, written here from
+# the format's description: a system turn always, opening with the knowledge
+# cutoff and a date (the template's own, "26 Jul 2024", unless the caller passes one)
+LLAMA31_JINJA = (
+    "{{- bos_token }}{%- if not date_string is defined %}{%- set date_string = \"26 Jul 2024\" %}{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] | trim %}"
+    "{%- set messages = messages[1:] %}{%- else %}{%- set system_message = \"\" %}{%- endif %}"
+    "{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}{{- \"Cutting Knowledge Date: December 2023\\n\" }}"
+    "{{- \"Today Date: \" + date_string + \"\\n\\n\" }}{{- system_message }}{{- \"<|eot_id|>\" }}"
+    "{%- for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>{%- endfor %}"
+    "{%- if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+def test_llama31_writes_its_dated_system_turn_as_apply_chat_template_does(tmp_path, llama3_style):
+    folder = retemplated(llama3_style, tmp_path / "l31", chat_template=LLAMA31_JINJA)
+    tok = Tokenizer(folder)
+    assert tok.template == "llama3" and tok.dated_system == \
+        "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+    for messages in (CONVERSATION[1:2], CONVERSATION[:2], CONVERSATION[1:], CONVERSATION):
+        assert chat_prompt_ids(tok, messages) == hf_chat_ids(folder, messages)
+    ids, spans = chat_ids(tok, CONVERSATION[:3])  # the reply's tokens are still exactly its own
+    assert tok.decode(ids[spans[0][0]:spans[0][1]]) == CONVERSATION[2]["content"] + "<|eot_id|>"
+    assert Tokenizer(llama3_style).dated_system is None  # Llama 3.0 writes no system turn of its own
+
+
+def chatml_folder(folder, **config):
+    """A small byte-level BPE tokenizer.json with ChatML's markers (and a Llama 3
+    style BOS, for ChatML fine-tunes of Llama 3), and the tokenizer_config.json given."""
+    from tokenizers import Regex, Tokenizer as HFTok, decoders, models, pre_tokenizers, trainers
+    folder.mkdir()
+    tk = HFTok(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\s*[\r\n]+"), "isolated"),
+                                                pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tk.decoder = decoders.ByteLevel()
+    texts = [m["content"] for m in CONVERSATION] * 50 + ["You are Qwen, a helpful assistant.\n"] * 50
+    tk.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|begin_of_text|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tk.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": "<|im_end|>", "tokenizer_class": "PreTrainedTokenizerFast", **config}))
+    return folder
+
+
+# written here from the structure of Qwen2.5's template: a tools branch whose system turn is filled
+# in from the messages comes first, the literal default system prompt after it
+QWEN_LIKE_JINJA = (
+    "{%- if tools %}{{- '<|im_start|>system\\n' }}{%- if messages[0]['role'] == 'system' %}"
+    "{{- messages[0]['content'] }}{%- endif %}{{- '\\n\\n# Tools<|im_end|>\\n' }}"
+    "{%- elif messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\nYou are Qwen, a helpful assistant.<|im_end|>\\n' }}{%- endif %}"
+    "{%- for m in messages %}{%- if not (m.role == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+# ChatML on a Llama 3 base, as Hermes ships it: BOS first
+HERMES_LIKE_JINJA = ("{{bos_token}}{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+                     "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+                     "{% endif %}")
+
+
+def test_chatml_default_system_prompt_and_bos_as_apply_chat_template_writes_them(tmp_path):
+    qwen = chatml_folder(tmp_path / "qwen", chat_template=QWEN_LIKE_JINJA)
+    tok = Tokenizer(qwen)  # the literal default system prompt, not the tools branch's template code
+    assert tok.template == "chatml" and tok.default_system == "You are Qwen, a helpful assistant."
+    hermes = chatml_folder(tmp_path / "hermes", chat_template=HERMES_LIKE_JINJA, bos_token="<|begin_of_text|>")
+    assert Tokenizer(hermes).default_system is None and Tokenizer(hermes).chatml_bos
+    for folder in (qwen, hermes):
+        tok = Tokenizer(folder)
+        for messages in (CONVERSATION[1:2], CONVERSATION[:2], CONVERSATION):
+            assert chat_prompt_ids(tok, messages) == hf_chat_ids(folder, messages), folder
+
+
+def test_a_chat_template_in_none_of_our_formats_is_named_not_guessed(tmp_path, llama3_style):
+    """Zephyr's format (TinyLlama-Chat's): the tokenizer loads (a model may be
+    trained on plain text), but writing a chat says which file and what to
+    do; the check before any work says it too, unless chat_template chooses
+    one of ours."""
+    import validate
+    from checkpoint import save_model
+    from model import ModelArgs, Transformer
+    zephyr = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    folder = retemplated(llama3_style, tmp_path / "zephyr", chat_template=zephyr)
+    tok = Tokenizer(folder)
+    assert tok.template is None and tok.encode("the fox") == Tokenizer(llama3_style).encode("the fox")
+    with pytest.raises(ValueError, match=r"zephyr/tokenizer_config.json: its chat template is none of the formats"):
+        chat_prompt_ids(tok, "hi")
+    assert Tokenizer(folder, template="llama3").template == "llama3"
+    save_model(Transformer(ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=tok.vocab_size, multiple_of=16)),
+               tmp_path / "ckpt", tokenizer_path=folder)
+    p = validate.Problems(None)
+    assert validate.check_checkpoint(p, "ckpt", str(tmp_path / "ckpt"))[0] is None
+    assert "choose one with chat_template=NAME" in p.message("x")
+    p = validate.Problems(None)
+    assert validate.check_checkpoint(p, "ckpt", str(tmp_path / "ckpt"), chat_template="llama3")[0] is not None
+    assert not p.found
+
+
+def test_a_tokenizer_json_with_tokens_the_sentencepiece_model_lacks_is_the_one_read(tmp_path, llama3_style):
+    """Fine-tunes that add chat markers ship them in tokenizer.json only: it
+    is read instead of the tokenizer.model beside it. Where both hold the
+    same vocabulary, tokenizer.model is read, and a saved checkpoint carries
+    both files (transformers reads tokenizer.json without converting)."""
+    small = train_tokenizer(["the quick brown fox\n"] * 20, str(tmp_path / "small.model"), vocab_size=300)
+    assert small.vocab_size < Tokenizer(llama3_style).vocab_size
+    folder = retemplated(llama3_style, tmp_path / "both", chat_template=None)  # (Llama 2's, found by the vocabulary)
+    shutil.copy(tmp_path / "small.model", folder / "tokenizer.model")
+    assert Tokenizer(folder).model_path == str(folder / "tokenizer.json")
+    words = ["".join(p) for p in itertools.product("abcdefgh", repeat=3)]  # enough text for 600 pieces
+    big = train_tokenizer([" ".join(words[i:i + 16]) + "\n" for i in range(0, len(words), 16)] * 5,
+                          str(tmp_path / "big.model"), vocab_size=600)
+    assert big.vocab_size > Tokenizer(llama3_style).vocab_size
+    shutil.copy(tmp_path / "big.model", folder / "tokenizer.model")
+    tok = Tokenizer(folder)
+    assert tok.model_path == str(folder / "tokenizer.model")
+    assert "tokenizer.json" in [os.path.basename(f) for f in tok.files]
