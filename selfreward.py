@@ -633,6 +633,7 @@ def stage_prompts(c, r, t, writer_path):
     seed_prompts = [x["prompt"] for x in read_jsonl(r.path("seed", "ift.jsonl"))]
     earlier = [x["prompt"] for s in range(1, t) for x in read_jsonl(r.path(f"iter{s}", "prompts.jsonl"))]
     held_out = held_out_prompts(r)
+    toy_world = os.path.exists(r.path("seed", "test.jsonl"))  # (only the toy world's seed data has a test set)
     net, tok = load_for_sampling(r, writer_path)
     # the end of a line ends a new task: any token that begins with a line break
     # ("\n" in Llama 2's and the toy's vocabularies; "\n", "\n\n", ... in BPE ones)
@@ -656,7 +657,7 @@ def stage_prompts(c, r, t, writer_path):
                 rng.shuffle(shots)
             else:  # (drawn at once: no seed example twice)
                 shots = rng.sample(seed_prompts, c.n_shots)
-            texts.append(fewshot_request(shots, c.seed_data == "toy"))
+            texts.append(fewshot_request(shots, toy_world))
         ids = [tok.encode(x, bos=True) for x in texts]
         room = [i for i, x in enumerate(ids) if fits(net, x)]  # long real prompts can overfill a small context
         # the end of the line ends the new task, and so does the end of text (a writer may end its list)

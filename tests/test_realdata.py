@@ -53,7 +53,7 @@ def use_model(monkeypatch, tok, max_seq_len):
 def test_generation_stages_skip_and_count_prompts_longer_than_the_context(tmp_path, monkeypatch, tok, capsys):
     c, r = settings(), run_folder(tmp_path)
     # new prompts: a request holding the long seed prompt has no room; the others are sampled
-    use_model(monkeypatch, tok, len(tok.encode(toy.fewshot_text([f"{SHORT} 10"] * c.n_shots), bos=True)) + 16)
+    use_model(monkeypatch, tok, len(tok.encode(S.fewshot_request([f"{SHORT} 10"] * c.n_shots, False), bos=True)) + 16)
     write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": f"{SHORT} {i}", "response": "hi"} for i in range(30)]
                 + [{"prompt": LONG, "response": "ok"}])
     try:
@@ -93,7 +93,7 @@ def test_a_new_task_ends_at_a_line_break_or_the_end_of_text_and_not_where_the_co
     context did not end: it is dropped as unfinished, even within max_prompt_tokens."""
     c, r = settings(n_prompts=2, shard_size=2, max_prompt_tokens=16), run_folder(tmp_path)
     write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": f"Say hi to {x}.", "response": "hi"} for x in "ABCDEFGHIJ"])
-    longest = max(len(tok.encode(toy.fewshot_text([f"Say hi to {x}."] * c.n_shots), bos=True)) for x in "AJ")
+    longest = max(len(tok.encode(S.fewshot_request([f"Say hi to {x}."] * c.n_shots, False), bos=True)) for x in "AJ")
     net = use_model(monkeypatch, tok, longest + 12)
     task = tok.encode("please sort the letters of the word fox and count the numbers over a lazy dog")
     ended = "please sort the word"  # fewer tokens than any request's room
@@ -116,7 +116,7 @@ def test_a_real_writer_is_asked_in_self_instructs_template_and_its_filters_apply
     """On real seed data the writer continues Self-Instruct's numbered list
     (a seed prompt of several lines on one line of it), and what it writes
     passes Self-Instruct's filters (here its keywords)."""
-    c = settings(n_prompts=2, shard_size=2, seed_data=str(tmp_path / "seed"), max_prompt_tokens=32)
+    c = settings(n_prompts=2, shard_size=2, max_prompt_tokens=32)
     r = run_folder(tmp_path)
     write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": f"Say hi to {x}.", "response": "hi"} for x in "ABCDEFG"]
                 + [{"prompt": "Explain this:\n\nsay   hi", "response": "ok"}])
