@@ -161,6 +161,9 @@ def main(argv=None):
         except ValueError:
             configurator.fail(f"{a}: the seeds are whole numbers with commas between them, e.g. --seeds=1,2,3")
         argv.remove(a)
+    bad = [s for s in seeds if not 0 <= s < 2**32] + [s for s in set(seeds) if seeds.count(s) > 1]
+    if bad:  # (before the first seed's run, not when this seed's turn comes)
+        configurator.fail(f"--seeds: {bad[0]}: each seed once, in [0, 2**32) (a seed is a run of its own)")
     if any(a.startswith("--seed=") for a in argv):
         configurator.fail("--seed: seeds.py gives each run its seed; name them with --seeds=...")
     # --help: this script's usage, selfreward.py's settings and their comments

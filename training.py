@@ -364,8 +364,9 @@ def optimizer_and_resume(model, c, fp):
         def before_resume(rec):  # a line for a step taken before the state; an evaluation at the state's
             at = rec.get("step", 0)  # own step comes again: the resumed loop evaluates there first
             return at < step or at == step and not any(k.startswith("eval") for k in rec)
-        with open(metrics_path(c)) as f:
-            keep = [line for line in f if step and line.strip() and before_resume(json.loads(line))]
+        with open(metrics_path(c)) as f:  # (a line a kill cut short has no newline yet: it goes too)
+            keep = [line for line in f if step and line.endswith("\n") and line.strip()
+                    and before_resume(json.loads(line))]
         write_text(metrics_path(c), "".join(keep))
     D.barrier()
     return optimizer, step, saved.get("record", {})

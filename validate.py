@@ -267,8 +267,20 @@ def check_loop(c, world):
               inside != os.pardir and not inside.startswith(os.pardir + os.sep), "run_name",
               "must name a folder inside out_root (the run's files would mix with other runs')")
     run = os.path.join(c.out_root, c.run_name)
+    p.require(c.out_root.strip() != "", "out_root", "give a folder ('.' for this one)")
     if p.writable_folder("out_root", c.out_root):  # (an existing run folder is a run to resume)
         p.writable_folder("run_name", run)
+    # a folder that holds something else is not taken over: the loop remakes its seed/, M0/, ...
+    if os.path.isdir(run) and set(os.listdir(run)) - {".lock"} and \
+            not os.path.isfile(os.path.join(run, "settings.json")):
+        p.add(f"run_name: {run} holds files and is not a run folder (no settings.json): the loop would replace "
+              f"its seed/, M0/, ...; give another run_name or out_root")
+    # nothing the run reads may lie inside the folder it writes (stage seed_data empties seed/ first)
+    for setting in ("seed_data", "init_from", "prompt_writer", "eval_prompts", "mt_bench", "eft_judgments"):
+        value = getattr(c, setting)
+        if value not in ("", "toy", "scratch", "M0", "M1", "current") and within(value, run):
+            p.add(f"{setting}: {value} is inside the run folder {run}, which this run writes: copy it out, "
+                  f"or give another run_name")
     # ranges
     for s in ("n_eft_train", "n_eft_eval"):
         p.at_least(s, 2)  # a toy EFT set is made of groups of 2 or more responses
@@ -278,6 +290,8 @@ def check_loop(c, world):
               "shard_size", "save_interval", "pretrain_epochs", "tp"):
         p.at_least(s, 1)
     p.at_least("gen_batch_size", 0)  # 0: the largest the generation memory plan fits the GPU
+    p.require(c.temperature != 0 or c.iterations == 0, "temperature", "must be > 0 with iterations: at 0 a "
+              "prompt's candidates are all the same answer, and an iteration makes no preference pairs (paper: 0.7)")
     for s in ("pretrain_lr", "sft_lr", "dpo_lr", "sft_epochs", "dpo_epochs", "dpo_beta"):
         p.positive(s)
     for s in ("pretrain_docs", "pretrain_qa_docs", "pretrain_check_drill", "n_meta_seed", "eft_own_answers",
@@ -357,9 +371,12 @@ def check_loop(c, world):
                           ("eft_judgments", J.read_judge_file)):
         if getattr(c, setting):
             try:
-                read(getattr(c, setting))
+                got = read(getattr(c, setting))
             except (ValueError, FileNotFoundError) as e:
                 p.add(f"{setting}: {e}")
+                continue
+            if setting == "eft_judgments" and c.seed_data != "toy" and os.path.isdir(c.seed_data):
+                usable_judgments(p, c, *got)
     p.require(not (c.eft_judgments and c.seed_data == "toy"), "eft_judgments", "supplies judgments for EFT "
               "groups (real seed data); the toy seed's EFT training records are already targets")
     if p.require(c.pair_by in ("judge", "grader", "right", "coin"), "pair_by", "must be 'judge' (the paper), "
@@ -373,6 +390,27 @@ def check_loop(c, world):
     p.require(not (c.eft_own_answers and c.seed_data != "toy"), "eft_own_answers", "is for the toy world, whose "
               "grader judges the answers; real seed data has no grader")
     return p
+
+
+def within(path, folder):
+    """Is path the folder or inside it (links resolved)?"""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def usable_judgments(p, c, groups, judged):
+    """eft_judgments must hold a judgment the EFT targets stage can keep: one
+    with a score ('Score: N') for a prompt that is not an EFT eval prompt
+    (whether its scores agree with the human ranks is that stage's to say)."""
+    try:
+        held_out = {g["prompt"].strip() for g in read_jsonl(os.path.join(c.seed_data, "eft_eval.jsonl"))}
+    except (ValueError, OSError, KeyError, AttributeError):  # (the file's own problem is named above)
+        return
+    scored = sum(s is not None for g, mine in zip(groups, judged) if g["prompt"].strip() not in held_out
+                 for r in mine for s in r["scores"])
+    if not scored:
+        p.add(f"eft_judgments: {c.eft_judgments}: no judgment of a prompt outside the EFT eval set has a score "
+              f"(a judgment ends with 'Score: N', N in 0..5, the paper's format): it would give M1 no EFT data")
 
 
 def check_plan(c, world):

@@ -230,6 +230,8 @@ if __name__ == "__main__":
     for name in ("eft_eval_frac", "ift_frac"):
         if not 0 <= getattr(args, name) <= 1:
             p.exit(2, f"error: --{name} = {getattr(args, name)}: a share, must be in [0, 1]\n")
+    if not args.out.strip():
+        p.exit(2, "error: --out: give a folder ('.' for this one)\n")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         p.exit(2, f"error: --out = {args.out}: a file, not a folder\n")
     try:

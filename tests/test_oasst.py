@@ -162,7 +162,8 @@ def test_command_line_refuses_bad_input_in_one_line(tmp_path):
                        ([broken, "--ift_frac=1.5"], "--ift_frac = 1.5: a share, must be in [0, 1]"),
                        ([bot], "bot.jsonl:2: not an oasst message, role 'bot'"),
                        ([empty], f"no messages in {empty}: the files are empty"),
-                       ([bot, f"--out={afile}"], f"--out = {afile}: a file, not a folder")]:
+                       ([bot, f"--out={afile}"], f"--out = {afile}: a file, not a folder"),
+                       ([bot, "--out="], "--out: give a folder ('.' for this one)")]:  # (it wrote into the cwd)
         r = subprocess.run([sys.executable, "-m", "data.prepare_oasst", f"--out={tmp_path / 'out'}", *args],
                            cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

@@ -424,9 +424,13 @@ def test_meta_rewarding_diagnostics_by_hand(tmp_path):
 
 
 def test_seeds_refuses_bad_seeds_before_any_run(tmp_path, capsys):
-    """--seeds is seeds.py's own: whole numbers, and each run's --seed comes from it."""
+    """--seeds is seeds.py's own: whole numbers, each once and in range (all
+    checked before the first run: a bad last seed was found after the others
+    ran), and each run's --seed comes from it."""
     import seeds
     for argv, said in [(["--seeds=1,x"], "--seeds=1,x: the seeds are whole numbers"),
+                       (["--seeds=5,-1"], "--seeds: -1: each seed once, in [0, 2**32)"),
+                       (["--seeds=5,3,5"], "--seeds: 5: each seed once"),
                        (["--seeds=1,2", "--seed=5"], "--seed: seeds.py gives each run its seed")]:
         with pytest.raises(SystemExit) as e:
             seeds.main(argv + [f"--out_root={tmp_path}"])

@@ -422,6 +422,7 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
             ('{"prompt": "fine"}\n' + json.dumps({"prompt": "fox " * 600}) + "\n", [],
              "in.jsonl:2: the prompt is "),
             ('{"prompt": "fine"}\n', ["--prompts_file=", "--out=", "--prompt=" + "fox " * 600], "- prompt: the prompt is "),
+            ('{"prompt": "fine"}\n', [f"--out={inp}"], "is --prompts_file itself: give the answers a file of their own"),
             ('{"prompt": "fine"}\n', ["--tp=3"], "tp = 3: must divide the number of ranks, 1"),
             ('{"prompt": "fine"}\n', ["--tp=3"], "tp = 3: must divide the model's n_kv_heads 2 and FFN width 192")]:
         inp.write_text(text)

@@ -365,6 +365,47 @@ def test_a_run_needs_a_folder_of_its_own(tmp_path):
     assert f"out_root = '{tmp_path / 'afile' / 'runs'}': {tmp_path / 'afile'} is a file, not a folder" in err
 
 
+def test_what_would_lose_files_or_a_run_is_refused_before_any_work(tmp_path, llama_tokenizer_path):
+    """Refused up front, each by name: seed data inside the run folder (the
+    seed stage empties its seed/ first: the files were deleted, then called
+    absent), a folder of other files taken as a run folder (its seed/ and M0/
+    replaced), an empty out_root (the current folder), temperature 0 with
+    iterations (identical candidates: no pairs, found after M1 trained), and a
+    judgments file that cannot give M1 any EFT data (found after SFT trained)."""
+    from checkpoint import save_model
+    from model import Transformer, preset
+    save_model(Transformer(preset("toy-tiny", vocab_size=32000)), str(tmp_path / "ckpt"),
+               tokenizer_path=llama_tokenizer_path)
+    seed = tmp_path / "out" / "toy" / "seed"  # a finished toy run's seed data, reused as real data
+    seed.mkdir(parents=True)
+    (tmp_path / "out" / "toy" / "settings.json").write_text("{}")
+    (seed / "ift.jsonl").write_text('{"prompt": "a", "response": "b"}\n' * 8)
+    (seed / "eft_train.jsonl").write_text('{"prompt": "t", "responses": ["x", "y"], "ranks": [0, 1]}\n')
+    (seed / "eft_eval.jsonl").write_text('{"prompt": "e", "responses": ["x", "y"], "ranks": [0, 1]}\n')
+
+    def problems(**settings):
+        c = configurator.settings(S.DEFAULTS, {"seed_data": str(seed), "init_from": str(tmp_path / "ckpt"),
+                                               "out_root": str(tmp_path / "out"), "max_judge_tokens": 32, **settings})
+        return validate.check_loop(c, 1).found
+    assert problems() == [f"seed_data: {seed} is inside the run folder {tmp_path / 'out' / 'toy'}, which this run "
+                          f"writes: copy it out, or give another run_name"]
+    assert problems(run_name="real") == []
+    (tmp_path / "out" / "mine" / "M0").mkdir(parents=True)
+    (tmp_path / "out" / "mine" / "M0" / "notes.txt").write_text("mine")
+    assert problems(run_name="mine")[0].startswith(f"run_name: {tmp_path / 'out' / 'mine'} holds files and is not "
+                                                   f"a run folder")
+    assert problems(run_name="real", out_root="")[0] == "out_root = '': give a folder ('.' for this one)"
+    assert problems(run_name="real", temperature=0.0)[0].startswith("temperature = 0.0: must be > 0 with iterations")
+    assert problems(run_name="real", temperature=0.0, iterations=0) == []
+    judged = tmp_path / "judged.jsonl"
+    for lines, ok in (([{"prompt": "t", "judgments": ["Rating: 4/5", "bad"]}], False),  # no 'Score: N'
+                      ([{"prompt": "e", "judgments": ["Score: 4", "Score: 2"]}], False),  # the eval set's prompt
+                      ([{"prompt": "t", "judgments": ["Score: 4", "Score: 2"]}], True)):
+        judged.write_text("".join(json.dumps({**x, "responses": ["x", "y"]}) + "\n" for x in lines))
+        found = problems(run_name="real", eft_judgments=str(judged))
+        assert found == [] if ok else found[0].startswith(f"eft_judgments: {judged}: no judgment of a prompt"), found
+
+
 def test_a_folder_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
     """A read-only mount or a folder without write permission (os.access says
     which; as root only a read-only mount does, so it is simulated here)."""
@@ -430,7 +471,7 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
     found = problems(max_judge_tokens=32, chat_template="llama3")  # (it raised from inside the check)
     assert len(found) == 1 and found[0].startswith("chat_template = 'llama3': "), found
     assert problems(max_judge_tokens=32, out_root=str(tmp_path / "out"), run_name="..foo") == []  # a name, not ..
-    (tmp_path / "judged.jsonl").write_text('{"prompt": "a", "responses": ["x", "y"], "judgments": ["Score: 5", "Score: 1"]}\n')
+    (tmp_path / "judged.jsonl").write_text('{"prompt": "c", "responses": ["x", "y"], "judgments": ["Score: 5", "Score: 1"]}\n')
     assert problems(eft_judgments=str(tmp_path / "judged.jsonl"), iterations=0) == []  # it never judges to learn
     assert problems(max_judge_tokens=32, dpo_lr=float("inf")) == ["dpo_lr = inf: must be a finite number"]  # --dpo_lr=1e999
     found = problems(max_judge_tokens=32, meta_judge=True, max_meta_tokens=110)

@@ -716,7 +716,7 @@ def test_killed_after_the_last_step_the_rerun_returns_that_steps_metrics(work):
     """Killed after the last step's state was saved (before or while the model
     is written out): the rerun has no step left to run, and still returns the
     last step's loss and DPO metrics, as the uninterrupted run does (they go
-    into the loop's records)."""
+    into the loop's records), whatever line of metrics.jsonl the kill cut short."""
     for trainer, config in ((train_sft, sft_config), (train_dpo, dpo_config)):
         name = trainer.__name__
         cfg = config(work, work / f"{name}_whole", max_steps=2, save_interval=1)
@@ -727,6 +727,8 @@ def test_killed_after_the_last_step_the_rerun_returns_that_steps_metrics(work):
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert r.returncode == 3, r.stderr[-2000:]
         assert not (work / f"{name}_killed" / "model").exists()
+        with open(work / f"{name}_killed" / "metrics.jsonl", "a") as f:
+            f.write('{"step": 3, "lo')  # a line a kill cut short (it stopped every resume, naming no file)
         rerun = trainer.train(cfg)
         assert rerun["loss"] == pytest.approx(whole["loss"], rel=1e-6) and not math.isnan(rerun["loss"]), name
         timing = {"model", "tokens_per_s", "mfu"}  # where it was written, and how fast it ran
