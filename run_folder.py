@@ -34,13 +34,17 @@ class Run:
     """The run folder: which stages are done and what each was made from, the
     metrics log. c: the run's settings, already validated (validate.py);
     env: the processes running it (distributed.setup); defaults: every
-    setting's default (see stage(): a setting added to the code later)."""
+    setting's default (see stage(): a setting added to the code later);
+    inputs: the settings that name input files or folders, each with its
+    values that are not paths ({"seed_data": ("toy",), ...}): where a stage
+    lists such a file, its contents count, not how its path is written."""
 
-    def __init__(self, folder, c, env, runtime_only=(), defaults=None):
+    def __init__(self, folder, c, env, runtime_only=(), defaults=None, inputs=None):
         self.dir = folder
         self.c = c
         self.env = env
         self.defaults = defaults or {}
+        self.inputs = inputs or {}
         # for people and the report: the settings of the latest command (runtime-only ones left out)
         self.settings = {k: v for k, v in vars(c).items() if k not in runtime_only}
         self.fingerprints = {}  # stage -> fingerprint of what it is made from, for the stages after it
@@ -75,7 +79,9 @@ class Run:
         which computes what the code computed before it existed; one the
         record names that the stage no longer lists does not count (the stage
         reads only the settings it lists: tests/test_selfreward.py checks the
-        bytecode). So updating the code does not redo a finished run.
+        bytecode). So updating the code does not redo a finished run. Nor does
+        an input's path written another way (data/ or data, relative or
+        absolute, a folder moved): its files' contents are what count.
         `temporary`: paths only a running stage needs (a trainer's resumable
         state), removed once the stage is marked done. Returns fn's info dict."""
         made_from = {"settings": {k: getattr(self.c, k) for k in uses},
@@ -84,7 +90,7 @@ class Run:
         fp = self.fingerprints[name] = fingerprint(name, made_from)
         old = self.record(name)
         if old and (old.get("made_from", {}).get("fingerprint") == fp
-                    or self.same_but_for_the_code(old.get("made_from", {}), made_from)):
+                    or self.same_inputs(old.get("made_from", {}), made_from)):
             # the stages after this one compare against the fingerprint they were made after
             self.fingerprints[name] = old["made_from"]["fingerprint"]
             return {k: v for k, v in old.items() if k != "made_from"}
@@ -106,13 +112,22 @@ class Run:
         self.metric({"stage": name, **info})
         return info
 
-    def same_but_for_the_code(self, old, new):
+    def same_inputs(self, old, new):
         """Is `new` what `old` recorded, but for settings the record does not
-        name that are at their defaults, and settings the stage no longer lists?"""
+        name that are at their defaults, settings the stage no longer lists,
+        and input paths written otherwise whose files hold the same bytes?"""
         old_settings = old.get("settings", {})
-        return ("fingerprint" in old and old.get("files") == new["files"] and old.get("after") == new["after"]
-                and all(old_settings[k] == v if k in old_settings else k in self.defaults and self.defaults[k] == v
-                        for k, v in new["settings"].items()))
+        by_name = lambda files: sorted((os.path.basename(os.path.normpath(f)), v) for f, v in files.items())
+        return ("fingerprint" in old and by_name(old.get("files", {})) == by_name(new["files"])
+                and old.get("after") == new["after"]
+                and all(self.same_setting(k, old_settings[k], v) if k in old_settings
+                        else k in self.defaults and self.defaults[k] == v for k, v in new["settings"].items()))
+
+    def same_setting(self, name, old, new):
+        """Equal values; or, for a setting naming input files, two paths (the
+        stage compares the files they name by contents)."""
+        keywords = self.inputs.get(name)
+        return old == new or keywords is not None and old not in keywords and new not in keywords
 
     def mark(self, stage, info, made_from=None, temporary=()):
         """Record `stage` done: its info and what it was made from; then remove its temporary paths."""

@@ -1278,3 +1278,32 @@ def test_a_stage_redone_loses_its_old_record_before_it_starts(tmp_path):
     c.a = 1
     r.stage("s", lambda: made.append(c.a) or {}, uses=["a"])
     assert made == [1, 1]
+
+
+def test_an_input_path_written_another_way_redoes_nothing(tmp_path):
+    """Seed data named with a trailing slash, by another relative path, or
+    moved: its files hold the same bytes, so nothing is redone (a changed
+    spelling redid SFT, M1 and all after them). New contents, or the toy
+    world instead, are a change."""
+    from run_folder import Run
+    import distributed as D
+    ran = []
+    (tmp_path / "seed").mkdir()
+    (tmp_path / "seed" / "ift.jsonl").write_text("a\n")
+
+    def run(seed_data):
+        c = types.SimpleNamespace(seed_data=seed_data, n_ift=3)
+        r = Run(str(tmp_path / "run"), c, D.Env(), inputs=S.INPUT_SETTINGS)
+        files = [] if seed_data == "toy" else [os.path.join(seed_data, "ift.jsonl")]
+        r.stage("seed_data", lambda: ran.append("seed_data"), uses=["seed_data"], files=files)
+        r.stage("SFT", lambda: ran.append("SFT"), uses=["n_ift"], after=["seed_data"])
+    run(str(tmp_path / "seed"))
+    run(str(tmp_path / "seed") + "/")
+    run(os.path.relpath(tmp_path / "seed"))
+    shutil.move(tmp_path / "seed", tmp_path / "moved")
+    run(str(tmp_path / "moved"))
+    assert ran == ["seed_data", "SFT"]
+    (tmp_path / "moved" / "ift.jsonl").write_text("b\n")
+    run(str(tmp_path / "moved"))
+    run("toy")
+    assert ran == ["seed_data", "SFT"] * 3
