@@ -192,8 +192,13 @@ def made_from(c, tok_path):
 
 def total_steps(c, n_examples):
     """The run's optimizer steps; a warmup as long (known only once the data is
-    read) is allowed, but said: the learning rate would never reach lr."""
+    read) is allowed, but said: the learning rate would never reach lr. So is
+    a batch larger than the data: each step then repeats examples."""
     steps = c.max_steps or math.ceil(c.epochs * n_examples / c.batch_size)
+    if c.batch_size > n_examples:
+        D.log(f"warning: batch_size = {c.batch_size} is larger than the {n_examples} examples: each step holds "
+              f"each example {c.batch_size / n_examples:.1f} times, {steps * c.batch_size / n_examples:.1f} passes "
+              f"over the data in all")
     if c.warmup_steps >= steps:
         D.log(f"warning: warmup_steps = {c.warmup_steps} is not below this run's {steps} steps: "
               f"the learning rate never reaches lr = {c.lr}")

@@ -1194,6 +1194,11 @@ def test_a_warmup_as_long_as_the_run_is_said(capsys):
     assert "warning: warmup_steps = 10 is not below this run's 10 steps" in capsys.readouterr().out
     assert T.total_steps(types.SimpleNamespace(**{**vars(c), "warmup_steps": 9}), 40) == 10
     assert "warning" not in capsys.readouterr().out
+    # a batch larger than the data repeats examples within a step (epochs=1 on 80 examples, batch 100,000:
+    # one step, 1,250 passes): said
+    assert T.total_steps(types.SimpleNamespace(**{**vars(c), "batch_size": 100_000, "warmup_steps": 0}), 80) == 1
+    assert ("warning: batch_size = 100000 is larger than the 80 examples: each step holds each example 1250.0 "
+            "times, 1250.0 passes over the data in all") in capsys.readouterr().out
 
 
 def test_a_trainer_refuses_a_tokenizer_larger_than_its_checkpoints_vocabulary(work, llama_tokenizer_path):
