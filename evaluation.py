@@ -37,15 +37,18 @@ def read_eval_prompts(path):
     each an object with a string "instruction". Errors name the file and record."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"eval prompts file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        head = f.read(4096).lstrip()
+    with open(path, "rb") as f:
+        head = f.read(4096).decode("utf-8-sig", errors="replace").lstrip()
     if not head.startswith("["):
-        return read_jsonl(path, fields=("instruction",), allow_empty=False)
-    with open(path, encoding="utf-8") as f:
+        return read_jsonl(path, fields=("instruction",), allow_empty=False)  # (names a bad line and byte)
+    with open(path, encoding="utf-8-sig") as f:
         try:
             records = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at byte {e.start}; "
+                             f"save the file as UTF-8)") from None
     for i, x in enumerate(records):
         if not isinstance(x, dict) or not isinstance(x.get("instruction"), str):
             raise ValueError(f"{path}: element {i} of the array is not an object with a string 'instruction'")

@@ -113,10 +113,11 @@ def tokenize_pairs(tok, records, max_len, source):
 # -----------------------------------------------------------------------------
 # The reference: computed once, stored beside the run
 
-def reference_made_from(c, pairs):
-    """What the reference log-probs are computed from: the starting weights and
-    the token ids of every pair (which the data, tokenizer and max_seq_len decide)."""
-    return fingerprint(file_fingerprint(c.init_from), [[p["chosen"], p["rejected"]] for p in pairs])
+def reference_made_from(c, pairs, dtype):
+    """What the reference log-probs are computed from: the starting weights, the
+    token ids of every pair (which the data, tokenizer and max_seq_len decide)
+    and the compute dtype (bf16 log-probs differ from fp32's in the third digit)."""
+    return fingerprint(file_fingerprint(c.init_from), [[p["chosen"], p["rejected"]] for p in pairs], str(dtype))
 
 
 def saved_reference(path, fp):
@@ -133,7 +134,7 @@ def reference_logps(model, pairs, env, c, pad_id, path):
     if an earlier (possibly killed) run wrote it from the same weights and
     pairs (its first line says what it was made from), else with `model` (the
     starting checkpoint, in eval mode: no dropout), split over ranks."""
-    fp = reference_made_from(c, pairs)
+    fp = reference_made_from(c, pairs, env.dtype)
     reuse = D.all_sum(env, float(D.is_rank0() and saved_reference(path, fp) is not None))[0] > 0  # rank 0 decides
     if not reuse:
         model.eval()

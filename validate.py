@@ -339,7 +339,11 @@ def check_loop(c, world):
             models["init_from"] = PRESETS[c.model]
         p.at_least("vocab_size", 300)  # the tokenizer's 256 byte pieces count towards it
     for setting in ("init_from", "prompt_writer"):
-        if getattr(c, setting) not in ("scratch", "M0", "M1", "current"):
+        value = getattr(c, setting)
+        meant = [k for k in ("scratch", "M0", "M1", "current") if k.lower() == value.lower() and k != value]
+        if meant and not os.path.exists(value):  # --prompt_writer=m0: a keyword, spelled otherwise
+            p.add(f"{setting} = {value!r}: no such checkpoint folder; did you mean {meant[0]!r}?")
+        elif value not in ("scratch", "M0", "M1", "current"):
             args, tok = check_checkpoint(p, setting, getattr(c, setting), c.chat_template)
             if args:
                 models[setting] = args

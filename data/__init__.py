@@ -30,7 +30,7 @@ def read_jsonl(path, fields=(), allow_empty=True, check=None):
     with open(path, "rb") as f:  # decoded line by line, so that a stray byte is named by its line
         for lineno, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # (a BOM, as Windows editors write)
             except UnicodeDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
                                  f"{e.start + 1}; save the file as UTF-8)") from None

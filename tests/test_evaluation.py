@@ -145,6 +145,14 @@ def test_bad_eval_prompt_files_name_the_record(tmp_path):
     (tmp_path / "b.jsonl").write_text('{"instruction": "ok"}\n{"prompt": "no"}\n')
     with pytest.raises(ValueError, match=r"b.jsonl:2: missing or non-string field\(s\): instruction"):
         E.read_eval_prompts(str(tmp_path / "b.jsonl"))
+    # a BOM (Windows editors write one) is read past; a byte that is not UTF-8 is named with the file
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([{"instruction": "hi"}]).encode())
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps({"instruction": "hi"}).encode() + b"\n")
+    assert E.read_eval_prompts(str(tmp_path / "bom.json")) == E.read_eval_prompts(str(tmp_path / "bom.jsonl")) == \
+        [{"instruction": "hi"}]
+    (tmp_path / "latin.json").write_bytes(b'[{"instruction": "caf\xe9"}]')
+    with pytest.raises(ValueError, match=r"latin.json: not UTF-8 text \(byte 0xe9"):
+        E.read_eval_prompts(str(tmp_path / "latin.json"))
     (tmp_path / "c.json").write_text("[]")
     with pytest.raises(ValueError, match="empty"):
         E.read_eval_prompts(str(tmp_path / "c.json"))

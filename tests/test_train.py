@@ -493,6 +493,10 @@ def test_reference_log_probs_are_reused_only_for_the_same_pairs(work, dpo_single
     train_dpo.train(dpo_config(work, out, data=str(swapped), max_steps=1))
     old, new = read_jsonl(dpo_single / "ref_logps.jsonl")[1:], read_jsonl(out / "ref_logps.jsonl")[1:]
     assert [(r["chosen"], r["rejected"]) for r in new] == [(r["rejected"], r["chosen"]) for r in old]
+    # the same pairs in another compute dtype are other log-probs (bf16's were kept for an fp32 run)
+    c, pairs = types.SimpleNamespace(init_from=str(work / "ckpt")), [{"chosen": [1, 2], "rejected": [1, 3]}]
+    assert train_dpo.reference_made_from(c, pairs, torch.float32) != train_dpo.reference_made_from(
+        c, pairs, torch.bfloat16)
 
 
 def test_training_state_is_resumed_only_by_the_same_settings(work, tmp_path, capsys):
