@@ -700,7 +700,9 @@ def stage_prompts(c, r, t, writer_path):
         D.stop(f"error: iteration {t}: the prompt writer ({writer_path}) produced no usable prompt out of "
                  f"{c.n_prompts} requests (dropped: {dropped}). Check the writer model, or raise n_prompts"
                  + (f", or widen min_prompt_words..max_prompt_words ({c.min_prompt_words}..{c.max_prompt_words})"
-                    if "length out of bounds" in dropped else "") + ".")
+                    if "length out of bounds" in dropped else "")
+                 + (f", or raise max_prompt_tokens ({c.max_prompt_tokens})"
+                    if any(why.startswith("unfinished") for why in dropped) else "") + ".")
     save_jsonl(r.path(f"iter{t}", "prompts.jsonl"), kept)
     D.log(f"iteration {t}: {len(kept)} new prompts kept of {c.n_prompts} requested; dropped {dropped}")
     return {"requested": c.n_prompts, "kept": len(kept), "dropped": dropped}

@@ -136,6 +136,18 @@ def test_a_real_writer_is_asked_in_self_instructs_template_and_its_filters_apply
     assert [x["dropped"] for x in every] == [None, "not a task for text (Self-Instruct's keywords)"]
 
 
+def test_a_writer_whose_tasks_never_end_is_told_which_setting_to_raise(tmp_path, monkeypatch, tok, capsys):
+    """Every new task cut at max_prompt_tokens: the error names that setting."""
+    c, r = settings(n_prompts=2, shard_size=2, max_prompt_tokens=4), run_folder(tmp_path)
+    write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": f"Say hi to {x}.", "response": "hi"} for x in "ABCDEFGH"])
+    use_model(monkeypatch, tok, 256)
+    monkeypatch.setattr(S, "generate", lambda model, prompts, n, **kw: [tok.encode(" please sort the word fox")[:n]
+                                                                        for _ in prompts])
+    with pytest.raises(SystemExit):
+        S.stage_prompts(c, r, 1, "writer")
+    assert "or raise max_prompt_tokens (4)." in capsys.readouterr().err
+
+
 def test_evaluation_skips_and_counts_long_inputs(tmp_path, monkeypatch, tok):
     ctx = len(judge_prompt_ids(tok, SHORT, "a")) + 8
     use_model(monkeypatch, tok, ctx)
