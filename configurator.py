@@ -150,20 +150,32 @@ def help_text(namespace, comment_files=()):
 
 def apply(namespace, argv):
     """Apply config files and --key=value overrides to namespace (a dict);
-    returns the dict of settings after the overrides."""
-    settings = _settings(namespace)
+    returns the dict of settings after the overrides. Every bad one is named
+    in one ConfigError (a file that cannot be read stops there)."""
+    settings, problems = _settings(namespace), []
+
+    def put(key, value, where):
+        try:
+            namespace[key] = _check(key, value, settings, where)
+        except ConfigError as e:
+            problems.append(str(e))
     for arg in argv:
         if not arg.startswith("--"):
             for key, (value, where) in _file_settings(arg).items():
-                namespace[key] = _check(key, value, settings, where)
+                put(key, value, where)
         else:
             key, eq, text = arg[2:].partition("=")
             if not eq:
-                raise ConfigError(f"{arg}: expected --key=value")
+                problems.append(f"{arg}: expected --key=value")
+                continue
             value = parse_value(text)
             if isinstance(settings.get(key), str) and value is not None and not isinstance(value, str):
                 value = text  # a text setting takes the text: --run_name=2024, --seeds=1,2 (not a number, a tuple)
-            namespace[key] = _check(key, value, settings, arg)
+            put(key, value, arg)
+    if len(problems) > 1:
+        raise ConfigError(f"{len(problems)} problems with the settings:\n" + "\n".join(f"  - {p}" for p in problems))
+    if problems:
+        raise ConfigError(problems[0])
     return _settings({k: namespace[k] for k in settings})
 
 

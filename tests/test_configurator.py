@@ -49,6 +49,12 @@ def test_wrong_type():
         apply(defaults(), ["--compile=1"])
     with pytest.raises(ConfigError, match="expected --key=value"):
         apply(defaults(), ["--compile"])
+    # several at once: all named in one message (the first alone was said, then the next after a fix)
+    with pytest.raises(ConfigError) as e:
+        apply(defaults(), ["--batch_size=big", "--compile", "--lr=fast"])
+    assert str(e.value).splitlines() == [
+        "3 problems with the settings:", "  - --batch_size=big: batch_size must be int like its default 16, got str 'big'",
+        "  - --compile: expected --key=value", "  - --lr=fast: lr must be float like its default 5.5e-06, got str 'fast'"]
 
 
 def test_config_file(tmp_path):
