@@ -49,6 +49,7 @@ class Run:
         self.settings = {k: v for k, v in vars(c).items() if k not in runtime_only}
         self.fingerprints = {}  # stage -> fingerprint of what it is made from, for the stages after it
         self.current = None  # the stage running now (for Ctrl-C's message and generation shards)
+        self.reused = []  # the stages found done, made from the same inputs (said at the end of a run)
         if D.is_rank0():
             write_json(self.path("settings.json"), self.settings)
         D.barrier()
@@ -93,6 +94,7 @@ class Run:
                     or self.same_inputs(old.get("made_from", {}), made_from)):
             # the stages after this one compare against the fingerprint they were made after
             self.fingerprints[name] = old["made_from"]["fingerprint"]
+            self.reused.append(name)
             return {k: v for k, v in old.items() if k != "made_from"}
         D.log(f"\n=== {name}" + (f" (again: {changes(old.get('made_from', {}), made_from)})" if old else ""))
         if old:  # redone: its old record goes first, or a redo stopped halfway (its outputs partly

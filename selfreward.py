@@ -1135,6 +1135,8 @@ def main(argv=None):
                 print(f"\ninterrupted in stage {r.current or '(between stages)'}; the same command resumes the run",
                       file=sys.stderr)
             sys.exit(130)
+    if r.reused:  # (a rerun that redid nothing would otherwise look like one that never ran)
+        D.log(f"\nreused, done before from the same settings and inputs: {', '.join(r.reused)}")
     D.log(f"\n{report.table(r.path('report.md'))}\n\ndone in {(time.time() - t_start) / 60:.1f} min: "
           f"{r.path('report.md')}")
     D.teardown(env)

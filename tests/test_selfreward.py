@@ -349,6 +349,7 @@ def test_bad_settings_refused_before_any_work_then_the_fix_continues(micro_run, 
     assert json.loads((run / "settings.json").read_text())["eval_prompts"] == str(prompts)
     r = run_loop(tmp_path, eval_prompts=prompts)  # a rerun of a finished run: nothing to do, the table again
     assert stages_run(r.stdout) == [] and "| M3 |" in r.stdout
+    assert "reused, done before from the same settings and inputs: seed_data, tokenizer, M0, SFT, M1," in r.stdout
 
 
 def test_a_run_needs_a_folder_of_its_own(tmp_path):
