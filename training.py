@@ -114,11 +114,41 @@ def run(loop, defaults, config, fields, announce=False, check_record=None):
     if announce:
         D.log(D.describe(env))
     with D.sole_writer(env, c.out_dir):
-        result = loop(c, env)
+        result = finished(c)
+        if result is None:
+            result = loop(c, env)
+            if D.is_rank0():  # what out_dir/model was made from, and what the run returned
+                write_text(done_path(c), json.dumps({"made_from": made_from(c, c.tokenizer or c.init_from),
+                                                     "result": result}))
+            D.barrier()
     # only after a success: teardown waits for every rank, and after an error on
     # one rank the others may be inside a collective that never ends
     D.teardown(env)
     return result
+
+
+def done_path(c):
+    return os.path.join(c.out_dir, "done.json")
+
+
+def finished(c):
+    """What an earlier run of the same settings and inputs returned, if its
+    out_dir/model is there: the same command again does not train again
+    (remove out_dir/model to). A model made from other settings is said to
+    be replaced when this run ends."""
+    model = os.path.join(c.out_dir, "model")
+    if not os.path.isdir(model):
+        return None
+    try:
+        with open(done_path(c)) as f:
+            done = json.load(f)
+    except (OSError, ValueError):
+        done = {}
+    if done.get("made_from") == made_from(c, c.tokenizer or c.init_from):
+        D.log(f"{model} was trained from these same settings and inputs: nothing to do (remove it to train again)")
+        return done["result"]
+    D.log(f"note: {model} was made from other settings or inputs: this run replaces it when it ends")
+    return None
 
 
 # -----------------------------------------------------------------------------

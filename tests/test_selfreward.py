@@ -75,8 +75,9 @@ def test_every_artifact_exists_and_is_consistent(micro_run):
         assert os.path.exists(run / path), path
     for name in ("M0", "SFT", "M1", "M2", "M3"):  # trained and saved: the resumable state is gone
         dpo = ["ref_logps.jsonl"] if name in ("M2", "M3") else []
-        # (.lock: the trainer held its out_dir, distributed.sole_writer; the file stays, the lock does not)
-        assert sorted(os.listdir(run / "train" / name)) == [".lock", "metrics.jsonl", *dpo], name
+        # (.lock: the trainer held its out_dir, distributed.sole_writer; the file stays, the lock does not;
+        # done.json: what its model was made from and what the trainer returned)
+        assert sorted(os.listdir(run / "train" / name)) == [".lock", "done.json", "metrics.jsonl", *dpo], name
     # the SFT baseline learns from every IFT record, M1 from every IFT and EFT record: nothing held out
     # (the loop evaluates the models itself), so its last step is all the records' epochs in batches
     for name, files in (("SFT", ["ift.jsonl"]), ("M1", ["ift.jsonl", "eft_train.jsonl"])):

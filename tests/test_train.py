@@ -500,16 +500,23 @@ def test_reference_log_probs_are_reused_only_for_the_same_pairs(work, dpo_single
 
 
 def test_training_state_is_resumed_only_by_the_same_settings(work, tmp_path, capsys):
-    """keep_state keeps a finished run's state; a run with another lr in the
-    same out_dir starts from step 0 instead of resuming it, and says so."""
+    """The same command again, its model there: nothing to do, and the same
+    result (it trained again from step 0). keep_state keeps a finished run's
+    state, which the same settings resume; a run with another lr in the same
+    out_dir starts from step 0 instead of resuming it, says so, and says
+    that it replaces the model."""
     out = tmp_path / "sft"
-    train_sft.train(sft_config(work, out, max_steps=2, keep_state=True))
+    first = train_sft.train(sft_config(work, out, max_steps=2, keep_state=True))
     assert (out / "state" / "state.json").exists()
+    capsys.readouterr()
+    assert train_sft.train(sft_config(work, out, max_steps=2, keep_state=True)) == first
+    assert "trained from these same settings and inputs: nothing to do" in capsys.readouterr().out
+    shutil.rmtree(out / "model")
     train_sft.train(sft_config(work, out, max_steps=2, keep_state=True))  # the same: resumed at its end
     assert "resumed from" in capsys.readouterr().out
     train_sft.train(sft_config(work, out, max_steps=2, lr=5e-4))
     text = capsys.readouterr().out
-    assert "not resuming from" in text and "resumed from" not in text
+    assert "not resuming from" in text and "resumed from" not in text and "this run replaces it" in text
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert not (out / "state").exists()
 
