@@ -69,7 +69,7 @@ class Run:
         files stand for it in the fingerprints of the stages after it."""
         self.fingerprints[stage] = fingerprint(stage, file_fingerprint(folder))
 
-    def stage(self, name, fn, uses=(), files=(), after=(), temporary=()):
+    def stage(self, name, fn, uses=(), files=(), after=(), temporary=(), outputs=()):
         """Run fn() unless stage `name` is done AND was made from what it would
         be made from now: the settings named in `uses`, the contents of the
         input `files`, and the stages it reads (`after`, each standing for
@@ -84,19 +84,24 @@ class Run:
         an input's path written another way (data/ or data, relative or
         absolute, a folder moved): its files' contents are what count.
         `temporary`: paths only a running stage needs (a trainer's resumable
-        state), removed once the stage is marked done. Returns fn's info dict."""
+        state), removed once the stage is marked done. `outputs`: what the
+        stage writes that later stages read (a model folder): one that is gone
+        (deleted to free a disk) redoes the stage. Returns fn's info dict."""
         made_from = {"settings": {k: getattr(self.c, k) for k in uses},
                      "files": {f: file_fingerprint(f) for f in files},
                      "after": {a: self.fingerprints[a] for a in after}}
         fp = self.fingerprints[name] = fingerprint(name, made_from)
         old = self.record(name)
-        if old and (old.get("made_from", {}).get("fingerprint") == fp
-                    or self.same_inputs(old.get("made_from", {}), made_from)):
+        same = old and (old.get("made_from", {}).get("fingerprint") == fp
+                        or self.same_inputs(old.get("made_from", {}), made_from))
+        gone = [p for p in outputs if not os.path.exists(p)]
+        if same and not gone:
             # the stages after this one compare against the fingerprint they were made after
             self.fingerprints[name] = old["made_from"]["fingerprint"]
             self.reused.append(name)
             return {k: v for k, v in old.items() if k != "made_from"}
-        D.log(f"\n=== {name}" + (f" (again: {changes(old.get('made_from', {}), made_from)})" if old else ""))
+        why = f"{', '.join(gone)} gone" if same else changes(old.get("made_from", {}), made_from) if old else ""
+        D.log(f"\n=== {name}" + (f" (again: {why})" if why else ""))
         if old:  # redone: its old record goes first, or a redo stopped halfway (its outputs partly
             D.barrier()  # rewritten) would pass as done under the old settings; once every rank has read it
             if D.is_rank0():

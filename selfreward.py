@@ -1158,15 +1158,15 @@ def run_stages(c, r):
                 files=[os.path.join(c.seed_data, f) for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl")])
     if c.init_from == "scratch":
         r.stage("tokenizer", lambda: stage_tokenizer(c, r), uses=S["tokenizer"],
-                after=["seed_data"])
+                after=["seed_data"], outputs=[r.path("tokenizer.model")])
         r.stage("M0", lambda: stage_pretrain(c, r), uses=S["M0"], after=["seed_data", "tokenizer"],
-                temporary=temporary("M0"))
+                temporary=temporary("M0"), outputs=[r.path("M0")])
         m0 = r.path("M0")
     else:
         r.given("M0", c.init_from)
         m0 = c.init_from
     r.stage("SFT", lambda: stage_sft_baseline(c, r, m0), uses=S["SFT"], after=["M0", "seed_data"],
-            temporary=temporary("SFT"))
+            temporary=temporary("SFT"), outputs=[r.path("SFT")])
     m1_reads = ["M0", "seed_data"]
     if "responses" in read_jsonl(r.path("seed", "eft_train.jsonl"))[0]:  # groups, not targets
         r.stage("eft_targets", lambda: stage_eft_targets(c, r), uses=S["eft_targets"], after=["SFT", "seed_data"],
@@ -1176,7 +1176,7 @@ def run_stages(c, r):
         r.stage("eft_own", lambda: stage_eft_own_answers(c, r), uses=S["eft_own"], after=["SFT", "seed_data"])
         m1_reads.append("eft_own")
     r.stage("M1", lambda: stage_m1(c, r, m0), uses=S["SFT"] + S["M1"] + meta("M1"), after=m1_reads,
-            temporary=temporary("M1"))
+            temporary=temporary("M1"), outputs=[r.path("M1")])
     for t in range(1, c.iterations + 1):
         mt, it = r.path(f"M{t}"), f"iter{t}"
         # the prompt writer: one of this run's models (a stage the prompts come after), or a folder of its own
@@ -1185,11 +1185,11 @@ def run_stages(c, r):
         r.stage(f"{it}_prompts", lambda: stage_prompts(c, r, t, writer), uses=S["prompts"],
                 files=[] if writer_model else [writer],
                 after=["seed_data", *([writer_model] if writer_model else []),
-                       *(f"iter{s}_prompts" for s in range(1, t))])
+                       *(f"iter{s}_prompts" for s in range(1, t))], outputs=[r.path(it, "prompts.jsonl")])
         r.stage(f"{it}_candidates", lambda: stage_candidates(c, r, t, mt), uses=S["candidates"],
-                after=[f"{it}_prompts", f"M{t}"])
+                after=[f"{it}_prompts", f"M{t}"], outputs=[r.path(it, "candidates.jsonl")])
         r.stage(f"{it}_judgments", lambda: stage_judgments(c, r, t, mt), uses=S["judgments"],
-                after=[f"{it}_candidates", f"M{t}"])
+                after=[f"{it}_candidates", f"M{t}"], outputs=[r.path(it, "judgments.jsonl")])
         if not c.meta_judge:
             r.stage(f"{it}_pairs", lambda: stage_pairs(c, r, t), uses=S["pairs"] + coin, after=[f"{it}_judgments"])
         else:  # Meta-Rewarding: M_t also judges its judgments, and the judge's pairs join the actor's
@@ -1198,7 +1198,7 @@ def run_stages(c, r):
             r.stage(f"{it}_pairs", lambda: stage_pairs_meta(c, r, t), uses=S["pairs"] + S["pairs+meta"] + coin,
                     after=[f"{it}_judgments", f"{it}_meta_judgments"])
         r.stage(f"M{t + 1}", lambda: stage_dpo(c, r, t, mt), uses=S["DPO"], after=[f"{it}_pairs", f"M{t}"],
-                temporary=temporary(f"M{t + 1}"))
+                temporary=temporary(f"M{t + 1}"), outputs=[r.path(f"M{t + 1}")])
     names = ["SFT"] + [f"M{t}" for t in range(1, c.iterations + 2)]
     eval_files = [f for f in (c.eval_prompts, c.mt_bench) if f]
     infos = {n: r.stage(f"eval_{n}", lambda: stage_eval(c, r, n, r.path(n)), uses=S["eval"], files=eval_files,

@@ -1311,3 +1311,23 @@ def test_an_input_path_written_another_way_redoes_nothing(tmp_path):
     run(str(tmp_path / "moved"))
     run("toy")
     assert ran == ["seed_data", "SFT"] * 3
+
+
+def test_a_done_stage_whose_output_is_gone_is_done_again(tmp_path, capsys):
+    """A model folder deleted to free a disk: the stage that made it runs again
+    (the next stage failed to load it, after its own record was dropped), and
+    says why; the stages after it stand (it is made again from the same inputs)."""
+    from run_folder import Run
+    import distributed as D
+    ran, out = [], tmp_path / "run" / "M1"
+
+    def run():
+        r = Run(str(tmp_path / "run"), types.SimpleNamespace(), D.Env())
+        r.stage("M1", lambda: ran.append("M1") or out.mkdir(exist_ok=True), outputs=[str(out)])
+        r.stage("M2", lambda: ran.append("M2"), after=["M1"])
+    run()
+    run()
+    assert ran == ["M1", "M2"]
+    shutil.rmtree(out)
+    run()
+    assert ran == ["M1", "M2", "M1"] and f"=== M1 (again: {out} gone)" in capsys.readouterr().out
