@@ -393,6 +393,9 @@ def check_loop(c, world):
                   "'grader' is for the toy world with meta_judge=True; real seed data has no grader")
     p.require(not (c.eft_own_answers and c.seed_data != "toy"), "eft_own_answers", "is for the toy world, whose "
               "grader judges the answers; real seed data has no grader")
+    # (a setting that changes nothing would still redo every stage that lists it)
+    p.require(c.judge_quotes or not c.quote_first, "quote_first", "orders judge_quotes' quotes: set "
+              "judge_quotes=True too, or leave quote_first off")
     return p
 
 

@@ -401,6 +401,7 @@ def test_what_would_lose_files_or_a_run_is_refused_before_any_work(tmp_path, lla
     assert problems(run_name="real", temperature=0.0, iterations=0) == []
     assert problems(run_name="real", prompt_writer="m0") == [
         "prompt_writer = 'm0': no such checkpoint folder; did you mean 'M0'?"]
+    assert problems(run_name="real", quote_first=True)[0].startswith("quote_first = True: orders judge_quotes'")
     judged = tmp_path / "judged.jsonl"
     for lines, ok in (([{"prompt": "t", "judgments": ["Rating: 4/5", "bad"]}], False),  # no 'Score: N'
                       ([{"prompt": "e", "judgments": ["Score: 4", "Score: 2"]}], False),  # the eval set's prompt
