@@ -193,4 +193,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # before the first run began (checks, setup): a stage's own Ctrl-C says where it was
+        print("\ninterrupted before any work; nothing was written", file=sys.stderr)
+        sys.exit(130)

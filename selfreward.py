@@ -1208,4 +1208,8 @@ def run_stages(c, r):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # before the stages began (checks, setup): a stage's own Ctrl-C says where it was
+        print("\ninterrupted before any work; nothing was written", file=sys.stderr)
+        sys.exit(130)

@@ -1332,3 +1332,15 @@ def test_a_done_stage_whose_output_is_gone_is_done_again(tmp_path, capsys):
     shutil.rmtree(out)
     run()
     assert ran == ["M1", "M2", "M1"] and f"=== M1 (again: {out} gone)" in capsys.readouterr().out
+
+
+def test_ctrl_c_before_the_stages_is_one_line(tmp_path):
+    """Ctrl-C while the settings and inputs are checked (a big checkpoint's
+    headers take a while): one line and status 130, not a traceback."""
+    code = ("import runpy, validate\n"
+            "def interrupted(*a):\n    raise KeyboardInterrupt\n"
+            "validate.check_loop = interrupted\n"
+            "runpy.run_path('selfreward.py', run_name='__main__')\n")
+    r = subprocess.run([sys.executable, "-c", code, f"--out_root={tmp_path}"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 130 and r.stderr.strip() == "interrupted before any work; nothing was written", r.stderr
