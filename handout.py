@@ -23,6 +23,7 @@ all of that on a handout written from the current code.
 """
 import ast
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -39,7 +40,8 @@ from data import unwritable, unwritable_file, write_text
 
 # -----------------------------------------------------------------------------
 # Command-line settings (python handout.py --help lists them)
-out = ""  # write the student copy to this folder, outside the project (a handout already there is replaced)
+out = ""  # write the student copy to this folder, outside the project (a handout already there is replaced,
+          # unless it was worked on since it was written)
 grade = False  # instead: run every exercise's grading tests in this copy and print which pass
 grade_json = ""  # with grade: also write each test's outcome to this JSON file
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
@@ -55,6 +57,7 @@ MARKER = re.compile(r"[ \t]*# Exercise \((?P<level>easy|medium|hard)\): (?P<titl
 ANY_MARKER = re.compile(r"[ \t]*#\s*Exercise\b")  # what a marker starts with, so a misspelt one is an error
 STUB = 'raise NotImplementedError("exercise {number}: write {qualname} in {file} (see EXERCISES.md)")'
 GUIDE = "EXERCISES.md"
+MANIFEST = ".handout.json"  # every file of a handout as written (sha256): one that was worked on is kept
 
 
 class HandoutError(ValueError):
@@ -237,6 +240,11 @@ def check_destination(root, out):
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)) and \
             not os.path.isfile(os.path.join(out, GUIDE)):
         raise HandoutError(f"--out={out} exists and is not an earlier handout (no {GUIDE}); not replacing it")
+    changed = worked_on(out)
+    if changed:
+        raise HandoutError(f"--out={out}: the handout there was worked on since it was written "
+                           f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); not replacing it: "
+                           f"give another --out, or move it away first")
     problem = unwritable(os.path.dirname(out))  # the handout is written beside out, then renamed into place
     if problem:
         raise HandoutError(f"--out={out}: {problem}")
@@ -266,9 +274,36 @@ def write_handout(root, out):
             else:
                 shutil.copy2(os.path.join(root, f), dest)
         write_text(os.path.join(folder, GUIDE), exercises_md(exercises, folder))
+        write_text(os.path.join(folder, MANIFEST), json.dumps(digests(folder), indent=1))
 
     write_folder_atomically(out, write_into)
     return exercises
+
+
+def digests(folder):
+    """{file: sha256} of a handout's files, leaving out what running it makes
+    (Python's and pytest's caches) and the manifest itself."""
+    found = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if d not in ("__pycache__", ".pytest_cache")]
+        for f in filenames:
+            rel = os.path.relpath(os.path.join(dirpath, f), folder).replace(os.sep, "/")
+            if rel != MANIFEST and not f.endswith(".pyc"):
+                with open(os.path.join(dirpath, f), "rb") as fh:
+                    found[rel] = hashlib.sha256(fh.read()).hexdigest()
+    return found
+
+
+def worked_on(out):
+    """The files of an earlier handout at `out` changed, added or removed since
+    it was written ([] if none, or if it has no manifest)."""
+    try:
+        with open(os.path.join(out, MANIFEST), encoding="utf-8") as f:
+            written = json.load(f)
+    except (OSError, ValueError):
+        return []
+    now = digests(out)
+    return sorted(f for f in set(now) | set(written) if now.get(f) != written.get(f))
 
 
 def exercises_md(exercises, folder):

@@ -92,7 +92,7 @@ def test_each_exercise_is_graded_alone_and_all_solutions_give_the_project_back(t
     for e in exercises:
         write(folder / e.file, handout.restore(handout.read(folder / e.file), e.qualname, e.solution))
     files = handout.project_files(ROOT)
-    assert handout.project_files(str(folder)) == sorted(files + ["EXERCISES.md"])
+    assert handout.project_files(str(folder)) == sorted(files + ["EXERCISES.md", ".handout.json"])
     for f in files:
         with open(folder / f, "rb") as mine, open(os.path.join(ROOT, f), "rb") as original:
             assert mine.read() == original.read(), f
@@ -143,7 +143,7 @@ def test_markers_bodies_and_mistakes_on_a_small_project(tmp_path):
     assert [(e.number, e.qualname, e.level, e.title, e.command, e.line) for e in exercises] == [
         (1, "A.f", "hard", "a method", "python -m pytest -q tests/test_m.py -k method", 7),
         (2, "g", "easy", "a function", "python -m pytest -q tests/test_m.py", 14)]
-    assert sorted(os.listdir(out)) == ["EXERCISES.md", "m.py", "tests"]
+    assert sorted(os.listdir(out)) == [".handout.json", "EXERCISES.md", "m.py", "tests"]
     blanked = (out / "m.py").read_text()
     compile(blanked, "m.py", "exec")
     assert "return x" not in blanked and "starts the body" not in blanked and "return y" not in blanked
@@ -154,6 +154,16 @@ def test_markers_bodies_and_mistakes_on_a_small_project(tmp_path):
     assert blanked == SOURCE
 
     handout.write_handout(str(project), str(out))  # an earlier handout is replaced
+    # ... unless it was worked on: a student's edits and files are not thrown away (caches do not count)
+    (out / "__pycache__").mkdir()
+    (out / "__pycache__" / "m.cpython.pyc").write_bytes(b"\0")
+    handout.write_handout(str(project), str(out))
+    (out / "m.py").write_text((out / "m.py").read_text() + "# my work\n")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(handout.HandoutError, match=r"the handout there was worked on since it was written "
+                                                   r"\(m\.py, notes\.txt\); not replacing it"):
+        handout.write_handout(str(project), str(out))
+    assert (out / "notes.txt").read_text() == "mine"
     for bad, message in [
         (SOURCE.replace("def g", "\ndef g"), r"m\.py:13: an exercise marker must be the line right above a def"),
         (SOURCE.replace("(easy)", "(easier)"), r"m\.py:13: an exercise marker reads"),
