@@ -130,7 +130,9 @@ NO_ROOM = "ERROR"
 
 # The temperature FastChat's gen_model_answer samples each MT-Bench category at
 # (fastchat.llm_judge.common.temperature_config; 0.7 for a category it does
-# not list; below 1e-4 it decodes greedily, as generate() does at 0). No top-p.
+# not list; below 1e-4 it decodes greedily, as generate() does at 0). It sets
+# no top-p (transformers' generate then takes the checkpoint's
+# generation_config.json's, 0.9 for Llama 2 chat); here none either (1.0).
 MT_BENCH_TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
                         "reasoning": 0.0, "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
 

@@ -195,6 +195,7 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except KeyboardInterrupt:  # before the first run began (checks, setup): a stage's own Ctrl-C says where it was
-        print("\ninterrupted before any work; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt:  # between runs (a run's own Ctrl-C says which stage it was in)
+        print("\ninterrupted; the same command resumes the study (each seed's run resumes where it stopped)",
+              file=sys.stderr)
         sys.exit(130)

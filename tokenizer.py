@@ -59,7 +59,9 @@ encoding the whole rendered text because the pre-tokenizers of these
 vocabularies split at special tokens and split line breaks from the text
 after them (not quite for a ChatML reply that begins with a line break or
 two spaces: whole-text tokenization would merge those with the header's
-line break). Llama 2's and Llama 3's templates strip each text of
+line break; nor for ChatML markers added to a SentencePiece-style
+vocabulary, a Llama 2 fine-tune's tokenizer.json, where each part encoded
+alone starts with its own "\u2581"). Llama 2's and Llama 3's templates strip each text of
 surrounding whitespace; ChatML's keeps it, as its Jinja templates do. What
 a checkpoint's Jinja template writes around the turns is read from it and
 written the same way: a default system prompt when none is given (SmolLM2,
@@ -185,14 +187,8 @@ class Tokenizer:
             raise ValueError(f"{path}: no EOS token (tokenizer_config.json, special_tokens_map.json or "
                              f"generation_config.json must name one)")
 
-        # the chat template: the setting, else what the checkpoint's own Jinja template
-        # (chat_template.jinja first, as transformers reads it) or vocabulary shows
-        jinja, where = config.get("chat_template") or "", "tokenizer_config.json"
-        if isinstance(jinja, list):  # several named templates: the default one
-            jinja = next((t["template"] for t in jinja if t.get("name") == "default"), "")
-        if os.path.isfile(os.path.join(folder, "chat_template.jinja")):
-            with open(os.path.join(folder, "chat_template.jinja"), encoding="utf-8") as f:
-                jinja, where = f.read(), "chat_template.jinja"
+        # the chat template: the setting, else what the checkpoint's own Jinja template or vocabulary shows
+        jinja, where = chat_template_text(folder)
         if template and template not in TEMPLATES:
             raise ValueError(f"unknown chat template {template!r}; templates: {', '.join(TEMPLATES)}")
         # (None: a Jinja template in none of the formats here; loading works, writing a chat does not)
@@ -200,12 +196,8 @@ class Tokenizer:
         self.template_problem = None if self.template else (
             f"{os.path.join(folder, where)}: its chat template is none of the formats this project writes "
             f"({', '.join(TEMPLATES)}); choose one with chat_template=NAME (the model was not trained in it)")
-        # a system prompt the checkpoint's template writes when none is given (SmolLM2, Qwen): the
-        # first system turn whose text is a literal (no quote or Jinja code inside it, as a system
-        # turn that a template fills in from the messages has)
-        default = re.search(r"<\|im_start\|>system(?:\n|\\n)([^'\"{}%]*?)<\|im_end\|>", jinja) \
-            if self.template == "chatml" else None
-        self.default_system = default.group(1).replace("\\n", "\n") if default else None
+        # a system prompt the checkpoint's template writes when none is given (SmolLM2, Qwen)
+        self.default_system = default_system(jinja) if self.template == "chatml" else None
         # Llama 3.1+: a system turn always, opening with the knowledge cutoff and a date
         self.dated_system = dated_system(jinja) if self.template == "llama3" else None
         # a ChatML template that writes BOS first (ChatML on a Llama 3 base, as Hermes ships it)
@@ -250,11 +242,37 @@ def token_text(value):
 
 
 def more_tokens(json_path, model_path):
-    """Does a tokenizer.json hold more tokens than the tokenizer.model beside
-    it (tokens added by a fine-tune, such as <|im_start|>)?"""
+    """Does a tokenizer.json hold tokens the tokenizer.model beside it lacks
+    and the chat template writes (chat markers a fine-tune added, such as
+    <|im_start|>; not a [PAD] alone, which leaves the texts' ids as they were)?"""
     hf = readable(json_path, lambda: HFTokenizer.from_file(json_path), "a tokenizer.json")
     sp = readable(model_path, lambda: spm.SentencePieceProcessor(model_file=model_path), "a SentencePiece model")
-    return hf.get_vocab_size(with_added_tokens=True) > sp.vocab_size()
+    jinja = chat_template_text(os.path.dirname(json_path))[0]
+    return any(i >= sp.vocab_size() and t.content in jinja for i, t in hf.get_added_tokens_decoder().items())
+
+
+def chat_template_text(folder):
+    """(the checkpoint's Jinja chat template, the file it is in): chat_template.jinja
+    first, as transformers reads it, else tokenizer_config.json's; ('', file) if none."""
+    config = read_json(folder, "tokenizer_config.json")
+    jinja, where = config.get("chat_template") or "", "tokenizer_config.json"
+    if isinstance(jinja, list):  # several named templates: the default one
+        jinja = next((t["template"] for t in jinja if t.get("name") == "default"), "")
+    if os.path.isfile(os.path.join(folder, "chat_template.jinja")):
+        with open(os.path.join(folder, "chat_template.jinja"), encoding="utf-8") as f:
+            jinja, where = f.read(), "chat_template.jinja"
+    return jinja, where
+
+
+def default_system(jinja):
+    """The system prompt a ChatML template writes when none is given (SmolLM2's,
+    Qwen's), or None: the first system turn whose text is a literal of the
+    template, not Jinja code (as a turn filled in from the messages is)."""
+    for m in re.finditer(r"<\|im_start\|>system(?:\n|\\n)(.*?)<\|im_end\|>", jinja, re.S):
+        text = m.group(1)
+        if not any(code in text for code in ("{{", "{%", "}}", "%}", "' +", "+ '", '" +', '+ "')):
+            return text.replace("\\n", "\n").replace("\\'", "'").replace('\\"', '"')
+    return None
 
 
 def detect_template(tok, jinja=""):

@@ -116,6 +116,8 @@ def run(loop, defaults, config, fields, announce=False, check_record=None):
     with D.sole_writer(env, c.out_dir):
         result = finished(c)
         if result is None:
+            if D.is_rank0() and os.path.exists(done_path(c)):  # (a kill after the new model is in place must
+                os.remove(done_path(c))  # not leave the old record beside it)
             result = loop(c, env)
             if D.is_rank0():  # what out_dir/model was made from, and what the run returned
                 write_text(done_path(c), json.dumps({"made_from": made_from(c, c.tokenizer or c.init_from),
@@ -147,7 +149,8 @@ def finished(c):
     if done.get("made_from") == made_from(c, c.tokenizer or c.init_from):
         D.log(f"{model} was trained from these same settings and inputs: nothing to do (remove it to train again)")
         return done["result"]
-    D.log(f"note: {model} was made from other settings or inputs: this run replaces it when it ends")
+    D.log(f"note: {model} " + ("was made from other settings or inputs" if done else "is there, with no record of "
+          "what it was made from") + ": this run replaces it when it ends")
     return None
 
 

@@ -15,6 +15,7 @@ reads them.
 """
 import math
 import os
+import re
 
 import torch
 
@@ -270,11 +271,13 @@ def check_loop(c, world):
     p.require(c.out_root.strip() != "", "out_root", "give a folder ('.' for this one)")
     if p.writable_folder("out_root", c.out_root):  # (an existing run folder is a run to resume)
         p.writable_folder("run_name", run)
-    # a folder that holds something else is not taken over: the loop remakes its seed/, M0/, ...
-    if os.path.isdir(run) and set(os.listdir(run)) - {".lock"} and \
-            not os.path.isfile(os.path.join(run, "settings.json")):
-        p.add(f"run_name: {run} holds files and is not a run folder (no settings.json): the loop would replace "
-              f"its seed/, M0/, ...; give another run_name or out_root")
+    # a folder that holds something else by the names the loop writes is not taken over (it remakes seed/, M0/, ...)
+    if os.path.isdir(run) and not os.path.isfile(os.path.join(run, "settings.json")):
+        taken = sorted(n for n in os.listdir(run) if re.fullmatch(r"seed|SFT|M\d+|iter\d+|train|eval|done|report\.md"
+                                                                  r"|metrics\.jsonl|tokenizer\.model", n))
+        if taken:
+            p.add(f"run_name: {run} is not a run folder (no settings.json) and holds {', '.join(taken)}, which "
+                  f"the loop would replace; give another run_name or out_root")
     # nothing the run reads may lie inside the folder it writes (stage seed_data empties seed/ first)
     for setting in ("seed_data", "init_from", "prompt_writer", "eval_prompts", "mt_bench", "eft_judgments"):
         value = getattr(c, setting)

@@ -392,10 +392,13 @@ def test_what_would_lose_files_or_a_run_is_refused_before_any_work(tmp_path, lla
     assert problems() == [f"seed_data: {seed} is inside the run folder {tmp_path / 'out' / 'toy'}, which this run "
                           f"writes: copy it out, or give another run_name"]
     assert problems(run_name="real") == []
-    (tmp_path / "out" / "mine" / "M0").mkdir(parents=True)
+    (tmp_path / "out" / "mine").mkdir()
+    (tmp_path / "out" / "mine" / "train.log").write_text("a log tee'd here before the run starts is fine")
+    assert problems(run_name="mine") == []
+    (tmp_path / "out" / "mine" / "M0").mkdir()
     (tmp_path / "out" / "mine" / "M0" / "notes.txt").write_text("mine")
-    assert problems(run_name="mine")[0].startswith(f"run_name: {tmp_path / 'out' / 'mine'} holds files and is not "
-                                                   f"a run folder")
+    assert problems(run_name="mine")[0].startswith(f"run_name: {tmp_path / 'out' / 'mine'} is not a run folder "
+                                                   f"(no settings.json) and holds M0, which the loop would replace")
     assert problems(run_name="real", out_root="")[0] == "out_root = '': give a folder ('.' for this one)"
     assert problems(run_name="real", temperature=0.0)[0].startswith("temperature = 0.0: must be > 0 with iterations")
     assert problems(run_name="real", temperature=0.0, iterations=0) == []

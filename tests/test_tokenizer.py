@@ -1,5 +1,4 @@
 """The SentencePiece wrapper, the chat template, and the toy tokenizer trainer."""
-import itertools
 import json
 import os
 import shutil
@@ -376,6 +375,8 @@ def test_chatml_default_system_prompt_and_bos_as_apply_chat_template_writes_them
     qwen = chatml_folder(tmp_path / "qwen", chat_template=QWEN_LIKE_JINJA)
     tok = Tokenizer(qwen)  # the literal default system prompt, not the tools branch's template code
     assert tok.template == "chatml" and tok.default_system == "You are Qwen, a helpful assistant."
+    from tokenizer import default_system  # a literal with a quote in it, escaped as Jinja writes it, is one too
+    assert default_system("{{ '<|im_start|>system\\nYou\\'re kind.<|im_end|>\\n' }}") == "You're kind."
     hermes = chatml_folder(tmp_path / "hermes", chat_template=HERMES_LIKE_JINJA, bos_token="<|begin_of_text|>")
     assert Tokenizer(hermes).default_system is None and Tokenizer(hermes).chatml_bos
     for folder in (qwen, hermes):
@@ -412,19 +413,21 @@ def test_a_chat_template_in_none_of_our_formats_is_named_not_guessed(tmp_path, l
 
 def test_a_tokenizer_json_with_tokens_the_sentencepiece_model_lacks_is_the_one_read(tmp_path, llama3_style):
     """Fine-tunes that add chat markers ship them in tokenizer.json only: it
-    is read instead of the tokenizer.model beside it. Where both hold the
-    same vocabulary, tokenizer.model is read, and a saved checkpoint carries
-    both files (transformers reads tokenizer.json without converting)."""
+    is read instead of the tokenizer.model beside it. Tokens added that the
+    chat template does not write (a [PAD]) leave tokenizer.model the one read,
+    and a saved checkpoint carries both files (transformers reads
+    tokenizer.json without converting)."""
+    from tokenizers import Tokenizer as HFTok
     small = train_tokenizer(["the quick brown fox\n"] * 20, str(tmp_path / "small.model"), vocab_size=300)
-    assert small.vocab_size < Tokenizer(llama3_style).vocab_size
-    folder = retemplated(llama3_style, tmp_path / "both", chat_template=None)  # (Llama 2's, found by the vocabulary)
-    shutil.copy(tmp_path / "small.model", folder / "tokenizer.model")
-    assert Tokenizer(folder).model_path == str(folder / "tokenizer.json")
-    words = ["".join(p) for p in itertools.product("abcdefgh", repeat=3)]  # enough text for 600 pieces
-    big = train_tokenizer([" ".join(words[i:i + 16]) + "\n" for i in range(0, len(words), 16)] * 5,
-                          str(tmp_path / "big.model"), vocab_size=600)
-    assert big.vocab_size > Tokenizer(llama3_style).vocab_size
-    shutil.copy(tmp_path / "big.model", folder / "tokenizer.model")
-    tok = Tokenizer(folder)
-    assert tok.model_path == str(folder / "tokenizer.model")
+    chatml = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    for added, template, read in ((["<|im_start|>", "<|im_end|>"], chatml, "tokenizer.json"),
+                                  (["[PAD]"], None, "tokenizer.model")):
+        folder = retemplated(llama3_style, tmp_path / added[0].strip("<|>[]"), chat_template=template)
+        tk = HFTok.from_file(str(folder / "tokenizer.json"))
+        tk.add_special_tokens(added)  # ids after every one of tokenizer.model's
+        tk.save(str(folder / "tokenizer.json"))
+        shutil.copy(tmp_path / "small.model", folder / "tokenizer.model")
+        assert small.vocab_size <= min(tk.token_to_id(t) for t in added)
+        tok = Tokenizer(folder)
+        assert tok.model_path == str(folder / read), added
     assert "tokenizer.json" in [os.path.basename(f) for f in tok.files]

@@ -499,7 +499,7 @@ def test_reference_log_probs_are_reused_only_for_the_same_pairs(work, dpo_single
         c, pairs, torch.bfloat16)
 
 
-def test_training_state_is_resumed_only_by_the_same_settings(work, tmp_path, capsys):
+def test_training_state_is_resumed_only_by_the_same_settings(work, tmp_path, capsys, monkeypatch):
     """The same command again, its model there: nothing to do, and the same
     result (it trained again from step 0). keep_state keeps a finished run's
     state, which the same settings resume; a run with another lr in the same
@@ -517,6 +517,16 @@ def test_training_state_is_resumed_only_by_the_same_settings(work, tmp_path, cap
     train_sft.train(sft_config(work, out, max_steps=2, lr=5e-4))
     text = capsys.readouterr().out
     assert "not resuming from" in text and "resumed from" not in text and "this run replaces it" in text
+    # a run that will replace the model drops the old record first: killed once its own model is in
+    # place, the record would have passed the new model off as the old command's
+    assert (out / "done.json").exists()
+
+    def killed(c, env):
+        assert not (out / "done.json").exists()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_sft, "sft", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft.train(sft_config(work, out, max_steps=2, lr=2e-4))
     assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert not (out / "state").exists()
 
