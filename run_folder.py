@@ -50,6 +50,7 @@ class Run:
         self.fingerprints = {}  # stage -> fingerprint of what it is made from, for the stages after it
         self.current = None  # the stage running now (for Ctrl-C's message and generation shards)
         self.reused = []  # the stages found done, made from the same inputs (said at the end of a run)
+        self.gone = {}  # done stages whose outputs are gone: made again if a stage that reads them runs
         if D.is_rank0():
             write_json(self.path("settings.json"), self.settings)
         D.barrier()
@@ -86,7 +87,8 @@ class Run:
         `temporary`: paths only a running stage needs (a trainer's resumable
         state), removed once the stage is marked done. `outputs`: what the
         stage writes that later stages read (a model folder): one that is gone
-        (deleted to free a disk) redoes the stage. Returns fn's info dict."""
+        (deleted to free a disk) is made again, from the same inputs, when a
+        stage that reads it has to run, and only then. Returns fn's info dict."""
         made_from = {"settings": {k: getattr(self.c, k) for k in uses},
                      "files": {f: file_fingerprint(f) for f in files},
                      "after": {a: self.fingerprints[a] for a in after}}
@@ -94,13 +96,25 @@ class Run:
         old = self.record(name)
         same = old and (old.get("made_from", {}).get("fingerprint") == fp
                         or self.same_inputs(old.get("made_from", {}), made_from))
-        gone = [p for p in outputs if not os.path.exists(p)]
-        if same and not gone:
+        if same:
             # the stages after this one compare against the fingerprint they were made after
-            self.fingerprints[name] = old["made_from"]["fingerprint"]
+            fp = self.fingerprints[name] = old["made_from"]["fingerprint"]
             self.reused.append(name)
+            gone = [p for p in outputs if not os.path.exists(p)]
+            if gone:
+                self.gone[name] = lambda reader: self.run(name, fn, old, made_from, fp, after, temporary,
+                                                          f"{', '.join(gone)} gone, and {reader} reads it")
             return {k: v for k, v in old.items() if k != "made_from"}
-        why = f"{', '.join(gone)} gone" if same else changes(old.get("made_from", {}), made_from) if old else ""
+        return self.run(name, fn, old, made_from, fp, after, temporary,
+                        changes(old.get("made_from", {}), made_from) if old else "")
+
+    def run(self, name, fn, old, made_from, fp, after, temporary, why):
+        """stage()'s work: the stages it reads whose outputs are gone made
+        again first, then fn(), then the record that it is done."""
+        for a in after:
+            if a in self.gone:
+                self.reused.remove(a)
+                self.gone.pop(a)(name)
         D.log(f"\n=== {name}" + (f" (again: {why})" if why else ""))
         if old:  # redone: its old record goes first, or a redo stopped halfway (its outputs partly
             D.barrier()  # rewritten) would pass as done under the old settings; once every rank has read it

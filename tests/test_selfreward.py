@@ -1317,24 +1317,28 @@ def test_an_input_path_written_another_way_redoes_nothing(tmp_path):
     assert ran == ["seed_data", "SFT"] * 3
 
 
-def test_a_done_stage_whose_output_is_gone_is_done_again(tmp_path, capsys):
-    """A model folder deleted to free a disk: the stage that made it runs again
-    (the next stage failed to load it, after its own record was dropped), and
-    says why; the stages after it stand (it is made again from the same inputs)."""
+def test_a_done_stage_whose_output_is_gone_is_made_again_when_a_stage_reads_it(tmp_path, capsys):
+    """A model folder deleted to free a disk: while every stage after it is
+    done, nothing is made again (at 70B, hours and 140 GB); once one that
+    reads it has to run (the next stage failed to load it, after dropping
+    its own record), it is made first, from the same inputs, and says why."""
     from run_folder import Run
     import distributed as D
     ran, out = [], tmp_path / "run" / "M1"
 
-    def run():
-        r = Run(str(tmp_path / "run"), types.SimpleNamespace(), D.Env())
+    def run(beta=0.1):
+        r = Run(str(tmp_path / "run"), types.SimpleNamespace(beta=beta), D.Env())
         r.stage("M1", lambda: ran.append("M1") or out.mkdir(exist_ok=True), outputs=[str(out)])
-        r.stage("M2", lambda: ran.append("M2"), after=["M1"])
+        r.stage("M2", lambda: ran.append("M2"), uses=["beta"], after=["M1"])
+        return r
     run()
-    run()
-    assert ran == ["M1", "M2"]
     shutil.rmtree(out)
-    run()
-    assert ran == ["M1", "M2", "M1"] and f"=== M1 (again: {out} gone)" in capsys.readouterr().out
+    assert run().reused == ["M1", "M2"] and ran == ["M1", "M2"] and not out.exists()
+    assert run(beta=0.2).reused == [] and ran == ["M1", "M2", "M1", "M2"] and out.exists()
+    assert f"=== M1 (again: {out} gone, and M2 reads it)" in capsys.readouterr().out
+    run(beta=0.2)
+    assert ran == ["M1", "M2", "M1", "M2"]
+
 
 
 def test_ctrl_c_before_the_stages_is_one_line(tmp_path):
