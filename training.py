@@ -402,9 +402,17 @@ def optimizer_and_resume(model, c, fp):
         def before_resume(rec):  # a line for a step taken before the state; an evaluation at the state's
             at = rec.get("step", 0)  # own step comes again: the resumed loop evaluates there first
             return at < step or at == step and not any(k.startswith("eval") for k in rec)
+        keep = []
         with open(metrics_path(c)) as f:  # (a line a kill cut short has no newline yet: it goes too)
-            keep = [line for line in f if step and line.endswith("\n") and line.strip()
-                    and before_resume(json.loads(line))]
+            for n, line in enumerate(f, 1):
+                if step and line.endswith("\n") and line.strip():
+                    try:
+                        rec = json.loads(line)
+                    except ValueError as e:
+                        raise ValueError(f"{metrics_path(c)}:{n}: not a metrics record ({e}); remove the line "
+                                         f"to resume") from None
+                    if before_resume(rec):
+                        keep.append(line)
         write_text(metrics_path(c), "".join(keep))
     D.barrier()
     return optimizer, step, saved.get("record", {})

@@ -347,7 +347,8 @@ def check_loop(c, world):
         if meant and not os.path.exists(value):  # --prompt_writer=m0: a keyword, spelled otherwise
             p.add(f"{setting} = {value!r}: no such checkpoint folder; did you mean {meant[0]!r}?")
         elif value not in ("scratch", "M0", "M1", "current"):
-            args, tok = check_checkpoint(p, setting, getattr(c, setting), c.chat_template)
+            # (the prompt writer continues a plain-text listing: it needs no chat template)
+            args, tok = check_checkpoint(p, setting, value, c.chat_template, chats=setting == "init_from")
             if args:
                 models[setting] = args
             if args and setting == "init_from":

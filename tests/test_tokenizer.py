@@ -408,6 +408,7 @@ def test_a_chat_template_in_none_of_our_formats_is_named_not_guessed(tmp_path, l
     assert "choose one with chat_template=NAME" in p.message("x")
     p = validate.Problems(None)
     assert validate.check_checkpoint(p, "ckpt", str(tmp_path / "ckpt"), chat_template="llama3")[0] is not None
+    assert validate.check_checkpoint(p, "ckpt", str(tmp_path / "ckpt"), chats=False)[0] is not None  # (a writer)
     assert not p.found
 
 

@@ -748,9 +748,13 @@ def test_killed_after_the_last_step_the_rerun_returns_that_steps_metrics(work):
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert r.returncode == 3, r.stderr[-2000:]
         assert not (work / f"{name}_killed" / "model").exists()
-        with open(work / f"{name}_killed" / "metrics.jsonl", "a") as f:
-            f.write('{"step": 3, "lo')  # a line a kill cut short (it stopped every resume, naming no file)
-        rerun = trainer.train(cfg)
+        metrics = work / f"{name}_killed" / "metrics.jsonl"
+        good = metrics.read_text()
+        metrics.write_text("not json\n" + good)  # a damaged whole line: named, with what to do
+        with pytest.raises(ValueError, match=r"metrics.jsonl:1: not a metrics record .*remove the line to resume"):
+            trainer.train(cfg)
+        metrics.write_text(good + '{"step": 3, "lo')  # a line a kill cut short (it stopped every resume, naming
+        rerun = trainer.train(cfg)  # no file): the resume drops it
         assert rerun["loss"] == pytest.approx(whole["loss"], rel=1e-6) and not math.isnan(rerun["loss"]), name
         timing = {"model", "tokens_per_s", "mfu"}  # where it was written, and how fast it ran
         assert set(rerun) == set(whole), name
