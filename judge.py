@@ -418,6 +418,11 @@ def human_ranks(ranks, n):
     return isinstance(ranks, list) and len(ranks) == n and all(type(r) is int and r >= 0 for r in ranks)
 
 
+def prompt_key(text):
+    """A prompt as judge files and seed data are matched by: spaces and case aside."""
+    return " ".join(text.split()).lower()
+
+
 def read_judge_file(path):
     """
     Judgments written by another judge, as (groups, judged) for eft_targets. One

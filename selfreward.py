@@ -442,7 +442,7 @@ def eft_targets_from_file(c, r, seed_groups):
     of the EFT eval set is dropped (it would leak into the evaluation of M1's judge);
     where the seed's human ranks cover every response of a prompt, the ranks are
     attached and judge.eft_targets keeps only judgments that agree with them."""
-    key = lambda text: " ".join(text.split()).lower()
+    key = J.prompt_key
     human = {key(g["prompt"]): g for g in seed_groups}
     held_out = {key(g["prompt"]) for g in read_jsonl(r.path("seed", "eft_eval.jsonl"))}
     groups, judged = J.read_judge_file(c.eft_judgments)

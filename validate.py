@@ -414,10 +414,10 @@ def usable_judgments(p, c, groups, judged):
     with a score ('Score: N') for a prompt that is not an EFT eval prompt
     (whether its scores agree with the human ranks is that stage's to say)."""
     try:
-        held_out = {g["prompt"].strip() for g in read_jsonl(os.path.join(c.seed_data, "eft_eval.jsonl"))}
+        held_out = {J.prompt_key(g["prompt"]) for g in read_jsonl(os.path.join(c.seed_data, "eft_eval.jsonl"))}
     except (ValueError, OSError, KeyError, AttributeError):  # (the file's own problem is named above)
         return
-    scored = sum(s is not None for g, mine in zip(groups, judged) if g["prompt"].strip() not in held_out
+    scored = sum(s is not None for g, mine in zip(groups, judged) if J.prompt_key(g["prompt"]) not in held_out
                  for r in mine for s in r["scores"])
     if not scored:
         p.add(f"eft_judgments: {c.eft_judgments}: no judgment of a prompt outside the EFT eval set has a score "

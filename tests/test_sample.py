@@ -410,6 +410,7 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
     said = capsys.readouterr()
     assert said.out == expected[0] + "\n" and said.err.startswith("computing on cpu, float32")
     inp.write_text('{"prompt": "fine"}\n{"prompt": broken\n')
+    os.link(inp, tmp_path / "link.jsonl")
     capsys.readouterr()
     for text, extra, message in [
             ('{"prompt": "fine"}\n{"prompt": broken\n', [], r"in.jsonl:2: malformed JSON"),
@@ -423,6 +424,7 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
              "in.jsonl:2: the prompt is "),
             ('{"prompt": "fine"}\n', ["--prompts_file=", "--out=", "--prompt=" + "fox " * 600], "- prompt: the prompt is "),
             ('{"prompt": "fine"}\n', [f"--out={inp}"], "is --prompts_file itself: give the answers a file of their own"),
+            ('{"prompt": "fine"}\n', [f"--out={tmp_path / 'link.jsonl'}"], "is --prompts_file itself"),  # a hard link
             ('{"prompt": "fine"}\n', ["--tp=3"], "tp = 3: must divide the number of ranks, 1"),
             ('{"prompt": "fine"}\n', ["--tp=3"], "tp = 3: must divide the model's n_kv_heads 2 and FFN width 192")]:
         inp.write_text(text)
