@@ -37,21 +37,23 @@ class Run:
     setting's default (see stage(): a setting added to the code later);
     inputs: the settings that name input files or folders, each with its
     values that are not paths ({"seed_data": ("toy",), ...}): where a stage
-    lists such a file, its contents count, not how its path is written."""
+    lists such a file, its contents count, not how its path is written.
+    dry: say which stages would run, and why, but run and write nothing."""
 
-    def __init__(self, folder, c, env, runtime_only=(), defaults=None, inputs=None):
+    def __init__(self, folder, c, env, runtime_only=(), defaults=None, inputs=None, dry=False):
         self.dir = folder
         self.c = c
         self.env = env
         self.defaults = defaults or {}
         self.inputs = inputs or {}
+        self.dry = dry
         # for people and the report: the settings of the latest command (runtime-only ones left out)
         self.settings = {k: v for k, v in vars(c).items() if k not in runtime_only}
         self.fingerprints = {}  # stage -> fingerprint of what it is made from, for the stages after it
         self.current = None  # the stage running now (for Ctrl-C's message and generation shards)
         self.reused = []  # the stages found done, made from the same inputs (said at the end of a run)
         self.gone = {}  # done stages whose outputs are gone: made again if a stage that reads them runs
-        if D.is_rank0():
+        if D.is_rank0() and not dry:
             write_json(self.path("settings.json"), self.settings)
         D.barrier()
 
@@ -115,6 +117,9 @@ class Run:
             if a in self.gone:
                 self.reused.remove(a)
                 self.gone.pop(a)(name)
+        if self.dry:  # (the stages after it see its new fingerprint: they would run too)
+            D.log(f"would run {name}" + (f" (again: {why})" if why else ""))
+            return {}
         D.log(f"\n=== {name}" + (f" (again: {why})" if why else ""))
         if old:  # redone: its old record goes first, or a redo stopped halfway (its outputs partly
             D.barrier()  # rewritten) would pass as done under the old settings; once every rank has read it

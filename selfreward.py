@@ -206,12 +206,13 @@ dtype = "auto"              # compute: 'auto' = bfloat16 on GPU, and on a CPU wi
 threads = 0                 # CPU threads; 0 = this process's cores / ranks on the machine (or OMP_NUM_THREADS)
 progress = True             # progress bars
 plan_only = False           # print the training and generation memory plans for world_size GPUs, and exit
+dry_run = False             # say which stages this command would run in its run folder, and why; run and write nothing
 world_size = 0              # for plan_only: GPUs to plan for; 0 = this run's
 gpu_memory_gb = 80          # for plan_only: memory of one GPU
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 # settings that change how a run goes, not what it computes: a resumed run may differ in these
-RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "tp", "plan_only", "world_size", "gpu_memory_gb",
+RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "tp", "plan_only", "dry_run", "world_size", "gpu_memory_gb",
                 "micro_batch_size", "run_name", "out_root", "save_interval", "activation_checkpointing",
                 "keep_train_state"}
 # The settings that name input files or folders, with their values that are not paths: each stage that
@@ -1125,6 +1126,14 @@ def main(argv=None):
     warn_of_benchmarks_in_seed(c)
     check_generation_batch(c, env)
     folder = os.path.join(c.out_root, c.run_name)
+    if c.dry_run:  # (before a changed setting's stage drops its record: what would be redone)
+        if not os.path.isfile(os.path.join(folder, "settings.json")):
+            D.log(f"{folder} is a new run: every stage would run")
+        else:
+            r = Run(folder, c, env, RUNTIME_ONLY, DEFAULTS, INPUT_SETTINGS, dry=True)
+            run_stages(c, r)
+            D.log(f"reused: {', '.join(r.reused) or 'none'}; nothing was run or written")
+        return
     with D.sole_writer(env, folder):
         r = Run(folder, c, env, RUNTIME_ONLY, DEFAULTS, INPUT_SETTINGS)
         t_start = time.time()

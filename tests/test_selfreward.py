@@ -1351,3 +1351,21 @@ def test_ctrl_c_before_the_stages_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, f"--out_root={tmp_path}"], cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 130 and r.stderr.strip() == "interrupted before any work; nothing was written", r.stderr
+
+
+def test_a_dry_run_says_what_a_changed_command_would_redo_and_touches_nothing(micro_run, tmp_path):
+    """--dry_run: the stages a changed setting would redo, with why, before
+    any record is dropped (Ctrl-C after "=== M2 (again ...)" had already cost
+    M2's); nothing in the run folder changes; the real command then redoes
+    just those stages."""
+    run = copy_run(micro_run, tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    r = run_loop(tmp_path, dpo_beta=0.2, dry_run=True)
+    said = [line for line in r.stdout.splitlines() if line.startswith("would run ")]
+    assert said[0] == "would run M2 (again: dpo_beta 0.1 -> 0.2)" and stages_run(r.stdout) == []
+    assert "nothing was run or written" in r.stdout and not any("eval_M1" in line for line in said)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    r = run_loop(tmp_path, dpo_beta=0.2)
+    assert stages_run(r.stdout) == [line.split()[2] for line in said]
+    assert "is a new run: every stage would run" in run_loop(tmp_path, run="fresh", dry_run=True).stdout
+    assert not (tmp_path / "fresh").exists()
