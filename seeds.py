@@ -175,6 +175,9 @@ def main(argv=None):
                           f"and real seed data has no grader; run selfreward.py once per --seed instead")
     if c.plan_only:
         configurator.fail("plan_only: seeds.py runs the loop; plan with python selfreward.py --plan_only=True")
+    if c.dry_run:
+        configurator.fail(f"dry_run: seeds.py runs the loop; ask each seed's run with python selfreward.py "
+                          f"--dry_run=True --seed=S --run_name={c.run_name}-seedS")
     folders = {}
     for s in seeds:
         name = f"{c.run_name}-seed{s}"

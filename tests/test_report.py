@@ -431,7 +431,8 @@ def test_seeds_refuses_bad_seeds_before_any_run(tmp_path, capsys):
     for argv, said in [(["--seeds=1,x"], "--seeds=1,x: the seeds are whole numbers"),
                        (["--seeds=5,-1"], "--seeds: -1: each seed once, in [0, 2**32)"),
                        (["--seeds=5,3,5"], "--seeds: 5: each seed once"),
-                       (["--seeds=1,2", "--seed=5"], "--seed: seeds.py gives each run its seed")]:
+                       (["--seeds=1,2", "--seed=5"], "--seed: seeds.py gives each run its seed"),
+                       (["--dry_run=True"], "dry_run: seeds.py runs the loop")]:
         with pytest.raises(SystemExit) as e:
             seeds.main(argv + [f"--out_root={tmp_path}"])
         assert e.value.code == 2 and said in capsys.readouterr().err
