@@ -240,11 +240,13 @@ def planned_args(init_from, preset_name):
 
 def check_tokenizer(tokenizer_path, args: ModelArgs, where):
     """Every id of the tokenizer must have a row in the model's embedding (a
-    model may have spare rows: vocabularies padded to a round number)."""
-    n = Tokenizer(tokenizer_path).vocab_size
-    if n > args.vocab_size:
+    model may have spare rows: vocabularies padded to a round number).
+    Returns the Tokenizer it read."""
+    tok = Tokenizer(tokenizer_path)
+    if tok.vocab_size > args.vocab_size:
         raise ValueError(f"{where}: the model's vocab_size is {args.vocab_size} but tokenizer "
-                         f"{tokenizer_path} has {n} tokens")
+                         f"{tokenizer_path} has {tok.vocab_size} tokens")
+    return tok
 
 
 # -----------------------------------------------------------------------------
@@ -438,8 +440,7 @@ def save_model(model, path, tokenizer_path=None, dtype=None, max_shard_bytes=5 *
     args = model.args
     tokenizer = None
     if tokenizer_path is not None:
-        check_tokenizer(tokenizer_path, args, "saving a model")
-        tokenizer = Tokenizer(tokenizer_path)
+        tokenizer = check_tokenizer(tokenizer_path, args, "saving a model")
     params = dict(model.named_parameters())
     dtype = dtype or next(iter(params.values())).dtype
     nbytes = {n: math.prod(p.shape) * dtype.itemsize for n, p in params.items()}

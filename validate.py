@@ -214,8 +214,7 @@ def check_checkpoint(p, setting, folder, chat_template="", chats=True):
             meta_shards(folder)
         if not any(os.path.exists(os.path.join(folder, f)) for f in ("tokenizer.model", "tokenizer.json")):
             raise FileNotFoundError(f"{folder}: no tokenizer.model or tokenizer.json")
-        check_tokenizer(folder, args, folder)
-        tok = Tokenizer(folder)
+        tok = check_tokenizer(folder, args, folder)
         if tok.template_problem and chats and not chat_template:
             raise ValueError(tok.template_problem)
         return args, tok
@@ -256,6 +255,11 @@ def judge_room(p, c, args, tok):
                   f"(max_seq_len {args.max_seq_len})")
 
 
+# what init_from and prompt_writer take besides a checkpoint folder: a toy model pretrained here,
+# or one of this run's models
+MODEL_KEYWORDS = ("scratch", "M0", "M1", "current")
+
+
 def check_loop(c, world):
     """Every problem with the loop's settings `c` and its input files, for a run
     on `world` ranks, before anything is run or written (Problems.stop)."""
@@ -281,7 +285,7 @@ def check_loop(c, world):
     # nothing the run reads may lie inside the folder it writes (stage seed_data empties seed/ first)
     for setting in ("seed_data", "init_from", "prompt_writer", "eval_prompts", "mt_bench", "eft_judgments"):
         value = getattr(c, setting)
-        if value not in ("", "toy", "scratch", "M0", "M1", "current") and within(value, run):
+        if value not in ("", "toy", *MODEL_KEYWORDS) and within(value, run):
             p.add(f"{setting}: {value} is inside the run folder {run}, which this run writes: copy it out, "
                   f"or give another run_name")
     # ranges
@@ -343,10 +347,10 @@ def check_loop(c, world):
         p.at_least("vocab_size", 300)  # the tokenizer's 256 byte pieces count towards it
     for setting in ("init_from", "prompt_writer"):
         value = getattr(c, setting)
-        meant = [k for k in ("scratch", "M0", "M1", "current") if k.lower() == value.lower() and k != value]
+        meant = [k for k in MODEL_KEYWORDS if k.lower() == value.lower() and k != value]
         if meant and not os.path.exists(value):  # --prompt_writer=m0: a keyword, spelled otherwise
             p.add(f"{setting} = {value!r}: no such checkpoint folder; did you mean {meant[0]!r}?")
-        elif value not in ("scratch", "M0", "M1", "current"):
+        elif value not in MODEL_KEYWORDS:
             # (the prompt writer continues a plain-text listing: it needs no chat template)
             args, tok = check_checkpoint(p, setting, value, c.chat_template, chats=setting == "init_from")
             if args:
