@@ -114,14 +114,14 @@ def run(loop, defaults, config, fields, announce=False, check_record=None):
     if announce:
         D.log(D.describe(env))
     with D.sole_writer(env, c.out_dir):
-        result = finished(c)
+        fp = made_from(c, tokenizer_path(c))
+        result = finished(c, fp)
         if result is None:
             if D.is_rank0() and os.path.exists(done_path(c)):  # (a kill after the new model is in place must
                 os.remove(done_path(c))  # not leave the old record beside it)
             result = loop(c, env)
             if D.is_rank0():  # what out_dir/model was made from, and what the run returned
-                write_text(done_path(c), json.dumps({"made_from": made_from(c, c.tokenizer or c.init_from),
-                                                     "result": result}))
+                write_text(done_path(c), json.dumps({"made_from": fp, "result": result}))
             D.barrier()
     # only after a success: teardown waits for every rank, and after an error on
     # one rank the others may be inside a collective that never ends
@@ -133,11 +133,16 @@ def done_path(c):
     return os.path.join(c.out_dir, "done.json")
 
 
-def finished(c):
-    """What an earlier run of the same settings and inputs returned, if its
-    out_dir/model is there: the same command again does not train again
-    (remove out_dir/model to). A model made from other settings is said to
-    be replaced when this run ends."""
+def tokenizer_path(c):
+    """The tokenizer a run reads: the tokenizer setting, else init_from's."""
+    return c.tokenizer or c.init_from
+
+
+def finished(c, fp):
+    """What an earlier run made from the same settings and inputs (fp:
+    made_from) returned, if its out_dir/model is there: the same command
+    again does not train again (remove out_dir/model to). A model made from
+    other settings is said to be replaced when this run ends."""
     model = os.path.join(c.out_dir, "model")
     if not os.path.isdir(model):
         return None
@@ -146,7 +151,7 @@ def finished(c):
             done = json.load(f)
     except (OSError, ValueError):
         done = {}
-    if done.get("made_from") == made_from(c, c.tokenizer or c.init_from):
+    if done.get("made_from") == fp:
         D.log(f"{model} was trained from these same settings and inputs: nothing to do (remove it to train again)")
         return done["result"]
     D.log(f"note: {model} " + ("was made from other settings or inputs" if done else "is there, with no record of "
@@ -180,7 +185,7 @@ def start(c, env):
     """Everything a training loop needs before its first step: (model,
     tokenizer, tokenizer path). (validate.check_training has checked the
     settings and inputs.)"""
-    tok_path = c.tokenizer or c.init_from
+    tok_path = tokenizer_path(c)
     tok = Tokenizer(tok_path, c.chat_template)
     os.makedirs(c.out_dir, exist_ok=True)
     model = build_model(c, env, tok.vocab_size)
