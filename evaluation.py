@@ -152,9 +152,9 @@ def answer_mt_bench(model, tokenizer, questions, model_id, max_new_tokens, seed=
         asked = [i for i in conversations if k < len(questions[i]["turns"])]
         for i in asked:
             conversations[i].append({"role": "user", "content": questions[i]["turns"][k]})
-        answers = {}
-        for t in sorted({mt_bench_temperature(questions[i]) for i in asked}):  # one call per temperature
-            group = [i for i in asked if mt_bench_temperature(questions[i]) == t]
+        answers, temperature = {}, {i: mt_bench_temperature(questions[i]) for i in asked}
+        for t in sorted(set(temperature.values())):  # one call per temperature
+            group = [i for i in asked if temperature[i] == t]
             said = _answer(model, tokenizer, [conversations[i] for i in group], max_new_tokens, sample_kw,
                            temperature=t, seed=seed + k)
             answers.update(zip(group, said))

@@ -341,7 +341,7 @@ def llama3_parts(tok, messages, open_reply):
     start, end = tok.token_id("<|start_header_id|>"), tok.token_id("<|end_header_id|>")
     parts = [([tok.bos_id] if tok.bos_id is not None else [], False)]
     if tok.dated_system is not None:
-        system = "".join(m["content"].strip() for m in messages[:1] if m["role"] == "system")
+        system = messages[0]["content"].strip() if messages[0]["role"] == "system" else ""
         messages = [m for m in messages if m["role"] != "system"]
         parts.append(([start] + tok.encode("system") + [end] + tok.encode("\n\n" + tok.dated_system + system)
                       + [tok.end_of_turn], False))
