@@ -32,6 +32,7 @@ import traceback
 from types import ModuleType, SimpleNamespace
 
 SIMPLE_TYPES = (bool, int, float, str, type(None))
+SET_IN_FILE = {}  # {key: "FILE:LINE"} for the settings the last configure() took from a config file, for later errors
 
 
 class ConfigError(ValueError):
@@ -153,16 +154,19 @@ def apply(namespace, argv):
     returns the dict of settings after the overrides. Every bad one is named
     in one ConfigError (a file that cannot be read stops there)."""
     settings, problems = _settings(namespace), []
+    SET_IN_FILE.clear()
 
     def put(key, value, where):
         try:
             namespace[key] = _check(key, value, settings, where)
         except ConfigError as e:
             problems.append(str(e))
+        SET_IN_FILE.pop(key, None)  # (a later --key=value wins over the file)
     for arg in argv:
         if not arg.startswith("--"):
             for key, (value, where) in _file_settings(arg).items():
                 put(key, value, where)
+                SET_IN_FILE[key] = where
         else:
             key, eq, text = arg[2:].partition("=")
             if not eq:

@@ -226,7 +226,7 @@ def check(c):
             try:  # it parses, and writes the yes and no the drill reads as pieces of their own
                 yes_no_ids(Tokenizer(c.tokenizer))
             except (ValueError, OSError) as e:
-                p.add(f"tokenizer = {c.tokenizer!r}: {e}")
+                p.add(f"{p.shown('tokenizer')}: {e}")
     return p
 
 

@@ -23,6 +23,7 @@ import distributed as D
 import evaluation as E
 import judge as J
 from checkpoint import check_hf_tensors, check_tokenizer, meta_shards, read_config
+from configurator import SET_IN_FILE
 from data import read_jsonl, toy, unwritable
 from model import PRESETS, Transformer
 from tokenizer import TEMPLATES, Tokenizer, chat_prompt_ids, conversation_problem
@@ -41,8 +42,13 @@ class Problems:
     def require(self, ok, setting, text):
         """`setting` is bad unless ok; text says what it must be."""
         if not ok:
-            self.add(f"{setting} = {getattr(self.c, setting)!r}: {text}")
+            self.add(f"{self.shown(setting)}: {text}")
         return ok
+
+    def shown(self, setting):
+        """'lr = -1.0', and the file and line that set it when a config file did."""
+        where = SET_IN_FILE.get(setting)
+        return f"{setting} = {getattr(self.c, setting)!r}" + (f" (set at {where})" if where else "")
 
     def no_none(self, allowed=()):
         """--key=None passes the configurator for any setting; True if none is None (but `allowed`)."""
@@ -321,13 +327,13 @@ def check_loop(c, world):
     try:  # (the toy world's own check, of the settings that need invent or cannot go with it)
         toy.check_kinds(c.toy_kinds.split(","), vars(c))
     except ValueError as e:
-        p.add(f"toy_kinds = {c.toy_kinds!r}: {e}")
+        p.add(f"{p.shown('toy_kinds')}: {e}")
     try:
         toy.some_of(c.pretrain_drill_layouts.split(","), toy.DRILL_LAYOUTS)
         p.require(c.pretrain_drill_layouts == "quiz" or c.pretrain_check_drill > 0, "pretrain_drill_layouts",
                   "lays out the drill's items, and pretrain_check_drill = 0 draws none")
     except ValueError as e:
-        p.add(f"pretrain_drill_layouts = {c.pretrain_drill_layouts!r}: {e}")
+        p.add(f"{p.shown('pretrain_drill_layouts')}: {e}")
     p.require(c.max_prompt_words >= c.min_prompt_words, "max_prompt_words",
               f"must be >= min_prompt_words = {c.min_prompt_words}")
     p.require(c.pretrain_docs + c.pretrain_qa_docs > 0 or c.init_from != "scratch", "pretrain_docs",
@@ -490,7 +496,7 @@ def check_training(c, world, fields, script, check_record=None):
         try:  # it parses (and, over a checkpoint, fits its embedding: the check training.start makes)
             check_tokenizer(c.tokenizer, args, c.init_from) if args else Tokenizer(c.tokenizer)
         except (ValueError, FileNotFoundError) as e:
-            p.add(f"tokenizer = {c.tokenizer!r}: {e}")
+            p.add(f"{p.shown('tokenizer')}: {e}")
     p.jsonl("data", c.data, check_record, fields)
     if c.eval_data:
         p.jsonl("eval_data", c.eval_data, check_record, fields)

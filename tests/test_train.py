@@ -165,6 +165,14 @@ def test_cli_reports_bad_input(work, tmp_path):
     assert r.returncode == 2 and "error: train_sft.py cannot start; 2 problem(s)" in r.stderr, r.stderr[-2000:]
     assert f"  - data: {bad}:2: malformed JSON" in r.stderr and "Traceback" not in r.stderr
     assert "  - template = 'raw': must be 'chat' or 'text'" in r.stderr
+    # a bad value from a config file names the file and line that set it (a --key=value after it wins)
+    config = tmp_path / "mine.py"
+    config.write_text("# my settings\ndropout = 1.5\ntemplate = 'raw'\n")
+    r = subprocess.run([sys.executable, "train_sft.py", str(config), f"--init_from={work / 'ckpt'}", f"--data={bad}",
+                        f"--out_dir={tmp_path / 'out'}", "--template=rawer"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and f"  - dropout = 1.5 (set at {config}:2): must be in [0, 1)" in r.stderr, r.stderr
+    assert "  - template = 'rawer': must be 'chat' or 'text'" in r.stderr
 
 
 def test_bad_training_settings_are_listed_together_before_any_work(work, tmp_path):
