@@ -536,3 +536,8 @@ def write_folder_atomically(path, write_into):
     if os.path.exists(old):
         os.replace(old, trash)
         shutil.rmtree(trash, ignore_errors=True)  # the new folder is in place: a failure here loses nothing
+
+
+if __name__ == "__main__":
+    import configurator
+    configurator.library(__doc__, "checkpoint.py", "every script reads and writes checkpoints through it (python sample.py --ckpt=FOLDER loads one)")

@@ -480,3 +480,8 @@ def full_tensor(param):
     """A parameter whole: under FSDP all-gathered from every rank (every rank
     must call), else the parameter itself."""
     return param.full_tensor() if isinstance(param, DTensor) else param
+
+
+if __name__ == "__main__":
+    import configurator
+    configurator.library(__doc__, "distributed.py", "every script sets up its processes through it (under torchrun too)")

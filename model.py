@@ -368,3 +368,8 @@ def estimate_mfu(args: ModelArgs, n_params, tokens_per_second, seq_len, peak_flo
     n_matmul = n_params - (0 if args.tie_embeddings else args.vocab_size * args.dim)
     flops_per_token = 6 * n_matmul + 12 * args.n_layers * args.n_heads * args.head_dim * seq_len
     return flops_per_token * tokens_per_second / peak_flops
+
+
+if __name__ == "__main__":
+    import configurator
+    configurator.library(__doc__, "model.py", "python sample.py --ckpt=FOLDER runs a model; train_sft.py and train_dpo.py train one")

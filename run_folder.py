@@ -252,3 +252,8 @@ def fit_micro(batch_size, want, world):
     while share % m:
         m -= 1
     return m
+
+
+if __name__ == "__main__":
+    import configurator
+    configurator.library(__doc__, "run_folder.py", "python selfreward.py keeps its run folder through it")

@@ -8,7 +8,8 @@ two runs of the same commit, so a claim needs several seeds.
     python seeds.py --seeds=1,2,3,4,5 --iterations=3 --run_name=study
 
 --seeds=1,2,3 (the default) names the seeds; it is this script's own setting
-(each run's --seed is set from it).
+(each run's --seed is set from it; seed, plan_only and dry_run are not
+settings here: they are each run's, python selfreward.py takes them).
 
 Every other setting is selfreward.py's (python selfreward.py --help). Each
 seed is a whole run in out/<run_name>-seed<s>/ with its own seed data,
@@ -30,6 +31,15 @@ import distributed as D
 import report
 import selfreward
 from data import read_jsonl, write_text
+
+seeds = "1,2,3"  # the seeds, with commas between them: one whole run each (each run's --seed)
+# selfreward.py's settings that are each run's own, not a study's: why, when one is given
+NOT_FOR_A_STUDY = {
+    "seed": "seeds.py gives each run its seed; name them with --seeds=...",
+    "plan_only": "seeds.py runs the loop; plan with python selfreward.py --plan_only=True",
+    "dry_run": "seeds.py runs the loop; ask each seed's run with python selfreward.py --dry_run=True --seed=S "
+               "--run_name=RUN-seedS",
+}
 
 # the figures compared across seeds: (name in the table, how to read it from a model's eval record;
 # None where the record has none: an SFT baseline that never states the right answer, or a run
@@ -154,32 +164,32 @@ def pair_lines(folders, iterations):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    seeds = [1, 2, 3]
-    for a in [a for a in argv if a.startswith("--seeds=")]:  # this script's own; the rest goes to each run
-        try:
-            seeds = [int(s) for s in a.split("=", 1)[1].split(",")]
-        except ValueError:
-            configurator.fail(f"{a}: the seeds are whole numbers with commas between them, e.g. --seeds=1,2,3")
-        argv.remove(a)
-    bad = [s for s in seeds if not 0 <= s < 2**32] + [s for s in set(seeds) if seeds.count(s) > 1]
+    for key, why in NOT_FOR_A_STUDY.items():
+        if any(a.startswith(f"--{key}=") for a in argv):
+            configurator.fail(f"--{key}: {why}")
+    # selfreward.py's settings (less each run's own) and --seeds; --help lists them with their comments
+    defaults = {k: v for k, v in selfreward.DEFAULTS.items() if k not in NOT_FOR_A_STUDY}
+    given = configurator.configure(dict(defaults, seeds=seeds, __file__=__file__, __doc__=__doc__), argv,
+                                   comment_files=[selfreward.__file__])
+    if "seeds" in configurator.SET_IN_FILE:  # (each run reads the same config file, and has no such setting)
+        configurator.fail(f"seeds: set in {configurator.SET_IN_FILE['seeds']}; give it as --seeds=... instead")
+    text = given.pop("seeds")
+    try:
+        seed_list = [int(s) for s in text.split(",")]
+    except ValueError:
+        configurator.fail(f"--seeds={text}: the seeds are whole numbers with commas between them, "
+                          f"e.g. --seeds=1,2,3")
+    bad = [s for s in seed_list if not 0 <= s < 2**32] + [s for s in set(seed_list) if seed_list.count(s) > 1]
     if bad:  # (before the first seed's run, not when this seed's turn comes)
         configurator.fail(f"--seeds: {bad[0]}: each seed once, in [0, 2**32) (a seed is a run of its own)")
-    if any(a.startswith("--seed=") for a in argv):
-        configurator.fail("--seed: seeds.py gives each run its seed; name them with --seeds=...")
-    # --help: this script's usage, selfreward.py's settings and their comments
-    c = configurator.settings(selfreward.DEFAULTS, configurator.configure(
-        dict(selfreward.DEFAULTS, __file__=__file__, __doc__=__doc__), argv, comment_files=[selfreward.__file__]))
+    c = configurator.settings(selfreward.DEFAULTS, given)
     # before any run: what this script compares exists only for a finished toy run
     if c.seed_data != "toy":
         configurator.fail(f"seed_data = {c.seed_data!r}: seeds.py compares the toy world's grades across seeds, "
                           f"and real seed data has no grader; run selfreward.py once per --seed instead")
-    if c.plan_only:
-        configurator.fail("plan_only: seeds.py runs the loop; plan with python selfreward.py --plan_only=True")
-    if c.dry_run:
-        configurator.fail(f"dry_run: seeds.py runs the loop; ask each seed's run with python selfreward.py "
-                          f"--dry_run=True --seed=S --run_name={c.run_name}-seedS")
+    argv = [a for a in argv if not a.startswith("--seeds=")]  # the rest goes to each run
     folders = {}
-    for s in seeds:
+    for s in seed_list:
         name = f"{c.run_name}-seed{s}"
         D.log(f"\n##### seed {s}: {os.path.join(c.out_root, name)}")
         selfreward.main(argv + [f"--seed={s}", f"--run_name={name}"])

@@ -490,3 +490,8 @@ def train_tokenizer(texts, model_path, vocab_size=512, phrases=False, symbols=()
     )
     write_bytes(model_path, model.getvalue())
     return Tokenizer(model_path)
+
+
+if __name__ == "__main__":
+    import configurator
+    configurator.library(__doc__, "tokenizer.py", "every script reads its checkpoint's tokenizer through it")

@@ -536,3 +536,8 @@ def memory_plan(args, world_size, micro_batch_size, seq_len, activation_checkpoi
         lines.append(f"  {gpu_memory_gb} GB GPUs (85% usable): needs at least {need} GPUs "
                      f"({math.ceil(need / 8)} nodes of 8); {world_size} {verdict}")
     return {"params": P, "rows": dict(rows), "total": total, "text": "\n".join(lines)}
+
+
+if __name__ == "__main__":
+    import configurator
+    configurator.library(__doc__, "training.py", "python train_sft.py and python train_dpo.py are the trainers")

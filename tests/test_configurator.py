@@ -172,6 +172,12 @@ def test_every_script_answers_help(capsys, monkeypatch):
                                     ("judge.py", [], 2, "error: judge.py is a library"),
                                     ("report.py", ["out/toy"], 2, "delete out/<run>/done/report"),
                                     ("validate.py", [], 2, "error: validate.py is a library"),
+                                    *[(f"{m}.py", ["--help"], 0, first) for m, first in [
+                                        ("model", "The Llama network"), ("checkpoint", "Checkpoints: every file"),
+                                        ("tokenizer", "Tokenizers and chat templates"), ("training", "What "
+                                        "train_sft.py and train_dpo.py share"), ("run_folder", "The run folder"),
+                                        ("distributed", "Running one script from a laptop")]],
+                                    ("model.py", [], 2, "error: model.py is a library"),
                                     ("evaluation.py", [], 2, "error: evaluation.py is a library"),
                                     ("bench.py", ["smaple"], 2, "no section 'smaple'"),
                                     ("bench.py", ["train", "--train_models=toy,toyx"], 2,  # before any timing

@@ -436,4 +436,14 @@ def test_seeds_refuses_bad_seeds_before_any_run(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             seeds.main(argv + [f"--out_root={tmp_path}"])
         assert e.value.code == 2 and said in capsys.readouterr().err
+    config = tmp_path.parent / "study.py"  # each run would read the file, and has no setting `seeds`
+    config.write_text("iterations = 1\nseeds = '1,2'\n")
+    with pytest.raises(SystemExit):
+        seeds.main([str(config), f"--out_root={tmp_path}"])
+    assert f"error: seeds: set in {config}:2; give it as --seeds=" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+    with pytest.raises(SystemExit):  # --help: this script's settings, not each run's own
+        seeds.main(["--help"])
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  --")]
+    assert "--seeds" in listed and "--iterations" in listed
+    assert not {"--seed", "--plan_only", "--dry_run"} & set(listed)
