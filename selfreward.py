@@ -355,13 +355,16 @@ def stage_seed_data(c, r):
             if D.is_rank0():
                 shutil.copyfile(src, r.path("seed", f))
         D.barrier()
-    counts = {}
+    counts, said = {}, []
     for f in ("ift", "eft_train", "eft_eval"):
         recs = read_jsonl(r.path("seed", f + ".jsonl"))
         if not recs:
             D.stop(f"error: seed data {r.path('seed', f + '.jsonl')} is empty")
         counts[f] = len(recs)
-    D.log("seed data: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        groups = "responses" in recs[0]  # a prompt with several ranked responses (an EFT eval set; real EFT train)
+        said.append(f"{f} {len(recs):,} " + (f"groups ({sum(len(x['responses']) for x in recs):,} responses)"
+                                              if groups else "examples"))
+    D.log("seed data: " + ", ".join(said))
     return counts
 
 
