@@ -32,7 +32,7 @@ import traceback
 from types import ModuleType, SimpleNamespace
 
 SIMPLE_TYPES = (bool, int, float, str, type(None))
-SET_IN_FILE = {}  # {key: "FILE:LINE"} for the settings the last configure() took from a config file, for later errors
+SET_IN_FILE = {}  # {key: ("FILE:LINE", value)}: the settings the last apply() took from a config file (for errors)
 
 
 class ConfigError(ValueError):
@@ -126,6 +126,12 @@ def _check(key, value, settings, source):
     raise ConfigError(f"{source}: {key} must be {want}, got {type(value).__name__} {value!r}")
 
 
+def set_in_file(key, value):
+    """"FILE:LINE" of the config file line that set `key` to `value`, or None."""
+    where, set_to = SET_IN_FILE.get(key, (None, None))
+    return where if where and set_to == value and type(set_to) is type(value) else None
+
+
 def parse_value(text):
     """'3' -> 3, '1e-5' -> 1e-05, 'True' -> True, 'None' -> None, 'toy' -> 'toy'."""
     try:
@@ -166,7 +172,7 @@ def apply(namespace, argv):
         if not arg.startswith("--"):
             for key, (value, where) in _file_settings(arg).items():
                 put(key, value, where)
-                SET_IN_FILE[key] = where
+                SET_IN_FILE[key] = where, namespace.get(key)
         else:
             key, eq, text = arg[2:].partition("=")
             if not eq:

@@ -52,7 +52,7 @@ class Run:
         self.fingerprints = {}  # stage -> fingerprint of what it is made from, for the stages after it
         self.current = None  # the stage running now (for Ctrl-C's message and generation shards)
         self.reused = []  # the stages found done, made from the same inputs (said at the end of a run)
-        self.gone = {}  # done stages whose outputs are gone: made again if a stage that reads them runs
+        self.remakers = {}  # done stages with outputs: made again if one is gone when a stage that reads it runs
         if D.is_rank0() and not dry:
             write_json(self.path("settings.json"), self.settings)
         D.barrier()
@@ -87,7 +87,8 @@ class Run:
         an input's path written another way (data/ or data, relative or
         absolute, a folder moved): its files' contents are what count.
         `temporary`: paths only a running stage needs (a trainer's resumable
-        state), removed once the stage is marked done. `outputs`: what the
+        state), removed once the stage is marked done (or, if a kill cut that
+        short, when the stage is next found done). `outputs`: what the
         stage writes that later stages read (a model folder): one that is gone
         (deleted to free a disk) is made again, from the same inputs, when a
         stage that reads it has to run, and only then. Returns fn's info dict."""
@@ -102,10 +103,11 @@ class Run:
             # the stages after this one compare against the fingerprint they were made after
             fp = self.fingerprints[name] = old["made_from"]["fingerprint"]
             self.reused.append(name)
-            gone = [p for p in outputs if not os.path.exists(p)]
-            if gone:
-                self.gone[name] = lambda reader: self.run(name, fn, old, made_from, fp, after, temporary,
-                                                          f"{', '.join(gone)} gone, and {reader} reads it")
+            if D.is_rank0() and not self.dry:  # what a kill during mark's removal left
+                remove_all(temporary)
+            if outputs:  # (looked at when a reader runs: a stage made again may remove another's outputs)
+                self.remakers[name] = outputs, lambda reader, gone: self.run(
+                    name, fn, old, made_from, fp, after, temporary, f"{', '.join(gone)} gone, and {reader} reads it")
             return {k: v for k, v in old.items() if k != "made_from"}
         return self.run(name, fn, old, made_from, fp, after, temporary,
                         changes(old.get("made_from", {}), made_from) if old else "")
@@ -114,9 +116,7 @@ class Run:
         """stage()'s work: the stages it reads whose outputs are gone made
         again first, then fn(), then the record that it is done."""
         for a in after:
-            if a in self.gone:
-                self.reused.remove(a)
-                self.gone.pop(a)(name)
+            self.remake_if_gone(a, name)
         if self.dry:  # (the stages after it see its new fingerprint: they would run too)
             D.log(f"would run {name}" + (f" (again: {why})" if why else ""))
             return {}
@@ -155,18 +155,35 @@ class Run:
         keywords = self.inputs.get(name)
         return old == new or keywords is not None and old not in keywords and new not in keywords
 
+    def remake_if_gone(self, name, reader):
+        """Make done stage `name` again, from the same inputs, if an output of
+        it is gone now that `reader` needs it (deleted to free a disk, or
+        removed by a stage made again before it); once."""
+        if name not in self.remakers:
+            return
+        outputs, remake = self.remakers[name]
+        gone = [p for p in outputs if not os.path.exists(p)]
+        if gone:
+            del self.remakers[name]
+            self.reused.remove(name)
+            remake(reader, gone)
+
     def mark(self, stage, info, made_from=None, temporary=()):
         """Record `stage` done: its info and what it was made from; then remove its temporary paths."""
         if D.is_rank0():
             write_json(self.path("done", stage), {**info, "made_from": made_from or {}})
-            for p in temporary:
-                shutil.rmtree(p, ignore_errors=True)
+            remove_all(temporary)
         D.barrier()
 
     def metric(self, record):
         if D.is_rank0():
             with open(self.path("metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def remove_all(paths):
+    for p in paths:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def changes(old, new):

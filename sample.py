@@ -812,6 +812,9 @@ def kept_answers(f, made_from, chunk):
     f.seek(0)
     lines = [x for x in f if x.endswith("\n")]  # a line cut by a kill has no newline yet
     if not lines or json.loads(lines[0]).get("made_from") != made_from:
+        if len(lines) > 1:  # (a mistyped setting must not cost the answers without a word)
+            print(f"not resuming from {f.name}: its {len(lines) - 1} answers were written with other settings, "
+                  f"checkpoint or prompts file; starting afresh", file=sys.stderr)
         f.truncate(0)
         f.write(json.dumps({"made_from": made_from}) + "\n")
         lines = []

@@ -171,8 +171,9 @@ def main(argv=None):
     defaults = {k: v for k, v in selfreward.DEFAULTS.items() if k not in NOT_FOR_A_STUDY}
     given = configurator.configure(dict(defaults, seeds=seeds, __file__=__file__, __doc__=__doc__), argv,
                                    comment_files=[selfreward.__file__])
-    if "seeds" in configurator.SET_IN_FILE:  # (each run reads the same config file, and has no such setting)
-        configurator.fail(f"seeds: set in {configurator.SET_IN_FILE['seeds']}; give it as --seeds=... instead")
+    if configurator.set_in_file("seeds", given["seeds"]):  # (each run reads the config file: no such setting there)
+        configurator.fail(f"seeds: set in {configurator.set_in_file('seeds', given['seeds'])}; give it as "
+                          f"--seeds=... instead")
     text = given.pop("seeds")
     try:
         seed_list = [int(s) for s in text.split(",")]

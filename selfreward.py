@@ -49,6 +49,7 @@ import string
 import sys
 import time
 from collections import Counter
+from functools import partial
 
 import torch
 
@@ -1163,11 +1164,13 @@ def run_stages(c, r):
     temporary = lambda name: [] if c.keep_train_state else [r.path("train", name, "state")]
     meta = lambda kind: S[kind + "+meta"] if c.meta_judge else []  # Meta-Rewarding's settings, only when on
     coin = S["pairs+coin"] if c.pair_by == "coin" else []
+    seed_files = ["ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"]
     if c.seed_data == "toy":
-        r.stage("seed_data", lambda: stage_seed_data(c, r), uses=["seed_data"] + S["toy seed"])
+        r.stage("seed_data", lambda: stage_seed_data(c, r), uses=["seed_data"] + S["toy seed"],
+                outputs=[r.path("seed", f) for f in seed_files + ["test.jsonl", "eft_train_groups.jsonl"]])
     else:
         r.stage("seed_data", lambda: stage_seed_data(c, r), uses=["seed_data"],
-                files=[os.path.join(c.seed_data, f) for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl")])
+                files=[os.path.join(c.seed_data, f) for f in seed_files], outputs=[r.path("seed", f) for f in seed_files])
     if c.init_from == "scratch":
         r.stage("tokenizer", lambda: stage_tokenizer(c, r), uses=S["tokenizer"],
                 after=["seed_data"], outputs=[r.path("tokenizer.model")])
@@ -1180,43 +1183,49 @@ def run_stages(c, r):
     r.stage("SFT", lambda: stage_sft_baseline(c, r, m0), uses=S["SFT"], after=["M0", "seed_data"],
             temporary=temporary("SFT"), outputs=[r.path("SFT")])
     m1_reads = ["M0", "seed_data"]
-    if "responses" in read_jsonl(r.path("seed", "eft_train.jsonl"))[0]:  # groups, not targets
+    # real seed data's EFT training set: groups of ranked responses, which EFT targets are made from (the
+    # toy world's is targets already); read from the input, which seed/ copies, and which is there in a dry run
+    if c.seed_data != "toy" and "responses" in read_jsonl(os.path.join(c.seed_data, "eft_train.jsonl"))[0]:
         r.stage("eft_targets", lambda: stage_eft_targets(c, r), uses=S["eft_targets"], after=["SFT", "seed_data"],
-                files=[c.eft_judgments] if c.eft_judgments else [])
+                files=[c.eft_judgments] if c.eft_judgments else [],
+                outputs=[r.path("seed", "eft_train_targets.jsonl")])
         m1_reads.append("eft_targets")
     if c.seed_data == "toy" and c.eft_own_answers:
-        r.stage("eft_own", lambda: stage_eft_own_answers(c, r), uses=S["eft_own"], after=["SFT", "seed_data"])
+        r.stage("eft_own", lambda: stage_eft_own_answers(c, r), uses=S["eft_own"], after=["SFT", "seed_data"],
+                outputs=[r.path("seed", "eft_train_own.jsonl")])
         m1_reads.append("eft_own")
     r.stage("M1", lambda: stage_m1(c, r, m0), uses=S["SFT"] + S["M1"] + meta("M1"), after=m1_reads,
             temporary=temporary("M1"), outputs=[r.path("M1")])
-    for t in range(1, c.iterations + 1):
+    for t in range(1, c.iterations + 1):  # (partial binds this t: a stage made again later runs for its own)
         mt, it = r.path(f"M{t}"), f"iter{t}"
         # the prompt writer: one of this run's models (a stage the prompts come after), or a folder of its own
         writer_model = {"M0": "M0", "M1": "M1", "current": f"M{t}"}.get(c.prompt_writer)
         writer = m0 if writer_model == "M0" else r.path(writer_model) if writer_model else c.prompt_writer
-        r.stage(f"{it}_prompts", lambda: stage_prompts(c, r, t, writer), uses=S["prompts"],
+        r.stage(f"{it}_prompts", partial(stage_prompts, c, r, t, writer), uses=S["prompts"],
                 files=[] if writer_model else [writer],
                 after=["seed_data", *([writer_model] if writer_model else []),
                        *(f"iter{s}_prompts" for s in range(1, t))], outputs=[r.path(it, "prompts.jsonl")])
-        r.stage(f"{it}_candidates", lambda: stage_candidates(c, r, t, mt), uses=S["candidates"],
+        r.stage(f"{it}_candidates", partial(stage_candidates, c, r, t, mt), uses=S["candidates"],
                 after=[f"{it}_prompts", f"M{t}"], outputs=[r.path(it, "candidates.jsonl")])
-        r.stage(f"{it}_judgments", lambda: stage_judgments(c, r, t, mt), uses=S["judgments"],
+        r.stage(f"{it}_judgments", partial(stage_judgments, c, r, t, mt), uses=S["judgments"],
                 after=[f"{it}_candidates", f"M{t}"], outputs=[r.path(it, "judgments.jsonl")])
         if not c.meta_judge:
-            r.stage(f"{it}_pairs", lambda: stage_pairs(c, r, t), uses=S["pairs"] + coin, after=[f"{it}_judgments"])
+            r.stage(f"{it}_pairs", partial(stage_pairs, c, r, t), uses=S["pairs"] + coin, after=[f"{it}_judgments"],
+                    outputs=[r.path(it, "pairs.jsonl")])
         else:  # Meta-Rewarding: M_t also judges its judgments, and the judge's pairs join the actor's
-            r.stage(f"{it}_meta_judgments", lambda: stage_meta_judgments(c, r, t, mt), uses=S["meta_judgments"],
-                    after=[f"{it}_judgments", f"M{t}"])
-            r.stage(f"{it}_pairs", lambda: stage_pairs_meta(c, r, t), uses=S["pairs"] + S["pairs+meta"] + coin,
-                    after=[f"{it}_judgments", f"{it}_meta_judgments"])
-        r.stage(f"M{t + 1}", lambda: stage_dpo(c, r, t, mt), uses=S["DPO"], after=[f"{it}_pairs", f"M{t}"],
+            r.stage(f"{it}_meta_judgments", partial(stage_meta_judgments, c, r, t, mt), uses=S["meta_judgments"],
+                    after=[f"{it}_judgments", f"M{t}"], outputs=[r.path(it, "meta_judgments.jsonl")])
+            r.stage(f"{it}_pairs", partial(stage_pairs_meta, c, r, t), uses=S["pairs"] + S["pairs+meta"] + coin,
+                    after=[f"{it}_judgments", f"{it}_meta_judgments"], outputs=[r.path(it, "pairs.jsonl")])
+        r.stage(f"M{t + 1}", partial(stage_dpo, c, r, t, mt), uses=S["DPO"], after=[f"{it}_pairs", f"M{t}"],
                 temporary=temporary(f"M{t + 1}"), outputs=[r.path(f"M{t + 1}")])
     names = ["SFT"] + [f"M{t}" for t in range(1, c.iterations + 2)]
     eval_files = [f for f in (c.eval_prompts, c.mt_bench) if f]
-    infos = {n: r.stage(f"eval_{n}", lambda: stage_eval(c, r, n, r.path(n)), uses=S["eval"], files=eval_files,
+    infos = {n: r.stage(f"eval_{n}", partial(stage_eval, c, r, n, r.path(n)), uses=S["eval"], files=eval_files,
                         after=[n, "seed_data"]) for n in names}
     r.stage("report", lambda: report.write_report(r, names, infos, c.run_name, c.iterations),
-            after=[f"eval_{n}" for n in names])
+            after=[f"eval_{n}" for n in names], outputs=[r.path("report.md")])
+    r.remake_if_gone("report", "the run's last line")  # (which prints its table)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ the lesson):
     save_state(),              training state saved every save_interval steps;
     optimizer_and_resume()     the same command resumes a killed run exactly
                                (only from the same inputs: made_from); removed
-                               once the final model is saved (keep_state)
+                               once done.json records the final model (keep_state)
     clip_and_step()            clip the global gradient norm, step AdamW
     memory_plan()              what each GPU will hold, before anyone launches 64 GPUs
 
@@ -30,6 +30,7 @@ import warnings
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 import distributed as D
@@ -122,7 +123,9 @@ def run(loop, defaults, config, fields, announce=False, check_record=None):
             result = loop(c, env)
             if D.is_rank0():  # what out_dir/model was made from, and what the run returned
                 write_text(done_path(c), json.dumps({"made_from": fp, "result": result}))
-            D.barrier()
+        if D.is_rank0() and not c.keep_state:  # only once the record is written: a kill before
+            remove_state(c)  # it resumes from the state; after it, the same command finishes removing it
+        D.barrier()
     # only after a success: teardown waits for every rank, and after an error on
     # one rank the others may be inside a collective that never ends
     D.teardown(env)
@@ -386,7 +389,13 @@ def load_state(model, optimizer, path, fp):
     state = {"model": model_sd, "optim": optim_sd, "step": torch.tensor(0)}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=candidate)
+        try:
+            dcp.load(state, checkpoint_id=candidate)
+        except (OSError, ValueError, RuntimeError, CheckpointException) as e:  # a file gone or damaged
+            # (CheckpointException is a BaseException: what it holds is each rank's traceback)
+            why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__  # (the cause's line)
+            raise ValueError(f"cannot resume from the training state {candidate}: it cannot be read ({why}); "
+                             f"remove it to train from the start") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     return int(state["step"]), info
 
@@ -433,16 +442,22 @@ def end_step(model, optimizer, step, steps, c, info):
 
 
 def save_final(model, c, env, tok_path):
-    """The trained model, in the Hugging Face layout at out_dir/model. Once
-    that folder is complete the resumable state has done its job and goes,
-    unless keep_state (at 70B it is ~0.8 TB of fp32 weights and AdamW moments)."""
+    """The trained model, in the Hugging Face layout at out_dir/model. (Once
+    done.json records it, the resumable state has done its job and goes,
+    unless keep_state: at 70B it is ~0.8 TB of fp32 weights and AdamW moments.)"""
     dtype = getattr(torch, c.save_dtype) if c.save_dtype else (
         torch.bfloat16 if env.device.startswith("cuda") else torch.float32)
-    path = save_model(model, os.path.join(c.out_dir, "model"), tok_path, dtype)
-    if D.is_rank0() and not c.keep_state:
-        shutil.rmtree(state_dir(c), ignore_errors=True)
-    D.barrier()
-    return path
+    return save_model(model, os.path.join(c.out_dir, "model"), tok_path, dtype)
+
+
+def remove_state(c):
+    """The resumable state, once out_dir/done.json records the model it made
+    (training.run). Its state.json goes first: a state cut short by a kill
+    halfway through the removal is no longer one to resume from."""
+    for path in (state_dir(c), state_dir(c) + ".old", state_dir(c) + ".tmp"):
+        if os.path.exists(os.path.join(path, "state.json")):
+            os.remove(os.path.join(path, "state.json"))
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # -----------------------------------------------------------------------------

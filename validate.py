@@ -23,7 +23,7 @@ import distributed as D
 import evaluation as E
 import judge as J
 from checkpoint import check_hf_tensors, check_tokenizer, meta_shards, read_config
-from configurator import SET_IN_FILE
+from configurator import set_in_file
 from data import read_jsonl, toy, unwritable
 from model import PRESETS, Transformer
 from tokenizer import TEMPLATES, Tokenizer, chat_prompt_ids, conversation_problem
@@ -47,8 +47,9 @@ class Problems:
 
     def shown(self, setting):
         """'lr = -1.0', and the file and line that set it when a config file did."""
-        where = SET_IN_FILE.get(setting)
-        return f"{setting} = {getattr(self.c, setting)!r}" + (f" (set at {where})" if where else "")
+        value = getattr(self.c, setting)
+        where = set_in_file(setting, value)
+        return f"{setting} = {value!r}" + (f" (set at {where})" if where else "")
 
     def no_none(self, allowed=()):
         """--key=None passes the configurator for any setting; True if none is None (but `allowed`)."""

@@ -490,8 +490,9 @@ def test_cli_prompts_file_resumes_after_an_interruption(toy_tokenizer_path, tmp_
             S.main(cli(out, temperature=0.5))
     assert e.value.code == 2 and f"error: {partial} is being written by another job" in capsys.readouterr().err
     assert calls == [] and partial.read_text() == kept  # refused before any work; its chunks left as they were
-    S.main(cli(out, temperature=0.5))  # ... are not reused at 0.5
+    S.main(cli(out, temperature=0.5))  # ... are not reused at 0.5, and it says so
     assert calls == [3, 3, 2]
+    assert f"not resuming from {partial}: its 6 answers were written with other settings" in capsys.readouterr().err
 
 
 def first_divergence(a, b):

@@ -1341,6 +1341,75 @@ def test_a_done_stage_whose_output_is_gone_is_made_again_when_a_stage_reads_it(t
 
 
 
+def test_outputs_a_stage_made_again_removes_are_made_again_too(tmp_path):
+    """Gone outputs are looked for when a reader runs, not only when the
+    stages are listed: a stage made again (the seed data, which starts from
+    an empty folder) may remove a file of a stage after it (EFT targets kept
+    in the same folder), which is then made again before its reader. A
+    temporary path a kill left after the record (a trainer's state) goes
+    when the stage is next found done."""
+    from run_folder import Run
+    import distributed as D
+    ran, seed, state = [], tmp_path / "run" / "seed", tmp_path / "run" / "train" / "M1" / "state"
+
+    def make_seed():
+        ran.append("seed")
+        shutil.rmtree(seed, ignore_errors=True)
+        seed.mkdir(parents=True)
+        (seed / "ift.jsonl").write_text("x")
+
+    def run(beta=0.1):
+        r = Run(str(tmp_path / "run"), types.SimpleNamespace(beta=beta), D.Env())
+        r.stage("seed", make_seed, outputs=[str(seed / "ift.jsonl")])
+        r.stage("targets", lambda: ran.append("targets") or (seed / "targets.jsonl").write_text("t") and None,
+                after=["seed"], outputs=[str(seed / "targets.jsonl")])
+        r.stage("M1", lambda: ran.append("M1") or state.mkdir(parents=True, exist_ok=True),
+                after=["seed", "targets"], temporary=[str(state)])
+        r.stage("M2", lambda: ran.append("M2"), uses=["beta"], after=["M1", "seed", "targets"])
+        return r
+    run()
+    assert ran == ["seed", "targets", "M1", "M2"] and not state.exists()
+    (seed / "ift.jsonl").unlink()
+    state.mkdir(parents=True)  # a kill during the removal, after M1's record
+    run()
+    assert ran == ["seed", "targets", "M1", "M2"] and not state.exists()  # nothing that reads them ran
+    run(beta=0.2)  # M2 reads the seed data, made again, which removes the targets, which M2 reads too
+    assert ran == ["seed", "targets", "M1", "M2", "seed", "targets", "M2"] and (seed / "targets.jsonl").exists()
+
+
+def test_a_finished_runs_deleted_files_are_made_again_by_the_same_command(micro_run, tmp_path):
+    """A finished run whose report.md, pairs and seed folder were deleted:
+    the same command writes the report again (it printed a traceback on
+    every rank); a changed DPO setting makes the pairs and the seed data
+    again, byte for byte, before the stages that read them (the pairs had
+    no output listed: DPO failed after dropping its record); a deleted M2
+    is made again as it was when iteration 2 reads it."""
+    run = copy_run(micro_run, tmp_path)
+    pairs, seed = (run / "iter1" / "pairs.jsonl").read_bytes(), {p.name: p.read_bytes() for p in (run / "seed").iterdir()}
+    shutil.rmtree(run / "seed")
+    for gone in ("iter1/pairs.jsonl", "report.md"):
+        (run / gone).unlink()
+    r = run_loop(tmp_path)
+    assert stages_run(r.stdout) == ["report"] and "report.md gone, and the run's last line reads it" in r.stdout
+    assert (run / "report.md").exists() and "| M3 |" in r.stdout
+    r = run_loop(tmp_path, dpo_beta=0.2, dry_run=True)
+    said = [line for line in r.stdout.splitlines() if line.startswith("would run ")]
+    assert said[:2] == [f"would run iter1_pairs (again: {run / 'iter1' / 'pairs.jsonl'} gone, and M2 reads it)",
+                        "would run M2 (again: dpo_beta 0.1 -> 0.2)"], said
+    r = run_loop(tmp_path, dpo_beta=0.2)
+    assert stages_run(r.stdout) == [line.split()[2] for line in said]
+    assert (run / "iter1" / "pairs.jsonl").read_bytes() == pairs
+    assert {p.name: p.read_bytes() for p in (run / "seed").iterdir()} == seed
+    # a model of iteration 1, made again for a stage of iteration 2, is iteration 1's (a stage function
+    # bound the loop's variable late: M2 was remade as M3, from iteration 2's pairs)
+    m2 = (run / "M2" / "model.safetensors").read_bytes()
+    shutil.rmtree(run / "M2")
+    (run / "done" / "iter2_candidates").unlink()
+    r = run_loop(tmp_path, dpo_beta=0.2)
+    assert stages_run(r.stdout) == ["M2", "iter2_candidates"] and "M2 gone, and iter2_candidates reads it" in r.stdout
+    assert (run / "M2" / "model.safetensors").read_bytes() == m2
+
+
 def test_ctrl_c_before_the_stages_is_one_line(tmp_path):
     """Ctrl-C while the settings and inputs are checked (a big checkpoint's
     headers take a while): one line and status 130, not a traceback."""

@@ -539,6 +539,34 @@ def test_training_state_is_resumed_only_by_the_same_settings(work, tmp_path, cap
     assert not (out / "state").exists()
 
 
+def test_a_trainer_killed_while_its_state_goes_is_finished_by_the_same_command(work, tmp_path, capsys):
+    """The record (done.json) is written before the resumable state is
+    removed: a kill halfway through the removal leaves the finished model and
+    its record, and the same command has nothing to do but finish removing
+    it. (The state went first, so the rerun tried to resume from the half of
+    it that was left: a traceback from DCP, on every rerun.) A state that
+    cannot be read is one clear error naming it."""
+    import training
+    out = tmp_path / "sft"
+    first = train_sft.train(sft_config(work, out, max_steps=2, keep_state=True))
+    next((out / "state").glob("*.distcp")).unlink()  # what a kill halfway through the removal leaves
+    assert train_sft.train(sft_config(work, out, max_steps=2)) == first  # keep_state off: the removal's command
+    assert "nothing to do" in capsys.readouterr().out and not (out / "state").exists()
+    real, seen = training.remove_state, []
+    training.remove_state = lambda c: seen.append((out / "done.json").exists()) or real(c)
+    try:
+        train_sft.train(sft_config(work, out, max_steps=2, lr=5e-4))
+    finally:
+        training.remove_state = real
+    assert seen == [True] and not (out / "state").exists()
+    train_sft.train(sft_config(work, out, max_steps=2, keep_state=True))  # a state of these inputs, kept,
+    shutil.rmtree(out / "model")  # the model gone (so the same command resumes the state),
+    next((out / "state").glob("*.distcp")).unlink()  # and a file of the state lost
+    with pytest.raises(ValueError, match=f"cannot resume from the training state {out / 'state'}: it cannot "
+                                         f"be read .*; remove it to train from the start"):
+        train_sft.train(sft_config(work, out, max_steps=2, keep_state=True))
+
+
 def test_dpo_nan_loss_stops(work, tmp_path, monkeypatch):
     calls = []
     real = train_dpo.sequence_logps
