@@ -126,6 +126,12 @@ def _check(key, value, settings, source):
     raise ConfigError(f"{source}: {key} must be {want}, got {type(value).__name__} {value!r}")
 
 
+def set_by_files(argv):
+    """{key: "FILE:LINE"} of every setting the config files among argv set
+    (whatever a later argument does with it)."""
+    return {k: where for arg in argv if not arg.startswith("--") for k, (_, where) in _file_settings(arg).items()}
+
+
 def set_in_file(key, value):
     """"FILE:LINE" of the config file line that set `key` to `value`, or None."""
     where, set_to = SET_IN_FILE.get(key, (None, None))

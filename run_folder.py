@@ -24,6 +24,7 @@ import time
 
 import distributed as D
 from data import file_fingerprint, fingerprint, read_jsonl, write_jsonl, write_text
+from training import remove_states
 
 
 def write_json(path, obj):
@@ -87,8 +88,8 @@ class Run:
         an input's path written another way (data/ or data, relative or
         absolute, a folder moved): its files' contents are what count.
         `temporary`: paths only a running stage needs (a trainer's resumable
-        state), removed once the stage is marked done (or, if a kill cut that
-        short, when the stage is next found done). `outputs`: what the
+        state), removed once the stage is marked done (what a kill left of
+        that removal, when the stage is next found done). `outputs`: what the
         stage writes that later stages read (a model folder): one that is gone
         (deleted to free a disk) is made again, from the same inputs, when a
         stage that reads it has to run, and only then. Returns fn's info dict."""
@@ -104,7 +105,7 @@ class Run:
             fp = self.fingerprints[name] = old["made_from"]["fingerprint"]
             self.reused.append(name)
             if D.is_rank0() and not self.dry:  # what a kill during mark's removal left
-                remove_all(temporary)
+                remove_states(temporary, whole=False)  # (a state kept on purpose stays)
             if outputs:  # (looked at when a reader runs: a stage made again may remove another's outputs)
                 self.remakers[name] = outputs, lambda reader, gone: self.run(
                     name, fn, old, made_from, fp, after, temporary, f"{', '.join(gone)} gone, and {reader} reads it")
@@ -172,18 +173,13 @@ class Run:
         """Record `stage` done: its info and what it was made from; then remove its temporary paths."""
         if D.is_rank0():
             write_json(self.path("done", stage), {**info, "made_from": made_from or {}})
-            remove_all(temporary)
+            remove_states(temporary)
         D.barrier()
 
     def metric(self, record):
         if D.is_rank0():
             with open(self.path("metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
-
-
-def remove_all(paths):
-    for p in paths:
-        shutil.rmtree(p, ignore_errors=True)
 
 
 def changes(old, new):

@@ -164,19 +164,19 @@ def pair_lines(folders, iterations):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    in_files = configurator.set_by_files(argv)
     for key, why in NOT_FOR_A_STUDY.items():
-        if any(a.startswith(f"--{key}=") for a in argv):
-            configurator.fail(f"--{key}: {why}")
+        if any(a.startswith(f"--{key}=") for a in argv) or key in in_files:
+            configurator.fail(f"{in_files.get(key, '--' + key)}: {why}")
+    if "seeds" in in_files:  # (each run reads the config files too, and has no such setting)
+        configurator.fail(f"{in_files['seeds']}: seeds is this script's setting: give it as --seeds=... instead")
     # selfreward.py's settings (less each run's own) and --seeds; --help lists them with their comments
     defaults = {k: v for k, v in selfreward.DEFAULTS.items() if k not in NOT_FOR_A_STUDY}
     given = configurator.configure(dict(defaults, seeds=seeds, __file__=__file__, __doc__=__doc__), argv,
                                    comment_files=[selfreward.__file__])
-    if configurator.set_in_file("seeds", given["seeds"]):  # (each run reads the config file: no such setting there)
-        configurator.fail(f"seeds: set in {configurator.set_in_file('seeds', given['seeds'])}; give it as "
-                          f"--seeds=... instead")
     text = given.pop("seeds")
     try:
-        seed_list = [int(s) for s in text.split(",")]
+        seed_list = [int(s) for s in str(text).split(",")]
     except ValueError:
         configurator.fail(f"--seeds={text}: the seeds are whole numbers with commas between them, "
                           f"e.g. --seeds=1,2,3")

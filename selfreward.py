@@ -1010,8 +1010,11 @@ def stage_eval(c, r, name, path):
         if D.is_rank0():
             write_jsonl(r.path("eval", f"{name}_judgments.jsonl"), every)
     model_id = f"{c.run_name}-{name}"  # the name external judges list it under
-    trained = trained_prompts(r.path("seed"), name, lambda s: r.path(f"iter{s}", "pairs.jsonl")) \
-        if c.eval_prompts or c.mt_bench else {}
+    trained = {}
+    if c.eval_prompts or c.mt_bench:  # what the model was trained on (its EFT targets and pairs: made again if gone)
+        for stage in ["eft_targets"] + [f"iter{s}_pairs" for s in range(1, 1 if name == "SFT" else int(name[1:]))]:
+            r.remake_if_gone(stage, f"eval_{name}")
+        trained = trained_prompts(r.path("seed"), name, lambda s: r.path(f"iter{s}", "pairs.jsonl"))
     if c.eval_prompts:  # real data: answers for external judges, in their own tools' files (evaluation.py)
         prompts = E.read_eval_prompts(c.eval_prompts)
         recs, skipped = E.answer_alpaca_eval(net, tok, prompts, model_id, c.max_response_tokens, **sample_kw)
@@ -1041,6 +1044,14 @@ def stage_eval(c, r, name, path):
 # Were a benchmark's questions trained on? An external benchmark is chosen at
 # evaluation time, so its questions cannot be kept out of training as the
 # held-out prompts are (held_out_prompts): they are counted instead.
+
+def eval_outputs(c, r, name):
+    """The files stage_eval writes for model `name` (the report reads them)."""
+    return ([r.path("eval", f"{name}_test.jsonl")] if c.seed_data == "toy" else []) + \
+        ([r.path("eval", f"{name}_judgments.jsonl")] if c.eval_judge else []) + \
+        ([E.alpaca_eval_path(r.path("eval"), f"{c.run_name}-{name}")] if c.eval_prompts else []) + \
+        ([E.mt_bench_path(r.path("eval"), f"{c.run_name}-{name}")] if c.mt_bench else [])
+
 
 def trained_prompts(seed_dir, name, pairs_file=None):
     """The instructions model `name` was trained on, by where they came from:
@@ -1222,7 +1233,7 @@ def run_stages(c, r):
     names = ["SFT"] + [f"M{t}" for t in range(1, c.iterations + 2)]
     eval_files = [f for f in (c.eval_prompts, c.mt_bench) if f]
     infos = {n: r.stage(f"eval_{n}", partial(stage_eval, c, r, n, r.path(n)), uses=S["eval"], files=eval_files,
-                        after=[n, "seed_data"]) for n in names}
+                        after=[n, "seed_data"], outputs=eval_outputs(c, r, n)) for n in names}
     r.stage("report", lambda: report.write_report(r, names, infos, c.run_name, c.iterations),
             after=[f"eval_{n}" for n in names], outputs=[r.path("report.md")])
     r.remake_if_gone("report", "the run's last line")  # (which prints its table)

@@ -117,14 +117,15 @@ def run(loop, defaults, config, fields, announce=False, check_record=None):
     with D.sole_writer(env, c.out_dir):
         fp = made_from(c, tokenizer_path(c))
         result = finished(c, fp)
-        if result is None:
+        trained = result is None
+        if trained:
             if D.is_rank0() and os.path.exists(done_path(c)):  # (a kill after the new model is in place must
                 os.remove(done_path(c))  # not leave the old record beside it)
             result = loop(c, env)
             if D.is_rank0():  # what out_dir/model was made from, and what the run returned
                 write_text(done_path(c), json.dumps({"made_from": fp, "result": result}))
-        if D.is_rank0() and not c.keep_state:  # only once the record is written: a kill before
-            remove_state(c)  # it resumes from the state; after it, the same command finishes removing it
+        if D.is_rank0() and not c.keep_state:  # only once the record is written: a kill before it resumes
+            remove_state(c, whole=trained)  # from the state; one during it, the same command finishes it
         D.barrier()
     # only after a success: teardown waits for every rank, and after an error on
     # one rank the others may be inside a collective that never ends
@@ -148,6 +149,10 @@ def finished(c, fp):
     other settings is said to be replaced when this run ends."""
     model = os.path.join(c.out_dir, "model")
     if not os.path.isdir(model):
+        return None
+    if not os.path.isfile(os.path.join(model, "config.json")) or \
+            not any(f.endswith(".safetensors") for f in os.listdir(model)):  # (files deleted from it by hand)
+        D.log(f"note: {model} has no config.json or no weights: this run replaces it when it ends")
         return None
     try:
         with open(done_path(c)) as f:
@@ -391,9 +396,13 @@ def load_state(model, optimizer, path, fp):
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         try:
             dcp.load(state, checkpoint_id=candidate)
-        except (OSError, ValueError, RuntimeError, CheckpointException) as e:  # a file gone or damaged
-            # (CheckpointException is a BaseException: what it holds is each rank's traceback)
-            why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__  # (the cause's line)
+        except (OSError, ValueError, CheckpointException) as e:  # a file of it gone or damaged, but
+            # not Ctrl-C or memory, which DCP wraps the same way (a BaseException holding each rank's cause)
+            causes = [exc for exc, _ in e.failures.values()] if isinstance(e, CheckpointException) else [e]
+            for cause in causes:
+                if isinstance(cause, (KeyboardInterrupt, MemoryError, torch.OutOfMemoryError)):
+                    raise cause from None
+            why = "; ".join(dict.fromkeys(f"{type(x).__name__}: {x}" for x in causes))
             raise ValueError(f"cannot resume from the training state {candidate}: it cannot be read ({why}); "
                              f"remove it to train from the start") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
@@ -450,14 +459,29 @@ def save_final(model, c, env, tok_path):
     return save_model(model, os.path.join(c.out_dir, "model"), tok_path, dtype)
 
 
-def remove_state(c):
+def remove_state(c, whole=True):
     """The resumable state, once out_dir/done.json records the model it made
-    (training.run). Its state.json goes first: a state cut short by a kill
-    halfway through the removal is no longer one to resume from."""
-    for path in (state_dir(c), state_dir(c) + ".old", state_dir(c) + ".tmp"):
+    (training.run). whole=False (a run that found the model done): only what
+    a kill during an earlier removal left; a whole state (kept by keep_state
+    earlier) stays, and is said to be there."""
+    for path in remove_states([state_dir(c), state_dir(c) + ".old", state_dir(c) + ".tmp"], whole):
+        D.log(f"note: {path} is still here (a run with keep_state kept it): remove it to free the disk")
+
+
+def remove_states(paths, whole=True):
+    """Remove training states (save_state's folders), each one's state.json
+    first: a state a kill cut short halfway through is no longer one to
+    resume from. whole=False: only such cut-short ones; returns the whole
+    states it left."""
+    left = []
+    for path in paths:
         if os.path.exists(os.path.join(path, "state.json")):
+            if not whole:
+                left.append(path)
+                continue
             os.remove(os.path.join(path, "state.json"))
         shutil.rmtree(path, ignore_errors=True)
+    return left
 
 
 # -----------------------------------------------------------------------------

@@ -47,9 +47,12 @@ class Problems:
 
     def shown(self, setting):
         """'lr = -1.0', and the file and line that set it when a config file did."""
-        value = getattr(self.c, setting)
-        where = set_in_file(setting, value)
-        return f"{setting} = {value!r}" + (f" (set at {where})" if where else "")
+        return f"{setting} = {getattr(self.c, setting)!r}{self.set_at(setting)}"
+
+    def set_at(self, setting):
+        """' (set at FILE:LINE)' where a config file set the setting's value, else ''."""
+        where = set_in_file(setting, getattr(self.c, setting, None))
+        return f" (set at {where})" if where else ""
 
     def no_none(self, allowed=()):
         """--key=None passes the configurator for any setting; True if none is None (but `allowed`)."""
@@ -114,7 +117,7 @@ class Problems:
         try:
             return read_jsonl(path, fields, allow_empty=False, check=check_record)
         except (ValueError, FileNotFoundError) as e:
-            self.add(f"{setting}: {e}")
+            self.add(f"{setting}{self.set_at(setting)}: {e}")
             return []
 
     def message(self, what):
@@ -226,7 +229,7 @@ def check_checkpoint(p, setting, folder, chat_template="", chats=True):
             raise ValueError(tok.template_problem)
         return args, tok
     except (ValueError, FileNotFoundError, OSError) as e:
-        p.add(f"{setting}: {e}")
+        p.add(f"{setting}{p.set_at(setting)}: {e}")
         return None, None
 
 

@@ -7,7 +7,7 @@
 # 80 GB GPUs need at least 22 (3 nodes), and a batch of 16 splits over at most 16
 # ranks: 4 nodes with --batch_size=32.
 init_from = "checkpoints/Llama-2-70b-hf"
-# M1's data as the loop writes it, after its EFT targets stage: out/llama2-70b-oasst/train/ift_eft.jsonl
+# M1's data as the loop's M1 stage writes it (before it trains): out/llama2-70b-oasst/train/ift_eft.jsonl
 # (the IFT examples and the EFT targets, {"prompt", "response"} each); copy it here, or set data to it
 data = "data/ift_eft.jsonl"
 out_dir = "out/llama2-70b/M1"

@@ -437,10 +437,15 @@ def test_seeds_refuses_bad_seeds_before_any_run(tmp_path, capsys):
             seeds.main(argv + [f"--out_root={tmp_path}"])
         assert e.value.code == 2 and said in capsys.readouterr().err
     config = tmp_path.parent / "study.py"  # each run would read the file, and has no setting `seeds`
-    config.write_text("iterations = 1\nseeds = '1,2'\n")
+    for text, said in [("iterations = 1\nseeds = '1,2'\n", f"{config}:2: seeds is this script's setting"),
+                       ("seed = 5\n", f"{config}:1: seeds.py gives each run its seed")]:
+        config.write_text(text)
+        with pytest.raises(SystemExit):
+            seeds.main([str(config), "--seeds=4", f"--out_root={tmp_path}"])  # (whatever the command says after)
+        assert f"error: {said}" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        seeds.main([str(config), f"--out_root={tmp_path}"])
-    assert f"error: seeds: set in {config}:2; give it as --seeds=" in capsys.readouterr().err
+        seeds.main(["--seeds=None", f"--out_root={tmp_path}"])
+    assert "--seeds=None: the seeds are whole numbers" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
     with pytest.raises(SystemExit):  # --help: this script's settings, not each run's own
         seeds.main(["--help"])

@@ -1347,7 +1347,7 @@ def test_outputs_a_stage_made_again_removes_are_made_again_too(tmp_path):
     an empty folder) may remove a file of a stage after it (EFT targets kept
     in the same folder), which is then made again before its reader. A
     temporary path a kill left after the record (a trainer's state) goes
-    when the stage is next found done."""
+    when the stage is next found done (a whole state, kept on purpose, stays)."""
     from run_folder import Run
     import distributed as D
     ran, seed, state = [], tmp_path / "run" / "seed", tmp_path / "run" / "train" / "M1" / "state"
@@ -1370,28 +1370,37 @@ def test_outputs_a_stage_made_again_removes_are_made_again_too(tmp_path):
     run()
     assert ran == ["seed", "targets", "M1", "M2"] and not state.exists()
     (seed / "ift.jsonl").unlink()
-    state.mkdir(parents=True)  # a kill during the removal, after M1's record
+    state.mkdir(parents=True)  # a kill during the removal (state.json goes first), after M1's record
     run()
     assert ran == ["seed", "targets", "M1", "M2"] and not state.exists()  # nothing that reads them ran
+    state.mkdir(parents=True)
+    (state / "state.json").write_text("{}")  # a whole state, kept by keep_train_state: it stays
+    run()
+    assert (state / "state.json").exists()
+    shutil.rmtree(state)
     run(beta=0.2)  # M2 reads the seed data, made again, which removes the targets, which M2 reads too
     assert ran == ["seed", "targets", "M1", "M2", "seed", "targets", "M2"] and (seed / "targets.jsonl").exists()
 
 
 def test_a_finished_runs_deleted_files_are_made_again_by_the_same_command(micro_run, tmp_path):
-    """A finished run whose report.md, pairs and seed folder were deleted:
-    the same command writes the report again (it printed a traceback on
-    every rank); a changed DPO setting makes the pairs and the seed data
-    again, byte for byte, before the stages that read them (the pairs had
-    no output listed: DPO failed after dropping its record); a deleted M2
-    is made again as it was when iteration 2 reads it."""
+    """A finished run whose report.md, a model's test answers, pairs and seed
+    folder were deleted: the same command writes the seed data, the answers
+    and the report again (report.md gone printed a traceback on every
+    rank); a changed DPO setting makes the pairs again before DPO reads them
+    (they had no output listed: DPO failed after dropping its record); all
+    byte for byte. A deleted M2 is made again as it was when iteration 2
+    reads it."""
     run = copy_run(micro_run, tmp_path)
     pairs, seed = (run / "iter1" / "pairs.jsonl").read_bytes(), {p.name: p.read_bytes() for p in (run / "seed").iterdir()}
     shutil.rmtree(run / "seed")
-    for gone in ("iter1/pairs.jsonl", "report.md"):
+    test_answers = (run / "eval" / "M1_test.jsonl").read_bytes()
+    for gone in ("iter1/pairs.jsonl", "report.md", "eval/M1_test.jsonl"):
         (run / gone).unlink()
     r = run_loop(tmp_path)
-    assert stages_run(r.stdout) == ["report"] and "report.md gone, and the run's last line reads it" in r.stdout
-    assert (run / "report.md").exists() and "| M3 |" in r.stdout
+    assert stages_run(r.stdout) == ["seed_data", "eval_M1", "report"]  # (the seed data: eval_M1 reads it)
+    assert "report.md gone, and the run's last line reads it" in r.stdout
+    assert "M1_test.jsonl gone, and report reads it" in r.stdout and "| M3 |" in r.stdout
+    assert (run / "eval" / "M1_test.jsonl").read_bytes() == test_answers and (run / "report.md").exists()
     r = run_loop(tmp_path, dpo_beta=0.2, dry_run=True)
     said = [line for line in r.stdout.splitlines() if line.startswith("would run ")]
     assert said[:2] == [f"would run iter1_pairs (again: {run / 'iter1' / 'pairs.jsonl'} gone, and M2 reads it)",

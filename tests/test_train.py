@@ -167,12 +167,13 @@ def test_cli_reports_bad_input(work, tmp_path):
     assert "  - template = 'raw': must be 'chat' or 'text'" in r.stderr
     # a bad value from a config file names the file and line that set it (a --key=value after it wins)
     config = tmp_path / "mine.py"
-    config.write_text("# my settings\ndropout = 1.5\ntemplate = 'raw'\n")
-    r = subprocess.run([sys.executable, "train_sft.py", str(config), f"--init_from={work / 'ckpt'}", f"--data={bad}",
+    config.write_text(f"# my settings\ndropout = 1.5\ntemplate = 'raw'\ndata = '{tmp_path / 'none.jsonl'}'\n")
+    r = subprocess.run([sys.executable, "train_sft.py", str(config), f"--init_from={work / 'ckpt'}",
                         f"--out_dir={tmp_path / 'out'}", "--template=rawer"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and f"  - dropout = 1.5 (set at {config}:2): must be in [0, 1)" in r.stderr, r.stderr
     assert "  - template = 'rawer': must be 'chat' or 'text'" in r.stderr
+    assert f"  - data (set at {config}:4): " in r.stderr
 
 
 def test_bad_training_settings_are_listed_together_before_any_work(work, tmp_path):
@@ -519,6 +520,10 @@ def test_training_state_is_resumed_only_by_the_same_settings(work, tmp_path, cap
     capsys.readouterr()
     assert train_sft.train(sft_config(work, out, max_steps=2, keep_state=True)) == first
     assert "trained from these same settings and inputs: nothing to do" in capsys.readouterr().out
+    (out / "model" / "model.safetensors").unlink()  # its weights deleted by hand: not a model to keep
+    assert train_sft.train(sft_config(work, out, max_steps=2, keep_state=True)) == first
+    assert "has no config.json or no weights: this run replaces it" in capsys.readouterr().out
+    assert (out / "model" / "model.safetensors").exists()
     shutil.rmtree(out / "model")
     train_sft.train(sft_config(work, out, max_steps=2, keep_state=True))  # the same: resumed at its end
     assert "resumed from" in capsys.readouterr().out
@@ -539,31 +544,44 @@ def test_training_state_is_resumed_only_by_the_same_settings(work, tmp_path, cap
     assert not (out / "state").exists()
 
 
-def test_a_trainer_killed_while_its_state_goes_is_finished_by_the_same_command(work, tmp_path, capsys):
+def test_a_trainer_killed_while_its_state_goes_is_finished_by_the_same_command(work, tmp_path, capsys, monkeypatch):
     """The record (done.json) is written before the resumable state is
-    removed: a kill halfway through the removal leaves the finished model and
-    its record, and the same command has nothing to do but finish removing
-    it. (The state went first, so the rerun tried to resume from the half of
-    it that was left: a traceback from DCP, on every rerun.) A state that
-    cannot be read is one clear error naming it."""
+    removed, and the state's state.json goes first: a kill halfway through
+    the removal leaves the finished model, its record, and no state to resume
+    from; the same command has nothing to do but finish the removal. (The
+    state went first, so the rerun tried to resume from the half of it that
+    was left: a traceback from DCP, on every rerun.) A whole state kept by
+    keep_state stays, and is said to be there. A state that cannot be read
+    is one clear error naming it; Ctrl-C while it is read is Ctrl-C."""
     import training
+    from torch.distributed.checkpoint import FileSystemReader
     out = tmp_path / "sft"
     first = train_sft.train(sft_config(work, out, max_steps=2, keep_state=True))
-    next((out / "state").glob("*.distcp")).unlink()  # what a kill halfway through the removal leaves
-    assert train_sft.train(sft_config(work, out, max_steps=2)) == first  # keep_state off: the removal's command
+    capsys.readouterr()
+    assert train_sft.train(sft_config(work, out, max_steps=2)) == first  # keep_state off: nothing to do, and
+    assert f"note: {out / 'state'} is still here" in capsys.readouterr().out  # the kept state stays
+    (out / "state" / "state.json").unlink()  # what a kill halfway through the removal leaves
+    next((out / "state").glob("*.distcp")).unlink()
+    assert train_sft.train(sft_config(work, out, max_steps=2)) == first
     assert "nothing to do" in capsys.readouterr().out and not (out / "state").exists()
-    real, seen = training.remove_state, []
-    training.remove_state = lambda c: seen.append((out / "done.json").exists()) or real(c)
-    try:
-        train_sft.train(sft_config(work, out, max_steps=2, lr=5e-4))
-    finally:
-        training.remove_state = real
+    real, seen = training.remove_states, []
+    monkeypatch.setattr(training, "remove_states", lambda paths, whole=True: seen.append(
+        (out / "done.json").exists()) or real(paths, whole))
+    train_sft.train(sft_config(work, out, max_steps=2, lr=5e-4))
     assert seen == [True] and not (out / "state").exists()
     train_sft.train(sft_config(work, out, max_steps=2, keep_state=True))  # a state of these inputs, kept,
-    shutil.rmtree(out / "model")  # the model gone (so the same command resumes the state),
-    next((out / "state").glob("*.distcp")).unlink()  # and a file of the state lost
+    shutil.rmtree(out / "model")  # the model gone (so the same command resumes the state)
+    real_read = FileSystemReader.read_data
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(FileSystemReader, "read_data", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft.train(sft_config(work, out, max_steps=2, keep_state=True))
+    monkeypatch.setattr(FileSystemReader, "read_data", real_read)
+    next((out / "state").glob("*.distcp")).unlink()  # a file of the state lost
     with pytest.raises(ValueError, match=f"cannot resume from the training state {out / 'state'}: it cannot "
-                                         f"be read .*; remove it to train from the start"):
+                                         f"be read .*FileNotFoundError.*; remove it to train from the start"):
         train_sft.train(sft_config(work, out, max_steps=2, keep_state=True))
 
 
