@@ -319,6 +319,23 @@ def lock_folder(folder, file=None):
     return lock, ""
 
 
+def lock_holder(folder):
+    """Who holds folder's sole_writer lock now (what it wrote of itself), or
+    None; for a dry run, which neither takes the lock nor writes."""
+    try:
+        f = open(os.path.join(folder, ".lock"), encoding="utf-8")
+    except OSError:
+        return None
+    with f:  # (closing it releases a lock taken here)
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f.readline().strip() or "another process"
+        except OSError:  # a file system without locks: nothing to tell
+            pass
+    return None
+
+
 def barrier():
     """Wait for every rank (no-op in a plain process)."""
     if dist.is_initialized() and dist.get_world_size() > 1:

@@ -1148,6 +1148,10 @@ def main(argv=None):
             r = Run(folder, c, env, RUNTIME_ONLY, DEFAULTS, INPUT_SETTINGS, dry=True)
             run_stages(c, r)
             D.log(f"reused: {', '.join(r.reused) or 'none'}; nothing was run or written")
+            holder = D.lock_holder(folder) if D.is_rank0() else None
+            if holder:
+                D.log(f"note: another job ({holder}) is writing {folder} now: the command would be refused until "
+                      f"it ends")
         return
     with D.sole_writer(env, folder):
         r = Run(folder, c, env, RUNTIME_ONLY, DEFAULTS, INPUT_SETTINGS)

@@ -1,6 +1,7 @@
 """The whole loop on a micro config: artifacts, resume after kills, 2 ranks, bad input;
 settings passed explicitly; the toy seed CLI and example configs agree with the loop."""
 import dis
+import fcntl
 import filecmp
 import inspect
 import json
@@ -1443,6 +1444,13 @@ def test_a_dry_run_says_what_a_changed_command_would_redo_and_touches_nothing(mi
     assert said[0] == "would run M2 (again: dpo_beta 0.1 -> 0.2)" and stages_run(r.stdout) == []
     assert "nothing was run or written" in r.stdout and not any("eval_M1" in line for line in said)
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    with open(run / ".lock", "a+") as held:  # while another job writes the folder, the dry run says so
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.truncate(0)
+        held.write("process 7 on box\n")
+        held.flush()
+        r = run_loop(tmp_path, dpo_beta=0.2, dry_run=True)
+    assert f"note: another job (process 7 on box) is writing {run} now" in r.stdout
     r = run_loop(tmp_path, dpo_beta=0.2)
     assert stages_run(r.stdout) == [line.split()[2] for line in said]
     assert "is a new run: every stage would run" in run_loop(tmp_path, run="fresh", dry_run=True).stdout
