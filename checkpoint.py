@@ -540,4 +540,5 @@ def write_folder_atomically(path, write_into):
 
 if __name__ == "__main__":
     import configurator
-    configurator.library(__doc__, "checkpoint.py", "every script reads and writes checkpoints through it (python sample.py --ckpt=FOLDER loads one)")
+    configurator.library(__doc__, "checkpoint.py",
+                         "every script reads and writes checkpoints through it (sample.py --ckpt=FOLDER loads one)")

@@ -32,7 +32,7 @@ import traceback
 from types import ModuleType, SimpleNamespace
 
 SIMPLE_TYPES = (bool, int, float, str, type(None))
-SET_IN_FILE = {}  # {key: ("FILE:LINE", value)}: the settings the last apply() took from a config file (for errors)
+SET_IN_FILE = {}  # {key: ("FILE:LINE", value)}: what the last apply() read from config files (for errors)
 
 
 class ConfigError(ValueError):
@@ -133,7 +133,8 @@ def set_by_files(argv):
 
 
 def set_in_file(key, value):
-    """"FILE:LINE" of the config file line that set `key` to `value`, or None."""
+    """"FILE:LINE" of the config file line that set `key` to `value`, or None
+    (None too where a later --key=value, or a later apply(), set another value)."""
     where, set_to = SET_IN_FILE.get(key, (None, None))
     return where if where and set_to == value and type(set_to) is type(value) else None
 
@@ -173,7 +174,6 @@ def apply(namespace, argv):
             namespace[key] = _check(key, value, settings, where)
         except ConfigError as e:
             problems.append(str(e))
-        SET_IN_FILE.pop(key, None)  # (a later --key=value wins over the file)
     for arg in argv:
         if not arg.startswith("--"):
             for key, (value, where) in _file_settings(arg).items():

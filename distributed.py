@@ -501,4 +501,5 @@ def full_tensor(param):
 
 if __name__ == "__main__":
     import configurator
-    configurator.library(__doc__, "distributed.py", "every script sets up its processes through it (under torchrun too)")
+    configurator.library(__doc__, "distributed.py",
+                         "every script sets up its processes through it (under torchrun too)")

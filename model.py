@@ -372,4 +372,5 @@ def estimate_mfu(args: ModelArgs, n_params, tokens_per_second, seq_len, peak_flo
 
 if __name__ == "__main__":
     import configurator
-    configurator.library(__doc__, "model.py", "python sample.py --ckpt=FOLDER runs a model; train_sft.py and train_dpo.py train one")
+    configurator.library(__doc__, "model.py",
+                         "python sample.py --ckpt=FOLDER runs a model; train_sft.py and train_dpo.py train one")

@@ -1012,7 +1012,7 @@ def stage_eval(c, r, name, path):
     model_id = f"{c.run_name}-{name}"  # the name external judges list it under
     trained = {}
     if c.eval_prompts or c.mt_bench:  # what the model was trained on (its EFT targets and pairs: made again if gone)
-        for stage in ["eft_targets"] + [f"iter{s}_pairs" for s in range(1, 1 if name == "SFT" else int(name[1:]))]:
+        for stage in ["eft_targets"] + [f"iter{s}_pairs" for s in iterations_before(name)]:
             r.remake_if_gone(stage, f"eval_{name}")
         trained = trained_prompts(r.path("seed"), name, lambda s: r.path(f"iter{s}", "pairs.jsonl"))
     if c.eval_prompts:  # real data: answers for external judges, in their own tools' files (evaluation.py)
@@ -1053,6 +1053,11 @@ def eval_outputs(c, r, name):
         ([E.mt_bench_path(r.path("eval"), f"{c.run_name}-{name}")] if c.mt_bench else [])
 
 
+def iterations_before(name):
+    """The iterations whose pairs trained model `name` (M_t: 1 .. t-1; none for the SFT baseline)."""
+    return range(1, 1 if name == "SFT" else int(name[1:]))
+
+
 def trained_prompts(seed_dir, name, pairs_file=None):
     """The instructions model `name` was trained on, by where they came from:
     the SFT baseline the seed IFT prompts (in seed_dir); M1 those and the
@@ -1071,7 +1076,7 @@ def trained_prompts(seed_dir, name, pairs_file=None):
     seen["EFT training"] = list(dict.fromkeys(x.get("instruction", x["prompt"]) for x in records
                                               if "instruction" in x or "responses" in x))
     written = []
-    for t in range(1, int(name[1:])):  # the iterations before M_t
+    for t in iterations_before(name):
         written += [p.get("instruction", p["prompt"]) for p in read_jsonl(pairs_file(t))]
     seen["written by the loop"] = list(dict.fromkeys(written))
     return seen
@@ -1185,7 +1190,8 @@ def run_stages(c, r):
                 outputs=[r.path("seed", f) for f in seed_files + ["test.jsonl", "eft_train_groups.jsonl"]])
     else:
         r.stage("seed_data", lambda: stage_seed_data(c, r), uses=["seed_data"],
-                files=[os.path.join(c.seed_data, f) for f in seed_files], outputs=[r.path("seed", f) for f in seed_files])
+                files=[os.path.join(c.seed_data, f) for f in seed_files],
+                outputs=[r.path("seed", f) for f in seed_files])
     if c.init_from == "scratch":
         r.stage("tokenizer", lambda: stage_tokenizer(c, r), uses=S["tokenizer"],
                 after=["seed_data"], outputs=[r.path("tokenizer.model")])
