@@ -221,13 +221,19 @@ def project_files(root):
                                 capture_output=True, check=True).stdout.decode().split("\0")
         return sorted(f for f in listed if f and os.path.isfile(os.path.join(root, f)))
     except (OSError, subprocess.CalledProcessError):
-        skip = {".git", ".venv", "__pycache__", ".pytest_cache", "out"}
-        files = []
-        for folder, dirs, names in os.walk(root):  # (a virtual environment of any name holds pyvenv.cfg)
-            dirs[:] = sorted(d for d in dirs if d not in skip
-                             and not os.path.exists(os.path.join(folder, d, "pyvenv.cfg")))
-            files += [os.path.relpath(os.path.join(folder, n), root) for n in names if not n.endswith(".pyc")]
-        return sorted(f.replace(os.sep, "/") for f in files)
+        return walk_files(root)
+
+
+def walk_files(root):
+    """Every file below root, relative to it, but what running the code makes:
+    caches, run folders, virtual environments."""
+    skip = {".git", ".venv", "__pycache__", ".pytest_cache", "out"}
+    files = []
+    for folder, dirs, names in os.walk(root):  # (a virtual environment of any name holds pyvenv.cfg)
+        dirs[:] = sorted(d for d in dirs if d not in skip
+                         and not os.path.exists(os.path.join(folder, d, "pyvenv.cfg")))
+        files += [os.path.relpath(os.path.join(folder, n), root) for n in names if not n.endswith(".pyc")]
+    return sorted(f.replace(os.sep, "/") for f in files)
 
 
 def check_destination(root, out):
@@ -282,15 +288,13 @@ def write_handout(root, out):
 
 def digests(folder):
     """{file: sha256} of a handout's files, leaving out what running it makes
-    (Python's and pytest's caches) and the manifest itself."""
+    (caches, run folders, a virtual environment the student made in it) and
+    the manifest itself."""
     found = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if d not in ("__pycache__", ".pytest_cache")]
-        for f in filenames:
-            rel = os.path.relpath(os.path.join(dirpath, f), folder).replace(os.sep, "/")
-            if rel != MANIFEST and not f.endswith(".pyc"):
-                with open(os.path.join(dirpath, f), "rb") as fh:
-                    found[rel] = hashlib.sha256(fh.read()).hexdigest()
+    for rel in walk_files(folder):
+        if rel != MANIFEST:
+            with open(os.path.join(folder, rel), "rb") as fh:
+                found[rel] = hashlib.sha256(fh.read()).hexdigest()
     return found
 
 

@@ -154,9 +154,13 @@ def test_markers_bodies_and_mistakes_on_a_small_project(tmp_path):
     assert blanked == SOURCE
 
     handout.write_handout(str(project), str(out))  # an earlier handout is replaced
-    # ... unless it was worked on: a student's edits and files are not thrown away (caches do not count)
+    # ... unless it was worked on: a student's edits and files are not thrown away (caches, run folders and
+    # a virtual environment made in it do not count)
     (out / "__pycache__").mkdir()
     (out / "__pycache__" / "m.cpython.pyc").write_bytes(b"\0")
+    for made in ("env/pyvenv.cfg", "out/run/report.md"):
+        (out / made).parent.mkdir(parents=True)
+        (out / made).write_text("")
     handout.write_handout(str(project), str(out))
     (out / "m.py").write_text((out / "m.py").read_text() + "# my work\n")
     (out / "notes.txt").write_text("mine")
