@@ -238,11 +238,11 @@ def planned_args(init_from, preset_name):
     return preset(preset_name), f"planned for the preset {preset_name!r}{absent}"
 
 
-def check_tokenizer(tokenizer_path, args: ModelArgs, where):
+def check_tokenizer(tokenizer_path, args: ModelArgs, where, tok=None):
     """Every id of the tokenizer must have a row in the model's embedding (a
     model may have spare rows: vocabularies padded to a round number).
-    Returns the Tokenizer it read."""
-    tok = Tokenizer(tokenizer_path)
+    Returns the Tokenizer it read (tok: the one already read from that path)."""
+    tok = tok or Tokenizer(tokenizer_path)
     if tok.vocab_size > args.vocab_size:
         raise ValueError(f"{where}: the model's vocab_size is {args.vocab_size} but tokenizer "
                          f"{tokenizer_path} has {tok.vocab_size} tokens")

@@ -224,7 +224,7 @@ def train(config=None, announce=False):
     return T.run(dpo, DEFAULTS, config, ["prompt", "chosen", "rejected"], announce, check_record=validate.dpo_pair)
 
 
-def dpo(c, env):
+def dpo(c, env, fp):
     model, tok, tok_path = T.start(c, env)  # the policy; as loaded, before any step, it is the reference
     max_len = T.max_len(c, model)
     pad_id = tok.eos_id
@@ -239,7 +239,7 @@ def dpo(c, env):
     D.log(f"DPO: {len(train_set)} train / {len(eval_set)} eval pairs, {steps} steps of {c.batch_size}, "
           f"beta {c.beta}{f', rpo_alpha {c.rpo_alpha}' if c.rpo_alpha else ''}, world size {env.world}")
 
-    fp = T.made_from(c, tok_path)  # a saved state is resumed only if it was made from the same
+    # a saved state is resumed only if it was made from the same inputs (fp: training.run's made_from)
     optimizer, step, record = T.optimizer_and_resume(model, c, fp)  # step 0 and {} on a fresh start
     model.train()
     bar = tqdm(total=steps, initial=step, disable=not (c.progress and D.is_rank0()), desc="dpo")

@@ -147,7 +147,7 @@ def train(config=None, announce=False):
     return T.run(sft, DEFAULTS, config, [], announce, check_record=validate.sft_record)
 
 
-def sft(c, env):
+def sft(c, env, fp):
     model, tok, tok_path = T.start(c, env)  # from a checkpoint or a preset, sharded under torchrun
     max_len = T.max_len(c, model)
     pad_id = tok.eos_id  # Llama has no pad token; padded positions carry no loss anyway
@@ -163,7 +163,7 @@ def sft(c, env):
     D.log(f"{what}: {len(train_set)} train / {len(eval_set)} eval examples, {steps} steps of {c.batch_size}, "
           f"{n_params / 1e6:.1f}M parameters, world size {env.world}")
 
-    fp = T.made_from(c, tok_path)  # a saved state is resumed only if it was made from the same
+    # a saved state is resumed only if it was made from the same inputs (fp: training.run's made_from)
     optimizer, step, last = T.optimizer_and_resume(model, c, fp)  # step 0 on a fresh start
     loss = last.get("loss", float("nan"))  # the loss of the step resumed from
     model.train()

@@ -102,11 +102,12 @@ def main(train, defaults, script_file, doc, argv=None):
 
 
 def run(loop, defaults, config, fields, announce=False, check_record=None):
-    """Run loop(c, env) with the settings (defaults, then `config` on top)
+    """Run loop(c, env, fp) with the settings (defaults, then `config` on top)
     inside the process group: one process, or one rank of many under torchrun,
     once every setting and input has been checked (fields: the strings each
     data record needs; check_record: validate.sft_record, say). announce:
-    print where and how it computes (the command line does)."""
+    print where and how it computes (the command line does). fp: made_from's
+    fingerprint of the run's inputs, computed once here."""
     c = settings(defaults, config)
     script = os.path.basename(loop.__code__.co_filename)  # train_sft.py or train_dpo.py
     validate.check_training(c, D.launched_world(), fields, script, check_record)  # before setup
@@ -121,7 +122,7 @@ def run(loop, defaults, config, fields, announce=False, check_record=None):
         if trained:
             if D.is_rank0() and os.path.exists(done_path(c)):  # (a kill after the new model is in place must
                 os.remove(done_path(c))  # not leave the old record beside it)
-            result = loop(c, env)
+            result = loop(c, env, fp)
             if D.is_rank0():  # what out_dir/model was made from, and what the run returned
                 write_text(done_path(c), json.dumps({"made_from": fp, "result": result}))
         if D.is_rank0() and not c.keep_state:  # only once the record is written: a kill before it resumes
@@ -197,7 +198,7 @@ def start(c, env):
     tok = Tokenizer(tok_path, c.chat_template)
     os.makedirs(c.out_dir, exist_ok=True)
     model = build_model(c, env, tok.vocab_size)
-    check_tokenizer(tok_path, model.args, c.init_from)
+    check_tokenizer(tok_path, model.args, c.init_from, tok)
     return model, tok, tok_path
 
 

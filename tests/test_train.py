@@ -534,7 +534,7 @@ def test_training_state_is_resumed_only_by_the_same_settings(work, tmp_path, cap
     # place, the record would have passed the new model off as the old command's
     assert (out / "done.json").exists()
 
-    def killed(c, env):
+    def killed(c, env, fp):
         assert not (out / "done.json").exists()
         raise KeyboardInterrupt
     monkeypatch.setattr(train_sft, "sft", killed)
