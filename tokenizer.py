@@ -145,9 +145,9 @@ class Tokenizer:
             if not found:
                 raise FileNotFoundError(f"tokenizer model not found: no tokenizer.model or tokenizer.json in {path}"
                                         + TIKTOKEN_HELP * is_tiktoken(os.path.join(path, "tokenizer.model")))
+            if len(found) == 2 and more_tokens(found[1], found[0], chat_template_text(path)[0]):
+                found.pop(0)
             path = found[0]
-            if len(found) == 2 and more_tokens(found[1], found[0]):
-                path = found[1]
         if not os.path.isfile(path):
             raise FileNotFoundError(f"tokenizer model not found: {path}")
         if is_tiktoken(path):
@@ -188,7 +188,7 @@ class Tokenizer:
                              f"generation_config.json must name one)")
 
         # the chat template: the setting, else what the checkpoint's own Jinja template or vocabulary shows
-        jinja, where = chat_template_text(folder)
+        jinja, where = chat_template_text(folder, config)
         if template and template not in TEMPLATES:
             raise ValueError(f"unknown chat template {template!r}; templates: {', '.join(TEMPLATES)}")
         # (None: a Jinja template in none of the formats here; loading works, writing a chat does not)
@@ -241,20 +241,20 @@ def token_text(value):
     return value.get("content") if isinstance(value, dict) else value
 
 
-def more_tokens(json_path, model_path):
+def more_tokens(json_path, model_path, jinja):
     """Does a tokenizer.json hold tokens the tokenizer.model beside it lacks
     and the chat template writes (chat markers a fine-tune added, such as
-    <|im_start|>; not a [PAD] alone, which leaves the texts' ids as they were)?"""
+    <|im_start|>; not a [PAD] alone, which leaves the texts' ids as they were)?
+    jinja: the checkpoint's chat template (chat_template_text)."""
     hf = readable(json_path, lambda: HFTokenizer.from_file(json_path), "a tokenizer.json")
     sp = readable(model_path, lambda: spm.SentencePieceProcessor(model_file=model_path), "a SentencePiece model")
-    jinja = chat_template_text(os.path.dirname(json_path))[0]
     return any(i >= sp.vocab_size() and t.content in jinja for i, t in hf.get_added_tokens_decoder().items())
 
 
-def chat_template_text(folder):
+def chat_template_text(folder, config=None):
     """(the checkpoint's Jinja chat template, the file it is in): chat_template.jinja
     first, as transformers reads it, else tokenizer_config.json's; ('', file) if none."""
-    config = read_json(folder, "tokenizer_config.json")
+    config = read_json(folder, "tokenizer_config.json") if config is None else config  # (as read already)
     jinja, where = config.get("chat_template") or "", "tokenizer_config.json"
     if isinstance(jinja, list):  # several named templates: the default one
         jinja = next((t["template"] for t in jinja if t.get("name") == "default"), "")
