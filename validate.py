@@ -374,6 +374,7 @@ def check_loop(c, world):
     p.tensor_parallel(world, models=[(f"{setting}'s", args) for setting, args in models.items()])
 
     # input files
+    eft_eval = []  # a real seed's EFT eval groups (the eft_judgments check reads them)
     if c.seed_data != "toy":
         if not os.path.isdir(c.seed_data):
             p.add(f"seed_data: no such folder: {c.seed_data} ('toy', or a folder with ift.jsonl, eft_train.jsonl, "
@@ -381,7 +382,7 @@ def check_loop(c, world):
         else:
             ift = p.jsonl("seed_data", os.path.join(c.seed_data, "ift.jsonl"), seed_ift_record)
             p.jsonl("seed_data", os.path.join(c.seed_data, "eft_train.jsonl"), eft_train_records())
-            p.jsonl("seed_data", os.path.join(c.seed_data, "eft_eval.jsonl"), eft_group)
+            eft_eval = p.jsonl("seed_data", os.path.join(c.seed_data, "eft_eval.jsonl"), eft_group)
             if ift:
                 p.require(len(ift) >= c.n_shots, "n_shots", f"needs {c.n_shots} seed prompts (the first requests "
                           f"have no generated ones yet), the seed has {len(ift)}")
@@ -397,8 +398,8 @@ def check_loop(c, world):
             except (ValueError, FileNotFoundError) as e:
                 p.add(f"{setting}: {e}")
                 continue
-            if setting == "eft_judgments" and c.seed_data != "toy" and os.path.isdir(c.seed_data):
-                usable_judgments(p, c, *got)
+            if setting == "eft_judgments" and eft_eval:  # (a real seed's, read above)
+                usable_judgments(p, c, *got, eft_eval)
     p.require(not (c.eft_judgments and c.seed_data == "toy"), "eft_judgments", "supplies judgments for EFT "
               "groups (real seed data); the toy seed's EFT training records are already targets")
     if p.require(c.pair_by in ("judge", "grader", "right", "coin"), "pair_by", "must be 'judge' (the paper), "
@@ -423,14 +424,12 @@ def within(path, folder):
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def usable_judgments(p, c, groups, judged):
+def usable_judgments(p, c, groups, judged, eft_eval):
     """eft_judgments must hold a judgment the EFT targets stage can keep: one
-    with a score ('Score: N') for a prompt that is not an EFT eval prompt
-    (whether its scores agree with the human ranks is that stage's to say)."""
-    try:
-        held_out = {J.prompt_key(g["prompt"]) for g in read_jsonl(os.path.join(c.seed_data, "eft_eval.jsonl"))}
-    except (ValueError, OSError, KeyError, AttributeError):  # (the file's own problem is named above)
-        return
+    with a score ('Score: N') for a prompt that is not an EFT eval prompt (of
+    eft_eval, the seed's groups; whether its scores agree with the human ranks
+    is that stage's to say)."""
+    held_out = {J.prompt_key(g["prompt"]) for g in eft_eval}
     scored = sum(s is not None for g, mine in zip(groups, judged) if J.prompt_key(g["prompt"]) not in held_out
                  for r in mine for s in r["scores"])
     if not scored:
