@@ -647,6 +647,13 @@ def iteration_lines(r, stages, iterations):
             pairs = [p for p in read_jsonl(pairs_file) if p.get("kind", "actor") == "actor"]
             mean = lambda k: sum(len(x[k]) for x in pairs) / max(1, len(pairs))
             line += f"; chosen {mean('chosen'):.0f} vs rejected {mean('rejected'):.0f} chars on average"
+        pick = stages.get(f"M{t + 1}", {}).get("pick")
+        if pick:  # dpo_pick_every: the checkpoint the grader chose on the validation prompts
+            line += (f"; DPO checkpoints' mean grade on {pick['valid_prompts']} validation prompts: "
+                     + ", ".join(f"step {x['step']} {x['mean_grade']:.2f}" for x in pick["checkpoints"])
+                     + f" (M{t + 1}: step {pick['picked']})"
+                     + (f", {pick['written_by_the_loop']} of them written by the loop in iterations 1-{t}"
+                        if pick.get("written_by_the_loop") else ""))
         lines.append(line)
     return lines
 

@@ -137,6 +137,10 @@ dpo_min_lr = 1e-5           # cosine floor
 dpo_beta = 0.1              # paper: 0.1
 dpo_batch_size = 16         # pairs per step
 dpo_epochs = 1              # passes over the pairs
+dpo_pick_every = 0          # toy: DPO keeps a checkpoint every this many steps, and the one whose greedy answers to the
+                            # n_valid validation prompts the grader rates best becomes M_{t+1} (the paper: every 200
+                            # steps, chosen by GPT-4 comparing their answers on 253 prompts); 0 = the last step's
+n_valid = 256               # dpo_pick_every: the toy world's validation prompts, none of them in the seed data
 # evaluation
 eval_judge = True           # reward-model metrics of every model's judge on the EFT eval set
 eval_prompts = ""           # real data: AlpacaEval prompts {"instruction"} (its JSON array, or JSONL), answered
@@ -244,7 +248,8 @@ STAGE_SETTINGS = {
                   "shard_size"],
     "pairs": ["pair_by"],
     "DPO": ["seed", "dtype", "chat_template", "dpo_lr", "dpo_min_lr", "dpo_beta", "dpo_batch_size", "dpo_epochs",
-            "rpo_alpha", "dropout"],
+            "rpo_alpha", "dropout", "dpo_pick_every"],
+    "DPO+pick": ["n_valid", "toy_kinds", "max_response_tokens"],  # only with dpo_pick_every (run_stages adds them)
     "eval": ["seed", "dtype", "chat_template", "eval_judge", "eval_prompts", "mt_bench", "max_response_tokens",
              "n_judge", "temperature", "top_p", "max_judge_tokens", "rouge_threshold"],
     # Meta-Rewarding's: these count only when meta_judge is on (run_stages adds them): without it
@@ -969,9 +974,41 @@ def stage_dpo(c, r, t, mt_path):
     settings = trainer_settings(c, r, f"M{t + 1}", c.dpo_batch_size, max(1, c.micro_batch_size // 2), ("dpo", t))
     out = train_dpo.train({**settings, "init_from": mt_path, "data": r.path(f"iter{t}", "pairs.jsonl"),
                            "beta": c.dpo_beta, "rpo_alpha": c.rpo_alpha, "epochs": c.dpo_epochs, "lr": c.dpo_lr,
-                           "min_lr": c.dpo_min_lr, "dropout": c.dropout})
-    move_model(r, out["model"], f"M{t + 1}")
-    return {k: v for k, v in out.items() if k != "model"}
+                           "min_lr": c.dpo_min_lr, "dropout": c.dropout, "keep_every": c.dpo_pick_every})
+    info = {k: v for k, v in out.items() if k not in ("model", "checkpoints")}
+    chosen = out["model"]  # the last step's
+    if c.dpo_pick_every:
+        chosen, info["pick"] = pick_checkpoint(c, r, t, out["checkpoints"])
+    move_model(r, chosen, f"M{t + 1}")
+    return info
+
+
+def pick_checkpoint(c, r, t, checkpoints):
+    """The paper's choice among DPO checkpoints (kept every 200 steps, the
+    one chosen whose answers to 253 validation prompts GPT-4 preferred):
+    here the toy world's grader stands in for GPT-4, the role it plays in the
+    evaluation, on prompts that are in neither the seed data nor the test
+    set (toy.validation_set). Each checkpoint ([step, folder]) answers them
+    greedily; the one with the highest mean grade (the earliest of equals)
+    is M_{t+1}. Returns its folder, and each checkpoint's figures. (The
+    loop's own prompts are not kept from the validation set, as they are
+    from the test set: how many it wrote is counted.)"""
+    valid = toy.validation_set(r.path("seed"), c.n_valid, c.seed, c.toy_kinds.split(","))
+    written = {x["prompt"].strip().lower() for s in range(1, t + 1)
+               for x in read_jsonl(r.path(f"iter{s}", "prompts.jsonl"))}
+    figures = []
+    for step, folder in checkpoints:
+        graded = answer_and_grade(c, *load_for_sampling(r, folder), valid)
+        grades = [x["grade"] for x in graded]
+        figures.append({"step": step, "mean_grade": sum(grades) / len(grades),
+                        "right": sum(g >= 4 for g in grades) / len(grades)})
+    best = max(figures, key=lambda x: (x["mean_grade"], -x["step"]))
+    D.log(f"iteration {t}: DPO checkpoints' mean grade on {len(valid)} validation prompts: "
+          + ", ".join(f"step {x['step']} {x['mean_grade']:.3f}" for x in figures)
+          + f"; M{t + 1} is step {best['step']}")
+    return dict(map(tuple, checkpoints))[best["step"]], {
+        "valid_prompts": len(valid), "written_by_the_loop": sum(x["prompt"].strip().lower() in written for x in valid),
+        "checkpoints": figures, "picked": best["step"]}
 
 
 # -----------------------------------------------------------------------------
@@ -979,7 +1016,9 @@ def stage_dpo(c, r, t, mt_path):
 # the toy world's grader is consulted here and only here: it never feeds back
 # into the loop. (The controls pair_by='grader' or 'right', meta_pair_by='grader',
 # eft_own_answers and n_meta_seed let it in on purpose, to measure what a
-# perfect judge would teach.) The table of all models is report.py's.
+# perfect judge would teach; dpo_pick_every lets it choose each DPO checkpoint,
+# as the paper's GPT-4 did, on prompts of its own.) The table of all models is
+# report.py's.
 
 def stage_eval(c, r, name, path):
     net, tok = load_for_sampling(r, path)
@@ -988,13 +1027,7 @@ def stage_eval(c, r, name, path):
     sample_kw = dict(eos_id=tok.stop_ids, batch_size=c.gen_batch_size, progress=c.progress)
     test_file = r.path("seed", "test.jsonl")
     if os.path.exists(test_file):  # the toy world: held-out prompts answered greedily (all short: none skipped)
-        test = read_jsonl(test_file)
-        outs = generate(net, [chat_prompt_ids(tok, x["prompt"]) for x in test], c.max_response_tokens,
-                        temperature=0.0, **sample_kw)
-        recs = [{"prompt": x["prompt"], "response": tok.decode(o).strip(), "task": x.get("task")}
-                for x, o in zip(test, outs)]
-        for x in recs:
-            x["grade"] = toy.grade(x, x["response"])
+        recs = answer_and_grade(c, net, tok, read_jsonl(test_file))
         if D.is_rank0():
             write_jsonl(r.path("eval", f"{name}_test.jsonl"), recs)
     if c.eval_judge:  # the model as a judge, against the human (toy: grader) ranks of the EFT eval set
@@ -1039,6 +1072,18 @@ def stage_eval(c, r, name, path):
                                                             c.rouge_threshold)}
     D.barrier()
     return info
+
+
+def answer_and_grade(c, net, tok, tasks):
+    """Toy world: the model's greedy answers to `tasks` ({"prompt", "task"}),
+    each graded 0-5 by the ground truth (toy.grade)."""
+    outs = generate(net, [chat_prompt_ids(tok, x["prompt"]) for x in tasks], c.max_response_tokens, temperature=0.0,
+                    eos_id=tok.stop_ids, batch_size=c.gen_batch_size, progress=c.progress)
+    recs = [{"prompt": x["prompt"], "response": tok.decode(o).strip(), "task": x.get("task")}
+            for x, o in zip(tasks, outs)]
+    for x in recs:
+        x["grade"] = toy.grade(x, x["response"])
+    return recs
 
 
 # Were a benchmark's questions trained on? An external benchmark is chosen at
@@ -1182,8 +1227,12 @@ def run_stages(c, r):
     reads it) when one of them changed."""
     S = STAGE_SETTINGS
     temporary = lambda name: [] if c.keep_train_state else [r.path("train", name, "state")]
+    # dpo_pick_every's checkpoints, and the last step's model where another was chosen
+    checkpoints = lambda name: [] if c.keep_train_state or not c.dpo_pick_every else \
+        [r.path("train", name, train_dpo.CHECKPOINTS), r.path("train", name, "model")]
     meta = lambda kind: S[kind + "+meta"] if c.meta_judge else []  # Meta-Rewarding's settings, only when on
     coin = S["pairs+coin"] if c.pair_by == "coin" else []
+    pick = S["DPO+pick"] if c.dpo_pick_every else []
     seed_files = ["ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"]
     if c.seed_data == "toy":
         r.stage("seed_data", lambda: stage_seed_data(c, r), uses=["seed_data"] + S["toy seed"],
@@ -1238,8 +1287,8 @@ def run_stages(c, r):
                     after=[f"{it}_judgments", f"M{t}"], outputs=[r.path(it, "meta_judgments.jsonl")])
             r.stage(f"{it}_pairs", partial(stage_pairs_meta, c, r, t), uses=S["pairs"] + S["pairs+meta"] + coin,
                     after=[f"{it}_judgments", f"{it}_meta_judgments"], outputs=[r.path(it, "pairs.jsonl")])
-        r.stage(f"M{t + 1}", partial(stage_dpo, c, r, t, mt), uses=S["DPO"], after=[f"{it}_pairs", f"M{t}"],
-                temporary=temporary(f"M{t + 1}"), outputs=[r.path(f"M{t + 1}")])
+        r.stage(f"M{t + 1}", partial(stage_dpo, c, r, t, mt), uses=S["DPO"] + pick, after=[f"{it}_pairs", f"M{t}"],
+                temporary=temporary(f"M{t + 1}") + checkpoints(f"M{t + 1}"), outputs=[r.path(f"M{t + 1}")])
     names = ["SFT"] + [f"M{t}" for t in range(1, c.iterations + 2)]
     eval_files = [f for f in (c.eval_prompts, c.mt_bench) if f]
     infos = {n: r.stage(f"eval_{n}", partial(stage_eval, c, r, n, r.path(n)), uses=S["eval"], files=eval_files,

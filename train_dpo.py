@@ -53,6 +53,8 @@ micro_batch_size = 2       # pairs per forward pass on one rank (2x sequences: c
 rpo_alpha = 0.0            # weight of the chosen response's NLL per token (Pang et al. 2024); 0 = plain DPO (the paper)
 lr = 1e-6                  # peak learning rate (paper: 1e-6)
 min_lr = 1e-7              # cosine decays to this (paper: 1e-7)
+keep_every = 0             # also save the model every this many steps, to out_dir/checkpoints/step-N, to choose
+                           # one from (paper: every 200 steps); 0 = the last step's only
 # -----------------------------------------------------------------------------
 DEFAULTS = {**{k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))},
             **T.SETTINGS}  # this script's settings first, then every trainer's
@@ -272,6 +274,8 @@ def dpo(c, env, fp):
             record.update(step=step, lr=lr, grad_norm=grad_norm.item(), tokens_per_s=n_seen / dt, mfu=mfu)
             bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
             T.log_metrics(c, record)
+        if c.keep_every and step % c.keep_every == 0 and step < steps:  # (the last step's is out_dir/model)
+            T.save_final(model, c, env, tok_path, checkpoint_folder(step))
         T.end_step(model, optimizer, step, steps, c, {"record": record, "made_from": fp})  # every save_interval
     bar.close()
 
@@ -280,7 +284,17 @@ def dpo(c, env, fp):
         T.log_metrics(c, {"step": step, **{k: v for k, v in record.items() if k.startswith("eval/")}})
     out = T.save_final(model, c, env, tok_path)
     D.log(f"saved {out}")
-    return {"model": out, "steps": step, **record}
+    # keep_every's checkpoints to choose from, [step, folder] in step order, the last step's (out_dir/model) last
+    kept = [[s, os.path.join(c.out_dir, checkpoint_folder(s))] for s in range(c.keep_every, step, c.keep_every or 1)]
+    return {"model": out, "steps": step, **record, **({"checkpoints": kept + [[step, out]]} if c.keep_every else {})}
+
+
+CHECKPOINTS = "checkpoints"  # keep_every's folder, inside out_dir
+
+
+def checkpoint_folder(step):
+    """Where keep_every's checkpoint of step `step` goes, inside out_dir."""
+    return os.path.join(CHECKPOINTS, f"step-{step}")
 
 
 def main(argv=None):

@@ -451,13 +451,14 @@ def end_step(model, optimizer, step, steps, c, info):
         os._exit(3)  # testing: die like a killed job, no cleanup
 
 
-def save_final(model, c, env, tok_path):
-    """The trained model, in the Hugging Face layout at out_dir/model. (Once
-    done.json records it, the resumable state has done its job and goes,
-    unless keep_state: at 70B it is ~0.8 TB of fp32 weights and AdamW moments.)"""
+def save_final(model, c, env, tok_path, folder="model"):
+    """The trained model, in the Hugging Face layout at out_dir/model (or at
+    out_dir/<folder>: DPO's checkpoints to choose from). (Once done.json
+    records it, the resumable state has done its job and goes, unless
+    keep_state: at 70B it is ~0.8 TB of fp32 weights and AdamW moments.)"""
     dtype = getattr(torch, c.save_dtype) if c.save_dtype else (
         torch.bfloat16 if env.device.startswith("cuda") else torch.float32)
-    return save_model(model, os.path.join(c.out_dir, "model"), tok_path, dtype)
+    return save_model(model, os.path.join(c.out_dir, folder), tok_path, dtype)
 
 
 def remove_state(c, whole=True):

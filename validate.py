@@ -412,6 +412,10 @@ def check_loop(c, world):
                   "'grader' is for the toy world with meta_judge=True; real seed data has no grader")
     p.require(not (c.eft_own_answers and c.seed_data != "toy"), "eft_own_answers", "is for the toy world, whose "
               "grader judges the answers; real seed data has no grader")
+    if p.at_least("dpo_pick_every", 0) and c.dpo_pick_every:
+        p.require(c.seed_data == "toy", "dpo_pick_every", "is for the toy world, whose grader stands in for the "
+                  "paper's GPT-4 in choosing a checkpoint; with real seed data each iteration keeps its last step")
+        p.at_least("n_valid", 1)
     # (a setting that changes nothing would still redo every stage that lists it)
     p.require(c.judge_quotes or not c.quote_first, "quote_first", "orders judge_quotes' quotes: set "
               "judge_quotes=True too, or leave quote_first off")
@@ -478,6 +482,7 @@ def check_training(c, world, fields, script, check_record=None):
     if "beta" in vars(c):  # DPO's
         p.positive("beta")
         p.at_least("rpo_alpha", 0)
+        p.at_least("keep_every", 0)
     if "template" in vars(c):  # SFT's
         p.require(c.template in ("chat", "text"), "template", "must be 'chat' or 'text'")
     p.writable_folder("out_dir", c.out_dir)

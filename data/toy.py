@@ -760,6 +760,31 @@ def check_kinds(kinds, settings=None):
         raise ValueError(f"has no invent task for {', '.join(on(INVENT_SETTINGS))} to check")
 
 
+def validation_set(seed_dir, n, seed, kinds=KINDS):
+    """n held-out prompts {"prompt", "task"} for choosing among DPO checkpoints
+    (selfreward.py's dpo_pick_every; the paper: 253 validation prompts),
+    drawn with their own seed: no task or prompt of the seed data's files in
+    seed_dir (written by build: IFT, EFT, test), so neither training nor the
+    test set has them, and the same seed data gives the same set."""
+    seen_tasks, seen_prompts = set(), set()
+    for name in ("ift", "eft_train_groups", "eft_eval", "test"):
+        for rec in read_jsonl(os.path.join(seed_dir, name + ".jsonl")):
+            seen_tasks.add(json.dumps(rec["task"], sort_keys=True))
+            seen_prompts.add(rec["prompt"])
+    rng = random.Random(f"{seed} validation")
+    out = []
+    while len(out) < n:
+        task = sample_task(rng, kinds)
+        key = task and json.dumps(task, sort_keys=True)
+        if task and key not in seen_tasks:
+            prompt = render(task, rng)
+            if prompt not in seen_prompts:
+                seen_tasks.add(key)
+                seen_prompts.add(prompt)
+                out.append({"prompt": prompt, "task": task})
+    return out
+
+
 def write_toy(out_dir, seed=1337, **sizes):
     """Write the toy seed files into out_dir; returns {name: path}."""
     sets = build(seed, **sizes)

@@ -576,8 +576,8 @@ def test_stages_declare_every_setting_they_read():
                 names |= reads(const, seen)
         return names & set(S.DEFAULTS) - S.RUNTIME_ONLY
 
-    ST = S.STAGE_SETTINGS  # a "+meta" list counts only with Meta-Rewarding on, "+coin" with pair_by='coin'
-    #                        (run_stages adds them)
+    ST = S.STAGE_SETTINGS  # a "+meta" list counts only with Meta-Rewarding on, "+coin" with pair_by='coin',
+    #                        "+pick" with dpo_pick_every (run_stages adds them)
     kinds = {S.stage_seed_data: ["seed_data", *ST["toy seed"]],
              S.stage_tokenizer: "tokenizer",
              S.stage_pretrain: "M0", S.stage_sft_baseline: "SFT",
@@ -585,16 +585,17 @@ def test_stages_declare_every_setting_they_read():
              S.stage_eft_targets: "eft_targets", S.stage_prompts: "prompts", S.stage_candidates: "candidates",
              S.stage_judgments: "judgments", S.stage_meta_judgments: "meta_judgments",
              S.stage_pairs: [*ST["pairs"], *ST["pairs+coin"]],
-             S.stage_pairs_meta: [*ST["pairs"], *ST["pairs+meta"], *ST["pairs+coin"]], S.stage_dpo: "DPO",
+             S.stage_pairs_meta: [*ST["pairs"], *ST["pairs+meta"], *ST["pairs+coin"]],
+             S.stage_dpo: [*ST["DPO"], *ST["DPO+pick"]],
              S.stage_eval: "eval"}
     for f, kind in kinds.items():
         declared = set(kind if isinstance(kind, list) else S.STAGE_SETTINGS[kind])
         assert reads(f.__code__, set()) <= declared, f.__name__
     # a setting that switches a "+meta" or "+coin" list on is read whether it is on or off, so the
     # stage lists it either way: else turning it off would reuse what was made with it on
-    switches = {"meta_judge", "pair_by"}
+    switches = {"meta_judge", "pair_by", "dpo_pick_every"}
     always = {S.stage_tokenizer: ST["tokenizer"], S.stage_m1: [*ST["SFT"], *ST["M1"]], S.stage_pairs: ST["pairs"],
-              S.stage_pairs_meta: ST["pairs"]}
+              S.stage_pairs_meta: ST["pairs"], S.stage_dpo: ST["DPO"]}
     for f, names in always.items():
         assert reads(f.__code__, set()) & switches <= set(names), f.__name__
     declared = {s for names in S.STAGE_SETTINGS.values() for s in names}

@@ -787,6 +787,24 @@ def test_dpo_resume_after_kill_equals_uninterrupted(work, dpo_single):
     assert max_weight_diff(out_a / "model", out_b / "model") < 1e-6
 
 
+def test_dpo_keeps_a_checkpoint_every_keep_every_steps(work, dpo_single):
+    """keep_every (the paper's checkpoints to choose from): the model at each
+    kept step, and keeping them changes nothing. At a constant learning rate
+    the first two steps of a 4-step run are those of a 2-step run, so the
+    step-2 checkpoint must be that run's model; the last step's is out_dir/model."""
+    out = train_dpo.train(dpo_config(work, work / "dpo_keep", keep_every=2, min_lr=1e-3))
+    assert out["checkpoints"] == [[2, str(work / "dpo_keep" / "checkpoints" / "step-2")],
+                                  [4, str(work / "dpo_keep" / "model")]]
+    assert sorted(os.listdir(work / "dpo_keep" / "checkpoints")) == ["step-2"]
+    two = train_dpo.train(dpo_config(work, work / "dpo_two", max_steps=2, min_lr=1e-3))
+    assert max_weight_diff(work / "dpo_keep" / "checkpoints" / "step-2", two["model"]) == 0
+    assert max_weight_diff(work / "dpo_keep" / "checkpoints" / "step-2", work / "dpo_keep" / "model") > 1e-4
+    # the same settings without keep_every train the same model
+    same = train_dpo.train(dpo_config(work, work / "dpo_nokeep", min_lr=1e-3))
+    assert "checkpoints" not in same
+    assert max_weight_diff(work / "dpo_keep" / "model", same["model"]) == 0
+
+
 def test_killed_after_the_last_step_the_rerun_returns_that_steps_metrics(work):
     """Killed after the last step's state was saved (before or while the model
     is written out): the rerun has no step left to run, and still returns the
