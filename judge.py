@@ -137,12 +137,12 @@ def judge(model, tokenizer, prompts, responses, n_samples=3, temperature=0.7, to
           max_new_tokens=256, seed=None, batch_size=32, generate_fn=None, progress=True):
     """
     Judge response i to prompt i, n_samples times each, with the model itself.
-    Returns (scores, records):
-      scores[i]   the mean of the parsed scores of response i; a sample without a
-                  score is left out of the mean; None if no sample had a score
-                  (such a response must never be chosen nor rejected)
-      records[i]  {"prompt", "response", "judgments": [text]*n, "scores": [int|None]*n,
-                   "score": mean|None, "too_long": bool}: the raw judgments, to keep beside the pairs.
+    Returns records, records[i] = {"prompt", "response", "judgments": [text]*n,
+    "scores": [int|None]*n, "score": mean|None, "too_long": bool}:
+      "score"     the mean of the parsed scores of response i (its reward); a sample
+                  without a score is left out of the mean; None if no sample had a
+                  score (such a response must never be chosen nor rejected)
+      the rest    the raw judgments and their parsed scores, to keep beside the pairs.
                   A judge prompt with no room in the model's context (real data: a
                   long response) is not judged: too_long, no judgments, and n scores
                   of None, so coverage counts it as n judgments without a score.
@@ -150,7 +150,7 @@ def judge(model, tokenizer, prompts, responses, n_samples=3, temperature=0.7, to
     """
     assert len(prompts) == len(responses), "one response per prompt"
     if not prompts:
-        return [], []
+        return []
     generate_fn = generate_fn or generate
     ids = [judge_prompt_ids(tokenizer, p, r) for p, r in zip(prompts, responses)]
     room = [i for i, x in enumerate(ids) if fits(model, x)]
@@ -159,16 +159,15 @@ def judge(model, tokenizer, prompts, responses, n_samples=3, temperature=0.7, to
                        progress=progress) if room else []
     assert len(outs) == len(room) * n_samples, "generate must return n completions per prompt"
     judged = {i: outs[k * n_samples:(k + 1) * n_samples] for k, i in enumerate(room)}
-    scores, records = [], []
+    records = []
     for i, (p, r) in enumerate(zip(prompts, responses)):
         texts = [tokenizer.decode(c) for c in judged.get(i, [])]
         parsed = [parse_score(t) for t in texts] or [None] * n_samples
         valid = [s for s in parsed if s is not None]
         score = sum(valid) / len(valid) if valid else None
-        scores.append(score)
         records.append({"prompt": p, "response": r, "judgments": texts, "scores": parsed, "score": score,
                         "too_long": i not in judged})
-    return scores, records
+    return records
 
 
 def judge_groups(model, tokenizer, prompts, response_lists, **judge_kwargs):
@@ -177,7 +176,7 @@ def judge_groups(model, tokenizer, prompts, response_lists, **judge_kwargs):
     the result is the same as judging the flat list; returns, per group, the
     list of judge's records of its responses, in order."""
     flat = [(p, r) for p, responses in zip(prompts, response_lists) for r in responses]
-    _, records = judge(model, tokenizer, [p for p, _ in flat], [r for _, r in flat], **judge_kwargs)
+    records = judge(model, tokenizer, [p for p, _ in flat], [r for _, r in flat], **judge_kwargs)
     return regroup(records, [len(responses) for responses in response_lists])
 
 

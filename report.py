@@ -749,8 +749,10 @@ def write_report(r, names, infos, run_name, iterations):
         "**Left out**: files that finished stages wrote are not found, so this report lacks what they feed: "
         + "; ".join(f"`{path}` ({what})" for path, what in missing)
         + ". To have them back, delete the stage's record in `done/` and run the same command again.", ""]
-    intro = ("Test prompts answered greedily and graded by the toy world's ground-truth grader (never used "
-             "inside the loop); the judge columns are each model's reward-model metrics on the EFT eval set "
+    used = ("never used inside the loop" if not r.settings.get("dpo_pick_every") else
+            "inside the loop it only chose each DPO checkpoint, on validation prompts of its own: dpo_pick_every")
+    intro = (f"Test prompts answered greedily and graded by the toy world's ground-truth grader ({used}); "
+             "the judge columns are each model's reward-model metrics on the EFT eval set "
              f"against the ground-truth ranking ({r.settings['n_judge']} judgments per response, averaged)."
              if graded else
              "Real data: no ground-truth grader. The judge columns are each model's reward-model metrics on the "

@@ -35,8 +35,11 @@ How the work is saved:
   time, so the cache never needs twice its size.
 
 Randomness: completion k (prompt k // n, sample k % n) draws its uniforms from
-its own generator, seeded from (seed, k). So a seeded call gives the same
-samples whatever the batching, the sharing of prefills, or the number of ranks.
+its own generator, seeded from (seed, k). So a seeded call draws the same
+uniforms whatever the batching, the sharing of prefills, or the number of
+ranks, and gives the same samples wherever the logits come out the same (fp32
+on one layout; bf16 tensor parallel rounds otherwise: README, "Generation at
+scale").
 """
 import json
 import os

@@ -10,7 +10,8 @@ order of the paper's Figure 1:
                    against the worst -> DPO from M_t -> M_{t+1}
                    --meta_judge=True (Meta-Rewarding, Wu et al. 2024): between
                    judging and pairing, M_t also compares its judgments of each
-                   response two at a time; its best against its worst judgment
+                   response whose judgments disagree in score, two at a time;
+                   its best against its worst judgment
                    joins the pairs, so the same DPO step trains the judge too
     every model -> evaluation -> report.md
 
@@ -31,7 +32,8 @@ Before any stage, validate.py checks every setting and input file and lists
 every problem at once. Every stage reads and writes files under
 out/<run_name>/ and records itself done with what it was made from (the
 settings it reads, STAGE_SETTINGS below; its input files; the stages it
-reads); running the same command again skips what is done and continues
+reads) and with the figures its stage function returns (done/<stage>, which
+report.py tabulates); running the same command again skips what is done and continues
 (long generation stages resume from their last complete shard, training from
 its last saved step), and a changed setting redoes only the stages that
 depend on it. Under torchrun every rank runs the same stages: generation
@@ -65,8 +67,7 @@ import train_sft
 import training
 import validate
 from data import read_jsonl, toy, write_jsonl
-from model import preset
-from run_folder import Run, fit_micro, generate_sharded, move_model, save_jsonl, sub_seed, write_json
+from run_folder import Run, fit_micro, generate_sharded, move_model, save_jsonl, sub_seed
 from sample import fits, generate
 from tokenizer import Tokenizer, chat_prompt_ids, train_tokenizer
 
@@ -88,7 +89,7 @@ rubric_pieces = True        # toy tokenizer: each fixed line of the judge rubric
 letter_pieces = True        # toy tokenizer: each capital letter is one piece, so made-up words ("TAMILO") are
                             # seen letter by letter and reverse/sort/replace are learnable
 n_ift = 3200                # toy IFT seed examples (paper: 3,200)
-n_eft_train = 4890          # toy EFT training examples (paper: 1,630; a 1M-parameter judge needs 3x)
+n_eft_train = 4890          # toy EFT training examples (paper: 1,630; a 1.3M-parameter judge needs 3x)
 n_eft_eval = 1623           # toy EFT eval responses (paper: 541; 3x, as the judge's accuracy steps are ~2 points)
 eft_judgments = ""          # real data: a JSONL of judgments by a stronger judge (judge.read_judge_file) that
                             # supplies the EFT targets instead of the SFT baseline ('' = the paper's recipe)
@@ -102,7 +103,7 @@ pretrain_qa_docs = 4000     # toy M0: documents of worked examples ("Q: ... A: .
 pretrain_epochs = 2         # toy M0: passes over them
 pretrain_lr = 2e-3          # toy M0: peak learning rate
 # SFT: M0 -> SFT baseline and M0 -> M1 (paper, for 70B: lr 5.5e-6 -> 1.1e-6, batch 16,
-# dropout 0.1; a 1M-parameter toy model barely moves at such rates: config/ holds the paper's)
+# dropout 0.1; a 1.3M-parameter toy model barely moves at such rates: config/ holds the paper's)
 sft_lr = 1e-3               # peak learning rate
 sft_min_lr = 1e-4           # cosine floor
 sft_batch_size = 16         # examples per step
@@ -113,7 +114,7 @@ dropout = 0.1               # during SFT and DPO (paper: 0.1)
 iterations = 2              # T: M1 -> M2 -> M3
 n_prompts = 1000            # new prompts requested per iteration (before filtering)
 prompt_writer = "M0"        # who writes new prompts: a fixed model, as the paper's Llama 2-Chat 70B: 'M0', 'M1', or a
-                            # folder; or 'current' (M_t). Toy: SFT leaves a 1M-parameter M1 unable to continue a
+                            # folder; or 'current' (M_t). Toy: SFT leaves a 1.3M-parameter M1 unable to continue a
                             # list (23 of 200 requests usable, M0 193)
 n_shots = 8                 # few-shot examples per request: 6 from the IFT seed, 2 generated earlier
 prompt_temperature = 0.6    # paper: 0.6
@@ -752,6 +753,7 @@ def stage_judgments(c, r, t, mt_path):
     def work(chunk, shard):
         judged = J.judge_groups(net, tok, [x["prompt"] for x in chunk], [x["candidates"] for x in chunk],
                                 **judge_settings(c, sub_seed(c.seed, "judge", t, shard)))
+        # "scores"[k]: candidate k's n_judge parsed scores; "score"[k]: their mean, the candidate's reward
         return [{"prompt": x["prompt"], "candidates": x["candidates"], "judgments": [j["judgments"] for j in mine],
                  "scores": [j["scores"] for j in mine], "score": [j["score"] for j in mine],
                  "too_long": [j["too_long"] for j in mine]} for x, mine in zip(chunk, judged)]
@@ -1013,8 +1015,9 @@ def pick_checkpoint(c, r, t, checkpoints):
 
 # -----------------------------------------------------------------------------
 # Stage 5: evaluation of every model (Section 3). With the paper's settings
-# the toy world's grader is consulted here and only here: it never feeds back
-# into the loop. (The controls pair_by='grader' or 'right', meta_pair_by='grader',
+# the toy world's grader, once it has written the seed data (stage 1: the IFT
+# answers and the EFT targets), is consulted here and only here: it never
+# feeds back into the loop. (The controls pair_by='grader' or 'right', meta_pair_by='grader',
 # eft_own_answers and n_meta_seed let it in on purpose, to measure what a
 # perfect judge would teach; dpo_pick_every lets it choose each DPO checkpoint,
 # as the paper's GPT-4 did, on prompts of its own.) The table of all models is

@@ -24,7 +24,7 @@ This file is DPO's data (pairs), its loss, the reference log-probs and its
 training loop; what both trainers share (settings, model building, schedule,
 saving and resuming) is in training.py.
 
-    python train_dpo.py --init_from=out/M1/model --data=pairs.jsonl --out_dir=out/M2
+    python train_dpo.py --init_from=out/toy/M1 --data=out/toy/iter1/pairs.jsonl --out_dir=out/toy_dpo
     torchrun --nproc_per_node=8 train_dpo.py --init_from=... --data=...
 """
 import os

@@ -55,7 +55,7 @@ DEFAULTS = {**{k: v for k, v in globals().items() if not k.startswith("_") and i
 
 
 # -----------------------------------------------------------------------------
-# Data: one example = token ids + where the response starts
+# Data: one example = token ids + the spans of them the loss is on (the responses)
 
 def tokenize(tok, records, max_len, source, template="chat"):
     """(ids, spans) per record, spans the (start, end) ranges of ids the loss

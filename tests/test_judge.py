@@ -120,8 +120,9 @@ def test_judge_averages_and_keeps_the_raw_judgments():
              "hmm", "Score: 3.5", "",                                  # response 2: no score at all
              "**Score**: 1", "Score 0:", "Score: 1/5"]                # response 3: mean 2/3
     gen, calls = stub_generate(texts)
-    scores, records = judge(MODEL, CharTokenizer(), ["p0", "p1", "p2", "p3"], ["r0", "r1", "r2", "r3"],
-                            n_samples=3, seed=7, max_new_tokens=64, generate_fn=gen)
+    records = judge(MODEL, CharTokenizer(), ["p0", "p1", "p2", "p3"], ["r0", "r1", "r2", "r3"],
+                    n_samples=3, seed=7, max_new_tokens=64, generate_fn=gen)
+    scores = [x["score"] for x in records]
     assert scores[:3] == [4.0, 2.0, None] and scores[3] == pytest.approx(2 / 3)
     assert records[1] == {"prompt": "p1", "response": "r1", "judgments": ["Score: 2", "no idea", "Score: 9"],
                           "scores": [2, None, None], "score": 2.0, "too_long": False}
@@ -130,7 +131,7 @@ def test_judge_averages_and_keeps_the_raw_judgments():
     assert (call["n"], call["temperature"], call["top_p"], call["eos_id"], call["seed"], call["max_new_tokens"]) \
         == (3, 0.7, 0.9, [2], 7, 64)
     assert CharTokenizer().decode(call["prompts"][1][1:]) == "[INST] " + judge_prompt("p1", "r1") + " [/INST]"
-    assert judge(MODEL, CharTokenizer(), [], [], generate_fn=gen) == ([], [])
+    assert judge(MODEL, CharTokenizer(), [], [], generate_fn=gen) == []
 
 
 
@@ -140,8 +141,8 @@ def test_judge_groups_is_judge_on_the_flat_list_regrouped():
     gen, calls = stub_generate(texts)
     grouped = judge_groups(MODEL, CharTokenizer(), prompts, groups, n_samples=2, seed=3, generate_fn=gen)
     gen2, calls2 = stub_generate(texts)
-    _, flat = judge(MODEL, CharTokenizer(), ["p0", "p0", "p2", "p2"], ["a", "b", "c", "d"], n_samples=2, seed=3,
-                    generate_fn=gen2)
+    flat = judge(MODEL, CharTokenizer(), ["p0", "p0", "p2", "p2"], ["a", "b", "c", "d"], n_samples=2, seed=3,
+                 generate_fn=gen2)
     assert grouped == [flat[:2], [], flat[2:]] and calls == calls2 and len(calls) == 1  # one sampler call
     assert [[j["score"] for j in g] for g in grouped] == [[2.5, 2.0], [], [4.0, 2.0]]
     assert [j["response"] for j in grouped[2]] == ["c", "d"] and grouped[2][0]["prompt"] == "p2"
@@ -250,8 +251,9 @@ def test_judge_skips_and_marks_prompts_longer_than_the_context():
     tok = CharTokenizer()
     room = len(judge_prompt_ids(tok, "p", "short")) + 1  # "short" fits with one token to spare
     gen, calls = stub_generate(["Score: 4", "Score: 3", "Score: 1", "Score: 2"])
-    scores, records = judge(StubModel(room), tok, ["p", "p", "p"], ["short", "a much longer response", "short"],
-                            n_samples=2, generate_fn=gen)
+    records = judge(StubModel(room), tok, ["p", "p", "p"], ["short", "a much longer response", "short"],
+                    n_samples=2, generate_fn=gen)
+    scores = [x["score"] for x in records]
     (call,) = calls
     assert len(call["prompts"]) == 2 and all(len(x) < room for x in call["prompts"])  # only those that fit
     assert scores == [3.5, None, 1.5]
@@ -259,7 +261,7 @@ def test_judge_skips_and_marks_prompts_longer_than_the_context():
                           "scores": [None, None], "score": None, "too_long": True}
     assert [r["too_long"] for r in records] == [False, True, False]
     gen, calls = stub_generate([])
-    assert judge(StubModel(room), tok, ["p"], ["a much longer response"], generate_fn=gen)[0] == [None]
+    assert judge(StubModel(room), tok, ["p"], ["a much longer response"], generate_fn=gen)[0]["score"] is None
     assert calls == []  # nothing fits: the sampler is not called at all
 
 

@@ -652,6 +652,42 @@ def test_grader_pairs_set_the_truly_best_against_the_truly_worst(tmp_path):
     assert (pair["chosen"], pair["rejected"]) == ("The answer is MUNIZ.", "MUNZI")
 
 
+def test_dpo_pick_every_makes_the_checkpoint_the_grader_rates_best_the_next_model(micro_run, tmp_path):
+    """dpo_pick_every (the paper's choice among DPO checkpoints, the grader in
+    GPT-4's place): DPO keeps the model every k steps, and M2 is the one whose
+    greedy answers to the validation prompts have the highest mean grade. The
+    figures in its record are computed again here from sample.py's answers."""
+    run = copy_run(micro_run, tmp_path)
+    r = run_loop(tmp_path, dpo_pick_every=1, dpo_batch_size=1, n_valid=24, iterations=1, keep_train_state=True)
+    assert stages_run(r.stdout) == ["M2", "eval_M2", "report"]
+    with open(run / "done" / "M2") as f:
+        pick = json.load(f)["pick"]
+    steps = [x["step"] for x in pick["checkpoints"]]
+    assert len(steps) >= 3 and steps == list(range(1, len(steps) + 1))  # one a step, the last step's last
+    assert pick["valid_prompts"] == 24
+    valid = toy.validation_set(run / "seed", 24, MICRO.get("seed", 1337))
+    prompts = tmp_path / "valid.jsonl"
+    write_jsonl(prompts, [{"prompt": x["prompt"]} for x in valid])
+    mean_grade = {}
+    for step in steps:  # the chosen one was moved to M2; the others, and the last step's model, stay (kept)
+        folder = run / "M2" if step == pick["picked"] else (
+            run / "train" / "M2" / ("model" if step == steps[-1] else f"checkpoints/step-{step}"))
+        out = tmp_path / f"answers{step}.jsonl"
+        subprocess.run([sys.executable, "sample.py", f"--ckpt={folder}", f"--prompts_file={prompts}",
+                        f"--out={out}", "--temperature=0", f"--max_new_tokens={MICRO['max_response_tokens']}",
+                        "--progress=False", "--threads=1", "--dtype=float32"],
+                       cwd=ROOT, env=ENV, check=True, capture_output=True)
+        grades = [toy.grade(x, a["response"]) for x, a in zip(valid, read_jsonl(out))]
+        mean_grade[step] = sum(grades) / len(grades)
+    assert {x["step"]: x["mean_grade"] for x in pick["checkpoints"]} == pytest.approx(mean_grade)
+    assert len(set(mean_grade.values())) > 1, mean_grade  # (a choice to make: the checkpoints differ)
+    assert pick["picked"] == max(steps, key=lambda s: (mean_grade[s], -s))
+    assert not (run / "train" / "M2" / "checkpoints" / f"step-{pick['picked']}").exists()
+    report = (run / "report.md").read_text()
+    assert "DPO checkpoints' mean grade on 24 validation prompts: step 1 " in report
+    assert "grader (inside the loop it only chose each DPO checkpoint" in report
+
+
 def test_coin_turns_the_judges_pairs_round_at_random(tmp_path):
     """pair_by='coin' (the no-preference control): the judge's own pairs, the
     same responses and count, each swapped or not on a seeded fair coin."""
@@ -1267,6 +1303,14 @@ def test_check_loop_in_this_process():
                                                "meta_judge=True; real seed data has no grader"]
     c = configurator.settings(S.DEFAULTS, {"meta_pair_by": "grader", "meta_judge": True})
     assert validate.check_loop(c, 1).found == []
+    # the paper's choice of DPO checkpoint, the grader in GPT-4's place
+    c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": -1, "n_valid": 0})  # (n_valid unused when off)
+    assert validate.check_loop(c, 1).found == ["dpo_pick_every = -1: must be >= 0"]
+    c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": 10, "n_valid": 0})
+    assert validate.check_loop(c, 1).found == ["n_valid = 0: must be >= 1"]
+    c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": 10, "seed_data": "no/such/folder", "init_from": "M0"})
+    assert ("dpo_pick_every = 10: is for the toy world, whose grader stands in for the paper's GPT-4 in choosing a "
+            "checkpoint; with real seed data each iteration keeps its last step") in validate.check_loop(c, 1).found
 
 
 def test_a_stage_redone_loses_its_old_record_before_it_starts(tmp_path):
