@@ -221,10 +221,10 @@ DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isin
 RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "tp", "plan_only", "dry_run", "world_size", "gpu_memory_gb",
                 "micro_batch_size", "run_name", "out_root", "save_interval", "activation_checkpointing",
                 "keep_train_state"}
-# The settings that name input files or folders, with their values that are not paths: each stage that
-# lists one also lists its files, whose contents count, not how the path is written (run_folder.Run).
-INPUT_SETTINGS = {"seed_data": ("toy",), "prompt_writer": ("M0", "M1", "current"), "eval_prompts": ("",),
-                  "mt_bench": ("",), "eft_judgments": ("",)}
+# The settings that name input files or folders (validate.INPUT_SETTINGS, with their values that are
+# not paths): each stage that lists one also lists its files, whose contents count, not how the path
+# is written (run_folder.Run).
+INPUT_SETTINGS = validate.INPUT_SETTINGS
 # What each kind of stage computes its output from, besides the stages it reads (run_stages() names those):
 # changing one of these settings redoes that stage and the stages downstream of it, nothing else.
 STAGE_SETTINGS = {

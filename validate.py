@@ -265,9 +265,12 @@ def judge_room(p, c, args, tok):
                   f"(max_seq_len {args.max_seq_len})")
 
 
-# what init_from and prompt_writer take besides a checkpoint folder: a toy model pretrained here,
-# or one of this run's models
-MODEL_KEYWORDS = ("scratch", "M0", "M1", "current")
+# The loop's settings that name input files or folders, with the values they take that are not paths:
+# the toy seed data, a toy base model pretrained here (init_from), one of this run's models as the
+# prompt writer, or none. selfreward.py's run folder counts an input by its files' contents, not by how
+# its path is written (run_folder.Run), and nothing the run reads may lie inside the folder it writes.
+INPUT_SETTINGS = {"seed_data": ("toy",), "init_from": ("scratch",), "prompt_writer": ("M0", "M1", "current"),
+                  "eval_prompts": ("",), "mt_bench": ("",), "eft_judgments": ("",)}
 
 
 def check_loop(c, world):
@@ -293,9 +296,9 @@ def check_loop(c, world):
             p.add(f"run_name: {run} is not a run folder (no settings.json) and holds {', '.join(taken)}, which "
                   f"the loop would replace; give another run_name or out_root")
     # nothing the run reads may lie inside the folder it writes (stage seed_data empties seed/ first)
-    for setting in ("seed_data", "init_from", "prompt_writer", "eval_prompts", "mt_bench", "eft_judgments"):
+    for setting, keywords in INPUT_SETTINGS.items():
         value = getattr(c, setting)
-        if value not in ("", "toy", *MODEL_KEYWORDS) and within(value, run):
+        if value not in ("", *keywords) and within(value, run):
             p.add(f"{setting}: {value} is inside the run folder {run}, which this run writes: copy it out, "
                   f"or give another run_name")
     # ranges
@@ -356,11 +359,11 @@ def check_loop(c, world):
             models["init_from"] = PRESETS[c.model]
         p.at_least("vocab_size", 300)  # the tokenizer's 256 byte pieces count towards it
     for setting in ("init_from", "prompt_writer"):
-        value = getattr(c, setting)
-        meant = [k for k in MODEL_KEYWORDS if k.lower() == value.lower() and k != value]
+        value, keywords = getattr(c, setting), INPUT_SETTINGS[setting]
+        meant = [k for k in keywords if k.lower() == value.lower() and k != value]
         if meant and not os.path.exists(value):  # --prompt_writer=m0: a keyword, spelled otherwise
             p.add(f"{setting} = {value!r}: no such checkpoint folder; did you mean {meant[0]!r}?")
-        elif value not in MODEL_KEYWORDS:
+        elif value not in keywords:
             # (the prompt writer continues a plain-text listing: it needs no chat template)
             args, tok = check_checkpoint(p, setting, value, c.chat_template, chats=setting == "init_from")
             if args:

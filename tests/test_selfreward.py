@@ -1303,6 +1303,10 @@ def test_check_loop_in_this_process():
                                                "meta_judge=True; real seed data has no grader"]
     c = configurator.settings(S.DEFAULTS, {"meta_pair_by": "grader", "meta_judge": True})
     assert validate.check_loop(c, 1).found == []
+    # a keyword of one setting is a path to the other (they were once one list, and both passed to crash later)
+    c = configurator.settings(S.DEFAULTS, {"init_from": "M1", "prompt_writer": "scratch"})
+    assert validate.check_loop(c, 1).found == ["init_from: checkpoint folder not found: M1",
+                                               "prompt_writer: checkpoint folder not found: scratch"]
     # the paper's choice of DPO checkpoint, the grader in GPT-4's place
     c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": -1, "n_valid": 0})  # (n_valid unused when off)
     assert validate.check_loop(c, 1).found == ["dpo_pick_every = -1: must be >= 0"]
