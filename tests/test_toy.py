@@ -14,7 +14,7 @@ from data import read_jsonl
 from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, DRILL_LAYOUTS, ENGLISH, LETTERS, TEMPLATES, answer, attempts,
                       build, comparison, corpus, drill_item, eft_target, fewshot_text, fits, grade, marked_quiz,
                       meta_judge_examples, pretraining_docs, quote, render, sample_task, stated_answer,
-                      task_from_prompt, true_grade, working, write_toy)
+                      task_from_prompt, true_grade, validation_set, working, write_toy)
 from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
 from tokenizer import chat_tokens, train_tokenizer
 
@@ -338,6 +338,22 @@ def test_no_task_in_two_sets(toy):
     assert sum(map(len, sets.values())) == len(set().union(*sets.values()))
     prompts = [r["prompt"] for name in ("ift", "eft_train_groups", "eft_eval", "test") for r in s[name]]
     assert len(prompts) == len(set(prompts))
+
+
+def test_validation_prompts_are_in_no_seed_set(toy):
+    """The prompts a DPO checkpoint is chosen on (selfreward's dpo_pick_every):
+    no task or prompt of the seed data's sets, none twice, the same set for
+    the same seed data, another for another seed, only the kinds asked for."""
+    folder, s = toy
+    valid = validation_set(folder, 300, 1337)
+    key = lambda t: tuple(sorted(t.items()))
+    seeded = {key(r["task"]) for name in ("ift", "eft_train_groups", "eft_eval", "test") for r in s[name]}
+    prompts = {r["prompt"] for name in ("ift", "eft_train_groups", "eft_eval", "test") for r in s[name]}
+    assert len(valid) == 300 and len({key(x["task"]) for x in valid}) == 300
+    assert not {key(x["task"]) for x in valid} & seeded and not {x["prompt"] for x in valid} & prompts
+    assert all(task_from_prompt(x["prompt"]) == x["task"] for x in valid)  # the grader reads each one
+    assert validation_set(folder, 300, 1337) == valid and validation_set(folder, 300, 1) != valid
+    assert {x["task"]["kind"] for x in validation_set(folder, 50, 1337, ["sort", "count"])} == {"sort", "count"}
 
 
 def test_same_seed_same_files(toy, tmp_path):
