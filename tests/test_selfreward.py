@@ -270,7 +270,9 @@ def test_two_ranks_run_the_loop_as_one_process(micro_run, tmp_path):
     process's texts wherever the models are that close."""
     ref, _ = micro_run
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--standalone", "--nproc_per_node=2", *command(tmp_path, tp=2)[1:]]
+    # (with the checkpoint choice on: DPO saves its checkpoints under FSDP, and each is loaded tensor
+    # parallel to answer the validation prompts; it changes nothing before iteration 1's DPO)
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", *command(tmp_path, tp=2, dpo_pick_every=1, n_valid=8)[1:]]
     r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     two = tmp_path / "micro"
@@ -296,6 +298,11 @@ def test_two_ranks_run_the_loop_as_one_process(micro_run, tmp_path):
     print(f"iteration 1: {sum(candidates)} of {len(candidates)} candidates the same")  # shown with -s
     assert sum(candidates) >= 0.75 * len(candidates)
     assert all(read(two, t, "pairs") for t in (1, 2)) and os.path.exists(two / "M3" / "model.safetensors")
+    for t in (1, 2):  # every DPO step's checkpoint answered the validation prompts; the chosen one is M_{t+1}
+        with open(two / "done" / f"M{t + 1}") as f:
+            done = json.load(f)
+        assert [x["step"] for x in done["pick"]["checkpoints"]] == list(range(1, done["steps"] + 1))
+        assert not os.path.exists(two / "train" / f"M{t + 1}" / "checkpoints")  # (removed once the stage is done)
 
 
 # --- bad input: a clear message naming the stage and the reason ----------------------
