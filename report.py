@@ -650,7 +650,7 @@ def iteration_lines(r, stages, iterations):
         pick = stages.get(f"M{t + 1}", {}).get("pick")
         if pick:  # dpo_pick_every: the checkpoint the grader chose on the validation prompts
             line += (f"; DPO checkpoints' mean grade on {pick['valid_prompts']} validation prompts: "
-                     + ", ".join(f"step {x['step']} {x['mean_grade']:.2f}" for x in pick["checkpoints"])
+                     + ", ".join(f"step {x['step']} {x['mean_grade']:.3f}" for x in pick["checkpoints"])
                      + f" (M{t + 1}: step {pick['picked']})"
                      + (f", {pick['written_by_the_loop']} of them written by the loop in iterations 1-{t}"
                         if pick.get("written_by_the_loop") else ""))
@@ -750,7 +750,7 @@ def write_report(r, names, infos, run_name, iterations):
         + "; ".join(f"`{path}` ({what})" for path, what in missing)
         + ". To have them back, delete the stage's record in `done/` and run the same command again.", ""]
     used = ("never used inside the loop" if not r.settings.get("dpo_pick_every") else
-            "inside the loop it only chose each DPO checkpoint, on validation prompts of its own: dpo_pick_every")
+            "inside the loop it chose each DPO checkpoint, on validation prompts of its own: dpo_pick_every")
     intro = (f"Test prompts answered greedily and graded by the toy world's ground-truth grader ({used}); "
              "the judge columns are each model's reward-model metrics on the EFT eval set "
              f"against the ground-truth ranking ({r.settings['n_judge']} judgments per response, averaged)."

@@ -978,10 +978,17 @@ def stage_dpo(c, r, t, mt_path):
                            "beta": c.dpo_beta, "rpo_alpha": c.rpo_alpha, "epochs": c.dpo_epochs, "lr": c.dpo_lr,
                            "min_lr": c.dpo_min_lr, "dropout": c.dropout, "keep_every": c.dpo_pick_every})
     info = {k: v for k, v in out.items() if k not in ("model", "checkpoints")}
-    chosen = out["model"]  # the last step's
-    if c.dpo_pick_every:
-        chosen, info["pick"] = pick_checkpoint(c, r, t, out["checkpoints"])
-    move_model(r, chosen, f"M{t + 1}")
+    if not c.dpo_pick_every:
+        move_model(r, out["model"], f"M{t + 1}")
+        return info
+    chosen, info["pick"] = pick_checkpoint(c, r, t, out["checkpoints"])
+    # copied, not moved: the trainer's record lists every checkpoint, and a rerun of this stage (killed
+    # before it was marked done, or made again) chooses among them again (toy models: a few MB each)
+    if D.is_rank0():
+        shutil.rmtree(r.path(f"M{t + 1}.tmp"), ignore_errors=True)
+        shutil.copytree(chosen, r.path(f"M{t + 1}.tmp"))
+    D.barrier()
+    move_model(r, r.path(f"M{t + 1}.tmp"), f"M{t + 1}")
     return info
 
 
@@ -1230,7 +1237,7 @@ def run_stages(c, r):
     reads it) when one of them changed."""
     S = STAGE_SETTINGS
     temporary = lambda name: [] if c.keep_train_state else [r.path("train", name, "state")]
-    # dpo_pick_every's checkpoints, and the last step's model where another was chosen
+    # dpo_pick_every's checkpoints and the last step's model, once M_{t+1} is a copy of one of them
     checkpoints = lambda name: [] if c.keep_train_state or not c.dpo_pick_every else \
         [r.path("train", name, train_dpo.CHECKPOINTS), r.path("train", name, "model")]
     meta = lambda kind: S[kind + "+meta"] if c.meta_judge else []  # Meta-Rewarding's settings, only when on

@@ -241,7 +241,16 @@ def dpo(c, env, fp):
     D.log(f"DPO: {len(train_set)} train / {len(eval_set)} eval pairs, {steps} steps of {c.batch_size}, "
           f"beta {c.beta}{f', rpo_alpha {c.rpo_alpha}' if c.rpo_alpha else ''}, world size {env.world}")
 
-    # a saved state is resumed only if it was made from the same inputs (fp: training.run's made_from)
+    # a saved state is resumed only if it was made from the same inputs (fp: training.run's made_from),
+    # and with keep_every only if the checkpoints it kept are all there (a choice among them needs each)
+    if c.keep_every and D.is_rank0():
+        path, info = T.saved_state(T.state_dir(c))
+        gone = [s for s in range(c.keep_every, min(info.get("step", 0), steps - 1) + 1, c.keep_every)
+                if not os.path.isdir(os.path.join(c.out_dir, checkpoint_folder(s)))]  # (the last step's: model/)
+        if path and gone:
+            D.log(f"note: the checkpoint of step {gone[0]} is gone: not resuming from {path}, training from step 0")
+            T.remove_states([path])
+    D.barrier()
     optimizer, step, record = T.optimizer_and_resume(model, c, fp)  # step 0 and {} on a fresh start
     model.train()
     bar = tqdm(total=steps, initial=step, disable=not (c.progress and D.is_rank0()), desc="dpo")

@@ -160,12 +160,16 @@ def finished(c, fp):
             done = json.load(f)
     except (OSError, ValueError):
         done = {}
-    if done.get("made_from") == fp:
-        D.log(f"{model} was trained from these same settings and inputs: nothing to do (remove it to train again)")
-        return done["result"]
-    D.log(f"note: {model} " + ("was made from other settings or inputs" if done else "is there, with no record of "
-          "what it was made from") + ": this run replaces it when it ends")
-    return None
+    if done.get("made_from") != fp:
+        D.log(f"note: {model} " + ("was made from other settings or inputs" if done else "is there, with no record "
+              "of what it was made from") + ": this run replaces it when it ends")
+        return None
+    gone = [f for _, f in done["result"].get("checkpoints", []) if not os.path.isdir(f)]  # (train_dpo's keep_every)
+    if gone:
+        D.log(f"note: {gone[0]}, a checkpoint this run kept, is gone: training again")
+        return None
+    D.log(f"{model} was trained from these same settings and inputs: nothing to do (remove it to train again)")
+    return done["result"]
 
 
 # -----------------------------------------------------------------------------
@@ -377,17 +381,23 @@ def save_state(model, optimizer, step, path, info=None):
     D.barrier()
 
 
+def saved_state(path):
+    """(the folder of the last complete state save_state wrote at `path`, its
+    state.json), or (None, {})."""
+    for candidate in (path, path + ".old"):  # .old: killed between the two renames
+        if os.path.exists(os.path.join(candidate, "state.json")):
+            with open(os.path.join(candidate, "state.json")) as f:
+                return candidate, json.load(f)
+    return None, {}
+
+
 def load_state(model, optimizer, path, fp):
     """Restore a state written by save_state from the same inputs (its
     made_from fingerprint is `fp`); returns (its step, the info saved with
     it), or (0, {}) if none."""
-    for candidate in (path, path + ".old"):  # .old: killed between the two renames
-        if os.path.exists(os.path.join(candidate, "state.json")):
-            break
-    else:
+    candidate, info = saved_state(path)
+    if candidate is None:
         return 0, {}
-    with open(os.path.join(candidate, "state.json")) as f:
-        info = json.load(f)
     if info.get("made_from") != fp:
         D.log(f"not resuming from {candidate}: it was saved by a run of other settings, data or weights")
         return 0, {}

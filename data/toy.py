@@ -764,8 +764,10 @@ def validation_set(seed_dir, n, seed, kinds=KINDS):
     """n held-out prompts {"prompt", "task"} for choosing among DPO checkpoints
     (selfreward.py's dpo_pick_every; the paper: 253 validation prompts),
     drawn with their own seed: no task or prompt of the seed data's files in
-    seed_dir (written by build: IFT, EFT, test), so neither training nor the
-    test set has them, and the same seed data gives the same set."""
+    seed_dir (written by build: IFT, EFT, test), so neither the SFT data nor
+    the test set has them (M0's text and the loop's own prompts may, as they
+    may hold any task that is not a test or EFT eval one), and the same seed
+    data gives the same set."""
     seen_tasks, seen_prompts = set(), set()
     for name in ("ift", "eft_train_groups", "eft_eval", "test"):
         for rec in read_jsonl(os.path.join(seed_dir, name + ".jsonl")):
@@ -773,7 +775,9 @@ def validation_set(seed_dir, n, seed, kinds=KINDS):
             seen_prompts.add(rec["prompt"])
     rng = random.Random(f"{seed} validation")
     out = []
-    while len(out) < n:
+    for _ in range(1000 * n):  # (a world of few tasks may have fewer than n left)
+        if len(out) == n:
+            return out
         task = sample_task(rng, kinds)
         key = task and json.dumps(task, sort_keys=True)
         if task and key not in seen_tasks:
@@ -782,6 +786,9 @@ def validation_set(seed_dir, n, seed, kinds=KINDS):
                 seen_tasks.add(key)
                 seen_prompts.add(prompt)
                 out.append({"prompt": prompt, "task": task})
+    if len(out) < n:
+        raise ValueError(f"n_valid = {n}: found only {len(out)} validation prompts in toy_kinds {','.join(kinds)} "
+                         f"outside the seed data; give a smaller n_valid")
     return out
 
 

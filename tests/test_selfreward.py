@@ -676,9 +676,8 @@ def test_dpo_pick_every_makes_the_checkpoint_the_grader_rates_best_the_next_mode
     prompts = tmp_path / "valid.jsonl"
     write_jsonl(prompts, [{"prompt": x["prompt"]} for x in valid])
     mean_grade = {}
-    for step in steps:  # the chosen one was moved to M2; the others, and the last step's model, stay (kept)
-        folder = run / "M2" if step == pick["picked"] else (
-            run / "train" / "M2" / ("model" if step == steps[-1] else f"checkpoints/step-{step}"))
+    for step in steps:  # M2 is a copy of the chosen one; all stay (keep_train_state)
+        folder = run / "train" / "M2" / ("model" if step == steps[-1] else f"checkpoints/step-{step}")
         out = tmp_path / f"answers{step}.jsonl"
         subprocess.run([sys.executable, "sample.py", f"--ckpt={folder}", f"--prompts_file={prompts}",
                         f"--out={out}", "--temperature=0", f"--max_new_tokens={MICRO['max_response_tokens']}",
@@ -689,10 +688,17 @@ def test_dpo_pick_every_makes_the_checkpoint_the_grader_rates_best_the_next_mode
     assert {x["step"]: x["mean_grade"] for x in pick["checkpoints"]} == pytest.approx(mean_grade)
     assert len(set(mean_grade.values())) > 1, mean_grade  # (a choice to make: the checkpoints differ)
     assert pick["picked"] == max(steps, key=lambda s: (mean_grade[s], -s))
-    assert not (run / "train" / "M2" / "checkpoints" / f"step-{pick['picked']}").exists()
     report = (run / "report.md").read_text()
     assert "DPO checkpoints' mean grade on 24 validation prompts: step 1 " in report
-    assert "grader (inside the loop it only chose each DPO checkpoint" in report
+    assert "grader (inside the loop it chose each DPO checkpoint" in report
+    picked = run / "train" / "M2" / ("model" if pick["picked"] == steps[-1] else f"checkpoints/step-{pick['picked']}")
+    a, b = weights(run / "M2"), weights(picked)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # another validation set: the stage chooses again among the checkpoints DPO kept, without training again
+    r = run_loop(tmp_path, dpo_pick_every=1, dpo_batch_size=1, n_valid=12, iterations=1, keep_train_state=True)
+    assert stages_run(r.stdout) == ["M2", "eval_M2", "report"] and "nothing to do" in r.stdout
+    with open(run / "done" / "M2") as f:
+        assert json.load(f)["pick"]["valid_prompts"] == 12
 
 
 def test_coin_turns_the_judges_pairs_round_at_random(tmp_path):

@@ -805,6 +805,28 @@ def test_dpo_keeps_a_checkpoint_every_keep_every_steps(work, dpo_single):
     assert max_weight_diff(work / "dpo_keep" / "model", same["model"]) == 0
 
 
+def test_a_kept_checkpoint_that_is_gone_is_made_again(work, capsys):
+    """keep_every's checkpoints are what a choice is made among: a finished run
+    whose checkpoint was deleted trains again, and a saved state is resumed
+    only with the checkpoints it kept (resuming the last step's state would
+    run no step and make none of them)."""
+    cfg = dpo_config(work, work / "dpo_gone", keep_every=2, keep_state=True)
+    first = train_dpo.train(cfg)
+    kept = work / "dpo_gone" / "checkpoints" / "step-2"
+    before = load_model(kept).state_dict()
+    shutil.rmtree(kept)
+    capsys.readouterr()
+    assert train_dpo.train(cfg)["checkpoints"] == first["checkpoints"]
+    assert f"note: {kept}, a checkpoint this run kept, is gone: training again" in capsys.readouterr().out
+    assert max((load_model(kept).state_dict()[k] - v).abs().max().item() for k, v in before.items()) == 0
+    shutil.rmtree(kept)  # and the model: only the last step's state is left to resume from
+    shutil.rmtree(work / "dpo_gone" / "model")
+    train_dpo.train(cfg)
+    out = capsys.readouterr().out
+    assert "note: the checkpoint of step 2 is gone: not resuming from" in out and "resumed from" not in out
+    assert max((load_model(kept).state_dict()[k] - v).abs().max().item() for k, v in before.items()) == 0
+
+
 def test_killed_after_the_last_step_the_rerun_returns_that_steps_metrics(work):
     """Killed after the last step's state was saved (before or while the model
     is written out): the rerun has no step left to run, and still returns the
