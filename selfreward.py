@@ -140,7 +140,7 @@ dpo_batch_size = 16         # pairs per step
 dpo_epochs = 1              # passes over the pairs
 dpo_pick_every = 0          # toy: DPO keeps a checkpoint every this many steps, and the one whose greedy answers to the
                             # n_valid validation prompts the grader rates best becomes M_{t+1} (the paper: every 200
-                            # steps, chosen by GPT-4 comparing their answers on 253 prompts); 0 = the last step's
+                            # steps, chosen by GPT-4 comparing their answers on 253 prompts); 0 = the last step
 n_valid = 256               # dpo_pick_every: the toy world's validation prompts, none of them in the seed data
 # evaluation
 eval_judge = True           # reward-model metrics of every model's judge on the EFT eval set
