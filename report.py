@@ -723,6 +723,23 @@ def left_out(r, names, stages, iterations):
     return [("/".join(path), what) for path, what in expected if not os.path.exists(r.path(*path))]
 
 
+def grader_inside(settings):
+    """Whether the toy grader was used inside the loop, for the report's first
+    line: never with the paper's settings; the settings that let it in say so."""
+    get = settings.get
+    inside = [f"pair_by={get('pair_by')!r} (it picked the pairs)" if get("pair_by") in ("grader", "right") else "",
+              "meta_pair_by='grader' (it picked the judge pairs)" if get("meta_judge") and
+              get("meta_pair_by") == "grader" else "",
+              f"eft_own_answers={get('eft_own_answers')} (it judged the SFT baseline's answers for M1's data)"
+              if get("eft_own_answers") else "",
+              f"n_meta_seed={get('n_meta_seed')} (it wrote meta-judge demonstrations for M1's data)"
+              if get("meta_judge") and get("n_meta_seed") else "",
+              f"dpo_pick_every={get('dpo_pick_every')} (it chose each DPO checkpoint, on validation prompts of "
+              f"its own)" if get("dpo_pick_every") else ""]
+    inside = [x for x in inside if x]
+    return "used inside the loop by " + "; ".join(inside) if inside else "never used inside the loop"
+
+
 def write_report(r, names, infos, run_name, iterations):
     """Tabulate every model's evaluation into out/<run>/report.md (and metrics.jsonl).
     names: the models in order; infos: each model's evaluation stage info."""
@@ -749,8 +766,7 @@ def write_report(r, names, infos, run_name, iterations):
         "**Left out**: files that finished stages wrote are not found, so this report lacks what they feed: "
         + "; ".join(f"`{path}` ({what})" for path, what in missing)
         + ". To have them back, delete the stage's record in `done/` and run the same command again.", ""]
-    used = ("never used inside the loop" if not r.settings.get("dpo_pick_every") else
-            "inside the loop it chose each DPO checkpoint, on validation prompts of its own: dpo_pick_every")
+    used = grader_inside(r.settings)
     intro = (f"Test prompts answered greedily and graded by the toy world's ground-truth grader ({used}); "
              "the judge columns are each model's reward-model metrics on the EFT eval set "
              f"against the ground-truth ranking ({r.settings['n_judge']} judgments per response, averaged)."

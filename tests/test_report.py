@@ -452,3 +452,17 @@ def test_seeds_refuses_bad_seeds_before_any_run(tmp_path, capsys):
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  --")]
     assert "--seeds" in listed and "--iterations" in listed
     assert not {"--seed", "--plan_only", "--dry_run"} & set(listed)
+
+
+def test_the_report_says_which_settings_let_the_grader_into_the_loop():
+    from selfreward import DEFAULTS
+    assert report.grader_inside(DEFAULTS) == "never used inside the loop"
+    assert report.grader_inside({**DEFAULTS, "meta_pair_by": "grader", "n_meta_seed": 500}) == \
+        "never used inside the loop"  # (both count only with meta_judge on)
+    assert report.grader_inside({**DEFAULTS, "pair_by": "right", "dpo_pick_every": 7}) == (
+        "used inside the loop by pair_by='right' (it picked the pairs); dpo_pick_every=7 (it chose each DPO "
+        "checkpoint, on validation prompts of its own)")
+    assert report.grader_inside({**DEFAULTS, "meta_judge": True, "meta_pair_by": "grader", "n_meta_seed": 0,
+                                 "eft_own_answers": 2}) == (
+        "used inside the loop by meta_pair_by='grader' (it picked the judge pairs); eft_own_answers=2 (it judged "
+        "the SFT baseline's answers for M1's data)")

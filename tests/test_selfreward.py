@@ -690,7 +690,7 @@ def test_dpo_pick_every_makes_the_checkpoint_the_grader_rates_best_the_next_mode
     assert pick["picked"] == max(steps, key=lambda s: (mean_grade[s], -s))
     report = (run / "report.md").read_text()
     assert "DPO checkpoints' mean grade on 24 validation prompts: step 1 " in report
-    assert "grader (inside the loop it chose each DPO checkpoint" in report
+    assert "grader (used inside the loop by dpo_pick_every=1 (it chose each DPO checkpoint" in report
     picked = run / "train" / "M2" / ("model" if pick["picked"] == steps[-1] else f"checkpoints/step-{pick['picked']}")
     a, b = weights(run / "M2"), weights(picked)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
