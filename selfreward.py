@@ -43,6 +43,7 @@ Generation loads each model in its own layout: tensor parallel over groups of
 `tp` ranks (inside a node), the groups splitting the prompts; with tp = 1 a
 whole model on every rank.
 """
+import filecmp
 import os
 import random
 import re
@@ -341,18 +342,22 @@ def sft(c, r, name, init, data):
 # Stage 1: seed data
 
 def stage_seed_data(c, r):
-    if D.is_rank0():  # a redo starts from an empty folder: later stages tell toy from real data, and
-        shutil.rmtree(r.path("seed"), ignore_errors=True)  # find EFT targets, by which files are here
-        os.makedirs(r.path("seed"), exist_ok=True)
+    # written to seed.new/ first, then swapped in: later stages tell toy from real data, and find EFT
+    # targets, by which files are in seed/, so a seed of other contents replaces the folder whole; one
+    # whose files come out the same (made again because one was deleted) keeps what later stages wrote
+    # into it (real data's EFT targets: hours of judging at 70B)
+    new, seed = r.path("seed.new"), r.path("seed")
+    if D.is_rank0():
+        shutil.rmtree(new, ignore_errors=True)  # (what a kill left)
+        os.makedirs(new)
     D.barrier()
     if c.seed_data == "toy":
         if D.is_rank0():
-            toy.write_toy(r.path("seed"), seed=c.seed, n_ift=c.n_ift, n_eft_train=c.n_eft_train,
+            toy.write_toy(new, seed=c.seed, n_ift=c.n_ift, n_eft_train=c.n_eft_train,
                           n_eft_eval=c.n_eft_eval, n_test=c.n_test, ift_chatty=c.ift_chatty,
                           ift_declines=c.ift_declines, judge_working=c.judge_working, judge_quotes=c.judge_quotes,
                           quote_first=c.quote_first, judge_compares=c.judge_compares,
                           check_each_ask=c.check_each_ask, toy_kinds=c.toy_kinds)
-        D.barrier()
     else:
         for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"):
             src = os.path.join(c.seed_data, f)
@@ -360,8 +365,17 @@ def stage_seed_data(c, r):
                 D.stop(f"error: seed data folder {c.seed_data} has no {f} "
                          f"(write it with python -m data.prepare_oasst ... --out={c.seed_data})")
             if D.is_rank0():
-                shutil.copyfile(src, r.path("seed", f))
-        D.barrier()
+                shutil.copyfile(src, os.path.join(new, f))
+    if D.is_rank0():
+        there = [f for f in os.listdir(new) if os.path.isfile(os.path.join(seed, f))]
+        if there and all(filecmp.cmp(os.path.join(new, f), os.path.join(seed, f), shallow=False) for f in there):
+            for f in os.listdir(new):
+                os.replace(os.path.join(new, f), os.path.join(seed, f))
+            os.rmdir(new)
+        else:
+            shutil.rmtree(seed, ignore_errors=True)
+            os.replace(new, seed)
+    D.barrier()
     counts, said = {}, []
     for f in ("ift", "eft_train", "eft_eval"):
         recs = read_jsonl(r.path("seed", f + ".jsonl"))

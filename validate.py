@@ -295,7 +295,7 @@ def check_loop(c, world):
         if taken:
             p.add(f"run_name: {run} is not a run folder (no settings.json) and holds {', '.join(taken)}, which "
                   f"the loop would replace; give another run_name or out_root")
-    # nothing the run reads may lie inside the folder it writes (stage seed_data empties seed/ first)
+    # nothing the run reads may lie inside the folder it writes (stage seed_data replaces seed/ whole)
     for setting, keywords in INPUT_SETTINGS.items():
         value = getattr(c, setting)
         if value not in ("", *keywords) and within(value, run):

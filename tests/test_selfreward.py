@@ -624,9 +624,23 @@ def test_seed_data_redone_leaves_no_file_of_the_earlier_seed(tmp_path):
     write_jsonl(real / "ift.jsonl", [{"prompt": "Name a fruit.", "response": "Apple."}])
     write_jsonl(real / "eft_train.jsonl", [{"prompt": "Say hi.", "response": "Review ... Score: 4"}])
     write_jsonl(real / "eft_eval.jsonl", [{"prompt": "Say no.", "responses": ["No.", "Yes."], "ranks": [0, 1]}])
-    S.stage_seed_data(configurator.settings(S.DEFAULTS, {"seed_data": str(real), "progress": False}), r)
+    real_settings = configurator.settings(S.DEFAULTS, {"seed_data": str(real), "progress": False})
+    S.stage_seed_data(real_settings, r)
     assert sorted(os.listdir(r.path("seed"))) == ["eft_eval.jsonl", "eft_train.jsonl", "ift.jsonl"]
     assert S.eft_train_file(r) == r.path("seed", "eft_train.jsonl")
+    # made again from the same files (one of them deleted): what later stages wrote beside them stays
+    # (real data's EFT targets are hours of judging at 70B), and the deleted one is back
+    write_jsonl(r.path("seed", "eft_train_targets.jsonl"), [{"prompt": "judge this", "response": "Score: 4"}])
+    os.remove(r.path("seed", "ift.jsonl"))
+    S.stage_seed_data(real_settings, r)
+    assert sorted(os.listdir(r.path("seed"))) == ["eft_eval.jsonl", "eft_train.jsonl", "eft_train_targets.jsonl",
+                                                  "ift.jsonl"]
+    assert read_jsonl(r.path("seed", "ift.jsonl")) == [{"prompt": "Name a fruit.", "response": "Apple."}]
+    assert not os.path.exists(r.path("seed.new"))
+    # from files whose contents changed, the folder starts afresh
+    write_jsonl(real / "ift.jsonl", [{"prompt": "Name a colour.", "response": "Red."}])
+    S.stage_seed_data(real_settings, r)
+    assert sorted(os.listdir(r.path("seed"))) == ["eft_eval.jsonl", "eft_train.jsonl", "ift.jsonl"]
 
 
 def test_grader_pairs_set_the_truly_best_against_the_truly_worst(tmp_path):
