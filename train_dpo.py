@@ -245,8 +245,8 @@ def dpo(c, env, fp):
     # and with keep_every only if the checkpoints it kept are all there (a choice among them needs each)
     if c.keep_every and D.is_rank0():
         path, info = T.saved_state(T.state_dir(c))
-        gone = [s for s in range(c.keep_every, min(info.get("step", 0), steps - 1) + 1, c.keep_every)
-                if not os.path.isdir(os.path.join(c.out_dir, checkpoint_folder(s)))]  # (the last step's: model/)
+        kept = kept_checkpoints(c, min(info.get("step", 0) + 1, steps))  # (those the state's steps saved)
+        gone = [s for s, folder in kept if not os.path.isdir(folder)]
         if path and gone:
             D.log(f"note: the checkpoint of step {gone[0]} is gone: not resuming from {path}, training from step 0")
             T.remove_states([path])
@@ -293,9 +293,9 @@ def dpo(c, env, fp):
         T.log_metrics(c, {"step": step, **{k: v for k, v in record.items() if k.startswith("eval/")}})
     out = T.save_final(model, c, env, tok_path)
     D.log(f"saved {out}")
-    # keep_every's checkpoints to choose from, [step, folder] in step order, the last step's (out_dir/model) last
-    kept = [[s, os.path.join(c.out_dir, checkpoint_folder(s))] for s in range(c.keep_every, step, c.keep_every or 1)]
-    return {"model": out, "steps": step, **record, **({"checkpoints": kept + [[step, out]]} if c.keep_every else {})}
+    # keep_every's checkpoints to choose from, in step order, the last step's (out_dir/model) last
+    return {"model": out, "steps": step, **record,
+            **({"checkpoints": kept_checkpoints(c, step) + [[step, out]]} if c.keep_every else {})}
 
 
 CHECKPOINTS = "checkpoints"  # keep_every's folder, inside out_dir
@@ -304,6 +304,12 @@ CHECKPOINTS = "checkpoints"  # keep_every's folder, inside out_dir
 def checkpoint_folder(step):
     """Where keep_every's checkpoint of step `step` goes, inside out_dir."""
     return os.path.join(CHECKPOINTS, f"step-{step}")
+
+
+def kept_checkpoints(c, before):
+    """[step, folder] of keep_every's checkpoints of the steps before `before`
+    (the last step's is out_dir/model, not one of them)."""
+    return [[s, os.path.join(c.out_dir, checkpoint_folder(s))] for s in range(c.keep_every, before, c.keep_every)]
 
 
 def main(argv=None):
