@@ -768,28 +768,40 @@ def validation_set(seed_dir, n, seed, kinds=KINDS):
     the test set has them (M0's text and the loop's own prompts may, as they
     may hold any task that is not a test or EFT eval one), and the same seed
     data gives the same set."""
-    seen_tasks, seen_prompts = set(), set()
-    for name in ("ift", "eft_train_groups", "eft_eval", "test"):
-        for rec in read_jsonl(os.path.join(seed_dir, name + ".jsonl")):
-            seen_tasks.add(json.dumps(rec["task"], sort_keys=True))
-            seen_prompts.add(rec["prompt"])
+    seen_tasks, seen_prompts = held_out(seed_dir, ("ift", "eft_train_groups", "eft_eval", "test"))
     rng = random.Random(f"{seed} validation")
     out = []
-    for _ in range(1000 * n):  # (a world of few tasks may have fewer than n left)
-        if len(out) == n:
-            return out
-        task = sample_task(rng, kinds)
-        key = task and json.dumps(task, sort_keys=True)
-        if task and key not in seen_tasks:
-            prompt = render(task, rng)
-            if prompt not in seen_prompts:
-                seen_tasks.add(key)
-                seen_prompts.add(prompt)
-                out.append({"prompt": prompt, "task": task})
-    if len(out) < n:
-        raise ValueError(f"n_valid = {n}: found only {len(out)} validation prompts in toy_kinds {','.join(kinds)} "
-                         f"outside the seed data; give a smaller n_valid")
+    while len(out) < n:
+        drawn = fresh_task(rng, kinds, seen_tasks, seen_prompts, tries=1000)  # (each one new to the set too)
+        if drawn is None:  # (a world of few tasks may have fewer than n left)
+            raise ValueError(f"n_valid = {n}: found only {len(out)} validation prompts in toy_kinds "
+                             f"{','.join(kinds)} outside the seed data; give a smaller n_valid")
+        prompt, task = drawn
+        seen_tasks.add(json.dumps(task, sort_keys=True))
+        seen_prompts.add(prompt)
+        out.append({"prompt": prompt, "task": task})
     return out
+
+
+def held_out(seed_dir, names):
+    """(task keys, prompts) of the seed files `names` in seed_dir, for fresh_task."""
+    recs = [rec for name in names for rec in read_jsonl(os.path.join(seed_dir, name + ".jsonl"))]
+    return {json.dumps(rec["task"], sort_keys=True) for rec in recs}, {rec["prompt"] for rec in recs}
+
+
+def fresh_task(rng, kinds, held_tasks, held_prompts, tries=None):
+    """(prompt, task): a task of `kinds` not among held_tasks (held_out's keys),
+    said in a prompt not among held_prompts; None after `tries` draws that
+    were all held (None: draw until one is not)."""
+    n = 0
+    while tries is None or n < tries:
+        n += 1
+        task = sample_task(rng, kinds)
+        if task and json.dumps(task, sort_keys=True) not in held_tasks:
+            prompt = render(task, rng)
+            if prompt not in held_prompts:
+                return prompt, task
+    return None
 
 
 def write_toy(out_dir, seed=1337, **sizes):
@@ -908,19 +920,10 @@ def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, *, working_share=0.0
     is in them. kinds: the task kinds drawn (build's)."""
     check_kinds(kinds, {"pretrain_working": working_share, "check_each_ask": each_ask,
                         "pretrain_check_drill": drill_pages})
-    held = [rec for f in ("test", "eft_eval") for rec in read_jsonl(os.path.join(seed_dir, f + ".jsonl"))]
-    held_prompts = {rec["prompt"] for rec in held}
-    held_tasks = {json.dumps(rec["task"], sort_keys=True) for rec in held}
+    held_tasks, held_prompts = held_out(seed_dir, ("test", "eft_eval"))
 
     def fresh_tasks(k, kinds=kinds):
-        out = []
-        while len(out) < k:
-            task = sample_task(rng, kinds)
-            if task and json.dumps(task, sort_keys=True) not in held_tasks:
-                p = render(task, rng)
-                if p not in held_prompts:
-                    out.append((p, task))
-        return out
+        return [fresh_task(rng, kinds, held_tasks, held_prompts) for _ in range(k)]
 
     docs = [{"text": task_list([p for p, _ in fresh_tasks(rng.randint(4, 12))])} for _ in range(n_list_docs)]
     def quiz_page():
