@@ -326,6 +326,32 @@ def pair_verdicts(r, t):
     return verdict
 
 
+def right_candidates(r, t):
+    """Evaluation only: how often iteration t's sampled candidates are right
+    (grade >= 4), on the prompts the grader can read. "candidates": the
+    share of all candidates (what sampling gets right); "any_right": the
+    share of prompts with at least one right candidate, what best-of-n would
+    answer with a perfect judge (the most that iteration's best-against-worst
+    pairs could set a right answer first on); "mixed": the share with a right
+    and a wrong candidate, the only prompts whose pair can teach correctness
+    (a prompt whose candidates are all right, "all_right", gives a pair that
+    differs in form at most). None without the candidates, or with no
+    prompt the grader can read."""
+    path = r.path(f"iter{t}", "candidates.jsonl")
+    if not os.path.exists(path):
+        return None
+    right = []  # per gradable prompt, each candidate right or not
+    for x in read_jsonl(path):
+        task = toy.task_from_prompt(x["prompt"])
+        if task is not None:
+            right.append([toy.grade({"prompt": x["prompt"], "task": task}, c) >= toy.RIGHT for c in x["candidates"]])
+    if not right:
+        return None
+    return {"prompts": len(right), "candidates": share([c for cs in right for c in cs]),
+            "any_right": share([any(cs) for cs in right]), "mixed": share([any(cs) and not all(cs) for cs in right]),
+            "all_right": share([all(cs) for cs in right])}
+
+
 def invent_pairs_text(v):
     return (f"; of them on invent prompts {v['pairs']}, right against wrong: the right one chosen "
             f"{v['right_chosen']}, the wrong one {v['wrong_chosen']}")
@@ -568,6 +594,13 @@ def diagnostic_lines(r, names, iterations, toy_world):
             hist = ", ".join(f"{k}: {v}" for k, v in d["histogram"].items())
             lines.append(f"- iteration {t}: {d['judgments']} judgments, {d['no_score']} without a score; "
                          f"scores given {{{hist}}}")
+        ceiling = right_candidates(r, t) if toy_world else None
+        if ceiling:
+            lines.append(f"  - the grader on its candidates (evaluation only; {ceiling['prompts']} prompts it can "
+                         f"grade): {pct(ceiling['candidates'])}% of the candidates are right; "
+                         f"{pct(ceiling['any_right'])}% of the prompts have a right one (best of the candidates by a "
+                         f"perfect judge), {pct(ceiling['mixed'])}% a right and a wrong one (the prompts where a pair "
+                         f"can teach correctness), {pct(ceiling['all_right'])}% only right ones")
         v = pair_verdicts(r, t) if toy_world else None
         if v:
             lines.append(f"  - the grader on its pairs (evaluation only): chosen better {v['better']}, equal "

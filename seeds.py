@@ -143,23 +143,32 @@ def pair_lines(folders, iterations):
     own wrong candidates (report.self_checking), and of its right and wrong
     ones on the prompts whose candidates are both: the loop can teach
     correctness only through the first, and only where the second is high
-    and the third shows no pull of the answer the judge reads."""
+    and the third shows no pull of the answer the judge reads. Then how
+    often the candidates are right, against best of n with a perfect judge
+    (report.right_candidates): how much the pairs could teach at most."""
     lines = ["", "Pairs that set a right answer against a wrong one (evaluation only): the right one chosen / the "
              "wrong one chosen; the share of the judge's judgments of its own wrong candidates that state the "
              "right answer; and the same share for its right / wrong candidates on the prompts whose candidates "
              "are right and wrong:", ""]
+    ceilings = ["", "The candidates by the grader (evaluation only): the share that is right; the share of prompts "
+                "with a right one (best of the candidates by a perfect judge); with a right and a wrong one (where "
+                "a pair can teach correctness):", ""]
     for s, folder in sorted(folders.items()):
         r = types.SimpleNamespace(path=lambda *parts, folder=folder: os.path.join(folder, *parts))
-        cells = []
+        cells, ceiling_cells = [], []
         for t in range(1, iterations + 1):
-            v, c = report.pair_verdicts(r, t), report.self_checking(r, t)
+            v, c, b = report.pair_verdicts(r, t), report.self_checking(r, t), report.right_candidates(r, t)
             if v and c:
                 mixed = c["own_mixed"]
                 cells.append(f"iteration {t} {v['right_chosen']} / {v['wrong_chosen']}, "
                              f"{report.pct(c['own']['wrong'])}%, {report.pct(mixed['right'])} / "
                              f"{report.pct(mixed['wrong'])}%")
+            if b:
+                ceiling_cells.append(f"iteration {t} {report.pct(b['candidates'])}%, {report.pct(b['any_right'])}%, "
+                                     f"{report.pct(b['mixed'])}%")
         lines.append(f"- seed {s}: " + "; ".join(cells))
-    return lines
+        ceilings.append(f"- seed {s}: " + "; ".join(ceiling_cells))
+    return lines + ceilings
 
 
 def main(argv=None):

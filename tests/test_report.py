@@ -135,6 +135,29 @@ def test_iteration_diagnostics_by_hand(tmp_path):
                              "one 1") for line in lines)
 
 
+def test_right_candidates_by_hand(tmp_path):
+    """How often sampling is right, and on how many prompts best-of-n with a
+    perfect judge would be: the grader over iteration 1's candidates."""
+    r = run_folder(tmp_path)
+    assert report.right_candidates(r, 1) is None  # no candidates yet
+    inv = "Invent a word of 4 letters that starts with 'B' and ends with 'A'."
+    write_jsonl(tmp_path / "iter1" / "candidates.jsonl", [
+        {"prompt": "Reverse the word 'ABC'.", "candidates": ["CBA", "BCA", "Sure! The answer is CBA.", "ABC"]},  # 2 of 4
+        {"prompt": "What is 2 + 3?", "candidates": ["6", "7", "4", "It is 6."]},          # none right
+        {"prompt": inv, "candidates": ["BOKA", "BIKA", "BOKA", "BOKA"]},                  # all right
+        {"prompt": "Tell me a story.", "candidates": ["x", "y", "z", "w"]}])              # not gradable: left out
+    c = report.right_candidates(r, 1)
+    assert c == {"prompts": 3, "candidates": pytest.approx(6 / 12), "any_right": pytest.approx(2 / 3),
+                 "mixed": pytest.approx(1 / 3), "all_right": pytest.approx(1 / 3)}
+    assert any(line == "  - the grader on its candidates (evaluation only; 3 prompts it can grade): 50.0% of the "
+               "candidates are right; 66.7% of the prompts have a right one (best of the candidates by a perfect "
+               "judge), 33.3% a right and a wrong one (the prompts where a pair can teach correctness), 33.3% only "
+               "right ones" for line in report.diagnostic_lines(r, [], 1, toy_world=True))
+    assert not any("its candidates" in line for line in report.diagnostic_lines(r, [], 1, toy_world=False))
+    write_jsonl(tmp_path / "iter1" / "candidates.jsonl", [{"prompt": "Tell me a story.", "candidates": ["x"]}])
+    assert report.right_candidates(r, 1) is None  # nothing the grader can read
+
+
 def test_self_checking_by_hand(tmp_path):
     """Does the judge state the right answer whatever the response says? Its
     judgments of its own candidates (iteration 1) against M1's of the EFT eval
@@ -284,10 +307,14 @@ def test_seed_study_pair_lines_by_hand(tmp_path):
          "judgments": [[says("CBA")], [says("ACB"), says("ACB"), says("x")]]},
         {"prompt": q, "candidates": ["CBA", "BAC"],  # a prompt with a right and a wrong candidate
          "judgments": [[says("CBA"), says("x")], [says("BAC"), says("BAC"), says("BAC"), says("CBA")]]}])
+    write_jsonl(tmp_path / "s1" / "iter1" / "candidates.jsonl", [
+        {"prompt": q, "candidates": ["BCA", "ACB"]}, {"prompt": q, "candidates": ["CBA", "BAC"]}])
     lines = seeds.pair_lines({1: str(tmp_path / "s1"), 2: str(tmp_path / "s2")}, iterations=2)
     # 2 of the 8 judgments of wrong candidates state CBA; on the mixed prompt, 1 of 2 and 1 of 4
     assert "- seed 1: iteration 1 2 / 1, 25.0%, 50.0 / 25.0%" in lines
-    assert "- seed 2: " in lines  # a seed with no iterations written yet: nothing to show
+    # 1 of 4 candidates right, on 1 of 2 prompts, which is the mixed one
+    assert "- seed 1: iteration 1 25.0%, 50.0%, 50.0%" in lines
+    assert lines.count("- seed 2: ") == 2  # a seed with no iterations written yet: nothing to show
 
 
 def test_interval_figure_is_svg_with_a_dot_and_bar_per_figure():
