@@ -236,3 +236,7 @@ def settings(defaults, overrides=None):
     if unknown:
         raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
     return SimpleNamespace(**{**defaults, **(overrides or {})})
+
+
+if __name__ == "__main__":
+    library(__doc__, "configurator.py", "every script reads its settings through it")

