@@ -342,9 +342,9 @@ def right_candidates(r, t):
         return None
     right = []  # per gradable prompt, each candidate right or not
     for x in read_jsonl(path):
-        task = toy.task_from_prompt(x["prompt"])
-        if task is not None:
-            right.append([toy.grade({"prompt": x["prompt"], "task": task}, c) >= toy.RIGHT for c in x["candidates"]])
+        grades = [toy.true_grade(x["prompt"], c) for c in x["candidates"]]  # (None: not a toy prompt)
+        if None not in grades:
+            right.append([g >= toy.RIGHT for g in grades])
     if not right:
         return None
     return {"prompts": len(right), "candidates": share([c for cs in right for c in cs]),

@@ -157,15 +157,15 @@ def pair_lines(folders, iterations):
         r = types.SimpleNamespace(path=lambda *parts, folder=folder: os.path.join(folder, *parts))
         cells, ceiling_cells = [], []
         for t in range(1, iterations + 1):
-            v, c, b = report.pair_verdicts(r, t), report.self_checking(r, t), report.right_candidates(r, t)
+            v, c, ceiling = report.pair_verdicts(r, t), report.self_checking(r, t), report.right_candidates(r, t)
             if v and c:
                 mixed = c["own_mixed"]
                 cells.append(f"iteration {t} {v['right_chosen']} / {v['wrong_chosen']}, "
                              f"{report.pct(c['own']['wrong'])}%, {report.pct(mixed['right'])} / "
                              f"{report.pct(mixed['wrong'])}%")
-            if b:
-                ceiling_cells.append(f"iteration {t} {report.pct(b['candidates'])}%, {report.pct(b['any_right'])}%, "
-                                     f"{report.pct(b['mixed'])}%")
+            if ceiling:
+                ceiling_cells.append(f"iteration {t} {report.pct(ceiling['candidates'])}%, "
+                                     f"{report.pct(ceiling['any_right'])}%, {report.pct(ceiling['mixed'])}%")
         lines.append(f"- seed {s}: " + "; ".join(cells))
         ceilings.append(f"- seed {s}: " + "; ".join(ceiling_cells))
     return lines + ceilings
