@@ -40,9 +40,9 @@ from sample import generate
 # Settings
 threads = 0  # CPU threads; 0 = this process's cores (or OMP_NUM_THREADS), as the scripts pick
 seed = 0  # weights and prompts
-bf16 = "auto"  # time bf16 too: 'auto' = on a GPU or a CPU with bf16 units (elsewhere it is emulated: the
-               # toy train section took 14 min, for a dtype the scripts' dtype='auto' never picks there) |
-               # 'always' | 'never'
+bf16 = "auto"  # time bf16 too: 'auto' = on a GPU or a CPU with bf16 matrix units, AMX or ARM BF16 (elsewhere
+               # it is slower than fp32: emulated without AVX512-BF16, the toy train section took 14 min;
+               # a dtype the scripts' dtype='auto' never picks there) | 'always' | 'never'
 # sample section
 sample_models = "toy,toy-large"  # model presets (toy-large: 4x the toy's parameters)
 sample_new_tokens = 128  # tokens generated per prompt
@@ -83,8 +83,8 @@ def bench_dtypes(c, device="cpu"):
     """The dtypes a section compares: float32, and bfloat16 where c.bf16 asks for it."""
     native = device.startswith("cuda") or D.cpu_has_bf16()
     if c.bf16 == "auto" and not native:
-        print("bf16 skipped: this CPU has no bf16 matrix units (emulated, it is slower than fp32 and the "
-              "scripts never pick it here); --bf16=always times it anyway")
+        print("bf16 skipped: this CPU has no bf16 matrix units (AMX, ARM BF16): bf16 is slower than fp32 here "
+              "and the scripts never pick it; --bf16=always times it anyway")
     wanted = native if c.bf16 == "auto" else c.bf16 == "always"
     return ["float32", "bfloat16"] if wanted else ["float32"]
 
