@@ -72,20 +72,24 @@ class Env:
         return nullcontext()
 
 
+def cpu_flags():
+    """This CPU's feature flags, from /proc/cpuinfo (an empty set where that
+    file is missing)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(f.read().split())
+    except OSError:
+        return set()
+
+
 def cpu_has_bf16():
     """Does this CPU multiply bf16 matrices faster than fp32: x86 AMX, or ARM's
-    BF16 extension? Read from /proc/cpuinfo's flags; where that file is
-    missing, assume not. AVX512-BF16 alone does not count (measured, 2 threads,
+    BF16 extension? AVX512-BF16 alone does not count (measured, 2 threads,
     python bench.py train --train_models=toy --bf16=always): on a 2-core Xeon
     with AVX512-BF16 and no AMX a 1024-square bf16 matmul ran at 160 GFLOP/s
     against fp32's 288, and the toy preset trained 0.61x as fast in bf16; with
     AMX (the speed tables' box) bf16 matmuls ran 6.7x fp32, 2,200 GFLOP/s."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
-    except OSError:
-        return False
-    return bool(flags & {"amx_bf16", "bf16"})  # 'bf16': ARM's flag
+    return bool(cpu_flags() & {"amx_bf16", "bf16"})  # 'bf16': ARM's flag
 
 
 # Below this model width bf16 does not pay on a CPU: the matmuls are too small
@@ -188,7 +192,12 @@ def describe(env):
     where = env.device if env.world == 1 else f"{env.world} ranks on {env.device.split(':')[0]}"
     why = ""
     if env.device == "cpu":
-        why = " (CPU has bf16 matrix units)" if cpu_has_bf16() else " (CPU has no bf16 matrix units)"
+        if cpu_has_bf16():
+            why = " (CPU has bf16 matrix units)"
+        elif "avx512_bf16" in cpu_flags():  # a flag users know, and not enough (cpu_has_bf16)
+            why = " (CPU has AVX512-BF16 but no AMX: no bf16 matrix units)"
+        else:
+            why = " (CPU has no bf16 matrix units)"
     busy = ""
     if env.device == "cpu" and hasattr(os, "getloadavg"):
         # runnable processes over the last 1 and 5 minutes, other programs' as we

@@ -1106,6 +1106,10 @@ def test_cpu_bf16_units_are_read_from_cpuinfo(monkeypatch):
         monkeypatch.setattr(builtins, "open", lambda path, *a, **kw: io.StringIO(f"flags\t: {flags}\n")
                             if path == "/proc/cpuinfo" else real_open(path, *a, **kw))
         assert D.cpu_has_bf16() == has, flags
+        # the run's first line says so, and names the flag a user may know where it is not enough
+        line = D.describe(D.Env())
+        assert ("(CPU has bf16 matrix units)" in line) == has, line
+        assert ("AVX512-BF16 but no AMX" in line) == (flags == "fpu avx512f avx512_bf16"), line
 
 
 def test_training_from_scratch_takes_a_tokenizer_folder(work, toy_tokenizer_path, tmp_path):
