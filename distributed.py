@@ -85,10 +85,10 @@ def cpu_flags():
 def cpu_has_bf16():
     """Does this CPU multiply bf16 matrices faster than fp32: x86 AMX, or ARM's
     BF16 extension? AVX512-BF16 alone does not count (measured, 2 threads,
-    python bench.py train --train_models=toy --bf16=always): on a 2-core Xeon
-    with AVX512-BF16 and no AMX a 1024-square bf16 matmul ran at 160 GFLOP/s
-    against fp32's 288, and the toy preset trained 0.61x as fast in bf16; with
-    AMX (the speed tables' box) bf16 matmuls ran 6.7x fp32, 2,200 GFLOP/s."""
+    python bench.py train --bf16=always): on a 2-core Xeon with AVX512-BF16
+    and no AMX the bench's 2048-square bf16 matmul ran at 163-166 GFLOP/s
+    against fp32's 314-324, and the toy preset trained 0.61x as fast in bf16;
+    with AMX (the speed tables' box) bf16 matmuls ran 6.7x fp32, 2,200 GFLOP/s."""
     return bool(cpu_flags() & {"amx_bf16", "bf16"})  # 'bf16': ARM's flag
 
 
