@@ -93,7 +93,7 @@ class Run:
         stage writes that later stages read (a model folder): one that is gone
         (deleted to free a disk) is made again, from the same inputs, when a
         stage that reads it has to run, and only then. Returns fn's info dict."""
-        made_from = {"settings": {k: getattr(self.c, k) for k in uses},
+        made_from = {"settings": {k: self.setting(k) for k in uses},
                      "files": {f: file_fingerprint(f) for f in files},
                      "after": {a: self.fingerprints[a] for a in after}}
         fp = self.fingerprints[name] = fingerprint(name, made_from)
@@ -150,11 +150,22 @@ class Run:
                 and all(self.same_setting(k, old_settings[k], v) if k in old_settings
                         else k in self.defaults and self.defaults[k] == v for k, v in new["settings"].items()))
 
+    def setting(self, name):
+        """A setting's value as a stage's record keeps it: `dtype` as the dtype
+        the run computes in (what 'auto' resolved to here: the same 'auto' is
+        bf16 on one machine and fp32 on another), the others as given."""
+        if name == "dtype":
+            return str(self.env.dtype).removeprefix("torch.")
+        return getattr(self.c, name)
+
     def same_setting(self, name, old, new):
         """Equal values; or, for a setting naming input files, two paths (the
-        stage compares the files they name by contents)."""
+        stage compares the files they name by contents). A record of dtype
+        'auto' (made before records kept the resolved dtype) counts as any:
+        what that code did."""
         keywords = self.inputs.get(name)
-        return old == new or keywords is not None and old not in keywords and new not in keywords
+        return (old == new or keywords is not None and old not in keywords and new not in keywords
+                or name == "dtype" and old == "auto")
 
     def remake_if_gone(self, name, reader):
         """Make done stage `name` again, from the same inputs, if an output of

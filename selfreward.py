@@ -320,7 +320,8 @@ def trainer_settings(c, r, name, batch_size, micro, seed_parts):
     """What every training stage tells train_sft / train_dpo: where, how often
     to save, the device; each stage adds its data and hyperparameters."""
     return {"out_dir": r.path("train", name), "seed": sub_seed(c.seed, *seed_parts) % 2**31, "device": c.device,
-            "dtype": c.dtype, "threads": c.threads, "chat_template": c.chat_template,
+            # the dtype 'auto' resolved to: a saved state is resumed only in the dtype it was trained in
+            "dtype": r.setting("dtype"), "threads": c.threads, "chat_template": c.chat_template,
             "batch_size": batch_size, "micro_batch_size": fit_micro(batch_size, micro, r.env.world),
             "save_interval": c.save_interval, "activation_checkpointing": c.activation_checkpointing,
             "progress": c.progress,

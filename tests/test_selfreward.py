@@ -1256,6 +1256,40 @@ def test_a_setting_added_later_at_its_default_redoes_nothing(tmp_path):
     assert ran == ["first", "second"] * 4
 
 
+def test_a_stage_records_the_dtype_it_computed_in(tmp_path):
+    """dtype='auto' is bf16 on one machine and fp32 on another (or under
+    another rule): a stage records what it resolved to, so a folder moved to
+    where 'auto' means another dtype redoes the stages that compute, and an
+    explicit --dtype equal to what 'auto' gave reuses them. A record of 'auto'
+    itself (made before this) counts as any, as that code did."""
+    import json
+    from run_folder import Run
+    import distributed as D
+    ran = []
+
+    def run(setting, resolved):
+        c = types.SimpleNamespace(dtype=setting, a=1)
+        r = Run(str(tmp_path), c, D.Env(dtype=resolved), defaults={"dtype": "auto", "a": 1})
+        r.stage("train", lambda: ran.append("train"), uses=["dtype", "a"])
+        r.stage("report", lambda: ran.append("report"), uses=["a"], after=["train"])
+        return r
+    r = run("auto", torch.bfloat16)
+    assert ran == ["train", "report"] and r.record("train")["made_from"]["settings"]["dtype"] == "bfloat16"
+    run("bfloat16", torch.bfloat16)  # said explicitly: the same computation
+    assert ran == ["train", "report"]
+    run("auto", torch.float32)  # the same folder where 'auto' means fp32: redone, and what reads it
+    assert ran == ["train", "report"] * 2
+    # a record from before (dtype 'auto', whatever it resolved to) is reused, as that code did
+    path = tmp_path / "done" / "train"
+    record = json.loads(path.read_text())
+    record["made_from"]["settings"]["dtype"] = "auto"  # (its fingerprint, of fp32, is not today's of bf16)
+    path.write_text(json.dumps(record))
+    run("auto", torch.bfloat16)
+    assert ran == ["train", "report"] * 2
+    run("float32", torch.float32)  # under any dtype: the old record stays as it is, reused
+    assert ran == ["train", "report"] * 2 and json.loads(path.read_text())["made_from"]["settings"]["dtype"] == "auto"
+
+
 def test_check_loop_in_this_process():
     """--key=None passes the configurator for any setting: named, not a TypeError
     later; ranges and the ranks a batch is split over are checked per setting."""
