@@ -111,7 +111,7 @@ class Run:
                     name, fn, old, made_from, fp, after, temporary, f"{', '.join(gone)} gone, and {reader} reads it")
             return {k: v for k, v in old.items() if k != "made_from"}
         return self.run(name, fn, old, made_from, fp, after, temporary,
-                        changes(old.get("made_from", {}), made_from) if old else "")
+                        changes(old.get("made_from", {}), made_from, self.same_setting) if old else "")
 
     def run(self, name, fn, old, made_from, fp, after, temporary, why):
         """stage()'s work: the stages it reads whose outputs are gone made
@@ -147,8 +147,9 @@ class Run:
         by_name = lambda files: sorted((os.path.basename(os.path.normpath(f)), v) for f, v in files.items())
         return ("fingerprint" in old and by_name(old.get("files", {})) == by_name(new["files"])
                 and old.get("after") == new["after"]
-                and all(self.same_setting(k, old_settings[k], v) if k in old_settings
-                        else k in self.defaults and self.defaults[k] == v for k, v in new["settings"].items()))
+                and all(self.same_setting(k, old_settings[k], v) if k in old_settings  # (as given, not resolved:)
+                        else k in self.defaults and self.defaults[k] == getattr(self.c, k, v)
+                        for k, v in new["settings"].items()))
 
     def setting(self, name):
         """A setting's value as a stage's record keeps it: `dtype` as the dtype
@@ -161,11 +162,12 @@ class Run:
     def same_setting(self, name, old, new):
         """Equal values; or, for a setting naming input files, two paths (the
         stage compares the files they name by contents). A record of dtype
-        'auto' (made before records kept the resolved dtype) counts as any:
-        what that code did."""
+        'auto' (made before records kept the resolved dtype) matches a run
+        whose dtype setting is 'auto' too, whatever it resolves to: what that
+        code did."""
         keywords = self.inputs.get(name)
         return (old == new or keywords is not None and old not in keywords and new not in keywords
-                or name == "dtype" and old == "auto")
+                or name == "dtype" and old == "auto" and self.c.dtype == "auto")
 
     def remake_if_gone(self, name, reader):
         """Make done stage `name` again, from the same inputs, if an output of
@@ -193,10 +195,12 @@ class Run:
                 f.write(json.dumps(record) + "\n")
 
 
-def changes(old, new):
-    """What differs between a stage's recorded inputs and today's, in words."""
-    said = [f"{k} {old.get('settings', {}).get(k, '?')!r} -> {v!r}" for k, v in new["settings"].items()
-            if old.get("settings", {}).get(k, "?") != v]
+def changes(old, new, same_setting):
+    """What differs between a stage's recorded inputs and today's, in words
+    (same_setting: Run.same_setting, which says what counts as unchanged)."""
+    recorded = old.get("settings", {})
+    said = [f"{k} {recorded.get(k, '?')!r} -> {v!r}" for k, v in new["settings"].items()
+            if k not in recorded or not same_setting(k, recorded[k], v)]
     said += [f"{f} changed" for f, v in new["files"].items() if f in old.get("files", {}) and old["files"][f] != v]
     said += [f"{a} {'redone' if a in old.get('after', {}) else 'added'}" for a, v in new["after"].items()
              if old.get("after", {}).get(a) != v]

@@ -218,7 +218,8 @@ world_size = 0              # for plan_only: GPUs to plan for; 0 = this run's
 gpu_memory_gb = 80          # for plan_only: memory of one GPU
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
-# settings that change how a run goes, not what it computes: a resumed run may differ in these
+# settings that change how a run goes, not what it computes: a resumed run may differ in these (a device
+# that changes what dtype='auto' resolves to changes the dtype, which the stages record: Run.setting)
 RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "tp", "plan_only", "dry_run", "world_size", "gpu_memory_gb",
                 "micro_batch_size", "run_name", "out_root", "save_interval", "activation_checkpointing",
                 "keep_train_state"}

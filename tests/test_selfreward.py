@@ -1261,7 +1261,8 @@ def test_a_stage_records_the_dtype_it_computed_in(tmp_path):
     another rule): a stage records what it resolved to, so a folder moved to
     where 'auto' means another dtype redoes the stages that compute, and an
     explicit --dtype equal to what 'auto' gave reuses them. A record of 'auto'
-    itself (made before this) counts as any, as that code did."""
+    itself (made before this) matches a run under 'auto' whatever it
+    resolves to, as that code did."""
     import json
     from run_folder import Run
     import distributed as D
@@ -1279,15 +1280,23 @@ def test_a_stage_records_the_dtype_it_computed_in(tmp_path):
     assert ran == ["train", "report"]
     run("auto", torch.float32)  # the same folder where 'auto' means fp32: redone, and what reads it
     assert ran == ["train", "report"] * 2
-    # a record from before (dtype 'auto', whatever it resolved to) is reused, as that code did
-    path = tmp_path / "done" / "train"
-    record = json.loads(path.read_text())
-    record["made_from"]["settings"]["dtype"] = "auto"  # (its fingerprint, of fp32, is not today's of bf16)
-    path.write_text(json.dumps(record))
+    # a record from before says dtype 'auto' (whatever it resolved to), with its own fingerprint, which
+    # the stage after it recorded: under dtype='auto' it is reused, as that code did
+    done = tmp_path / "done"
+    record, after = json.loads((done / "train").read_text()), json.loads((done / "report").read_text())
+    record["made_from"]["settings"]["dtype"] = "auto"
+    record["made_from"]["fingerprint"] = after["made_from"]["after"]["train"] = "made by older code"
+    after["made_from"]["fingerprint"] = "made after it"
+    (done / "train").write_text(json.dumps(record))
+    (done / "report").write_text(json.dumps(after))
     run("auto", torch.bfloat16)
     assert ran == ["train", "report"] * 2
-    run("float32", torch.float32)  # under any dtype: the old record stays as it is, reused
-    assert ran == ["train", "report"] * 2 and json.loads(path.read_text())["made_from"]["settings"]["dtype"] == "auto"
+    run("float32", torch.float32)  # a dtype asked for by name is a change, as it was then ('auto' -> 'float32')
+    assert ran == ["train", "report"] * 3
+    # and the trainers are told the resolved dtype, so a saved state resumes only in its own
+    r = run("auto", torch.bfloat16)
+    c = types.SimpleNamespace(**S.DEFAULTS)  # dtype="auto"
+    assert S.trainer_settings(c, r, "M1", 16, 16, ("sft", "M1"))["dtype"] == "bfloat16"
 
 
 def test_check_loop_in_this_process():
