@@ -781,10 +781,14 @@ def answer_file(model, tok, c, env, kw):
     holds a lock on OUT.partial: a second job on the same OUT is refused."""
     records = read_jsonl(c.prompts_file, ["prompt"], allow_empty=False)
     partial, t0 = c.out + ".partial", time.time()
-    made_from = fingerprint(file_fingerprint(c.ckpt), file_fingerprint(c.prompts_file), c.max_new_tokens,
-                            c.temperature, c.top_p, c.num_samples, c.seed, c.save_every, c.dtype, c.chat_template)
+    def made_from(dtype):  # the dtype it samples in ('auto' is bf16 on one machine and fp32 on another)
+        return fingerprint(file_fingerprint(c.ckpt), file_fingerprint(c.prompts_file), c.max_new_tokens,
+                           c.temperature, c.top_p, c.num_samples, c.seed, c.save_every, dtype, c.chat_template)
+    # answers written by older code were made from the setting 'auto' itself: as then, they count under 'auto'
+    before = made_from("auto") if c.dtype == "auto" else None
     with D.sole_writer(env, os.path.dirname(partial) or ".", partial) as kept_file:  # rank 0's; None elsewhere
-        kept = kept_answers(kept_file, made_from, c.save_every) if D.is_rank0() else 0
+        kept = kept_answers(kept_file, made_from(str(env.dtype).removeprefix("torch.")), c.save_every,
+                            before) if D.is_rank0() else 0
         kept = int(D.all_sum(env, kept)[0])  # rank 0 read the file and cut it to whole chunks; all agree
         if kept:
             D.log(f"resuming: {kept} of {len(records)} prompts already answered in {partial}", file=sys.stderr)
@@ -807,14 +811,15 @@ def answer_file(model, tok, c, env, kw):
         D.barrier()
 
 
-def kept_answers(f, made_from, chunk):
+def kept_answers(f, made_from, chunk, before=None):
     """How many prompts OUT.partial (f, open to read and append) holds answers
-    to from the same inputs, in whole chunks. The file is cut to those in place
+    to from the same inputs (made_from; or `before`, what older code recorded
+    for them), in whole chunks. The file is cut to those in place
     (it is the lock), or started afresh with its header; a kill while it is cut
     leaves a prefix of its lines, which the next run reads the same way."""
     f.seek(0)
     lines = [x for x in f if x.endswith("\n")]  # a line cut by a kill has no newline yet
-    if not lines or json.loads(lines[0]).get("made_from") != made_from:
+    if not lines or json.loads(lines[0]).get("made_from") not in {made_from, before} - {None}:
         if len(lines) > 1:  # (a mistyped setting must not cost the answers without a word)
             print(f"not resuming from {f.name}: its {len(lines) - 1} answers were written with other settings, "
                   f"checkpoint or prompts file; starting afresh", file=sys.stderr)

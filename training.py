@@ -116,8 +116,11 @@ def run(loop, defaults, config, fields, announce=False, check_record=None):
     if announce:
         D.log(D.describe(env))
     with D.sole_writer(env, c.out_dir):
-        fp = made_from(c, tokenizer_path(c))
-        result = finished(c, fp)
+        fp = made_from(c, tokenizer_path(c), env.dtype)
+        # a model finished before records held the resolved dtype was made from 'auto' itself: as then, it
+        # counts while the setting is 'auto' (a saved state of then is not resumed: it restarts, once)
+        before = made_from(c, tokenizer_path(c)) if c.dtype == "auto" else None
+        result = finished(c, fp, before)
         trained = result is None
         if trained:
             if D.is_rank0() and os.path.exists(done_path(c)):  # (a kill after the new model is in place must
@@ -143,11 +146,12 @@ def tokenizer_path(c):
     return c.tokenizer or c.init_from
 
 
-def finished(c, fp):
+def finished(c, fp, before=None):
     """What an earlier run made from the same settings and inputs (fp:
-    made_from) returned, if its out_dir/model is there: the same command
-    again does not train again (remove out_dir/model to). A model made from
-    other settings is said to be replaced when this run ends."""
+    made_from; or `before`, what older code recorded for them) returned, if
+    its out_dir/model is there: the same command again does not train again
+    (remove out_dir/model to). A model made from other settings is said to
+    be replaced when this run ends."""
     model = os.path.join(c.out_dir, "model")
     if not os.path.isdir(model):
         return None
@@ -160,7 +164,7 @@ def finished(c, fp):
             done = json.load(f)
     except (OSError, ValueError):
         done = {}
-    if done.get("made_from") != fp:
+    if done.get("made_from") not in {fp, before} - {None}:
         D.log(f"note: {model} " + ("was made from other settings or inputs" if done else "is there, with no record "
               "of what it was made from") + ": this run replaces it when it ends")
         return None
@@ -228,17 +232,21 @@ def hold_out(items, fraction, seed):
     return [x for i, x in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
 
 
-def made_from(c, tok_path):
+def made_from(c, tok_path, dtype=None):
     """The fingerprint of what a training run computes from: its settings (all
     but the runtime ones), the starting weights, the data and the tokenizer.
-    A saved training state is resumed only by a run with the same."""
+    A saved training state is resumed only by a run with the same. dtype: the
+    dtype the run computes in, counted in place of the setting ('auto' is bf16
+    on one machine and fp32 on another); None: the setting as given."""
     # beside a tokenizer file, the files that name its special tokens and chat template (Tokenizer reads them)
     beside = [] if os.path.isdir(tok_path) else [os.path.join(os.path.dirname(tok_path), f) for f in
                                                  (*HF_TOKENIZER_FILES, "config.json")]
     files = [c.data, c.eval_data, tok_path, *(f for f in beside if os.path.isfile(f))] + \
         ([] if c.init_from == "scratch" else [c.init_from])
-    return fingerprint({k: v for k, v in vars(c).items() if k not in RUNTIME_SETTINGS and k not in FILE_SETTINGS},
-                       [file_fingerprint(f) for f in files if f])
+    settings = {k: v for k, v in vars(c).items() if k not in RUNTIME_SETTINGS and k not in FILE_SETTINGS}
+    if dtype is not None:
+        settings["dtype"] = str(dtype).removeprefix("torch.")
+    return fingerprint(settings, [file_fingerprint(f) for f in files if f])
 
 
 def total_steps(c, n_examples):

@@ -494,6 +494,17 @@ def test_cli_prompts_file_resumes_after_an_interruption(toy_tokenizer_path, tmp_
     assert calls == [3, 3, 2]
     assert f"not resuming from {partial}: its 6 answers were written with other settings" in capsys.readouterr().err
 
+    # the dtype counts as what it resolves to: answers kept under dtype=float32 are resumed under 'auto',
+    # which is float32 for this tiny model
+    calls.clear()
+    stop["at"] = 3
+    with pytest.raises(SystemExit):
+        S.main(cli(out))
+    calls.clear()
+    stop["at"] = None
+    S.main(cli(out) + ["--dtype=auto"])
+    assert calls == [2] and out.read_text() == whole
+
 
 def first_divergence(a, b):
     """The first step where two completions differ, or None."""

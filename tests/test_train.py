@@ -585,6 +585,27 @@ def test_a_trainer_killed_while_its_state_goes_is_finished_by_the_same_command(w
         train_sft.train(sft_config(work, out, max_steps=2, keep_state=True))
 
 
+def test_a_trained_model_records_the_dtype_it_was_trained_in(work, tmp_path, capsys):
+    """done.json's fingerprint counts the dtype 'auto' resolved to: an explicit
+    --dtype equal to it finds the model done; one that differs trains again.
+    A model recorded by older code (its fingerprint of the setting 'auto')
+    counts as done while the setting is 'auto', as it did then."""
+    import configurator
+    out = tmp_path / "sft"
+    first = train_sft.train(sft_config(work, out, max_steps=2, dtype="auto"))  # fp32 for this tiny model
+    capsys.readouterr()
+    assert train_sft.train(sft_config(work, out, max_steps=2, dtype="float32")) == first
+    assert "nothing to do" in capsys.readouterr().out
+    done = json.loads((out / "done.json").read_text())  # as older code wrote it
+    c = configurator.settings(train_sft.DEFAULTS, sft_config(work, out, max_steps=2, dtype="auto"))
+    done["made_from"] = T.made_from(c, T.tokenizer_path(c))
+    (out / "done.json").write_text(json.dumps(done))
+    assert train_sft.train(sft_config(work, out, max_steps=2, dtype="auto")) == first
+    assert "nothing to do" in capsys.readouterr().out
+    train_sft.train(sft_config(work, out, max_steps=2, dtype="bfloat16"))  # another dtype: trained again
+    assert "was made from other settings" in capsys.readouterr().out
+
+
 def test_dpo_nan_loss_stops(work, tmp_path, monkeypatch):
     calls = []
     real = train_dpo.sequence_logps
