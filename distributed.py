@@ -72,6 +72,11 @@ class Env:
         return nullcontext()
 
 
+def dtype_name(dtype):
+    """'bfloat16' for torch.bfloat16: a dtype as settings and records write it."""
+    return str(dtype).removeprefix("torch.")
+
+
 def cpu_flags():
     """This CPU's feature flags, from /proc/cpuinfo (an empty set where that
     file is missing)."""
@@ -82,14 +87,15 @@ def cpu_flags():
         return set()
 
 
-def cpu_has_bf16():
+def cpu_has_bf16(flags=None):
     """Does this CPU multiply bf16 matrices faster than fp32: x86 AMX, or ARM's
     BF16 extension? AVX512-BF16 alone does not count (measured, 2 threads,
     python bench.py train --bf16=always): on a 2-core Xeon with AVX512-BF16
     and no AMX the bench's 2048-square bf16 matmul ran at 163-166 GFLOP/s
     against fp32's 314-324, and the toy preset trained 0.61x as fast in bf16;
     with AMX (the speed tables' box) bf16 matmuls ran 6.7x fp32, 2,200 GFLOP/s."""
-    return bool(cpu_flags() & {"amx_bf16", "bf16"})  # 'bf16': ARM's flag
+    flags = cpu_flags() if flags is None else flags  # (describe() passes those it read)
+    return bool(flags & {"amx_bf16", "bf16"})  # 'bf16': ARM's flag
 
 
 # Below this model width bf16 does not pay on a CPU: the matmuls are too small
@@ -192,9 +198,10 @@ def describe(env):
     where = env.device if env.world == 1 else f"{env.world} ranks on {env.device.split(':')[0]}"
     why = ""
     if env.device == "cpu":
-        if cpu_has_bf16():
+        flags = cpu_flags()
+        if cpu_has_bf16(flags):
             why = " (CPU has bf16 matrix units)"
-        elif "avx512_bf16" in cpu_flags():  # a flag users know, and not enough (cpu_has_bf16)
+        elif "avx512_bf16" in flags:  # a flag users know, and not enough (cpu_has_bf16)
             why = " (CPU has AVX512-BF16 but no AMX: no bf16 matrix units)"
         else:
             why = " (CPU has no bf16 matrix units)"
@@ -209,7 +216,7 @@ def describe(env):
         if torch.get_num_threads() > 1 and others >= 1 and others + mine > usable_cores() + 0.5:
             busy = (f"; load average {others:.1f}: if other programs keep cores busy, fewer threads "
                     f"(--threads) run much faster")
-    return (f"computing on {where}, {str(env.dtype).removeprefix('torch.')}{why}, "
+    return (f"computing on {where}, {dtype_name(env.dtype)}{why}, "
             f"{torch.get_num_threads()} CPU thread(s) per rank{busy}")
 
 

@@ -156,7 +156,7 @@ class Run:
         the run computes in (what 'auto' resolved to here: the same 'auto' is
         bf16 on one machine and fp32 on another), the others as given."""
         if name == "dtype":
-            return str(self.env.dtype).removeprefix("torch.")
+            return D.dtype_name(self.env.dtype)
         return getattr(self.c, name)
 
     def same_setting(self, name, old, new):

@@ -781,13 +781,15 @@ def answer_file(model, tok, c, env, kw):
     holds a lock on OUT.partial: a second job on the same OUT is refused."""
     records = read_jsonl(c.prompts_file, ["prompt"], allow_empty=False)
     partial, t0 = c.out + ".partial", time.time()
+    files = file_fingerprint(c.ckpt), file_fingerprint(c.prompts_file)  # (read once: a prompts file is hashed)
+
     def made_from(dtype):  # the dtype it samples in ('auto' is bf16 on one machine and fp32 on another)
-        return fingerprint(file_fingerprint(c.ckpt), file_fingerprint(c.prompts_file), c.max_new_tokens,
-                           c.temperature, c.top_p, c.num_samples, c.seed, c.save_every, dtype, c.chat_template)
+        return fingerprint(*files, c.max_new_tokens, c.temperature, c.top_p, c.num_samples, c.seed, c.save_every,
+                           dtype, c.chat_template)
     # answers written by older code were made from the setting 'auto' itself: as then, they count under 'auto'
     before = made_from("auto") if c.dtype == "auto" else None
     with D.sole_writer(env, os.path.dirname(partial) or ".", partial) as kept_file:  # rank 0's; None elsewhere
-        kept = kept_answers(kept_file, made_from(str(env.dtype).removeprefix("torch.")), c.save_every,
+        kept = kept_answers(kept_file, made_from(D.dtype_name(env.dtype)), c.save_every,
                             before) if D.is_rank0() else 0
         kept = int(D.all_sum(env, kept)[0])  # rank 0 read the file and cut it to whole chunks; all agree
         if kept:

@@ -116,10 +116,11 @@ def run(loop, defaults, config, fields, announce=False, check_record=None):
     if announce:
         D.log(D.describe(env))
     with D.sole_writer(env, c.out_dir):
-        fp = made_from(c, tokenizer_path(c), env.dtype)
+        counted, files = training_inputs(c, tokenizer_path(c))  # (read once: data files are hashed)
+        fp = fingerprint({**counted, "dtype": D.dtype_name(env.dtype)}, files)
         # a model finished before records held the resolved dtype was made from 'auto' itself: as then, it
         # counts while the setting is 'auto' (a saved state of then is not resumed: it restarts, once)
-        before = made_from(c, tokenizer_path(c)) if c.dtype == "auto" else None
+        before = fingerprint(counted, files) if c.dtype == "auto" else None
         result = finished(c, fp, before)
         trained = result is None
         if trained:
@@ -238,15 +239,20 @@ def made_from(c, tok_path, dtype=None):
     A saved training state is resumed only by a run with the same. dtype: the
     dtype the run computes in, counted in place of the setting ('auto' is bf16
     on one machine and fp32 on another); None: the setting as given."""
+    settings, files = training_inputs(c, tok_path)
+    return fingerprint(settings if dtype is None else {**settings, "dtype": D.dtype_name(dtype)}, files)
+
+
+def training_inputs(c, tok_path):
+    """made_from's parts: the settings that count, and the fingerprints of
+    the input files."""
     # beside a tokenizer file, the files that name its special tokens and chat template (Tokenizer reads them)
     beside = [] if os.path.isdir(tok_path) else [os.path.join(os.path.dirname(tok_path), f) for f in
                                                  (*HF_TOKENIZER_FILES, "config.json")]
     files = [c.data, c.eval_data, tok_path, *(f for f in beside if os.path.isfile(f))] + \
         ([] if c.init_from == "scratch" else [c.init_from])
-    settings = {k: v for k, v in vars(c).items() if k not in RUNTIME_SETTINGS and k not in FILE_SETTINGS}
-    if dtype is not None:
-        settings["dtype"] = str(dtype).removeprefix("torch.")
-    return fingerprint(settings, [file_fingerprint(f) for f in files if f])
+    return ({k: v for k, v in vars(c).items() if k not in RUNTIME_SETTINGS and k not in FILE_SETTINGS},
+            [file_fingerprint(f) for f in files if f])
 
 
 def total_steps(c, n_examples):
