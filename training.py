@@ -117,10 +117,10 @@ def run(loop, defaults, config, fields, announce=False, check_record=None):
         D.log(D.describe(env))
     with D.sole_writer(env, c.out_dir):
         counted, files = training_inputs(c, tokenizer_path(c))  # (read once: data files are hashed)
-        fp = fingerprint({**counted, "dtype": D.dtype_name(env.dtype)}, files)
+        fp = made_from(counted, files, env.dtype)
         # a model finished before records held the resolved dtype was made from 'auto' itself: as then, it
         # counts while the setting is 'auto' (a saved state of then is not resumed: it restarts, once)
-        before = fingerprint(counted, files) if c.dtype == "auto" else None
+        before = made_from(counted, files) if c.dtype == "auto" else None
         result = finished(c, fp, before)
         trained = result is None
         if trained:
@@ -233,19 +233,19 @@ def hold_out(items, fraction, seed):
     return [x for i, x in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
 
 
-def made_from(c, tok_path, dtype=None):
-    """The fingerprint of what a training run computes from: its settings (all
-    but the runtime ones), the starting weights, the data and the tokenizer.
-    A saved training state is resumed only by a run with the same. dtype: the
-    dtype the run computes in, counted in place of the setting ('auto' is bf16
-    on one machine and fp32 on another); None: the setting as given."""
-    settings, files = training_inputs(c, tok_path)
-    return fingerprint(settings if dtype is None else {**settings, "dtype": D.dtype_name(dtype)}, files)
+def made_from(counted, files, dtype=None):
+    """The fingerprint of what a training run computes from (training_inputs:
+    its settings but the runtime ones, and its files: starting weights, data,
+    tokenizer). A saved training state or a finished model is reused only by
+    a run with the same. dtype: the dtype the run computes in, counted in
+    place of the setting ('auto' is bf16 on one machine and fp32 on another);
+    None: the setting as given (what older code recorded)."""
+    return fingerprint(counted if dtype is None else {**counted, "dtype": D.dtype_name(dtype)}, files)
 
 
 def training_inputs(c, tok_path):
-    """made_from's parts: the settings that count, and the fingerprints of
-    the input files."""
+    """What made_from counts: the settings that count, and the fingerprints
+    of the input files (data files are hashed: read them once)."""
     # beside a tokenizer file, the files that name its special tokens and chat template (Tokenizer reads them)
     beside = [] if os.path.isdir(tok_path) else [os.path.join(os.path.dirname(tok_path), f) for f in
                                                  (*HF_TOKENIZER_FILES, "config.json")]

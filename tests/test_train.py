@@ -598,7 +598,7 @@ def test_a_trained_model_records_the_dtype_it_was_trained_in(work, tmp_path, cap
     assert "nothing to do" in capsys.readouterr().out
     done = json.loads((out / "done.json").read_text())  # as older code wrote it
     c = configurator.settings(train_sft.DEFAULTS, sft_config(work, out, max_steps=2, dtype="auto"))
-    done["made_from"] = T.made_from(c, T.tokenizer_path(c))
+    done["made_from"] = T.made_from(*T.training_inputs(c, T.tokenizer_path(c)))
     (out / "done.json").write_text(json.dumps(done))
     assert train_sft.train(sft_config(work, out, max_steps=2, dtype="auto")) == first
     assert "nothing to do" in capsys.readouterr().out
@@ -1224,9 +1224,10 @@ def test_a_saved_state_is_made_from_the_files_beside_its_tokenizer(tmp_path, toy
     tok.parent.mkdir()
     shutil.copy(toy_tokenizer_path, tok)
     c = configurator.settings(train_sft.DEFAULTS, {"init_from": "scratch", "tokenizer": str(tok), "data": str(tok)})
-    before = T.made_from(c, str(tok))
+    fp = lambda: T.made_from(*T.training_inputs(c, str(tok)))
+    before = fp()
     (tok.parent / "tokenizer_config.json").write_text('{"eos_token": "</s>"}')
-    assert T.made_from(c, str(tok)) != before
+    assert fp() != before
 
 
 def test_clip_and_step_scales_the_gradient_to_the_clip_norm():
@@ -1254,25 +1255,33 @@ def test_split_even_gives_short_ranks_weight_zero_fillers():
 
 
 def test_a_training_state_is_made_from_its_files_contents(tmp_path):
-    """made_from fingerprints the data, eval data, tokenizer and starting
-    weights by their contents: a data file edited in place is another run's
-    data, and its saved state is not resumed."""
+    """made_from fingerprints the data, tokenizer and starting weights by
+    their contents, and the settings with the dtype computed in: a data file
+    edited in place is another run's data, and its saved state is not
+    resumed."""
     (tmp_path / "tok").mkdir()
     (tmp_path / "tok" / "tokenizer.model").write_bytes(b"pieces")
     data, weights = tmp_path / "train.jsonl", tmp_path / "M0"
     data.write_text('{"prompt": "a", "response": "b"}\n')
     weights.mkdir()
     (weights / "model.safetensors").write_bytes(b"w")
-    c = types.SimpleNamespace(data=str(data), eval_data="", init_from=str(weights), lr=1e-5)
+    c = types.SimpleNamespace(data=str(data), eval_data="", init_from=str(weights), lr=1e-5, dtype="auto")
     tok = str(tmp_path / "tok" / "tokenizer.model")
-    before = T.made_from(c, tok)
-    assert T.made_from(c, tok) == before
+    fp = lambda c, dtype=None: T.made_from(*T.training_inputs(c, tok), dtype)
+    before = fp(c)
+    assert fp(c) == before
     data.write_text('{"prompt": "a", "response": "c"}\n')
-    assert T.made_from(c, tok) != before
-    after_data = T.made_from(c, tok)
+    assert fp(c) != before
+    after_data = fp(c)
     (tmp_path / "tok" / "tokenizer.model").write_bytes(b"other pieces")
-    assert T.made_from(c, tok) != after_data
-    assert T.made_from(types.SimpleNamespace(**{**vars(c), "lr": 2e-5}), tok) != T.made_from(c, tok)
+    assert fp(c) != after_data
+    after_tok = fp(c)
+    (weights / "model.safetensors").write_bytes(b"v")
+    assert fp(c) != after_tok
+    assert fp(types.SimpleNamespace(**{**vars(c), "lr": 2e-5})) != fp(c)
+    # the dtype computed in counts in place of the setting: 'auto' resolved to bf16 is not 'auto' resolved to fp32
+    assert fp(c, torch.bfloat16) != fp(c, torch.float32) != fp(c)
+    assert fp(c, torch.float32) == fp(types.SimpleNamespace(**{**vars(c), "dtype": "float32"}), torch.float32)
 
 
 def test_each_rank_and_step_draws_its_own_dropout_masks():
