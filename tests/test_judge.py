@@ -20,6 +20,9 @@ def test_prompt_is_the_papers_text():
     with open(shared_file("..", "paper", "judge_prompt_figure2.txt"), encoding="utf-8") as f:
         paper = f.read()
     assert " ".join(JUDGE_PROMPT.split()) == " ".join(paper.split())  # PDF line wraps aside
+
+
+def test_prompt_fills_its_two_slots():
     assert "user’s" in JUDGE_PROMPT and "“Score: <total points>”" in JUDGE_PROMPT  # typographic marks kept
     filled = judge_prompt("What is 2 + 2?", " 4 ")
     assert "User: What is 2 + 2?\n<response>4</response>\n" in filled

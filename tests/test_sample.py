@@ -504,6 +504,35 @@ def test_cli_prompts_file_resumes_after_an_interruption(toy_tokenizer_path, tmp_
     stop["at"] = None
     S.main(cli(out) + ["--dtype=auto"])
     assert calls == [2] and out.read_text() == whole
+    # ... and answers kept in bf16 are not resumed in fp32
+    calls.clear()
+    stop["at"] = 3
+    with pytest.raises(SystemExit):
+        S.main(cli(out) + ["--dtype=bfloat16"])
+    calls.clear()
+    stop["at"] = None
+    capsys.readouterr()
+    S.main(cli(out))
+    assert calls == [3, 3, 2] and out.read_text() == whole
+    assert f"not resuming from {partial}: its 6 answers" in capsys.readouterr().err
+
+    # answers kept by older code, whose header fingerprinted the setting 'auto' itself, count under 'auto'
+    # (as they did then) and not under a dtype named
+    def kept_by_older_code():
+        calls.clear()
+        stop["at"] = 3
+        with monkeypatch.context() as m:
+            m.setattr(S.D, "dtype_name", lambda dtype: "auto")  # what the header then recorded
+            with pytest.raises(SystemExit):
+                S.main(cli(out))
+        calls.clear()
+        stop["at"] = None
+    kept_by_older_code()
+    S.main(cli(out) + ["--dtype=auto"])
+    assert calls == [2] and out.read_text() == whole
+    kept_by_older_code()
+    S.main(cli(out))
+    assert calls == [3, 3, 2] and out.read_text() == whole
 
 
 def first_divergence(a, b):

@@ -1293,6 +1293,15 @@ def test_a_stage_records_the_dtype_it_computed_in(tmp_path):
     assert ran == ["train", "report"] * 2
     run("float32", torch.float32)  # a dtype asked for by name is a change, as it was then ('auto' -> 'float32')
     assert ran == ["train", "report"] * 3
+    # a stage recorded before dtype joined its list is reused while the setting is at its default 'auto',
+    # compared as given (its resolved 'bfloat16' is not the default 'auto')
+    def run_listing(uses):
+        c = types.SimpleNamespace(dtype="auto", a=1)
+        r = Run(str(tmp_path / "later"), c, D.Env(dtype=torch.bfloat16), defaults={"dtype": "auto", "a": 1})
+        r.stage("sample", lambda: ran.append("sample"), uses=uses)
+    run_listing(["a"])
+    run_listing(["dtype", "a"])
+    assert ran[-1:] == ["sample"] and ran.count("sample") == 1
     # and the trainers are told the resolved dtype, so a saved state resumes only in its own
     r = run("auto", torch.bfloat16)
     c = types.SimpleNamespace(**S.DEFAULTS)  # dtype="auto"

@@ -493,7 +493,8 @@ def test_dpo_eval_starts_at_ln2(work, tmp_path):
 
 def test_reference_log_probs_are_reused_only_for_the_same_pairs(work, dpo_single, tmp_path):
     """The same number of pairs with chosen and rejected swapped: the saved
-    reference log-probs belong to other pairs and are computed again."""
+    reference log-probs belong to other pairs and are computed again; so are
+    they for the same pairs in another compute dtype."""
     out = tmp_path / "dpo"
     shutil.copytree(dpo_single, out)
     swapped = tmp_path / "swapped.jsonl"
@@ -502,10 +503,15 @@ def test_reference_log_probs_are_reused_only_for_the_same_pairs(work, dpo_single
     train_dpo.train(dpo_config(work, out, data=str(swapped), max_steps=1))
     old, new = read_jsonl(dpo_single / "ref_logps.jsonl")[1:], read_jsonl(out / "ref_logps.jsonl")[1:]
     assert [(r["chosen"], r["rejected"]) for r in new] == [(r["rejected"], r["chosen"]) for r in old]
-    # the same pairs in another compute dtype are other log-probs (bf16's were kept for an fp32 run)
-    c, pairs = types.SimpleNamespace(init_from=str(work / "ckpt")), [{"chosen": [1, 2], "rejected": [1, 3]}]
-    assert train_dpo.reference_made_from(c, pairs, torch.float32) != train_dpo.reference_made_from(
-        c, pairs, torch.bfloat16)
+    # the same pairs in another compute dtype are other log-probs: an fp32 run's are not kept for a bf16 run
+    in_bf16 = tmp_path / "dpo_bf16"
+    shutil.copytree(dpo_single, in_bf16)
+    train_dpo.train(dpo_config(work, in_bf16, dtype="bfloat16", max_steps=1))
+    (fp32_header, *old), (bf16_header, *new) = read_jsonl(dpo_single / "ref_logps.jsonl"), read_jsonl(
+        in_bf16 / "ref_logps.jsonl")
+    assert fp32_header["made_from"] != bf16_header["made_from"] and len(new) == len(old)
+    assert [r["chosen"] for r in new] != [r["chosen"] for r in old]  # computed again, in bf16
+    assert [r["chosen"] for r in new] == pytest.approx([r["chosen"] for r in old], rel=0.05)
 
 
 def test_training_state_is_resumed_only_by_the_same_settings(work, tmp_path, capsys, monkeypatch):
