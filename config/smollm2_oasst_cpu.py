@@ -1,7 +1,8 @@
 # The whole method on a real pretrained model and real data, on a 2-core CPU:
 # SmolLM2-135M-Instruct as M0, the oasst1 validation split as seed data, one
 # self-rewarding iteration (M1 -> M2). Measured: 34 min on a 2-core CPU in bf16
-# (what dtype='auto' picks for a 576-wide model), 2 threads; the README has its report.
+# (what dtype='auto' picked there, a CPU with AMX; without AMX it picks fp32:
+# add --dtype=bfloat16 to repeat that run), 2 threads; the README has its report.
 #
 # 1. seed data: the validation split, split into IFT / EFT train / EFT eval
 #    (without --eval_files, so the IFT and EFT-train sets are not empty):
