@@ -52,6 +52,9 @@ def _file_settings(path):
     then be rejected, not dropped, or the run starts with the default).
     A file that cannot be read or run is a ConfigError naming its line."""
     if not os.path.exists(path):
+        key = path.lstrip("-").partition("=")[0]
+        if "=" in path and key.isidentifier():  # n_prompts=5, -n_prompts=5: a setting, mistyped
+            raise ConfigError(f"config file not found: {path} (a setting is given as --{key}=...)")
         raise ConfigError(f"config file not found: {path}")
     if os.path.isdir(path):
         raise ConfigError(f"{path}: is a folder, not a config file")
@@ -67,6 +70,14 @@ def _file_settings(path):
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x})")
     except SyntaxError as e:
         raise ConfigError(f"{path}:{e.lineno}: {e.msg}")
+    for node in tree.body:  # lines that look like settings in another format but set nothing in Python
+        if isinstance(node, ast.AnnAssign) and node.value is None and isinstance(node.target, ast.Name):
+            name = node.target.id  # `n_prompts: 10` (YAML): an annotation
+            raise ConfigError(f"{path}:{node.lineno}: '{name}: ...' sets nothing (config files are Python): "
+                              f"write {name} = ...")
+        if isinstance(node, ast.Expr) and not isinstance(node.value, (ast.Call, ast.Constant)):
+            raise ConfigError(f"{path}:{node.lineno}: a value on its own sets nothing (config files are Python, "
+                              f"key = value lines, not JSON)")
     namespace = {}
     try:
         exec(code, namespace)
@@ -112,7 +123,7 @@ def _comments(path):
 
 def _check(key, value, settings, source):
     if key not in settings:
-        near = difflib.get_close_matches(key, settings, n=3)
+        near = difflib.get_close_matches(key, settings, n=3) or difflib.get_close_matches(key.lower(), settings, n=3)
         hint = f" Did you mean {' or '.join(near)}?" if near else ""
         raise ConfigError(f"{source}: unknown setting {key!r}.{hint} Valid settings: {', '.join(sorted(settings))}")
     default = settings[key]

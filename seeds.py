@@ -30,6 +30,7 @@ import configurator
 import distributed as D
 import report
 import selfreward
+import validate
 from data import read_jsonl, write_text
 
 seeds = "1,2,3"  # the seeds, with commas between them: one whole run each (each run's --seed)
@@ -173,7 +174,10 @@ def pair_lines(folders, iterations):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    in_files = configurator.set_by_files(argv)
+    try:
+        in_files = configurator.set_by_files(argv)
+    except configurator.ConfigError as e:  # (a config file that cannot be read: said as configure() says it)
+        configurator.fail(e)
     for key, why in NOT_FOR_A_STUDY.items():
         if any(a.startswith(f"--{key}=") for a in argv) or key in in_files:
             configurator.fail(f"{in_files.get(key, '--' + key)}: {why}")
@@ -197,6 +201,9 @@ def main(argv=None):
     if c.seed_data != "toy":
         configurator.fail(f"seed_data = {c.seed_data!r}: seeds.py compares the toy world's grades across seeds, "
                           f"and real seed data has no grader; run selfreward.py once per --seed instead")
+    for s in seed_list:  # every seed's run checked before the first starts, not when its turn comes
+        run = configurator.settings(selfreward.DEFAULTS, {**given, "seed": s, "run_name": f"{c.run_name}-seed{s}"})
+        validate.check_loop(run, D.launched_world()).stop()
     argv = [a for a in argv if not a.startswith("--seeds=")]  # the rest goes to each run
     folders = {}
     for s in seed_list:

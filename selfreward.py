@@ -1202,12 +1202,8 @@ def main(argv=None):
     c = configurator.settings(DEFAULTS, overrides)
     if c.plan_only:
         world = c.world_size or D.launched_world()
-        validate.check_plan(c, world).stop("the plan")
-        try:
-            plans = memory_plans(c, world, c.gpu_memory_gb)
-        except ValueError as e:  # a model that is neither a folder nor a preset
-            configurator.fail(e)
-        for plan in plans:
+        validate.check_plan(c, world).stop("the plan")  # (and the shapes: init_from's config, or the preset)
+        for plan in memory_plans(c, world, c.gpu_memory_gb):
             D.log(plan["text"])
         return
     validate.check_loop(c, D.launched_world()).stop()  # every setting and input, before any work

@@ -520,10 +520,7 @@ def plan_memory(c):
     problems = validate.check_plan(c, world)
     if problems.found:
         raise validate.BadInput(problems.message("the plan"))
-    try:
-        args, which = planned_args(c.init_from, c.model)
-    except ValueError as e:
-        raise validate.BadInput(str(e)) from None
+    args, which = planned_args(c.init_from, c.model)  # (readable: check_plan read it)
     plan = memory_plan(args, world, c.micro_batch_size,
                        c.max_seq_len or args.max_seq_len, c.activation_checkpointing,
                        gpu_memory_gb=c.gpu_memory_gb, dropout=c.dropout)

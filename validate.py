@@ -22,7 +22,7 @@ import torch
 import distributed as D
 import evaluation as E
 import judge as J
-from checkpoint import check_hf_tensors, check_tokenizer, meta_shards, read_config
+from checkpoint import check_hf_tensors, check_tokenizer, meta_shards, planned_args, read_config
 from configurator import set_in_file
 from data import read_jsonl, toy, unwritable
 from model import PRESETS, Transformer
@@ -419,6 +419,17 @@ def check_loop(c, world):
         p.require(c.seed_data == "toy", "dpo_pick_every", "is for the toy world, whose grader stands in for the "
                   "paper's GPT-4 in choosing a checkpoint; with real seed data each iteration keeps its last step")
         p.at_least("n_valid", 1)
+    # settings read only by the toy world's seed, or by its pretraining of M0: where those stages do not
+    # run, a changed one would change nothing, which is a mistake to say, not to ignore
+    from selfreward import DEFAULTS, STAGE_SETTINGS  # (the loop's own lists; imported by the time this runs)
+    toy_seed = [s for s in STAGE_SETTINGS["toy seed"] if s != "seed"] + ["n_meta_seed"]
+    toy_m0 = [s for s in STAGE_SETTINGS["tokenizer"] + STAGE_SETTINGS["M0"]
+              if s.startswith("pretrain_") or s == "vocab_size" or s.endswith("_pieces")]
+    for names, runs, where in ((toy_seed, c.seed_data == "toy", "the toy world's seed (seed_data='toy')"),
+                               (toy_m0, c.init_from == "scratch", "the toy world's M0 (init_from='scratch')")):
+        for s in names:
+            p.require(runs or getattr(c, s) == DEFAULTS[s], s, f"is read only by {where}, which this run does "
+                      f"not make: it would change nothing; leave it at {DEFAULTS[s]!r}")
     # (a setting that changes nothing would still redo every stage that lists it)
     p.require(c.judge_quotes or not c.quote_first, "quote_first", "orders judge_quotes' quotes: set "
               "judge_quotes=True too, or leave quote_first off")
@@ -445,16 +456,22 @@ def usable_judgments(p, c, groups, judged, eft_eval):
 
 
 def check_plan(c, world):
-    """plan_only's settings (a memory plan reads shapes only: no data, no weights)."""
+    """plan_only's settings, and the shapes planned for: init_from's config, or
+    the preset c.model (a memory plan reads shapes only: no data, no weights)."""
     p = Problems(c)
     if not p.no_none():
         return p
     p.at_least("world_size", 0)  # 0: this run's
     p.positive("gpu_memory_gb")
     p.at_least("micro_batch_size", 1)
-    if "tp" in vars(c):  # the loop's generation plan
+    try:
+        models = [("the planned model's", planned_args(c.init_from, c.model)[0])]
+    except (ValueError, OSError) as e:  # no such preset; a folder without a readable config
+        p.add(str(e) if str(e).startswith("model =") else f"init_from: {e}")
+        models = []
+    if "tp" in vars(c):  # the loop's generation plan: tp GPUs a group, each holding whole heads
         if p.at_least("tp", 1):
-            p.tensor_parallel(world, "the number of GPUs planned for")
+            p.tensor_parallel(world, "the number of GPUs planned for", models)
     return p
 
 

@@ -111,6 +111,28 @@ def test_a_config_file_that_cannot_be_read_or_run_is_one_error_naming_its_line(t
     assert apply(defaults(), [str(f)])["batch_size"] == 2
 
 
+def test_a_config_file_in_another_format_or_a_setting_without_dashes_is_an_error(tmp_path):
+    """YAML's `key: value` is valid Python (an annotation) and JSON's object a
+    valid expression: both set nothing, and the run started with the defaults.
+    A setting typed without -- was 'config file not found'; one in capitals
+    got no suggestion."""
+    for name, text, message in [("c.yaml", "lr: 1e-5\n", r"c\.yaml:1: 'lr: \.\.\.' sets nothing \(config files are "
+                                                         r"Python\): write lr = \.\.\."),
+                                ("c.json", '{\n "lr": 1e-5\n}\n', r"c\.json:1: a value on its own sets nothing"),
+                                ("c.py", '"""A docstring."""\nlr = 2e-5\nprint("and calls")\n', None)]:
+        (tmp_path / name).write_text(text)
+        if message:
+            with pytest.raises(ConfigError, match=message):
+                apply(defaults(), [str(tmp_path / name)])
+        else:
+            assert apply(defaults(), [str(tmp_path / name)])["lr"] == 2e-5
+    for arg in ("lr=0.1", "-lr=0.1"):
+        with pytest.raises(ConfigError, match=rf"config file not found: {arg} \(a setting is given as --lr=\.\.\.\)"):
+            apply(defaults(), [arg])
+    with pytest.raises(ConfigError, match=r"unknown setting 'BATCH_SIZE'. Did you mean batch_size\?"):
+        apply(defaults(), ["--BATCH_SIZE=3"])
+
+
 def test_script_help_and_exit_codes(tmp_path):
     script = tmp_path / "script.py"
     script.write_text(

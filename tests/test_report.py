@@ -1,6 +1,7 @@
 """report.py's statistics and the loop's diagnostics, against values worked
 out by hand on small inputs."""
 import os
+import shutil
 import types
 
 import numpy as np
@@ -473,7 +474,18 @@ def test_seeds_refuses_bad_seeds_before_any_run(tmp_path, capsys):
     with pytest.raises(SystemExit):
         seeds.main(["--seeds=None", f"--out_root={tmp_path}"])
     assert "--seeds=None: the seeds are whole numbers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # a config file that is not there: one error line (it was a traceback)
+        seeds.main(["--seeds=1", str(tmp_path.parent / "studyy.py"), f"--out_root={tmp_path}"])
+    assert e.value.code == 2 and f"error: config file not found: {tmp_path.parent / 'studyy.py'}" in \
+        capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+    # every seed's run is checked before the first runs: a folder seed 2's run cannot take is found now
+    (tmp_path / "toy-seed2" / "seed").mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        seeds.main(["--seeds=1,2", f"--out_root={tmp_path}"])
+    assert e.value.code == 2 and f"{tmp_path / 'toy-seed2'} is not a run folder" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["toy-seed2"]
+    shutil.rmtree(tmp_path / "toy-seed2")
     with pytest.raises(SystemExit):  # --help: this script's settings, not each run's own
         seeds.main(["--help"])
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  --")]

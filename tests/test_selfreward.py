@@ -492,6 +492,20 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
     assert problems(max_judge_tokens=32, dpo_lr=float("inf")) == ["dpo_lr = inf: must be a finite number"]  # --dpo_lr=1e999
     found = problems(max_judge_tokens=32, meta_judge=True, max_meta_tokens=110)
     assert len(found) == 1 and found[0].startswith("max_meta_tokens = 110: with the meta-judge prompt's own"), found
+    # the toy world's settings change nothing with real seed data and a checkpoint as M0: said, not ignored
+    assert problems(max_judge_tokens=32, judge_working=True, n_ift=20, pretrain_lr=1e-3, vocab_size=999,
+                    rubric_pieces=False) == [
+        "n_ift = 20: is read only by the toy world's seed (seed_data='toy'), which this run does not make: it "
+        "would change nothing; leave it at 3200",
+        "judge_working = True: is read only by the toy world's seed (seed_data='toy'), which this run does not "
+        "make: it would change nothing; leave it at False",
+        "vocab_size = 999: is read only by the toy world's M0 (init_from='scratch'), which this run does not "
+        "make: it would change nothing; leave it at 2048",
+        "rubric_pieces = False: is read only by the toy world's M0 (init_from='scratch'), which this run does "
+        "not make: it would change nothing; leave it at True",
+        "pretrain_lr = 0.001: is read only by the toy world's M0 (init_from='scratch'), which this run does not "
+        "make: it would change nothing; leave it at 0.002"]
+    assert problems(max_judge_tokens=32, n_ift=3200, vocab_size=2048) == []  # at their defaults, named or not
 
 
 def test_eft_training_files_of_one_kind_with_scores_and_ranks_that_count(tmp_path):
@@ -1123,6 +1137,18 @@ def test_plan_only_says_what_it_planned_for(tmp_path, capsys):
     assert e.value.code == 2 and "tp = 3: must divide the number of GPUs planned for, 4" in capsys.readouterr().err
     with pytest.raises(validate.BadInput, match="world_size = -2: must be >= 0"):
         train_sft.train({"plan_only": True, "model": "llama2-70b", "world_size": -2})
+    # the planned model's heads: tp must divide them (a real run refuses it; the plan did not)
+    with pytest.raises(SystemExit) as e:
+        S.main(["--plan_only=True", "--model=llama2-70b", "--world_size=16", "--tp=16"])
+    assert e.value.code == 2 and ("tp = 16: must divide the planned model's n_kv_heads 8 and FFN width 28672"
+                                  in capsys.readouterr().err)
+    # a folder without a config: one error line, from the loop and the trainers alike (it was a traceback)
+    (tmp_path / "no_config").mkdir()
+    with pytest.raises(SystemExit) as e:
+        S.main(["--plan_only=True", f"--init_from={tmp_path / 'no_config'}"])
+    assert e.value.code == 2 and f"init_from: {tmp_path / 'no_config'}: no config.json" in capsys.readouterr().err
+    with pytest.raises(validate.BadInput, match="init_from: .*no_config: no config.json"):
+        train_sft.train({"plan_only": True, "init_from": str(tmp_path / "no_config")})
 
 
 # --- the toy seed data: python -m data.toy writes what the loop writes ---------------
