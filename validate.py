@@ -384,8 +384,14 @@ def check_loop(c, world):
                   "eft_eval.jsonl; python -m data.prepare_oasst writes one)")
         else:
             ift = p.jsonl("seed_data", os.path.join(c.seed_data, "ift.jsonl"), seed_ift_record)
-            p.jsonl("seed_data", os.path.join(c.seed_data, "eft_train.jsonl"), eft_train_records())
+            eft_train = p.jsonl("seed_data", os.path.join(c.seed_data, "eft_train.jsonl"), eft_train_records())
             eft_eval = p.jsonl("seed_data", os.path.join(c.seed_data, "eft_eval.jsonl"), eft_group)
+            leaked = {J.prompt_key(x["prompt"]) for x in eft_train or []} & {J.prompt_key(g["prompt"])
+                                                                            for g in eft_eval or []}
+            if leaked:
+                p.add(f"{p.shown('seed_data')}: {len(leaked)} prompt(s) of eft_train.jsonl are EFT eval prompts "
+                      f"(eft_eval.jsonl), e.g. {min(leaked)[:60]!r}: M1's judge would be evaluated on prompts it "
+                      f"learned to judge; split the groups by prompt")
             if ift:
                 p.require(len(ift) >= c.n_shots, "n_shots", f"needs {c.n_shots} seed prompts (the first requests "
                           f"have no generated ones yet), the seed has {len(ift)}")

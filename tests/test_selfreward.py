@@ -412,7 +412,8 @@ def test_what_would_lose_files_or_a_run_is_refused_before_any_work(tmp_path, lla
     assert problems(run_name="real", temperature=0.0, iterations=0) == []
     assert problems(run_name="real", prompt_writer="m0") == [
         "prompt_writer = 'm0': no such checkpoint folder; did you mean 'M0'?"]
-    assert problems(run_name="real", quote_first=True)[0].startswith("quote_first = True: orders judge_quotes'")
+    found = problems(run_name="real", quote_first=True)  # (a toy-world setting too: this run has real seed data)
+    assert len(found) == 2 and found[1].startswith("quote_first = True: orders judge_quotes'"), found
     judged = tmp_path / "judged.jsonl"
     for lines, ok in (([{"prompt": "t", "judgments": ["Rating: 4/5", "bad"]}], False),  # no 'Score: N'
                       ([{"prompt": "e", "judgments": ["Score: 4", "Score: 2"]}], False),  # the eval set's prompt
@@ -474,7 +475,7 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
     seed.mkdir()
     (seed / "ift.jsonl").write_text('{"prompt": "a", "response": "b"}\n' * 8)
     for f in ("eft_train", "eft_eval"):
-        (seed / f"{f}.jsonl").write_text('{"prompt": "a", "responses": ["x", "y"], "ranks": [0, 1]}\n')
+        (seed / f"{f}.jsonl").write_text(json.dumps({"prompt": f, "responses": ["x", "y"], "ranks": [0, 1]}) + "\n")
 
     def problems(**settings):
         c = configurator.settings(S.DEFAULTS, {"seed_data": str(seed), "init_from": str(tmp_path / "ckpt"),
@@ -506,6 +507,11 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
         "pretrain_lr = 0.001: is read only by the toy world's M0 (init_from='scratch'), which this run does not "
         "make: it would change nothing; leave it at 0.002"]
     assert problems(max_judge_tokens=32, n_ift=3200, vocab_size=2048) == []  # at their defaults, named or not
+    # an EFT eval prompt among the EFT training groups: M1's judge would be evaluated on what it learned
+    (seed / "eft_train.jsonl").write_text('{"prompt": "Eft_eval", "responses": ["x", "y"], "ranks": [0, 1]}\n')
+    assert problems(max_judge_tokens=32) == [
+        f"seed_data = {str(seed)!r}: 1 prompt(s) of eft_train.jsonl are EFT eval prompts (eft_eval.jsonl), e.g. "
+        f"'eft_eval': M1's judge would be evaluated on prompts it learned to judge; split the groups by prompt"]
 
 
 def test_eft_training_files_of_one_kind_with_scores_and_ranks_that_count(tmp_path):
