@@ -788,9 +788,13 @@ def answer_file(model, tok, c, env, kw):
                            dtype, c.chat_template)
     # answers written by older code were made from the setting 'auto' itself: as then, they count under 'auto'
     before = made_from("auto") if c.dtype == "auto" else None
+    # what the header shows beside the fingerprint, so that answers not resumed can be said to differ in what
+    shown = {"ckpt": files[0], "prompts_file": files[1], "dtype": D.dtype_name(env.dtype),
+             **{k: getattr(c, k) for k in ("max_new_tokens", "temperature", "top_p", "num_samples", "seed",
+                                           "save_every", "chat_template")}}
     with D.sole_writer(env, os.path.dirname(partial) or ".", partial) as kept_file:  # rank 0's; None elsewhere
         kept = kept_answers(kept_file, made_from(D.dtype_name(env.dtype)), c.save_every,
-                            before) if D.is_rank0() else 0
+                            before, shown) if D.is_rank0() else 0
         kept = int(D.all_sum(env, kept)[0])  # rank 0 read the file and cut it to whole chunks; all agree
         if kept:
             D.log(f"resuming: {kept} of {len(records)} prompts already answered in {partial}", file=sys.stderr)
@@ -813,20 +817,25 @@ def answer_file(model, tok, c, env, kw):
         D.barrier()
 
 
-def kept_answers(f, made_from, chunk, before=None):
+def kept_answers(f, made_from, chunk, before=None, shown=None):
     """How many prompts OUT.partial (f, open to read and append) holds answers
     to from the same inputs (made_from; or `before`, what older code recorded
     for them), in whole chunks. The file is cut to those in place
-    (it is the lock), or started afresh with its header; a kill while it is cut
-    leaves a prefix of its lines, which the next run reads the same way."""
+    (it is the lock), or started afresh with its header (shown: the inputs
+    by name, which a later run compares to say what differs); a kill while
+    it is cut leaves a prefix of its lines, which the next run reads the same way."""
     f.seek(0)
     lines = [x for x in f if x.endswith("\n")]  # a line cut by a kill has no newline yet
-    if not lines or json.loads(lines[0]).get("made_from") not in {made_from, before} - {None}:
+    header = json.loads(lines[0]) if lines else {}
+    if header.get("made_from") not in {made_from, before} - {None}:
         if len(lines) > 1:  # (a mistyped setting must not cost the answers without a word)
-            print(f"not resuming from {f.name}: its {len(lines) - 1} answers were written with other settings, "
-                  f"checkpoint or prompts file; starting afresh", file=sys.stderr)
+            old, named = header.get("inputs", {}), {"ckpt": "another checkpoint", "prompts_file": "another prompts file"}
+            what = ", ".join(named.get(k) or f"{k} {old[k]!r} (now {v!r})"
+                             for k, v in (shown or {}).items() if k in old and old[k] != v)
+            print(f"not resuming from {f.name}: its {len(lines) - 1} answers were written with "
+                  f"{what or 'other settings, checkpoint or prompts file'}; starting afresh", file=sys.stderr)
         f.truncate(0)
-        f.write(json.dumps({"made_from": made_from}) + "\n")
+        f.write(json.dumps({"made_from": made_from, **({"inputs": shown} if shown else {})}) + "\n")
         lines = []
     kept = max(len(lines) - 1, 0) // chunk * chunk
     if lines:

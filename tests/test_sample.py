@@ -492,7 +492,8 @@ def test_cli_prompts_file_resumes_after_an_interruption(toy_tokenizer_path, tmp_
     assert calls == [] and partial.read_text() == kept  # refused before any work; its chunks left as they were
     S.main(cli(out, temperature=0.5))  # ... are not reused at 0.5, and it says so
     assert calls == [3, 3, 2]
-    assert f"not resuming from {partial}: its 6 answers were written with other settings" in capsys.readouterr().err
+    assert (f"not resuming from {partial}: its 6 answers were written with temperature 0.7 (now 0.5); starting "
+            f"afresh") in capsys.readouterr().err  # the setting that differs, named
 
     # the dtype counts as what it resolves to: answers kept under dtype=float32 are resumed under 'auto',
     # which is float32 for this tiny model
@@ -514,7 +515,8 @@ def test_cli_prompts_file_resumes_after_an_interruption(toy_tokenizer_path, tmp_
     capsys.readouterr()
     S.main(cli(out))
     assert calls == [3, 3, 2] and out.read_text() == whole
-    assert f"not resuming from {partial}: its 6 answers" in capsys.readouterr().err
+    assert f"not resuming from {partial}: its 6 answers were written with dtype 'bfloat16' (now 'float32')" in \
+        capsys.readouterr().err
 
     # answers kept by older code, whose header fingerprinted the setting 'auto' itself, count under 'auto'
     # (as they did then) and not under a dtype named
@@ -533,6 +535,7 @@ def test_cli_prompts_file_resumes_after_an_interruption(toy_tokenizer_path, tmp_
     kept_by_older_code()
     S.main(cli(out))
     assert calls == [3, 3, 2] and out.read_text() == whole
+    assert "written with dtype 'auto' (now 'float32')" in capsys.readouterr().err
 
 
 def first_divergence(a, b):
