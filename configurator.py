@@ -75,7 +75,8 @@ def _file_settings(path):
             name = node.target.id  # `n_prompts: 10` (YAML): an annotation
             raise ConfigError(f"{path}:{node.lineno}: '{name}: ...' sets nothing (config files are Python): "
                               f"write {name} = ...")
-        if isinstance(node, ast.Expr) and not isinstance(node.value, (ast.Call, ast.Constant)):
+        if isinstance(node, ast.Expr) and isinstance(node.value, (ast.Dict, ast.List, ast.Set, ast.Tuple, ast.Name,
+                                                                  ast.Attribute, ast.UnaryOp, ast.BinOp)):
             raise ConfigError(f"{path}:{node.lineno}: a value on its own sets nothing (config files are Python, "
                               f"key = value lines, not JSON)")
     namespace = {}

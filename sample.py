@@ -783,17 +783,18 @@ def answer_file(model, tok, c, env, kw):
     partial, t0 = c.out + ".partial", time.time()
     files = file_fingerprint(c.ckpt), file_fingerprint(c.prompts_file)  # (read once: a prompts file is hashed)
 
-    def made_from(dtype):  # the dtype it samples in ('auto' is bf16 on one machine and fp32 on another)
-        return fingerprint(*files, c.max_new_tokens, c.temperature, c.top_p, c.num_samples, c.seed, c.save_every,
-                           dtype, c.chat_template)
+    def inputs(dtype):
+        """What the answers are made from, by name, in the fingerprint's order (the header keeps them, to
+        say what differs); dtype: the one it samples in ('auto' is bf16 on one machine and fp32 on another)."""
+        return {"ckpt": files[0], "prompts_file": files[1],
+                **{k: getattr(c, k) for k in ("max_new_tokens", "temperature", "top_p", "num_samples", "seed",
+                                              "save_every")},
+                "dtype": dtype, "chat_template": c.chat_template}
+    shown = inputs(D.dtype_name(env.dtype))
     # answers written by older code were made from the setting 'auto' itself: as then, they count under 'auto'
-    before = made_from("auto") if c.dtype == "auto" else None
-    # what the header shows beside the fingerprint, so that answers not resumed can be said to differ in what
-    shown = {"ckpt": files[0], "prompts_file": files[1], "dtype": D.dtype_name(env.dtype),
-             **{k: getattr(c, k) for k in ("max_new_tokens", "temperature", "top_p", "num_samples", "seed",
-                                           "save_every", "chat_template")}}
+    before = fingerprint(*inputs("auto").values()) if c.dtype == "auto" else None
     with D.sole_writer(env, os.path.dirname(partial) or ".", partial) as kept_file:  # rank 0's; None elsewhere
-        kept = kept_answers(kept_file, made_from(D.dtype_name(env.dtype)), c.save_every,
+        kept = kept_answers(kept_file, fingerprint(*shown.values()), c.save_every,
                             before, shown) if D.is_rank0() else 0
         kept = int(D.all_sum(env, kept)[0])  # rank 0 read the file and cut it to whole chunks; all agree
         if kept:

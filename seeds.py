@@ -174,8 +174,8 @@ def pair_lines(folders, iterations):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        in_files = configurator.set_by_files(argv)
+    try:  # (--help: configure() below prints this script's)
+        in_files = {} if {"-h", "--help"} & set(argv) else configurator.set_by_files(argv)
     except configurator.ConfigError as e:  # (a config file that cannot be read: said as configure() says it)
         configurator.fail(e)
     for key, why in NOT_FOR_A_STUDY.items():

@@ -18,7 +18,7 @@ order of the paper's Figure 1:
     python selfreward.py                                  # the toy world on a laptop CPU
     python selfreward.py --run_name=big --n_prompts=4000       # settings: python selfreward.py --help
     torchrun --nnodes=2 --nproc_per_node=8 ... selfreward.py config/llama2_70b_oasst.py
-    python selfreward.py config/llama2_70b_oasst.py --plan_only=True   # both memory plans
+    python selfreward.py config/llama2_70b_oasst.py --plan_only=True --world_size=16   # both memory plans
 
 This file holds the settings, then one function per stage in the order the
 data flows, then main() and run_stages(). Every stage receives the settings
@@ -265,6 +265,18 @@ STAGE_SETTINGS = {
     "meta_judgments": ["seed", "dtype", "chat_template", "temperature", "top_p", "max_meta_tokens", "shard_size"],
     "pairs+meta": ["seed", "meta_pair_by"],
     "pairs+coin": ["seed"],  # the coin's seed: counts only with pair_by='coin' (run_stages adds it)
+}
+
+
+# Settings read only by what the toy world alone makes: its seed data (seed_data='toy': also its
+# own EFT answers and meta-judge demonstrations, which need the toy seed's groups) and its M0
+# pretrained from scratch (init_from='scratch'). Elsewhere they would change nothing, so a changed
+# one is a mistake, which validate.check_loop says.
+TOY_ONLY = {
+    "seed_data='toy'": [s for s in STAGE_SETTINGS["toy seed"] if s != "seed"] + ["n_meta_seed"],
+    "init_from='scratch'": ["vocab_size", "phrase_pieces", "rubric_pieces", "letter_pieces", "pretrain_docs",
+                            "pretrain_qa_docs", "pretrain_working", "pretrain_checking", "pretrain_check_drill",
+                            "pretrain_drill_layouts", "pretrain_epochs", "pretrain_lr"],
 }
 
 

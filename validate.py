@@ -425,19 +425,18 @@ def check_loop(c, world):
         p.require(c.seed_data == "toy", "dpo_pick_every", "is for the toy world, whose grader stands in for the "
                   "paper's GPT-4 in choosing a checkpoint; with real seed data each iteration keeps its last step")
         p.at_least("n_valid", 1)
-    # settings read only by the toy world's seed, or by its pretraining of M0: where those stages do not
-    # run, a changed one would change nothing, which is a mistake to say, not to ignore
-    from selfreward import DEFAULTS, STAGE_SETTINGS  # (the loop's own lists; imported by the time this runs)
-    toy_seed = [s for s in STAGE_SETTINGS["toy seed"] if s != "seed"] + ["n_meta_seed"]
-    toy_m0 = [s for s in STAGE_SETTINGS["tokenizer"] + STAGE_SETTINGS["M0"]
-              if s.startswith("pretrain_") or s == "vocab_size" or s.endswith("_pieces")]
-    for names, runs, where in ((toy_seed, c.seed_data == "toy", "the toy world's seed (seed_data='toy')"),
-                               (toy_m0, c.init_from == "scratch", "the toy world's M0 (init_from='scratch')")):
+    # settings read only by what the toy world alone makes (its seed, its M0): where that is not made, a
+    # changed one would change nothing, which is a mistake to say, not to ignore. (Imported here, as
+    # selfreward imports this module; under `python selfreward.py` that reads the file again as the
+    # module `selfreward`: the same definitions, and it runs nothing.)
+    from selfreward import DEFAULTS, TOY_ONLY
+    for needs, names in TOY_ONLY.items():
+        made = c.seed_data == "toy" if needs == "seed_data='toy'" else c.init_from == "scratch"
         for s in names:
-            p.require(runs or getattr(c, s) == DEFAULTS[s], s, f"is read only by {where}, which this run does "
-                      f"not make: it would change nothing; leave it at {DEFAULTS[s]!r}")
+            p.require(made or getattr(c, s) == DEFAULTS[s], s, f"is read only with {needs}, which this run does "
+                      f"not have: it would change nothing; leave it at {DEFAULTS[s]!r}")
     # (a setting that changes nothing would still redo every stage that lists it)
-    p.require(c.judge_quotes or not c.quote_first, "quote_first", "orders judge_quotes' quotes: set "
+    p.require(c.judge_quotes or not c.quote_first or c.seed_data != "toy", "quote_first",  # (else: toy-only) "orders judge_quotes' quotes: set "
               "judge_quotes=True too, or leave quote_first off")
     return p
 

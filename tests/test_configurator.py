@@ -119,7 +119,9 @@ def test_a_config_file_in_another_format_or_a_setting_without_dashes_is_an_error
     for name, text, message in [("c.yaml", "lr: 1e-5\n", r"c\.yaml:1: 'lr: \.\.\.' sets nothing \(config files are "
                                                          r"Python\): write lr = \.\.\."),
                                 ("c.json", '{\n "lr": 1e-5\n}\n', r"c\.json:1: a value on its own sets nothing"),
-                                ("c.py", '"""A docstring."""\nlr = 2e-5\nprint("and calls")\n', None)]:
+                                ("c.yml", "- lr\n", r"c\.yml:1: a value on its own sets nothing"),
+                                ("c.py", '"""A docstring."""\nlr = 2e-5\nprint("and calls")\n(batch_size := 4)\n',
+                                 None)]:
         (tmp_path / name).write_text(text)
         if message:
             with pytest.raises(ConfigError, match=message):

@@ -486,11 +486,12 @@ def test_seeds_refuses_bad_seeds_before_any_run(tmp_path, capsys):
     assert e.value.code == 2 and f"{tmp_path / 'toy-seed2'} is not a run folder" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["toy-seed2"]
     shutil.rmtree(tmp_path / "toy-seed2")
-    with pytest.raises(SystemExit):  # --help: this script's settings, not each run's own
-        seeds.main(["--help"])
-    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  --")]
-    assert "--seeds" in listed and "--iterations" in listed
-    assert not {"--seed", "--plan_only", "--dry_run"} & set(listed)
+    for flag in ("--help", "-h"):  # this script's settings, not each run's own
+        with pytest.raises(SystemExit) as e:
+            seeds.main([flag])
+        listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  --")]
+        assert e.value.code == 0 and "--seeds" in listed and "--iterations" in listed
+        assert not {"--seed", "--plan_only", "--dry_run"} & set(listed)
 
 
 def test_the_report_says_which_settings_let_the_grader_into_the_loop():

@@ -412,8 +412,8 @@ def test_what_would_lose_files_or_a_run_is_refused_before_any_work(tmp_path, lla
     assert problems(run_name="real", temperature=0.0, iterations=0) == []
     assert problems(run_name="real", prompt_writer="m0") == [
         "prompt_writer = 'm0': no such checkpoint folder; did you mean 'M0'?"]
-    found = problems(run_name="real", quote_first=True)  # (a toy-world setting too: this run has real seed data)
-    assert len(found) == 2 and found[1].startswith("quote_first = True: orders judge_quotes'"), found
+    found = problems(run_name="real", quote_first=True)  # a toy-world setting: no advice to set judge_quotes too
+    assert len(found) == 1 and found[0].startswith("quote_first = True: is read only with seed_data='toy'"), found
     judged = tmp_path / "judged.jsonl"
     for lines, ok in (([{"prompt": "t", "judgments": ["Rating: 4/5", "bad"]}], False),  # no 'Score: N'
                       ([{"prompt": "e", "judgments": ["Score: 4", "Score: 2"]}], False),  # the eval set's prompt
@@ -496,16 +496,16 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
     # the toy world's settings change nothing with real seed data and a checkpoint as M0: said, not ignored
     assert problems(max_judge_tokens=32, judge_working=True, n_ift=20, pretrain_lr=1e-3, vocab_size=999,
                     rubric_pieces=False) == [
-        "n_ift = 20: is read only by the toy world's seed (seed_data='toy'), which this run does not make: it "
-        "would change nothing; leave it at 3200",
-        "judge_working = True: is read only by the toy world's seed (seed_data='toy'), which this run does not "
-        "make: it would change nothing; leave it at False",
-        "vocab_size = 999: is read only by the toy world's M0 (init_from='scratch'), which this run does not "
-        "make: it would change nothing; leave it at 2048",
-        "rubric_pieces = False: is read only by the toy world's M0 (init_from='scratch'), which this run does "
-        "not make: it would change nothing; leave it at True",
-        "pretrain_lr = 0.001: is read only by the toy world's M0 (init_from='scratch'), which this run does not "
-        "make: it would change nothing; leave it at 0.002"]
+        "n_ift = 20: is read only with seed_data='toy', which this run does not have: it would "
+        "change nothing; leave it at 3200",
+        "judge_working = True: is read only with seed_data='toy', which this run does not have: it "
+        "would change nothing; leave it at False",
+        "vocab_size = 999: is read only with init_from='scratch', which this run does not have: "
+        "it would change nothing; leave it at 2048",
+        "rubric_pieces = False: is read only with init_from='scratch', which this run does not "
+        "have: it would change nothing; leave it at True",
+        "pretrain_lr = 0.001: is read only with init_from='scratch', which this run does not have: "
+        "it would change nothing; leave it at 0.002"]
     assert problems(max_judge_tokens=32, n_ift=3200, vocab_size=2048) == []  # at their defaults, named or not
     # an EFT eval prompt among the EFT training groups: M1's judge would be evaluated on what it learned
     (seed / "eft_train.jsonl").write_text('{"prompt": "Eft_eval", "responses": ["x", "y"], "ranks": [0, 1]}\n')
