@@ -203,8 +203,10 @@ def regroup(flat, sizes):
 # - pairwise accuracy and 5-best are pooled over all pairs / all responses;
 #   exact match and the correlations are per prompt, averaged over prompts
 # - a pair with a tie in scores, or a None on either side, counts as wrong
-# - "scored 5" means an (averaged) score of exactly 5; 5-best is None when
+# - "scored 5" means an (averaged) score of 5, the top; 5-best is None when
 #   no response scored 5
+# - pairs the humans ranked equal are not judged (pairwise accuracy, exact
+#   match): exact match = every pair the humans ordered is ordered the same
 # - correlations use only the scored responses; where one is undefined (fewer
 #   than 2 scored, or all scores equal) the prompt counts 0: the judge told
 #   the responses apart no better than chance

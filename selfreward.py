@@ -124,7 +124,10 @@ max_prompt_tokens = 64      # a new prompt longer than this is malformed
 min_prompt_words = 3        # shorter prompts are dropped (Self-Instruct's filter, for real data: 4)
 max_prompt_words = 60       # longer prompts are dropped (Self-Instruct's: 150)
 rouge_threshold = 0.9       # drop a new prompt whose ROUGE-L F with an existing one reaches this
-                            # (the evaluation counts a benchmark question as trained on the same way)
+                            # (the evaluation counts a benchmark question as trained on the same way).
+                            # Self-Instruct's, and config/'s for real data: 0.7; toy prompts of one
+                            # template differ in a token of 12 (0.92), and 0.7 would drop nearly all
+                            # (STUDIES.md, "The near-duplicate filter and the task mix")
 n_candidates = 4            # N responses per prompt (paper: 4)
 temperature = 0.7           # candidates and judgments (paper: 0.7)
 top_p = 0.9                 # candidates and judgments (paper: 0.9)
@@ -459,6 +462,8 @@ def stage_eft_targets(c, r):
         return eft_targets_from_file(c, r, groups)
     raw = r.path("seed", "eft_train_sft_judgments.jsonl")
     net, tok = load_for_sampling(r, r.path("SFT"))
+    # n_judge doubles as the attempts: attempt a is every response's a-th judgment, and the first attempt
+    # whose scores rank the group as the humans did is kept
     recs = J.make_eft_targets(net, tok, groups, n_attempts=c.n_judge, temperature=c.temperature, top_p=c.top_p,
                               max_new_tokens=c.max_judge_tokens, seed=sub_seed(c.seed, "eft targets"),
                               batch_size=c.gen_batch_size, judgments_path=raw if D.is_rank0() else None,
@@ -1300,9 +1305,12 @@ def run_stages(c, r):
         m1_reads.append("eft_own")
     r.stage("M1", lambda: stage_m1(c, r, m0), uses=S["SFT"] + S["M1"] + meta("M1"), after=m1_reads,
             temporary=temporary("M1"), outputs=[r.path("M1")])
+    # one iteration (Section 2.2): a writer model -> new prompts; M_t -> 4 candidates each; M_t judges each
+    # candidate 3 times -> pairs of its best against its worst; DPO from M_t (its own reference) -> M_{t+1}
     for t in range(1, c.iterations + 1):  # (partial binds this t: a stage made again later runs for its own)
         mt, it = r.path(f"M{t}"), f"iter{t}"
-        # the prompt writer: one of this run's models (a stage the prompts come after), or a folder of its own
+        # the prompt writer: one of this run's models (a stage the prompts come after), or, where the setting
+        # names none of them (writer_model None), a checkpoint folder of its own
         writer_model = {"M0": "M0", "M1": "M1", "current": f"M{t}"}.get(c.prompt_writer)
         writer = m0 if writer_model == "M0" else r.path(writer_model) if writer_model else c.prompt_writer
         r.stage(f"{it}_prompts", partial(stage_prompts, c, r, t, writer), uses=S["prompts"],

@@ -97,7 +97,9 @@ def sequence_logps(model, tokens, targets, env):
 
 
 def pair_batch(pairs, pad_id):
-    """One forward for chosen and rejected: rows [chosen_0..chosen_B-1, rejected_0..]."""
+    """One forward for chosen and rejected: rows [chosen_0..chosen_B-1, rejected_0..].
+    collate (train_sft.py) sets the targets of the prompt and the padding to -100,
+    so sequence_logps sums log pi(y|x) over the response's tokens alone."""
     return collate([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_id)
 
 
@@ -106,7 +108,7 @@ def tokenize_pairs(tok, records, max_len, source):
     for rec in records:
         chosen = chat_tokens(tok, rec["prompt"], rec["chosen"])
         rejected = chat_tokens(tok, rec["prompt"], rec["rejected"])
-        if max(len(chosen[0]), len(rejected[0])) - 1 > max_len:
+        if max(len(chosen[0]), len(rejected[0])) - 1 > max_len:  # (the model reads ids[:-1])
             skipped += 1
         else:
             pairs.append({"chosen": chosen, "rejected": rejected})
@@ -171,14 +173,17 @@ def reference_logps(model, pairs, env, c, pad_id, path):
 FIGURES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "nll_loss", "pairs")
 
 
-def dpo_sums(model, mb, env, c, pad_id, n_pairs):
+def dpo_sums(model, mb, env, c, pad_id, global_pairs):
     """For a micro-batch of (pair, weight): the loss as this micro-batch's share
-    of the global mean (sum over its pairs / n_pairs), and the weighted sums
+    of the mean over the step's pairs on all ranks (sum over its pairs /
+    global_pairs), and the weighted sums
     of what TRL logs (summarize turns them into means): the loss, the rewards
     beta * (policy - reference log-prob) of the chosen and rejected responses,
     the pairs whose chosen reward is strictly higher (accuracies), the margins
     chosen - rejected, the chosen responses' NLL, and the pairs counted."""
     pairs = [p for p, _ in mb]
+    # weight 1 for a real pair, 0 for a filler training.split_even adds so that every rank runs as many
+    # forwards (evaluation, reference log-probs); training's pairs are all 1
     w = torch.tensor([float(x) for _, x in mb], device=env.device)
     tokens, targets = pair_batch(pairs, pad_id)
     logps = sequence_logps(model, tokens, targets, env)  # (2n,): chosen rows, then rejected
@@ -189,7 +194,7 @@ def dpo_sums(model, mb, env, c, pad_id, n_pairs):
     nll = chosen_nll(logps[:n], (targets[:n] != -100).sum(dim=1).to(env.device))
     if c.rpo_alpha:  # Iterative RPO: keep the chosen response likely
         losses = losses + c.rpo_alpha * nll
-    loss = (losses * w).sum() / n_pairs
+    loss = (losses * w).sum() / global_pairs
     stats = {"loss": losses * w, "rewards/chosen": rc * w, "rewards/rejected": rr * w,
              "rewards/accuracies": (rc > rr).float() * w, "rewards/margins": (rc - rr) * w,
              "nll_loss": nll.detach() * w, "pairs": w}
@@ -207,7 +212,7 @@ def evaluate(model, pairs, env, c, pad_id):
     model.eval()
     stats = dict.fromkeys(FIGURES, 0.0)
     for mb in T.micro_batches(T.split_even(pairs, env.rank, env.world), c.micro_batch_size):
-        stats = add_up(stats, dpo_sums(model, mb, env, c, pad_id, 1)[1])
+        stats = add_up(stats, dpo_sums(model, mb, env, c, pad_id, 1)[1])  # (its figures; the loss is unused)
     model.train()
     D.reshard(model)
     return summarize(env, stats, "eval/")
