@@ -115,7 +115,7 @@ def tokenize_pairs(tok, records, max_len, source):
     if skipped:
         D.log(f"{source}: skipped {skipped} of {len(records)} pairs longer than {max_len} tokens")
     if not pairs:
-        raise ValueError(f"{source}: every pair is longer than max_seq_len={max_len}")
+        raise validate.BadInput(f"{source}: every pair is longer than max_seq_len={max_len}")
     return pairs
 
 

@@ -80,7 +80,7 @@ def tokenize(tok, records, max_len, source, template="chat"):
     if skipped:
         D.log(f"{source}: skipped {skipped} of {len(records)} examples longer than {max_len} tokens")
     if not examples:
-        raise ValueError(f"{source}: every example is longer than max_seq_len={max_len}")
+        raise validate.BadInput(f"{source}: every example is longer than max_seq_len={max_len}")
     return examples
 
 

@@ -358,7 +358,7 @@ def test_too_long_examples_are_skipped_and_counted(work, tmp_path, capsys):
     train_sft.train(cfg)
     assert "skipped 1 of 9 examples longer than 64 tokens" in capsys.readouterr().out
     data.write_text(lines[-1] + "\n")
-    with pytest.raises(ValueError, match="every example is longer"):
+    with pytest.raises(validate.BadInput, match="every example is longer"):  # (the command line: exit status 2)
         train_sft.train({**cfg, "out_dir": str(tmp_path / "out2")})
 
 
