@@ -712,6 +712,8 @@ def check(c):
             tok = validate.with_template(p, c.ckpt, c.chat_template, tok)
 
     def no_room(rec):  # a prompt that fills the context leaves no room for an answer (as generate() refuses)
+        if not rec["prompt"].strip():  # (and an empty one asks nothing, as the loop's checks say of its own)
+            return "empty prompt: nothing to answer"
         n = len(chat_prompt_ids(tok, rec["prompt"])) if tok is not None else 0
         return (f"the prompt is {n} tokens: no room to answer in the model's context of {args.max_seq_len}"
                 if tok is not None and n >= args.max_seq_len else None)

@@ -423,6 +423,7 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
             ('{"prompt": "fine"}\n' + json.dumps({"prompt": "fox " * 600}) + "\n", [],
              "in.jsonl:2: the prompt is "),
             ('{"prompt": "fine"}\n', ["--prompts_file=", "--out=", "--prompt=" + "fox " * 600], "- prompt: the prompt is "),
+            ('{"prompt": "fine"}\n{"prompt": " "}\n', [], "in.jsonl:2: empty prompt: nothing to answer"),
             ('{"prompt": "fine"}\n', [f"--out={inp}"], "is --prompts_file itself: give the answers a file of their own"),
             ('{"prompt": "fine"}\n', [f"--out={tmp_path / 'link.jsonl'}"], "is --prompts_file itself"),  # a hard link
             ('{"prompt": "fine"}\n', ["--tp=3"], "tp = 3: must divide the number of ranks, 1"),
