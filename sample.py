@@ -799,6 +799,8 @@ def answer_file(model, tok, c, env, kw):
         kept = kept_answers(kept_file, fingerprint(*shown.values()), c.save_every,
                             before, shown) if D.is_rank0() else 0
         kept = int(D.all_sum(env, kept)[0])  # rank 0 read the file and cut it to whole chunks; all agree
+        if os.path.exists(c.out):  # (as the trainers say of a model they will replace)
+            D.log(f"note: {c.out} exists: this run replaces it when it ends", file=sys.stderr)
         if kept:
             D.log(f"resuming: {kept} of {len(records)} prompts already answered in {partial}", file=sys.stderr)
         for k in range(kept // c.save_every, -(-len(records) // c.save_every)):

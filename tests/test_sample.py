@@ -516,8 +516,9 @@ def test_cli_prompts_file_resumes_after_an_interruption(toy_tokenizer_path, tmp_
     capsys.readouterr()
     S.main(cli(out))
     assert calls == [3, 3, 2] and out.read_text() == whole
-    assert f"not resuming from {partial}: its 6 answers were written with dtype 'bfloat16' (now 'float32')" in \
-        capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"not resuming from {partial}: its 6 answers were written with dtype 'bfloat16' (now 'float32')" in err
+    assert f"note: {out} exists: this run replaces it when it ends" in err  # (the answers of the run before)
 
     # answers kept by older code, whose header fingerprinted the setting 'auto' itself (and held nothing
     # else), count under 'auto' (as they did then) and not under a dtype named
