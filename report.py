@@ -683,7 +683,9 @@ def iteration_lines(r, stages, iterations):
         pick = stages.get(f"M{t + 1}", {}).get("pick")
         if pick:  # dpo_pick_every: the checkpoint the grader chose on the validation prompts
             line += (f"; DPO checkpoints' mean grade on {pick['valid_prompts']} validation prompts: "
-                     + ", ".join(f"step {x['step']} {x['mean_grade']:.3f}" for x in pick["checkpoints"])
+                     + ", ".join(f"step {x['step']} {x['mean_grade']:.3f}"
+                                 + (f" ({100 * x['right']:.1f}% right)" if "right" in x else "")
+                                 for x in pick["checkpoints"])
                      + f" (M{t + 1}: step {pick['picked']})"
                      + (f", {pick['written_by_the_loop']} of them written by the loop in iterations 1-{t}"
                         if pick.get("written_by_the_loop") else ""))

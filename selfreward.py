@@ -1043,7 +1043,7 @@ def pick_checkpoint(c, r, t, checkpoints):
         graded = answer_and_grade(c, *load_for_sampling(r, folder), valid)
         grades = [x["grade"] for x in graded]
         figures.append({"step": step, "mean_grade": sum(grades) / len(grades),
-                        "right": sum(g >= 4 for g in grades) / len(grades)})
+                        "right": sum(g >= toy.RIGHT for g in grades) / len(grades)})
     best = max(figures, key=lambda x: (x["mean_grade"], -x["step"]))
     D.log(f"iteration {t}: DPO checkpoints' mean grade on {len(valid)} validation prompts: "
           + ", ".join(f"step {x['step']} {x['mean_grade']:.3f}" for x in figures)

@@ -709,7 +709,7 @@ def test_dpo_pick_every_makes_the_checkpoint_the_grader_rates_best_the_next_mode
     valid = toy.validation_set(run / "seed", 24, MICRO.get("seed", 1337))
     prompts = tmp_path / "valid.jsonl"
     write_jsonl(prompts, [{"prompt": x["prompt"]} for x in valid])
-    mean_grade = {}
+    mean_grade, right = {}, {}
     for step in steps:  # M2 is a copy of the chosen one; all stay (keep_train_state)
         folder = run / "train" / "M2" / ("model" if step == steps[-1] else f"checkpoints/step-{step}")
         out = tmp_path / f"answers{step}.jsonl"
@@ -719,11 +719,14 @@ def test_dpo_pick_every_makes_the_checkpoint_the_grader_rates_best_the_next_mode
                        cwd=ROOT, env=ENV, check=True, capture_output=True)
         grades = [toy.grade(x, a["response"]) for x, a in zip(valid, read_jsonl(out))]
         mean_grade[step] = sum(grades) / len(grades)
+        right[step] = sum(g >= toy.RIGHT for g in grades) / len(grades)
     assert {x["step"]: x["mean_grade"] for x in pick["checkpoints"]} == pytest.approx(mean_grade)
+    assert {x["step"]: x["right"] for x in pick["checkpoints"]} == pytest.approx(right)
     assert len(set(mean_grade.values())) > 1, mean_grade  # (a choice to make: the checkpoints differ)
     assert pick["picked"] == max(steps, key=lambda s: (mean_grade[s], -s))
     report = (run / "report.md").read_text()
-    assert "DPO checkpoints' mean grade on 24 validation prompts: step 1 " in report
+    assert (f"DPO checkpoints' mean grade on 24 validation prompts: step 1 {mean_grade[1]:.3f} "
+            f"({100 * right[1]:.1f}% right), step 2 ") in report
     assert "grader (used inside the loop by dpo_pick_every=1 (it chose each DPO checkpoint" in report
     picked = run / "train" / "M2" / ("model" if pick["picked"] == steps[-1] else f"checkpoints/step-{pick['picked']}")
     a, b = weights(run / "M2"), weights(picked)
