@@ -275,11 +275,11 @@ STAGE_SETTINGS = {
 # own EFT answers and meta-judge demonstrations, which need the toy seed's groups) and its M0
 # pretrained from scratch (init_from='scratch'). Elsewhere they would change nothing, so a changed
 # one is a mistake, which validate.check_loop says.
-TOY_ONLY = {
-    "seed_data='toy'": [s for s in STAGE_SETTINGS["toy seed"] if s != "seed"] + ["n_meta_seed"],
-    "init_from='scratch'": ["vocab_size", "phrase_pieces", "rubric_pieces", "letter_pieces", "pretrain_docs",
-                            "pretrain_qa_docs", "pretrain_working", "pretrain_checking", "pretrain_check_drill",
-                            "pretrain_drill_layouts", "pretrain_epochs", "pretrain_lr"],
+TOY_ONLY = {  # (setting, the value that makes them read): the settings
+    ("seed_data", "toy"): [s for s in STAGE_SETTINGS["toy seed"] if s != "seed"] + ["n_meta_seed"],
+    ("init_from", "scratch"): ["vocab_size", "phrase_pieces", "rubric_pieces", "letter_pieces", "pretrain_docs",
+                               "pretrain_qa_docs", "pretrain_working", "pretrain_checking", "pretrain_check_drill",
+                               "pretrain_drill_layouts", "pretrain_epochs", "pretrain_lr"],
 }
 
 

@@ -430,14 +430,15 @@ def check_loop(c, world):
     # selfreward imports this module; under `python selfreward.py` that reads the file again as the
     # module `selfreward`: the same definitions, and it runs nothing.)
     from selfreward import DEFAULTS, TOY_ONLY
-    for needs, names in TOY_ONLY.items():
-        made = c.seed_data == "toy" if needs == "seed_data='toy'" else c.init_from == "scratch"
+    for (setting, value), names in TOY_ONLY.items():
         for s in names:
-            p.require(made or getattr(c, s) == DEFAULTS[s], s, f"is read only with {needs}, which this run does "
-                      f"not have: it would change nothing; leave it at {DEFAULTS[s]!r}")
+            p.require(getattr(c, setting) == value or getattr(c, s) == DEFAULTS[s], s, f"is read only with "
+                      f"{setting}={value!r}, which this run does not have: it would change nothing; leave it at "
+                      f"{DEFAULTS[s]!r}")
     # (a setting that changes nothing would still redo every stage that lists it)
-    p.require(c.judge_quotes or not c.quote_first or c.seed_data != "toy", "quote_first",  # (else: toy-only) "orders judge_quotes' quotes: set "
-              "judge_quotes=True too, or leave quote_first off")
+    # (with real seed data quote_first is refused above as toy-only: no advice to set judge_quotes too)
+    p.require(c.judge_quotes or not c.quote_first or c.seed_data != "toy", "quote_first",
+              "orders judge_quotes' quotes: set judge_quotes=True too, or leave quote_first off")
     return p
 
 

@@ -1354,6 +1354,9 @@ def test_check_loop_in_this_process():
                          "dpo_batch_size = 6: must divide by the number of ranks, 4"]
     assert len(found) == 4 and found[3].startswith("model = 'toy-huge': no such preset; presets: toy-tiny")
     assert validate.check_loop(configurator.settings(S.DEFAULTS), 1).found == []
+    c = configurator.settings(S.DEFAULTS, {"quote_first": True})  # the toy world's, without the quotes it orders
+    assert validate.check_loop(c, 1).found == ["quote_first = True: orders judge_quotes' quotes: set "
+                                               "judge_quotes=True too, or leave quote_first off"]
     # Meta-Rewarding's settings
     c = configurator.settings(S.DEFAULTS, {"meta_judge": True, "n_judge": 1, "max_meta_tokens": 0, "n_meta_seed": -1})
     assert validate.check_loop(c, 1).found == [
