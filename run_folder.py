@@ -161,13 +161,12 @@ class Run:
 
     def same_setting(self, name, old, new):
         """Equal values; or, for a setting naming input files, two paths (the
-        stage compares the files they name by contents). A record of dtype
-        'auto' (made before records kept the resolved dtype) matches a run
-        whose dtype setting is 'auto' too, whatever it resolves to: what that
-        code did."""
+        stage compares the files they name by contents). Older records kept
+        the dtype setting as given ('auto' itself): such a record matches a
+        run whose setting is the same, whatever it resolves to, as it did then."""
         keywords = self.inputs.get(name)
         return (old == new or keywords is not None and old not in keywords and new not in keywords
-                or name == "dtype" and old == "auto" and self.c.dtype == "auto")
+                or name == "dtype" and old == self.c.dtype)
 
     def remake_if_gone(self, name, reader):
         """Make done stage `name` again, from the same inputs, if an output of

@@ -793,8 +793,9 @@ def answer_file(model, tok, c, env, kw):
                                               "save_every")},
                 "dtype": dtype, "chat_template": c.chat_template}
     shown = inputs(D.dtype_name(env.dtype))
-    # answers written by older code were made from the setting 'auto' itself: as then, they count under 'auto'
-    before = fingerprint(*inputs("auto").values()) if c.dtype == "auto" else None
+    # older headers counted the dtype setting as given ('auto' itself): such answers count while the setting
+    # is the same, as they did then (for a named dtype the two are one fingerprint)
+    before = fingerprint(*inputs(c.dtype).values())
     with D.sole_writer(env, os.path.dirname(partial) or ".", partial) as kept_file:  # rank 0's; None elsewhere
         kept = kept_answers(kept_file, fingerprint(*shown.values()), c.save_every,
                             before, shown) if D.is_rank0() else 0
@@ -822,7 +823,7 @@ def answer_file(model, tok, c, env, kw):
         D.barrier()
 
 
-def kept_answers(f, made_from, chunk, before=None, shown=None):
+def kept_answers(f, made_from, chunk, before, shown):
     """How many prompts OUT.partial (f, open to read and append) holds answers
     to from the same inputs (made_from; or `before`, what older code recorded
     for them), in whole chunks. The file is cut to those in place
@@ -832,15 +833,15 @@ def kept_answers(f, made_from, chunk, before=None, shown=None):
     f.seek(0)
     lines = [x for x in f if x.endswith("\n")]  # a line cut by a kill has no newline yet
     header = json.loads(lines[0]) if lines else {}
-    if header.get("made_from") not in {made_from, before} - {None}:
+    if header.get("made_from") not in (made_from, before):
         if len(lines) > 1:  # (a mistyped setting must not cost the answers without a word)
             old, named = header.get("inputs", {}), {"ckpt": "another checkpoint", "prompts_file": "another prompts file"}
             what = ", ".join(named.get(k) or f"{k} {old[k]!r} (now {v!r})"
-                             for k, v in (shown or {}).items() if k in old and old[k] != v)
+                             for k, v in shown.items() if k in old and old[k] != v)
             print(f"not resuming from {f.name}: its {len(lines) - 1} answers were written with "
                   f"{what or 'other settings, checkpoint or prompts file'}; starting afresh", file=sys.stderr)
         f.truncate(0)
-        f.write(json.dumps({"made_from": made_from, **({"inputs": shown} if shown else {})}) + "\n")
+        f.write(json.dumps({"made_from": made_from, "inputs": shown}) + "\n")
         lines = []
     kept = max(len(lines) - 1, 0) // chunk * chunk
     if lines:

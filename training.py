@@ -118,9 +118,10 @@ def run(loop, defaults, config, fields, announce=False, check_record=None):
     with D.sole_writer(env, c.out_dir):
         counted, files = training_inputs(c, tokenizer_path(c))  # (read once: data files are hashed)
         fp = made_from(counted, files, env.dtype)
-        # a model finished before records held the resolved dtype was made from 'auto' itself: as then, it
-        # counts while the setting is 'auto' (a saved state of then is not resumed: it restarts, once)
-        before = made_from(counted, files) if c.dtype == "auto" else None
+        # older records counted the dtype setting as given ('auto' itself): such a model counts while the
+        # setting is the same, as it did then (for a named dtype the two are one fingerprint; a saved state
+        # of then is not resumed: it restarts, once)
+        before = made_from(counted, files)
         result = finished(c, fp, before)
         trained = result is None
         if trained:
@@ -147,7 +148,7 @@ def tokenizer_path(c):
     return c.tokenizer or c.init_from
 
 
-def finished(c, fp, before=None):
+def finished(c, fp, before):
     """What an earlier run made from the same settings and inputs (fp:
     made_from; or `before`, what older code recorded for them) returned, if
     its out_dir/model is there: the same command again does not train again
@@ -165,7 +166,7 @@ def finished(c, fp, before=None):
             done = json.load(f)
     except (OSError, ValueError):
         done = {}
-    if done.get("made_from") not in {fp, before} - {None}:
+    if done.get("made_from") not in (fp, before):
         D.log(f"note: {model} " + ("was made from other settings or inputs" if done else "is there, with no record "
               "of what it was made from") + ": this run replaces it when it ends")
         return None
