@@ -1046,7 +1046,7 @@ def pick_checkpoint(c, r, t, checkpoints):
                         "right": sum(g >= toy.RIGHT for g in grades) / len(grades)})
     best = max(figures, key=lambda x: (x["mean_grade"], -x["step"]))
     D.log(f"iteration {t}: DPO checkpoints' mean grade on {len(valid)} validation prompts: "
-          + ", ".join(f"step {x['step']} {x['mean_grade']:.3f}" for x in figures)
+          + ", ".join(f"step {x['step']} {x['mean_grade']:.3f} ({100 * x['right']:.1f}% right)" for x in figures)
           + f"; M{t + 1} is step {best['step']}")
     return dict(map(tuple, checkpoints))[best["step"]], {
         "valid_prompts": len(valid), "written_by_the_loop": sum(x["prompt"].strip().lower() in written for x in valid),

@@ -727,6 +727,8 @@ def test_dpo_pick_every_makes_the_checkpoint_the_grader_rates_best_the_next_mode
     report = (run / "report.md").read_text()
     assert (f"DPO checkpoints' mean grade on 24 validation prompts: step 1 {mean_grade[1]:.3f} "
             f"({100 * right[1]:.1f}% right), step 2 ") in report
+    assert (f"iteration 1: DPO checkpoints' mean grade on 24 validation prompts: step 1 {mean_grade[1]:.3f} "
+            f"({100 * right[1]:.1f}% right), step 2 ") in r.stdout  # the log says the same
     assert "grader (used inside the loop by dpo_pick_every=1 (it chose each DPO checkpoint" in report
     picked = run / "train" / "M2" / ("model" if pick["picked"] == steps[-1] else f"checkpoints/step-{pick['picked']}")
     a, b = weights(run / "M2"), weights(picked)
