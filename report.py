@@ -60,6 +60,14 @@ def shown_correlations(j):
     return j.get("spearman"), j.get("kendall_tau")
 
 
+def judge_cells(j):
+    """The judge's columns both tables share: pairwise accuracy, 5-best, exact
+    match, Spearman and Kendall tau, '-' where not measured."""
+    rho, tau = shown_correlations(j)
+    return (f"{pct(j.get('pairwise_accuracy'))} | {pct(j.get('five_best'))} | {pct(j.get('exact_match'))} | "
+            f"{num(rho, '{:.3f}')} | {num(tau, '{:.3f}')}")
+
+
 def answer_columns(tests):
     """Each test answer's figures, one value per prompt: their means are the
     toy table's, their resamples the interval table's."""
@@ -91,11 +99,9 @@ def toy_rows(names, tests, infos):
         m["judge"] = j
         metrics.append(m)
         wtl = lambda d: "-" if not d else f"{100 * d['win']:.1f} / {100 * d['tie']:.1f} / {100 * d['loss']:.1f}"
-        rho, tau = shown_correlations(j)
         rows.append(f"| {n} | {m['mean_grade']:.2f} | {pct(m['exact_solve'])} | {pct(m['declined'])} | "
-                    f"{wtl(m.get('vs_previous'))} | {wtl(m.get('vs_sft'))} | {pct(j.get('pairwise_accuracy'))} | "
-                    f"{pct(j.get('five_best'))} | {pct(j.get('exact_match'))} | {num(rho, '{:.3f}')} | "
-                    f"{num(tau, '{:.3f}')} | {pct(judge_coverage(j))} | {m['avg_length']:.1f} |")
+                    f"{wtl(m.get('vs_previous'))} | {wtl(m.get('vs_sft'))} | {judge_cells(j)} | "
+                    f"{pct(judge_coverage(j))} | {m['avg_length']:.1f} |")
     return rows, metrics
 
 
@@ -116,10 +122,8 @@ def real_rows(names, infos):
         j, a, b = info.get("judge") or {}, info.get("alpaca_eval") or {}, info.get("mt_bench") or {}
         metrics.append({"model": n, "judge": j, "alpaca_eval": a, "mt_bench": b})
         answers = lambda d: "-" if not d else f"{d['answered']} ({d['too_long']})"
-        rho, tau = shown_correlations(j)
-        rows.append(f"| {n} | {pct(judge_coverage(j) if j else None)} | {pct(j.get('pairwise_accuracy'))} | "
-                    f"{pct(j.get('five_best'))} | {pct(j.get('exact_match'))} | {num(rho, '{:.3f}')} | "
-                    f"{num(tau, '{:.3f}')} | {j.get('too_long', '-')} | {answers(a)} | "
+        rows.append(f"| {n} | {pct(judge_coverage(j) if j else None)} | {judge_cells(j)} | "
+                    f"{j.get('too_long', '-')} | {answers(a)} | "
                     f"{num(a.get('avg_length'))} | {answers(b)} | {num(b.get('avg_length'))} |")
     return rows, metrics
 
