@@ -38,7 +38,7 @@ from safetensors import safe_open
 
 import distributed as D
 from data import sync_to_disk
-from model import LLAMA3_VOCAB, PRESETS, ROPE_SCALING_KEYS, ModelArgs, Transformer, ffn_base, preset
+from model import LLAMA3_VOCAB, LLAMA31_ROPE, LLAMA32_ROPE, PRESETS, ROPE_SCALING_KEYS, ModelArgs, Transformer, ffn_base, preset
 from tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
@@ -203,15 +203,19 @@ def read_config(path):
         return args_from_hf_config(config, cfg_path)
     known = {f.name for f in fields(ModelArgs)} - {"rope_scaling", "tie_embeddings"}
     args = {k: v for k, v in config.items() if k in known and v is not None}
-    if config.get("use_scaled_rope"):  # Meta's Llama 3.1+: the scaling its reference code applies
-        args["rope_scaling"] = {"factor": config.get("rope_scaling_factor", 8.0), "low_freq_factor": 1.0,
-                                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
     # memory-mapped, nothing loaded: Llama 2's params.json says vocab_size -1
     # (the embedding's rows tell), and a tied model has no output.weight
     shard = open_meta_shard(meta_shards(path)[0])
     if args.get("vocab_size", -1) == -1:
         args["vocab_size"] = shard["tok_embeddings.weight"].shape[0]
     args["tie_embeddings"] = "output.weight" not in shard
+    if config.get("use_scaled_rope"):
+        # Meta's Llama 3.1+: params.json says the rotary frequencies are scaled, not by how much. Meta's
+        # reference code scales by 8 always, which their config.json files say for all but Llama 3.2 1B
+        # and 3B, whose say 32 (meta-llama/llama-models issues 166 and 241): those two have Llama 3's
+        # vocabulary at widths 2048 and 3072 (3.2's vision models are 3.1 8B's and 70B's width)
+        llama32_small = args["vocab_size"] == LLAMA3_VOCAB and args.get("dim") in (2048, 3072)
+        args["rope_scaling"] = dict(LLAMA32_ROPE if llama32_small else LLAMA31_ROPE)
     if "max_seq_len" not in args:  # params.json does not say: the context each Llama generation was trained to
         llama3 = args["vocab_size"] == LLAMA3_VOCAB
         args["max_seq_len"] = 131072 if config.get("use_scaled_rope") else 8192 if llama3 else 4096

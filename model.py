@@ -96,9 +96,11 @@ class ModelArgs:
 # published shapes (Touvron et al. 2023, Meta's params.json files, the
 # models' config.json on the Hugging Face hub).
 LLAMA3_VOCAB = 128256
-# Llama 3.2's scaling of the rotary frequencies (its config.json's rope_scaling)
-LLAMA32_ROPE = {"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+# Llama 3.1's and 3.2's scaling of the rotary frequencies (their config.json's rope_scaling): 3.1,
+# 3.3 and 3.2's vision models scale by 8, 3.2's 1B and 3B by 32
+LLAMA31_ROPE = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                 "original_max_position_embeddings": 8192}
+LLAMA32_ROPE = {**LLAMA31_ROPE, "factor": 32.0}
 PRESETS = {
     "toy-tiny": ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512,
                           multiple_of=32, max_seq_len=512),

@@ -389,13 +389,20 @@ def test_meta_layout_llama3_tied_and_scaled(tmp_path):
     model = random_model(args)
     make_meta_layout(model, tmp_path / "meta", 1)
     params = json.load(open(tmp_path / "meta" / "params.json"))
-    json.dump({**params, "use_scaled_rope": True, "rope_scaling_factor": 32.0},
-              open(tmp_path / "meta" / "params.json", "w"))
+    json.dump({**params, "use_scaled_rope": True}, open(tmp_path / "meta" / "params.json", "w"))
     loaded = load_model(tmp_path / "meta")
-    assert loaded.args.tie_embeddings and loaded.args.rope_scaling["factor"] == 32.0
+    assert loaded.args.tie_embeddings and loaded.args.rope_scaling == {
+        "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
     assert torch.equal(loaded.tok_embeddings.weight, model.tok_embeddings.weight)
     # params.json gives no context length: Llama 3.1+'s (scaled rope) 131072; Llama 3.0's 8192; Llama 2's 4096
     assert loaded.args.max_seq_len == 131072
+    # nor the scaling factor: Meta's reference code's 8 (Llama 3.1, 3.3), but Llama 3.2 1B's and 3B's
+    # config.json files say 32 (Meta's params.json of those two: their widths with Llama 3's vocabulary)
+    for dim, factor in ((2048, 32.0), (3072, 32.0), (4096, 8.0), (8192, 8.0)):
+        json.dump({**params, "dim": dim, "vocab_size": 128256, "use_scaled_rope": True},
+                  open(tmp_path / "meta" / "params.json", "w"))
+        assert read_config(tmp_path / "meta").rope_scaling["factor"] == factor, dim
+    assert PRESETS["llama3.2-1b"].rope_scaling["factor"] == PRESETS["llama3.2-3b"].rope_scaling["factor"] == 32.0
     json.dump({**params, "vocab_size": 128256}, open(tmp_path / "meta" / "params.json", "w"))
     assert read_config(tmp_path / "meta").max_seq_len == 8192
     json.dump(params, open(tmp_path / "meta" / "params.json", "w"))
