@@ -38,7 +38,8 @@ from safetensors import safe_open
 
 import distributed as D
 from data import sync_to_disk
-from model import LLAMA3_VOCAB, LLAMA31_ROPE, LLAMA32_ROPE, PRESETS, ROPE_SCALING_KEYS, ModelArgs, Transformer, ffn_base, preset
+from model import (LLAMA3_VOCAB, LLAMA31_ROPE, LLAMA32_ROPE, PRESETS, ROPE_SCALING_KEYS, ModelArgs, Transformer,
+                   ffn_base, preset)
 from tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
