@@ -23,8 +23,10 @@ Hugging Face stores them: config.json says tie_word_embeddings and the
 file has model.embed_tokens.weight only, no lm_head.weight.
 
 Nothing here ever holds the whole model in memory at once: reading streams one
-tensor at a time from memory-mapped files (under FSDP each rank reads only its
-rows, under tensor parallelism its rows or columns), writing gathers and writes one tensor at a time.
+tensor at a time from memory-mapped files (in the Hugging Face layout, under FSDP
+each rank reads only its rows, under tensor parallelism its rows or columns; in
+Meta's, a tensor split over several consolidated files is joined whole, then
+cut to this rank's part), writing gathers and writes one tensor at a time.
 """
 import json
 import math
@@ -380,18 +382,20 @@ def check_shape(path, name, stored_shape, param):
 
 @torch.no_grad()
 def load_tensors(model, tensors, source):
-    """Copy (name, this rank's rows) pairs into the model's parameters, one at
-    a time; every parameter must be given exactly its local shape."""
+    """Copy (name, this rank's part) pairs into the model's parameters, one
+    at a time (the part: the whole tensor in one process, its rows under FSDP,
+    its rows or columns under tensor parallelism); every parameter must be
+    given exactly its local shape."""
     params = dict(model.named_parameters())
     seen = set()
-    for name, rows in tensors:
+    for name, part in tensors:
         if name not in params:
             raise ValueError(f"{source}: unexpected tensor {name}")
         local = D.local_tensor(params[name])
-        if tuple(rows.shape) != tuple(local.shape):
-            raise ValueError(f"{source}: tensor {name} has shape {tuple(rows.shape)}, this rank holds "
+        if tuple(part.shape) != tuple(local.shape):
+            raise ValueError(f"{source}: tensor {name} has shape {tuple(part.shape)}, this rank holds "
                              f"{tuple(local.shape)}")
-        local.copy_(rows)
+        local.copy_(part)
         seen.add(name)
     missing = [n for n in params if n not in seen]
     if missing:
@@ -402,8 +406,9 @@ def load_model(path, env=None, dtype=None, dropout=0.0):
     """
     A checkpoint folder (either layout) as a Transformer on env.device (a
     plain process on the CPU when env is None). The model is built on the
-    meta device (no memory), sharded with FSDP2 when env has a device mesh,
-    allocated (only this rank's shard), then filled tensor by tensor from the
+    meta device (no memory), sharded with FSDP2 when env has a device mesh or
+    split for tensor parallelism when env has a tp mesh (D.empty_model),
+    allocated (only this rank's part), then filled tensor by tensor from the
     memory-mapped files. dtype: the parameters' dtype (default float32,
     whatever the files store). If a tokenizer sits beside the weights, its
     vocabulary must fit the model's.

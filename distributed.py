@@ -435,7 +435,7 @@ def tensor_parallel(model, mesh):
     samples the same tokens; a tied embedding (one matrix for both) is
     whole on every rank instead. The norms (dim numbers each) are whole on every
     rank. Parameters become DTensors (still on meta: no memory, nothing sent),
-    for checkpoint.read_tensors to fill with this rank's slices.
+    for checkpoint.load_tensors to fill with this rank's slices.
     """
     tp, args = mesh.size(), model.args
     if args.n_kv_heads % tp or args.hidden_dim % tp:

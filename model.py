@@ -149,7 +149,8 @@ def preset(name, **overrides):
 # The building blocks
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich 2019), computed in fp32."""
+    """x / sqrt(mean(x^2) + eps) * weight (Zhang & Sennrich 2019): normalised in
+    fp32; in bf16 the weight then multiplies in bf16, as in Meta's reference code."""
 
     def __init__(self, dim, eps=1e-5):
         super().__init__()

@@ -184,7 +184,8 @@ def decode_attention(q, k, v, mask, shared=None):
 class KVCache:
     """
     A key/value cache for batched sampling: for each layer, buffers
-    (B, n_kv_heads, slots, head_dim) filled left to right.
+    (capacity, n_kv_heads, slots, head_dim) filled left to right, of which
+    the first B rows are in use.
 
     One forward pass of model.Transformer with a cache makes three calls:
       begin(tokens, pad_mask)   once, before the layers: marks which of the
@@ -197,11 +198,10 @@ class KVCache:
       end(T)                    once, after the layers: the T new slots count
                                 as filled.
 
-    All rows share
-    the same slot index, and a boolean `valid` (B, max_len) marks which slots
-    hold real tokens of that row; padding slots (rows whose prompts are
-    shorter) and slots not yet filled are never attended to. Each row's
-    positions count only its own valid slots, so rotary angles are right
+    All rows share the same slot index, and a boolean `valid` (B, max_len)
+    marks which slots hold real tokens of that row; padding slots (rows whose
+    prompts are shorter) and slots not yet filled are never attended to. Each
+    row's positions count only its own valid slots, so rotary angles are right
     whatever the padding.
 
     A padding slot's own query attends to itself, so no attention row is ever
@@ -424,11 +424,6 @@ class StaticKVCache(KVCache):
         self.slot = self.slot + 1
         self.allowed = self.mask = None
 
-    def select(self, rows):
-        slot = self.slot.clone()  # not shared with the cache this one was copied from
-        super().select(rows)
-        self.slot = slot
-        return self
 
 
 # -----------------------------------------------------------------------------
@@ -474,7 +469,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, n=1, eo
     temperature: 0 is greedy (argmax). top_p: nucleus sampling, 1.0 is off.
     seed: the same seed gives the same completions whatever batch_size, n
         sharing and prefix sharing (None: draw one from torch's global RNG).
-    batch_size: sequences decoded together (prompts per batch: batch_size // n).
+    batch_size: sequences decoded together (prompts per batch: batch_size // n,
+        at least one: with n > batch_size, one prompt's n rows).
     min_shared_prefix: prefill a common prefix of all prompts once when it is
         at least this many tokens (None: never).
     compile: torch.compile the decode step.
