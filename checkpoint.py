@@ -41,7 +41,7 @@ from safetensors import safe_open
 import distributed as D
 from data import sync_to_disk
 from model import (LLAMA3_VOCAB, LLAMA31_ROPE, LLAMA32_ROPE, PRESETS, ROPE_SCALING_KEYS, ModelArgs, Transformer,
-                   ffn_base, preset)
+                   ffn_width, preset)
 from tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------
@@ -163,14 +163,16 @@ def args_from_hf_config(config, path="config.json"):
 
 
 def ffn_rule_for(dim, hidden_dim):
-    """(multiple_of, ffn_dim_multiplier) that make ModelArgs.hidden_dim == hidden_dim."""
-    base = ffn_base(dim)
+    """(multiple_of, ffn_dim_multiplier) that make ModelArgs.hidden_dim == hidden_dim.
+    config.json gives the width itself; ModelArgs keeps Meta's rule
+    (model.ffn_width) as the one source of it, as params.json does, so the
+    width is turned back into the rule's two numbers."""
+    base = ffn_width(dim, 1)
     if base == hidden_dim:
         return hidden_dim, None
     for multiple_of in (256, 4096, 1024, 512, 128, 64, 32, 16, 8, 1):
         for mult in (None, 1.3, 1.5, 2.0, 4.0):  # Meta's published multipliers first
-            hidden = base if mult is None else int(mult * base)
-            if multiple_of * ((hidden + multiple_of - 1) // multiple_of) == hidden_dim:
+            if ffn_width(dim, multiple_of, mult) == hidden_dim:
                 return multiple_of, mult
     # Any width: multiple_of = hidden_dim and a multiplier that does not exceed it.
     return hidden_dim, hidden_dim / base if hidden_dim < base else None

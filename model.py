@@ -28,11 +28,14 @@ import torch.nn.functional as F
 ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
-def ffn_base(dim):
-    """The feed-forward width before Llama's multiplier and rounding: 2/3 of
-    4*dim (SwiGLU has three matrices instead of two, so this keeps the
-    parameter count of a 4*dim MLP)."""
-    return int(2 * (4 * dim) / 3)
+def ffn_width(dim, multiple_of, ffn_dim_multiplier=None):
+    """Llama's feed-forward width: 2/3 of 4*dim (SwiGLU has three matrices
+    instead of two, so this keeps the parameter count of a 4*dim MLP), times
+    an optional multiplier, rounded up to a multiple of `multiple_of`."""
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
 @dataclass
@@ -71,12 +74,7 @@ class ModelArgs:
 
     @property
     def hidden_dim(self):
-        # Llama's rule: ffn_base, times an optional multiplier, rounded up to a
-        # multiple of `multiple_of`.
-        hidden = ffn_base(self.dim)
-        if self.ffn_dim_multiplier is not None:
-            hidden = int(self.ffn_dim_multiplier * hidden)
-        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+        return ffn_width(self.dim, self.multiple_of, self.ffn_dim_multiplier)
 
     def block_params(self):
         """Parameters of one block, counted from the shapes: two RMSNorms,
