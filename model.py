@@ -225,7 +225,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
-        self.dropout = args.dropout
+        self.attn_dropout_p = args.dropout  # dropout on the attention weights (training only)
 
     def forward(self, x, rotation, cache=None, layer=0):
         B, T, _ = x.shape
@@ -239,7 +239,7 @@ class Attention(nn.Module):
         # training and scoring: causal attention within the sequence
         y = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,  # (B, heads, T, hd)
-            dropout_p=self.dropout if self.training else 0.0,
+            dropout_p=self.attn_dropout_p if self.training else 0.0,
             enable_gqa=self.n_kv_heads != self.n_heads)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -265,8 +265,9 @@ class TransformerBlock(nn.Module):
         self.attention = Attention(args)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args)
-        # Dropout on each residual branch (as in GPT-2/nanoGPT); Meta's Llama
-        # has none, the paper fine-tunes with 0.1. Off in eval mode.
+        # Dropout on each residual branch and on the attention weights (as in
+        # GPT-2/nanoGPT); Meta's Llama has none, the paper fine-tunes with 0.1.
+        # Off in eval mode.
         self.dropout = nn.Dropout(args.dropout)
 
     def forward(self, x, rotation, cache=None):
@@ -350,6 +351,7 @@ class Transformer(nn.Module):
         return logits, loss
 
     def num_params(self):
+        """Parameters of this built model (ModelArgs.n_params counts them from the shapes)."""
         return sum(p.numel() for p in self.parameters())
 
 
