@@ -168,15 +168,19 @@ def decode_attention(q, k, v, mask, shared=None):
     if shared is not None:
         # the prefix is read once for the whole batch: all B*G queries of a KV
         # head are the rows of one matmul, instead of B copies read row by row
-        qs = q.view(B, KV, G, hd).transpose(0, 1).reshape(KV, B * G, hd)
+        # (the same sums as with the prefix copied into every row's slots:
+        # scores (B, H, P + S) = [q . prefix keys, q . own keys])
+        qs = q.view(B, KV, G, hd).transpose(0, 1).reshape(KV, B * G, hd)  # each KV head's queries of all rows
         prefix_scores = torch.bmm(qs, shared[0][0].transpose(1, 2))  # (KV, B*G, P)
-        scores = torch.cat([prefix_scores.view(KV, B, G, P).transpose(0, 1).reshape(B, H, P), scores], dim=-1)
+        prefix_scores = prefix_scores.view(KV, B, G, P).transpose(0, 1).reshape(B, H, P)  # back to rows, heads
+        scores = torch.cat([prefix_scores, scores], dim=-1)  # (B, H, P + S)
     scores = torch.add(mask.view(B, 1, P + S), scores, alpha=hd ** -0.5)  # scale and mask in one op
     probs = scores.softmax(-1, dtype=torch.float32).to(v.dtype)  # (B, H, P + S): one softmax over both parts
     y = torch.bmm(probs[:, :, P:].reshape(B * KV, G, S), v.reshape(B * KV, S, hd))  # (B*KV, G, hd)
     if shared is not None:
-        probs = probs[:, :, :P].reshape(B, KV, G, P).transpose(0, 1).reshape(KV, B * G, P)
-        y = y.view(B, KV, G, hd) + torch.bmm(probs, shared[1][0]).view(KV, B, G, hd).transpose(0, 1)
+        probs = probs[:, :, :P].reshape(B, KV, G, P).transpose(0, 1).reshape(KV, B * G, P)  # as qs
+        prefix_y = torch.bmm(probs, shared[1][0]).view(KV, B, G, hd).transpose(0, 1)  # (B, KV, G, hd)
+        y = y.view(B, KV, G, hd) + prefix_y  # each row's own slots' share plus the prefix's
     return y.reshape(B, 1, H * hd)
 
 
@@ -521,6 +525,11 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, n, eos_id, see
 
     # Sort by length (less padding in each batch), deal out to shares round-robin,
     # and pad every share to the same length so all ranks run the same batches.
+    # Why in lockstep: under FSDP every forward pass all-gathers each block's
+    # weights from all ranks, under tensor parallelism it all-reduces
+    # activations, so a rank that made fewer passes would leave the others
+    # waiting in a collective forever. Hence the fillers here, and in the
+    # decode loop a rank with nothing left keeps stepping one dummy row.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     share = order[share_index::shares]
     real = len(share)  # this rank's own prompts; the fillers after them have their results dropped
