@@ -694,7 +694,9 @@ def memory_plan(args: ModelArgs, tp, batch_size, context, new_tokens, gpu_memory
 
 
 # -----------------------------------------------------------------------------
-# Many prompts from a file
+# The command line: one prompt, or many prompts from a file (answered in
+# chunks, resumed after an interruption). File handling, not the method: skip
+# it on a first read.
 
 def sample_chat(model, tok, texts, **kw):
     """Chat responses (strings) to prompts (strings): len(texts) * n of them, as generate orders them."""
