@@ -279,9 +279,10 @@ def detect_template(tok, jinja=""):
     """The chat template a checkpoint was trained with: told by the markers of
     its Jinja template, else by its vocabulary's special tokens, else (a base
     model, no template) Llama 2's. None for a Jinja template in none of the
-    three formats (Zephyr's <|user|>, Vicuna's USER:, ...): answering such a
-    model in another format would go wrong without a word."""
-    for marker, name in (("<|im_start|>", "chatml"), ("<|start_header_id|>", "llama3"), ("[INST]", "llama2")):
+    three formats (Zephyr's <|user|>, Vicuna's USER:, Mistral's [INST] without
+    Llama 2's <<SYS>> block and BOS per turn, ...): answering such a model in
+    another format would go wrong without a word."""
+    for marker, name in (("<|im_start|>", "chatml"), ("<|start_header_id|>", "llama3"), ("<<SYS>>", "llama2")):
         if marker in jinja:
             return name
     if jinja.strip():

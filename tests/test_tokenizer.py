@@ -401,6 +401,14 @@ def test_a_chat_template_in_none_of_our_formats_is_named_not_guessed(tmp_path, l
     with pytest.raises(ValueError, match=r"zephyr/tokenizer_config.json: its chat template is none of the formats"):
         chat_prompt_ids(tok, "hi")
     assert Tokenizer(folder, template="llama3").template == "llama3"
+    # Mistral's form: [INST] too, but one BOS for the whole chat and no <<SYS>> block: not Llama 2's
+    mistral = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + "
+               "' [/INST]' }}{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}")
+    assert Tokenizer(retemplated(llama3_style, tmp_path / "mistral", chat_template=mistral)).template is None
+    llama2 = ("{% for m in messages %}{% if loop.index0 == 0 and system_message %}{% set content = '<<SYS>>\\n' + "
+              "system_message + '\\n<</SYS>>\\n\\n' + m['content'] %}{% endif %}{{ bos_token + '[INST] ' + "
+              "content.strip() + ' [/INST]' }}{% endfor %}")  # (Meta's Llama 2 chat template's markers)
+    assert Tokenizer(retemplated(llama3_style, tmp_path / "llama2", chat_template=llama2)).template == "llama2"
     save_model(Transformer(ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=tok.vocab_size, multiple_of=16)),
                tmp_path / "ckpt", tokenizer_path=folder)
     p = validate.Problems(None)
