@@ -113,17 +113,19 @@ def batch(tok, rng, c, yes, no):
 
 
 @torch.no_grad()
-def score(model, tok, lines, yes, no):
+def score(model, tok, lines, yes, no, bos=False):
     """{(ask, met): [right, of]} over held-out (prompt, text, met) items: at
     each of a check's three yes/no words, whether the model gives "yes" the
     higher logit exactly where the ask is met. With a prompt, the model reads
     prompt and text as the judge's SFT records are read (the chat template),
-    and only the text's yes/no words count."""
+    and only the text's yes/no words count. Without one, the text alone,
+    after a BOS with bos=True (as a run's M0 read each pretraining document;
+    the drill's own model learns lines without one)."""
     was_training = model.training
     model.eval()
     counts = {(ask, met): [0, 0] for ask in ASKS for met in (True, False)}
     for prompt, text, met in lines:
-        ids, start = chat_tokens(tok, prompt, text) if prompt is not None else (tok.encode(text), 1)
+        ids, start = chat_tokens(tok, prompt, text) if prompt is not None else (tok.encode(text, bos=bos), 1)
         logits = model(torch.tensor([ids]))[0]
         spots = [i for i in range(start - 1, len(ids) - 1) if ids[i + 1] in (yes, no)]
         if len(spots) != 3:
@@ -238,7 +240,7 @@ def evaluate_checkpoint(c):
     run = run_settings(c.evaluate)
     tok = Tokenizer(c.evaluate, run.get("chat_template", ""))
     lines = held_out_lines(c, run.get("judge_compares", True))
-    return score(load_model(c.evaluate).eval(), tok, lines, *yes_no_ids(tok))
+    return score(load_model(c.evaluate).eval(), tok, lines, *yes_no_ids(tok), bos=True)
 
 
 if __name__ == "__main__":

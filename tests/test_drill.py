@@ -130,7 +130,7 @@ def test_a_short_drill_runs(tok):
     assert drill.check(settings(drill.DEFAULTS, {})).found == []
 
 
-def test_a_checkpoint_is_evaluated_on_quiz_items(tok, tmp_path):
+def test_a_checkpoint_is_evaluated_on_quiz_items(tok, tmp_path, monkeypatch):
     from checkpoint import save_model
     from model import Transformer, preset
     torch.manual_seed(0)
@@ -138,8 +138,12 @@ def test_a_checkpoint_is_evaluated_on_quiz_items(tok, tmp_path):
     save_model(Transformer(preset("toy-tiny", vocab_size=tok.vocab_size, max_seq_len=2048)), str(tmp_path / "M0"),
                tok.model_path)
     c = settings(drill.DEFAULTS, {"evaluate": str(tmp_path / "M0"), "eval_lines": 12})
+    firsts = []  # the first token of each item the model reads: BOS, as M0 read each pretraining document
+    forward = Transformer.forward
+    monkeypatch.setattr(Transformer, "forward", lambda self, ids, *a, **kw: (
+        firsts.append(int(ids[0, 0])), forward(self, ids, *a, **kw))[1])
     counts = drill.evaluate_checkpoint(c)
-    assert sum(of for _, of in counts.values()) == 36
+    assert sum(of for _, of in counts.values()) == 36 and firsts == [tok.bos_id] * 12
     _, text, _ = drill.held_out_lines(settings(drill.DEFAULTS, {"form": "quiz", "eval_lines": 1}))[0]
     assert drill.held_out_lines(c)[0][1].startswith("Q: ")  # with evaluate, quiz items unless form says otherwise
     judged = drill.evaluate_checkpoint(settings(drill.DEFAULTS, {**vars(c), "form": "judge"}))
