@@ -186,6 +186,11 @@ class Tokenizer:
         if self.eos_id is None:
             raise ValueError(f"{path}: no EOS token (tokenizer_config.json, special_tokens_map.json or "
                              f"generation_config.json must name one)")
+        # does an encoded text begin with a space? SentencePiece's dummy prefix ("▁") writes one (Llama 2's
+        # "[/INST] {reply}" relies on it); a byte-level BPE vocabulary does not
+        first = (self.sp.id_to_piece(self.sp.encode("a")[0]) if self.sp
+                 else self.hf.encode("a", add_special_tokens=False).tokens[0])
+        self.leading_space = first.startswith("▁")
 
         # the chat template: the setting, else what the checkpoint's own Jinja template or vocabulary shows
         jinja, where = chat_template_text(folder, config)
@@ -330,9 +335,10 @@ def llama2_parts(tok, messages, open_reply):
             if system is not None:
                 text, system = f"{B_SYS}{system}{E_SYS}{text}", None
             parts.append((tok.encode(f"{B_INST} {text} {E_INST}", bos=True), False))
-        else:  # SentencePiece adds its dummy-prefix space: "[/INST] {reply}"
-            earlier = i + 1 < len(messages)
-            parts.append((tok.encode(text + " " * earlier) + [tok.end_of_turn], True))
+        else:  # "[/INST] {reply}": SentencePiece's dummy prefix writes that space, else we do
+            earlier = i + 1 < len(messages)  # Meta's "{reply} </s>"
+            space = "" if tok.leading_space else " "
+            parts.append((tok.encode(space + text + " " * earlier) + [tok.end_of_turn], True))
     return parts
 
 

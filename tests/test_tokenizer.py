@@ -158,7 +158,11 @@ def test_tokenizer_json_special_tokens_from_the_checkpoint_files(llama3_style):
     (llama3_style / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": None}))
     try:
         assert Tokenizer(llama3_style).template == "llama3"
-        assert Tokenizer(llama3_style, template="llama2").template == "llama2"
+        as_llama2 = Tokenizer(llama3_style, template="llama2")
+        assert as_llama2.template == "llama2" and not as_llama2.leading_space
+        # a byte-level vocabulary adds no space of its own: "[/INST] {reply}" is written with it
+        assert as_llama2.decode(chat_ids(as_llama2, CONVERSATION[1:4])[0]).startswith(
+            f"<|begin_of_text|>[INST] {CONVERSATION[1]['content']} [/INST] {CONVERSATION[2]['content']} ")
         with pytest.raises(ValueError, match="unknown chat template 'llama4'"):
             Tokenizer(llama3_style, template="llama4")
         with pytest.raises(ValueError, match="needs special tokens this vocabulary lacks"):
@@ -195,7 +199,7 @@ def test_llama2_multi_turn_is_metas_format(llama_tokenizer_path):
     whole, the system prompt inside the first [INST] (Meta's chat_completion);
     the last reply, as one-turn SFT teaches it, ends at </s>."""
     tok = Tokenizer(llama_tokenizer_path)
-    assert tok.template == "llama2" and tok.stop_ids == [2]
+    assert tok.template == "llama2" and tok.stop_ids == [2] and tok.leading_space
     ids, spans = chat_ids(tok, CONVERSATION)
     sys_user = f"<<SYS>>\n{CONVERSATION[0]['content']}\n<</SYS>>\n\n{CONVERSATION[1]['content']}"
     expected = tok.encode(f"[INST] {sys_user} [/INST] {CONVERSATION[2]['content']} ", bos=True, eos=True) + \
