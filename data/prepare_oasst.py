@@ -146,7 +146,8 @@ def prepare(paths, eval_files=(), eft_eval_frac=0.1, ift_frac=0.6, seed=1337):
             dropped[f"prompt: {why}"] += 1
             dropped["first-turn reply: its prompt is dropped"] += n_replies
             continue
-        seen_text.add(text)
+        if eval_root:  # an evaluation question, even one dropped below, never reaches training
+            seen_text.add(text)
         for c in children[root["message_id"]]:
             why = _usable(c, "assistant") or (_rank(c) is None and "unranked")
             if why:
@@ -175,9 +176,10 @@ def prepare(paths, eval_files=(), eft_eval_frac=0.1, ift_frac=0.6, seed=1337):
         else:
             name = None
             dropped["prompt: no usable rank-0 reply and fewer than 2 ranked replies"] += 1
-        if name is None:
+        if name is None:  # (a training prompt's text stays free: a later copy with usable replies is kept)
             dropped["first-turn reply: its prompt is dropped"] += len(replies)
             continue
+        seen_text.add(text)
         sets[name].append(ift if name == "ift" else eft)
         kept[f"{name} prompt"] += 1
         kept[f"{name} reply"] += 1 if name == "ift" else len(replies)

@@ -118,6 +118,14 @@ def test_a_prompt_in_both_splits_is_kept_for_the_evaluation(tmp_path):
     assert [g["prompt_id"] for g in sets["eft_eval"]] == ["z1"]
     assert [x["prompt_id"] for x in sets["ift"]] == ["a2"] and sets["eft_train"] == []
     assert dropped["prompt: same text as another prompt"] == 1
+    # a training prompt that lands in no set (no usable reply) does not shut out a later copy that has one;
+    # an eval prompt dropped for too few replies still keeps its text from training
+    train = _write(tmp_path / "train.jsonl", [_msg("b1", None, "prompter", "Name a colour."), _msg("b1a", "b1")]
+                   + tree("b2", "name a colour.") + tree("b3", "Name a tree."))
+    valid = _write(tmp_path / "valid.jsonl", [_msg("y1", None, "prompter", "Name a tree."), _msg("y1a", "y1", rank=0)])
+    sets, kept, dropped = prepare([train, valid], eval_files=[valid], ift_frac=1.0)
+    assert [x["prompt_id"] for x in sets["ift"]] == ["b2"] and sets["eft_eval"] == []
+    assert dropped["prompt: same text as another prompt"] == 1  # b3, Name a tree.
 
 
 def test_malformed_lines_name_the_file_and_line(tmp_path):
