@@ -48,7 +48,8 @@ DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isin
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # Exercises are numbered in the order of the README's layout table (the order
-# the data flows); files it does not list come after, by name.
+# the data flows); files it does not number come after, by name. (A copy of
+# that table's order: change the two together.)
 READING_ORDER = ("data/toy.py", "data/prepare_oasst.py", "tokenizer.py", "model.py", "checkpoint.py",
                  "distributed.py", "train_sft.py", "training.py", "sample.py", "judge.py", "train_dpo.py",
                  "selfreward.py", "run_folder.py", "report.py", "evaluation.py")

@@ -3,6 +3,8 @@ The paper's seed data from Open Assistant (oasst1), Section 3.1:
     IFT  English first-turn prompts, each with its human rank-0 reply
     EFT  English first-turn prompts with 2 or more human-ranked replies, as
          groups {"prompt", "responses", "ranks"}, disjoint from the IFT prompts
+         (the paper says "first turn" of IFT only; first turns for EFT too is
+         our reading, which gives its 541 eval replies: module docstring below)
 
 Input: the oasst1 per-message export, one JSON object per message
 (message_id, parent_id, text, role, lang, rank, deleted, review_result, ...),

@@ -953,7 +953,8 @@ def pretraining_docs(seed_dir, rng, n_list_docs, n_qa_docs, *, working_share=0.0
 
 def corpus(out_dir):
     """Texts to train the toy tokenizer on: every prompt and response in the
-    seed files (which include the judge prompt many times), and the chat markers."""
+    seed files (which include the judge prompt many times). The chat markers
+    are not here: tokenizer.train_tokenizer adds them as whole pieces."""
     yield JUDGE_PROMPT
     for name in ("ift", "eft_train", "eft_eval", "test"):
         for r in read_jsonl(os.path.join(out_dir, f"{name}.jsonl")):
