@@ -392,6 +392,10 @@ def check_loop(c, world):
                 p.add(f"{p.shown('seed_data')}: {len(leaked)} prompt(s) of eft_train.jsonl are EFT eval prompts "
                       f"(eft_eval.jsonl), e.g. {min(leaked)[:60]!r}: M1's judge would be evaluated on prompts it "
                       f"learned to judge; split the groups by prompt")
+            if eft_train and c.eft_judgments:
+                p.require("responses" in eft_train[0], "eft_judgments", f"supplies judgments for EFT groups of "
+                          f"ranked responses, and {p.shown('seed_data')}'s eft_train.jsonl holds targets already "
+                          f"(judge prompts with judgments): leave it out, or give the groups")
             if ift:
                 p.require(len(ift) >= c.n_shots, "n_shots", f"needs {c.n_shots} seed prompts (the first requests "
                           f"have no generated ones yet), the seed has {len(ift)}")

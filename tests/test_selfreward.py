@@ -512,6 +512,13 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
     assert problems(max_judge_tokens=32) == [
         f"seed_data = {str(seed)!r}: 1 prompt(s) of eft_train.jsonl are EFT eval prompts (eft_eval.jsonl), e.g. "
         f"'eft_eval': M1's judge would be evaluated on prompts it learned to judge; split the groups by prompt"]
+    # EFT targets ready (judge prompts with judgments): a judge file for groups would go unread
+    (seed / "eft_train.jsonl").write_text('{"prompt": "Judge this.", "response": "Fine.\\nScore: 4"}\n')
+    assert problems(max_judge_tokens=32) == []
+    assert problems(max_judge_tokens=32, eft_judgments=str(tmp_path / "judged.jsonl"), iterations=0) == [
+        f"eft_judgments = {str(tmp_path / 'judged.jsonl')!r}: supplies judgments for EFT groups of ranked responses, "
+        f"and seed_data = {str(seed)!r}'s eft_train.jsonl holds targets already (judge prompts with judgments): "
+        f"leave it out, or give the groups"]
 
 
 def test_eft_training_files_of_one_kind_with_scores_and_ranks_that_count(tmp_path):
