@@ -8,7 +8,8 @@ ends with "Score: N". This file holds
     judge(...)              sample each judgment n times, average the scores
     judge_groups(...)       the same for groups of responses to one prompt each
     reward_metrics(...)     agreement with human rankings (Section 3, Table 4)
-    make_eft_targets(...)   EFT training targets written by the SFT baseline
+    judge_eft_groups(...)   the SFT baseline's judgments of the EFT groups, attempt by attempt
+    make_eft_targets(...)   of those, the ones that agree with the human ranking: EFT training targets
     read_judge_file(path)   judgments another (stronger) judge wrote, as EFT material
     eft_targets(...)        the judgments whose scores agree with the human ranking, as SFT records
 
@@ -30,7 +31,7 @@ from collections import Counter
 
 import numpy as np
 
-from data import read_jsonl, write_jsonl
+from data import read_jsonl
 from sample import fits, generate
 from tokenizer import chat_prompt_ids
 
@@ -366,27 +367,32 @@ def eft_targets(groups, judged, seed=0):
     return downsample_top_score(records, seed)
 
 
-def make_eft_targets(model, tokenizer, groups, n_attempts=1, temperature=0.7,
-                     top_p=0.9, max_new_tokens=256, seed=1337, batch_size=32, generate_fn=None,
-                     judgments_path=None, progress=True):
+def judge_eft_groups(model, tokenizer, groups, n_attempts=1, temperature=0.7, top_p=0.9,
+                     max_new_tokens=256, seed=1337, batch_size=32, generate_fn=None, progress=True):
     """
-    The paper's recipe: the model (the SFT baseline) judges each response of the EFT
-    groups {"prompt", "responses", "ranks"} n_attempts times, and eft_targets keeps, per
-    group, the first attempt that agrees with the human ranking. Returns the SFT records;
-    judgments_path, if given, gets the raw judgments, one group a line
-    {"prompt", "responses", "ranks", "judgments", "scores", "too_long"}, to look at
-    when few or none agree.
+    The paper's recipe for EFT targets, its first half: the model (the SFT
+    baseline) judges each response of the EFT groups {"prompt", "responses",
+    "ranks"} n_attempts times. One record a group, {"prompt", "responses",
+    "ranks", "judgments", "scores", "too_long"}: what make_eft_targets keeps
+    targets from, kept beside the seed data to look at when few or none agree
+    (read_judge_file reads it back as another judge's file).
     """
     judged = judge_groups(model, tokenizer, [g["prompt"] for g in groups], [g["responses"] for g in groups],
                           n_samples=n_attempts, temperature=temperature, top_p=top_p,
                           max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, generate_fn=generate_fn,
                           progress=progress)
-    if judgments_path:
-        write_jsonl(judgments_path, [{"prompt": g["prompt"], "responses": g["responses"], "ranks": g["ranks"],
-                                      "judgments": [j["judgments"] for j in mine],
-                                      "scores": [j["scores"] for j in mine],
-                                      "too_long": [j["too_long"] for j in mine]} for g, mine in zip(groups, judged)])
-    return eft_targets(groups, judged, seed)
+    return [{"prompt": g["prompt"], "responses": g["responses"], "ranks": g["ranks"],
+             "judgments": [j["judgments"] for j in mine], "scores": [j["scores"] for j in mine],
+             "too_long": [j["too_long"] for j in mine]} for g, mine in zip(groups, judged)]
+
+
+def make_eft_targets(judged_groups, seed=0):
+    """The recipe's second half: from judge_eft_groups' records, eft_targets
+    keeps, per group, the first attempt that agrees with the human ranking.
+    Returns the SFT records."""
+    judged = [[{"response": x, "judgments": texts, "scores": scores}
+               for x, texts, scores in zip(g["responses"], g["judgments"], g["scores"])] for g in judged_groups]
+    return eft_targets(judged_groups, judged, seed)
 
 
 def judge_record(rec):
@@ -431,7 +437,7 @@ def read_judge_file(path):
       {"prompt", "completion": {"0": {"content", "reasoning"}, ...}}   the shared
           real judge outputs' layout: "reasoning" is the judge's raw text
       {"prompt", "responses": [str], "judgments": [[str]] or [str], "ranks"?}   ours
-          (make_eft_targets' judgments_path)
+          (judge_eft_groups' records)
     Scores are read from the raw text with parse_score (a stored "score" field is
     another parser's guess and is ignored). A group carries "ranks" only if the
     line does; selfreward.py adds the human ranks of the seed data's groups.

@@ -244,7 +244,7 @@ STAGE_SETTINGS = {
                 "shard_size", "judge_working", "judge_quotes", "quote_first", "judge_compares", "check_each_ask"],
     "M1": ["eft_own_answers", "meta_judge"],
     "eft_targets": ["seed", "dtype", "chat_template", "n_judge", "temperature", "top_p", "max_judge_tokens",
-                    "eft_judgments"],
+                    "shard_size", "eft_judgments"],
     "prompts": ["seed", "dtype", "chat_template", "prompt_writer", "n_prompts", "n_shots", "prompt_temperature",
                 "prompt_top_p", "max_prompt_tokens", "min_prompt_words", "max_prompt_words", "rouge_threshold",
                 "shard_size"],
@@ -462,14 +462,18 @@ def stage_eft_targets(c, r):
         return eft_targets_from_file(c, r, groups)
     raw = r.path("seed", "eft_train_sft_judgments.jsonl")
     net, tok = load_for_sampling(r, r.path("SFT"))
+
     # n_judge doubles as the attempts: attempt a is every response's a-th judgment, and the first attempt
-    # whose scores rank the group as the humans did is kept
-    recs = J.make_eft_targets(net, tok, groups, n_attempts=c.n_judge, temperature=c.temperature, top_p=c.top_p,
-                              max_new_tokens=c.max_judge_tokens, seed=sub_seed(c.seed, "eft targets"),
-                              batch_size=c.gen_batch_size, judgments_path=raw if D.is_rank0() else None,
-                              progress=c.progress)
-    D.barrier()
-    judged = read_jsonl(raw)
+    # whose scores rank the group as the humans did is kept. In shards, as the loop's own judging:
+    # hours at 70B, and a killed run loses at most one shard
+    def work(chunk, shard):
+        return J.judge_eft_groups(net, tok, chunk, n_attempts=c.n_judge, temperature=c.temperature,
+                                  top_p=c.top_p, max_new_tokens=c.max_judge_tokens,
+                                  seed=sub_seed(c.seed, "eft targets", shard), batch_size=c.gen_batch_size,
+                                  progress=c.progress)
+
+    judged = generate_sharded(r, os.path.join("seed", "eft_train_sft_judgments"), groups, c.shard_size, work)
+    recs = J.make_eft_targets(judged, seed=sub_seed(c.seed, "eft targets"))
     info = {"groups": len(groups), "targets": len(recs), **J.judgment_counts(ss for g in judged for ss in g["scores"]),
             "too_long": sum(sum(g["too_long"]) for g in judged)}  # responses whose judge prompt did not fit
     if not recs:

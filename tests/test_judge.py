@@ -13,7 +13,7 @@ import judge as J
 from conftest import shared_file
 from data import read_jsonl, write_jsonl
 from judge import (JUDGE_PROMPT, eft_targets, judge, judge_groups, judge_prompt, judge_prompt_ids, kendall_tau,
-                   make_eft_targets, parse_score, read_judge_file, reward_metrics, spearman)
+                   judge_eft_groups, make_eft_targets, parse_score, read_judge_file, reward_metrics, spearman)
 
 
 def test_prompt_is_the_papers_text():
@@ -240,7 +240,7 @@ def test_eft_targets_keep_agreeing_groups_and_downsample():
              "Fine. Score: 4", "**Score: 5**", "Score: 1\nOff-topic answer.", "Score: 2", "Score: 2",
              "Score: 9", "Score: 0"]
     gen, _ = stub_generate(texts)
-    records = make_eft_targets(MODEL, CharTokenizer(), groups, n_attempts=1, generate_fn=gen, seed=0)
+    records = make_eft_targets(judge_eft_groups(MODEL, CharTokenizer(), groups, n_attempts=1, generate_fn=gen), seed=0)
     # kept: g0 (4, 2) and g2 (4, 5, 1); the most frequent score, 4, is cut to the next count (1)
     assert sorted(r["score"] for r in records) == [1, 2, 4, 5]
     assert {"prompt": judge_prompt("g0", "b"), "response": "Partly.\nScore: 2", "score": 2, "instruction": "g0"} \
@@ -273,9 +273,11 @@ def test_make_eft_targets_keeps_the_raw_judgments(tmp_path):
               {"prompt": "g1", "responses": ["c", "d"], "ranks": [0, 1]}]
     gen, _ = stub_generate(["Score: 4", "Score: 2", "no score", "Score: 4"])
     raw = tmp_path / "raw.jsonl"
-    records = make_eft_targets(MODEL, CharTokenizer(), groups, n_attempts=1, generate_fn=gen, judgments_path=raw)
+    judged = judge_eft_groups(MODEL, CharTokenizer(), groups, n_attempts=1, generate_fn=gen)
+    write_jsonl(raw, judged)
+    records = make_eft_targets(judged)
     assert sorted(r["score"] for r in records) == [2, 4]  # g0 agrees; g1 has no score for "c"
-    assert read_jsonl(raw) == [
+    assert judged == [
         {"prompt": "g0", "responses": ["a", "b"], "ranks": [0, 1], "judgments": [["Score: 4"], ["Score: 2"]],
          "scores": [[4], [2]], "too_long": [False, False]},
         {"prompt": "g1", "responses": ["c", "d"], "ranks": [0, 1], "judgments": [["no score"], ["Score: 4"]],

@@ -200,6 +200,37 @@ def test_sft_baselines_judgments_are_kept_when_no_eft_target_agrees(tmp_path, mo
     assert kept[1]["too_long"] == [False, True] and len(kept[0]["judgments"][0]) == 2  # n_judge attempts
 
 
+def test_sft_baselines_eft_judging_resumes_from_its_last_shard(tmp_path, monkeypatch, tok):
+    """The EFT targets stage judges in shards, as the loop's own judging does:
+    a run killed in its second shard judges only that one again, and the
+    targets are those of a run never killed."""
+    use_model(monkeypatch, tok, 64)
+    groups = [{"prompt": f"q{i}", "responses": ["a", "b"], "ranks": [0, 1]} for i in range(3)]
+    calls = []
+
+    def judge_eft_groups(net, tok, chunk, seed, **kw):  # the first response better: agrees with the humans
+        calls.append([g["prompt"] for g in chunk])
+        if len(calls) == 2 and kill:
+            raise KeyboardInterrupt
+        return [{**g, "judgments": [[f"Good {seed}.\nScore: 5"], ["Bad.\nScore: 2"]], "scores": [[5], [2]],
+                 "too_long": [False, False]} for g in chunk]
+    monkeypatch.setattr(S.J, "judge_eft_groups", judge_eft_groups)
+    finished = {}
+    for name, kill in (("whole", False), ("killed", True), ("killed", False)):
+        r = Run(str(tmp_path / name), settings(shard_size=1), D.Env())
+        write_jsonl(r.path("seed", "eft_train.jsonl"), groups)
+        calls.clear()
+        try:
+            S.stage_eft_targets(settings(shard_size=1), r)
+        except KeyboardInterrupt:
+            assert calls == [["q0"], ["q1"]]
+            continue
+        finished[name] = read_jsonl(r.path("seed", "eft_train_targets.jsonl"))
+        assert calls == ([["q0"], ["q1"], ["q2"]] if name == "whole" else [["q1"], ["q2"]])
+        assert read_jsonl(r.path("seed", "eft_train_sft_judgments.jsonl"))[2]["prompt"] == "q2"
+    assert finished["killed"] == finished["whole"] and len(finished["whole"]) == 6
+
+
 def test_eft_targets_from_a_stronger_judges_file(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "load_for_sampling", lambda r, path: pytest.fail("no model judges when a file does"))
     r = run_folder(tmp_path)
