@@ -176,6 +176,11 @@ def write_alpaca_eval(path, records):
     return write_text(path, json.dumps(records, indent=2, ensure_ascii=False))
 
 
+def read_alpaca_eval(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def write_mt_bench(path, records):
     return write_jsonl(path, records)
 

@@ -9,6 +9,7 @@ resumably, on one process or on every rank under torchrun:
                         settings, input files and upstream stages; then mark it done
     save_jsonl(...)     a shared output: rank 0 writes it atomically, every rank waits
     generate_sharded()  generation in resumable shards, merged in order
+    stage_parts(...)    a stage's outputs made one at a time, each kept through an interruption
     sub_seed(...)       a seed for one piece of work, from the run's seed and a name
     move_model(...)     put a trained model folder in its place
     fit_micro(...)      a micro-batch that splits each rank's share of a batch evenly
@@ -219,6 +220,50 @@ def sub_seed(seed, *parts):
     return int(h[:12], 16)
 
 
+def parts_marker(r, name, parts):
+    """The marker name.parts holds the fingerprint of the stage whose parts
+    (files) are being written: an interrupted stage, run again, reuses them
+    only if it is the same stage made from the same inputs. Where the marker
+    is missing or another's, the files in `parts` are stale and removed.
+    Returns the marker's path (the stage removes it when it is done)."""
+    marker, fp = r.path(f"{name}.parts"), str(r.fingerprints.get(r.current))  # None: a stage called directly
+    if D.is_rank0():
+        os.makedirs(os.path.dirname(marker), exist_ok=True)
+        if not os.path.exists(marker) or open(marker).read() != fp:
+            for f in parts:
+                if os.path.exists(f):
+                    os.remove(f)
+            write_text(marker, fp)
+    D.barrier()
+    return marker
+
+
+def stage_parts(r, name, paths):
+    """For a stage whose outputs are several files made one after another
+    (selfreward's evaluation of a model: answers, judgments, benchmark
+    answers): returns part(path, make, save, load) and done(). part() reads
+    a file an interrupted run of the same stage finished (load(path)), else
+    makes it (make()) and rank 0 writes it (save(path, records)); a killed
+    run loses at most the part it was in, and gives what a run never killed
+    gives. done() ends the stage. paths: every file the stage may write."""
+    marker = parts_marker(r, name, paths)
+
+    def part(path, make, save, load):
+        if os.path.exists(path):
+            return load(path)
+        records = make()
+        if D.is_rank0():
+            save(path, records)
+        D.barrier()
+        return records
+
+    def done():
+        D.barrier()
+        if D.is_rank0():
+            os.remove(marker)
+    return part, done
+
+
 def generate_sharded(r, name, items, shard_size, work, replay=None):
     """
     Run work(chunk, shard_index) -> list of output records over `items` in
@@ -229,17 +274,9 @@ def generate_sharded(r, name, items, shard_size, work, replay=None):
     Parts are reused only by the stage fingerprint that wrote them (kept in
     name.parts): after a change of settings they are stale and removed.
     """
-    marker, fp = r.path(f"{name}.parts"), str(r.fingerprints.get(r.current))  # None: a stage called directly
     folder, stem = os.path.split(r.path(name))
-    if D.is_rank0():
-        os.makedirs(folder, exist_ok=True)
-        stale = not os.path.exists(marker) or open(marker).read() != fp
-        if stale:
-            for f in os.listdir(folder):
-                if f.startswith(stem + ".part-"):
-                    os.remove(os.path.join(folder, f))
-            write_text(marker, fp)
-    D.barrier()
+    written = os.listdir(folder) if os.path.isdir(folder) else []
+    marker = parts_marker(r, name, [os.path.join(folder, f) for f in written if f.startswith(stem + ".part-")])
     parts = []
     for s, start in enumerate(range(0, len(items), shard_size)):
         part = r.path(f"{name}.part-{s:05d}.jsonl")

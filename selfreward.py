@@ -34,8 +34,9 @@ out/<run_name>/ and records itself done with what it was made from (the
 settings it reads, STAGE_SETTINGS below; its input files; the stages it
 reads) and with the figures its stage function returns (done/<stage>, which
 report.py tabulates); running the same command again skips what is done and continues
-(long generation stages resume from their last complete shard, training from
-its last saved step), and a changed setting redoes only the stages that
+(long generation stages resume from their last complete shard, a model's
+evaluation from its last complete file, training from its last saved step),
+and a changed setting redoes only the stages that
 depend on it. Under torchrun every rank runs the same stages: generation
 splits the prompts over the ranks, training shards the model with FSDP, and
 only rank 0 writes shared files.
@@ -68,7 +69,7 @@ import train_sft
 import training
 import validate
 from data import read_jsonl, toy, write_jsonl
-from run_folder import Run, fit_micro, generate_sharded, move_model, save_jsonl, sub_seed
+from run_folder import Run, fit_micro, generate_sharded, move_model, save_jsonl, stage_parts, sub_seed
 from sample import fits, generate
 from tokenizer import Tokenizer, chat_prompt_ids, train_tokenizer
 
@@ -1072,24 +1073,25 @@ def stage_eval(c, r, name, path):
     info = {}
     os.makedirs(r.path("eval"), exist_ok=True)
     sample_kw = dict(eos_id=tok.stop_ids, batch_size=c.gen_batch_size, progress=c.progress)
+    model_id = f"{c.run_name}-{name}"  # the name external judges list it under
+    test_out, judge_out = r.path("eval", f"{name}_test.jsonl"), r.path("eval", f"{name}_judgments.jsonl")
+    alpaca_out, mt_out = E.alpaca_eval_path(r.path("eval"), model_id), E.mt_bench_path(r.path("eval"), model_id)
+    # each file below is kept as it is finished: a killed evaluation (hours at 70B) redoes only the one it was in
+    part, done = stage_parts(r, os.path.join("eval", name), [test_out, judge_out, alpaca_out, mt_out])
     test_file = r.path("seed", "test.jsonl")
     if os.path.exists(test_file):  # the toy world: held-out prompts answered greedily (all short: none skipped)
-        recs = answer_and_grade(c, net, tok, read_jsonl(test_file))
-        if D.is_rank0():
-            write_jsonl(r.path("eval", f"{name}_test.jsonl"), recs)
+        part(test_out, lambda: answer_and_grade(c, net, tok, read_jsonl(test_file)), write_jsonl, read_jsonl)
     if c.eval_judge:  # the model as a judge, against the human (toy: grader) ranks of the EFT eval set
         groups = read_jsonl(r.path("seed", "eft_eval.jsonl"))
-        judged = J.judge_groups(net, tok, [g["prompt"] for g in groups], [g["responses"] for g in groups],
-                                **judge_settings(c, sub_seed(c.seed, "eval judge", name)))
+        every = part(judge_out, lambda: [j for mine in J.judge_groups(
+            net, tok, [g["prompt"] for g in groups], [g["responses"] for g in groups],
+            **judge_settings(c, sub_seed(c.seed, "eval judge", name))) for j in mine], write_jsonl, read_jsonl)
+        judged = J.regroup(every, [len(g["responses"]) for g in groups])
         info["judge"] = J.reward_metrics([[j["score"] for j in mine] for mine in judged],
                                          [g["ranks"] for g in groups])
-        every = [j for mine in judged for j in mine]
         # coverage per judgment, not per response
         info["judge"].update(**J.judgment_counts(j["scores"] for j in every),
                              too_long=sum(j["too_long"] for j in every))
-        if D.is_rank0():
-            write_jsonl(r.path("eval", f"{name}_judgments.jsonl"), every)
-    model_id = f"{c.run_name}-{name}"  # the name external judges list it under
     trained = {}
     if c.eval_prompts or c.mt_bench:  # what the model was trained on (its EFT targets and pairs: made again if gone)
         for stage in ["eft_targets"] + [f"iter{s}_pairs" for s in iterations_before(name)]:
@@ -1097,27 +1099,25 @@ def stage_eval(c, r, name, path):
         trained = trained_prompts(r.path("seed"), name, lambda s: r.path(f"iter{s}", "pairs.jsonl"))
     if c.eval_prompts:  # real data: answers for external judges, in their own tools' files (evaluation.py)
         prompts = E.read_eval_prompts(c.eval_prompts)
-        recs, skipped = E.answer_alpaca_eval(net, tok, prompts, model_id, c.max_response_tokens, **sample_kw)
-        out = E.alpaca_eval_path(r.path("eval"), model_id)
-        if D.is_rank0():
-            E.write_alpaca_eval(out, recs)
-        info["alpaca_eval"] = {"path": out, "answered": len(recs), "too_long": skipped,
+        recs = part(alpaca_out, lambda: E.answer_alpaca_eval(net, tok, prompts, model_id, c.max_response_tokens,
+                                                             **sample_kw)[0],
+                    E.write_alpaca_eval, E.read_alpaca_eval)
+        info["alpaca_eval"] = {"path": alpaca_out, "answered": len(recs), "too_long": len(prompts) - len(recs),
                                "avg_length": E.mean_length(x["output"] for x in recs),
                                "trained_on": benchmark_overlap(list(map(E.question, prompts)), trained,
                                                                c.rouge_threshold)}
     if c.mt_bench:
         questions = E.read_mt_bench(c.mt_bench)
-        recs, skipped = E.answer_mt_bench(net, tok, questions, model_id, c.max_response_tokens,
-                                          seed=sub_seed(c.seed, "mt_bench", name), **sample_kw)
-        out = E.mt_bench_path(r.path("eval"), model_id)
-        if D.is_rank0():
-            E.write_mt_bench(out, recs)
+        recs = part(mt_out, lambda: E.answer_mt_bench(net, tok, questions, model_id, c.max_response_tokens,
+                                                      seed=sub_seed(c.seed, "mt_bench", name), **sample_kw)[0],
+                    E.write_mt_bench, read_jsonl)
         turns = [x["choices"][0]["turns"] for x in recs]  # every question: a turn with no room is E.NO_ROOM
-        info["mt_bench"] = {"path": out, "answered": len(recs) - skipped, "too_long": skipped,
+        skipped = sum(E.NO_ROOM in ts for ts in turns)
+        info["mt_bench"] = {"path": mt_out, "answered": len(recs) - skipped, "too_long": skipped,
                             "avg_length": E.mean_length(t for ts in turns if E.NO_ROOM not in ts for t in ts),
                             "trained_on": benchmark_overlap(list(map(E.question, questions)), trained,
                                                             c.rouge_threshold)}
-    D.barrier()
+    done()
     return info
 
 

@@ -183,6 +183,56 @@ def test_evaluation_skips_and_counts_long_inputs(tmp_path, monkeypatch, tok):
         SHORT, LONG * 20], "by_source": {"seed IFT": 0, "EFT training": 1, "written by the loop": 1}}
 
 
+def test_a_killed_evaluation_redoes_only_the_part_it_was_in(tmp_path, monkeypatch, tok):
+    """The evaluation of a model writes its files one after another (the
+    judge's judgments, AlpacaEval's and MT-Bench's answers: hours at 70B);
+    killed in MT-Bench, it is run again without judging or answering
+    AlpacaEval again, and gives what a run never killed gives."""
+    use_model(monkeypatch, tok, 256)
+    (tmp_path / "alpaca.json").write_text(json.dumps([{"instruction": SHORT}, {"instruction": "Name a tree."}]))
+    write_jsonl(tmp_path / "mt.jsonl", [{"question_id": 1, "turns": [SHORT, "Again."]}])
+    c = settings(eval_prompts=str(tmp_path / "alpaca.json"), mt_bench=str(tmp_path / "mt.jsonl"), run_name="real")
+    calls = []
+
+    def counted(module, name, kill=False):
+        def wrapped(*a, _real=getattr(module, name), **kw):
+            calls.append(name)
+            if kill:
+                raise KeyboardInterrupt
+            return _real(*a, **kw)
+        monkeypatch.setattr(module, name, wrapped)
+    real_mt_bench = S.E.answer_mt_bench
+    counted(S.J, "judge_groups")
+    counted(S.E, "answer_alpaca_eval")
+    counted(S.E, "answer_mt_bench")
+
+    def run(name):
+        calls.clear()
+        r = Run(str(tmp_path / name), c, D.Env())
+        write_jsonl(r.path("seed", "eft_eval.jsonl"), [{"prompt": SHORT, "responses": ["a", "b"], "ranks": [0, 1]}])
+        write_jsonl(r.path("seed", "eft_train.jsonl"), [{"prompt": "Hi.", "responses": ["a", "b"], "ranks": [0, 1]}])
+        write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": "Name a fruit.", "response": "Apple."}])
+        return r
+    r = run("whole")
+    whole = S.stage_eval(c, r, "M1", "M1")
+    assert calls == ["judge_groups", "answer_alpaca_eval", "answer_mt_bench"]
+    r = run("killed")
+    monkeypatch.setattr(S.E, "answer_mt_bench", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        S.stage_eval(c, r, "M1", "M1")
+    assert calls == ["judge_groups", "answer_alpaca_eval"] and os.path.exists(r.path("eval", "M1.parts"))
+    monkeypatch.setattr(S.E, "answer_mt_bench", real_mt_bench)
+    counted(S.E, "answer_mt_bench")
+    calls.clear()
+    killed = S.stage_eval(c, r, "M1", "M1")
+    assert calls == ["answer_mt_bench"] and not os.path.exists(r.path("eval", "M1.parts"))  # done: nothing to resume
+    for b in ("alpaca_eval", "mt_bench"):  # (paths aside: another folder)
+        whole[b]["path"] = killed[b]["path"] = None
+    assert killed == whole and whole["judge"]["judgments"] == 2 * c.n_judge
+    for f in ("eval/M1_judgments.jsonl", "eval/alpaca_eval/real-M1/model_outputs.json"):
+        assert open(tmp_path / "killed" / f).read() == open(tmp_path / "whole" / f).read()
+
+
 def test_sft_baselines_judgments_are_kept_when_no_eft_target_agrees(tmp_path, monkeypatch, tok, capsys):
     ctx = len(judge_prompt_ids(tok, SHORT, "a")) + 8
     use_model(monkeypatch, tok, ctx)  # a random model: no judgment carries a score
