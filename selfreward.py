@@ -1245,6 +1245,7 @@ def main(argv=None):
             if holder:
                 D.log(f"note: another job ({holder}) is writing {folder} now: the command would be refused until "
                       f"it ends")
+        D.teardown(env)
         return
     with D.sole_writer(env, folder):
         r = Run(folder, c, env, RUNTIME_ONLY, DEFAULTS, INPUT_SETTINGS)
