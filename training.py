@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 import distributed as D
 import validate
-from checkpoint import check_tokenizer, load_model, load_tensors, model_width, planned_args, read_config, save_model
+from checkpoint import check_tokenizer, load_model, load_tensors, model_width, planned_args, save_model
 from configurator import configure, settings
 from data import file_fingerprint, fingerprint, read_jsonl, write_text
 from model import preset
