@@ -129,12 +129,12 @@ class Run:
                 os.remove(self.path("done", name))
             D.barrier()
         t0 = time.time()
-        self.current = name
+        outer, self.current = self.current, name  # (outer: a stage that made this one again, running on after it)
         try:
             info = fn() or {}
         except (OSError, ValueError, FloatingPointError) as e:  # bad input, a diverged trainer, a full disk: one line
             D.stop(f"error: stage {name}: {e}", every_rank=not isinstance(e, OSError))  # (a disk: one rank's alone)
-        self.current = None
+        self.current = outer
         info["seconds"] = round(time.time() - t0, 1)
         self.mark(name, info, {**made_from, "fingerprint": fp}, temporary)
         self.metric({"stage": name, **info})

@@ -1514,6 +1514,14 @@ def test_a_done_stage_whose_output_is_gone_is_made_again_when_a_stage_reads_it(t
     assert f"=== M1 (again: {out} gone, and M2 reads it)" in capsys.readouterr().out
     run(beta=0.2)
     assert ran == ["M1", "M2", "M1", "M2"]
+    # made again from inside a stage that runs on after it (the evaluation: its EFT targets and pairs):
+    # a Ctrl-C after that still names the outer stage
+    shutil.rmtree(out)
+    r = Run(str(tmp_path / "run"), types.SimpleNamespace(beta=0.2), D.Env())
+    r.stage("M1", lambda: ran.append("M1") or out.mkdir(exist_ok=True), outputs=[str(out)])
+    current = []
+    r.stage("eval", lambda: r.remake_if_gone("M1", "eval") or current.append(r.current), uses=["beta"])
+    assert current == ["eval"] and ran[-1] == "M1" and out.exists() and r.current is None
 
 
 
