@@ -224,10 +224,11 @@ gpu_memory_gb = 80          # for plan_only: memory of one GPU
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 # settings that change how a run goes, not what it computes: a resumed run may differ in these (a device
-# that changes what dtype='auto' resolves to changes the dtype, which the stages record: Run.setting)
-RUNTIME_ONLY = {"progress", "device", "threads", "gen_batch_size", "tp", "plan_only", "dry_run", "world_size", "gpu_memory_gb",
-                "micro_batch_size", "run_name", "out_root", "save_interval", "activation_checkpointing",
-                "keep_train_state"}
+# that changes what dtype='auto' resolves to changes the dtype, which the stages record: Run.setting);
+# the trainers' own list, training.RUNTIME_SETTINGS, is the same idea for their settings
+RUNTIME_SETTINGS = {"progress", "device", "threads", "gen_batch_size", "tp", "plan_only", "dry_run", "world_size",
+                    "gpu_memory_gb", "micro_batch_size", "run_name", "out_root", "save_interval",
+                    "activation_checkpointing", "keep_train_state"}
 # The settings that name input files or folders (validate.INPUT_SETTINGS, with their values that are
 # not paths): each stage that lists one also lists its files, whose contents count, not how the path
 # is written (run_folder.Run).
@@ -1245,7 +1246,7 @@ def main(argv=None):
         if not os.path.isfile(os.path.join(folder, "settings.json")):
             D.log(f"{folder} is a new run: every stage would run")
         else:
-            r = Run(folder, c, env, RUNTIME_ONLY, DEFAULTS, INPUT_SETTINGS, dry=True)
+            r = Run(folder, c, env, RUNTIME_SETTINGS, DEFAULTS, INPUT_SETTINGS, dry=True)
             run_stages(c, r)
             D.log(f"reused: {', '.join(r.reused) or 'none'}; nothing was run or written")
             holder = D.lock_holder(folder) if D.is_rank0() else None
@@ -1255,7 +1256,7 @@ def main(argv=None):
         D.teardown(env)
         return
     with D.sole_writer(env, folder):
-        r = Run(folder, c, env, RUNTIME_ONLY, DEFAULTS, INPUT_SETTINGS)
+        r = Run(folder, c, env, RUNTIME_SETTINGS, DEFAULTS, INPUT_SETTINGS)
         t_start = time.time()
         try:
             run_stages(c, r)

@@ -608,7 +608,7 @@ def test_stages_declare_every_setting_they_read():
         for const in code.co_consts:
             if isinstance(const, types.CodeType):
                 names |= reads(const, seen)
-        return names & set(S.DEFAULTS) - S.RUNTIME_ONLY
+        return names & set(S.DEFAULTS) - S.RUNTIME_SETTINGS
 
     ST = S.STAGE_SETTINGS  # a "+meta" list counts only with Meta-Rewarding on, "+coin" with pair_by='coin',
     #                        "+pick" with dpo_pick_every (run_stages adds them)
@@ -634,7 +634,7 @@ def test_stages_declare_every_setting_they_read():
         assert reads(f.__code__, set()) & switches <= set(names), f.__name__
     declared = {s for names in S.STAGE_SETTINGS.values() for s in names}
     assert declared <= set(S.DEFAULTS)
-    assert set(S.DEFAULTS) - declared - S.RUNTIME_ONLY == {"seed_data", "init_from", "iterations"}  # main's own
+    assert set(S.DEFAULTS) - declared - S.RUNTIME_SETTINGS == {"seed_data", "init_from", "iterations"}  # main's own
 
 
 def test_seed_data_redone_leaves_no_file_of_the_earlier_seed(tmp_path):
