@@ -350,7 +350,7 @@ def trainer_settings(c, r, name, batch_size, micro, seed_parts):
             "keep_state": True}  # the stage removes it once marked done (Run.stage's temporary)
 
 
-def sft(c, r, name, init, data):
+def run_sft(c, r, name, init, data):
     """SFT from `init` on `data` with the run's SFT settings -> out/<run>/<name>/."""
     out = train_sft.train({**trainer_settings(c, r, name, c.sft_batch_size, c.micro_batch_size, ("sft", name)),
                            "init_from": init, "data": data, "lr": c.sft_lr, "min_lr": c.sft_min_lr,
@@ -450,7 +450,7 @@ def stage_pretrain(c, r):
 # Stage 3: SFT baseline (IFT only) and M1 (IFT + EFT)
 
 def stage_sft_baseline(c, r, m0):
-    sft(c, r, "SFT", m0, r.path("seed", "ift.jsonl"))
+    run_sft(c, r, "SFT", m0, r.path("seed", "ift.jsonl"))
     return {}
 
 
@@ -577,7 +577,7 @@ def stage_m1(c, r, m0):
     # records in no blocks, and the measured runs had it)
     random.Random(sub_seed(c.seed, "M1 data")).shuffle(both)
     save_jsonl(r.path("train", "ift_eft.jsonl"), [{"prompt": x["prompt"], "response": x["response"]} for x in both])
-    sft(c, r, "M1", m0, r.path("train", "ift_eft.jsonl"))
+    run_sft(c, r, "M1", m0, r.path("train", "ift_eft.jsonl"))
     return {"examples": len(both), **info}
 
 
