@@ -699,6 +699,9 @@ def stage_prompts(c, r, t, writer_path):
     # the end of a line ends a new task: any token that begins with a line break
     # ("\n" in Llama 2's and the toy's vocabularies; "\n", "\n\n", ... in BPE ones)
     line_breaks = tok.ids_starting_with("\n")
+    # The pool every shard checks against and draws its examples from, grown by each prompt kept
+    # (accept): shard s depends on the shards before it, so shards run in order, and a restart
+    # rebuilds the pool from the shards already written (replay) before it writes the next
     existing = [(w, Counter(w)) for w in map(words, seed_prompts + earlier)]
     seen = {p.strip().lower() for p in seed_prompts + earlier}
     generated = list(earlier)
