@@ -86,7 +86,7 @@ def _rank(m):
     return int(r)
 
 
-def _usable(m, role):
+def _why_unusable(m, role):
     """Why a message cannot be used, or None if it can."""
     if m["role"] != role:
         return f"role {m['role']!r}, not {role!r}"
@@ -140,7 +140,7 @@ def prepare(paths, eval_files=(), eft_eval_frac=0.1, ift_frac=0.6, seed=1337):
     for root_id in sorted(roots, key=lambda i: (not roots[i], i)):
         root, eval_root = messages[root_id], roots[root_id]
         replies, n_replies = [], len(children[root["message_id"]])
-        why = _usable(root, "prompter")
+        why = _why_unusable(root, "prompter")
         text = " ".join(root["text"].split()).lower()
         if not why and text in seen_text:
             why = "same text as another prompt"
@@ -151,7 +151,7 @@ def prepare(paths, eval_files=(), eft_eval_frac=0.1, ift_frac=0.6, seed=1337):
         if eval_root:  # an evaluation question, even one dropped below, never reaches training
             seen_text.add(text)
         for c in children[root["message_id"]]:
-            why = _usable(c, "assistant") or (_rank(c) is None and "unranked")
+            why = _why_unusable(c, "assistant") or (_rank(c) is None and "unranked")
             if why:
                 dropped[f"first-turn reply: {why}"] += 1
             else:

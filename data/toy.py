@@ -166,7 +166,7 @@ def invented(task, rng):
     return task["first"] + middle + task["last"]
 
 
-def fits(task, word):
+def asks_met(task, word):
     """How many of an invent task's three asks a word meets: its first
     letter, its last letter, its length."""
     return (word[:1] == task["first"]) + (word[-1:] == task["last"]) + (len(word) == task["n"])
@@ -327,16 +327,16 @@ def grade(record, response):
 
 def _grade_invent(task, text):
     """grade() of an invent task, by the same rubric: any word that meets
-    all three asks (fits()) is right; in capitals, as the toy world's words
+    all three asks (asks_met()) is right; in capitals, as the toy world's words
     are (lower case is "the right letters in the wrong case"); one ask
     missed is close (2); any other made-up word is related but wrong (1)."""
     words = [t for t in re.findall(r"[A-Za-z]+", text) if t.lower() not in ENGLISH]
-    right = [t for t in words if t.isupper() and fits(task, t) == 3]
+    right = [t for t in words if t.isupper() and asks_met(task, t) == 3]
     if right and text in (right[0], right[0] + "."):
         return 5
     if right:  # one answer, said once, in a few words
         return 3 if len(words) > 1 or len(text.split()) > 15 else 4
-    best = max((fits(task, t.upper()) for t in words), default=0)
+    best = max((asks_met(task, t.upper()) for t in words), default=0)
     return 3 if best == 3 else 2 if best == 2 else 1 if words else 0
 
 
@@ -554,7 +554,7 @@ def invent_check(task, tries, *, verdict=False, each_ask=False):
         asked = f"asked: {task['first']}, {task['last']}, {task['n']}."
         check = f"{w} starts with {w[0]}, ends with {w[-1]} and has {len(w)} letters; {asked}" if w else \
             f"The response gives no word; {asked}"
-    return f"{check} {'Right' if w and fits(task, w) == 3 else 'Not right'}." if verdict else check
+    return f"{check} {'Right' if w and asks_met(task, w) == 3 else 'Not right'}." if verdict else check
 
 
 def checked_word(judgment):

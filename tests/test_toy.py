@@ -11,8 +11,8 @@ import pytest
 
 from conftest import ROOT
 from data import read_jsonl
-from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, DRILL_LAYOUTS, ENGLISH, LETTERS, TEMPLATES, answer, attempts,
-                      build, comparison, corpus, drill_item, eft_target, fewshot_text, fits, grade, marked_quiz,
+from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, DRILL_LAYOUTS, ENGLISH, LETTERS, TEMPLATES, answer, asks_met, attempts,
+                      build, comparison, corpus, drill_item, eft_target, fewshot_text, grade, marked_quiz,
                       meta_judge_examples, pretraining_docs, quote, render, sample_task, stated_answer,
                       task_from_prompt, true_grade, validation_set, working, write_toy)
 from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
@@ -135,7 +135,7 @@ def test_an_invent_world():
         w, f, af, fy, l, al, ly, n, an, ny, verdict = m.groups()
         assert (f, l, int(n)) == (w[0], w[-1], len(w)) and (af, al, int(an)) == (task["first"], task["last"], task["n"])
         assert [fy, ly, ny] == ["yes" if a == b else "no" for a, b in ((f, af), (l, al), (n, an))]
-        assert (verdict == "Right") == ([fy, ly, ny] == ["yes"] * 3) == (fits(task, w) == 3)
+        assert (verdict == "Right") == ([fy, ly, ny] == ["yes"] * 3) == (asks_met(task, w) == 3)
 
 
 def test_tasks_answers_and_prompt_parsing():
