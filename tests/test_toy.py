@@ -11,8 +11,8 @@ import pytest
 
 from conftest import ROOT
 from data import read_jsonl
-from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, DRILL_LAYOUTS, ENGLISH, LETTERS, TEMPLATES, answer, asks_met, attempts,
-                      build, comparison, corpus, drill_item, eft_target, fewshot_text, grade, marked_quiz,
+from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, DRILL_LAYOUTS, ENGLISH, LETTERS, TEMPLATES, answer, asks_met,
+                      attempts, build, comparison, corpus, drill_item, eft_target, fewshot_text, grade, marked_quiz,
                       meta_judge_examples, pretraining_docs, quote, render, sample_task, stated_answer,
                       task_from_prompt, true_grade, validation_set, working, write_toy)
 from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
