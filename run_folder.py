@@ -105,8 +105,8 @@ class Run:
             # the stages after this one compare against the fingerprint they were made after
             fp = self.fingerprints[name] = old["made_from"]["fingerprint"]
             self.reused.append(name)
-            if D.is_rank0() and not self.dry:  # what a kill during mark's removal left
-                remove_states(temporary, whole=False)  # (a state kept on purpose stays)
+            if D.is_rank0() and not self.dry:  # what a kill before or during mark's removal left
+                remove_states(temporary)  # (temporary: only what this command does not keep, keep_train_state)
             if outputs:  # (looked at when a reader runs: a stage made again may remove another's outputs)
                 self.remakers[name] = outputs, lambda reader, gone: self.run(
                     name, fn, old, made_from, fp, after, temporary, f"{', '.join(gone)} gone, and {reader} reads it")

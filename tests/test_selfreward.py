@@ -1530,8 +1530,9 @@ def test_outputs_a_stage_made_again_removes_are_made_again_too(tmp_path):
     stages are listed: a stage made again (the seed data, which starts from
     an empty folder) may remove a file of a stage after it (EFT targets kept
     in the same folder), which is then made again before its reader. A
-    temporary path a kill left after the record (a trainer's state) goes
-    when the stage is next found done (a whole state, kept on purpose, stays)."""
+    temporary path a kill left after the record (a trainer's state, whole or
+    half removed) goes when the stage is next found done by a command that
+    does not keep it (one with keep_train_state passes no temporary paths)."""
     from run_folder import Run
     import distributed as D
     ran, seed, state = [], tmp_path / "run" / "seed", tmp_path / "run" / "train" / "M1" / "state"
@@ -1542,13 +1543,13 @@ def test_outputs_a_stage_made_again_removes_are_made_again_too(tmp_path):
         seed.mkdir(parents=True)
         (seed / "ift.jsonl").write_text("x")
 
-    def run(beta=0.1):
+    def run(beta=0.1, keep=False):
         r = Run(str(tmp_path / "run"), types.SimpleNamespace(beta=beta), D.Env())
         r.stage("seed", make_seed, outputs=[str(seed / "ift.jsonl")])
         r.stage("targets", lambda: ran.append("targets") or (seed / "targets.jsonl").write_text("t") and None,
                 after=["seed"], outputs=[str(seed / "targets.jsonl")])
         r.stage("M1", lambda: ran.append("M1") or state.mkdir(parents=True, exist_ok=True),
-                after=["seed", "targets"], temporary=[str(state)])
+                after=["seed", "targets"], temporary=[] if keep else [str(state)])
         r.stage("M2", lambda: ran.append("M2"), uses=["beta"], after=["M1", "seed", "targets"])
         return r
     run()
@@ -1558,10 +1559,11 @@ def test_outputs_a_stage_made_again_removes_are_made_again_too(tmp_path):
     run()
     assert ran == ["seed", "targets", "M1", "M2"] and not state.exists()  # nothing that reads them ran
     state.mkdir(parents=True)
-    (state / "state.json").write_text("{}")  # a whole state, kept by keep_train_state: it stays
+    (state / "state.json").write_text("{}")  # a whole state: a kill after the record, before the removal
+    run(keep=True)
+    assert (state / "state.json").exists()  # a command that keeps states leaves it
     run()
-    assert (state / "state.json").exists()
-    shutil.rmtree(state)
+    assert not state.exists()  # one that does not removes it
     run(beta=0.2)  # M2 reads the seed data, made again, which removes the targets, which M2 reads too
     assert ran == ["seed", "targets", "M1", "M2", "seed", "targets", "M2"] and (seed / "targets.jsonl").exists()
 
