@@ -25,8 +25,11 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import warnings
+from contextlib import contextmanager
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -369,13 +372,44 @@ def log_metrics(c, record):
             f.write(json.dumps(record) + "\n")
 
 
+@contextmanager
+def ctrl_c_after():
+    """A Ctrl-C inside the block is raised when it ends: a state save cut
+    short is wasted work, and torch's checkpoint writers turn the interrupt
+    into errors of their own (CheckpointException, a RuntimeError from the
+    zip writer) with a traceback. A second Ctrl-C raises at once."""
+    if threading.current_thread() is not threading.main_thread():  # (signals reach the main thread only)
+        yield
+        return
+    pressed = []
+
+    def handler(signum, frame):
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(signum)
+        D.log("\nCtrl-C: stopping once the training state is saved (Ctrl-C again to stop now)")
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
+
+
 def save_state(model, optimizer, step, path, info=None):
     """
     Model shards, optimizer state and the step with torch.distributed.checkpoint,
     each rank writing its own shards (DCP needs a filesystem all ranks share).
     Written to path.tmp, then swapped in: a kill at any moment leaves `path`
-    (or, between the two renames, path.old) holding the last complete state.
+    (or, between the two renames, path.old) holding the last complete state;
+    a Ctrl-C stops the run once the state is saved (ctrl_c_after).
     """
+    with ctrl_c_after():
+        _save_state(model, optimizer, step, path, info)
+
+
+def _save_state(model, optimizer, step, path, info):
     tmp, old = path + ".tmp", path + ".old"
     if D.is_rank0() and os.path.exists(tmp):
         shutil.rmtree(tmp)

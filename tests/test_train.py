@@ -1370,3 +1370,23 @@ def test_a_trainer_refuses_a_tokenizer_larger_than_its_checkpoints_vocabulary(wo
     with pytest.raises(validate.BadInput, match=r"tokenizer = .*: .*ckpt: the model's vocab_size is \d+ but tokenizer "
                                                 r".* has 32000 tokens"):
         validate.check_training(c, 1, [], "train_sft.py")
+
+
+def test_ctrl_c_during_a_state_save_stops_once_the_state_is_saved(tmp_path, monkeypatch):
+    """torch's checkpoint writer turned a Ctrl-C into a CheckpointException (or
+    a zip writer's RuntimeError) with a traceback: now the save finishes, then
+    the interrupt is raised, and the state saved is the one to resume from."""
+    import signal
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = str(tmp_path / "state")
+    save = T.dcp.save
+
+    def interrupted_save(*a, **kw):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C halfway through writing
+        return save(*a, **kw)
+    monkeypatch.setattr(T.dcp, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        T.save_state(model, optimizer, 3, path, {"made_from": "x"})
+    assert T.load_state(model, optimizer, path, "x")[0] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before after it
