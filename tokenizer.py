@@ -130,6 +130,20 @@ def readable(path, load, what):
         raise ValueError(f"{path}: cannot read it as {what}" + (f" ({said[-1][:200]})" if said else "")) from None
 
 
+def tokenizer_file(folder):
+    """The tokenizer file of a checkpoint folder: tokenizer.model (SentencePiece),
+    unless tokenizer.json holds tokens it lacks (a fine-tune that added chat
+    markers) or it is Meta's Llama 3 tiktoken vocabulary (then tokenizer.json)."""
+    model, hf = os.path.join(folder, "tokenizer.model"), os.path.join(folder, "tokenizer.json")
+    sentencepiece = os.path.isfile(model) and not is_tiktoken(model)
+    if os.path.isfile(hf) and (not sentencepiece or more_tokens(hf, model, chat_template_text(folder)[0])):
+        return hf
+    if sentencepiece:
+        return model
+    hint = TIKTOKEN_HELP if is_tiktoken(model) else ""
+    raise FileNotFoundError(f"tokenizer model not found: no tokenizer.model or tokenizer.json in {folder}{hint}")
+
+
 class Tokenizer:
     def __init__(self, path, template=""):
         """path: a tokenizer.model, a tokenizer.json, or a folder holding one
@@ -139,15 +153,7 @@ class Tokenizer:
         the one the checkpoint implies."""
         path = os.fspath(path)
         if os.path.isdir(path):
-            # (Meta's own Llama 3 download has a tokenizer.model in tiktoken's format: its tokenizer.json, if any)
-            found = [os.path.join(path, f) for f in ("tokenizer.model", "tokenizer.json")
-                     if os.path.isfile(os.path.join(path, f)) and not is_tiktoken(os.path.join(path, f))]
-            if not found:
-                raise FileNotFoundError(f"tokenizer model not found: no tokenizer.model or tokenizer.json in {path}"
-                                        + TIKTOKEN_HELP * is_tiktoken(os.path.join(path, "tokenizer.model")))
-            if len(found) == 2 and more_tokens(found[1], found[0], chat_template_text(path)[0]):
-                found.pop(0)
-            path = found[0]
+            path = tokenizer_file(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"tokenizer model not found: {path}")
         if is_tiktoken(path):
