@@ -17,7 +17,9 @@ and is run as
 An argument without `--` is a Python config file whose assignments override
 the defaults (its imports, functions, classes and _private names are its own
 helpers; a file that does not run is an error naming its line); `--key=value`
-overrides one setting (the value is read with ast.literal_eval, and a bare
+overrides one setting, and the config files too, wherever it stands among
+them (files apply first, in their order; the value is read with
+ast.literal_eval, and a bare
 word is taken as a string; a setting whose default is a string takes the
 text as it is). A key that does not exist, or a value of another type than
 the default (a list too), is an error that lists what exists. `--help`
@@ -152,11 +154,13 @@ def set_in_file(key, value):
 
 
 def parse_value(text):
-    """'3' -> 3, '1e-5' -> 1e-05, 'True' -> True, 'None' -> None, 'toy' -> 'toy'."""
+    """'3' -> 3, '1e-5' -> 1e-05, 'True' -> True, 'None' -> None, 'toy' -> 'toy'
+    ('16#x' stays text: literal_eval would drop the rest as a comment)."""
     try:
-        return ast.literal_eval(text)
+        value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+    return text if "#" in text and not isinstance(value, str) else value
 
 
 def help_text(namespace, comment_files=()):
@@ -186,7 +190,14 @@ def apply(namespace, argv):
             namespace[key] = _check(key, value, settings, where)
         except ConfigError as e:
             problems.append(str(e))
-    for arg in argv:
+    argv = list(argv)
+    for i, arg in enumerate(argv[:-1]):  # `--lr 1e-5`: a value taken for a config file that is not there
+        nxt = argv[i + 1]
+        if arg.startswith("--") and "=" not in arg and nxt and not nxt.startswith("--") and not os.path.exists(nxt):
+            problems.append(f"{arg} {nxt}: write {arg}={nxt}")
+            argv[i:i + 2] = [None, None]
+    # the config files first, in their order, then every --key=value: the command line has the last word
+    for arg in sorted((a for a in argv if a is not None), key=lambda a: a.startswith("--")):
         if not arg.startswith("--"):
             for key, (value, where) in _file_settings(arg).items():
                 put(key, value, where)

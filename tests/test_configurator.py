@@ -32,6 +32,7 @@ def test_overrides_keep_types():
 def test_parse_value():
     assert parse_value("3") == 3 and parse_value("1e-5") == 1e-5 and parse_value("None") is None
     assert parse_value("toy") == "toy" and parse_value("'3'") == "3" and parse_value("False") is False
+    assert parse_value("16#x") == "16#x" and parse_value("'a#b'") == "a#b"  # not 16: the rest is no comment
 
 
 def test_unknown_key_lists_valid_ones():
@@ -49,6 +50,10 @@ def test_wrong_type():
         apply(defaults(), ["--compile=1"])
     with pytest.raises(ConfigError, match="expected --key=value"):
         apply(defaults(), ["--compile"])
+    with pytest.raises(ConfigError, match=r"^--lr 1e-5: write --lr=1e-5$"):  # (not "config file not found: 1e-5")
+        apply(defaults(), ["--lr", "1e-5"])
+    with pytest.raises(ConfigError, match="batch_size must be int like its default 16, got str '16#x'"):
+        apply(defaults(), ["--batch_size=16#x"])
     # several at once: all named in one message (the first alone was said, then the next after a fix)
     with pytest.raises(ConfigError) as e:
         apply(defaults(), ["--batch_size=big", "--compile", "--lr=fast"])
@@ -61,8 +66,15 @@ def test_config_file(tmp_path):
     f = tmp_path / "c.py"
     f.write_text("batch_size = 64\nlr = 2e-5  # a comment\nimport math\n")
     ns = defaults()
-    apply(ns, [str(f), "--batch_size=8"])  # later arguments win
+    apply(ns, [str(f), "--batch_size=8"])  # --key=value wins over a config file
     assert ns["batch_size"] == 8 and ns["lr"] == 2e-5
+    ns = defaults()
+    apply(ns, ["--batch_size=8", str(f)])  # wherever it stands (a file after it applied last, silently)
+    assert ns["batch_size"] == 8 and ns["lr"] == 2e-5
+    g = tmp_path / "g.py"
+    g.write_text("lr = 3e-5\n")
+    apply(ns, [str(g), str(f)])  # files apply in their order
+    assert ns["lr"] == 2e-5 and ns["batch_size"] == 64
     f.write_text("warmup = 10\n")
     with pytest.raises(ConfigError, match=r"c\.py:1: unknown setting 'warmup'"):
         apply(defaults(), [str(f)])
