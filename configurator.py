@@ -140,10 +140,26 @@ def _check(key, value, settings, source):
     raise ConfigError(f"{source}: {key} must be {want}, got {type(value).__name__} {value!r}")
 
 
+def split_arguments(argv):
+    """A command line's config files (in order), its --key=value arguments,
+    and its `--key value` pairs (a value taken for a config file that is not
+    there: `--lr 1e-5`), each as one string."""
+    files, keys, spaced, i = [], [], [], 0
+    while i < len(argv):
+        arg, nxt = argv[i], argv[i + 1] if i + 1 < len(argv) else ""
+        if arg.startswith("--") and "=" not in arg and nxt and not nxt.startswith("--") and not os.path.exists(nxt):
+            spaced.append(f"{arg} {nxt}")
+            i += 2
+            continue
+        (keys if arg.startswith("--") else files).append(arg)
+        i += 1
+    return files, keys, spaced
+
+
 def set_by_files(argv):
     """{key: "FILE:LINE"} of every setting the config files among argv set
-    (whatever a later argument does with it)."""
-    return {k: where for arg in argv if not arg.startswith("--") for k, (_, where) in _file_settings(arg).items()}
+    (whatever an argument does with it)."""
+    return {k: where for arg in split_arguments(argv)[0] for k, (_, where) in _file_settings(arg).items()}
 
 
 def set_in_file(key, value):
@@ -190,14 +206,9 @@ def apply(namespace, argv):
             namespace[key] = _check(key, value, settings, where)
         except ConfigError as e:
             problems.append(str(e))
-    argv = list(argv)
-    for i, arg in enumerate(argv[:-1]):  # `--lr 1e-5`: a value taken for a config file that is not there
-        nxt = argv[i + 1]
-        if arg.startswith("--") and "=" not in arg and nxt and not nxt.startswith("--") and not os.path.exists(nxt):
-            problems.append(f"{arg} {nxt}: write {arg}={nxt}")
-            argv[i:i + 2] = [None, None]
-    # the config files first, in their order, then every --key=value: the command line has the last word
-    for arg in sorted((a for a in argv if a is not None), key=lambda a: a.startswith("--")):
+    files, keys, spaced = split_arguments(argv)
+    problems += [f"{s}: write {s.replace(' ', '=', 1)}" for s in spaced]
+    for arg in files + keys:  # the config files first, in their order: a --key=value has the last word
         if not arg.startswith("--"):
             for key, (value, where) in _file_settings(arg).items():
                 put(key, value, where)
