@@ -112,22 +112,28 @@ def summarize(per_seed, names, gains):
     models in order; gains: {(a, b): {seed: (low, high)}}, the 95% interval of
     b's mean grade gain over a (each step, and the last model over M1)."""
     seeds = sorted(per_seed)
-    spread = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
+    # mean +- standard deviation over seeds (the mean alone for one seed: no spread to give)
+    spread = lambda xs, fmt="{:.2f}": fmt.format(statistics.mean(xs)) + (
+        f" +- {statistics.stdev(xs):.2f}" if len(xs) > 1 else "")
     lines = [f"Over {len(seeds)} seeds ({', '.join(map(str, seeds))}): mean +- standard deviation.", ""]
     lines += ["| figure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for name, _ in FIGURES:
         cells = []
         for n in names:
             xs = [per_seed[s][n][name] for s in seeds]
-            cells.append("-" if None in xs else f"{statistics.mean(xs):.2f} +- {spread(xs):.2f}")
+            cells.append("-" if None in xs else spread(xs))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "In how many seeds each step holds (strictly higher):", ""]
+    # a seed moves all its models together, so a step is judged by its own differences, seed by seed,
+    # not by the models' spreads above
+    lines += ["", "In how many seeds each step holds (strictly higher), and the step's difference over the "
+              "seeds (mean +- standard deviation of each seed's difference):", ""]
     for name, _ in FIGURES:
         held = []
         for a, b in model_steps(names):  # over the seeds that have the figure for both models
             both = [(per_seed[s][a][name], per_seed[s][b][name]) for s in seeds]
             both = [(x, y) for x, y in both if x is not None and y is not None]
-            held.append(f"{b} > {a}: {sum(y > x for x, y in both)}/{len(both)}")
+            held.append(f"{b} > {a}: {sum(y > x for x, y in both)}/{len(both)}"
+                        + (f" ({spread([y - x for x, y in both], '{:+.2f}')})" if both else ""))
         lines.append(f"- {name}: " + ", ".join(held))
     for (a, b), intervals in gains.items():
         above = sum(intervals[s] is not None and intervals[s][0] > 0 for s in seeds)

@@ -236,11 +236,14 @@ def test_seed_study_table_by_hand(tmp_path):
                     "M2": figures(2.2, 35, 20, 61, follows=55.0)}}
     lines = seeds.summarize(per_seed, ["SFT", "M1", "M2"], {("M1", "M2"): {1: (0.05, 0.35), 2: (-0.2, 0.0)}})
     assert "| mean grade | 2.00 +- 0.00 | 2.25 +- 0.07 | 2.30 +- 0.14 |" in lines  # sd of (2.2, 2.3) = 0.0707
-    assert "- mean grade: M2 > M1: 1/2" in lines
-    assert "- judge pairwise acc %: M2 > M1: 1/2" in lines
+    # each step over the seeds: 2.4 - 2.2 = +0.2 and 2.2 - 2.3 = -0.1, mean +0.05, sd 0.2121
+    assert "- mean grade: M2 > M1: 1/2 (+0.05 +- 0.21)" in lines
+    assert "- judge pairwise acc %: M2 > M1: 1/2 (+2.00 +- 4.24)" in lines  # +5 and -1
     # a figure some seeds lack: no mean, and steps counted over the seeds that have it
     assert "| its verdict follows a right answer % | - | - | 57.50 +- 3.54 |" in lines
-    assert "- its verdict follows a right answer %: M2 > M1: 1/1" in lines
+    assert "- its verdict follows a right answer %: M2 > M1: 1/1 (+10.00)" in lines  # one seed: no spread
+    one = seeds.summarize({1: per_seed[1]}, ["SFT", "M1", "M2"], {("M1", "M2"): {1: (0.05, 0.35)}})
+    assert "| mean grade | 2.00 | 2.20 | 2.40 |" in one and "- mean grade: M2 > M1: 1/1 (+0.20)" in one
     # a run evaluated without the judge (eval_judge=False) has no judge figures: none, not 0%
     read = dict(seeds.FIGURES)
     unjudged = {"judge": {}, "intervals": {}, "mean_grade": 2.0, "exact_solve": 0.1}
