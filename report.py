@@ -28,10 +28,20 @@ import judge as J
 from data import read_jsonl, toy, write_text
 
 
+def same_prompts(a, b):
+    """Two models' test answers, paired prompt by prompt: an error unless both
+    answered the same prompts in the same order (a paired figure would
+    otherwise compare unlike answers, or drop some, without a word)."""
+    if [x.get("prompt") for x in a] != [y.get("prompt") for y in b]:
+        raise ValueError(f"two models' test answers are not of the same prompts ({len(a)} and {len(b)} answers): "
+                         f"evaluate both on one test set")
+    return zip(a, b)
+
+
 def head_to_head(a, b):
     """Win / tie / loss of model a against model b, prompt by prompt, by grade."""
     w = t = l = 0
-    for x, y in zip(a, b):
+    for x, y in same_prompts(a, b):
         w, t, l = w + (x["grade"] > y["grade"]), t + (x["grade"] == y["grade"]), l + (x["grade"] < y["grade"])
     n = max(1, len(a))
     return {"win": w / n, "tie": t / n, "loss": l / n}
@@ -207,9 +217,11 @@ def interval_rows(r, names, tests):
                  "bare_right": with_interval(col["bare_right"]), "declined": with_interval(col["declined"]),
                  "avg_length": with_interval(col["length"])}
             if i > 0:  # paired: the per-prompt differences, so both models keep the same prompts
+                same_prompts(tests[n], tests[names[i - 1]])
                 m["vs_previous"] = with_interval(g - grades[names[i - 1]])
                 m["net_wins"] = with_interval(np.sign(g - grades[names[i - 1]]))
             if n != "SFT" and "SFT" in grades:
+                same_prompts(tests[n], tests["SFT"])
                 m["net_wins_vs_sft"] = with_interval(np.sign(g - grades["SFT"]))
         path = r.path("eval", f"{n}_judgments.jsonl")
         judged = read_jsonl(path) if groups and os.path.exists(path) else []

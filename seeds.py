@@ -96,8 +96,9 @@ def run_figures(folder):
 
 def gain_interval(folder, first, last):
     """The 95% bootstrap interval of last's mean grade minus first's, prompt by prompt."""
-    grades = lambda n: [x["grade"] for x in read_jsonl(os.path.join(folder, "eval", f"{n}_test.jsonl"))]
-    return report.bootstrap_interval([b - a for a, b in zip(grades(first), grades(last))])
+    answers = lambda n: read_jsonl(os.path.join(folder, "eval", f"{n}_test.jsonl"))
+    return report.bootstrap_interval([y["grade"] - x["grade"]
+                                      for x, y in report.same_prompts(answers(first), answers(last))])
 
 
 def model_steps(names):

@@ -204,6 +204,10 @@ def test_head_to_head_by_hand():
     b = [{"grade": g} for g in (2, 2, 4, 3)]
     assert report.head_to_head(a, b) == {"win": 0.5, "tie": 0.25, "loss": 0.25}
     assert report.head_to_head(b, a) == {"win": 0.25, "tie": 0.25, "loss": 0.5}
+    with pytest.raises(ValueError, match="not of the same prompts"):  # (zip would drop the fourth)
+        report.head_to_head(a, b[:3])
+    with pytest.raises(ValueError, match="not of the same prompts"):
+        report.head_to_head([{**x, "prompt": str(i)} for i, x in enumerate(a)], [{**x, "prompt": "?"} for x in b])
 
 
 def test_seed_study_gain_is_the_later_model_minus_the_first_prompt_by_prompt(tmp_path):
