@@ -187,9 +187,11 @@ INTERVAL_FIGURES = [
     ("bare_right", "bare right answers (grade 5) %", 100, 1),
     ("declined", "declined %", 100, 1),
     ("vs_previous", "grade - previous model", 1, 2),
+    ("right_vs_previous", "right answers - previous model (points)", 100, 1),
     ("net_wins", "net wins vs previous (win - loss) %", 100, 1),
     ("net_wins_vs_sft", "net wins vs SFT baseline (win - loss) %", 100, 1),
     ("judge_accuracy", "judge pairwise acc %", 100, 1),
+    ("judge_vs_previous", "judge pairwise acc - previous model (points)", 100, 1),
     ("five_best", "judge 5-best %", 100, 1),
     ("exact_match", "judge exact match %", 100, 1),
     ("spearman", "judge Spearman", 1, 3),
@@ -208,7 +210,7 @@ def interval_rows(r, names, tests):
     with_interval = lambda values, weights=None: (  # (the figure, its interval); weights: a ratio's denominators
         float(np.mean(values)) if weights is None else sum(values) / sum(weights), bootstrap_interval(values, weights))
     grades = {n: np.array([x["grade"] for x in tests[n]], float) for n in names if n in tests}
-    intervals = {}
+    intervals, previous = {}, []  # previous: the model before's judge figures per EFT eval prompt
     for i, n in enumerate(names):
         m = {}
         if n in grades:
@@ -219,6 +221,8 @@ def interval_rows(r, names, tests):
             if i > 0:  # paired: the per-prompt differences, so both models keep the same prompts
                 same_prompts(tests[n], tests[names[i - 1]])
                 m["vs_previous"] = with_interval(g - grades[names[i - 1]])
+                m["right_vs_previous"] = with_interval((g >= toy.RIGHT).astype(float)
+                                                       - (grades[names[i - 1]] >= toy.RIGHT).astype(float))
                 m["net_wins"] = with_interval(np.sign(g - grades[names[i - 1]]))
             if n != "SFT" and "SFT" in grades:
                 same_prompts(tests[n], tests["SFT"])
@@ -234,6 +238,9 @@ def interval_rows(r, names, tests):
             column = lambda key: [float(p[key]) for p in per_prompt]
             if sum(column("pairs")):
                 m["judge_accuracy"] = with_interval(column("right_pairs"), column("pairs"))
+                if [p["pairs"] for p in previous] == column("pairs"):  # paired: the same prompts, the same pairs
+                    m["judge_vs_previous"] = with_interval(
+                        [p["right_pairs"] - q["right_pairs"] for p, q in zip(per_prompt, previous)], column("pairs"))
             if sum(column("n_five")):
                 m["five_best"] = with_interval(column("n_five_best"), column("n_five"))
             m["exact_match"] = with_interval(column("exact"))
@@ -241,6 +248,7 @@ def interval_rows(r, names, tests):
                 if any(p[key] is not None for p in per_prompt):  # unless it is undefined everywhere: '-'
                     m[key] = with_interval([p[key] or 0.0 for p in per_prompt])
         intervals[n] = m
+        previous = per_prompt
     header = "| figure [95% interval] | " + " | ".join(names) + " |"
     rows = [header, "|" + "---|" * (len(names) + 1)]
     for key, label, scale, d in INTERVAL_FIGURES:

@@ -85,6 +85,9 @@ def test_interval_table_has_every_figure_by_hand(tmp_path):
     assert intervals["SFT"]["declined"][0] == pytest.approx(1 / 4) and m1["declined"][0] == 0
     assert m1["vs_previous"][0] == pytest.approx((1 + 5 + 0 + 0) / 4)
     assert m1["net_wins"][0] == pytest.approx(2 / 4) == m1["net_wins_vs_sft"][0]  # won 2, tied 2
+    assert m1["right_vs_previous"][0] == pytest.approx(1 / 4)  # right per prompt: SFT 1 0 0 1, M1 1 1 0 1
+    assert m1["judge_vs_previous"][0] == pytest.approx(1 / 2)  # pairs right per prompt: SFT 0 0, M1 1 0, of 1 1
+    assert "judge_vs_previous" not in intervals["SFT"] and "right_vs_previous" not in intervals["SFT"]
     assert m1["judge_accuracy"][0] == pytest.approx(1 / 2) and m1["exact_match"][0] == pytest.approx(1 / 2)
     assert m1["five_best"][0] == pytest.approx(1 / 2)  # two 5s, one on the best response
     assert m1["spearman"][0] == pytest.approx(0.0) and m1["kendall_tau"][0] == pytest.approx(0.0)  # +1 and -1
