@@ -378,7 +378,8 @@ def ctrl_c_after():
     short is wasted work, and torch's checkpoint writers turn the interrupt
     into errors of their own (CheckpointException, a RuntimeError from the
     zip writer) with a traceback. A second Ctrl-C raises at once."""
-    if threading.current_thread() is not threading.main_thread():  # (signals reach the main thread only)
+    if (threading.current_thread() is not threading.main_thread()  # (signals reach the main thread only)
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):  # (ignored, or someone's own)
         yield
         return
     pressed = []
