@@ -246,8 +246,10 @@ STAGE_SETTINGS = {
     "eft_own": ["seed", "dtype", "chat_template", "eft_own_answers", "temperature", "top_p", "max_response_tokens",
                 "shard_size", "judge_working", "judge_quotes", "quote_first", "judge_compares", "check_each_ask"],
     "M1": ["eft_own_answers", "meta_judge"],
-    "eft_targets": ["seed", "dtype", "chat_template", "n_judge", "temperature", "top_p", "max_judge_tokens",
-                    "shard_size", "eft_judgments"],
+    "eft_targets": ["seed", "eft_judgments"],
+    # ... and only when the SFT baseline judges (no eft_judgments file: run_stages adds them)
+    "eft_targets+judge": ["dtype", "chat_template", "n_judge", "temperature", "top_p", "max_judge_tokens",
+                          "shard_size"],
     "prompts": ["seed", "dtype", "chat_template", "prompt_writer", "n_prompts", "n_shots", "prompt_temperature",
                 "prompt_top_p", "max_prompt_tokens", "min_prompt_words", "max_prompt_words", "rouge_threshold",
                 "shard_size"],
@@ -1311,7 +1313,9 @@ def run_stages(c, r):
     # real seed data's EFT training set: groups of ranked responses, which EFT targets are made from (the
     # toy world's is targets already); read from the input, which seed/ copies, and which is there in a dry run
     if c.seed_data != "toy" and "responses" in read_jsonl(os.path.join(c.seed_data, "eft_train.jsonl"))[0]:
-        r.stage("eft_targets", lambda: stage_eft_targets(c, r), uses=S["eft_targets"], after=["SFT", "seed_data"],
+        judging = [] if c.eft_judgments else S["eft_targets+judge"]  # (a judge file: no model, no sampling)
+        r.stage("eft_targets", lambda: stage_eft_targets(c, r), uses=S["eft_targets"] + judging,
+                after=["SFT", "seed_data"],
                 files=[c.eft_judgments] if c.eft_judgments else [],
                 outputs=[r.path("seed", "eft_train_targets.jsonl")])
         m1_reads.append("eft_targets")

@@ -611,12 +611,13 @@ def test_stages_declare_every_setting_they_read():
         return names & set(S.DEFAULTS) - S.RUNTIME_SETTINGS
 
     ST = S.STAGE_SETTINGS  # a "+meta" list counts only with Meta-Rewarding on, "+coin" with pair_by='coin',
-    #                        "+pick" with dpo_pick_every (run_stages adds them)
+    #                        "+pick" with dpo_pick_every, "+judge" without eft_judgments (run_stages adds them)
     kinds = {S.stage_seed_data: ["seed_data", *ST["toy seed"]],
              S.stage_tokenizer: "tokenizer",
              S.stage_pretrain: "M0", S.stage_sft_baseline: "SFT",
              S.stage_m1: [*ST["SFT"], *ST["M1"], *ST["M1+meta"]], S.stage_eft_own_answers: "eft_own",
-             S.stage_eft_targets: "eft_targets", S.stage_prompts: "prompts", S.stage_candidates: "candidates",
+             S.stage_eft_targets: [*ST["eft_targets"], *ST["eft_targets+judge"]], S.stage_prompts: "prompts",
+             S.stage_candidates: "candidates",
              S.stage_judgments: "judgments", S.stage_meta_judgments: "meta_judgments",
              S.stage_pairs: [*ST["pairs"], *ST["pairs+coin"]],
              S.stage_pairs_meta: [*ST["pairs"], *ST["pairs+meta"], *ST["pairs+coin"]],
@@ -627,8 +628,9 @@ def test_stages_declare_every_setting_they_read():
         assert reads(f.__code__, set()) <= declared, f.__name__
     # a setting that switches a "+meta" or "+coin" list on is read whether it is on or off, so the
     # stage lists it either way: else turning it off would reuse what was made with it on
-    switches = {"meta_judge", "pair_by", "dpo_pick_every"}
+    switches = {"meta_judge", "pair_by", "dpo_pick_every", "eft_judgments"}
     always = {S.stage_tokenizer: ST["tokenizer"], S.stage_m1: [*ST["SFT"], *ST["M1"]], S.stage_pairs: ST["pairs"],
+              S.stage_eft_targets: ST["eft_targets"],
               S.stage_pairs_meta: ST["pairs"], S.stage_dpo: ST["DPO"]}
     for f, names in always.items():
         assert reads(f.__code__, set()) & switches <= set(names), f.__name__
