@@ -377,7 +377,11 @@ def ctrl_c_after():
     """A Ctrl-C inside the block is raised when it ends: a state save cut
     short is wasted work, and torch's checkpoint writers turn the interrupt
     into errors of their own (CheckpointException, a RuntimeError from the
-    zip writer) with a traceback. A second Ctrl-C raises at once."""
+    zip writer) with a traceback. A second Ctrl-C raises at once. Under
+    torchrun, which kills its workers 30 s after passing a Ctrl-C on, a
+    longer save (a large model's) is cut short all the same unless torchrun
+    is given more time (--shutdown_timeout=SECONDS); the last complete
+    state stays, as after any kill."""
     if (threading.current_thread() is not threading.main_thread()  # (signals reach the main thread only)
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):  # (ignored, or someone's own)
         yield
