@@ -142,12 +142,12 @@ def _check(key, value, settings, source):
 
 def split_arguments(argv):
     """A command line's config files (in order), its --key=value arguments,
-    and its `--key value` pairs (a value taken for a config file that is not
-    there: `--lr 1e-5`), each as one string."""
+    and its `--key value` pairs (`--lr 1e-5`, `--init_from out/M1`: a bare
+    --key, then an argument that is not a Python file), each as one string."""
     files, keys, spaced, i = [], [], [], 0
     while i < len(argv):
         arg, nxt = argv[i], argv[i + 1] if i + 1 < len(argv) else ""
-        if arg.startswith("--") and "=" not in arg and nxt and not nxt.startswith("--") and not os.path.exists(nxt):
+        if arg.startswith("--") and "=" not in arg and nxt and not nxt.startswith("--") and not nxt.endswith(".py"):
             spaced.append(f"{arg} {nxt}")
             i += 2
             continue

@@ -52,6 +52,10 @@ def test_wrong_type():
         apply(defaults(), ["--compile"])
     with pytest.raises(ConfigError, match=r"^--lr 1e-5: write --lr=1e-5$"):  # (not "config file not found: 1e-5")
         apply(defaults(), ["--lr", "1e-5"])
+    readme = os.path.join(ROOT, "README.md")  # a file that exists is a value too, unless it is Python
+    with pytest.raises(ConfigError) as e:
+        apply(defaults(), ["--init_from", readme])
+    assert str(e.value) == f"--init_from {readme}: write --init_from={readme}"
     with pytest.raises(ConfigError, match="batch_size must be int like its default 16, got str '16#x'"):
         apply(defaults(), ["--batch_size=16#x"])
     # several at once: all named in one message (the first alone was said, then the next after a fix)
