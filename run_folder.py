@@ -241,12 +241,14 @@ def parts_marker(r, name, parts):
 def stage_parts(r, name, paths):
     """For a stage whose outputs are several files made one after another
     (selfreward's evaluation of a model: answers, judgments, benchmark
-    answers): returns part(path, make, save, load) and done(). part() reads
-    a file an interrupted run of the same stage finished (load(path)), else
-    makes it (make()) and rank 0 writes it (save(path, records)); a killed
-    run loses at most the part it was in, and gives what a run never killed
-    gives. done() ends the stage. paths: every file the stage may write."""
-    marker = parts_marker(r, name, paths)
+    answers): returns part(path, make, save, load), which reads a file the
+    same stage already finished (load(path)), else makes it (make()) and
+    rank 0 writes it (save(path, records)): a killed run loses at most the
+    part it was in, and gives what a run never killed gives. paths: every
+    file the stage may write. The marker stays beside them (unlike
+    generate_sharded's, whose parts are merged away): while it names this
+    stage, its files are this stage's."""
+    parts_marker(r, name, paths)
 
     def part(path, make, save, load):
         if os.path.exists(path):
@@ -256,12 +258,7 @@ def stage_parts(r, name, paths):
             save(path, records)
         D.barrier()
         return records
-
-    def done():
-        D.barrier()
-        if D.is_rank0():
-            os.remove(marker)
-    return part, done
+    return part
 
 
 def generate_sharded(r, name, items, shard_size, work, replay=None):

@@ -1090,7 +1090,7 @@ def stage_eval(c, r, name, path):
     test_out, judge_out = r.path("eval", f"{name}_test.jsonl"), r.path("eval", f"{name}_judgments.jsonl")
     alpaca_out, mt_out = E.alpaca_eval_path(r.path("eval"), model_id), E.mt_bench_path(r.path("eval"), model_id)
     # each file below is kept as it is finished: a killed evaluation (hours at 70B) redoes only the one it was in
-    part, done = stage_parts(r, os.path.join("eval", name), [test_out, judge_out, alpaca_out, mt_out])
+    part = stage_parts(r, os.path.join("eval", name), [test_out, judge_out, alpaca_out, mt_out])
     test_file = r.path("seed", "test.jsonl")
     if os.path.exists(test_file):  # the toy world: held-out prompts answered greedily (all short: none skipped)
         part(test_out, lambda: answer_and_grade(c, net, tok, read_jsonl(test_file)), write_jsonl, read_jsonl)
@@ -1130,7 +1130,7 @@ def stage_eval(c, r, name, path):
                             "avg_length": E.mean_length(t for ts in turns if E.NO_ROOM not in ts for t in ts),
                             "trained_on": benchmark_overlap(list(map(E.question, questions)), trained,
                                                             c.rouge_threshold)}
-    done()
+    D.barrier()
     return info
 
 
