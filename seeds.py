@@ -114,7 +114,7 @@ def summarize(per_seed, names, gains):
     b's mean grade gain over a (each step, and the last model over M1)."""
     seeds = sorted(per_seed)
     # mean +- standard deviation over seeds (the mean alone for one seed: no spread to give)
-    spread = lambda xs, fmt="{:.2f}": fmt.format(statistics.mean(xs)) + (
+    mean_sd = lambda xs, fmt="{:.2f}": fmt.format(statistics.mean(xs)) + (
         f" +- {statistics.stdev(xs):.2f}" if len(xs) > 1 else "")
     lines = [f"Over {len(seeds)} seeds ({', '.join(map(str, seeds))}): mean +- standard deviation.", ""]
     lines += ["| figure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -122,7 +122,7 @@ def summarize(per_seed, names, gains):
         cells = []
         for n in names:
             xs = [per_seed[s][n][name] for s in seeds]
-            cells.append("-" if None in xs else spread(xs))
+            cells.append("-" if None in xs else mean_sd(xs))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     # a seed moves all its models together, so a step is judged by its own differences, seed by seed,
     # not by the models' spreads above
@@ -134,7 +134,7 @@ def summarize(per_seed, names, gains):
             both = [(per_seed[s][a][name], per_seed[s][b][name]) for s in seeds]
             both = [(x, y) for x, y in both if x is not None and y is not None]
             held.append(f"{b} > {a}: {sum(y > x for x, y in both)}/{len(both)}"
-                        + (f" ({spread([y - x for x, y in both], '{:+.2f}')})" if both else ""))
+                        + (f" ({mean_sd([y - x for x, y in both], '{:+.2f}')})" if both else ""))
         lines.append(f"- {name}: " + ", ".join(held))
     for (a, b), intervals in gains.items():
         above = sum(intervals[s] is not None and intervals[s][0] > 0 for s in seeds)

@@ -465,7 +465,7 @@ def stage_eft_targets(c, r):
     groups = read_jsonl(r.path("seed", "eft_train.jsonl"))
     if c.eft_judgments:
         return eft_targets_from_file(c, r, groups)
-    raw = r.path("seed", "eft_train_sft_judgments.jsonl")
+    raw = os.path.join("seed", "eft_train_sft_judgments")  # (.jsonl: the SFT baseline's judgments, kept)
     net, tok = load_for_sampling(r, r.path("SFT"))
 
     # n_judge doubles as the attempts: attempt a is every response's a-th judgment, and the first attempt
@@ -477,7 +477,7 @@ def stage_eft_targets(c, r):
                                   seed=sub_seed(c.seed, "eft targets", shard), batch_size=c.gen_batch_size,
                                   progress=c.progress)
 
-    judged = generate_sharded(r, os.path.join("seed", "eft_train_sft_judgments"), groups, c.shard_size, work)
+    judged = generate_sharded(r, raw, groups, c.shard_size, work)
     recs = J.make_eft_targets(judged, seed=sub_seed(c.seed, "eft targets"))
     info = {"groups": len(groups), "targets": len(recs), **J.judgment_counts(ss for g in judged for ss in g["scores"]),
             "too_long": sum(sum(g["too_long"]) for g in judged)}  # responses whose judge prompt did not fit
@@ -485,7 +485,7 @@ def stage_eft_targets(c, r):
         D.stop(f"error: EFT targets: no judgment of the SFT baseline agreed with the human ranking of any "
                  f"group ({info['judgments_with_score']} of {info['judgments']} judgments had a score, "
                  f"{info['too_long']} responses too long to judge), so M1 would get no evaluation data. Its "
-                 f"judgments are in {raw}. A small model may need a stronger judge's file: --eft_judgments=FILE.")
+                 f"judgments are in {r.path(raw + '.jsonl')}. A small model may need a stronger judge's file: --eft_judgments=FILE.")
     save_jsonl(r.path("seed", "eft_train_targets.jsonl"), recs)
     return info
 
