@@ -485,7 +485,8 @@ def stage_eft_targets(c, r):
         D.stop(f"error: EFT targets: no judgment of the SFT baseline agreed with the human ranking of any "
                  f"group ({info['judgments_with_score']} of {info['judgments']} judgments had a score, "
                  f"{info['too_long']} responses too long to judge), so M1 would get no evaluation data. Its "
-                 f"judgments are in {r.path(raw + '.jsonl')}. A small model may need a stronger judge's file: --eft_judgments=FILE.")
+                 f"judgments are in {r.path(raw + '.jsonl')}. A small model may need a stronger judge's file: "
+                 f"--eft_judgments=FILE.")
     save_jsonl(r.path("seed", "eft_train_targets.jsonl"), recs)
     return info
 
@@ -1096,9 +1097,12 @@ def stage_eval(c, r, name, path):
         part(test_out, lambda: answer_and_grade(c, net, tok, read_jsonl(test_file)), write_jsonl, read_jsonl)
     if c.eval_judge:  # the model as a judge, against the human (toy: grader) ranks of the EFT eval set
         groups = read_jsonl(r.path("seed", "eft_eval.jsonl"))
-        every = part(judge_out, lambda: [j for mine in J.judge_groups(
-            net, tok, [g["prompt"] for g in groups], [g["responses"] for g in groups],
-            **judge_settings(c, sub_seed(c.seed, "eval judge", name))) for j in mine], write_jsonl, read_jsonl)
+        # every response of every group, judged as one flat list (what judge_groups does, kept flat: the
+        # file holds one judgment record a response), then cut back into the groups
+        every = part(judge_out, lambda: J.judge(net, tok, [g["prompt"] for g in groups for _ in g["responses"]],
+                                                [x for g in groups for x in g["responses"]],
+                                                **judge_settings(c, sub_seed(c.seed, "eval judge", name))),
+                     write_jsonl, read_jsonl)
         judged = J.regroup(every, [len(g["responses"]) for g in groups])
         info["judge"] = J.reward_metrics([[j["score"] for j in mine] for mine in judged],
                                          [g["ranks"] for g in groups])

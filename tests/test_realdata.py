@@ -202,7 +202,7 @@ def test_a_killed_evaluation_redoes_only_the_part_it_was_in(tmp_path, monkeypatc
             return _real(*a, **kw)
         monkeypatch.setattr(module, name, wrapped)
     real_mt_bench = S.E.answer_mt_bench
-    counted(S.J, "judge_groups")
+    counted(S.J, "judge")
     counted(S.E, "answer_alpaca_eval")
     counted(S.E, "answer_mt_bench")
 
@@ -215,12 +215,12 @@ def test_a_killed_evaluation_redoes_only_the_part_it_was_in(tmp_path, monkeypatc
         return r
     r = run("whole")
     whole = S.stage_eval(c, r, "M1", "M1")
-    assert calls == ["judge_groups", "answer_alpaca_eval", "answer_mt_bench"]
+    assert calls == ["judge", "answer_alpaca_eval", "answer_mt_bench"]
     r = run("killed")
     monkeypatch.setattr(S.E, "answer_mt_bench", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         S.stage_eval(c, r, "M1", "M1")
-    assert calls == ["judge_groups", "answer_alpaca_eval"] and os.path.exists(r.path("eval", "M1.parts"))
+    assert calls == ["judge", "answer_alpaca_eval"] and os.path.exists(r.path("eval", "M1.parts"))
     monkeypatch.setattr(S.E, "answer_mt_bench", real_mt_bench)
     counted(S.E, "answer_mt_bench")
     calls.clear()
