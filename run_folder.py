@@ -225,7 +225,8 @@ def parts_marker(r, name, parts):
     (files) are being written: an interrupted stage, run again, reuses them
     only if it is the same stage made from the same inputs. Where the marker
     is missing or another's, the files in `parts` are stale and removed.
-    Returns the marker's path (the stage removes it when it is done)."""
+    Returns the marker's path (generate_sharded removes it with the parts it
+    merged; stage_parts keeps it beside the files it names)."""
     marker, fp = r.path(f"{name}.parts"), str(r.fingerprints.get(r.current))  # None: a stage called directly
     if D.is_rank0():
         os.makedirs(os.path.dirname(marker), exist_ok=True)

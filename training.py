@@ -402,6 +402,7 @@ def ctrl_c_after():
         raise KeyboardInterrupt
 
 
+@ctrl_c_after()  # (a context manager made by contextmanager is a decorator too)
 def save_state(model, optimizer, step, path, info=None):
     """
     Model shards, optimizer state and the step with torch.distributed.checkpoint,
@@ -410,11 +411,6 @@ def save_state(model, optimizer, step, path, info=None):
     (or, between the two renames, path.old) holding the last complete state;
     a Ctrl-C stops the run once the state is saved (ctrl_c_after).
     """
-    with ctrl_c_after():
-        _save_state(model, optimizer, step, path, info)
-
-
-def _save_state(model, optimizer, step, path, info):
     tmp, old = path + ".tmp", path + ".old"
     if D.is_rank0() and os.path.exists(tmp):
         shutil.rmtree(tmp)
