@@ -271,9 +271,10 @@ def bench_gpu7b(c):
         t0 = time.perf_counter()
         run()
         torch.cuda.synchronize()
-        tps = new / (time.perf_counter() - t0)  # (the 128-token prefill included: one pass of 256)
+        tps = new / (time.perf_counter() - t0)  # (the 128-token prompt's prefill pass included)
         print(f"llama2-7b bf16, batch 1, 128-token prompt + {new} new, compile={compiled}: "
-              f"{tps:.1f} new tok/s, the prefill's time included, one timed run; bandwidth bound {bound:.1f} tok/s ({weight_bytes / 1e9:.1f} GB "
+              f"{tps:.1f} new tok/s, the prefill's time included, one timed run; "
+              f"bandwidth bound {bound:.1f} tok/s ({weight_bytes / 1e9:.1f} GB "
               f"of weights at {bandwidth / 1e9:.0f} GB/s): {tps / bound:.0%} of it")
 
 

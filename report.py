@@ -210,19 +210,19 @@ def interval_rows(r, names, tests):
     with_interval = lambda values, weights=None: (  # (the figure, its interval); weights: a ratio's denominators
         float(np.mean(values)) if weights is None else sum(values) / sum(weights), bootstrap_interval(values, weights))
     grades = {n: np.array([x["grade"] for x in tests[n]], float) for n in names if n in tests}
+    right = {n: (g >= toy.RIGHT).astype(float) for n, g in grades.items()}  # per prompt: 1 where right
     intervals, previous = {}, []  # previous: the model before's judge figures per EFT eval prompt
     for i, n in enumerate(names):
         m = {}
         if n in grades:
             g, col = grades[n], answer_columns(tests[n])
-            m = {"mean_grade": with_interval(g), "right": with_interval((g >= toy.RIGHT).astype(float)),
+            m = {"mean_grade": with_interval(g), "right": with_interval(right[n]),
                  "bare_right": with_interval(col["bare_right"]), "declined": with_interval(col["declined"]),
                  "avg_length": with_interval(col["length"])}
             if i > 0:  # paired: the per-prompt differences, so both models keep the same prompts
                 same_prompts(tests[n], tests[names[i - 1]])
                 m["vs_previous"] = with_interval(g - grades[names[i - 1]])
-                m["right_vs_previous"] = with_interval((g >= toy.RIGHT).astype(float)
-                                                       - (grades[names[i - 1]] >= toy.RIGHT).astype(float))
+                m["right_vs_previous"] = with_interval(right[n] - right[names[i - 1]])
                 m["net_wins"] = with_interval(np.sign(g - grades[names[i - 1]]))
             if n != "SFT" and "SFT" in grades:
                 same_prompts(tests[n], tests["SFT"])

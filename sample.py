@@ -459,7 +459,7 @@ def fits(model, prompt):
 
 
 # inference_mode, not no_grad: it also skips autograd's version counters and view tracking, a cost
-# per operator, and a decode step is mostly small operators (bench: 5-11% more tokens/s at batch 8)
+# per operator, and a decode step is mostly small operators (SPEED.md: 7-11% more tokens/s at batch 8, 0-5% at 64)
 @torch.inference_mode()
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, n=1, eos_id=None,
              seed=None, batch_size=32, min_shared_prefix=64, compile=False, progress=True, check_every=None):
