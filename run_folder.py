@@ -107,6 +107,7 @@ class Run:
             self.reused.append(name)
             if D.is_rank0() and not self.dry:  # what a kill before or during mark's removal left
                 remove_states(temporary)  # (temporary: only what this command does not keep, keep_train_state)
+                self.metric_once(name, {k: v for k, v in old.items() if k != "made_from"})  # (or after it)
             if outputs:  # (looked at when a reader runs: a stage made again may remove another's outputs)
                 self.remakers[name] = outputs, lambda reader, gone: self.run(
                     name, fn, old, made_from, fp, after, temporary, f"{', '.join(gone)} gone, and {reader} reads it")
@@ -193,6 +194,21 @@ class Run:
         if D.is_rank0():
             with open(self.path("metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def metric_once(self, stage, info):
+        """Stage `stage`'s line in metrics.jsonl, written if it has none: a kill
+        between the stage's record and its line (run) lost it. (Written before
+        the record instead, a kill between them would give it two lines.)"""
+        path = self.path("metrics.jsonl")
+        if os.path.exists(path):
+            with open(path) as f:
+                for line in f:
+                    try:
+                        if json.loads(line).get("stage") == stage:
+                            return
+                    except ValueError:  # a line a kill cut short
+                        pass
+        self.metric({"stage": stage, **info})
 
 
 def changes(old, new, same_setting):

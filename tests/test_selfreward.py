@@ -1466,6 +1466,26 @@ def test_a_stage_redone_loses_its_old_record_before_it_starts(tmp_path):
     assert made == [1, 1]
 
 
+def test_a_stage_line_a_kill_lost_from_metrics_jsonl_is_written_by_the_next_command(tmp_path):
+    """A kill between a stage's record and its line in the run's
+    metrics.jsonl: the next command finds the stage done and writes the line
+    it lacks, once."""
+    import distributed as D
+    from run_folder import Run
+    c = types.SimpleNamespace(a=1)
+    r = Run(str(tmp_path), c, D.Env(), defaults={"a": 1})
+    r.stage("s", lambda: {"n": 3}, uses=["a"])
+    r.stage("t", lambda: {"n": 4}, uses=["a"], after=["s"])
+    lines = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [x["stage"] for x in lines] == ["s", "t"]
+    write_jsonl(tmp_path / "metrics.jsonl", lines[:1])  # t's line lost
+    for _ in range(2):
+        r = Run(str(tmp_path), c, D.Env(), defaults={"a": 1})
+        r.stage("s", lambda: pytest.fail("done"), uses=["a"])
+        r.stage("t", lambda: pytest.fail("done"), uses=["a"], after=["s"])
+        assert read_jsonl(tmp_path / "metrics.jsonl") == lines  # (the same line: its info from the record)
+
+
 def test_an_input_path_written_another_way_redoes_nothing(tmp_path):
     """Seed data named with a trailing slash, by another relative path, or
     moved: its files hold the same bytes, so nothing is redone (a changed
