@@ -83,7 +83,11 @@ def judge_prompt_ids(tokenizer, instruction, response):
 #   any markdown around: "Score: 4", "score:4", "**Score: 4**", "**Score**: 4",
 #   "Score: **4**", "Score: 4.", "Score: 4 points"; or "Score 4:"
 # - prose is not a score: "a score of 4", "scores 5 points" never match
-# - several scores: the last one is the conclusion and the only one read
+# - several score marks with a number: the last one is the conclusion and the
+#   only one read (a mark with no number after it, a heading "Score:" with prose
+#   below, or "Score: N/A", is no mark)
+# - points added up ("Score: 1+1+1 = 3") are the total after "=", if it is their
+#   sum; a sum without its total, or a total that is not the sum: None
 # - "Score: 4/5" and "4 out of 5" are 4; any other scale ("8/10", "4/10") is None:
 #   rescaling would be inventing
 # - a fraction of a point ("3.5") is None: the rubric adds whole points and
@@ -97,31 +101,42 @@ _SCORE = re.compile(
     rf"|[ \t*_]+(?P<b>{_NUMBER})[ \t*_]*:"  # Score 4:
     r")", re.IGNORECASE)  # on one line: "score = 0" (code) and "score:\n1 point" are not scores
 _SCALE = re.compile(r"\s*(?:/|out\s+of)\s*(\d+)", re.IGNORECASE)  # "/5", " out of 5"
-_RANGE = re.compile(r"\s*(?:[-–—]|to\b|or\b)\s*\d", re.IGNORECASE)  # "3-4", "4 or 5"
+_RANGE = re.compile(r"\s*(?:[-–—+=]|to\b|or\b)\s*\d", re.IGNORECASE)  # "3-4", "4 or 5", "1+1", "4 = 3"
+_SUM = re.compile(rf"((?:\s*\+\s*\d+)+)\s*=\s*({_NUMBER})")  # "+1+1 = 3" after a first "1"
 
 
 def _value(text, number, end):
-    """The score a matched number stands for, or None; end = where the number ends."""
+    """(the score a matched number stands for, or None; where the mark ends:
+    after its scale or its sum's total); end = where the number ends."""
+    added = _SUM.match(text, end)
+    if added:  # the rubric's points added up: the total counts, if it is their sum
+        points = [float(number)] + [float(x) for x in re.findall(r"\d+", added.group(1))]
+        if float(added.group(2)) != sum(points):
+            return None, added.end()
+        number, end = added.group(2), added.end()
     value = float(number)
     scale = _SCALE.match(text, end)
     if scale and int(scale.group(1)) != 5:
-        return None
+        return None, scale.end()
     if not scale and _RANGE.match(text, end):
-        return None
+        return None, end
     if value != int(value) or not 0 <= value <= 5:
-        return None
-    return int(value)
+        return None, end
+    return int(value), scale.end() if scale else end
 
 
 # Exercise (medium): the score parser, by the rules above. Graded by: tests/test_judge.py -k parse_score
 def find_score(text):
-    """(score or None, start, end) of the concluding score mark, or None if there is none."""
+    """(score or None, start, end) of the concluding score mark, or None if
+    there is none; the mark runs from "score" to its number's end, its scale
+    ("/5") or its sum's total included."""
     matches = list(_SCORE.finditer(text))
     if not matches:
         return None
     m = matches[-1]
     group = "a" if m.group("a") is not None else "b"
-    return _value(text, m.group(group), m.end(group)), m.start(), m.end()
+    score, end = _value(text, m.group(group), m.end(group))
+    return score, m.start(), max(end, m.end())  # (m.end(): "Score 4:" ends at its colon)
 
 
 def parse_score(text):
@@ -147,6 +162,8 @@ def judge(model, tokenizer, prompts, responses, n_samples=3, temperature=0.7, to
                   A judge prompt with no room in the model's context (real data: a
                   long response) is not judged: too_long, no judgments, and n scores
                   of None, so coverage counts it as n judgments without a score.
+                  (One with a little room is judged: a judgment the context cuts
+                  short before its score is a sample without a score.)
     generate_fn defaults to sample.generate; tests pass a stub with the same contract.
     """
     assert len(prompts) == len(responses), "one response per prompt"
@@ -312,7 +329,7 @@ def reward_metrics(scores, ranks):
 # with this prompt), so the judgments may instead come from a stronger judge's
 # file (read_judge_file), kept by the same rule where human ranks exist.
 
-def eft_target(judgment):
+def judgment_as_target(judgment):
     """A judgment as an SFT target: the justification, then "Score: N" as the last line.
     None if the judgment has no valid concluding score."""
     found = find_score(judgment)
@@ -320,8 +337,10 @@ def eft_target(judgment):
         return None
     score, start, end = found
     # the paper's format puts the score last; a judge that opens with the score
-    # ("Score: 4\n\nThe response ...") keeps the text after it instead
-    why = judgment[:start].strip(" \n*#") or judgment[end:].strip(" \n*#")
+    # ("Score: 4/5 points.\n\nThe response ...") keeps the text after its mark
+    # instead, less the word "points" and the punctuation that close the mark
+    after = re.sub(r"^[ \t*_]*(?:points?\b)?", "", judgment[end:], flags=re.IGNORECASE)
+    why = judgment[:start].strip(" \n*#") or after.lstrip(" \t*_.:,;").strip(" \n*#")
     return f"{why}\nScore: {score}" if why else f"Score: {score}"
 
 
@@ -351,17 +370,16 @@ def eft_targets(groups, judged, seed=0):
     """
     records = []
     for g, mine in zip(groups, judged):
-        attempts = range(min((len(j["scores"]) for j in mine), default=0))
-        if g.get("ranks") is None:
-            records += [{"prompt": judge_prompt(g["prompt"], j["response"]), "response": eft_target(j["judgments"][a]),
-                         "score": j["scores"][a], "instruction": g["prompt"]}
-                        for j in mine for a in attempts if j["scores"][a] is not None]
+        if g.get("ranks") is None:  # each response's judgments, as many as it has (a too-long one: none)
+            records += [{"prompt": judge_prompt(g["prompt"], j["response"]), "response": judgment_as_target(text),
+                         "score": score, "instruction": g["prompt"]}
+                        for j in mine for text, score in zip(j["judgments"], j["scores"]) if score is not None]
             continue
-        for a in attempts:
+        for a in range(min((len(j["judgments"]) for j in mine), default=0)):  # attempts every response has
             correct = pairs_correct([j["scores"][a] for j in mine], g["ranks"])
             if correct and all(correct):
                 records += [{"prompt": judge_prompt(g["prompt"], j["response"]),
-                             "response": eft_target(j["judgments"][a]), "score": j["scores"][a],
+                             "response": judgment_as_target(j["judgments"][a]), "score": j["scores"][a],
                              "instruction": g["prompt"]} for j in mine]
                 break
     return downsample_top_score(records, seed)

@@ -10,7 +10,8 @@ reference model (the starting checkpoint):
 log pi(y|x) is the SUM of the response tokens' log-probabilities (not their
 mean). With rpo_alpha > 0 each pair's loss also has the chosen response's
 negative log-likelihood per token (Iterative RPO, Pang et al. 2024, eq. 1;
-TRL's rpo_alpha):
+the setting's name is TRL's, whose term is instead one mean over all the
+chosen tokens of a batch, so a long response weighs more there):
 
     loss = DPO loss + rpo_alpha * ( -log pi(y_w|x) / |y_w| )
 
@@ -27,7 +28,8 @@ not DPO lowering the chosen answers.
 
 This file is DPO's data (pairs), its loss, the reference log-probs and its
 training loop; what both trainers share (settings, model building, schedule,
-saving and resuming) is in training.py.
+saving and resuming) is in training.py, and the batching of chat sequences
+with their loss masks is SFT's (train_sft.collate).
 
     python train_dpo.py --init_from=out/toy/M1 --data=out/toy/iter1/pairs.jsonl --out_dir=out/toy_dpo
     torchrun --nproc_per_node=8 train_dpo.py --init_from=... --data=...

@@ -12,7 +12,7 @@ import pytest
 import judge as J
 from conftest import shared_file
 from data import read_jsonl, write_jsonl
-from judge import (JUDGE_PROMPT, eft_targets, judge, judge_groups, judge_prompt, judge_prompt_ids, kendall_tau,
+from judge import (JUDGE_PROMPT, eft_targets, judge, judgment_as_target, judge_groups, judge_prompt, judge_prompt_ids, kendall_tau,
                    judge_eft_groups, make_eft_targets, parse_score, read_judge_file, reward_metrics, spearman)
 
 
@@ -45,6 +45,10 @@ def test_prompt_fills_its_two_slots():
     ("Score: 25", None), ("Score: -1", None), ("score = 0", None), ("Score: <total points>", None),
     ("Score:\n1 point for relevance", None), ("Score: four", None), ("", None), ("No score here.", None),
     ("Score: 4\nScore: 9", None),  # the concluding one is unreadable: no guessing from the earlier
+    ("Score: 2\n\nScore: N/A for style", 2),  # a mark with no number is no mark
+    # points added up: the total, if it is their sum
+    ("Score: 1+1+1+0 = 3", 3), ("Score: 1 + 1 + 1 = 3/5", 3), ("**Score: 1+1 = 2**", 2),
+    ("Score: 1+1+1", None), ("Score: 1+1 = 3", None),
 ])
 def test_parse_score_table(text, score):
     assert parse_score(text) == score
@@ -78,6 +82,7 @@ def test_parse_score_on_a_small_models_messy_judgments():
     assert parsed[("8a745a7f", "2")] == 2      # "score:2", missed by the stored parse
     assert parsed[("ffbf5e6f", "0")] == 4      # "score: 5 ... score: 4": the concluding one
     assert parsed[("4d0d8975", "1")] == 3      # "score: 3 ... the total score:\n\n1 point" is not 1
+    assert parsed[("6851a928", "1")] == 3      # "Score: 1+1+1+0 = 3": the total, not the first point
     assert parsed[("ff8295a6", "0")] == 3
     # the judge prompt echoed in the text ("score: <total points>") is never read as a score
     prompt_only = outputs[("ff8295a6", "1")]["reasoning"].split("<|im_end|>")[0]
@@ -296,6 +301,33 @@ def test_eft_targets_without_ranks_keep_every_scored_judgment():
         {"prompt": judge_prompt("p", "c"), "response": "Weak.\nScore: 2", "score": 2, "instruction": "p"}]
     ranked = [{**groups[0], "ranks": [2, 1, 0]}]  # the humans disagree (c best): nothing is kept
     assert eft_targets(ranked, judged) == []
+
+
+def test_eft_targets_without_ranks_keep_each_responses_own_judgments():
+    """Responses with different numbers of judgments (a judge file's lists, a
+    too-long response with none): each keeps all of its own."""
+    groups = [{"prompt": "p", "responses": ["a", "b"], "ranks": None}]
+    judged = [[{"response": "a", "judgments": ["Score: 4", "Score: 3"], "scores": [4, 3]},
+               {"response": "b", "judgments": [], "scores": [None, None]}]]  # too long: judge() keeps n scores
+    assert [r["score"] for r in eft_targets(groups, judged)] == [4, 3]
+
+
+def test_a_judgment_that_opens_with_its_score_keeps_the_text_after_the_whole_mark():
+    for text in ["Score: 4/5\n\nThe response is clear.", "**Score: 4 points.** The response is clear.",
+                 "Score: 1+1+1+1 = 4 out of 5\nThe response is clear.", "Score 4:\nThe response is clear."]:
+        assert judgment_as_target(text) == "The response is clear.\nScore: 4", text
+    assert judgment_as_target("The response is clear. Score: 4/5") == "The response is clear.\nScore: 4"
+    assert judgment_as_target("Score: 4/5") == "Score: 4"
+
+
+def test_judgment_targets_from_a_large_models_real_judgments_start_with_its_words():
+    """798 of its 800 judgments open with their score ("Score: 4/5 ..."): no
+    target may start with what is left of the mark ("/5", "points", ".")."""
+    groups, judged = read_judge_file(shared_file("judge_outputs", "scores_gemini200.jsonl"))
+    targets = [r["response"] for r in eft_targets(groups, judged)]
+    assert len(targets) > 200
+    assert not [t for t in targets if re.match(r"\s*(?:[/.,:;]|points?\b|out of\b)", t)]
+    assert sum(t.startswith("The response") for t in targets) > 100
 
 
 def test_read_judge_file_on_the_shared_real_judge_outputs():
