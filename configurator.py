@@ -12,7 +12,7 @@ trailing comment, collects them, and passes them on explicitly as one object:
 
 and is run as
 
-    python train_sft.py config/toy.py --batch_size=32 --lr=1e-5
+    python train_sft.py config/sft_toy.py --batch_size=32 --lr=1e-5
 
 An argument without `--` is a Python config file whose assignments override
 the defaults (its imports, functions, classes and _private names are its own

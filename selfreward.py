@@ -18,7 +18,7 @@ order of the paper's Figure 1:
     python selfreward.py                                  # the toy world on a laptop CPU
     python selfreward.py --run_name=big --n_prompts=4000       # settings: python selfreward.py --help
     torchrun --nnodes=2 --nproc_per_node=8 ... selfreward.py config/llama2_70b_oasst.py
-    python selfreward.py config/llama2_70b_oasst.py --plan_only=True --world_size=16   # both memory plans
+    python selfreward.py config/llama2_70b_oasst.py --plan_only=True --world_size=16 --gpu_memory_gb=141  # memory plans
 
 This file holds the settings, then one function per stage in the order the
 data flows, then main() and run_stages(). Every stage receives the settings
