@@ -255,6 +255,16 @@ def test_eft_targets_keep_agreeing_groups_and_downsample():
     assert {"prompt": judge_prompt("g2", "f"), "response": "Score: 5", "score": 5, "instruction": "g2"} in records
 
 
+def test_eft_targets_keep_the_first_attempt_that_agrees_and_only_it():
+    """Three attempts (the loop's n_judge): attempt 0 ranks b above a, against
+    the humans; attempts 1 and 2 agree: attempt 1's two judgments are the
+    targets, with their own texts, and attempt 2's are not."""
+    groups = [{"prompt": "g", "responses": ["a", "b"], "ranks": [0, 1]}]
+    gen, _ = stub_generate(["Score: 2", "Good.\nScore: 5", "Score: 4", "Score: 3", "Poor.\nScore: 1", "Score: 1"])
+    records = make_eft_targets(judge_eft_groups(MODEL, CharTokenizer(), groups, n_attempts=3, generate_fn=gen))
+    assert [(r["response"], r["score"]) for r in records] == [("Good.\nScore: 5", 5), ("Poor.\nScore: 1", 1)]
+
+
 def test_judge_skips_and_marks_prompts_longer_than_the_context():
     tok = CharTokenizer()
     room = len(judge_prompt_ids(tok, "p", "short")) + 1  # "short" fits with one token to spare

@@ -249,6 +249,8 @@ def test_seed_study_table_by_hand(tmp_path):
     # a figure some seeds lack: no mean, and steps counted over the seeds that have it
     assert "| its verdict follows a right answer % | - | - | 57.50 +- 3.54 |" in lines
     assert "- its verdict follows a right answer %: M2 > M1: 1/1 (+10.00)" in lines  # one seed: no spread
+    tied = {1: per_seed[1], 2: {**per_seed[2], "M2": figures(2.3, 40, 10, 62)}}  # seed 2's M2 equals its M1
+    assert "- mean grade: M2 > M1: 1/2 (+0.10 +- 0.14)" in seeds.summarize(tied, ["SFT", "M1", "M2"], {})  # strictly
     one = seeds.summarize({1: per_seed[1]}, ["SFT", "M1", "M2"], {("M1", "M2"): {1: (0.05, 0.35)}})
     assert "| mean grade | 2.00 | 2.20 | 2.40 |" in one and "- mean grade: M2 > M1: 1/1 (+0.20)" in one
     # a run evaluated without the judge (eval_judge=False) has no judge figures: none, not 0%

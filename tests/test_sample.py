@@ -213,6 +213,21 @@ def test_sampling_stays_inside_the_nucleus():
     assert next_token(logits, 0.0, 1.0, None).tolist() == [1]  # greedy
 
 
+def test_temperature_sharpens_by_hand():
+    """p ~ exp(logit / T): at T = 0.5, probabilities 1/2, 1/4, 1/8, 1/8 become
+    their squares, 16 : 4 : 1 : 1 of 22; the nucleus is then taken of those."""
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.125, 0.125]]))
+    pick = lambda u, top_p=1.0: int(next_token(logits, 0.5, top_p, torch.tensor([u], dtype=torch.float64)))
+    cdf = [16 / 22, 20 / 22, 21 / 22]
+    assert [pick(c - 1e-6) for c in cdf] == [0, 1, 2] and [pick(c + 1e-6) for c in cdf] == [1, 2, 3]
+    assert pick(0.79, top_p=0.8) == 0 and pick(0.81, top_p=0.8) == 1  # the nucleus {0, 1}: 16 : 4 of 20
+    torch.manual_seed(0)
+    draws = next_token(logits.expand(8000, -1), 2.0, 1.0, torch.rand(8000, dtype=torch.float64))
+    share = torch.bincount(draws, minlength=4).double() / 8000  # at T = 2: square roots, 2.83 : 2 : 1.41 : 1.41
+    expected = torch.tensor([0.5, 0.25, 0.125, 0.125], dtype=torch.float64).sqrt()
+    assert torch.allclose(share, expected / expected.sum(), atol=0.015)
+
+
 
 def test_decode_attention_equals_naive_attention():
     """One new token per row against its cached keys and values: 8 query heads

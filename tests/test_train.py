@@ -206,6 +206,7 @@ def test_data_order_depends_only_on_seed_and_step():
     assert a == [T.batch_indices(s, 16, 40, seed=3) for s in range(5)]
     flat = sum(a, [])
     assert sorted(flat[:40]) == list(range(40))  # the first epoch is a permutation
+    assert sorted(flat[40:80]) == list(range(40)) and flat[40:80] != flat[:40]  # the second another one
     assert a != [T.batch_indices(s, 16, 40, seed=4) for s in range(5)]
 
 
@@ -362,6 +363,22 @@ def test_too_long_examples_are_skipped_and_counted(work, tmp_path, capsys):
         train_sft.train({**cfg, "out_dir": str(tmp_path / "out2")})
 
 
+def test_too_long_pairs_are_skipped_and_counted(work, tmp_path, capsys):
+    """A pair is as long as its longer response: a long rejected one with a
+    short chosen one is skipped too (the forward pass could not take it)."""
+    data = tmp_path / "long.jsonl"
+    short = {"prompt": "reverse the fox", "chosen": "fox the", "rejected": "the fox"}
+    lines = [json.dumps(short)] * 8 + [json.dumps({**short, "rejected": "the fox " * 80}),
+                                       json.dumps({**short, "chosen": "fox the " * 80})]
+    data.write_text("\n".join(lines) + "\n")
+    cfg = dpo_config(work, tmp_path / "out", data=str(data), max_steps=1, max_seq_len=64)
+    train_dpo.train(cfg)
+    assert "skipped 2 of 10 pairs longer than 64 tokens" in capsys.readouterr().out
+    data.write_text(lines[-1] + "\n")
+    with pytest.raises(validate.BadInput, match="every pair is longer"):
+        train_dpo.train({**cfg, "out_dir": str(tmp_path / "out2")})
+
+
 def test_nan_loss_stops_and_keeps_last_good_state(work, tmp_path, monkeypatch):
     calls = []
     real = train_sft.sft_loss_sum
@@ -478,17 +495,34 @@ def test_dpo_learns_the_files_chosen_answers(work, dpo_single):
     assert sum(m > 0 for m in margins) > 0.75 * len(pairs)
 
 
-def test_dpo_eval_starts_at_ln2(work, tmp_path):
+def test_dpo_eval_starts_at_ln2_and_ends_at_the_held_out_pairs_loss_by_hand(work, tmp_path):
     """The held-out pairs' loss (eval_fraction, the trainer's default 0.05;
     the loop sets 0): at step 0 the policy is the reference, so exactly ln 2
-    with rewards 0, over the 8 pairs held out of 32."""
+    with rewards 0, over the 8 pairs held out of 32; after the last step, the
+    DPO loss of those 8 pairs (and not of the training pairs) by hand, from
+    the trained and the starting model's log-probs."""
     out = tmp_path / "dpo"
-    train_dpo.train(dpo_config(work, out, eval_fraction=0.25, eval_interval=1, max_steps=2))
-    first = [r for r in read_jsonl(out / "metrics.jsonl") if "eval/loss" in r][0]
+    c = dpo_config(work, out, eval_fraction=0.25, eval_interval=1, max_steps=2)
+    train_dpo.train(c)
+    evals = [r for r in read_jsonl(out / "metrics.jsonl") if "eval/loss" in r]
+    first, last = evals[0], evals[-1]
     assert first["step"] == 0 and first["eval/loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert first["eval/rewards/chosen"] == pytest.approx(0, abs=1e-6) == first["eval/rewards/rejected"]
     header, *rows = read_jsonl(out / "ref_logps.jsonl")
     assert header["pairs"] == len(rows) == 32  # the held-out pairs have reference log-probs too
+    tok = Tokenizer(str(work / "ckpt" / "tokenizer.model"))
+    ref, new = load_model(str(work / "ckpt")).eval(), load_model(str(out / "model")).eval()
+    beta = train_dpo.DEFAULTS["beta"]
+
+    def dpo_loss(pairs):
+        gain = lambda p, side: (response_logp(new, tok, p["prompt"], p[side])[0]
+                                - response_logp(ref, tok, p["prompt"], p[side])[0])
+        return sum(-torch.nn.functional.logsigmoid(torch.tensor(beta * (gain(p, "chosen") - gain(p, "rejected")))).item()
+                   for p in pairs) / len(pairs)
+    train, held = T.hold_out(read_jsonl(work / "pairs.jsonl"), 0.25, train_dpo.DEFAULTS["seed"])
+    assert last["step"] == 2 and len(held) == 8
+    assert last["eval/loss"] == pytest.approx(dpo_loss(held), rel=1e-4)
+    assert abs(dpo_loss(train[:8]) - dpo_loss(held)) > 1e-3  # (so the figure tells the two sets apart)
 
 
 def test_reference_log_probs_are_reused_only_for_the_same_pairs(work, dpo_single, tmp_path):
