@@ -390,6 +390,11 @@ def shard(model, env):
     fully_shard(model, mesh=env.mesh, mp_policy=mp)
 
 
+def is_fsdp(model):
+    """Is the model sharded by FSDP2 (shard)?"""
+    return isinstance(model, FSDPModule)
+
+
 def reshard(model):
     """After a forward pass without backward (eval, reference log-probs):
     FSDP2 keeps the root's parameters gathered until a backward that never

@@ -41,6 +41,7 @@ ranks, and gives the same samples wherever the logits come out the same (fp32
 on one layout; bf16 tensor parallel rounds otherwise: README, "Generation at
 scale").
 """
+import functools
 import json
 import os
 import sys
@@ -458,9 +459,21 @@ def fits(model, prompt):
     return 0 < len(prompt) < model.args.max_seq_len
 
 
-# inference_mode, not no_grad: it also skips autograd's version counters and view tracking, a cost
-# per operator, and a decode step is mostly small operators (SPEED.md: 7-11% more tokens/s at batch 8, 0-5% at 64)
-@torch.inference_mode()
+def without_autograd(generate):
+    """generate() with autograd off: under inference_mode, not no_grad, which
+    also skips autograd's version counters and view tracking, a cost per
+    operator, and a decode step is mostly small operators (SPEED.md: 7-11%
+    more tokens/s at batch 8, 0-5% at 64). But FSDP2 over a single rank
+    (torchrun on one GPU) copies its parameters in place under a guard of
+    their version counters, which inference tensors lack: no_grad there."""
+    @functools.wraps(generate)
+    def run(model, *args, **kwargs):
+        with torch.no_grad() if D.is_fsdp(model) else torch.inference_mode():
+            return generate(model, *args, **kwargs)
+    return run
+
+
+@without_autograd
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, n=1, eos_id=None,
              seed=None, batch_size=32, min_shared_prefix=64, compile=False, progress=True, check_every=None):
     """

@@ -4,6 +4,7 @@ load each checkpoint of a job list in a layout (gloo, CPU), sample with
 generate(), and have rank 0 write every result as JSON.
 
     torchrun --standalone --nproc_per_node=2 tests/dist_sample.py jobs.json out.json
+    (or --nproc_per_node=1: FSDP2 over one rank, "fsdp" jobs only)
 
 jobs.json: [{"ckpt": DIR, "prompts": [[ids], ...], "kwargs": {...},
              "layout": "fsdp" | "tp", "dtype": "float32" | "bfloat16"}, ...]
@@ -27,7 +28,8 @@ from checkpoint import load_model  # noqa: E402
 from sample import generate  # noqa: E402
 
 torch.set_num_threads(1)  # two ranks on a small shared CPU
-env = D.setup("cpu", "float32", threads=1, tp=2)  # gloo, a flat CPU mesh (FSDP) and a (1, 2) one (tp); each job's dtype below
+world = int(os.environ["WORLD_SIZE"])  # 2; or 1 (FSDP2 over one rank takes its own path)
+env = D.setup("cpu", "float32", threads=1, tp=world)  # gloo, a flat CPU mesh (FSDP) and a (1, 2) one (tp); each job's dtype below
 jobs_path, out_path = sys.argv[1], sys.argv[2]
 with open(jobs_path) as f:
     jobs = json.load(f)

@@ -8,7 +8,7 @@ under `torchrun --standalone --nproc_per_node=1`, on one CUDA device):
   2. Host syncs of the decode loop: with check_every=8, CUDA's sync debug mode
      sees about one sync per 8 steps, not one per step.
   3. The KV cache's peak when rows are copied n times and dropped: at most one
-     layer's rows above the cache itself (torch.cuda.max_memory_allocated).
+     layer's rows above the cache itself (the bytes the tensors requested).
 
 Prints one line per check and exits non-zero if one fails.
 """
@@ -68,10 +68,13 @@ cache_bytes = sum(b.numel() * b.element_size() for b in cache.keys + cache.value
 layer_bytes = cache_bytes // (2 * big.n_layers)
 torch.cuda.synchronize()
 torch.cuda.reset_peak_memory_stats()
-before = torch.cuda.memory_allocated()
+# bytes the tensors asked for, not the allocator's blocks (a cached block a little
+# larger than a layer's rows, reused, would count whole)
+requested = lambda what: torch.cuda.memory_stats()[f"requested_bytes.all.{what}"]
+before = requested("current")
 cache.repeat_interleave(4)
 cache.select(torch.arange(0, 64, 3, device="cuda"))
-peak = torch.cuda.max_memory_allocated() - before
+peak = requested("peak") - before
 print(f"3. KV cache {cache_bytes / 2**20:.0f} MiB: copying rows 4x then dropping 2/3 of them peaked "
       f"{peak / 2**20:.1f} MiB above it (one layer's rows: {layer_bytes / 2**20:.1f} MiB)")
 if peak > 1.1 * layer_bytes:

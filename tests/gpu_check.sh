@@ -2,6 +2,8 @@
 # The GPU checks of issue 12 as one command, for a machine with one CUDA GPU
 # (about 10 minutes on an H100/H200; each part has its own time limit):
 #   bash tests/gpu_check.sh [OUT_DIR]
+# (the device tool brings back at most 8 files from $OUT: the six logs, gpu.txt
+# and the toy loop's report.md; the run folders stay in /tmp)
 # 1. tests/gpu_check.py under torchrun --nproc_per_node=1: FSDP2 bf16 mixed
 #    precision generates (the KV cache dtype crash), host syncs per decode
 #    step, the KV cache's peak when rows are copied and dropped
@@ -15,10 +17,14 @@ set -u
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-out/gpu_check}}"
 mkdir -p "$OUT_DIR"
-PY=${PYTHON:-python}
+RUNS=/tmp/gpu_check_runs  # the run folders: many files, kept out of OUT_DIR
+PY=${PYTHON:-python3}
 TORCHRUN="$PY -m torch.distributed.run"
+export PYTHONUNBUFFERED=1  # a part stopped by its time limit keeps what it printed
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT_DIR/gpu.txt"
 date -u | tee -a "$OUT_DIR/gpu.txt"
+$PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__); \
+assert torch.cuda.is_available(), 'no CUDA device'" 2>&1 | tee -a "$OUT_DIR/gpu.txt" || exit 1
 status=0
 run() {  # name, seconds, command...
     local name=$1 limit=$2; shift 2
@@ -35,10 +41,15 @@ MICRO="--model=toy-tiny --vocab_size=1024 --n_ift=48 --n_eft_train=40 --n_eft_ev
 --sft_epochs=10 --n_prompts=12 --shard_size=4 --max_response_tokens=12 --max_judge_tokens=40 --gen_batch_size=48 \
 --dpo_lr=1e-3 --dpo_min_lr=1e-4 --dpo_batch_size=4 --micro_batch_size=8 --save_interval=4 --rouge_threshold=0.99 \
 --progress=False --dropout=0.0"
-run checks 120 $TORCHRUN --standalone --nproc_per_node=1 tests/gpu_check.py
-run loop_torchrun 180 $TORCHRUN --standalone --nproc_per_node=1 selfreward.py $MICRO --out_root="$OUT_DIR/runs" --run_name=micro_torchrun
-run toy_loop 150 $PY selfreward.py --out_root="$OUT_DIR/runs" --run_name=toy_short --n_ift=800 --n_eft_train=1200 \
-    --pretrain_docs=500 --pretrain_qa_docs=1000 --pretrain_epochs=1 --sft_epochs=1 --n_prompts=200 --iterations=1 --progress=False
-run gpu7b 120 $PY bench.py gpu7b
-run train_llama1b 120 $PY bench.py train --train_models=llama-1b --train_batch_size=4 --train_seq_len=2048 --train_steps=3 --train_rounds=2
+# time limits: 570 s in all, under the device tool's 600 s a command
+run checks 80 $TORCHRUN --standalone --nproc_per_node=1 tests/gpu_check.py
+run loop_torchrun 110 $TORCHRUN --standalone --nproc_per_node=1 selfreward.py $MICRO --out_root="$RUNS" --run_name=micro_torchrun
+run toy_loop 110 $PY selfreward.py --out_root="$RUNS" --run_name=toy_short --n_ift=800 --n_eft_train=1200 \
+    --pretrain_docs=500 --pretrain_qa_docs=1000 --pretrain_epochs=1 --sft_epochs=1 --n_prompts=200 --iterations=1 \
+    --n_test=128 --n_eft_eval=200 --gen_batch_size=256 --progress=False
+cp "$RUNS/toy_short/report.md" "$OUT_DIR/toy_short_report.md" 2>/dev/null
+run gpu7b 150 $PY bench.py gpu7b  # (its compiled decode compiles 32 layers: never timed)
+# batch 2: four 1.1B models (ours and transformers', fp32 and bf16) with AdamW state stay on the GPU
+# together (49 GiB); batch 4 x 2048 would add about 28 GiB of activations, an H100's whole memory
+run train_llama1b 120 $PY bench.py train --train_models=llama-1b --train_batch_size=2 --train_seq_len=2048 --train_steps=3 --train_rounds=2
 exit $status

@@ -644,6 +644,26 @@ def test_two_ranks_fsdp_and_tensor_parallel_equal_one_process(tiny, tmp_path):
             assert all(gap < 0.01 for gap in gaps), gaps
 
 
+def test_fsdp_over_one_rank_generates_as_one_process(tiny, tmp_path):
+    """torchrun with one rank (a one-GPU machine): FSDP2 over a single rank
+    takes a shortcut (no all-gather, its parameters copied in place under a
+    guard of autograd's version counter) that inference_mode's tensors do not
+    have; generate() must still run, and give one process's tokens, in fp32
+    and in bf16 (MixedPrecisionPolicy)."""
+    save_model(tiny, tmp_path / "tiny")
+    kw = dict(max_new_tokens=8, temperature=0, batch_size=2)
+    jobs = [dict(ckpt=str(tmp_path / "tiny"), prompts=MIXED, kwargs=kw, layout="fsdp", dtype=d)
+            for d in ("float32", "bfloat16")]
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+           os.path.join(ROOT, "tests", "dist_sample.py"), str(tmp_path / "jobs.json"), str(tmp_path / "out.json")]
+    proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fp32, bf16 = json.loads((tmp_path / "out.json").read_text())
+    assert fp32 == generate(tiny, MIXED, progress=False, **kw)
+    assert bf16 == generate(copy.deepcopy(tiny).to(torch.bfloat16), MIXED, progress=False, **kw)
+
+
 def test_static_cache_of_the_compiled_decode_step(tiny, monkeypatch):
     """compile=True decodes through StaticKVCache (fixed shapes, one graph for
     the loop). Checked here uncompiled: compiling on CPU takes a minute."""

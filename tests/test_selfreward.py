@@ -1136,6 +1136,21 @@ def test_main_takes_argv(capsys):
     assert e.value.code == 2 and "unknown setting 'no_such_setting'" in capsys.readouterr().err
 
 
+def test_the_gpu_checks_loop_commands_pass_the_settings_checks(tmp_path, capsys):
+    """tests/gpu_check.sh runs once, on a lent GPU's scarce minutes: its two
+    loop commands' settings must pass the checks before any work (here, as a
+    dry run on the CPU)."""
+    script = open(os.path.join(ROOT, "tests", "gpu_check.sh")).read().replace("\\\n", " ")
+    micro = re.search(r'^MICRO="([^"]*)"', script, re.M).group(1).split()
+    commands = [line.split("selfreward.py", 1)[1].replace("$MICRO", " ".join(micro)).split()
+                for line in script.splitlines() if line.startswith("run ") and "selfreward.py" in line]
+    assert len(commands) == 2
+    for argv in commands:
+        flags = [a for a in argv if a.startswith("--") and not a.startswith(("--out_root", "--run_name"))]
+        S.main(flags + [f"--out_root={tmp_path}", "--run_name=gpu", "--dry_run=True"])
+        assert "is a new run: every stage would run" in capsys.readouterr().out
+
+
 def test_plan_only_says_what_it_planned_for(tmp_path, capsys):
     """--plan_only before the checkpoint is here plans for the preset, and says
     so; a model that is neither a folder nor a preset is one error line."""
