@@ -23,16 +23,23 @@ than the policy answers right (issue 16). The others have one answer each.
 
 grade(record, response) -> 0..5 follows the paper's additive rubric:
     0  off-topic: nothing about the task in it
-    1  related but wrong: a wrong number, one wrong made-up word (bare or with
+    1  related but wrong: a wrong number, wrong made-up words (bare or with
        chatter), the input word echoed, or the answer's letters scrambled
     2  partly right: close to the answer (a word at most half wrong by edit
-       distance; a number off by at most max(1, answer // 20))
+       distance; a number off by at most max(1, |answer| // 20))
     3  the answer is there but it is not a clean answer: it also offers another
        candidate (a number, or a word near the answer or made of its letters),
        repeats the answer, runs over 15 words, or has the case wrong
     4  right but not clean: the answer plus a little chatter ("Sure! It is 42.")
     5  exactly the answer, nothing else (a trailing period allowed)
-Numbers are read as digits; English words are never taken for answers.
+Numbers are read as digits; English words are never taken for answers,
+not even in capitals, where make_word can write one (TAKE, OF): such an
+answer grades 0 where it should grade 1 or 2 (13 of 53,248 test answers the
+studies stored, all wrong; reading capitals as made-up words would change
+one EFT eval group of the default seed, and so every measured figure).
+An operand the response repeats is working, not another candidate ("8 x 5
+= 40"), and where the answer equals an operand ("10 - 5 = 5") one of its
+copies is that operand.
 The grader makes seed data and evaluates; the self-rewarding loop never sees
 it. It reads the task from record["task"], or parses it from the prompt text
 when the record has none (this works for every prompt this file writes; a
@@ -138,8 +145,6 @@ TEMPLATES = {
         "Compute the product of {a} and {b}.",
         "Calculate {a} * {b}.",
     ],
-    # (no English word in these looks like a made-up word, as "MAKE" or "GIVE"
-    # would: ENGLISH below is never taken for an answer)
     "invent": [
         "Invent a word of {n} letters that starts with '{first}' and ends with '{last}'.",
         "Write a new word with {n} letters, starting with '{first}' and ending with '{last}'.",
@@ -306,7 +311,7 @@ def grade(record, response):
         found = NUMBERS.findall(text)  # the numbers in the response, "-42" not taken for 42
         echo = {str(task.get("a")), str(task.get("b"))}  # operands repeated from the question
         tries = [n for n in found if n not in echo]  # every other number is an answer
-        near = [n for n in tries if abs(int(n) - int(ans)) <= max(1, int(ans) // 20)]
+        near = [n for n in tries if abs(int(n) - int(ans)) <= max(1, abs(int(ans)) // 20)]
         related = bool(found) or bool(task.get("word")) and task["word"] in text.upper()
     else:
         found = re.findall(r"[A-Za-z]+", text)  # the words in the response
@@ -314,9 +319,12 @@ def grade(record, response):
         near = [t for t in words if similarity(t.upper(), ans) >= 0.5]
         scrambled = [t for t in words if sorted(t.upper()) == sorted(ans)]
         tries = near + scrambled  # words that look like attempts at the answer
-        # an attempt: the input word, one made-up word (bare or with chatter), or a scramble
-        related = task["word"] in map(str.upper, found) or len(words) == 1 or bool(scrambled)
+        # an attempt: the input word, made-up words (bare or with chatter), or a scramble
+        related = task["word"] in map(str.upper, found) or bool(words)
     hits = found.count(ans)
+    operands = [str(task.get("a")), str(task.get("b"))].count(ans)
+    if hits > 1 and operands:  # the question's operands repeated ("10 - 5 = 5"), not the answer said twice
+        hits = max(1, hits - operands)
     if hits:  # right, but is it clean? one answer, said once, in a few words
         others = [t for t in tries if t != ans]
         return 3 if hits > 1 or others or len(text.split()) > 15 else 4

@@ -45,6 +45,11 @@ INVENT = "Invent a word of 5 letters that starts with 'B' and ends with 'O'."  #
     (INVENT, "BAKO", 2), (INVENT, "TAKIO", 2), (INVENT, "BAKIA", 2),  # one of the three asks missed
     (INVENT, "BAKIOS", 1), (INVENT, "Of course. It is KOBEDA.", 1), (INVENT, "O", 1),
     (INVENT, "Tea is better than coffee.", 0), (INVENT, "5", 0),
+    (REVERSE, "KOBATU DIRENA", 1), (REVERSE, "O L I M A T", 1),  # wrong made-up words, however many, are attempts
+    ("What is 10 - 5?", "10 - 5 = 5", 4), ("What is 0 + 7?", "0 + 7 = 7", 4),  # an operand repeated, not the answer
+    ("What is 10 - 5?", "5", 5), ("What is 10 - 5?", "10 - 5 = 5, or maybe 6.", 3),
+    ("What is 10 - 50?", "-42", 2), ("What is 10 - 50?", "-38", 2), ("What is 10 - 50?", "-45", 1),  # |-40| // 20
+    (REVERSE, "OF", 0),  # left as it is: an English word in capitals (make_word can write one) is not read
 ])
 def test_grader_on_hand_written_responses(prompt, response, score):
     assert grade({"prompt": prompt}, response) == score  # task parsed from the prompt text
