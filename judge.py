@@ -337,10 +337,13 @@ def judgment_as_target(judgment):
         return None
     score, start, end = found
     # the paper's format puts the score last; a judge that opens with the score
-    # ("Score: 4/5 points.\n\nThe response ...") keeps the text after its mark
-    # instead, less the word "points" and the punctuation that close the mark
+    # ("Score: 4/5 points.\n\nThe response ...", or after a stray label such as
+    # "Output:") has its justification after the mark: the longer side is kept,
+    # less the word "points" and the punctuation that close the mark
+    before = judgment[:start].strip(" \n*#")
     after = re.sub(r"^[ \t*_]*(?:points?\b)?", "", judgment[end:], flags=re.IGNORECASE)
-    why = judgment[:start].strip(" \n*#") or after.lstrip(" \t*_.:,;").strip(" \n*#")
+    after = after.lstrip(" \t*_.:,;").strip(" \n*#")
+    why = after if len(after) > len(before) else before
     return f"{why}\nScore: {score}" if why else f"Score: {score}"
 
 

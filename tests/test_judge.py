@@ -328,6 +328,9 @@ def test_a_judgment_that_opens_with_its_score_keeps_the_text_after_the_whole_mar
         assert judgment_as_target(text) == "The response is clear.\nScore: 4", text
     assert judgment_as_target("The response is clear. Score: 4/5") == "The response is clear.\nScore: 4"
     assert judgment_as_target("Score: 4/5") == "Score: 4"
+    # a stray label before the mark (two of the Gemini file's judgments): the longer side is the justification
+    assert judgment_as_target("Output:\nScore: 4\nThe response is clear.") == "The response is clear.\nScore: 4"
+    assert judgment_as_target("Clear. Score: 4\nOK") == "Clear.\nScore: 4"
 
 
 def test_judgment_targets_from_a_large_models_real_judgments_start_with_its_words():
@@ -336,7 +339,7 @@ def test_judgment_targets_from_a_large_models_real_judgments_start_with_its_word
     groups, judged = read_judge_file(shared_file("judge_outputs", "scores_gemini200.jsonl"))
     targets = [r["response"] for r in eft_targets(groups, judged)]
     assert len(targets) > 200
-    assert not [t for t in targets if re.match(r"\s*(?:[/.,:;]|points?\b|out of\b)", t)]
+    assert not [t for t in targets if re.match(r"\s*(?:[/.,:;<]|points?\b|out of\b|Output:)", t)]
     assert sum(t.startswith("The response") for t in targets) > 100
 
 
