@@ -456,6 +456,8 @@ def chat_tokens(tokenizer, prompt, response=None, system=None):
         messages.append({"role": "assistant", "content": response})
     ids, spans = chat_ids(tokenizer, messages)
     return ids, spans[-1][0] if response is not None else len(ids)
+
+
 # -----------------------------------------------------------------------------
 # A small tokenizer for the toy world, trained in seconds.
 
