@@ -40,8 +40,8 @@ from safetensors import safe_open
 
 import distributed as D
 from data import sync_to_disk
-from model import (LLAMA3_VOCAB, LLAMA31_ROPE, LLAMA32_ROPE, PRESETS, ROPE_SCALING_KEYS, ModelArgs, Transformer,
-                   ffn_width, preset)
+from model import (LLAMA3_VOCAB, LLAMA31_ROPE, LLAMA32_ROPE, PRESETS, ROPE_SCALING_KEYS, ModelArgs, ffn_width,
+                   preset)
 from tokenizer import Tokenizer
 
 # -----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 import judge as J
 from conftest import shared_file
-from data import read_jsonl, write_jsonl
+from data import write_jsonl
 from judge import (JUDGE_PROMPT, eft_targets, judge, judgment_as_target, judge_groups, judge_prompt, judge_prompt_ids, kendall_tau,
                    judge_eft_groups, make_eft_targets, parse_score, read_judge_file, reward_metrics, spearman)
 

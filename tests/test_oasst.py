@@ -1,6 +1,5 @@
 """data/prepare_oasst.py on the real oasst1 validation split and on bad input."""
 import json
-import os
 import subprocess
 import sys
 

@@ -120,7 +120,8 @@ def test_a_real_writer_is_asked_in_self_instructs_template_and_its_filters_apply
     r = run_folder(tmp_path)
     write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": f"Say hi to {x}.", "response": "hi"} for x in "ABCDEFG"]
                 + [{"prompt": "Explain this:\n\nsay   hi", "response": "ok"}])
-    net, asked = use_model(monkeypatch, tok, 256), []
+    use_model(monkeypatch, tok, 256)  # the model the stage loads (its context); generate is stubbed below
+    asked = []
 
     def writer(model, prompts, max_new_tokens, **kw):
         asked.extend(tok.decode(p) for p in prompts)
