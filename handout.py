@@ -15,7 +15,8 @@ An exercise is a function marked by one comment, on the line right above its
 In the student copy such a function keeps its signature and docstring (what
 to compute, the equation or the paper's section) and the rest of its body
 becomes `raise NotImplementedError(...)`; every other byte of every file is
-the project's. An exercise's grading tests (the pytest command in its marker)
+the project's, and every file is there but the developers' notebooks
+(NOTEBOOKS: their measurement scripts write some exercises out). An exercise's grading tests (the pytest command in its marker)
 call that function and no other exercise, so the exercises can be solved in
 any order; once all are solved the copy is this project again, and
 `python selfreward.py` runs the whole toy loop. tests/test_handout.py checks
@@ -58,6 +59,9 @@ MARKER = re.compile(r"[ \t]*# Exercise \((?P<level>easy|medium|hard)\): (?P<titl
 ANY_MARKER = re.compile(r"[ \t]*#\s*Exercise\b")  # what a marker starts with, so a misspelt one is an error
 STUB = 'raise NotImplementedError("exercise {number}: write {qualname} in {file} (see EXERCISES.md)")'
 GUIDE = "EXERCISES.md"
+# the developers' notebooks, left out of the handout: their one-off measurement scripts hold
+# code that solves exercises (the decode attention written out, a DPO loss with one term more)
+NOTEBOOKS = ("SPEED.md", "STUDIES.md")
 MANIFEST = ".handout.json"  # every file of a handout as written (sha256): one that was worked on is kept
 
 
@@ -261,7 +265,7 @@ def write_handout(root, out):
     """Write the student copy of the project at `root` to `out`; returns the
     exercises, each with the body the copy leaves out (its solution)."""
     check_destination(root, out)
-    files = project_files(root)
+    files = [f for f in project_files(root) if f not in NOTEBOOKS]
     exercises = find_exercises(root, files)
     if not exercises:
         raise HandoutError(f"no exercise markers in {root}")
@@ -337,6 +341,13 @@ them at once:
 
 Tests that read real data (judge outputs) look for it in `../shared/data`,
 or in the folder named by `SELFREWARD_SHARED_DATA`, and are skipped without it.
+
+A title's "above" means above the function, in its file (the rules of the
+score parser are a comment over it). The grading tests check what the
+docstring promises; the full suite also checks how the rest of the code
+uses your function, so run it once everything passes. The developers'
+notebooks the README links to, {", ".join(f"`{n}`" for n in NOTEBOOKS)}, are not in this copy:
+their measurement scripts would give some exercises away.
 
 When every exercise passes, this copy is the whole project: `python -m pytest
 -q tests` runs the full suite, and `python selfreward.py` runs the

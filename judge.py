@@ -105,38 +105,36 @@ _RANGE = re.compile(r"\s*(?:[-–—+=]|to\b|or\b)\s*\d", re.IGNORECASE)  # "3-4
 _SUM = re.compile(rf"((?:\s*\+\s*\d+)+)\s*=\s*({_NUMBER})")  # "+1+1 = 3" after a first "1"
 
 
-def _value(text, number, end):
-    """(the score a matched number stands for, or None; where the mark ends:
-    after its scale or its sum's total); end = where the number ends."""
+# Exercise (medium): the score parser, by the rules above. Graded by: tests/test_judge.py -k parse_score
+def find_score(text):
+    """(score or None, start, end) of the concluding score mark, or None if
+    there is none. start: where its word "score" begins; end: where the mark
+    ends, after its number, its scale ("/5") or its sum's total ("= 3"), or
+    its colon ("Score 4:"). The score is an int 0..5 by the rules above, or
+    None where the mark's number is not one (never a made-up value); the
+    patterns _SCORE, _SCALE, _RANGE and _SUM above find each part."""
+    matches = list(_SCORE.finditer(text))
+    if not matches:
+        return None
+    m = matches[-1]  # the last mark is the conclusion
+    group = "a" if m.group("a") is not None else "b"
+    number, end = m.group(group), m.end(group)
+    mark_end = lambda at: max(at, m.end())  # ("Score 4:" ends at its colon)
     added = _SUM.match(text, end)
     if added:  # the rubric's points added up: the total counts, if it is their sum
         points = [float(number)] + [float(x) for x in re.findall(r"\d+", added.group(1))]
         if float(added.group(2)) != sum(points):
-            return None, added.end()
+            return None, m.start(), mark_end(added.end())
         number, end = added.group(2), added.end()
     value = float(number)
     scale = _SCALE.match(text, end)
     if scale and int(scale.group(1)) != 5:
-        return None, scale.end()
+        return None, m.start(), mark_end(scale.end())  # another scale: rescaling would be inventing
     if not scale and _RANGE.match(text, end):
-        return None, end
+        return None, m.start(), mark_end(end)  # a range or a choice
     if value != int(value) or not 0 <= value <= 5:
-        return None, end
-    return int(value), scale.end() if scale else end
-
-
-# Exercise (medium): the score parser, by the rules above. Graded by: tests/test_judge.py -k parse_score
-def find_score(text):
-    """(score or None, start, end) of the concluding score mark, or None if
-    there is none; the mark runs from "score" to its number's end, its scale
-    ("/5") or its sum's total included."""
-    matches = list(_SCORE.finditer(text))
-    if not matches:
-        return None
-    m = matches[-1]
-    group = "a" if m.group("a") is not None else "b"
-    score, end = _value(text, m.group(group), m.end(group))
-    return score, m.start(), max(end, m.end())  # (m.end(): "Score 4:" ends at its colon)
+        return None, m.start(), mark_end(end)  # a fraction of a point, or out of range
+    return int(value), m.start(), mark_end(scale.end() if scale else end)
 
 
 def parse_score(text):

@@ -92,8 +92,9 @@ def top_p_filter(probs, top_p):
     """
     Nucleus filtering (Holtzman et al. 2019): keep the smallest set of tokens
     whose total probability reaches top_p, zero the rest (not renormalised).
-    A token is kept if the tokens more likely than it have less than top_p in
-    total; among equally likely tokens the lower id comes first (stable sort).
+    Order the tokens by probability, equally likely ones lower id first (a
+    stable sort); a token is kept if the tokens before it in that order have
+    less than top_p in total, a running sum taken in float64.
     probs: (B, V) -> (B, V)
     """
     sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
@@ -158,6 +159,9 @@ def decode_attention(q, k, v, mask, shared=None):
     q: (B, 1, H, hd); k, v: (B, KV, S, hd) each row's own slots;
     shared: None, or keys and values (1, KV, P, hd) of a prefix every row
     attends to first, stored once (see KVCache); mask: (B, 1, 1, P + S) additive.
+    Query head h attends with KV head h // (H // KV): a group's H // KV query
+    heads are consecutive, as SDPA's enable_gqa takes them (model.py). One softmax
+    runs over the P prefix slots and the S own slots together.
     Returns (B, 1, H * hd), ready for wo.
     """
     B, _, H, hd = q.shape

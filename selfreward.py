@@ -855,7 +855,12 @@ def make_pairs(judged):
     same text as the best (the judge scored one answer twice differently)
     states no preference, so DPO would learn nothing from it but noise:
     another candidate of the same lowest score with a different text is
-    rejected instead, and without one the prompt gives no pair."""
+    rejected instead, and without one the prompt gives no pair. Ties: the
+    first of the best, the first of the worst (by candidate index).
+    Returns (pairs, dropped): pairs {"prompt", "chosen", "rejected",
+    "chosen_score", "rejected_score", "chosen_index", "rejected_index"};
+    dropped counts the prompts without a pair by reason: "fewer than 2
+    scored candidates", "all scores tie", "same text"."""
     pairs, dropped = [], {"fewer than 2 scored candidates": 0, "all scores tie": 0, "same text": 0}
     for x in judged:
         scored = [(s, i) for i, s in enumerate(x["score"]) if s is not None]
@@ -952,7 +957,14 @@ def make_judge_pairs(meta_judged, cap=None, seed=0):
     are the same; each reason is counted. At most `cap`
     pairs are kept, a random subset drawn with `seed`. The record is DPO's:
     the judge prompt of the response, with the two judgments as chosen and
-    rejected, so the judge is trained under the prompt it judges with."""
+    rejected, so the judge is trained under the prompt it judges with.
+    meta_judged: records {"prompt", "response", "judgments", "scores",
+    "battles": [{"a", "b", "winner": "A", "B" or None}]}, a and b indices
+    into judgments. Returns (pairs, dropped): pairs {"prompt" (the judge
+    prompt), "chosen", "rejected", "kind": "judge", "instruction" (the
+    question), "response", "chosen_score", "rejected_score", "chosen_wins",
+    "rejected_wins"}; dropped counts by reason: "no verdict", "wins tie",
+    "same text", "over the cap"."""
     pairs, dropped = [], {"no verdict": 0, "wins tie": 0, "same text": 0, "over the cap": 0}
     for x in meta_judged:
         wins = Counter()

@@ -74,7 +74,9 @@ DEFAULTS = {**{k: v for k, v in globals().items() if not k.startswith("_") and i
 def dpo_losses(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
     """Per pair: the DPO loss, and the implicit rewards beta * (log pi - log ref)
     of the chosen and rejected responses (DPO section 5). Inputs (B,) summed
-    sequence log-probs."""
+    sequence log-probs. Returns (losses, chosen_rewards, rejected_rewards),
+    each (B,); the rewards detached (they are logged, not trained on); the
+    loss through F.logsigmoid, which stays finite at any margin."""
     chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)
     rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)
     losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
@@ -90,7 +92,12 @@ def chosen_nll(policy_chosen_logps, chosen_tokens):
 
 # Exercise (medium): a response's summed log-probability. Graded by: tests/test_train.py -k sequence_logps
 def sequence_logps(model, tokens, targets, env):
-    """(B,) sum over each row's response tokens of log p(token), in fp32."""
+    """(B,) sum over each row's response tokens of log p(token), in fp32.
+    tokens (B, T) are what the model reads and targets (B, T) the next token
+    at each response position, -100 elsewhere (train_sft.collate); the
+    model's forward pass gives logits (B, T, V), run under env.autocast()
+    (bf16 matmuls where the run computes in bf16) with the tensors on
+    env.device; the log-softmax in fp32."""
     with env.autocast():
         logits = model(tokens.to(env.device))
     targets = targets.to(env.device)

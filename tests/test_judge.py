@@ -54,6 +54,17 @@ def test_parse_score_table(text, score):
     assert parse_score(text) == score
 
 
+def test_parse_score_finds_the_whole_mark():
+    """find_score's (score, start, end): from the word "score" to the end of
+    its number, scale, sum or colon; None where there is no mark."""
+    for text, mark in [("Fine. Score: 4", "Score: 4"), ("Fine. **Score: 4/5** ok", "Score: 4/5"),
+                       ("x Score 4:\nok", "Score 4:"), ("Score: 1+1 = 2 points", "Score: 1+1 = 2"),
+                       ("Score: 4 out of 5.", "Score: 4 out of 5"), ("Score: 8/10", "Score: 8/10")]:
+        score, start, end = J.find_score(text)
+        assert text[start:end] == mark and score == parse_score(mark), text
+    assert J.find_score("no mark here") is None and J.find_score("Score: N/A") is None
+
+
 def _judge_outputs(name):
     with open(shared_file("judge_outputs", name), encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
