@@ -248,11 +248,14 @@ def test_decode_attention_equals_naive_attention():
         return torch.einsum("bhl,bhld->bhd", scores.softmax(-1), values).reshape(B, 1, H * hd)
 
     own = S.decode_attention(q, k, v, mask[..., P:])  # no shared prefix
-    assert own.shape == (B, 1, H * hd) and (own - naive(k, v, mask[..., P:])).abs().max() < 1e-5
+    assert own.shape == (B, 1, H * hd), f"shape {tuple(own.shape)}, not (B, 1, H * hd) = {(B, 1, H * hd)}"
+    gap = (own - naive(k, v, mask[..., P:])).abs().max().item()
+    assert gap < 1e-5, f"without a prefix: {gap:.3g} off plain attention (query head h uses KV head h // (H // KV))"
     with_prefix = S.decode_attention(q, k, v, mask, shared)
     keys = torch.cat([shared[0].expand(B, -1, -1, -1), k], 2)
     values = torch.cat([shared[1].expand(B, -1, -1, -1), v], 2)
-    assert (with_prefix - naive(keys, values, mask)).abs().max() < 1e-5
+    gap = (with_prefix - naive(keys, values, mask)).abs().max().item()
+    assert gap < 1e-5, f"with a shared prefix: {gap:.3g} off plain attention over the prefix's slots, then the row's own"
 
 
 def chain_model(max_seq_len=64):

@@ -423,8 +423,8 @@ def test_dpo_losses_per_pair_by_hand():
         rc_i, rr_i = beta * (pc[i].item() - rc[i].item()), beta * (pr[i].item() - rr[i].item())
         assert losses[i].item() == pytest.approx(math.log(1 + math.exp(-(rc_i - rr_i))), rel=1e-6)
         assert (chosen[i].item(), rejected[i].item()) == pytest.approx((rc_i, rr_i))
-    assert losses.shape == (3,) and losses.requires_grad  # the loss trains the policy ...
-    assert not chosen.requires_grad and not rejected.requires_grad  # ... the rewards are only metrics
+    assert losses.shape == (3,) and losses.requires_grad, "the loss trains the policy: one per pair, with its graph"
+    assert not chosen.requires_grad and not rejected.requires_grad, "the rewards are only metrics: detach them"
     # far from the reference: finite, as log-sigmoid is (the log of a sigmoid that underflows is not)
     zero = torch.zeros(1)
     assert train_dpo.dpo_losses(zero, zero - 1000, zero, zero, 1.0)[0].item() == pytest.approx(0.0, abs=1e-6)
