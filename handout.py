@@ -16,11 +16,12 @@ In the student copy such a function keeps its signature and docstring (what
 to compute, the equation or the paper's section) and the rest of its body
 becomes `raise NotImplementedError(...)`; every other byte of every file is
 the project's, and every file is there but the developers' notebooks
-(NOTEBOOKS: their measurement scripts write some exercises out). An exercise's grading tests (the pytest command in its marker)
-call that function and no other exercise, so the exercises can be solved in
-any order; once all are solved the copy is this project again, and
-`python selfreward.py` runs the whole toy loop. tests/test_handout.py checks
-all of that on a handout written from the current code.
+(NOTEBOOKS: their measurement scripts write some exercises out). An
+exercise's grading tests (the pytest command in its marker) call that
+function and no other exercise, so the exercises can be solved in any order;
+once all are solved the copy is this project again, and `python
+selfreward.py` runs the whole toy loop. tests/test_handout.py checks all of
+that on a handout written from the current code.
 """
 import ast
 import contextlib
@@ -261,11 +262,21 @@ def check_destination(root, out):
         raise HandoutError(f"--out={out}: {problem}")
 
 
+def copied_files(root):
+    """The project's files a handout copies: all but the notebooks; and where
+    root is itself a handout (its test suite writes one), all but its guide
+    and manifest too, which the handout writes anew."""
+    files = [f for f in project_files(root) if f not in NOTEBOOKS]
+    if GUIDE in files and MANIFEST in files:
+        files = [f for f in files if f not in (GUIDE, MANIFEST)]
+    return files
+
+
 def write_handout(root, out):
     """Write the student copy of the project at `root` to `out`; returns the
     exercises, each with the body the copy leaves out (its solution)."""
     check_destination(root, out)
-    files = [f for f in project_files(root) if f not in NOTEBOOKS]
+    files = copied_files(root)
     exercises = find_exercises(root, files)
     if not exercises:
         raise HandoutError(f"no exercise markers in {root}")

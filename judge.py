@@ -101,8 +101,9 @@ _SCORE = re.compile(
     rf"|[ \t*_]+(?P<b>{_NUMBER})[ \t*_]*:"  # Score 4:
     r")", re.IGNORECASE)  # on one line: "score = 0" (code) and "score:\n1 point" are not scores
 _SCALE = re.compile(r"\s*(?:/|out\s+of)\s*(\d+)", re.IGNORECASE)  # "/5", " out of 5"
-_RANGE = re.compile(r"\s*(?:[-–—+=]|to\b|or\b)\s*\d", re.IGNORECASE)  # "3-4", "4 or 5", "1+1", "4 = 3"
-_SUM = re.compile(rf"((?:\s*\+\s*\d+)+)\s*=\s*({_NUMBER})")  # "+1+1 = 3" after a first "1"
+# (the rest of the mark is on its line: a list of points on the next lines, "+ 1 point ...", is not a sum)
+_RANGE = re.compile(r"[ \t]*(?:[-–—+=]|to\b|or\b)[ \t]*\d", re.IGNORECASE)  # "3-4", "4 or 5", "1+1", "4 = 3"
+_SUM = re.compile(rf"((?:[ \t]*\+[ \t]*\d+)+)[ \t]*=[ \t]*({_NUMBER})")  # "+1+1 = 3" after a first "1"
 
 
 # Exercise (medium): the score parser, by the rules above. Graded by: tests/test_judge.py -k parse_score
@@ -335,13 +336,14 @@ def judgment_as_target(judgment):
         return None
     score, start, end = found
     # the paper's format puts the score last; a judge that opens with the score
-    # ("Score: 4/5 points.\n\nThe response ...", or after a stray label such as
-    # "Output:") has its justification after the mark: the longer side is kept,
+    # ("Score: 4/5 points.\n\nThe response ...", or after a bare label such as
+    # "Output:" or a stray chat token) has its justification after the mark,
     # less the word "points" and the punctuation that close the mark
     before = judgment[:start].strip(" \n*#")
     after = re.sub(r"^[ \t*_]*(?:points?\b)?", "", judgment[end:], flags=re.IGNORECASE)
     after = after.lstrip(" \t*_.:,;").strip(" \n*#")
-    why = after if len(after) > len(before) else before
+    label = re.fullmatch(r"<\|[^|]*\|>|[^\n]{0,30}:", before)
+    why = after if not before or label else before
     return f"{why}\nScore: {score}" if why else f"Score: {score}"
 
 

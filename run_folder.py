@@ -192,23 +192,28 @@ class Run:
 
     def metric(self, record):
         if D.is_rank0():
-            with open(self.path("metrics.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
+            with open(self.path("metrics.jsonl"), "a+b") as f:  # (appends go to the end wherever it reads)
+                cut = False
+                if f.seek(0, os.SEEK_END) > 0:
+                    f.seek(-1, os.SEEK_END)
+                    cut = f.read(1) != b"\n"  # the last line was cut short by a kill: end it first
+                f.write((("\n" if cut else "") + json.dumps(record) + "\n").encode())
 
     def metric_once(self, stage, info):
-        """Stage `stage`'s line in metrics.jsonl, written if it has none: a kill
-        between the stage's record and its line (run) lost it. (Written before
-        the record instead, a kill between them would give it two lines.)"""
+        """Stage `stage`'s line in metrics.jsonl, written if it is not there: a
+        kill between the stage's record and its line (run) lost it. (Written
+        before the record instead, a kill between them would give it two lines.)"""
+        record = {"stage": stage, **info}
         path = self.path("metrics.jsonl")
         if os.path.exists(path):
             with open(path) as f:
                 for line in f:
                     try:
-                        if json.loads(line).get("stage") == stage:
+                        if json.loads(line) == record:
                             return
                     except ValueError:  # a line a kill cut short
                         pass
-        self.metric({"stage": stage, **info})
+        self.metric(record)
 
 
 def changes(old, new, same_setting):

@@ -467,9 +467,10 @@ def without_autograd(generate):
     """generate() with autograd off: under inference_mode, not no_grad, which
     also skips autograd's version counters and view tracking, a cost per
     operator, and a decode step is mostly small operators (SPEED.md: 7-11%
-    more tokens/s at batch 8, 0-5% at 64). But FSDP2 over a single rank
-    (torchrun on one GPU) copies its parameters in place under a guard of
-    their version counters, which inference tensors lack: no_grad there."""
+    more tokens/s at batch 8, 0-5% at 64). An FSDP2 model runs under no_grad:
+    over a single rank (torchrun on one GPU) FSDP2 copies its parameters in
+    place under a guard of their version counters, which inference tensors
+    lack."""
     @functools.wraps(generate)
     def run(model, *args, **kwargs):
         with torch.no_grad() if D.is_fsdp(model) else torch.inference_mode():

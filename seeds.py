@@ -89,8 +89,14 @@ def kind_share(m, kind, which):
 
 def run_figures(folder):
     """{model: {figure: value}} from a finished run's metrics.jsonl (report.py's eval records)."""
+    records = []
     with open(os.path.join(folder, "metrics.jsonl")) as f:
-        evals = [rec["eval"] for rec in map(json.loads, f) if "eval" in rec]  # the last report's win
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except ValueError:  # a line a kill cut short (the record after it starts a line of its own)
+                pass
+    evals = [rec["eval"] for rec in records if "eval" in rec]  # the last report's win
     return {m["model"]: {name: read(m) for name, read in FIGURES} for m in evals}
 
 

@@ -23,8 +23,9 @@ than the policy answers right (issue 16). The others have one answer each.
 
 grade(record, response) -> 0..5 follows the paper's additive rubric:
     0  off-topic: nothing about the task in it
-    1  related but wrong: a wrong number, wrong made-up words (bare or with
-       chatter), the input word echoed, or the answer's letters scrambled
+    1  related but wrong: a wrong number, a wrong made-up word (bare or with
+       chatter; or several, in capitals), the input word echoed, or the
+       answer's letters scrambled
     2  partly right: close to the answer (a word at most half wrong by edit
        distance; a number off by at most max(1, |answer| // 20))
     3  the answer is there but it is not a clean answer: it also offers another
@@ -38,8 +39,8 @@ answer grades 0 where it should grade 1 or 2 (13 of 53,248 test answers the
 studies stored, all wrong; reading capitals as made-up words would change
 one EFT eval group of the default seed, and so every measured figure).
 An operand the response repeats is working, not another candidate ("8 x 5
-= 40"), and where the answer equals an operand ("10 - 5 = 5") one of its
-copies is that operand.
+= 40"), and where the answer equals an operand and the response repeats
+the question ("10 - 5 = 5") one of its copies is that operand.
 The grader makes seed data and evaluates; the self-rewarding loop never sees
 it. It reads the task from record["task"], or parses it from the prompt text
 when the record has none (this works for every prompt this file writes; a
@@ -319,12 +320,14 @@ def grade(record, response):
         near = [t for t in words if similarity(t.upper(), ans) >= 0.5]
         scrambled = [t for t in words if sorted(t.upper()) == sorted(ans)]
         tries = near + scrambled  # words that look like attempts at the answer
-        # an attempt: the input word, made-up words (bare or with chatter), or a scramble
-        related = task["word"] in map(str.upper, found) or bool(words)
+        # an attempt: the input word, a made-up word (bare or with chatter; two or more in capitals, as the
+        # toy world writes them: "Paris is the capital of France." is off-topic), or a scramble
+        related = (task["word"] in map(str.upper, found) or len(words) == 1 or any(t.isupper() for t in words)
+                   or bool(scrambled))
     hits = found.count(ans)
-    operands = [str(task.get("a")), str(task.get("b"))].count(ans)
-    if hits > 1 and operands:  # the question's operands repeated ("10 - 5 = 5"), not the answer said twice
-        hits = max(1, hits - operands)
+    operands = [str(task.get("a")), str(task.get("b"))]
+    if hits > 1 and ans in operands and all(x in found for x in operands):
+        hits = max(1, hits - operands.count(ans))  # the question repeated ("10 - 5 = 5"), not the answer twice
     if hits:  # right, but is it clean? one answer, said once, in a few words
         others = [t for t in tries if t != ans]
         return 3 if hits > 1 or others or len(text.split()) > 15 else 4

@@ -29,7 +29,8 @@ from sample import generate  # noqa: E402
 
 torch.set_num_threads(1)  # two ranks on a small shared CPU
 world = int(os.environ["WORLD_SIZE"])  # 2; or 1 (FSDP2 over one rank takes its own path)
-env = D.setup("cpu", "float32", threads=1, tp=world)  # gloo, a flat CPU mesh (FSDP) and a (1, 2) one (tp); each job's dtype below
+env = D.setup("cpu", "float32", threads=1, tp=world)  # gloo, a flat CPU mesh (FSDP) and a (1, world) one (tp);
+# each job's dtype below
 jobs_path, out_path = sys.argv[1], sys.argv[2]
 with open(jobs_path) as f:
     jobs = json.load(f)

@@ -17,14 +17,16 @@ set -u
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-out/gpu_check}}"
 mkdir -p "$OUT_DIR"
-RUNS=/tmp/gpu_check_runs  # the run folders: many files, kept out of OUT_DIR
+RUNS=/tmp/gpu_check_runs  # the run folders: many files, kept out of OUT_DIR; made afresh (a rerun on a
+rm -rf "$RUNS"            # warm machine would otherwise find every stage done and check nothing)
 PY=${PYTHON:-python3}
 TORCHRUN="$PY -m torch.distributed.run"
 export PYTHONUNBUFFERED=1  # a part stopped by its time limit keeps what it printed
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT_DIR/gpu.txt"
 date -u | tee -a "$OUT_DIR/gpu.txt"
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__); \
-assert torch.cuda.is_available(), 'no CUDA device'" 2>&1 | tee -a "$OUT_DIR/gpu.txt" || exit 1
+assert torch.cuda.is_available(), 'no CUDA device'" 2>&1 | tee -a "$OUT_DIR/gpu.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || exit 1  # (the python's status, not tee's)
 status=0
 run() {  # name, seconds, command...
     local name=$1 limit=$2; shift 2

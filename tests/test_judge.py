@@ -12,8 +12,9 @@ import pytest
 import judge as J
 from conftest import shared_file
 from data import write_jsonl
-from judge import (JUDGE_PROMPT, eft_targets, judge, judgment_as_target, judge_groups, judge_prompt, judge_prompt_ids, kendall_tau,
-                   judge_eft_groups, make_eft_targets, parse_score, read_judge_file, reward_metrics, spearman)
+from judge import (JUDGE_PROMPT, eft_targets, judge, judge_eft_groups, judge_groups, judge_prompt, judge_prompt_ids,
+                   judgment_as_target, kendall_tau, make_eft_targets, parse_score, read_judge_file, reward_metrics,
+                   spearman)
 
 
 def test_prompt_is_the_papers_text():
@@ -49,6 +50,8 @@ def test_prompt_fills_its_two_slots():
     # points added up: the total, if it is their sum
     ("Score: 1+1+1+0 = 3", 3), ("Score: 1 + 1 + 1 = 3/5", 3), ("**Score: 1+1 = 2**", 2),
     ("Score: 1+1+1", None), ("Score: 1+1 = 3", None),
+    ("Score: 4\n\n+ 1 point for relevance\n+ 1 point for clarity", 4), ("Score: 4\n- 1 point: relevance", 4),
+    ("Score: 1+1+1+1\n\n= 4", None),  # the mark is one line: a list below it is not a sum, nor a range
 ])
 def test_parse_score_table(text, score):
     assert parse_score(text) == score
@@ -339,9 +342,13 @@ def test_a_judgment_that_opens_with_its_score_keeps_the_text_after_the_whole_mar
         assert judgment_as_target(text) == "The response is clear.\nScore: 4", text
     assert judgment_as_target("The response is clear. Score: 4/5") == "The response is clear.\nScore: 4"
     assert judgment_as_target("Score: 4/5") == "Score: 4"
-    # a stray label before the mark (two of the Gemini file's judgments): the longer side is the justification
+    # a bare label before the mark (two of the Gemini file's judgments): the justification is after it
     assert judgment_as_target("Output:\nScore: 4\nThe response is clear.") == "The response is clear.\nScore: 4"
+    assert judgment_as_target("<|im_start|>score: 4\nThe response is clear.") == "The response is clear.\nScore: 4"
+    # otherwise the text before it, however long what follows
     assert judgment_as_target("Clear. Score: 4\nOK") == "Clear.\nScore: 4"
+    assert judgment_as_target("Relevant and complete.\nScore: 4\n\nNote: it could also mention the date.") == (
+        "Relevant and complete.\nScore: 4")
 
 
 def test_judgment_targets_from_a_large_models_real_judgments_start_with_its_words():

@@ -280,6 +280,10 @@ def test_seed_study_table_by_hand(tmp_path):
          "intervals": {"right": [0.75, [0.5, 1.0]]}, "checking": {"judge": 0.125, "follows": 0.5, "compares": 0.25}}
     write_jsonl(folder / "metrics.jsonl", [{"stage": "eval_M1"}, {"eval": {**m, "mean_grade": 1.0}}, {"eval": m}])
     assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0)}  # before declines
+    with open(folder / "metrics.jsonl") as f:  # a line a kill cut short, then the same report written again
+        text = f.read()
+    (folder / "metrics.jsonl").write_text(text + '{"eval": {"model": "M1", "mean_gr\n' + text)
+    assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0)}
     # 75% right and 20% declined: 75 of the 80% answered are right
     write_jsonl(folder / "metrics.jsonl", [{"eval": {**m, "declined": 0.2}}])
     assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0, 20.0, 93.75)}

@@ -647,6 +647,20 @@ def test_two_ranks_fsdp_and_tensor_parallel_equal_one_process(tiny, tmp_path):
             assert all(gap < 0.01 for gap in gaps), gaps
 
 
+def test_generate_runs_under_inference_mode(tiny):
+    """A whole model samples under inference_mode (autograd's per-operator
+    bookkeeping off: SPEED.md), not merely no_grad; an FSDP2 model under
+    no_grad (the test below)."""
+    modes = []
+    hook = tiny.register_forward_hook(lambda *_: modes.append(torch.is_inference_mode_enabled()))
+    try:
+        generate(tiny, MIXED[:2], 3, temperature=0, progress=False)
+    finally:
+        hook.remove()
+    assert modes and all(modes)
+    assert not torch.is_inference_mode_enabled()  # and off again after it
+
+
 def test_fsdp_over_one_rank_generates_as_one_process(tiny, tmp_path):
     """torchrun with one rank (a one-GPU machine): FSDP2 over a single rank
     takes a shortcut (no all-gather, its parameters copied in place under a

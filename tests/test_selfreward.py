@@ -1499,6 +1499,14 @@ def test_a_stage_line_a_kill_lost_from_metrics_jsonl_is_written_by_the_next_comm
         r.stage("s", lambda: pytest.fail("done"), uses=["a"])
         r.stage("t", lambda: pytest.fail("done"), uses=["a"], after=["s"])
         assert read_jsonl(tmp_path / "metrics.jsonl") == lines  # (the same line: its info from the record)
+    # t's line lost in the middle of its writing: the next line starts on a line of its own
+    text = (tmp_path / "metrics.jsonl").read_text()
+    (tmp_path / "metrics.jsonl").write_text(text[:text.rindex("\n", 0, -1) + 8])  # t's line cut short
+    r = Run(str(tmp_path), c, D.Env(), defaults={"a": 1})
+    r.stage("s", lambda: pytest.fail("done"), uses=["a"])
+    r.stage("t", lambda: pytest.fail("done"), uses=["a"], after=["s"])
+    kept = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(kept) == 3 and json.loads(kept[0]) == lines[0] and json.loads(kept[2]) == lines[1]
 
 
 def test_an_input_path_written_another_way_redoes_nothing(tmp_path):

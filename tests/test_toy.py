@@ -48,6 +48,8 @@ INVENT = "Invent a word of 5 letters that starts with 'B' and ends with 'O'."  #
     (REVERSE, "KOBATU DIRENA", 1), (REVERSE, "O L I M A T", 1),  # wrong made-up words, however many, are attempts
     ("What is 10 - 5?", "10 - 5 = 5", 4), ("What is 0 + 7?", "0 + 7 = 7", 4),  # an operand repeated, not the answer
     ("What is 10 - 5?", "5", 5), ("What is 10 - 5?", "10 - 5 = 5, or maybe 6.", 3),
+    ("What is 10 - 5?", "5 5", 3), ("What is 10 - 5?", "5. Yes, 5.", 3),  # no question repeated: said twice
+    (REVERSE, "Paris is the capital of France.", 0), (REVERSE, "Hmm, lemme think.", 0),  # words, but no attempt
     ("What is 10 - 50?", "-42", 2), ("What is 10 - 50?", "-38", 2), ("What is 10 - 50?", "-45", 1),  # |-40| // 20
     (REVERSE, "OF", 0),  # left as it is: an English word in capitals (make_word can write one) is not read
 ])
