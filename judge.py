@@ -237,7 +237,9 @@ def _pair_signs(x):
 
 # Exercise (medium): Kendall's tau-b. Graded by: tests/test_judge.py -k correlations
 def kendall_tau(x, y):
-    """Kendall's tau-b (ties allowed on both sides), or None where undefined."""
+    """Kendall's tau-b (ties allowed on both sides) of two equal-length
+    sequences of numbers (lists or tuples), or None where undefined (either
+    side constant)."""
     s, t = _pair_signs(np.asarray(x, float)), _pair_signs(np.asarray(y, float))
     denom = math.sqrt(np.count_nonzero(s) * np.count_nonzero(t))
     return float((s * t).sum() / denom) if denom else None

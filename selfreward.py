@@ -597,7 +597,8 @@ def words(text):
 
 # Exercise (medium): ROUGE-L, the near-duplicate filter's measure. Graded by: tests/test_selfreward.py -k rouge_l
 def rouge_l(a, b):
-    """ROUGE-L F1 of two word lists: from their longest common subsequence."""
+    """ROUGE-L F1 of two word lists: from their longest common subsequence,
+    F1 = 2 LCS / (len(a) + len(b)); 0.0 when either list is empty."""
     if not a or not b:
         return 0.0
     prev = [0] * (len(b) + 1)
@@ -856,11 +857,14 @@ def make_pairs(judged):
     states no preference, so DPO would learn nothing from it but noise:
     another candidate of the same lowest score with a different text is
     rejected instead, and without one the prompt gives no pair. Ties: the
-    first of the best, the first of the worst (by candidate index).
+    first of the best, the first of the worst (by candidate index). Texts
+    are compared with surrounding whitespace stripped; only "score" is read
+    ("scores" is the judge's record of how it got there).
     Returns (pairs, dropped): pairs {"prompt", "chosen", "rejected",
     "chosen_score", "rejected_score", "chosen_index", "rejected_index"};
-    dropped counts the prompts without a pair by reason: "fewer than 2
-    scored candidates", "all scores tie", "same text"."""
+    dropped counts the prompts without a pair by reason, every reason a
+    key, 0 included: "fewer than 2 scored candidates", "all scores tie",
+    "same text"."""
     pairs, dropped = [], {"fewer than 2 scored candidates": 0, "all scores tie": 0, "same text": 0}
     for x in judged:
         scored = [(s, i) for i, s in enumerate(x["score"]) if s is not None]

@@ -91,8 +91,11 @@ def collate(examples, pad_id, weights=None):
     targets[t] = ids[t+1] on response tokens and -100 (no loss) everywhere
     else: on the prompt and on padding. An example is (ids, spans), spans
     the (start, end) ranges learned, or (ids, start): the response runs from
-    start to the end (train_dpo's pairs). Causal attention means a row's real
-    tokens never see the padding after them, and rows never see each other.
+    start to the end (train_dpo's pairs). A row of tokens is its example's
+    ids[:-1]; position t is learned where ids[t+1] lies in a span, so a span
+    (start, end) fills targets[start-1:end-1]. Both tensors are torch.long.
+    Causal attention means a row's real tokens never see the padding after
+    them, and rows never see each other.
     weights: 0 for a filler row (see training.split_even) whose targets are all -100.
     """
     length = max(len(ids) for ids, _ in examples) - 1
@@ -111,7 +114,9 @@ def collate(examples, pad_id, weights=None):
 
 # Exercise (easy): the SFT loss. Graded by: tests/test_train.py -k sft_loss_sum
 def sft_loss_sum(model, tokens, targets, env):
-    """Sum of the response tokens' cross-entropies (log-softmax in fp32)."""
+    """Sum of the response tokens' cross-entropies (log-softmax in fp32): a
+    0-dim fp32 tensor to backpropagate. The model runs under env.autocast()
+    with the tensors on env.device; targets are collate's (-100: no loss)."""
     with env.autocast():
         logits = model(tokens.to(env.device))
     return F.cross_entropy(logits.float().flatten(0, 1), targets.to(env.device).flatten(),
