@@ -947,7 +947,7 @@ def stage_pairs(c, r, t):
     return {"pairs": len(pairs), "by": c.pair_by, "dropped": dropped}
 
 
-# Exercise (easy): the judge's pairs from battles of judgments. Graded by: tests/test_selfreward.py -k make_judge_pairs
+# Exercise (medium): the judge's pairs from battles of judgments. Graded by: tests/test_selfreward.py -k make_judge_pairs
 def make_judge_pairs(meta_judged, cap=None, seed=0):
     """Meta-Rewarding's pairs for the judge (Wu et al. 2024): per
     response, every verdict of its battles (judge.compare_judgments) is a win
