@@ -120,22 +120,21 @@ def find_score(text):
     m = matches[-1]  # the last mark is the conclusion
     group = "a" if m.group("a") is not None else "b"
     number, end = m.group(group), m.end(group)
-    mark_end = lambda at: max(at, m.end())  # ("Score 4:" ends at its colon)
+    readable = True
     added = _SUM.match(text, end)
     if added:  # the rubric's points added up: the total counts, if it is their sum
         points = [float(number)] + [float(x) for x in re.findall(r"\d+", added.group(1))]
-        if float(added.group(2)) != sum(points):
-            return None, m.start(), mark_end(added.end())
+        readable = float(added.group(2)) == sum(points)
         number, end = added.group(2), added.end()
     value = float(number)
     scale = _SCALE.match(text, end)
-    if scale and int(scale.group(1)) != 5:
-        return None, m.start(), mark_end(scale.end())  # another scale: rescaling would be inventing
-    if not scale and _RANGE.match(text, end):
-        return None, m.start(), mark_end(end)  # a range or a choice
-    if value != int(value) or not 0 <= value <= 5:
-        return None, m.start(), mark_end(end)  # a fraction of a point, or out of range
-    return int(value), m.start(), mark_end(scale.end() if scale else end)
+    if scale:
+        readable = readable and int(scale.group(1)) == 5  # another scale: rescaling would be inventing
+        end = scale.end()
+    else:
+        readable = readable and not _RANGE.match(text, end)  # a range or a choice
+    readable = readable and value == int(value) and 0 <= value <= 5  # not a fraction of a point, nor out of range
+    return int(value) if readable else None, m.start(), max(end, m.end())  # ("Score 4:" ends at its colon)
 
 
 def parse_score(text):
