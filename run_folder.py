@@ -204,16 +204,22 @@ class Run:
         kill between the stage's record and its line (run) lost it. (Written
         before the record instead, a kill between them would give it two lines.)"""
         record = {"stage": stage, **info}
-        path = self.path("metrics.jsonl")
-        if os.path.exists(path):
-            with open(path) as f:
-                for line in f:
-                    try:
-                        if json.loads(line) == record:
-                            return
-                    except ValueError:  # a line a kill cut short
-                        pass
-        self.metric(record)
+        if record not in metric_records(self.dir):
+            self.metric(record)
+
+
+def metric_records(folder):
+    """The records of a run folder's metrics.jsonl ([] if it has none), less a
+    line a kill cut short (Run.metric starts the next record on a line of its own)."""
+    records, path = [], os.path.join(folder, "metrics.jsonl")
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    pass
+    return records
 
 
 def changes(old, new, same_setting):

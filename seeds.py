@@ -20,7 +20,6 @@ many seeds each step holds (M2 > M1, M3 > M2, ...), and in how many seeds the
 95% bootstrap interval of each step's mean grade gain (and of the last model's
 gain over M1) lies above 0.
 """
-import json
 import os
 import statistics
 import sys
@@ -32,6 +31,7 @@ import report
 import selfreward
 import validate
 from data import read_jsonl, write_text
+from run_folder import metric_records
 
 seeds = "1,2,3"  # the seeds, with commas between them: one whole run each (each run's --seed)
 # selfreward.py's settings that are each run's own, not a study's: why, when one is given
@@ -89,14 +89,7 @@ def kind_share(m, kind, which):
 
 def run_figures(folder):
     """{model: {figure: value}} from a finished run's metrics.jsonl (report.py's eval records)."""
-    records = []
-    with open(os.path.join(folder, "metrics.jsonl")) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except ValueError:  # a line a kill cut short (the record after it starts a line of its own)
-                pass
-    evals = [rec["eval"] for rec in records if "eval" in rec]  # the last report's win
+    evals = [rec["eval"] for rec in metric_records(folder) if "eval" in rec]  # the last report's win
     return {m["model"]: {name: read(m) for name, read in FIGURES} for m in evals}
 
 
