@@ -308,10 +308,10 @@ def grade(record, response):
     ans, text = answer(task), response.strip()
     if text in (ans, ans + "."):
         return 5
+    operands = [str(task.get("a")), str(task.get("b"))]  # the question's numbers (word tasks: none)
     if ans.lstrip("-").isdigit():  # a number (generated prompts may subtract past 0)
         found = NUMBERS.findall(text)  # the numbers in the response, "-42" not taken for 42
-        echo = {str(task.get("a")), str(task.get("b"))}  # operands repeated from the question
-        tries = [n for n in found if n not in echo]  # every other number is an answer
+        tries = [n for n in found if n not in operands]  # an operand repeated is working; others, answers
         near = [n for n in tries if abs(int(n) - int(ans)) <= max(1, abs(int(ans)) // 20)]
         related = bool(found) or bool(task.get("word")) and task["word"] in text.upper()
     else:
@@ -325,7 +325,6 @@ def grade(record, response):
         related = (task["word"] in map(str.upper, found) or len(words) == 1 or any(t.isupper() for t in words)
                    or bool(scrambled))
     hits = found.count(ans)
-    operands = [str(task.get("a")), str(task.get("b"))]
     if hits > 1 and ans in operands and all(x in found for x in operands):
         hits = max(1, hits - operands.count(ans))  # the question repeated ("10 - 5 = 5"), not the answer twice
     if hits:  # right, but is it clean? one answer, said once, in a few words
