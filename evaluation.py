@@ -111,15 +111,16 @@ def _answer(model, tokenizer, conversations, max_new_tokens, sample_kw, temperat
 
 
 def answer_alpaca_eval(model, tokenizer, prompts, model_id, max_new_tokens, **sample_kw):
-    """AlpacaEval model outputs for the prompts, and how many were skipped (too long).
-    sample_kw go to sample.generate (eos_id, batch_size, progress)."""
+    """AlpacaEval model outputs for the prompts: none for a prompt with no room
+    in the context (too long). sample_kw go to sample.generate (eos_id,
+    batch_size, progress)."""
     answers = _answer(model, tokenizer, [x["instruction"] for x in prompts], max_new_tokens, sample_kw)
     records = []
     for x, a in zip(prompts, answers):
         if a is not None:
             extra = {"dataset": x["dataset"]} if "dataset" in x else {}
             records.append({"instruction": x["instruction"], "output": a, "generator": model_id, **extra})
-    return records, len(prompts) - len(records)
+    return records
 
 
 # a turn with no room in the context: FastChat's own mark for a turn it could not
@@ -137,15 +138,15 @@ MT_BENCH_TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "mat
                         "reasoning": 0.0, "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
 
 
-def mt_bench_temperature(question):
-    return MT_BENCH_TEMPERATURE.get(question.get("category"), 0.7)
+def mt_bench_temperature(mt_bench_question):
+    return MT_BENCH_TEMPERATURE.get(mt_bench_question.get("category"), 0.7)
 
 
 def answer_mt_bench(model, tokenizer, questions, model_id, max_new_tokens, seed=0, **sample_kw):
     """MT-Bench answers, every turn of every question, each turn asked after the
     model's own earlier answers, each category at FastChat's temperature (the
-    same seed: the same answers); and how many questions had a turn with no
-    room in the context (that turn and those after it are NO_ROOM)."""
+    same seed: the same answers). A turn with no room in the context, and
+    every turn after it, is NO_ROOM (unanswered counts those questions)."""
     conversations = {i: [] for i in range(len(questions))}  # question index -> messages so far
     answered = {i: [] for i in range(len(questions))}  # question index -> the model's answers
     for k in range(max(len(q["turns"]) for q in questions)):
@@ -169,7 +170,12 @@ def answer_mt_bench(model, tokenizer, questions, model_id, max_new_tokens, seed=
     records = [{"question_id": q["question_id"], "answer_id": f"{model_id}-{q['question_id']}", "model_id": model_id,
                 "choices": [{"index": 0, "turns": answered[i] + [NO_ROOM] * (len(q["turns"]) - len(answered[i]))}],
                 "tstamp": now} for i, q in enumerate(questions)]
-    return records, len(questions) - len(conversations)
+    return records
+
+
+def unanswered(mt_bench_records):
+    """How many MT-Bench questions have a turn with no room in the context (NO_ROOM)."""
+    return sum(NO_ROOM in x["choices"][0]["turns"] for x in mt_bench_records)
 
 
 def write_alpaca_eval(path, records):

@@ -196,6 +196,12 @@ def judge_groups(model, tokenizer, prompts, response_lists, **judge_kwargs):
     return regroup(records, [len(responses) for responses in response_lists])
 
 
+def by_field(records, fields):
+    """A group's judge() records (one a response) as one list per field, in
+    response order: what the loop's and the EFT targets' files keep a group as."""
+    return {f: [x[f] for x in records] for f in fields}
+
+
 def judgment_counts(score_lists):
     """{"judgments", "judgments_with_score"} over responses' lists of judgment
     scores (judge()'s records' "scores"): how many judgments, how many parsed."""
@@ -404,8 +410,7 @@ def judge_eft_groups(model, tokenizer, groups, n_attempts=1, temperature=0.7, to
                           max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, generate_fn=generate_fn,
                           progress=progress)
     return [{"prompt": g["prompt"], "responses": g["responses"], "ranks": g["ranks"],
-             "judgments": [j["judgments"] for j in mine], "scores": [j["scores"] for j in mine],
-             "too_long": [j["too_long"] for j in mine]} for g, mine in zip(groups, judged)]
+             **by_field(mine, ["judgments", "scores", "too_long"])} for g, mine in zip(groups, judged)]
 
 
 def make_eft_targets(judged_groups, seed=0):
@@ -448,7 +453,8 @@ def human_ranks(ranks, n):
 
 
 def prompt_key(text):
-    """A prompt as judge files and seed data are matched by: spaces and case aside."""
+    """A prompt as prompts are matched everywhere (a judge file's to the seed
+    data's, a written prompt to earlier and held-out ones): spaces and case aside."""
     return " ".join(text.split()).lower()
 
 

@@ -301,6 +301,13 @@ def load_for_sampling(r, path):
             Tokenizer(path, r.c.chat_template))
 
 
+def loop_sampling(c, seed):
+    """How the loop samples its candidates and its judgments alike (Section 3.1:
+    temperature 0.7, top-p 0.9), `seed` making the draws repeatable."""
+    return dict(temperature=c.temperature, top_p=c.top_p, seed=seed, batch_size=c.gen_batch_size,
+                progress=c.progress)
+
+
 def memory_plans(c, world, gpu_memory_gb):
     """The run's two memory plans: training (FSDP2 over all `world` GPUs,
     training.memory_plan) and generation (tp GPUs a group, sample.memory_plan)
@@ -316,9 +323,11 @@ def memory_plans(c, world, gpu_memory_gb):
 
 
 def check_generation_batch(c, env):
-    """On a GPU: gen_batch_size 0 takes the largest batch the generation plan
-    fits; a larger batch than it fits is worth a warning (the plan assumes
-    every row fills the context, which real prompts rarely do)."""
+    """Sets gen_batch_size where it is 0: on a GPU the largest batch the
+    generation plan fits, on a CPU the default batch. On a GPU a
+    larger batch than the plan fits is worth a warning (the plan assumes
+    every row fills the context, which real prompts rarely do), and weights
+    that do not fit stop the run."""
     if not env.device.startswith("cuda"):
         c.gen_batch_size = c.gen_batch_size or DEFAULTS["gen_batch_size"]
         return
@@ -348,7 +357,7 @@ def trainer_settings(c, r, name, batch_size, micro, seed_parts):
             "progress": c.progress,
             # the loop evaluates every model itself (stage 5): the trainers hold nothing out, so each model
             # learns from all of its data (the paper's 3,200 IFT examples, not 95% of them)
-            "eval_fraction": 0.0, "eval_interval": 10**9,
+            "eval_fraction": 0.0,
             "keep_state": True}  # the stage removes it once marked done (Run.stage's temporary)
 
 
@@ -362,6 +371,9 @@ def run_sft(c, r, name, init, data):
 
 # -----------------------------------------------------------------------------
 # Stage 1: seed data
+
+SEED_FILES = ["ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"]  # every seed's: the toy world writes two more
+
 
 def stage_seed_data(c, r):
     # written to seed.new/ first, then swapped in: later stages tell toy from real data, and find EFT
@@ -381,7 +393,7 @@ def stage_seed_data(c, r):
                           quote_first=c.quote_first, judge_compares=c.judge_compares,
                           check_each_ask=c.check_each_ask, toy_kinds=c.toy_kinds)
     else:
-        for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"):
+        for f in SEED_FILES:
             src = os.path.join(c.seed_data, f)
             if not os.path.exists(src):
                 D.stop(f"error: seed data folder {c.seed_data} has no {f} "
@@ -399,13 +411,14 @@ def stage_seed_data(c, r):
             os.replace(new, seed)
     D.barrier()
     counts, said = {}, []
-    for f in ("ift", "eft_train", "eft_eval"):
-        recs = read_jsonl(r.path("seed", f + ".jsonl"))
+    for f in SEED_FILES:
+        recs = read_jsonl(r.path("seed", f))
         if not recs:
-            D.stop(f"error: seed data {r.path('seed', f + '.jsonl')} is empty")
-        counts[f] = len(recs)
+            D.stop(f"error: seed data {r.path('seed', f)} is empty")
+        name = f.removesuffix(".jsonl")
+        counts[name] = len(recs)
         groups = "responses" in recs[0]  # a prompt with several ranked responses (an EFT eval set; real EFT train)
-        said.append(f"{f} {len(recs):,} " + (f"groups ({sum(len(x['responses']) for x in recs):,} responses)"
+        said.append(f"{name} {len(recs):,} " + (f"groups ({sum(len(x['responses']) for x in recs):,} responses)"
                                               if groups else "examples"))
     D.log("seed data: " + ", ".join(said))
     return counts
@@ -472,10 +485,8 @@ def stage_eft_targets(c, r):
     # whose scores rank the group as the humans did is kept. In shards, as the loop's own judging:
     # hours at 70B, and a killed run loses at most one shard
     def work(chunk, shard):
-        return J.judge_eft_groups(net, tok, chunk, n_attempts=c.n_judge, temperature=c.temperature,
-                                  top_p=c.top_p, max_new_tokens=c.max_judge_tokens,
-                                  seed=sub_seed(c.seed, "eft targets", shard), batch_size=c.gen_batch_size,
-                                  progress=c.progress)
+        return J.judge_eft_groups(net, tok, chunk, n_attempts=c.n_judge, max_new_tokens=c.max_judge_tokens,
+                                  **loop_sampling(c, sub_seed(c.seed, "eft targets", shard)))
 
     judged = generate_sharded(r, raw, groups, c.shard_size, work)
     recs = J.make_eft_targets(judged, seed=sub_seed(c.seed, "eft targets"))
@@ -539,9 +550,7 @@ def stage_eft_own_answers(c, r):
 
     def work(chunk, shard):
         outs = generate(net, [chat_prompt_ids(tok, g["prompt"]) for g in chunk], c.max_response_tokens,
-                        temperature=c.temperature, top_p=c.top_p, n=n, eos_id=tok.stop_ids,
-                        seed=sub_seed(c.seed, "eft own answers", shard), batch_size=c.gen_batch_size,
-                        progress=c.progress)
+                        n=n, eos_id=tok.stop_ids, **loop_sampling(c, sub_seed(c.seed, "eft own answers", shard)))
         return [toy.eft_target(g["prompt"], g["task"], tok.decode(o).strip(), show_working=c.judge_working,
                                quotes=c.judge_quotes, quote_first=c.quote_first, compares=c.judge_compares,
                                each_ask=c.check_each_ask)
@@ -683,14 +692,14 @@ def first_line(tok, ids, room):
 
 
 def held_out_prompts(r):
-    """The seed data's held-out prompts, lower-cased: the EFT eval prompts (the
-    judge's test) and the toy world's test prompts. A new prompt that is one
-    of them is dropped, or the loop would train on the evaluation's own
+    """The seed data's held-out prompts (J.prompt_key: spaces and case
+    aside): the EFT eval prompts (the judge's test) and the toy world's test
+    prompts. A new prompt that is one of them is dropped, or the loop would train on the evaluation's own
     questions. (External benchmarks, eval_prompts and mt_bench, are not
     checked: they are chosen at evaluation time, and changing them redoes
     only the evaluation.)"""
     files = [r.path("seed", name) for name in ("test.jsonl", "eft_eval.jsonl")]
-    return {x["prompt"].strip().lower() for f in files if os.path.exists(f) for x in read_jsonl(f)}
+    return {J.prompt_key(x["prompt"]) for f in files if os.path.exists(f) for x in read_jsonl(f)}
 
 
 def stage_prompts(c, r, t, writer_path):
@@ -707,12 +716,12 @@ def stage_prompts(c, r, t, writer_path):
     # (accept): shard s depends on the shards before it, so shards run in order, and a restart
     # rebuilds the pool from the shards already written (replay) before it writes the next
     existing = [(w, Counter(w)) for w in map(words, seed_prompts + earlier)]
-    seen = {p.strip().lower() for p in seed_prompts + earlier}
+    seen = {J.prompt_key(p) for p in seed_prompts + earlier}  # the same prompt: spaces and case aside
     generated = list(earlier)
 
     def accept(prompt):
         w = words(prompt)
-        seen.add(prompt.lower())
+        seen.add(J.prompt_key(prompt))
         existing.append((w, Counter(w)))
         generated.append(prompt)
 
@@ -738,9 +747,9 @@ def stage_prompts(c, r, t, writer_path):
             # a request that nearly fills the context leaves fewer than max_prompt_tokens
             prompt, finished = first_line(tok, o, min(c.max_prompt_tokens, net.args.max_seq_len - len(ids[i])))
             why = malformed(prompt, finished, c.min_prompt_words, c.max_prompt_words)
-            if why is None and prompt.lower() in seen:
+            if why is None and J.prompt_key(prompt) in seen:
                 why = "exact duplicate"
-            if why is None and prompt.lower() in held_out:
+            if why is None and J.prompt_key(prompt) in held_out:
                 why = "a held-out evaluation prompt"
             if why is None and too_similar(words(prompt), existing, c.rouge_threshold):
                 why = f"near duplicate (ROUGE-L >= {c.rouge_threshold})"
@@ -783,9 +792,8 @@ def stage_candidates(c, r, t, mt_path):
     def work(chunk, shard):
         ids = [chat_prompt_ids(tok, x["prompt"]) for x in chunk]
         room = [i for i, x in enumerate(ids) if fits(net, x)]  # the others are skipped and counted
-        outs = generate(net, [ids[i] for i in room], c.max_response_tokens, temperature=c.temperature,
-                        top_p=c.top_p, n=n, eos_id=tok.stop_ids, seed=sub_seed(c.seed, "candidates", t, shard),
-                        batch_size=c.gen_batch_size, progress=c.progress) if room else []
+        outs = generate(net, [ids[i] for i in room], c.max_response_tokens, n=n, eos_id=tok.stop_ids,
+                        **loop_sampling(c, sub_seed(c.seed, "candidates", t, shard))) if room else []
         return [{"prompt": chunk[i]["prompt"], "candidates": [tok.decode(o).strip() for o in outs[k * n:(k + 1) * n]]}
                 for k, i in enumerate(room)]
 
@@ -795,8 +803,7 @@ def stage_candidates(c, r, t, mt_path):
 
 def judge_settings(c, seed):
     """How the loop samples judgments (Section 3.1: 3 samples at T 0.7 / top-p 0.9, averaged)."""
-    return dict(n_samples=c.n_judge, temperature=c.temperature, top_p=c.top_p, max_new_tokens=c.max_judge_tokens,
-                seed=seed, batch_size=c.gen_batch_size, progress=c.progress)
+    return dict(n_samples=c.n_judge, max_new_tokens=c.max_judge_tokens, **loop_sampling(c, seed))
 
 
 def stage_judgments(c, r, t, mt_path):
@@ -807,9 +814,8 @@ def stage_judgments(c, r, t, mt_path):
         judged = J.judge_groups(net, tok, [x["prompt"] for x in chunk], [x["candidates"] for x in chunk],
                                 **judge_settings(c, sub_seed(c.seed, "judge", t, shard)))
         # "scores"[k]: candidate k's n_judge parsed scores; "score"[k]: their mean, the candidate's reward
-        return [{"prompt": x["prompt"], "candidates": x["candidates"], "judgments": [j["judgments"] for j in mine],
-                 "scores": [j["scores"] for j in mine], "score": [j["score"] for j in mine],
-                 "too_long": [j["too_long"] for j in mine]} for x, mine in zip(chunk, judged)]
+        return [{"prompt": x["prompt"], "candidates": x["candidates"],
+                 **J.by_field(mine, ["judgments", "scores", "score", "too_long"])} for x, mine in zip(chunk, judged)]
 
     recs = generate_sharded(r, os.path.join(f"iter{t}", "judgments"), recs, c.shard_size, work)
     scored = sum(s is not None for x in recs for s in x["score"])
@@ -832,9 +838,8 @@ def stage_meta_judgments(c, r, t, mt_path):
     net, tok = load_for_sampling(r, mt_path)
 
     def work(chunk, shard):
-        battles = J.compare_judgments(net, tok, chunk, temperature=c.temperature, top_p=c.top_p,
-                                      max_new_tokens=c.max_meta_tokens, seed=sub_seed(c.seed, "meta judge", t, shard),
-                                      batch_size=c.gen_batch_size, progress=c.progress)
+        battles = J.compare_judgments(net, tok, chunk, max_new_tokens=c.max_meta_tokens,
+                                      **loop_sampling(c, sub_seed(c.seed, "meta judge", t, shard)))
         return [{**x, "battles": b} for x, b in zip(chunk, battles)]
 
     recs = generate_sharded(r, os.path.join(f"iter{t}", "meta_judgments"), items, c.shard_size, work)
@@ -922,7 +927,7 @@ def coin_turned(pairs, seed):
     return turned
 
 
-def actor_pairs(c, r, t):
+def response_pairs(c, r, t):
     """Iteration t's preference pairs of responses (make_pairs) by the judge's
     scores (pair_by='coin': then each turned round or not on a coin) or,
     pair_by='grader' or 'right', the grader's; or the end of the run if
@@ -941,7 +946,7 @@ def actor_pairs(c, r, t):
 
 
 def stage_pairs(c, r, t):
-    pairs, dropped = actor_pairs(c, r, t)
+    pairs, dropped = response_pairs(c, r, t)
     save_jsonl(r.path(f"iter{t}", "pairs.jsonl"), pairs)
     D.log(f"iteration {t}: {len(pairs)} pairs{report.pairs_by(c.pair_by)}; dropped {dropped}")
     return {"pairs": len(pairs), "by": c.pair_by, "dropped": dropped}
@@ -957,7 +962,8 @@ def make_judge_pairs(meta_judged, cap=None, seed=0):
     from the same battles, a plain count is one a reader can check by hand);
     only judgments with a score take part. No pair where no battle has a
     verdict, where best and worst won equally often (a meta-judge that
-    favours a position makes every battle a draw), or where the two texts
+    always names the same position gives every judgment as many wins as
+    losses: judge.judgment_battles), or where the two texts
     are the same; each reason is counted. At most `cap`
     pairs are kept, a random subset drawn with `seed`. The record is DPO's:
     the judge prompt of the response, with the two judgments as chosen and
@@ -1022,7 +1028,7 @@ def stage_pairs_meta(c, r, t):
     in one DPO run, and on the toy world the judge's pairs could otherwise
     outnumber the actor's and turn M_{t+1} into a better judge of a worse
     policy (its next candidates come from that policy)."""
-    pairs, dropped = actor_pairs(c, r, t)
+    pairs, dropped = response_pairs(c, r, t)
     meta_judged = read_jsonl(r.path(f"iter{t}", "meta_judgments.jsonl"))
     if c.meta_pair_by == "grader":
         meta_judged = grader_battles(meta_judged)
@@ -1071,7 +1077,7 @@ def pick_checkpoint(c, r, t, checkpoints):
     loop's own prompts are not kept from the validation set, as they are
     from the test set: how many it wrote is counted.)"""
     valid = toy.validation_set(r.path("seed"), c.n_valid, c.seed, c.toy_kinds.split(","))
-    written = {x["prompt"].strip().lower() for s in range(1, t + 1)
+    written = {J.prompt_key(x["prompt"]) for s in range(1, t + 1)
                for x in read_jsonl(r.path(f"iter{s}", "prompts.jsonl"))}
     figures = []
     for step, folder in checkpoints:
@@ -1084,7 +1090,7 @@ def pick_checkpoint(c, r, t, checkpoints):
           + ", ".join(f"step {x['step']} {x['mean_grade']:.3f} ({100 * x['right']:.1f}% right)" for x in figures)
           + f"; M{t + 1} is step {best['step']}")
     return dict(map(tuple, checkpoints))[best["step"]], {
-        "valid_prompts": len(valid), "written_by_the_loop": sum(x["prompt"].strip().lower() in written for x in valid),
+        "valid_prompts": len(valid), "written_by_the_loop": sum(J.prompt_key(x["prompt"]) in written for x in valid),
         "checkpoints": figures, "picked": best["step"]}
 
 
@@ -1098,14 +1104,32 @@ def pick_checkpoint(c, r, t, checkpoints):
 # as the paper's GPT-4 did, on prompts of its own.) The table of all models is
 # report.py's.
 
+def eval_model_id(c, name):
+    """The name external judges list model `name`'s answers under."""
+    return f"{c.run_name}-{name}"
+
+
+def eval_paths(c, r, name):
+    """Every file stage_eval can write for model `name`, in the order it writes them."""
+    return {"test": r.path("eval", f"{name}_test.jsonl"), "judgments": r.path("eval", f"{name}_judgments.jsonl"),
+            "alpaca_eval": E.alpaca_eval_path(r.path("eval"), eval_model_id(c, name)),
+            "mt_bench": E.mt_bench_path(r.path("eval"), eval_model_id(c, name))}
+
+
+def eval_outputs(c, r, name):
+    """The files stage_eval writes for model `name` with these settings (the report reads them)."""
+    made = {"test": c.seed_data == "toy", "judgments": c.eval_judge, "alpaca_eval": bool(c.eval_prompts),
+            "mt_bench": bool(c.mt_bench)}
+    return [path for kind, path in eval_paths(c, r, name).items() if made[kind]]
+
+
 def stage_eval(c, r, name, path):
     net, tok = load_for_sampling(r, path)
     info = {}
     os.makedirs(r.path("eval"), exist_ok=True)
     sample_kw = dict(eos_id=tok.stop_ids, batch_size=c.gen_batch_size, progress=c.progress)
-    model_id = f"{c.run_name}-{name}"  # the name external judges list it under
-    test_out, judge_out = r.path("eval", f"{name}_test.jsonl"), r.path("eval", f"{name}_judgments.jsonl")
-    alpaca_out, mt_out = E.alpaca_eval_path(r.path("eval"), model_id), E.mt_bench_path(r.path("eval"), model_id)
+    model_id = eval_model_id(c, name)
+    test_out, judge_out, alpaca_out, mt_out = eval_paths(c, r, name).values()
     # each file below is kept as it is finished: a killed evaluation (hours at 70B) redoes only the one it was in
     part = stage_parts(r, os.path.join("eval", name), [test_out, judge_out, alpaca_out, mt_out])
     test_file = r.path("seed", "test.jsonl")
@@ -1133,7 +1157,7 @@ def stage_eval(c, r, name, path):
     if c.eval_prompts:  # real data: answers for external judges, in their own tools' files (evaluation.py)
         prompts = E.read_eval_prompts(c.eval_prompts)
         recs = part(alpaca_out, lambda: E.answer_alpaca_eval(net, tok, prompts, model_id, c.max_response_tokens,
-                                                             **sample_kw)[0],
+                                                             **sample_kw),
                     E.write_alpaca_eval, E.read_alpaca_eval)
         info["alpaca_eval"] = {"path": alpaca_out, "answered": len(recs), "too_long": len(prompts) - len(recs),
                                "avg_length": E.mean_length(x["output"] for x in recs),
@@ -1142,10 +1166,10 @@ def stage_eval(c, r, name, path):
     if c.mt_bench:
         questions = E.read_mt_bench(c.mt_bench)
         recs = part(mt_out, lambda: E.answer_mt_bench(net, tok, questions, model_id, c.max_response_tokens,
-                                                      seed=sub_seed(c.seed, "mt_bench", name), **sample_kw)[0],
+                                                      seed=sub_seed(c.seed, "mt_bench", name), **sample_kw),
                     E.write_mt_bench, read_jsonl)
         turns = [x["choices"][0]["turns"] for x in recs]  # every question: a turn with no room is E.NO_ROOM
-        skipped = sum(E.NO_ROOM in ts for ts in turns)
+        skipped = E.unanswered(recs)
         info["mt_bench"] = {"path": mt_out, "answered": len(recs) - skipped, "too_long": skipped,
                             "avg_length": E.mean_length(t for ts in turns if E.NO_ROOM not in ts for t in ts),
                             "trained_on": benchmark_overlap(list(map(E.question, questions)), trained,
@@ -1169,14 +1193,6 @@ def answer_and_grade(c, net, tok, tasks):
 # Were a benchmark's questions trained on? An external benchmark is chosen at
 # evaluation time, so its questions cannot be kept out of training as the
 # held-out prompts are (held_out_prompts): they are counted instead.
-
-def eval_outputs(c, r, name):
-    """The files stage_eval writes for model `name` (the report reads them)."""
-    return ([r.path("eval", f"{name}_test.jsonl")] if c.seed_data == "toy" else []) + \
-        ([r.path("eval", f"{name}_judgments.jsonl")] if c.eval_judge else []) + \
-        ([E.alpaca_eval_path(r.path("eval"), f"{c.run_name}-{name}")] if c.eval_prompts else []) + \
-        ([E.mt_bench_path(r.path("eval"), f"{c.run_name}-{name}")] if c.mt_bench else [])
-
 
 def iterations_before(name):
     """The iterations whose pairs trained model `name` (M_t: 1 .. t-1; none for the SFT baseline)."""
@@ -1310,14 +1326,13 @@ def run_stages(c, r):
     meta = lambda kind: S[kind + "+meta"] if c.meta_judge else []  # Meta-Rewarding's settings, only when on
     coin = S["pairs+coin"] if c.pair_by == "coin" else []
     pick = S["DPO+pick"] if c.dpo_pick_every else []
-    seed_files = ["ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"]
     if c.seed_data == "toy":
         r.stage("seed_data", lambda: stage_seed_data(c, r), uses=["seed_data"] + S["toy seed"],
-                outputs=[r.path("seed", f) for f in seed_files + ["test.jsonl", "eft_train_groups.jsonl"]])
+                outputs=[r.path("seed", f) for f in SEED_FILES + ["test.jsonl", "eft_train_groups.jsonl"]])
     else:
         r.stage("seed_data", lambda: stage_seed_data(c, r), uses=["seed_data"],
-                files=[os.path.join(c.seed_data, f) for f in seed_files],
-                outputs=[r.path("seed", f) for f in seed_files])
+                files=[os.path.join(c.seed_data, f) for f in SEED_FILES],
+                outputs=[r.path("seed", f) for f in SEED_FILES])
     if c.init_from == "scratch":
         r.stage("tokenizer", lambda: stage_tokenizer(c, r), uses=S["tokenizer"],
                 after=["seed_data"], outputs=[r.path("tokenizer.model")])

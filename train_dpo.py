@@ -54,7 +54,7 @@ from train_sft import collate
 # (batch size, schedule, saving, devices) are every trainer's, in training.py
 init_from = "out/sft/model"  # the policy's start AND the reference: a checkpoint folder (HF layout)
 data = "data/pairs.jsonl"  # JSON Lines of {"prompt", "chosen", "rejected"}
-out_dir = "out/dpo"        # gets model/, state/, ref_logps.jsonl, metrics.jsonl
+out_dir = "out/dpo"        # gets model/, state/, ref_logps.jsonl, metrics.jsonl, done.json (, checkpoints/)
 beta = 0.1                 # DPO temperature (paper: 0.1)
 micro_batch_size = 2       # pairs per forward pass on one rank (2x sequences: chosen + rejected)
 rpo_alpha = 0.0            # weight of the chosen response's NLL per token (Pang et al. 2024); 0 = plain DPO (the paper)
@@ -153,7 +153,9 @@ def reference_logps(model, pairs, env, c, pad_id, path):
     pairs (its first line says what it was made from), else with `model` (the
     starting checkpoint, in eval mode: no dropout), split over ranks."""
     fp = reference_made_from(c, pairs, env.dtype)
-    reuse = D.all_sum(env, float(D.is_rank0() and saved_reference(path, fp) is not None))[0] > 0  # rank 0 decides
+    # rank 0 reads the file and decides for all: every other rank adds 0 to its 1 (reuse) or 0
+    reusable_here = D.is_rank0() and saved_reference(path, fp) is not None
+    reuse = D.all_sum(env, float(reusable_here))[0] > 0
     if not reuse:
         model.eval()
         mine = T.split_even(list(enumerate(pairs)), env.rank, env.world)
@@ -161,8 +163,9 @@ def reference_logps(model, pairs, env, c, pad_id, path):
         for mb in T.micro_batches(mine, c.micro_batch_size):
             tokens, targets = pair_batch([p for (_, p), _ in mb], pad_id)
             logps = sequence_logps(model, tokens, targets, env).cpu().tolist()
-            n = len(mb)
-            rows += [(i, logps[k], logps[n + k]) for k, ((i, _), w) in enumerate(mb) if w]
+            n = len(mb)  # logps: the n chosen rows, then the n rejected ones
+            # (pair index, chosen, rejected) of each real pair; a filler (weight 0) is dropped
+            rows += [(i, logps[k], logps[n + k]) for k, ((i, _), weight) in enumerate(mb) if weight]
         model.train()
         D.reshard(model)
         if env.world > 1:
@@ -192,7 +195,7 @@ def dpo_sums(model, mb, env, c, pad_id, global_pairs):
     chosen - rejected, the chosen responses' NLL, and the pairs counted."""
     pairs = [p for p, _ in mb]
     # weight 1 for a real pair, 0 for a filler training.split_even adds so that every rank runs as many
-    # forwards (evaluation, reference log-probs); training's pairs are all 1
+    # forwards (evaluation; reference_logps drops its fillers itself); training's pairs are all 1
     w = torch.tensor([float(x) for _, x in mb], device=env.device)
     tokens, targets = pair_batch(pairs, pad_id)
     logps = sequence_logps(model, tokens, targets, env)  # (2n,): chosen rows, then rejected
@@ -238,11 +241,16 @@ def summarize(env, stats, prefix=""):
 # -----------------------------------------------------------------------------
 # Training
 
+PAIR_FIELDS = ["prompt", "chosen", "rejected"]  # the strings every pair record holds
+
+
 def train(config=None, announce=False):
     """Run DPO with settings `config` (dict, over the defaults above). Returns
-    {"model": path of the trained model, "loss": ..., metrics of the last step}.
+    {"model": path of the trained model, "steps", "loss": ..., metrics of the
+    last step, and with keep_every "checkpoints": [[step, path]] of the models
+    kept, the last step's last}.
     announce: print where and how it computes (the command line does)."""
-    return T.run(dpo, DEFAULTS, config, ["prompt", "chosen", "rejected"], announce, check_record=validate.dpo_pair)
+    return T.run(dpo, DEFAULTS, config, PAIR_FIELDS, announce, check_record=validate.dpo_pair)
 
 
 def dpo(c, env, fp):
@@ -250,7 +258,7 @@ def dpo(c, env, fp):
     max_len = T.max_len(c, model)
     pad_id = tok.eos_id
 
-    train_recs, eval_recs = T.read_data(c, ["prompt", "chosen", "rejected"])
+    train_recs, eval_recs = T.read_data(c, PAIR_FIELDS)
     train_set = tokenize_pairs(tok, train_recs, max_len, c.data)
     eval_set = tokenize_pairs(tok, eval_recs, max_len, c.eval_data or c.data) if eval_recs else []
     # the reference is the model as loaded, before any step (reused on resume)
@@ -261,15 +269,9 @@ def dpo(c, env, fp):
           f"beta {c.beta}{f', rpo_alpha {c.rpo_alpha}' if c.rpo_alpha else ''}, world size {env.world}")
 
     # a saved state is resumed only if it was made from the same inputs (fp: training.run's made_from),
-    # and with keep_every only if the checkpoints it kept are all there (a choice among them needs each)
-    if c.keep_every and D.is_rank0():
-        path, info = T.saved_state(T.state_dir(c))
-        kept = kept_checkpoints(c, min(info.get("step", 0) + 1, steps))  # (those the state's steps saved)
-        gone = [s for s, folder in kept if not os.path.isdir(folder)]
-        if path and gone:
-            D.log(f"note: the checkpoint of step {gone[0]} is gone: not resuming from {path}, training from step 0")
-            T.remove_states([path])
-    D.barrier()
+    # and with keep_every only if the checkpoints it kept are all there
+    if c.keep_every:
+        forget_state_missing_checkpoints(c, steps)
     optimizer, step, record = T.optimizer_and_resume(model, c, fp)  # step 0 and {} on a fresh start
     model.train()
     bar = tqdm(total=steps, initial=step, disable=not (c.progress and D.is_rank0()), desc="dpo")
@@ -323,6 +325,20 @@ CHECKPOINTS = "checkpoints"  # keep_every's folder, inside out_dir
 def checkpoint_folder(step):
     """Where keep_every's checkpoint of step `step` goes, inside out_dir."""
     return os.path.join(CHECKPOINTS, f"step-{step}")
+
+
+def forget_state_missing_checkpoints(c, steps):
+    """keep_every: a saved state whose steps kept a checkpoint that is gone
+    is removed (training starts from step 0): a choice among the checkpoints
+    needs each of them."""
+    if D.is_rank0():
+        path, info = T.saved_state(T.state_dir(c))
+        kept = kept_checkpoints(c, min(info.get("step", 0) + 1, steps))  # (those the state's steps saved)
+        gone = [s for s, folder in kept if not os.path.isdir(folder)]
+        if path and gone:
+            D.log(f"note: the checkpoint of step {gone[0]} is gone: not resuming from {path}, training from step 0")
+            T.remove_states([path])
+    D.barrier()
 
 
 def kept_checkpoints(c, before):

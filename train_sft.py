@@ -42,7 +42,7 @@ model = "toy"              # preset when init_from='scratch'
 data = "data/sft.jsonl"    # JSON Lines of {"prompt", "response"} or {"messages": [...]} ({"text"} with template='text')
 template = "chat"          # 'chat': conversations, loss on the responses (which chat format: the trainers'
                            # chat_template setting); 'text': plain documents, loss on every token (pretraining)
-out_dir = "out/sft"        # gets model/ (HF layout), state/ (resume), metrics.jsonl
+out_dir = "out/sft"        # gets model/ (HF layout), state/ (resume), metrics.jsonl, done.json
 micro_batch_size = 4       # examples per forward pass on one rank
 lr = 5.5e-6                # peak learning rate (paper: 5.5e-6)
 min_lr = 1.1e-6            # cosine decays to this (paper: 1.1e-6)
@@ -141,6 +141,9 @@ def evaluate(model, examples, env, c, pad_id):
 # -----------------------------------------------------------------------------
 # Training
 
+TEXT_FIELDS = ["text"]  # template='text': the string every record holds (chat records: validate.sft_record)
+
+
 def train(config=None, announce=False):
     """Run SFT with settings `config` (dict, over the defaults above). Returns
     {"model": path of the trained model, "loss": last training loss, ...}.
@@ -148,7 +151,7 @@ def train(config=None, announce=False):
     if config and config.get("plan_only"):  # no data, no weights: shapes only
         return T.plan_memory(settings(DEFAULTS, config))
     if (config or {}).get("template", DEFAULTS["template"]) == "text":
-        return T.run(sft, DEFAULTS, config, ["text"], announce)
+        return T.run(sft, DEFAULTS, config, TEXT_FIELDS, announce)
     return T.run(sft, DEFAULTS, config, [], announce, check_record=validate.sft_record)
 
 
@@ -158,7 +161,7 @@ def sft(c, env, fp):
     pad_id = tok.eos_id  # Llama has no pad token; padded positions carry no loss anyway
 
     # (every record was checked before any work: prompt and response, or messages; validate.sft_record)
-    train_recs, eval_recs = T.read_data(c, ["text"] if c.template == "text" else [])
+    train_recs, eval_recs = T.read_data(c, TEXT_FIELDS if c.template == "text" else [])
     train_set = tokenize(tok, train_recs, max_len, c.data, c.template)
     eval_set = tokenize(tok, eval_recs, max_len, c.eval_data or f"the held-out share of {c.data}", c.template) \
         if eval_recs else []

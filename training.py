@@ -125,7 +125,7 @@ def run(loop, defaults, config, fields, announce=False, check_record=None):
         # setting is the same, as it did then (for a named dtype the two are one fingerprint; a saved state
         # of then is not resumed: it restarts, once)
         before = made_from(counted, files)
-        result = finished(c, fp, before)
+        result = earlier_result(c, fp, before)
         trained = result is None
         if trained:
             if D.is_rank0() and os.path.exists(done_path(c)):  # (a kill after the new model is in place must
@@ -151,7 +151,7 @@ def tokenizer_path(c):
     return c.tokenizer or c.init_from
 
 
-def finished(c, fp, before):
+def earlier_result(c, fp, before):
     """What an earlier run made from the same settings and inputs (fp:
     made_from; or `before`, what older code recorded for them) returned, if
     its out_dir/model is there: the same command again does not train again

@@ -39,14 +39,14 @@ def mt_bench_run(tmp_path_factory, toy_tokenizer_path):
         return outs
     real_generate, E.generate = E.generate, recording_generate
     try:
-        recs, skipped = E.answer_mt_bench(tiny(tok, 4096), tok, questions, "run-M2", 6, eos_id=tok.eos_id, batch_size=64,
-                                          progress=False)
+        recs = E.answer_mt_bench(tiny(tok, 4096), tok, questions, "run-M2", 6, eos_id=tok.eos_id, batch_size=64,
+                                 progress=False)
     finally:
         E.generate = real_generate
     eval_dir = tmp_path_factory.mktemp("eval")
     path = E.mt_bench_path(str(eval_dir), "run-M2")
     E.write_mt_bench(path, recs)
-    return questions, recs, skipped, calls, path, tok
+    return questions, recs, E.unanswered(recs), calls, path, tok
 
 
 def test_mt_bench_answers_both_turns_turn_two_after_its_own_first_answer(mt_bench_run):
@@ -123,8 +123,8 @@ def test_alpaca_eval_prompts_from_json_or_jsonl_and_outputs_its_loader_reads(tmp
     write_jsonl(tmp_path / "set.jsonl", prompts)
     assert E.read_eval_prompts(str(tmp_path / "set.json")) == E.read_eval_prompts(str(tmp_path / "set.jsonl")) \
         == prompts
-    recs, skipped = E.answer_alpaca_eval(tiny(tok), tok, prompts, "run-M1", 5, eos_id=tok.eos_id, progress=False)
-    assert skipped == 0
+    recs = E.answer_alpaca_eval(tiny(tok), tok, prompts, "run-M1", 5, eos_id=tok.eos_id, progress=False)
+    assert len(recs) == 2
     assert recs[0].keys() == {"instruction", "output", "generator", "dataset"} and recs[0]["dataset"] == "helpful_base"
     assert recs[1].keys() == {"instruction", "output", "generator"}
     path = E.alpaca_eval_path(str(tmp_path / "eval"), "run-M1")
@@ -179,15 +179,15 @@ def test_prompts_longer_than_the_context_are_skipped_and_counted(tok, tmp_path):
     ctx = 64
     assert len(chat_prompt_ids(tok, short)) + 8 < ctx < len(chat_prompt_ids(tok, long))
     net = tiny(tok, ctx)
-    recs, skipped = E.answer_alpaca_eval(net, tok, [{"instruction": long}, {"instruction": short}], "m", 4,
-                                         eos_id=tok.eos_id, progress=False)
-    assert skipped == 1 and [r["instruction"] for r in recs] == [short]
+    recs = E.answer_alpaca_eval(net, tok, [{"instruction": long}, {"instruction": short}], "m", 4,
+                                eos_id=tok.eos_id, progress=False)
+    assert [r["instruction"] for r in recs] == [short]
     questions = [{"question_id": 1, "turns": [short, "Again."]}, {"question_id": 2, "turns": [long, "Again."]},
                  {"question_id": 3, "turns": [short, long]}]  # 3: turn 2 does not fit
-    recs, skipped = E.answer_mt_bench(net, tok, questions, "m", 4, eos_id=tok.eos_id, progress=False)
+    recs = E.answer_mt_bench(net, tok, questions, "m", 4, eos_id=tok.eos_id, progress=False)
     # FastChat refuses a file without every question: a turn with no room is answered as FastChat marks one
     # it could not answer, and so is every turn after it
-    assert skipped == 2 and [r["question_id"] for r in recs] == [1, 2, 3]
+    assert E.unanswered(recs) == 2 and [r["question_id"] for r in recs] == [1, 2, 3]
     turns = [r["choices"][0]["turns"] for r in recs]
     assert E.NO_ROOM == "ERROR" and turns[1] == ["ERROR", "ERROR"] and turns[2][1] == "ERROR"
     assert "ERROR" not in turns[0] + turns[2][:1] and len(turns[0]) == 2
@@ -203,5 +203,5 @@ def test_mt_bench_answers_sampled_at_a_temperature_are_the_same_for_the_same_see
     questions = [{"question_id": i, "category": "writing", "turns": [f"Write a poem about {w}.", "Shorter."]}
                  for i, w in enumerate(["cats", "rain", "salt"])]
     answer = lambda seed: [r["choices"][0]["turns"] for r in E.answer_mt_bench(
-        net, tok, questions, "m", 8, seed=seed, eos_id=tok.eos_id, progress=False)[0]]
+        net, tok, questions, "m", 8, seed=seed, eos_id=tok.eos_id, progress=False)]
     assert answer(5) == answer(5) != answer(6)
