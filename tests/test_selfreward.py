@@ -168,15 +168,15 @@ def test_new_prompts_are_not_seed_or_held_out_prompts(micro_run):
 
 
 def test_a_written_prompt_that_is_a_held_out_prompt_is_dropped(tmp_path, monkeypatch):
-    """The writer (stubbed) writes a test prompt, an EFT eval prompt in other
-    capitals, and a new one: only the new one is kept, and the two are
-    counted. (Before this check, seed 2 of the five-seed study trained on a
+    """The writer (stubbed) writes a test prompt with a doubled space, an EFT
+    eval prompt in other capitals, and a new one: only the new one is kept,
+    and the two are counted (the same prompt: judge.prompt_key). (Before this check, seed 2 of the five-seed study trained on a
     test prompt, and seed 3 on three EFT eval prompts.)"""
     ift = [{"prompt": f"Reverse the word 'AB{x}'.", "response": "x"} for x in "CDEFGHIJ"]  # 8 shots' worth
     write_jsonl(tmp_path / "seed" / "ift.jsonl", ift)
     write_jsonl(tmp_path / "seed" / "test.jsonl", [{"prompt": "What is 57 minus 30?"}])
     write_jsonl(tmp_path / "seed" / "eft_eval.jsonl", [{"prompt": "How long is the word 'RASO'?"}])
-    written = ["What is 57 minus 30?", "how long is the word 'RASO'?", "Sort the letters of 'ZINO' alphabetically."]
+    written = ["What is 57  minus 30?", "how long is the word 'RASO'?", "Sort the letters of 'ZINO' alphabetically."]
 
     class Writer:  # its tokenizer: one id per written line
         ids_starting_with = staticmethod(lambda text: [0])
