@@ -319,7 +319,8 @@ def reward_metrics(scores, ranks):
         "spearman": mean([m["spearman"] or 0.0 for m in kept]),  # undefined counts 0
         "kendall_tau": mean([m["kendall_tau"] or 0.0 for m in kept]),
         "n_prompts": len(kept), "n_pairs": total("pairs"), "n_scored_5": total("n_five"),
-        "coverage": ratio("scored", "responses"),  # share with a score
+        # the share of responses with a score (the report's "judge coverage" counts judgments instead)
+        "response_coverage": ratio("scored", "responses"),
         "n_undefined_correlation": sum(m["spearman"] is None for m in kept),
         "n_skipped_prompts": len(per_prompt) - len(kept),
     }

@@ -1146,7 +1146,7 @@ def stage_eval(c, r, name, path):
         judged = J.regroup(every, [len(g["responses"]) for g in groups])
         info["judge"] = J.reward_metrics([[j["score"] for j in mine] for mine in judged],
                                          [g["ranks"] for g in groups])
-        # coverage per judgment, not per response
+        # the judgments' own counts: the report's judge coverage is per judgment, not per response
         info["judge"].update(**J.judgment_counts(j["scores"] for j in every),
                              too_long=sum(j["too_long"] for j in every))
     trained = {}

@@ -180,7 +180,7 @@ def test_reward_metrics_by_hand():
     # A: rho = sqrt(3)/2, tau-b = 2/sqrt(6); B: -1, -1; C (scored pair only): 1, 1
     assert m["spearman"] == pytest.approx((math.sqrt(3) / 2 - 1 + 1) / 3)
     assert m["kendall_tau"] == pytest.approx((2 / math.sqrt(6) - 1 + 1) / 3)
-    assert (m["n_prompts"], m["n_pairs"], m["n_scored_5"], m["coverage"]) == (3, 7, 3, 7 / 8)
+    assert (m["n_prompts"], m["n_pairs"], m["n_scored_5"], m["response_coverage"]) == (3, 7, 3, 7 / 8)
 
     perfect = reward_metrics([[5, 4, 1]], [[0, 1, 2]])
     assert perfect["pairwise_accuracy"] == perfect["exact_match"] == perfect["five_best"] == 1.0
@@ -190,7 +190,7 @@ def test_reward_metrics_by_hand():
     m = reward_metrics([[3, 3, 3], [None, None], [4, 1]], [[0, 1, 2], [0, 1], [0, 0]])
     assert m["spearman"] == m["kendall_tau"] == 0.0 and m["n_undefined_correlation"] == 2
     assert m["pairwise_accuracy"] == 0.0 and m["five_best"] is None and m["n_skipped_prompts"] == 1
-    assert m["coverage"] == 0.6
+    assert m["response_coverage"] == 0.6
 
 
 

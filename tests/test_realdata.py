@@ -320,7 +320,7 @@ def test_report_for_real_data_has_no_toy_columns(tmp_path):
     r = run_folder(tmp_path)
     names = ["SFT", "M1", "M2"]
     judge = {"pairwise_accuracy": 0.5, "five_best": None, "exact_match": 0.25, "spearman": 0.1, "kendall_tau": 0.05,
-             "coverage": 0.5, "judgments": 12, "judgments_with_score": 3, "too_long": 1, "n_prompts": 4,
+             "response_coverage": 0.5, "judgments": 12, "judgments_with_score": 3, "too_long": 1, "n_prompts": 4,
              "n_undefined_correlation": 2}
     infos = {n: {"judge": judge, "alpaca_eval": {"path": f"out/x/eval/alpaca_eval/x-{n}/model_outputs.json",
                                                  "answered": 5, "too_long": 1, "avg_length": 123.4},
