@@ -736,14 +736,14 @@ def stage_prompts(c, r, t, writer_path):
                 shots = rng.sample(seed_prompts, c.n_shots)
             texts.append(fewshot_request(shots, toy_world))
         ids = [tok.encode(x, bos=True) for x in texts]
-        room = [i for i, x in enumerate(ids) if fits(net, x)]  # long real prompts can overfill a small context
+        fitting = [i for i, x in enumerate(ids) if fits(net, x)]  # long real prompts can overfill a small context
         # the end of the line ends the new task, and so does the end of text (a writer may end its list)
-        outs = generate(net, [ids[i] for i in room], c.max_prompt_tokens, temperature=c.prompt_temperature,
+        outs = generate(net, [ids[i] for i in fitting], c.max_prompt_tokens, temperature=c.prompt_temperature,
                         top_p=c.prompt_top_p, eos_id=sorted(set(line_breaks) | set(tok.stop_ids)),
                         seed=sub_seed(c.seed, "prompts", t, shard), batch_size=c.gen_batch_size,
-                        progress=c.progress) if room else []
+                        progress=c.progress) if fitting else []
         records = []
-        for i, o in zip(room, outs):
+        for i, o in zip(fitting, outs):
             # a request that nearly fills the context leaves fewer than max_prompt_tokens
             prompt, finished = first_line(tok, o, min(c.max_prompt_tokens, net.args.max_seq_len - len(ids[i])))
             why = malformed(prompt, finished, c.min_prompt_words, c.max_prompt_words)
@@ -756,7 +756,7 @@ def stage_prompts(c, r, t, writer_path):
             if why is None:
                 accept(prompt)
             records.append({"prompt": prompt, "dropped": why})
-        for i in sorted(set(range(len(ids))) - set(room)):  # each request with no room, in its place
+        for i in sorted(set(range(len(ids))) - set(fitting)):  # each request with no room, in its place
             records.insert(i, {"prompt": "", "dropped": "request longer than the context"})
         return records
 
@@ -791,11 +791,11 @@ def stage_candidates(c, r, t, mt_path):
 
     def work(chunk, shard):
         ids = [chat_prompt_ids(tok, x["prompt"]) for x in chunk]
-        room = [i for i, x in enumerate(ids) if fits(net, x)]  # the others are skipped and counted
-        outs = generate(net, [ids[i] for i in room], c.max_response_tokens, n=n, eos_id=tok.stop_ids,
-                        **loop_sampling(c, sub_seed(c.seed, "candidates", t, shard))) if room else []
+        fitting = [i for i, x in enumerate(ids) if fits(net, x)]  # the others are skipped and counted
+        outs = generate(net, [ids[i] for i in fitting], c.max_response_tokens, n=n, eos_id=tok.stop_ids,
+                        **loop_sampling(c, sub_seed(c.seed, "candidates", t, shard))) if fitting else []
         return [{"prompt": chunk[i]["prompt"], "candidates": [tok.decode(o).strip() for o in outs[k * n:(k + 1) * n]]}
-                for k, i in enumerate(room)]
+                for k, i in enumerate(fitting)]
 
     recs = generate_sharded(r, os.path.join(f"iter{t}", "candidates"), prompts, c.shard_size, work)
     return {"prompts": len(recs), "candidates": len(recs) * n, "too_long": len(prompts) - len(recs)}
