@@ -124,11 +124,15 @@ def _comments(path):
     return comments
 
 
+class UnknownSetting(ConfigError):
+    """A key that is none of the script's settings (apply lists the valid ones once)."""
+
+
 def _check(key, value, settings, source):
     if key not in settings:
         near = difflib.get_close_matches(key, settings, n=3) or difflib.get_close_matches(key.lower(), settings, n=3)
         hint = f" Did you mean {' or '.join(near)}?" if near else ""
-        raise ConfigError(f"{source}: unknown setting {key!r}.{hint} Valid settings: {', '.join(sorted(settings))}")
+        raise UnknownSetting(f"{source}: unknown setting {key!r}.{hint}")
     default = settings[key]
     if isinstance(value, SIMPLE_TYPES):  # not a list or dict from a config file
         if default is None or value is None or type(value) is type(default):
@@ -137,7 +141,8 @@ def _check(key, value, settings, source):
             return float(value)  # --lr=1 means 1.0
     want = "bool, int, float, str or None" if default is None else \
         f"{type(default).__name__} like its default {default!r}"
-    raise ConfigError(f"{source}: {key} must be {want}, got {type(value).__name__} {value!r}")
+    spell = " (write True or False)" if type(default) is bool else ""  # not true, 1 or yes
+    raise ConfigError(f"{source}: {key} must be {want}, got {type(value).__name__} {value!r}{spell}")
 
 
 def split_arguments(argv):
@@ -198,34 +203,47 @@ def apply(namespace, argv):
     """Apply config files and --key=value overrides to namespace (a dict);
     returns the dict of settings after the overrides. Every bad one is named
     in one ConfigError (a file that cannot be read stops there)."""
-    settings, problems = _settings(namespace), []
+    settings, problems, unknown = _settings(namespace), [], []
     SET_IN_FILE.clear()
 
     def put(key, value, where):
         try:
             namespace[key] = _check(key, value, settings, where)
+        except UnknownSetting as e:
+            problems.append(str(e))
+            unknown.append(key)
         except ConfigError as e:
             problems.append(str(e))
     files, keys, spaced = split_arguments(argv)
     problems += [f"{s}: write {s.replace(' ', '=', 1)}" for s in spaced]
     for arg in files + keys:  # the config files first, in their order: a --key=value has the last word
         if not arg.startswith("--"):
-            for key, (value, where) in _file_settings(arg).items():
+            in_file = _file_settings(arg)
+            for key, (value, where) in in_file.items():
                 put(key, value, where)
                 SET_IN_FILE[key] = where, namespace.get(key)
+            others = [k for k in in_file if k not in settings]
+            if len(others) >= 3 and 2 * len(others) > len(in_file):  # (a config of selfreward.py given to a trainer)
+                problems.append(f"{arg}: {len(others)} of its {len(in_file)} settings are not this script's: "
+                                f"is it another script's config?")
         else:
             key, eq, text = arg[2:].partition("=")
             if not eq:
-                problems.append(f"{arg}: expected --key=value")
+                flag = isinstance(settings.get(key), bool)  # a bare --dry_run, as other tools' flags are written
+                problems.append(f"{arg}: expected --key=value" + (f" (write {arg}=True)" if flag else ""))
                 continue
             value = parse_value(text)
             if isinstance(settings.get(key), str) and value is not None and not isinstance(value, str):
                 value = text  # a text setting takes the text: --run_name=2024, --seeds=1,2 (not a number, a tuple)
             put(key, value, arg)
-    if len(problems) > 1:
-        raise ConfigError(f"{len(problems)} problems with the settings:\n" + "\n".join(f"  - {p}" for p in problems))
+    if unknown:  # the valid ones listed once, however many were unknown
+        problems.append(f"Valid settings: {', '.join(sorted(settings))}")
+    if len(problems) > 1 + bool(unknown):
+        raise ConfigError(f"{len(problems) - bool(unknown)} problems with the settings:\n"
+                          + "\n".join(f"  - {p}" for p in problems[:len(problems) - bool(unknown)])
+                          + ("\n" + problems[-1] if unknown else ""))
     if problems:
-        raise ConfigError(problems[0])
+        raise ConfigError(" ".join(problems))
     return _settings({k: namespace[k] for k in settings})
 
 

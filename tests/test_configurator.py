@@ -63,7 +63,29 @@ def test_wrong_type():
         apply(defaults(), ["--batch_size=big", "--compile", "--lr=fast"])
     assert str(e.value).splitlines() == [
         "3 problems with the settings:", "  - --batch_size=big: batch_size must be int like its default 16, got str 'big'",
-        "  - --compile: expected --key=value", "  - --lr=fast: lr must be float like its default 5.5e-06, got str 'fast'"]
+        "  - --compile: expected --key=value (write --compile=True)",
+        "  - --lr=fast: lr must be float like its default 5.5e-06, got str 'fast'"]
+
+
+def test_errors_say_how_to_write_it(tmp_path):
+    """A bool written as other tools write it gets the spelling; several unknown
+    settings list the valid ones once; a config file mostly of unknown settings
+    is asked about (another script's config given to this one)."""
+    for text in ("true", "1", "yes"):
+        with pytest.raises(ConfigError, match=r"compile must be bool like its default False, got \w+ .* \(write True "
+                                              r"or False\)$"):
+            apply(defaults(), [f"--compile={text}"])
+    with pytest.raises(ConfigError) as e:
+        apply(defaults(), ["--xyz=3", "--abc=4"])
+    assert str(e.value).splitlines() == [
+        "2 problems with the settings:", "  - --xyz=3: unknown setting 'xyz'.", "  - --abc=4: unknown setting 'abc'.",
+        "Valid settings: batch_size, compile, init_from, lr, model"]
+    other = tmp_path / "other.py"
+    other.write_text("lr = 0.1\nn_prompts = 8\nmeta_judge = True\npair_by = 'judge'\n")
+    with pytest.raises(ConfigError) as e:
+        apply(defaults(), [str(other)])
+    assert f"{other}: 3 of its 4 settings are not this script's: is it another script's config?" in str(e.value)
+    assert str(e.value).count("Valid settings") == 1
 
 
 def test_config_file(tmp_path):
