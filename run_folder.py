@@ -328,6 +328,7 @@ def move_model(r, trained, name):
         if os.path.exists(dest):
             shutil.rmtree(dest)
         os.replace(trained, dest)
+    D.log(f"{name} is {dest} (moved from {trained})")  # the trainer's "saved" line named the folder it left
     D.barrier()
     return dest
 

@@ -19,7 +19,7 @@ building, schedule, saving and resuming) is in training.py.
     python train_sft.py config/sft_toy.py --max_steps=100
     torchrun --nproc_per_node=8 train_sft.py --init_from=llama2-7b-hf --data=ift.jsonl
     torchrun --nnodes=8 --node_rank=$R --master_addr=$HEAD --nproc_per_node=8 train_sft.py ...
-    python train_sft.py --plan_only=True --model=llama2-70b --world_size=64
+    python train_sft.py config/sft_llama2_70b.py --plan_only=True --world_size=16 --gpu_memory_gb=141
 """
 import time
 

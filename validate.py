@@ -144,7 +144,8 @@ def sft_record(rec):
             return "a conversation without an assistant message has nothing to learn"
         return None
     if not (isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str)):
-        return "needs string fields prompt and response, or a messages list"
+        return "needs string fields prompt and response, or a messages list" + \
+            (" (a plain document, {\"text\"}: template='text')" if isinstance(rec.get("text"), str) else "")
     return blank(rec, ("prompt", "response"))
 
 
@@ -379,9 +380,12 @@ def check_loop(c, world):
     # input files
     eft_eval = []  # a real seed's EFT eval groups (the eft_judgments check reads them)
     if c.seed_data != "toy":
-        if not os.path.isdir(c.seed_data):
-            p.add(f"seed_data: no such folder: {c.seed_data} ('toy', or a folder with ift.jsonl, eft_train.jsonl, "
-                  "eft_eval.jsonl; python -m data.prepare_oasst writes one)")
+        seed_files = [os.path.join(c.seed_data, f) for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl")]
+        if not os.path.isdir(c.seed_data) or not any(map(os.path.exists, seed_files)):
+            what = "is a file" if os.path.isfile(c.seed_data) else "holds none of the seed files" \
+                if os.path.isdir(c.seed_data) else "is not a folder here"
+            p.add(f"seed_data: {c.seed_data} {what} ('toy', or a folder with ift.jsonl, eft_train.jsonl, "
+                  "eft_eval.jsonl; python -m data.prepare_oasst writes one from oasst1's messages)")
         else:
             ift = p.jsonl("seed_data", os.path.join(c.seed_data, "ift.jsonl"), seed_ift_record)
             eft_train = p.jsonl("seed_data", os.path.join(c.seed_data, "eft_train.jsonl"), eft_train_records())
