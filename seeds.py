@@ -8,8 +8,9 @@ two runs of the same commit, so a claim needs several seeds.
     python seeds.py --seeds=1,2,3,4,5 --iterations=3 --run_name=study
 
 --seeds=1,2,3 (the default) names the seeds; it is this script's own setting
-(each run's --seed is set from it; seed, plan_only and dry_run are not
-settings here: they are each run's, python selfreward.py takes them).
+(each run's --seed is set from it; seed and plan_only are not settings
+here: they are each run's, python selfreward.py takes them). --dry_run=True
+says, for each seed's run, which stages would run and why, and runs none.
 
 Every other setting is selfreward.py's (python selfreward.py --help). Each
 seed is a whole run in out/<run_name>-seed<s>/ with its own seed data,
@@ -38,8 +39,6 @@ seeds = "1,2,3"  # the seeds, with commas between them: one whole run each (each
 NOT_FOR_A_STUDY = {
     "seed": "seeds.py gives each run its seed; name them with --seeds=...",
     "plan_only": "seeds.py runs the loop; plan with python selfreward.py --plan_only=True",
-    "dry_run": "seeds.py runs the loop; ask each seed's run with python selfreward.py --dry_run=True --seed=S "
-               "--run_name=RUN-seedS",
 }
 
 # the figures compared across seeds: (name in the table, how to read it from a model's eval record;
@@ -110,14 +109,17 @@ def model_steps(names):
 def summarize(per_seed, names, gains):
     """The study's table. per_seed: {seed: {model: {figure: value}}}; names: the
     models in order; gains: {(a, b): {seed: (low, high)}}, the 95% interval of
-    b's mean grade gain over a (each step, and the last model over M1)."""
+    b's mean grade gain over a (each step, and the last model over M1). A
+    figure no model of any seed has (the invent rows of a world without that
+    kind) is left out."""
     seeds = sorted(per_seed)
+    shown = [name for name, _ in FIGURES if any(per_seed[s][n][name] is not None for s in seeds for n in names)]
     # mean +- standard deviation over seeds (the mean alone for one seed: no spread to give)
     mean_sd = lambda xs, fmt="{:.2f}": fmt.format(statistics.mean(xs)) + (
         f" +- {statistics.stdev(xs):.2f}" if len(xs) > 1 else "")
     lines = [f"Over {len(seeds)} seeds ({', '.join(map(str, seeds))}): mean +- standard deviation.", ""]
     lines += ["| figure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for name, _ in FIGURES:
+    for name in shown:
         cells = []
         for n in names:
             xs = [per_seed[s][n][name] for s in seeds]
@@ -127,7 +129,7 @@ def summarize(per_seed, names, gains):
     # not by the models' spreads above
     lines += ["", "In how many seeds each step holds (strictly higher), and the step's difference over the "
               "seeds (mean +- standard deviation of each seed's difference):", ""]
-    for name, _ in FIGURES:
+    for name in shown:
         held = []
         for a, b in model_steps(names):  # over the seeds that have the figure for both models
             both = [(per_seed[s][a][name], per_seed[s][b][name]) for s in seeds]
@@ -173,9 +175,9 @@ def pair_lines(folders, iterations):
             if ceiling:
                 ceiling_cells.append(f"iteration {t} {report.pct(ceiling['candidates'])}%, "
                                      f"{report.pct(ceiling['any_right'])}%, {report.pct(ceiling['mixed'])}%")
-        lines.append(f"- seed {s}: " + "; ".join(cells))
-        ceilings.append(f"- seed {s}: " + "; ".join(ceiling_cells))
-    return lines + ceilings
+        lines += [f"- seed {s}: " + "; ".join(cells)] if cells else []
+        ceilings += [f"- seed {s}: " + "; ".join(ceiling_cells)] if ceiling_cells else []
+    return (lines if len(lines) > 3 else []) + (ceilings if len(ceilings) > 3 else [])  # (3: a part's heading)
 
 
 def main(argv=None):
@@ -217,6 +219,8 @@ def main(argv=None):
         D.log(f"\n##### seed {s}: {os.path.join(c.out_root, name)}")
         selfreward.main(argv + [f"--seed={s}", f"--run_name={name}"])
         folders[s] = os.path.join(c.out_root, name)
+    if c.dry_run:  # (each run has said what it would do: nothing to compare)
+        return
     names = ["SFT"] + [f"M{t}" for t in range(1, c.iterations + 2)]
     per_seed = {s: run_figures(f) for s, f in folders.items()}
     gains = {(a, b): {s: gain_interval(f, a, b) for s, f in folders.items()} for a, b in model_steps(names)}

@@ -249,6 +249,8 @@ def test_seed_study_table_by_hand(tmp_path):
     # a figure some seeds lack: no mean, and steps counted over the seeds that have it
     assert "| its verdict follows a right answer % | - | - | 57.50 +- 3.54 |" in lines
     assert "- its verdict follows a right answer %: M2 > M1: 1/1 (+10.00)" in lines  # one seed: no spread
+    # a figure no model of any seed has (a world without invent tasks): no row, no steps
+    assert not any("invent" in x or "its comparison is right" in x for x in lines)
     tied = {1: per_seed[1], 2: {**per_seed[2], "M2": figures(2.3, 40, 10, 62)}}  # seed 2's M2 equals its M1
     assert "- mean grade: M2 > M1: 1/2 (+0.10 +- 0.14)" in seeds.summarize(tied, ["SFT", "M1", "M2"], {})  # strictly
     one = seeds.summarize({1: per_seed[1]}, ["SFT", "M1", "M2"], {("M1", "M2"): {1: (0.05, 0.35)}})
@@ -331,7 +333,8 @@ def test_seed_study_pair_lines_by_hand(tmp_path):
     assert "- seed 1: iteration 1 2 / 1, 25.0%, 50.0 / 25.0%" in lines
     # 1 of 4 candidates right, on 1 of 2 prompts, which is the mixed one
     assert "- seed 1: iteration 1 25.0%, 50.0%, 50.0%" in lines
-    assert lines.count("- seed 2: ") == 2  # a seed with no iterations written yet: nothing to show
+    assert not any(x.startswith("- seed 2:") for x in lines)  # a seed with no iterations written yet: no line
+    assert seeds.pair_lines({2: str(tmp_path / "s2")}, iterations=2) == []  # no seed has any: no headings either
 
 
 def test_interval_figure_is_svg_with_a_dot_and_bar_per_figure():
@@ -476,7 +479,7 @@ def test_seeds_refuses_bad_seeds_before_any_run(tmp_path, capsys):
                        (["--seeds=5,-1"], "--seeds: -1: each seed once, in [0, 2**32)"),
                        (["--seeds=5,3,5"], "--seeds: 5: each seed once"),
                        (["--seeds=1,2", "--seed=5"], "--seed: seeds.py gives each run its seed"),
-                       (["--dry_run=True"], "dry_run: seeds.py runs the loop")]:
+                       (["--plan_only=True"], "plan_only: seeds.py runs the loop")]:
         with pytest.raises(SystemExit) as e:
             seeds.main(argv + [f"--out_root={tmp_path}"])
         assert e.value.code == 2 and said in capsys.readouterr().err
@@ -507,7 +510,14 @@ def test_seeds_refuses_bad_seeds_before_any_run(tmp_path, capsys):
             seeds.main([flag])
         listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  --")]
         assert e.value.code == 0 and "--seeds" in listed and "--iterations" in listed
-        assert not {"--seed", "--plan_only", "--dry_run"} & set(listed)
+        assert not {"--seed", "--plan_only"} & set(listed) and "--dry_run" in listed
+    # a dry run: each seed's run says what it would do, nothing is written and no summary made
+    seeds.main(["--seeds=1,2", "--dry_run=True", f"--out_root={tmp_path}"])
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if "would run" in line] == [
+        f"{tmp_path / 'toy-seed1'} is a new run: every stage would run",
+        f"{tmp_path / 'toy-seed2'} is a new run: every stage would run"]
+    assert os.listdir(tmp_path) == [] and "over seeds" not in out
 
 
 def test_the_report_says_which_settings_let_the_grader_into_the_loop():
