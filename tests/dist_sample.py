@@ -4,15 +4,18 @@ load each checkpoint of a job list in a layout (gloo, CPU), sample with
 generate(), and have rank 0 write every result as JSON.
 
     torchrun --standalone --nproc_per_node=2 tests/dist_sample.py jobs.json out.json
-    (or --nproc_per_node=1: FSDP2 over one rank, "fsdp" jobs only)
+    (or --nproc_per_node=1: FSDP2 over one rank, "fsdp" jobs only;
+     or --nproc_per_node=4 ... jobs.json out.json 2: "tp" jobs in two
+     tensor-parallel groups of 2 ranks, dp = 2, each group sampling its share)
 
 jobs.json: [{"ckpt": DIR, "prompts": [[ids], ...], "kwargs": {...},
              "layout": "fsdp" | "tp", "dtype": "float32" | "bfloat16"}, ...]
   fsdp  FSDP2 over both ranks (the training layout, distributed.shard): in
         bf16 through MixedPrecisionPolicy(param_dtype=bf16) on fp32 master
         weights, as on GPUs
-  tp    tensor parallel over both ranks (tp = 2, one dp group), each rank
-        streaming only its slices from the safetensors file, weights in dtype
+  tp    tensor parallel over both ranks (tp = 2, one dp group; or tp as the
+        third argument says, world / tp groups), each rank streaming only its
+        slices from the safetensors file, weights in dtype
 """
 import json
 import os
@@ -28,10 +31,11 @@ from checkpoint import load_model  # noqa: E402
 from sample import generate  # noqa: E402
 
 torch.set_num_threads(1)  # two ranks on a small shared CPU
-world = int(os.environ["WORLD_SIZE"])  # 2; or 1 (FSDP2 over one rank takes its own path)
-env = D.setup("cpu", "float32", threads=1, tp=world)  # gloo, a flat CPU mesh (FSDP) and a (1, world) one (tp);
-# each job's dtype below
+world = int(os.environ["WORLD_SIZE"])  # 2; or 1 (FSDP2 over one rank takes its own path); or 4
 jobs_path, out_path = sys.argv[1], sys.argv[2]
+tp = int(sys.argv[3]) if len(sys.argv) > 3 else world
+env = D.setup("cpu", "float32", threads=1, tp=tp)  # gloo, a flat CPU mesh (FSDP) and a (world / tp, tp) one (tp);
+# each job's dtype below
 with open(jobs_path) as f:
     jobs = json.load(f)
 results = []
@@ -39,7 +43,7 @@ for job in jobs:
     dtype = getattr(torch, job.get("dtype", "float32"))
     if job.get("layout", "fsdp") == "tp":
         model = load_model(job["ckpt"], D.for_generation(env), dtype=dtype).eval()
-        assert D.tp_size(model) == 2
+        assert D.tp_size(model) == tp
     else:
         model = load_model(job["ckpt"]).eval()  # fp32 master weights
         D.shard(model, replace(env, dtype=dtype))  # FSDP2; in bf16 it casts each unit's gathered weights

@@ -90,6 +90,46 @@ def test_save_load_roundtrip_sharded_and_bf16(tmp_path):
     assert torch.equal(half.output.weight, model.output.weight.to(torch.bfloat16))
 
 
+def test_sharded_index_names_every_shard_and_their_total_size(tmp_path):
+    """A sharded save's model.safetensors.index.json against the files
+    written: every shard file on disk is named in weight_map and holds
+    exactly the tensors weight_map gives it (none empty: here the first
+    tensor, the embedding, is larger than max_shard_bytes on its own), and
+    metadata.total_size is the sum of the tensors' bytes as the files' own
+    headers give them, in fp32 and in bf16."""
+    from safetensors import safe_open
+    model = random_model(CONFIGS[1][1])
+    assert next(iter(model.parameters())).numel() * 2 > 20_000  # the first tensor alone overflows a shard
+    for dtype in (torch.float32, torch.bfloat16):
+        save_model(model, tmp_path / "c", dtype=dtype, max_shard_bytes=20_000)
+        index = json.load(open(tmp_path / "c" / "model.safetensors.index.json"))
+        files = sorted(f for f in os.listdir(tmp_path / "c") if f.endswith(".safetensors"))
+        assert len(files) >= 3 and sorted(set(index["weight_map"].values())) == files, dtype
+        total = 0
+        for fname in files:
+            with safe_open(tmp_path / "c" / fname, framework="pt") as f:
+                assert sorted(f.keys()) == sorted(k for k, v in index["weight_map"].items() if v == fname)
+                total += sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys())
+        assert index["metadata"]["total_size"] == total == model.num_params() * dtype.itemsize, dtype
+
+
+def test_fsdp_streaming_load_of_an_odd_vocabulary_equals_one_process(tmp_path):
+    """torchrun, 2 ranks, gloo: a checkpoint whose vocabulary (511 rows) does
+    not split evenly streams into FSDP2 shards of 256 and 255 rows (as
+    torch.chunk cuts them), each rank's slice equal to the same rows of a
+    one-process load_model, and saves back equal (tests/fsdp_load_check.py)."""
+    import subprocess
+    import sys
+    save_model(random_model(ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=511,
+                                      multiple_of=32)), tmp_path / "odd")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        os.path.join(root, "tests", "fsdp_load_check.py"), str(tmp_path / "odd"),
+                        str(tmp_path / "saved")], cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "FSDP_LOAD_OK" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
+
+
 def test_save_overwrites_atomically(tmp_path):
     model = random_model(CONFIGS[0][1])
     save_model(model, tmp_path / "ckpt")
@@ -363,18 +403,21 @@ def test_rope_config_keys_old_and_new(tmp_path):
 def test_config_read_as_transformers_reads_it():
     """Keys a config may have, lack, or have twice, read as transformers'
     LlamaConfig reads them (the reference): both rope forms (rope_scaling
-    wins, its theta from the top level), no rms_norm_eps (1e-6); an
-    activation other than SwiGLU's silu is refused, not computed otherwise."""
+    wins, its theta from the top level), no rms_norm_eps (1e-6), no
+    max_position_embeddings (LlamaConfig's default context); an activation
+    other than SwiGLU's silu is refused, not computed otherwise."""
     transformers = pytest.importorskip("transformers")
     base = {k: v for k, v in hf_config(NEW_CONFIGS[2][1]).items() if k not in ("rope_scaling", "rope_parameters")}
     cases = [{**base, "rope_theta": 500000.0, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
               "rope_scaling": {"rope_type": "llama3", **SHORT_ROPE}},
              {**base, "rope_theta": 500000.0, "rope_parameters": {"rope_type": "default", "rope_theta": 20000.0}},
-             {k: v for k, v in base.items() if k != "rms_norm_eps"}]
+             {k: v for k, v in base.items() if k != "rms_norm_eps"},
+             {k: v for k, v in base.items() if k != "max_position_embeddings"}]
     for config in cases:
         ours, theirs = args_from_hf_config(config), transformers.LlamaConfig(**config)
         rope = theirs.rope_parameters
         assert ours.rope_theta == rope["rope_theta"] and ours.norm_eps == theirs.rms_norm_eps
+        assert ours.max_seq_len == theirs.max_position_embeddings
         assert ours.rope_scaling == ({k: rope[k] for k in SHORT_ROPE} if rope["rope_type"] == "llama3" else None)
     with pytest.raises(ValueError, match="hidden_act 'gelu' is not supported"):
         args_from_hf_config({**base, "hidden_act": "gelu"})
@@ -402,6 +445,12 @@ def test_meta_layout_llama3_tied_and_scaled(tmp_path):
         json.dump({**params, "dim": dim, "vocab_size": 128256, "use_scaled_rope": True},
                   open(tmp_path / "meta" / "params.json", "w"))
         assert read_config(tmp_path / "meta").rope_scaling["factor"] == factor, dim
+    # the width alone does not make Llama 3.2 1B or 3B: at 2048 and 3072 without Llama 3's vocabulary
+    # (a scaled-rope model of another vocabulary) it is Meta's reference factor, 8
+    for dim in (2048, 3072):
+        json.dump({**params, "dim": dim, "vocab_size": 32000, "use_scaled_rope": True},
+                  open(tmp_path / "meta" / "params.json", "w"))
+        assert read_config(tmp_path / "meta").rope_scaling["factor"] == 8.0, dim
     assert PRESETS["llama3.2-1b"].rope_scaling["factor"] == PRESETS["llama3.2-3b"].rope_scaling["factor"] == 32.0
     json.dump({**params, "vocab_size": 128256}, open(tmp_path / "meta" / "params.json", "w"))
     assert read_config(tmp_path / "meta").max_seq_len == 8192
@@ -471,6 +520,22 @@ def test_dropout_only_in_training():
     assert not torch.equal(model(tokens), model(tokens))
 
 
+def test_load_model_with_dropout(tmp_path):
+    """load_model(path, dropout=p) builds the model with that dropout (SFT and
+    DPO fine-tune with it): args.dropout is p, two forwards in train mode
+    differ, in eval mode they agree; without it, no dropout."""
+    save_model(random_model(CONFIGS[0][1]), tmp_path / "c")
+    assert load_model(tmp_path / "c").args.dropout == 0.0
+    model = load_model(tmp_path / "c", dropout=0.3)
+    assert model.args.dropout == 0.3 and model.layers[0].dropout.p == 0.3
+    tokens = torch.randint(0, 300, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.train()
+        assert not torch.equal(model(tokens), model(tokens))
+        model.eval()
+        assert torch.equal(model(tokens), model(tokens))
+
+
 def test_estimate_mfu_by_hand():
     a = ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=300, multiple_of=32)
     # 6N + 12*L*H*Q*T FLOPs per token (PaLM appendix B); N without the untied input embedding (300 x 64), a lookup
@@ -535,6 +600,33 @@ def test_missing_tensor(tmp_path):
         load_model(tmp_path / "c")
 
 
+def test_tied_export_that_also_stores_lm_head_and_inv_freq_loads(tmp_path):
+    """Some tied exports store lm_head.weight anyway (a copy of the
+    embedding), older ones the rotary buffer rotary_emb.inv_freq: such a file
+    loads, with the logits of the model it holds (we compute the frequencies
+    and use the one embedding). Any other extra tensor is still refused."""
+    from safetensors.torch import load_file, save_file
+    args = NEW_CONFIGS[0][1]  # tied
+    model = random_model(args)
+    save_model(model, tmp_path / "c")
+    f = tmp_path / "c" / "model.safetensors"
+    tensors = load_file(f)
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+    hd = args.head_dim
+    for layer in range(args.n_layers):
+        tensors[f"model.layers.{layer}.self_attn.rotary_emb.inv_freq"] = \
+            1.0 / args.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd)
+    save_file(tensors, f, metadata={"format": "pt"})
+    loaded = load_model(tmp_path / "c").eval()
+    tokens = torch.randint(0, args.vocab_size, (2, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens), model(tokens))
+    tensors["model.layers.0.self_attn.q_norm.weight"] = torch.ones(hd)
+    save_file(tensors, f, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"unexpected tensors .*: model\.layers\.0\.self_attn\.q_norm\.weight$"):
+        load_model(tmp_path / "c")
+
+
 def test_shape_mismatch(tmp_path):
     save_model(random_model(CONFIGS[0][1]), tmp_path / "c")
     cfg = json.load(open(tmp_path / "c" / "config.json"))
@@ -552,6 +644,14 @@ def test_vocab_differs_from_tokenizer(tmp_path, toy_tokenizer_path):
     shutil.copy(toy_tokenizer_path, tmp_path / "c" / "tokenizer.model")
     with pytest.raises(ValueError, match="vocab_size is 300 but tokenizer .* has \\d+ tokens"):
         load_model(tmp_path / "c")
+    # a Hugging Face tokenizer.json (Llama 3's, SmolLM2's kind) of 400 tokens beside a 300-row model: refused too
+    from tokenizers import Tokenizer as HFTok, models
+    save_model(random_model(CONFIGS[0][1]), tmp_path / "j")
+    vocab = {f"w{i}": i for i in range(400)}
+    HFTok(models.WordLevel(vocab, unk_token="w0")).save(str(tmp_path / "j" / "tokenizer.json"))
+    (tmp_path / "j" / "tokenizer_config.json").write_text(json.dumps({"eos_token": "w1"}))
+    with pytest.raises(ValueError, match="vocab_size is 300 but tokenizer .*j has 400 tokens"):
+        load_model(tmp_path / "j")
 
 
 def test_corrupt_or_missing_config(tmp_path):

@@ -7,6 +7,7 @@ FSDP2 ranks under torchrun.
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -198,6 +199,46 @@ def test_top_p_boundary_tokens_are_kept_as_in_float64():
         fp32_sum = F.pad(row.sort(descending=True).values.cumsum(0)[:-1], (1, 0))
         fp32_drops += int((fp32_sum < top_p).sum()) != j + 1
     assert fp32_drops > 0  # the case is real: a float32 sum loses some boundary tokens
+
+
+def test_top_p_breaks_ties_by_lower_id_in_a_large_vocabulary():
+    """Rows of 2,000 tokens, each of three probabilities (4 : 2 : 1), so
+    hundreds of tokens tie at the boundary: the kept set equals a plain-Python
+    reference that orders by (probability descending, id ascending) and keeps
+    a token while the mass before it (a float64 sum) is under top_p. An
+    unstable sort (torch's CPU sort over this many elements) orders tied
+    tokens arbitrarily and keeps other ids."""
+    g = torch.Generator().manual_seed(0)
+    levels = torch.tensor([4.0, 2.0, 1.0])
+    probs = levels[torch.randint(0, 3, (8, 2000), generator=g)]
+    probs = probs / probs.sum(-1, keepdim=True)
+    for top_p in (0.1, 0.5, 0.8, 0.97):
+        kept = top_p_filter(probs, top_p) > 0
+        for row, got in zip(probs.tolist(), kept):
+            order = sorted(range(len(row)), key=lambda i: (-row[i], i))
+            expected, before = set(), 0.0
+            for i in order:
+                if before >= top_p:
+                    break
+                expected.add(i)
+                before += row[i]
+            assert got.nonzero().flatten().tolist() == sorted(expected), top_p
+            boundary = row[order[len(expected) - 1]]  # the level cut through: some of its ties kept, some not
+            assert 0 < sum(row[i] == boundary for i in expected) < sum(p == boundary for p in row)
+
+
+def test_bf16_logits_draw_as_their_fp32_values():
+    """Sampling from bf16 logits (a bf16 model's output) computes the softmax
+    in fp32: 4,000 rows of 2,000 bf16 logits, with fixed uniforms, draw
+    exactly the tokens the same logits cast to fp32 first draw, with and
+    without a nucleus. A softmax in bf16 rounds each probability to 8 bits
+    and moves a few draws in a hundred."""
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(4000, 2000, generator=g)).bfloat16()
+    u = torch.rand(4000, dtype=torch.float64, generator=g)
+    for temperature, top_p in ((0.7, 0.9), (1.0, 1.0)):
+        got, ref = next_token(logits, temperature, top_p, u), next_token(logits.float(), temperature, top_p, u)
+        assert torch.equal(got, ref), f"{int((got != ref).sum())} of 4000 draws differ at T={temperature}"
 
 
 def test_sampling_stays_inside_the_nucleus():
@@ -647,6 +688,36 @@ def test_two_ranks_fsdp_and_tensor_parallel_equal_one_process(tiny, tmp_path):
             assert all(gap < 0.01 for gap in gaps), gaps
 
 
+def test_four_ranks_in_two_tensor_parallel_groups_equal_one_process(tiny, tmp_path):
+    """torchrun, 4 ranks, gloo, tp = 2: two tensor-parallel groups (dp = 2)
+    of consecutive ranks, {0, 1} and {2, 3}, each sampling its share of the
+    prompts (uneven: 7 prompts, of mixed lengths), give one process's greedy
+    tokens in fp32. A group's two ranks must sample the same share, and the
+    mesh's tp dimension must pair them: otherwise ranks that all-reduce
+    together hold different prompts (wrong tokens, or a collective that
+    never completes: then the run is stopped at the timeout)."""
+    save_model(tiny, tmp_path / "tiny")
+    kw = dict(max_new_tokens=6, temperature=0, batch_size=2)
+    prompts = MIXED + MIXED[:1]
+    (tmp_path / "jobs.json").write_text(json.dumps([dict(ckpt=str(tmp_path / "tiny"), prompts=prompts, kwargs=kw,
+                                                         layout="tp", dtype="float32")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4",
+           os.path.join(ROOT, "tests", "dist_sample.py"), str(tmp_path / "jobs.json"), str(tmp_path / "out.json"), "2"]
+    # its own session, so that on a timeout the ranks are killed with torchrun, not left waiting
+    proc = subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        pytest.fail("4 ranks, tp = 2: no result in 120 s (ranks waiting on each other in a collective)\n"
+                    + err[-2000:])
+    assert proc.returncode == 0, err[-3000:]
+    (got,) = json.loads((tmp_path / "out.json").read_text())
+    assert got == generate(tiny, prompts, progress=False, **kw)
+
+
 def test_generate_runs_under_inference_mode(tiny):
     """A whole model samples under inference_mode (autograd's per-operator
     bookkeeping off: SPEED.md), not merely no_grad; an FSDP2 model under
@@ -679,6 +750,36 @@ def test_fsdp_over_one_rank_generates_as_one_process(tiny, tmp_path):
     fp32, bf16 = json.loads((tmp_path / "out.json").read_text())
     assert fp32 == generate(tiny, MIXED, progress=False, **kw)
     assert bf16 == generate(copy.deepcopy(tiny).to(torch.bfloat16), MIXED, progress=False, **kw)
+
+
+def test_fsdp_mixed_precision_policy_reduces_gradients_in_fp32(monkeypatch):
+    """The policy distributed.shard hands fully_shard for every block and the
+    root, against the one its docstring states: in bf16, weights gathered in
+    bf16, gradients reduced in fp32 (a bf16 reduce-scatter sums the ranks'
+    gradients with 8-bit mantissas), the blocks' inputs left alone; in fp32,
+    torch's default policy (no casts). fully_shard is captured, not run: no
+    process group is needed to see what it is given."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    import distributed as D
+    model = M.Transformer(M.preset("toy-tiny"))
+    for dtype, expected in ((torch.bfloat16, MixedPrecisionPolicy(param_dtype=torch.bfloat16,
+                                                                  reduce_dtype=torch.float32,
+                                                                  cast_forward_inputs=False)),
+                            (torch.float32, MixedPrecisionPolicy())):
+        given = []
+        monkeypatch.setattr(D, "fully_shard", lambda module, mesh, mp_policy: given.append((module, mp_policy)))
+        D.shard(model, D.Env(dtype=dtype))
+        assert [m for m, _ in given] == list(model.layers) + [model]
+        assert all(policy == expected for _, policy in given), (dtype, given[0][1])
+
+
+def test_all_sum_keeps_counts_exact():
+    """distributed.all_sum sums in float64, so a count past 2^24 (a token
+    count over a large data set) comes back exact: float32 would round
+    2^24 + 1 to 2^24. One process: the sum of one rank is its own value."""
+    import distributed as D
+    assert D.all_sum(D.Env(), 2**24 + 1, 2**40 + 3, True) == [2**24 + 1, 2**40 + 3, 1]
 
 
 def test_static_cache_of_the_compiled_decode_step(tiny, monkeypatch):

@@ -171,6 +171,17 @@ def test_tokenizer_json_special_tokens_from_the_checkpoint_files(llama3_style):
         (llama3_style / "tokenizer_config.json").write_text(json.dumps(cfg))
 
 
+def test_every_eos_id_the_checkpoint_lists_stops_generation(tmp_path, llama3_style):
+    """stop_ids holds every id generation_config.json and config.json list
+    as eos_token_id (Llama 3.1 lists <|eom_id|> beside <|end_of_text|> and
+    <|eot_id|>), not only the EOS token and the template's end of turn."""
+    folder = retemplated(llama3_style, tmp_path / "listed")
+    (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": [1, 4, 2]}))
+    (folder / "config.json").write_text(json.dumps({"eos_token_id": 3}))
+    tok = Tokenizer(folder)
+    assert (tok.eos_id, tok.end_of_turn, tok.stop_ids) == (1, 4, [1, 2, 3, 4])
+
+
 def test_llama3_template_equals_apply_chat_template(llama3_style):
     transformers = pytest.importorskip("transformers")
     tok = Tokenizer(llama3_style)
@@ -333,11 +344,41 @@ def test_llama31_writes_its_dated_system_turn_as_apply_chat_template_does(tmp_pa
     tok = Tokenizer(folder)
     assert tok.template == "llama3" and tok.dated_system == \
         "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
-    for messages in (CONVERSATION[1:2], CONVERSATION[:2], CONVERSATION[1:], CONVERSATION):
+    padded = [{"role": "system", "content": "  \tYou answer in one sentence. \n\n"}] + CONVERSATION[1:]  # trimmed
+    for messages in (CONVERSATION[1:2], CONVERSATION[:2], CONVERSATION[1:], CONVERSATION, padded):
         assert chat_prompt_ids(tok, messages) == hf_chat_ids(folder, messages)
+    # a template of another date (a later release's) writes its own, as its Jinja does
+    dated = retemplated(llama3_style, tmp_path / "l31-dated",
+                        chat_template=LLAMA31_JINJA.replace("26 Jul 2024", "15 Mar 2025"))
+    assert Tokenizer(dated).dated_system == "Cutting Knowledge Date: December 2023\nToday Date: 15 Mar 2025\n\n"
+    for messages in (CONVERSATION[1:2], padded):
+        assert chat_prompt_ids(Tokenizer(dated), messages) == hf_chat_ids(dated, messages)
     ids, spans = chat_ids(tok, CONVERSATION[:3])  # the reply's tokens are still exactly its own
     assert tok.decode(ids[spans[0][0]:spans[0][1]]) == CONVERSATION[2]["content"] + "<|eot_id|>"
     assert Tokenizer(llama3_style).dated_system is None  # Llama 3.0 writes no system turn of its own
+
+
+def test_chatml_reply_keeps_its_trailing_spaces_as_smollm2s_template_does(smollm2):
+    """ChatML keeps a reply's text as written (its Jinja templates do not trim
+    it): replies ending in spaces or a line break, against SmolLM2's own
+    template through transformers' apply_chat_template (tests/conftest.py:
+    smollm2), as the prompt of the next turn and as a finished conversation
+    (which the template ends with a line break after <|im_end|>, we at it)."""
+    folder, _, hf_tok = smollm2
+    tok = Tokenizer(folder)
+
+    def reference(messages, **kw):
+        ids = hf_tok.apply_chat_template(messages, tokenize=True, **kw)
+        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+    for reply in ("Paris, of course.   ", "Paris.\n", "Rome  \n  "):
+        chat = [{"role": "user", "content": "What is the capital of France?"},
+                {"role": "assistant", "content": reply}]
+        follow_up = chat + [{"role": "user", "content": "And of Italy?"}]
+        assert chat_prompt_ids(tok, follow_up) == reference(follow_up, add_generation_prompt=True), repr(reply)
+        ids, spans = chat_ids(tok, chat)
+        assert ids + tok.encode("\n") == reference(chat), repr(reply)
+        assert tok.decode(ids[spans[-1][0]:spans[-1][1]]) == reply + "<|im_end|>"
 
 
 def chatml_folder(folder, **config):
