@@ -45,6 +45,7 @@ Generation loads each model in its own layout: tensor parallel over groups of
 whole model on every rank.
 """
 import filecmp
+import json
 import os
 import random
 import re
@@ -1297,6 +1298,7 @@ def main(argv=None):
         D.teardown(env)
         return
     with D.sole_writer(env, folder):
+        note_other_settings(c, folder)
         r = Run(folder, c, env, RUNTIME_SETTINGS, DEFAULTS, INPUT_SETTINGS)
         t_start = time.time()
         try:
@@ -1311,6 +1313,23 @@ def main(argv=None):
     D.log(f"\n{report.table(r.path('report.md'))}\n\ndone in {(time.time() - t_start) / 60:.1f} min: "
           f"{r.path('report.md')}")
     D.teardown(env)
+
+
+def note_other_settings(c, folder):
+    """Say so at the start where the run folder's last command had other
+    settings: what they change is made again and its files are replaced (each
+    stage says why as it starts), which a user who meant a new run should
+    hear before the first model goes."""
+    try:
+        with open(os.path.join(folder, "settings.json")) as f:
+            before = json.load(f)
+    except (OSError, ValueError):
+        return
+    changed = [f"{k} {before[k]!r} -> {v!r}" for k, v in vars(c).items()
+               if k not in RUNTIME_SETTINGS and k in before and before[k] != v]
+    if changed:
+        D.log(f"note: {folder} was last run with other settings ({', '.join(changed)}): what they change is made "
+              f"again and its files replaced (--dry_run=True lists it; another --run_name keeps this run as it is)")
 
 
 def run_stages(c, r):

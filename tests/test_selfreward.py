@@ -9,6 +9,7 @@ import math
 import os
 import random
 import re
+import runpy
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import checkpoint
 import configurator
 import selfreward as S
 import train_dpo
@@ -37,14 +39,9 @@ from tokenizer import Tokenizer, chat_prompt_ids
 # Small enough to run the whole method in about a minute on a 2-core CPU, and
 # trained long enough (many epochs of tiny data) that M1 writes judgments in
 # the "... Score: N" format, so the loop produces real pairs.
-MICRO = dict(model="toy-tiny", vocab_size=1024, n_ift=48, n_eft_train=40, n_eft_eval=12, n_test=8,
-             pretrain_docs=64, pretrain_qa_docs=16, pretrain_epochs=8, pretrain_lr=3e-3,
-             sft_lr=3e-3, sft_min_lr=3e-4, sft_epochs=10,
-             n_prompts=16, shard_size=4, max_response_tokens=12, max_judge_tokens=40, gen_batch_size=48,
-             dpo_lr=5e-4, dpo_min_lr=1e-4, dpo_batch_size=4, micro_batch_size=8, save_interval=4,
-             rouge_threshold=0.99, progress=False, threads=1,  # one a rank under torchrun too
-             dropout=0.0,  # dropout masks are drawn per rank: 2 ranks match 1 process only without it
-             dtype="float32")  # and only in fp32 (FSDP's bf16 casts differ from one process's autocast)
+# config/micro.py's settings (the README's 15-second look at a whole run), without its run name
+MICRO = {k: v for k, v in runpy.run_path(os.path.join(ROOT, "config", "micro.py")).items()
+         if not k.startswith("_") and k != "run_name"} | {"progress": False}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -572,12 +569,15 @@ def test_more_iterations_extend_a_finished_run(micro_run, tmp_path):
 
 def test_a_changed_training_setting_redoes_that_model_and_what_follows(micro_run, tmp_path):
     """dpo_beta is read by DPO only: the seed, M1 and iteration 1's data stay; M2 is retrained and
-    evaluated again (iterations=1 keeps the test short: M3 would follow), and the log says why."""
+    evaluated again (iterations=1 keeps the test short: M3 would follow), and the log says why, the
+    changed settings at the start, before any model is replaced."""
     run = copy_run(micro_run, tmp_path)
     models = files_of(run, ["SFT", "M1"])
     r = run_loop(tmp_path, dpo_beta=0.2, iterations=1)
     assert stages_run(r.stdout) == ["M2", "eval_M2", "report"]
     assert "=== M2 (again: dpo_beta 0.1 -> 0.2)" in r.stdout
+    note = f"note: {run} was last run with other settings (iterations 2 -> 1, dpo_beta 0.1 -> 0.2): what they change"
+    assert r.stdout.index(note) < r.stdout.index("=== M2")
     assert files_of(run, ["SFT", "M1"]) == models
 
 
@@ -1184,6 +1184,34 @@ def test_plan_only_says_what_it_planned_for(tmp_path, capsys):
     assert e.value.code == 2 and f"init_from: {tmp_path / 'no_config'}: no config.json" in capsys.readouterr().err
     with pytest.raises(validate.BadInput, match="init_from: .*no_config: no config.json"):
         train_sft.train({"plan_only": True, "init_from": str(tmp_path / "no_config")})
+
+
+
+def test_input_errors_say_what_to_give_instead(tmp_path, micro_run):
+    """A newcomer's mistakes get the thing to give: seed data as a file, as the
+    raw oasst1 folder, or missing (prepare_oasst named each time); a run folder
+    or a run's model not made yet given as a checkpoint; {"text"} records to
+    chat SFT."""
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "en-validation.jsonl").write_text("{}\n")
+    for given, said in [(tmp_path / "raw" / "en-validation.jsonl", "is a file"),
+                        (tmp_path / "raw", "holds none of the seed files"), (tmp_path / "none", "is not a folder here")]:
+        c = configurator.settings(S.DEFAULTS, {"seed_data": str(given)})
+        found = [x for x in validate.check_loop(c, 1).found if x.startswith("seed_data")]
+        assert found == [f"seed_data: {given} {said} ('toy', or a folder with ift.jsonl, eft_train.jsonl, "
+                         "eft_eval.jsonl; python -m data.prepare_oasst writes one from oasst1's messages)"]
+    run, _ = micro_run
+    with pytest.raises(FileNotFoundError) as e:
+        checkpoint.read_config(run)
+    assert str(e.value).endswith("; checkpoints in it: M0, M1, M2, M3, SFT")
+    with pytest.raises(FileNotFoundError, match=r"M7 \(python selfreward.py writes a run's models"):
+        checkpoint.read_config(run / "M7")
+    with pytest.raises(FileNotFoundError, match=r"^checkpoint folder not found: M1$"):  # (a bare keyword, no run)
+        checkpoint.read_config("M1")
+    with pytest.raises(FileNotFoundError, match="nope: neither a .gguf file nor an installed package with one"):
+        checkpoint.gguf_file("nope")  # (python checkpoint.py --from_gguf=nope; conftest's smollm2 converts the real one)
+    assert validate.sft_record({"text": "A document."}).endswith("(a plain document, {\"text\"}: template='text')")
+    assert validate.sft_record({"prompt": "Hi."}) == "needs string fields prompt and response, or a messages list"
 
 
 # --- the toy seed data: python -m data.toy writes what the loop writes ---------------
