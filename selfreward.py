@@ -45,7 +45,6 @@ Generation loads each model in its own layout: tensor parallel over groups of
 whole model on every rank.
 """
 import filecmp
-import json
 import os
 import random
 import re
@@ -69,7 +68,7 @@ import train_dpo
 import train_sft
 import training
 import validate
-from data import read_jsonl, toy, write_jsonl
+from data import SEED_FILES, read_jsonl, toy, write_jsonl
 from run_folder import Run, fit_micro, generate_sharded, move_model, save_jsonl, stage_parts, sub_seed
 from sample import fits, generate
 from tokenizer import Tokenizer, chat_prompt_ids, train_tokenizer
@@ -372,9 +371,6 @@ def run_sft(c, r, name, init, data):
 
 # -----------------------------------------------------------------------------
 # Stage 1: seed data
-
-SEED_FILES = ["ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"]  # every seed's: the toy world writes two more
-
 
 def stage_seed_data(c, r):
     # written to seed.new/ first, then swapped in: later stages tell toy from real data, and find EFT
@@ -1298,7 +1294,7 @@ def main(argv=None):
         D.teardown(env)
         return
     with D.sole_writer(env, folder):
-        note_other_settings(c, folder)
+        note_stages_redone(c, env, folder)
         r = Run(folder, c, env, RUNTIME_SETTINGS, DEFAULTS, INPUT_SETTINGS)
         t_start = time.time()
         try:
@@ -1315,21 +1311,21 @@ def main(argv=None):
     D.teardown(env)
 
 
-def note_other_settings(c, folder):
-    """Say so at the start where the run folder's last command had other
-    settings: what they change is made again and its files are replaced (each
-    stage says why as it starts), which a user who meant a new run should
-    hear before the first model goes."""
-    try:
-        with open(os.path.join(folder, "settings.json")) as f:
-            before = json.load(f)
-    except (OSError, ValueError):
-        return
-    changed = [f"{k} {before[k]!r} -> {v!r}" for k, v in vars(c).items()
-               if k not in RUNTIME_SETTINGS and k in before and before[k] != v]
-    if changed:
-        D.log(f"note: {folder} was last run with other settings ({', '.join(changed)}): what they change is made "
-              f"again and its files replaced (--dry_run=True lists it; another --run_name keeps this run as it is)")
+def note_stages_redone(c, env, folder):
+    """Say at the start which finished stages this command makes again,
+    replacing their files, because a setting or an input changed (each stage
+    says why as it starts, but by then the first model may be gone): a user
+    who meant a new run hears it first. The stages are found as --dry_run=True
+    finds them, by a dry pass that says nothing."""
+    if not os.path.isfile(os.path.join(folder, "settings.json")):
+        return  # (a new run)
+    probe = Run(folder, c, env, RUNTIME_SETTINGS, DEFAULTS, INPUT_SETTINGS, dry=True, quiet=True)
+    run_stages(c, probe)
+    redone = [(name, why) for name, why in probe.would_run if why]  # (no why: never done, or cut short)
+    if redone:
+        D.log(f"note: {folder} holds stages made from other settings or inputs; this command makes them again, "
+              f"replacing their files: {', '.join(name for name, _ in redone)} (the first because: {redone[0][1]}; "
+              f"--dry_run=True says why for each, another --run_name keeps this run as it is)")
 
 
 def run_stages(c, r):

@@ -24,7 +24,7 @@ import evaluation as E
 import judge as J
 from checkpoint import check_hf_tensors, check_tokenizer, meta_shards, planned_args, read_config
 from configurator import set_in_file
-from data import read_jsonl, toy, unwritable
+from data import SEED_FILES, read_jsonl, toy, unwritable
 from model import PRESETS, Transformer
 from tokenizer import TEMPLATES, Tokenizer, chat_prompt_ids, conversation_problem
 
@@ -380,12 +380,11 @@ def check_loop(c, world):
     # input files
     eft_eval = []  # a real seed's EFT eval groups (the eft_judgments check reads them)
     if c.seed_data != "toy":
-        seed_files = [os.path.join(c.seed_data, f) for f in ("ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl")]
-        if not os.path.isdir(c.seed_data) or not any(map(os.path.exists, seed_files)):
+        if not os.path.isdir(c.seed_data) or not any(os.path.exists(os.path.join(c.seed_data, f)) for f in SEED_FILES):
             what = "is a file" if os.path.isfile(c.seed_data) else "holds none of the seed files" \
                 if os.path.isdir(c.seed_data) else "is not a folder here"
-            p.add(f"seed_data: {c.seed_data} {what} ('toy', or a folder with ift.jsonl, eft_train.jsonl, "
-                  "eft_eval.jsonl; python -m data.prepare_oasst writes one from oasst1's messages)")
+            p.add(f"seed_data: {c.seed_data} {what} ('toy', or a folder with {', '.join(SEED_FILES)}; "
+                  "python -m data.prepare_oasst writes one from oasst1's messages)")
         else:
             ift = p.jsonl("seed_data", os.path.join(c.seed_data, "ift.jsonl"), seed_ift_record)
             eft_train = p.jsonl("seed_data", os.path.join(c.seed_data, "eft_train.jsonl"), eft_train_records())

@@ -1,4 +1,4 @@
-# The whole loop in about 15 seconds on a tiny model (0.1M parameters), to see
+# The whole loop in about 15 seconds on a tiny model (0.23M parameters), to see
 # every stage run and every file a run writes before the 9-minute default:
 #   python selfreward.py config/micro.py        -> out/micro/report.md
 # Seed data, M0, the SFT baseline, M1, two iterations (prompts, candidates,

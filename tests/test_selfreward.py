@@ -36,10 +36,9 @@ from judge import parse_score
 from sample import generate
 from tokenizer import Tokenizer, chat_prompt_ids
 
-# Small enough to run the whole method in about a minute on a 2-core CPU, and
-# trained long enough (many epochs of tiny data) that M1 writes judgments in
-# the "... Score: N" format, so the loop produces real pairs.
-# config/micro.py's settings (the README's 15-second look at a whole run), without its run name
+# config/micro.py's settings (the README's 15-second look at a whole run), without its run name: small
+# enough to run the whole method in seconds on a 2-core CPU, and trained long enough (many epochs of
+# tiny data) that M1 writes judgments in the "... Score: N" format, so the loop produces real pairs.
 MICRO = {k: v for k, v in runpy.run_path(os.path.join(ROOT, "config", "micro.py")).items()
          if not k.startswith("_") and k != "run_name"} | {"progress": False}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -576,8 +575,11 @@ def test_a_changed_training_setting_redoes_that_model_and_what_follows(micro_run
     r = run_loop(tmp_path, dpo_beta=0.2, iterations=1)
     assert stages_run(r.stdout) == ["M2", "eval_M2", "report"]
     assert "=== M2 (again: dpo_beta 0.1 -> 0.2)" in r.stdout
-    note = f"note: {run} was last run with other settings (iterations 2 -> 1, dpo_beta 0.1 -> 0.2): what they change"
+    note = (f"note: {run} holds stages made from other settings or inputs; this command makes them again, replacing "
+            f"their files: M2, eval_M2, report (the first because: dpo_beta 0.1 -> 0.2;")
     assert r.stdout.index(note) < r.stdout.index("=== M2")
+    r = run_loop(tmp_path, dpo_beta=0.2, iterations=1)
+    assert stages_run(r.stdout) == [] and "note:" not in r.stdout  # the same command again: nothing to say
     assert files_of(run, ["SFT", "M1"]) == models
 
 
@@ -1210,6 +1212,10 @@ def test_input_errors_say_what_to_give_instead(tmp_path, micro_run):
         checkpoint.read_config("M1")
     with pytest.raises(FileNotFoundError, match="nope: neither a .gguf file nor an installed package with one"):
         checkpoint.gguf_file("nope")  # (python checkpoint.py --from_gguf=nope; conftest's smollm2 converts the real one)
+    with pytest.raises(FileNotFoundError, match="random: neither"):
+        checkpoint.gguf_file("random")  # a module, not a package
+    with pytest.raises(FileNotFoundError, match="no such file: x.gguf"):
+        checkpoint.gguf_file("x.gguf")
     assert validate.sft_record({"text": "A document."}).endswith("(a plain document, {\"text\"}: template='text')")
     assert validate.sft_record({"prompt": "Hi."}) == "needs string fields prompt and response, or a messages list"
 
