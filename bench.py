@@ -44,16 +44,16 @@ bf16 = "auto"  # time bf16 too: 'auto' = on a GPU or a CPU with bf16 matrix unit
                # it is slower than fp32: emulated without AVX512-BF16, the toy train section took 14 min;
                # a dtype the scripts' dtype='auto' never picks there) | 'always' | 'never'
 # sample section
-sample_models = "toy,toy-large"  # model presets (toy-large: 4x the toy's parameters)
+sample_models = "toy,toy-large"  # model presets (toy-large: ~5x the toy's parameters, 24.7M against 5.0M)
 sample_new_tokens = 128  # tokens generated per prompt
 judge_prompts = 32  # judge workload: this many prompts ...
 judge_rubric = 300  # ... behind a common rubric of this many tokens ...
 judge_n = 3  # ... each judged this many times ...
-judge_new_tokens = 32  # ... with responses this long
+judge_new_tokens = 32  # ... each judgment this many new tokens
 repeats = 3  # best of this many timed runs
 sample_compile = False  # also time generate(compile=True) (Inductor; its first call, the compiling, timed apart)
 # train section
-train_models = "toy,toy-large"  # presets to benchmark (toy-large: 4x the toy's parameters; llama-1b on a GPU)
+train_models = "toy,toy-large"  # presets to benchmark (toy-large: ~5x the toy's parameters; llama-1b on a GPU)
 train_batch_size = 8  # sequences per step
 train_seq_len = 256  # tokens per sequence
 train_steps = 5  # timed steps of each model and dtype = train_steps * train_rounds, taken in turn

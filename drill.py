@@ -206,7 +206,8 @@ def check(c):
     """Every problem with the settings, before any work."""
     p = validate.Problems(c)
     p.require(c.loss in ("yesno", "lm"), "loss", "must be 'yesno' or 'lm'")
-    p.require(c.form in ("", "line", "quiz", "judge"), "form", "must be 'line', 'quiz' or 'judge'")
+    p.require(c.form in ("", "line", "quiz", "judge"), "form",
+              "must be '' (line to train, quiz to evaluate), 'line', 'quiz' or 'judge'")
     p.require(c.form != "judge" or c.evaluate, "form", "'judge' is for --evaluate only (a judge prompt is longer "
               "than a training row)")
     p.require(c.model in PRESETS, "model", f"must be one of {', '.join(PRESETS)}")

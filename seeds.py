@@ -39,7 +39,13 @@ seeds = "1,2,3"  # the seeds, with commas between them: one whole run each (each
 NOT_FOR_A_STUDY = {
     "seed": "seeds.py gives each run its seed; name them with --seeds=...",
     "plan_only": "seeds.py runs the loop; plan with python selfreward.py --plan_only=True",
+    "world_size": "only --plan_only reads it; plan with python selfreward.py --plan_only=True",
+    "gpu_memory_gb": "only --plan_only reads it; plan with python selfreward.py --plan_only=True",
 }
+# --help: these settings' comments here, not selfreward.py's (they read otherwise in a study)
+_STUDY_COMMENTS = dict(
+    run_name="toy",  # the study's name: each seed's run is out_root/<run_name>-seed<s>, the summary <run_name>-seeds.md
+)
 
 # the figures compared across seeds: (name in the table, how to read it from a model's eval record;
 # None where the record has none: an SFT baseline that never states the right answer, or a run

@@ -83,7 +83,8 @@ seed = 1337                 # everything random derives from this
 # seed data and M0
 seed_data = "toy"           # 'toy' (generated), or a folder with ift.jsonl, eft_train.jsonl, eft_eval.jsonl
 init_from = "scratch"       # M0: 'scratch' pretrains a toy base model; else a checkpoint folder (HF layout)
-model = "toy-small"         # preset when init_from='scratch'
+model = "toy-small"         # preset when init_from='scratch' (and the shape --plan_only plans where init_from is
+                            # not a folder here)
 chat_template = ""          # '' = the one M0's checkpoint implies (tokenizer.py); or llama2, llama3, chatml
 vocab_size = 2048           # toy tokenizer size (upper bound) when init_from='scratch'
 phrase_pieces = True        # toy tokenizer pieces may span words: the judge rubric costs ~140 tokens, not ~360
@@ -118,11 +119,12 @@ n_prompts = 1000            # new prompts requested per iteration (before filter
 prompt_writer = "M0"        # who writes new prompts: a fixed model, as the paper's Llama 2-Chat 70B: 'M0', 'M1', or a
                             # folder; or 'current' (M_t). Toy: SFT leaves a 1.3M-parameter M1 unable to continue a
                             # list (23 of 200 requests usable, M0 193)
-n_shots = 8                 # few-shot examples per request: 6 from the IFT seed, 2 generated earlier
+n_shots = 8                 # few-shot examples per request: n_shots - 2 from the IFT seed, 2 generated earlier
+                            # (all from the seed until 2 are kept); at least 2
 prompt_temperature = 0.6    # paper: 0.6
 prompt_top_p = 0.9          # paper: 0.9
 max_prompt_tokens = 64      # a new prompt longer than this is malformed
-min_prompt_words = 3        # shorter prompts are dropped (Self-Instruct's filter, for real data: 4)
+min_prompt_words = 3        # shorter prompts are dropped (Self-Instruct's filter: 4)
 max_prompt_words = 60       # longer prompts are dropped (Self-Instruct's: 150)
 rouge_threshold = 0.9       # drop a new prompt whose ROUGE-L F with an existing one reaches this
                             # (the evaluation counts a benchmark question as trained on the same way).
@@ -132,7 +134,8 @@ rouge_threshold = 0.9       # drop a new prompt whose ROUGE-L F with an existing
 n_candidates = 4            # N responses per prompt (paper: 4)
 temperature = 0.7           # candidates and judgments (paper: 0.7)
 top_p = 0.9                 # candidates and judgments (paper: 0.9)
-max_response_tokens = 64    # per candidate response
+max_response_tokens = 64    # per response: candidates, and every answer the evaluation asks for (test prompts,
+                            # AlpacaEval, each MT-Bench turn)
 n_judge = 3                 # judgments per candidate, averaged (paper: 3); also the SFT baseline's tries at
                             # each EFT group when it writes the EFT targets (real data)
 max_judge_tokens = 96       # per judgment
@@ -146,7 +149,7 @@ dpo_batch_size = 16         # pairs per step
 dpo_epochs = 1              # passes over the pairs
 dpo_pick_every = 0          # toy: DPO keeps a checkpoint every this many steps, and the one whose greedy answers to the
                             # n_valid validation prompts the grader rates best becomes M_{t+1} (the paper: every 200
-                            # steps, chosen by GPT-4 comparing their answers on 253 prompts); 0 = the last step
+                            # steps, chosen by a judge comparing their answers on 253 prompts); 0 = the last step
 n_valid = 256               # dpo_pick_every: the toy world's validation prompts, none of them in the seed data
 # evaluation
 eval_judge = True           # reward-model metrics of every model's judge on the EFT eval set
@@ -157,9 +160,9 @@ mt_bench = ""               # real data: MT-Bench question.jsonl, both turns ans
 # variations of the loop measured on the toy world (STUDIES.md); their defaults are the paper's loop
 # ... in the seed data and M0's text
 ift_declines = 0.0          # toy IFT seed: share of answers that decline ("I am not sure what you mean."): a mistake
-                            # the judge can see without solving the task (measured at 0.4: right answers rise at
-                            # both iterations, in every seed, as the declines go; STUDIES.md: a mistake the judge
-                            # can see)
+                            # the judge can see without solving the task (measured at 0.4 over 3 seeds: mean grade
+                            # rises at both iterations in every seed, right answers at the first in every seed and
+                            # at the second in 2, as the declines go; STUDIES.md: a mistake the judge can see)
 judge_working = False       # toy EFT targets work the task out step by step ("Letters: 1T 2A ...", "Ones: 7+5=12 ...")
                             # before they state the answer and score (measured: the toy-small judge gets worse;
                             # STUDIES.md: a judge that works the task out, quotes and compares)
@@ -207,10 +210,13 @@ n_meta_seed = 500           # toy, meta_judge: meta-judge demonstrations added t
                             # (~141 tokens each: 500 add 17% to the tokens of M1's 8,090 IFT + EFT examples)
 # running
 gen_batch_size = 64         # sequences decoded together; 0: the largest the generation memory plan fits the GPU
+                            # (on a CPU, 64)
 tp = 1                      # generation: GPUs per tensor-parallel group (inside a node); training is FSDP over all
-shard_size = 256            # prompts per resumable generation shard
+shard_size = 256            # prompts per resumable generation shard (each shard draws from a seed of its own:
+                            # another size gives other samples, and redoes the generation stages)
 save_interval = 50          # training steps between resumable training states
-keep_train_state = False    # keep each trained model's resumable state (optimizer, step) once the model is saved
+keep_train_state = False    # keep each trained model's resumable state (optimizer, step) once the model is saved,
+                            # and dpo_pick_every's checkpoints once one is chosen
 activation_checkpointing = False  # recompute each block in backward (needed for 70B)
 device = ""                 # '' = cuda if available, else cpu
 dtype = "auto"              # compute: 'auto' = bfloat16 on GPU, and on a CPU with bf16 units for models at least
@@ -1065,8 +1071,8 @@ def stage_dpo(c, r, t, mt_path):
 
 def pick_checkpoint(c, r, t, checkpoints):
     """The paper's choice among DPO checkpoints (kept every 200 steps, the
-    one chosen whose answers to 253 validation prompts GPT-4 preferred):
-    here the toy world's grader stands in for GPT-4, the role it plays in the
+    one chosen by a pairwise comparison of their answers to 253 validation
+    prompts): here the toy world's grader stands in for that judge, the role it plays in the
     evaluation, on prompts that are in neither the seed data nor the test
     set (toy.validation_set). Each checkpoint ([step, folder]) answers them
     greedily; the one with the highest mean grade (the earliest of equals)
@@ -1098,7 +1104,7 @@ def pick_checkpoint(c, r, t, checkpoints):
 # feeds back into the loop. (The controls pair_by='grader' or 'right', meta_pair_by='grader',
 # eft_own_answers and n_meta_seed let it in on purpose, to measure what a
 # perfect judge would teach; dpo_pick_every lets it choose each DPO checkpoint,
-# as the paper's GPT-4 did, on prompts of its own.) The table of all models is
+# as the paper's external judge did, on prompts of its own.) The table of all models is
 # report.py's.
 
 def eval_model_id(c, name):

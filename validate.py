@@ -371,8 +371,9 @@ def check_loop(c, world):
                 models[setting] = args
             if args and setting == "init_from":
                 judge_room(p, c, args, tok)
-    for setting, args in models.items():
-        for s in ("max_prompt_tokens", "max_response_tokens", "max_judge_tokens", "max_meta_tokens"):
+    for setting, args in models.items():  # (a prompt writer of its own only writes prompts)
+        for s in ("max_prompt_tokens",) + (("max_response_tokens", "max_judge_tokens", "max_meta_tokens")
+                                          if setting != "prompt_writer" else ()):
             p.require(getattr(c, s) < args.max_seq_len, s, f"must be below the context of {setting}'s model "
                       f"(max_seq_len {args.max_seq_len})")
     p.tensor_parallel(world, models=[(f"{setting}'s", args) for setting, args in models.items()])
@@ -430,7 +431,7 @@ def check_loop(c, world):
               "grader judges the answers; real seed data has no grader")
     if p.at_least("dpo_pick_every", 0) and c.dpo_pick_every:
         p.require(c.seed_data == "toy", "dpo_pick_every", "is for the toy world, whose grader stands in for the "
-                  "paper's GPT-4 in choosing a checkpoint; with real seed data each iteration keeps its last step")
+                  "paper's external judge in choosing a checkpoint; with real seed data each iteration keeps its last step")
         p.at_least("n_valid", 1)
     # settings read only by what the toy world alone makes (its seed, its M0): where that is not made, a
     # changed one would change nothing, which is a mistake to say, not to ignore. (Imported here, as

@@ -40,7 +40,7 @@ dropout = 0.0                  # not the paper's 0.1: SmolLM2 was trained withou
 # one iteration, small: about 16 requests -> a handful of prompts x 4 candidates x 3 judgments
 iterations = 1
 n_prompts = 16
-prompt_writer = "M0"           # the instruct model continues a listing of tasks; M1 after one epoch does the same
+prompt_writer = "M0"           # the instruct model continues a listing of tasks; an earlier run's M1, after one epoch of SFT, did the same
 rouge_threshold = 0.7          # Self-Instruct's near-duplicate threshold (its tokens differ: selfreward.words)
 max_prompt_tokens = 64
 max_prompt_words = 60

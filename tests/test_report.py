@@ -479,7 +479,8 @@ def test_seeds_refuses_bad_seeds_before_any_run(tmp_path, capsys):
                        (["--seeds=5,-1"], "--seeds: -1: each seed once, in [0, 2**32)"),
                        (["--seeds=5,3,5"], "--seeds: 5: each seed once"),
                        (["--seeds=1,2", "--seed=5"], "--seed: seeds.py gives each run its seed"),
-                       (["--plan_only=True"], "plan_only: seeds.py runs the loop")]:
+                       (["--plan_only=True"], "plan_only: seeds.py runs the loop"),
+                       (["--world_size=2"], "world_size: only --plan_only reads it")]:
         with pytest.raises(SystemExit) as e:
             seeds.main(argv + [f"--out_root={tmp_path}"])
         assert e.value.code == 2 and said in capsys.readouterr().err
@@ -508,9 +509,12 @@ def test_seeds_refuses_bad_seeds_before_any_run(tmp_path, capsys):
     for flag in ("--help", "-h"):  # this script's settings, not each run's own
         with pytest.raises(SystemExit) as e:
             seeds.main([flag])
-        listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  --")]
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  --")]
+        listed = [line.split()[0] for line in lines]
         assert e.value.code == 0 and "--seeds" in listed and "--iterations" in listed
-        assert not {"--seed", "--plan_only"} & set(listed) and "--dry_run" in listed
+        assert not {"--seed", "--plan_only", "--world_size"} & set(listed) and "--dry_run" in listed
+        # a setting that reads otherwise in a study has this script's comment, not selfreward.py's
+        assert "each seed's run is out_root/<run_name>-seed<s>" in lines[listed.index("--run_name")]
     # a dry run: each seed's run says what it would do, nothing is written and no summary made
     seeds.main(["--seeds=1,2", "--dry_run=True", f"--out_root={tmp_path}"])
     out = capsys.readouterr().out

@@ -1216,6 +1216,16 @@ def test_input_errors_say_what_to_give_instead(tmp_path, micro_run):
         checkpoint.gguf_file("random")  # a module, not a package
     with pytest.raises(FileNotFoundError, match="no such file: x.gguf"):
         checkpoint.gguf_file("x.gguf")
+    # a prompt writer of its own is held only to the prompts' length (it writes nothing else)
+    writer = tmp_path / "writer"
+    shutil.copytree(run / "M0", writer)
+    config = json.loads((writer / "config.json").read_text())
+    (writer / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 80}))
+    c = configurator.settings(S.DEFAULTS, {"prompt_writer": str(writer)})  # max_judge_tokens 96 > 80: not its
+    assert validate.check_loop(c, 1).found == []
+    c = configurator.settings(S.DEFAULTS, {"prompt_writer": str(writer), "max_prompt_tokens": 90})
+    assert validate.check_loop(c, 1).found == ["max_prompt_tokens = 90: must be below the context of prompt_writer's "
+                                               "model (max_seq_len 80)"]
     assert validate.sft_record({"text": "A document."}).endswith("(a plain document, {\"text\"}: template='text')")
     assert validate.sft_record({"prompt": "Hi."}) == "needs string fields prompt and response, or a messages list"
 
