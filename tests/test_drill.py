@@ -123,7 +123,7 @@ def test_a_short_drill_runs(tok):
     assert drill.check(bad).found == ["loss = 'all': must be 'yesno' or 'lm'", "p_no = 1.0: must be in (0, 1)",
                                       "steps = 0: must be >= 1", "tokenizer = 'no/such.model': no such file"]
     assert drill.check(settings(drill.DEFAULTS, {"form": "essay"})).found == [
-        "form = 'essay': must be 'line', 'quiz' or 'judge'"]
+        "form = 'essay': must be '' (line to train, quiz to evaluate), 'line', 'quiz' or 'judge'"]
     assert drill.check(settings(drill.DEFAULTS, {"form": "judge"})).found == [
         "form = 'judge': 'judge' is for --evaluate only (a judge prompt is longer than a training row)"]
     assert drill.check(settings(drill.DEFAULTS, {"evaluate": "no/such/folder"})).found[0].startswith("evaluate: ")

@@ -706,7 +706,7 @@ def test_grader_pairs_set_the_truly_best_against_the_truly_worst(tmp_path):
 
 def test_dpo_pick_every_makes_the_checkpoint_the_grader_rates_best_the_next_model(micro_run, tmp_path):
     """dpo_pick_every (the paper's choice among DPO checkpoints, the grader in
-    GPT-4's place): DPO keeps the model every k steps, and M2 is the one whose
+    its judge's place): DPO keeps the model every k steps, and M2 is the one whose
     greedy answers to the validation prompts have the highest mean grade. The
     figures in its record are computed again here from sample.py's answers."""
     run = copy_run(micro_run, tmp_path)
@@ -1494,14 +1494,14 @@ def test_check_loop_in_this_process():
     c = configurator.settings(S.DEFAULTS, {"init_from": "M1", "prompt_writer": "scratch"})
     assert validate.check_loop(c, 1).found == ["init_from: checkpoint folder not found: M1",
                                                "prompt_writer: checkpoint folder not found: scratch"]
-    # the paper's choice of DPO checkpoint, the grader in GPT-4's place
+    # the paper's choice of DPO checkpoint, the grader in its judge's place
     c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": -1, "n_valid": 0})  # (n_valid unused when off)
     assert validate.check_loop(c, 1).found == ["dpo_pick_every = -1: must be >= 0"]
     c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": 10, "n_valid": 0})
     assert validate.check_loop(c, 1).found == ["n_valid = 0: must be >= 1"]
     c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": 10, "seed_data": "no/such/folder", "init_from": "M0"})
-    assert ("dpo_pick_every = 10: is for the toy world, whose grader stands in for the paper's GPT-4 in choosing a "
-            "checkpoint; with real seed data each iteration keeps its last step") in validate.check_loop(c, 1).found
+    assert ("dpo_pick_every = 10: is for the toy world, whose grader stands in for the paper's external judge in "
+            "choosing a checkpoint; with real seed data each iteration keeps its last step") in validate.check_loop(c, 1).found
 
 
 def test_a_stage_redone_loses_its_old_record_before_it_starts(tmp_path):
