@@ -573,7 +573,7 @@ def gguf_file(given):
     import glob
     import importlib.util
     spec = importlib.util.find_spec(given) if given.isidentifier() else None
-    folders = spec.submodule_search_locations or [] if spec else []  # (a plain module has none)
+    folders = (spec.submodule_search_locations if spec else None) or []  # (a plain module has no folder)
     files = sorted(glob.glob(os.path.join(folders[0], "*.gguf"))) if folders else []
     if len(files) != 1:
         raise FileNotFoundError(f"{given}: neither a .gguf file nor an installed package with one .gguf file "

@@ -184,11 +184,12 @@ def parse_value(text):
     return text if "#" in text and not isinstance(value, str) else value
 
 
-def help_text(namespace, comment_files=()):
-    settings = _settings(namespace)
+def help_text(namespace, comment_files=(), comments=None):
+    settings, given = _settings(namespace), comments or {}
     comments = {}
     for path in [*comment_files, namespace.get("__file__")]:  # the script's own comments win
         comments.update(_comments(path))
+    comments.update(given)  # and those it gives by name
     name = os.path.basename(namespace.get("__file__", "script.py"))
     doc = (namespace.get("__doc__") or "").strip()
     lines = [doc, "", f"usage: python {name} [config_file.py ...] [--key=value ...]", "", "settings:"]
@@ -203,15 +204,16 @@ def apply(namespace, argv):
     """Apply config files and --key=value overrides to namespace (a dict);
     returns the dict of settings after the overrides. Every bad one is named
     in one ConfigError (a file that cannot be read stops there)."""
-    settings, problems, unknown = _settings(namespace), [], []
+    settings, problems, unknown = _settings(namespace), [], False
     SET_IN_FILE.clear()
 
     def put(key, value, where):
         try:
             namespace[key] = _check(key, value, settings, where)
         except UnknownSetting as e:
+            nonlocal unknown
             problems.append(str(e))
-            unknown.append(key)
+            unknown = True
         except ConfigError as e:
             problems.append(str(e))
     files, keys, spaced = split_arguments(argv)
@@ -236,28 +238,27 @@ def apply(namespace, argv):
             if isinstance(settings.get(key), str) and value is not None and not isinstance(value, str):
                 value = text  # a text setting takes the text: --run_name=2024, --seeds=1,2 (not a number, a tuple)
             put(key, value, arg)
-    if unknown:  # the valid ones listed once, however many were unknown
-        problems.append(f"Valid settings: {', '.join(sorted(settings))}")
-    if len(problems) > 1 + bool(unknown):
-        raise ConfigError(f"{len(problems) - bool(unknown)} problems with the settings:\n"
-                          + "\n".join(f"  - {p}" for p in problems[:len(problems) - bool(unknown)])
-                          + ("\n" + problems[-1] if unknown else ""))
+    valid = [f"Valid settings: {', '.join(sorted(settings))}"] if unknown else []  # once, however many were unknown
+    if len(problems) > 1:
+        raise ConfigError("\n".join([f"{len(problems)} problems with the settings:",
+                                     *(f"  - {p}" for p in problems), *valid]))
     if problems:
-        raise ConfigError(" ".join(problems))
+        raise ConfigError(" ".join(problems + valid))
     return _settings({k: namespace[k] for k in settings})
 
 
-def configure(namespace, argv=None, comment_files=()):
+def configure(namespace, argv=None, comment_files=(), comments=None):
     """For scripts: apply sys.argv to the script's settings (a dict of its
     defaults, with __file__ and __doc__ for --help) and return them; print
     --help and errors (exit status 2) the way command-line users expect.
     comment_files: other files whose `key = value  # comment` lines explain
-    settings the script takes from them."""
+    settings the script takes from them; comments: {key: text} that --help
+    shows instead (a setting that reads otherwise in this script)."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         from distributed import is_rank0  # (once under torchrun)
         if is_rank0():
-            print(help_text(namespace, comment_files))
+            print(help_text(namespace, comment_files, comments))
         sys.exit(0)
     try:
         return apply(namespace, argv)

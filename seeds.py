@@ -42,10 +42,9 @@ NOT_FOR_A_STUDY = {
     "world_size": "only --plan_only reads it; plan with python selfreward.py --plan_only=True",
     "gpu_memory_gb": "only --plan_only reads it; plan with python selfreward.py --plan_only=True",
 }
-# --help: these settings' comments here, not selfreward.py's (they read otherwise in a study)
-_STUDY_COMMENTS = dict(
-    run_name="toy",  # the study's name: each seed's run is out_root/<run_name>-seed<s>, the summary <run_name>-seeds.md
-)
+# --help: what these settings mean in a study, in place of selfreward.py's comments
+STUDY_COMMENTS = {"run_name": "the study's name: each seed's run is out_root/<run_name>-seed<s>, the summary "
+                              "<run_name>-seeds.md"}
 
 # the figures compared across seeds: (name in the table, how to read it from a model's eval record;
 # None where the record has none: an SFT baseline that never states the right answer, or a run
@@ -200,7 +199,7 @@ def main(argv=None):
     # selfreward.py's settings (less each run's own) and --seeds; --help lists them with their comments
     defaults = {k: v for k, v in selfreward.DEFAULTS.items() if k not in NOT_FOR_A_STUDY}
     given = configurator.configure(dict(defaults, seeds=seeds, __file__=__file__, __doc__=__doc__), argv,
-                                   comment_files=[selfreward.__file__])
+                                   comment_files=[selfreward.__file__], comments=STUDY_COMMENTS)
     text = given.pop("seeds")
     try:
         seed_list = [int(s) for s in str(text).split(",")]
