@@ -827,31 +827,6 @@ def stage_judgments(c, r, t, mt_path):
             "too_long": sum(sum(x["too_long"]) for x in recs)}  # candidates whose judge prompt did not fit
 
 
-def stage_meta_judgments(c, r, t, mt_path):
-    """Meta-Rewarding (Wu et al. 2024): M_t compares its own
-    judgments of a response, two at a time in both orders
-    (judge.compare_judgments). Only responses whose judgments disagree in
-    score are meta-judged: where every judgment gives the same score, no
-    judge pair could teach anything about scoring, and skipping them keeps
-    the stage cheap."""
-    judged = read_jsonl(r.path(f"iter{t}", "judgments.jsonl"))
-    items = [{"prompt": x["prompt"], "candidate": k, "response": x["candidates"][k], "judgments": x["judgments"][k],
-              "scores": x["scores"][k]} for x in judged for k in range(len(x["candidates"]))
-             if len({s for s in x["scores"][k] if s is not None}) >= 2]
-    net, tok = load_for_sampling(r, mt_path)
-
-    def work(chunk, shard):
-        battles = J.compare_judgments(net, tok, chunk, max_new_tokens=c.max_meta_tokens,
-                                      **loop_sampling(c, sub_seed(c.seed, "meta judge", t, shard)))
-        return [{**x, "battles": b} for x, b in zip(chunk, battles)]
-
-    recs = generate_sharded(r, os.path.join(f"iter{t}", "meta_judgments"), items, c.shard_size, work)
-    every = [b for x in recs for b in x["battles"]]
-    return {"candidates": sum(len(x["candidates"]) for x in judged), "meta_judged": len(recs),
-            "meta_judgments": len(every), "with_verdict": sum(b["winner"] is not None for b in every),
-            "too_long": sum(b["too_long"] for b in every)}  # battles whose meta-judge prompt did not fit
-
-
 # Exercise (easy): best-versus-worst pairs, ties to the first. Graded by: tests/test_selfreward.py -k make_pairs
 def make_pairs(judged):
     """Highest against lowest average score (Section 2.3). judged: records of
@@ -953,6 +928,36 @@ def stage_pairs(c, r, t):
     save_jsonl(r.path(f"iter{t}", "pairs.jsonl"), pairs)
     D.log(f"iteration {t}: {len(pairs)} pairs{report.pairs_by(c.pair_by)}; dropped {dropped}")
     return {"pairs": len(pairs), "by": c.pair_by, "dropped": dropped}
+
+
+# -----------------------------------------------------------------------------
+# Meta-Rewarding (Wu et al. 2024), a setting and not the paper's loop (--meta_judge=True): after stage
+# 4c M_t also judges its own judgments, and stage 4d adds pairs of judgments for the judge to the
+# actor's pairs of responses
+
+def stage_meta_judgments(c, r, t, mt_path):
+    """Meta-Rewarding (Wu et al. 2024): M_t compares its own
+    judgments of a response, two at a time in both orders
+    (judge.compare_judgments). Only responses whose judgments disagree in
+    score are meta-judged: where every judgment gives the same score, no
+    judge pair could teach anything about scoring, and skipping them keeps
+    the stage cheap."""
+    judged = read_jsonl(r.path(f"iter{t}", "judgments.jsonl"))
+    items = [{"prompt": x["prompt"], "candidate": k, "response": x["candidates"][k], "judgments": x["judgments"][k],
+              "scores": x["scores"][k]} for x in judged for k in range(len(x["candidates"]))
+             if len({s for s in x["scores"][k] if s is not None}) >= 2]
+    net, tok = load_for_sampling(r, mt_path)
+
+    def work(chunk, shard):
+        battles = J.compare_judgments(net, tok, chunk, max_new_tokens=c.max_meta_tokens,
+                                      **loop_sampling(c, sub_seed(c.seed, "meta judge", t, shard)))
+        return [{**x, "battles": b} for x, b in zip(chunk, battles)]
+
+    recs = generate_sharded(r, os.path.join(f"iter{t}", "meta_judgments"), items, c.shard_size, work)
+    every = [b for x in recs for b in x["battles"]]
+    return {"candidates": sum(len(x["candidates"]) for x in judged), "meta_judged": len(recs),
+            "meta_judgments": len(every), "with_verdict": sum(b["winner"] is not None for b in every),
+            "too_long": sum(b["too_long"] for b in every)}  # battles whose meta-judge prompt did not fit
 
 
 # Exercise (medium): the judge's pairs from battles of judgments. Graded by: tests/test_selfreward.py -k make_judge_pairs
