@@ -29,8 +29,10 @@ them train_sft.py's and train_dpo.py's (with training.py).
 import fcntl
 import gc
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -164,8 +166,9 @@ def setup(device="", dtype="auto", threads=0, tp=1, width=None):
     threads: CPU threads (cpu_threads);
     tp: ranks per tensor-parallel group for generation (inside a node: its
     all-reduces run every layer of every token); the world is a grid of
-    world/tp groups (dp) of tp ranks."""
+    world/tp groups (dp) of tp ranks. SIGTERM is taken as Ctrl-C (sigterm_as_ctrl_c)."""
     torch.set_num_threads(cpu_threads(threads))
+    sigterm_as_ctrl_c()
     cuda = torch.cuda.is_available() and device != "cpu"
     if cuda:  # fp32 matmuls (one process sampling in fp32, fp32 parts of bf16 runs) on tensor cores
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -190,6 +193,18 @@ def setup(device="", dtype="auto", threads=0, tp=1, width=None):
                                                     mesh_dim_names=("dp", "tp"))
     return Env(rank=dist.get_rank(), world=dist.get_world_size(), device=device, mesh=mesh,
                owns_group=owns, dtype=compute_dtype(device, dtype, width), tp_mesh=tp_mesh)
+
+
+def sigterm_as_ctrl_c():
+    """SIGTERM (`kill`, a cluster scheduler's preemption, torchrun stopping
+    its workers when one rank failed or it was stopped itself) is raised as a
+    KeyboardInterrupt, as Ctrl-C is: each script's Ctrl-C handling then says
+    where it stopped and that the same command resumes, and a training state
+    save in progress is finished first (training.ctrl_c_after), where
+    SIGTERM's default would end the process in silence. Only where nobody
+    has set a SIGTERM handler of their own (signals reach the main thread only)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def describe(env):

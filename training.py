@@ -374,30 +374,34 @@ def log_metrics(c, record):
 
 @contextmanager
 def ctrl_c_after():
-    """A Ctrl-C inside the block is raised when it ends: a state save cut
-    short is wasted work, and torch's checkpoint writers turn the interrupt
-    into errors of their own (CheckpointException, a RuntimeError from the
-    zip writer) with a traceback. A second Ctrl-C raises at once. Under
-    torchrun, which kills its workers 30 s after passing a Ctrl-C on, a
-    longer save (a large model's) is cut short all the same unless torchrun
-    is given more time (--shutdown_timeout=SECONDS); the last complete
-    state stays, as after any kill."""
-    if (threading.current_thread() is not threading.main_thread()  # (signals reach the main thread only)
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):  # (ignored, or someone's own)
+    """A Ctrl-C (or a SIGTERM, which D.setup takes as one) inside the block
+    is raised when it ends: a state save cut short is wasted work, and
+    torch's checkpoint writers turn the interrupt into errors of their own
+    (CheckpointException, a RuntimeError from the zip writer) with a
+    traceback. A second one raises at once. Under torchrun, which kills its
+    workers 30 s after passing a Ctrl-C on, a longer save (a large model's)
+    is cut short all the same unless torchrun is given more time
+    (--shutdown_timeout=SECONDS); the last complete state stays, as after
+    any kill."""
+    if threading.current_thread() is not threading.main_thread():  # (signals reach the main thread only)
         yield
         return
+    # the signals that raise KeyboardInterrupt now (not one ignored, or with someone's own handler)
+    mine = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is signal.default_int_handler]
     pressed = []
 
     def handler(signum, frame):
         if pressed:
             raise KeyboardInterrupt
         pressed.append(signum)
-        D.log("\nCtrl-C: stopping once the training state is saved (Ctrl-C again to stop now)")
-    previous = signal.signal(signal.SIGINT, handler)
+        D.log(f"\n{'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}: stopping once the training state is "
+              f"saved (Ctrl-C again to stop now)")
+    previous = {s: signal.signal(s, handler) for s in mine}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
     if pressed:
         raise KeyboardInterrupt
 

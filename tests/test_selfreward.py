@@ -217,18 +217,19 @@ def weights(path):
     return load_file(os.path.join(path, "model.safetensors"))
 
 
-def kill_when(cmd, cwd, appears, timeout=300):
-    """Start cmd, SIGKILL it as soon as a path matching appears() exists."""
-    p = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    t0 = time.time()
-    while p.poll() is None and time.time() - t0 < timeout:
-        if appears():
-            p.send_signal(signal.SIGKILL)
-            p.wait()
-            return True
-        time.sleep(0.02)
-    p.wait()
-    return False
+def kill_when(cmd, cwd, appears, timeout=300, sig=signal.SIGKILL, log=os.devnull):
+    """Start cmd, send it sig (SIGKILL: no chance to say anything) as soon as
+    a path matching appears() exists; its stderr goes to the file `log`.
+    Returns whether it was killed so, and its exit status."""
+    with open(log, "w") as err:
+        p = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=err)
+        t0 = time.time()
+        while p.poll() is None and time.time() - t0 < timeout:
+            if appears():
+                p.send_signal(sig)
+                return True, p.wait()
+            time.sleep(0.02)
+        return False, p.wait()
 
 
 def test_resume_after_kills_equals_uninterrupted(micro_run, tmp_path):
@@ -236,14 +237,19 @@ def test_resume_after_kills_equals_uninterrupted(micro_run, tmp_path):
     run = tmp_path / "micro"
     cmd = command(tmp_path)
     # 1: inside training (M1's SFT has saved a resumable state)
-    assert kill_when(cmd, ROOT, lambda: os.path.exists(run / "train" / "M1" / "state"))
+    assert kill_when(cmd, ROOT, lambda: os.path.exists(run / "train" / "M1" / "state"))[0]
     assert not os.path.exists(run / "done" / "M1")
     # 2: inside generation (the first of 4 shards of iteration 1's prompt requests is written)
     assert kill_when(cmd, ROOT, lambda: os.path.isdir(run / "iter1") and any(
-        f.startswith("prompts_generated.part-") for f in os.listdir(run / "iter1")))
+        f.startswith("prompts_generated.part-") for f in os.listdir(run / "iter1")))[0]
     assert not os.path.exists(run / "done" / "iter1_prompts")
-    # 3: inside DPO's reference log-prob pass or training of M2
-    assert kill_when(cmd, ROOT, lambda: os.path.exists(run / "train" / "M2"))
+    # 3: a SIGTERM (a scheduler's preemption), taken as Ctrl-C: it says where it stopped, exit status 130
+    log = tmp_path / "sigterm.log"
+    judging = lambda: any(f.startswith("judgments.part-") for f in os.listdir(run / "iter1"))  # (iter1/ is there)
+    assert kill_when(cmd, ROOT, judging, sig=signal.SIGTERM, log=log) == (True, 130), log.read_text()[-2000:]
+    assert "interrupted in stage iter1_judgments; the same command resumes the run" in log.read_text()
+    # 4: inside DPO's reference log-prob pass or training of M2
+    assert kill_when(cmd, ROOT, lambda: os.path.exists(run / "train" / "M2"))[0]
     assert not os.path.exists(run / "done" / "M2")
     # resumed, not redone: what was finished before the last kill is not run again
     ran = stages_run(run_loop(tmp_path).stdout)

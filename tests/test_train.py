@@ -1406,25 +1406,35 @@ def test_a_trainer_refuses_a_tokenizer_larger_than_its_checkpoints_vocabulary(wo
         validate.check_training(c, 1, [], "train_sft.py")
 
 
-def test_ctrl_c_during_a_state_save_stops_once_the_state_is_saved(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_during_a_state_save_stops_once_the_state_is_saved(tmp_path, monkeypatch, signum):
     """torch's checkpoint writer turned a Ctrl-C into a CheckpointException (or
     a zip writer's RuntimeError) with a traceback: now the save finishes, then
-    the interrupt is raised, and the state saved is the one to resume from."""
+    the interrupt is raised, and the state saved is the one to resume from.
+    The same for a SIGTERM (a scheduler's preemption), which D.setup takes as
+    Ctrl-C: by default it would end the process in silence."""
     import signal
+    signum = getattr(signal, signum)
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     path = str(tmp_path / "state")
     save = T.dcp.save
 
     def interrupted_save(*a, **kw):
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C halfway through writing
+        os.kill(os.getpid(), signum)  # Ctrl-C (or a kill) halfway through writing
         return save(*a, **kw)
     monkeypatch.setattr(T.dcp, "save", interrupted_save)
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # (a background job may ignore Ctrl-C)
+    # (a background job may ignore Ctrl-C; SIGTERM as D.setup sets it)
+    before = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if signum == signal.SIGTERM:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            D.sigterm_as_ctrl_c()
+            assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler  # (else the kill ends pytest)
         with pytest.raises(KeyboardInterrupt):
             T.save_state(model, optimizer, 3, path, {"made_from": "x"})
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before after it
+        assert signal.getsignal(signum) is signal.default_int_handler  # a signal works as before after it
     finally:
-        signal.signal(signal.SIGINT, before)
+        for s, h in before.items():
+            signal.signal(s, h)
     assert T.load_state(model, optimizer, path, "x")[0] == 3
