@@ -568,17 +568,16 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, n, eos_id, see
     per_batch = max(1, batch_size // n)
     results = {}
     # rank 0's bar counts every rank's prompts: all shares run the same batches in step
-    bar = tqdm(total=len(prompts), desc="sampling", unit="prompt", disable=not progress or not D.is_rank0())
-    for b in range(0, n_share, per_batch):
-        idx = share[b:b + per_batch]
-        completions = _generate_batch(
-            model, decode, cache_class, [prompts[i] for i in idx], idx, P, prefix_cache, max_new_tokens,
-            temperature, top_p, n, eos_id, seed, world, check_every)
-        for j, i in enumerate(idx):
-            if b + j < real:
-                results[i] = completions[j * n:(j + 1) * n]
-        bar.update(min(len(prompts), (b + len(idx)) * shares) - bar.n)
-    bar.close()
+    with tqdm(total=len(prompts), desc="sampling", unit="prompt", disable=not progress or not D.is_rank0()) as bar:
+        for b in range(0, n_share, per_batch):
+            idx = share[b:b + per_batch]
+            completions = _generate_batch(
+                model, decode, cache_class, [prompts[i] for i in idx], idx, P, prefix_cache, max_new_tokens,
+                temperature, top_p, n, eos_id, seed, world, check_every)
+            for j, i in enumerate(idx):
+                if b + j < real:
+                    results[i] = completions[j * n:(j + 1) * n]
+            bar.update(min(len(prompts), (b + len(idx)) * shares) - bar.n)
 
     if world > 1:  # every rank gets everything
         gathered = [None] * world

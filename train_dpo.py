@@ -274,40 +274,39 @@ def dpo(c, env, fp):
         forget_state_missing_checkpoints(c, steps)
     optimizer, step, record = T.optimizer_and_resume(model, c, fp)  # step 0 and {} on a fresh start
     model.train()
-    bar = tqdm(total=steps, initial=step, disable=not (c.progress and D.is_rank0()), desc="dpo")
-    while step < steps:
-        if eval_set and step % c.eval_interval == 0:
-            T.log_metrics(c, {"step": step, **evaluate(model, eval_set, env, c, pad_id)})
-        t0 = time.time()
-        lr = T.begin_step(optimizer, step, steps, c, env)
-        batch, mine = T.step_batch(train_set, step, c, env)  # this step's pairs, this rank's part
-        mbs = T.micro_batches([(p, 1) for p in mine], c.micro_batch_size)
-        stats = dict.fromkeys(FIGURES, 0.0)
-        for i, mb in enumerate(mbs):
-            if env.fsdp:
-                model.set_requires_gradient_sync(i == len(mbs) - 1)
-            # each micro-batch's loss is its share of the mean over the GLOBAL
-            # batch; times world undoes FSDP's average over ranks
-            loss, s = dpo_sums(model, mb, env, c, pad_id, c.batch_size)
-            (loss * env.world).backward()
-            stats = add_up(stats, s)
-        record = summarize(env, stats)
-        T.check_finite(record["loss"], step + 1, c)  # (the step being taken)
-        grad_norm = T.clip_and_step(model, optimizer, c.grad_clip)
-        step += 1
-        bar.update(1)
+    with tqdm(total=steps, initial=step, disable=not (c.progress and D.is_rank0()), desc="dpo") as bar:
+        while step < steps:
+            if eval_set and step % c.eval_interval == 0:
+                T.log_metrics(c, {"step": step, **evaluate(model, eval_set, env, c, pad_id)})
+            t0 = time.time()
+            lr = T.begin_step(optimizer, step, steps, c, env)
+            batch, mine = T.step_batch(train_set, step, c, env)  # this step's pairs, this rank's part
+            mbs = T.micro_batches([(p, 1) for p in mine], c.micro_batch_size)
+            stats = dict.fromkeys(FIGURES, 0.0)
+            for i, mb in enumerate(mbs):
+                if env.fsdp:
+                    model.set_requires_gradient_sync(i == len(mbs) - 1)
+                # each micro-batch's loss is its share of the mean over the GLOBAL
+                # batch; times world undoes FSDP's average over ranks
+                loss, s = dpo_sums(model, mb, env, c, pad_id, c.batch_size)
+                (loss * env.world).backward()
+                stats = add_up(stats, s)
+            record = summarize(env, stats)
+            T.check_finite(record["loss"], step + 1, c)  # (the step being taken)
+            grad_norm = T.clip_and_step(model, optimizer, c.grad_clip)
+            step += 1
+            bar.update(1)
 
-        if step % c.log_interval == 0 or step == steps:
-            dt = time.time() - t0
-            n_seen = sum(len(p["chosen"][0]) + len(p["rejected"][0]) - 2 for p in batch)
-            mfu = estimate_mfu(model.args, n_params, n_seen / dt / env.world, n_seen / len(batch) / 2, c.peak_flops)
-            record.update(step=step, lr=lr, grad_norm=grad_norm.item(), tokens_per_s=n_seen / dt, mfu=mfu)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
-            T.log_metrics(c, record)
-        if c.keep_every and step % c.keep_every == 0 and step < steps:  # (the last step's is out_dir/model)
-            T.save_final(model, c, env, tok_path, checkpoint_folder(step))
-        T.end_step(model, optimizer, step, steps, c, {"record": record, "made_from": fp})  # every save_interval
-    bar.close()
+            if step % c.log_interval == 0 or step == steps:
+                dt = time.time() - t0
+                n_seen = sum(len(p["chosen"][0]) + len(p["rejected"][0]) - 2 for p in batch)
+                mfu = estimate_mfu(model.args, n_params, n_seen / dt / env.world, n_seen / len(batch) / 2, c.peak_flops)
+                record.update(step=step, lr=lr, grad_norm=grad_norm.item(), tokens_per_s=n_seen / dt, mfu=mfu)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
+                T.log_metrics(c, record)
+            if c.keep_every and step % c.keep_every == 0 and step < steps:  # (the last step's is out_dir/model)
+                T.save_final(model, c, env, tok_path, checkpoint_folder(step))
+            T.end_step(model, optimizer, step, steps, c, {"record": record, "made_from": fp})  # every save_interval
 
     if eval_set:
         record.update(evaluate(model, eval_set, env, c, pad_id))

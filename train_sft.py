@@ -175,41 +175,41 @@ def sft(c, env, fp):
     optimizer, step, record = T.optimizer_and_resume(model, c, fp)  # step 0 and {} on a fresh start
     loss = record.get("loss", float("nan"))  # the loss of the step resumed from (saved with the state)
     model.train()
-    bar = tqdm(total=steps, initial=step, disable=not (c.progress and D.is_rank0()), desc="sft")
-    while step < steps:
-        if eval_set and step % c.eval_interval == 0:
-            T.log_metrics(c, {"step": step, "eval_loss": evaluate(model, eval_set, env, c, pad_id)})
-        t0 = time.time()
-        lr = T.begin_step(optimizer, step, steps, c, env)
-        batch, mine = T.step_batch(train_set, step, c, env)  # this step's examples, this rank's part
-        mbs = [collate(mb, pad_id) for mb in T.micro_batches(mine, c.micro_batch_size)]
-        # the loss is sum / (response tokens in the GLOBAL batch): the same
-        # normaliser on every rank and micro-batch, so gradients just add up
-        n_tokens, = D.all_sum(env, sum((t != -100).sum().item() for _, t in mbs))
-        loss_sum = 0.0
-        for i, (tokens, targets) in enumerate(mbs):
-            if env.fsdp:  # reduce-scatter gradients only after the last micro-batch
-                model.set_requires_gradient_sync(i == len(mbs) - 1)
-            micro_loss = sft_loss_sum(model, tokens, targets, env)
-            # FSDP averages gradients over ranks; times world makes that a sum
-            (micro_loss / n_tokens * env.world).backward()
-            loss_sum += micro_loss.item()
-        loss = D.all_sum(env, loss_sum)[0] / n_tokens
-        T.check_finite(loss, step + 1, c)  # (step + 1: the step being taken)
-        grad_norm = T.clip_and_step(model, optimizer, c.grad_clip)
-        step += 1
-        bar.update(1)
+    with tqdm(total=steps, initial=step, disable=not (c.progress and D.is_rank0()), desc="sft") as bar:
+        while step < steps:
+            if eval_set and step % c.eval_interval == 0:
+                T.log_metrics(c, {"step": step, "eval_loss": evaluate(model, eval_set, env, c, pad_id)})
+            t0 = time.time()
+            lr = T.begin_step(optimizer, step, steps, c, env)
+            batch, mine = T.step_batch(train_set, step, c, env)  # this step's examples, this rank's part
+            mbs = [collate(mb, pad_id) for mb in T.micro_batches(mine, c.micro_batch_size)]
+            # the loss is sum / (response tokens in the GLOBAL batch): the same
+            # normaliser on every rank and micro-batch, so gradients just add up
+            n_tokens, = D.all_sum(env, sum((t != -100).sum().item() for _, t in mbs))
+            loss_sum = 0.0
+            for i, (tokens, targets) in enumerate(mbs):
+                if env.fsdp:  # reduce-scatter gradients only after the last micro-batch
+                    model.set_requires_gradient_sync(i == len(mbs) - 1)
+                micro_loss = sft_loss_sum(model, tokens, targets, env)
+                # FSDP averages gradients over ranks; times world makes that a sum
+                (micro_loss / n_tokens * env.world).backward()
+                loss_sum += micro_loss.item()
+            loss = D.all_sum(env, loss_sum)[0] / n_tokens
+            T.check_finite(loss, step + 1, c)  # (step + 1: the step being taken)
+            grad_norm = T.clip_and_step(model, optimizer, c.grad_clip)
+            step += 1
+            bar.update(1)
 
-        if step % c.log_interval == 0 or step == steps:
-            dt = time.time() - t0
-            n_seen = sum(len(ids) - 1 for ids, _ in batch)  # real (unpadded) tokens the model ran on
-            tps = n_seen / dt  # all ranks together
-            mfu = estimate_mfu(model.args, n_params, tps / env.world, n_seen / len(batch), c.peak_flops)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-            T.log_metrics(c, {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
-                              "tokens_per_s": tps, "mfu": mfu})
-        T.end_step(model, optimizer, step, steps, c, {"record": {"loss": loss}, "made_from": fp})  # every save_interval
-    bar.close()
+            if step % c.log_interval == 0 or step == steps:
+                dt = time.time() - t0
+                n_seen = sum(len(ids) - 1 for ids, _ in batch)  # real (unpadded) tokens the model ran on
+                tps = n_seen / dt  # all ranks together
+                mfu = estimate_mfu(model.args, n_params, tps / env.world, n_seen / len(batch), c.peak_flops)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                T.log_metrics(c, {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
+                                  "tokens_per_s": tps, "mfu": mfu})
+            # (every save_interval steps: the training state)
+            T.end_step(model, optimizer, step, steps, c, {"record": {"loss": loss}, "made_from": fp})
 
     eval_loss = evaluate(model, eval_set, env, c, pad_id) if eval_set else None
     if eval_set:

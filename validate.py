@@ -13,6 +13,7 @@ Only what can be known before the first stage is checked here: files that
 the loop writes itself (the toy seed, M1 ...) are checked by the stage that
 reads them.
 """
+import difflib
 import math
 import os
 import re
@@ -302,6 +303,12 @@ def check_loop(c, world):
         if value not in ("", *keywords) and within(value, run):
             p.add(f"{setting}: {value} is inside the run folder {run}, which this run writes: copy it out, "
                   f"or give another run_name")
+    # which world the run is in: the toy one, or a folder of real seed data. A seed_data that is neither
+    # (a typo, most often) is one problem; the checks that ask which world this is (a grader, the toy
+    # world's own settings, init_from='scratch') would each add one that follows from it, so they wait
+    toy_world = c.seed_data == "toy"
+    real_world = not toy_world and os.path.isdir(c.seed_data) and any(
+        os.path.exists(os.path.join(c.seed_data, f)) for f in SEED_FILES)
     # ranges
     for s in ("n_eft_train", "n_eft_eval"):
         p.at_least(s, 2)  # a toy EFT set is made of groups of 2 or more responses
@@ -354,7 +361,7 @@ def check_loop(c, world):
     # M0 and the other models given: generation must fit in their context, tensor parallelism their heads
     models = {}  # setting -> the model's ModelArgs
     if c.init_from == "scratch":
-        p.require(c.seed_data == "toy", "init_from", "'scratch' pretrains a toy base model; with real seed "
+        p.require(not real_world, "init_from", "'scratch' pretrains a toy base model; with real seed "
                   "data, give init_from a pretrained checkpoint folder")
         if p.require(c.model in PRESETS, "model", f"no such preset; presets: {', '.join(PRESETS)}"):
             models["init_from"] = PRESETS[c.model]
@@ -380,11 +387,12 @@ def check_loop(c, world):
 
     # input files
     eft_eval = []  # a real seed's EFT eval groups (the eft_judgments check reads them)
-    if c.seed_data != "toy":
-        if not os.path.isdir(c.seed_data) or not any(os.path.exists(os.path.join(c.seed_data, f)) for f in SEED_FILES):
+    if not toy_world:
+        if not real_world:
             what = "is a file" if os.path.isfile(c.seed_data) else "holds none of the seed files" \
                 if os.path.isdir(c.seed_data) else "is not a folder here"
-            p.add(f"seed_data: {c.seed_data} {what} ('toy', or a folder with {', '.join(SEED_FILES)}; "
+            meant = "; did you mean 'toy'?" if difflib.get_close_matches(c.seed_data.lower(), ["toy"]) else ""
+            p.add(f"seed_data: {c.seed_data} {what}{meant} ('toy', or a folder with {', '.join(SEED_FILES)}; "
                   "python -m data.prepare_oasst writes one from oasst1's messages)")
         else:
             ift = p.jsonl("seed_data", os.path.join(c.seed_data, "ift.jsonl"), seed_ift_record)
@@ -417,20 +425,20 @@ def check_loop(c, world):
                 continue
             if setting == "eft_judgments" and eft_eval:  # (a real seed's, read above)
                 usable_judgments(p, c, *got, eft_eval)
-    p.require(not (c.eft_judgments and c.seed_data == "toy"), "eft_judgments", "supplies judgments for EFT "
+    p.require(not (c.eft_judgments and toy_world), "eft_judgments", "supplies judgments for EFT "
               "groups (real seed data); the toy seed's EFT training records are already targets")
     if p.require(c.pair_by in ("judge", "grader", "right", "coin"), "pair_by", "must be 'judge' (the paper), "
                  "'grader' or 'right' (toy: controls with a perfect judge) or 'coin' (a control with no preference)"):
-        p.require(c.pair_by in ("judge", "coin") or c.seed_data == "toy", "pair_by", "is for the toy world; "
+        p.require(c.pair_by in ("judge", "coin") or not real_world, "pair_by", "is for the toy world; "
                   "real seed data has no grader")
     if p.require(c.meta_pair_by in ("meta", "grader"), "meta_pair_by", "must be 'meta' (Wu et al.) or 'grader' "
                  "(toy: a control with a perfect meta-judge)"):
-        p.require(c.meta_pair_by == "meta" or (c.meta_judge and c.seed_data == "toy"), "meta_pair_by",
+        p.require(c.meta_pair_by == "meta" or (c.meta_judge and not real_world), "meta_pair_by",
                   "'grader' is for the toy world with meta_judge=True; real seed data has no grader")
-    p.require(not (c.eft_own_answers and c.seed_data != "toy"), "eft_own_answers", "is for the toy world, whose "
+    p.require(not (c.eft_own_answers and real_world), "eft_own_answers", "is for the toy world, whose "
               "grader judges the answers; real seed data has no grader")
     if p.at_least("dpo_pick_every", 0) and c.dpo_pick_every:
-        p.require(c.seed_data == "toy", "dpo_pick_every", "is for the toy world, whose grader stands in for the "
+        p.require(not real_world, "dpo_pick_every", "is for the toy world, whose grader stands in for the "
                   "paper's external judge in choosing a checkpoint; with real seed data each iteration keeps its last step")
         p.at_least("n_valid", 1)
     # settings read only by what the toy world alone makes (its seed, its M0): where that is not made, a
@@ -439,6 +447,8 @@ def check_loop(c, world):
     # module `selfreward`: the same definitions, and it runs nothing.)
     from selfreward import DEFAULTS, TOY_ONLY
     for (setting, value), names in TOY_ONLY.items():
+        if setting == "seed_data" and not (toy_world or real_world):
+            continue  # (seed_data is itself refused above)
         for s in names:
             p.require(getattr(c, setting) == value or getattr(c, s) == DEFAULTS[s], s, f"is read only with "
                       f"{setting}={value!r}, which this run does not have: it would change nothing; leave it at "

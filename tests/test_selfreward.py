@@ -1208,6 +1208,12 @@ def test_input_errors_say_what_to_give_instead(tmp_path, micro_run):
         found = [x for x in validate.check_loop(c, 1).found if x.startswith("seed_data")]
         assert found == [f"seed_data: {given} {said} ('toy', or a folder with ift.jsonl, eft_train.jsonl, "
                          "eft_eval.jsonl; python -m data.prepare_oasst writes one from oasst1's messages)"]
+    # a typo in 'toy' is the one problem said, with the word meant: not also init_from='scratch' refused for
+    # real seed data, nor the toy world's settings the config changes (micro's n_ift, ...) as unread
+    c = configurator.settings(S.DEFAULTS, {**MICRO, "seed_data": "tyo"})
+    assert validate.check_loop(c, 1).found == ["seed_data: tyo is not a folder here; did you mean 'toy'? ('toy', or "
+                                               "a folder with ift.jsonl, eft_train.jsonl, eft_eval.jsonl; python -m "
+                                               "data.prepare_oasst writes one from oasst1's messages)"]
     run, _ = micro_run
     with pytest.raises(FileNotFoundError) as e:
         checkpoint.read_config(run)
