@@ -378,6 +378,8 @@ def check_loop(c, world):
                 models[setting] = args
             if args and setting == "init_from":
                 judge_room(p, c, args, tok)
+                from selfreward import DEFAULTS  # (imported here: see TOY_ONLY's check below)
+                model_beside_checkpoint(p, c, args, DEFAULTS["model"])
     for setting, args in models.items():  # (a prompt writer of its own only writes prompts)
         for s in ("max_prompt_tokens",) + (("max_response_tokens", "max_judge_tokens", "max_meta_tokens")
                                           if setting != "prompt_writer" else ()):
@@ -458,6 +460,21 @@ def check_loop(c, world):
     p.require(c.judge_quotes or not c.quote_first or c.seed_data != "toy", "quote_first",
               "orders judge_quotes' quotes: set judge_quotes=True too, or leave quote_first off")
     return p
+
+
+def model_beside_checkpoint(p, c, args, default):
+    """`model` names the preset for init_from='scratch' (and the shape
+    --plan_only plans before init_from's folder is there); beside a
+    checkpoint, whose config.json gives the shape (args), nothing reads it.
+    Changed from its default to a shape other than the checkpoint's, it
+    would change nothing: said, as for the toy world's settings. A config
+    that names its checkpoint's own preset (config/llama2_70b_oasst.py) is
+    fine."""
+    shape = lambda a: (a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.hidden_dim, a.vocab_size)
+    p.require(c.model == default or (c.model in PRESETS and shape(PRESETS[c.model]) == shape(args)), "model",
+              f"is read only with init_from='scratch' (and by --plan_only before init_from is there), and "
+              f"init_from's checkpoint is another shape (dim {args.dim}, {args.n_layers} layers, vocabulary "
+              f"{args.vocab_size}): it would change nothing; leave it at {default!r}, or name the checkpoint's preset")
 
 
 def within(path, folder):
@@ -544,6 +561,9 @@ def check_training(c, world, fields, script, check_record=None):
     else:
         # (train_sft's plain-text training writes no chats)
         args, _ = check_checkpoint(p, "init_from", c.init_from, c.chat_template, getattr(c, "template", "") != "text")
+        if args and "model" in vars(c):  # (SFT's; DPO has no model setting)
+            from train_sft import DEFAULTS  # (imported here: train_sft imports this module)
+            model_beside_checkpoint(p, c, args, DEFAULTS["model"])
     if c.tokenizer and p.require(os.path.exists(c.tokenizer), "tokenizer", "no such file or folder"):
         try:  # it parses (and, over a checkpoint, fits its embedding: the check training.start makes)
             check_tokenizer(c.tokenizer, args, c.init_from) if args else Tokenizer(c.tokenizer)

@@ -512,6 +512,21 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
         "pretrain_lr = 0.001: is read only with init_from='scratch', which this run does not have: "
         "it would change nothing; leave it at 0.002"]
     assert problems(max_judge_tokens=32, n_ift=3200, vocab_size=2048) == []  # at their defaults, named or not
+    # `model` is the shape of init_from='scratch': beside a checkpoint of another shape it changes nothing
+    assert problems(max_judge_tokens=32, model="toy-large") == [
+        "model = 'toy-large': is read only with init_from='scratch' (and by --plan_only before init_from is "
+        "there), and init_from's checkpoint is another shape (dim 64, 2 layers, vocabulary 32000): it would change "
+        "nothing; leave it at 'toy-small', or name the checkpoint's preset"]
+    assert problems(max_judge_tokens=32, model="toy-small") == []  # its default
+    p = validate.Problems(configurator.settings(S.DEFAULTS, {"model": "toy-large"}))
+    validate.model_beside_checkpoint(p, p.c, preset("toy-large"), "toy-small")  # the checkpoint's own preset
+    assert p.found == []
+    import train_sft  # the same in train_sft.py, whose default is 'toy'
+    (tmp_path / "sft.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
+    c = configurator.settings(train_sft.DEFAULTS, {"init_from": str(tmp_path / "ckpt"), "model": "llama2-7b",
+                                                   "data": str(tmp_path / "sft.jsonl"), "out_dir": str(tmp_path / "o")})
+    with pytest.raises(validate.BadInput, match=r"model = 'llama2-7b': is read only .* leave it at 'toy'"):
+        validate.check_training(c, 1, ["prompt", "response"], "train_sft.py")
     # an EFT eval prompt among the EFT training groups: M1's judge would be evaluated on what it learned
     (seed / "eft_train.jsonl").write_text('{"prompt": "Eft_eval", "responses": ["x", "y"], "ranks": [0, 1]}\n')
     assert problems(max_judge_tokens=32) == [
