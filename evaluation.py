@@ -45,7 +45,7 @@ def read_eval_prompts(path):
         try:
             records = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+            raise ValueError(f"{path}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at byte {e.start}; "
                              f"save the file as UTF-8)") from None

@@ -25,7 +25,7 @@ import evaluation as E
 import judge as J
 from checkpoint import check_hf_tensors, check_tokenizer, meta_shards, planned_args, read_config
 from configurator import set_in_file
-from data import SEED_FILES, read_jsonl, toy, unwritable
+from data import SEED_FILES, fields_of, read_jsonl, toy, unwritable
 from model import PRESETS, Transformer
 from tokenizer import TEMPLATES, Tokenizer, chat_prompt_ids, conversation_problem
 
@@ -145,8 +145,8 @@ def sft_record(rec):
             return "a conversation without an assistant message has nothing to learn"
         return None
     if not (isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str)):
-        return "needs string fields prompt and response, or a messages list" + \
-            (" (a plain document, {\"text\"}: template='text')" if isinstance(rec.get("text"), str) else "")
+        text = "; a plain document, {\"text\"}, is template='text'" if isinstance(rec.get("text"), str) else ""
+        return f"needs string fields prompt and response, or a messages list (this record has {fields_of(rec)}{text})"
     return blank(rec, ("prompt", "response"))
 
 
@@ -160,8 +160,8 @@ def seed_ift_record(rec):
     """The loop's IFT seed: prompt and response, not a conversation (its
     prompts are the prompt writer's few-shot examples)."""
     if not (isinstance(rec.get("prompt"), str) and isinstance(rec.get("response"), str)):
-        return ("needs string fields prompt and response (the loop's seed prompts are the prompt writer's "
-                "examples; a messages list is for train_sft.py on its own)")
+        return (f"needs string fields prompt and response (this record has {fields_of(rec)}; the loop's seed "
+                f"prompts are the prompt writer's examples, and a messages list is for train_sft.py on its own)")
     return blank(rec, ("prompt", "response"))
 
 

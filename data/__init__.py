@@ -19,6 +19,12 @@ import os
 SEED_FILES = ["ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"]  # every seed's (the toy world writes two more)
 
 
+def fields_of(rec):
+    """A record's fields as an error message lists them: 'instruction, output', a
+    field that holds no string with its type, 'chosen (list)'; 'no fields'."""
+    return ", ".join(k if isinstance(v, str) else f"{k} ({type(v).__name__})" for k, v in rec.items()) or "no fields"
+
+
 def read_jsonl(path, fields=(), allow_empty=True, check=None):
     """All records of a JSON Lines file, each a JSON object with string values
     for `fields` (and for which check(record), if given, returns None rather
@@ -38,18 +44,21 @@ def read_jsonl(path, fields=(), allow_empty=True, check=None):
                                  f"{e.start + 1}; save the file as UTF-8)") from None
             if not line.strip():
                 continue
+            # a JSON array (a file json.dump wrote) is the common mistake: JSON Lines is one object a line
+            array = " (the file looks like one JSON array: JSON Lines is one object per line)" \
+                if lineno == 1 and line.lstrip().startswith("[") else ""
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
                 # (some of json's messages end in "at", as "Invalid control character at")
                 what = e.msg.removesuffix(" at")
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({what} at column {e.colno})") from None
+                raise ValueError(f"{path}:{lineno}: malformed JSON ({what} at column {e.colno}){array}") from None
             if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, found {type(rec).__name__}")
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, found {type(rec).__name__}{array}")
             bad = [k for k in fields if not isinstance(rec.get(k), str)]
             if bad:
                 raise ValueError(f"{path}:{lineno}: missing or non-string field(s): {', '.join(bad)} "
-                                 f"(each record needs {', '.join(fields)})")
+                                 f"(each record needs {', '.join(fields)}; this one has {fields_of(rec)})")
             why = check(rec) if check else None
             if why:
                 raise ValueError(f"{path}:{lineno}: {why}")

@@ -153,6 +153,9 @@ def test_bad_eval_prompt_files_name_the_record(tmp_path):
     (tmp_path / "latin.json").write_bytes(b'[{"instruction": "caf\xe9"}]')
     with pytest.raises(ValueError, match=r"latin.json: not UTF-8 text \(byte 0xe9"):
         E.read_eval_prompts(str(tmp_path / "latin.json"))
+    (tmp_path / "comma.json").write_text('[{"instruction": "a"}, {"instruction": "b"},]')  # on one line: a column
+    with pytest.raises(ValueError, match=r"comma.json: malformed JSON \(Expecting value at line 1, column 45\)"):
+        E.read_eval_prompts(str(tmp_path / "comma.json"))
     (tmp_path / "c.json").write_text("[]")
     with pytest.raises(ValueError, match="empty"):
         E.read_eval_prompts(str(tmp_path / "c.json"))

@@ -575,7 +575,8 @@ def test_empty_or_malformed_seed_data(tmp_path):
     (seed / "ift.jsonl").write_text('{"messages": [{"role": "user", "content": "a"}, '
                                     '{"role": "assistant", "content": "b"}]}\n')
     err = run_fails(command(tmp_path, run="m3", seed_data=str(seed), init_from=str(tmp_path)))
-    assert "ift.jsonl:1: needs string fields prompt and response (the loop's seed prompts" in err
+    assert "ift.jsonl:1: needs string fields prompt and response (this record has messages (list); the loop's seed " \
+           "prompts" in err
 
 
 def test_more_iterations_extend_a_finished_run(micro_run, tmp_path):
@@ -1256,8 +1257,12 @@ def test_input_errors_say_what_to_give_instead(tmp_path, micro_run):
     c = configurator.settings(S.DEFAULTS, {"prompt_writer": str(writer), "max_prompt_tokens": 90})
     assert validate.check_loop(c, 1).found == ["max_prompt_tokens = 90: must be below the context of prompt_writer's "
                                                "model (max_seq_len 80)"]
-    assert validate.sft_record({"text": "A document."}).endswith("(a plain document, {\"text\"}: template='text')")
-    assert validate.sft_record({"prompt": "Hi."}) == "needs string fields prompt and response, or a messages list"
+    assert validate.sft_record({"text": "A document."}) == "needs string fields prompt and response, or a messages " \
+        "list (this record has text; a plain document, {\"text\"}, is template='text')"
+    # the fields the record has, so that a renamed one is seen at once (Alpaca's instruction/output)
+    assert validate.sft_record({"instruction": "Hi.", "output": "Hello.", "id": 3}) == "needs string fields prompt " \
+        "and response, or a messages list (this record has instruction, output, id (int))"
+    assert validate.sft_record({}).endswith("(this record has no fields)")
 
 
 # --- the toy seed data: python -m data.toy writes what the loop writes ---------------

@@ -138,8 +138,18 @@ def test_read_jsonl_names_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"bad.jsonl:1: malformed JSON \(Invalid control character at column 14\)"):
         read_jsonl(str(bad), ["prompt"])
     bad.write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": "a"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:3: missing or non-string field\(s\): response"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:3: missing or non-string field\(s\): response \(each record "
+                                         r"needs prompt, response; this one has prompt\)$"):
         read_jsonl(str(bad), ["prompt", "response"])
+    bad.write_text('{"prompt": "a", "chosen": ["x"]}\n')  # a field of another type is named with it
+    with pytest.raises(ValueError, match=r"field\(s\): chosen, rejected .* this one has prompt, chosen \(list\)\)$"):
+        read_jsonl(str(bad), ["prompt", "chosen", "rejected"])
+    # a JSON array, as json.dump writes a list: said, whether on one line or many
+    for text in ('[{"prompt": "a"}, {"prompt": "b"}]\n', '[\n {"prompt": "a"}\n]\n'):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=r"bad.jsonl:1: .* \(the file looks like one JSON array: JSON Lines is "
+                                             r"one object per line\)$"):
+            read_jsonl(str(bad), ["prompt"])
     bad.write_bytes('{"prompt": "café"}\n'.encode() + '{"prompt": "café"}\n'.encode("latin-1"))
     with pytest.raises(ValueError, match=r"bad.jsonl:2: not UTF-8 text \(byte 0xe9 at column 16"):
         read_jsonl(str(bad), ["prompt"])
@@ -186,7 +196,8 @@ def test_bad_training_settings_are_listed_together_before_any_work(work, tmp_pat
                     "rpo_alpha = -1.0: must be >= 0",
                     "batch_size = 7: must divide by the number of ranks (1) x micro_batch_size (2)",
                     f"init_from: checkpoint folder not found: {tmp_path / 'nowhere'}",
-                    f"data: {work / 'sft.jsonl'}:1: missing or non-string field(s): chosen, rejected"]:
+                    f"data: {work / 'sft.jsonl'}:1: missing or non-string field(s): chosen, rejected (each record "
+                    f"needs prompt, chosen, rejected; this one has prompt, response)"]:
         assert problem in text, (problem, text)
     assert not (tmp_path / "out").exists()
 
