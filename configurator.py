@@ -128,9 +128,19 @@ class UnknownSetting(ConfigError):
     """A key that is none of the script's settings (apply lists the valid ones once)."""
 
 
+def _meant(key, settings):
+    """The settings a key that is none of them may mean: close spellings,
+    after the short names settings use (lr for learning_rate, n_ for num_:
+    --sft_learning_rate is sft_lr), else the settings it begins or is a word
+    of (--lr: sft_lr, dpo_lr, ...; --temp: temperature)."""
+    short = key.lower().replace("learning_rate", "lr").replace("num_", "n_")
+    return difflib.get_close_matches(short, settings, n=3) or \
+        [s for s in settings if short in s.split("_") or s.startswith(short)][:4]
+
+
 def _check(key, value, settings, source):
     if key not in settings:
-        near = difflib.get_close_matches(key, settings, n=3) or difflib.get_close_matches(key.lower(), settings, n=3)
+        near = _meant(key, settings)
         hint = f" Did you mean {' or '.join(near)}?" if near else ""
         raise UnknownSetting(f"{source}: unknown setting {key!r}.{hint}")
     default = settings[key]

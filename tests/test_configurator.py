@@ -171,6 +171,12 @@ def test_a_config_file_in_another_format_or_a_setting_without_dashes_is_an_error
             apply(defaults(), [arg])
     with pytest.raises(ConfigError, match=r"unknown setting 'BATCH_SIZE'. Did you mean batch_size\?"):
         apply(defaults(), ["--BATCH_SIZE=3"])
+    # the settings' short names: learning_rate is lr, num_ is n_; a part of a name finds the names
+    loop = {"sft_lr": 1e-5, "dpo_lr": 1e-6, "n_candidates": 4, "seed": 1}
+    for arg, meant in (("--sft_learning_rate=1e-3", "sft_lr"), ("--num_candidates=8", "n_candidates"),
+                       ("--lr=1", "sft_lr or dpo_lr")):
+        with pytest.raises(ConfigError, match=rf"unknown setting '{arg[2:arg.index('=')]}'. Did you mean {meant}\?"):
+            apply(loop, [arg])
 
 
 def test_script_help_and_exit_codes(tmp_path):
