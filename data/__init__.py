@@ -15,6 +15,7 @@ import errno
 import hashlib
 import json
 import os
+import tempfile
 
 SEED_FILES = ["ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"]  # every seed's (the toy world writes two more)
 
@@ -81,6 +82,12 @@ def unwritable(folder):
         return f"{there} is a file, not a folder"
     if not os.access(there, os.W_OK | os.X_OK):  # (access says EROFS for a read-only mount, even to root)
         return f"cannot write in {there}: no permission, or a read-only file system"
+    try:  # and a real try: to root, access says yes where only the file system can say no (/proc, /sys)
+        fd, probe = tempfile.mkstemp(dir=there, prefix=".write-check-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        return f"cannot make a file in {there} ({e.strerror})"
     return None
 
 

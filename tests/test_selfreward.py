@@ -437,6 +437,12 @@ def test_a_folder_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and p != str(tmp_path / "ro"))
     assert (f"out_root = '{tmp_path / 'ro' / 'runs'}': cannot write in {tmp_path / 'ro'}: no permission, or a "
             f"read-only file system") in validate.check_loop(c, 1).found
+    # where access says yes and the file system no (root, /proc): a file is made and removed to find out
+    if os.access("/proc", os.W_OK):  # (as root, as CI runs)
+        c = configurator.settings(S.DEFAULTS, {"out_root": "/proc/runs"})
+        assert [x for x in validate.check_loop(c, 1).found if x.startswith("out_root")] == [
+            "out_root = '/proc/runs': cannot make a file in /proc (No such file or directory)"]
+    assert not [f for f in os.listdir(tmp_path / "ro") if f.startswith(".write-check-")]  # (none left behind)
 
 
 def test_bad_inputs_of_a_new_run_are_refused_before_the_folder_exists(tmp_path):
