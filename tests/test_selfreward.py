@@ -1348,29 +1348,50 @@ def test_generation_shards_of_other_settings_are_not_reused(tmp_path):
     assert calls == [0, 1, 2]
     calls.clear()
     work_b = lambda chunk, shard: calls.append(shard) or [{"x": x, "by": "B"} for x in chunk]
-    out = generate_sharded(r, "out", list(range(5)), 2, work_b)  # B again: its two parts are reused
+    seen = []  # replay: the records of the parts reused, in order (the state later shards depend on)
+    out = generate_sharded(r, "out", list(range(5)), 2, work_b, replay=seen.extend)  # B again: its two parts reused
     assert calls == [2] and out == [{"x": x, "by": "B"} for x in range(5)]
+    assert seen == out[:4]
     assert sorted(os.listdir(tmp_path)) == ["out.jsonl", "settings.json"]
 
 
-def test_an_input_file_edited_in_place_redoes_its_stage_and_those_after(tmp_path):
+def test_sub_seeds_differ_by_the_runs_seed_and_by_name():
+    """Each piece of work draws from its own seed: another run seed gives
+    other sub-seeds, and a thousand names a thousand different ones."""
+    from run_folder import sub_seed
+    assert sub_seed(1, "sft", "M1") != sub_seed(2, "sft", "M1")
+    assert sub_seed(1, "sft", "M1") == sub_seed(1, "sft", "M1")  # the same piece of work: the same seed
+    assert len({sub_seed(1337, "sft", f"M{i}") for i in range(1000)}) == 1000
+
+
+def test_an_input_file_edited_in_place_redoes_its_stage_and_those_after(tmp_path, capsys):
     """A stage is made from its input files' contents, not their names: the
-    same path with other contents redoes it and the stages after it."""
+    same path with other contents redoes it and the stages after it, and says
+    which file changed. Two files whose contents swap are two changes (the
+    same contents in all, but not under the same names)."""
     from run_folder import Run
     import distributed as D
-    seed, ran = tmp_path / "seed.jsonl", []
+    seed, other, ran = tmp_path / "seed.jsonl", tmp_path / "other.jsonl", []
     seed.write_text('{"prompt": "a"}\n')
+    other.write_text('{"prompt": "z"}\n')
 
     def run():
         r = Run(str(tmp_path / "run"), types.SimpleNamespace(), D.Env())
-        r.stage("first", lambda: ran.append("first"), files=[str(seed)])
+        r.stage("first", lambda: ran.append("first"), files=[str(seed), str(other)])
         r.stage("second", lambda: ran.append("second"), after=["first"])
     run()
     run()
     assert ran == ["first", "second"]
     seed.write_text('{"prompt": "b"}\n')
+    capsys.readouterr()
     run()
     assert ran == ["first", "second", "first", "second"]
+    assert f"=== first (again: {seed} changed)" in capsys.readouterr().out
+    seed.write_text('{"prompt": "z"}\n')
+    other.write_text('{"prompt": "b"}\n')
+    run()
+    assert ran == ["first", "second"] * 3
+    assert f"=== first (again: {seed} changed, {other} changed)" in capsys.readouterr().out
 
 
 def test_a_setting_added_later_at_its_default_redoes_nothing(tmp_path):

@@ -221,6 +221,15 @@ def test_data_order_depends_only_on_seed_and_step():
     assert a != [T.batch_indices(s, 16, 40, seed=4) for s in range(5)]
 
 
+def test_hold_out_leaves_at_least_one_item_on_each_side():
+    """A fraction that rounds to no item still holds one out (an eval set that
+    was asked for); one that rounds to every item still leaves one to train on."""
+    train, held = T.hold_out(list(range(10)), 0.05, 0)  # round(0.5) = 0: one all the same
+    assert len(held) == 1 and len(train) == 9 and sorted(train + held) == list(range(10))
+    train, held = T.hold_out([0, 1], 0.75, 0)  # round(1.5) = 2 of 2: one is left to train on
+    assert len(train) == 1 and len(held) == 1
+
+
 # -----------------------------------------------------------------------------
 # SFT: the loss sees response tokens only
 
@@ -315,6 +324,27 @@ def test_sft_loss_sum_by_hand():
     assert model.table.grad is not None and model.table.grad.abs().sum() > 0
 
 
+def test_sft_eval_loss_is_per_response_token_by_hand():
+    """The eval loss is the summed cross-entropy over every held-out response
+    token divided by their count (3 + 7 = 10), not a mean over the examples."""
+    model = LogitTable(8)
+    a, b = ([1, 4, 5, 6, 7, 2], 3), ([1, 4, 3, 5, 6, 7, 3, 5, 2], 2)  # responses of 3 and 7 tokens
+    c = types.SimpleNamespace(micro_batch_size=2)
+    with torch.no_grad():
+        total = sum(train_sft.sft_loss_sum(model, *train_sft.collate([x], 0), D.Env()).item() for x in (a, b))
+        assert train_sft.evaluate(model, [a, b], D.Env(), c, 0) == pytest.approx(total / 10, rel=1e-6)
+
+
+def test_the_text_template_learns_every_token_after_the_first(toy_tokenizer_path):
+    """template='text' (plain documents): every token is a target but BOS,
+    which nothing predicts; no position is masked."""
+    tok = Tokenizer(toy_tokenizer_path)
+    (ids, spans), = train_sft.tokenize(tok, [{"text": "the quick brown fox"}], 64, "x", "text")
+    assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+    tokens, targets = train_sft.collate([(ids, spans)], tok.eos_id)
+    assert tokens[0].tolist() == ids[:-1] and targets[0].tolist() == ids[1:]
+
+
 def test_sft_trains_and_saves_hf_layout(sft_single, work):
     curve = losses(sft_single)
     assert len(curve) == 4 and curve[-1] < curve[0]
@@ -372,6 +402,27 @@ def test_too_long_examples_are_skipped_and_counted(work, tmp_path, capsys):
     data.write_text(lines[-1] + "\n")
     with pytest.raises(validate.BadInput, match="every example is longer"):  # (the command line: exit status 2)
         train_sft.train({**cfg, "out_dir": str(tmp_path / "out2")})
+    # a max_seq_len above the model's context (128) is the model's: the long example is still skipped
+    data.write_text("\n".join(lines) + "\n")
+    train_sft.train({**cfg, "out_dir": str(tmp_path / "out3"), "max_seq_len": 1280})
+    assert "skipped 1 of 9 examples longer than 128 tokens" in capsys.readouterr().out
+
+
+def test_an_example_of_n_tokens_fits_max_seq_len_n_minus_1(toy_tokenizer_path):
+    """The model reads ids[:-1] (the last token is only a target): an example
+    or pair of n tokens fits max_seq_len n - 1, and not n - 2."""
+    tok = Tokenizer(toy_tokenizer_path)
+    rec = {"prompt": "reverse the fox", "response": "fox the"}
+    n = len(chat_tokens(tok, rec["prompt"], rec["response"])[0])
+    assert len(train_sft.tokenize(tok, [rec], n - 1, "x")) == 1
+    with pytest.raises(validate.BadInput, match="every example is longer"):
+        train_sft.tokenize(tok, [rec], n - 2, "x")
+    pair = {"prompt": "reverse the fox", "chosen": "fox the", "rejected": "the fox the fox the fox"}
+    n = len(chat_tokens(tok, pair["prompt"], pair["rejected"])[0])  # the longer of the two
+    assert n > len(chat_tokens(tok, pair["prompt"], pair["chosen"])[0])
+    assert len(train_dpo.tokenize_pairs(tok, [pair], n - 1, "x")) == 1
+    with pytest.raises(validate.BadInput, match="every pair is longer"):
+        train_dpo.tokenize_pairs(tok, [pair], n - 2, "x")
 
 
 def test_too_long_pairs_are_skipped_and_counted(work, tmp_path, capsys):
@@ -707,6 +758,10 @@ def test_rpo_adds_the_chosen_responses_nll_per_token(work):
     assert rpo.item() == pytest.approx(plain.item() + 0.5 * nll, rel=1e-5)
     assert train_dpo.summarize(D.Env(), rpo_stats)["nll_loss"] == pytest.approx(nll, rel=1e-5)  # logged either way
     assert train_dpo.summarize(D.Env(), plain_stats)["nll_loss"] == pytest.approx(nll, rel=1e-5)
+    # a filler (weight 0, training.split_even's) adds nothing to the NLL's sum, as to every other figure
+    with torch.no_grad():
+        _, padded = train_dpo.dpo_sums(model, [(pair, 1), (pair, 0)], D.Env(), c, tok.eos_id, 1)
+    assert padded == pytest.approx(rpo_stats, rel=1e-5)
     # the rewards do not change: the NLL is a second term, not a new reward
     rewards = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
     assert [rpo_stats[k] for k in rewards] == [plain_stats[k] for k in rewards]
@@ -899,6 +954,31 @@ def test_a_kept_checkpoint_that_is_gone_is_made_again(work, capsys):
     assert max((load_model(kept).state_dict()[k] - v).abs().max().item() for k, v in before.items()) == 0
 
 
+def test_a_state_saved_at_a_kept_step_is_not_resumed_without_that_steps_checkpoint(work, capsys, monkeypatch):
+    """Killed after step 2, whose state was saved just after its checkpoint:
+    with that checkpoint deleted the state is not resumed (its step kept one),
+    and every checkpoint the run returns is there."""
+    cfg = dpo_config(work, work / "dpo_gone_at_2", keep_every=2)  # save_interval 2, 4 steps
+    real = T.end_step
+
+    def killed_after_step_2(model, optimizer, step, *rest):
+        real(model, optimizer, step, *rest)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "end_step", killed_after_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_dpo.train(cfg)
+    monkeypatch.undo()
+    assert json.load(open(work / "dpo_gone_at_2" / "state" / "state.json"))["step"] == 2
+    shutil.rmtree(work / "dpo_gone_at_2" / "checkpoints" / "step-2")
+    capsys.readouterr()
+    result = train_dpo.train(cfg)
+    out = capsys.readouterr().out
+    assert "note: the checkpoint of step 2 is gone: not resuming from" in out and "resumed from" not in out
+    assert [s for s, _ in result["checkpoints"]] == [2, 4] and all(os.path.isdir(f) for _, f in result["checkpoints"])
+
+
 def test_killed_after_the_last_step_the_rerun_returns_that_steps_metrics(work):
     """Killed after the last step's state was saved (before or while the model
     is written out): the rerun has no step left to run, and still returns the
@@ -1054,6 +1134,7 @@ def test_memory_plan_70b(capsys):
     assert plan["rows"]["activations (checkpointed)"] == 2048 * (80 * 2 * 8192 + 413_960 + 66_576)
     assert plan["rows"]["logits and their fp32 loss"] == 2048 * 32000 * (2 + 4 + 4)  # bf16, log-softmax, its grad
     assert plan["total"] == pytest.approx(29.46e9, rel=1e-3) and "needs at least 20 GPUs" in text
+    assert "needs at least 20 GPUs (3 nodes of 8)" in text  # 20 / 8 rounded up: 2 nodes hold only 16
 
 
 def test_memory_plans_count_the_parameters_a_model_has():
@@ -1248,6 +1329,31 @@ def test_a_state_left_behind_by_a_kill_does_not_stop_the_next_save(tmp_path):
     T.save_state(model, optimizer, 2, path, {"made_from": "x"})
     assert json.load(open(os.path.join(path, "state.json")))["step"] == 2 and not os.path.exists(path + ".old")
     assert T.load_state(model, optimizer, path, "x")[0] == 2
+
+
+def test_a_kill_between_the_two_renames_resumes_from_state_old(tmp_path):
+    """Killed after state/ was renamed to state.old/ and before state.tmp/
+    took its place: state.old/ is the last complete state, and is resumed."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = str(tmp_path / "state")
+    T.save_state(model, optimizer, 2, path, {"made_from": "x"})
+    os.replace(path, path + ".old")  # what the kill left (with a state.tmp/ that has no state.json yet)
+    assert T.saved_state(path) == (path + ".old", {"step": 2, "made_from": "x"})
+    assert T.load_state(model, optimizer, path, "x") == (2, {"step": 2, "made_from": "x"})
+
+
+def test_the_last_step_saves_the_state_whatever_the_save_interval(tmp_path):
+    """3 steps saved every 2: steps 1 and 3 are not multiples of 2, but the
+    last step's state is saved (keep_state keeps it; a kill before the model
+    is written resumes it)."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    c = types.SimpleNamespace(out_dir=str(tmp_path), save_interval=2, crash_after_step=-1)
+    T.end_step(model, optimizer, 1, 3, c, {"made_from": "x"})
+    assert not os.path.exists(T.state_dir(c))
+    T.end_step(model, optimizer, 3, 3, c, {"made_from": "x"})
+    assert T.saved_state(T.state_dir(c))[1]["step"] == 3
 
 
 def test_resume_keeps_the_metrics_before_the_state_and_not_its_evaluation(tmp_path):
