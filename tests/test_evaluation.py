@@ -3,6 +3,7 @@
 skipped with the reason where absent), both MT-Bench turns, long prompts skipped."""
 import json
 import os
+import types
 
 import pytest
 import torch
@@ -123,6 +124,8 @@ def test_alpaca_eval_prompts_from_json_or_jsonl_and_outputs_its_loader_reads(tmp
     write_jsonl(tmp_path / "set.jsonl", prompts)
     assert E.read_eval_prompts(str(tmp_path / "set.json")) == E.read_eval_prompts(str(tmp_path / "set.jsonl")) \
         == prompts
+    (tmp_path / "spaced.json").write_text("\n  " + json.dumps(prompts))  # an array after blank space is an array
+    assert E.read_eval_prompts(str(tmp_path / "spaced.json")) == prompts
     recs = E.answer_alpaca_eval(tiny(tok), tok, prompts, "run-M1", 5, eos_id=tok.eos_id, progress=False)
     assert len(recs) == 2
     assert recs[0].keys() == {"instruction", "output", "generator", "dataset"} and recs[0]["dataset"] == "helpful_base"
@@ -170,6 +173,10 @@ def test_bad_eval_prompt_files_name_the_record(tmp_path):
     (tmp_path / "q.jsonl").write_text('{"question_id": [1], "turns": ["a"]}\n')
     with pytest.raises(ValueError, match="q.jsonl:1: question_id must be a number or a string"):
         E.read_mt_bench(str(tmp_path / "q.jsonl"))
+    # no turns is no question; true is a JSON number to Python (an int), not an id
+    assert E.mt_bench_question({"question_id": 1, "turns": []}).startswith("not an MT-Bench question")
+    assert E.mt_bench_question({"question_id": True, "turns": ["a"]}) == "question_id must be a number or a string"
+    assert E.mt_bench_question({"question_id": "q1", "turns": ["a"]}) is None
     (tmp_path / "q.jsonl").write_text('{"question_id": 1, "turns": ["a"], "category": ["writing"]}\n')
     with pytest.raises(ValueError, match="q.jsonl:1: category must be a string"):  # it sets the temperature
         E.read_mt_bench(str(tmp_path / "q.jsonl"))
@@ -208,3 +215,31 @@ def test_mt_bench_answers_sampled_at_a_temperature_are_the_same_for_the_same_see
     answer = lambda seed: [r["choices"][0]["turns"] for r in E.answer_mt_bench(
         net, tok, questions, "m", 8, seed=seed, eos_id=tok.eos_id, progress=False)]
     assert answer(5) == answer(5) != answer(6)
+
+
+def test_mt_bench_temperature_for_a_category_fastchat_does_not_list():
+    """FastChat samples a category it does not list (or none) at 0.7, not greedily."""
+    assert E.mt_bench_temperature({"question_id": 1, "turns": ["a"]}) == 0.7
+    assert E.mt_bench_temperature({"question_id": 1, "turns": ["a"], "category": "poetry"}) == 0.7
+    assert E.mt_bench_temperature({"question_id": 1, "turns": ["a"], "category": "math"}) == 0.0
+
+
+def test_mt_bench_turns_are_sampled_with_seeds_of_their_own(tok, monkeypatch):
+    """Turn k's calls get seed + k: with one seed for both, turn 2 would draw
+    the same random numbers as turn 1."""
+    seeds = []
+
+    def stub_generate(model, prompts, max_new_tokens, temperature=0.0, seed=None, **kw):
+        seeds.append((temperature, seed))
+        return [tok.encode("ok") for _ in prompts]
+    monkeypatch.setattr(E, "generate", stub_generate)
+    model = types.SimpleNamespace(args=types.SimpleNamespace(max_seq_len=10_000))  # (fits() reads its context)
+    questions = [{"question_id": 1, "category": "math", "turns": ["1 + 1?", "And 2 + 2?"]},
+                 {"question_id": 2, "category": "writing", "turns": ["A poem.", "Shorter."]}]
+    E.answer_mt_bench(model, tok, questions, "m", 4, seed=0)
+    assert seeds == [(0.0, 0), (0.7, 0), (0.0, 1), (0.7, 1)]  # per turn, one call per temperature
+
+
+def test_mean_length_by_hand():
+    assert E.mean_length(["ab", "abcd"]) == 3 and E.mean_length(x for x in ["abc"]) == 3
+    assert E.mean_length([]) is None  # no answers: no length, not 0

@@ -27,6 +27,8 @@ def test_prompt_fills_its_two_slots():
     assert "user’s" in JUDGE_PROMPT and "“Score: <total points>”" in JUDGE_PROMPT  # typographic marks kept
     filled = judge_prompt("What is 2 + 2?", " 4 ")
     assert "User: What is 2 + 2?\n<response>4</response>\n" in filled
+    # the instruction is stripped too (a seed file's trailing newline would open a blank line in the prompt)
+    assert "User: What?\n<response>x</response>\n" in judge_prompt("  What?  \n", "x")
     # a placeholder inside the instruction is text, not a slot
     assert "User: say <RESPONSE_HERE>\n<response>x</response>" in judge_prompt("say <RESPONSE_HERE>", "x")
 
@@ -192,6 +194,12 @@ def test_reward_metrics_by_hand():
     assert m["pairwise_accuracy"] == 0.0 and m["five_best"] is None and m["n_skipped_prompts"] == 1
     assert m["response_coverage"] == 0.6
 
+    # a tie is wrong whichever response the humans prefer (here the second)
+    assert reward_metrics([[3, 3]], [[1, 0]])["pairwise_accuracy"] == 0.0
+    # 5-best counts scores of 5 only: an averaged 4.5 is not one
+    m = reward_metrics([[4.5, 3]], [[0, 1]])
+    assert m["n_scored_5"] == 0 and m["five_best"] is None
+
 
 
 def test_pairs_correct_by_hand():
@@ -200,6 +208,7 @@ def test_pairs_correct_by_hand():
     assert ordered([5, 3, 3], [0, 1, 2]) == [False, True, True]  # 3 = 3: a tie is wrong
     assert ordered([1, 4], [0, 1]) == [False] and ordered([4, 1], [0, 1]) == [True]
     assert ordered([3.5, 3.0], [1, 0]) == [False]  # averaged scores
+    assert ordered([3, 3], [1, 0]) == [False]  # a tie is wrong also where the humans prefer the second
     # equal human ranks make no pair; a response without a score is wrong in all its pairs
     assert ordered([4, 5, None, 2], [1, 0, 1, 2]) == [False, False, True, True, True]
     assert ordered([2, 2, 2], [0, 0, 0]) == [] and ordered([None, None], [1, 0]) == [False]
@@ -277,6 +286,19 @@ def test_eft_targets_keep_the_first_attempt_that_agrees_and_only_it():
     gen, _ = stub_generate(["Score: 2", "Good.\nScore: 5", "Score: 4", "Score: 3", "Poor.\nScore: 1", "Score: 1"])
     records = make_eft_targets(judge_eft_groups(MODEL, CharTokenizer(), groups, n_attempts=3, generate_fn=gen))
     assert [(r["response"], r["score"]) for r in records] == [("Good.\nScore: 5", 5), ("Poor.\nScore: 1", 1)]
+
+
+def test_eft_targets_keep_nothing_without_an_order_or_beyond_the_common_attempts():
+    # equal human ranks: no pair to agree with, so no attempt agrees (not "all of none")
+    groups = [{"prompt": "g", "responses": ["a", "b"], "ranks": [0, 0]}]
+    judged = [[{"response": "a", "judgments": ["Score: 4"], "scores": [4]},
+               {"response": "b", "judgments": ["Score: 2"], "scores": [2]}]]
+    assert eft_targets(groups, judged) == []
+    # a has two attempts, b one: only attempt 0 is every response's, and it ranks b (3) above a (2)
+    groups = [{"prompt": "g", "responses": ["a", "b"], "ranks": [0, 1]}]
+    judged = [[{"response": "a", "judgments": ["Score: 2", "Score: 4"], "scores": [2, 4]},
+               {"response": "b", "judgments": ["Score: 3"], "scores": [3]}]]
+    assert eft_targets(groups, judged) == []
 
 
 def test_judge_skips_and_marks_prompts_longer_than_the_context():
@@ -377,6 +399,16 @@ def test_read_judge_file_on_the_shared_real_judge_outputs():
         Counter(scores).values())[-2]  # the most frequent score down-sampled to the next one's count
     assert targets and all(parse_score(t["response"]) == t["score"] for t in targets)
     assert all(t["response"].endswith(f"Score: {t['score']}") for t in targets)
+
+
+def test_read_judge_file_orders_completions_by_number(tmp_path):
+    # eleven responses: "10" comes after "9", not after "1" as text would sort it
+    path = tmp_path / "judge.jsonl"
+    write_jsonl(path, [{"prompt": "p", "completion": {str(k): {"content": f"r{k}", "reasoning": f"Score: {k % 6}"}
+                                                      for k in reversed(range(11))}}])
+    groups, judged = read_judge_file(path)
+    assert groups[0]["responses"] == [f"r{k}" for k in range(11)]
+    assert [j["response"] for j in judged[0]] == groups[0]["responses"]
 
 
 def test_read_judge_file_names_a_bad_line(tmp_path):

@@ -98,6 +98,13 @@ def test_interval_table_has_every_figure_by_hand(tmp_path):
     assert rows[2 + labels.index("grade - previous model")].startswith("| grade - previous model | - | 1.50 [")
     assert rows[2 + labels.index("judge pairwise acc %")] == "| judge pairwise acc % | 0.0 [0.0, 0.0] | 50.0 [0.0, 100.0] |"
     assert rows[2 + labels.index("judge Spearman")].startswith("| judge Spearman | - | 0.000 [")  # undefined: not 0
+    # undefined on one prompt only (b unscored): it counts 0 beside the other's +1; one 5 in all is a 5-best figure
+    write_jsonl(tmp_path / "eval" / "M2_judgments.jsonl", judged(5.0, None,   # rho undefined, a's 5 the best
+                                                                 1.0, 2.0))   # rho +1
+    rows, intervals = report.interval_rows(r, ["M2"], {})
+    assert intervals["M2"]["spearman"][0] == pytest.approx((0 + 1) / 2) and intervals["M2"]["five_best"][0] == 1.0
+    assert any(row.startswith("| judge Spearman | 0.500 [") for row in rows)
+    assert any(row.startswith("| judge 5-best % | 100.0 [") for row in rows)
 
 
 def test_iteration_diagnostics_by_hand(tmp_path):
@@ -119,9 +126,11 @@ def test_iteration_diagnostics_by_hand(tmp_path):
     write_jsonl(tmp_path / "iter1" / "pairs.jsonl", [
         {"prompt": "Reverse the word 'ABC'.", "chosen": "CBA", "rejected": "BCA"},   # 5 vs 1: right chosen
         {"prompt": "Reverse the word 'ABC'.", "chosen": "CBB", "rejected": "ABC"},   # 2 vs 1: both wrong, better
-        {"prompt": "What is 2 + 3?", "chosen": "It is 5, or maybe 6.", "rejected": "6"}])  # 3 vs 2: both wrong
+        {"prompt": "What is 2 + 3?", "chosen": "It is 5, or maybe 6.", "rejected": "6"},  # 3 vs 2: both wrong
+        {"prompt": "Reverse the word 'ABC'.", "chosen": "Sure! The answer is CBA.",  # 4 (right, just) vs 0
+         "rejected": "I am not sure what you mean."}])
     v = report.pair_verdicts(r, 1)
-    assert (v["better"], v["right_chosen"], v["wrong_chosen"], v["both_right"], v["both_wrong"]) == (3, 1, 0, 0, 2)
+    assert (v["better"], v["right_chosen"], v["wrong_chosen"], v["both_right"], v["both_wrong"]) == (4, 2, 0, 0, 2)
     assert "invent" not in v  # (no invent prompts)
     # invent pairs, also counted apart: the kind the judge checks rather than states an answer for
     inv = "Invent a word of 4 letters that starts with 'B' and ends with 'A'."
@@ -182,6 +191,10 @@ def test_self_checking_by_hand(tmp_path):
     assert c["own"] == {"right": pytest.approx(2 / 3), "wrong": pytest.approx(3 / 5)}
     assert c["mixed_prompts"] == 1 and c["own_mixed"] == {"right": pytest.approx(2 / 3), "wrong": pytest.approx(1 / 3)}
     assert c["eft_eval"] == {"right": None, "wrong": None}  # M1 not evaluated yet
+    # an invent task has many right answers: its judgments state none, and are not counted
+    inv = "Invent a word of 4 letters that starts with 'B' and ends with 'A'."
+    assert report.states_right_answer([(inv, "BOKA", [says("BOKA")]), (inv, "BOK", [says("BOKA")])]) == \
+        {"right": None, "wrong": None}
     write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [
         {"prompt": q, "response": "ABC", "judgments": [says("CBA"), says("CBA")]},   # wrong, both state CBA
         {"prompt": q, "response": "Sure! The answer is CBA.", "judgments": [says("ACB")]}])  # right (4), not stated
@@ -198,7 +211,12 @@ def test_judge_agreement_between_models_by_hand(tmp_path):
     write_jsonl(tmp_path / "eval" / "M2_judgments.jsonl", [{"score": s} for s in (1.0, 3.0, 2.0, 4.0)])
     # 3 responses scored by both: pairs (1,2) concordant, (1,3) concordant, (2,3) discordant: (2 - 1) / 3
     assert report.judge_agreement(r, "M1", "M2") == pytest.approx(1 / 3)
+    assert report.judge_agreement(r, "M2", "M1") == pytest.approx(1 / 3)  # a None on either side leaves it out
     assert report.judge_agreement(r, "M1", "M3") is None
+    # the report's line: consecutive models from M1 on, no SFT -> M1 though SFT's scores are there
+    write_jsonl(tmp_path / "eval" / "SFT_judgments.jsonl", [{"score": s} for s in (3.0, 2.0, 1.0, 1.0)])
+    assert "- the judge from model to model (Kendall tau of their scores of the same EFT eval responses): " \
+        "M1 -> M2 0.333" in report.diagnostic_lines(r, ["SFT", "M1", "M2"], 0, toy_world=True)
 
 
 def test_head_to_head_by_hand():
@@ -312,6 +330,34 @@ def test_declined_answers_by_hand():
                                  (5, "6"), (1, "I am not sure what you mean. 7"))]}
     rows, metrics = report.toy_rows(["M1"], tests, {})
     assert metrics[0]["declined"] == 0.5 and "| M1 | 1.50 | 25.0 | 50.0 |" in rows[2]
+
+
+def test_toy_rows_head_to_head_by_hand():
+    """M1 graded 5 where the SFT baseline got 2: a win against the previous
+    model and the baseline (both the same one here)."""
+    tests = {"SFT": [{"prompt": "p", "grade": 2, "response": "a"}],
+             "M1": [{"prompt": "p", "grade": 5, "response": "b"}]}
+    rows, metrics = report.toy_rows(["SFT", "M1"], tests, {})
+    win = {"win": 1.0, "tie": 0.0, "loss": 0.0}
+    assert metrics[1]["vs_previous"] == metrics[1]["vs_sft"] == win and "vs_previous" not in metrics[0]
+    assert "| 100.0 / 0.0 / 0.0 | 100.0 / 0.0 / 0.0 |" in rows[3]
+
+
+def test_judge_coverage_by_hand():
+    assert report.judge_coverage({"judgments": 4, "judgments_with_score": 3}) == 0.75
+    assert report.judge_coverage({}) is None and report.judge_coverage({"judgments": 0}) is None  # none asked: '-'
+
+
+def test_a_model_without_graded_answers_makes_the_report_a_real_data_one(tmp_path):
+    """Grades for some models only (M1's test file gone): no toy table with a
+    hole in it, but the real-data table, which needs no grades."""
+    r = types.SimpleNamespace(path=lambda *parts: os.path.join(tmp_path, *parts), settings={}, metric=lambda m: None)
+    os.makedirs(tmp_path / "done")
+    write_jsonl(tmp_path / "eval" / "SFT_test.jsonl", [{"prompt": "p", "grade": 5, "response": "a"}])
+    report.write_report(r, ["SFT", "M1"], {}, "x", 0)
+    text = open(tmp_path / "report.md").read()
+    assert "Real data: no ground-truth grader." in text and "mean grade" not in text
+    assert "| M1 | - |" in text
 
 
 def test_seed_study_pair_lines_by_hand(tmp_path):
@@ -460,6 +506,8 @@ def test_meta_rewarding_diagnostics_by_hand(tmp_path):
         {**judge_pair("x", 1, 2), "instruction": "Tell me a story."}])  # no ground truth
     assert report.pair_verdicts(r, 1) == {"better": 1, "equal": 0, "worse": 0, "ungradable": 0, "right_chosen": 1,
                                           "wrong_chosen": 0, "both_right": 0, "both_wrong": 0}
+    # the pairs' lengths are the actor's (CBA, ABC), not the judge pairs' ("c", "r")
+    assert report.iteration_lines(r, {}, 1)[0].endswith("; chosen 3 vs rejected 3 chars on average")
     assert report.judge_pair_verdicts(r, 1) == {"closer": 1, "equal": 1, "farther": 1, "ungradable": 1}
     assert report.meta_judge_diagnostics(r, 1) is None  # no meta-judgments: a plain run
     write_jsonl(tmp_path / "iter1" / "meta_judgments.jsonl", [
