@@ -1475,9 +1475,13 @@ def test_a_stage_records_the_dtype_it_computed_in(tmp_path):
     assert S.trainer_settings(c, r, "M1", 16, 16, ("sft", "M1"))["dtype"] == "bfloat16"
 
 
-def test_check_loop_in_this_process():
+def test_check_loop_in_this_process(tmp_path):
     """--key=None passes the configurator for any setting: named, not a TypeError
     later; ranges and the ranks a batch is split over are checked per setting."""
+    real = tmp_path / "seed"  # a folder of real seed data (the toy world's settings are refused with it)
+    real.mkdir()
+    (real / "ift.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
+    real = str(real)
     c = configurator.settings(S.DEFAULTS, {"top_p": None})
     assert validate.check_loop(c, 1).found == ["top_p = None: give a value like its default"]
     c = configurator.settings(S.DEFAULTS, {"top_p": 1.5, "dropout": 1.0, "dpo_batch_size": 6, "model": "toy-huge"})
@@ -1530,7 +1534,7 @@ def test_check_loop_in_this_process():
                                                "items, and pretrain_check_drill = 0 draws none"]
     c = configurator.settings(S.DEFAULTS, {"eft_own_answers": -1})
     assert validate.check_loop(c, 1).found == ["eft_own_answers = -1: must be >= 0"]
-    c = configurator.settings(S.DEFAULTS, {"eft_own_answers": 1, "seed_data": "no/such/folder", "init_from": "M0"})
+    c = configurator.settings(S.DEFAULTS, {"eft_own_answers": 1, "seed_data": real, "init_from": "M0"})
     assert ("eft_own_answers = 1: is for the toy world, whose grader judges the answers; real seed data has no "
             "grader") in validate.check_loop(c, 1).found
     # the perfect-judge control
@@ -1538,10 +1542,10 @@ def test_check_loop_in_this_process():
     assert validate.check_loop(c, 1).found == ["pair_by = 'oracle': must be 'judge' (the paper), 'grader' or "
                                                "'right' (toy: controls with a perfect judge) or 'coin' (a control "
                                                "with no preference)"]
-    c = configurator.settings(S.DEFAULTS, {"pair_by": "right", "seed_data": "no/such/folder", "init_from": "M0"})
+    c = configurator.settings(S.DEFAULTS, {"pair_by": "right", "seed_data": real, "init_from": "M0"})
     assert ("pair_by = 'right': is for the toy world; real seed data has no grader"
             in validate.check_loop(c, 1).found)
-    c = configurator.settings(S.DEFAULTS, {"pair_by": "coin", "seed_data": "no/such/folder", "init_from": "M0"})
+    c = configurator.settings(S.DEFAULTS, {"pair_by": "coin", "seed_data": real, "init_from": "M0"})
     assert not any(x.startswith("pair_by") for x in validate.check_loop(c, 1).found)  # needs no grader
     # the perfect-meta-judge control
     c = configurator.settings(S.DEFAULTS, {"meta_pair_by": "oracle"})
@@ -1561,7 +1565,7 @@ def test_check_loop_in_this_process():
     assert validate.check_loop(c, 1).found == ["dpo_pick_every = -1: must be >= 0"]
     c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": 10, "n_valid": 0})
     assert validate.check_loop(c, 1).found == ["n_valid = 0: must be >= 1"]
-    c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": 10, "seed_data": "no/such/folder", "init_from": "M0"})
+    c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": 10, "seed_data": real, "init_from": "M0"})
     assert ("dpo_pick_every = 10: is for the toy world, whose grader stands in for the paper's external judge in "
             "choosing a checkpoint; with real seed data each iteration keeps its last step") in validate.check_loop(c, 1).found
 
