@@ -166,7 +166,7 @@ def setup(device="", dtype="auto", threads=0, tp=1, width=None):
     threads: CPU threads (cpu_threads);
     tp: ranks per tensor-parallel group for generation (inside a node: its
     all-reduces run every layer of every token); the world is a grid of
-    world/tp groups (dp) of tp ranks. SIGTERM is taken as Ctrl-C (sigterm_as_ctrl_c)."""
+    world/tp groups (dp) of tp ranks. One process takes SIGTERM as Ctrl-C (sigterm_as_ctrl_c)."""
     torch.set_num_threads(cpu_threads(threads))
     sigterm_as_ctrl_c()
     cuda = torch.cuda.is_available() and device != "cpu"
@@ -196,14 +196,19 @@ def setup(device="", dtype="auto", threads=0, tp=1, width=None):
 
 
 def sigterm_as_ctrl_c():
-    """SIGTERM (`kill`, a cluster scheduler's preemption, torchrun stopping
-    its workers when one rank failed or it was stopped itself) is raised as a
+    """SIGTERM (`kill`, a cluster scheduler's preemption) is raised as a
     KeyboardInterrupt, as Ctrl-C is: each script's Ctrl-C handling then says
     where it stopped and that the same command resumes, and a training state
     save in progress is finished first (training.ctrl_c_after), where
-    SIGTERM's default would end the process in silence. Only where nobody
-    has set a SIGTERM handler of their own (signals reach the main thread only)."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    SIGTERM's default would end the process in silence. One process only,
+    where nobody has set a SIGTERM handler of their own (and in the main
+    thread, which signals reach): under torchrun, SIGTERM is how torchrun
+    stops the ranks left when one has failed, and a rank waiting in a
+    collective would act on it only once the collective returned (torchrun
+    would wait its 30 s, then kill it); there it keeps its default."""
+    if "RANK" in os.environ or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 

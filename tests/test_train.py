@@ -1546,6 +1546,10 @@ def test_ctrl_c_during_a_state_save_stops_once_the_state_is_saved(tmp_path, monk
     try:
         if signum == signal.SIGTERM:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            monkeypatch.setenv("RANK", "0")  # a torchrun rank keeps the default: torchrun's way to stop it
+            D.sigterm_as_ctrl_c()
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+            monkeypatch.delenv("RANK")
             D.sigterm_as_ctrl_c()
             assert signal.getsignal(signal.SIGTERM) is signal.default_int_handler  # (else the kill ends pytest)
         with pytest.raises(KeyboardInterrupt):
