@@ -6,7 +6,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from configurator import ConfigError, _comments, apply, parse_value
+from configurator import ConfigError, _comments, apply, help_text, parse_value, set_in_file, settings
 
 
 def defaults():
@@ -27,6 +27,14 @@ def test_overrides_keep_types():
     assert ns["model"] == "1,2"
     with pytest.raises(ConfigError, match="batch_size must be int"):  # other settings keep their types
         apply(ns, ["--batch_size=1,2"])
+
+
+def test_none_is_taken_for_any_setting():
+    """--key=None passes for any setting, a text one too (not the text 'None'):
+    the scripts' checks name it (validate.Problems.no_none)."""
+    ns = defaults()
+    apply(ns, ["--lr=None", "--model=None", "--batch_size=None"])
+    assert ns["lr"] is None and ns["model"] is None and ns["batch_size"] is None
 
 
 def test_parse_value():
@@ -86,6 +94,15 @@ def test_errors_say_how_to_write_it(tmp_path):
         apply(defaults(), [str(other)])
     assert f"{other}: 3 of its 4 settings are not this script's: is it another script's config?" in str(e.value)
     assert str(e.value).count("Valid settings") == 1
+    other.write_text("lr = 0.1\nn_prompts = 8\nmeta_judge = True\n")  # 2 of 3: a few typos, not asked about
+    with pytest.raises(ConfigError) as e:
+        apply(defaults(), [str(other)])
+    assert "another script's config" not in str(e.value) and str(e.value).startswith("2 problems")
+    # a bare --flag before a config file: the file is not taken as the flag's value
+    f = tmp_path / "c.py"
+    f.write_text("lr = 0.5\n")
+    with pytest.raises(ConfigError, match=r"^--compile: expected --key=value \(write --compile=True\)$"):
+        apply(defaults(), ["--compile", str(f)])
 
 
 def test_config_file(tmp_path):
@@ -106,6 +123,24 @@ def test_config_file(tmp_path):
         apply(defaults(), [str(f)])
     with pytest.raises(ConfigError, match="config file not found"):
         apply(defaults(), [str(tmp_path / "missing.py")])
+
+
+def test_set_in_file_names_the_line_only_while_its_value_holds(tmp_path):
+    """The errors' "(set at FILE:LINE)": only the last apply() counts, and only
+    for the very value the file set (True is not the 1 a file wrote)."""
+    f = tmp_path / "c.py"
+    f.write_text("lr = 2e-5\ninit_from = 1\n")
+    apply(defaults(), [str(f)])
+    assert set_in_file("lr", 2e-5) == f"{f}:1" and set_in_file("lr", 3e-5) is None
+    assert set_in_file("init_from", 1) == f"{f}:2" and set_in_file("init_from", True) is None
+    apply(defaults(), ["--lr=2e-5"])  # a later command line without the file: nothing was set by it
+    assert set_in_file("lr", 2e-5) is None
+
+
+def test_settings_refuses_unknown_keys():
+    assert settings({"lr": 1.0}, {"lr": 2.0}).lr == 2.0
+    with pytest.raises(ConfigError, match="^unknown settings: batch, lrr$"):
+        settings({"lr": 1.0}, {"lrr": 2.0, "batch": 1})
 
 
 def test_a_config_files_lists_and_dicts_are_errors_and_its_helpers_are_not(tmp_path):
@@ -171,10 +206,13 @@ def test_a_config_file_in_another_format_or_a_setting_without_dashes_is_an_error
             apply(defaults(), [arg])
     with pytest.raises(ConfigError, match=r"unknown setting 'BATCH_SIZE'. Did you mean batch_size\?"):
         apply(defaults(), ["--BATCH_SIZE=3"])
+    # a path with "=" in it whose start is no setting's name is only a file not found
+    with pytest.raises(ConfigError, match=r"^config file not found: runs/lr=0\.1\.py$"):
+        apply(defaults(), ["runs/lr=0.1.py"])
     # the settings' short names: learning_rate is lr, num_ is n_; a part of a name finds the names
     loop = {"sft_lr": 1e-5, "dpo_lr": 1e-6, "n_candidates": 4, "seed": 1}
     for arg, meant in (("--sft_learning_rate=1e-3", "sft_lr"), ("--num_candidates=8", "n_candidates"),
-                       ("--lr=1", "sft_lr or dpo_lr")):
+                       ("--lr=1", "sft_lr or dpo_lr"), ("--spo_lr=1", "dpo_lr or sft_lr")):  # two close spellings
         with pytest.raises(ConfigError, match=rf"unknown setting '{arg[2:arg.index('=')]}'. Did you mean {meant}\?"):
             apply(loop, [arg])
 
@@ -222,6 +260,18 @@ def test_help_shows_comments_continued_on_the_next_lines(tmp_path):
     assert _comments(str(script)) == {"steps": "how many steps, counted over all ranks", "name": "run name",
                                       "kinds": "the kinds drawn; one of them is rare",
                                       "lr": "peak rate, after warm-up", "warmup": "steps"}
+
+
+def test_help_takes_the_scripts_own_comment_over_another_files(tmp_path):
+    """comment_files explain settings a script takes from them; a comment in
+    the script itself wins, and a comment given by name wins over both."""
+    script, other = tmp_path / "script.py", tmp_path / "other.py"
+    script.write_text("steps = 10  # the script's own\n")
+    other.write_text("steps = 5  # the other file's\nname = 'x'  # from the other file\n")
+    text = help_text({"steps": 10, "name": "x", "__file__": str(script)}, comment_files=[str(other)])
+    assert "--steps = 10  # the script's own" in text and "--name  = 'x'  # from the other file" in text
+    text = help_text({"steps": 10, "__file__": str(script)}, [str(other)], comments={"steps": "given"})
+    assert "--steps = 10  # given" in text
 
 
 def test_every_script_answers_help(capsys, monkeypatch):

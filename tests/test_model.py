@@ -499,6 +499,43 @@ def test_kv_cache_left_padding_gives_each_row_its_own_positions():
     assert (nxt[1, 0] - ref_long[0, -1]).abs().max() < 1e-5
 
 
+def test_model_args_refuse_shapes_that_cannot_work():
+    """Each query head group shares whole KV heads, RoPE turns pairs (an even
+    head dimension), and rope_scaling has exactly Llama 3.1's four keys."""
+    with pytest.raises(ValueError, match="n_heads 6 must divide by n_kv_heads 4"):
+        ModelArgs(dim=48, n_heads=6, n_kv_heads=4)  # (fewer KV heads than query heads, but not a divisor)
+    with pytest.raises(ValueError, match="must be even for rotary embeddings"):
+        ModelArgs(dim=12, n_heads=4)  # head_dim 3
+    with pytest.raises(ValueError, match="rope_scaling needs exactly the keys"):
+        ModelArgs(dim=64, n_heads=4, rope_scaling={**M.LLAMA31_ROPE, "rope_type": "llama3"})
+    assert ModelArgs(dim=48, n_heads=6, n_kv_heads=3, rope_scaling=dict(M.LLAMA31_ROPE)).head_dim == 8
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_n_params_counts_the_model_that_is_built(name):
+    """ModelArgs.n_params (the memory plans' count, from the shapes) is the
+    built model's, grouped-query and tied presets included."""
+    with torch.device("meta"):
+        assert PRESETS[name].n_params() == Transformer(PRESETS[name]).num_params()
+
+
+def test_initial_weights_scale_the_residual_projections():
+    """N(0, 0.02), the residual output projections (wo, w2) by 1/sqrt(2 n_layers)
+    (GPT-2): with 8 layers, std 0.005; the norms at 1."""
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs(dim=256, n_layers=8, n_heads=4, vocab_size=300, multiple_of=32))
+    std = {n: p.std().item() for n, p in model.named_parameters()}
+    for n, s in std.items():
+        want = 0.0 if "norm" in n else 0.005 if n.endswith(("wo.weight", "w2.weight")) else 0.02
+        assert s == pytest.approx(want, rel=0.05, abs=1e-9), n
+    assert all(torch.equal(p, torch.ones_like(p)) for n, p in model.named_parameters() if "norm" in n)
+
+
+def test_a_sequence_of_max_seq_len_tokens_fits():
+    model = random_model(CONFIGS[0][1])
+    assert model(torch.zeros(1, model.args.max_seq_len, dtype=torch.long)).shape[1] == model.args.max_seq_len
+
+
 def test_loss_ignores_minus_100_and_sequence_limit():
     model = random_model(CONFIGS[0][1])
     tokens = torch.randint(0, 300, (2, 12))
@@ -518,6 +555,22 @@ def test_dropout_only_in_training():
     assert torch.equal(model(tokens), model(tokens))
     model.train()
     assert not torch.equal(model(tokens), model(tokens))
+
+
+def test_dropout_on_the_attention_residual():
+    """Dropout on each residual branch: with the feed-forward branch at 0 and no
+    dropout on the attention weights, the attention branch's own dropout alone
+    makes two training forwards differ."""
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=300, multiple_of=32, dropout=0.5)
+    model = random_model(args)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.feed_forward.w2.weight.zero_()
+            layer.attention.attn_dropout_p = 0.0
+    model.train()
+    tokens = torch.randint(0, 300, (1, 16))
+    with torch.no_grad():
+        assert not torch.equal(model(tokens), model(tokens))
 
 
 def test_load_model_with_dropout(tmp_path):

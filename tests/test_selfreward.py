@@ -405,6 +405,11 @@ def test_what_would_lose_files_or_a_run_is_refused_before_any_work(tmp_path, lla
     assert problems() == [f"seed_data: {seed} is inside the run folder {tmp_path / 'out' / 'toy'}, which this run "
                           f"writes: copy it out, or give another run_name"]
     assert problems(run_name="real") == []
+    # the run folder itself is inside it; a folder whose name only begins with the run's is not
+    assert f"seed_data: {tmp_path / 'out' / 'real'} is inside the run folder {tmp_path / 'out' / 'real'}, which " \
+        f"this run writes: copy it out, or give another run_name" in problems(run_name="real",
+                                                                              seed_data=str(tmp_path / "out" / "real"))
+    assert problems(run_name="to") == []  # (seed data in out/toy/, the run in out/to/)
     (tmp_path / "out" / "mine").mkdir()
     (tmp_path / "out" / "mine" / "train.log").write_text("a log tee'd here before the run starts is fine")
     assert problems(run_name="mine") == []
@@ -563,6 +568,14 @@ def test_eft_training_files_of_one_kind_with_scores_and_ranks_that_count(tmp_pat
     assert "cannot hold groups too" in check(group)
     for ranks in ([True, False], [0, -1], [0]):
         assert validate.eft_group({**group, "ranks": ranks}).startswith("'ranks' must be a list of integers >= 0")
+    # an SFT conversation learns its assistant turns, wherever they are (validate.sft_record)
+    chat = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]
+    assert validate.sft_record({"messages": chat}) is None
+    assert validate.sft_record({"messages": chat[:1]}) == \
+        "a conversation without an assistant message has nothing to learn"
+    # a group of one response ranks nothing
+    assert validate.eft_group({**group, "responses": ["x"], "ranks": [0]}) == \
+        "'responses' must be a list of 2 or more strings"
 
 
 def test_empty_or_malformed_seed_data(tmp_path):
@@ -595,6 +608,9 @@ def test_more_iterations_extend_a_finished_run(micro_run, tmp_path):
     assert files_of(run, ["SFT", "M1", "M2", "M3"]) == models
     assert "| M4 |" in (run / "report.md").read_text() and not os.path.exists(run / "train" / "M4" / "state")
     assert "it/s" not in r.stdout + r.stderr  # progress=False reached generation, judging and DPO: no bars
+    # the note of stages made again names the report alone (its input, M4's evaluation, is new): not the new stages
+    assert "this command makes them again, replacing their files: report (the first because: eval_M4 added;" \
+        in r.stdout
 
 
 def test_a_changed_training_setting_redoes_that_model_and_what_follows(micro_run, tmp_path):
@@ -782,6 +798,27 @@ def test_dpo_pick_every_makes_the_checkpoint_the_grader_rates_best_the_next_mode
         assert json.load(f)["pick"]["valid_prompts"] == 12
 
 
+def test_pick_checkpoint_by_hand(tmp_path, monkeypatch):
+    """The checkpoint with the highest mean grade on the validation prompts (the
+    grades stubbed), the earliest of equals; the validation prompts the loop
+    wrote in iterations 1 .. t are counted."""
+    for t, prompt in ((1, "p1"), (2, "p2"), (3, "p3")):  # iteration 3's prompts come after M3: not counted
+        write_jsonl(tmp_path / f"iter{t}" / "prompts.jsonl", [{"prompt": prompt}])
+    valid = [{"prompt": p, "task": None} for p in ("p1", "P2 ", "p3", "p4")]  # (J.prompt_key: case, spaces aside)
+    monkeypatch.setattr(S.toy, "validation_set", lambda *a: valid)
+    monkeypatch.setattr(S, "load_for_sampling", lambda r, folder: (folder, None))
+    grades = {"a": [5, 1, 1, 1], "b": [4, 4, 0, 0], "c": [5, 5, 0, 0], "d": [4, 4, 1, 1]}  # means 2, 2, 2.5, 2.5
+    monkeypatch.setattr(S, "answer_and_grade", lambda c, net, tok, tasks: [{"grade": g} for g in grades[net]])
+    r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)))
+    c = types.SimpleNamespace(n_valid=4, seed=0, toy_kinds="reverse")
+    folder, info = S.pick_checkpoint(c, r, 2, [[1, "a"], [2, "b"], [3, "c"], [4, "d"]])
+    assert (folder, info["picked"]) == ("c", 3)  # c and d tie at 2.5: the earlier step
+    assert info["checkpoints"][0] == {"step": 1, "mean_grade": 2.0, "right": 0.25}  # right: grade >= 4
+    assert info["checkpoints"][3] == {"step": 4, "mean_grade": 2.5, "right": 0.5}
+    assert (info["valid_prompts"], info["written_by_the_loop"]) == (4, 2)  # p1 and p2, written before M3
+    assert S.pick_checkpoint(c, r, 2, [[1, "a"], [2, "b"]])[1]["picked"] == 1  # a tie at 2.0
+
+
 def test_coin_turns_the_judges_pairs_round_at_random(tmp_path):
     """pair_by='coin' (the no-preference control): the judge's own pairs, the
     same responses and count, each swapped or not on a seeded fair coin."""
@@ -807,6 +844,9 @@ def test_coin_turns_the_judges_pairs_round_at_random(tmp_path):
     assert [p["chosen"] == f"b{i}" for i, p in enumerate(read_jsonl(tmp_path / "iter1" / "pairs.jsonl"))] == turned
     S.stage_pairs(types.SimpleNamespace(pair_by="coin", seed=8), R, 1)
     assert [p["chosen"] == f"b{i}" for i, p in enumerate(read_jsonl(tmp_path / "iter1" / "pairs.jsonl"))] != turned
+    # fair to within 4 sd over 2000 pairs (1000 +- 22): a coin biased to 0.55 would turn about 1100
+    many = S.coin_turned([{**p, "chosen": "a", "rejected": "b"} for p in pairs * 10], seed=0)
+    assert 910 < sum(p["chosen"] == "b" for p in many) < 1090
 
 
 def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch, capsys):
@@ -836,6 +876,13 @@ def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch, caps
     assert S.malformed("Hi", True, *bounds) == "length out of bounds"
     assert S.malformed("Reverse the word 'abc'.", True, *bounds) is None
     assert S.malformed("Reverse the word 'abc'.", True, 5, 60) == "length out of bounds"  # the bounds given count
+    # the bounds are inclusive: 4 words pass min 4 and max 4, 3 and 5 do not
+    assert S.malformed("Reverse the word 'abc'.", True, 4, 4) is None
+    assert S.malformed("Reverse the 'abc'.", True, 4, 60) == S.malformed("Reverse the word 'abc' now.", True, 3, 4) \
+        == "length out of bounds"
+    assert S.malformed("   ", True, 0, 60) == "empty"  # (said as such, not as a length)
+    for markup in ("Task:", "[INST]", "[/INST]", "Score:", "<response>"):  # the judge's and templates' markup
+        assert S.malformed(f"Reverse the word {markup} abc.", True, *bounds) == "contains markup", markup
     # Self-Instruct's filters: its keywords as whole words, any case; "Write a program"; an odd first character
     keyword = "not a task for text (Self-Instruct's keywords)"
     assert S.malformed("Draw a cat for my son.", True, *bounds) == keyword
@@ -857,6 +904,13 @@ def test_a_real_writer_gets_self_instructs_template_and_the_toy_m0_its_own_listi
     assert S.fewshot_request(shots, toy_world=False) == (
         "Come up with a series of tasks:\n1. Write a haiku.\n2. Explain this: code here\n3. What is 2+2?\n4.")
     assert S.fewshot_request(shots[:1], toy_world=True) == toy.fewshot_text(shots[:1])
+
+
+def test_first_line_is_the_stripped_text_before_the_first_line_break():
+    tok = types.SimpleNamespace(decode=lambda ids: "  Name a fruit. \nName a colour.")  # (ids stand for this text)
+    assert S.first_line(tok, [1, 2, 3], room=8) == ("Name a fruit.", True)
+    tok = types.SimpleNamespace(decode=lambda ids: " Name a fruit ")  # no line break, all the room used: unfinished
+    assert S.first_line(tok, [1, 2, 3], room=3) == ("Name a fruit", False)
 
 
 def test_rouge_l_by_hand():
@@ -989,6 +1043,15 @@ def test_make_judge_pairs_by_hand():
     assert at == sorted(at)
     assert S.make_judge_pairs(meta_judged, cap=3)[0] == pairs
     assert S.make_judge_pairs([]) == ([], {"no verdict": 0, "wins tie": 0, "same text": 0, "over the cap": 0})
+    # fewest wins tied (judgments 1 and 2 both none): the first of them is rejected
+    tied_worst = {"prompt": "p", "response": "r", "judgments": ["a", "b", "c"], "scores": [4, 2, 1],
+                  "battles": battles((0, 1, "A"), (1, 0, "B"), (0, 2, "A"), (2, 0, "B"), (1, 2, None), (2, 1, None))}
+    [pair], _ = S.make_judge_pairs([tied_worst])
+    assert (pair["chosen"], pair["rejected"], pair["chosen_wins"], pair["rejected_wins"]) == ("a", "b", 4, 0)
+    # best and worst the same text but for surrounding spaces: no preference, dropped
+    spaced = {"prompt": "p", "response": "r", "judgments": ["x", "x ", "y"], "scores": [4, 2, 3],
+              "battles": battles((0, 2, "A"), (2, 0, "B"), (1, 2, "B"), (2, 1, "A"))}
+    assert S.make_judge_pairs([spaced])[1]["same text"] == 1
 
 
 def test_grader_battles_pick_the_judgment_nearest_the_true_grade(tmp_path):
@@ -1017,6 +1080,10 @@ def test_grader_battles_pick_the_judgment_nearest_the_true_grade(tmp_path):
         ["B", "B", "B", "A", None, "B", "A", None, "B", "A", "A", "A"]
     assert [b["winner"] for b in judged[1]["battles"] + judged[2]["battles"]] == [None] * 4
     assert [x["battles"][0]["winner"] for x in meta_judged] == ["A", "B", "A"]  # the input is left as it was
+    # a judgment without a score (never in a battle: judge.judgment_battles) is no distance, not an error
+    unscored = {"prompt": "What is 'ZINUM' spelled backwards?", "response": "MUNZI", "judgments": ["a", "b", "c"],
+                "scores": [5, None, 2], "battles": [{"a": 0, "b": 2, "winner": None}, {"a": 2, "b": 0, "winner": None}]}
+    assert [b["winner"] for b in S.grader_battles([unscored])[0]["battles"]] == ["B", "A"]
     pairs, dropped = S.make_judge_pairs(judged)
     assert [(p["chosen"], p["rejected"], p["chosen_wins"], p["rejected_wins"]) for p in pairs] == \
         [("j2", "j5", 6, 0)]
@@ -1355,6 +1422,40 @@ def test_generation_shards_of_other_settings_are_not_reused(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["out.jsonl", "settings.json"]
 
 
+def test_a_seed_study_refuses_what_it_cannot_compare_and_tables_every_model(tmp_path, capsys, monkeypatch):
+    """seeds.py, the loop over seeds (its table by hand: tests/test_report.py):
+    a seed of 2**32 and real seed data (no grader to compare by) are refused
+    before any run; each seed's run (stubbed here) gives a column per model,
+    SFT to M_{iterations+1}, the seeds named in order; a figure only the SFT
+    baseline has is still a row; a missing share is no figure, not an error."""
+    import seeds
+    for argv, said in ((["--seeds=4294967296"], "--seeds: 4294967296: each seed once, in [0, 2**32)"),
+                       ([f"--seed_data={tmp_path}"], "seeds.py compares the toy world's grades across seeds")):
+        with pytest.raises(SystemExit) as e:
+            seeds.main(argv + [f"--out_root={tmp_path}"])
+        assert e.value.code == 2 and said in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
+    models, pair_lines = ["SFT", "M1", "M2", "M3"], seeds.pair_lines
+    monkeypatch.setattr(seeds.selfreward, "main", lambda argv: None)  # each seed's run, done
+    monkeypatch.setattr(seeds, "run_figures", lambda folder: {m: {n: 1.0 for n, _ in seeds.FIGURES} for m in models})
+    monkeypatch.setattr(seeds, "gain_interval", lambda folder, a, b: (0.1, 0.2))
+    monkeypatch.setattr(seeds, "pair_lines", lambda folders, iterations: [])
+    seeds.main(["--seeds=3,1", "--iterations=2", f"--out_root={tmp_path}"])
+    table = (tmp_path / "toy-seeds.md").read_text()
+    assert "Over 2 seeds (1, 3): mean +- standard deviation." in table and "| figure | SFT | M1 | M2 | M3 |" in table
+    assert "lies above 0 in 2/2 seeds: seed 1 [0.10, 0.20], seed 3 [0.10, 0.20]" in table
+    only_sft = {m: {n: (2.0 if m == "SFT" and n == "mean grade" else None) for n, _ in seeds.FIGURES}
+                for m in ("SFT", "M1")}
+    assert "| mean grade | 2.00 | - |" in seeds.summarize({1: only_sft}, ["SFT", "M1"], {})
+    assert seeds.kind_share({"checking": {"kinds": {"invent": [None, 0.5]}}}, "invent", 0) is None
+    assert seeds.kind_share({"checking": {"kinds": {"invent": [None, 0.5]}}}, "invent", 1) == 50.0
+    # a seed's iteration with pairs but no self-checking record (nothing to say of its judge): no line
+    monkeypatch.setattr(seeds.report, "pair_verdicts", lambda r, t: {"right_chosen": 3, "wrong_chosen": 1})
+    monkeypatch.setattr(seeds.report, "self_checking", lambda r, t: None)
+    monkeypatch.setattr(seeds.report, "right_candidates", lambda r, t: None)
+    assert pair_lines({1: str(tmp_path)}, 1) == []
+
+
 def test_sub_seeds_differ_by_the_runs_seed_and_by_name():
     """Each piece of work draws from its own seed: another run seed gives
     other sub-seeds, and a thousand names a thousand different ones."""
@@ -1490,6 +1591,14 @@ def test_check_loop_in_this_process(tmp_path):
                          "dpo_batch_size = 6: must divide by the number of ranks, 4"]
     assert len(found) == 4 and found[3].startswith("model = 'toy-huge': no such preset; presets: toy-tiny")
     assert validate.check_loop(configurator.settings(S.DEFAULTS), 1).found == []
+    # the low ends: top_p 0 keeps no token, one candidate makes no pair (open and closed bounds)
+    c = configurator.settings(S.DEFAULTS, {"top_p": 0.0, "n_candidates": 1})
+    assert validate.check_loop(c, 1).found == ["top_p = 0.0: must be in (0, 1]", "n_candidates = 1: must be >= 2"]
+    c = configurator.settings(S.DEFAULTS, {"seed": 2**32})  # seeds are 32-bit: the largest is 2**32 - 1
+    assert validate.check_loop(c, 1).found == ["seed = 4294967296: must be in [0, 2**32)"]
+    assert validate.check_loop(configurator.settings(S.DEFAULTS, {"seed": 2**32 - 1}), 1).found == []
+    c = configurator.settings(S.DEFAULTS, {"min_prompt_words": 5, "max_prompt_words": 5})  # one length: allowed
+    assert validate.check_loop(c, 1).found == []
     c = configurator.settings(S.DEFAULTS, {"quote_first": True})  # the toy world's, without the quotes it orders
     assert validate.check_loop(c, 1).found == ["quote_first = True: orders judge_quotes' quotes: set "
                                                "judge_quotes=True too, or leave quote_first off"]

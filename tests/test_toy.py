@@ -10,10 +10,10 @@ from collections import Counter
 import pytest
 
 from conftest import ROOT
-from data import read_jsonl
+from data import read_jsonl, write_jsonl
 from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, DRILL_LAYOUTS, ENGLISH, LETTERS, TEMPLATES, answer, asks_met,
                       attempts, build, comparison, corpus, drill_item, eft_target, fewshot_text, grade, marked_quiz,
-                      meta_judge_examples, pretraining_docs, quote, render, sample_task, stated_answer,
+                      meta_judge_examples, pretraining_docs, quote, render, sample_task, similarity, stated_answer,
                       task_from_prompt, true_grade, validation_set, working, write_toy)
 from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
 from tokenizer import chat_tokens, train_tokenizer
@@ -52,11 +52,39 @@ INVENT = "Invent a word of 5 letters that starts with 'B' and ends with 'O'."  #
     (REVERSE, "Paris is the capital of France.", 0), (REVERSE, "Hmm, lemme think.", 0),  # words, but no attempt
     ("What is 10 - 50?", "-42", 2), ("What is 10 - 50?", "-38", 2), ("What is 10 - 50?", "-45", 1),  # |-40| // 20
     (REVERSE, "OF", 0),  # left as it is: an English word in capitals (make_word can write one) is not read
+    # at the rules' edges: a number off by more than |-40| // 20 = 2 is wrong; a word 3 edits from a 6-letter
+    # answer (similarity 0.5) is near; 15 words are still "a few", 16 are not
+    ("What is 10 - 50?", "-43", 1), (REVERSE, "OLIBUR", 2),
+    (REVERSE, "I had to think about this one for a while, but the answer is OLIMAT.", 4),
+    (INVENT, "I had to think about this one for a while, but the answer is BAKIO.", 4),
+    (INVENT, "I had to think about this one for quite a while, but the answer is BAKIO.", 3),
+    (INVENT, " BAKIO. ", 5),  # spaces around the word, as around any answer
+    ("What is 10 - 5?", "10 - 5 = 5 5", 3),  # the question repeated, then the answer twice
+    (COUNT, "banana", 1),  # the input word in any case is an attempt
 ])
 def test_grader_on_hand_written_responses(prompt, response, score):
     assert grade({"prompt": prompt}, response) == score  # task parsed from the prompt text
     assert grade({"prompt": "", "task": task_from_prompt(prompt)}, response) == score
     assert true_grade(prompt, response) == score
+
+
+def test_similarity_by_hand():
+    # 1 - edit distance / the longer length
+    assert similarity("AB", "ABCD") == 0.5 and similarity("ABCD", "AB") == 0.5
+    assert similarity("OLIMAT", "OLIBUR") == 0.5 and similarity("", "") == 1.0 and similarity("A", "") == 0.0
+
+
+def test_sample_task_draws_again_where_an_answer_would_give_nothing_away():
+    """sample_task returns None (the caller draws again) where a wrong echo
+    would look right: a subtraction whose answer is its second operand
+    (a = 2b), a word that reverses or sorts to itself; a count asks for a
+    letter the word lacks now and then (answer 0), about 15% of the time."""
+    rng = random.Random(0)
+    tasks = [t for t in (sample_task(rng) for _ in range(20000)) if t]
+    assert not [t for t in tasks if t["kind"] == "arith" and t["op"] == "-" and t["a"] == 2 * t["b"]]
+    assert not [t for t in tasks if t["kind"] in ("reverse", "sort") and answer(t) == t["word"]]
+    counts = [t for t in tasks if t["kind"] == "count"]
+    assert 0.10 < sum(answer(t) == "0" for t in counts) / len(counts) < 0.20
 
 
 def test_invent_tasks_read_back_and_are_checked_not_answered():
@@ -118,6 +146,8 @@ def test_an_invent_world():
                 if r["task"]["kind"] == "invent"]  # the default world: six kinds, as before
     with pytest.raises(ValueError, match="toy_kinds = 'reverse,dance': must be some of"):
         build(toy_kinds="reverse,dance")
+    with pytest.raises(ValueError, match="toy_kinds = 'sort,reverse,sort': must be some of .*, each once"):
+        build(toy_kinds="sort,reverse,sort")  # (a kind twice would be drawn twice as often)
     with pytest.raises(ValueError, match="does not go with judge_quotes"):
         build(toy_kinds="invent,sort", judge_quotes=True)
     with pytest.raises(ValueError, match="has no invent task for check_each_ask to check"):
@@ -298,6 +328,7 @@ def test_seed_sets_sizes_and_shapes(toy):
     for g in s["eft_eval"] + s["eft_train_groups"]:
         assert 2 <= len(g["responses"]) == len(g["ranks"]) <= 4 and sorted(g["ranks"]) == list(range(len(g["ranks"])))
         assert [grade(g, r) for r in g["responses"]] == g["scores"]
+        assert [grade(g, r.replace("-", "")) for r in g["responses"]] == g["scores"]  # none hangs on a minus sign
         by_rank = [s for _, s in sorted(zip(g["ranks"], g["scores"]))]
         assert by_rank == sorted(g["scores"], reverse=True)  # rank 0 = the best grade
     for r in s["eft_train"]:
@@ -361,6 +392,20 @@ def test_validation_prompts_are_in_no_seed_set(toy):
     assert all(task_from_prompt(x["prompt"]) == x["task"] for x in valid)  # the grader reads each one
     assert validation_set(folder, 300, 1337) == valid and validation_set(folder, 300, 1) != valid
     assert {x["task"]["kind"] for x in validation_set(folder, 50, 1337, ["sort", "count"])} == {"sort", "count"}
+
+
+def test_validation_prompts_avoid_the_tasks_of_each_seed_file(tmp_path):
+    """Each of the four seed files holds the very tasks the validation set
+    would draw without it: none of them is drawn."""
+    names = ("ift", "eft_train_groups", "eft_eval", "test")
+    for name in names:
+        write_jsonl(tmp_path / f"{name}.jsonl", [])
+    first = validation_set(tmp_path, 20, 7)
+    for name in names:
+        for other in names:
+            write_jsonl(tmp_path / f"{other}.jsonl", first if other == name else [])
+        again = validation_set(tmp_path, 20, 7)
+        assert not {x["prompt"] for x in again} & {x["prompt"] for x in first}, name
 
 
 def test_same_seed_same_files(toy, tmp_path):
