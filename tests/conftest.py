@@ -1,6 +1,7 @@
 """Shared test setup: import the top-level scripts, find ../shared/data; a log-prob by hand."""
 import contextlib
 import os
+import re
 import sys
 
 import pytest
@@ -11,6 +12,23 @@ sys.path.insert(0, ROOT)
 # Real data lives outside the project (never committed); override with
 # SELFREWARD_SHARED_DATA=/path/to/data.
 SHARED_DATA = os.environ.get("SELFREWARD_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
+
+
+def ranks_said(r):
+    """What a failed torchrun command said, for its test's failure message:
+    the tail of its output; the start of its error output without torchrun's
+    own log lines (the first rank to fail, a C++ abort's message included,
+    usually says so first); each rank's last traceback lines ([rankN]: ...);
+    and torchrun's summary. (The tail alone can be one rank's traceback.)"""
+    errors = r.stderr.splitlines()
+    first = "\n".join(line for line in errors if not re.match(r"[IWE]\d{4} ", line))[:2500]
+    ranks = {}
+    for line in errors:
+        if line.startswith("[rank") and "]:" in line:
+            ranks.setdefault(line[:line.index("]:") + 1], []).append(line)
+    own = "\n".join("\n".join(lines[-12:]) for lines in ranks.values())
+    return (f"{r.stdout[-1500:]}\n--- the first error lines:\n{first}\n--- each rank's last lines:\n{own}\n"
+            f"--- torchrun:\n{r.stderr[-1500:]}")
 
 
 def shared_file(*parts):

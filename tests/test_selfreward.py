@@ -29,7 +29,7 @@ import train_dpo
 import train_sft
 import validate
 from checkpoint import load_model
-from conftest import ROOT, held_by_another_job, response_logp
+from conftest import ROOT, held_by_another_job, ranks_said, response_logp
 from data import read_jsonl, toy, write_jsonl
 from evaluation import alpaca_eval_path
 from judge import parse_score
@@ -279,7 +279,7 @@ def test_two_ranks_run_the_loop_as_one_process(micro_run, tmp_path):
     # parallel to answer the validation prompts; it changes nothing before iteration 1's DPO)
     cmd = [torchrun, "--standalone", "--nproc_per_node=2", *command(tmp_path, tp=2, dpo_pick_every=1, n_valid=8)[1:]]
     r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.returncode == 0, ranks_said(r)
     two = tmp_path / "micro"
     # M1 learns from the same data in both runs (M0 is compared by the prompts it writes, below): its step
     # from M0 differs by float rounding only (measured: 0.005% of the step, 2026-12-04; asked: 0.1%)

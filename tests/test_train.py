@@ -19,7 +19,7 @@ import types
 import pytest
 import torch
 
-from conftest import ROOT, held_by_another_job, response_logp
+from conftest import ROOT, held_by_another_job, ranks_said, response_logp
 
 import distributed as D
 import train_dpo
@@ -86,7 +86,7 @@ def torchrun(script, config, nproc=2, extra=(), check=True):
            *cli_args({"threads": 1, **config})]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     if check:
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert r.returncode == 0, ranks_said(r)
     return r
 
 
