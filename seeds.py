@@ -160,13 +160,14 @@ def pair_lines(folders, iterations):
     and the third shows no pull of the answer the judge reads. Then how
     often the candidates are right, against best of n with a perfect judge
     (report.right_candidates): how much the pairs could teach at most."""
-    lines = ["", "Pairs that set a right answer against a wrong one (evaluation only): the right one chosen / the "
+    verdicts_heading = ["", "Pairs that set a right answer against a wrong one (evaluation only): the right one chosen / the "
              "wrong one chosen; the share of the judge's judgments of its own wrong candidates that state the "
              "right answer; and the same share for its right / wrong candidates on the prompts whose candidates "
              "are right and wrong:", ""]
-    ceilings = ["", "The candidates by the grader (evaluation only): the share that is right; the share of prompts "
+    ceilings_heading = ["", "The candidates by the grader (evaluation only): the share that is right; the share of prompts "
                 "with a right one (best of the candidates by a perfect judge); with a right and a wrong one (where "
                 "a pair can teach correctness):", ""]
+    verdicts, ceilings = [], []  # a line per seed that has figures; a part without any is left out
     for s, folder in sorted(folders.items()):
         r = types.SimpleNamespace(path=lambda *parts, folder=folder: os.path.join(folder, *parts))
         cells, ceiling_cells = [], []
@@ -180,9 +181,9 @@ def pair_lines(folders, iterations):
             if ceiling:
                 ceiling_cells.append(f"iteration {t} {report.pct(ceiling['candidates'])}%, "
                                      f"{report.pct(ceiling['any_right'])}%, {report.pct(ceiling['mixed'])}%")
-        lines += [f"- seed {s}: " + "; ".join(cells)] if cells else []
+        verdicts += [f"- seed {s}: " + "; ".join(cells)] if cells else []
         ceilings += [f"- seed {s}: " + "; ".join(ceiling_cells)] if ceiling_cells else []
-    return (lines if len(lines) > 3 else []) + (ceilings if len(ceilings) > 3 else [])  # (3: a part's heading)
+    return (verdicts_heading + verdicts if verdicts else []) + (ceilings_heading + ceilings if ceilings else [])
 
 
 def main(argv=None):

@@ -303,6 +303,10 @@ def check_loop(c, world):
         if value not in ("", *keywords) and within(value, run):
             p.add(f"{setting}: {value} is inside the run folder {run}, which this run writes: copy it out, "
                   f"or give another run_name")
+    # the loop's settings: its defaults, and those only the toy world reads. (Imported here, as selfreward
+    # imports this module; under `python selfreward.py` that reads the file again as the module
+    # `selfreward`: the same definitions, and it runs nothing.)
+    from selfreward import DEFAULTS, TOY_ONLY
     # which world the run is in: the toy one, or a folder of real seed data. A seed_data that is neither
     # (a typo, most often) is one problem; the checks that ask which world this is (a grader, the toy
     # world's own settings, init_from='scratch') would each add one that follows from it, so they wait
@@ -378,7 +382,6 @@ def check_loop(c, world):
                 models[setting] = args
             if args and setting == "init_from":
                 judge_room(p, c, args, tok)
-                from selfreward import DEFAULTS  # (imported here: see TOY_ONLY's check below)
                 model_beside_checkpoint(p, c, args, DEFAULTS["model"])
     for setting, args in models.items():  # (a prompt writer of its own only writes prompts)
         for s in ("max_prompt_tokens",) + (("max_response_tokens", "max_judge_tokens", "max_meta_tokens")
@@ -444,10 +447,7 @@ def check_loop(c, world):
                   "paper's external judge in choosing a checkpoint; with real seed data each iteration keeps its last step")
         p.at_least("n_valid", 1)
     # settings read only by what the toy world alone makes (its seed, its M0): where that is not made, a
-    # changed one would change nothing, which is a mistake to say, not to ignore. (Imported here, as
-    # selfreward imports this module; under `python selfreward.py` that reads the file again as the
-    # module `selfreward`: the same definitions, and it runs nothing.)
-    from selfreward import DEFAULTS, TOY_ONLY
+    # changed one would change nothing, which is a mistake to say, not to ignore
     for (setting, value), names in TOY_ONLY.items():
         if setting == "seed_data" and not (toy_world or real_world):
             continue  # (seed_data is itself refused above)
@@ -457,7 +457,7 @@ def check_loop(c, world):
                       f"{DEFAULTS[s]!r}")
     # (a setting that changes nothing would still redo every stage that lists it)
     # (with real seed data quote_first is refused above as toy-only: no advice to set judge_quotes too)
-    p.require(c.judge_quotes or not c.quote_first or c.seed_data != "toy", "quote_first",
+    p.require(c.judge_quotes or not c.quote_first or not toy_world, "quote_first",
               "orders judge_quotes' quotes: set judge_quotes=True too, or leave quote_first off")
     return p
 
