@@ -272,7 +272,7 @@ def dpo(c, env, fp):
     # and with keep_every only if the checkpoints it kept are all there
     if c.keep_every:
         forget_state_missing_checkpoints(c, steps)
-    optimizer, step, record = T.optimizer_and_resume(model, c, fp)  # step 0 and {} on a fresh start
+    optimizer, step, record = T.optimizer_and_resume(model, c, fp, steps)  # step 0 and {} on a fresh start
     model.train()
     with tqdm(total=steps, initial=step, disable=not (c.progress and D.is_rank0()), desc="dpo") as bar:
         while step < steps:

@@ -172,7 +172,7 @@ def sft(c, env, fp):
           f"{n_params / 1e6:.1f}M parameters, world size {env.world}")
 
     # a saved state is resumed only if it was made from the same inputs (fp: training.run's made_from)
-    optimizer, step, record = T.optimizer_and_resume(model, c, fp)  # step 0 and {} on a fresh start
+    optimizer, step, record = T.optimizer_and_resume(model, c, fp, steps)  # step 0 and {} on a fresh start
     loss = record.get("loss", float("nan"))  # the loss of the step resumed from (saved with the state)
     model.train()
     with tqdm(total=steps, initial=step, disable=not (c.progress and D.is_rank0()), desc="sft") as bar:

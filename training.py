@@ -474,18 +474,21 @@ def load_state(model, optimizer, path, fp):
     return int(state["step"]), info
 
 
-def optimizer_and_resume(model, c, fp):
+def optimizer_and_resume(model, c, fp, steps):
     """AdamW over the (sharded) parameters, the step to start from and what
     that step recorded: the last saved training state's, if one was saved
     from the same inputs (fp: made_from), else 0 and {}. (A run killed after
-    its last step has no step left to run: it returns what that one recorded.)
+    its last step, while saving its model, has no step left to run: it
+    returns what that one recorded, and the caller saves the model.)
     Metrics lines written after that state go (all of them on a fresh start),
     so the file reads as one run."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, betas=(c.beta1, c.beta2),
                                   weight_decay=c.weight_decay)
     step, saved = load_state(model, optimizer, state_dir(c), fp)
-    if step:
-        D.log(f"resumed from {state_dir(c)} at step {step}")
+    if step == steps:
+        D.log(f"resumed from {state_dir(c)} at step {step}, the last: the model is saved again from it")
+    elif step:
+        D.log(f"resumed from {state_dir(c)} at step {step} of {steps}")
     if D.is_rank0() and os.path.exists(metrics_path(c)):
         def before_resume(rec):  # a line for a step taken before the state; an evaluation at the state's
             at = rec.get("step", 0)  # own step comes again: the resumed loop evaluates there first

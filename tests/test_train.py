@@ -628,7 +628,7 @@ def test_training_state_is_resumed_only_by_the_same_settings(work, tmp_path, cap
     assert (out / "model" / "model.safetensors").exists()
     shutil.rmtree(out / "model")
     train_sft.train(sft_config(work, out, max_steps=2, keep_state=True))  # the same: resumed at its end
-    assert "resumed from" in capsys.readouterr().out
+    assert "at step 2, the last: the model is saved again from it" in capsys.readouterr().out
     train_sft.train(sft_config(work, out, max_steps=2, lr=5e-4))
     text = capsys.readouterr().out
     assert "not resuming from" in text and "resumed from" not in text and "this run replaces it" in text
@@ -890,7 +890,7 @@ def test_fsdp_resume_after_kill_equals_uninterrupted(work, sft_single):
     train_sft.train(sft_config(work, work / "sft_resume_1proc"))
     assert max_weight_diff(work / "sft_resume_1proc" / "model", sft_single / "model") < W_TOL
     r = torchrun("train_sft.py", sft_config(work, out))
-    assert "resumed from" in r.stdout and "at step 2" in r.stdout
+    assert "resumed from" in r.stdout and "at step 2 of 4" in r.stdout
     assert losses(out) == pytest.approx(losses(sft_single), rel=L_TOL)  # one clean curve
     assert max_weight_diff(out / "model", sft_single / "model") < W_TOL
 
@@ -1368,7 +1368,7 @@ def test_resume_keeps_the_metrics_before_the_state_and_not_its_evaluation(tmp_pa
              {"step": 2, "eval/loss": 0.6}, {"step": 3, "loss": 1.0}]
     with open(T.metrics_path(c), "w") as f:
         f.writelines(json.dumps(x) + "\n" for x in lines)
-    _, step, _ = T.optimizer_and_resume(model, c, "x")
+    _, step, _ = T.optimizer_and_resume(model, c, "x", 4)
     assert step == 2 and read_jsonl(T.metrics_path(c)) == lines[:2]
 
 
