@@ -56,6 +56,7 @@ class Run:
         self.fingerprints = {}  # stage -> fingerprint of what it is made from, for the stages after it
         self.current = None  # the stage running now (for Ctrl-C's message and generation shards)
         self.reused = []  # the stages found done, made from the same inputs (said at the end of a run)
+        self.made = []  # the stages this command ran
         self.remakers = {}  # done stages with outputs: made again if one is gone when a stage that reads it runs
         if D.is_rank0() and not dry:
             write_json(self.path("settings.json"), self.settings)
@@ -128,6 +129,7 @@ class Run:
                 D.log(f"would run {name}" + (f" (again: {why})" if why else ""))
             return {}
         D.log(f"\n=== {name}" + (f" (again: {why})" if why else ""))
+        self.made.append(name)
         if old:  # redone: its old record goes first, or a redo stopped halfway (its outputs partly
             D.barrier()  # rewritten) would pass as done under the old settings; once every rank has read it
             if D.is_rank0():

@@ -223,7 +223,7 @@ def main(argv=None):
     for s in seed_list:
         name = f"{c.run_name}-seed{s}"
         D.log(f"\n##### seed {s}: {os.path.join(c.out_root, name)}")
-        selfreward.main(argv + [f"--seed={s}", f"--run_name={name}"])
+        selfreward.main(argv + [f"--seed={s}", f"--run_name={name}"], table_again=False)  # (done before: one line)
         folders[s] = os.path.join(c.out_root, name)
     if c.dry_run:  # (each run has said what it would do: nothing to compare)
         return

@@ -1273,9 +1273,11 @@ def warn_of_benchmarks_in_seed(c):
 
 # -----------------------------------------------------------------------------
 
-def main(argv=None):
+def main(argv=None, table_again=True):
     """Run (or resume) the whole method. argv: config files and --key=value
-    settings (default: the command line)."""
+    settings (default: the command line). table_again=False (seeds.py): a
+    run that found every stage done says so in one line, without its table
+    (it was shown when the run finished)."""
     overrides = configurator.configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), argv)
     c = configurator.settings(DEFAULTS, overrides)
     if c.plan_only:
@@ -1315,10 +1317,13 @@ def main(argv=None):
                 print(f"\ninterrupted in stage {r.current or '(between stages)'}; the same command resumes the run",
                       file=sys.stderr)
             sys.exit(130)
-    if r.reused:  # (a rerun that redid nothing would otherwise look like one that never ran)
-        D.log(f"\nreused, done before from the same settings and inputs: {', '.join(r.reused)}")
-    D.log(f"\n{report.table(r.path('report.md'))}\n\ndone in {(time.time() - t_start) / 60:.1f} min: "
-          f"{r.path('report.md')}")
+    if not r.made and not table_again:
+        D.log(f"every stage was done before, from the same settings and inputs: {r.path('report.md')}")
+    else:
+        if r.reused:  # (a rerun that redid nothing would otherwise look like one that never ran)
+            D.log(f"\nreused, done before from the same settings and inputs: {', '.join(r.reused)}")
+        D.log(f"\n{report.table(r.path('report.md'))}\n\ndone in {(time.time() - t_start) / 60:.1f} min: "
+              f"{r.path('report.md')}")
     D.teardown(env)
 
 

@@ -366,6 +366,21 @@ def test_bad_settings_refused_before_any_work_then_the_fix_continues(micro_run, 
     assert "reused, done before from the same settings and inputs: seed_data, tokenizer, M0, SFT, M1," in r.stdout
 
 
+def test_a_seed_study_rerun_says_each_finished_seed_in_one_line(micro_run, tmp_path):
+    """seeds.py over a seed whose run is finished: the run reuses every stage
+    and says so in one line, without its table again (shown when it ran), and
+    the study's summary follows, read from that run's report."""
+    shutil.copytree(micro_run[0], tmp_path / "study-seed1337")  # (micro's seed: the default's)
+    args = [f"--{k}={v}" for k, v in MICRO.items()] + [f"--out_root={tmp_path}", "--run_name=study", "--seeds=1337"]
+    r = subprocess.run([sys.executable, "seeds.py", *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert stages_run(r.stdout) == [] and "done in" not in r.stdout and "reused, done before" not in r.stdout
+    assert f"every stage was done before, from the same settings and inputs: {tmp_path}/study-seed1337/report.md" \
+        in r.stdout
+    assert "# `study` over seeds" in r.stdout and (tmp_path / "study-seeds.md").exists()
+
+
 def test_a_run_needs_a_folder_of_its_own(tmp_path):
     """An empty run name would write the run's files among the other runs' folders."""
     for name in ("", "..", "../elsewhere", "a/../.."):
@@ -1436,7 +1451,7 @@ def test_a_seed_study_refuses_what_it_cannot_compare_and_tables_every_model(tmp_
         assert e.value.code == 2 and said in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
     models, pair_lines = ["SFT", "M1", "M2", "M3"], seeds.pair_lines
-    monkeypatch.setattr(seeds.selfreward, "main", lambda argv: None)  # each seed's run, done
+    monkeypatch.setattr(seeds.selfreward, "main", lambda argv, table_again: None)  # each seed's run, done
     monkeypatch.setattr(seeds, "run_figures", lambda folder: {m: {n: 1.0 for n, _ in seeds.FIGURES} for m in models})
     monkeypatch.setattr(seeds, "gain_interval", lambda folder, a, b: (0.1, 0.2))
     monkeypatch.setattr(seeds, "pair_lines", lambda folders, iterations: [])
