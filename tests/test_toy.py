@@ -578,3 +578,27 @@ def test_the_toy_data_command_refuses_bad_settings_before_writing(tmp_path):
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, (arg, r.stderr)
     assert not (tmp_path / "toy").exists()
+
+
+def test_fresh_task_gives_up_after_its_tries_and_otherwise_draws_on(monkeypatch):
+    """fresh_task draws until a task outside held_tasks comes in a prompt
+    outside held_prompts: a held task or a held prompt is drawn again; with
+    tries=k it gives up (None) after exactly k draws, with tries=None it draws
+    on (validation_set's tries=1000 is what stops a world with few tasks left)."""
+    import json
+    from data import toy
+    tasks = [{"kind": "reverse", "word": w} for w in ("BAKU", "TAMI", "LORU", "NEFA")]
+    key = lambda t: json.dumps(t, sort_keys=True)
+    held_tasks = {key(tasks[0]), key(tasks[1])}  # the first two drawn are held; the third's prompt is held
+    monkeypatch.setattr(toy, "TEMPLATES", {k: v[:1] for k, v in toy.TEMPLATES.items()})  # one phrasing each
+    held_prompts = {toy.render(tasks[2], random.Random(0))}
+    drawn = []
+    def draws(rng, kinds):
+        drawn.append(tasks[len(drawn) % len(tasks)])
+        return drawn[-1]
+    monkeypatch.setattr(toy, "sample_task", draws)
+    for tries, want, n in ((3, None, 3), (4, tasks[3], 4), (None, tasks[3], 4)):
+        drawn.clear()
+        got = toy.fresh_task(random.Random(0), ["reverse"], held_tasks, held_prompts, tries=tries)
+        assert (got if got is None else got[1]) == want and len(drawn) == n, (tries, got, drawn)
+        assert got is None or got[0] == toy.render(tasks[3], random.Random(0))
