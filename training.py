@@ -485,7 +485,7 @@ def optimizer_and_resume(model, c, fp, steps):
     optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, betas=(c.beta1, c.beta2),
                                   weight_decay=c.weight_decay)
     step, saved = load_state(model, optimizer, state_dir(c), fp)
-    if step == steps:
+    if step and step == steps:
         D.log(f"resumed from {state_dir(c)} at step {step}, the last: the model is saved again from it")
     elif step:
         D.log(f"resumed from {state_dir(c)} at step {step} of {steps}")
