@@ -979,11 +979,12 @@ def test_a_state_saved_at_a_kept_step_is_not_resumed_without_that_steps_checkpoi
     assert [s for s, _ in result["checkpoints"]] == [2, 4] and all(os.path.isdir(f) for _, f in result["checkpoints"])
 
 
-def test_killed_after_the_last_step_the_rerun_returns_that_steps_metrics(work):
+def test_killed_after_the_last_step_the_rerun_returns_that_steps_metrics(work, capsys):
     """Killed after the last step's state was saved (before or while the model
-    is written out): the rerun has no step left to run, and still returns the
-    last step's loss and DPO metrics, as the uninterrupted run does (they go
-    into the loop's records), whatever line of metrics.jsonl the kill cut short."""
+    is written out): the rerun has no step left to run, says so, and still
+    returns the last step's loss and DPO metrics, as the uninterrupted run does
+    (they go into the loop's records), whatever line of metrics.jsonl the kill
+    cut short."""
     for trainer, config in ((train_sft, sft_config), (train_dpo, dpo_config)):
         name = trainer.__name__
         cfg = config(work, work / f"{name}_whole", max_steps=2, save_interval=1)
@@ -1000,7 +1001,9 @@ def test_killed_after_the_last_step_the_rerun_returns_that_steps_metrics(work):
         with pytest.raises(ValueError, match=r"metrics.jsonl:1: not a metrics record .*remove the line to resume"):
             trainer.train(cfg)
         metrics.write_text(good + '{"step": 3, "lo')  # a line a kill cut short (it stopped every resume, naming
+        capsys.readouterr()
         rerun = trainer.train(cfg)  # no file): the resume drops it
+        assert "at step 2, the last: the model is saved again from it" in capsys.readouterr().out, name
         assert rerun["loss"] == pytest.approx(whole["loss"], rel=1e-6) and not math.isnan(rerun["loss"]), name
         timing = {"model", "tokens_per_s", "mfu"}  # where it was written, and how fast it ran
         assert set(rerun) == set(whole), name
