@@ -9,9 +9,11 @@ ends with "Score: N". This file holds
     judge_groups(...)       the same for groups of responses to one prompt each
     reward_metrics(...)     agreement with human rankings (Section 3, Table 4)
     judge_eft_groups(...)   the SFT baseline's judgments of the EFT groups, attempt by attempt
-    make_eft_targets(...)   of those, the ones that agree with the human ranking: EFT training targets
-    read_judge_file(path)   judgments another (stronger) judge wrote, as EFT material
-    eft_targets(...)        the judgments whose scores agree with the human ranking, as SFT records
+    make_eft_targets(...)   judge_eft_groups' records, in the form eft_targets reads
+    read_judge_file(path)   judgments another (stronger) judge wrote, in that same form
+    eft_targets(...)        the rule: per human-ranked group, the first attempt whose scores
+                            rank it as the humans did; per unranked group, every scored
+                            judgment; the top score down-sampled; as SFT records
 
 and the Meta-Rewarding variant's meta-judge (Wu et al. 2024:
 the model compares two of its own judgments of one response):
@@ -88,10 +90,10 @@ def judge_prompt_ids(tokenizer, instruction, response):
 #   below, or "Score: N/A", is no mark)
 # - points added up ("Score: 1+1+1 = 3") are the total after "=", if it is their
 #   sum; a sum without its total, or a total that is not the sum: None
-# - "Score: 4/5" and "4 out of 5" are 4; any other scale ("8/10", "4/10") is None:
-#   rescaling would be inventing
-# - a fraction of a point ("3.5") is None: the rubric adds whole points and
-#   rounding would invent a score; "4.0" is 4
+# - "Score: 4/5" and "Score: 4 out of 5" are 4; any other scale ("8/10", "4/10")
+#   is None: rescaling would be inventing; the scale is on the mark's line
+# - a fraction of a point ("3.5", or "3,5" with a decimal comma) is None: the
+#   rubric adds whole points and rounding would invent a score; "4.0" is 4
 # - a range or a choice ("3-4", "4 or 5"), a negative or anything above 5: None
 
 _NUMBER = r"[-+]?\d+(?:\.\d+)?"
@@ -100,9 +102,10 @@ _SCORE = re.compile(
     rf"[ \t*_]*:[ \t*_]*(?P<a>{_NUMBER})"   # Score: 4   **Score**: 4   Score: **4**
     rf"|[ \t*_]+(?P<b>{_NUMBER})[ \t*_]*:"  # Score 4:
     r")", re.IGNORECASE)  # on one line: "score = 0" (code) and "score:\n1 point" are not scores
-_SCALE = re.compile(r"\s*(?:/|out\s+of)\s*(\d+)", re.IGNORECASE)  # "/5", " out of 5"
+_SCALE = re.compile(r"[ \t]*(?:/|out[ \t]+of)[ \t]*(\d+)", re.IGNORECASE)  # "/5", " out of 5"
 # (the rest of the mark is on its line: a list of points on the next lines, "+ 1 point ...", is not a sum)
-_RANGE = re.compile(r"[ \t]*(?:[-–—+=]|to\b|or\b)[ \t]*\d", re.IGNORECASE)  # "3-4", "4 or 5", "1+1", "4 = 3"
+# after the number: "3-4", "4 or 5", "1+1", "4 = 3", or "3,5" (a decimal comma: a fraction of a point)
+_RANGE = re.compile(r"[ \t]*(?:[-–—+=]|,(?=\d)|to\b|or\b)[ \t]*\d", re.IGNORECASE)
 _SUM = re.compile(rf"((?:[ \t]*\+[ \t]*\d+)+)[ \t]*=[ \t]*({_NUMBER})")  # "+1+1 = 3" after a first "1"
 
 
@@ -369,8 +372,9 @@ def downsample_top_score(records, seed=0):
 def eft_targets(groups, judged, seed=0):
     """
     The EFT training records (Sections 2.1 and 3.1) from judged groups.
-    groups[g]: {"prompt", "responses", "ranks"?}; judged[g][k]: the judge's record of
-    response k, {"judgments": [text]*n, "scores": [int|None]*n}. Attempt a of a group is
+    groups[g]: {"prompt", "ranks"?}; judged[g][k]: the judge's record of response k,
+    {"response": text, "judgments": [text]*n, "scores": [int|None]*n} (judge()'s
+    records have these fields; make_eft_targets builds them). Attempt a of a group is
     the a-th judgment of every response. Where the group has human ranks, the first
     attempt whose scores rank it as the humans did (every pair in the same order, no
     ties) is kept, and nothing else; without ranks (another judge's file on prompts no
@@ -485,7 +489,8 @@ def read_judge_file(path):
 # Meta-Rewarding (Wu et al. 2024, arXiv 2407.19594): the model is
 # also a meta-judge. It reads two of its own judgments of one response and
 # says which applies the rubric better; the judgment that wins most of these
-# battles is set against the one that wins fewest, and DPO trains the judge on
+# battles is set against the one that wins fewest (the paper rates them by Elo
+# from the battles; we count wins), and DPO trains the judge on
 # such pairs (selfreward.make_judge_pairs), as it trains the actor on the
 # response pairs. The prompt below follows the paper's structure (the rubric,
 # the question, the response, Judgment A and B, a verdict line) in our own words.
@@ -533,7 +538,9 @@ def meta_rubric_lines():
 # - prose is not a verdict: "the winner is A", "A wins" never match
 # - several verdicts: the last one is the conclusion and the only one read
 # - a choice or a tie is None: "Winner: A or B", "Winner: A/B", "Winner: tie",
-#   "Winner: both", or the other letter named later on the same line
+#   "Winner: both"
+# - the other letter anywhere after it on the verdict line voids it, a reason
+#   too ("Winner: A (B misreads the question)"): the line is the verdict alone
 _WINNER_MARK = re.compile(r"\bwinner\b[ \t*_]*:(?P<rest>[^\n]*)", re.IGNORECASE)
 _WINNER_LETTER = re.compile(r"[ \t*_\[(\"“]*(?:[Jj]udge?ment[ \t]+)?(?P<w>[AB])\b")
 _CHOICE = re.compile(r"[ \t*_\])\"”]*(?:/|\||&|\bor\b|\band\b)", re.IGNORECASE)

@@ -111,6 +111,9 @@ def next_token(logits, temperature, top_p, u):
     logits: (B, V); u: (B,) float64 uniforms in [0, 1), one per row.
     Greedy when temperature == 0, else inverse-CDF sampling from the
     temperature-scaled, nucleus-filtered distribution. Returns (B,) ids.
+    (Inverse CDF on uniforms given, not torch.multinomial: each row's
+    uniforms come from its own generator (row_uniforms), so its draw does
+    not depend on the batch it sits in.)
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
@@ -130,7 +133,7 @@ def row_uniforms(seed, rows, steps):
     u = torch.empty(len(rows), steps, dtype=torch.float64)
     g = torch.Generator()
     for i, k in enumerate(rows):
-        g.manual_seed(hash((seed, k)) & (2**63 - 1))  # hash of a tuple of ints is fixed across runs
+        g.manual_seed(hash((seed, k)) & (2**63 - 1))  # a tuple of ints hashes alike in every run (CPython 3.8+, 64-bit)
         u[i] = torch.rand(steps, generator=g, dtype=torch.float64)
     return u
 
@@ -292,6 +295,8 @@ class KVCache:
             allowed = self.valid[:, None, None, :S]  # (B, 1, 1, S)
         else:
             real = torch.ones(B, T, dtype=torch.bool, device=tokens.device) if pad_mask is None else ~pad_mask
+            # padding does not advance a row's positions, so its first real token comes right after the
+            # prefix (or at 0); a leading pad would be at -1: clamped, its output is discarded
             positions = (self.next_positions()[:, None] + real.cumsum(dim=1) - 1).clamp(min=0)
             self.valid[:, start:end] = real
             # (B, 1, T, S): causal over slots, only valid slots, and every
@@ -491,8 +496,9 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, n=1, eo
     completion fill the model's context (max_seq_len).
 
     temperature: 0 is greedy (argmax). top_p: nucleus sampling, 1.0 is off.
-    seed: the same seed gives the same completions whatever batch_size, n
-        sharing and prefix sharing (None: draw one from torch's global RNG).
+    seed: the same seed gives the same completions whatever batch_size and
+        prefix sharing (None: draw one from torch's global RNG); n is part of
+        the request: completion i * n + j draws from its own generator.
     batch_size: sequences decoded together (prompts per batch: batch_size // n,
         at least one: with n > batch_size, one prompt's n rows).
     min_shared_prefix: prefill a common prefix of all prompts once when it is
@@ -647,7 +653,8 @@ def _generate_batch(model, decode, cache_class, prompts, prompt_index, P, prefix
                 break
         logits = decode(tok[:, None], cache=cache)[:, -1]
 
-    # cut each row at its budget and before its EOS (-1: steps after the row was dropped)
+    # cut each row at its budget and before its EOS (-1: the steps after a row finished, all past
+    # one of those cuts; the filter is a guard)
     result, stop_set = [], set(eos_id or [])
     for row, limit in zip(out.tolist(), budget.tolist()):
         row = row[:limit]

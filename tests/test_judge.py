@@ -54,6 +54,8 @@ def test_prompt_fills_its_two_slots():
     ("Score: 1+1+1", None), ("Score: 1+1 = 3", None),
     ("Score: 4\n\n+ 1 point for relevance\n+ 1 point for clarity", 4), ("Score: 4\n- 1 point: relevance", 4),
     ("Score: 1+1+1+1\n\n= 4", None),  # the mark is one line: a list below it is not a sum, nor a range
+    ("Score: 4\n\nOut of 10 reviewers, most would agree.", 4), ("Score: 3\n/10", 3),  # ... nor a scale
+    ("Score: 3,5", None), ("Score: 4, which is fair", 4),  # a decimal comma is a fraction; a comma alone is not
 ])
 def test_parse_score_table(text, score):
     assert parse_score(text) == score
