@@ -210,7 +210,7 @@ class KVCache:
       end(T)                    once, after the layers: the T new slots count
                                 as filled.
 
-    All rows share the same slot index, and a boolean `valid` (B, max_len)
+    All rows share the same slot index, and a boolean `valid` (B, max_slots)
     marks which slots hold real tokens of that row; padding slots (rows whose
     prompts are shorter) and slots not yet filled are never attended to. Each
     row's positions count only its own valid slots, so rotary angles are right
@@ -219,10 +219,10 @@ class KVCache:
     A padding slot's own query attends to itself, so no attention row is ever
     fully masked (softmax of all -inf would be NaN); its output is discarded.
 
-    The buffers grow by whole chunks of CHUNK slots (up to max_len), and
+    The buffers grow by whole chunks of CHUNK slots (up to max_slots), and
     attention reads every slot of them, filled or not (the mask hides the
     rest): then the keys and values a step reads are one contiguous block.
-    A slice of a bigger buffer is not (its rows lie max_len slots apart), and
+    A slice of a bigger buffer is not (its rows lie max_slots apart), and
     the CPU's bf16 batched matmul copies such a slice whole at every layer of
     every step, which costs more than the up to CHUNK - 1 masked slots and
     the copy into a bigger buffer once per CHUNK steps.
@@ -235,17 +235,19 @@ class KVCache:
     their dtype is the compute dtype, whatever set it (bf16 weights, FSDP2's
     MixedPrecisionPolicy casting fp32 master weights, autocast), and their
     heads are this rank's under tensor parallelism. `capacity` rows are
-    allocated (default batch_size), so that select() can make n copies of
+    allocated (default: rows), so that select() can make n copies of
     each prompt's rows, or drop finished ones, in place.
     """
     CHUNK = 32  # slots added to the buffers at a time
 
-    def __init__(self, args: ModelArgs, batch_size, max_len, device, prefix=None, capacity=None):
-        self.n_layers, self.capacity = args.n_layers, capacity or batch_size
+    def __init__(self, args: ModelArgs, rows, max_slots, device, prefix=None, capacity=None):
+        # rows: one per prompt at the prefill (select() changes how many are in use); max_slots: the most
+        # slots a row fills, its padded prompt plus the new tokens (a shared prefix is stored apart)
+        self.n_layers, self.capacity = args.n_layers, capacity or rows
         # per layer, keys and values (capacity, KV, slots, hd): allocated by the first update, grown by update
         self.keys = self.values = None
-        self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
-        self.max_len = max_len
+        self.valid = torch.zeros(rows, max_slots, dtype=torch.bool, device=device)
+        self.max_slots = max_slots
         self.length = 0  # slots filled so far (the same for every row)
         self.slots = 0  # slots the buffers hold per row, filled or not
         self.allowed = self.mask = None  # this forward pass's attention mask: boolean, then additive
@@ -254,12 +256,12 @@ class KVCache:
         self.prefix = prefix
 
     @property
-    def batch_size(self):
+    def rows_in_use(self):
         return self.valid.shape[0]
 
     def layer(self, layer):
         """`layer`'s keys and values of the rows in use, (B, KV, slots, hd) each."""
-        return self.keys[layer][:self.batch_size], self.values[layer][:self.batch_size]
+        return self.keys[layer][:self.rows_in_use], self.values[layer][:self.rows_in_use]
 
     def shared(self, layer):
         """The prefix's keys and values (1, KV, P, hd) for `layer`, or None."""
@@ -275,8 +277,8 @@ class KVCache:
         return positions if self.prefix is None else positions + self.prefix.length
 
     def slots_for(self, end):
-        """The slots the buffers must hold once `end` are filled: whole chunks, at most max_len."""
-        return max(self.slots, min(self.max_len, -(-end // self.CHUNK) * self.CHUNK))
+        """The slots the buffers must hold once `end` are filled: whole chunks, at most max_slots."""
+        return max(self.slots, min(self.max_slots, -(-end // self.CHUNK) * self.CHUNK))
 
     def begin(self, tokens, pad_mask=None):
         """Prepare a forward pass over `tokens` (B, T) written at slots
@@ -284,8 +286,8 @@ class KVCache:
         Returns the tokens' positions (B, T)."""
         B, T = tokens.shape
         start, end = self.length, self.length + T
-        if end > self.max_len:
-            raise ValueError(f"KV cache full: {end} slots needed, {self.max_len} allocated")
+        if end > self.max_slots:
+            raise ValueError(f"KV cache full: {end} slots needed, room for {self.max_slots}")
         self.slots = S = self.slots_for(end)  # this pass attends over all S slots; those past `end` are not valid
         if T == 1 and pad_mask is None:
             # a decode step, the hot loop of sampling: kept to a few cheap ops.
@@ -373,15 +375,15 @@ class KVCache:
             raise ValueError(f"KV cache has room for {self.capacity} rows, {n} asked for")
         for buffers in (self.keys, self.values):
             for layer in range(self.n_layers):  # gather (a copy of one layer's rows) then write back
-                in_use = buffers[layer][:self.batch_size, :, :end]
+                in_use = buffers[layer][:self.rows_in_use, :, :end]
                 buffers[layer][:n, :, :end] = in_use.index_select(0, rows)
         self.valid = self.valid.index_select(0, rows)
         return self
 
     def repeat_interleave(self, n):
         """Copy every row n times (n samples of one prompt share its prefill);
-        allocate the cache with capacity = batch_size * n."""
-        return self.select(torch.arange(self.batch_size, device=self.valid.device).repeat_interleave(n))
+        allocate the cache with capacity = rows * n."""
+        return self.select(torch.arange(self.rows_in_use, device=self.valid.device).repeat_interleave(n))
 
 
 # -----------------------------------------------------------------------------
@@ -392,14 +394,14 @@ class StaticKVCache(KVCache):
     The KV cache for a torch.compile'd decode step. KVCache writes at a
     Python int that changes every step and grows its buffers, so a compiled
     step would be recompiled again and again. Here the buffers hold all
-    max_len slots from the start, a decode step touches tensors only (the
-    slot to write is a tensor, attention covers all max_len slots, unfilled
+    max_slots slots from the start, a decode step touches tensors only (the
+    slot to write is a tensor, attention covers all max_slots slots, unfilled
     ones masked), and the compiler sees one graph for the whole loop (as
     gpt-fast does). Prefill runs eagerly through KVCache.
     """
 
     def slots_for(self, end):
-        return self.max_len
+        return self.max_slots
 
     @property
     def length(self):  # the filled slots, kept as a tensor: `slot`
@@ -419,7 +421,7 @@ class StaticKVCache(KVCache):
         self.valid.index_fill_(1, self.slot, True)
         # (the buffers are allocated by now: the mask takes their dtype)
         self.mask = torch.zeros(self.valid.shape, dtype=self.keys[0].dtype, device=self.valid.device)
-        self.mask = self.mask.masked_fill(~self.valid, float("-inf"))[:, None, None, :]  # (B, 1, 1, max_len)
+        self.mask = self.mask.masked_fill(~self.valid, float("-inf"))[:, None, None, :]  # (B, 1, 1, max_slots)
         if self.prefix is not None:  # every prefix slot is visible
             self.mask = F.pad(self.mask, (self.prefix.length, 0))
         return positions

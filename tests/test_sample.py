@@ -414,7 +414,7 @@ def test_cache_grows_by_chunks_and_steps_read_one_block(tiny):
             k, v = cache.layer(tiny.args.n_layers - 1)
             assert k.is_contiguous() and v.is_contiguous() and k.shape[2] == cache.slots
         reference = tiny(torch.tensor([tokens]))[:, -1]
-    # 5 slots filled -> 8; 9 -> 16; ... ; 35 -> 40 (max_len, not 48)
+    # 5 slots filled -> 8; 9 -> 16; ... ; 35 -> 40 (max_slots, not 48)
     assert slots == [8] * 4 + [16] * 8 + [24] * 8 + [32] * 8 + [40] * 3
     torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)
 
