@@ -964,38 +964,44 @@ def stage_meta_judgments(c, r, t, mt_path):
 def make_judge_pairs(meta_judged, cap=None, seed=0):
     """Meta-Rewarding's pairs for the judge (Wu et al. 2024): per
     response, every verdict of its battles (judge.compare_judgments) is a win
-    for the judgment it names (verdict "A": the battle's judgment a). The
-    judgment with the most wins is chosen, the one with the fewest rejected
-    (ties to the first, as make_pairs; the paper rates the judgments by Elo
-    from the same battles, a plain count is one a reader can check by hand);
-    only judgments with a score take part. No pair where no battle has a
-    verdict, where best and worst won equally often (a meta-judge that
-    always names the same position gives every judgment as many wins as
-    losses: judge.judgment_battles), or where the two texts
-    are the same; each reason is counted. At most `cap`
-    pairs are kept, a random subset drawn with `seed`. The record is DPO's:
-    the judge prompt of the response, with the two judgments as chosen and
-    rejected, so the judge is trained under the prompt it judges with.
+    for the judgment it names (verdict "A": the battle's judgment a) and a
+    loss for the other. The judgment with the most net wins (wins - losses)
+    is chosen, the one with the fewest rejected (ties to the first, as
+    make_pairs; the paper rates the judgments by Elo from the same battles,
+    a net count is one a reader can check by hand); only judgments with a
+    score take part. Net wins, not wins: a response's judgments meet
+    different numbers of battles (two identical texts never meet,
+    judge.judgment_battles), and a meta-judge that always names the same
+    position would give the judgment in the most battles the most wins;
+    its net wins are 0 for every judgment (each battle comes in both
+    orders). No pair where no battle has a verdict, where best and worst
+    have equal net wins, or where the two texts are the same; each reason
+    is counted. At most `cap` pairs are kept, a random subset drawn with
+    `seed`. The record is DPO's: the judge prompt of the response, with the
+    two judgments as chosen and rejected, so the judge is trained under the
+    prompt it judges with.
     meta_judged: records {"prompt", "response", "judgments", "scores",
     "battles": [{"a", "b", "winner": "A", "B" or None}]}, a and b indices
     into judgments. Returns (pairs, dropped): pairs {"prompt" (the judge
     prompt), "chosen", "rejected", "kind": "judge", "instruction" (the
-    question), "response", "chosen_score", "rejected_score", "chosen_wins",
-    "rejected_wins"}; dropped counts by reason: "no verdict", "wins tie",
-    "same text", "over the cap"."""
+    question), "response", "chosen_score", "rejected_score",
+    "chosen_net_wins", "rejected_net_wins"}; dropped counts by reason: "no
+    verdict", "wins tie", "same text", "over the cap"."""
     pairs, dropped = [], {"no verdict": 0, "wins tie": 0, "same text": 0, "over the cap": 0}
     for x in meta_judged:
-        wins = Counter()
-        for b in x["battles"]:
-            if b["winner"] is not None:
-                wins[b["a"] if b["winner"] == "A" else b["b"]] += 1
-        if not wins:  # every verdict is somebody's win: none at all means no battle had one
+        net = Counter()
+        verdicts = [b for b in x["battles"] if b["winner"] is not None]
+        for b in verdicts:
+            winner, loser = (b["a"], b["b"]) if b["winner"] == "A" else (b["b"], b["a"])
+            net[winner] += 1
+            net[loser] -= 1
+        if not verdicts:
             dropped["no verdict"] += 1
             continue
         scored = [k for k, s in enumerate(x["scores"]) if s is not None]
-        best = max(scored, key=lambda k: (wins[k], -k))    # first of those with the most wins
-        worst = min(scored, key=lambda k: (wins[k], k))    # first of those with the fewest
-        if wins[best] == wins[worst]:
+        best = max(scored, key=lambda k: (net[k], -k))    # first of those with the most net wins
+        worst = min(scored, key=lambda k: (net[k], k))    # first of those with the fewest
+        if net[best] == net[worst]:
             dropped["wins tie"] += 1
             continue
         if x["judgments"][best].strip() == x["judgments"][worst].strip():
@@ -1004,7 +1010,8 @@ def make_judge_pairs(meta_judged, cap=None, seed=0):
         pairs.append({"prompt": J.judge_prompt(x["prompt"], x["response"]), "chosen": x["judgments"][best],
                       "rejected": x["judgments"][worst], "kind": "judge", "instruction": x["prompt"],
                       "response": x["response"], "chosen_score": x["scores"][best],
-                      "rejected_score": x["scores"][worst], "chosen_wins": wins[best], "rejected_wins": wins[worst]})
+                      "rejected_score": x["scores"][worst], "chosen_net_wins": net[best],
+                      "rejected_net_wins": net[worst]})
     if cap is not None and len(pairs) > cap:
         keep = set(random.Random(seed).sample(range(len(pairs)), cap))
         dropped["over the cap"] = len(pairs) - cap

@@ -1025,10 +1025,10 @@ def test_make_judge_pairs_by_hand():
     def battles(*verdicts):  # (a, b, winner) -> the records judge.compare_judgments writes
         return [{"a": a, "b": b, "winner": w} for a, b, w in verdicts]
     meta_judged = [
-        # wins: judgment 0 three (all its battles), 1 none, 2 three: the first of the best against the worst
+        # net wins (wins - losses): judgment 0 3 - 1, 1 0 - 4, 2 3 - 1: the first of the best against the worst
         {"prompt": "p0", "response": "r0", "judgments": ["j0", "j1", "j2"], "scores": [5, 2, 5],
          "battles": battles((0, 1, "A"), (1, 0, "B"), (0, 2, "A"), (2, 0, "A"), (1, 2, "B"), (2, 1, "A"))},
-        # a meta-judge that always says A: one win each, a draw
+        # a meta-judge that always says A: one win and one loss each, a draw
         {"prompt": "p1", "response": "r1", "judgments": ["k0", "k1"], "scores": [4, 1],
          "battles": battles((0, 1, "A"), (1, 0, "A"))},
         # no verdict at all
@@ -1045,12 +1045,12 @@ def test_make_judge_pairs_by_hand():
          "battles": battles((0, 1, None), (1, 0, "A"))},
     ]
     pairs, dropped = S.make_judge_pairs(meta_judged)
-    assert [(p["instruction"], p["chosen"], p["rejected"], p["chosen_wins"], p["rejected_wins"]) for p in pairs] == \
-        [("p0", "j0", "j1", 3, 0), ("p4", "v", "w", 2, 0), ("p5", "t", "s", 1, 0)]
+    assert [(p["instruction"], p["chosen"], p["rejected"], p["chosen_net_wins"], p["rejected_net_wins"])
+            for p in pairs] == [("p0", "j0", "j1", 2, -4), ("p4", "v", "w", 2, -2), ("p5", "t", "s", 1, -1)]
     assert dropped == {"no verdict": 1, "wins tie": 1, "same text": 1, "over the cap": 0}
     assert pairs[0] == {"prompt": S.J.judge_prompt("p0", "r0"), "chosen": "j0", "rejected": "j1", "kind": "judge",
                         "instruction": "p0", "response": "r0", "chosen_score": 5, "rejected_score": 2,
-                        "chosen_wins": 3, "rejected_wins": 0}
+                        "chosen_net_wins": 2, "rejected_net_wins": -4}
     # the cap: a seeded random subset, in order
     capped, dropped = S.make_judge_pairs(meta_judged, cap=2, seed=3)
     assert len(capped) == 2 and dropped["over the cap"] == 1 and capped == S.make_judge_pairs(meta_judged, 2, 3)[0]
@@ -1058,11 +1058,16 @@ def test_make_judge_pairs_by_hand():
     assert at == sorted(at)
     assert S.make_judge_pairs(meta_judged, cap=3)[0] == pairs
     assert S.make_judge_pairs([]) == ([], {"no verdict": 0, "wins tie": 0, "same text": 0, "over the cap": 0})
-    # fewest wins tied (judgments 1 and 2 both none): the first of them is rejected
+    # fewest net wins tied (judgments 1 and 2 both -2): the first of them is rejected
     tied_worst = {"prompt": "p", "response": "r", "judgments": ["a", "b", "c"], "scores": [4, 2, 1],
                   "battles": battles((0, 1, "A"), (1, 0, "B"), (0, 2, "A"), (2, 0, "B"), (1, 2, None), (2, 1, None))}
     [pair], _ = S.make_judge_pairs([tied_worst])
-    assert (pair["chosen"], pair["rejected"], pair["chosen_wins"], pair["rejected_wins"]) == ("a", "b", 4, 0)
+    assert (pair["chosen"], pair["rejected"], pair["chosen_net_wins"], pair["rejected_net_wins"]) == ("a", "b", 4, -2)
+    # a meta-judge that always says A, where two judgments share a text: "b" meets both copies of "a" (4 battles,
+    # 2 wins), each "a" only "b" (2 battles, 1 win); counting wins would choose "b" for its position alone
+    always_a = {"prompt": "p", "response": "r", "judgments": ["a", "a", "b"], "scores": [4, 4, 2],
+                "battles": battles(*[(i, j, "A") for i, j in S.J.judgment_battles(["a", "a", "b"], [4, 4, 2])])}
+    assert S.make_judge_pairs([always_a]) == ([], {"no verdict": 0, "wins tie": 1, "same text": 0, "over the cap": 0})
     # best and worst the same text but for surrounding spaces: no preference, dropped
     spaced = {"prompt": "p", "response": "r", "judgments": ["x", "x ", "y"], "scores": [4, 2, 3],
               "battles": battles((0, 2, "A"), (2, 0, "B"), (1, 2, "B"), (2, 1, "A"))}
@@ -1100,8 +1105,8 @@ def test_grader_battles_pick_the_judgment_nearest_the_true_grade(tmp_path):
                 "scores": [5, None, 2], "battles": [{"a": 0, "b": 2, "winner": None}, {"a": 2, "b": 0, "winner": None}]}
     assert [b["winner"] for b in S.grader_battles([unscored])[0]["battles"]] == ["B", "A"]
     pairs, dropped = S.make_judge_pairs(judged)
-    assert [(p["chosen"], p["rejected"], p["chosen_wins"], p["rejected_wins"]) for p in pairs] == \
-        [("j2", "j5", 6, 0)]
+    assert [(p["chosen"], p["rejected"], p["chosen_net_wins"], p["rejected_net_wins"]) for p in pairs] == \
+        [("j2", "j5", 6, -6)]
     assert dropped == {"no verdict": 2, "wins tie": 0, "same text": 0, "over the cap": 0}
     # the stage: the actor's pairs by the judge, the judge's by the grader, one file
     write_jsonl(tmp_path / "iter1" / "judgments.jsonl", [{"prompt": "p", "candidates": ["x", "y"],
@@ -1146,7 +1151,7 @@ def test_meta_judge_micro_run(tmp_path):
     for p in pairs:
         if p["kind"] == "judge":
             assert p["prompt"] == S.J.judge_prompt(p["instruction"], p["response"])
-            assert p["chosen_wins"] > p["rejected_wins"] and p["chosen"].strip() != p["rejected"].strip()
+            assert p["chosen_net_wins"] > p["rejected_net_wins"] and p["chosen"].strip() != p["rejected"].strip()
     assert os.path.exists(run / "M2" / "model.safetensors") and done("M2")  # DPO ran on both kinds
     report = (run / "report.md").read_text()
     assert "meta-judging (Meta-Rewarding)" in report and f"{kinds['judge']} judge pairs" in report
