@@ -493,8 +493,9 @@ def problems(c):
     p = validate.Problems(c)
     if not p.no_none():  # --key=None passes the configurator; nothing below can compare it
         return p.found
-    for setting in ("sample_models", "train_models", "comm_model"):
-        for name in getattr(c, setting).split(","):
+    for setting, names in (("sample_models", c.sample_models.split(",")),
+                           ("train_models", c.train_models.split(",")), ("comm_model", [c.comm_model])):  # one
+        for name in names:
             if name not in PRESETS:
                 p.add(f"{setting}: no preset {name!r} (presets: {', '.join(PRESETS)})")
     p.require(c.bf16 in ("auto", "always", "never"), "bf16", "must be 'auto', 'always' or 'never'")

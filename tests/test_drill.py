@@ -148,6 +148,7 @@ def test_a_checkpoint_is_evaluated_on_quiz_items(tok, tmp_path, monkeypatch):
     assert drill.held_out_lines(c)[0][1].startswith("Q: ")  # with evaluate, quiz items unless form says otherwise
     judged = drill.evaluate_checkpoint(settings(drill.DEFAULTS, {**vars(c), "form": "judge"}))
     assert sum(of for _, of in judged.values()) == 36
+    assert drill.check(c).found == []  # a checkpoint outside a run: nothing says it never read checks
     # a run's M0 (out/<run>/M0 beside settings.json) must have read checks in this form
     (tmp_path / "settings.json").write_text('{"check_each_ask": false}')
     assert drill.check(c).found == [f"evaluate = {str(tmp_path / 'M0')!r}: comes from a run without "
@@ -155,6 +156,16 @@ def test_a_checkpoint_is_evaluated_on_quiz_items(tok, tmp_path, monkeypatch):
     (tmp_path / "settings.json").write_text('{"check_each_ask": true}')
     assert drill.check(c).found == []
     assert re.fullmatch(r"Q: .+\nStudent: ([A-Z]+)\nA: \1: starts with .+\.", text)
+    # the judge's records as that run wrote them: in its chat template, with no verdict without judge_compares
+    from tokenizer import Tokenizer
+    (tmp_path / "settings.json").write_text('{"judge_compares": false, "chat_template": "llama2"}')
+    templates, read = [], []
+    monkeypatch.setattr(drill, "Tokenizer", lambda path, template="": (
+        templates.append(template), Tokenizer(path, template))[1])
+    monkeypatch.setattr(drill, "score", lambda model, tok, lines, *a, **kw: read.extend(lines))
+    judge = settings(drill.DEFAULTS, {**vars(c), "form": "judge"})
+    drill.evaluate_checkpoint(judge)
+    assert templates == ["llama2"] and read == drill.held_out_lines(judge, compares=False)
 
 
 def test_rows_longer_than_the_context_and_unreadable_tokenizers_are_refused_up_front(tok, tmp_path):
@@ -167,3 +178,93 @@ def test_rows_longer_than_the_context_and_unreadable_tokenizers_are_refused_up_f
     assert drill.check(settings(drill.DEFAULTS, {"model": "toy-tiny", "seq_len": 513})).found == [
         "seq_len = 513: must be <= 512, the context of toy-tiny"]
     assert drill.check(settings(drill.DEFAULTS, {"seq_len": 1024, "tokenizer": tok.model_path})).found == []
+
+
+def test_batch_rows_are_check_lines_one_after_another(tok):
+    """A row is the drill's check lines (drawn with its p_no, from the rng it
+    is given), each ended by a newline, until seq_len + 1 tokens: a row whose
+    lines end exactly at seq_len takes one token of the next line as its last
+    target."""
+    rng = random.Random(5)
+    texts = [drill.check_line(rng, 0.1)[1] + "\n" for _ in range(3)]
+    first, second, third = (tok.encode(t) for t in texts)
+    c = settings(drill.DEFAULTS, {"batch_size": 1, "seq_len": len(first) + len(second), "loss": "lm", "p_no": 0.1})
+    x, y = drill.batch(tok, random.Random(5), c, *drill.yes_no_ids(tok))
+    assert x[0].tolist() == first + second and y[0, -1].item() == third[0]
+
+
+def test_yes_and_no_must_be_pieces_of_their_own():
+    """A tokenizer that writes 'yes' and 'no' in pieces (here one a
+    character) is refused: the drill reads one logit for each."""
+    class Characters:
+        encode = staticmethod(lambda text: [ord(ch) for ch in text])
+        decode = staticmethod(lambda ids: "".join(map(chr, ids)))
+    with pytest.raises(ValueError, match="in two pieces of their own"):
+        drill.yes_no_ids(Characters())
+
+
+class Zeros(Peek):
+    """Every logit equal: "yes" is never the higher one."""
+    def forward(self, tokens):
+        return torch.zeros(*tokens.shape, self.vocab_size)
+
+
+def test_scoring_counts_a_tie_as_no_leaves_the_mode_as_it_was_and_wants_three_answers(tok):
+    """A yes only where its logit is higher (a tie is a no); the model goes
+    back to training after the scoring (the drill scores mid-training) or
+    stays in eval mode; a check without three yes/no words is an error; with
+    no differing pair at all, balanced accuracy is half the share right on
+    the equal ones."""
+    yes, no = drill.yes_no_ids(tok)
+    lines = [drill.check_line(random.Random(i), 0.5) for i in range(20)]
+    met = {m: sum(line_met.count(m) for _, _, line_met in lines) for m in (True, False)}
+    model = Zeros(tok.vocab_size).train()
+    counts = drill.score(model, tok, lines, yes, no)
+    assert model.training
+    assert sum(counts[(a, True)][0] for a in drill.ASKS) == 0
+    assert sum(counts[(a, False)][0] for a in drill.ASKS) == met[False] > 0
+    drill.score(model.eval(), tok, lines, yes, no)
+    assert not model.training
+    prompt, text, line_met = lines[0]
+    with pytest.raises(ValueError, match="expected three yes/no words in .*, found 2"):
+        drill.score(model, tok, [(prompt, text.rsplit(";", 1)[0] + ".", line_met)], yes, no)
+    all_met = {(a, m): [3, 4] if m else [0, 0] for a in drill.ASKS for m in (True, False)}
+    assert drill.balanced_accuracy(all_met) == 0.375
+
+
+def test_held_out_lines_have_a_seed_of_their_own(tok):
+    """The held-out lines do not change with the training seed, and are not
+    the lines the training draws."""
+    c = settings(drill.DEFAULTS, {"eval_lines": 5})
+    held_out = drill.held_out_lines(c)
+    assert drill.held_out_lines(settings(drill.DEFAULTS, {"eval_lines": 5, "seed": 7})) == held_out
+    rng = random.Random(c.seed)  # the training lines' first draws
+    assert [drill.check_line(rng, c.p_no)[1] for _ in range(5)] != [text for _, text, _ in held_out]
+
+
+def test_a_short_drill_warms_up_evaluates_at_the_end_and_is_seeded(tok, monkeypatch, capsys):
+    """The learning rate rises linearly over warmup steps and then holds at
+    lr; there is an evaluation every eval_every steps and at the last; the
+    same seed trains the same model whatever torch's random state."""
+    lrs = []
+    adamw_step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **kw: (
+        lrs.append(self.param_groups[0]["lr"]), adamw_step(self, *a, **kw))[1])
+    c = settings(drill.DEFAULTS, {"model": "toy-tiny", "steps": 3, "eval_every": 2, "eval_lines": 2, "batch_size": 1,
+                                  "seq_len": 32, "lr": 1e-3, "warmup": 2})
+    losses = []
+    for torch_seed in (1, 2):
+        torch.manual_seed(torch_seed)
+        assert [step for step, _ in drill.drill(c, tok)] == [2, 3]
+        losses.append(re.findall(r"loss (\S+)", capsys.readouterr().out))
+    assert lrs == pytest.approx([5e-4, 1e-3, 1e-3] * 2)
+    assert losses[0] == losses[1] and len(losses[0]) == 2
+
+
+def test_warmup_may_be_zero_and_evaluations_need_a_line():
+    """warmup may be 0 but not negative; eval_every and eval_lines must be at
+    least 1."""
+    check = lambda **kw: drill.check(settings(drill.DEFAULTS, kw)).found
+    assert check(warmup=0) == []
+    assert check(warmup=-1, eval_every=0, eval_lines=0) == [
+        "eval_every = 0: must be >= 1", "eval_lines = 0: must be >= 1", "warmup = -1: must be >= 0"]

@@ -243,3 +243,189 @@ def test_a_grade_json_that_cannot_be_written_is_refused_before_grading(tmp_path,
             handout.main(["--grade=True", f"--grade_json={path}"])
         assert e.value.code == 2 and capsys.readouterr().err == f"error: grade_json = {str(path)!r}: {problem}\n"
     assert data.unwritable_file(str(tmp_path / "new" / "folders" / "x.json")) is None  # write_text makes them
+
+
+def test_exercises_md_points_at_the_def_in_the_copy_and_counts_the_levels(tmp_path):
+    """EXERCISES.md's "where" is the def's line in the student copy (here one
+    line above the project's: the method's two-line body became one stub
+    line), and its opening counts the exercises of each level."""
+    project, out = tmp_path / "project", tmp_path / "out"
+    (project / "tests").mkdir(parents=True)
+    (project / "tests" / "test_m.py").write_text("")
+    (project / "m.py").write_text(SOURCE)
+    handout.write_handout(str(project), str(out))
+    guide = (out / "EXERCISES.md").read_text()
+    assert "2 of them (1 easy, 0 medium, 1 hard)" in guide
+    assert "| 1 | a method | hard | `m.py:7` `A.f` | `python -m pytest -q tests/test_m.py -k method` |" in guide
+    assert "| 2 | a function | easy | `m.py:13` `g` | `python -m pytest -q tests/test_m.py` |" in guide
+    assert (out / "m.py").read_text().splitlines()[12] == "def g():"
+
+
+def test_markers_in_nested_classes_strings_and_tests_and_more_mistakes(tmp_path):
+    """A nested class's method is named by both classes; marker text inside a
+    string and a marked function in tests/ are not exercises; a header whose
+    annotation holds a dict's colon ends at the def's own colon; a misspelt
+    marker, a body on the def's line, a marked name defined twice, a project
+    with no marker and one with its own EXERCISES.md are refused."""
+    project, out = tmp_path / "project", tmp_path / "out"
+    (project / "tests").mkdir(parents=True)
+    (project / "tests" / "test_m.py").write_text("# Exercise (easy): not one. Graded by: tests/test_m.py\n"
+                                                 "def helper():\n    return 1\n")
+    source = ('"""Markers read:\n# Exercise (easy): <title>. Graded by: tests/<file>.py"""\n\n\n'
+              "class A:\n    class B:\n"
+              "        # Exercise (medium): a nested method. Graded by: tests/test_m.py -k nested\n"
+              '        def f(self) -> {"a":\n'
+              "                        int}:\n"
+              "            return 1\n")
+    (project / "m.py").write_text(source)
+    exercises = handout.write_handout(str(project), str(out))
+    assert [(e.file, e.qualname, e.line) for e in exercises] == [("m.py", "A.B.f", 8)]
+    blanked = (out / "m.py").read_text()
+    assert blanked == source.replace("return 1", 'raise NotImplementedError("exercise 1: write A.B.f in m.py '
+                                                 '(see EXERCISES.md)")')
+    assert (out / "tests" / "test_m.py").read_text() == (project / "tests" / "test_m.py").read_text()
+    for bad, message in [
+        (SOURCE.replace("# Exercise (easy)", "#Exercise(easy)"), r"m\.py:13: an exercise marker reads"),
+        (SOURCE.replace('def g():\n    """What g does."""', "def g(): return 0\n\ndef g2():\n    pass"),
+         "the body of g must start on a line of its own"),
+        (SOURCE.replace("def h", "def g"), "g is defined twice; an exercise needs a name of its own"),
+        ("def h():\n    return 0\n", "no exercise markers in"),
+    ]:
+        (project / "m.py").write_text(bad)
+        with pytest.raises(handout.HandoutError, match=message):
+            handout.write_handout(str(project), str(tmp_path / "out2"))
+    (project / "m.py").write_text(SOURCE)
+    (project / "EXERCISES.md").write_text("the project's own notes")
+    with pytest.raises(handout.HandoutError, match="the project has its own EXERCISES.md"):
+        handout.write_handout(str(project), str(tmp_path / "out2"))
+    assert not (tmp_path / "out2").exists()
+
+
+def test_a_handout_of_a_handout_and_crlf_files_byte_for_byte(tmp_path):
+    """Line endings are kept as they are (a CRLF file's blanked copy, with its
+    solutions put back, is the file byte for byte); and a handout written from
+    a handout (its own test suite does that) writes its guide and manifest
+    anew rather than refusing or copying them."""
+    project, out = tmp_path / "project", tmp_path / "out"
+    (project / "tests").mkdir(parents=True)
+    (project / "tests" / "test_m.py").write_text("")
+    crlf = SOURCE.replace("\n", "\r\n").encode()
+    (project / "m.py").write_bytes(crlf)
+    exercises = handout.write_handout(str(project), str(out))
+    blanked = (out / "m.py").read_bytes()
+    assert b"def g():\r\n" in blanked and b"NotImplementedError" in blanked
+    source = blanked.decode()
+    for e in exercises:
+        source = handout.restore(source, e.qualname, e.solution)
+    assert source.encode() == crlf
+    again = tmp_path / "again"
+    assert [e.qualname for e in handout.write_handout(str(out), str(again))] == ["A.f", "g"]
+    assert sorted(os.listdir(again)) == sorted(os.listdir(out))
+    assert (again / "m.py").read_bytes() == blanked
+    assert json.loads((again / ".handout.json").read_text()) == handout.digests(str(again))
+
+
+def test_where_a_handout_may_go(tmp_path):
+    """Beside the project under a name that starts with the project's is
+    outside it; an empty folder is taken; an existing file is not (an error
+    that says so, not a crash); without --out the command says how to use it."""
+    project = tmp_path / "project"
+    (project / "tests").mkdir(parents=True)
+    (project / "tests" / "test_m.py").write_text("")
+    (project / "m.py").write_text(SOURCE)
+    handout.write_handout(str(project), str(tmp_path / "project-handout"))
+    assert (tmp_path / "project-handout" / "EXERCISES.md").exists()
+    (tmp_path / "empty").mkdir()
+    handout.write_handout(str(project), str(tmp_path / "empty"))
+    assert (tmp_path / "empty" / "EXERCISES.md").exists()
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(handout.HandoutError, match="exists and is not an earlier handout"):
+        handout.write_handout(str(project), str(tmp_path / "file"))
+    assert (tmp_path / "file").read_text() == "mine"
+    with pytest.raises(SystemExit, match=r"usage: python handout\.py --out=FOLDER"):
+        handout.main([])
+
+
+GRADED = '''\
+import pytest
+
+
+def test_passes():
+    pass
+
+
+def test_skipped():
+    pytest.skip("no data")
+
+
+def test_mixed_pass():
+    pass
+
+
+def test_mixed_skip():
+    pytest.skip("no data")
+
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("in setup")
+
+
+def test_fails_in_setup(broken):
+    pass
+
+
+@pytest.fixture
+def untidy():
+    yield
+    raise RuntimeError("in teardown")
+
+
+def test_fails_then_teardown(untidy):
+    assert False
+'''
+
+
+def test_grading_says_solved_only_where_tests_pass(tmp_path, monkeypatch, capsys):
+    """--grade: an exercise is solved when its tests pass, some may be
+    skipped, not when all are; a command that selects no tests is an error,
+    and so is a test file that cannot be collected (with its error);
+    a setup failure is an error, a failing test that also fails in teardown
+    is 'failed' (its first trouble); the status is 1 unless all are solved."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_graded.py").write_text(GRADED)
+    (tmp_path / "tests" / "test_broken.py").write_text("import no_such_module\n")
+    (tmp_path / "m.py").write_text("".join(
+        f"# Exercise (easy): {k}. Graded by: tests/test_graded.py -k {k}\ndef f_{k}():\n    return 0\n\n\n"
+        for k in ("passes", "skipped", "mixed", "nothing", "setup", "teardown")) +
+        "# Exercise (easy): broken. Graded by: tests/test_broken.py\ndef f_broken():\n    return 0\n")
+    monkeypatch.chdir(tmp_path)  # (grade_all works in the copy's folder)
+    assert handout.grade_all(str(tmp_path), str(tmp_path / "grades.json")) == 1
+    with open(tmp_path / "grades.json") as f:
+        grades = {e["qualname"]: e for e in json.load(f)["exercises"]}
+    assert {q: e["solved"] for q, e in grades.items()} == {
+        "f_passes": True, "f_skipped": False, "f_mixed": True, "f_nothing": False, "f_setup": False,
+        "f_teardown": False, "f_broken": False}
+    outcomes = {q: sorted(t["outcome"] for t in e["tests"].values()) for q, e in grades.items()}
+    assert outcomes == {"f_passes": ["passed"], "f_skipped": ["skipped"], "f_mixed": ["passed", "skipped"],
+                        "f_nothing": ["error"], "f_setup": ["error"], "f_teardown": ["failed"],
+                        "f_broken": ["error"]}
+    [broken] = grades["f_broken"]["tests"].values()  # a file that cannot be collected: its own error is shown
+    assert "No module named 'no_such_module'" in broken["message"]
+    assert grades["f_nothing"]["tests"] == {"python -m pytest -q tests/test_graded.py -k nothing": {
+        "outcome": "error", "message": "the command selects no tests"}}
+    assert "  3. solved  m.py: f_mixed (1 of 2 tests pass, 1 skipped)" in capsys.readouterr().out
+    (tmp_path / "m.py").write_text("# Exercise (easy): passes. Graded by: tests/test_graded.py -k passes\n"
+                                   "def f():\n    return 0\n")
+    assert handout.grade_all(str(tmp_path)) == 0
+
+
+def test_a_relative_grade_json_is_taken_from_where_the_command_runs(tmp_path, monkeypatch):
+    """grade_all works in the project's folder: a relative --grade_json is made
+    absolute from the caller's folder first."""
+    paths = []
+    monkeypatch.setattr(handout, "grade_all", lambda root, json_path="": paths.append(json_path) or 0)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        handout.main(["--grade=True", "--grade_json=grades.json"])
+    assert e.value.code == 0 and paths == [str(tmp_path / "grades.json")]

@@ -1,0 +1,97 @@
+"""bench.py's helpers, which the timings rest on: timed() warms up, takes
+turns and keeps each function's best time; the dtypes a section compares;
+random prompts in their ranges; the agreement of two sets of completions;
+the communication formulas against the figures the README reports; and the
+settings' checks at their edges."""
+import types
+
+import pytest
+import torch
+
+import bench
+from configurator import settings
+from model import PRESETS, preset
+
+
+def test_timed_warms_up_then_takes_turns_and_keeps_the_best_time(monkeypatch):
+    """One untimed warm-up call each, then `repeats` rounds in which the
+    functions take turns; each gets its best time and its last result."""
+    now, calls = [0.0], []
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def fn(name, durations):
+        durations = iter(durations)
+
+        def run():
+            calls.append(name)
+            now[0] += next(durations)
+            return name, len(calls)
+        return run
+    a, b = fn("a", [9.0, 3.0, 1.0, 2.0]), fn("b", [9.0, 5.0, 4.0, 6.0])  # the first call: the warm-up
+    assert bench.timed([a, b], 3) == [(1.0, ("a", 7)), (4.0, ("b", 8))]
+    assert calls == ["a", "b"] * 4
+
+
+def test_bf16_is_timed_where_it_is_native_or_asked_for(monkeypatch, capsys):
+    for native, bf16, device, timed in [
+            (False, "auto", "cpu", ["float32"]), (True, "auto", "cpu", ["float32", "bfloat16"]),
+            (False, "auto", "cuda", ["float32", "bfloat16"]), (False, "always", "cpu", ["float32", "bfloat16"]),
+            (True, "never", "cpu", ["float32"]), (True, "never", "cuda", ["float32"])]:
+        monkeypatch.setattr(bench.D, "cpu_has_bf16", lambda: native)
+        assert bench.bench_dtypes(types.SimpleNamespace(bf16=bf16), device) == timed, (native, bf16, device)
+        said = capsys.readouterr().out
+        assert ("bf16 skipped" in said) == (bf16 == "auto" and timed == ["float32"])
+
+
+def test_random_prompts_lengths_and_tokens_in_their_ranges():
+    """Lengths in [lo, hi], both ends included; token ids from 3 (unk, bos and
+    eos left out) to vocab - 1; all drawn from the generator given."""
+    prompts = bench.random_prompts(torch.Generator().manual_seed(0), 200, 2, 4, 10)
+    assert {len(p) for p in prompts} == {2, 3, 4}
+    assert {t for p in prompts for t in p} == set(range(3, 10))
+    assert bench.random_prompts(torch.Generator().manual_seed(0), 200, 2, 4, 10) == prompts
+    assert [len(p) for p in bench.random_prompts(torch.Generator(), 3, 5, 5, 10)] == [5, 5, 5]
+
+
+def test_agreement_counts_each_row_up_to_its_first_difference():
+    assert bench.agreement([[1, 2, 3, 4]], [[1, 2, 3, 4]]) == 1.0
+    assert bench.agreement([[1, 9, 3, 4]], [[1, 2, 3, 4]]) == 0.25  # the rest follow other contexts
+    assert bench.agreement([[5, 2]], [[1, 2]]) == 0.0
+    assert bench.agreement([[1, 2, 3]], [[1, 2]]) == pytest.approx(2 / 3)  # a row cut short: its end differs
+    assert bench.agreement([[1, 2], [7, 8, 9, 10]], [[1, 2, 3], [7, 8, 0, 10]]) == pytest.approx(4 / 7)
+    assert bench.agreement([], []) == 0.0
+
+
+def test_comm_formulas_give_the_figures_the_readme_reports():
+    """The README's table, measured under CommDebugMode (toy, batch 8, fp32
+    and bf16), and its Llama 2 70B figures (bf16, batch 64; FSDP2's the same
+    at batch 1)."""
+    toy = {a: bench.comm_formulas(preset("toy"), 8, a) for a in (4, 2)}
+    assert (toy[4]["tp"]["collectives"], toy[4]["fsdp"]["collectives"]) == (14, 6)
+    assert [round(toy[a]["tp"]["bytes"] / 1e3) for a in (4, 2)] == [139, 70]
+    assert [round(toy[a]["fsdp"]["bytes"] / 1e6, 1) for a in (4, 2)] == [17.7, 8.9]
+    big = bench.comm_formulas(preset("llama2-70b"), 64, 2)
+    assert (big["tp"]["collectives"], round(big["tp"]["bytes"] / 1e6)) == (162, 173)
+    assert (big["fsdp"]["collectives"], round(big["fsdp"]["bytes"] / 1e9)) == (80, 137)
+    assert bench.comm_formulas(preset("llama2-70b"), 1, 2)["fsdp"] == big["fsdp"]
+
+
+def test_bench_settings_at_their_edges():
+    """Every model setting names a preset, bf16 one of its three values, every
+    count is at least 1; a row that exactly fills the context fits (and the
+    judge's counts its new tokens); an unknown first model is a problem, not
+    a crash."""
+    check = lambda **kw: bench.problems(settings(bench.DEFAULTS, kw))
+    presets = ", ".join(PRESETS)
+    assert check(comm_model="toyx", bf16="sometimes") == [
+        f"comm_model: no preset 'toyx' (presets: {presets})", "bf16 = 'sometimes': must be 'auto', 'always' or 'never'"]
+    assert check(sample_models="toyx") == [f"sample_models: no preset 'toyx' (presets: {presets})"]
+    # comm_model names one preset, not a list: a list of presets is no preset (bench_comm would fail after setup)
+    assert check(comm_model="toy,toy-tiny") == [f"comm_model: no preset 'toy,toy-tiny' (presets: {presets})"]
+    counts = ("judge_prompts", "judge_rubric", "judge_new_tokens", "train_seq_len", "train_steps", "train_rounds",
+              "comm_batch")
+    assert check(**{k: 0 for k in counts}) == [f"{k} = 0: must be >= 1" for k in counts]
+    assert check(sample_new_tokens=960) == []  # 64 + 960 = toy's 1024
+    assert check(sample_models="toy-tiny", judge_rubric=420) == []  # 420 + 60 + 32 = toy-tiny's 512
+    assert check(sample_models="toy-tiny", judge_rubric=420, judge_new_tokens=33) == [
+        "judge_rubric = 420: with 60 prompt tokens and judge_new_tokens it must fit toy-tiny's context of 512"]
