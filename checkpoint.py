@@ -20,11 +20,15 @@ Parameter names map one-to-one (HF_NAMES). The one subtlety is rotary
 embeddings: Meta rotates interleaved pairs (x0,x1),(x2,x3),... while Hugging
 Face rotates the two halves of each head (x_i, x_{i+hd/2}); the HF conversion
 script permutes the rows of wq and wk so both compute the same thing, and so
-do we (meta_to_hf_rope / hf_to_meta_rope). Tied embeddings are stored as
+do we (meta_to_hf_rope / hf_to_meta_rope): Meta's row 2i + j of a head becomes
+HF's row j * hd/2 + i, so HF's rows i and i + hd/2 are Meta's pair (2i, 2i+1),
+turned at the same speed theta^(-2i/hd) in both. q and k are permuted alike
+within each head, so every q . k is unchanged, and wv and wo need nothing. Tied embeddings are stored as
 Hugging Face stores them: config.json says tie_word_embeddings and the
 file has model.embed_tokens.weight only, no lm_head.weight.
 
-Nothing here ever holds the whole model in memory at once: reading streams one
+Nothing here ever holds the whole model in memory at once (but gguf_to_hf, for
+small models): reading streams one
 tensor at a time from memory-mapped files (in the Hugging Face layout, under FSDP
 each rank reads only its rows, under tensor parallelism its rows or columns; in
 Meta's, a tensor split over several consolidated files is joined whole, then
@@ -62,6 +66,7 @@ HF_NAMES = {  # Meta's name -> Hugging Face's; "N" stands for the layer number
     "layers.N.feed_forward.w2.weight": "model.layers.N.mlp.down_proj.weight",
     "layers.N.feed_forward.w3.weight": "model.layers.N.mlp.up_proj.weight",
     "layers.N.attention_norm.weight": "model.layers.N.input_layernorm.weight",
+    # (HF's name for the MLP's pre-norm, which comes after attention's residual add: not a post-norm)
     "layers.N.ffn_norm.weight": "model.layers.N.post_attention_layernorm.weight",
 }
 
@@ -170,12 +175,15 @@ def ffn_rule_for(dim, hidden_dim):
     """(multiple_of, ffn_dim_multiplier) that make ModelArgs.hidden_dim == hidden_dim.
     config.json gives the width itself; ModelArgs keeps Meta's rule
     (model.ffn_width) as the one source of it, as params.json does, so the
-    width is turned back into the rule's two numbers."""
+    width is turned back into the rule's two numbers. Several pairs give one
+    width: the first found is taken (not always Meta's own: Llama 3 8B's
+    14336 comes back as (256, 1.3), not params.json's (1024, 1.3)); only the
+    width matters to the network."""
     base = ffn_width(dim, 1)
     if base == hidden_dim:
         return hidden_dim, None
     for multiple_of in (256, 4096, 1024, 512, 128, 64, 32, 16, 8, 1):
-        for mult in (None, 1.3, 1.5, 2.0, 4.0):  # Meta's published multipliers first
+        for mult in (None, 1.3, 1.5, 2.0, 4.0):  # common multipliers first (Llama 2 70B and Llama 3: 1.3)
             if ffn_width(dim, multiple_of, mult) == hidden_dim:
                 return multiple_of, mult
     # Any width: multiple_of = hidden_dim and a multiplier that does not exceed it.
@@ -314,7 +322,7 @@ def read_tensors(path, model):
 
     Hugging Face layout: read from memory-mapped safetensors with get_slice,
     so a rank reads only its rows and streaming 70B into 64 ranks reads each
-    byte once. wq and wk are stored with their rows permuted within each head,
+    byte about once. wq and wk are stored with their rows permuted within each head,
     so for them the whole heads covering our rows are read, un-permuted, and
     narrowed. Meta's layout: each tensor is the concatenation of its slices
     in the consolidated.NN.pth files (memory-mapped), then narrowed.

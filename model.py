@@ -11,7 +11,8 @@ RMSNorm, rotary embeddings (with Llama 3's frequency scaling), grouped-query
 attention, SwiGLU, the block, the Transformer (its output layer tied to the
 input embedding or not), and estimate_mfu. Parameter names are Meta's
 (tok_embeddings, layers.N.attention.wq, ...), so Meta's checkpoints map one-to-one;
-checkpoint.py reads and writes every file format, sample.py owns the KV cache
+checkpoint.py reads every file format and writes the Hugging Face layout,
+sample.py owns the KV cache
 and generation, distributed.py shards the model over ranks.
 
 The same code builds a toy model on a laptop CPU and Llama 2 70B on the `meta`
@@ -139,8 +140,12 @@ def preset(name, **overrides):
         raise KeyError(f"unknown model preset {name!r}; presets: {', '.join(PRESETS)}")
     base = PRESETS[name]
     fields = asdict(base)  # (a deep copy: rope_scaling too)
+    # head_dim and n_kv_heads are derived where the preset did not set them apart (__post_init__): they
+    # follow an overridden dim or n_heads (llama2-7b with n_heads=64 stays multi-head, not 64 over 32)
     if base.head_dim == base.dim // base.n_heads:
-        fields["head_dim"] = None  # derived, not set: follows an overridden dim or n_heads
+        fields["head_dim"] = None
+    if base.n_kv_heads == base.n_heads:
+        fields["n_kv_heads"] = None
     return ModelArgs(**{**fields, **overrides})
 
 
@@ -179,6 +184,9 @@ def rope_frequencies(args: ModelArgs, device=None):
         return inv_freq
     old_len = s["original_max_position_embeddings"]
     wavelen = 2 * math.pi / inv_freq
+    # old_len / wavelen: how many whole turns a pair makes over the trained context; smooth goes linearly
+    # from 0 at low_freq_factor turns (where the slowed branch ends) to 1 at high_freq_factor turns (where
+    # the unchanged one begins), so the speeds are continuous across the three ranges
     smooth = (old_len / wavelen - s["low_freq_factor"]) / (s["high_freq_factor"] - s["low_freq_factor"])
     blended = (1 - smooth) * inv_freq / s["factor"] + smooth * inv_freq
     return torch.where(wavelen < old_len / s["high_freq_factor"], inv_freq,  # fast: as trained
@@ -266,8 +274,9 @@ class TransformerBlock(nn.Module):
         self.attention = Attention(args)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
         self.feed_forward = FeedForward(args)
-        # Dropout on each residual branch and on the attention weights (as in
-        # GPT-2/nanoGPT); Meta's Llama has none, the paper fine-tunes with 0.1.
+        # Dropout on each residual branch and on the attention weights (as
+        # nanoGPT's, less its dropout on the embeddings); Meta's Llama has none,
+        # the paper fine-tunes with 0.1.
         # Off in eval mode.
         self.dropout = nn.Dropout(args.dropout)
 
@@ -327,6 +336,10 @@ class Transformer(nn.Module):
                  sampling needs no more, and skips T-1 rows of the output matmul.
         """
         B, T = tokens.shape
+        if pad_mask is not None and cache is None:  # (without a cache, padding would be attended to)
+            raise ValueError("pad_mask is for sampling with a cache; training masks padding by its targets")
+        if last_only and targets is not None:
+            raise ValueError("last_only computes no loss: it keeps the last position's logits alone")
         if cache is not None:
             positions = cache.begin(tokens, pad_mask)
         else:

@@ -132,8 +132,9 @@ def readable(path, load, what):
 
 def tokenizer_file(folder):
     """The tokenizer file of a checkpoint folder: tokenizer.model (SentencePiece),
-    unless tokenizer.json holds tokens it lacks (a fine-tune that added chat
-    markers) or it is Meta's Llama 3 tiktoken vocabulary (then tokenizer.json)."""
+    unless tokenizer.json adds tokens it lacks that the checkpoint's chat
+    template writes (a fine-tune's chat markers: more_tokens) or it is Meta's
+    Llama 3 tiktoken vocabulary (then tokenizer.json)."""
     model, hf = os.path.join(folder, "tokenizer.model"), os.path.join(folder, "tokenizer.json")
     sentencepiece = os.path.isfile(model) and not is_tiktoken(model)
     if os.path.isfile(hf) and (not sentencepiece or more_tokens(hf, model, chat_template_text(folder)[0])):
@@ -148,8 +149,9 @@ class Tokenizer:
     def __init__(self, path, template=""):
         """path: a tokenizer.model, a tokenizer.json, or a folder holding one
         (tokenizer.model first: Llama 2 folders ship both; but tokenizer.json
-        where it holds tokens the other lacks, as fine-tunes that add chat
-        markers ship it). template: a chat template name to use instead of
+        where it adds tokens the other lacks that the chat template writes,
+        as fine-tunes that add chat markers ship it: tokenizer_file).
+        template: a chat template name to use instead of
         the one the checkpoint implies."""
         path = os.fspath(path)
         if os.path.isdir(path):
@@ -177,7 +179,8 @@ class Tokenizer:
             self.add_bos = config.get("add_bos_token", self.bos_id is not None
                                       and self.hf.encode("", add_special_tokens=True).ids[:1] == [self.bos_id])
             self.pad_id = self.token_id(token_text(special.get("pad_token")))
-            self.pad_id = -1 if self.pad_id is None else self.pad_id
+            self.pad_id = -1 if self.pad_id is None else self.pad_id  # (said, not used: the trainers pad with
+            # eos_id, whose padded positions carry no loss, so a model needs no pad token)
             self.files = [os.path.join(folder, f) for f in HF_TOKENIZER_FILES
                           if os.path.isfile(os.path.join(folder, f))]
         else:
@@ -298,6 +301,8 @@ def detect_template(tok, jinja=""):
             return name
     if jinja.strip():
         return None
+    # no template: Llama 3's own header token first, so a Llama 3 base that a fine-tune gave ChatML tokens
+    # but no template is read as Llama 3 (a template, above, says what it writes)
     if tok.token_id("<|start_header_id|>") is not None:
         return "llama3"
     if tok.token_id("<|im_start|>") is not None:
@@ -331,7 +336,9 @@ def llama2_parts(tok, messages, open_reply):
     {reply}</s>; a system prompt sits inside the first [INST]. The reply
     needs no header: it follows "[/INST]" directly. An earlier reply is
     written as Meta's chat_completion writes it, "{reply} </s>" (a space
-    before </s>); the last one ends at </s>, as one-turn SFT teaches."""
+    before </s>); the last one ends at </s>, as one-turn SFT teaches (our
+    choice: Meta's code never writes a last reply, and HF's Jinja template
+    writes " {reply} </s>" for every one)."""
     parts, system = [], None
     for i, m in enumerate(messages):
         text = m["content"].strip()

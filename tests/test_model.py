@@ -465,6 +465,20 @@ def test_llama2_70b_shapes():
         preset("llama2-71b")
     # a derived head_dim follows an overridden width; a set one stays
     assert (preset("toy-tiny", dim=128).head_dim, preset("toy-tiny", head_dim=24).head_dim) == (32, 24)
+    # so does a derived n_kv_heads (multi-head stays multi-head); a set one (grouped-query) stays
+    assert (preset("llama2-7b", n_heads=64).n_kv_heads, preset("llama2-7b", n_heads=16).n_kv_heads) == (64, 16)
+    assert preset("llama2-70b", n_heads=32).n_kv_heads == 8
+
+
+def test_forward_refuses_what_it_would_do_wrong():
+    """pad_mask without a cache would be ignored (padding attended to), and
+    last_only with targets has no logits to take a loss over: both refused."""
+    model = Transformer(preset("toy-tiny"))
+    x = torch.zeros(2, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="pad_mask is for sampling with a cache"):
+        model(x, pad_mask=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="last_only computes no loss"):
+        model(x, targets=x, last_only=True)
 
 
 def test_kv_cache_matches_full_forward():
