@@ -13,7 +13,7 @@ order of the paper's Figure 1:
                    response whose judgments disagree in score, two at a time;
                    its best against its worst judgment
                    joins the pairs, so the same DPO step trains the judge too
-    every model -> evaluation -> report.md
+    the SFT baseline, M1 ... M_{T+1} -> evaluation -> report.md (M0, a base model, is not evaluated)
 
     python selfreward.py                                  # the toy world on a laptop CPU
     python selfreward.py --run_name=big --n_prompts=4000       # settings: python selfreward.py --help
@@ -120,7 +120,8 @@ prompt_writer = "M0"        # who writes new prompts: a fixed model, as the pape
                             # folder; or 'current' (M_t). Toy: SFT leaves a 1.3M-parameter M1 unable to continue a
                             # list (23 of 200 requests usable, M0 193)
 n_shots = 8                 # few-shot examples per request: n_shots - 2 from the IFT seed, 2 generated earlier
-                            # (all from the seed until 2 are kept); at least 2
+                            # (all from the seed until 2 are kept; a shard's requests are made before it runs, so
+                            # iteration 1's first shard_size requests are all seed examples); at least 2
 prompt_temperature = 0.6    # paper: 0.6
 prompt_top_p = 0.9          # paper: 0.9
 max_prompt_tokens = 64      # a new prompt longer than this is malformed
@@ -248,6 +249,7 @@ STAGE_SETTINGS = {
     "M0": ["seed", "dtype", "chat_template", "model", "pretrain_docs", "pretrain_qa_docs", "pretrain_working",
            "pretrain_checking", "check_each_ask", "pretrain_check_drill", "pretrain_drill_layouts", "toy_kinds",
            "pretrain_epochs", "pretrain_lr", "sft_batch_size"],
+    # the SFT settings, shared by the SFT baseline and M1 (M1's stage lists these and its own)
     "SFT": ["seed", "dtype", "chat_template", "sft_lr", "sft_min_lr", "sft_batch_size", "sft_epochs", "dropout"],
     "eft_own": ["seed", "dtype", "chat_template", "eft_own_answers", "temperature", "top_p", "max_response_tokens",
                 "shard_size", "judge_working", "judge_quotes", "quote_first", "judge_compares", "check_each_ask"],
@@ -383,14 +385,14 @@ def stage_seed_data(c, r):
     # targets, by which files are in seed/, so a seed of other contents replaces the folder whole; one
     # whose files come out the same (made again because one was deleted) keeps what later stages wrote
     # into it (real data's EFT targets: hours of judging at 70B)
-    new, seed = r.path("seed.new"), r.path("seed")
+    new_dir, seed_dir = r.path("seed.new"), r.path("seed")
     if D.is_rank0():
-        shutil.rmtree(new, ignore_errors=True)  # (what a kill left)
-        os.makedirs(new)
+        shutil.rmtree(new_dir, ignore_errors=True)  # (what a kill left)
+        os.makedirs(new_dir)
     D.barrier()
     if c.seed_data == "toy":
         if D.is_rank0():
-            toy.write_toy(new, seed=c.seed, n_ift=c.n_ift, n_eft_train=c.n_eft_train,
+            toy.write_toy(new_dir, seed=c.seed, n_ift=c.n_ift, n_eft_train=c.n_eft_train,
                           n_eft_eval=c.n_eft_eval, n_test=c.n_test, ift_chatty=c.ift_chatty,
                           ift_declines=c.ift_declines, judge_working=c.judge_working, judge_quotes=c.judge_quotes,
                           quote_first=c.quote_first, judge_compares=c.judge_compares,
@@ -402,16 +404,17 @@ def stage_seed_data(c, r):
                 D.stop(f"error: seed data folder {c.seed_data} has no {f} "
                          f"(write it with python -m data.prepare_oasst ... --out={c.seed_data})")
             if D.is_rank0():
-                shutil.copyfile(src, os.path.join(new, f))
+                shutil.copyfile(src, os.path.join(new_dir, f))
     if D.is_rank0():
-        there = [f for f in os.listdir(new) if os.path.isfile(os.path.join(seed, f))]
-        if there and all(filecmp.cmp(os.path.join(new, f), os.path.join(seed, f), shallow=False) for f in there):
-            for f in os.listdir(new):
-                os.replace(os.path.join(new, f), os.path.join(seed, f))
-            os.rmdir(new)
+        there = [f for f in os.listdir(new_dir) if os.path.isfile(os.path.join(seed_dir, f))]
+        if there and all(filecmp.cmp(os.path.join(new_dir, f), os.path.join(seed_dir, f), shallow=False)
+                         for f in there):
+            for f in os.listdir(new_dir):
+                os.replace(os.path.join(new_dir, f), os.path.join(seed_dir, f))
+            os.rmdir(new_dir)
         else:
-            shutil.rmtree(seed, ignore_errors=True)
-            os.replace(new, seed)
+            shutil.rmtree(seed_dir, ignore_errors=True)
+            os.replace(new_dir, seed_dir)
     D.barrier()
     counts, said = {}, []
     for f in SEED_FILES:
@@ -435,6 +438,7 @@ def stage_seed_data(c, r):
 
 def stage_tokenizer(c, r):
     if D.is_rank0():
+        # the seed files' text, and M0's pretraining markup (task listings, quiz pages), which they lack
         texts = list(toy.corpus(r.path("seed"))) + [toy.fewshot_text(["x"]), toy.worked_examples([("x", "y")])]
         symbols = (J.rubric_lines() if c.rubric_pieces else []) + (list(toy.LETTERS) if c.letter_pieces else [])
         if c.meta_judge:  # Meta-Rewarding: the meta-judge prompt's fixed lines one piece each too (M1 learns it)
@@ -465,7 +469,11 @@ def stage_pretrain(c, r):
 
 
 # -----------------------------------------------------------------------------
-# Stage 3: SFT baseline (IFT only) and M1 (IFT + EFT)
+# Stage 3: SFT baseline (IFT only) and M1 (IFT + EFT). Real data: the EFT
+# targets are the SFT baseline's judgments that rank a group as the humans did
+# (stage_eft_targets). The toy world's are given: the seed's eft_train.jsonl
+# holds the grader's own judgment of every EFT response (a perfect judge; no
+# judging by the baseline, no filter, no down-sampling).
 
 def stage_sft_baseline(c, r, m0):
     run_sft(c, r, "SFT", m0, r.path("seed", "ift.jsonl"))
@@ -475,7 +483,8 @@ def stage_sft_baseline(c, r, m0):
 def stage_eft_targets(c, r):
     """Real data (Section 2.1): the EFT seed holds groups of human-ranked
     responses. The paper's recipe: the SFT baseline writes the judgments, and
-    only those whose scores rank a group as the humans did are kept
+    only those whose scores rank a group as the humans did are kept, then
+    the most frequent score is down-sampled to the next one's count
     (judge.make_eft_targets); its raw judgments are kept beside the seed.
     With eft_judgments set, a stronger judge's file supplies them instead."""
     groups = read_jsonl(r.path("seed", "eft_train.jsonl"))
@@ -731,7 +740,9 @@ def stage_prompts(c, r, t, writer_path):
     def work(requests, shard):
         rng = random.Random(sub_seed(c.seed, "fewshot", t, shard))
         texts = []
-        for _ in requests:  # n_shots - 2 seed examples + 2 generated earlier (n_shots seed ones while there are fewer than 2)
+        # n_shots - 2 seed examples + 2 generated earlier (n_shots seed ones while there are fewer than 2); all of a
+        # shard's requests are made before it runs, so a prompt kept in this shard is an example from the next on
+        for _ in requests:
             if len(generated) >= 2:
                 shots = rng.sample(seed_prompts, c.n_shots - 2) + rng.sample(generated, 2)
                 rng.shuffle(shots)
@@ -916,8 +927,9 @@ def response_pairs(c, r, t):
     pairs, dropped = make_pairs(judged)
     if not pairs:
         scorer = "the judge" if c.pair_by in ("judge", "coin") else f"the grader (pair_by={c.pair_by!r})"
-        D.stop(f"error: iteration {t}: no preference pairs (dropped: {dropped}); {scorer} gave every "
-                 f"candidate the same score or none. DPO cannot run. Look at {r.path(f'iter{t}', 'judgments.jsonl')}.")
+        D.stop(f"error: iteration {t}: no preference pairs (dropped: {dropped}): no prompt had two candidates "
+                 f"of different texts that {scorer} scored differently. DPO cannot run. Look at "
+                 f"{r.path(f'iter{t}', 'judgments.jsonl')}.")
     if c.pair_by == "coin":
         pairs = coin_turned(pairs, sub_seed(c.seed, "coin", t))
     return pairs, dropped
@@ -1111,10 +1123,13 @@ def pick_checkpoint(c, r, t, checkpoints):
 
 # -----------------------------------------------------------------------------
 # Stage 5: evaluation of every model (Section 3). With the paper's settings
-# the toy world's grader, once it has written the seed data (stage 1: the IFT
-# answers and the EFT targets), is consulted here and only here: it never
-# feeds back into the loop. (The controls pair_by='grader' or 'right', meta_pair_by='grader',
-# eft_own_answers and n_meta_seed let it in on purpose, to measure what a
+# the toy world's grader, once it has written the seed data and M0's text
+# (stages 1 and 2: the IFT answers, the EFT targets, worked and marked quizzes),
+# is consulted here and only here: it never feeds back into the loop. With
+# meta_judge it also writes M1's meta-judge demonstrations (n_meta_seed, 500 by
+# default: the toy model's stand-in for an instruct model's ability). (The
+# controls pair_by='grader' or 'right', meta_pair_by='grader' and
+# eft_own_answers let it in on purpose, to measure what a
 # perfect judge would teach; dpo_pick_every lets it choose each DPO checkpoint,
 # as the paper's external judge did, on prompts of its own.) The table of all models is
 # report.py's.

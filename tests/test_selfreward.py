@@ -875,7 +875,8 @@ def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch, caps
     with pytest.raises(SystemExit):
         S.stage_pairs(types.SimpleNamespace(pair_by="judge"), R, 1)
     assert re.search(r"iteration 1: no preference pairs \(dropped: \{'fewer than 2 scored candidates': 1, "
-                     r"'all scores tie': 1, 'same text': 0\}\)", capsys.readouterr().err)
+                     r"'all scores tie': 1, 'same text': 0\}\): no prompt had two candidates of different texts "
+                     r"that the judge scored differently", capsys.readouterr().err)
     pairs, dropped = S.make_pairs([{"prompt": "p", "candidates": ["a", "b", "c"], "score": [2.0, 4.5, 2.0]}])
     assert pairs == [{"prompt": "p", "chosen": "b", "rejected": "a", "chosen_score": 4.5, "rejected_score": 2.0,
                       "chosen_index": 1, "rejected_index": 0}]
