@@ -283,9 +283,7 @@ def dpo(c, env, fp):
             batch, mine = T.step_batch(train_set, step, c, env)  # this step's pairs, this rank's part
             mbs = T.micro_batches([(p, 1) for p in mine], c.micro_batch_size)
             stats = dict.fromkeys(FIGURES, 0.0)
-            for i, mb in enumerate(mbs):
-                if env.fsdp:
-                    model.set_requires_gradient_sync(i == len(mbs) - 1)
+            for mb in mbs:  # (FSDP2 reduce-scatters each one's gradients: train_sft.py says why)
                 # each micro-batch's loss is its share of the mean over the GLOBAL
                 # batch; times world undoes FSDP's average over ranks
                 loss, s = dpo_sums(model, mb, env, c, pad_id, c.batch_size)

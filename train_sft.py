@@ -187,9 +187,11 @@ def sft(c, env, fp):
             # normaliser on every rank and micro-batch, so gradients just add up
             n_tokens, = D.all_sum(env, sum((t != -100).sum().item() for _, t in mbs))
             loss_sum = 0.0
-            for i, (tokens, targets) in enumerate(mbs):
-                if env.fsdp:  # reduce-scatter gradients only after the last micro-batch
-                    model.set_requires_gradient_sync(i == len(mbs) - 1)
+            # (FSDP2 reduce-scatters each micro-batch's gradients as its backward ends. Skipping that until
+            # the last one, set_requires_gradient_sync(False), sends less but holds every parameter's
+            # unsharded fp32 gradient on every GPU meanwhile (4 bytes x all parameters: 280 GB at 70B),
+            # which training.memory_plan does not count)
+            for tokens, targets in mbs:
                 micro_loss = sft_loss_sum(model, tokens, targets, env)
                 # FSDP averages gradients over ranks; times world makes that a sum
                 (micro_loss / n_tokens * env.world).backward()

@@ -576,7 +576,9 @@ def memory_plan(args, world_size, micro_batch_size, seq_len, activation_checkpoi
                 gpu_memory_gb=80, dropout=0.0):
     """
     Bytes each GPU holds under FSDP2 with fp32 master weights and AdamW:
-      sharded state     (4 param + 4 grad + 8 AdamW m,v) * P / world
+      sharded state     (4 param + 4 grad + 8 AdamW m,v) * P / world (the
+                        trainers reduce-scatter gradients after every
+                        micro-batch, so none is held unsharded: train_sft.py)
       in flight         2 blocks' bf16 params (the running one + the prefetched
                         next), one block's fp32 gradient before its
                         reduce-scatter, and the root's embedding + output in bf16
