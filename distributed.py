@@ -68,7 +68,10 @@ class Env:
         """Matmuls in the compute dtype (bf16) with fp32 master weights, on a
         GPU or a CPU alike; norms, softmax and losses stay fp32 (model.py and
         the losses cast up). Under FSDP the MixedPrecisionPolicy casts the
-        weights instead (shard()), so no autocast there."""
+        weights instead (shard()), so no autocast there. The two bf16 runs
+        differ beyond rounding: under autocast only matmuls are bf16 (the
+        embedding's output, the residual stream and the norms stay fp32);
+        under FSDP every weight is bf16, and so is the residual stream."""
         if self.dtype != torch.float32 and not self.fsdp:
             return torch.autocast(self.device.split(":")[0], dtype=self.dtype)
         return nullcontext()
@@ -396,8 +399,9 @@ def all_sum(env, *values):
 def shard(model, env):
     """FSDP2: each block is its own unit (its parameters are all-gathered just
     before it runs and freed after), the root takes the embedding, final norm
-    and output. In bf16 (env.dtype, GPU or CPU): FSDP casts the gathered
-    weights to bf16 to compute and reduces gradients in fp32. It leaves the
+    and output. In bf16 (env.dtype, GPU or CPU): FSDP casts each rank's fp32
+    shard to bf16 before the all-gather (bf16 on the wire) and reduce-scatters
+    gradients in fp32. It leaves the
     blocks' inputs alone (cast_forward_inputs=False): the residual stream
     comes out of the bf16 embedding in bf16 anyway, and the rotary cos/sin
     must stay fp32 (rounded to bf16 they move a token's angle by up to 2^-9

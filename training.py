@@ -19,7 +19,9 @@ the lesson):
 Data parallelism is exact by construction: every loss is a SUM over the
 examples (or tokens) of one micro-batch divided by the count over the whole
 global batch on all ranks, so accumulation and sharding give the same
-gradient as one big batch.
+gradient as one big batch (with dropout 0: dropout's masks are drawn per
+rank and per micro-batch, begin_step, so there the world size and
+micro_batch_size change them as another seed would).
 """
 import json
 import math
@@ -70,7 +72,8 @@ SETTINGS = dict(
     compile=False,             # torch.compile each block
     device="",                 # '' = cuda if available, else cpu
     dtype="auto",              # compute: 'auto' = bfloat16 on GPU, and on a CPU with bf16 units for models at
-                               # least 256 wide; else float32 (weights stay fp32)
+                               # least 256 wide; else float32 (weights stay fp32; on a GPU float32 matmuls
+                               # run in TF32: distributed.setup)
     threads=0,                 # CPU threads; 0 = this process's cores / ranks on the machine (or OMP_NUM_THREADS)
     save_dtype="",             # dtype of the final model; '' = bfloat16 on GPU, float32 on CPU
     peak_flops=989e12,         # per device, for MFU (H100/H200 bf16 dense)
@@ -79,7 +82,8 @@ SETTINGS = dict(
     progress=True,             # progress bar
 )
 # settings that change how a run goes, not what it computes: a saved training
-# state is resumed across changes of these (see made_from)
+# state is resumed across changes of these (see made_from). (With dropout on,
+# micro_batch_size changes the masks drawn, as a seed would, not the method.)
 RUNTIME_SETTINGS = {"out_dir", "device", "threads", "eval_interval", "save_interval", "log_interval",
                     "activation_checkpointing", "compile", "save_dtype", "peak_flops", "crash_after_step", "keep_state",
                     "progress", "micro_batch_size", "plan_only", "world_size", "gpu_memory_gb"}
@@ -260,9 +264,10 @@ def training_inputs(c, tok_path):
 
 
 def total_steps(c, n_examples):
-    """The run's optimizer steps; a warmup as long (known only once the data is
-    read) is allowed, but said: the learning rate would never reach lr. So is
-    a batch larger than the data: each step then repeats examples."""
+    """The run's optimizer steps. A warmup as long as the run or longer is
+    allowed but warned about (the run's length is known only once the data is
+    read): the learning rate would never reach lr. So is a batch larger than
+    the data: each step then repeats examples."""
     steps = c.max_steps or math.ceil(c.epochs * n_examples / c.batch_size)
     if c.batch_size > n_examples:
         D.log(f"warning: batch_size = {c.batch_size} is larger than the {n_examples} examples: each step holds "
@@ -291,7 +296,10 @@ def batch_indices(step, batch_size, n, seed):
 
 
 def step_batch(items, step, c, env):
-    """(the global batch of this step, this rank's contiguous part of it)."""
+    """(the global batch of this step, this rank's contiguous part of it).
+    batch_size divides by world x micro_batch_size (validate.check_training),
+    so every rank runs as many forwards, with no fillers (split_even is for
+    evaluation sets of any size)."""
     batch = [items[i] for i in batch_indices(step, c.batch_size, len(items), c.seed)]
     per_rank = c.batch_size // env.world
     return batch, batch[env.rank * per_rank:(env.rank + 1) * per_rank]
@@ -314,7 +322,7 @@ def micro_batches(items, size):
 def lr_at(step, max_steps, warmup_steps, lr, min_lr):
     """Linear warmup to lr, then cosine decay to min_lr at max_steps. (The
     trainers take steps 0 .. max_steps - 1, so the last step's lr is a little
-    above min_lr, as in nanoGPT's schedule.)"""
+    above min_lr; nanoGPT's loop takes one more step, at min_lr exactly.)"""
     if step < warmup_steps:
         return lr * (step + 1) / (warmup_steps + 1)
     progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
@@ -374,7 +382,8 @@ def log_metrics(c, record):
 
 @contextmanager
 def ctrl_c_after():
-    """A Ctrl-C (or a SIGTERM, which D.setup takes as one) inside the block
+    """A Ctrl-C (or, in one process, a SIGTERM, which D.setup takes as one;
+    under torchrun SIGTERM keeps its default and ends a rank at once) inside the block
     is raised when it ends: a state save cut short is wasted work, and
     torch's checkpoint writers turn the interrupt into errors of their own
     (CheckpointException, a RuntimeError from the zip writer) with a
