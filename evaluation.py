@@ -20,8 +20,11 @@ gen_model_answer decodes them, so that their grades compare with those its
 leaderboard lists: each category at its own temperature (greedy for math,
 coding, reasoning and extraction), and turn 2 asked in the same conversation,
 after the model's own first answer. A prompt that leaves no room in the
-model's context is skipped and counted, never an error that stops the
-evaluation.
+model's context is answered "ERROR" (NO_ROOM, FastChat's mark for a turn it
+could not answer) and counted, never an error that stops the evaluation: every
+question stays in both files, so each tool scores every question (AlpacaEval
+joins two models' outputs on their instructions, and a missing one would
+quietly shrink its win rate to the questions answered).
 """
 import json
 import os
@@ -110,23 +113,20 @@ def _answer(model, tokenizer, conversations, max_new_tokens, sample_kw, temperat
     return answers
 
 
-def answer_alpaca_eval(model, tokenizer, prompts, model_id, max_new_tokens, **sample_kw):
-    """AlpacaEval model outputs for the prompts: none for a prompt with no room
-    in the context (too long). sample_kw go to sample.generate (eos_id,
-    batch_size, progress)."""
-    answers = _answer(model, tokenizer, [x["instruction"] for x in prompts], max_new_tokens, sample_kw)
-    records = []
-    for x, a in zip(prompts, answers):
-        if a is not None:
-            extra = {"dataset": x["dataset"]} if "dataset" in x else {}
-            records.append({"instruction": x["instruction"], "output": a, "generator": model_id, **extra})
-    return records
-
-
-# a turn with no room in the context: FastChat's own mark for a turn it could not
-# answer (gen_model_answer writes it), which its judge then scores. FastChat
-# refuses an answer file that lacks any question, so none is left out.
+# a prompt or turn with no room in the context: FastChat's own mark for a turn it
+# could not answer (gen_model_answer writes it), which the judges then score.
+# FastChat refuses an answer file that lacks any question, and AlpacaEval scores
+# only the instructions both models' files hold, so none is left out.
 NO_ROOM = "ERROR"
+
+
+def answer_alpaca_eval(model, tokenizer, prompts, model_id, max_new_tokens, **sample_kw):
+    """AlpacaEval model outputs for the prompts, one each: NO_ROOM for a prompt
+    with no room in the context (too long). sample_kw go to sample.generate
+    (eos_id, batch_size, progress)."""
+    answers = _answer(model, tokenizer, [x["instruction"] for x in prompts], max_new_tokens, sample_kw)
+    return [{"instruction": x["instruction"], "output": NO_ROOM if a is None else a, "generator": model_id,
+             **({"dataset": x["dataset"]} if "dataset" in x else {})} for x, a in zip(prompts, answers)]
 
 
 # The temperature FastChat's gen_model_answer samples each MT-Bench category at
@@ -176,6 +176,11 @@ def answer_mt_bench(model, tokenizer, questions, model_id, max_new_tokens, seed=
 def unanswered(mt_bench_records):
     """How many MT-Bench questions have a turn with no room in the context (NO_ROOM)."""
     return sum(NO_ROOM in x["choices"][0]["turns"] for x in mt_bench_records)
+
+
+def alpaca_unanswered(alpaca_records):
+    """How many AlpacaEval prompts had no room in the context (NO_ROOM)."""
+    return sum(x["output"] == NO_ROOM for x in alpaca_records)
 
 
 def write_alpaca_eval(path, records):

@@ -743,7 +743,9 @@ def external_judges(infos):
     lines = ["Answers for external judges" + (" (and how many of the benchmark's questions each model was trained "
              "on, the same text or a near duplicate by the prompt filter's ROUGE-L: scores on those questions "
              "are not held out)" if counted else "") + ":", ""]
-    lines += [f"- AlpacaEval: `{a['path']}` (`alpaca_eval --model_outputs={a['path']}`){trained_on(a)}" for a in alpaca]
+    lines += [f"- AlpacaEval: `{a['path']}` (`alpaca_eval --model_outputs={a['path']}`){trained_on(a)}" + (
+        f"; {a['too_long']} prompts too long for the context, answered \"ERROR\" (scored as answers)"
+        if a.get("too_long") else "") for a in alpaca]
     if mt:
         folder = os.path.dirname(mt[0]["path"])
         lines += [f"- MT-Bench: `{m['path']}`{trained_on(m)}" + (

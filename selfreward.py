@@ -1189,8 +1189,9 @@ def stage_eval(c, r, name, path):
         recs = part(alpaca_out, lambda: E.answer_alpaca_eval(net, tok, prompts, model_id, c.max_response_tokens,
                                                              **sample_kw),
                     E.write_alpaca_eval, E.read_alpaca_eval)
-        info["alpaca_eval"] = {"path": alpaca_out, "answered": len(recs), "too_long": len(prompts) - len(recs),
-                               "avg_length": E.mean_length(x["output"] for x in recs),
+        skipped = E.alpaca_unanswered(recs)  # every prompt: one with no room is E.NO_ROOM
+        info["alpaca_eval"] = {"path": alpaca_out, "answered": len(recs) - skipped, "too_long": skipped,
+                               "avg_length": E.mean_length(x["output"] for x in recs if x["output"] != E.NO_ROOM),
                                "trained_on": benchmark_overlap(list(map(E.question, prompts)), trained,
                                                                c.rouge_threshold)}
     if c.mt_bench:

@@ -184,14 +184,17 @@ def test_bad_eval_prompt_files_name_the_record(tmp_path):
         E.read_eval_prompts(str(tmp_path / "none.json"))
 
 
-def test_prompts_longer_than_the_context_are_skipped_and_counted(tok, tmp_path):
+def test_prompts_longer_than_the_context_are_answered_error_and_counted(tok, tmp_path):
     short, long = "Say hi.", " ".join(["please answer the question"] * 40)
     ctx = 64
     assert len(chat_prompt_ids(tok, short)) + 8 < ctx < len(chat_prompt_ids(tok, long))
     net = tiny(tok, ctx)
     recs = E.answer_alpaca_eval(net, tok, [{"instruction": long}, {"instruction": short}], "m", 4,
                                 eos_id=tok.eos_id, progress=False)
-    assert [r["instruction"] for r in recs] == [short]
+    # every prompt is in the file (AlpacaEval scores only the instructions both models' files hold): the long
+    # one answered as FastChat marks a turn it could not answer, and counted
+    assert [(r["instruction"], r["output"] == E.NO_ROOM) for r in recs] == [(long, True), (short, False)]
+    assert E.alpaca_unanswered(recs) == 1
     questions = [{"question_id": 1, "turns": [short, "Again."]}, {"question_id": 2, "turns": [long, "Again."]},
                  {"question_id": 3, "turns": [short, long]}]  # 3: turn 2 does not fit
     recs = E.answer_mt_bench(net, tok, questions, "m", 4, eos_id=tok.eos_id, progress=False)

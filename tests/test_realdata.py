@@ -149,7 +149,7 @@ def test_a_writer_whose_tasks_never_end_is_told_which_setting_to_raise(tmp_path,
     assert "or raise max_prompt_tokens (4)." in capsys.readouterr().err
 
 
-def test_evaluation_skips_and_counts_long_inputs(tmp_path, monkeypatch, tok):
+def test_evaluation_counts_long_inputs_and_keeps_every_benchmark_question(tmp_path, monkeypatch, tok):
     ctx = len(judge_prompt_ids(tok, SHORT, "a")) + 8
     use_model(monkeypatch, tok, ctx)
     r = run_folder(tmp_path)
@@ -165,7 +165,9 @@ def test_evaluation_skips_and_counts_long_inputs(tmp_path, monkeypatch, tok):
     assert info["alpaca_eval"]["answered"] == 1 and info["alpaca_eval"]["too_long"] == 1
     assert info["mt_bench"]["answered"] == 1 and info["mt_bench"]["too_long"] == 1
     assert info["alpaca_eval"]["path"] == E.alpaca_eval_path(r.path("eval"), "real-M1")
-    assert [x["instruction"] for x in json.load(open(info["alpaca_eval"]["path"]))] == [SHORT]
+    alpaca = json.load(open(info["alpaca_eval"]["path"]))  # every prompt (AlpacaEval joins on them): the long one
+    assert [(x["instruction"], x["output"] == "ERROR") for x in alpaca] == [(SHORT, False), (LONG * 20, True)]
+    assert info["alpaca_eval"]["avg_length"] == len(alpaca[0]["output"])  # of answered ones
     mt = read_jsonl(info["mt_bench"]["path"])  # every question (FastChat needs each): the long one as "ERROR"
     assert [x["question_id"] for x in mt] == [1, 2] and mt[1]["choices"][0]["turns"] == ["ERROR", "ERROR"]
     assert info["mt_bench"]["avg_length"] == E.mean_length(mt[0]["choices"][0]["turns"])  # of answered ones
