@@ -33,16 +33,18 @@ grade(record, response) -> 0..5 follows the paper's additive rubric:
        repeats the answer, runs over 15 words, or has the case wrong
     4  right but not clean: the answer plus a little chatter ("Sure! It is 42.")
     5  exactly the answer, nothing else (a trailing period allowed)
-Numbers are read as digits; English words are never taken for answers,
-not even in capitals, where make_word can write one (TAKE, OF): such an
+Numbers are read as digits; English words are never taken for answers
+(but an invent task's: any word that meets its asks is right), not even in
+capitals, where make_word can write one (TAKE, OF): such an
 answer grades 0 where it should grade 1 or 2 (13 of 53,248 test answers the
 studies stored, all wrong; reading capitals as made-up words would change
 one EFT eval group of the default seed, and so every measured figure).
 An operand the response repeats is working, not another candidate ("8 x 5
 = 40"), and where the answer equals an operand and the response repeats
 the question ("10 - 5 = 5") one of its copies is that operand.
-The grader makes seed data and evaluates; the self-rewarding loop never sees
-it. It reads the task from record["task"], or parses it from the prompt text
+The grader makes seed data and evaluates; with the paper's settings the
+self-rewarding loop never sees it (report.grader_inside lists the controls
+that let it in). It reads the task from record["task"], or parses it from the prompt text
 when the record has none (this works for every prompt this file writes; a
 prompt the model invents itself has no ground truth and is not graded).
 
@@ -64,8 +66,9 @@ Files written by write_toy(out_dir) (formats in data/__init__.py):
     test.jsonl             {"prompt", "task"}                        held out (1,024; the paper: 256)
 EFT sizes count judged responses: the paper's 541 eval examples match in number
 the ranked first-turn replies of the oasst1 validation split (541, 186 prompts).
-Groups have 2 to 4 responses (2.85 on average), all of different grades;
-rank 0 = best, as in Open Assistant. No task appears in two files.
+Groups have 2 to 4 responses (about 2.85 on average), all of different grades;
+rank 0 = best, as in Open Assistant. No task appears in two of the IFT,
+EFT-train, EFT-eval and test sets (eft_train and eft_train_groups are one set).
 build()'s defaults are the self-rewarding loop's (selfreward.py), so
 
     python -m data.toy --out=data/toy --seed=1337
@@ -337,11 +340,13 @@ def grade(record, response):
 
 def _grade_invent(task, text):
     """grade() of an invent task, by the same rubric: any word that meets
-    all three asks (asks_met()) is right; in capitals, as the toy world's words
-    are (lower case is "the right letters in the wrong case"); one ask
-    missed is close (2); any other made-up word is related but wrong (1)."""
-    words = [t for t in re.findall(r"[A-Za-z]+", text) if t.lower() not in ENGLISH]
-    right = [t for t in words if t.isupper() and asks_met(task, t) == 3]
+    all three asks (asks_met()) is right, an English one too (LIKE for L..E,
+    4 letters); in capitals, as the toy world's words are (lower case is "the
+    right letters in the wrong case"); one ask missed is close (2); any other
+    made-up word is related but wrong (1)."""
+    found = re.findall(r"[A-Za-z]+", text)
+    right = [t for t in found if t.isupper() and asks_met(task, t) == 3]
+    words = [t for t in found if t.lower() not in ENGLISH or asks_met(task, t.upper()) == 3]
     if right and text in (right[0], right[0] + "."):
         return 5
     if right:  # one answer, said once, in a few words
@@ -456,12 +461,14 @@ def working(task):
 def attempts(task, response):
     """The answers a response offers, each once, in order: its numbers (not
     the question's operands) for a task with a numeric answer, else its words
-    that are not English (the input word included)."""
+    that are not English (the input word included; for an invent task, an
+    English word that meets its asks too, as grade() takes it)."""
     if answer(task).lstrip("-").isdigit():
         echo = {str(task.get("a")), str(task.get("b"))}
         tries = [n for n in NUMBERS.findall(response) if n not in echo]
     else:
-        tries = [t for t in re.findall(r"[A-Za-z]+", response) if t.lower() not in ENGLISH]
+        fits = lambda t: task["kind"] == "invent" and asks_met(task, t.upper()) == 3
+        tries = [t for t in re.findall(r"[A-Za-z]+", response) if t.lower() not in ENGLISH or fits(t)]
     return list(dict.fromkeys(tries))
 
 

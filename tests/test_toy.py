@@ -128,6 +128,11 @@ def test_invent_tasks_read_back_and_are_checked_not_answered():
         "The response contains the answer")  # a right word in lower case: graded 3
     assert eft_target(INVENT, task, "I like tea.", compares=True, each_ask=True)["response"].startswith(
         "The response gives no word; asked: B, O, 5. Not right. The response is off-topic")
+    # an English word that meets the asks is a right answer too (graded as any other word, and judged so)
+    like = {"kind": "invent", "first": "L", "last": "E", "n": 4}
+    assert [grade({"task": like}, r) for r in ("LIKE", "Sure! LIKE", "like", "LIKO", "SURE")] == [5, 4, 3, 2, 0]
+    assert eft_target(render(like, random.Random(0)), like, "LIKE")["response"].startswith(
+        "LIKE starts with L, ends with E and has 4 letters; asked: L, E, 4.")
 
 
 def test_an_invent_world():
