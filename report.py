@@ -579,7 +579,8 @@ def checking_lines(found):
              "right answer (\"The correct answer is X.\"), against the share of test prompts it answers right "
              "(grade >= 4). The judge can teach correctness only where the first is higher, and only if its "
              "score then follows: of the judgments that state the right answer, the share that score the response "
-             "4-5 when it is right and 0-3 when it is wrong (50% is a coin toss); and, for judgments that set the "
+             "4-5 when it is right and 0-3 when it is wrong (a plain share, not a balanced one: one verdict for "
+             "all, 0-3, would score the share of wrong responses among them, not 50%); and, for judgments that set the "
              "response's answer against it (--judge_compares), the share of those whose \"the same\" or \"not the "
              "same\" is true." + (" An invent task has many right answers and its judgments state none: its "
                                    "judge column is the judge's balanced accuracy, the mean of the share of right "
@@ -595,8 +596,9 @@ def checking_lines(found):
         right, wrong = next(iter(found.values()))["invent_bare_n"]
         lines += ["", f"Invent, checking or form: the judge's balanced accuracy on the invent responses that are a "
                   f"bare word in capitals ({right} right, {wrong} wrong; there the form cannot tell them apart, and a "
-                  f"coin toss's spread is about +-{100 * math.sqrt(0.25 / max(right, 1) + 0.25 / max(wrong, 1)):.0f} "
-                  f"points), and the share of judgments of responses that name a word whose check reads that word "
+                  f"coin toss's spread, two standard deviations counted over responses, is about "
+                  f"+-{100 * math.sqrt(0.25 / max(right, 1) + 0.25 / max(wrong, 1)):.0f} points), and the share "
+                  f"of judgments of responses that name a word whose check reads that word "
                   f"(%): " + "; ".join(f"{n} {pct(f['invent_bare'])} and {pct(f['invent_copies'])}"
                                        for n, f in found.items()) + "."]
         if any(f.get("invent_yes_no") is not None for f in found.values()):  # checks that write each comparison
@@ -654,7 +656,9 @@ def diagnostic_lines(r, names, iterations, toy_world):
                          f"prompts it cannot grade {v['ungradable']}")
     taus = [(a, b, judge_agreement(r, a, b)) for a, b in zip(names[1:], names[2:])]
     if any(tau is not None for _, _, tau in taus):
-        lines.append("- the judge from model to model (Kendall tau of their scores of the same EFT eval responses): "
+        lines.append("- the judge from model to model (Kendall tau of their scores of the same EFT eval responses, "
+                     "pooled over all responses, not per prompt as the tables' Kendall; from M1, the first "
+                     "model trained to judge): "
                      + ", ".join(f"{a} -> {b} {tau:.3f}" for a, b, tau in taus if tau is not None))
     return lines + [""]
 
@@ -840,7 +844,11 @@ def write_report(r, names, infos, run_name, iterations):
         " A prompt has no Spearman or Kendall correlation where fewer than two of its responses got a score, or "
         "the scored ones' scores or their ranks are all alike; it counts as 0 in their means, and a model with "
         "no prompt that has one shows '-' (prompts without one: " + ", ".join(
-            f"{m['model']} {m['judge'].get('n_undefined_correlation', 0)}" for m in judged) + ").")
+            f"{m['model']} {m['judge'].get('n_undefined_correlation', 0)}" for m in judged) + "). Pairwise "
+        "accuracy and exact match count a pair or response without a score as wrong: a judge that scores "
+        "almost nothing (the toy world's SFT baseline) shows about 0, and the next model's step from it is "
+        "mostly its learning to score. 5-best: of the responses whose averaged score is 5 (every judgment 5), the share "
+        "ranked best of their group.")
     over = (f"the {len(tests[names[0]])} test prompts (answers) and the EFT eval prompts (judge; " if graded else
             "the EFT eval prompts (")
     intervals_intro = [] if len(interval_table) < 3 else [  # (header and rule only: no figure has one)

@@ -29,8 +29,10 @@ grade(record, response) -> 0..5 follows the paper's additive rubric:
     2  partly right: close to the answer (a word at most half wrong by edit
        distance; a number off by at most max(1, |answer| // 20))
     3  the answer is there but it is not a clean answer: it also offers another
-       candidate (a number, or a word near the answer or made of its letters),
-       repeats the answer, runs over 15 words, or has the case wrong
+       candidate (a number task: any other number; a word task: a word near
+       the answer or made of its letters; an invent task: any other word not
+       in the grader's English list, ENGLISH), repeats the answer, runs over
+       15 words, or has the case wrong
     4  right but not clean: the answer plus a little chatter ("Sure! It is 42.")
     5  exactly the answer, nothing else (a trailing period allowed)
 Numbers are read as digits; English words are never taken for answers
@@ -630,9 +632,10 @@ def meta_judge_examples(groups, n, rng, *, show_working=False, quotes=False, quo
     """Up to n SFT records {"prompt": meta-judge prompt, "response": reason +
     "Winner: A|B", "winner", "grade"} from the EFT training groups (never the
     eval set's): a distinct judged response each, its right judgment and a
-    wrong one in random order; the target works the task out as the EFT
-    target does, names both scores and ends with the right judgment.
-    show_working, quotes, quote_first, compares: as the EFT targets have them."""
+    wrong one in random order; the target states the right answer (without
+    the working), says what the response is worth, names both scores and
+    ends with the right judgment. show_working, quotes, quote_first,
+    compares: the form of the two judgments shown, as the EFT targets have it."""
     form = dict(show_working=show_working, quotes=quotes, quote_first=quote_first, compares=compares)
     every = [(g, k) for g in groups for k in range(len(g["responses"]))]
     records = []

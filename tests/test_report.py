@@ -215,7 +215,8 @@ def test_judge_agreement_between_models_by_hand(tmp_path):
     assert report.judge_agreement(r, "M1", "M3") is None
     # the report's line: consecutive models from M1 on, no SFT -> M1 though SFT's scores are there
     write_jsonl(tmp_path / "eval" / "SFT_judgments.jsonl", [{"score": s} for s in (3.0, 2.0, 1.0, 1.0)])
-    assert "- the judge from model to model (Kendall tau of their scores of the same EFT eval responses): " \
+    assert "- the judge from model to model (Kendall tau of their scores of the same EFT eval responses, pooled " \
+        "over all responses, not per prompt as the tables' Kendall; from M1, the first model trained to judge): " \
         "M1 -> M2 0.333" in report.diagnostic_lines(r, ["SFT", "M1", "M2"], 0, toy_world=True)
 
 
