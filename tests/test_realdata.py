@@ -363,7 +363,8 @@ def test_report_for_real_data_has_no_toy_columns(tmp_path):
     assert "iteration 2: ? new prompts" in text
     assert ("- AlpacaEval: `out/x/eval/alpaca_eval/x-M2/model_outputs.json` (`alpaca_eval --model_outputs="
             "out/x/eval/alpaca_eval/x-M2/model_outputs.json`); trained on 3 of its 805 questions (EFT training 1, "
-            "written by the loop 2)\n") in text
+            "written by the loop 2); 1 prompts too long for the context, answered \"ERROR\" (scored as answers)\n"
+            ) in text
     assert "- MT-Bench: `out/x/eval/mt_bench/model_answer/x-M1.jsonl`\n" in text  # not counted: no clause
     assert ("- MT-Bench: `out/x/eval/mt_bench/model_answer/x-M2.jsonl`; 2 questions with a turn too long for the "
             "context, answered \"ERROR\" there") in text
