@@ -57,6 +57,7 @@ class Run:
         self.current = None  # the stage running now (for Ctrl-C's message and generation shards)
         self.reused = []  # the stages found done, made from the same inputs (said at the end of a run)
         self.made = []  # the stages this command ran
+        self.part_markers = {}  # stage -> the parts markers (stage_parts) it wrote: removed once it is done
         self.remakers = {}  # done stages with outputs: made again if one is gone when a stage that reads it runs
         if D.is_rank0() and not dry:
             write_json(self.path("settings.json"), self.settings)
@@ -143,6 +144,12 @@ class Run:
             D.stop(f"error: stage {name}: {e}", every_rank=not isinstance(e, OSError))  # (a disk: one rank's alone)
         self.current = outer
         info["seconds"] = round(time.time() - t0, 1)
+        # its parts are finished outputs now: no later run of this stage may take them for its own (one
+        # redone from the same inputs, its record deleted, would otherwise read the earlier run's files).
+        # (Before the record: a kill between the two redoes the parts, never reuses them wrongly.)
+        for marker in self.part_markers.pop(name, []):
+            if D.is_rank0() and os.path.exists(marker):
+                os.remove(marker)
         self.mark(name, info, {**made_from, "fingerprint": fp}, temporary)
         self.metric({"stage": name, **info})
         return info
@@ -279,10 +286,11 @@ def stage_parts(r, name, paths):
     same stage already finished (load(path)), else makes it (make()) and
     rank 0 writes it (save(path, records)): a killed run loses at most the
     part it was in, and gives what a run never killed gives. paths: every
-    file the stage may write. The marker stays beside them (unlike
-    generate_sharded's, whose parts are merged away): while it names this
-    stage, its files are this stage's."""
-    parts_marker(r, name, paths)
+    file the stage may write. The marker stays beside them while the stage
+    runs (generate_sharded's goes with the parts it merges) and goes when
+    the stage is done (Run.run): a stage run again later, from the same
+    inputs or not, makes its files again."""
+    r.part_markers.setdefault(r.current, []).append(parts_marker(r, name, paths))
 
     def part(path, make, save, load):
         if os.path.exists(path):

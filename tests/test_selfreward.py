@@ -1412,6 +1412,32 @@ def test_configs_apply_and_point_at_the_loops_files(micro_run, config, defaults)
         assert os.path.exists(run / p[len("out/toy/"):].rstrip("/.")), p
 
 
+def test_a_stage_made_again_from_the_same_inputs_makes_its_parts_again(tmp_path):
+    """stage_parts' files are reused by the same stage only while it runs (a
+    kill, then the same command); once it is done its marker goes, so a stage
+    run again later (its record deleted by hand, as after a change of code)
+    makes its files again instead of reading the earlier run's."""
+    from run_folder import Run, stage_parts
+    import distributed as D
+    r = Run(str(tmp_path), types.SimpleNamespace(), D.Env())
+    out, made = str(tmp_path / "eval" / "a.jsonl"), []
+
+    def fn(kill=False):
+        part = stage_parts(r, os.path.join("eval", "m"), [out])
+        part(out, lambda: made.append(1) or [{"run": len(made)}], write_jsonl, read_jsonl)
+        if kill:
+            raise KeyboardInterrupt
+        return {}
+    with pytest.raises(KeyboardInterrupt):
+        r.stage("eval_m", lambda: fn(kill=True))
+    assert made == [1] and (tmp_path / "eval" / "m.parts").exists()
+    r.stage("eval_m", fn)  # the same command: the part it finished is reused
+    assert made == [1] and not (tmp_path / "eval" / "m.parts").exists()
+    os.remove(tmp_path / "done" / "eval_m")  # made again from the same inputs
+    r.stage("eval_m", fn)
+    assert made == [1, 1] and read_jsonl(out) == [{"run": 2}]
+
+
 def test_generation_shards_of_other_settings_are_not_reused(tmp_path):
     """Parts written for one fingerprint of a stage are reused by it, and
     removed (not merged in) when the stage runs with other settings."""
