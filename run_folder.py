@@ -117,7 +117,8 @@ class Run:
                     name, fn, old, made_from, fp, after, temporary, f"{', '.join(gone)} gone, and {reader} reads it")
             return {k: v for k, v in old.items() if k != "made_from"}
         return self.run(name, fn, old, made_from, fp, after, temporary,
-                        changes(old.get("made_from", {}), made_from, self.same_setting) if old else "")
+                        changes(old.get("made_from", {}), made_from, self.same_setting, self.at_default)
+                        if old else "")
 
     def run(self, name, fn, old, made_from, fp, after, temporary, why):
         """stage()'s work: the stages it reads whose outputs are gone made
@@ -159,12 +160,16 @@ class Run:
         name that are at their defaults, settings the stage no longer lists,
         and input paths written otherwise whose files hold the same bytes?"""
         old_settings = old.get("settings", {})
-        by_name = lambda files: sorted((os.path.basename(os.path.normpath(f)), v) for f, v in files.items())
-        return ("fingerprint" in old and by_name(old.get("files", {})) == by_name(new["files"])
+        return ("fingerprint" in old and files_by_name(old.get("files", {})) == files_by_name(new["files"])
                 and old.get("after") == new["after"]
-                and all(self.same_setting(k, old_settings[k], v) if k in old_settings  # (as given, not resolved:)
-                        else k in self.defaults and self.defaults[k] == getattr(self.c, k, v)
+                and all(self.same_setting(k, old_settings[k], v) if k in old_settings else self.at_default(k)
                         for k, v in new["settings"].items()))
+
+    def at_default(self, name):
+        """Is setting `name` at its default? (A setting a stage's record does
+        not name, added to the code since, counts as unchanged while it is:
+        stage().) As given, not resolved."""
+        return name in self.defaults and self.defaults[name] == getattr(self.c, name, None)
 
     def setting(self, name):
         """A setting's value as a stage's record keeps it: `dtype` as the dtype
@@ -235,13 +240,22 @@ def metric_records(folder):
     return records
 
 
-def changes(old, new, same_setting):
+def files_by_name(files):
+    """{path: fingerprint} as (file name, fingerprint) pairs: an input's path
+    written another way (data/ or data, relative or absolute) is the same input."""
+    return sorted((os.path.basename(os.path.normpath(f)), v) for f, v in files.items())
+
+
+def changes(old, new, same_setting, at_default):
     """What differs between a stage's recorded inputs and today's, in words
-    (same_setting: Run.same_setting, which says what counts as unchanged)."""
+    (same_setting and at_default: Run's, which say what counts as unchanged,
+    as Run.same_inputs counts it)."""
     recorded = old.get("settings", {})
     said = [f"{k} {recorded.get(k, '?')!r} -> {v!r}" for k, v in new["settings"].items()
-            if k not in recorded or not same_setting(k, recorded[k], v)]
-    said += [f"{f} changed" for f, v in new["files"].items() if f in old.get("files", {}) and old["files"][f] != v]
+            if not (same_setting(k, recorded[k], v) if k in recorded else at_default(k))]
+    before = dict(files_by_name(old.get("files", {})))
+    said += [f"{f} changed" for f, v in new["files"].items()
+             if before.get(os.path.basename(os.path.normpath(f)), v) != v]
     said += [f"{a} {'redone' if a in old.get('after', {}) else 'added'}" for a, v in new["after"].items()
              if old.get("after", {}).get(a) != v]
     return ", ".join(said) or "made from other inputs"

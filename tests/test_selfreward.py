@@ -1438,6 +1438,20 @@ def test_a_stage_made_again_from_the_same_inputs_makes_its_parts_again(tmp_path)
     assert made == [1, 1] and read_jsonl(out) == [{"run": 2}]
 
 
+def test_why_a_stage_runs_again_counts_as_same_inputs_does():
+    """run_folder.changes, the "(again: ...)" words: a setting the record
+    lacks is a change only when it is not at its default (same_inputs
+    counts it unchanged), and a file given by a path written another way is
+    compared with the recorded one of its name."""
+    from run_folder import changes
+    same = lambda k, a, b: a == b
+    old = {"settings": {"lr": 1}, "files": {"data/x.jsonl": "f1"}, "after": {}}
+    new = {"settings": {"lr": 2, "added": 0}, "files": {"./data/x.jsonl": "f2"}, "after": {}}
+    assert changes(old, new, same, lambda k: k == "added") == "lr 1 -> 2, ./data/x.jsonl changed"
+    assert changes(old, new, same, lambda k: False) == "lr 1 -> 2, added '?' -> 0, ./data/x.jsonl changed"
+    assert changes(old, {**old, "files": {"./data/x.jsonl": "f1"}}, same, lambda k: True) == "made from other inputs"
+
+
 def test_generation_shards_of_other_settings_are_not_reused(tmp_path):
     """Parts written for one fingerprint of a stage are reused by it, and
     removed (not merged in) when the stage runs with other settings."""
