@@ -21,8 +21,10 @@ overrides one setting, and the config files too, wherever it stands among
 them (files apply first, in their order; the value is read with
 ast.literal_eval, and a bare
 word is taken as a string; a setting whose default is a string takes the
-text as it is). A key that does not exist, or a value of another type than
-the default (a list too), is an error that lists what exists. `--help`
+text as it is, but for None and quotes around it). A key that does not
+exist, or a value of another type than the default (a list too), is an
+error that lists what exists; None passes here for any setting, and
+validate.no_none refuses it where a script cannot take it. `--help`
 prints every setting with its default and comment.
 """
 import ast
@@ -67,9 +69,9 @@ def _file_settings(path):
         code = compile(tree, path, "exec")  # (some mistakes only compile finds: `return` outside a function)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read it ({e.strerror})")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x})")
+    except UnicodeDecodeError as e:  # (e.object: the bytes decoded, less a byte-order mark)
+        line = e.object[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {e.object[e.start]:#04x})")
     except SyntaxError as e:
         raise ConfigError(f"{path}:{e.lineno}: {e.msg}")
     for node in tree.body:  # lines that look like settings in another format but set nothing in Python

@@ -91,7 +91,9 @@ class Run:
         reads only the settings it lists: tests/test_selfreward.py checks the
         bytecode). So updating the code does not redo a finished run. Nor does
         an input's path written another way (data/ or data, relative or
-        absolute, a folder moved): its files' contents are what count.
+        absolute, a folder moved): its files' contents are what count (a file
+        over 64 MiB, model weights, by its size and modification time:
+        data.file_fingerprint; a copy made with a new time counts as new).
         `temporary`: paths only a running stage needs (a trainer's resumable
         state), removed once the stage is marked done (what a kill left of
         that removal, when the stage is next found done). `outputs`: what the
@@ -350,7 +352,9 @@ def generate_sharded(r, name, items, shard_size, work, replay=None):
 
 
 def move_model(r, trained, name):
-    """Put a trained model folder at out/<run>/<name>/ (atomic rename)."""
+    """Put a trained model folder at out/<run>/<name>/ (a rename; an older
+    folder there goes first: a kill between the two leaves none, and the
+    stage, whose record is already gone, makes it again)."""
     dest = r.path(name)
     if D.is_rank0():
         if os.path.exists(dest):

@@ -8,8 +8,9 @@ two runs of the same commit, so a claim needs several seeds.
     python seeds.py --seeds=1,2,3,4,5 --iterations=3 --run_name=study
 
 --seeds=1,2,3 (the default) names the seeds; it is this script's own setting
-(each run's --seed is set from it; seed and plan_only are not settings
-here: they are each run's, python selfreward.py takes them). --dry_run=True
+(each run's --seed is set from it; seed, plan_only, world_size and
+gpu_memory_gb are not settings here: they are each run's, python
+selfreward.py takes them). --dry_run=True
 says, for each seed's run, which stages would run and why, and runs none.
 
 Every other setting is selfreward.py's (python selfreward.py --help). Each

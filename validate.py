@@ -403,8 +403,9 @@ def check_loop(c, world):
             ift = p.jsonl("seed_data", os.path.join(c.seed_data, "ift.jsonl"), seed_ift_record)
             eft_train = p.jsonl("seed_data", os.path.join(c.seed_data, "eft_train.jsonl"), eft_train_records())
             eft_eval = p.jsonl("seed_data", os.path.join(c.seed_data, "eft_eval.jsonl"), eft_group)
-            leaked = {J.prompt_key(x["prompt"]) for x in eft_train or []} & {J.prompt_key(g["prompt"])
-                                                                            for g in eft_eval or []}
+            # (a target record's prompt is the whole judge prompt: its question is its instruction, if it has one)
+            leaked = {J.prompt_key(x.get("instruction") or x["prompt"]) for x in eft_train or []} & {
+                J.prompt_key(g["prompt"]) for g in eft_eval or []}
             if leaked:
                 p.add(f"{p.shown('seed_data')}: {len(leaked)} prompt(s) of eft_train.jsonl are EFT eval prompts "
                       f"(eft_eval.jsonl), e.g. {min(leaked)[:60]!r}: M1's judge would be evaluated on prompts it "

@@ -174,6 +174,8 @@ def test_a_config_file_that_cannot_be_read_or_run_is_one_error_naming_its_line(t
                           (b"def f():\n    return 1 / 0\n\nlr = f()\n", r"c\.py:2: ZeroDivisionError"),
                           (b"lr = 1e-3\nmodel = 'caf\xe9'\n", r"c\.py:2: not UTF-8 text \(byte 0xe9\)"),
                           (b"lr = 1e-3  # caf\xe9\n", r"c\.py:1: not UTF-8 text"),
+                          # after a byte-order mark: the same line and byte (the codec drops the mark first)
+                          (b"\xef\xbb\xbflr = 1e-3\nmodel = 'caf\xe9'\n", r"c\.py:2: not UTF-8 text \(byte 0xe9\)"),
                           (b"lr = 1e-3\nreturn\n", r"c\.py:2: 'return' outside function")]:  # found by compile
         f.write_bytes(text)
         with pytest.raises(ConfigError, match=message):

@@ -561,6 +561,12 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
     # EFT targets ready (judge prompts with judgments): a judge file for groups would go unread
     (seed / "eft_train.jsonl").write_text('{"prompt": "Judge this.", "response": "Fine.\\nScore: 4"}\n')
     assert problems(max_judge_tokens=32) == []
+    # ... whose question (a target's instruction, as judge.eft_targets writes it) is an EFT eval prompt: leaked too
+    (seed / "eft_train.jsonl").write_text('{"prompt": "Judge this.", "response": "Fine.\\nScore: 4", '
+                                          '"instruction": "EFT_eval"}\n')
+    assert problems(max_judge_tokens=32)[0].startswith(
+        f"seed_data = {str(seed)!r}: 1 prompt(s) of eft_train.jsonl are EFT eval prompts (eft_eval.jsonl)")
+    (seed / "eft_train.jsonl").write_text('{"prompt": "Judge this.", "response": "Fine.\\nScore: 4"}\n')
     assert problems(max_judge_tokens=32, eft_judgments=str(tmp_path / "judged.jsonl"), iterations=0) == [
         f"eft_judgments = {str(tmp_path / 'judged.jsonl')!r}: supplies judgments for EFT groups of ranked responses, "
         f"and seed_data = {str(seed)!r}'s eft_train.jsonl holds targets already (judge prompts with judgments): "
