@@ -23,9 +23,10 @@ script permutes the rows of wq and wk so both compute the same thing, and so
 do we (meta_to_hf_rope / hf_to_meta_rope): Meta's row 2i + j of a head becomes
 HF's row j * hd/2 + i, so HF's rows i and i + hd/2 are Meta's pair (2i, 2i+1),
 turned at the same speed theta^(-2i/hd) in both. q and k are permuted alike
-within each head, so every q . k is unchanged, and wv and wo need nothing. Tied embeddings are stored as
-Hugging Face stores them: config.json says tie_word_embeddings and the
-file has model.embed_tokens.weight only, no lm_head.weight.
+within each head, so every q . k is unchanged, and wv and wo need nothing.
+Tied embeddings are stored as Hugging Face stores them: config.json says
+tie_word_embeddings and the file has model.embed_tokens.weight only, no
+lm_head.weight.
 
 Nothing here ever holds the whole model in memory at once (but gguf_to_hf, for
 small models): reading streams one

@@ -242,10 +242,15 @@ def metric_records(folder):
     return records
 
 
+def file_name(path):
+    """An input file's name however its path is written (data/x, ./data/x, absolute): what identifies it."""
+    return os.path.basename(os.path.normpath(path))
+
+
 def files_by_name(files):
     """{path: fingerprint} as (file name, fingerprint) pairs: an input's path
-    written another way (data/ or data, relative or absolute) is the same input."""
-    return sorted((os.path.basename(os.path.normpath(f)), v) for f, v in files.items())
+    written another way is the same input."""
+    return sorted((file_name(f), v) for f, v in files.items())
 
 
 def changes(old, new, same_setting, at_default):
@@ -257,7 +262,7 @@ def changes(old, new, same_setting, at_default):
             if not (same_setting(k, recorded[k], v) if k in recorded else at_default(k))]
     before = dict(files_by_name(old.get("files", {})))
     said += [f"{f} changed" for f, v in new["files"].items()
-             if before.get(os.path.basename(os.path.normpath(f)), v) != v]
+             if before.get(file_name(f), v) != v]
     said += [f"{a} {'redone' if a in old.get('after', {}) else 'added'}" for a, v in new["after"].items()
              if old.get("after", {}).get(a) != v]
     return ", ".join(said) or "made from other inputs"

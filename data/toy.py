@@ -340,15 +340,22 @@ def grade(record, response):
     return 2 if near else 1 if related else 0
 
 
+def answer_words(task, text):
+    """The words of `text` the grader reads as answers, in order: those not
+    English, and, for an invent task, an English one that meets its asks
+    (LIKE for L..E, 4 letters) too."""
+    meets = lambda t: task["kind"] == "invent" and asks_met(task, t.upper()) == 3
+    return [t for t in re.findall(r"[A-Za-z]+", text) if t.lower() not in ENGLISH or meets(t)]
+
+
 def _grade_invent(task, text):
     """grade() of an invent task, by the same rubric: any word that meets
     all three asks (asks_met()) is right, an English one too (LIKE for L..E,
     4 letters); in capitals, as the toy world's words are (lower case is "the
     right letters in the wrong case"); one ask missed is close (2); any other
     made-up word is related but wrong (1)."""
-    found = re.findall(r"[A-Za-z]+", text)
-    right = [t for t in found if t.isupper() and asks_met(task, t) == 3]
-    words = [t for t in found if t.lower() not in ENGLISH or asks_met(task, t.upper()) == 3]
+    words = answer_words(task, text)
+    right = [t for t in words if t.isupper() and asks_met(task, t) == 3]
     if right and text in (right[0], right[0] + "."):
         return 5
     if right:  # one answer, said once, in a few words
@@ -463,14 +470,12 @@ def working(task):
 def attempts(task, response):
     """The answers a response offers, each once, in order: its numbers (not
     the question's operands) for a task with a numeric answer, else its words
-    that are not English (the input word included; for an invent task, an
-    English word that meets its asks too, as grade() takes it)."""
+    answer_words (the input word included)."""
     if answer(task).lstrip("-").isdigit():
         echo = {str(task.get("a")), str(task.get("b"))}
         tries = [n for n in NUMBERS.findall(response) if n not in echo]
     else:
-        fits = lambda t: task["kind"] == "invent" and asks_met(task, t.upper()) == 3
-        tries = [t for t in re.findall(r"[A-Za-z]+", response) if t.lower() not in ENGLISH or fits(t)]
+        tries = answer_words(task, response)
     return list(dict.fromkeys(tries))
 
 
