@@ -41,8 +41,8 @@ def read_jsonl(path, fields=(), allow_empty=True, check=None):
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # (a BOM, as Windows editors write)
             except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
-                                 f"{e.start + 1}; save the file as UTF-8)") from None
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {e.object[e.start]:#04x} at column "
+                                 f"{e.start + 1}; save the file as UTF-8)") from None  # (e.object: less a BOM)
             if not line.strip():
                 continue
             # a JSON array (a file json.dump wrote) is the common mistake: JSON Lines is one object a line

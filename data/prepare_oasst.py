@@ -12,7 +12,8 @@ train and/or validation split, any number of files.
 
 Which messages are used:
 - a prompt is a root message (no parent) from the prompter, in English, not
-  deleted and with a passed review; prompts with the same text are kept once
+  deleted and with a passed review; prompts with the same text (case and
+  spacing aside) are kept once, an eval prompt's text never in training
 - a reply is a direct assistant child of such a prompt, in English, not
   deleted, review passed; it is ranked if it has a rank (0 = best)
 - IFT takes the rank-0 reply only; if that one is unusable the prompt is not
@@ -30,7 +31,9 @@ How prompts are split (each prompt goes to at most one of the three sets):
   so keeping them out of training keeps that benchmark clean.
 - the rest go to IFT with probability --ift_frac, else to EFT train (a prompt
   that fits only one set goes there). The draw is a hash of the message id
-  and the seed, so a prompt's set does not change when files are added.
+  and the seed, so a prompt's set does not change when files are added
+  (a prompt whose text another prompt already has aside). A message in an
+  eval file is an eval message, whatever training file holds it too.
   The paper gives its sizes (3,200 IFT examples, 1,630 EFT training
   judgments) but not how it split the prompts: --ift_frac is ours, and it
   sets how many IFT examples there are.
@@ -47,7 +50,7 @@ import os
 import sys
 from collections import Counter, defaultdict
 
-from data import read_jsonl, write_jsonl
+from data import read_jsonl, unwritable, write_jsonl
 
 REQUIRED = ("message_id", "parent_id", "text", "role")
 
@@ -74,7 +77,7 @@ def read_messages(paths):
     for path in paths:
         for m in read_jsonl(path, check=not_a_message):
             m["_file"] = os.path.abspath(path)
-            messages.setdefault(m["message_id"], m)  # a message in two files counts once
+            messages.setdefault(m["message_id"], m)  # a message in two files counts once, as its first file's
     return messages
 
 
@@ -112,7 +115,8 @@ def prepare(paths, eval_files=(), eft_eval_frac=0.1, ift_frac=0.6, seed=1337):
     """
     paths = [os.path.abspath(p) for p in paths]
     eval_files = {os.path.abspath(p) for p in eval_files}
-    messages = read_messages(paths + sorted(eval_files - set(paths)))
+    # eval files first: a message also in a training file keeps its eval file (read_messages keeps the first copy)
+    messages = read_messages(sorted(eval_files) + [p for p in paths if p not in eval_files])
     if not messages:
         raise ValueError(f"no messages in {', '.join(paths)}: the files are empty")
     kept, dropped = Counter(), Counter()
@@ -133,7 +137,7 @@ def prepare(paths, eval_files=(), eft_eval_frac=0.1, ift_frac=0.6, seed=1337):
             return root["_file"] in eval_files
         return _draw(root["message_id"], seed, "eval") < eft_eval_frac
 
-    sets, seen_text = {"ift": [], "eft_train": [], "eft_eval": []}, set()
+    sets, seen_text, eval_text = {"ift": [], "eft_train": [], "eft_eval": []}, set(), set()
     roots = {m["message_id"]: to_eval(m) for m in messages.values() if m["parent_id"] is None}
     # eval prompts first: of two prompts with the same text the eval one is kept, so the
     # evaluation's questions (AlpacaEval's, for the validation split) never reach training
@@ -142,14 +146,14 @@ def prepare(paths, eval_files=(), eft_eval_frac=0.1, ift_frac=0.6, seed=1337):
         replies, n_replies = [], len(children[root["message_id"]])
         why = _why_unusable(root, "prompter")
         text = " ".join(root["text"].split()).lower()
-        if not why and text in seen_text:
+        if not why and (text in seen_text or not eval_root and text in eval_text):
             why = "same text as another prompt"
+        if eval_root:  # an evaluation question, even one dropped, never reaches training
+            eval_text.add(text)
         if why:
             dropped[f"prompt: {why}"] += 1
             dropped["first-turn reply: its prompt is dropped"] += n_replies
             continue
-        if eval_root:  # an evaluation question, even one dropped below, never reaches training
-            seen_text.add(text)
         for c in children[root["message_id"]]:
             why = _why_unusable(c, "assistant") or (_rank(c) is None and "unranked")
             if why:
@@ -238,6 +242,8 @@ if __name__ == "__main__":
         p.exit(2, "error: --out: give a folder ('.' for this one)\n")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         p.exit(2, f"error: --out = {args.out}: a file, not a folder\n")
+    if problem := unwritable(args.out):
+        p.exit(2, f"error: --out = {args.out}: {problem}\n")
     try:
         sets, kept, dropped = prepare(args.files, args.eval_files, args.eft_eval_frac, args.ift_frac, args.seed)
     except (ValueError, OSError) as e:  # a missing or malformed file: one line naming it, nothing written

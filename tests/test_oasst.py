@@ -175,3 +175,42 @@ def test_command_line_refuses_bad_input_in_one_line(tmp_path):
                            cwd=ROOT, capture_output=True, text=True)
         assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_message_also_in_a_training_file_is_an_eval_message(tmp_path):
+    """The eval copy decides, whatever the order of the files (oasst1's all-splits
+    export holds the validation messages too)."""
+    rows = [_msg("v1", None, "prompter", "Hello?"), _msg("v1a", "v1", rank=0), _msg("v1b", "v1", rank=1)]
+    every, valid = _write(tmp_path / "all.jsonl", rows), _write(tmp_path / "valid.jsonl", rows)
+    for files in ([every, valid], [valid, every]):
+        sets, _, _ = prepare(files, eval_files=[valid], ift_frac=1.0)
+        assert [g["prompt_id"] for g in sets["eft_eval"]] == ["v1"] and sets["ift"] == [], files
+
+
+def test_an_unusable_eval_prompt_still_keeps_its_text_from_training(tmp_path):
+    train = _write(tmp_path / "train.jsonl", [_msg("a1", None, "prompter", "Name a tree."), _msg("a1a", "a1", rank=0)])
+    for bad in ({"review": False}, {"deleted": True}):
+        valid = _write(tmp_path / "valid.jsonl", [_msg("z1", None, "prompter", "Name a tree.", **bad)])
+        sets, _, _ = prepare([train, valid], eval_files=[valid], ift_frac=1.0)
+        assert sets["ift"] == [], bad
+    # and a dropped eval prompt does not shut out a usable eval copy of it
+    valid = _write(tmp_path / "valid.jsonl", [_msg("z1", None, "prompter", "Name a tree."), _msg("z1a", "z1", rank=0),
+                                              _msg("z2", None, "prompter", "name a tree."), _msg("z2a", "z2", rank=0),
+                                              _msg("z2b", "z2", rank=1)])
+    sets, _, _ = prepare([valid], eval_files=[valid])
+    assert [g["prompt_id"] for g in sets["eft_eval"]] == ["z2"]
+
+
+def test_a_stray_byte_after_a_byte_order_mark_is_named(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": "x\xffy"}\n')
+    with pytest.raises(ValueError, match=r"bom\.jsonl:1: not UTF-8 text \(byte 0xff at column 9"):
+        read_jsonl(path)
+
+
+def test_command_line_refuses_an_out_folder_under_a_file(tmp_path):
+    afile = _write(tmp_path / "afile", [])
+    train = _write(tmp_path / "train.jsonl", BAD_ROWS)
+    r = subprocess.run([sys.executable, "-m", "data.prepare_oasst", train, f"--out={afile}/sub"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "is a file, not a folder" in r.stderr and "Traceback" not in r.stderr, r.stderr
