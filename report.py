@@ -265,9 +265,11 @@ def interval_rows(r, names, tests):
 def interval_figure(names, intervals):
     """report.svg: each model's mean grade and judge pairwise accuracy, with
     their 95% intervals, as two panels of dots and whiskers. Plain SVG text:
-    any browser shows it, and it needs no plotting library."""
+    any browser shows it, and it needs no plotting library. A panel no model
+    has a figure for (the judge's, with eval_judge=False) is left out."""
     panels = [("mean grade (0-5)", "mean_grade", 0.0, 5.0, 1), ("judge pairwise accuracy %", "judge_accuracy",
                                                                  0.0, 1.0, 100)]
+    panels = [p for p in panels if any(p[1] in intervals.get(n, {}) for n in names)]
     width, height, left, top, plot_h = 640, 260, 50, 30, 180
     panel_w = (width - 2 * left) / 2
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
@@ -771,13 +773,16 @@ def left_out(r, names, stages, iterations):
     deleting its done/ record redoes it."""
     toy_world = r.settings.get("seed_data") == "toy"
     expected = []
+    if any(stages.get(f"eval_{n}", {}).get("judge") for n in names):
+        expected.append((("seed", "eft_eval.jsonl"), "every judge figure's interval, and the judge in report.svg"))
     for n in names:
         if f"eval_{n}" in stages:
             if toy_world:
                 expected.append((("eval", f"{n}_test.jsonl"), f"{n}'s grades (without them the report reads the "
                                                               "run as one on real data)"))
             if stages[f"eval_{n}"].get("judge"):
-                expected.append((("eval", f"{n}_judgments.jsonl"), f"{n}'s row of the checking-against-doing "
+                expected.append((("eval", f"{n}_judgments.jsonl"), f"{n}'s judge intervals (and report.svg's "
+                                                                   "dot), its row of the checking-against-doing "
                                                                    "table, and judge agreement between models"))
     for t in range(1, iterations + 1):
         for stage, what in (("judgments", "the diagnostics of its judgments"),
@@ -847,14 +852,15 @@ def write_report(r, names, infos, run_name, iterations):
             f"{m['model']} {m['judge'].get('n_undefined_correlation', 0)}" for m in judged) + "). Pairwise "
         "accuracy and exact match count a pair or response without a score as wrong: a judge that scores "
         "almost nothing (the toy world's SFT baseline) shows about 0, and the next model's step from it is "
-        "mostly its learning to score. 5-best: of the responses whose averaged score is 5 (every judgment 5), the share "
-        "ranked best of their group.")
+        "mostly its learning to score. 5-best: of the responses whose averaged score is 5 (every judgment with "
+        "a score 5), the share ranked best of their group.")
     over = (f"the {len(tests[names[0]])} test prompts (answers) and the EFT eval prompts (judge; " if graded else
             "the EFT eval prompts (")
+    drawn_judge = " and judge pairwise accuracy" if any("judge_accuracy" in v for v in intervals.values()) else ""
     intervals_intro = [] if len(interval_table) < 3 else [  # (header and rule only: no figure has one)
         f"The same figures with 95% bootstrap intervals over {over}{RESAMPLES:,} resamples; a difference is a "
-        f"result only where its interval excludes 0" + ("; mean grade and judge pairwise accuracy drawn in "
-                                                        "report.svg):" if graded else "):"), "",
+        f"result only where its interval excludes 0" + (f"; mean grade{drawn_judge} drawn in report.svg):"
+                                                        if graded else "):"), "",
         *interval_table, ""]
     text = "\n".join([
         f"# Self-rewarding run `{run_name}`", "", *missing_lines, intro + ties, "",
@@ -867,6 +873,8 @@ def write_report(r, names, infos, run_name, iterations):
         write_text(r.path("report.md"), text)
         if graded:
             write_text(r.path("report.svg"), interval_figure(names, intervals))
+        elif os.path.exists(r.path("report.svg")):  # a figure of grades this report no longer has
+            os.remove(r.path("report.svg"))
         for m in metrics:
             r.metric({"eval": m})
     D.barrier()
@@ -874,9 +882,16 @@ def write_report(r, names, infos, run_name, iterations):
 
 
 def table(path):
-    """The table of a report.md (what a finished run prints, again on every rerun)."""
+    """The tables of a report.md, a blank line between two (what a finished
+    run prints, again on every rerun)."""
+    tables = [[]]
     with open(path) as f:
-        return "".join(line for line in f if line.startswith("|")).rstrip("\n")
+        for line in f:
+            if line.startswith("|"):
+                tables[-1].append(line.rstrip("\n"))
+            elif tables[-1]:  # the end of a table
+                tables.append([])
+    return "\n\n".join("\n".join(t) for t in tables if t)
 
 
 if __name__ == "__main__":

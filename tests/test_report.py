@@ -3,10 +3,12 @@ out by hand on small inputs."""
 import os
 import shutil
 import types
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 
+import judge as J
 import report
 from data import write_jsonl
 
@@ -21,10 +23,11 @@ def test_the_report_names_the_outputs_it_cannot_find(tmp_path):
     r = types.SimpleNamespace(path=lambda *parts: os.path.join(tmp_path, *parts), settings={"seed_data": "toy"})
     stages = {"eval_SFT": {"judge": {}}, "eval_M1": {"judge": {"pairwise_accuracy": 0.5}}, "iter1_judgments": {},
               "iter1_pairs": {}}
-    for f in ("eval/SFT_test.jsonl", "eval/M1_test.jsonl", "iter1/pairs.jsonl"):
+    for f in ("seed/eft_eval.jsonl", "eval/SFT_test.jsonl", "eval/M1_test.jsonl", "iter1/pairs.jsonl"):
         write_jsonl(tmp_path / f, [])
     assert report.left_out(r, ["SFT", "M1", "M2"], stages, 2) == [
-        ("eval/M1_judgments.jsonl", "M1's row of the checking-against-doing table, and judge agreement between models"),
+        ("eval/M1_judgments.jsonl", "M1's judge intervals (and report.svg's dot), its row of the checking-against-doing "
+                                    "table, and judge agreement between models"),
         ("iter1/judgments.jsonl", "iteration 1: the diagnostics of its judgments")]
     os.remove(tmp_path / "eval" / "M1_test.jsonl")
     assert report.left_out(r, ["SFT", "M1"], stages, 1)[0] == (
@@ -585,3 +588,61 @@ def test_the_report_says_which_settings_let_the_grader_into_the_loop():
                                  "eft_own_answers": 2}) == (
         "used inside the loop by meta_pair_by='grader' (it picked the judge pairs); eft_own_answers=2 (it judged "
         "the SFT baseline's answers for M1's data)")
+
+
+def report_folder(tmp_path, settings):
+    os.makedirs(tmp_path / "done", exist_ok=True)
+    return types.SimpleNamespace(path=lambda *p: os.path.join(tmp_path, *p), settings=settings, metric=lambda m: None)
+
+
+def test_the_report_names_a_missing_eft_eval_set(tmp_path):
+    """seed/eft_eval.jsonl gone: every judge interval and the figure's judge
+    dots go with it, and the report says so (it said nothing)."""
+    r = report_folder(tmp_path, {"seed_data": "toy"})
+    write_jsonl(tmp_path / "eval" / "M1_test.jsonl", [])
+    write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [])
+    missing = report.left_out(r, ["M1"], {"eval_M1": {"judge": {"pairwise_accuracy": 0.5}}}, 0)
+    assert [path for path, _ in missing] == ["seed/eft_eval.jsonl"]
+
+
+def test_five_best_counts_a_response_whose_only_scored_judgment_is_5(tmp_path):
+    """judge() averages the judgments that have a score: [5, None, None] is
+    a 5, so the report's words are 'every judgment with a score 5'."""
+    assert J.reward_metrics([[5.0, 1.0]], [[0, 1]])["n_scored_5"] == 1  # 5.0: judge()'s mean of [5, None, None]
+    r = report_folder(tmp_path, {"seed_data": "toy", "n_judge": 3})
+    write_jsonl(tmp_path / "eval" / "M1_test.jsonl", [{"prompt": "p", "grade": 5, "response": "a"}])
+    report.write_report(r, ["M1"], {"M1": {"judge": {"pairwise_accuracy": 1.0}}}, "x", 0)
+    text = open(tmp_path / "report.md").read()
+    assert "(every judgment with a score 5)" in text and "(every judgment 5)" not in text
+
+
+def test_without_a_judge_no_judge_panel_is_drawn_or_claimed(tmp_path):
+    """eval_judge=False: no model has a judge figure, so the text does not
+    say one is drawn, and the figure has no empty judge panel."""
+    r = report_folder(tmp_path, {"seed_data": "toy", "n_judge": 3})
+    for n in ("SFT", "M1"):
+        write_jsonl(tmp_path / "eval" / f"{n}_test.jsonl", [{"prompt": "p", "grade": 3, "response": "a"}])
+    report.write_report(r, ["SFT", "M1"], {}, "x", 0)
+    text = open(tmp_path / "report.md").read()
+    assert "; mean grade drawn in report.svg" in text and "judge pairwise accuracy drawn" not in text
+    texts = [t.text for t in ET.parse(tmp_path / "report.svg").getroot().iter("{http://www.w3.org/2000/svg}text")]
+    assert "mean grade (0-5)" in texts and "judge pairwise accuracy %" not in texts
+
+
+def test_a_report_without_grades_leaves_no_figure_behind(tmp_path):
+    """The report written again as a real-data one (a model's grades gone)
+    removes the last report's figure, which drew the grades it no longer has."""
+    r = report_folder(tmp_path, {"seed_data": "toy", "n_judge": 3})
+    for n in ("SFT", "M1"):
+        write_jsonl(tmp_path / "eval" / f"{n}_test.jsonl", [{"prompt": "p", "grade": 3, "response": "a"}])
+    report.write_report(r, ["SFT", "M1"], {}, "x", 0)
+    assert os.path.exists(tmp_path / "report.svg")
+    os.remove(tmp_path / "eval" / "M1_test.jsonl")
+    report.write_report(r, ["SFT", "M1"], {}, "x", 0)
+    assert not os.path.exists(tmp_path / "report.svg")
+
+
+def test_the_tables_a_finished_run_prints_are_set_apart(tmp_path):
+    """report.table: each table's lines, a blank line between two tables (they ran together)."""
+    (tmp_path / "report.md").write_text("# run\n\n| a |\n|---|\n\nwords\n\n| b |\n|---|\n| 1 |\n")
+    assert report.table(tmp_path / "report.md") == "| a |\n|---|\n\n| b |\n|---|\n| 1 |"
