@@ -103,7 +103,7 @@ class Run:
         made_from = {"settings": {k: self.setting(k) for k in uses},
                      "files": {f: file_fingerprint(f) for f in files},
                      "after": {a: self.fingerprints[a] for a in after}}
-        fp = self.fingerprints[name] = fingerprint(name, made_from)
+        fp = self.fingerprints[name] = fingerprint(name, self.identity(made_from))
         old = self.record(name)
         same = old and (old.get("made_from", {}).get("fingerprint") == fp
                         or self.same_inputs(old.get("made_from", {}), made_from))
@@ -156,6 +156,17 @@ class Run:
         self.mark(name, info, {**made_from, "fingerprint": fp}, temporary)
         self.metric({"stage": name, **info})
         return info
+
+    def identity(self, made_from):
+        """What a stage's fingerprint hashes: made_from with each input named
+        as same_setting and files_by_name compare it, not as its path is
+        written (a setting naming a file or folder as "(a path)", its files by
+        their names: their contents are in `files`). So the same stage given
+        data/x or ./data/x has one fingerprint, in its record and in the
+        marker of the parts an interrupted run left (parts_marker)."""
+        return {"settings": {k: "(a path)" if k in self.inputs and v not in self.inputs[k] else v
+                             for k, v in made_from["settings"].items()},
+                "files": files_by_name(made_from["files"]), "after": made_from["after"]}
 
     def same_inputs(self, old, new):
         """Is `new` what `old` recorded, but for settings the record does not

@@ -57,7 +57,7 @@ from checkpoint import load_model, read_config
 from configurator import configure, settings
 from data import file_fingerprint, fingerprint, read_jsonl, unwritable_file, write_jsonl
 from model import ModelArgs
-from tokenizer import TEMPLATES, Tokenizer, chat_prompt_ids
+from tokenizer import Tokenizer, chat_prompt_ids
 
 # -----------------------------------------------------------------------------
 # Command-line settings (python sample.py --help lists them)
@@ -742,9 +742,7 @@ def check(c):
     if not c.ckpt:
         p.add("ckpt: give a checkpoint folder (--ckpt=DIR)")
     else:
-        args, tok = validate.check_checkpoint(p, "ckpt", c.ckpt, c.chat_template)
-        if tok is not None and c.chat_template in TEMPLATES:  # (p.compute names an unknown one)
-            tok = validate.with_template(p, c.ckpt, c.chat_template, tok)
+        args, tok = validate.check_checkpoint(p, "ckpt", c.ckpt, c.chat_template)  # (tok: in the template given)
 
     def no_room(rec):  # a prompt that fills the context leaves no room for an answer (as generate() refuses)
         if not rec["prompt"].strip():  # (and an empty one asks nothing, as the loop's checks say of its own)

@@ -214,8 +214,10 @@ def eft_train_records():
 def check_checkpoint(p, setting, folder, chat_template="", chats=True):
     """A checkpoint folder to load: config, weights and tokenizer (tokenizer.model
     or tokenizer.json) present and agreeing, and (where it will write chats) a
-    chat template to write them in: its own, or the chat_template setting.
-    Returns its ModelArgs and Tokenizer, or (None, None)."""
+    chat template to write them in: its own, or the chat_template setting,
+    which its vocabulary must be able to write. Returns its ModelArgs and
+    Tokenizer (with that template), (args, None) where only the template is
+    refused, or (None, None)."""
     try:
         args = read_config(folder)
         if os.path.exists(os.path.join(folder, "config.json")):
@@ -229,23 +231,16 @@ def check_checkpoint(p, setting, folder, chat_template="", chats=True):
         tok = check_tokenizer(folder, args, folder)
         if tok.template_problem and chats and not chat_template:
             raise ValueError(tok.template_problem)
-        return args, tok
     except (ValueError, FileNotFoundError, OSError) as e:
         p.add(f"{setting}{p.set_at(setting)}: {e}")
         return None, None
-
-
-def with_template(p, folder, template, tok):
-    """A checkpoint's tokenizer (tok, as loaded) with the chat template
-    `template` ('' = its own), or None with the problem added: a template its
-    vocabulary cannot write (the tokens it needs are not in it)."""
-    if not template:
-        return tok
-    try:
-        return Tokenizer(folder, template)
-    except ValueError as e:
-        p.add(f"chat_template = {template!r}: {e}")
-        return None
+    if chats and chat_template in TEMPLATES:  # (p.compute names an unknown one)
+        try:  # the template given, which its vocabulary may not write (the tokens it needs are not in it)
+            tok = Tokenizer(folder, chat_template)
+        except ValueError as e:
+            p.add(f"chat_template = {chat_template!r}: {e}")
+            return args, None
+    return args, tok
 
 
 def judge_room(p, c, args, tok):
@@ -253,10 +248,7 @@ def judge_room(p, c, args, tok):
     judge prompt's fixed text (and the meta-judge's) and max_judge_tokens must
     fit init_from's context, or every judgment is skipped as too long, after the
     SFT baseline trained (an evaluation alone only reports no coverage)."""
-    if (c.iterations == 0 and c.eft_judgments) or c.chat_template not in ("", *TEMPLATES):
-        return
-    tok = with_template(p, c.init_from, c.chat_template, tok)
-    if tok is None:
+    if (c.iterations == 0 and c.eft_judgments) or tok is None:  # (None: its template is refused already)
         return
     judges = [("max_judge_tokens", "judge", J.judge_prompt_ids(tok, "", ""))]
     if c.meta_judge:
@@ -380,7 +372,7 @@ def check_loop(c, world):
             args, tok = check_checkpoint(p, setting, value, c.chat_template, chats=setting == "init_from")
             if args:
                 models[setting] = args
-            if args and setting == "init_from":
+            if args and setting == "init_from":  # (tok: with the chat template the run writes in)
                 judge_room(p, c, args, tok)
                 model_beside_checkpoint(p, c, args, DEFAULTS["model"])
     for setting, args in models.items():  # (a prompt writer of its own only writes prompts)

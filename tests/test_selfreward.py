@@ -521,6 +521,9 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
     assert problems(max_judge_tokens=32, out_root=str(tmp_path / "out"), run_name="..foo") == []  # a name, not ..
     (tmp_path / "judged.jsonl").write_text('{"prompt": "c", "responses": ["x", "y"], "judgments": ["Score: 5", "Score: 1"]}\n')
     assert problems(eft_judgments=str(tmp_path / "judged.jsonl"), iterations=0) == []  # it never judges to learn
+    # ... but its SFT still writes chats: a template Llama 2's vocabulary cannot write is refused all the same
+    found = problems(eft_judgments=str(tmp_path / "judged.jsonl"), iterations=0, chat_template="llama3")
+    assert len(found) == 1 and found[0].startswith("chat_template = 'llama3': "), found
     assert problems(max_judge_tokens=32, dpo_lr=float("inf")) == ["dpo_lr = inf: must be a finite number"]  # --dpo_lr=1e999
     found = problems(max_judge_tokens=32, meta_judge=True, max_meta_tokens=110)
     assert len(found) == 1 and found[0].startswith("max_meta_tokens = 110: with the meta-judge prompt's own"), found
@@ -553,6 +556,11 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
                                                    "data": str(tmp_path / "sft.jsonl"), "out_dir": str(tmp_path / "o")})
     with pytest.raises(validate.BadInput, match=r"model = 'llama2-7b': is read only .* leave it at 'toy'"):
         validate.check_training(c, 1, ["prompt", "response"], "train_sft.py")
+    c.model, c.chat_template = "toy", "llama3"  # a template the checkpoint's vocabulary cannot write: before work
+    with pytest.raises(validate.BadInput, match=r"chat_template = 'llama3': "):
+        validate.check_training(c, 1, ["prompt", "response"], "train_sft.py")
+    c.template = "text"  # plain-text training writes no chats
+    validate.check_training(c, 1, ["prompt", "response"], "train_sft.py")
     # an EFT eval prompt among the EFT training groups: M1's judge would be evaluated on what it learned
     (seed / "eft_train.jsonl").write_text('{"prompt": "Eft_eval", "responses": ["x", "y"], "ranks": [0, 1]}\n')
     assert problems(max_judge_tokens=32) == [
@@ -1442,6 +1450,49 @@ def test_a_stage_made_again_from_the_same_inputs_makes_its_parts_again(tmp_path)
     os.remove(tmp_path / "done" / "eval_m")  # made again from the same inputs
     r.stage("eval_m", fn)
     assert made == [1, 1] and read_jsonl(out) == [{"run": 2}]
+
+
+def test_an_interrupted_stage_keeps_its_parts_when_an_input_path_is_written_another_way(tmp_path, monkeypatch):
+    """A stage's fingerprint names an input by its file, not by how its path
+    is written (Run.identity): killed after one part, then run with
+    ./in/x.jsonl for in/x.jsonl, it reuses the part; its done record's
+    fingerprint is the one either spelling gives. New contents make the parts
+    stale (removed, made again)."""
+    from run_folder import Run, stage_parts
+    import distributed as D
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("in")
+    write_jsonl("in/x.jsonl", [{"q": 1}])
+    c = types.SimpleNamespace(seed_data="in/x.jsonl", lr=1)
+    r = Run("run", c, D.Env(), inputs={"seed_data": ("toy",)})
+    outs, made = [os.path.join("run", "eval", f"{p}.jsonl") for p in "ab"], []
+
+    def fn(kill=False):
+        part = stage_parts(r, os.path.join("eval", "m"), outs)
+        for i, out in enumerate(outs):
+            part(out, lambda: made.append(out) or [{"part": out}], write_jsonl, read_jsonl)
+            if kill and i == 0:
+                raise KeyboardInterrupt  # killed after the first part
+        return {}
+    stage = lambda f: r.stage("eval_m", f, uses=("seed_data", "lr"), files=(c.seed_data,))
+    with pytest.raises(KeyboardInterrupt):
+        stage(lambda: fn(kill=True))
+    first = r.fingerprints["eval_m"]
+    c.seed_data = "./in/x.jsonl"  # the same file, its path written another way
+    stage(fn)
+    assert made == outs[:1] + outs[1:] and r.fingerprints["eval_m"] == first
+    c.seed_data = os.path.abspath("in/x.jsonl")
+    assert stage(lambda: pytest.fail("made again")) == {"seconds": pytest.approx(0, abs=60)}
+    assert r.fingerprints["eval_m"] == first
+    os.remove(os.path.join("run", "done", "eval_m"))
+    write_jsonl("in/x.jsonl", [{"q": 2}])  # new contents: a new stage, the earlier parts stale
+    with pytest.raises(KeyboardInterrupt):
+        stage(lambda: fn(kill=True))
+    assert made == outs + outs[:1] and r.fingerprints["eval_m"] != first
+    c.lr = 2  # a changed setting, killed again after one part: the parts of lr=1 are not reused
+    with pytest.raises(KeyboardInterrupt):
+        stage(lambda: fn(kill=True))
+    assert made == outs + outs[:1] * 2
 
 
 def test_why_a_stage_runs_again_counts_as_same_inputs_does():
