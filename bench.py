@@ -42,7 +42,8 @@ threads = 0  # CPU threads; 0 = this process's cores (or OMP_NUM_THREADS), as th
 seed = 0  # weights and prompts
 bf16 = "auto"  # time bf16 too: 'auto' = on a GPU or a CPU with bf16 matrix units, AMX or ARM BF16 (elsewhere
                # it is slower than fp32: emulated without AVX512-BF16, the toy train section took 14 min;
-               # a dtype the scripts' dtype='auto' never picks there) | 'always' | 'never'
+               # a dtype the scripts' dtype='auto' never picks there) | 'always' | 'never' | 'only' (bf16 alone,
+               # no fp32 runs: the GPU check's MFU, in half the time and memory)
 # sample section
 sample_models = "toy,toy-large"  # model presets (toy-large: ~5x the toy's parameters, 24.7M against 5.0M)
 sample_new_tokens = 128  # tokens generated per prompt
@@ -80,7 +81,10 @@ def timed(fns, repeats):
 
 
 def bench_dtypes(c, device="cpu"):
-    """The dtypes a section compares: float32, and bfloat16 where c.bf16 asks for it."""
+    """The dtypes a section compares: float32, and bfloat16 where c.bf16 asks
+    for it ('only': bfloat16 alone)."""
+    if c.bf16 == "only":
+        return ["bfloat16"]
     native = device.startswith("cuda") or D.cpu_has_bf16()
     if c.bf16 == "auto" and not native:
         print("bf16 skipped: this CPU has no bf16 matrix units (AMX, ARM BF16): bf16 is slower than fp32 here "
@@ -155,10 +159,11 @@ def bench_sample(c):
         models = {"float32": Transformer(preset(name)).eval()}
         if "bfloat16" in dtypes:
             models["bfloat16"] = copy.deepcopy(models["float32"]).to(torch.bfloat16)
+        models = {dt: m for dt, m in models.items() if dt in dtypes}  # (bf16='only': no fp32 runs)
         hfs = {dt: hf_model(m, getattr(torch, dt)) for dt, m in models.items()}
         g = torch.Generator().manual_seed(c.seed)
         for batch in (8, 64):
-            prompts = random_prompts(g, batch, *PROMPT_TOKENS, models["float32"].args.vocab_size)
+            prompts = random_prompts(g, batch, *PROMPT_TOKENS, preset(name).vocab_size)
             # every dtype's runs, ours and transformers', take turns in one timing: the bf16/fp32
             # ratio is of rates measured side by side too
             fns, t_compile = [], {}
@@ -177,7 +182,7 @@ def bench_sample(c):
             for k, dt in enumerate(models):
                 (t_hf, out_hf), (t, out), *compiled_runs = runs[k * per_dtype:(k + 1) * per_dtype]
                 ours_tps[dt] = batch * new / t
-                ratio = f"{ours_tps['bfloat16'] / ours_tps['float32']:.2f}x" if dt == "bfloat16" else ""
+                ratio = f"{ours_tps['bfloat16'] / ours_tps['float32']:.2f}x" if len(ours_tps) == 2 else ""
                 print(f"  {name:<10} {batch:>5} {dt:<9} {batch * new / t_hf:>12,.0f} {ours_tps[dt]:>8,.0f} "
                       f"{t_hf / t:>7.2f}x {agreement(out, out_hf):>11.1%}   {ratio}")
                 for t_c, out_c in compiled_runs:
@@ -337,10 +342,11 @@ def bench_training(model, batch_size, seq_len, steps, rounds, device, dtypes):
     runs, n_params = {}, 0
     for dt in dtypes:
         torch.manual_seed(0)
-        ours = Transformer(args).to(device).train()  # fp32 master weights, as the trainers keep them
         cfg = hf_config(args, torch.float32)
         cfg.pop("torch_dtype")
-        hf = LlamaForCausalLM(LlamaConfig(**cfg, attn_implementation="sdpa")).to(device).train()
+        with torch.device(device):  # initialised where they train (on the CPU, 1.1B parameters take 20 s each)
+            ours = Transformer(args).train()  # fp32 master weights, as the trainers keep them
+            hf = LlamaForCausalLM(LlamaConfig(**cfg, attn_implementation="sdpa")).train()
         assert sum(p.numel() for p in hf.parameters()) == ours.num_params()
         n_params = ours.num_params()
         runs[("ours", dt)] = _step_fn(ours, False, tokens, getattr(torch, dt))
@@ -498,7 +504,7 @@ def problems(c):
         for name in names:
             if name not in PRESETS:
                 p.add(f"{setting}: no preset {name!r} (presets: {', '.join(PRESETS)})")
-    p.require(c.bf16 in ("auto", "always", "never"), "bf16", "must be 'auto', 'always' or 'never'")
+    p.require(c.bf16 in ("auto", "always", "never", "only"), "bf16", "must be 'auto', 'always', 'never' or 'only'")
     p.require(c.comm_dtype in ("float32", "bfloat16"), "comm_dtype", "must be 'float32' or 'bfloat16'")
     p.at_least("threads", 0)
     for setting in ("repeats", "sample_new_tokens", "judge_prompts", "judge_rubric", "judge_n", "judge_new_tokens",

@@ -36,7 +36,8 @@ def test_bf16_is_timed_where_it_is_native_or_asked_for(monkeypatch, capsys):
     for native, bf16, device, timed in [
             (False, "auto", "cpu", ["float32"]), (True, "auto", "cpu", ["float32", "bfloat16"]),
             (False, "auto", "cuda", ["float32", "bfloat16"]), (False, "always", "cpu", ["float32", "bfloat16"]),
-            (True, "never", "cpu", ["float32"]), (True, "never", "cuda", ["float32"])]:
+            (True, "never", "cpu", ["float32"]), (True, "never", "cuda", ["float32"]),
+            (False, "only", "cpu", ["bfloat16"]), (True, "only", "cuda", ["bfloat16"])]:
         monkeypatch.setattr(bench.D, "cpu_has_bf16", lambda: native)
         assert bench.bench_dtypes(types.SimpleNamespace(bf16=bf16), device) == timed, (native, bf16, device)
         said = capsys.readouterr().out
@@ -77,14 +78,14 @@ def test_comm_formulas_give_the_figures_the_readme_reports():
 
 
 def test_bench_settings_at_their_edges():
-    """Every model setting names a preset, bf16 one of its three values, every
+    """Every model setting names a preset, bf16 one of its four values, every
     count is at least 1; a row that exactly fills the context fits (and the
     judge's counts its new tokens); an unknown first model is a problem, not
     a crash."""
     check = lambda **kw: bench.problems(settings(bench.DEFAULTS, kw))
     presets = ", ".join(PRESETS)
     assert check(comm_model="toyx", bf16="sometimes") == [
-        f"comm_model: no preset 'toyx' (presets: {presets})", "bf16 = 'sometimes': must be 'auto', 'always' or 'never'"]
+        f"comm_model: no preset 'toyx' (presets: {presets})", "bf16 = 'sometimes': must be 'auto', 'always', 'never' or 'only'"]
     assert check(sample_models="toyx") == [f"sample_models: no preset 'toyx' (presets: {presets})"]
     # comm_model names one preset, not a list: a list of presets is no preset (bench_comm would fail after setup)
     assert check(comm_model="toy,toy-tiny") == [f"comm_model: no preset 'toy,toy-tiny' (presets: {presets})"]

@@ -1274,7 +1274,8 @@ def test_main_takes_argv(capsys):
 def test_the_gpu_checks_loop_commands_pass_the_settings_checks(tmp_path, capsys):
     """tests/gpu_check.sh runs once, on a lent GPU's scarce minutes: its two
     loop commands' settings must pass the checks before any work (here, as a
-    dry run on the CPU)."""
+    dry run on the CPU), its benchmarks' settings bench.py's, and its parts'
+    time limits must fit one command."""
     script = open(os.path.join(ROOT, "tests", "gpu_check.sh")).read().replace("\\\n", " ")
     micro = re.search(r'^MICRO="([^"]*)"', script, re.M).group(1).split()
     commands = [line.split("selfreward.py", 1)[1].replace("$MICRO", " ".join(micro)).split()
@@ -1284,6 +1285,19 @@ def test_the_gpu_checks_loop_commands_pass_the_settings_checks(tmp_path, capsys)
         flags = [a for a in argv if a.startswith("--") and not a.startswith(("--out_root", "--run_name"))]
         S.main(flags + [f"--out_root={tmp_path}", "--run_name=gpu", "--dry_run=True"])
         assert "is a new run: every stage would run" in capsys.readouterr().out
+    # ... and so must its benchmarks' (bench.problems), and its parts' time limits fit one command of the
+    # device tool (600 s) with room for the start: a part killed by the tool loses every part after it
+    import bench
+    from configurator import configure, settings
+    runs = [line.split() for line in script.splitlines() if line.startswith("run ")]
+    benches = [[a for a in argv[argv.index("bench.py") + 2:] if a.startswith("--")]
+               for argv in runs if "bench.py" in argv]
+    assert len(benches) == 2 and [argv[argv.index("bench.py") + 1] for argv in runs if "bench.py" in argv] == [
+        "train", "gpu7b"]
+    for flags in benches:
+        given = configure(dict(bench.DEFAULTS), flags)  # as bench.py reads its command line
+        assert bench.problems(settings(bench.DEFAULTS, given)) == [], flags
+    assert sum(int(argv[2]) for argv in runs) <= 560
 
 
 def test_plan_only_says_what_it_planned_for(tmp_path, capsys):
