@@ -253,6 +253,10 @@ def check_destination(root, out):
             not os.path.isfile(os.path.join(out, GUIDE)):
         raise HandoutError(f"--out={out} exists and is not an earlier handout (no {GUIDE}); not replacing it")
     changed = worked_on(out)
+    if changed is None:  # (its manifest lost: `cp -r handout/*` leaves dotfiles behind)
+        raise HandoutError(f"--out={out}: the handout there has no readable {MANIFEST} (the record of its files "
+                           f"as written), so a student's work in it cannot be told from the handout; not replacing "
+                           f"it: give another --out, or move it away first")
     if changed:
         raise HandoutError(f"--out={out}: the handout there was worked on since it was written "
                            f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); not replacing it: "
@@ -316,12 +320,15 @@ def digests(folder):
 
 def worked_on(out):
     """The files of an earlier handout at `out` changed, added or removed since
-    it was written ([] if none, or if it has no manifest)."""
+    it was written ([] if none, or if there is no handout at `out`; None if
+    its manifest is gone or unreadable: nothing to tell a student's work by)."""
+    if not os.path.isfile(os.path.join(out, GUIDE)):
+        return []
     try:
         with open(os.path.join(out, MANIFEST), encoding="utf-8") as f:
             written = json.load(f)
     except (OSError, ValueError):
-        return []
+        return None
     now = digests(out)
     return sorted(f for f in set(now) | set(written) if now.get(f) != written.get(f))
 

@@ -989,7 +989,7 @@ def make_judge_pairs(meta_judged, cap=None, seed=0):
     orders). No pair where no battle has a verdict, where best and worst
     have equal net wins, or where the two texts are the same; each reason
     is counted. At most `cap` pairs are kept, a random subset drawn with
-    `seed`. The record is DPO's: the judge prompt of the response, with the
+    `seed`, in their order. The record is DPO's: the judge prompt of the response, with the
     two judgments as chosen and rejected, so the judge is trained under the
     prompt it judges with.
     meta_judged: records {"prompt", "response", "judgments", "scores",

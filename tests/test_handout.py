@@ -198,6 +198,16 @@ def test_markers_bodies_and_mistakes_on_a_small_project(tmp_path):
                                                    r"\(m\.py, notes\.txt\); not replacing it"):
         handout.write_handout(str(project), str(out))
     assert (out / "notes.txt").read_text() == "mine"
+    # ... and one whose manifest is gone (copied with `cp -r handout/*`, or deleted as clutter), or unreadable,
+    # can no longer tell a student's work from the handout: not replaced either
+    for lost in ("gone", "{not json"):
+        if lost == "gone":
+            (out / ".handout.json").unlink()
+        else:
+            (out / ".handout.json").write_text(lost)
+        with pytest.raises(handout.HandoutError, match=r"no readable \.handout\.json .*; not replacing it"):
+            handout.write_handout(str(project), str(out))
+        assert (out / "m.py").read_text().endswith("# my work\n")
     for bad, message in [
         (SOURCE.replace("def g", "\ndef g"), r"m\.py:13: an exercise marker must be the line right above a def"),
         (SOURCE.replace("(easy)", "(easier)"), r"m\.py:13: an exercise marker reads"),

@@ -1,5 +1,4 @@
 """judge.py: the prompt, the score parser on real judge outputs, averaging, the metrics."""
-import itertools
 import json
 import math
 import random
@@ -216,21 +215,24 @@ def test_pairs_correct_by_hand():
     assert ordered([2, 2, 2], [0, 0, 0]) == [] and ordered([None, None], [1, 0]) == [False]
 
 
-def kendall_by_counting(x, y):
-    """tau-b by counting concordant, discordant and tied pairs."""
-    conc = disc = tie_x = tie_y = 0
-    for (xi, yi), (xj, yj) in itertools.combinations(zip(x, y), 2):
-        if xi == xj and yi == yj:
-            continue
-        if xi == xj:
-            tie_x += 1
-        elif yi == yj:
-            tie_y += 1
-        elif (xi - xj) * (yi - yj) > 0:
-            conc += 1
-        else:
-            disc += 1
-    return (conc - disc) / math.sqrt((conc + disc + tie_x) * (conc + disc + tie_y))
+# Kendall tau-b of score lists with many ties, like judge scores (random ones): worked out by counting
+# concordant, discordant and tied pairs, and checked against scipy.stats.kendalltau (tau-b) to 1e-12 when
+# written (2026-12-06). Values, not the counting code: the handout's students get this file, and the
+# counting code would be a finished answer to its kendall_tau exercise.
+KENDALL_TAU_B = [
+    ([3, 5, 3, 0, 2, 3.5, 3, 3], [2, 3, 2, 1, 1, 2, 1, 0], 0.590909),
+    ([5, 2, 3.5, 4, 5, 3.5], [1, 2, 0, 0, 2, 3], -0.076923),
+    ([0, 2, 3, 2, 3.5, 4], [1, 3, 3, 2, 0, 0], -0.296500),
+    ([4, 5], [3, 0], -1.0),
+    ([3, 5, 5, 2, 1, 4], [2, 0, 1, 1, 1, 1], -0.356348),
+    ([3.5, 3, 0, 0, 2, 3.5, 3, 0], [2, 2, 0, 2, 1, 2, 3, 0], 0.546019),
+    ([5, 3, 2, 3.5, 1, 2], [1, 1, 1, 0, 2, 3], -0.540062),
+    ([5, 0], [3, 2], 1.0),
+    ([5, 1, 5, 1, 4, 3.5], [3, 2, 3, 3, 2, 0], 0.334497),
+    ([3.5, 0, 3, 3.5], [2, 1, 1, 0], 0.0),
+    ([2, 0, 4, 1, 2, 5, 1], [2, 3, 0, 0, 1, 1, 0], -0.111283),
+    ([3.5, 4, 3.5, 3.5, 4, 0, 0, 0], [1, 0, 3, 0, 2, 0, 0, 0], 0.411476),
+]
 
 
 def ranks_by_sorting(v):
@@ -256,8 +258,9 @@ def test_correlations_against_an_independent_computation():
         if len(set(x)) < 2 or len(set(y)) < 2:
             assert spearman(x, y) is None and kendall_tau(x, y) is None
             continue
-        assert kendall_tau(x, y) == pytest.approx(kendall_by_counting(x, y))
         assert spearman(x, y) == pytest.approx(statistics.correlation(ranks_by_sorting(x), ranks_by_sorting(y)))
+    for x, y, tau in KENDALL_TAU_B:
+        assert kendall_tau(x, y) == pytest.approx(tau, abs=1e-6), (x, y)
 
 
 def test_eft_targets_keep_agreeing_groups_and_downsample():

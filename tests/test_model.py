@@ -635,6 +635,9 @@ def test_rmsnorm_by_hand():
     out = norm(xb)
     assert out.dtype == torch.bfloat16
     assert torch.allclose(out.double(), by_hand(xb, norm.weight), rtol=1e-2, atol=1e-2)
+    # normalised in fp32, cast to bf16, then times the bf16 weight: exactly that, not only within bf16's tolerance
+    assert torch.equal(out, norm.weight * by_hand(xb, torch.ones(16)).bfloat16()), \
+        "bf16 input: normalise x.float(), cast the result to bf16, then multiply by the weight"
 
 
 def test_rope_rotation_is_a_complex_rotation():

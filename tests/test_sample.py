@@ -270,7 +270,7 @@ def test_temperature_sharpens_by_hand():
 
 
 
-def test_decode_attention_equals_naive_attention():
+def test_decode_attention_equals_naive_attention(monkeypatch):
     """One new token per row against its cached keys and values: 8 query heads
     sharing 2 KV heads, masked slots, and a prefix every row shares; against
     plain softmax attention over KV heads repeated for their query heads."""
@@ -288,6 +288,9 @@ def test_decode_attention_equals_naive_attention():
         scores = torch.einsum("bhd,bhld->bhl", q[:, 0], keys) / hd ** 0.5 + mask[:, 0]
         return torch.einsum("bhl,bhld->bhd", scores.softmax(-1), values).reshape(B, 1, H * hd)
 
+    def sdpa(*a, **kw):  # (the prefill's way, in the same file: several times slower for one query on a CPU)
+        raise AssertionError("decode_attention: write it as batched matmuls (its docstring), not with SDPA")
+    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
     own = S.decode_attention(q, k, v, mask[..., P:])  # no shared prefix
     assert own.shape == (B, 1, H * hd), f"shape {tuple(own.shape)}, not (B, 1, H * hd) = {(B, 1, H * hd)}"
     gap = (own - naive(k, v, mask[..., P:])).abs().max().item()

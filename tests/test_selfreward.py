@@ -897,6 +897,10 @@ def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch, caps
     # the same answer scored twice differently states no preference: dropped and counted ...
     pairs, dropped = S.make_pairs([{"prompt": "p", "candidates": ["42", "42 ", "x"], "score": [4.0, 2.0, None]}])
     assert pairs == [] and dropped["same text"] == 1
+    # ... unless another candidate of the lowest score has a different text: it is rejected instead
+    pairs, _ = S.make_pairs([{"prompt": "p", "candidates": ["42", "42", "7"], "score": [4.0, 2.0, 2.0]}])
+    assert [(p["chosen"], p["rejected"], p["rejected_index"]) for p in pairs] == [("42", "7", 2)], \
+        "a worst candidate with the best's text: reject the next of the same score with another text"
     # ... unless another of the worst differs from the chosen text
     pairs, _ = S.make_pairs([{"prompt": "p", "candidates": ["42", "42", "7"], "score": [4.0, 2.0, 2.0]}])
     assert (pairs[0]["chosen"], pairs[0]["rejected"], pairs[0]["rejected_index"]) == ("42", "7", 2)
@@ -1066,12 +1070,16 @@ def test_make_judge_pairs_by_hand():
     assert pairs[0] == {"prompt": S.J.judge_prompt("p0", "r0"), "chosen": "j0", "rejected": "j1", "kind": "judge",
                         "instruction": "p0", "response": "r0", "chosen_score": 5, "rejected_score": 2,
                         "chosen_net_wins": 2, "rejected_net_wins": -4}
-    # the cap: a seeded random subset, in order
-    capped, dropped = S.make_judge_pairs(meta_judged, cap=2, seed=3)
-    assert len(capped) == 2 and dropped["over the cap"] == 1 and capped == S.make_judge_pairs(meta_judged, 2, 3)[0]
+    # the cap: a seeded random subset, in order (seed 5 draws pairs 2 and 1, in that order)
+    capped, dropped = S.make_judge_pairs(meta_judged, cap=2, seed=5)
+    assert len(capped) == 2 and dropped["over the cap"] == 1 and capped == S.make_judge_pairs(meta_judged, 2, 5)[0]
     at = [pairs.index(p) for p in capped]  # each one of the uncapped pairs, in their order
     assert at == sorted(at)
     assert S.make_judge_pairs(meta_judged, cap=3)[0] == pairs
+    # a random subset, not the first `cap`: over seeds, each pair is sometimes the one kept
+    kept = {S.make_judge_pairs(meta_judged, cap=1, seed=s)[0][0]["instruction"] for s in range(20)}
+    assert kept == {"p0", "p4", "p5"}, \
+        f"cap=1 over seeds 0..19 kept only {sorted(kept)}: draw the subset with random.Random(seed)"
     assert S.make_judge_pairs([]) == ([], {"no verdict": 0, "wins tie": 0, "same text": 0, "over the cap": 0})
     # fewest net wins tied (judgments 1 and 2 both -2): the first of them is rejected
     tied_worst = {"prompt": "p", "response": "r", "judgments": ["a", "b", "c"], "scores": [4, 2, 1],
