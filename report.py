@@ -837,14 +837,18 @@ def write_report(r, names, infos, run_name, iterations):
         + "; ".join(f"`{path}` ({what})" for path, what in missing)
         + ". To have them back, delete the stage's record in `done/` and run the same command again.", ""]
     used = grader_inside(r.settings)
-    intro = (f"Test prompts answered greedily and graded by the toy world's ground-truth grader ({used}); "
-             "the judge columns are each model's reward-model metrics on the EFT eval set "
-             f"against the ground-truth ranking ({r.settings['n_judge']} judgments per response, averaged)."
-             if graded else
-             "Real data: no ground-truth grader. The judge columns are each model's reward-model metrics on the "
-             "EFT eval set against the human rankings (judgments averaged per response; coverage counts single "
-             "judgments); answers for AlpacaEval and MT-Bench are greedy, to be judged by external judges.")
     judged = [m for m in metrics if m.get("judge")]
+    no_judge = "no model has judge figures (eval_judge=False, or their files are left out): its columns show '-'"
+    intro = (f"Test prompts answered greedily and graded by the toy world's ground-truth grader ({used}); "
+             + ("the judge columns are each model's reward-model metrics on the EFT eval set against the "
+                f"ground-truth ranking ({r.settings['n_judge']} judgments per response, averaged)." if judged else
+                no_judge + ".")
+             if graded else
+             "Real data: no ground-truth grader. "
+             + ("The judge columns are each model's reward-model metrics on the EFT eval set against the human "
+                "rankings (judgments averaged per response; coverage counts single judgments)" if judged else
+                no_judge[0].upper() + no_judge[1:])
+             + "; answers for AlpacaEval and MT-Bench are greedy, to be judged by external judges.")
     ties = "" if not judged else (
         " A prompt has no Spearman or Kendall correlation where fewer than two of its responses got a score, or "
         "the scored ones' scores or their ranks are all alike; it counts as 0 in their means, and a model with "
