@@ -1,7 +1,8 @@
 """
 Run by tests/test_sample.py under `torchrun --standalone --nproc_per_node=2`:
 load each checkpoint of a job list in a layout (gloo, CPU), sample with
-generate(), and have rank 0 write every result as JSON.
+generate(), check that each rank (each tensor-parallel group) sampled its
+own share of the prompts, and have rank 0 write every result as JSON.
 
     torchrun --standalone --nproc_per_node=2 tests/dist_sample.py jobs.json out.json
     (or --nproc_per_node=1: FSDP2 over one rank, "fsdp" jobs only;
@@ -24,11 +25,24 @@ import sys
 from dataclasses import replace
 
 import torch
+import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import distributed as D  # noqa: E402
 from checkpoint import load_model  # noqa: E402
+import sample  # noqa: E402
 from sample import generate  # noqa: E402
+
+sampled = set()  # the prompt indices this rank's batches held (its share of the prompts: checked below)
+generate_batch = sample._generate_batch
+
+
+def counting_batch(model, decode, cache_class, prompts, prompt_index, *rest):
+    sampled.update(prompt_index)
+    return generate_batch(model, decode, cache_class, prompts, prompt_index, *rest)
+
+
+sample._generate_batch = counting_batch
 
 torch.set_num_threads(1)  # two ranks on a small shared CPU
 world = int(os.environ["WORLD_SIZE"])  # 2; or 1 (FSDP2 over one rank takes its own path); or 4
@@ -47,7 +61,15 @@ for job in jobs:
     else:
         model = load_model(job["ckpt"]).eval()  # fp32 master weights
         D.shard(model, replace(env, dtype=dtype))  # FSDP2; in bf16 it casts each unit's gathered weights
+    sampled.clear()
     results.append(generate(model, job["prompts"], progress=False, **job["kwargs"]))
+    # each rank (tp: each group, its ranks together) sampled its own share: shares disjoint, all prompts covered
+    shares = [None] * world
+    dist.all_gather_object(shares, sorted(sampled))
+    per_group = tp if job.get("layout", "fsdp") == "tp" else 1
+    assert all(shares[r] == shares[r - r % per_group] for r in range(world)), shares
+    groups = shares[::per_group]
+    assert sorted(i for g in groups for i in g) == list(range(len(job["prompts"]))), shares
 if D.is_rank0():
     with open(out_path, "w") as f:
         json.dump(results, f)

@@ -95,9 +95,15 @@ def test_greedy_equals_transformers(tiny, tmp_path):
     assert generate(tiny, MIXED, 12, temperature=0, progress=False) == ref
 
 
-def test_n_samples_share_prefill_and_seeds_repeat(tiny):
+def test_n_samples_share_prefill_and_seeds_repeat(tiny, monkeypatch):
     kw = dict(temperature=1.0, top_p=0.9, seed=7, progress=False)
-    shared = generate(tiny, MIXED, 10, n=3, batch_size=6, **kw)
+    seen = []
+    real_forward = M.Transformer.forward
+    with monkeypatch.context() as m:
+        m.setattr(M.Transformer, "forward", lambda self, tokens, *a, **k: (
+            seen.append(tuple(tokens.shape)), real_forward(self, tokens, *a, **k))[1])
+        shared = generate(tiny, MIXED, 10, n=3, batch_size=6, **kw)
+    assert [rows for rows, T in seen if T > 1] == [2, 2, 2]  # 2 prompts a batch of 6 rows, each prefilled once
     assert len(shared) == 3 * len(MIXED)
     # completion k = i*n + j is prompt i's sample j: the same as the k-th of the
     # prompts repeated n times, each prefilled on its own, in other batches
@@ -685,6 +691,7 @@ def test_two_ranks_fsdp_and_tensor_parallel_equal_one_process(tiny, tmp_path):
                   f"with one process; fp32 logit gaps where they differ: {gaps}")
             if job["layout"] == "fsdp":  # the same bf16 ops as one process, on gathered weights
                 assert got == ref
+            assert got != generate(tiny, job["prompts"], progress=False, **job["kwargs"])  # not fp32's tokens
             assert agree >= 0.8 * total
             # each difference is a near tie: the two tokens within bf16 rounding of each other
             # (logits here are about 0.5, where one bf16 step is 0.002)

@@ -1038,7 +1038,7 @@ def sft_single_bf16(work):
     return out
 
 
-def test_fsdp_bf16_matches_single_process_bf16(work, sft_single_bf16):
+def test_fsdp_bf16_matches_single_process_bf16(work, sft_single_bf16, sft_single):
     """The FSDP path with bf16 compute (as on GPUs): the ranks' bf16 casts are
     made differently from one process's autocast, so they agree to bf16's
     tolerance, not to fp32 rounding."""
@@ -1046,6 +1046,7 @@ def test_fsdp_bf16_matches_single_process_bf16(work, sft_single_bf16):
     torchrun("train_sft.py", sft_config(work, out, dtype="bfloat16"))
     assert losses(out) == pytest.approx(losses(sft_single_bf16), rel=BF16_TOL)
     assert losses(out) != losses(sft_single_bf16)  # FSDP's own casts really ran
+    assert losses(out) != pytest.approx(losses(sft_single), rel=L_TOL)  # ... in bf16, not fp32 (which agrees to L_TOL)
     assert load_model(str(out / "model")).tok_embeddings.weight.dtype == torch.float32
 
 
@@ -1070,6 +1071,24 @@ def test_sliced_reader_with_uneven_shards(work, monkeypatch, layout):
     names = {id(p): n for n, p in plain.named_parameters()}
     by_columns = lambda name: layout == "tensor parallel" and name.endswith(("wo.weight", "w2.weight"))
     parts = {n: [] for n in plain.state_dict()}
+    import checkpoint
+    read, real_open = [], checkpoint.open_safetensors
+
+    class Counted:  # the open file, or a stored tensor's slice: counts the elements read
+        def __init__(self, x):
+            self.x = x
+        def __enter__(self):
+            return Counted(self.x.__enter__())
+        def __exit__(self, *exc):
+            return self.x.__exit__(*exc)
+        def __getattr__(self, name):  # keys, get_shape
+            return getattr(self.x, name)
+        def get_slice(self, name):
+            return Counted(self.x.get_slice(name))
+        def __getitem__(self, key):
+            read.append(self.x[key].numel())
+            return self.x[key]
+    monkeypatch.setattr(checkpoint, "open_safetensors", lambda file: Counted(real_open(file)))
     for rank in range(3):
         def local_slice(p, rank=rank):
             dim = 1 if by_columns(names[id(p)]) else 0
@@ -1081,6 +1100,8 @@ def test_sliced_reader_with_uneven_shards(work, monkeypatch, layout):
             parts[name].append(t)
     for name, full in plain.state_dict().items():
         assert torch.equal(torch.cat(parts[name], dim=1 if by_columns(name) else 0), full), name
+    # each rank read only its part from the file (whole heads of wq, wk: a little more), not whole tensors
+    assert sum(read) < 1.5 * plain.num_params(), (sum(read), plain.num_params())
 
 
 def test_single_process_streaming_save_in_bf16(work, tmp_path):
@@ -1402,6 +1423,18 @@ def test_clip_and_step_scales_the_gradient_to_the_clip_norm():
         assert norm.item() == pytest.approx(5.0)
         assert layer.weight.detach().flatten().tolist() == pytest.approx([-x for x in step])
         assert layer.weight.grad is None
+
+
+def test_each_rank_trains_on_its_own_part_of_the_global_batch():
+    """step_batch: the same global batch on every rank, cut into disjoint parts
+    that together are that batch (FSDP = one process holds even if every rank
+    ran the whole batch: SFT's normaliser is summed over ranks)."""
+    c = types.SimpleNamespace(batch_size=8, seed=0)
+    for world in (1, 2, 4):
+        parts = [T.step_batch(list(range(20)), 3, c, D.Env(rank=r, world=world)) for r in range(world)]
+        batch = parts[0][0]
+        assert len(batch) == 8 and all(b == batch for b, _ in parts)
+        assert [x for _, mine in parts for x in mine] == batch
 
 
 def test_split_even_gives_short_ranks_weight_zero_fillers():
