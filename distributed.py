@@ -222,7 +222,9 @@ def describe(env):
     why = ""
     if env.device == "cpu":
         flags = cpu_flags()
-        if cpu_has_bf16(flags):
+        if cpu_has_bf16(flags) and env.dtype == torch.float32:  # (the toy-small default: too narrow to gain)
+            why = f" (CPU has bf16 matrix units; float32 for a model narrower than {CPU_BF16_MIN_WIDTH}, or as set)"
+        elif cpu_has_bf16(flags):
             why = " (CPU has bf16 matrix units)"
         elif "avx512_bf16" in flags:  # a flag users know, and not enough (cpu_has_bf16)
             why = " (CPU has AVX512-BF16 but no AMX: no bf16 matrix units)"

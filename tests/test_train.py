@@ -1284,9 +1284,12 @@ def test_cpu_bf16_units_are_read_from_cpuinfo(monkeypatch):
                             if path == "/proc/cpuinfo" else real_open(path, *a, **kw))
         assert D.cpu_has_bf16() == has, flags
         # the run's first line says so, and names the flag a user may know where it is not enough
-        line = D.describe(D.Env())
+        line = D.describe(D.Env(dtype=torch.bfloat16))
         assert ("(CPU has bf16 matrix units)" in line) == has, line
         assert ("AVX512-BF16 but no AMX" in line) == (flags == "fpu avx512f avx512_bf16"), line
+        # ... and why it computes in fp32 all the same (the toy-small default is too narrow to gain)
+        line = D.describe(D.Env(dtype=torch.float32))
+        assert ("(CPU has bf16 matrix units; float32 for a model narrower than 256, or as set)" in line) == has
 
 
 def test_training_from_scratch_takes_a_tokenizer_folder(work, toy_tokenizer_path, tmp_path):
