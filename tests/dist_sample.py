@@ -58,6 +58,7 @@ for job in jobs:
     if job.get("layout", "fsdp") == "tp":
         model = load_model(job["ckpt"], D.for_generation(env), dtype=dtype).eval()
         assert D.tp_size(model) == tp
+        assert {p.dtype for p in model.parameters()} == {dtype}  # the weights in the job's dtype, each shard
     else:
         model = load_model(job["ckpt"]).eval()  # fp32 master weights
         D.shard(model, replace(env, dtype=dtype))  # FSDP2; in bf16 it casts each unit's gathered weights

@@ -267,6 +267,32 @@ def test_meta_layout_two_shards_equals_one(tmp_path):
     tokens = torch.randint(0, 300, (1, 30))
     with torch.no_grad():
         assert (model(tokens) - hf_logits(hf, tokens)).abs().max() <= 1e-4
+    # and what we compute is what Meta's files mean, not only what our own layout means (the files above
+    # are our own state dict): transformers' model of the same weights
+    with torch.no_grad():
+        assert (two(tokens) - hf_logits(hf_from_meta_weights(args, model.state_dict()), tokens)).abs().max() <= 1e-4
+
+
+def hf_from_meta_weights(args, state_dict):
+    """transformers.LlamaForCausalLM holding a Meta-layout state dict of the model `args` describes, wq and
+    wk turned from Meta's interleaved rotary pairs into transformers' halves by transformers' own code (its
+    GGUF reader's permutation: llama.cpp's files keep Meta's order), not by checkpoint.py's."""
+    import transformers.modeling_gguf_pytorch_utils as gguf  # (transformers 4.45's name for it, or today's)
+    turn = getattr(gguf, "reverse_permute_weights", None) or gguf.LlamaTensorProcessor()._reverse_permute_weights
+    config = transformers.LlamaConfig(
+        hidden_size=args.dim, intermediate_size=args.hidden_dim, num_hidden_layers=args.n_layers,
+        num_attention_heads=args.n_heads, num_key_value_heads=args.n_kv_heads, vocab_size=args.vocab_size,
+        max_position_embeddings=args.max_seq_len, rms_norm_eps=args.norm_eps, rope_theta=args.rope_theta,
+        rope_scaling={"rope_type": "llama3", **args.rope_scaling} if args.rope_scaling else None,
+        tie_word_embeddings=args.tie_embeddings)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    heads = {"attention.wq.weight": args.n_heads, "attention.wk.weight": args.n_kv_heads}
+    weights = {hf_name(n): next((turn(t, args.n_heads, kv) for end, kv in heads.items() if n.endswith(end)), t)
+               for n, t in state_dict.items()}
+    if args.tie_embeddings:
+        weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+    hf.load_state_dict(weights)
+    return hf
 
 
 PUBLISHED_COUNTS = [("llama2-7b", 6_738_415_616), ("llama2-13b", 13_015_864_320), ("llama2-70b", 68_976_648_192),
@@ -437,6 +463,11 @@ def test_meta_layout_llama3_tied_and_scaled(tmp_path):
     assert loaded.args.tie_embeddings and loaded.args.rope_scaling == {
         "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
     assert torch.equal(loaded.tok_embeddings.weight, model.tok_embeddings.weight)
+    # computing what the files mean (params.json's theta, its scaling): against transformers' model of them
+    meant = ModelArgs(**{**vars(args), "rope_scaling": dict(M.LLAMA31_ROPE)})
+    tokens = torch.randint(0, 300, (1, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (loaded(tokens) - hf_logits(hf_from_meta_weights(meant, model.state_dict()), tokens)).abs().max() <= 1e-4
     # params.json gives no context length: Llama 3.1+'s (scaled rope) 131072; Llama 3.0's 8192; Llama 2's 4096
     assert loaded.args.max_seq_len == 131072
     # nor the scaling factor: Meta's reference code's 8 (Llama 3.1, 3.3), but Llama 3.2 1B's and 3B's

@@ -50,6 +50,21 @@ def use_model(monkeypatch, tok, max_seq_len):
     return net
 
 
+def two_stop_ids(tok):
+    """The toy tokenizer's one stop id (EOS), and a second one as a chat template's end of turn
+    (Llama 3's <|eot_id|> beside <|end_of_text|>): a stage that passes EOS alone then shows."""
+    from tokenizer import E_INST
+    assert tok.stop_ids == [tok.eos_id] and tok.token_id(E_INST) not in tok.ids_starting_with("\n")
+    return sorted({tok.eos_id, tok.token_id(E_INST)})
+
+
+def recorded_stop_ids(monkeypatch, module):
+    """module.generate as it is, recording the stop ids (eos_id) of every call."""
+    seen, real = [], module.generate
+    monkeypatch.setattr(module, "generate", lambda *a, **kw: seen.append(kw.get("eos_id")) or real(*a, **kw))
+    return seen
+
+
 def test_generation_stages_skip_and_count_prompts_longer_than_the_context(tmp_path, monkeypatch, tok, capsys):
     c, r = settings(), run_folder(tmp_path)
     # new prompts: a request holding the long seed prompt has no room; the others are sampled
@@ -70,7 +85,9 @@ def test_generation_stages_skip_and_count_prompts_longer_than_the_context(tmp_pa
     use_model(monkeypatch, tok, CTX)
     assert len(chat_prompt_ids(tok, SHORT)) < CTX - 8 and len(chat_prompt_ids(tok, LONG)) > CTX
     write_jsonl(r.path("iter1", "prompts.jsonl"), [{"prompt": SHORT}, {"prompt": LONG}, {"prompt": SHORT + "!"}])
+    tok.stop_ids, seen = two_stop_ids(tok), recorded_stop_ids(monkeypatch, S)
     info = S.stage_candidates(c, r, 1, "M1")
+    assert seen and all(e == tok.stop_ids for e in seen)  # a candidate ends at any id that ends a turn
     recs = read_jsonl(r.path("iter1", "candidates.jsonl"))
     assert info["too_long"] == 1 and [x["prompt"] for x in recs] == [SHORT, SHORT + "!"]
     assert all(len(x["candidates"]) == c.n_candidates for x in recs)
@@ -92,6 +109,7 @@ def test_a_new_task_ends_at_a_line_break_or_the_end_of_text_and_not_where_the_co
     on would glue what follows onto the task). A task cut off because the request and it filled the
     context did not end: it is dropped as unfinished, even within max_prompt_tokens."""
     c, r = settings(n_prompts=2, shard_size=2, max_prompt_tokens=16), run_folder(tmp_path)
+    tok.stop_ids = two_stop_ids(tok)  # (so that the writer's check of its stop ids below can fail)
     write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": f"Say hi to {x}.", "response": "hi"} for x in "ABCDEFGHIJ"])
     longest = max(len(tok.encode(S.fewshot_request([f"Say hi to {x}."] * c.n_shots, False), bos=True)) for x in "AJ")
     net = use_model(monkeypatch, tok, longest + 12)
@@ -160,7 +178,9 @@ def test_evaluation_counts_long_inputs_and_keeps_every_benchmark_question(tmp_pa
     write_jsonl(tmp_path / "mt.jsonl", [{"question_id": 1, "turns": [SHORT, "Again."]},
                                         {"question_id": 2, "turns": [LONG * 20, "Again."]}])
     c = settings(eval_prompts=str(tmp_path / "alpaca.json"), mt_bench=str(tmp_path / "mt.jsonl"), run_name="real")
+    tok.stop_ids, seen = two_stop_ids(tok), recorded_stop_ids(monkeypatch, E)
     info = S.stage_eval(c, r, "M1", "M1")
+    assert len(seen) >= 2 and all(e == tok.stop_ids for e in seen)  # the benchmarks' answers end at any of them
     assert info["judge"]["too_long"] == 1 and info["judge"]["judgments"] == 2 * c.n_judge
     assert info["alpaca_eval"]["answered"] == 1 and info["alpaca_eval"]["too_long"] == 1
     assert info["mt_bench"]["answered"] == 1 and info["mt_bench"]["too_long"] == 1

@@ -691,7 +691,6 @@ def test_two_ranks_fsdp_and_tensor_parallel_equal_one_process(tiny, tmp_path):
                   f"with one process; fp32 logit gaps where they differ: {gaps}")
             if job["layout"] == "fsdp":  # the same bf16 ops as one process, on gathered weights
                 assert got == ref
-            assert got != generate(tiny, job["prompts"], progress=False, **job["kwargs"])  # not fp32's tokens
             assert agree >= 0.8 * total
             # each difference is a near tie: the two tokens within bf16 rounding of each other
             # (logits here are about 0.5, where one bf16 step is 0.002)

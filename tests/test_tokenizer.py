@@ -180,6 +180,12 @@ def test_every_eos_id_the_checkpoint_lists_stops_generation(tmp_path, llama3_sty
     (folder / "config.json").write_text(json.dumps({"eos_token_id": 3}))
     tok = Tokenizer(folder)
     assert (tok.eos_id, tok.end_of_turn, tok.stop_ids) == (1, 4, [1, 2, 3, 4])
+    # a checkpoint that lists <|end_of_text|> alone (Llama 3 base's files): the template's end of turn,
+    # which SFT teaches the model to write after each reply, stops generation too
+    (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": 1}))
+    (folder / "config.json").write_text(json.dumps({"eos_token_id": 1}))
+    tok = Tokenizer(folder)
+    assert (tok.eos_id, tok.end_of_turn, tok.stop_ids) == (1, 4, [1, 4])
 
 
 def test_llama3_template_equals_apply_chat_template(llama3_style):
