@@ -40,10 +40,10 @@ from sample import generate
 # Settings
 threads = 0  # CPU threads; 0 = this process's cores (or OMP_NUM_THREADS), as the scripts pick
 seed = 0  # weights and prompts
-bf16 = "auto"  # time bf16 too: 'auto' = on a GPU or a CPU with fast bf16 matmuls, AMX, ARM BF16 or AMD's AVX512-BF16 (elsewhere
-               # it is slower than fp32: emulated without AVX512-BF16, the toy train section took 14 min;
-               # a dtype the scripts' dtype='auto' never picks there) | 'always' | 'never' | 'only' (bf16 alone,
-               # no fp32 runs: the GPU check's MFU, in half the time and memory)
+bf16 = "auto"  # time bf16 too: 'auto' = on a GPU or a CPU with fast bf16 matmuls, AMX, ARM BF16 or AMD's
+               # AVX512-BF16 (elsewhere it is slower than fp32: emulated without AVX512-BF16, the toy train
+               # section took 14 min; a dtype the scripts' dtype='auto' never picks there) | 'always' | 'never'
+               # | 'only' (bf16 alone, no fp32 runs: the GPU check's MFU, in half the time and memory)
 # sample section
 sample_models = "toy,toy-large"  # model presets (toy-large: ~5x the toy's parameters, 24.7M against 5.0M)
 sample_new_tokens = 128  # tokens generated per prompt
@@ -87,8 +87,8 @@ def bench_dtypes(c, device="cpu"):
         return ["bfloat16"]
     native = device.startswith("cuda") or D.cpu_has_bf16()
     if c.bf16 == "auto" and not native:
-        print("bf16 skipped: this CPU has no fast bf16 matmuls (AMX, ARM BF16, AMD's AVX512-BF16): bf16 is slower than fp32 here "
-              "and the scripts never pick it; --bf16=always times it anyway")
+        print("bf16 skipped: this CPU has no fast bf16 matmuls (AMX, ARM BF16, AMD's AVX512-BF16): bf16 is slower "
+              "than fp32 here and the scripts never pick it; --bf16=always times it anyway")
     wanted = native if c.bf16 == "auto" else c.bf16 == "always"
     return ["float32", "bfloat16"] if wanted else ["float32"]
 

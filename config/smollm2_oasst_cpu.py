@@ -1,7 +1,7 @@
 # The whole method on a real pretrained model and real data, on a 2-core CPU:
 # SmolLM2-135M-Instruct as M0, the oasst1 validation split as seed data, one
 # self-rewarding iteration (M1 -> M2). Measured: 34 min on a 2-core CPU in bf16
-# (what dtype='auto' picked there, a CPU with AMX; without AMX it picks fp32:
+# (what dtype='auto' picked there, a CPU with AMX; on Intel's without AMX it picks fp32:
 # add --dtype=bfloat16 to repeat that run; in fp32 it takes far longer), 2 threads;
 # about 12 GB of memory (11.3 GB resident at its peak); the README has its report.
 #

@@ -1264,7 +1264,7 @@ def test_auto_dtype_is_bf16_only_where_it_pays():
     """'auto': bf16 on a GPU whatever the size; on a CPU only with bf16 matrix
     units and for models at least 256 wide (toy-small, 128, runs faster in fp32)."""
     assert D.compute_dtype("cuda:0", "auto", width=64) == torch.bfloat16
-    with pytest.MonkeyPatch.context() as mp:  # a CPU with bf16 units, whatever this one has
+    with pytest.MonkeyPatch.context() as mp:  # a CPU with fast bf16 matmuls, whatever this one has
         mp.setattr(D, "cpu_has_bf16", lambda: True)
         assert D.compute_dtype("cpu", "auto", width=128) == torch.float32
         assert D.compute_dtype("cpu", "auto", width=256) == torch.bfloat16 == D.compute_dtype("cpu", "auto")
