@@ -270,8 +270,9 @@ def interval_figure(names, intervals):
     panels = [("mean grade (0-5)", "mean_grade", 0.0, 5.0, 1), ("judge pairwise accuracy %", "judge_accuracy",
                                                                  0.0, 1.0, 100)]
     panels = [p for p in panels if any(p[1] in intervals.get(n, {}) for n in names)]
-    width, height, left, top, plot_h = 640, 260, 50, 30, 180
-    panel_w = (width - 2 * left) / 2
+    height, left, top, plot_h, panel_w = 260, 50, 30, 180, 270
+    # each panel and the gap after it; at least room for the caption along the bottom
+    width = max(420, left + len(panels) * (panel_w + left // 2))
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
            f'font-size="11">', f'<rect width="{width}" height="{height}" fill="white"/>']
     for p, (title, key, low, high, scale) in enumerate(panels):

@@ -392,6 +392,7 @@ def test_interval_figure_is_svg_with_a_dot_and_bar_per_figure():
     intervals = {"SFT": {"mean_grade": (2.5, (2.0, 3.0))},
                  "M1": {"mean_grade": (5.0, (4.5, 5.0)), "judge_accuracy": (0.5, (0.25, 0.75))}}
     root = ET.fromstring(report.interval_figure(["SFT", "M1"], intervals))
+    assert root.get("width") == "640"  # two panels of 270 and their margins
     ns = "{http://www.w3.org/2000/svg}"
     dots = [(float(c.get("cx")), float(c.get("cy"))) for c in root.iter(ns + "circle")]
     assert len(dots) == 3  # SFT has no judge figure: no dot there
@@ -628,6 +629,8 @@ def test_without_a_judge_no_judge_panel_is_drawn_or_claimed(tmp_path):
     assert "no model has judge figures (eval_judge=False" in text and "reward-model metrics" not in text
     texts = [t.text for t in ET.parse(tmp_path / "report.svg").getroot().iter("{http://www.w3.org/2000/svg}text")]
     assert "mean grade (0-5)" in texts and "judge pairwise accuracy %" not in texts
+    # one panel's width, not two panels' with the second left blank
+    assert ET.parse(tmp_path / "report.svg").getroot().get("width") == "420"
 
 
 def test_a_report_without_grades_leaves_no_figure_behind(tmp_path):
