@@ -260,8 +260,10 @@ def file_name(path):
 
 def files_by_name(files):
     """{path: fingerprint} as (file name, fingerprint) pairs: an input's path
-    written another way is the same input."""
-    return sorted((file_name(f), v) for f, v in files.items())
+    written another way is the same input. In the stage's order (its `files`
+    list, which records keep), not sorted: two inputs of one name (a/q.jsonl,
+    b/q.jsonl) that trade settings are a change."""
+    return [(file_name(f), v) for f, v in files.items()]
 
 
 def changes(old, new, same_setting, at_default):

@@ -228,6 +228,7 @@ def test_script_help_and_exit_codes(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, str(script), *a], capture_output=True, text=True)
     r = run("--help")
     assert r.returncode == 0 and "A demo script." in r.stdout
+    assert run("-h").stdout == r.stdout  # -h as other tools take it (not "config file not found: -h")
     assert "--steps = 10  # how many steps" in r.stdout and "--name  = 'x'  # run name" in r.stdout
     r = run("--steps=3", "--name=y")
     assert r.returncode == 0 and r.stdout.strip() == "3 y"
@@ -333,3 +334,36 @@ def test_bench_checks_its_numbers_before_any_timing():
         "judge_rubric = 421: with 60 prompt tokens and judge_new_tokens it must fit toy-tiny's context of 512"]
     assert check(repeats=None, comm_dtype="fp8") == ["repeats = None: give a value like its default"]
     assert check(comm_dtype="fp8") == ["comm_dtype = 'fp8': must be 'float32' or 'bfloat16'"]
+
+
+def test_a_setting_a_file_sets_twice_is_named_at_the_line_that_holds(tmp_path):
+    """A config file that sets a key twice runs as Python: the last line
+    wins, so that is the line an error must name ("(set at FILE:LINE)"),
+    not the first one, which the user would then fix in vain. A value the
+    configurator converts (lr = 1 for a float setting is 1.0) is still the
+    one the file set."""
+    f = tmp_path / "c.py"
+    f.write_text("lr = 2e-5\nbatch_size = 8\nlr = 3e-5\n")
+    apply(defaults(), [str(f)])
+    assert set_in_file("lr", 3e-5) == f"{f}:3" and set_in_file("batch_size", 8) == f"{f}:2"
+    f.write_text("batch_size = 8\nbatch_size = 'big'\n")  # the type error is the second line's
+    with pytest.raises(ConfigError, match=rf"^{f}:2: batch_size must be int"):
+        apply(defaults(), [str(f)])
+    f.write_text("model = 'x'\nlr = 1\n")  # an int for a float setting: kept as 1.0, still set at line 2
+    ns = defaults()
+    apply(ns, [str(f)])
+    assert ns["lr"] == 1.0 and type(ns["lr"]) is float and set_in_file("lr", 1.0) == f"{f}:2"
+
+
+def test_a_bool_is_not_taken_for_a_number(tmp_path):
+    """bool is a subclass of int in Python: taken for one (isinstance),
+    --batch_size=True or a config file's `batch_size = True` would run with
+    a batch of 1. A number setting takes a number, not a flag (a float one
+    too: False is not the 0 it would pass for)."""
+    for args in (["--batch_size=True"], ["--lr=False"]):
+        with pytest.raises(ConfigError, match=r"must be (int|float) like its default .*, got bool"):
+            apply(defaults(), args)
+    f = tmp_path / "c.py"
+    f.write_text("batch_size = True\n")
+    with pytest.raises(ConfigError, match=r"c\.py:1: batch_size must be int like its default 16, got bool True"):
+        apply(defaults(), [str(f)])

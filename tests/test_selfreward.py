@@ -446,6 +446,18 @@ def test_what_would_lose_files_or_a_run_is_refused_before_any_work(tmp_path, lla
         judged.write_text("".join(json.dumps({**x, "responses": ["x", "y"]}) + "\n" for x in lines))
         found = problems(run_name="real", eft_judgments=str(judged))
         assert found == [] if ok else found[0].startswith(f"eft_judgments: {judged}: no judgment of a prompt"), found
+    # seed data reached through a link is where the link leads: inside the run folder all the same
+    os.symlink(seed, tmp_path / "linked_seed")
+    assert problems(seed_data=str(tmp_path / "linked_seed")) == [
+        f"seed_data: {tmp_path / 'linked_seed'} is inside the run folder {tmp_path / 'out' / 'toy'}, which this run "
+        f"writes: copy it out, or give another run_name"]
+    # every input the run reads, not only the seed data: an evaluation file kept in the run folder
+    prompts = tmp_path / "out" / "real" / "prompts.jsonl"
+    prompts.parent.mkdir()
+    prompts.write_text('{"instruction": "Reverse the word TAMILO."}\n')
+    assert problems(run_name="real", eval_prompts=str(prompts)) == [
+        f"eval_prompts: {prompts} is inside the run folder {tmp_path / 'out' / 'real'}, which this run writes: copy "
+        f"it out, or give another run_name"]
 
 
 def test_a_folder_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
@@ -516,6 +528,16 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
     assert len(found) == 1 and re.fullmatch(r"max_judge_tokens = 96: with the judge prompt's own 3\d\d tokens, "
                                             r"leaves no room .* \(max_seq_len 480\)", found[0]), found
     assert problems(max_judge_tokens=32) == []
+    # at the edge: the judge prompt's own tokens and max_judge_tokens filling the whole context leave no room
+    # for the question and the response (every judgment skipped); one token less leaves room
+    own = int(re.search(r"own (\d+) tokens", found[0]).group(1))
+    edge = problems(max_judge_tokens=480 - own)
+    assert len(edge) == 1 and edge[0].startswith(f"max_judge_tokens = {480 - own}: with the judge prompt's"), edge
+    assert problems(max_judge_tokens=480 - own - 1) == []
+    # and a prompt of max_prompt_tokens must fit the context with a token to generate
+    assert problems(max_judge_tokens=32, max_prompt_tokens=480) == [
+        "max_prompt_tokens = 480: must be below the context of init_from's model (max_seq_len 480)"]
+    assert problems(max_judge_tokens=32, max_prompt_tokens=479) == []
     found = problems(max_judge_tokens=32, chat_template="llama3")  # (it raised from inside the check)
     assert len(found) == 1 and found[0].startswith("chat_template = 'llama3': "), found
     assert problems(max_judge_tokens=32, out_root=str(tmp_path / "out"), run_name="..foo") == []  # a name, not ..
@@ -1334,6 +1356,11 @@ def test_plan_only_says_what_it_planned_for(tmp_path, capsys):
         S.main(["--plan_only=True", "--model=llama2-70b", "--world_size=16", "--tp=16"])
     assert e.value.code == 2 and ("tp = 16: must divide the planned model's n_kv_heads 8 and FFN width 28672"
                                   in capsys.readouterr().err)
+    # ... and its FFN width, each rank an equal slice: llama2-13b's 40 KV heads split 5 ways, its 13824 do not
+    with pytest.raises(SystemExit) as e:
+        S.main(["--plan_only=True", "--model=llama2-13b", "--world_size=5", "--tp=5"])
+    assert e.value.code == 2 and ("tp = 5: must divide the planned model's n_kv_heads 40 and FFN width 13824"
+                                  in capsys.readouterr().err)
     # a folder without a config: one error line, from the loop and the trainers alike (it was a traceback)
     (tmp_path / "no_config").mkdir()
     with pytest.raises(SystemExit) as e:
@@ -1819,6 +1846,34 @@ def test_check_loop_in_this_process(tmp_path):
             "choosing a checkpoint; with real seed data each iteration keeps its last step") in validate.check_loop(c, 1).found
 
 
+def test_every_range_the_loop_needs_is_checked_setting_by_setting():
+    """Each setting's range, one setting at a time, so that one dropped from
+    check_loop's lists is missed here and not hours into a run (shard_size 0
+    was a range() error at the first generation, after M0 and SFT trained;
+    an sft_batch_size the ranks cannot split stopped the SFT stage, after
+    M0's pretraining)."""
+    bad = {**{s: 1 for s in ("n_eft_train", "n_eft_eval", "n_candidates", "n_shots")},
+           **{s: 0 for s in ("n_ift", "n_test", "sft_batch_size", "micro_batch_size", "n_prompts", "max_prompt_tokens",
+                             "max_response_tokens", "n_judge", "max_judge_tokens", "max_meta_tokens", "dpo_batch_size",
+                             "shard_size", "save_interval", "pretrain_epochs", "tp")},
+           **{s: -1 for s in ("gen_batch_size", "pretrain_docs", "pretrain_qa_docs", "pretrain_check_drill",
+                              "n_meta_seed", "eft_own_answers", "iterations", "min_prompt_words", "sft_min_lr",
+                              "dpo_min_lr", "rpo_alpha", "temperature", "prompt_temperature", "dpo_pick_every",
+                              "threads")},
+           **{s: 0 for s in ("pretrain_lr", "sft_lr", "dpo_lr", "sft_epochs", "dpo_epochs", "dpo_beta", "top_p",
+                             "prompt_top_p", "rouge_threshold")},
+           **{s: 1.5 for s in ("ift_chatty", "pretrain_working", "pretrain_checking")},
+           "ift_declines": 1.0, "dropout": 1.0, "vocab_size": 299}
+    for s, value in bad.items():
+        value = type(S.DEFAULTS[s])(value)
+        found = validate.check_loop(configurator.settings(S.DEFAULTS, {s: value}), 1).found
+        assert any(x.startswith(f"{s} = {value!r}: must be") for x in found), (s, found)
+    # the batches are split over the ranks: each its own check
+    for s in ("sft_batch_size", "dpo_batch_size"):
+        found = validate.check_loop(configurator.settings(S.DEFAULTS, {s: 6}), 4).found
+        assert f"{s} = 6: must divide by the number of ranks, 4" in found, (s, found)
+
+
 def test_a_stage_redone_loses_its_old_record_before_it_starts(tmp_path):
     """Redone for a changed setting and stopped halfway (its outputs partly
     rewritten), then run with the old setting again: it is done again, not
@@ -1895,6 +1950,124 @@ def test_an_input_path_written_another_way_redoes_nothing(tmp_path):
     run(str(tmp_path / "moved"))
     run("toy")
     assert ran == ["seed_data", "SFT"] * 3
+
+
+def test_an_input_changed_from_one_keyword_to_another_or_to_a_path_redoes_its_stage(tmp_path):
+    """Two paths of an input setting count as the same (their files' contents
+    decide), but its keywords are not paths: prompt_writer M0 -> current (or
+    a checkpoint folder) is another writer, and the prompts it wrote are stale."""
+    from run_folder import Run
+    import distributed as D
+    ran = []
+
+    def run(writer):
+        r = Run(str(tmp_path / "run"), types.SimpleNamespace(prompt_writer=writer), D.Env(), inputs=S.INPUT_SETTINGS)
+        r.stage("prompts", lambda: ran.append(writer), uses=["prompt_writer"])
+    run("M0")
+    run("M0")
+    assert ran == ["M0"]
+    run("current")
+    run("M1")
+    run(str(tmp_path / "writer"))  # a folder of its own (its files, were the stage to list them, decide)
+    run(str(tmp_path / "elsewhere"))  # another path: the same input as far as the setting goes
+    run("M1")
+    assert ran == ["M0", "current", "M1", str(tmp_path / "writer"), "M1"]
+
+
+def test_two_inputs_of_one_name_that_trade_settings_redo_their_stage(tmp_path, monkeypatch):
+    """Input files are known by name (a path written another way is the same
+    file), so two of one name, a/q.jsonl and b/q.jsonl, must stay bound to
+    the settings that name them: swapped, the evaluation's inputs changed."""
+    from run_folder import Run
+    import distributed as D
+    monkeypatch.chdir(tmp_path)
+    for folder, text in (("a", '{"prompt": "one"}\n'), ("b", '{"prompt": "two"}\n')):
+        os.makedirs(folder)
+        open(os.path.join(folder, "q.jsonl"), "w").write(text)
+    ran = []
+
+    def run(eval_prompts, mt_bench):
+        r = Run("run", types.SimpleNamespace(eval_prompts=eval_prompts, mt_bench=mt_bench), D.Env(),
+                inputs=S.INPUT_SETTINGS)
+        r.stage("eval_M1", lambda: ran.append((eval_prompts, mt_bench)), uses=["eval_prompts", "mt_bench"],
+                files=[eval_prompts, mt_bench])
+    run("a/q.jsonl", "b/q.jsonl")
+    run("./a/q.jsonl", "b/q.jsonl")  # the same files, written otherwise: reused
+    assert ran == [("a/q.jsonl", "b/q.jsonl")]
+    run("b/q.jsonl", "a/q.jsonl")  # swapped: made again
+    assert ran == [("a/q.jsonl", "b/q.jsonl"), ("b/q.jsonl", "a/q.jsonl")]
+
+
+def test_a_big_file_replaced_by_one_of_the_same_size_redoes_its_stage(tmp_path, monkeypatch):
+    """Files over data.HASHED_BYTES (model weights) are fingerprinted by size
+    and modification time, not hashed: a checkpoint retrained in place has
+    the same size, so its new time must count, or every stage after it is
+    reused from the old weights."""
+    import data
+    from run_folder import Run
+    import distributed as D
+    monkeypatch.setattr(data, "HASHED_BYTES", 8)  # (the real one is 64 MiB)
+    weights, ran = tmp_path / "model.safetensors", []
+    weights.write_bytes(b"0123456789abcdef")
+    os.utime(weights, ns=(10**18, 10**18))
+
+    def run():
+        r = Run(str(tmp_path / "run"), types.SimpleNamespace(), D.Env())
+        r.stage("M1", lambda: ran.append("M1"), files=[str(weights)])
+    run()
+    run()
+    assert ran == ["M1"]
+    weights.write_bytes(b"fedcba9876543210")  # retrained: the same size, a later time
+    os.utime(weights, ns=(10**18 + 10**9, 10**18 + 10**9))
+    run()
+    assert ran == ["M1", "M1"]
+
+
+def test_a_kill_while_a_record_or_a_shared_output_is_written_leaves_no_half_file(tmp_path, monkeypatch):
+    """A stage's record and the shared outputs go to a temporary file that is
+    renamed into place once whole (data.write_bytes): killed before the
+    rename, the next command finds no record (the stage runs again) or the
+    old file, never half a JSON record that stops every later command with a
+    traceback, or half the pairs taken as all of them."""
+    import data
+    from run_folder import Run, save_jsonl
+    import distributed as D
+    real = data.sync_to_disk
+
+    def killed(path):  # the bytes are in the temporary file; the kill comes before the rename
+        if os.path.basename(path).startswith(".tmp-"):
+            raise KeyboardInterrupt
+        real(path)
+    c, ran = types.SimpleNamespace(a=1), []
+    r = Run(str(tmp_path / "run"), c, D.Env(), defaults={"a": 1})
+    monkeypatch.setattr(data, "sync_to_disk", killed)
+    with pytest.raises(KeyboardInterrupt):
+        r.stage("s", lambda: ran.append("s"), uses=["a"])
+    monkeypatch.setattr(data, "sync_to_disk", real)
+    assert os.listdir(tmp_path / "run" / "done") == []  # (no record, and no temporary file left either)
+    r = Run(str(tmp_path / "run"), c, D.Env(), defaults={"a": 1})
+    r.stage("s", lambda: ran.append("s"), uses=["a"])
+    assert ran == ["s", "s"] and r.record("s")["made_from"]["settings"] == {"a": 1}
+    pairs = tmp_path / "run" / "pairs.jsonl"
+    save_jsonl(str(pairs), [{"n": 1}, {"n": 2}])
+    monkeypatch.setattr(data, "sync_to_disk", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_jsonl(str(pairs), [{"n": 3}] * 1000)
+    assert read_jsonl(pairs) == [{"n": 1}, {"n": 2}]
+
+
+def test_fit_micro_by_hand(capsys):
+    """The loop's trainers get a micro-batch that splits each rank's share of
+    a batch evenly (check_training refuses one that does not, at the stage,
+    after the stages before it trained); a batch the ranks cannot share is
+    one error line."""
+    from run_folder import fit_micro
+    assert fit_micro(16, 16, 1) == 16 and fit_micro(16, 3, 1) == 2 and fit_micro(16, 6, 1) == 4
+    assert fit_micro(12, 5, 2) == 3 and fit_micro(12, 8, 2) == 6 and fit_micro(4, 8, 1) == 4
+    assert fit_micro(16, 0, 4) == 1  # (at least one example a pass)
+    with pytest.raises(SystemExit):
+        fit_micro(6, 2, 4)
+    assert capsys.readouterr().err == "error: a batch of 6 cannot be split over 4 ranks\n"
 
 
 def test_a_done_stage_whose_output_is_gone_is_made_again_when_a_stage_reads_it(tmp_path, capsys):
