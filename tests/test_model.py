@@ -83,6 +83,12 @@ def test_save_load_roundtrip_sharded_and_bf16(tmp_path):
     loaded = load_model(tmp_path / "a")
     for (n, p), (n2, p2) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert n == n2 and torch.equal(p, p2), n
+    # and every setting reads back as it was saved, the context length (128, not LlamaConfig's 2048), eps, theta,
+    # tie, head_dim and rope scaling among them (the feed-forward width as a width: config.json has no multiple_of)
+    settings = lambda a: {**vars(a), "multiple_of": None, "ffn_dim_multiplier": None, "hidden_dim": a.hidden_dim}
+    assert settings(loaded.args) == settings(model.args)
+    save_model(random_model(NEW_CONFIGS[-1][1]), tmp_path / "all")
+    assert settings(load_model(tmp_path / "all").args) == settings(NEW_CONFIGS[-1][1])
     save_model(model, tmp_path / "b", dtype=torch.bfloat16)
     assert json.load(open(tmp_path / "b" / "config.json"))["torch_dtype"] == "bfloat16"
     half = load_model(tmp_path / "b", dtype=torch.bfloat16)
@@ -250,13 +256,16 @@ def make_meta_layout(model, path, n_shards, llama3=False):
 
 
 def test_meta_layout_two_shards_equals_one(tmp_path):
-    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32)
+    # norm_eps 1e-6, as Llama 1's params.json says (ModelArgs' default is 1e-5): read from the file, not defaulted
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32, norm_eps=1e-6)
     model = random_model(args)
     make_meta_layout(model, tmp_path / "mp1", 1)
     make_meta_layout(model, tmp_path / "mp2", 2)
     make_meta_layout(model, tmp_path / "mp2v", 2, llama3=True)  # the embedding split by vocabulary
     one, two, two_v = load_model(tmp_path / "mp1"), load_model(tmp_path / "mp2"), load_model(tmp_path / "mp2v")
     assert one.args.vocab_size == 300  # params.json says -1: taken from the weights
+    # every setting params.json gives is the model's (the context it does not give: Llama 2's 4096, the default)
+    assert one.args == two.args == two_v.args == args
     for name, p in model.state_dict().items():
         assert torch.equal(one.state_dict()[name], p), name
         assert torch.equal(two.state_dict()[name], p), name

@@ -562,9 +562,12 @@ def test_dpo_eval_starts_at_ln2_and_ends_at_the_held_out_pairs_loss_by_hand(work
     the loop sets 0): at step 0 the policy is the reference, so exactly ln 2
     with rewards 0, over the 8 pairs held out of 32; after the last step, the
     DPO loss of those 8 pairs (and not of the training pairs) by hand, from
-    the trained and the starting model's log-probs."""
+    the trained and the starting model's log-probs, at the run's beta (0.5,
+    not the default 0.1: the setting must reach the loss)."""
     out = tmp_path / "dpo"
-    c = dpo_config(work, out, eval_fraction=0.25, eval_interval=1, max_steps=2)
+    beta = 0.5
+    assert beta != train_dpo.DEFAULTS["beta"]
+    c = dpo_config(work, out, eval_fraction=0.25, eval_interval=1, max_steps=2, beta=beta)
     train_dpo.train(c)
     evals = [r for r in read_jsonl(out / "metrics.jsonl") if "eval/loss" in r]
     first, last = evals[0], evals[-1]
@@ -574,7 +577,6 @@ def test_dpo_eval_starts_at_ln2_and_ends_at_the_held_out_pairs_loss_by_hand(work
     assert header["pairs"] == len(rows) == 32  # the held-out pairs have reference log-probs too
     tok = Tokenizer(str(work / "ckpt" / "tokenizer.model"))
     ref, new = load_model(str(work / "ckpt")).eval(), load_model(str(out / "model")).eval()
-    beta = train_dpo.DEFAULTS["beta"]
 
     def dpo_loss(pairs):
         gain = lambda p, side: (response_logp(new, tok, p["prompt"], p[side])[0]
@@ -587,10 +589,71 @@ def test_dpo_eval_starts_at_ln2_and_ends_at_the_held_out_pairs_loss_by_hand(work
     assert abs(dpo_loss(train[:8]) - dpo_loss(held)) > 1e-3  # (so the figure tells the two sets apart)
 
 
+def test_dropout_is_on_in_training_steps_only(work, tmp_path, monkeypatch):
+    """With dropout on (the paper's 0.1; the other DPO tests run without it,
+    where train and eval mode compute the same), the reference log-probs and
+    the held-out evaluation are taken in eval mode and every training step in
+    train mode: each phase leaves the model in the mode the next one needs.
+    Recorded at each forward of sequence_logps, in every module (dropout
+    lives in the blocks): the reference's 16 and the 3 evaluations' 4 each
+    run without gradients and without dropout, the 2 steps' 4 each with both;
+    and with no held-out pairs (the loop's eval_fraction 0), where no
+    evaluation turns dropout back on after the reference, the same. And by
+    value: at step 0 the policy is the reference, so the held-out loss is
+    exactly ln 2 only if neither is taken with dropout."""
+    seen, real = [], train_dpo.sequence_logps
+
+    def recorded(model, tokens, targets, env):
+        seen.append((torch.is_grad_enabled(), {m.training for m in model.modules()}))
+        return real(model, tokens, targets, env)
+    monkeypatch.setattr(train_dpo, "sequence_logps", recorded)
+    out = tmp_path / "dpo"
+    train_dpo.train(dpo_config(work, out, dropout=0.1, eval_fraction=0.25, eval_interval=1, max_steps=2))
+    reference, evaluation, step = [False] * 16, [False] * 4, [True] * 4  # (with gradients or not)
+    assert [grad for grad, _ in seen] == reference + evaluation + step + evaluation + step + evaluation
+    assert all(modes == {grad} for grad, modes in seen), [modes for _, modes in seen]
+    seen.clear()
+    train_dpo.train(dpo_config(work, tmp_path / "no_eval", dropout=0.1, max_steps=1))
+    assert [grad for grad, _ in seen] == reference + step
+    assert all(modes == {grad} for grad, modes in seen), [modes for _, modes in seen]
+    evals = [r for r in read_jsonl(out / "metrics.jsonl") if "eval/loss" in r]
+    assert evals[0]["step"] == 0 and evals[0]["eval/loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_reference_log_probs_are_one_row_per_pair_whatever_fillers_a_rank_runs(work, tmp_path, monkeypatch):
+    """Under torchrun a rank short of pairs runs fillers (training.split_even:
+    pairs[0] again, weight 0) so that every rank runs as many forwards; their
+    log-probs are dropped, not written as a second row of pair 0 (which would
+    then take whichever row comes last). Rank 1 of 2 over 5 pairs, the
+    process group faked: it computes pairs 1 and 3 and a filler, rank 0
+    sends made-up rows for 0, 2 and 4; the file has each pair once, pair 0's
+    from rank 0, pairs 1 and 3 the starting model's log-probs by hand."""
+    tok = Tokenizer(str(work / "ckpt" / "tokenizer.model"))
+    records = read_jsonl(work / "pairs.jsonl")[:5]
+    pairs = train_dpo.tokenize_pairs(tok, records, 127, "pairs.jsonl")
+    from_rank0 = [(0, -1.0, -2.0), (2, -3.0, -4.0), (4, -5.0, -6.0)]
+    monkeypatch.setattr(D, "all_sum", lambda env, *values: list(values))  # (no saved file: nothing to reuse)
+    monkeypatch.setattr(torch.distributed, "all_gather_object", lambda out, rows: out.__setitem__(
+        slice(None), [from_rank0, rows]))
+    c = types.SimpleNamespace(init_from=str(work / "ckpt"), micro_batch_size=2)
+    model = load_model(str(work / "ckpt"))
+    assert T.split_even(list(range(5)), 1, 2) == [(1, 1), (3, 1), (0, 0)]  # this rank's: two pairs and a filler
+    train_dpo.reference_logps(model, pairs, D.Env(rank=1, world=2), c, tok.eos_id, tmp_path / "ref_logps.jsonl")
+    header, *rows = read_jsonl(tmp_path / "ref_logps.jsonl")
+    assert header["pairs"] == 5 and [r["index"] for r in rows] == [0, 1, 2, 3, 4]
+    assert [(p["ref_chosen"], p["ref_rejected"]) for p in pairs[::2]] == [(-1.0, -2.0), (-3.0, -4.0), (-5.0, -6.0)]
+    model.eval()
+    for i in (1, 3):
+        by_hand = [response_logp(model, tok, records[i]["prompt"], records[i][side])[0]
+                   for side in ("chosen", "rejected")]
+        assert [pairs[i]["ref_chosen"], pairs[i]["ref_rejected"]] == pytest.approx(by_hand, rel=1e-5), i
+
+
 def test_reference_log_probs_are_reused_only_for_the_same_pairs(work, dpo_single, tmp_path):
     """The same number of pairs with chosen and rejected swapped: the saved
     reference log-probs belong to other pairs and are computed again; so are
-    they for the same pairs in another compute dtype."""
+    they for the same pairs in another compute dtype, and from other starting
+    weights (init_from) in the same out_dir."""
     out = tmp_path / "dpo"
     shutil.copytree(dpo_single, out)
     swapped = tmp_path / "swapped.jsonl"
@@ -608,6 +671,18 @@ def test_reference_log_probs_are_reused_only_for_the_same_pairs(work, dpo_single
     assert fp32_header["made_from"] != bf16_header["made_from"] and len(new) == len(old)
     assert [r["chosen"] for r in new] != [r["chosen"] for r in old]  # computed again, in bf16
     assert [r["chosen"] for r in new] == pytest.approx([r["chosen"] for r in old], rel=0.05)
+    # the same pairs and dtype from other starting weights (a retrained SFT model, here the DPO run's own
+    # result): the reference is that model's, computed again, not the old file's log-probs of other weights
+    tok = Tokenizer(str(work / "ckpt" / "tokenizer.model"))
+    other_start = tmp_path / "dpo_other_start"
+    shutil.copytree(dpo_single, other_start)
+    train_dpo.train(dpo_config(work, other_start, init_from=str(dpo_single / "model"), max_steps=1))
+    start = load_model(str(dpo_single / "model")).eval()
+    pairs = read_jsonl(work / "pairs.jsonl")
+    for row in read_jsonl(other_start / "ref_logps.jsonl")[1:4]:
+        p = pairs[row["index"]]
+        assert row["chosen"] == pytest.approx(response_logp(start, tok, p["prompt"], p["chosen"])[0], rel=1e-5)
+        assert row["rejected"] == pytest.approx(response_logp(start, tok, p["prompt"], p["rejected"])[0], rel=1e-5)
 
 
 def test_training_state_is_resumed_only_by_the_same_settings(work, tmp_path, capsys, monkeypatch):
@@ -1542,6 +1617,36 @@ def test_trainers_refuse_an_unreadable_tokenizer_a_bad_save_dtype_or_out_dir_and
     with pytest.raises(validate.BadInput, match=r"init_from: .*ckpt: tensor layers.0.feed_forward.w1.weight "
                                                 r"\(model.layers.0.mlp.gate_proj.weight\) has shape"):
         validate.check_training(c, 1, [], "train_sft.py")
+
+
+def test_a_bad_eval_data_file_or_a_none_or_a_device_or_dtype_torch_lacks_is_refused_before_any_work(
+        work, tmp_path, monkeypatch):
+    """eval_data is read at the first evaluation, eval_interval steps in: a
+    malformed record there failed after that much training, so it is checked
+    with the data, naming its file and line. --lr=None passes the
+    configurator (as any None does): named, not a TypeError from the range
+    check. A device or dtype that cannot be used is named up front too."""
+    import configurator
+    bad = tmp_path / "eval.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
+    given = {"init_from": str(work / "ckpt"), "data": str(work / "sft.jsonl"), "out_dir": str(tmp_path / "out")}
+    c = configurator.settings(train_sft.DEFAULTS, {**given, "eval_data": str(bad)})
+    with pytest.raises(validate.BadInput) as e:
+        validate.check_training(c, 1, ["prompt", "response"], "train_sft.py")
+    assert f"eval_data: {bad}:2: missing or non-string field(s): response" in str(e.value)
+    c = configurator.settings(train_sft.DEFAULTS, {**given, "lr": None})
+    with pytest.raises(validate.BadInput, match=r"lr = None: give a value like its default"):
+        validate.check_training(c, 1, ["prompt", "response"], "train_sft.py")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    c = configurator.settings(train_sft.DEFAULTS, {**given, "device": "cuda", "dtype": "fp16"})
+    with pytest.raises(validate.BadInput) as e:
+        validate.check_training(c, 1, ["prompt", "response"], "train_sft.py")
+    assert "device = 'cuda': CUDA is not available on this machine" in str(e.value)
+    assert "dtype = 'fp16': must be 'auto', 'bfloat16' or 'float32'" in str(e.value)
+    c = configurator.settings(train_sft.DEFAULTS, {**given, "device": "gpu"})
+    with pytest.raises(validate.BadInput, match=r"device = 'gpu': must be '', 'cpu' or 'cuda'"):
+        validate.check_training(c, 1, ["prompt", "response"], "train_sft.py")
+    validate.check_training(configurator.settings(train_sft.DEFAULTS, given), 1, ["prompt", "response"], "train_sft.py")
 
 
 def test_a_warmup_as_long_as_the_run_is_said(capsys):
