@@ -223,6 +223,41 @@ def apply_rope(x, rotation):
     return out if x.dtype == torch.float32 else out.to(x.dtype)
 
 
+# On a CPU, SDPA's attention kernel runs no faster in bf16 than in fp32 (a
+# toy-large layer's forward + backward: 33 ms both), while bf16 matmuls run
+# twice as fast where the CPU has fast bf16 (distributed.cpu_has_bf16). So in
+# bf16 on a CPU, causal attention is two batched matmuls (13.5 ms), up to this
+# many tokens a sequence: they keep each head's T x T probabilities for
+# backward, about the size of the rest of a layer's activations at 512 tokens
+# (toy-small: 4 KB a token against 5.5 KB; SmolLM2 9 KB against 25 KB), and
+# beyond that SDPA, which keeps none, is the better trade.
+CPU_MATMUL_ATTENTION_MAX_LEN = 512
+
+
+def causal_matmul_attention(q, k, v, dropout_p=0.0):
+    """
+    Causal softmax(q k^T / sqrt(hd)) v, as two batched matmuls (what SDPA
+    computes, for the CPU in bf16: see above). q: (B, H, T, hd); k, v:
+    (B, KV, T, hd). Returns (B, H, T, hd).
+    The G = H/KV query heads of a group share one key/value head (consecutive,
+    as SDPA's enable_gqa takes them): their queries are the G*T rows of one
+    matmul against that head's keys, so K and V are never copied (as
+    sample.decode_attention does for one token).
+    """
+    B, H, T, hd = q.shape
+    KV = k.shape[1]
+    G = H // KV
+    future = torch.full((T, T), float("-inf"), dtype=q.dtype, device=q.device).triu(1)  # j > i: masked
+    scores = (q.reshape(B, KV, G * T, hd) @ k.transpose(-2, -1)).view(B, KV, G, T, T)
+    scores = torch.add(future, scores, alpha=hd ** -0.5)  # scale and mask in one op
+    # torch's CPU softmax of bf16 computes in fp32 and rounds only its output:
+    # the same bits as softmax(dtype=float32).to(bf16) (tested), without the casts
+    probs = scores.softmax(-1)
+    if dropout_p > 0:
+        probs = F.dropout(probs, dropout_p)  # on the attention weights, as SDPA's dropout_p
+    return (probs.view(B, KV, G * T, T) @ v).view(B, H, T, hd)
+
+
 class Attention(nn.Module):
     """Grouped-query attention (Ainslie et al. 2023): n_kv_heads key/value heads
     shared by groups of n_heads // n_kv_heads query heads."""
@@ -246,10 +281,13 @@ class Attention(nn.Module):
             # everything stored so far (sample.KVCache.attend: prefill and decode)
             return self.wo(cache.attend(layer, q, k, v))  # (B, T, H * hd) -> (B, T, dim)
         # training and scoring: causal attention within the sequence
-        y = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,  # (B, heads, T, hd)
-            dropout_p=self.attn_dropout_p if self.training else 0.0,
-            enable_gqa=self.n_kv_heads != self.n_heads)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
+        dropout_p = self.attn_dropout_p if self.training else 0.0
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16 and T <= CPU_MATMUL_ATTENTION_MAX_LEN:
+            y = causal_matmul_attention(q, k, v, dropout_p)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p,
+                                               enable_gqa=self.n_kv_heads != self.n_heads)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 

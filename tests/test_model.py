@@ -627,6 +627,63 @@ def test_dropout_on_the_attention_residual():
         assert not torch.equal(model(tokens), model(tokens))
 
 
+@pytest.mark.parametrize("H,KV", [(4, 4), (4, 2), (6, 1)])
+def test_causal_matmul_attention_matches_sdpa(H, KV):
+    """The CPU's bf16 attention (two batched matmuls, query heads grouped over
+    shared key/value heads) against SDPA's causal kernel, in fp64: the output
+    and the gradients of q, k and v."""
+    torch.manual_seed(0)
+    q = torch.randn(2, H, 7, 8, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(2, KV, 7, 8, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    ours = M.causal_matmul_attention(q, k, v)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=KV != H)
+    assert torch.allclose(ours, ref, atol=1e-12)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(ours, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        assert torch.allclose(a, b, atol=1e-12)
+    # torch's CPU softmax of bf16 computes in fp32 and rounds once (what the function relies on)
+    s = (torch.randn(3, 5, 64) * 4).bfloat16()
+    assert torch.equal(s.softmax(-1), s.softmax(-1, dtype=torch.float32).bfloat16())
+
+
+def test_causal_matmul_attention_dropout_keeps_the_expectation():
+    """Dropout on the attention weights, scaled by 1/(1-p) as SDPA's: the mean
+    over many draws is the output without dropout; single draws differ."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 5, 4) for _ in range(3))
+    exact = M.causal_matmul_attention(q, k, v)
+    draws = M.causal_matmul_attention(*(t.expand(20000, -1, -1, -1) for t in (q, k, v)), dropout_p=0.5)
+    assert not torch.equal(draws[0], draws[1])
+    assert torch.allclose(draws.mean(0), exact[0], atol=0.05)
+    assert not torch.allclose(draws.mean(0) * 0.5, exact[0], atol=0.05)  # scaled, not merely masked
+
+
+def test_bf16_on_a_cpu_attends_with_matmuls_up_to_the_length_limit(monkeypatch):
+    """Which attention a forward uses: the matmuls in bf16 on a CPU up to
+    CPU_MATMUL_ATTENTION_MAX_LEN tokens, SDPA in fp32 or beyond it; both give
+    logits within bf16's rounding of each other."""
+    calls = []
+    matmuls = M.causal_matmul_attention
+    monkeypatch.setattr(M, "causal_matmul_attention", lambda *a: calls.append(1) or matmuls(*a))
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32)
+    model = random_model(args)
+    tokens = torch.randint(0, 300, (2, 16))
+    with torch.no_grad():
+        model(tokens)
+        assert calls == []  # fp32: SDPA
+        model.to(torch.bfloat16)
+        with_matmuls = model(tokens).float()
+        assert len(calls) == args.n_layers
+        monkeypatch.setattr(M, "CPU_MATMUL_ATTENTION_MAX_LEN", 16)
+        model(tokens)
+        assert len(calls) == 2 * args.n_layers  # 16 tokens, up to 16: the matmuls
+        monkeypatch.setattr(M, "CPU_MATMUL_ATTENTION_MAX_LEN", 15)
+        with_sdpa = model(tokens).float()
+        assert len(calls) == 2 * args.n_layers  # 16 tokens > 15: SDPA
+    assert torch.allclose(with_matmuls, with_sdpa, atol=0.05)
+    assert not torch.equal(with_matmuls, with_sdpa)  # (two kernels really ran)
+
+
 def test_load_model_with_dropout(tmp_path):
     """load_model(path, dropout=p) builds the model with that dropout (SFT and
     DPO fine-tune with it): args.dropout is p, two forwards in train mode

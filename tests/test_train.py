@@ -1190,9 +1190,11 @@ def test_single_process_streaming_save_in_bf16(work, tmp_path):
     assert all(torch.equal(p, plain[n].bfloat16().float()) for n, p in again.named_parameters())
 
 
-def test_memory_plan_counts_saved_activations():
+def test_memory_plan_counts_saved_activations(monkeypatch):
     """The plan's activation formula against what autograd really saves for a
-    bf16 forward of this model (dropout 0, no checkpointing)."""
+    bf16 forward of this model (dropout 0, no checkpointing), with SDPA's
+    attention as on a GPU (a CPU's bf16 attention also keeps T x T weights)."""
+    monkeypatch.setattr("model.CPU_MATMUL_ATTENTION_MAX_LEN", 0)
     args = preset("toy", dropout=0.0, n_layers=2)
     torch.manual_seed(0)
     model = Transformer(args).to(torch.bfloat16).train()
