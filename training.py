@@ -72,7 +72,7 @@ SETTINGS = dict(
     compile=False,             # torch.compile each block
     device="",                 # '' = cuda if available, else cpu
     dtype="auto",              # compute: 'auto' = bfloat16 on GPU, and on a CPU with fast bf16 matmuls for models at
-                               # least 256 wide; else float32 (weights stay fp32; on a GPU float32 matmuls
+                               # least 128 wide; else float32 (weights stay fp32; on a GPU float32 matmuls
                                # run in TF32: distributed.setup)
     threads=0,                 # CPU threads; 0 = this process's cores / ranks on the machine (or OMP_NUM_THREADS)
     save_dtype="",             # dtype of the final model; '' = bfloat16 on GPU, float32 on CPU
@@ -612,8 +612,9 @@ def memory_plan(args, world_size, micro_batch_size, seq_len, activation_checkpoi
       logits            a*V logits + 4V fp32 log-softmax + 4V its gradient
     tests/test_train.py checks the activation count against the bytes autograd
     really saves (bf16, CPU). Not counted: allocator fragmentation, temporary
-    buffers inside kernels, NCCL buffers; leave 10-20% headroom. Attention
-    dropout on the math SDPA kernel (CPU) stores T x T probabilities per head.
+    buffers inside kernels, NCCL buffers; leave 10-20% headroom. On a CPU,
+    attention in bf16 (model.causal_matmul_attention) and attention dropout on
+    SDPA's math kernel store T x T probabilities per head.
     """
     a = 2  # bf16 compute
     h, kv, f, L, V = args.dim, args.n_kv_heads * args.head_dim, args.hidden_dim, args.n_layers, args.vocab_size
