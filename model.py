@@ -223,21 +223,22 @@ def apply_rope(x, rotation):
     return out if x.dtype == torch.float32 else out.to(x.dtype)
 
 
-# On a CPU, SDPA's attention kernel runs no faster in bf16 than in fp32 (a
-# toy-large layer's forward + backward: 33 ms both), while bf16 matmuls run
-# twice as fast where the CPU has fast bf16 (distributed.cpu_has_bf16). So in
-# bf16 on a CPU, causal attention is two batched matmuls (13.5 ms), up to this
-# many tokens a sequence: they keep each head's T x T probabilities for
-# backward, about the size of the rest of a layer's activations at 512 tokens
-# (toy-small: 4 KB a token against 5.5 KB; SmolLM2 9 KB against 25 KB), and
-# beyond that SDPA, which keeps none, is the better trade.
-CPU_MATMUL_ATTENTION_MAX_LEN = 512
+# On a CPU, SDPA's attention kernel runs no faster in bf16 than in fp32, while
+# bf16 matmuls run twice as fast where the CPU has fast bf16
+# (distributed.cpu_has_bf16). So to train in bf16 on a CPU, causal attention is
+# two batched matmuls, up to this many tokens a sequence: they compute all T x T
+# scores (SDPA skips the masked half) and keep the probabilities for backward,
+# so past about 300 tokens SDPA wins again. Forward + backward, bf16, 2 threads,
+# the Zen 4 box, 16 sequences x 4 heads of 32 (toy-small's): 128 tokens 5 ms
+# against SDPA's 15, 256 20 against 28, 384 49 against 45, 512 112 against 79.
+# Without autograd (scoring) the gain is small or a loss, and SDPA is kept.
+CPU_MATMUL_ATTENTION_MAX_LEN = 256
 
 
 def causal_matmul_attention(q, k, v, dropout_p=0.0):
     """
     Causal softmax(q k^T / sqrt(hd)) v, as two batched matmuls (what SDPA
-    computes, for the CPU in bf16: see above). q: (B, H, T, hd); k, v:
+    computes, for training in bf16 on a CPU: see above). q: (B, H, T, hd); k, v:
     (B, KV, T, hd). Returns (B, H, T, hd).
     The G = H/KV query heads of a group share one key/value head (consecutive,
     as SDPA's enable_gqa takes them): their queries are the G*T rows of one
@@ -283,7 +284,8 @@ class Attention(nn.Module):
         # training and scoring: causal attention within the sequence
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
         dropout_p = self.attn_dropout_p if self.training else 0.0
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16 and T <= CPU_MATMUL_ATTENTION_MAX_LEN:
+        if (q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
+                and T <= CPU_MATMUL_ATTENTION_MAX_LEN):
             y = causal_matmul_attention(q, k, v, dropout_p)
         else:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p,

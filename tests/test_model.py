@@ -658,28 +658,32 @@ def test_causal_matmul_attention_dropout_keeps_the_expectation():
     assert not torch.allclose(draws.mean(0) * 0.5, exact[0], atol=0.05)  # scaled, not merely masked
 
 
-def test_bf16_on_a_cpu_attends_with_matmuls_up_to_the_length_limit(monkeypatch):
-    """Which attention a forward uses: the matmuls in bf16 on a CPU up to
-    CPU_MATMUL_ATTENTION_MAX_LEN tokens, SDPA in fp32 or beyond it; both give
-    logits within bf16's rounding of each other."""
+def test_bf16_training_on_a_cpu_attends_with_matmuls_up_to_the_length_limit(monkeypatch):
+    """Which attention a forward uses: the matmuls when training in bf16 on a
+    CPU up to CPU_MATMUL_ATTENTION_MAX_LEN tokens; SDPA in fp32, without
+    autograd (scoring) or beyond the limit. Both give logits within bf16's
+    rounding of each other."""
     calls = []
     matmuls = M.causal_matmul_attention
     monkeypatch.setattr(M, "causal_matmul_attention", lambda *a: calls.append(1) or matmuls(*a))
     args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32)
     model = random_model(args)
     tokens = torch.randint(0, 300, (2, 16))
+    model(tokens)
+    assert calls == []  # fp32: SDPA
+    model.to(torch.bfloat16)
     with torch.no_grad():
-        model(tokens)
-        assert calls == []  # fp32: SDPA
-        model.to(torch.bfloat16)
-        with_matmuls = model(tokens).float()
-        assert len(calls) == args.n_layers
-        monkeypatch.setattr(M, "CPU_MATMUL_ATTENTION_MAX_LEN", 16)
-        model(tokens)
-        assert len(calls) == 2 * args.n_layers  # 16 tokens, up to 16: the matmuls
-        monkeypatch.setattr(M, "CPU_MATMUL_ATTENTION_MAX_LEN", 15)
-        with_sdpa = model(tokens).float()
-        assert len(calls) == 2 * args.n_layers  # 16 tokens > 15: SDPA
+        without_autograd = model(tokens).float()
+    assert calls == []  # scoring: SDPA
+    with_matmuls = model(tokens).float()
+    assert len(calls) == args.n_layers
+    monkeypatch.setattr(M, "CPU_MATMUL_ATTENTION_MAX_LEN", 16)
+    model(tokens)
+    assert len(calls) == 2 * args.n_layers  # 16 tokens, up to 16: the matmuls
+    monkeypatch.setattr(M, "CPU_MATMUL_ATTENTION_MAX_LEN", 15)
+    with_sdpa = model(tokens).float()
+    assert len(calls) == 2 * args.n_layers  # 16 tokens > 15: SDPA
+    assert torch.equal(with_sdpa, without_autograd)
     assert torch.allclose(with_matmuls, with_sdpa, atol=0.05)
     assert not torch.equal(with_matmuls, with_sdpa)  # (two kernels really ran)
 
