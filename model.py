@@ -228,11 +228,12 @@ def apply_rope(x, rotation):
 # (distributed.cpu_has_bf16). So to train in bf16 on a CPU, causal attention is
 # two batched matmuls, up to this many tokens a sequence: they compute all T x T
 # scores (SDPA skips the masked half) and keep the probabilities for backward,
-# so past about 300 tokens SDPA wins again. Forward + backward, bf16, 2 threads,
-# the Zen 4 box, 16 sequences x 4 heads of 32 (toy-small's): 128 tokens 5 ms
-# against SDPA's 15, 256 20 against 28, 384 49 against 45, 512 112 against 79.
-# Without autograd (scoring) the gain is small or a loss, and SDPA is kept.
-CPU_MATMUL_ATTENTION_MAX_LEN = 256
+# so past about 400 tokens SDPA wins again. Forward + backward, bf16, 2 threads,
+# the Zen 4 box, 16 sequences x 4 heads of 32 (toy-small's), two runs: 256
+# tokens 17-20 ms against SDPA's 25, 384 42-48 against 49-62, 512 107-108
+# against 69-80. Without autograd (scoring) the gain is small or a loss, and
+# SDPA is kept.
+CPU_MATMUL_ATTENTION_MAX_LEN = 384
 
 
 def causal_matmul_attention(q, k, v, dropout_p=0.0):
