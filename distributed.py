@@ -108,13 +108,16 @@ def cpu_has_bf16(flags=None):
 
 
 # Below this model width bf16 does not pay on a CPU: the matmuls are too small
-# to gain what the extra casts and kernel overheads cost. Measured on the Zen 4
-# box, 2 threads, a training step of 16 x 256 tokens (bench.py's step): toy-tiny
-# (width 64) 69 ms in fp32 and 69 in bf16; toy-small (128) 288 ms against 193,
-# and its whole default run 10.5 min in fp32, 9.5 in bf16 (since bf16 attention
-# on a CPU runs as matmuls: model.CPU_MATMUL_ATTENTION_MAX_LEN; with SDPA it had
-# been 9.8 and 9.7 there, and on the AMX box 8.0 against 9.6, not measured again).
-CPU_BF16_MIN_WIDTH = 128
+# for the bf16 units to gain what the extra casts and kernel overheads cost
+# (measured, 2 threads: toy-small, width 128, pretraining M0 203 s in fp32 and
+# 226 s in bf16; the toy preset, width 256, trains 1.48x faster in bf16,
+# toy-large 2.1x: python bench.py train). With attention trained as bf16
+# matmuls (model.causal_matmul_attention) toy-small's M0 does gain on the Zen 4
+# box (214-225 s against 243-277), but its SFT stages' short rows do not, the
+# whole default run gained less than two runs differ (bf16 9.5, 10.3, 10.3
+# min of stages; fp32 10.5, 10.4), and bf16 held 4.1 GB at its peak against fp32's
+# 0.9: toy-small stays fp32.
+CPU_BF16_MIN_WIDTH = 256
 
 
 def compute_dtype(device, setting="auto", width=None):

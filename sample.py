@@ -76,7 +76,7 @@ chat_template = ""  # '' = the checkpoint's own; or llama2, llama3, chatml
 batch_size = 32  # sequences decoded together
 tp = 1  # under torchrun: GPUs per tensor-parallel group (1: a whole model on every rank)
 device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu | cuda (under torchrun: each rank's own GPU)
-dtype = "auto"  # compute: 'auto' = bfloat16 on GPU, and on a CPU with fast bf16 matmuls for models at least 128 wide;
+dtype = "auto"  # compute: 'auto' = bfloat16 on GPU, and on a CPU with fast bf16 matmuls for models at least 256 wide;
                 # else float32 (the weights are cast to it)
 threads = 0  # CPU threads; 0 = this process's cores / ranks on the machine (or OMP_NUM_THREADS)
 compile = False  # torch.compile the decode step (CPU, fp32: decode 1.05-1.3x faster after 25-70 s of compiling)

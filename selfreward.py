@@ -221,7 +221,7 @@ keep_train_state = False    # keep each trained model's resumable state (optimiz
 activation_checkpointing = False  # recompute each block in backward (needed for 70B)
 device = ""                 # '' = cuda if available, else cpu
 dtype = "auto"              # compute: 'auto' = bfloat16 on GPU, and on a CPU with fast bf16 matmuls for models at least
-                            # 128 wide; else float32 (training keeps fp32 weights)
+                            # 256 wide; else float32 (training keeps fp32 weights)
 threads = 0                 # CPU threads; 0 = this process's cores / ranks on the machine (or OMP_NUM_THREADS)
 progress = True             # progress bars
 plan_only = False           # print the training and generation memory plans for world_size GPUs, and exit

@@ -72,7 +72,7 @@ SETTINGS = dict(
     compile=False,             # torch.compile each block
     device="",                 # '' = cuda if available, else cpu
     dtype="auto",              # compute: 'auto' = bfloat16 on GPU, and on a CPU with fast bf16 matmuls for models at
-                               # least 128 wide; else float32 (weights stay fp32; on a GPU float32 matmuls
+                               # least 256 wide; else float32 (weights stay fp32; on a GPU float32 matmuls
                                # run in TF32: distributed.setup)
     threads=0,                 # CPU threads; 0 = this process's cores / ranks on the machine (or OMP_NUM_THREADS)
     save_dtype="",             # dtype of the final model; '' = bfloat16 on GPU, float32 on CPU

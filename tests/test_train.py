@@ -1339,13 +1339,12 @@ def test_tied_embeddings_under_fsdp(work, tmp_path, toy_tokenizer_path):
 
 def test_auto_dtype_is_bf16_only_where_it_pays():
     """'auto': bf16 on a GPU whatever the size; on a CPU only with bf16 matrix
-    units and for models at least 128 wide (toy-tiny, 64, gains nothing from bf16)."""
+    units and for models at least 256 wide (toy-small, 128, runs faster in fp32)."""
     assert D.compute_dtype("cuda:0", "auto", width=64) == torch.bfloat16
     with pytest.MonkeyPatch.context() as mp:  # a CPU with fast bf16 matmuls, whatever this one has
         mp.setattr(D, "cpu_has_bf16", lambda: True)
-        assert D.compute_dtype("cpu", "auto", width=64) == torch.float32
-        assert D.compute_dtype("cpu", "auto", width=127) == torch.float32
-        assert D.compute_dtype("cpu", "auto", width=128) == torch.bfloat16 == D.compute_dtype("cpu", "auto")
+        assert D.compute_dtype("cpu", "auto", width=128) == torch.float32
+        assert D.compute_dtype("cpu", "auto", width=256) == torch.bfloat16 == D.compute_dtype("cpu", "auto")
         mp.setattr(D, "cpu_has_bf16", lambda: False)  # and one without
         assert D.compute_dtype("cpu", "auto", width=4096) == torch.float32 == D.compute_dtype("cpu", "auto")
     assert D.compute_dtype("cpu", "bfloat16", width=64) == torch.bfloat16  # a setting forces it
@@ -1371,9 +1370,9 @@ def test_cpu_bf16_units_are_read_from_cpuinfo(monkeypatch):
         line = D.describe(D.Env(dtype=torch.bfloat16))
         assert ("(CPU has fast bf16 matmuls)" in line) == has, line
         assert ("AVX512-BF16 but no AMX" in line) == (cpuinfo == intel_avx512_bf16), line
-        # ... and why it computes in fp32 all the same (a model too narrow to gain, as toy-tiny)
+        # ... and why it computes in fp32 all the same (the toy-small default is too narrow to gain)
         line = D.describe(D.Env(dtype=torch.float32))
-        assert ("(CPU has fast bf16 matmuls; float32 for a model narrower than 128, or as set)" in line) == has
+        assert ("(CPU has fast bf16 matmuls; float32 for a model narrower than 256, or as set)" in line) == has
 
 
 def test_training_from_scratch_takes_a_tokenizer_folder(work, toy_tokenizer_path, tmp_path):
