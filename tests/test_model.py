@@ -764,6 +764,33 @@ def test_rope_rotation_is_a_complex_rotation():
         assert (M.apply_rope(x, rotation).double() - expected).abs().max() < 1e-5
 
 
+def test_rope_rotates_bf16_in_fp32_and_rounds_once():
+    """A bf16 query or key is rotated in fp32 and rounded to bf16 once, as Meta
+    rotates: bit for bit the fp32 rotation of the same numbers, then the cast
+    (a rotation in bf16 would round each product and the sum). Its gradient
+    comes back in bf16: each of its two terms (through cos and through sin) is
+    rounded, then their sum, so it is within 2u (|g| + |swap(g)|) of the fp32
+    rotation's gradient, g being the incoming one and u = 2^-8 bf16's unit roundoff."""
+    torch.manual_seed(0)
+    positions = torch.arange(40)[None].expand(2, 40)
+    rotation = M.rope_rotation(positions, 10000.0 ** (-torch.arange(0, 64, 2) / 64))
+    x = torch.randn(2, 40, 3, 64).bfloat16().requires_grad_()
+    out = M.apply_rope(x, rotation)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, M.apply_rope(x.detach().float(), rotation).bfloat16())
+    cos, sin = (r.bfloat16() for r in rotation)
+    in_bf16 = torch.addcmul(x.detach() * cos, x.detach().unflatten(-1, (-1, 2)).flip(-1).flatten(-2), sin)
+    assert not torch.equal(out, in_bf16)  # the test can tell the two apart
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    xf = x.detach().float().requires_grad_()
+    M.apply_rope(xf, rotation).backward(grad.float())
+    assert x.grad.dtype == torch.bfloat16
+    g = grad.float().abs()
+    bound = 2 * 2 ** -8 * (g + g.unflatten(-1, (-1, 2)).flip(-1).flatten(-2))
+    assert ((x.grad.float() - xf.grad).abs() <= bound).all()
+
+
 # --- bad input: clear errors naming the problem --------------------------------
 
 def test_missing_tensor(tmp_path):
