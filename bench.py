@@ -312,7 +312,7 @@ def _sync(device):
 def _step_fn(model, hf, tokens, dtype):
     """One training step as the trainers take it: fp32 weights, matmuls in
     `dtype` (autocast when bf16), the mean next-token loss, backward, AdamW."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)  # as training.optimizer_and_resume
     device = tokens.device.type
     cast = torch.autocast(device, dtype=dtype) if dtype != torch.float32 else nullcontext()
 

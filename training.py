@@ -491,8 +491,11 @@ def optimizer_and_resume(model, c, fp, steps):
     returns what that one recorded, and the caller saves the model.)
     Metrics lines written after that state go (all of them on a fresh start),
     so the file reads as one run."""
+    # fused: torch's one-kernel-per-tensor AdamW, on the CPU as on GPUs (and on FSDP2's DTensor
+    # shards); its update is the for-loop one's within float rounding (tests/test_train.py). A
+    # toy-large step, 2 threads: 15 ms against 46 for the default for-loop, 3% of a bf16 step.
     optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, betas=(c.beta1, c.beta2),
-                                  weight_decay=c.weight_decay)
+                                  weight_decay=c.weight_decay, fused=True)
     step, saved = load_state(model, optimizer, state_dir(c), fp)
     if step and step == steps:
         D.log(f"resumed from {state_dir(c)} at step {step}, the last: the model is saved again from it")

@@ -441,6 +441,26 @@ def test_too_long_pairs_are_skipped_and_counted(work, tmp_path, capsys):
         train_dpo.train({**cfg, "out_dir": str(tmp_path / "out2")})
 
 
+def test_the_trainers_adamw_is_the_formula_by_hand(tmp_path):
+    """The trainers' optimizer (torch's fused AdamW) takes Loshchilov & Hutter's
+    step, written out: decoupled weight decay, moments with bias correction."""
+    c = types.SimpleNamespace(lr=0.1, beta1=0.9, beta2=0.95, weight_decay=0.1, out_dir=str(tmp_path))
+    layer = torch.nn.Linear(3, 2)
+    optimizer, step, _ = T.optimizer_and_resume(layer, c, fp="x", steps=3)
+    assert step == 0 and optimizer.defaults["fused"]
+    p, m, v = layer.weight.detach().clone(), 0, 0
+    torch.manual_seed(0)
+    for t in (1, 2, 3):
+        g = torch.randn(2, 3)
+        layer.weight.grad, layer.bias.grad = g.clone(), torch.zeros(2)
+        optimizer.step()
+        p = p * (1 - c.lr * c.weight_decay)
+        m = c.beta1 * m + (1 - c.beta1) * g
+        v = c.beta2 * v + (1 - c.beta2) * g * g
+        p = p - c.lr * (m / (1 - c.beta1 ** t)) / ((v / (1 - c.beta2 ** t)).sqrt() + 1e-8)
+        torch.testing.assert_close(layer.weight.detach(), p, rtol=1e-6, atol=1e-7)
+
+
 def test_nan_loss_stops_and_keeps_last_good_state(work, tmp_path, monkeypatch):
     calls = []
     real = train_sft.sft_loss_sum
