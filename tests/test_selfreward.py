@@ -24,15 +24,19 @@ from safetensors.torch import load_file
 
 import checkpoint
 import configurator
+import distributed as D
 import selfreward as S
 import train_dpo
 import train_sft
+import training
 import validate
-from checkpoint import load_model
+from checkpoint import load_model, save_model
 from conftest import ROOT, held_by_another_job, ranks_said, response_logp
 from data import read_jsonl, toy, write_jsonl
 from evaluation import alpaca_eval_path
 from judge import parse_score
+from model import Transformer, preset
+from run_folder import Run, changes, fit_micro, generate_sharded, save_jsonl, stage_parts, sub_seed
 from sample import generate
 from tokenizer import Tokenizer, chat_prompt_ids
 
@@ -142,8 +146,6 @@ def test_the_sft_baseline_and_m1_both_start_from_m0(micro_run):
     further: each model's first logged loss (dropout 0 here) is M0's
     cross-entropy per response token on step 0's examples of its own data,
     computed by hand."""
-    from run_folder import sub_seed
-    import training
     run, _ = micro_run
     m0, tok = load_model(str(run / "M0")).eval(), Tokenizer(str(run / "tokenizer.model"))
     for name, data in (("SFT", run / "seed" / "ift.jsonl"), ("M1", run / "train" / "ift_eft.jsonl")):
@@ -402,8 +404,6 @@ def test_what_would_lose_files_or_a_run_is_refused_before_any_work(tmp_path, lla
     replaced), an empty out_root (the current folder), temperature 0 with
     iterations (identical candidates: no pairs, found after M1 trained), and a
     judgments file that cannot give M1 any EFT data (found after SFT trained)."""
-    from checkpoint import save_model
-    from model import Transformer, preset
     save_model(Transformer(preset("toy-tiny", vocab_size=32000)), str(tmp_path / "ckpt"),
                tokenizer_path=llama_tokenizer_path)
     seed = tmp_path / "out" / "toy" / "seed"  # a finished toy run's seed data, reused as real data
@@ -509,8 +509,6 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
     """Llama 2's tokens for the judge prompt's fixed text (about 390) leave no
     room in a 480-token context once a 96-token judgment is added: every
     judgment would be skipped as too long, after the SFT baseline trained."""
-    from checkpoint import save_model
-    from model import Transformer, preset
     torch.manual_seed(0)
     save_model(Transformer(preset("toy-tiny", vocab_size=32000, max_seq_len=480)), str(tmp_path / "ckpt"),
                tokenizer_path=llama_tokenizer_path)
@@ -572,7 +570,7 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
     p = validate.Problems(configurator.settings(S.DEFAULTS, {"model": "toy-large"}))
     validate.model_beside_checkpoint(p, p.c, preset("toy-large"), "toy-small")  # the checkpoint's own preset
     assert p.found == []
-    import train_sft  # the same in train_sft.py, whose default is 'toy'
+    # the same in train_sft.py, whose default is 'toy'
     (tmp_path / "sft.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
     c = configurator.settings(train_sft.DEFAULTS, {"init_from": str(tmp_path / "ckpt"), "model": "llama2-7b",
                                                    "data": str(tmp_path / "sft.jsonl"), "out_dir": str(tmp_path / "o")})
@@ -1318,15 +1316,14 @@ def test_the_gpu_checks_loop_commands_pass_the_settings_checks(tmp_path, capsys)
     # ... and so must its benchmarks' (bench.problems), and its parts' time limits fit one command of the
     # device tool (600 s) with room for the start: a part killed by the tool loses every part after it
     import bench
-    from configurator import configure, settings
     runs = [line.split() for line in script.splitlines() if line.startswith("run ")]
     benches = [[a for a in argv[argv.index("bench.py") + 2:] if a.startswith("--")]
                for argv in runs if "bench.py" in argv]
     assert len(benches) == 2 and [argv[argv.index("bench.py") + 1] for argv in runs if "bench.py" in argv] == [
         "train", "gpu7b"]
     for flags in benches:
-        given = configure(dict(bench.DEFAULTS), flags)  # as bench.py reads its command line
-        assert bench.problems(settings(bench.DEFAULTS, given)) == [], flags
+        given = configurator.configure(dict(bench.DEFAULTS), flags)  # as bench.py reads its command line
+        assert bench.problems(configurator.settings(bench.DEFAULTS, given)) == [], flags
     assert sum(int(argv[2]) for argv in runs) <= 560
 
 
@@ -1480,8 +1477,6 @@ def test_a_stage_made_again_from_the_same_inputs_makes_its_parts_again(tmp_path)
     kill, then the same command); once it is done its marker goes, so a stage
     run again later (its record deleted by hand, as after a change of code)
     makes its files again instead of reading the earlier run's."""
-    from run_folder import Run, stage_parts
-    import distributed as D
     r = Run(str(tmp_path), types.SimpleNamespace(), D.Env())
     out, made = str(tmp_path / "eval" / "a.jsonl"), []
 
@@ -1507,8 +1502,6 @@ def test_an_interrupted_stage_keeps_its_parts_when_an_input_path_is_written_anot
     ./in/x.jsonl for in/x.jsonl, it reuses the part; its done record's
     fingerprint is the one either spelling gives. New contents make the parts
     stale (removed, made again)."""
-    from run_folder import Run, stage_parts
-    import distributed as D
     monkeypatch.chdir(tmp_path)
     os.makedirs("in")
     write_jsonl("in/x.jsonl", [{"q": 1}])
@@ -1549,7 +1542,6 @@ def test_why_a_stage_runs_again_counts_as_same_inputs_does():
     lacks is a change only when it is not at its default (same_inputs
     counts it unchanged), and a file given by a path written another way is
     compared with the recorded one of its name."""
-    from run_folder import changes
     same = lambda k, a, b: a == b
     old = {"settings": {"lr": 1}, "files": {"data/x.jsonl": "f1"}, "after": {}}
     new = {"settings": {"lr": 2, "added": 0}, "files": {"./data/x.jsonl": "f2"}, "after": {}}
@@ -1561,8 +1553,6 @@ def test_why_a_stage_runs_again_counts_as_same_inputs_does():
 def test_generation_shards_of_other_settings_are_not_reused(tmp_path):
     """Parts written for one fingerprint of a stage are reused by it, and
     removed (not merged in) when the stage runs with other settings."""
-    from run_folder import Run, generate_sharded
-    import distributed as D
     r = Run(str(tmp_path), types.SimpleNamespace(), D.Env())
     calls = []
 
@@ -1626,7 +1616,6 @@ def test_a_seed_study_refuses_what_it_cannot_compare_and_tables_every_model(tmp_
 def test_sub_seeds_differ_by_the_runs_seed_and_by_name():
     """Each piece of work draws from its own seed: another run seed gives
     other sub-seeds, and a thousand names a thousand different ones."""
-    from run_folder import sub_seed
     assert sub_seed(1, "sft", "M1") != sub_seed(2, "sft", "M1")
     assert sub_seed(1, "sft", "M1") == sub_seed(1, "sft", "M1")  # the same piece of work: the same seed
     assert len({sub_seed(1337, "sft", f"M{i}") for i in range(1000)}) == 1000
@@ -1637,8 +1626,6 @@ def test_an_input_file_edited_in_place_redoes_its_stage_and_those_after(tmp_path
     same path with other contents redoes it and the stages after it, and says
     which file changed. Two files whose contents swap are two changes (the
     same contents in all, but not under the same names)."""
-    from run_folder import Run
-    import distributed as D
     seed, other, ran = tmp_path / "seed.jsonl", tmp_path / "other.jsonl", []
     seed.write_text('{"prompt": "a"}\n')
     other.write_text('{"prompt": "z"}\n')
@@ -1667,8 +1654,6 @@ def test_a_setting_added_later_at_its_default_redoes_nothing(tmp_path):
     setting is at its default (the code computes what it did before), and so
     are the stages after it; off its default, both are redone. A setting the
     list drops no longer counts."""
-    from run_folder import Run
-    import distributed as D
     ran = []
 
     def run(uses, **settings):
@@ -1698,9 +1683,6 @@ def test_a_stage_records_the_dtype_it_computed_in(tmp_path):
     explicit --dtype equal to what 'auto' gave reuses them. A record of 'auto'
     itself (made before this) matches a run under 'auto' whatever it
     resolves to, as that code did."""
-    import json
-    from run_folder import Run
-    import distributed as D
     ran = []
 
     def run(setting, resolved):
@@ -1878,8 +1860,6 @@ def test_a_stage_redone_loses_its_old_record_before_it_starts(tmp_path):
     """Redone for a changed setting and stopped halfway (its outputs partly
     rewritten), then run with the old setting again: it is done again, not
     taken as done by the old record."""
-    import distributed as D
-    from run_folder import Run
     c = types.SimpleNamespace(a=1)
     r = Run(str(tmp_path), c, D.Env(), defaults={"a": 1})
     made = []
@@ -1899,8 +1879,6 @@ def test_a_stage_line_a_kill_lost_from_metrics_jsonl_is_written_by_the_next_comm
     """A kill between a stage's record and its line in the run's
     metrics.jsonl: the next command finds the stage done and writes the line
     it lacks, once."""
-    import distributed as D
-    from run_folder import Run
     c = types.SimpleNamespace(a=1)
     r = Run(str(tmp_path), c, D.Env(), defaults={"a": 1})
     r.stage("s", lambda: {"n": 3}, uses=["a"])
@@ -1928,8 +1906,6 @@ def test_an_input_path_written_another_way_redoes_nothing(tmp_path):
     moved: its files hold the same bytes, so nothing is redone (a changed
     spelling redid SFT, M1 and all after them). New contents, or the toy
     world instead, are a change."""
-    from run_folder import Run
-    import distributed as D
     ran = []
     (tmp_path / "seed").mkdir()
     (tmp_path / "seed" / "ift.jsonl").write_text("a\n")
@@ -1956,8 +1932,6 @@ def test_an_input_changed_from_one_keyword_to_another_or_to_a_path_redoes_its_st
     """Two paths of an input setting count as the same (their files' contents
     decide), but its keywords are not paths: prompt_writer M0 -> current (or
     a checkpoint folder) is another writer, and the prompts it wrote are stale."""
-    from run_folder import Run
-    import distributed as D
     ran = []
 
     def run(writer):
@@ -1978,8 +1952,6 @@ def test_two_inputs_of_one_name_that_trade_settings_redo_their_stage(tmp_path, m
     """Input files are known by name (a path written another way is the same
     file), so two of one name, a/q.jsonl and b/q.jsonl, must stay bound to
     the settings that name them: swapped, the evaluation's inputs changed."""
-    from run_folder import Run
-    import distributed as D
     monkeypatch.chdir(tmp_path)
     for folder, text in (("a", '{"prompt": "one"}\n'), ("b", '{"prompt": "two"}\n')):
         os.makedirs(folder)
@@ -2004,8 +1976,6 @@ def test_a_big_file_replaced_by_one_of_the_same_size_redoes_its_stage(tmp_path, 
     the same size, so its new time must count, or every stage after it is
     reused from the old weights."""
     import data
-    from run_folder import Run
-    import distributed as D
     monkeypatch.setattr(data, "HASHED_BYTES", 8)  # (the real one is 64 MiB)
     weights, ran = tmp_path / "model.safetensors", []
     weights.write_bytes(b"0123456789abcdef")
@@ -2030,8 +2000,6 @@ def test_a_kill_while_a_record_or_a_shared_output_is_written_leaves_no_half_file
     old file, never half a JSON record that stops every later command with a
     traceback, or half the pairs taken as all of them."""
     import data
-    from run_folder import Run, save_jsonl
-    import distributed as D
     real = data.sync_to_disk
 
     def killed(path):  # the bytes are in the temporary file; the kill comes before the rename
@@ -2061,7 +2029,6 @@ def test_fit_micro_by_hand(capsys):
     a batch evenly (check_training refuses one that does not, at the stage,
     after the stages before it trained); a batch the ranks cannot share is
     one error line."""
-    from run_folder import fit_micro
     assert fit_micro(16, 16, 1) == 16 and fit_micro(16, 3, 1) == 2 and fit_micro(16, 6, 1) == 4
     assert fit_micro(12, 5, 2) == 3 and fit_micro(12, 8, 2) == 6 and fit_micro(4, 8, 1) == 4
     assert fit_micro(16, 0, 4) == 1  # (at least one example a pass)
@@ -2075,8 +2042,6 @@ def test_a_done_stage_whose_output_is_gone_is_made_again_when_a_stage_reads_it(t
     done, nothing is made again (at 70B, hours and 140 GB); once one that
     reads it has to run (the next stage failed to load it, after dropping
     its own record), it is made first, from the same inputs, and says why."""
-    from run_folder import Run
-    import distributed as D
     ran, out = [], tmp_path / "run" / "M1"
 
     def run(beta=0.1):
@@ -2110,8 +2075,6 @@ def test_outputs_a_stage_made_again_removes_are_made_again_too(tmp_path):
     temporary path a kill left after the record (a trainer's state, whole or
     half removed) goes when the stage is next found done by a command that
     does not keep it (one with keep_train_state passes no temporary paths)."""
-    from run_folder import Run
-    import distributed as D
     ran, seed, state = [], tmp_path / "run" / "seed", tmp_path / "run" / "train" / "M1" / "state"
 
     def make_seed():
