@@ -281,7 +281,8 @@ def dpo(c, env, fp):
             t0 = time.time()
             lr = T.begin_step(optimizer, step, steps, c, env)
             batch, mine = T.step_batch(train_set, step, c, env)  # this step's pairs, this rank's part
-            mbs = T.micro_batches([(p, 1) for p in mine], c.micro_batch_size)
+            mbs = T.micro_batches([(p, 1) for p in mine], c.micro_batch_size,  # a pair: its longer response's row
+                                  length=lambda pw: max(len(pw[0]["chosen"][0]), len(pw[0]["rejected"][0])))
             stats = dict.fromkeys(FIGURES, 0.0)
             for mb in mbs:  # (FSDP2 reduce-scatters each one's gradients: train_sft.py says why)
                 # each micro-batch's loss is its share of the mean over the GLOBAL

@@ -314,8 +314,13 @@ def split_even(items, rank, world):
     return mine + [(items[0], 0)] * (per_rank - len(mine))
 
 
-def micro_batches(items, size):
-    """items in consecutive chunks of `size` (the last may be shorter)."""
+def micro_batches(items, size, length=None):
+    """items in consecutive chunks of `size` (the last may be shorter). Given
+    `length` (an item's tokens), sorted by it first: a micro-batch is padded to
+    its own longest item, not the step's, and the step's gradient is the same
+    sum (each trainer divides by the whole batch's count), up to rounding."""
+    if length is not None:
+        items = sorted(items, key=length)  # (stable: equal lengths keep the batch's order)
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 

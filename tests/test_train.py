@@ -376,12 +376,40 @@ def test_sft_first_loss_is_the_batch_cross_entropy_per_token_by_hand(work, sft_s
     assert losses(sft_single)[0] == pytest.approx(by_hand, rel=1e-5)
 
 
+def test_micro_batches_group_items_of_like_length():
+    """Sorted by length (stable) before chunking, when a length is given: the
+    step's items all go, each once, and each chunk pads to its own longest."""
+    items = ["ccc", "a", "bb", "dddd", "e", "ff"]
+    assert T.micro_batches(items, 4) == [["ccc", "a", "bb", "dddd"], ["e", "ff"]]
+    assert T.micro_batches(items, 4, length=len) == [["a", "e", "bb", "ff"], ["ccc", "dddd"]]
+    assert T.micro_batches(items, 2, length=len) == [["a", "e"], ["bb", "ff"], ["ccc", "dddd"]]
+    assert T.micro_batches(items, 6, length=len) == [["a", "e", "bb", "ff", "ccc", "dddd"]]
+
+
+def test_the_trainers_pad_each_micro_batch_to_its_own_longest(work, tmp_path, monkeypatch):
+    """A training step's micro-batches are grouped by length: in each step of
+    SFT and of DPO, rows sorted short to long and no micro-batch wider than it
+    needs (recorded at collate; the data's lengths differ)."""
+    collate = train_sft.collate
+    for trainer, config in ((train_sft, sft_config), (train_dpo, dpo_config)):
+        widths = []
+        monkeypatch.setattr(trainer, "collate", lambda examples, pad_id, weights=None, widths=widths: (
+            widths.append([len(ids) for ids, _ in examples]), collate(examples, pad_id, weights))[1])
+        trainer.train(config(work, tmp_path / trainer.__name__, max_steps=2))
+        steps = [widths[i:i + 4] for i in range(len(widths) - 8, len(widths), 4)]  # the 2 steps' 4 each
+        if trainer is train_dpo:  # a row of chosen then one of rejected per pair: a pair's longer side
+            steps = [[[max(a, b) for a, b in zip(w[:len(w) // 2], w[len(w) // 2:])] for w in s] for s in steps]
+        for step in steps:
+            rows = [n for w in step for n in w]
+            assert rows == sorted(rows) and rows[0] < rows[-1], step
+
+
 @pytest.mark.parametrize("trainer", ["sft", "dpo"])
 def test_micro_batches_add_up_to_one_batch(work, tmp_path, trainer, sft_single, dpo_single):
     """Gradient accumulation is exactly one big batch: four micro-batches of
     2 (examples of different lengths) against one of 8, the same losses,
-    gradient norms and weights. (FSDP against one process cannot show this:
-    both split a step into the same micro-batches.)"""
+    gradient norms and weights. (Under FSDP each rank groups its own part of
+    a step by length, so FSDP against one process groups a step otherwise.)"""
     config, train, four = ((sft_config, train_sft.train, sft_single) if trainer == "sft"
                            else (dpo_config, train_dpo.train, dpo_single))
     one = tmp_path / "one"
