@@ -769,8 +769,8 @@ def test_rope_rotates_bf16_in_fp32_and_rounds_once():
     rotates: bit for bit the fp32 rotation of the same numbers, then the cast
     (a rotation in bf16 would round each product and the sum). Its gradient
     comes back in bf16: each of its two terms (through cos and through sin) is
-    rounded, then their sum, so it is within 2u (|g| + |swap(g)|) of the fp32
-    rotation's gradient, g being the incoming one and u = 2^-8 bf16's unit roundoff."""
+    rounded, then their sum, so it is within 2u (|g cos| + |swap(g) sin|) of the
+    fp32 rotation's gradient, g being the incoming one and u = 2^-8 bf16's unit roundoff."""
     torch.manual_seed(0)
     positions = torch.arange(40)[None].expand(2, 40)
     rotation = M.rope_rotation(positions, 10000.0 ** (-torch.arange(0, 64, 2) / 64))
@@ -786,8 +786,8 @@ def test_rope_rotates_bf16_in_fp32_and_rounds_once():
     xf = x.detach().float().requires_grad_()
     M.apply_rope(xf, rotation).backward(grad.float())
     assert x.grad.dtype == torch.bfloat16
-    g = grad.float().abs()
-    bound = 2 * 2 ** -8 * (g + g.unflatten(-1, (-1, 2)).flip(-1).flatten(-2))
+    g, (cos, sin) = grad.float(), rotation
+    bound = 2 * 2 ** -8 * ((g * cos).abs() + (g.unflatten(-1, (-1, 2)).flip(-1).flatten(-2) * sin).abs())
     assert ((x.grad.float() - xf.grad).abs() <= bound).all()
 
 

@@ -476,7 +476,7 @@ def test_the_trainers_adamw_is_the_formula_by_hand(tmp_path):
     layer = torch.nn.Linear(3, 2)
     optimizer, step, _ = T.optimizer_and_resume(layer, c, fp="x", steps=3)
     assert step == 0 and optimizer.defaults["fused"]
-    p, m, v = layer.weight.detach().clone(), 0, 0
+    p, m, v, bias = layer.weight.detach().clone(), 0, 0, layer.bias.detach().clone()
     torch.manual_seed(0)
     for t in (1, 2, 3):
         g = torch.randn(2, 3)
@@ -487,6 +487,8 @@ def test_the_trainers_adamw_is_the_formula_by_hand(tmp_path):
         v = c.beta2 * v + (1 - c.beta2) * g * g
         p = p - c.lr * (m / (1 - c.beta1 ** t)) / ((v / (1 - c.beta2 ** t)).sqrt() + 1e-8)
         torch.testing.assert_close(layer.weight.detach(), p, rtol=1e-6, atol=1e-7)
+        bias = bias * (1 - c.lr * c.weight_decay)  # a zero gradient: the decay alone (0 / (0 + eps))
+        torch.testing.assert_close(layer.bias.detach(), bias, rtol=1e-6, atol=1e-7)
 
 
 def test_nan_loss_stops_and_keeps_last_good_state(work, tmp_path, monkeypatch):
