@@ -112,7 +112,8 @@ sft_min_lr = 1e-4           # cosine floor
 sft_batch_size = 16         # examples per step (also M0's pretraining, toy world)
 sft_epochs = 3              # passes over the seed data
 micro_batch_size = 8        # examples per forward pass on one rank, grouped by length (training.micro_batches):
-                            # two of 8 took M0's steps 28% less time than one of 16 (README, Speed)
+                            # two of 8 took M0's steps 28-32% less time than one of 16 (SPEED.md, "Micro-batches
+                            # grouped by length"); DPO's micro-batches are half as many pairs (two rows each)
 dropout = 0.1               # during SFT and DPO (paper: 0.1)
 # self-instruction creation (Section 2.2)
 iterations = 2              # T: M1 -> M2 -> M3

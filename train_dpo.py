@@ -112,6 +112,11 @@ def pair_batch(pairs, pad_id):
     return collate([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_id)
 
 
+def pair_length(pair):
+    """A pair's tokens as pair_batch pads it: its longer response's row."""
+    return max(len(pair["chosen"][0]), len(pair["rejected"][0]))
+
+
 def tokenize_pairs(tok, records, max_len, source):
     pairs, skipped = [], 0
     for rec in records:
@@ -281,8 +286,9 @@ def dpo(c, env, fp):
             t0 = time.time()
             lr = T.begin_step(optimizer, step, steps, c, env)
             batch, mine = T.step_batch(train_set, step, c, env)  # this step's pairs, this rank's part
-            mbs = T.micro_batches([(p, 1) for p in mine], c.micro_batch_size,  # a pair: its longer response's row
-                                  length=lambda pw: max(len(pw[0]["chosen"][0]), len(pw[0]["rejected"][0])))
+            # (pairs of like length together: little padding in each micro-batch)
+            mbs = T.micro_batches([(p, 1) for p in mine], c.micro_batch_size,
+                                  length=lambda pair_weight: pair_length(pair_weight[0]))
             stats = dict.fromkeys(FIGURES, 0.0)
             for mb in mbs:  # (FSDP2 reduce-scatters each one's gradients: train_sft.py says why)
                 # each micro-batch's loss is its share of the mean over the GLOBAL

@@ -182,7 +182,7 @@ def sft(c, env, fp):
             t0 = time.time()
             lr = T.begin_step(optimizer, step, steps, c, env)
             batch, mine = T.step_batch(train_set, step, c, env)  # this step's examples, this rank's part
-            # (grouped by length: each micro-batch pads to its own longest example)
+            # (rows of like length together: little padding in each micro-batch)
             mbs = [collate(mb, pad_id)
                    for mb in T.micro_batches(mine, c.micro_batch_size, length=lambda ex: len(ex[0]))]
             # the loss is sum / (response tokens in the GLOBAL batch): the same

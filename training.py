@@ -315,11 +315,15 @@ def split_even(items, rank, world):
 
 
 def micro_batches(items, size, length=None):
-    """items in consecutive chunks of `size` (the last may be shorter). Given
-    `length` (an item's tokens), sorted by it first: a micro-batch is padded to
-    its own longest item, not the step's, and the step's gradient is the same
-    sum (each trainer divides by the whole batch's count), up to rounding."""
-    if length is not None:
+    """items in consecutive chunks of `size` (the last may be shorter).
+    length(item) -> its tokens: when the items make more than one chunk,
+    sorted by it first, so that rows of like length share a micro-batch and
+    little of it is padding. The step's gradient is the same sum (each
+    trainer divides by the whole batch's count) up to rounding, but with
+    dropout on, rows meet other masks than unsorted: another draw, as another
+    seed would give. (One chunk is left in the batch's order: sorting would
+    change the draws and save nothing.)"""
+    if length is not None and size < len(items):
         items = sorted(items, key=length)  # (stable: equal lengths keep the batch's order)
     return [items[i:i + size] for i in range(0, len(items), size)]
 

@@ -377,30 +377,37 @@ def test_sft_first_loss_is_the_batch_cross_entropy_per_token_by_hand(work, sft_s
 
 
 def test_micro_batches_group_items_of_like_length():
-    """Sorted by length (stable) before chunking, when a length is given: the
-    step's items all go, each once, and each chunk pads to its own longest."""
-    items = ["ccc", "a", "bb", "dddd", "e", "ff"]
-    assert T.micro_batches(items, 4) == [["ccc", "a", "bb", "dddd"], ["e", "ff"]]
-    assert T.micro_batches(items, 4, length=len) == [["a", "e", "bb", "ff"], ["ccc", "dddd"]]
-    assert T.micro_batches(items, 2, length=len) == [["a", "e"], ["bb", "ff"], ["ccc", "dddd"]]
-    assert T.micro_batches(items, 6, length=len) == [["a", "e", "bb", "ff", "ccc", "dddd"]]
+    """Sorted by length, stably, before chunking, when a length is given and
+    the items make more than one chunk: every item goes, once; one chunk keeps
+    the batch's order."""
+    items = ["ccc", "e", "bb", "dddd", "a", "ff"]  # ties ("e", "a"; "bb", "ff") not in the alphabet's order
+    assert T.micro_batches(items, 4) == [["ccc", "e", "bb", "dddd"], ["a", "ff"]]
+    assert T.micro_batches(items, 4, length=len) == [["e", "a", "bb", "ff"], ["ccc", "dddd"]]
+    assert T.micro_batches(items, 2, length=len) == [["e", "a"], ["bb", "ff"], ["ccc", "dddd"]]
+    assert T.micro_batches(items, 6, length=len) == [items]
 
 
-def test_the_trainers_pad_each_micro_batch_to_its_own_longest(work, tmp_path, monkeypatch):
-    """A training step's micro-batches are grouped by length: in each step of
-    SFT and of DPO, rows sorted short to long and no micro-batch wider than it
-    needs (recorded at collate; the data's lengths differ)."""
-    collate = train_sft.collate
+def test_the_trainers_group_each_steps_rows_by_length(work, tmp_path, monkeypatch):
+    """In each training step of SFT and of DPO the micro-batches hold the rank's
+    rows sorted short to long (recorded at collate; the data's lengths differ,
+    so unsorted rows would show)."""
+    real_collate = train_sft.collate
     for trainer, config in ((train_sft, sft_config), (train_dpo, dpo_config)):
-        widths = []
-        monkeypatch.setattr(trainer, "collate", lambda examples, pad_id, weights=None, widths=widths: (
-            widths.append([len(ids) for ids, _ in examples]), collate(examples, pad_id, weights))[1])
-        trainer.train(config(work, tmp_path / trainer.__name__, max_steps=2))
-        steps = [widths[i:i + 4] for i in range(len(widths) - 8, len(widths), 4)]  # the 2 steps' 4 each
-        if trainer is train_dpo:  # a row of chosen then one of rejected per pair: a pair's longer side
-            steps = [[[max(a, b) for a, b in zip(w[:len(w) // 2], w[len(w) // 2:])] for w in s] for s in steps]
+        settings = config(work, tmp_path / trainer.__name__, max_steps=2)
+        lengths = []  # each collate call's rows' lengths
+
+        def collate_and_record(examples, pad_id, weights=None):
+            lengths.append([len(ids) for ids, _ in examples])
+            return real_collate(examples, pad_id, weights)
+
+        monkeypatch.setattr(trainer, "collate", collate_and_record)
+        trainer.train(settings)
+        per_step = settings["batch_size"] // settings["micro_batch_size"]
+        steps = [lengths[-2 * per_step:-per_step], lengths[-per_step:]]  # the last calls: the 2 steps
         for step in steps:
-            rows = [n for w in step for n in w]
+            if trainer is train_dpo:  # pair_batch's rows: every pair's chosen, then every pair's rejected
+                step = [[max(c, r) for c, r in zip(mb[:len(mb) // 2], mb[len(mb) // 2:])] for mb in step]
+            rows = [n for mb in step for n in mb]
             assert rows == sorted(rows) and rows[0] < rows[-1], step
 
 
