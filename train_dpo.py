@@ -286,9 +286,8 @@ def dpo(c, env, fp):
             t0 = time.time()
             lr = T.begin_step(optimizer, step, steps, c, env)
             batch, mine = T.step_batch(train_set, step, c, env)  # this step's pairs, this rank's part
-            # (pairs of like length together: little padding in each micro-batch)
-            mbs = T.micro_batches([(p, 1) for p in mine], c.micro_batch_size,
-                                  length=lambda pair_weight: pair_length(pair_weight[0]))
+            # (pairs of like length together: little padding in each micro-batch; each a real pair, weight 1)
+            mbs = [[(p, 1) for p in mb] for mb in T.micro_batches(mine, c.micro_batch_size, length=pair_length)]
             stats = dict.fromkeys(FIGURES, 0.0)
             for mb in mbs:  # (FSDP2 reduce-scatters each one's gradients: train_sft.py says why)
                 # each micro-batch's loss is its share of the mean over the GLOBAL
