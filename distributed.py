@@ -109,9 +109,10 @@ def cpu_has_bf16(flags=None):
 
 # Below this model width bf16 does not pay on a CPU: the matmuls are too small
 # for the bf16 units to gain what the extra casts and kernel overheads cost
-# (measured, 2 threads: toy-small, width 128, pretraining M0 203 s in fp32 and
-# 226 s in bf16; the toy preset, width 256, trains 1.48x faster in bf16,
-# toy-large 2.1x: python bench.py train). With attention trained as bf16
+# (measured on the AMX box, 2026-12-01, 2 threads, with SDPA's attention:
+# toy-small, width 128, pretraining M0 203 s in fp32 and 226 s in bf16; the
+# toy preset, width 256, trains 1.48x faster in bf16, toy-large 2.1x: python
+# bench.py train). With attention trained as bf16
 # matmuls (model.causal_matmul_attention) toy-small's M0 does gain on the Zen 4
 # box (214-225 s against 243-277), but its SFT stages' short rows do not, the
 # whole default run gained less than two runs differ (bf16 9.5, 10.3, 10.3
