@@ -226,17 +226,38 @@ def apply_rope(x, rotation):
     return out if x.dtype == torch.float32 else out.to(x.dtype)  # no no-op casts: a decode step is per-op overhead
 
 
+def dropout(x, p):
+    """
+    Dropout (Srivastava et al. 2014), in training only: each element is zeroed
+    with probability p and the rest scaled by 1/(1-p), so the expectation is x.
+    As F.dropout, but on a CPU the mask is drawn as fp32 uniforms compared with
+    p: torch's CPU bernoulli_ (F.dropout's draw) takes up to twice as long a
+    number, and dropout is a sixth of an SFT step of the default run's model
+    (SPEED.md "Dropout on a CPU"). fp32 draws whatever x's dtype: bf16 uniforms
+    come in steps of 1/256, which would drop 26/256 for p = 0.1.
+    """
+    if x.device.type != "cpu":
+        return F.dropout(x, p)
+    keep = torch.rand(x.shape, device=x.device) >= p  # (bool: one byte an element kept for backward)
+    return x * keep * (1 / (1 - p))
+
+
 # On a CPU, SDPA's attention kernel runs no faster in bf16 than in fp32, while
 # bf16 matmuls run twice as fast where the CPU has fast bf16
-# (distributed.cpu_has_bf16). So to train in bf16 on a CPU, causal attention is
-# two batched matmuls, up to this many tokens a sequence: they compute all T x T
-# scores (SDPA skips the masked half) and keep the probabilities for backward,
-# so past about 400 tokens SDPA wins again. Forward + backward, bf16, 2 threads,
-# the Zen 4 box, 16 sequences x 4 heads of 32 (toy-small's), two runs: 256
-# tokens 17-20 ms against SDPA's 25, 384 42-48 against 49-62, 512 107-108
-# against 69-80. Without autograd (scoring) SDPA's forward wins at some shapes
-# (256 tokens, heads of 64: 8.5 ms against 11.7; of 32: 6.3 against 4.0), and
-# scoring is a small share of a run: SDPA is kept there.
+# (distributed.cpu_has_bf16); and its fast kernel has no dropout: with
+# dropout_p > 0 it falls back to its plain "math" kernel, which repeats K and V
+# for each query head and scans the scores for all-masked rows. So to train on
+# a CPU in bf16, or with dropout, causal attention is two batched matmuls, up
+# to this many tokens a sequence: they compute all T x T scores (SDPA skips the
+# masked half) and keep the probabilities for backward, so past about 400
+# tokens SDPA wins again. Forward + backward, 2 threads, the Zen 4 box, 16
+# sequences x 4 heads of 32 (toy-small's), two runs: bf16, 256 tokens 17-20 ms
+# against SDPA's 25, 384 42-48 against 49-62, 512 107-108 against 69-80. fp32
+# with dropout 0.1, 8 sequences (SPEED.md "Dropout on a CPU"): 96 tokens 4.2
+# against 6.0 ms, 256 27 against 31, 384 79 against 79. Without autograd
+# (scoring) SDPA's forward wins at some shapes (256 tokens, heads of 64: 8.5 ms
+# against 11.7; of 32: 6.3 against 4.0), and scoring is a small share of a
+# run: SDPA is kept there.
 CPU_MATMUL_ATTENTION_MAX_LEN = 384
 
 
@@ -260,7 +281,7 @@ def causal_matmul_attention(q, k, v, dropout_p=0.0):
     # the same bits as softmax(dtype=float32).to(bf16) (tested), without the casts
     probs = scores.softmax(-1)
     if dropout_p > 0:
-        probs = F.dropout(probs, dropout_p)  # on the attention weights, as SDPA's dropout_p
+        probs = dropout(probs, dropout_p)  # on the attention weights, as SDPA's dropout_p
     return (probs.view(B, KV, G * T, T) @ v).view(B, H, T, hd)
 
 
@@ -289,7 +310,7 @@ class Attention(nn.Module):
         # training and scoring: causal attention within the sequence
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
         dropout_p = self.attn_dropout_p if self.training else 0.0
-        if (q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
+        if (q.device.type == "cpu" and (q.dtype == torch.bfloat16 or dropout_p > 0) and torch.is_grad_enabled()
                 and T <= CPU_MATMUL_ATTENTION_MAX_LEN):
             y = causal_matmul_attention(q, k, v, dropout_p)
         else:
@@ -323,13 +344,13 @@ class TransformerBlock(nn.Module):
         # nanoGPT's, less its dropout on the embeddings); Meta's Llama has none,
         # the paper fine-tunes with 0.1.
         # Off in eval mode.
-        self.dropout = nn.Dropout(args.dropout)
+        self.dropout_p = args.dropout
 
     def forward(self, x, rotation, cache=None):
         h = self.attention(self.attention_norm(x), rotation, cache, self.layer_id)
-        x = x + (self.dropout(h) if self.training and self.dropout.p > 0 else h)  # skip the call when it is a no-op
+        x = x + (dropout(h, self.dropout_p) if self.training and self.dropout_p > 0 else h)
         h = self.feed_forward(self.ffn_norm(x))
-        return x + (self.dropout(h) if self.training and self.dropout.p > 0 else h)
+        return x + (dropout(h, self.dropout_p) if self.training and self.dropout_p > 0 else h)
 
 
 class Transformer(nn.Module):

@@ -627,8 +627,8 @@ def memory_plan(args, world_size, micro_batch_size, seq_len, activation_checkpoi
     tests/test_train.py checks the activation count against the bytes autograd
     really saves (bf16, CPU). Not counted: allocator fragmentation, temporary
     buffers inside kernels, NCCL buffers; leave 10-20% headroom. On a CPU,
-    training in bf16 up to 384 tokens (model.causal_matmul_attention) and
-    attention dropout on SDPA's math kernel store T x T probabilities per head.
+    training in bf16 or with dropout up to 384 tokens (model.causal_matmul_attention),
+    and with dropout beyond them (SDPA's math kernel), store T x T probabilities per head.
     """
     a = 2  # bf16 compute
     h, kv, f, L, V = args.dim, args.n_kv_heads * args.head_dim, args.hidden_dim, args.n_layers, args.vocab_size

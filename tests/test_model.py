@@ -664,6 +664,46 @@ def test_causal_matmul_attention_dropout_keeps_the_expectation():
     assert exact.abs().max() > 0.2
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_zeroes_a_share_p_and_scales_the_rest(dtype):
+    """model.dropout on a CPU (its own fp32 draws, not F.dropout's): the share
+    zeroed is p within 6 standard deviations of a binomial count (in bf16 too:
+    bf16 draws would zero 26/256 = 0.1016, 10 deviations off), every kept element
+    is x / (1 - p), and the gradient is the mask over (1 - p)."""
+    torch.manual_seed(0)
+    n, p = 4_000_000, 0.1
+    x = (torch.rand(n) + 0.5).to(dtype).requires_grad_()
+    out = M.dropout(x, p)
+    kept = out != 0
+    assert abs((1 - kept.float().mean().item()) - p) < 6 * (p * (1 - p) / n) ** 0.5
+    assert out.dtype == dtype
+    assert torch.equal(out[kept], x[kept] * (1 / (1 - p)))
+    g = torch.randn(n).to(dtype)
+    grad, = torch.autograd.grad(out, x, g)
+    assert torch.equal(grad, g * kept * (1 / (1 - p)))
+    assert not torch.equal(M.dropout(x, p), M.dropout(x, p))  # a new mask each call
+
+
+def test_training_with_dropout_on_a_cpu_attends_with_matmuls(monkeypatch):
+    """SDPA's fast CPU kernel has no dropout (it falls back to its math kernel):
+    training in fp32 with dropout attends with the matmuls too, and their
+    dropout on the attention weights is what makes two training forwards differ
+    (the residual branches' dropout off). Eval mode: SDPA."""
+    calls = []
+    matmuls = M.causal_matmul_attention
+    monkeypatch.setattr(M, "causal_matmul_attention", lambda *a: calls.append(a[3]) or matmuls(*a))
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32, dropout=0.5)
+    model = random_model(args)
+    tokens = torch.randint(0, 300, (2, 16))
+    model(tokens)
+    assert calls == []  # eval mode: no dropout, SDPA
+    model.train()
+    for layer in model.layers:
+        layer.dropout_p = 0.0
+    assert not torch.equal(model(tokens), model(tokens))
+    assert calls == [0.5] * 2 * args.n_layers
+
+
 def test_bf16_training_on_a_cpu_attends_with_matmuls_up_to_the_length_limit(monkeypatch):
     """Which attention a forward uses: the matmuls when training in bf16 on a
     CPU up to CPU_MATMUL_ATTENTION_MAX_LEN tokens; SDPA in fp32, without
@@ -701,7 +741,7 @@ def test_load_model_with_dropout(tmp_path):
     save_model(random_model(CONFIGS[0][1]), tmp_path / "c")
     assert load_model(tmp_path / "c").args.dropout == 0.0
     model = load_model(tmp_path / "c", dropout=0.3)
-    assert model.args.dropout == 0.3 and model.layers[0].dropout.p == 0.3
+    assert model.args.dropout == 0.3 and model.layers[0].dropout_p == 0.3
     tokens = torch.randint(0, 300, (1, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         model.train()
