@@ -1,4 +1,5 @@
 """The Llama network and its checkpoints, checked against Hugging Face transformers."""
+import dataclasses
 import json
 import os
 
@@ -697,6 +698,9 @@ def test_training_with_dropout_on_a_cpu_attends_with_matmuls(monkeypatch):
     tokens = torch.randint(0, 300, (2, 16))
     model(tokens)
     assert calls == []  # eval mode: no dropout, SDPA
+    without_dropout = random_model(dataclasses.replace(args, dropout=0.0)).train()
+    without_dropout(tokens)
+    assert calls == []  # training in fp32 without dropout (M0's pretraining): SDPA's fast kernel
     model.train()
     for layer in model.layers:
         layer.dropout_p = 0.0
@@ -706,8 +710,8 @@ def test_training_with_dropout_on_a_cpu_attends_with_matmuls(monkeypatch):
 
 def test_bf16_training_on_a_cpu_attends_with_matmuls_up_to_the_length_limit(monkeypatch):
     """Which attention a forward uses: the matmuls when training in bf16 on a
-    CPU up to CPU_MATMUL_ATTENTION_MAX_LEN tokens; SDPA in fp32, without
-    autograd (scoring) or beyond the limit. Both give logits within bf16's
+    CPU up to CPU_MATMUL_ATTENTION_MAX_LEN tokens; SDPA in fp32 without
+    dropout, without autograd (scoring) or beyond the limit. Both give logits within bf16's
     rounding of each other."""
     calls = []
     matmuls = M.causal_matmul_attention
