@@ -232,9 +232,10 @@ def dropout(x, p):
     each element is zeroed with probability p and the rest scaled by 1/(1-p),
     so the expectation is x. As F.dropout, but on a CPU the mask is drawn as
     fp32 uniforms compared with p: torch's CPU bernoulli_ (F.dropout's draw)
-    takes about twice as long a number, and dropout is a sixth of an SFT step of the default run's model
-    (SPEED.md "Dropout on a CPU"). fp32 draws whatever x's dtype: bf16 uniforms
-    come in steps of 1/256, which would drop 26/256 for p = 0.1.
+    takes about twice as long a number, and dropout is a sixth of an SFT step
+    of the default run's model (SPEED.md "Dropout on a CPU"). fp32 draws
+    whatever x's dtype: bf16 uniforms come in steps of 1/256, which would drop
+    26/256 for p = 0.1.
     """
     if x.device.type != "cpu":
         return F.dropout(x, p)
@@ -264,8 +265,8 @@ CPU_MATMUL_ATTENTION_MAX_LEN = 384
 def causal_matmul_attention(q, k, v, dropout_p=0.0):
     """
     Causal softmax(q k^T / sqrt(hd)) v, as two batched matmuls (what SDPA
-    computes, for training on a CPU in bf16 or with dropout: see above). q: (B, H, T, hd); k, v:
-    (B, KV, T, hd). Returns (B, H, T, hd).
+    computes, for training on a CPU in bf16 or with dropout: see above).
+    q: (B, H, T, hd); k, v: (B, KV, T, hd). Returns (B, H, T, hd).
     The G = H/KV query heads of a group share one key/value head (consecutive,
     as SDPA's enable_gqa takes them): their queries are the G*T rows of one
     matmul against that head's keys, so K and V are never copied (as
