@@ -117,10 +117,10 @@ def cpu_has_bf16(flags=None):
 # box (214-225 s against 243-277), but its SFT stages' short rows do not, the
 # whole default run gained less than two runs differ (bf16 9.5, 10.3, 10.3
 # min of stages; fp32 10.5, 10.4), and bf16 held 4.1 GB at its peak against fp32's
-# 0.9: toy-small stays fp32. (Again at commit 62d6c26, after micro-batches were
-# grouped by length and fp32's dropout sped up: bf16 11.8 min, every stage
-# slower, 2.6 GB at its peak; fp32 9.0-9.1 min, 0.67 GB. README, "Results of
-# the default toy run".)
+# 0.9: toy-small stays fp32. (Again at commits 62d6c26 and 571b1d9, after
+# micro-batches were grouped by length and fp32's dropout sped up: bf16 11.8
+# and 10.0 min, its training stages slower, 2.6-2.8 GB at its peak; fp32
+# 9.0-9.1 min, 0.67 GB. README, "Results of the default toy run".)
 CPU_BF16_MIN_WIDTH = 256
 
 
