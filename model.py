@@ -349,7 +349,7 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x, rotation, cache=None):
         h = self.attention(self.attention_norm(x), rotation, cache, self.layer_id)
-        x = x + (dropout(h, self.dropout_p) if self.training and self.dropout_p > 0 else h)
+        x = x + (dropout(h, self.dropout_p) if self.training and self.dropout_p > 0 else h)  # no call when a no-op
         h = self.feed_forward(self.ffn_norm(x))
         return x + (dropout(h, self.dropout_p) if self.training and self.dropout_p > 0 else h)
 
