@@ -163,6 +163,31 @@ def usable_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def others_busy_cores(window=0.25):
+    """How many of the cores this process may use other programs keep busy
+    right now: the share of their time not idle over a short window, read
+    twice from /proc/stat (Linux) while this process sleeps, times the cores.
+    None where /proc/stat cannot be read. A load average would lag: a run
+    that ended a minute ago still counts in it."""
+    if not (hasattr(os, "sched_getaffinity") and os.path.exists("/proc/stat")):
+        return None
+    names = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+
+    def ticks():  # per core: (all ticks, idle ticks); columns user nice system idle iowait irq softirq steal
+        with open("/proc/stat") as f:
+            rows = (line.split() for line in f if line.startswith("cpu"))
+            return {r[0]: (sum(map(int, r[1:9])), int(r[4]) + int(r[5])) for r in rows if r[0] in names}
+    try:
+        before = ticks()
+        time.sleep(window)
+        after = ticks()
+    except OSError:
+        return None
+    spent = sum(after[c][0] - before[c][0] for c in after)
+    idle = sum(after[c][1] - before[c][1] for c in after)
+    return len(after) * (spent - idle) / spent if spent else None
+
+
 def launched_world():
     """How many ranks torchrun launched (WORLD_SIZE; 1 for a plain python),
     known before the process group exists: what the checks before any work
@@ -245,15 +270,14 @@ def describe(env):
         else:
             why = " (CPU has no fast bf16 matmuls)"
     busy = ""
-    if env.device == "cpu" and hasattr(os, "getloadavg"):
-        # runnable processes over the last 1 and 5 minutes, other programs' as we
-        # just started; both, so that a program that just ended does not count.
-        # Said only where fewer threads is possible; this job's threads are those
-        # of every rank on this machine.
-        others = min(os.getloadavg()[:2])
+    if env.device == "cpu" and torch.get_num_threads() > 1:
+        # said only where fewer threads is possible; this job's threads are
+        # those of every rank on this machine (the others sleep through about the
+        # same window: every rank describes right after setup)
+        others = others_busy_cores()
         mine = torch.get_num_threads() * launched_here()
-        if torch.get_num_threads() > 1 and others >= 1 and others + mine > usable_cores() + 0.5:
-            busy = (f"; load average {others:.1f}: if other programs keep cores busy, fewer threads "
+        if others is not None and others >= 0.75 and others + mine > usable_cores() + 0.5:
+            busy = (f"; other programs keep {others:.1f} of {usable_cores()} cores busy: fewer threads "
                     f"(--threads) run much faster")
     return (f"computing on {where}, {dtype_name(env.dtype)}{why}, "
             f"{torch.get_num_threads()} CPU thread(s) per rank{busy}")

@@ -7,6 +7,7 @@ References: hand-computed values (DPO loss, masking), a single-process run
 shards). Models are toy-tiny (0.2M parameters) and runs a few steps, so the
 file takes about a minute on two CPU cores.
 """
+import io
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import types
 
 import pytest
@@ -1466,22 +1468,50 @@ def test_default_threads_share_the_cores_among_the_ranks_on_the_machine(monkeypa
 
 
 def test_the_start_line_warns_of_busy_cores_only_where_fewer_threads_would_help(monkeypatch):
-    """Other programs' load plus this job's threads (every rank's on this
+    """Other programs' busy cores plus this job's threads (every rank's on this
     machine) beyond the cores: a warning that suggests fewer threads, but
     never to a run that already uses one thread a rank."""
     monkeypatch.setattr(D, "usable_cores", lambda: 2)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     threads = torch.get_num_threads()
     try:
-        for n, load, ranks, warned in [(2, 1.5, 1, True), (2, 0.4, 1, False), (1, 4.0, 2, False), (1, 4.0, 1, False),
-                                       (2, 1.0, 2, True)]:
+        for n, busy, ranks, warned in [(2, 1.5, 1, True), (2, 0.4, 1, False), (1, 4.0, 2, False), (1, 4.0, 1, False),
+                                       (2, 1.0, 2, True), (2, None, 1, False)]:
             torch.set_num_threads(n)
-            monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+            monkeypatch.setattr(D, "others_busy_cores", lambda: busy)
             monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
             line = D.describe(D.Env())
-            assert ("fewer threads (--threads) run much faster" in line) == warned, (n, load, ranks, line)
+            assert ("fewer threads (--threads) run much faster" in line) == warned, (n, busy, ranks, line)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_busy_cores_are_read_from_two_samples_of_proc_stat(monkeypatch):
+    """Hand-computed: over the window core 0 spent 100 ticks, 25 of them idle
+    or waiting on disk; core 1 100, all idle; core 2, busy, is not among this
+    process's cores (its affinity): 0.75 + 0 = 0.75 busy cores."""
+    samples = iter(["cpu  9 9 9 9 9 9 9 9 0 0\n"
+                    "cpu0 100 0 50 200 10 0 0 0 0 0\ncpu1 10 0 10 500 0 0 0 0 0 0\ncpu2 0 0 0 0 0 0 0 0 0 0\n",
+                    "cpu  0 0 0 0 0 0 0 0 0 0\n"  # (the all-cores line is not read)
+                    "cpu0 160 0 60 215 20 0 5 0 7 0\ncpu1 10 0 10 600 0 0 0 0 0 0\ncpu2 900 0 0 0 0 0 0 0 0 0\n"])
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: io.StringIO(next(samples)))
+    monkeypatch.setattr(D.time, "sleep", lambda s: None)
+    # core 0: 60 user + 10 system + 15 idle + 10 iowait + 5 softirq = 100 ticks (guest, column 9, is in user)
+    assert D.others_busy_cores() == pytest.approx(0.75)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat (Linux)")
+def test_a_program_spinning_on_a_core_counts_as_one_busy_core():
+    """A real one: a child process that spins keeps about one core busy,
+    which the load average would show only a minute later."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # (started)
+        assert D.others_busy_cores(window=0.5) >= 0.85
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 def test_a_state_left_behind_by_a_kill_does_not_stop_the_next_save(tmp_path):
