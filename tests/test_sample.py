@@ -675,12 +675,13 @@ def test_two_ranks_fsdp_and_tensor_parallel_equal_one_process(tiny, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "out.json").read_text())
+    assert len(results) == len(jobs) and all(results)  # (zip below would stop at the shorter)
     models = {tiny_ckpt: tiny, chain_ckpt: chain, tied_ckpt: tied}
     for job, got in zip(jobs, results):
         if job["dtype"] == "float32":
             assert got == generate(models[job["ckpt"]], job["prompts"], progress=False, **job["kwargs"]), job["layout"]
     chain_results = [got for job, got in zip(jobs, results) if job["ckpt"] == chain_ckpt]
-    assert all(r[5] == [1] and len(r[0]) == 12 for r in chain_results)  # EOS early on one rank, late on the other
+    assert len(chain_results) == 2 and all(r[5] == [1] and len(r[0]) == 12 for r in chain_results)  # EOS early on one rank, late on the other
     # bf16: against one process sampling with bf16 weights
     tiny_bf16 = copy.deepcopy(tiny).to(torch.bfloat16)
     for job, got in zip(jobs, results):

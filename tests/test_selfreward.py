@@ -921,9 +921,9 @@ def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch, caps
     pairs, _ = S.make_pairs([{"prompt": "p", "candidates": ["42", "42", "7"], "score": [4.0, 2.0, 2.0]}])
     assert [(p["chosen"], p["rejected"], p["rejected_index"]) for p in pairs] == [("42", "7", 2)], \
         "a worst candidate with the best's text: reject the next of the same score with another text"
-    # ... unless another of the worst differs from the chosen text
-    pairs, _ = S.make_pairs([{"prompt": "p", "candidates": ["42", "42", "7"], "score": [4.0, 2.0, 2.0]}])
-    assert (pairs[0]["chosen"], pairs[0]["rejected"], pairs[0]["rejected_index"]) == ("42", "7", 2)
+    # ... and of several worst candidates of other texts, the first is rejected
+    pairs, _ = S.make_pairs([{"prompt": "p", "candidates": ["42", "7", "42", "9"], "score": [4.0, 2.0, 2.0, 2.0]}])
+    assert (pairs[0]["chosen"], pairs[0]["rejected"], pairs[0]["rejected_index"]) == ("42", "7", 1)
     bounds = S.DEFAULTS["min_prompt_words"], S.DEFAULTS["max_prompt_words"]  # 3, 60
     assert S.malformed("Reverse the word 'abc'.", False, *bounds).startswith("unfinished")
     assert S.malformed("Task: Reverse it now", True, *bounds) == "contains markup"
@@ -1229,10 +1229,24 @@ def test_working_settings_are_named_by_the_stages_they_change(micro_run, tmp_pat
     # eft_own_answers: the SFT baseline's answer to each EFT training prompt, judged by the grader in the same form
     groups, own = read_jsonl(run / "seed" / "eft_train_groups.jsonl"), read_jsonl(run / "seed" / "eft_train_own.jsonl")
     assert len(own) == len(groups) and made_from(run, "eft_own")["eft_own_answers"] == 1
-    for g, x in zip(groups, own):
-        response = x["prompt"].split("<response>")[-1].split("</response>")[0]
+    answers = [x["prompt"].split("<response>")[-1].split("</response>")[0] for x in own]
+    for g, x, response in zip(groups, own, answers):
         assert x == toy.eft_target(g["prompt"], g["task"], response, show_working=True, quotes=True,
                                     quote_first=False, compares=True)
+    # ... and the answers are the SFT baseline's own samples: its first shard drawn again here, with the
+    # loop's sampling settings and the shard's seed, at the run's one thread
+    settings = json.load(open(run / "settings.json"))
+    sft, tok = load_model(str(run / "SFT")).eval(), Tokenizer(str(run / "SFT"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        first = groups[:settings["shard_size"]]
+        outs = generate(sft, [chat_prompt_ids(tok, g["prompt"]) for g in first], settings["max_response_tokens"],
+                        eos_id=tok.stop_ids, temperature=settings["temperature"], top_p=settings["top_p"],
+                        seed=sub_seed(settings["seed"], "eft own answers", 0), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert [tok.decode(o).strip() for o in outs] == answers[:len(first)]
     done = json.load(open(run / "done" / "M1"))
     assert done["own_answers"] == len(own) and made_from(run, "M1")["eft_own_answers"] == 1
     assert done["examples"] == 48 + 40 + len(own)  # IFT + the grader's EFT + the baseline's answers

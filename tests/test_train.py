@@ -258,10 +258,8 @@ def test_sft_masking_and_padding(work):
         full[0, :start - 1] = tokens[0, 1:start]
         assert train_sft.sft_loss_sum(model, tokens, full, env).item() > loss + 1
 
-        # what the prompt positions would predict is irrelevant: other prompt
-        # tokens there give the same loss for an unchanged response context
-        # only if masked; changing the padding id or batching with a longer
-        # example (row a gets padded) changes nothing either
+        # the padding changes nothing: batched with a longer example (row a
+        # gets padded), with any padding id, row a's loss is the same
         for pad in (tok.eos_id, 0, 7):
             tokens2, targets2 = train_sft.collate([a, b], pad)
             assert tokens2.shape[1] > len(ids) - 1
@@ -861,16 +859,25 @@ def test_dpo_nan_loss_stops(work, tmp_path, monkeypatch):
 
 
 def test_dpo_log_probs_are_sums(work):
-    """sequence_logps is the sum over response tokens, so a longer response
-    has a lower log-prob; a mean would not depend on length like this."""
+    """sequence_logps is the sum of the response tokens' log-probs, not their
+    mean: against SFT's summed loss (negated) for one response, and for a
+    longer one in the same batch (padded beside it) against the sum taken
+    by hand from the model's log-softmax, position by position."""
     tok = Tokenizer(str(work / "ckpt" / "tokenizer.model"))
     model = load_model(str(work / "ckpt")).eval()
-    ex = chat_tokens(tok, "reverse the fox", "fox the")
-    tokens, targets = train_sft.collate([ex], tok.eos_id)
+    short = chat_tokens(tok, "reverse the fox", "fox the")
+    long = chat_tokens(tok, "reverse the fox", "fox the fox the fox the")
+    assert len(long[0]) > len(short[0])
+    tokens, targets = train_sft.collate([short, long], tok.eos_id)
     with torch.no_grad():
-        lp = train_dpo.sequence_logps(model, tokens, targets, D.Env()).item()
-        ce_sum = train_sft.sft_loss_sum(model, tokens, targets, D.Env()).item()
-    assert lp == pytest.approx(-ce_sum, rel=1e-5)
+        lp_short, lp_long = train_dpo.sequence_logps(model, tokens, targets, D.Env()).tolist()
+        ce_sum = train_sft.sft_loss_sum(model, tokens[:1], targets[:1], D.Env()).item()
+        # by hand: each response token's log-prob, from the logits of the position before it
+        logp = torch.log_softmax(model(tokens[1:2]).float(), -1)[0]
+        ids, start = long
+        by_hand = sum(logp[t - 1, ids[t]].item() for t in range(start, len(ids)))
+    assert lp_short == pytest.approx(-ce_sum, rel=1e-5)
+    assert lp_long == pytest.approx(by_hand, rel=1e-5)
 
 
 def test_rpo_adds_the_chosen_responses_nll_per_token(work):
@@ -1009,7 +1016,7 @@ def test_two_nodes_from_scratch_match_single_process(work, tmp_path, toy_tokeniz
 # -----------------------------------------------------------------------------
 # Resume after a kill
 
-def test_fsdp_resume_after_kill_equals_uninterrupted(work, sft_single):
+def test_fsdp_resume_after_kill_equals_uninterrupted(work, sft_single, capsys):
     """Killed (os._exit, no cleanup) right after step 3, when the last saved
     state is step 2: the same command resumes from step 2 under FSDP and ends
     with the weights of the run that was never interrupted."""
@@ -1021,7 +1028,10 @@ def test_fsdp_resume_after_kill_equals_uninterrupted(work, sft_single):
     assert not (out / "model").exists()
     # DCP reshards on load: the same state also resumes in one process
     shutil.copytree(out, work / "sft_resume_1proc")
+    capsys.readouterr()
     train_sft.train(sft_config(work, work / "sft_resume_1proc"))
+    # resumed, not trained again from step 0 (which would end with the same weights)
+    assert "at step 2 of 4" in capsys.readouterr().out
     assert max_weight_diff(work / "sft_resume_1proc" / "model", sft_single / "model") < W_TOL
     r = torchrun("train_sft.py", sft_config(work, out))
     assert "resumed from" in r.stdout and "at step 2 of 4" in r.stdout
@@ -1029,9 +1039,10 @@ def test_fsdp_resume_after_kill_equals_uninterrupted(work, sft_single):
     assert max_weight_diff(out / "model", sft_single / "model") < W_TOL
 
 
-def test_dpo_resume_after_kill_equals_uninterrupted(work, dpo_single):
+def test_dpo_resume_after_kill_equals_uninterrupted(work, dpo_single, capsys):
     """One process; dropout on, to show the RNG is restored too (it is derived
-    from seed, step and rank)."""
+    from seed, step and rank). The resume must be one: a run started again from
+    step 0 would end with the same weights."""
     out_a, out_b = work / "dpo_a", work / "dpo_b"
     cfg = dict(dpo_config(work, out_a, dropout=0.1, max_steps=3, save_interval=1))
     train_dpo.train(cfg)
@@ -1042,7 +1053,11 @@ def test_dpo_resume_after_kill_equals_uninterrupted(work, dpo_single):
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 3, r.stderr[-2000:]
     stamp = os.stat(out_b / "ref_logps.jsonl").st_mtime_ns
+    capsys.readouterr()
     train_dpo.train({**cfg, "out_dir": str(out_b)})
+    assert "at step 2 of 3" in capsys.readouterr().out
+    with open(out_b / "metrics.jsonl") as f:  # steps 1-2 logged before the kill, step 3 after the resume
+        assert [r["step"] for r in map(json.loads, f) if "loss" in r] == [1, 2, 3]
     # the reference log-probs were reused, not recomputed from the moved policy
     assert os.stat(out_b / "ref_logps.jsonl").st_mtime_ns == stamp
     assert max_weight_diff(out_a / "model", out_b / "model") < 1e-6
