@@ -219,12 +219,12 @@ def weights(path):
     return load_file(os.path.join(path, "model.safetensors"))
 
 
-def kill_when(cmd, cwd, appears, timeout=300, sig=signal.SIGKILL, log=os.devnull):
+def kill_when(cmd, cwd, appears, timeout=300, sig=signal.SIGKILL, log=os.devnull, out=os.devnull):
     """Start cmd, send it sig (SIGKILL: no chance to say anything) as soon as
-    a path matching appears() exists; its stderr goes to the file `log`.
-    Returns whether it was killed so, and its exit status."""
-    with open(log, "w") as err:
-        p = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=err)
+    a path matching appears() exists; its stderr goes to the file `log`, its
+    stdout to the file `out`. Returns whether it was killed so, and its exit status."""
+    with open(log, "w") as err, open(out, "w") as stdout:
+        p = subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=stdout, stderr=err)
         t0 = time.time()
         while p.poll() is None and time.time() - t0 < timeout:
             if appears():
@@ -241,10 +241,13 @@ def test_resume_after_kills_equals_uninterrupted(micro_run, tmp_path):
     # 1: inside training (M1's SFT has saved a resumable state)
     assert kill_when(cmd, ROOT, lambda: os.path.exists(run / "train" / "M1" / "state"))[0]
     assert not os.path.exists(run / "done" / "M1")
-    # 2: inside generation (the first of 4 shards of iteration 1's prompt requests is written)
+    # 2: inside generation (the first of 4 shards of iteration 1's prompt requests is written); on the
+    # way it resumed M1's training from that state (started again, it would end with the same weights)
+    second = tmp_path / "second.out"
     assert kill_when(cmd, ROOT, lambda: os.path.isdir(run / "iter1") and any(
-        f.startswith("prompts_generated.part-") for f in os.listdir(run / "iter1")))[0]
+        f.startswith("prompts_generated.part-") for f in os.listdir(run / "iter1")), out=second)[0]
     assert not os.path.exists(run / "done" / "iter1_prompts")
+    assert re.search(r"resumed from \S+/train/M1/state at step [1-9]\d* of \d+", second.read_text())
     # 3: a SIGTERM (a scheduler's preemption), taken as Ctrl-C: it says where it stopped, exit status 130,
     # and that line is the last on the screen (progress bars shown: a bar left open redrew itself after it)
     log = tmp_path / "sigterm.log"
