@@ -15,6 +15,13 @@ order of the paper's Figure 1:
                    joins the pairs, so the same DPO step trains the judge too
     the SFT baseline, M1 ... M_{T+1} -> evaluation -> report.md (M0, a base model, is not evaluated)
 
+The toy world (the default seed data, data/toy.py) has a grader: a program
+that knows every task's right answer (toy.true_grade). It writes the toy seed
+data (and, with eft_own_answers, the EFT targets of the SFT baseline's own
+answers) and grades the evaluation; the loop's judgments and pairs never
+come from it, except in the control settings that say so (pair_by,
+meta_pair_by, dpo_pick_every).
+
     python selfreward.py                                  # the toy world on a laptop CPU
     python selfreward.py --run_name=big --n_prompts=4000       # settings: python selfreward.py --help
     torchrun --nnodes=2 --nproc_per_node=8 ... selfreward.py config/llama2_70b_oasst.py
@@ -135,8 +142,9 @@ rouge_threshold = 0.9       # drop a new prompt whose ROUGE-L F with an existing
                             # template differ in a token of 12 (0.92), and 0.7 would drop nearly all
                             # (STUDIES.md, "The near-duplicate filter and the task mix")
 n_candidates = 4            # N responses per prompt (paper: 4)
-temperature = 0.7           # candidates and judgments (paper: 0.7)
-top_p = 0.9                 # candidates and judgments (paper: 0.9)
+temperature = 0.7           # every sampling but prompt writing: candidates, judgments, meta-judgments, the
+                            # SFT baseline's EFT judgments and answers (paper: 0.7)
+top_p = 0.9                 # every sampling but prompt writing, as temperature (paper: 0.9)
 max_response_tokens = 64    # per response: candidates, and every answer the evaluation asks for (test prompts,
                             # AlpacaEval, each MT-Bench turn)
 n_judge = 3                 # judgments per candidate, averaged (paper: 3); also the SFT baseline's tries at
@@ -454,6 +462,8 @@ def stage_tokenizer(c, r):
 
 
 def stage_pretrain(c, r):
+    """Stage M0 (init_from='scratch'): a base model pretrained from scratch on
+    data/toy.py's "web text"; otherwise M0 is the init_from checkpoint."""
     rng = random.Random(sub_seed(c.seed, "pretrain"))
     docs = toy.pretraining_docs(r.path("seed"), rng, c.pretrain_docs, c.pretrain_qa_docs,
                                  working_share=c.pretrain_working, checking_share=c.pretrain_checking,
@@ -751,6 +761,8 @@ def stage_prompts(c, r, t, writer_path):
             else:  # (drawn at once: no seed example twice)
                 shots = rng.sample(seed_prompts, c.n_shots)
             texts.append(fewshot_request(shots, toy_world))
+        # plain text, no chat template, for a base writer and a chat one alike: the writer continues a
+        # list (Self-Instruct's way), it does not answer a request
         ids = [tok.encode(x, bos=True) for x in texts]
         fitting = [i for i, x in enumerate(ids) if fits(net, x)]  # long real prompts can overfill a small context
         # the end of the line ends the new task, and so does the end of text (a writer may end its list)

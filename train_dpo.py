@@ -61,7 +61,8 @@ rpo_alpha = 0.0            # weight of the chosen response's NLL per token (Pang
 lr = 1e-6                  # peak learning rate (paper: 1e-6)
 min_lr = 1e-7              # cosine decays to this (paper: 1e-7)
 keep_every = 0             # also save the model every this many steps, to out_dir/checkpoints/step-N, to choose
-                           # one from (paper: every 200 steps); 0 = the last step's only
+                           # one from (paper: every 200 steps; the loop's choice: selfreward.pick_checkpoint);
+                           # 0 = the last step's only
 # -----------------------------------------------------------------------------
 DEFAULTS = {**{k: v for k, v in globals().items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))},
             **T.SETTINGS}  # this script's settings first, then every trainer's
@@ -259,7 +260,7 @@ def train(config=None, announce=False):
 
 
 def dpo(c, env, fp):
-    model, tok, tok_path = T.start(c, env)  # the policy; as loaded, before any step, it is the reference
+    model, tok, tok_path = T.start(c, env)  # the policy (and, as loaded, the reference: below)
     max_len = T.max_len(c, model)
     pad_id = tok.eos_id
 
