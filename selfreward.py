@@ -485,7 +485,15 @@ def stage_pretrain(c, r):
 # targets are the SFT baseline's judgments that rank a group as the humans did
 # (stage_eft_targets). The toy world's are given: the seed's eft_train.jsonl
 # holds the grader's own judgment of every EFT response (a perfect judge; no
-# judging by the baseline, no filter, no down-sampling).
+# judging by the baseline, no filter, no down-sampling). Which seed/ file holds what:
+#   eft_train.jsonl          toy: the targets; real: ranked groups (or targets, if given so)
+#   eft_train_targets.jsonl  real data with groups: the targets stage_eft_targets keeps
+#   eft_train_groups.jsonl   toy: the groups the targets were written from (tasks and responses)
+#   eft_train_own.jsonl      toy, eft_own_answers: the SFT baseline's answers, judged by the grader
+#   test.jsonl               toy: the held-out test prompts the grader grades
+# (Inside a stage the worlds are told apart by these files, not by the
+# seed_data setting: a stage declares every setting it reads, and the files
+# are what it was made from; run_stages, which picks the stages, reads the setting.)
 
 def stage_sft_baseline(c, r, m0):
     run_sft(c, r, "SFT", m0, r.path("seed", "ift.jsonl"))
@@ -599,7 +607,7 @@ def stage_m1(c, r, m0):
         own = read_jsonl(r.path("seed", "eft_train_own.jsonl"))
         both += own
         info["own_answers"] = len(own)
-    groups = r.path("seed", "eft_train_groups.jsonl")  # the toy world's (real seed data has none)
+    groups = r.path("seed", "eft_train_groups.jsonl")  # the toy world's (the table above Stage 3)
     if c.meta_judge and os.path.exists(groups):
         # Meta-Rewarding on the toy world: demonstrations of meta-judging made by the grader
         # (data/toy.py), as the EFT data demonstrates judging. Real data gets none: Wu et al.
