@@ -452,7 +452,7 @@ def test_bad_input_is_a_clear_error(tiny):
 
 
 def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsys):
-    from tokenizer import Tokenizer
+    from tokenizer import Tokenizer, chat_prompt_ids
     vocab = Tokenizer(toy_tokenizer_path).vocab_size
     torch.manual_seed(0)
     model = M.Transformer(M.preset("toy-tiny", vocab_size=vocab)).eval()
@@ -464,8 +464,10 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
     S.main(argv)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     tok = Tokenizer(toy_tokenizer_path)
-    expected = S.sample_chat(model, tok, ["reverse the word fox", "count the letters"],
-                             max_new_tokens=6, temperature=0, progress=False)
+    # (sample_chat's steps written out: the chat template, greedy decoding to the end-of-turn, decode)
+    ids = generate(model, [chat_prompt_ids(tok, t) for t in ["reverse the word fox", "count the letters"]], 6,
+                   temperature=0, eos_id=tok.stop_ids, progress=False)
+    expected = [tok.decode(x) for x in ids]
     assert records == [{"prompt": "reverse the word fox", "id": 7, "response": expected[0]},
                        {"prompt": "count the letters", "response": expected[1]}]
     # more new tokens than the context holds: said at the start (generate stops where the context is full)
