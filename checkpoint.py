@@ -152,16 +152,26 @@ def args_from_hf_config(config, path="config.json"):
         raise ValueError(f"{path}: hidden_act {config['hidden_act']!r} is not supported (Llama's SwiGLU uses silu)")
     # transformers 4 writes rope_theta + rope_scaling, transformers 5 rope_parameters (theta inside);
     # a config with both is read as transformers reads it: rope_scaling first
+    sizes = needed + [k for k in ("num_key_value_heads", "max_position_embeddings", "head_dim")
+                      if config.get(k) is not None]
+    bad = [f"{k} {config[k]!r}" for k in sizes
+           if not isinstance(config[k], int) or isinstance(config[k], bool) or config[k] < 1]
+    bad += [f"{k} {config[k]!r}" for k in ("rms_norm_eps", "rope_theta") if config.get(k) is not None
+            and (not isinstance(config[k], (int, float)) or isinstance(config[k], bool) or config[k] <= 0)]
+    if bad:
+        raise ValueError(f"{path}: {', '.join(bad)}: each must be a positive number (a whole one for sizes)")
+    n_heads, n_kv_heads = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    if n_heads % n_kv_heads:  # (ModelArgs says so too, in its own names; here the file's)
+        raise ValueError(f"{path}: num_attention_heads {n_heads} must be a multiple of num_key_value_heads {n_kv_heads}")
     rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "llama3"):
         raise ValueError(f"{path}: rope_type {rope_type!r} is not supported (only 'default' and 'llama3')")
     if rope_type == "llama3" and any(k not in rope for k in ROPE_SCALING_KEYS):
         raise ValueError(f"{path}: rope_type 'llama3' needs {', '.join(ROPE_SCALING_KEYS)}; got {rope}")
-    n_heads = config["num_attention_heads"]
     args = ModelArgs(
         dim=config["hidden_size"], n_layers=config["num_hidden_layers"], n_heads=n_heads,
-        n_kv_heads=config.get("num_key_value_heads") or n_heads, vocab_size=config["vocab_size"],
+        n_kv_heads=n_kv_heads, vocab_size=config["vocab_size"],
         norm_eps=config.get("rms_norm_eps", 1e-6), rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)),
         rope_scaling={k: rope[k] for k in ROPE_SCALING_KEYS} if rope_type == "llama3" else None,
         max_seq_len=config.get("max_position_embeddings", 2048),  # (absent: LlamaConfig's default, 2048)
@@ -626,8 +636,8 @@ if __name__ == "__main__":
             configurator.fail("--from_gguf needs --out=FOLDER (where the Hugging Face layout goes)")
         try:
             gguf_to_hf(gguf_file(c["from_gguf"]), c["out"])
-        except (OSError, ImportError) as e:  # (a file transformers cannot read as GGUF: OSError)
-            configurator.fail(e)
+        except (OSError, ImportError, ValueError) as e:  # (not a GGUF file, or an empty one: ValueError)
+            configurator.fail(f"--from_gguf={c['from_gguf']}: {e}")
         print(f"wrote {c['out']}")
     else:
         configurator.library(__doc__, "checkpoint.py", "every script reads and writes checkpoints through it "

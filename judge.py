@@ -488,9 +488,9 @@ def read_judge_file(path):
 # -----------------------------------------------------------------------------
 # Meta-Rewarding (Wu et al. 2024, arXiv 2407.19594): the model is
 # also a meta-judge. It reads two of its own judgments of one response and
-# says which applies the rubric better; the judgment that wins most of these
+# says which applies the rubric better; the judgment with the most net wins in these
 # battles is set against the one that wins fewest (the paper rates them by Elo
-# from the battles; we count wins), and DPO trains the judge on
+# from the battles; we count net wins, wins - losses), and DPO trains the judge on
 # such pairs (selfreward.make_judge_pairs), as it trains the actor on the
 # response pairs. The prompt below follows the paper's structure (the rubric,
 # the question, the response, Judgment A and B, a verdict line) in our own words.

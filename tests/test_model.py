@@ -2,6 +2,9 @@
 import dataclasses
 import json
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -910,6 +913,17 @@ def test_corrupt_or_missing_config(tmp_path):
     (tmp_path / "c" / "config.json").write_text('{"hidden_size": 64}')
     with pytest.raises(ValueError, match="missing keys: intermediate_size"):
         read_config(tmp_path / "c")
+    # a value of the wrong type or sign, and heads that do not group: said in the file's own names
+    good = json.loads(json.dumps(hf_config(CONFIGS[0][1])))
+    for change, message in [({"hidden_size": "64"}, "hidden_size '64': each must be a positive number"),
+                            ({"num_hidden_layers": 0}, "num_hidden_layers 0: each"),
+                            ({"vocab_size": True}, "vocab_size True: each"),
+                            ({"rms_norm_eps": "1e-5"}, "rms_norm_eps '1e-5': each"),
+                            ({"num_attention_heads": 3, "num_key_value_heads": 2},
+                             "num_attention_heads 3 must be a multiple of num_key_value_heads 2")]:
+        (tmp_path / "c" / "config.json").write_text(json.dumps({**good, **change}))
+        with pytest.raises(ValueError, match=re.escape(f"config.json: {message}")):
+            read_config(tmp_path / "c")
     os.remove(tmp_path / "c" / "config.json")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_model(tmp_path / "c")
@@ -918,6 +932,20 @@ def test_corrupt_or_missing_config(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="model.safetensors is a file: give the checkpoint's folder"):
         load_model(tmp_path / "model.safetensors")
+
+
+def test_a_file_that_is_not_gguf_is_refused_with_a_message(tmp_path):
+    """python checkpoint.py --from_gguf=FILE with a file that is not GGUF (or
+    empty): one line naming the setting, exit status 2, no traceback."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "junk.gguf").write_text("junk")
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    for name in ("junk.gguf", "empty.gguf"):
+        r = subprocess.run([sys.executable, "checkpoint.py", f"--from_gguf={tmp_path / name}",
+                            f"--out={tmp_path / 'out'}"], cwd=root, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert r.stderr.startswith(f"error: --from_gguf={tmp_path / name}: "), r.stderr
+        assert not (tmp_path / "out").exists()
 
 
 def test_matching_tokenizer_is_copied_and_checked(tmp_path, toy_tokenizer_path):
