@@ -756,6 +756,7 @@ def check(c):
         problem = no_room({"prompt": c.prompt})
         if problem:  # (named without its text, which may be long)
             p.add(f"prompt: {problem}")
+        p.require(not c.out, "out", "goes with --prompts_file: one --prompt's answer is printed on stdout")
     if c.prompts_file:
         if p.require(bool(c.out), "out", "--prompts_file needs --out=OUT.jsonl"):
             problem = unwritable_file(c.out)
@@ -765,6 +766,8 @@ def check(c):
         p.jsonl("prompts_file", c.prompts_file, no_room, ["prompt"])
     p.at_least("max_new_tokens", 1)
     p.at_least("temperature", 0)
+    p.require(c.temperature != 0 or c.num_samples <= 1, "num_samples",
+              "at temperature 0 every sample is the one greedy answer: give a temperature above 0, or num_samples=1")
     p.fraction("top_p")
     for s in ("num_samples", "batch_size", "save_every", "tp"):
         p.at_least(s, 1)

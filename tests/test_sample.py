@@ -496,6 +496,9 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
             ('{"prompt": "fine"}\n{"prompt": " "}\n', [], "in.jsonl:2: empty prompt: nothing to answer"),
             ('{"prompt": "fine"}\n', [f"--out={inp}"], "is --prompts_file itself: give the answers a file of their own"),
             ('{"prompt": "fine"}\n', [f"--out={tmp_path / 'link.jsonl'}"], "is --prompts_file itself"),  # a hard link
+            # --out with one --prompt (its answer goes to stdout), and several samples at temperature 0 (argv's)
+            ('{"prompt": "fine"}\n', ["--prompts_file=", "--prompt=fine"], "': goes with --prompts_file"),
+            ('{"prompt": "fine"}\n', ["--num_samples=3"], "num_samples = 3: at temperature 0 every sample is the one"),
             ('{"prompt": "fine"}\n', ["--tp=3"], "tp = 3: must divide the number of ranks, 1"),
             ('{"prompt": "fine"}\n', ["--tp=3"], "tp = 3: must divide the model's n_kv_heads 2 and FFN width 192")]:
         inp.write_text(text)
