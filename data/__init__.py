@@ -48,8 +48,8 @@ def read_jsonl(path, fields=(), allow_empty=True, check=None):
             # a JSON array (a file json.dump wrote) is the common mistake: JSON Lines is one object a line
             array = " (the file looks like one JSON array: JSON Lines is one object per line)" \
                 if lineno == 1 and line.lstrip().startswith("[") else ""
-            try:
-                rec = json.loads(line)
+            try:  # (without its line end: a line cut short is named at its own end, not at a next line's start)
+                rec = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as e:
                 # (some of json's messages end in "at", as "Invalid control character at")
                 what = e.msg.removesuffix(" at")

@@ -134,7 +134,7 @@ def dpo_single(work):
 def test_read_jsonl_names_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a", "response": \n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: malformed JSON \(Expecting value at column"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: malformed JSON \(Expecting value at column 29\)"):
         read_jsonl(str(bad), ["prompt", "response"])
     bad.write_text('{"prompt": "a\tb"}\n')  # a raw tab inside a string: json's message ends in "at" itself
     with pytest.raises(ValueError, match=r"bad.jsonl:1: malformed JSON \(Invalid control character at column 14\)"):
