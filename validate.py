@@ -448,6 +448,12 @@ def check_loop(c, world):
             p.require(getattr(c, setting) == value or getattr(c, s) == DEFAULTS[s], s, f"is read only with "
                       f"{setting}={value!r}, which this run does not have: it would change nothing; leave it at "
                       f"{DEFAULTS[s]!r}")
+    # the same for settings read only where another is on
+    for s, on, where in [("n_valid", c.dpo_pick_every > 0, "dpo_pick_every > 0"),
+                         ("max_meta_tokens", c.meta_judge, "meta_judge=True"),
+                         ("n_meta_seed", c.meta_judge or not toy_world, "meta_judge=True")]:  # (real: TOY_ONLY's)
+        p.require(on or getattr(c, s) == DEFAULTS[s], s, f"is read only with {where}, which this run does not "
+                  f"have: it would change nothing; leave it at {DEFAULTS[s]!r}")
     # (a setting that changes nothing would still redo every stage that lists it)
     # (with real seed data quote_first is refused above as toy-only: no advice to set judge_quotes too)
     p.require(c.judge_quotes or not c.quote_first or not toy_world, "quote_first",

@@ -1836,8 +1836,22 @@ def test_check_loop_in_this_process(tmp_path):
     assert validate.check_loop(c, 1).found == ["init_from: checkpoint folder not found: M1",
                                                "prompt_writer: checkpoint folder not found: scratch"]
     # the paper's choice of DPO checkpoint, the grader in its judge's place
-    c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": -1, "n_valid": 0})  # (n_valid unused when off)
-    assert validate.check_loop(c, 1).found == ["dpo_pick_every = -1: must be >= 0"]
+    c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": -1, "n_valid": 0})  # (n_valid: its range unchecked when off)
+    assert validate.check_loop(c, 1).found == ["dpo_pick_every = -1: must be >= 0", "n_valid = 0: is read only with "
+                                               "dpo_pick_every > 0, which this run does not have: it would change "
+                                               "nothing; leave it at 256"]
+    # settings read only where another is on: changed while it is off, a mistake said
+    c = configurator.settings(S.DEFAULTS, {"n_valid": 100, "max_meta_tokens": 32, "n_meta_seed": 100})
+    assert validate.check_loop(c, 1).found == [
+        "n_valid = 100: is read only with dpo_pick_every > 0, which this run does not have: it would change "
+        "nothing; leave it at 256",
+        "max_meta_tokens = 32: is read only with meta_judge=True, which this run does not have: it would change "
+        "nothing; leave it at 64",
+        "n_meta_seed = 100: is read only with meta_judge=True, which this run does not have: it would change "
+        "nothing; leave it at 500"]
+    c = configurator.settings(S.DEFAULTS, {"n_valid": 100, "dpo_pick_every": 7, "max_meta_tokens": 32,
+                                           "n_meta_seed": 100, "meta_judge": True})
+    assert validate.check_loop(c, 1).found == []
     c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": 10, "n_valid": 0})
     assert validate.check_loop(c, 1).found == ["n_valid = 0: must be >= 1"]
     c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": 10, "seed_data": real, "init_from": "M0"})
