@@ -359,6 +359,9 @@ def check_loop(c, world):
     if c.init_from == "scratch":
         p.require(not real_world, "init_from", "'scratch' pretrains a toy base model; with real seed "
                   "data, give init_from a pretrained checkpoint folder")
+        # (the toy tokenizer it trains is SentencePiece's, with no special tokens but BOS and EOS)
+        p.require(c.chat_template in ("", "llama2"), "chat_template", "the toy tokenizer that init_from='scratch' "
+                  "trains writes Llama 2's chat format only (the others need special tokens it lacks); leave it ''")
         if p.require(c.model in PRESETS, "model", f"no such preset; presets: {', '.join(PRESETS)}"):
             models["init_from"] = PRESETS[c.model]
         p.at_least("vocab_size", 300)  # the tokenizer's 256 byte pieces count towards it
@@ -568,6 +571,12 @@ def check_training(c, world, fields, script, check_record=None):
             check_tokenizer(c.tokenizer, args, c.init_from) if args else Tokenizer(c.tokenizer)
         except (ValueError, FileNotFoundError) as e:
             p.add(f"{p.shown('tokenizer')}: {e}")
+        else:
+            if not args and c.chat_template in TEMPLATES and getattr(c, "template", "") != "text":
+                try:  # from scratch: the template the run writes chats in, which this vocabulary may lack
+                    Tokenizer(c.tokenizer, c.chat_template)
+                except ValueError as e:
+                    p.add(f"{p.shown('chat_template')}: {e}")
     p.jsonl("data", c.data, check_record, fields)
     if c.eval_data:
         p.jsonl("eval_data", c.eval_data, check_record, fields)

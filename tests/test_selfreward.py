@@ -584,6 +584,12 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
         validate.check_training(c, 1, ["prompt", "response"], "train_sft.py")
     c.template = "text"  # plain-text training writes no chats
     validate.check_training(c, 1, ["prompt", "response"], "train_sft.py")
+    # from scratch, the tokenizer given must write the template too (it stopped train_sft.py after setup)
+    c.template, c.init_from, c.tokenizer, c.model = "chat", "scratch", llama_tokenizer_path, "toy-tiny"
+    with pytest.raises(validate.BadInput, match=r"chat_template = 'llama3': .*needs special tokens this vocabulary lacks"):
+        validate.check_training(c, 1, ["prompt", "response"], "train_sft.py")
+    c.chat_template = ""
+    validate.check_training(c, 1, ["prompt", "response"], "train_sft.py")
     # an EFT eval prompt among the EFT training groups: M1's judge would be evaluated on what it learned
     (seed / "eft_train.jsonl").write_text('{"prompt": "Eft_eval", "responses": ["x", "y"], "ranks": [0, 1]}\n')
     assert problems(max_judge_tokens=32) == [
@@ -1852,6 +1858,13 @@ def test_check_loop_in_this_process(tmp_path):
     c = configurator.settings(S.DEFAULTS, {"n_valid": 100, "dpo_pick_every": 7, "max_meta_tokens": 32,
                                            "n_meta_seed": 100, "meta_judge": True})
     assert validate.check_loop(c, 1).found == []
+    # a chat template the toy tokenizer of init_from='scratch' cannot write: before the seed and tokenizer stages
+    # (it stopped the run at M0's stage); Llama 2's, the toy's own, passes
+    c = configurator.settings(S.DEFAULTS, {"chat_template": "llama3"})
+    assert validate.check_loop(c, 1).found == [
+        "chat_template = 'llama3': the toy tokenizer that init_from='scratch' trains writes Llama 2's chat format "
+        "only (the others need special tokens it lacks); leave it ''"]
+    assert validate.check_loop(configurator.settings(S.DEFAULTS, {"chat_template": "llama2"}), 1).found == []
     c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": 10, "n_valid": 0})
     assert validate.check_loop(c, 1).found == ["n_valid = 0: must be >= 1"]
     c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": 10, "seed_data": real, "init_from": "M0"})
