@@ -38,6 +38,8 @@ from tokenizer import chat_prompt_ids
 def read_eval_prompts(path):
     """AlpacaEval-style prompts: a JSON array (AlpacaEval's own file) or JSON Lines,
     each an object with a string "instruction". Errors name the file and record."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder: give the eval prompts file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"eval prompts file not found: {path}")
     with open(path, "rb") as f:

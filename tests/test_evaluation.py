@@ -145,6 +145,8 @@ def test_bad_eval_prompt_files_name_the_record(tmp_path):
     (tmp_path / "a.json").write_text('[{"instruction": "ok"}, {"prompt": "no"}]')
     with pytest.raises(ValueError, match=r"a.json: element 1 of the array"):
         E.read_eval_prompts(str(tmp_path / "a.json"))
+    with pytest.raises(ValueError, match=r"is a folder: give the eval prompts file"):  # (it said "not found")
+        E.read_eval_prompts(str(tmp_path))
     (tmp_path / "b.jsonl").write_text('{"instruction": "ok"}\n{"prompt": "no"}\n')
     with pytest.raises(ValueError, match=r"b.jsonl:2: missing or non-string field\(s\): instruction"):
         E.read_eval_prompts(str(tmp_path / "b.jsonl"))
