@@ -540,6 +540,7 @@ def check_training(c, world, fields, script, check_record=None):
     p.at_least("crash_after_step", -1)  # -1: never (a test's simulated kill)
     p.require(c.min_lr <= c.lr, "min_lr", f"must not exceed lr = {c.lr}")
     p.require(c.max_steps > 0 or c.epochs > 0, "epochs", "must be > 0 when max_steps is 0")
+    p.at_least("epochs", 0)  # (max_steps, when set, counts instead; a negative count is a mistake all the same)
     for s in ("dropout", "eval_fraction", "beta1", "beta2"):
         p.fraction(s, low_open=False, high_open=True)
     if "beta" in vars(c):  # DPO's
@@ -560,9 +561,15 @@ def check_training(c, world, fields, script, check_record=None):
                      "model (and keeps it as the reference), a checkpoint folder"):
             p.require(c.model in PRESETS, "model", f"no such preset; presets: {', '.join(PRESETS)}")
         p.require(bool(c.tokenizer), "tokenizer", "init_from='scratch' needs a tokenizer (it sets vocab_size)")
+        if "model" in vars(c) and c.model in PRESETS:
+            p.require(c.max_seq_len <= PRESETS[c.model].max_seq_len, "max_seq_len", f"is beyond the context of "
+                      f"preset {c.model!r} ({PRESETS[c.model].max_seq_len}); 0 takes the model's")
     else:
         # (train_sft's plain-text training writes no chats)
         args, _ = check_checkpoint(p, "init_from", c.init_from, c.chat_template, getattr(c, "template", "") != "text")
+        if args:  # longer examples than the model's context could not be trained on: not a silent cut
+            p.require(c.max_seq_len <= args.max_seq_len, "max_seq_len", f"is beyond the context of init_from's "
+                      f"model ({args.max_seq_len}); 0 takes the model's")
         if args and "model" in vars(c):  # (SFT's; DPO has no model setting)
             from train_sft import DEFAULTS  # (imported here: train_sft imports this module)
             model_beside_checkpoint(p, c, args, DEFAULTS["model"])

@@ -202,6 +202,9 @@ def test_bad_training_settings_are_listed_together_before_any_work(work, tmp_pat
                     f"needs prompt, chosen, rejected; this one has prompt, response)"]:
         assert problem in text, (problem, text)
     assert not (tmp_path / "out").exists()
+    # a negative epochs beside max_steps (which counts instead) is a mistake all the same
+    with pytest.raises(validate.BadInput, match=r"1 problem\(s\).*\n  - epochs = -3: must be >= 0$"):
+        train_sft.train(sft_config(work, tmp_path / "out", epochs=-3, max_steps=2))
 
 
 def test_lr_schedule():
@@ -437,9 +440,13 @@ def test_too_long_examples_are_skipped_and_counted(work, tmp_path, capsys):
     data.write_text(lines[-1] + "\n")
     with pytest.raises(validate.BadInput, match="every example is longer"):  # (the command line: exit status 2)
         train_sft.train({**cfg, "out_dir": str(tmp_path / "out2")})
-    # a max_seq_len above the model's context (128) is the model's: the long example is still skipped
+    # a max_seq_len above the model's context (128) is refused before any work (it was cut to the context
+    # in silence); 0, the default, takes the model's: the long example is still skipped
     data.write_text("\n".join(lines) + "\n")
-    train_sft.train({**cfg, "out_dir": str(tmp_path / "out3"), "max_seq_len": 1280})
+    with pytest.raises(validate.BadInput, match=r"max_seq_len = 1280: is beyond the context of init_from's model "
+                                                r"\(128\); 0 takes the model's"):
+        train_sft.train({**cfg, "out_dir": str(tmp_path / "out3"), "max_seq_len": 1280})
+    train_sft.train({**cfg, "out_dir": str(tmp_path / "out3"), "max_seq_len": 0})
     assert "skipped 1 of 9 examples longer than 128 tokens" in capsys.readouterr().out
 
 
