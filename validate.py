@@ -506,6 +506,9 @@ def check_plan(c, world):
         return p
     p.at_least("world_size", 0)  # 0: this run's
     p.positive("gpu_memory_gb")
+    # (plan_only runs nothing: a dry run beside it, which lists the stages a run would do, would go unsaid)
+    p.require(not getattr(c, "dry_run", False), "dry_run", "beside plan_only=True: give one (plan_only prints "
+              "the memory plans, dry_run the stages a run would do)")
     p.at_least("micro_batch_size", 1)
     try:
         models = [("the planned model's", planned_args(c.init_from, c.model)[0])]

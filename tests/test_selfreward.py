@@ -1369,6 +1369,9 @@ def test_plan_only_says_what_it_planned_for(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         S.main(["--plan_only=True", "--model=llama2-70b", "--world_size=4", "--tp=3"])
     assert e.value.code == 2 and "tp = 3: must divide the number of GPUs planned for, 4" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # a dry run beside it would go unsaid: one or the other
+        S.main(["--plan_only=True", "--model=llama2-70b", "--dry_run=True"])
+    assert e.value.code == 2 and "dry_run = True: beside plan_only=True: give one" in capsys.readouterr().err
     with pytest.raises(validate.BadInput, match="world_size = -2: must be >= 0"):
         train_sft.train({"plan_only": True, "model": "llama2-70b", "world_size": -2})
     # the planned model's heads: tp must divide them (a real run refuses it; the plan did not)
