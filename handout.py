@@ -429,6 +429,10 @@ def grade_all(root, json_path=""):
 
 def main(argv=None):
     c = settings(DEFAULTS, configure(dict(DEFAULTS, __file__=__file__, __doc__=__doc__), argv))
+    if c.grade and c.out:  # two jobs: grading this copy writes no handout, so --out would go unused
+        fail(f"out = {c.out!r}: grade=True grades this copy and writes no handout: give one of the two")
+    if c.grade_json and not c.grade:
+        fail(f"grade_json = {c.grade_json!r}: is written by grade=True only: add --grade=True, or leave it out")
     problem = c.grade and c.grade_json and unwritable_file(c.grade_json)
     if problem:
         fail(f"grade_json = {c.grade_json!r}: {problem}")
