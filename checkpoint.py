@@ -150,8 +150,6 @@ def args_from_hf_config(config, path="config.json"):
         raise ValueError(f"{path}: model_type is {config['model_type']!r}, expected 'llama'")
     if config.get("hidden_act", "silu") not in ("silu", "swish"):  # (the same function: x * sigmoid(x))
         raise ValueError(f"{path}: hidden_act {config['hidden_act']!r} is not supported (Llama's SwiGLU uses silu)")
-    # transformers 4 writes rope_theta + rope_scaling, transformers 5 rope_parameters (theta inside);
-    # a config with both is read as transformers reads it: rope_scaling first
     sizes = needed + [k for k in ("num_key_value_heads", "max_position_embeddings", "head_dim")
                       if config.get(k) is not None]
     bad = [f"{k} {config[k]!r}" for k in sizes
@@ -163,6 +161,8 @@ def args_from_hf_config(config, path="config.json"):
     n_heads, n_kv_heads = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
     if n_heads % n_kv_heads:  # (ModelArgs says so too, in its own names; here the file's)
         raise ValueError(f"{path}: num_attention_heads {n_heads} must be a multiple of num_key_value_heads {n_kv_heads}")
+    # transformers 4 writes rope_theta + rope_scaling, transformers 5 rope_parameters (theta inside);
+    # a config with both is read as transformers reads it: rope_scaling first
     rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "llama3"):
