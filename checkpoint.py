@@ -636,7 +636,9 @@ if __name__ == "__main__":
             configurator.fail("--from_gguf needs --out=FOLDER (where the Hugging Face layout goes)")
         try:
             gguf_to_hf(gguf_file(c["from_gguf"]), c["out"])
-        except (OSError, ImportError, ValueError) as e:  # (not a GGUF file, or an empty one: ValueError)
+        except (OSError, ImportError) as e:  # (its message names the file or folder at fault)
+            configurator.fail(e)
+        except ValueError as e:  # not a GGUF file, or an empty one
             configurator.fail(f"--from_gguf={c['from_gguf']}: {e}")
         print(f"wrote {c['out']}")
     else:

@@ -167,8 +167,9 @@ def others_busy_cores(window=0.25):
     """How many of the cores this process may use other programs keep busy
     right now: the share of their time not idle over a short window, read
     twice from /proc/stat (Linux) while this process sleeps, times the cores.
-    None where /proc/stat cannot be read. A load average would lag: a run
-    that ended a minute ago still counts in it."""
+    None where /proc/stat cannot be read (or, in a container that renumbers
+    its cores there, names none of the affinity mask's: then no warning). A
+    load average would lag: a run that ended a minute ago still counts in it."""
     if not (hasattr(os, "sched_getaffinity") and os.path.exists("/proc/stat")):
         return None
     names = {f"cpu{i}" for i in os.sched_getaffinity(0)}

@@ -360,7 +360,8 @@ def check_loop(c, world):
         p.require(not real_world, "init_from", "'scratch' pretrains a toy base model; with real seed "
                   "data, give init_from a pretrained checkpoint folder")
         # (the toy tokenizer it trains is SentencePiece's, with no special tokens but BOS and EOS)
-        p.require(c.chat_template in ("", "llama2"), "chat_template", "the toy tokenizer that init_from='scratch' "
+        p.require(c.chat_template not in TEMPLATES or c.chat_template == "llama2", "chat_template",  # ('' or Llama 2's)
+                  "the toy tokenizer that init_from='scratch' "
                   "trains writes Llama 2's chat format only (the others need special tokens it lacks); leave it ''")
         if p.require(c.model in PRESETS, "model", f"no such preset; presets: {', '.join(PRESETS)}"):
             models["init_from"] = PRESETS[c.model]
@@ -442,19 +443,17 @@ def check_loop(c, world):
         p.require(not real_world, "dpo_pick_every", "is for the toy world, whose grader stands in for the "
                   "paper's external judge in choosing a checkpoint; with real seed data each iteration keeps its last step")
         p.at_least("n_valid", 1)
-    # settings read only by what the toy world alone makes (its seed, its M0): where that is not made, a
-    # changed one would change nothing, which is a mistake to say, not to ignore
-    for (setting, value), names in TOY_ONLY.items():
-        if setting == "seed_data" and not (toy_world or real_world):
-            continue  # (seed_data is itself refused above)
-        for s in names:
-            p.require(getattr(c, setting) == value or getattr(c, s) == DEFAULTS[s], s, f"is read only with "
-                      f"{setting}={value!r}, which this run does not have: it would change nothing; leave it at "
-                      f"{DEFAULTS[s]!r}")
-    # the same for settings read only where another is on
-    for s, on, where in [("n_valid", c.dpo_pick_every > 0, "dpo_pick_every > 0"),
-                         ("max_meta_tokens", c.meta_judge, "meta_judge=True"),
-                         ("n_meta_seed", c.meta_judge or not toy_world, "meta_judge=True")]:  # (real: TOY_ONLY's)
+    # settings read only where another setting has a value this run lacks (the toy world's, read only by
+    # what it alone makes: its seed, its M0; others only where a feature is on): a changed one would
+    # change nothing, which is a mistake to say, not to ignore. (setting, is what reads it on, where it is read)
+    read_only_with = [(s, getattr(c, setting) == value, f"{setting}={value!r}")
+                      for (setting, value), names in TOY_ONLY.items()
+                      if toy_world or real_world or setting != "seed_data"  # (a bad seed_data is refused above)
+                      for s in names]
+    read_only_with += [("n_valid", c.dpo_pick_every != 0, "dpo_pick_every > 0"),  # (a negative one: refused above)
+                       ("max_meta_tokens", c.meta_judge, "meta_judge=True"),
+                       ("n_meta_seed", c.meta_judge or not toy_world, "meta_judge=True")]  # (real data: TOY_ONLY's)
+    for s, on, where in read_only_with:
         p.require(on or getattr(c, s) == DEFAULTS[s], s, f"is read only with {where}, which this run does not "
                   f"have: it would change nothing; leave it at {DEFAULTS[s]!r}")
     # (a setting that changes nothing would still redo every stage that lists it)
@@ -543,7 +542,8 @@ def check_training(c, world, fields, script, check_record=None):
     p.at_least("crash_after_step", -1)  # -1: never (a test's simulated kill)
     p.require(c.min_lr <= c.lr, "min_lr", f"must not exceed lr = {c.lr}")
     p.require(c.max_steps > 0 or c.epochs > 0, "epochs", "must be > 0 when max_steps is 0")
-    p.at_least("epochs", 0)  # (max_steps, when set, counts instead; a negative count is a mistake all the same)
+    if c.max_steps > 0:  # (max_steps counts instead; a negative epochs is a mistake all the same)
+        p.at_least("epochs", 0)
     for s in ("dropout", "eval_fraction", "beta1", "beta2"):
         p.fraction(s, low_open=False, high_open=True)
     if "beta" in vars(c):  # DPO's
@@ -582,7 +582,7 @@ def check_training(c, world, fields, script, check_record=None):
         except (ValueError, FileNotFoundError) as e:
             p.add(f"{p.shown('tokenizer')}: {e}")
         else:
-            if not args and c.chat_template in TEMPLATES and getattr(c, "template", "") != "text":
+            if c.init_from == "scratch" and c.chat_template in TEMPLATES and getattr(c, "template", "") != "text":
                 try:  # from scratch: the template the run writes chats in, which this vocabulary may lack
                     Tokenizer(c.tokenizer, c.chat_template)
                 except ValueError as e:

@@ -1517,6 +1517,7 @@ def test_busy_cores_are_read_from_two_samples_of_proc_stat(monkeypatch):
                     "cpu  0 0 0 0 0 0 0 0 0 0\n"  # (the all-cores line is not read)
                     "cpu0 160 0 60 215 20 0 5 0 7 0\ncpu1 10 0 10 600 0 0 0 0 0 0\ncpu2 900 0 0 0 0 0 0 0 0 0\n"])
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os.path, "exists", lambda path: True)  # (/proc/stat: the samples below, on any system)
     monkeypatch.setattr("builtins.open", lambda path, *a, **k: io.StringIO(next(samples)))
     monkeypatch.setattr(D.time, "sleep", lambda s: None)
     # core 0: 60 user + 10 system + 15 idle + 10 iowait + 5 softirq = 100 ticks (guest, column 9, is in user)
