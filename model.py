@@ -228,15 +228,17 @@ def apply_rope(x, rotation):
 
 def dropout(x, p):
     """
-    Dropout (Srivastava et al. 2014; the callers apply it in training only):
-    each element is zeroed with probability p and the rest scaled by 1/(1-p),
-    so the expectation is x. As F.dropout, but on a CPU the mask is drawn as
+    Dropout (Srivastava et al. 2014; callers pass p = 0 outside training, and
+    p = 0 returns x itself, no op run): each element is zeroed with
+    probability p and the rest scaled by 1/(1-p), so the expectation is x. As F.dropout, but on a CPU the mask is drawn as
     fp32 uniforms compared with p: torch's CPU bernoulli_ (F.dropout's draw)
     takes about twice as long a number, and dropout is a sixth of an SFT step
     of the default run's model (SPEED.md "Dropout on a CPU"). fp32 draws
     whatever x's dtype: bf16 uniforms come in steps of 1/256, which would drop
     26/256 for p = 0.1.
     """
+    if p == 0:
+        return x
     if x.device.type != "cpu":
         return F.dropout(x, p)
     keep = torch.rand(x.shape, dtype=torch.float32, device=x.device) >= p  # (bool: one byte an element for backward)
@@ -280,9 +282,7 @@ def causal_matmul_attention(q, k, v, dropout_p=0.0):
     scores = torch.add(future, scores, alpha=hd ** -0.5)  # scale and mask in one op
     # torch's CPU softmax of bf16 computes in fp32 and rounds only its output:
     # the same bits as softmax(dtype=float32).to(bf16) (tested), without the casts
-    probs = scores.softmax(-1)
-    if dropout_p > 0:
-        probs = dropout(probs, dropout_p)  # on the attention weights, as SDPA's dropout_p
+    probs = dropout(scores.softmax(-1), dropout_p)  # on the attention weights, as SDPA's dropout_p
     return (probs.view(B, KV, G * T, T) @ v).view(B, H, T, hd)
 
 
@@ -348,10 +348,11 @@ class TransformerBlock(nn.Module):
         self.dropout_p = args.dropout
 
     def forward(self, x, rotation, cache=None):
+        p = self.dropout_p if self.training else 0.0
         h = self.attention(self.attention_norm(x), rotation, cache, self.layer_id)
-        x = x + (dropout(h, self.dropout_p) if self.training and self.dropout_p > 0 else h)  # no call when a no-op
+        x = x + dropout(h, p)
         h = self.feed_forward(self.ffn_norm(x))
-        return x + (dropout(h, self.dropout_p) if self.training and self.dropout_p > 0 else h)
+        return x + dropout(h, p)
 
 
 class Transformer(nn.Module):

@@ -686,6 +686,7 @@ def test_dropout_zeroes_a_share_p_and_scales_the_rest(dtype):
     grad, = torch.autograd.grad(out, x, g)
     assert torch.equal(grad, g * kept * (1 / (1 - p)))
     assert not torch.equal(M.dropout(x, p), M.dropout(x, p))  # a new mask each call
+    assert M.dropout(x, 0.0) is x  # p = 0 (eval mode, or no dropout): x itself, no op run
 
 
 def test_training_with_dropout_on_a_cpu_attends_with_matmuls(monkeypatch):
