@@ -445,7 +445,7 @@ def check_loop(c, world):
         p.at_least("n_valid", 1)
     # settings read only where another setting has a value this run lacks (the toy world's, read only by
     # what it alone makes: its seed, its M0; others only where a feature is on): a changed one would
-    # change nothing, which is a mistake to say, not to ignore. (setting, is what reads it on, where it is read)
+    # change nothing, which is a mistake to say, not to ignore. Each: (setting, whether what reads it runs, where)
     read_only_with = [(s, getattr(c, setting) == value, f"{setting}={value!r}")
                       for (setting, value), names in TOY_ONLY.items()
                       if toy_world or real_world or setting != "seed_data"  # (a bad seed_data is refused above)
@@ -564,18 +564,18 @@ def check_training(c, world, fields, script, check_record=None):
                      "model (and keeps it as the reference), a checkpoint folder"):
             p.require(c.model in PRESETS, "model", f"no such preset; presets: {', '.join(PRESETS)}")
         p.require(bool(c.tokenizer), "tokenizer", "init_from='scratch' needs a tokenizer (it sets vocab_size)")
-        if "model" in vars(c) and c.model in PRESETS:
-            p.require(c.max_seq_len <= PRESETS[c.model].max_seq_len, "max_seq_len", f"is beyond the context of "
-                      f"preset {c.model!r} ({PRESETS[c.model].max_seq_len}); 0 takes the model's")
+        shape = (f"preset {getattr(c, 'model', None)!r}", PRESETS.get(getattr(c, "model", None)))
     else:
         # (train_sft's plain-text training writes no chats)
         args, _ = check_checkpoint(p, "init_from", c.init_from, c.chat_template, getattr(c, "template", "") != "text")
-        if args:  # longer examples than the model's context could not be trained on: not a silent cut
-            p.require(c.max_seq_len <= args.max_seq_len, "max_seq_len", f"is beyond the context of init_from's "
-                      f"model ({args.max_seq_len}); 0 takes the model's")
+        shape = ("init_from's model", args)
         if args and "model" in vars(c):  # (SFT's; DPO has no model setting)
             from train_sft import DEFAULTS  # (imported here: train_sft imports this module)
             model_beside_checkpoint(p, c, args, DEFAULTS["model"])
+    whose, model_args = shape  # examples longer than its context cannot be trained on: said, not cut in silence
+    if model_args:
+        p.require(c.max_seq_len <= model_args.max_seq_len, "max_seq_len", f"is beyond the context of {whose} "
+                  f"({model_args.max_seq_len}); 0 takes the model's")
     if c.tokenizer and p.require(os.path.exists(c.tokenizer), "tokenizer", "no such file or folder"):
         try:  # it parses (and, over a checkpoint, fits its embedding: the check training.start makes)
             check_tokenizer(c.tokenizer, args, c.init_from) if args else Tokenizer(c.tokenizer)

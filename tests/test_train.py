@@ -205,6 +205,11 @@ def test_bad_training_settings_are_listed_together_before_any_work(work, tmp_pat
     # a negative epochs beside max_steps (which counts instead) is a mistake all the same
     with pytest.raises(validate.BadInput, match=r"1 problem\(s\).*\n  - epochs = -3: must be >= 0$"):
         train_sft.train(sft_config(work, tmp_path / "out", epochs=-3, max_steps=2))
+    # from scratch, a max_seq_len beyond the preset's context (toy-tiny's 512), as beyond a checkpoint's
+    with pytest.raises(validate.BadInput, match=r"max_seq_len = 5000: is beyond the context of preset 'toy-tiny' "
+                                                r"\(512\); 0 takes the model's"):
+        train_sft.train(sft_config(work, tmp_path / "out", init_from="scratch", model="toy-tiny",
+                                   tokenizer=str(work / "ckpt" / "tokenizer.model"), max_seq_len=5000))
 
 
 def test_lr_schedule():
