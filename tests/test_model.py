@@ -9,6 +9,8 @@ import sys
 import pytest
 import torch
 
+from conftest import ROOT
+
 import model as M
 from checkpoint import args_from_hf_config, hf_config, hf_name, load_model, read_config, save_model
 from model import PRESETS, ModelArgs, Transformer, estimate_mfu, preset
@@ -938,12 +940,11 @@ def test_corrupt_or_missing_config(tmp_path):
 def test_a_file_that_is_not_gguf_is_refused_with_a_message(tmp_path):
     """python checkpoint.py --from_gguf=FILE with a file that is not GGUF (or
     empty): one line naming the setting, exit status 2, no traceback."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (tmp_path / "junk.gguf").write_text("junk")
     (tmp_path / "empty.gguf").write_bytes(b"")
     for name in ("junk.gguf", "empty.gguf"):
         r = subprocess.run([sys.executable, "checkpoint.py", f"--from_gguf={tmp_path / name}",
-                            f"--out={tmp_path / 'out'}"], cwd=root, capture_output=True, text=True, timeout=120)
+                            f"--out={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
         assert r.stderr.startswith(f"error: --from_gguf={tmp_path / name}: "), r.stderr
         assert not (tmp_path / "out").exists()

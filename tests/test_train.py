@@ -874,7 +874,7 @@ def test_dpo_log_probs_are_sums(work):
     """sequence_logps is the sum of the response tokens' log-probs, not their
     mean: against SFT's summed loss (negated) for one response, and for a
     longer one in the same batch (padded beside it) against the sum taken
-    by hand from the model's log-softmax, position by position."""
+    by hand (conftest.response_logp)."""
     tok = Tokenizer(str(work / "ckpt" / "tokenizer.model"))
     model = load_model(str(work / "ckpt")).eval()
     short = chat_tokens(tok, "reverse the fox", "fox the")
@@ -884,10 +884,7 @@ def test_dpo_log_probs_are_sums(work):
     with torch.no_grad():
         lp_short, lp_long = train_dpo.sequence_logps(model, tokens, targets, D.Env()).tolist()
         ce_sum = train_sft.sft_loss_sum(model, tokens[:1], targets[:1], D.Env()).item()
-        # by hand: each response token's log-prob, from the logits of the position before it
-        logp = torch.log_softmax(model(tokens[1:2]).float(), -1)[0]
-        ids, start = long
-        by_hand = sum(logp[t - 1, ids[t]].item() for t in range(start, len(ids)))
+    by_hand, _ = response_logp(model, tok, "reverse the fox", "fox the fox the fox the")
     assert lp_short == pytest.approx(-ce_sum, rel=1e-5)
     assert lp_long == pytest.approx(by_hand, rel=1e-5)
 
