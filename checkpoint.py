@@ -163,10 +163,13 @@ def args_from_hf_config(config, path="config.json"):
         raise ValueError(f"{path}: num_attention_heads {n_heads} must be a multiple of num_key_value_heads {n_kv_heads}")
     # transformers 4 writes rope_theta + rope_scaling, transformers 5 rope_parameters (theta inside);
     # a config with both is read as transformers reads it: rope_scaling first
-    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    rope = dict(config.get("rope_scaling") or config.get("rope_parameters") or {})
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in ("default", "llama3"):
         raise ValueError(f"{path}: rope_type {rope_type!r} is not supported (only 'default' and 'llama3')")
+    if rope_type == "llama3" and "original_max_position_embeddings" in config:
+        # a top-level value (Phi-3 writes it there) overrides the one in the dict, as transformers 5 reads it
+        rope["original_max_position_embeddings"] = config["original_max_position_embeddings"]
     if rope_type == "llama3" and any(k not in rope for k in ROPE_SCALING_KEYS):
         raise ValueError(f"{path}: rope_type 'llama3' needs {', '.join(ROPE_SCALING_KEYS)}; got {rope}")
     args = ModelArgs(
@@ -402,7 +405,26 @@ def check_hf_tensors(path, params, args):
             for name, p in params.items():
                 if weight_map[hf_name(name)] == fname:
                     check_shape(path, name, tuple(f.get_slice(hf_name(name)).get_shape()), p)
+    if args.tie_embeddings and "lm_head.weight" in weight_map:
+        check_tied_copy(path, weight_map)
     return weight_map
+
+
+def check_tied_copy(path, weight_map, rows=4096):
+    """A tied checkpoint that stores lm_head.weight anyway must store the
+    embedding itself there: were it another matrix, transformers 4 would
+    tie (use the embedding) and transformers 5 would use the stored head, and
+    no one network would be the checkpoint's. Compared a block of rows at a
+    time (these are the small models that tie: a few hundred MB at most)."""
+    with ExitStack() as files:
+        emb, head = (files.enter_context(open_safetensors(os.path.join(path, weight_map[k]))).get_slice(k)
+                     for k in ("model.embed_tokens.weight", "lm_head.weight"))
+        n = emb.get_shape()[0]
+        if head.get_shape() != emb.get_shape() or any(not torch.equal(emb[i:i + rows], head[i:i + rows])
+                                                      for i in range(0, n, rows)):
+            raise ValueError(f"{path}: config.json says tie_word_embeddings, but lm_head.weight is not a copy of "
+                             f"model.embed_tokens.weight; set tie_word_embeddings to false to use the stored head, "
+                             f"or drop lm_head.weight to tie")
 
 
 def check_shape(path, name, stored_shape, param):

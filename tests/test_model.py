@@ -453,9 +453,13 @@ def test_config_read_as_transformers_reads_it():
               "rope_scaling": {"rope_type": "llama3", **SHORT_ROPE}},
              {**base, "rope_theta": 500000.0, "rope_parameters": {"rope_type": "default", "rope_theta": 20000.0}},
              {k: v for k, v in base.items() if k != "rms_norm_eps"},
-             {k: v for k, v in base.items() if k != "max_position_embeddings"}]
+             {k: v for k, v in base.items() if k != "max_position_embeddings"},
+             # Phi-3's place for the pretraining length, beside the dict's own (transformers 5: the top one wins)
+             {**base, "rope_scaling": {"rope_type": "llama3", **SHORT_ROPE},
+              "original_max_position_embeddings": 4 * SHORT_ROPE["original_max_position_embeddings"]}]
     for config in cases:
         ours, theirs = args_from_hf_config(config), transformers.LlamaConfig(**config)
+        theirs.standardize_rope_params()  # as building the model's rotary embedding does: the top-level key moves in
         rope = theirs.rope_parameters
         assert ours.rope_theta == rope["rope_theta"] and ours.norm_eps == theirs.rms_norm_eps
         assert ours.max_seq_len == theirs.max_position_embeddings
@@ -463,6 +467,25 @@ def test_config_read_as_transformers_reads_it():
     with pytest.raises(ValueError, match="hidden_act 'gelu' is not supported"):
         args_from_hf_config({**base, "hidden_act": "gelu"})
     assert args_from_hf_config({**base, "hidden_act": "silu"}) == args_from_hf_config(base)
+
+
+def test_tied_checkpoint_with_a_stored_head(tmp_path):
+    """A tied checkpoint may store lm_head.weight anyway: a copy of the
+    embedding loads (tied), another matrix is refused by name, since
+    transformers 4 would tie and 5 would use the stored head."""
+    from safetensors.torch import load_file, save_file
+    args = NEW_CONFIGS[0][1]
+    assert args.tie_embeddings
+    save_model(random_model(args), tmp_path / "m")
+    file = tmp_path / "m" / "model.safetensors"
+    tensors = load_file(file)
+    save_file({**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"].clone()}, file)
+    assert load_model(tmp_path / "m").output is None
+    other = tensors["model.embed_tokens.weight"].clone()
+    other[-1, 0] += 1  # one number in the last row: every row is compared
+    save_file({**tensors, "lm_head.weight": other}, file)
+    with pytest.raises(ValueError, match="tie_word_embeddings, but lm_head.weight is not a copy"):
+        load_model(tmp_path / "m")
 
 
 def test_meta_layout_llama3_tied_and_scaled(tmp_path):
