@@ -821,20 +821,14 @@ def answer_file(model, tok, c, env, kw):
     partial, t0 = c.out + ".partial", time.time()
     files = file_fingerprint(c.ckpt), file_fingerprint(c.prompts_file)  # (read once: a prompts file is hashed)
 
-    def inputs(dtype):
-        """What the answers are made from, by name, in the fingerprint's order (the header keeps them, to
-        say what differs); dtype: the one it samples in ('auto' is bf16 on one machine and fp32 on another)."""
-        return {"ckpt": files[0], "prompts_file": files[1],
-                **{k: getattr(c, k) for k in ("max_new_tokens", "temperature", "top_p", "num_samples", "seed",
-                                              "save_every")},
-                "dtype": dtype, "chat_template": c.chat_template}
-    shown = inputs(D.dtype_name(env.dtype))
-    # older headers counted the dtype setting as given ('auto' itself): such answers count while the setting
-    # is the same, as they did then (for a named dtype the two are one fingerprint)
-    before = fingerprint(*inputs(c.dtype).values())
+    # what the answers are made from, by name, in the fingerprint's order (the header keeps them, to say
+    # what differs); the dtype it samples in, not the setting ('auto' is bf16 on one machine, fp32 on another)
+    shown = {"ckpt": files[0], "prompts_file": files[1],
+             **{k: getattr(c, k) for k in ("max_new_tokens", "temperature", "top_p", "num_samples", "seed",
+                                           "save_every")},
+             "dtype": D.dtype_name(env.dtype), "chat_template": c.chat_template}
     with D.sole_writer(env, os.path.dirname(partial) or ".", partial) as kept_file:  # rank 0's; None elsewhere
-        kept = kept_answers(kept_file, fingerprint(*shown.values()), c.save_every,
-                            before, shown) if D.is_rank0() else 0
+        kept = kept_answers(kept_file, fingerprint(*shown.values()), c.save_every, shown) if D.is_rank0() else 0
         kept = int(D.all_sum(env, kept)[0])  # rank 0 read the file and cut it to whole chunks; all agree
         if os.path.exists(c.out):  # (as the trainers say of a model they will replace)
             D.log(f"note: {c.out} exists: this run replaces it when it ends", file=sys.stderr)
@@ -859,17 +853,16 @@ def answer_file(model, tok, c, env, kw):
         D.barrier()
 
 
-def kept_answers(f, made_from, chunk, before, shown):
+def kept_answers(f, made_from, chunk, shown):
     """How many prompts OUT.partial (f, open to read and append) holds answers
-    to from the same inputs (made_from; or `before`, what older code recorded
-    for them), in whole chunks. The file is cut to those in place
+    to from the same inputs (made_from), in whole chunks. The file is cut to those in place
     (it is the lock), or started afresh with its header (shown: the inputs
     by name, which a later run compares to say what differs); a kill while
     it is cut leaves a prefix of its lines, which the next run reads the same way."""
     f.seek(0)
     lines = [x for x in f if x.endswith("\n")]  # a line cut by a kill has no newline yet
     header = json.loads(lines[0]) if lines else {}
-    if header.get("made_from") not in (made_from, before):
+    if header.get("made_from") != made_from:
         if len(lines) > 1:  # (a mistyped setting must not cost the answers without a word)
             old, named = header.get("inputs", {}), {"ckpt": "another checkpoint", "prompts_file": "another prompts file"}
             what = ", ".join(named.get(k) or f"{k} {old[k]!r} (now {v!r})"

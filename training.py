@@ -125,11 +125,7 @@ def run(loop, defaults, config, fields, announce=False, check_record=None):
     with D.sole_writer(env, c.out_dir):
         counted, files = training_inputs(c, tokenizer_path(c))  # (read once: data files are hashed)
         fp = made_from(counted, files, env.dtype)
-        # older records counted the dtype setting as given ('auto' itself): such a model counts while the
-        # setting is the same, as it did then (for a named dtype the two are one fingerprint; a saved state
-        # of then is not resumed: it restarts, once)
-        before = made_from(counted, files)
-        result = earlier_result(c, fp, before)
+        result = earlier_result(c, fp)
         trained = result is None
         if trained:
             if D.is_rank0() and os.path.exists(done_path(c)):  # (a kill after the new model is in place must
@@ -155,9 +151,9 @@ def tokenizer_path(c):
     return c.tokenizer or c.init_from
 
 
-def earlier_result(c, fp, before):
+def earlier_result(c, fp):
     """What an earlier run made from the same settings and inputs (fp:
-    made_from; or `before`, what older code recorded for them) returned, if
+    made_from) returned, if
     its out_dir/model is there: the same command again does not train again
     (remove out_dir/model to). A model made from other settings is said to
     be replaced when this run ends."""
@@ -173,7 +169,7 @@ def earlier_result(c, fp, before):
             done = json.load(f)
     except (OSError, ValueError):
         done = {}
-    if done.get("made_from") not in (fp, before):
+    if done.get("made_from") != fp:
         D.log(f"note: {model} " + ("was made from other settings or inputs" if done else "is there, with no record "
               "of what it was made from") + ": this run replaces it when it ends")
         return None
@@ -241,14 +237,13 @@ def hold_out(items, fraction, seed):
     return [x for i, x in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
 
 
-def made_from(counted, files, dtype=None):
+def made_from(counted, files, dtype):
     """The fingerprint of what a training run computes from (training_inputs:
     its settings but the runtime ones, and its files: starting weights, data,
     tokenizer). A saved training state or a finished model is reused only by
     a run with the same. dtype: the dtype the run computes in, counted in
-    place of the setting ('auto' is bf16 on one machine and fp32 on another);
-    None: the setting as given (what older code recorded)."""
-    return fingerprint(counted if dtype is None else {**counted, "dtype": D.dtype_name(dtype)}, files)
+    place of the setting ('auto' is bf16 on one machine and fp32 on another)."""
+    return fingerprint({**counted, "dtype": D.dtype_name(dtype)}, files)
 
 
 def training_inputs(c, tok_path):
@@ -503,8 +498,7 @@ def optimizer_and_resume(model, c, fp, steps):
     # fused: torch's one-kernel-per-tensor AdamW, on the CPU as on GPUs (and on FSDP2's DTensor
     # shards); its update is the for-loop one's within float rounding (tests/test_train.py). A
     # toy-large step of it, 2 threads: 15 ms against the default for-loop's 46, ~3% of a bf16
-    # training step saved. (A state saved by the for-loop AdamW, before this, resumes with it:
-    # loading a state restores its saved group settings, `fused` too; the same update.)
+    # training step saved.
     optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, betas=(c.beta1, c.beta2),
                                   weight_decay=c.weight_decay, fused=True)
     step, saved = load_state(model, optimizer, state_dir(c), fp)

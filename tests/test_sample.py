@@ -593,27 +593,6 @@ def test_cli_prompts_file_resumes_after_an_interruption(toy_tokenizer_path, tmp_
     assert f"not resuming from {partial}: its 6 answers were written with dtype 'bfloat16' (now 'float32')" in err
     assert f"note: {out} exists: this run replaces it when it ends" in err  # (the answers of the run before)
 
-    # answers kept by older code, whose header fingerprinted the setting 'auto' itself (and held nothing
-    # else), count under 'auto' (as they did then) and not under a dtype named
-    def kept_by_older_code():
-        calls.clear()
-        stop["at"] = 3
-        with monkeypatch.context() as m:
-            m.setattr(S.D, "dtype_name", lambda dtype: "auto")  # what the header then fingerprinted
-            with pytest.raises(SystemExit):
-                S.main(cli(out))
-        header, *answers = partial.read_text().splitlines(keepends=True)
-        partial.write_text(json.dumps({"made_from": json.loads(header)["made_from"]}) + "\n" + "".join(answers))
-        calls.clear()
-        stop["at"] = None
-    kept_by_older_code()
-    S.main(cli(out) + ["--dtype=auto"])
-    assert calls == [2] and out.read_text() == whole
-    kept_by_older_code()
-    S.main(cli(out))
-    assert calls == [3, 3, 2] and out.read_text() == whole
-    assert "written with other settings, checkpoint or prompts file" in capsys.readouterr().err  # (no names)
-
 
 def first_divergence(a, b):
     """The first step where two completions differ, or None."""
