@@ -46,8 +46,7 @@ import training as T
 import validate
 from data import file_fingerprint, fingerprint, read_jsonl, write_jsonl
 from model import estimate_mfu
-from tokenizer import chat_tokens
-from train_sft import collate
+from train_sft import collate, response_example
 
 # -----------------------------------------------------------------------------
 # Settings (python train_dpo.py --help lists them): DPO's own here, the rest
@@ -121,8 +120,8 @@ def pair_length(pair):
 def tokenize_pairs(tok, records, max_len, source):
     pairs, skipped = [], 0
     for rec in records:
-        chosen = chat_tokens(tok, rec["prompt"], rec["chosen"])
-        rejected = chat_tokens(tok, rec["prompt"], rec["rejected"])
+        chosen = response_example(tok, rec["prompt"], rec["chosen"])
+        rejected = response_example(tok, rec["prompt"], rec["rejected"])
         if max(len(chosen[0]), len(rejected[0])) - 1 > max_len:  # (the model reads ids[:-1])
             skipped += 1
         else:

@@ -71,8 +71,7 @@ def tokenize(tok, records, max_len, source, template="chat"):
         elif "messages" in rec:
             ids, spans = chat_ids(tok, rec["messages"])
         else:
-            ids, start = chat_tokens(tok, rec["prompt"], rec["response"])
-            spans = [(start, len(ids))]
+            ids, spans = response_example(tok, rec["prompt"], rec["response"])
         if len(ids) - 1 > max_len:  # the model sees ids[:-1]
             skipped += 1
         else:
@@ -84,14 +83,20 @@ def tokenize(tok, records, max_len, source, template="chat"):
     return examples
 
 
+def response_example(tok, prompt, response):
+    """(ids, spans) of one prompt and its response in the chat template: the
+    response learned, from its first token to its EOS (train_dpo's pairs too)."""
+    ids, start = chat_tokens(tok, prompt, response)
+    return ids, [(start, len(ids))]
+
+
 # Exercise (medium): the response-token mask. Graded by: tests/test_train.py -k collate
 def collate(examples, pad_id, weights=None):
     """
     Right-pad a micro-batch into tokens (B, T) and targets (B, T), where
     targets[t] = ids[t+1] on response tokens and -100 (no loss) everywhere
     else: on the prompt and on padding. An example is (ids, spans), spans
-    the (start, end) ranges learned, or (ids, start): the response runs from
-    start to the end (train_dpo's pairs). A row of tokens is its example's
+    the (start, end) ranges learned. A row of tokens is its example's
     ids[:-1]; position t is learned where ids[t+1] lies in a span, so a span
     (start, end) fills targets[start-1:end-1]. Both tensors are torch.long.
     Causal attention means a row's real tokens never see the padding after
@@ -107,7 +112,7 @@ def collate(examples, pad_id, weights=None):
         if weights is None or weights[row]:
             # position t predicts ids[t+1]; the first response token is
             # predicted at position start-1 (by the last token of the prompt)
-            for start, end in [(spans, len(ids))] if isinstance(spans, int) else spans:
+            for start, end in spans:
                 targets[row, start - 1:end - 1] = ids[start:end]
     return tokens, targets
 
@@ -116,7 +121,9 @@ def collate(examples, pad_id, weights=None):
 def sft_loss_sum(model, tokens, targets, env):
     """Sum of the response tokens' cross-entropies (log-softmax in fp32): a
     0-dim fp32 tensor to backpropagate. The model runs under env.autocast()
-    with the tensors on env.device; targets are collate's (-100: no loss)."""
+    with the tensors on env.device; targets are collate's (-100: no loss).
+    It is -sum_rows log pi(y|x): DPO's train_dpo.sequence_logps summed over
+    the rows and negated (one reduction here, per row there)."""
     with env.autocast():
         logits = model(tokens.to(env.device))
     return F.cross_entropy(logits.float().flatten(0, 1), targets.to(env.device).flatten(),

@@ -247,9 +247,11 @@ def test_sft_masking_and_padding(work):
     tok = Tokenizer(str(work / "ckpt" / "tokenizer.model"))
     model = load_model(str(work / "ckpt")).eval()
     env = D.Env()
-    a = chat_tokens(tok, "reverse the fox", "fox the")
-    b = chat_tokens(tok, "count the letters in this rather long question please", "a much longer response 12345")
-    ids, start = a
+    a = train_sft.response_example(tok, "reverse the fox", "fox the")
+    b = train_sft.response_example(tok, "count the letters in this rather long question please",
+                                   "a much longer response 12345")
+    ids, [(start, end)] = a
+    assert end == len(ids)
     assert ids[-1] == tok.eos_id and len(b[0]) > len(ids)
 
     tokens, targets = train_sft.collate([a], tok.eos_id)
@@ -306,7 +308,7 @@ TARGETS = torch.tensor([[-100, 5, 6, 2], [-100, 2, -100, -100]])
 
 def test_collate_masks_everything_but_the_response():
     # BOS, two prompt tokens, a response of three, EOS: the response starts at index 3
-    a, b = ([1, 10, 11, 20, 21, 22, 2], 3), ([1, 12, 30, 2], 2)
+    a, b = ([1, 10, 11, 20, 21, 22, 2], [(3, 7)]), ([1, 12, 30, 2], [(2, 4)])
     tokens, targets = train_sft.collate([a, b], pad_id=0)
     assert tokens.dtype == targets.dtype == torch.long
     assert tokens.tolist() == [[1, 10, 11, 20, 21, 22], [1, 12, 30, 0, 0, 0]]
@@ -336,7 +338,7 @@ def test_sft_eval_loss_is_per_response_token_by_hand():
     """The eval loss is the summed cross-entropy over every held-out response
     token divided by their count (3 + 7 = 10), not a mean over the examples."""
     model = LogitTable(8)
-    a, b = ([1, 4, 5, 6, 7, 2], 3), ([1, 4, 3, 5, 6, 7, 3, 5, 2], 2)  # responses of 3 and 7 tokens
+    a, b = ([1, 4, 5, 6, 7, 2], [(3, 6)]), ([1, 4, 3, 5, 6, 7, 3, 5, 2], [(2, 9)])  # responses of 3 and 7 tokens
     c = types.SimpleNamespace(micro_batch_size=2)
     with torch.no_grad():
         total = sum(train_sft.sft_loss_sum(model, *train_sft.collate([x], 0), D.Env()).item() for x in (a, b))
@@ -577,7 +579,7 @@ def test_dpo_logged_rewards_by_hand(monkeypatch):
     weighted (a filler row of weight 0 counts for nothing)."""
     logps = torch.tensor([-1.0, -2.0, -4.0, -1.0, -3.0, -1.0])  # rows: chosen 0..2, then rejected 0..2
     monkeypatch.setattr(train_dpo, "sequence_logps", lambda model, tokens, targets, env: logps)
-    pair = lambda ref_c, ref_r: {"chosen": ([1, 2, 3], 1), "rejected": ([1, 2, 4], 1), "ref_chosen": ref_c,
+    pair = lambda ref_c, ref_r: {"chosen": ([1, 2, 3], [(1, 3)]), "rejected": ([1, 2, 4], [(1, 3)]), "ref_chosen": ref_c,
                                  "ref_rejected": ref_r}
     mb = [(pair(0.0, 0.0), 1), (pair(-1.0, -2.0), 1), (pair(0.0, 0.0), 0)]
     c = types.SimpleNamespace(beta=0.1, rpo_alpha=0.0)
@@ -868,8 +870,8 @@ def test_dpo_log_probs_are_sums(work):
     by hand (conftest.response_logp)."""
     tok = Tokenizer(str(work / "ckpt" / "tokenizer.model"))
     model = load_model(str(work / "ckpt")).eval()
-    short = chat_tokens(tok, "reverse the fox", "fox the")
-    long = chat_tokens(tok, "reverse the fox", "fox the fox the fox the")
+    short = train_sft.response_example(tok, "reverse the fox", "fox the")
+    long = train_sft.response_example(tok, "reverse the fox", "fox the fox the fox the")
     assert len(long[0]) > len(short[0])
     tokens, targets = train_sft.collate([short, long], tok.eos_id)
     with torch.no_grad():
@@ -886,8 +888,8 @@ def test_rpo_adds_the_chosen_responses_nll_per_token(work):
     cross-entropy per token, computed here by SFT's own loss."""
     tok = Tokenizer(str(work / "ckpt" / "tokenizer.model"))
     model = load_model(str(work / "ckpt")).eval()
-    pair = {"chosen": chat_tokens(tok, "reverse the fox", "fox the"),
-            "rejected": chat_tokens(tok, "reverse the fox", "the fox the fox"), "ref_chosen": -3.0,
+    pair = {"chosen": train_sft.response_example(tok, "reverse the fox", "fox the"),
+            "rejected": train_sft.response_example(tok, "reverse the fox", "the fox the fox"), "ref_chosen": -3.0,
             "ref_rejected": -9.0}
     c = types.SimpleNamespace(beta=0.1, rpo_alpha=0.0)
     with torch.no_grad():
