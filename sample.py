@@ -860,7 +860,8 @@ def kept_answers(f, made_from, chunk, shown):
     by name, which a later run compares to say what differs); a kill while
     it is cut leaves a prefix of its lines, which the next run reads the same way."""
     f.seek(0)
-    lines = [x for x in f if x.endswith("\n")]  # a line cut by a kill has no newline yet
+    # a line cut by a kill has no newline yet, and may end inside a character: whole lines are decoded
+    lines = [x.decode("utf-8") + "\n" for x in f.buffer.read().split(b"\n")[:-1]]
     header = json.loads(lines[0]) if lines else {}
     if header.get("made_from") != made_from:
         if len(lines) > 1:  # (a mistyped setting must not cost the answers without a word)

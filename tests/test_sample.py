@@ -544,8 +544,8 @@ def test_cli_prompts_file_resumes_after_an_interruption(toy_tokenizer_path, tmp_
         S.main(cli(out))
     assert e.value.code == 130 and "the same command resumes after the prompts kept in" in capsys.readouterr().err
     assert len(partial.read_text().splitlines()) == 1 + 6 and not out.exists()  # header + two chunks of 3
-    with open(partial, "a") as f:
-        f.write(partial.read_text().splitlines()[1][:20])  # what a kill mid-write leaves
+    with open(partial, "ab") as f:  # what a kill mid-write leaves, here inside a character of two bytes or more
+        f.write(partial.read_bytes().splitlines()[1][:20] + "é本".encode()[:4])
     calls.clear()
     stop["at"] = None
     S.main(cli(out))
