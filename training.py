@@ -125,7 +125,7 @@ def run(loop, defaults, config, fields, announce=False, check_record=None):
     with D.sole_writer(env, c.out_dir):
         counted, files = training_inputs(c, tokenizer_path(c))  # (read once: data files are hashed)
         fp = made_from(counted, files, env.dtype)
-        result = earlier_result(c, fp)
+        result = earlier_result(c, fp, saved_dtype(c, env))
         trained = result is None
         if trained:
             if D.is_rank0() and os.path.exists(done_path(c)):  # (a kill after the new model is in place must
@@ -151,12 +151,13 @@ def tokenizer_path(c):
     return c.tokenizer or c.init_from
 
 
-def earlier_result(c, fp):
+def earlier_result(c, fp, dtype):
     """What an earlier run made from the same settings and inputs (fp:
-    made_from) returned, if
-    its out_dir/model is there: the same command again does not train again
-    (remove out_dir/model to). A model made from other settings is said to
-    be replaced when this run ends."""
+    made_from) returned, if its out_dir/model is there, stored in `dtype`
+    (save_dtype, which made_from does not count: a kept state resumes across
+    it): the same command again does not train again (remove out_dir/model
+    to). A model made from other settings is said to be replaced when this
+    run ends."""
     model = os.path.join(c.out_dir, "model")
     if not os.path.isdir(model):
         return None
@@ -172,6 +173,12 @@ def earlier_result(c, fp):
     if done.get("made_from") != fp:
         D.log(f"note: {model} " + ("was made from other settings or inputs" if done else "is there, with no record "
               "of what it was made from") + ": this run replaces it when it ends")
+        return None
+    with open(os.path.join(model, "config.json")) as f:
+        stored = json.load(f).get("torch_dtype")
+    if stored != D.dtype_name(dtype):
+        D.log(f"note: {model} is stored in {stored}, save_dtype asks for {D.dtype_name(dtype)}: training again "
+              f"(a kept state resumes where it ended)")
         return None
     gone = [f for _, f in done["result"].get("checkpoints", []) if not os.path.isdir(f)]  # (train_dpo's keep_every)
     if gone:
@@ -540,9 +547,13 @@ def save_final(model, c, env, tok_path, folder="model"):
     out_dir/<folder>: DPO's checkpoints to choose from). (Once done.json
     records it, the resumable state has done its job and goes, unless
     keep_state: at 70B it is ~0.8 TB of fp32 weights and AdamW moments.)"""
-    dtype = getattr(torch, c.save_dtype) if c.save_dtype else (
+    return save_model(model, os.path.join(c.out_dir, folder), tok_path, saved_dtype(c, env))
+
+
+def saved_dtype(c, env):
+    """The dtype the final model is stored in: save_dtype, or '' = bf16 on a GPU, fp32 on the CPU."""
+    return getattr(torch, c.save_dtype) if c.save_dtype else (
         torch.bfloat16 if env.device.startswith("cuda") else torch.float32)
-    return save_model(model, os.path.join(c.out_dir, folder), tok_path, dtype)
 
 
 def remove_state(c, whole=True):

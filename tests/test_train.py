@@ -845,6 +845,24 @@ def test_a_trained_model_records_the_dtype_it_was_trained_in(work, tmp_path, cap
     assert "was made from other settings" in capsys.readouterr().out
 
 
+def test_a_trained_model_in_another_save_dtype_is_made_again(work, tmp_path, capsys):
+    """save_dtype is not in the state's fingerprint (a kept state resumes
+    across it), but a finished model stored in another dtype is not taken for
+    the one asked for: with its state kept, the run resumes at its last step
+    and only saves again."""
+    out = tmp_path / "sft"
+    first = train_sft.train(sft_config(work, out, max_steps=2, save_dtype="bfloat16", keep_state=True))
+    stored = lambda: json.loads((out / "model" / "config.json").read_text())["torch_dtype"]
+    assert stored() == "bfloat16"
+    capsys.readouterr()
+    assert train_sft.train(sft_config(work, out, max_steps=2, save_dtype="bfloat16", keep_state=True)) == first
+    assert "nothing to do" in capsys.readouterr().out
+    train_sft.train(sft_config(work, out, max_steps=2, save_dtype="float32", keep_state=True))
+    log = capsys.readouterr().out
+    assert f"note: {out / 'model'} is stored in bfloat16, save_dtype asks for float32" in log
+    assert "at step 2, the last: the model is saved again from it" in log and stored() == "float32"
+
+
 def test_dpo_nan_loss_stops(work, tmp_path, monkeypatch):
     calls = []
     real = train_dpo.sequence_logps
