@@ -247,7 +247,11 @@ def _pair_signs(x):
 def kendall_tau(x, y):
     """Kendall's tau-b (ties allowed on both sides) of two equal-length
     sequences of numbers (lists or tuples), or None where undefined (either
-    side constant)."""
+    side constant). tau_b = (n_c - n_d) / sqrt((n0 - n1)(n0 - n2)) over the
+    pairs i < j: concordant minus discordant pairs, over the pairs not tied in
+    x times those not tied in y."""
+    # each pair's sign of x_i - x_j and of y_i - y_j (0: a tie): sum(s * t) = n_c - n_d,
+    # count_nonzero(s) = n0 - n1 (the pairs not tied in x)
     s, t = _pair_signs(np.asarray(x, float)), _pair_signs(np.asarray(y, float))
     denom = math.sqrt(np.count_nonzero(s) * np.count_nonzero(t))
     return float((s * t).sum() / denom) if denom else None
@@ -489,7 +493,7 @@ def read_judge_file(path):
 # Meta-Rewarding (Wu et al. 2024, arXiv 2407.19594): the model is
 # also a meta-judge. It reads two of its own judgments of one response and
 # says which applies the rubric better; the judgment with the most net wins in these
-# battles is set against the one that wins fewest (the paper rates them by Elo
+# battles is set against the one with the fewest net wins (the paper rates them by Elo
 # from the battles; we count net wins, wins - losses), and DPO trains the judge on
 # such pairs (selfreward.make_judge_pairs), as it trains the actor on the
 # response pairs. The prompt below follows the paper's structure (the rubric,

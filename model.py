@@ -175,7 +175,9 @@ def rope_frequencies(args: ModelArgs, device=None):
     with Llama 3.1's long-context scaling when args.rope_scaling is set: pairs
     that turn fast (wavelength under original_len / high_freq_factor) keep
     their speed, slow ones (over original_len / low_freq_factor) are slowed
-    down `factor` times, and those between blend the two smoothly.
+    down `factor` times, and those between blend the two smoothly (Meta's
+    apply_scaling in the Llama 3.1 reference code; transformers'
+    _compute_llama3_parameters, which tests/test_model.py compares against).
     """
     hd = args.head_dim
     inv_freq = 1.0 / args.rope_theta ** (torch.arange(0, hd, 2, device=device).float() / hd)
@@ -200,9 +202,12 @@ def rope_rotation(positions, inv_freq):
     query or key at position p is rotated by the angle p * theta^(-2i/head_dim):
         (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin)
     (inv_freq: rope_frequencies, one speed per pair; theta^(-2i/head_dim) for plain RoPE.)
+    Pairs are adjacent, as in Meta's code; transformers pairs x[i] with
+    x[i + head_dim/2] ("rotate_half") and computes the same network because
+    its checkpoints' wq and wk rows are permuted (checkpoint.py undoes it on load).
     positions: (B, T) integers -> cos, sin: (B, T, 1, head_dim) fp32, each angle
     repeated for both members of its pair and sin signed (-sin, +sin), so that
-    apply_rope is x * cos + swap_pairs(x) * sin. Computed once per forward and
+    apply_rope is x * cos + (x1, x0 per pair) * sin. Computed once per forward and
     shared by every layer's queries (B, T, H, hd) and keys; computed on the fly
     (it is tiny), so the model has no buffers to rebuild after being created
     on the meta device.
@@ -245,22 +250,16 @@ def dropout(x, p):
     return x * keep * (1 / (1 - p))
 
 
-# On a CPU, SDPA's attention kernel runs no faster in bf16 than in fp32, while
-# bf16 matmuls run twice as fast where the CPU has fast bf16
-# (distributed.cpu_has_bf16); and its fast kernel has no dropout: with
-# dropout_p > 0 it falls back to its plain "math" kernel, which repeats K and V
-# for each query head and scans the scores for all-masked rows. So to train on
-# a CPU in bf16, or with dropout, causal attention is two batched matmuls, up
-# to this many tokens a sequence: they compute all T x T scores (SDPA skips the
-# masked half) and keep the probabilities for backward, so past about 400
-# tokens SDPA wins again. Forward + backward, 2 threads, the Zen 4 box, 16
-# sequences x 4 heads of 32 (toy-small's), two runs: bf16, 256 tokens 17-20 ms
-# against SDPA's 25, 384 42-48 against 49-62, 512 107-108 against 69-80. fp32
-# with dropout 0.1, 8 sequences (SPEED.md "Dropout on a CPU"): 96 tokens 4.2
-# against 6.0 ms, 256 27 against 31, 384 79 against 79. Without autograd
-# (scoring) SDPA's forward wins at some shapes (256 tokens, heads of 64: 8.5 ms
-# against 11.7; of 32: 6.3 against 4.0), and scoring is a small share of a
-# run: SDPA is kept there.
+# Which attention runs (Attention.forward): sampling attends through the KV
+# cache (sample.py); training on a CPU in bf16 or with dropout, up to this many
+# tokens, runs causal_matmul_attention; everything else runs torch's SDPA.
+# Why: on a CPU, SDPA's kernel runs no faster in bf16 than in fp32 while bf16
+# matmuls run about twice as fast (distributed.cpu_has_bf16), and with
+# dropout_p > 0 it falls back to a plain kernel that copies K and V for each
+# query head. The two matmuls compute all T x T scores (SDPA skips the masked
+# half), so past about 400 tokens SDPA wins again; and without autograd
+# (scoring) SDPA's forward is as fast or faster. Timings: SPEED.md, "Training
+# attention as bf16 matmuls on the CPU" and "Dropout on a CPU".
 CPU_MATMUL_ATTENTION_MAX_LEN = 384
 
 
@@ -393,7 +392,7 @@ class Transformer(nn.Module):
         targets: (B, T) the next token for each position (-100: no loss there);
                  given, the mean cross-entropy (in fp32) is returned as well
                  (for bench.py and quick checks: the trainers compute their own
-                 summed losses: train_sft.sft_loss_sum, train_dpo.dpo_losses).
+                 summed losses: train_sft.sft_loss_sum, train_dpo.sequence_logps).
         cache: a sample.KVCache; keys/values of these tokens are appended to
                  it and attention sees everything cached before them. The
                  tokens' positions are 0..T-1 without one, else each row's

@@ -760,9 +760,10 @@ def check(c):
     if c.prompts_file:
         if p.require(bool(c.out), "out", "--prompts_file needs --out=OUT.jsonl"):
             problem = unwritable_file(c.out)
-            if p.require(problem is None, "out", problem) and os.path.exists(c.out):  # (the answers would
-                same = os.path.exists(c.prompts_file) and os.path.samefile(c.out, c.prompts_file)  # replace the
-                p.require(not same, "out", "is --prompts_file itself: give the answers a file of their own")  # prompts)
+            if p.require(problem is None, "out", problem) and os.path.exists(c.out):
+                # the answers must not replace the prompts they answer
+                same = os.path.exists(c.prompts_file) and os.path.samefile(c.out, c.prompts_file)
+                p.require(not same, "out", "is --prompts_file itself: give the answers a file of their own")
         p.jsonl("prompts_file", c.prompts_file, no_room, ["prompt"])
     p.at_least("max_new_tokens", 1)
     p.at_least("temperature", 0)

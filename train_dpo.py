@@ -152,7 +152,7 @@ def saved_reference(path, fp):
 
 
 @torch.no_grad()
-def reference_logps(model, pairs, env, c, pad_id, path):
+def fill_reference_logps(model, pairs, env, c, pad_id, path):
     """Fill pair["ref_chosen"], pair["ref_rejected"] for every pair, from `path`
     if an earlier (possibly killed) run wrote it from the same weights and
     pairs (its first line says what it was made from), else with `model` (the
@@ -186,11 +186,11 @@ def reference_logps(model, pairs, env, c, pad_id, path):
         pairs[row["index"]]["ref_rejected"] = row["rejected"]
 
 
-# what DPO logs per step, as sums over pairs (dpo_sums) and then means (summarize)
+# what DPO logs per step, as sums over pairs (dpo_loss_and_sums) and then means (summarize)
 FIGURES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "nll_loss", "pairs")
 
 
-def dpo_sums(model, mb, env, c, pad_id, global_pairs):
+def dpo_loss_and_sums(model, mb, env, c, pad_id, global_pairs):
     """For a micro-batch of (pair, weight): the loss as this micro-batch's share
     of the mean over the step's pairs on all ranks (sum over its pairs /
     global_pairs), and the weighted sums
@@ -200,7 +200,7 @@ def dpo_sums(model, mb, env, c, pad_id, global_pairs):
     chosen - rejected, the chosen responses' NLL, and the pairs counted."""
     pairs = [p for p, _ in mb]
     # weight 1 for a real pair, 0 for a filler training.split_even adds so that every rank runs as many
-    # forwards (evaluation; reference_logps drops its fillers itself); training's pairs are all 1
+    # forwards (evaluation; fill_reference_logps drops its fillers itself); training's pairs are all 1
     w = torch.tensor([float(x) for _, x in mb], device=env.device)
     tokens, targets = pair_batch(pairs, pad_id)
     logps = sequence_logps(model, tokens, targets, env)  # (2n,): chosen rows, then rejected
@@ -219,7 +219,7 @@ def dpo_sums(model, mb, env, c, pad_id, global_pairs):
 
 
 def add_up(totals, stats):
-    """Sums of dpo_sums' figures, key by key: every rank sums the same ones
+    """Sums of dpo_loss_and_sums' figures, key by key: every rank sums the same ones
     in the same order (all_sum pairs them by position)."""
     return {k: totals[k] + stats[k] for k in FIGURES}
 
@@ -229,7 +229,7 @@ def evaluate(model, pairs, env, c, pad_id):
     model.eval()
     stats = dict.fromkeys(FIGURES, 0.0)
     for mb in T.micro_batches(T.split_even(pairs, env.rank, env.world), c.micro_batch_size):
-        stats = add_up(stats, dpo_sums(model, mb, env, c, pad_id, 1)[1])  # (its figures; the loss is unused)
+        stats = add_up(stats, dpo_loss_and_sums(model, mb, env, c, pad_id, 1)[1])  # (its figures; the loss is unused)
     model.train()
     D.reshard(model)
     return summarize(env, stats, "eval/")
@@ -267,7 +267,7 @@ def dpo(c, env, fp):
     train_set = tokenize_pairs(tok, train_recs, max_len, c.data)
     eval_set = tokenize_pairs(tok, eval_recs, max_len, c.eval_data or c.data) if eval_recs else []
     # the reference is the model as loaded, before any step (reused on resume)
-    reference_logps(model, train_set + eval_set, env, c, pad_id, os.path.join(c.out_dir, "ref_logps.jsonl"))
+    fill_reference_logps(model, train_set + eval_set, env, c, pad_id, os.path.join(c.out_dir, "ref_logps.jsonl"))
     steps = T.total_steps(c, len(train_set))
     n_params = model.num_params()
     D.log(f"DPO: {len(train_set)} train / {len(eval_set)} eval pairs, {steps} steps of {c.batch_size}, "
@@ -292,7 +292,7 @@ def dpo(c, env, fp):
             for mb in mbs:  # (FSDP2 reduce-scatters each one's gradients: train_sft.py says why)
                 # each micro-batch's loss is its share of the mean over the GLOBAL
                 # batch; times world undoes FSDP's average over ranks
-                loss, s = dpo_sums(model, mb, env, c, pad_id, c.batch_size)
+                loss, s = dpo_loss_and_sums(model, mb, env, c, pad_id, c.batch_size)
                 (loss * env.world).backward()
                 stats = add_up(stats, s)
             record = summarize(env, stats)

@@ -310,7 +310,10 @@ def step_batch(items, step, c, env):
 def split_even(items, rank, world):
     """This rank's share of items as (item, weight) pairs, the same number on
     every rank (short ranks repeat items[0] with weight 0): under FSDP every
-    rank must run the same number of forward passes or the job hangs."""
+    rank must run the same number of forward passes or the job hangs. Each
+    caller makes a weight-0 item count for nothing: SFT's evaluation gives it
+    no targets (train_sft.collate's weights), DPO's sums multiply by the
+    weight, and DPO's reference pass drops its results."""
     mine = [(x, 1) for x in items[rank::world]]
     per_rank = -(-len(items) // world)
     return mine + [(items[0], 0)] * (per_rank - len(mine))
@@ -330,13 +333,15 @@ def micro_batches(items, size, length=None):
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def lr_at(step, max_steps, warmup_steps, lr, min_lr):
-    """Linear warmup to lr, then cosine decay to min_lr at max_steps. (The
-    trainers take steps 0 .. max_steps - 1, so the last step's lr is a little
-    above min_lr; nanoGPT's loop takes one more step, at min_lr exactly.)"""
+def lr_at(step, total_steps, warmup_steps, lr, min_lr):
+    """Linear warmup to lr, then cosine decay to min_lr at total_steps (the
+    run's steps: total_steps(), not the max_steps setting, which may be 0 for
+    'from epochs'). The trainers take steps 0 .. total_steps - 1, so the last
+    step's lr is a little above min_lr; nanoGPT's loop takes one more step, at
+    min_lr exactly."""
     if step < warmup_steps:
         return lr * (step + 1) / (warmup_steps + 1)
-    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
@@ -347,7 +352,8 @@ def begin_step(optimizer, step, steps, c, env):
     lr = lr_at(step, steps, c.warmup_steps, c.lr, c.min_lr)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    torch.manual_seed(c.seed * 1_000_003 + step * 1009 + env.rank)
+    # (the rank's term is a prime above any step's term: no two (step, rank) share a seed, even at 1,024 ranks)
+    torch.manual_seed(c.seed * 1_000_003 + step * 1009 + env.rank * 2_147_483_647)
     return lr
 
 

@@ -583,14 +583,14 @@ def test_dpo_logged_rewards_by_hand(monkeypatch):
                                  "ref_rejected": ref_r}
     mb = [(pair(0.0, 0.0), 1), (pair(-1.0, -2.0), 1), (pair(0.0, 0.0), 0)]
     c = types.SimpleNamespace(beta=0.1, rpo_alpha=0.0)
-    _, stats = train_dpo.dpo_sums(None, mb, types.SimpleNamespace(device="cpu"), c, 0, 2)
+    _, stats = train_dpo.dpo_loss_and_sums(None, mb, types.SimpleNamespace(device="cpu"), c, 0, 2)
     # pair 0: rewards -0.1 and -0.1, a tie; pair 1: -0.1 and -0.1 again (ref -1 and -2), a tie too
     figures = lambda s: tuple(s[k] for k in ("rewards/chosen", "rewards/rejected", "rewards/accuracies",
                                              "rewards/margins"))
     assert figures(stats) == pytest.approx((-0.2, -0.2, 0.0, 0.0)) and stats["pairs"] == 2.0
     assert stats["loss"] == pytest.approx(2 * math.log(2))
     mb[1] = (pair(-1.5, -2.0), 1)  # pair 1 now: chosen -0.05, rejected -0.1: right by 0.05
-    _, stats = train_dpo.dpo_sums(None, mb, types.SimpleNamespace(device="cpu"), c, 0, 2)
+    _, stats = train_dpo.dpo_loss_and_sums(None, mb, types.SimpleNamespace(device="cpu"), c, 0, 2)
     assert figures(stats) == pytest.approx((-0.15, -0.2, 1.0, 0.05))
     assert stats["loss"] == pytest.approx(math.log(2) - math.log(torch.sigmoid(torch.tensor(0.05)).item()))
     env = types.SimpleNamespace(device="cpu", world=1)
@@ -709,7 +709,7 @@ def test_reference_log_probs_are_one_row_per_pair_whatever_fillers_a_rank_runs(w
     c = types.SimpleNamespace(init_from=str(work / "ckpt"), micro_batch_size=2)
     model = load_model(str(work / "ckpt"))
     assert T.split_even(list(range(5)), 1, 2) == [(1, 1), (3, 1), (0, 0)]  # this rank's: two pairs and a filler
-    train_dpo.reference_logps(model, pairs, D.Env(rank=1, world=2), c, tok.eos_id, tmp_path / "ref_logps.jsonl")
+    train_dpo.fill_reference_logps(model, pairs, D.Env(rank=1, world=2), c, tok.eos_id, tmp_path / "ref_logps.jsonl")
     header, *rows = read_jsonl(tmp_path / "ref_logps.jsonl")
     assert header["pairs"] == 5 and [r["index"] for r in rows] == [0, 1, 2, 3, 4]
     assert [(p["ref_chosen"], p["ref_rejected"]) for p in pairs[::2]] == [(-1.0, -2.0), (-3.0, -4.0), (-5.0, -6.0)]
@@ -911,9 +911,9 @@ def test_rpo_adds_the_chosen_responses_nll_per_token(work):
             "ref_rejected": -9.0}
     c = types.SimpleNamespace(beta=0.1, rpo_alpha=0.0)
     with torch.no_grad():
-        plain, plain_stats = train_dpo.dpo_sums(model, [(pair, 1)], D.Env(), c, tok.eos_id, 1)
+        plain, plain_stats = train_dpo.dpo_loss_and_sums(model, [(pair, 1)], D.Env(), c, tok.eos_id, 1)
         c.rpo_alpha = 0.5
-        rpo, rpo_stats = train_dpo.dpo_sums(model, [(pair, 1)], D.Env(), c, tok.eos_id, 1)
+        rpo, rpo_stats = train_dpo.dpo_loss_and_sums(model, [(pair, 1)], D.Env(), c, tok.eos_id, 1)
         tokens, targets = train_sft.collate([pair["chosen"]], tok.eos_id)
         nll = train_sft.sft_loss_sum(model, tokens, targets, D.Env()).item() / (targets != -100).sum().item()
     assert rpo.item() == pytest.approx(plain.item() + 0.5 * nll, rel=1e-5)
@@ -921,7 +921,7 @@ def test_rpo_adds_the_chosen_responses_nll_per_token(work):
     assert train_dpo.summarize(D.Env(), plain_stats)["nll_loss"] == pytest.approx(nll, rel=1e-5)
     # a filler (weight 0, training.split_even's) adds nothing to the NLL's sum, as to every other figure
     with torch.no_grad():
-        _, padded = train_dpo.dpo_sums(model, [(pair, 1), (pair, 0)], D.Env(), c, tok.eos_id, 1)
+        _, padded = train_dpo.dpo_loss_and_sums(model, [(pair, 1), (pair, 0)], D.Env(), c, tok.eos_id, 1)
     assert padded == pytest.approx(rpo_stats, rel=1e-5)
     # the rewards do not change: the NLL is a second term, not a new reward
     rewards = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
@@ -1699,6 +1699,7 @@ def test_each_rank_and_step_draws_its_own_dropout_masks():
     assert torch.equal(draw(3, 0), draw(3, 0))
     assert not torch.equal(draw(3, 0), draw(3, 1))
     assert not torch.equal(draw(3, 0), draw(4, 0))
+    assert not torch.equal(draw(3, 1009), draw(4, 0))  # a large job: rank 1009 is not rank 0 a step later
 
 
 def test_trainers_refuse_an_unreadable_tokenizer_a_bad_save_dtype_or_out_dir_and_dpo_from_scratch(work, tmp_path):
