@@ -77,6 +77,12 @@ class Env:
         return nullcontext()
 
 
+# The share of a GPU's memory the memory plans count on (sample.memory_plan for
+# generation, training.memory_plan for training): the rest goes to the CUDA
+# context, the allocator's fragmentation and NCCL's buffers
+USABLE_GPU_SHARE = 0.85
+
+
 def dtype_name(dtype):
     """'bfloat16' for torch.bfloat16: a dtype as settings and records write it."""
     return str(dtype).removeprefix("torch.")

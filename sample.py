@@ -689,8 +689,7 @@ def memory_plan(args: ModelArgs, tp, batch_size, context, new_tokens, gpu_memory
       sampling     per row and vocabulary entry: the logits, fp32 probabilities,
                    their sort (values + int64 order), the float64 cumulative
                    sums of top-p and inverse-CDF sampling, masks: about 48 bytes
-    Usable: 85% of the GPU (CUDA context, allocator fragmentation, NCCL
-    buffers). Returns {"rows", "total", "max_batch" (the largest batch that
+    Usable: D.USABLE_GPU_SHARE of the GPU. Returns {"rows", "total", "max_batch" (the largest batch that
     fits), "weights_fit" (do the weights alone fit), "text"}.
     """
     a, h, L, V = dtype_bytes, args.dim, args.n_layers, args.vocab_size
@@ -706,13 +705,13 @@ def memory_plan(args: ModelArgs, tp, batch_size, context, new_tokens, gpu_memory
     }
     rows = [("weights", a * ((params - whole) / tp + whole))] + [(name, b * batch_size) for name, b in per_row.items()]
     total = sum(b for _, b in rows)
-    usable = 0.85 * gpu_memory_gb * 1e9
+    usable = D.USABLE_GPU_SHARE * gpu_memory_gb * 1e9
     max_batch = max(0, int((usable - rows[0][1]) // sum(per_row.values())))
     lines = [f"generation memory plan: {params / 1e9:.2f}B parameters in {a}-byte weights, tensor parallel "
              f"over {tp} GPU(s), batch {batch_size} x {context} tokens ({T} prompt + {new_tokens} new)"]
     lines += [f"  {name:38s} {b / 2**30:9.2f} GiB" for name, b in rows]
     lines.append(f"  {'total per GPU':38s} {total / 2**30:9.2f} GiB")
-    lines.append(f"  {gpu_memory_gb} GB GPUs (85% usable): " + (
+    lines.append(f"  {gpu_memory_gb} GB GPUs ({D.USABLE_GPU_SHARE:.0%} usable): " + (
         f"batch {batch_size} {'fits' if total <= usable else 'does NOT fit'}; at most {max_batch} rows"
         if max_batch else "the weights alone do not fit; use a larger tp" if rows[0][1] > usable else
         f"not one row of the whole {context}-token context fits beside the weights (real rows are "

@@ -667,7 +667,7 @@ def memory_plan(args, world_size, micro_batch_size, seq_len, activation_checkpoi
     lines += [f"  {name:38s} {b / 2**30:9.2f} GiB" for name, b in rows]
     lines.append(f"  {'total per GPU':38s} {total / 2**30:9.2f} GiB")
     # the fewest GPUs for this micro-batch: only the 16 bytes/param shrink with world size
-    usable = gpu_memory_gb * 1e9 * 0.85
+    usable = D.USABLE_GPU_SHARE * gpu_memory_gb * 1e9
     per_gpu_fixed = total - 16 * P / world_size
     if per_gpu_fixed >= usable:
         lines.append(f"  does not fit a {gpu_memory_gb} GB GPU at any world size: turn on "
@@ -675,7 +675,7 @@ def memory_plan(args, world_size, micro_batch_size, seq_len, activation_checkpoi
     else:
         need = math.ceil(16 * P / (usable - per_gpu_fixed))
         verdict = "fits" if total <= usable else "does NOT fit"
-        lines.append(f"  {gpu_memory_gb} GB GPUs (85% usable): needs at least {need} GPUs "
+        lines.append(f"  {gpu_memory_gb} GB GPUs ({D.USABLE_GPU_SHARE:.0%} usable): needs at least {need} GPUs "
                      f"({math.ceil(need / 8)} nodes of 8); {world_size} {verdict}")
     return {"params": P, "rows": dict(rows), "total": total, "text": "\n".join(lines)}
 
