@@ -440,6 +440,15 @@ def all_sum(env, *values):
     return t.tolist()
 
 
+def rank0_answer(env, answer):
+    """Rank 0's answer (True or False) on every rank, for a question about a
+    file rank 0 itself may be about to write ("is this part done?"): a rank
+    that asked the file system a moment later could see rank 0's new file and
+    take another branch, one collective out of step with the others, and the
+    job would hang. No rank goes on until every rank has asked."""
+    return all_sum(env, float(bool(answer)) if is_rank0() else 0.0)[0] > 0
+
+
 # -----------------------------------------------------------------------------
 # Sharding: FSDP2, each block its own unit
 

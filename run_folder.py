@@ -327,7 +327,7 @@ def stage_parts(r, name, paths):
     r.part_markers.setdefault(r.current, []).append(parts_marker(r, name, paths))
 
     def part(path, make, save, load):
-        if os.path.exists(path):
+        if D.rank0_answer(r.env, os.path.exists(path)):  # (rank 0 may be writing it: it decides for all)
             return load(path)
         records = make()
         if D.is_rank0():
@@ -353,7 +353,7 @@ def generate_sharded(r, name, items, shard_size, work, replay=None):
     parts = []
     for s, start in enumerate(range(0, len(items), shard_size)):
         part = r.path(f"{name}.part-{s:05d}.jsonl")
-        if os.path.exists(part):
+        if D.rank0_answer(r.env, os.path.exists(part)):  # (rank 0 may be writing it: it decides for all)
             if replay:
                 replay(read_jsonl(part))
         else:

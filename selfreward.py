@@ -1378,8 +1378,8 @@ def note_stages_redone(c, env, folder):
     says why as it starts, but by then the first model may be gone): a user
     who meant a new run hears it first. The stages are found as --dry_run=True
     finds them, by a dry pass that says nothing."""
-    if not os.path.isfile(os.path.join(folder, "settings.json")):
-        return  # (a new run)
+    if not D.rank0_answer(env, os.path.isfile(os.path.join(folder, "settings.json"))):
+        return  # (a new run, whose settings.json rank 0 writes next)
     probe = Run(folder, c, env, RUNTIME_SETTINGS, DEFAULTS, INPUT_SETTINGS, dry=True, quiet=True)
     run_stages(c, probe)
     redone = [(name, why) for name, why in probe.would_run if why]  # (no why: never done, or cut short)

@@ -158,9 +158,8 @@ def fill_reference_logps(model, pairs, env, c, pad_id, path):
     pairs (its first line says what it was made from), else with `model` (the
     starting checkpoint, in eval mode: no dropout), split over ranks."""
     fp = reference_made_from(c, pairs, env.dtype)
-    # rank 0 reads the file and decides for all: every other rank adds 0 to its 1 (reuse) or 0
-    reusable_here = D.is_rank0() and saved_reference(path, fp) is not None
-    reuse = D.all_sum(env, float(reusable_here))[0] > 0
+    # rank 0 reads the file and decides for all (the others need not read it)
+    reuse = D.rank0_answer(env, D.is_rank0() and saved_reference(path, fp) is not None)
     if not reuse:
         model.eval()
         mine = T.split_even(list(enumerate(pairs)), env.rank, env.world)

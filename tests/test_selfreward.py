@@ -315,6 +315,21 @@ def test_two_ranks_run_the_loop_as_one_process(micro_run, tmp_path):
         assert not os.path.exists(two / "train" / f"M{t + 1}" / "checkpoints")  # (removed once the stage is done)
 
 
+def test_a_lagging_rank_takes_rank_0s_branch(tmp_path):
+    """The run folder's questions about files rank 0 writes (a new run? this
+    shard done? this part?) are answered by rank 0 for all: with rank 1
+    lagging after every collective, asking for itself it saw rank 0's new
+    settings.json, shard or part and went one collective out of step, a hang
+    (seen with each of the three asked per rank: the command timed out)."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", os.path.join(ROOT, "tests", "dist_lagging_rank.py"),
+           str(tmp_path)]
+    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, ranks_said(r)
+    for rank in (0, 1):
+        assert f"rank {rank} ok: 6 records, 3 parts, all_sum 11" in r.stdout
+
+
 # --- bad input: a clear message naming the stage and the reason ----------------------
 
 def run_fails(cmd, cwd=ROOT):
