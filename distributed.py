@@ -299,11 +299,16 @@ def for_generation(env):
 
 
 def teardown(env):
-    """Leave the process group. Sharded models hold it and often sit in
-    reference cycles: collect them while the group still exists, or gloo's
-    threads can be torn down at interpreter exit and abort the process."""
+    """The end of a script's work: its models go, and the process group with
+    them if the script made it. Sharded models often sit in reference cycles:
+    they are collected here even when the group stays (a trainer inside the
+    loop, whose next stage loads another model into the memory the plan
+    counted as free), and before the group goes, or gloo's threads can be torn
+    down at interpreter exit and abort the process."""
+    gc.collect()
+    if env.device.startswith("cuda"):
+        torch.cuda.empty_cache()  # (the freed blocks back to the GPU, for the next stage's other layout)
     if env.owns_group and dist.is_initialized():
-        gc.collect()
         dist.barrier()  # gloo can crash at exit if a peer is still talking
         dist.destroy_process_group()
 

@@ -1634,6 +1634,26 @@ def test_clip_and_step_scales_the_gradient_to_the_clip_norm():
         assert layer.weight.grad is None
 
 
+def test_teardown_collects_a_models_cycles_even_when_the_group_stays():
+    """A trainer inside the loop (which owns the process group) still frees
+    its model when it ends: FSDP2 modules sit in reference cycles, which only
+    the cycle collector frees, and the next stage's plan counts that memory
+    as free. (Automatic collection is off here, as between its thresholds.)"""
+    import gc
+    import weakref
+    module = torch.nn.Linear(2, 2)
+    module.me = [module]  # a reference cycle, as FSDP2's hooks make
+    alive = weakref.ref(module)
+    gc.disable()
+    try:
+        del module
+        assert alive() is not None
+        D.teardown(D.Env())  # (owns_group False: the loop's process group stays)
+        assert alive() is None
+    finally:
+        gc.enable()
+
+
 def test_each_rank_trains_on_its_own_part_of_the_global_batch():
     """step_batch: the same global batch on every rank, cut into disjoint parts
     that together are that batch (FSDP = one process holds even if every rank
