@@ -1763,7 +1763,10 @@ def test_a_stage_records_the_dtype_it_computed_in(tmp_path):
     # and the trainers are told the resolved dtype, so a saved state resumes only in its own
     r = run("auto", torch.bfloat16)
     c = types.SimpleNamespace(**S.DEFAULTS)  # dtype="auto"
-    assert S.trainer_settings(c, r, "M1", 16, 16, ("sft", "M1"))["dtype"] == "bfloat16"
+    told = S.trainer_settings(c, r, "M1", 16, 16, ("sft", "M1"))
+    assert told["dtype"] == "bfloat16"
+    # ... and each model is stored as trained, fp32, whatever the trainers' own default on this device
+    assert told["save_dtype"] == "float32"
 
 
 def test_check_loop_in_this_process(tmp_path):
