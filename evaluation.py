@@ -13,7 +13,11 @@ GPT-4 Turbo against GPT-4 Turbo's answers, and MT-Bench, judged by GPT-4, Sectio
                 {"question_id", "answer_id", "model_id", "choices": [{"index": 0, "turns": [a1, a2]}], "tstamp"}
                 FastChat's llm_judge reads every *.jsonl in a model_answer/ folder and names the
                 model after the file, so that folder holds answer files and nothing else:
+                    mkdir -p FastChat/fastchat/llm_judge/data/mt_bench/model_answer   (a fresh clone has none)
                     cp eval/mt_bench/model_answer/*.jsonl FastChat/fastchat/llm_judge/data/mt_bench/model_answer/
+                    cd FastChat/fastchat/llm_judge && python gen_judgment.py --model-list <model_id> ...
+                The file is ASCII (other characters escaped as \\uXXXX, as FastChat writes its own):
+                FastChat opens it in the system's default encoding.
 
 AlpacaEval answers are greedy. MT-Bench answers are decoded as FastChat's
 gen_model_answer decodes them, so that their grades compare with those its
@@ -30,7 +34,7 @@ import json
 import os
 import time
 
-from data import read_jsonl, write_jsonl, write_text
+from data import read_jsonl, write_text
 from sample import fits, generate
 from tokenizer import chat_prompt_ids
 
@@ -195,7 +199,9 @@ def read_alpaca_eval(path):
 
 
 def write_mt_bench(path, records):
-    return write_jsonl(path, records)
+    # ASCII, as FastChat's own answer files: its load_model_answers opens them in the system's default
+    # encoding, which is not UTF-8 everywhere (a C locale, Windows)
+    return write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def mean_length(texts):

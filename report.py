@@ -759,8 +759,9 @@ def external_judges(infos):
             f"; {m['too_long']} questions with a turn too long for the context, answered \"ERROR\" there (as "
             f"FastChat marks a turn it could not answer; its judge scores them)" if m.get("too_long") else "")
             for m in mt]
-        lines.append(f"  (FastChat: copy `{folder}/*.jsonl` into `fastchat/llm_judge/data/mt_bench/model_answer/`, "
-                     f"then `python gen_judgment.py --model-list "
+        lines.append(f"  (FastChat: copy `{folder}/*.jsonl` into `fastchat/llm_judge/data/mt_bench/model_answer/` "
+                     f"(`mkdir -p` it: a fresh clone has none), then in `fastchat/llm_judge`: "
+                     f"`python gen_judgment.py --model-list "
                      f"{' '.join(os.path.basename(m['path'])[:-len('.jsonl')] for m in mt)}`)")
     return lines + [""]
 

@@ -1162,8 +1162,10 @@ def pick_checkpoint(c, r, t, checkpoints):
 # report.py's.
 
 def eval_model_id(c, name):
-    """The name external judges list model `name`'s answers under."""
-    return f"{c.run_name}-{name}"
+    """The name external judges list model `name`'s answers under: one file
+    name (FastChat names a model after its answer file), so a run_name with
+    folders in it (exp/1) gives exp-1-M1."""
+    return f"{os.path.normpath(c.run_name).replace(os.sep, '-')}-{name}"
 
 
 def eval_paths(c, r, name):

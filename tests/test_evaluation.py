@@ -117,6 +117,23 @@ def test_fastchat_reads_the_answers_and_judges_turn_two(mt_bench_run, monkeypatc
     assert f"A1 {recs[0]['choices'][0]['turns'][0]}" in result["user_prompt"]
 
 
+def test_mt_bench_answers_are_ascii_and_named_as_one_file(tmp_path):
+    """FastChat reads answer files in the system's default encoding (ASCII
+    under a C locale): ours are ASCII, other characters escaped, and read
+    back the same. A run_name with a folder in it gives one file name."""
+    import configurator
+    import selfreward as S
+    recs = [{"question_id": 81, "answer_id": "a", "model_id": "run-M1",
+             "choices": [{"index": 0, "turns": ["caf\u00e9 \u672c", "ok"]}], "tstamp": 1.0}]
+    path = E.mt_bench_path(str(tmp_path), "run-M1")
+    E.write_mt_bench(path, recs)
+    with open(path, "rb") as f:
+        f.read().decode("ascii")  # (raises where a character is not ASCII)
+    assert E.read_jsonl(path) == recs
+    name = lambda run_name: S.eval_model_id(configurator.settings(S.DEFAULTS, {"run_name": run_name}), "M1")
+    assert (name("toy"), name("exp/1"), name("./exp/")) == ("toy-M1", "exp-1-M1", "exp-M1")
+
+
 def test_alpaca_eval_prompts_from_json_or_jsonl_and_outputs_its_loader_reads(tmp_path, tok):
     prompts = [{"instruction": "Name a color.", "dataset": "helpful_base", "generator": "gpt4", "output": "x"},
                {"instruction": "Say hi."}]
