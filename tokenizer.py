@@ -62,7 +62,10 @@ two spaces: whole-text tokenization would merge those with the header's
 line break; nor for ChatML markers added to a SentencePiece-style
 vocabulary, a Llama 2 fine-tune's tokenizer.json, where each part encoded
 alone starts with its own "\u2581"). Llama 2's and Llama 3's templates strip each text of
-surrounding whitespace; ChatML's keeps it, as its Jinja templates do. What
+surrounding whitespace (Llama 2's system prompt excepted, as in Meta's code);
+ChatML's keeps it, as its Jinja templates do. Text that spells a special
+token (<|im_end|> in a prompt) becomes that token in a tokenizer.json, as
+transformers renders it, and stays text in SentencePiece (Meta's Llama 2). What
 a checkpoint's Jinja template writes around the turns is read from it and
 written the same way: a default system prompt when none is given (SmolLM2,
 Qwen); Llama 3.1+'s system turn, always there, opening with its knowledge
@@ -338,20 +341,21 @@ def llama2_parts(tok, messages, open_reply):
     written as Meta's chat_completion writes it, "{reply} </s>" (a space
     before </s>); the last one ends at </s>, as one-turn SFT teaches (our
     choice: Meta's code never writes a last reply, and HF's Jinja template
-    writes " {reply} </s>" for every one)."""
+    writes " {reply} </s>" for every one). Each [INST] begins with <s>, as
+    both write it, whatever the tokenizer's add_bos_token says."""
     parts, system = [], None
     for i, m in enumerate(messages):
-        text = m["content"].strip()
         if m["role"] == "system":
-            system = text
+            system = m["content"]
         elif m["role"] == "user":
-            if system is not None:
-                text, system = f"{B_SYS}{system}{E_SYS}{text}", None
-            parts.append((tok.encode(f"{B_INST} {text} {E_INST}", bos=True), False))
+            # Meta strips the system block and the first user text as one string: the system text as given
+            text = (f"{B_SYS}{system}{E_SYS}{m['content']}" if system is not None else m["content"]).strip()
+            system = None
+            parts.append(([tok.bos_id] + tok.encode(f"{B_INST} {text} {E_INST}"), False))
         else:  # "[/INST] {reply}": SentencePiece's dummy prefix writes that space, else we do
             earlier = i + 1 < len(messages)  # Meta's "{reply} </s>"
             space = "" if tok.leading_space else " "
-            parts.append((tok.encode(space + text + " " * earlier) + [tok.end_of_turn], True))
+            parts.append((tok.encode(space + m["content"].strip() + " " * earlier) + [tok.end_of_turn], True))
     return parts
 
 

@@ -226,6 +226,15 @@ def test_llama2_multi_turn_is_metas_format(llama_tokenizer_path):
     assert tok.decode(ids[s:e - 1]) == CONVERSATION[2]["content"] + " " and ids[e - 1] == 2
     ids, spans = chat_ids(tok, CONVERSATION[:3])  # ending with the reply: "{reply}</s>"
     assert ids[spans[-1][0]:] == tok.encode(CONVERSATION[2]["content"], eos=True)
+    # Meta strips the system block and the first user text as one string: the system text kept as given,
+    # and the user text's leading spaces after it
+    padded = [{"role": "system", "content": "  Be brief. "}, {"role": "user", "content": "   hi there \n"}]
+    assert chat_prompt_ids(tok, padded) == tok.encode("[INST] <<SYS>>\n  Be brief. \n<</SYS>>\n\n   hi there [/INST]",
+                                                      bos=True)
+    # <s> before every [INST] is the template's, not the tokenizer's: a tokenizer.json whose config says
+    # add_bos_token false (its documents begin without BOS) still writes it
+    tok.add_bos = False
+    assert chat_prompt_ids(tok, CONVERSATION) == expected
 
 
 def test_bad_conversations_are_clear_errors(llama_tokenizer_path):
