@@ -185,7 +185,8 @@ def test_a_written_prompt_that_is_a_held_out_prompt_is_dropped(tmp_path, monkeyp
     monkeypatch.setattr(S, "load_for_sampling", lambda r, path: (net, Writer))
     monkeypatch.setattr(S, "fits", lambda net, ids: True)
     monkeypatch.setattr(S, "generate", lambda net, ids, *a, **k: [[i] for i in range(len(ids))])
-    r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)), fingerprints={}, current=None)
+    r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)), fingerprints={}, current=None,
+                          env=D.Env())
     c = types.SimpleNamespace(**{**S.DEFAULTS, "n_prompts": 3, "progress": False})
     info = S.stage_prompts(c, r, 1, "writer")
     assert info["dropped"] == {"a held-out evaluation prompt": 2} and info["kept"] == 1
