@@ -24,7 +24,9 @@ mkdir -p "$OUT_DIR"
 RUNS=/tmp/gpu_check_runs  # the run folders: many files, kept out of OUT_DIR; made afresh (a rerun on a
 rm -rf "$RUNS"            # warm machine would otherwise find every stage done and check nothing)
 PY=${PYTHON:-python3}
-TORCHRUN="$PY -m torch.distributed.run"
+# (--local-addr: the workers meet at 127.0.0.1, not at the host's name, which a machine without a network
+# may not resolve)
+TORCHRUN="$PY -m torch.distributed.run --local-addr=127.0.0.1"
 export PYTHONUNBUFFERED=1  # a part stopped by its time limit keeps what it printed
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT_DIR/gpu.txt"
 date -u | tee -a "$OUT_DIR/gpu.txt"
@@ -36,9 +38,11 @@ run() {  # name, seconds, command...
     local name=$1 limit=$2; shift 2
     echo "=== $name"
     local t0=$SECONDS
-    timeout "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
+    timeout -k 15 "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1  # (-k: torchrun may wait 30 s on a hung worker)
     local rc=$?
     tail -n 15 "$OUT_DIR/$name.log"
+    # a failed torchrun's tail is its own summary: the workers' errors, from further up
+    [ $rc -eq 0 ] || grep -m 3 -A 3 "Error" "$OUT_DIR/$name.log"
     echo "=== $name: exit $rc, $((SECONDS - t0)) s"
     [ $rc -eq 0 ] || status=1
 }
