@@ -4,7 +4,7 @@ order of the paper's Figure 1:
 
     seed data -> M0 -> SFT baseline (IFT only)        the reference point
                  M0 -> M1 (SFT on IFT + EFT)           follows instructions AND judges
-    for t = 1..T:  a fixed writer (M0 here; the paper: Llama 2-Chat 70B) writes new
+    for t = 1..T:  a fixed writer (prompt_writer: M0 by default; the paper: Llama 2-Chat 70B) writes new
                    prompts (8-shot); M_t samples 4 candidates per prompt,
                    judges each candidate 3 times with itself, pairs the best
                    against the worst -> DPO from M_t -> M_{t+1}
@@ -835,11 +835,18 @@ def stage_candidates(c, r, t, mt_path):
         fitting = [i for i, x in enumerate(ids) if fits(net, x)]  # the others are skipped and counted
         outs = generate(net, [ids[i] for i in fitting], c.max_response_tokens, n=n, eos_id=tok.stop_ids,
                         **loop_sampling(c, sub_seed(c.seed, "candidates", t, shard))) if fitting else []
-        return [{"prompt": chunk[i]["prompt"], "candidates": [tok.decode(o).strip() for o in outs[k * n:(k + 1) * n]]}
+        # finished: the candidate ended its turn; one that ran out of tokens was cut off (response_pairs)
+        return [{"prompt": chunk[i]["prompt"], "candidates": [tok.decode(o).strip() for o in outs[k * n:(k + 1) * n]],
+                 "finished": [len(o) < c.max_response_tokens for o in outs[k * n:(k + 1) * n]]}
                 for k, i in enumerate(fitting)]
 
     recs = generate_sharded(r, os.path.join(f"iter{t}", "candidates"), prompts, c.shard_size, work)
-    return {"prompts": len(recs), "candidates": len(recs) * n, "too_long": len(prompts) - len(recs)}
+    cut_off = sum(not done for x in recs for done in x["finished"])
+    if cut_off:
+        D.log(f"iteration {t}: {cut_off} of {len(recs) * n} candidates ran out of max_response_tokens "
+              f"({c.max_response_tokens}) before their end of turn: they take no part in a pair")
+    return {"prompts": len(recs), "candidates": len(recs) * n, "too_long": len(prompts) - len(recs),
+            "cut_off": cut_off}
 
 
 def judge_settings(c, seed):
@@ -855,7 +862,7 @@ def stage_judgments(c, r, t, mt_path):
         judged = J.judge_groups(net, tok, [x["prompt"] for x in chunk], [x["candidates"] for x in chunk],
                                 **judge_settings(c, sub_seed(c.seed, "judge", t, shard)))
         # "scores"[k]: candidate k's n_judge parsed scores; "score"[k]: their mean, the candidate's reward
-        return [{"prompt": x["prompt"], "candidates": x["candidates"],
+        return [{"prompt": x["prompt"], "candidates": x["candidates"], "finished": x["finished"],
                  **J.by_field(mine, ["judgments", "scores", "score", "too_long"])} for x, mine in zip(chunk, judged)]
 
     recs = generate_sharded(r, os.path.join(f"iter{t}", "judgments"), recs, c.shard_size, work)
@@ -951,6 +958,11 @@ def response_pairs(c, r, t):
     judged = read_jsonl(r.path(f"iter{t}", "judgments.jsonl"))
     if c.pair_by in ("grader", "right"):
         judged = grader_scored(judged, only_right=c.pair_by == "right")
+    # a candidate cut off at max_response_tokens takes no part, as if unscored: chosen, it would teach DPO
+    # to end an answer mid-sentence (a pair closes each response with the end-of-turn token). (Records of
+    # older code have no "finished": every candidate counts, as then.)
+    judged = [{**x, "score": [s if done else None for s, done in zip(x["score"], x["finished"])]}
+              if "finished" in x else x for x in judged]
     pairs, dropped = make_pairs(judged)
     if not pairs:
         scorer = "the judge" if c.pair_by in ("judge", "coin") else f"the grader (pair_by={c.pair_by!r})"

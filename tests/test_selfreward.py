@@ -92,7 +92,7 @@ def test_every_artifact_exists_and_is_consistent(micro_run):
         it = run / f"iter{t}"
         prompts, cands = read_jsonl(it / "prompts.jsonl"), read_jsonl(it / "candidates.jsonl")
         judged, pairs = read_jsonl(it / "judgments.jsonl"), read_jsonl(it / "pairs.jsonl")
-        done = {k: json.load(open(run / "done" / f"iter{t}_{k}")) for k in ("prompts", "pairs")}
+        done = {k: json.load(open(run / "done" / f"iter{t}_{k}")) for k in ("prompts", "candidates", "pairs")}
         assert not [f for f in os.listdir(it) if ".part-" in f]  # shards merged and removed
         # counts add up
         assert done["prompts"]["kept"] == len(prompts) and done["prompts"]["requested"] == MICRO["n_prompts"]
@@ -111,11 +111,14 @@ def test_every_artifact_exists_and_is_consistent(micro_run):
                 assert len(texts) == 3 and [parse_score(x) for x in texts] == scores
                 valid = [s for s in scores if s is not None]
                 assert avg == (sum(valid) / len(valid) if valid else None)
-        # pairs: best against worst of the scored candidates, never a tie or an unscored one
+        # pairs: best against worst of the scored candidates that ended their turn, never a tie or an
+        # unscored or cut-off one (cut off: max_response_tokens new tokens, none of them the end of turn)
         by_prompt = {j["prompt"]: j for j in judged}
+        assert [j["finished"] for j in judged] == [x["finished"] for x in cands]
+        assert done["candidates"]["cut_off"] == sum(not f for j in judged for f in j["finished"])
         for p in pairs:
             j = by_prompt[p["prompt"]]
-            scored = [s for s in j["score"] if s is not None]
+            scored = [s for s, done in zip(j["score"], j["finished"]) if s is not None and done]
             assert p["chosen_score"] > p["rejected_score"]
             assert p["chosen_score"] == max(scored) and p["rejected_score"] == min(scored)
             c, r = p["chosen_index"], p["rejected_index"]
@@ -823,6 +826,34 @@ def test_grader_pairs_set_the_truly_best_against_the_truly_worst(tmp_path):
     S.stage_pairs(types.SimpleNamespace(pair_by="right"), R, 1)
     [pair] = read_jsonl(tmp_path / "iter1" / "pairs.jsonl")
     assert (pair["chosen"], pair["rejected"]) == ("The answer is MUNIZ.", "MUNZI")
+
+
+def test_a_candidate_cut_off_takes_no_part_in_a_pair(tmp_path):
+    """A candidate that ran out of max_response_tokens before its end of turn
+    ("finished" false) is neither chosen nor rejected, whoever scores it: a
+    pair closes each response with the end-of-turn token, so a cut-off chosen
+    one would teach DPO to stop mid-answer. Records without the flags (older
+    code) count every candidate."""
+    os.makedirs(tmp_path / "iter1")
+
+    class R:  # a run folder
+        path = staticmethod(lambda *p: str(tmp_path.joinpath(*p)))
+    judged = [{"prompt": "p", "candidates": ["a long answer, cut", "ok", "bad"], "score": [5.0, 4.0, 1.0],
+               "finished": [False, True, True]},
+              {"prompt": "q", "candidates": ["a", "b"], "score": [5.0, 1.0], "finished": [True, False]},
+              {"prompt": "r", "candidates": ["a", "b"], "score": [5.0, 1.0]}]
+    write_jsonl(tmp_path / "iter1" / "judgments.jsonl", judged)
+    info = S.stage_pairs(types.SimpleNamespace(pair_by="judge"), R, 1)
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in read_jsonl(tmp_path / "iter1" / "pairs.jsonl")] == \
+        [("p", "ok", "bad"), ("r", "a", "b")]
+    assert info["dropped"]["fewer than 2 scored candidates"] == 1  # q: one candidate left
+    # the grader's controls too: its grades replace the judge's scores, not the flags
+    judged = [{"prompt": "What is 'ZINUM' spelled backwards?", "candidates": ["MUNIZ", "The answer is MUNIZ.", "7"],
+               "score": [1.0, 1.0, 1.0], "finished": [False, True, True]}]
+    write_jsonl(tmp_path / "iter1" / "judgments.jsonl", judged)
+    S.stage_pairs(types.SimpleNamespace(pair_by="grader"), R, 1)
+    assert [(p["chosen"], p["rejected"]) for p in read_jsonl(tmp_path / "iter1" / "pairs.jsonl")] == \
+        [("The answer is MUNIZ.", "7")]
 
 
 def test_dpo_pick_every_makes_the_checkpoint_the_grader_rates_best_the_next_model(micro_run, tmp_path):
