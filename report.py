@@ -856,7 +856,8 @@ def write_report(r, names, infos, run_name, iterations):
         "the scored ones' scores or their ranks are all alike; it counts as 0 in their means, and a model with "
         "no prompt that has one shows '-' (prompts without one: " + ", ".join(
             f"{m['model']} {m['judge'].get('n_undefined_correlation', 0)}" for m in judged) + "). Pairwise "
-        "accuracy and exact match count a pair or response without a score as wrong: a judge that scores "
+        "accuracy and exact match count a pair or response without a score, and a pair scored equal, as wrong: "
+        "a judge that scores "
         "almost nothing (the toy world's SFT baseline) shows about 0, and the next model's step from it is "
         "mostly its learning to score. 5-best: of the responses whose averaged score is 5 (every judgment with "
         "a score 5), the share ranked best of their group.")
@@ -864,9 +865,12 @@ def write_report(r, names, infos, run_name, iterations):
             "the EFT eval prompts (")
     drawn_judge = " and judge pairwise accuracy" if any("judge_accuracy" in v for v in intervals.values()) else ""
     intervals_intro = [] if len(interval_table) < 3 else [  # (header and rule only: no figure has one)
-        f"The same figures with 95% bootstrap intervals over {over}{RESAMPLES:,} resamples; a difference is a "
-        f"result only where its interval excludes 0" + (f"; mean grade{drawn_judge} drawn in report.svg):"
-                                                        if graded else "):"), "",
+        f"The same figures with 95% percentile-bootstrap intervals over {over}{RESAMPLES:,} resamples, seed 0; "
+        f"differences between models paired prompt by prompt). They cover the drawing of these prompts for this "
+        f"run's models, not the run-to-run spread (another seed trains other models: `python seeds.py` measures "
+        f"it): a difference whose interval holds 0 is not a result of this run, and one that excludes 0 is this "
+        f"run's, not yet the method's; at a share of 0% or 100% the interval has no width" + (
+            f". Mean grade{drawn_judge} drawn in report.svg:" if graded else ":"), "",
         *interval_table, ""]
     text = "\n".join([
         f"# Self-rewarding run `{run_name}`", "", *missing_lines, intro + ties, "",

@@ -61,6 +61,9 @@ def test_agreement_counts_each_row_up_to_its_first_difference():
     assert bench.agreement([[1, 2, 3]], [[1, 2]]) == pytest.approx(2 / 3)  # a row cut short: its end differs
     assert bench.agreement([[1, 2], [7, 8, 9, 10]], [[1, 2, 3], [7, 8, 0, 10]]) == pytest.approx(4 / 7)
     assert bench.agreement([], []) == 0.0
+    # printed: "all" only where nothing differs; 4 tokens of 8,192 apart is not 100.0%
+    assert (bench.agreement_text(1.0), bench.agreement_text(1 - 4 / 8192), bench.agreement_text(0.25)) == \
+        ("all", "99.9%", "25.0%")
 
 
 def test_comm_formulas_give_the_figures_the_readme_reports():
