@@ -117,7 +117,7 @@ MODEL = StubModel()
 
 class CharTokenizer:
     """Just enough of a tokenizer for judge(): one id per character, Llama 2's template."""
-    eos_id, end_of_turn, stop_ids, template, default_system, template_problem = 2, 2, [2], "llama2", None, None
+    bos_id, eos_id, end_of_turn, stop_ids, template, default_system, template_problem = 1, 2, 2, [2], "llama2", None, None
 
     def encode(self, text, bos=False, eos=False):
         return [1] * bos + [ord(c) for c in text] + [2] * eos
