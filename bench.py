@@ -226,7 +226,7 @@ def bench_sample(c):
           f"one timed run each (the recompute loop is slow)")
     print(f"  recompute, no cache    : {tokens / t_re:7.0f} tok/s  ({t_re:.2f} s)")
     print(f"  KV cache               : {tokens / t_kv:7.0f} tok/s  ({t_kv:.2f} s)  {t_re / t_kv:.2f}x   "
-          f"same tokens: {agreement(out_kv, out_re):.1%}")
+          f"same tokens: {agreement_text(agreement(out_kv, out_re))}")
 
     # 3. the judge workload: a long rubric in front of every prompt, n samples each
     rubric = random_prompts(g, 1, c.judge_rubric, c.judge_rubric, args.vocab_size)[0]

@@ -387,8 +387,9 @@ def read_tensors(path, model):
 def check_hf_tensors(path, params, args):
     """An HF checkpoint holds exactly the tensors a model of its config has
     (`params`: name -> parameter, on the meta device will do), each of its
-    shape, read from the safetensors headers alone (no tensor data, so the
-    checks before any work can afford it at 70B). Returns the weight map."""
+    shape, read from the safetensors headers (no tensor data, so the checks
+    before any work can afford it at 70B; but a tied model's stored head is
+    compared with its embedding: check_tied_copy). Returns the weight map."""
     weight_map = safetensors_files(path)
     ours = {hf_name(n) for n in params}
     extra = [k for k in weight_map if k not in ours

@@ -299,8 +299,9 @@ def for_generation(env):
 
 
 def teardown(env):
-    """The end of a script's work: its models go, and the process group with
-    them if the script made it. Sharded models often sit in reference cycles:
+    """The end of a script's work: the objects it no longer references are
+    collected, and the process group goes if the script made it. Sharded
+    models often sit in reference cycles:
     they are collected here even when the group stays (a trainer inside the
     loop, whose next stage loads another model into the memory the plan
     counted as free), and before the group goes, or gloo's threads can be torn

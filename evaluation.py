@@ -201,7 +201,7 @@ def read_alpaca_eval(path):
 def write_mt_bench(path, records):
     # ASCII, as FastChat's own answer files: its load_model_answers opens them in the system's default
     # encoding, which is not UTF-8 everywhere (a C locale, Windows)
-    return write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    return write_text(path, "".join(json.dumps(r, ensure_ascii=True) + "\n" for r in records))
 
 
 def mean_length(texts):

@@ -257,8 +257,9 @@ def dropout(x, p):
 # matmuls run about twice as fast (distributed.cpu_has_bf16), and with
 # dropout_p > 0 it falls back to a plain kernel that copies K and V for each
 # query head. The two matmuls compute all T x T scores (SDPA skips the masked
-# half), so past about 400 tokens SDPA wins again; and without autograd
-# (scoring) SDPA's forward is as fast or faster. Timings: SPEED.md, "Training
+# half), so past about 400 tokens SDPA wins again; without autograd (scoring)
+# SDPA's forward wins at some shapes, and scoring is a small share of a run,
+# so SDPA is kept there. Timings: SPEED.md, "Training
 # attention as bf16 matmuls on the CPU" and "Dropout on a CPU".
 CPU_MATMUL_ATTENTION_MAX_LEN = 384
 

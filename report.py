@@ -696,6 +696,8 @@ def iteration_lines(r, stages, iterations):
             line += f"; prompts dropped: {p['dropped']}"
         if cand.get("too_long"):
             line += f"; {cand['too_long']} prompts too long to answer"
+        if cand.get("cut_off"):
+            line += f"; {cand['cut_off']} candidates cut off at max_response_tokens (never chosen nor rejected)"
         if jd.get("judgments"):
             line += f"; {jd['judgments_with_score']} of {jd['judgments']} judgments with a score"
         if jd.get("too_long"):

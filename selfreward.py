@@ -835,18 +835,27 @@ def stage_candidates(c, r, t, mt_path):
         fitting = [i for i, x in enumerate(ids) if fits(net, x)]  # the others are skipped and counted
         outs = generate(net, [ids[i] for i in fitting], c.max_response_tokens, n=n, eos_id=tok.stop_ids,
                         **loop_sampling(c, sub_seed(c.seed, "candidates", t, shard))) if fitting else []
-        # finished: the candidate ended its turn; one that ran out of tokens was cut off (response_pairs)
+        # finished: the candidate ended its turn; one that ran out of tokens (max_response_tokens, or the
+        # context's room after its prompt, whichever is less) was cut off (response_pairs)
+        room = lambda i: min(c.max_response_tokens, net.args.max_seq_len - len(ids[i]))
         return [{"prompt": chunk[i]["prompt"], "candidates": [tok.decode(o).strip() for o in outs[k * n:(k + 1) * n]],
-                 "finished": [len(o) < c.max_response_tokens for o in outs[k * n:(k + 1) * n]]}
+                 "finished": [len(o) < room(i) for o in outs[k * n:(k + 1) * n]]}
                 for k, i in enumerate(fitting)]
 
     recs = generate_sharded(r, os.path.join(f"iter{t}", "candidates"), prompts, c.shard_size, work)
-    cut_off = sum(not done for x in recs for done in x["finished"])
+    cut_off = sum(not done for x in recs for done in finished(x))
     if cut_off:
         D.log(f"iteration {t}: {cut_off} of {len(recs) * n} candidates ran out of max_response_tokens "
               f"({c.max_response_tokens}) before their end of turn: they take no part in a pair")
     return {"prompts": len(recs), "candidates": len(recs) * n, "too_long": len(prompts) - len(recs),
             "cut_off": cut_off}
+
+
+def finished(rec):
+    """A candidates or judgments record's "finished" flags (did each candidate
+    end its turn?); records written before the flags existed count every
+    candidate finished, as the loop then did."""
+    return rec.get("finished", [True] * len(rec["candidates"]))
 
 
 def judge_settings(c, seed):
@@ -862,7 +871,7 @@ def stage_judgments(c, r, t, mt_path):
         judged = J.judge_groups(net, tok, [x["prompt"] for x in chunk], [x["candidates"] for x in chunk],
                                 **judge_settings(c, sub_seed(c.seed, "judge", t, shard)))
         # "scores"[k]: candidate k's n_judge parsed scores; "score"[k]: their mean, the candidate's reward
-        return [{"prompt": x["prompt"], "candidates": x["candidates"], "finished": x["finished"],
+        return [{"prompt": x["prompt"], "candidates": x["candidates"], "finished": finished(x),
                  **J.by_field(mine, ["judgments", "scores", "score", "too_long"])} for x, mine in zip(chunk, judged)]
 
     recs = generate_sharded(r, os.path.join(f"iter{t}", "judgments"), recs, c.shard_size, work)
@@ -959,16 +968,17 @@ def response_pairs(c, r, t):
     if c.pair_by in ("grader", "right"):
         judged = grader_scored(judged, only_right=c.pair_by == "right")
     # a candidate cut off at max_response_tokens takes no part, as if unscored: chosen, it would teach DPO
-    # to end an answer mid-sentence (a pair closes each response with the end-of-turn token). (Records of
-    # older code have no "finished": every candidate counts, as then.)
-    judged = [{**x, "score": [s if done else None for s, done in zip(x["score"], x["finished"])]}
-              if "finished" in x else x for x in judged]
+    # to end an answer mid-sentence (a pair closes each response with the end-of-turn token)
+    judged = [{**x, "score": [s if done else None for s, done in zip(x["score"], finished(x))]} for x in judged]
     pairs, dropped = make_pairs(judged)
     if not pairs:
         scorer = "the judge" if c.pair_by in ("judge", "coin") else f"the grader (pair_by={c.pair_by!r})"
+        cut_off = sum(not done for x in judged for done in finished(x))
         D.stop(f"error: iteration {t}: no preference pairs (dropped: {dropped}): no prompt had two candidates "
-                 f"of different texts that {scorer} scored differently. DPO cannot run. Look at "
-                 f"{r.path(f'iter{t}', 'judgments.jsonl')}.")
+               f"of different texts that {scorer} scored differently"
+               + (f", among those that ended their turn ({cut_off} ran out of max_response_tokens: raise it)"
+                  if cut_off else "")
+               + f". DPO cannot run. Look at {r.path(f'iter{t}', 'judgments.jsonl')}.")
     if c.pair_by == "coin":
         pairs = coin_turned(pairs, sub_seed(c.seed, "coin", t))
     return pairs, dropped

@@ -351,7 +351,8 @@ def llama2_parts(tok, messages, open_reply):
             # Meta strips the system block and the first user text as one string: the system text as given
             text = (f"{B_SYS}{system}{E_SYS}{m['content']}" if system is not None else m["content"]).strip()
             system = None
-            parts.append(([tok.bos_id] + tok.encode(f"{B_INST} {text} {E_INST}"), False))
+            bos = [tok.bos_id] if tok.bos_id is not None else []  # (a vocabulary without one: none)
+            parts.append((bos + tok.encode(f"{B_INST} {text} {E_INST}"), False))
         else:  # "[/INST] {reply}": SentencePiece's dummy prefix writes that space, else we do
             earlier = i + 1 < len(messages)  # Meta's "{reply} </s>"
             space = "" if tok.leading_space else " "

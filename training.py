@@ -333,15 +333,15 @@ def micro_batches(items, size, length=None):
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def lr_at(step, total_steps, warmup_steps, lr, min_lr):
-    """Linear warmup to lr, then cosine decay to min_lr at total_steps (the
-    run's steps: total_steps(), not the max_steps setting, which may be 0 for
-    'from epochs'). The trainers take steps 0 .. total_steps - 1, so the last
-    step's lr is a little above min_lr; nanoGPT's loop takes one more step, at
-    min_lr exactly."""
+def lr_at(step, n_steps, warmup_steps, lr, min_lr):
+    """Linear warmup to lr, then cosine decay to min_lr at n_steps (the run's
+    steps, as total_steps() counts them: not the max_steps setting, which may
+    be 0 for 'from epochs'). The trainers take steps 0 .. n_steps - 1, so the
+    last step's lr is a little above min_lr; nanoGPT's loop takes one more
+    step, at min_lr exactly."""
     if step < warmup_steps:
         return lr * (step + 1) / (warmup_steps + 1)
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    progress = min(1.0, (step - warmup_steps) / max(1, n_steps - warmup_steps))
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
 
@@ -352,7 +352,7 @@ def begin_step(optimizer, step, steps, c, env):
     lr = lr_at(step, steps, c.warmup_steps, c.lr, c.min_lr)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    # (the rank's term is a prime above any step's term: no two (step, rank) share a seed, even at 1,024 ranks)
+    # (the rank's term is a prime, 2^31 - 1: two (step, rank) would share a seed only for steps 2^31 - 1 apart)
     torch.manual_seed(c.seed * 1_000_003 + step * 1009 + env.rank * 2_147_483_647)
     return lr
 

@@ -367,7 +367,7 @@ def test_report_for_real_data_has_no_toy_columns(tmp_path):
     report.write_report(r, names, infos, "x", 2)
     text = open(r.path("report.md")).read()
     # the judge's figures with their intervals over the EFT eval prompts, on real data too (2 prompts: wide)
-    assert "The same figures with 95% bootstrap intervals over the EFT eval prompts (" in text
+    assert "The same figures with 95% percentile-bootstrap intervals over the EFT eval prompts (" in text
     assert "| judge pairwise acc % | - | 50.0 [0.0, 100.0] | - |" in text and "mean grade" not in text
     assert not os.path.exists(r.path("report.svg"))  # the figure draws mean grade: the toy world's
     # a finished stage whose output is gone is named, with what the report leaves out for it

@@ -625,7 +625,7 @@ def test_without_a_judge_no_judge_panel_is_drawn_or_claimed(tmp_path):
         write_jsonl(tmp_path / "eval" / f"{n}_test.jsonl", [{"prompt": "p", "grade": 3, "response": "a"}])
     report.write_report(r, ["SFT", "M1"], {}, "x", 0)
     text = open(tmp_path / "report.md").read()
-    assert "; mean grade drawn in report.svg" in text and "judge pairwise accuracy drawn" not in text
+    assert ". Mean grade drawn in report.svg" in text and "judge pairwise accuracy drawn" not in text
     assert "no model has judge figures (eval_judge=False" in text and "reward-model metrics" not in text
     texts = [t.text for t in ET.parse(tmp_path / "report.svg").getroot().iter("{http://www.w3.org/2000/svg}text")]
     assert "mean grade (0-5)" in texts and "judge pairwise accuracy %" not in texts

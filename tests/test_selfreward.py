@@ -127,6 +127,8 @@ def test_every_artifact_exists_and_is_consistent(micro_run):
     report = (run / "report.md").read_text()
     for name in ("SFT", "M1", "M2", "M3"):
         assert f"| {name} |" in report
+    cut_off = json.load(open(run / "done" / "iter1_candidates"))["cut_off"]
+    assert (f"; {cut_off} candidates cut off at max_response_tokens" in report) == (cut_off > 0)  # (12 tokens: 5 here)
 
 
 def test_each_iteration_trains_from_the_model_before_it(micro_run):
@@ -867,7 +869,7 @@ def test_dpo_pick_every_makes_the_checkpoint_the_grader_rates_best_the_next_mode
     with open(run / "done" / "M2") as f:
         pick = json.load(f)["pick"]
     steps = [x["step"] for x in pick["checkpoints"]]
-    assert len(steps) >= 3 and steps == list(range(1, len(steps) + 1))  # one a step, the last step's last
+    assert len(steps) >= 2 and steps == list(range(1, len(steps) + 1))  # one a step, the last step's last
     assert pick["valid_prompts"] == 24
     valid = toy.validation_set(run / "seed", 24, MICRO.get("seed", 1337))
     prompts = tmp_path / "valid.jsonl"
