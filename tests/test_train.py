@@ -1648,7 +1648,7 @@ def test_teardown_collects_a_models_cycles_even_when_the_group_stays():
     try:
         del module
         assert alive() is not None
-        D.teardown(D.Env())  # (owns_group False: the loop's process group stays)
+        D.teardown(D.Env(mesh="a mesh"))  # a sharded run's env; owns_group False: the loop's group stays
         assert alive() is None
     finally:
         gc.enable()
