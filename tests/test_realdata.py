@@ -91,6 +91,15 @@ def test_generation_stages_skip_and_count_prompts_longer_than_the_context(tmp_pa
     recs = read_jsonl(r.path("iter1", "candidates.jsonl"))
     assert info["too_long"] == 1 and [x["prompt"] for x in recs] == [SHORT, SHORT + "!"]
     assert all(len(x["candidates"]) == c.n_candidates for x in recs)
+    # a candidate that fills the room its prompt leaves in the context is cut off, though shorter than
+    # max_response_tokens (4); one a token shorter ended its turn
+    use_model(monkeypatch, tok, len(chat_prompt_ids(tok, SHORT)) + 2)  # room for 2 new tokens
+    lengths = [2, 1] + [1] * (c.n_candidates - 2)
+    monkeypatch.setattr(S, "generate", lambda net, prompts, *a, n=1, **kw: [[5] * k for _ in prompts for k in lengths])
+    write_jsonl(r.path("iter1", "prompts.jsonl"), [{"prompt": SHORT}])
+    info = S.stage_candidates(c, r, 1, "M1")
+    assert read_jsonl(r.path("iter1", "candidates.jsonl"))[0]["finished"] == [False] + [True] * (c.n_candidates - 1)
+    assert info["cut_off"] == 1
 
     # judgments: a judge prompt that does not fit gets no judgment and no score
     ctx = len(judge_prompt_ids(tok, SHORT, "a")) + 8

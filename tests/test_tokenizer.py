@@ -235,6 +235,9 @@ def test_llama2_multi_turn_is_metas_format(llama_tokenizer_path):
     # add_bos_token false (its documents begin without BOS) still writes it
     tok.add_bos = False
     assert chat_prompt_ids(tok, CONVERSATION) == expected
+    # a vocabulary with no BOS at all (a template forced on it): the turns without one, not None in the ids
+    tok.bos_id = None
+    assert chat_prompt_ids(tok, CONVERSATION) == [i for i in expected if i != 1]
 
 
 def test_bad_conversations_are_clear_errors(llama_tokenizer_path):
