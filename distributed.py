@@ -301,11 +301,11 @@ def for_generation(env):
 def teardown(env):
     """The end of a script's work: the objects it no longer references are
     collected, and the process group goes if the script made it. Sharded
-    models often sit in reference cycles:
-    they are collected here even when the group stays (a trainer inside the
-    loop, whose next stage loads another model into the memory the plan
-    counted as free), and before the group goes, or gloo's threads can be torn
-    down at interpreter exit and abort the process. (A model in one process
+    models often sit in reference cycles: they are collected here even when
+    the group stays (a trainer inside the loop, whose next stage loads another
+    model into the memory the plan counted as free), and before the group
+    goes, or gloo's threads can be torn down at interpreter exit and abort the
+    process. (A model in one process
     has no such cycles and went with its last reference: no collection, which
     costs 0.2 s or more with transformers loaded, as in the tests.)"""
     if env.fsdp:

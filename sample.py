@@ -485,6 +485,13 @@ def without_autograd(generate):
     return run
 
 
+def new_token_budget(model, prompt_ids, max_new_tokens):
+    """How many tokens generate() may add after a prompt: max_new_tokens, or
+    less where the context would overflow. A completion this long was cut
+    off, not ended by a stop id (generate cuts completions before it)."""
+    return min(max_new_tokens, model.args.max_seq_len - len(prompt_ids))
+
+
 @without_autograd
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_p=1.0, n=1, eos_id=None,
              seed=None, batch_size=32, min_shared_prefix=64, compile=False, progress=True, check_every=None):
@@ -621,9 +628,7 @@ def _generate_batch(model, decode, cache_class, prompts, prompt_index, P, prefix
         logits = logits.repeat_interleave(n, dim=0)  # (N, V)
     completion_index = [i * n + j for i in prompt_index for j in range(n)]  # each row's place in the whole request
     u = row_uniforms(seed, completion_index, max_new_tokens).to(dev) if temperature > 0 else None
-    # each row's budget: max_new_tokens, or less where the context would overflow
-    budget = torch.tensor([min(max_new_tokens, model.args.max_seq_len - len(p))
-                           for p in prompts for _ in range(n)], device=dev)
+    budget = torch.tensor([new_token_budget(model, p, max_new_tokens) for p in prompts for _ in range(n)], device=dev)
     stops = torch.tensor(eos_id if eos_id is not None else [], dtype=torch.long, device=dev)
 
     out = torch.full((N, max_new_tokens), -1, dtype=torch.long, device=dev)  # (N, steps)

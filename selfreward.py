@@ -77,7 +77,7 @@ import training
 import validate
 from data import SEED_FILES, read_jsonl, toy, write_jsonl
 from run_folder import Run, fit_micro, generate_sharded, move_model, save_jsonl, stage_parts, sub_seed
-from sample import fits, generate
+from sample import fits, generate, new_token_budget
 from tokenizer import Tokenizer, chat_prompt_ids, train_tokenizer
 
 # -----------------------------------------------------------------------------
@@ -786,7 +786,7 @@ def stage_prompts(c, r, t, writer_path):
         records = []
         for i, o in zip(fitting, outs):
             # a request that nearly fills the context leaves fewer than max_prompt_tokens
-            prompt, finished = first_line(tok, o, min(c.max_prompt_tokens, net.args.max_seq_len - len(ids[i])))
+            prompt, finished = first_line(tok, o, new_token_budget(net, ids[i], c.max_prompt_tokens))
             why = malformed(prompt, finished, c.min_prompt_words, c.max_prompt_words)
             if why is None and J.prompt_key(prompt) in seen:
                 why = "exact duplicate"
@@ -835,15 +835,14 @@ def stage_candidates(c, r, t, mt_path):
         fitting = [i for i, x in enumerate(ids) if fits(net, x)]  # the others are skipped and counted
         outs = generate(net, [ids[i] for i in fitting], c.max_response_tokens, n=n, eos_id=tok.stop_ids,
                         **loop_sampling(c, sub_seed(c.seed, "candidates", t, shard))) if fitting else []
-        # finished: the candidate ended its turn; one that ran out of tokens (max_response_tokens, or the
-        # context's room after its prompt, whichever is less) was cut off (response_pairs)
-        room = lambda i: min(c.max_response_tokens, net.args.max_seq_len - len(ids[i]))
+        # finished: the candidate ended its turn; one that used its whole budget was cut off (response_pairs)
         return [{"prompt": chunk[i]["prompt"], "candidates": [tok.decode(o).strip() for o in outs[k * n:(k + 1) * n]],
-                 "finished": [len(o) < room(i) for o in outs[k * n:(k + 1) * n]]}
+                 "finished": [len(o) < new_token_budget(net, ids[i], c.max_response_tokens)
+                              for o in outs[k * n:(k + 1) * n]]}
                 for k, i in enumerate(fitting)]
 
     recs = generate_sharded(r, os.path.join(f"iter{t}", "candidates"), prompts, c.shard_size, work)
-    cut_off = sum(not done for x in recs for done in finished(x))
+    cut_off = cut_off_count(recs)
     if cut_off:
         D.log(f"iteration {t}: {cut_off} of {len(recs) * n} candidates ran out of max_response_tokens "
               f"({c.max_response_tokens}) before their end of turn: they take no part in a pair")
@@ -851,11 +850,15 @@ def stage_candidates(c, r, t, mt_path):
             "cut_off": cut_off}
 
 
-def finished(rec):
+def finished_flags(rec):
     """A candidates or judgments record's "finished" flags (did each candidate
     end its turn?); records written before the flags existed count every
     candidate finished, as the loop then did."""
     return rec.get("finished", [True] * len(rec["candidates"]))
+
+
+def cut_off_count(recs):
+    return sum(not done for x in recs for done in finished_flags(x))
 
 
 def judge_settings(c, seed):
@@ -871,7 +874,7 @@ def stage_judgments(c, r, t, mt_path):
         judged = J.judge_groups(net, tok, [x["prompt"] for x in chunk], [x["candidates"] for x in chunk],
                                 **judge_settings(c, sub_seed(c.seed, "judge", t, shard)))
         # "scores"[k]: candidate k's n_judge parsed scores; "score"[k]: their mean, the candidate's reward
-        return [{"prompt": x["prompt"], "candidates": x["candidates"], "finished": finished(x),
+        return [{"prompt": x["prompt"], "candidates": x["candidates"], "finished": finished_flags(x),
                  **J.by_field(mine, ["judgments", "scores", "score", "too_long"])} for x, mine in zip(chunk, judged)]
 
     recs = generate_sharded(r, os.path.join(f"iter{t}", "judgments"), recs, c.shard_size, work)
@@ -969,11 +972,11 @@ def response_pairs(c, r, t):
         judged = grader_scored(judged, only_right=c.pair_by == "right")
     # a candidate cut off at max_response_tokens takes no part, as if unscored: chosen, it would teach DPO
     # to end an answer mid-sentence (a pair closes each response with the end-of-turn token)
-    judged = [{**x, "score": [s if done else None for s, done in zip(x["score"], finished(x))]} for x in judged]
+    judged = [{**x, "score": [s if done else None for s, done in zip(x["score"], finished_flags(x))]} for x in judged]
     pairs, dropped = make_pairs(judged)
     if not pairs:
         scorer = "the judge" if c.pair_by in ("judge", "coin") else f"the grader (pair_by={c.pair_by!r})"
-        cut_off = sum(not done for x in judged for done in finished(x))
+        cut_off = cut_off_count(judged)
         D.stop(f"error: iteration {t}: no preference pairs (dropped: {dropped}): no prompt had two candidates "
                f"of different texts that {scorer} scored differently"
                + (f", among those that ended their turn ({cut_off} ran out of max_response_tokens: raise it)"
