@@ -541,17 +541,22 @@ def stage_eft_targets(c, r):
 
 def eft_targets_from_file(c, r, seed_groups):
     """EFT targets from another judge's judgments (judge.read_judge_file). A prompt
-    of the EFT eval set is dropped (it would leak into the evaluation of M1's judge);
+    of the EFT eval set is dropped (it would leak into the evaluation of M1's judge),
+    and so is one of the IFT set (the paper's EFT data does not overlap its IFT data);
     where the seed's human ranks cover every response of a prompt, the ranks are
     attached and judge.eft_targets keeps only judgments that agree with them."""
     key = J.prompt_key
     human = {key(g["prompt"]): g for g in seed_groups}
     held_out = {key(g["prompt"]) for g in read_jsonl(r.path("seed", "eft_eval.jsonl"))}
+    ift = {key(x["prompt"]) for x in read_jsonl(r.path("seed", "ift.jsonl"))}
     groups, judged = J.read_judge_file(c.eft_judgments)
     kept, dropped = [], Counter()
     for g, mine in zip(groups, judged):
         if key(g["prompt"]) in held_out:
             dropped["prompt of the EFT eval set"] += 1
+            continue
+        if key(g["prompt"]) in ift:
+            dropped["prompt of the IFT set"] += 1
             continue
         h = human.get(key(g["prompt"]))
         if g["ranks"] is None and h is not None:

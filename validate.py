@@ -426,7 +426,7 @@ def check_loop(c, world):
                 p.add(f"{setting}: {e}")
                 continue
             if setting == "eft_judgments" and eft_eval:  # (a real seed's, read above)
-                usable_judgments(p, c, *got, eft_eval)
+                usable_judgments(p, c, *got, eft_eval + (ift or []))
     p.require(not (c.eft_judgments and toy_world), "eft_judgments", "supplies judgments for EFT "
               "groups (real seed data); the toy seed's EFT training records are already targets")
     if p.require(c.pair_by in ("judge", "grader", "right", "coin"), "pair_by", "must be 'judge' (the paper), "
@@ -484,16 +484,16 @@ def within(path, folder):
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def usable_judgments(p, c, groups, judged, eft_eval):
+def usable_judgments(p, c, groups, judged, seed_records):
     """eft_judgments must hold a judgment the EFT targets stage can keep: one
-    with a score ('Score: N') for a prompt that is not an EFT eval prompt (of
-    eft_eval, the seed's groups; whether its scores agree with the human ranks
+    with a score ('Score: N') for a prompt that is not an EFT eval or IFT prompt
+    (of seed_records, the seed's; whether its scores agree with the human ranks
     is that stage's to say)."""
-    held_out = {J.prompt_key(g["prompt"]) for g in eft_eval}
+    held_out = {J.prompt_key(x["prompt"]) for x in seed_records}
     scored = sum(s is not None for g, mine in zip(groups, judged) if J.prompt_key(g["prompt"]) not in held_out
                  for r in mine for s in r["scores"])
     if not scored:
-        p.add(f"eft_judgments: {c.eft_judgments}: no judgment of a prompt outside the EFT eval set has a score "
+        p.add(f"eft_judgments: {c.eft_judgments}: no judgment of a prompt outside the EFT eval and IFT sets has a score "
               f"(a judgment ends with 'Score: N', N in 0..5, the paper's format): it would give M1 no EFT data")
 
 

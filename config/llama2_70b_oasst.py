@@ -2,6 +2,7 @@
 # iterations (Yuan et al. 2024, Section 3). Prepare the seed data first:
 #   python -m data.prepare_oasst oasst1-train.jsonl oasst1-validation.jsonl \
 #       --eval_files=oasst1-validation.jsonl --out=data/oasst
+# (at its default --ift_frac=0.6 about 2,100 IFT examples, not the paper's 3,200: README, "Open Assistant")
 # Check both memory plans (training: FSDP2 over all GPUs; generation: tensor
 # parallel over each node's 8 GPUs), then launch on 2 nodes of 8 GPUs of 141 GB
 # (H200: training 79.7 GiB a GPU, generation 42.4 GiB at batch 64), R = 0, 1:

@@ -12,10 +12,11 @@ train and/or validation split, any number of files.
 
 Which messages are used:
 - a prompt is a root message (no parent) from the prompter, in English, not
-  deleted and with a passed review; prompts with the same text (case and
+  deleted, with a passed review, human-written (not "synthetic") and in a tree
+  "ready_for_export" (every oasst1 tree; oasst_all's others are not); prompts with the same text (case and
   spacing aside) are kept once, an eval prompt's text never in training
-- a reply is a direct assistant child of such a prompt, in English, not
-  deleted, review passed; it is ranked if it has a rank (0 = best)
+- a reply is a direct assistant child of such a prompt, usable by the same
+  rules; it is ranked if it has a rank (0 = best)
 - IFT takes the rank-0 reply only; if that one is unusable the prompt is not
   an IFT example (we never promote rank 1)
 - EFT keeps the usable ranked replies, renumbered 0..k-1 in their human order
@@ -36,7 +37,16 @@ How prompts are split (each prompt goes to at most one of the three sets):
   eval file is an eval message, whatever training file holds it too.
   The paper gives its sizes (3,200 IFT examples, 1,630 EFT training
   judgments) but not how it split the prompts: --ift_frac is ours, and it
-  sets how many IFT examples there are.
+  sets how many IFT examples there are. The train split is not at hand
+  here; scaled by the validation split's share of English trees (188 of
+  518; the train split has 9,846 trees), the default 0.6 gives about 2,100
+  IFT examples (1,900-2,400 over that share's uncertainty) and about 1,400
+  EFT train groups (4,100 replies before the agreement filter). The paper's
+  two sizes cannot both come from first turns kept apart between the sets:
+  --ift_frac=0.9 gives about 3,200 IFT examples but leaves about 335 groups
+  (980 replies) for EFT, fewer than the 1,630 judgments the paper kept
+  after its filter. Its EFT set may have used later turns too, which this
+  reading leaves out (the judge prompt has no place for a conversation).
 
     python -m data.prepare_oasst train.jsonl validation.jsonl --eval_files=validation.jsonl --out=data/oasst
 writes ift.jsonl, eft_train.jsonl, eft_eval.jsonl (EFT groups) into --out.
@@ -99,6 +109,10 @@ def _why_unusable(m, role):
         return "deleted"
     if m.get("review_result") is not True:
         return "review not passed"
+    if m.get("synthetic"):  # (oasst1's human-written messages have it false; a model wrote these)
+        return "synthetic (written by a model)"
+    if m.get("tree_state") not in (None, "ready_for_export"):  # (oasst_all's unfinished or halted trees)
+        return f"tree {m['tree_state']!r}, not ready for export"
     return None
 
 

@@ -1,5 +1,6 @@
 """data/prepare_oasst.py on the real oasst1 validation split and on bad input."""
 import json
+import random
 import subprocess
 import sys
 
@@ -54,6 +55,20 @@ def test_default_split_of_the_validation_file(validation):
     assert len(ids) == len(set(ids)) == 186  # IFT and EFT prompts are disjoint
 
 
+def test_the_split_does_not_depend_on_the_order_of_the_lines(validation, tmp_path):
+    """The validation file lists each prompt's replies in rank order; an export in
+    any other order (by id, by date) must give the same sets: replies are sorted
+    by rank, not taken in file order (without the sort 69 IFT examples of 186)."""
+    path, messages = validation
+    rows = list(messages.values())
+    random.Random(0).shuffle(rows)
+    shuffled = _write(tmp_path / "shuffled.jsonl", rows)
+    for eval_files in ([], [path]):
+        expected = prepare([path], eval_files=eval_files)
+        got = prepare([shuffled], eval_files=[shuffled] if eval_files else [])
+        assert got[0] == expected[0] and got[2] == expected[2]
+
+
 def _msg(mid, parent, role="assistant", text=None, lang="en", rank=None, deleted=False, review=True):
     return {"message_id": mid, "parent_id": parent, "text": text or f"text of {mid}", "role": role,
             "lang": lang, "rank": rank, "deleted": deleted, "review_result": review}
@@ -102,6 +117,23 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
     }
     assert sum(kept.values()) + sum(dropped.values()) == len(BAD_ROWS)
     assert "kept 1 IFT examples" in report(sets, kept, dropped)
+
+
+def test_a_prompt_that_fits_only_ift_goes_there_whatever_the_share(tmp_path):
+    """--ift_frac draws between IFT and EFT train only for a prompt that fits both;
+    one with a usable rank-0 reply and no second ranked one is IFT even at 0.
+    Messages written by a model, or in a tree oasst_all marks unfinished, are dropped."""
+    rows = [_msg("q1", None, "prompter"), _msg("q1a", "q1", rank=0), _msg("q1b", "q1"),  # q1b unranked
+            _msg("q2", None, "prompter"), _msg("q2a", "q2", rank=0), _msg("q2b", "q2", rank=1),
+            {**_msg("q3", None, "prompter"), "tree_state": "aborted_low_grade"}, _msg("q3a", "q3", rank=0),
+            _msg("q4", None, "prompter"), _msg("q4a", "q4", rank=0),
+            {**_msg("q4b", "q4", rank=1), "synthetic": True}, {**_msg("q4c", "q4", rank=2), "tree_state": "growing"}]
+    sets, kept, dropped = prepare([_write(tmp_path / "m.jsonl", rows)], eft_eval_frac=0.0, ift_frac=0.0)
+    assert [x["prompt_id"] for x in sets["ift"]] == ["q1", "q4"]
+    assert [g["prompt_id"] for g in sets["eft_train"]] == ["q2"]
+    assert dropped["prompt: tree 'aborted_low_grade', not ready for export"] == 1
+    assert dropped["first-turn reply: synthetic (written by a model)"] == 1
+    assert dropped["first-turn reply: tree 'growing', not ready for export"] == 1
 
 
 def test_a_prompt_in_both_splits_is_kept_for_the_evaluation(tmp_path):

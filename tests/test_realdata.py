@@ -320,6 +320,7 @@ def test_eft_targets_from_a_stronger_judges_file(tmp_path, monkeypatch):
         {"prompt": "Name a fruit.", "responses": ["Apple.", "A car."], "ranks": [0, 1]},
         {"prompt": "Name a color.", "responses": ["Red.", "Seven."], "ranks": [0, 1]}])
     write_jsonl(r.path("seed", "eft_eval.jsonl"), [{"prompt": "Held out?", "responses": ["x", "y"], "ranks": [0, 1]}])
+    write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": "Say  hi.", "response": "Hello."}])
     judged = tmp_path / "judge.jsonl"
     write_jsonl(judged, [
         # human-ranked responses (whitespace aside): kept only where the scores agree
@@ -327,8 +328,9 @@ def test_eft_targets_from_a_stronger_judges_file(tmp_path, monkeypatch):
                                                     "1": {"content": "A car.", "reasoning": "Wrong.\nScore: 1"}}},
         {"prompt": "Name a color.", "completion": {"0": {"content": "Red.", "reasoning": "Score: 2"},
                                                    "1": {"content": "Seven.", "reasoning": "Score: 4"}}},
-        # the EFT eval set's prompt: dropped (it would leak into M1's judge evaluation)
+        # the EFT eval set's prompt: dropped (it would leak into M1's judge evaluation); an IFT prompt too
         {"prompt": "Held out?", "completion": {"0": {"content": "x", "reasoning": "Score: 3"}}},
+        {"prompt": "Say hi.", "completion": {"0": {"content": "Hi.", "reasoning": "Score: 5"}}},
         # nobody ranked these: every judgment with a score is material
         {"prompt": "Write a haiku.", "completion": {"0": {"content": "h1", "reasoning": "Nice.\n**Score: 3**"},
                                                     "1": {"content": "h2", "reasoning": "no score here"}}}])
@@ -339,11 +341,11 @@ def test_eft_targets_from_a_stronger_judges_file(tmp_path, monkeypatch):
         (judge_prompt("Name a  fruit.", "Apple. "), "Right.\nScore: 5"),
         (judge_prompt("Name a  fruit.", "A car."), "Wrong.\nScore: 1"),
         (judge_prompt("Write a haiku.", "h1"), "Nice.\nScore: 3")])
-    assert info["prompts"] == 4 and info["prompts_with_human_ranks"] == 2 and info["targets"] == 3
-    assert info["dropped"] == {"prompt of the EFT eval set": 1} and info["judgments_with_score"] == 5
+    assert info["prompts"] == 5 and info["prompts_with_human_ranks"] == 2 and info["targets"] == 3
+    assert info["dropped"] == {"prompt of the EFT eval set": 1, "prompt of the IFT set": 1}
+    assert info["judgments_with_score"] == 5
     assert S.eft_train_file(r) == r.path("seed", "eft_train_targets.jsonl")  # M1 trains on these
     # so M1 was trained on their questions, not on every seed group's (the benchmark count's source)
-    write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": "Name a fruit.", "response": "Apple."}])
     assert S.trained_prompts(r.path("seed"), "M1")["EFT training"] == ["Name a  fruit.", "Write a haiku."]
 
 

@@ -466,6 +466,7 @@ def test_what_would_lose_files_or_a_run_is_refused_before_any_work(tmp_path, lla
     judged = tmp_path / "judged.jsonl"
     for lines, ok in (([{"prompt": "t", "judgments": ["Rating: 4/5", "bad"]}], False),  # no 'Score: N'
                       ([{"prompt": "e", "judgments": ["Score: 4", "Score: 2"]}], False),  # the eval set's prompt
+                      ([{"prompt": "A", "judgments": ["Score: 4", "Score: 2"]}], False),  # an IFT prompt
                       ([{"prompt": "t", "judgments": ["Score: 4", "Score: 2"]}], True)):
         judged.write_text("".join(json.dumps({**x, "responses": ["x", "y"]}) + "\n" for x in lines))
         found = problems(run_name="real", eft_judgments=str(judged))
