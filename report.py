@@ -615,6 +615,25 @@ def checking_lines(found):
     return lines + [""]
 
 
+def one_answer_lines(tests):
+    """Toy world: what one answer given to every test prompt of a kind scores
+    (the kind's most common right answer among them), per kind: a model near
+    that share of a kind may be giving that answer, not doing the task (most
+    made-up words hold a letter once, so '1' is right on most count prompts)."""
+    answers = {}
+    for x in tests:
+        task = x.get("task") or toy.task_from_prompt(x["prompt"])
+        if task and task["kind"] != "invent":  # (an invent task has many right answers)
+            answers.setdefault(task["kind"], []).append(toy.answer(task))
+    if not answers:
+        return []
+    common = {k: max(set(v), key=lambda a: (v.count(a), a)) for k, v in answers.items()}
+    return ["For scale, one answer to every test prompt of a kind, its most common right answer there, is right "
+            "on (%): " + "; ".join(f"{k} {pct(answers[k].count(common[k]) / len(answers[k]))} ('{common[k]}')"
+                                   for k in toy.ALL_KINDS if k in answers)
+            + ". A model near that share of a kind may be giving that one answer, not doing the task.", ""]
+
+
 def diagnostic_lines(r, names, iterations, toy_world):
     lines = ["Inside the loop, per iteration (the judge's own judgments of the candidates):", ""]
     for t in range(1, iterations + 1):
@@ -878,7 +897,7 @@ def write_report(r, names, infos, run_name, iterations):
         f"# Self-rewarding run `{run_name}`", "", *missing_lines, intro + ties, "",
         *rows, "", *intervals_intro, *iteration_lines(r, stages, iterations),
         f"- stage time in all: {total / 60:.1f} min", "", *diagnostic_lines(r, names, iterations, graded),
-        *checking_lines(checking),
+        *checking_lines(checking), *(one_answer_lines(tests[names[0]]) if checking else []),
         *external_judges({n: infos.get(n, {}) for n in names}),
         "Settings:", "", "```", *(f"{k} = {v!r}" for k, v in r.settings.items()), "```", ""])
     if D.is_rank0():

@@ -733,22 +733,32 @@ def first_line(tok, ids, room):
     return text.split("\n")[0].strip(), len(ids) < room or "\n" in text
 
 
-def held_out_prompts(r):
-    """The seed data's held-out prompts (J.prompt_key: spaces and case
-    aside): the EFT eval prompts (the judge's test) and the toy world's test
-    prompts. A new prompt that is one of them is dropped, or the loop would train on the evaluation's own
-    questions. (External benchmarks, eval_prompts and mt_bench, are not
-    checked: they are chosen at evaluation time, and changing them redoes
-    only the evaluation.)"""
+def held_out_check(r):
+    """is_held_out(prompt): is a new prompt one of the seed data's held-out
+    questions, the EFT eval prompts (the judge's test) and the toy world's
+    test prompts? Such a prompt is dropped, or the loop would train on the
+    evaluation's own questions. A prompt matches as J.prompt_key does (spaces
+    and case aside); in the toy world a task matches too, in any of its
+    phrasings ("What is 11 x 2?" asks the test's "Compute the product of 11
+    and 2.", and 2 x 11 the same; toy.question_key). (External benchmarks, eval_prompts and
+    mt_bench, are not checked: they are chosen at evaluation time, and
+    changing them redoes only the evaluation.)"""
     files = [r.path("seed", name) for name in ("test.jsonl", "eft_eval.jsonl")]
-    return {J.prompt_key(x["prompt"]) for f in files if os.path.exists(f) for x in read_jsonl(f)}
+    records = [x for f in files if os.path.exists(f) for x in read_jsonl(f)]
+    prompts = {J.prompt_key(x["prompt"]) for x in records}
+    tasks = {toy.question_key(x["task"]) for x in records if x.get("task")}
+
+    def is_held_out(prompt):
+        task = toy.task_from_prompt(prompt) if tasks else None
+        return J.prompt_key(prompt) in prompts or task is not None and toy.question_key(task) in tasks
+    return is_held_out
 
 
 def stage_prompts(c, r, t, writer_path):
     """Ask the writer for n_prompts new prompts, n_shots-shot (the paper: 8), and keep the good ones."""
     seed_prompts = [x["prompt"] for x in read_jsonl(r.path("seed", "ift.jsonl"))]
     earlier = [x["prompt"] for s in range(1, t) for x in read_jsonl(r.path(f"iter{s}", "prompts.jsonl"))]
-    held_out = held_out_prompts(r)
+    is_held_out = held_out_check(r)
     toy_world = os.path.exists(r.path("seed", "test.jsonl"))  # (only the toy world's seed data has a test set)
     net, tok = load_for_sampling(r, writer_path)
     # the end of a line ends a new task: any token that begins with a line break
@@ -795,7 +805,7 @@ def stage_prompts(c, r, t, writer_path):
             why = malformed(prompt, finished, c.min_prompt_words, c.max_prompt_words)
             if why is None and J.prompt_key(prompt) in seen:
                 why = "exact duplicate"
-            if why is None and J.prompt_key(prompt) in held_out:
+            if why is None and is_held_out(prompt):
                 why = "a held-out evaluation prompt"
             if why is None and too_similar(words(prompt), existing, c.rouge_threshold):
                 why = f"near duplicate (ROUGE-L >= {c.rouge_threshold})"
@@ -1282,7 +1292,7 @@ def answer_and_grade(c, net, tok, tasks):
 
 # Were a benchmark's questions trained on? An external benchmark is chosen at
 # evaluation time, so its questions cannot be kept out of training as the
-# held-out prompts are (held_out_prompts): they are counted instead.
+# held-out prompts are (held_out_check): they are counted instead.
 
 def iterations_before(name):
     """The iterations whose pairs trained model `name` (M_t: 1 .. t-1; none for the SFT baseline)."""
@@ -1319,7 +1329,7 @@ def benchmark_overlap(questions, trained, threshold):
     aside) or a near duplicate by the loop's own filter (ROUGE-L >= threshold),
     per source of trained_prompts; a question counts under its first source.
     The loop keeps the seed data's own held-out prompts out of training
-    (held_out_prompts), but not an external benchmark's: this says whether
+    (held_out_check), but not an external benchmark's: this says whether
     its scores are of questions the model has seen."""
     # (the same text has the same words, ROUGE-L 1: the near-duplicate search finds it too)
     sources = {k: [(w, Counter(w)) for w in map(words, v)] for k, v in trained.items()}

@@ -70,7 +70,8 @@ EFT sizes count judged responses: the paper's 541 eval examples match in number
 the ranked first-turn replies of the oasst1 validation split (541, 186 prompts).
 Groups have 2 to 4 responses (about 2.85 on average), all of different grades;
 rank 0 = best, as in Open Assistant. No task appears in two of the IFT,
-EFT-train, EFT-eval and test sets (eft_train and eft_train_groups are one set).
+EFT-train, EFT-eval and test sets (eft_train and eft_train_groups are one set;
+17 + 25 and 25 + 17 are two tasks there, and may be in two sets).
 build()'s defaults are the self-rewarding loop's (selfreward.py), so
 
     python -m data.toy --out=data/toy --seed=1337
@@ -266,6 +267,15 @@ def task_from_prompt(prompt):
     return None
 
 
+def question_key(task):
+    """A task as the question it asks, whatever words ask it: 25 + 17 asks
+    what 17 + 25 does (a sum's or product's operands in order). The loop's
+    held-out check (selfreward.held_out_check) compares these."""
+    if task["kind"] == "arith" and task["op"] in "+x":
+        task = {**task, "a": min(task["a"], task["b"]), "b": max(task["a"], task["b"])}
+    return json.dumps(task, sort_keys=True)
+
+
 # -----------------------------------------------------------------------------
 # The ground-truth grader
 
@@ -330,8 +340,8 @@ def grade(record, response):
         related = (task["word"] in map(str.upper, found) or len(words) == 1 or any(t.isupper() for t in words)
                    or bool(scrambled))
     hits = found.count(ans)
-    if hits > 1 and ans in operands and all(x in found for x in operands):
-        hits = max(1, hits - operands.count(ans))  # the question repeated ("10 - 5 = 5"), not the answer twice
+    if ans in operands and all(x in found for x in operands):  # the question repeated, as working:
+        hits -= operands.count(ans)  # "10 - 5 = 5" says the answer once, "10 - 5" not at all
     if hits:  # right, but is it clean? one answer, said once, in a few words
         others = [t for t in tries if t != ans]
         return 3 if hits > 1 or others or len(text.split()) > 15 else 4
@@ -343,9 +353,12 @@ def grade(record, response):
 def answer_words(task, text):
     """The words of `text` the grader reads as answers, in order: those not
     English, and, for an invent task, an English one that meets its asks
-    (LIKE for L..E, 4 letters) too."""
-    meets = lambda t: task["kind"] == "invent" and asks_met(task, t.upper()) == 3
-    return [t for t in re.findall(r"[A-Za-z]+", text) if t.lower() not in ENGLISH or meets(t)]
+    (LIKE for L..E, 4 letters) too, in capitals or alone ("like": the right
+    letters in the wrong case; the chatter's "Sure" for S..E is no answer)."""
+    found = re.findall(r"[A-Za-z]+", text)
+    meets = lambda t: (task["kind"] == "invent" and (t.isupper() or len(found) == 1)
+                       and asks_met(task, t.upper()) == 3)
+    return [t for t in found if t.lower() not in ENGLISH or meets(t)]
 
 
 def _grade_invent(task, text):

@@ -438,6 +438,12 @@ def test_checking_against_doing_by_hand(tmp_path):
     assert toy.stated_answer("The answer is 12.") is None
     lines = report.checking_lines({"M1": found})
     assert any(line.startswith("| M1 | 60.0 | 50.0 | 66.7 | - | 33.3 / 50.0 | 100.0 / 50.0 |") for line in lines)
+    # the floor a kind's "answers right" says nothing below: one answer to every prompt of it
+    count = lambda word, letter: {"prompt": "?", "task": {"kind": "count", "word": word, "letter": letter}}
+    line = report.one_answer_lines([count("BANANA", "A"), count("BOT", "B"), count("KALE", "K"), count("BOT", "Z"),
+                                    {"prompt": rev}, {"prompt": "What is 2 + 3?"}])[0]
+    assert line.endswith("(%): reverse 100.0 ('CBA'); count 50.0 ('1'); arith 100.0 ('5'). A model near that share "
+                         "of a kind may be giving that one answer, not doing the task.")
     # judgments that compare: of those stating the right answer, is "the same" / "not the same" true?
     said = lambda x, y, same, score: f"The correct answer is {x}. {y} against {x}: {same}. Whatever.\nScore: {score}"
     write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [

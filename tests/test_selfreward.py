@@ -174,12 +174,18 @@ def test_a_written_prompt_that_is_a_held_out_prompt_is_dropped(tmp_path, monkeyp
     """The writer (stubbed) writes a test prompt with a doubled space, an EFT
     eval prompt in other capitals, and a new one: only the new one is kept,
     and the two are counted (the same prompt: judge.prompt_key). (Before this check, seed 2 of the five-seed study trained on a
-    test prompt, and seed 3 on three EFT eval prompts.)"""
+    test prompt, and seed 3 on three EFT eval prompts.) A toy task in
+    other words is the same question: the test's 57 - 30 asked as "Subtract
+    30 from 57.", its 11 x 2 as "Calculate 2 * 11." (in other runs 3-6 such
+    prompts an iteration reached DPO pairs); 30 - 57 is another question."""
     ift = [{"prompt": f"Reverse the word 'AB{x}'.", "response": "x"} for x in "CDEFGHIJ"]  # 8 shots' worth
     write_jsonl(tmp_path / "seed" / "ift.jsonl", ift)
-    write_jsonl(tmp_path / "seed" / "test.jsonl", [{"prompt": "What is 57 minus 30?"}])
+    arith = lambda op, a, b: {"kind": "arith", "op": op, "a": a, "b": b}
+    write_jsonl(tmp_path / "seed" / "test.jsonl", [{"prompt": "What is 57 minus 30?", "task": arith("-", 57, 30)},
+                                                   {"prompt": "What is 11 x 2?", "task": arith("x", 11, 2)}])
     write_jsonl(tmp_path / "seed" / "eft_eval.jsonl", [{"prompt": "How long is the word 'RASO'?"}])
-    written = ["What is 57  minus 30?", "how long is the word 'RASO'?", "Sort the letters of 'ZINO' alphabetically."]
+    written = ["What is 57  minus 30?", "how long is the word 'RASO'?", "Sort the letters of 'ZINO' alphabetically.",
+               "Subtract 30 from 57.", "Calculate 2 * 11.", "Subtract 57 from 30."]
 
     class Writer:  # its tokenizer: one id per written line
         ids_starting_with = staticmethod(lambda text: [0])
@@ -192,10 +198,10 @@ def test_a_written_prompt_that_is_a_held_out_prompt_is_dropped(tmp_path, monkeyp
     monkeypatch.setattr(S, "generate", lambda net, ids, *a, **k: [[i] for i in range(len(ids))])
     r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)), fingerprints={}, current=None,
                           env=D.Env())
-    c = types.SimpleNamespace(**{**S.DEFAULTS, "n_prompts": 3, "progress": False})
+    c = types.SimpleNamespace(**{**S.DEFAULTS, "n_prompts": 6, "progress": False, "rouge_threshold": 1.01})
     info = S.stage_prompts(c, r, 1, "writer")
-    assert info["dropped"] == {"a held-out evaluation prompt": 2} and info["kept"] == 1
-    assert read_jsonl(tmp_path / "iter1" / "prompts.jsonl") == [{"prompt": written[2]}]
+    assert info["dropped"] == {"a held-out evaluation prompt": 4} and info["kept"] == 2
+    assert read_jsonl(tmp_path / "iter1" / "prompts.jsonl") == [{"prompt": written[2]}, {"prompt": written[5]}]
 
 
 def test_bf16_greedy_sampling_agrees_with_fp32_on_most_tokens(micro_run):

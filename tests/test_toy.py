@@ -47,6 +47,7 @@ INVENT = "Invent a word of 5 letters that starts with 'B' and ends with 'O'."  #
     (INVENT, "Tea is better than coffee.", 0), (INVENT, "5", 0),
     (REVERSE, "KOBATU DIRENA", 1), (REVERSE, "O L I M A T", 1),  # wrong made-up words, however many, are attempts
     ("What is 10 - 5?", "10 - 5 = 5", 4), ("What is 0 + 7?", "0 + 7 = 7", 4),  # an operand repeated, not the answer
+    ("What is 10 - 5?", "10 - 5", 1), ("What is 16 - 8?", "It is 16 - 8.", 1),  # the question alone: no answer
     ("What is 10 - 5?", "5", 5), ("What is 10 - 5?", "10 - 5 = 5, or maybe 6.", 3),
     ("What is 10 - 5?", "5 5", 3), ("What is 10 - 5?", "5. Yes, 5.", 3),  # no question repeated: said twice
     (REVERSE, "Paris is the capital of France.", 0), (REVERSE, "Hmm, lemme think.", 0),  # words, but no attempt
@@ -131,6 +132,10 @@ def test_invent_tasks_read_back_and_are_checked_not_answered():
     # an English word that meets the asks is a right answer too (graded as any other word, and judged so)
     like = {"kind": "invent", "first": "L", "last": "E", "n": 4}
     assert [grade({"task": like}, r) for r in ("LIKE", "Sure! LIKE", "like", "LIKO", "SURE")] == [5, 4, 3, 2, 0]
+    # the chatter's own words are no answer, though "Sure" starts with S, ends with E and has 4 letters
+    sure = {"kind": "invent", "first": "S", "last": "E", "n": 4}
+    assert [grade({"task": sure}, r) for r in ("Sure! The answer is SAKE.", "Sure! The answer is SAKO.", "SURE")] \
+        == [4, 2, 5]
     assert eft_target(render(like, random.Random(0)), like, "LIKE")["response"].startswith(
         "LIKE starts with L, ends with E and has 4 letters; asked: L, E, 4.")
 
