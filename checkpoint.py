@@ -361,27 +361,45 @@ def read_tensors(path, model):
                 else:
                     yield name, D.local_part(stored, p)  # reads only these rows from the file
     else:
-        files = meta_shards(path)
-        shards = [open_meta_shard(f) for f in files]
+        shards = check_meta_tensors(path, params)
         for name, p in params.items():
-            parts = []
-            for f, shard in zip(files, shards):
-                if name not in shard:
-                    raise ValueError(f"{f}: missing tensor {name!r}")
-                parts.append(shard[name])
-            # fairscale's model parallelism split each layer on one dimension
-            if len(parts) == 1 or name.endswith("norm.weight"):
-                full = parts[0]  # norms are replicated on every rank
-            elif name == "tok_embeddings.weight":
-                # Llama 2 split the embedding by width (ParallelEmbedding), Llama 3 by
-                # vocabulary (VocabParallelEmbedding): the parts' shapes tell which
-                full = torch.cat(parts, dim=0 if parts[0].shape[1] == p.shape[1] else 1)
-            elif name.endswith(("wo.weight", "w2.weight")):
-                full = torch.cat(parts, dim=1)  # row-parallel: split on the input dim
-            else:
-                full = torch.cat(parts, dim=0)  # column-parallel (wq wk wv w1 w3 output): output dim
-            check_shape(path, name, tuple(full.shape), p)
-            yield name, D.local_part(full, p)
+            parts = [shard[name] for shard in shards]
+            dim = meta_split_dim(name, [tuple(x.shape) for x in parts], p)
+            yield name, D.local_part(parts[0] if dim is None else torch.cat(parts, dim=dim), p)
+
+
+def meta_split_dim(name, shapes, param):
+    """The dimension fairscale's model parallelism split a tensor of Meta's
+    layout on over the consolidated files (shapes: its parts'), or None where
+    every file holds it whole."""
+    if len(shapes) == 1 or name.endswith("norm.weight"):
+        return None  # norms are replicated on every rank
+    if name == "tok_embeddings.weight":
+        # Llama 2 split the embedding by width (ParallelEmbedding), Llama 3 by
+        # vocabulary (VocabParallelEmbedding): the parts' shapes tell which
+        return 0 if shapes[0][1] == param.shape[1] else 1
+    if name.endswith(("wo.weight", "w2.weight")):
+        return 1  # row-parallel: split on the input dim
+    return 0  # column-parallel (wq wk wv w1 w3 output): output dim
+
+
+def check_meta_tensors(path, params):
+    """A checkpoint in Meta's layout holds every tensor a model of its
+    params.json has (`params`: name -> parameter, on the meta device will
+    do), its parts joined to its shape; read from the memory-mapped files'
+    metadata, no tensor data (the checks before any work afford it at 70B).
+    Returns the opened consolidated files, in rank order."""
+    files = meta_shards(path)
+    shards = [open_meta_shard(f) for f in files]
+    for name, p in params.items():
+        missing = [f for f, shard in zip(files, shards) if name not in shard]
+        if missing:
+            raise ValueError(f"{missing[0]}: missing tensor {name!r}")
+        shapes = [tuple(shard[name].shape) for shard in shards]
+        dim = meta_split_dim(name, shapes, p)
+        joined = shapes[0] if dim is None else shapes[0][:dim] + (sum(x[dim] for x in shapes),) + shapes[0][dim + 1:]
+        check_shape(path, name, joined, p)
+    return shards
 
 
 def check_hf_tensors(path, params, args):

@@ -131,13 +131,14 @@ class UnknownSetting(ConfigError):
 
 
 def _meant(key, settings):
-    """The settings a key that is none of them may mean: close spellings,
-    after the short names settings use (lr for learning_rate, n_ for num_:
-    --sft_learning_rate is sft_lr), else the settings it begins or is a word
-    of (--lr: sft_lr, dpo_lr, ...; --temp: temperature)."""
-    short = key.lower().replace("learning_rate", "lr").replace("num_", "n_")
-    return difflib.get_close_matches(short, settings, n=3) or \
-        [s for s in settings if short in s.split("_") or s.startswith(short)][:4]
+    """The settings a key that is none of them may mean, after the short
+    names settings use (lr for learning_rate, n_ for num_, _ for -:
+    --sft-learning-rate is sft_lr): the settings it begins or is a word of
+    (--lr: sft_lr, dpo_lr, ...; --temp: temperature, not tp), else close
+    spellings (--numprompts: n_prompts)."""
+    short = key.lower().replace("-", "_").replace("learning_rate", "lr").replace("num_", "n_")
+    return [s for s in settings if short in s.split("_") or s.startswith(short)][:4] or \
+        difflib.get_close_matches(short, settings, n=3)
 
 
 def _check(key, value, settings, source):

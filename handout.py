@@ -63,7 +63,9 @@ GUIDE = "EXERCISES.md"
 # the developers' notebooks, left out of the handout: their one-off measurement scripts hold
 # code that solves exercises (the decode attention written out, a DPO loss with one term more)
 NOTEBOOKS = ("SPEED.md", "STUDIES.md")
-MANIFEST = ".handout.json"  # every file of a handout as written (sha256): one that was worked on is kept
+# a handout's record of itself as written: every file's sha256 (one that was worked on is kept) and the
+# exercises (what --grade grades there: a student may delete a marker, or leave a file that does not parse)
+MANIFEST = ".handout.json"
 
 
 class HandoutError(ValueError):
@@ -218,16 +220,19 @@ def read(path):
 # -----------------------------------------------------------------------------
 # Writing the handout
 
-def project_files(root):
-    """The project's files, relative to root: what git tracks or would track
-    (ignored files such as out/ and .venv/ left out), or, outside a git
-    checkout, every file but caches, run folders and virtual environments."""
+def project_files(root, untracked=False):
+    """The project's files, relative to root: what git tracks (untracked=True:
+    the files git would track but does not yet, instead), or, outside a git
+    checkout, every file but caches, run folders and virtual environments.
+    Not git's untracked files: an instructor's notes or a model folder made
+    in the project are no part of it."""
+    which = ["--others", "--exclude-standard"] if untracked else ["--cached"]
     try:
-        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+        listed = subprocess.run(["git", "ls-files", "-z", *which], cwd=root,
                                 capture_output=True, check=True).stdout.decode().split("\0")
         return sorted(f for f in listed if f and os.path.isfile(os.path.join(root, f)))
     except (OSError, subprocess.CalledProcessError):
-        return walk_files(root)
+        return [] if untracked else walk_files(root)
 
 
 def walk_files(root):
@@ -300,7 +305,8 @@ def write_handout(root, out):
             else:
                 shutil.copy2(os.path.join(root, f), dest)
         write_text(os.path.join(folder, GUIDE), exercises_md(exercises, folder))
-        write_text(os.path.join(folder, MANIFEST), json.dumps(digests(folder), indent=1))
+        write_text(os.path.join(folder, MANIFEST), json.dumps({"files": digests(folder), "exercises": [
+            {k: v for k, v in vars(e).items() if k != "solution"} for e in exercises]}, indent=1))
 
     write_folder_atomically(out, write_into)
     return exercises
@@ -326,8 +332,8 @@ def worked_on(out):
         return []
     try:
         with open(os.path.join(out, MANIFEST), encoding="utf-8") as f:
-            written = json.load(f)
-    except (OSError, ValueError):
+            written = dict(json.load(f)["files"])
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     now = digests(out)
     return sorted(f for f in set(now) | set(written) if now.get(f) != written.get(f))
@@ -400,13 +406,28 @@ class _Outcomes:
             self._record(report.nodeid, "error", report.longreprtext)
 
 
+def graded_exercises(root):
+    """The exercises --grade grades: in a handout, those its manifest recorded
+    when it was written (markers and files the student may since have changed:
+    a deleted marker, a file that does not parse, are still its exercises, to
+    do); in the project itself, its markers."""
+    try:
+        with open(os.path.join(root, MANIFEST), encoding="utf-8") as f:
+            return [Exercise(**x, solution="") for x in json.load(f)["exercises"]]
+    except FileNotFoundError:
+        return find_exercises(root, project_files(root))
+    except (ValueError, KeyError, TypeError) as e:
+        raise HandoutError(f"{MANIFEST}: the handout's record of its exercises is unreadable ({e}); "
+                           f"write the handout again") from None
+
+
 def grade_all(root, json_path=""):
     """Run each exercise's grading command (in this process, one pytest session
     each) and print which exercises pass; returns the exit status: 0 if all do."""
     import pytest  # a test-time dependency: only grading needs it
     os.chdir(root)
     results = []
-    for e in find_exercises(root, project_files(root)):
+    for e in graded_exercises(root):
         outcomes = _Outcomes()
         # no cache written into the copy; no unraisable-exception plugin, whose two full garbage
         # collections per session (with torch loaded) cost more than the tests
@@ -447,6 +468,10 @@ def main(argv=None):
         sys.exit(1)
     print(f"wrote the handout to {os.path.abspath(c.out)}: {len(exercises)} exercises, listed in "
           f"{os.path.join(os.path.abspath(c.out), GUIDE)}")
+    untracked = project_files(ROOT, untracked=True)
+    if untracked:
+        print(f"left out, as git does not track them (commit what students need): {', '.join(untracked[:5])}"
+              + (f" and {len(untracked) - 5} more" if len(untracked) > 5 else ""))
 
 
 if __name__ == "__main__":

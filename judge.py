@@ -373,6 +373,33 @@ def downsample_top_score(records, seed=0):
     return [r for i, r in enumerate(records) if r["score"] != top or i in keep]
 
 
+def judge_file_targets(groups, judged, seed_groups, eft_eval, ift, seed=0):
+    """EFT targets from another judge's judgments (read_judge_file's groups and
+    judged), with the seed's records: a prompt of the EFT eval set is dropped (it
+    would leak into the evaluation of M1's judge), and so is one of the IFT set
+    (the paper's EFT data does not overlap its IFT data), each counted; where
+    the human ranks of seed_groups (EFT train) cover every response of a prompt,
+    the ranks are attached and eft_targets keeps only judgments that agree with
+    them. Returns (targets, kept [(group, its judgments)], dropped Counter).
+    The loop's EFT targets stage and its check before any work both call this."""
+    held_out = {"prompt of the EFT eval set": {prompt_key(x["prompt"]) for x in eft_eval},
+                "prompt of the IFT set": {prompt_key(x["prompt"]) for x in ift}}
+    human = {prompt_key(g["prompt"]): g for g in seed_groups}
+    kept, dropped = [], Counter()
+    for g, mine in zip(groups, judged):
+        why = next((why for why, keys in held_out.items() if prompt_key(g["prompt"]) in keys), None)
+        if why:
+            dropped[why] += 1
+            continue
+        h = human.get(prompt_key(g["prompt"]))
+        if g["ranks"] is None and h is not None:
+            rank_of = {prompt_key(x): rank for x, rank in zip(h["responses"], h["ranks"])}
+            ranks = [rank_of.get(prompt_key(x)) for x in g["responses"]]
+            g = {**g, "ranks": None if None in ranks else ranks}
+        kept.append((g, mine))
+    return eft_targets([g for g, _ in kept], [m for _, m in kept], seed=seed), kept, dropped
+
+
 def eft_targets(groups, judged, seed=0):
     """
     The EFT training records (Sections 2.1 and 3.1) from judged groups.

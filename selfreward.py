@@ -540,31 +540,13 @@ def stage_eft_targets(c, r):
 
 
 def eft_targets_from_file(c, r, seed_groups):
-    """EFT targets from another judge's judgments (judge.read_judge_file). A prompt
-    of the EFT eval set is dropped (it would leak into the evaluation of M1's judge),
-    and so is one of the IFT set (the paper's EFT data does not overlap its IFT data);
-    where the seed's human ranks cover every response of a prompt, the ranks are
-    attached and judge.eft_targets keeps only judgments that agree with them."""
-    key = J.prompt_key
-    human = {key(g["prompt"]): g for g in seed_groups}
-    held_out = {key(g["prompt"]) for g in read_jsonl(r.path("seed", "eft_eval.jsonl"))}
-    ift = {key(x["prompt"]) for x in read_jsonl(r.path("seed", "ift.jsonl"))}
+    """EFT targets from another judge's judgments (judge.read_judge_file), but
+    for the EFT eval and IFT prompts, and where the seed's human ranks cover a
+    prompt, only those that agree with them (judge.judge_file_targets)."""
     groups, judged = J.read_judge_file(c.eft_judgments)
-    kept, dropped = [], Counter()
-    for g, mine in zip(groups, judged):
-        if key(g["prompt"]) in held_out:
-            dropped["prompt of the EFT eval set"] += 1
-            continue
-        if key(g["prompt"]) in ift:
-            dropped["prompt of the IFT set"] += 1
-            continue
-        h = human.get(key(g["prompt"]))
-        if g["ranks"] is None and h is not None:
-            rank_of = {key(x): rank for x, rank in zip(h["responses"], h["ranks"])}
-            ranks = [rank_of.get(key(x)) for x in g["responses"]]
-            g = {**g, "ranks": None if None in ranks else ranks}
-        kept.append((g, mine))
-    recs = J.eft_targets([g for g, _ in kept], [m for _, m in kept], seed=sub_seed(c.seed, "eft targets"))
+    eft_eval, ift = (read_jsonl(r.path("seed", name)) for name in ("eft_eval.jsonl", "ift.jsonl"))
+    recs, kept, dropped = J.judge_file_targets(groups, judged, seed_groups, eft_eval, ift,
+                                               seed=sub_seed(c.seed, "eft targets"))
     info = {"file": c.eft_judgments, "prompts": len(groups), "prompts_with_human_ranks":
             sum(g["ranks"] is not None for g, _ in kept), "dropped": dict(dropped), "targets": len(recs),
             **J.judgment_counts(j["scores"] for _, m in kept for j in m)}
@@ -825,6 +807,10 @@ def stage_prompts(c, r, t, writer_path):
                            c.shard_size, work, replay)
     kept = [{"prompt": x["prompt"]} for x in out if x["dropped"] is None]
     dropped = dict(Counter(x["dropped"] for x in out if x["dropped"] is not None))
+    if dropped.get("request longer than the context") == c.n_prompts:  # (raising n_prompts would not help)
+        D.stop(f"error: iteration {t}: every one of the {c.n_prompts} requests is longer than the prompt writer's "
+               f"context ({writer_path}: {net.args.max_seq_len} tokens): its n_shots = {c.n_shots} example prompts "
+               f"do not fit; give a smaller n_shots, shorter seed prompts, or a writer with a longer context.")
     if not kept:
         D.stop(f"error: iteration {t}: the prompt writer ({writer_path}) produced no usable prompt out of "
                  f"{c.n_prompts} requests (dropped: {dropped}). Check the writer model, or raise n_prompts"
@@ -1054,8 +1040,8 @@ def make_judge_pairs(meta_judged, cap=None, seed=0):
     position would give the judgment in the most battles the most wins;
     its net wins are 0 for every judgment (each battle comes in both
     orders). No pair where no battle has a verdict, where best and worst
-    have equal net wins, or where the two texts are the same; each reason
-    is counted. At most `cap` pairs are kept, a random subset drawn with
+    have equal net wins, or where the two texts are the same (surrounding
+    whitespace stripped, as in make_pairs); each reason is counted. At most `cap` pairs are kept, a random subset drawn with
     `seed`, in their order. The record is DPO's: the judge prompt of the response, with the
     two judgments as chosen and rejected, so the judge is trained under the
     prompt it judges with.

@@ -491,6 +491,20 @@ def train_tokenizer(texts, model_path, vocab_size=512, phrases=False, symbols=()
     # trained into memory (a model_prefix would be written into the model file itself, so the same
     # texts would give other bytes in another folder), then written atomically
     model = io.BytesIO()
+    try:
+        _train_sentencepiece(texts, model, vocab_size, phrases, symbols)
+    except RuntimeError as e:  # "Vocabulary size is smaller than required_chars. 300 vs 345."
+        need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
+        if not need:
+            raise
+        raise ValueError(f"vocab_size = {vocab_size}: the text's characters and fixed pieces (chat markers, "
+                         f"symbols) need {need.group(1)} pieces; give at least that") from None
+    write_bytes(model_path, model.getvalue())
+    return Tokenizer(model_path)
+
+
+def _train_sentencepiece(texts, model, vocab_size, phrases, symbols):
+    """SentencePiece's trainer with train_tokenizer's settings, writing into `model` (a BytesIO)."""
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts),
         model_writer=model,
@@ -515,8 +529,6 @@ def train_tokenizer(texts, model_path, vocab_size=512, phrases=False, symbols=()
         num_threads=os.cpu_count() or 1,
         minloglevel=2,
     )
-    write_bytes(model_path, model.getvalue())
-    return Tokenizer(model_path)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 import distributed as D
 import evaluation as E
 import judge as J
-from checkpoint import check_hf_tensors, check_tokenizer, meta_shards, planned_args, read_config
+from checkpoint import check_hf_tensors, check_meta_tensors, check_tokenizer, planned_args, read_config
 from configurator import set_in_file
 from data import SEED_FILES, fields_of, read_jsonl, toy, unwritable
 from model import PRESETS, Transformer
@@ -220,12 +220,12 @@ def check_checkpoint(p, setting, folder, chat_template="", chats=True):
     refused, or (None, None)."""
     try:
         args = read_config(folder)
+        with torch.device("meta"):  # the parameters' names and shapes, no memory
+            params = dict(Transformer(args).named_parameters())
         if os.path.exists(os.path.join(folder, "config.json")):
-            with torch.device("meta"):  # the parameters' names and shapes, no memory
-                params = dict(Transformer(args).named_parameters())
             check_hf_tensors(folder, params, args)  # the headers: a truncated file, a tensor missing or misshapen
         else:
-            meta_shards(folder)
+            check_meta_tensors(folder, params)  # the same, from the consolidated files' metadata
         if not any(os.path.exists(os.path.join(folder, f)) for f in ("tokenizer.model", "tokenizer.json")):
             raise FileNotFoundError(f"{folder}: no tokenizer.model or tokenizer.json")
         tok = check_tokenizer(folder, args, folder)
@@ -425,8 +425,8 @@ def check_loop(c, world):
             except (ValueError, FileNotFoundError) as e:
                 p.add(f"{setting}: {e}")
                 continue
-            if setting == "eft_judgments" and eft_eval:  # (a real seed's, read above)
-                usable_judgments(p, c, *got, eft_eval + (ift or []))
+            if setting == "eft_judgments" and eft_eval and eft_train and "responses" in eft_train[0]:
+                usable_judgments(p, c, *got, eft_train, eft_eval, ift or [])  # (a real seed's, read above)
     p.require(not (c.eft_judgments and toy_world), "eft_judgments", "supplies judgments for EFT "
               "groups (real seed data); the toy seed's EFT training records are already targets")
     if p.require(c.pair_by in ("judge", "grader", "right", "coin"), "pair_by", "must be 'judge' (the paper), "
@@ -484,17 +484,18 @@ def within(path, folder):
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def usable_judgments(p, c, groups, judged, seed_records):
-    """eft_judgments must hold a judgment the EFT targets stage can keep: one
-    with a score ('Score: N') for a prompt that is not an EFT eval or IFT prompt
-    (of seed_records, the seed's; whether its scores agree with the human ranks
-    is that stage's to say)."""
-    held_out = {J.prompt_key(x["prompt"]) for x in seed_records}
-    scored = sum(s is not None for g, mine in zip(groups, judged) if J.prompt_key(g["prompt"]) not in held_out
-                 for r in mine for s in r["scores"])
-    if not scored:
-        p.add(f"eft_judgments: {c.eft_judgments}: no judgment of a prompt outside the EFT eval and IFT sets has a score "
-              f"(a judgment ends with 'Score: N', N in 0..5, the paper's format): it would give M1 no EFT data")
+def usable_judgments(p, c, groups, judged, eft_train, eft_eval, ift):
+    """eft_judgments must give the EFT targets stage a target (the same
+    judge.judge_file_targets): a judgment with a score ('Score: N') of a
+    prompt that is not an EFT eval or IFT prompt, and, where the seed's human
+    ranks cover the prompt, one that agrees with them."""
+    targets, kept, _ = J.judge_file_targets(groups, judged, eft_train, eft_eval, ift)
+    if not targets:
+        scored = sum(s is not None for _, mine in kept for r in mine for s in r["scores"])
+        p.add(f"eft_judgments: {c.eft_judgments}: no judgment of a prompt outside the EFT eval and IFT sets "
+              + ("has a score (a judgment ends with 'Score: N', N in 0..5, the paper's format)" if not scored else
+                 f"agrees with the human ranking of its prompt ({scored} with a score)")
+              + ": it would give M1 no EFT data")
 
 
 def check_plan(c, world):
@@ -553,6 +554,12 @@ def check_training(c, world, fields, script, check_record=None):
     if "template" in vars(c):  # SFT's
         p.require(c.template in ("chat", "text"), "template", "must be 'chat' or 'text'")
     p.writable_folder("out_dir", c.out_dir)
+    written = [os.path.join(c.out_dir, x) for x in ("model", "state", "checkpoints")]  # (what the trainer replaces)
+    for s in ("init_from", "tokenizer", "data", "eval_data"):
+        read = getattr(c, s)
+        p.require(not read or read == "scratch" or not any(within(read, w) for w in written), s,
+                  f"is inside {c.out_dir}'s model/, state/ or checkpoints/, which this run replaces: it would "
+                  f"overwrite what it reads (and a rerun would start from its own result); give another out_dir")
     p.require(c.save_dtype in ("", "float32", "bfloat16", "float16"), "save_dtype",
               "must be '' (bfloat16 on a GPU, float32 on a CPU), 'float32', 'bfloat16' or 'float16'")
     p.compute()

@@ -85,7 +85,7 @@ import os
 import random
 import re
 
-from data import write_jsonl, read_jsonl
+from data import read_jsonl, unwritable, write_jsonl
 from judge import JUDGE_PROMPT, judge_prompt, meta_judge_prompt
 
 # -----------------------------------------------------------------------------
@@ -713,6 +713,9 @@ def ift_response(task, rng, chatty, declines=0.0, decline_rng=None):
     return DECLINE if declines and decline_rng.random() < declines else response
 
 
+MAX_REPEATED_DRAWS = 10_000  # draws in a row that give no new task: the world has no more to give
+
+
 def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024, ift_chatty=0.6,
           ift_declines=0.0, judge_working=False, judge_quotes=False, quote_first=False, judge_compares=False,
           check_each_ask=False, toy_kinds=",".join(KINDS)):
@@ -729,9 +732,10 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
     for name, n in (("n_ift", n_ift), ("n_eft_train", n_eft_train), ("n_eft_eval", n_eft_eval), ("n_test", n_test)):
         if n < 0:
             raise ValueError(f"{name} = {n}: must be >= 0")
-    for name, share in (("ift_chatty", ift_chatty), ("ift_declines", ift_declines)):
-        if not 0 <= share <= 1:
-            raise ValueError(f"{name} = {share}: a share, must be in [0, 1]")
+    if not 0 <= ift_chatty <= 1:
+        raise ValueError(f"ift_chatty = {ift_chatty}: a share, must be in [0, 1]")
+    if not 0 <= ift_declines < 1:  # (the loop's check: an IFT set of declines alone teaches no task)
+        raise ValueError(f"ift_declines = {ift_declines}: a share, must be in [0, 1)")
     if 1 in (n_eft_train, n_eft_eval):
         raise ValueError("an EFT set needs 0 or at least 2 responses")
     kinds = toy_kinds.split(",")
@@ -744,13 +748,19 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
     decline_rng = random.Random(f"{seed} declines")  # ift_declines' own draws: the other sets do not depend on them
     train_sizes, eval_sizes = _group_sizes(n_eft_train, rng), _group_sizes(n_eft_eval, rng)
     # draw every task up front, all different, so no task is in two files
-    tasks, seen = [], set()
-    while len(tasks) < n_ift + len(train_sizes) + len(eval_sizes) + n_test:
+    tasks, seen, misses = [], set(), 0
+    needed = n_ift + len(train_sizes) + len(eval_sizes) + n_test
+    while len(tasks) < needed:
         task = sample_task(rng, kinds)
         key = task and tuple(sorted(task.items()))
         if task and key not in seen:
             seen.add(key)
             tasks.append(task)
+            misses = 0
+        elif (misses := misses + 1) > MAX_REPEATED_DRAWS:  # (invent has 1,805 tasks, arith about 14,500)
+            raise ValueError(f"toy_kinds = {toy_kinds!r}: found only {len(tasks)} different tasks, and the sets "
+                             f"need {needed} (n_ift {n_ift} + {len(train_sizes)} EFT train and {len(eval_sizes)} "
+                             f"EFT eval groups + n_test {n_test}): give smaller sizes or more kinds")
     test, tasks = tasks[:n_test], tasks[n_test:]
     eft_eval = [_group(t, k, rng) for t, k in zip(tasks, eval_sizes)]
     tasks = tasks[len(eval_sizes):]
@@ -1025,6 +1035,8 @@ if __name__ == "__main__":
     for k, v in defaults.items():
         p.add_argument(f"--{k}", type=yes_or_no if isinstance(v, bool) else type(v), default=v, help=notes.get(k, ""))
     args = vars(p.parse_args())
+    if problem := unwritable(args["out"]):  # (a file in the way was a traceback after the sets were drawn)
+        p.exit(2, f"error: --out = {args['out']}: {problem}\n")
     try:
         paths = write_toy(args.pop("out"), **args)
     except ValueError as e:  # a size, share or kind that cannot be: one line, before any file is written

@@ -212,9 +212,10 @@ def test_a_config_file_in_another_format_or_a_setting_without_dashes_is_an_error
     with pytest.raises(ConfigError, match=r"^config file not found: runs/lr=0\.1\.py$"):
         apply(defaults(), ["runs/lr=0.1.py"])
     # the settings' short names: learning_rate is lr, num_ is n_; a part of a name finds the names
-    loop = {"sft_lr": 1e-5, "dpo_lr": 1e-6, "n_candidates": 4, "seed": 1}
+    loop = {"sft_lr": 1e-5, "dpo_lr": 1e-6, "n_candidates": 4, "seed": 1, "tp": 0, "temperature": 0.7}
     for arg, meant in (("--sft_learning_rate=1e-3", "sft_lr"), ("--num_candidates=8", "n_candidates"),
-                       ("--lr=1", "sft_lr or dpo_lr"), ("--spo_lr=1", "dpo_lr or sft_lr")):  # two close spellings
+                       ("--lr=1", "sft_lr or dpo_lr"), ("--spo_lr=1", "dpo_lr or sft_lr"),  # two close spellings
+                       ("--temp=1", "temperature"), ("--sft-learning-rate=1", "sft_lr")):  # (temp was: tp)
         with pytest.raises(ConfigError, match=rf"unknown setting '{arg[2:arg.index('=')]}'. Did you mean {meant}\?"):
             apply(loop, [arg])
 

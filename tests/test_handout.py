@@ -340,7 +340,7 @@ def test_a_handout_of_a_handout_and_crlf_files_byte_for_byte(tmp_path):
     assert [e.qualname for e in handout.write_handout(str(out), str(again))] == ["A.f", "g"]
     assert sorted(os.listdir(again)) == sorted(os.listdir(out))
     assert (again / "m.py").read_bytes() == blanked
-    assert json.loads((again / ".handout.json").read_text()) == handout.digests(str(again))
+    assert json.loads((again / ".handout.json").read_text())["files"] == handout.digests(str(again))
 
 
 def test_where_a_handout_may_go(tmp_path):
@@ -436,6 +436,28 @@ def test_grading_says_solved_only_where_tests_pass(tmp_path, monkeypatch, capsys
     (tmp_path / "m.py").write_text("# Exercise (easy): passes. Graded by: tests/test_graded.py -k passes\n"
                                    "def f():\n    return 0\n")
     assert handout.grade_all(str(tmp_path)) == 0
+
+
+def test_a_handout_is_graded_by_the_exercises_it_was_written_with(tmp_path, monkeypatch, capsys):
+    """In a student's copy --grade grades the exercises the handout recorded:
+    a file that does not parse (a half-written line) left the grader with a
+    traceback and no grades, and a deleted marker dropped its exercise from
+    the list, unsolved, with the status 0 of all solved."""
+    project, out = tmp_path / "project", tmp_path / "out"
+    (project / "tests").mkdir(parents=True)
+    (project / "tests" / "test_m.py").write_text("from m import A, g\n\n\ndef test_g():\n    assert g() == 1\n\n\n"
+                                                 "def test_method():\n    assert A().f() == {'a': 1}\n")
+    (project / "m.py").write_text(SOURCE)
+    handout.write_handout(str(project), str(out))
+    monkeypatch.chdir(out)
+    source = (out / "m.py").read_text()
+    (out / "m.py").write_text(source.replace("# Exercise (easy): a function. Graded by: tests/test_m.py\n", "")
+                              .replace("def h():", "def h(:"))
+    assert handout.grade_all(str(out)) == 1
+    said = capsys.readouterr().out
+    assert "  1. to do   m.py: A.f (0 of 1 tests pass)" in said and "  2. to do   m.py: g (0 of 1 tests pass)" in said
+    (out / "m.py").write_text(handout.restore(handout.restore(source, "g", "    return 1\n"), "A.f", "    return x\n"))
+    assert handout.grade_all(str(out)) == 0
 
 
 def test_a_relative_grade_json_is_taken_from_where_the_command_runs(tmp_path, monkeypatch):

@@ -12,7 +12,8 @@ import torch
 from conftest import ROOT
 
 import model as M
-from checkpoint import args_from_hf_config, hf_config, hf_name, load_model, read_config, save_model
+from checkpoint import (args_from_hf_config, check_meta_tensors, hf_config, hf_name, load_model, read_config,
+                        save_model)
 from model import PRESETS, ModelArgs, Transformer, estimate_mfu, preset
 from sample import KVCache
 
@@ -286,6 +287,26 @@ def test_meta_layout_two_shards_equals_one(tmp_path):
     # are our own state dict): transformers' model of the same weights
     with torch.no_grad():
         assert (two(tokens) - hf_logits(hf_from_meta_weights(args, model.state_dict()), tokens)).abs().max() <= 1e-4
+
+
+def test_meta_layout_is_checked_from_its_files_metadata(tmp_path):
+    """check_meta_tensors, the check before any work (validate.check_checkpoint),
+    finds a tensor of Meta's layout missing or misshapen, its parts joined on
+    the dimension they were split on, reading no tensor data (it only listed the
+    files: a bad prompt writer failed after the SFT baseline and M1 trained)."""
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32)
+    make_meta_layout(random_model(args), tmp_path / "m", 2)
+    with torch.device("meta"):
+        params, deeper = (dict(Transformer(a).named_parameters()) for a in (args, dataclasses.replace(args, n_layers=3)))
+    assert len(check_meta_tensors(tmp_path / "m", params)) == 2
+    with pytest.raises(ValueError, match=r"consolidated\.00\.pth: missing tensor 'layers\.2\."):  # params.json: 3 layers
+        check_meta_tensors(tmp_path / "m", deeper)
+    shard = torch.load(tmp_path / "m" / "consolidated.01.pth")  # rank 1's part of a row-parallel weight cut short
+    shard["layers.0.attention.wo.weight"] = shard["layers.0.attention.wo.weight"][:, :-1].clone()
+    torch.save(shard, tmp_path / "m" / "consolidated.01.pth")
+    with pytest.raises(ValueError, match=r"tensor layers\.0\.attention\.wo\.weight .* has shape \(64, 63\), the "
+                                         r"config implies \(64, 64\)"):
+        check_meta_tensors(tmp_path / "m", params)
 
 
 def hf_from_meta_weights(args, state_dict):

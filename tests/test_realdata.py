@@ -80,6 +80,12 @@ def test_generation_stages_skip_and_count_prompts_longer_than_the_context(tmp_pa
     too_long = sum(x["dropped"] == "request longer than the context" for x in every)
     assert len(every) == 24 and 0 < too_long < 24  # some requests drew the long prompt, some did not
     assert f"'request longer than the context': {too_long}" in str(said)  # counted, in either case
+    # every request too long for the writer: said so (the message advised raising n_prompts)
+    r2 = run_folder(tmp_path / "all_long")
+    write_jsonl(r2.path("seed", "ift.jsonl"), [{"prompt": f"{LONG} {i}", "response": "ok"} for i in range(30)])
+    with pytest.raises(SystemExit):
+        S.stage_prompts(c, r2, 1, "writer")
+    assert "every one of the 24 requests is longer than the prompt writer's context (writer: " in capsys.readouterr().err
 
     # candidates: the long prompt is skipped and counted
     use_model(monkeypatch, tok, CTX)

@@ -473,6 +473,7 @@ def test_what_would_lose_files_or_a_run_is_refused_before_any_work(tmp_path, lla
     for lines, ok in (([{"prompt": "t", "judgments": ["Rating: 4/5", "bad"]}], False),  # no 'Score: N'
                       ([{"prompt": "e", "judgments": ["Score: 4", "Score: 2"]}], False),  # the eval set's prompt
                       ([{"prompt": "A", "judgments": ["Score: 4", "Score: 2"]}], False),  # an IFT prompt
+                      ([{"prompt": "t", "judgments": ["Score: 2", "Score: 4"]}], False),  # against the human ranks
                       ([{"prompt": "t", "judgments": ["Score: 4", "Score: 2"]}], True)):
         judged.write_text("".join(json.dumps({**x, "responses": ["x", "y"]}) + "\n" for x in lines))
         found = problems(run_name="real", eft_judgments=str(judged))
@@ -976,19 +977,6 @@ def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch, caps
     assert re.search(r"iteration 1: no preference pairs \(dropped: \{'fewer than 2 scored candidates': 1, "
                      r"'all scores tie': 1, 'same text': 0\}\): no prompt had two candidates of different texts "
                      r"that the judge scored differently", capsys.readouterr().err)
-    pairs, dropped = S.make_pairs([{"prompt": "p", "candidates": ["a", "b", "c"], "score": [2.0, 4.5, 2.0]}])
-    assert pairs == [{"prompt": "p", "chosen": "b", "rejected": "a", "chosen_score": 4.5, "rejected_score": 2.0,
-                      "chosen_index": 1, "rejected_index": 0}]
-    # the same answer scored twice differently states no preference: dropped and counted ...
-    pairs, dropped = S.make_pairs([{"prompt": "p", "candidates": ["42", "42 ", "x"], "score": [4.0, 2.0, None]}])
-    assert pairs == [] and dropped["same text"] == 1
-    # ... unless another candidate of the lowest score has a different text: it is rejected instead
-    pairs, _ = S.make_pairs([{"prompt": "p", "candidates": ["42", "42", "7"], "score": [4.0, 2.0, 2.0]}])
-    assert [(p["chosen"], p["rejected"], p["rejected_index"]) for p in pairs] == [("42", "7", 2)], \
-        "a worst candidate with the best's text: reject the next of the same score with another text"
-    # ... and of several worst candidates of other texts, the first is rejected
-    pairs, _ = S.make_pairs([{"prompt": "p", "candidates": ["42", "7", "42", "9"], "score": [4.0, 2.0, 2.0, 2.0]}])
-    assert (pairs[0]["chosen"], pairs[0]["rejected"], pairs[0]["rejected_index"]) == ("42", "7", 1)
     bounds = S.DEFAULTS["min_prompt_words"], S.DEFAULTS["max_prompt_words"]  # 3, 60
     assert S.malformed("Reverse the word 'abc'.", False, *bounds).startswith("unfinished")
     assert S.malformed("Task: Reverse it now", True, *bounds) == "contains markup"
@@ -1120,9 +1108,20 @@ def test_make_pairs_by_hand():
     assert pairs[0] == {"prompt": "p0", "chosen": "b", "rejected": "d", "chosen_score": 4.5, "rejected_score": 1.0,
                         "chosen_index": 1, "rejected_index": 3}
     assert dropped == {"fewer than 2 scored candidates": 1, "all scores tie": 1, "same text": 0}
-    # the same answer (up to spaces) as best and worst states no preference: dropped and counted
+    pairs, dropped = S.make_pairs([{"prompt": "p", "candidates": ["a", "b", "c"], "score": [2.0, 4.5, 2.0]}])
+    assert pairs == [{"prompt": "p", "chosen": "b", "rejected": "a", "chosen_score": 4.5, "rejected_score": 2.0,
+                      "chosen_index": 1, "rejected_index": 0}]
+    # the same answer (up to spaces) as best and worst states no preference: dropped and counted ...
     pairs, dropped = S.make_pairs([{"prompt": "p", "candidates": ["42", "42 ", "x"], "score": [4.0, 2.0, None]}])
     assert pairs == [] and dropped["same text"] == 1
+    # ... unless another candidate of the lowest score has a different text: it is rejected instead
+    # (these were in another test, which the exercise's grading command did not select)
+    pairs, _ = S.make_pairs([{"prompt": "p", "candidates": ["42", "42", "7"], "score": [4.0, 2.0, 2.0]}])
+    assert [(p["chosen"], p["rejected"], p["rejected_index"]) for p in pairs] == [("42", "7", 2)], \
+        "a worst candidate with the best's text: reject the next of the same score with another text"
+    # ... and of several worst candidates of other texts, the first is rejected
+    pairs, _ = S.make_pairs([{"prompt": "p", "candidates": ["42", "7", "42", "9"], "score": [4.0, 2.0, 2.0, 2.0]}])
+    assert (pairs[0]["chosen"], pairs[0]["rejected"], pairs[0]["rejected_index"]) == ("42", "7", 1)
 
 
 def test_make_judge_pairs_by_hand():

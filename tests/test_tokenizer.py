@@ -59,6 +59,11 @@ def test_train_tokenizer_is_deterministic_and_atomic(tmp_path):
     # byte for byte, though written in other folders: the file records no training path
     assert (tmp_path / "a" / "t.model").read_bytes() == (tmp_path / "b" / "t.model").read_bytes()
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["t.model"]
+    # fewer pieces than the text's characters need: the setting named (it was SentencePiece's RuntimeError)
+    with pytest.raises(ValueError, match=r"^vocab_size = 200: the text's characters and fixed pieces \(chat markers, "
+                                         r"symbols\) need 2\d\d pieces; give at least that$"):
+        train_tokenizer(texts, str(tmp_path / "c" / "t.model"), vocab_size=200)
+    assert not (tmp_path / "c").exists()
 
 
 def test_missing_tokenizer_file(tmp_path):

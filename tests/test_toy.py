@@ -140,6 +140,14 @@ def test_invent_tasks_read_back_and_are_checked_not_answered():
         "LIKE starts with L, ends with E and has 4 letters; asked: L, E, 4.")
 
 
+def test_a_world_with_fewer_tasks_than_the_sets_need_is_an_error_not_a_hang():
+    """invent alone has 19 x 19 x 5 = 1,805 tasks; the loop's default sizes need
+    about 6,500 different ones: the draw stopped only when killed."""
+    with pytest.raises(ValueError, match=r"toy_kinds = 'invent': found only 1805 different tasks, and the sets need "
+                                         r"25\d\d \(n_ift 2500 \+ \d+ EFT train"):
+        build(n_ift=2500, n_eft_train=20, n_eft_eval=20, n_test=10, toy_kinds="invent")
+
+
 def test_an_invent_world():
     """toy_kinds: the invent kind is drawn only when asked for; its seed
     answers and EFT responses are graded as made, with many different right
@@ -583,7 +591,10 @@ def test_the_toy_data_command_refuses_bad_settings_before_writing(tmp_path):
     for arg, said in [("--judge_working=Treu", "'Treu' is not True or False"),
                       ("--n_ift=-5", "n_ift = -5: must be >= 0"),
                       ("--ift_chatty=2", "ift_chatty = 2.0: a share, must be in [0, 1]"),
-                      ("--toy_kinds=foo", "toy_kinds = 'foo': must be some of")]:
+                      ("--toy_kinds=foo", "toy_kinds = 'foo': must be some of"),
+                      ("--ift_declines=1", "ift_declines = 1.0: a share, must be in [0, 1)"),  # (as the loop's)
+                      (f"--out={tmp_path / 'file'}", "is a file, not a folder")]:  # (was a traceback)
+        (tmp_path / "file").write_text("")
         r = subprocess.run([sys.executable, "-m", "data.toy", f"--out={tmp_path / 'toy'}", arg], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, (arg, r.stderr)

@@ -292,6 +292,7 @@ class LogitTable(torch.nn.Module):
                                         .to(dtype))
 
     def forward(self, tokens):
+        self.under_autocast = torch.is_autocast_enabled("cpu")  # (a bf16 Env's training runs under it)
         return self.table[tokens]
 
 
@@ -332,6 +333,9 @@ def test_sft_loss_sum_by_hand():
         assert loss.item() == pytest.approx(-sum(logps_by_hand(model, TOKENS, TARGETS)), rel=1e-6)
     loss.backward()  # a loss to train on: the gradient reaches the model
     assert model.table.grad is not None and model.table.grad.abs().sum() > 0
+    # the model runs under the Env's autocast: a bf16 run's matmuls in bf16 (without it, silently fp32)
+    train_sft.sft_loss_sum(model, TOKENS, TARGETS, D.Env(dtype=torch.bfloat16))
+    assert model.under_autocast
 
 
 def test_sft_eval_loss_is_per_response_token_by_hand():
@@ -570,6 +574,8 @@ def test_sequence_logps_by_hand():
         logps = train_dpo.sequence_logps(model, TOKENS, TARGETS, D.Env())
         assert logps.shape == (2,) and logps.dtype == torch.float32
         assert logps.tolist() == pytest.approx(logps_by_hand(model, TOKENS, TARGETS), rel=1e-6)
+    train_dpo.sequence_logps(model, TOKENS, TARGETS, D.Env(dtype=torch.bfloat16))
+    assert model.under_autocast  # the Env's autocast: a bf16 run's matmuls in bf16
 
 
 def test_dpo_logged_rewards_by_hand(monkeypatch):
@@ -1763,6 +1769,17 @@ def test_trainers_refuse_an_unreadable_tokenizer_a_bad_save_dtype_or_out_dir_and
     with pytest.raises(validate.BadInput, match=r"init_from: .*ckpt: tensor layers.0.feed_forward.w1.weight "
                                                 r"\(model.layers.0.mlp.gate_proj.weight\) has shape"):
         validate.check_training(c, 1, [], "train_sft.py")
+    # starting from the model this run would replace (train_sft.py --init_from=out/sft/model, out_dir's default
+    # out/sft): the starting weights were overwritten, and the same command trained again from its own result
+    c = configurator.settings(train_sft.DEFAULTS, {"init_from": str(work / "ckpt"), "data": str(work / "sft.jsonl"),
+                                                   "out_dir": str(work)})
+    validate.check_training(c, 1, [], "train_sft.py")  # (beside: fine)
+    shutil.copytree(work / "ckpt", tmp_path / "run" / "model")
+    c = configurator.settings(train_dpo.DEFAULTS, {"init_from": str(tmp_path / "run" / "model"),
+                                                   "data": str(work / "pairs.jsonl"), "out_dir": str(tmp_path / "run")})
+    with pytest.raises(validate.BadInput, match=rf"init_from = '{tmp_path / 'run' / 'model'}': is inside "
+                                                rf"{tmp_path / 'run'}'s model/, state/ or checkpoints/"):
+        validate.check_training(c, 1, [], "train_dpo.py")
 
 
 def test_a_bad_eval_data_file_or_a_none_or_a_device_or_dtype_torch_lacks_is_refused_before_any_work(
