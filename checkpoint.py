@@ -648,9 +648,11 @@ GGUF_SPLIT_DIGITS_FIRST = ("smollm",)
 GGUF_SPLIT_AS_GPT2 = (None, "default", "gpt-2")  # transformers' own fallback
 
 
-def gguf_field(reader, key):
-    """A GGUF metadata value (gguf.GGUFReader), or None where the file has none."""
-    return reader.fields[key].contents() if key in reader.fields else None
+def gguf_text(reader, key):
+    """A GGUF metadata string (gguf.GGUFReader), or None where the file has none. Read from the
+    field's raw parts, as transformers reads them (ReaderField.contents() is gguf 0.16's and later)."""
+    field = reader.fields.get(key)
+    return None if field is None else bytes(field.parts[field.data[0]]).decode("utf-8")
 
 
 def gguf_problems(reader):
@@ -669,8 +671,8 @@ def gguf_problems(reader):
         problems.append("it holds rope_freqs.weight (Llama 3.1's rope scaling as llama.cpp stores it), which "
                         "transformers' GGUF reader leaves out: the model would run unscaled; convert the Hugging "
                         "Face checkpoint instead")
-    pre = gguf_field(reader, "tokenizer.ggml.pre")
-    if gguf_field(reader, "tokenizer.ggml.model") == "gpt2" and pre not in (
+    pre = gguf_text(reader, "tokenizer.ggml.pre")
+    if gguf_text(reader, "tokenizer.ggml.model") == "gpt2" and pre not in (
             *known, *GGUF_SPLIT_DIGITS_FIRST, *GGUF_SPLIT_AS_GPT2):
         problems.append(f"its tokenizer splits text as llama.cpp's {pre!r}, which transformers' GGUF reader does "
                         f"not know (it would split as GPT-2 and give other token ids than the model learned on); "
@@ -696,7 +698,7 @@ def gguf_to_hf(gguf_path, out):
         raise ValueError(f"{gguf_path}: " + "; ".join(problems))
     folder, name = os.path.split(os.path.abspath(gguf_path))
     hf_tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    if gguf_field(reader, "tokenizer.ggml.pre") in GGUF_SPLIT_DIGITS_FIRST:  # (transformers': "\n", "\n", "1")
+    if gguf_text(reader, "tokenizer.ggml.pre") in GGUF_SPLIT_DIGITS_FIRST:  # (transformers': "\n", "\n", "1")
         hf_tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
     gguf_model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)

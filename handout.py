@@ -332,8 +332,9 @@ def worked_on(out):
         return []
     try:
         with open(os.path.join(out, MANIFEST), encoding="utf-8") as f:
-            written = dict(json.load(f)["files"])
-    except (OSError, ValueError, KeyError, TypeError):
+            written = json.load(f)
+        written = dict(written.get("files", written))  # (an older handout's: the digests alone)
+    except (OSError, ValueError, AttributeError, TypeError):
         return None
     now = digests(out)
     return sorted(f for f in set(now) | set(written) if now.get(f) != written.get(f))
@@ -413,10 +414,13 @@ def graded_exercises(root):
     do); in the project itself, its markers."""
     try:
         with open(os.path.join(root, MANIFEST), encoding="utf-8") as f:
-            return [Exercise(**x, solution="") for x in json.load(f)["exercises"]]
+            recorded = json.load(f).get("exercises")
+        if recorded is None:  # (a handout written before they were recorded: its markers)
+            return find_exercises(root, project_files(root))
+        return [Exercise(**x, solution="") for x in recorded]
     except FileNotFoundError:
         return find_exercises(root, project_files(root))
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, AttributeError, TypeError) as e:
         raise HandoutError(f"{MANIFEST}: the handout's record of its exercises is unreadable ({e}); "
                            f"write the handout again") from None
 

@@ -341,7 +341,7 @@ def grade(record, response):
                    or bool(scrambled))
     hits = found.count(ans)
     if ans in operands and all(x in found for x in operands):  # the question repeated, as working:
-        hits -= operands.count(ans)  # "10 - 5 = 5" says the answer once, "10 - 5" not at all
+        hits = max(0, hits - operands.count(ans))  # "10 - 5 = 5" says the answer once, "10 - 5" not at all
     if hits:  # right, but is it clean? one answer, said once, in a few words
         others = [t for t in tries if t != ans]
         return 3 if hits > 1 or others or len(text.split()) > 15 else 4

@@ -149,7 +149,7 @@ def test_a_gguf_file_transformers_would_misread_is_refused():
     from checkpoint import gguf_problems
     def reader(pre, model="gpt2", tensors=("token_embd.weight",)):
         fields = {"tokenizer.ggml.model": model, **({"tokenizer.ggml.pre": pre} if pre else {})}
-        return SimpleNamespace(fields={k: SimpleNamespace(contents=lambda v=v: v) for k, v in fields.items()},
+        return SimpleNamespace(fields={k: SimpleNamespace(parts=[v.encode()], data=[0]) for k, v in fields.items()},
                                tensors=[SimpleNamespace(name=n) for n in tensors])
     for fine in (reader("smollm"), reader("llama-bpe"), reader(None), reader("gpt-2"), reader("mine", "llama")):
         assert gguf_problems(fine) == []
