@@ -441,6 +441,21 @@ def test_grading_says_solved_only_where_tests_pass(tmp_path, monkeypatch, capsys
     assert handout.grade_all(str(tmp_path)) == 0
 
 
+def test_a_git_checkout_hands_out_only_what_git_tracks(tmp_path):
+    """In a git checkout the handout copies the tracked files: an untracked one
+    that git would track (an instructor's notes, a model folder made in the
+    project) went into the student copy; it is listed as left out instead."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("/out/\n")
+    (tmp_path / "m.py").write_text("x = 1\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "run.txt").write_text("ignored\n")
+    subprocess.run(["git", "-C", str(tmp_path), "add", ".gitignore", "m.py"], check=True)
+    (tmp_path / "answers.md").write_text("the solutions\n")
+    assert handout.project_files(str(tmp_path)) == [".gitignore", "m.py"]
+    assert handout.project_files(str(tmp_path), untracked=True) == ["answers.md"]
+
+
 def test_a_handout_is_graded_by_the_exercises_it_was_written_with(tmp_path, monkeypatch, capsys):
     """In a student's copy --grade grades the exercises the handout recorded:
     a file that does not parse (a half-written line) left the grader with a
