@@ -415,14 +415,14 @@ def graded_exercises(root):
     try:
         with open(os.path.join(root, MANIFEST), encoding="utf-8") as f:
             recorded = json.load(f).get("exercises")
-        if recorded is None:  # (a handout written before they were recorded: its markers)
-            return find_exercises(root, project_files(root))
-        return [Exercise(**x, solution="") for x in recorded]
+        if recorded is not None:  # (none: the project, or a handout written before they were recorded)
+            return [Exercise(**x, solution="") for x in recorded]
     except FileNotFoundError:
-        return find_exercises(root, project_files(root))
+        pass
     except (ValueError, AttributeError, TypeError) as e:
         raise HandoutError(f"{MANIFEST}: the handout's record of its exercises is unreadable ({e}); "
                            f"write the handout again") from None
+    return find_exercises(root, project_files(root))
 
 
 def grade_all(root, json_path=""):

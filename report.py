@@ -20,6 +20,7 @@ the stage infos in done/); this file only tabulates them.
 import json
 import math
 import os
+from collections import Counter
 
 import numpy as np
 
@@ -550,7 +551,7 @@ def checking_versus_doing(r, names, tests):
                 if said_same is not None:
                     compares.append(said_same == same)
         for x in tests[n]:
-            answered[(x.get("task") or toy.task_from_prompt(x["prompt"]))["kind"]].append(x["grade"] >= toy.RIGHT)
+            answered[toy.task_of(x)["kind"]].append(x["grade"] >= toy.RIGHT)
         judged["invent"] = balanced_accuracy(invent)
         found[n] = {"judge": share(sum((v for k, v in judged.items() if k != "invent"), [])),
                     "answer": share(sum(answered.values(), [])), "follows": share(follows), "compares": share(compares),
@@ -620,16 +621,15 @@ def one_answer_lines(tests):
     (the kind's most common right answer among them), per kind: a model near
     that share of a kind may be giving that answer, not doing the task (most
     made-up words hold a letter once, so '1' is right on most count prompts)."""
-    answers = {}
-    for x in tests:
-        task = x.get("task") or toy.task_from_prompt(x["prompt"])
+    answers = {}  # kind -> Counter of right answers
+    for task in map(toy.task_of, tests):
         if task and task["kind"] != "invent":  # (an invent task has many right answers)
-            answers.setdefault(task["kind"], []).append(toy.answer(task))
+            answers.setdefault(task["kind"], Counter())[toy.answer(task)] += 1
     if not answers:
         return []
-    common = {k: max(set(v), key=lambda a: (v.count(a), a)) for k, v in answers.items()}
+    common = {k: max(c, key=lambda a: (c[a], a)) for k, c in answers.items()}  # (ties: the last answer in order)
     return ["For scale, one answer to every test prompt of a kind, its most common right answer there, is right "
-            "on (%): " + "; ".join(f"{k} {pct(answers[k].count(common[k]) / len(answers[k]))} ('{common[k]}')"
+            "on (%): " + "; ".join(f"{k} {pct(answers[k][common[k]] / answers[k].total())} ('{common[k]}')"
                                    for k in toy.ALL_KINDS if k in answers)
             + ". A model near that share of a kind may be giving that one answer, not doing the task.", ""]
 

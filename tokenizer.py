@@ -492,7 +492,30 @@ def train_tokenizer(texts, model_path, vocab_size=512, phrases=False, symbols=()
     # texts would give other bytes in another folder), then written atomically
     model = io.BytesIO()
     try:
-        _train_sentencepiece(texts, model, vocab_size, phrases, symbols)
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts),
+            model_writer=model,
+            model_type="bpe",
+            vocab_size=vocab_size,
+            hard_vocab_limit=False,       # a small corpus may support fewer pieces
+            character_coverage=1.0,
+            byte_fallback=True,           # unknown characters become <0xNN> bytes
+            split_digits=True,            # every digit its own piece, as in Llama
+            normalization_rule_name="identity",  # no NFKC: text comes back as written
+            remove_extra_whitespaces=False,      # keep runs of spaces and newlines
+            add_dummy_prefix=True,        # as Llama 2 does
+            allow_whitespace_only_pieces=True,
+            unk_id=0, bos_id=1, eos_id=2, pad_id=-1,  # Llama 2's special ids
+            # the chat markers, and the newline kept a piece of its own (as
+            # Llama's <0x0A>), so "end of line" can stop generation
+            # (symbols are matched after spaces become "\u2581", so they are written that way)
+            user_defined_symbols=[B_INST, E_INST, "\n"] + [x.replace(" ", "\u2581") for x in symbols],
+            split_by_whitespace=not phrases,
+            max_sentencepiece_length=64 if phrases else 16,
+            max_sentence_length=16384,
+            num_threads=os.cpu_count() or 1,
+            minloglevel=2,
+        )
     except RuntimeError as e:  # "Vocabulary size is smaller than required_chars. 300 vs 345."
         need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
         if not need:
@@ -501,34 +524,6 @@ def train_tokenizer(texts, model_path, vocab_size=512, phrases=False, symbols=()
                          f"symbols) need {need.group(1)} pieces; give at least that") from None
     write_bytes(model_path, model.getvalue())
     return Tokenizer(model_path)
-
-
-def _train_sentencepiece(texts, model, vocab_size, phrases, symbols):
-    """SentencePiece's trainer with train_tokenizer's settings, writing into `model` (a BytesIO)."""
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=vocab_size,
-        hard_vocab_limit=False,       # a small corpus may support fewer pieces
-        character_coverage=1.0,
-        byte_fallback=True,           # unknown characters become <0xNN> bytes
-        split_digits=True,            # every digit its own piece, as in Llama
-        normalization_rule_name="identity",  # no NFKC: text comes back as written
-        remove_extra_whitespaces=False,      # keep runs of spaces and newlines
-        add_dummy_prefix=True,        # as Llama 2 does
-        allow_whitespace_only_pieces=True,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1,  # Llama 2's special ids
-        # the chat markers, and the newline kept a piece of its own (as
-        # Llama's <0x0A>), so "end of line" can stop generation
-        # (symbols are matched after spaces become "\u2581", so they are written that way)
-        user_defined_symbols=[B_INST, E_INST, "\n"] + [x.replace(" ", "\u2581") for x in symbols],
-        split_by_whitespace=not phrases,
-        max_sentencepiece_length=64 if phrases else 16,
-        max_sentence_length=16384,
-        num_threads=os.cpu_count() or 1,
-        minloglevel=2,
-    )
 
 
 if __name__ == "__main__":

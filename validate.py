@@ -554,8 +554,9 @@ def check_training(c, world, fields, script, check_record=None):
     if "template" in vars(c):  # SFT's
         p.require(c.template in ("chat", "text"), "template", "must be 'chat' or 'text'")
     p.writable_folder("out_dir", c.out_dir)
+    from training import FILE_SETTINGS  # (the trainer's input files; imported here: training imports this module)
     written = [os.path.join(c.out_dir, x) for x in ("model", "state", "checkpoints")]  # (what the trainer replaces)
-    for s in ("init_from", "tokenizer", "data", "eval_data"):
+    for s in FILE_SETTINGS:
         read = getattr(c, s)
         p.require(not read or read == "scratch" or not any(within(read, w) for w in written), s,
                   f"is inside {c.out_dir}'s model/, state/ or checkpoints/, which this run replaces: it would "

@@ -313,9 +313,15 @@ def similarity(s, t):
 NUMBERS = re.compile(r"(?:(?<!\d)-)?\d+")
 
 
+def task_of(record):
+    """A record's task: its "task" field, or read back from its prompt (None
+    for a prompt the toy world did not write)."""
+    return record.get("task") or task_from_prompt(record["prompt"])
+
+
 def grade(record, response):
     """Score a response 0..5 against the truth (rules in the module docstring)."""
-    task = record.get("task") or task_from_prompt(record["prompt"])
+    task = task_of(record)
     if task is None:
         raise ValueError(f"not a toy-world prompt, cannot grade: {record['prompt']!r}")
     if task["kind"] == "invent":
