@@ -225,9 +225,11 @@ def sample_task(rng, kinds=KINDS):
     if kind == "replace":
         task["old"] = rng.choice(word)  # a letter by position: repeated letters come up more
         task["new"] = rng.choice([c for c in LETTERS if c not in word])
-    if kind == "count":  # mostly a letter of the word, sometimes one it lacks (answer 0)
-        absent = [c for c in LETTERS if c not in word]
-        task["letter"] = rng.choice(word) if rng.random() < 0.85 else rng.choice(absent)
+    if kind == "count":  # the answer first, 0 to 3 alike (a letter drawn from the word makes most answers "1"),
+        n = rng.randint(0, 3)  # then a word with some letter that many times (three times: one word in 37)
+        while not (letters := [c for c in LETTERS if word.count(c) == n]):
+            word = make_word(rng)
+        task.update(word=word, letter=rng.choice(letters))
     if kind in ("reverse", "sort") and answer(task) == word:
         return None
     return task

@@ -78,14 +78,17 @@ def test_similarity_by_hand():
 def test_sample_task_draws_again_where_an_answer_would_give_nothing_away():
     """sample_task returns None (the caller draws again) where a wrong echo
     would look right: a subtraction whose answer is its second operand
-    (a = 2b), a word that reverses or sorts to itself; a count asks for a
-    letter the word lacks now and then (answer 0), about 15% of the time."""
+    (a = 2b), a word that reverses or sorts to itself. A count's answer is
+    0, 1, 2 or 3, each about a quarter of the time, so no one answer is
+    right on most count prompts (a letter drawn from the word made "1"
+    right on 77% of them)."""
     rng = random.Random(0)
     tasks = [t for t in (sample_task(rng) for _ in range(20000)) if t]
     assert not [t for t in tasks if t["kind"] == "arith" and t["op"] == "-" and t["a"] == 2 * t["b"]]
     assert not [t for t in tasks if t["kind"] in ("reverse", "sort") and answer(t) == t["word"]]
     counts = [t for t in tasks if t["kind"] == "count"]
-    assert 0.10 < sum(answer(t) == "0" for t in counts) / len(counts) < 0.20
+    shares = Counter(answer(t) for t in counts)
+    assert set(shares) == {"0", "1", "2", "3"} and all(0.22 < n / len(counts) < 0.28 for n in shares.values())
 
 
 def test_invent_tasks_read_back_and_are_checked_not_answered():
@@ -495,7 +498,7 @@ def test_pretraining_docs_leave_out_what_the_evaluation_asks(toy):
     items = [(task_from_prompt(q), given, a) for d in marked
              for q, given, a in re.findall(r"Q: (.*)\nStudent: (.*)\nA: (.*)\n", d["text"])]
     words = [(task, given, a) for task, given, a in items if task["kind"] == "invent"]
-    assert len(words) > 100 and 0.4 < sum(a.endswith(" Right.") for _, _, a in words) / len(words) < 0.6
+    assert len(words) > 100 and 0.35 < sum(a.endswith(" Right.") for _, _, a in words) / len(words) < 0.65  # +-3.5 sd
     for task, given, a in words:
         assert a.startswith(f"{given} starts with {given[0]}, ends with {given[-1]} and has {len(given)} letters; "
                             f"asked: {task['first']}, {task['last']}, {task['n']}.")
