@@ -126,7 +126,7 @@ def cpu_has_bf16(flags=None):
 # 0.9: toy-small stays fp32. (Again at commits 62d6c26 and 571b1d9, after
 # micro-batches were grouped by length and fp32's dropout sped up: bf16 11.8
 # and 10.0 min, its training stages slower, 2.6-2.8 GB at its peak; fp32
-# 9.0-9.1 min, 0.67 GB. README, "Results of the default toy run".)
+# 9.0-9.1 min, 0.67 GB. STUDIES.md, "The default run before the count change".)
 CPU_BF16_MIN_WIDTH = 256
 
 

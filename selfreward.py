@@ -152,7 +152,7 @@ n_judge = 3                 # judgments per candidate, averaged (paper: 3); also
 max_judge_tokens = 96       # per judgment
 # DPO: M_t -> M_{t+1} (paper, for 70B: lr 1e-6 -> 1e-7, batch 16, beta 0.1, dropout 0.1)
 dpo_lr = 2e-5               # peak learning rate (toy: of 2e-5, 5e-5 and 1e-4, the one that costs the fewest right
-                            # answers over five seeds: README, "The default settings over five seeds")
+                            # answers over five seeds: STUDIES.md, "The DPO rate, again")
 dpo_min_lr = 1e-5           # cosine floor (paper: a tenth of the peak; here half: a tenth of the earlier peak 1e-4,
                             # kept when the peak became 2e-5, as the measured runs had it)
 dpo_beta = 0.1              # paper: 0.1

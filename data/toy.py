@@ -802,6 +802,24 @@ def some_of(names, allowed):
         raise ValueError(f"must be some of {','.join(allowed)}, each once, separated by commas")
 
 
+def n_tasks(kinds):
+    """How many different tasks `kinds` hold (sample_task's ranges), or None
+    where a kind on made-up words is among them: their millions of words
+    outlast any set size."""
+    if set(kinds) - {"invent", "arith"}:
+        return None
+    invent = len(LETTERS) ** 2 * 5  # a first and a last letter, 4 to 8 letters
+    plus, times = 98 * 98, 29 * 8  # a, b in 2..99; a in 2..30 and b in 2..9
+    minus = sum(a - 2 - (a % 2 == 0) for a in range(10, 100))  # b in 2..a-1, but a = 2b
+    return ("invent" in kinds) * invent + ("arith" in kinds) * (plus + times + minus)
+
+
+def tasks_needed(n_ift, n_eft_train, n_eft_eval, n_test, n_valid=0):
+    """The fewest different tasks build's sets (and a validation set of
+    n_valid) can need: an EFT group holds at most 4 responses."""
+    return n_ift + -(-n_eft_train // 4) + -(-n_eft_eval // 4) + n_test + n_valid
+
+
 def check_kinds(kinds, settings=None):
     """A ValueError unless kinds is a non-empty list of ALL_KINDS without
     repeats, and, of settings ({name: value}, the loop's or those a caller

@@ -13,8 +13,8 @@ from conftest import ROOT
 from data import read_jsonl, write_jsonl
 from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, DRILL_LAYOUTS, ENGLISH, LETTERS, TEMPLATES, answer, asks_met,
                       attempts, build, comparison, corpus, drill_item, eft_target, fewshot_text, grade, marked_quiz,
-                      meta_judge_examples, pretraining_docs, quote, render, sample_task, similarity, stated_answer,
-                      task_from_prompt, true_grade, validation_set, working, write_toy)
+                      meta_judge_examples, n_tasks, pretraining_docs, quote, render, sample_task, similarity,
+                      stated_answer, task_from_prompt, tasks_needed, true_grade, validation_set, working, write_toy)
 from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
 from tokenizer import chat_tokens, train_tokenizer
 
@@ -149,6 +149,20 @@ def test_a_world_with_fewer_tasks_than_the_sets_need_is_an_error_not_a_hang():
     with pytest.raises(ValueError, match=r"toy_kinds = 'invent': found only 1805 different tasks, and the sets need "
                                          r"25\d\d \(n_ift 2500 \+ \d+ EFT train"):
         build(n_ift=2500, n_eft_train=20, n_eft_eval=20, n_test=10, toy_kinds="invent")
+
+
+def test_n_tasks_counts_what_sample_task_draws():
+    """n_tasks (the loop's check before any work that a world holds the tasks
+    its sets need) against the different tasks that many draws find: every
+    invent and arith task is drawn at least once in 600,000 draws (the
+    rarest, a sum, about 25 times on average)."""
+    rng = random.Random(0)
+    drawn = {tuple(sorted(t.items())) for t in (sample_task(rng, ["invent", "arith"]) for _ in range(600_000)) if t}
+    kinds = Counter(dict(task)["kind"] for task in drawn)
+    assert n_tasks(["invent"]) == kinds["invent"] == 1805 and n_tasks(["arith"]) == kinds["arith"] == 14516
+    assert n_tasks(["invent", "arith"]) == 1805 + 14516 and n_tasks(["arith", "count"]) is None
+    assert tasks_needed(3200, 4890, 1623, 1024) == 3200 + 1223 + 406 + 1024
+    assert tasks_needed(10, 8, 9, 5, n_valid=7) == 10 + 2 + 3 + 5 + 7
 
 
 def test_an_invent_world():
