@@ -342,8 +342,8 @@ def check_loop(c, world):
         needed = toy.tasks_needed(c.n_ift, c.n_eft_train, c.n_eft_eval, c.n_test, n_valid)
         if toy_world and world_size is not None:
             p.require(needed <= world_size, "toy_kinds", f"holds {world_size:,} different tasks, and the seed "
-                      f"sets need at least {needed:,} (n_ift, n_eft_train and n_eft_eval in groups of at most 4, n_test{', n_valid' * bool(n_valid)}): "
-                      "give smaller sizes or more kinds")
+                      f"sets need at least {needed:,} (n_ift, n_eft_train and n_eft_eval in groups of at most 4, "
+                      f"n_test{', n_valid' * bool(n_valid)}): give smaller sizes or more kinds")
     except ValueError as e:
         p.add(f"{p.shown('toy_kinds')}: {e}")
     try:
