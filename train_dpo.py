@@ -258,13 +258,13 @@ def train(config=None, announce=False):
 
 
 def dpo(c, env, fp):
-    model, tok, tok_path = T.start(c, env)  # the policy (and, as loaded, the reference: below)
-    max_len = T.max_len(c, model)
+    tok, tok_path, max_len = T.read_tokenizer(c)
     pad_id = tok.eos_id
 
     train_recs, eval_recs = T.read_data(c, PAIR_FIELDS)
     train_set = tokenize_pairs(tok, train_recs, max_len, c.data)
     eval_set = tokenize_pairs(tok, eval_recs, max_len, c.eval_data or c.data) if eval_recs else []
+    model = T.start(c, env, tok, tok_path)  # the policy (and, as loaded, the reference: below)
     # the reference is the model as loaded, before any step (reused on resume)
     fill_reference_logps(model, train_set + eval_set, env, c, pad_id, os.path.join(c.out_dir, "ref_logps.jsonl"))
     steps = T.total_steps(c, len(train_set))

@@ -163,8 +163,7 @@ def train(config=None, announce=False):
 
 
 def sft(c, env, fp):
-    model, tok, tok_path = T.start(c, env)  # from a checkpoint or a preset, sharded under torchrun
-    max_len = T.max_len(c, model)
+    tok, tok_path, max_len = T.read_tokenizer(c)
     pad_id = tok.eos_id  # Llama has no pad token; padded positions carry no loss anyway
 
     # (every record was checked before any work: prompt and response, or messages; validate.sft_record)
@@ -172,6 +171,7 @@ def sft(c, env, fp):
     train_set = tokenize(tok, train_recs, max_len, c.data, c.template)
     eval_set = tokenize(tok, eval_recs, max_len, c.eval_data or f"the held-out share of {c.data}", c.template) \
         if eval_recs else []
+    model = T.start(c, env, tok, tok_path)  # from a checkpoint or a preset, sharded under torchrun
     steps = T.total_steps(c, len(train_set))
     n_params = model.num_params()
     what = "SFT" if c.template == "chat" else "plain text (every token learned: pretraining)"  # the toy M0's

@@ -40,7 +40,8 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 import distributed as D
 import validate
-from checkpoint import check_tokenizer, load_model, load_tensors, model_width, planned_args, save_model
+from checkpoint import (check_tokenizer, load_model, load_tensors, model_width, planned_args, read_config,
+                        save_model)
 from configurator import configure, settings
 from data import file_fingerprint, fingerprint, read_jsonl, write_text
 from model import preset
@@ -210,21 +211,25 @@ def build_model(c, env, vocab_size):
     return model
 
 
-def start(c, env):
-    """Everything a training loop needs before its first step: (model,
-    tokenizer, tokenizer path). (validate.check_training has checked the
+def read_tokenizer(c):
+    """What a trainer reads its data with, before any weights load (so data
+    it cannot train on, every example too long, is refused without that
+    wait): (tokenizer, its path, the longest sequence, in tokens the model
+    sees, an example may have). (validate.check_training has checked the
     settings and inputs.)"""
     tok_path = tokenizer_path(c)
     tok = Tokenizer(tok_path, c.chat_template)
+    args = preset(c.model, vocab_size=tok.vocab_size) if c.init_from == "scratch" else read_config(c.init_from)
+    return tok, tok_path, min(c.max_seq_len or args.max_seq_len, args.max_seq_len)
+
+
+def start(c, env, tok, tok_path):
+    """The model to train, ready for its first step (read_tokenizer's
+    tokenizer checked against it)."""
     os.makedirs(c.out_dir, exist_ok=True)
     model = build_model(c, env, tok.vocab_size)
     check_tokenizer(tok_path, model.args, c.init_from, tok)
-    return model, tok, tok_path
-
-
-def max_len(c, model):
-    """The longest sequence (tokens the model sees) a training example may have."""
-    return min(c.max_seq_len or model.args.max_seq_len, model.args.max_seq_len)
+    return model
 
 
 def read_data(c, fields):

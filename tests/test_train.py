@@ -440,7 +440,13 @@ def test_micro_batches_add_up_to_one_batch(work, tmp_path, trainer, sft_single, 
     assert max_weight_diff(one / "model", four / "model") < W_TOL
 
 
-def test_too_long_examples_are_skipped_and_counted(work, tmp_path, capsys):
+def no_weights(*args):
+    raise AssertionError("the model was built before the data was found untrainable")
+
+
+def test_too_long_examples_are_skipped_and_counted(work, tmp_path, capsys, monkeypatch):
+    """Examples longer than max_seq_len are skipped and counted; every one too
+    long is an error before any weights load (at 70B, minutes of loading)."""
     data = tmp_path / "long.jsonl"
     lines = [json.dumps({"prompt": "reverse the fox", "response": "fox the"})] * 8
     lines.append(json.dumps({"prompt": "reverse " + "the fox " * 80, "response": "fox the " * 80}))
@@ -449,8 +455,9 @@ def test_too_long_examples_are_skipped_and_counted(work, tmp_path, capsys):
     train_sft.train(cfg)
     assert "skipped 1 of 9 examples longer than 64 tokens" in capsys.readouterr().out
     data.write_text(lines[-1] + "\n")
-    with pytest.raises(validate.BadInput, match="every example is longer"):  # (the command line: exit status 2)
-        train_sft.train({**cfg, "out_dir": str(tmp_path / "out2")})
+    with monkeypatch.context() as m, pytest.raises(validate.BadInput, match="every example is longer"):
+        m.setattr(T, "build_model", no_weights)
+        train_sft.train({**cfg, "out_dir": str(tmp_path / "out2")})  # (the command line: exit status 2)
     # a max_seq_len above the model's context (128) is refused before any work (it was cut to the context
     # in silence); 0, the default, takes the model's: the long example is still skipped
     data.write_text("\n".join(lines) + "\n")
@@ -478,7 +485,7 @@ def test_an_example_of_n_tokens_fits_max_seq_len_n_minus_1(toy_tokenizer_path):
         train_dpo.tokenize_pairs(tok, [pair], n - 2, "x")
 
 
-def test_too_long_pairs_are_skipped_and_counted(work, tmp_path, capsys):
+def test_too_long_pairs_are_skipped_and_counted(work, tmp_path, capsys, monkeypatch):
     """A pair is as long as its longer response: a long rejected one with a
     short chosen one is skipped too (the forward pass could not take it)."""
     data = tmp_path / "long.jsonl"
@@ -490,6 +497,7 @@ def test_too_long_pairs_are_skipped_and_counted(work, tmp_path, capsys):
     train_dpo.train(cfg)
     assert "skipped 2 of 10 pairs longer than 64 tokens" in capsys.readouterr().out
     data.write_text(lines[-1] + "\n")
+    monkeypatch.setattr(T, "build_model", no_weights)  # (found before any weights load)
     with pytest.raises(validate.BadInput, match="every pair is longer"):
         train_dpo.train({**cfg, "out_dir": str(tmp_path / "out2")})
 
