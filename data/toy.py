@@ -225,9 +225,12 @@ def sample_task(rng, kinds=KINDS):
     if kind == "replace":
         task["old"] = rng.choice(word)  # a letter by position: repeated letters come up more
         task["new"] = rng.choice([c for c in LETTERS if c not in word])
-    if kind == "count":  # the answer first, 0 to 3 alike (a letter drawn from the word makes most answers "1"),
-        n = rng.randint(0, 3)  # then a word with some letter that many times (three times: one word in 37)
-        while not (letters := [c for c in LETTERS if word.count(c) == n]):
+    if kind == "count":  # the answer, the letter's kind and the word's length drawn apart, so that none
+        # tells another: then a word of that length with a letter of that kind that many times (a letter
+        # drawn from the word made "1" right on most count prompts, and drawing the answer alone made a
+        # vowel and a long word signs of a 3). Words of three syllables, 6 or 7 letters, as make_word's are.
+        n, kind_letters, length = rng.randint(0, 3), rng.choice((VOWELS, CONSONANTS)), rng.choice((6, 6, 6, 7, 7))
+        while not (len(word) == length and (letters := [c for c in kind_letters if word.count(c) == n])):
             word = make_word(rng)
         task.update(word=word, letter=rng.choice(letters))
     if kind in ("reverse", "sort") and answer(task) == word:

@@ -79,9 +79,12 @@ def test_sample_task_draws_again_where_an_answer_would_give_nothing_away():
     """sample_task returns None (the caller draws again) where a wrong echo
     would look right: a subtraction whose answer is its second operand
     (a = 2b), a word that reverses or sorts to itself. A count's answer is
-    0, 1, 2 or 3, each about a quarter of the time, so no one answer is
-    right on most count prompts (a letter drawn from the word made "1"
-    right on 77% of them)."""
+    0, 1, 2 or 3, each about a quarter of the time, and neither the letter's
+    kind (vowel or consonant) nor the word's length tells it: the best guess
+    from those two is right about a quarter of the time too (a letter drawn
+    from the word made "1" right on 68% of count tasks; the answer drawn
+    first and the word to fit it, a vowel in a long word meant 3, and the
+    best guess was right on 44%)."""
     rng = random.Random(0)
     tasks = [t for t in (sample_task(rng) for _ in range(20000)) if t]
     assert not [t for t in tasks if t["kind"] == "arith" and t["op"] == "-" and t["a"] == 2 * t["b"]]
@@ -89,6 +92,10 @@ def test_sample_task_draws_again_where_an_answer_would_give_nothing_away():
     counts = [t for t in tasks if t["kind"] == "count"]
     shares = Counter(answer(t) for t in counts)
     assert set(shares) == {"0", "1", "2", "3"} and all(0.22 < n / len(counts) < 0.28 for n in shares.values())
+    by_sign = {}  # (vowel?, length) -> Counter of answers
+    for t in counts:
+        by_sign.setdefault((t["letter"] in "AEIOU", len(t["word"])), Counter())[answer(t)] += 1
+    assert sum(max(c.values()) for c in by_sign.values()) / len(counts) < 0.30
 
 
 def test_invent_tasks_read_back_and_are_checked_not_answered():
