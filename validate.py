@@ -338,12 +338,12 @@ def check_loop(c, world):
     try:  # (the toy world's own check, of the settings that need invent or cannot go with it)
         toy.check_kinds(c.toy_kinds.split(","), vars(c))
         world_size = toy.n_tasks(c.toy_kinds.split(","))  # (None: more than any set size needs)
-        n_valid = c.n_valid if c.dpo_pick_every else 0
-        needed = toy.tasks_needed(c.n_ift, c.n_eft_train, c.n_eft_eval, c.n_test, n_valid)
-        if toy_world and world_size is not None:
+        if toy_world and world_size is not None:  # (a validation set is drawn at an iteration's DPO stage)
+            n_valid = c.n_valid if c.dpo_pick_every and c.iterations else 0
+            needed = toy.tasks_needed(c.seed, c.n_ift, c.n_eft_train, c.n_eft_eval, c.n_test, n_valid)
             p.require(needed <= world_size, "toy_kinds", f"holds {world_size:,} different tasks, and the seed "
-                      f"sets need at least {needed:,} (n_ift, n_eft_train and n_eft_eval in groups of at most 4, "
-                      f"n_test{', n_valid' * bool(n_valid)}): give smaller sizes or more kinds")
+                      f"sets need {needed:,} (n_ift, the EFT train and eval groups, n_test"
+                      f"{', n_valid' * bool(n_valid)}): give smaller sizes or more kinds")
     except ValueError as e:
         p.add(f"{p.shown('toy_kinds')}: {e}")
     try:

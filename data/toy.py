@@ -757,7 +757,7 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
         raise ValueError(f"toy_kinds = {toy_kinds!r}: {e}") from None
     rng = random.Random(seed)
     decline_rng = random.Random(f"{seed} declines")  # ift_declines' own draws: the other sets do not depend on them
-    train_sizes, eval_sizes = _group_sizes(n_eft_train, rng), _group_sizes(n_eft_eval, rng)
+    train_sizes, eval_sizes = _group_sizes(n_eft_train, rng), _group_sizes(n_eft_eval, rng)  # (as tasks_needed)
     # draw every task up front, all different, so no task is in two files
     tasks, seen, misses = [], set(), 0
     needed = n_ift + len(train_sizes) + len(eval_sizes) + n_test
@@ -817,10 +817,12 @@ def n_tasks(kinds):
     return ("invent" in kinds) * invent + ("arith" in kinds) * (plus + times + minus)
 
 
-def tasks_needed(n_ift, n_eft_train, n_eft_eval, n_test, n_valid=0):
-    """The fewest different tasks build's sets (and a validation set of
-    n_valid) can need: an EFT group holds at most 4 responses."""
-    return n_ift + -(-n_eft_train // 4) + -(-n_eft_eval // 4) + n_test + n_valid
+def tasks_needed(seed, n_ift, n_eft_train, n_eft_eval, n_test, n_valid=0):
+    """How many different tasks build's sets of this seed need (one an EFT
+    group: build draws the groups' sizes first, as here), and a validation
+    set of n_valid beside them."""
+    rng = random.Random(seed)
+    return n_ift + len(_group_sizes(n_eft_train, rng)) + len(_group_sizes(n_eft_eval, rng)) + n_test + n_valid
 
 
 def check_kinds(kinds, settings=None):

@@ -1927,20 +1927,23 @@ def test_check_loop_in_this_process(tmp_path):
     c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": 10, "n_valid": 0})
     assert validate.check_loop(c, 1).found == ["n_valid = 0: must be >= 1"]
     # a world of fewer tasks than its sets need, before the seed stage draws them (it stopped there after
-    # 10,000 draws, or at the DPO stage for a validation set): invent's 1,805 hold neither the default sizes' 5,853
-    # nor 710 smaller ones with a validation set of 1,100 beside them; with 1,095, exactly all
+    # 10,000 draws, or at the DPO stage for a validation set): invent's 1,805 hold neither the default sizes'
+    # 6,521 (3,200 + 1,024 + 1,722 and 575 EFT groups: a default run's seed/eft_train_groups.jsonl and eft_eval.jsonl)
+    # nor 747 smaller ones (68 and 69 groups
+    # at seed 1337) with a validation set of 1,100 beside them, which is drawn only with iterations
     c = configurator.settings(S.DEFAULTS, {"toy_kinds": "invent"})
     assert validate.check_loop(c, 1).found == [
-        "toy_kinds = 'invent': holds 1,805 different tasks, and the seed sets need at least 5,853 (n_ift, n_eft_train "
-        "and n_eft_eval in groups of at most 4, n_test): give smaller sizes or more kinds"]
+        "toy_kinds = 'invent': holds 1,805 different tasks, and the seed sets need 6,521 (n_ift, the EFT train and "
+        "eval groups, n_test): give smaller sizes or more kinds"]
     small = {"toy_kinds": "invent", "n_ift": 500, "n_eft_train": 200, "n_eft_eval": 200, "n_test": 110}
     assert validate.check_loop(configurator.settings(S.DEFAULTS, small), 1).found == []
     c = configurator.settings(S.DEFAULTS, {**small, "dpo_pick_every": 7, "n_valid": 1100})
     assert validate.check_loop(c, 1).found == [
-        "toy_kinds = 'invent': holds 1,805 different tasks, and the seed sets need at least 1,810 (n_ift, n_eft_train "
-        "and n_eft_eval in groups of at most 4, n_test, n_valid): give smaller sizes or more kinds"]
-    assert validate.check_loop(configurator.settings(S.DEFAULTS, {**small, "dpo_pick_every": 7, "n_valid": 1095}),
-                               1).found == []
+        "toy_kinds = 'invent': holds 1,805 different tasks, and the seed sets need 1,847 (n_ift, the EFT train and "
+        "eval groups, n_test, n_valid): give smaller sizes or more kinds"]
+    for fits in ({"n_valid": 1000}, {"n_valid": 1100, "iterations": 0}):
+        c = configurator.settings(S.DEFAULTS, {**small, "dpo_pick_every": 7, **fits})
+        assert validate.check_loop(c, 1).found == []
     c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": 10, "seed_data": real, "init_from": "M0"})
     assert ("dpo_pick_every = 10: is for the toy world, whose grader stands in for the paper's external judge in "
             "choosing a checkpoint; with real seed data each iteration keeps its last step") in validate.check_loop(c, 1).found

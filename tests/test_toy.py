@@ -162,14 +162,18 @@ def test_n_tasks_counts_what_sample_task_draws():
     """n_tasks (the loop's check before any work that a world holds the tasks
     its sets need) against the different tasks that many draws find: every
     invent and arith task is drawn at least once in 600,000 draws (the
-    rarest, a sum, about 25 times on average)."""
+    rarest, a sum, 12.5 times on average); tasks_needed against the sets
+    build makes."""
     rng = random.Random(0)
     drawn = {tuple(sorted(t.items())) for t in (sample_task(rng, ["invent", "arith"]) for _ in range(600_000)) if t}
     kinds = Counter(dict(task)["kind"] for task in drawn)
     assert n_tasks(["invent"]) == kinds["invent"] == 1805 and n_tasks(["arith"]) == kinds["arith"] == 14516
     assert n_tasks(["invent", "arith"]) == 1805 + 14516 and n_tasks(["arith", "count"]) is None
-    assert tasks_needed(3200, 4890, 1623, 1024) == 3200 + 1223 + 406 + 1024
-    assert tasks_needed(10, 8, 9, 5, n_valid=7) == 10 + 2 + 3 + 5 + 7
+    for seed in (1337, 5):
+        sets = build(seed=seed, n_ift=50, n_eft_train=40, n_eft_eval=30, n_test=20)
+        groups = len(sets["eft_train_groups"]) + len(sets["eft_eval"])
+        assert tasks_needed(seed, 50, 40, 30, 20) == 50 + groups + 20
+        assert tasks_needed(seed, 50, 40, 30, 20, n_valid=7) == 50 + groups + 20 + 7
 
 
 def test_an_invent_world():
