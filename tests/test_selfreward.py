@@ -1929,8 +1929,8 @@ def test_check_loop_in_this_process(tmp_path):
     # a world of fewer tasks than its sets need, before the seed stage draws them (it stopped there after
     # 10,000 draws, or at the DPO stage for a validation set): invent's 1,805 hold neither the default sizes'
     # 6,521 (3,200 + 1,024 + 1,722 and 575 EFT groups: a default run's seed/eft_train_groups.jsonl and eft_eval.jsonl)
-    # nor 747 smaller ones (68 and 69 groups
-    # at seed 1337) with a validation set of 1,100 beside them, which is drawn only with iterations
+    # nor 747 smaller ones (68 and 69 groups at seed 1337) with a validation set of 1,100 beside them, which is
+    # drawn only with iterations
     c = configurator.settings(S.DEFAULTS, {"toy_kinds": "invent"})
     assert validate.check_loop(c, 1).found == [
         "toy_kinds = 'invent': holds 1,805 different tasks, and the seed sets need 6,521 (n_ift, the EFT train and "
