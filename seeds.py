@@ -18,10 +18,13 @@ seed is a whole run in out/<run_name>-seed<s>/ with its own seed data,
 initialisation and sampling (everything random derives from `seed`); an
 interrupted study resumes as a run does. Then out/<run_name>-seeds.md lists
 each figure's mean and spread (standard deviation) over seeds, and in how
-many seeds each step holds (M2 > M1, M3 > M2, ...), and in how many seeds the
+many seeds each step holds (M2 > M1, M3 > M2, ...), in how many seeds the
 95% bootstrap interval of each step's mean grade gain (and of the last model's
-gain over M1) lies above 0.
+gain over M1) lies above 0 (each covers that seed's test prompts only), and,
+over the seeds, each step's mean gain with its 95% t-interval: the run-to-run
+spread, which a seed's own interval does not hold.
 """
+import math
 import os
 import statistics
 import sys
@@ -59,8 +62,9 @@ FIGURES = [
     ("right among the answers given %",  # (not declined): skill apart from the will to answer
      lambda m: None if "declined" not in m or m["declined"] == 1 or "right" not in m.get("intervals", {}) else
      100 * m["intervals"]["right"][0] / (1 - m["declined"])),
-    ("judge pairwise acc %",  # (none with eval_judge=False)
-     lambda m: None if m["judge"].get("pairwise_accuracy") is None else 100 * m["judge"]["pairwise_accuracy"]),
+    ("judge pairwise acc %",  # (none with eval_judge=False, nor from a judge that gave no score: the SFT
+     lambda m: None if m["judge"].get("pairwise_accuracy") is None  # baseline's 0% would read as a judge's)
+     or m["judge"].get("judgments_with_score") == 0 else 100 * m["judge"]["pairwise_accuracy"]),
     ("judge states the right answer %",
      lambda m: None if m.get("checking", {}).get("judge") is None else 100 * m["checking"]["judge"]),
     ("its verdict follows a right answer %",
@@ -105,6 +109,25 @@ def gain_interval(folder, first, last):
                                       for x, y in report.same_prompts(answers(first), answers(last))])
 
 
+def t_975(df):
+    """Student's t quantile at 0.975 (a two-sided 95% interval) with df degrees
+    of freedom: a table's values to df 5, then the Cornish-Fisher expansion
+    around the normal's 1.95996 (within 2e-4 of the exact value from df 6)."""
+    if df <= 5:
+        return (12.7062, 4.3027, 3.1824, 2.7764, 2.5706)[df - 1]
+    z = 1.959964
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+            + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * df**4))
+
+
+def t_interval(xs):
+    """(mean, low, high): the 95% t-interval of the mean of xs (2 or more),
+    from their sample standard deviation (n - 1)."""
+    half = t_975(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
+    return statistics.mean(xs), statistics.mean(xs) - half, statistics.mean(xs) + half
+
+
 def model_steps(names):
     """The steps a study compares: each model over the one before it (from M1
     on), then the last over M1 where that is not already one step."""
@@ -120,10 +143,12 @@ def summarize(per_seed, names, gains):
     kind) is left out."""
     seeds = sorted(per_seed)
     shown = [name for name, _ in FIGURES if any(per_seed[s][n][name] is not None for s in seeds for n in names)]
-    # mean +- standard deviation over seeds (the mean alone for one seed: no spread to give)
+    # mean +- sample standard deviation over seeds (the mean alone for one seed: no spread to give)
     mean_sd = lambda xs, fmt="{:.2f}": fmt.format(statistics.mean(xs)) + (
         f" +- {statistics.stdev(xs):.2f}" if len(xs) > 1 else "")
-    lines = [f"Over {len(seeds)} seeds ({', '.join(map(str, seeds))}): mean +- standard deviation.", ""]
+    lines = [f"Over {len(seeds)} seeds ({', '.join(map(str, seeds))}): mean +- sample standard deviation (n - 1)."
+             if len(seeds) > 1 else f"One seed ({seeds[0]}): its figures. One run has no spread over seeds to "
+             "measure a step against: no step below is a result.", ""]
     lines += ["| figure | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for name in shown:
         cells = []
@@ -143,11 +168,18 @@ def summarize(per_seed, names, gains):
             held.append(f"{b} > {a}: {sum(y > x for x, y in both)}/{len(both)}"
                         + (f" ({mean_sd([y - x for x, y in both], '{:+.2f}')})" if both else ""))
         lines.append(f"- {name}: " + ", ".join(held))
-    for (a, b), intervals in gains.items():
+    for (a, b), intervals in gains.items():  # (3 decimals: "above 0" is read from the unrounded low end)
         above = sum(intervals[s] is not None and intervals[s][0] > 0 for s in seeds)
-        each = ", ".join(f"seed {s} [{intervals[s][0]:.2f}, {intervals[s][1]:.2f}]" for s in seeds if intervals[s])
-        lines.append(f"- the 95% bootstrap interval of {b} - {a} mean grade lies above 0 in "
-                     f"{above}/{len(seeds)} seeds: {each}")
+        each = ", ".join(f"seed {s} [{intervals[s][0]:.3f}, {intervals[s][1]:.3f}]" for s in seeds if intervals[s])
+        lines.append(f"- the 95% bootstrap interval of {b} - {a} mean grade (over that seed's test prompts) lies "
+                     f"above 0 in {above}/{len(seeds)} seeds: {each}")
+    if len(seeds) > 1 and gains:  # the step against the run-to-run spread: each seed's gain is one draw of it
+        steps = []
+        for a, b in gains:
+            mean, low, high = t_interval([per_seed[s][b]["mean grade"] - per_seed[s][a]["mean grade"] for s in seeds])
+            steps.append(f"{b} - {a} {mean:+.3f} [{low:+.3f}, {high:+.3f}]")
+        lines.append(f"- over the seeds, the mean grade gain and its 95% t-interval ({len(seeds) - 1} degrees of "
+                     f"freedom; above 0: a result beyond the run-to-run spread): " + ", ".join(steps))
     return lines
 
 

@@ -277,13 +277,18 @@ def test_seed_study_table_by_hand(tmp_path):
     assert "- mean grade: M2 > M1: 1/2 (+0.10 +- 0.14)" in seeds.summarize(tied, ["SFT", "M1", "M2"], {})  # strictly
     one = seeds.summarize({1: per_seed[1]}, ["SFT", "M1", "M2"], {("M1", "M2"): {1: (0.05, 0.35)}})
     assert "| mean grade | 2.00 | 2.20 | 2.40 |" in one and "- mean grade: M2 > M1: 1/1 (+0.20)" in one
+    assert one[0].startswith("One seed (1): its figures. One run has no spread") and "over the seeds" not in one[-1]
     # a run evaluated without the judge (eval_judge=False) has no judge figures: none, not 0%
     read = dict(seeds.FIGURES)
     unjudged = {"judge": {}, "intervals": {}, "mean_grade": 2.0, "exact_solve": 0.1}
     assert read["judge pairwise acc %"](unjudged) is None and read["judge states the right answer %"](unjudged) is None
     assert read["right answers (grade >= 4) %"](unjudged) is None  # a report from before that figure
-    assert read["judge pairwise acc %"]({"judge": {"pairwise_accuracy": 0.0}}) == 0.0  # SFT's: no score, none right
-    assert lines[-1].startswith("- the 95% bootstrap interval of M2 - M1 mean grade lies above 0 in 1/2 seeds")
+    assert read["judge pairwise acc %"]({"judge": {"pairwise_accuracy": 0.0}}) == 0.0  # a record without coverage
+    # the SFT baseline's judge gives no score at all: no accuracy (its 0% would read as a judge's), not 0
+    assert read["judge pairwise acc %"]({"judge": {"pairwise_accuracy": 0.0, "judgments_with_score": 0}}) is None
+    assert lines[0] == "Over 2 seeds (1, 2): mean +- sample standard deviation (n - 1)."
+    assert lines[-2].startswith("- the 95% bootstrap interval of M2 - M1 mean grade (over that seed's test prompts) "
+                                "lies above 0 in 1/2 seeds")
     # two steps: each step's interval, then the last model's over M1 (seed 2's M3 - M2 touches 0: not above)
     per_seed3 = {s: dict(models, M3=models["M2"]) for s, models in per_seed.items()}
     gains = {("M1", "M2"): {1: (0.05, 0.35), 2: (-0.2, 0.0)}, ("M2", "M3"): {1: (0.01, 0.02), 2: (0.0, 0.1)},
@@ -291,13 +296,19 @@ def test_seed_study_table_by_hand(tmp_path):
     assert seeds.model_steps(["SFT", "M1", "M2", "M3"]) == list(gains) and seeds.model_steps(["SFT", "M1", "M2"]) == [
         ("M1", "M2")]
     lines = seeds.summarize(per_seed3, ["SFT", "M1", "M2", "M3"], gains)
-    assert lines[-3:] == [
-        "- the 95% bootstrap interval of M2 - M1 mean grade lies above 0 in 1/2 seeds: seed 1 [0.05, 0.35], "
-        "seed 2 [-0.20, 0.00]",
-        "- the 95% bootstrap interval of M3 - M2 mean grade lies above 0 in 1/2 seeds: seed 1 [0.01, 0.02], "
-        "seed 2 [0.00, 0.10]",
-        "- the 95% bootstrap interval of M3 - M1 mean grade lies above 0 in 2/2 seeds: seed 1 [0.10, 0.30], "
-        "seed 2 [0.02, 0.20]"]
+    # over the seeds: M2 - M1 is +0.2 and -0.1, mean +0.05, sd 0.2121, so the t-interval (1 degree of freedom,
+    # t = 12.7062) is 0.05 +- 12.7062 x 0.2121 / sqrt(2) = 0.05 +- 1.9059; M3 - M2 is 0 in both
+    assert lines[-4:] == [
+        "- the 95% bootstrap interval of M2 - M1 mean grade (over that seed's test prompts) lies above 0 in 1/2 "
+        "seeds: seed 1 [0.050, 0.350], seed 2 [-0.200, 0.000]",
+        "- the 95% bootstrap interval of M3 - M2 mean grade (over that seed's test prompts) lies above 0 in 1/2 "
+        "seeds: seed 1 [0.010, 0.020], seed 2 [0.000, 0.100]",
+        "- the 95% bootstrap interval of M3 - M1 mean grade (over that seed's test prompts) lies above 0 in 2/2 "
+        "seeds: seed 1 [0.100, 0.300], seed 2 [0.020, 0.200]",
+        "- over the seeds, the mean grade gain and its 95% t-interval (1 degrees of freedom; above 0: a result "
+        "beyond the run-to-run spread): M2 - M1 +0.050 [-1.856, +1.956], M3 - M2 +0.000 [+0.000, +0.000], "
+        "M3 - M1 +0.050 [-1.856, +1.956]"]
+
     # a run's figures come from the last report written into its metrics.jsonl
     folder = tmp_path / "run"
     m = {"model": "M1", "mean_grade": 2.0, "exact_solve": 0.25, "judge": {"pairwise_accuracy": 0.5},
@@ -323,6 +334,16 @@ def test_seed_study_table_by_hand(tmp_path):
     write_jsonl(folder / "metrics.jsonl", [{"eval": m}])
     assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0, invent=(87.5, 37.5),
                                                        invent_bare=(50.0, 25.0), invent_yes_no=62.5)}
+
+
+def test_t_quantile_against_scipy():
+    """seeds.t_975, the t-interval's quantile, against a printed table of
+    Student's t (5, 10 and 30 degrees of freedom, to 3 decimals), and against
+    scipy's where installed: within 2e-4 at every degree of freedom."""
+    import seeds
+    assert [round(seeds.t_975(df), 3) for df in (5, 10, 30)] == [2.571, 2.228, 2.042]
+    stats = pytest.importorskip("scipy.stats")
+    assert max(abs(seeds.t_975(df) - stats.t.ppf(0.975, df)) for df in range(1, 201)) < 2e-4
 
 
 def test_declined_answers_by_hand():
