@@ -14,7 +14,9 @@ and the model sees the letters it must move, as English text never merges them):
     arith     "What is 17 + 25?"  (+, -, x)                       -> 42
     invent    "Invent a word of 5 letters that starts with 'B' and ends with 'O'."
                                                                -> BAKIO, BUTTO, ...
-Each kind has several phrasings; the ideal response is the bare answer.
+Each kind has several phrasings; the ideal response is the bare answer. A
+count's answer (0 to 3), its letter's kind (vowel or consonant) and its
+word's length (6 or 7) are drawn apart, so that only counting tells it.
 The last kind is drawn only when asked for (build's toy_kinds; selfreward.py
 --toy_kinds): it has many right answers, and checking one (read its first
 and last letters, count its letters) is easier than writing one (plan the
