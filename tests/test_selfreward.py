@@ -1680,8 +1680,9 @@ def test_a_seed_study_refuses_what_it_cannot_compare_and_tables_every_model(tmp_
     monkeypatch.setattr(seeds, "pair_lines", lambda folders, iterations: [])
     seeds.main(["--seeds=3,1", "--iterations=2", f"--out_root={tmp_path}"])
     table = (tmp_path / "toy-seeds.md").read_text()
-    assert "Over 2 seeds (1, 3): mean +- standard deviation." in table and "| figure | SFT | M1 | M2 | M3 |" in table
-    assert "lies above 0 in 2/2 seeds: seed 1 [0.10, 0.20], seed 3 [0.10, 0.20]" in table
+    assert "Over 2 seeds (1, 3): mean +- sample standard deviation (n - 1)." in table
+    assert "| figure | SFT | M1 | M2 | M3 |" in table
+    assert "lies above 0 in 2/2 seeds: seed 1 [0.100, 0.200], seed 3 [0.100, 0.200]" in table
     only_sft = {m: {n: (2.0 if m == "SFT" and n == "mean grade" else None) for n, _ in seeds.FIGURES}
                 for m in ("SFT", "M1")}
     assert "| mean grade | 2.00 | - |" in seeds.summarize({1: only_sft}, ["SFT", "M1"], {})
