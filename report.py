@@ -620,8 +620,8 @@ def one_answer_lines(tests):
     """Toy world: what one answer given to every test prompt of a kind scores
     (the kind's most common right answer among them), per kind: a model near
     that share of a kind may be giving that answer, not doing the task ('4'
-    is right on about a third of length prompts; before the count tasks drew
-    their answer first, '1' was right on 77% of count prompts)."""
+    or '6' is right on about a third of length prompts; before the count tasks drew
+    their answer first, '1' was right on 68% of count tasks)."""
     answers = {}  # kind -> Counter of right answers
     for task in map(toy.task_of, tests):
         if task and task["kind"] != "invent":  # (an invent task has many right answers)

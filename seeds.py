@@ -173,13 +173,16 @@ def summarize(per_seed, names, gains):
         each = ", ".join(f"seed {s} [{intervals[s][0]:.3f}, {intervals[s][1]:.3f}]" for s in seeds if intervals[s])
         lines.append(f"- the 95% bootstrap interval of {b} - {a} mean grade (over that seed's test prompts) lies "
                      f"above 0 in {above}/{len(seeds)} seeds: {each}")
-    if len(seeds) > 1 and gains:  # the step against the run-to-run spread: each seed's gain is one draw of it
-        steps = []
-        for a, b in gains:
-            mean, low, high = t_interval([per_seed[s][b]["mean grade"] - per_seed[s][a]["mean grade"] for s in seeds])
-            steps.append(f"{b} - {a} {mean:+.3f} [{low:+.3f}, {high:+.3f}]")
-        lines.append(f"- over the seeds, the mean grade gain and its 95% t-interval ({len(seeds) - 1} degrees of "
-                     f"freedom; above 0: a result beyond the run-to-run spread): " + ", ".join(steps))
+    steps = []  # the step against the run-to-run spread: each seed's gain is one draw of it
+    for a, b in gains:  # (over the seeds that have both models' mean grade, as the steps above)
+        grades = [(per_seed[s][a]["mean grade"], per_seed[s][b]["mean grade"]) for s in seeds]
+        gained = [y - x for x, y in grades if x is not None and y is not None]
+        if len(gained) > 1:
+            mean, low, high = t_interval(gained)
+            steps.append(f"{b} - {a} {mean:+.3f} [{low:+.3f}, {high:+.3f}] ({len(gained)} seeds)")
+    if steps:
+        lines.append("- over the seeds, the mean grade gain and its 95% t-interval (n - 1 degrees of freedom; above "
+                     "0: a result beyond the run-to-run spread): " + ", ".join(steps))
     return lines
 
 

@@ -215,7 +215,8 @@ def read_tokenizer(c):
     """What a trainer reads its data with, before any weights load (so data
     it cannot train on, every example too long, is refused without that
     wait): (tokenizer, its path, the longest sequence, in tokens the model
-    sees, an example may have). (validate.check_training has checked the
+    sees, an example may have: from the preset, or the checkpoint's config,
+    read without its weights). (validate.check_training has checked the
     settings and inputs.)"""
     tok_path = tokenizer_path(c)
     tok = Tokenizer(tok_path, c.chat_template)

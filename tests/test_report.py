@@ -305,9 +305,14 @@ def test_seed_study_table_by_hand(tmp_path):
         "seeds: seed 1 [0.010, 0.020], seed 2 [0.000, 0.100]",
         "- the 95% bootstrap interval of M3 - M1 mean grade (over that seed's test prompts) lies above 0 in 2/2 "
         "seeds: seed 1 [0.100, 0.300], seed 2 [0.020, 0.200]",
-        "- over the seeds, the mean grade gain and its 95% t-interval (1 degrees of freedom; above 0: a result "
-        "beyond the run-to-run spread): M2 - M1 +0.050 [-1.856, +1.956], M3 - M2 +0.000 [+0.000, +0.000], "
-        "M3 - M1 +0.050 [-1.856, +1.956]"]
+        "- over the seeds, the mean grade gain and its 95% t-interval (n - 1 degrees of freedom; above 0: a result "
+        "beyond the run-to-run spread): M2 - M1 +0.050 [-1.856, +1.956] (2 seeds), M3 - M2 +0.000 [+0.000, +0.000] "
+        "(2 seeds), M3 - M1 +0.050 [-1.856, +1.956] (2 seeds)"]
+    # a seed without a model's mean grade (a report written before it) is left out of that step, as above
+    gone = {1: per_seed3[1], 2: per_seed3[2], 3: {**per_seed3[1], "M3": {**per_seed3[1]["M3"], "mean grade": None}}}
+    assert seeds.summarize(gone, ["SFT", "M1", "M2", "M3"], {("M1", "M3"): {1: None, 2: None, 3: None}})[-1] == (
+        "- over the seeds, the mean grade gain and its 95% t-interval (n - 1 degrees of freedom; above 0: a result "
+        "beyond the run-to-run spread): M3 - M1 +0.050 [-1.856, +1.956] (2 seeds)")
 
     # a run's figures come from the last report written into its metrics.jsonl
     folder = tmp_path / "run"
