@@ -124,8 +124,8 @@ def t_975(df):
 def t_interval(xs):
     """(mean, low, high): the 95% t-interval of the mean of xs (2 or more),
     from their sample standard deviation (n - 1)."""
-    half = t_975(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
-    return statistics.mean(xs), statistics.mean(xs) - half, statistics.mean(xs) + half
+    mean, half = statistics.mean(xs), t_975(len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
+    return mean, mean - half, mean + half
 
 
 def model_steps(names):
