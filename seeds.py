@@ -22,11 +22,15 @@ many seeds each step holds (M2 > M1, M3 > M2, ...), in how many seeds the
 95% bootstrap interval of each step's mean grade gain (and of the last model's
 gain over M1) lies above 0 (each covers that seed's test prompts only), and,
 over the seeds, each step's mean gain with its 95% t-interval: the run-to-run
-spread, which a seed's own interval does not hold.
+spread, which a seed's own interval does not hold. The file opens with the
+study's command, its settings that are not at their defaults and the code's
+commit; a study removes its older file as it starts (the same command writes
+it again from the runs' files).
 """
 import math
 import os
 import statistics
+import subprocess
 import sys
 import types
 
@@ -35,7 +39,7 @@ import distributed as D
 import report
 import selfreward
 import validate
-from data import read_jsonl, write_text
+from data import read_jsonl, toy, write_text
 from run_folder import metric_records
 
 seeds = "1,2,3"  # the seeds, with commas between them: one whole run each (each run's --seed)
@@ -71,6 +75,12 @@ FIGURES = [
      lambda m: None if m.get("checking", {}).get("follows") is None else 100 * m["checking"]["follows"]),
     ("its comparison is right %",  # judgments that compare only (--judge_compares)
      lambda m: None if m.get("checking", {}).get("compares") is None else 100 * m["checking"]["compares"]),
+    # per task kind of the world (the report's checking against doing): the share of that kind's test prompts
+    # the model answers right, and of its judgments of that kind's EFT eval responses that state the right
+    # answer; a judge can teach a kind only where the second is above the first (invent: its own rows)
+    *[(f"{kind}: {what}", lambda m, kind=kind, which=which: kind_share(m, kind, which))
+      for kind in toy.ALL_KINDS if kind != "invent"
+      for what, which in (("answers right %", 1), ("judge states the right answer %", 0))],
     # a world with the invent kind (--toy_kinds): the policy's right answers, and the judge's
     # balanced accuracy at telling right from wrong (report.checking_versus_doing), on that kind alone
     ("invent: answers right %", lambda m: kind_share(m, "invent", 1)),
@@ -82,6 +92,29 @@ FIGURES = [
     # the comparison step alone, where the checks write each comparison out (--check_each_ask)
     ("invent: its written yes/no, balanced accuracy %", lambda m: checking_share(m, "invent_yes_no")),
 ]
+
+
+def code_version():
+    """The code this study runs: its git commit, and whether tracked files
+    differ from it (the study then ran code no commit holds); or why it
+    cannot be told."""
+    git = lambda *args: subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), *args],
+                                       capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        commit, changed = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):  # (no git, or not a checkout: a copied folder)
+        return "not known (not a git checkout)"
+    return f"commit {commit}" + (", with uncommitted changes to tracked files" if changed else "")
+
+
+def settings_line(argv, c):
+    """The study's command and its settings that are not selfreward.py's
+    defaults (from the command or its config files): two studies of other
+    settings read apart."""
+    changed = [f"{k}={getattr(c, k)!r}" for k, v in selfreward.DEFAULTS.items()
+               if k not in ("run_name", *NOT_FOR_A_STUDY) and getattr(c, k) != v]
+    return (f"Command: `python seeds.py {' '.join(argv)}`. Settings not at their defaults: "
+            f"{', '.join(changed) if changed else 'none'}.")
 
 
 def checking_share(m, key):
@@ -254,6 +287,11 @@ def main(argv=None):
     for s in seed_list:  # every seed's run checked before the first starts, not when its turn comes
         run = configurator.settings(selfreward.DEFAULTS, {**given, "seed": s, "run_name": f"{c.run_name}-seed{s}"})
         validate.check_loop(run, D.launched_world()).stop()
+    header = [f"# `{c.run_name}` over seeds", "", settings_line(argv, c) + f" Code: {code_version()} (read as the "
+              "study started; a stage a run reused was made by the code of its own day: its log says when).", ""]
+    out = os.path.join(c.out_root, f"{c.run_name}-seeds.md")
+    if not c.dry_run and D.is_rank0() and os.path.exists(out):  # an older summary of these runs, which this
+        os.remove(out)  # study may change: a study that stops part way must not leave it to be read as its own
     argv = [a for a in argv if not a.startswith("--seeds=")]  # the rest goes to each run
     folders = {}
     for s in seed_list:
@@ -266,9 +304,7 @@ def main(argv=None):
     names = ["SFT"] + [f"M{t}" for t in range(1, c.iterations + 2)]
     per_seed = {s: run_figures(f) for s, f in folders.items()}
     gains = {(a, b): {s: gain_interval(f, a, b) for s, f in folders.items()} for a, b in model_steps(names)}
-    lines = [f"# `{c.run_name}` over seeds", "", *summarize(per_seed, names, gains),
-             *pair_lines(folders, c.iterations), ""]
-    out = os.path.join(c.out_root, f"{c.run_name}-seeds.md")
+    lines = [*header, *summarize(per_seed, names, gains), *pair_lines(folders, c.iterations), ""]
     if D.is_rank0():  # (under torchrun: one file, one copy on the screen)
         write_text(out, "\n".join(lines))
     D.log("\n".join(lines) + f"\nwritten to {out}")

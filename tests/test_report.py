@@ -2,12 +2,14 @@
 out by hand on small inputs."""
 import os
 import shutil
+import subprocess
 import types
 import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 
+import configurator
 import judge as J
 import report
 from data import write_jsonl
@@ -248,10 +250,15 @@ def test_seed_study_gain_is_the_later_model_minus_the_first_prompt_by_prompt(tmp
 
 def test_seed_study_table_by_hand(tmp_path):
     import seeds
+    read_kind = lambda m: (dict(seeds.FIGURES)["count: judge states the right answer %"](m),
+                           dict(seeds.FIGURES)["count: answers right %"](m))
 
     def figures(grade, right, bare, judge, states=0.0, follows=None, compares=None, declined=None, answered=None,
-                invent=(None, None), invent_bare=(None, None), invent_yes_no=None):
-        return {"mean grade": grade, "right answers (grade >= 4) %": right, "bare right answers (grade 5) %": bare,
+                invent=(None, None), invent_bare=(None, None), invent_yes_no=None, kinds=None):
+        return {**dict.fromkeys(name for name, _ in seeds.FIGURES),  # (a kind's rows: None but those in kinds,
+                **{f"{k}: {what}": x for k, pair in (kinds or {}).items()  # {kind: (judge, answers)})
+                   for what, x in zip(("judge states the right answer %", "answers right %"), pair)},
+                "mean grade": grade, "right answers (grade >= 4) %": right, "bare right answers (grade 5) %": bare,
                 "declined answers %": declined, "right among the answers given %": answered,
                 "judge pairwise acc %": judge, "judge states the right answer %": states,
                 "its verdict follows a right answer %": follows, "its comparison is right %": compares,
@@ -259,10 +266,12 @@ def test_seed_study_table_by_hand(tmp_path):
                 "invent: the same, bare words only %": invent_bare[0],
                 "invent: its check reads the response's word %": invent_bare[1],
                 "invent: its written yes/no, balanced accuracy %": invent_yes_no}
-    per_seed = {1: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.2, 40, 10, 60, follows=50.0),
-                    "M2": figures(2.4, 45, 20, 65, follows=60.0)},
-                2: {"SFT": figures(2.0, 30, 10, 0), "M1": figures(2.3, 40, 10, 62),  # written before the figure
-                    "M2": figures(2.2, 35, 20, 61, follows=55.0)}}
+    per_seed = {1: {"SFT": figures(2.0, 30, 10, 0),
+                    "M1": figures(2.2, 40, 10, 60, follows=50.0, kinds={"count": (50, 30)}),
+                    "M2": figures(2.4, 45, 20, 65, follows=60.0, kinds={"count": (40, 35)})},
+                2: {"SFT": figures(2.0, 30, 10, 0),
+                    "M1": figures(2.3, 40, 10, 62, kinds={"count": (30, 20)}),  # written before the figure `follows`
+                    "M2": figures(2.2, 35, 20, 61, follows=55.0, kinds={"count": (45, 25)})}}
     lines = seeds.summarize(per_seed, ["SFT", "M1", "M2"], {("M1", "M2"): {1: (0.05, 0.35), 2: (-0.2, 0.0)}})
     assert "| mean grade | 2.00 +- 0.00 | 2.25 +- 0.07 | 2.30 +- 0.14 |" in lines  # sd of (2.2, 2.3) = 0.0707
     # each step over the seeds: 2.4 - 2.2 = +0.2 and 2.2 - 2.3 = -0.1, mean +0.05, sd 0.2121
@@ -272,7 +281,13 @@ def test_seed_study_table_by_hand(tmp_path):
     assert "| its verdict follows a right answer % | - | - | 57.50 +- 3.54 |" in lines
     assert "- its verdict follows a right answer %: M2 > M1: 1/1 (+10.00)" in lines  # one seed: no spread
     # a figure no model of any seed has (a world without invent tasks): no row, no steps
-    assert not any("invent" in x or "its comparison is right" in x for x in lines)
+    assert not any("invent" in x or "its comparison is right" in x or "sort:" in x for x in lines)
+    # a kind's figures: rows of their own, a kind the baseline has none of: "-"
+    assert "| count: answers right % | - | 25.00 +- 7.07 | 30.00 +- 7.07 |" in lines  # (30, 20), (35, 25)
+    assert "- count: answers right %: M2 > M1: 2/2 (+5.00 +- 0.00)" in lines
+    assert "- count: judge states the right answer %: M2 > M1: 1/2 (+2.50 +- 17.68)" in lines  # -10, +15
+    assert read_kind({"checking": {"kinds": {"count": [0.5, 0.25], "invent": [0.75, 0.5]}}}) == (50.0, 25.0)
+    assert read_kind({"checking": {"kinds": {}}}) == (None, None) and read_kind({}) == (None, None)
     tied = {1: per_seed[1], 2: {**per_seed[2], "M2": figures(2.3, 40, 10, 62)}}  # seed 2's M2 equals its M1
     assert "- mean grade: M2 > M1: 1/2 (+0.10 +- 0.14)" in seeds.summarize(tied, ["SFT", "M1", "M2"], {})  # strictly
     one = seeds.summarize({1: per_seed[1]}, ["SFT", "M1", "M2"], {("M1", "M2"): {1: (0.05, 0.35)}})
@@ -330,14 +345,17 @@ def test_seed_study_table_by_hand(tmp_path):
     # the invent kind's own shares (--toy_kinds with invent): the judge's verdicts, the answers
     m["checking"]["kinds"] = {"sort": [0.5, 0.25], "invent": [0.875, 0.375]}
     write_jsonl(folder / "metrics.jsonl", [{"eval": m}])
-    assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0, invent=(87.5, 37.5))}
+    assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0, invent=(87.5, 37.5),
+                                                       kinds={"sort": (50.0, 25.0)})}
     m["checking"].update(invent_bare=0.5, invent_bare_n=[26, 28], invent_copies=0.25)  # (reports since 2026-12-03)
     write_jsonl(folder / "metrics.jsonl", [{"eval": m}])
     assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0, invent=(87.5, 37.5),
+                                                       kinds={"sort": (50.0, 25.0)},
                                                        invent_bare=(50.0, 25.0))}
     m["checking"].update(invent_yes_no=0.625, invent_yes_no_n=[4, 2])  # (--check_each_ask, reports since 2026-12-03)
     write_jsonl(folder / "metrics.jsonl", [{"eval": m}])
     assert seeds.run_figures(folder) == {"M1": figures(2.0, 75.0, 25.0, 50.0, 12.5, 50.0, 25.0, invent=(87.5, 37.5),
+                                                       kinds={"sort": (50.0, 25.0)},
                                                        invent_bare=(50.0, 25.0), invent_yes_no=62.5)}
 
 
@@ -553,6 +571,42 @@ def test_meta_rewarding_diagnostics_by_hand(tmp_path):
                                                    "judge_pairs": 4}
     write_jsonl(tmp_path / "iter1" / "pairs.jsonl", [{"prompt": q, "chosen": "CBA", "rejected": "ABC"}])
     assert report.judge_pair_verdicts(r, 1) is None  # a plain run's pairs
+
+
+def test_seed_study_says_its_command_settings_and_code(tmp_path, monkeypatch):
+    """seeds.md opens with the command, the settings not at their defaults
+    and the code's commit, read as git reads it; a
+    folder that is no git checkout says so; and a study removes its older
+    summary as it starts, so one that stops part way leaves none to be
+    read as its own."""
+    import selfreward
+    import seeds
+    c = configurator.settings(selfreward.DEFAULTS, {"run_name": "st", "iterations": 1, "pair_by": "right"})
+    assert seeds.settings_line(["--seeds=1,2", "--iterations=1"], c) == (
+        "Command: `python seeds.py --seeds=1,2 --iterations=1`. Settings not at their defaults: iterations=1, "
+        "pair_by='right'.")
+    assert seeds.settings_line([], configurator.settings(selfreward.DEFAULTS, {"run_name": "x"})).endswith(
+        "Settings not at their defaults: none.")
+    here = os.path.dirname(os.path.abspath(seeds.__file__))
+    git = lambda *a: subprocess.run(["git", "-C", here, *a], capture_output=True, text=True)
+    head = git("rev-parse", "--short", "HEAD")
+    if head.returncode == 0:  # (a checkout: CI's clone is one)
+        changed = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        assert seeds.code_version() == f"commit {head.stdout.strip()}" + (
+            ", with uncommitted changes to tracked files" if changed else "")
+    monkeypatch.setattr(seeds, "__file__", str(tmp_path / "seeds.py"))  # a copied folder, no git above it
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert seeds.code_version() == "not known (not a git checkout)"
+    monkeypatch.undo()
+    old = tmp_path / "toy-seeds.md"
+    old.write_text("an older study's summary")
+
+    def stops(argv, table_again):
+        raise RuntimeError("a run that stops")
+    monkeypatch.setattr(selfreward, "main", stops)
+    with pytest.raises(RuntimeError):
+        seeds.main(["--seeds=1", f"--out_root={tmp_path}"])
+    assert not old.exists()
 
 
 def test_seeds_refuses_bad_seeds_before_any_run(tmp_path, capsys):
