@@ -29,6 +29,7 @@ it again from the runs' files).
 """
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -95,16 +96,19 @@ FIGURES = [
 
 
 def code_version():
-    """The code this study runs: its git commit, and whether tracked files
+    """The code this study runs: its git commit, and whether its .py files
     differ from it (the study then ran code no commit holds); or why it
     cannot be told."""
     git = lambda *args: subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), *args],
                                        capture_output=True, text=True, check=True).stdout.strip()
     try:
-        commit, changed = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.CalledProcessError):  # (no git, or not a checkout: a copied folder)
-        return "not known (not a git checkout)"
-    return f"commit {commit}" + (", with uncommitted changes to tracked files" if changed else "")
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", "*.py")  # (README edits: not code)
+    except OSError:
+        return "not known (no git on this machine)"
+    except subprocess.CalledProcessError as e:  # (a copied folder, no checkout: git says why)
+        return f"not known (git: {e.stderr.strip().splitlines()[0] if e.stderr.strip() else 'failed'})"
+    return f"commit {commit}" + (", with uncommitted changes to its .py files" if changed else "")
 
 
 def settings_line(argv, c):
@@ -113,7 +117,7 @@ def settings_line(argv, c):
     settings read apart."""
     changed = [f"{k}={getattr(c, k)!r}" for k, v in selfreward.DEFAULTS.items()
                if k not in ("run_name", *NOT_FOR_A_STUDY) and getattr(c, k) != v]
-    return (f"Command: `python seeds.py {' '.join(argv)}`. Settings not at their defaults: "
+    return (f"Command: `python seeds.py {shlex.join(argv)}`. Settings not at their defaults: "
             f"{', '.join(changed) if changed else 'none'}.")
 
 

@@ -587,23 +587,33 @@ def test_seed_study_says_its_command_settings_and_code(tmp_path, monkeypatch):
         "pair_by='right'.")
     assert seeds.settings_line([], configurator.settings(selfreward.DEFAULTS, {"run_name": "x"})).endswith(
         "Settings not at their defaults: none.")
+    assert seeds.settings_line(["--out_root=my runs"], c).startswith("Command: `python seeds.py '--out_root=my runs'`")
     here = os.path.dirname(os.path.abspath(seeds.__file__))
     git = lambda *a: subprocess.run(["git", "-C", here, *a], capture_output=True, text=True)
-    head = git("rev-parse", "--short", "HEAD")
-    if head.returncode == 0:  # (a checkout: CI's clone is one)
-        changed = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    head = shutil.which("git") and git("rev-parse", "--short", "HEAD")
+    if head and head.returncode == 0:  # (a checkout: CI's clone is one)
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", "*.py").stdout.strip()
         assert seeds.code_version() == f"commit {head.stdout.strip()}" + (
-            ", with uncommitted changes to tracked files" if changed else "")
+            ", with uncommitted changes to its .py files" if changed else "")
     monkeypatch.setattr(seeds, "__file__", str(tmp_path / "seeds.py"))  # a copied folder, no git above it
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
-    assert seeds.code_version() == "not known (not a git checkout)"
+    if shutil.which("git"):
+        assert seeds.code_version().startswith("not known (git: fatal: not a git repository")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no git to run
+    assert seeds.code_version() == "not known (no git on this machine)"
     monkeypatch.undo()
     old = tmp_path / "toy-seeds.md"
-    old.write_text("an older study's summary")
 
     def stops(argv, table_again):
         raise RuntimeError("a run that stops")
     monkeypatch.setattr(selfreward, "main", stops)
+    for argv, rank in [(["--dry_run=True"], "0"), ([], "1")]:  # a dry run, and a rank but 0: the file stays
+        old.write_text("an older study's summary")
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(RuntimeError):
+            seeds.main(["--seeds=1", f"--out_root={tmp_path}", *argv])
+        assert old.read_text() == "an older study's summary"
+    monkeypatch.setenv("RANK", "0")
     with pytest.raises(RuntimeError):
         seeds.main(["--seeds=1", f"--out_root={tmp_path}"])
     assert not old.exists()
