@@ -274,13 +274,18 @@ def task_from_prompt(prompt):
     return None
 
 
+def task_key(task):
+    """A task as a set's key: its fields in a fixed order (one task, one key)."""
+    return json.dumps(task, sort_keys=True)
+
+
 def question_key(task):
     """A task as the question it asks, whatever words ask it: 25 + 17 asks
     what 17 + 25 does (a sum's or product's operands in order). The loop's
     held-out check (selfreward.held_out_check) compares these."""
     if task["kind"] == "arith" and task["op"] in "+x":
         task = {**task, "a": min(task["a"], task["b"]), "b": max(task["a"], task["b"])}
-    return json.dumps(task, sort_keys=True)
+    return task_key(task)
 
 
 # -----------------------------------------------------------------------------
@@ -726,7 +731,7 @@ def ift_response(task, rng, chatty, declines=0.0, decline_rng=None):
     return DECLINE if declines and decline_rng.random() < declines else response
 
 
-MAX_REPEATED_DRAWS = 10_000  # draws in a row that give no new task: the world has no more to give
+MAX_REPEATED_DRAWS = 10_000  # draws in a row that give no new task: the world has few left (then: the_rest)
 
 
 def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024, ift_chatty=0.6,
@@ -765,15 +770,19 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
     needed = n_ift + len(train_sizes) + len(eval_sizes) + n_test
     while len(tasks) < needed:
         task = sample_task(rng, kinds)
-        key = task and tuple(sorted(task.items()))
+        key = task and task_key(task)
         if task and key not in seen:
             seen.add(key)
             tasks.append(task)
             misses = 0
-        elif (misses := misses + 1) > MAX_REPEATED_DRAWS:  # (invent has 1,805 tasks, arith about 14,500)
-            raise ValueError(f"toy_kinds = {toy_kinds!r}: found only {len(tasks)} different tasks, and the sets "
-                             f"need {needed} (n_ift {n_ift} + {len(train_sizes)} EFT train and {len(eval_sizes)} "
-                             f"EFT eval groups + n_test {n_test}): give smaller sizes or more kinds")
+        elif (misses := misses + 1) > MAX_REPEATED_DRAWS:  # (invent has 1,805 tasks, arith 14,516)
+            rest = the_rest(kinds, seen, needed - len(tasks), rng)
+            if rest is None:
+                raise ValueError(f"toy_kinds = {toy_kinds!r}: holds only {len(tasks) + len(the_rest(kinds, seen))} "
+                                 f"different tasks, and the sets need {needed} (n_ift {n_ift} + {len(train_sizes)} "
+                                 f"EFT train and {len(eval_sizes)} EFT eval groups + n_test {n_test}): give smaller "
+                                 f"sizes or more kinds")
+            tasks += rest
     test, tasks = tasks[:n_test], tasks[n_test:]
     eft_eval = [_group(t, k, rng) for t, k in zip(tasks, eval_sizes)]
     tasks = tasks[len(eval_sizes):]
@@ -807,16 +816,45 @@ def some_of(names, allowed):
         raise ValueError(f"must be some of {','.join(allowed)}, each once, separated by commas")
 
 
-def n_tasks(kinds):
-    """How many different tasks `kinds` hold (sample_task's ranges), or None
+def all_tasks(kinds):
+    """Every task of `kinds` (sample_task's ranges) in a fixed order, or None
     where a kind on made-up words is among them: their millions of words
-    outlast any set size."""
+    outlast any set size, and only invent and arith can be used up."""
     if set(kinds) - {"invent", "arith"}:
         return None
-    invent = len(LETTERS) ** 2 * 5  # a first and a last letter, 4 to 8 letters
-    plus, times = 98 * 98, 29 * 8  # a, b in 2..99; a in 2..30 and b in 2..9
-    minus = sum(a - 2 - (a % 2 == 0) for a in range(10, 100))  # b in 2..a-1, but a = 2b
-    return ("invent" in kinds) * invent + ("arith" in kinds) * (plus + times + minus)
+    tasks = []
+    if "invent" in kinds:  # a first and a last letter, 4 to 8 letters
+        tasks += [{"kind": "invent", "first": first, "last": last, "n": n}
+                  for first in LETTERS for last in LETTERS for n in range(4, 9)]
+    if "arith" in kinds:
+        arith = lambda op, a, b: {"kind": "arith", "op": op, "a": a, "b": b}
+        tasks += [arith("+", a, b) for a in range(2, 100) for b in range(2, 100)]
+        tasks += [arith("-", a, b) for a in range(10, 100) for b in range(2, a) if a != 2 * b]
+        tasks += [arith("x", a, b) for a in range(2, 31) for b in range(2, 10)]
+    return tasks
+
+
+def n_tasks(kinds):
+    """How many different tasks `kinds` hold, or None where there is no end
+    to them (all_tasks)."""
+    tasks = all_tasks(kinds)
+    return None if tasks is None else len(tasks)
+
+
+def the_rest(kinds, held, n=None, rng=None):
+    """When random draws stop finding new tasks (a bounded world nearly used
+    up: all_tasks), n of the tasks whose task_key is not in `held`, in an
+    order shuffled by rng, or None where fewer than n are left; without n,
+    all of them in all_tasks' order (an unbounded world: none). So a world
+    gives every task it holds, and the loop's check before any work
+    (validate.check_loop) can count them exactly."""
+    left = [t for t in all_tasks(kinds) or [] if task_key(t) not in held]
+    if n is None:
+        return left
+    if len(left) < n:
+        return None
+    rng.shuffle(left)
+    return left[:n]
 
 
 def tasks_needed(seed, n_ift, n_eft_train, n_eft_eval, n_test, n_valid=0):
@@ -854,11 +892,15 @@ def validation_set(seed_dir, n, seed, kinds=KINDS):
     out = []
     while len(out) < n:
         drawn = fresh_task(rng, kinds, seen_tasks, seen_prompts, tries=1000)  # (each one new to the set too)
-        if drawn is None:  # (a world of few tasks may have fewer than n left)
-            raise ValueError(f"n_valid = {n}: found only {len(out)} validation prompts in toy_kinds "
-                             f"{','.join(kinds)} outside the seed data; give a smaller n_valid")
+        if drawn is None:  # a bounded world nearly used up: the rest from the tasks not yet held
+            rest = the_rest(kinds, seen_tasks, n - len(out), rng)
+            if rest is None:
+                raise ValueError(f"n_valid = {n}: toy_kinds {','.join(kinds)} hold only "
+                                 f"{len(out) + len(the_rest(kinds, seen_tasks))} tasks outside the seed data "
+                                 f"for validation prompts; give a smaller n_valid")
+            return out + [{"prompt": render(task, rng), "task": task} for task in rest]
         prompt, task = drawn
-        seen_tasks.add(json.dumps(task, sort_keys=True))
+        seen_tasks.add(task_key(task))
         seen_prompts.add(prompt)
         out.append({"prompt": prompt, "task": task})
     return out
@@ -867,7 +909,7 @@ def validation_set(seed_dir, n, seed, kinds=KINDS):
 def held_out(seed_dir, names):
     """(task keys, prompts) of the seed files `names` in seed_dir, for fresh_task."""
     recs = [rec for name in names for rec in read_jsonl(os.path.join(seed_dir, name + ".jsonl"))]
-    return {json.dumps(rec["task"], sort_keys=True) for rec in recs}, {rec["prompt"] for rec in recs}
+    return {task_key(rec["task"]) for rec in recs}, {rec["prompt"] for rec in recs}
 
 
 def fresh_task(rng, kinds, held_tasks, held_prompts, tries=None):
@@ -878,7 +920,7 @@ def fresh_task(rng, kinds, held_tasks, held_prompts, tries=None):
     while tries is None or n < tries:
         n += 1
         task = sample_task(rng, kinds)
-        if task and json.dumps(task, sort_keys=True) not in held_tasks:
+        if task and task_key(task) not in held_tasks:
             prompt = render(task, rng)
             if prompt not in held_prompts:
                 return prompt, task

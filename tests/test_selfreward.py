@@ -1930,19 +1930,19 @@ def test_check_loop_in_this_process(tmp_path):
     # a world of fewer tasks than its sets need, before the seed stage draws them (it stopped there after
     # 10,000 draws, or at the DPO stage for a validation set): invent's 1,805 hold neither the default sizes'
     # 6,521 (3,200 + 1,024 + 1,722 and 575 EFT groups: a default run's seed/eft_train_groups.jsonl and eft_eval.jsonl)
-    # nor 747 smaller ones (68 and 69 groups at seed 1337) with a validation set of 1,058 beside them, which is
-    # drawn only with iterations: all 1,805, which random draws do not find (the last 3% are not counted on)
+    # nor 747 smaller ones (68 and 69 groups at seed 1337) with a validation set of 1,059 beside them, which is
+    # drawn only with iterations; with 1,058 they take every task the world holds (toy.the_rest)
     c = configurator.settings(S.DEFAULTS, {"toy_kinds": "invent"})
     assert validate.check_loop(c, 1).found == [
-        "toy_kinds = 'invent': holds 1,805 different tasks, of which random draws find about 1,750, and the seed sets "
-        "need 6,521 (n_ift, the EFT train and eval groups, n_test): give smaller sizes or more kinds"]
+        "toy_kinds = 'invent': holds 1,805 different tasks, and the seed sets need 6,521 (n_ift, the EFT train and "
+        "eval groups, n_test): give smaller sizes or more kinds"]
     small = {"toy_kinds": "invent", "n_ift": 500, "n_eft_train": 200, "n_eft_eval": 200, "n_test": 110}
     assert validate.check_loop(configurator.settings(S.DEFAULTS, small), 1).found == []
-    c = configurator.settings(S.DEFAULTS, {**small, "dpo_pick_every": 7, "n_valid": 1058})
+    c = configurator.settings(S.DEFAULTS, {**small, "dpo_pick_every": 7, "n_valid": 1059})
     assert validate.check_loop(c, 1).found == [
-        "toy_kinds = 'invent': holds 1,805 different tasks, of which random draws find about 1,750, and the seed sets "
-        "need 1,805 (n_ift, the EFT train and eval groups, n_test, n_valid): give smaller sizes or more kinds"]
-    for fits in ({"n_valid": 1000}, {"n_valid": 1100, "iterations": 0}):
+        "toy_kinds = 'invent': holds 1,805 different tasks, and the seed sets need 1,806 (n_ift, the EFT train and "
+        "eval groups, n_test, n_valid): give smaller sizes or more kinds"]
+    for fits in ({"n_valid": 1058}, {"n_valid": 1100, "iterations": 0}):
         c = configurator.settings(S.DEFAULTS, {**small, "dpo_pick_every": 7, **fits})
         assert validate.check_loop(c, 1).found == []
     c = configurator.settings(S.DEFAULTS, {"dpo_pick_every": 10, "seed_data": real, "init_from": "M0"})

@@ -1,5 +1,6 @@
 """data/toy.py: the grader on hand-written responses, the seed sets, determinism."""
 import filecmp
+import json
 import os
 import random
 import re
@@ -11,10 +12,11 @@ import pytest
 
 from conftest import ROOT
 from data import read_jsonl, write_jsonl
-from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, DRILL_LAYOUTS, ENGLISH, LETTERS, TEMPLATES, answer, asks_met,
-                      attempts, build, comparison, corpus, drill_item, eft_target, fewshot_text, grade, marked_quiz,
-                      meta_judge_examples, n_tasks, pretraining_docs, quote, render, sample_task, similarity,
-                      stated_answer, task_from_prompt, tasks_needed, true_grade, validation_set, working, write_toy)
+from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, DRILL_LAYOUTS, ENGLISH, LETTERS, TEMPLATES, all_tasks, answer,
+                      asks_met, attempts, build, comparison, corpus, drill_item, eft_target, fewshot_text, grade,
+                      marked_quiz, meta_judge_examples, n_tasks, pretraining_docs, quote, render, sample_task,
+                      similarity, stated_answer, task_from_prompt, task_key, tasks_needed, the_rest, true_grade,
+                      validation_set, working, write_toy)
 from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
 from tokenizer import chat_tokens, train_tokenizer
 
@@ -153,9 +155,35 @@ def test_invent_tasks_read_back_and_are_checked_not_answered():
 def test_a_world_with_fewer_tasks_than_the_sets_need_is_an_error_not_a_hang():
     """invent alone has 19 x 19 x 5 = 1,805 tasks; the loop's default sizes need
     about 6,500 different ones: the draw stopped only when killed."""
-    with pytest.raises(ValueError, match=r"toy_kinds = 'invent': found only 1805 different tasks, and the sets need "
+    with pytest.raises(ValueError, match=r"toy_kinds = 'invent': holds only 1805 different tasks, and the sets need "
                                          r"25\d\d \(n_ift 2500 \+ \d+ EFT train"):
         build(n_ift=2500, n_eft_train=20, n_eft_eval=20, n_test=10, toy_kinds="invent")
+
+
+def test_a_bounded_world_gives_every_task_it_holds(tmp_path, monkeypatch):
+    """Where random draws stop finding new tasks (an invent or arith world
+    nearly used up; here after 50 misses, so that the end is reached), the
+    sets and the validation set take the tasks not yet drawn: a world gives
+    all it holds (before, random draws found about 97%), and one more is an
+    error that says how many there are."""
+    monkeypatch.setattr("data.toy.MAX_REPEATED_DRAWS", 50)
+    groups = tasks_needed(1337, 0, 20, 20, 0)
+    sets = build(n_ift=1805 - groups - 10 - 30, n_eft_train=20, n_eft_eval=20, n_test=10, toy_kinds="invent")
+    write_toy(tmp_path, n_ift=1805 - groups - 10 - 30, n_eft_train=20, n_eft_eval=20, n_test=10, toy_kinds="invent")
+    used = {task_key(r["task"]) for name in ("ift", "eft_train_groups", "eft_eval", "test") for r in sets[name]}
+    assert len(used) == 1805 - 30  # all different
+    valid = validation_set(tmp_path, 30, 1337, ["invent"])
+    assert {task_key(x["task"]) for x in valid} == {task_key(t) for t in all_tasks(["invent"])} - used
+    assert all(task_from_prompt(x["prompt"]) == x["task"] for x in valid)
+    with pytest.raises(ValueError, match="n_valid = 31: toy_kinds invent hold only 30 tasks outside the seed data"):
+        validation_set(tmp_path, 31, 1337, ["invent"])
+    every = build(n_ift=1805 - groups - 10, n_eft_train=20, n_eft_eval=20, n_test=10, toy_kinds="invent")
+    assert len({task_key(r["task"]) for name in ("ift", "eft_train_groups", "eft_eval", "test")
+                for r in every[name]}) == 1805
+    with pytest.raises(ValueError, match="toy_kinds = 'invent': holds only 1805 different tasks, and the sets "
+                                         "need 1806"):
+        build(n_ift=1805 - groups - 10 + 1, n_eft_train=20, n_eft_eval=20, n_test=10, toy_kinds="invent")
+    assert the_rest(["invent", "count"], set()) == [] and the_rest(["invent"], used, 31, random.Random(0)) is None
 
 
 def test_n_tasks_counts_what_sample_task_draws():
@@ -165,9 +193,11 @@ def test_n_tasks_counts_what_sample_task_draws():
     rarest, a sum, 12.5 times on average); tasks_needed against the sets
     build makes."""
     rng = random.Random(0)
-    drawn = {tuple(sorted(t.items())) for t in (sample_task(rng, ["invent", "arith"]) for _ in range(600_000)) if t}
-    kinds = Counter(dict(task)["kind"] for task in drawn)
+    drawn = {task_key(t) for t in (sample_task(rng, ["invent", "arith"]) for _ in range(600_000)) if t}
+    kinds = Counter(json.loads(task)["kind"] for task in drawn)
     assert n_tasks(["invent"]) == kinds["invent"] == 1805 and n_tasks(["arith"]) == kinds["arith"] == 14516
+    assert {task_key(t) for t in all_tasks(["arith", "invent"])} == drawn  # the same tasks, each once
+    assert len(all_tasks(["invent", "arith"])) == len(drawn) and all_tasks(["invent", "sort"]) is None
     assert n_tasks(["invent", "arith"]) == 1805 + 14516 and n_tasks(["arith", "count"]) is None
     for seed in (1337, 5):
         sets = build(seed=seed, n_ift=50, n_eft_train=40, n_eft_eval=30, n_test=20)
