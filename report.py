@@ -354,6 +354,24 @@ def pair_verdicts(r, t):
     return verdict
 
 
+def prompt_kinds(r, t):
+    """Evaluation only: iteration t's new prompts by the toy task each asks,
+    {kind: (written, kept)} in toy.ALL_KINDS' order, then "other" for a line
+    the grader cannot read (made-up tasks, empty lines): which kinds the loop
+    trains on at all, once the filters have dropped theirs (a kind whose
+    prompts are all dropped is never a pair's). None without the file."""
+    path = r.path(f"iter{t}", "prompts_generated.jsonl")
+    if not os.path.exists(path):
+        return None
+    counts = {}
+    for x in read_jsonl(path):
+        task = toy.task_from_prompt(x["prompt"]) if x["prompt"] else None
+        kind = task["kind"] if task else "other"
+        written, kept = counts.get(kind, (0, 0))
+        counts[kind] = (written + 1, kept + (x["dropped"] is None))
+    return {k: counts[k] for k in (*toy.ALL_KINDS, "other") if k in counts}
+
+
 def right_candidates(r, t):
     """Evaluation only: how often iteration t's sampled candidates are right
     (grade >= 4), on the prompts the grader can read. "candidates": the
@@ -643,6 +661,10 @@ def diagnostic_lines(r, names, iterations, toy_world):
             hist = ", ".join(f"{k}: {v}" for k, v in d["histogram"].items())
             lines.append(f"- iteration {t}: {d['judgments']} judgments, {d['no_score']} without a score; "
                          f"scores given {{{hist}}}")
+        kinds = prompt_kinds(r, t) if toy_world else None
+        if kinds:
+            lines.append("  - its new prompts by task kind (evaluation only), written / kept after the filters: "
+                         + ", ".join(f"{k} {w} / {kept}" for k, (w, kept) in kinds.items()))
         ceiling = right_candidates(r, t) if toy_world else None
         if ceiling:
             lines.append(f"  - the grader on its candidates (evaluation only; {ceiling['prompts']} prompts it can "

@@ -153,6 +153,24 @@ def test_iteration_diagnostics_by_hand(tmp_path):
                              "one 1") for line in lines)
 
 
+def test_prompt_kinds_by_hand(tmp_path):
+    """Which task kinds the loop's new prompts ask, written and kept: a kind
+    whose prompts the filters all drop never reaches a pair."""
+    r = run_folder(tmp_path)
+    assert report.prompt_kinds(r, 1) is None  # no prompts yet
+    write_jsonl(tmp_path / "iter1" / "prompts_generated.jsonl", [
+        {"prompt": "How many times does 'A' appear in 'BANANA'?", "dropped": "near duplicate (ROUGE-L >= 0.9)"},
+        {"prompt": "Reverse the word 'ABC'.", "dropped": None},
+        {"prompt": "How many times does 'N' appear in 'BANANA'?", "dropped": "near duplicate (ROUGE-L >= 0.9)"},
+        {"prompt": "Reverse the word 'ABD'.", "dropped": "exact duplicate"},
+        {"prompt": "Tell me a story.", "dropped": None},
+        {"prompt": "", "dropped": "request longer than the context"}])
+    assert report.prompt_kinds(r, 1) == {"reverse": (2, 1), "count": (2, 0), "other": (2, 1)}  # (the kinds' order)
+    assert "  - its new prompts by task kind (evaluation only), written / kept after the filters: reverse 2 / 1, " \
+        "count 2 / 0, other 2 / 1" in report.diagnostic_lines(r, [], 1, toy_world=True)
+    assert not any("task kind" in line for line in report.diagnostic_lines(r, [], 1, toy_world=False))
+
+
 def test_right_candidates_by_hand(tmp_path):
     """How often sampling is right, and on how many prompts best-of-n with a
     perfect judge would be: the grader over iteration 1's candidates."""
