@@ -67,11 +67,12 @@ FIGURES = [
     ("right among the answers given %",  # (not declined): skill apart from the will to answer
      lambda m: None if "declined" not in m or m["declined"] == 1 or "right" not in m.get("intervals", {}) else
      100 * m["intervals"]["right"][0] / (1 - m["declined"])),
-    ("judge pairwise acc %",  # (none with eval_judge=False, nor from a judge that gave no score: the SFT
-     lambda m: None if m["judge"].get("pairwise_accuracy") is None  # baseline's 0% would read as a judge's)
-     or m["judge"].get("judgments_with_score") == 0 else 100 * m["judge"]["pairwise_accuracy"]),
+    ("judge pairwise acc %",  # (none with eval_judge=False, nor from a judge that gave no score)
+     lambda m: None if m["judge"].get("pairwise_accuracy") is None or silent_judge(m) else
+     100 * m["judge"]["pairwise_accuracy"]),
     ("judge states the right answer %",
-     lambda m: None if m.get("checking", {}).get("judge") is None else 100 * m["checking"]["judge"]),
+     lambda m: None if m.get("checking", {}).get("judge") is None or silent_judge(m) else
+     100 * m["checking"]["judge"]),
     ("its verdict follows a right answer %",
      lambda m: None if m.get("checking", {}).get("follows") is None else 100 * m["checking"]["follows"]),
     ("its comparison is right %",  # judgments that compare only (--judge_compares)
@@ -121,16 +122,23 @@ def settings_line(argv, c):
             f"{', '.join(changed) if changed else 'none'}.")
 
 
+def silent_judge(m):
+    """Whether a model's judge gave no score at all (the SFT baseline, never
+    taught the judge's format): its judge figures are none, not 0%, which
+    would read as a judge's."""
+    return m.get("judge", {}).get("judgments_with_score") == 0
+
+
 def checking_share(m, key):
-    """A model's share (%) from its checking record, or None where it has none."""
+    """A model's share (%) from its checking record (judge figures), or None where it has none."""
     x = m.get("checking", {}).get(key)
-    return None if x is None else 100 * x
+    return None if x is None or silent_judge(m) else 100 * x
 
 
 def kind_share(m, kind, which):
     """A model's share (%) for one task kind from its checking record: which=0 the judge's, 1 its answers'."""
     pair = m.get("checking", {}).get("kinds", {}).get(kind)
-    return None if pair is None or pair[which] is None else 100 * pair[which]
+    return None if pair is None or pair[which] is None or which == 0 and silent_judge(m) else 100 * pair[which]
 
 
 def run_figures(folder):

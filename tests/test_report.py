@@ -319,6 +319,11 @@ def test_seed_study_table_by_hand(tmp_path):
     assert read["judge pairwise acc %"]({"judge": {"pairwise_accuracy": 0.0}}) == 0.0  # a record without coverage
     # the SFT baseline's judge gives no score at all: no accuracy (its 0% would read as a judge's), not 0
     assert read["judge pairwise acc %"]({"judge": {"pairwise_accuracy": 0.0, "judgments_with_score": 0}}) is None
+    silent = {"judge": {"judgments_with_score": 0}, "checking": {"judge": 0.0, "kinds": {"count": [0.0, 0.25]},
+                                                                  "invent_bare": 0.5}}
+    assert read["judge states the right answer %"](silent) is None and read["count: judge states the right answer %"](
+        silent) is None and read["invent: the same, bare words only %"](silent) is None
+    assert read["count: answers right %"](silent) == 25.0  # (its answers are a policy's figure)
     assert lines[0] == "Over 2 seeds (1, 2): mean +- sample standard deviation (n - 1)."
     assert lines[-2].startswith("- the 95% bootstrap interval of M2 - M1 mean grade (over that seed's test prompts) "
                                 "lies above 0 in 1/2 seeds")
