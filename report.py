@@ -323,16 +323,17 @@ def pair_verdicts(r, t):
     right, is it the chosen one (right_chosen) or the rejected
     (wrong_chosen); both_right pairs differ at most in form (grade 5
     against 4), both_wrong ones teach no right answer. Only right_chosen
-    against wrong_chosen can teach the policy to answer right. With invent
-    tasks, "invent" holds their pairs alone: how many, and right_chosen and
-    wrong_chosen among them ({"pairs", "right_chosen", "wrong_chosen"}): the
-    kind the judge checks."""
+    against wrong_chosen can teach the policy to answer right. "kinds" holds
+    the same per task kind, in toy.ALL_KINDS' order: how many pairs, and
+    right_chosen and wrong_chosen among them ({kind: {"pairs",
+    "right_chosen", "wrong_chosen"}}): whether the judge picks the right
+    answer on the kinds it checks (invent, count) and not on the others."""
     path = r.path(f"iter{t}", "pairs.jsonl")
     if not os.path.exists(path):
         return None
     verdict = dict.fromkeys(("better", "equal", "worse", "ungradable",
                              "right_chosen", "wrong_chosen", "both_right", "both_wrong"), 0)
-    invent = dict.fromkeys(("pairs", "right_chosen", "wrong_chosen"), 0)
+    kinds = {}
     for p in read_jsonl(path):
         if p.get("kind", "actor") != "actor":  # Meta-Rewarding's judge pairs: judge_pair_verdicts
             continue
@@ -345,12 +346,11 @@ def pair_verdicts(r, t):
         which = {(True, False): "right_chosen", (False, True): "wrong_chosen",
                  (True, True): "both_right", (False, False): "both_wrong"}[a >= toy.RIGHT, b >= toy.RIGHT]
         verdict[which] += 1
-        if task["kind"] == "invent":
-            invent["pairs"] += 1
-            if which in invent:  # (right against wrong only)
-                invent[which] += 1
-    if invent["pairs"]:
-        verdict["invent"] = invent
+        kind = kinds.setdefault(task["kind"], dict.fromkeys(("pairs", "right_chosen", "wrong_chosen"), 0))
+        kind["pairs"] += 1
+        if which in kind:  # (right against wrong only)
+            kind[which] += 1
+    verdict["kinds"] = {k: kinds[k] for k in toy.ALL_KINDS if k in kinds}
     return verdict
 
 
@@ -398,9 +398,9 @@ def right_candidates(r, t):
             "all_right": share([all(cs) for cs in right])}
 
 
-def invent_pairs_text(v):
-    return (f"; of them on invent prompts {v['pairs']}, right against wrong: the right one chosen "
-            f"{v['right_chosen']}, the wrong one {v['wrong_chosen']}")
+def kind_pairs_text(kinds):
+    return ("; by task kind, pairs and, right against wrong, the right one chosen / the wrong one: "
+            + ", ".join(f"{k} {v['pairs']}, {v['right_chosen']} / {v['wrong_chosen']}" for k, v in kinds.items()))
 
 
 def states_right_answer(judged):
@@ -678,7 +678,7 @@ def diagnostic_lines(r, names, iterations, toy_world):
                          f"{v['equal']}, worse {v['worse']}; on prompts it cannot grade {v['ungradable']}; by "
                          f"correctness: right against wrong, the right one chosen {v['right_chosen']}, the wrong "
                          f"one {v['wrong_chosen']}; both right (form only) {v['both_right']}, both wrong "
-                         f"{v['both_wrong']}" + (invent_pairs_text(v["invent"]) if "invent" in v else ""))
+                         f"{v['both_wrong']}" + (kind_pairs_text(v["kinds"]) if v["kinds"] else ""))
         c = self_checking(r, t) if toy_world else None
         if c:
             own, eft = c["own"], c["eft_eval"]

@@ -127,7 +127,8 @@ def test_iteration_diagnostics_by_hand(tmp_path):
         {"prompt": "Tell me a story.", "chosen": "x", "rejected": "y"}])                                 # not a task
     # by correctness: CBA vs chatty CBA both right (form only); ABC (1) chosen over CBA (5): the wrong one
     assert report.pair_verdicts(r, 1) == {"better": 1, "equal": 1, "worse": 1, "ungradable": 1, "right_chosen": 0,
-                                          "wrong_chosen": 1, "both_right": 2, "both_wrong": 0}
+                                          "wrong_chosen": 1, "both_right": 2, "both_wrong": 0,
+                                          "kinds": {"reverse": {"pairs": 3, "right_chosen": 0, "wrong_chosen": 1}}}
     write_jsonl(tmp_path / "iter1" / "pairs.jsonl", [
         {"prompt": "Reverse the word 'ABC'.", "chosen": "CBA", "rejected": "BCA"},   # 5 vs 1: right chosen
         {"prompt": "Reverse the word 'ABC'.", "chosen": "CBB", "rejected": "ABC"},   # 2 vs 1: both wrong, better
@@ -136,8 +137,9 @@ def test_iteration_diagnostics_by_hand(tmp_path):
          "rejected": "I am not sure what you mean."}])
     v = report.pair_verdicts(r, 1)
     assert (v["better"], v["right_chosen"], v["wrong_chosen"], v["both_right"], v["both_wrong"]) == (4, 2, 0, 0, 2)
-    assert "invent" not in v  # (no invent prompts)
-    # invent pairs, also counted apart: the kind the judge checks rather than states an answer for
+    assert v["kinds"] == {"reverse": {"pairs": 3, "right_chosen": 2, "wrong_chosen": 0},  # (ALL_KINDS' order)
+                          "arith": {"pairs": 1, "right_chosen": 0, "wrong_chosen": 0}}
+    # invent pairs, counted by kind too: the kind the judge checks rather than states an answer for
     inv = "Invent a word of 4 letters that starts with 'B' and ends with 'A'."
     write_jsonl(tmp_path / "iter1" / "pairs.jsonl", [
         {"prompt": inv, "chosen": "BOKA", "rejected": "BOK"},      # 5 vs 2: right chosen
@@ -146,11 +148,12 @@ def test_iteration_diagnostics_by_hand(tmp_path):
         {"prompt": "Reverse the word 'ABC'.", "chosen": "CBA", "rejected": "BCA"}])  # not invent
     v = report.pair_verdicts(r, 1)
     assert (v["right_chosen"], v["wrong_chosen"], v["both_wrong"]) == (2, 1, 1)
-    assert v["invent"] == {"pairs": 3, "right_chosen": 1, "wrong_chosen": 1}
+    assert v["kinds"] == {"reverse": {"pairs": 1, "right_chosen": 1, "wrong_chosen": 0},
+                          "invent": {"pairs": 3, "right_chosen": 1, "wrong_chosen": 1}}
     os.remove(tmp_path / "iter1" / "judgments.jsonl")  # (the pairs' line alone)
     lines = report.diagnostic_lines(r, [], 1, True)
-    assert any(line.endswith("; of them on invent prompts 3, right against wrong: the right one chosen 1, the wrong "
-                             "one 1") for line in lines)
+    assert any(line.endswith("; by task kind, pairs and, right against wrong, the right one chosen / the wrong one: "
+                             "reverse 1, 1 / 0, invent 3, 1 / 1") for line in lines)
 
 
 def test_prompt_kinds_by_hand(tmp_path):
@@ -583,7 +586,8 @@ def test_meta_rewarding_diagnostics_by_hand(tmp_path):
         judge_pair("ABC", 4, 1),                                # true grade 1: farther
         {**judge_pair("x", 1, 2), "instruction": "Tell me a story."}])  # no ground truth
     assert report.pair_verdicts(r, 1) == {"better": 1, "equal": 0, "worse": 0, "ungradable": 0, "right_chosen": 1,
-                                          "wrong_chosen": 0, "both_right": 0, "both_wrong": 0}
+                                          "wrong_chosen": 0, "both_right": 0, "both_wrong": 0,
+                                          "kinds": {"reverse": {"pairs": 1, "right_chosen": 1, "wrong_chosen": 0}}}
     # the pairs' lengths are the actor's (CBA, ABC), not the judge pairs' ("c", "r")
     assert report.iteration_lines(r, {}, 1)[0].endswith("; chosen 3 vs rejected 3 chars on average")
     assert report.judge_pair_verdicts(r, 1) == {"closer": 1, "equal": 1, "farther": 1, "ungradable": 1}
@@ -618,6 +622,22 @@ def test_seed_study_says_its_command_settings_and_code(tmp_path, monkeypatch):
         changed = git("status", "--porcelain", "--untracked-files=no", "--", "*.py").stdout.strip()
         assert seeds.code_version() == f"commit {head.stdout.strip()}" + (
             ", with uncommitted changes to its .py files" if changed else "")
+    if shutil.which("git"):  # a checkout of its own: an edited README is no code change, an edited .py is
+        repo = tmp_path / "repo"
+        repo.mkdir()
+        run = lambda *a: subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *a],
+                                        check=True, capture_output=True, text=True).stdout.strip()
+        (repo / "seeds.py").write_text("x = 1\n")
+        (repo / "README.md").write_text("a\n")
+        run("init", "-q")
+        run("add", ".")
+        run("commit", "-q", "-m", "c")
+        monkeypatch.setattr(seeds, "__file__", str(repo / "seeds.py"))
+        (repo / "README.md").write_text("b\n")
+        assert seeds.code_version() == f"commit {run('rev-parse', '--short', 'HEAD')}"
+        (repo / "seeds.py").write_text("x = 2\n")
+        assert seeds.code_version() == f"commit {run('rev-parse', '--short', 'HEAD')}, with uncommitted changes to " \
+                                       "its .py files"
     monkeypatch.setattr(seeds, "__file__", str(tmp_path / "seeds.py"))  # a copied folder, no git above it
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     if shutil.which("git"):
