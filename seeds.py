@@ -70,13 +70,9 @@ FIGURES = [
     ("judge pairwise acc %",  # (none with eval_judge=False, nor from a judge that gave no score)
      lambda m: None if m["judge"].get("pairwise_accuracy") is None or silent_judge(m) else
      100 * m["judge"]["pairwise_accuracy"]),
-    ("judge states the right answer %",
-     lambda m: None if m.get("checking", {}).get("judge") is None or silent_judge(m) else
-     100 * m["checking"]["judge"]),
-    ("its verdict follows a right answer %",
-     lambda m: None if m.get("checking", {}).get("follows") is None else 100 * m["checking"]["follows"]),
-    ("its comparison is right %",  # judgments that compare only (--judge_compares)
-     lambda m: None if m.get("checking", {}).get("compares") is None else 100 * m["checking"]["compares"]),
+    ("judge states the right answer %", lambda m: checking_share(m, "judge")),
+    ("its verdict follows a right answer %", lambda m: checking_share(m, "follows")),
+    ("its comparison is right %", lambda m: checking_share(m, "compares")),  # (--judge_compares)
     # per task kind of the world (the report's checking against doing): the share of that kind's test prompts
     # the model answers right, and of its judgments of that kind's EFT eval responses that state the right
     # answer; a judge can teach a kind only where the second is above the first (invent: its own rows)
