@@ -777,11 +777,11 @@ def build(seed=1337, n_ift=3200, n_eft_train=4890, n_eft_eval=1623, n_test=1024,
             misses = 0
         elif (misses := misses + 1) > MAX_REPEATED_DRAWS:  # (invent has 1,805 tasks, arith 14,516)
             rest = the_rest(kinds, seen, needed - len(tasks), rng)
-            if rest is None:
-                raise ValueError(f"toy_kinds = {toy_kinds!r}: holds only {len(tasks) + len(the_rest(kinds, seen))} "
-                                 f"different tasks, and the sets need {needed} (n_ift {n_ift} + {len(train_sizes)} "
-                                 f"EFT train and {len(eval_sizes)} EFT eval groups + n_test {n_test}): give smaller "
-                                 f"sizes or more kinds")
+            if len(tasks) + len(rest) < needed:
+                raise ValueError(f"toy_kinds = {toy_kinds!r}: holds only {len(tasks) + len(rest)} different tasks, "
+                                 f"and the sets need {needed} (n_ift {n_ift} + {len(train_sizes)} EFT train and "
+                                 f"{len(eval_sizes)} EFT eval groups + n_test {n_test}): give smaller sizes or more "
+                                 f"kinds")
             tasks += rest
     test, tasks = tasks[:n_test], tasks[n_test:]
     eft_eval = [_group(t, k, rng) for t, k in zip(tasks, eval_sizes)]
@@ -841,18 +841,14 @@ def n_tasks(kinds):
     return None if tasks is None else len(tasks)
 
 
-def the_rest(kinds, held, n=None, rng=None):
+def the_rest(kinds, held, n, rng):
     """When random draws stop finding new tasks (a bounded world nearly used
     up: all_tasks), n of the tasks whose task_key is not in `held`, in an
-    order shuffled by rng, or None where fewer than n are left; without n,
-    all of them in all_tasks' order (an unbounded world: none). So a world
-    gives every task it holds, and the loop's check before any work
-    (validate.check_loop) can count them exactly."""
+    order shuffled by rng: all that are left where fewer are (the caller
+    refuses), none in an unbounded world. So a world gives every task it
+    holds, and the loop's check before any work (validate.check_loop) can
+    count them exactly."""
     left = [t for t in all_tasks(kinds) or [] if task_key(t) not in held]
-    if n is None:
-        return left
-    if len(left) < n:
-        return None
     rng.shuffle(left)
     return left[:n]
 
@@ -894,10 +890,9 @@ def validation_set(seed_dir, n, seed, kinds=KINDS):
         drawn = fresh_task(rng, kinds, seen_tasks, seen_prompts, tries=1000)  # (each one new to the set too)
         if drawn is None:  # a bounded world nearly used up: the rest from the tasks not yet held
             rest = the_rest(kinds, seen_tasks, n - len(out), rng)
-            if rest is None:
-                raise ValueError(f"n_valid = {n}: toy_kinds {','.join(kinds)} hold only "
-                                 f"{len(out) + len(the_rest(kinds, seen_tasks))} tasks outside the seed data "
-                                 f"for validation prompts; give a smaller n_valid")
+            if len(out) + len(rest) < n:
+                raise ValueError(f"n_valid = {n}: toy_kinds {','.join(kinds)} hold only {len(out) + len(rest)} "
+                                 f"tasks outside the seed data for validation prompts; give a smaller n_valid")
             return out + [{"prompt": render(task, rng), "task": task} for task in rest]
         prompt, task = drawn
         seen_tasks.add(task_key(task))
