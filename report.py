@@ -327,13 +327,18 @@ def pair_verdicts(r, t):
     the same per task kind, in toy.ALL_KINDS' order: how many pairs, and
     right_chosen and wrong_chosen among them ({kind: {"pairs",
     "right_chosen", "wrong_chosen"}}): whether the judge picks the right
-    answer on the kinds it checks (invent, count) and not on the others."""
+    answer on the kinds it checks (invent, count) and not on the others.
+    "form" counts the pairs in which one response is a single word (a bare
+    answer, right or wrong) and the other is not: the single word chosen
+    (bare_chosen; bare_chosen_wrong of them wrong) or rejected: a judge that
+    prefers the bare form whether or not the answer is right teaches it on
+    wrong answers too."""
     path = r.path(f"iter{t}", "pairs.jsonl")
     if not os.path.exists(path):
         return None
     verdict = dict.fromkeys(("better", "equal", "worse", "ungradable",
                              "right_chosen", "wrong_chosen", "both_right", "both_wrong"), 0)
-    kinds = {}
+    kinds, form = {}, dict.fromkeys(("bare_chosen", "bare_chosen_wrong", "bare_rejected"), 0)
     for p in read_jsonl(path):
         if p.get("kind", "actor") != "actor":  # Meta-Rewarding's judge pairs: judge_pair_verdicts
             continue
@@ -350,7 +355,12 @@ def pair_verdicts(r, t):
         kind["pairs"] += 1
         if which in kind:  # (right against wrong only)
             kind[which] += 1
+        chosen_bare, rejected_bare = (len(x.split()) == 1 for x in (p["chosen"], p["rejected"]))
+        if chosen_bare != rejected_bare:  # a bare answer against one with words around it
+            form["bare_chosen" if chosen_bare else "bare_rejected"] += 1
+            form["bare_chosen_wrong"] += int(chosen_bare and a < toy.RIGHT)
     verdict["kinds"] = {k: kinds[k] for k in toy.ALL_KINDS if k in kinds}
+    verdict["form"] = form
     return verdict
 
 
@@ -401,6 +411,12 @@ def right_candidates(r, t):
 def kind_pairs_text(kinds):
     return ("; by task kind, pairs and, right against wrong, the right one chosen / the wrong one: "
             + ", ".join(f"{k} {v['pairs']}, {v['right_chosen']} / {v['wrong_chosen']}" for k, v in kinds.items()))
+
+
+def form_pairs_text(form):
+    return (f"; by form, where one response is a single word (a bare answer, right or wrong) and the other is not: "
+            f"the single word chosen {form['bare_chosen']} ({form['bare_chosen_wrong']} of them wrong), "
+            f"rejected {form['bare_rejected']}")
 
 
 def states_right_answer(judged):
@@ -678,7 +694,8 @@ def diagnostic_lines(r, names, iterations, toy_world):
                          f"{v['equal']}, worse {v['worse']}; on prompts it cannot grade {v['ungradable']}; by "
                          f"correctness: right against wrong, the right one chosen {v['right_chosen']}, the wrong "
                          f"one {v['wrong_chosen']}; both right (form only) {v['both_right']}, both wrong "
-                         f"{v['both_wrong']}" + (kind_pairs_text(v["kinds"]) if v["kinds"] else ""))
+                         f"{v['both_wrong']}" + (kind_pairs_text(v["kinds"]) if v["kinds"] else "")
+                         + form_pairs_text(v["form"]))
         c = self_checking(r, t) if toy_world else None
         if c:
             own, eft = c["own"], c["eft_eval"]

@@ -126,19 +126,24 @@ def test_iteration_diagnostics_by_hand(tmp_path):
         {"prompt": "Reverse the word 'ABC'.", "chosen": "CBA", "rejected": "CBA."},                      # equal: 5, 5
         {"prompt": "Tell me a story.", "chosen": "x", "rejected": "y"}])                                 # not a task
     # by correctness: CBA vs chatty CBA both right (form only); ABC (1) chosen over CBA (5): the wrong one
+    # by form: the bare CBA chosen over the chatty one (the other pairs are one word on both sides)
     assert report.pair_verdicts(r, 1) == {"better": 1, "equal": 1, "worse": 1, "ungradable": 1, "right_chosen": 0,
                                           "wrong_chosen": 1, "both_right": 2, "both_wrong": 0,
-                                          "kinds": {"reverse": {"pairs": 3, "right_chosen": 0, "wrong_chosen": 1}}}
+                                          "kinds": {"reverse": {"pairs": 3, "right_chosen": 0, "wrong_chosen": 1}},
+                                          "form": {"bare_chosen": 1, "bare_chosen_wrong": 0, "bare_rejected": 0}}
     write_jsonl(tmp_path / "iter1" / "pairs.jsonl", [
         {"prompt": "Reverse the word 'ABC'.", "chosen": "CBA", "rejected": "BCA"},   # 5 vs 1: right chosen
         {"prompt": "Reverse the word 'ABC'.", "chosen": "CBB", "rejected": "ABC"},   # 2 vs 1: both wrong, better
         {"prompt": "What is 2 + 3?", "chosen": "It is 5, or maybe 6.", "rejected": "6"},  # 3 vs 2: both wrong
         {"prompt": "Reverse the word 'ABC'.", "chosen": "Sure! The answer is CBA.",  # 4 (right, just) vs 0
-         "rejected": "I am not sure what you mean."}])
+         "rejected": "I am not sure what you mean."},
+        {"prompt": "Reverse the word 'ABC'.", "chosen": "BCA", "rejected": "Sure! The answer is CBA."}])  # 1 vs 4
     v = report.pair_verdicts(r, 1)
-    assert (v["better"], v["right_chosen"], v["wrong_chosen"], v["both_right"], v["both_wrong"]) == (4, 2, 0, 0, 2)
-    assert v["kinds"] == {"reverse": {"pairs": 3, "right_chosen": 2, "wrong_chosen": 0},  # (ALL_KINDS' order)
+    assert (v["better"], v["right_chosen"], v["wrong_chosen"], v["both_right"], v["both_wrong"]) == (4, 2, 1, 0, 2)
+    assert v["kinds"] == {"reverse": {"pairs": 4, "right_chosen": 2, "wrong_chosen": 1},  # (ALL_KINDS' order)
                           "arith": {"pairs": 1, "right_chosen": 0, "wrong_chosen": 0}}
+    # by form: "6" rejected for words around a wrong 5; the bare, wrong BCA chosen over the chatty right answer
+    assert v["form"] == {"bare_chosen": 1, "bare_chosen_wrong": 1, "bare_rejected": 1}
     # invent pairs, counted by kind too: the kind the judge checks rather than states an answer for
     inv = "Invent a word of 4 letters that starts with 'B' and ends with 'A'."
     write_jsonl(tmp_path / "iter1" / "pairs.jsonl", [
@@ -152,8 +157,11 @@ def test_iteration_diagnostics_by_hand(tmp_path):
                           "invent": {"pairs": 3, "right_chosen": 1, "wrong_chosen": 1}}
     os.remove(tmp_path / "iter1" / "judgments.jsonl")  # (the pairs' line alone)
     lines = report.diagnostic_lines(r, [], 1, True)
+    assert v["form"] == {"bare_chosen": 0, "bare_chosen_wrong": 0, "bare_rejected": 0}  # one word on both sides
     assert any(line.endswith("; by task kind, pairs and, right against wrong, the right one chosen / the wrong one: "
-                             "reverse 1, 1 / 0, invent 3, 1 / 1") for line in lines)
+                             "reverse 1, 1 / 0, invent 3, 1 / 1; by form, where one response is a single word (a "
+                             "bare answer, right or wrong) and the other is not: the single word chosen 0 (0 of "
+                             "them wrong), rejected 0") for line in lines)
 
 
 def test_prompt_kinds_by_hand(tmp_path):
@@ -587,7 +595,8 @@ def test_meta_rewarding_diagnostics_by_hand(tmp_path):
         {**judge_pair("x", 1, 2), "instruction": "Tell me a story."}])  # no ground truth
     assert report.pair_verdicts(r, 1) == {"better": 1, "equal": 0, "worse": 0, "ungradable": 0, "right_chosen": 1,
                                           "wrong_chosen": 0, "both_right": 0, "both_wrong": 0,
-                                          "kinds": {"reverse": {"pairs": 1, "right_chosen": 1, "wrong_chosen": 0}}}
+                                          "kinds": {"reverse": {"pairs": 1, "right_chosen": 1, "wrong_chosen": 0}},
+                                          "form": {"bare_chosen": 0, "bare_chosen_wrong": 0, "bare_rejected": 0}}
     # the pairs' lengths are the actor's (CBA, ABC), not the judge pairs' ("c", "r")
     assert report.iteration_lines(r, {}, 1)[0].endswith("; chosen 3 vs rejected 3 chars on average")
     assert report.judge_pair_verdicts(r, 1) == {"closer": 1, "equal": 1, "farther": 1, "ungradable": 1}
