@@ -546,11 +546,17 @@ def checking_versus_doing(r, names, tests):
     of their yes/no against the two values written beside it
     ("invent_yes_no", toy.written_comparisons, with the counts of equal and
     differing pairs: 50% is "yes" to all), the comparison step alone.
+    And checking or form (judge_by_form): the judge's pairwise accuracy on
+    the EFT eval pairs whose better response is bare and the worse not
+    ("better_bare"), whose worse one is bare and the better not
+    ("worse_bare"), and whose two are of one form ("same_form").
     Returns {model: {"judge", "answer", "follows", "compares", "kinds": {kind: (judge, answer)},
+    "better_bare", "worse_bare", "same_form", "by_form_pairs": {those three: pairs},
     and with invent "invent_bare", "invent_bare_n": [right, wrong], "invent_copies",
     "invent_yes_no", "invent_yes_no_n": [equal, differing]}},
     kinds those with test prompts, in toy.ALL_KINDS' order."""
     found = {}
+    groups = read_jsonl(r.path("seed", "eft_eval.jsonl")) if os.path.exists(r.path("seed", "eft_eval.jsonl")) else []
     for n in names:
         path = r.path("eval", f"{n}_judgments.jsonl")
         if n not in tests or not os.path.exists(path):
@@ -591,10 +597,43 @@ def checking_versus_doing(r, names, tests):
                     "answer": share(sum(answered.values(), [])), "follows": share(follows), "compares": share(compares),
                     "kinds": {k: (judged[k] if k == "invent" else share(judged[k]), share(answered[k]))
                               for k in toy.ALL_KINDS if answered[k]}}
+        by_form = judge_by_form(read_jsonl(path), groups) if groups else {}
+        found[n].update({k: share(v) for k, v in by_form.items()},
+                        by_form_pairs={k: len(v) for k, v in by_form.items()})
         if "invent" in found[n]["kinds"]:
             found[n].update(invent_bare=balanced_accuracy(bare), invent_bare_n=[bare_n[True], bare_n[False]],
                             invent_copies=share(copies), invent_yes_no=balanced_accuracy(yes_no),
                             invent_yes_no_n=[len(yes_no[True]), len(yes_no[False])])
+    return found
+
+
+def one_word(text):
+    """A bare answer, right or wrong: the response is a single word (or
+    number), with nothing around it."""
+    return len(text.split()) == 1
+
+
+def judge_by_form(judged, groups):
+    """Checking or form: each EFT eval pair of responses with different
+    ranks, by form, and whether the judge orders it as the ranks do
+    (judge.pairs_correct, the pairwise accuracy's own rule): "better_bare"
+    where the better response is one word and the worse is not, "worse_bare"
+    where the worse one is and the better is not, "same_form" where both or
+    neither are. A perfect judge orders every pair; one swayed by the bare
+    form orders the first far better than the second (one that reads the
+    answers alone, blind to form, the second better: a bare right answer
+    against a chatty right one is a better_bare pair it ties).
+    {kind: [True/False per pair]}."""
+    found = {"better_bare": [], "worse_bare": [], "same_form": []}
+    for mine, g in zip(judged_by_prompt(judged, groups), groups):
+        for i in range(len(g["ranks"])):
+            for j in range(i + 1, len(g["ranks"])):
+                if g["ranks"][i] == g["ranks"][j]:
+                    continue
+                better, worse = (i, j) if g["ranks"][i] < g["ranks"][j] else (j, i)
+                bare_better, bare_worse = one_word(g["responses"][better]), one_word(g["responses"][worse])
+                kind = ("same_form" if bare_better == bare_worse else "better_bare" if bare_better else "worse_bare")
+                found[kind] += J.pairs_correct([mine[i]["score"], mine[j]["score"]], [g["ranks"][i], g["ranks"][j]])
     return found
 
 
@@ -630,6 +669,15 @@ def checking_lines(found):
         lines.append(f"| {n} | {pct(f['judge'])} | {pct(f['answer'])} | {pct(f['follows'])} | "
                      f"{pct(f['compares'])} | "
                      + " | ".join(f"{pct(j)} / {pct(a)}" for j, a in f["kinds"].values()) + " |")
+    counts = next(iter(found.values())).get("by_form_pairs")
+    if counts:  # (the same EFT eval pairs for every model)
+        lines += ["", f"Checking or form (evaluation only): the judge's pairwise accuracy on the EFT eval pairs whose "
+                  f"better response is a single word (a bare answer) and the worse is not ({counts['better_bare']} "
+                  f"pairs), whose worse one is a single word and the better is not ({counts['worse_bare']}), and "
+                  f"whose two are of one form ({counts['same_form']}), %: a perfect judge orders them all, one swayed "
+                  f"by the bare form the first far better than the second: "
+                  + "; ".join(f"{n} {pct(f['better_bare'])} / {pct(f['worse_bare'])} / {pct(f['same_form'])}"
+                              for n, f in found.items()) + "."]
     if "invent" in kinds:
         right, wrong = next(iter(found.values()))["invent_bare_n"]
         lines += ["", f"Invent, checking or form: the judge's balanced accuracy on the invent responses that are a "

@@ -73,6 +73,11 @@ FIGURES = [
     ("judge states the right answer %", lambda m: checking_share(m, "judge")),
     ("its verdict follows a right answer %", lambda m: checking_share(m, "follows")),
     ("its comparison is right %", lambda m: checking_share(m, "compares")),  # (--judge_compares)
+    # checking or form (report.judge_by_form): the judge's pairwise accuracy on the EFT eval pairs whose
+    # better response is bare (a single word) and the worse not, the other way round, and of one form
+    ("judge acc, the better one bare %", lambda m: checking_share(m, "better_bare")),
+    ("judge acc, the worse one bare %", lambda m: checking_share(m, "worse_bare")),
+    ("judge acc, both of one form %", lambda m: checking_share(m, "same_form")),
     # per task kind of the world (the report's checking against doing): the share of that kind's test prompts
     # the model answers right, and of its judgments of that kind's EFT eval responses that state the right
     # answer; a judge can teach a kind only where the second is above the first (invent: its own rows)

@@ -335,6 +335,11 @@ def test_seed_study_table_by_hand(tmp_path):
     assert read["judge states the right answer %"](silent) is None and read["count: judge states the right answer %"](
         silent) is None and read["invent: the same, bare words only %"](silent) is None
     assert read["count: answers right %"](silent) == 25.0  # (its answers are a policy's figure)
+    # checking or form: the judge's accuracy by the pair's form, from the checking record; none for a silent judge
+    by_form = {"checking": {"better_bare": 0.8, "worse_bare": 0.25, "same_form": 0.5}}
+    assert [read[f"judge acc, {x} %"](by_form) for x in ("the better one bare", "the worse one bare",
+                                                         "both of one form")] == [80.0, 25.0, 50.0]
+    assert read["judge acc, the worse one bare %"]({**by_form, "judge": {"judgments_with_score": 0}}) is None
     assert lines[0] == "Over 2 seeds (1, 2): mean +- sample standard deviation (n - 1)."
     assert lines[-2].startswith("- the 95% bootstrap interval of M2 - M1 mean grade (over that seed's test prompts) "
                                 "lies above 0 in 1/2 seeds")
@@ -490,6 +495,33 @@ def test_a_generated_subtraction_below_zero_is_graded(tmp_path):
     assert toy.grade(record, "4") < 4
     write_jsonl(tmp_path / "iter1" / "pairs.jsonl", [{"prompt": prompt, "chosen": "-4", "rejected": "12"}])
     assert report.pair_verdicts(run_folder(tmp_path), 1)["better"] == 1
+
+
+def test_judge_by_form_by_hand(tmp_path):
+    """Checking or form: the judge's pairwise accuracy on the EFT eval pairs
+    whose better response is bare and the worse not, the other way round, and
+    of one form; the three partition the pairs the pairwise accuracy counts."""
+    r = run_folder(tmp_path)
+    rev, add = "Reverse the word 'ABC'.", "What is 3 + 4?"
+    groups = [{"prompt": rev, "responses": ["CBA", "Sure! The answer is CBA.", "ABC"], "ranks": [0, 1, 2]},
+              {"prompt": add, "responses": ["7", "Sure! The answer is 7.", "8"], "ranks": [0, 1, 1]}]
+    write_jsonl(tmp_path / "seed" / "eft_eval.jsonl", groups)
+    judged = [{"prompt": g["prompt"], "response": x, "judgments": [], "score": score}
+              for g, scores in zip(groups, ([5, 3, 4], [None, 2, 2])) for x, score in zip(g["responses"], scores)]
+    write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", judged)
+    # rev: CBA over the chatty CBA (bare better): 5 > 3, right; CBA over ABC (both bare): 5 > 4, right; the chatty
+    # CBA over ABC (bare worse): 3 < 4, wrong. add: 7 over the chatty 7 (bare better): no score, wrong; 7 over 8
+    # (both bare): wrong; the chatty 7 and 8 share a rank: no pair
+    assert report.judge_by_form(judged, groups) == {"better_bare": [True, False], "worse_bare": [False],
+                                                    "same_form": [True, False]}
+    found = report.checking_versus_doing(r, ["M1"], {"M1": [{"prompt": rev, "grade": 5}]})["M1"]
+    assert (found["better_bare"], found["worse_bare"], found["same_form"]) == (0.5, 0.0, 0.5)
+    assert found["by_form_pairs"] == {"better_bare": 2, "worse_bare": 1, "same_form": 2}
+    metrics = report.judge_prompt_metrics(judged, groups)  # the pairwise accuracy's own count: 2 of 5
+    assert (sum(m["right_pairs"] for m in metrics), sum(m["pairs"] for m in metrics)) == (2, 5)
+    line = [x for x in report.checking_lines({"M1": found}) if x.startswith("Checking or form")][0]
+    assert "bare answer) and the worse is not (2 pairs), whose worse one is a single word and the better is not (1), and "\
+           "whose two are of one form (2)" in line and line.endswith(": M1 50.0 / 0.0 / 50.0.")
 
 
 def test_checking_against_doing_by_hand(tmp_path):
