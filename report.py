@@ -355,7 +355,7 @@ def pair_verdicts(r, t):
         kind["pairs"] += 1
         if which in kind:  # (right against wrong only)
             kind[which] += 1
-        chosen_bare, rejected_bare = (len(x.split()) == 1 for x in (p["chosen"], p["rejected"]))
+        chosen_bare, rejected_bare = one_word(p["chosen"]), one_word(p["rejected"])
         if chosen_bare != rejected_bare:  # a bare answer against one with words around it
             form["bare_chosen" if chosen_bare else "bare_rejected"] += 1
             form["bare_chosen_wrong"] += int(chosen_bare and a < toy.RIGHT)

@@ -137,13 +137,15 @@ def test_iteration_diagnostics_by_hand(tmp_path):
         {"prompt": "What is 2 + 3?", "chosen": "It is 5, or maybe 6.", "rejected": "6"},  # 3 vs 2: both wrong
         {"prompt": "Reverse the word 'ABC'.", "chosen": "Sure! The answer is CBA.",  # 4 (right, just) vs 0
          "rejected": "I am not sure what you mean."},
-        {"prompt": "Reverse the word 'ABC'.", "chosen": "BCA", "rejected": "Sure! The answer is CBA."}])  # 1 vs 4
+        {"prompt": "Reverse the word 'ABC'.", "chosen": "BCA", "rejected": "Sure! The answer is CBA."},  # 1 vs 4
+        {"prompt": "Reverse the word 'ABC'.", "chosen": "Sure! The answer is CBA.", "rejected": "BCA"}])  # 4 vs 1
     v = report.pair_verdicts(r, 1)
-    assert (v["better"], v["right_chosen"], v["wrong_chosen"], v["both_right"], v["both_wrong"]) == (4, 2, 1, 0, 2)
-    assert v["kinds"] == {"reverse": {"pairs": 4, "right_chosen": 2, "wrong_chosen": 1},  # (ALL_KINDS' order)
+    assert (v["better"], v["right_chosen"], v["wrong_chosen"], v["both_right"], v["both_wrong"]) == (5, 3, 1, 0, 2)
+    assert v["kinds"] == {"reverse": {"pairs": 5, "right_chosen": 3, "wrong_chosen": 1},  # (ALL_KINDS' order)
                           "arith": {"pairs": 1, "right_chosen": 0, "wrong_chosen": 0}}
     # by form: "6" rejected for words around a wrong 5; the bare, wrong BCA chosen over the chatty right answer
-    assert v["form"] == {"bare_chosen": 1, "bare_chosen_wrong": 1, "bare_rejected": 1}
+    # (a wrong single word chosen), and rejected for it (a wrong single word rejected: not counted as chosen)
+    assert v["form"] == {"bare_chosen": 1, "bare_chosen_wrong": 1, "bare_rejected": 2}
     # invent pairs, counted by kind too: the kind the judge checks rather than states an answer for
     inv = "Invent a word of 4 letters that starts with 'B' and ends with 'A'."
     write_jsonl(tmp_path / "iter1" / "pairs.jsonl", [
@@ -504,24 +506,27 @@ def test_judge_by_form_by_hand(tmp_path):
     r = run_folder(tmp_path)
     rev, add = "Reverse the word 'ABC'.", "What is 3 + 4?"
     groups = [{"prompt": rev, "responses": ["CBA", "Sure! The answer is CBA.", "ABC"], "ranks": [0, 1, 2]},
-              {"prompt": add, "responses": ["7", "Sure! The answer is 7.", "8"], "ranks": [0, 1, 1]}]
+              {"prompt": add, "responses": ["7", "Sure! The answer is 7.", "8"], "ranks": [0, 1, 1]},
+              {"prompt": "Reverse the word 'XYZ'.", "responses": ["ZYY", "ZYX"], "ranks": [1, 0]}]
     write_jsonl(tmp_path / "seed" / "eft_eval.jsonl", groups)
+    scores = ([5, 3, 4], [None, 2, 2], [2, 5])  # the judge's average scores, group by group
     judged = [{"prompt": g["prompt"], "response": x, "judgments": [], "score": score}
-              for g, scores in zip(groups, ([5, 3, 4], [None, 2, 2])) for x, score in zip(g["responses"], scores)]
+              for g, mine in zip(groups, scores) for x, score in zip(g["responses"], mine)]
     write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", judged)
     # rev: CBA over the chatty CBA (bare better): 5 > 3, right; CBA over ABC (both bare): 5 > 4, right; the chatty
     # CBA over ABC (bare worse): 3 < 4, wrong. add: 7 over the chatty 7 (bare better): no score, wrong; 7 over 8
-    # (both bare): wrong; the chatty 7 and 8 share a rank: no pair
+    # (both bare): wrong; the chatty 7 and 8 share a rank: no pair. XYZ: ZYX (rank 0, second) over ZYY, both
+    # bare: 5 > 2, right
     assert report.judge_by_form(judged, groups) == {"better_bare": [True, False], "worse_bare": [False],
-                                                    "same_form": [True, False]}
+                                                    "same_form": [True, False, True]}
     found = report.checking_versus_doing(r, ["M1"], {"M1": [{"prompt": rev, "grade": 5}]})["M1"]
-    assert (found["better_bare"], found["worse_bare"], found["same_form"]) == (0.5, 0.0, 0.5)
-    assert found["by_form_pairs"] == {"better_bare": 2, "worse_bare": 1, "same_form": 2}
-    metrics = report.judge_prompt_metrics(judged, groups)  # the pairwise accuracy's own count: 2 of 5
-    assert (sum(m["right_pairs"] for m in metrics), sum(m["pairs"] for m in metrics)) == (2, 5)
+    assert (found["better_bare"], found["worse_bare"], found["same_form"]) == (0.5, 0.0, pytest.approx(2 / 3))
+    assert found["by_form_pairs"] == {"better_bare": 2, "worse_bare": 1, "same_form": 3}
+    metrics = report.judge_prompt_metrics(judged, groups)  # the pairwise accuracy's own count: 3 of 6
+    assert (sum(m["right_pairs"] for m in metrics), sum(m["pairs"] for m in metrics)) == (3, 6)
     line = [x for x in report.checking_lines({"M1": found}) if x.startswith("Checking or form")][0]
     assert "bare answer) and the worse is not (2 pairs), whose worse one is a single word and the better is not (1), and "\
-           "whose two are of one form (2)" in line and line.endswith(": M1 50.0 / 0.0 / 50.0.")
+           "whose two are of one form (3)" in line and line.endswith(": M1 50.0 / 0.0 / 66.7.")
 
 
 def test_checking_against_doing_by_hand(tmp_path):
