@@ -565,7 +565,8 @@ def checking_versus_doing(r, names, tests):
         invent = {True: [], False: []}  # per right / wrong response: is the verdict on its side of 4
         bare, bare_n, copies = {True: [], False: []}, {True: 0, False: 0}, []  # the same on bare words; copying
         yes_no = {True: [], False: []}  # per equal / differing written pair: is its yes/no true
-        for rec in read_jsonl(path):  # one record per EFT eval response, its judgments as sampled
+        records = read_jsonl(path)  # one record per EFT eval response, its judgments as sampled
+        for rec in records:
             task = toy.task_from_prompt(rec["prompt"])
             right = toy.grade({"prompt": rec["prompt"], "task": task}, rec["response"]) >= toy.RIGHT
             if task["kind"] == "invent":  # the verdict's side, scored as right or not
@@ -597,7 +598,7 @@ def checking_versus_doing(r, names, tests):
                     "answer": share(sum(answered.values(), [])), "follows": share(follows), "compares": share(compares),
                     "kinds": {k: (judged[k] if k == "invent" else share(judged[k]), share(answered[k]))
                               for k in toy.ALL_KINDS if answered[k]}}
-        by_form = judge_by_form(read_jsonl(path), groups) if groups else {}
+        by_form = judge_by_form(records, groups) if groups else {}
         found[n].update({k: share(v) for k, v in by_form.items()},
                         by_form_pairs={k: len(v) for k, v in by_form.items()})
         if "invent" in found[n]["kinds"]:

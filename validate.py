@@ -341,9 +341,9 @@ def check_loop(c, world):
         if toy_world and world_size is not None:  # (a validation set is drawn at an iteration's DPO stage)
             n_valid = c.n_valid if c.dpo_pick_every and c.iterations else 0
             needed = toy.tasks_needed(c.seed, c.n_ift, c.n_eft_train, c.n_eft_eval, c.n_test, n_valid)
-            p.require(needed <= world_size, "toy_kinds", f"holds {world_size:,} different tasks, and the seed "
-                      f"sets need {needed:,} (n_ift, the EFT train and eval groups, n_test"
-                      f"{', n_valid' * bool(n_valid)}): give smaller sizes or more kinds")
+            p.require(needed <= world_size, "toy_kinds", f"holds {world_size:,} different tasks, and the seed sets "
+                      f"need {needed:,} (n_ift, the EFT train and eval groups, n_test{', n_valid' * bool(n_valid)}): "
+                      f"give smaller sizes or more kinds")
     except ValueError as e:
         p.add(f"{p.shown('toy_kinds')}: {e}")
     try:
