@@ -171,6 +171,12 @@ def judged_by_prompt(judged, groups):
     return J.regroup(judged, [len(g["responses"]) for g in groups])
 
 
+def eft_eval_groups(r):
+    """The run's EFT eval groups (the judge's test set), or none where the seed has no such file."""
+    path = r.path("seed", "eft_eval.jsonl")
+    return read_jsonl(path) if os.path.exists(path) else []
+
+
 def judge_prompt_metrics(judged, groups):
     """judge.prompt_metrics of every EFT eval prompt that has an ordering:
     the judge's average scores against the ranks."""
@@ -207,7 +213,7 @@ def interval_rows(r, names, tests):
     test prompts for the answers (the toy world's graded ones, `tests`; none
     on real data), EFT eval prompts for the judge. One row per figure, one
     column per model."""
-    groups = read_jsonl(r.path("seed", "eft_eval.jsonl")) if os.path.exists(r.path("seed", "eft_eval.jsonl")) else []
+    groups = eft_eval_groups(r)
     with_interval = lambda values, weights=None: (  # (the figure, its interval); weights: a ratio's denominators
         float(np.mean(values)) if weights is None else sum(values) / sum(weights), bootstrap_interval(values, weights))
     grades = {n: np.array([x["grade"] for x in tests[n]], float) for n in names if n in tests}
@@ -556,7 +562,7 @@ def checking_versus_doing(r, names, tests):
     "invent_yes_no", "invent_yes_no_n": [equal, differing]}},
     kinds those with test prompts, in toy.ALL_KINDS' order."""
     found = {}
-    groups = read_jsonl(r.path("seed", "eft_eval.jsonl")) if os.path.exists(r.path("seed", "eft_eval.jsonl")) else []
+    groups = eft_eval_groups(r)
     for n in names:
         path = r.path("eval", f"{n}_judgments.jsonl")
         if n not in tests or not os.path.exists(path):
