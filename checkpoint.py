@@ -523,8 +523,13 @@ def save_model(model, path, tokenizer_path=None, dtype=None, max_shard_bytes=5 *
     tokenizer = None
     if tokenizer_path is not None:
         tokenizer = check_tokenizer(tokenizer_path, args, "saving a model")
+    if args.dim % args.n_heads:  # transformers' LlamaConfig refuses it (a head_dim set apart from dim)
+        raise ValueError(f"saving a model: dim {args.dim} is not a multiple of n_heads {args.n_heads}, which "
+                         f"transformers' LlamaConfig requires, so the checkpoint would not open there")
     params = dict(model.named_parameters())
     dtype = dtype or next(iter(params.values())).dtype
+    if dtype not in SAFETENSORS_DTYPES:
+        raise ValueError(f"saving a model: dtype {dtype} is none of {', '.join(map(str, SAFETENSORS_DTYPES))}")
     nbytes = {n: math.prod(p.shape) * dtype.itemsize for n, p in params.items()}
     shards, size = [[]], 0  # consecutive tensors, at most max_shard_bytes a file (or one larger tensor)
     for n in params:
@@ -571,6 +576,11 @@ def save_model(model, path, tokenizer_path=None, dtype=None, max_shard_bytes=5 *
             for file in tokenizer.files if tokenizer else []:  # a SentencePiece model is always tokenizer.model
                 name = "tokenizer.model" if file == tokenizer.model_path and tokenizer.sp else os.path.basename(file)
                 shutil.copyfile(file, os.path.join(folder, name))
+            if tokenizer and tokenizer.sp and not os.path.exists(os.path.join(folder, "tokenizer_config.json")):
+                # a SentencePiece model alone: say that a text begins with BOS, as encode(bos=True) here does
+                # (without this file transformers encodes without it)
+                with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+                    json.dump(sentencepiece_tokenizer_config(tokenizer), f, indent=2)
 
     if writing:
         write_folder_atomically(path, write)
@@ -578,6 +588,18 @@ def save_model(model, path, tokenizer_path=None, dtype=None, max_shard_bytes=5 *
         write(None)  # take part in the all-gathers, write nothing
     D.barrier()
     return path
+
+
+def sentencepiece_tokenizer_config(tokenizer):
+    """The tokenizer_config.json of a checkpoint whose tokenizer is a
+    SentencePiece model alone (Meta's Llama 2 download, the toy world's):
+    its special tokens by name, BOS first and no EOS, as our encode does.
+    No tokenizer_class: transformers 5 then reads the SentencePiece model as
+    it is, where its LlamaTokenizer would split runs of spaces differently."""
+    sp = tokenizer.sp
+    return {"add_bos_token": True, "add_eos_token": False,
+            "bos_token": sp.id_to_piece(tokenizer.bos_id), "eos_token": sp.id_to_piece(tokenizer.eos_id),
+            "unk_token": sp.id_to_piece(sp.unk_id())}
 
 
 def write_folder_atomically(path, write_into):

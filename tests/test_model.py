@@ -143,6 +143,18 @@ def test_fsdp_streaming_load_of_an_odd_vocabulary_equals_one_process(tmp_path):
     assert r.returncode == 0 and "FSDP_LOAD_OK" in r.stdout, r.stdout[-2000:] + r.stderr[-3000:]
 
 
+def test_save_refuses_what_transformers_cannot_open_before_writing(tmp_path):
+    """A head_dim set apart from a dim that n_heads does not divide (our
+    network runs it; transformers' LlamaConfig refuses it) and a dtype
+    safetensors has no name for here: a clear error, and no folder written."""
+    odd = ModelArgs(dim=64, n_layers=1, n_heads=6, n_kv_heads=2, head_dim=16, vocab_size=128, multiple_of=32)
+    with pytest.raises(ValueError, match="dim 64 is not a multiple of n_heads 6"):
+        save_model(Transformer(odd), tmp_path / "odd")
+    with pytest.raises(ValueError, match="dtype torch.float64"):
+        save_model(random_model(CONFIGS[0][1]), tmp_path / "f64", dtype=torch.float64)
+    assert os.listdir(tmp_path) == []
+
+
 def test_save_overwrites_atomically(tmp_path):
     model = random_model(CONFIGS[0][1])
     save_model(model, tmp_path / "ckpt")

@@ -313,6 +313,29 @@ def test_saved_checkpoint_carries_the_tokenizer_files_and_eos_ids(tmp_path, llam
     assert hf("the fox")["input_ids"] == tok.encode("the fox", bos=True)
 
 
+@pytest.mark.parametrize("which", ["toy", "llama2"])
+def test_a_saved_sentencepiece_checkpoint_encodes_as_ours_in_transformers(tmp_path, which, request):
+    """A checkpoint whose tokenizer is a SentencePiece model alone (the toy
+    world's, Meta's Llama 2): save_model writes a tokenizer_config.json that
+    says BOS comes first, so transformers encodes every text as encode(bos=True)
+    does, runs of spaces, newlines and accents included (without the file it
+    left BOS out of every text)."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("google.protobuf", reason="transformers reads a SentencePiece model through protobuf")
+    from checkpoint import save_model
+    from model import ModelArgs, Transformer
+    path = request.getfixturevalue("toy_tokenizer_path" if which == "toy" else "llama_tokenizer_path")
+    tok = Tokenizer(path)
+    save_model(Transformer(ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=tok.vocab_size, multiple_of=16)),
+               tmp_path / "ckpt", tokenizer_path=path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "ckpt")
+    texts = ["the quick brown fox", "  two  spaces,  twice.  ", "a line\nand another\n\n", "Grüße, naïve café: 12 + 30 = 42",
+             "Reverse the word 'ZOMINO'."]
+    for text in texts:
+        assert hf.encode(text) == tok.encode(text, bos=True), text
+        assert hf.decode(hf.encode(text, add_special_tokens=False)) == tok.decode(tok.encode(text)), text
+
+
 def test_a_tiktoken_vocabulary_is_named_and_a_tokenizer_json_beside_it_used(tmp_path, llama3_style, toy_tokenizer_path):
     """Meta's own Llama 3 download names its tiktoken vocabulary tokenizer.model:
     not read as SentencePiece (a parse error with no setting or fix named), but
