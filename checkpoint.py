@@ -702,19 +702,32 @@ def gguf_problems(reader):
     return problems
 
 
+def earlier_conversion(folder):
+    """Does folder hold nothing but what gguf_to_hf writes (an empty folder
+    too)? Only such a folder may be replaced by another conversion."""
+    written = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "chat_template.jinja", "model.safetensors", "model.safetensors.index.json")
+    return os.path.isdir(folder) and all(
+        f in written or re.fullmatch(r"model-\d+-of-\d+\.safetensors", f) for f in os.listdir(folder))
+
+
 def gguf_to_hf(gguf_path, out):
     """A GGUF checkpoint written to folder `out` in the Hugging Face layout
     (config.json, model.safetensors, the tokenizer's files and chat template).
     transformers reads GGUF, dequantizing to fp32 (a Q4_1 file gives Q4_1's
     values, not the hub's weights), with the `gguf` package, but will not save a
     model it read from GGUF: its weights go into a plain LlamaForCausalLM first.
-    What it would read wrongly is refused first (gguf_problems). Small models
-    only: the whole model is held in memory. Returns (transformers model,
+    What it would read wrongly is refused first (gguf_problems), and so is an
+    `out` holding anything but an earlier conversion (the folder is replaced
+    whole). Small models only: the whole model is held in memory. Returns (transformers model,
     transformers tokenizer)."""
     import gguf
     import torch
     import transformers  # (requirements-test.txt, with gguf and accelerate)
     from tokenizers import pre_tokenizers
+    if os.path.exists(out) and not earlier_conversion(out):  # the folder is replaced whole: refuse before any work
+        raise FileExistsError(f"--out={out} exists and holds files other than a converted checkpoint's; not "
+                              f"replacing it: give another --out, or move it away first")
     reader = gguf.GGUFReader(gguf_path)
     if problems := gguf_problems(reader):
         raise ValueError(f"{gguf_path}: " + "; ".join(problems))

@@ -768,6 +768,9 @@ def check(c):
                 # the answers must not replace the prompts they answer
                 same = os.path.exists(c.prompts_file) and os.path.samefile(c.out, c.prompts_file)
                 p.require(not same, "out", "is --prompts_file itself: give the answers a file of their own")
+            # nor the model that writes them (a checkpoint's own file, replaced when the run ends)
+            p.require(not (c.ckpt and os.path.isdir(c.ckpt) and validate.within(c.out, c.ckpt)), "out",
+                      f"is inside --ckpt={c.ckpt}, the model this run reads: give the answers a file outside it")
         p.jsonl("prompts_file", c.prompts_file, no_room, ["prompt"])
     p.at_least("max_new_tokens", 1)
     p.at_least("temperature", 0)

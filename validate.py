@@ -561,6 +561,9 @@ def check_training(c, world, fields, script, check_record=None):
     if "template" in vars(c):  # SFT's
         p.require(c.template in ("chat", "text"), "template", "must be 'chat' or 'text'")
     p.writable_folder("out_dir", c.out_dir)
+    p.require(not os.path.isfile(os.path.join(c.out_dir, "settings.json")), "out_dir",
+              "is a selfreward.py run folder (it holds settings.json): this trainer would replace the run's "
+              "metrics.jsonl; give the trainer a folder of its own")
     from training import FILE_SETTINGS  # (the trainer's input files; imported here: training imports this module)
     written = [os.path.join(c.out_dir, x) for x in ("model", "state", "checkpoints")]  # (what the trainer replaces)
     for s in FILE_SETTINGS:

@@ -1006,6 +1006,29 @@ def test_a_file_that_is_not_gguf_is_refused_with_a_message(tmp_path):
         assert not (tmp_path / "out").exists()
 
 
+def test_a_gguf_conversion_replaces_only_an_earlier_conversion(tmp_path):
+    """python checkpoint.py --from_gguf=FILE --out=FOLDER replaces FOLDER whole:
+    a folder holding anything else (a run, a model with its own tokenizer, notes)
+    is refused before any work, and left as it was; one holding only what a
+    conversion writes (or nothing) may be replaced."""
+    pytest.importorskip("gguf")
+    from checkpoint import earlier_conversion
+    (tmp_path / "junk.gguf").write_text("junk")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    (tmp_path / "mine" / "config.json").write_text("{}")
+    r = subprocess.run([sys.executable, "checkpoint.py", f"--from_gguf={tmp_path / 'junk.gguf'}",
+                        f"--out={tmp_path / 'mine'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"--out={tmp_path / 'mine'} exists and holds files other than a converted checkpoint's" in r.stderr
+    assert sorted(os.listdir(tmp_path / "mine")) == ["config.json", "notes.txt"]
+    (tmp_path / "mine" / "notes.txt").unlink()
+    (tmp_path / "mine" / "model-00001-of-00002.safetensors").write_text("")
+    assert earlier_conversion(tmp_path / "mine") and not earlier_conversion(tmp_path / "junk.gguf")
+    (tmp_path / "mine" / "tokenizer.model").write_text("")  # (a SentencePiece checkpoint: not what it writes)
+    assert not earlier_conversion(tmp_path / "mine")
+
+
 def test_matching_tokenizer_is_copied_and_checked(tmp_path, toy_tokenizer_path):
     from tokenizer import Tokenizer
     n = Tokenizer(toy_tokenizer_path).vocab_size

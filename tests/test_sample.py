@@ -496,6 +496,9 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
             ('{"prompt": "fine"}\n{"prompt": " "}\n', [], "in.jsonl:2: empty prompt: nothing to answer"),
             ('{"prompt": "fine"}\n', [f"--out={inp}"], "is --prompts_file itself: give the answers a file of their own"),
             ('{"prompt": "fine"}\n', [f"--out={tmp_path / 'link.jsonl'}"], "is --prompts_file itself"),  # a hard link
+            # nor a file of the model it reads (its weights were replaced when the run ended)
+            ('{"prompt": "fine"}\n', [f"--out={tmp_path / 'ckpt' / 'model.safetensors'}"],
+             f"is inside --ckpt={tmp_path / 'ckpt'}, the model this run reads"),
             # --out with one --prompt (its answer goes to stdout), and several samples at temperature 0 (argv's)
             ('{"prompt": "fine"}\n', ["--prompts_file=", "--prompt=fine"], "': goes with --prompts_file"),
             ('{"prompt": "fine"}\n', ["--num_samples=3"], "num_samples = 3: at temperature 0 every sample is the one"),

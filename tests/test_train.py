@@ -1788,6 +1788,13 @@ def test_trainers_refuse_an_unreadable_tokenizer_a_bad_save_dtype_or_out_dir_and
     with pytest.raises(validate.BadInput, match=rf"init_from = '{tmp_path / 'run' / 'model'}': is inside "
                                                 rf"{tmp_path / 'run'}'s model/, state/ or checkpoints/"):
         validate.check_training(c, 1, [], "train_dpo.py")
+    # out_dir a selfreward.py run folder: the trainer's metrics.jsonl replaced the run's
+    (tmp_path / "loop").mkdir()
+    (tmp_path / "loop" / "settings.json").write_text("{}")
+    c = configurator.settings(train_sft.DEFAULTS, {"init_from": str(work / "ckpt"), "data": str(work / "sft.jsonl"),
+                                                   "out_dir": str(tmp_path / "loop")})
+    with pytest.raises(validate.BadInput, match=rf"out_dir = '{tmp_path / 'loop'}': is a selfreward.py run folder"):
+        validate.check_training(c, 1, [], "train_sft.py")
 
 
 def test_a_bad_eval_data_file_or_a_none_or_a_device_or_dtype_torch_lacks_is_refused_before_any_work(
