@@ -483,9 +483,11 @@ def mixes_right_and_wrong(prompt, candidates):
 
 def meta_judge_diagnostics(r, t):
     """Meta-Rewarding only (else None): iteration t's meta-judgments, how
-    many carry a verdict, and how many judge pairs the pairs stage kept."""
+    many carry a verdict, and how many judge pairs the pairs stage kept.
+    A run with meta_judge off has none, whatever an earlier run with it on
+    left in the folder."""
     path = r.path(f"iter{t}", "meta_judgments.jsonl")
-    if not os.path.exists(path):
+    if not r.settings.get("meta_judge") or not os.path.exists(path):
         return None
     recs = read_jsonl(path)
     battles = [b for x in recs for b in x["battles"]]
@@ -928,9 +930,11 @@ def grader_inside(settings):
     return "used inside the loop by " + "; ".join(inside) if inside else "never used inside the loop"
 
 
-def write_report(r, names, infos, run_name, iterations):
+def write_report(r, names, infos, run_name, iterations, stages_of_run=None):
     """Tabulate every model's evaluation into out/<run>/report.md (and metrics.jsonl).
-    names: the models in order; infos: each model's evaluation stage info."""
+    names: the models in order; infos: each model's evaluation stage info;
+    stages_of_run: the names of the stages this run has (the loop's), whose
+    records in done/ the report reads (None: every record there)."""
     tests = {n: read_jsonl(r.path("eval", f"{n}_test.jsonl")) for n in names
              if os.path.exists(r.path("eval", f"{n}_test.jsonl"))}
     graded = len(tests) == len(names)  # the toy world's grader graded every model
@@ -942,10 +946,11 @@ def write_report(r, names, infos, run_name, iterations):
             m["intervals"] = intervals[m["model"]]
         if m["model"] in checking:
             m["checking"] = checking[m["model"]]
-    stages = {}
-    for f in sorted(os.listdir(r.path("done"))):
-        with open(r.path("done", f)) as fh:
-            stages[f] = json.load(fh)
+    stages = {}  # the records in done/ of this run's stages (stages_of_run; None: all), not of stages an
+    for f in sorted(os.listdir(r.path("done"))):  # earlier command had and this one has not (Meta-Rewarding's)
+        if stages_of_run is None or f in stages_of_run:
+            with open(r.path("done", f)) as fh:
+                stages[f] = json.load(fh)
     total = sum(s.get("seconds", 0) for s in stages.values())
     missing = left_out(r, names, stages, iterations)
     for path, what in missing:

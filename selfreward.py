@@ -280,7 +280,10 @@ STAGE_SETTINGS = {
             "rpo_alpha", "dropout", "dpo_pick_every"],
     "DPO+pick": ["n_valid", "toy_kinds", "max_response_tokens"],  # only with dpo_pick_every (run_stages adds them)
     "eval": ["seed", "dtype", "chat_template", "eval_judge", "eval_prompts", "mt_bench", "max_response_tokens",
-             "n_judge", "temperature", "top_p", "max_judge_tokens", "rouge_threshold"],
+             "n_judge", "temperature", "top_p", "max_judge_tokens"],
+    # ... and only with a benchmark's prompts (eval_prompts or mt_bench: run_stages adds it), how many of them
+    # the loop's own prompts came near (without one it changes nothing, so changing it redoes no evaluation)
+    "eval+benchmarks": ["rouge_threshold"],
     # Meta-Rewarding's: these count only when meta_judge is on (run_stages adds them): without it
     # they change nothing computed, so changing them redoes nothing. meta_judge itself is listed
     # above, on or off: turning it off must redo what it made. (A setting that is new to a list
@@ -1497,9 +1500,11 @@ def run_stages(c, r):
                 temporary=temporary(f"M{t + 1}") + checkpoints(f"M{t + 1}"), outputs=[r.path(f"M{t + 1}")])
     names = ["SFT"] + [f"M{t}" for t in range(1, c.iterations + 2)]
     eval_files = [f for f in (c.eval_prompts, c.mt_bench) if f]
-    infos = {n: r.stage(f"eval_{n}", partial(stage_eval, c, r, n, r.path(n)), uses=S["eval"], files=eval_files,
+    benchmarks = S["eval+benchmarks"] if eval_files else []
+    infos = {n: r.stage(f"eval_{n}", partial(stage_eval, c, r, n, r.path(n)), uses=S["eval"] + benchmarks,
+                        files=eval_files,
                         after=[n, "seed_data"], outputs=eval_outputs(c, r, n)) for n in names}
-    r.stage("report", lambda: report.write_report(r, names, infos, c.run_name, c.iterations),
+    r.stage("report", lambda: report.write_report(r, names, infos, c.run_name, c.iterations, list(r.fingerprints)),
             after=[f"eval_{n}" for n in names], outputs=[r.path("report.md")])
     r.remake_if_gone("report", "the run's last line")  # (which prints its table)
 

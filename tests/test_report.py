@@ -1,5 +1,6 @@
 """report.py's statistics and the loop's diagnostics, against values worked
 out by hand on small inputs."""
+import json
 import os
 import shutil
 import subprocess
@@ -15,8 +16,8 @@ import report
 from data import write_jsonl
 
 
-def run_folder(tmp_path):
-    return types.SimpleNamespace(path=lambda *parts: os.path.join(tmp_path, *parts))
+def run_folder(tmp_path, settings=None):
+    return types.SimpleNamespace(path=lambda *parts: os.path.join(tmp_path, *parts), settings=settings or {})
 
 
 def test_the_report_names_the_outputs_it_cannot_find(tmp_path):
@@ -618,8 +619,10 @@ def test_checking_against_doing_by_hand(tmp_path):
 
 def test_meta_rewarding_diagnostics_by_hand(tmp_path):
     """Judge pairs (Meta-Rewarding) are graded apart from the actor's: is the
-    chosen judgment's score closer to the response's true grade?"""
-    r = run_folder(tmp_path)
+    chosen judgment's score closer to the response's true grade? And the
+    meta-judgments are counted in a run with meta_judge on only (not from an
+    earlier run's file left in a folder run again with it off)."""
+    r = run_folder(tmp_path, {"meta_judge": True})
     q = "Reverse the word 'ABC'."
     judge_pair = lambda response, chosen, rejected: {"prompt": "judge prompt", "chosen": "c", "rejected": "r",
                                                      "kind": "judge", "instruction": q, "response": response,
@@ -642,6 +645,7 @@ def test_meta_rewarding_diagnostics_by_hand(tmp_path):
         {"battles": [{"winner": "A"}, {"winner": None}]}, {"battles": [{"winner": "B"}, {"winner": "B"}]}])
     assert report.meta_judge_diagnostics(r, 1) == {"responses": 2, "meta_judgments": 4, "with_verdict": 3,
                                                    "judge_pairs": 4}
+    assert report.meta_judge_diagnostics(run_folder(tmp_path, {"meta_judge": False}), 1) is None
     write_jsonl(tmp_path / "iter1" / "pairs.jsonl", [{"prompt": q, "chosen": "CBA", "rejected": "ABC"}])
     assert report.judge_pair_verdicts(r, 1) is None  # a plain run's pairs
 
@@ -816,6 +820,21 @@ def test_without_a_judge_no_judge_panel_is_drawn_or_claimed(tmp_path):
     assert "mean grade (0-5)" in texts and "judge pairwise accuracy %" not in texts
     # one panel's width, not two panels' with the second left blank
     assert ET.parse(tmp_path / "report.svg").getroot().get("width") == "420"
+
+
+def test_the_stage_time_counts_this_runs_stages_only(tmp_path):
+    """A stage an earlier command had and this one has not (Meta-Rewarding's
+    meta-judgments, turned off) leaves its record in done/: the report's
+    stage time in all leaves it out when the loop names its stages."""
+    r = report_folder(tmp_path, {"seed_data": "toy", "n_judge": 3})
+    write_jsonl(tmp_path / "eval" / "M1_test.jsonl", [{"prompt": "p", "grade": 3, "response": "a"}])
+    os.makedirs(tmp_path / "done", exist_ok=True)
+    for stage, seconds in (("M1", 60), ("eval_M1", 30), ("iter1_meta_judgments", 600)):
+        (tmp_path / "done" / stage).write_text(json.dumps({"seconds": seconds}))
+    report.write_report(r, ["M1"], {}, "x", 0, ["M1", "eval_M1", "report"])
+    assert "- stage time in all: 1.5 min" in open(tmp_path / "report.md").read()
+    report.write_report(r, ["M1"], {}, "x", 0)  # (called alone: every record)
+    assert "- stage time in all: 11.5 min" in open(tmp_path / "report.md").read()
 
 
 def test_a_report_without_grades_leaves_no_figure_behind(tmp_path):

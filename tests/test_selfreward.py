@@ -747,7 +747,8 @@ def test_stages_declare_every_setting_they_read():
         return names & set(S.DEFAULTS) - S.RUNTIME_SETTINGS
 
     ST = S.STAGE_SETTINGS  # a "+meta" list counts only with Meta-Rewarding on, "+coin" with pair_by='coin',
-    #                        "+pick" with dpo_pick_every, "+judge" without eft_judgments (run_stages adds them)
+    #                        "+pick" with dpo_pick_every, "+judge" without eft_judgments, "+benchmarks" with
+    #                        eval_prompts or mt_bench (run_stages adds them)
     kinds = {S.stage_seed_data: ["seed_data", *ST["toy seed"]],
              S.stage_tokenizer: "tokenizer",
              S.stage_pretrain: "M0", S.stage_sft_baseline: "SFT",
@@ -758,14 +759,16 @@ def test_stages_declare_every_setting_they_read():
              S.stage_pairs: [*ST["pairs"], *ST["pairs+coin"]],
              S.stage_pairs_meta: [*ST["pairs"], *ST["pairs+meta"], *ST["pairs+coin"]],
              S.stage_dpo: [*ST["DPO"], *ST["DPO+pick"]],
-             S.stage_eval: "eval"}
+             S.stage_eval: [*ST["eval"], *ST["eval+benchmarks"]]}
     for f, kind in kinds.items():
         declared = set(kind if isinstance(kind, list) else S.STAGE_SETTINGS[kind])
         assert reads(f.__code__, set()) <= declared, f.__name__
     # a setting that switches a "+meta" or "+coin" list on is read whether it is on or off, so the
     # stage lists it either way: else turning it off would reuse what was made with it on
     switches = {"meta_judge", "pair_by", "dpo_pick_every", "eft_judgments"}
+    switches |= {"eval_prompts", "mt_bench"}
     always = {S.stage_tokenizer: ST["tokenizer"], S.stage_m1: [*ST["SFT"], *ST["M1"]], S.stage_pairs: ST["pairs"],
+              S.stage_eval: ST["eval"],
               S.stage_eft_targets: ST["eft_targets"],
               S.stage_pairs_meta: ST["pairs"], S.stage_dpo: ST["DPO"]}
     for f, names in always.items():
@@ -2292,6 +2295,12 @@ def test_a_dry_run_says_what_a_changed_command_would_redo_and_touches_nothing(mi
     assert said[0] == "would run M2 (again: dpo_beta 0.1 -> 0.2)" and stages_run(r.stdout) == []
     assert "nothing was run or written" in r.stdout and not any("eval_M1" in line for line in said)
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+    # the near-duplicate filter's threshold: the new prompts and what follows them, not the evaluation of the
+    # models made before them (it counts only a benchmark's prompts near the loop's, and the toy world has none)
+    refiltered = [line for line in run_loop(tmp_path, rouge_threshold=0.98, dry_run=True).stdout.splitlines()
+                  if line.startswith("would run ")]
+    assert refiltered[0] == "would run iter1_prompts (again: rouge_threshold 0.99 -> 0.98)", refiltered
+    assert not any(stage in line for line in refiltered for stage in ("eval_SFT", "eval_M1 ")), refiltered
     with open(run / ".lock", "a+") as held:  # while another job writes the folder, the dry run says so
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.truncate(0)
