@@ -205,7 +205,9 @@ def write_mt_bench(path, records):
 
 
 def mean_length(texts):
-    """Mean length in characters (what AlpacaEval reports as avg_length), or None."""
+    """Mean length in characters, or None. (The loop passes the answers a
+    model gave: AlpacaEval's own avg_length also counts each "ERROR" written
+    for a prompt too long to answer, and rounds down.)"""
     texts = list(texts)
     return sum(map(len, texts)) / len(texts) if texts else None
 

@@ -20,6 +20,7 @@ the stage infos in done/); this file only tabulates them.
 import json
 import math
 import os
+import shlex
 from collections import Counter
 
 import numpy as np
@@ -126,7 +127,8 @@ def real_rows(names, infos):
     rows, metrics = [], []
     header = ("| model | judge coverage % (judgments with a score) | judge pairwise acc % | 5-best % | "
               "exact match % | Spearman | Kendall tau | too long to judge | AlpacaEval answers (too long) | "
-              "AlpacaEval avg length (chars) | MT-Bench answers (too long) | MT-Bench avg length (chars) |")
+              "AlpacaEval avg length (chars, of the answers given) | MT-Bench answers (too long) | "
+              "MT-Bench avg length (chars, of the answers given) |")
     rows += [header, "|" + "---|" * (header.count("|") - 1)]
     for n in names:
         info = infos.get(n, {})
@@ -868,7 +870,7 @@ def external_judges(infos):
     lines = ["Answers for external judges" + (" (and how many of the benchmark's questions each model was trained "
              "on, the same text or a near duplicate by the prompt filter's ROUGE-L: scores on those questions "
              "are not held out)" if counted else "") + ":", ""]
-    lines += [f"- AlpacaEval: `{a['path']}` (`alpaca_eval --model_outputs={a['path']}`){trained_on(a)}" + (
+    lines += [f"- AlpacaEval: `{a['path']}` (`alpaca_eval --model_outputs={shlex.quote(a['path'])}`){trained_on(a)}" + (
         f"; {a['too_long']} prompts too long for the context, answered \"ERROR\" (scored as answers)"
         if a.get("too_long") else "") for a in alpaca]
     if mt:
@@ -880,7 +882,7 @@ def external_judges(infos):
         lines.append(f"  (FastChat: copy `{folder}/*.jsonl` into `fastchat/llm_judge/data/mt_bench/model_answer/` "
                      f"(`mkdir -p` it: a fresh clone has none), then in `fastchat/llm_judge`: "
                      f"`python gen_judgment.py --model-list "
-                     f"{' '.join(os.path.basename(m['path'])[:-len('.jsonl')] for m in mt)}`)")
+                     f"{' '.join(shlex.quote(os.path.basename(m['path'])[:-len('.jsonl')]) for m in mt)}`)")
     return lines + [""]
 
 

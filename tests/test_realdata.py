@@ -409,6 +409,12 @@ def test_report_for_real_data_has_no_toy_columns(tmp_path):
     assert "it counts as 0 in their means" in text and "(prompts without one: SFT 2, M1 2, M2 2)" in text
     assert "`out/x/eval/mt_bench/model_answer/x-SFT.jsonl`" in text and "--model-list x-SFT x-M1 x-M2" in text
     assert "stage time in all: 5.0 min" in text
+    # a run name with a space: the commands to paste quote the paths and model names (FastChat read two models)
+    spaced = "\n".join(report.external_judges({"M1": {
+        "alpaca_eval": {"path": "out/my run/eval/alpaca_eval/my run-M1/model_outputs.json", "answered": 1, "too_long": 0},
+        "mt_bench": {"path": "out/my run/eval/mt_bench/model_answer/my run-M1.jsonl", "answered": 1, "too_long": 0}}}))
+    assert "`alpaca_eval --model_outputs='out/my run/eval/alpaca_eval/my run-M1/model_outputs.json'`" in spaced
+    assert "--model-list 'my run-M1'`" in spaced
     records = [json.loads(line)["eval"] for line in open(r.path("metrics.jsonl")) if '"eval"' in line]
     assert [m["model"] for m in records] == names and records[0]["alpaca_eval"]["answered"] == 5
 
