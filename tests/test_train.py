@@ -366,7 +366,7 @@ def test_sft_trains_and_saves_hf_layout(sft_single, work):
         rec = json.loads(f.readline())
     assert {"loss", "lr", "tokens_per_s", "mfu", "grad_norm"} <= rec.keys()
     out = sft_single / "model"
-    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer.model"]
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer.model", "tokenizer_config.json"]
     trained = load_model(str(out))
     assert max_weight_diff(out, work / "ckpt") > 1e-4  # it did train
     assert trained.args.vocab_size == Tokenizer(str(out / "tokenizer.model")).vocab_size
