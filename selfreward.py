@@ -1223,13 +1223,19 @@ def stage_eval(c, r, name, path):
     test_file = r.path("seed", "test.jsonl")
     if os.path.exists(test_file):  # the toy world: held-out prompts answered greedily (all short: none skipped)
         part(test_out, lambda: answer_and_grade(c, net, tok, read_jsonl(test_file)), write_jsonl, read_jsonl)
+    # Every model draws the same random numbers (common random numbers: one seed for all, not one a model), so
+    # that two models' sampled judgments, or MT-Bench answers, differ where the models differ, not because they
+    # drew other numbers: with a seed of its own a model, the toy judge's accuracy moved up to 1.9 points with
+    # the draws alone, more than the models differed (STUDIES.md, "The judge's dip at M2 was its draws"). The
+    # seed is the one M1 had when each model had its own, so M1's figures of earlier runs still hold.
+    common_seed = lambda what: sub_seed(c.seed, what, "M1")
     if c.eval_judge:  # the model as a judge, against the human (toy: grader) ranks of the EFT eval set
         groups = read_jsonl(r.path("seed", "eft_eval.jsonl"))
         # every response of every group, judged as one flat list (what judge_groups does, kept flat: the
         # file holds one judgment record a response), then cut back into the groups
         every = part(judge_out, lambda: J.judge(net, tok, [g["prompt"] for g in groups for _ in g["responses"]],
                                                 [x for g in groups for x in g["responses"]],
-                                                **judge_settings(c, sub_seed(c.seed, "eval judge", name))),
+                                                **judge_settings(c, common_seed("eval judge"))),
                      write_jsonl, read_jsonl)
         judged = J.regroup(every, [len(g["responses"]) for g in groups])
         info["judge"] = J.reward_metrics([[j["score"] for j in mine] for mine in judged],
@@ -1255,7 +1261,7 @@ def stage_eval(c, r, name, path):
     if c.mt_bench:
         questions = E.read_mt_bench(c.mt_bench)
         recs = part(mt_out, lambda: E.answer_mt_bench(net, tok, questions, model_id, c.max_response_tokens,
-                                                      seed=sub_seed(c.seed, "mt_bench", name), **sample_kw),
+                                                      seed=common_seed("mt_bench"), **sample_kw),
                     E.write_mt_bench, read_jsonl)
         turns = [x["choices"][0]["turns"] for x in recs]  # every question: a turn with no room is E.NO_ROOM
         skipped = E.unanswered(recs)

@@ -182,6 +182,33 @@ def test_a_writer_whose_tasks_never_end_is_told_which_setting_to_raise(tmp_path,
     assert "or raise max_prompt_tokens (4)." in capsys.readouterr().err
 
 
+def test_every_model_is_evaluated_with_the_same_random_numbers(tmp_path, monkeypatch, tok):
+    """The judge's samples and the MT-Bench answers draw the same numbers for
+    every model (common random numbers): a difference between two models'
+    figures is then the models', not their draws' (with a seed a model, M1's
+    judge accuracy moved 1.9 points across the draws of M1, M2 and M3)."""
+    use_model(monkeypatch, tok, 256)
+    r = run_folder(tmp_path)
+    write_jsonl(r.path("seed", "eft_eval.jsonl"), [{"prompt": SHORT, "responses": ["a", "b"], "ranks": [0, 1]}])
+    write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": "Name a fruit.", "response": "Apple."}])
+    write_jsonl(r.path("seed", "eft_train.jsonl"), [{"prompt": "say  HI.", "responses": ["a", "b"], "ranks": [0, 1]}])
+    write_jsonl(tmp_path / "mt.jsonl", [{"question_id": 1, "turns": [SHORT, "Again."]}])
+    seeds = {}
+    real_judge, real_mt = S.J.judge, S.E.answer_mt_bench
+    monkeypatch.setattr(S.J, "judge", lambda *a, **kw: seeds.setdefault("judge", []).append(kw["seed"]) or
+                        real_judge(*a, **kw))
+    monkeypatch.setattr(S.E, "answer_mt_bench", lambda *a, **kw: seeds.setdefault("mt", []).append(kw["seed"]) or
+                        real_mt(*a, **kw))
+    c = settings(mt_bench=str(tmp_path / "mt.jsonl"), run_name="crn")
+    for name in ("SFT", "M1"):
+        S.stage_eval(c, r, name, name)
+    assert len(seeds["judge"]) == len(seeds["mt"]) == 2
+    assert len(set(seeds["judge"])) == len(set(seeds["mt"])) == 1 and seeds["judge"] != seeds["mt"]
+    # M1's own seed from when each model had one: M1's figures of runs made before this hold
+    assert (seeds["judge"][0], seeds["mt"][0]) == (S.sub_seed(c.seed, "eval judge", "M1"),
+                                                   S.sub_seed(c.seed, "mt_bench", "M1"))
+
+
 def test_evaluation_counts_long_inputs_and_keeps_every_benchmark_question(tmp_path, monkeypatch, tok):
     ctx = len(judge_prompt_ids(tok, SHORT, "a")) + 8
     use_model(monkeypatch, tok, ctx)
