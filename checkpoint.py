@@ -50,7 +50,7 @@ import distributed as D
 from data import sync_to_disk
 from model import (LLAMA3_VOCAB, LLAMA31_ROPE, LLAMA32_ROPE, PRESETS, ROPE_SCALING_KEYS, ModelArgs, ffn_width,
                    preset)
-from tokenizer import Tokenizer
+from tokenizer import HF_TOKENIZER_FILES, Tokenizer
 
 # -----------------------------------------------------------------------------
 # Names and the rotary permutation
@@ -705,8 +705,7 @@ def gguf_problems(reader):
 def earlier_conversion(folder):
     """Does folder hold nothing but what gguf_to_hf writes (an empty folder
     too)? Only such a folder may be replaced by another conversion."""
-    written = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-               "special_tokens_map.json", "chat_template.jinja", "model.safetensors", "model.safetensors.index.json")
+    written = ("config.json", "model.safetensors", "model.safetensors.index.json", *HF_TOKENIZER_FILES)
     return os.path.isdir(folder) and all(
         f in written or re.fullmatch(r"model-\d+-of-\d+\.safetensors", f) for f in os.listdir(folder))
 
