@@ -1225,7 +1225,7 @@ def stage_eval(c, r, name, path):
         part(test_out, lambda: answer_and_grade(c, net, tok, read_jsonl(test_file)), write_jsonl, read_jsonl)
     # Every model draws the same random numbers (common random numbers: one seed for all, not one a model), so
     # that two models' sampled judgments, or MT-Bench answers, differ where the models differ, not because they
-    # drew other numbers: with a seed of its own a model, the toy judge's accuracy moved up to 1.9 points with
+    # drew other numbers: with a seed of its own a model, the toy judge's accuracy moved up to 2 points with
     # the draws alone, more than the models differed (STUDIES.md, "The judge's dip at M2 was its draws"). The
     # seed is the one M1 had when each model had its own, so M1's figures of earlier runs still hold.
     common_seed = lambda what: sub_seed(c.seed, what, "M1")

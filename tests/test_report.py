@@ -828,7 +828,6 @@ def test_the_stage_time_counts_this_runs_stages_only(tmp_path):
     stage time in all leaves it out when the loop names its stages."""
     r = report_folder(tmp_path, {"seed_data": "toy", "n_judge": 3})
     write_jsonl(tmp_path / "eval" / "M1_test.jsonl", [{"prompt": "p", "grade": 3, "response": "a"}])
-    os.makedirs(tmp_path / "done", exist_ok=True)
     for stage, seconds in (("M1", 60), ("eval_M1", 30), ("iter1_meta_judgments", 600)):
         (tmp_path / "done" / stage).write_text(json.dumps({"seconds": seconds}))
     report.write_report(r, ["M1"], {}, "x", 0, ["M1", "eval_M1", "report"])

@@ -765,8 +765,7 @@ def test_stages_declare_every_setting_they_read():
         assert reads(f.__code__, set()) <= declared, f.__name__
     # a setting that switches a "+meta" or "+coin" list on is read whether it is on or off, so the
     # stage lists it either way: else turning it off would reuse what was made with it on
-    switches = {"meta_judge", "pair_by", "dpo_pick_every", "eft_judgments"}
-    switches |= {"eval_prompts", "mt_bench"}
+    switches = {"meta_judge", "pair_by", "dpo_pick_every", "eft_judgments", "eval_prompts", "mt_bench"}
     always = {S.stage_tokenizer: ST["tokenizer"], S.stage_m1: [*ST["SFT"], *ST["M1"]], S.stage_pairs: ST["pairs"],
               S.stage_eval: ST["eval"],
               S.stage_eft_targets: ST["eft_targets"],
@@ -2300,7 +2299,7 @@ def test_a_dry_run_says_what_a_changed_command_would_redo_and_touches_nothing(mi
     refiltered = [line for line in run_loop(tmp_path, rouge_threshold=0.98, dry_run=True).stdout.splitlines()
                   if line.startswith("would run ")]
     assert refiltered[0] == "would run iter1_prompts (again: rouge_threshold 0.99 -> 0.98)", refiltered
-    assert not any(stage in line for line in refiltered for stage in ("eval_SFT", "eval_M1 ")), refiltered
+    assert not {"eval_SFT", "eval_M1"} & {line.split()[2] for line in refiltered}, refiltered
     with open(run / ".lock", "a+") as held:  # while another job writes the folder, the dry run says so
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.truncate(0)
