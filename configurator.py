@@ -22,9 +22,10 @@ them (files apply first, in their order; the value is read with
 ast.literal_eval, and a bare
 word is taken as a string; a setting whose default is a string takes the
 text as it is, but for None and quotes around it). A key that does not
-exist, or a value of another type than the default (a list too), is an
-error that lists what exists; None passes here for any setting, and
-validate.no_none refuses it where a script cannot take it. `--help`
+exist is an error that lists the valid settings, a value of another type
+than the default (a list too) one that names the default's type; None
+passes here for any setting, and validate.Problems.no_none refuses it where
+a script cannot take it. `--help`
 prints every setting with its default and comment.
 """
 import ast

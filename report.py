@@ -890,9 +890,11 @@ def left_out(r, names, stages, iterations):
     """The files that finished stages wrote and this report reads, where they
     are gone (deleted after the run, or a run folder copied without them),
     each with what of the report it feeds: the report names them instead of
-    quietly leaving those parts out. A stage is not redone for a missing
-    output (a deleted 70B checkpoint would be retrained on every rerun);
-    deleting its done/ record redoes it."""
+    quietly leaving those parts out. The report does not redo a stage for a
+    file it reads: Run.stage makes a gone output again only for a stage that
+    needs it to run (before the report, the evaluation's files), so a deleted
+    70B checkpoint is not retrained for a report; deleting a stage's done/
+    record redoes it."""
     toy_world = r.settings.get("seed_data") == "toy"
     expected = []
     if any(stages.get(f"eval_{n}", {}).get("judge") for n in names):
@@ -973,7 +975,8 @@ def write_report(r, names, infos, run_name, iterations, stages_of_run=None):
              + ("The judge columns are each model's reward-model metrics on the EFT eval set against the human "
                 "rankings (judgments averaged per response; coverage counts single judgments)" if judged else
                 no_judge[0].upper() + no_judge[1:])
-             + "; answers for AlpacaEval and MT-Bench are greedy, to be judged by external judges.")
+             + "; answers for AlpacaEval are greedy and MT-Bench's are sampled at each category's FastChat "
+               "temperature, to be judged by external judges.")
     ties = "" if not judged else (
         " A prompt has no Spearman or Kendall correlation where fewer than two of its responses got a score, or "
         "the scored ones' scores or their ranks are all alike; it counts as 0 in their means, and a model with "

@@ -89,7 +89,7 @@ out_root = "out"            # where run folders live
 seed = 1337                 # everything random derives from this
 # seed data and M0
 seed_data = "toy"           # 'toy' (generated), or a folder with ift.jsonl, eft_train.jsonl, eft_eval.jsonl
-init_from = "scratch"       # M0: 'scratch' pretrains a toy base model; else a checkpoint folder (HF layout)
+init_from = "scratch"       # M0: 'scratch' pretrains a toy base model; else a checkpoint folder (HF or Meta layout)
 model = "toy-small"         # preset when init_from='scratch' (and the shape --plan_only plans where init_from is
                             # not a folder here)
 chat_template = ""          # '' = the one M0's checkpoint implies (tokenizer.py); or llama2, llama3, chatml
@@ -142,9 +142,10 @@ rouge_threshold = 0.9       # drop a new prompt whose ROUGE-L F with an existing
                             # template differ in a token of 12 (0.92), and 0.7 would drop nearly all
                             # (STUDIES.md, "The near-duplicate filter and the task mix")
 n_candidates = 4            # N responses per prompt (paper: 4)
-temperature = 0.7           # every sampling but prompt writing: candidates, judgments, meta-judgments, the
-                            # SFT baseline's EFT judgments and answers (paper: 0.7)
-top_p = 0.9                 # every sampling but prompt writing, as temperature (paper: 0.9)
+temperature = 0.7           # every sampling but prompt writing and MT-Bench's answers (FastChat's temperatures,
+                            # top-p 1): candidates, judgments, meta-judgments, the SFT baseline's EFT judgments
+                            # and answers (paper: 0.7)
+top_p = 0.9                 # every sampling but prompt writing and MT-Bench's answers, as temperature (paper: 0.9)
 max_response_tokens = 64    # per response: candidates, and every answer the evaluation asks for (test prompts,
                             # AlpacaEval, each MT-Bench turn)
 n_judge = 3                 # judgments per candidate, averaged (paper: 3); also the SFT baseline's tries at

@@ -61,11 +61,14 @@ Files written by write_toy(out_dir) (formats in data/__init__.py):
                            a share ift_declines (0 by default) declines instead
     eft_train.jsonl        {"prompt": judge prompt, "response": why + "Score: N", "score"}
                            EFT targets, one per judged response (4,890; the paper
-                           had 1,630, a 1M-parameter judge needs 3x); "why" states
+                           had 1,630, a 1.3M-parameter judge needs 3x); "why" states
                            the right answer, then judges the response; with
                            judge_working it first works the task out (working())
     eft_train_groups.jsonl {"prompt", "responses", "ranks", "scores", "task"}
-                           the same responses as groups, for judge.make_eft_targets
+                           the same responses as groups (no judgments), for
+                           eft_own_answers, the meta-judge demonstrations, the
+                           prompts M1 was trained on, and a validation set
+                           apart from them
     eft_eval.jsonl         the same group shape; 1,623 responses in all (the paper's 541, 3x)
     test.jsonl             {"prompt", "task"}                        held out (1,024; the paper: 256)
 EFT sizes count judged responses: the paper's 541 eval examples match in number
@@ -643,7 +646,7 @@ def bare_word(response):
 # -----------------------------------------------------------------------------
 # Meta-judge demonstrations, for the Meta-Rewarding variant (selfreward.py
 # --meta_judge=True). Wu et al. start from Llama-3-8B-Instruct, which can
-# compare two judgments zero-shot; a 1M-parameter toy model cannot, so M1
+# compare two judgments zero-shot; a 1.3M-parameter toy model cannot, so M1
 # also learns from these, made by the grader as the EFT targets are: the
 # right judgment of a response (eft_target) against a wrong one of the kind
 # a small judge writes (a wrong score, often reached from a wrong answer).
