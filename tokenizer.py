@@ -196,8 +196,8 @@ class Tokenizer:
             self.files = [path] + [os.path.join(folder, f) for f in HF_TOKENIZER_FILES
                                    if os.path.isfile(os.path.join(folder, f))]
         if self.eos_id is None:
-            raise ValueError(f"{path}: no EOS token (tokenizer_config.json, special_tokens_map.json or "
-                             f"generation_config.json must name one)")
+            raise ValueError(f"{path}: no EOS token (tokenizer_config.json, special_tokens_map.json, "
+                             f"generation_config.json or config.json must name one)")
         # does an encoded text begin with a space? SentencePiece's dummy prefix ("▁") writes one (Llama 2's
         # "[/INST] {reply}" relies on it); a byte-level BPE vocabulary does not
         first = (self.sp.id_to_piece(self.sp.encode("a")[0]) if self.sp

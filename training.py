@@ -5,11 +5,12 @@ the lesson):
 
     SETTINGS                   the settings both trainers take
     main(), run()              the command line, the process group around a run
-    start()                    tokenizer and model (from scratch or a checkpoint,
-                               sharded under torchrun)
+    read_tokenizer(), start()  the tokenizer first (the data is read and checked
+                               before any weights load), then the model (from
+                               scratch or a checkpoint, sharded under torchrun)
     read_data(), hold_out()    the training records, and a share held out
     batch_indices(), lr_at()   the data order and the learning-rate schedule
-    save_state(),              training state saved every save_interval steps;
+    end_step(), save_state()   training state saved every save_interval steps;
     optimizer_and_resume()     the same command resumes a killed run exactly
                                (only from the same inputs: made_from); removed
                                once done.json records the final model (keep_state)
@@ -515,9 +516,9 @@ def optimizer_and_resume(model, c, fp, steps):
     Metrics lines written after that state go (all of them on a fresh start),
     so the file reads as one run."""
     # fused: torch's one-kernel-per-tensor AdamW, on the CPU as on GPUs (and on FSDP2's DTensor
-    # shards); its update is the for-loop one's within float rounding (tests/test_train.py). A
-    # toy-large step of it, 2 threads: 15 ms against the default for-loop's 46, ~3% of a bf16
-    # training step saved.
+    # shards); its update is AdamW's formula within float rounding (tests/test_train.py; against the
+    # for-loop one, SPEED.md). A toy-large step of it, 2 threads: 15 ms against the default for-loop's
+    # 46, ~3% of a bf16 training step saved.
     optimizer = torch.optim.AdamW(model.parameters(), lr=c.lr, betas=(c.beta1, c.beta2),
                                   weight_decay=c.weight_decay, fused=True)
     step, saved = load_state(model, optimizer, state_dir(c), fp)

@@ -730,7 +730,7 @@ def test_causal_matmul_attention_dropout_keeps_the_expectation():
 def test_dropout_zeroes_a_share_p_and_scales_the_rest(dtype):
     """model.dropout on a CPU (its own fp32 draws, not F.dropout's): the share
     zeroed is p within 6 standard deviations of a binomial count (in bf16 too:
-    bf16 draws would zero 26/256 = 0.1016, 10 deviations off), every kept element
+    bf16 draws would zero about 0.102, 10 or more deviations off), every kept element
     is x / (1 - p), and the gradient is the mask over (1 - p)."""
     torch.manual_seed(0)
     n, p = 4_000_000, 0.1
