@@ -47,7 +47,7 @@ import torch
 from safetensors import safe_open
 
 import distributed as D
-from data import sync_to_disk
+from data import write_folder_atomically
 from model import (LLAMA3_VOCAB, LLAMA31_ROPE, LLAMA32_ROPE, PRESETS, ROPE_SCALING_KEYS, ModelArgs, ffn_width,
                    preset)
 from tokenizer import HF_TOKENIZER_FILES, Tokenizer
@@ -600,46 +600,6 @@ def sentencepiece_tokenizer_config(tokenizer):
     return {"add_bos_token": True, "add_eos_token": False,
             "bos_token": sp.id_to_piece(tokenizer.bos_id), "eos_token": sp.id_to_piece(tokenizer.eos_id),
             "unk_token": sp.id_to_piece(sp.unk_id())}
-
-
-def write_folder_atomically(path, write_into):
-    """Write a folder completely in a temporary folder beside it, then swap it
-    into place, so a crash never leaves it half written. The files are synced
-    to disk before the swap (a power cut must not leave empty weight files
-    behind a finished rename). The old folder is moved aside as .tmp-NAME.old,
-    then renamed .tmp-NAME.trash to be deleted, so a .old folder is always
-    whole: a kill between the two renames leaves it, and the next write puts
-    it back before it starts. What killed writes leave (140 GB at 70B) is
-    removed then too."""
-    path = os.path.abspath(path)
-    parent, name = os.path.split(path)
-    tmp = os.path.join(parent, ".tmp-" + name)
-    old, trash = tmp + ".old", tmp + ".trash"
-    os.makedirs(parent, exist_ok=True)
-
-    def put_back_old():
-        if os.path.exists(old) and not os.path.exists(path):
-            os.replace(old, path)
-    put_back_old()
-    for leftover in (tmp, old, trash):
-        shutil.rmtree(leftover, ignore_errors=True)
-    os.mkdir(tmp)
-    try:
-        write_into(tmp)
-        for folder, _, files in os.walk(tmp):
-            for file in files:
-                sync_to_disk(os.path.join(folder, file))
-        if os.path.exists(path):
-            os.replace(path, old)
-        os.replace(tmp, path)
-        sync_to_disk(parent)  # the renames themselves
-    except BaseException:
-        put_back_old()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.exists(old):
-        os.replace(old, trash)
-        shutil.rmtree(trash, ignore_errors=True)  # the new folder is in place: a failure here loses nothing
 
 
 # -----------------------------------------------------------------------------

@@ -36,9 +36,8 @@ import sys
 import tokenize
 from dataclasses import dataclass
 
-from checkpoint import write_folder_atomically
 from configurator import configure, fail, settings
-from data import unwritable, unwritable_file, write_text
+from data import unwritable, unwritable_file, write_folder_atomically, write_text
 
 # -----------------------------------------------------------------------------
 # Command-line settings (python handout.py --help lists them)

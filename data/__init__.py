@@ -15,6 +15,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 
 SEED_FILES = ["ift.jsonl", "eft_train.jsonl", "eft_eval.jsonl"]  # every seed's (the toy world writes two more)
@@ -145,6 +146,46 @@ def write_bytes(path, data):
 def write_jsonl(path, records):
     """Write records as JSON Lines, atomically (write_text)."""
     return write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def write_folder_atomically(path, write_into):
+    """Write a folder completely in a temporary folder beside it, then swap it
+    into place, so a crash never leaves it half written. The files are synced
+    to disk before the swap (a power cut must not leave empty weight files
+    behind a finished rename). The old folder is moved aside as .tmp-NAME.old,
+    then renamed .tmp-NAME.trash to be deleted, so a .old folder is always
+    whole: a kill between the two renames leaves it, and the next write puts
+    it back before it starts. What killed writes leave (140 GB at 70B) is
+    removed then too."""
+    path = os.path.abspath(path)
+    parent, name = os.path.split(path)
+    tmp = os.path.join(parent, ".tmp-" + name)
+    old, trash = tmp + ".old", tmp + ".trash"
+    os.makedirs(parent, exist_ok=True)
+
+    def put_back_old():
+        if os.path.exists(old) and not os.path.exists(path):
+            os.replace(old, path)
+    put_back_old()
+    for leftover in (tmp, old, trash):
+        shutil.rmtree(leftover, ignore_errors=True)
+    os.mkdir(tmp)
+    try:
+        write_into(tmp)
+        for folder, _, files in os.walk(tmp):
+            for file in files:
+                sync_to_disk(os.path.join(folder, file))
+        if os.path.exists(path):
+            os.replace(path, old)
+        os.replace(tmp, path)
+        sync_to_disk(parent)  # the renames themselves
+    except BaseException:
+        put_back_old()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(old):
+        os.replace(old, trash)
+        shutil.rmtree(trash, ignore_errors=True)  # the new folder is in place: a failure here loses nothing
 
 
 # -----------------------------------------------------------------------------

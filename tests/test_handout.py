@@ -441,6 +441,25 @@ def test_grading_says_solved_only_where_tests_pass(tmp_path, monkeypatch, capsys
     assert handout.grade_all(str(tmp_path)) == 0
 
 
+def test_grading_imports_no_file_a_student_edits():
+    """A half-written exercise is graded 'to do', whatever its file: handout.py
+    (run in the copy to grade it) imports no module that holds an exercise.
+    (It imported model.py through checkpoint.py, and a syntax error left in
+    model.py made --grade a traceback instead of its grades.)"""
+    marked = set()
+    for folder, _, files in os.walk(ROOT):
+        for f in files:
+            path = os.path.join(folder, f)
+            if f.endswith(".py") and f != "handout.py" and ".venv" not in path and "/out/" not in path:
+                with open(path, encoding="utf-8") as fh:
+                    if any(line.lstrip().startswith("# Exercise (") for line in fh):
+                        marked.add(os.path.relpath(path, ROOT)[:-3].replace(os.sep, "."))
+    assert {"model", "sample", "judge"} <= marked
+    r = subprocess.run([sys.executable, "-c", "import sys, handout; print(' '.join(sys.modules))"], cwd=ROOT,
+                       env=ENV, capture_output=True, text=True, timeout=120, check=True)
+    assert not marked & set(r.stdout.split())
+
+
 def test_a_git_checkout_hands_out_only_what_git_tracks(tmp_path):
     """In a git checkout the handout copies the tracked files: an untracked one
     that git would track (an instructor's notes, a model folder made in the

@@ -170,7 +170,7 @@ def test_a_write_killed_between_the_renames_or_midway_loses_nothing(tmp_path):
     .tmp-ckpt, a half-deleted .tmp-ckpt.trash. The next save puts the old one
     back before it writes, so even a save that fails again leaves ckpt whole,
     and no leftover stays behind."""
-    from checkpoint import write_folder_atomically
+    from data import write_folder_atomically
     model, model2 = random_model(CONFIGS[0][1]), random_model(CONFIGS[0][1], seed=5)
     save_model(model, tmp_path / "ckpt")
     os.replace(tmp_path / "ckpt", tmp_path / ".tmp-ckpt.old")
