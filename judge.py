@@ -275,7 +275,10 @@ def spearman(x, y):
 
 # Exercise (easy): pairwise accuracy, pair by pair. Graded by: tests/test_judge.py -k pairs_correct
 def pairs_correct(scores, ranks):
-    """For each pair with different human ranks: does the judge order it the same way?"""
+    """For each pair of responses i < j with different human ranks (rank 0 is
+    best): does the judge order it the same way? A list of bools, one per
+    such pair; a tie in scores or a None on either side is False (the
+    choices above)."""
     out = []
     for i in range(len(ranks)):
         for j in range(i + 1, len(ranks)):

@@ -279,7 +279,10 @@ def test_temperature_sharpens_by_hand():
 def test_decode_attention_equals_naive_attention(monkeypatch):
     """One new token per row against its cached keys and values: 8 query heads
     sharing 2 KV heads, masked slots, and a prefix every row shares; against
-    plain softmax attention over KV heads repeated for their query heads."""
+    plain softmax attention over KV heads repeated for their query heads. It
+    must attend as its docstring says, without SDPA and without copying K and
+    V for each query head (a handout's student has this file: the reference
+    below, pasted in, must not pass)."""
     g = torch.Generator().manual_seed(0)
     B, H, KV, hd, S_, P = 3, 8, 2, 16, 5, 4
     q = torch.randn(B, 1, H, hd, generator=g)
@@ -294,14 +297,22 @@ def test_decode_attention_equals_naive_attention(monkeypatch):
         scores = torch.einsum("bhd,bhld->bhl", q[:, 0], keys) / hd ** 0.5 + mask[:, 0]
         return torch.einsum("bhl,bhld->bhd", scores.softmax(-1), values).reshape(B, 1, H * hd)
 
-    def sdpa(*a, **kw):  # (the prefill's way, in the same file: several times slower for one query on a CPU)
-        raise AssertionError("decode_attention: write it as batched matmuls (its docstring), not with SDPA")
-    monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
-    own = S.decode_attention(q, k, v, mask[..., P:])  # no shared prefix
+    def refused(what):
+        def refuse(*a, **kw):
+            raise AssertionError(f"decode_attention: write it as batched matmuls over each group's query heads (its "
+                                 f"docstring), not with {what}")
+        return refuse
+    with monkeypatch.context() as m:
+        # SDPA: the prefill's way, several times slower for one query on a CPU; the others copy K and V
+        m.setattr(F, "scaled_dot_product_attention", refused("SDPA"))
+        for owner, name in [(torch, "repeat_interleave"), (torch.Tensor, "repeat_interleave"),
+                            (torch.Tensor, "repeat"), (torch, "einsum")]:
+            m.setattr(owner, name, refused(name))
+        own = S.decode_attention(q, k, v, mask[..., P:])  # no shared prefix
+        with_prefix = S.decode_attention(q, k, v, mask, shared)
     assert own.shape == (B, 1, H * hd), f"shape {tuple(own.shape)}, not (B, 1, H * hd) = {(B, 1, H * hd)}"
     gap = (own - naive(k, v, mask[..., P:])).abs().max().item()
     assert gap < 1e-5, f"without a prefix: {gap:.3g} off plain attention (query head h uses KV head h // (H // KV))"
-    with_prefix = S.decode_attention(q, k, v, mask, shared)
     keys = torch.cat([shared[0].expand(B, -1, -1, -1), k], 2)
     values = torch.cat([shared[1].expand(B, -1, -1, -1), v], 2)
     gap = (with_prefix - naive(keys, values, mask)).abs().max().item()
