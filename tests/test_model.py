@@ -301,16 +301,24 @@ def test_meta_layout_two_shards_equals_one(tmp_path):
         assert (two(tokens) - hf_logits(hf_from_meta_weights(args, model.state_dict()), tokens)).abs().max() <= 1e-4
 
 
-def test_meta_layout_is_checked_from_its_files_metadata(tmp_path):
+def test_meta_layout_is_checked_from_its_files_metadata(tmp_path, monkeypatch):
     """check_meta_tensors, the check before any work (validate.check_checkpoint),
     finds a tensor of Meta's layout missing or misshapen, its parts joined on
     the dimension they were split on, reading no tensor data (it only listed the
     files: a bad prompt writer failed after the SFT baseline and M1 trained)."""
     args = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, multiple_of=32)
     make_meta_layout(random_model(args), tmp_path / "m", 2)
+    import checkpoint
+    loads, real_load = [], torch.load
+
+    def load(*a, **kw):  # every shard opened memory-mapped: its tensors' bytes are read only if touched
+        loads.append(kw.get("mmap"))
+        return real_load(*a, **kw)
+    monkeypatch.setattr(checkpoint.torch, "load", load)
     with torch.device("meta"):
         params, deeper = (dict(Transformer(a).named_parameters()) for a in (args, dataclasses.replace(args, n_layers=3)))
     assert len(check_meta_tensors(tmp_path / "m", params)) == 2
+    assert loads == [True, True]
     with pytest.raises(ValueError, match=r"consolidated\.00\.pth: missing tensor 'layers\.2\."):  # params.json: 3 layers
         check_meta_tensors(tmp_path / "m", deeper)
     shard = torch.load(tmp_path / "m" / "consolidated.01.pth")  # rank 1's part of a row-parallel weight cut short
@@ -422,6 +430,14 @@ def test_llama3_features_match_transformers_both_ways(tmp_path, name, args):
         assert (loaded(tokens) - hf_logits(hf, tokens)).abs().max() <= 1e-4
     if args.tie_embeddings:  # one Parameter: what training does to it, the output sees
         assert loaded.output is None and len(list(loaded.parameters())) == len(loaded.state_dict())
+        # ... and its gradient is the sum of both uses, input and output, as transformers' tied weight's
+        def loss(logits):
+            return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+        loss(loaded(tokens)).backward()
+        loss(hf(tokens).logits).backward()
+        ours_grad, hf_grad = loaded.tok_embeddings.weight.grad, hf.model.embed_tokens.weight.grad
+        assert hf.lm_head.weight is hf.model.embed_tokens.weight and hf_grad.abs().max() > 1e-3
+        assert torch.allclose(ours_grad, hf_grad, rtol=1e-4, atol=1e-6)
     if args.rope_scaling:  # the scaling matters at these lengths: without it the logits differ
         plain = Transformer(ModelArgs(**{**vars(loaded.args), "rope_scaling": None})).eval()
         plain.load_state_dict(loaded.state_dict())
@@ -1027,6 +1043,8 @@ def test_a_gguf_conversion_replaces_only_an_earlier_conversion(tmp_path):
     assert earlier_conversion(tmp_path / "mine") and not earlier_conversion(tmp_path / "junk.gguf")
     (tmp_path / "mine" / "tokenizer.model").write_text("")  # (a SentencePiece checkpoint: not what it writes)
     assert not earlier_conversion(tmp_path / "mine")
+    (tmp_path / "empty").mkdir()
+    assert earlier_conversion(tmp_path / "empty")
 
 
 def test_matching_tokenizer_is_copied_and_checked(tmp_path, toy_tokenizer_path):

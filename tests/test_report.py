@@ -100,7 +100,12 @@ def test_interval_table_has_every_figure_by_hand(tmp_path):
     assert m1["avg_length"] == (3.0, (3.0, 3.0)) and m1["coverage"] == (1.0, (1.0, 1.0))
     assert rows[0] == "| figure [95% interval] | SFT | M1 |"
     labels = [row.split(" | ")[0][2:] for row in rows[2:]]
-    assert labels == [label for _, label, _, _ in report.INTERVAL_FIGURES]
+    assert labels == ["mean grade (0-5)", "right answers (grade >= 4) %", "bare right answers (grade 5) %",
+                      "declined %", "grade - previous model", "right answers - previous model (points)",
+                      "net wins vs previous (win - loss) %", "net wins vs SFT baseline (win - loss) %",
+                      "judge pairwise acc %", "judge pairwise acc - previous model (points)", "judge 5-best %",
+                      "judge exact match %", "judge Spearman", "judge Kendall tau",
+                      "judge coverage % (judgments with a score)", "avg response length (chars)"]
     assert rows[2 + labels.index("grade - previous model")].startswith("| grade - previous model | - | 1.50 [")
     assert rows[2 + labels.index("judge pairwise acc %")] == "| judge pairwise acc % | 0.0 [0.0, 0.0] | 50.0 [0.0, 100.0] |"
     assert rows[2 + labels.index("judge Spearman")].startswith("| judge Spearman | - | 0.000 [")  # undefined: not 0

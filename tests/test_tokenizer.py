@@ -531,3 +531,9 @@ def test_a_tokenizer_json_with_tokens_the_sentencepiece_model_lacks_is_the_one_r
         tok = Tokenizer(folder)
         assert tok.model_path == str(folder / read), added
     assert "tokenizer.json" in [os.path.basename(f) for f in tok.files]
+    from checkpoint import save_model
+    from model import ModelArgs, Transformer
+    model = Transformer(ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=tok.vocab_size, multiple_of=16))
+    save_model(model, tmp_path / "saved", tokenizer_path=str(folder))  # (the [PAD] folder: tokenizer.model read)
+    assert {"tokenizer.model", "tokenizer.json"} <= set(os.listdir(tmp_path / "saved"))
+    assert Tokenizer(tmp_path / "saved").model_path == str(tmp_path / "saved" / "tokenizer.model")

@@ -338,12 +338,14 @@ def test_sft_loss_sum_by_hand():
     assert model.under_autocast
 
 
-def test_sft_eval_loss_is_per_response_token_by_hand():
+@pytest.mark.parametrize("micro_batch_size", [1, 2])
+def test_sft_eval_loss_is_per_response_token_by_hand(micro_batch_size):
     """The eval loss is the summed cross-entropy over every held-out response
-    token divided by their count (3 + 7 = 10), not a mean over the examples."""
+    token divided by their count (3 + 7 = 10), not a mean over the examples
+    nor over micro-batches (one example each, at micro_batch_size 1)."""
     model = LogitTable(8)
     a, b = ([1, 4, 5, 6, 7, 2], [(3, 6)]), ([1, 4, 3, 5, 6, 7, 3, 5, 2], [(2, 9)])  # responses of 3 and 7 tokens
-    c = types.SimpleNamespace(micro_batch_size=2)
+    c = types.SimpleNamespace(micro_batch_size=micro_batch_size)
     with torch.no_grad():
         total = sum(train_sft.sft_loss_sum(model, *train_sft.collate([x], 0), D.Env()).item() for x in (a, b))
         assert train_sft.evaluate(model, [a, b], D.Env(), c, 0) == pytest.approx(total / 10, rel=1e-6)
@@ -1491,7 +1493,13 @@ def test_training_from_scratch_takes_a_tokenizer_folder(work, toy_tokenizer_path
     shutil.copy(toy_tokenizer_path, folder / "tokenizer.model")
     settings = {"init_from": "scratch", "model": "toy-tiny", "data": str(work / "sft.jsonl"),
                 "out_dir": str(tmp_path / "out")}
-    for given in (folder, folder / "tokenizer.model"):
+    # a tokenizer.json (transformers' conversion of the same SentencePiece model), alone in its folder
+    from transformers import AutoTokenizer
+    json_folder = tmp_path / "tok_json"
+    AutoTokenizer.from_pretrained(folder).save_pretrained(json_folder)
+    (json_folder / "tokenizer.model").unlink(missing_ok=True)
+    assert Tokenizer(json_folder).model_path == str(json_folder / "tokenizer.json")
+    for given in (folder, folder / "tokenizer.model", json_folder, json_folder / "tokenizer.json"):
         c = configurator.settings(train_sft.DEFAULTS, {**settings, "tokenizer": str(given)})
         validate.check_training(c, 1, [], "train_sft.py")  # accepted: no BadInput
     c = configurator.settings(train_sft.DEFAULTS, {**settings, "tokenizer": str(tmp_path / "nope")})
