@@ -1063,3 +1063,64 @@ def test_truncated_weights_name_the_file(tmp_path):
     weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
     with pytest.raises(ValueError, match=f"{weights}: cannot read it as safetensors .*truncated"):
         load_model(tmp_path / "ckpt")
+
+
+def test_shards_hold_at_most_max_shard_bytes_and_are_filled_up_to_it(tmp_path):
+    """save_model's shards: each at most max_shard_bytes (unless one tensor
+    alone is larger), and a shard is closed only when the next tensor would
+    not fit: at max_shard_bytes = 76800 + 256 + 16384 (the embedding, 300 x 64
+    fp32, then layer 0's norm, 64, and wq, 64 x 64) the first shard holds those
+    three exactly, filling it to the byte."""
+    from safetensors import safe_open
+
+    from checkpoint import save_model
+    from model import ModelArgs, Transformer
+    model = Transformer(ModelArgs(dim=64, n_layers=2, n_heads=8, n_kv_heads=2, vocab_size=300, multiple_of=16))
+    limit = 76800 + 256 + 16384
+    save_model(model, tmp_path / "c", max_shard_bytes=limit)
+    index = json.load(open(tmp_path / "c" / "model.safetensors.index.json"))
+    shards = []  # per file, in order: [(offset, bytes)] of its tensors
+    for fname in sorted(set(index["weight_map"].values())):
+        with open(tmp_path / "c" / fname, "rb") as f:  # the safetensors header: 8 bytes of length, then JSON
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        shards.append(sorted(v["data_offsets"] for k, v in header.items() if k != "__metadata__"))
+    with safe_open(tmp_path / "c" / f"model-00001-of-{len(shards):05d}.safetensors", framework="pt") as f:
+        assert sorted(f.keys()) == ["model.embed_tokens.weight", "model.layers.0.input_layernorm.weight",
+                                    "model.layers.0.self_attn.q_proj.weight"]
+    sizes = [sum(end - start for start, end in s) for s in shards]
+    assert sizes[0] == limit
+    assert all(size <= limit or len(s) == 1 for size, s in zip(sizes, shards))
+    for size, nxt in zip(sizes, shards[1:]):  # closed only when the next tensor would overflow it
+        assert size + (nxt[0][1] - nxt[0][0]) > limit
+
+
+@pytest.mark.parametrize("width", [100, 150, 169, 200, 1000])
+def test_any_feed_forward_width_in_config_json_reads_back_exactly(width):
+    """config.json's intermediate_size is the width, whatever it is: 8/3 x 64
+    = 170, and widths below it (100, 150, 169) or no rule's multiple (200,
+    1000) come back as themselves."""
+    from checkpoint import args_from_hf_config
+    cfg = dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=300, intermediate_size=width)
+    assert args_from_hf_config(cfg).hidden_dim == width
+
+
+def test_a_swap_that_fails_between_its_renames_puts_the_old_folder_back(tmp_path, monkeypatch):
+    """write_folder_atomically: the old folder has been moved aside and the
+    new one's rename into place fails (or a Ctrl-C / SIGTERM lands there):
+    the old folder is back under its name at once, not only at the next write."""
+    from data import write_folder_atomically
+
+    def writing(text):
+        return lambda folder: open(os.path.join(folder, "f"), "w").write(text)
+    write_folder_atomically(tmp_path / "ckpt", writing("old"))
+    real = os.replace
+
+    def replace(src, dst):
+        if os.path.basename(os.fspath(src)) == ".tmp-ckpt":  # the new folder going into place
+            raise KeyboardInterrupt
+        real(src, dst)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        write_folder_atomically(tmp_path / "ckpt", writing("new"))
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"] and (tmp_path / "ckpt" / "f").read_text() == "old"

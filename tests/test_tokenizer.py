@@ -537,3 +537,20 @@ def test_a_tokenizer_json_with_tokens_the_sentencepiece_model_lacks_is_the_one_r
     save_model(model, tmp_path / "saved", tokenizer_path=str(folder))  # (the [PAD] folder: tokenizer.model read)
     assert {"tokenizer.model", "tokenizer.json"} <= set(os.listdir(tmp_path / "saved"))
     assert Tokenizer(tmp_path / "saved").model_path == str(tmp_path / "saved" / "tokenizer.model")
+
+
+def test_a_vocabulary_with_llama3_headers_and_chatml_markers_but_no_template_is_llama3(tmp_path):
+    """A Llama 3 base given ChatML tokens by a fine-tune, no chat template:
+    Llama 3's header token decides (tokenizer.detect_template's docstring)."""
+    from tokenizers import Tokenizer as HFTok, models, pre_tokenizers
+
+    from tokenizer import Tokenizer
+    tk = HFTok(models.WordLevel({"[UNK]": 0, "a": 1, "b": 2}, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                           "<|eot_id|>", "<|im_start|>", "<|im_end|>"])
+    tk.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"}))
+    tok = Tokenizer(tmp_path)
+    assert tok.template == "llama3" and tok.end_of_turn == tk.token_to_id("<|eot_id|>")
