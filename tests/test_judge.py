@@ -505,3 +505,24 @@ def test_compare_judgments_skips_and_marks_prompts_longer_than_the_context():
     assert [b["winner"] for b in out[1]] == ["A", "B"] and len(calls[0]["prompts"]) == 2
     gen, calls = stub_generate([])
     assert J.compare_judgments(StubModel(room), tok, [long], generate_fn=gen)[0][0]["too_long"] and calls == []
+
+
+def test_downsample_with_two_scores():
+    """Scores 4, 4, 4, 2: the top score (4) is cut to the next one's count (1)."""
+    kept = J.downsample_top_score([{"score": 4}, {"score": 4}, {"score": 4}, {"score": 2}])
+    assert sorted(r["score"] for r in kept) == [2, 4]
+
+
+def test_judge_file_group_only_partly_ranked_by_humans_counts_as_unranked():
+    """The seed ranks a and b; the file judged a and z: no ranks attached, every scored judgment kept."""
+    groups = [{"prompt": "Q", "responses": ["a", "z"], "ranks": None}]
+    judged = [[{"response": "a", "judgments": ["Score: 5"], "scores": [5]},
+               {"response": "z", "judgments": ["Score: 1"], "scores": [1]}]]
+    seed = [{"prompt": "Q", "responses": ["a", "b"], "ranks": [0, 1]}]
+    targets, kept, _ = J.judge_file_targets(groups, judged, seed, [], [])
+    assert kept[0][0]["ranks"] is None and sorted(t["score"] for t in targets) == [1, 5]
+
+
+def test_meta_judge_prompt_strips_both_judgments():
+    text = J.meta_judge_prompt("q", "r", "\n first \n", "\n second \n")
+    assert "Judgment A:\nfirst\nJudgment B:\nsecond\nWhich judgment" in text

@@ -858,3 +858,33 @@ def test_the_tables_a_finished_run_prints_are_set_apart(tmp_path):
     """report.table: each table's lines, a blank line between two tables (they ran together)."""
     (tmp_path / "report.md").write_text("# run\n\n| a |\n|---|\n\nwords\n\n| b |\n|---|\n| 1 |\n")
     assert report.table(tmp_path / "report.md") == "| a |\n|---|\n\n| b |\n|---|\n| 1 |"
+
+
+def test_vs_sft_is_against_the_baseline_not_the_previous_model(tmp_path):
+    """Three models: M2 loses both prompts to M1 but wins both against SFT."""
+    answers = lambda *gs: [{"grade": g, "response": "x"} for g in gs]
+    tests = {"SFT": answers(0, 0), "M1": answers(5, 5), "M2": answers(3, 3)}
+    _, metrics = report.toy_rows(["SFT", "M1", "M2"], tests, {})
+    assert metrics[2]["vs_sft"] == {"win": 1.0, "tie": 0.0, "loss": 0.0}
+    assert metrics[2]["vs_previous"] == {"win": 0.0, "tie": 0.0, "loss": 1.0}
+    _, iv = report.interval_rows(run_folder(tmp_path), ["SFT", "M1", "M2"], tests)
+    assert iv["M2"]["net_wins_vs_sft"][0] == 1.0 and iv["M2"]["net_wins"][0] == -1.0
+
+
+def test_judge_agreement_of_two_responses(tmp_path):
+    """Two responses scored by both models, in opposite orders: tau = -1 (defined with 2)."""
+    write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [{"score": 1.0}, {"score": 2.0}])
+    write_jsonl(tmp_path / "eval" / "M2_judgments.jsonl", [{"score": 2.0}, {"score": 1.0}])
+    assert report.judge_agreement(run_folder(tmp_path), "M1", "M2") == pytest.approx(-1.0)
+
+
+def test_svg_judge_axis_reads_percent_and_dots_sit_inside_the_panel():
+    iv = {"SFT": {"mean_grade": (2.5, (2.0, 3.0))}, "M1": {"mean_grade": (5.0, (4.5, 5.0)),
+                                                           "judge_accuracy": (0.5, (0.25, 0.75))}}
+    root = ET.fromstring(report.interval_figure(["SFT", "M1"], iv))
+    ns = "{http://www.w3.org/2000/svg}"
+    labels = [t.text for t in root.iter(ns + "text") if t.get("text-anchor") == "end"]
+    assert labels == ["0", "1", "2", "3", "4", "5", "0", "20", "40", "60", "80", "100"]
+    # panel 0 starts at x 50 and is 270 wide, 2 models: a slot of 90, SFT at 140 and M1 at 230
+    dots = sorted((float(c.get("cx")), float(c.get("cy"))) for c in root.iter(ns + "circle"))
+    assert dots[:2] == [(140.0, 120.0), (230.0, 30.0)]

@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 import checkpoint
 import configurator
 import distributed as D
+import judge as judge_module
 import selfreward as S
 import train_dpo
 import train_sft
@@ -2311,3 +2312,57 @@ def test_a_dry_run_says_what_a_changed_command_would_redo_and_touches_nothing(mi
     assert stages_run(r.stdout) == [line.split()[2] for line in said]
     assert "is a new run: every stage would run" in run_loop(tmp_path, run="fresh", dry_run=True).stdout
     assert not (tmp_path / "fresh").exists()
+
+
+def test_stage_prompts_near_duplicates_and_generated_shots(tmp_path, monkeypatch):
+    """Shard 1 keeps two new prompts; shard 2's requests show both of them (6 seed
+    shots + 2 generated), and its near duplicate of a kept prompt (ROUGE-L 16/17) is dropped."""
+    write_jsonl(tmp_path / "seed" / "ift.jsonl", [{"prompt": f"Say hi to {x}.", "response": "hi"} for x in "ABCDEFGH"])
+    written = ["Describe the water cycle in simple terms.", "Name three famous painters of Italy.",
+               "Describe the water cycle in very simple terms.", "Explain how a rainbow forms."]
+    asked, drawn = [], iter(range(len(written)))
+
+    class Writer:
+        ids_starting_with = staticmethod(lambda text: [0])
+        encode = staticmethod(lambda text, bos: asked.append(text) or [1])
+        decode = staticmethod(lambda ids: written[ids[0]] + "\n")
+        stop_ids = [2]
+    net = types.SimpleNamespace(args=types.SimpleNamespace(max_seq_len=1024))
+    monkeypatch.setattr(S, "load_for_sampling", lambda r, path: (net, Writer))
+    monkeypatch.setattr(S, "fits", lambda net, ids: True)
+    monkeypatch.setattr(S, "generate", lambda net, ids, *a, **k: [[next(drawn)] for _ in ids])
+    r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)), fingerprints={}, current=None, env=D.Env())
+    c = types.SimpleNamespace(**{**S.DEFAULTS, "n_prompts": 4, "shard_size": 2, "progress": False})
+    info = S.stage_prompts(c, r, 1, "writer")
+    assert info["dropped"] == {"near duplicate (ROUGE-L >= 0.9)": 1} and info["kept"] == 3
+    assert all(written[0] in a and written[1] in a for a in asked[2:])
+
+
+def test_each_stage_iteration_and_shard_samples_with_its_own_seed(tmp_path, monkeypatch, toy_tokenizer_path):
+    tok = Tokenizer(toy_tokenizer_path)
+    net = Transformer(preset("toy-tiny", vocab_size=tok.vocab_size, max_seq_len=1024)).eval()
+    monkeypatch.setattr(S, "load_for_sampling", lambda r, path: (net, tok))
+    calls = []
+
+    def stub(net, prompts, *a, n=1, seed=None, **kw):
+        calls.append((n, seed))
+        return [[5] for _ in range(len(prompts) * n)]
+    monkeypatch.setattr(S, "generate", stub)
+    monkeypatch.setattr(judge_module, "generate", stub)
+    monkeypatch.setattr(judge_module, "fits", lambda net, ids: True)  # (the judge prompt outgrows the tiny context)
+    c = configurator.settings(S.DEFAULTS, {"progress": False, "n_candidates": 3, "n_judge": 2, "shard_size": 1,
+                                           "max_response_tokens": 4, "max_judge_tokens": 4})
+    r = Run(str(tmp_path / "run"), c, D.Env())
+    for t in (1, 2):
+        write_jsonl(r.path(f"iter{t}", "prompts.jsonl"), [{"prompt": "Say hi."}, {"prompt": "Say bye."}])
+        S.stage_candidates(c, r, t, "M")
+        S.stage_judgments(c, r, t, "M")
+    assert [n for n, _ in calls] == [3, 3, 2, 2] * 2  # n_candidates, then n_judge
+    assert len({s for _, s in calls}) == 8  # 2 stages x 2 iterations x 2 shards
+    assert all(len(x["candidates"]) == 3 for x in read_jsonl(r.path("iter2", "candidates.jsonl")))
+
+
+@pytest.mark.parametrize("fine", [{"top_p": 1.0}, {"rouge_threshold": 1.0}, {"sft_min_lr": 0.001},
+                                  {"n_ift": 8}, {"n_shots": 2}])
+def test_the_closed_ends_of_the_loops_ranges_are_allowed(fine):
+    assert validate.check_loop(configurator.settings(S.DEFAULTS, fine), 1).found == []
