@@ -64,7 +64,8 @@ from tokenizer import Tokenizer, chat_prompt_ids
 ckpt = ""  # checkpoint folder (config.json, model.safetensors, the tokenizer's files)
 prompt = ""  # one chat prompt to answer
 prompts_file = ""  # or a JSONL file of records with a "prompt" field
-out = ""  # with prompts_file: JSONL written here, each record plus "response" (or "responses" when num_samples > 1)
+out = ""  # with prompts_file: JSONL written here, each record plus "response" (or "responses" when num_samples > 1);
+         # a file that exists is replaced only if it holds answers to the same prompts (an earlier run)
 save_every = 256  # with prompts_file: prompts per chunk kept in OUT.partial as it goes (a killed run resumes
                   # from the last whole chunk); each chunk has its own seed, so seed and save_every fix the samples
 max_new_tokens = 256  # at most this many tokens per response
@@ -765,9 +766,13 @@ def check(c):
         if p.require(bool(c.out), "out", "--prompts_file needs --out=OUT.jsonl"):
             problem = unwritable_file(c.out)
             if p.require(problem is None, "out", problem) and os.path.exists(c.out):
-                # the answers must not replace the prompts they answer
+                # the answers must not replace the prompts they answer, nor any file but answers to the same
+                # prompts (a run's seed data, a benchmark's questions): an earlier run of this command wrote those
                 same = os.path.exists(c.prompts_file) and os.path.samefile(c.out, c.prompts_file)
-                p.require(not same, "out", "is --prompts_file itself: give the answers a file of their own")
+                if p.require(not same, "out", "is --prompts_file itself: give the answers a file of their own"):
+                    p.require(answers_to(c.out, c.prompts_file) is not False, "out",
+                              "exists and is not answers to --prompts_file's prompts (what an earlier run of this "
+                              "command wrote): this run would replace it; give the answers a new file, or remove it")
             # nor the model that writes them (a checkpoint's own file, replaced when the run ends)
             p.require(not (c.ckpt and os.path.isdir(c.ckpt) and validate.within(c.out, c.ckpt)), "out",
                       f"is inside --ckpt={c.ckpt}, the model this run reads: give the answers a file outside it")
@@ -782,6 +787,21 @@ def check(c):
     p.tensor_parallel(D.launched_world(), models=[("the model's", args)] if args else [])
     p.compute()
     return p
+
+
+def answers_to(out, prompts_file):
+    """Does file `out` hold answers to prompts_file's prompts, in their order,
+    each with its "response" or "responses" (an earlier run of the same
+    command)? None where prompts_file cannot be read (its check says why)."""
+    try:
+        asked = [x["prompt"] for x in read_jsonl(prompts_file, ["prompt"])]
+    except (OSError, ValueError):
+        return None
+    try:
+        answers = read_jsonl(out)
+    except (OSError, ValueError):
+        return False
+    return [a.get("prompt") for a in answers] == asked and all("response" in a or "responses" in a for a in answers)
 
 
 def main(argv=None):

@@ -492,6 +492,8 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
     assert said.out == expected[0] + "\n" and said.err.startswith("computing on cpu, float32")
     inp.write_text('{"prompt": "fine"}\n{"prompt": broken\n')
     os.link(inp, tmp_path / "link.jsonl")
+    ift = '{"prompt": "say hi", "response": "hi"}\n'
+    (tmp_path / "ift.jsonl").write_text(ift)
     capsys.readouterr()
     for text, extra, message in [
             ('{"prompt": "fine"}\n{"prompt": broken\n', [], r"in.jsonl:2: malformed JSON"),
@@ -507,6 +509,9 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
             ('{"prompt": "fine"}\n{"prompt": " "}\n', [], "in.jsonl:2: empty prompt: nothing to answer"),
             ('{"prompt": "fine"}\n', [f"--out={inp}"], "is --prompts_file itself: give the answers a file of their own"),
             ('{"prompt": "fine"}\n', [f"--out={tmp_path / 'link.jsonl'}"], "is --prompts_file itself"),  # a hard link
+            # nor any file but answers to these prompts (a run's seed data: records with a response too)
+            ('{"prompt": "fine"}\n', [f"--out={tmp_path / 'ift.jsonl'}"], "exists and is not answers to "
+                                                                           "--prompts_file's prompts"),
             # nor a file of the model it reads (its weights were replaced when the run ended)
             ('{"prompt": "fine"}\n', [f"--out={tmp_path / 'ckpt' / 'model.safetensors'}"],
              f"is inside --ckpt={tmp_path / 'ckpt'}, the model this run reads"),
@@ -520,7 +525,7 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
             S.main(argv + extra)
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.startswith("error: sample.py cannot start; ") and message in err, err
-    assert not os.path.exists(f"{out}.partial")
+    assert not os.path.exists(f"{out}.partial") and (tmp_path / "ift.jsonl").read_text() == ift
 
 
 def test_cli_prompts_file_resumes_after_an_interruption(toy_tokenizer_path, tmp_path, monkeypatch, capsys):
