@@ -166,8 +166,13 @@ def seed_ift_record(rec):
 
 
 def dpo_pair(rec):
-    """A DPO pair: chosen and rejected differ (the same text on both sides has
-    no preference, and its gradient is zero: it only dilutes the batch)."""
+    """A DPO pair: a prompt, a chosen answer (an empty one would teach the
+    model to say nothing; an empty rejected one is a fair lesson), and
+    chosen and rejected differ (the same text on both sides has no
+    preference, and its gradient is zero: it only dilutes the batch)."""
+    problem = blank(rec, ("prompt", "chosen"))
+    if problem:
+        return problem
     if rec["chosen"].strip() == rec["rejected"].strip():  # (the chat templates strip them: the same tokens)
         return "chosen and rejected are the same text: a pair with no preference"
     return None

@@ -1125,6 +1125,13 @@ def test_make_pairs_by_hand():
     # ... and of several worst candidates of other texts, the first is rejected
     pairs, _ = S.make_pairs([{"prompt": "p", "candidates": ["42", "7", "42", "9"], "score": [4.0, 2.0, 2.0, 2.0]}])
     assert (pairs[0]["chosen"], pairs[0]["rejected"], pairs[0]["rejected_index"]) == ("42", "7", 1)
+    # an empty answer may be rejected, never chosen: the best non-empty one is (all empty: one text, no pair)
+    pairs, _ = S.make_pairs([{"prompt": "p", "candidates": [" ", "42", "7"], "score": [5.0, 4.0, 2.0]}])
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("42", "7")]
+    pairs, _ = S.make_pairs([{"prompt": "p", "candidates": ["42", ""], "score": [4.0, 1.0]}])
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("42", "")]
+    pairs, dropped = S.make_pairs([{"prompt": "p", "candidates": ["", " "], "score": [4.0, 1.0]}])
+    assert pairs == [] and dropped["same text"] == 1
 
 
 def test_make_judge_pairs_by_hand():

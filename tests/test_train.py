@@ -1404,6 +1404,10 @@ def test_conversation_records_learn_every_assistant_turn(toy_tokenizer_path, tmp
         assert why in validate.sft_record(bad)
     assert validate.dpo_pair({"prompt": "p", "chosen": "same", "rejected": " same\n"}) == \
         "chosen and rejected are the same text: a pair with no preference"
+    # an empty chosen answer would teach silence, an empty prompt asks nothing; an empty rejected one is a lesson
+    assert validate.dpo_pair({"prompt": "p", "chosen": " ", "rejected": "no"}) == "empty chosen"
+    assert validate.dpo_pair({"prompt": "", "chosen": "yes", "rejected": "no"}) == "empty prompt"
+    assert validate.dpo_pair({"prompt": "p", "chosen": "yes", "rejected": ""}) is None
     assert validate.eft_group({"prompt": "p", "responses": ["x", " "], "ranks": [0, 1]}) == \
         "an empty response: a group ranks 2 or more texts"
     import configurator
