@@ -41,7 +41,8 @@ from tokenizer import chat_prompt_ids
 
 def read_eval_prompts(path):
     """AlpacaEval-style prompts: a JSON array (AlpacaEval's own file) or JSON Lines,
-    each an object with a string "instruction". Errors name the file and record."""
+    each an object with a string "instruction" that is not empty (it would be
+    answered all the same). Errors name the file and record."""
     if os.path.isdir(path):
         raise ValueError(f"{path} is a folder: give the eval prompts file")
     if not os.path.isfile(path):
@@ -49,7 +50,8 @@ def read_eval_prompts(path):
     with open(path, "rb") as f:
         head = f.read(4096).decode("utf-8-sig", errors="replace").lstrip()
     if not head.startswith("["):
-        return read_jsonl(path, fields=("instruction",), allow_empty=False)  # (names a bad line and byte)
+        return read_jsonl(path, fields=("instruction",), allow_empty=False,  # (names a bad line and byte)
+                          check=lambda x: None if x["instruction"].strip() else "empty instruction: nothing to answer")
     with open(path, encoding="utf-8-sig") as f:
         try:
             records = json.load(f)
@@ -61,6 +63,8 @@ def read_eval_prompts(path):
     for i, x in enumerate(records):
         if not isinstance(x, dict) or not isinstance(x.get("instruction"), str):
             raise ValueError(f"{path}: element {i} of the array is not an object with a string 'instruction'")
+        if not x["instruction"].strip():
+            raise ValueError(f"{path}: element {i} of the array: empty instruction: nothing to answer")
     if not records:
         raise ValueError(f"{path}: no records (the array is empty)")
     return records
@@ -73,6 +77,9 @@ def mt_bench_question(q):
         return "not an MT-Bench question (needs question_id and turns: a list of strings)"
     if not isinstance(q["question_id"], (int, str)) or isinstance(q["question_id"], bool):
         return "question_id must be a number or a string"
+    empty = [k + 1 for k, t in enumerate(turns) if not t.strip()]
+    if empty:
+        return f"turn {empty[0]} of {len(turns)} is empty: nothing to answer"
     if not isinstance(q.get("category", ""), str):
         return "category must be a string (it sets the answers' temperature, as in FastChat)"
     return None

@@ -178,6 +178,14 @@ def test_bad_eval_prompt_files_name_the_record(tmp_path):
     (tmp_path / "comma.json").write_text('[{"instruction": "a"}, {"instruction": "b"},]')  # on one line: a column
     with pytest.raises(ValueError, match=r"comma.json: malformed JSON \(Expecting value at line 1, column 45\)"):
         E.read_eval_prompts(str(tmp_path / "comma.json"))
+    # an empty instruction or turn asks nothing (it was answered all the same)
+    (tmp_path / "blank.json").write_text('[{"instruction": "ok"}, {"instruction": " "}]')
+    with pytest.raises(ValueError, match=r"blank.json: element 1 of the array: empty instruction"):
+        E.read_eval_prompts(str(tmp_path / "blank.json"))
+    (tmp_path / "blank.jsonl").write_text('{"instruction": "ok"}\n{"instruction": ""}\n')
+    with pytest.raises(ValueError, match=r"blank.jsonl:2: empty instruction"):
+        E.read_eval_prompts(str(tmp_path / "blank.jsonl"))
+    assert E.mt_bench_question({"question_id": 1, "turns": ["a", " "]}) == "turn 2 of 2 is empty: nothing to answer"
     (tmp_path / "c.json").write_text("[]")
     with pytest.raises(ValueError, match="empty"):
         E.read_eval_prompts(str(tmp_path / "c.json"))
