@@ -357,8 +357,9 @@ def check_loop(c, world):
                   "lays out the drill's items, and pretrain_check_drill = 0 draws none")
     except ValueError as e:
         p.add(f"{p.shown('pretrain_drill_layouts')}: {e}")
-    p.require(c.max_prompt_words >= c.min_prompt_words, "max_prompt_words",
-              f"must be >= min_prompt_words = {c.min_prompt_words}")
+    p.require(c.max_prompt_words >= max(c.min_prompt_words, 1), "max_prompt_words",
+              f"must be >= min_prompt_words = {c.min_prompt_words}" if c.min_prompt_words >= 1 else
+              "must be >= 1 (a prompt of no words is always dropped: the writer would keep nothing)")
     p.require(c.pretrain_docs + c.pretrain_qa_docs > 0 or c.init_from != "scratch", "pretrain_docs",
               "and pretrain_qa_docs cannot both be 0 when init_from='scratch' (M0 has nothing to learn from)")
     p.compute()

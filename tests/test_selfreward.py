@@ -2373,3 +2373,13 @@ def test_each_stage_iteration_and_shard_samples_with_its_own_seed(tmp_path, monk
                                   {"n_ift": 8}, {"n_shots": 2}])
 def test_the_closed_ends_of_the_loops_ranges_are_allowed(fine):
     assert validate.check_loop(configurator.settings(S.DEFAULTS, fine), 1).found == []
+
+
+def test_a_prompt_length_window_that_keeps_no_prompt_is_refused():
+    """A prompt of no words is always dropped: max_prompt_words 0 (min 0 too)
+    would train M0, the SFT baseline and M1, then stop at the first iteration."""
+    c = configurator.settings(S.DEFAULTS, {"min_prompt_words": 0, "max_prompt_words": 0})
+    assert validate.check_loop(c, 1).found == [
+        "max_prompt_words = 0: must be >= 1 (a prompt of no words is always dropped: the writer would keep nothing)"]
+    c = configurator.settings(S.DEFAULTS, {"min_prompt_words": 0, "max_prompt_words": 1})
+    assert validate.check_loop(c, 1).found == []
