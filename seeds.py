@@ -293,6 +293,9 @@ def main(argv=None):
     if bad:  # (before the first seed's run, not when this seed's turn comes)
         configurator.fail(f"--seeds: {bad[0]}: each seed once, in [0, 2**32) (a seed is a run of its own)")
     c = configurator.settings(selfreward.DEFAULTS, given)
+    if not str(c.run_name).strip():  # (each seed's own name, "-seed1", would pass the run's check)
+        configurator.fail(f"run_name = {c.run_name!r}: name the study (its runs are out_root/<run_name>-seed<s>, "
+                          f"its summary <run_name>-seeds.md)")
     # before any run: what this script compares exists only for a finished toy run
     if c.seed_data != "toy":
         configurator.fail(f"seed_data = {c.seed_data!r}: seeds.py compares the toy world's grades across seeds, "

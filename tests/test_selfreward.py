@@ -1673,13 +1673,14 @@ def test_generation_shards_of_other_settings_are_not_reused(tmp_path):
 
 def test_a_seed_study_refuses_what_it_cannot_compare_and_tables_every_model(tmp_path, capsys, monkeypatch):
     """seeds.py, the loop over seeds (its table by hand: tests/test_report.py):
-    a seed of 2**32 and real seed data (no grader to compare by) are refused
+    a seed of 2**32, real seed data (no grader to compare by) and no name are refused
     before any run; each seed's run (stubbed here) gives a column per model,
     SFT to M_{iterations+1}, the seeds named in order; a figure only the SFT
     baseline has is still a row; a missing share is no figure, not an error."""
     import seeds
     for argv, said in ((["--seeds=4294967296"], "--seeds: 4294967296: each seed once, in [0, 2**32)"),
-                       ([f"--seed_data={tmp_path}"], "seeds.py compares the toy world's grades across seeds")):
+                       ([f"--seed_data={tmp_path}"], "seeds.py compares the toy world's grades across seeds"),
+                       (["--run_name="], "run_name = '': name the study")):  # (each seed's "-seed1" would pass)
         with pytest.raises(SystemExit) as e:
             seeds.main(argv + [f"--out_root={tmp_path}"])
         assert e.value.code == 2 and said in capsys.readouterr().err
