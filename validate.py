@@ -81,8 +81,8 @@ class Problems:
 
     def writable_folder(self, setting, folder):
         """A folder the command will write into: a folder, or one it can make,
-        where it may write (data.unwritable)."""
-        problem = unwritable(folder)
+        where it may write (data.unwritable); '' names none."""
+        problem = "give a folder ('.' for this one)" if not str(folder).strip() else unwritable(folder)
         return self.require(problem is None, setting, problem)
 
     def tensor_parallel(self, ranks, what="the number of ranks", models=()):
@@ -284,7 +284,6 @@ def check_loop(c, world):
               inside != os.pardir and not inside.startswith(os.pardir + os.sep), "run_name",
               "must name a folder inside out_root (the run's files would mix with other runs')")
     run = os.path.join(c.out_root, c.run_name)
-    p.require(c.out_root.strip() != "", "out_root", "give a folder ('.' for this one)")
     if p.writable_folder("out_root", c.out_root):  # (an existing run folder is a run to resume)
         p.writable_folder("run_name", run)
     # a folder that holds something else by the names the loop writes is not taken over (it remakes seed/, M0/, ...)

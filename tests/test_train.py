@@ -1807,6 +1807,11 @@ def test_trainers_refuse_an_unreadable_tokenizer_a_bad_save_dtype_or_out_dir_and
                                                    "out_dir": str(tmp_path / "loop")})
     with pytest.raises(validate.BadInput, match=rf"out_dir = '{tmp_path / 'loop'}': is a selfreward.py run folder"):
         validate.check_training(c, 1, [], "train_sft.py")
+    # no out_dir at all: said by its name (it failed after setup, at the lock file's open of '')
+    c = configurator.settings(train_sft.DEFAULTS, {"init_from": str(work / "ckpt"), "data": str(work / "sft.jsonl"),
+                                                   "out_dir": ""})
+    with pytest.raises(validate.BadInput, match=r"out_dir = '': give a folder \('.' for this one\)"):
+        validate.check_training(c, 1, [], "train_sft.py")
 
 
 def test_a_bad_eval_data_file_or_a_none_or_a_device_or_dtype_torch_lacks_is_refused_before_any_work(
