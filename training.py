@@ -119,7 +119,7 @@ def run(loop, defaults, config, fields, announce=False, check_record=None):
     fingerprint of the run's inputs, computed once here."""
     c = settings(defaults, config)
     script = os.path.basename(loop.__code__.co_filename)  # train_sft.py or train_dpo.py
-    validate.check_training(c, D.launched_world(), fields, script, check_record)  # before setup
+    validate.check_training(c, D.launched_world(), fields, script, check_record, defaults)  # before setup
     scratch_preset = c.model if c.init_from == "scratch" else ""  # (DPO always starts from a checkpoint)
     env = D.setup(c.device, c.dtype, c.threads, width=model_width(c.init_from, scratch_preset))
     if announce:

@@ -463,6 +463,7 @@ def check_loop(c, world):
                       if toy_world or real_world or setting != "seed_data"  # (a bad seed_data is refused above)
                       for s in names]
     read_only_with += [("n_valid", c.dpo_pick_every != 0, "dpo_pick_every > 0"),  # (a negative one: refused above)
+                       ("world_size", c.plan_only, "plan_only=True"), ("gpu_memory_gb", c.plan_only, "plan_only=True"),
                        ("max_meta_tokens", c.meta_judge, "meta_judge=True"),
                        ("n_meta_seed", c.meta_judge or not toy_world, "meta_judge=True")]  # (real data: TOY_ONLY's)
     for s, on, where in read_only_with:
@@ -538,14 +539,20 @@ class BadInput(ValueError):
     command line ends with exit status 2, as for a bad --key=value."""
 
 
-def check_training(c, world, fields, script, check_record=None):
+def check_training(c, world, fields, script, check_record=None, defaults=None):
     """Every problem with a trainer's settings and inputs (`fields`: strings
     each data record needs; check_record(rec): what else is wrong with one,
     or None), before a model is built; raised as one BadInput
-    (the command line prints it as one error, the loop names its stage)."""
+    (the command line prints it as one error, the loop names its stage).
+    defaults: the trainer's, to refuse a plan_only setting changed in a run
+    that trains (it would change nothing)."""
     p = Problems(c)
     if not p.no_none():
         raise BadInput(p.message(script))
+    for s in ("world_size", "gpu_memory_gb"):
+        if defaults and s in defaults and not c.plan_only:
+            p.require(getattr(c, s) == defaults[s], s, f"is read only with plan_only=True, which this run does not "
+                      f"have: it would change nothing; leave it at {defaults[s]!r}")
     for s in ("batch_size", "micro_batch_size", "eval_interval", "save_interval", "log_interval"):
         p.at_least(s, 1)
     for s in ("max_steps", "warmup_steps", "weight_decay", "grad_clip", "max_seq_len", "min_lr"):

@@ -2384,3 +2384,17 @@ def test_a_prompt_length_window_that_keeps_no_prompt_is_refused():
         "max_prompt_words = 0: must be >= 1 (a prompt of no words is always dropped: the writer would keep nothing)"]
     c = configurator.settings(S.DEFAULTS, {"min_prompt_words": 0, "max_prompt_words": 1})
     assert validate.check_loop(c, 1).found == []
+
+
+def test_plan_only_settings_in_a_run_that_trains_are_refused():
+    """world_size and gpu_memory_gb are read by --plan_only alone: in a run
+    (the loop's, a trainer's) a changed one would change nothing."""
+    c = configurator.settings(S.DEFAULTS, {"world_size": -1, "gpu_memory_gb": 141})
+    assert validate.check_loop(c, 1).found == [
+        "world_size = -1: is read only with plan_only=True, which this run does not have: it would change nothing; "
+        "leave it at 0",
+        "gpu_memory_gb = 141: is read only with plan_only=True, which this run does not have: it would change "
+        "nothing; leave it at 80"]
+    c = configurator.settings(train_sft.DEFAULTS, {"init_from": "scratch", "world_size": 4, "data": "x.jsonl"})
+    with pytest.raises(validate.BadInput, match=r"world_size = 4: is read only with plan_only=True"):
+        validate.check_training(c, 1, [], "train_sft.py", defaults=train_sft.DEFAULTS)
