@@ -483,12 +483,13 @@ def model_beside_checkpoint(p, c, args, default):
     Changed from its default to a shape other than the checkpoint's, it
     would change nothing: said, as for the toy world's settings. A config
     that names its checkpoint's own preset (config/llama2_70b_oasst.py) is
-    fine."""
-    shape = lambda a: (a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.hidden_dim, a.vocab_size)
+    fine, whatever its vocabulary (a preset takes its tokenizer's: the
+    loop's toy M0 is toy-small with vocab_size pieces)."""
+    shape = lambda a: (a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.hidden_dim)
     p.require(c.model == default or (c.model in PRESETS and shape(PRESETS[c.model]) == shape(args)), "model",
               f"is read only with init_from='scratch' (and by --plan_only before init_from is there), and "
-              f"init_from's checkpoint is another shape (dim {args.dim}, {args.n_layers} layers, vocabulary "
-              f"{args.vocab_size}): it would change nothing; leave it at {default!r}, or name the checkpoint's preset")
+              f"init_from's checkpoint is another shape (dim {args.dim}, {args.n_layers} layers): it would change "
+              f"nothing; leave it at {default!r}, or name the checkpoint's preset")
 
 
 def within(path, folder):

@@ -597,11 +597,12 @@ def test_a_context_too_short_for_the_judge_prompt_is_refused(tmp_path, llama_tok
     # `model` is the shape of init_from='scratch': beside a checkpoint of another shape it changes nothing
     assert problems(max_judge_tokens=32, model="toy-large") == [
         "model = 'toy-large': is read only with init_from='scratch' (and by --plan_only before init_from is "
-        "there), and init_from's checkpoint is another shape (dim 64, 2 layers, vocabulary 32000): it would change "
-        "nothing; leave it at 'toy-small', or name the checkpoint's preset"]
+        "there), and init_from's checkpoint is another shape (dim 64, 2 layers): it would change nothing; leave it "
+        "at 'toy-small', or name the checkpoint's preset"]
     assert problems(max_judge_tokens=32, model="toy-small") == []  # its default
     p = validate.Problems(configurator.settings(S.DEFAULTS, {"model": "toy-large"}))
     validate.model_beside_checkpoint(p, p.c, preset("toy-large"), "toy-small")  # the checkpoint's own preset
+    validate.model_beside_checkpoint(p, p.c, preset("toy-large", vocab_size=2048), "toy-small")  # its own vocabulary
     assert p.found == []
     # the same in train_sft.py, whose default is 'toy'
     (tmp_path / "sft.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
