@@ -268,3 +268,11 @@ def test_warmup_may_be_zero_and_evaluations_need_a_line():
     assert check(warmup=0) == []
     assert check(warmup=-1, eval_every=0, eval_lines=0) == [
         "eval_every = 0: must be >= 1", "eval_lines = 0: must be >= 1", "warmup = -1: must be >= 0"]
+
+
+def test_balanced_accuracy_pools_the_three_asks():
+    """Shares pooled over first, last and n: right on met asks 2+2+0 of
+    2+2+4 = 0.5, on missed ones 0+2+4 of 2+2+4 = 0.75; their mean 0.625."""
+    counts = {("first", True): [2, 2], ("first", False): [0, 2], ("last", True): [2, 2], ("last", False): [2, 2],
+              ("n", True): [0, 4], ("n", False): [4, 4]}
+    assert drill.balanced_accuracy(counts) == pytest.approx(0.625)

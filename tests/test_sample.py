@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import model as M
 import sample as S
 from checkpoint import save_model
+from data import read_jsonl, write_jsonl
 from sample import generate, next_token, top_p_filter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -866,3 +867,67 @@ def test_generation_memory_plan_counts_what_is_allocated(tiny):
     assert S.memory_plan(tied.args, 1, 1, 32, 8, dtype_bytes=4)["rows"]["weights"] == 4 * tied.num_params()
     assert S.memory_plan(tied.args, 3, 1, 32, 8, dtype_bytes=4)["rows"]["weights"] == \
         pytest.approx(4 * ((tied.num_params() - V * h) / 3 + V * h))
+
+
+def test_generation_memory_plan_70b_by_hand():
+    """Llama 2 70B (dim 8192, 80 layers, 64 heads, 8 KV heads of 128, FFN
+    28672), tensor parallel over 8 GPUs, bf16, one row of 4096 tokens, 1024
+    of them new (a 3072-token prompt), from the docstring's formulas:
+    KV cache 2 x 80 layers x 8/8 heads x 128 x 2 bytes x 4096 tokens;
+    prefill per prompt token 2 x (3 x 8192 + (2 x 64 + 2 x 8) x 128 / 8
+    + 3 x 28672 / 8) + 3 x 4096 (the additive and boolean masks) + 8 x 128."""
+    plan = S.memory_plan(M.preset("llama2-70b"), 8, 1, 4096, 1024)
+    assert plan["rows"]["KV cache"] == 2 * 80 * 1 * 128 * 2 * 4096 == 167_772_160
+    assert plan["rows"]["prefill (one layer's peak)"] == 3072 * (2 * (24576 + 2304 + 10752) + 12288 + 1024)
+    assert plan["rows"]["sampling (logits, top-p)"] == 48 * 32000
+    two = S.memory_plan(M.preset("llama2-70b"), 8, 2, 4096, 1024)  # every per-row figure twice
+    assert two["rows"]["KV cache"] == 2 * plan["rows"]["KV cache"]
+
+
+def test_a_row_whose_context_is_full_stops_costing_work(monkeypatch):
+    """A 5-token prompt in an 8-token context has room for 3 new tokens: the
+    prefill gives the first, two decode steps the others, and then nothing
+    runs (not a fourth forward pass whose token is cut off anyway)."""
+    torch.manual_seed(0)
+    model = M.Transformer(M.preset("toy-tiny", max_seq_len=8)).eval()
+    passes = []
+    real_forward = M.Transformer.forward
+    monkeypatch.setattr(M.Transformer, "forward", lambda self, tokens, *a, **k: (
+        passes.append(tuple(tokens.shape)), real_forward(self, tokens, *a, **k))[1])
+    out = S.generate(model, [[5, 6, 7, 8, 9]], 10, temperature=0, progress=False)
+    assert len(out[0]) == 3
+    assert passes == [(1, 5), (1, 1), (1, 1)]
+
+
+def test_kept_answers_keeps_whole_chunks_only(tmp_path):
+    """OUT.partial with 4 answers written in chunks of 3 (a kill after the
+    first line of the second chunk reached the disk): 3 are kept, the file is
+    cut to its header and those 3, and the next chunk starts at prompt 3."""
+    path = tmp_path / "out.jsonl.partial"
+    shown = {"seed": 1}
+    header = json.dumps({"made_from": "fp", "inputs": shown}) + "\n"
+    answers = [json.dumps({"prompt": f"p{i}", "response": f"r{i}"}) + "\n" for i in range(4)]
+    path.write_text(header + "".join(answers))
+    with open(path, "a+", encoding="utf-8") as f:
+        assert S.kept_answers(f, "fp", 3, shown) == 3
+    assert path.read_text() == header + "".join(answers[:3])
+
+
+def test_each_chunk_of_a_prompts_file_samples_with_its_own_seed(toy_tokenizer_path, tmp_path):
+    """save_every=1: the same prompt twice is two chunks, and at temperature 1
+    they draw different numbers (chunk k's seed is its own), so the two
+    answers differ; chunk 0 draws what one generate() call with the seed does."""
+    from tokenizer import Tokenizer, chat_prompt_ids
+    tok = Tokenizer(toy_tokenizer_path)
+    torch.manual_seed(0)
+    model = M.Transformer(M.preset("toy-tiny", vocab_size=tok.vocab_size)).eval()
+    save_model(model, tmp_path / "ckpt", tokenizer_path=toy_tokenizer_path)
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_jsonl(inp, [{"prompt": "reverse the word fox"}] * 2)
+    S.main([f"--{k}={v}" for k, v in dict(ckpt=tmp_path / "ckpt", prompts_file=inp, out=out, device="cpu",
+                                          dtype="float32", max_new_tokens=8, temperature=1.0, top_p=1.0, seed=5,
+                                          save_every=1, progress=False).items()])
+    first, second = [r["response"] for r in read_jsonl(out)]
+    alone = S.generate(model, [chat_prompt_ids(tok, "reverse the word fox")], 8, temperature=1.0, top_p=1.0,
+                       seed=5, eos_id=tok.stop_ids, progress=False)
+    assert first == tok.decode(alone[0]) and first != second

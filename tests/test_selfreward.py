@@ -2399,3 +2399,36 @@ def test_plan_only_settings_in_a_run_that_trains_are_refused():
     c = configurator.settings(train_sft.DEFAULTS, {"init_from": "scratch", "world_size": 4, "data": "x.jsonl"})
     with pytest.raises(validate.BadInput, match=r"world_size = 4: is read only with plan_only=True"):
         validate.check_training(c, 1, [], "train_sft.py", defaults=train_sft.DEFAULTS)
+
+
+def test_eval_outputs_are_the_files_stage_eval_writes(tmp_path):
+    """eval_judge=False writes no judgments file, so none is listed (a listed
+    file that never exists counts as gone: every evaluation would be made
+    again whenever the report runs); the toy world's test answers are; a
+    benchmark's answer file is, where one is given."""
+    r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)))
+    c = configurator.settings(S.DEFAULTS, {"eval_judge": False, "run_name": "x"})
+    assert S.eval_outputs(c, r, "M1") == [str(tmp_path / "eval" / "M1_test.jsonl")]
+    c = configurator.settings(S.DEFAULTS, {"run_name": "x"})
+    assert S.eval_outputs(c, r, "M2") == [str(tmp_path / "eval" / "M2_test.jsonl"),
+                                           str(tmp_path / "eval" / "M2_judgments.jsonl")]
+
+
+def test_eft_own_answers_are_each_prompts_own_samples(tmp_path, monkeypatch):
+    """eft_own_answers=2: prompt k's EFT records judge completions 2k and 2k+1
+    of generate's flat list (prompt-major), and no other prompt's."""
+    groups = [{"prompt": f"q{k}", "task": {"kind": "length", "word": "AB"}} for k in range(3)]
+    write_jsonl(tmp_path / "seed" / "eft_train_groups.jsonl", groups)
+    r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)))
+    tok = types.SimpleNamespace(stop_ids=[2], decode=lambda ids: " ".join(ids))
+    monkeypatch.setattr(S, "load_for_sampling", lambda r, path: (None, tok))
+    monkeypatch.setattr(S, "chat_prompt_ids", lambda tok, prompt: prompt)
+    monkeypatch.setattr(S, "generate", lambda net, prompts, *a, n=1, **kw: [
+        [f"{p}a{j}"] for p in prompts for j in range(n)])
+    made = []
+    monkeypatch.setattr(S, "generate_sharded", lambda r, name, items, size, work: made.extend(work(items, 0)) or made)
+    monkeypatch.setattr(S.toy, "eft_target", lambda prompt, task, response, **kw: {
+        "prompt": prompt, "response": response, "score": 3})
+    c = configurator.settings(S.DEFAULTS, {"eft_own_answers": 2, "progress": False})
+    assert S.stage_eft_own_answers(c, r)["answers"] == 6
+    assert [(x["prompt"], x["response"]) for x in made] == [(f"q{k}", f"q{k}a{j}") for k in range(3) for j in range(2)]

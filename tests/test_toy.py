@@ -683,3 +683,26 @@ def test_fresh_task_gives_up_after_its_tries_and_otherwise_draws_on(monkeypatch)
         got = toy.fresh_task(random.Random(0), ["reverse"], held_tasks, held_prompts, tries=tries)
         assert (got if got is None else got[1]) == want and len(drawn) == n, (tries, got, drawn)
         assert got is None or got[0] == toy.render(tasks[3], random.Random(0))
+
+
+def test_an_eft_target_states_the_right_answer_and_justifies_its_score():
+    """The default EFT target (no working, quotes or comparison) for a
+    reverse task: the right answer, then the sentence of the response's
+    grade, then the score."""
+    from data import toy as toy_world  # (toy: this file's fixture of the seed data)
+    task = toy_world.task_from_prompt("Write 'TAMILO' backwards.")
+    prompt = "Write 'TAMILO' backwards."
+    expected = {
+        "OLIMAT": "The correct answer is OLIMAT. The response is exactly right and concise.\nScore: 5",
+        "Sure! The answer is OLIMAT.": "The correct answer is OLIMAT. The response is right, but adds text that "
+                                       "was not asked for.\nScore: 4",
+        "OLIMAT OLIMAT": "The correct answer is OLIMAT. The response contains the answer, but it hedges, repeats or "
+                         "gets the form wrong.\nScore: 3",
+        "OLIMTA": "The correct answer is OLIMAT. The response is close, but only partly right.\nScore: 2",
+        "KOBEDA": "The correct answer is OLIMAT. The response is related to the question, but its answer is "
+                  "wrong.\nScore: 1",
+        "I like cats.": "The correct answer is OLIMAT. The response is off-topic: it does not address the "
+                        "question.\nScore: 0",
+    }
+    for response, text in expected.items():
+        assert toy_world.eft_target(prompt, task, response)["response"] == text, response

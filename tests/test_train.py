@@ -23,6 +23,7 @@ import torch
 
 from conftest import ROOT, held_by_another_job, ranks_said, response_logp
 
+import configurator
 import distributed as D
 import train_dpo
 import train_sft
@@ -1904,3 +1905,62 @@ def test_ctrl_c_during_a_state_save_stops_once_the_state_is_saved(tmp_path, monk
         for s, h in before.items():
             signal.signal(s, h)
     assert T.load_state(model, optimizer, path, "x")[0] == 3
+
+
+def test_hold_out_rounds_the_share_to_the_nearest_item():
+    """eval_fraction 0.05 of 38 items is 1.9: two held out (rounded, not cut
+    down to one); of 30, 1.5: two (Python rounds half to even); of 10, 0.5:
+    one all the same."""
+    for n, held_n in ((38, 2), (30, 2), (10, 1), (100, 5)):
+        train, held = T.hold_out(list(range(n)), 0.05, 1337)
+        assert len(held) == held_n and sorted(train + held) == list(range(n)), n
+
+
+def test_hold_out_is_seeded_by_the_runs_seed():
+    """The same seed holds out the same items; another seed, other items
+    (10 of 100: two seeds agreeing by chance is ~1e-13)."""
+    items = list(range(100))
+    assert T.hold_out(items, 0.1, 1) == T.hold_out(items, 0.1, 1)
+    assert T.hold_out(items, 0.1, 1)[1] != T.hold_out(items, 0.1, 2)[1]
+
+
+def test_a_saved_state_is_made_from_every_method_setting_and_no_runtime_one(tmp_path):
+    """made_from counts what a run computes: a change of any method setting
+    (the clip norm, the batch, AdamW's betas ...) makes another run, whose
+    saved state is not resumed; a change of how it runs (micro-batches,
+    intervals, threads ...) resumes it."""
+    data, tok = tmp_path / "train.jsonl", tmp_path / "tokenizer.model"
+    data.write_text('{"prompt": "a", "response": "b"}\n')
+    tok.write_bytes(b"pieces")
+    base = {"init_from": "scratch", "data": str(data), "tokenizer": str(tok)}
+    fp = lambda **kw: T.made_from(*T.training_inputs(configurator.settings(train_sft.DEFAULTS, {**base, **kw}),
+                                                      str(tok)), torch.float32)
+    before = fp()
+    method = dict(grad_clip=0.5, batch_size=32, beta1=0.8, beta2=0.99, weight_decay=0.1, warmup_steps=3,
+                  dropout=0.2, seed=7, epochs=2, max_steps=5, max_seq_len=64, eval_fraction=0.1, lr=1e-4,
+                  min_lr=1e-6, model="toy-tiny", chat_template="chatml", template="text")
+    for k, v in method.items():
+        assert v != train_sft.DEFAULTS[k] and fp(**{k: v}) != before, k
+    runtime = dict(micro_batch_size=2, eval_interval=7, save_interval=9, log_interval=5, threads=1, progress=False,
+                   keep_state=True, activation_checkpointing=True, compile=True, save_dtype="bfloat16",
+                   peak_flops=1e12, crash_after_step=3, out_dir=str(tmp_path / "elsewhere"))
+    for k, v in runtime.items():
+        assert v != train_sft.DEFAULTS[k] and fp(**{k: v}) == before, k
+
+
+def test_memory_plan_says_whether_a_world_size_fits():
+    """70B, 2048 tokens a micro-batch: checkpointed, 29.5 GB a GPU at 64 GPUs
+    fits an 80 GB GPU (85% usable), while at 8 GPUs the 16 bytes a parameter
+    alone are 138 GB; not checkpointed, 80 layers' activations (2048 x (80 x
+    413,960 + 66,576) bytes: tests/test_train.py's per-layer count), the
+    blocks in flight and the logits, 76.5 GB a GPU whatever the world size,
+    leave no room for the sharded state."""
+    args = preset("llama2-70b")
+    fits = T.memory_plan(args, 64, 1, 2048, True, dropout=0.1)
+    assert fits["total"] < 0.85 * 80e9 and "; 64 fits" in fits["text"]
+    short = T.memory_plan(args, 8, 1, 2048, True, dropout=0.1)
+    assert short["total"] > 16 * short["params"] / 8 > 0.85 * 80e9 and "; 8 does NOT fit" in short["text"]
+    whole = T.memory_plan(args, 64, 1, 2048, False, dropout=0.1)
+    fixed = 2048 * (80 * 413_960 + 66_576) + 8 * 855_654_400 + 2 * 524_296_192 + 2048 * 32000 * 10
+    assert whole["total"] - 16 * whole["params"] / 64 == pytest.approx(fixed) and fixed > 0.85 * 80e9
+    assert "does not fit a 80 GB GPU at any world size" in whole["text"] and "needs at least" not in whole["text"]
