@@ -241,6 +241,7 @@ def empty_set_warnings(sets, paths, eval_files):
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="Write the IFT and EFT seed sets from oasst1 message files.",
                                 allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.error = lambda message: p.exit(2, f"error: {message}\n")  # one line, not the usage block first (--help has it)
     p.add_argument("files", nargs="+", help="oasst1 per-message JSONL files (train, validation)")
     p.add_argument("--eval_files", nargs="*", default=[], help="files whose prompts form the EFT eval set")
     p.add_argument("--eft_eval_frac", type=float, default=0.1,

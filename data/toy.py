@@ -1097,6 +1097,7 @@ if __name__ == "__main__":
              "check_each_ask": "an invent check sets each property of the word beside its ask"}
     p = argparse.ArgumentParser(description="Write the toy world's seed files.", allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.error = lambda message: p.exit(2, f"error: {message}\n")  # one line, not the usage block first (--help has it)
     p.add_argument("--out", default="data/toy", help="output folder")
     notes["toy_kinds"] = f"comma-separated task kinds, of {','.join(ALL_KINDS)}"
 

@@ -202,10 +202,12 @@ def test_command_line_refuses_bad_input_in_one_line(tmp_path):
                        ([bot], "bot.jsonl:2: not an oasst message, role 'bot'"),
                        ([empty], f"no messages in {empty}: the files are empty"),
                        ([bot, f"--out={afile}"], f"--out = {afile}: a file, not a folder"),
-                       ([bot, "--out="], "--out: give a folder ('.' for this one)")]:  # (it wrote into the cwd)
+                       ([bot, "--out="], "--out: give a folder ('.' for this one)"),  # (it wrote into the cwd)
+                       ([bot, "--ift_frac=half"], "argument --ift_frac: invalid float value: 'half'")]:
         r = subprocess.run([sys.executable, "-m", "data.prepare_oasst", f"--out={tmp_path / 'out'}", *args],
                            cwd=ROOT, capture_output=True, text=True)
-        assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        assert r.returncode == 2 and said in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert r.stderr.startswith("error: "), r.stderr
     assert not (tmp_path / "out").exists()
 
 
