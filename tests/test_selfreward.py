@@ -376,7 +376,7 @@ def test_bad_settings_refused_before_any_work_then_the_fix_continues(micro_run, 
     the trained models' files keep their bytes and modification times."""
     run = copy_run(micro_run, tmp_path)
     models = files_of(run, ["SFT", "M1", "M2", "M3"])
-    before = {f: (run / f).read_bytes() for f in ("settings.json", "report.md")}
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}  # every file
     prompts = tmp_path / "alpaca.jsonl"
     prompts.write_text('{"instruction": "Reverse the word TAMILO."}\n{"question": "no instruction"}\n')
     bad = dict(top_p=0.0, temperature=-0.5, eval_prompts=prompts, mt_bench=tmp_path / "absent.jsonl")
@@ -386,7 +386,7 @@ def test_bad_settings_refused_before_any_work_then_the_fix_continues(micro_run, 
                     f"eval_prompts: {prompts}:2: missing or non-string field(s): instruction",
                     f"mt_bench: data file not found: {tmp_path / 'absent.jsonl'}"]:
         assert problem in err, (problem, err)
-    assert {f: (run / f).read_bytes() for f in before} == before
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()} == before
     prompts.write_text('{"instruction": "Reverse the word TAMILO."}\n{"instruction": "Sort BAKURO."}\n')
     r = run_loop(tmp_path, eval_prompts=prompts)
     assert stages_run(r.stdout) == ["eval_SFT", "eval_M1", "eval_M2", "eval_M3", "report"]
@@ -507,7 +507,11 @@ def test_a_folder_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
         c = configurator.settings(S.DEFAULTS, {"out_root": "/proc/runs"})
         assert [x for x in validate.check_loop(c, 1).found if x.startswith("out_root")] == [
             "out_root = '/proc/runs': cannot make a file in /proc (No such file or directory)"]
-    assert not [f for f in os.listdir(tmp_path / "ro") if f.startswith(".write-check-")]  # (none left behind)
+    # a writable folder: its probe file made and removed, nothing left behind (access said no above, so no
+    # probe was made there)
+    (tmp_path / "w").mkdir()
+    import data
+    assert data.unwritable(str(tmp_path / "w")) is None and os.listdir(tmp_path / "w") == []
 
 
 def test_bad_inputs_of_a_new_run_are_refused_before_the_folder_exists(tmp_path):
@@ -2247,21 +2251,27 @@ def test_a_finished_runs_deleted_files_are_made_again_by_the_same_command(micro_
     """A finished run whose report.md, a model's test answers, pairs and seed
     folder were deleted: the same command writes the seed data, the answers
     and the report again (report.md gone printed a traceback on every
-    rank); a changed DPO setting makes the pairs again before DPO reads them
-    (they had no output listed: DPO failed after dropping its record); all
-    byte for byte. A deleted M2 is made again as it was when iteration 2
+    rank), byte for byte but the report, whose tables are the same and
+    which names the pairs it cannot find; a changed DPO setting makes the
+    pairs again before DPO reads them (they had no output listed: DPO
+    failed after dropping its record), byte for byte. A deleted M2 is made again as it was when iteration 2
     reads it."""
     run = copy_run(micro_run, tmp_path)
     pairs, seed = (run / "iter1" / "pairs.jsonl").read_bytes(), {p.name: p.read_bytes() for p in (run / "seed").iterdir()}
     shutil.rmtree(run / "seed")
     test_answers = (run / "eval" / "M1_test.jsonl").read_bytes()
+    # the report's tables: every model's figures (its diagnostics lack the deleted pairs, which it says)
+    report = lambda: [x for x in (run / "report.md").read_text().splitlines() if x.startswith("|")]
+    reported = report()
     for gone in ("iter1/pairs.jsonl", "report.md", "eval/M1_test.jsonl"):
         (run / gone).unlink()
     r = run_loop(tmp_path)
     assert stages_run(r.stdout) == ["seed_data", "eval_M1", "report"]  # (the seed data: eval_M1 reads it)
     assert "report.md gone, and the run's last line reads it" in r.stdout
     assert "M1_test.jsonl gone, and report reads it" in r.stdout and "| M3 |" in r.stdout
-    assert (run / "eval" / "M1_test.jsonl").read_bytes() == test_answers and (run / "report.md").exists()
+    assert (run / "eval" / "M1_test.jsonl").read_bytes() == test_answers and report() == reported
+    assert "**Left out**: files that finished stages wrote are not found, so this report lacks what they feed: " \
+        "`iter1/pairs.jsonl` (iteration 1: the grader's verdicts on its pairs)" in (run / "report.md").read_text()
     r = run_loop(tmp_path, dpo_beta=0.2, dry_run=True)
     said = [line for line in r.stdout.splitlines() if line.startswith("would run ")]
     assert said[:2] == [f"would run iter1_pairs (again: {run / 'iter1' / 'pairs.jsonl'} gone, and M2 reads it)",
@@ -2345,6 +2355,7 @@ def test_stage_prompts_near_duplicates_and_generated_shots(tmp_path, monkeypatch
     info = S.stage_prompts(c, r, 1, "writer")
     assert info["dropped"] == {"near duplicate (ROUGE-L >= 0.9)": 1} and info["kept"] == 3
     assert all(written[0] in a and written[1] in a for a in asked[2:])
+    assert all(sum(f"Say hi to {x}." in a for x in "ABCDEFGH") == 6 for a in asked[2:])  # n_shots 8, 2 of them new
 
 
 def test_each_stage_iteration_and_shard_samples_with_its_own_seed(tmp_path, monkeypatch, toy_tokenizer_path):
