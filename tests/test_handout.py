@@ -460,19 +460,27 @@ def test_grading_imports_no_file_a_student_edits():
     assert not marked & set(r.stdout.split())
 
 
-def test_a_git_checkout_hands_out_only_what_git_tracks(tmp_path):
+def test_a_git_checkout_hands_out_only_what_git_tracks(tmp_path, monkeypatch, capsys):
     """In a git checkout the handout copies the tracked files: an untracked one
     that git would track (an instructor's notes, a model folder made in the
     project) went into the student copy; it is listed as left out instead."""
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    (tmp_path / ".gitignore").write_text("/out/\n")
-    (tmp_path / "m.py").write_text("x = 1\n")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "run.txt").write_text("ignored\n")
-    subprocess.run(["git", "-C", str(tmp_path), "add", ".gitignore", "m.py"], check=True)
-    (tmp_path / "answers.md").write_text("the solutions\n")
-    assert handout.project_files(str(tmp_path)) == [".gitignore", "m.py"]
-    assert handout.project_files(str(tmp_path), untracked=True) == ["answers.md"]
+    project = tmp_path / "project"
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    (project / ".gitignore").write_text("/out/\n")
+    (project / "m.py").write_text("# Exercise (easy): one. Graded by: tests/test_m.py\ndef one():\n    return 1\n")
+    (project / "tests").mkdir()
+    (project / "tests" / "test_m.py").write_text("from m import one\n\n\ndef test_one():\n    assert one() == 1\n")
+    (project / "out").mkdir()
+    (project / "out" / "run.txt").write_text("ignored\n")
+    subprocess.run(["git", "-C", str(project), "add", ".gitignore", "m.py", "tests/test_m.py"], check=True)
+    (project / "answers.md").write_text("the solutions\n")
+    assert handout.project_files(str(project)) == [".gitignore", "m.py", "tests/test_m.py"]
+    assert handout.project_files(str(project), untracked=True) == ["answers.md"]
+    monkeypatch.setattr(handout, "ROOT", str(project))
+    handout.main([f"--out={tmp_path / 'student'}"])
+    assert "left out, as git does not track them (commit what students need): answers.md" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "student")) == sorted([".gitignore", "m.py", "tests", handout.GUIDE,
+                                                               handout.MANIFEST])  # (no answers.md, no out/)
 
 
 def test_a_handout_is_graded_by_the_exercises_it_was_written_with(tmp_path, monkeypatch, capsys):
