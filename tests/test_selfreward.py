@@ -2443,3 +2443,20 @@ def test_eft_own_answers_are_each_prompts_own_samples(tmp_path, monkeypatch):
     c = configurator.settings(S.DEFAULTS, {"eft_own_answers": 2, "progress": False})
     assert S.stage_eft_own_answers(c, r)["answers"] == 6
     assert [(x["prompt"], x["response"]) for x in made] == [(f"q{k}", f"q{k}a{j}") for k in range(3) for j in range(2)]
+
+
+def test_m0_pretrains_on_pretrain_docs_listings_and_pretrain_qa_docs_quiz_pages(tmp_path, monkeypatch):
+    """stage_pretrain writes M0's text as its settings say: pretrain_docs task
+    listings ("Here are some tasks:") and pretrain_qa_docs quiz pages ("Q: ..."),
+    and trains on that file (the trainer stubbed)."""
+    toy.write_toy(tmp_path / "seed", n_ift=20, n_eft_train=10, n_eft_eval=10, n_test=10)
+    trained = {}
+    monkeypatch.setattr(S.train_sft, "train", lambda config: trained.update(config) or {"model": "m", "loss": 1.0})
+    monkeypatch.setattr(S, "move_model", lambda r, src, name: None)
+    r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)), env=D.Env(), setting=lambda k: "float32")
+    c = configurator.settings(S.DEFAULTS, {"pretrain_docs": 3, "pretrain_qa_docs": 5, "progress": False})
+    assert S.stage_pretrain(c, r)["docs"] == 8
+    docs = read_jsonl(tmp_path / "train" / "pretrain.jsonl")
+    assert Counter("list" if d["text"].startswith(toy.DOC_HEAD) else "quiz" if d["text"].startswith("Q: ") else "?"
+                   for d in docs) == {"list": 3, "quiz": 5}
+    assert trained["data"] == str(tmp_path / "train" / "pretrain.jsonl") and trained["template"] == "text"
