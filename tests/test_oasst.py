@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from conftest import ROOT, shared_file
-from data import read_jsonl
-from data.prepare_oasst import prepare, report
+from data import read_jsonl, write_jsonl
+from data.prepare_oasst import empty_set_warnings, prepare, report
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +248,40 @@ def test_command_line_refuses_an_out_folder_under_a_file(tmp_path):
     r = subprocess.run([sys.executable, "-m", "data.prepare_oasst", train, f"--out={afile}/sub"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "is a file, not a folder" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def _tree(mid, text):
+    msg = lambda i, parent, role, rank, t: {"message_id": i, "parent_id": parent, "text": t, "role": role,
+                                             "lang": "en", "rank": rank, "deleted": False, "review_result": True}
+    return [msg(mid, None, "prompter", None, text), msg(mid + "a", mid, "assistant", 0, "yes"),
+            msg(mid + "b", mid, "assistant", 1, "no")]
+
+
+def test_with_eval_files_only_their_prompts_are_eft_eval_whatever_the_share(tmp_path):
+    """Mutant: with --eval_files, a training prompt is also drawn for eval by
+    eft_eval_frac. At eft_eval_frac=1.0 it would take every one."""
+    train, valid = tmp_path / "train.jsonl", tmp_path / "valid.jsonl"
+    write_jsonl(train, [m for i in range(3) for m in _tree(f"t{i}", f"Train question {i}?")])
+    write_jsonl(valid, _tree("v0", "Eval question?"))
+    sets, _, _ = prepare([str(train), str(valid)], eval_files=[str(valid)], eft_eval_frac=1.0, ift_frac=1.0)
+    assert [g["prompt_id"] for g in sets["eft_eval"]] == ["v0"]
+    assert sorted(x["prompt_id"] for x in sets["ift"]) == ["t0", "t1", "t2"]
+
+
+def test_the_summary_counts_every_message_read(tmp_path):
+    """Mutant: report's first line counts the dropped messages only. 2 trees of a prompt
+    and 2 ranked replies (6 messages) and one later-turn reply: 7 read."""
+    rows = _tree("p1", "One?") + _tree("p2", "Two?")
+    rows.append({**rows[1], "message_id": "p1aq", "parent_id": "p1a", "role": "prompter"})
+    write_jsonl(tmp_path / "m.jsonl", rows)
+    sets, kept, dropped = prepare([str(tmp_path / "m.jsonl")], eft_eval_frac=0.0, ift_frac=1.0)
+    assert report(sets, kept, dropped)[:2] == ["read 7 messages", "kept 2 IFT examples"]
+
+
+def test_an_empty_set_with_training_files_given_too_is_not_blamed_on_eval_files():
+    """Mutant: the 'every input file is an --eval_files file' hint whenever eval_files is
+    given. Here a training file was given too: the general hint applies."""
+    sets = {"ift": [], "eft_train": [{"responses": ["a", "b"]}], "eft_eval": [{"responses": ["a", "b"]}]}
+    (line,) = empty_set_warnings(sets, ["train.jsonl", "valid.jsonl"], ["valid.jsonl"])
+    assert line == ("warning: ift.jsonl will be empty (no IFT prompt): check the input files and the split "
+                    "settings (--eft_eval_frac, --ift_frac)")

@@ -2,6 +2,7 @@
 the stages on a small random model with a short context, and one end-to-end run of the
 loop on real-format seed data (seed -> SFT -> EFT targets from a file -> M1 -> evaluation)."""
 import json
+import types
 import os
 import re
 import subprocess
@@ -13,9 +14,11 @@ import torch
 import configurator
 import distributed as D
 import evaluation as E
+import judge as J
 import model as M
 import report
 import selfreward as S
+import validate
 from checkpoint import save_model
 from conftest import ROOT, shared_file
 from data import read_jsonl, toy, write_jsonl
@@ -563,3 +566,156 @@ def test_smollm2_cpu_config_applies_and_its_data_steps_give_what_it_names(tmp_pa
     held_out = {" ".join(g["prompt"].split()).lower() for g in sets["eft_eval"]}
     assert len(groups) == 20 and not {" ".join(g["prompt"].split()).lower() for g in groups} & held_out
     assert 40 <= len(eft_targets(groups, judged)) <= 80
+
+
+def loop_settings(**kw):
+    """The loop's defaults, progress off (the tests below need no small sizes)."""
+    return configurator.settings(S.DEFAULTS, {"progress": False, **kw})
+
+
+def test_a_judge_files_own_ranks_are_kept_where_the_seed_ranks_only_part_of_the_group():
+    """Mutant: judge_file_targets attaches the seed's ranks whenever the seed has the
+    prompt (drops `g["ranks"] is None and`). The file ranks a above z and scores z higher:
+    it disagrees with its own ranks, so nothing is kept. The seed ranks a and b (not z):
+    with the file's ranks thrown away the group counts as unranked and both are kept."""
+    groups = [{"prompt": "Q", "responses": ["a", "z"], "ranks": [0, 1]}]
+    judged = [[{"response": "a", "judgments": ["Score: 1"], "scores": [1]},
+               {"response": "z", "judgments": ["Score: 5"], "scores": [5]}]]
+    seed = [{"prompt": "Q", "responses": ["a", "b"], "ranks": [0, 1]}]
+    targets, kept, _ = J.judge_file_targets(groups, judged, seed, [], [])
+    assert kept[0][0]["ranks"] == [0, 1] and targets == []
+
+
+
+def test_the_judge_metrics_of_an_evaluation_are_against_each_groups_human_ranks(tmp_path, monkeypatch):
+    """Mutant: stage_eval passes the ranks sorted (or regroups wrongly). Group p ranks
+    b > c > a and the judge scores b 5, c 3, a 1; group q ranks e > d and it scores
+    e 4, d 2: all 4 pairs right. Against sorted ranks 1 of 4 would be."""
+    r = Run(str(tmp_path / "run"), loop_settings(), D.Env())
+    write_jsonl(r.path("seed", "eft_eval.jsonl"), [{"prompt": "p", "responses": ["a", "b", "c"], "ranks": [2, 0, 1]},
+                                                   {"prompt": "q", "responses": ["d", "e"], "ranks": [1, 0]}])
+    monkeypatch.setattr(S, "load_for_sampling", lambda r, path: (None, types.SimpleNamespace(stop_ids=[2])))
+    score = {"a": 1, "b": 5, "c": 3, "d": 2, "e": 4}
+
+    def judge(net, tok, prompts, responses, **kw):
+        assert prompts == ["p", "p", "p", "q", "q"] and responses == list("abcde")
+        return [{"prompt": p, "response": x, "judgments": [f"Score: {score[x]}"], "scores": [score[x]],
+                 "score": float(score[x]), "too_long": False} for p, x in zip(prompts, responses)]
+    monkeypatch.setattr(S.J, "judge", judge)
+    j = S.stage_eval(loop_settings(), r, "M1", "M1")["judge"]
+    assert (j["pairwise_accuracy"], j["exact_match"], j["n_pairs"], j["n_prompts"]) == (1.0, 1.0, 4, 2)
+
+
+def test_eval_outputs_on_real_data_list_no_test_answers(tmp_path):
+    """Mutant: eval_outputs lists {name}_test.jsonl whatever the seed data. On real data
+    stage_eval writes no test answers: a listed file that never exists counts as gone,
+    and the evaluation would be made again whenever the report runs."""
+    r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)))
+    c = loop_settings(seed_data=str(tmp_path / "oasst"), eval_prompts="alpaca.json", run_name="x")
+    assert S.eval_outputs(c, r, "M1") == [str(tmp_path / "eval" / "M1_judgments.jsonl"),
+                                          S.E.alpaca_eval_path(str(tmp_path / "eval"), "x-M1")]
+
+
+def test_a_models_evaluation_makes_its_eft_targets_again_before_counting_benchmark_questions(tmp_path, monkeypatch):
+    """Mutant: stage_eval no longer calls remake_if_gone("eft_targets"): with
+    eft_train_targets.jsonl deleted, trained_prompts would fall back to every seed EFT
+    group (not the targets M1 learned) and count the wrong questions."""
+    r = Run(str(tmp_path / "run"), loop_settings(), D.Env())
+    write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": "Name a fruit.", "response": "Apple."}])
+    write_jsonl(r.path("iter1", "pairs.jsonl"), [{"prompt": "Name a tree.", "chosen": "Oak.", "rejected": "7"}])
+    (tmp_path / "alpaca.json").write_text(json.dumps([{"instruction": "Say hi."}]))
+    calls = []
+    monkeypatch.setattr(r, "remake_if_gone", lambda name, reader: calls.append((name, reader)))
+    monkeypatch.setattr(S, "load_for_sampling", lambda r, path: (None, types.SimpleNamespace(stop_ids=[2])))
+    monkeypatch.setattr(S.E, "answer_alpaca_eval", lambda net, tok, prompts, model_id, *a, **kw: [
+        {"instruction": x["instruction"], "output": "Hi.", "generator": model_id} for x in prompts])
+    S.stage_eval(loop_settings(eval_judge=False, eval_prompts=str(tmp_path / "alpaca.json")), r, "M2", "M2")
+    assert calls == [("eft_targets", "eval_M2"), ("iter1_pairs", "eval_M2")]
+
+
+def test_ready_eft_targets_without_a_question_add_no_trained_prompt(tmp_path):
+    """Mutant: trained_prompts drops `if "instruction" in x or "responses" in x`. A real
+    seed's eft_train.jsonl of ready targets: a record naming its question counts by that
+    question; one without (its prompt is a whole judge prompt) counts nothing."""
+    write_jsonl(tmp_path / "ift.jsonl", [{"prompt": "Name a fruit.", "response": "Apple."}])
+    write_jsonl(tmp_path / "eft_train.jsonl", [
+        {"prompt": J.judge_prompt("Name a tree.", "Oak."), "response": "Right.\nScore: 5", "instruction": "Name a tree."},
+        {"prompt": J.judge_prompt("Name a city.", "Rome."), "response": "Right.\nScore: 4"}])
+    assert S.trained_prompts(str(tmp_path), "M1")["EFT training"] == ["Name a tree."]
+
+
+def test_a_written_prompt_that_is_a_seed_prompt_is_an_exact_duplicate(tmp_path, monkeypatch):
+    """Mutant: `seen` leaves out the seed prompts (the near-duplicate filter then drops the
+    copy under another reason, or keeps it above a threshold of 1). The writer writes a
+    seed prompt in other capitals and spacing, then a new prompt."""
+    write_jsonl(tmp_path / "seed" / "ift.jsonl", [{"prompt": f"Say hi to {x}.", "response": "hi"} for x in "ABCDEFGH"])
+    written = ["say  HI to c.", "Explain how a rainbow forms."]
+
+    class Writer:
+        ids_starting_with = staticmethod(lambda text: [0])
+        encode = staticmethod(lambda text, bos: [1])
+        decode = staticmethod(lambda ids: written[ids[0]] + "\n")
+        stop_ids = [2]
+    net = types.SimpleNamespace(args=types.SimpleNamespace(max_seq_len=1024))
+    monkeypatch.setattr(S, "load_for_sampling", lambda r, path: (net, Writer))
+    monkeypatch.setattr(S, "fits", lambda net, ids: True)
+    monkeypatch.setattr(S, "generate", lambda net, ids, *a, **k: [[i] for i in range(len(ids))])
+    r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)), fingerprints={}, current=None, env=D.Env())
+    c = types.SimpleNamespace(**{**S.DEFAULTS, "n_prompts": 2, "progress": False})
+    info = S.stage_prompts(c, r, 1, "writer")
+    assert info["dropped"] == {"exact duplicate": 1} and info["kept"] == 1
+
+
+
+def test_a_judge_file_still_needs_judge_room_when_the_loop_iterates(toy_tokenizer_path):
+    """Mutant: judge_room skips whenever eft_judgments is set. The file spares only the EFT
+    targets' judging; with iterations the loop's model judges its candidates, so a context
+    with no room for the judge prompt and max_judge_tokens is refused; with iterations=0 not."""
+    tok = Tokenizer(toy_tokenizer_path)
+    own = len(J.judge_prompt_ids(tok, "", ""))
+    args = M.preset("toy-tiny", vocab_size=tok.vocab_size, max_seq_len=own + 8)
+    for iterations, refused in ((1, True), (0, False)):
+        c = loop_settings(eft_judgments="judged.jsonl", iterations=iterations, max_judge_tokens=8)
+        p = validate.Problems(c)
+        validate.judge_room(p, c, args, tok)
+        assert [x.startswith(f"max_judge_tokens = 8: with the judge prompt's own {own} tokens") for x in p.found] \
+            == ([True] if refused else []), p.found
+
+
+def test_a_prompt_writer_needs_no_chat_template(tmp_path):
+    """Mutant: check_loop checks prompt_writer as a chat model (chats=True). The writer
+    continues a plain-text list: a checkpoint whose chat template is none of the formats
+    this project writes (it could not be init_from) is fine as the writer."""
+    from tokenizers import Tokenizer as HFTok, models, pre_tokenizers
+
+    from checkpoint import save_model
+    tk = HFTok(models.WordLevel({"[UNK]": 0, "a": 1, "b": 2}, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.add_special_tokens(["<s>", "</s>"])
+    (tmp_path / "tk").mkdir()
+    tk.save(str(tmp_path / "tk" / "tokenizer.json"))
+    (tmp_path / "tk" / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<s>", "eos_token": "</s>",  # Zephyr's format: none this project writes
+        "chat_template": "{% for m in messages %}<|{{ m['role'] }}|>\\n{{ m['content'] }}</s>{% endfor %}"}))
+    tok = Tokenizer(tmp_path / "tk")
+    assert tok.template_problem  # (a chat could not be written in it)
+    save_model(M.Transformer(M.preset("toy-tiny", vocab_size=tok.vocab_size)), str(tmp_path / "writer"),
+               tokenizer_path=str(tmp_path / "tk"))
+    assert validate.check_loop(loop_settings(prompt_writer=str(tmp_path / "writer")), 1).found == []
+
+
+
+def test_the_sft_baselines_eft_targets_line(tmp_path):
+    """Mutants: the source said as 'from None' for the SFT baseline's own judging, and
+    the count of responses too long to judge left out."""
+    r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)))
+    stages = {"eft_targets": {"groups": 10, "targets": 6, "judgments": 90, "judgments_with_score": 40, "too_long": 3}}
+    assert report.iteration_lines(r, stages, 0) == [
+        "- EFT targets written by the SFT baseline: 6 kept; 40 of 90 judgments had a score; "
+        "3 responses too long to judge"]
+
+
+def test_a_real_data_row_without_judge_figures_shows_dashes():
+    """Mutant: the 'too long to judge' cell shows 0, not '-', for a model that was not judged."""
+    rows, _ = report.real_rows(["M1"], {"M1": {"alpaca_eval": {"answered": 5, "too_long": 1, "avg_length": 12.0}}})
+    assert rows[2] == "| M1 | - | - | - | - | - | - | - | 5 (1) | 12.0 | - | - |"
