@@ -116,3 +116,23 @@ def held_by_another_job(folder):
         held.write("process 1 on elsewhere\n")
         held.flush()
         yield
+
+
+def script_the_prompt_writer(monkeypatch, selfreward, written, asked=None):
+    """selfreward.stage_prompts' writer stubbed: each completion it asks for is
+    the next line of `written` (one token id a line, in order across calls),
+    every request fits, and `asked` (a list, if given) collects each request's
+    text."""
+    import types
+
+    lines = iter(range(len(written)))
+
+    class Writer:  # its tokenizer: one id per written line
+        ids_starting_with = staticmethod(lambda text: [0])
+        encode = staticmethod(lambda text, bos: (asked.append(text) if asked is not None else None) or [1])
+        decode = staticmethod(lambda ids: written[ids[0]] + "\n")
+        stop_ids = [2]
+    net = types.SimpleNamespace(args=types.SimpleNamespace(max_seq_len=1024))
+    monkeypatch.setattr(selfreward, "load_for_sampling", lambda r, path: (net, Writer))
+    monkeypatch.setattr(selfreward, "fits", lambda net, ids: True)
+    monkeypatch.setattr(selfreward, "generate", lambda net, ids, *a, **k: [[next(lines)] for _ in ids])

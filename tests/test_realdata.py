@@ -20,7 +20,7 @@ import report
 import selfreward as S
 import validate
 from checkpoint import save_model
-from conftest import ROOT, shared_file
+from conftest import ROOT, script_the_prompt_writer, shared_file
 from data import read_jsonl, toy, write_jsonl
 from judge import eft_targets, judge_prompt, judge_prompt_ids, read_judge_file
 from run_folder import Run
@@ -650,16 +650,7 @@ def test_a_written_prompt_that_is_a_seed_prompt_is_an_exact_duplicate(tmp_path, 
     seed prompt in other capitals and spacing, then a new prompt."""
     write_jsonl(tmp_path / "seed" / "ift.jsonl", [{"prompt": f"Say hi to {x}.", "response": "hi"} for x in "ABCDEFGH"])
     written = ["say  HI to c.", "Explain how a rainbow forms."]
-
-    class Writer:
-        ids_starting_with = staticmethod(lambda text: [0])
-        encode = staticmethod(lambda text, bos: [1])
-        decode = staticmethod(lambda ids: written[ids[0]] + "\n")
-        stop_ids = [2]
-    net = types.SimpleNamespace(args=types.SimpleNamespace(max_seq_len=1024))
-    monkeypatch.setattr(S, "load_for_sampling", lambda r, path: (net, Writer))
-    monkeypatch.setattr(S, "fits", lambda net, ids: True)
-    monkeypatch.setattr(S, "generate", lambda net, ids, *a, **k: [[i] for i in range(len(ids))])
+    script_the_prompt_writer(monkeypatch, S, written)
     r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)), fingerprints={}, current=None, env=D.Env())
     c = types.SimpleNamespace(**{**S.DEFAULTS, "n_prompts": 2, "progress": False})
     info = S.stage_prompts(c, r, 1, "writer")

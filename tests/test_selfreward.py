@@ -32,7 +32,7 @@ import train_sft
 import training
 import validate
 from checkpoint import load_model, save_model
-from conftest import ROOT, held_by_another_job, ranks_said, response_logp
+from conftest import ROOT, held_by_another_job, ranks_said, response_logp, script_the_prompt_writer
 from data import read_jsonl, toy, write_jsonl
 from evaluation import alpaca_eval_path
 from judge import parse_score
@@ -187,16 +187,7 @@ def test_a_written_prompt_that_is_a_held_out_prompt_is_dropped(tmp_path, monkeyp
     write_jsonl(tmp_path / "seed" / "eft_eval.jsonl", [{"prompt": "How long is the word 'RASO'?"}])
     written = ["What is 57  minus 30?", "how long is the word 'RASO'?", "Sort the letters of 'ZINO' alphabetically.",
                "Subtract 30 from 57.", "Calculate 2 * 11.", "Subtract 57 from 30."]
-
-    class Writer:  # its tokenizer: one id per written line
-        ids_starting_with = staticmethod(lambda text: [0])
-        encode = staticmethod(lambda text, bos: [1])
-        decode = staticmethod(lambda ids: written[ids[0]] + "\n")
-        stop_ids = [2]
-    net = types.SimpleNamespace(args=types.SimpleNamespace(max_seq_len=1024))
-    monkeypatch.setattr(S, "load_for_sampling", lambda r, path: (net, Writer))
-    monkeypatch.setattr(S, "fits", lambda net, ids: True)
-    monkeypatch.setattr(S, "generate", lambda net, ids, *a, **k: [[i] for i in range(len(ids))])
+    script_the_prompt_writer(monkeypatch, S, written)
     r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)), fingerprints={}, current=None,
                           env=D.Env())
     c = types.SimpleNamespace(**{**S.DEFAULTS, "n_prompts": 6, "progress": False, "rouge_threshold": 1.01})
@@ -2339,17 +2330,8 @@ def test_stage_prompts_near_duplicates_and_generated_shots(tmp_path, monkeypatch
     write_jsonl(tmp_path / "seed" / "ift.jsonl", [{"prompt": f"Say hi to {x}.", "response": "hi"} for x in "ABCDEFGH"])
     written = ["Describe the water cycle in simple terms.", "Name three famous painters of Italy.",
                "Describe the water cycle in very simple terms.", "Explain how a rainbow forms."]
-    asked, drawn = [], iter(range(len(written)))
-
-    class Writer:
-        ids_starting_with = staticmethod(lambda text: [0])
-        encode = staticmethod(lambda text, bos: asked.append(text) or [1])
-        decode = staticmethod(lambda ids: written[ids[0]] + "\n")
-        stop_ids = [2]
-    net = types.SimpleNamespace(args=types.SimpleNamespace(max_seq_len=1024))
-    monkeypatch.setattr(S, "load_for_sampling", lambda r, path: (net, Writer))
-    monkeypatch.setattr(S, "fits", lambda net, ids: True)
-    monkeypatch.setattr(S, "generate", lambda net, ids, *a, **k: [[next(drawn)] for _ in ids])
+    asked = []
+    script_the_prompt_writer(monkeypatch, S, written, asked)
     r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)), fingerprints={}, current=None, env=D.Env())
     c = types.SimpleNamespace(**{**S.DEFAULTS, "n_prompts": 4, "shard_size": 2, "progress": False})
     info = S.stage_prompts(c, r, 1, "writer")
