@@ -65,7 +65,7 @@ ckpt = ""  # checkpoint folder (config.json, model.safetensors, the tokenizer's 
 prompt = ""  # one chat prompt to answer
 prompts_file = ""  # or a JSONL file of records with a "prompt" field
 out = ""  # with prompts_file: JSONL written here, each record plus "response" (or "responses" when num_samples > 1);
-         # a file that exists is replaced only if it holds answers to the same prompts (an earlier run)
+         # a file that exists is replaced only if it holds answers to the same prompts (an earlier run) or nothing
 save_every = 256  # with prompts_file: prompts per chunk kept in OUT.partial as it goes (a killed run resumes
                   # from the last whole chunk); each chunk has its own seed, so seed and save_every fix the samples
 max_new_tokens = 256  # at most this many tokens per response
@@ -767,7 +767,8 @@ def check(c):
             problem = unwritable_file(c.out)
             if p.require(problem is None, "out", problem) and os.path.exists(c.out):
                 # the answers must not replace the prompts they answer, nor any file but answers to the same
-                # prompts (a run's seed data, a benchmark's questions): an earlier run of this command wrote those
+                # prompts in their order (an earlier run of this command), or an empty one: not a benchmark's
+                # questions, a data set, answers to other prompts
                 same = os.path.exists(c.prompts_file) and os.path.samefile(c.out, c.prompts_file)
                 if p.require(not same, "out", "is --prompts_file itself: give the answers a file of their own"):
                     p.require(answers_to(c.out, c.prompts_file) is not False, "out",
@@ -792,7 +793,8 @@ def check(c):
 def answers_to(out, prompts_file):
     """Does file `out` hold answers to prompts_file's prompts, in their order,
     each with its "response" or "responses" (an earlier run of the same
-    command)? None where prompts_file cannot be read (its check says why)."""
+    command), or nothing (an empty file, as mktemp makes)? None where
+    prompts_file cannot be read (its check says why)."""
     try:
         asked = [x["prompt"] for x in read_jsonl(prompts_file, ["prompt"])]
     except (OSError, ValueError):
@@ -801,7 +803,8 @@ def answers_to(out, prompts_file):
         answers = read_jsonl(out)
     except (OSError, ValueError):
         return False
-    return [a.get("prompt") for a in answers] == asked and all("response" in a or "responses" in a for a in answers)
+    return not answers or [a.get("prompt") for a in answers] == asked and all(
+        "response" in a or "responses" in a for a in answers)
 
 
 def main(argv=None):

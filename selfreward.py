@@ -902,8 +902,8 @@ def make_pairs(judged):
     states no preference, so DPO would learn nothing from it but noise:
     another candidate of the same lowest score with a different text is
     rejected instead, and without one the prompt gives no pair. An empty
-    candidate may be rejected but is never chosen (DPO would teach the model
-    to say nothing): the best non-empty one is (all empty: "same text"). Ties: the
+    candidate counts as unscored: chosen, DPO would teach the model to say
+    nothing (and the coin control, coin_turned, may turn any pair). Ties: the
     first of the best, the first of the worst (by candidate index). Texts
     are compared with surrounding whitespace stripped; only "score" is read
     ("scores" is the judge's record of how it got there).
@@ -914,19 +914,16 @@ def make_pairs(judged):
     "same text"."""
     pairs, dropped = [], {"fewer than 2 scored candidates": 0, "all scores tie": 0, "same text": 0}
     for x in judged:
-        scored = [(s, i) for i, s in enumerate(x["score"]) if s is not None]
+        scored = [(s, i) for i, s in enumerate(x["score"]) if s is not None and x["candidates"][i].strip()]
         if len(scored) < 2:
             dropped["fewer than 2 scored candidates"] += 1
             continue
-        text = lambda si: x["candidates"][si[1]].strip()
-        best = max((si for si in scored if text(si)), key=lambda si: (si[0], -si[1]), default=None)  # first of the best
-        if best is None:
-            dropped["same text"] += 1
-            continue
+        best = max(scored, key=lambda si: (si[0], -si[1]))    # first of the best
         worst = min(scored, key=lambda si: (si[0], si[1]))    # first of the worst
         if best[0] == worst[0]:
             dropped["all scores tie"] += 1
             continue
+        text = lambda si: x["candidates"][si[1]].strip()
         # of the worst, the first whose text differs from the chosen one
         worst = next((si for si in sorted(scored) if si[0] == worst[0] and text(si) != text(best)), None)
         if worst is None:

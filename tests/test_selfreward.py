@@ -1121,13 +1121,13 @@ def test_make_pairs_by_hand():
     # ... and of several worst candidates of other texts, the first is rejected
     pairs, _ = S.make_pairs([{"prompt": "p", "candidates": ["42", "7", "42", "9"], "score": [4.0, 2.0, 2.0, 2.0]}])
     assert (pairs[0]["chosen"], pairs[0]["rejected"], pairs[0]["rejected_index"]) == ("42", "7", 1)
-    # an empty answer may be rejected, never chosen: the best non-empty one is (all empty: one text, no pair)
+    # an empty answer counts as unscored: never chosen (DPO would teach silence), nor rejected (the coin
+    # control turns pairs around)
     pairs, _ = S.make_pairs([{"prompt": "p", "candidates": [" ", "42", "7"], "score": [5.0, 4.0, 2.0]}])
-    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("42", "7")]
-    pairs, _ = S.make_pairs([{"prompt": "p", "candidates": ["42", ""], "score": [4.0, 1.0]}])
-    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("42", "")]
-    pairs, dropped = S.make_pairs([{"prompt": "p", "candidates": ["", " "], "score": [4.0, 1.0]}])
-    assert pairs == [] and dropped["same text"] == 1
+    assert [(p["chosen"], p["rejected"], p["chosen_index"]) for p in pairs] == [("42", "7", 1)]
+    pairs, dropped = S.make_pairs([{"prompt": "p", "candidates": ["42", ""], "score": [4.0, 1.0]},
+                                   {"prompt": "q", "candidates": ["", "a", "b"], "score": [5.0, 3.0, 3.0]}])
+    assert pairs == [] and dropped == {"fewer than 2 scored candidates": 1, "all scores tie": 1, "same text": 0}
 
 
 def test_make_judge_pairs_by_hand():
