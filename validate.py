@@ -73,6 +73,13 @@ class Problems:
         v = getattr(self.c, setting)
         return self.require(not isinstance(v, float) or math.isfinite(v), setting, "must be a finite number")
 
+    def read_only_with(self, setting, on, where, default):
+        """A setting read only where `where` holds (on: whether it does here):
+        changed from its default without it, it would change nothing, which is a
+        mistake to say, not to ignore."""
+        return self.require(on or getattr(self.c, setting) == default, setting, f"is read only with {where}, which "
+                            f"this run does not have: it would change nothing; leave it at {default!r}")
+
     def fraction(self, setting, low_open=True, high_open=False):
         """A value in (0, 1] by default; low_open=False allows 0, high_open excludes 1."""
         v = getattr(self.c, setting)
@@ -467,8 +474,7 @@ def check_loop(c, world):
                        ("max_meta_tokens", c.meta_judge, "meta_judge=True"),
                        ("n_meta_seed", c.meta_judge or not toy_world, "meta_judge=True")]  # (real data: TOY_ONLY's)
     for s, on, where in read_only_with:
-        p.require(on or getattr(c, s) == DEFAULTS[s], s, f"is read only with {where}, which this run does not "
-                  f"have: it would change nothing; leave it at {DEFAULTS[s]!r}")
+        p.read_only_with(s, on, where, DEFAULTS[s])
     # (a setting that changes nothing would still redo every stage that lists it)
     # (with real seed data quote_first is refused above as toy-only: no advice to set judge_quotes too)
     p.require(c.judge_quotes or not c.quote_first or not toy_world, "quote_first",
@@ -550,10 +556,9 @@ def check_training(c, world, fields, script, check_record=None, defaults=None):
     p = Problems(c)
     if not p.no_none():
         raise BadInput(p.message(script))
-    for s in ("world_size", "gpu_memory_gb"):
-        if defaults and s in defaults and not c.plan_only:
-            p.require(getattr(c, s) == defaults[s], s, f"is read only with plan_only=True, which this run does not "
-                      f"have: it would change nothing; leave it at {defaults[s]!r}")
+    for s in ("world_size", "gpu_memory_gb"):  # (train_sft.py's; train_dpo.py plans nothing)
+        if defaults and s in defaults:
+            p.read_only_with(s, c.plan_only, "plan_only=True", defaults[s])
     for s in ("batch_size", "micro_batch_size", "eval_interval", "save_interval", "log_interval"):
         p.at_least(s, 1)
     for s in ("max_steps", "warmup_steps", "weight_decay", "grad_clip", "max_seq_len", "min_lr"):
