@@ -50,8 +50,7 @@ def read_eval_prompts(path):
     with open(path, "rb") as f:
         head = f.read(4096).decode("utf-8-sig", errors="replace").lstrip()
     if not head.startswith("["):
-        return read_jsonl(path, fields=("instruction",), allow_empty=False,  # (names a bad line and byte)
-                          check=lambda x: None if x["instruction"].strip() else "empty instruction: nothing to answer")
+        return read_jsonl(path, fields=("instruction",), allow_empty=False, check=empty_instruction)  # (line, byte)
     with open(path, encoding="utf-8-sig") as f:
         try:
             records = json.load(f)
@@ -63,11 +62,16 @@ def read_eval_prompts(path):
     for i, x in enumerate(records):
         if not isinstance(x, dict) or not isinstance(x.get("instruction"), str):
             raise ValueError(f"{path}: element {i} of the array is not an object with a string 'instruction'")
-        if not x["instruction"].strip():
-            raise ValueError(f"{path}: element {i} of the array: empty instruction: nothing to answer")
+        if empty_instruction(x):
+            raise ValueError(f"{path}: element {i} of the array: {empty_instruction(x)}")
     if not records:
         raise ValueError(f"{path}: no records (the array is empty)")
     return records
+
+
+def empty_instruction(x):
+    """What is wrong with an AlpacaEval record whose instruction is blank, or None."""
+    return None if x["instruction"].strip() else "empty instruction: nothing to answer"
 
 
 def mt_bench_question(q):
