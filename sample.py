@@ -763,6 +763,7 @@ def check(c):
             p.add(f"prompt: {problem}")
         p.require(not c.out, "out", "goes with --prompts_file: one --prompt's answer is printed on stdout")
     if c.prompts_file:
+        asked = [x["prompt"] for x in p.jsonl("prompts_file", c.prompts_file, no_room, ["prompt"])]  # ([]: refused)
         if p.require(bool(c.out), "out", "--prompts_file needs --out=OUT.jsonl"):
             problem = unwritable_file(c.out)
             if p.require(problem is None, "out", problem) and os.path.exists(c.out):
@@ -770,14 +771,14 @@ def check(c):
                 # prompts in their order (an earlier run of this command), or an empty one: not a benchmark's
                 # questions, a data set, answers to other prompts
                 same = os.path.exists(c.prompts_file) and os.path.samefile(c.out, c.prompts_file)
-                if p.require(not same, "out", "is --prompts_file itself: give the answers a file of their own"):
-                    p.require(answers_to(c.out, c.prompts_file) is not False, "out",
+                if p.require(not same, "out", "is --prompts_file itself: give the answers a file of their own") \
+                        and asked:
+                    p.require(answers_to(c.out, asked), "out",
                               "exists and is not answers to --prompts_file's prompts (what an earlier run of this "
                               "command wrote): this run would replace it; give the answers a new file, or remove it")
             # nor the model that writes them (a checkpoint's own file, replaced when the run ends)
             p.require(not (c.ckpt and os.path.isdir(c.ckpt) and validate.within(c.out, c.ckpt)), "out",
                       f"is inside --ckpt={c.ckpt}, the model this run reads: give the answers a file outside it")
-        p.jsonl("prompts_file", c.prompts_file, no_room, ["prompt"])
     p.at_least("max_new_tokens", 1)
     p.at_least("temperature", 0)
     p.require(c.temperature != 0 or c.num_samples <= 1, "num_samples",
@@ -790,15 +791,10 @@ def check(c):
     return p
 
 
-def answers_to(out, prompts_file):
-    """Does file `out` hold answers to prompts_file's prompts, in their order,
+def answers_to(out, asked):
+    """Does file `out` hold answers to the prompts `asked`, in their order,
     each with its "response" or "responses" (an earlier run of the same
-    command), or nothing (an empty file, as mktemp makes)? None where
-    prompts_file cannot be read (its check says why)."""
-    try:
-        asked = [x["prompt"] for x in read_jsonl(prompts_file, ["prompt"])]
-    except (OSError, ValueError):
-        return None
+    command), or nothing (an empty file, as mktemp makes)?"""
     try:
         answers = read_jsonl(out)
     except (OSError, ValueError):

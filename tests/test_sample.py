@@ -497,8 +497,8 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
     (tmp_path / "ift.jsonl").write_text(ift)
     (tmp_path / "empty.jsonl").write_text("")  # (as mktemp makes: accepted)
     inp.write_text('{"prompt": "fine"}\n')
-    assert S.answers_to(str(tmp_path / "empty.jsonl"), str(inp))
-    assert not S.answers_to(str(tmp_path / "ift.jsonl"), str(inp))
+    assert S.answers_to(str(tmp_path / "empty.jsonl"), ["fine"])
+    assert not S.answers_to(str(tmp_path / "ift.jsonl"), ["fine"])
     capsys.readouterr()
     for text, extra, message in [
             ('{"prompt": "fine"}\n{"prompt": broken\n', [], r"in.jsonl:2: malformed JSON"),
