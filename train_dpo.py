@@ -23,7 +23,7 @@ training and stored in out_dir/ref_logps.jsonl: training holds only the policy.
 They are taken without dropout, the policy's with it (the paper trains DPO
 with dropout 0.1; TRL turns it off by default): so before any update the
 implicit rewards are already below 0 (on the toy world about -0.08 at the
-first step, -0.04 to -0.22 over our runs), and a small negative
+first step, -0.02 to -0.22 over our toy runs' M2 and M3), and a small negative
 rewards/chosen in the log is dropout's, not DPO lowering the chosen answers.
 
 This file is DPO's data (pairs), its loss, the reference log-probs and its
