@@ -167,6 +167,34 @@ def test_shared_prefix_is_prefilled_once(tiny, monkeypatch):
     prefills = [s for s in seen if s[1] > 1]
     assert prefills[0] == (1, 80)  # the rubric, once
     assert all(s[1] <= 30 for s in prefills[1:])  # then only the prompts' own tokens
+    # min_shared_prefix is the shortest prefix shared: 80 tokens are shared at 80, not at 81
+    for at_least, first in [(80, (1, 80)), (81, (3, 110))]:
+        seen.clear()
+        generate(tiny, prompts, 3, temperature=0, batch_size=3, min_shared_prefix=at_least, progress=False)
+        assert [s for s in seen if s[1] > 1][0] == first
+
+
+def test_a_prefix_is_shared_only_when_every_prompt_starts_with_it(tiny):
+    """The common prefix is checked against every prompt, not the first two
+    only: here the second lacks the first's 70 tokens (it has them later),
+    so nothing is shared, and the answers are those of sharing turned off."""
+    assert S.common_prefix_length([[1, 2, 3], [1, 9], [1, 2, 3]]) == 1
+    base = random_prompts([70], seed=2)[0]
+    prompts = [base + [5, 6], [3, 4] + base, base + [7, 8]]
+    assert (generate(tiny, prompts, 4, temperature=0, min_shared_prefix=8, progress=False)
+            == generate(tiny, prompts, 4, temperature=0, min_shared_prefix=None, progress=False))
+
+
+def test_prompts_are_batched_longest_first(tiny, monkeypatch):
+    """Sorted by length before batching, so a batch holds prompts of like
+    length and pads little: lengths 30, 3, 29 in batches of 2 are prefilled
+    as (30, 29) then (3), 63 slots, not (3, 29) then (30), 88."""
+    seen = []
+    real_forward = M.Transformer.forward
+    monkeypatch.setattr(M.Transformer, "forward", lambda self, tokens, *a, **k: (
+        seen.append(tuple(tokens.shape)), real_forward(self, tokens, *a, **k))[1])
+    generate(tiny, random_prompts([30, 3, 29], seed=3), 2, temperature=0, batch_size=2, progress=False)
+    assert [s for s in seen if s[1] > 1] == [(2, 30), (1, 3)]
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
@@ -350,13 +378,21 @@ def test_each_row_stops_at_its_own_eos():
     assert out == [[15, 0, 1]] * 2 + [[11, 12, 13, 14, 15]] * 2
 
 
-def test_any_of_several_eos_ids_ends_a_row():
+def test_any_of_several_eos_ids_ends_a_row(monkeypatch):
     """Llama 3 instruct ends a turn with <|eot_id|>, text with <|end_of_text|>:
     a row stops at whichever of the given ids comes first."""
     model = chain_model()
     out = generate(model, [[3], [9], [12]], 6, temperature=0, eos_id=[6, 11, 15], progress=False)
     assert out == [[4, 5], [10], [13, 14]]
     assert generate(model, [[3]], 6, temperature=0, eos_id=(11, 6), progress=False) == [[4, 5]]
+    # a row ended by its second stop id is done, and no longer decoded: 2 rows, 2, then [3] alone until its 6
+    rows = []
+    real_forward = M.Transformer.forward
+    monkeypatch.setattr(M.Transformer, "forward", lambda self, tokens, *a, **k: (
+        rows.append(tokens.shape[0]), real_forward(self, tokens, *a, **k))[1])
+    assert generate(model, [[3], [9]], 8, temperature=0, eos_id=[11, 6], progress=False,
+                    check_every=1) == [[4, 5], [10]]
+    assert rows == [2, 2, 1]
 
 
 def test_finished_rows_stop_costing_work(monkeypatch):
@@ -482,6 +518,15 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
     expected = [tok.decode(x) for x in ids]
     assert records == [{"prompt": "reverse the word fox", "id": 7, "response": expected[0]},
                        {"prompt": "count the letters", "response": expected[1]}]
+    # several samples a prompt: record i holds samples 2i and 2i+1 of one generate call (chunk 0 uses the seed)
+    S.main([a for a in argv if "temperature" not in a and "--out=" not in a]
+           + [f"--out={tmp_path / 'two.jsonl'}", "--num_samples=2", "--temperature=1.0", "--seed=5"])
+    ids = generate(model, [chat_prompt_ids(tok, t) for t in ["reverse the word fox", "count the letters"]], 6,
+                   temperature=1.0, top_p=S.DEFAULTS["top_p"], n=2, seed=5, eos_id=tok.stop_ids, progress=False)
+    samples = [tok.decode(x) for x in ids]
+    assert [r["responses"] for r in map(json.loads, (tmp_path / "two.jsonl").read_text().splitlines())] == [
+        samples[:2], samples[2:]]
+    assert len(set(samples)) > 1
     # more new tokens than the context holds: said at the start (generate stops where the context is full)
     capsys.readouterr()
     S.main(argv[:-3] + ["--max_new_tokens=600", "--temperature=0.0", "--progress=False"])
@@ -499,6 +544,7 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
     inp.write_text('{"prompt": "fine"}\n')
     assert S.answers_to(str(tmp_path / "empty.jsonl"), ["fine"])
     assert not S.answers_to(str(tmp_path / "ift.jsonl"), ["fine"])
+    assert not S.answers_to(str(inp), ["fine"])  # the prompts themselves, answered by nothing
     capsys.readouterr()
     for text, extra, message in [
             ('{"prompt": "fine"}\n{"prompt": broken\n', [], r"in.jsonl:2: malformed JSON"),
