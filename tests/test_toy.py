@@ -16,7 +16,7 @@ from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, DRILL_LAYOUTS, ENGLISH, LETT
                       asks_met, attempts, build, comparison, corpus, drill_item, eft_target, fewshot_text, grade,
                       marked_quiz, meta_judge_examples, n_tasks, pretraining_docs, quote, render, sample_task,
                       similarity, stated_answer, task_from_prompt, task_key, tasks_needed, the_rest, true_grade,
-                      validation_set, working, write_toy)
+                      validation_set, working, write_toy, _group_sizes)
 from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
 from tokenizer import chat_tokens, train_tokenizer
 
@@ -63,6 +63,7 @@ INVENT = "Invent a word of 5 letters that starts with 'B' and ends with 'O'."  #
     (INVENT, "I had to think about this one for quite a while, but the answer is BAKIO.", 3),
     (INVENT, " BAKIO. ", 5),  # spaces around the word, as around any answer
     ("What is 10 - 5?", "10 - 5 = 5 5", 3),  # the question repeated, then the answer twice
+    ("What is 1 x 1?", "1 x 1 = 1", 4),  # both operands are the answer: the question repeated, then said once
     (COUNT, "banana", 1),  # the input word in any case is an attempt
 ])
 def test_grader_on_hand_written_responses(prompt, response, score):
@@ -263,6 +264,8 @@ def test_tasks_answers_and_prompt_parsing():
     assert answer(task_from_prompt("Subtract 8 from 30.")) == "22"
     assert answer(task_from_prompt("Multiply 12 by 7.")) == "84"
     assert task_from_prompt("Write a poem about the sea.") is None
+    assert task_from_prompt(f" {ADD}\n") == task_from_prompt(ADD)  # spaces around a prompt are not the task
+    assert true_grade(f" {ADD}", "42") == 5
     with pytest.raises(ValueError, match="cannot grade"):
         grade({"prompt": "Write a poem about the sea."}, "The sea...")
     assert true_grade("Write a poem about the sea.", "The sea...") is None  # not a toy task: no grade, no error
@@ -414,6 +417,19 @@ def test_seed_sets_sizes_and_shapes(toy):
         assert r["response"].endswith(f"\nScore: {r['score']}")
     scores = Counter(r["score"] for r in s["eft_train"])
     assert set(scores) == set(range(6)) and max(scores.values()) < 2 * min(scores.values())  # balanced
+
+
+def test_eft_groups_hold_2_to_4_responses_whatever_the_count():
+    """_group_sizes splits any count of 2 or more into groups of 2..4 that add
+    up to it (a draw of 4 with 5 left must not become a group of 5)."""
+    for n in range(2, 60):
+        for seed in range(20):
+            sizes = _group_sizes(n, random.Random(seed))
+            assert sum(sizes) == n and all(2 <= k <= 4 for k in sizes), (n, seed, sizes)
+    with pytest.raises(ValueError, match="an EFT set needs 0 or at least 2 responses"):
+        build(n_ift=1, n_eft_train=1, n_eft_eval=0, n_test=1)
+    with pytest.raises(ValueError, match="an EFT set needs 0 or at least 2 responses"):
+        build(n_ift=1, n_eft_train=0, n_eft_eval=1, n_test=1)
 
 
 def test_chatty_seed_answers():
@@ -632,6 +648,8 @@ def test_meta_judge_examples_name_the_judgment_whose_score_the_grader_gives(toy)
         winner = parse_winner(x["response"])
         scores = {"A": parse_score(a), "B": parse_score(b)}
         assert winner == x["winner"] and x["grade"] == truth
+        loser = "B" if winner == "A" else "A"  # the target names both scores, the winner's first
+        assert f"Judgment {winner} scores it {truth}, Judgment {loser} {scores[loser]}." in x["response"]
         assert scores[winner] == truth and scores["B" if winner == "A" else "A"] not in (truth, None)
         assert question not in eval_prompts and (question, response) not in seen
         seen.add((question, response))
@@ -660,6 +678,17 @@ def test_the_toy_data_command_refuses_bad_settings_before_writing(tmp_path):
         assert r.returncode == 2 and said in r.stderr and r.stderr.count("\n") == 1, (arg, r.stderr)
         assert r.stderr.startswith("error: "), r.stderr  # (argparse's usage block came first: 8 lines)
     assert not (tmp_path / "toy").exists()
+
+
+def test_the_toy_data_command_reads_booleans_as_the_loop_does(tmp_path):
+    """python -m data.toy --judge_working=1 (or true, yes; 0, false, no, any
+    case) is read as the setting says: the EFT targets work the task out."""
+    for value, working in [("1", True), ("No", False)]:
+        subprocess.run([sys.executable, "-m", "data.toy", f"--out={tmp_path / value}", "--n_ift=2",
+                        "--n_eft_train=4", "--n_eft_eval=2", "--n_test=1", "--toy_kinds=sort",
+                        f"--judge_working={value}"], cwd=ROOT, check=True, capture_output=True, timeout=120)
+        targets = [r["response"] for r in read_jsonl(tmp_path / value / "eft_train.jsonl")]
+        assert all(t.startswith("By the alphabet: ") == working for t in targets), (value, targets)
 
 
 def test_fresh_task_gives_up_after_its_tries_and_otherwise_draws_on(monkeypatch):
