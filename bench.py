@@ -22,6 +22,7 @@ import copy
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -368,7 +369,7 @@ def bench_training(model, batch_size, seq_len, steps, rounds, device, dtypes):
             fn()
             _sync(device)
             times[k].append(time.perf_counter() - t0)
-    median = lambda xs: sorted(xs)[len(xs) // 2]
+    median = statistics.median  # (of an even count, the mean of the two middle values)
     tps = {k: batch_size * seq_len / median(t) for k, t in times.items()}
     ratio = lambda reference, other: median([r / o for r, o in zip(times[reference], times[other])])
     ratios = {f"ours/HF {dt}": ratio(("hf", dt), ("ours", dt)) for dt in dtypes}

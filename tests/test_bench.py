@@ -99,3 +99,78 @@ def test_bench_settings_at_their_edges():
     assert check(sample_models="toy-tiny", judge_rubric=420) == []  # 420 + 60 + 32 = toy-tiny's 512
     assert check(sample_models="toy-tiny", judge_rubric=420, judge_new_tokens=33) == [
         "judge_rubric = 420: with 60 prompt tokens and judge_new_tokens it must fit toy-tiny's context of 512"]
+
+
+def fake_training_steps(monkeypatch, durations):
+    """bench_training on a fake clock: each (impl, dtype)'s step takes the
+    seconds listed (after an untimed warm-up); the models are real toy-tiny
+    ones, their steps not run; each dtype's matmul peak is fixed."""
+    now = [0.0]
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def step_fn(model, hf, tokens, dtype):
+        seconds = iter([0.0] + durations[("hf" if hf else "ours", str(dtype).removeprefix("torch."))])
+
+        def step():
+            now[0] += next(seconds)
+        return step
+    monkeypatch.setattr(bench, "_step_fn", step_fn)
+    monkeypatch.setattr(bench, "matmul_flops", lambda device, dtype: {torch.float32: 1e9, torch.bfloat16: 4e9}[dtype])
+
+
+def test_bench_training_arithmetic_by_hand(monkeypatch):
+    """Tokens/s from each side's median step (of 4: the mean of the middle
+    two), every ratio the median of step-by-step ratios (not a ratio of
+    medians), reference over other, and MFU against its own dtype's peak:
+    batch 2 x 8 tokens, 2 steps x 2 rounds, times chosen so that each
+    of those mistakes gives another figure."""
+    pytest.importorskip("transformers")
+    fake_training_steps(monkeypatch, {("ours", "float32"): [1, 2, 4, 3], ("hf", "float32"): [3, 2, 12, 6],
+                                      ("ours", "bfloat16"): [1, 1, 1, 2], ("hf", "bfloat16"): [2, 4, 3, 3]})
+    r = bench.bench_training("toy-tiny", 2, 8, 2, 2, "cpu", ["float32", "bfloat16"])
+    # medians 2.5, 4.5, 1, 3 s for 16 tokens a step
+    assert r["runs"] == pytest.approx({("ours", "float32"): 6.4, ("hf", "float32"): 16 / 4.5,
+                                       ("ours", "bfloat16"): 16.0, ("hf", "bfloat16"): 16 / 3})
+    assert r["ratios"] == pytest.approx({
+        "ours/HF float32": 2.5,   # hf / ours step by step: 3, 1, 3, 2 (the medians' ratio: 1.8)
+        "ours/HF bfloat16": 2.5,  # 2, 4, 3, 1.5
+        "ours bf16/fp32": 1.75,   # ours fp32 / ours bf16: 1, 2, 4, 1.5
+        "HF bf16/fp32": 1.75})    # 1.5, 0.5, 4, 2
+    args = preset("toy-tiny", max_seq_len=max(9, preset("toy-tiny").max_seq_len))
+    assert r["mfu"] == pytest.approx({k: bench.estimate_mfu(args, r["params"], tps, 8, {"float32": 1e9,
+                                                                                     "bfloat16": 4e9}[k[1]])
+                                      for k, tps in r["runs"].items()})
+    # bf16 alone (--bf16=only): its own rows, and no ratio against an fp32 that was not run
+    fake_training_steps(monkeypatch, {("ours", "bfloat16"): [1, 1, 1, 2], ("hf", "bfloat16"): [2, 4, 3, 3]})
+    r = bench.bench_training("toy-tiny", 2, 8, 2, 2, "cpu", ["bfloat16"])
+    assert r["ratios"] == pytest.approx({"ours/HF bfloat16": 2.5}) and set(r["runs"]) == {("ours", "bfloat16"),
+                                                                                          ("hf", "bfloat16")}
+
+
+def test_matmul_flops_counts_2_n_cubed_over_the_best_time(monkeypatch):
+    now = [0.0]
+
+    def clock():  # every reading half a second after the one before: each product "takes" 0.5 s
+        now[0] += 0.5
+        return now[0]
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=clock))
+    assert bench.matmul_flops("cpu", torch.float32, n=4, repeats=2) == 2 * 4 ** 3 / 0.5
+
+
+def test_bench_sample_prints_transformers_time_over_ours(monkeypatch, capsys):
+    """The [generate] table's ours/HF column: transformers' time over ours
+    (ours twice as fast: 2.00x), tokens/s from each side's own time."""
+    monkeypatch.setattr(bench, "hf_model", lambda model, dtype=None: None)
+    monkeypatch.setattr(bench, "hf_generate", lambda hf, prompts, new: [[5] * new for _ in prompts])
+    monkeypatch.setattr(bench, "generate", lambda model, prompts, new, n=1, **kw: [[5] * new for _ in prompts
+                                                                                   for _ in range(n)])
+    # timed() gives transformers (first in each pair) 2 s and ours 1 s
+    monkeypatch.setattr(bench, "timed", lambda fns, repeats: [(2.0 if i % 2 == 0 else 1.0, fn())
+                                                              for i, fn in enumerate(fns)])
+    c = settings(bench.DEFAULTS, dict(sample_models="toy-tiny", sample_new_tokens=2, bf16="never", judge_prompts=1,
+                                      judge_rubric=1, judge_n=1, judge_new_tokens=1, repeats=1))
+    bench.bench_sample(c)
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  toy-tiny")]
+    # model, batch, dtype, transformers tok/s, ours tok/s, ours/HF, same tokens
+    assert [row[:7] for row in rows] == [["toy-tiny", "8", "float32", "8", "16", "2.00x", "all"],
+                                         ["toy-tiny", "64", "float32", "64", "128", "2.00x", "all"]]
