@@ -1025,6 +1025,28 @@ def test_stop_prints_once_or_per_rank_and_the_lock_says_what_stops_it(tmp_path, 
     assert "warning: " in capsys.readouterr().out and (tmp_path / "c" / "out.partial").read_text() == "kept\n"
 
 
+def test_the_folder_lock_is_exclusive_and_names_its_holder_now(tmp_path):
+    """A second lock_folder on a held folder is refused, naming the process
+    that holds it now: not a name a finished run left in the lock file
+    (the file is kept; the kernel's lock is what ends with the process)."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / ".lock").write_text("process 1 on oldbox\n")  # a finished run's
+    me = f"process {os.getpid()} on {socket.gethostname()}"
+    lock, problem = D.lock_folder(str(folder))
+    try:
+        assert lock is not None and problem == "" and (folder / ".lock").read_text() == me + "\n"
+        second, problem = D.lock_folder(str(folder))  # (another open file: flock sees another holder)
+        assert second is None and f"is being written by another job ({me})" in problem
+        assert D.lock_holder(str(folder)) == me
+    finally:
+        lock.close()
+    assert D.lock_holder(str(folder)) is None
+    again, problem = D.lock_folder(str(folder))
+    assert again is not None and problem == ""
+    again.close()
+
+
 def test_two_nodes_from_scratch_match_single_process(work, tmp_path, toy_tokenizer_path):
     """Two torchrun launches as two nodes of one job (static rendezvous), from
     a random init (which must be the same however the model is sharded)."""
@@ -1290,6 +1312,46 @@ def test_sliced_reader_with_uneven_shards(work, monkeypatch, layout):
     assert sum(read) < 1.5 * plain.num_params(), (sum(read), plain.num_params())
 
 
+FAKE_RANK = """
+import sys
+import torch
+import torch.distributed as dist
+from torch.testing._internal.distributed.fake_pg import FakeStore
+import distributed as D
+import model as M
+rank, world = int(sys.argv[1]), int(sys.argv[2])
+dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)  # collectives do nothing
+env = D.Env(rank=rank, world=world, mesh=D.init_device_mesh("cpu", (world,)))
+with torch.device("meta"):
+    model = M.Transformer(M.preset("toy-tiny", vocab_size=1001))
+D.shard(model, env)
+for name, p in model.named_parameters():
+    dim, start, end = D.local_slice(p)
+    print(name, p.shape[dim], start, end, p.to_local().shape[dim])
+print("rank0_answer", D.rank0_answer(env, True), D.rank0_answer(env, False))
+"""
+
+
+def test_local_slice_is_the_shard_fsdp_holds_on_the_last_of_three_ranks():
+    """The real D.local_slice (the test above stands in its own formula) on
+    FSDP2's DTensors, in a process posing as rank 2 of 3 (torch's fake
+    process group): every parameter's slice is as long as the shard torch
+    keeps there (64 rows: 22, 22, then 20 from row 44; a vocabulary of 1001:
+    334, 334, then 333), never past the end. And rank0_answer gives rank 0's
+    answer, not this rank's own (no collective runs here: rank 0's is 0)."""
+    r = subprocess.run([sys.executable, "-c", FAKE_RANK, "2", "3"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    *rows, answers = [line.split() for line in r.stdout.splitlines()]
+    for name, n, start, end, held in rows:
+        size = -(-int(n) // 3)
+        assert (int(start), int(end)) == (min(2 * size, int(n)), int(n)) and int(end) - int(start) == int(held), name
+    assert {name: (start, end) for name, n, start, end, held in rows if name in (
+        "layers.0.attention.wq.weight", "tok_embeddings.weight")} == {
+        "layers.0.attention.wq.weight": ("44", "64"), "tok_embeddings.weight": ("668", "1001")}
+    assert answers == ["rank0_answer", "False", "False"]
+
+
 def test_single_process_streaming_save_in_bf16(work, tmp_path):
     model = load_model(str(work / "ckpt"))
     plain = model.state_dict()
@@ -1510,6 +1572,18 @@ def test_training_from_scratch_takes_a_tokenizer_folder(work, toy_tokenizer_path
     c = configurator.settings(train_sft.DEFAULTS, {**settings, "tokenizer": str(tmp_path / "nope")})
     with pytest.raises(validate.BadInput, match="tokenizer = .*nope': no such file or folder"):
         validate.check_training(c, 1, [], "train_sft.py")
+
+
+def test_usable_cores_are_the_ones_this_process_may_run_on(monkeypatch):
+    """Under taskset or a container's CPU limit, the affinity mask, not the
+    machine's count: threads=0 then uses those cores (1 here of 8)."""
+    for k in ("LOCAL_WORLD_SIZE", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert D.usable_cores() == 1 and D.cpu_threads(0) == 1
+    monkeypatch.delattr(os, "sched_getaffinity")  # (macOS, Windows: no affinity to read)
+    assert D.usable_cores() == 8
 
 
 def test_default_threads_share_the_cores_among_the_ranks_on_the_machine(monkeypatch):
@@ -1891,6 +1965,10 @@ def test_ctrl_c_during_a_state_save_stops_once_the_state_is_saved(tmp_path, monk
     before = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         if signum == signal.SIGTERM:
+            own = lambda *a: None  # a handler of the user's own is kept
+            signal.signal(signal.SIGTERM, own)
+            D.sigterm_as_ctrl_c()
+            assert signal.getsignal(signal.SIGTERM) is own
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             monkeypatch.setenv("RANK", "0")  # a torchrun rank keeps the default: torchrun's way to stop it
             D.sigterm_as_ctrl_c()
