@@ -11,6 +11,12 @@ Checked, in a new run folder: the opening (is it a new run? rank 0 writes
 settings.json right after), generate_sharded's shards and stage_parts' parts
 (work that calls no collective, so rank 0 writes each file while rank 1
 still lags). Each rank prints one line "rank R ok ..." at the end.
+
+    ... tests/dist_lagging_rank.py OUT_ROOT HELD
+
+First, HELD: a folder another job holds (its lock taken), which sole_writer
+must refuse on every rank, rank 1 too, which cannot see the lock itself:
+each rank prints "rank R refused (exit 2)" or, wrongly, "rank R wrote".
 """
 import os
 import sys
@@ -24,8 +30,13 @@ import selfreward as S  # noqa: E402
 from data import read_jsonl, write_jsonl  # noqa: E402
 from run_folder import Run, generate_sharded, stage_parts  # noqa: E402
 
-out_root = sys.argv[1]
+out_root, held = sys.argv[1:3]
 env = D.setup("cpu", "float32", threads=1)
+try:
+    with D.sole_writer(env, held):
+        print(f"rank {env.rank} wrote", flush=True)  # (rank 1 never tries the lock: rank 0 tells it)
+except SystemExit as e:
+    print(f"rank {env.rank} refused (exit {e.code})", flush=True)
 if env.rank == 1:  # lag behind rank 0 after every collective
     for name in ("barrier", "all_sum"):
         real = getattr(D, name)

@@ -324,14 +324,19 @@ def test_a_lagging_rank_takes_rank_0s_branch(tmp_path):
     shard done? this part?) are answered by rank 0 for all: with rank 1
     lagging after every collective, asking for itself it saw rank 0's new
     settings.json, shard or part and went one collective out of step, a hang
-    (seen with each of the three asked per rank: the command timed out)."""
+    (seen with each of the three asked per rank: the command timed out).
+    First, a folder another job holds is refused on both ranks (rank 0 holds
+    the lock, so only it can see another's), its message printed once."""
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     cmd = [torchrun, "--standalone", "--nproc_per_node=2", os.path.join(ROOT, "tests", "dist_lagging_rank.py"),
-           str(tmp_path)]
-    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+           str(tmp_path / "runs"), str(tmp_path / "held")]
+    with held_by_another_job(tmp_path / "held"):
+        r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, ranks_said(r)
     for rank in (0, 1):
+        assert f"rank {rank} refused (exit 2)" in r.stdout and f"rank {rank} wrote" not in r.stdout, ranks_said(r)
         assert f"rank {rank} ok: 6 records, 3 parts, all_sum 11" in r.stdout
+    assert r.stderr.count("is being written by another job (process 1 on elsewhere)") == 1, ranks_said(r)
 
 
 # --- bad input: a clear message naming the stage and the reason ----------------------
