@@ -107,7 +107,9 @@ class Problems:
     def compute(self):
         """Where and how a script computes: its device, dtype, threads, seed and chat template settings."""
         v = self.c.device
-        if self.require(v in ("", "cpu") or v.startswith("cuda"), "device", "must be '', 'cpu' or 'cuda'"):
+        # (torch.device would refuse 'cuda0' or 'cuda:x' only once the run had started)
+        if self.require(v in ("", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", v), "device",
+                        "must be '', 'cpu', 'cuda' or 'cuda:N'"):
             self.require(not v.startswith("cuda") or torch.cuda.is_available(), "device",
                          "CUDA is not available on this machine")
         self.require(self.c.dtype in ("auto", "bfloat16", "float32"), "dtype",

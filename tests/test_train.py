@@ -1914,8 +1914,19 @@ def test_a_bad_eval_data_file_or_a_none_or_a_device_or_dtype_torch_lacks_is_refu
     assert "device = 'cuda': CUDA is not available on this machine" in str(e.value)
     assert "dtype = 'fp16': must be 'auto', 'bfloat16' or 'float32'" in str(e.value)
     c = configurator.settings(train_sft.DEFAULTS, {**given, "device": "gpu"})
-    with pytest.raises(validate.BadInput, match=r"device = 'gpu': must be '', 'cpu' or 'cuda'"):
+    with pytest.raises(validate.BadInput, match=r"device = 'gpu': must be '', 'cpu', 'cuda' or 'cuda:N'"):
         validate.check_training(c, 1, ["prompt", "response"], "train_sft.py")
+    # on a machine with CUDA: a device torch would refuse only once the run had started, refused before it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for device in ("cuda0", "cuda:", "cuda:x", "cudas"):
+        c = configurator.settings(train_sft.DEFAULTS, {**given, "device": device})
+        with pytest.raises(validate.BadInput, match=f"device = '{device}': must be '', 'cpu', 'cuda' or 'cuda:N'"):
+            validate.check_training(c, 1, ["prompt", "response"], "train_sft.py")
+    for device in ("cuda", "cuda:1"):
+        p = validate.Problems(configurator.settings(train_sft.DEFAULTS, {**given, "device": device}))
+        p.compute()
+        assert p.found == [], device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     validate.check_training(configurator.settings(train_sft.DEFAULTS, given), 1, ["prompt", "response"], "train_sft.py")
 
 
