@@ -90,16 +90,38 @@ def _file_settings(path):
     except Exception as e:
         lines = [frame.lineno for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path]
         raise ConfigError(f"{path}{f':{lines[-1]}' if lines else ''}: {type(e).__name__}: {e}")
-    lines, imported = {}, set()  # the line of each key's last top-level `key = ...`, for the errors
+    imported = set()
     for node in tree.body:
-        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
-                if isinstance(target, ast.Name):
-                    lines[target.id] = node.lineno
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):  # `from os import environ`: a helper, not a setting
+        if isinstance(node, (ast.Import, ast.ImportFrom)):  # `from os import environ`: a helper, not a setting
             imported |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
-    return {k: (v, f"{path}:{lines[k]}" if k in lines else path) for k, v in namespace.items()
+    lines = _setting_lines(tree)
+    return {k: (v, f"{path}:{' or '.join(map(str, lines[k]))}" if k in lines else path) for k, v in namespace.items()
             if not k.startswith("_") and k not in imported and not isinstance(v, ModuleType) and not callable(v)}
+
+
+def _setting_lines(tree):
+    """{key: the lines that may have set its value}, for the errors: the last
+    top-level `key = ...` (it ran after every line above it), and those inside
+    a block (`if`, `for`) after it, which may have run instead. Functions and
+    classes bind names of their own."""
+    found = {}
+
+    def visit(node, top):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                continue
+            if isinstance(child, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                for target in child.targets if isinstance(child, ast.Assign) else [child.target]:
+                    if isinstance(target, ast.Name):
+                        found.setdefault(target.id, []).append((child.lineno, top))
+            visit(child, False)
+    visit(tree, True)
+    lines = {}
+    for key, assignments in found.items():
+        tops = [line for line, top in assignments if top]
+        last = tops[-1] if tops else 0
+        lines[key] = ([last] if tops else []) + sorted(line for line, top in assignments if not top and line > last)
+    return lines
 
 
 def _comments(path):

@@ -1930,6 +1930,27 @@ def test_a_bad_eval_data_file_or_a_none_or_a_device_or_dtype_torch_lacks_is_refu
     validate.check_training(configurator.settings(train_sft.DEFAULTS, given), 1, ["prompt", "response"], "train_sft.py")
 
 
+def test_the_trainers_ranges_at_their_edges(work, tmp_path):
+    """check_training, one setting at a time: min_lr may equal lr; an
+    infinite grad_clip is not a number to clip at; micro_batch_size 0 is
+    named (it once divided by zero first); epochs -1 with max_steps 0 is one
+    problem, not two; a blank out_dir names no folder."""
+    given = {"init_from": str(work / "ckpt"), "data": str(work / "sft.jsonl"), "out_dir": str(tmp_path / "out")}
+
+    def found(**changed):
+        try:
+            validate.check_training(configurator.settings(train_sft.DEFAULTS, {**given, **changed}), 1,
+                                    ["prompt", "response"], "train_sft.py")
+        except validate.BadInput as e:
+            return [line.removeprefix("  - ") for line in str(e).splitlines()[1:]]
+        return []
+    assert found(lr=1e-5, min_lr=1e-5) == []
+    assert found(grad_clip=float("inf")) == ["grad_clip = inf: must be a finite number"]
+    assert found(micro_batch_size=0) == ["micro_batch_size = 0: must be >= 1"]
+    assert found(max_steps=0, epochs=-1) == ["epochs = -1: must be > 0 when max_steps is 0"]
+    assert found(out_dir="  ") == ["out_dir = '  ': give a folder ('.' for this one)"]
+
+
 def test_a_warmup_as_long_as_the_run_is_said(capsys):
     c = types.SimpleNamespace(max_steps=0, epochs=1, batch_size=4, warmup_steps=10, lr=1e-5)
     assert T.total_steps(c, 40) == 10
