@@ -166,6 +166,11 @@ def test_a_checkpoint_is_evaluated_on_quiz_items(tok, tmp_path, monkeypatch):
     judge = settings(drill.DEFAULTS, {**vars(c), "form": "judge"})
     drill.evaluate_checkpoint(judge)
     assert templates == ["llama2"] and read == drill.held_out_lines(judge, compares=False)
+    # a checkpoint outside a run (no settings.json): the judge's records with their verdicts
+    (tmp_path / "settings.json").unlink()
+    read.clear()
+    drill.evaluate_checkpoint(judge)
+    assert read == drill.held_out_lines(judge, compares=True) != drill.held_out_lines(judge, compares=False)
 
 
 def test_rows_longer_than_the_context_and_unreadable_tokenizers_are_refused_up_front(tok, tmp_path):
@@ -259,6 +264,41 @@ def test_a_short_drill_warms_up_evaluates_at_the_end_and_is_seeded(tok, monkeypa
         losses.append(re.findall(r"loss (\S+)", capsys.readouterr().out))
     assert lrs == pytest.approx([5e-4, 1e-3, 1e-3] * 2)
     assert losses[0] == losses[1] and len(losses[0]) == 2
+
+
+def test_each_drill_step_steps_on_its_own_clipped_gradient(tok, monkeypatch):
+    """Each step's gradient is its own batch's (zeroed before backward, not
+    added to the steps before), clipped to norm 1 before AdamW steps: step
+    3's gradient recomputed from that step's weights and batch (toy-tiny has
+    no dropout) equals the one the drill had; its norm before clipping is
+    well above 1, so the clip is at work."""
+    models, batches, before_clip, norms = [], [], [], []
+    real_model, real_batch, real_clip = drill.Transformer, drill.batch, torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(drill, "Transformer", lambda args: models.append(real_model(args)) or models[-1])
+    monkeypatch.setattr(drill, "batch", lambda *a: batches.append(real_batch(*a)) or batches[-1])
+
+    def clip(params, max_norm):
+        params = list(params)
+        before_clip.append(([p.detach().clone() for p in params], [p.grad.clone() for p in params]))
+        return real_clip(params, max_norm)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    adamw_step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **kw: (norms.append(torch.linalg.vector_norm(
+        torch.stack([p.grad.norm() for g in self.param_groups for p in g["params"]])).item()),
+        adamw_step(self, *a, **kw))[1])
+    c = settings(drill.DEFAULTS, {"model": "toy-tiny", "steps": 3, "eval_every": 3, "eval_lines": 2, "batch_size": 2,
+                                  "seq_len": 32})
+    drill.drill(c, tok)
+    assert len(norms) == 3 and max(norms) <= 1 + 1e-5
+    weights, grads = before_clip[2]
+    fresh = real_model(models[0].args)
+    with torch.no_grad():
+        for p, w in zip(fresh.parameters(), weights):
+            p.copy_(w)
+    fresh(*batches[2])[1].backward()
+    assert torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) > 2
+    for p, g in zip(fresh.parameters(), grads):
+        assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-7)
 
 
 def test_warmup_may_be_zero_and_evaluations_need_a_line():

@@ -164,6 +164,12 @@ def test_bad_eval_prompt_files_name_the_record(tmp_path):
         E.read_eval_prompts(str(tmp_path / "a.json"))
     with pytest.raises(ValueError, match=r"is a folder: give the eval prompts file"):  # (it said "not found")
         E.read_eval_prompts(str(tmp_path))
+    for text in ("", "\n \n"):  # an empty file holds no prompt to evaluate on (nor MT-Bench question)
+        (tmp_path / "none.jsonl").write_text(text)
+        with pytest.raises(ValueError, match=r"none.jsonl: no records"):
+            E.read_eval_prompts(str(tmp_path / "none.jsonl"))
+        with pytest.raises(ValueError, match=r"none.jsonl: no records"):
+            E.read_mt_bench(str(tmp_path / "none.jsonl"))
     (tmp_path / "b.jsonl").write_text('{"instruction": "ok"}\n{"prompt": "no"}\n')
     with pytest.raises(ValueError, match=r"b.jsonl:2: missing or non-string field\(s\): instruction"):
         E.read_eval_prompts(str(tmp_path / "b.jsonl"))
@@ -222,6 +228,8 @@ def test_prompts_longer_than_the_context_are_answered_error_and_counted(tok, tmp
     # one answered as FastChat marks a turn it could not answer, and counted
     assert [(r["instruction"], r["output"] == E.NO_ROOM) for r in recs] == [(long, True), (short, False)]
     assert E.alpaca_unanswered(recs) == 1
+    # an answer that only starts with the mark, or holds it, was given
+    assert E.alpaca_unanswered([{"output": "ERROR: the file is missing"}, {"output": E.NO_ROOM}]) == 1
     questions = [{"question_id": 1, "turns": [short, "Again."]}, {"question_id": 2, "turns": [long, "Again."]},
                  {"question_id": 3, "turns": [short, long]}]  # 3: turn 2 does not fit
     recs = E.answer_mt_bench(net, tok, questions, "m", 4, eos_id=tok.eos_id, progress=False)
@@ -268,8 +276,15 @@ def test_mt_bench_turns_are_sampled_with_seeds_of_their_own(tok, monkeypatch):
                  {"question_id": 2, "category": "writing", "turns": ["A poem.", "Shorter."]}]
     E.answer_mt_bench(model, tok, questions, "m", 4, seed=0)
     assert seeds == [(0.0, 0), (0.7, 0), (0.0, 1), (0.7, 1)]  # per turn, one call per temperature
+    # questions of one and of two turns together: every turn of the longer one answered (MT-Bench's are two
+    # turns each; a question file may hold others), the shorter one's single turn alone
+    questions = [{"question_id": 1, "category": "math", "turns": ["1 + 1?"]},
+                 {"question_id": 2, "category": "math", "turns": ["2 + 2?", "And 3 + 3?"]}]
+    recs = E.answer_mt_bench(model, tok, questions, "m", 4, seed=0)
+    assert [r["choices"][0]["turns"] for r in recs] == [["ok"], ["ok", "ok"]] and E.unanswered(recs) == 0
 
 
 def test_mean_length_by_hand():
     assert E.mean_length(["ab", "abcd"]) == 3 and E.mean_length(x for x in ["abc"]) == 3
     assert E.mean_length([]) is None  # no answers: no length, not 0
+    assert E.mean_length(["a", "ab"]) == 1.5  # not rounded down

@@ -717,6 +717,29 @@ def test_seed_study_says_its_command_settings_and_code(tmp_path, monkeypatch):
     assert not old.exists()
 
 
+def test_seed_study_end_to_end_with_its_runs_stubbed(tmp_path, monkeypatch):
+    """seeds.main over two seeds of one iteration, each run stubbed to write
+    what a finished run leaves (metrics.jsonl's evaluations, each model's
+    graded test answers): the summary's table has every model of the loop,
+    the last (M2) included, and the step M1 -> M2 counted in both seeds."""
+    import selfreward
+    import seeds
+
+    def finished_run(argv, table_again):
+        given = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+        folder = tmp_path / given["run_name"]
+        grades = {"SFT": 2.0, "M1": 2.5, "M2": 3.0 + int(given["seed"]) / 10}
+        write_jsonl(folder / "metrics.jsonl", [{"eval": {"model": m, "mean_grade": g, "exact_solve": 0.1,
+                                                         "judge": {}}} for m, g in grades.items()])
+        for m, g in grades.items():
+            write_jsonl(folder / "eval" / f"{m}_test.jsonl", [{"prompt": str(i), "grade": g} for i in range(4)])
+    monkeypatch.setattr(selfreward, "main", finished_run)
+    seeds.main(["--seeds=1,2", "--iterations=1", f"--out_root={tmp_path}"])
+    summary = (tmp_path / "toy-seeds.md").read_text()
+    assert "| figure | SFT | M1 | M2 |" in summary and "| mean grade | 2.00 +- 0.00 | 2.50 +- 0.00 | 3.15 +- 0.07 |" in summary
+    assert "- mean grade: M2 > M1: 2/2 (+0.65 +- 0.07)" in summary
+
+
 def test_seeds_refuses_bad_seeds_before_any_run(tmp_path, capsys):
     """--seeds is seeds.py's own: whole numbers, each once and in range (all
     checked before the first run: a bad last seed was found after the others

@@ -538,6 +538,9 @@ def test_nan_loss_stops_and_keeps_last_good_state(work, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_sft, "sft_loss_sum", poisoned)
     out = tmp_path / "out"
+    for bad in (float("inf"), float("-inf")):  # an infinite loss too (its gradient is no number to step with)
+        with pytest.raises(FloatingPointError, match=f"loss is {bad} at step 5"):
+            T.check_finite(bad, 5, types.SimpleNamespace(out_dir=str(tmp_path)))
     with pytest.raises(FloatingPointError, match="loss is nan at step 3; .* rerun with a lower learning rate"):  # the 3rd
         train_sft.train(sft_config(work, out, save_interval=1))
     with open(out / "state" / "state.json") as f:
@@ -1675,6 +1678,12 @@ def test_a_kill_between_the_two_renames_resumes_from_state_old(tmp_path):
     os.replace(path, path + ".old")  # what the kill left (with a state.tmp/ that has no state.json yet)
     assert T.saved_state(path) == (path + ".old", {"step": 2, "made_from": "x"})
     assert T.load_state(model, optimizer, path, "x") == (2, {"step": 2, "made_from": "x"})
+    # killed one moment later, after the new state took its place and before state.old/ was removed: the new
+    # one is resumed (the old would redo a step)
+    T.save_state(model, optimizer, 3, path, {"made_from": "x"})
+    T.save_state(model, optimizer, 2, str(tmp_path / "older"), {"made_from": "x"})
+    os.replace(tmp_path / "older", path + ".old")  # state/ at step 3, state.old/ at step 2 not yet removed
+    assert T.saved_state(path)[0] == path and T.load_state(model, optimizer, path, "x")[0] == 3
 
 
 def test_the_last_step_saves_the_state_whatever_the_save_interval(tmp_path):
