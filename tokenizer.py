@@ -166,7 +166,10 @@ class Tokenizer:
         self.model_path = path
         folder = os.path.dirname(path)
         config = read_json(folder, "tokenizer_config.json")
-        special = {**read_json(folder, "special_tokens_map.json"), **config}  # named tokens, config first
+        # the named tokens, as transformers reads them: tokenizer_config.json's; in its older form (no
+        # added_tokens_decoder), special_tokens_map.json's over them
+        tokens_map = read_json(folder, "special_tokens_map.json")
+        special = {**tokens_map, **config} if "added_tokens_decoder" in config else {**config, **tokens_map}
         # ids that end generation, as the checkpoint lists them (Llama 3: a list)
         listed_eos = as_list(read_json(folder, "generation_config.json").get("eos_token_id")) + \
             as_list(read_json(folder, "config.json").get("eos_token_id"))

@@ -1041,13 +1041,43 @@ def test_a_gguf_conversion_replaces_only_an_earlier_conversion(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert f"--out={tmp_path / 'mine'} exists and holds files other than a converted checkpoint's" in r.stderr
     assert sorted(os.listdir(tmp_path / "mine")) == ["config.json", "notes.txt"]
+    (tmp_path / "here").mkdir()  # no --out: refused, not written into the folder it runs in
+    for out in ([], ["--out= "]):
+        r = subprocess.run([sys.executable, os.path.join(ROOT, "checkpoint.py"), f"--from_gguf={tmp_path / 'junk.gguf'}",
+                            *out], cwd=tmp_path / "here", capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "--from_gguf needs --out=FOLDER" in r.stderr, r.stderr[-2000:]
+    assert os.listdir(tmp_path / "here") == []
     (tmp_path / "mine" / "notes.txt").unlink()
     (tmp_path / "mine" / "model-00001-of-00002.safetensors").write_text("")
     assert earlier_conversion(tmp_path / "mine") and not earlier_conversion(tmp_path / "junk.gguf")
+    (tmp_path / "mine" / "adapter_model.safetensors").write_text("")  # (a LoRA adapter: not a conversion's shard)
+    assert not earlier_conversion(tmp_path / "mine")
+    (tmp_path / "mine" / "adapter_model.safetensors").unlink()
     (tmp_path / "mine" / "tokenizer.model").write_text("")  # (a SentencePiece checkpoint: not what it writes)
     assert not earlier_conversion(tmp_path / "mine")
     (tmp_path / "empty").mkdir()
     assert earlier_conversion(tmp_path / "empty")
+
+
+def test_safetensors_data_is_8_byte_aligned_and_a_tokenizer_is_saved_as_tokenizer_model(tmp_path,
+                                                                                           toy_tokenizer_path):
+    """The safetensors header is padded so that the tensors start on an 8-byte
+    boundary (the format's rule: readers may map the file and view the
+    tensors in place), whatever the header's length; a SentencePiece model
+    of any name is saved as tokenizer.model, the name loaders look for."""
+    import shutil
+    import struct
+
+    from tokenizer import Tokenizer
+    for v in (64, 100, 1000, 12345):  # headers of different lengths
+        save_model(Transformer(ModelArgs(dim=64, n_layers=1, n_heads=4, vocab_size=v, multiple_of=32)), tmp_path / str(v))
+        header = struct.unpack("<Q", (tmp_path / str(v) / "model.safetensors").read_bytes()[:8])[0]
+        assert (8 + header) % 8 == 0, (v, header)
+    shutil.copy(toy_tokenizer_path, tmp_path / "tok.model")
+    n = Tokenizer(toy_tokenizer_path).vocab_size
+    save_model(random_model(preset("toy-tiny", vocab_size=n)), tmp_path / "named", tokenizer_path=str(tmp_path / "tok.model"))
+    assert "tokenizer.model" in os.listdir(tmp_path / "named") and "tok.model" not in os.listdir(tmp_path / "named")
+    assert Tokenizer(str(tmp_path / "named")).vocab_size == n
 
 
 def test_matching_tokenizer_is_copied_and_checked(tmp_path, toy_tokenizer_path):

@@ -66,6 +66,17 @@ def test_train_tokenizer_is_deterministic_and_atomic(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
+def test_a_trained_tokenizer_splits_every_digit(tmp_path):
+    """As Llama's does: numbers are read digit by digit (the toy world's
+    arithmetic), never as pieces learned whole ("2024")."""
+    import random
+    rng = random.Random(0)
+    texts = [f"add {rng.randint(0, 99)} and {rng.randint(0, 99)} to get 2024" for _ in range(2000)]
+    tok = train_tokenizer(texts, str(tmp_path / "t.model"), vocab_size=400)
+    pieces = [tok.sp.id_to_piece(i) for i in tok.encode("year 2024 has 12 months")]
+    assert [p.lstrip("\u2581") for p in pieces if p.lstrip("\u2581").isdigit()] == ["2", "0", "2", "4", "1", "2"]
+
+
 def test_missing_tokenizer_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer model not found"):
         Tokenizer(str(tmp_path / "nope.model"))
@@ -191,6 +202,51 @@ def test_every_eos_id_the_checkpoint_lists_stops_generation(tmp_path, llama3_sty
     (folder / "config.json").write_text(json.dumps({"eos_token_id": 1}))
     tok = Tokenizer(folder)
     assert (tok.eos_id, tok.end_of_turn, tok.stop_ids) == (1, 4, [1, 4])
+
+
+def test_named_tokens_and_listed_eos_ids_are_read_as_transformers_reads_them(tmp_path, llama3_style):
+    """Where tokenizer_config.json and special_tokens_map.json name different
+    EOS tokens, transformers takes the config's in its newer form (with
+    added_tokens_decoder) and the map's in the older form; where no file names
+    one, the EOS is the first id generation_config.json lists (before
+    config.json's)."""
+    transformers = pytest.importorskip("transformers")
+    names = {str(i): {"content": t, "special": True} for i, t in enumerate(LLAMA3_SPECIAL)}
+    for newer, eos in ((False, 1), (True, 4)):  # the map's <|end_of_text|>, or the config's <|eot_id|>
+        folder = retemplated(llama3_style, tmp_path / f"newer{newer}", eos_token="<|eot_id|>",
+                             **({"added_tokens_decoder": names} if newer else {}))
+        (folder / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|end_of_text|>"}))
+        assert Tokenizer(folder).eos_id == transformers.AutoTokenizer.from_pretrained(folder).eos_token_id == eos
+    folder = retemplated(llama3_style, tmp_path / "unnamed")
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    del cfg["eos_token"]
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [4, 1]}))
+    (folder / "config.json").write_text(json.dumps({"eos_token_id": 1}))
+    tok = Tokenizer(folder)
+    assert tok.eos_id == 4 and tok.encode("the", eos=True)[-1] == 4
+
+
+def test_which_jinja_template_names_the_format(tmp_path, llama3_style):
+    """chat_template.jinja (where newer checkpoints keep it) over the config's
+    own, as transformers renders; of several named templates the "default";
+    and a ChatML template is ChatML even where it mentions Llama 3's header
+    token (here, to remove it from a message)."""
+    from tokenizer import detect_template
+    transformers = pytest.importorskip("transformers")
+    zephyr = "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    folder = retemplated(llama3_style, tmp_path / "jinja_file", chat_template=zephyr)
+    (folder / "chat_template.jinja").write_text(LLAMA3_JINJA)
+    hf = transformers.AutoTokenizer.from_pretrained(folder)
+    assert Tokenizer(folder).template == "llama3"
+    assert hf.apply_chat_template(CONVERSATION[1:2], tokenize=False).startswith("<|begin_of_text|><|start_header_id|>")
+    tools = "{% for m in messages %}<|tool|>{{ m['content'] }}{% endfor %}"
+    folder = retemplated(llama3_style, tmp_path / "named", chat_template=[
+        {"name": "tool_use", "template": tools}, {"name": "default", "template": LLAMA3_JINJA}])
+    assert Tokenizer(folder).template == "llama3"
+    chatml = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | replace('<|start_header_id|>', '') "
+              "}}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    assert detect_template(None, chatml) == "chatml"
 
 
 def test_llama3_template_equals_apply_chat_template(llama3_style):
@@ -530,6 +586,19 @@ def test_a_tokenizer_json_with_tokens_the_sentencepiece_model_lacks_is_the_one_r
         assert small.vocab_size <= min(tk.token_to_id(t) for t in added)
         tok = Tokenizer(folder)
         assert tok.model_path == str(folder / read), added
+    # the first id past tokenizer.model's (a vocabulary of exactly its size, one token added)
+    from tokenizers import models, pre_tokenizers
+    edge = tmp_path / "edge"
+    edge.mkdir()
+    shutil.copy(tmp_path / "small.model", edge / "tokenizer.model")
+    tk = HFTok(models.WordLevel({"<unk>": 0, **{f"w{i}": i for i in range(1, small.vocab_size)}}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.add_special_tokens(["<|im_end|>"])
+    assert tk.token_to_id("<|im_end|>") == small.vocab_size
+    tk.save(str(edge / "tokenizer.json"))
+    (edge / "tokenizer_config.json").write_text(json.dumps({"chat_template": chatml.replace("<|im_start|>", ""),
+                                                            "eos_token": "w2"}))
+    assert Tokenizer(edge).model_path == str(edge / "tokenizer.json")
     assert "tokenizer.json" in [os.path.basename(f) for f in tok.files]
     from checkpoint import save_model
     from model import ModelArgs, Transformer
