@@ -134,8 +134,7 @@ def find_score(text):
     if scale:
         readable = readable and int(scale.group(1)) == 5  # another scale: rescaling would be inventing
         end = scale.end()
-    else:
-        readable = readable and not _RANGE.match(text, end)  # a range or a choice
+    readable = readable and not _RANGE.match(text, end)  # a range or a choice ("3-4", "3/5 or 4/5")
     readable = readable and value == int(value) and 0 <= value <= 5  # not a fraction of a point, nor out of range
     return int(value) if readable else None, m.start(), max(end, m.end())  # ("Score 4:" ends at its colon)
 

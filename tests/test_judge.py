@@ -55,6 +55,11 @@ def test_prompt_fills_its_two_slots():
     ("Score: 1+1+1+1\n\n= 4", None),  # the mark is one line: a list below it is not a sum, nor a range
     ("Score: 4\n\nOut of 10 reviewers, most would agree.", 4), ("Score: 3\n/10", 3),  # ... nor a scale
     ("Score: 3,5", None), ("Score: 4, which is fair", 4),  # a decimal comma is a fraction; a comma alone is not
+    # a sign is part of the number (the concluding -1 is unreadable, not a way back to the 4); "subscore" is
+    # not the word; ranges with "to" and dashes, and ranges or choices of scaled scores, are not scores
+    ("Score: 4\nScore: -1", None), ("Score: +3", 3), ("Relevance subscore: 1", None), ("Score: 3 to 4", None),
+    ("Score: 3\u20134", None), ("Score: 3\u20144", None), ("Score: 3/5 or 4/5", None), ("Score: 3/5 - 4/5", None),
+    ("Score: 3 out of 5 to 4 out of 5", None), ("Score: 4/5 - a fair answer", 4),
 ])
 def test_parse_score_table(text, score):
     assert parse_score(text) == score
@@ -194,6 +199,12 @@ def test_reward_metrics_by_hand():
     assert m["spearman"] == m["kendall_tau"] == 0.0 and m["n_undefined_correlation"] == 2
     assert m["pairwise_accuracy"] == 0.0 and m["five_best"] is None and m["n_skipped_prompts"] == 1
     assert m["response_coverage"] == 0.6
+
+    # a prompt of two scored responses has its correlations (not undefined); a 5 on the best-ranked
+    # response counts as 5-best whatever that rank's number (here 1)
+    m = reward_metrics([[2, 5]], [[0, 1]])
+    assert m["spearman"] == m["kendall_tau"] == -1.0 and m["n_undefined_correlation"] == 0
+    assert reward_metrics([[5, 1]], [[1, 2]])["five_best"] == 1.0
 
     # a tie is wrong whichever response the humans prefer (here the second)
     assert reward_metrics([[3, 3]], [[1, 0]])["pairwise_accuracy"] == 0.0
@@ -453,6 +464,7 @@ def test_read_judge_file_names_a_bad_line(tmp_path):
     ("Winner: A (B misreads the question)", None), ("Winner: Judgment A and B", None),
     ("Winner: B\nWinner: neither", None), ("Winner:\nA", None), ("", None),
     ("Conclude with the better judgment using the format: “Winner: <A or B>”", None),
+    ("Winner: A or neither", None), ("Winner: A / tie", None), ("Nonwinner: B", None),  # a letter, then more
 ])
 def test_parse_winner_table(text, winner):
     assert J.parse_winner(text) == winner

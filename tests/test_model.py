@@ -586,6 +586,9 @@ def test_llama2_70b_shapes():
     # so does a derived n_kv_heads (multi-head stays multi-head); a set one (grouped-query) stays
     assert (preset("llama2-7b", n_heads=64).n_kv_heads, preset("llama2-7b", n_heads=16).n_kv_heads) == (64, 16)
     assert preset("llama2-70b", n_heads=32).n_kv_heads == 8
+    # a preset is a copy, its rope_scaling too: changing one leaves the presets (and their shared table) as they are
+    preset("llama3.2-1b").rope_scaling["factor"] = 1.0
+    assert PRESETS["llama3.2-1b"].rope_scaling["factor"] == preset("llama3.2-3b").rope_scaling["factor"] == 32.0
 
 
 def test_forward_refuses_what_it_would_do_wrong():
@@ -640,6 +643,10 @@ def test_model_args_refuse_shapes_that_cannot_work():
         ModelArgs(dim=12, n_heads=4)  # head_dim 3
     with pytest.raises(ValueError, match="rope_scaling needs exactly the keys"):
         ModelArgs(dim=64, n_heads=4, rope_scaling={**M.LLAMA31_ROPE, "rope_type": "llama3"})
+    with pytest.raises(ValueError, match="rope_scaling needs exactly the keys"):  # one missing (else a KeyError later)
+        ModelArgs(dim=64, n_heads=4, rope_scaling={"factor": 8.0})
+    with pytest.raises(ValueError, match="dim 10 must divide by n_heads 4"):  # (or head_dim is set)
+        ModelArgs(dim=10, n_heads=4)
     assert ModelArgs(dim=48, n_heads=6, n_kv_heads=3, rope_scaling=dict(M.LLAMA31_ROPE)).head_dim == 8
 
 
@@ -678,6 +685,10 @@ def test_loss_ignores_minus_100_and_sequence_limit():
     assert torch.allclose(loss, manual)
     with pytest.raises(ValueError, match="longer than max_seq_len"):
         model(torch.zeros(1, 129, dtype=torch.long))
+    # in bf16 the loss is still an fp32 cross-entropy, of the logits taken to fp32
+    logits, loss = model.to(torch.bfloat16)(tokens, targets)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    assert torch.equal(loss, torch.nn.functional.cross_entropy(logits.float().reshape(-1, 300), targets.reshape(-1)))
 
 
 def test_dropout_only_in_training():
@@ -698,6 +709,21 @@ def test_dropout_on_the_attention_residual():
     with torch.no_grad():
         for layer in model.layers:
             layer.feed_forward.w2.weight.zero_()
+            layer.attention.attn_dropout_p = 0.0
+    model.train()
+    tokens = torch.randint(0, 300, (1, 16))
+    with torch.no_grad():
+        assert not torch.equal(model(tokens), model(tokens))
+
+
+def test_dropout_on_the_feed_forward_residual():
+    """The mirror of the test above: the attention branch at 0, the
+    feed-forward branch's dropout alone makes two training forwards differ."""
+    args = ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=300, multiple_of=32, dropout=0.5)
+    model = random_model(args)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.attention.wo.weight.zero_()
             layer.attention.attn_dropout_p = 0.0
     model.train()
     tokens = torch.randint(0, 300, (1, 16))
@@ -840,6 +866,9 @@ def test_estimate_mfu_by_hand():
     tied = ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=300, multiple_of=32, tie_embeddings=True)
     flops = 6 * 100000 + 12 * 2 * 4 * 16 * 128  # the one embedding is also the output layer: all of N multiplies
     assert estimate_mfu(tied, 100000, 500, 128, 1e9) == pytest.approx(flops * 500 / 1e9)
+    wide = ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=300, multiple_of=32, head_dim=24)  # H*Q = 96, not dim
+    flops = 6 * (100000 - 300 * 64) + 12 * 2 * 4 * 24 * 128
+    assert estimate_mfu(wide, 100000, 500, 128, 1e9) == pytest.approx(flops * 500 / 1e9)
 
 
 
@@ -1127,7 +1156,7 @@ def test_shards_hold_at_most_max_shard_bytes_and_are_filled_up_to_it(tmp_path):
         assert size + (nxt[0][1] - nxt[0][0]) > limit
 
 
-@pytest.mark.parametrize("width", [100, 150, 169, 200, 1000])
+@pytest.mark.parametrize("width", [1, 11, 100, 150, 169, 200, 1000])
 def test_any_feed_forward_width_in_config_json_reads_back_exactly(width):
     """config.json's intermediate_size is the width, whatever it is: 8/3 x 64
     = 170, and widths below it (100, 150, 169) or no rule's multiple (200,
