@@ -94,7 +94,7 @@ def judge_prompt_ids(tokenizer, instruction, response):
 #   is None: rescaling would be inventing; the scale is on the mark's line
 # - a fraction of a point ("3.5", or "3,5" with a decimal comma) is None: the
 #   rubric adds whole points and rounding would invent a score; "4.0" is 4
-# - a range or a choice ("3-4", "4 or 5"), a negative or anything above 5: None
+# - a range or a choice ("3-4", "4 or 5", "3/5 or 4/5"), a negative or anything above 5: None
 
 _NUMBER = r"[-+]?\d+(?:\.\d+)?"
 _SCORE = re.compile(
@@ -104,7 +104,7 @@ _SCORE = re.compile(
     r")", re.IGNORECASE)  # on one line: "score = 0" (code) and "score:\n1 point" are not scores
 _SCALE = re.compile(r"[ \t]*(?:/|out[ \t]+of)[ \t]*(\d+)", re.IGNORECASE)  # "/5", " out of 5"
 # (the rest of the mark is on its line: a list of points on the next lines, "+ 1 point ...", is not a sum)
-# after the number: "3-4", "4 or 5", "1+1", "4 = 3", or "3,5" (a decimal comma: a fraction of a point)
+# after the number (or its scale): "3-4", "4 or 5", "1+1", "4 = 3", or "3,5" (a decimal comma: a fraction of a point)
 _RANGE = re.compile(r"[ \t]*(?:[-–—+=]|,(?=\d)|to\b|or\b)[ \t]*\d", re.IGNORECASE)
 _SUM = re.compile(rf"((?:[ \t]*\+[ \t]*\d+)+)[ \t]*=[ \t]*({_NUMBER})")  # "+1+1 = 3" after a first "1"
 
@@ -134,7 +134,7 @@ def find_score(text):
     if scale:
         readable = readable and int(scale.group(1)) == 5  # another scale: rescaling would be inventing
         end = scale.end()
-    readable = readable and not _RANGE.match(text, end)  # a range or a choice ("3-4", "3/5 or 4/5")
+    readable = readable and not _RANGE.match(text, end)  # a range or a choice
     readable = readable and value == int(value) and 0 <= value <= 5  # not a fraction of a point, nor out of range
     return int(value) if readable else None, m.start(), max(end, m.end())  # ("Score 4:" ends at its colon)
 
