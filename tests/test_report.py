@@ -116,6 +116,11 @@ def test_interval_table_has_every_figure_by_hand(tmp_path):
     assert intervals["M2"]["spearman"][0] == pytest.approx((0 + 1) / 2) and intervals["M2"]["five_best"][0] == 1.0
     assert any(row.startswith("| judge Spearman | 0.500 [") for row in rows)
     assert any(row.startswith("| judge 5-best % | 100.0 [") for row in rows)
+    # the model before has no judgments (a run without the judge's evaluation there): no step is shown, not one
+    # against the model before it under the previous model's name
+    (tmp_path / "eval" / "M1_judgments.jsonl").unlink()
+    rows, intervals = report.interval_rows(r, ["SFT", "M1", "M2"], {})
+    assert "judge_vs_previous" not in intervals["M2"]
 
 
 def test_iteration_diagnostics_by_hand(tmp_path):
@@ -565,6 +570,10 @@ def test_checking_against_doing_by_hand(tmp_path):
                                     {"prompt": rev}, {"prompt": "What is 2 + 3?"}])[0]
     assert line.endswith("(%): reverse 100.0 ('CBA'); count 50.0 ('1'); arith 100.0 ('5'). A model near that share "
                          "of a kind may be giving that one answer, not doing the task.")
+    # two answers as common: the last one named (the comment's rule)
+    two = report.one_answer_lines([{"prompt": "Reverse the word 'AB'."}, {"prompt": "Reverse the word 'CD'."}])[0]
+    assert "reverse 50.0 ('DC')" in two
+    assert report.balanced_accuracy({True: [True, True], False: []}) is None  # no wrong response judged: no figure
     # judgments that compare: of those stating the right answer, is "the same" / "not the same" true?
     said = lambda x, y, same, score: f"The correct answer is {x}. {y} against {x}: {same}. Whatever.\nScore: {score}"
     write_jsonl(tmp_path / "eval" / "M1_judgments.jsonl", [

@@ -37,7 +37,7 @@ from data import read_jsonl, toy, write_jsonl
 from evaluation import alpaca_eval_path
 from judge import parse_score
 from model import Transformer, preset
-from run_folder import Run, changes, fit_micro, generate_sharded, save_jsonl, stage_parts, sub_seed
+from run_folder import Run, changes, fit_micro, generate_sharded, metric_records, save_jsonl, stage_parts, sub_seed
 from sample import generate
 from tokenizer import Tokenizer, chat_prompt_ids
 
@@ -1641,6 +1641,9 @@ def test_why_a_stage_runs_again_counts_as_same_inputs_does():
     assert changes(old, new, same, lambda k: k == "added") == "lr 1 -> 2, ./data/x.jsonl changed"
     assert changes(old, new, same, lambda k: False) == "lr 1 -> 2, added '?' -> 0, ./data/x.jsonl changed"
     assert changes(old, {**old, "files": {"./data/x.jsonl": "f1"}}, same, lambda k: True) == "made from other inputs"
+    # a file the record does not list is no changed file (it was not read then): other inputs
+    assert changes(old, {**old, "files": {"data/x.jsonl": "f1", "data/y.jsonl": "f2"}}, same,
+                   lambda k: True) == "made from other inputs"
 
 
 def test_generation_shards_of_other_settings_are_not_reused(tmp_path):
@@ -1769,6 +1772,37 @@ def test_a_setting_added_later_at_its_default_redoes_nothing(tmp_path):
     assert ran == ["first", "second"] * 4
     run(["a", "c"], c=0)  # the code no longer lists b (the stage does not read it): nothing redone
     assert ran == ["first", "second"] * 4
+    run(["a", "c", "d"], c=0, d=None)  # nor is None a known default: counted as changed
+    assert ran == ["first", "second"] * 5
+
+
+def test_a_given_checkpoint_is_known_by_its_files_not_its_path(tmp_path):
+    """Run.given (init_from as M0): its weights replaced in place redo the
+    stages after it; the same files moved to another path redo nothing."""
+    ran, ckpt = [], tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_text("old weights")
+
+    def run(folder):
+        r = Run(str(tmp_path / "run"), types.SimpleNamespace(), D.Env())
+        r.given("M0", str(folder))
+        r.stage("SFT", lambda: ran.append("SFT"), after=["M0"])
+    run(ckpt)
+    run(ckpt)
+    assert ran == ["SFT"]
+    (ckpt / "model.safetensors").write_text("new weights!")
+    run(ckpt)
+    assert ran == ["SFT", "SFT"]
+    ckpt.rename(tmp_path / "moved")
+    run(tmp_path / "moved")
+    assert ran == ["SFT", "SFT"]
+
+
+def test_runtime_settings_are_left_out_of_settings_json(tmp_path):
+    """Settings that change how a run shows itself, not what it makes
+    (progress bars), are not the run's settings: not in settings.json."""
+    r = Run(str(tmp_path), types.SimpleNamespace(lr=1, progress=True), D.Env(), runtime_only={"progress"})
+    assert json.loads((tmp_path / "settings.json").read_text()) == {"lr": 1} and "progress" not in r.settings
 
 
 def test_a_stage_records_the_dtype_it_computed_in(tmp_path):
@@ -2034,6 +2068,12 @@ def test_a_stage_line_a_kill_lost_from_metrics_jsonl_is_written_by_the_next_comm
     r.stage("t", lambda: pytest.fail("done"), uses=["a"], after=["s"])
     kept = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(kept) == 3 and json.loads(kept[0]) == lines[0] and json.loads(kept[2]) == lines[1]
+    for _ in range(2):  # later commands read past the cut line: t's record is there, nothing written again
+        r = Run(str(tmp_path), c, D.Env(), defaults={"a": 1})
+        r.stage("s", lambda: pytest.fail("done"), uses=["a"])
+        r.stage("t", lambda: pytest.fail("done"), uses=["a"], after=["s"])
+    assert (tmp_path / "metrics.jsonl").read_text().splitlines() == kept
+    assert [x["stage"] for x in metric_records(str(tmp_path))] == ["s", "t"]
 
 
 def test_an_input_path_written_another_way_redoes_nothing(tmp_path):
@@ -2199,6 +2239,14 @@ def test_a_done_stage_whose_output_is_gone_is_made_again_when_a_stage_reads_it(t
     current = []
     r.stage("eval", lambda: r.remake_if_gone("M1", "eval") or current.append(r.current), uses=["beta"])
     assert current == ["eval"] and ran[-1] == "M1" and out.exists() and r.current is None
+    # a dry pass (every command's quiet look before it starts) with two stages reading the gone folder:
+    # it would be made once, before the first of them
+    shutil.rmtree(out)
+    r = Run(str(tmp_path / "run"), types.SimpleNamespace(beta=0.3), D.Env(), dry=True, quiet=True)
+    r.stage("M1", lambda: pytest.fail("a dry pass runs nothing"), outputs=[str(out)])
+    r.stage("M2", lambda: None, uses=["beta"], after=["M1"])
+    r.stage("M3", lambda: None, uses=["beta"], after=["M1", "M2"])
+    assert [name for name, _ in r.would_run] == ["M1", "M2", "M3"]
 
 
 
