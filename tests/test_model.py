@@ -700,30 +700,17 @@ def test_dropout_only_in_training():
     assert not torch.equal(model(tokens), model(tokens))
 
 
-def test_dropout_on_the_attention_residual():
-    """Dropout on each residual branch: with the feed-forward branch at 0 and no
-    dropout on the attention weights, the attention branch's own dropout alone
-    makes two training forwards differ."""
+@pytest.mark.parametrize("branch", ["attention", "feed_forward"])
+def test_dropout_on_each_residual_branch(branch):
+    """Dropout on each residual branch: with the other branch at 0 and no
+    dropout on the attention weights, this branch's own dropout alone makes
+    two training forwards differ."""
     args = ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=300, multiple_of=32, dropout=0.5)
     model = random_model(args)
     with torch.no_grad():
         for layer in model.layers:
-            layer.feed_forward.w2.weight.zero_()
-            layer.attention.attn_dropout_p = 0.0
-    model.train()
-    tokens = torch.randint(0, 300, (1, 16))
-    with torch.no_grad():
-        assert not torch.equal(model(tokens), model(tokens))
-
-
-def test_dropout_on_the_feed_forward_residual():
-    """The mirror of the test above: the attention branch at 0, the
-    feed-forward branch's dropout alone makes two training forwards differ."""
-    args = ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=300, multiple_of=32, dropout=0.5)
-    model = random_model(args)
-    with torch.no_grad():
-        for layer in model.layers:
-            layer.attention.wo.weight.zero_()
+            other = layer.feed_forward.w2 if branch == "attention" else layer.attention.wo
+            other.weight.zero_()
             layer.attention.attn_dropout_p = 0.0
     model.train()
     tokens = torch.randint(0, 300, (1, 16))

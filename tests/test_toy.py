@@ -683,12 +683,12 @@ def test_the_toy_data_command_refuses_bad_settings_before_writing(tmp_path):
 def test_the_toy_data_command_reads_booleans_as_the_loop_does(tmp_path):
     """python -m data.toy --judge_working=1 (or true, yes; 0, false, no, any
     case) is read as the setting says: the EFT targets work the task out."""
-    for value, working in [("1", True), ("No", False)]:
+    for value, works in [("1", True), ("No", False)]:
         subprocess.run([sys.executable, "-m", "data.toy", f"--out={tmp_path / value}", "--n_ift=2",
                         "--n_eft_train=4", "--n_eft_eval=2", "--n_test=1", "--toy_kinds=sort",
                         f"--judge_working={value}"], cwd=ROOT, check=True, capture_output=True, timeout=120)
         targets = [r["response"] for r in read_jsonl(tmp_path / value / "eft_train.jsonl")]
-        assert all(t.startswith("By the alphabet: ") == working for t in targets), (value, targets)
+        assert all(t.startswith("By the alphabet: ") == works for t in targets), (value, targets)
 
 
 def test_fresh_task_gives_up_after_its_tries_and_otherwise_draws_on(monkeypatch):
