@@ -54,6 +54,15 @@ def random_prompts(lengths, vocab=512, seed=0):
 MIXED = random_prompts([5, 17, 1, 30, 9, 12])  # mixed lengths, one a lone token
 
 
+def forward_shapes(monkeypatch):
+    """The (rows, tokens) of every forward pass of any Transformer from now
+    on, in order: a prefill has more than one token, a decode step one."""
+    shapes, real_forward = [], M.Transformer.forward
+    monkeypatch.setattr(M.Transformer, "forward", lambda self, tokens, *a, **k: (
+        shapes.append(tuple(tokens.shape)), real_forward(self, tokens, *a, **k))[1])
+    return shapes
+
+
 @torch.no_grad()
 def recompute_greedy(model, prompt, steps):
     """The naive loop: the whole sequence through the model at every step, no cache."""
@@ -98,11 +107,8 @@ def test_greedy_equals_transformers(tiny, tmp_path):
 
 def test_n_samples_share_prefill_and_seeds_repeat(tiny, monkeypatch):
     kw = dict(temperature=1.0, top_p=0.9, seed=7, progress=False)
-    seen = []
-    real_forward = M.Transformer.forward
     with monkeypatch.context() as m:
-        m.setattr(M.Transformer, "forward", lambda self, tokens, *a, **k: (
-            seen.append(tuple(tokens.shape)), real_forward(self, tokens, *a, **k))[1])
+        seen = forward_shapes(m)
         shared = generate(tiny, MIXED, 10, n=3, batch_size=6, **kw)
     assert [rows for rows, T in seen if T > 1] == [2, 2, 2]  # 2 prompts a batch of 6 rows, each prefilled once
     assert len(shared) == 3 * len(MIXED)
@@ -159,10 +165,7 @@ def test_shared_prefix_gives_the_same_output(tiny):
 def test_shared_prefix_is_prefilled_once(tiny, monkeypatch):
     rubric = random_prompts([80], seed=1)[0]
     prompts = [rubric + p for p in MIXED]
-    seen = []
-    real_forward = M.Transformer.forward
-    monkeypatch.setattr(M.Transformer, "forward", lambda self, tokens, *a, **k: (
-        seen.append(tuple(tokens.shape)), real_forward(self, tokens, *a, **k))[1])
+    seen = forward_shapes(monkeypatch)
     generate(tiny, prompts, 3, temperature=0, batch_size=3, progress=False)
     prefills = [s for s in seen if s[1] > 1]
     assert prefills[0] == (1, 80)  # the rubric, once
@@ -189,10 +192,7 @@ def test_prompts_are_batched_longest_first(tiny, monkeypatch):
     """Sorted by length before batching, so a batch holds prompts of like
     length and pads little: lengths 30, 3, 29 in batches of 2 are prefilled
     as (30, 29) then (3), 63 slots, not (3, 29) then (30), 88."""
-    seen = []
-    real_forward = M.Transformer.forward
-    monkeypatch.setattr(M.Transformer, "forward", lambda self, tokens, *a, **k: (
-        seen.append(tuple(tokens.shape)), real_forward(self, tokens, *a, **k))[1])
+    seen = forward_shapes(monkeypatch)
     generate(tiny, random_prompts([30, 3, 29], seed=3), 2, temperature=0, batch_size=2, progress=False)
     assert [s for s in seen if s[1] > 1] == [(2, 30), (1, 3)]
 
@@ -386,31 +386,25 @@ def test_any_of_several_eos_ids_ends_a_row(monkeypatch):
     assert out == [[4, 5], [10], [13, 14]]
     assert generate(model, [[3]], 6, temperature=0, eos_id=(11, 6), progress=False) == [[4, 5]]
     # a row ended by its second stop id is done, and no longer decoded: 2 rows, 2, then [3] alone until its 6
-    rows = []
-    real_forward = M.Transformer.forward
-    monkeypatch.setattr(M.Transformer, "forward", lambda self, tokens, *a, **k: (
-        rows.append(tokens.shape[0]), real_forward(self, tokens, *a, **k))[1])
+    seen = forward_shapes(monkeypatch)
     assert generate(model, [[3], [9]], 8, temperature=0, eos_id=[11, 6], progress=False,
                     check_every=1) == [[4, 5], [10]]
-    assert rows == [2, 2, 1]
+    assert [rows for rows, _ in seen] == [2, 2, 1]
 
 
 def test_finished_rows_stop_costing_work(monkeypatch):
     model = chain_model()
-    rows = []
-    real_forward = M.Transformer.forward
-    monkeypatch.setattr(M.Transformer, "forward", lambda self, tokens, *a, **k: (
-        rows.append(tokens.shape[0]), real_forward(self, tokens, *a, **k))[1])
+    seen = forward_shapes(monkeypatch)
     prompts, expected = [[0], [13], [9]], [[1], [14, 15, 0, 1], [10, 11, 12, 13, 14, 15, 0, 1]]
     assert generate(model, prompts, 8, temperature=0, eos_id=EOS, progress=False, check_every=1) == expected
     # prefill 3 rows; [0] -> 1 then EOS: 2 decode steps with 3 rows, then 2 rows
     # until [13] -> 14 15 0 1 EOS, then [9] alone until its 8 tokens
-    assert rows == [3, 3, 2, 2, 2, 1, 1, 1]
+    assert [rows for rows, _ in seen] == [3, 3, 2, 2, 2, 1, 1, 1]
     # looking every 4 steps (as on a GPU: a look waits for the device): finished
     # rows are decoded until the next look, the results are the same
-    rows.clear()
+    seen.clear()
     assert generate(model, prompts, 8, temperature=0, eos_id=EOS, progress=False, check_every=4) == expected
-    assert rows == [3, 3, 3, 3, 2, 2, 2, 2]
+    assert [rows for rows, _ in seen] == [3, 3, 3, 3, 2, 2, 2, 2]
 
 
 def test_copying_and_dropping_rows_is_in_place(tiny):
@@ -940,10 +934,7 @@ def test_a_row_whose_context_is_full_stops_costing_work(monkeypatch):
     runs (not a fourth forward pass whose token is cut off anyway)."""
     torch.manual_seed(0)
     model = M.Transformer(M.preset("toy-tiny", max_seq_len=8)).eval()
-    passes = []
-    real_forward = M.Transformer.forward
-    monkeypatch.setattr(M.Transformer, "forward", lambda self, tokens, *a, **k: (
-        passes.append(tuple(tokens.shape)), real_forward(self, tokens, *a, **k))[1])
+    passes = forward_shapes(monkeypatch)
     out = S.generate(model, [[5, 6, 7, 8, 9]], 10, temperature=0, progress=False)
     assert len(out[0]) == 3
     assert passes == [(1, 5), (1, 1), (1, 1)]
