@@ -62,8 +62,8 @@ def read_eval_prompts(path):
     for i, x in enumerate(records):
         if not isinstance(x, dict) or not isinstance(x.get("instruction"), str):
             raise ValueError(f"{path}: element {i} of the array is not an object with a string 'instruction'")
-        if empty_instruction(x):
-            raise ValueError(f"{path}: element {i} of the array: {empty_instruction(x)}")
+        if why := empty_instruction(x):
+            raise ValueError(f"{path}: element {i} of the array: {why}")
     if not records:
         raise ValueError(f"{path}: no records (the array is empty)")
     return records
