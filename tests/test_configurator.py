@@ -364,10 +364,11 @@ def test_a_setting_a_file_sets_twice_is_named_at_the_line_that_holds(tmp_path):
     # whose value is not the one that failed); a top-level line after the block ran last
     f.write_text("import os\nlr = 1e-5\nif not os.environ.get('BIG'):\n    lr = -1e-5\n"
                  "for _ in range(1):\n    batch_size = 8\nbatch_size = 4\n"
-                 "def helper():\n    model = 'x'\n    return model\n")
+                 "model = 'toy'\ndef helper():\n    model = 'x'\n    return model\n")
     apply(defaults(), [str(f)])
     assert set_in_file("lr", -1e-5) == f"{f}:2 or 4" and set_in_file("batch_size", 4) == f"{f}:7"
-    assert _file_settings(str(f))["lr"] == (-1e-5, f"{f}:2 or 4") and "model" not in _file_settings(str(f))
+    # a function's own `model = ...` (line 10) sets nothing of the file's: the top-level line 8 did
+    assert _file_settings(str(f))["lr"] == (-1e-5, f"{f}:2 or 4") and _file_settings(str(f))["model"] == ("toy", f"{f}:8")
 
 
 def test_an_annotated_setting_with_a_value_is_a_setting(tmp_path):
