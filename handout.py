@@ -137,7 +137,15 @@ def body_span(lines, node, where):
     first = body[1] if has_doc else body[0]
     if first.lineno - 1 < start:
         raise HandoutError(f"{where}: the body of {node.name} must start on a line of its own")
-    return start, body[-1].end_lineno, lines[first.lineno - 1][:first.col_offset]
+    indent = lines[first.lineno - 1][:first.col_offset]
+    # comments after the last statement, indented as the body, are the body's too (a hint left there
+    # would give the answer away); a comment less indented (the next def's marker) is not
+    end = after = body[-1].end_lineno
+    while after < len(lines) and (not lines[after].strip() or lines[after].startswith(indent)
+                                  and lines[after].lstrip().startswith("#")):
+        after += 1
+        end = after if lines[after - 1].strip() else end
+    return start, end, indent
 
 
 def marker_line(node):

@@ -322,6 +322,73 @@ def test_markers_in_nested_classes_strings_and_tests_and_more_mistakes(tmp_path)
     assert not (tmp_path / "out2").exists()
 
 
+HINTED = '''\
+class A:
+    # Exercise (easy): f. Graded by: tests/test_m.py
+    def f(self):
+        return 1
+        # hint: the answer is 1
+
+    # Exercise (medium): g. Graded by: tests/test_m.py -k g
+    async def g(self):
+        0
+        return 2
+    # a note on A, not g's
+
+
+# Exercise (easy): h. Graded by: tests/test_m.py
+def h():
+    """What h does."""
+    return 3
+
+    # hint: three
+def k():
+    return 4
+'''
+
+
+def test_what_an_exercise_body_is_async_defs_and_trailing_hints(tmp_path):
+    """An async def is an exercise too; a body whose first statement is an
+    expression but not a string has no docstring (the expression is left
+    out); comments after the last statement indented as the body are left
+    out with it (a hint kept there gave the answer away), a less indented one
+    (the next marker, a note on the class) stays; the handout's manifest
+    keeps an exercise without -k as "" (the whole file)."""
+    project, out = tmp_path / "project", tmp_path / "out"
+    (project / "tests").mkdir(parents=True)
+    (project / "tests" / "test_m.py").write_text("")
+    (project / "m.py").write_text(HINTED)
+    exercises = handout.write_handout(str(project), str(out))
+    assert [(e.qualname, e.solution) for e in exercises] == [
+        ("A.f", "        return 1\n        # hint: the answer is 1\n"),
+        ("A.g", "        0\n        return 2\n"),
+        ("h", "    return 3\n\n    # hint: three\n")]
+    blanked = (out / "m.py").read_text()
+    assert "hint" not in blanked and "    # a note on A, not g's\n" in blanked and "    async def g(self):" in blanked
+    assert blanked.count("# Exercise (") == 3
+    for e in exercises:
+        blanked = handout.restore(blanked, e.qualname, e.solution)
+    assert blanked == HINTED
+    assert [x["k"] for x in json.loads((out / ".handout.json").read_text())["exercises"]] == ["", "g", ""]
+
+
+def test_exercises_are_numbered_in_reading_order_then_by_name(tmp_path):
+    """Files in READING_ORDER come first, in its order; the others after them, by name."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_m.py").write_text("")
+    names = ("zzz.py", "model.py", "aaa.py", "data/toy.py")
+    for name in names:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("# Exercise (easy): one. Graded by: tests/test_m.py\ndef one():\n    return 1\n")
+    assert [e.file for e in handout.find_exercises(str(tmp_path), list(names))] == [
+        "data/toy.py", "model.py", "aaa.py", "zzz.py"]
+    # a marker is the whole line: more after its -k expression is no part of it, and refused
+    (tmp_path / "aaa.py").write_text("# Exercise (easy): one. Graded by: tests/test_m.py -k one two\n"
+                                     "def one():\n    return 1\n")
+    with pytest.raises(handout.HandoutError, match=r"aaa\.py:1: an exercise marker reads"):
+        handout.find_exercises(str(tmp_path), list(names))
+
+
 def test_a_handout_of_a_handout_and_crlf_files_byte_for_byte(tmp_path):
     """Line endings are kept as they are (a CRLF file's blanked copy, with its
     solutions put back, is the file byte for byte); and a handout written from
