@@ -170,6 +170,7 @@ def test_markers_bodies_and_mistakes_on_a_small_project(tmp_path):
     (project / "tests" / "test_m.py").write_text("")
     (project / "m.py").write_text(SOURCE)
     exercises = handout.write_handout(str(project), str(out))  # not a git checkout: every file is copied
+    assert handout.project_files(str(project), untracked=True) == []  # (and none left out as untracked)
     assert [(e.number, e.qualname, e.level, e.title, e.command, e.line) for e in exercises] == [
         (1, "A.f", "hard", "a method", "python -m pytest -q tests/test_m.py -k method", 7),
         (2, "g", "easy", "a function", "python -m pytest -q tests/test_m.py", 14)]
@@ -191,14 +192,23 @@ def test_markers_bodies_and_mistakes_on_a_small_project(tmp_path):
     # a virtual environment made in it do not count)
     (out / "__pycache__").mkdir()
     (out / "__pycache__" / "m.cpython.pyc").write_bytes(b"\0")
+    (out / "m.pyc").write_bytes(b"\0")  # (compileall -b writes them beside the sources)
     for made in ("env/pyvenv.cfg", "out/run/report.md"):
         (out / made).parent.mkdir(parents=True)
         (out / made).write_text("")
     handout.write_handout(str(project), str(out))
+    (out / "tests" / "test_m.py").unlink()  # a file of the handout deleted is work on it too
+    assert handout.worked_on(str(out)) == ["tests/test_m.py"]
+    (out / "tests" / "test_m.py").write_text("")
+    assert handout.worked_on(str(out)) == []
     (out / "m.py").write_text((out / "m.py").read_text() + "# my work\n")
     (out / "notes.txt").write_text("mine")
+    (out / "notes2.txt").write_text("mine")
     with pytest.raises(handout.HandoutError, match=r"the handout there was worked on since it was written "
-                                                   r"\(m\.py, notes\.txt\); not replacing it"):
+                                                   r"\(m\.py, notes\.txt, notes2\.txt\); not replacing it"):
+        handout.write_handout(str(project), str(out))
+    (out / "notes3.txt").write_text("mine")  # more than three: the first three and "..."
+    with pytest.raises(handout.HandoutError, match=r"\(m\.py, notes\.txt, notes2\.txt, \.\.\.\); not replacing it"):
         handout.write_handout(str(project), str(out))
     assert (out / "notes.txt").read_text() == "mine"
     # ... and one whose manifest is gone (copied with `cp -r handout/*`, or deleted as clutter), or unreadable,
@@ -471,6 +481,10 @@ def untidy():
 
 def test_fails_then_teardown(untidy):
     assert False
+
+
+def test_clean_pass_dirty_exit(untidy):
+    pass
 '''
 
 
@@ -485,7 +499,7 @@ def test_grading_says_solved_only_where_tests_pass(tmp_path, monkeypatch, capsys
     (tmp_path / "tests" / "test_broken.py").write_text("import no_such_module\n")
     (tmp_path / "m.py").write_text("".join(
         f"# Exercise (easy): {k}. Graded by: tests/test_graded.py -k {k}\ndef f_{k}():\n    return 0\n\n\n"
-        for k in ("passes", "skipped", "mixed", "nothing", "setup", "teardown")) +
+        for k in ("passes", "skipped", "mixed", "nothing", "setup", "teardown", "dirty")) +
         "# Exercise (easy): broken. Graded by: tests/test_broken.py\ndef f_broken():\n    return 0\n")
     monkeypatch.chdir(tmp_path)  # (grade_all works in the copy's folder)
     assert handout.grade_all(str(tmp_path), str(tmp_path / "grades.json")) == 1
@@ -493,19 +507,25 @@ def test_grading_says_solved_only_where_tests_pass(tmp_path, monkeypatch, capsys
         grades = {e["qualname"]: e for e in json.load(f)["exercises"]}
     assert {q: e["solved"] for q, e in grades.items()} == {
         "f_passes": True, "f_skipped": False, "f_mixed": True, "f_nothing": False, "f_setup": False,
-        "f_teardown": False, "f_broken": False}
+        "f_teardown": False, "f_dirty": False, "f_broken": False}
     outcomes = {q: sorted(t["outcome"] for t in e["tests"].values()) for q, e in grades.items()}
     assert outcomes == {"f_passes": ["passed"], "f_skipped": ["skipped"], "f_mixed": ["passed", "skipped"],
                         "f_nothing": ["error"], "f_setup": ["error"], "f_teardown": ["failed"],
-                        "f_broken": ["error"]}
+                        "f_dirty": ["error"], "f_broken": ["error"]}
     [broken] = grades["f_broken"]["tests"].values()  # a file that cannot be collected: its own error is shown
     assert "No module named 'no_such_module'" in broken["message"]
     assert grades["f_nothing"]["tests"] == {"python -m pytest -q tests/test_graded.py -k nothing": {
         "outcome": "error", "message": "the command selects no tests"}}
     assert "  3. solved  m.py: f_mixed (1 of 2 tests pass, 1 skipped)" in capsys.readouterr().out
+    assert not (tmp_path / ".pytest_cache").exists()  # grading writes nothing into the copy but its JSON
+    outcomes = handout._Outcomes()  # a long failure keeps its end, where the error is
+    outcomes._record("t", "failed", "HEAD" + "x" * 4000 + "TAIL")
+    assert outcomes.tests["t"]["message"] == ("x" * 4000 + "TAIL")[-3000:]
     (tmp_path / "m.py").write_text("# Exercise (easy): passes. Graded by: tests/test_graded.py -k passes\n"
                                    "def f():\n    return 0\n")
     assert handout.grade_all(str(tmp_path)) == 0
+    (tmp_path / "m.py").write_text("def f():\n    return 0\n")  # no exercises: none solved, not "all"
+    assert handout.grade_all(str(tmp_path)) == 1
 
 
 def test_grading_imports_no_file_a_student_edits():
@@ -539,7 +559,9 @@ def test_a_git_checkout_hands_out_only_what_git_tracks(tmp_path, monkeypatch, ca
     (project / "tests" / "test_m.py").write_text("from m import one\n\n\ndef test_one():\n    assert one() == 1\n")
     (project / "out").mkdir()
     (project / "out" / "run.txt").write_text("ignored\n")
-    subprocess.run(["git", "-C", str(project), "add", ".gitignore", "m.py", "tests/test_m.py"], check=True)
+    (project / "old.txt").write_text("tracked, then deleted from the work tree\n")
+    subprocess.run(["git", "-C", str(project), "add", ".gitignore", "m.py", "tests/test_m.py", "old.txt"], check=True)
+    (project / "old.txt").unlink()
     (project / "answers.md").write_text("the solutions\n")
     assert handout.project_files(str(project)) == [".gitignore", "m.py", "tests/test_m.py"]
     assert handout.project_files(str(project), untracked=True) == ["answers.md"]
@@ -548,6 +570,13 @@ def test_a_git_checkout_hands_out_only_what_git_tracks(tmp_path, monkeypatch, ca
     assert "left out, as git does not track them (commit what students need): answers.md" in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path / "student")) == sorted([".gitignore", "m.py", "tests", handout.GUIDE,
                                                                handout.MANIFEST])  # (no answers.md, no out/)
+    for n in "bcde":  # five untracked are all named; past five, "and N more"
+        (project / f"{n}.txt").write_text("")
+    handout.main([f"--out={tmp_path / 'student2'}"])
+    assert capsys.readouterr().out.endswith("them (commit what students need): answers.md, b.txt, c.txt, d.txt, e.txt\n")
+    (project / "f.txt").write_text("")
+    handout.main([f"--out={tmp_path / 'student3'}"])
+    assert capsys.readouterr().out.endswith(": answers.md, b.txt, c.txt, d.txt, e.txt and 1 more\n")
 
 
 def test_a_handout_is_graded_by_the_exercises_it_was_written_with(tmp_path, monkeypatch, capsys):
