@@ -203,7 +203,7 @@ def prepare(paths, eval_files=(), eft_eval_frac=0.1, ift_frac=0.6, seed=1337):
         sets[name].append(ift if name == "ift" else eft)
         kept[f"{name} prompt"] += 1
         kept[f"{name} reply"] += 1 if name == "ift" else len(replies)
-        if name == "ift":
+        if name == "ift" and len(replies) > 1:  # (a count of 0 would print as "dropped 0")
             dropped["first-turn reply: not the rank-0 reply of an IFT prompt"] += len(replies) - 1
     return sets, kept, dropped
 

@@ -55,6 +55,15 @@ def test_default_split_of_the_validation_file(validation):
     assert len(ids) == len(set(ids)) == 186  # IFT and EFT prompts are disjoint
 
 
+def test_the_command_lines_defaults_are_prepares(validation, tmp_path):
+    """With no split settings the command splits as prepare() does by default (its seed and shares)."""
+    path, _ = validation
+    r = subprocess.run([sys.executable, "-m", "data.prepare_oasst", path, f"--out={tmp_path}"], cwd=ROOT,
+                       capture_output=True, text=True, check=True)
+    assert r.stdout.splitlines()[:-3] == report(*prepare([path]))
+    assert "kept 22 eft_eval groups with 64 ranked replies" in r.stdout
+
+
 def test_the_split_does_not_depend_on_the_order_of_the_lines(validation, tmp_path):
     """The validation file lists each prompt's replies in rank order; an export in
     any other order (by id, by date) must give the same sets: replies are sorted
@@ -82,7 +91,7 @@ def _write(path, rows):
 
 
 BAD_ROWS = [
-    _msg("p1", None, "prompter", "Why is the sky blue?"),
+    _msg("p1", None, "prompter", "  Why is the sky blue?\n"),                  # (spaces around it: stripped)
     _msg("p1a", "p1", rank=0), _msg("p1b", "p1", rank=1.0), _msg("p1c", "p1", rank=2, deleted=True),
     _msg("p1d", "p1"), _msg("p1e", "p1", lang="de", rank=3),
     _msg("p1a-q", "p1a", "prompter"),                          # a later turn
@@ -93,6 +102,9 @@ BAD_ROWS = [
     _msg("p5", None, "prompter", "  why is the sky  blue? "),  # the same prompt again
     _msg("p6", None, "prompter"), _msg("p6a", "p6", rank=0, review=None),
     _msg("p6b", "p6", rank=1), _msg("p6c", "p6", rank=2),
+    _msg("p1f", "p1", rank=float("nan")),                      # pandas' null: unranked
+    _msg("p7", None, "assistant"),                              # a root that is no prompter's
+    _msg("p8", None, "prompter", review="false"),               # a review that is not true is not passed
 ]
 
 
@@ -107,16 +119,19 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
     assert sets["eft_eval"] == []
     assert dict(kept) == {"ift prompt": 1, "ift reply": 1, "eft_train prompt": 1, "eft_train reply": 2}
     assert dropped == {
-        "first-turn reply: deleted": 1, "first-turn reply: unranked": 1, "first-turn reply: not English": 1,
+        "first-turn reply: deleted": 1, "first-turn reply: unranked": 2, "first-turn reply: not English": 1,
         "first-turn reply: not the rank-0 reply of an IFT prompt": 1, "first-turn reply: review not passed": 1,
         "first-turn reply: its prompt is dropped": 2,   # p2a, p4a
         "later-turn message (only first turns are used)": 1,
         "message whose parent is absent (e.g. in another language)": 1,
-        "prompt: not English": 1, "prompt: deleted": 1, "prompt: review not passed": 1,
-        "prompt: same text as another prompt": 1,
+        "prompt: not English": 1, "prompt: deleted": 1, "prompt: review not passed": 2,
+        "prompt: same text as another prompt": 1, "prompt: role 'assistant', not 'prompter'": 1,
     }
     assert sum(kept.values()) + sum(dropped.values()) == len(BAD_ROWS)
-    assert "kept 1 IFT examples" in report(sets, kept, dropped)
+    lines = report(sets, kept, dropped)
+    assert "kept 1 IFT examples" in lines
+    reasons = [line[len("dropped     1  "):] for line in lines if line.startswith("dropped")]
+    assert reasons == sorted(dropped) and reasons[0] == "first-turn reply: deleted"  # by reason, in order
 
 
 def test_a_prompt_that_fits_only_ift_goes_there_whatever_the_share(tmp_path):
@@ -134,6 +149,8 @@ def test_a_prompt_that_fits_only_ift_goes_there_whatever_the_share(tmp_path):
     assert dropped["prompt: tree 'aborted_low_grade', not ready for export"] == 1
     assert dropped["first-turn reply: synthetic (written by a model)"] == 1
     assert dropped["first-turn reply: tree 'growing', not ready for export"] == 1
+    # q1 and q4 are IFT prompts with one usable reply each: no other reply dropped, and no reason counted 0
+    assert 0 not in dropped.values() and not any(" 0  " in line for line in report(sets, kept, dropped))
 
 
 def test_a_prompt_in_both_splits_is_kept_for_the_evaluation(tmp_path):
@@ -171,6 +188,13 @@ def test_malformed_lines_name_the_file_and_line(tmp_path):
     path = _write(tmp_path / "typed.jsonl", [BAD_ROWS[0], typed, {**BAD_ROWS[0], "message_id": "n", "rank": 1.5}])
     with pytest.raises(ValueError, match=r"typed\.jsonl:2: not an oasst message, wrong type of text, parent_id, rank"):
         prepare([path])
+    for rank in (True, 1.5, float("inf"), "first"):  # a rank is null, NaN or a whole number
+        path = _write(tmp_path / "rank.jsonl", [BAD_ROWS[0], {**BAD_ROWS[0], "message_id": "r", "rank": rank}])
+        with pytest.raises(ValueError, match=r"rank\.jsonl:2: not an oasst message, wrong type of rank$"):
+            prepare([path])
+    path = _write(tmp_path / "role.jsonl", [BAD_ROWS[0], {**BAD_ROWS[0], "message_id": "r", "role": 5}])
+    with pytest.raises(ValueError, match=r"role\.jsonl:2: not an oasst message, wrong type of role$"):
+        prepare([path])
     path = _write(tmp_path / "ranks.jsonl", [{**BAD_ROWS[0], "message_id": m, "rank": r}
                                              for m, r in (("a", 1.0), ("b", float("nan")), ("c", 2))])
     prepare([path])  # pandas' 1.0 and NaN are ranks
@@ -181,12 +205,17 @@ def test_command_line(tmp_path):
     evalf = _write(tmp_path / "val.jsonl", [_msg("v1", None, "prompter", "Hello?"),
                                             _msg("v1a", "v1", rank=0), _msg("v1b", "v1", rank=1)])
     out = subprocess.run([sys.executable, "-m", "data.prepare_oasst", train, evalf, f"--eval_files={evalf}",
-                          "--ift_frac=1.0", f"--out={tmp_path / 'out'}"],
+                          "--ift_frac=1.0", "--eft_eval_frac=0", f"--out={tmp_path / 'out'}"],  # (shares' edges)
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "kept 1 IFT examples" in out and "kept 1 eft_eval groups with 2 ranked replies" in out
     assert "dropped     1  prompt: same text as another prompt" in out
     assert read_jsonl(tmp_path / "out" / "eft_eval.jsonl")[0]["response_ids"] == ["v1a", "v1b"]
     assert [len(read_jsonl(tmp_path / "out" / f"{k}.jsonl")) for k in ("ift", "eft_train")] == [1, 1]
+    # warnings of an empty set go to stderr, beside the summary on stdout
+    r = subprocess.run([sys.executable, "-m", "data.prepare_oasst", evalf, f"--eval_files={evalf}",
+                        f"--out={tmp_path / 'out2'}"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "warning" not in r.stdout and [line[:35] for line in r.stderr.splitlines()] == [
+        "warning: ift.jsonl will be empty (n", "warning: eft_train.jsonl will be em"]
 
 
 def test_command_line_refuses_bad_input_in_one_line(tmp_path):
@@ -266,6 +295,8 @@ def test_with_eval_files_only_their_prompts_are_eft_eval_whatever_the_share(tmp_
     sets, _, _ = prepare([str(train), str(valid)], eval_files=[str(valid)], eft_eval_frac=1.0, ift_frac=1.0)
     assert [g["prompt_id"] for g in sets["eft_eval"]] == ["v0"]
     assert sorted(x["prompt_id"] for x in sets["ift"]) == ["t0", "t1", "t2"]
+    # an eval file is read whether or not it is also given among the files
+    assert prepare([str(train)], eval_files=[str(valid)], eft_eval_frac=1.0, ift_frac=1.0)[0] == sets
 
 
 def test_the_summary_counts_every_message_read(tmp_path):
@@ -283,5 +314,9 @@ def test_an_empty_set_with_training_files_given_too_is_not_blamed_on_eval_files(
     given. Here a training file was given too: the general hint applies."""
     sets = {"ift": [], "eft_train": [{"responses": ["a", "b"]}], "eft_eval": [{"responses": ["a", "b"]}]}
     (line,) = empty_set_warnings(sets, ["train.jsonl", "valid.jsonl"], ["valid.jsonl"])
-    assert line == ("warning: ift.jsonl will be empty (no IFT prompt): check the input files and the split "
-                    "settings (--eft_eval_frac, --ift_frac)")
+    general = "check the input files and the split settings (--eft_eval_frac, --ift_frac)"
+    assert line == f"warning: ift.jsonl will be empty (no IFT prompt): {general}"
+    # every file an eval file: the training sets are empty because of that; an empty eval set is not
+    lines = empty_set_warnings({"ift": [], "eft_train": [], "eft_eval": []}, ["valid.jsonl"], ["valid.jsonl"])
+    assert [line.endswith(general) for line in lines] == [False, False, True]
+    assert "every input file is an --eval_files file" in lines[0]
