@@ -1441,8 +1441,9 @@ def run_stages(c, r):
     reads it) when one of them changed."""
     S = STAGE_SETTINGS
     temporary = lambda name: [] if c.keep_train_state else [r.path("train", name, "state")]
-    # dpo_pick_every's checkpoints and the last step's model, once M_{t+1} is a copy of one of them
-    checkpoints = lambda name: [] if c.keep_train_state or not c.dpo_pick_every else \
+    # dpo_pick_every's checkpoints and the last step's model, once M_{t+1} is a copy of one of them (with
+    # dpo_pick_every off, the checkpoints an earlier command kept with keep_train_state: not this model's)
+    checkpoints = lambda name: [] if c.keep_train_state else \
         [r.path("train", name, train_dpo.CHECKPOINTS), r.path("train", name, "model")]
     meta = lambda kind: S[kind + "+meta"] if c.meta_judge else []  # Meta-Rewarding's settings, only when on
     coin = S["pairs+coin"] if c.pair_by == "coin" else []

@@ -2250,6 +2250,127 @@ def test_a_done_stage_whose_output_is_gone_is_made_again_when_a_stage_reads_it(t
 
 
 
+def stubbed_stages(monkeypatch):
+    """run_stages on a real run folder with every stage's work stubbed: a
+    stage writes its outputs and notes that it ran, and, where it reads a
+    model folder or earlier prompts, whether they were there. Returns
+    command(folder, **settings) -> that command's notes, in order."""
+    notes = []
+
+    def writes(*paths):
+        for p in paths:
+            if p.endswith((".jsonl", ".md", ".model")):
+                write_jsonl(p, [{}])
+            else:
+                os.makedirs(p, exist_ok=True)
+        return {}
+
+    def seed(c, r):
+        notes.append("seed_data")
+        return writes(*(r.path("seed", f) for f in S.SEED_FILES + ["test.jsonl", "eft_train_groups.jsonl"]))
+
+    def prompts(c, r, t, writer):
+        earlier = all(os.path.exists(r.path(f"iter{s}", "prompts.jsonl")) for s in range(1, t))
+        notes.append((f"iter{t}_prompts", "writer there" if os.path.isdir(writer) else "no writer",
+                      "earlier prompts there" if earlier else "earlier prompts gone"))
+        return writes(r.path(f"iter{t}", "prompts.jsonl"))
+
+    def dpo(c, r, t, mt):
+        notes.append((f"M{t + 1}", "from M{t} there".format(t=t) if os.path.isdir(mt) else f"M{t} gone"))
+        return writes(r.path(f"M{t + 1}"))
+
+    def simply(name, *outputs):
+        return lambda c, r, *args: notes.append(name(*args) if callable(name) else name) or writes(
+            *(r.path(*o(*args)) if callable(o) else r.path(o) for o in outputs))
+    iteration = lambda t, *a: f"iter{t}"
+    for stage, fake in [
+            ("stage_seed_data", seed), ("stage_tokenizer", simply("tokenizer", "tokenizer.model")),
+            ("stage_pretrain", simply("M0", "M0")), ("stage_sft_baseline", simply("SFT", "SFT")),
+            ("stage_eft_targets", simply("eft_targets", os.path.join("seed", "eft_train_targets.jsonl"))),
+            ("stage_m1", simply("M1", "M1")), ("stage_prompts", prompts),
+            ("stage_candidates", simply(lambda t, mt: f"iter{t}_candidates",
+                                        lambda t, mt: (iteration(t), "candidates.jsonl"))),
+            ("stage_judgments", simply(lambda t, mt: f"iter{t}_judgments",
+                                       lambda t, mt: (iteration(t), "judgments.jsonl"))),
+            ("stage_pairs", simply(lambda t: f"iter{t}_pairs", lambda t: (iteration(t), "pairs.jsonl"))),
+            ("stage_dpo", dpo)]:
+        monkeypatch.setattr(S, stage, fake)
+    monkeypatch.setattr(S, "stage_eval", lambda c, r, name, path: notes.append(f"eval_{name}")
+                        or writes(*S.eval_outputs(c, r, name)))
+    monkeypatch.setattr(S.report, "write_report", lambda r, *a: notes.append("report") or writes(r.path("report.md")))
+
+    def command(folder, **settings):
+        c = configurator.settings(S.DEFAULTS, {"progress": False, **settings})
+        notes.clear()
+        S.run_stages(c, Run(str(folder), c, D.Env(), S.RUNTIME_SETTINGS, S.DEFAULTS, S.INPUT_SETTINGS))
+        return list(notes)
+    return command
+
+
+def test_which_stages_a_command_runs_and_what_they_find(tmp_path, monkeypatch, capsys):
+    """The stage graph itself (run_stages), with the work stubbed: a model
+    folder deleted to free a disk is made again before the stage that trains
+    from it; an iteration's prompts, deleted, before the next iteration's
+    (which keeps its prompts from them); a setting of the near-duplicate filter
+    redoes the iterations and only the models trained since (no benchmark
+    files: it means nothing to the evaluation of the SFT baseline or M1); and
+    with dpo_pick_every off, a DPO stage removes checkpoints an earlier
+    command kept (else they stayed, looking like this model's)."""
+    command = stubbed_stages(monkeypatch)
+    run = tmp_path / "run"
+    first = command(run, iterations=1)
+    assert first == ["seed_data", "tokenizer", "M0", "SFT", "M1",
+                     ("iter1_prompts", "writer there", "earlier prompts there"), "iter1_candidates",
+                     "iter1_judgments", "iter1_pairs", ("M2", "from M1 there"),
+                     "eval_SFT", "eval_M1", "eval_M2", "report"]
+    assert command(run, iterations=1) == []
+    shutil.rmtree(run / "M1")
+    assert command(run, iterations=1, dpo_lr=2e-6) == ["M1", ("M2", "from M1 there"), "eval_M2", "report"]
+    (run / "iter1" / "prompts.jsonl").unlink()
+    assert command(run, iterations=2, dpo_lr=2e-6)[:2] == [
+        ("iter1_prompts", "writer there", "earlier prompts there"),
+        ("iter2_prompts", "writer there", "earlier prompts there")]
+    assert command(run, iterations=2, dpo_lr=2e-6, rouge_threshold=0.8) == [
+        ("iter1_prompts", "writer there", "earlier prompts there"), "iter1_candidates", "iter1_judgments",
+        "iter1_pairs", ("M2", "from M1 there"), ("iter2_prompts", "writer there", "earlier prompts there"),
+        "iter2_candidates", "iter2_judgments", "iter2_pairs", ("M3", "from M2 there"), "eval_M2", "eval_M3", "report"]
+    kept = run / "train" / "M2" / train_dpo.CHECKPOINTS / "step-1"
+    kept.mkdir(parents=True)  # a command with dpo_pick_every and keep_train_state kept them
+    command(run, iterations=2, dpo_lr=3e-6, rouge_threshold=0.8)
+    assert not kept.parent.exists()
+    kept.mkdir(parents=True)
+    command(run, iterations=2, dpo_lr=4e-6, rouge_threshold=0.8, keep_train_state=True)
+    assert kept.exists()  # (kept on asking)
+
+
+def test_which_stages_a_command_runs_on_real_seed_data(tmp_path, monkeypatch, capsys):
+    """Real seed data, a given M0 (init_from): the prompt writer M0 is that
+    checkpoint; a writer named by its folder is an input by its files (its
+    weights replaced, the prompts are written again); EFT targets made from a
+    stronger judge's file do not depend on the loop's own judge's sampling
+    settings; a seed whose EFT training set is targets already has no
+    eft_targets stage."""
+    command = stubbed_stages(monkeypatch)
+    seed, ckpt, writer = tmp_path / "seed", tmp_path / "ckpt", tmp_path / "writer"
+    write_jsonl(seed / "ift.jsonl", [{"prompt": "Name a fruit.", "response": "Apple."}])
+    for name in ("eft_train.jsonl", "eft_eval.jsonl"):
+        write_jsonl(seed / name, [{"prompt": "Say hi.", "responses": ["Hi.", "No."], "ranks": [0, 1]}])
+    for folder in (ckpt, writer):
+        folder.mkdir()
+        (folder / "model.safetensors").write_text("weights 1")
+    given = dict(seed_data=str(seed), init_from=str(ckpt), eft_judgments=str(seed / "ift.jsonl"))
+    ran = command(tmp_path / "a", iterations=1, **given)
+    assert ran[:4] == ["seed_data", "SFT", "eft_targets", "M1"]
+    assert ran[4] == ("iter1_prompts", "writer there", "earlier prompts there")  # (M0 is init_from: no M0 folder)
+    assert command(tmp_path / "a", iterations=1, n_judge=5, **given) == [  # (not eft_targets, nor M1)
+        "iter1_judgments", "iter1_pairs", ("M2", "from M1 there"), "eval_SFT", "eval_M1", "eval_M2", "report"]
+    command(tmp_path / "b", iterations=1, prompt_writer=str(writer), **given)
+    (writer / "model.safetensors").write_text("weights 2")
+    assert command(tmp_path / "b", iterations=1, prompt_writer=str(writer), **given)[0][0] == "iter1_prompts"
+    write_jsonl(seed / "eft_train.jsonl", [{"prompt": "Review ...", "response": "Fine.\nScore: 4"}])
+    assert "eft_targets" not in command(tmp_path / "c", iterations=0, **given)
+
+
 def test_outputs_a_stage_made_again_removes_are_made_again_too(tmp_path):
     """Gone outputs are looked for when a reader runs, not only when the
     stages are listed: a stage made again (the seed data, which starts from
