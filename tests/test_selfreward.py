@@ -1022,6 +1022,8 @@ def test_first_line_is_the_stripped_text_before_the_first_line_break():
     assert S.first_line(tok, [1, 2, 3], room=8) == ("Name a fruit.", True)
     tok = types.SimpleNamespace(decode=lambda ids: " Name a fruit ")  # no line break, all the room used: unfinished
     assert S.first_line(tok, [1, 2, 3], room=3) == ("Name a fruit", False)
+    tok = types.SimpleNamespace(decode=lambda ids: "Name a fruit?\nName")  # a break inside the room's last token
+    assert S.first_line(tok, [1, 2, 3], room=3) == ("Name a fruit?", True)
 
 
 def test_rouge_l_by_hand():
@@ -1459,6 +1461,35 @@ def test_plan_only_says_what_it_planned_for(tmp_path, capsys):
     with pytest.raises(validate.BadInput, match="init_from: .*no_config: no config.json"):
         train_sft.train({"plan_only": True, "init_from": str(tmp_path / "no_config")})
 
+
+
+def test_the_generation_plan_and_batch_by_hand(monkeypatch):
+    """The generation plan is for the longest generation the run makes (a
+    judgment's tokens count, a meta-judgment's only with meta_judge); on a
+    CPU gen_batch_size 0 is the default batch and a given one is kept; on a
+    GPU (its plan stubbed) 0 takes the plan's largest batch, a given batch up
+    to it passes unsaid, one above it is warned of, and where not one row of
+    full context fits, the given batch is kept (1 if none)."""
+    def new_tokens(**settings):
+        c = configurator.settings(S.DEFAULTS, {"model": "llama2-7b", "init_from": "/nonexistent", **settings})
+        return int(re.search(r"\+ (\d+) new\)", S.memory_plans(c, 1, 80)[1]["text"]).group(1))
+    assert new_tokens() == 96 == S.DEFAULTS["max_judge_tokens"]
+    assert new_tokens(max_judge_tokens=300) == 300
+    assert new_tokens(max_meta_tokens=500) == 96 and new_tokens(max_meta_tokens=500, meta_judge=True) == 500
+
+    def batch(given, device="cpu", max_batch=8):
+        logs = []
+        monkeypatch.setattr(S, "memory_plans", lambda c, world, gb: (None, {
+            "weights_fit": True, "max_batch": max_batch, "text": "plan\n  at most N rows"}))
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(total_memory=80e9))
+        monkeypatch.setattr(D, "log", logs.append)
+        c = configurator.settings(S.DEFAULTS, {"gen_batch_size": given})
+        S.check_generation_batch(c, types.SimpleNamespace(device=device, world=1))
+        return c.gen_batch_size, [line.split(":")[0] for line in logs]
+    assert batch(0) == (S.DEFAULTS["gen_batch_size"], []) and batch(5) == (5, [])
+    assert batch(0, "cuda:0") == (8, ["gen_batch_size"]) and batch(8, "cuda:0") == (8, [])
+    assert batch(9, "cuda:0") == (9, ["warning"])
+    assert batch(8, "cuda:0", max_batch=0) == (8, ["warning"]) and batch(0, "cuda:0", max_batch=0) == (1, ["warning"])
 
 
 def test_input_errors_say_what_to_give_instead(tmp_path, micro_run):
@@ -2595,10 +2626,50 @@ def test_eft_own_answers_are_each_prompts_own_samples(tmp_path, monkeypatch):
     made = []
     monkeypatch.setattr(S, "generate_sharded", lambda r, name, items, size, work: made.extend(work(items, 0)) or made)
     monkeypatch.setattr(S.toy, "eft_target", lambda prompt, task, response, **kw: {
-        "prompt": prompt, "response": response, "score": 3})
+        "prompt": prompt, "response": response, "score": 5 if response.endswith("a1") else 0})
     c = configurator.settings(S.DEFAULTS, {"eft_own_answers": 2, "progress": False})
-    assert S.stage_eft_own_answers(c, r)["answers"] == 6
+    assert S.stage_eft_own_answers(c, r) == {"answers": 6, "grades": {0: 3, 1: 0, 2: 0, 3: 0, 4: 0, 5: 3}}
     assert [(x["prompt"], x["response"]) for x in made] == [(f"q{k}", f"q{k}a{j}") for k in range(3) for j in range(2)]
+
+
+def test_what_the_training_stages_tell_the_trainers_and_record(tmp_path, monkeypatch):
+    """With the trainers stubbed: a trainer's micro-batch is the largest that
+    divides its batch (16 with micro 12: 8); DPO's micro-batch is half SFT's
+    (two sequences a pair); the dropout setting reaches SFT; a DPO stage's
+    record leaves out the list of checkpoint folders; M1's data on real seed
+    data is the IFT and EFT records mixed, and Meta-Rewarding adds no meta
+    examples there (they are the toy world's); the seed stage counts each
+    file's records."""
+    r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)), env=D.Env(), setting=lambda k: "float32")
+    told = {}
+    monkeypatch.setattr(S.train_sft, "train", lambda config: told.update(sft=config) or {"model": "m"})
+    monkeypatch.setattr(S.train_dpo, "train", lambda config: told.update(dpo=config) or {
+        "model": "m", "loss": 0.5, "checkpoints": [[1, str(tmp_path / "ck1")], [2, "m"]]})
+    monkeypatch.setattr(S, "move_model", lambda r, src, name: None)
+    c = configurator.settings(S.DEFAULTS, {"dropout": 0.1, "progress": False})
+    assert S.trainer_settings(c, r, "SFT", 16, 12, ("sft", "SFT"))["micro_batch_size"] == 8
+    S.run_sft(c, r, "SFT", "M0", "ift.jsonl")
+    assert told["sft"]["dropout"] == 0.1 and told["sft"]["micro_batch_size"] == c.micro_batch_size == 8
+    assert S.stage_dpo(c, r, 1, "M1") == {"loss": 0.5} and told["dpo"]["micro_batch_size"] == 4
+    (tmp_path / "ck1").mkdir()
+    monkeypatch.setattr(S, "pick_checkpoint", lambda c, r, t, checkpoints: (checkpoints[0][1], {"picked": 1}))
+    monkeypatch.setattr(S.D, "is_rank0", lambda: False)  # (the copy into M2 is rank 0's: not this test's)
+    c.dpo_pick_every = 1
+    assert S.stage_dpo(c, r, 1, "M1") == {"loss": 0.5, "pick": {"picked": 1}}
+
+    seed = tmp_path / "real"
+    write_jsonl(seed / "ift.jsonl", [{"prompt": f"Name fruit {i}.", "response": "Apple."} for i in range(5)])
+    write_jsonl(seed / "eft_train.jsonl", [{"prompt": f"Review {i}", "response": "Fine.\nScore: 4"} for i in range(5)])
+    write_jsonl(seed / "eft_eval.jsonl", [{"prompt": "Say no.", "responses": ["No.", "Yes."], "ranks": [0, 1]}])
+    monkeypatch.setattr(S.D, "is_rank0", lambda: True)
+    assert S.stage_seed_data(configurator.settings(S.DEFAULTS, {"seed_data": str(seed)}), r) == {
+        "ift": 5, "eft_train": 5, "eft_eval": 1}
+    monkeypatch.setattr(S, "run_sft", lambda c, r, name, init, data: None)
+    c = configurator.settings(S.DEFAULTS, {"seed_data": str(seed), "meta_judge": True})
+    assert S.stage_m1(c, r, "M0") == {"examples": 10}
+    prompts = [x["prompt"] for x in read_jsonl(tmp_path / "train" / "ift_eft.jsonl")]
+    assert sorted(prompts) == sorted([f"Name fruit {i}." for i in range(5)] + [f"Review {i}" for i in range(5)])
+    assert {p[:4] for p in prompts[:5]} == {"Name", "Revi"}  # mixed, not IFT then EFT
 
 
 def test_m0_pretrains_on_pretrain_docs_listings_and_pretrain_qa_docs_quiz_pages(tmp_path, monkeypatch):
