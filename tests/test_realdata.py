@@ -251,6 +251,31 @@ def test_evaluation_counts_long_inputs_and_keeps_every_benchmark_question(tmp_pa
         SHORT, LONG * 20], "by_source": {"seed IFT": 0, "EFT training": 1, "written by the loop": 1}}
 
 
+def test_the_benchmarks_figures_with_the_answers_stubbed(tmp_path, monkeypatch):
+    """AlpacaEval's average length is over the answered prompts only (a
+    prompt with no room is written as "ERROR", which is no answer of 5
+    characters); MT-Bench alone, without eval_prompts, counts the questions
+    the model was trained on too."""
+    monkeypatch.setattr(S, "load_for_sampling", lambda r, path: (None, types.SimpleNamespace(stop_ids=[2])))
+    monkeypatch.setattr(E, "answer_alpaca_eval", lambda net, tok, prompts, model_id, *a, **kw: [
+        {"instruction": p["instruction"], "output": "Hello there." if i == 0 else E.NO_ROOM, "generator": model_id}
+        for i, p in enumerate(prompts)])
+    monkeypatch.setattr(E, "answer_mt_bench", lambda net, tok, questions, model_id, *a, **kw: [
+        {"question_id": q["question_id"], "model_id": model_id, "choices": [{"index": 0, "turns": ["Hi.", "Hi."]}]}
+        for q in questions])
+    r = run_folder(tmp_path)
+    write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": "Say hi.", "response": "Hi."}])
+    write_jsonl(r.path("seed", "eft_train.jsonl"), [{"prompt": "Name a tree.", "responses": ["Oak.", "7"], "ranks": [0, 1]}])
+    (tmp_path / "alpaca.json").write_text(json.dumps([{"instruction": "Say hi."}, {"instruction": "Long."}]))
+    write_jsonl(tmp_path / "mt.jsonl", [{"question_id": 1, "turns": ["Say hi.", "Again."]}])
+    c = settings(eval_judge=False, eval_prompts=str(tmp_path / "alpaca.json"), run_name="x")
+    alpaca = S.stage_eval(c, r, "M1", "M1")["alpaca_eval"]
+    assert (alpaca["answered"], alpaca["too_long"], alpaca["avg_length"]) == (1, 1, len("Hello there."))
+    c = settings(eval_judge=False, mt_bench=str(tmp_path / "mt.jsonl"), run_name="y")
+    assert S.stage_eval(c, r, "M1", "M1")["mt_bench"]["trained_on"] == {
+        "questions": 1, "seen": 1, "examples": ["Say hi."], "by_source": {"seed IFT": 1, "EFT training": 0, "written by the loop": 0}}
+
+
 def test_a_killed_evaluation_redoes_only_the_part_it_was_in(tmp_path, monkeypatch, tok):
     """The evaluation of a model writes its files one after another (the
     judge's judgments, AlpacaEval's and MT-Bench's answers: hours at 70B);
@@ -356,7 +381,8 @@ def test_eft_targets_from_a_stronger_judges_file(tmp_path, monkeypatch):
         {"prompt": "Name a fruit.", "responses": ["Apple.", "A car."], "ranks": [0, 1]},
         {"prompt": "Name a color.", "responses": ["Red.", "Seven."], "ranks": [0, 1]}])
     write_jsonl(r.path("seed", "eft_eval.jsonl"), [{"prompt": "Held out?", "responses": ["x", "y"], "ranks": [0, 1]}])
-    write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": "Say  hi.", "response": "Hello."}])
+    write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": "Say  hi.", "response": "Hello."},
+                                              {"prompt": "Name a tree.", "response": "Oak."}])
     judged = tmp_path / "judge.jsonl"
     write_jsonl(judged, [
         # human-ranked responses (whitespace aside): kept only where the scores agree
@@ -367,6 +393,7 @@ def test_eft_targets_from_a_stronger_judges_file(tmp_path, monkeypatch):
         # the EFT eval set's prompt: dropped (it would leak into M1's judge evaluation); an IFT prompt too
         {"prompt": "Held out?", "completion": {"0": {"content": "x", "reasoning": "Score: 3"}}},
         {"prompt": "Say hi.", "completion": {"0": {"content": "Hi.", "reasoning": "Score: 5"}}},
+        {"prompt": "Name a tree.", "completion": {"0": {"content": "Oak.", "reasoning": "Score: 5"}}},
         # nobody ranked these: every judgment with a score is material
         {"prompt": "Write a haiku.", "completion": {"0": {"content": "h1", "reasoning": "Nice.\n**Score: 3**"},
                                                     "1": {"content": "h2", "reasoning": "no score here"}}}])
@@ -377,8 +404,8 @@ def test_eft_targets_from_a_stronger_judges_file(tmp_path, monkeypatch):
         (judge_prompt("Name a  fruit.", "Apple. "), "Right.\nScore: 5"),
         (judge_prompt("Name a  fruit.", "A car."), "Wrong.\nScore: 1"),
         (judge_prompt("Write a haiku.", "h1"), "Nice.\nScore: 3")])
-    assert info["prompts"] == 5 and info["prompts_with_human_ranks"] == 2 and info["targets"] == 3
-    assert info["dropped"] == {"prompt of the EFT eval set": 1, "prompt of the IFT set": 1}
+    assert info["prompts"] == 6 and info["prompts_with_human_ranks"] == 2 and info["targets"] == 3
+    assert info["dropped"] == {"prompt of the EFT eval set": 1, "prompt of the IFT set": 2}
     assert info["judgments_with_score"] == 5
     assert S.eft_train_file(r) == r.path("seed", "eft_train_targets.jsonl")  # M1 trains on these
     # so M1 was trained on their questions, not on every seed group's (the benchmark count's source)

@@ -981,6 +981,13 @@ def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch, caps
     assert re.search(r"iteration 1: no preference pairs \(dropped: \{'fewer than 2 scored candidates': 1, "
                      r"'all scores tie': 1, 'same text': 0\}\): no prompt had two candidates of different texts "
                      r"that the judge scored differently", capsys.readouterr().err)
+    # the only pair there was is lost to a candidate cut off at max_response_tokens: the error says so
+    write_jsonl(tmp_path / "iter1" / "judgments.jsonl", [
+        {"prompt": "p", "candidates": ["a", "b"], "score": [5.0, 1.0], "finished": [True, False]}])
+    with pytest.raises(SystemExit):
+        S.stage_pairs(types.SimpleNamespace(pair_by="judge"), R, 1)
+    assert ("scored differently, among those that ended their turn (1 ran out of max_response_tokens: raise it). "
+            "DPO cannot run.") in capsys.readouterr().err
     bounds = S.DEFAULTS["min_prompt_words"], S.DEFAULTS["max_prompt_words"]  # 3, 60
     assert S.malformed("Reverse the word 'abc'.", False, *bounds).startswith("unfinished")
     assert S.malformed("Task: Reverse it now", True, *bounds) == "contains markup"
@@ -1005,6 +1012,31 @@ def test_zero_prompts_and_zero_pairs_say_which_stage(tmp_path, monkeypatch, caps
     assert S.malformed("- List three fruits.", True, *bounds) == odd
     assert S.malformed("\u00bfQu\u00e9 hora es ahora?", True, *bounds) == odd
     assert S.malformed("Why is the sky blue?", True, *bounds) is None
+
+
+def test_meta_judgments_and_graded_answers_with_the_model_stubbed(tmp_path, monkeypatch):
+    """The meta-judge stage judges only responses whose judgments disagree in
+    score (one of three here) and counts its battles with a verdict; the toy
+    evaluation's records keep each prompt's task beside its grade."""
+    write_jsonl(tmp_path / "iter1" / "judgments.jsonl", [
+        {"prompt": "p", "candidates": ["x", "y"], "judgments": [["j5", "j1"], ["k3", "k3"]], "scores": [[5, 1], [3, 3]]},
+        {"prompt": "q", "candidates": ["z"], "judgments": [["m2", "m?"]], "scores": [[2, None]]}])
+    r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)))
+    monkeypatch.setattr(S, "load_for_sampling", lambda r, path: (None, None))
+    monkeypatch.setattr(S, "generate_sharded", lambda r, name, items, size, work: work(items, 0))
+    monkeypatch.setattr(S.J, "compare_judgments", lambda net, tok, chunk, **kw: [
+        [{"a": 0, "b": 1, "winner": "A", "too_long": False}, {"a": 1, "b": 0, "winner": None, "too_long": True}]
+        for _ in chunk])
+    c = configurator.settings(S.DEFAULTS, {"progress": False, "meta_judge": True})
+    assert S.stage_meta_judgments(c, r, 1, "M1") == {
+        "candidates": 3, "meta_judged": 1, "meta_judgments": 2, "with_verdict": 1, "too_long": 1}
+
+    prompt = "What is 'ZINUM' spelled backwards?"
+    monkeypatch.setattr(S, "generate", lambda net, prompts, *a, **kw: [[1] for _ in prompts])
+    monkeypatch.setattr(S, "chat_prompt_ids", lambda tok, p: [0])
+    tok = types.SimpleNamespace(stop_ids=[2], decode=lambda ids: " MUNIZ ")
+    [graded] = S.answer_and_grade(c, None, tok, [{"prompt": prompt, "task": toy.task_from_prompt(prompt)}])
+    assert graded == {"prompt": prompt, "response": "MUNIZ", "task": toy.task_from_prompt(prompt), "grade": 5}
 
 
 def test_a_real_writer_gets_self_instructs_template_and_the_toy_m0_its_own_listing():
@@ -1065,6 +1097,10 @@ def test_benchmark_questions_a_model_was_trained_on_by_hand(tmp_path):
     assert seen("M2") == (4, [2, 1, 1], questions[:3])
     assert seen("M3") == (6, [2, 1, 3], questions[:3])
     assert seen("M3", threshold=0.9) == (5, [1, 1, 3], [questions[0], questions[2], questions[3]])
+    # a prompt paired in two iterations is listed once
+    assert S.trained_prompts(str(seed), "M3", lambda t: tmp_path / f"iter{t}" / "pairs.jsonl")[
+        "written by the loop"] == ["Explain gravity to a child.", "Name a fruit.", "Tell me a joke.",
+                                   "Why is the sky blue?"]
 
 
 def test_the_near_duplicate_search_finds_what_rouge_l_finds():
@@ -2543,6 +2579,32 @@ def test_stage_prompts_near_duplicates_and_generated_shots(tmp_path, monkeypatch
     assert info["dropped"] == {"near duplicate (ROUGE-L >= 0.9)": 1} and info["kept"] == 3
     assert all(written[0] in a and written[1] in a for a in asked[2:])
     assert all(sum(f"Say hi to {x}." in a for x in "ABCDEFGH") == 6 for a in asked[2:])  # n_shots 8, 2 of them new
+    # the generated two are shuffled in among the seed shots, not always listed last
+    last_seed = lambda a: max(a.find(f"Say hi to {x}.") for x in "ABCDEFGH")
+    assert any(a.find(written[0]) < last_seed(a) or a.find(written[1]) < last_seed(a) for a in asked[2:])
+
+
+def test_stage_prompts_drops_earlier_iterations_prompts_and_keeps_requests_in_order(tmp_path, monkeypatch):
+    """Iteration 2: a prompt iteration 1 kept, written again, is an exact
+    duplicate, and so is a new prompt written twice in one iteration (not a
+    near one); a request too long for the writer's context is recorded in its
+    own place among the others."""
+    write_jsonl(tmp_path / "seed" / "ift.jsonl", [{"prompt": f"Say hi to {x}.", "response": "hi"} for x in "ABCDEFGH"])
+    write_jsonl(tmp_path / "iter1" / "prompts.jsonl", [{"prompt": "Explain how a rainbow forms."}])
+    written = ["Explain how a rainbow forms.", "Name three famous painters of Italy.",
+               "Name three famous painters of Italy.", "Describe the water cycle in simple terms."]
+    script_the_prompt_writer(monkeypatch, S, written)
+    r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)), fingerprints={}, current=None, env=D.Env())
+    c = types.SimpleNamespace(**{**S.DEFAULTS, "n_prompts": 3, "progress": False})
+    info = S.stage_prompts(c, r, 2, "writer")
+    assert info["dropped"] == {"exact duplicate": 2} and info["kept"] == 1
+    asked = []
+    monkeypatch.setattr(S, "fits", lambda net, ids: asked.append(ids) or len(asked) > 1)  # the first: too long
+    c.n_prompts = 2
+    S.stage_prompts(c, r, 3, "writer")
+    assert read_jsonl(tmp_path / "iter3" / "prompts_generated.jsonl") == [
+        {"prompt": "", "dropped": "request longer than the context"},
+        {"prompt": "Describe the water cycle in simple terms.", "dropped": None}]
 
 
 def test_each_stage_iteration_and_shard_samples_with_its_own_seed(tmp_path, monkeypatch, toy_tokenizer_path):
