@@ -1025,11 +1025,11 @@ def test_meta_judgments_and_graded_answers_with_the_model_stubbed(tmp_path, monk
     monkeypatch.setattr(S, "load_for_sampling", lambda r, path: (None, None))
     monkeypatch.setattr(S, "generate_sharded", lambda r, name, items, size, work: work(items, 0))
     monkeypatch.setattr(S.J, "compare_judgments", lambda net, tok, chunk, **kw: [
-        [{"a": 0, "b": 1, "winner": "A", "too_long": False}, {"a": 1, "b": 0, "winner": None, "too_long": True}]
-        for _ in chunk])
+        [{"a": 0, "b": 1, "winner": "A", "too_long": False}, {"a": 1, "b": 0, "winner": "B", "too_long": False},
+         {"a": 0, "b": 1, "winner": None, "too_long": True}] for _ in chunk])
     c = configurator.settings(S.DEFAULTS, {"progress": False, "meta_judge": True})
     assert S.stage_meta_judgments(c, r, 1, "M1") == {
-        "candidates": 3, "meta_judged": 1, "meta_judgments": 2, "with_verdict": 1, "too_long": 1}
+        "candidates": 3, "meta_judged": 1, "meta_judgments": 3, "with_verdict": 2, "too_long": 1}
 
     prompt = "What is 'ZINUM' spelled backwards?"
     monkeypatch.setattr(S, "generate", lambda net, prompts, *a, **kw: [[1] for _ in prompts])
