@@ -2343,27 +2343,25 @@ def stubbed_stages(monkeypatch):
         return writes(r.path(f"iter{t}", "prompts.jsonl"))
 
     def dpo(c, r, t, mt):
-        notes.append((f"M{t + 1}", "from M{t} there".format(t=t) if os.path.isdir(mt) else f"M{t} gone"))
+        notes.append((f"M{t + 1}", f"from M{t} there" if os.path.isdir(mt) else f"M{t} gone"))
         return writes(r.path(f"M{t + 1}"))
 
-    def simply(name, *outputs):
-        return lambda c, r, *args: notes.append(name(*args) if callable(name) else name) or writes(
-            *(r.path(*o(*args)) if callable(o) else r.path(o) for o in outputs))
-    iteration = lambda t, *a: f"iter{t}"
-    for stage, fake in [
-            ("stage_seed_data", seed), ("stage_tokenizer", simply("tokenizer", "tokenizer.model")),
-            ("stage_pretrain", simply("M0", "M0")), ("stage_sft_baseline", simply("SFT", "SFT")),
-            ("stage_eft_targets", simply("eft_targets", os.path.join("seed", "eft_train_targets.jsonl"))),
-            ("stage_m1", simply("M1", "M1")), ("stage_prompts", prompts),
-            ("stage_candidates", simply(lambda t, mt: f"iter{t}_candidates",
-                                        lambda t, mt: (iteration(t), "candidates.jsonl"))),
-            ("stage_judgments", simply(lambda t, mt: f"iter{t}_judgments",
-                                       lambda t, mt: (iteration(t), "judgments.jsonl"))),
-            ("stage_pairs", simply(lambda t: f"iter{t}_pairs", lambda t: (iteration(t), "pairs.jsonl"))),
-            ("stage_dpo", dpo)]:
+    def makes(name, output):  # a stage that makes one file or folder of the run
+        return lambda c, r, *inputs: notes.append(name) or writes(r.path(output))
+
+    def iteration_file(kind):  # an iteration's candidates, judgments or pairs
+        return lambda c, r, t, *model: notes.append(f"iter{t}_{kind}") or writes(r.path(f"iter{t}", f"{kind}.jsonl"))
+
+    def evaluation(c, r, name, path):
+        notes.append(f"eval_{name}")
+        return writes(*S.eval_outputs(c, r, name))
+    for stage, fake in {"stage_seed_data": seed, "stage_tokenizer": makes("tokenizer", "tokenizer.model"),
+                        "stage_pretrain": makes("M0", "M0"), "stage_sft_baseline": makes("SFT", "SFT"),
+                        "stage_eft_targets": makes("eft_targets", "seed/eft_train_targets.jsonl"),
+                        "stage_m1": makes("M1", "M1"), "stage_prompts": prompts,
+                        "stage_candidates": iteration_file("candidates"), "stage_judgments": iteration_file("judgments"),
+                        "stage_pairs": iteration_file("pairs"), "stage_dpo": dpo, "stage_eval": evaluation}.items():
         monkeypatch.setattr(S, stage, fake)
-    monkeypatch.setattr(S, "stage_eval", lambda c, r, name, path: notes.append(f"eval_{name}")
-                        or writes(*S.eval_outputs(c, r, name)))
     monkeypatch.setattr(S.report, "write_report", lambda r, *a: notes.append("report") or writes(r.path("report.md")))
 
     def command(folder, **settings):
