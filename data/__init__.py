@@ -166,9 +166,17 @@ def write_folder_atomically(path, write_into):
     def put_back_old():
         if os.path.exists(old) and not os.path.exists(path):
             os.replace(old, path)
+    def remove(p):  # a folder, or a file that stood at the folder's path (rmtree leaves a file)
+        if os.path.isfile(p) or os.path.islink(p):
+            try:
+                os.remove(p)
+            except OSError:  # (as rmtree's ignore_errors)
+                pass
+        else:
+            shutil.rmtree(p, ignore_errors=True)
     put_back_old()
     for leftover in (tmp, old, trash):
-        shutil.rmtree(leftover, ignore_errors=True)
+        remove(leftover)
     os.mkdir(tmp)
     try:
         write_into(tmp)
@@ -185,7 +193,7 @@ def write_folder_atomically(path, write_into):
         raise
     if os.path.exists(old):
         os.replace(old, trash)
-        shutil.rmtree(trash, ignore_errors=True)  # the new folder is in place: a failure here loses nothing
+        remove(trash)  # the new folder is in place: a failure here loses nothing
 
 
 # -----------------------------------------------------------------------------

@@ -266,6 +266,7 @@ def test_a_grade_json_that_cannot_be_written_is_refused_before_grading(tmp_path,
             handout.main(["--grade=True", f"--grade_json={path}"])
         assert e.value.code == 2 and capsys.readouterr().err == f"error: grade_json = {str(path)!r}: {problem}\n"
     assert data.unwritable_file(str(tmp_path / "new" / "folders" / "x.json")) is None  # write_text makes them
+    assert data.unwritable_file(str(tmp_path / "file")) is None  # a file there is written over
     # settings of the other job: grade_json without grade (nothing grades), out beside grade (nothing is written)
     for argv, said in [([f"--grade_json={tmp_path / 'g.json'}", f"--out={tmp_path / 'h'}"],
                         "is written by grade=True only"),

@@ -1,10 +1,13 @@
 """The Llama network and its checkpoints, checked against Hugging Face transformers."""
 import dataclasses
+import errno
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,6 +191,41 @@ def test_a_write_killed_between_the_renames_or_midway_loses_nothing(tmp_path):
     save_model(model2, tmp_path / "ckpt")
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]
     assert torch.equal(load_model(tmp_path / "ckpt").output.weight, model2.output.weight)
+    # killed after the new folder went into place, before the old one went to the trash: both there. The new
+    # one stays (the old is not put back over it) and the old goes
+    shutil.copytree(tmp_path / "ckpt", tmp_path / ".tmp-ckpt.old")
+    save_model(model, tmp_path / "ckpt")
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+    assert torch.equal(load_model(tmp_path / "ckpt").output.weight, model.output.weight)
+    # a file where the folder goes is replaced, and leaves nothing behind that stops the next writes
+    (tmp_path / "file").write_text("not a folder")
+    for text in ("one", "two"):
+        write_folder_atomically(tmp_path / "file", lambda folder: (Path(folder) / "f").write_text(text))
+        assert sorted(os.listdir(tmp_path)) == ["ckpt", "file"] and (tmp_path / "file" / "f").read_text() == text
+
+
+def test_the_atomic_writers_errors_descriptors_and_text(tmp_path, monkeypatch):
+    """A disk error from fsync is raised (the write is not durable), where a
+    file system that cannot sync (EINVAL) is let be; every descriptor opened
+    to sync is closed; JSON Lines keep non-ASCII text as UTF-8."""
+    from data import write_jsonl, write_text
+    fds = len(os.listdir("/proc/self/fd"))
+    for i in range(20):
+        write_text(tmp_path / "x.txt", str(i))
+    assert len(os.listdir("/proc/self/fd")) == fds
+    write_jsonl(tmp_path / "x.jsonl", [{"prompt": "café ☕"}])
+    assert (tmp_path / "x.jsonl").read_bytes() == '{"prompt": "café ☕"}\n'.encode()
+
+    def fails(errno_):
+        def fsync(fd):
+            raise OSError(errno_, os.strerror(errno_))
+        return fsync
+    monkeypatch.setattr(os, "fsync", fails(errno.EINVAL))
+    write_text(tmp_path / "x.txt", "synced or not")
+    monkeypatch.setattr(os, "fsync", fails(errno.EIO))
+    with pytest.raises(OSError, match="Input/output error"):
+        write_text(tmp_path / "x.txt", "lost?")
+    assert (tmp_path / "x.txt").read_text() == "synced or not"
 
 
 def test_every_written_file_is_synced_to_disk_before_the_swap(tmp_path, monkeypatch):

@@ -2235,6 +2235,31 @@ def test_a_big_file_replaced_by_one_of_the_same_size_redoes_its_stage(tmp_path, 
     assert ran == ["M1", "M1"]
 
 
+def test_fingerprints_by_hand(tmp_path, monkeypatch):
+    """A fingerprint does not depend on the order a dict was built in; a file
+    of exactly HASHED_BYTES is still hashed whole; a folder's names its files
+    (the same bytes under another name is another folder) and leaves out dot
+    files (a run's .lock changes nothing)."""
+    import data
+    assert data.fingerprint({"a": 1, "b": 2}) == data.fingerprint({"b": 2, "a": 1}) != data.fingerprint({"a": 1})
+    monkeypatch.setattr(data, "HASHED_BYTES", 8)
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"01234567")
+    b.write_bytes(b"76543210")
+    for f in (a, b):
+        os.utime(f, ns=(10**18, 10**18))
+    assert data.file_fingerprint(a) != data.file_fingerprint(b)
+    one, other = tmp_path / "one", tmp_path / "other"
+    one.mkdir()
+    other.mkdir()
+    (one / "model.safetensors").write_text("w")
+    (other / "notes.txt").write_text("w")
+    before = data.file_fingerprint(one)
+    assert before != data.file_fingerprint(other)
+    (one / ".lock").write_text("process 1 on elsewhere\n")
+    assert data.file_fingerprint(one) == before
+
+
 def test_a_kill_while_a_record_or_a_shared_output_is_written_leaves_no_half_file(tmp_path, monkeypatch):
     """A stage's record and the shared outputs go to a temporary file that is
     renamed into place once whole (data.write_bytes): killed before the

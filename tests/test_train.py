@@ -166,6 +166,16 @@ def test_read_jsonl_names_file_and_line(tmp_path):
         read_jsonl(str(bad), ["prompt"], allow_empty=False)
     with pytest.raises(FileNotFoundError):
         read_jsonl(str(tmp_path / "absent.jsonl"), ["prompt"])
+    bad.write_text('{"prompt": "a"}\n{}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: .*\(each record needs prompt; this one has no fields\)$"):
+        read_jsonl(str(bad), ["prompt"])
+    # a byte-order mark starts the file only: one on line 2 (two files joined with cat) is an error
+    bad.write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\n\xef\xbb\xbf{"prompt": "b"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: malformed JSON \(Unexpected UTF-8 BOM"):
+        read_jsonl(str(bad), ["prompt"])
+    bad.write_text('{"prompt": "a"}\n["prompt"]\n')  # an array on a later line is no sign of a JSON array file
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a JSON object, found list$"):
+        read_jsonl(str(bad), ["prompt"])
 
 
 def test_cli_reports_bad_input(work, tmp_path):
