@@ -625,6 +625,7 @@ def test_dpo_logged_rewards_by_hand(monkeypatch):
     assert stats["loss"] == pytest.approx(math.log(2) - math.log(torch.sigmoid(torch.tensor(0.05)).item()))
     env = types.SimpleNamespace(device="cpu", world=1)
     assert train_dpo.summarize(env, stats)["rewards/accuracies"] == 0.5  # one of the 2 pairs (the filler: none)
+    assert not any("pairs" in k for k in train_dpo.summarize(env, stats, "eval/"))  # (a divisor, not a figure)
 
 
 def test_dpo_starts_at_ln2_and_learns(dpo_single):
@@ -656,6 +657,16 @@ def test_dpo_learns_the_files_chosen_answers(work, dpo_single):
     gain = lambda p, side: response_logp(new, tok, p["prompt"], p[side])[0] - response_logp(ref, tok, p["prompt"], p[side])[0]
     margins = [gain(p, "chosen") - gain(p, "rejected") for p in pairs]
     assert sum(m > 0 for m in margins) > 0.75 * len(pairs)
+
+
+def test_the_trainers_defaults_are_the_papers():
+    """Section 3.1: SFT at 5.5e-6 decayed to 1.1e-6; DPO at 1e-6 decayed to 1e-7, beta 0.1 (the loop's toy
+    settings are its own; these are what the trainers run on real checkpoints without a setting)."""
+    assert (train_sft.DEFAULTS["lr"], train_sft.DEFAULTS["min_lr"]) == (5.5e-6, 1.1e-6)
+    assert (train_dpo.DEFAULTS["lr"], train_dpo.DEFAULTS["min_lr"], train_dpo.DEFAULTS["beta"]) == (1e-6, 1e-7, 0.1)
+    long, short = ([1] * 10, [(5, 10)]), ([1] * 3, [(1, 3)])  # a pair pads to its longer row, either side
+    assert train_dpo.pair_length({"chosen": long, "rejected": short}) == 10
+    assert train_dpo.pair_length({"chosen": short, "rejected": long}) == 10
 
 
 def test_dpo_eval_starts_at_ln2_and_ends_at_the_held_out_pairs_loss_by_hand(work, tmp_path):
@@ -721,6 +732,38 @@ def test_dropout_is_on_in_training_steps_only(work, tmp_path, monkeypatch):
     assert evals[0]["step"] == 0 and evals[0]["eval/loss"] == pytest.approx(math.log(2), abs=1e-6)
 
 
+def test_sft_dropout_is_on_in_training_steps_only_and_evaluates_on_schedule(work, tmp_path, monkeypatch):
+    """SFT with dropout 0.1: every held-out evaluation runs without gradients
+    in eval mode, every training step in train mode (an evaluation turns it
+    back on for the steps after it); the held-out loss is logged at step 0,
+    every eval_interval steps and after the last step (4 steps, interval 2:
+    0, 2, 4)."""
+    seen, real = [], train_sft.sft_loss_sum
+
+    def recorded(model, tokens, targets, env):
+        seen.append((torch.is_grad_enabled(), {m.training for m in model.modules()}))
+        return real(model, tokens, targets, env)
+    monkeypatch.setattr(train_sft, "sft_loss_sum", recorded)
+    out = tmp_path / "sft"
+    train_sft.train(sft_config(work, out, dropout=0.1, eval_fraction=0.25, eval_interval=2))
+    assert {grad for grad, _ in seen} == {True, False}
+    assert all(modes == {grad} for grad, modes in seen), [modes for _, modes in seen]
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "eval_loss" in r] == [0, 2, 4]
+
+
+def test_sft_eval_loss_leaves_out_a_ranks_fillers(monkeypatch):
+    """Rank 1 of 2 over 3 held-out examples runs example 1 and a filler
+    (example 0 again, weight 0): its sums are example 1's alone (the process
+    group faked: all_sum returns this rank's own)."""
+    model = LogitTable(8)
+    examples = [([1, 4, 5, 6, 7, 2], [(3, 6)]), ([1, 4, 3, 5, 6, 7, 3, 5, 2], [(2, 9)]), ([1, 5, 6, 2], [(2, 4)])]
+    monkeypatch.setattr(D, "all_sum", lambda env, *values: list(values))
+    c = types.SimpleNamespace(micro_batch_size=2)
+    assert T.split_even(examples, 1, 2) == [(examples[1], 1), (examples[0], 0)]
+    assert train_sft.evaluate(model, examples, D.Env(rank=1, world=2), c, 0) == pytest.approx(
+        train_sft.evaluate(model, examples[1:2], D.Env(), c, 0), rel=1e-6)
+
+
 def test_reference_log_probs_are_one_row_per_pair_whatever_fillers_a_rank_runs(work, tmp_path, monkeypatch):
     """Under torchrun a rank short of pairs runs fillers (training.split_even:
     pairs[0] again, weight 0) so that every rank runs as many forwards; their
@@ -778,6 +821,14 @@ def test_reference_log_probs_are_reused_only_for_the_same_pairs(work, dpo_single
     other_start = tmp_path / "dpo_other_start"
     shutil.copytree(dpo_single, other_start)
     train_dpo.train(dpo_config(work, other_start, init_from=str(dpo_single / "model"), max_steps=1))
+    # ... which a checkpoint retrained in place (the same folder) is too: the fingerprint follows its files
+    in_place = tmp_path / "in_place"
+    shutil.copytree(work / "ckpt", in_place)
+    made_from = lambda: train_dpo.reference_made_from(types.SimpleNamespace(init_from=str(in_place)), [], torch.float32)
+    before = made_from()
+    save_model(load_model(str(dpo_single / "model")), str(in_place),
+               tokenizer_path=str(work / "ckpt" / "tokenizer.model"))
+    assert made_from() != before
     start = load_model(str(dpo_single / "model")).eval()
     pairs = read_jsonl(work / "pairs.jsonl")
     for row in read_jsonl(other_start / "ref_logps.jsonl")[1:4]:
@@ -1173,6 +1224,30 @@ def test_a_kept_checkpoint_that_is_gone_is_made_again(work, capsys):
     out = capsys.readouterr().out
     assert "note: the checkpoint of step 2 is gone: not resuming from" in out and "resumed from" not in out
     assert max((load_model(kept).state_dict()[k] - v).abs().max().item() for k, v in before.items()) == 0
+
+
+@pytest.mark.parametrize("killed_after", [2, 4])
+def test_a_state_saved_at_a_kept_step_is_resumed_with_its_checkpoint_there(work, capsys, monkeypatch, killed_after):
+    """keep_every=2 over 4 steps, killed after step 2 (its checkpoint kept) or
+    after the last step (whose model is out_dir/model, no checkpoint): the
+    rerun resumes the saved state, and returns every checkpoint."""
+    cfg = dpo_config(work, work / f"dpo_killed_at_{killed_after}", keep_every=2)
+    real = T.end_step
+
+    def killed(model, optimizer, step, *rest):
+        real(model, optimizer, step, *rest)
+        if step == killed_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "end_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_dpo.train(cfg)
+    monkeypatch.undo()
+    capsys.readouterr()
+    result = train_dpo.train(cfg)
+    out = capsys.readouterr().out
+    assert f"resumed from {work / f'dpo_killed_at_{killed_after}' / 'state'}" in out and "is gone" not in out
+    assert [s for s, _ in result["checkpoints"]] == [2, 4] and all(os.path.isdir(f) for _, f in result["checkpoints"])
 
 
 def test_a_state_saved_at_a_kept_step_is_not_resumed_without_that_steps_checkpoint(work, capsys, monkeypatch):
