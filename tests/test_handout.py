@@ -574,7 +574,7 @@ def test_a_git_checkout_hands_out_only_what_git_tracks(tmp_path, monkeypatch, ca
     for n in "bcde":  # five untracked are all named; past five, "and N more"
         (project / f"{n}.txt").write_text("")
     handout.main([f"--out={tmp_path / 'student2'}"])
-    assert capsys.readouterr().out.endswith("them (commit what students need): answers.md, b.txt, c.txt, d.txt, e.txt\n")
+    assert capsys.readouterr().out.endswith("(commit what students need): answers.md, b.txt, c.txt, d.txt, e.txt\n")
     (project / "f.txt").write_text("")
     handout.main([f"--out={tmp_path / 'student3'}"])
     assert capsys.readouterr().out.endswith(": answers.md, b.txt, c.txt, d.txt, e.txt and 1 more\n")

@@ -265,7 +265,8 @@ def test_the_benchmarks_figures_with_the_answers_stubbed(tmp_path, monkeypatch):
         for q in questions])
     r = run_folder(tmp_path)
     write_jsonl(r.path("seed", "ift.jsonl"), [{"prompt": "Say hi.", "response": "Hi."}])
-    write_jsonl(r.path("seed", "eft_train.jsonl"), [{"prompt": "Name a tree.", "responses": ["Oak.", "7"], "ranks": [0, 1]}])
+    write_jsonl(r.path("seed", "eft_train.jsonl"), [{"prompt": "Name a tree.", "responses": ["Oak.", "7"],
+                                                      "ranks": [0, 1]}])
     (tmp_path / "alpaca.json").write_text(json.dumps([{"instruction": "Say hi."}, {"instruction": "Long."}]))
     write_jsonl(tmp_path / "mt.jsonl", [{"question_id": 1, "turns": ["Say hi.", "Again."]}])
     c = settings(eval_judge=False, eval_prompts=str(tmp_path / "alpaca.json"), run_name="x")
@@ -273,7 +274,8 @@ def test_the_benchmarks_figures_with_the_answers_stubbed(tmp_path, monkeypatch):
     assert (alpaca["answered"], alpaca["too_long"], alpaca["avg_length"]) == (1, 1, len("Hello there."))
     c = settings(eval_judge=False, mt_bench=str(tmp_path / "mt.jsonl"), run_name="y")
     assert S.stage_eval(c, r, "M1", "M1")["mt_bench"]["trained_on"] == {
-        "questions": 1, "seen": 1, "examples": ["Say hi."], "by_source": {"seed IFT": 1, "EFT training": 0, "written by the loop": 0}}
+        "questions": 1, "seen": 1, "examples": ["Say hi."],
+        "by_source": {"seed IFT": 1, "EFT training": 0, "written by the loop": 0}}
 
 
 def test_a_killed_evaluation_redoes_only_the_part_it_was_in(tmp_path, monkeypatch, tok):

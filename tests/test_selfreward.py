@@ -1019,7 +1019,8 @@ def test_meta_judgments_and_graded_answers_with_the_model_stubbed(tmp_path, monk
     score (one of three here) and counts its battles with a verdict; the toy
     evaluation's records keep each prompt's task beside its grade."""
     write_jsonl(tmp_path / "iter1" / "judgments.jsonl", [
-        {"prompt": "p", "candidates": ["x", "y"], "judgments": [["j5", "j1"], ["k3", "k3"]], "scores": [[5, 1], [3, 3]]},
+        {"prompt": "p", "candidates": ["x", "y"], "judgments": [["j5", "j1"], ["k3", "k3"]],
+         "scores": [[5, 1], [3, 3]]},
         {"prompt": "q", "candidates": ["z"], "judgments": [["m2", "m?"]], "scores": [[2, None]]}])
     r = types.SimpleNamespace(path=lambda *p: str(tmp_path.joinpath(*p)))
     monkeypatch.setattr(S, "load_for_sampling", lambda r, path: (None, None))
@@ -2384,7 +2385,8 @@ def stubbed_stages(monkeypatch):
                         "stage_pretrain": makes("M0", "M0"), "stage_sft_baseline": makes("SFT", "SFT"),
                         "stage_eft_targets": makes("eft_targets", "seed/eft_train_targets.jsonl"),
                         "stage_m1": makes("M1", "M1"), "stage_prompts": prompts,
-                        "stage_candidates": iteration_file("candidates"), "stage_judgments": iteration_file("judgments"),
+                        "stage_candidates": iteration_file("candidates"),
+                        "stage_judgments": iteration_file("judgments"),
                         "stage_pairs": iteration_file("pairs"), "stage_dpo": dpo, "stage_eval": evaluation}.items():
         monkeypatch.setattr(S, stage, fake)
     monkeypatch.setattr(S.report, "write_report", lambda r, *a: notes.append("report") or writes(r.path("report.md")))
