@@ -659,6 +659,26 @@ def test_dpo_learns_the_files_chosen_answers(work, dpo_single):
     assert sum(m > 0 for m in margins) > 0.75 * len(pairs)
 
 
+def test_tokens_per_second_counts_the_tokens_the_model_read(work, tmp_path, monkeypatch):
+    """tokens_per_s is the real (unpadded) tokens a step ran the model on, all
+    of a row's ids but its last (SFT: 40 examples; DPO: 32 pairs, two rows
+    each), over the step's time; the clock faked to tick a whole second a
+    call, so the logged figure is that count over a whole number of seconds."""
+    tok = Tokenizer(str(work / "ckpt" / "tokenizer.model"))
+    examples = train_sft.tokenize(tok, read_jsonl(work / "sft.jsonl"), 127, "sft")
+    pairs = train_dpo.tokenize_pairs(tok, read_jsonl(work / "pairs.jsonl"), 127, "pairs")
+    read = {train_sft: sum(len(ids) - 1 for ids, _ in examples),
+            train_dpo: sum(len(p["chosen"][0]) - 1 + len(p["rejected"][0]) - 1 for p in pairs)}
+    for trainer, config, n in ((train_sft, sft_config, len(examples)), (train_dpo, dpo_config, len(pairs))):
+        ticks = iter(range(10**6))
+        monkeypatch.setattr(trainer, "time", types.SimpleNamespace(time=lambda: float(next(ticks))))
+        out = tmp_path / trainer.__name__
+        trainer.train(config(work, out, max_steps=1, batch_size=n, micro_batch_size=4))
+        [tps] = [r["tokens_per_s"] for r in read_jsonl(out / "metrics.jsonl") if "tokens_per_s" in r]
+        seconds = read[trainer] / tps
+        assert seconds == round(seconds) >= 1, (trainer.__name__, read[trainer], tps)
+
+
 def test_the_trainers_defaults_are_the_papers():
     """Section 3.1: SFT at 5.5e-6 decayed to 1.1e-6; DPO at 1e-6 decayed to 1e-7, beta 0.1 (the loop's toy
     settings are its own; these are what the trainers run on real checkpoints without a setting)."""
