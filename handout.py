@@ -140,11 +140,13 @@ def body_span(lines, node, where):
     indent = lines[first.lineno - 1][:first.col_offset]
     # comments after the last statement, indented as the body, are the body's too (a hint left there
     # would give the answer away); a comment less indented (the next def's marker) is not
-    end = after = body[-1].end_lineno
-    while after < len(lines) and (not lines[after].strip() or lines[after].startswith(indent)
-                                  and lines[after].lstrip().startswith("#")):
-        after += 1
-        end = after if lines[after - 1].strip() else end
+    end = body[-1].end_lineno
+    for i in range(end, len(lines)):
+        comment = lines[i].startswith(indent) and lines[i].lstrip().startswith("#")
+        if lines[i].strip() and not comment:
+            break
+        if comment:
+            end = i + 1
     return start, end, indent
 
 

@@ -166,6 +166,7 @@ def write_folder_atomically(path, write_into):
     def put_back_old():
         if os.path.exists(old) and not os.path.exists(path):
             os.replace(old, path)
+
     def remove(p):  # a folder, or a file that stood at the folder's path (rmtree leaves a file)
         if os.path.isfile(p) or os.path.islink(p):
             try:
