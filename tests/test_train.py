@@ -82,8 +82,8 @@ def cli_args(config):
     return [f"--{k}={v}" for k, v in config.items()]
 
 
-def torchrun(script, config, nproc=2, extra=(), check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def torchrun(script, config, nproc=2, extra=(), check=True, env=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     # one thread a rank, as the one-process runs compared with them (threads=0 would share the cores)
     cmd = [TORCHRUN, *(extra or ["--standalone"]), f"--nproc_per_node={nproc}", script,
            *cli_args({"threads": 1, **config})]
@@ -1067,12 +1067,23 @@ def test_under_torchrun_an_error_prints_once_and_a_busy_out_dir_is_refused(work,
     assert os.listdir(out) == [".lock"]  # nothing written
     torchrun("train_sft.py", sft_config(work, out))  # the lock is free again: it runs
     assert (out / "model" / "model.safetensors").exists()
-    # an error on rank 0 alone, in the final save (here a file where its temporary folder goes), while
-    # rank 1 gathers the weights with it: said, and the job ends (it waited forever in teardown's barrier)
-    (tmp_path / "late").mkdir()
-    (tmp_path / "late" / ".tmp-model").write_text("")
-    r = torchrun("train_sft.py", sft_config(work, tmp_path / "late"), check=False)
-    assert r.returncode != 0 and "error: " in r.stderr and "timed out" not in r.stderr, r.stderr[-3000:]
+    # an error on rank 0 alone, in the final save (a full disk: a sitecustomize that the ranks' Python loads
+    # makes rank 0's folder writer fail), while rank 1 gathers the weights with it: said, and the job ends
+    # (it waited forever in teardown's barrier)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '0':\n"
+        "    import data\n\n"
+        "    def full(path, write_into):\n"
+        "        raise OSError(28, 'No space left on device')\n"
+        "    data.write_folder_atomically = full\n")
+    r = torchrun("train_sft.py", sft_config(work, tmp_path / "late"), check=False,
+                 env={"PYTHONPATH": os.pathsep.join([str(hook), ROOT])})
+    assert r.returncode != 0 and "error: " in r.stderr and "No space left on device" in r.stderr \
+        and "timed out" not in r.stderr, \
+        r.stderr[-3000:]
 
 
 def test_stop_prints_once_or_per_rank_and_the_lock_says_what_stops_it(tmp_path, monkeypatch, capsys):
