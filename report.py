@@ -399,21 +399,26 @@ def right_candidates(r, t):
     pairs could set a right answer first on); "mixed": the share with a right
     and a wrong candidate, the only prompts whose pair can teach correctness
     (a prompt whose candidates are all right, "all_right", gives a pair that
-    differs in form at most). None without the candidates, or with no
-    prompt the grader can read."""
+    differs in form at most). The prompts' figures count the candidates that
+    ended their turn: one cut off at max_response_tokens takes no part in a
+    pair (selfreward.response_pairs). None without the candidates, or with
+    no prompt the grader can read."""
     path = r.path(f"iter{t}", "candidates.jsonl")
     if not os.path.exists(path):
         return None
-    right = []  # per gradable prompt, each candidate right or not
+    right, paired = [], []  # per gradable prompt, each candidate right or not; each that can be paired
     for x in read_jsonl(path):
         grades = [toy.true_grade(x["prompt"], c) for c in x["candidates"]]  # (None: not a toy prompt)
         if None not in grades:
             right.append([g >= toy.RIGHT for g in grades])
+            finished = x.get("finished", [True] * len(grades))  # (records from before the flags: all finished)
+            paired.append([g >= toy.RIGHT for g, done in zip(grades, finished) if done])
     if not right:
         return None
     return {"prompts": len(right), "candidates": share([c for cs in right for c in cs]),
-            "any_right": share([any(cs) for cs in right]), "mixed": share([any(cs) and not all(cs) for cs in right]),
-            "all_right": share([all(cs) for cs in right])}
+            "any_right": share([any(cs) for cs in paired]),
+            "mixed": share([any(cs) and not all(cs) for cs in paired]),
+            "all_right": share([bool(cs) and all(cs) for cs in paired])}
 
 
 def kind_pairs_text(kinds):

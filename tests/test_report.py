@@ -216,6 +216,13 @@ def test_right_candidates_by_hand(tmp_path):
     assert not any("its candidates" in line for line in report.diagnostic_lines(r, [], 1, toy_world=False))
     write_jsonl(tmp_path / "iter1" / "candidates.jsonl", [{"prompt": "Tell me a story.", "candidates": ["x"]}])
     assert report.right_candidates(r, 1) is None  # nothing the grader can read
+    # a candidate cut off at max_response_tokens takes no part in a pair: the prompts' figures leave it out
+    # (the first prompt's one right answer was cut off; the second's every candidate)
+    write_jsonl(tmp_path / "iter1" / "candidates.jsonl", [
+        {"prompt": "Reverse the word 'ABC'.", "candidates": ["CBA", "BCA", "ACB"], "finished": [False, True, True]},
+        {"prompt": inv, "candidates": ["BOKA", "BIKA"], "finished": [False, False]}])
+    assert report.right_candidates(r, 1) == {"prompts": 2, "candidates": pytest.approx(3 / 5), "any_right": 0.0,
+                                             "mixed": 0.0, "all_right": 0.0}
 
 
 def test_self_checking_by_hand(tmp_path):
