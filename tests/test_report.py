@@ -195,6 +195,44 @@ def test_prompt_kinds_by_hand(tmp_path):
     assert not any("task kind" in line for line in report.diagnostic_lines(r, [], 1, toy_world=False))
 
 
+def test_table_cells_by_hand(tmp_path):
+    """Small pieces of the report's tables by hand: a measured correlation of
+    0 shows as 0.000, one that no prompt defines as '-'; a right answer with
+    chatter (grade 4) is no bare one (grade 5); the SFT baseline has no
+    head-to-head with itself; lengths keep a decimal; each table's rule row
+    has as many cells as its header (else Markdown shows no table); "grade -
+    previous model" is against the model before, not the baseline; judge
+    coverage pools the judgments of groups of unequal size; with the EFT eval
+    set gone the judge rows are left out (no division by its 0 groups)."""
+    cells = lambda row: [c.strip() for c in row.strip().strip("|").split("|")]
+    j = {"pairwise_accuracy": 0.5, "spearman": 0.0, "kendall_tau": 0.0, "n_prompts": 2, "n_undefined_correlation": 0}
+    assert report.judge_cells(j) == "50.0 | - | - | 0.000 | 0.000"
+    assert report.judge_cells({**j, "pairwise_accuracy": 0.0, "n_undefined_correlation": 2}) == "0.0 | - | - | - | -"
+    answers = lambda *graded: [{"prompt": str(i), "grade": g, "response": text} for i, (g, text) in enumerate(graded)]
+    tests = {"SFT": answers((2, "ab"), (0, "abc")), "M1": answers((4, "ab"), (5, "abc")),
+             "M2": answers((3, "ab"), (3, "abc"))}
+    header, rule, sft, m1, m2 = report.toy_rows(["SFT", "M1", "M2"], tests, {})[0]
+    column = dict(zip(cells(header), range(99)))
+    assert len(cells(rule)) == len(cells(header))
+    assert cells(m1)[column["bare right (grade 5) %"]] == "50.0"
+    assert cells(sft)[column["vs SFT baseline: win / tie / loss %"]] == "-"
+    assert cells(m1)[column["avg response length (chars)"]] == "2.5"
+    r = run_folder(tmp_path)
+    table, values = report.interval_rows(r, ["SFT", "M1", "M2"], tests)
+    assert len(cells(table[1])) == len(cells(table[0])) == 4
+    assert values["M2"]["vs_previous"][0] == -1.5  # 3, 3 against M1's 4, 5 (against SFT's 2, 0: +2)
+    rows = {cells(row)[0]: cells(row)[1:] for row in table[2:]}
+    assert rows["net wins vs SFT baseline (win - loss) %"][0] == "-"
+    assert rows["avg response length (chars)"][0] == "2.5 [2.0, 3.0]"
+    write_jsonl(r.path("seed", "eft_eval.jsonl"), [{"responses": ["a", "b"], "ranks": [0, 1]},
+                                                   {"responses": ["c", "d", "e", "f"], "ranks": [0, 1, 2, 3]}])
+    write_jsonl(r.path("eval", "M1_judgments.jsonl"), [{"score": 5.0, "scores": [5]}, {"score": 1.0, "scores": [1]}]
+                + [{"score": None, "scores": [None]}] * 4)
+    assert report.interval_rows(r, ["M1"], {})[1]["M1"]["coverage"][0] == pytest.approx(2 / 6)
+    os.remove(r.path("seed", "eft_eval.jsonl"))
+    assert report.interval_rows(r, ["M1"], {})[0] == ["| figure [95% interval] | M1 |", "|---|---|"]
+
+
 def test_right_candidates_by_hand(tmp_path):
     """How often sampling is right, and on how many prompts best-of-n with a
     perfect judge would be: the grader over iteration 1's candidates."""
