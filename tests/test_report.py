@@ -233,6 +233,57 @@ def test_table_cells_by_hand(tmp_path):
     assert report.interval_rows(r, ["M1"], {})[0] == ["| figure [95% interval] | M1 |", "|---|---|"]
 
 
+def test_diagnostic_and_iteration_lines_by_hand(tmp_path):
+    """The report's lines of text by hand: judgments without a score, the
+    meta-judging and judge-pair lines, the form of pairs (an empty response
+    is no one-word answer), each iteration's line with its controls, cut-off
+    candidates only when there are some, the DPO checkpoint pick (in the
+    record of the model it made), and the external judges' part with
+    MT-Bench alone."""
+    r = run_folder(tmp_path, {"meta_judge": True})
+    write_jsonl(r.path("iter1", "judgments.jsonl"), [{"prompt": "p", "scores": [[4, None, 5], [1, 2, 3]]}])
+    write_jsonl(r.path("iter1", "meta_judgments.jsonl"), [{"battles": [{"winner": "A"}, {"winner": None}]},
+                                                          {"battles": [{"winner": "B"}, {"winner": "B"}]}])
+    q = "Reverse the word 'ABC'."
+    judge_pair = lambda response, chosen, rejected: {
+        "prompt": "jp", "chosen": "c", "rejected": "r", "kind": "judge", "instruction": q, "response": response,
+        "chosen_score": chosen, "rejected_score": rejected}
+    write_jsonl(r.path("iter1", "pairs.jsonl"), [judge_pair("CBA", 5, 3), judge_pair("ABC", 4, 1),
+                                                 judge_pair("ABC", 5, 2), {"prompt": q, "chosen": "", "rejected": "It is CBA."}])
+    lines = report.diagnostic_lines(r, [], 1, False)
+    assert "- iteration 1: 6 judgments, 1 without a score; scores given {0: 0, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1}" in lines
+    assert any(line.startswith("  - meta-judging (Meta-Rewarding): 4 meta-judgments (battles of two judgments) of 2 "
+                               "responses whose judgments disagree in score, 3 with a verdict") for line in lines)
+    os.remove(r.path("iter1", "judgments.jsonl"))  # (the toy world's lines read more of it than this test wrote)
+    lines = report.diagnostic_lines(r, [], 1, True)
+    assert any(line.endswith("score is closer to the true grade 1, as close 0, farther 2; on prompts it cannot "
+                             "grade 0") for line in lines)
+    assert report.pair_verdicts(r, 1)["form"] == {"bare_chosen": 0, "bare_chosen_wrong": 0, "bare_rejected": 0}
+    assert report.form_pairs_text({"bare_chosen": 3, "bare_chosen_wrong": 1, "bare_rejected": 7}).endswith(
+        "the single word chosen 3 (1 of them wrong), rejected 7")
+    assert report.pairs_by("right") == (" (best and worst by the grader, pair_by='right': a perfect-judge control, "
+                                        "not self-rewarding)")
+    start, r = "- iteration 1: ? new prompts kept of ? requested, ", run_folder(tmp_path / "no_files")
+    assert report.iteration_lines(r, {"iter1_candidates": {"too_long": 0, "cut_off": 0}}, 1) == [
+        start + "? preference pairs"]
+    assert report.iteration_lines(r, {"iter1_pairs": {"pairs": 3, "judge_pairs": 2, "judge_dropped": {}}}, 1) == [
+        start + "3 preference pairs; 2 judge pairs (dropped: {})"]
+    pick = {"valid_prompts": 10, "checkpoints": [{"step": 5, "mean_grade": 2.5}], "picked": 5}
+    assert report.iteration_lines(r, {"M2": {"pick": pick}}, 1) == [
+        start + "? preference pairs; DPO checkpoints' mean grade on 10 validation prompts: step 5 2.500 (M2: step 5)"]
+    mt = {"path": "out/x/eval/mt_bench/model_answer/x-M1.jsonl", "too_long": 0}
+    lines = report.external_judges({"M1": {"mt_bench": mt}})
+    assert lines[0] == "Answers for external judges:" and "- MT-Bench: `" + mt["path"] + "`" in lines
+    seen = {"questions": 80, "seen": 2, "by_source": {"written by the loop": 2}}
+    assert "how many of the benchmark's questions" in report.external_judges(
+        {"M1": {"mt_bench": {**mt, "trained_on": seen}}})[0]
+    assert report.trained_on({"trained_on": {"questions": 805, "seen": 0, "by_source": {"seed IFT": 0}}}) == (
+        "; trained on 0 of its 805 questions")
+    # the interval the report says it draws with seed 0, pinned
+    values = [0, 1, 2, 5, 3, 4, 4, 1, 2, 5, 0, 3, 3, 1, 4, 2, 5, 5, 0, 1, 2, 3, 4, 5, 1, 1, 0, 2, 3, 4]
+    assert report.bootstrap_interval(values) == pytest.approx((1.9333333333333333, 3.1))
+
+
 def test_right_candidates_by_hand(tmp_path):
     """How often sampling is right, and on how many prompts best-of-n with a
     perfect judge would be: the grader over iteration 1's candidates."""
