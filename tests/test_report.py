@@ -248,8 +248,8 @@ def test_diagnostic_and_iteration_lines_by_hand(tmp_path):
     judge_pair = lambda response, chosen, rejected: {
         "prompt": "jp", "chosen": "c", "rejected": "r", "kind": "judge", "instruction": q, "response": response,
         "chosen_score": chosen, "rejected_score": rejected}
-    write_jsonl(r.path("iter1", "pairs.jsonl"), [judge_pair("CBA", 5, 3), judge_pair("ABC", 4, 1),
-                                                 judge_pair("ABC", 5, 2), {"prompt": q, "chosen": "", "rejected": "It is CBA."}])
+    write_jsonl(r.path("iter1", "pairs.jsonl"), [judge_pair("CBA", 5, 3), judge_pair("ABC", 4, 1), judge_pair("ABC", 5, 2),
+                                                 {"prompt": q, "chosen": "", "rejected": "It is CBA."}])
     lines = report.diagnostic_lines(r, [], 1, False)
     assert "- iteration 1: 6 judgments, 1 without a score; scores given {0: 0, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1}" in lines
     assert any(line.startswith("  - meta-judging (Meta-Rewarding): 4 meta-judgments (battles of two judgments) of 2 "
