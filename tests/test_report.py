@@ -284,6 +284,36 @@ def test_diagnostic_and_iteration_lines_by_hand(tmp_path):
     assert report.bootstrap_interval(values) == pytest.approx((1.9333333333333333, 3.1))
 
 
+def test_checking_figures_of_invented_words_by_hand(tmp_path):
+    """Invent tasks (many right answers): a right and a wrong candidate make
+    no "mixed" prompt (there is no one answer to state); the check that
+    copies the response reads its first word; a check that says "no" to two
+    differing letters is right on both; bare answers counted right, then
+    wrong, and the coin-toss spread from both counts; a Meta-Rewarding
+    iteration's meta-judgments named when gone."""
+    inv = "Invent a word of 4 letters that starts with 'B' and ends with 'A'."
+    assert report.mixes_right_and_wrong(inv, ["BOKA", "BOK"]) is False
+    r = run_folder(tmp_path)
+    checked = lambda judged: report.checking_versus_doing(r, ["M1"], {"M1": [{"prompt": inv, "grade": 5}]})
+    write_jsonl(r.path("eval", "M1_judgments.jsonl"), [{"prompt": inv, "response": "BOKA or BIKE", "judgments": [
+        "BOKA starts with B, ends with A and has 4 letters; asked: B, A, 4.\nScore: 5"]}])
+    assert checked(r)["M1"]["invent_copies"] == 1.0
+    write_jsonl(r.path("eval", "M1_judgments.jsonl"), [{"prompt": inv, "response": "BOKEE", "judgments": [
+        "BOKE: starts with B, asked B: yes; ends with E, asked A: no; has 5 letters, asked 4: no.\nScore: 1"]}])
+    assert checked(r)["M1"]["invent_yes_no"] == 1.0
+    write_jsonl(r.path("eval", "M1_judgments.jsonl"), [{"prompt": inv, "response": w, "judgments": ["Score: 3"]}
+                                                       for w in ("BOKA", "BIKA", "BOK", "BIK", "ZZZZ", "BOKO", "BIKO")])
+    found = checked(r)
+    assert found["M1"]["invent_bare_n"] == [2, 5]
+    [line] = [line for line in report.checking_lines(found) if line.startswith("Invent, checking")]
+    assert "(2 right, 5 wrong" in line
+    found["M1"]["invent_bare_n"] = [1, 9]
+    [line] = [line for line in report.checking_lines(found) if line.startswith("Invent, checking")]
+    assert "about +-53 points" in line  # (100 * sqrt(1/4 / 1 + 1/4 / 9): both counts)
+    assert report.left_out(run_folder(tmp_path, {"seed_data": "toy"}), [], {"iter1_meta_judgments": {}}, 1) == [
+        ("iter1/meta_judgments.jsonl", "iteration 1: the diagnostics of its meta-judgments")]
+
+
 def test_right_candidates_by_hand(tmp_path):
     """How often sampling is right, and on how many prompts best-of-n with a
     perfect judge would be: the grader over iteration 1's candidates."""
