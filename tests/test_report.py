@@ -294,16 +294,16 @@ def test_checking_figures_of_invented_words_by_hand(tmp_path):
     inv = "Invent a word of 4 letters that starts with 'B' and ends with 'A'."
     assert report.mixes_right_and_wrong(inv, ["BOKA", "BOK"]) is False
     r = run_folder(tmp_path)
-    checked = lambda judged: report.checking_versus_doing(r, ["M1"], {"M1": [{"prompt": inv, "grade": 5}]})
+    checked = lambda: report.checking_versus_doing(r, ["M1"], {"M1": [{"prompt": inv, "grade": 5}]})
     write_jsonl(r.path("eval", "M1_judgments.jsonl"), [{"prompt": inv, "response": "BOKA or BIKE", "judgments": [
         "BOKA starts with B, ends with A and has 4 letters; asked: B, A, 4.\nScore: 5"]}])
-    assert checked(r)["M1"]["invent_copies"] == 1.0
+    assert checked()["M1"]["invent_copies"] == 1.0
     write_jsonl(r.path("eval", "M1_judgments.jsonl"), [{"prompt": inv, "response": "BOKEE", "judgments": [
         "BOKE: starts with B, asked B: yes; ends with E, asked A: no; has 5 letters, asked 4: no.\nScore: 1"]}])
-    assert checked(r)["M1"]["invent_yes_no"] == 1.0
+    assert checked()["M1"]["invent_yes_no"] == 1.0
     write_jsonl(r.path("eval", "M1_judgments.jsonl"), [{"prompt": inv, "response": w, "judgments": ["Score: 3"]}
                                                        for w in ("BOKA", "BIKA", "BOK", "BIK", "ZZZZ", "BOKO", "BIKO")])
-    found = checked(r)
+    found = checked()
     assert found["M1"]["invent_bare_n"] == [2, 5]
     [line] = [line for line in report.checking_lines(found) if line.startswith("Invent, checking")]
     assert "(2 right, 5 wrong" in line
@@ -312,6 +312,43 @@ def test_checking_figures_of_invented_words_by_hand(tmp_path):
     assert "about +-53 points" in line  # (100 * sqrt(1/4 / 1 + 1/4 / 9): both counts)
     assert report.left_out(run_folder(tmp_path, {"seed_data": "toy"}), [], {"iter1_meta_judgments": {}}, 1) == [
         ("iter1/meta_judgments.jsonl", "iteration 1: the diagnostics of its meta-judgments")]
+
+
+def test_what_the_report_writes_beside_its_tables(tmp_path):
+    """write_report's metrics record carries MT-Bench's figures and the
+    checking-against-doing figures seeds.py reads; a real-data run without
+    judge figures has no interval paragraph; where only M1 was judged the
+    text says the judge is drawn (as report.svg draws it); the second panel
+    of report.svg starts right of the first; the tables a finished run prints
+    leave out a title holding a '|'."""
+    assert report.real_rows(["M1"], {"M1": {"mt_bench": {"path": "x.jsonl", "answered": 80, "too_long": 0,
+                                                         "avg_length": 456.0}}})[1][0]["mt_bench"]["answered"] == 80
+    q = "Reverse the word 'ABC'."
+    got, r = [], run_folder(tmp_path / "toy", {"seed_data": "toy", "n_judge": 1})
+    r.metric = got.append
+    os.makedirs(r.path("done"))
+    write_jsonl(r.path("seed", "eft_eval.jsonl"), [{"responses": ["a", "b"], "ranks": [0, 1]}])
+    for name in ("SFT", "M1"):
+        write_jsonl(r.path("eval", f"{name}_test.jsonl"), [{"prompt": q, "grade": 5, "response": "CBA"}])
+    write_jsonl(r.path("eval", "M1_judgments.jsonl"), [
+        {"prompt": q, "response": "CBA", "score": 5.0, "scores": [5],
+         "judgments": ["The correct answer is CBA.\nScore: 5"]},
+        {"prompt": q, "response": "ABC", "score": 1.0, "scores": [1], "judgments": ["Score: 1"]}])
+    report.write_report(r, ["SFT", "M1"], {}, "x", 0)
+    # (the judge states the right answer in one of its two judgments)
+    assert [m["eval"]["checking"]["judge"] for m in got if "eval" in m and m["eval"].get("checking")] == [0.5]
+    assert ". Mean grade and judge pairwise accuracy drawn in report.svg" in open(r.path("report.md")).read()
+    r = run_folder(tmp_path / "real", {"seed_data": "oasst", "n_judge": 3})
+    r.metric = lambda m: None
+    os.makedirs(r.path("done"))
+    report.write_report(r, ["SFT", "M1"], {}, "x", 0)
+    assert "95% percentile-bootstrap intervals" not in open(r.path("report.md")).read()
+    figure = ET.fromstring(report.interval_figure(["M1"], {"M1": {"mean_grade": (5.0, (4.5, 5.0)),
+                                                                 "judge_accuracy": (0.5, (0.25, 0.75))}}))
+    titles = [float(t.get("x")) for t in figure.iter("{http://www.w3.org/2000/svg}text") if t.get("font-weight")]
+    assert len(titles) == 2 and titles[1] > 320  # (the first panel ends at 50 + 270)
+    (tmp_path / "report.md").write_text("# Self-rewarding run `a|b`\n\nwords\n\n| a |\n|---|\n")
+    assert report.table(str(tmp_path / "report.md")) == "| a |\n|---|"
 
 
 def test_right_candidates_by_hand(tmp_path):
