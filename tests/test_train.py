@@ -721,6 +721,19 @@ def test_dpo_eval_starts_at_ln2_and_ends_at_the_held_out_pairs_loss_by_hand(work
     assert abs(dpo_loss(train[:8]) - dpo_loss(held)) > 1e-3  # (so the figure tells the two sets apart)
 
 
+def record_modes(monkeypatch, module, name):
+    """module.name (a function of the model first) patched to record, at each
+    call, whether gradients are on and the training mode of every module;
+    returns the list it fills."""
+    seen, real = [], getattr(module, name)
+
+    def recorded(model, *args):
+        seen.append((torch.is_grad_enabled(), {m.training for m in model.modules()}))
+        return real(model, *args)
+    monkeypatch.setattr(module, name, recorded)
+    return seen
+
+
 def test_dropout_is_on_in_training_steps_only(work, tmp_path, monkeypatch):
     """With dropout on (the paper's 0.1; the other DPO tests run without it,
     where train and eval mode compute the same), the reference log-probs and
@@ -733,12 +746,7 @@ def test_dropout_is_on_in_training_steps_only(work, tmp_path, monkeypatch):
     evaluation turns dropout back on after the reference, the same. And by
     value: at step 0 the policy is the reference, so the held-out loss is
     exactly ln 2 only if neither is taken with dropout."""
-    seen, real = [], train_dpo.sequence_logps
-
-    def recorded(model, tokens, targets, env):
-        seen.append((torch.is_grad_enabled(), {m.training for m in model.modules()}))
-        return real(model, tokens, targets, env)
-    monkeypatch.setattr(train_dpo, "sequence_logps", recorded)
+    seen = record_modes(monkeypatch, train_dpo, "sequence_logps")
     out = tmp_path / "dpo"
     train_dpo.train(dpo_config(work, out, dropout=0.1, eval_fraction=0.25, eval_interval=1, max_steps=2))
     reference, evaluation, step = [False] * 16, [False] * 4, [True] * 4  # (with gradients or not)
@@ -758,12 +766,7 @@ def test_sft_dropout_is_on_in_training_steps_only_and_evaluates_on_schedule(work
     back on for the steps after it); the held-out loss is logged at step 0,
     every eval_interval steps and after the last step (4 steps, interval 2:
     0, 2, 4)."""
-    seen, real = [], train_sft.sft_loss_sum
-
-    def recorded(model, tokens, targets, env):
-        seen.append((torch.is_grad_enabled(), {m.training for m in model.modules()}))
-        return real(model, tokens, targets, env)
-    monkeypatch.setattr(train_sft, "sft_loss_sum", recorded)
+    seen = record_modes(monkeypatch, train_sft, "sft_loss_sum")
     out = tmp_path / "sft"
     train_sft.train(sft_config(work, out, dropout=0.1, eval_fraction=0.25, eval_interval=2))
     assert {grad for grad, _ in seen} == {True, False}
