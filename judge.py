@@ -211,6 +211,13 @@ def judgment_counts(score_lists):
     return {"judgments": len(scores), "judgments_with_score": sum(s is not None for s in scores)}
 
 
+def finished_flags(rec):
+    """A candidates or judgments record's "finished" flags (did each candidate
+    end its turn?); records written before the flags existed count every
+    candidate finished, as the loop then did."""
+    return rec.get("finished", [True] * len(rec["candidates"]))
+
+
 def regroup(flat, sizes):
     """A flat list cut back into its consecutive groups of `sizes` items."""
     groups, at = [], 0

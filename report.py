@@ -411,8 +411,7 @@ def right_candidates(r, t):
         grades = [toy.true_grade(x["prompt"], c) for c in x["candidates"]]  # (None: not a toy prompt)
         if None not in grades:
             right.append([g >= toy.RIGHT for g in grades])
-            finished = x.get("finished", [True] * len(grades))  # (records from before the flags: all finished)
-            paired.append([g >= toy.RIGHT for g, done in zip(grades, finished) if done])
+            paired.append([g >= toy.RIGHT for g, done in zip(grades, J.finished_flags(x)) if done])
     if not right:
         return None
     return {"prompts": len(right), "candidates": share([c for cs in right for c in cs]),

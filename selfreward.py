@@ -855,15 +855,8 @@ def stage_candidates(c, r, t, mt_path):
             "cut_off": cut_off}
 
 
-def finished_flags(rec):
-    """A candidates or judgments record's "finished" flags (did each candidate
-    end its turn?); records written before the flags existed count every
-    candidate finished, as the loop then did."""
-    return rec.get("finished", [True] * len(rec["candidates"]))
-
-
 def cut_off_count(recs):
-    return sum(not done for x in recs for done in finished_flags(x))
+    return sum(not done for x in recs for done in J.finished_flags(x))
 
 
 def judge_settings(c, seed):
@@ -879,7 +872,7 @@ def stage_judgments(c, r, t, mt_path):
         judged = J.judge_groups(net, tok, [x["prompt"] for x in chunk], [x["candidates"] for x in chunk],
                                 **judge_settings(c, sub_seed(c.seed, "judge", t, shard)))
         # "scores"[k]: candidate k's n_judge parsed scores; "score"[k]: their mean, the candidate's reward
-        return [{"prompt": x["prompt"], "candidates": x["candidates"], "finished": finished_flags(x),
+        return [{"prompt": x["prompt"], "candidates": x["candidates"], "finished": J.finished_flags(x),
                  **J.by_field(mine, ["judgments", "scores", "score", "too_long"])} for x, mine in zip(chunk, judged)]
 
     recs = generate_sharded(r, os.path.join(f"iter{t}", "judgments"), recs, c.shard_size, work)
@@ -979,7 +972,7 @@ def response_pairs(c, r, t):
         judged = grader_scored(judged, only_right=c.pair_by == "right")
     # a candidate cut off at max_response_tokens takes no part, as if unscored: chosen, it would teach DPO
     # to end an answer mid-sentence (a pair closes each response with the end-of-turn token)
-    judged = [{**x, "score": [s if done else None for s, done in zip(x["score"], finished_flags(x))]} for x in judged]
+    judged = [{**x, "score": [s if done else None for s, done in zip(x["score"], J.finished_flags(x))]} for x in judged]
     pairs, dropped = make_pairs(judged)
     if not pairs:
         scorer = "the judge" if c.pair_by in ("judge", "coin") else f"the grader (pair_by={c.pair_by!r})"
