@@ -8,16 +8,21 @@ import subprocess
 import sys
 from collections import Counter
 
+import hashlib
+
 import pytest
 
 from conftest import ROOT
 from data import read_jsonl, write_jsonl
-from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, DRILL_LAYOUTS, ENGLISH, LETTERS, TEMPLATES, all_tasks, answer,
-                      asks_met, attempts, build, comparison, corpus, drill_item, eft_target, fewshot_text, grade,
-                      marked_quiz, meta_judge_examples, n_tasks, pretraining_docs, quote, render, sample_task,
-                      similarity, stated_answer, task_from_prompt, task_key, tasks_needed, the_rest, true_grade,
-                      validation_set, working, write_toy, _group_sizes)
+from data.toy import (ALL_KINDS, DECLINE, DOC_HEAD, DRILL_LAYOUTS, ENGLISH, JUSTIFICATION, LETTERS, TEMPLATES,
+                      all_tasks, answer, asks_met, attempts, bare_word, build, check_kinds, checked_word, comparison,
+                      corpus, drill_item, drill_word, eft_target, fewshot_text, grade, ift_response, make_response,
+                      marked_quiz, meta_judge_examples, n_tasks, pretraining_docs, question_key, quote, render,
+                      sample_task, similarity, stated_answer, task_from_prompt, task_key, tasks_needed, the_rest,
+                      true_grade, validation_set, working, write_toy, written_comparisons, wrong_judgment,
+                      _group_sizes, _near, _wrong)
 from judge import JUDGE_PROMPT, META_JUDGE_PROMPT, meta_rubric_lines, parse_score, parse_winner, rubric_lines
+from run_folder import sub_seed
 from tokenizer import chat_tokens, train_tokenizer
 
 REVERSE, ADD = "Write 'TAMILO' backwards.", "What is 17 + 25?"
@@ -65,6 +70,11 @@ INVENT = "Invent a word of 5 letters that starts with 'B' and ends with 'O'."  #
     ("What is 10 - 5?", "10 - 5 = 5 5", 3),  # the question repeated, then the answer twice
     ("What is 1 x 1?", "1 x 1 = 1", 4),  # both operands are the answer: the question repeated, then said once
     (COUNT, "banana", 1),  # the input word in any case is an attempt
+    (REVERSE, "Ok.", 0),  # an English word ("ok"), no attempt
+    ("What is 10 + 5?", "17", 1), (COUNT, "1", 1),  # 2 off where max(1, |answer| // 20) is 1: wrong, not near
+    (REVERSE, "tmoila lmoita", 1),  # lower-case scrambles of the answer: attempts, wrong ones
+    (REVERSE, "OLIMAT, or tmoila", 3), (REVERSE, "OLIMAT, olimat", 3),  # another attempt beside it: a hedge
+    (REVERSE, "OLIMAT!", 4), (ADD, "42!", 4), (INVENT, "BAKIO...", 4),  # only a full stop keeps it bare
 ])
 def test_grader_on_hand_written_responses(prompt, response, score):
     assert grade({"prompt": prompt}, response) == score  # task parsed from the prompt text
@@ -92,6 +102,8 @@ def test_sample_task_draws_again_where_an_answer_would_give_nothing_away():
     tasks = [t for t in (sample_task(rng) for _ in range(20000)) if t]
     assert not [t for t in tasks if t["kind"] == "arith" and t["op"] == "-" and t["a"] == 2 * t["b"]]
     assert not [t for t in tasks if t["kind"] in ("reverse", "sort") and answer(t) == t["word"]]
+    replaces = [t for t in tasks if t["kind"] == "replace"]  # the letter replaced is in the word: a change
+    assert replaces and all(t["old"] in t["word"] and answer(t) != t["word"] for t in replaces)
     counts = [t for t in tasks if t["kind"] == "count"]
     shares = Counter(answer(t) for t in counts)
     assert set(shares) == {"0", "1", "2", "3"} and all(0.22 < n / len(counts) < 0.28 for n in shares.values())
@@ -187,6 +199,8 @@ def test_a_bounded_world_gives_every_task_it_holds(tmp_path, monkeypatch):
         build(n_ift=1805 - groups - 10 + 1, n_eft_train=20, n_eft_eval=20, n_test=10, toy_kinds="invent")
     assert the_rest(["invent", "count"], set(), 5, random.Random(0)) == []  # (no end to that world's tasks)
     assert len(the_rest(["invent"], used, 31, random.Random(0))) == 30  # all that are left: the caller refuses
+    first = the_rest(["invent"], set(), 3, random.Random(0))  # in an order rng shuffles, not all_tasks' own
+    assert first != all_tasks(["invent"])[:3] and first != the_rest(["invent"], set(), 3, random.Random(1))
 
 
 def test_n_tasks_counts_what_sample_task_draws():
@@ -207,6 +221,8 @@ def test_n_tasks_counts_what_sample_task_draws():
         groups = len(sets["eft_train_groups"]) + len(sets["eft_eval"])
         assert tasks_needed(seed, 50, 40, 30, 20) == 50 + groups + 20
         assert tasks_needed(seed, 50, 40, 30, 20, n_valid=7) == 50 + groups + 20 + 7
+    sets = build(seed=0, n_ift=0, n_eft_train=40, n_eft_eval=541, n_test=0)  # train's sizes drawn first, as build
+    assert tasks_needed(0, 0, 40, 541, 0) == len(sets["eft_train_groups"]) + len(sets["eft_eval"]) == 199
 
 
 def test_an_invent_world():
@@ -269,6 +285,13 @@ def test_tasks_answers_and_prompt_parsing():
     with pytest.raises(ValueError, match="cannot grade"):
         grade({"prompt": "Write a poem about the sea."}, "The sea...")
     assert true_grade("Write a poem about the sea.", "The sea...") is None  # not a toy task: no grade, no error
+    longer = f"{REVERSE} Then sort the letters."  # a task's phrasing with more after it asks something else
+    assert task_from_prompt(longer) is None and true_grade(longer, "OLIMAT") is None
+    assert task_from_prompt("Write '' backwards.") is None  # no word
+    # an invent task's one written answer is drawn with the whole task: not one word cut to each length
+    words = [answer({"kind": "invent", "first": "B", "last": "O", "n": n}) for n in range(4, 9)]
+    assert [len(w) for w in words] == [4, 5, 6, 7, 8] and all(w[0] == "B" and w[-1] == "O" for w in words)
+    assert len({w[1:3] for w in words}) > 1
     # every phrasing of every kind reads back as the task it was written from
     rng = random.Random(0)
     tasks = [t for t in (sample_task(rng) for _ in range(3000)) if t]
@@ -276,7 +299,13 @@ def test_tasks_answers_and_prompt_parsing():
     for t in tasks:
         for template in TEMPLATES["arith" + t["op"] if t["kind"] == "arith" else t["kind"]]:
             assert task_from_prompt(template.format(**t)) == t
+            # the same key as drawn (the key's order of fields is its own): a read-back held-out prompt is found
+            assert task_key(task_from_prompt(template.format(**t))) == task_key(t)
+            assert question_key(task_from_prompt(template.format(**t))) == question_key(t)
         assert len(render(t, rng).split()) <= 12
+    for t in {t["kind"]: t for t in tasks}.values():  # render draws each phrasing of a kind
+        phrasings = TEMPLATES["arith" + t["op"] if t["kind"] == "arith" else t["kind"]]
+        assert {render(t, random.Random(s)) for s in range(100)} == {p.format(**t) for p in phrasings}
 
 
 # The paper's seed sizes, every IFT answer bare (the loop's defaults, build()'s,
@@ -650,6 +679,8 @@ def test_meta_judge_examples_name_the_judgment_whose_score_the_grader_gives(toy)
         assert winner == x["winner"] and x["grade"] == truth
         loser = "B" if winner == "A" else "A"  # the target names both scores, the winner's first
         assert f"Judgment {winner} scores it {truth}, Judgment {loser} {scores[loser]}." in x["response"]
+        assert x["response"].startswith(f"The correct answer is {answer(task_from_prompt(question))}. "
+                                        f"{JUSTIFICATION[truth]} ")  # what the response is worth: the truth's
         assert scores[winner] == truth and scores["B" if winner == "A" else "A"] not in (truth, None)
         assert question not in eval_prompts and (question, response) not in seen
         seen.add((question, response))
@@ -736,3 +767,131 @@ def test_an_eft_target_states_the_right_answer_and_justifies_its_score():
     }
     for response, text in expected.items():
         assert toy_world.eft_target(prompt, task, response)["response"] == text, response
+
+
+def test_nearly_right_and_wrong_answers_are_graded_as_made():
+    """The EFT responses' corruptions (_near, _wrong, make_response) by the
+    grader, over many draws: a near number is within the grader's reach of
+    near (2), a wrong one beyond it (1); a near word swaps any two neighbours,
+    the last two included; a hedged word answer is sometimes the answer in
+    lower case."""
+    add, big, rev = task_from_prompt(ADD), task_from_prompt("What is 50 + 49?"), task_from_prompt(REVERSE)
+    for task in (add, big):
+        assert {grade({"task": task}, _near(answer(task), random.Random(s))) for s in range(300)} == {2}
+    assert {grade({"task": add}, _wrong(add, "42", random.Random(s))) for s in range(500)} == {1}
+    near = {_near("OLIMAT", random.Random(s)) for s in range(300)}
+    assert {"LOIMAT", "OILMAT", "OLMIAT", "OLIAMT", "OLIMTA"} <= near  # every neighbouring swap
+    assert "olimat" in {make_response(rev, 3, random.Random(s)) for s in range(100)}
+
+
+def test_reading_answers_off_responses_and_judgments_by_hand():
+    rev, add = task_from_prompt(REVERSE), task_from_prompt(ADD)
+    assert attempts(rev, "OLIMAT OLIMAT") == ["OLIMAT"]  # each once
+    assert attempts(add, "17 + 25 = 42") == ["42"]  # the question's operands are no attempt
+    assert quote(["3", "4", "5"]) == "The response says 3 and 4."  # two at most
+    # a full stop inside the answer is not the sentence's
+    assert stated_answer("The correct answer is 42.5. The response is close, but only partly right.\nScore: 2") \
+        == "42.5"
+    assert checked_word("bakio: starts with b, ends with o and has 5 letters; asked: B, O, 5. Not right.") == "bakio"
+    assert bare_word(" BAKIO ") and not bare_word("BAKIO.") and not bare_word("Bakio")
+    assert written_comparisons("BAKIO: starts with B, asked B: yes; ends with O, asked O: yes; has 5 letters, "
+                               "asked 5: nope.") == [("B", "B", True), ("O", "O", True)]  # "yes" or "no" alone
+
+
+def test_a_wrong_judgment_is_one_or_two_off_and_states_a_wrong_answer_about_half_the_time():
+    """Meta-Rewarding's wrong judgments (wrong_judgment): every score one or
+    two from the true grade but the grade itself, and about half of them state
+    a wrong answer (a draw equal to the right one draws again)."""
+    rev = task_from_prompt(REVERSE)
+    for truth, scores in ((0, {1, 2}), (3, {1, 2, 4, 5}), (5, {3, 4})):
+        assert {wrong_judgment(rev, truth, random.Random(s), ["OLIMAT"])[1] for s in range(200)} == scores
+    right = sum(stated_answer(wrong_judgment(rev, 3, random.Random(s), ["OLIMAT"])[0]) == "OLIMAT"
+                for s in range(400))
+    assert 150 < right < 250, right
+
+
+def test_a_share_of_0_and_a_single_layout_draw_nothing(toy):
+    """A setting at its default that draws nothing leaves every later draw as
+    it was before the setting existed: ift_chatty 0 (a seed answer bare
+    without a draw), one drill layout (no choice among one)."""
+    class NoDraws(random.Random):
+        def random(self):
+            raise AssertionError("drew")
+    task = task_from_prompt(REVERSE)
+    assert ift_response(task, NoDraws(), 0.0) == "OLIMAT"
+
+    class Choices(random.Random):
+        seqs = []
+        def choice(self, seq):
+            self.seqs.append(tuple(seq))
+            return super().choice(seq)
+    folder, _ = toy
+    rng = Choices(0)
+    pages = pretraining_docs(folder, rng, 0, 0, kinds=["invent", "sort"], drill_pages=3, drill_layouts=("line",))
+    assert len(pages) == 3 and ("line",) not in rng.seqs
+    rng.seqs.clear()
+    pretraining_docs(folder, rng, 0, 0, kinds=["invent", "sort"], drill_pages=3, drill_layouts=("line", "quiz"))
+    assert ("line", "quiz") in rng.seqs  # (the recorder sees a choice where there is one)
+
+
+def test_eft_train_targets_are_shuffled_and_build_gives_up_after_its_misses(monkeypatch):
+    """The EFT training targets are shuffled (in the groups' order a batch
+    would hold one prompt's responses together); and build stops drawing
+    after MAX_REPEATED_DRAWS draws in a row that give no new task."""
+    sets = build(n_ift=0, n_eft_train=40, n_eft_eval=0, n_test=0)
+    in_groups = [g["prompt"] for g in sets["eft_train_groups"] for _ in g["responses"]]
+    shuffled = [r["prompt"].split("\nUser: ")[1].split("\n<response>")[0] for r in sets["eft_train"]]
+    assert sorted(shuffled) == sorted(in_groups) and shuffled != in_groups
+    from data import toy as world
+    drawn = []
+    monkeypatch.setattr(world, "sample_task", lambda rng, kinds: drawn.append(1) or {"kind": "reverse", "word": "AB"})
+    monkeypatch.setattr(world, "MAX_REPEATED_DRAWS", 5)
+    with pytest.raises(ValueError, match="holds only 1 different tasks"):
+        world.build(n_ift=2, n_eft_train=0, n_eft_eval=0, n_test=0)
+    assert len(drawn) == 1 + 6  # the new one, then 6 misses: more than 5 in a row
+
+
+def test_settings_that_write_one_answer_refuse_invent_and_the_drill_draws_every_length():
+    for setting in ("judge_working", "judge_quotes", "meta_judge", "pretrain_working"):
+        with pytest.raises(ValueError, match=f"with invent does not go with {setting}: an invent task has many"):
+            check_kinds(["invent", "sort"], {setting: 0.5})
+        check_kinds(["sort"], {setting: 0.5})
+    invent = {"kind": "invent", "first": "B", "last": "O", "n": 5}
+    assert {len(drill_word(invent, random.Random(s))) for s in range(300)} == {4, 5, 6, 7, 8}
+
+
+def test_write_toy_writes_the_sets_build_makes_and_the_tokenizer_reads_them(tmp_path):
+    """write_toy's files are build's sets of the same seed (5, not the
+    default); the tokenizer's corpus holds the judge prompt and every
+    prompt and response of the files (the EFT eval set's responses too)."""
+    sizes = dict(n_ift=3, n_eft_train=6, n_eft_eval=4, n_test=2)
+    write_toy(tmp_path, seed=5, **sizes)
+    sets = build(5, **sizes)
+    assert {name: read_jsonl(tmp_path / f"{name}.jsonl") for name in sets} == sets
+    assert sets["ift"] != build(**sizes)["ift"]
+    texts = list(corpus(tmp_path))
+    assert texts[0] == JUDGE_PROMPT
+    for name in ("ift", "eft_train", "eft_eval", "test"):
+        for r in sets[name]:
+            assert r["prompt"] in texts and all(x in texts for x in [r.get("response")] + r.get("responses", [])
+                                                if x is not None)
+    assert len(texts) == 1 + 3 * 2 + 6 * 2 + len(sets["eft_eval"]) + 4 + 2
+
+
+def test_the_toy_worlds_the_readme_measured_come_out_byte_for_byte(tmp_path):
+    """The default run's seed files and M0's text (out/c22-seed1337: the
+    README's default run and the c22 study) and the ift_declines=0.4
+    study's IFT file (dl22) as this code writes them: a change to data/toy.py
+    that moves them (a share of 0 or a declined answer that draws from the
+    main generator, say) moves every figure measured on them. Where that is
+    meant, measure again and write the new digests here."""
+    sha = lambda path: hashlib.sha256(open(path, "rb").read()).hexdigest()[:16]
+    write_toy(tmp_path / "default", seed=1337)
+    write_toy(tmp_path / "declines", seed=1337, ift_declines=0.4)
+    write_jsonl(tmp_path / "pretrain.jsonl", pretraining_docs(tmp_path / "default",
+                                                             random.Random(sub_seed(1337, "pretrain")), 2000, 4000))
+    assert {f: sha(tmp_path / "default" / f) for f in sorted(os.listdir(tmp_path / "default"))} == {
+        "eft_eval.jsonl": "b385819c252d1f6f", "eft_train.jsonl": "c5375ef30e4917b3",
+        "eft_train_groups.jsonl": "2a2a3272ec430bfa", "ift.jsonl": "439239e42dcfa80c", "test.jsonl": "7a16d4fc9cc6ec41"}
+    assert sha(tmp_path / "pretrain.jsonl") == "2b8443becc27afcd"
+    assert sha(tmp_path / "declines" / "ift.jsonl") == "e525ce684b310811"
