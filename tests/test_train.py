@@ -98,6 +98,15 @@ def losses(out_dir, key="loss"):
         return [r[key] for r in map(json.loads, f) if key in r]
 
 
+def mfu_per_rate(out_dir):
+    """A run's logged MFU over its logged rate (all ranks together), step by
+    step: MFU is per device, so on 2 ranks half the one process's for the same
+    batches (estimate_mfu is linear in the rate)."""
+    ratios = [m / t for m, t in zip(losses(out_dir, "mfu"), losses(out_dir, "tokens_per_s"))]
+    assert ratios, out_dir  # (none logged would compare equal)
+    return ratios
+
+
 def max_weight_diff(a, b):
     A, B = load_model(a).state_dict(), load_model(b).state_dict()
     assert A.keys() == B.keys()
@@ -1043,6 +1052,7 @@ def test_fsdp_sft_matches_single_process(work, sft_single):
     # AdamW is blind to a uniform gradient scale; the logged norm is not
     assert losses(out, "grad_norm") == pytest.approx(losses(sft_single, "grad_norm"), rel=1e-5)
     assert max_weight_diff(out / "model", sft_single / "model") < W_TOL
+    assert mfu_per_rate(out) == pytest.approx([x / 2 for x in mfu_per_rate(sft_single)], rel=1e-9)
 
 
 def test_fsdp_dpo_matches_single_process(work, dpo_single):
@@ -1052,6 +1062,7 @@ def test_fsdp_dpo_matches_single_process(work, dpo_single):
     assert losses(out, "grad_norm") == pytest.approx(losses(dpo_single, "grad_norm"), rel=1e-5)
     assert losses(out, "rewards/margins") == pytest.approx(losses(dpo_single, "rewards/margins"), rel=1e-4, abs=1e-6)
     assert max_weight_diff(out / "model", dpo_single / "model") < W_TOL
+    assert mfu_per_rate(out) == pytest.approx([x / 2 for x in mfu_per_rate(dpo_single)], rel=1e-9)
 
 
 def test_under_torchrun_an_error_prints_once_and_a_busy_out_dir_is_refused(work, tmp_path):
