@@ -43,9 +43,12 @@ capitals, where make_word can write one (TAKE, OF): such an
 answer grades 0 where it should grade 1 or 2 (13 of 53,248 test answers the
 studies stored, all wrong; reading capitals as made-up words would change
 one EFT eval group of the default seed, and so every measured figure).
+The right answer in the wrong case is read as such, an English word too
+("take" for TAKE: 3).
 An operand the response repeats is working, not another candidate ("8 x 5
 = 40"), and where the answer equals an operand and the response repeats
-the question ("10 - 5 = 5") one of its copies is that operand.
+the question, each operand as often as the question has it ("10 - 5 = 5",
+"1 x 1 = 1"), one of its copies is that operand ("It is 1." says 1).
 The grader makes seed data and evaluates; with the paper's settings the
 self-rewarding loop never sees it (report.grader_inside lists the controls
 that let it in). It reads the task from record["task"], or parses it from the prompt text
@@ -89,6 +92,7 @@ import json
 import os
 import random
 import re
+from collections import Counter
 
 from data import read_jsonl, unwritable, write_jsonl
 from judge import JUDGE_PROMPT, judge_prompt, meta_judge_prompt
@@ -361,13 +365,14 @@ def grade(record, response):
         related = (task["word"] in map(str.upper, found) or len(words) == 1 or any(t.isupper() for t in words)
                    or bool(scrambled))
     hits = found.count(ans)
-    if ans in operands and all(x in found for x in operands):  # the question repeated, as working:
+    if ans in operands and not Counter(operands) - Counter(found):  # the question repeated, as working:
         hits = max(0, hits - operands.count(ans))  # "10 - 5 = 5" says the answer once, "10 - 5" not at all
+        # (each operand as often as the question has it: "1 x 1 = 1" says 1 once, "It is 1." too)
     if hits:  # right, but is it clean? one answer, said once, in a few words
         others = [t for t in tries if t != ans]
         return 3 if hits > 1 or others or len(text.split()) > 15 else 4
-    if ans in (t.upper() for t in near):
-        return 3  # the right letters in the wrong case
+    if ans in (t.upper() for t in found) and not ans.lstrip("-").isdigit():
+        return 3  # the right letters in the wrong case (an English word too: "take" for TAKE)
     return 2 if near else 1 if related else 0
 
 

@@ -69,6 +69,9 @@ INVENT = "Invent a word of 5 letters that starts with 'B' and ends with 'O'."  #
     (INVENT, " BAKIO. ", 5),  # spaces around the word, as around any answer
     ("What is 10 - 5?", "10 - 5 = 5 5", 3),  # the question repeated, then the answer twice
     ("What is 1 x 1?", "1 x 1 = 1", 4),  # both operands are the answer: the question repeated, then said once
+    ("What is 1 x 1?", "It is 1.", 4), ("What is 1 x 1?", "1 x 1", 1),  # the question repeated needs both 1s
+    ("Write 'EKAT' backwards.", "take", 3), ("Write 'EKAT' backwards.", "Take.", 3),  # an English word's letters
+    ("Write 'EKAT' backwards.", "TAKE", 5),  # in the wrong case are the answer in the wrong case, as any word's
     (COUNT, "banana", 1),  # the input word in any case is an attempt
     (REVERSE, "Ok.", 0),  # an English word ("ok"), no attempt
     ("What is 10 + 5?", "17", 1), (COUNT, "1", 1),  # 2 off where max(1, |answer| // 20) is 1: wrong, not near
