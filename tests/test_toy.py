@@ -823,18 +823,18 @@ def test_a_share_of_0_and_a_single_layout_draw_nothing(toy):
     task = task_from_prompt(REVERSE)
     assert ift_response(task, NoDraws(), 0.0) == "OLIMAT"
 
+    chosen_from = []
+
     class Choices(random.Random):
-        seqs = []
         def choice(self, seq):
-            self.seqs.append(tuple(seq))
+            chosen_from.append(tuple(seq))
             return super().choice(seq)
     folder, _ = toy
-    rng = Choices(0)
-    pages = pretraining_docs(folder, rng, 0, 0, kinds=["invent", "sort"], drill_pages=3, drill_layouts=("line",))
-    assert len(pages) == 3 and ("line",) not in rng.seqs
-    rng.seqs.clear()
-    pretraining_docs(folder, rng, 0, 0, kinds=["invent", "sort"], drill_pages=3, drill_layouts=("line", "quiz"))
-    assert ("line", "quiz") in rng.seqs  # (the recorder sees a choice where there is one)
+    pages = pretraining_docs(folder, Choices(0), 0, 0, kinds=["invent", "sort"], drill_pages=3,
+                             drill_layouts=("line",))
+    assert len(pages) == 3 and ("line",) not in chosen_from
+    pretraining_docs(folder, Choices(0), 0, 0, kinds=["invent", "sort"], drill_pages=3, drill_layouts=("line", "quiz"))
+    assert ("line", "quiz") in chosen_from  # (the recorder sees a choice where there is one)
 
 
 def test_eft_train_targets_are_shuffled_and_build_gives_up_after_its_misses(monkeypatch):
