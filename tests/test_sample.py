@@ -182,6 +182,7 @@ def test_a_prefix_is_shared_only_when_every_prompt_starts_with_it(tiny):
     only: here the second lacks the first's 70 tokens (it has them later),
     so nothing is shared, and the answers are those of sharing turned off."""
     assert S.common_prefix_length([[1, 2, 3], [1, 9], [1, 2, 3]]) == 1
+    assert S.common_prefix_length([[1, 2, 3], [1, 2, 3], [1, 9]]) == 1  # the last one too
     base = random_prompts([70], seed=2)[0]
     prompts = [base + [5, 6], [3, 4] + base, base + [7, 8]]
     assert (generate(tiny, prompts, 4, temperature=0, min_shared_prefix=8, progress=False)
@@ -302,6 +303,34 @@ def test_temperature_sharpens_by_hand():
     share = torch.bincount(draws, minlength=4).double() / 8000  # at T = 2: square roots, 2.83 : 2 : 1.41 : 1.41
     expected = torch.tensor([0.5, 0.25, 0.125, 0.125], dtype=torch.float64).sqrt()
     assert torch.allclose(share, expected / expected.sum(), atol=0.015)
+    # at T = 0.25, fourth powers: 256 : 16 : 1 : 1 of 274 (below 0.5 too)
+    assert [int(next_token(logits, 0.25, 1.0, torch.tensor([256 / 274 + d], dtype=torch.float64)))
+            for d in (-1e-6, 1e-6)] == [0, 1]
+
+
+def test_the_nucleus_edges_and_the_cdf_by_hand():
+    """top_p = 1 filters nothing: a token of probability 9e-14 (exp(-30))
+    stays drawable, where a filter at 1 would drop it (the mass before it
+    rounds to 1 in fp32); just under 1 (0.995) the filter is on: 0.004 of
+    the mass lies past it. The CDF is summed in float64: a token of 1e-9
+    between two halves keeps its share (an fp32 sum loses it)."""
+    draw = lambda probs, top_p, u: int(next_token(torch.log(torch.tensor([probs])), 1.0, top_p,
+                                                  torch.tensor([u], dtype=torch.float64)))
+    assert int(next_token(torch.tensor([[0.0, -30.0]]), 1.0, 1.0, torch.tensor([1 - 1e-15], dtype=torch.float64))) == 1
+    assert draw([0.5, 0.496, 0.004], 0.995, 0.999) == 1 and draw([0.5, 0.496, 0.004], 1.0, 0.999) == 2
+    assert draw([0.5, 1e-9, 0.5], 1.0, 0.5) == 1
+
+
+def test_row_uniforms_are_the_runs_own_float64_draws():
+    """Each sample's uniforms: full float64 resolution (fp32's are multiples of
+    2^-24, too coarse to reach a token below ~6e-8); seeded by (seed, k), so
+    seed 7's sample 1 is not seed 8's sample 0; and the draws every run so far
+    made (the README's included: a change redraws every sample they hold)."""
+    u = S.row_uniforms(7, [0], 1000)
+    assert u.dtype == torch.float64 and ((u * 2**24) != (u * 2**24).round()).any()
+    assert not torch.equal(S.row_uniforms(7, [1], 5), S.row_uniforms(8, [0], 5))
+    assert S.row_uniforms(1337, [0, 1], 2).tolist() == [[0.09149272321582413, 0.5303300905025853],
+                                                       [0.24399974794890367, 0.41400276958626625]]
 
 
 
@@ -468,6 +497,20 @@ def test_cache_grows_by_chunks_and_steps_read_one_block(tiny):
     # 5 slots filled -> 8; 9 -> 16; ... ; 35 -> 40 (max_slots, not 48)
     assert slots == [8] * 4 + [16] * 8 + [24] * 8 + [32] * 8 + [40] * 3
     torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_a_cache_too_small_and_a_padded_one_token_pass(tiny):
+    """The cache's own checks, used directly (model.forward with a cache):
+    more tokens than slots is a clear error; a one-token pass with a padding
+    mask leaves the padded row's slot out of attention, as a longer one does."""
+    cache = S.KVCache(tiny.args, 1, 8, "cpu")
+    with torch.no_grad(), pytest.raises(ValueError, match="KV cache full: 9 slots needed, room for 8"):
+        tiny(torch.tensor([[5] * 9]), cache=cache)
+    cache = S.KVCache(tiny.args, 2, 8, "cpu")
+    with torch.no_grad():
+        tiny(torch.tensor([[0], [9]]), cache=cache, pad_mask=torch.tensor([[True], [False]]))
+        tiny(torch.tensor([[7], [7]]), cache=cache)
+    assert cache.valid[:, :2].tolist() == [[False, True], [True, True]]
 
 
 def test_context_limit_cuts_completions():
