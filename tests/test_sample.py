@@ -483,26 +483,31 @@ def test_cache_grows_by_chunks_and_steps_read_one_block(tiny):
     prompt = [5, 6, 7, 8, 9]
     cache = S.KVCache(tiny.args, 1, 40, "cpu")
     cache.CHUNK = 8
-    tokens, slots = list(prompt), []
+    tokens, slots, buffers = list(prompt), [], []
     with torch.no_grad():
         logits = tiny(torch.tensor([prompt]), cache=cache)[:, -1]
         slots.append(cache.keys[0].shape[2])
+        buffers.append(cache.keys[0].data_ptr())
         for _ in range(30):
             tokens.append(int(logits.argmax()))
             logits = tiny(torch.tensor([tokens[-1:]]), cache=cache)[:, -1]
             slots.append(cache.keys[0].shape[2])
+            buffers.append(cache.keys[0].data_ptr())
             k, v = cache.layer(tiny.args.n_layers - 1)
             assert k.is_contiguous() and v.is_contiguous() and k.shape[2] == cache.slots
         reference = tiny(torch.tensor([tokens]))[:, -1]
     # 5 slots filled -> 8; 9 -> 16; ... ; 35 -> 40 (max_slots, not 48)
     assert slots == [8] * 4 + [16] * 8 + [24] * 8 + [32] * 8 + [40] * 3
+    # a step inside a chunk writes into the buffer it has (one allocation a chunk, not one a step)
+    assert all(b == a for a, b, n, m in zip(buffers, buffers[1:], slots, slots[1:]) if n == m)
     torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)
 
 
-def test_a_cache_too_small_and_a_padded_one_token_pass(tiny):
+def test_a_cache_too_small_a_padded_one_token_pass_and_too_many_rows(tiny):
     """The cache's own checks, used directly (model.forward with a cache):
     more tokens than slots is a clear error; a one-token pass with a padding
-    mask leaves the padded row's slot out of attention, as a longer one does."""
+    mask leaves the padded row's slot out of attention, as a longer one does;
+    selecting more rows than its capacity is a clear error."""
     cache = S.KVCache(tiny.args, 1, 8, "cpu")
     with torch.no_grad(), pytest.raises(ValueError, match="KV cache full: 9 slots needed, room for 8"):
         tiny(torch.tensor([[5] * 9]), cache=cache)
@@ -511,6 +516,11 @@ def test_a_cache_too_small_and_a_padded_one_token_pass(tiny):
         tiny(torch.tensor([[0], [9]]), cache=cache, pad_mask=torch.tensor([[True], [False]]))
         tiny(torch.tensor([[7], [7]]), cache=cache)
     assert cache.valid[:, :2].tolist() == [[False, True], [True, True]]
+    cache = S.KVCache(tiny.args, 2, 8, "cpu", capacity=3)
+    with torch.no_grad():
+        tiny(torch.tensor([[5, 6], [7, 8]]), cache=cache)
+    with pytest.raises(ValueError, match="KV cache has room for 3 rows, 4 asked for"):
+        cache.select(torch.tensor([0, 0, 1, 1]))
 
 
 def test_context_limit_cuts_completions():
