@@ -521,6 +521,21 @@ def test_a_cache_too_small_a_padded_one_token_pass_and_too_many_rows(tiny):
         tiny(torch.tensor([[5, 6], [7, 8]]), cache=cache)
     with pytest.raises(ValueError, match="KV cache has room for 3 rows, 4 asked for"):
         cache.select(torch.tensor([0, 0, 1, 1]))
+    cache = S.StaticKVCache(tiny.args, 2, 8, "cpu")  # the static cache's one-token pass with padding too
+    with torch.no_grad():
+        tiny(torch.tensor([[5, 6], [7, 8]]), cache=cache)
+        tiny(torch.tensor([[0], [9]]), cache=cache, pad_mask=torch.tensor([[True], [False]]))
+        tiny(torch.tensor([[7], [7]]), cache=cache)
+    assert cache.valid[:, :4].tolist() == [[True, True, False, True], [True, True, True, True]]
+    # a shared prefix cache with room to spare (generate sizes it exactly): rows read its filled slots only
+    prefix = S.KVCache(tiny.args, 1, 40, "cpu")
+    with torch.no_grad():
+        tiny(torch.tensor([[5, 6, 7, 8, 9]]), cache=prefix)
+        cache = S.KVCache(tiny.args, 1, 8, "cpu", prefix=prefix)
+        tiny(torch.tensor([[10, 11]]), cache=cache)
+        logits = tiny(torch.tensor([[12]]), cache=cache)[:, -1]
+        torch.testing.assert_close(logits, tiny(torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]]))[:, -1], atol=1e-4,
+                                   rtol=1e-4)
 
 
 def test_context_limit_cuts_completions():
@@ -538,12 +553,39 @@ def test_bad_input_is_a_clear_error(tiny):
         (dict(top_p=1.5), "top_p"),
         (dict(temperature=-0.1), "temperature"),
         (dict(n=0), "n and batch_size"),
+        (dict(batch_size=0), "n and batch_size must be >= 1, got n=1, batch_size=0"),
+        (dict(max_new_tokens=-1), "max_new_tokens must be >= 0, got -1"),
+        (dict(top_p=1.2), r"top_p must be in \(0, 1\], got 1.2"),
+        (dict(temperature=-0.01), "temperature"),
+        (dict(prompts=torch.tensor([[5, 6, 7]])), "prompts must be a non-empty list of token-id lists"),
     ]
     for change, message in cases:
         kw = dict(prompts=[[1, 2]], max_new_tokens=2, progress=False) | change
         with pytest.raises(ValueError, match=message):
             generate(tiny, **kw)
     assert generate(tiny, [[1, 2]], 0, progress=False) == [[]]
+    with torch.no_grad():  # no token asked for: n empty completions a prompt, and no forward pass
+        seen = []
+        with pytest.MonkeyPatch.context() as m:
+            seen = forward_shapes(m)
+            assert generate(tiny, [[1, 2], [3]], 0, n=3, progress=False) == [[]] * 6
+        assert seen == []
+    # fits: a prompt with room for one token at least, not an empty one
+    assert S.fits(tiny, [1] * 511) and not S.fits(tiny, [1] * 512) and not S.fits(tiny, [])
+
+
+def test_generate_defaults_and_its_name():
+    """generate's defaults sample plainly (temperature 1, top_p 1); seed None
+    draws a new seed each call; the autograd wrapper keeps its name and
+    docstring (help(generate))."""
+    import inspect
+    params = inspect.signature(generate).parameters
+    assert (params["temperature"].default, params["top_p"].default) == (1.0, 1.0)
+    assert generate.__name__ == "generate" and generate.__doc__.strip().startswith("Sample n completions")
+    torch.manual_seed(0)
+    model = M.Transformer(M.preset("toy-tiny")).eval()
+    assert generate(model, [[5, 6, 7]], 8, seed=None, progress=False) != generate(model, [[5, 6, 7]], 8, seed=None,
+                                                                                  progress=False)
 
 
 def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsys):
@@ -917,6 +959,17 @@ def test_static_cache_of_the_compiled_decode_step(tiny, monkeypatch):
     chain = chain_model()  # rows finishing at different steps: the batch shrinks
     assert generate(chain, [[3, 14], [5, 15], [9], [7, 0]], 6, eos_id=EOS, compile=True, **kw) == [
         [15, 0, 1], [0, 1], [10, 11, 12, 13, 14, 15], [1]]
+    # in bf16, with a head size whose 1/sqrt is no power of two: the static cache's mask in the compute
+    # dtype, as the growing cache's (an fp32 mask moved 3 of these 8 completions)
+    torch.manual_seed(0)
+    bf16 = M.Transformer(M.preset("toy-tiny", head_dim=24)).eval()
+    with torch.no_grad():
+        for layer in bf16.layers:
+            layer.attention.wq.weight.mul_(15)
+            layer.attention.wk.weight.mul_(15)
+    bf16 = bf16.to(torch.bfloat16)
+    prompts = random_prompts([20] * 8)
+    assert generate(bf16, prompts, 30, compile=True, **kw) == generate(bf16, prompts, 30, **kw)
 
 
 def test_decode_step_communication_tensor_parallel_against_fsdp():
