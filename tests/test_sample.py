@@ -175,6 +175,20 @@ def test_shared_prefix_is_prefilled_once(tiny, monkeypatch):
         seen.clear()
         generate(tiny, prompts, 3, temperature=0, batch_size=3, min_shared_prefix=at_least, progress=False)
         assert [s for s in seen if s[1] > 1][0] == first
+    seen.clear()  # a lone prompt shares its prefix with no one: one prefill of it all
+    generate(tiny, [rubric], 3, temperature=0, progress=False)
+    assert seen == [(1, 80), (1, 1), (1, 1)]
+
+
+def test_a_shared_prefix_counts_in_each_rows_room():
+    """The room left for new tokens is the context less the whole prompt, the
+    shared prefix included: prompts of 120 and 110 tokens sharing 100, in a
+    context of 128, get 8 and 18 new tokens of the 50 asked for."""
+    torch.manual_seed(0)
+    model = M.Transformer(M.preset("toy-tiny", max_seq_len=128)).eval()
+    base = random_prompts([100])[0]
+    prompts = [base + p for p in random_prompts([20, 10], seed=1)]
+    assert [len(c) for c in generate(model, prompts, 50, temperature=0, progress=False)] == [8, 18]
 
 
 def test_a_prefix_is_shared_only_when_every_prompt_starts_with_it(tiny):
@@ -1032,6 +1046,10 @@ def test_generation_memory_plan_70b_by_hand():
     assert plan["rows"]["sampling (logits, top-p)"] == 48 * 32000
     two = S.memory_plan(M.preset("llama2-70b"), 8, 2, 4096, 1024)  # every per-row figure twice
     assert two["rows"]["KV cache"] == 2 * plan["rows"]["KV cache"]
+    assert plan["weights_fit"] and plan["text"].splitlines()[-1].startswith(
+        "  80 GB GPUs (85% usable): batch 1 fits; at most ")
+    one_gpu = S.memory_plan(M.preset("llama2-70b"), 1, 1, 4096, 1024)  # 138 GB of weights on one 80 GB GPU
+    assert not one_gpu["weights_fit"] and one_gpu["text"].endswith("the weights alone do not fit; use a larger tp")
 
 
 def test_a_row_whose_context_is_full_stops_costing_work(monkeypatch):
@@ -1046,7 +1064,7 @@ def test_a_row_whose_context_is_full_stops_costing_work(monkeypatch):
     assert passes == [(1, 5), (1, 1), (1, 1)]
 
 
-def test_kept_answers_keeps_whole_chunks_only(tmp_path):
+def test_kept_answers_keeps_whole_chunks_only(tmp_path, capsys):
     """OUT.partial with 4 answers written in chunks of 3 (a kill after the
     first line of the second chunk reached the disk): 3 are kept, the file is
     cut to its header and those 3, and the next chunk starts at prompt 3."""
@@ -1058,6 +1076,11 @@ def test_kept_answers_keeps_whole_chunks_only(tmp_path):
     with open(path, "a+", encoding="utf-8") as f:
         assert S.kept_answers(f, "fp", 3, shown) == 3
     assert path.read_text() == header + "".join(answers[:3])
+    # one answer made with other settings: none kept, and the note says why
+    path.write_text(header + answers[0])
+    with open(path, "a+", encoding="utf-8") as f:
+        assert S.kept_answers(f, "other", 3, {"seed": 2}) == 0
+    assert "not resuming from" in capsys.readouterr().err
 
 
 def test_each_chunk_of_a_prompts_file_samples_with_its_own_seed(toy_tokenizer_path, tmp_path):
