@@ -10,7 +10,8 @@ own share of the prompts, and have rank 0 write every result as JSON.
      tensor-parallel groups of 2 ranks, dp = 2, each group sampling its share)
 
 jobs.json: [{"ckpt": DIR, "prompts": [[ids], ...], "kwargs": {...},
-             "layout": "fsdp" | "tp", "dtype": "float32" | "bfloat16"}, ...]
+             "layout": "fsdp" | "tp", "dtype": "float32" | "bfloat16",
+             "global_seed": N (optional: rank r seeds torch's generator N + r first)}, ...]
   fsdp  FSDP2 over both ranks (the training layout, distributed.shard): in
         bf16 through MixedPrecisionPolicy(param_dtype=bf16) on fp32 master
         weights, as on GPUs
@@ -63,6 +64,8 @@ for job in jobs:
         model = load_model(job["ckpt"]).eval()  # fp32 master weights
         D.shard(model, replace(env, dtype=dtype))  # FSDP2; in bf16 it casts each unit's gathered weights
     sampled.clear()
+    if "global_seed" in job:  # each rank's global generator in a state of its own (a job with seed None)
+        torch.manual_seed(job["global_seed"] + dist.get_rank())
     results.append(generate(model, job["prompts"], progress=False, **job["kwargs"]))
     # each rank (tp: each group, its ranks together) sampled its own share: shares disjoint, all prompts covered
     shares = [None] * world

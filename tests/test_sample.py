@@ -825,6 +825,9 @@ def test_two_ranks_fsdp_and_tensor_parallel_equal_one_process(tiny, tmp_path):
             for layout in ("fsdp", "tp") for ck, p, kw in exact]
     jobs += [dict(ckpt=ck, prompts=p, kwargs=kw, layout=layout, dtype="bfloat16")
              for layout in ("fsdp", "tp") for ck, p, kw in bf16]
+    # seed None, each rank's global generator in a state of its own: every rank samples with rank 0's draw
+    jobs.append(dict(ckpt=tiny_ckpt, prompts=MIXED, kwargs={**sampled, "seed": None}, layout="fsdp", dtype="float32",
+                     global_seed=100))
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -836,6 +839,8 @@ def test_two_ranks_fsdp_and_tensor_parallel_equal_one_process(tiny, tmp_path):
     models = {tiny_ckpt: tiny, chain_ckpt: chain, tied_ckpt: tied}
     for job, got in zip(jobs, results):
         if job["dtype"] == "float32":
+            if "global_seed" in job:
+                torch.manual_seed(job["global_seed"])  # as rank 0's
             assert got == generate(models[job["ckpt"]], job["prompts"], progress=False, **job["kwargs"]), job["layout"]
     chain_results = [got for job, got in zip(jobs, results) if job["ckpt"] == chain_ckpt]
     assert len(chain_results) == 2 and all(r[5] == [1] and len(r[0]) == 12 for r in chain_results)  # EOS early on one rank, late on the other
