@@ -48,6 +48,11 @@ def test_prompt_fills_its_two_slots():
     ("Score:\n1 point for relevance", None), ("Score: four", None), ("", None), ("No score here.", None),
     ("Score: 4\nScore: 9", None),  # the concluding one is unreadable: no guessing from the earlier
     ("Score: 2\n\nScore: N/A for style", 2),  # a mark with no number is no mark
+    ("Scores: 4", None), ("The response is fine.\nScores: 3", None),  # the word "score", not "scores"
+    ("Score: __4__", 4),  # markdown underscores around the number, as asterisks
+    ("Score+3:", None), ("Score: 4\nScore-1: n/a", 4),  # "Score 4:" needs the space: "Score-1:" is no mark
+    ("Score: 4 OR 5", None), ("Score: 3 To 4", None),  # a choice or a range in capitals too
+    ("Score: 1+1 = 3/5", None), ("Score: 1+1+1 = 4 out of 5", None),  # a wrong sum stays wrong on a scale of 5
     # points added up: the total, if it is their sum
     ("Score: 1+1+1+0 = 3", 3), ("Score: 1 + 1 + 1 = 3/5", 3), ("**Score: 1+1 = 2**", 2),
     ("Score: 1+1+1", None), ("Score: 1+1 = 3", None),
