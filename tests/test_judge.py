@@ -156,7 +156,7 @@ def test_judge_averages_and_keeps_the_raw_judgments():
              "**Score**: 1", "Score 0:", "Score: 1/5"]                # response 3: mean 2/3
     gen, calls = stub_generate(texts)
     records = judge(MODEL, CharTokenizer(), ["p0", "p1", "p2", "p3"], ["r0", "r1", "r2", "r3"],
-                    n_samples=3, seed=7, max_new_tokens=64, generate_fn=gen)
+                    seed=7, max_new_tokens=64, generate_fn=gen)  # the defaults: the paper's 3 at T 0.7, top-p 0.9
     scores = [x["score"] for x in records]
     assert scores[:3] == [4.0, 2.0, None] and scores[3] == pytest.approx(2 / 3)
     assert records[1] == {"prompt": "p1", "response": "r1", "judgments": ["Score: 2", "no idea", "Score: 9"],
@@ -167,6 +167,9 @@ def test_judge_averages_and_keeps_the_raw_judgments():
         == (3, 0.7, 0.9, [2], 7, 64)
     assert CharTokenizer().decode(call["prompts"][1][1:]) == "[INST] " + judge_prompt("p1", "r1") + " [/INST]"
     assert judge(MODEL, CharTokenizer(), [], [], generate_fn=gen) == []
+    gen, calls = stub_generate(["Score: 1"])  # settings given reach the sampler
+    judge(MODEL, CharTokenizer(), ["p"], ["r"], n_samples=1, temperature=0.2, top_p=0.5, generate_fn=gen)
+    assert (calls[0]["n"], calls[0]["temperature"], calls[0]["top_p"]) == (1, 0.2, 0.5)
 
 
 
