@@ -183,6 +183,11 @@ def test_judge_groups_is_judge_on_the_flat_list_regrouped():
                  generate_fn=gen2)
     assert grouped == [flat[:2], [], flat[2:]] and calls == calls2 and len(calls) == 1  # one sampler call
     assert [[j["score"] for j in g] for g in grouped] == [[2.5, 2.0], [], [4.0, 2.0]]
+    gen, _ = stub_generate(["Score: 1"] * 3)  # groups of unequal sizes keep their own responses
+    uneven = judge_groups(MODEL, CharTokenizer(), ["p0", "p1"], [["a"], ["b", "c"]], n_samples=1, generate_fn=gen)
+    assert [[j["response"] for j in g] for g in uneven] == [["a"], ["b", "c"]]
+    # judgments and those with a score (a 0 is a score)
+    assert J.judgment_counts([[0, None, 3], [None]]) == {"judgments": 4, "judgments_with_score": 2}
     assert [j["response"] for j in grouped[2]] == ["c", "d"] and grouped[2][0]["prompt"] == "p2"
 
 def test_reward_metrics_by_hand():
@@ -395,6 +400,15 @@ def test_a_judgment_that_opens_with_its_score_keeps_the_text_after_the_whole_mar
     assert judgment_as_target("Clear. Score: 4\nOK") == "Clear.\nScore: 4"
     assert judgment_as_target("Relevant and complete.\nScore: 4\n\nNote: it could also mention the date.") == (
         "Relevant and complete.\nScore: 4")
+    # a mark whose number is no score makes no target
+    assert judgment_as_target("Good answer. Score: 9") is None and judgment_as_target("Score: 3-4") is None
+    # the punctuation that closes the mark goes with it
+    assert judgment_as_target("Score: 4; the response answers the question.") == \
+        "the response answers the question.\nScore: 4"
+    assert judgment_as_target("Score: 4/5: clear and correct.") == "clear and correct.\nScore: 4"
+    # a label of up to 30 characters before the mark is a label, not the justification
+    assert judgment_as_target("Final evaluation: Score: 4\nThe response answers the question well.") == \
+        "The response answers the question well.\nScore: 4"
 
 
 def test_judgment_targets_from_a_large_models_real_judgments_start_with_its_words():
@@ -531,6 +545,10 @@ def test_downsample_with_two_scores():
     """Scores 4, 4, 4, 2: the top score (4) is cut to the next one's count (1)."""
     kept = J.downsample_top_score([{"score": 4}, {"score": 4}, {"score": 4}, {"score": 2}])
     assert sorted(r["score"] for r in kept) == [2, 4]
+    # which of the top score's records are kept is the seed's draw: other seeds, others
+    records = [{"score": 4, "id": i} for i in range(10)] + [{"score": 2, "id": 10}, {"score": 2, "id": 11}]
+    kept_by_seed = {tuple(sorted(r["id"] for r in J.downsample_top_score(records, seed=s))) for s in range(5)}
+    assert len(kept_by_seed) > 1 and all(len(k) == 4 and k[-2:] == (10, 11) for k in kept_by_seed)
 
 
 def test_judge_file_group_only_partly_ranked_by_humans_counts_as_unranked():
