@@ -305,6 +305,13 @@ def test_eft_targets_keep_agreeing_groups_and_downsample():
     assert {"prompt": judge_prompt("g2", "g"), "response": "Off-topic answer.\nScore: 1", "score": 1,
             "instruction": "g2"} in records
     assert {"prompt": judge_prompt("g2", "f"), "response": "Score: 5", "score": 5, "instruction": "g2"} in records
+    # which records of the top score survive is the seed's draw (make_eft_targets passes it on)
+    unranked = [{"prompt": "u", "responses": [f"r{i}" for i in range(12)], "ranks": None}]
+    gen, calls = stub_generate(["Score: 4"] * 10 + ["Score: 2"] * 2)
+    judged = judge_eft_groups(MODEL, CharTokenizer(), unranked, n_attempts=1, generate_fn=gen)
+    assert calls[0]["seed"] is not None  # the judging itself is seeded by default: the same targets again
+    kept = {tuple(sorted(r["prompt"] for r in make_eft_targets(judged, seed=s))) for s in range(5)}
+    assert len(kept) > 1 and all(len(k) == 4 for k in kept)
 
 
 def test_eft_targets_keep_the_first_attempt_that_agrees_and_only_it():
@@ -464,7 +471,8 @@ def test_read_judge_file_names_a_bad_line(tmp_path):
                      ({"prompt": "p", "completion": {}}, "'completion' maps"),
                      ({**ours, "ranks": [0]}, "'ranks', where given, must be a list of integers >= 0"),
                      ({**ours, "ranks": "best"}, "'ranks', where given"),
-                     ({**ours, "ranks": [True, False]}, "'ranks', where given")]:
+                     ({**ours, "ranks": [True, False]}, "'ranks', where given"),
+                     ({**ours, "ranks": []}, "'ranks', where given")]:  # (empty: given, and not one a response)
         write_jsonl(bad, [ours, rec])
         with pytest.raises(ValueError, match=r"bad.jsonl:2: " + re.escape(why)):
             read_judge_file(bad)
