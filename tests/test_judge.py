@@ -495,6 +495,9 @@ def test_read_judge_file_names_a_bad_line(tmp_path):
     ("Winner: B\nWinner: neither", None), ("Winner:\nA", None), ("", None),
     ("Conclude with the better judgment using the format: “Winner: <A or B>”", None),
     ("Winner: A or neither", None), ("Winner: A / tie", None), ("Nonwinner: B", None),  # a letter, then more
+    ("Winner A", None), ("**Winner** B", None),  # no colon: no verdict
+    ("Winner: A | tie", None), ("Winner: A & both are fine", None), ("Winner: A and both are close", None),
+    ("Winner: A OR the other one", None), ("Winner: A AND the other", None),  # a choice in capitals too
 ])
 def test_parse_winner_table(text, winner):
     assert J.parse_winner(text) == winner
@@ -506,8 +509,12 @@ def test_meta_judge_prompt_fill():
     assert "Judgment A:\nThe correct answer is BA.\nScore: 5\nJudgment B:\nWrong.\nScore: 1\n" in text
     assert J.RUBRIC in text and text.endswith("“Winner: <A or B>”")
     assert J.parse_winner(text) is None and "<" + "INSTRUCTION_HERE>" not in text
-    # one pass: a placeholder inside a judgment is left alone
+    # one pass: a placeholder inside a judgment, or the question, is left alone
     assert "<RESPONSE_HERE>" in J.meta_judge_prompt("q", "r", "<RESPONSE_HERE>", "b")
+    assert "User: Repeat the text <RESPONSE_HERE> literally\n" in J.meta_judge_prompt(
+        "Repeat the text <RESPONSE_HERE> literally", "resp", "ja", "jb")
+    assert "Judgment A:\nI compare with <JUDGMENT_B_HERE>\n" in J.meta_judge_prompt(
+        "q", "r", "I compare with <JUDGMENT_B_HERE>", "jb")
     # its fixed lines that the judge prompt lacks, each once
     lines = J.meta_rubric_lines()
     assert "Judgment A:" in lines and "Judgment B:" in lines and not set(lines) & set(J.rubric_lines())
@@ -547,6 +554,9 @@ def test_compare_judgments_skips_and_marks_prompts_longer_than_the_context():
     assert [b["winner"] for b in out[1]] == ["A", "B"] and len(calls[0]["prompts"]) == 2
     gen, calls = stub_generate([])
     assert J.compare_judgments(StubModel(room), tok, [long], generate_fn=gen)[0][0]["too_long"] and calls == []
+    gen, calls = stub_generate(["Winner: A", "Winner: B"])  # a verdict needs few tokens: 64 by default
+    J.compare_judgments(MODEL, tok, [short], generate_fn=gen)
+    assert calls[0]["max_new_tokens"] == 64
 
 
 def test_downsample_with_two_scores():
