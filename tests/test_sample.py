@@ -819,6 +819,7 @@ def test_two_ranks_fsdp_and_tensor_parallel_equal_one_process(tiny, tmp_path):
         (tiny_ckpt, judge_prompts, dict(max_new_tokens=6, temperature=0.7, top_p=0.9, n=3, seed=5)),
         (chain_ckpt, chain_prompts, dict(max_new_tokens=12, temperature=0, eos_id=EOS)),
         (tied_ckpt, MIXED, sampled),
+        (tiny_ckpt, MIXED + MIXED[:1], dict(max_new_tokens=4, temperature=0, batch_size=1)),  # 4 and 3 batches
     ]
     bf16 = [(tiny_ckpt, prompts, dict(max_new_tokens=12, temperature=0)) for prompts in (MIXED, judge_prompts)]
     jobs = [dict(ckpt=ck, prompts=p, kwargs=kw, layout=layout, dtype="float32")
