@@ -556,6 +556,9 @@ def test_context_limit_cuts_completions():
     model = chain_model(max_seq_len=8)
     assert generate(model, [[3] * 5, [3]], 10, temperature=0, progress=False) == [
         [4, 5, 6], [4, 5, 6, 7, 8, 9, 10]]  # prompt + completion fill at most 8
+    # with n = 2, each prompt's two rows have its room (rows i * n + j)
+    assert generate(model, [[3] * 5, [3]], 10, temperature=0.01, n=2, seed=0, progress=False) == [
+        [4, 5, 6], [4, 5, 6], [4, 5, 6, 7, 8, 9, 10], [4, 5, 6, 7, 8, 9, 10]]
 
 
 def test_bad_input_is_a_clear_error(tiny):
