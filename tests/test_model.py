@@ -554,6 +554,22 @@ def test_config_read_as_transformers_reads_it():
     with pytest.raises(ValueError, match="hidden_act 'gelu' is not supported"):
         args_from_hf_config({**base, "hidden_act": "gelu"})
     assert args_from_hf_config({**base, "hidden_act": "silu"}) == args_from_hf_config(base)
+    # "swish" is transformers' other name for the same x * sigmoid(x)
+    assert args_from_hf_config({**base, "hidden_act": "swish"}) == args_from_hf_config(base)
+
+
+def test_config_json_token_ids():
+    """config.json's BOS and EOS ids: without a tokenizer Llama 2's (1 and 2,
+    LlamaConfig's defaults too); one id that ends a turn written as a number,
+    as Llama 2's own config.json has it; several as a list (Llama 3.1)."""
+    transformers = pytest.importorskip("transformers")
+    from types import SimpleNamespace
+    args, reference = CONFIGS[0][1], transformers.LlamaConfig()
+    assert [hf_config(args)[k] for k in ("bos_token_id", "eos_token_id")] == \
+        [reference.bos_token_id, reference.eos_token_id] == [1, 2]
+    one, several = SimpleNamespace(bos_id=5, stop_ids=[7]), SimpleNamespace(bos_id=0, stop_ids=[1, 4])
+    assert [hf_config(args, tokenizer=one)[k] for k in ("bos_token_id", "eos_token_id")] == [5, 7]
+    assert [hf_config(args, tokenizer=several)[k] for k in ("bos_token_id", "eos_token_id")] == [0, [1, 4]]
 
 
 def test_tied_checkpoint_with_a_stored_head(tmp_path):
@@ -1048,6 +1064,10 @@ def test_corrupt_or_missing_config(tmp_path):
                             ({"num_hidden_layers": 0}, "num_hidden_layers 0: each"),
                             ({"vocab_size": True}, "vocab_size True: each"),
                             ({"rms_norm_eps": "1e-5"}, "rms_norm_eps '1e-5': each"),
+                            ({"rms_norm_eps": 0}, "rms_norm_eps 0: each"),
+                            ({"rope_theta": -1.0}, "rope_theta -1.0: each"),
+                            ({"head_dim": 0}, "head_dim 0: each"),
+                            ({"max_position_embeddings": 2048.0}, "max_position_embeddings 2048.0: each"),
                             ({"num_attention_heads": 3, "num_key_value_heads": 2},
                              "num_attention_heads 3 must be a multiple of num_key_value_heads 2")]:
         (tmp_path / "c" / "config.json").write_text(json.dumps({**good, **change}))
