@@ -1095,7 +1095,9 @@ def test_kept_answers_keeps_whole_chunks_only(tmp_path, capsys):
 def test_each_chunk_of_a_prompts_file_samples_with_its_own_seed(toy_tokenizer_path, tmp_path):
     """save_every=1: the same prompt twice is two chunks, and at temperature 1
     they draw different numbers (chunk k's seed is its own), so the two
-    answers differ; chunk 0 draws what one generate() call with the seed does."""
+    answers differ; chunk 0 draws what one generate() call with the seed does.
+    Chunk 1's seed is not the next seed's chunk 0 (seed + 1): runs of
+    neighbouring seeds share no draws."""
     from tokenizer import Tokenizer, chat_prompt_ids
     tok = Tokenizer(toy_tokenizer_path)
     torch.manual_seed(0)
@@ -1110,3 +1112,6 @@ def test_each_chunk_of_a_prompts_file_samples_with_its_own_seed(toy_tokenizer_pa
     alone = S.generate(model, [chat_prompt_ids(tok, "reverse the word fox")], 8, temperature=1.0, top_p=1.0,
                        seed=5, eos_id=tok.stop_ids, progress=False)
     assert first == tok.decode(alone[0]) and first != second
+    next_seed = S.generate(model, [chat_prompt_ids(tok, "reverse the word fox")], 8, temperature=1.0, top_p=1.0,
+                           seed=6, eos_id=tok.stop_ids, progress=False)
+    assert second != tok.decode(next_seed[0])
