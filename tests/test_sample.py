@@ -433,6 +433,11 @@ def test_any_of_several_eos_ids_ends_a_row(monkeypatch):
     assert generate(model, [[3], [9]], 8, temperature=0, eos_id=[11, 6], progress=False,
                     check_every=1) == [[4, 5], [10]]
     assert [rows for rows, _ in seen] == [2, 2, 1]
+    # sample_chat (the loop's and sample.py's way in) stops at every id the tokenizer lists, not only eos_id
+    monkeypatch.setattr(S, "chat_prompt_ids", lambda tok, text: [3])
+    from types import SimpleNamespace
+    tok = SimpleNamespace(eos_id=11, stop_ids=[6, 11], decode=lambda ids: " ".join(map(str, ids)))
+    assert S.sample_chat(model, tok, ["hi"], max_new_tokens=10, temperature=0, progress=False) == ["4 5"]
 
 
 def test_finished_rows_stop_costing_work(monkeypatch):
