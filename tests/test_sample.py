@@ -638,10 +638,10 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
     assert [r["responses"] for r in map(json.loads, (tmp_path / "two.jsonl").read_text().splitlines())] == [
         samples[:2], samples[2:]]
     assert len(set(samples)) > 1
-    # more new tokens than the context holds: said at the start (generate stops where the context is full)
+    # as many new tokens as the context holds, or more: said at the start (generate stops where it is full)
     capsys.readouterr()
-    S.main(argv[:-3] + ["--max_new_tokens=600", "--temperature=0.0", "--progress=False"])
-    assert "warning: max_new_tokens 600 is not below the model's context of 512 tokens" in capsys.readouterr().err
+    S.main(argv[:-3] + ["--max_new_tokens=512", "--temperature=0.0", "--progress=False"])
+    assert "warning: max_new_tokens 512 is not below the model's context of 512 tokens" in capsys.readouterr().err
     # one prompt: stdout holds its answer alone (what a script captures), the log line goes to stderr
     S.main([f"--ckpt={tmp_path / 'ckpt'}", "--prompt=reverse the word fox", "--device=cpu", "--dtype=float32",
             "--max_new_tokens=6", "--temperature=0", "--progress=False"])
@@ -661,6 +661,8 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
             ('{"prompt": "fine"}\n{"prompt": broken\n', [], r"in.jsonl:2: malformed JSON"),
             ('{"text": "no prompt"}\n', [], r"in.jsonl:1: missing or non-string field(s): prompt"),
             ('{"prompt": "fine"}\n', ["--num_samples=0"], "num_samples = 0: must be >= 1"),
+            ('{"prompt": "fine"}\n', ["--batch_size=0"], "batch_size = 0: must be >= 1"),
+            ('{"prompt": "fine"}\n', ["--max_new_tokens=0"], "max_new_tokens = 0: must be >= 1"),
             ('{"prompt": "fine"}\n', [f"--out={tmp_path}"], "is a folder: give the file to write"),
             ('{"prompt": "fine"}\n', [f"--out={inp}/x.jsonl"], f"{inp} is a file, not a folder"),
             ('{"prompt": "fine"}\n', [f"--ckpt={tmp_path}/nockpt"], "ckpt: checkpoint folder not found"),
