@@ -542,6 +542,7 @@ def test_config_read_as_transformers_reads_it():
              {k: v for k, v in base.items() if k != "rms_norm_eps"},
              {k: v for k, v in base.items() if k != "max_position_embeddings"},
              {**base, "num_key_value_heads": None},  # (null: as many as the query heads)
+             {k: v for k, v in base.items() if k != "rope_theta"},  # (absent: 10000, RoPE's own)
              # Phi-3's place for the pretraining length, beside the dict's own (transformers 5: the top one wins)
              {**base, "rope_scaling": {"rope_type": "llama3", **SHORT_ROPE},
               "original_max_position_embeddings": 4 * SHORT_ROPE["original_max_position_embeddings"]}]
