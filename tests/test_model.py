@@ -543,6 +543,7 @@ def test_config_read_as_transformers_reads_it():
              {k: v for k, v in base.items() if k != "max_position_embeddings"},
              {**base, "num_key_value_heads": None},  # (null: as many as the query heads)
              {k: v for k, v in base.items() if k != "rope_theta"},  # (absent: 10000, RoPE's own)
+             {k: v for k, v in base.items() if k != "tie_word_embeddings"},  # (absent: untied)
              # Phi-3's place for the pretraining length, beside the dict's own (transformers 5: the top one wins)
              {**base, "rope_scaling": {"rope_type": "llama3", **SHORT_ROPE},
               "original_max_position_embeddings": 4 * SHORT_ROPE["original_max_position_embeddings"]}]
@@ -552,7 +553,7 @@ def test_config_read_as_transformers_reads_it():
         rope = theirs.rope_parameters
         assert ours.rope_theta == rope["rope_theta"] and ours.norm_eps == theirs.rms_norm_eps
         assert ours.max_seq_len == theirs.max_position_embeddings
-        assert ours.n_kv_heads == theirs.num_key_value_heads
+        assert ours.n_kv_heads == theirs.num_key_value_heads and ours.tie_embeddings == theirs.tie_word_embeddings
         assert ours.rope_scaling == ({k: rope[k] for k in SHORT_ROPE} if rope["rope_type"] == "llama3" else None)
     with pytest.raises(ValueError, match="hidden_act 'gelu' is not supported"):
         args_from_hf_config({**base, "hidden_act": "gelu"})
