@@ -708,6 +708,17 @@ def test_model_args_refuse_shapes_that_cannot_work():
     assert ModelArgs(dim=48, n_heads=6, n_kv_heads=3, rope_scaling=dict(M.LLAMA31_ROPE)).head_dim == 8
 
 
+def test_ffn_width_is_metas_rule():
+    """The feed-forward width as Meta's reference code computes it: int(2 *
+    4 dim / 3), times the multiplier and truncated again, rounded up to
+    multiple_of; the published widths of Llama 2 7B and 70B and Llama 3 8B
+    come out, and the truncations by hand (10: int(80 / 3) = 26, 26 x 1.3 =
+    33.8 -> 33, not 34)."""
+    assert (M.ffn_width(4096, 256), M.ffn_width(8192, 4096, 1.3), M.ffn_width(4096, 1024, 1.3)) == \
+        (11008, 28672, 14336)
+    assert (M.ffn_width(10, 1), M.ffn_width(10, 1, 1.3), M.ffn_width(10, 4, 1.3)) == (26, 33, 36)
+
+
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_n_params_counts_the_model_that_is_built(name):
     """ModelArgs.n_params (the memory plans' count, from the shapes) is the
