@@ -15,8 +15,8 @@ import torch
 from conftest import ROOT
 
 import model as M
-from checkpoint import (args_from_hf_config, check_meta_tensors, hf_config, hf_name, load_model, read_config,
-                        save_model)
+from checkpoint import (args_from_hf_config, check_meta_tensors, hf_config, hf_name, load_model, planned_args,
+                        read_config, save_model)
 from model import PRESETS, ModelArgs, Transformer, estimate_mfu, preset
 from sample import KVCache
 
@@ -319,6 +319,7 @@ def test_meta_layout_two_shards_equals_one(tmp_path):
     make_meta_layout(model, tmp_path / "mp1", 1)
     make_meta_layout(model, tmp_path / "mp2", 2)
     make_meta_layout(model, tmp_path / "mp2v", 2, llama3=True)  # the embedding split by vocabulary
+    torch.save({}, tmp_path / "mp2" / "adapter.pth")  # another .pth beside the shards is not one of them
     one, two, two_v = load_model(tmp_path / "mp1"), load_model(tmp_path / "mp2"), load_model(tmp_path / "mp2v")
     assert one.args.vocab_size == 300  # params.json says -1: taken from the weights
     # every setting params.json gives is the model's (the context it does not give: Llama 2's 4096, the default)
@@ -632,6 +633,24 @@ def test_meta_layout_llama3_tied_and_scaled(tmp_path):
     assert read_config(tmp_path / "meta").max_seq_len == 8192
     json.dump(params, open(tmp_path / "meta" / "params.json", "w"))
     assert read_config(tmp_path / "meta").max_seq_len == 4096
+    # what a params.json says wins: its own context, use_scaled_rope false (plain rope), a null as absent; keys of
+    # config.json's vocabulary (rope_scaling) are not params.json's and are not read
+    for change, read in [({"max_seq_len": 2048}, (2048, None, 500000.0)),
+                         ({"use_scaled_rope": False}, (4096, None, 500000.0)),
+                         ({"rope_theta": None}, (4096, None, 10000.0)),
+                         ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, (4096, None, 500000.0))]:
+        json.dump({**params, **change}, open(tmp_path / "meta" / "params.json", "w"))
+        got = read_config(tmp_path / "meta")
+        assert (got.max_seq_len, got.rope_scaling, got.rope_theta) == read, change
+    # the memory plan says which file it read (no weights), or that init_from is not there
+    assert planned_args(str(tmp_path / "meta"), "toy")[1] == f"planned for {tmp_path / 'meta' / 'params.json'}"
+    assert planned_args("scratch", "toy")[1] == "planned for the preset 'toy'"
+    assert planned_args(str(tmp_path / "none"), "toy")[1] == \
+        f"planned for the preset 'toy' (init_from {tmp_path / 'none'} is not a folder here)"
+    # a folder with both files (a Meta download converted in place): config.json, the Hugging Face layout, is read
+    save_model(model, tmp_path / "both")
+    json.dump({**params, "use_scaled_rope": True}, open(tmp_path / "both" / "params.json", "w"))
+    assert (read_config(tmp_path / "both").max_seq_len, read_config(tmp_path / "both").rope_scaling) == (4096, None)
 
 
 def test_llama2_70b_shapes():
@@ -1185,6 +1204,17 @@ def test_truncated_weights_name_the_file(tmp_path):
     weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
     with pytest.raises(ValueError, match=f"{weights}: cannot read it as safetensors .*truncated"):
         load_model(tmp_path / "ckpt")
+    # a sharded one's index that is not an index (a list, not an object with weight_map), by name
+    save_model(Transformer(preset("toy-tiny")), tmp_path / "sharded", max_shard_bytes=100_000)
+    (tmp_path / "sharded" / "model.safetensors.index.json").write_text("[]")
+    with pytest.raises(ValueError, match="model.safetensors.index.json: not a safetensors index"):
+        load_model(tmp_path / "sharded")
+    # Meta's layout: an empty consolidated.00.pth (torch.load: EOFError), by name
+    args = ModelArgs(dim=64, n_layers=1, n_heads=4, vocab_size=300, multiple_of=32)
+    make_meta_layout(random_model(args), tmp_path / "meta", 1)
+    (tmp_path / "meta" / "consolidated.00.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"consolidated\.00\.pth: cannot read it as a PyTorch checkpoint"):
+        load_model(tmp_path / "meta")
 
 
 def test_shards_hold_at_most_max_shard_bytes_and_are_filled_up_to_it(tmp_path):

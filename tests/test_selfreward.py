@@ -1552,8 +1552,8 @@ def test_input_errors_say_what_to_give_instead(tmp_path, micro_run):
     with pytest.raises(FileNotFoundError) as e:
         checkpoint.read_config(run)
     assert str(e.value).endswith("; checkpoints in it: M0, M1, M2, M3, SFT")
-    with pytest.raises(FileNotFoundError, match=r"M7 \(python selfreward.py writes a run's models"):
-        checkpoint.read_config(run / "M7")
+    with pytest.raises(FileNotFoundError, match=r"M12 \(python selfreward.py writes a run's models"):
+        checkpoint.read_config(run / "M12")
     with pytest.raises(FileNotFoundError, match=r"^checkpoint folder not found: M1$"):  # (a bare keyword, no run)
         checkpoint.read_config("M1")
     with pytest.raises(FileNotFoundError, match="nope: neither a .gguf file nor an installed package with one"):
