@@ -594,6 +594,20 @@ def test_tied_checkpoint_with_a_stored_head(tmp_path):
     save_file({**tensors, "lm_head.weight": other}, file)
     with pytest.raises(ValueError, match="tie_word_embeddings, but lm_head.weight is not a copy"):
         load_model(tmp_path / "m")
+    # a head with a row more than the embedding (whose rows all match) is not its copy either
+    save_file({**tensors, "lm_head.weight": torch.cat([tensors["model.embed_tokens.weight"], other[-1:]])}, file)
+    with pytest.raises(ValueError, match="tie_word_embeddings, but lm_head.weight is not a copy"):
+        load_model(tmp_path / "m")
+    # compared a block of rows at a time: every row of each block, the block's last too
+    from checkpoint import check_tied_copy, safetensors_files
+    save_file({**tensors, "lm_head.weight": other}, file)
+    rows = other.shape[0] // 2
+    assert torch.equal(other[rows - 1], tensors["model.embed_tokens.weight"][rows - 1])
+    other[rows - 1, 0] += 1  # the last row of the first block of `rows`, the one after it already differs
+    other[-1, 0] -= 1
+    save_file({**tensors, "lm_head.weight": other}, file)
+    with pytest.raises(ValueError, match="lm_head.weight is not a copy"):
+        check_tied_copy(tmp_path / "m", safetensors_files(tmp_path / "m"), rows=rows)
 
 
 def test_meta_layout_llama3_tied_and_scaled(tmp_path):
@@ -1028,6 +1042,12 @@ def test_missing_tensor(tmp_path):
     save_file(tensors, f, metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"missing tensors: model\.layers\.1\.mlp\.up_proj\.weight"):
         load_model(tmp_path / "c")
+    # five named, more counted (layer 1's up_proj is gone already)
+    gone = [k for k in tensors if k.startswith("model.layers.0.")]
+    for n, said in ((4, r"model\.layers\.1\.mlp\.up_proj\.weight$"), (5, r"\.weight and 1 more$")):
+        save_file({k: v for k, v in tensors.items() if k not in gone[:n]}, f, metadata={"format": "pt"})
+        with pytest.raises(ValueError, match=said):
+            load_model(tmp_path / "c")
 
 
 def test_tied_export_that_also_stores_lm_head_and_inv_freq_loads(tmp_path):
