@@ -251,6 +251,22 @@ def test_data_order_depends_only_on_seed_and_step():
     assert a != [T.batch_indices(s, 16, 40, seed=4) for s in range(5)]
 
 
+def test_a_model_from_scratch_starts_from_its_seeds_draw():
+    """build_model from scratch: Transformer.initial_weights drawn from a
+    generator seeded with the seed setting (each seed its own start; any
+    number of ranks take their slices of the same draw)."""
+    def built(seed):
+        c = types.SimpleNamespace(init_from="scratch", model="toy-tiny", dropout=0.0, seed=seed,
+                                  activation_checkpointing=False, compile=False)
+        return T.build_model(c, D.Env(), 512).state_dict()
+    one, two = built(1), built(2)
+    torch.manual_seed(0)
+    reference = Transformer(preset("toy-tiny", vocab_size=512))
+    drawn = dict(reference.initial_weights(torch.Generator().manual_seed(1)))
+    assert one.keys() == drawn.keys() and all(torch.equal(one[k], drawn[k]) for k in one)
+    assert not torch.equal(one["layers.0.attention.wq.weight"], two["layers.0.attention.wq.weight"])
+
+
 def test_hold_out_leaves_at_least_one_item_on_each_side():
     """A fraction that rounds to no item still holds one out (an eval set that
     was asked for); one that rounds to every item still leaves one to train on."""
