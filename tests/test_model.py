@@ -1035,6 +1035,22 @@ def test_rope_rotates_bf16_in_fp32_and_rounds_once():
 
 # --- bad input: clear errors naming the problem --------------------------------
 
+def test_load_tensors_takes_each_parameter_once_in_its_shape():
+    """load_tensors (every reader's last step): a name the model lacks, a
+    part of another shape and a parameter never given are each refused, named
+    with the source."""
+    from checkpoint import load_tensors
+    model = Transformer(CONFIGS[0][1])
+    given = [(n, p.detach().clone()) for n, p in model.named_parameters()]
+    load_tensors(model, given, "src")
+    for tensors, message in [(given + [("layers.9.attention.wq.weight", given[1][1])],
+                              "src: unexpected tensor layers.9.attention.wq.weight"),
+                             ([(given[0][0], given[0][1][:-1])] + given[1:], f"src: tensor {given[0][0]} has shape"),
+                             (given[1:], f"src: missing tensors: {hf_name(given[0][0])}")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_tensors(model, tensors, "src")
+
+
 def test_missing_tensor(tmp_path):
     from safetensors.torch import load_file, save_file
     save_model(random_model(CONFIGS[0][1]), tmp_path / "c")
