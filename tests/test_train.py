@@ -251,20 +251,25 @@ def test_data_order_depends_only_on_seed_and_step():
     assert a != [T.batch_indices(s, 16, 40, seed=4) for s in range(5)]
 
 
-def test_a_model_from_scratch_starts_from_its_seeds_draw():
+def test_the_model_to_train_starts_from_its_seeds_draw_or_its_checkpoint_with_the_dropout_set(tmp_path):
     """build_model from scratch: Transformer.initial_weights drawn from a
     generator seeded with the seed setting (each seed its own start; any
-    number of ranks take their slices of the same draw)."""
-    def built(seed):
-        c = types.SimpleNamespace(init_from="scratch", model="toy-tiny", dropout=0.0, seed=seed,
+    number of ranks take their slices of the same draw). From a checkpoint:
+    its weights, with the dropout setting (the paper fine-tunes with 0.1)."""
+    def built(seed, init_from="scratch", dropout=0.0):
+        c = types.SimpleNamespace(init_from=init_from, model="toy-tiny", dropout=dropout, seed=seed,
                                   activation_checkpointing=False, compile=False)
-        return T.build_model(c, D.Env(), 512).state_dict()
-    one, two = built(1), built(2)
+        return T.build_model(c, D.Env(), 512)
+    one, two = built(1).state_dict(), built(2).state_dict()
     torch.manual_seed(0)
     reference = Transformer(preset("toy-tiny", vocab_size=512))
     drawn = dict(reference.initial_weights(torch.Generator().manual_seed(1)))
     assert one.keys() == drawn.keys() and all(torch.equal(one[k], drawn[k]) for k in one)
     assert not torch.equal(one["layers.0.attention.wq.weight"], two["layers.0.attention.wq.weight"])
+    save_model(reference, tmp_path / "ckpt")
+    loaded = built(1, tmp_path / "ckpt", dropout=0.1)
+    assert all(torch.equal(p, reference.state_dict()[n]) for n, p in loaded.state_dict().items())
+    assert loaded.args.dropout == loaded.layers[0].dropout_p == loaded.layers[0].attention.attn_dropout_p == 0.1
 
 
 def test_hold_out_leaves_at_least_one_item_on_each_side():
