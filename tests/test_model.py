@@ -1046,6 +1046,7 @@ def test_load_tensors_takes_each_parameter_once_in_its_shape():
     for tensors, message in [(given + [("layers.9.attention.wq.weight", given[1][1])],
                               "src: unexpected tensor layers.9.attention.wq.weight"),
                              ([(given[0][0], given[0][1][:-1])] + given[1:], f"src: tensor {given[0][0]} has shape"),
+                             ([(given[0][0], given[0][1].t())] + given[1:], f"src: tensor {given[0][0]} has shape"),
                              (given[1:], f"src: missing tensors: {hf_name(given[0][0])}")]:
         with pytest.raises(ValueError, match=re.escape(message)):
             load_tensors(model, tensors, "src")
