@@ -104,6 +104,11 @@ def test_save_load_roundtrip_sharded_and_bf16(tmp_path):
     half = load_model(tmp_path / "b", dtype=torch.bfloat16)
     assert half.output.weight.dtype == torch.bfloat16
     assert torch.equal(half.output.weight, model.output.weight.to(torch.bfloat16))
+    save_model(half, tmp_path / "b2")  # no dtype given: as the parameters are
+    assert json.load(open(tmp_path / "b2" / "config.json"))["torch_dtype"] == "bfloat16"
+    from safetensors import safe_open
+    with safe_open(tmp_path / "b2" / "model.safetensors", framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
 
 
 def test_sharded_index_names_every_shard_and_their_total_size(tmp_path):
