@@ -1879,6 +1879,9 @@ def test_a_saved_state_is_made_from_the_files_beside_its_tokenizer(tmp_path, toy
     before = fp()
     (tok.parent / "tokenizer_config.json").write_text('{"eos_token": "</s>"}')
     assert fp() != before
+    before = fp()
+    (tok.parent / "config.json").write_text('{"eos_token_id": 2}')  # (its EOS ids end a turn too)
+    assert fp() != before
 
 
 def test_clip_and_step_scales_the_gradient_to_the_clip_norm():
@@ -1961,6 +1964,13 @@ def test_a_training_state_is_made_from_its_files_contents(tmp_path):
     after_tok = fp(c)
     (weights / "model.safetensors").write_bytes(b"v")
     assert fp(c) != after_tok
+    held = tmp_path / "eval.jsonl"  # a held-out file's contents count too
+    held.write_text('{"prompt": "x", "response": "y"}\n')
+    c.eval_data = str(held)
+    with_eval = fp(c)
+    held.write_text('{"prompt": "x", "response": "z"}\n')
+    assert fp(c) != with_eval
+    c.eval_data = ""
     assert fp(types.SimpleNamespace(**{**vars(c), "lr": 2e-5})) != fp(c)
     # the dtype computed in counts in place of the setting: 'auto' resolved to bf16 is not 'auto' resolved to fp32
     assert fp(c, torch.bfloat16) != fp(c, torch.float32)
