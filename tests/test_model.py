@@ -109,7 +109,7 @@ def test_save_load_roundtrip_sharded_and_bf16(tmp_path):
     from safetensors import safe_open
     with safe_open(tmp_path / "b2" / "model.safetensors", framework="pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
-        assert f.metadata() == {"format": "pt"}  # (as save_pretrained writes it; older transformers require it)
+        assert f.metadata() == {"format": "pt"}  # (as save_pretrained writes it)
 
 
 def test_sharded_index_names_every_shard_and_their_total_size(tmp_path):
