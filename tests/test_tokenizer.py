@@ -390,6 +390,15 @@ def test_a_saved_sentencepiece_checkpoint_encodes_as_ours_in_transformers(tmp_pa
     for text in texts:
         assert hf.encode(text) == tok.encode(text, bos=True), text
         assert hf.decode(hf.encode(text, add_special_tokens=False)) == tok.decode(tok.encode(text)), text
+    assert (hf.bos_token_id, hf.eos_token_id) == (tok.bos_id, tok.eos_id)
+    # a tokenizer_config.json already beside the SentencePiece model is the one the checkpoint keeps
+    own = {**json.loads((tmp_path / "ckpt" / "tokenizer_config.json").read_text()), "model_max_length": 123}
+    (tmp_path / "src").mkdir()
+    shutil.copy(path, tmp_path / "src" / "tokenizer.model")
+    (tmp_path / "src" / "tokenizer_config.json").write_text(json.dumps(own))
+    save_model(Transformer(ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=tok.vocab_size, multiple_of=16)),
+               tmp_path / "again", tokenizer_path=tmp_path / "src")
+    assert json.loads((tmp_path / "again" / "tokenizer_config.json").read_text()) == own
 
 
 def test_a_tiktoken_vocabulary_is_named_and_a_tokenizer_json_beside_it_used(tmp_path, llama3_style, toy_tokenizer_path):
