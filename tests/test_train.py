@@ -1971,6 +1971,9 @@ def test_a_training_state_is_made_from_its_files_contents(tmp_path):
     held.write_text('{"prompt": "x", "response": "z"}\n')
     assert fp(c) != with_eval
     c.eval_data = ""
+    # by contents, not by path: the same data copied elsewhere is the same run's
+    shutil.copy(data, tmp_path / "moved.jsonl")
+    assert fp(types.SimpleNamespace(**{**vars(c), "data": str(tmp_path / "moved.jsonl")})) == fp(c)
     assert fp(types.SimpleNamespace(**{**vars(c), "lr": 2e-5})) != fp(c)
     # the dtype computed in counts in place of the setting: 'auto' resolved to bf16 is not 'auto' resolved to fp32
     assert fp(c, torch.bfloat16) != fp(c, torch.float32)
@@ -2127,6 +2130,8 @@ def test_a_warmup_as_long_as_the_run_is_said(capsys):
     assert "warning: warmup_steps = 10 is not below this run's 10 steps" in capsys.readouterr().out
     assert T.total_steps(types.SimpleNamespace(**{**vars(c), "warmup_steps": 9}), 40) == 10
     assert "warning" not in capsys.readouterr().out
+    assert T.total_steps(types.SimpleNamespace(**{**vars(c), "batch_size": 40, "warmup_steps": 0}), 40) == 1
+    assert "warning" not in capsys.readouterr().out  # a batch of all the data repeats nothing
     # a batch larger than the data repeats examples within a step (epochs=1 on 80 examples, batch 100,000:
     # one step, 1,250 passes): said
     assert T.total_steps(types.SimpleNamespace(**{**vars(c), "batch_size": 100_000, "warmup_steps": 0}), 80) == 1
