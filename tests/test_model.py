@@ -1058,6 +1058,20 @@ def test_load_tensors_takes_each_parameter_once_in_its_shape():
             load_tensors(model, tensors, "src")
 
 
+def test_gguf_file_takes_a_packages_one_gguf_file(tmp_path, monkeypatch):
+    """--from_gguf=PACKAGE: the package's one .gguf file; with two it cannot
+    know which, and says so (as for a name that is no package)."""
+    from checkpoint import gguf_file
+    (tmp_path / "ggufpkg").mkdir()
+    (tmp_path / "ggufpkg" / "__init__.py").write_text("")
+    (tmp_path / "ggufpkg" / "model-q8.gguf").write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert gguf_file("ggufpkg") == str(tmp_path / "ggufpkg" / "model-q8.gguf")
+    (tmp_path / "ggufpkg" / "model-f16.gguf").write_bytes(b"GGUF")
+    with pytest.raises(FileNotFoundError, match="ggufpkg: neither a .gguf file nor an installed package with one"):
+        gguf_file("ggufpkg")
+
+
 def test_missing_tensor(tmp_path):
     from safetensors.torch import load_file, save_file
     save_model(random_model(CONFIGS[0][1]), tmp_path / "c")
