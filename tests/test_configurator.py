@@ -143,6 +143,34 @@ def test_set_in_file_names_the_line_only_while_its_value_holds(tmp_path):
     assert set_in_file("lr", 2e-5) is None
 
 
+def test_a_file_that_changes_a_setting_again_is_named_at_that_line_and_helpers_classes_are_not(tmp_path):
+    """`lr *= 2` sets lr again (its line is the one named); a class's body
+    (a helper in the file) sets no setting, whatever it names."""
+    f = tmp_path / "c.py"
+    f.write_text("lr = 0.1\nlr *= 2\n")
+    assert apply(defaults(), [str(f)])["lr"] == 0.2 and set_in_file("lr", 0.2) == f"{f}:2"
+    f.write_text("lr = 0.1\nclass _Helper:\n    lr = 5\n")
+    assert apply(defaults(), [str(f)])["lr"] == 0.1 and set_in_file("lr", 0.1) == f"{f}:1"
+
+
+def test_comments_are_read_whole_and_trimmed(tmp_path):
+    """A setting's comment: all after its first '#' (a '#' inside it kept),
+    trailing blanks trimmed; a comment after a blank line belongs to no setting."""
+    script = tmp_path / "s.py"
+    script.write_text("lr = 1e-5  # the peak learning rate   \nn_shots = 8  # as in the paper's Figure #2\n"
+                      "\ndef f():\n    # helper: not about n_shots\n    pass\n")
+    assert _comments(str(script)) == {"lr": "the peak learning rate", "n_shots": "as in the paper's Figure #2"}
+
+
+def test_an_unknown_setting_suggests_what_it_may_mean():
+    """The short names settings use: --num_prompts means n_prompts (num_ is
+    n_), not every setting with 'prompts' in it; --lr lists up to four."""
+    from configurator import _meant
+    import selfreward
+    assert _meant("num_prompts", selfreward.DEFAULTS) == ["n_prompts"]
+    assert _meant("lr", selfreward.DEFAULTS) == ["pretrain_lr", "sft_lr", "sft_min_lr", "dpo_lr"]  # (of 5)
+
+
 def test_settings_refuses_unknown_keys():
     assert settings({"lr": 1.0}, {"lr": 2.0}).lr == 2.0
     with pytest.raises(ConfigError, match="^unknown settings: batch, lrr$"):
@@ -307,6 +335,7 @@ def test_every_script_answers_help(capsys, monkeypatch):
                                         ("distributed", "Running one script from a laptop"),
                                         ("configurator", "Command-line configuration")]],
                                     ("model.py", [], 2, "error: model.py is a library"),
+                                    ("tokenizer.py", ["-h"], 0, "Tokenizers and chat templates"),
                                     ("evaluation.py", [], 2, "error: evaluation.py is a library"),
                                     ("bench.py", ["smaple"], 2, "no section 'smaple'"),
                                     ("bench.py", ["train", "--train_models=toy,toyx"], 2,  # before any timing
