@@ -1,6 +1,7 @@
 """The SentencePiece wrapper, the chat template, and the toy tokenizer trainer."""
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -61,8 +62,9 @@ def test_train_tokenizer_is_deterministic_and_atomic(tmp_path):
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["t.model"]
     # fewer pieces than the text's characters need: the setting named (it was SentencePiece's RuntimeError)
     with pytest.raises(ValueError, match=r"^vocab_size = 200: the text's characters and fixed pieces \(chat markers, "
-                                         r"symbols\) need 2\d\d pieces; give at least that$"):
+                                         r"symbols\) need 2\d\d pieces; give at least that$") as e:
         train_tokenizer(texts, str(tmp_path / "c" / "t.model"), vocab_size=200)
+    assert int(re.search(r"need (\d+) pieces", str(e.value))[1]) > 200  # what is needed, not what was given
     assert not (tmp_path / "c").exists()
 
 
@@ -164,6 +166,7 @@ def test_tokenizer_json_special_tokens_from_the_checkpoint_files(llama3_style):
     assert tok.model_path.endswith("tokenizer.json") and tok.sp is None
     assert (tok.bos_id, tok.eos_id, tok.end_of_turn, tok.stop_ids) == (0, 1, 4, [1, 4])
     assert tok.template == "llama3" and tok.default_system is None and tok.vocab_size <= 400
+    assert tok.pad_id == -1  # (no pad token named: none, not id 0, which is BOS here)
     assert token_text({"content": "<|eot_id|>", "lstrip": False}) == token_text("<|eot_id|>")  # older files' form
     assert tok.encode("the fox", bos=True, eos=True)[::len(tok.encode("the fox")) + 1] == [0, 1]
     assert tok.decode(tok.encode("Is 1 prime?\n\nok")) == "Is 1 prime?\n\nok"
@@ -294,6 +297,12 @@ def test_llama2_multi_turn_is_metas_format(llama_tokenizer_path):
                                                       bos=True)
     # <s> before every [INST] is the template's, not the tokenizer's: a tokenizer.json whose config says
     # add_bos_token false (its documents begin without BOS) still writes it
+    # an empty system prompt given is a system block, empty (Meta's format wraps whatever the system turn holds),
+    # as a string prompt and as a conversation; None is none
+    empty_system = tok.encode("[INST] <<SYS>>\n\n<</SYS>>\n\nHi [/INST]", bos=True)
+    assert chat_prompt_ids(tok, "Hi", system="") == chat_prompt_ids(tok, [{"role": "user", "content": "Hi"}],
+                                                                     system="") == empty_system
+    assert chat_prompt_ids(tok, "Hi") == tok.encode("[INST] Hi [/INST]", bos=True)
     tok.add_bos = False
     assert chat_prompt_ids(tok, CONVERSATION) == expected
     # a vocabulary with no BOS at all (a template forced on it): the turns without one, not None in the ids
