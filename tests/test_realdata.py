@@ -694,8 +694,9 @@ def test_a_judge_file_still_needs_judge_room_when_the_loop_iterates(toy_tokenize
     tok = Tokenizer(toy_tokenizer_path)
     own = len(J.judge_prompt_ids(tok, "", ""))
     args = M.preset("toy-tiny", vocab_size=tok.vocab_size, max_seq_len=own + 8)
-    for iterations, refused in ((1, True), (0, False)):
-        c = loop_settings(eft_judgments="judged.jsonl", iterations=iterations, max_judge_tokens=8)
+    # (without the file the SFT baseline judges the EFT targets itself: refused with iterations=0 too)
+    for iterations, judged, refused in ((1, "judged.jsonl", True), (0, "judged.jsonl", False), (0, "", True)):
+        c = loop_settings(eft_judgments=judged, iterations=iterations, max_judge_tokens=8)
         p = validate.Problems(c)
         validate.judge_room(p, c, args, tok)
         assert [x.startswith(f"max_judge_tokens = 8: with the judge prompt's own {own} tokens") for x in p.found] \

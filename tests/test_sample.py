@@ -662,6 +662,7 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
             ('{"text": "no prompt"}\n', [], r"in.jsonl:1: missing or non-string field(s): prompt"),
             ('{"prompt": "fine"}\n', ["--num_samples=0"], "num_samples = 0: must be >= 1"),
             ('{"prompt": "fine"}\n', ["--batch_size=0"], "batch_size = 0: must be >= 1"),
+            ('{"prompt": "fine"}\n', ["--seed=None", "--top_p=None"], "top_p = None: give a value like its default"),
             ('{"prompt": "fine"}\n', ["--max_new_tokens=0"], "max_new_tokens = 0: must be >= 1"),
             ('{"prompt": "fine"}\n', [f"--out={tmp_path}"], "is a folder: give the file to write"),
             ('{"prompt": "fine"}\n', [f"--out={inp}/x.jsonl"], f"{inp} is a file, not a folder"),
@@ -690,6 +691,9 @@ def test_cli_prompts_file(tiny, toy_tokenizer_path, tmp_path, monkeypatch, capsy
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.startswith("error: sample.py cannot start; ") and message in err, err
     assert not os.path.exists(f"{out}.partial") and (tmp_path / "ift.jsonl").read_text() == ift
+    # --seed=None (a fresh draw) is the one None taken: the check says nothing of it
+    from configurator import settings
+    assert S.check(settings(S.DEFAULTS, {"seed": None, "ckpt": str(tmp_path / "ckpt"), "prompt": "fine"})).found == []
 
 
 def test_cli_prompts_file_resumes_after_an_interruption(toy_tokenizer_path, tmp_path, monkeypatch, capsys):

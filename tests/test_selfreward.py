@@ -662,6 +662,11 @@ def test_eft_training_files_of_one_kind_with_scores_and_ranks_that_count(tmp_pat
     assert validate.sft_record({"messages": chat}) is None
     assert validate.sft_record({"messages": chat[:1]}) == \
         "a conversation without an assistant message has nothing to learn"
+    # a group needs its prompt, and a record with ranks but no responses is a group without them
+    assert validate.eft_group({"question": "Q", "responses": ["a", "b"], "ranks": [0, 1]}) == \
+        "missing or non-string field: prompt"
+    assert validate.eft_train_records()({"prompt": "Q", "ranks": [0, 1]}) == \
+        "'responses' must be a list of 2 or more strings"
     # a group of one response ranks nothing
     assert validate.eft_group({**group, "responses": ["x"], "ranks": [0]}) == \
         "'responses' must be a list of 2 or more strings"
@@ -1934,6 +1939,17 @@ def test_check_loop_in_this_process(tmp_path):
     real = str(real)
     c = configurator.settings(S.DEFAULTS, {"top_p": None})
     assert validate.check_loop(c, 1).found == ["top_p = None: give a value like its default"]
+    # a folder that is no run's but holds a model folder the loop writes (M10: any M<N>) is not taken over
+    (tmp_path / "runs" / "r" / "M10").mkdir(parents=True)
+    c = configurator.settings(S.DEFAULTS, {"out_root": str(tmp_path / "runs"), "run_name": "r"})
+    assert validate.check_loop(c, 1).found == [f"run_name: {tmp_path / 'runs' / 'r'} is not a run folder (no "
+                                               "settings.json) and holds M10, which the loop would replace; give "
+                                               "another run_name or out_root"]
+    # 'TOY' is a typo of 'toy' too; a plan of a preset that is none says so in the preset's own name
+    c = configurator.settings(S.DEFAULTS, {"seed_data": "TOY"})
+    assert "seed_data: TOY is not a folder here; did you mean 'toy'?" in validate.check_loop(c, 1).found[0]
+    c = configurator.settings(S.DEFAULTS, {"plan_only": True, "model": "llama9-1b"})
+    assert validate.check_plan(c, 1).found[0].startswith("model = 'llama9-1b': no such preset (toy-tiny, ")
     c = configurator.settings(S.DEFAULTS, {"top_p": 1.5, "dropout": 1.0, "dpo_batch_size": 6, "model": "toy-huge"})
     found = validate.check_loop(c, 4).found
     assert found[:3] == ["top_p = 1.5: must be in (0, 1]", "dropout = 1.0: must be in [0, 1)",
