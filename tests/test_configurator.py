@@ -109,6 +109,12 @@ def test_errors_say_how_to_write_it(tmp_path):
     f.write_text("lr = 0.5\n")
     with pytest.raises(ConfigError, match=r"^--compile: expected --key=value \(write --compile=True\)$"):
         apply(defaults(), ["--compile", str(f)])
+    # a value with spaces given apart (the shell split it off): the whole value after the '=' in the hint
+    with pytest.raises(ConfigError, match=r"write --model=a small one$"):
+        apply(defaults(), ["--model", "a small one"])
+    # a word after a setting is a config file's name, not the setting's value
+    with pytest.raises(ConfigError, match=r"config file not found: extra"):
+        apply(defaults(), ["--batch_size=8", "extra"])
 
 
 def test_config_file(tmp_path):

@@ -1945,6 +1945,16 @@ def test_check_loop_in_this_process(tmp_path):
     assert validate.check_loop(c, 1).found == [f"run_name: {tmp_path / 'runs' / 'r'} is not a run folder (no "
                                                "settings.json) and holds M10, which the loop would replace; give "
                                                "another run_name or out_root"]
+    # the run folder is a folder inside out_root: not out_root itself, nor a path of its own
+    for name in (".", str(tmp_path / "runs" / "r1")):
+        c = configurator.settings(S.DEFAULTS, {"out_root": str(tmp_path / "runs"), "run_name": name})
+        assert validate.check_loop(c, 1).found == [f"run_name = {name!r}: must name a folder inside out_root (the "
+                                                   "run's files would mix with other runs')"]
+    # judgments for EFT groups are real seed data's: the toy world has none to judge
+    (tmp_path / "judged.jsonl").write_text('{"prompt": "a", "response": "Score: 4"}\n')
+    c = configurator.settings(S.DEFAULTS, {"eft_judgments": str(tmp_path / "judged.jsonl")})
+    assert any(x.startswith(f"eft_judgments = {str(tmp_path / 'judged.jsonl')!r}: supplies judgments for EFT groups "
+                            "(real seed data)") for x in validate.check_loop(c, 1).found)
     # 'TOY' is a typo of 'toy' too; a plan of a preset that is none says so in the preset's own name
     c = configurator.settings(S.DEFAULTS, {"seed_data": "TOY"})
     assert "seed_data: TOY is not a folder here; did you mean 'toy'?" in validate.check_loop(c, 1).found[0]

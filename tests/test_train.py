@@ -2122,6 +2122,7 @@ def test_the_trainers_ranges_at_their_edges(work, tmp_path):
     assert found(micro_batch_size=0) == ["micro_batch_size = 0: must be >= 1"]
     assert found(max_steps=0, epochs=-1) == ["epochs = -1: must be > 0 when max_steps is 0"]
     assert found(out_dir="  ") == ["out_dir = '  ': give a folder ('.' for this one)"]
+    assert found(device="cuda:0x") == ["device = 'cuda:0x': must be '', 'cpu', 'cuda' or 'cuda:N'"]
 
 
 def test_a_warmup_as_long_as_the_run_is_said(capsys):
