@@ -205,6 +205,10 @@ def test_every_eos_id_the_checkpoint_lists_stops_generation(tmp_path, llama3_sty
     (folder / "config.json").write_text(json.dumps({"eos_token_id": 1}))
     tok = Tokenizer(folder)
     assert (tok.eos_id, tok.end_of_turn, tok.stop_ids) == (1, 4, [1, 4])
+    # one that lists the end of turn alone: the EOS token the tokenizer names stops generation too
+    (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": 4}))
+    (folder / "config.json").write_text(json.dumps({"eos_token_id": 4}))
+    assert Tokenizer(folder).stop_ids == [1, 4]
 
 
 def test_named_tokens_and_listed_eos_ids_are_read_as_transformers_reads_them(tmp_path, llama3_style):
@@ -473,6 +477,11 @@ def test_llama31_writes_its_dated_system_turn_as_apply_chat_template_does(tmp_pa
     assert Tokenizer(dated).dated_system == "Cutting Knowledge Date: December 2023\nToday Date: 15 Mar 2025\n\n"
     for messages in (CONVERSATION[1:2], padded):
         assert chat_prompt_ids(Tokenizer(dated), messages) == hf_chat_ids(dated, messages)
+    # the date set in single quotes reads the same
+    quoted = retemplated(llama3_style, tmp_path / "l31-quoted",
+                         chat_template=LLAMA31_JINJA.replace('"26 Jul 2024"', "'15 Mar 2025'"))
+    assert Tokenizer(quoted).dated_system == "Cutting Knowledge Date: December 2023\nToday Date: 15 Mar 2025\n\n"
+    assert chat_prompt_ids(Tokenizer(quoted), padded) == hf_chat_ids(quoted, padded)
     ids, spans = chat_ids(tok, CONVERSATION[:3])  # the reply's tokens are still exactly its own
     assert tok.decode(ids[spans[0][0]:spans[0][1]]) == CONVERSATION[2]["content"] + "<|eot_id|>"
     assert Tokenizer(llama3_style).dated_system is None  # Llama 3.0 writes no system turn of its own
