@@ -239,6 +239,7 @@ def test_lr_schedule():
     assert lrs[55] == pytest.approx(1e-4 + 0.5 * 9e-4)  # half way down the cosine
     assert lrs[100] == pytest.approx(1e-4) and min(lrs[10:]) >= 1e-4 - 1e-12  # the floor
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert T.lr_at(150, 100, 10, 1e-3, 1e-4) == pytest.approx(1e-4)  # past the run's steps: stays at the floor
 
 
 def test_data_order_depends_only_on_seed_and_step():
@@ -2191,6 +2192,24 @@ def test_ctrl_c_during_a_state_save_stops_once_the_state_is_saved(tmp_path, monk
         for s, h in before.items():
             signal.signal(s, h)
     assert T.load_state(model, optimizer, path, "x")[0] == 3
+
+
+def test_a_second_ctrl_c_during_a_state_save_stops_at_once():
+    """The first Ctrl-C inside ctrl_c_after waits for the block to end; a
+    second one (the user insists) raises at once."""
+    import signal
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    reached = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with T.ctrl_c_after():
+                os.kill(os.getpid(), signal.SIGINT)
+                reached.append("after the first")
+                os.kill(os.getpid(), signal.SIGINT)
+                reached.append("after the second")
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert reached == ["after the first"]
 
 
 def test_hold_out_rounds_the_share_to_the_nearest_item():
