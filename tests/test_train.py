@@ -1820,14 +1820,27 @@ def test_a_state_left_behind_by_a_kill_does_not_stop_the_next_save(tmp_path):
     assert T.load_state(model, optimizer, path, "x")[0] == 2
 
 
-def test_a_kill_between_the_two_renames_resumes_from_state_old(tmp_path):
+def test_a_kill_between_the_two_renames_resumes_from_state_old(tmp_path, monkeypatch):
     """Killed after state/ was renamed to state.old/ and before state.tmp/
     took its place: state.old/ is the last complete state, and is resumed."""
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     path = str(tmp_path / "state")
     T.save_state(model, optimizer, 2, path, {"made_from": "x"})
-    os.replace(path, path + ".old")  # what the kill left (with a state.tmp/ that has no state.json yet)
+
+    class Killed(BaseException):
+        pass
+    rename = os.replace
+
+    def killed_at_the_second_rename(src, dst):
+        if str(src).endswith(".tmp"):
+            raise Killed
+        rename(src, dst)
+    monkeypatch.setattr(os, "replace", killed_at_the_second_rename)
+    with pytest.raises(Killed):
+        T.save_state(model, optimizer, 3, path, {"made_from": "x"})  # state/ moved aside, then the kill
+    monkeypatch.undo()
+    assert not os.path.exists(path) and os.path.exists(path + ".tmp")
     assert T.saved_state(path) == (path + ".old", {"step": 2, "made_from": "x"})
     assert T.load_state(model, optimizer, path, "x") == (2, {"step": 2, "made_from": "x"})
     # killed one moment later, after the new state took its place and before state.old/ was removed: the new
