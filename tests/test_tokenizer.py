@@ -557,6 +557,13 @@ def test_chatml_default_system_prompt_and_bos_as_apply_chat_template_writes_them
         tok = Tokenizer(folder)
         for messages in (CONVERSATION[1:2], CONVERSATION[:2], CONVERSATION):
             assert chat_prompt_ids(tok, messages) == hf_chat_ids(folder, messages), folder
+    # a base model's files name <|endoftext|> as EOS (Qwen's): a reply still ends with the template's <|im_end|>,
+    # the token the model learns to write and generation stops at
+    base = chatml_folder(tmp_path / "qwen-base", chat_template=QWEN_LIKE_JINJA, eos_token="<|endoftext|>")
+    tok = Tokenizer(base)
+    assert (tok.eos_id, tok.end_of_turn) == (1, 3) and tok.stop_ids == [1, 3]
+    ids, start = chat_tokens(tok, "hi", "ok")
+    assert ids[-1] == tok.end_of_turn and tok.decode(ids[start:]) == "ok<|im_end|>"
 
 
 def test_a_chat_template_in_none_of_our_formats_is_named_not_guessed(tmp_path, llama3_style):
