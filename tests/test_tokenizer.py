@@ -564,6 +564,9 @@ def test_chatml_default_system_prompt_and_bos_as_apply_chat_template_writes_them
     assert (tok.eos_id, tok.end_of_turn) == (1, 3) and tok.stop_ids == [1, 3]
     ids, start = chat_tokens(tok, "hi", "ok")
     assert ids[-1] == tok.end_of_turn and tok.decode(ids[start:]) == "ok<|im_end|>"
+    # files that name no EOS at all: said, with where one is looked for
+    with pytest.raises(ValueError, match=r"tokenizer\.json: no EOS token \(tokenizer_config\.json, special_tokens_map"):
+        Tokenizer(chatml_folder(tmp_path / "no-eos", eos_token=None))
 
 
 def test_a_chat_template_in_none_of_our_formats_is_named_not_guessed(tmp_path, llama3_style):
