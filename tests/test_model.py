@@ -1151,6 +1151,9 @@ def test_corrupt_or_missing_config(tmp_path):
     (tmp_path / "c" / "config.json").write_text('{"hidden_size": 64}')
     with pytest.raises(ValueError, match="missing keys: intermediate_size"):
         read_config(tmp_path / "c")
+    (tmp_path / "c" / "config.json").write_text('[{"hidden_size": 64}]')
+    with pytest.raises(ValueError, match=r"config\.json: expected a JSON object, found list"):
+        read_config(tmp_path / "c")
     # a value of the wrong type or sign, and heads that do not group: said in the file's own names
     good = json.loads(json.dumps(hf_config(CONFIGS[0][1])))
     for change, message in [({"hidden_size": "64"}, "hidden_size '64': each must be a positive number"),
