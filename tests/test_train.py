@@ -1849,6 +1849,10 @@ def test_a_kill_between_the_two_renames_resumes_from_state_old(tmp_path, monkeyp
     T.save_state(model, optimizer, 2, str(tmp_path / "older"), {"made_from": "x"})
     os.replace(tmp_path / "older", path + ".old")  # state/ at step 3, state.old/ at step 2 not yet removed
     assert T.saved_state(path)[0] == path and T.load_state(model, optimizer, path, "x")[0] == 3
+    # the step that counts is the one inside the state (state.json's is for people)
+    with open(os.path.join(path, "state.json"), "w") as f:
+        json.dump({"step": 99, "made_from": "x"}, f)
+    assert T.load_state(model, optimizer, path, "x")[0] == 3
 
 
 def test_the_last_step_saves_the_state_whatever_the_save_interval(tmp_path):
