@@ -1225,7 +1225,7 @@ def test_a_gguf_conversion_replaces_only_an_earlier_conversion(tmp_path):
     (tmp_path / "mine" / "adapter_model.safetensors").unlink()
     (tmp_path / "mine" / "model-card.md").write_text("mine")  # named like a shard's start, but the user's
     assert not earlier_conversion(tmp_path / "mine")
-    (tmp_path / "mine" / "adapter_model.safetensors").unlink()
+    (tmp_path / "mine" / "model-card.md").unlink()
     (tmp_path / "mine" / "tokenizer.model").write_text("")  # (a SentencePiece checkpoint: not what it writes)
     assert not earlier_conversion(tmp_path / "mine")
     (tmp_path / "empty").mkdir()
