@@ -2211,6 +2211,13 @@ def test_ctrl_c_during_a_state_save_stops_once_the_state_is_saved(tmp_path, monk
     assert T.load_state(model, optimizer, path, "x")[0] == 3
 
 
+def test_the_final_model_is_stored_in_bf16_on_a_gpu_and_fp32_on_a_cpu_unless_set():
+    c = lambda save_dtype="": types.SimpleNamespace(save_dtype=save_dtype)
+    assert T.saved_dtype(c(), D.Env(device="cuda:0")) == torch.bfloat16
+    assert T.saved_dtype(c(), D.Env(device="cpu")) == torch.float32
+    assert T.saved_dtype(c("float32"), D.Env(device="cuda:0")) == torch.float32
+
+
 def test_a_second_ctrl_c_during_a_state_save_stops_at_once():
     """The first Ctrl-C inside ctrl_c_after waits for the block to end; a
     second one (the user insists) raises at once."""
