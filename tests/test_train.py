@@ -2218,6 +2218,18 @@ def test_the_final_model_is_stored_in_bf16_on_a_gpu_and_fp32_on_a_cpu_unless_set
     assert T.saved_dtype(c("float32"), D.Env(device="cuda:0")) == torch.float32
 
 
+def test_removing_the_state_removes_what_a_kill_left_beside_it(tmp_path):
+    """Once the model is recorded, state/ goes, and with it state.old/ and
+    state.tmp/ (a kill during a save leaves them)."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    c = types.SimpleNamespace(out_dir=str(tmp_path))
+    for folder in ("state", "state.old", "state.tmp"):
+        T.save_state(model, optimizer, 1, str(tmp_path / folder), {"made_from": "x"})
+    T.remove_state(c)
+    assert sorted(os.listdir(tmp_path)) == []
+
+
 def test_a_second_ctrl_c_during_a_state_save_stops_at_once():
     """The first Ctrl-C inside ctrl_c_after waits for the block to end; a
     second one (the user insists) raises at once."""
@@ -2293,3 +2305,7 @@ def test_memory_plan_says_whether_a_world_size_fits():
     fixed = 2048 * (80 * 413_960 + 66_576) + 8 * 855_654_400 + 2 * 524_296_192 + 2048 * 32000 * 10
     assert whole["total"] - 16 * whole["params"] / 64 == pytest.approx(fixed) and fixed > 0.85 * 80e9
     assert "does not fit a 80 GB GPU at any world size" in whole["text"] and "needs at least" not in whole["text"]
+    # the fewest GPUs is rounded up: at 2 x 2048 tokens the sharded state needs 21.4 GPUs' free memory: 22
+    two = T.memory_plan(args, 64, 2, 2048, True, dropout=0.1)
+    free = 0.85 * 80e9 - (two["total"] - 16 * two["params"] / 64)
+    assert 21 < 16 * two["params"] / free < 21.5 and "needs at least 22 GPUs (3 nodes of 8)" in two["text"]
