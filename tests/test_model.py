@@ -1274,7 +1274,7 @@ def test_truncated_weights_name_the_file(tmp_path):
     (tmp_path / "sharded" / "model.safetensors.index.json").write_text("[]")
     with pytest.raises(ValueError, match="model.safetensors.index.json: not a safetensors index"):
         load_model(tmp_path / "sharded")
-    # Meta's layout: an empty consolidated.00.pth (torch.load: EOFError), by name
+    # Meta's layout: an empty consolidated.00.pth (torch.load with mmap: a RuntimeError), by name
     args = ModelArgs(dim=64, n_layers=1, n_heads=4, vocab_size=300, multiple_of=32)
     make_meta_layout(random_model(args), tmp_path / "meta", 1)
     (tmp_path / "meta" / "consolidated.00.pth").write_bytes(b"")
