@@ -183,12 +183,12 @@ def test_judge_groups_is_judge_on_the_flat_list_regrouped():
                  generate_fn=gen2)
     assert grouped == [flat[:2], [], flat[2:]] and calls == calls2 and len(calls) == 1  # one sampler call
     assert [[j["score"] for j in g] for g in grouped] == [[2.5, 2.0], [], [4.0, 2.0]]
+    assert [j["response"] for j in grouped[2]] == ["c", "d"] and grouped[2][0]["prompt"] == "p2"
     gen, _ = stub_generate(["Score: 1"] * 3)  # groups of unequal sizes keep their own responses
     uneven = judge_groups(MODEL, CharTokenizer(), ["p0", "p1"], [["a"], ["b", "c"]], n_samples=1, generate_fn=gen)
     assert [[j["response"] for j in g] for g in uneven] == [["a"], ["b", "c"]]
     # judgments and those with a score (a 0 is a score)
     assert J.judgment_counts([[0, None, 3], [None]]) == {"judgments": 4, "judgments_with_score": 2}
-    assert [j["response"] for j in grouped[2]] == ["c", "d"] and grouped[2][0]["prompt"] == "p2"
 
 def test_reward_metrics_by_hand():
     # prompt A: ranks 0,1,2 scored 5,3,3 -> pairs (0,1) ok (0,2) ok (1,2) tie: wrong

@@ -602,17 +602,16 @@ def test_tied_checkpoint_with_a_stored_head(tmp_path):
         load_model(tmp_path / "m")
     # a head with a row more than the embedding (whose rows all match) is not its copy either
     from checkpoint import check_tied_copy, safetensors_files
+    rows = other.shape[0] // 2  # a block size that ends a block at the embedding's end
     save_file({**tensors, "lm_head.weight": torch.cat([tensors["model.embed_tokens.weight"], other[-1:]])}, file)
     with pytest.raises(ValueError, match="tie_word_embeddings, but lm_head.weight is not a copy"):
         load_model(tmp_path / "m")
-    with pytest.raises(ValueError, match="lm_head.weight is not a copy"):  # (blocks that end at the embedding's end)
-        check_tied_copy(tmp_path / "m", safetensors_files(tmp_path / "m"), rows=other.shape[0] // 2)
+    with pytest.raises(ValueError, match="lm_head.weight is not a copy"):
+        check_tied_copy(tmp_path / "m", safetensors_files(tmp_path / "m"), rows=rows)
     # compared a block of rows at a time: every row of each block, the block's last too
-    save_file({**tensors, "lm_head.weight": other}, file)
-    rows = other.shape[0] // 2
     assert torch.equal(other[rows - 1], tensors["model.embed_tokens.weight"][rows - 1])
-    other[rows - 1, 0] += 1  # the last row of the first block of `rows`, the one after it already differs
-    other[-1, 0] -= 1
+    other[rows - 1, 0] += 1  # now only the first block's last row differs
+    other[-1, 0] -= 1  # (the last row put back)
     save_file({**tensors, "lm_head.weight": other}, file)
     with pytest.raises(ValueError, match="lm_head.weight is not a copy"):
         check_tied_copy(tmp_path / "m", safetensors_files(tmp_path / "m"), rows=rows)

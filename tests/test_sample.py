@@ -1120,9 +1120,8 @@ def test_each_chunk_of_a_prompts_file_samples_with_its_own_seed(toy_tokenizer_pa
                                           dtype="float32", max_new_tokens=8, temperature=1.0, top_p=1.0, seed=5,
                                           save_every=1, progress=False).items()])
     first, second = [r["response"] for r in read_jsonl(out)]
-    alone = S.generate(model, [chat_prompt_ids(tok, "reverse the word fox")], 8, temperature=1.0, top_p=1.0,
-                       seed=5, eos_id=tok.stop_ids, progress=False)
-    assert first == tok.decode(alone[0]) and first != second
-    next_seed = S.generate(model, [chat_prompt_ids(tok, "reverse the word fox")], 8, temperature=1.0, top_p=1.0,
-                           seed=6, eos_id=tok.stop_ids, progress=False)
-    assert second != tok.decode(next_seed[0])
+    alone = lambda seed: tok.decode(S.generate(model, [chat_prompt_ids(tok, "reverse the word fox")], 8,
+                                               temperature=1.0, top_p=1.0, seed=seed, eos_id=tok.stop_ids,
+                                               progress=False)[0])  # one generate() call with the seed
+    assert first == alone(5) and first != second
+    assert second != alone(6)

@@ -262,7 +262,6 @@ def test_the_model_to_train_starts_from_its_seeds_draw_or_its_checkpoint_with_th
                                   activation_checkpointing=False, compile=False)
         return T.build_model(c, D.Env(), 512)
     one, two = built(1).state_dict(), built(2).state_dict()
-    torch.manual_seed(0)
     reference = Transformer(preset("toy-tiny", vocab_size=512))
     drawn = dict(reference.initial_weights(torch.Generator().manual_seed(1)))
     assert one.keys() == drawn.keys() and all(torch.equal(one[k], drawn[k]) for k in one)
@@ -1984,11 +1983,10 @@ def test_a_training_state_is_made_from_its_files_contents(tmp_path):
     assert fp(c) != after_tok
     held = tmp_path / "eval.jsonl"  # a held-out file's contents count too
     held.write_text('{"prompt": "x", "response": "y"}\n')
-    c.eval_data = str(held)
-    with_eval = fp(c)
+    with_eval = types.SimpleNamespace(**{**vars(c), "eval_data": str(held)})
+    before = fp(with_eval)
     held.write_text('{"prompt": "x", "response": "z"}\n')
-    assert fp(c) != with_eval
-    c.eval_data = ""
+    assert fp(with_eval) != before
     # by contents, not by path: the same data copied elsewhere is the same run's
     shutil.copy(data, tmp_path / "moved.jsonl")
     assert fp(types.SimpleNamespace(**{**vars(c), "data": str(tmp_path / "moved.jsonl")})) == fp(c)
